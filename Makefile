@@ -1,0 +1,69 @@
+# Two commands do everything on a fresh Debian 12 machine:
+#   make run    set up, then start the server (embedded redis-server unless CHARGING_REDIS_URL is set)
+#   make test   set up, then ruff, mypy and pytest against a real redis-server
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PROTOS := $(wildcard protos/charging/v1/*.proto)
+GEN    := charging/v1/__init__.py
+
+.PHONY: all setup run test lint bench loadtest redis-server h2load proto clean
+
+all: setup
+
+setup: $(STAMP) $(GEN)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Python code and type stubs generated from protos/ (not committed).
+$(GEN): $(PROTOS) $(STAMP)
+	rm -rf charging/v1
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
+	touch $@
+
+proto: $(GEN)
+
+# Install redis-server from Debian's packages when it is missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=redis-server
+
+h2load:
+	@command -v h2load >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=nghttp2-client
+
+apt:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(PKG) from Debian's packages"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(PKG) >/dev/null; \
+	else \
+		echo "error: $(PKG) is missing. Install it (as root: apt-get install $(PKG))." >&2; exit 1; \
+	fi
+
+run: setup
+	@[ -n "$$CHARGING_REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
+	$(BIN)/charging serve
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup redis-server lint
+	$(BIN)/pytest
+
+bench: setup redis-server h2load
+	$(BIN)/python -m loadtest.bench
+
+loadtest: setup
+	$(BIN)/python -m pip install --quiet -e '.[load]'
+	$(BIN)/locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 30s --host 127.0.0.1:50051
+
+clean:
+	rm -rf $(VENV) charging/v1 build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,357 @@
+"""gRPC servicers: protobuf in, domain values through, protobuf out. Nothing else.
+
+Malformed calls (no session id, no request type, no event id for a debit) fail with
+INVALID_ARGUMENT naming the field. A request that is well-formed as a call but carries
+a bad value is answered the Diameter way: result code 5004 or 5005 and ``failed_field``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.message import Message
+
+from charging import metrics
+from charging.codes import ResultCode
+from charging.errors import InvalidRequest, NotFound
+from charging.events import Action, EventAnswer, EventCharging, EventRequest
+from charging.rating import Tariff, Units, tariff_from_doc, tariff_to_doc
+from charging.sessions import (
+    RatingGroupRequest,
+    RequestKind,
+    SessionAnswer,
+    SessionCharging,
+    SessionRequest,
+)
+from charging.status import rpc
+from charging.subscribers import Account, Directory, Identity, parse_identity
+from charging.tariffs import DEFAULT_TARIFF_ID, TariffBook
+from charging.topups import CHANNELS, Recharge, TopUps
+from charging.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    charging_pb2,
+    charging_pb2_grpc,
+    common_pb2,
+    topup_pb2,
+    topup_pb2_grpc,
+)
+
+SESSION_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
+EVENT_ID = SESSION_ID
+MAX_RATING_GROUPS = 64
+
+REQUEST_KINDS: dict[int, RequestKind] = {
+    charging_pb2.REQUEST_TYPE_INITIAL: "I",
+    charging_pb2.REQUEST_TYPE_UPDATE: "U",
+    charging_pb2.REQUEST_TYPE_TERMINATE: "T",
+}
+ACTIONS: dict[int, Action] = {
+    charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING: "D",
+    charging_pb2.REQUESTED_ACTION_REFUND_ACCOUNT: "R",
+    charging_pb2.REQUESTED_ACTION_CHECK_BALANCE: "C",
+    charging_pb2.REQUESTED_ACTION_PRICE_ENQUIRY: "P",
+}
+
+
+class Unanswerable(Exception):
+    """A bad value the caller hears about as a result code in the answer."""
+
+    def __init__(self, code: ResultCode, field: str) -> None:
+        super().__init__(field)
+        self.code = code
+        self.field = field
+
+
+def digest(message: Message) -> str:
+    return hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+
+
+def identity_of(sub: common_pb2.SubscriberId, field: str = "subscriber") -> Identity:
+    kind = sub.WhichOneof("id")
+    if kind is None:
+        raise Unanswerable(ResultCode.MISSING_AVP, field)
+    try:
+        return parse_identity(kind, getattr(sub, kind), f"{field}.{kind}")
+    except InvalidRequest as exc:
+        raise Unanswerable(ResultCode.INVALID_AVP_VALUE, exc.field) from None
+
+
+def identity_or_invalid(sub: common_pb2.SubscriberId) -> Identity:
+    """For calls outside Diameter semantics (top-up, admin): bad identity is INVALID_ARGUMENT."""
+    try:
+        return identity_of(sub)
+    except Unanswerable as exc:
+        raise InvalidRequest(exc.field, "a valid msisdn or imsi is required") from None
+
+
+def units_of(u: common_pb2.ServiceUnits) -> Units:
+    return Units(u.time_s, u.total_octets, u.input_octets, u.output_octets, u.service_specific_units, u.money_micros)
+
+
+def units_pb(u: Units) -> common_pb2.ServiceUnits:
+    return common_pb2.ServiceUnits(
+        time_s=u.time_s,
+        total_octets=u.total_octets,
+        service_specific_units=u.service_specific_units,
+        money_micros=u.money_micros,
+    )
+
+
+def session_request(req: charging_pb2.SessionRequest) -> SessionRequest:
+    if not SESSION_ID.match(req.session_id):
+        raise InvalidRequest("session_id", "must be 1-256 printable characters without spaces")
+    kind = REQUEST_KINDS.get(req.request_type)
+    if kind is None:
+        raise InvalidRequest("request_type", "must be INITIAL, UPDATE or TERMINATE")
+    if len(req.rating_groups) > MAX_RATING_GROUPS:
+        raise InvalidRequest("rating_groups", f"at most {MAX_RATING_GROUPS} per request")
+    identity = identity_of(req.subscriber) if req.HasField("subscriber") else None
+    if identity is None:
+        raise Unanswerable(ResultCode.MISSING_AVP, "subscriber")
+    groups = []
+    seen: set[int] = set()
+    for i, g in enumerate(req.rating_groups):
+        if g.rating_group in seen:
+            raise Unanswerable(ResultCode.INVALID_AVP_VALUE, f"rating_groups[{i}].rating_group")
+        seen.add(g.rating_group)
+        groups.append(
+            RatingGroupRequest(
+                rating_group=g.rating_group,
+                service_identifier=g.service_identifier,
+                requested=units_of(g.requested) if g.HasField("requested") else None,
+                used=units_of(g.used) if g.HasField("used") else None,
+                final=g.reporting_reason == charging_pb2.REPORTING_REASON_FINAL,
+            )
+        )
+    return SessionRequest(req.session_id, kind, req.request_number, identity, tuple(groups), digest(req))
+
+
+def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> charging_pb2.SessionAnswer:
+    out = charging_pb2.SessionAnswer(
+        session_id=req.session_id,
+        request_type=req.request_type,
+        request_number=req.request_number,
+        result_code=a.result_code,
+        failed_field=a.failed_field,
+    )
+    for g in a.rating_groups:
+        rg = out.rating_groups.add(
+            rating_group=g.rating_group,
+            service_identifier=g.service_identifier,
+            result_code=g.result_code,
+            validity_time_s=g.validity_time_s,
+            cost_micros=g.cost_micros,
+        )
+        if g.granted is not None:
+            rg.granted.CopyFrom(units_pb(g.granted))
+        if g.final_unit is not None:
+            rg.final_unit.action = common_pb2.FinalUnitAction.ValueType(g.final_unit.action)
+            rg.final_unit.redirect_address = g.final_unit.redirect_address
+            rg.final_unit.restriction_filter_rules.extend(g.final_unit.restriction_filter_rules)
+    return out
+
+
+class ChargingServicer(charging_pb2_grpc.ChargingServicer):
+    def __init__(self, sessions: SessionCharging, events: EventCharging) -> None:
+        self.sessions = sessions
+        self.events = events
+
+    @rpc("ChargeSession")
+    async def ChargeSession(
+        self, request: charging_pb2.SessionRequest, context: grpc.aio.ServicerContext
+    ) -> charging_pb2.SessionAnswer:
+        try:
+            req = session_request(request)
+        except Unanswerable as exc:
+            return session_answer_pb(request, SessionAnswer(exc.code, failed_field=exc.field))
+        answer = await self.sessions.charge(req)
+        if answer.replayed:
+            metrics.RETRANSMISSIONS.labels("ChargeSession").inc()
+        elif answer.session_delta > 0:
+            metrics.SESSIONS_OPENED.inc()
+        elif answer.session_delta < 0:
+            metrics.SESSIONS_CLOSED.labels("terminate").inc()
+        return session_answer_pb(request, answer)
+
+    @rpc("ChargeEvent")
+    async def ChargeEvent(
+        self, request: charging_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> charging_pb2.EventAnswer:
+        action = ACTIONS.get(request.action)
+        if action is None:
+            raise InvalidRequest("action", "must be DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE or PRICE_ENQUIRY")
+        if action in ("D", "R") and not EVENT_ID.match(request.event_id):
+            raise InvalidRequest("event_id", "must be 1-256 printable characters without spaces")
+        try:
+            identity = identity_of(request.subscriber)
+        except Unanswerable as exc:
+            return self._event_pb(request, EventAnswer(exc.code, failed_field=exc.field))
+        req = EventRequest(
+            event_id=request.event_id,
+            action=action,
+            identity=identity,
+            rating_group=request.rating_group,
+            service_identifier=request.service_identifier,
+            requested=units_of(request.requested),
+            digest=digest(request),
+        )
+        answer = await self.events.charge(req)
+        if answer.replayed:
+            metrics.RETRANSMISSIONS.labels("ChargeEvent").inc()
+        return self._event_pb(request, answer)
+
+    @staticmethod
+    def _event_pb(request: charging_pb2.EventRequest, a: EventAnswer) -> charging_pb2.EventAnswer:
+        out = charging_pb2.EventAnswer(
+            event_id=request.event_id,
+            action=request.action,
+            result_code=a.result_code,
+            cost_micros=a.cost_micros,
+            failed_field=a.failed_field,
+        )
+        if a.granted is not None:
+            out.granted.CopyFrom(units_pb(a.granted))
+        if a.enough_credit is not None:
+            out.check_balance_result = (
+                charging_pb2.CHECK_BALANCE_RESULT_ENOUGH_CREDIT
+                if a.enough_credit
+                else charging_pb2.CHECK_BALANCE_RESULT_NO_CREDIT
+            )
+        if a.balance_micros is not None:
+            out.balance_micros = a.balance_micros
+        return out
+
+
+def balance_pb(account_id: str, currency: str, balance: int, reserved: int) -> topup_pb2.Balance:
+    return topup_pb2.Balance(
+        account_id=account_id,
+        currency=currency,
+        balance_micros=balance,
+        reserved_micros=reserved,
+        available_micros=balance - reserved,
+    )
+
+
+class TopUpServicer(topup_pb2_grpc.TopUpServicer):
+    def __init__(self, topups: TopUps, directory: Directory) -> None:
+        self.topups = topups
+        self.directory = directory
+
+    @rpc("Recharge")
+    async def Recharge(
+        self, request: topup_pb2.RechargeRequest, context: grpc.aio.ServicerContext
+    ) -> topup_pb2.RechargeAnswer:
+        channel = topup_pb2.Channel.Name(request.channel).removeprefix("CHANNEL_").lower()
+        if channel not in CHANNELS:
+            raise InvalidRequest("channel", "must be one of " + ", ".join(c.upper() for c in CHANNELS))
+        result = await self.topups.recharge(
+            Recharge(
+                identity_or_invalid(request.subscriber),
+                request.amount_micros,
+                channel,
+                request.idempotency_key,
+                digest(request),
+            )
+        )
+        if result.replayed:
+            metrics.RETRANSMISSIONS.labels("Recharge").inc()
+        else:
+            metrics.TOPUPS.labels(channel).inc()
+            metrics.TOPUP_MICROS.labels(channel).inc(request.amount_micros)
+        return topup_pb2.RechargeAnswer(
+            balance=balance_pb(result.account_id, result.currency, result.balance_micros, result.reserved_micros),
+            replayed=result.replayed,
+        )
+
+    @rpc("GetBalance")
+    async def GetBalance(
+        self, request: topup_pb2.BalanceRequest, context: grpc.aio.ServicerContext
+    ) -> topup_pb2.Balance:
+        a = await self.topups.balance(identity_or_invalid(request.subscriber))
+        return balance_pb(a.account_id, a.currency, a.balance, a.reserved)
+
+
+def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
+    return admin_pb2.Subscriber(
+        account_id=a.account_id,
+        msisdn=a.msisdn,
+        imsi=a.imsi,
+        tariff_id=a.tariff_id,
+        status=admin_pb2.SUBSCRIBER_STATUS_ACTIVE if a.status == "active" else admin_pb2.SUBSCRIBER_STATUS_BARRED,
+        currency=a.currency,
+        balance_micros=a.balance,
+        reserved_micros=a.reserved,
+        available_micros=a.available,
+    )
+
+
+def tariff_pb(t: Tariff) -> admin_pb2.Tariff:
+    out = admin_pb2.Tariff()
+    doc: dict[str, Any] = tariff_to_doc(t)
+    for r in doc["rates"]:
+        r["final_unit_action"] = "FINAL_UNIT_ACTION_" + r["final_unit_action"]
+        r["unit"] = "UNIT_KIND_" + r["unit"]
+    return ParseDict(doc, out)
+
+
+def tariff_of(t: admin_pb2.Tariff) -> Tariff:
+    doc = MessageToDict(t, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    for r in doc.get("rates", []):
+        r["unit"] = str(r.get("unit", "")).removeprefix("UNIT_KIND_")
+        action = str(r.get("final_unit_action", "")).removeprefix("FINAL_UNIT_ACTION_")
+        r["final_unit_action"] = "TERMINATE" if action == "UNSPECIFIED" else action
+        for key in ("increment", "price_micros", "default_quota", "validity_time_s"):
+            if key in r:
+                r[key] = int(r[key])
+    return tariff_from_doc(doc)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, directory: Directory, tariffs: TariffBook) -> None:
+        self.directory = directory
+        self.tariffs = tariffs
+
+    @rpc("CreateSubscriber")
+    async def CreateSubscriber(
+        self, request: admin_pb2.CreateSubscriberRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Subscriber:
+        msisdn = parse_identity("msisdn", request.msisdn, "msisdn")
+        imsi = parse_identity("imsi", request.imsi, "imsi") if request.imsi else None
+        tariff_id = request.tariff_id or DEFAULT_TARIFF_ID
+        tariff = await self.tariffs.get(tariff_id)
+        if tariff is None:
+            raise InvalidRequest("tariff_id", f"no tariff {tariff_id!r}")
+        account = await self.directory.create(msisdn, imsi, tariff, request.initial_balance_micros)
+        return subscriber_pb(account)
+
+    @rpc("GetSubscriber")
+    async def GetSubscriber(
+        self, request: common_pb2.SubscriberId, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Subscriber:
+        return subscriber_pb(await self.directory.get(identity_or_invalid(request)))
+
+    @rpc("SetSubscriberStatus")
+    async def SetSubscriberStatus(
+        self, request: admin_pb2.SetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Subscriber:
+        statuses = {admin_pb2.SUBSCRIBER_STATUS_ACTIVE: "active", admin_pb2.SUBSCRIBER_STATUS_BARRED: "barred"}
+        status = statuses.get(request.status)
+        if status is None:
+            raise InvalidRequest("status", "must be ACTIVE or BARRED")
+        return subscriber_pb(await self.directory.set_status(identity_or_invalid(request.subscriber), status))
+
+    @rpc("PutTariff")
+    async def PutTariff(self, request: admin_pb2.Tariff, context: grpc.aio.ServicerContext) -> admin_pb2.Tariff:
+        return tariff_pb(await self.tariffs.put(tariff_of(request)))
+
+    @rpc("GetTariff")
+    async def GetTariff(self, request: admin_pb2.TariffRef, context: grpc.aio.ServicerContext) -> admin_pb2.Tariff:
+        tariff = await self.tariffs.get(request.id)
+        if tariff is None:
+            raise NotFound(f"no tariff {request.id!r}")
+        return tariff_pb(tariff)

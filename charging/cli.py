@@ -1,0 +1,220 @@
+"""The ``charging`` command: run the server, or talk to one as a client.
+
+charging serve
+charging create-subscriber --msisdn 491700000001 --balance 10
+charging session --msisdn 491700000001 --rating-group 10 --used 45 --updates 2
+charging event --msisdn 491700000001 --action debit --rating-group 20 --units 1
+charging topup --msisdn 491700000001 --amount 5 --channel retail --key r-1
+charging balance --msisdn 491700000001
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict, ParseDict
+
+from charging.money import format_micros, parse_amount
+
+
+def _print(message: Any) -> None:
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=None))
+
+
+def _subscriber(args: argparse.Namespace) -> Any:
+    from charging.v1 import common_pb2
+
+    return common_pb2.SubscriberId(msisdn=args.msisdn) if args.msisdn else common_pb2.SubscriberId(imsi=args.imsi)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from charging import logs
+    from charging.server import serve
+    from charging.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    logs.configure(settings.log_level)
+    uvloop.run(serve(settings))
+    return 0
+
+
+def cmd_create_subscriber(args: argparse.Namespace) -> int:
+    from charging.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        _print(
+            stub.CreateSubscriber(
+                admin_pb2.CreateSubscriberRequest(
+                    msisdn=args.msisdn,
+                    imsi=args.imsi or "",
+                    tariff_id=args.tariff,
+                    initial_balance_micros=parse_amount(args.balance),
+                )
+            )
+        )
+    return 0
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    from charging.v1 import charging_pb2, charging_pb2_grpc
+
+    session_id = args.session_id or f"cli;{uuid.uuid4().hex}"
+    with grpc.insecure_channel(args.target) as channel:
+        stub = charging_pb2_grpc.ChargingStub(channel)
+        kinds = [charging_pb2.REQUEST_TYPE_INITIAL]
+        kinds += [charging_pb2.REQUEST_TYPE_UPDATE] * args.updates
+        kinds += [charging_pb2.REQUEST_TYPE_TERMINATE]
+        for number, kind in enumerate(kinds):
+            req = charging_pb2.SessionRequest(
+                session_id=session_id, request_type=kind, request_number=number, subscriber=_subscriber(args)
+            )
+            rg = req.rating_groups.add(rating_group=args.rating_group)
+            if kind != charging_pb2.REQUEST_TYPE_TERMINATE:
+                rg.requested.SetInParent()
+            if kind != charging_pb2.REQUEST_TYPE_INITIAL:
+                setattr(rg.used, args.unit, args.used)
+            answer = stub.ChargeSession(req)
+            _print(answer)
+            if answer.result_code != 2001:
+                return 1
+    return 0
+
+
+def cmd_event(args: argparse.Namespace) -> int:
+    from charging.v1 import charging_pb2, charging_pb2_grpc
+
+    actions = {
+        "debit": charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING,
+        "refund": charging_pb2.REQUESTED_ACTION_REFUND_ACCOUNT,
+        "check": charging_pb2.REQUESTED_ACTION_CHECK_BALANCE,
+        "price": charging_pb2.REQUESTED_ACTION_PRICE_ENQUIRY,
+    }
+    req = charging_pb2.EventRequest(
+        event_id=args.event_id or f"cli-{uuid.uuid4().hex}",
+        action=actions[args.action],
+        subscriber=_subscriber(args),
+        rating_group=args.rating_group,
+    )
+    setattr(req.requested, args.unit, args.units)
+    with grpc.insecure_channel(args.target) as channel:
+        _print(charging_pb2_grpc.ChargingStub(channel).ChargeEvent(req))
+    return 0
+
+
+def cmd_topup(args: argparse.Namespace) -> int:
+    from charging.v1 import topup_pb2, topup_pb2_grpc
+
+    req = topup_pb2.RechargeRequest(
+        subscriber=_subscriber(args),
+        amount_micros=parse_amount(args.amount),
+        channel=topup_pb2.Channel.Value("CHANNEL_" + args.channel.upper()),
+        idempotency_key=args.key or f"cli-{uuid.uuid4().hex}",
+    )
+    with grpc.insecure_channel(args.target) as channel:
+        _print(topup_pb2_grpc.TopUpStub(channel).Recharge(req))
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from charging.v1 import topup_pb2, topup_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        b = topup_pb2_grpc.TopUpStub(channel).GetBalance(topup_pb2.BalanceRequest(subscriber=_subscriber(args)))
+    print(
+        f"balance {format_micros(b.balance_micros, b.currency)}  "
+        f"reserved {format_micros(b.reserved_micros, b.currency)}  "
+        f"available {format_micros(b.available_micros, b.currency)}"
+    )
+    return 0
+
+
+def cmd_put_tariff(args: argparse.Namespace) -> int:
+    from charging.v1 import admin_pb2, admin_pb2_grpc
+
+    with open(args.file) as f:
+        doc = json.load(f)
+    for rate in doc.get("rates", []):
+        rate["unit"] = "UNIT_KIND_" + rate["unit"]
+        if "final_unit_action" in rate:
+            rate["final_unit_action"] = "FINAL_UNIT_ACTION_" + rate["final_unit_action"]
+    with grpc.insecure_channel(args.target) as channel:
+        _print(admin_pb2_grpc.AdminStub(channel).PutTariff(ParseDict(doc, admin_pb2.Tariff())))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="charging", description="Real-time online charging system")
+    p.add_argument("--target", default=os.environ.get("CHARGING_TARGET", "127.0.0.1:50051"), help="server host:port")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the server (settings from CHARGING_* variables)").set_defaults(fn=cmd_serve)
+
+    def who(sp: argparse.ArgumentParser) -> None:
+        g = sp.add_mutually_exclusive_group(required=True)
+        g.add_argument("--msisdn")
+        g.add_argument("--imsi")
+
+    sp = sub.add_parser("create-subscriber", help="create a subscriber with an account")
+    sp.add_argument("--msisdn", required=True)
+    sp.add_argument("--imsi")
+    sp.add_argument("--tariff", default="default")
+    sp.add_argument("--balance", default="0", help="initial balance in currency units, e.g. 10.50")
+    sp.set_defaults(fn=cmd_create_subscriber)
+
+    units = ("time_s", "total_octets", "service_specific_units", "money_micros")
+    sp = sub.add_parser("session", help="run INITIAL, UPDATEs and TERMINATE for one rating group")
+    who(sp)
+    sp.add_argument("--session-id")
+    sp.add_argument("--rating-group", type=int, default=10)
+    sp.add_argument("--unit", choices=units, default="time_s")
+    sp.add_argument("--used", type=int, default=60, help="units used between two requests")
+    sp.add_argument("--updates", type=int, default=1)
+    sp.set_defaults(fn=cmd_session)
+
+    sp = sub.add_parser("event", help="event charging: debit, refund, check or price")
+    who(sp)
+    sp.add_argument("--action", choices=("debit", "refund", "check", "price"), default="debit")
+    sp.add_argument("--event-id")
+    sp.add_argument("--rating-group", type=int, default=20)
+    sp.add_argument("--unit", choices=units, default="service_specific_units")
+    sp.add_argument("--units", type=int, default=1)
+    sp.set_defaults(fn=cmd_event)
+
+    sp = sub.add_parser("topup", help="recharge a balance")
+    who(sp)
+    sp.add_argument("--amount", required=True, help="currency units, e.g. 5 or 2.50")
+    sp.add_argument("--channel", default="retail", choices=("retail", "bank", "voucher", "app", "ussd", "operator"))
+    sp.add_argument("--key", help="idempotency key (default: a new one)")
+    sp.set_defaults(fn=cmd_topup)
+
+    sp = sub.add_parser("balance", help="show a balance")
+    who(sp)
+    sp.set_defaults(fn=cmd_balance)
+
+    sp = sub.add_parser("put-tariff", help="store a tariff from a JSON document")
+    sp.add_argument("file")
+    sp.set_defaults(fn=cmd_put_tariff)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

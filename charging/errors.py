@@ -1,0 +1,43 @@
+"""Errors raised by the charging domain.
+
+    ChargingError
+    ├── InvalidRequest      a field of the request is malformed (names the field)
+    ├── NotFound            an addressed subscriber or tariff does not exist
+    ├── Conflict            the request collides with stored state (reused request
+    │                       number or idempotency key with another payload, duplicate id)
+    ├── LimitExceeded       the change would take a balance past its stated bounds
+    └── StorageUnavailable  Redis cannot be reached or answered with an error
+
+Outcomes that Diameter expresses as result codes (4012 credit limit reached, 5030 user
+unknown, ...) are answers, not errors. The gRPC edge maps each error class to one status
+in ``status.py``.
+"""
+
+from __future__ import annotations
+
+
+class ChargingError(Exception):
+    """Base of all domain errors."""
+
+
+class InvalidRequest(ChargingError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(ChargingError):
+    pass
+
+
+class Conflict(ChargingError):
+    pass
+
+
+class LimitExceeded(ChargingError):
+    pass
+
+
+class StorageUnavailable(ChargingError):
+    pass

@@ -1,0 +1,123 @@
+"""Event-based charging (RFC 8506 CCR-E): debit, refund, check balance, price enquiry.
+
+A direct debit is all or nothing. Debits and refunds are applied once per event id;
+balance checks and price enquiries change nothing and are not remembered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from charging.codes import ResultCode
+from charging.errors import Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
+from charging.ledger import Ledger
+from charging.money import MAX_BALANCE
+from charging.rating import UNIT_FIELD, Tariff, Units, check_units, cost
+from charging.subscribers import Directory, Identity
+from charging.tariffs import TariffBook
+
+Action = Literal["D", "R", "C", "P"]  # direct debit, refund, check balance, price enquiry
+
+
+@dataclass(frozen=True)
+class EventRequest:
+    event_id: str
+    action: Action
+    identity: Identity
+    rating_group: int
+    service_identifier: int
+    requested: Units
+    digest: str
+
+
+@dataclass(frozen=True)
+class EventAnswer:
+    result_code: int
+    granted: Units | None = None
+    cost_micros: int = 0
+    # For CHECK_BALANCE: whether the available balance covers the requested units.
+    enough_credit: bool | None = None
+    balance_micros: int | None = None
+    failed_field: str = ""
+    replayed: bool = False
+
+
+def price_event(tariff: Tariff, req: EventRequest) -> tuple[int, int] | EventAnswer:
+    """(units, price) of the event, or the answer that ends it early."""
+    rate = tariff.rates.get(req.rating_group)
+    if rate is None:
+        return EventAnswer(ResultCode.RATING_FAILED, failed_field="rating_group")
+    if rate.free:
+        return EventAnswer(ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)
+    where = f"requested.{UNIT_FIELD[rate.unit]}"
+    units = req.requested.count(rate.unit)
+    if units <= 0:
+        code = ResultCode.MISSING_AVP if units == 0 else ResultCode.INVALID_AVP_VALUE
+        return EventAnswer(code, failed_field=where)
+    try:
+        check_units(rate, units, where)
+    except InvalidRequest as exc:
+        return EventAnswer(ResultCode.INVALID_AVP_VALUE, failed_field=exc.field)
+    return units, cost(rate, units)
+
+
+class EventCharging:
+    def __init__(self, ledger: Ledger, directory: Directory, tariffs: TariffBook, *, idempotency_ttl_s: int) -> None:
+        self.ledger = ledger
+        self.directory = directory
+        self.tariffs = tariffs
+        self.idempotency_ttl_s = idempotency_ttl_s
+
+    async def charge(self, req: EventRequest) -> EventAnswer:
+        for _ in range(3):
+            account = await self.directory.resolve(req.identity)
+            if account is None:
+                return EventAnswer(ResultCode.USER_UNKNOWN)
+            tariff_id = self.directory.tariff_hint(account)
+            tariff = await self.tariffs.get(tariff_id) if tariff_id else None
+            if tariff_id and tariff is None:
+                return EventAnswer(ResultCode.RATING_FAILED)
+            units, amount = 0, 0
+            if tariff is not None:
+                priced = price_event(tariff, req)
+                if isinstance(priced, EventAnswer):
+                    return priced
+                units, amount = priced
+            args = (
+                req.action,
+                req.digest,
+                req.identity.kind,
+                req.identity.value,
+                tariff_id,
+                amount,
+                self.idempotency_ttl_s,
+                MAX_BALANCE,
+            )
+            reply = await self.ledger.event(account, req.event_id, args)
+            if reply.kind == "TARIFF":
+                self.directory.learn_tariff(account, reply.body)
+                continue
+            if reply.kind == "UNKNOWN":
+                self.directory.forget(req.identity)
+                if await self.directory.resolve(req.identity) == account:
+                    return EventAnswer(ResultCode.USER_UNKNOWN)
+                continue
+            if reply.kind == "CONFLICT":
+                raise Conflict(f"event_id {req.event_id!r} was already used with another payload")
+            if reply.kind == "LIMIT":
+                raise LimitExceeded(f"the refund would take the balance past {MAX_BALANCE} micros")
+            assert tariff is not None
+            return _answer(req, tariff, units, amount, reply.body, reply.kind == "REPLAY")
+        raise StorageUnavailable("subscriber data kept changing during the request")
+
+
+def _answer(req: EventRequest, tariff: Tariff, units: int, amount: int, body: str, replayed: bool) -> EventAnswer:
+    rc, balance, available = (int(x) for x in body.split(" "))
+    unit = tariff.rates[req.rating_group].unit
+    if req.action == "P":
+        return EventAnswer(rc, cost_micros=amount)
+    if req.action == "C":
+        return EventAnswer(rc, cost_micros=amount, enough_credit=rc == ResultCode.SUCCESS and available >= amount)
+    granted = Units.of(unit, units) if rc == ResultCode.SUCCESS else None
+    return EventAnswer(rc, granted=granted, cost_micros=amount, balance_micros=balance, replayed=replayed)

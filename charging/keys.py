@@ -1,0 +1,64 @@
+"""Every Redis key the system uses, built in one place.
+
+Keys that belong to a billing account start with the account's hash tag ``{a:<id>}`` so
+that one account's keys land in one Redis Cluster slot and every Lua script touches a
+single slot. Global keys are few: the identity index, tariffs, the account id sequence
+and the sweeper's index (which has its own tag ``{sweep}``).
+
+Per account:
+  {a:ID}                 hash: balance, reserved, tariff, status, msisdn, imsi, currency
+  {a:ID}:sx              zset: open session id -> supervision deadline (ms)
+  {a:ID}:s:SESSION       hash: per rating group u<rg> reserved units, m<rg> reserved money,
+                         c<rg> cumulative used units, n<rg> request number of the reservation;
+                         dl deadline
+  {a:ID}:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
+  {a:ID}:e:EVENT         string: answer to a debit/refund event (idempotency)
+  {a:ID}:t:KEY           string: answer to a top-up (idempotency)
+"""
+
+from __future__ import annotations
+
+ACCOUNT_SEQ = "seq:account"
+SWEEP_DUE = "{sweep}:due"
+SWEEP_EPOCH = "{sweep}:epoch"
+
+
+def account_tag(account_id: str) -> str:
+    return "{a:" + account_id + "}"
+
+
+def account(account_id: str) -> str:
+    return account_tag(account_id)
+
+
+def sessions(account_id: str) -> str:
+    return account_tag(account_id) + ":sx"
+
+
+def session_prefix(account_id: str) -> str:
+    return account_tag(account_id) + ":s:"
+
+
+def session(account_id: str, session_id: str) -> str:
+    return session_prefix(account_id) + session_id
+
+
+def answer(account_id: str, session_id: str, request_number: int) -> str:
+    return f"{account_tag(account_id)}:r:{request_number}:{session_id}"
+
+
+def event(account_id: str, event_id: str) -> str:
+    return account_tag(account_id) + ":e:" + event_id
+
+
+def topup(account_id: str, idempotency_key: str) -> str:
+    return account_tag(account_id) + ":t:" + idempotency_key
+
+
+def identity(kind: str, value: str) -> str:
+    """Index from a subscriber identity (kind ``msisdn`` or ``imsi``) to its account id."""
+    return f"id:{kind}:{value}"
+
+
+def tariff(tariff_id: str) -> str:
+    return "tariff:" + tariff_id

@@ -1,0 +1,141 @@
+"""The balance ledger in Redis: every change is one Lua script, run in one round trip.
+
+The scripts sit next to this module (``*.lua``, each headed by its KEYS, ARGV and reply).
+They are loaded once and called with EVALSHA, reloading on NOSCRIPT; that is safe to
+retry because a NOSCRIPT reply means the script did not run. Each wrapper turns the
+script's reply into a ``Reply`` right here, and Redis failures into
+``StorageUnavailable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from charging import keys
+from charging.store import storage_errors
+
+ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "TARIFF", "LIMIT"]
+Arg = str | int
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a ledger script answered. ``body`` is the stored answer of DONE/REPLAY,
+    or the account's tariff id for TARIFF."""
+
+    kind: ReplyKind
+    body: str = ""
+    reserved_delta: int = 0
+    session_delta: int = 0
+
+
+def _reply(raw: Sequence[Any]) -> Reply:
+    kind = raw[0]
+    body = raw[1] if len(raw) > 1 else ""
+    if kind == "DONE" and len(raw) == 4:
+        return Reply(kind, body, int(raw[2]), int(raw[3]))
+    return Reply(kind, body)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    sessions: int
+    money: int
+    next_deadline_ms: int
+
+
+class LuaScript:
+    """A script file loaded once and called by SHA."""
+
+    def __init__(self, filename: str) -> None:
+        self.source = resources.files("charging").joinpath(filename).read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+SESSION = LuaScript("session.lua")
+EVENT = LuaScript("event.lua")
+TOPUP = LuaScript("topup.lua")
+SWEEP = LuaScript("sweep.lua")
+SWEEP_INDEX = LuaScript("sweep_index.lua")
+
+_SWEEP_INDEX_KEYS = (keys.SWEEP_DUE, keys.SWEEP_EPOCH)
+
+
+class Ledger:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    async def session(
+        self, account: str, session_id: str, request_number: int, args: Sequence[Arg], *, hint_deadline_ms: int = 0
+    ) -> Reply:
+        """Run one session request. With ``hint_deadline_ms`` (INITIAL requests) the
+        sweeper's index learns about the account in the same round trip."""
+        script_keys = (
+            keys.account(account),
+            keys.sessions(account),
+            keys.session(account, session_id),
+            keys.answer(account, session_id, request_number),
+        )
+        with storage_errors():
+            if not hint_deadline_ms:
+                return _reply(await SESSION(self.client, script_keys, args))
+            return _reply(await self._hinted_session(account, script_keys, args, hint_deadline_ms))
+
+    async def _hinted_session(
+        self, account: str, script_keys: Sequence[str], args: Sequence[Arg], deadline_ms: int
+    ) -> Any:
+        hint_args = ("hint", account, deadline_ms)
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(SWEEP_INDEX.sha, 2, *_SWEEP_INDEX_KEYS, *hint_args)
+            pipe.evalsha(SESSION.sha, len(script_keys), *script_keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            missing = [r for r in results if isinstance(r, redis_errors.NoScriptError)]
+            if not missing or attempt:
+                for r in results:
+                    if isinstance(r, Exception):
+                        raise r
+                return results[1]
+            await self.client.script_load(SWEEP_INDEX.source)
+            await self.client.script_load(SESSION.source)
+        raise AssertionError("unreachable")
+
+    async def event(self, account: str, event_id: str, args: Sequence[Arg]) -> Reply:
+        return await self._run(EVENT, (keys.account(account), keys.event(account, event_id)), args)
+
+    async def topup(self, account: str, idempotency_key: str, args: Sequence[Arg]) -> Reply:
+        return await self._run(TOPUP, (keys.account(account), keys.topup(account, idempotency_key)), args)
+
+    async def sweep_account(self, account: str, now_ms: int, limit: int) -> SweepResult:
+        script_keys = (keys.account(account), keys.sessions(account))
+        with storage_errors():
+            raw = await SWEEP(self.client, script_keys, (now_ms, keys.session_prefix(account), limit))
+        return SweepResult(int(raw[0]), int(raw[1]), int(float(raw[2])))
+
+    async def take_due(self, now_ms: int, lease_ms: int, limit: int) -> list[tuple[str, str]]:
+        """Accounts whose supervision deadline may have passed, with the index epoch."""
+        with storage_errors():
+            raw = await SWEEP_INDEX(self.client, _SWEEP_INDEX_KEYS, ("take", now_ms, lease_ms, limit))
+        return [(raw[i], raw[i + 1]) for i in range(0, len(raw), 2)]
+
+    async def settle(self, account: str, epoch: str, next_deadline_ms: int) -> None:
+        with storage_errors():
+            await SWEEP_INDEX(self.client, _SWEEP_INDEX_KEYS, ("settle", account, epoch, next_deadline_ms))
+
+    async def _run(self, script: LuaScript, script_keys: Sequence[str], args: Sequence[Arg]) -> Reply:
+        with storage_errors():
+            return _reply(await script(self.client, script_keys, args))

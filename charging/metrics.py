@@ -1,0 +1,32 @@
+"""Prometheus metrics, declared once. Labels are small closed sets (method, result code,
+channel): never a subscriber, session or account id."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "charging_requests_total",
+    "gRPC requests by method and outcome (RFC 8506 result code, or gRPC status name).",
+    ["method", "result"],
+)
+LATENCY = Histogram(
+    "charging_request_duration_seconds",
+    "Time to answer a gRPC request.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+RETRANSMISSIONS = Counter(
+    "charging_retransmissions_total",
+    "Requests answered from a stored answer (retransmissions and repeated keys).",
+    ["method"],
+)
+SESSIONS_OPENED = Counter("charging_sessions_opened_total", "Sessions opened by INITIAL requests.")
+SESSIONS_CLOSED = Counter("charging_sessions_closed_total", "Sessions closed, by how.", ["reason"])
+ACTIVE_SESSIONS = Gauge("charging_active_sessions", "Open sessions (counted in Redis by the census).")
+RESERVED_MICROS = Gauge("charging_reserved_micros", "Money held in open reservations, micros (counted by the census).")
+ACCOUNTS_WITH_SESSIONS = Gauge("charging_accounts_with_sessions", "Accounts that have open sessions (census).")
+TOPUPS = Counter("charging_topups_total", "Recharges applied, by channel.", ["channel"])
+TOPUP_MICROS = Counter("charging_topup_micros_total", "Money recharged, micros, by channel.", ["channel"])
+SWEPT_MICROS = Counter("charging_swept_micros_total", "Reserved money returned by the supervision sweeper, micros.")
+REDIS_ERRORS = Counter("charging_redis_errors_total", "Redis could not be reached, by component.", ["component"])

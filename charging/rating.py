@@ -1,0 +1,240 @@
+"""Tariffs and the pure arithmetic of rating: no I/O, no clock.
+
+A tariff prices each rating group in one unit (seconds, bytes, service-specific units
+or money) as ``price_micros`` per started ``increment``.
+
+Rounding rule (the only one): usage is rounded *up* to whole increments, and every
+started increment costs its full price. Within a session the rule applies to the
+cumulative usage of a rating group, so reporting 30 s twice on a 60/60 rate costs one
+increment, not two: the cost of a report is ``cost(before + used) - cost(before)``.
+
+The session script (``session.lua``) evaluates ``incremental_cost`` and
+``affordable_units`` inside Redis so a request costs one round trip; the functions here
+are the reference that the tests hold the script to.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from charging.errors import InvalidRequest
+from charging.money import MAX_AMOUNT, MAX_UNITS
+
+
+class UnitKind(IntEnum):
+    TIME = 1
+    VOLUME = 2
+    SERVICE_SPECIFIC = 3
+    MONEY = 4
+
+
+class FinalUnitAction(IntEnum):
+    TERMINATE = 1
+    REDIRECT = 2
+    RESTRICT_ACCESS = 3
+
+
+@dataclass(frozen=True)
+class Units:
+    """Service units as carried in a request (RFC 8506 *-Service-Unit)."""
+
+    time_s: int = 0
+    total_octets: int = 0
+    input_octets: int = 0
+    output_octets: int = 0
+    service_specific_units: int = 0
+    money_micros: int = 0
+
+    def count(self, unit: UnitKind) -> int:
+        """The amount in ``unit``; volume falls back to input + output when total is 0."""
+        if unit is UnitKind.TIME:
+            return self.time_s
+        if unit is UnitKind.VOLUME:
+            return self.total_octets or self.input_octets + self.output_octets
+        if unit is UnitKind.SERVICE_SPECIFIC:
+            return self.service_specific_units
+        return self.money_micros
+
+    @staticmethod
+    def of(unit: UnitKind, amount: int) -> Units:
+        if unit is UnitKind.TIME:
+            return Units(time_s=amount)
+        if unit is UnitKind.VOLUME:
+            return Units(total_octets=amount)
+        if unit is UnitKind.SERVICE_SPECIFIC:
+            return Units(service_specific_units=amount)
+        return Units(money_micros=amount)
+
+
+UNIT_FIELD = {
+    UnitKind.TIME: "time_s",
+    UnitKind.VOLUME: "total_octets",
+    UnitKind.SERVICE_SPECIFIC: "service_specific_units",
+    UnitKind.MONEY: "money_micros",
+}
+
+
+@dataclass(frozen=True)
+class Rate:
+    rating_group: int
+    unit: UnitKind
+    increment: int
+    price_micros: int
+    default_quota: int
+    validity_time_s: int
+    name: str = ""
+    free: bool = False
+    final_unit_action: FinalUnitAction = FinalUnitAction.TERMINATE
+    redirect_address: str = ""
+    restriction_filter_rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tariff:
+    id: str
+    currency: str
+    rates: Mapping[int, Rate] = field(default_factory=dict)
+
+
+def ceil_div(a: int, b: int) -> int:
+    """Smallest integer q with q * b >= a (for b > 0)."""
+    return -(-a // b)
+
+
+def cost(rate: Rate, units: int) -> int:
+    """Price of ``units`` on their own: every started increment in full."""
+    return ceil_div(units, rate.increment) * rate.price_micros
+
+
+def incremental_cost(rate: Rate, used_before: int, used: int) -> int:
+    """Price of ``used`` more units after ``used_before`` units of the same session."""
+    inc = rate.increment
+    return (ceil_div(used_before + used, inc) - ceil_div(used_before, inc)) * rate.price_micros
+
+
+def quota(rate: Rate, requested: int) -> int:
+    """Units to reserve for a request: the requested amount (or the default quota when
+    none is given), rounded up to whole increments."""
+    wanted = requested if requested > 0 else rate.default_quota
+    return ceil_div(wanted, rate.increment) * rate.increment
+
+
+def affordable_units(rate: Rate, used_before: int, available: int, wanted: int) -> int:
+    """Units up to ``wanted`` whose incremental cost fits in ``available`` micros.
+
+    The unused rest of an increment already paid for is free; then whole increments
+    as far as the money goes.
+    """
+    if rate.price_micros == 0:
+        return wanted
+    inc = rate.increment
+    paid_rest = ceil_div(used_before, inc) * inc - used_before
+    steps = max(available, 0) // rate.price_micros
+    return min(wanted, paid_rest + steps * inc)
+
+
+def worst_case_cost(rate: Rate, units: int) -> int:
+    """Upper bound of ``incremental_cost`` for ``units``, whatever came before."""
+    return (ceil_div(units, rate.increment) + 1) * rate.price_micros
+
+
+def check_units(rate: Rate, units: int, where: str) -> None:
+    """Reject unit counts whose price could leave the exact integer range of the ledger."""
+    if units > MAX_UNITS or worst_case_cost(rate, units) > MAX_AMOUNT:
+        raise InvalidRequest(where, f"{units} units is beyond the supported maximum")
+
+
+# --- tariff documents --------------------------------------------------------------
+
+TARIFF_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _int(doc: Mapping[str, Any], key: str, where: str, low: int, high: int, default: int | None = None) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{where}.{key}", "must be an integer")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{where}.{key}", f"must be between {low} and {high}")
+    return value
+
+
+def _enum(doc: Mapping[str, Any], key: str, where: str, kind: type[IntEnum], default: str | None = None) -> Any:
+    value = doc.get(key, default)
+    names = [m.name for m in kind]
+    if not isinstance(value, str) or value not in names:
+        raise InvalidRequest(f"{where}.{key}", f"must be one of {', '.join(names)}")
+    return kind[value]
+
+
+def tariff_from_doc(doc: Mapping[str, Any]) -> Tariff:
+    """Build a tariff from its JSON document, naming the first bad field."""
+    tariff_id = doc.get("id")
+    if not isinstance(tariff_id, str) or not TARIFF_ID.match(tariff_id):
+        raise InvalidRequest("id", "must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    currency = doc.get("currency")
+    if not isinstance(currency, str) or not CURRENCY.match(currency):
+        raise InvalidRequest("currency", "must be an ISO 4217 code such as EUR")
+    raw_rates = doc.get("rates")
+    if not isinstance(raw_rates, list) or not raw_rates:
+        raise InvalidRequest("rates", "must be a non-empty list")
+    rates: dict[int, Rate] = {}
+    for i, raw in enumerate(raw_rates):
+        where = f"rates[{i}]"
+        if not isinstance(raw, Mapping):
+            raise InvalidRequest(where, "must be an object")
+        rate = _rate_from_doc(raw, where)
+        if rate.rating_group in rates:
+            raise InvalidRequest(f"{where}.rating_group", "appears twice")
+        rates[rate.rating_group] = rate
+    return Tariff(id=tariff_id, currency=currency, rates=rates)
+
+
+def _rate_from_doc(raw: Mapping[str, Any], where: str) -> Rate:
+    unit = _enum(raw, "unit", where, UnitKind)
+    increment = 1 if unit is UnitKind.MONEY else _int(raw, "increment", where, 1, 10**12)
+    price = 1 if unit is UnitKind.MONEY else _int(raw, "price_micros", where, 0, MAX_AMOUNT)
+    rate = Rate(
+        rating_group=_int(raw, "rating_group", where, 0, 2**32 - 1),
+        name=str(raw.get("name", "")),
+        unit=unit,
+        increment=increment,
+        price_micros=price,
+        default_quota=_int(raw, "default_quota", where, 1, MAX_UNITS),
+        validity_time_s=_int(raw, "validity_time_s", where, 1, 86_400 * 7, default=3600),
+        free=bool(raw.get("free", False)),
+        final_unit_action=_enum(raw, "final_unit_action", where, FinalUnitAction, "TERMINATE"),
+        redirect_address=str(raw.get("redirect_address", "")),
+        restriction_filter_rules=tuple(str(r) for r in raw.get("restriction_filter_rules", ())),
+    )
+    if rate.final_unit_action is FinalUnitAction.REDIRECT and not rate.redirect_address:
+        raise InvalidRequest(f"{where}.redirect_address", "is required for REDIRECT")
+    check_units(rate, rate.default_quota, f"{where}.default_quota")
+    return rate
+
+
+def tariff_to_doc(tariff: Tariff) -> dict[str, Any]:
+    return {
+        "id": tariff.id,
+        "currency": tariff.currency,
+        "rates": [
+            {
+                "rating_group": r.rating_group,
+                "name": r.name,
+                "unit": r.unit.name,
+                "increment": r.increment,
+                "price_micros": r.price_micros,
+                "default_quota": r.default_quota,
+                "validity_time_s": r.validity_time_s,
+                "free": r.free,
+                "final_unit_action": r.final_unit_action.name,
+                "redirect_address": r.redirect_address,
+                "restriction_filter_rules": list(r.restriction_filter_rules),
+            }
+            for r in tariff.rates.values()
+        ],
+    }

@@ -1,0 +1,148 @@
+"""Wiring and lifecycle: build every object once, start, and stop in order.
+
+Stop order: health goes NOT_SERVING, the gRPC server drains in-flight calls within the
+grace period, background tasks (sweeper, census, Redis supervision) are cancelled and
+awaited, the Redis pool is closed, the embedded redis-server is shut down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from charging import store
+from charging.api import AdminServicer, ChargingServicer, TopUpServicer
+from charging.census import run_census
+from charging.clock import Clock, SystemClock
+from charging.embedded_redis import EmbeddedRedis
+from charging.events import EventCharging
+from charging.ledger import Ledger
+from charging.sessions import SessionCharging
+from charging.settings import Settings
+from charging.subscribers import Directory
+from charging.sweeper import Sweeper
+from charging.tariffs import TariffBook, load_tariff_file
+from charging.topups import TopUps
+from charging.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    charging_pb2,
+    charging_pb2_grpc,
+    topup_pb2,
+    topup_pb2_grpc,
+)
+
+log = logging.getLogger("charging.server")
+
+SERVICE_NAMES = (
+    charging_pb2.DESCRIPTOR.services_by_name["Charging"].full_name,
+    topup_pb2.DESCRIPTOR.services_by_name["TopUp"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+    run_background: bool = True
+    grpc_port: int = 0
+    metrics_port: int = 0
+    redis: aioredis.Redis | None = None
+    sweeper: Sweeper | None = None
+    _embedded: EmbeddedRedis | None = None
+    _server: grpc.aio.Server | None = None
+    _health: health.aio.HealthServicer | None = None
+    _metrics_httpd: Any = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        s = self.settings
+        url = s.redis_url
+        if not url:
+            self._embedded = EmbeddedRedis(s.redis_server_bin, s.redis_dir, s.redis_appendfsync)
+            url = await self._embedded.start()
+        self.redis = store.connect(url, max_connections=s.redis_max_connections)
+        await self.redis.ping()
+
+        ledger = Ledger(self.redis)
+        tariffs = TariffBook(self.redis)
+        await tariffs.put(load_tariff_file(s.default_tariff_file))
+        directory = Directory(self.redis, s.subscriber_cache_size)
+        sessions = SessionCharging(
+            ledger, directory, tariffs, self.clock, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s
+        )
+        events = EventCharging(ledger, directory, tariffs, idempotency_ttl_s=s.idempotency_ttl_s)
+        topups = TopUps(ledger, directory, idempotency_ttl_s=s.idempotency_ttl_s)
+        self.sweeper = Sweeper(ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch)
+
+        self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
+        charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
+        topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups, directory), self._server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(directory, tariffs), self._server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), self._server
+        )
+        self.grpc_port = self._server.add_insecure_port(s.grpc_address)
+        await self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        if s.metrics_address:
+            host, _, port = s.metrics_address.rpartition(":")
+            self._metrics_httpd, _ = start_http_server(int(port), addr=host)
+            self.metrics_port = self._metrics_httpd.server_port
+
+        if self.run_background:
+            self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
+            self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
+        if self._embedded is not None:
+            self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
+        log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
+
+    async def stop(self) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_period_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self._embedded is not None:
+            await self._embedded.stop()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await app.stop()

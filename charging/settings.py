@@ -1,0 +1,98 @@
+"""One settings object, built from the environment in one place and passed down.
+
+Every variable is prefixed ``CHARGING_``; the README lists them all. Secrets (a
+password inside the Redis URL) come only from the environment and never appear in the
+object's repr or in logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charging.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Settings:
+    grpc_address: str = "127.0.0.1:50051"
+    metrics_address: str = "127.0.0.1:9464"
+    # Empty: start and supervise an embedded redis-server under redis_dir.
+    redis_url: str = ""
+    redis_dir: Path = Path("var/redis")
+    redis_server_bin: str = "redis-server"
+    redis_appendfsync: str = "everysec"
+    redis_max_connections: int = 64
+    # Supervision time of a session = factor x the longest validity time granted.
+    supervision_factor: int = 2
+    sweep_interval_s: float = 1.0
+    sweep_batch: int = 200
+    # How long answers are kept to answer retransmissions identically.
+    answer_ttl_s: int = 3600
+    # How long event ids and top-up idempotency keys are remembered.
+    idempotency_ttl_s: int = 30 * 86_400
+    subscriber_cache_size: int = 200_000
+    census_interval_s: float = 15.0
+    grace_period_s: float = 5.0
+    log_level: str = "INFO"
+    default_tariff_file: str = ""
+
+    def __repr__(self) -> str:
+        fields = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis_url":
+                value = redact_url(value)
+            fields.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(fields)})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read ``CHARGING_*`` variables; a bad value raises ``InvalidRequest`` naming it."""
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            name = "CHARGING_" + f.name.upper()
+            if name not in environ:
+                continue
+            raw = environ[name]
+            default: Any = f.default
+            kind = type(default)
+            try:
+                if kind is bool:
+                    values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+                elif kind is int:
+                    values[f.name] = int(raw)
+                elif kind is float:
+                    values[f.name] = float(raw)
+                elif f.name == "redis_dir":
+                    values[f.name] = Path(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise InvalidRequest(name, f"not a valid {kind.__name__}: {raw!r}") from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.redis_appendfsync not in ("always", "everysec", "no"):
+            raise InvalidRequest("CHARGING_REDIS_APPENDFSYNC", "must be always, everysec or no")
+        if self.supervision_factor < 1:
+            raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
+        if self.answer_ttl_s < 60:
+            raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
+        for name, address in (
+            ("CHARGING_GRPC_ADDRESS", self.grpc_address),
+            ("CHARGING_METRICS_ADDRESS", self.metrics_address),
+        ):
+            if address and ":" not in address:
+                raise InvalidRequest(name, "must be host:port")
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL such as redis://user:secret@host:6379/0."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)

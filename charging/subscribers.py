@@ -1,0 +1,164 @@
+"""Subscribers: who an identity (MSISDN or IMSI) charges, and the minimal admin of them.
+
+Charging needs the account behind an identity before it can name the account's keys, and
+that index (``id:msisdn:N``) lives outside the account's hash slot. The ``Directory``
+keeps identity -> account and account -> tariff in a bounded in-process cache so a
+charging request costs one Redis round trip. The cache is only a hint: every script
+checks that the identity is still on the account and that the account still has the
+tariff the request was rated with, and the caller re-resolves when it is not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import redis.asyncio as aioredis
+
+from charging import keys
+from charging.errors import Conflict, InvalidRequest, NotFound
+from charging.money import MAX_BALANCE
+from charging.rating import Tariff
+from charging.store import storage_errors
+
+IdentityKind = Literal["msisdn", "imsi"]
+STATUSES = ("active", "barred")
+MSISDN = re.compile(r"^[1-9][0-9]{5,14}$")
+IMSI = re.compile(r"^[0-9]{15}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: IdentityKind
+    value: str
+
+    def __repr__(self) -> str:
+        # Identities are personal data: keep them out of logs and tracebacks.
+        return f"Identity({self.kind}=***{self.value[-2:]})"
+
+
+def parse_identity(kind: IdentityKind, value: str, field: str) -> Identity:
+    pattern = MSISDN if kind == "msisdn" else IMSI
+    if not pattern.match(value):
+        what = "an E.164 number of 6-15 digits without '+'" if kind == "msisdn" else "15 digits"
+        raise InvalidRequest(field, f"must be {what}")
+    return Identity(kind, value)
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    msisdn: str
+    imsi: str
+    tariff_id: str
+    status: str
+    currency: str
+    balance: int
+    reserved: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+class _BoundedDict(dict[str, str]):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = max(limit, 1)
+
+    def put(self, key: str, value: str) -> None:
+        if key not in self and len(self) >= self.limit:
+            del self[next(iter(self))]
+        self[key] = value
+
+
+class Directory:
+    def __init__(self, client: aioredis.Redis, cache_size: int) -> None:
+        self._client = client
+        self._accounts = _BoundedDict(cache_size)
+        self._tariffs = _BoundedDict(cache_size)
+
+    async def resolve(self, identity: Identity) -> str | None:
+        """The account id behind an identity, or None when nobody has it."""
+        key = keys.identity(identity.kind, identity.value)
+        account = self._accounts.get(key)
+        if account is not None:
+            return account
+        with storage_errors():
+            raw = await self._client.get(key)
+        account = None if raw is None else str(raw)
+        if account is not None:
+            self._accounts.put(key, account)
+        return account
+
+    def forget(self, identity: Identity) -> None:
+        self._accounts.pop(keys.identity(identity.kind, identity.value), None)
+
+    def tariff_hint(self, account: str) -> str:
+        return self._tariffs.get(account, "")
+
+    def learn_tariff(self, account: str, tariff_id: str) -> None:
+        self._tariffs.put(account, tariff_id)
+
+    async def create(self, msisdn: Identity, imsi: Identity | None, tariff: Tariff, initial_balance: int) -> Account:
+        """Create an account with one subscriber. The identities are claimed after the
+        account exists, so a crash in between leaves only an unreachable account."""
+        if not 0 <= initial_balance <= MAX_BALANCE:
+            raise InvalidRequest("initial_balance_micros", f"must be between 0 and {MAX_BALANCE}")
+        with storage_errors():
+            account_id = str(await self._client.incr(keys.ACCOUNT_SEQ))
+            fields = {
+                "balance": str(initial_balance),
+                "reserved": "0",
+                "tariff": tariff.id,
+                "status": "active",
+                "currency": tariff.currency,
+                "msisdn": msisdn.value,
+            }
+            if imsi is not None:
+                fields["imsi"] = imsi.value
+            await self._client.hset(keys.account(account_id), mapping=fields)  # type: ignore[arg-type]
+            claimed: list[str] = []
+            for ident in (msisdn, imsi):
+                if ident is None:
+                    continue
+                key = keys.identity(ident.kind, ident.value)
+                if not await self._client.set(key, account_id, nx=True):
+                    if claimed:
+                        await self._client.delete(*claimed)
+                    await self._client.delete(keys.account(account_id))
+                    raise Conflict(f"{ident.kind} is already assigned to another subscriber")
+                claimed.append(key)
+        self.learn_tariff(account_id, tariff.id)
+        return await self._read(account_id)
+
+    async def get(self, identity: Identity) -> Account:
+        account_id = await self.resolve(identity)
+        if account_id is None:
+            raise NotFound("no subscriber has this identity")
+        return await self._read(account_id)
+
+    async def set_status(self, identity: Identity, status: str) -> Account:
+        if status not in STATUSES:
+            raise InvalidRequest("status", f"must be one of {', '.join(STATUSES)}")
+        account = await self.get(identity)
+        with storage_errors():
+            await self._client.hset(keys.account(account.account_id), "status", status)
+        return await self._read(account.account_id)
+
+    async def _read(self, account_id: str) -> Account:
+        with storage_errors():
+            h: dict[str, str] = await self._client.hgetall(keys.account(account_id))  # type: ignore[assignment]
+        if not h:
+            raise NotFound("no such account")
+        return Account(
+            account_id=account_id,
+            msisdn=h.get("msisdn", ""),
+            imsi=h.get("imsi", ""),
+            tariff_id=h["tariff"],
+            status=h["status"],
+            currency=h["currency"],
+            balance=int(h["balance"]),
+            reserved=int(h["reserved"]),
+        )

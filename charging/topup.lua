@@ -1,0 +1,30 @@
+-- Recharge: credit an account once per idempotency key.
+--
+-- KEYS[1] account hash      {a:ID}
+-- KEYS[2] answer            {a:ID}:t:KEY
+-- ARGV[1] payload digest    ARGV[2] amount (micros, > 0)
+-- ARGV[3] answer ttl (s)    ARGV[4] largest balance allowed
+--
+-- Reply, one of:
+--   {'DONE', body}     body = "<balance micros> <reserved micros> <currency>"
+--   {'REPLAY', body}   this key was applied before with the same payload
+--   {'CONFLICT'}       this key was used before with another payload
+--   {'UNKNOWN'}        no such account
+--   {'LIMIT'}          the balance would pass ARGV[4]: nothing changed
+
+local prev = redis.call('GET', KEYS[2])
+if prev then
+  local sep = string.find(prev, '|', 1, true)
+  if string.sub(prev, 1, sep - 1) ~= ARGV[1] then return {'CONFLICT'} end
+  return {'REPLAY', string.sub(prev, sep + 1)}
+end
+
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'currency')
+if not acct[1] then return {'UNKNOWN'} end
+local balance = tonumber(acct[1]) + tonumber(ARGV[2])
+if balance > tonumber(ARGV[4]) then return {'LIMIT'} end
+
+local body = string.format('%d %s %s', balance, acct[2], acct[3])
+redis.call('HSET', KEYS[1], 'balance', string.format('%d', balance))
+redis.call('SET', KEYS[2], ARGV[1] .. '|' .. body, 'EX', ARGV[3])
+return {'DONE', body}

@@ -1,0 +1,158 @@
+"""Fixtures: a real redis-server on a free port, a real gRPC server on port 0, real stubs."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from charging.clock import ManualClock
+from charging.embedded_redis import redis_command
+from charging.server import App
+from charging.settings import Settings
+from charging.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    charging_pb2,
+    charging_pb2_grpc,
+    common_pb2,
+    topup_pb2_grpc,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (make test installs it)")
+    directory: Path = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen(redis_command(binary, directory, "no", port=port), stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    client.close()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(
+        grpc_address="127.0.0.1:0",
+        metrics_address="",
+        redis_url=redis_url,
+        sweep_interval_s=0.05,
+        census_interval_s=0.05,
+        grace_period_s=1.0,
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[App]:
+    application = App(settings, clock=clock, run_background=False)
+    await application.start()
+    yield application
+    await application.stop()
+
+
+@dataclass
+class Stubs:
+    channel: grpc.aio.Channel
+    charging: charging_pb2_grpc.ChargingStub
+    topup: topup_pb2_grpc.TopUpStub
+    admin: admin_pb2_grpc.AdminStub
+
+    async def subscriber(
+        self, msisdn: str = "491700000001", balance: int = 1_000_000, tariff: str = "default", imsi: str = ""
+    ) -> admin_pb2.Subscriber:
+        return await self.admin.CreateSubscriber(
+            admin_pb2.CreateSubscriberRequest(
+                msisdn=msisdn, imsi=imsi, tariff_id=tariff, initial_balance_micros=balance
+            )
+        )
+
+    async def balance(self, msisdn: str = "491700000001") -> admin_pb2.Subscriber:
+        return await self.admin.GetSubscriber(common_pb2.SubscriberId(msisdn=msisdn))
+
+
+@pytest.fixture
+async def stubs(app: App) -> AsyncIterator[Stubs]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    yield Stubs(
+        channel,
+        charging_pb2_grpc.ChargingStub(channel),
+        topup_pb2_grpc.TopUpStub(channel),
+        admin_pb2_grpc.AdminStub(channel),
+    )
+    await channel.close()
+
+
+INITIAL = charging_pb2.REQUEST_TYPE_INITIAL
+UPDATE = charging_pb2.REQUEST_TYPE_UPDATE
+TERMINATE = charging_pb2.REQUEST_TYPE_TERMINATE
+
+
+def session_request(
+    session_id: str,
+    kind: int,
+    number: int,
+    groups: list[dict[str, object]],
+    msisdn: str = "491700000001",
+) -> charging_pb2.SessionRequest:
+    """groups: dicts with rating_group and optional requested/used (dicts of unit fields) and final."""
+    req = charging_pb2.SessionRequest(
+        session_id=session_id,
+        request_type=kind,  # type: ignore[arg-type]
+        request_number=number,
+        subscriber=common_pb2.SubscriberId(msisdn=msisdn),
+    )
+    for g in groups:
+        rg = req.rating_groups.add(rating_group=int(g["rating_group"]))  # type: ignore[call-overload]
+        if "requested" in g:
+            rg.requested.SetInParent()
+            for k, v in dict(g["requested"]).items():  # type: ignore[call-overload]
+                setattr(rg.requested, k, v)
+        if "used" in g:
+            rg.used.SetInParent()
+            for k, v in dict(g["used"]).items():  # type: ignore[call-overload]
+                setattr(rg.used, k, v)
+        if g.get("final"):
+            rg.reporting_reason = charging_pb2.REPORTING_REASON_FINAL
+    return req
