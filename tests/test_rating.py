@@ -1,0 +1,173 @@
+"""Rating rules: tables and properties, no server."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from charging.errors import InvalidRequest
+from charging.money import MAX_AMOUNT
+from charging.rating import (
+    Rate,
+    UnitKind,
+    Units,
+    affordable_units,
+    ceil_div,
+    check_units,
+    cost,
+    incremental_cost,
+    quota,
+    tariff_from_doc,
+    tariff_to_doc,
+)
+from charging.tariffs import load_tariff_file
+
+
+def rate(increment: int = 60, price: int = 100_000, quota_units: int = 300, unit: UnitKind = UnitKind.TIME) -> Rate:
+    return Rate(
+        rating_group=1,
+        unit=unit,
+        increment=increment,
+        price_micros=price,
+        default_quota=quota_units,
+        validity_time_s=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("increment", "price", "units", "expected"),
+    [
+        (60, 100_000, 0, 0),
+        (60, 100_000, 1, 100_000),  # 60/60: a started minute costs a minute
+        (60, 100_000, 60, 100_000),
+        (60, 100_000, 61, 200_000),
+        (1, 1_700, 61, 103_700),  # per second
+        (1024, 10, 1, 10),  # per started KB
+        (1024, 10, 1024, 10),
+        (1024, 10, 1025, 20),
+        (1, 0, 10**15, 0),  # free
+    ],
+)
+def test_cost_rounds_up_to_whole_increments(increment: int, price: int, units: int, expected: int) -> None:
+    assert cost(rate(increment, price), units) == expected
+
+
+@pytest.mark.parametrize(
+    ("before", "used", "expected"),
+    [(0, 30, 100_000), (30, 30, 0), (60, 1, 100_000), (59, 2, 100_000), (0, 0, 0), (119, 122, 300_000)],
+)
+def test_incremental_cost_continues_the_started_increment(before: int, used: int, expected: int) -> None:
+    assert incremental_cost(rate(), before, used) == expected
+
+
+@pytest.mark.parametrize(("requested", "expected"), [(0, 300), (1, 60), (60, 60), (61, 120), (1000, 1020)])
+def test_quota_is_requested_or_default_in_whole_increments(requested: int, expected: int) -> None:
+    assert quota(rate(), requested) == expected
+
+
+@pytest.mark.parametrize(
+    ("before", "available", "wanted", "expected"),
+    [
+        (0, 1_000_000, 300, 300),
+        (0, 250_000, 300, 120),
+        (0, 99_999, 300, 0),
+        (30, 0, 300, 30),  # the rest of a paid minute is free
+        (30, 100_000, 300, 90),
+        (0, -5, 300, 0),
+    ],
+)
+def test_affordable_units(before: int, available: int, wanted: int, expected: int) -> None:
+    assert affordable_units(rate(), before, available, wanted) == expected
+
+
+positive = st.integers(min_value=1, max_value=10**6)
+units = st.integers(min_value=0, max_value=10**9)
+
+
+@given(increment=positive, price=st.integers(0, 10**6), a=units, b=units)
+def test_cost_is_monotonic_in_usage(increment: int, price: int, a: int, b: int) -> None:
+    r = rate(increment, price)
+    lo, hi = sorted((a, b))
+    assert cost(r, lo) <= cost(r, hi)
+
+
+@given(increment=positive, price=st.integers(0, 10**6), parts=st.lists(units, max_size=8))
+def test_reporting_in_parts_costs_the_same_as_the_whole(increment: int, price: int, parts: list[int]) -> None:
+    r = rate(increment, price)
+    before, charged = 0, 0
+    for used in parts:
+        charged += incremental_cost(r, before, used)
+        before += used
+    assert charged == cost(r, sum(parts))
+
+
+@given(increment=positive, price=st.integers(0, 10**6), parts=st.lists(units, max_size=8))
+def test_separate_events_never_cost_less_than_one(increment: int, price: int, parts: list[int]) -> None:
+    r = rate(increment, price)
+    assert sum(cost(r, u) for u in parts) >= cost(r, sum(parts))
+
+
+@given(
+    increment=positive, price=st.integers(1, 10**6), before=units, available=st.integers(-(10**9), 10**12), wanted=units
+)
+def test_affordable_units_fit_in_the_money(
+    increment: int, price: int, before: int, available: int, wanted: int
+) -> None:
+    r = rate(increment, price)
+    g = affordable_units(r, before, available, wanted)
+    assert 0 <= g <= wanted
+    assert incremental_cost(r, before, g) <= max(available, 0)
+    if g < wanted:  # one more increment would not fit
+        assert incremental_cost(r, before, g + increment) > max(available, 0) or g + increment > wanted
+
+
+@given(a=st.integers(0, 2**60), b=st.integers(1, 2**40))
+def test_ceil_div(a: int, b: int) -> None:
+    q = ceil_div(a, b)
+    assert q * b >= a > (q - 1) * b or a == 0 == q
+
+
+def test_units_pick_the_rate_unit() -> None:
+    u = Units(time_s=5, input_octets=3, output_octets=4, service_specific_units=2, money_micros=9)
+    assert u.count(UnitKind.TIME) == 5
+    assert u.count(UnitKind.VOLUME) == 7
+    assert Units(total_octets=10, input_octets=3).count(UnitKind.VOLUME) == 10
+    assert u.count(UnitKind.SERVICE_SPECIFIC) == 2
+    assert u.count(UnitKind.MONEY) == 9
+
+
+def test_unit_counts_beyond_the_exact_range_are_refused() -> None:
+    r = rate(1, MAX_AMOUNT // 10)
+    check_units(r, 8, "used")
+    with pytest.raises(InvalidRequest) as err:
+        check_units(r, 10, "used")
+    assert err.value.field == "used"
+
+
+def test_default_tariff_round_trips() -> None:
+    t = load_tariff_file("")
+    assert tariff_from_doc(tariff_to_doc(t)) == t
+    assert t.rates[40].free
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.update(id="has space"), "id"),
+        (lambda d: d.update(currency="euro"), "currency"),
+        (lambda d: d.update(rates=[]), "rates"),
+        (lambda d: d["rates"][1].update(increment=0), "rates[1].increment"),
+        (lambda d: d["rates"][0].update(price_micros=-1), "rates[0].price_micros"),
+        (lambda d: d["rates"][0].update(unit="MINUTES"), "rates[0].unit"),
+        (lambda d: d["rates"][2].update(rating_group=10), "rates[2].rating_group"),
+        (lambda d: d["rates"][3].update(redirect_address=""), "rates[3].redirect_address"),
+        (lambda d: d["rates"][0].update(default_quota=10**16), "rates[0].default_quota"),
+    ],
+)
+def test_bad_tariff_documents_name_the_field(mutate, field: str) -> None:
+    doc = tariff_to_doc(load_tariff_file(""))
+    mutate(doc)
+    with pytest.raises(InvalidRequest) as err:
+        tariff_from_doc(doc)
+    assert err.value.field == field

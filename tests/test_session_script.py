@@ -1,0 +1,83 @@
+"""session.lua against the reference arithmetic in rating.py, on a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from charging import keys
+from charging.ledger import SESSION
+from charging.rating import Rate, UnitKind, affordable_units, incremental_cost
+
+
+@pytest.fixture(scope="module")
+def r(redis_server: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    yield client
+    client.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    increment=st.sampled_from([1, 6, 60, 1024]),
+    price=st.integers(0, 200_000),
+    balance=st.integers(-(10**9), 10**12),
+    held=st.integers(0, 10**7),
+    reserved_units=st.integers(0, 10**6),
+    cum=st.integers(0, 10**9),
+    used=st.integers(0, 10**7),
+    want=st.integers(0, 10**7),
+)
+def test_script_matches_reference(
+    r: redis.Redis,
+    increment: int,
+    price: int,
+    balance: int,
+    held: int,
+    reserved_units: int,
+    cum: int,
+    used: int,
+    want: int,
+) -> None:
+    account, sid = "p", "s"
+    r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
+    r.hset(
+        keys.account(account),
+        mapping={"balance": balance, "reserved": held, "tariff": "t", "status": "active", "msisdn": "4911"},
+    )
+    r.hset(keys.session(account, sid), mapping={"u7": reserved_units, "m7": held, "c7": cum, "n7": 0, "dl": 0})
+    reply = r.evalsha(
+        SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
+        4,
+        keys.account(account),
+        keys.sessions(account),
+        keys.session(account, sid),
+        keys.answer(account, sid, 1),
+        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, 1, 7, 0, want, used, increment, price, 60, 0),
+    )
+    assert reply[0] == "DONE"
+    rc, granted, charged, _vt, fui = (int(x) for x in reply[1].split(" ")[2].split(","))
+
+    rate = Rate(
+        rating_group=7, unit=UnitKind.TIME, increment=increment, price_micros=price, default_quota=1, validity_time_s=60
+    )
+    expected_cost = incremental_cost(rate, cum, used)
+    assert charged == expected_cost
+    new_balance = balance - expected_cost
+    if used > reserved_units and used > 0:
+        assert (rc, granted) == (4012, 0)
+        expected_money = 0
+    else:
+        expected_granted = affordable_units(rate, cum + used, new_balance, want) if want else 0
+        assert granted == expected_granted
+        if want:
+            assert rc == (2001 if expected_granted else 4012)
+            assert fui == (1 if 0 < expected_granted < want else 0)
+        expected_money = incremental_cost(rate, cum + used, granted)
+    acct = r.hgetall(keys.account(account))
+    assert int(acct["balance"]) == new_balance
+    assert int(acct["reserved"]) == expected_money

@@ -1,0 +1,69 @@
+"""Settings from the environment, and money parsing and display."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from charging.errors import InvalidRequest
+from charging.money import format_micros, parse_amount
+from charging.settings import Settings
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env(
+        {
+            "CHARGING_GRPC_ADDRESS": "0.0.0.0:6000",
+            "CHARGING_REDIS_URL": "redis://:hunter2@db:6379/0",
+            "CHARGING_ANSWER_TTL_S": "600",
+            "CHARGING_SWEEP_INTERVAL_S": "0.5",
+            "CHARGING_REDIS_DIR": "/data/redis",
+            "OTHER": "ignored",
+        }
+    )
+    assert (s.grpc_address, s.answer_ttl_s, s.sweep_interval_s, s.redis_dir) == (
+        "0.0.0.0:6000",
+        600,
+        0.5,
+        Path("/data/redis"),
+    )
+    assert "hunter2" not in repr(s)
+    assert "redis://:***@db:6379/0" in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"CHARGING_ANSWER_TTL_S": "soon"}, "CHARGING_ANSWER_TTL_S"),
+        ({"CHARGING_ANSWER_TTL_S": "5"}, "CHARGING_ANSWER_TTL_S"),
+        ({"CHARGING_REDIS_APPENDFSYNC": "sometimes"}, "CHARGING_REDIS_APPENDFSYNC"),
+        ({"CHARGING_GRPC_ADDRESS": "50051"}, "CHARGING_GRPC_ADDRESS"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        Settings.from_env(env)
+    assert err.value.field == name
+
+
+@pytest.mark.parametrize(
+    ("text", "micros"), [("10", 10_000_000), ("2.50", 2_500_000), ("0.000001", 1), ("-1.5", -1_500_000)]
+)
+def test_parse_amount(text: str, micros: int) -> None:
+    assert parse_amount(text) == micros
+
+
+@pytest.mark.parametrize("text", ["0.0000001", "ten", "1e"])
+def test_parse_amount_refuses_what_it_cannot_hold_exactly(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_amount(text)
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [(0, "0.00"), (2_500_000, "2.50"), (1, "0.000001"), (-1_230_000, "-1.23"), (10**15, "1000000000.00")],
+)
+def test_format_micros(micros: int, text: str) -> None:
+    assert format_micros(micros) == text
+    assert format_micros(micros, "EUR") == text + " EUR"
