@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import MessageToDict
 
 from charging.money import format_micros, parse_amount
 
@@ -139,16 +139,14 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_put_tariff(args: argparse.Namespace) -> int:
-    from charging.v1 import admin_pb2, admin_pb2_grpc
+    from charging.api import tariff_pb
+    from charging.rating import tariff_from_doc
+    from charging.v1 import admin_pb2_grpc
 
     with open(args.file) as f:
-        doc = json.load(f)
-    for rate in doc.get("rates", []):
-        rate["unit"] = "UNIT_KIND_" + rate["unit"]
-        if "final_unit_action" in rate:
-            rate["final_unit_action"] = "FINAL_UNIT_ACTION_" + rate["final_unit_action"]
+        tariff = tariff_from_doc(json.load(f))
     with grpc.insecure_channel(args.target) as channel:
-        _print(admin_pb2_grpc.AdminStub(channel).PutTariff(ParseDict(doc, admin_pb2.Tariff())))
+        _print(admin_pb2_grpc.AdminStub(channel).PutTariff(tariff_pb(tariff)))
     return 0
 
 

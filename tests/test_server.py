@@ -171,3 +171,65 @@ def test_readme_tour_with_the_bundled_client(tmp_path: Path) -> None:
     assert server.returncode == 0
     assert "491700000009" not in stderr  # no MSISDN in logs
     assert '"msg": "stopped"' in stderr
+
+
+async def test_redis_outage_is_unavailable_then_recovers(
+    tmp_path: Path, settings: Settings, clock: ManualClock
+) -> None:
+    embedded = EmbeddedRedis("redis-server", tmp_path / "r", appendfsync="always")
+    url = await embedded.start()
+    app = App(replace(settings, redis_url=url), clock=clock, run_background=False)
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    from charging.v1 import admin_pb2_grpc, charging_pb2_grpc, topup_pb2_grpc
+
+    stubs = Stubs(
+        channel,
+        charging_pb2_grpc.ChargingStub(channel),
+        topup_pb2_grpc.TopUpStub(channel),
+        admin_pb2_grpc.AdminStub(channel),
+    )
+    try:
+        await stubs.subscriber(balance=1_000_000)
+        await embedded.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.charging.ChargeSession(
+                session_request("o", INITIAL, 0, [{"rating_group": 10, "requested": {}}])
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        embedded = EmbeddedRedis("redis-server", tmp_path / "r")
+        await embedded.start()
+        a = await stubs.charging.ChargeSession(
+            session_request("o", INITIAL, 0, [{"rating_group": 10, "requested": {}}])
+        )
+        assert a.result_code == 2001
+        assert (await stubs.balance()).reserved_micros == 500_000
+    finally:
+        await channel.close()
+        await app.stop()
+        await embedded.stop()
+
+
+async def test_cli_stores_a_tariff_file(app: App, tmp_path: Path) -> None:
+    doc = {
+        "id": "cli-tariff",
+        "currency": "USD",
+        "rates": [
+            {
+                "rating_group": 10,
+                "unit": "TIME",
+                "increment": 1,
+                "price_micros": 5,
+                "default_quota": 60,
+                "final_unit_action": "RESTRICT_ACCESS",
+                "restriction_filter_rules": ["permit out ip from any to 10.0.0.1"],
+            }
+        ],
+    }
+    path = tmp_path / "tariff.json"
+    path.write_text(json.dumps(doc))
+    out = await asyncio.to_thread(_cli, "put-tariff", str(path), port=app.grpc_port)
+    assert out.returncode == 0, out.stderr
+    stored = json.loads(out.stdout)
+    assert stored["rates"][0]["final_unit_action"] == "FINAL_UNIT_ACTION_RESTRICT_ACCESS"
+    assert stored["rates"][0]["restriction_filter_rules"] == ["permit out ip from any to 10.0.0.1"]
