@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from charging.codes import ResultCode
-from charging.errors import Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
-from charging.ledger import Ledger
+from charging.errors import Conflict, InvalidRequest, LimitExceeded
+from charging.ledger import Ledger, Reply
 from charging.money import MAX_BALANCE
 from charging.rating import UNIT_FIELD, Tariff, Units, check_units, cost
+from charging.routing import Target, route
 from charging.subscribers import Directory, Identity
 from charging.tariffs import TariffBook
 
@@ -70,17 +71,12 @@ class EventCharging:
         self.idempotency_ttl_s = idempotency_ttl_s
 
     async def charge(self, req: EventRequest) -> EventAnswer:
-        for _ in range(3):
-            account = await self.directory.resolve(req.identity)
-            if account is None:
-                return EventAnswer(ResultCode.USER_UNKNOWN)
-            tariff_id = self.directory.tariff_hint(account)
-            tariff = await self.tariffs.get(tariff_id) if tariff_id else None
-            if tariff_id and tariff is None:
-                return EventAnswer(ResultCode.RATING_FAILED)
-            units, amount = 0, 0
-            if tariff is not None:
-                priced = price_event(tariff, req)
+        units, amount = 0, 0
+
+        async def attempt(target: Target) -> Reply | EventAnswer:
+            nonlocal units, amount
+            if target.tariff is not None:
+                priced = price_event(target.tariff, req)
                 if isinstance(priced, EventAnswer):
                     return priced
                 units, amount = priced
@@ -89,27 +85,30 @@ class EventCharging:
                 req.digest,
                 req.identity.kind,
                 req.identity.value,
-                tariff_id,
+                target.tariff_id,
                 amount,
                 self.idempotency_ttl_s,
                 MAX_BALANCE,
             )
-            reply = await self.ledger.event(account, req.event_id, args)
-            if reply.kind == "TARIFF":
-                self.directory.learn_tariff(account, reply.body)
-                continue
-            if reply.kind == "UNKNOWN":
-                self.directory.forget(req.identity)
-                if await self.directory.resolve(req.identity) == account:
-                    return EventAnswer(ResultCode.USER_UNKNOWN)
-                continue
-            if reply.kind == "CONFLICT":
-                raise Conflict(f"event_id {req.event_id!r} was already used with another payload")
-            if reply.kind == "LIMIT":
-                raise LimitExceeded(f"the refund would take the balance past {MAX_BALANCE} micros")
-            assert tariff is not None
-            return _answer(req, tariff, units, amount, reply.body, reply.kind == "REPLAY")
-        raise StorageUnavailable("subscriber data kept changing during the request")
+            return await self.ledger.event(target.account, req.event_id, args)
+
+        routed = await route(
+            self.directory,
+            self.tariffs,
+            req.identity,
+            attempt,
+            unknown_user=EventAnswer(ResultCode.USER_UNKNOWN),
+            unknown_tariff=EventAnswer(ResultCode.RATING_FAILED),
+        )
+        if isinstance(routed, EventAnswer):
+            return routed
+        target, reply = routed
+        if reply.kind == "CONFLICT":
+            raise Conflict(f"event_id {req.event_id!r} was already used with another payload")
+        if reply.kind == "LIMIT":
+            raise LimitExceeded(f"the refund would take the balance past {MAX_BALANCE} micros")
+        assert target.tariff is not None
+        return _answer(req, target.tariff, units, amount, reply.body, reply.kind == "REPLAY")
 
 
 def _answer(req: EventRequest, tariff: Tariff, units: int, amount: int, body: str, replayed: bool) -> EventAnswer:

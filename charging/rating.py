@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 from typing import Any
 
 from charging.errors import InvalidRequest
@@ -98,6 +99,10 @@ class Tariff:
     id: str
     currency: str
     rates: Mapping[int, Rate] = field(default_factory=dict)
+
+    @cached_property
+    def longest_validity_s(self) -> int:
+        return max((r.validity_time_s for r in self.rates.values()), default=0)
 
 
 def ceil_div(a: int, b: int) -> int:

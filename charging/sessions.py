@@ -13,9 +13,10 @@ from typing import Literal
 
 from charging.clock import Clock
 from charging.codes import ResultCode
-from charging.errors import Conflict, InvalidRequest, StorageUnavailable
+from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Arg, Ledger, Reply
 from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Tariff, Units, check_units, quota
+from charging.routing import Target, route
 from charging.subscribers import Directory, Identity
 from charging.tariffs import TariffBook
 
@@ -160,53 +161,47 @@ class SessionCharging:
         self.answer_ttl_s = answer_ttl_s
 
     async def charge(self, req: SessionRequest) -> SessionAnswer:
-        """Apply one request. Retries on a stale cached tariff or identity at most twice;
-        each retry is safe because a script that answers TARIFF or UNKNOWN changed nothing."""
-        for _ in range(3):
-            account = await self.directory.resolve(req.identity)
-            if account is None:
-                return SessionAnswer(ResultCode.USER_UNKNOWN)
-            tariff_id = self.directory.tariff_hint(account)
-            tariff = await self.tariffs.get(tariff_id) if tariff_id else None
-            if tariff_id and tariff is None:
-                return SessionAnswer(ResultCode.RATING_FAILED)
-            args: list[Arg] = [0]
-            failed = ""
-            if tariff is not None:
-                args, failed = rating_args(tariff, req.rating_groups)
-            reply = await self._run(account, tariff_id, tariff, req, args)
-            if reply.kind == "TARIFF":
-                self.directory.learn_tariff(account, reply.body)
-                continue
-            if reply.kind == "UNKNOWN":
-                self.directory.forget(req.identity)
-                if await self.directory.resolve(req.identity) == account:
-                    return SessionAnswer(ResultCode.USER_UNKNOWN)
-                continue
-            if reply.kind == "CONFLICT":
-                raise Conflict(
-                    f"request_number {req.request_number} was already used in this session with another payload"
-                )
-            answer_tariff = answer_tariff_id(reply.body)
-            if answer_tariff != tariff_id:
-                tariff = await self.tariffs.get(answer_tariff)
-            answer = parse_answer(reply.body, tariff, req.rating_groups)
-            return SessionAnswer(
-                answer.result_code,
-                answer.rating_groups,
-                failed_field=failed,
-                replayed=reply.kind == "REPLAY",
-                reserved_delta=reply.reserved_delta,
-                session_delta=reply.session_delta,
-            )
-        raise StorageUnavailable("subscriber data kept changing during the request")
+        """Rate and apply one request."""
+        failed = ""
 
-    async def _run(
-        self, account: str, tariff_id: str, tariff: Tariff | None, req: SessionRequest, rg_args: list[Arg]
-    ) -> Reply:
+        async def attempt(target: Target) -> Reply:
+            nonlocal failed
+            args: list[Arg] = [0]
+            if target.tariff is not None:
+                args, failed = rating_args(target.tariff, req.rating_groups)
+            return await self._run(target, req, args)
+
+        routed = await route(
+            self.directory,
+            self.tariffs,
+            req.identity,
+            attempt,
+            unknown_user=SessionAnswer(ResultCode.USER_UNKNOWN),
+            unknown_tariff=SessionAnswer(ResultCode.RATING_FAILED),
+        )
+        if isinstance(routed, SessionAnswer):
+            return routed
+        target, reply = routed
+        if reply.kind == "CONFLICT":
+            raise Conflict(f"request_number {req.request_number} was already used in this session with another payload")
+        tariff = target.tariff
+        answer_tariff = answer_tariff_id(reply.body)
+        if answer_tariff != target.tariff_id:
+            tariff = await self.tariffs.get(answer_tariff)
+        answer = parse_answer(reply.body, tariff, req.rating_groups)
+        return SessionAnswer(
+            answer.result_code,
+            answer.rating_groups,
+            failed_field=failed,
+            replayed=reply.kind == "REPLAY",
+            reserved_delta=reply.reserved_delta,
+            session_delta=reply.session_delta,
+        )
+
+    async def _run(self, target: Target, req: SessionRequest, rg_args: list[Arg]) -> Reply:
         now = self.clock.now_ms()
-        longest_validity = max((r.validity_time_s for r in tariff.rates.values()), default=0) if tariff else 0
-        supervision_ms = self.supervision_factor * longest_validity * 1000
+        tariff = target.tariff
+        supervision_ms = self.supervision_factor * tariff.longest_validity_s * 1000 if tariff else 0
         args: list[Arg] = [
             now,
             req.kind,
@@ -215,10 +210,12 @@ class SessionCharging:
             req.digest,
             req.identity.kind,
             req.identity.value,
-            tariff_id,
+            target.tariff_id,
             self.answer_ttl_s,
             supervision_ms,
             *rg_args,
         ]
         hint = now + supervision_ms if req.kind == "I" and tariff is not None else 0
-        return await self.ledger.session(account, req.session_id, req.request_number, args, hint_deadline_ms=hint)
+        return await self.ledger.session(
+            target.account, req.session_id, req.request_number, args, hint_deadline_ms=hint
+        )

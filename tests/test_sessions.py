@@ -338,3 +338,19 @@ async def test_money_rating_group_grants_money(stubs: Stubs) -> None:
     )
     assert a.rating_groups[0].cost_micros == 333_333
     assert (await stubs.balance()).balance_micros == 1_500_000 - 333_333
+
+
+async def test_a_number_moved_to_another_account_is_followed(stubs: Stubs, redis_url: str) -> None:
+    """The identity cache is only a hint: the script notices the move and the request is re-routed."""
+    first = await stubs.subscriber(msisdn="491700000001", balance=1_000_000)
+    second = await stubs.subscriber(msisdn="491700000002", balance=3_000_000)
+    await stubs.charging.ChargeSession(session_request("a", INITIAL, 0, [{"rating_group": 10, "requested": {}}]))
+    r = redis.Redis.from_url(redis_url)
+    r.hdel("{a:" + first.account_id + "}", "msisdn")
+    r.hset("{a:" + second.account_id + "}", "msisdn", "491700000001")
+    r.set("id:msisdn:491700000001", second.account_id)
+    r.close()
+    a = await stubs.charging.ChargeSession(session_request("b", INITIAL, 0, [{"rating_group": 10, "requested": {}}]))
+    assert a.rating_groups[0].granted.time_s == 300
+    b = await stubs.balance("491700000001")
+    assert (b.account_id, b.reserved_micros) == (second.account_id, 5 * MINUTE)
