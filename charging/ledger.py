@@ -1,8 +1,8 @@
 """The balance ledger in Redis: every change is one Lua script, run in one round trip.
 
 The scripts sit next to this module (``*.lua``, each headed by its KEYS, ARGV and reply).
-They are loaded once and called with EVALSHA, reloading on NOSCRIPT; that is safe to
-retry because a NOSCRIPT reply means the script did not run. Each wrapper turns the
+They are loaded once and called with EVALSHA over the pipelined ``RedisLink``, reloading
+on NOSCRIPT; that is safe to retry because a NOSCRIPT reply means the script did not run. Each wrapper turns the
 script's reply into a ``Reply`` right here, and Redis failures into
 ``StorageUnavailable``.
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from charging import keys
+from charging.redis_link import RedisLink
 from charging.store import storage_errors
 
 ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "TARIFF", "LIMIT"]
@@ -58,7 +58,7 @@ class LuaScript:
         self.source = resources.files("charging").joinpath(filename).read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def __call__(self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def __call__(self, client: RedisLink, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except redis_errors.NoScriptError:
@@ -76,7 +76,7 @@ _SWEEP_INDEX_KEYS = (keys.SWEEP_DUE, keys.SWEEP_EPOCH)
 
 
 class Ledger:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisLink) -> None:
         self.client = client
 
     async def session(
@@ -98,21 +98,20 @@ class Ledger:
     async def _hinted_session(
         self, account: str, script_keys: Sequence[str], args: Sequence[Arg], deadline_ms: int
     ) -> Any:
-        hint_args = ("hint", account, deadline_ms)
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.evalsha(SWEEP_INDEX.sha, 2, *_SWEEP_INDEX_KEYS, *hint_args)
-            pipe.evalsha(SESSION.sha, len(script_keys), *script_keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-            missing = [r for r in results if isinstance(r, redis_errors.NoScriptError)]
-            if not missing or attempt:
-                for r in results:
-                    if isinstance(r, Exception):
-                        raise r
-                return results[1]
+        commands = (
+            ("EVALSHA", SWEEP_INDEX.sha, 2, *_SWEEP_INDEX_KEYS, "hint", account, deadline_ms),
+            ("EVALSHA", SESSION.sha, len(script_keys), *script_keys, *args),
+        )
+        results = await self.client.execute_many(commands)
+        if any(isinstance(r, redis_errors.NoScriptError) for r in results):
+            # Neither ran (or only the idempotent hint did): load both and send again.
             await self.client.script_load(SWEEP_INDEX.source)
             await self.client.script_load(SESSION.source)
-        raise AssertionError("unreachable")
+            results = await self.client.execute_many(commands)
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results[1]
 
     async def event(self, account: str, event_id: str, args: Sequence[Arg]) -> Reply:
         return await self._run(EVENT, (keys.account(account), keys.event(account, event_id)), args)

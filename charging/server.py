@@ -27,6 +27,7 @@ from charging.clock import Clock, SystemClock
 from charging.embedded_redis import EmbeddedRedis
 from charging.events import EventCharging
 from charging.ledger import Ledger
+from charging.redis_link import RedisLink
 from charging.sessions import SessionCharging
 from charging.settings import Settings
 from charging.subscribers import Directory
@@ -59,6 +60,7 @@ class App:
     grpc_port: int = 0
     metrics_port: int = 0
     redis: aioredis.Redis | None = None
+    link: RedisLink | None = None
     sweeper: Sweeper | None = None
     _embedded: EmbeddedRedis | None = None
     _server: grpc.aio.Server | None = None
@@ -74,8 +76,9 @@ class App:
             url = await self._embedded.start()
         self.redis = store.connect(url, max_connections=s.redis_max_connections)
         await self.redis.ping()
+        self.link = RedisLink(url)
 
-        ledger = Ledger(self.redis)
+        ledger = Ledger(self.link)
         tariffs = TariffBook(self.redis)
         await tariffs.put(load_tariff_file(s.default_tariff_file))
         directory = Directory(self.redis, s.subscriber_cache_size)
@@ -123,6 +126,8 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.link is not None:
+            await self.link.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         if self._embedded is not None:
