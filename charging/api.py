@@ -198,7 +198,8 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             rating_group=request.rating_group,
             service_identifier=request.service_identifier,
             requested=units_of(request.requested),
-            digest=digest(request),
+            # Only debits and refunds are remembered by event id.
+            digest=digest(request) if action in ("D", "R") else "",
         )
         answer = await self.events.charge(req)
         if answer.replayed:

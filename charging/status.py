@@ -49,11 +49,18 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
 
     def wrap(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         latency = metrics.LATENCY.labels(method)
+        counters: dict[str, Any] = {}
+
+        def count(outcome: str) -> None:
+            counter = counters.get(outcome)
+            if counter is None:
+                counter = counters[outcome] = metrics.REQUESTS.labels(method, outcome)
+            counter.inc()
 
         @functools.wraps(fn)
         async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
             started = time.perf_counter()
-            outcome = "OK"
+            outcome = "CANCELLED"
             try:
                 answer = await fn(self, request, context)
                 code = getattr(answer, "result_code", 0)
@@ -68,6 +75,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 await context.abort(status, str(exc))
                 raise  # abort raises; this line is for type checkers
             except grpc.aio.AbortError:
+                outcome = "ABORTED"
                 raise
             except Exception:
                 outcome = "INTERNAL"
@@ -75,7 +83,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
                 raise
             finally:
-                metrics.REQUESTS.labels(method, outcome).inc()
+                count(outcome)
                 latency.observe(time.perf_counter() - started)
 
         return handler
