@@ -534,7 +534,8 @@ def bench(args: argparse.Namespace) -> int:
 
         env = child_env()
         env.update(
-            CHARGING_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            # The Unix socket, as with the embedded Redis that `make run` starts.
+            CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
             CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
             # Metrics on a free loopback port, only to read the server's own result counts after
             # the load (h2load cannot see gRPC statuses). Counters are updated either way.
