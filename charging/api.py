@@ -306,7 +306,17 @@ def tariff_of(t: admin_pb2.Tariff) -> Tariff:
         r["unit"] = str(r.get("unit", "")).removeprefix("UNIT_KIND_")
         action = str(r.get("final_unit_action", "")).removeprefix("FINAL_UNIT_ACTION_")
         r["final_unit_action"] = "TERMINATE" if action == "UNSPECIFIED" else action
-        for key in ("increment", "price_micros", "default_quota", "validity_time_s"):
+        for key in (
+            "increment",
+            "price_micros",
+            "default_quota",
+            "validity_time_s",
+            "connect_fee_micros",
+            "first_increment",
+            "first_price_micros",
+            "min_charge_micros",
+            "max_session_cost_micros",
+        ):
             if key in r:
                 r[key] = int(r[key])
     return tariff_from_doc(doc)

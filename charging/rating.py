@@ -1,14 +1,18 @@
-"""Tariffs and the pure arithmetic of rating: no I/O, no clock.
+"""Rates and the pure arithmetic of rating: no I/O, no clock.
 
-A tariff prices each rating group in one unit (seconds, bytes, service-specific units
-or money) as ``price_micros`` per started ``increment``.
+A rate prices one rating group in one unit (seconds, bytes, service-specific units or
+money): a ``connect_fee`` once, ``first_price`` for the first ``first_increment``
+units, then ``price_micros`` per started ``increment`` (60/60, 60/1, 1/1, per KB), with
+an optional ``min_charge`` and ``max_session_cost``.
 
-Rounding rule (the only one): usage is rounded *up* to whole increments, and every
-started increment costs its full price. Within a session the rule applies to the
-cumulative usage of a rating group, so reporting 30 s twice on a 60/60 rate costs one
-increment, not two: the cost of a report is ``cost(before + used) - cost(before)``.
+Rounding rule (the only one): usage is rounded *up* to whole increments and every
+started increment costs its full price; money is whole micros, so no money rounding
+is needed. Within a session the rule applies to the cumulative usage of a rating
+group: the cost of a report is ``session_cost(before + used) - session_cost(before)``,
+so reporting 30 s twice on a 60/60 rate costs one increment, not two, and the minimum
+charge and the session cap apply to the session's total.
 
-The session script (``session.lua``) evaluates ``incremental_cost`` and
+The session script (``session.lua``) evaluates ``session_cost`` and
 ``affordable_units`` inside Redis so a request costs one round trip; the functions here
 are the reference that the tests hold the script to.
 """
@@ -83,6 +87,7 @@ UNIT_FIELD = {
 class Rate:
     rating_group: int
     unit: UnitKind
+    # Price of each started increment after the first one.
     increment: int
     price_micros: int
     default_quota: int
@@ -92,6 +97,21 @@ class Rate:
     final_unit_action: FinalUnitAction = FinalUnitAction.TERMINATE
     redirect_address: str = ""
     restriction_filter_rules: tuple[str, ...] = ()
+    connect_fee: int = 0
+    # The first increment and its price; first_increment 0 means "like the following ones".
+    first_increment: int = 0
+    first_price: int = 0
+    min_charge: int = 0
+    # 0: no cap.
+    max_session_cost: int = 0
+
+    @property
+    def first(self) -> int:
+        return self.first_increment or self.increment
+
+    @property
+    def first_cost(self) -> int:
+        return self.first_price if self.first_increment else self.price_micros
 
 
 @dataclass(frozen=True)
@@ -110,15 +130,31 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def step_cost(rate: Rate, units: int) -> int:
+    """Price of ``units`` from the start of a session, before minimum and cap."""
+    if units <= 0:
+        return 0
+    rest = max(units - rate.first, 0)
+    return rate.connect_fee + rate.first_cost + ceil_div(rest, rate.increment) * rate.price_micros
+
+
+def session_cost(rate: Rate, units: int) -> int:
+    """What ``units`` cost in total within one session: the step price, at least the
+    minimum charge, at most the session cap."""
+    if units <= 0:
+        return 0
+    total = max(step_cost(rate, units), rate.min_charge)
+    return min(total, rate.max_session_cost) if rate.max_session_cost else total
+
+
 def cost(rate: Rate, units: int) -> int:
-    """Price of ``units`` on their own: every started increment in full."""
-    return ceil_div(units, rate.increment) * rate.price_micros
+    """Price of ``units`` on their own (an event, a price enquiry)."""
+    return session_cost(rate, units)
 
 
 def incremental_cost(rate: Rate, used_before: int, used: int) -> int:
     """Price of ``used`` more units after ``used_before`` units of the same session."""
-    inc = rate.increment
-    return (ceil_div(used_before + used, inc) - ceil_div(used_before, inc)) * rate.price_micros
+    return session_cost(rate, used_before + used) - session_cost(rate, used_before)
 
 
 def quota(rate: Rate, requested: int) -> int:
@@ -129,22 +165,27 @@ def quota(rate: Rate, requested: int) -> int:
 
 
 def affordable_units(rate: Rate, used_before: int, available: int, wanted: int) -> int:
-    """Units up to ``wanted`` whose incremental cost fits in ``available`` micros.
+    """The most units up to ``wanted`` whose incremental cost fits in ``available``.
 
-    The unused rest of an increment already paid for is free; then whole increments
-    as far as the money goes.
+    Solves ``session_cost(before + g) <= session_cost(before) + available`` in closed
+    form: the unused rest of a paid increment is free, then whole increments.
     """
+    budget = session_cost(rate, used_before) + max(available, 0)
+    if rate.max_session_cost and rate.max_session_cost <= budget:
+        return wanted
+    if used_before == 0 and budget < max(rate.connect_fee + rate.first_cost, rate.min_charge):
+        return 0
     if rate.price_micros == 0:
         return wanted
-    inc = rate.increment
-    paid_rest = ceil_div(used_before, inc) * inc - used_before
-    steps = max(available, 0) // rate.price_micros
-    return min(wanted, paid_rest + steps * inc)
+    steps = (budget - rate.connect_fee - rate.first_cost) // rate.price_micros
+    reach = rate.first + steps * rate.increment
+    return max(min(wanted, reach - used_before), 0)
 
 
 def worst_case_cost(rate: Rate, units: int) -> int:
     """Upper bound of ``incremental_cost`` for ``units``, whatever came before."""
-    return (ceil_div(units, rate.increment) + 1) * rate.price_micros
+    fixed = rate.connect_fee + rate.first_cost + rate.min_charge
+    return fixed + (ceil_div(units, rate.increment) + 1) * rate.price_micros
 
 
 def check_units(rate: Rate, units: int, where: str) -> None:
@@ -215,6 +256,11 @@ def _rate_from_doc(raw: Mapping[str, Any], where: str) -> Rate:
         final_unit_action=_enum(raw, "final_unit_action", where, FinalUnitAction, "TERMINATE"),
         redirect_address=str(raw.get("redirect_address", "")),
         restriction_filter_rules=tuple(str(r) for r in raw.get("restriction_filter_rules", ())),
+        connect_fee=_int(raw, "connect_fee_micros", where, 0, MAX_AMOUNT, default=0),
+        first_increment=_int(raw, "first_increment", where, 0, 10**12, default=0),
+        first_price=_int(raw, "first_price_micros", where, 0, MAX_AMOUNT, default=0),
+        min_charge=_int(raw, "min_charge_micros", where, 0, MAX_AMOUNT, default=0),
+        max_session_cost=_int(raw, "max_session_cost_micros", where, 0, MAX_AMOUNT, default=0),
     )
     if rate.final_unit_action is FinalUnitAction.REDIRECT and not rate.redirect_address:
         raise InvalidRequest(f"{where}.redirect_address", "is required for REDIRECT")
@@ -239,6 +285,11 @@ def tariff_to_doc(tariff: Tariff) -> dict[str, Any]:
                 "final_unit_action": r.final_unit_action.name,
                 "redirect_address": r.redirect_address,
                 "restriction_filter_rules": list(r.restriction_filter_rules),
+                "connect_fee_micros": r.connect_fee,
+                "first_increment": r.first_increment,
+                "first_price_micros": r.first_price,
+                "min_charge_micros": r.min_charge,
+                "max_session_cost_micros": r.max_session_cost,
             }
             for r in tariff.rates.values()
         ],

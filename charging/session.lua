@@ -9,9 +9,11 @@
 -- ARGV[5] payload digest    ARGV[6] identity field (msisdn|imsi)   ARGV[7] identity value
 -- ARGV[8] tariff id the request was rated with
 -- ARGV[9] answer ttl (s)    ARGV[10] supervision time (ms)         ARGV[11] rating groups n
--- then n groups of 8: rating group, preset result code (0 = rate it), wanted units
+-- then n groups of 13: rating group, preset result code (0 = rate it), wanted units
 --   (0 = no new grant), used units, increment, price per increment (micros),
---   validity time (s), final (1 = release this rating group)
+--   validity time (s), final (1 = release this rating group), connect fee,
+--   first increment, price of the first increment, minimum charge, session cap (0: none)
+-- The price arithmetic mirrors charging/rating.py (session_cost, affordable_units).
 --
 -- Reply, one of:
 --   {'DONE', body, reserved_delta, session_delta}  first execution, body stored as answer
@@ -37,6 +39,32 @@ local function floor_div(a, b)
 end
 
 local function fmt(n) return string.format('%d', n) end
+
+-- r = {inc, price, connect, first, first_price, min, cap}
+local function session_cost(r, u)
+  if u <= 0 then return 0 end
+  local rest = u - r.first
+  if rest < 0 then rest = 0 end
+  local total = r.connect + r.first_price + ceil_div(rest, r.inc) * r.price
+  if total < r.min then total = r.min end
+  if r.cap > 0 and total > r.cap then total = r.cap end
+  return total
+end
+
+local function affordable(r, before, avail, want)
+  if avail < 0 then avail = 0 end
+  local budget = session_cost(r, before) + avail
+  if r.cap > 0 and r.cap <= budget then return want end
+  local entry = r.connect + r.first_price
+  if entry < r.min then entry = r.min end
+  if before == 0 and budget < entry then return 0 end
+  if r.price == 0 then return want end
+  local reach = r.first + floor_div(budget - r.connect - r.first_price, r.price) * r.inc
+  local g = reach - before
+  if g > want then g = want end
+  if g < 0 then g = 0 end
+  return g
+end
 
 local prev = redis.call('GET', KEYS[4])
 if prev then
@@ -87,11 +115,14 @@ for _ = 1, n do
   local rc = tonumber(ARGV[i + 1])
   local want = tonumber(ARGV[i + 2])
   local used = tonumber(ARGV[i + 3])
-  local inc = tonumber(ARGV[i + 4])
-  local price = tonumber(ARGV[i + 5])
+  local r = {
+    inc = tonumber(ARGV[i + 4]), price = tonumber(ARGV[i + 5]), connect = tonumber(ARGV[i + 8]),
+    first = tonumber(ARGV[i + 9]), first_price = tonumber(ARGV[i + 10]), min = tonumber(ARGV[i + 11]),
+    cap = tonumber(ARGV[i + 12]),
+  }
   local vt = tonumber(ARGV[i + 6])
   local final = ARGV[i + 7] == '1'
-  i = i + 8
+  i = i + 13
   local granted, cost, fui, vt_out = 0, 0, 0, 0
   if rc == 0 then
     rc = 2001
@@ -101,7 +132,7 @@ for _ = 1, n do
     local r_no = tonumber(s['n' .. rg] or '-1')
     local overrun = false
     if used > 0 then
-      cost = (ceil_div(cum + used, inc) - ceil_div(cum, inc)) * price
+      cost = session_cost(r, cum + used) - session_cost(r, cum)
       balance = balance - cost
       cum = cum + used
       overrun = r_no >= 0 and used > r_units
@@ -116,19 +147,12 @@ for _ = 1, n do
         if not active then
           rc = 4010
         else
-          local g = want
-          if price > 0 then
-            local steps = 0
-            local avail = balance - reserved
-            if avail > 0 then steps = floor_div(avail, price) end
-            local paid_rest = ceil_div(cum, inc) * inc - cum
-            if paid_rest + steps * inc < want then g = paid_rest + steps * inc end
-          end
+          local g = affordable(r, cum, balance - reserved, want)
           if g <= 0 then
             rc = 4012
           else
             if g < want then fui = 1 end
-            r_money = (ceil_div(cum + g, inc) - ceil_div(cum, inc)) * price
+            r_money = session_cost(r, cum + g) - session_cost(r, cum)
             r_units = g
             reserved = reserved + r_money
             granted, vt_out = g, vt

@@ -97,8 +97,12 @@ def rating_args(tariff: Tariff, groups: tuple[RatingGroupRequest, ...]) -> tuple
             except InvalidRequest as exc:
                 preset, want, used = ResultCode.INVALID_AVP_VALUE, 0, 0
                 failed = failed or exc.field
-        inc, price, vt = (rate.increment, rate.price_micros, rate.validity_time_s) if rate else (1, 0, 0)
-        args += [g.rating_group, int(preset), want, used, inc, price, vt, 1 if g.final else 0]
+        args += [g.rating_group, int(preset), want, used]
+        if rate is None:
+            args += [1, 0, 0, 1 if g.final else 0, 0, 1, 0, 0, 0]
+        else:
+            args += [rate.increment, rate.price_micros, rate.validity_time_s, 1 if g.final else 0]
+            args += [rate.connect_fee, rate.first, rate.first_cost, rate.min_charge, rate.max_session_cost]
     return args, failed
 
 

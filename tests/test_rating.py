@@ -83,6 +83,70 @@ def test_affordable_units(before: int, available: int, wanted: int, expected: in
 
 positive = st.integers(min_value=1, max_value=10**6)
 units = st.integers(min_value=0, max_value=10**9)
+rates = st.builds(
+    Rate,
+    rating_group=st.just(1),
+    unit=st.just(UnitKind.TIME),
+    increment=st.sampled_from([1, 6, 60, 1024]),
+    price_micros=st.integers(0, 10**6),
+    default_quota=st.just(60),
+    validity_time_s=st.just(60),
+    connect_fee=st.sampled_from([0, 30_000]),
+    first_increment=st.sampled_from([0, 30, 60]),
+    first_price=st.integers(0, 10**6),
+    min_charge=st.sampled_from([0, 200_000]),
+    max_session_cost=st.sampled_from([0, 0, 1_000_000]),
+)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "units", "expected"),
+    [
+        ({"connect_fee": 50_000}, 1, 150_000),  # connect fee plus the first started minute
+        ({"connect_fee": 50_000}, 0, 0),  # no usage, no connect fee
+        ({"first_increment": 60, "first_price": 100_000, "increment": 1, "price": 1_000}, 61, 101_000),  # 60/1
+        ({"first_increment": 60, "first_price": 100_000, "increment": 1, "price": 1_000}, 5, 100_000),
+        ({"min_charge": 250_000}, 61, 250_000),
+        ({"min_charge": 250_000}, 181, 400_000),
+        ({"max_session_cost": 250_000}, 6000, 250_000),
+    ],
+)
+def test_connect_fee_first_increment_minimum_and_cap(kwargs: dict[str, int], units: int, expected: int) -> None:
+    kw = dict(kwargs)
+    r = Rate(
+        rating_group=1,
+        unit=UnitKind.TIME,
+        increment=kw.pop("increment", 60),
+        price_micros=kw.pop("price", 100_000),
+        default_quota=60,
+        validity_time_s=60,
+        **kw,
+    )
+    assert cost(r, units) == expected
+
+
+@given(r=rates, parts=st.lists(units, max_size=8))
+def test_any_rate_charges_parts_like_the_whole(r: Rate, parts: list[int]) -> None:
+    before, charged = 0, 0
+    for used in parts:
+        charged += incremental_cost(r, before, used)
+        before += used
+    assert charged == cost(r, sum(parts))
+
+
+@given(r=rates, a=units, b=units)
+def test_any_rate_is_monotonic(r: Rate, a: int, b: int) -> None:
+    lo, hi = sorted((a, b))
+    assert cost(r, lo) <= cost(r, hi)
+
+
+@given(r=rates, before=units, available=st.integers(-(10**6), 10**9), wanted=units)
+def test_affordable_units_are_the_most_that_fit(r: Rate, before: int, available: int, wanted: int) -> None:
+    g = affordable_units(r, before, available, wanted)
+    assert 0 <= g <= wanted
+    assert incremental_cost(r, before, g) <= max(available, 0)
+    if g < wanted:
+        assert incremental_cost(r, before, g + 1) > max(available, 0)
 
 
 @given(increment=positive, price=st.integers(0, 10**6), a=units, b=units)

@@ -25,6 +25,11 @@ def r(redis_server: str) -> Iterator[redis.Redis]:
 @given(
     increment=st.sampled_from([1, 6, 60, 1024]),
     price=st.integers(0, 200_000),
+    connect=st.sampled_from([0, 0, 25_000]),
+    first=st.sampled_from([0, 0, 30, 60, 2048]),
+    first_price=st.integers(0, 300_000),
+    minimum=st.sampled_from([0, 0, 150_000]),
+    cap=st.sampled_from([0, 0, 0, 400_000, 5_000_000]),
     balance=st.integers(-(10**9), 10**12),
     held=st.integers(0, 10**7),
     reserved_units=st.integers(0, 10**6),
@@ -36,6 +41,11 @@ def test_script_matches_reference(
     r: redis.Redis,
     increment: int,
     price: int,
+    connect: int,
+    first: int,
+    first_price: int,
+    minimum: int,
+    cap: int,
     balance: int,
     held: int,
     reserved_units: int,
@@ -43,6 +53,19 @@ def test_script_matches_reference(
     used: int,
     want: int,
 ) -> None:
+    rate = Rate(
+        rating_group=7,
+        unit=UnitKind.TIME,
+        increment=increment,
+        price_micros=price,
+        default_quota=1,
+        validity_time_s=60,
+        connect_fee=connect,
+        first_increment=first,
+        first_price=first_price,
+        min_charge=minimum,
+        max_session_cost=cap,
+    )
     account, sid = "p", "s"
     r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
     r.hset(
@@ -58,13 +81,11 @@ def test_script_matches_reference(
         keys.session(account, sid),
         keys.answer(account, sid, 1),
         *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, 1, 7, 0, want, used, increment, price, 60, 0),
+        *(connect, rate.first, rate.first_cost, minimum, cap),
     )
     assert reply[0] == "DONE"
     rc, granted, charged, _vt, fui = (int(x) for x in reply[1].split(" ")[2].split(","))
 
-    rate = Rate(
-        rating_group=7, unit=UnitKind.TIME, increment=increment, price_micros=price, default_quota=1, validity_time_s=60
-    )
     expected_cost = incremental_cost(rate, cum, used)
     assert charged == expected_cost
     new_balance = balance - expected_cost
