@@ -8,18 +8,19 @@ a bad value is answered the Diameter way: result code 5004 or 5005 and ``failed_
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
 from charging import metrics
+from charging.catalog import Usage
+from charging.catalogs import CatalogBook
 from charging.codes import ResultCode
 from charging.errors import InvalidRequest, NotFound
 from charging.events import Action, EventAnswer, EventCharging, EventRequest
-from charging.rating import Tariff, Units, tariff_from_doc, tariff_to_doc
+from charging.rating import Units
 from charging.sessions import (
     RatingGroupRequest,
     RequestKind,
@@ -29,7 +30,6 @@ from charging.sessions import (
 )
 from charging.status import rpc
 from charging.subscribers import Account, Directory, Identity, parse_identity
-from charging.tariffs import DEFAULT_TARIFF_ID, TariffBook
 from charging.topups import CHANNELS, Recharge, TopUps
 from charging.v1 import (
     admin_pb2,
@@ -42,8 +42,11 @@ from charging.v1 import (
 )
 
 SESSION_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
+DIGITS = re.compile(r"^[0-9]{1,20}$")
+MCC_MNC = re.compile(r"^[0-9]{5,6}$")
 EVENT_ID = SESSION_ID
 MAX_RATING_GROUPS = 64
+DEFAULT_PLAN_ID = "default"
 
 REQUEST_KINDS: dict[int, RequestKind] = {
     charging_pb2.REQUEST_TYPE_INITIAL: "I",
@@ -126,9 +129,20 @@ def session_request(req: charging_pb2.SessionRequest) -> SessionRequest:
                 requested=units_of(g.requested) if g.HasField("requested") else None,
                 used=units_of(g.used) if g.HasField("used") else None,
                 final=g.reporting_reason == charging_pb2.REPORTING_REASON_FINAL,
+                used_after_change=units_of(g.used_after_tariff_change)
+                if g.HasField("used_after_tariff_change")
+                else None,
             )
         )
-    return SessionRequest(req.session_id, kind, req.request_number, identity, tuple(groups), digest(req))
+    return SessionRequest(req.session_id, kind, req.request_number, identity, tuple(groups), usage_of(req), digest(req))
+
+
+def usage_of(req: charging_pb2.SessionRequest | charging_pb2.EventRequest) -> Usage:
+    if req.called_party and not DIGITS.match(req.called_party):
+        raise Unanswerable(ResultCode.INVALID_AVP_VALUE, "called_party")
+    if req.visited_network and not MCC_MNC.match(req.visited_network):
+        raise Unanswerable(ResultCode.INVALID_AVP_VALUE, "visited_network")
+    return Usage(req.called_party, req.visited_network)
 
 
 def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> charging_pb2.SessionAnswer:
@@ -146,6 +160,7 @@ def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> cha
             result_code=g.result_code,
             validity_time_s=g.validity_time_s,
             cost_micros=g.cost_micros,
+            tariff_change_time=g.tariff_change_time,
         )
         if g.granted is not None:
             rg.granted.CopyFrom(units_pb(g.granted))
@@ -189,6 +204,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             raise InvalidRequest("event_id", "must be 1-256 printable characters without spaces")
         try:
             identity = identity_of(request.subscriber)
+            usage = usage_of(request)
         except Unanswerable as exc:
             return self._event_pb(request, EventAnswer(exc.code, failed_field=exc.field))
         req = EventRequest(
@@ -200,6 +216,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             requested=units_of(request.requested),
             # Only debits and refunds are remembered by event id.
             digest=digest(request) if action in ("D", "R") else "",
+            usage=usage,
         )
         answer = await self.events.charge(req)
         if answer.replayed:
@@ -282,7 +299,7 @@ def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
         account_id=a.account_id,
         msisdn=a.msisdn,
         imsi=a.imsi,
-        tariff_id=a.tariff_id,
+        plan_id=a.plan_id,
         status=admin_pb2.SUBSCRIBER_STATUS_ACTIVE if a.status == "active" else admin_pb2.SUBSCRIBER_STATUS_BARRED,
         currency=a.currency,
         balance_micros=a.balance,
@@ -291,41 +308,10 @@ def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
     )
 
 
-def tariff_pb(t: Tariff) -> admin_pb2.Tariff:
-    out = admin_pb2.Tariff()
-    doc: dict[str, Any] = tariff_to_doc(t)
-    for r in doc["rates"]:
-        r["final_unit_action"] = "FINAL_UNIT_ACTION_" + r["final_unit_action"]
-        r["unit"] = "UNIT_KIND_" + r["unit"]
-    return ParseDict(doc, out)
-
-
-def tariff_of(t: admin_pb2.Tariff) -> Tariff:
-    doc = MessageToDict(t, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    for r in doc.get("rates", []):
-        r["unit"] = str(r.get("unit", "")).removeprefix("UNIT_KIND_")
-        action = str(r.get("final_unit_action", "")).removeprefix("FINAL_UNIT_ACTION_")
-        r["final_unit_action"] = "TERMINATE" if action == "UNSPECIFIED" else action
-        for key in (
-            "increment",
-            "price_micros",
-            "default_quota",
-            "validity_time_s",
-            "connect_fee_micros",
-            "first_increment",
-            "first_price_micros",
-            "min_charge_micros",
-            "max_session_cost_micros",
-        ):
-            if key in r:
-                r[key] = int(r[key])
-    return tariff_from_doc(doc)
-
-
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, directory: Directory, tariffs: TariffBook) -> None:
+    def __init__(self, directory: Directory, catalogs: CatalogBook) -> None:
         self.directory = directory
-        self.tariffs = tariffs
+        self.catalogs = catalogs
 
     @rpc("CreateSubscriber")
     async def CreateSubscriber(
@@ -333,11 +319,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.Subscriber:
         msisdn = parse_identity("msisdn", request.msisdn, "msisdn")
         imsi = parse_identity("imsi", request.imsi, "imsi") if request.imsi else None
-        tariff_id = request.tariff_id or DEFAULT_TARIFF_ID
-        tariff = await self.tariffs.get(tariff_id)
-        if tariff is None:
-            raise InvalidRequest("tariff_id", f"no tariff {tariff_id!r}")
-        account = await self.directory.create(msisdn, imsi, tariff, request.initial_balance_micros)
+        plan_id = request.plan_id or DEFAULT_PLAN_ID
+        plan = self.catalogs.current.plans.get(plan_id)
+        if plan is None:
+            raise InvalidRequest("plan_id", f"no plan {plan_id!r} in catalog {self.catalogs.current.version}")
+        account = await self.directory.create(msisdn, imsi, plan, request.initial_balance_micros)
         return subscriber_pb(account)
 
     @rpc("GetSubscriber")
@@ -356,13 +342,22 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             raise InvalidRequest("status", "must be ACTIVE or BARRED")
         return subscriber_pb(await self.directory.set_status(identity_or_invalid(request.subscriber), status))
 
-    @rpc("PutTariff")
-    async def PutTariff(self, request: admin_pb2.Tariff, context: grpc.aio.ServicerContext) -> admin_pb2.Tariff:
-        return tariff_pb(await self.tariffs.put(tariff_of(request)))
+    @rpc("LoadCatalog")
+    async def LoadCatalog(
+        self, request: admin_pb2.CatalogDocument, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CatalogInfo:
+        try:
+            doc = json.loads(request.json)
+        except ValueError as exc:
+            raise InvalidRequest("json", f"not JSON: {exc}") from None
+        catalog = await self.catalogs.load(doc)
+        return admin_pb2.CatalogInfo(version=catalog.version, plan_ids=sorted(catalog.plans))
 
-    @rpc("GetTariff")
-    async def GetTariff(self, request: admin_pb2.TariffRef, context: grpc.aio.ServicerContext) -> admin_pb2.Tariff:
-        tariff = await self.tariffs.get(request.id)
-        if tariff is None:
-            raise NotFound(f"no tariff {request.id!r}")
-        return tariff_pb(tariff)
+    @rpc("GetCatalog")
+    async def GetCatalog(
+        self, request: admin_pb2.GetCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CatalogDocument:
+        text = await self.catalogs.document(request.version)
+        if text is None:
+            raise NotFound(f"no catalog version {request.version!r}")
+        return admin_pb2.CatalogDocument(json=text)

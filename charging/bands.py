@@ -219,10 +219,11 @@ def calendar_from_doc(doc: Mapping[str, Any], where: str) -> BandCalendar:
     holiday_band = doc.get("holiday_band")
     if holiday_band is not None:
         holiday_band = _band_name(holiday_band, f"{where}.holiday_band")
-    holidays = _holidays(doc.get("holidays", []), f"{where}.holidays")
+    # Optional fields may be absent or null.
+    holidays = _holidays([] if doc.get("holidays") is None else doc["holidays"], f"{where}.holidays")
     if holidays and holiday_band is None:
         raise InvalidRequest(f"{where}.holiday_band", "is required when holidays are listed")
-    raw_rules = doc.get("rules", [])
+    raw_rules = [] if doc.get("rules") is None else doc["rules"]
     if not isinstance(raw_rules, list):
         raise InvalidRequest(f"{where}.rules", "must be a list")
     rules = tuple(_rule_from_doc(raw, f"{where}.rules[{i}]") for i, raw in enumerate(raw_rules))

@@ -57,7 +57,7 @@ def cmd_create_subscriber(args: argparse.Namespace) -> int:
                 admin_pb2.CreateSubscriberRequest(
                     msisdn=args.msisdn,
                     imsi=args.imsi or "",
-                    tariff_id=args.tariff,
+                    plan_id=args.plan,
                     initial_balance_micros=parse_amount(args.balance),
                 )
             )
@@ -138,15 +138,13 @@ def cmd_balance(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_put_tariff(args: argparse.Namespace) -> int:
-    from charging.api import tariff_pb
-    from charging.rating import tariff_from_doc
-    from charging.v1 import admin_pb2_grpc
+def cmd_load_catalog(args: argparse.Namespace) -> int:
+    from charging.v1 import admin_pb2, admin_pb2_grpc
 
     with open(args.file) as f:
-        tariff = tariff_from_doc(json.load(f))
+        text = f.read()
     with grpc.insecure_channel(args.target) as channel:
-        _print(admin_pb2_grpc.AdminStub(channel).PutTariff(tariff_pb(tariff)))
+        _print(admin_pb2_grpc.AdminStub(channel).LoadCatalog(admin_pb2.CatalogDocument(json=text)))
     return 0
 
 
@@ -165,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("create-subscriber", help="create a subscriber with an account")
     sp.add_argument("--msisdn", required=True)
     sp.add_argument("--imsi")
-    sp.add_argument("--tariff", default="default")
+    sp.add_argument("--plan", default="default", help="a plan of the catalog")
     sp.add_argument("--balance", default="0", help="initial balance in currency units, e.g. 10.50")
     sp.set_defaults(fn=cmd_create_subscriber)
 
@@ -199,9 +197,9 @@ def parser() -> argparse.ArgumentParser:
     who(sp)
     sp.set_defaults(fn=cmd_balance)
 
-    sp = sub.add_parser("put-tariff", help="store a tariff from a JSON document")
+    sp = sub.add_parser("load-catalog", help="replace the running catalog with a JSON document")
     sp.add_argument("file")
-    sp.set_defaults(fn=cmd_put_tariff)
+    sp.set_defaults(fn=cmd_load_catalog)
     return p
 
 

@@ -4,7 +4,7 @@
 -- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only)
 -- ARGV[1] action: D (direct debit), R (refund), C (check balance), P (price enquiry)
 -- ARGV[2] payload digest    ARGV[3] identity field   ARGV[4] identity value
--- ARGV[5] tariff id the event was rated with          ARGV[6] amount (micros)
+-- ARGV[5] plan id the event was rated with            ARGV[6] amount (micros)
 -- ARGV[7] answer ttl (s)    ARGV[8] largest balance allowed
 --
 -- Reply, one of:
@@ -12,7 +12,7 @@
 --   {'REPLAY', body}   the event id was applied before with the same payload
 --   {'CONFLICT'}       the event id was used before with another payload
 --   {'UNKNOWN'}        no such account, or the identity is not on it
---   {'TARIFF', id}     the account's tariff differs from ARGV[5]: re-rate and retry
+--   {'PLAN', id}       the account's plan differs from ARGV[5]: re-rate and retry
 --   {'LIMIT'}          a refund would take the balance past ARGV[8]: nothing changed
 
 local action = ARGV[1]
@@ -26,9 +26,9 @@ if writes then
   end
 end
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'tariff', 'status', ARGV[3])
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3])
 if not acct[1] or acct[5] ~= ARGV[4] then return {'UNKNOWN'} end
-if acct[3] ~= ARGV[5] then return {'TARIFF', acct[3]} end
+if acct[3] ~= ARGV[5] then return {'PLAN', acct[3]} end
 
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])

@@ -6,17 +6,19 @@ balance checks and price enquiries change nothing and are not remembered.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from charging.catalog import Catalog, Plan, Usage
+from charging.catalogs import CatalogBook
+from charging.clock import Clock
 from charging.codes import ResultCode
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
 from charging.ledger import Ledger, Reply
 from charging.money import MAX_BALANCE
-from charging.rating import UNIT_FIELD, Tariff, Units, check_units, cost
+from charging.rating import UNIT_FIELD, Rate, Units, check_units, cost
 from charging.routing import Target, route
 from charging.subscribers import Directory, Identity
-from charging.tariffs import TariffBook
 
 Action = Literal["D", "R", "C", "P"]  # direct debit, refund, check balance, price enquiry
 
@@ -30,6 +32,7 @@ class EventRequest:
     service_identifier: int
     requested: Units
     digest: str
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,9 @@ class EventAnswer:
     replayed: bool = False
 
 
-def price_event(tariff: Tariff, req: EventRequest) -> tuple[int, int] | EventAnswer:
-    """(units, price) of the event, or the answer that ends it early."""
-    rate = tariff.rates.get(req.rating_group)
+def price_event(catalog: Catalog, plan: Plan, req: EventRequest, at_s: int) -> tuple[Rate, int, int] | EventAnswer:
+    """(rate, units, price) of the event, or the answer that ends it early."""
+    rate = catalog.rate(plan, req.rating_group, req.usage, at_s)
     if rate is None:
         return EventAnswer(ResultCode.RATING_FAILED, failed_field="rating_group")
     if rate.free:
@@ -60,32 +63,36 @@ def price_event(tariff: Tariff, req: EventRequest) -> tuple[int, int] | EventAns
         check_units(rate, units, where)
     except InvalidRequest as exc:
         return EventAnswer(ResultCode.INVALID_AVP_VALUE, failed_field=exc.field)
-    return units, cost(rate, units)
+    return rate, units, cost(rate, units)
 
 
 class EventCharging:
-    def __init__(self, ledger: Ledger, directory: Directory, tariffs: TariffBook, *, idempotency_ttl_s: int) -> None:
+    def __init__(
+        self, ledger: Ledger, directory: Directory, catalogs: CatalogBook, clock: Clock, *, idempotency_ttl_s: int
+    ) -> None:
         self.ledger = ledger
         self.directory = directory
-        self.tariffs = tariffs
+        self.catalogs = catalogs
+        self.clock = clock
         self.idempotency_ttl_s = idempotency_ttl_s
 
     async def charge(self, req: EventRequest) -> EventAnswer:
         units, amount = 0, 0
+        rate: Rate | None = None
 
         async def attempt(target: Target) -> Reply | EventAnswer:
-            nonlocal units, amount
-            if target.tariff is not None:
-                priced = price_event(target.tariff, req)
+            nonlocal units, amount, rate
+            if target.plan is not None:
+                priced = price_event(target.catalog, target.plan, req, self.clock.now_ms() // 1000)
                 if isinstance(priced, EventAnswer):
                     return priced
-                units, amount = priced
+                rate, units, amount = priced
             args = (
                 req.action,
                 req.digest,
                 req.identity.kind,
                 req.identity.value,
-                target.tariff_id,
+                target.plan_id,
                 amount,
                 self.idempotency_ttl_s,
                 MAX_BALANCE,
@@ -94,26 +101,26 @@ class EventCharging:
 
         routed = await route(
             self.directory,
-            self.tariffs,
+            self.catalogs,
             req.identity,
             attempt,
             unknown_user=EventAnswer(ResultCode.USER_UNKNOWN),
-            unknown_tariff=EventAnswer(ResultCode.RATING_FAILED),
+            unknown_plan=EventAnswer(ResultCode.RATING_FAILED),
         )
         if isinstance(routed, EventAnswer):
             return routed
-        target, reply = routed
+        _target, reply = routed
         if reply.kind == "CONFLICT":
             raise Conflict(f"event_id {req.event_id!r} was already used with another payload")
         if reply.kind == "LIMIT":
             raise LimitExceeded(f"the refund would take the balance past {MAX_BALANCE} micros")
-        assert target.tariff is not None
-        return _answer(req, target.tariff, units, amount, reply.body, reply.kind == "REPLAY")
+        assert rate is not None
+        return _answer(req, rate, units, amount, reply.body, reply.kind == "REPLAY")
 
 
-def _answer(req: EventRequest, tariff: Tariff, units: int, amount: int, body: str, replayed: bool) -> EventAnswer:
+def _answer(req: EventRequest, rate: Rate, units: int, amount: int, body: str, replayed: bool) -> EventAnswer:
     rc, balance, available = (int(x) for x in body.split(" "))
-    unit = tariff.rates[req.rating_group].unit
+    unit = rate.unit
     if req.action == "P":
         return EventAnswer(rc, cost_micros=amount)
     if req.action == "C":

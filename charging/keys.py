@@ -2,15 +2,15 @@
 
 Keys that belong to a billing account start with the account's hash tag ``{a:<id>}`` so
 that one account's keys land in one Redis Cluster slot and every Lua script touches a
-single slot. Global keys are few: the identity index, tariffs, the account id sequence
-and the sweeper's index (which has its own tag ``{sweep}``).
+single slot. Global keys are few: the identity index, the account id sequence
+the catalogs and the sweeper's index (which has its own tag ``{sweep}``).
 
 Per account:
-  {a:ID}                 hash: balance, reserved, tariff, status, msisdn, imsi, currency
+  {a:ID}                 hash: balance, reserved, plan, status, msisdn, imsi, currency
   {a:ID}:sx              zset: open session id -> supervision deadline (ms)
   {a:ID}:s:SESSION       hash: per rating group u<rg> reserved units, m<rg> reserved money,
                          c<rg> cumulative used units, n<rg> request number of the reservation;
-                         dl deadline
+                         dl deadline, cv catalog version the session is rated with
   {a:ID}:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
   {a:ID}:e:EVENT         string: answer to a debit/refund event (idempotency)
   {a:ID}:t:KEY           string: answer to a top-up (idempotency)
@@ -60,5 +60,8 @@ def identity(kind: str, value: str) -> str:
     return f"id:{kind}:{value}"
 
 
-def tariff(tariff_id: str) -> str:
-    return "tariff:" + tariff_id
+CATALOG_CURRENT = "catalog:current"
+
+
+def catalog(version: str) -> str:
+    return "catalog:v:" + version

@@ -21,14 +21,14 @@ from charging import keys
 from charging.redis_link import RedisLink
 from charging.store import storage_errors
 
-ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "TARIFF", "LIMIT"]
+ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "PLAN", "CATALOG", "LIMIT"]
 Arg = str | int
 
 
 @dataclass(frozen=True)
 class Reply:
     """What a ledger script answered. ``body`` is the stored answer of DONE/REPLAY,
-    or the account's tariff id for TARIFF."""
+    or the plan id for PLAN, or the catalog version for CATALOG."""
 
     kind: ReplyKind
     body: str = ""

@@ -20,11 +20,8 @@ are the reference that the tests hold the script to.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-from functools import cached_property
-from typing import Any
 
 from charging.errors import InvalidRequest
 from charging.money import MAX_AMOUNT, MAX_UNITS
@@ -114,17 +111,6 @@ class Rate:
         return self.first_price if self.first_increment else self.price_micros
 
 
-@dataclass(frozen=True)
-class Tariff:
-    id: str
-    currency: str
-    rates: Mapping[int, Rate] = field(default_factory=dict)
-
-    @cached_property
-    def longest_validity_s(self) -> int:
-        return max((r.validity_time_s for r in self.rates.values()), default=0)
-
-
 def ceil_div(a: int, b: int) -> int:
     """Smallest integer q with q * b >= a (for b > 0)."""
     return -(-a // b)
@@ -194,103 +180,4 @@ def check_units(rate: Rate, units: int, where: str) -> None:
         raise InvalidRequest(where, f"{units} units is beyond the supported maximum")
 
 
-# --- tariff documents --------------------------------------------------------------
-
-TARIFF_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-
-def _int(doc: Mapping[str, Any], key: str, where: str, low: int, high: int, default: int | None = None) -> int:
-    value = doc.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{where}.{key}", "must be an integer")
-    if not low <= value <= high:
-        raise InvalidRequest(f"{where}.{key}", f"must be between {low} and {high}")
-    return value
-
-
-def _enum(doc: Mapping[str, Any], key: str, where: str, kind: type[IntEnum], default: str | None = None) -> Any:
-    value = doc.get(key, default)
-    names = [m.name for m in kind]
-    if not isinstance(value, str) or value not in names:
-        raise InvalidRequest(f"{where}.{key}", f"must be one of {', '.join(names)}")
-    return kind[value]
-
-
-def tariff_from_doc(doc: Mapping[str, Any]) -> Tariff:
-    """Build a tariff from its JSON document, naming the first bad field."""
-    tariff_id = doc.get("id")
-    if not isinstance(tariff_id, str) or not TARIFF_ID.match(tariff_id):
-        raise InvalidRequest("id", "must be 1-64 characters of A-Z a-z 0-9 _ . : -")
-    currency = doc.get("currency")
-    if not isinstance(currency, str) or not CURRENCY.match(currency):
-        raise InvalidRequest("currency", "must be an ISO 4217 code such as EUR")
-    raw_rates = doc.get("rates")
-    if not isinstance(raw_rates, list) or not raw_rates:
-        raise InvalidRequest("rates", "must be a non-empty list")
-    rates: dict[int, Rate] = {}
-    for i, raw in enumerate(raw_rates):
-        where = f"rates[{i}]"
-        if not isinstance(raw, Mapping):
-            raise InvalidRequest(where, "must be an object")
-        rate = _rate_from_doc(raw, where)
-        if rate.rating_group in rates:
-            raise InvalidRequest(f"{where}.rating_group", "appears twice")
-        rates[rate.rating_group] = rate
-    return Tariff(id=tariff_id, currency=currency, rates=rates)
-
-
-def _rate_from_doc(raw: Mapping[str, Any], where: str) -> Rate:
-    unit = _enum(raw, "unit", where, UnitKind)
-    increment = 1 if unit is UnitKind.MONEY else _int(raw, "increment", where, 1, 10**12)
-    price = 1 if unit is UnitKind.MONEY else _int(raw, "price_micros", where, 0, MAX_AMOUNT)
-    rate = Rate(
-        rating_group=_int(raw, "rating_group", where, 0, 2**32 - 1),
-        name=str(raw.get("name", "")),
-        unit=unit,
-        increment=increment,
-        price_micros=price,
-        default_quota=_int(raw, "default_quota", where, 1, MAX_UNITS),
-        validity_time_s=_int(raw, "validity_time_s", where, 1, 86_400 * 7, default=3600),
-        free=bool(raw.get("free", False)),
-        final_unit_action=_enum(raw, "final_unit_action", where, FinalUnitAction, "TERMINATE"),
-        redirect_address=str(raw.get("redirect_address", "")),
-        restriction_filter_rules=tuple(str(r) for r in raw.get("restriction_filter_rules", ())),
-        connect_fee=_int(raw, "connect_fee_micros", where, 0, MAX_AMOUNT, default=0),
-        first_increment=_int(raw, "first_increment", where, 0, 10**12, default=0),
-        first_price=_int(raw, "first_price_micros", where, 0, MAX_AMOUNT, default=0),
-        min_charge=_int(raw, "min_charge_micros", where, 0, MAX_AMOUNT, default=0),
-        max_session_cost=_int(raw, "max_session_cost_micros", where, 0, MAX_AMOUNT, default=0),
-    )
-    if rate.final_unit_action is FinalUnitAction.REDIRECT and not rate.redirect_address:
-        raise InvalidRequest(f"{where}.redirect_address", "is required for REDIRECT")
-    check_units(rate, rate.default_quota, f"{where}.default_quota")
-    return rate
-
-
-def tariff_to_doc(tariff: Tariff) -> dict[str, Any]:
-    return {
-        "id": tariff.id,
-        "currency": tariff.currency,
-        "rates": [
-            {
-                "rating_group": r.rating_group,
-                "name": r.name,
-                "unit": r.unit.name,
-                "increment": r.increment,
-                "price_micros": r.price_micros,
-                "default_quota": r.default_quota,
-                "validity_time_s": r.validity_time_s,
-                "free": r.free,
-                "final_unit_action": r.final_unit_action.name,
-                "redirect_address": r.redirect_address,
-                "restriction_filter_rules": list(r.restriction_filter_rules),
-                "connect_fee_micros": r.connect_fee,
-                "first_increment": r.first_increment,
-                "first_price_micros": r.first_price,
-                "min_charge_micros": r.min_charge,
-                "max_session_cost_micros": r.max_session_cost,
-            }
-            for r in tariff.rates.values()
-        ],
-    }

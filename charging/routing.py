@@ -1,9 +1,11 @@
-"""Which account and tariff a charging request goes to.
+"""Which account, plan and catalog a charging request is rated with.
 
-The account behind an identity and the account's tariff come from the in-process cache
-(``Directory``), so rating needs no Redis read. Every ledger script checks both and
-answers UNKNOWN or TARIFF, having changed nothing, when the cache was stale; ``route``
-then corrects the cache and tries again.
+The account behind an identity and the account's plan come from the in-process cache
+(``Directory``), the catalog from ``CatalogBook``, so rating needs no Redis read. Every
+ledger script checks what it was given and answers, having changed nothing, UNKNOWN
+(the identity is not on that account), PLAN (the account has another plan) or CATALOG
+(the session is rated with another catalog version); ``route`` then corrects its view
+and tries again.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from charging.catalog import Catalog, Plan
+from charging.catalogs import CatalogBook
 from charging.errors import StorageUnavailable
 from charging.ledger import Reply
-from charging.rating import Tariff
 from charging.subscribers import Directory, Identity
-from charging.tariffs import TariffBook
 
 A = TypeVar("A")
 
@@ -24,39 +26,47 @@ A = TypeVar("A")
 @dataclass(frozen=True)
 class Target:
     account: str
-    # Empty when the account's tariff is not cached yet: the script names it.
-    tariff_id: str
-    tariff: Tariff | None
+    # Empty when the account's plan is not cached yet: the script names it.
+    plan_id: str
+    catalog: Catalog
+    plan: Plan | None
 
 
 async def route(
     directory: Directory,
-    tariffs: TariffBook,
+    catalogs: CatalogBook,
     identity: Identity,
     attempt: Callable[[Target], Awaitable[Reply | A]],
     *,
     unknown_user: A,
-    unknown_tariff: A,
+    unknown_plan: A,
 ) -> tuple[Target, Reply] | A:
-    """Run ``attempt`` until a script accepts the account and tariff it was given.
+    """Run ``attempt`` until a script accepts the account, plan and catalog it was given.
 
     ``attempt`` may answer early (an ``A``) without a script. Returns the accepted target
-    with the script's reply, or an early answer, or ``unknown_user`` / ``unknown_tariff``.
+    with the script's reply, or an early answer, or ``unknown_user`` / ``unknown_plan``.
     """
-    for _ in range(3):
+    catalog = catalogs.current
+    for _ in range(4):
         account = await directory.resolve(identity)
         if account is None:
             return unknown_user
-        tariff_id = directory.tariff_hint(account)
-        tariff = await tariffs.get(tariff_id) if tariff_id else None
-        if tariff_id and tariff is None:
-            return unknown_tariff
-        target = Target(account, tariff_id, tariff)
+        plan_id = directory.plan_hint(account)
+        plan = catalog.plans.get(plan_id) if plan_id else None
+        if plan_id and plan is None:
+            return unknown_plan
+        target = Target(account, plan_id, catalog, plan)
         result = await attempt(target)
         if not isinstance(result, Reply):
             return result
-        if result.kind == "TARIFF":
-            directory.learn_tariff(account, result.body)
+        if result.kind == "PLAN":
+            directory.learn_plan(account, result.body)
+            continue
+        if result.kind == "CATALOG":
+            pinned = await catalogs.version(result.body)
+            if pinned is None:
+                return unknown_plan
+            catalog = pinned
             continue
         if result.kind == "UNKNOWN":
             directory.forget(identity)

@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 
 from charging import store
 from charging.api import AdminServicer, ChargingServicer, TopUpServicer
+from charging.catalogs import CatalogBook
 from charging.census import run_census
 from charging.clock import Clock, SystemClock
 from charging.embedded_redis import EmbeddedRedis
@@ -32,7 +33,6 @@ from charging.sessions import SessionCharging
 from charging.settings import Settings
 from charging.subscribers import Directory
 from charging.sweeper import Sweeper
-from charging.tariffs import TariffBook, load_tariff_file
 from charging.topups import TopUps
 from charging.v1 import (
     admin_pb2,
@@ -62,6 +62,7 @@ class App:
     redis: aioredis.Redis | None = None
     link: RedisLink | None = None
     sweeper: Sweeper | None = None
+    catalogs: CatalogBook | None = None
     _embedded: EmbeddedRedis | None = None
     _server: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
@@ -79,20 +80,25 @@ class App:
         self.link = RedisLink(url)
 
         ledger = Ledger(self.link)
-        tariffs = TariffBook(self.redis)
-        await tariffs.put(load_tariff_file(s.default_tariff_file))
+        self.catalogs = CatalogBook(self.redis)
+        await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         directory = Directory(self.redis, s.subscriber_cache_size)
         sessions = SessionCharging(
-            ledger, directory, tariffs, self.clock, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s
+            ledger,
+            directory,
+            self.catalogs,
+            self.clock,
+            supervision_factor=s.supervision_factor,
+            answer_ttl_s=s.answer_ttl_s,
         )
-        events = EventCharging(ledger, directory, tariffs, idempotency_ttl_s=s.idempotency_ttl_s)
+        events = EventCharging(ledger, directory, self.catalogs, self.clock, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = TopUps(ledger, directory, idempotency_ttl_s=s.idempotency_ttl_s)
         self.sweeper = Sweeper(ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch)
 
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
         topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups, directory), self._server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(directory, tariffs), self._server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(directory, self.catalogs), self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -111,6 +117,7 @@ class App:
         if self.run_background:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
             self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
+            self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
         if self._embedded is not None:
             self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
         log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})

@@ -7,22 +7,25 @@
 -- ARGV[1] now (ms)          ARGV[2] request type: I, U or T
 -- ARGV[3] session id        ARGV[4] request number
 -- ARGV[5] payload digest    ARGV[6] identity field (msisdn|imsi)   ARGV[7] identity value
--- ARGV[8] tariff id the request was rated with
--- ARGV[9] answer ttl (s)    ARGV[10] supervision time (ms)         ARGV[11] rating groups n
--- then n groups of 13: rating group, preset result code (0 = rate it), wanted units
---   (0 = no new grant), used units, increment, price per increment (micros),
---   validity time (s), final (1 = release this rating group), connect fee,
---   first increment, price of the first increment, minimum charge, session cap (0: none)
--- The price arithmetic mirrors charging/rating.py (session_cost, affordable_units).
+-- ARGV[8] plan id the request was rated with               ARGV[9] answer ttl (s)
+-- ARGV[10] supervision time (ms)   ARGV[11] catalog version   ARGV[12] rating groups n
+-- then n groups of 11: rating group, preset result code (0 = rate it), wanted units
+--   (0 = no new grant), final (1 = release this rating group), validity time (s),
+--   tariff change time (s, 0 none), used units before the tariff change, their rate,
+--   used units after it, their rate, the rate that sizes the new grant.
+-- A rate is "increment,price,connect fee,first increment,first price,minimum,cap"
+-- (micros; cap 0: none). The price arithmetic mirrors charging/rating.py
+-- (session_cost, affordable_units); tests hold the two together.
 --
 -- Reply, one of:
 --   {'DONE', body, reserved_delta, session_delta}  first execution, body stored as answer
 --   {'REPLAY', body}          same request number and payload seen before
 --   {'CONFLICT'}              same request number, different payload: nothing changed
 --   {'UNKNOWN'}               no such account, or the identity is not on it
---   {'TARIFF', tariff_id}     the account's tariff differs from ARGV[8]: re-rate and retry
--- body = "<command result code> <tariff id>" then per rating group
---        " <result code>,<granted units>,<cost micros>,<validity s>,<final unit 0|1>"
+--   {'PLAN', plan_id}         the account's plan differs from ARGV[8]: re-rate and retry
+--   {'CATALOG', version}      the session is rated with another catalog version: re-rate
+-- body = "<command result code> <plan id>" then per rating group
+--        " <result code>,<granted units>,<cost micros>,<validity s>,<final unit 0|1>,<tariff change s>"
 
 local function ceil_div(a, b)
   local q = math.floor(a / b)
@@ -39,6 +42,12 @@ local function floor_div(a, b)
 end
 
 local function fmt(n) return string.format('%d', n) end
+
+local function parse_rate(text)
+  local v = {}
+  for n in string.gmatch(text, '[^,]+') do v[#v + 1] = tonumber(n) end
+  return {inc = v[1], price = v[2], connect = v[3], first = v[4], first_price = v[5], min = v[6], cap = v[7]}
+end
 
 -- r = {inc, price, connect, first, first_price, min, cap}
 local function session_cost(r, u)
@@ -73,14 +82,14 @@ if prev then
   return {'REPLAY', string.sub(prev, sep + 1)}
 end
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'tariff', 'status', ARGV[6])
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[6])
 if not acct[1] or acct[5] ~= ARGV[7] then return {'UNKNOWN'} end
-if acct[3] ~= ARGV[8] then return {'TARIFF', acct[3]} end
+if acct[3] ~= ARGV[8] then return {'PLAN', acct[3]} end
 
 local now = tonumber(ARGV[1])
 local rtype = ARGV[2]
 local reqno = tonumber(ARGV[4])
-local tariff = ARGV[8]
+local plan = ARGV[8]
 local active = acct[4] == 'active'
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
@@ -93,48 +102,58 @@ end
 
 local exists = redis.call('EXISTS', KEYS[3]) == 1
 if rtype == 'I' then
-  if exists then return finish('5012 ' .. tariff, 0) end
-  if not active then return finish('4010 ' .. tariff, 0) end
+  if exists then return finish('5012 ' .. plan, 0) end
+  if not active then return finish('4010 ' .. plan, 0) end
 elseif not exists then
-  return finish('5002 ' .. tariff, 0)
+  return finish('5002 ' .. plan, 0)
 end
 
 local s = {}
 if exists then
   local flat = redis.call('HGETALL', KEYS[3])
   for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+  -- Prices stay those of the catalog the session started with.
+  if s['cv'] and s['cv'] ~= ARGV[11] then return {'CATALOG', s['cv']} end
+else
+  s['cv'] = ARGV[11]
 end
 
-local n = tonumber(ARGV[11])
+local n = tonumber(ARGV[12])
 local parts = {}
 local any_ok = (n == 0)
 local first_fail = nil
-local i = 12
+local i = 13
 for _ = 1, n do
   local rg = ARGV[i]
   local rc = tonumber(ARGV[i + 1])
   local want = tonumber(ARGV[i + 2])
-  local used = tonumber(ARGV[i + 3])
-  local r = {
-    inc = tonumber(ARGV[i + 4]), price = tonumber(ARGV[i + 5]), connect = tonumber(ARGV[i + 8]),
-    first = tonumber(ARGV[i + 9]), first_price = tonumber(ARGV[i + 10]), min = tonumber(ARGV[i + 11]),
-    cap = tonumber(ARGV[i + 12]),
-  }
-  local vt = tonumber(ARGV[i + 6])
-  local final = ARGV[i + 7] == '1'
-  i = i + 13
-  local granted, cost, fui, vt_out = 0, 0, 0, 0
+  local final = ARGV[i + 3] == '1'
+  local vt = tonumber(ARGV[i + 4])
+  local tct = ARGV[i + 5]
+  local used_a, used_b = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 8])
+  local used = used_a + used_b
+  i = i + 11
+  local granted, cost, fui, vt_out, tct_out = 0, 0, 0, 0, '0'
   if rc == 0 then
     rc = 2001
+    local r = parse_rate(ARGV[i - 1])
     local r_units = tonumber(s['u' .. rg] or '0')
     local r_money = tonumber(s['m' .. rg] or '0')
     local cum = tonumber(s['c' .. rg] or '0')
     local r_no = tonumber(s['n' .. rg] or '-1')
     local overrun = false
     if used > 0 then
-      cost = session_cost(r, cum + used) - session_cost(r, cum)
+      if used_a > 0 then
+        local ra = parse_rate(ARGV[i - 4])
+        cost = session_cost(ra, cum + used_a) - session_cost(ra, cum)
+        cum = cum + used_a
+      end
+      if used_b > 0 then
+        local rb = parse_rate(ARGV[i - 2])
+        cost = cost + session_cost(rb, cum + used_b) - session_cost(rb, cum)
+        cum = cum + used_b
+      end
       balance = balance - cost
-      cum = cum + used
       overrun = r_no >= 0 and used > r_units
     end
     -- A late, older request reports its usage but leaves the newer reservation alone.
@@ -155,7 +174,7 @@ for _ = 1, n do
             r_money = session_cost(r, cum + g) - session_cost(r, cum)
             r_units = g
             reserved = reserved + r_money
-            granted, vt_out = g, vt
+            granted, vt_out, tct_out = g, vt, tct
           end
         end
       end
@@ -170,7 +189,7 @@ for _ = 1, n do
   elseif not first_fail then
     first_fail = rc
   end
-  parts[#parts + 1] = table.concat({fmt(rc), fmt(granted), fmt(cost), fmt(vt_out), fmt(fui)}, ',')
+  parts[#parts + 1] = table.concat({fmt(rc), fmt(granted), fmt(cost), fmt(vt_out), fmt(fui), tct_out}, ',')
 end
 
 local cmd = 2001
@@ -198,4 +217,4 @@ else
 end
 
 redis.call('HSET', KEYS[1], 'balance', fmt(balance), 'reserved', fmt(reserved))
-return finish(fmt(cmd) .. ' ' .. tariff .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta)
+return finish(fmt(cmd) .. ' ' .. plan .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta)

@@ -1,9 +1,11 @@
 """Session-based charging (RFC 8506 CCR-I/U/T): rate a request, apply it atomically.
 
-Python rates (which rate applies, how many units to ask for, what is malformed); the
-ledger's ``session.lua`` applies usage and reservations against the balance in one
-atomic step and stores the answer for retransmissions. The parse of that answer is
-shared by first executions and replays, so both produce the same reply.
+Python rates: which rate of the plan applies (service, destination zone, time band,
+roaming), which rates were in force before and after a tariff change, how many units to
+ask for, what is malformed. The ledger's ``session.lua`` applies usage and reservations
+against the balance in one atomic step and stores the answer for retransmissions. The
+parse of that answer is shared by first executions and replays, so both produce the
+same reply.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from charging.catalog import Catalog, Plan, Usage
+from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.codes import ResultCode
 from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Arg, Ledger, Reply
-from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Tariff, Units, check_units, quota
+from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
 from charging.routing import Target, route
 from charging.subscribers import Directory, Identity
-from charging.tariffs import TariffBook
 
 RequestKind = Literal["I", "U", "T"]
 
@@ -30,6 +33,8 @@ class RatingGroupRequest:
     requested: Units | None = None
     used: Units | None = None
     final: bool = False
+    # Units used after the tariff change time of the previous answer.
+    used_after_change: Units | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class SessionRequest:
     request_number: int
     identity: Identity
     rating_groups: tuple[RatingGroupRequest, ...]
+    usage: Usage
     # Fingerprint of the whole request payload: a reused request number with another
     # payload is refused.
     digest: str
@@ -60,6 +66,7 @@ class RatingGroupAnswer:
     validity_time_s: int = 0
     final_unit: FinalUnit | None = None
     cost_micros: int = 0
+    tariff_change_time: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,37 +80,77 @@ class SessionAnswer:
     session_delta: int = 0
 
 
-def rating_args(tariff: Tariff, groups: tuple[RatingGroupRequest, ...]) -> tuple[list[Arg], str]:
-    """Script arguments for each rating group, and the first malformed field if any.
+def pack(rate: Rate) -> str:
+    """A rate as session.lua reads it."""
+    return (
+        f"{rate.increment},{rate.price_micros},{rate.connect_fee},{rate.first},"
+        f"{rate.first_cost},{rate.min_charge},{rate.max_session_cost}"
+    )
 
-    A rating group the tariff does not know is 5031, a free one 4011, one with an
-    out-of-range unit count 5004: decided here, recorded by the script in the answer.
+
+NO_RATE = "1,0,0,1,0,0,0"
+
+
+def previous_change(plan: Plan, at_s: int, lookback_s: int) -> int | None:
+    """The last tariff change (band or plan version) at or before ``at_s``."""
+    last, t = None, at_s - lookback_s
+    while (change := plan.next_change(t, at_s - t)) is not None and change <= at_s:
+        last, t = change, change
+    return last
+
+
+def rating_args(
+    catalog: Catalog, plan: Plan, groups: tuple[RatingGroupRequest, ...], usage: Usage, now_s: int
+) -> tuple[list[Arg], str, dict[int, Rate]]:
+    """Script arguments for each rating group, the first malformed field if any, and the
+    rate of each rating group now.
+
+    A rating group the plan cannot rate is 5031, a free one (emergency, toll-free) 4011,
+    one with an out-of-range unit count 5004: decided here, recorded by the script in
+    the answer. When the tariff changes within the grant's validity, the grant is sized
+    at the dearer of the two rates and the change time goes to the client; units it
+    reports as used after a change are priced at the rate after it.
     """
     args: list[Arg] = [len(groups)]
     failed = ""
+    rates: dict[int, Rate] = {}
     for i, g in enumerate(groups):
-        rate = tariff.rates.get(g.rating_group)
-        preset, want, used = 0, 0, 0
+        rate = catalog.rate(plan, g.rating_group, usage, now_s)
+        preset, want, used, used_after, change = 0, 0, 0, 0, 0
+        before = sizing = rate
         if rate is None:
             preset = ResultCode.RATING_FAILED
-        elif rate.free:
-            preset = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
         else:
+            rates[g.rating_group] = rate
+            if rate.free:
+                preset = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
+        if rate is not None and not preset:
             try:
                 if g.requested is not None:
                     want = quota(rate, _count(g.requested, rate, f"rating_groups[{i}].requested"))
                 if g.used is not None:
                     used = _count(g.used, rate, f"rating_groups[{i}].used")
+                if g.used_after_change is not None:
+                    used_after = _count(g.used_after_change, rate, f"rating_groups[{i}].used_after_tariff_change")
             except InvalidRequest as exc:
-                preset, want, used = ResultCode.INVALID_AVP_VALUE, 0, 0
+                preset, want, used, used_after = ResultCode.INVALID_AVP_VALUE, 0, 0, 0
                 failed = failed or exc.field
-        args += [g.rating_group, int(preset), want, used]
-        if rate is None:
-            args += [1, 0, 0, 1 if g.final else 0, 0, 1, 0, 0, 0]
+            if used_after:
+                last = previous_change(plan, now_s, 2 * rate.validity_time_s)
+                if last is not None:
+                    before = catalog.rate(plan, g.rating_group, usage, last - 1) or rate
+            if want:
+                change = plan.next_change(now_s, rate.validity_time_s) or 0
+                later = catalog.rate(plan, g.rating_group, usage, change) if change else None
+                if later is not None and session_cost(later, want) > session_cost(rate, want):
+                    sizing = later
+        args += [g.rating_group, int(preset), want, 1 if g.final else 0]
+        if rate is None or preset:
+            args += [0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE]
         else:
-            args += [rate.increment, rate.price_micros, rate.validity_time_s, 1 if g.final else 0]
-            args += [rate.connect_fee, rate.first, rate.first_cost, rate.min_charge, rate.max_session_cost]
-    return args, failed
+            assert before is not None and sizing is not None
+            args += [rate.validity_time_s, change, used, pack(before), used_after, pack(rate), pack(sizing)]
+    return args, failed, rates
 
 
 def _count(units: Units, rate: Rate, where: str) -> int:
@@ -116,14 +163,14 @@ def _count(units: Units, rate: Rate, where: str) -> int:
     return amount
 
 
-def parse_answer(body: str, tariff: Tariff | None, groups: tuple[RatingGroupRequest, ...]) -> SessionAnswer:
+def parse_answer(body: str, rates: dict[int, Rate], groups: tuple[RatingGroupRequest, ...]) -> SessionAnswer:
     """Turn a stored answer body into the answer, rating group by rating group."""
     head, *parts = body.split(" ")
     code = int(head)
     answers = []
     for g, part in zip(groups, parts[1:], strict=False):
-        rc, granted, cost_micros, vt, fui = (int(x) for x in part.split(","))
-        rate = tariff.rates.get(g.rating_group) if tariff else None
+        rc, granted, cost_micros, vt, fui, change = (int(x) for x in part.split(","))
+        rate = rates.get(g.rating_group)
         final_unit = None
         if fui and rate is not None:
             final_unit = FinalUnit(rate.final_unit_action, rate.redirect_address, rate.restriction_filter_rules)
@@ -136,14 +183,10 @@ def parse_answer(body: str, tariff: Tariff | None, groups: tuple[RatingGroupRequ
                 validity_time_s=vt,
                 final_unit=final_unit,
                 cost_micros=cost_micros,
+                tariff_change_time=change,
             )
         )
     return SessionAnswer(code, tuple(answers))
-
-
-def answer_tariff_id(body: str) -> str:
-    parts = body.split(" ", 2)
-    return parts[1] if len(parts) > 1 else ""
 
 
 class SessionCharging:
@@ -151,7 +194,7 @@ class SessionCharging:
         self,
         ledger: Ledger,
         directory: Directory,
-        tariffs: TariffBook,
+        catalogs: CatalogBook,
         clock: Clock,
         *,
         supervision_factor: int,
@@ -159,7 +202,7 @@ class SessionCharging:
     ) -> None:
         self.ledger = ledger
         self.directory = directory
-        self.tariffs = tariffs
+        self.catalogs = catalogs
         self.clock = clock
         self.supervision_factor = supervision_factor
         self.answer_ttl_s = answer_ttl_s
@@ -167,32 +210,32 @@ class SessionCharging:
     async def charge(self, req: SessionRequest) -> SessionAnswer:
         """Rate and apply one request."""
         failed = ""
+        rates: dict[int, Rate] = {}
 
         async def attempt(target: Target) -> Reply:
-            nonlocal failed
+            nonlocal failed, rates
+            now = self.clock.now_ms()
             args: list[Arg] = [0]
-            if target.tariff is not None:
-                args, failed = rating_args(target.tariff, req.rating_groups)
-            return await self._run(target, req, args)
+            if target.plan is not None:
+                args, failed, rates = rating_args(
+                    target.catalog, target.plan, req.rating_groups, req.usage, now // 1000
+                )
+            return await self._run(target, req, args, now)
 
         routed = await route(
             self.directory,
-            self.tariffs,
+            self.catalogs,
             req.identity,
             attempt,
             unknown_user=SessionAnswer(ResultCode.USER_UNKNOWN),
-            unknown_tariff=SessionAnswer(ResultCode.RATING_FAILED),
+            unknown_plan=SessionAnswer(ResultCode.RATING_FAILED),
         )
         if isinstance(routed, SessionAnswer):
             return routed
-        target, reply = routed
+        _target, reply = routed
         if reply.kind == "CONFLICT":
             raise Conflict(f"request_number {req.request_number} was already used in this session with another payload")
-        tariff = target.tariff
-        answer_tariff = answer_tariff_id(reply.body)
-        if answer_tariff != target.tariff_id:
-            tariff = await self.tariffs.get(answer_tariff)
-        answer = parse_answer(reply.body, tariff, req.rating_groups)
+        answer = parse_answer(reply.body, rates, req.rating_groups)
         return SessionAnswer(
             answer.result_code,
             answer.rating_groups,
@@ -202,10 +245,9 @@ class SessionCharging:
             session_delta=reply.session_delta,
         )
 
-    async def _run(self, target: Target, req: SessionRequest, rg_args: list[Arg]) -> Reply:
-        now = self.clock.now_ms()
-        tariff = target.tariff
-        supervision_ms = self.supervision_factor * tariff.longest_validity_s * 1000 if tariff else 0
+    async def _run(self, target: Target, req: SessionRequest, rg_args: list[Arg], now: int) -> Reply:
+        plan = target.plan
+        supervision_ms = self.supervision_factor * plan.longest_validity_s * 1000 if plan else 0
         args: list[Arg] = [
             now,
             req.kind,
@@ -214,12 +256,13 @@ class SessionCharging:
             req.digest,
             req.identity.kind,
             req.identity.value,
-            target.tariff_id,
+            target.plan_id,
             self.answer_ttl_s,
             supervision_ms,
+            target.catalog.version,
             *rg_args,
         ]
-        hint = now + supervision_ms if req.kind == "I" and tariff is not None else 0
+        hint = now + supervision_ms if req.kind == "I" and plan is not None else 0
         return await self.ledger.session(
             target.account, req.session_id, req.request_number, args, hint_deadline_ms=hint
         )

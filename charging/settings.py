@@ -39,7 +39,10 @@ class Settings:
     census_interval_s: float = 15.0
     grace_period_s: float = 5.0
     log_level: str = "INFO"
-    default_tariff_file: str = ""
+    # A catalog file to load at start (it becomes the running catalog). Empty: keep the
+    # stored catalog, or load the bundled sample when none is stored.
+    catalog_file: str = ""
+    catalog_refresh_s: float = 2.0
 
     def __repr__(self) -> str:
         fields = []

@@ -2,10 +2,10 @@
 
 Charging needs the account behind an identity before it can name the account's keys, and
 that index (``id:msisdn:N``) lives outside the account's hash slot. The ``Directory``
-keeps identity -> account and account -> tariff in a bounded in-process cache so a
+keeps identity -> account and account -> plan in a bounded in-process cache so a
 charging request costs one Redis round trip. The cache is only a hint: every script
 checks that the identity is still on the account and that the account still has the
-tariff the request was rated with, and the caller re-resolves when it is not.
+plan the request was rated with, and the caller re-resolves when it is not.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from charging import keys
+from charging.catalog import Plan
 from charging.errors import Conflict, InvalidRequest, NotFound
 from charging.money import MAX_BALANCE
-from charging.rating import Tariff
 from charging.store import storage_errors
 
 IdentityKind = Literal["msisdn", "imsi"]
@@ -51,7 +51,7 @@ class Account:
     account_id: str
     msisdn: str
     imsi: str
-    tariff_id: str
+    plan_id: str
     status: str
     currency: str
     balance: int
@@ -77,7 +77,7 @@ class Directory:
     def __init__(self, client: aioredis.Redis, cache_size: int) -> None:
         self._client = client
         self._accounts = _BoundedDict(cache_size)
-        self._tariffs = _BoundedDict(cache_size)
+        self._plans = _BoundedDict(cache_size)
 
     async def resolve(self, identity: Identity) -> str | None:
         """The account id behind an identity, or None when nobody has it."""
@@ -95,13 +95,13 @@ class Directory:
     def forget(self, identity: Identity) -> None:
         self._accounts.pop(keys.identity(identity.kind, identity.value), None)
 
-    def tariff_hint(self, account: str) -> str:
-        return self._tariffs.get(account, "")
+    def plan_hint(self, account: str) -> str:
+        return self._plans.get(account, "")
 
-    def learn_tariff(self, account: str, tariff_id: str) -> None:
-        self._tariffs.put(account, tariff_id)
+    def learn_plan(self, account: str, plan_id: str) -> None:
+        self._plans.put(account, plan_id)
 
-    async def create(self, msisdn: Identity, imsi: Identity | None, tariff: Tariff, initial_balance: int) -> Account:
+    async def create(self, msisdn: Identity, imsi: Identity | None, plan: Plan, initial_balance: int) -> Account:
         """Create an account with one subscriber. The identities are claimed after the
         account exists, so a crash in between leaves only an unreachable account."""
         if not 0 <= initial_balance <= MAX_BALANCE:
@@ -111,9 +111,9 @@ class Directory:
             fields = {
                 "balance": str(initial_balance),
                 "reserved": "0",
-                "tariff": tariff.id,
+                "plan": plan.id,
                 "status": "active",
-                "currency": tariff.currency,
+                "currency": plan.currency,
                 "msisdn": msisdn.value,
             }
             if imsi is not None:
@@ -130,7 +130,7 @@ class Directory:
                     await self._client.delete(keys.account(account_id))
                     raise Conflict(f"{ident.kind} is already assigned to another subscriber")
                 claimed.append(key)
-        self.learn_tariff(account_id, tariff.id)
+        self.learn_plan(account_id, plan.id)
         return await self._read(account_id)
 
     async def get(self, identity: Identity) -> Account:
@@ -156,7 +156,7 @@ class Directory:
             account_id=account_id,
             msisdn=h.get("msisdn", ""),
             imsi=h.get("imsi", ""),
-            tariff_id=h["tariff"],
+            plan_id=h["plan"],
             status=h["status"],
             currency=h["currency"],
             balance=int(h["balance"]),

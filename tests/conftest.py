@@ -100,12 +100,10 @@ class Stubs:
     admin: admin_pb2_grpc.AdminStub
 
     async def subscriber(
-        self, msisdn: str = "491700000001", balance: int = 1_000_000, tariff: str = "default", imsi: str = ""
+        self, msisdn: str = "491700000001", balance: int = 1_000_000, plan: str = "default", imsi: str = ""
     ) -> admin_pb2.Subscriber:
         return await self.admin.CreateSubscriber(
-            admin_pb2.CreateSubscriberRequest(
-                msisdn=msisdn, imsi=imsi, tariff_id=tariff, initial_balance_micros=balance
-            )
+            admin_pb2.CreateSubscriberRequest(msisdn=msisdn, imsi=imsi, plan_id=plan, initial_balance_micros=balance)
         )
 
     async def balance(self, msisdn: str = "491700000001") -> admin_pb2.Subscriber:
@@ -135,6 +133,8 @@ def session_request(
     number: int,
     groups: list[dict[str, object]],
     msisdn: str = "491700000001",
+    called_party: str = "",
+    visited_network: str = "",
 ) -> charging_pb2.SessionRequest:
     """groups: dicts with rating_group and optional requested/used (dicts of unit fields) and final."""
     req = charging_pb2.SessionRequest(
@@ -142,6 +142,8 @@ def session_request(
         request_type=kind,  # type: ignore[arg-type]
         request_number=number,
         subscriber=common_pb2.SubscriberId(msisdn=msisdn),
+        called_party=called_party,
+        visited_network=visited_network,
     )
     for g in groups:
         rg = req.rating_groups.add(rating_group=int(g["rating_group"]))  # type: ignore[call-overload]
@@ -153,6 +155,10 @@ def session_request(
             rg.used.SetInParent()
             for k, v in dict(g["used"]).items():  # type: ignore[call-overload]
                 setattr(rg.used, k, v)
+        if "used_after" in g:
+            rg.used_after_tariff_change.SetInParent()
+            for k, v in dict(g["used_after"]).items():  # type: ignore[call-overload]
+                setattr(rg.used_after_tariff_change, k, v)
         if g.get("final"):
             rg.reporting_reason = charging_pb2.REPORTING_REASON_FINAL
     return req

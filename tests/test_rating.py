@@ -18,10 +18,7 @@ from charging.rating import (
     cost,
     incremental_cost,
     quota,
-    tariff_from_doc,
-    tariff_to_doc,
 )
-from charging.tariffs import load_tariff_file
 
 
 def rate(increment: int = 60, price: int = 100_000, quota_units: int = 300, unit: UnitKind = UnitKind.TIME) -> Rate:
@@ -207,31 +204,3 @@ def test_unit_counts_beyond_the_exact_range_are_refused() -> None:
     with pytest.raises(InvalidRequest) as err:
         check_units(r, 10, "used")
     assert err.value.field == "used"
-
-
-def test_default_tariff_round_trips() -> None:
-    t = load_tariff_file("")
-    assert tariff_from_doc(tariff_to_doc(t)) == t
-    assert t.rates[40].free
-
-
-@pytest.mark.parametrize(
-    ("mutate", "field"),
-    [
-        (lambda d: d.update(id="has space"), "id"),
-        (lambda d: d.update(currency="euro"), "currency"),
-        (lambda d: d.update(rates=[]), "rates"),
-        (lambda d: d["rates"][1].update(increment=0), "rates[1].increment"),
-        (lambda d: d["rates"][0].update(price_micros=-1), "rates[0].price_micros"),
-        (lambda d: d["rates"][0].update(unit="MINUTES"), "rates[0].unit"),
-        (lambda d: d["rates"][2].update(rating_group=10), "rates[2].rating_group"),
-        (lambda d: d["rates"][3].update(redirect_address=""), "rates[3].redirect_address"),
-        (lambda d: d["rates"][0].update(default_quota=10**16), "rates[0].default_quota"),
-    ],
-)
-def test_bad_tariff_documents_name_the_field(mutate, field: str) -> None:
-    doc = tariff_to_doc(load_tariff_file(""))
-    mutate(doc)
-    with pytest.raises(InvalidRequest) as err:
-        tariff_from_doc(doc)
-    assert err.value.field == field

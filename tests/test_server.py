@@ -210,26 +210,15 @@ async def test_redis_outage_is_unavailable_then_recovers(
         await embedded.stop()
 
 
-async def test_cli_stores_a_tariff_file(app: App, tmp_path: Path) -> None:
-    doc = {
-        "id": "cli-tariff",
-        "currency": "USD",
-        "rates": [
-            {
-                "rating_group": 10,
-                "unit": "TIME",
-                "increment": 1,
-                "price_micros": 5,
-                "default_quota": 60,
-                "final_unit_action": "RESTRICT_ACCESS",
-                "restriction_filter_rules": ["permit out ip from any to 10.0.0.1"],
-            }
-        ],
-    }
-    path = tmp_path / "tariff.json"
+async def test_cli_loads_a_catalog_file(app: App, tmp_path: Path) -> None:
+    from charging.catalogs import read_catalog_file
+
+    doc = read_catalog_file("")
+    doc["version"] = "cli-test"
+    path = tmp_path / "catalog.json"
     path.write_text(json.dumps(doc))
-    out = await asyncio.to_thread(_cli, "put-tariff", str(path), port=app.grpc_port)
+    out = await asyncio.to_thread(_cli, "load-catalog", str(path), port=app.grpc_port)
     assert out.returncode == 0, out.stderr
-    stored = json.loads(out.stdout)
-    assert stored["rates"][0]["final_unit_action"] == "FINAL_UNIT_ACTION_RESTRICT_ACCESS"
-    assert stored["rates"][0]["restriction_filter_rules"] == ["permit out ip from any to 10.0.0.1"]
+    info = json.loads(out.stdout)
+    assert info["version"] == "cli-test"
+    assert "mobile-prepaid" in info["plan_ids"]

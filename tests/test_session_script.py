@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from charging import keys
 from charging.ledger import SESSION
 from charging.rating import Rate, UnitKind, affordable_units, incremental_cost
+from charging.sessions import NO_RATE, pack
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,12 @@ def test_script_matches_reference(
     r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
     r.hset(
         keys.account(account),
-        mapping={"balance": balance, "reserved": held, "tariff": "t", "status": "active", "msisdn": "4911"},
+        mapping={"balance": balance, "reserved": held, "plan": "t", "status": "active", "msisdn": "4911"},
     )
-    r.hset(keys.session(account, sid), mapping={"u7": reserved_units, "m7": held, "c7": cum, "n7": 0, "dl": 0})
+    r.hset(
+        keys.session(account, sid),
+        mapping={"u7": reserved_units, "m7": held, "c7": cum, "n7": 0, "dl": 0, "cv": "c1"},
+    )
     reply = r.evalsha(
         SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
         4,
@@ -80,11 +84,11 @@ def test_script_matches_reference(
         keys.sessions(account),
         keys.session(account, sid),
         keys.answer(account, sid, 1),
-        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, 1, 7, 0, want, used, increment, price, 60, 0),
-        *(connect, rate.first, rate.first_cost, minimum, cap),
+        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 1),
+        *(7, 0, want, 0, 60, 0, used, pack(rate), 0, NO_RATE, pack(rate)),
     )
     assert reply[0] == "DONE"
-    rc, granted, charged, _vt, fui = (int(x) for x in reply[1].split(" ")[2].split(","))
+    rc, granted, charged, _vt, fui, _change = (int(x) for x in reply[1].split(" ")[2].split(","))
 
     expected_cost = incremental_cost(rate, cum, used)
     assert charged == expected_cost

@@ -1,0 +1,110 @@
+"""The running catalog: stored in Redis by version, cached in process, swapped atomically.
+
+``catalog:current`` names the running version and ``catalog:v:<version>`` holds each
+document. Loading a catalog checks the whole document first (a bad one changes
+nothing), stores it, then moves the ``current`` pointer: one atomic step that every
+server process sees at its next refresh. A process also keeps every version it has
+used, because a session stays on the version it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from charging import keys
+from charging.catalog import Catalog, catalog_from_doc
+from charging.errors import Conflict, StorageUnavailable
+from charging.store import storage_errors
+
+log = logging.getLogger("charging.catalog")
+
+
+def read_catalog_file(path: str) -> Any:
+    """The JSON document at ``path``; an empty path means the bundled sample catalog."""
+    if path:
+        return json.loads(Path(path).read_text())
+    return json.loads(resources.files("charging").joinpath("catalog.json").read_text())
+
+
+class CatalogBook:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._versions: dict[str, Catalog] = {}
+        self._current: Catalog | None = None
+
+    @property
+    def current(self) -> Catalog:
+        if self._current is None:
+            raise StorageUnavailable("no catalog is loaded")
+        return self._current
+
+    async def start(self, path: str, *, prefer_file: bool) -> None:
+        """Use the stored catalog; load the file when none is stored or when asked to."""
+        if not prefer_file and await self.refresh():
+            return
+        await self.load(read_catalog_file(path))
+
+    async def load(self, doc: Any) -> Catalog:
+        """Check, store and switch to a catalog. The same version may be loaded again only
+        with the same content."""
+        catalog = catalog_from_doc(doc)
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        with storage_errors():
+            created = await self._client.set(keys.catalog(catalog.version), text, nx=True)
+            if not created:
+                stored = await self._client.get(keys.catalog(catalog.version))
+                if stored is not None and json.loads(stored) != json.loads(text):
+                    raise Conflict(f"catalog version {catalog.version} exists with other content; use a new version")
+            await self._client.set(keys.CATALOG_CURRENT, catalog.version)
+        self._versions[catalog.version] = catalog
+        self._current = catalog
+        log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
+        return catalog
+
+    async def version(self, version: str) -> Catalog | None:
+        """A stored catalog by version (sessions stay on the one they started with)."""
+        cached = self._versions.get(version)
+        if cached is not None:
+            return cached
+        with storage_errors():
+            text = await self._client.get(keys.catalog(version))
+        if text is None:
+            return None
+        catalog = catalog_from_doc(json.loads(text))
+        self._versions[version] = catalog
+        return catalog
+
+    async def document(self, version: str) -> str | None:
+        with storage_errors():
+            text = await self._client.get(keys.catalog(version or self.current.version))
+        return None if text is None else str(text)
+
+    async def refresh(self) -> bool:
+        """Follow the stored ``current`` pointer; False when no catalog is stored."""
+        with storage_errors():
+            version = await self._client.get(keys.CATALOG_CURRENT)
+        if version is None:
+            return False
+        if self._current is None or self._current.version != version:
+            catalog = await self.version(str(version))
+            if catalog is None:
+                return False
+            self._current = catalog
+            log.info("catalog switched", extra={"version": catalog.version})
+        return True
+
+    async def follow(self, interval_s: float) -> None:
+        """Background task: pick up catalogs loaded through other server processes."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except StorageUnavailable as exc:
+                log.warning("catalog refresh failed", extra={"error": str(exc)})
