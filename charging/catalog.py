@@ -140,16 +140,21 @@ class Catalog:
     plans: Mapping[str, Plan]
     _cache: dict[tuple[Any, ...], Rate | None] = field(default_factory=dict, compare=False, repr=False)
 
+    def where(self, plan: Plan, rating_group: int, usage: Usage, at_s: int) -> tuple[str, str, str, bool]:
+        """Service, destination zone, time band and roaming of a usage: what selects a
+        rate and what a bucket's restrictions are checked against."""
+        service = self.service_of_group.get(rating_group, "")
+        zone = (self.zones.zone_of(usage.destination) or "") if usage.destination else ""
+        roaming = bool(usage.visited_network) and usage.visited_network not in self.home_networks
+        return service, zone, plan.band_at(at_s), roaming
+
     def rate(self, plan: Plan, rating_group: int, usage: Usage, at_s: int) -> Rate | None:
         """The rate of ``rating_group`` for this usage at ``at_s``, or None if the plan
         has no rate for it (RFC 8506 5031, rating failed)."""
-        service = self.service_of_group.get(rating_group)
+        service, zone, band, roaming = self.where(plan, rating_group, usage, at_s)
         version = plan.version_at(at_s)
-        if service is None or version is None:
+        if not service or version is None:
             return None
-        zone = (self.zones.zone_of(usage.destination) or "") if usage.destination else ""
-        band = plan.band_at(at_s)
-        roaming = bool(usage.visited_network) and usage.visited_network not in self.home_networks
         key = (plan.id, version.active_from_s, rating_group, zone, band, roaming)
         if key in self._cache:
             return self._cache[key]

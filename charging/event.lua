@@ -1,14 +1,24 @@
 -- Event-based charging: one debit, refund, balance check or price enquiry, atomically.
+-- (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
 -- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only)
+-- KEYS[3] buckets           {a:ID}:bk
+-- KEYS[4] outbox            {a:ID}:out
 -- ARGV[1] action: D (direct debit), R (refund), C (check balance), P (price enquiry)
 -- ARGV[2] payload digest    ARGV[3] identity field   ARGV[4] identity value
--- ARGV[5] plan id the event was rated with            ARGV[6] amount (micros)
+-- ARGV[5] plan id the event was rated with            ARGV[6] units
 -- ARGV[7] answer ttl (s)    ARGV[8] largest balance allowed
+-- ARGV[9] rate              ARGV[10] unit, ARGV[11] service, ARGV[12] zone, ARGV[13] band
+-- ARGV[14] now (ms)         ARGV[15] low balance threshold (micros, 0: none)
+-- ARGV[16] refund amount (micros)
+--
+-- A debit is covered by matching unit buckets first, the rest by money, all or nothing.
+-- A refund credits money.
 --
 -- Reply, one of:
---   {'DONE', body}     body = "<result code> <balance micros> <available micros>"
+--   {'DONE', body, outbox length}
+--        body = "<result code> <balance micros> <available micros> <money charged micros>"
 --   {'REPLAY', body}   the event id was applied before with the same payload
 --   {'CONFLICT'}       the event id was used before with another payload
 --   {'UNKNOWN'}        no such account, or the identity is not on it
@@ -26,33 +36,51 @@ if writes then
   end
 end
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3])
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3], 'low')
 if not acct[1] or acct[5] ~= ARGV[4] then return {'UNKNOWN'} end
 if acct[3] ~= ARGV[5] then return {'PLAN', acct[3]} end
 
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
-local amount = tonumber(ARGV[6])
+local units = tonumber(ARGV[6])
+local now = tonumber(ARGV[14])
+local now_s = floor_div(now, 1000)
 local rc = 2001
+local charged = 0
+local buckets = nil
 
-if action == 'D' then
+if action == 'D' or action == 'C' then
+  local r = parse_rate(ARGV[9])
+  buckets = load_buckets(KEYS[3])
+  local usable = matching(buckets, now_s, ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+  local need = billable(r, units)
+  local from_buckets = 0
+  for _, b in ipairs(usable) do from_buckets = from_buckets + math.max(b.amount - b.reserved, 0) end
+  if from_buckets > need then from_buckets = need end
+  charged = session_cost(r, need - from_buckets)
   if acct[4] ~= 'active' then
     rc = 4010
-  elseif balance - reserved < amount then
+  elseif balance - reserved < charged then
     rc = 4012
-  else
-    balance = balance - amount
+  elseif action == 'D' then
+    consume(usable, from_buckets)
+    balance = balance - charged
   end
+  if action == 'C' then buckets = nil end
 elseif action == 'R' then
+  local amount = tonumber(ARGV[16])
   if balance + amount > tonumber(ARGV[8]) then return {'LIMIT'} end
   balance = balance + amount
-elseif action == 'C' then
-  if acct[4] ~= 'active' then rc = 4010 end
+  charged = -amount
 end
 
-local body = string.format('%d %d %d', rc, balance, balance - reserved)
+local body = string.format('%d %d %d %d', rc, balance, balance - reserved, charged)
 if writes then
-  if rc == 2001 then redis.call('HSET', KEYS[1], 'balance', string.format('%d', balance)) end
+  if rc == 2001 then
+    redis.call('HSET', KEYS[1], 'balance', fmt(balance))
+    if buckets then save_buckets(KEYS[3], buckets, KEYS[1], KEYS[4], now_s, now) end
+    watch_balance(KEYS[1], KEYS[4], acct[6] == '1', balance, tonumber(ARGV[15]), now)
+  end
   redis.call('SET', KEYS[2], ARGV[2] .. '|' .. body, 'EX', ARGV[7])
 end
-return {'DONE', body}
+return {'DONE', body, fmt(redis.call('LLEN', KEYS[4]))}

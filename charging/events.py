@@ -16,8 +16,10 @@ from charging.codes import ResultCode
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
 from charging.ledger import Ledger, Reply
 from charging.money import MAX_BALANCE
+from charging.notifications import Notifier
 from charging.rating import UNIT_FIELD, Rate, Units, check_units, cost
 from charging.routing import Target, route
+from charging.sessions import NO_RATE, pack
 from charging.subscribers import Directory, Identity
 
 Action = Literal["D", "R", "C", "P"]  # direct debit, refund, check balance, price enquiry
@@ -68,13 +70,23 @@ def price_event(catalog: Catalog, plan: Plan, req: EventRequest, at_s: int) -> t
 
 class EventCharging:
     def __init__(
-        self, ledger: Ledger, directory: Directory, catalogs: CatalogBook, clock: Clock, *, idempotency_ttl_s: int
+        self,
+        ledger: Ledger,
+        directory: Directory,
+        catalogs: CatalogBook,
+        clock: Clock,
+        *,
+        idempotency_ttl_s: int,
+        low_balance_micros: int = 0,
+        notifier: Notifier | None = None,
     ) -> None:
         self.ledger = ledger
         self.directory = directory
         self.catalogs = catalogs
         self.clock = clock
         self.idempotency_ttl_s = idempotency_ttl_s
+        self.low_balance_micros = low_balance_micros
+        self.notifier = notifier
 
     async def charge(self, req: EventRequest) -> EventAnswer:
         units, amount = 0, 0
@@ -82,20 +94,29 @@ class EventCharging:
 
         async def attempt(target: Target) -> Reply | EventAnswer:
             nonlocal units, amount, rate
+            now = self.clock.now_ms()
+            where: tuple[str, str, str, bool] = ("", "", "", False)
             if target.plan is not None:
-                priced = price_event(target.catalog, target.plan, req, self.clock.now_ms() // 1000)
+                priced = price_event(target.catalog, target.plan, req, now // 1000)
                 if isinstance(priced, EventAnswer):
                     return priced
                 rate, units, amount = priced
+                where = target.catalog.where(target.plan, req.rating_group, req.usage, now // 1000)
             args = (
                 req.action,
                 req.digest,
                 req.identity.kind,
                 req.identity.value,
                 target.plan_id,
-                amount,
+                units,
                 self.idempotency_ttl_s,
                 MAX_BALANCE,
+                pack(rate) if rate is not None else NO_RATE,
+                int(rate.unit) if rate is not None else 0,
+                *where[:3],
+                now,
+                self.low_balance_micros,
+                amount,
             )
             return await self.ledger.event(target.account, req.event_id, args)
 
@@ -109,7 +130,9 @@ class EventCharging:
         )
         if isinstance(routed, EventAnswer):
             return routed
-        _target, reply = routed
+        target, reply = routed
+        if reply.outbox and self.notifier is not None:
+            self.notifier.wake(target.account)
         if reply.kind == "CONFLICT":
             raise Conflict(f"event_id {req.event_id!r} was already used with another payload")
         if reply.kind == "LIMIT":
@@ -119,11 +142,14 @@ class EventCharging:
 
 
 def _answer(req: EventRequest, rate: Rate, units: int, amount: int, body: str, replayed: bool) -> EventAnswer:
-    rc, balance, available = (int(x) for x in body.split(" "))
-    unit = rate.unit
+    """``amount`` is the list price; what money a debit took (after bundles) is in the body."""
+    rc, balance, _available, charged = (int(x) for x in body.split(" "))
     if req.action == "P":
         return EventAnswer(rc, cost_micros=amount)
     if req.action == "C":
-        return EventAnswer(rc, cost_micros=amount, enough_credit=rc == ResultCode.SUCCESS and available >= amount)
-    granted = Units.of(unit, units) if rc == ResultCode.SUCCESS else None
-    return EventAnswer(rc, granted=granted, cost_micros=amount, balance_micros=balance, replayed=replayed)
+        if rc == ResultCode.END_USER_SERVICE_DENIED:
+            return EventAnswer(rc)
+        return EventAnswer(ResultCode.SUCCESS, cost_micros=charged, enough_credit=rc == ResultCode.SUCCESS)
+    granted = Units.of(rate.unit, units) if rc == ResultCode.SUCCESS else None
+    cost = amount if req.action == "R" else charged
+    return EventAnswer(rc, granted=granted, cost_micros=cost, balance_micros=balance, replayed=replayed)

@@ -13,7 +13,9 @@ Per account:
                          dl deadline, cv catalog version the session is rated with
   {a:ID}:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
   {a:ID}:e:EVENT         string: answer to a debit/refund event (idempotency)
-  {a:ID}:t:KEY           string: answer to a top-up (idempotency)
+  {a:ID}:t:KEY           string: answer to a top-up or bundle purchase (idempotency)
+  {a:ID}:bk              hash: bucket id -> packed unit bucket (see ledger_lib.lua)
+  {a:ID}:out             list: notifications waiting to be relayed to the stream
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def answer(account_id: str, session_id: str, request_number: int) -> str:
     return f"{account_tag(account_id)}:r:{request_number}:{session_id}"
 
 
+def buckets(account_id: str) -> str:
+    return account_tag(account_id) + ":bk"
+
+
+def outbox(account_id: str) -> str:
+    return account_tag(account_id) + ":out"
+
+
 def event(account_id: str, event_id: str) -> str:
     return account_tag(account_id) + ":e:" + event_id
 
@@ -61,6 +71,8 @@ def identity(kind: str, value: str) -> str:
 
 
 CATALOG_CURRENT = "catalog:current"
+# Stream of notifications (thresholds, expiries) for other parts of the system.
+NOTIFICATIONS = "stream:notifications"
 
 
 def catalog(version: str) -> str:

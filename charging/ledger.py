@@ -34,13 +34,17 @@ class Reply:
     body: str = ""
     reserved_delta: int = 0
     session_delta: int = 0
+    # Notifications waiting in the account's outbox.
+    outbox: int = 0
 
 
 def _reply(raw: Sequence[Any]) -> Reply:
     kind = raw[0]
     body = raw[1] if len(raw) > 1 else ""
-    if kind == "DONE" and len(raw) == 4:
-        return Reply(kind, body, int(raw[2]), int(raw[3]))
+    if kind == "DONE" and len(raw) == 5:
+        return Reply(kind, body, int(raw[2]), int(raw[3]), int(raw[4]))
+    if kind == "DONE" and len(raw) == 3:
+        return Reply(kind, body, outbox=int(raw[2]))
     return Reply(kind, body)
 
 
@@ -52,10 +56,11 @@ class SweepResult:
 
 
 class LuaScript:
-    """A script file loaded once and called by SHA."""
+    """A script loaded once and called by SHA; its files are joined in order (a shared
+    library first)."""
 
-    def __init__(self, filename: str) -> None:
-        self.source = resources.files("charging").joinpath(filename).read_text()
+    def __init__(self, *filenames: str) -> None:
+        self.source = "\n".join(resources.files("charging").joinpath(f).read_text() for f in filenames)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, client: RedisLink, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -66,10 +71,10 @@ class LuaScript:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-SESSION = LuaScript("session.lua")
-EVENT = LuaScript("event.lua")
+SESSION = LuaScript("ledger_lib.lua", "session.lua")
+EVENT = LuaScript("ledger_lib.lua", "event.lua")
 TOPUP = LuaScript("topup.lua")
-SWEEP = LuaScript("sweep.lua")
+SWEEP = LuaScript("ledger_lib.lua", "sweep.lua")
 SWEEP_INDEX = LuaScript("sweep_index.lua")
 
 _SWEEP_INDEX_KEYS = (keys.SWEEP_DUE, keys.SWEEP_EPOCH)
@@ -89,6 +94,8 @@ class Ledger:
             keys.sessions(account),
             keys.session(account, session_id),
             keys.answer(account, session_id, request_number),
+            keys.buckets(account),
+            keys.outbox(account),
         )
         with storage_errors():
             if not hint_deadline_ms:
@@ -114,13 +121,19 @@ class Ledger:
         return results[1]
 
     async def event(self, account: str, event_id: str, args: Sequence[Arg]) -> Reply:
-        return await self._run(EVENT, (keys.account(account), keys.event(account, event_id)), args)
+        script_keys = (
+            keys.account(account),
+            keys.event(account, event_id),
+            keys.buckets(account),
+            keys.outbox(account),
+        )
+        return await self._run(EVENT, script_keys, args)
 
     async def topup(self, account: str, idempotency_key: str, args: Sequence[Arg]) -> Reply:
         return await self._run(TOPUP, (keys.account(account), keys.topup(account, idempotency_key)), args)
 
     async def sweep_account(self, account: str, now_ms: int, limit: int) -> SweepResult:
-        script_keys = (keys.account(account), keys.sessions(account))
+        script_keys = (keys.account(account), keys.sessions(account), keys.buckets(account), keys.outbox(account))
         with storage_errors():
             raw = await SWEEP(self.client, script_keys, (now_ms, keys.session_prefix(account), limit))
         return SweepResult(int(raw[0]), int(raw[1]), int(float(raw[2])))

@@ -28,6 +28,7 @@ from charging.clock import Clock, SystemClock
 from charging.embedded_redis import EmbeddedRedis
 from charging.events import EventCharging
 from charging.ledger import Ledger
+from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.sessions import SessionCharging
 from charging.settings import Settings
@@ -63,6 +64,7 @@ class App:
     link: RedisLink | None = None
     sweeper: Sweeper | None = None
     catalogs: CatalogBook | None = None
+    notifier: Notifier | None = None
     _embedded: EmbeddedRedis | None = None
     _server: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
@@ -83,6 +85,7 @@ class App:
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         directory = Directory(self.redis, s.subscriber_cache_size)
+        self.notifier = Notifier(self.redis)
         sessions = SessionCharging(
             ledger,
             directory,
@@ -90,8 +93,18 @@ class App:
             self.clock,
             supervision_factor=s.supervision_factor,
             answer_ttl_s=s.answer_ttl_s,
+            low_balance_micros=s.low_balance_micros,
+            notifier=self.notifier,
         )
-        events = EventCharging(ledger, directory, self.catalogs, self.clock, idempotency_ttl_s=s.idempotency_ttl_s)
+        events = EventCharging(
+            ledger,
+            directory,
+            self.catalogs,
+            self.clock,
+            idempotency_ttl_s=s.idempotency_ttl_s,
+            low_balance_micros=s.low_balance_micros,
+            notifier=self.notifier,
+        )
         topups = TopUps(ledger, directory, idempotency_ttl_s=s.idempotency_ttl_s)
         self.sweeper = Sweeper(ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch)
 
@@ -133,6 +146,8 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.notifier is not None:
+            await self.notifier.aclose()
         if self.link is not None:
             await self.link.aclose()
         if self.redis is not None:

@@ -19,6 +19,7 @@ from charging.clock import Clock
 from charging.codes import ResultCode
 from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Arg, Ledger, Reply
+from charging.notifications import Notifier
 from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
 from charging.routing import Target, route
 from charging.subscribers import Directory, Identity
@@ -146,10 +147,12 @@ def rating_args(
                     sizing = later
         args += [g.rating_group, int(preset), want, 1 if g.final else 0]
         if rate is None or preset:
-            args += [0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE]
+            args += [0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE, 0, "", "", ""]
         else:
             assert before is not None and sizing is not None
+            service, zone, band, _roaming = catalog.where(plan, g.rating_group, usage, now_s)
             args += [rate.validity_time_s, change, used, pack(before), used_after, pack(rate), pack(sizing)]
+            args += [int(rate.unit), service, zone, band]
     return args, failed, rates
 
 
@@ -199,6 +202,8 @@ class SessionCharging:
         *,
         supervision_factor: int,
         answer_ttl_s: int,
+        low_balance_micros: int = 0,
+        notifier: Notifier | None = None,
     ) -> None:
         self.ledger = ledger
         self.directory = directory
@@ -206,6 +211,8 @@ class SessionCharging:
         self.clock = clock
         self.supervision_factor = supervision_factor
         self.answer_ttl_s = answer_ttl_s
+        self.low_balance_micros = low_balance_micros
+        self.notifier = notifier
 
     async def charge(self, req: SessionRequest) -> SessionAnswer:
         """Rate and apply one request."""
@@ -232,7 +239,9 @@ class SessionCharging:
         )
         if isinstance(routed, SessionAnswer):
             return routed
-        _target, reply = routed
+        target, reply = routed
+        if reply.outbox and self.notifier is not None:
+            self.notifier.wake(target.account)
         if reply.kind == "CONFLICT":
             raise Conflict(f"request_number {req.request_number} was already used in this session with another payload")
         answer = parse_answer(reply.body, rates, req.rating_groups)
@@ -260,6 +269,7 @@ class SessionCharging:
             self.answer_ttl_s,
             supervision_ms,
             target.catalog.version,
+            self.low_balance_micros,
             *rg_args,
         ]
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0

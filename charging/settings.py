@@ -43,6 +43,8 @@ class Settings:
     # stored catalog, or load the bundled sample when none is stored.
     catalog_file: str = ""
     catalog_refresh_s: float = 2.0
+    # Notify once when a money balance falls below this (micros; 0: never).
+    low_balance_micros: int = 1_000_000
 
     def __repr__(self) -> str:
         fields = []

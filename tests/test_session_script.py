@@ -22,6 +22,12 @@ def r(redis_server: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+def billable(rate: Rate, units: int) -> int:
+    if units <= 0:
+        return 0
+    return max(rate.first, rate.first + -(-(units - rate.first) // rate.increment) * rate.increment)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     increment=st.sampled_from([1, 6, 60, 1024]),
@@ -69,23 +75,27 @@ def test_script_matches_reference(
     )
     account, sid = "p", "s"
     r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
+    r.delete(keys.buckets(account), keys.outbox(account))
     r.hset(
         keys.account(account),
         mapping={"balance": balance, "reserved": held, "plan": "t", "status": "active", "msisdn": "4911"},
     )
+    # A session that has only used money so far: the money counter is the billable usage.
     r.hset(
         keys.session(account, sid),
-        mapping={"u7": reserved_units, "m7": held, "c7": cum, "n7": 0, "dl": 0, "cv": "c1"},
+        mapping={"u7": reserved_units, "m7": held, "c7": cum, "k7": billable(rate, cum), "n7": 0, "dl": 0, "cv": "c1"},
     )
     reply = r.evalsha(
         SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
-        4,
+        6,
         keys.account(account),
         keys.sessions(account),
         keys.session(account, sid),
         keys.answer(account, sid, 1),
-        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 1),
-        *(7, 0, want, 0, 60, 0, used, pack(rate), 0, NO_RATE, pack(rate)),
+        keys.buckets(account),
+        keys.outbox(account),
+        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, 1),
+        *(7, 0, want, 0, 60, 0, used, pack(rate), 0, NO_RATE, pack(rate), 1, "voice", "", ""),
     )
     assert reply[0] == "DONE"
     rc, granted, charged, _vt, fui, _change = (int(x) for x in reply[1].split(" ")[2].split(","))

@@ -1,0 +1,198 @@
+-- Shared functions, prepended to session.lua, event.lua and sweep.lua when they load.
+--
+-- Rates: a rate is "increment,price,connect fee,first increment,first price,minimum,cap"
+-- (micros; cap 0: none); session_cost and affordable mirror charging/rating.py.
+-- Buckets: the hash {a:ID}:bk maps a bucket id to
+-- "unit,amount,reserved,start s,expiry s,priority,initial,notified %,services,zones,bands"
+-- where the lists are '|'-separated names and an empty list matches anything.
+
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  if q * b < a then q = q + 1 end
+  if (q - 1) * b >= a then q = q - 1 end
+  return q
+end
+
+local function floor_div(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then q = q - 1 end
+  if (q + 1) * b <= a then q = q + 1 end
+  return q
+end
+
+local function fmt(n) return string.format('%d', n) end
+
+local function split(text, sep)
+  local out, start = {}, 1
+  while true do
+    local at = string.find(text, sep, start, true)
+    if not at then
+      out[#out + 1] = string.sub(text, start)
+      return out
+    end
+    out[#out + 1] = string.sub(text, start, at - 1)
+    start = at + 1
+  end
+end
+
+local function parse_rate(text)
+  local v = split(text, ',')
+  return {inc = tonumber(v[1]), price = tonumber(v[2]), connect = tonumber(v[3]), first = tonumber(v[4]),
+          first_price = tonumber(v[5]), min = tonumber(v[6]), cap = tonumber(v[7])}
+end
+
+local function session_cost(r, u)
+  if u <= 0 then return 0 end
+  local rest = u - r.first
+  if rest < 0 then rest = 0 end
+  local total = r.connect + r.first_price + ceil_div(rest, r.inc) * r.price
+  if total < r.min then total = r.min end
+  if r.cap > 0 and total > r.cap then total = r.cap end
+  return total
+end
+
+-- Units rounded up to the rate's increments (what a bundle gives up for them).
+local function billable(r, u)
+  if u <= 0 then return 0 end
+  if u <= r.first then return r.first end
+  return r.first + ceil_div(u - r.first, r.inc) * r.inc
+end
+
+local function affordable(r, before, avail, want)
+  if want <= 0 then return 0 end
+  if avail < 0 then avail = 0 end
+  local budget = session_cost(r, before) + avail
+  if r.cap > 0 and r.cap <= budget then return want end
+  local entry = r.connect + r.first_price
+  if entry < r.min then entry = r.min end
+  if before == 0 and budget < entry then return 0 end
+  if r.price == 0 then return want end
+  local reach = r.first + floor_div(budget - r.connect - r.first_price, r.price) * r.inc
+  local g = reach - before
+  if g > want then g = want end
+  if g < 0 then g = 0 end
+  return g
+end
+
+-- Buckets ------------------------------------------------------------------------
+
+local function parse_bucket(id, text)
+  local v = split(text, ',')
+  return {id = id, unit = v[1], amount = tonumber(v[2]), reserved = tonumber(v[3]), start = tonumber(v[4]),
+          expiry = tonumber(v[5]), priority = tonumber(v[6]), initial = tonumber(v[7]), notified = tonumber(v[8]),
+          services = v[9], zones = v[10], bands = v[11], dirty = false}
+end
+
+local function pack_bucket(b)
+  return table.concat({b.unit, fmt(b.amount), fmt(b.reserved), fmt(b.start), fmt(b.expiry), fmt(b.priority),
+                       fmt(b.initial), fmt(b.notified), b.services, b.zones, b.bands}, ',')
+end
+
+local function load_buckets(key)
+  local flat = redis.call('HGETALL', key)
+  local all = {}
+  for i = 1, #flat, 2 do all[flat[i]] = parse_bucket(flat[i], flat[i + 1]) end
+  return all
+end
+
+local function listed(list, name)
+  return list == '' or string.find('|' .. list .. '|', '|' .. name .. '|', 1, true) ~= nil
+end
+
+-- Usable buckets for a unit, service, zone and band, in consumption order:
+-- priority (lower first), then earliest expiry, then id.
+local function matching(all, now_s, unit, service, zone, band)
+  local out = {}
+  for _, b in pairs(all) do
+    if b.unit == unit and b.start <= now_s and now_s < b.expiry and listed(b.services, service)
+        and listed(b.zones, zone) and listed(b.bands, band) then
+      out[#out + 1] = b
+    end
+  end
+  table.sort(out, function(x, y)
+    if x.priority ~= y.priority then return x.priority < y.priority end
+    if x.expiry ~= y.expiry then return x.expiry < y.expiry end
+    return x.id < y.id
+  end)
+  return out
+end
+
+-- Take up to need units out of the buckets' unreserved amounts; returns the units taken.
+local function consume(list, need)
+  local covered = 0
+  for _, b in ipairs(list) do
+    if need <= covered then break end
+    local t = math.min(b.amount - b.reserved, need - covered)
+    if t > 0 then
+      b.amount = b.amount - t
+      b.dirty = true
+      covered = covered + t
+    end
+  end
+  return covered
+end
+
+-- Reserve up to need units; returns the units reserved and a record "id:n|id:n".
+local function reserve(list, need)
+  local covered, record = 0, {}
+  for _, b in ipairs(list) do
+    if need <= covered then break end
+    local t = math.min(b.amount - b.reserved, need - covered)
+    if t > 0 then
+      b.reserved = b.reserved + t
+      b.dirty = true
+      covered = covered + t
+      record[#record + 1] = b.id .. ':' .. fmt(t)
+    end
+  end
+  return covered, table.concat(record, '|')
+end
+
+local function release(all, record)
+  if record == nil or record == '' then return end
+  for _, item in ipairs(split(record, '|')) do
+    local pair = split(item, ':')
+    local b = all[pair[1]]
+    if b then
+      b.reserved = math.max(b.reserved - tonumber(pair[2]), 0)
+      b.dirty = true
+    end
+  end
+end
+
+-- Write changed buckets back; record expired amounts and usage levels (80%, 100%) once
+-- per crossing in the account's outbox. Returns nothing.
+local function save_buckets(key, all, acct_key, outbox, now_s, now_ms)
+  for id, b in pairs(all) do
+    if b.expiry <= now_s and b.reserved == 0 then
+      if b.amount > 0 then
+        redis.call('HINCRBY', acct_key, 'expired_' .. b.unit, fmt(b.amount))
+        redis.call('RPUSH', outbox, 'bundle_expired ' .. id .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
+      end
+      redis.call('HDEL', key, id)
+    elseif b.dirty then
+      if b.initial > 0 then
+        local used_pct = floor_div((b.initial - b.amount) * 100, b.initial)
+        local level = 0
+        if used_pct >= 100 then level = 100 elseif used_pct >= 80 then level = 80 end
+        if level > b.notified then
+          redis.call('RPUSH', outbox, 'bundle_' .. fmt(level) .. ' ' .. id .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
+          b.notified = level
+        end
+      end
+      redis.call('HSET', key, id, pack_bucket(b))
+    end
+  end
+end
+
+-- Low money balance: notify once when the balance falls below the threshold, and again
+-- only after it has been above it.
+local function watch_balance(acct_key, outbox, was_low, balance, threshold, now_ms)
+  if threshold <= 0 then return end
+  if balance < threshold and not was_low then
+    redis.call('HSET', acct_key, 'low', '1')
+    redis.call('RPUSH', outbox, 'low_balance - money ' .. fmt(balance) .. ' ' .. fmt(now_ms))
+  elseif balance >= threshold and was_low then
+    redis.call('HDEL', acct_key, 'low')
+  end
+end
