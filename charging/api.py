@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import Message
 
 from charging import metrics
+from charging.buckets import Bucket
 from charging.catalog import Usage
 from charging.catalogs import CatalogBook
 from charging.codes import ResultCode
@@ -30,7 +31,7 @@ from charging.sessions import (
 )
 from charging.status import rpc
 from charging.subscribers import Account, Directory, Identity, parse_identity
-from charging.topups import CHANNELS, Recharge, TopUps
+from charging.topups import CHANNELS, BundlePurchase, Recharge, TopUps
 from charging.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -264,9 +265,7 @@ class TopUpServicer(topup_pb2_grpc.TopUpServicer):
     async def Recharge(
         self, request: topup_pb2.RechargeRequest, context: grpc.aio.ServicerContext
     ) -> topup_pb2.RechargeAnswer:
-        channel = topup_pb2.Channel.Name(request.channel).removeprefix("CHANNEL_").lower()
-        if channel not in CHANNELS:
-            raise InvalidRequest("channel", "must be one of " + ", ".join(c.upper() for c in CHANNELS))
+        channel = channel_of(request.channel)
         result = await self.topups.recharge(
             Recharge(
                 identity_or_invalid(request.subscriber),
@@ -291,7 +290,66 @@ class TopUpServicer(topup_pb2_grpc.TopUpServicer):
         self, request: topup_pb2.BalanceRequest, context: grpc.aio.ServicerContext
     ) -> topup_pb2.Balance:
         a = await self.topups.balance(identity_or_invalid(request.subscriber))
-        return balance_pb(a.account_id, a.currency, a.balance, a.reserved)
+        out = balance_pb(a.account_id, a.currency, a.balance, a.reserved)
+        out.buckets.extend(bucket_pb(b) for b in await self.topups.buckets(a.account_id))
+        return out
+
+    @rpc("BuyBundle")
+    async def BuyBundle(
+        self, request: topup_pb2.BuyBundleRequest, context: grpc.aio.ServicerContext
+    ) -> topup_pb2.BuyBundleAnswer:
+        channel = channel_of(request.channel)
+        result = await self.topups.buy_bundle(
+            BundlePurchase(
+                identity_or_invalid(request.subscriber),
+                request.bundle_id,
+                channel,
+                request.idempotency_key,
+                digest(request),
+            )
+        )
+        if result.replayed:
+            metrics.RETRANSMISSIONS.labels("BuyBundle").inc()
+        elif result.outcome == "OK":
+            metrics.BUNDLES_SOLD.labels(channel).inc()
+        currency = self.topups.catalogs.current.bundles[request.bundle_id].currency
+        return topup_pb2.BuyBundleAnswer(
+            result=PURCHASE_RESULTS[result.outcome],
+            balance=balance_pb(result.account_id, currency, result.balance_micros, result.reserved_micros),
+            bucket_ids=result.bucket_ids,
+            replayed=result.replayed,
+        )
+
+
+PURCHASE_RESULTS = {
+    "OK": topup_pb2.PURCHASE_RESULT_PURCHASED,
+    "FUNDS": topup_pb2.PURCHASE_RESULT_INSUFFICIENT_BALANCE,
+    "DENIED": topup_pb2.PURCHASE_RESULT_DENIED,
+    "CURRENCY": topup_pb2.PURCHASE_RESULT_CURRENCY_MISMATCH,
+}
+
+
+def channel_of(value: topup_pb2.Channel.ValueType) -> str:
+    channel = topup_pb2.Channel.Name(value).removeprefix("CHANNEL_").lower()
+    if channel not in CHANNELS:
+        raise InvalidRequest("channel", "must be one of " + ", ".join(c.upper() for c in CHANNELS))
+    return channel
+
+
+def bucket_pb(b: Bucket) -> topup_pb2.Bucket:
+    return topup_pb2.Bucket(
+        id=b.id,
+        unit=int(b.unit),  # type: ignore[arg-type]
+        amount=b.amount,
+        reserved=b.reserved,
+        initial=b.initial,
+        start_time=b.start_s,
+        expiry_time=b.expiry_s,
+        priority=b.priority,
+        services=b.services,
+        zones=b.zones,
+        bands=b.bands,
+    )
 
 
 def subscriber_pb(a: Account) -> admin_pb2.Subscriber:

@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any
 
 from charging.bands import BandCalendar, calendar_from_doc
+from charging.buckets import BucketTemplate, Bundle
 from charging.errors import InvalidRequest
 from charging.money import MAX_AMOUNT, MAX_UNITS
 from charging.rating import CURRENCY, FinalUnitAction, Rate, UnitKind, check_units
@@ -138,6 +139,7 @@ class Catalog:
     service_of_group: Mapping[int, str]
     zones: ZoneTable
     plans: Mapping[str, Plan]
+    bundles: Mapping[str, Bundle] = field(default_factory=dict)
     _cache: dict[tuple[Any, ...], Rate | None] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, plan: Plan, rating_group: int, usage: Usage, at_s: int) -> tuple[str, str, str, bool]:
@@ -284,10 +286,61 @@ def catalog_from_doc(doc: Any) -> Catalog:
                 check.fail(f"plans[{i}].id", "appears twice")
             plans[plan.id] = plan
 
+    all_bands = {b for p in plans.values() if p.bands for b in _band_names(p.bands)}
+    bundles: dict[str, Bundle] = {}
+    for i, raw in enumerate(check.list(doc, "bundles", "", required=False)):
+        bundle = _bundle(check, raw, f"bundles[{i}]", services, zone_names, all_bands)
+        if bundle is not None:
+            if bundle.id in bundles:
+                check.fail(f"bundles[{i}].id", "appears twice")
+            bundles[bundle.id] = bundle
+
     if check.problems:
         raise CatalogInvalid(check.problems)
     assert isinstance(version, str)
-    return Catalog(version, home, services, service_of_group, ZoneTable.build(prefixes), plans)
+    return Catalog(version, home, services, service_of_group, ZoneTable.build(prefixes), plans, bundles)
+
+
+def _band_names(calendar: BandCalendar) -> set[str]:
+    names = {r.band for r in calendar.rules} | {calendar.default_band}
+    if calendar.holiday_band:
+        names.add(calendar.holiday_band)
+    return names
+
+
+def _bundle(
+    check: _Check, raw: Any, where: str, services: Mapping[str, Service], zones: set[str], bands: set[str]
+) -> Bundle | None:
+    if not isinstance(raw, Mapping):
+        check.fail(where, "must be an object")
+        return None
+    before = len(check.problems)
+    bundle_id = check.name(raw.get("id"), f"{where}.id", PLAN_ID)
+    currency = raw.get("currency")
+    if not isinstance(currency, str) or not CURRENCY.match(currency):
+        check.fail(f"{where}.currency", "must be an ISO 4217 code such as EUR")
+    price = check.int(raw, "price_micros", where, 0, MAX_AMOUNT)
+    days = check.int(raw, "validity_days", where, 1, 3660)
+    priority = check.int(raw, "priority", where, 0, 1000, default=10)
+    templates = []
+    for j, rb in enumerate(check.list(raw, "buckets", where)):
+        bw = f"{where}.buckets[{j}]"
+        if not isinstance(rb, Mapping):
+            check.fail(bw, "must be an object")
+            continue
+        unit = _unit(check, rb.get("unit"), f"{bw}.unit")
+        if unit is UnitKind.MONEY:
+            check.fail(f"{bw}.unit", "money is the account balance, not a bundle bucket")
+        amount = check.int(rb, "amount", bw, 1, MAX_UNITS)
+        names = {
+            key: tuple(sorted(check.names(rb, key, bw, known)))
+            for key, known in (("services", set(services)), ("zones", zones), ("bands", bands))
+        }
+        if unit is not None:
+            templates.append(BucketTemplate(unit, amount, names["services"], names["zones"], names["bands"]))
+    if len(check.problems) > before:
+        return None
+    return Bundle(bundle_id, str(raw.get("name", "")), str(currency), price, days, priority, tuple(templates))
 
 
 def _unit(check: _Check, value: Any, field: str) -> UnitKind | None:
@@ -326,9 +379,7 @@ def _plan(check: _Check, raw: Any, where: str, services: Mapping[str, Service], 
     if "time_bands" in raw:
         try:
             bands = calendar_from_doc(raw["time_bands"], f"{where}.time_bands")
-            band_names = {r.band for r in bands.rules} | {bands.default_band}
-            if bands.holiday_band:
-                band_names.add(bands.holiday_band)
+            band_names = _band_names(bands)
         except InvalidRequest as exc:
             check.fail(exc.field, exc.message)
     versions = []

@@ -75,6 +75,7 @@ SESSION = LuaScript("ledger_lib.lua", "session.lua")
 EVENT = LuaScript("ledger_lib.lua", "event.lua")
 TOPUP = LuaScript("topup.lua")
 SWEEP = LuaScript("ledger_lib.lua", "sweep.lua")
+BUY = LuaScript("ledger_lib.lua", "buy.lua")
 SWEEP_INDEX = LuaScript("sweep_index.lua")
 
 _SWEEP_INDEX_KEYS = (keys.SWEEP_DUE, keys.SWEEP_EPOCH)
@@ -131,6 +132,21 @@ class Ledger:
 
     async def topup(self, account: str, idempotency_key: str, args: Sequence[Arg]) -> Reply:
         return await self._run(TOPUP, (keys.account(account), keys.topup(account, idempotency_key)), args)
+
+    async def buy(self, account: str, idempotency_key: str, args: Sequence[Arg]) -> Reply:
+        script_keys = (
+            keys.account(account),
+            keys.topup(account, idempotency_key),
+            keys.buckets(account),
+            keys.outbox(account),
+        )
+        return await self._run(BUY, script_keys, args)
+
+    async def buckets(self, account: str) -> dict[str, str]:
+        """The account's buckets in stored form, by id."""
+        with storage_errors():
+            flat = await self.client.execute("HGETALL", keys.buckets(account))
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def sweep_account(self, account: str, now_ms: int, limit: int) -> SweepResult:
         script_keys = (keys.account(account), keys.sessions(account), keys.buckets(account), keys.outbox(account))

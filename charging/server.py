@@ -105,7 +105,15 @@ class App:
             low_balance_micros=s.low_balance_micros,
             notifier=self.notifier,
         )
-        topups = TopUps(ledger, directory, idempotency_ttl_s=s.idempotency_ttl_s)
+        topups = TopUps(
+            ledger,
+            directory,
+            self.catalogs,
+            self.clock,
+            idempotency_ttl_s=s.idempotency_ttl_s,
+            low_balance_micros=s.low_balance_micros,
+            notifier=self.notifier,
+        )
         self.sweeper = Sweeper(ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch)
 
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])

@@ -1,13 +1,18 @@
-"""Recharges from top-up channels, applied once per idempotency key."""
+"""Recharges and bundle purchases from top-up channels, each applied once per
+idempotency key."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from charging.buckets import Bucket, buckets_of, pack, unpack
+from charging.catalogs import CatalogBook
+from charging.clock import Clock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
-from charging.ledger import Ledger
+from charging.ledger import Arg, Ledger
 from charging.money import MAX_AMOUNT, MAX_BALANCE
+from charging.notifications import Notifier
 from charging.subscribers import Account, Directory, Identity
 
 CHANNELS = ("retail", "bank", "voucher", "app", "ussd", "operator")
@@ -45,11 +50,73 @@ def check_recharge(amount_micros: int, channel: str, idempotency_key: str) -> No
         raise InvalidRequest("idempotency_key", "must be 1-128 printable characters without spaces")
 
 
+@dataclass(frozen=True)
+class BundlePurchase:
+    identity: Identity
+    bundle_id: str
+    channel: str
+    idempotency_key: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class PurchaseResult:
+    # OK, FUNDS (not enough money: nothing changed), DENIED (barred), CURRENCY
+    outcome: str
+    account_id: str
+    balance_micros: int
+    reserved_micros: int
+    bucket_ids: tuple[str, ...]
+    replayed: bool
+
+
 class TopUps:
-    def __init__(self, ledger: Ledger, directory: Directory, *, idempotency_ttl_s: int) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        directory: Directory,
+        catalogs: CatalogBook,
+        clock: Clock,
+        *,
+        idempotency_ttl_s: int,
+        low_balance_micros: int = 0,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.ledger = ledger
         self.directory = directory
+        self.catalogs = catalogs
+        self.clock = clock
         self.idempotency_ttl_s = idempotency_ttl_s
+        self.low_balance_micros = low_balance_micros
+        self.notifier = notifier
+
+    async def buy_bundle(self, req: BundlePurchase) -> PurchaseResult:
+        """Buy a bundle of the running catalog with the money balance."""
+        check_recharge(1, req.channel, req.idempotency_key)
+        bundle = self.catalogs.current.bundles.get(req.bundle_id)
+        if bundle is None:
+            raise InvalidRequest("bundle_id", f"no bundle {req.bundle_id!r} in the catalog")
+        account = await self.directory.resolve(req.identity)
+        if account is None:
+            raise NotFound("no subscriber has this identity")
+        now = self.clock.now_ms()
+        args: list[Arg] = [req.digest, bundle.price_micros, self.idempotency_ttl_s, now, self.low_balance_micros]
+        args += [bundle.id, bundle.currency, *(pack(b) for b in buckets_of(bundle, now // 1000))]
+        reply = await self.ledger.buy(account, req.idempotency_key, args)
+        if reply.kind == "UNKNOWN":
+            self.directory.forget(req.identity)
+            raise NotFound("no subscriber has this identity")
+        if reply.kind == "CONFLICT":
+            raise Conflict("idempotency_key was already used for another purchase")
+        if reply.outbox and self.notifier is not None:
+            self.notifier.wake(account)
+        outcome, balance, reserved, ids = reply.body.split(" ")
+        bucket_ids = () if ids == "-" else tuple(ids.split("|"))
+        return PurchaseResult(outcome, account, int(balance), int(reserved), bucket_ids, reply.kind == "REPLAY")
+
+    async def buckets(self, account_id: str) -> list[Bucket]:
+        stored = await self.ledger.buckets(account_id)
+        return sorted((unpack(i, t) for i, t in stored.items()), key=lambda b: (b.priority, b.expiry_s, b.id))
 
     async def recharge(self, req: Recharge) -> RechargeResult:
         check_recharge(req.amount_micros, req.channel, req.idempotency_key)

@@ -1,0 +1,55 @@
+-- Buy a bundle with the money balance, once per idempotency key.
+-- (ledger_lib.lua is prepended.)
+--
+-- KEYS[1] account hash      {a:ID}
+-- KEYS[2] answer            {a:ID}:t:KEY
+-- KEYS[3] buckets           {a:ID}:bk
+-- KEYS[4] outbox            {a:ID}:out
+-- ARGV[1] payload digest    ARGV[2] price (micros)   ARGV[3] answer ttl (s)
+-- ARGV[4] now (ms)          ARGV[5] low balance threshold (micros, 0: none)
+-- ARGV[6] bundle id         ARGV[7] currency of the bundle
+-- ARGV[8..] the new buckets in stored form (ids are given here: <bundle id>.<n>)
+--
+-- Reply, one of:
+--   {'DONE', body, outbox length}   body = "<result> <balance micros> <reserved micros> <bucket ids|->"
+--        result: OK, FUNDS (the available balance does not cover the price: nothing
+--        changed), DENIED (the subscriber is barred), CURRENCY (the account's currency
+--        differs from the bundle's)
+--   {'REPLAY', body}   this key was applied before with the same payload
+--   {'CONFLICT'}       this key was used before with another payload
+--   {'UNKNOWN'}        no such account
+
+local prev = redis.call('GET', KEYS[2])
+if prev then
+  local sep = string.find(prev, '|', 1, true)
+  if string.sub(prev, 1, sep - 1) ~= ARGV[1] then return {'CONFLICT'} end
+  return {'REPLAY', string.sub(prev, sep + 1)}
+end
+
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'status', 'currency', 'low')
+if not acct[1] then return {'UNKNOWN'} end
+local balance, reserved = tonumber(acct[1]), tonumber(acct[2])
+local price = tonumber(ARGV[2])
+local now = tonumber(ARGV[4])
+local result, ids = 'OK', {}
+if acct[3] ~= 'active' then
+  result = 'DENIED'
+elseif acct[4] ~= ARGV[7] then
+  result = 'CURRENCY'
+elseif balance - reserved < price then
+  result = 'FUNDS'
+else
+  balance = balance - price
+  redis.call('HSET', KEYS[1], 'balance', fmt(balance))
+  for k = 8, #ARGV do
+    local id = ARGV[6] .. '.' .. fmt(redis.call('HINCRBY', KEYS[1], 'bucket_seq', 1))
+    redis.call('HSET', KEYS[3], id, ARGV[k])
+    ids[#ids + 1] = id
+  end
+  watch_balance(KEYS[1], KEYS[4], acct[5] == '1', balance, tonumber(ARGV[5]), now)
+end
+local listed_ids = '-'
+if #ids > 0 then listed_ids = table.concat(ids, '|') end
+local body = result .. ' ' .. fmt(balance) .. ' ' .. fmt(reserved) .. ' ' .. listed_ids
+redis.call('SET', KEYS[2], ARGV[1] .. '|' .. body, 'EX', ARGV[3])
+return {'DONE', body, fmt(redis.call('LLEN', KEYS[4]))}
