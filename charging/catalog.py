@@ -15,6 +15,7 @@ first rate rule that matches service, zone, band and roaming; its prices become 
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,46 @@ class PlanVersion:
     rental_micros: int = 0
 
 
+class BandTimeline:
+    """Memo of a plan's band calendar: the band of each instant and when it next changes.
+
+    Each computed stretch ``[start, change)`` has one band and ends at a real change, so
+    stretches never overlap and a lookup is a binary search. Working out a band and its
+    next change from the calendar costs tens of microseconds (time zone arithmetic);
+    every request of the same stretch (hours, usually) then reuses it.
+    """
+
+    HORIZON_S = 8 * 86_400
+    LIMIT = 10_000
+
+    def __init__(self, calendar: BandCalendar) -> None:
+        self.calendar = calendar
+        self._ends: list[int] = []
+        self._stretch: dict[int, tuple[int, str]] = {}
+
+    def at(self, t: int) -> tuple[str, int | None]:
+        """The band at ``t`` and the next change after it (None: none within 8 days)."""
+        i = bisect.bisect_right(self._ends, t)
+        if i < len(self._ends):
+            end = self._ends[i]
+            start, band = self._stretch[end]
+            if start <= t:
+                return band, end
+        band = self.calendar.band_at(t)
+        change = self.calendar.next_change(t, self.HORIZON_S)
+        if change is not None:
+            if len(self._ends) >= self.LIMIT:
+                self._ends.clear()
+                self._stretch.clear()
+            known = self._stretch.get(change)
+            if known is None:
+                bisect.insort(self._ends, change)
+                self._stretch[change] = (t, band)
+            else:
+                self._stretch[change] = (min(known[0], t), band)
+        return band, change
+
+
 @dataclass(frozen=True)
 class Plan:
     id: str
@@ -110,15 +151,19 @@ class Plan:
                 current = v
         return current
 
+    @cached_property
+    def timeline(self) -> BandTimeline | None:
+        return BandTimeline(self.bands) if self.bands else None
+
     def band_at(self, at_s: int) -> str:
-        return self.bands.band_at(at_s) if self.bands else ""
+        return self.timeline.at(at_s)[0] if self.timeline else ""
 
     def next_change(self, at_s: int, within_s: int) -> int | None:
         """The first instant within ``within_s`` where the band or the plan version changes."""
         candidates = [v.active_from_s for v in self.versions if at_s < v.active_from_s <= at_s + within_s]
-        if self.bands is not None:
-            band_change = self.bands.next_change(at_s, horizon_s=within_s)
-            if band_change is not None:
+        if self.timeline is not None:
+            band_change = self.timeline.at(at_s)[1]
+            if band_change is not None and band_change <= at_s + within_s:
                 candidates.append(band_change)
         return min(candidates, default=None)
 
@@ -150,10 +195,13 @@ class Catalog:
         roaming = bool(usage.visited_network) and usage.visited_network not in self.home_networks
         return service, zone, plan.band_at(at_s), roaming
 
-    def rate(self, plan: Plan, rating_group: int, usage: Usage, at_s: int) -> Rate | None:
+    def rate(
+        self, plan: Plan, rating_group: int, usage: Usage, at_s: int, where: tuple[str, str, str, bool] | None = None
+    ) -> Rate | None:
         """The rate of ``rating_group`` for this usage at ``at_s``, or None if the plan
-        has no rate for it (RFC 8506 5031, rating failed)."""
-        service, zone, band, roaming = self.where(plan, rating_group, usage, at_s)
+        has no rate for it (RFC 8506 5031, rating failed). ``where`` may be passed when
+        already known for this instant."""
+        service, zone, band, roaming = where or self.where(plan, rating_group, usage, at_s)
         version = plan.version_at(at_s)
         if not service or version is None:
             return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 
 from charging.errors import InvalidRequest
 from charging.money import MAX_AMOUNT, MAX_UNITS
@@ -109,6 +110,14 @@ class Rate:
     @property
     def first_cost(self) -> int:
         return self.first_price if self.first_increment else self.price_micros
+
+    @cached_property
+    def packed(self) -> str:
+        """The rate as the ledger scripts read it (see ledger_lib.lua)."""
+        return (
+            f"{self.increment},{self.price_micros},{self.connect_fee},{self.first},"
+            f"{self.first_cost},{self.min_charge},{self.max_session_cost}"
+        )
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -83,10 +83,7 @@ class SessionAnswer:
 
 def pack(rate: Rate) -> str:
     """A rate as session.lua reads it."""
-    return (
-        f"{rate.increment},{rate.price_micros},{rate.connect_fee},{rate.first},"
-        f"{rate.first_cost},{rate.min_charge},{rate.max_session_cost}"
-    )
+    return rate.packed
 
 
 NO_RATE = "1,0,0,1,0,0,0"
@@ -116,7 +113,8 @@ def rating_args(
     failed = ""
     rates: dict[int, Rate] = {}
     for i, g in enumerate(groups):
-        rate = catalog.rate(plan, g.rating_group, usage, now_s)
+        where = catalog.where(plan, g.rating_group, usage, now_s)
+        rate = catalog.rate(plan, g.rating_group, usage, now_s, where)
         preset, want, used, used_after, change = 0, 0, 0, 0, 0
         before = sizing = rate
         if rate is None:
@@ -150,7 +148,7 @@ def rating_args(
             args += [0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE, 0, "", "", ""]
         else:
             assert before is not None and sizing is not None
-            service, zone, band, _roaming = catalog.where(plan, g.rating_group, usage, now_s)
+            service, zone, band, _roaming = where
             args += [rate.validity_time_s, change, used, pack(before), used_after, pack(rate), pack(sizing)]
             args += [int(rate.unit), service, zone, band]
     return args, failed, rates

@@ -321,6 +321,28 @@ class H2Load:
         )
 
 
+def rating_micros_per_request(rounds: int = 20_000) -> float:
+    """Time ``sessions.rating_args`` for a typical UPDATE (voice with a called number, data),
+    against the sample catalog, across destinations and times of day."""
+    from charging.catalog import Usage, catalog_from_doc
+    from charging.catalogs import read_catalog_file
+    from charging.rating import Units
+    from charging.sessions import RatingGroupRequest, rating_args
+
+    catalog = catalog_from_doc(read_catalog_file(""))
+    plan = catalog.plans["mobile-prepaid"]
+    groups = (
+        RatingGroupRequest(10, requested=Units(), used=Units(time_s=95)),
+        RatingGroupRequest(30, requested=Units(), used=Units(total_octets=3_000_000)),
+    )
+    usages = [Usage(f"4917{n:08d}") for n in range(100)] + [Usage("33123456"), Usage("491711234567", "20801")]
+    start_s = 1_795_000_000
+    started = time.perf_counter()
+    for n in range(rounds):
+        rating_args(catalog, plan, groups, usages[n % len(usages)], start_s + 37 * n)
+    return (time.perf_counter() - started) / rounds * 1e6
+
+
 def median_run(runs: Sequence[LoadResult]) -> LoadResult:
     """The run with the median requests/s (the lower middle one for an even count)."""
     return sorted(runs, key=lambda r: r.rps)[(len(runs) - 1) // 2]
@@ -601,6 +623,11 @@ def bench(args: argparse.Namespace) -> int:
         f"sessions/s={sessions.sessions / sessions.elapsed_s:.1f} "
         f"requests/s={sessions.requests / sessions.elapsed_s:.1f} "
         f"p50_ms={sessions.p50_ms:.2f} p99_ms={sessions.p99_ms:.2f}"
+    )
+    rating_us = rating_micros_per_request()
+    print(
+        f"rating (pure Python, per session request with voice + data rating groups): {rating_us:.1f} us = "
+        f"{100 * rating_us / (1e6 / charging.rps):.1f}% of one charging request at the measured rate"
     )
     print(f"ratio={charging.rps / echo_result.rps:.2f}")
     return 0
