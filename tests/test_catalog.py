@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charging.catalog import Catalog, CatalogInvalid, Usage, catalog_from_doc
 from charging.catalogs import read_catalog_file
@@ -152,3 +154,29 @@ def test_rate_lookup_is_cached_per_context(catalog: Catalog) -> None:
 
 def test_sample_times_are_utc_aware() -> None:
     assert at("2026-01-01T00:00:00+00:00") == int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    t=st.integers(min_value=1_767_225_600, max_value=1_830_297_600), steps=st.lists(st.integers(0, 40_000), max_size=6)
+)
+def test_band_memo_agrees_with_the_calendar(t: int, steps: list[int]) -> None:
+    plan = catalog_from_doc(read_catalog_file("")).plans["mobile-prepaid"]
+    assert plan.bands is not None
+    for moment in [t, *(t + s for s in steps), t - 1]:
+        band, change = plan.timeline.at(moment) if plan.timeline else ("", None)
+        assert band == plan.bands.band_at(moment)
+        assert change == plan.bands.next_change(moment, 8 * 86_400)
+
+
+def test_the_sample_catalog_follows_the_published_schema(sample: dict[str, Any]) -> None:
+    import json
+    from importlib import resources
+
+    import jsonschema
+
+    schema = json.loads(resources.files("charging").joinpath("catalog.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(sample)
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors({"version": "x"}))
+    assert errors
