@@ -18,10 +18,12 @@ from charging import metrics
 from charging.buckets import Bucket
 from charging.catalog import Usage
 from charging.catalogs import CatalogBook
+from charging.clock import Clock
 from charging.codes import ResultCode
 from charging.errors import InvalidRequest, NotFound
 from charging.events import Action, EventAnswer, EventCharging, EventRequest
 from charging.rating import Units
+from charging.renewals import Renewer
 from charging.sessions import (
     RatingGroupRequest,
     RequestKind,
@@ -367,9 +369,11 @@ def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, directory: Directory, catalogs: CatalogBook) -> None:
+    def __init__(self, directory: Directory, catalogs: CatalogBook, renewer: Renewer, clock: Clock) -> None:
         self.directory = directory
         self.catalogs = catalogs
+        self.renewer = renewer
+        self.clock = clock
 
     @rpc("CreateSubscriber")
     async def CreateSubscriber(
@@ -382,6 +386,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         if plan is None:
             raise InvalidRequest("plan_id", f"no plan {plan_id!r} in catalog {self.catalogs.current.version}")
         account = await self.directory.create(msisdn, imsi, plan, request.initial_balance_micros)
+        now = self.clock.now_ms()
+        version = plan.version_at(now // 1000)
+        if version is not None and version.recurring is not None:
+            # The first period starts now; the renewer buys it on its next pass.
+            await self.renewer.schedule(account.account_id, now)
         return subscriber_pb(account)
 
     @rpc("GetSubscriber")

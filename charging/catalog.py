@@ -83,10 +83,20 @@ class RateRule:
 
 
 @dataclass(frozen=True)
+class RecurringBundle:
+    """A bundle a prepaid plan buys for the subscriber every period, when the money
+    balance covers it."""
+
+    bundle_id: str
+    period_days: int
+
+
+@dataclass(frozen=True)
 class PlanVersion:
     active_from_s: int
     rules: tuple[RateRule, ...]
     rental_micros: int = 0
+    recurring: RecurringBundle | None = None
 
 
 class BandTimeline:
@@ -231,6 +241,8 @@ class _Check:
 
     def __init__(self) -> None:
         self.problems: list[tuple[str, str]] = []
+        # (field, bundle id) references to check once the bundles are read
+        self.bundle_refs: list[tuple[str, str]] = []
 
     def fail(self, field: str, message: str) -> None:
         self.problems.append((field, message))
@@ -342,6 +354,9 @@ def catalog_from_doc(doc: Any) -> Catalog:
             if bundle.id in bundles:
                 check.fail(f"bundles[{i}].id", "appears twice")
             bundles[bundle.id] = bundle
+    for field_name, bundle_id in check.bundle_refs:
+        if bundle_id and bundle_id not in bundles:
+            check.fail(field_name, f"no bundle {bundle_id!r} in the catalog")
 
     if check.problems:
         raise CatalogInvalid(check.problems)
@@ -447,7 +462,17 @@ def _plan(check: _Check, raw: Any, where: str, services: Mapping[str, Service], 
             if (r := _rule(check, rr, f"{vw}.rates[{k}]", services, zones, band_names)) is not None
         )
         rental = check.int(rv, "rental_micros", vw, 0, MAX_AMOUNT, default=0)
-        versions.append(PlanVersion(active, rules, rental))
+        recurring = None
+        if rv.get("recurring_bundle") is not None:
+            rr = rv["recurring_bundle"]
+            rw = f"{vw}.recurring_bundle"
+            if not isinstance(rr, Mapping):
+                check.fail(rw, "must be an object")
+            else:
+                bundle_id = check.name(rr.get("bundle"), f"{rw}.bundle", PLAN_ID)
+                recurring = RecurringBundle(bundle_id, check.int(rr, "period_days", rw, 1, 366))
+                check.bundle_refs.append((f"{rw}.bundle", bundle_id))
+        versions.append(PlanVersion(active, rules, rental, recurring))
     if kind not in CustomerType.__members__ or not plan_id or not isinstance(currency, str):
         return None
     return Plan(plan_id, str(raw.get("name", "")), CustomerType[str(kind)], currency, bands, tuple(versions))

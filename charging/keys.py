@@ -23,6 +23,9 @@ from __future__ import annotations
 ACCOUNT_SEQ = "seq:account"
 SWEEP_DUE = "{sweep}:due"
 SWEEP_EPOCH = "{sweep}:epoch"
+SWEEP_INDEX = (SWEEP_DUE, SWEEP_EPOCH)
+# Accounts whose plan renews a bundle, by the time of the next renewal.
+RENEW_INDEX = ("{renew}:due", "{renew}:epoch")
 
 
 def account_tag(account_id: str) -> str:

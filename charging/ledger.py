@@ -76,9 +76,7 @@ EVENT = LuaScript("ledger_lib.lua", "event.lua")
 TOPUP = LuaScript("topup.lua")
 SWEEP = LuaScript("ledger_lib.lua", "sweep.lua")
 BUY = LuaScript("ledger_lib.lua", "buy.lua")
-SWEEP_INDEX = LuaScript("sweep_index.lua")
-
-_SWEEP_INDEX_KEYS = (keys.SWEEP_DUE, keys.SWEEP_EPOCH)
+DUE_INDEX = LuaScript("due_index.lua")
 
 
 class Ledger:
@@ -107,13 +105,13 @@ class Ledger:
         self, account: str, script_keys: Sequence[str], args: Sequence[Arg], deadline_ms: int
     ) -> Any:
         commands = (
-            ("EVALSHA", SWEEP_INDEX.sha, 2, *_SWEEP_INDEX_KEYS, "hint", account, deadline_ms),
+            ("EVALSHA", DUE_INDEX.sha, 2, *keys.SWEEP_INDEX, "hint", account, deadline_ms),
             ("EVALSHA", SESSION.sha, len(script_keys), *script_keys, *args),
         )
         results = await self.client.execute_many(commands)
         if any(isinstance(r, redis_errors.NoScriptError) for r in results):
             # Neither ran (or only the idempotent hint did): load both and send again.
-            await self.client.script_load(SWEEP_INDEX.source)
+            await self.client.script_load(DUE_INDEX.source)
             await self.client.script_load(SESSION.source)
             results = await self.client.execute_many(commands)
         for r in results:
@@ -154,15 +152,22 @@ class Ledger:
             raw = await SWEEP(self.client, script_keys, (now_ms, keys.session_prefix(account), limit))
         return SweepResult(int(raw[0]), int(raw[1]), int(float(raw[2])))
 
-    async def take_due(self, now_ms: int, lease_ms: int, limit: int) -> list[tuple[str, str]]:
-        """Accounts whose supervision deadline may have passed, with the index epoch."""
+    async def hint(self, index: tuple[str, str], account: str, at_ms: int) -> None:
+        """Have the account looked at no later than ``at_ms``."""
         with storage_errors():
-            raw = await SWEEP_INDEX(self.client, _SWEEP_INDEX_KEYS, ("take", now_ms, lease_ms, limit))
-        return [(raw[i], raw[i + 1]) for i in range(0, len(raw), 2)]
+            await DUE_INDEX(self.client, index, ("hint", account, at_ms))
 
-    async def settle(self, account: str, epoch: str, next_deadline_ms: int) -> None:
+    async def take_due(
+        self, index: tuple[str, str], now_ms: int, lease_ms: int, limit: int
+    ) -> list[tuple[str, str, int]]:
+        """Accounts due by ``now_ms``, each with the index epoch and the time it was due."""
         with storage_errors():
-            await SWEEP_INDEX(self.client, _SWEEP_INDEX_KEYS, ("settle", account, epoch, next_deadline_ms))
+            raw = await DUE_INDEX(self.client, index, ("take", now_ms, lease_ms, limit))
+        return [(raw[i], raw[i + 1], int(float(raw[i + 2]))) for i in range(0, len(raw), 3)]
+
+    async def settle(self, index: tuple[str, str], account: str, epoch: str, next_ms: int) -> None:
+        with storage_errors():
+            await DUE_INDEX(self.client, index, ("settle", account, epoch, next_ms))
 
     async def _run(self, script: LuaScript, script_keys: Sequence[str], args: Sequence[Arg]) -> Reply:
         with storage_errors():

@@ -32,3 +32,4 @@ SWEPT_MICROS = Counter("charging_swept_micros_total", "Reserved money returned b
 REDIS_ERRORS = Counter("charging_redis_errors_total", "Redis could not be reached, by component.", ["component"])
 NOTIFICATIONS = Counter("charging_notifications_total", "Notifications relayed to the stream, by kind.", ["kind"])
 BUNDLES_SOLD = Counter("charging_bundles_sold_total", "Bundles bought with the money balance, by channel.", ["channel"])
+RENEWALS = Counter("charging_bundle_renewals_total", "Recurring bundle renewals, by outcome.", ["outcome"])

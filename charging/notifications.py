@@ -72,6 +72,24 @@ class Notifier:
             await pipe.execute()
         return len(entries)
 
+    async def publish(self, account: str, kind: str, subject: str, detail: str, at_ms: int) -> None:
+        """Add one notification that no ledger script produced (e.g. a failed renewal)."""
+        with storage_errors():
+            await self._client.xadd(
+                keys.NOTIFICATIONS,
+                {
+                    "kind": kind,
+                    "account": account,
+                    "bucket": subject,
+                    "unit": "",
+                    "amount": detail,
+                    "at_ms": str(at_ms),
+                },
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
+        metrics.NOTIFICATIONS.labels(kind).inc()
+
     async def aclose(self) -> None:
         tasks = list(self._running.values())
         for task in tasks:

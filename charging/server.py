@@ -30,6 +30,7 @@ from charging.events import EventCharging
 from charging.ledger import Ledger
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
+from charging.renewals import Renewer
 from charging.sessions import SessionCharging
 from charging.settings import Settings
 from charging.subscribers import Directory
@@ -63,6 +64,7 @@ class App:
     redis: aioredis.Redis | None = None
     link: RedisLink | None = None
     sweeper: Sweeper | None = None
+    renewer: Renewer | None = None
     catalogs: CatalogBook | None = None
     notifier: Notifier | None = None
     _embedded: EmbeddedRedis | None = None
@@ -115,11 +117,16 @@ class App:
             notifier=self.notifier,
         )
         self.sweeper = Sweeper(ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch)
+        self.renewer = Renewer(
+            topups, directory, self.catalogs, self.clock, self.notifier, interval_s=s.renew_interval_s
+        )
 
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
         topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups, directory), self._server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(directory, self.catalogs), self._server)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(directory, self.catalogs, self.renewer, self.clock), self._server
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -137,6 +144,7 @@ class App:
 
         if self.run_background:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
+            self._tasks.append(asyncio.create_task(self.renewer.run(), name="renewer"))
             self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
             self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
         if self._embedded is not None:

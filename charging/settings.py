@@ -31,6 +31,7 @@ class Settings:
     supervision_factor: int = 2
     sweep_interval_s: float = 1.0
     sweep_batch: int = 200
+    renew_interval_s: float = 5.0
     # How long answers are kept to answer retransmissions identically.
     answer_ttl_s: int = 3600
     # How long event ids and top-up idempotency keys are remembered.

@@ -61,6 +61,10 @@ class Account:
     def available(self) -> int:
         return self.balance - self.reserved
 
+    @property
+    def identity(self) -> Identity:
+        return Identity("msisdn", self.msisdn) if self.msisdn else Identity("imsi", self.imsi)
+
 
 class _BoundedDict(dict[str, str]):
     def __init__(self, limit: int) -> None:
@@ -131,13 +135,13 @@ class Directory:
                     raise Conflict(f"{ident.kind} is already assigned to another subscriber")
                 claimed.append(key)
         self.learn_plan(account_id, plan.id)
-        return await self._read(account_id)
+        return await self.read(account_id)
 
     async def get(self, identity: Identity) -> Account:
         account_id = await self.resolve(identity)
         if account_id is None:
             raise NotFound("no subscriber has this identity")
-        return await self._read(account_id)
+        return await self.read(account_id)
 
     async def set_status(self, identity: Identity, status: str) -> Account:
         if status not in STATUSES:
@@ -145,9 +149,9 @@ class Directory:
         account = await self.get(identity)
         with storage_errors():
             await self._client.hset(keys.account(account.account_id), "status", status)
-        return await self._read(account.account_id)
+        return await self.read(account.account_id)
 
-    async def _read(self, account_id: str) -> Account:
+    async def read(self, account_id: str) -> Account:
         with storage_errors():
             h: dict[str, str] = await self._client.hgetall(keys.account(account_id))  # type: ignore[assignment]
         if not h:

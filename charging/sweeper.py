@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from charging import metrics
+from charging import keys, metrics
 from charging.clock import Clock
 from charging.errors import StorageUnavailable
 from charging.ledger import Ledger
@@ -32,7 +32,7 @@ class Sweeper:
         """Release what is due now; returns the number of sessions released."""
         now = self.clock.now_ms()
         released = 0
-        for account, epoch in await self.ledger.take_due(now, self.lease_ms, self.batch):
+        for account, epoch, _due in await self.ledger.take_due(keys.SWEEP_INDEX, now, self.lease_ms, self.batch):
             result = await self.ledger.sweep_account(account, now, self.batch)
             released += result.sessions
             if result.sessions:
@@ -40,7 +40,7 @@ class Sweeper:
                 metrics.SWEPT_MICROS.inc(result.money)
             # A full batch may have left more due sessions: look again at once.
             next_look = now if result.sessions == self.batch else result.next_deadline_ms
-            await self.ledger.settle(account, epoch, next_look)
+            await self.ledger.settle(keys.SWEEP_INDEX, account, epoch, next_look)
         if released:
             log.info("released expired reservations", extra={"sessions": released})
         return released

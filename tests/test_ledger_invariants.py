@@ -99,6 +99,8 @@ async def test_random_operations_keep_the_ledger_consistent(
         elif op == "sweep":
             assert app.sweeper is not None
             await app.sweeper.sweep_once()
-            alive = set(redis.Redis.from_url(redis_url, decode_responses=True).zrange(keys.sessions(sub.account_id), 0, -1))
+            alive = set(
+                redis.Redis.from_url(redis_url, decode_responses=True).zrange(keys.sessions(sub.account_id), 0, -1)
+            )
             open_sessions = {k: v for k, v in open_sessions.items() if k in alive}
         check(redis_url, sub.account_id, overrun)

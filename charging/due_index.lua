@@ -1,11 +1,12 @@
--- The sweeper's index of accounts that may have sessions to supervise.
+-- An index of accounts due for a look at some time: the sweeper's (sessions to
+-- supervise, {sweep}:*) and the renewer's (recurring bundles, {renew}:*).
 --
--- KEYS[1] {sweep}:due    zset account id -> time to look (ms)
--- KEYS[2] {sweep}:epoch  hash account id -> count of hints
+-- KEYS[1] ...:due    zset account id -> time to look (ms)
+-- KEYS[2] ...:epoch  hash account id -> count of hints
 -- ARGV[1] operation:
 --   hint   ARGV[2] account, ARGV[3] deadline     -> 1. Look no later than the deadline.
 --   take   ARGV[2] now, ARGV[3] lease ms, ARGV[4] limit
---                                              -> {account, epoch, ...} due now; each
+--                                              -> {account, epoch, due ms, ...} due now; each
 --          is leased (pushed to now + lease) so concurrent sweepers do not share work.
 --   settle ARGV[2] account, ARGV[3] epoch seen at take, ARGV[4] next deadline or 0
 --                                              -> 1. Reschedule, or forget the account
@@ -21,9 +22,11 @@ elseif op == 'take' then
   local out = {}
   local lease = tonumber(ARGV[2]) + tonumber(ARGV[3])
   for _, account in ipairs(due) do
+    local score = redis.call('ZSCORE', KEYS[1], account)
     redis.call('ZADD', KEYS[1], lease, account)
     out[#out + 1] = account
     out[#out + 1] = redis.call('HGET', KEYS[2], account) or '0'
+    out[#out + 1] = score
   end
   return out
 elseif op == 'settle' then

@@ -1,0 +1,104 @@
+"""Recurring bundles: a prepaid plan can buy a bundle for the subscriber every period,
+from the money balance, when the balance covers it.
+
+Accounts on such plans sit in the renewal index ``{renew}:due`` by the time of their next
+renewal (the index and its leases are the sweeper's, see ``due_index.lua``). Each
+renewal is a bundle purchase whose idempotency key names the period, so running it
+twice buys once. When the balance does not cover the bundle nothing is bought, the
+subscriber is notified (``renewal_failed`` on the notification stream) and the next
+period is tried as usual. A renewer that was stopped for several periods buys once for
+the current period, not once per missed period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from charging import keys, metrics
+from charging.catalogs import CatalogBook
+from charging.clock import Clock
+from charging.errors import ChargingError, StorageUnavailable
+from charging.notifications import Notifier
+from charging.subscribers import Directory
+from charging.topups import BundlePurchase, TopUps
+
+log = logging.getLogger("charging.renewals")
+DAY_MS = 86_400_000
+
+
+class Renewer:
+    def __init__(
+        self,
+        topups: TopUps,
+        directory: Directory,
+        catalogs: CatalogBook,
+        clock: Clock,
+        notifier: Notifier,
+        *,
+        interval_s: float,
+        batch: int = 200,
+        lease_ms: int = 60_000,
+    ) -> None:
+        self.topups = topups
+        self.directory = directory
+        self.catalogs = catalogs
+        self.clock = clock
+        self.notifier = notifier
+        self.interval_s = interval_s
+        self.batch = batch
+        self.lease_ms = lease_ms
+
+    async def schedule(self, account_id: str, at_ms: int) -> None:
+        await self.topups.ledger.hint(keys.RENEW_INDEX, account_id, at_ms)
+
+    async def renew_once(self) -> int:
+        """Renew what is due now; returns the number of renewals attempted."""
+        now = self.clock.now_ms()
+        attempted = 0
+        for account_id, epoch, due in await self.topups.ledger.take_due(
+            keys.RENEW_INDEX, now, self.lease_ms, self.batch
+        ):
+            next_ms = await self._renew(account_id, due, now)
+            await self.topups.ledger.settle(keys.RENEW_INDEX, account_id, epoch, next_ms)
+            attempted += 1 if next_ms else 0
+        return attempted
+
+    async def _renew(self, account_id: str, due: int, now: int) -> int:
+        """Attempt one renewal; returns when to renew next (0: the plan renews nothing)."""
+        account = await self.directory.read(account_id)
+        plan = self.catalogs.current.plans.get(account.plan_id)
+        version = plan.version_at(now // 1000) if plan else None
+        recurring = version.recurring if version else None
+        if recurring is None:
+            return 0
+        period = recurring.period_days * DAY_MS
+        periods_missed = max((now - due) // period, 0)
+        due += periods_missed * period
+        purchase = BundlePurchase(
+            identity=account.identity,
+            bundle_id=recurring.bundle_id,
+            channel="operator",
+            idempotency_key=f"renew-{recurring.bundle_id}-{due}",
+            digest=f"renew:{recurring.bundle_id}:{due}",
+        )
+        try:
+            result = await self.topups.buy_bundle(purchase)
+        except ChargingError as exc:
+            log.warning("renewal failed", extra={"error": str(exc)})
+            return due + period
+        outcome = "renewed" if result.outcome == "OK" else "failed"
+        if not result.replayed:
+            metrics.RENEWALS.labels(outcome).inc()
+            if outcome == "failed":
+                await self.notifier.publish(account_id, "renewal_failed", recurring.bundle_id, result.outcome, now)
+        return due + period
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.renew_once()
+            except StorageUnavailable as exc:
+                metrics.REDIS_ERRORS.labels("renewer").inc()
+                log.warning("renewals failed", extra={"error": str(exc)})
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,75 @@
+"""Recurring bundles of prepaid plans: bought each period when the money covers them."""
+
+from __future__ import annotations
+
+import redis
+
+from charging import keys
+from charging.clock import ManualClock
+from charging.server import App
+from charging.v1 import common_pb2, topup_pb2
+from tests.conftest import Stubs
+from tests.test_buckets import wait_for_stream
+
+MSISDN = "491700000001"
+WHO = common_pb2.SubscriberId(msisdn=MSISDN)
+DAY = 86_400
+PRICE = 5_000_000  # data-1gb
+
+
+async def balance(stubs: Stubs) -> topup_pb2.Balance:
+    return await stubs.topup.GetBalance(topup_pb2.BalanceRequest(subscriber=WHO))
+
+
+async def test_a_recurring_bundle_renews_each_period_when_money_covers_it(
+    stubs: Stubs, app: App, clock: ManualClock, redis_url: str
+) -> None:
+    assert app.renewer is not None
+    await stubs.subscriber(MSISDN, balance=12_000_000, plan="mobile-prepaid-data")
+    assert await app.renewer.renew_once() == 1  # the first period starts at activation
+    b = await balance(stubs)
+    assert b.balance_micros == 12_000_000 - PRICE
+    assert [x.amount for x in b.buckets] == [1024**3]
+    assert await app.renewer.renew_once() == 0  # not due again yet
+
+    clock.advance(seconds=30 * DAY)
+    assert await app.renewer.renew_once() == 1
+    b = await balance(stubs)
+    assert (b.balance_micros, len(b.buckets)) == (12_000_000 - 2 * PRICE, 2)
+
+    clock.advance(seconds=30 * DAY)  # 2 EUR left: not enough
+    assert await app.renewer.renew_once() == 1
+    b = await balance(stubs)
+    assert b.balance_micros == 2_000_000
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    failed = [e for e in await wait_for_stream(r, 1) if e["kind"] == "renewal_failed"]
+    assert [(e["bucket"], e["amount"]) for e in failed] == [("data-1gb", "FUNDS")]
+    r.close()
+
+    await stubs.topup.Recharge(
+        topup_pb2.RechargeRequest(
+            subscriber=WHO, amount_micros=10_000_000, channel=topup_pb2.CHANNEL_BANK, idempotency_key="t"
+        )
+    )
+    clock.advance(seconds=30 * DAY)
+    assert await app.renewer.renew_once() == 1
+    assert (await balance(stubs)).balance_micros == 12_000_000 - PRICE
+
+
+async def test_missed_periods_are_bought_once_not_once_each(stubs: Stubs, app: App, clock: ManualClock) -> None:
+    assert app.renewer is not None
+    await stubs.subscriber(MSISDN, balance=50_000_000, plan="mobile-prepaid-data")
+    await app.renewer.renew_once()
+    clock.advance(seconds=95 * DAY)  # three periods later
+    assert await app.renewer.renew_once() == 1
+    assert await app.renewer.renew_once() == 0
+    assert (await balance(stubs)).balance_micros == 50_000_000 - 2 * PRICE
+
+
+async def test_plans_without_a_recurring_bundle_are_not_scheduled(stubs: Stubs, app: App, redis_url: str) -> None:
+    assert app.renewer is not None
+    await stubs.subscriber(MSISDN, balance=50_000_000, plan="mobile-prepaid")
+    assert await app.renewer.renew_once() == 0
+    r = redis.Redis.from_url(redis_url)
+    assert r.zcard(keys.RENEW_INDEX[0]) == 0
+    r.close()
