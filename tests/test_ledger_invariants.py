@@ -37,9 +37,9 @@ def check(redis_url: str, account: str, overrun: bool) -> None:
     assert int(acct["reserved"]) == money_held
     assert int(acct["balance"]) >= 0 or overrun
     for bucket_id, text in r.hgetall(keys.buckets(account)).items():
-        b = unpack(bucket_id, text)
+        b = unpack(str(bucket_id), str(text))
         assert b.amount >= 0 and 0 <= b.reserved <= b.amount, b
-        assert b.reserved == units_held.get(bucket_id, 0), (b, units_held)
+        assert b.reserved == units_held.get(str(bucket_id), 0), (b, units_held)
     r.close()
 
 
