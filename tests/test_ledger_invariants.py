@@ -30,7 +30,7 @@ def check(redis_url: str, account: str, overrun: bool) -> None:
             if field.startswith("m"):
                 money_held += int(value)
             elif field.startswith("b") and value:
-                for item in value.split("|"):
+                for item in str(value).split("|"):
                     bucket, amount = item.split(":")
                     units_held[bucket] = units_held.get(bucket, 0) + int(amount)
     acct = r.hgetall(keys.account(account))
