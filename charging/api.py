@@ -14,7 +14,7 @@ import re
 import grpc
 from google.protobuf.message import Message
 
-from charging import metrics
+from charging import keys, metrics
 from charging.buckets import Bucket
 from charging.catalog import Usage
 from charging.catalogs import CatalogBook
@@ -365,6 +365,7 @@ def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
         balance_micros=a.balance,
         reserved_micros=a.reserved,
         available_micros=a.available,
+        pool_account_id=keys.pool_of(a.account_id) or "",
     )
 
 
@@ -385,7 +386,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         plan = self.catalogs.current.plans.get(plan_id)
         if plan is None:
             raise InvalidRequest("plan_id", f"no plan {plan_id!r} in catalog {self.catalogs.current.version}")
-        account = await self.directory.create(msisdn, imsi, plan, request.initial_balance_micros)
+        account = await self.directory.create(
+            msisdn, imsi, plan, request.initial_balance_micros, pool=request.pool_account_id
+        )
         now = self.clock.now_ms()
         version = plan.version_at(now // 1000)
         if version is not None and version.recurring is not None:

@@ -5,6 +5,7 @@
 -- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only)
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
+-- KEYS[5..7] for a pool member only: the pool's buckets, account hash and outbox
 -- ARGV[1] action: D (direct debit), R (refund), C (check balance), P (price enquiry)
 -- ARGV[2] payload digest    ARGV[3] identity field   ARGV[4] identity value
 -- ARGV[5] plan id the event was rated with            ARGV[6] units
@@ -40,6 +41,9 @@ local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status
 if not acct[1] or acct[5] ~= ARGV[4] then return {'UNKNOWN'} end
 if acct[3] ~= ARGV[5] then return {'PLAN', acct[3]} end
 
+local home = {KEYS[3], KEYS[1], KEYS[4]}
+local pool = nil
+if KEYS[5] then pool = {KEYS[5], KEYS[6], KEYS[7]} end
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
 local units = tonumber(ARGV[6])
@@ -51,7 +55,7 @@ local buckets = nil
 
 if action == 'D' or action == 'C' then
   local r = parse_rate(ARGV[9])
-  buckets = load_buckets(KEYS[3])
+  buckets = load_buckets(home, pool)
   local usable = matching(buckets, now_s, ARGV[10], ARGV[11], ARGV[12], ARGV[13])
   local need = billable(r, units)
   local from_buckets = 0
@@ -78,9 +82,9 @@ local body = string.format('%d %d %d %d', rc, balance, balance - reserved, charg
 if writes then
   if rc == 2001 then
     redis.call('HSET', KEYS[1], 'balance', fmt(balance))
-    if buckets then save_buckets(KEYS[3], buckets, KEYS[1], KEYS[4], now_s, now) end
+    if buckets then save_buckets(buckets, now_s, now) end
     watch_balance(KEYS[1], KEYS[4], acct[6] == '1', balance, tonumber(ARGV[15]), now)
   end
   redis.call('SET', KEYS[2], ARGV[2] .. '|' .. body, 'EX', ARGV[7])
 end
-return {'DONE', body, fmt(redis.call('LLEN', KEYS[4]))}
+return {'DONE', body, fmt(outbox_length(home, pool))}

@@ -1,21 +1,24 @@
 """Every Redis key the system uses, built in one place.
 
-Keys that belong to a billing account start with the account's hash tag ``{a:<id>}`` so
-that one account's keys land in one Redis Cluster slot and every Lua script touches a
-single slot. Global keys are few: the identity index, the account id sequence
-the catalogs and the sweeper's index (which has its own tag ``{sweep}``).
+Keys that belong to a billing account start with the hash tag of the account's pool
+``{a:<root>}`` so that one pool's keys land in one Redis Cluster slot and every Lua
+script touches a single slot. A standalone account is its own root (id ``5``, prefix
+``{a:5}``); a member of a corporate pool has an id ``<root>.<n>`` (``5.2``, prefix
+``{a:5}:2``), so its keys share the slot of the pool it draws on. Global keys are few:
+the identity index, the account id sequence, the catalogs, the notification stream and
+the due indexes of the sweeper and the renewer (tags ``{sweep}``, ``{renew}``).
 
-Per account:
-  {a:ID}                 hash: balance, reserved, plan, status, msisdn, imsi, currency
-  {a:ID}:sx              zset: open session id -> supervision deadline (ms)
-  {a:ID}:s:SESSION       hash: per rating group u<rg> reserved units, m<rg> reserved money,
+Per account (PREFIX as above):
+  PREFIX                 hash: balance, reserved, plan, status, msisdn, imsi, currency
+  PREFIX:sx              zset: open session id -> supervision deadline (ms)
+  PREFIX:s:SESSION       hash: per rating group u<rg> reserved units, m<rg> reserved money,
                          c<rg> cumulative used units, n<rg> request number of the reservation;
                          dl deadline, cv catalog version the session is rated with
-  {a:ID}:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
-  {a:ID}:e:EVENT         string: answer to a debit/refund event (idempotency)
-  {a:ID}:t:KEY           string: answer to a top-up or bundle purchase (idempotency)
-  {a:ID}:bk              hash: bucket id -> packed unit bucket (see ledger_lib.lua)
-  {a:ID}:out             list: notifications waiting to be relayed to the stream
+  PREFIX:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
+  PREFIX:e:EVENT         string: answer to a debit/refund event (idempotency)
+  PREFIX:t:KEY           string: answer to a top-up or bundle purchase (idempotency)
+  PREFIX:bk              hash: bucket id -> packed unit bucket (see ledger_lib.lua)
+  PREFIX:out             list: notifications waiting to be relayed to the stream
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ SWEEP_INDEX = (SWEEP_DUE, SWEEP_EPOCH)
 RENEW_INDEX = ("{renew}:due", "{renew}:epoch")
 
 
+def pool_of(account_id: str) -> str | None:
+    """The root account whose buckets a pool member draws on, or None."""
+    root, dot, _member = account_id.partition(".")
+    return root if dot else None
+
+
 def account_tag(account_id: str) -> str:
-    return "{a:" + account_id + "}"
+    root, dot, member = account_id.partition(".")
+    return "{a:" + root + "}" + (":" + member if dot else "")
 
 
 def account(account_id: str) -> str:

@@ -95,6 +95,7 @@ class Ledger:
             keys.answer(account, session_id, request_number),
             keys.buckets(account),
             keys.outbox(account),
+            *_pool_keys(account),
         )
         with storage_errors():
             if not hint_deadline_ms:
@@ -147,7 +148,13 @@ class Ledger:
         return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def sweep_account(self, account: str, now_ms: int, limit: int) -> SweepResult:
-        script_keys = (keys.account(account), keys.sessions(account), keys.buckets(account), keys.outbox(account))
+        script_keys = (
+            keys.account(account),
+            keys.sessions(account),
+            keys.buckets(account),
+            keys.outbox(account),
+            *_pool_keys(account),
+        )
         with storage_errors():
             raw = await SWEEP(self.client, script_keys, (now_ms, keys.session_prefix(account), limit))
         return SweepResult(int(raw[0]), int(raw[1]), int(float(raw[2])))
@@ -172,3 +179,11 @@ class Ledger:
     async def _run(self, script: LuaScript, script_keys: Sequence[str], args: Sequence[Arg]) -> Reply:
         with storage_errors():
             return _reply(await script(self.client, script_keys, args))
+
+
+def _pool_keys(account: str) -> tuple[str, ...]:
+    """The pool's buckets, account hash and outbox, for a pool member (same hash slot)."""
+    root = keys.pool_of(account)
+    if root is None:
+        return ()
+    return (keys.buckets(root), keys.account(root), keys.outbox(root))

@@ -4,7 +4,9 @@
 -- (micros; cap 0: none); session_cost and affordable mirror charging/rating.py.
 -- Buckets: the hash {a:ID}:bk maps a bucket id to
 -- "unit,amount,reserved,start s,expiry s,priority,initial,notified %,services,zones,bands"
--- where the lists are '|'-separated names and an empty list matches anything.
+-- where the lists are '|'-separated names and an empty list matches anything. A pool
+-- member also draws on its pool's buckets: those are keyed '^' .. id in memory (and in
+-- reservation records) and written back to the pool, whose outbox hears about them.
 
 local function ceil_div(a, b)
   local q = math.floor(a / b)
@@ -78,7 +80,7 @@ end
 
 local function parse_bucket(id, text)
   local v = split(text, ',')
-  return {id = id, unit = v[1], amount = tonumber(v[2]), reserved = tonumber(v[3]), start = tonumber(v[4]),
+  return {id = id, raw = id, unit = v[1], amount = tonumber(v[2]), reserved = tonumber(v[3]), start = tonumber(v[4]),
           expiry = tonumber(v[5]), priority = tonumber(v[6]), initial = tonumber(v[7]), notified = tonumber(v[8]),
           services = v[9], zones = v[10], bands = v[11], dirty = false}
 end
@@ -88,10 +90,18 @@ local function pack_bucket(b)
                        fmt(b.initial), fmt(b.notified), b.services, b.zones, b.bands}, ',')
 end
 
-local function load_buckets(key)
-  local flat = redis.call('HGETALL', key)
+-- home = {buckets key, account key, outbox key}; pool = the same for the pool, or nil.
+local function load_buckets(home, pool)
   local all = {}
-  for i = 1, #flat, 2 do all[flat[i]] = parse_bucket(flat[i], flat[i + 1]) end
+  for _, place in ipairs({home, pool}) do
+    local mark = (place == pool) and '^' or ''
+    local flat = redis.call('HGETALL', place[1])
+    for i = 1, #flat, 2 do
+      local b = parse_bucket(mark .. flat[i], flat[i + 1])
+      b.raw, b.home = flat[i], place
+      all[b.id] = b
+    end
+  end
   return all
 end
 
@@ -161,28 +171,36 @@ local function release(all, record)
 end
 
 -- Write changed buckets back; record expired amounts and usage levels (80%, 100%) once
--- per crossing in the account's outbox. Returns nothing.
-local function save_buckets(key, all, acct_key, outbox, now_s, now_ms)
-  for id, b in pairs(all) do
+-- per crossing in the outbox of the account that owns the bucket.
+local function save_buckets(all, now_s, now_ms)
+  for _, b in pairs(all) do
+    local key, acct_key, outbox = b.home[1], b.home[2], b.home[3]
     if b.expiry <= now_s and b.reserved == 0 then
       if b.amount > 0 then
         redis.call('HINCRBY', acct_key, 'expired_' .. b.unit, fmt(b.amount))
-        redis.call('RPUSH', outbox, 'bundle_expired ' .. id .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
+        redis.call('RPUSH', outbox, 'bundle_expired ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
       end
-      redis.call('HDEL', key, id)
+      redis.call('HDEL', key, b.raw)
     elseif b.dirty then
       if b.initial > 0 then
         local used_pct = floor_div((b.initial - b.amount) * 100, b.initial)
         local level = 0
         if used_pct >= 100 then level = 100 elseif used_pct >= 80 then level = 80 end
         if level > b.notified then
-          redis.call('RPUSH', outbox, 'bundle_' .. fmt(level) .. ' ' .. id .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
+          redis.call('RPUSH', outbox, 'bundle_' .. fmt(level) .. ' ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
           b.notified = level
         end
       end
-      redis.call('HSET', key, id, pack_bucket(b))
+      redis.call('HSET', key, b.raw, pack_bucket(b))
     end
   end
+end
+
+-- Notifications waiting in this account's outbox and in its pool's.
+local function outbox_length(home, pool)
+  local n = redis.call('LLEN', home[3])
+  if pool then n = n + redis.call('LLEN', pool[3]) end
+  return n
 end
 
 -- Low money balance: notify once when the balance falls below the threshold, and again

@@ -32,9 +32,11 @@ class Notifier:
         self._running: dict[str, asyncio.Task[None]] = {}
 
     def wake(self, account: str) -> None:
-        """Relay this account's outbox soon (once, however often it is woken meanwhile)."""
-        if account not in self._running:
-            self._running[account] = asyncio.create_task(self._relay_logged(account))
+        """Relay this account's outbox soon (once, however often it is woken meanwhile),
+        and its pool's, which hears about the pool's buckets."""
+        for owner in (account, keys.pool_of(account)):
+            if owner is not None and owner not in self._running:
+                self._running[owner] = asyncio.create_task(self._relay_logged(owner))
 
     async def _relay_logged(self, account: str) -> None:
         try:

@@ -7,6 +7,7 @@
 -- KEYS[4] answer            {a:ID}:r:N:SESSION
 -- KEYS[5] buckets           {a:ID}:bk
 -- KEYS[6] outbox            {a:ID}:out     (notifications waiting to be relayed)
+-- KEYS[7..9] for a pool member only: the pool's buckets, account hash and outbox
 -- ARGV[1] now (ms)          ARGV[2] request type: I, U or T
 -- ARGV[3] session id        ARGV[4] request number
 -- ARGV[5] payload digest    ARGV[6] identity field (msisdn|imsi)   ARGV[7] identity value
@@ -54,9 +55,13 @@ local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
 local reserved_before = reserved
 
+local home = {KEYS[5], KEYS[1], KEYS[6]}
+local pool = nil
+if KEYS[7] then pool = {KEYS[7], KEYS[8], KEYS[9]} end
+
 local function finish(body, session_delta)
   redis.call('SET', KEYS[4], ARGV[5] .. '|' .. body, 'EX', ARGV[9])
-  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(redis.call('LLEN', KEYS[6]))}
+  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(outbox_length(home, pool))}
 end
 
 local exists = redis.call('EXISTS', KEYS[3]) == 1
@@ -77,7 +82,7 @@ else
   s['cv'] = ARGV[11]
 end
 
-local buckets = load_buckets(KEYS[5])
+local buckets = load_buckets(home, pool)
 local n = tonumber(ARGV[13])
 local parts = {}
 local any_ok = (n == 0)
@@ -192,6 +197,6 @@ else
 end
 
 redis.call('HSET', KEYS[1], 'balance', fmt(balance), 'reserved', fmt(reserved))
-save_buckets(KEYS[5], buckets, KEYS[1], KEYS[6], now_s, now)
+save_buckets(buckets, now_s, now)
 watch_balance(KEYS[1], KEYS[6], acct[6] == '1', balance, tonumber(ARGV[12]), now)
 return finish(fmt(cmd) .. ' ' .. plan .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta)

@@ -105,13 +105,22 @@ class Directory:
     def learn_plan(self, account: str, plan_id: str) -> None:
         self._plans.put(account, plan_id)
 
-    async def create(self, msisdn: Identity, imsi: Identity | None, plan: Plan, initial_balance: int) -> Account:
-        """Create an account with one subscriber. The identities are claimed after the
-        account exists, so a crash in between leaves only an unreachable account."""
+    async def create(
+        self, msisdn: Identity, imsi: Identity | None, plan: Plan, initial_balance: int, pool: str = ""
+    ) -> Account:
+        """Create an account with one subscriber, standalone or as a member of ``pool``.
+        The identities are claimed after the account exists, so a crash in between
+        leaves only an unreachable account."""
         if not 0 <= initial_balance <= MAX_BALANCE:
             raise InvalidRequest("initial_balance_micros", f"must be between 0 and {MAX_BALANCE}")
         with storage_errors():
-            account_id = str(await self._client.incr(keys.ACCOUNT_SEQ))
+            if pool:
+                if keys.pool_of(pool) is not None or not await self._client.exists(keys.account(pool)):
+                    raise InvalidRequest("pool_account_id", "must be an existing account that is not a pool member")
+                member = await self._client.hincrby(keys.account(pool), "member_seq", 1)
+                account_id = f"{pool}.{member}"
+            else:
+                account_id = str(await self._client.incr(keys.ACCOUNT_SEQ))
             fields = {
                 "balance": str(initial_balance),
                 "reserved": "0",

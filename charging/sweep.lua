@@ -5,6 +5,7 @@
 -- KEYS[2] open sessions     {a:ID}:sx
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
+-- KEYS[5..7] for a pool member only: the pool's buckets, account hash and outbox
 -- ARGV[1] now (ms)          ARGV[2] session key prefix {a:ID}:s:   ARGV[3] most sessions to release
 --
 -- Reply: {released sessions, released money (micros), next deadline ms or 0 when none is open}
@@ -20,7 +21,9 @@ for _, sid in ipairs(due) do
     if kind == 'm' then
       money = money + tonumber(flat[i + 1])
     elseif kind == 'b' and flat[i + 1] ~= '' then
-      buckets = buckets or load_buckets(KEYS[3])
+      local pool = nil
+      if KEYS[5] then pool = {KEYS[5], KEYS[6], KEYS[7]} end
+      buckets = buckets or load_buckets({KEYS[3], KEYS[1], KEYS[4]}, pool)
       release(buckets, flat[i + 1])
     end
   end
@@ -32,7 +35,7 @@ if money ~= 0 then
 end
 if buckets then
   local now = tonumber(ARGV[1])
-  save_buckets(KEYS[3], buckets, KEYS[1], KEYS[4], floor_div(now, 1000), now)
+  save_buckets(buckets, floor_div(now, 1000), now)
 end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local nd = '0'
