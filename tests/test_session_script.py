@@ -116,3 +116,63 @@ def test_script_matches_reference(
     acct = r.hgetall(keys.account(account))
     assert int(acct["balance"]) == new_balance
     assert int(acct["reserved"]) == expected_money
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before_rate=st.builds(
+        Rate,
+        rating_group=st.just(7),
+        unit=st.just(UnitKind.TIME),
+        increment=st.sampled_from([1, 60]),
+        price_micros=st.integers(0, 100_000),
+        default_quota=st.just(60),
+        validity_time_s=st.just(60),
+        first_increment=st.sampled_from([0, 60]),
+        first_price=st.integers(0, 100_000),
+    ),
+    after_rate=st.builds(
+        Rate,
+        rating_group=st.just(7),
+        unit=st.just(UnitKind.TIME),
+        increment=st.sampled_from([1, 60]),
+        price_micros=st.integers(0, 100_000),
+        default_quota=st.just(60),
+        validity_time_s=st.just(60),
+    ),
+    # whole minutes: on an increment boundary of every rate here, where the money
+    # counter equals the usage counter
+    cum=st.integers(0, 200).map(lambda m: m * 60),
+    used_before=st.integers(0, 5_000),
+    used_after=st.integers(0, 5_000),
+)
+def test_usage_split_at_a_tariff_change_is_priced_each_side_at_its_rate(
+    r: redis.Redis, before_rate: Rate, after_rate: Rate, cum: int, used_before: int, used_after: int
+) -> None:
+    account, sid = "q", "s"
+    r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
+    r.hset(
+        keys.account(account),
+        mapping={"balance": 10**12, "reserved": 0, "plan": "t", "status": "active", "msisdn": "4911"},
+    )
+    r.hset(keys.session(account, sid), mapping={"c7": cum, "k7": cum, "n7": 0, "dl": 0, "cv": "c1"})
+    reply = r.evalsha(
+        SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
+        6,
+        keys.account(account),
+        keys.sessions(account),
+        keys.session(account, sid),
+        keys.answer(account, sid, 1),
+        keys.buckets(account),
+        keys.outbox(account),
+        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, 1),
+        *(7, 0, 0, 0, 60, 0, used_before, pack(before_rate), used_after, pack(after_rate), pack(after_rate)),
+        *(1, "voice", "", ""),
+    )
+    charged = int(reply[1].split(" ")[2].split(",")[2])
+    expected = incremental_cost(before_rate, cum, used_before) + incremental_cost(
+        after_rate, cum + used_before, used_after
+    )
+    assert charged == expected
+    if before_rate == after_rate:
+        assert charged == incremental_cost(before_rate, cum, used_before + used_after)
