@@ -61,6 +61,8 @@ class Service:
     name: str
     unit: UnitKind
     rating_groups: tuple[int, ...]
+    # Service-Identifier values that name this service when the rating group does not.
+    service_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,15 +194,19 @@ class Catalog:
     home_networks: frozenset[str]
     services: Mapping[str, Service]
     service_of_group: Mapping[int, str]
+    service_of_id: Mapping[int, str]
     zones: ZoneTable
     plans: Mapping[str, Plan]
     bundles: Mapping[str, Bundle] = field(default_factory=dict)
     _cache: dict[tuple[Any, ...], Rate | None] = field(default_factory=dict, compare=False, repr=False)
 
-    def where(self, plan: Plan, rating_group: int, usage: Usage, at_s: int) -> tuple[str, str, str, bool]:
-        """Service, destination zone, time band and roaming of a usage: what selects a
-        rate and what a bucket's restrictions are checked against."""
-        service = self.service_of_group.get(rating_group, "")
+    def where(
+        self, plan: Plan, rating_group: int, usage: Usage, at_s: int, service_id: int = 0
+    ) -> tuple[str, str, str, bool]:
+        """Service (by rating group, else by service identifier), destination zone, time
+        band and roaming of a usage: what selects a rate and what a bucket's
+        restrictions are checked against."""
+        service = self.service_of_group.get(rating_group) or self.service_of_id.get(service_id, "")
         zone = (self.zones.zone_of(usage.destination) or "") if usage.destination else ""
         roaming = bool(usage.visited_network) and usage.visited_network not in self.home_networks
         return service, zone, plan.band_at(at_s), roaming
@@ -215,7 +221,7 @@ class Catalog:
         version = plan.version_at(at_s)
         if not service or version is None:
             return None
-        key = (plan.id, version.active_from_s, rating_group, zone, band, roaming)
+        key = (plan.id, version.active_from_s, rating_group, service, zone, band, roaming)
         if key in self._cache:
             return self._cache[key]
         rate = None
@@ -298,6 +304,7 @@ def catalog_from_doc(doc: Any) -> Catalog:
 
     services: dict[str, Service] = {}
     service_of_group: dict[int, str] = {}
+    service_of_id: dict[int, str] = {}
     for i, raw in enumerate(check.list(doc, "services", "")):
         where = f"services[{i}]"
         if not isinstance(raw, Mapping):
@@ -316,11 +323,22 @@ def catalog_from_doc(doc: Any) -> Catalog:
             else:
                 service_of_group[rg] = name
                 groups.append(rg)
+        ids = []
+        for j, sid in enumerate(raw.get("service_ids", [])):
+            if isinstance(sid, bool) or not isinstance(sid, int) or not 0 <= sid < 2**32:
+                check.fail(f"{where}.service_ids[{j}]", "must be an integer service identifier")
+            elif sid in service_of_id:
+                check.fail(
+                    f"{where}.service_ids[{j}]", f"service identifier {sid} already belongs to {service_of_id[sid]}"
+                )
+            else:
+                service_of_id[sid] = name
+                ids.append(sid)
         if name in services:
             check.fail(f"{where}.name", "appears twice")
         if name:
             # A bad unit is reported once; the rates that use the service are still checked.
-            services[name] = Service(name, unit or UnitKind.TIME, tuple(groups))
+            services[name] = Service(name, unit or UnitKind.TIME, tuple(groups), tuple(ids))
 
     prefixes: dict[str, str] = {}
     for i, raw in enumerate(check.list(doc, "zones", "")):
@@ -361,7 +379,7 @@ def catalog_from_doc(doc: Any) -> Catalog:
     if check.problems:
         raise CatalogInvalid(check.problems)
     assert isinstance(version, str)
-    return Catalog(version, home, services, service_of_group, ZoneTable.build(prefixes), plans, bundles)
+    return Catalog(version, home, services, service_of_group, service_of_id, ZoneTable.build(prefixes), plans, bundles)
 
 
 def _band_names(calendar: BandCalendar) -> set[str]:

@@ -51,18 +51,24 @@ class EventAnswer:
 
 def price_event(catalog: Catalog, plan: Plan, req: EventRequest, at_s: int) -> tuple[Rate, int, int] | EventAnswer:
     """(rate, units, price) of the event, or the answer that ends it early."""
-    rate = catalog.rate(plan, req.rating_group, req.usage, at_s)
+    rate = catalog.rate(
+        plan,
+        req.rating_group,
+        req.usage,
+        at_s,
+        catalog.where(plan, req.rating_group, req.usage, at_s, req.service_identifier),
+    )
     if rate is None:
         return EventAnswer(ResultCode.RATING_FAILED, failed_field="rating_group")
     if rate.free:
         return EventAnswer(ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)
-    where = f"requested.{UNIT_FIELD[rate.unit]}"
+    field = f"requested.{UNIT_FIELD[rate.unit]}"
     units = req.requested.count(rate.unit)
     if units <= 0:
         code = ResultCode.MISSING_AVP if units == 0 else ResultCode.INVALID_AVP_VALUE
-        return EventAnswer(code, failed_field=where)
+        return EventAnswer(code, failed_field=field)
     try:
-        check_units(rate, units, where)
+        check_units(rate, units, field)
     except InvalidRequest as exc:
         return EventAnswer(ResultCode.INVALID_AVP_VALUE, failed_field=exc.field)
     return rate, units, cost(rate, units)
@@ -101,7 +107,9 @@ class EventCharging:
                 if isinstance(priced, EventAnswer):
                     return priced
                 rate, units, amount = priced
-                where = target.catalog.where(target.plan, req.rating_group, req.usage, now // 1000)
+                where = target.catalog.where(
+                    target.plan, req.rating_group, req.usage, now // 1000, req.service_identifier
+                )
             args = (
                 req.action,
                 req.digest,

@@ -113,7 +113,7 @@ def rating_args(
     failed = ""
     rates: dict[int, Rate] = {}
     for i, g in enumerate(groups):
-        where = catalog.where(plan, g.rating_group, usage, now_s)
+        where = catalog.where(plan, g.rating_group, usage, now_s, g.service_identifier)
         rate = catalog.rate(plan, g.rating_group, usage, now_s, where)
         preset, want, used, used_after, change = 0, 0, 0, 0, 0
         before = sizing = rate
@@ -137,10 +137,12 @@ def rating_args(
             if used_after:
                 last = previous_change(plan, now_s, 2 * rate.validity_time_s)
                 if last is not None:
-                    before = catalog.rate(plan, g.rating_group, usage, last - 1) or rate
+                    before = catalog.rate(plan, g.rating_group, usage, last - 1, _moved(where, plan, last - 1)) or rate
             if want:
                 change = plan.next_change(now_s, rate.validity_time_s) or 0
-                later = catalog.rate(plan, g.rating_group, usage, change) if change else None
+                later = (
+                    catalog.rate(plan, g.rating_group, usage, change, _moved(where, plan, change)) if change else None
+                )
                 if later is not None and session_cost(later, want) > session_cost(rate, want):
                     sizing = later
         args += [g.rating_group, int(preset), want, 1 if g.final else 0]
@@ -152,6 +154,12 @@ def rating_args(
             args += [rate.validity_time_s, change, used, pack(before), used_after, pack(rate), pack(sizing)]
             args += [int(rate.unit), service, zone, band]
     return args, failed, rates
+
+
+def _moved(where: tuple[str, str, str, bool], plan: Plan, at_s: int) -> tuple[str, str, str, bool]:
+    """The same usage at another instant: only the band can differ."""
+    service, zone, _band, roaming = where
+    return service, zone, plan.band_at(at_s), roaming
 
 
 def _count(units: Units, rate: Rate, where: str) -> int:

@@ -14,6 +14,8 @@ from charging.catalog import Catalog, CatalogInvalid, Usage, catalog_from_doc
 from charging.catalogs import read_catalog_file
 from charging.zones import ZoneTable
 
+PEAK_TIME = "2026-11-26T11:00:00+01:00"
+
 
 def at(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp())
@@ -180,3 +182,14 @@ def test_the_sample_catalog_follows_the_published_schema(sample: dict[str, Any])
     jsonschema.Draft202012Validator(schema).validate(sample)
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors({"version": "x"}))
     assert errors
+
+
+def test_a_service_identifier_names_the_service_when_the_rating_group_does_not(catalog: Catalog) -> None:
+    plan = catalog.plans["mobile-prepaid"]
+    when = at(PEAK_TIME)
+    by_group = catalog.rate(plan, 20, Usage("491711234567"), when)
+    by_id = catalog.rate(
+        plan, 777, Usage("491711234567"), when, catalog.where(plan, 777, Usage("491711234567"), when, 2000)
+    )
+    assert by_group is not None and by_id is not None
+    assert (by_id.name, by_id.price_micros, by_id.rating_group) == (by_group.name, by_group.price_micros, 777)
