@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +77,12 @@ def cmd_session(args: argparse.Namespace) -> int:
         kinds += [charging_pb2.REQUEST_TYPE_TERMINATE]
         for number, kind in enumerate(kinds):
             req = charging_pb2.SessionRequest(
-                session_id=session_id, request_type=kind, request_number=number, subscriber=_subscriber(args)
+                session_id=session_id,
+                request_type=kind,
+                request_number=number,
+                subscriber=_subscriber(args),
+                called_party=args.called or "",
+                visited_network=args.visited_network or "",
             )
             rg = req.rating_groups.add(rating_group=args.rating_group)
             if kind != charging_pb2.REQUEST_TYPE_TERMINATE:
@@ -135,6 +141,26 @@ def cmd_balance(args: argparse.Namespace) -> int:
         f"reserved {format_micros(b.reserved_micros, b.currency)}  "
         f"available {format_micros(b.available_micros, b.currency)}"
     )
+    units = {1: "s", 2: "bytes", 3: "units"}
+    for k in b.buckets:
+        print(
+            f"bucket {k.id}: {k.amount} of {k.initial} {units.get(k.unit, '')} left, {k.reserved} reserved, "
+            f"expires {time.strftime('%Y-%m-%d %H:%M', time.gmtime(k.expiry_time))} UTC"
+        )
+    return 0
+
+
+def cmd_buy_bundle(args: argparse.Namespace) -> int:
+    from charging.v1 import topup_pb2, topup_pb2_grpc
+
+    req = topup_pb2.BuyBundleRequest(
+        subscriber=_subscriber(args),
+        bundle_id=args.bundle,
+        channel=topup_pb2.Channel.Value("CHANNEL_" + args.channel.upper()),
+        idempotency_key=args.key or f"cli-{uuid.uuid4().hex}",
+    )
+    with grpc.insecure_channel(args.target) as channel:
+        _print(topup_pb2_grpc.TopUpStub(channel).BuyBundle(req))
     return 0
 
 
@@ -175,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--unit", choices=units, default="time_s")
     sp.add_argument("--used", type=int, default=60, help="units used between two requests")
     sp.add_argument("--updates", type=int, default=1)
+    sp.add_argument("--called", help="called number (E.164 digits) for voice, SMS and MMS")
+    sp.add_argument("--visited-network", help="MCC+MNC of the serving network (roaming)")
     sp.set_defaults(fn=cmd_session)
 
     sp = sub.add_parser("event", help="event charging: debit, refund, check or price")
@@ -193,7 +221,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", help="idempotency key (default: a new one)")
     sp.set_defaults(fn=cmd_topup)
 
-    sp = sub.add_parser("balance", help="show a balance")
+    sp = sub.add_parser("buy-bundle", help="buy a bundle of the catalog with the money balance")
+    who(sp)
+    sp.add_argument("--bundle", required=True)
+    sp.add_argument("--channel", default="app", choices=("retail", "bank", "voucher", "app", "ussd", "operator"))
+    sp.add_argument("--key", help="idempotency key (default: a new one)")
+    sp.set_defaults(fn=cmd_buy_bundle)
+
+    sp = sub.add_parser("balance", help="show a balance and its buckets")
     who(sp)
     sp.set_defaults(fn=cmd_balance)
 

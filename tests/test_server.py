@@ -163,6 +163,17 @@ def test_readme_tour_with_the_bundled_client(tmp_path: Path) -> None:
         assert json.loads(topup.stdout)["balance"]["balance_micros"] == str(2_500_000 - 300_000 - 50_000 + 1_000_000)
         balance = _cli("balance", "--msisdn", "491700000009", port=port)
         assert balance.stdout.strip().startswith("balance 3.15 EUR")
+        bought = _cli("buy-bundle", "--msisdn", "491700000009", "--bundle", "sms-100", "--key", "tour-2", port=port)
+        assert json.loads(bought.stdout)["result"] == "PURCHASE_RESULT_PURCHASED", bought.stdout + bought.stderr
+        sms = _cli("event", "--msisdn", "491700000009", "--action", "debit", "--rating-group", "20", port=port)
+        assert json.loads(sms.stdout).get("cost_micros", "0") == "0"  # from the bundle
+        balance = _cli("balance", "--msisdn", "491700000009", port=port)
+        assert balance.stdout.splitlines()[0].startswith("balance 1.15 EUR")
+        assert "bucket sms-100.1: 99 of 100 units left" in balance.stdout
+        call = _cli(
+            "session", "--msisdn", "491700000009", "--rating-group", "10", "--called", "112", "--used", "30", port=port
+        )
+        assert [json.loads(line)["rating_groups"][0]["result_code"] for line in call.stdout.splitlines()] == [4011] * 3
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         assert 'charging_topups_total{channel="retail"} 1.0' in metrics
     finally:
