@@ -11,7 +11,7 @@
 -- ARGV[8..] the new buckets in stored form (ids are given here: <bundle id>.<n>)
 --
 -- Reply, one of:
---   {'DONE', body, outbox length}   body = "<result> <balance micros> <reserved micros> <bucket ids|->"
+--   {'DONE', body, outbox length after this script's pushes (0: none)}   body = "<result> <balance micros> <reserved micros> <bucket ids|->"
 --        result: OK, FUNDS (the available balance does not cover the price: nothing
 --        changed), DENIED (the subscriber is barred), CURRENCY (the account's currency
 --        differs from the bundle's)
@@ -52,4 +52,4 @@ local listed_ids = '-'
 if #ids > 0 then listed_ids = table.concat(ids, '|') end
 local body = result .. ' ' .. fmt(balance) .. ' ' .. fmt(reserved) .. ' ' .. listed_ids
 redis.call('SET', KEYS[2], ARGV[1] .. '|' .. body, 'EX', ARGV[3])
-return {'DONE', body, fmt(redis.call('LLEN', KEYS[4]))}
+return {'DONE', body, fmt(pushed)}

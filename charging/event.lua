@@ -18,7 +18,7 @@
 -- A refund credits money.
 --
 -- Reply, one of:
---   {'DONE', body, outbox length}
+--   {'DONE', body, outbox length after this script's pushes (0: none)}
 --        body = "<result code> <balance micros> <available micros> <money charged micros>"
 --   {'REPLAY', body}   the event id was applied before with the same payload
 --   {'CONFLICT'}       the event id was used before with another payload
@@ -37,7 +37,7 @@ if writes then
   end
 end
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3], 'low')
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3], 'low', 'bucket_seq')
 if not acct[1] or acct[5] ~= ARGV[4] then return {'UNKNOWN'} end
 if acct[3] ~= ARGV[5] then return {'PLAN', acct[3]} end
 
@@ -55,7 +55,7 @@ local buckets = nil
 
 if action == 'D' or action == 'C' then
   local r = parse_rate(ARGV[9])
-  buckets = load_buckets(home, pool)
+  buckets = load_buckets(home, pool, acct[7])
   local usable = matching(buckets, now_s, ARGV[10], ARGV[11], ARGV[12], ARGV[13])
   local need = billable(r, units)
   local from_buckets = 0
@@ -87,4 +87,4 @@ if writes then
   end
   redis.call('SET', KEYS[2], ARGV[2] .. '|' .. body, 'EX', ARGV[7])
 end
-return {'DONE', body, fmt(outbox_length(home, pool))}
+return {'DONE', body, fmt(pushed)}

@@ -49,15 +49,15 @@ class EventAnswer:
     replayed: bool = False
 
 
-def price_event(catalog: Catalog, plan: Plan, req: EventRequest, at_s: int) -> tuple[Rate, int, int] | EventAnswer:
-    """(rate, units, price) of the event, or the answer that ends it early."""
-    rate = catalog.rate(
-        plan,
-        req.rating_group,
-        req.usage,
-        at_s,
-        catalog.where(plan, req.rating_group, req.usage, at_s, req.service_identifier),
-    )
+Where = tuple[str, str, str, bool]
+
+
+def price_event(
+    catalog: Catalog, plan: Plan, req: EventRequest, at_s: int
+) -> tuple[Rate, int, int, Where] | EventAnswer:
+    """(rate, units, price, where) of the event, or the answer that ends it early."""
+    where = catalog.where(plan, req.rating_group, req.usage, at_s, req.service_identifier)
+    rate = catalog.rate(plan, req.rating_group, req.usage, at_s, where)
     if rate is None:
         return EventAnswer(ResultCode.RATING_FAILED, failed_field="rating_group")
     if rate.free:
@@ -71,7 +71,7 @@ def price_event(catalog: Catalog, plan: Plan, req: EventRequest, at_s: int) -> t
         check_units(rate, units, field)
     except InvalidRequest as exc:
         return EventAnswer(ResultCode.INVALID_AVP_VALUE, failed_field=exc.field)
-    return rate, units, cost(rate, units)
+    return rate, units, cost(rate, units), where
 
 
 class EventCharging:
@@ -101,15 +101,12 @@ class EventCharging:
         async def attempt(target: Target) -> Reply | EventAnswer:
             nonlocal units, amount, rate
             now = self.clock.now_ms()
-            where: tuple[str, str, str, bool] = ("", "", "", False)
+            where: Where = ("", "", "", False)
             if target.plan is not None:
                 priced = price_event(target.catalog, target.plan, req, now // 1000)
                 if isinstance(priced, EventAnswer):
                     return priced
-                rate, units, amount = priced
-                where = target.catalog.where(
-                    target.plan, req.rating_group, req.usage, now // 1000, req.service_identifier
-                )
+                rate, units, amount, where = priced
             args = (
                 req.action,
                 req.digest,

@@ -24,6 +24,14 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- Length of an outbox after this script's last push to it (0: nothing pushed). A reply
+-- carries it so the caller relays only when there is something new.
+local pushed = 0
+
+local function notify(outbox, text)
+  pushed = redis.call('RPUSH', outbox, text)
+end
+
 local function split(text, sep)
   local out, start = {}, 1
   while true do
@@ -91,8 +99,10 @@ local function pack_bucket(b)
 end
 
 -- home = {buckets key, account key, outbox key}; pool = the same for the pool, or nil.
-local function load_buckets(home, pool)
+-- An account that never bought a bundle (no bucket_seq) and is in no pool has none.
+local function load_buckets(home, pool, ever_bought)
   local all = {}
+  if not ever_bought and not pool then return all end
   for _, place in ipairs({home, pool}) do
     local mark = (place == pool) and '^' or ''
     local flat = redis.call('HGETALL', place[1])
@@ -178,7 +188,7 @@ local function save_buckets(all, now_s, now_ms)
     if b.expiry <= now_s and b.reserved == 0 then
       if b.amount > 0 then
         redis.call('HINCRBY', acct_key, 'expired_' .. b.unit, fmt(b.amount))
-        redis.call('RPUSH', outbox, 'bundle_expired ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
+        notify(outbox, 'bundle_expired ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
       end
       redis.call('HDEL', key, b.raw)
     elseif b.dirty then
@@ -187,7 +197,7 @@ local function save_buckets(all, now_s, now_ms)
         local level = 0
         if used_pct >= 100 then level = 100 elseif used_pct >= 80 then level = 80 end
         if level > b.notified then
-          redis.call('RPUSH', outbox, 'bundle_' .. fmt(level) .. ' ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
+          notify(outbox, 'bundle_' .. fmt(level) .. ' ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
           b.notified = level
         end
       end
@@ -196,20 +206,13 @@ local function save_buckets(all, now_s, now_ms)
   end
 end
 
--- Notifications waiting in this account's outbox and in its pool's.
-local function outbox_length(home, pool)
-  local n = redis.call('LLEN', home[3])
-  if pool then n = n + redis.call('LLEN', pool[3]) end
-  return n
-end
-
 -- Low money balance: notify once when the balance falls below the threshold, and again
 -- only after it has been above it.
 local function watch_balance(acct_key, outbox, was_low, balance, threshold, now_ms)
   if threshold <= 0 then return end
   if balance < threshold and not was_low then
     redis.call('HSET', acct_key, 'low', '1')
-    redis.call('RPUSH', outbox, 'low_balance - money ' .. fmt(balance) .. ' ' .. fmt(now_ms))
+    notify(outbox, 'low_balance - money ' .. fmt(balance) .. ' ' .. fmt(now_ms))
   elseif balance >= threshold and was_low then
     redis.call('HDEL', acct_key, 'low')
   end

@@ -65,6 +65,8 @@ class App:
     link: RedisLink | None = None
     sweeper: Sweeper | None = None
     renewer: Renewer | None = None
+    sessions: SessionCharging | None = None
+    events: EventCharging | None = None
     catalogs: CatalogBook | None = None
     notifier: Notifier | None = None
     _embedded: EmbeddedRedis | None = None
@@ -88,7 +90,7 @@ class App:
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         directory = Directory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
-        sessions = SessionCharging(
+        self.sessions = sessions = SessionCharging(
             ledger,
             directory,
             self.catalogs,
@@ -98,7 +100,7 @@ class App:
             low_balance_micros=s.low_balance_micros,
             notifier=self.notifier,
         )
-        events = EventCharging(
+        self.events = events = EventCharging(
             ledger,
             directory,
             self.catalogs,

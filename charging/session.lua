@@ -24,7 +24,7 @@
 -- rounded to the rate's increments), the rest by money at the rate's price.
 --
 -- Reply, one of:
---   {'DONE', body, reserved_delta, session_delta, outbox length}
+--   {'DONE', body, reserved_delta, session_delta, outbox length after this script's pushes (0: none)}
 --                             first execution, body stored as answer
 --   {'REPLAY', body}          same request number and payload seen before
 --   {'CONFLICT'}              same request number, different payload: nothing changed
@@ -41,7 +41,7 @@ if prev then
   return {'REPLAY', string.sub(prev, sep + 1)}
 end
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[6], 'low')
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[6], 'low', 'bucket_seq')
 if not acct[1] or acct[5] ~= ARGV[7] then return {'UNKNOWN'} end
 if acct[3] ~= ARGV[8] then return {'PLAN', acct[3]} end
 
@@ -61,7 +61,7 @@ if KEYS[7] then pool = {KEYS[7], KEYS[8], KEYS[9]} end
 
 local function finish(body, session_delta)
   redis.call('SET', KEYS[4], ARGV[5] .. '|' .. body, 'EX', ARGV[9])
-  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(outbox_length(home, pool))}
+  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(pushed)}
 end
 
 local exists = redis.call('EXISTS', KEYS[3]) == 1
@@ -82,7 +82,7 @@ else
   s['cv'] = ARGV[11]
 end
 
-local buckets = load_buckets(home, pool)
+local buckets = load_buckets(home, pool, acct[7])
 local n = tonumber(ARGV[13])
 local parts = {}
 local any_ok = (n == 0)

@@ -23,7 +23,7 @@ for _, sid in ipairs(due) do
     elseif kind == 'b' and flat[i + 1] ~= '' then
       local pool = nil
       if KEYS[5] then pool = {KEYS[5], KEYS[6], KEYS[7]} end
-      buckets = buckets or load_buckets({KEYS[3], KEYS[1], KEYS[4]}, pool)
+      buckets = buckets or load_buckets({KEYS[3], KEYS[1], KEYS[4]}, pool, true)
       release(buckets, flat[i + 1])
     end
   end
