@@ -52,6 +52,7 @@ def _reply(raw: Sequence[Any]) -> Reply:
 class SweepResult:
     sessions: int
     money: int
+    outbox: int
     next_deadline_ms: int
 
 
@@ -157,7 +158,7 @@ class Ledger:
         )
         with storage_errors():
             raw = await SWEEP(self.client, script_keys, (now_ms, keys.session_prefix(account), limit))
-        return SweepResult(int(raw[0]), int(raw[1]), int(float(raw[2])))
+        return SweepResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
 
     async def hint(self, index: tuple[str, str], account: str, at_ms: int) -> None:
         """Have the account looked at no later than ``at_ms``."""

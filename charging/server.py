@@ -118,7 +118,9 @@ class App:
             low_balance_micros=s.low_balance_micros,
             notifier=self.notifier,
         )
-        self.sweeper = Sweeper(ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch)
+        self.sweeper = Sweeper(
+            ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch, notifier=self.notifier
+        )
         self.renewer = Renewer(
             topups, directory, self.catalogs, self.clock, self.notifier, interval_s=s.renew_interval_s
         )

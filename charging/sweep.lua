@@ -1,5 +1,5 @@
--- Release the reservations of sessions whose supervision time has passed.
--- (ledger_lib.lua is prepended.)
+-- Release the reservations of sessions whose supervision time has passed, and record
+-- the account's buckets that have expired. (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
 -- KEYS[2] open sessions     {a:ID}:sx
@@ -8,12 +8,16 @@
 -- KEYS[5..7] for a pool member only: the pool's buckets, account hash and outbox
 -- ARGV[1] now (ms)          ARGV[2] session key prefix {a:ID}:s:   ARGV[3] most sessions to release
 --
--- Reply: {released sessions, released money (micros), next deadline ms or 0 when none is open}
+-- Reply: {released sessions, released money (micros), outbox length after pushes (0: none),
+--         next time to look (ms): the next session deadline or bucket expiry, 0 when none}
 -- Each released session's reserved money and bucket units go back exactly.
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local money = 0
-local buckets = nil
+local pool = nil
+if KEYS[5] then pool = {KEYS[5], KEYS[6], KEYS[7]} end
+local ever_bought = redis.call('HEXISTS', KEYS[1], 'bucket_seq') == 1
+local buckets = load_buckets({KEYS[3], KEYS[1], KEYS[4]}, pool, ever_bought)
 for _, sid in ipairs(due) do
   local flat = redis.call('HGETALL', ARGV[2] .. sid)
   for i = 1, #flat, 2 do
@@ -21,9 +25,6 @@ for _, sid in ipairs(due) do
     if kind == 'm' then
       money = money + tonumber(flat[i + 1])
     elseif kind == 'b' and flat[i + 1] ~= '' then
-      local pool = nil
-      if KEYS[5] then pool = {KEYS[5], KEYS[6], KEYS[7]} end
-      buckets = buckets or load_buckets({KEYS[3], KEYS[1], KEYS[4]}, pool, true)
       release(buckets, flat[i + 1])
     end
   end
@@ -33,11 +34,18 @@ end
 if money ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'reserved', fmt(-money))
 end
-if buckets then
-  local now = tonumber(ARGV[1])
-  save_buckets(buckets, floor_div(now, 1000), now)
-end
+local now = tonumber(ARGV[1])
+local now_s = floor_div(now, 1000)
+save_buckets(buckets, now_s, now)
+local next_look = 0
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-local nd = '0'
-if next_due[2] then nd = next_due[2] end
-return {#due, fmt(money), nd}
+if next_due[2] then next_look = tonumber(next_due[2]) end
+for _, b in pairs(buckets) do
+  -- Own buckets only: the pool's expiries are looked after through the pool account.
+  if b.home[1] == KEYS[3] and (b.expiry > now_s or b.reserved > 0) then
+    local at = b.expiry * 1000
+    if b.expiry <= now_s then at = now + 60000 end  -- expired but still reserved: look again soon
+    if next_look == 0 or at < next_look then next_look = at end
+  end
+end
+return {#due, fmt(money), fmt(pushed), fmt(next_look)}

@@ -1,10 +1,13 @@
-"""Supervision of reservations: a session not refreshed in time gives its units back.
+"""Supervision of reservations (a session not refreshed in time gives its units back)
+and of bucket expiry (an expired bucket's remaining amount is recorded and notified).
 
 INITIAL requests put the account into the sweeper's index (``{sweep}:due``) with the
 session's deadline, in the same round trip as the request. The sweeper takes the
 accounts that are due (leased, so several server processes share the work), runs
 ``sweep.lua`` on each, which returns every expired reservation to the balance exactly
-and closes the session, and reschedules the account at its next deadline.
+and closes the session, records expired buckets, and reschedules the account at its
+next session deadline or bucket expiry. Bundle purchases put the account in the index
+at the bucket's expiry.
 """
 
 from __future__ import annotations
@@ -16,13 +19,24 @@ from charging import keys, metrics
 from charging.clock import Clock
 from charging.errors import StorageUnavailable
 from charging.ledger import Ledger
+from charging.notifications import Notifier
 
 log = logging.getLogger("charging.sweeper")
 
 
 class Sweeper:
-    def __init__(self, ledger: Ledger, clock: Clock, *, interval_s: float, batch: int, lease_ms: int = 30_000) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        clock: Clock,
+        *,
+        interval_s: float,
+        batch: int,
+        lease_ms: int = 30_000,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.ledger = ledger
+        self.notifier = notifier
         self.clock = clock
         self.interval_s = interval_s
         self.batch = batch
@@ -38,6 +52,8 @@ class Sweeper:
             if result.sessions:
                 metrics.SESSIONS_CLOSED.labels("supervision").inc(result.sessions)
                 metrics.SWEPT_MICROS.inc(result.money)
+            if result.outbox and self.notifier is not None:
+                self.notifier.wake(account)
             # A full batch may have left more due sessions: look again at once.
             next_look = now if result.sessions == self.batch else result.next_deadline_ms
             await self.ledger.settle(keys.SWEEP_INDEX, account, epoch, next_look)

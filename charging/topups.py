@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from charging import keys
 from charging.buckets import Bucket, buckets_of, pack, unpack
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
@@ -112,11 +113,17 @@ class TopUps:
             self.notifier.wake(account)
         outcome, balance, reserved, ids = reply.body.split(" ")
         bucket_ids = () if ids == "-" else tuple(ids.split("|"))
+        if outcome == "OK" and reply.kind == "DONE":
+            # The sweeper records what is left of the buckets when they expire.
+            expiry_ms = (now // 1000 + bundle.validity_days * 86_400) * 1000
+            await self.ledger.hint(keys.SWEEP_INDEX, account, expiry_ms)
         return PurchaseResult(outcome, account, int(balance), int(reserved), bucket_ids, reply.kind == "REPLAY")
 
     async def buckets(self, account_id: str) -> list[Bucket]:
-        stored = await self.ledger.buckets(account_id)
-        return sorted((unpack(i, t) for i, t in stored.items()), key=lambda b: (b.priority, b.expiry_s, b.id))
+        """The account's buckets that have not expired, in consumption order."""
+        now_s = self.clock.now_ms() // 1000
+        stored = (unpack(i, t) for i, t in (await self.ledger.buckets(account_id)).items())
+        return sorted((b for b in stored if now_s < b.expiry_s), key=lambda b: (b.priority, b.expiry_s, b.id))
 
     async def recharge(self, req: Recharge) -> RechargeResult:
         check_recharge(req.amount_micros, req.channel, req.idempotency_key)

@@ -226,3 +226,20 @@ async def test_supervision_returns_reserved_bucket_units(shop: Stubs, clock: Man
     assert (b.buckets[0].amount, b.buckets[0].reserved) == (6000, 0)
     late = await shop.charging.ChargeSession(call("sv", UPDATE, 1, used={"time_s": 10}))
     assert late.result_code == 5002
+
+
+async def test_the_sweeper_records_expiry_without_any_other_activity(
+    shop: Stubs, clock: ManualClock, app: App, redis_url: str
+) -> None:
+    await buy(shop, "voice-2", "k1")
+    assert app.sweeper is not None
+    assert await app.sweeper.sweep_once() == 0  # not expired yet: nothing recorded
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hget(keys.account("1"), "expired_1") is None
+    clock.advance(seconds=30 * 86_400)
+    await app.sweeper.sweep_once()
+    assert r.hget(keys.account("1"), "expired_1") == "120"
+    assert r.hlen(keys.buckets("1")) == 0
+    assert [e["kind"] for e in await wait_for_stream(r, 1)] == ["bundle_expired"]
+    assert r.zcard(keys.SWEEP_DUE) == 0  # nothing left to look after
+    r.close()
