@@ -314,10 +314,9 @@ class TopUpServicer(topup_pb2_grpc.TopUpServicer):
             metrics.RETRANSMISSIONS.labels("BuyBundle").inc()
         elif result.outcome == "OK":
             metrics.BUNDLES_SOLD.labels(channel).inc()
-        currency = self.topups.catalogs.current.bundles[request.bundle_id].currency
         return topup_pb2.BuyBundleAnswer(
             result=PURCHASE_RESULTS[result.outcome],
-            balance=balance_pb(result.account_id, currency, result.balance_micros, result.reserved_micros),
+            balance=balance_pb(result.account_id, result.currency, result.balance_micros, result.reserved_micros),
             bucket_ids=result.bucket_ids,
             replayed=result.replayed,
         )

@@ -33,6 +33,8 @@ from charging.zones import ZoneTable
 
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 PLAN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# Bucket ids are "<bundle id>.<n>" inside records separated by ':', '|' and ','.
+BUNDLE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DIGITS = re.compile(r"^[0-9]{0,15}$")
 MCC_MNC = re.compile(r"^[0-9]{5,6}$")
 DEFAULT_QUOTA = {UnitKind.TIME: 300, UnitKind.VOLUME: 10 * 2**20, UnitKind.SERVICE_SPECIFIC: 1, UnitKind.MONEY: 10**6}
@@ -396,7 +398,7 @@ def _bundle(
         check.fail(where, "must be an object")
         return None
     before = len(check.problems)
-    bundle_id = check.name(raw.get("id"), f"{where}.id", PLAN_ID)
+    bundle_id = check.name(raw.get("id"), f"{where}.id", BUNDLE_ID)
     currency = raw.get("currency")
     if not isinstance(currency, str) or not CURRENCY.match(currency):
         check.fail(f"{where}.currency", "must be an ISO 4217 code such as EUR")
@@ -487,7 +489,7 @@ def _plan(check: _Check, raw: Any, where: str, services: Mapping[str, Service], 
             if not isinstance(rr, Mapping):
                 check.fail(rw, "must be an object")
             else:
-                bundle_id = check.name(rr.get("bundle"), f"{rw}.bundle", PLAN_ID)
+                bundle_id = check.name(rr.get("bundle"), f"{rw}.bundle", BUNDLE_ID)
                 recurring = RecurringBundle(bundle_id, check.int(rr, "period_days", rw, 1, 366))
                 check.bundle_refs.append((f"{rw}.bundle", bundle_id))
         versions.append(PlanVersion(active, rules, rental, recurring))

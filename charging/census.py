@@ -58,4 +58,7 @@ async def run_census(client: aioredis.Redis, interval_s: float) -> None:
         except StorageUnavailable as exc:
             metrics.REDIS_ERRORS.labels("census").inc()
             log.warning("census failed", extra={"error": str(exc)})
+        except Exception:
+            metrics.BACKGROUND_ERRORS.labels("census").inc()
+            log.exception("census failed unexpectedly")
         await asyncio.sleep(interval_s)

@@ -111,11 +111,14 @@ class Ledger:
             ("EVALSHA", SESSION.sha, len(script_keys), *script_keys, *args),
         )
         results = await self.client.execute_many(commands)
-        if any(isinstance(r, redis_errors.NoScriptError) for r in results):
-            # Neither ran (or only the idempotent hint did): load both and send again.
-            await self.client.script_load(DUE_INDEX.source)
-            await self.client.script_load(SESSION.source)
-            results = await self.client.execute_many(commands)
+        missing = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
+        if missing:
+            # Only what failed with NOSCRIPT did not run: load it and send that again.
+            for i in missing:
+                await self.client.script_load((DUE_INDEX, SESSION)[i].source)
+            again = await self.client.execute_many([commands[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
         for r in results:
             if isinstance(r, Exception):
                 raise r
@@ -127,6 +130,7 @@ class Ledger:
             keys.event(account, event_id),
             keys.buckets(account),
             keys.outbox(account),
+            *_pool_keys(account),
         )
         return await self._run(EVENT, script_keys, args)
 

@@ -33,3 +33,6 @@ REDIS_ERRORS = Counter("charging_redis_errors_total", "Redis could not be reache
 NOTIFICATIONS = Counter("charging_notifications_total", "Notifications relayed to the stream, by kind.", ["kind"])
 BUNDLES_SOLD = Counter("charging_bundles_sold_total", "Bundles bought with the money balance, by channel.", ["channel"])
 RENEWALS = Counter("charging_bundle_renewals_total", "Recurring bundle renewals, by outcome.", ["outcome"])
+BACKGROUND_ERRORS = Counter(
+    "charging_background_errors_total", "Unexpected errors in background tasks, by component.", ["component"]
+)

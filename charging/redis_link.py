@@ -93,6 +93,11 @@ class RedisLink:
         return await self.execute("SCRIPT", "LOAD", source)
 
     def _send(self, packed: bytes, fut: asyncio.Future[Any]) -> None:
+        if self._transport is None:
+            # Never queue without a connection: a queued future would take the next
+            # connection's first reply and shift every later one.
+            fut.set_exception(redis_errors.ConnectionError("redis connection lost"))
+            return
         if not self._buffer:
             asyncio.get_running_loop().call_soon(self._flush)
         self._buffer.append(packed)
@@ -131,8 +136,10 @@ class RedisLink:
                 handshake.append(["SELECT", db])
             for result in await self.execute_many(handshake):
                 if isinstance(result, Exception):
-                    self.close()
+                    self._abort(redis_errors.ConnectionError("redis handshake failed"))
                     raise redis_errors.ConnectionError(f"redis handshake failed: {result}")
+            if self._transport is not transport:
+                raise redis_errors.ConnectionError("redis connection lost during the handshake")
             if self._watchdog is None or self._watchdog.done():
                 self._watchdog = asyncio.create_task(self._watch(), name="redis-link-watchdog")
 

@@ -101,4 +101,7 @@ class Renewer:
             except StorageUnavailable as exc:
                 metrics.REDIS_ERRORS.labels("renewer").inc()
                 log.warning("renewals failed", extra={"error": str(exc)})
+            except Exception:
+                metrics.BACKGROUND_ERRORS.labels("renewer").inc()
+                log.exception("renewals failed unexpectedly")
             await asyncio.sleep(self.interval_s)

@@ -69,4 +69,8 @@ class Sweeper:
             except StorageUnavailable as exc:
                 metrics.REDIS_ERRORS.labels("sweeper").inc()
                 log.warning("sweep failed", extra={"error": str(exc)})
+            except Exception:
+                # Supervision must go on: log, count and try again next round.
+                metrics.BACKGROUND_ERRORS.labels("sweeper").inc()
+                log.exception("sweep failed unexpectedly")
             await asyncio.sleep(self.interval_s)

@@ -65,6 +65,7 @@ class PurchaseResult:
     # OK, FUNDS (not enough money: nothing changed), DENIED (barred), CURRENCY
     outcome: str
     account_id: str
+    currency: str
     balance_micros: int
     reserved_micros: int
     bucket_ids: tuple[str, ...]
@@ -113,11 +114,13 @@ class TopUps:
             self.notifier.wake(account)
         outcome, balance, reserved, ids = reply.body.split(" ")
         bucket_ids = () if ids == "-" else tuple(ids.split("|"))
-        if outcome == "OK" and reply.kind == "DONE":
+        if outcome == "OK":  # also on a replay: the hint is idempotent, and may have been lost
             # The sweeper records what is left of the buckets when they expire.
             expiry_ms = (now // 1000 + bundle.validity_days * 86_400) * 1000
             await self.ledger.hint(keys.SWEEP_INDEX, account, expiry_ms)
-        return PurchaseResult(outcome, account, int(balance), int(reserved), bucket_ids, reply.kind == "REPLAY")
+        return PurchaseResult(
+            outcome, account, bundle.currency, int(balance), int(reserved), bucket_ids, reply.kind == "REPLAY"
+        )
 
     async def buckets(self, account_id: str) -> list[Bucket]:
         """The account's buckets that have not expired, in consumption order."""
