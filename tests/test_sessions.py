@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from charging.v1 import common_pb2
+from charging.server import App
 from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
 
 MINUTE = 100_000  # price of one started minute on rating group 10
@@ -354,3 +355,16 @@ async def test_a_number_moved_to_another_account_is_followed(stubs: Stubs, redis
     assert a.rating_groups[0].granted.time_s == 300
     b = await stubs.balance("491700000001")
     assert (b.account_id, b.reserved_micros) == (second.account_id, 5 * MINUTE)
+
+
+async def test_a_retransmission_to_a_process_without_the_cached_plan_is_answered_identically(
+    stubs: Stubs, app: App
+) -> None:
+    await stubs.subscriber(balance=250_000)
+    req = session_request("cold", INITIAL, 0, [{"rating_group": 10, "requested": {}}])
+    first = await stubs.charging.ChargeSession(req)
+    assert first.rating_groups[0].granted.time_s == 120
+    assert app.sessions is not None
+    app.sessions.directory._plans.clear()  # as in another server process, or after a restart
+    again = await stubs.charging.ChargeSession(req)
+    assert again.SerializeToString() == first.SerializeToString()
