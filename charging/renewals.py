@@ -2,12 +2,14 @@
 from the money balance, when the balance covers it.
 
 Accounts on such plans sit in the renewal index ``{renew}:due`` by the time of their next
-renewal (the index and its leases are the sweeper's, see ``due_index.lua``). Each
-renewal is a bundle purchase whose idempotency key names the period, so running it
-twice buys once. When the balance does not cover the bundle nothing is bought, the
-subscriber is notified (``renewal_failed`` on the notification stream) and the next
-period is tried as usual. A renewer that was stopped for several periods buys once for
-the current period, not once per missed period.
+renewal (the index and its leases are the sweeper's, see ``due_index.lua``). Periods are
+counted from the account's renewal anchor (``renew_anchor``, set once when it is first
+scheduled), and each renewal is a bundle purchase whose idempotency key names the
+period's start, so running it twice, or again after a crash, buys once. When the
+balance does not cover the bundle nothing is bought, the subscriber is notified
+(``renewal_failed`` on the notification stream) and the next period is tried as usual.
+A renewer that was stopped for several periods buys once for the current period, not
+once per missed period.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import logging
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
-from charging.errors import ChargingError, StorageUnavailable
+from charging.errors import InvalidRequest, NotFound, StorageUnavailable
 from charging.notifications import Notifier
+from charging.store import storage_errors
 from charging.subscribers import Directory
 from charging.topups import BundlePurchase, TopUps
 
@@ -50,6 +53,9 @@ class Renewer:
         self.lease_ms = lease_ms
 
     async def schedule(self, account_id: str, at_ms: int) -> None:
+        """Renew from ``at_ms`` on (the anchor is kept if the account had one)."""
+        with storage_errors():
+            await self.topups.ledger.client.execute("HSETNX", keys.account(account_id), "renew_anchor", at_ms)
         await self.topups.ledger.hint(keys.RENEW_INDEX, account_id, at_ms)
 
     async def renew_once(self) -> int:
@@ -73,26 +79,30 @@ class Renewer:
         if recurring is None:
             return 0
         period = recurring.period_days * DAY_MS
-        periods_missed = max((now - due) // period, 0)
-        due += periods_missed * period
+        with storage_errors():
+            anchor_text = await self.topups.ledger.client.execute("HGET", keys.account(account_id), "renew_anchor")
+        anchor = int(anchor_text) if anchor_text is not None else due
+        # The period we are in (missed periods are not bought one by one).
+        start = anchor + max((now - anchor) // period, 0) * period
         purchase = BundlePurchase(
             identity=account.identity,
             bundle_id=recurring.bundle_id,
             channel="operator",
-            idempotency_key=f"renew-{recurring.bundle_id}-{due}",
-            digest=f"renew:{recurring.bundle_id}:{due}",
+            idempotency_key=f"renew-{recurring.bundle_id}-{start}",
+            digest=f"renew:{recurring.bundle_id}:{start}",
         )
         try:
             result = await self.topups.buy_bundle(purchase)
-        except ChargingError as exc:
-            log.warning("renewal failed", extra={"error": str(exc)})
-            return due + period
+        except (InvalidRequest, NotFound) as exc:
+            # The catalog lost the bundle or the subscriber is gone: try next period.
+            log.warning("renewal impossible", extra={"error": str(exc)})
+            return start + period
         outcome = "renewed" if result.outcome == "OK" else "failed"
         if not result.replayed:
             metrics.RENEWALS.labels(outcome).inc()
             if outcome == "failed":
                 await self.notifier.publish(account_id, "renewal_failed", recurring.bundle_id, result.outcome, now)
-        return due + period
+        return start + period
 
     async def run(self) -> None:
         while True:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from charging import keys
 from charging.clock import ManualClock
+from charging.errors import StorageUnavailable
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
 from tests.conftest import Stubs
@@ -74,3 +76,24 @@ async def test_plans_without_a_recurring_bundle_are_not_scheduled(stubs: Stubs, 
     r = redis.Redis.from_url(redis_url)
     assert r.zcard(keys.RENEW_INDEX[0]) == 0
     r.close()
+
+
+async def test_a_renewal_interrupted_before_it_settles_is_not_bought_twice(
+    stubs: Stubs, app: App, clock: ManualClock
+) -> None:
+    assert app.renewer is not None
+    await stubs.subscriber(MSISDN, balance=12_000_000, plan="mobile-prepaid-data")
+    ledger = app.renewer.topups.ledger
+    settle = ledger.settle
+
+    async def broken_settle(*args: object) -> None:
+        raise StorageUnavailable("redis went away")
+
+    ledger.settle = broken_settle  # type: ignore[method-assign,assignment]
+    with pytest.raises(StorageUnavailable):
+        await app.renewer.renew_once()
+    ledger.settle = settle  # type: ignore[method-assign]
+    clock.advance(seconds=61)  # the lease runs out: the account is due again
+    await app.renewer.renew_once()
+    b = await balance(stubs)
+    assert (b.balance_micros, len(b.buckets)) == (12_000_000 - PRICE, 1)

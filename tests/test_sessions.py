@@ -13,8 +13,8 @@ import grpc
 import pytest
 import redis
 
-from charging.v1 import common_pb2
 from charging.server import App
+from charging.v1 import common_pb2
 from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
 
 MINUTE = 100_000  # price of one started minute on rating group 10
