@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from redis import exceptions as redis_errors
 
@@ -56,6 +56,14 @@ class SweepResult:
     next_deadline_ms: int
 
 
+class ScriptRunner(Protocol):
+    """What runs scripts: the pipelined link, or a redis-py client off the hot path."""
+
+    def evalsha(self, sha: str, numkeys: int, /, *args: Any) -> Any: ...
+
+    def script_load(self, source: str, /) -> Any: ...
+
+
 class LuaScript:
     """A script loaded once and called by SHA; its files are joined in order (a shared
     library first)."""
@@ -64,7 +72,7 @@ class LuaScript:
         self.source = "\n".join(resources.files("charging").joinpath(f).read_text() for f in filenames)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def __call__(self, client: RedisLink, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def __call__(self, client: ScriptRunner, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except redis_errors.NoScriptError:
@@ -77,6 +85,7 @@ EVENT = LuaScript("ledger_lib.lua", "event.lua")
 TOPUP = LuaScript("topup.lua")
 SWEEP = LuaScript("ledger_lib.lua", "sweep.lua")
 BUY = LuaScript("ledger_lib.lua", "buy.lua")
+OUTBOX_TRIM = LuaScript("outbox_trim.lua")
 DUE_INDEX = LuaScript("due_index.lua")
 
 

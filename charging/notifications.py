@@ -3,11 +3,12 @@
 Ledger scripts detect a crossing (low balance, 80% or 100% of a bundle used, a bundle
 expired) exactly once, atomically with the change, and append it to the account's
 outbox ``{a:ID}:out``, a key in the account's own hash slot. The relay copies outbox
-entries to the stream ``stream:notifications`` and then trims what it copied, so a
-crash in between repeats entries rather than losing them: delivery is at least once
-and each entry carries its account and time so consumers can drop repeats. A request
-whose reply shows a non-empty outbox wakes the relay for that account; the answer to
-the request does not wait for it.
+entries to the stream ``stream:notifications`` and then removes from the outbox's head
+exactly the entries it copied (``outbox_trim.lua``), until the outbox is empty. A crash
+in between repeats entries rather than losing them, and concurrent relays never remove
+an entry they did not copy: delivery is at least once, and each entry carries its
+account and time so consumers can drop repeats. A request whose reply shows new outbox
+entries wakes the relay for that account; the answer does not wait for it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from charging import keys, metrics
 from charging.errors import StorageUnavailable
+from charging.ledger import OUTBOX_TRIM
 from charging.store import storage_errors
 
 log = logging.getLogger("charging.notifications")
@@ -30,49 +33,56 @@ class Notifier:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
 
     def wake(self, account: str) -> None:
-        """Relay this account's outbox soon (once, however often it is woken meanwhile),
-        and its pool's, which hears about the pool's buckets."""
+        """Relay this account's outbox soon, and its pool's (which hears about the pool's
+        buckets). Woken while relaying, it relays once more afterwards."""
         for owner in (account, keys.pool_of(account)):
-            if owner is not None and owner not in self._running:
+            if owner is None:
+                continue
+            if owner in self._running:
+                self._again.add(owner)
+            else:
                 self._running[owner] = asyncio.create_task(self._relay_logged(owner))
 
     async def _relay_logged(self, account: str) -> None:
         try:
-            await self.relay(account)
+            while True:
+                self._again.discard(account)
+                await self.relay(account)
+                if account not in self._again:
+                    break
         except StorageUnavailable as exc:
             log.warning("notification relay failed", extra={"error": str(exc)})
         finally:
             self._running.pop(account, None)
 
-    async def relay(self, account: str) -> int:
-        """Copy the account's outbox to the stream; returns how many entries moved."""
+    async def relay(self, account: str, batch: int = 100) -> int:
+        """Copy the account's outbox to the stream until it is empty; returns how many
+        entries were copied."""
         outbox = keys.outbox(account)
+        moved = 0
         with storage_errors():
-            entries = await self._client.lrange(outbox, 0, -1)
-            if not entries:
-                return 0
-            pipe = self._client.pipeline(transaction=False)
-            for entry in entries:
-                kind, subject, unit, amount, at_ms = str(entry).split(" ")
-                pipe.xadd(
-                    keys.NOTIFICATIONS,
-                    {
+            while entries := [str(e) for e in await self._client.lrange(outbox, 0, batch - 1)]:
+                pipe = self._client.pipeline(transaction=False)
+                for entry in entries:
+                    kind, subject, unit, amount, at_ms = entry.split(" ")
+                    fields: dict[Any, Any] = {
                         "kind": kind,
                         "account": account,
                         "bucket": subject,
                         "unit": unit,
                         "amount": amount,
                         "at_ms": at_ms,
-                    },
-                    maxlen=STREAM_MAXLEN,
-                    approximate=True,
-                )
-                metrics.NOTIFICATIONS.labels(kind).inc()
-            pipe.ltrim(outbox, len(entries), -1)
-            await pipe.execute()
-        return len(entries)
+                    }
+                    pipe.xadd(keys.NOTIFICATIONS, fields, maxlen=STREAM_MAXLEN, approximate=True)
+                await pipe.execute()
+                for entry in entries:
+                    metrics.NOTIFICATIONS.labels(entry.split(" ", 1)[0]).inc()
+                await OUTBOX_TRIM(self._client, (outbox,), entries)
+                moved += len(entries)
+        return moved
 
     async def publish(self, account: str, kind: str, subject: str, detail: str, at_ms: int) -> None:
         """Add one notification that no ledger script produced (e.g. a failed renewal)."""
