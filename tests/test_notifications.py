@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -27,7 +28,7 @@ async def test_racing_relays_lose_nothing(redis_url: str) -> None:
 
     await asyncio.gather(producer(), relays())
     await first.relay("9")
-    entries = await client.xrange(keys.NOTIFICATIONS)
+    entries: Any = await client.xrange(keys.NOTIFICATIONS)
     assert {fields["bucket"] for _id, fields in entries} == {f"b{n}" for n in range(300)}
     assert await client.llen(outbox) == 0
     await client.aclose()
