@@ -120,11 +120,14 @@ local function listed(list, name)
 end
 
 -- Usable buckets for a unit, service, zone and band, in consumption order:
--- priority (lower first), then earliest expiry, then id.
-local function matching(all, now_s, unit, service, zone, band)
+-- priority (lower first), then earliest expiry, then id. ``held`` names buckets the
+-- caller holds a reservation on: usage within that grant may still draw on them after
+-- they expired.
+local function matching(all, now_s, unit, service, zone, band, held)
   local out = {}
   for _, b in pairs(all) do
-    if b.unit == unit and b.start <= now_s and now_s < b.expiry and listed(b.services, service)
+    local live = b.start <= now_s and (now_s < b.expiry or (held and held[b.id]))
+    if b.unit == unit and live and listed(b.services, service)
         and listed(b.zones, zone) and listed(b.bands, band) then
       out[#out + 1] = b
     end
@@ -135,6 +138,15 @@ local function matching(all, now_s, unit, service, zone, band)
     return x.id < y.id
   end)
   return out
+end
+
+-- The bucket ids of a reservation record, as a set.
+local function held_ids(record)
+  local ids = {}
+  if record ~= '' then
+    for _, item in ipairs(split(record, '|')) do ids[split(item, ':')[1]] = true end
+  end
+  return ids
 end
 
 -- Take up to need units out of the buckets' unreserved amounts; returns the units taken.
@@ -152,20 +164,22 @@ local function consume(list, need)
   return covered
 end
 
--- Reserve up to need units; returns the units reserved and a record "id:n|id:n".
-local function reserve(list, need)
-  local covered, record = 0, {}
+-- Reserve up to need units of buckets still valid at now_s; returns the units reserved,
+-- a record "id:n|id:n" and the earliest expiry among them (0 if none).
+local function reserve(list, need, now_s)
+  local covered, record, earliest = 0, {}, 0
   for _, b in ipairs(list) do
     if need <= covered then break end
     local t = math.min(b.amount - b.reserved, need - covered)
-    if t > 0 then
+    if t > 0 and now_s < b.expiry then
       b.reserved = b.reserved + t
       b.dirty = true
       covered = covered + t
       record[#record + 1] = b.id .. ':' .. fmt(t)
+      if earliest == 0 or b.expiry < earliest then earliest = b.expiry end
     end
   end
-  return covered, table.concat(record, '|')
+  return covered, table.concat(record, '|'), earliest
 end
 
 local function release(all, record)

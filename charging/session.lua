@@ -102,13 +102,13 @@ for _ = 1, n do
   if rc == 0 then
     rc = 2001
     local r = parse_rate(ARGV[j + 10])
-    local usable = matching(buckets, now_s, ARGV[j + 11], ARGV[j + 12], ARGV[j + 13], ARGV[j + 14])
     local r_units = tonumber(s['u' .. rg] or '0')
     local r_money = tonumber(s['m' .. rg] or '0')
     local cum = tonumber(s['c' .. rg] or '0')
     local k = tonumber(s['k' .. rg] or s['c' .. rg] or '0')
     local r_no = tonumber(s['n' .. rg] or '-1')
     local record = s['b' .. rg] or ''
+    local usable = matching(buckets, now_s, ARGV[j + 11], ARGV[j + 12], ARGV[j + 13], ARGV[j + 14], held_ids(record))
     local overrun = r_no >= 0 and used > r_units
     -- A late, older request reports its usage but leaves the newer reservation alone.
     local newest = reqno >= r_no
@@ -138,7 +138,7 @@ for _ = 1, n do
         else
           local paid_rest = billable(r, cum) - cum
           local need = billable(r, cum + want) - billable(r, cum)
-          local covered, taken = reserve(usable, need)
+          local covered, taken, earliest = reserve(usable, need, now_s)
           local money_units = affordable(r, k, balance - reserved, need - covered)
           local g = math.min(want, paid_rest + covered + money_units)
           if g <= 0 then
@@ -149,6 +149,8 @@ for _ = 1, n do
             r_units, record = g, taken
             reserved = reserved + r_money
             granted, vt_out, tct_out = g, tonumber(ARGV[j + 4]), ARGV[j + 5]
+            -- Units from a bucket are valid only until the bucket expires.
+            if earliest > 0 and earliest - now_s < vt_out then vt_out = math.max(earliest - now_s, 1) end
           end
         end
       end

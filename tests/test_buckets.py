@@ -243,3 +243,20 @@ async def test_the_sweeper_records_expiry_without_any_other_activity(
     assert [e["kind"] for e in await wait_for_stream(r, 1)] == ["bundle_expired"]
     assert r.zcard(keys.SWEEP_DUE) == 0  # nothing left to look after
     r.close()
+
+
+async def test_a_grant_from_a_bucket_is_valid_until_the_bucket_expires_and_usage_within_it_is_covered(
+    shop: Stubs, clock: ManualClock, redis_url: str
+) -> None:
+    await buy(shop, "voice-2-first", "k1")  # 120 s, expires in 30 days
+    clock.advance(seconds=30 * 86_400 - 30)  # 30 s before it expires
+    a = await shop.charging.ChargeSession(call("v", INITIAL, 0, requested={"time_s": 120}))
+    assert (a.rating_groups[0].granted.time_s, a.rating_groups[0].validity_time_s) == (120, 30)
+    clock.advance(seconds=60)  # the report comes after the expiry
+    u = await shop.charging.ChargeSession(call("v", TERMINATE, 1, used={"time_s": 60}))
+    assert u.rating_groups[0].cost_micros == 0  # the reserved bucket units still cover it
+    b = await balance(shop)
+    assert (b.balance_micros, list(b.buckets)) == (10_000_000 - 100_000, [])
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hget(keys.account("1"), "expired_1") == "60"  # what was left is recorded
+    r.close()
