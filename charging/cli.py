@@ -91,6 +91,8 @@ def cmd_session(args: argparse.Namespace) -> int:
                 setattr(rg.used, args.unit, args.used)
             answer = stub.ChargeSession(req)
             _print(answer)
+            if answer.result_code == 4011:
+                return 0  # not credit-controlled: no session to go on with
             if answer.result_code != 2001:
                 return 1
     return 0

@@ -87,6 +87,7 @@ local buckets = load_buckets(home, pool, acct[7])
 local n = tonumber(ARGV[13])
 local parts = {}
 local any_ok = (n == 0)
+local free_only = true
 local first_fail = nil
 local i = 14
 for _ = 1, n do
@@ -162,6 +163,7 @@ for _ = 1, n do
     s['k' .. rg] = fmt(k)
     s['b' .. rg] = record
   end
+  if rc ~= 4011 then free_only = false end
   if rc == 2001 or rc == 4011 then
     any_ok = true
   elseif not first_fail then
@@ -171,7 +173,13 @@ for _ = 1, n do
 end
 
 local cmd = 2001
-if not any_ok then cmd = first_fail end
+if not any_ok then
+  cmd = first_fail
+elseif n > 0 and free_only then
+  -- Nothing here is credit-controlled (emergency, toll-free): RFC 8506 4011, and an
+  -- INITIAL opens no session the client would have to keep reporting on.
+  cmd = 4011
+end
 
 local session_delta = 0
 if rtype == 'T' or (rtype == 'I' and cmd ~= 2001) then

@@ -4,6 +4,8 @@
 -- KEYS[2] answer            {a:ID}:t:KEY
 -- ARGV[1] payload digest    ARGV[2] amount (micros, > 0)
 -- ARGV[3] answer ttl (s)    ARGV[4] largest balance allowed
+-- ARGV[5] low balance threshold (micros): a balance back at or above it may be notified
+--         again the next time it falls below
 --
 -- Reply, one of:
 --   {'DONE', body}     body = "<balance micros> <reserved micros> <currency>"
@@ -26,5 +28,6 @@ if balance > tonumber(ARGV[4]) then return {'LIMIT'} end
 
 local body = string.format('%d %s %s', balance, acct[2], acct[3])
 redis.call('HSET', KEYS[1], 'balance', string.format('%d', balance))
+if balance >= tonumber(ARGV[5] or '0') then redis.call('HDEL', KEYS[1], 'low') end
 redis.call('SET', KEYS[2], ARGV[1] .. '|' .. body, 'EX', ARGV[3])
 return {'DONE', body}

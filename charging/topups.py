@@ -133,7 +133,7 @@ class TopUps:
         account = await self.directory.resolve(req.identity)
         if account is None:
             raise NotFound("no subscriber has this identity")
-        args = (req.digest, req.amount_micros, self.idempotency_ttl_s, MAX_BALANCE)
+        args = (req.digest, req.amount_micros, self.idempotency_ttl_s, MAX_BALANCE, self.low_balance_micros)
         reply = await self.ledger.topup(account, req.idempotency_key, args)
         if reply.kind == "UNKNOWN":
             self.directory.forget(req.identity)

@@ -212,6 +212,11 @@ async def test_low_balance_notifies_once_per_crossing(stubs: Stubs, redis_url: s
         await stubs.charging.ChargeEvent(sms(f"f{n}"))
     await asyncio.sleep(0.1)
     assert [e["kind"] for e in await wait_for_stream(r, 1)] == ["low_balance"]
+    # one big debit from above the threshold straight below it notifies again
+    big = sms("big")
+    big.requested.service_specific_units = 100
+    await stubs.charging.ChargeEvent(big)
+    assert [e["kind"] for e in await wait_for_stream(r, 2)] == ["low_balance", "low_balance"]
     r.close()
 
 

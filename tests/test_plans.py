@@ -61,9 +61,11 @@ async def test_emergency_and_toll_free_are_not_credit_controlled(stubs: Stubs, c
     set_time(clock, PEAK)
     await stubs.subscriber(MSISDN, balance=0, plan="mobile-prepaid")
     a = await stubs.charging.ChargeSession(voice("e", INITIAL, 0, called, requested={}))
-    assert (a.result_code, a.rating_groups[0].result_code) == (2001, 4011)
+    assert (a.result_code, a.rating_groups[0].result_code) == (4011, 4011)
+    assert not a.rating_groups[0].HasField("granted")
+    # no session was opened: nothing to report on, nothing supervised
     t = await stubs.charging.ChargeSession(voice("e", TERMINATE, 1, called, used={"time_s": 600}))
-    assert t.rating_groups[0].result_code == 4011
+    assert t.result_code == 5002
     b = await stubs.balance()
     assert (b.balance_micros, b.reserved_micros) == (0, 0)
 
