@@ -19,12 +19,8 @@
 --   {'CONFLICT'}       this key was used before with another payload
 --   {'UNKNOWN'}        no such account
 
-local prev = redis.call('GET', KEYS[2])
-if prev then
-  local sep = string.find(prev, '|', 1, true)
-  if string.sub(prev, 1, sep - 1) ~= ARGV[1] then return {'CONFLICT'} end
-  return {'REPLAY', string.sub(prev, sep + 1)}
-end
+local stored = stored_answer(KEYS[2], ARGV[1])
+if stored then return stored end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'status', 'currency', 'low')
 if not acct[1] then return {'UNKNOWN'} end

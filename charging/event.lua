@@ -30,13 +30,11 @@ local action = ARGV[1]
 local writes = action == 'D' or action == 'R'
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3], 'low', 'bucket_seq')
 if writes then
-  local prev = redis.call('GET', KEYS[2])
-  if prev then
+  local stored = stored_answer(KEYS[2], ARGV[2])
+  if stored then
     -- The caller rebuilds the answer with the plan's rate: make sure it has the plan.
     if acct[1] and acct[3] ~= ARGV[5] then return {'PLAN', acct[3]} end
-    local sep = string.find(prev, '|', 1, true)
-    if string.sub(prev, 1, sep - 1) ~= ARGV[2] then return {'CONFLICT'} end
-    return {'REPLAY', string.sub(prev, sep + 1)}
+    return stored
   end
 end
 

@@ -17,9 +17,8 @@ from charging.errors import Conflict, InvalidRequest, LimitExceeded
 from charging.ledger import Ledger, Reply
 from charging.money import MAX_BALANCE
 from charging.notifications import Notifier
-from charging.rating import UNIT_FIELD, Rate, Units, check_units, cost
+from charging.rating import NO_RATE, UNIT_FIELD, Rate, Units, check_units, cost
 from charging.routing import Target, route
-from charging.sessions import NO_RATE, pack
 from charging.subscribers import Directory, Identity
 
 Action = Literal["D", "R", "C", "P"]  # direct debit, refund, check balance, price enquiry
@@ -116,7 +115,7 @@ class EventCharging:
                 units,
                 self.idempotency_ttl_s,
                 MAX_BALANCE,
-                pack(rate) if rate is not None else NO_RATE,
+                rate.packed if rate is not None else NO_RATE,
                 int(rate.unit) if rate is not None else 0,
                 *where[:3],
                 now,

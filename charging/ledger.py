@@ -82,7 +82,7 @@ class LuaScript:
 
 SESSION = LuaScript("ledger_lib.lua", "session.lua")
 EVENT = LuaScript("ledger_lib.lua", "event.lua")
-TOPUP = LuaScript("topup.lua")
+TOPUP = LuaScript("ledger_lib.lua", "topup.lua")
 SWEEP = LuaScript("ledger_lib.lua", "sweep.lua")
 BUY = LuaScript("ledger_lib.lua", "buy.lua")
 OUTBOX_TRIM = LuaScript("outbox_trim.lua")

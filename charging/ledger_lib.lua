@@ -45,6 +45,16 @@ local function split(text, sep)
   end
 end
 
+-- A stored answer "digest|body" under key: nil when there is none, else the reply to
+-- give: {'REPLAY', body} for the same payload, {'CONFLICT'} for another one.
+local function stored_answer(key, digest)
+  local prev = redis.call('GET', key)
+  if not prev then return nil end
+  local sep = string.find(prev, '|', 1, true)
+  if string.sub(prev, 1, sep - 1) ~= digest then return {'CONFLICT'} end
+  return {'REPLAY', string.sub(prev, sep + 1)}
+end
+
 local function parse_rate(text)
   local v = split(text, ',')
   return {inc = tonumber(v[1]), price = tonumber(v[2]), connect = tonumber(v[3]), first = tonumber(v[4]),

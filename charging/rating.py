@@ -190,3 +190,5 @@ def check_units(rate: Rate, units: int, where: str) -> None:
 
 
 CURRENCY = re.compile(r"^[A-Z]{3}$")
+# What the ledger scripts get where no rate applies (a preset result code).
+NO_RATE = "1,0,0,1,0,0,0"

@@ -35,13 +35,11 @@
 --        " <result code>,<granted units>,<cost micros>,<validity s>,<final unit 0|1>,<tariff change s>"
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[6], 'low', 'bucket_seq')
-local prev = redis.call('GET', KEYS[4])
-if prev then
+local stored = stored_answer(KEYS[4], ARGV[5])
+if stored then
   -- The caller rebuilds the answer with the plan's rates: make sure it has the plan.
   if acct[1] and acct[3] ~= ARGV[8] then return {'PLAN', acct[3]} end
-  local sep = string.find(prev, '|', 1, true)
-  if string.sub(prev, 1, sep - 1) ~= ARGV[5] then return {'CONFLICT'} end
-  return {'REPLAY', string.sub(prev, sep + 1)}
+  return stored
 end
 if not acct[1] or acct[5] ~= ARGV[7] then return {'UNKNOWN'} end
 if acct[3] ~= ARGV[8] then return {'PLAN', acct[3]} end

@@ -20,7 +20,7 @@ from charging.codes import ResultCode
 from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Arg, Ledger, Reply
 from charging.notifications import Notifier
-from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
+from charging.rating import NO_RATE, UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
 from charging.routing import Target, route
 from charging.subscribers import Directory, Identity
 
@@ -79,14 +79,6 @@ class SessionAnswer:
     # Changes this request made (zero for replays), for metrics.
     reserved_delta: int = 0
     session_delta: int = 0
-
-
-def pack(rate: Rate) -> str:
-    """A rate as session.lua reads it."""
-    return rate.packed
-
-
-NO_RATE = "1,0,0,1,0,0,0"
 
 
 def previous_change(plan: Plan, at_s: int, lookback_s: int) -> int | None:
@@ -151,7 +143,7 @@ def rating_args(
         else:
             assert before is not None and sizing is not None
             service, zone, band, _roaming = where
-            args += [rate.validity_time_s, change, used, pack(before), used_after, pack(rate), pack(sizing)]
+            args += [rate.validity_time_s, change, used, before.packed, used_after, rate.packed, sizing.packed]
             args += [int(rate.unit), service, zone, band]
     return args, failed, rates
 

@@ -1,4 +1,4 @@
--- Recharge: credit an account once per idempotency key.
+-- Recharge: credit an account once per idempotency key. (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
 -- KEYS[2] answer            {a:ID}:t:KEY
@@ -14,12 +14,8 @@
 --   {'UNKNOWN'}        no such account
 --   {'LIMIT'}          the balance would pass ARGV[4]: nothing changed
 
-local prev = redis.call('GET', KEYS[2])
-if prev then
-  local sep = string.find(prev, '|', 1, true)
-  if string.sub(prev, 1, sep - 1) ~= ARGV[1] then return {'CONFLICT'} end
-  return {'REPLAY', string.sub(prev, sep + 1)}
-end
+local stored = stored_answer(KEYS[2], ARGV[1])
+if stored then return stored end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'currency')
 if not acct[1] then return {'UNKNOWN'} end

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from charging import keys
 from charging.ledger import SESSION
-from charging.rating import Rate, UnitKind, affordable_units, incremental_cost
-from charging.sessions import NO_RATE, pack
+from charging.rating import NO_RATE, Rate, UnitKind, affordable_units, incremental_cost
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,7 @@ def test_script_matches_reference(
         keys.buckets(account),
         keys.outbox(account),
         *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, 1),
-        *(7, 0, want, 0, 60, 0, used, pack(rate), 0, NO_RATE, pack(rate), 1, "voice", "", ""),
+        *(7, 0, want, 0, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", ""),
     )
     assert reply[0] == "DONE"
     rc, granted, charged, _vt, fui, _change = (int(x) for x in reply[1].split(" ")[2].split(","))
@@ -166,7 +165,7 @@ def test_usage_split_at_a_tariff_change_is_priced_each_side_at_its_rate(
         keys.buckets(account),
         keys.outbox(account),
         *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, 1),
-        *(7, 0, 0, 0, 60, 0, used_before, pack(before_rate), used_after, pack(after_rate), pack(after_rate)),
+        *(7, 0, 0, 0, 60, 0, used_before, before_rate.packed, used_after, after_rate.packed, after_rate.packed),
         *(1, "voice", "", ""),
     )
     charged = int(reply[1].split(" ")[2].split(",")[2])
