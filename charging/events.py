@@ -10,16 +10,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from charging.catalog import Catalog, Plan, Usage
-from charging.catalogs import CatalogBook
-from charging.clock import Clock
 from charging.codes import ResultCode
+from charging.context import Context
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
-from charging.ledger import Ledger, Reply
+from charging.ledger import Reply
 from charging.money import MAX_BALANCE
-from charging.notifications import Notifier
 from charging.rating import NO_RATE, UNIT_FIELD, Rate, Units, check_units, cost
 from charging.routing import Target, route
-from charging.subscribers import Directory, Identity
+from charging.subscribers import Identity
 
 Action = Literal["D", "R", "C", "P"]  # direct debit, refund, check balance, price enquiry
 
@@ -74,24 +72,9 @@ def price_event(
 
 
 class EventCharging:
-    def __init__(
-        self,
-        ledger: Ledger,
-        directory: Directory,
-        catalogs: CatalogBook,
-        clock: Clock,
-        *,
-        idempotency_ttl_s: int,
-        low_balance_micros: int = 0,
-        notifier: Notifier | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self.directory = directory
-        self.catalogs = catalogs
-        self.clock = clock
+    def __init__(self, ctx: Context, *, idempotency_ttl_s: int) -> None:
+        self.ctx = ctx
         self.idempotency_ttl_s = idempotency_ttl_s
-        self.low_balance_micros = low_balance_micros
-        self.notifier = notifier
 
     async def charge(self, req: EventRequest) -> EventAnswer:
         units, amount = 0, 0
@@ -99,7 +82,7 @@ class EventCharging:
 
         async def attempt(target: Target) -> Reply | EventAnswer:
             nonlocal units, amount, rate
-            now = self.clock.now_ms()
+            now = self.ctx.clock.now_ms()
             where: Where = ("", "", "", False)
             if target.plan is not None:
                 priced = price_event(target.catalog, target.plan, req, now // 1000)
@@ -119,14 +102,14 @@ class EventCharging:
                 int(rate.unit) if rate is not None else 0,
                 *where[:3],
                 now,
-                self.low_balance_micros,
+                self.ctx.low_balance_micros,
                 amount,
             )
-            return await self.ledger.event(target.account, req.event_id, args)
+            return await self.ctx.ledger.event(target.account, req.event_id, args)
 
         routed = await route(
-            self.directory,
-            self.catalogs,
+            self.ctx.directory,
+            self.ctx.catalogs,
             req.identity,
             attempt,
             unknown_user=EventAnswer(ResultCode.USER_UNKNOWN),
@@ -135,8 +118,8 @@ class EventCharging:
         if isinstance(routed, EventAnswer):
             return routed
         target, reply = routed
-        if reply.outbox and self.notifier is not None:
-            self.notifier.wake(target.account)
+        if reply.outbox:
+            self.ctx.wake_relay(target.account)
         if reply.kind == "CONFLICT":
             raise Conflict(f"event_id {req.event_id!r} was already used with another payload")
         if reply.kind == "LIMIT":

@@ -18,12 +18,8 @@ import asyncio
 import logging
 
 from charging import keys, metrics
-from charging.catalogs import CatalogBook
-from charging.clock import Clock
 from charging.errors import InvalidRequest, NotFound, StorageUnavailable
-from charging.notifications import Notifier
 from charging.store import storage_errors
-from charging.subscribers import Directory
 from charging.topups import BundlePurchase, TopUps
 
 log = logging.getLogger("charging.renewals")
@@ -31,23 +27,9 @@ DAY_MS = 86_400_000
 
 
 class Renewer:
-    def __init__(
-        self,
-        topups: TopUps,
-        directory: Directory,
-        catalogs: CatalogBook,
-        clock: Clock,
-        notifier: Notifier,
-        *,
-        interval_s: float,
-        batch: int = 200,
-        lease_ms: int = 60_000,
-    ) -> None:
+    def __init__(self, topups: TopUps, *, interval_s: float, batch: int = 200, lease_ms: int = 60_000) -> None:
         self.topups = topups
-        self.directory = directory
-        self.catalogs = catalogs
-        self.clock = clock
-        self.notifier = notifier
+        self.ctx = topups.ctx
         self.interval_s = interval_s
         self.batch = batch
         self.lease_ms = lease_ms
@@ -55,32 +37,30 @@ class Renewer:
     async def schedule(self, account_id: str, at_ms: int) -> None:
         """Renew from ``at_ms`` on (the anchor is kept if the account had one)."""
         with storage_errors():
-            await self.topups.ledger.client.execute("HSETNX", keys.account(account_id), "renew_anchor", at_ms)
-        await self.topups.ledger.hint(keys.RENEW_INDEX, account_id, at_ms)
+            await self.ctx.ledger.client.execute("HSETNX", keys.account(account_id), "renew_anchor", at_ms)
+        await self.ctx.ledger.hint(keys.RENEW_INDEX, account_id, at_ms)
 
     async def renew_once(self) -> int:
         """Renew what is due now; returns the number of renewals attempted."""
-        now = self.clock.now_ms()
+        now = self.ctx.clock.now_ms()
         attempted = 0
-        for account_id, epoch, due in await self.topups.ledger.take_due(
-            keys.RENEW_INDEX, now, self.lease_ms, self.batch
-        ):
+        for account_id, epoch, due in await self.ctx.ledger.take_due(keys.RENEW_INDEX, now, self.lease_ms, self.batch):
             next_ms = await self._renew(account_id, due, now)
-            await self.topups.ledger.settle(keys.RENEW_INDEX, account_id, epoch, next_ms)
+            await self.ctx.ledger.settle(keys.RENEW_INDEX, account_id, epoch, next_ms)
             attempted += 1 if next_ms else 0
         return attempted
 
     async def _renew(self, account_id: str, due: int, now: int) -> int:
         """Attempt one renewal; returns when to renew next (0: the plan renews nothing)."""
-        account = await self.directory.read(account_id)
-        plan = self.catalogs.current.plans.get(account.plan_id)
+        account = await self.ctx.directory.read(account_id)
+        plan = self.ctx.catalogs.current.plans.get(account.plan_id)
         version = plan.version_at(now // 1000) if plan else None
         recurring = version.recurring if version else None
         if recurring is None:
             return 0
         period = recurring.period_days * DAY_MS
         with storage_errors():
-            anchor_text = await self.topups.ledger.client.execute("HGET", keys.account(account_id), "renew_anchor")
+            anchor_text = await self.ctx.ledger.client.execute("HGET", keys.account(account_id), "renew_anchor")
         anchor = int(anchor_text) if anchor_text is not None else due
         # The period we are in (missed periods are not bought one by one).
         start = anchor + max((now - anchor) // period, 0) * period
@@ -100,8 +80,8 @@ class Renewer:
         outcome = "renewed" if result.outcome == "OK" else "failed"
         if not result.replayed:
             metrics.RENEWALS.labels(outcome).inc()
-            if outcome == "failed":
-                await self.notifier.publish(account_id, "renewal_failed", recurring.bundle_id, result.outcome, now)
+            if outcome == "failed" and self.ctx.notifier is not None:
+                await self.ctx.notifier.publish(account_id, "renewal_failed", recurring.bundle_id, result.outcome, now)
         return start + period
 
     async def run(self) -> None:

@@ -25,6 +25,7 @@ from charging.api import AdminServicer, ChargingServicer, TopUpServicer
 from charging.catalogs import CatalogBook
 from charging.census import run_census
 from charging.clock import Clock, SystemClock
+from charging.context import Context
 from charging.embedded_redis import EmbeddedRedis
 from charging.events import EventCharging
 from charging.ledger import Ledger
@@ -90,40 +91,16 @@ class App:
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         directory = Directory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
+        ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
         self.sessions = sessions = SessionCharging(
-            ledger,
-            directory,
-            self.catalogs,
-            self.clock,
-            supervision_factor=s.supervision_factor,
-            answer_ttl_s=s.answer_ttl_s,
-            low_balance_micros=s.low_balance_micros,
-            notifier=self.notifier,
+            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s
         )
-        self.events = events = EventCharging(
-            ledger,
-            directory,
-            self.catalogs,
-            self.clock,
-            idempotency_ttl_s=s.idempotency_ttl_s,
-            low_balance_micros=s.low_balance_micros,
-            notifier=self.notifier,
-        )
-        topups = TopUps(
-            ledger,
-            directory,
-            self.catalogs,
-            self.clock,
-            idempotency_ttl_s=s.idempotency_ttl_s,
-            low_balance_micros=s.low_balance_micros,
-            notifier=self.notifier,
-        )
+        self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
+        topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         self.sweeper = Sweeper(
             ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch, notifier=self.notifier
         )
-        self.renewer = Renewer(
-            topups, directory, self.catalogs, self.clock, self.notifier, interval_s=s.renew_interval_s
-        )
+        self.renewer = Renewer(topups, interval_s=s.renew_interval_s)
 
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)

@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from charging.catalog import Catalog, Plan, Usage
-from charging.catalogs import CatalogBook
-from charging.clock import Clock
 from charging.codes import ResultCode
+from charging.context import Context
 from charging.errors import Conflict, InvalidRequest
-from charging.ledger import Arg, Ledger, Reply
-from charging.notifications import Notifier
+from charging.ledger import Arg, Reply
 from charging.rating import NO_RATE, UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
 from charging.routing import Target, route
-from charging.subscribers import Directory, Identity
+from charging.subscribers import Identity
 
 RequestKind = Literal["I", "U", "T"]
 
@@ -191,26 +189,10 @@ def parse_answer(body: str, rates: dict[int, Rate], groups: tuple[RatingGroupReq
 
 
 class SessionCharging:
-    def __init__(
-        self,
-        ledger: Ledger,
-        directory: Directory,
-        catalogs: CatalogBook,
-        clock: Clock,
-        *,
-        supervision_factor: int,
-        answer_ttl_s: int,
-        low_balance_micros: int = 0,
-        notifier: Notifier | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self.directory = directory
-        self.catalogs = catalogs
-        self.clock = clock
+    def __init__(self, ctx: Context, *, supervision_factor: int, answer_ttl_s: int) -> None:
+        self.ctx = ctx
         self.supervision_factor = supervision_factor
         self.answer_ttl_s = answer_ttl_s
-        self.low_balance_micros = low_balance_micros
-        self.notifier = notifier
 
     async def charge(self, req: SessionRequest) -> SessionAnswer:
         """Rate and apply one request."""
@@ -219,7 +201,7 @@ class SessionCharging:
 
         async def attempt(target: Target) -> Reply:
             nonlocal failed, rates
-            now = self.clock.now_ms()
+            now = self.ctx.clock.now_ms()
             args: list[Arg] = [0]
             if target.plan is not None:
                 args, failed, rates = rating_args(
@@ -228,8 +210,8 @@ class SessionCharging:
             return await self._run(target, req, args, now)
 
         routed = await route(
-            self.directory,
-            self.catalogs,
+            self.ctx.directory,
+            self.ctx.catalogs,
             req.identity,
             attempt,
             unknown_user=SessionAnswer(ResultCode.USER_UNKNOWN),
@@ -238,8 +220,8 @@ class SessionCharging:
         if isinstance(routed, SessionAnswer):
             return routed
         target, reply = routed
-        if reply.outbox and self.notifier is not None:
-            self.notifier.wake(target.account)
+        if reply.outbox:
+            self.ctx.wake_relay(target.account)
         if reply.kind == "CONFLICT":
             raise Conflict(f"request_number {req.request_number} was already used in this session with another payload")
         answer = parse_answer(reply.body, rates, req.rating_groups)
@@ -267,10 +249,10 @@ class SessionCharging:
             self.answer_ttl_s,
             supervision_ms,
             target.catalog.version,
-            self.low_balance_micros,
+            self.ctx.low_balance_micros,
             *rg_args,
         ]
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0
-        return await self.ledger.session(
+        return await self.ctx.ledger.session(
             target.account, req.session_id, req.request_number, args, hint_deadline_ms=hint
         )

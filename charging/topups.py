@@ -8,13 +8,11 @@ from dataclasses import dataclass
 
 from charging import keys
 from charging.buckets import Bucket, buckets_of, pack, unpack
-from charging.catalogs import CatalogBook
-from charging.clock import Clock
+from charging.context import Context
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
-from charging.ledger import Arg, Ledger
+from charging.ledger import Arg
 from charging.money import MAX_AMOUNT, MAX_BALANCE
-from charging.notifications import Notifier
-from charging.subscribers import Account, Directory, Identity
+from charging.subscribers import Account, Identity
 
 CHANNELS = ("retail", "bank", "voucher", "app", "ussd", "operator")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -73,70 +71,55 @@ class PurchaseResult:
 
 
 class TopUps:
-    def __init__(
-        self,
-        ledger: Ledger,
-        directory: Directory,
-        catalogs: CatalogBook,
-        clock: Clock,
-        *,
-        idempotency_ttl_s: int,
-        low_balance_micros: int = 0,
-        notifier: Notifier | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self.directory = directory
-        self.catalogs = catalogs
-        self.clock = clock
+    def __init__(self, ctx: Context, *, idempotency_ttl_s: int) -> None:
+        self.ctx = ctx
         self.idempotency_ttl_s = idempotency_ttl_s
-        self.low_balance_micros = low_balance_micros
-        self.notifier = notifier
 
     async def buy_bundle(self, req: BundlePurchase) -> PurchaseResult:
         """Buy a bundle of the running catalog with the money balance."""
         check_recharge(1, req.channel, req.idempotency_key)
-        bundle = self.catalogs.current.bundles.get(req.bundle_id)
+        bundle = self.ctx.catalogs.current.bundles.get(req.bundle_id)
         if bundle is None:
             raise InvalidRequest("bundle_id", f"no bundle {req.bundle_id!r} in the catalog")
-        account = await self.directory.resolve(req.identity)
+        account = await self.ctx.directory.resolve(req.identity)
         if account is None:
             raise NotFound("no subscriber has this identity")
-        now = self.clock.now_ms()
-        args: list[Arg] = [req.digest, bundle.price_micros, self.idempotency_ttl_s, now, self.low_balance_micros]
+        now = self.ctx.clock.now_ms()
+        args: list[Arg] = [req.digest, bundle.price_micros, self.idempotency_ttl_s, now, self.ctx.low_balance_micros]
         args += [bundle.id, bundle.currency, *(pack(b) for b in buckets_of(bundle, now // 1000))]
-        reply = await self.ledger.buy(account, req.idempotency_key, args)
+        reply = await self.ctx.ledger.buy(account, req.idempotency_key, args)
         if reply.kind == "UNKNOWN":
-            self.directory.forget(req.identity)
+            self.ctx.directory.forget(req.identity)
             raise NotFound("no subscriber has this identity")
         if reply.kind == "CONFLICT":
             raise Conflict("idempotency_key was already used for another purchase")
-        if reply.outbox and self.notifier is not None:
-            self.notifier.wake(account)
+        if reply.outbox:
+            self.ctx.wake_relay(account)
         outcome, balance, reserved, ids = reply.body.split(" ")
         bucket_ids = () if ids == "-" else tuple(ids.split("|"))
         if outcome == "OK":  # also on a replay: the hint is idempotent, and may have been lost
             # The sweeper records what is left of the buckets when they expire.
             expiry_ms = (now // 1000 + bundle.validity_days * 86_400) * 1000
-            await self.ledger.hint(keys.SWEEP_INDEX, account, expiry_ms)
+            await self.ctx.ledger.hint(keys.SWEEP_INDEX, account, expiry_ms)
         return PurchaseResult(
             outcome, account, bundle.currency, int(balance), int(reserved), bucket_ids, reply.kind == "REPLAY"
         )
 
     async def buckets(self, account_id: str) -> list[Bucket]:
         """The account's buckets that have not expired, in consumption order."""
-        now_s = self.clock.now_ms() // 1000
-        stored = (unpack(i, t) for i, t in (await self.ledger.buckets(account_id)).items())
+        now_s = self.ctx.clock.now_ms() // 1000
+        stored = (unpack(i, t) for i, t in (await self.ctx.ledger.buckets(account_id)).items())
         return sorted((b for b in stored if now_s < b.expiry_s), key=lambda b: (b.priority, b.expiry_s, b.id))
 
     async def recharge(self, req: Recharge) -> RechargeResult:
         check_recharge(req.amount_micros, req.channel, req.idempotency_key)
-        account = await self.directory.resolve(req.identity)
+        account = await self.ctx.directory.resolve(req.identity)
         if account is None:
             raise NotFound("no subscriber has this identity")
-        args = (req.digest, req.amount_micros, self.idempotency_ttl_s, MAX_BALANCE, self.low_balance_micros)
-        reply = await self.ledger.topup(account, req.idempotency_key, args)
+        args = (req.digest, req.amount_micros, self.idempotency_ttl_s, MAX_BALANCE, self.ctx.low_balance_micros)
+        reply = await self.ctx.ledger.topup(account, req.idempotency_key, args)
         if reply.kind == "UNKNOWN":
-            self.directory.forget(req.identity)
+            self.ctx.directory.forget(req.identity)
             raise NotFound("no subscriber has this identity")
         if reply.kind == "CONFLICT":
             raise Conflict("idempotency_key was already used for another recharge")
@@ -146,4 +129,4 @@ class TopUps:
         return RechargeResult(account, currency, int(balance), int(reserved), replayed=reply.kind == "REPLAY")
 
     async def balance(self, identity: Identity) -> Account:
-        return await self.directory.get(identity)
+        return await self.ctx.directory.get(identity)

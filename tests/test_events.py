@@ -102,7 +102,7 @@ async def test_event_errors_are_answered_or_rejected_by_field(stubs: Stubs) -> N
 async def test_a_retransmitted_debit_without_the_cached_plan_is_answered_identically(stubs: Stubs, app) -> None:
     await stubs.subscriber(balance=1_000_000)
     first = await stubs.charging.ChargeEvent(event("cold", DEBIT))
-    app.events.directory._plans.clear()
+    app.events.ctx.directory._plans.clear()
     again = await stubs.charging.ChargeEvent(event("cold", DEBIT))
     assert again.SerializeToString() == first.SerializeToString()
     assert (await stubs.balance()).balance_micros == 1_000_000 - SMS

@@ -83,7 +83,7 @@ async def test_a_renewal_interrupted_before_it_settles_is_not_bought_twice(
 ) -> None:
     assert app.renewer is not None
     await stubs.subscriber(MSISDN, balance=12_000_000, plan="mobile-prepaid-data")
-    ledger = app.renewer.topups.ledger
+    ledger = app.renewer.ctx.ledger
     settle = ledger.settle
 
     async def broken_settle(*args: object) -> None:

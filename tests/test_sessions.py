@@ -365,6 +365,6 @@ async def test_a_retransmission_to_a_process_without_the_cached_plan_is_answered
     first = await stubs.charging.ChargeSession(req)
     assert first.rating_groups[0].granted.time_s == 120
     assert app.sessions is not None
-    app.sessions.directory._plans.clear()  # as in another server process, or after a restart
+    app.sessions.ctx.directory._plans.clear()  # as in another server process, or after a restart
     again = await stubs.charging.ChargeSession(req)
     assert again.SerializeToString() == first.SerializeToString()
