@@ -137,7 +137,16 @@ def session_request(req: charging_pb2.SessionRequest) -> SessionRequest:
                 else None,
             )
         )
-    return SessionRequest(req.session_id, kind, req.request_number, identity, tuple(groups), usage_of(req), digest(req))
+    return SessionRequest(
+        req.session_id,
+        kind,
+        req.request_number,
+        identity,
+        tuple(groups),
+        usage_of(req),
+        digest(req),
+        terminating=req.direction == charging_pb2.DIRECTION_TERMINATING,
+    )
 
 
 def usage_of(req: charging_pb2.SessionRequest | charging_pb2.EventRequest) -> Usage:
@@ -220,6 +229,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             # Only debits and refunds are remembered by event id.
             digest=digest(request) if action in ("D", "R") else "",
             usage=usage,
+            terminating=request.direction == charging_pb2.DIRECTION_TERMINATING,
         )
         answer = await self.events.charge(req)
         if answer.replayed:
@@ -353,13 +363,22 @@ def bucket_pb(b: Bucket) -> topup_pb2.Bucket:
     )
 
 
+STATUS_NAMES = {
+    admin_pb2.SUBSCRIBER_STATUS_ACTIVE: "active",
+    admin_pb2.SUBSCRIBER_STATUS_BARRED_OUTGOING: "barred_outgoing",
+    admin_pb2.SUBSCRIBER_STATUS_SUSPENDED: "suspended",
+    admin_pb2.SUBSCRIBER_STATUS_BARRED: "barred",
+}
+STATUS_VALUES = {name: value for value, name in STATUS_NAMES.items()}
+
+
 def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
     return admin_pb2.Subscriber(
         account_id=a.account_id,
         msisdn=a.msisdn,
         imsi=a.imsi,
         plan_id=a.plan_id,
-        status=admin_pb2.SUBSCRIBER_STATUS_ACTIVE if a.status == "active" else admin_pb2.SUBSCRIBER_STATUS_BARRED,
+        status=STATUS_VALUES[a.status],
         currency=a.currency,
         balance_micros=a.balance,
         reserved_micros=a.reserved,
@@ -405,10 +424,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def SetSubscriberStatus(
         self, request: admin_pb2.SetStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.Subscriber:
-        statuses = {admin_pb2.SUBSCRIBER_STATUS_ACTIVE: "active", admin_pb2.SUBSCRIBER_STATUS_BARRED: "barred"}
-        status = statuses.get(request.status)
+        status = STATUS_NAMES.get(request.status)
         if status is None:
-            raise InvalidRequest("status", "must be ACTIVE or BARRED")
+            raise InvalidRequest("status", "must be ACTIVE, BARRED_OUTGOING, SUSPENDED or BARRED")
         return subscriber_pb(await self.directory.set_status(identity_or_invalid(request.subscriber), status))
 
     @rpc("LoadCatalog")

@@ -13,6 +13,7 @@
 -- ARGV[9] rate              ARGV[10] unit, ARGV[11] service, ARGV[12] zone, ARGV[13] band
 -- ARGV[14] now (ms)         ARGV[15] low balance threshold (micros, 0: none)
 -- ARGV[16] refund amount (micros)
+-- ARGV[17] direction: O (originated by the subscriber) or T (terminating, incoming)
 --
 -- A debit is covered by matching unit buckets first, the rest by money, all or nothing.
 -- A refund credits money.
@@ -62,7 +63,8 @@ if action == 'D' or action == 'C' then
   for _, b in ipairs(usable) do from_buckets = from_buckets + math.max(b.amount - b.reserved, 0) end
   if from_buckets > need then from_buckets = need end
   charged = session_cost(r, need - from_buckets)
-  if acct[4] ~= 'active' then
+  local status = acct[4]
+  if not (status == 'active' or (status == 'barred_outgoing' and ARGV[17] == 'T')) then
     rc = 4010
   elseif balance - reserved < charged then
     rc = 4012

@@ -32,6 +32,7 @@ class EventRequest:
     requested: Units
     digest: str
     usage: Usage = field(default_factory=Usage)
+    terminating: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class EventCharging:
                 now,
                 self.ctx.low_balance_micros,
                 amount,
+                "T" if req.terminating else "O",
             )
             return await self.ctx.ledger.event(target.account, req.event_id, args)
 

@@ -13,8 +13,9 @@
 -- ARGV[5] payload digest    ARGV[6] identity field (msisdn|imsi)   ARGV[7] identity value
 -- ARGV[8] plan id the request was rated with               ARGV[9] answer ttl (s)
 -- ARGV[10] supervision time (ms)   ARGV[11] catalog version
--- ARGV[12] low balance threshold (micros, 0: none)         ARGV[13] rating groups n
--- then n groups of 15: rating group, preset result code (0 = rate it), wanted units
+-- ARGV[12] low balance threshold (micros, 0: none)
+-- ARGV[13] direction: O (originated by the subscriber) or T (terminating, incoming)
+-- ARGV[14] rating groups n, then n groups of 15: rating group, preset result code (0 = rate it), wanted units
 --   (0 = no new grant), final (1 = release this rating group), validity time (s),
 --   tariff change time (s, 0 none), used units before the tariff change, their rate,
 --   used units after it, their rate, the rate that sizes the new grant, unit (1 time,
@@ -49,7 +50,11 @@ local now_s = floor_div(now, 1000)
 local rtype = ARGV[2]
 local reqno = tonumber(ARGV[4])
 local plan = ARGV[8]
-local active = acct[4] == 'active'
+-- The line's state: active lines get everything; barred-outgoing lines only incoming
+-- (terminating) usage; suspended or barred lines nothing. Free rates (emergency) are
+-- preset 4011 by the caller and pass whatever the state.
+local status = acct[4]
+local active = status == 'active' or (status == 'barred_outgoing' and ARGV[13] == 'T')
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
 local reserved_before = reserved
@@ -66,7 +71,6 @@ end
 local exists = redis.call('EXISTS', KEYS[3]) == 1
 if rtype == 'I' then
   if exists then return finish('5012 ' .. plan, 0) end
-  if not active then return finish('4010 ' .. plan, 0) end
 elseif not exists then
   return finish('5002 ' .. plan, 0)
 end
@@ -82,12 +86,12 @@ else
 end
 
 local buckets = load_buckets(home, pool, acct[7])
-local n = tonumber(ARGV[13])
+local n = tonumber(ARGV[14])
 local parts = {}
 local any_ok = (n == 0)
 local free_only = true
 local first_fail = nil
-local i = 14
+local i = 15
 for _ = 1, n do
   local j = i
   i = i + 15

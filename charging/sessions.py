@@ -47,6 +47,8 @@ class SessionRequest:
     # Fingerprint of the whole request payload: a reused request number with another
     # payload is refused.
     digest: str
+    # Incoming usage (calls and SMS received): allowed on barred-outgoing lines.
+    terminating: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ class SessionCharging:
             supervision_ms,
             target.catalog.version,
             self.ctx.low_balance_micros,
+            "T" if req.terminating else "O",
             *rg_args,
         ]
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0

@@ -23,7 +23,9 @@ from charging.money import MAX_BALANCE
 from charging.store import storage_errors
 
 IdentityKind = Literal["msisdn", "imsi"]
-STATUSES = ("active", "barred")
+# active: everything; barred_outgoing: incoming usage and emergency only; suspended and
+# barred: emergency only (charging/session.lua).
+STATUSES = ("active", "barred_outgoing", "suspended", "barred")
 MSISDN = re.compile(r"^[1-9][0-9]{5,14}$")
 IMSI = re.compile(r"^[0-9]{15}$")
 

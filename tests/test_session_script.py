@@ -93,7 +93,7 @@ def test_script_matches_reference(
         keys.answer(account, sid, 1),
         keys.buckets(account),
         keys.outbox(account),
-        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, 1),
+        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, "O", 1),
         *(7, 0, want, 0, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", ""),
     )
     assert reply[0] == "DONE"
@@ -164,7 +164,7 @@ def test_usage_split_at_a_tariff_change_is_priced_each_side_at_its_rate(
         keys.answer(account, sid, 1),
         keys.buckets(account),
         keys.outbox(account),
-        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, 1),
+        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, "O", 1),
         *(7, 0, 0, 0, 60, 0, used_before, before_rate.packed, used_after, after_rate.packed, after_rate.packed),
         *(1, "voice", "", ""),
     )
