@@ -21,7 +21,7 @@ async def call(
     stubs: Stubs, sid: str, called: str, direction: int, rating_group: int = 10
 ) -> charging_pb2.SessionAnswer:
     req = session_request(sid, INITIAL, 0, [{"rating_group": rating_group, "requested": {}}], called_party=called)
-    req.direction = direction
+    req.direction = direction  # type: ignore[assignment]
     return await stubs.charging.ChargeSession(req)
 
 
