@@ -37,6 +37,7 @@ PLAN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 BUNDLE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DIGITS = re.compile(r"^[0-9]{0,15}$")
 MCC_MNC = re.compile(r"^[0-9]{5,6}$")
+ACCESS = ("PSTN", "WIMAX", "FIBER")
 DEFAULT_QUOTA = {UnitKind.TIME: 300, UnitKind.VOLUME: 10 * 2**20, UnitKind.SERVICE_SPECIFIC: 1, UnitKind.MONEY: 10**6}
 
 
@@ -151,6 +152,8 @@ class Plan:
     currency: str
     bands: BandCalendar | None
     versions: tuple[PlanVersion, ...]
+    # Fixed lines: the access technologies the plan is sold on (PSTN, WIMAX, FIBER).
+    access: tuple[str, ...] = ()
 
     @cached_property
     def longest_validity_s(self) -> int:
@@ -493,9 +496,17 @@ def _plan(check: _Check, raw: Any, where: str, services: Mapping[str, Service], 
                 recurring = RecurringBundle(bundle_id, check.int(rr, "period_days", rw, 1, 366))
                 check.bundle_refs.append((f"{rw}.bundle", bundle_id))
         versions.append(PlanVersion(active, rules, rental, recurring))
+    access = raw.get("access", [])
+    if not isinstance(access, list) or any(a not in ACCESS for a in access):
+        check.fail(f"{where}.access", "must list access technologies of " + ", ".join(ACCESS))
+        access = []
+    if str(kind).startswith("FIXED") and not access:
+        check.fail(f"{where}.access", "a fixed-line plan must name its access technologies")
     if kind not in CustomerType.__members__ or not plan_id or not isinstance(currency, str):
         return None
-    return Plan(plan_id, str(raw.get("name", "")), CustomerType[str(kind)], currency, bands, tuple(versions))
+    return Plan(
+        plan_id, str(raw.get("name", "")), CustomerType[str(kind)], currency, bands, tuple(versions), tuple(access)
+    )
 
 
 def _rule(
