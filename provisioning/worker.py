@@ -1,0 +1,156 @@
+"""The provisioning worker: level-triggered reconciliation of each line's desired network
+state with the state the network has acknowledged.
+
+Per line, Redis keeps ``prov:line:ID`` (desired state and product, a desired version
+that grows with every change, the acknowledged state and version, attempts, last
+error) and ``prov:due`` (line -> when to look next). A change of desired state bumps the
+version, makes the line due now and adds an entry to the ``prov:changes`` stream, which
+only wakes the worker early: the worker works from the due index, so a lost wake-up or a
+restart loses nothing. For a line whose acknowledged version is behind, the worker sends
+the command that leads from the acknowledged state to the desired one, with the id
+``<line>:<version>``; the network applies an id once, so a worker killed in the middle of
+a command sends it again after restart without repeating a visible change. Failures are
+retried with exponential backoff; after ``max_attempts`` the line goes to the
+dead-letter list ``prov:dead`` and ``provisioning_dead_letters_total`` alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from charging.clock import Clock
+from provisioning.network import NetworkAdapter, NetworkError, NetworkRejected
+
+log = logging.getLogger("provisioning.worker")
+
+DUE = "prov:due"
+DEAD = "prov:dead"
+CHANGES = "prov:changes"
+
+COMMANDS = Counter(
+    "provisioning_commands_total", "Commands sent to the network, by command and outcome.", ["command", "outcome"]
+)
+DEAD_LETTERS = Counter("provisioning_dead_letters_total", "Lines given up on after repeated failures (alert on this).")
+
+# (acknowledged state, desired state) -> command
+COMMAND_FOR = {
+    ("none", "active"): "ACTIVATE",
+    ("active", "barred_outgoing"): "BAR_OUTGOING",
+    ("active", "suspended"): "SUSPEND",
+    ("barred_outgoing", "suspended"): "SUSPEND",
+    ("barred_outgoing", "active"): "RESUME",
+    ("suspended", "active"): "RESUME",
+    ("suspended", "barred_outgoing"): "RESUME",
+}
+
+
+def line_key(line: str) -> str:
+    return "prov:line:" + line
+
+
+def command_between(acked: str, desired: str) -> str | None:
+    """The command that moves a line from what the network has to what is wanted."""
+    if desired == "terminated":
+        return "TERMINATE" if acked not in ("none", "terminated") else None
+    if acked == desired:
+        return None
+    return COMMAND_FOR.get((acked, desired))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first_s: int = 1
+    max_s: int = 300
+    max_attempts: int = 8
+
+    def delay_s(self, attempts: int) -> int:
+        return int(min(self.first_s * (1 << max(attempts - 1, 0)), self.max_s))
+
+
+class ProvisioningWorker:
+    def __init__(
+        self, client: aioredis.Redis, network: NetworkAdapter, clock: Clock, backoff: Backoff = Backoff()
+    ) -> None:
+        self.client = client
+        self.network = network
+        self.clock = clock
+        self.backoff = backoff
+
+    async def desire(self, line: str, state: str, product: str = "") -> int:
+        """Record the state the line should have on the network; returns its version."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(line_key(line), mapping={"desired": state, "product": product, "attempts": 0})
+        pipe.hsetnx(line_key(line), "acked", "none")
+        pipe.hsetnx(line_key(line), "acked_version", 0)
+        pipe.hincrby(line_key(line), "version", 1)
+        pipe.zadd(DUE, {line: self.clock.now_ms()})
+        pipe.xadd(CHANGES, {"line": line}, maxlen=100_000, approximate=True)
+        results = await pipe.execute()
+        return int(str(results[3]))
+
+    async def reconcile_once(self, limit: int = 100) -> int:
+        """Work on the lines due now; returns how many were acknowledged."""
+        now = self.clock.now_ms()
+        done = 0
+        for line in await self.client.zrangebyscore(DUE, "-inf", now, start=0, num=limit):
+            done += await self._reconcile(str(line), now)
+        return done
+
+    async def _reconcile(self, line: str, now: int) -> int:
+        h = {str(k): str(v) for k, v in (await self.client.hgetall(line_key(line))).items()}
+        version, acked_version = int(h.get("version", 0)), int(h.get("acked_version", 0))
+        command = command_between(h.get("acked", "none"), h.get("desired", "none"))
+        if acked_version >= version or command is None:
+            await self._settle(line, version, h.get("desired", "none") if command is None else h.get("acked", "none"))
+            return 0
+        try:
+            ack = await self.network.send(line, command, f"{line}:{version}", h.get("product", ""))
+        except NetworkError as exc:
+            COMMANDS.labels(command, "retry").inc()
+            return await self._failed(line, h, now, str(exc), permanent=False)
+        except NetworkRejected as exc:
+            COMMANDS.labels(command, "rejected").inc()
+            return await self._failed(line, h, now, str(exc), permanent=True)
+        COMMANDS.labels(command, "acknowledged").inc()
+        await self._settle(line, version, ack.state)
+        return 1
+
+    async def _settle(self, line: str, version: int, state: str) -> None:
+        """Record what the network acknowledged; keep the line due if more was asked since."""
+        await self.client.hset(
+            line_key(line), mapping={"acked": state, "acked_version": version, "attempts": 0, "last_error": ""}
+        )
+        current = int(await self.client.hget(line_key(line), "version") or 0)
+        if current <= version:
+            await self.client.zrem(DUE, line)
+
+    async def _failed(self, line: str, h: dict[str, str], now: int, error: str, *, permanent: bool) -> int:
+        attempts = int(h.get("attempts", 0)) + 1
+        await self.client.hset(line_key(line), mapping={"attempts": attempts, "last_error": error})
+        if permanent or attempts >= self.backoff.max_attempts:
+            await self.client.zrem(DUE, line)
+            await self.client.lpush(DEAD, line)
+            DEAD_LETTERS.inc()
+            log.error("provisioning gave up on a line", extra={"attempts": attempts, "error": error})
+        else:
+            await self.client.zadd(DUE, {line: now + self.backoff.delay_s(attempts) * 1000})
+        return 0
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """Reconcile until cancelled; a change on the stream wakes it before the interval."""
+        last_id = "$"
+        while True:
+            try:
+                await self.reconcile_once()
+                found: Any = await self.client.xread({CHANGES: last_id}, count=100, block=int(interval_s * 1000))
+                if found:
+                    last_id = found[0][1][-1][0]
+            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("provisioning worker: redis unavailable", extra={"error": str(exc)})
+                await asyncio.sleep(interval_s)

@@ -1,0 +1,180 @@
+"""The provisioning worker against the real HTTP network simulator and a real Redis:
+activation only after acknowledgement, retries with backoff, no lost or doubled
+commands when the network fails, times out, flaps, or the worker is killed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from charging.clock import ManualClock
+from provisioning.network import HttpNetworkAdapter
+from provisioning.simulator import NetworkSimulator
+from provisioning.worker import DEAD, DUE, Backoff, ProvisioningWorker, command_between, line_key
+
+LINE = "491700000001"
+
+
+@pytest.fixture
+def network() -> Iterator[NetworkSimulator]:
+    simulator = NetworkSimulator().start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+async def worker(redis_url: str, network: NetworkSimulator, clock: ManualClock) -> AsyncIterator[ProvisioningWorker]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    adapter = HttpNetworkAdapter(network.url, timeout_s=0.3)
+    yield ProvisioningWorker(client, adapter, clock, Backoff(first_s=1, max_s=60, max_attempts=4))
+    await adapter.aclose()
+    await client.aclose()
+
+
+def mode(network: NetworkSimulator, name: str, delay_s: float = 0.5) -> None:
+    httpx.post(network.url + "/control", json={"mode": name, "delay_s": delay_s})
+
+
+async def acked(worker: ProvisioningWorker, line: str = LINE) -> str:
+    return str(await worker.client.hget(line_key(line), "acked"))
+
+
+@pytest.mark.parametrize(
+    ("acked", "desired", "command"),
+    [
+        ("none", "active", "ACTIVATE"),
+        ("active", "barred_outgoing", "BAR_OUTGOING"),
+        ("barred_outgoing", "suspended", "SUSPEND"),
+        ("suspended", "active", "RESUME"),
+        ("active", "terminated", "TERMINATE"),
+        ("none", "terminated", None),
+        ("active", "active", None),
+    ],
+)
+def test_commands_between_states(acked: str, desired: str, command: str | None) -> None:
+    assert command_between(acked, desired) == command
+
+
+async def test_a_line_is_active_only_once_the_network_acknowledges(
+    worker: ProvisioningWorker, network: NetworkSimulator
+) -> None:
+    await worker.desire(LINE, "active", product="mobile-prepaid")
+    assert await acked(worker) == "none"
+    assert await worker.reconcile_once() == 1
+    assert await acked(worker) == "active"
+    assert network.lines[LINE] == {"line": LINE, "state": "active", "applied": 1, "product": "mobile-prepaid"}
+    assert await worker.reconcile_once() == 0  # nothing left to do
+    assert await worker.client.zcard(DUE) == 0
+
+
+async def test_network_down_is_retried_with_backoff_and_applied_once(
+    worker: ProvisioningWorker, network: NetworkSimulator, clock: ManualClock
+) -> None:
+    mode(network, "fail")
+    await worker.desire(LINE, "active")
+    assert await worker.reconcile_once() == 0
+    assert await worker.client.hget(line_key(LINE), "attempts") == "1"
+    assert await worker.reconcile_once() == 0  # backing off: not due yet
+    assert network.requests == 1
+    mode(network, "ok")
+    clock.advance(seconds=1)
+    assert await worker.reconcile_once() == 1
+    assert network.lines[LINE]["applied"] == 1
+
+
+async def test_a_timeout_after_the_network_applied_the_command_does_not_double_it(
+    worker: ProvisioningWorker, network: NetworkSimulator, clock: ManualClock
+) -> None:
+    mode(network, "timeout")
+    await worker.desire(LINE, "active")
+    assert await worker.reconcile_once() == 0  # applied, but the answer never came
+    assert network.lines[LINE]["applied"] == 1
+    mode(network, "ok")
+    clock.advance(seconds=1)
+    assert await worker.reconcile_once() == 1
+    assert network.lines[LINE]["applied"] == 1  # the same command id: applied once
+
+
+async def test_a_flapping_network_ends_with_every_change_applied_once(
+    worker: ProvisioningWorker, network: NetworkSimulator, clock: ManualClock
+) -> None:
+    for desired in ("active", "barred_outgoing", "suspended", "active", "terminated"):
+        await worker.desire(LINE, desired)
+        for attempt in range(10):
+            mode(network, "fail" if attempt % 2 == 0 else "ok")
+            if await worker.reconcile_once():
+                break
+            clock.advance(seconds=60)
+        assert await acked(worker) == desired
+    assert network.lines[LINE]["state"] == "terminated"
+    assert network.lines[LINE]["applied"] == 5
+
+
+async def test_changes_made_while_a_command_is_in_flight_are_not_lost(
+    worker: ProvisioningWorker, network: NetworkSimulator
+) -> None:
+    await worker.desire(LINE, "active")
+    mode(network, "slow", delay_s=0.2)
+    running = asyncio.create_task(worker.reconcile_once())
+    await asyncio.sleep(0.05)
+    await worker.desire(LINE, "suspended")  # arrives while ACTIVATE is on the wire
+    await running
+    mode(network, "ok")
+    await worker.reconcile_once()
+    assert await acked(worker) == "suspended"
+    assert network.lines[LINE]["state"] == "suspended"
+
+
+async def test_a_worker_killed_mid_command_resumes_without_repeating_it(
+    redis_url: str, network: NetworkSimulator, clock: ManualClock
+) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    adapter = HttpNetworkAdapter(network.url, timeout_s=2)
+    first = ProvisioningWorker(client, adapter, clock)
+    await first.desire(LINE, "active")
+    mode(network, "slow", delay_s=0.3)
+    task = asyncio.create_task(first.reconcile_once())
+    await asyncio.sleep(0.1)  # the command has reached the network
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    mode(network, "ok")
+    second = ProvisioningWorker(client, adapter, clock)  # a new worker after the crash
+    assert await second.reconcile_once() == 1
+    assert network.lines[LINE]["applied"] == 1
+    assert await acked(second) == "active"
+    await adapter.aclose()
+    await client.aclose()
+
+
+async def test_repeated_failure_goes_to_the_dead_letter_list(
+    worker: ProvisioningWorker, network: NetworkSimulator, clock: ManualClock
+) -> None:
+    mode(network, "fail")
+    await worker.desire(LINE, "active")
+    for _ in range(4):
+        await worker.reconcile_once()
+        clock.advance(seconds=60)
+    assert await worker.client.lrange(DEAD, 0, -1) == [LINE]
+    assert await worker.client.zcard(DUE) == 0
+    assert await acked(worker) == "none"
+
+
+async def test_the_background_worker_is_woken_by_a_change(
+    worker: ProvisioningWorker, network: NetworkSimulator
+) -> None:
+    task = asyncio.create_task(worker.run(interval_s=5))
+    await asyncio.sleep(0.1)
+    await worker.desire(LINE, "active")
+    for _ in range(100):
+        if network.lines.get(LINE, {}).get("state") == "active":
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert network.lines[LINE]["state"] == "active"
