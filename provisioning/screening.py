@@ -1,0 +1,97 @@
+"""Identity verification and fraud screening of applications, with recorded decisions.
+
+Checks, each giving a reason when it refuses:
+  * the identity document is on the blacklist (fraud or bad debt);
+  * the address is on the blacklist;
+  * the same identity already has an active customer (a second one is refused, the
+    CRM adds lines to the existing customer instead);
+  * velocity: too many applications with the same document or at the same address
+    within a day.
+(Expired documents are refused by the application checks, ``applications.py``.)
+
+Identity numbers and addresses are personal data: Redis keeps only salted SHA-256
+fingerprints of them, so the screening works without storing them in clear. Every
+decision is appended to ``crm:decisions`` with its reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+DAY_S = 86_400
+BLACKLIST = "crm:blacklist"
+DECISIONS = "crm:decisions"
+
+
+def fingerprint(salt: str, *parts: str) -> str:
+    """A stable, non-reversible key for personal data (document numbers, addresses)."""
+    text = "\x1f".join(p.strip().upper() for p in parts)
+    return hashlib.sha256((salt + "\x1e" + text).encode()).hexdigest()[:32]
+
+
+def identity_key(print_: str) -> str:
+    return "crm:identity:" + print_
+
+
+@dataclass(frozen=True)
+class Screening:
+    approved: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_document_per_day: int = 3
+    per_address_per_day: int = 5
+
+
+class Screener:
+    def __init__(self, client: aioredis.Redis, salt: str, limits: Limits = Limits()) -> None:
+        self.client = client
+        self.salt = salt
+        self.limits = limits
+
+    def document_print(self, doc_type: str, country: str, number: str) -> str:
+        return fingerprint(self.salt, "doc", doc_type, country, number)
+
+    def address_print(self, country: str, postal_code: str, street: str) -> str:
+        return fingerprint(self.salt, "addr", country, postal_code.replace(" ", ""), street)
+
+    async def blacklist(self, print_: str, reason: str) -> None:
+        await self.client.hset(BLACKLIST, print_, reason)
+
+    async def screen(self, application_id: str, document: str, address: str, now_s: int) -> Screening:
+        """Screen one application and record the decision."""
+        day = now_s // DAY_S
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(BLACKLIST, document)
+        pipe.hget(BLACKLIST, address)
+        pipe.get(identity_key(document))
+        pipe.incr(f"crm:velocity:{document}:{day}")
+        pipe.expire(f"crm:velocity:{document}:{day}", 2 * DAY_S)
+        pipe.incr(f"crm:velocity:{address}:{day}")
+        pipe.expire(f"crm:velocity:{address}:{day}", 2 * DAY_S)
+        doc_listed, addr_listed, existing, doc_count, _, addr_count, _ = await pipe.execute()
+        reasons = []
+        if doc_listed:
+            reasons.append(f"identity document blacklisted ({doc_listed})")
+        if addr_listed:
+            reasons.append(f"address blacklisted ({addr_listed})")
+        if existing:
+            reasons.append("this identity already has an active customer")
+        if int(doc_count) > self.limits.per_document_per_day:
+            reasons.append(f"more than {self.limits.per_document_per_day} applications with this document today")
+        if int(addr_count) > self.limits.per_address_per_day:
+            reasons.append(f"more than {self.limits.per_address_per_day} applications at this address today")
+        result = Screening(not reasons, tuple(reasons) or ("identity and fraud checks passed",))
+        entry = {"application": application_id, "step": "screening", "approved": result.approved}
+        await self.client.rpush(DECISIONS, json.dumps({**entry, "reasons": list(result.reasons), "at": now_s}))
+        return result
+
+    async def register(self, document: str, customer_id: str) -> bool:
+        """Claim the identity for a new customer; False when another customer has it."""
+        return bool(await self.client.set(identity_key(document), customer_id, nx=True))

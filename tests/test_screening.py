@@ -1,0 +1,71 @@
+"""Identity and fraud screening on a real Redis, with decisions recorded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from provisioning.screening import DECISIONS, Limits, Screener, fingerprint
+
+NOW = 1_795_000_000
+
+
+@pytest.fixture
+async def screener(redis_url: str) -> AsyncIterator[Screener]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield Screener(client, salt="test-salt", limits=Limits(per_document_per_day=2, per_address_per_day=3))
+    await client.aclose()
+
+
+async def test_a_clean_application_passes_and_the_decision_is_recorded(screener: Screener) -> None:
+    doc = screener.document_print("PASSPORT", "DE", "L898902C36")
+    addr = screener.address_print("DE", "10115", "Hauptstr. 1")
+    result = await screener.screen("app-1", doc, addr, NOW)
+    assert result.approved
+    decisions = [json.loads(d) for d in await screener.client.lrange(DECISIONS, 0, -1)]
+    assert decisions == [
+        {
+            "application": "app-1",
+            "step": "screening",
+            "approved": True,
+            "reasons": ["identity and fraud checks passed"],
+            "at": NOW,
+        }
+    ]
+
+
+async def test_blacklisted_document_or_address_is_refused(screener: Screener) -> None:
+    doc = screener.document_print("PASSPORT", "DE", "L898902C36")
+    addr = screener.address_print("DE", "10115", "Hauptstr. 1")
+    await screener.blacklist(doc, "fraud")
+    await screener.blacklist(addr, "bad debt")
+    result = await screener.screen("app-2", doc, addr, NOW)
+    assert not result.approved
+    assert result.reasons == ("identity document blacklisted (fraud)", "address blacklisted (bad debt)")
+
+
+async def test_an_identity_active_elsewhere_is_refused(screener: Screener) -> None:
+    doc = screener.document_print("NATIONAL_ID", "DE", "T220001293")
+    addr = screener.address_print("DE", "10115", "Hauptstr. 1")
+    assert await screener.register(doc, "customer-1")
+    assert not await screener.register(doc, "customer-2")
+    result = await screener.screen("app-3", doc, addr, NOW)
+    assert result.reasons == ("this identity already has an active customer",)
+
+
+async def test_velocity_limits_per_document_and_address_per_day(screener: Screener) -> None:
+    doc = screener.document_print("PASSPORT", "DE", "L898902C36")
+    addr = screener.address_print("DE", "10115", "Hauptstr. 1")
+    assert [(await screener.screen(f"a{n}", doc, addr, NOW)).approved for n in range(3)] == [True, True, False]
+    other_doc = screener.document_print("PASSPORT", "DE", "X00000000")
+    assert not (await screener.screen("a4", other_doc, addr, NOW)).approved  # 4th at this address
+    assert (await screener.screen("a5", doc, addr, NOW + 86_400)).approved  # the next day
+
+
+def test_fingerprints_hide_the_data_and_ignore_case_and_spacing() -> None:
+    a = fingerprint("s", "doc", "passport", "de", " l898902c36 ")
+    assert a == fingerprint("s", "doc", "PASSPORT", "DE", "L898902C36")
+    assert "L898902C36" not in a and a != fingerprint("other salt", "doc", "PASSPORT", "DE", "L898902C36")
