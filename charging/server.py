@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,14 +43,24 @@ from charging.v1 import (
     admin_pb2_grpc,
     charging_pb2,
     charging_pb2_grpc,
+    crm_pb2,
+    crm_pb2_grpc,
     topup_pb2,
     topup_pb2_grpc,
 )
+from provisioning.acquisition import Acquisition
+from provisioning.crm_api import CrmServicer
+from provisioning.network import HttpNetworkAdapter
+from provisioning.offers import sample_coverage
+from provisioning.screening import Screener
+from provisioning.simulator import NetworkSimulator
+from provisioning.worker import ProvisioningWorker
 
 log = logging.getLogger("charging.server")
 
 SERVICE_NAMES = (
     charging_pb2.DESCRIPTOR.services_by_name["Charging"].full_name,
+    crm_pb2.DESCRIPTOR.services_by_name["Crm"].full_name,
     topup_pb2.DESCRIPTOR.services_by_name["TopUp"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
@@ -74,6 +85,10 @@ class App:
     _server: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
     _metrics_httpd: Any = None
+    worker: ProvisioningWorker | None = None
+    acquisition: Acquisition | None = None
+    _network: HttpNetworkAdapter | None = None
+    _simulator: NetworkSimulator | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -102,9 +117,13 @@ class App:
         )
         self.renewer = Renewer(topups, interval_s=s.renew_interval_s)
 
+        await self._start_provisioning(directory)
+
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
         topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups, directory), self._server)
+        assert self.acquisition is not None
+        crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition), self._server)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(directory, self.catalogs, self.renewer, self.clock), self._server
         )
@@ -126,11 +145,35 @@ class App:
         if self.run_background:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
             self._tasks.append(asyncio.create_task(self.renewer.run(), name="renewer"))
+            assert self.worker is not None
+            self._tasks.append(
+                asyncio.create_task(self.worker.run(s.provisioning_interval_s), name="provisioning-worker")
+            )
             self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
             self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
         if self._embedded is not None:
             self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
         log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
+
+    async def _start_provisioning(self, directory: Directory) -> None:
+        """The CRM's acquisition flow and the provisioning worker, on the configured
+        network gateway or on the bundled simulator."""
+        assert self.redis is not None and self.catalogs is not None
+        s = self.settings
+        salt = s.crm_salt
+        if not salt:
+            await self.redis.set("crm:salt", secrets.token_hex(16), nx=True)
+            salt = str(await self.redis.get("crm:salt"))
+        url = s.network_url
+        if not url:
+            self._simulator = NetworkSimulator("127.0.0.1:0").start()
+            url = self._simulator.url
+        self._network = HttpNetworkAdapter(url, timeout_s=s.network_timeout_s)
+        self.worker = ProvisioningWorker(self.redis, self._network, self.clock)
+        self.acquisition = Acquisition(
+            self.redis, directory, self.catalogs, Screener(self.redis, salt), sample_coverage(), self.worker, self.clock
+        )
+        self.worker.on_ack = self.acquisition.acknowledged
 
     async def stop(self) -> None:
         if self._health is not None:
@@ -145,6 +188,10 @@ class App:
         self._tasks.clear()
         if self.notifier is not None:
             await self.notifier.aclose()
+        if self._network is not None:
+            await self._network.aclose()
+        if self._simulator is not None:
+            self._simulator.stop()
         if self.link is not None:
             await self.link.aclose()
         if self.redis is not None:

@@ -46,6 +46,13 @@ class Settings:
     catalog_refresh_s: float = 2.0
     # Notify once when a money balance falls below this (micros; 0: never).
     low_balance_micros: int = 1_000_000
+    # The network's provisioning gateway (HLR/HSS); empty starts the bundled simulator.
+    network_url: str = ""
+    network_timeout_s: float = 2.0
+    provisioning_interval_s: float = 1.0
+    # Secret salt for fingerprints of identity documents and addresses; empty: a random
+    # salt generated once and kept in Redis.
+    crm_salt: str = ""
 
     def __repr__(self) -> str:
         fields = []
@@ -53,6 +60,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis_url":
                 value = redact_url(value)
+            elif f.name == "crm_salt" and value:
+                value = "***"
             fields.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(fields)})"
 

@@ -108,7 +108,13 @@ class Directory:
         self._plans.put(account, plan_id)
 
     async def create(
-        self, msisdn: Identity, imsi: Identity | None, plan: Plan, initial_balance: int, pool: str = ""
+        self,
+        msisdn: Identity,
+        imsi: Identity | None,
+        plan: Plan,
+        initial_balance: int,
+        pool: str = "",
+        status: str = "active",
     ) -> Account:
         """Create an account with one subscriber, standalone or as a member of ``pool``.
         The identities are claimed after the account exists, so a crash in between
@@ -127,7 +133,7 @@ class Directory:
                 "balance": str(initial_balance),
                 "reserved": "0",
                 "plan": plan.id,
-                "status": "active",
+                "status": status,
                 "currency": plan.currency,
                 "msisdn": msisdn.value,
             }

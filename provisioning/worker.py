@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,8 @@ class ProvisioningWorker:
         self.network = network
         self.clock = clock
         self.backoff = backoff
+        # Told (line, state) after the network acknowledged a state.
+        self.on_ack: Callable[[str, str], Awaitable[None]] | None = None
 
     async def desire(self, line: str, state: str, product: str = "") -> int:
         """Record the state the line should have on the network; returns its version."""
@@ -119,6 +122,8 @@ class ProvisioningWorker:
             return await self._failed(line, h, now, str(exc), permanent=True)
         COMMANDS.labels(command, "acknowledged").inc()
         await self._settle(line, version, ack.state)
+        if self.on_ack is not None:
+            await self.on_ack(line, ack.state)
         return 1
 
     async def _settle(self, line: str, version: int, state: str) -> None:

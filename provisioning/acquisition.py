@@ -1,0 +1,184 @@
+"""Customer acquisition: an application becomes a customer, an account and a line that is
+activated on the network; charging starts once the network acknowledges.
+
+    application checks -> identity and fraud screening -> credit class (postpaid)
+      -> the product is among the offers -> customer, charging account (barred while
+      pending), line -> provisioning: desired state "active" -> network ACTIVATE
+      -> acknowledged: line active, charging status active, order completed
+
+Each step is recorded on the order with its outcome and reasons; a refusal at any step
+rejects the order and says why. Orders are idempotent on the CRM's order id: the same id
+returns the same order. The credit limit of a postpaid account is stored on the
+charging account (``credit_limit``) for postpaid charging.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from charging import keys
+from charging.catalogs import CatalogBook
+from charging.clock import Clock
+from charging.errors import Conflict
+from charging.subscribers import Directory, Identity, parse_identity
+from provisioning.applications import ApplicationInvalid, check_application
+from provisioning.credit import CreditHistory, decide
+from provisioning.lifecycle import CHARGING_STATUS, LineState
+from provisioning.offers import Coverage, offers
+from provisioning.screening import Screener
+from provisioning.worker import ProvisioningWorker
+
+CUSTOMER_SEQ = "crm:seq:customer"
+
+
+def order_key(order_id: str) -> str:
+    return "crm:order:" + order_id
+
+
+def line_key(msisdn: str) -> str:
+    return "crm:line:" + msisdn
+
+
+@dataclass
+class Acquisition:
+    client: aioredis.Redis
+    directory: Directory
+    catalogs: CatalogBook
+    screener: Screener
+    coverage: Coverage
+    worker: ProvisioningWorker
+    clock: Clock
+
+    async def submit(self, order_id: str, app: dict[str, Any]) -> dict[str, Any]:
+        """Process one application; returns the order document."""
+        now_s = self.clock.now_ms() // 1000
+        order: dict[str, Any] = {"crm_order_id": order_id, "status": "SUBMITTED", "problems": [], "steps": []}
+        if not await self.client.set(order_key(order_id), json.dumps(order), nx=True):
+            return await self.get_order(order_id) or order
+
+        def step(name: str, outcome: str, *reasons: str) -> None:
+            order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": now_s})
+
+        async def reject(name: str, *reasons: str) -> dict[str, Any]:
+            step(name, "refused", *reasons)
+            order["status"] = "REJECTED"
+            await self._save(order)
+            return order
+
+        today = datetime.fromtimestamp(now_s, UTC).date()
+        try:
+            check_application(app, today)
+            msisdn = parse_identity("msisdn", str(app.get("msisdn", "")), "msisdn")
+            imsi = parse_identity("imsi", str(app["imsi"]), "imsi") if app.get("imsi") else None
+        except ApplicationInvalid as exc:
+            order["problems"] = [list(p) for p in exc.problems]
+            return await reject("application", "the application has invalid fields")
+        except Exception as exc:  # parse_identity: InvalidRequest
+            order["problems"] = [[getattr(exc, "field", "msisdn"), getattr(exc, "message", str(exc))]]
+            return await reject("application", "the application has invalid fields")
+        step("application", "accepted")
+
+        document = app["identity_document"]
+        doc_print = self.screener.document_print(document["type"], document["issuing_country"], document["number"])
+        address = app["address"]
+        addr_print = self.screener.address_print(address["country"], address["postal_code"], address["street"])
+        screening = await self.screener.screen(order_id, doc_print, addr_print, now_s)
+        if not screening.approved:
+            return await reject("screening", *screening.reasons)
+        step("screening", "passed", *screening.reasons)
+
+        credit = None
+        if app.get("contract") == "POSTPAID":
+            history = app.get("credit_history") or {}
+            credit = decide(CreditHistory(**{k: int(v) for k, v in history.items()}))
+            order.update(
+                credit_class=credit.credit_class,
+                credit_limit_micros=credit.credit_limit_micros,
+                deposit_micros=credit.deposit_micros,
+            )
+            step("credit", f"class {credit.credit_class}", *credit.reasons)
+
+        plan = self.catalogs.current.plans.get(str(app.get("plan_id", "")))
+        if plan is None:
+            return await reject("offer", f"no plan {app.get('plan_id')!r} in the catalog")
+        offered, refused = offers(
+            [plan],
+            country=address["country"],
+            postal_code=address["postal_code"],
+            coverage=self.coverage,
+            credit=credit,
+            at_s=now_s,
+        )
+        if not offered:
+            return await reject("offer", *(r.reason for r in refused))
+        step("offer", "available", plan.id)
+
+        customer_id = str(await self.client.incr(CUSTOMER_SEQ))
+        if not await self.screener.register(doc_print, customer_id):
+            return await reject("customer", "this identity already has an active customer")
+        await self.client.hset(
+            f"crm:customer:{customer_id}", mapping={"kind": str(app["customer_kind"]), "created": now_s}
+        )
+        try:
+            account = await self.directory.create(
+                msisdn,
+                imsi,
+                plan,
+                int(app.get("initial_balance_micros", 0)),
+                status=CHARGING_STATUS[LineState.PENDING_ACTIVATION],
+            )
+        except Conflict as exc:
+            await self.client.delete(f"crm:identity:{doc_print}")
+            return await reject("line", str(exc))
+        if credit is not None:
+            await self.client.hset(keys.account(account.account_id), "credit_limit", credit.credit_limit_micros)
+        order.update(customer_id=customer_id, account_id=account.account_id, msisdn=msisdn.value)
+        await self.client.hset(
+            line_key(msisdn.value),
+            mapping={
+                "customer_id": customer_id,
+                "account_id": account.account_id,
+                "plan_id": plan.id,
+                "state": LineState.PENDING_ACTIVATION.value,
+                "order_id": order_id,
+            },
+        )
+        step("line", "created", "pending activation")
+        await self.worker.desire(msisdn.value, LineState.ACTIVE.value, plan.id)
+        order["status"] = "IN_PROGRESS"
+        step("provisioning", "requested", "ACTIVATE")
+        await self._save(order)
+        return order
+
+    async def acknowledged(self, msisdn: str, state: str) -> None:
+        """The network acknowledged a line's state: charging and the order follow."""
+        line = LineState(state) if state in {s.value for s in LineState} else None
+        if line is None:
+            return
+        await self.client.hset(line_key(msisdn), "state", line.value)
+        await self.directory.set_status(Identity("msisdn", msisdn), CHARGING_STATUS[line])
+        order_id = await self.client.hget(line_key(msisdn), "order_id")
+        order = await self.get_order(str(order_id)) if order_id else None
+        if order is not None and order["status"] == "IN_PROGRESS" and line is LineState.ACTIVE:
+            order["status"] = "COMPLETED"
+            order["steps"].append(
+                {"step": "provisioning", "outcome": "acknowledged", "reasons": ["network acknowledged ACTIVATE"],
+                 "at": self.clock.now_ms() // 1000}
+            )  # fmt: skip
+            await self._save(order)
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+        text = await self.client.get(order_key(order_id))
+        return None if text is None else dict(json.loads(text))
+
+    async def get_line(self, msisdn: str) -> dict[str, str] | None:
+        h = await self.client.hgetall(line_key(msisdn))
+        return {str(k): str(v) for k, v in h.items()} or None
+
+    async def _save(self, order: dict[str, Any]) -> None:
+        await self.client.set(order_key(order["crm_order_id"]), json.dumps(order))

@@ -1,0 +1,129 @@
+"""End-to-end acquisition through the CRM gRPC service: application -> checks -> credit
+class -> offer -> order -> provisioned on the (simulated) network -> first charged call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from charging import keys
+from charging.clock import ManualClock
+from charging.server import App
+from charging.v1 import crm_pb2, crm_pb2_grpc
+from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
+
+
+@pytest.fixture
+async def crm(stubs: Stubs, clock: ManualClock) -> AsyncIterator[crm_pb2_grpc.CrmStub]:
+    clock.advance(ms=1_795_000_000_000 - clock.now_ms())  # 2026-11-18, a Wednesday
+    yield crm_pb2_grpc.CrmStub(stubs.channel)
+
+
+def application(
+    order_id: str, *, contract: str = "PREPAID", plan: str = "mobile-prepaid", **over: object
+) -> crm_pb2.Application:
+    app = crm_pb2.Application(
+        crm_order_id=order_id,
+        customer_kind="INDIVIDUAL",
+        contract=contract,
+        plan_id=plan,
+        msisdn=str(over.get("msisdn", "491701234567")),
+        imsi="262011234567890",
+        applicant=crm_pb2.Person(given_name="Anna", family_name="Muster", date_of_birth="1990-05-17"),
+        address=crm_pb2.Address(street="Hauptstr. 1", city="Berlin", postal_code="10115", country="DE"),
+        contact=crm_pb2.Contact(email="anna@example.org"),
+        identity_document=crm_pb2.IdentityDocument(
+            type="PASSPORT",
+            number=str(over.get("document", "L898902C36")),
+            issuing_country="DE",
+            expiry_date="2030-01-01",
+        ),
+        initial_balance_micros=5_000_000,
+    )
+    if contract == "POSTPAID":
+        app.credit_history.CopyFrom(crm_pb2.CreditHistory(**over.get("history", {})))  # type: ignore[arg-type]
+    return app
+
+
+async def test_from_application_to_the_first_charged_call(stubs: Stubs, crm: crm_pb2_grpc.CrmStub, app: App) -> None:
+    order = await crm.SubmitApplication(application("o-1"))
+    assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    assert [s.step for s in order.steps] == ["application", "screening", "offer", "line", "provisioning"]
+    assert (await crm.GetLine(crm_pb2.LineRef(msisdn="491701234567"))).state == "pending_activation"
+
+    call = session_request(
+        "c1", INITIAL, 0, [{"rating_group": 10, "requested": {}}], msisdn="491701234567", called_party="491711234567"
+    )
+    assert (await stubs.charging.ChargeSession(call)).result_code == 4010  # not active on the network yet
+
+    assert app.worker is not None
+    assert await app.worker.reconcile_once() == 1  # the simulator acknowledges ACTIVATE
+    done = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="o-1"))
+    assert done.status == crm_pb2.ORDER_STATUS_COMPLETED
+    assert (await crm.GetLine(crm_pb2.LineRef(msisdn="491701234567"))).state == "active"
+
+    call = session_request(
+        "c2", INITIAL, 0, [{"rating_group": 10, "requested": {}}], msisdn="491701234567", called_party="491711234567"
+    )
+    assert (await stubs.charging.ChargeSession(call)).result_code == 2001
+    end = session_request(
+        "c2",
+        TERMINATE,
+        1,
+        [{"rating_group": 10, "used": {"time_s": 60}}],
+        msisdn="491701234567",
+        called_party="491711234567",
+    )
+    assert (await stubs.charging.ChargeSession(end)).rating_groups[0].cost_micros == 90_000  # peak, first minute
+
+    again = await crm.SubmitApplication(application("o-1"))
+    assert again.customer_id == order.customer_id and again.status == crm_pb2.ORDER_STATUS_COMPLETED
+
+
+async def test_postpaid_gets_a_credit_class_and_its_limit_on_the_account(
+    crm: crm_pb2_grpc.CrmStub, redis_url: str
+) -> None:
+    good = {"tenure_months": 36, "monthly_income_micros": 4_000_000_000}
+    order = await crm.SubmitApplication(application("p-1", contract="POSTPAID", plan="mobile-postpaid", history=good))
+    assert (order.status, order.credit_class, order.credit_limit_micros) == (
+        crm_pb2.ORDER_STATUS_IN_PROGRESS,
+        "A",
+        500_000_000,
+    )
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert r.hget(keys.account(order.account_id), "credit_limit") == "500000000"
+    r.close()
+
+
+async def test_poor_credit_is_refused_postpaid_with_the_reasons(crm: crm_pb2_grpc.CrmStub) -> None:
+    poor = {"defaults_5y": 3, "monthly_income_micros": 800_000_000}
+    order = await crm.SubmitApplication(application("p-2", contract="POSTPAID", plan="mobile-postpaid", history=poor))
+    assert order.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert order.steps[-1].step == "offer"
+    assert list(order.steps[-1].reasons) == ["the credit class does not allow postpaid"]
+    assert order.credit_class == "E"
+
+
+async def test_invalid_applications_are_rejected_naming_each_field(crm: crm_pb2_grpc.CrmStub) -> None:
+    bad = application("b-1", document="L898902C35")
+    bad.applicant.date_of_birth = "2030-01-01"
+    order = await crm.SubmitApplication(bad)
+    assert order.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert {p.field for p in order.problems} == {"applicant.date_of_birth", "identity_document.number"}
+
+
+async def test_the_same_identity_cannot_become_a_second_customer(crm: crm_pb2_grpc.CrmStub) -> None:
+    assert (await crm.SubmitApplication(application("d-1"))).status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    second = await crm.SubmitApplication(application("d-2", msisdn="491701234568"))
+    assert second.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert list(second.steps[-1].reasons) == ["this identity already has an active customer"]
+
+
+async def test_no_coverage_means_no_fixed_line(crm: crm_pb2_grpc.CrmStub) -> None:
+    app = application("f-1", plan="fixed-prepaid")
+    app.address.postal_code = "99084"  # PSTN only; fixed-prepaid is sold on WiMax
+    order = await crm.SubmitApplication(app)
+    assert order.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert list(order.steps[-1].reasons) == ["no WIMAX coverage at the address"]
