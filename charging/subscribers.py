@@ -168,6 +168,14 @@ class Directory:
             await self._client.hset(keys.account(account.account_id), "status", status)
         return await self.read(account.account_id)
 
+    async def set_plan(self, identity: Identity, plan: Plan) -> Account:
+        """Move the account to another plan; charging re-rates from the next request."""
+        account = await self.get(identity)
+        with storage_errors():
+            await self._client.hset(keys.account(account.account_id), "plan", plan.id)
+        self.learn_plan(account.account_id, plan.id)
+        return await self.read(account.account_id)
+
     async def read(self, account_id: str) -> Account:
         with storage_errors():
             h: dict[str, str] = await self._client.hgetall(keys.account(account_id))  # type: ignore[assignment]

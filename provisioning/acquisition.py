@@ -6,7 +6,10 @@ activated on the network; charging starts once the network acknowledges.
       pending), line -> provisioning: desired state "active" -> network ACTIVATE
       -> acknowledged: line active, charging status active, order completed
 
-Each step is recorded on the order with its outcome and reasons; a refusal at any step
+Orders on existing lines (change product, bar outgoing, suspend, resume, terminate) are
+checked against the line's state (``lifecycle.py``) and provisioned the same way; a
+terminated number is quarantined before it can be given out again. Each step is recorded
+on the order with its outcome and reasons; a refusal at any step
 rejects the order and says why. Orders are idempotent on the CRM's order id: the same id
 returns the same order. The credit limit of a postpaid account is stored on the
 charging account (``credit_limit``) for postpaid charging.
@@ -28,7 +31,15 @@ from charging.errors import Conflict
 from charging.subscribers import Directory, Identity, parse_identity
 from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.credit import CreditHistory, decide
-from provisioning.lifecycle import CHARGING_STATUS, LineState
+from provisioning.lifecycle import (
+    CHARGING_STATUS,
+    InvalidTransition,
+    LineState,
+    OrderKind,
+    TerminationReason,
+    accept,
+    reusable_from,
+)
 from provisioning.offers import Coverage, offers
 from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
@@ -42,6 +53,11 @@ def order_key(order_id: str) -> str:
 
 def line_key(msisdn: str) -> str:
     return "crm:line:" + msisdn
+
+
+def quarantine_key(msisdn: str) -> str:
+    """When a terminated number may be given out again (Unix time, s)."""
+    return "crm:quarantine:" + msisdn
 
 
 @dataclass
@@ -118,6 +134,9 @@ class Acquisition:
             return await reject("offer", *(r.reason for r in refused))
         step("offer", "available", plan.id)
 
+        quarantined_until = await self.client.get(quarantine_key(msisdn.value))
+        if quarantined_until is not None and int(quarantined_until) > now_s:
+            return await reject("line", "the number is in quarantine after a termination")
         customer_id = str(await self.client.incr(CUSTOMER_SEQ))
         if not await self.screener.register(doc_print, customer_id):
             return await reject("customer", "this identity already has an active customer")
@@ -155,21 +174,77 @@ class Acquisition:
         await self._save(order)
         return order
 
-    async def acknowledged(self, msisdn: str, state: str) -> None:
-        """The network acknowledged a line's state: charging and the order follow."""
-        line = LineState(state) if state in {s.value for s in LineState} else None
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+        """An order on an existing line: change product, bar outgoing, suspend, resume,
+        terminate (with a reason). Checked against the line's state, then provisioned."""
+        now_s = self.clock.now_ms() // 1000
+        order: dict[str, Any] = {"crm_order_id": order_id, "status": "SUBMITTED", "problems": [], "steps": []}
+        if not await self.client.set(order_key(order_id), json.dumps(order), nx=True):
+            return await self.get_order(order_id) or order
+
+        def step(name: str, outcome: str, *reasons: str) -> None:
+            order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": now_s})
+
+        async def reject(name: str, *reasons: str) -> dict[str, Any]:
+            step(name, "refused", *reasons)
+            order["status"] = "REJECTED"
+            await self._save(order)
+            return order
+
+        line = await self.get_line(msisdn)
+        if line is None:
+            return await reject("order", "no such line")
+        order.update(customer_id=line["customer_id"], account_id=line["account_id"], msisdn=msisdn)
+        try:
+            order_kind = OrderKind(kind)
+            termination = TerminationReason(reason) if order_kind is OrderKind.TERMINATE else None
+            move = accept(LineState(line["state"]), order_kind, termination)
+        except InvalidTransition as exc:
+            return await reject("order", str(exc))
+        except ValueError:
+            return await reject("order", f"unknown order {kind!r} or termination reason {reason!r}")
+        product = line["plan_id"]
+        if order_kind is OrderKind.CHANGE_PRODUCT:
+            plan = self.catalogs.current.plans.get(plan_id)
+            current = self.catalogs.current.plans.get(product)
+            if plan is None or (current is not None and plan.customer_type != current.customer_type):
+                return await reject("order", f"plan {plan_id!r} is not a product this line can change to")
+            product = plan.id
+        step("order", "accepted", move.network_command)
+        await self.client.hset(line_key(msisdn), mapping={"order_id": order_id, "termination_reason": reason})
+        await self.worker.desire(msisdn, move.target.value, product)
+        order["status"] = "IN_PROGRESS"
+        step("provisioning", "requested", move.network_command)
+        await self._save(order)
+        return order
+
+    async def acknowledged(self, msisdn: str, state: str, product: str = "") -> None:
+        """The network acknowledged a line's state and product: charging, the line and
+        the order follow."""
+        if state not in {s.value for s in LineState}:
+            return
+        line_state = LineState(state)
+        line = await self.get_line(msisdn)
         if line is None:
             return
-        await self.client.hset(line_key(msisdn), "state", line.value)
-        await self.directory.set_status(Identity("msisdn", msisdn), CHARGING_STATUS[line])
-        order_id = await self.client.hget(line_key(msisdn), "order_id")
-        order = await self.get_order(str(order_id)) if order_id else None
-        if order is not None and order["status"] == "IN_PROGRESS" and line is LineState.ACTIVE:
+        now_s = self.clock.now_ms() // 1000
+        identity = Identity("msisdn", msisdn)
+        await self.directory.set_status(identity, CHARGING_STATUS[line_state])
+        updates: dict[Any, Any] = {"state": line_state.value}
+        plan = self.catalogs.current.plans.get(product)
+        if plan is not None and product != line["plan_id"]:
+            await self.directory.set_plan(identity, plan)
+            updates["plan_id"] = plan.id
+        if line_state is LineState.TERMINATED:
+            reason = TerminationReason(line.get("termination_reason") or "DISSATISFIED")
+            await self.client.set(quarantine_key(msisdn), reusable_from(now_s, reason))
+        await self.client.hset(line_key(msisdn), mapping=updates)
+        order = await self.get_order(line["order_id"]) if line.get("order_id") else None
+        if order is not None and order["status"] == "IN_PROGRESS":
             order["status"] = "COMPLETED"
             order["steps"].append(
-                {"step": "provisioning", "outcome": "acknowledged", "reasons": ["network acknowledged ACTIVATE"],
-                 "at": self.clock.now_ms() // 1000}
-            )  # fmt: skip
+                {"step": "provisioning", "outcome": "acknowledged", "reasons": [f"network state {state}"], "at": now_s}
+            )
             await self._save(order)
 
     async def get_order(self, order_id: str) -> dict[str, Any] | None:

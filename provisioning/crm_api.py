@@ -58,6 +58,15 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         order = await self.acquisition.submit(request.crm_order_id, application_doc(request))
         return order_pb(order)
 
+    @rpc("SubmitOrder")
+    async def SubmitOrder(self, request: crm_pb2.LineOrder, context: grpc.aio.ServicerContext) -> crm_pb2.Order:
+        if not request.crm_order_id or len(request.crm_order_id) > 128:
+            raise InvalidRequest("crm_order_id", "is required (1-128 characters)")
+        order = await self.acquisition.order(
+            request.crm_order_id, request.msisdn, request.kind, request.plan_id, request.termination_reason
+        )
+        return order_pb(order)
+
     @rpc("GetOrder")
     async def GetOrder(self, request: crm_pb2.OrderRef, context: grpc.aio.ServicerContext) -> crm_pb2.Order:
         order = await self.acquisition.get_order(request.crm_order_id)

@@ -31,6 +31,7 @@ STATE_AFTER = {
     "SUSPEND": "suspended",
     "RESUME": "active",
     "TERMINATE": "terminated",
+    "CHANGE_PRODUCT": "",  # the state stays; the product changes
 }
 
 
@@ -109,7 +110,7 @@ class NetworkSimulator:
             known = self.answers.get(command_id)
             if known is None:
                 state = self.lines.setdefault(line, {"line": line, "state": "none", "applied": 0, "product": ""})
-                state["state"] = STATE_AFTER[command]
+                state["state"] = STATE_AFTER[command] or state["state"]
                 state["applied"] += 1
                 if doc.get("product"):
                     state["product"] = doc["product"]

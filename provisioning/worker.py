@@ -82,8 +82,8 @@ class ProvisioningWorker:
         self.network = network
         self.clock = clock
         self.backoff = backoff
-        # Told (line, state) after the network acknowledged a state.
-        self.on_ack: Callable[[str, str], Awaitable[None]] | None = None
+        # Told (line, state, product) after the network acknowledged them.
+        self.on_ack: Callable[[str, str, str], Awaitable[None]] | None = None
 
     async def desire(self, line: str, state: str, product: str = "") -> int:
         """Record the state the line should have on the network; returns its version."""
@@ -108,12 +108,16 @@ class ProvisioningWorker:
     async def _reconcile(self, line: str, now: int) -> int:
         h = {str(k): str(v) for k, v in (await self.client.hgetall(line_key(line))).items()}
         version, acked_version = int(h.get("version", 0)), int(h.get("acked_version", 0))
-        command = command_between(h.get("acked", "none"), h.get("desired", "none"))
+        acked, desired = h.get("acked", "none"), h.get("desired", "none")
+        product = h.get("product", "")
+        command = command_between(acked, desired)
+        if command is None and acked == desired not in ("none", "terminated") and product != h.get("acked_product", ""):
+            command = "CHANGE_PRODUCT"
         if acked_version >= version or command is None:
-            await self._settle(line, version, h.get("desired", "none") if command is None else h.get("acked", "none"))
+            await self._settle(line, version, acked if command else desired, h.get("acked_product", ""))
             return 0
         try:
-            ack = await self.network.send(line, command, f"{line}:{version}", h.get("product", ""))
+            ack = await self.network.send(line, command, f"{line}:{version}", product)
         except NetworkError as exc:
             COMMANDS.labels(command, "retry").inc()
             return await self._failed(line, h, now, str(exc), permanent=False)
@@ -121,15 +125,22 @@ class ProvisioningWorker:
             COMMANDS.labels(command, "rejected").inc()
             return await self._failed(line, h, now, str(exc), permanent=True)
         COMMANDS.labels(command, "acknowledged").inc()
-        await self._settle(line, version, ack.state)
+        await self._settle(line, version, ack.state, product)
         if self.on_ack is not None:
-            await self.on_ack(line, ack.state)
+            await self.on_ack(line, ack.state, product)
         return 1
 
-    async def _settle(self, line: str, version: int, state: str) -> None:
+    async def _settle(self, line: str, version: int, state: str, product: str) -> None:
         """Record what the network acknowledged; keep the line due if more was asked since."""
         await self.client.hset(
-            line_key(line), mapping={"acked": state, "acked_version": version, "attempts": 0, "last_error": ""}
+            line_key(line),
+            mapping={
+                "acked": state,
+                "acked_product": product,
+                "acked_version": version,
+                "attempts": 0,
+                "last_error": "",
+            },
         )
         current = int(await self.client.hget(line_key(line), "version") or 0)
         if current <= version:

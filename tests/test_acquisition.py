@@ -127,3 +127,58 @@ async def test_no_coverage_means_no_fixed_line(crm: crm_pb2_grpc.CrmStub) -> Non
     order = await crm.SubmitApplication(app)
     assert order.status == crm_pb2.ORDER_STATUS_REJECTED
     assert list(order.steps[-1].reasons) == ["no WIMAX coverage at the address"]
+
+
+async def line_order(crm: crm_pb2_grpc.CrmStub, order_id: str, kind: str, **kw: str) -> crm_pb2.Order:
+    return await crm.SubmitOrder(crm_pb2.LineOrder(crm_order_id=order_id, msisdn="491701234567", kind=kind, **kw))
+
+
+async def test_orders_walk_a_line_through_its_lifecycle(stubs: Stubs, crm: crm_pb2_grpc.CrmStub, app: App) -> None:
+    assert app.worker is not None
+    await crm.SubmitApplication(application("new"))
+    await app.worker.reconcile_once()
+
+    def mo_call(sid: str) -> object:
+        return stubs.charging.ChargeSession(
+            session_request(
+                sid,
+                INITIAL,
+                0,
+                [{"rating_group": 10, "requested": {}}],
+                msisdn="491701234567",
+                called_party="491711234567",
+            )
+        )
+
+    order = await line_order(crm, "s1", "SUSPEND")
+    assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    assert (await mo_call("x1")).result_code == 2001  # not suspended until the network says so
+    await app.worker.reconcile_once()
+    assert (await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="s1"))).status == crm_pb2.ORDER_STATUS_COMPLETED
+    assert (await crm.GetLine(crm_pb2.LineRef(msisdn="491701234567"))).state == "suspended"
+    assert (await mo_call("x2")).result_code == 4010
+
+    wrong = await line_order(crm, "s2", "SUSPEND")
+    assert wrong.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert "cannot take a SUSPEND order" in wrong.steps[-1].reasons[0]
+
+    await line_order(crm, "r1", "RESUME")
+    await app.worker.reconcile_once()
+    assert (await mo_call("x3")).result_code == 2001
+
+    change = await line_order(crm, "c1", "CHANGE_PRODUCT", plan_id="mobile-prepaid-data")
+    assert change.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    await app.worker.reconcile_once()
+    line = await crm.GetLine(crm_pb2.LineRef(msisdn="491701234567"))
+    assert (line.state, line.plan_id) == ("active", "mobile-prepaid-data")
+    assert (await stubs.balance("491701234567")).plan_id == "mobile-prepaid-data"
+    refused = await line_order(crm, "c2", "CHANGE_PRODUCT", plan_id="fixed-postpaid")
+    assert refused.status == crm_pb2.ORDER_STATUS_REJECTED
+
+    await line_order(crm, "t1", "TERMINATE", termination_reason="MOVED_AWAY")
+    await app.worker.reconcile_once()
+    assert (await crm.GetLine(crm_pb2.LineRef(msisdn="491701234567"))).state == "terminated"
+    assert (await mo_call("x4")).result_code == 4010
+    again = await crm.SubmitApplication(application("new-2", document="T220001293"))
+    assert again.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert list(again.steps[-1].reasons) == ["the number is in quarantine after a termination"]
