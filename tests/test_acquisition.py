@@ -4,6 +4,7 @@ class -> offer -> order -> provisioned on the (simulated) network -> first charg
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -138,7 +139,7 @@ async def test_orders_walk_a_line_through_its_lifecycle(stubs: Stubs, crm: crm_p
     await crm.SubmitApplication(application("new"))
     await app.worker.reconcile_once()
 
-    def mo_call(sid: str) -> object:
+    def mo_call(sid: str) -> Any:
         return stubs.charging.ChargeSession(
             session_request(
                 sid,
