@@ -49,6 +49,7 @@ from charging.v1 import (
     topup_pb2_grpc,
 )
 from provisioning.acquisition import Acquisition
+from provisioning.base import CustomerBase
 from provisioning.crm_api import CrmServicer
 from provisioning.network import HttpNetworkAdapter
 from provisioning.offers import sample_coverage
@@ -171,7 +172,14 @@ class App:
         self._network = HttpNetworkAdapter(url, timeout_s=s.network_timeout_s)
         self.worker = ProvisioningWorker(self.redis, self._network, self.clock)
         self.acquisition = Acquisition(
-            self.redis, directory, self.catalogs, Screener(self.redis, salt), sample_coverage(), self.worker, self.clock
+            self.redis,
+            directory,
+            self.catalogs,
+            Screener(self.redis, salt),
+            sample_coverage(),
+            self.worker,
+            self.clock,
+            CustomerBase(self.redis),
         )
         self.worker.on_ack = self.acquisition.acknowledged
 

@@ -30,6 +30,7 @@ from charging.clock import Clock
 from charging.errors import Conflict
 from charging.subscribers import Directory, Identity, parse_identity
 from provisioning.applications import ApplicationInvalid, check_application
+from provisioning.base import CustomerBase
 from provisioning.credit import CreditHistory, decide
 from provisioning.lifecycle import (
     CHARGING_STATUS,
@@ -69,6 +70,7 @@ class Acquisition:
     coverage: Coverage
     worker: ProvisioningWorker
     clock: Clock
+    base: CustomerBase | None = None
 
     async def submit(self, order_id: str, app: dict[str, Any]) -> dict[str, Any]:
         """Process one application; returns the order document."""
@@ -165,6 +167,7 @@ class Acquisition:
                 "plan_id": plan.id,
                 "state": LineState.PENDING_ACTIVATION.value,
                 "order_id": order_id,
+                "customer_type": plan.customer_type.value,
             },
         )
         step("line", "created", "pending activation")
@@ -235,9 +238,14 @@ class Acquisition:
         if plan is not None and product != line["plan_id"]:
             await self.directory.set_plan(identity, plan)
             updates["plan_id"] = plan.id
-        if line_state is LineState.TERMINATED:
+        kind = line.get("customer_type", "MOBILE_PREPAID")
+        if line_state is LineState.TERMINATED and line["state"] != LineState.TERMINATED.value:
             reason = TerminationReason(line.get("termination_reason") or "DISSATISFIED")
             await self.client.set(quarantine_key(msisdn), reusable_from(now_s, reason))
+            if self.base is not None:
+                await self.base.disconnected(kind, reason.value, now_s)
+        if line_state is LineState.ACTIVE and line["state"] == LineState.PENDING_ACTIVATION.value and self.base:
+            await self.base.added(kind, now_s)
         await self.client.hset(line_key(msisdn), mapping=updates)
         order = await self.get_order(line["order_id"]) if line.get("order_id") else None
         if order is not None and order["status"] == "IN_PROGRESS":

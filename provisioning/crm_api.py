@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ from charging.errors import InvalidRequest, NotFound
 from charging.status import rpc
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
+from provisioning.base import EPOCH
 
 STATUSES = {
     "SUBMITTED": crm_pb2.ORDER_STATUS_SUBMITTED,
@@ -73,6 +75,33 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         if order is None:
             raise NotFound("no such order")
         return order_pb(order)
+
+    @rpc("GetCustomerBase")
+    async def GetCustomerBase(
+        self, request: crm_pb2.BaseRequest, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.CustomerBaseReport:
+        try:
+            first = date.fromisoformat(request.first_date)
+        except ValueError:
+            raise InvalidRequest("first_date", "must be YYYY-MM-DD") from None
+        try:
+            last = date.fromisoformat(request.last_date)
+        except ValueError:
+            raise InvalidRequest("last_date", "must be YYYY-MM-DD") from None
+        if not EPOCH <= first <= last:
+            raise InvalidRequest("last_date", f"must not be before first_date, both from {EPOCH}")
+        assert self.acquisition.base is not None
+        report = crm_pb2.CustomerBaseReport()
+        for f in await self.acquisition.base.figures(first, last):
+            report.figures.add(
+                customer_type=f.customer_type,
+                active_at_start=f.active_at_start,
+                active_at_end=f.active_at_end,
+                gross_additions=f.gross_additions,
+                disconnections=f.disconnections,
+                churn_basis_points=f.churn_bp,
+            )
+        return report
 
     @rpc("GetLine")
     async def GetLine(self, request: crm_pb2.LineRef, context: grpc.aio.ServicerContext) -> crm_pb2.Line:

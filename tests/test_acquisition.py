@@ -31,7 +31,7 @@ def application(
         contract=contract,
         plan_id=plan,
         msisdn=str(over.get("msisdn", "491701234567")),
-        imsi="262011234567890",
+        imsi=str(over.get("imsi", "262011234567890")),
         applicant=crm_pb2.Person(given_name="Anna", family_name="Muster", date_of_birth="1990-05-17"),
         address=crm_pb2.Address(street="Hauptstr. 1", city="Berlin", postal_code="10115", country="DE"),
         contact=crm_pb2.Contact(email="anna@example.org"),
@@ -183,3 +183,36 @@ async def test_orders_walk_a_line_through_its_lifecycle(stubs: Stubs, crm: crm_p
     again = await crm.SubmitApplication(application("new-2", document="T220001293"))
     assert again.status == crm_pb2.ORDER_STATUS_REJECTED
     assert list(again.steps[-1].reasons) == ["the number is in quarantine after a termination"]
+
+
+async def test_customer_base_and_churn(crm: crm_pb2_grpc.CrmStub, app: App, clock: ManualClock) -> None:
+    from provisioning.applications import icao_check_digit
+    from provisioning.base import churn_basis_points
+
+    assert app.worker is not None
+    documents = [f"P0000000{n}" for n in range(4)]
+    for n, doc in enumerate(documents):
+        number = doc + str(icao_check_digit(doc))
+        app_n = application(f"a{n}", msisdn=f"49170123456{n}", document=number, imsi=f"26201123456789{n}")
+        order = await crm.SubmitApplication(app_n)
+        assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    await app.worker.reconcile_once()
+    clock.advance(seconds=86_400)
+    await crm.SubmitOrder(
+        crm_pb2.LineOrder(crm_order_id="t", msisdn="491701234560", kind="TERMINATE", termination_reason="DISSATISFIED")
+    )
+    await app.worker.reconcile_once()
+    day1, day2 = "2026-11-18", "2026-11-19"
+    report = await crm.GetCustomerBase(crm_pb2.BaseRequest(first_date=day2, last_date=day2))
+    prepaid = next(f for f in report.figures if f.customer_type == "MOBILE_PREPAID")
+    assert (prepaid.active_at_start, prepaid.gross_additions, prepaid.disconnections, prepaid.active_at_end) == (
+        4,
+        0,
+        1,
+        3,
+    )
+    assert prepaid.churn_basis_points == 2_500
+    both = await crm.GetCustomerBase(crm_pb2.BaseRequest(first_date=day1, last_date=day2))
+    prepaid = next(f for f in both.figures if f.customer_type == "MOBILE_PREPAID")
+    assert (prepaid.active_at_start, prepaid.gross_additions, prepaid.active_at_end) == (0, 4, 3)
+    assert churn_basis_points(1, 3) == 3_333
