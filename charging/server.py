@@ -50,6 +50,7 @@ from charging.v1 import (
 )
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
+from provisioning.bureau import HttpCreditBureau
 from provisioning.crm_api import CrmServicer
 from provisioning.network import HttpNetworkAdapter
 from provisioning.offers import sample_coverage
@@ -180,6 +181,7 @@ class App:
             self.worker,
             self.clock,
             CustomerBase(self.redis),
+            HttpCreditBureau(s.bureau_url, timeout_s=s.network_timeout_s) if s.bureau_url else None,
         )
         self.worker.on_ack = self.acquisition.acknowledged
 
@@ -198,6 +200,8 @@ class App:
             await self.notifier.aclose()
         if self._network is not None:
             await self._network.aclose()
+        if self.acquisition is not None and self.acquisition.bureau is not None:
+            await self.acquisition.bureau.aclose()
         if self._simulator is not None:
             self._simulator.stop()
         if self.link is not None:

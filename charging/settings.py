@@ -50,6 +50,8 @@ class Settings:
     network_url: str = ""
     network_timeout_s: float = 2.0
     provisioning_interval_s: float = 1.0
+    # A credit bureau for postpaid applications; empty: the declared history is used.
+    bureau_url: str = ""
     # Secret salt for fingerprints of identity documents and addresses; empty: a random
     # salt generated once and kept in Redis.
     crm_salt: str = ""

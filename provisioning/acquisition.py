@@ -31,6 +31,7 @@ from charging.errors import Conflict
 from charging.subscribers import Directory, Identity, parse_identity
 from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.base import CustomerBase
+from provisioning.bureau import BureauUnavailable, HttpCreditBureau
 from provisioning.credit import CreditHistory, decide
 from provisioning.lifecycle import (
     CHARGING_STATUS,
@@ -71,6 +72,7 @@ class Acquisition:
     worker: ProvisioningWorker
     clock: Clock
     base: CustomerBase | None = None
+    bureau: HttpCreditBureau | None = None
 
     async def submit(self, order_id: str, app: dict[str, Any]) -> dict[str, Any]:
         """Process one application; returns the order document."""
@@ -112,8 +114,15 @@ class Acquisition:
 
         credit = None
         if app.get("contract") == "POSTPAID":
-            history = app.get("credit_history") or {}
-            credit = decide(CreditHistory(**{k: int(v) for k, v in history.items()}))
+            declared = CreditHistory(**{k: int(v) for k, v in (app.get("credit_history") or {}).items()})
+            history = declared
+            if self.bureau is not None:
+                try:
+                    history = await self.bureau.history(doc_print, declared)
+                    step("bureau", "consulted")
+                except BureauUnavailable as exc:
+                    step("bureau", "unavailable", f"declared history used ({exc})")
+            credit = decide(history)
             order.update(
                 credit_class=credit.credit_class,
                 credit_limit_micros=credit.credit_limit_micros,
