@@ -54,6 +54,7 @@ from provisioning.bureau import HttpCreditBureau
 from provisioning.crm_api import CrmServicer
 from provisioning.network import HttpNetworkAdapter
 from provisioning.offers import sample_coverage
+from provisioning.records import Records
 from provisioning.screening import Screener
 from provisioning.simulator import NetworkSimulator
 from provisioning.worker import ProvisioningWorker
@@ -125,7 +126,7 @@ class App:
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
         topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups, directory), self._server)
         assert self.acquisition is not None
-        crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition), self._server)
+        crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition, Records(self.redis)), self._server)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(directory, self.catalogs, self.renewer, self.clock), self._server
         )

@@ -13,6 +13,7 @@ from charging.status import rpc
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
+from provisioning.records import Records
 
 STATUSES = {
     "SUBMITTED": crm_pb2.ORDER_STATUS_SUBMITTED,
@@ -49,9 +50,75 @@ def order_pb(order: dict[str, Any]) -> crm_pb2.Order:
     return out
 
 
+def ticket_pb(doc: dict[str, Any]) -> crm_pb2.Ticket:
+    out = crm_pb2.Ticket(
+        id=doc["id"],
+        customer_id=doc["customer_id"],
+        topic=doc["topic"],
+        summary=doc["summary"],
+        line=doc["line"],
+        invoice=doc["invoice"],
+        state=doc["state"],
+    )
+    for h in doc["history"]:
+        out.history.add(state=h["state"], at=h["at"], note=h["note"])
+    return out
+
+
+def dispute_pb(doc: dict[str, Any]) -> crm_pb2.Dispute:
+    return crm_pb2.Dispute(**doc)
+
+
 class CrmServicer(crm_pb2_grpc.CrmServicer):
-    def __init__(self, acquisition: Acquisition) -> None:
+    def __init__(self, acquisition: Acquisition, records: Records) -> None:
         self.acquisition = acquisition
+        self.records = records
+
+    def _now(self) -> int:
+        return self.acquisition.clock.now_ms() // 1000
+
+    @rpc("AddInteraction")
+    async def AddInteraction(
+        self, request: crm_pb2.Interaction, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.Interaction:
+        doc = await self.records.add_interaction(
+            request.customer_id, request.channel, request.note, list(request.references), self._now()
+        )
+        return crm_pb2.Interaction(customer_id=request.customer_id, **doc)
+
+    @rpc("OpenTicket")
+    async def OpenTicket(self, request: crm_pb2.Ticket, context: grpc.aio.ServicerContext) -> crm_pb2.Ticket:
+        doc = await self.records.open_ticket(
+            request.customer_id, request.topic, request.summary, self._now(), line=request.line, invoice=request.invoice
+        )
+        return ticket_pb(doc)
+
+    @rpc("MoveTicket")
+    async def MoveTicket(self, request: crm_pb2.TicketMove, context: grpc.aio.ServicerContext) -> crm_pb2.Ticket:
+        return ticket_pb(await self.records.move_ticket(request.ticket_id, request.state, request.note, self._now()))
+
+    @rpc("OpenDispute")
+    async def OpenDispute(self, request: crm_pb2.Dispute, context: grpc.aio.ServicerContext) -> crm_pb2.Dispute:
+        doc = await self.records.open_dispute(
+            request.customer_id,
+            request.reason,
+            request.amount_micros,
+            self._now(),
+            invoice=request.invoice,
+            line=request.line,
+        )
+        return dispute_pb(doc)
+
+    @rpc("GetCustomerRecords")
+    async def GetCustomerRecords(
+        self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.CustomerRecords:
+        out = crm_pb2.CustomerRecords()
+        for i in await self.records.interactions(request.customer_id):
+            out.interactions.add(customer_id=request.customer_id, **i)
+        out.tickets.extend(ticket_pb(t) for t in await self.records.tickets(request.customer_id))
+        out.disputes.extend(dispute_pb(d) for d in await self.records.disputes(request.customer_id))
+        return out
 
     @rpc("SubmitApplication")
     async def SubmitApplication(self, request: crm_pb2.Application, context: grpc.aio.ServicerContext) -> crm_pb2.Order:

@@ -216,3 +216,34 @@ async def test_customer_base_and_churn(crm: crm_pb2_grpc.CrmStub, app: App, cloc
     prepaid = next(f for f in both.figures if f.customer_type == "MOBILE_PREPAID")
     assert (prepaid.active_at_start, prepaid.gross_additions, prepaid.active_at_end) == (0, 4, 3)
     assert churn_basis_points(1, 3) == 3_333
+
+
+async def test_interactions_tickets_and_disputes(crm: crm_pb2_grpc.CrmStub) -> None:
+    import grpc
+
+    order = await crm.SubmitApplication(application("r-1"))
+    who = order.customer_id
+    await crm.AddInteraction(
+        crm_pb2.Interaction(
+            customer_id=who, channel="PHONE", note="asked about roaming", references=["recording://calls/991"]
+        )
+    )
+    ticket = await crm.OpenTicket(
+        crm_pb2.Ticket(customer_id=who, topic="NETWORK", summary="no signal at home", line="491701234567")
+    )
+    assert ticket.state == "OPEN"
+    ticket = await crm.MoveTicket(crm_pb2.TicketMove(ticket_id=ticket.id, state="IN_PROGRESS", note="field team sent"))
+    ticket = await crm.MoveTicket(crm_pb2.TicketMove(ticket_id=ticket.id, state="RESOLVED", note="antenna fixed"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await crm.MoveTicket(crm_pb2.TicketMove(ticket_id=ticket.id, state="IN_PROGRESS"))
+    assert "state" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await crm.OpenTicket(crm_pb2.Ticket(customer_id=who, topic="INVOICE", summary="too high"))
+    assert "invoice" in (err.value.details() or "")
+    await crm.OpenDispute(
+        crm_pb2.Dispute(customer_id=who, line="491701234567", reason="call never made", amount_micros=90_000)
+    )
+    records = await crm.GetCustomerRecords(crm_pb2.CustomerRef(customer_id=who))
+    assert [i.note for i in records.interactions] == ["asked about roaming"]
+    assert [h.state for h in records.tickets[0].history] == ["OPEN", "IN_PROGRESS", "RESOLVED"]
+    assert (records.disputes[0].state, records.disputes[0].amount_micros) == ("OPEN", 90_000)
