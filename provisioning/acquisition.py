@@ -33,6 +33,7 @@ from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.base import CustomerBase
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
 from provisioning.credit import CreditHistory, decide
+from provisioning.customers import Organisation
 from provisioning.lifecycle import (
     CHARGING_STATUS,
     InvalidTransition,
@@ -73,6 +74,10 @@ class Acquisition:
     clock: Clock
     base: CustomerBase | None = None
     bureau: HttpCreditBureau | None = None
+
+    @property
+    def organisation(self) -> Organisation:
+        return Organisation(self.client)
 
     async def submit(self, order_id: str, app: dict[str, Any]) -> dict[str, Any]:
         """Process one application; returns the order document."""
@@ -154,6 +159,10 @@ class Acquisition:
         await self.client.hset(
             f"crm:customer:{customer_id}", mapping={"kind": str(app["customer_kind"]), "created": now_s}
         )
+        unit_id = ""
+        if app["customer_kind"] == "CORPORATE":
+            unit = await self.organisation.add_unit(customer_id, "", str(app["company"]["name"]), True)
+            unit_id = unit.id
         try:
             account = await self.directory.create(
                 msisdn,
@@ -177,8 +186,10 @@ class Acquisition:
                 "state": LineState.PENDING_ACTIVATION.value,
                 "order_id": order_id,
                 "customer_type": plan.customer_type.value,
+                "unit_id": unit_id,
             },
         )
+        await self.client.rpush(f"crm:lines:{customer_id}", msisdn.value)
         step("line", "created", "pending activation")
         await self.worker.desire(msisdn.value, LineState.ACTIVE.value, plan.id)
         order["status"] = "IN_PROGRESS"

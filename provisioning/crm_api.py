@@ -13,6 +13,7 @@ from charging.status import rpc
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
+from provisioning.customers import Unit, paying_unit
 from provisioning.records import Records
 
 STATUSES = {
@@ -175,10 +176,50 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         line = await self.acquisition.get_line(request.msisdn)
         if line is None:
             raise NotFound("no such line")
-        return crm_pb2.Line(
-            msisdn=request.msisdn,
-            customer_id=line["customer_id"],
-            account_id=line["account_id"],
-            plan_id=line["plan_id"],
-            state=line["state"],
-        )
+        return line_pb(request.msisdn, line)
+
+    @rpc("AddOrgUnit")
+    async def AddOrgUnit(self, request: crm_pb2.OrgUnit, context: grpc.aio.ServicerContext) -> crm_pb2.OrgUnit:
+        organisation = self.acquisition.organisation
+        if not request.parent_id:
+            raise InvalidRequest("parent_id", "is required: the company's root unit exists already")
+        unit = await organisation.add_unit(request.customer_id, request.parent_id, request.name, request.pays_itself)
+        units = await organisation.units(request.customer_id)
+        return unit_pb(unit, paying_unit(units, unit.id))
+
+    @rpc("GetCustomer")
+    async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
+        client = self.acquisition.client
+        kind = await client.hget(f"crm:customer:{request.customer_id}", "kind")
+        if kind is None:
+            raise NotFound("no such customer")
+        out = crm_pb2.Customer(id=request.customer_id, kind=str(kind))
+        units = await self.acquisition.organisation.units(request.customer_id)
+        out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
+        for msisdn in await client.lrange(f"crm:lines:{request.customer_id}", 0, -1):
+            line = await self.acquisition.get_line(str(msisdn))
+            if line is not None:
+                out.lines.append(line_pb(str(msisdn), line))
+        return out
+
+
+def unit_pb(unit: Unit, paying: str) -> crm_pb2.OrgUnit:
+    return crm_pb2.OrgUnit(
+        id=unit.id,
+        customer_id=unit.customer_id,
+        parent_id=unit.parent,
+        name=unit.name,
+        pays_itself=unit.pays_itself,
+        paying_unit_id=paying,
+    )
+
+
+def line_pb(msisdn: str, line: dict[str, str]) -> crm_pb2.Line:
+    return crm_pb2.Line(
+        msisdn=msisdn,
+        customer_id=line["customer_id"],
+        account_id=line["account_id"],
+        plan_id=line["plan_id"],
+        state=line["state"],
+        unit_id=line.get("unit_id", ""),
+    )

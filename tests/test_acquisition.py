@@ -247,3 +247,46 @@ async def test_interactions_tickets_and_disputes(crm: crm_pb2_grpc.CrmStub) -> N
     assert [i.note for i in records.interactions] == ["asked about roaming"]
     assert [h.state for h in records.tickets[0].history] == ["OPEN", "IN_PROGRESS", "RESOLVED"]
     assert (records.disputes[0].state, records.disputes[0].amount_micros) == ("OPEN", 90_000)
+
+
+async def test_a_corporate_customer_is_a_tree_of_units(crm: crm_pb2_grpc.CrmStub) -> None:
+    import grpc
+
+    app = application("corp-1", contract="PREPAID")
+    app.customer_kind = "CORPORATE"
+    app.company.CopyFrom(crm_pb2.Company(name="Muster GmbH", country="DE", registration_number="HRB 12345"))
+    order = await crm.SubmitApplication(app)
+    assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    customer = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=order.customer_id))
+    (root,) = customer.units
+    assert (customer.kind, root.name, root.pays_itself, root.paying_unit_id) == (
+        "CORPORATE",
+        "Muster GmbH",
+        True,
+        root.id,
+    )
+    assert [(line.msisdn, line.unit_id) for line in customer.lines] == [("491701234567", root.id)]
+
+    branch = await crm.AddOrgUnit(
+        crm_pb2.OrgUnit(customer_id=order.customer_id, parent_id=root.id, name="Munich", pays_itself=True)
+    )
+    sales = await crm.AddOrgUnit(crm_pb2.OrgUnit(customer_id=order.customer_id, parent_id=branch.id, name="Sales"))
+    team = await crm.AddOrgUnit(crm_pb2.OrgUnit(customer_id=order.customer_id, parent_id=sales.id, name="Team A"))
+    assert (sales.paying_unit_id, team.paying_unit_id) == (branch.id, branch.id)  # they pay through Munich
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await crm.AddOrgUnit(crm_pb2.OrgUnit(customer_id=order.customer_id, parent_id="999", name="Nowhere"))
+    assert "parent_id" in (err.value.details() or "")
+    customer = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=order.customer_id))
+    assert len(customer.units) == 4
+
+
+def test_paying_unit_walks_up_to_the_nearest_unit_that_pays() -> None:
+    from provisioning.customers import Unit, paying_unit
+
+    units = {
+        "1": Unit("1", "c", "", "HQ", True),
+        "2": Unit("2", "c", "1", "Branch", False),
+        "3": Unit("3", "c", "2", "Dept", False),
+        "4": Unit("4", "c", "2", "Billing dept", True),
+    }
+    assert [paying_unit(units, u) for u in ("1", "2", "3", "4")] == ["1", "1", "1", "4"]
