@@ -63,6 +63,29 @@ def quarantine_key(msisdn: str) -> str:
     return "crm:quarantine:" + msisdn
 
 
+class OrderRun:
+    """One order being processed: its document, the steps recorded on it, rejection."""
+
+    def __init__(self, acquisition: Acquisition, order_id: str, now_s: int) -> None:
+        self.acquisition = acquisition
+        self.now_s = now_s
+        self.order: dict[str, Any] = {"crm_order_id": order_id, "status": "SUBMITTED", "problems": [], "steps": []}
+
+    async def claim(self) -> bool:
+        """Take the order id; False when it was submitted before (orders are idempotent)."""
+        text = json.dumps(self.order)
+        return bool(await self.acquisition.client.set(order_key(self.order["crm_order_id"]), text, nx=True))
+
+    def step(self, name: str, outcome: str, *reasons: str) -> None:
+        self.order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": self.now_s})
+
+    async def reject(self, name: str, *reasons: str) -> dict[str, Any]:
+        self.step(name, "refused", *reasons)
+        self.order["status"] = "REJECTED"
+        await self.acquisition._save(self.order)
+        return self.order
+
+
 @dataclass
 class Acquisition:
     client: aioredis.Redis
@@ -82,18 +105,10 @@ class Acquisition:
     async def submit(self, order_id: str, app: dict[str, Any]) -> dict[str, Any]:
         """Process one application; returns the order document."""
         now_s = self.clock.now_ms() // 1000
-        order: dict[str, Any] = {"crm_order_id": order_id, "status": "SUBMITTED", "problems": [], "steps": []}
-        if not await self.client.set(order_key(order_id), json.dumps(order), nx=True):
-            return await self.get_order(order_id) or order
-
-        def step(name: str, outcome: str, *reasons: str) -> None:
-            order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": now_s})
-
-        async def reject(name: str, *reasons: str) -> dict[str, Any]:
-            step(name, "refused", *reasons)
-            order["status"] = "REJECTED"
-            await self._save(order)
-            return order
+        run = OrderRun(self, order_id, now_s)
+        if not await run.claim():
+            return await self.get_order(order_id) or run.order
+        order, step, reject = run.order, run.step, run.reject
 
         today = datetime.fromtimestamp(now_s, UTC).date()
         try:
@@ -201,18 +216,10 @@ class Acquisition:
         """An order on an existing line: change product, bar outgoing, suspend, resume,
         terminate (with a reason). Checked against the line's state, then provisioned."""
         now_s = self.clock.now_ms() // 1000
-        order: dict[str, Any] = {"crm_order_id": order_id, "status": "SUBMITTED", "problems": [], "steps": []}
-        if not await self.client.set(order_key(order_id), json.dumps(order), nx=True):
-            return await self.get_order(order_id) or order
-
-        def step(name: str, outcome: str, *reasons: str) -> None:
-            order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": now_s})
-
-        async def reject(name: str, *reasons: str) -> dict[str, Any]:
-            step(name, "refused", *reasons)
-            order["status"] = "REJECTED"
-            await self._save(order)
-            return order
+        run = OrderRun(self, order_id, now_s)
+        if not await run.claim():
+            return await self.get_order(order_id) or run.order
+        order, step, reject = run.order, run.step, run.reject
 
         line = await self.get_line(msisdn)
         if line is None:
