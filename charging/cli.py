@@ -48,6 +48,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from charging import logs
+    from charging.server import provision
+    from charging.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    logs.configure(settings.log_level)
+    uvloop.run(provision(settings))
+    return 0
+
+
 def cmd_create_subscriber(args: argparse.Namespace) -> int:
     from charging.v1 import admin_pb2, admin_pb2_grpc
 
@@ -182,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("serve", help="run the server (settings from CHARGING_* variables)").set_defaults(fn=cmd_serve)
+    sub.add_parser("worker", help="run the provisioning worker as its own process").set_defaults(fn=cmd_worker)
 
     def who(sp: argparse.ArgumentParser) -> None:
         g = sp.add_mutually_exclusive_group(required=True)

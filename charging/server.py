@@ -149,9 +149,10 @@ class App:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
             self._tasks.append(asyncio.create_task(self.renewer.run(), name="renewer"))
             assert self.worker is not None
-            self._tasks.append(
-                asyncio.create_task(self.worker.run(s.provisioning_interval_s), name="provisioning-worker")
-            )
+            if s.provisioning_in_server:
+                self._tasks.append(
+                    asyncio.create_task(self.worker.run(s.provisioning_interval_s), name="provisioning-worker")
+                )
             self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
             self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
         if self._embedded is not None:
@@ -162,29 +163,13 @@ class App:
         """The CRM's acquisition flow and the provisioning worker, on the configured
         network gateway or on the bundled simulator."""
         assert self.redis is not None and self.catalogs is not None
-        s = self.settings
-        salt = s.crm_salt
-        if not salt:
-            await self.redis.set("crm:salt", secrets.token_hex(16), nx=True)
-            salt = str(await self.redis.get("crm:salt"))
-        url = s.network_url
+        url = self.settings.network_url
         if not url:
             self._simulator = NetworkSimulator("127.0.0.1:0").start()
             url = self._simulator.url
-        self._network = HttpNetworkAdapter(url, timeout_s=s.network_timeout_s)
-        self.worker = ProvisioningWorker(self.redis, self._network, self.clock)
-        self.acquisition = Acquisition(
-            self.redis,
-            directory,
-            self.catalogs,
-            Screener(self.redis, salt),
-            sample_coverage(),
-            self.worker,
-            self.clock,
-            CustomerBase(self.redis),
-            HttpCreditBureau(s.bureau_url, timeout_s=s.network_timeout_s) if s.bureau_url else None,
-        )
-        self.worker.on_ack = self.acquisition.acknowledged
+        self.acquisition = await build_acquisition(self.settings, url, self.redis, directory, self.catalogs, self.clock)
+        self.worker = self.acquisition.worker
+        self._network = self.acquisition.worker.network  # type: ignore[assignment]
 
     async def stop(self) -> None:
         if self._health is not None:
@@ -215,6 +200,69 @@ class App:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
         log.info("stopped")
+
+
+async def build_acquisition(
+    settings: Settings,
+    network_url: str,
+    client: aioredis.Redis,
+    directory: Directory,
+    catalogs: CatalogBook,
+    clock: Clock,
+) -> Acquisition:
+    """Acquisition, screening, credit and the provisioning worker, wired together."""
+    salt = settings.crm_salt
+    if not salt:
+        await client.set("crm:salt", secrets.token_hex(16), nx=True)
+        salt = str(await client.get("crm:salt"))
+    worker = ProvisioningWorker(client, HttpNetworkAdapter(network_url, timeout_s=settings.network_timeout_s), clock)
+    acquisition = Acquisition(
+        client,
+        directory,
+        catalogs,
+        Screener(client, salt),
+        sample_coverage(),
+        worker,
+        clock,
+        CustomerBase(client),
+        HttpCreditBureau(settings.bureau_url, timeout_s=settings.network_timeout_s) if settings.bureau_url else None,
+    )
+    worker.on_ack = acquisition.acknowledged
+    return acquisition
+
+
+async def provision(settings: Settings) -> None:
+    """The provisioning worker as its own process (``charging worker``), next to servers
+    started with ``CHARGING_PROVISIONING_IN_SERVER=false``. Runs until SIGTERM or SIGINT."""
+    if not settings.redis_url or not settings.network_url:
+        raise SystemExit("charging worker needs CHARGING_REDIS_URL and CHARGING_NETWORK_URL")
+    client = store.connect(settings.redis_url, max_connections=8)
+    catalogs = CatalogBook(client)
+    if not await catalogs.refresh():
+        raise SystemExit("no catalog is stored yet: start a charging server first")
+    acquisition = await build_acquisition(
+        settings, settings.network_url, client, Directory(client, 10_000), catalogs, SystemClock()
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(acquisition.worker.run(settings.provisioning_interval_s)),
+        asyncio.create_task(catalogs.follow(settings.catalog_refresh_s)),
+    ]
+    log.info("provisioning worker running")
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await acquisition.worker.network.aclose()
+        await client.aclose()
+        log.info("provisioning worker stopped")
 
 
 async def serve(settings: Settings) -> None:

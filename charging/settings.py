@@ -50,6 +50,8 @@ class Settings:
     network_url: str = ""
     network_timeout_s: float = 2.0
     provisioning_interval_s: float = 1.0
+    # Run the provisioning worker inside the server; false when `charging worker` runs it.
+    provisioning_in_server: bool = True
     # A credit bureau for postpaid applications; empty: the declared history is used.
     bureau_url: str = ""
     # Secret salt for fingerprints of identity documents and addresses; empty: a random
