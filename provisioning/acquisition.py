@@ -25,14 +25,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from charging import keys
+from charging.catalog import Plan
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
-from charging.errors import Conflict
+from charging.errors import Conflict, InvalidRequest
 from charging.subscribers import Directory, Identity, parse_identity
 from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.base import CustomerBase
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
-from provisioning.credit import CreditHistory, decide
+from provisioning.credit import CreditDecision, CreditHistory, decide
 from provisioning.customers import Organisation
 from provisioning.lifecycle import (
     CHARGING_STATUS,
@@ -165,33 +166,65 @@ class Acquisition:
             return await reject("offer", *(r.reason for r in refused))
         step("offer", "available", plan.id)
 
-        quarantined_until = await self.client.get(quarantine_key(msisdn.value))
-        if quarantined_until is not None and int(quarantined_until) > now_s:
+        if await self._quarantined(msisdn.value, now_s):
             return await reject("line", "the number is in quarantine after a termination")
         customer_id = str(await self.client.incr(CUSTOMER_SEQ))
         if not await self.screener.register(doc_print, customer_id):
             return await reject("customer", "this identity already has an active customer")
-        await self.client.hset(
-            f"crm:customer:{customer_id}", mapping={"kind": str(app["customer_kind"]), "created": now_s}
-        )
+        customer: dict[Any, Any] = {
+            "kind": str(app["customer_kind"]),
+            "created": now_s,
+            # what offers to new lines are checked against later
+            "country": address["country"],
+            "postal_code": address["postal_code"],
+        }
+        if credit is not None:
+            customer.update(
+                credit_class=credit.credit_class,
+                credit_limit=credit.credit_limit_micros,
+                deposit=credit.deposit_micros,
+                postpaid_allowed=int(credit.postpaid_allowed),
+                max_lines=credit.max_lines,
+            )
+        await self.client.hset(f"crm:customer:{customer_id}", mapping=customer)
         unit_id = ""
         if app["customer_kind"] == "CORPORATE":
             unit = await self.organisation.add_unit(customer_id, "", str(app["company"]["name"]), True)
             unit_id = unit.id
+        opened = await self._open_line(
+            run, customer_id, unit_id, plan, msisdn, imsi, int(app.get("initial_balance_micros", 0)), credit
+        )
+        if not opened:
+            await self.client.delete(f"crm:identity:{doc_print}")
+        return order
+
+    async def _quarantined(self, msisdn: str, now_s: int) -> bool:
+        until = await self.client.get(quarantine_key(msisdn))
+        return until is not None and int(until) > now_s
+
+    async def _open_line(
+        self,
+        run: OrderRun,
+        customer_id: str,
+        unit_id: str,
+        plan: Plan,
+        msisdn: Identity,
+        imsi: Identity | None,
+        initial_balance: int,
+        credit: CreditDecision | None,
+    ) -> bool:
+        """Create the charging account (barred until the network acknowledges) and the
+        line, and ask the network to activate it. False when the number is taken."""
         try:
             account = await self.directory.create(
-                msisdn,
-                imsi,
-                plan,
-                int(app.get("initial_balance_micros", 0)),
-                status=CHARGING_STATUS[LineState.PENDING_ACTIVATION],
+                msisdn, imsi, plan, initial_balance, status=CHARGING_STATUS[LineState.PENDING_ACTIVATION]
             )
         except Conflict as exc:
-            await self.client.delete(f"crm:identity:{doc_print}")
-            return await reject("line", str(exc))
+            await run.reject("line", str(exc))
+            return False
         if credit is not None:
             await self.client.hset(keys.account(account.account_id), "credit_limit", credit.credit_limit_micros)
-        order.update(customer_id=customer_id, account_id=account.account_id, msisdn=msisdn.value)
+        run.order.update(customer_id=customer_id, account_id=account.account_id, msisdn=msisdn.value)
         await self.client.hset(
             line_key(msisdn.value),
             mapping={
@@ -199,18 +232,84 @@ class Acquisition:
                 "account_id": account.account_id,
                 "plan_id": plan.id,
                 "state": LineState.PENDING_ACTIVATION.value,
-                "order_id": order_id,
+                "order_id": run.order["crm_order_id"],
                 "customer_type": plan.customer_type.value,
                 "unit_id": unit_id,
             },
         )
         await self.client.rpush(f"crm:lines:{customer_id}", msisdn.value)
-        step("line", "created", "pending activation")
+        run.step("line", "created", "pending activation")
         await self.worker.desire(msisdn.value, LineState.ACTIVE.value, plan.id)
-        order["status"] = "IN_PROGRESS"
-        step("provisioning", "requested", "ACTIVATE")
-        await self._save(order)
-        return order
+        run.order["status"] = "IN_PROGRESS"
+        run.step("provisioning", "requested", "ACTIVATE")
+        await self._save(run.order)
+        return True
+
+    async def new_line(
+        self,
+        order_id: str,
+        customer_id: str,
+        unit_id: str,
+        plan_id: str,
+        msisdn_text: str,
+        imsi_text: str,
+        initial_balance: int,
+    ) -> dict[str, Any]:
+        """A further line for an existing customer (under one of its units, if corporate),
+        offered against the customer's address and credit class."""
+        now_s = self.clock.now_ms() // 1000
+        run = OrderRun(self, order_id, now_s)
+        if not await run.claim():
+            return await self.get_order(order_id) or run.order
+        customer = {str(k): str(v) for k, v in (await self.client.hgetall(f"crm:customer:{customer_id}")).items()}
+        if not customer:
+            return await run.reject("order", "no such customer")
+        run.order["customer_id"] = customer_id
+        if customer["kind"] == "CORPORATE":
+            units = await self.organisation.units(customer_id)
+            unit_id = unit_id or await self.organisation.root(customer_id)
+            if unit_id not in units:
+                return await run.reject("order", "org_unit_id is not a unit of this customer")
+        try:
+            msisdn = parse_identity("msisdn", msisdn_text, "msisdn")
+            imsi = parse_identity("imsi", imsi_text, "imsi") if imsi_text else None
+        except InvalidRequest as exc:
+            run.order["problems"] = [[exc.field, exc.message]]
+            return await run.reject("order", "the order has invalid fields")
+        if await self._quarantined(msisdn.value, now_s):
+            return await run.reject("line", "the number is in quarantine after a termination")
+        plan = self.catalogs.current.plans.get(plan_id)
+        if plan is None:
+            return await run.reject("offer", f"no plan {plan_id!r} in the catalog")
+        credit = None
+        if "credit_class" in customer:
+            credit = CreditDecision(
+                points=0,
+                credit_class=customer["credit_class"],
+                credit_limit_micros=int(customer["credit_limit"]),
+                deposit_micros=int(customer["deposit"]),
+                postpaid_allowed=customer["postpaid_allowed"] == "1",
+                max_lines=int(customer["max_lines"]),
+                reasons=(),
+            )
+        offered, refused = offers(
+            [plan],
+            country=customer.get("country", ""),
+            postal_code=customer.get("postal_code", ""),
+            coverage=self.coverage,
+            credit=credit,
+            at_s=now_s,
+        )
+        if not offered:
+            return await run.reject("offer", *(r.reason for r in refused))
+        lines = await self.client.llen(f"crm:lines:{customer_id}")
+        if credit is not None and plan.customer_type.value.endswith("POSTPAID") and lines >= credit.max_lines:
+            return await run.reject(
+                "offer", f"credit class {credit.credit_class} allows at most {credit.max_lines} postpaid line(s)"
+            )
+        run.step("offer", "available", plan.id)
+        await self._open_line(run, customer_id, unit_id, plan, msisdn, imsi, initial_balance, credit)
+        return run.order
 
     async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
         """An order on an existing line: change product, bar outgoing, suspend, resume,

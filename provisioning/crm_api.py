@@ -132,9 +132,20 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def SubmitOrder(self, request: crm_pb2.LineOrder, context: grpc.aio.ServicerContext) -> crm_pb2.Order:
         if not request.crm_order_id or len(request.crm_order_id) > 128:
             raise InvalidRequest("crm_order_id", "is required (1-128 characters)")
-        order = await self.acquisition.order(
-            request.crm_order_id, request.msisdn, request.kind, request.plan_id, request.termination_reason
-        )
+        if request.kind == "NEW_LINE":
+            order = await self.acquisition.new_line(
+                request.crm_order_id,
+                request.customer_id,
+                request.org_unit_id,
+                request.plan_id,
+                request.msisdn,
+                request.imsi,
+                request.initial_balance_micros,
+            )
+        else:
+            order = await self.acquisition.order(
+                request.crm_order_id, request.msisdn, request.kind, request.plan_id, request.termination_reason
+            )
         return order_pb(order)
 
     @rpc("GetOrder")

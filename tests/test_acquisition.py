@@ -290,3 +290,49 @@ def test_paying_unit_walks_up_to_the_nearest_unit_that_pays() -> None:
         "4": Unit("4", "c", "2", "Billing dept", True),
     }
     assert [paying_unit(units, u) for u in ("1", "2", "3", "4")] == ["1", "1", "1", "4"]
+
+
+async def test_new_lines_for_existing_customers(crm: crm_pb2_grpc.CrmStub, app: App) -> None:
+    corp = application("co", contract="PREPAID")
+    corp.customer_kind = "CORPORATE"
+    corp.company.CopyFrom(crm_pb2.Company(name="Muster GmbH", country="DE", registration_number="HRB 12345"))
+    first = await crm.SubmitApplication(corp)
+    root = (await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=first.customer_id))).units[0]
+    sales = await crm.AddOrgUnit(crm_pb2.OrgUnit(customer_id=first.customer_id, parent_id=root.id, name="Sales"))
+    order = await crm.SubmitOrder(
+        crm_pb2.LineOrder(
+            crm_order_id="nl-1",
+            kind="NEW_LINE",
+            customer_id=first.customer_id,
+            org_unit_id=sales.id,
+            plan_id="mobile-prepaid",
+            msisdn="491701234599",
+            imsi="262011234567899",
+            initial_balance_micros=1_000_000,
+        )
+    )
+    assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    assert app.worker is not None
+    await app.worker.reconcile_once()
+    customer = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=first.customer_id))
+    assert {(line.msisdn, line.unit_id, line.state) for line in customer.lines} == {
+        ("491701234567", root.id, "active"),
+        ("491701234599", sales.id, "active"),
+    }
+    wrong = await crm.SubmitOrder(
+        crm_pb2.LineOrder(crm_order_id="nl-2", kind="NEW_LINE", customer_id=first.customer_id, org_unit_id="999",
+                          plan_id="mobile-prepaid", msisdn="491701234598")
+    )  # fmt: skip
+    assert wrong.status == crm_pb2.ORDER_STATUS_REJECTED
+
+
+async def test_the_credit_class_limits_postpaid_lines(crm: crm_pb2_grpc.CrmStub) -> None:
+    small = {"late_payments_12m": 2, "monthly_income_micros": 1_000_000_000}  # class D: one line
+    first = await crm.SubmitApplication(application("pd-1", contract="POSTPAID", plan="mobile-postpaid", history=small))
+    assert (first.status, first.credit_class) == (crm_pb2.ORDER_STATUS_IN_PROGRESS, "D")
+    second = await crm.SubmitOrder(
+        crm_pb2.LineOrder(crm_order_id="pd-2", kind="NEW_LINE", customer_id=first.customer_id,
+                          plan_id="mobile-postpaid", msisdn="491701234597")
+    )  # fmt: skip
+    assert second.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert list(second.steps[-1].reasons) == ["credit class D allows at most 1 postpaid line(s)"]
