@@ -19,7 +19,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from charging import keys
-from charging.catalog import Catalog, catalog_from_doc
+from charging.catalog import Catalog
+from charging.catalog_doc import catalog_from_doc
 from charging.errors import Conflict, StorageUnavailable
 from charging.store import storage_errors
 

@@ -324,7 +324,8 @@ class H2Load:
 def rating_micros_per_request(rounds: int = 20_000) -> float:
     """Time ``sessions.rating_args`` for a typical UPDATE (voice with a called number, data),
     against the sample catalog, across destinations and times of day."""
-    from charging.catalog import Usage, catalog_from_doc
+    from charging.catalog import Usage
+    from charging.catalog_doc import catalog_from_doc
     from charging.catalogs import read_catalog_file
     from charging.rating import Units
     from charging.sessions import RatingGroupRequest, rating_args

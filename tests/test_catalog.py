@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charging.catalog import Catalog, CatalogInvalid, Usage, catalog_from_doc
+from charging.catalog import Catalog, Usage
+from charging.catalog_doc import CatalogInvalid, catalog_from_doc
 from charging.catalogs import read_catalog_file
 from charging.zones import ZoneTable
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from charging.catalog import catalog_from_doc
+from charging.catalog_doc import catalog_from_doc
 from charging.catalogs import read_catalog_file
 from provisioning.credit import MICROS, CreditHistory, decide
 from provisioning.offers import offers, sample_coverage
