@@ -22,7 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from charging import store
-from charging.api import AdminServicer, ChargingServicer, TopUpServicer
+from charging.admin_api import AdminServicer
+from charging.api import ChargingServicer, TopUpServicer
 from charging.catalogs import CatalogBook
 from charging.census import run_census
 from charging.clock import Clock, SystemClock
