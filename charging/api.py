@@ -28,7 +28,7 @@ from charging.sessions import (
     SessionRequest,
 )
 from charging.status import rpc
-from charging.subscribers import Directory, Identity, parse_identity
+from charging.subscribers import Identity, parse_identity
 from charging.topups import CHANNELS, BundlePurchase, Recharge, TopUps
 from charging.v1 import (
     charging_pb2,
@@ -263,9 +263,8 @@ def balance_pb(account_id: str, currency: str, balance: int, reserved: int) -> t
 
 
 class TopUpServicer(topup_pb2_grpc.TopUpServicer):
-    def __init__(self, topups: TopUps, directory: Directory) -> None:
+    def __init__(self, topups: TopUps) -> None:
         self.topups = topups
-        self.directory = directory
 
     @rpc("Recharge")
     async def Recharge(

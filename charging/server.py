@@ -91,7 +91,6 @@ class App:
     _metrics_httpd: Any = None
     worker: ProvisioningWorker | None = None
     acquisition: Acquisition | None = None
-    _network: HttpNetworkAdapter | None = None
     _simulator: NetworkSimulator | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -125,7 +124,7 @@ class App:
 
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
-        topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups, directory), self._server)
+        topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups), self._server)
         assert self.acquisition is not None
         crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition, Records(self.redis)), self._server)
         admin_pb2_grpc.add_AdminServicer_to_server(
@@ -170,7 +169,6 @@ class App:
             url = self._simulator.url
         self.acquisition = await build_acquisition(self.settings, url, self.redis, directory, self.catalogs, self.clock)
         self.worker = self.acquisition.worker
-        self._network = self.acquisition.worker.network  # type: ignore[assignment]
 
     async def stop(self) -> None:
         if self._health is not None:
@@ -185,10 +183,8 @@ class App:
         self._tasks.clear()
         if self.notifier is not None:
             await self.notifier.aclose()
-        if self._network is not None:
-            await self._network.aclose()
-        if self.acquisition is not None and self.acquisition.bureau is not None:
-            await self.acquisition.bureau.aclose()
+        if self.acquisition is not None:
+            await self.acquisition.aclose()
         if self._simulator is not None:
             self._simulator.stop()
         if self.link is not None:
@@ -261,7 +257,7 @@ async def provision(settings: Settings) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await acquisition.worker.network.aclose()
+        await acquisition.aclose()
         await client.aclose()
         log.info("provisioning worker stopped")
 

@@ -381,6 +381,12 @@ class Acquisition:
             )
             await self._save(order)
 
+    async def aclose(self) -> None:
+        """Close the network and credit bureau clients."""
+        await self.worker.network.aclose()
+        if self.bureau is not None:
+            await self.bureau.aclose()
+
     async def get_order(self, order_id: str) -> dict[str, Any] | None:
         text = await self.client.get(order_key(order_id))
         return None if text is None else dict(json.loads(text))
