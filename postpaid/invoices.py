@@ -1,0 +1,213 @@
+"""Invoices: what one bill holds, and the arithmetic that builds it. Pure: no Redis, no clock.
+
+Money on an invoice is an integer count of the currency's minor units (cents). Usage is
+rated in micros (``charging/money.py``); each charge line is rounded once to minor units
+with ``to_minor`` (half away from zero). Tax is computed per tax code on the sum of the
+net charge lines carrying that code, rounded once per code with the same rule: that is the
+stated rounding stage. Totals are sums of already rounded integers, so an invoice always
+adds up to the cent, and the usage lines reconcile with the itemised records exactly in
+micros (``UsageSummary``) before that one rounding.
+
+    line sections (per line: rentals, usage by category, included bundles, discounts)
+    + account charges (volume discounts, adjustments, late and reconnection fees)
+    = net total; + taxes per code = invoice total
+    previous balance - payments received + invoice total = total due
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+MICROS_PER_MINOR = 10_000  # two-decimal currencies: 1 cent = 10,000 micros
+
+
+def to_minor(micros: int) -> int:
+    """Micros to minor units, half away from zero: 12_345 -> 1, 15_000 -> 2, -15_000 -> -2."""
+    q, r = divmod(abs(micros), MICROS_PER_MINOR)
+    if 2 * r >= MICROS_PER_MINOR:
+        q += 1
+    return q if micros >= 0 else -q
+
+
+def share(amount: int, numerator: int, denominator: int) -> int:
+    """``amount * numerator / denominator`` rounded half away from zero (prorations,
+    percentages in basis points)."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    q, r = divmod(abs(amount) * numerator, denominator)
+    if 2 * r >= denominator:
+        q += 1
+    return q if amount >= 0 else -q
+
+
+# Kinds of charge lines.
+RENTAL = "RENTAL"
+USAGE = "USAGE"
+INCLUDED = "INCLUDED"  # a bundle included in the product, shown with what was used of it
+DISCOUNT = "DISCOUNT"
+ADJUSTMENT = "ADJUSTMENT"
+LATE_FEE = "LATE_FEE"
+RECONNECTION_FEE = "RECONNECTION_FEE"
+DEPOSIT = "DEPOSIT"
+
+# Usage categories, in the order an invoice lists them.
+CATEGORIES = ("NATIONAL_CALLS", "INTERNATIONAL_CALLS", "SMS", "DATA", "ROAMING", "OTHER")
+CATEGORY_NAMES = {
+    "NATIONAL_CALLS": "National calls",
+    "INTERNATIONAL_CALLS": "International calls",
+    "SMS": "Messages",
+    "DATA": "Data",
+    "ROAMING": "Roaming",
+    "OTHER": "Other services",
+}
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One line of an invoice. ``amount`` in minor units, negative for discounts and
+    credits; ``quantity`` with ``unit`` ("s", "bytes", "events", "days") when it helps."""
+
+    kind: str
+    description: str
+    amount: int
+    quantity: int = 0
+    unit: str = ""
+    tax_code: str = "standard"
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class UsageItem:
+    """One itemised usage record: when, what, where to, how much, what it cost (micros)."""
+
+    at_ms: int
+    service: str
+    category: str
+    destination: str  # as shown to the customer (masked when configured)
+    units: int
+    unit: str
+    cost_micros: int
+
+
+@dataclass(frozen=True)
+class LineSection:
+    """A line's part of an invoice; ``unit_path`` names the corporate branch or department."""
+
+    line: str
+    product: str
+    charges: tuple[Charge, ...]
+    usage: tuple[UsageItem, ...] = ()
+    unit_path: tuple[str, ...] = ()
+
+    @property
+    def subtotal(self) -> int:
+        return sum(c.amount for c in self.charges)
+
+
+@dataclass(frozen=True)
+class TaxLine:
+    code: str
+    name: str
+    rate_bp: int  # basis points: 1900 = 19 %
+    base: int
+    amount: int
+
+
+@dataclass(frozen=True)
+class Invoice:
+    number: str  # assigned when issued, gapless per issuer
+    issuer: str
+    billing_account: str
+    customer_label: str
+    currency: str
+    period_start: date
+    period_end: date  # last day of the period (inclusive)
+    issued: date
+    due: date
+    sections: tuple[LineSection, ...]
+    account_charges: tuple[Charge, ...]
+    taxes: tuple[TaxLine, ...]
+    previous_balance: int = 0
+    payments_received: int = 0
+    kind: str = "REGULAR"  # or FINAL (termination)
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def net_total(self) -> int:
+        return sum(s.subtotal for s in self.sections) + sum(c.amount for c in self.account_charges)
+
+    @property
+    def tax_total(self) -> int:
+        return sum(t.amount for t in self.taxes)
+
+    @property
+    def total(self) -> int:
+        """This invoice's charges including tax."""
+        return self.net_total + self.tax_total
+
+    @property
+    def total_due(self) -> int:
+        return self.previous_balance - self.payments_received + self.total
+
+    def all_charges(self) -> list[Charge]:
+        return [c for s in self.sections for c in s.charges] + list(self.account_charges)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str, separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str) -> Invoice:
+        d: dict[str, Any] = json.loads(text)
+        sections = tuple(
+            LineSection(
+                line=s["line"],
+                product=s["product"],
+                charges=tuple(Charge(**c) for c in s["charges"]),
+                usage=tuple(UsageItem(**u) for u in s["usage"]),
+                unit_path=tuple(s["unit_path"]),
+            )
+            for s in d["sections"]
+        )
+        return Invoice(
+            number=d["number"],
+            issuer=d["issuer"],
+            billing_account=d["billing_account"],
+            customer_label=d["customer_label"],
+            currency=d["currency"],
+            period_start=date.fromisoformat(d["period_start"]),
+            period_end=date.fromisoformat(d["period_end"]),
+            issued=date.fromisoformat(d["issued"]),
+            due=date.fromisoformat(d["due"]),
+            sections=sections,
+            account_charges=tuple(Charge(**c) for c in d["account_charges"]),
+            taxes=tuple(TaxLine(**t) for t in d["taxes"]),
+            previous_balance=d["previous_balance"],
+            payments_received=d["payments_received"],
+            kind=d["kind"],
+            notes=tuple(d["notes"]),
+        )
+
+
+@dataclass(frozen=True)
+class TaxRate:
+    code: str
+    name: str
+    rate_bp: int
+
+
+def taxes(charges: list[Charge], rates: dict[str, TaxRate]) -> tuple[TaxLine, ...]:
+    """Tax per code over the net sum of the charges with that code, rounded once per code.
+    A charge whose code has no configured rate is an error (never silently untaxed)."""
+    bases: dict[str, int] = {}
+    for c in charges:
+        if c.tax_code not in rates:
+            raise ValueError(f"no tax rate configured for code {c.tax_code!r}")
+        bases[c.tax_code] = bases.get(c.tax_code, 0) + c.amount
+    out = []
+    for code in sorted(bases):
+        r = rates[code]
+        out.append(TaxLine(code, r.name, r.rate_bp, bases[code], share(bases[code], r.rate_bp, 10_000)))
+    return tuple(out)
