@@ -14,6 +14,10 @@
 -- ARGV[14] now (ms)         ARGV[15] low balance threshold (micros, 0: none)
 -- ARGV[16] refund amount (micros)
 -- ARGV[17] direction: O (originated by the subscriber) or T (terminating, incoming)
+-- ARGV[18] roaming ('R' or '')   ARGV[19] destination ('' none)   ARGV[20] event id
+--
+-- A postpaid account (with 'bp') records debits and refunds in its bill period
+-- (ledger_lib.lua record_usage) and is watched against its credit limit.
 --
 -- A debit is covered by matching unit buckets first, the rest by money, all or nothing.
 -- A refund credits money.
@@ -29,7 +33,8 @@
 
 local action = ARGV[1]
 local writes = action == 'D' or action == 'R'
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3], 'low', 'bucket_seq')
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[3], 'low', 'bucket_seq',
+  'bp', 'credit_limit', 'cl')
 if writes then
   local stored = stored_answer(KEYS[2], ARGV[2])
   if stored then
@@ -85,7 +90,14 @@ if writes then
   if rc == 2001 then
     redis.call('HSET', KEYS[1], 'balance', fmt(balance))
     if buckets then save_buckets(buckets, now_s, now) end
-    watch_balance(KEYS[1], KEYS[4], acct[6] == '1', balance, tonumber(ARGV[15]), now)
+    if acct[8] then
+      local sign = (action == 'R') and -1 or 1
+      record_usage(KEYS[1], acct[8], now_s, now, {service = ARGV[11], zone = ARGV[12], band = ARGV[13],
+        roaming = ARGV[18], destination = ARGV[19], units = sign * units, cost = charged, ref = ARGV[20]})
+      watch_credit(KEYS[1], KEYS[4], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now)
+    else
+      watch_balance(KEYS[1], KEYS[4], acct[6] == '1', balance, tonumber(ARGV[15]), now)
+    end
   end
   redis.call('SET', KEYS[2], ARGV[2] .. '|' .. body, 'EX', ARGV[7])
 end

@@ -106,6 +106,9 @@ class EventCharging:
                 self.ctx.low_balance_micros,
                 amount,
                 "T" if req.terminating else "O",
+                "R" if where[3] else "",
+                req.usage.destination,
+                req.event_id,
             )
             return await self.ctx.ledger.event(target.account, req.event_id, args)
 

@@ -241,3 +241,53 @@ local function watch_balance(acct_key, outbox, was_low, balance, threshold, now_
     redis.call('HDEL', acct_key, 'low')
   end
 end
+
+-- Postpaid usage and credit --------------------------------------------------------
+-- A postpaid account has 'bp': its open bill periods "id:end s|id:end s|..." (the current
+-- one first, postpaid/periods.py). Its 'balance' is the headroom: credit limit minus
+-- unbilled usage minus overdue invoices. Every debit is recorded, in the script that
+-- makes it, in the period containing it: an aggregate in the hash ACCOUNT:u (field
+-- "<period>|<service>|<zone>|<band>|<roaming R or empty>" -> "units,cost micros,records")
+-- and an itemised record at the end of the list ACCOUNT:ud
+-- ("<period>,<time ms>,<service>,<zone>,<band>,<roaming>,<destination>,<units>,<cost>,<ref>"
+-- where ref is the session or event id and may itself hold commas). Both keys are
+-- derived from the account hash's key and share its hash slot.
+local function bill_period(bp, now_s)
+  local last = nil
+  for _, p in ipairs(split(bp, '|')) do
+    local at = string.find(p, ':', 1, true)
+    last = string.sub(p, 1, at - 1)
+    if now_s < tonumber(string.sub(p, at + 1)) then return last end
+  end
+  -- Past every known period end (bill runs missed): the last known period takes it.
+  return last
+end
+
+local function record_usage(acct_key, bp, now_s, now_ms, u)
+  if not bp or bp == '' or (u.units == 0 and u.cost == 0) then return end
+  local period = bill_period(bp, now_s)
+  local field = table.concat({period, u.service, u.zone, u.band, u.roaming}, '|')
+  local agg_key = acct_key .. ':u'
+  local prev = redis.call('HGET', agg_key, field)
+  local units, cost, n = 0, 0, 0
+  if prev then
+    local v = split(prev, ',')
+    units, cost, n = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+  end
+  redis.call('HSET', agg_key, field, fmt(units + u.units) .. ',' .. fmt(cost + u.cost) .. ',' .. fmt(n + 1))
+  redis.call('RPUSH', acct_key .. ':ud', table.concat({period, fmt(now_ms), u.service, u.zone, u.band, u.roaming,
+    u.destination, fmt(u.units), fmt(u.cost), u.ref}, ','))
+end
+
+-- Notify once when the used part of the credit limit (limit - headroom) crosses 80 % and
+-- 100 %; the level reached is kept in 'cl' and follows the headroom back down.
+local function watch_credit(acct_key, outbox, limit, level_was, balance, now_ms)
+  if limit <= 0 then return end
+  local used = limit - balance
+  local level = 0
+  if used >= limit then level = 100 elseif used * 10 >= limit * 8 then level = 80 end
+  if level > level_was then
+    notify(outbox, 'credit_' .. fmt(level) .. ' - money ' .. fmt(balance) .. ' ' .. fmt(now_ms))
+  end
+  if level ~= level_was then redis.call('HSET', acct_key, 'cl', fmt(level)) end
+end

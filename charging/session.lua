@@ -15,11 +15,16 @@
 -- ARGV[10] supervision time (ms)   ARGV[11] catalog version
 -- ARGV[12] low balance threshold (micros, 0: none)
 -- ARGV[13] direction: O (originated by the subscriber) or T (terminating, incoming)
--- ARGV[14] rating groups n, then n groups of 15: rating group, preset result code (0 = rate it), wanted units
+-- ARGV[14] destination (the called party, '' none: recorded with postpaid usage)
+-- ARGV[15] rating groups n, then n groups of 16: rating group, preset result code (0 = rate it), wanted units
 --   (0 = no new grant), final (1 = release this rating group), validity time (s),
 --   tariff change time (s, 0 none), used units before the tariff change, their rate,
 --   used units after it, their rate, the rate that sizes the new grant, unit (1 time,
---   2 volume, 3 service-specific, 4 money), service, zone, band (for bucket matching).
+--   2 volume, 3 service-specific, 4 money), service, zone, band (for bucket matching),
+--   roaming ('R' or '').
+--
+-- A postpaid account (with 'bp') records each rating group's usage and cost in its bill
+-- period (ledger_lib.lua record_usage) and is watched against its credit limit.
 --
 -- Usage and grants are covered by matching unit buckets first (in billable units, i.e.
 -- rounded to the rate's increments), the rest by money at the rate's price.
@@ -35,7 +40,8 @@
 -- body = "<command result code> <plan id>" then per rating group
 --        " <result code>,<granted units>,<cost micros>,<validity s>,<final unit 0|1>,<tariff change s>"
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[6], 'low', 'bucket_seq')
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[6], 'low', 'bucket_seq',
+  'bp', 'credit_limit', 'cl')
 local stored = stored_answer(KEYS[4], ARGV[5])
 if stored then
   -- The caller rebuilds the answer with the plan's rates: make sure it has the plan.
@@ -86,15 +92,15 @@ else
 end
 
 local buckets = load_buckets(home, pool, acct[7])
-local n = tonumber(ARGV[14])
+local n = tonumber(ARGV[15])
 local parts = {}
 local any_ok = (n == 0)
 local free_only = true
 local first_fail = nil
-local i = 15
+local i = 16
 for _ = 1, n do
   local j = i
-  i = i + 15
+  i = i + 16
   local rg = ARGV[j]
   local rc = tonumber(ARGV[j + 1])
   local want = tonumber(ARGV[j + 2])
@@ -132,6 +138,8 @@ for _ = 1, n do
       end
     end
     balance = balance - cost
+    record_usage(KEYS[1], acct[8], now_s, now, {service = ARGV[j + 12], zone = ARGV[j + 13], band = ARGV[j + 14],
+      roaming = ARGV[j + 15], destination = ARGV[14], units = used, cost = cost, ref = ARGV[3]})
     if newest then
       if overrun then
         rc = 4012
@@ -211,5 +219,9 @@ end
 
 redis.call('HSET', KEYS[1], 'balance', fmt(balance), 'reserved', fmt(reserved))
 save_buckets(buckets, now_s, now)
-watch_balance(KEYS[1], KEYS[6], acct[6] == '1', balance, tonumber(ARGV[12]), now)
+if acct[8] then
+  watch_credit(KEYS[1], KEYS[6], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now)
+else
+  watch_balance(KEYS[1], KEYS[6], acct[6] == '1', balance, tonumber(ARGV[12]), now)
+end
 return finish(fmt(cmd) .. ' ' .. plan .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta)

@@ -139,12 +139,12 @@ def rating_args(
                     sizing = later
         args += [g.rating_group, int(preset), want, 1 if g.final else 0]
         if rate is None or preset:
-            args += [0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE, 0, "", "", ""]
+            args += [0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE, 0, "", "", "", ""]
         else:
             assert before is not None and sizing is not None
-            service, zone, band, _roaming = where
+            service, zone, band, roaming = where
             args += [rate.validity_time_s, change, used, before.packed, used_after, rate.packed, sizing.packed]
-            args += [int(rate.unit), service, zone, band]
+            args += [int(rate.unit), service, zone, band, "R" if roaming else ""]
     return args, failed, rates
 
 
@@ -253,6 +253,7 @@ class SessionCharging:
             target.catalog.version,
             self.ctx.low_balance_micros,
             "T" if req.terminating else "O",
+            req.usage.destination,
             *rg_args,
         ]
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0

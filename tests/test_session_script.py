@@ -23,7 +23,7 @@ def r(redis_server: str) -> Iterator[redis.Redis]:
 
 def update(r: redis.Redis, account: str, balance: int, held: int, session: dict[str, object], group: tuple) -> list:
     """Run session.lua for UPDATE number 1 of session "s" on a fresh account holding
-    ``held`` micros in that session; ``group`` is the 15 arguments of one rating group."""
+    ``held`` micros in that session; ``group`` is the 16 arguments of one rating group."""
     sid = "s"
     r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
     r.delete(keys.buckets(account), keys.outbox(account))
@@ -41,7 +41,7 @@ def update(r: redis.Redis, account: str, balance: int, held: int, session: dict[
         keys.answer(account, sid, 1),
         keys.buckets(account),
         keys.outbox(account),
-        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, "O", 1),
+        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, "O", "", 1),
         *group,
     )
 
@@ -100,7 +100,7 @@ def test_script_matches_reference(
     account = "p"
     # A session that has only used money so far: the money counter is the billable usage.
     session = {"u7": reserved_units, "m7": held, "c7": cum, "k7": billable(rate, cum)}
-    group = (7, 0, want, 0, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", "")
+    group = (7, 0, want, 0, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", "", "")
     reply = update(r, account, balance, held, session, group)
     assert reply[0] == "DONE"
     rc, granted, charged, _vt, fui, _change = (int(x) for x in reply[1].split(" ")[2].split(","))
@@ -155,7 +155,7 @@ def test_usage_split_at_a_tariff_change_is_priced_each_side_at_its_rate(
     r: redis.Redis, before_rate: Rate, after_rate: Rate, cum: int, used_before: int, used_after: int
 ) -> None:
     group = (7, 0, 0, 0, 60, 0, used_before, before_rate.packed, used_after, after_rate.packed, after_rate.packed)
-    reply = update(r, "q", 10**12, 0, {"c7": cum, "k7": cum}, (*group, 1, "voice", "", ""))
+    reply = update(r, "q", 10**12, 0, {"c7": cum, "k7": cum}, (*group, 1, "voice", "", "", ""))
     charged = int(reply[1].split(" ")[2].split(",")[2])
     expected = incremental_cost(before_rate, cum, used_before) + incremental_cost(
         after_rate, cum + used_before, used_after
