@@ -68,8 +68,8 @@ class LuaScript:
     """A script loaded once and called by SHA; its files are joined in order (a shared
     library first)."""
 
-    def __init__(self, *filenames: str) -> None:
-        self.source = "\n".join(resources.files("charging").joinpath(f).read_text() for f in filenames)
+    def __init__(self, *filenames: str, package: str = "charging") -> None:
+        self.source = "\n".join(resources.files(package).joinpath(f).read_text() for f in filenames)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, client: ScriptRunner, keys: Sequence[str], args: Sequence[Arg]) -> Any:

@@ -36,3 +36,12 @@ RENEWALS = Counter("charging_bundle_renewals_total", "Recurring bundle renewals,
 BACKGROUND_ERRORS = Counter(
     "charging_background_errors_total", "Unexpected errors in background tasks, by component.", ["component"]
 )
+
+# Postpaid billing.
+BILL_RUN_INVOICES = Counter("billing_invoices_issued_total", "Invoices issued by bill runs and final bills.")
+PAYMENTS = Counter("billing_payments_total", "Payments applied, by channel.", ["channel"])
+PAYMENT_MINOR = Counter("billing_payment_minor_total", "Money received, minor units, by channel.", ["channel"])
+DUNNING_ACTIONS = Counter("billing_dunning_actions_total", "Dunning actions taken, by kind.", ["kind"])
+INVOICE_DELIVERIES = Counter(
+    "billing_invoice_deliveries_total", "Invoice deliveries, by channel and outcome.", ["channel", "outcome"]
+)

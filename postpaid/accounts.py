@@ -1,0 +1,130 @@
+"""Billing accounts and the postpaid lines they pay for.
+
+A billing account is the customer (individuals, id ``C<customer>``) or the corporate unit
+that pays (``U<unit>``, ``provisioning/customers.py`` ``paying_unit``); its lines are
+charging accounts. When a postpaid line is first acknowledged active, it is enrolled:
+its charging account's balance becomes headroom against the credit limit
+(``enrol.lua``) and its open bill periods are those of its billing account, so every
+line of an account closes the same periods. Line state and product changes are kept as
+a history the rentals are prorated on.
+
+Every step is idempotent, so an interrupted enrolment completes when it runs again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from charging import keys
+from charging.store import storage_errors
+from postpaid import periods
+from postpaid.config import BillingConfig
+from postpaid.invoices import MICROS_PER_MINOR
+from postpaid.rentals import Change
+from postpaid.scripts import CREDIT, ENROL
+
+
+def billing_account_id(customer_id: str, paying_unit: str) -> str:
+    return f"U{paying_unit}" if paying_unit else f"C{customer_id}"
+
+
+@dataclass(frozen=True)
+class BillingLine:
+    account_id: str
+    line: str
+    unit_path: tuple[str, ...]
+
+
+class BillingAccounts:
+    def __init__(self, client: aioredis.Redis, config: BillingConfig) -> None:
+        self.client = client
+        self.config = config
+
+    async def enrol(
+        self,
+        ba: str,
+        *,
+        account_id: str,
+        line: str,
+        customer_id: str,
+        label: str,
+        unit_path: tuple[str, ...],
+        plan_id: str,
+        credit_limit_micros: int,
+        deposit_minor: int,
+        at_s: int,
+    ) -> None:
+        """Bill a postpaid line to ``ba`` from ``at_s`` on (the account is opened on its
+        first line, with the bill cycle day of that day)."""
+        tz = self.config.time_zone
+        cycle_day = min(datetime.fromtimestamp(at_s, UTC).day, 28)
+        first = periods.period_at(cycle_day, tz, at_s)
+        with storage_errors():
+            created = await self.client.hsetnx(keys.billing_account(ba), "cycle_day", cycle_day)
+            if created:
+                await self.client.hset(
+                    keys.billing_account(ba),
+                    mapping={
+                        "customer": customer_id,
+                        "label": label,
+                        "time_zone": tz,
+                        "next_period": first.id,
+                        "state": "ACTIVE",
+                        "created": at_s,
+                        "deposit": deposit_minor,
+                    },
+                )
+                await self.client.zadd(keys.BILL_DUE, {ba: first.end_s}, nx=True)
+            info = await self.client.hmget(keys.billing_account(ba), ["cycle_day", "next_period"])
+            current = periods.by_id(str(info[1]), int(str(info[0])), tz)
+            entry = json.dumps({"line": line, "unit_path": list(unit_path)})
+            await self.client.hset(keys.billing_lines(ba), account_id, entry)
+            await self.client.set(keys.line_billing(account_id), ba)
+            await self.record_change(account_id, at_s, "active", plan_id)
+            bp = periods.pack(periods.open_periods(current, tz))
+            await ENROL(self.client, (keys.account(account_id),), (bp, credit_limit_micros))
+
+    async def record_change(self, account_id: str, at_s: int, state: str, plan_id: str) -> None:
+        """Add a state or product change to the line's history (a repeat is not added)."""
+        key = keys.line_history(account_id)
+        last = await self.client.lindex(key, -1)
+        if last is not None:
+            _at, was_state, was_plan = str(last).split(",")
+            if (was_state, was_plan) == (state, plan_id):
+                return
+        await self.client.rpush(key, f"{at_s},{state},{plan_id}")
+
+    async def billed_to(self, account_id: str) -> str | None:
+        ba = await self.client.get(keys.line_billing(account_id))
+        return None if ba is None else str(ba)
+
+    async def history(self, account_id: str) -> list[Change]:
+        out = []
+        for raw in await self.client.lrange(keys.line_history(account_id), 0, -1):
+            at, state, plan = str(raw).split(",")
+            out.append(Change(int(at), state, plan))
+        return out
+
+    async def get(self, ba: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (await self.client.hgetall(keys.billing_account(ba))).items()}
+
+    async def lines(self, ba: str) -> list[BillingLine]:
+        out = []
+        for account_id, raw in (await self.client.hgetall(keys.billing_lines(ba))).items():
+            d: dict[str, Any] = json.loads(raw)
+            out.append(BillingLine(str(account_id), d["line"], tuple(d["unit_path"])))
+        return sorted(out, key=lambda x: x.account_id)
+
+    async def set_overdue(self, ba: str, overdue_minor: int) -> None:
+        """Every line of the account carries the account's overdue amount against its
+        headroom (absolute: setting it again changes nothing)."""
+        for line in await self.lines(ba):
+            await CREDIT(self.client, (keys.account(line.account_id),), ("", overdue_minor * MICROS_PER_MINOR))
+
+    async def set_credit_limit(self, account_id: str, limit_micros: int) -> None:
+        await CREDIT(self.client, (keys.account(account_id),), (limit_micros, ""))

@@ -1,0 +1,39 @@
+-- Close a bill period of a postpaid charging account: usage from now on goes to the next
+-- period, and the closed period's usage stops counting against the headroom (it is
+-- invoiced; once overdue it counts again through 'overdue', credit.lua).
+--
+-- KEYS[1] account hash      {a:ID}          KEYS[2] usage aggregates  {a:ID}:u
+-- ARGV[1] the period to close (must be the first open one)
+-- ARGV[2] the period to open at the end of the list "id:end s"
+--
+-- Reply: {'CLOSED', usage cost micros}   the period was open and is closed now
+--        {'ALREADY'}                     the period was closed before (run again)
+--        {'EARLIER', id}                 an earlier period is still open: close it first
+--        {'UNKNOWN'}                     not a postpaid account
+
+local acct = redis.call('HMGET', KEYS[1], 'bp', 'balance')
+if not acct[1] then return {'UNKNOWN'} end
+local bp = acct[1]
+local sep = string.find(bp, '|', 1, true)
+local first = sep and string.sub(bp, 1, sep - 1) or bp
+local first_id = string.sub(first, 1, string.find(first, ':', 1, true) - 1)
+if first_id ~= ARGV[1] then
+  if string.find('|' .. bp, '|' .. ARGV[1] .. ':', 1, true) then return {'EARLIER', first_id} end
+  return {'ALREADY'}
+end
+
+local cost = 0
+local flat = redis.call('HGETALL', KEYS[2])
+local prefix = ARGV[1] .. '|'
+for i = 1, #flat, 2 do
+  if string.sub(flat[i], 1, #prefix) == prefix then
+    local v = flat[i + 1]
+    local a = string.find(v, ',', 1, true)
+    local b = string.find(v, ',', a + 1, true)
+    cost = cost + tonumber(string.sub(v, a + 1, b - 1))
+  end
+end
+local rest = sep and string.sub(bp, sep + 1) or ''
+if rest ~= '' then rest = rest .. '|' end
+redis.call('HSET', KEYS[1], 'bp', rest .. ARGV[2], 'balance', string.format('%d', tonumber(acct[2]) + cost))
+return {'CLOSED', string.format('%d', cost)}

@@ -1,0 +1,31 @@
+-- Record what one dunning evaluation decided, once: steps taken, late fees charged (to
+-- the next invoice), notifications (to the billing outbox) and the service state.
+--
+-- KEYS[1] steps done        {bill}:ba:BA:dun
+-- KEYS[2] pending charges   {bill}:ba:BA:pending
+-- KEYS[3] billing account   {bill}:ba:BA
+-- KEYS[4] outbox            {bill}:out
+-- ARGV[1] service state to record ('' keep)   ARGV[2] n records, then n triples:
+--         done member, charge JSON for the next invoice ('' none), notification ('' none)
+--
+-- A triple whose member is already in KEYS[1] was applied before and is skipped whole.
+-- Reply: number of triples applied now
+
+local applied = 0
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  local member, charge, note = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  if redis.call('SADD', KEYS[1], member) == 1 then
+    applied = applied + 1
+    if charge ~= '' then redis.call('RPUSH', KEYS[2], charge) end
+    if note ~= '' then redis.call('RPUSH', KEYS[4], note) end
+  end
+end
+if ARGV[1] ~= '' then
+  local was = redis.call('HGET', KEYS[3], 'state')
+  if was ~= ARGV[1] then
+    redis.call('HSET', KEYS[3], 'state', ARGV[1])
+    redis.call('HINCRBY', KEYS[3], 'epoch', 1)
+  end
+end
+return applied

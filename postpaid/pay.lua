@@ -1,0 +1,98 @@
+-- Money in or out of a billing account, once per key: a payment (allocated to the open
+-- invoices oldest first, the rest kept as credit), a credit note against an invoice (its
+-- open amount first, the rest as credit) or a refund of credit.
+--
+-- KEYS[1] record            {bill}:pay:CHANNEL:REF, or the credit note's idempotency key
+-- KEYS[2] billing account   {bill}:ba:BA
+-- KEYS[3] open invoices     {bill}:ba:BA:open
+-- KEYS[4] movements         {bill}:ba:BA:pay
+-- KEYS[5] dunning index     {bill}:dunning
+-- KEYS[6] credit note sequence {bill}:seq:cn:ISSUER (credit notes only)
+-- ARGV[1] kind: PAY, CREDIT or REFUND     ARGV[2] payload digest
+-- ARGV[3] amount (minor units, > 0)        ARGV[4] at (s)
+-- ARGV[5] invoice state key prefix "{bill}:is:"
+-- ARGV[6] record JSON (channel, reference, reason, ...); @@NUMBER@@ stands for a credit
+--         note's number and @@ALLOCATIONS@@ for the allocations
+-- ARGV[7] CREDIT: the invoice it credits   ARGV[8] CREDIT: disputed amount it settles
+-- ARGV[9] CREDIT: number prefix ("CN-")    ARGV[10] CREDIT: credit note key prefix
+--
+-- Reply: {'DONE', record JSON, credit} | {'REPLAY', record JSON} | {'CONFLICT'}
+--        | {'NOCREDIT'} (a refund larger than the credit) | {'NOINVOICE'}
+
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local sep = string.find(stored, '|', 1, true)
+  if string.sub(stored, 1, sep - 1) ~= ARGV[2] then return {'CONFLICT'} end
+  return {'REPLAY', string.sub(stored, sep + 1)}
+end
+
+local kind = ARGV[1]
+local amount = tonumber(ARGV[3])
+local ba_id = string.sub(KEYS[2], #'{bill}:ba:' + 1)
+local ba = redis.call('HMGET', KEYS[2], 'credit', 'balance')
+local credit, balance = tonumber(ba[1] or '0'), tonumber(ba[2] or '0')
+local allocations = {}
+local record = ARGV[6]
+local note_key = nil
+
+local function settle(number, take)
+  local key = ARGV[5] .. number
+  local open = tonumber(redis.call('HGET', key, 'open'))
+  local t = math.min(open, take)
+  if t > 0 then
+    open = open - t
+    redis.call('HSET', key, 'open', string.format('%d', open))
+    if open == 0 then
+      redis.call('HSET', key, 'status', 'PAID')
+      redis.call('LREM', KEYS[3], 1, number)
+    end
+    allocations[#allocations + 1] = '"' .. number .. '":' .. string.format('%d', t)
+  end
+  return t
+end
+
+if kind == 'REFUND' then
+  if amount > credit then return {'NOCREDIT'} end
+  credit = credit - amount
+  balance = balance + amount
+else
+  local rest = amount
+  if kind == 'CREDIT' then
+    local key = ARGV[5] .. ARGV[7]
+    if redis.call('EXISTS', key) == 0 then return {'NOINVOICE'} end
+    local release = tonumber(ARGV[8])
+    if release > 0 then
+      local disputed = tonumber(redis.call('HGET', key, 'disputed'))
+      redis.call('HSET', key, 'disputed', string.format('%d', math.max(disputed - release, 0)))
+    end
+    rest = rest - settle(ARGV[7], rest)
+    local number = ARGV[9] .. string.format('%08d', redis.call('INCR', KEYS[6]))
+    record = string.gsub(record, '@@NUMBER@@', number, 1)
+    note_key = ARGV[10] .. number
+    redis.call('HINCRBY', key, 'credited', amount)
+  else
+    for _, number in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+      if rest <= 0 then break end
+      rest = rest - settle(number, rest)
+    end
+  end
+  credit = credit + rest
+  balance = balance - amount
+end
+
+record = string.gsub(record, '@@ALLOCATIONS@@', '{' .. table.concat(allocations, ',') .. '}', 1)
+if note_key then redis.call('SET', note_key, record) end
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. record)
+redis.call('RPUSH', KEYS[4], KEYS[1])
+redis.call('HSET', KEYS[2], 'credit', string.format('%d', credit), 'balance', string.format('%d', balance))
+redis.call('HINCRBY', KEYS[2], 'moves', 1)
+if kind == 'PAY' then redis.call('HINCRBY', KEYS[2], 'paid_since', amount) end
+if kind == 'CREDIT' then redis.call('HINCRBY', KEYS[2], 'credited_since', amount) end
+if kind == 'REFUND' then redis.call('HINCRBY', KEYS[2], 'paid_since', -amount) end
+local first = redis.call('LINDEX', KEYS[3], 0)
+if first then
+  redis.call('ZADD', KEYS[5], redis.call('HGET', ARGV[5] .. first, 'due'), ba_id)
+else
+  redis.call('ZREM', KEYS[5], ba_id)
+end
+return {'DONE', record, string.format('%d', credit)}
