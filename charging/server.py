@@ -148,11 +148,12 @@ class App:
         if self.run_background:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
             self._tasks.append(asyncio.create_task(self.renewer.run(), name="renewer"))
-            assert self.worker is not None
+            assert self.worker is not None and self.acquisition is not None
             if s.provisioning_in_server:
                 self._tasks.append(
                     asyncio.create_task(self.worker.run(s.provisioning_interval_s), name="provisioning-worker")
                 )
+                self._tasks.append(asyncio.create_task(self.acquisition.run_resumer(), name="order-resumer"))
             self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
             self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
         if self._embedded is not None:
@@ -246,6 +247,7 @@ async def provision(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(acquisition.worker.run(settings.provisioning_interval_s)),
+        asyncio.create_task(acquisition.run_resumer()),
         asyncio.create_task(catalogs.follow(settings.catalog_refresh_s)),
     ]
     log.info("provisioning worker running")

@@ -9,32 +9,42 @@ activated on the network; charging starts once the network acknowledges.
 Orders on existing lines (change product, bar outgoing, suspend, resume, terminate) are
 checked against the line's state (``lifecycle.py``) and provisioned the same way; a
 terminated number is quarantined before it can be given out again. Each step is recorded
-on the order with its outcome and reasons; a refusal at any step
-rejects the order and says why. Orders are idempotent on the CRM's order id: the same id
-returns the same order. The credit limit of a postpaid account is stored on the
-charging account (``credit_limit``) for postpaid charging.
+on the order with its outcome and reasons; a refusal at any step rejects the order and
+says why. Orders are idempotent on the CRM's order id: the same id returns the same
+order. The credit limit of a postpaid account is stored on the charging account
+(``credit_limit``) for postpaid charging.
+
+A run interrupted by a crash is resumed (``orders.py``): the order's checks are decided
+once and recorded, and every step that makes something (the customer id, the identity's
+registration, the company's root unit, the charging account, the line) finds what an
+earlier run of the same order made instead of making it again. Rules are applied as of
+the submission, also when the run is resumed later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from charging import keys
 from charging.catalog import Plan
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
-from charging.errors import Conflict, InvalidRequest
+from charging.errors import Conflict, InvalidRequest, StorageUnavailable
 from charging.subscribers import Directory, Identity, parse_identity
 from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.base import CustomerBase
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
 from provisioning.credit import CreditDecision, CreditHistory, decide
-from provisioning.customers import Organisation
+from provisioning.customers import UNIT_SEQ, Organisation, push_once
 from provisioning.lifecycle import (
     CHARGING_STATUS,
     InvalidTransition,
@@ -45,14 +55,16 @@ from provisioning.lifecycle import (
     reusable_from,
 )
 from provisioning.offers import Coverage, offers
-from provisioning.screening import Screener
+from provisioning.orders import ORDER_LEASE_MS, Claim, Orders, Rejected, Superseded
+from provisioning.screening import Screener, identity_key
 from provisioning.worker import ProvisioningWorker
 
+log = logging.getLogger("provisioning.acquisition")
+
 CUSTOMER_SEQ = "crm:seq:customer"
-
-
-def order_key(order_id: str) -> str:
-    return "crm:order:" + order_id
+# How often a server (or ``charging worker``) looks for orders whose run was interrupted.
+RESUME_INTERVAL_S = 5.0
+APPLICATION, NEW_LINE, LINE_ORDER = "APPLICATION", "NEW_LINE", "LINE_ORDER"
 
 
 def line_key(msisdn: str) -> str:
@@ -64,27 +76,35 @@ def quarantine_key(msisdn: str) -> str:
     return "crm:quarantine:" + msisdn
 
 
+def credit_doc(credit: CreditDecision | None) -> dict[str, Any] | None:
+    return None if credit is None else asdict(credit)
+
+
+def credit_from(doc: dict[str, Any] | None) -> CreditDecision | None:
+    return None if doc is None else CreditDecision(**{**doc, "reasons": tuple(doc["reasons"])})
+
+
 class OrderRun:
-    """One order being processed: its document, the steps recorded on it, rejection."""
+    """One run of an order: its document and the steps recorded on it."""
 
-    def __init__(self, acquisition: Acquisition, order_id: str, now_s: int) -> None:
-        self.acquisition = acquisition
+    def __init__(self, claim: Claim, now_s: int) -> None:
+        self.request = claim.request
+        self.work = claim.work
+        decided = claim.work.get("decided")
+        # A resumed run continues the document of the run that decided the order.
+        self.order: dict[str, Any] = dict(json.loads(decided)["order"]) if decided else claim.order
         self.now_s = now_s
-        self.order: dict[str, Any] = {"crm_order_id": order_id, "status": "SUBMITTED", "problems": [], "steps": []}
+        # Rules (ages, velocity per day, plan versions, quarantine) as of the submission.
+        self.decided_s = int(self.order.get("submitted_at", now_s))
+        # What a rejection takes back: what this run made for a customer that won't be.
+        self.undo: list[Callable[[Pipeline], Any]] = []
 
-    async def claim(self) -> bool:
-        """Take the order id; False when it was submitted before (orders are idempotent)."""
-        text = json.dumps(self.order)
-        return bool(await self.acquisition.client.set(order_key(self.order["crm_order_id"]), text, nx=True))
+    @property
+    def id(self) -> str:
+        return str(self.order["crm_order_id"])
 
     def step(self, name: str, outcome: str, *reasons: str) -> None:
         self.order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": self.now_s})
-
-    async def reject(self, name: str, *reasons: str) -> dict[str, Any]:
-        self.step(name, "refused", *reasons)
-        self.order["status"] = "REJECTED"
-        await self.acquisition._save(self.order)
-        return self.order
 
 
 @dataclass
@@ -98,6 +118,11 @@ class Acquisition:
     clock: Clock
     base: CustomerBase | None = None
     bureau: HttpCreditBureau | None = None
+    lease_ms: int = ORDER_LEASE_MS
+    orders: Orders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.orders = Orders(self.client, self.lease_ms)
 
     @property
     def organisation(self) -> Organisation:
@@ -105,32 +130,180 @@ class Acquisition:
 
     async def submit(self, order_id: str, app: dict[str, Any]) -> dict[str, Any]:
         """Process one application; returns the order document."""
-        now_s = self.clock.now_ms() // 1000
-        run = OrderRun(self, order_id, now_s)
-        if not await run.claim():
-            return await self.get_order(order_id) or run.order
-        order, step, reject = run.order, run.step, run.reject
+        return await self._start(order_id, {"kind": APPLICATION, "application": app})
 
-        today = datetime.fromtimestamp(now_s, UTC).date()
+    async def new_line(
+        self,
+        order_id: str,
+        customer_id: str,
+        unit_id: str,
+        plan_id: str,
+        msisdn_text: str,
+        imsi_text: str,
+        initial_balance: int,
+    ) -> dict[str, Any]:
+        """A further line for an existing customer (under one of its units, if corporate),
+        offered against the customer's address and credit class."""
+        request = {
+            "kind": NEW_LINE,
+            "customer_id": customer_id,
+            "unit_id": unit_id,
+            "plan_id": plan_id,
+            "msisdn": msisdn_text,
+            "imsi": imsi_text,
+            "initial_balance": initial_balance,
+        }
+        return await self._start(order_id, request)
+
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+        """An order on an existing line: change product, bar outgoing, suspend, resume,
+        terminate (with a reason). Checked against the line's state, then provisioned."""
+        request = {"kind": LINE_ORDER, "msisdn": msisdn, "order": kind, "plan_id": plan_id, "reason": reason}
+        return await self._start(order_id, request)
+
+    async def _start(self, order_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Claim the order id and run the order; the same id again returns the order, or
+        resumes its run when that was interrupted (its lease has passed)."""
+        claim = await self.orders.claim(order_id, request, self.clock.now_ms())
+        if claim.outcome == "existing":
+            return claim.order
+        return await self._run(claim)
+
+    async def resume_stalled(self, limit: int = 100) -> int:
+        """Run again the orders whose run was interrupted; returns how many were run."""
+        now = self.clock.now_ms()
+        resumed = 0
+        for order_id in await self.orders.stalled(now, limit):
+            claim = await self.orders.take_over(order_id, now)
+            if claim is None:
+                continue
+            try:
+                await self._run(claim)
+                resumed += 1
+            except Exception:
+                log.exception("resuming an order failed", extra={"crm_order_id": order_id})
+        return resumed
+
+    async def run_resumer(self, interval_s: float = RESUME_INTERVAL_S) -> None:
+        """Background task: resume interrupted orders until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.resume_stalled()
+            except (StorageUnavailable, aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("order resumer: redis unavailable", extra={"error": str(exc)})
+
+    async def _run(self, claim: Claim) -> dict[str, Any]:
+        run = OrderRun(claim, self.clock.now_ms() // 1000)
+        if claim.outcome == "resume":
+            run.step("resumed", "after an interrupted run")
+        try:
+            if run.request["kind"] == APPLICATION:
+                return await self._application(run)
+            if run.request["kind"] == NEW_LINE:
+                return await self._new_line(run)
+            return await self._line_order(run)
+        except Rejected as exc:
+            run.step(exc.step, "refused", *exc.reasons)
+            run.order["status"] = "REJECTED"
+
+            def undo(pipe: Pipeline) -> None:
+                for take_back in run.undo:
+                    take_back(pipe)
+
+            return await self.orders.finish(run.order, undo)
+        except Superseded:
+            return await self.orders.get(run.id) or run.order
+
+    async def _decided(self, run: OrderRun, check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """The facts the order's checks decided (plan, credit, unit): checked once; a
+        resumed run reads them back, so a velocity count or a line limit that the first
+        run's own customer and line now take part in cannot refuse the order later."""
+        stored = run.work.get("decided")
+        if stored is not None:
+            return dict(json.loads(stored)["facts"])
+        facts = await check()
+        await self.orders.note(run.id, "decided", json.dumps({"order": run.order, "facts": facts}))
+        return facts
+
+    def _plan(self, plan_id: str) -> Plan:
+        plan = self.catalogs.current.plans.get(plan_id)
+        if plan is None:
+            raise Rejected("offer", f"no plan {plan_id!r} in the catalog")
+        return plan
+
+    async def _decided_plan(self, facts: dict[str, Any]) -> Plan:
+        """The plan offered, from the catalog in force when the order was decided."""
+        catalog = await self.catalogs.version(facts["catalog"])
+        plan = None if catalog is None else catalog.plans.get(facts["plan_id"])
+        if plan is None:
+            raise Rejected("offer", f"no plan {facts['plan_id']!r} in catalog {facts['catalog']}")
+        return plan
+
+    def _document_print(self, app: dict[str, Any]) -> str:
+        document = app["identity_document"]
+        return self.screener.document_print(document["type"], document["issuing_country"], document["number"])
+
+    async def _application(self, run: OrderRun) -> dict[str, Any]:
+        app = run.request["application"]
+        facts = await self._decided(run, lambda: self._check_application(run, app))
+        plan, credit = await self._decided_plan(facts), credit_from(facts["credit"])
+        msisdn = parse_identity("msisdn", str(app["msisdn"]), "msisdn")
+        imsi = parse_identity("imsi", str(app["imsi"]), "imsi") if app.get("imsi") else None
+
+        customer_id = await self.orders.allocate(run.id, "customer_id", CUSTOMER_SEQ)
+        doc_print = self._document_print(app)
+        if not await self.screener.register(doc_print, customer_id):
+            raise Rejected("customer", "this identity already has an active customer")
+        run.undo.append(lambda pipe: pipe.delete(identity_key(doc_print), f"crm:customer:{customer_id}"))
+        address = app["address"]
+        customer: dict[Any, Any] = {
+            "kind": str(app["customer_kind"]),
+            "created": run.decided_s,
+            # what offers to new lines are checked against later
+            "country": address["country"],
+            "postal_code": address["postal_code"],
+        }
+        if credit is not None:
+            customer.update(
+                credit_class=credit.credit_class,
+                credit_limit=credit.credit_limit_micros,
+                deposit=credit.deposit_micros,
+                postpaid_allowed=int(credit.postpaid_allowed),
+                max_lines=credit.max_lines,
+            )
+        await self.client.hset(f"crm:customer:{customer_id}", mapping=customer)
+        unit_id = ""
+        if app["customer_kind"] == "CORPORATE":
+            unit_id = await self.orders.allocate(run.id, "unit_id", UNIT_SEQ)
+            run.undo.append(lambda pipe: pipe.delete(f"crm:unit:{unit_id}", f"crm:units:{customer_id}"))
+            await self.organisation.add_unit(customer_id, "", str(app["company"]["name"]), True, unit_id=unit_id)
+        balance = int(app.get("initial_balance_micros", 0))
+        return await self._open_line(run, customer_id, unit_id, plan, msisdn, imsi, balance, credit)
+
+    async def _check_application(self, run: OrderRun, app: dict[str, Any]) -> dict[str, Any]:
+        """Fields, screening, credit, offer, number: the plan and credit decided."""
+        order, step = run.order, run.step
+        today = datetime.fromtimestamp(run.decided_s, UTC).date()
         try:
             check_application(app, today)
             msisdn = parse_identity("msisdn", str(app.get("msisdn", "")), "msisdn")
-            imsi = parse_identity("imsi", str(app["imsi"]), "imsi") if app.get("imsi") else None
+            if app.get("imsi"):
+                parse_identity("imsi", str(app["imsi"]), "imsi")
         except ApplicationInvalid as exc:
             order["problems"] = [list(p) for p in exc.problems]
-            return await reject("application", "the application has invalid fields")
-        except Exception as exc:  # parse_identity: InvalidRequest
-            order["problems"] = [[getattr(exc, "field", "msisdn"), getattr(exc, "message", str(exc))]]
-            return await reject("application", "the application has invalid fields")
+            raise Rejected("application", "the application has invalid fields") from None
+        except InvalidRequest as exc:
+            order["problems"] = [[exc.field, exc.message]]
+            raise Rejected("application", "the application has invalid fields") from None
         step("application", "accepted")
 
-        document = app["identity_document"]
-        doc_print = self.screener.document_print(document["type"], document["issuing_country"], document["number"])
+        doc_print = self._document_print(app)
         address = app["address"]
         addr_print = self.screener.address_print(address["country"], address["postal_code"], address["street"])
-        screening = await self.screener.screen(order_id, doc_print, addr_print, now_s)
+        screening = await self.screener.screen(run.id, doc_print, addr_print, run.decided_s)
         if not screening.approved:
-            return await reject("screening", *screening.reasons)
+            raise Rejected("screening", *screening.reasons)
         step("screening", "passed", *screening.reasons)
 
         credit = None
@@ -151,52 +324,21 @@ class Acquisition:
             )
             step("credit", f"class {credit.credit_class}", *credit.reasons)
 
-        plan = self.catalogs.current.plans.get(str(app.get("plan_id", "")))
-        if plan is None:
-            return await reject("offer", f"no plan {app.get('plan_id')!r} in the catalog")
+        plan = self._plan(str(app.get("plan_id", "")))
         offered, refused = offers(
             [plan],
             country=address["country"],
             postal_code=address["postal_code"],
             coverage=self.coverage,
             credit=credit,
-            at_s=now_s,
+            at_s=run.decided_s,
         )
         if not offered:
-            return await reject("offer", *(r.reason for r in refused))
+            raise Rejected("offer", *(r.reason for r in refused))
         step("offer", "available", plan.id)
-
-        if await self._quarantined(msisdn.value, now_s):
-            return await reject("line", "the number is in quarantine after a termination")
-        customer_id = str(await self.client.incr(CUSTOMER_SEQ))
-        if not await self.screener.register(doc_print, customer_id):
-            return await reject("customer", "this identity already has an active customer")
-        customer: dict[Any, Any] = {
-            "kind": str(app["customer_kind"]),
-            "created": now_s,
-            # what offers to new lines are checked against later
-            "country": address["country"],
-            "postal_code": address["postal_code"],
-        }
-        if credit is not None:
-            customer.update(
-                credit_class=credit.credit_class,
-                credit_limit=credit.credit_limit_micros,
-                deposit=credit.deposit_micros,
-                postpaid_allowed=int(credit.postpaid_allowed),
-                max_lines=credit.max_lines,
-            )
-        await self.client.hset(f"crm:customer:{customer_id}", mapping=customer)
-        unit_id = ""
-        if app["customer_kind"] == "CORPORATE":
-            unit = await self.organisation.add_unit(customer_id, "", str(app["company"]["name"]), True)
-            unit_id = unit.id
-        opened = await self._open_line(
-            run, customer_id, unit_id, plan, msisdn, imsi, int(app.get("initial_balance_micros", 0)), credit
-        )
-        if not opened:
-            await self.client.delete(f"crm:identity:{doc_print}")
-        return order
+        if await self._quarantined(msisdn.value, run.decided_s):
+            raise Rejected("line", "the number is in quarantine after a termination")
+        return {"plan_id": plan.id, "catalog": self.catalogs.current.version, "credit": credit_doc(credit)}
 
     async def _quarantined(self, msisdn: str, now_s: int) -> bool:
         until = await self.client.get(quarantine_key(msisdn))
@@ -212,75 +354,118 @@ class Acquisition:
         imsi: Identity | None,
         initial_balance: int,
         credit: CreditDecision | None,
-    ) -> bool:
+    ) -> dict[str, Any]:
         """Create the charging account (barred until the network acknowledges) and the
-        line, and ask the network to activate it. False when the number is taken."""
-        try:
-            account = await self.directory.create(
-                msisdn, imsi, plan, initial_balance, status=CHARGING_STATUS[LineState.PENDING_ACTIVATION]
-            )
-        except Conflict as exc:
-            await run.reject("line", str(exc))
-            return False
+        line; the order goes IN_PROGRESS together with asking the network to activate it."""
+        account_id = await self._account(run, msisdn, imsi, plan, initial_balance)
         if credit is not None:
-            await self.client.hset(keys.account(account.account_id), "credit_limit", credit.credit_limit_micros)
-        run.order.update(customer_id=customer_id, account_id=account.account_id, msisdn=msisdn.value)
+            await self.client.hset(keys.account(account_id), "credit_limit", credit.credit_limit_micros)
+        run.order.update(customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
         await self.client.hset(
             line_key(msisdn.value),
             mapping={
                 "customer_id": customer_id,
-                "account_id": account.account_id,
+                "account_id": account_id,
                 "plan_id": plan.id,
                 "state": LineState.PENDING_ACTIVATION.value,
-                "order_id": run.order["crm_order_id"],
+                "order_id": run.id,
                 "customer_type": plan.customer_type.value,
                 "unit_id": unit_id,
             },
         )
-        await self.client.rpush(f"crm:lines:{customer_id}", msisdn.value)
+        await push_once(self.client, f"crm:lines:{customer_id}", msisdn.value)
         run.step("line", "created", "pending activation")
-        await self.worker.desire(msisdn.value, LineState.ACTIVE.value, plan.id)
         run.order["status"] = "IN_PROGRESS"
         run.step("provisioning", "requested", "ACTIVATE")
-        await self._save(run.order)
-        return True
 
-    async def new_line(
-        self,
-        order_id: str,
-        customer_id: str,
-        unit_id: str,
-        plan_id: str,
-        msisdn_text: str,
-        imsi_text: str,
-        initial_balance: int,
-    ) -> dict[str, Any]:
-        """A further line for an existing customer (under one of its units, if corporate),
-        offered against the customer's address and credit class."""
-        now_s = self.clock.now_ms() // 1000
-        run = OrderRun(self, order_id, now_s)
-        if not await run.claim():
-            return await self.get_order(order_id) or run.order
+        def activate(pipe: Pipeline) -> None:
+            self.worker.desire_in(pipe, msisdn.value, LineState.ACTIVE.value, plan.id)
+
+        return await self.orders.finish(run.order, activate)
+
+    async def _account(
+        self, run: OrderRun, msisdn: Identity, imsi: Identity | None, plan: Plan, initial_balance: int
+    ) -> str:
+        """The line's charging account: created once per order."""
+        work = await self.orders.work(run.id)
+        if work.get("account_id"):
+            return work["account_id"]
+        newest = str(await self.client.get(keys.ACCOUNT_SEQ) or 0)
+        seq = await self.orders.note(run.id, "account_seq", newest, keep=True)
+        try:
+            account = await self.directory.create(
+                msisdn, imsi, plan, initial_balance, status=CHARGING_STATUS[LineState.PENDING_ACTIVATION]
+            )
+            account_id = account.account_id
+        except InvalidRequest as exc:
+            run.order["problems"] = [[exc.field, exc.message]]
+            raise Rejected("line", "the order has invalid fields") from None
+        except Conflict as exc:
+            found = await self._left_behind(run, msisdn, imsi, plan, int(seq))
+            if found is None:
+                raise Rejected("line", str(exc)) from None
+            account_id = found
+        return await self.orders.note(run.id, "account_id", account_id)
+
+    async def _left_behind(
+        self, run: OrderRun, msisdn: Identity, imsi: Identity | None, plan: Plan, seq: int
+    ) -> str | None:
+        """The account an interrupted run of this order created but did not record: it
+        holds the number, is newer than the order's first try, was made for this line
+        (number, SIM, plan) and no other order's line uses it."""
+        holder = await self.client.get(keys.identity("msisdn", msisdn.value))
+        if holder is None or not str(holder).isdigit() or int(holder) <= seq:
+            return None
+        account_id = str(holder)
+        account = {str(k): str(v) for k, v in (await self.client.hgetall(keys.account(account_id))).items()}
+        made_for = (account.get("msisdn"), account.get("imsi", ""), account.get("plan"))
+        if made_for != (msisdn.value, imsi.value if imsi else "", plan.id):
+            return None
+        line = await self.get_line(msisdn.value)
+        if line is not None and line["account_id"] == account_id and line.get("order_id") != run.id:
+            return None
+        if imsi is not None:
+            # Directory.create claims the MSISDN, then the IMSI; the run may have stopped between.
+            key = keys.identity("imsi", imsi.value)
+            if not await self.client.set(key, account_id, nx=True) and await self.client.get(key) != account_id:
+                await self.client.delete(keys.identity("msisdn", msisdn.value), keys.account(account_id))
+                self.directory.forget(msisdn)
+                raise Rejected("line", "imsi is already assigned to another subscriber")
+        return account_id
+
+    async def _new_line(self, run: OrderRun) -> dict[str, Any]:
+        r = run.request
+        facts = await self._decided(run, lambda: self._check_new_line(run))
+        plan, credit = await self._decided_plan(facts), credit_from(facts["credit"])
+        msisdn = parse_identity("msisdn", r["msisdn"], "msisdn")
+        imsi = parse_identity("imsi", r["imsi"], "imsi") if r["imsi"] else None
+        return await self._open_line(
+            run, r["customer_id"], facts["unit_id"], plan, msisdn, imsi, int(r["initial_balance"]), credit
+        )
+
+    async def _check_new_line(self, run: OrderRun) -> dict[str, Any]:
+        """The customer, unit, number and offer: the plan, credit and unit decided."""
+        r = run.request
+        customer_id, unit_id = str(r["customer_id"]), str(r["unit_id"])
         customer = {str(k): str(v) for k, v in (await self.client.hgetall(f"crm:customer:{customer_id}")).items()}
         if not customer:
-            return await run.reject("order", "no such customer")
+            raise Rejected("order", "no such customer")
         run.order["customer_id"] = customer_id
         if customer["kind"] == "CORPORATE":
             units = await self.organisation.units(customer_id)
             unit_id = unit_id or await self.organisation.root(customer_id)
             if unit_id not in units:
-                return await run.reject("order", "org_unit_id is not a unit of this customer")
+                raise Rejected("order", "org_unit_id is not a unit of this customer")
         try:
-            msisdn = parse_identity("msisdn", msisdn_text, "msisdn")
-            imsi = parse_identity("imsi", imsi_text, "imsi") if imsi_text else None
+            msisdn = parse_identity("msisdn", r["msisdn"], "msisdn")
+            if r["imsi"]:
+                parse_identity("imsi", r["imsi"], "imsi")
         except InvalidRequest as exc:
             run.order["problems"] = [[exc.field, exc.message]]
-            return await run.reject("order", "the order has invalid fields")
-        if await self._quarantined(msisdn.value, now_s):
-            return await run.reject("line", "the number is in quarantine after a termination")
-        plan = self.catalogs.current.plans.get(plan_id)
-        if plan is None:
-            return await run.reject("offer", f"no plan {plan_id!r} in the catalog")
+            raise Rejected("order", "the order has invalid fields") from None
+        if await self._quarantined(msisdn.value, run.decided_s):
+            raise Rejected("line", "the number is in quarantine after a termination")
+        plan = self._plan(str(r["plan_id"]))
         credit = None
         if "credit_class" in customer:
             credit = CreditDecision(
@@ -298,54 +483,52 @@ class Acquisition:
             postal_code=customer.get("postal_code", ""),
             coverage=self.coverage,
             credit=credit,
-            at_s=now_s,
+            at_s=run.decided_s,
         )
         if not offered:
-            return await run.reject("offer", *(r.reason for r in refused))
+            raise Rejected("offer", *(r.reason for r in refused))
         lines = await self.client.llen(f"crm:lines:{customer_id}")
         if credit is not None and plan.customer_type.value.endswith("POSTPAID") and lines >= credit.max_lines:
-            return await run.reject(
+            raise Rejected(
                 "offer", f"credit class {credit.credit_class} allows at most {credit.max_lines} postpaid line(s)"
             )
         run.step("offer", "available", plan.id)
-        await self._open_line(run, customer_id, unit_id, plan, msisdn, imsi, initial_balance, credit)
-        return run.order
+        catalog = self.catalogs.current.version
+        return {"plan_id": plan.id, "catalog": catalog, "credit": credit_doc(credit), "unit_id": unit_id}
 
-    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
-        """An order on an existing line: change product, bar outgoing, suspend, resume,
-        terminate (with a reason). Checked against the line's state, then provisioned."""
-        now_s = self.clock.now_ms() // 1000
-        run = OrderRun(self, order_id, now_s)
-        if not await run.claim():
-            return await self.get_order(order_id) or run.order
-        order, step, reject = run.order, run.step, run.reject
-
+    async def _line_order(self, run: OrderRun) -> dict[str, Any]:
+        """Checks only reads until the order is decided, so a resumed run simply checks
+        again; the line's new order and desired state are stored with the decision."""
+        r, order = run.request, run.order
+        msisdn, kind, plan_id, reason = str(r["msisdn"]), str(r["order"]), str(r["plan_id"]), str(r["reason"])
         line = await self.get_line(msisdn)
         if line is None:
-            return await reject("order", "no such line")
+            raise Rejected("order", "no such line")
         order.update(customer_id=line["customer_id"], account_id=line["account_id"], msisdn=msisdn)
         try:
             order_kind = OrderKind(kind)
             termination = TerminationReason(reason) if order_kind is OrderKind.TERMINATE else None
             move = accept(LineState(line["state"]), order_kind, termination)
         except InvalidTransition as exc:
-            return await reject("order", str(exc))
+            raise Rejected("order", str(exc)) from None
         except ValueError:
-            return await reject("order", f"unknown order {kind!r} or termination reason {reason!r}")
+            raise Rejected("order", f"unknown order {kind!r} or termination reason {reason!r}") from None
         product = line["plan_id"]
         if order_kind is OrderKind.CHANGE_PRODUCT:
             plan = self.catalogs.current.plans.get(plan_id)
             current = self.catalogs.current.plans.get(product)
             if plan is None or (current is not None and plan.customer_type != current.customer_type):
-                return await reject("order", f"plan {plan_id!r} is not a product this line can change to")
+                raise Rejected("order", f"plan {plan_id!r} is not a product this line can change to")
             product = plan.id
-        step("order", "accepted", move.network_command)
-        await self.client.hset(line_key(msisdn), mapping={"order_id": order_id, "termination_reason": reason})
-        await self.worker.desire(msisdn, move.target.value, product)
+        run.step("order", "accepted", move.network_command)
         order["status"] = "IN_PROGRESS"
-        step("provisioning", "requested", move.network_command)
-        await self._save(order)
-        return order
+        run.step("provisioning", "requested", move.network_command)
+
+        def provision(pipe: Pipeline) -> None:
+            pipe.hset(line_key(msisdn), mapping={"order_id": run.id, "termination_reason": reason})
+            self.worker.desire_in(pipe, msisdn, move.target.value, product)
+
+        return await self.orders.finish(order, provision)
 
     async def acknowledged(self, msisdn: str, state: str, product: str = "") -> None:
         """The network acknowledged a line's state and product: charging, the line and
@@ -373,13 +556,13 @@ class Acquisition:
         if line_state is LineState.ACTIVE and line["state"] == LineState.PENDING_ACTIVATION.value and self.base:
             await self.base.added(kind, now_s)
         await self.client.hset(line_key(msisdn), mapping=updates)
-        order = await self.get_order(line["order_id"]) if line.get("order_id") else None
+        order = await self.orders.get(line["order_id"]) if line.get("order_id") else None
         if order is not None and order["status"] == "IN_PROGRESS":
             order["status"] = "COMPLETED"
             order["steps"].append(
                 {"step": "provisioning", "outcome": "acknowledged", "reasons": [f"network state {state}"], "at": now_s}
             )
-            await self._save(order)
+            await self.orders.save(order)
 
     async def aclose(self) -> None:
         """Close the network and credit bureau clients."""
@@ -388,12 +571,8 @@ class Acquisition:
             await self.bureau.aclose()
 
     async def get_order(self, order_id: str) -> dict[str, Any] | None:
-        text = await self.client.get(order_key(order_id))
-        return None if text is None else dict(json.loads(text))
+        return await self.orders.get(order_id)
 
     async def get_line(self, msisdn: str) -> dict[str, str] | None:
         h = await self.client.hgetall(line_key(msisdn))
         return {str(k): str(v) for k, v in h.items()} or None
-
-    async def _save(self, order: dict[str, Any]) -> None:
-        await self.client.set(order_key(order["crm_order_id"]), json.dumps(order))

@@ -14,8 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from charging.errors import InvalidRequest, NotFound
+
+UNIT_SEQ = "crm:seq:unit"
+
+
+async def push_once(client: aioredis.Redis, key: str, value: str) -> None:
+    """Append ``value`` to the list unless it is in it already (a step run again)."""
+
+    async def txn(pipe: Pipeline) -> None:
+        if await pipe.lpos(key, value) is None:
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.rpush(key, value)
+
+    await client.transaction(txn, key)
 
 
 @dataclass(frozen=True)
@@ -42,8 +56,9 @@ class Organisation:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
 
-    async def add_unit(self, customer_id: str, parent: str, name: str, pays_itself: bool) -> Unit:
-        """Add a unit; the first unit of a customer is its root (no parent, pays itself)."""
+    async def add_unit(self, customer_id: str, parent: str, name: str, pays_itself: bool, unit_id: str = "") -> Unit:
+        """Add a unit; the first unit of a customer is its root (no parent, pays itself).
+        With ``unit_id`` (taken by an order beforehand) adding it again changes nothing."""
         if not name.strip() or len(name) > 128:
             raise InvalidRequest("name", "is required (at most 128 characters)")
         kind = await self.client.hget(f"crm:customer:{customer_id}", "kind")
@@ -52,15 +67,17 @@ class Organisation:
         if kind != "CORPORATE":
             raise InvalidRequest("customer_id", "only corporate customers have an organisation")
         existing = await self.units(customer_id)
+        if unit_id in existing:
+            return existing[unit_id]
         if existing and parent not in existing:
             raise InvalidRequest("parent_id", "must be a unit of the same customer")
-        unit_id = str(await self.client.incr("crm:seq:unit"))
+        unit_id = unit_id or str(await self.client.incr(UNIT_SEQ))
         unit = Unit(unit_id, customer_id, parent if existing else "", name, pays_itself or not existing)
         await self.client.hset(
             f"crm:unit:{unit_id}",
             mapping={"customer": customer_id, "parent": unit.parent, "name": name, "pays": int(unit.pays_itself)},
         )
-        await self.client.rpush(f"crm:units:{customer_id}", unit_id)
+        await push_once(self.client, f"crm:units:{customer_id}", unit_id)
         return unit
 
     async def units(self, customer_id: str) -> dict[str, Unit]:

@@ -6,7 +6,7 @@ Checks, each giving a reason when it refuses:
   * the same identity already has an active customer (a second one is refused, the
     CRM adds lines to the existing customer instead);
   * velocity: too many applications with the same document or at the same address
-    within a day.
+    within a day (each application counted once, however often it is screened).
 (Expired documents are refused by the application checks, ``applications.py``.)
 
 Identity numbers and addresses are personal data: Redis keeps only salted SHA-256
@@ -35,6 +35,12 @@ def fingerprint(salt: str, *parts: str) -> str:
 
 def identity_key(print_: str) -> str:
     return "crm:identity:" + print_
+
+
+def velocity_key(print_: str, day: int) -> str:
+    """The applications (their ids) with this document or at this address on a day: an
+    application screened again after an interrupted run counts once."""
+    return f"crm:velocity:{print_}:{day}:apps"
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,11 @@ class Screener:
         pipe.hget(BLACKLIST, document)
         pipe.hget(BLACKLIST, address)
         pipe.get(identity_key(document))
-        pipe.incr(f"crm:velocity:{document}:{day}")
-        pipe.expire(f"crm:velocity:{document}:{day}", 2 * DAY_S)
-        pipe.incr(f"crm:velocity:{address}:{day}")
-        pipe.expire(f"crm:velocity:{address}:{day}", 2 * DAY_S)
-        doc_listed, addr_listed, existing, doc_count, _, addr_count, _ = await pipe.execute()
+        for print_ in (document, address):
+            pipe.sadd(velocity_key(print_, day), application_id)
+            pipe.expire(velocity_key(print_, day), 2 * DAY_S)
+            pipe.scard(velocity_key(print_, day))
+        doc_listed, addr_listed, existing, _, _, doc_count, _, _, addr_count = await pipe.execute()
         reasons = []
         if doc_listed:
             reasons.append(f"identity document blacklisted ({doc_listed})")
@@ -93,5 +99,13 @@ class Screener:
         return result
 
     async def register(self, document: str, customer_id: str) -> bool:
-        """Claim the identity for a new customer; False when another customer has it."""
-        return bool(await self.client.set(identity_key(document), customer_id, nx=True))
+        """Claim the identity for a new customer; False when another customer has it.
+        The same customer may claim it again (an interrupted order run once more)."""
+        if await self.client.set(identity_key(document), customer_id, nx=True):
+            return True
+        return bool(await self.client.get(identity_key(document)) == customer_id)
+
+    async def customer_of(self, document: str) -> str | None:
+        """The customer registered with this identity document, if any."""
+        found = await self.client.get(identity_key(document))
+        return None if found is None else str(found)

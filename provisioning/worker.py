@@ -24,6 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
+from redis.asyncio.client import Pipeline
 
 from charging.clock import Clock
 from provisioning.network import NetworkAdapter, NetworkError, NetworkRejected
@@ -88,14 +89,18 @@ class ProvisioningWorker:
     async def desire(self, line: str, state: str, product: str = "") -> int:
         """Record the state the line should have on the network; returns its version."""
         pipe = self.client.pipeline(transaction=True)
+        self.desire_in(pipe, line, state, product)
+        results = await pipe.execute()
+        return int(str(results[3]))
+
+    def desire_in(self, pipe: Pipeline, line: str, state: str, product: str = "") -> None:
+        """``desire`` as part of a caller's transaction (the order that asks for it)."""
         pipe.hset(line_key(line), mapping={"desired": state, "product": product, "attempts": 0})
         pipe.hsetnx(line_key(line), "acked", "none")
         pipe.hsetnx(line_key(line), "acked_version", 0)
         pipe.hincrby(line_key(line), "version", 1)
         pipe.zadd(DUE, {line: self.clock.now_ms()})
         pipe.xadd(CHANGES, {"line": line}, maxlen=100_000, approximate=True)
-        results = await pipe.execute()
-        return int(str(results[3]))
 
     async def reconcile_once(self, limit: int = 100) -> int:
         """Work on the lines due now; returns how many were acknowledged."""

@@ -69,3 +69,17 @@ def test_fingerprints_hide_the_data_and_ignore_case_and_spacing() -> None:
     a = fingerprint("s", "doc", "passport", "de", " l898902c36 ")
     assert a == fingerprint("s", "doc", "PASSPORT", "DE", "L898902C36")
     assert "L898902C36" not in a and a != fingerprint("other salt", "doc", "PASSPORT", "DE", "L898902C36")
+
+
+async def test_an_application_screened_again_counts_once_and_its_customer_registers_again(
+    screener: Screener,
+) -> None:
+    doc = screener.document_print("PASSPORT", "DE", "L898902C36")
+    addr = screener.address_print("DE", "10115", "Hauptstr. 1")
+    # an interrupted run screened "a1"; its resumed run screens it again, twice over
+    assert [(await screener.screen(n, doc, addr, NOW)).approved for n in ("a1", "a1", "a1", "a2")] == [True] * 4
+    assert not (await screener.screen("a3", doc, addr, NOW)).approved  # the third application today
+    assert await screener.register(doc, "customer-1")
+    assert await screener.register(doc, "customer-1")  # the same customer's order, run again
+    assert not await screener.register(doc, "customer-2")
+    assert await screener.customer_of(doc) == "customer-1"

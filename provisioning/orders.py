@@ -1,0 +1,190 @@
+"""Orders: the document the CRM reads back, the request kept to resume it, and a lease.
+
+    crm:order:<id>            JSON order document (status, steps, problems, ids): what
+                              GetOrder answers; never personal data
+    crm:order:<id>:work       hash: ``request`` (the application: personal data), ``lease``
+                              (ms) and what the run has made so far (customer, unit and
+                              account ids, the decision); deleted when the order leaves
+                              SUBMITTED
+    crm:orders:submitted      sorted set: SUBMITTED order id -> lease deadline (ms)
+    crm:orders:of:<customer>  list: the customer's orders, in the order they were decided
+
+Claiming an order id stores the SUBMITTED document, its request and a lease in one
+transaction. A run that crashes leaves the order SUBMITTED; once its lease has passed,
+whoever comes next (the same order id submitted again, or the periodic ``stalled`` pass)
+takes the lease over and runs the stored request again. Every step of a run is
+idempotent per order id, so a second run makes nothing twice. The order leaves SUBMITTED
+(IN_PROGRESS or REJECTED) in one transaction that first checks it is still SUBMITTED,
+drops the request and the lease and applies the order's last effects (the line's desired
+network state), so that happens once even when two runs overlap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+ORDER_LEASE_MS = 30_000
+SUBMITTED = "crm:orders:submitted"
+
+
+def order_key(order_id: str) -> str:
+    return "crm:order:" + order_id
+
+
+def work_key(order_id: str) -> str:
+    return "crm:order:" + order_id + ":work"
+
+
+def customer_orders_key(customer_id: str) -> str:
+    return "crm:orders:of:" + customer_id
+
+
+class Superseded(Exception):
+    """The order was decided by another run meanwhile (this one outlived its lease)."""
+
+
+class Rejected(Exception):
+    """A step refuses the order; the run records it and rejects the order."""
+
+    def __init__(self, step: str, *reasons: str) -> None:
+        super().__init__(step, *reasons)
+        self.step = step
+        self.reasons = reasons
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``new``: this run claimed the id; ``resume``: it took over a stalled run;
+    ``existing``: the order is decided or another run holds it (``order`` as stored)."""
+
+    outcome: Literal["new", "resume", "existing"]
+    order: dict[str, Any]
+    request: dict[str, Any] = field(default_factory=dict)
+    work: dict[str, str] = field(default_factory=dict)
+
+
+class Orders:
+    def __init__(self, client: aioredis.Redis, lease_ms: int = ORDER_LEASE_MS) -> None:
+        self.client = client
+        self.lease_ms = lease_ms
+
+    async def claim(self, order_id: str, request: dict[str, Any], now_ms: int) -> Claim:
+        """Claim a new order id, or take over the order's run when its lease has passed."""
+        doc: dict[str, Any] = {
+            "crm_order_id": order_id,
+            "status": "SUBMITTED",
+            "problems": [],
+            "steps": [],
+            "submitted_at": now_ms // 1000,
+        }
+
+        async def txn(pipe: Pipeline) -> Claim:
+            stored = await pipe.get(order_key(order_id))
+            if stored is not None:
+                return await self._take_over(pipe, order_id, str(stored), now_ms)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(order_key(order_id), json.dumps(doc))
+            pipe.hset(work_key(order_id), mapping={"request": json.dumps(request), "lease": now_ms + self.lease_ms})
+            pipe.zadd(SUBMITTED, {order_id: now_ms + self.lease_ms})
+            return Claim("new", doc, request)
+
+        result: Claim = await self.client.transaction(
+            txn, order_key(order_id), work_key(order_id), value_from_callable=True
+        )
+        return result
+
+    async def take_over(self, order_id: str, now_ms: int) -> Claim | None:
+        """Take over a stalled order's run; None when it is decided or its lease holds."""
+
+        async def txn(pipe: Pipeline) -> Claim | None:
+            stored = await pipe.get(order_key(order_id))
+            if stored is None:
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.zrem(SUBMITTED, order_id)
+                return None
+            return await self._take_over(pipe, order_id, str(stored), now_ms)
+
+        claim: Claim | None = await self.client.transaction(
+            txn, order_key(order_id), work_key(order_id), value_from_callable=True
+        )
+        return claim if claim is not None and claim.outcome == "resume" else None
+
+    async def _take_over(self, pipe: Pipeline, order_id: str, stored: str, now_ms: int) -> Claim:
+        order = dict(json.loads(stored))
+        work = {str(k): str(v) for k, v in (await pipe.hgetall(work_key(order_id))).items()}
+        if order["status"] != "SUBMITTED" or "request" not in work or int(work.get("lease", 0)) > now_ms:
+            return Claim("existing", order)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.hset(work_key(order_id), "lease", now_ms + self.lease_ms)
+        pipe.zadd(SUBMITTED, {order_id: now_ms + self.lease_ms})
+        return Claim("resume", order, dict(json.loads(work["request"])), work)
+
+    async def stalled(self, now_ms: int, limit: int = 100) -> list[str]:
+        """SUBMITTED orders whose lease has passed: their run was interrupted."""
+        return [str(o) for o in await self.client.zrangebyscore(SUBMITTED, "-inf", now_ms, start=0, num=limit)]
+
+    async def work(self, order_id: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (await self.client.hgetall(work_key(order_id))).items()}
+
+    async def note(self, order_id: str, name: str, value: str, *, keep: bool = False) -> str:
+        """Record what a run has made or decided (``keep``: unless recorded before);
+        returns the recorded value. Raises ``Superseded`` once the order is decided."""
+
+        async def txn(pipe: Pipeline) -> str:
+            found = await pipe.hmget(work_key(order_id), ["request", name])
+            if found[0] is None:
+                raise Superseded(order_id)
+            if keep and found[1] is not None:
+                return str(found[1])
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(work_key(order_id), name, value)
+            return value
+
+        result: str = await self.client.transaction(txn, work_key(order_id), value_from_callable=True)
+        return result
+
+    async def allocate(self, order_id: str, name: str, sequence: str) -> str:
+        """An id from ``sequence``, taken once per order: a second run gets the same one."""
+        made = await self.client.hget(work_key(order_id), name)
+        if made is not None:
+            return str(made)
+        return await self.note(order_id, name, str(await self.client.incr(sequence)), keep=True)
+
+    async def finish(self, order: dict[str, Any], effects: Callable[[Pipeline], None] | None = None) -> dict[str, Any]:
+        """Store the decided order (IN_PROGRESS or REJECTED) and apply ``effects`` in the
+        same transaction, if it is still SUBMITTED; returns the order as stored."""
+        order_id = order["crm_order_id"]
+
+        async def txn(pipe: Pipeline) -> dict[str, Any]:
+            stored = await pipe.get(order_key(order_id))
+            if stored is not None and json.loads(stored)["status"] != "SUBMITTED":
+                return dict(json.loads(stored))
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(order_key(order_id), json.dumps(order))
+            pipe.delete(work_key(order_id))
+            pipe.zrem(SUBMITTED, order_id)
+            if order.get("customer_id"):
+                pipe.rpush(customer_orders_key(order["customer_id"]), order_id)
+            if effects is not None:
+                effects(pipe)
+            return order
+
+        result: dict[str, Any] = await self.client.transaction(txn, order_key(order_id), value_from_callable=True)
+        return result
+
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        text = await self.client.get(order_key(order_id))
+        return None if text is None else dict(json.loads(text))
+
+    async def save(self, order: dict[str, Any]) -> None:
+        """Store a decided order's later change (the network's acknowledgement)."""
+        await self.client.set(order_key(order["crm_order_id"]), json.dumps(order))
+
+    async def of_customer(self, customer_id: str, start: int, count: int) -> list[str]:
+        return [str(o) for o in await self.client.lrange(customer_orders_key(customer_id), start, start + count - 1)]
