@@ -194,3 +194,7 @@ def dispute(dispute_id: str) -> str:
 
 def adjustment(adjustment_id: str) -> str:
     return "{bill}:adj:" + adjustment_id
+
+
+BILL_OUTBOX = "{bill}:out"  # list: billing notifications (dunning steps) waiting to be relayed
+BILL_RESTRICTED = "{bill}:restricted"  # set: billing accounts dunning has barred or suspended

@@ -61,7 +61,10 @@ class Notifier:
     async def relay(self, account: str, batch: int = 100) -> int:
         """Copy the account's outbox to the stream until it is empty; returns how many
         entries were copied."""
-        outbox = keys.outbox(account)
+        return await self.relay_outbox(keys.outbox(account), account, batch)
+
+    async def relay_outbox(self, outbox: str, account: str, batch: int = 100) -> int:
+        """The same for any outbox (billing's ``{bill}:out``), entries named after ``account``."""
         moved = 0
         with storage_errors():
             while entries := [str(e) for e in await self._client.lrange(outbox, 0, batch - 1)]:

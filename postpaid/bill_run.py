@@ -127,8 +127,11 @@ class BillRun:
             await self.client.zadd(keys.BILL_DUE, {ba: period.end_s})
             return None
         lines = await self.accounts.lines(ba)
-        number = await self.invoice(ba, info, period, lines, now_s)
-        return number
+        if not lines and not await self.client.llen(keys.billing_pending(ba)):
+            # Every line ended with its final invoice: the account has nothing more to bill.
+            await self.client.zrem(keys.BILL_DUE, ba)
+            return None
+        return await self.invoice(ba, info, period, lines, now_s)
 
     async def invoice(
         self,

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from postpaid.dunning import Ladder, LadderError
 from postpaid.invoices import TaxRate
 
 
@@ -69,7 +70,7 @@ class BillingConfig:
     volume_discounts: tuple[VolumeDiscount, ...]
     reconnection_fee_minor: int
     prepaid_termination: str
-    dunning: tuple[dict[str, Any], ...]
+    dunning: Ladder
 
 
 def default() -> BillingConfig:
@@ -161,10 +162,16 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
     policy = doc.get("prepaid_termination", "REFUND_ON_REQUEST")
     if policy not in ("REFUND_ON_REQUEST", "FORFEIT"):
         problems.append(("prepaid_termination", "must be REFUND_ON_REQUEST or FORFEIT"))
+    ladder = Ladder(())
     dunning = doc.get("dunning")
     if not isinstance(dunning, list):
         problems.append(("dunning", "must be a list of steps"))
-        dunning = []
+    else:
+        try:
+            ladder = Ladder.from_config(dunning)
+        except LadderError as exc:
+            where = "dunning" if exc.index is None else f"dunning[{exc.index}]"
+            problems.append((f"{where}.{exc.field}" if exc.field else where, str(exc)))
     config = BillingConfig(
         issuer=issuer,
         currency=currency,
@@ -177,7 +184,7 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
         volume_discounts=tuple(sorted(volume, key=lambda v: v.min_lines)),
         reconnection_fee_minor=number(doc, "reconnection_fee_minor", "", 0, 10**9, 0),
         prepaid_termination=str(policy),
-        dunning=tuple(dunning),
+        dunning=ladder,
     )
     if problems:
         raise BillingConfigInvalid(problems)

@@ -1,0 +1,210 @@
+"""Collection: runs the dunning ladder (``dunning.py``, pure) over billing accounts with
+overdue invoices and carries out what it decides.
+
+For one account, on one day:
+  1. read its open invoices (open, disputed, due day), promise to pay and the steps done;
+  2. ``dunning.evaluate`` decides; ``dunning.lua`` records the steps, late fees (on the
+     next invoice) and notifications (billing outbox, relayed to the notification
+     stream) and the account's service state, each once;
+  3. the lines follow the account's state through provisioning orders (bar outgoing,
+     suspend, terminate for non-payment, resume), with order ids derived from the
+     account's state epoch so a repeat finds its order; the network's acknowledgement
+     moves the line, as for any order. This step is level-triggered: run again after a
+     crash, it orders what a line still lacks;
+  4. every line carries the account's overdue amount against its credit headroom.
+Running it twice on the same day does nothing more; after skipped days it catches up to
+the right step without sending every missed reminder. A payment, a credit note or a
+dispute re-evaluates the account at once (``Payments.on_change``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+
+from charging import keys, metrics
+from charging.clock import Clock
+from charging.notifications import Notifier
+from charging.store import storage_errors
+from postpaid import dunning
+from postpaid.accounts import BillingAccounts
+from postpaid.config import BillingConfig
+from postpaid.dunning import ChangeState, LateFee, Notify, OpenInvoice, Restore, ServiceState
+from postpaid.invoices import LATE_FEE, RECONNECTION_FEE, Charge
+from postpaid.scripts import DUNNING
+
+log = logging.getLogger("postpaid.collection")
+
+# What a line is ordered to do for each account state, and the line states that show it done.
+ORDER_FOR = {
+    ServiceState.BARRED_OUTGOING: ("BAR_OUTGOING", {"barred_outgoing", "suspended", "terminated"}),
+    ServiceState.SUSPENDED: ("SUSPEND", {"suspended", "terminated"}),
+    ServiceState.TERMINATED: ("TERMINATE", {"terminated"}),
+}
+DUNNING_ORDER = "dunning-"
+
+
+class Lines(Protocol):
+    """What collection needs of the line lifecycle (``provisioning.acquisition``)."""
+
+    async def get_line(self, msisdn: str) -> dict[str, str] | None: ...
+
+    async def order(
+        self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = ""
+    ) -> dict[str, Any]: ...
+
+
+@dataclass
+class CollectionReport:
+    accounts: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
+
+
+class Collection:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        accounts: BillingAccounts,
+        config: BillingConfig,
+        clock: Clock,
+        lines: Lines | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.client = client
+        self.accounts = accounts
+        self.config = config
+        self.clock = clock
+        self.lines = lines
+        self.notifier = notifier
+
+    def today(self) -> date:
+        return datetime.fromtimestamp(self.clock.now_ms() // 1000, ZoneInfo(self.config.time_zone)).date()
+
+    async def run(self) -> CollectionReport:
+        """Evaluate every account with an invoice past due, and every account dunning has
+        restricted (to restore it when it has paid)."""
+        now_s = self.clock.now_ms() // 1000
+        with storage_errors():
+            due = {str(x) for x in await self.client.zrangebyscore(keys.BILL_DUNNING, "-inf", now_s)}
+            due |= {str(x) for x in await self.client.smembers(keys.BILL_RESTRICTED)}
+        report = CollectionReport(accounts=len(due))
+        for ba in sorted(due):
+            try:
+                decision = await self.evaluate(ba)
+            except Exception:
+                log.exception("dunning failed for an account", extra={"billing_account": ba})
+                continue
+            for action in decision.actions:
+                name = type(action).__name__
+                report.actions[name] = report.actions.get(name, 0) + 1
+        return report
+
+    async def invoices(self, ba: str) -> list[OpenInvoice]:
+        info = await self.accounts.get(ba)
+        promise = info.get("promised_until", "")
+        until = date.fromisoformat(promise) if promise else None
+        tz = ZoneInfo(self.config.time_zone)
+        out = []
+        for number in [str(x) for x in await self.client.lrange(keys.billing_open(ba), 0, -1)]:
+            h = await self.client.hmget(keys.invoice_state(number), ["open", "disputed", "due"])
+            due = datetime.fromtimestamp(int(str(h[2])), tz).date()
+            out.append(OpenInvoice(number, due, int(str(h[0])), int(str(h[1])), until))
+        return out
+
+    async def evaluate(self, ba: str) -> dunning.Decision:
+        """One dunning evaluation of the account today (see the module docstring)."""
+        today = self.today()
+        info = await self.accounts.get(ba)
+        state = ServiceState(info.get("state", "ACTIVE"))
+        invoices = await self.invoices(ba)
+        done = frozenset(
+            tuple(str(m).split("|", 1)) for m in await self.client.smembers(keys.billing_dunning_done(ba)) if "|" in m
+        )
+        decision = dunning.evaluate(
+            self.config.dunning,
+            invoices,
+            done,  # type: ignore[arg-type]
+            state,
+            today,
+            self.config.reconnection_fee_minor,
+        )
+        now_ms = self.clock.now_ms()
+        fees = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, LateFee)}
+        notes = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, Notify)}
+        overdue = dunning.overdue(invoices, today)
+        triples: list[str] = []
+        for invoice, step in sorted(decision.done):
+            fee = fees.get((invoice, step))
+            note = notes.get((invoice, step))
+            charge = ""
+            if fee is not None:
+                c = Charge(LATE_FEE, f"Late fee ({step}) for invoice {invoice}", fee.amount, tax_code="exempt")
+                charge = json.dumps(c.__dict__)
+            text = f"dunning_{step} {invoice} {note.channel.value} {overdue} {now_ms}" if note else ""
+            triples += [f"{invoice}|{step}", charge, text]
+        for action in decision.actions:
+            if isinstance(action, Restore):
+                epoch = info.get("epoch", "0")
+                charge = ""
+                if action.reconnection_fee:
+                    c = Charge(RECONNECTION_FEE, "Reconnection fee", action.reconnection_fee)
+                    charge = json.dumps(c.__dict__)
+                triples += [f"restore|{epoch}", charge, f"service_restored {ba} - {overdue} {now_ms}"]
+            if isinstance(action, ChangeState):
+                epoch = info.get("epoch", "0")
+                changed = f"service_{action.target.value.lower()} {ba} - {overdue} {now_ms}"
+                triples += [f"state|{action.target.value}|{epoch}", "", changed]
+        target = decision.state.value if decision.state != state else ""
+        with storage_errors():
+            await DUNNING(
+                self.client,
+                (keys.billing_dunning_done(ba), keys.billing_pending(ba), keys.billing_account(ba), keys.BILL_OUTBOX),
+                (target, len(triples) // 3, *triples),
+            )
+            if decision.state in ORDER_FOR:
+                await self.client.sadd(keys.BILL_RESTRICTED, ba)
+            else:
+                await self.client.srem(keys.BILL_RESTRICTED, ba)
+        for action in decision.actions:
+            metrics.DUNNING_ACTIONS.labels(type(action).__name__).inc()
+        await self.accounts.set_overdue(ba, overdue)
+        await self.follow(ba)
+        if self.notifier is not None and triples:
+            await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
+        return decision
+
+    async def follow(self, ba: str) -> None:
+        """Order each line into the account's dunning state (or out of it once restored)."""
+        if self.lines is None:
+            return
+        info = await self.accounts.get(ba)
+        state = ServiceState(info.get("state", "ACTIVE"))
+        epoch = info.get("epoch", "0")
+        for line in await self.accounts.lines(ba):
+            current = await self.lines.get_line(line.line)
+            if current is None or current["state"] == "terminated":
+                continue
+            order_id = f"{DUNNING_ORDER}{ba}-{epoch}-{line.account_id}"
+            if state in ORDER_FOR:
+                kind, reached = ORDER_FOR[state]
+                if current["state"] not in reached:
+                    reason = "NON_PAYMENT" if kind == "TERMINATE" else ""
+                    await self.lines.order(order_id, line.line, kind, reason=reason)
+            elif current["state"] in ("barred_outgoing", "suspended") and current.get("order_id", "").startswith(
+                DUNNING_ORDER
+            ):
+                await self.lines.order(order_id, line.line, "RESUME")
+
+    async def promise(self, ba: str, until: date, actor: str) -> None:
+        """A promise to pay: the account's invoices are not dunned until ``until``."""
+        await self.client.hset(keys.billing_account(ba), "promised_until", until.isoformat())
+        await self.client.xadd(
+            keys.BILL_AUDIT, {"action": "promise_to_pay", "actor": actor, "ba": ba, "until": until.isoformat()}
+        )
+        await self.evaluate(ba)

@@ -1,0 +1,34 @@
+-- Open or reject a dispute on an invoice: the disputed amount is held out of dunning.
+--
+-- KEYS[1] dispute record    {bill}:disp:ID
+-- KEYS[2] invoice state     {bill}:is:NUMBER
+-- ARGV[1] OPEN, REJECT or ACCEPTED (after its credit note)   ARGV[2] amount (minor units)
+-- ARGV[3] the record JSON to store
+--
+-- Reply: {'DONE'} | {'SAME'} (already in that state) | {'TOOMUCH', open undisputed}
+--        | {'NOINVOICE'} | {'NODISPUTE'} | {'CLOSED', status}
+
+local op = ARGV[1]
+local prev = redis.call('HGET', KEYS[1], 'status')
+if op == 'OPEN' then
+  if prev then return {'SAME'} end
+  local inv = redis.call('HMGET', KEYS[2], 'open', 'disputed')
+  if not inv[1] then return {'NOINVOICE'} end
+  local free = tonumber(inv[1]) - tonumber(inv[2])
+  if tonumber(ARGV[2]) > free then return {'TOOMUCH', string.format('%d', free)} end
+  redis.call('HINCRBY', KEYS[2], 'disputed', ARGV[2])
+  redis.call('HSET', KEYS[1], 'status', 'OPEN', 'doc', ARGV[3])
+  return {'DONE'}
+end
+if not prev then return {'NODISPUTE'} end
+if prev == op then return {'SAME'} end
+if prev ~= 'OPEN' then return {'CLOSED', prev} end
+if op == 'REJECT' then
+  local disputed = tonumber(redis.call('HGET', KEYS[2], 'disputed'))
+  redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(ARGV[2]), 0)))
+  redis.call('HSET', KEYS[1], 'status', 'REJECTED', 'doc', ARGV[3])
+else
+  -- the credit note released the hold already (pay.lua CREDIT)
+  redis.call('HSET', KEYS[1], 'status', 'ACCEPTED', 'doc', ARGV[3])
+end
+return {'DONE'}

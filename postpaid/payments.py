@@ -1,0 +1,245 @@
+"""Money on billing accounts after invoicing: payments, refunds, credit notes, disputes and
+manual adjustments.
+
+Every change is one script in the ``{bill}`` slot and idempotent on a key the caller
+gives (the channel's payment reference, the dispute or adjustment id): a repeat answers
+the same, a reuse of the key with another payload is refused and changes nothing.
+
+- A payment is allocated to the open invoices oldest first; a partial payment leaves the
+  rest open; an overpayment is kept as credit, which pays the next invoice first and
+  can be refunded.
+- A dispute holds its amount out of dunning; accepting it issues a credit note (own
+  gapless sequence) for the amount, rejecting it releases the hold with a reason.
+- An adjustment is a charge or credit with a reason on the next invoice; it and every
+  dispute decision are written to the audit stream with who did it.
+Each change then calls ``on_change`` (the collection service re-evaluates the account
+at once, so a payment that clears the overdue amount restores service).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from charging import keys, metrics
+from charging.clock import Clock
+from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
+from charging.store import storage_errors
+from postpaid.config import BillingConfig
+from postpaid.invoices import ADJUSTMENT, Charge
+from postpaid.scripts import DISPUTE, PAY
+
+MAX_MINOR = 10**13
+Changed = Callable[[str], Awaitable[None]]
+CHANNELS = ("BANK_TRANSFER", "CARD", "DIRECT_DEBIT", "CASH", "APP", "RETAIL", "REFUND")
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def _amount(value: int, field: str, allow_negative: bool = False) -> int:
+    low = -MAX_MINOR if allow_negative else 1
+    if not low <= value <= MAX_MINOR or value == 0:
+        raise InvalidRequest(field, f"must be a non-zero amount in minor units up to {MAX_MINOR}")
+    return value
+
+
+def _key_part(value: str, field: str) -> str:
+    if not value or len(value) > 128 or any(c in value for c in " |\n"):
+        raise InvalidRequest(field, "is required: 1-128 characters without spaces or '|'")
+    return value
+
+
+class Payments:
+    def __init__(self, client: aioredis.Redis, config: BillingConfig, clock: Clock) -> None:
+        self.client = client
+        self.config = config
+        self.clock = clock
+        self.on_change: Changed | None = None
+
+    async def _changed(self, ba: str) -> None:
+        if self.on_change is not None:
+            await self.on_change(ba)
+
+    async def _account_exists(self, ba: str) -> None:
+        if not await self.client.exists(keys.billing_account(ba)):
+            raise NotFound("no such billing account")
+
+    async def _money(self, record_key: str, ba: str, args: list[Any]) -> dict[str, Any]:
+        with storage_errors():
+            reply = await PAY(
+                self.client,
+                (
+                    record_key,
+                    keys.billing_account(ba),
+                    keys.billing_open(ba),
+                    keys.billing_payments(ba),
+                    keys.BILL_DUNNING,
+                    keys.credit_note_seq(self.config.issuer.id),
+                ),
+                args,
+            )
+        kind = str(reply[0])
+        if kind == "CONFLICT":
+            raise Conflict("this reference was used before with another payload")
+        if kind == "NOCREDIT":
+            raise LimitExceeded("the refund is larger than the account's credit")
+        if kind == "NOINVOICE":
+            raise NotFound("no such invoice")
+        record: dict[str, Any] = json.loads(reply[1])
+        record["replayed"] = kind == "REPLAY"
+        return record
+
+    async def pay(self, ba: str, amount: int, channel: str, reference: str) -> dict[str, Any]:
+        """Apply a payment; the record lists what it paid of which invoice."""
+        _amount(amount, "amount_minor")
+        if channel not in CHANNELS:
+            raise InvalidRequest("channel", f"must be one of {', '.join(CHANNELS)}")
+        _key_part(reference, "reference")
+        await self._account_exists(ba)
+        now_s = self.clock.now_ms() // 1000
+        doc = json.dumps({"kind": "PAYMENT", "ba": ba, "amount": amount, "channel": channel, "reference": reference})
+        doc = doc[:-1] + ', "at": ' + str(now_s) + ', "allocations": @@ALLOCATIONS@@}'
+        args = ["PAY", _digest(ba, amount, channel), amount, now_s, keys.invoice_state(""), doc]
+        record = await self._money(keys.payment(channel, reference), ba, args)
+        if not record["replayed"]:
+            metrics.PAYMENTS.labels(channel).inc()
+            metrics.PAYMENT_MINOR.labels(channel).inc(amount)
+        await self._changed(ba)
+        return record
+
+    async def refund(self, ba: str, amount: int, reference: str, reason: str) -> dict[str, Any]:
+        """Pay back part of the account's credit (an overpayment)."""
+        _amount(amount, "amount_minor")
+        _key_part(reference, "reference")
+        await self._account_exists(ba)
+        now_s = self.clock.now_ms() // 1000
+        doc = json.dumps({"kind": "REFUND", "ba": ba, "amount": amount, "reference": reference, "reason": reason})
+        args = ["REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc]
+        return await self._money(keys.payment("REFUND", reference), ba, args)
+
+    async def credit_note(self, number: str, amount: int, reason: str, key: str, release: int = 0) -> dict[str, Any]:
+        """Credit an issued invoice (it stays as issued: the credit note is its own
+        numbered document); ``key`` makes it idempotent."""
+        _amount(amount, "amount_minor")
+        if not reason.strip():
+            raise InvalidRequest("reason", "is required")
+        ba = await self.client.hget(keys.invoice_state(number), "ba")
+        if ba is None:
+            raise NotFound("no such invoice")
+        now_s = self.clock.now_ms() // 1000
+        doc = json.dumps({"kind": "CREDIT_NOTE", "ba": str(ba), "invoice": number, "amount": amount, "reason": reason})
+        doc = doc[:-1] + ', "number": "@@NUMBER@@", "at": ' + str(now_s) + ', "allocations": @@ALLOCATIONS@@}'
+        args = [
+            "CREDIT",
+            _digest(number, amount, reason),
+            amount,
+            now_s,
+            keys.invoice_state(""),
+            doc,
+            number,
+            release,
+            self.config.issuer.credit_note_prefix + "-",
+            keys.credit_note(""),
+        ]
+        record = await self._money(keys.payment("CN", _key_part(key, "key")), str(ba), args)
+        await self._changed(str(ba))
+        return record
+
+    async def open_dispute(self, dispute_id: str, number: str, amount: int, reason: str, actor: str) -> dict[str, Any]:
+        _key_part(dispute_id, "dispute_id")
+        _amount(amount, "amount_minor")
+        if not reason.strip():
+            raise InvalidRequest("reason", "is required")
+        ba = await self.client.hget(keys.invoice_state(number), "ba")
+        if ba is None:
+            raise NotFound("no such invoice")
+        now_s = self.clock.now_ms() // 1000
+        doc = {"id": dispute_id, "invoice": number, "ba": str(ba), "amount": amount, "reason": reason, "opened": now_s}
+        reply = await DISPUTE(
+            self.client, (keys.dispute(dispute_id), keys.invoice_state(number)), ("OPEN", amount, json.dumps(doc))
+        )
+        if reply[0] == "TOOMUCH":
+            raise InvalidRequest("amount_minor", f"at most the undisputed open amount ({reply[1]}) can be disputed")
+        if reply[0] == "SAME":
+            existing = await self.dispute(dispute_id)
+            if existing["invoice"] != number or existing["amount"] != amount:
+                raise Conflict("this dispute id was used for another dispute")
+            return existing
+        await self._audit("dispute_opened", actor, str(ba), amount, reason, dispute_id)
+        await self._changed(str(ba))
+        return await self.dispute(dispute_id)
+
+    async def resolve_dispute(self, dispute_id: str, accept: bool, reason: str, actor: str) -> dict[str, Any]:
+        """Accept (credit note for the disputed amount) or reject (with a reason)."""
+        if not reason.strip():
+            raise InvalidRequest("reason", "is required")
+        d = await self.dispute(dispute_id)
+        if d["status"] not in ("OPEN", "ACCEPTED" if accept else "REJECTED"):
+            raise Conflict(f"the dispute is already {d['status']}")
+        key = (keys.dispute(dispute_id), keys.invoice_state(d["invoice"]))
+        if accept:
+            note = await self.credit_note(d["invoice"], d["amount"], reason, f"dispute-{dispute_id}", d["amount"])
+            doc = {**d, "resolution": reason, "credit_note": note.get("number", "")}
+            await DISPUTE(self.client, key, ("ACCEPTED", d["amount"], json.dumps(_bare(doc))))
+        else:
+            doc = {**d, "resolution": reason}
+            await DISPUTE(self.client, key, ("REJECT", d["amount"], json.dumps(_bare(doc))))
+        await self._audit(
+            "dispute_" + ("accepted" if accept else "rejected"), actor, d["ba"], d["amount"], reason, dispute_id
+        )
+        await self._changed(d["ba"])
+        return await self.dispute(dispute_id)
+
+    async def dispute(self, dispute_id: str) -> dict[str, Any]:
+        h = await self.client.hgetall(keys.dispute(dispute_id))
+        if not h:
+            raise NotFound("no such dispute")
+        doc: dict[str, Any] = json.loads(h["doc"])
+        doc["status"] = str(h["status"])
+        return doc
+
+    async def adjust(self, adjustment_id: str, ba: str, amount: int, reason: str, actor: str) -> dict[str, Any]:
+        """A manual charge (positive) or credit (negative) on the next invoice, audited."""
+        _key_part(adjustment_id, "adjustment_id")
+        _amount(amount, "amount_minor", allow_negative=True)
+        if not reason.strip():
+            raise InvalidRequest("reason", "is required")
+        if not actor.strip():
+            raise InvalidRequest("actor", "is required")
+        await self._account_exists(ba)
+        now_s = self.clock.now_ms() // 1000
+        doc = {"id": adjustment_id, "ba": ba, "amount": amount, "reason": reason, "actor": actor, "at": now_s}
+        charge = Charge(ADJUSTMENT, f"Adjustment: {reason}", amount)
+        async with self.client.pipeline(transaction=True) as pipe:
+            # One transaction: the record, the pending charge and the audit entry, once.
+            await pipe.watch(keys.adjustment(adjustment_id))
+            existing = await pipe.get(keys.adjustment(adjustment_id))
+            if existing is not None:
+                old: dict[str, Any] = json.loads(existing)
+                if (old["ba"], old["amount"], old["reason"]) != (ba, amount, reason):
+                    raise Conflict("this adjustment id was used for another adjustment")
+                return old
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(keys.adjustment(adjustment_id), json.dumps(doc))
+            pipe.rpush(keys.billing_pending(ba), json.dumps(charge.__dict__))
+            pipe.xadd(keys.BILL_AUDIT, _audit_fields("adjustment", actor, ba, amount, reason, adjustment_id, now_s))
+            await pipe.execute()
+        return doc
+
+    async def _audit(self, action: str, actor: str, ba: str, amount: int, reason: str, ref: str) -> None:
+        now_s = self.clock.now_ms() // 1000
+        await self.client.xadd(keys.BILL_AUDIT, _audit_fields(action, actor, ba, amount, reason, ref, now_s))
+
+
+def _bare(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "status"}
+
+
+def _audit_fields(action: str, actor: str, ba: str, amount: int, reason: str, ref: str, at_s: int) -> dict[Any, Any]:
+    return {"action": action, "actor": actor, "ba": ba, "amount": amount, "reason": reason, "ref": ref, "at": at_s}
