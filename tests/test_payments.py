@@ -1,0 +1,196 @@
+"""Payments, refunds, credit notes, disputes, adjustments and dunning on real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from charging import keys
+from charging.clock import ManualClock
+from charging.errors import Conflict, InvalidRequest, LimitExceeded
+from charging.server import App
+from postpaid import config as billing_config
+from postpaid.billing import Billing
+from postpaid.dunning import ServiceState
+from postpaid.invoices import Invoice
+from tests.conftest import Stubs
+from tests.test_bill_run import JAN_10, LIMIT, call
+
+DAY = 86_400
+
+
+class LineBook:
+    """The line lifecycle as collection sees it: orders are applied at once (the network
+    simulator and the provisioning worker are exercised end to end in test_postpaid_e2e)."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, dict[str, str]] = {}
+        self.orders: list[tuple[str, str, str]] = []
+
+    async def get_line(self, msisdn: str) -> dict[str, str] | None:
+        return self.lines.get(msisdn)
+
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+        if any(o[0] == order_id for o in self.orders):
+            return {}
+        self.orders.append((order_id, msisdn, kind))
+        state = {"BAR_OUTGOING": "barred_outgoing", "SUSPEND": "suspended", "RESUME": "active"}.get(kind, "terminated")
+        self.lines[msisdn] = {"state": state, "order_id": order_id}
+        return {}
+
+
+@pytest.fixture
+async def billing(app: App, clock: ManualClock) -> AsyncIterator[tuple[Billing, LineBook]]:
+    clock.advance(ms=JAN_10 * 1000 - clock.now_ms())
+    assert app.redis is not None and app.catalogs is not None
+    b = Billing(app.redis, billing_config.default(), app.catalogs, clock)
+    book = LineBook()
+    b.attach_lines(book)
+    yield b, book
+
+
+async def invoiced(stubs: Stubs, b: Billing, book: LineBook, clock: ManualClock, ba: str, msisdn: str) -> Invoice:
+    sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
+    line = {"account_id": sub.account_id, "customer_id": ba, "customer_type": "MOBILE_POSTPAID"}
+    await b.line_changed(
+        msisdn=msisdn,
+        line=line,
+        state="active",
+        plan_id="mobile-postpaid",
+        customer={"credit_limit": str(LIMIT), "deposit": "0"},
+        paying_unit="",
+        unit_path=(),
+        label="Customer",
+    )
+    book.lines[msisdn] = {"state": "active", "order_id": "new"}
+    assert await call(stubs, msisdn, "s1", 300) == 2001
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 1
+    (number,) = await b.invoices_of("C" + ba)
+    return await b.invoice(number)
+
+
+async def test_payments_allocate_oldest_first_keep_credit_and_are_idempotent(
+    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = billing
+    first = await invoiced(stubs, b, book, clock, "7", "491700000301")
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    numbers = await b.invoices_of("C7")
+    assert len(numbers) == 2 and numbers[0] == first.number
+    second = await b.invoice(numbers[1])
+    # The second invoice carries the first as previous balance.
+    assert second.previous_balance == first.total and second.total_due == first.total + second.total
+    part = await b.payments.pay("C7", first.total - 100, "BANK_TRANSFER", "ref-1")
+    assert part["allocations"] == {first.number: first.total - 100}
+    again = await b.payments.pay("C7", first.total - 100, "BANK_TRANSFER", "ref-1")
+    assert again["replayed"] and again["allocations"] == part["allocations"]
+    with pytest.raises(Conflict):
+        await b.payments.pay("C7", 1, "BANK_TRANSFER", "ref-1")
+    with pytest.raises(InvalidRequest, match="amount_minor"):
+        await b.payments.pay("C7", 0, "BANK_TRANSFER", "ref-2")
+    rest = await b.payments.pay("C7", 100 + second.total + 777, "CARD", "ref-3")
+    assert rest["allocations"] == {first.number: 100, second.number: second.total}
+    info = await b.account("C7")
+    assert (int(info["credit"]), int(info["balance"])) == (777, -777)
+    assert (await b.invoice_state(first.number))["status"] == "PAID"
+    with pytest.raises(LimitExceeded):
+        await b.payments.refund("C7", 778, "rf-1", "customer asked")
+    await b.payments.refund("C7", 700, "rf-1", "customer asked")
+    assert int((await b.account("C7"))["credit"]) == 77
+    # The remaining credit pays the next invoice first.
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    third = (await b.invoices_of("C7"))[-1]
+    assert int((await b.invoice_state(third))["open"]) == (await b.invoice(third)).total - 77
+
+
+async def test_disputes_hold_amounts_out_of_dunning_and_resolve_by_credit_note_or_rejection(
+    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = billing
+    inv = await invoiced(stubs, b, book, clock, "8", "491700000302")
+    with pytest.raises(InvalidRequest, match="amount_minor"):
+        await b.payments.open_dispute("d1", inv.number, inv.total + 1, "too much", "agent-1")
+    d = await b.payments.open_dispute("d1", inv.number, inv.total, "roaming I never used", "agent-1")
+    assert d["status"] == "OPEN"
+    # Fully disputed: far past due, nothing happens.
+    clock.advance(seconds=40 * DAY)
+    decision = await b.collection.evaluate("C8")
+    assert decision.actions == () and decision.state is ServiceState.ACTIVE
+    await b.payments.resolve_dispute("d1", True, "roaming charges were wrong", "agent-2")
+    resolved = await b.payments.dispute("d1")
+    assert resolved["status"] == "ACCEPTED" and resolved["credit_note"].startswith("CN-")
+    state = await b.invoice_state(inv.number)
+    assert (state["open"], state["disputed"], state["status"]) == ("0", "0", "PAID")
+    # The issued invoice is unchanged: the correction is the credit note.
+    assert (await b.invoice(inv.number)).total == inv.total
+    with pytest.raises(Conflict):
+        await b.payments.resolve_dispute("d1", False, "no", "agent-2")
+
+
+async def test_dunning_walks_the_ladder_once_and_a_payment_restores(
+    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = billing
+    inv = await invoiced(stubs, b, book, clock, "9", "491700000303")
+    assert app.redis is not None
+    client: aioredis.Redis = app.redis
+    due_day = inv.due
+    # Jump to 21 days past due: catch up to barring with only that step's notice, the
+    # second reminder's late fee charged once.
+    clock.advance(seconds=((due_day - date(2026, 2, 10)).days + 21) * DAY)
+    d1 = await b.collection.evaluate("C9")
+    assert d1.state is ServiceState.BARRED_OUTGOING
+    assert [o[2] for o in book.orders] == ["BAR_OUTGOING"]
+    assert book.lines["491700000303"]["state"] == "barred_outgoing"
+    pending = [str(x) for x in await client.lrange(keys.billing_pending("C9"), 0, -1)]
+    assert len(pending) == 1 and '"LATE_FEE"' in pending[0]
+    outbox = [str(x) for x in await client.lrange(keys.BILL_OUTBOX, 0, -1)]
+    assert [x.split(" ")[0] for x in outbox] == ["dunning_barring", "service_barred_outgoing"]
+    # The line's headroom carries the overdue amount.
+    sub = await stubs.balance("491700000303")
+    assert sub.balance_micros == LIMIT - inv.total * 10_000
+    # Running again the same day: nothing more.
+    d2 = await b.collection.evaluate("C9")
+    assert d2.actions == ()
+    assert await client.llen(keys.billing_pending("C9")) == 1 and len(book.orders) == 1
+    # Payment of the whole amount: restored at once, reconnection fee on the next invoice.
+    await b.payments.pay("C9", inv.total, "APP", "p-9")
+    assert book.lines["491700000303"]["state"] == "active"
+    assert [o[2] for o in book.orders] == ["BAR_OUTGOING", "RESUME"]
+    assert (await b.account("C9"))["state"] == "ACTIVE"
+    assert (await stubs.balance("491700000303")).balance_micros == LIMIT
+    pending = [str(x) for x in await client.lrange(keys.billing_pending("C9"), 0, -1)]
+    assert any('"RECONNECTION_FEE"' in p for p in pending)
+    # The next invoice issued carries the late fee and the reconnection fee.
+    await b.runs.run()
+    following = await b.invoice((await b.invoices_of("C9"))[1])
+    kinds = sorted(c.kind for c in following.account_charges)
+    assert kinds == ["LATE_FEE", "RECONNECTION_FEE"]
+
+
+async def test_adjustments_are_audited_and_idempotent(
+    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = billing
+    await invoiced(stubs, b, book, clock, "10", "491700000304")
+    a = await b.payments.adjust("adj-1", "C10", -500, "goodwill for an outage", "agent-7")
+    assert a["amount"] == -500
+    assert (await b.payments.adjust("adj-1", "C10", -500, "goodwill for an outage", "agent-7")) == a
+    with pytest.raises(Conflict):
+        await b.payments.adjust("adj-1", "C10", -600, "goodwill for an outage", "agent-7")
+    with pytest.raises(InvalidRequest, match="reason"):
+        await b.payments.adjust("adj-2", "C10", 100, " ", "agent-7")
+    assert app.redis is not None
+    audit = await app.redis.xrange(keys.BILL_AUDIT)
+    assert [e[1]["action"] for e in audit] == ["adjustment"]
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    latest = await b.invoice((await b.invoices_of("C10"))[-1])
+    assert [c.amount for c in latest.account_charges] == [-500]
