@@ -188,7 +188,7 @@ async def test_adjustments_are_audited_and_idempotent(
     with pytest.raises(InvalidRequest, match="reason"):
         await b.payments.adjust("adj-2", "C10", 100, " ", "agent-7")
     assert app.redis is not None
-    audit = await app.redis.xrange(keys.BILL_AUDIT)
+    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(keys.BILL_AUDIT)  # type: ignore[assignment]
     assert [e[1]["action"] for e in audit] == ["adjustment"]
     clock.advance(seconds=31 * DAY)
     await b.runs.run()
