@@ -52,9 +52,9 @@ from charging.v1 import (
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
+from provisioning.coverage import CoverageBook
 from provisioning.crm_api import CrmServicer
 from provisioning.network import HttpNetworkAdapter
-from provisioning.offers import sample_coverage
 from provisioning.records import Records
 from provisioning.screening import Screener
 from provisioning.simulator import NetworkSimulator
@@ -219,7 +219,7 @@ async def build_acquisition(
         directory,
         catalogs,
         Screener(client, salt),
-        sample_coverage(),
+        CoverageBook(client),
         worker,
         clock,
         CustomerBase(client),

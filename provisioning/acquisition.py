@@ -29,7 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -43,8 +43,9 @@ from charging.subscribers import Directory, Identity, parse_identity
 from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.base import CustomerBase
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
+from provisioning.coverage import CoverageBook
 from provisioning.credit import CreditDecision, CreditHistory, decide
-from provisioning.customers import UNIT_SEQ, Organisation, push_once
+from provisioning.customers import UNIT_SEQ, Organisation, paying_unit, push_once
 from provisioning.lifecycle import (
     CHARGING_STATUS,
     InvalidTransition,
@@ -54,7 +55,7 @@ from provisioning.lifecycle import (
     accept,
     reusable_from,
 )
-from provisioning.offers import Coverage, offers
+from provisioning.offers import offers
 from provisioning.orders import ORDER_LEASE_MS, Claim, Orders, Rejected, Superseded
 from provisioning.screening import Screener, identity_key
 from provisioning.worker import ProvisioningWorker
@@ -107,18 +108,35 @@ class OrderRun:
         self.order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": self.now_s})
 
 
+class LineBilling(Protocol):
+    async def line_changed(
+        self,
+        *,
+        msisdn: str,
+        line: dict[str, str],
+        state: str,
+        plan_id: str,
+        customer: dict[str, str],
+        paying_unit: str,
+        unit_path: tuple[str, ...],
+        label: str,
+    ) -> None: ...
+
+
 @dataclass
 class Acquisition:
     client: aioredis.Redis
     directory: Directory
     catalogs: CatalogBook
     screener: Screener
-    coverage: Coverage
+    coverage: CoverageBook
     worker: ProvisioningWorker
     clock: Clock
     base: CustomerBase | None = None
     bureau: HttpCreditBureau | None = None
     lease_ms: int = ORDER_LEASE_MS
+    # Postpaid billing (postpaid/billing.py): told about every acknowledged line change.
+    billing: LineBilling | None = None
     orders: Orders = field(init=False)
 
     def __post_init__(self) -> None:
@@ -329,7 +347,7 @@ class Acquisition:
             [plan],
             country=address["country"],
             postal_code=address["postal_code"],
-            coverage=self.coverage,
+            coverage=(await self.coverage.current()).coverage,
             credit=credit,
             at_s=run.decided_s,
         )
@@ -481,7 +499,7 @@ class Acquisition:
             [plan],
             country=customer.get("country", ""),
             postal_code=customer.get("postal_code", ""),
-            coverage=self.coverage,
+            coverage=(await self.coverage.current()).coverage,
             credit=credit,
             at_s=run.decided_s,
         )
@@ -556,6 +574,8 @@ class Acquisition:
         if line_state is LineState.ACTIVE and line["state"] == LineState.PENDING_ACTIVATION.value and self.base:
             await self.base.added(kind, now_s)
         await self.client.hset(line_key(msisdn), mapping=updates)
+        if self.billing is not None:
+            await self._tell_billing(msisdn, line, line_state.value, str(updates.get("plan_id", line["plan_id"])))
         order = await self.orders.get(line["order_id"]) if line.get("order_id") else None
         if order is not None and order["status"] == "IN_PROGRESS":
             order["status"] = "COMPLETED"
@@ -563,6 +583,35 @@ class Acquisition:
                 {"step": "provisioning", "outcome": "acknowledged", "reasons": [f"network state {state}"], "at": now_s}
             )
             await self.orders.save(order)
+
+    async def _tell_billing(self, msisdn: str, line: dict[str, str], state: str, plan_id: str) -> None:
+        """Postpaid billing hears of every acknowledged change, with who pays for the line."""
+        assert self.billing is not None
+        customer_id = line["customer_id"]
+        customer = {str(k): str(v) for k, v in (await self.client.hgetall(f"crm:customer:{customer_id}")).items()}
+        paying, label = "", f"Customer {customer_id}"
+        path: tuple[str, ...] = ()
+        if line.get("unit_id"):
+            units = await self.organisation.units(customer_id)
+            if line["unit_id"] in units:
+                paying = paying_unit(units, line["unit_id"])
+                chain, at = [], units[line["unit_id"]]
+                while True:
+                    chain.append(at.name)
+                    if not at.parent or at.parent not in units:
+                        break
+                    at = units[at.parent]
+                path, label = tuple(reversed(chain)), chain[-1]
+        await self.billing.line_changed(
+            msisdn=msisdn,
+            line=line,
+            state=state,
+            plan_id=plan_id,
+            customer=customer,
+            paying_unit=paying,
+            unit_path=path,
+            label=label,
+        )
 
     async def aclose(self) -> None:
         """Close the network and credit bureau clients."""

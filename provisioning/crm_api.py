@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
@@ -197,6 +198,27 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         unit = await organisation.add_unit(request.customer_id, request.parent_id, request.name, request.pays_itself)
         units = await organisation.units(request.customer_id)
         return unit_pb(unit, paying_unit(units, unit.id))
+
+    @rpc("LoadCoverage")
+    async def LoadCoverage(
+        self, request: crm_pb2.CoverageDocument, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.CoverageInfo:
+        try:
+            doc = json.loads(request.json)
+        except ValueError as exc:
+            raise InvalidRequest("json", f"not JSON: {exc}") from None
+        table = await self.acquisition.coverage.load(doc)
+        return crm_pb2.CoverageInfo(version=table.version, areas=len(table.coverage.areas))
+
+    @rpc("GetCoverage")
+    async def GetCoverage(
+        self, request: crm_pb2.CoverageRef, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.CoverageDocument:
+        book = self.acquisition.coverage
+        table = await book.table(request.version) if request.version else await book.current()
+        if table is None:
+            raise NotFound(f"no coverage version {request.version}")
+        return crm_pb2.CoverageDocument(json=table.text, version=table.version)
 
     @rpc("GetCustomer")
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:

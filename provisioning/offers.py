@@ -4,45 +4,19 @@ Pure: the catalog, coverage and credit decision are parameters.
 
 Mobile service is national: offered for addresses in the home country. Fixed lines
 (PSTN, WiMax, fibre) need coverage of one of the plan's access technologies at the
-address, by the longest postal-code prefix of the coverage table. Postpaid needs a
-credit class that allows it and a monthly rental within the credit limit; every
-product left out comes with its reason.
+address, by the longest postal-code prefix of the coverage table (``coverage.py``).
+Postpaid needs a credit class that allows it and a monthly rental within the credit
+limit; every product left out comes with its reason.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
 
 from charging.catalog import CustomerType, Plan
+from provisioning.coverage import Coverage
 from provisioning.credit import CreditDecision
-
-
-@dataclass(frozen=True)
-class Coverage:
-    home_country: str
-    areas: Mapping[tuple[str, str], frozenset[str]]
-
-    def access_at(self, country: str, postal_code: str) -> frozenset[str]:
-        """Access technologies available at an address (longest postal prefix)."""
-        code = postal_code.replace(" ", "").upper()
-        for length in range(len(code), -1, -1):
-            found = self.areas.get((country, code[:length]))
-            if found is not None:
-                return found
-        return frozenset()
-
-
-def coverage_from_doc(doc: Mapping[str, Any]) -> Coverage:
-    areas = {(str(a["country"]), str(a["postal_prefix"])): frozenset(str(x) for x in a["access"]) for a in doc["areas"]}
-    return Coverage(str(doc["home_country"]), areas)
-
-
-def sample_coverage() -> Coverage:
-    return coverage_from_doc(json.loads(resources.files("provisioning").joinpath("coverage.json").read_text()))
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import pytest
 
 from charging.catalog_doc import catalog_from_doc
 from charging.catalogs import read_catalog_file
+from provisioning.coverage import sample_coverage
 from provisioning.credit import MICROS, CreditHistory, decide
-from provisioning.offers import offers, sample_coverage
+from provisioning.offers import offers
 
 NOW = int(datetime.fromisoformat("2026-11-26T12:00:00+01:00").timestamp())
 PLANS = list(catalog_from_doc(read_catalog_file("")).plans.values())
