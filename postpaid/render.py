@@ -1,0 +1,576 @@
+"""Invoices as a customer reads them: HTML (Jinja2) and PDF (reportlab), from one view.
+
+``invoice_view`` turns an ``Invoice`` into formatted strings once (money, quantities, dates,
+the grouping of corporate lines by unit), so the HTML and the PDF always show the same
+figures. Formatting is integer arithmetic only: amounts in minor units become
+"1,234.56 EUR", itemised costs in micros are shown to 4 decimals rounded half away from
+zero. Times are UTC.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import jinja2
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_RIGHT
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Flowable, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from postpaid.invoices import (
+    CATEGORY_NAMES,
+    DISCOUNT,
+    INCLUDED,
+    LATE_FEE,
+    RENTAL,
+    USAGE,
+    Charge,
+    Invoice,
+    LineSection,
+    TaxRate,
+    UsageItem,
+    share,
+    taxes,
+    to_minor,
+)
+
+BYTES_PER_MB = 1_048_576  # as the catalog counts a megabyte of data
+
+
+def format_money(minor: int, currency: str) -> str:
+    """Minor units (cents) as "1,234.56 EUR"; a negative amount starts with a minus."""
+    units, cents = divmod(abs(minor), 100)
+    return f"{'-' if minor < 0 else ''}{units:,}.{cents:02d} {currency}"
+
+
+def format_micros(micros: int) -> str:
+    """Micros to 4 decimals, rounded half away from zero: 187_550 -> "0.1876", -50 -> "-0.0001"."""
+    tenths_of_mils = share(micros, 1, 100)
+    units, fraction = divmod(abs(tenths_of_mils), 10_000)
+    return f"{'-' if tenths_of_mils < 0 else ''}{units:,}.{fraction:04d}"
+
+
+def format_quantity(units: int, unit: str) -> str:
+    """Seconds as m:ss, bytes as MB to 2 decimals (half away from zero), events as a count."""
+    if unit == "s":
+        minutes, seconds = divmod(units, 60)
+        return f"{minutes:,}:{seconds:02d} min"
+    if unit == "bytes":
+        hundredths = share(units, 100, BYTES_PER_MB)
+        return f"{hundredths // 100:,}.{hundredths % 100:02d} MB"
+    if unit == "events":
+        return f"{units:,}"
+    if unit == "days":
+        return f"{units} day" if units == 1 else f"{units} days"
+    return f"{units:,} {unit}" if unit else ""
+
+
+def format_time(at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms // 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def format_rate(rate_bp: int) -> str:
+    """Basis points as a percentage: 1900 -> "19 %", 550 -> "5.5 %", 725 -> "7.25 %"."""
+    whole, fraction = divmod(rate_bp, 100)
+    return f"{whole}.{fraction:02d}".rstrip("0") + " %" if fraction else f"{whole} %"
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    label: str
+    amount: str
+    strong: bool = False
+
+
+@dataclass(frozen=True)
+class LineView:
+    line: str
+    product: str
+    charges: list[tuple[str, str, str]]  # description, quantity, amount
+    subtotal: str
+
+
+@dataclass(frozen=True)
+class GroupView:
+    label: str  # "" for lines outside any corporate unit
+    lines: list[LineView]
+    subtotal: str
+
+
+@dataclass(frozen=True)
+class ItemisedView:
+    line: str
+    count: str
+    rows: list[tuple[str, str, str, str, str, str]]  # when, service, type, destination, quantity, cost
+    total: str
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    title: str
+    facts: list[tuple[str, str]]
+    summary: list[SummaryRow]
+    groups: list[GroupView]
+    account_charges: list[tuple[str, str, str]]
+    account_subtotal: str
+    itemised: list[ItemisedView]
+
+
+def group_by_unit(sections: Iterable[LineSection]) -> list[tuple[tuple[str, ...], list[LineSection]]]:
+    """Sections grouped by ``unit_path``, parents before children, lines in invoice order within a unit."""
+    groups: dict[tuple[str, ...], list[LineSection]] = {}
+    for s in sections:
+        groups.setdefault(s.unit_path, []).append(s)
+    return sorted(groups.items())
+
+
+def invoice_view(inv: Invoice) -> InvoiceView:
+    cur = inv.currency
+
+    def money(minor: int) -> str:
+        return format_money(minor, cur)
+
+    def charge_rows(charges: Iterable[Charge]) -> list[tuple[str, str, str]]:
+        return [(c.description, format_quantity(c.quantity, c.unit), money(c.amount)) for c in charges]
+
+    summary = [
+        SummaryRow("Previous balance", money(inv.previous_balance)),
+        SummaryRow("Payments received", money(-inv.payments_received)),
+        SummaryRow("Current charges (net)", money(inv.net_total)),
+        *(SummaryRow(f"{t.name} {format_rate(t.rate_bp)} on {money(t.base)}", money(t.amount)) for t in inv.taxes),
+        SummaryRow("Total of this invoice", money(inv.total), strong=True),
+        SummaryRow(f"Total due by {inv.due.isoformat()}", money(inv.total_due), strong=True),
+    ]
+    grouped = group_by_unit(inv.sections)
+    groups = [
+        GroupView(
+            label=" / ".join(path),
+            lines=[LineView(s.line, s.product, charge_rows(s.charges), money(s.subtotal)) for s in sections],
+            subtotal=money(sum(s.subtotal for s in sections)),
+        )
+        for path, sections in grouped
+    ]
+    itemised = []
+    for s in (s for _, sections in grouped for s in sections):  # lines in the order of their charges
+        items = sorted(s.usage, key=lambda u: u.at_ms)
+        rows = [
+            (
+                format_time(u.at_ms),
+                u.service,
+                CATEGORY_NAMES.get(u.category, u.category),
+                u.destination,
+                format_quantity(u.units, u.unit),
+                format_micros(u.cost_micros),
+            )
+            for u in items
+        ]
+        count = "1 record" if len(rows) == 1 else f"{len(rows):,} records"
+        itemised.append(ItemisedView(s.line, count, rows, format_micros(sum(u.cost_micros for u in items))))
+    return InvoiceView(
+        title="Final invoice" if inv.kind == "FINAL" else "Invoice",
+        facts=[
+            ("Invoice number", inv.number),
+            ("Customer", inv.customer_label),
+            ("Billing account", inv.billing_account),
+            ("Billing period", f"{inv.period_start.isoformat()} to {inv.period_end.isoformat()}"),
+            ("Issue date", inv.issued.isoformat()),
+            ("Due date", inv.due.isoformat()),
+        ],
+        summary=summary,
+        groups=groups,
+        account_charges=charge_rows(inv.account_charges),
+        account_subtotal=money(sum(c.amount for c in inv.account_charges)),
+        itemised=itemised,
+    )
+
+
+# --- HTML ---------------------------------------------------------------------------------
+
+_jinja = jinja2.Environment(
+    loader=jinja2.PackageLoader("postpaid", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render_html(inv: Invoice) -> str:
+    view = invoice_view(inv)
+    return _jinja.get_template("invoice.html").render(inv=inv, **vars(view))
+
+
+def render_text(inv: Invoice) -> str:
+    """A short plain-text summary, for the text part of an email that carries the PDF."""
+    view = invoice_view(inv)
+    lines = [f"{view.title} {inv.number} from {inv.issuer}", ""]
+    lines += [f"{label}: {value}" for label, value in view.facts]
+    lines += ["", *(f"{row.label}: {row.amount}" for row in view.summary), ""]
+    lines += ["The complete invoice is attached as a PDF.", ""]
+    return "\n".join(lines)
+
+
+# --- PDF ----------------------------------------------------------------------------------
+
+# DejaVu covers most scripts; reportlab's bundled Vera (Latin-1 and a few more) is the fallback.
+_FONT_FILES = (
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+    ("Vera.ttf", "VeraBd.ttf"),
+)
+_BLUE = colors.HexColor("#1f4e79")
+_HEAD = colors.HexColor("#e8eef4")
+_ZEBRA = colors.HexColor("#f7f9fb")
+_RULE = colors.HexColor("#9aa9b8")
+
+
+@functools.cache
+def _fonts() -> tuple[str, str]:
+    for regular, bold in _FONT_FILES:
+        if regular.startswith("/") and not (Path(regular).exists() and Path(bold).exists()):
+            continue
+        pdfmetrics.registerFont(TTFont("InvoiceSans", regular))
+        pdfmetrics.registerFont(TTFont("InvoiceSans-Bold", bold))
+        pdfmetrics.registerFontFamily("InvoiceSans", normal="InvoiceSans", bold="InvoiceSans-Bold")
+        return "InvoiceSans", "InvoiceSans-Bold"
+    raise RuntimeError("no font for invoices")  # unreachable: Vera ships with reportlab
+
+
+class _Styles:
+    def __init__(self) -> None:
+        self.font, self.bold = _fonts()
+        base = ParagraphStyle("body", fontName=self.font, fontSize=9, leading=11.5)
+        self.body = base
+        self.strong = ParagraphStyle("strong", base, fontName=self.bold)
+        self.issuer = ParagraphStyle("issuer", base, fontName=self.bold, fontSize=15, leading=19, textColor=_BLUE)
+        self.title = ParagraphStyle("title", self.issuer, alignment=TA_RIGHT, textColor=colors.black)
+        self.h2 = ParagraphStyle(
+            "h2", base, fontName=self.bold, fontSize=12, leading=15, textColor=_BLUE, spaceBefore=12, spaceAfter=4
+        )
+        self.h3 = ParagraphStyle("h3", base, fontName=self.bold, fontSize=10, leading=13, spaceBefore=8, spaceAfter=3)
+        self.empty = ParagraphStyle("empty", base, textColor=colors.HexColor("#666666"))
+        self.small_head = ParagraphStyle("small_head", base, fontName=self.bold, fontSize=7.5, leading=9)
+        self.small_head_right = ParagraphStyle("small_head_right", self.small_head, alignment=TA_RIGHT)
+        self.head_right = ParagraphStyle("head_right", self.strong, alignment=TA_RIGHT)
+        for heading in (self.h2, self.h3):
+            heading.keepWithNext = True
+
+
+def _p(text: str, style: ParagraphStyle) -> Paragraph:
+    return Paragraph(escape(text), style)  # names may contain markup characters: never interpret them
+
+
+def _fit(text: str, font: str, size: float, width: float) -> str:
+    """Cut a one-line cell to its column with an ellipsis, so it never runs into the next one."""
+    if pdfmetrics.stringWidth(text, font, size) <= width:
+        return text
+    while text and pdfmetrics.stringWidth(text + "…", font, size) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+class _NumberedCanvas(Canvas):
+    """Holds every page until the end so each footer can say "page n of N"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:
+        self._held.append(dict(self.__dict__))
+        self._startPage()  # type: ignore[attr-defined]  # reportlab: begin a fresh page, not in the stubs
+
+    def save(self) -> None:
+        total = len(self._held)
+        for number, state in enumerate(self._held, start=1):
+            self.__dict__.update(state)
+            self.setFont(_fonts()[0], 7.5)
+            self.setFillColor(colors.HexColor("#555555"))
+            self.drawRightString(A4[0] - 18 * mm, 10 * mm, f"Page {number} of {total}")
+            super().showPage()
+        super().save()
+
+
+_CONTENT_WIDTH = A4[0] - 36 * mm
+_CHARGE_WIDTHS = (_CONTENT_WIDTH - 70 * mm, 30 * mm, 40 * mm)
+_ITEM_WIDTHS = (27 * mm, 23 * mm, 28 * mm, 50 * mm, 24 * mm, _CONTENT_WIDTH - 152 * mm)
+
+
+def _grid(st: _Styles, header: bool, footer: bool, rows: int, zebra: bool = False) -> TableStyle:
+    cmds: list[Any] = [
+        ("FONT", (0, 0), (-1, -1), st.font, 9),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("LEFTPADDING", (0, 0), (-1, -1), 3),
+        ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+        ("TOPPADDING", (0, 0), (-1, -1), 2),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+    ]
+    if header:
+        cmds += [
+            ("FONT", (0, 0), (-1, 0), st.bold, 9),
+            ("BACKGROUND", (0, 0), (-1, 0), _HEAD),
+            ("LINEBELOW", (0, 0), (-1, 0), 0.6, _RULE),
+        ]
+    if zebra and rows > 2:
+        cmds.append(("ROWBACKGROUNDS", (0, 1), (-1, -2 if footer else -1), [colors.white, _ZEBRA]))
+    if footer:
+        cmds += [("FONT", (0, -1), (-1, -1), st.bold, 9), ("LINEABOVE", (0, -1), (-1, -1), 0.6, _RULE)]
+    return TableStyle(cmds)
+
+
+def _charges_table(st: _Styles, rows: list[tuple[str, str, str]], total_label: str, total: str) -> Flowable:
+    if not rows:
+        return _p("No charges in this period.", st.empty)
+    data: list[list[Any]] = [[_p("Description", st.strong), _p("Quantity", st.head_right), _p("Amount", st.head_right)]]
+    data += [[_p(d, st.body), q, a] for d, q, a in rows]
+    data.append([_p(total_label, st.strong), "", total])
+    t = Table(data, colWidths=_CHARGE_WIDTHS, repeatRows=1, hAlign="LEFT")
+    t.setStyle(_grid(st, header=True, footer=True, rows=len(data)))
+    t.setStyle(TableStyle([("ALIGN", (1, 0), (-1, -1), "RIGHT")]))
+    return t
+
+
+class _PagedRows(Flowable):
+    """Itemised rows laid out a page at a time: each page gets a table of the rows that fit,
+    under a repeated header, and the totals row closes the last one. Every row has the same
+    height, so what fits is arithmetic; a platypus Table instead re-measures all remaining
+    rows at every page break, which grows with the square of the row count."""
+
+    SIZE = 7.5
+    ROW = 10.5  # points: 7.5 pt text with 1.5 pt above and below
+
+    def __init__(self, st: _Styles, head: list[Paragraph], rows: list[list[str]], total: list[str]) -> None:
+        super().__init__()
+        self.st, self.head, self.rows, self.total = st, head, rows, total
+        self.head_height = max(p.wrap(w - 6, 1000)[1] for p, w in zip(head, _ITEM_WIDTHS, strict=True)) + 4
+
+    def _height(self, n: int, last: bool) -> float:
+        return self.head_height + (n + last) * self.ROW
+
+    def wrap(self, aW: float, aH: float) -> tuple[float, float]:
+        self.width, self.height = _CONTENT_WIDTH, self._height(len(self.rows), True)
+        return self.width, self.height
+
+    def split(self, aW: float, aH: float) -> list[Flowable]:
+        fit = int((aH - self.head_height) // self.ROW)
+        if fit > len(self.rows):
+            return [self._table(self.rows, last=True)]
+        if fit < 1 or (fit == len(self.rows) and len(self.rows) == 1):
+            return []  # not even a row and the totals here: start on the next page
+        fit = min(fit, len(self.rows) - 1)  # keep at least one row with the totals
+        return [self._table(self.rows[:fit], last=False), _PagedRows(self.st, self.head, self.rows[fit:], self.total)]
+
+    def draw(self) -> None:
+        table = self._table(self.rows, last=True)
+        table.wrapOn(self.canv, self.width, self.height)
+        table.drawOn(self.canv, 0, 0)
+
+    def _table(self, rows: list[list[str]], last: bool) -> Table:
+        st, size = self.st, self.SIZE
+        data: list[list[Any]] = [list(self.head), *rows]
+        if last:
+            data.append(self.total)
+        heights = [self.head_height] + [self.ROW] * (len(data) - 1)
+        t = Table(data, colWidths=_ITEM_WIDTHS, rowHeights=heights, hAlign="LEFT")
+        t.setStyle(_grid(st, header=True, footer=last, rows=len(data), zebra=True))
+        t.setStyle(
+            TableStyle(
+                [
+                    ("FONT", (0, 1), (-1, -1), st.bold if last else st.font, size),
+                    ("FONT", (0, 1), (-1, -2 if last else -1), st.font, size),
+                    ("VALIGN", (0, 1), (-1, -1), "MIDDLE"),
+                    ("TOPPADDING", (0, 1), (-1, -1), 0),
+                    ("BOTTOMPADDING", (0, 1), (-1, -1), 1.5),
+                    ("ALIGN", (4, 0), (-1, -1), "RIGHT"),
+                ]
+            )
+        )
+        return t
+
+
+def _itemised_table(st: _Styles, view: ItemisedView, currency: str) -> Flowable:
+    size = _PagedRows.SIZE
+    head = ["Date and time (UTC)", "Service", "Type", "Destination", "Quantity", f"Cost ({currency})"]
+    rows = []
+    for row in view.rows:
+        cells = list(row)
+        for i in (1, 2, 3):  # free text columns; the others are short formatted figures
+            cells[i] = _fit(cells[i], st.font, size, _ITEM_WIDTHS[i] - 6)
+        rows.append(cells)
+    total = ["Total itemised usage", "", "", "", "", view.total]
+    return _PagedRows(
+        st, [_p(h, st.small_head_right if i >= 4 else st.small_head) for i, h in enumerate(head)], rows, total
+    )
+
+
+def _story(inv: Invoice, view: InvoiceView, st: _Styles) -> list[Flowable]:
+    money_col = 45 * mm
+    masthead = Table(
+        [[_p(inv.issuer, st.issuer), _p(f"{view.title} {inv.number}", st.title)]],
+        colWidths=(_CONTENT_WIDTH / 2, _CONTENT_WIDTH / 2),
+        hAlign="LEFT",
+    )
+    masthead.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (0, 0), 0)]))
+    facts = Table(
+        [[_p(k, st.body), _p(v, st.strong)] for k, v in view.facts],
+        colWidths=(35 * mm, _CONTENT_WIDTH - 35 * mm),
+        hAlign="LEFT",
+    )
+    facts.setStyle(_grid(st, header=False, footer=False, rows=len(view.facts)))
+    summary = Table(
+        [[_p(r.label, st.strong if r.strong else st.body), r.amount] for r in view.summary],
+        colWidths=(_CONTENT_WIDTH - money_col, money_col),
+        hAlign="LEFT",
+    )
+    summary.setStyle(_grid(st, header=False, footer=False, rows=len(view.summary)))
+    style: list[Any] = [("ALIGN", (1, 0), (1, -1), "RIGHT")]
+    for i, r in enumerate(view.summary):
+        if r.strong:
+            style += [("FONT", (1, i), (1, i), st.bold, 9), ("LINEABOVE", (0, i), (-1, i), 0.6, _RULE)]
+    summary.setStyle(TableStyle(style))
+
+    story: list[Flowable] = [masthead, Spacer(1, 4 * mm), facts, _p("Summary", st.h2), summary]
+    if inv.notes:
+        story.append(Spacer(1, 3 * mm))
+        story += [_p(note, st.body) for note in inv.notes]
+    story.append(_p("Charges per line", st.h2))
+    if not view.groups:
+        story.append(_p("No lines on this invoice.", st.empty))
+    for group in view.groups:
+        if group.label:
+            story.append(_p(f"Unit: {group.label}", st.h2))
+        for line in group.lines:
+            story.append(_p(f"Line {line.line} · {line.product}", st.h3))
+            story.append(_charges_table(st, line.charges, f"Subtotal line {line.line}", line.subtotal))
+        if group.label:
+            subtotal = Table(
+                [[_p(f"Subtotal unit {group.label}", st.strong), group.subtotal]],
+                colWidths=(_CONTENT_WIDTH - money_col, money_col),
+                hAlign="LEFT",
+            )
+            subtotal.setStyle(_grid(st, header=False, footer=True, rows=1))
+            subtotal.setStyle(
+                TableStyle([("ALIGN", (1, 0), (1, 0), "RIGHT"), ("LINEABOVE", (0, 0), (-1, 0), 1, _BLUE)])
+            )
+            story += [Spacer(1, 2 * mm), subtotal]
+    if view.account_charges:
+        story.append(_p("Account charges", st.h2))
+        story.append(
+            _charges_table(st, view.account_charges, "Subtotal account charges", view.account_subtotal),
+        )
+    story += [PageBreak(), _p("Itemised usage", st.h2)]
+    for item in view.itemised:
+        story.append(_p(f"Line {item.line} · {item.count}", st.h3))
+        if item.rows:
+            story.append(_itemised_table(st, item, inv.currency))
+        else:
+            story.append(_p("No usage recorded in this period.", st.empty))
+    return story
+
+
+def render_pdf(inv: Invoice) -> bytes:
+    """An A4 PDF: header facts, summary, charges per line (by unit), itemised usage; page n of N."""
+    st = _Styles()
+    view = invoice_view(inv)
+    out = io.BytesIO()
+    doc = SimpleDocTemplate(
+        out,
+        pagesize=A4,
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
+        topMargin=16 * mm,
+        bottomMargin=18 * mm,
+        title=f"{view.title} {inv.number}",
+        author=inv.issuer,
+        invariant=True,  # the same invoice always gives the same bytes
+    )
+
+    def footer(canvas: Canvas, _doc: SimpleDocTemplate) -> None:
+        canvas.saveState()
+        canvas.setFont(st.font, 7.5)
+        canvas.setFillColor(colors.HexColor("#555555"))
+        canvas.drawString(18 * mm, 10 * mm, _fit(f"{view.title} {inv.number} · {inv.issuer}", st.font, 7.5, 120 * mm))
+        canvas.restoreState()
+
+    doc.build(_story(inv, view, st), onFirstPage=footer, onLaterPages=footer, canvasmaker=_NumberedCanvas)
+    return out.getvalue()
+
+
+# --- A sample, for tests, demos and benchmarks --------------------------------------------
+
+
+def sample_invoice(usage_rows: int = 60) -> Invoice:
+    """A corporate invoice: two units, three lines, rentals, usage in five categories (from
+    ``usage_rows`` itemised records that reconcile with the usage charges), an included
+    bundle, discounts, a late fee taxed at another rate, a previous balance."""
+    rng = random.Random(7)
+    t0 = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * 1000
+    kinds = {  # category: (service, unit, destinations, price per started increment in micros, increment)
+        "NATIONAL_CALLS": ("Voice", "s", ("+49 40 3861XXXX", "+49 89 2019XXXX", "+49 171 552XXXX"), 90_000, 60),
+        "INTERNATIONAL_CALLS": ("Voice", "s", ("+33 1 4455XXXX", "+1 212 555XXXX", "+48 22 621XXXX"), 4_125, 1),
+        "SMS": ("SMS", "events", ("+49 160 9344XXXX", "+49 176 1029XXXX"), 90_000, 1),
+        "DATA": ("Data", "bytes", ("internet", "business.apn"), 9, 1024),
+        "ROAMING": ("Voice roaming", "s", ("FR Orange · +33 6 12XXXXXX", "AT A1 · +43 664 81XXXX"), 234_500, 60),
+    }
+    lines = (
+        (("Müller Logistik GmbH", "Hamburg Depot"), "+49 170 1000001", "Business Mobile L", 3990),
+        (("Müller Logistik GmbH", "Hamburg Depot"), "+49 170 1000002", "Business Mobile M", 2490),
+        (("Müller Logistik GmbH", "Vertrieb München"), "+49 170 1000003", "Business Data 50 GB", 2990),
+    )
+    usage: list[list[UsageItem]] = [[], [], []]
+    for i in range(usage_rows):
+        category = tuple(kinds)[i % len(kinds)]
+        service, unit, destinations, price, increment = kinds[category]
+        amount = {"s": rng.randint(8, 1500), "events": 1, "bytes": rng.randint(200_000, 900_000_000)}[unit]
+        at_ms = t0 + (i * 30 * 86_400_000) // max(usage_rows, 1) + rng.randint(0, 3_600_000)
+        cost = -(-amount // increment) * price
+        usage[i % 3].append(UsageItem(at_ms, service, category, rng.choice(destinations), amount, unit, cost))
+    sections = []
+    for (path, line, product, rental), items in zip(lines, usage, strict=True):
+        charges = [Charge(RENTAL, f"{product}, monthly rental", rental, 31, "days")]
+        for category in kinds:
+            mine = [u for u in items if u.category == category]
+            if mine:
+                micros = sum(u.cost_micros for u in mine)
+                units = sum(u.units for u in mine)
+                name = CATEGORY_NAMES[category]
+                charges.append(Charge(USAGE, name, to_minor(micros), units, mine[0].unit, category=category))
+        if product.startswith("Business Data"):
+            charges.append(Charge(INCLUDED, "Included data 50 GB (used)", 0, 3_221_225_472, "bytes", category="DATA"))
+        charges.append(Charge(DISCOUNT, "Loyalty discount 10 % on rental", -share(rental, 1, 10)))
+        sections.append(LineSection(line, product, tuple(charges), tuple(items), path))
+    account = (
+        Charge(DISCOUNT, "Volume discount, 3 lines", -500),
+        Charge(LATE_FEE, "Late payment fee (invoice 2025-000871)", 250, tax_code="exempt"),
+    )
+    all_charges = [c for s in sections for c in s.charges] + list(account)
+    rates = {"standard": TaxRate("standard", "VAT", 1900), "exempt": TaxRate("exempt", "VAT exempt", 0)}
+    return Invoice(
+        number="2026-000123",
+        issuer="Nordwind Telecom GmbH",
+        billing_account="BA-7700-4412",
+        customer_label="Müller Logistik GmbH, Hafenstraße 12, 20457 Hamburg",
+        currency="EUR",
+        period_start=date(2026, 1, 1),
+        period_end=date(2026, 1, 31),
+        issued=date(2026, 2, 1),
+        due=date(2026, 2, 15),
+        sections=tuple(sections),
+        account_charges=account,
+        taxes=taxes(all_charges, rates),
+        previous_balance=15_000,
+        payments_received=10_000,
+        notes=("Please pay by bank transfer quoting the invoice number.",),
+    )
