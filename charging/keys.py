@@ -197,4 +197,5 @@ def adjustment(adjustment_id: str) -> str:
 
 
 BILL_OUTBOX = "{bill}:out"  # list: billing notifications (dunning steps) waiting to be relayed
+BILL_DELIVERY = "{bill}:deliver"  # list: numbers of issued invoices waiting to be delivered
 BILL_RESTRICTED = "{bill}:restricted"  # set: billing accounts dunning has barred or suspended

@@ -42,6 +42,8 @@ from charging.topups import TopUps
 from charging.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
     charging_pb2,
     charging_pb2_grpc,
     crm_pb2,
@@ -49,6 +51,8 @@ from charging.v1 import (
     topup_pb2,
     topup_pb2_grpc,
 )
+from postpaid.billing import Billing, build_billing
+from postpaid.billing_api import BillingServicer
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
@@ -67,6 +71,7 @@ SERVICE_NAMES = (
     crm_pb2.DESCRIPTOR.services_by_name["Crm"].full_name,
     topup_pb2.DESCRIPTOR.services_by_name["TopUp"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    billing_pb2.DESCRIPTOR.services_by_name["Billing"].full_name,
 )
 
 
@@ -91,6 +96,7 @@ class App:
     _metrics_httpd: Any = None
     worker: ProvisioningWorker | None = None
     acquisition: Acquisition | None = None
+    billing: Billing | None = None
     _simulator: NetworkSimulator | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -121,12 +127,17 @@ class App:
         self.renewer = Renewer(topups, interval_s=s.renew_interval_s)
 
         await self._start_provisioning(directory)
+        assert self.acquisition is not None
+        self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier)
+        self.acquisition.billing = self.billing
+        self.billing.attach_lines(self.acquisition)
 
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
         topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups), self._server)
         assert self.acquisition is not None
         crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition, Records(self.redis)), self._server)
+        billing_pb2_grpc.add_BillingServicer_to_server(BillingServicer(self.billing), self._server)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(directory, self.catalogs, self.renewer, self.clock), self._server
         )
@@ -156,6 +167,8 @@ class App:
                 self._tasks.append(asyncio.create_task(self.acquisition.run_resumer(), name="order-resumer"))
             self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
             self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
+            if s.billing_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self.billing.run_jobs(s.billing_interval_s), name="billing"))
         if self._embedded is not None:
             self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
         log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
@@ -238,9 +251,14 @@ async def provision(settings: Settings) -> None:
     catalogs = CatalogBook(client)
     if not await catalogs.refresh():
         raise SystemExit("no catalog is stored yet: start a charging server first")
+    clock = SystemClock()
     acquisition = await build_acquisition(
-        settings, settings.network_url, client, Directory(client, 10_000), catalogs, SystemClock()
+        settings, settings.network_url, client, Directory(client, 10_000), catalogs, clock
     )
+    # Acknowledged postpaid lines are enrolled in billing from this process too.
+    billing = build_billing(settings, client, catalogs, clock, None)
+    acquisition.billing = billing
+    billing.attach_lines(acquisition)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

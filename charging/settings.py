@@ -57,6 +57,20 @@ class Settings:
     # Secret salt for fingerprints of identity documents and addresses; empty: a random
     # salt generated once and kept in Redis.
     crm_salt: str = ""
+    # Postpaid billing settings (issuer, taxes, discounts, dunning ladder); empty: the
+    # bundled postpaid/billing.json.
+    billing_file: str = ""
+    # How often the server runs due bill runs and the dunning ladder (s; 0: only on request).
+    billing_interval_s: float = 60.0
+    # Invoice delivery: by email when smtp_host is set, as files when invoice_dir is set.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_sender: str = "billing@example.net"
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_timeout_s: float = 30.0
+    invoice_dir: str = ""
 
     def __repr__(self) -> str:
         fields = []
@@ -64,7 +78,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis_url":
                 value = redact_url(value)
-            elif f.name == "crm_salt" and value:
+            elif f.name in ("crm_salt", "smtp_password") and value:
                 value = "***"
             fields.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(fields)})"
@@ -104,6 +118,10 @@ class Settings:
             raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
         if self.answer_ttl_s < 60:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
+        if self.smtp_password and not self.smtp_username:
+            raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
+        if not 0 < self.smtp_port < 65536:
+            raise InvalidRequest("CHARGING_SMTP_PORT", "must be a port number")
         for name, address in (
             ("CHARGING_GRPC_ADDRESS", self.grpc_address),
             ("CHARGING_METRICS_ADDRESS", self.metrics_address),

@@ -58,6 +58,7 @@ class BillingAccounts:
         credit_limit_micros: int,
         deposit_minor: int,
         at_s: int,
+        email: str = "",
     ) -> None:
         """Bill a postpaid line to ``ba`` from ``at_s`` on (the account is opened on its
         first line, with the bill cycle day of that day)."""
@@ -77,6 +78,7 @@ class BillingAccounts:
                         "state": "ACTIVE",
                         "created": at_s,
                         "deposit": deposit_minor,
+                        "email": email,
                     },
                 )
                 await self.client.zadd(keys.BILL_DUE, {ba: first.end_s}, nx=True)

@@ -177,6 +177,7 @@ class BillRun:
                     keys.billing_open(ba),
                     keys.BILL_DUNNING,
                     keys.BILL_DUE,
+                    keys.BILL_DELIVERY,
                 ),
                 (
                     _with_placeholder(invoice),

@@ -6,31 +6,46 @@ state or product: the first activation enrols the line (its charging account bec
 headroom against the credit limit), later changes join the line's history (rentals are
 prorated on it), and a termination issues the line's final invoice (prorated rentals,
 remaining usage, the deposit offset when it was the account's last line).
+
+Issuing an invoice queues it for delivery in the same script (``{bill}:deliver``);
+``deliver_pending`` renders and sends what is queued, records the outcome on the
+invoice, and takes it off the queue only then: delivery is at least once, never lost,
+and a bill run never waits for rendering or a mail server. ``resend`` queues it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from charging import keys
+from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.errors import NotFound
 from charging.notifications import Notifier
+from charging.settings import Settings
 from postpaid import periods
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun
 from postpaid.collection import Collection, Lines
-from postpaid.config import BillingConfig
+from postpaid.config import BillingConfig, load
+from postpaid.delivery import (
+    Delivery,
+    DeliveryResult,
+    DirectoryDelivery,
+    RenderedInvoice,
+    SmtpDelivery,
+    SmtpSettings,
+)
 from postpaid.invoices import MICROS_PER_MINOR, Invoice
 from postpaid.payments import Payments
 
 log = logging.getLogger("postpaid.billing")
-Deliver = Callable[[Invoice], Awaitable[str]]
 POSTPAID = ("MOBILE_POSTPAID", "FIXED_POSTPAID")
 
 
@@ -42,14 +57,14 @@ class Billing:
         catalogs: CatalogBook,
         clock: Clock,
         notifier: Notifier | None = None,
-        deliver: Deliver | None = None,
+        deliveries: Sequence[tuple[str, Delivery]] = (),
     ) -> None:
         self.client = client
         self.config = config
         self.clock = clock
-        self.deliver = deliver
+        self.deliveries = tuple(deliveries)
         self.accounts = BillingAccounts(client, config)
-        self.runs = BillRun(client, self.accounts, config, catalogs, clock, on_issued=self._issued)
+        self.runs = BillRun(client, self.accounts, config, catalogs, clock)
         self.payments = Payments(client, config, clock)
         self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
         self.payments.on_change = self._reevaluate
@@ -93,6 +108,7 @@ class Billing:
                 credit_limit_micros=int(customer.get("credit_limit", 0)),
                 deposit_minor=int(customer.get("deposit", 0)) // MICROS_PER_MINOR,
                 at_s=now_s,
+                email=customer.get("email", ""),
             )
             return
         await self.accounts.record_change(account_id, now_s, state, plan_id)
@@ -110,15 +126,38 @@ class Billing:
         await self.client.hdel(keys.billing_lines(ba), account_id)
         return number
 
-    async def _issued(self, number: str) -> None:
-        if self.deliver is None:
-            return
-        try:
-            outcome = await self.deliver(await self.invoice(number))
-        except Exception:  # delivery is retried by ResendInvoice; the invoice stands
-            log.exception("invoice delivery failed")
-            outcome = "FAILED"
-        await self.client.hset(keys.invoice_state(number), "delivery", outcome)
+    async def deliver_pending(self, limit: int = 100) -> int:
+        """Deliver queued invoices (oldest first); returns how many were handled."""
+        handled = 0
+        for raw in await self.client.lrange(keys.BILL_DELIVERY, 0, limit - 1):
+            number = str(raw)
+            await self.deliver(number)
+            await self.client.lrem(keys.BILL_DELIVERY, 1, number)
+            handled += 1
+        return handled
+
+    async def deliver(self, number: str) -> str:
+        """Render the invoice and send it on every configured channel; the outcome is
+        recorded on the invoice (DELIVERED, or FAILED with the reasons)."""
+        inv = await self.invoice(number)
+        if not self.deliveries:
+            return "PENDING"
+        recipient = (await self.accounts.get(inv.billing_account)).get("email", "")
+        rendered = await asyncio.to_thread(RenderedInvoice.of, inv)
+        failures = []
+        for channel, delivery in self.deliveries:
+            if channel == "email" and not recipient:
+                result = DeliveryResult(False, "no email address on the billing account")
+            else:
+                result = await delivery.deliver(rendered, recipient)
+            metrics.INVOICE_DELIVERIES.labels(channel, "delivered" if result.delivered else "failed").inc()
+            if not result.delivered:
+                failures.append(f"{channel}: {result.reason}")
+        outcome = "FAILED" if failures else "DELIVERED"
+        await self.client.hset(
+            keys.invoice_state(number), mapping={"delivery": outcome, "delivery_detail": "; ".join(failures)}
+        )
+        return outcome
 
     async def invoice(self, number: str) -> Invoice:
         text = await self.client.get(keys.invoice(number))
@@ -133,9 +172,9 @@ class Billing:
         return {str(k): str(v) for k, v in h.items()}
 
     async def resend(self, number: str) -> str:
+        """Deliver the invoice again now."""
         await self.invoice(number)
-        await self._issued(number)
-        return (await self.invoice_state(number))["delivery"]
+        return await self.deliver(number)
 
     async def invoices_of(self, ba: str) -> list[str]:
         return [str(x) for x in await self.client.lrange(keys.billing_invoices(ba), 0, -1)]
@@ -145,3 +184,31 @@ class Billing:
         if not info:
             raise NotFound("no such billing account")
         return {**info, "lines": [x.line for x in await self.accounts.lines(ba)]}
+
+    async def run_jobs(self, interval_s: float) -> None:
+        """Every ``interval_s``: bill the accounts due, walk the dunning ladder, deliver the
+        queued invoices. Each job is safe to run again, so several processes may run it."""
+        while True:
+            for name, job in (
+                ("bill_run", self.runs.run),
+                ("dunning", self.collection.run),
+                ("delivery", self.deliver_pending),
+            ):
+                try:
+                    await job()
+                except Exception:
+                    metrics.BACKGROUND_ERRORS.labels(name).inc()
+                    log.exception("billing job failed", extra={"job": name})
+            await asyncio.sleep(interval_s)
+
+
+def build_billing(
+    settings: Settings, client: aioredis.Redis, catalogs: CatalogBook, clock: Clock, notifier: Notifier | None
+) -> Billing:
+    """Billing with its settings file and the configured delivery channels."""
+    deliveries: list[tuple[str, Delivery]] = []
+    if settings.smtp_host:
+        deliveries.append(("email", SmtpDelivery(SmtpSettings.of(settings), clock)))
+    if settings.invoice_dir:
+        deliveries.append(("directory", DirectoryDelivery(Path(settings.invoice_dir))))
+    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries)

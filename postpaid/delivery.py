@@ -19,17 +19,17 @@ import re
 import smtplib
 import ssl
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from charging.clock import Clock, SystemClock
 from charging.errors import InvalidRequest
+from charging.settings import Settings
 from postpaid.invoices import Invoice
 from postpaid.render import render_html, render_pdf, render_text
 
@@ -80,9 +80,8 @@ def mask_addresses(text: str) -> str:
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """Where invoices are mailed from: ``CHARGING_SMTP_*`` variables (HOST, PORT, SENDER,
-    STARTTLS, USERNAME, PASSWORD, TIMEOUT_S). The password comes only from the environment
-    and never appears in the repr."""
+    """Where invoices are mailed from (``Settings`` ``smtp_*``, from ``CHARGING_SMTP_*``).
+    The password comes only from the environment and never appears in the repr."""
 
     host: str = "127.0.0.1"
     port: int = 25
@@ -99,32 +98,20 @@ class SmtpSettings:
         return f"SmtpSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> SmtpSettings:
-        """Read ``CHARGING_SMTP_*``; a bad value raises ``InvalidRequest`` naming the variable."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = "CHARGING_SMTP_" + f.name.upper()
-            if name not in environ:
-                continue
-            raw = environ[name]
-            kind: Any = type(f.default)
-            try:
-                if kind is bool:
-                    values[f.name] = raw.lower() in ("1", "true", "yes", "on")
-                elif kind in (int, float):
-                    values[f.name] = kind(raw)
-                else:
-                    values[f.name] = raw
-            except ValueError:
-                raise InvalidRequest(name, f"not a valid {kind.__name__}: {raw!r}") from None
-        settings = cls(**values)
-        if "@" not in parseaddr(settings.sender)[1]:
+    def of(cls, settings: Settings) -> SmtpSettings:
+        """Taken from the one settings object (``CHARGING_SMTP_*``, checked there)."""
+        smtp = cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.smtp_sender,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout_s=settings.smtp_timeout_s,
+        )
+        if "@" not in parseaddr(smtp.sender)[1]:
             raise InvalidRequest("CHARGING_SMTP_SENDER", "must be an email address")
-        if not 0 < settings.port < 65536:
-            raise InvalidRequest("CHARGING_SMTP_PORT", "must be a port number")
-        if settings.password and not settings.username:
-            raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
-        return settings
+        return smtp
 
 
 class SmtpDelivery:

@@ -9,6 +9,7 @@
 -- KEYS[6] open invoices     {bill}:ba:BA:open
 -- KEYS[7] dunning index     {bill}:dunning
 -- KEYS[8] bill run index    {bill}:due
+-- KEYS[9] delivery queue    {bill}:deliver   (the invoice is queued for delivery)
 -- ARGV[1] invoice JSON; the text @@NUMBER@@ stands for the number
 -- ARGV[2] invoice total (minor units)      ARGV[3] due day (s, local midnight)
 -- ARGV[4] balance moves the invoice counted (account 'moves'): stale if another came since
@@ -71,5 +72,6 @@ if taken > 0 then redis.call('LTRIM', KEYS[4], taken, -1) end
 redis.call('HSET', KEYS[3], 'credit', string.format('%d', credit),
   'balance', string.format('%d', tonumber(ba[3] or '0') + total), 'paid_since', '0', 'credited_since', '0', 'last_invoice', number)
 redis.call('SET', KEYS[1], number)
+redis.call('RPUSH', KEYS[9], number)
 advance()
 return {'ISSUED', number, string.format('%d', open)}

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
+from charging.settings import Settings
 from postpaid.delivery import (
     DirectoryDelivery,
     RenderedInvoice,
@@ -224,8 +225,8 @@ async def test_logs_hold_no_personal_data(
         assert secret not in logged
 
 
-def test_smtp_settings_from_env() -> None:
-    s = SmtpSettings.from_env(
+def test_smtp_settings_come_from_the_one_settings_object() -> None:
+    settings = Settings.from_env(
         {
             "CHARGING_SMTP_HOST": "mail.example",
             "CHARGING_SMTP_PORT": "587",
@@ -236,6 +237,7 @@ def test_smtp_settings_from_env() -> None:
             "CHARGING_SMTP_TIMEOUT_S": "7.5",
         }
     )
+    s = SmtpSettings.of(settings)
     assert (s.host, s.port, s.starttls, s.username, s.password, s.timeout_s) == (
         "mail.example",
         587,
@@ -245,15 +247,18 @@ def test_smtp_settings_from_env() -> None:
         7.5,
     )
     assert PASSWORD not in repr(s) and "password='***'" in repr(s)
+    assert PASSWORD not in repr(settings)
     for env, name in (
-        ({"CHARGING_SMTP_SENDER": SENDER, "CHARGING_SMTP_PORT": "smtp"}, "CHARGING_SMTP_PORT"),
-        ({"CHARGING_SMTP_SENDER": SENDER, "CHARGING_SMTP_PORT": "0"}, "CHARGING_SMTP_PORT"),
-        ({}, "CHARGING_SMTP_SENDER"),
-        ({"CHARGING_SMTP_SENDER": SENDER, "CHARGING_SMTP_PASSWORD": "x"}, "CHARGING_SMTP_USERNAME"),
+        ({"CHARGING_SMTP_PORT": "smtp"}, "CHARGING_SMTP_PORT"),
+        ({"CHARGING_SMTP_PORT": "0"}, "CHARGING_SMTP_PORT"),
+        ({"CHARGING_SMTP_PASSWORD": "x"}, "CHARGING_SMTP_USERNAME"),
     ):
         with pytest.raises(InvalidRequest) as e:
-            SmtpSettings.from_env(env)
+            Settings.from_env(env)
         assert e.value.field == name
+    with pytest.raises(InvalidRequest) as e:
+        SmtpSettings.of(Settings(smtp_sender="nobody"))
+    assert e.value.field == "CHARGING_SMTP_SENDER"
 
 
 def listing(directory: Path) -> list[str]:
