@@ -6,6 +6,9 @@ charging session --msisdn 491700000001 --rating-group 10 --used 45 --updates 2
 charging event --msisdn 491700000001 --action debit --rating-group 20 --units 1
 charging topup --msisdn 491700000001 --amount 5 --channel retail --key r-1
 charging balance --msisdn 491700000001
+charging bill-run --dunning
+charging invoices --billing-account C1
+charging pay --billing-account C1 --amount 29.75 --reference bank-123
 """
 
 from __future__ import annotations
@@ -189,6 +192,55 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bill_run(args: argparse.Namespace) -> int:
+    from charging.v1 import billing_pb2, billing_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = billing_pb2_grpc.BillingStub(channel)
+        _print(stub.RunBilling(billing_pb2.RunBillingRequest(limit=args.limit)))
+        if args.dunning:
+            _print(stub.RunDunning(billing_pb2.RunDunningRequest()))
+    return 0
+
+
+def cmd_invoices(args: argparse.Namespace) -> int:
+    from charging.v1 import billing_pb2, billing_pb2_grpc
+    from postpaid.render import format_money
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = billing_pb2_grpc.BillingStub(channel)
+        if args.pdf:
+            pdf = stub.RenderInvoice(billing_pb2.RenderRequest(number=args.pdf, format=billing_pb2.RENDER_FORMAT_PDF))
+            with open(f"{args.pdf}.pdf", "wb") as f:
+                f.write(pdf.content)
+            print(f"wrote {args.pdf}.pdf")
+            return 0
+        listing = stub.ListInvoices(billing_pb2.BillingAccountId(billing_account=args.billing_account))
+        for inv in listing.invoices:
+            print(
+                f"{inv.number}  {inv.period_start}..{inv.period_end}  total {format_money(inv.total_minor, inv.currency)}"
+                f"  open {format_money(inv.open_minor, inv.currency)}  due {inv.due}  {inv.status}  {inv.delivery}"
+            )
+    return 0
+
+
+def cmd_pay(args: argparse.Namespace) -> int:
+    from charging.v1 import billing_pb2, billing_pb2_grpc
+
+    micros = parse_amount(args.amount)
+    if micros % 10_000:
+        raise SystemExit("error: --amount has more than two decimals")
+    req = billing_pb2.PaymentRequest(
+        billing_account=args.billing_account,
+        amount_minor=micros // 10_000,
+        channel=args.channel.upper(),
+        reference=args.reference,
+    )
+    with grpc.insecure_channel(args.target) as channel:
+        _print(billing_pb2_grpc.BillingStub(channel).RecordPayment(req))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="charging", description="Real-time online charging system")
     p.add_argument("--target", default=os.environ.get("CHARGING_TARGET", "127.0.0.1:50051"), help="server host:port")
@@ -251,6 +303,21 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("load-catalog", help="replace the running catalog with a JSON document")
     sp.add_argument("file")
     sp.set_defaults(fn=cmd_load_catalog)
+
+    sp = sub.add_parser("bill-run", help="bill every account whose period ended (safe to run again)")
+    sp.add_argument("--limit", type=int, default=0, help="at most this many accounts (0: all)")
+    sp.add_argument("--dunning", action="store_true", help="then walk the dunning ladder")
+    sp.set_defaults(fn=cmd_bill_run)
+    sp = sub.add_parser("invoices", help="list a billing account's invoices, or save one as PDF")
+    sp.add_argument("--billing-account", default="")
+    sp.add_argument("--pdf", default="", help="an invoice number: write <number>.pdf")
+    sp.set_defaults(fn=cmd_invoices)
+    sp = sub.add_parser("pay", help="record a payment on a billing account")
+    sp.add_argument("--billing-account", required=True)
+    sp.add_argument("--amount", required=True, help="decimal amount, e.g. 29.75")
+    sp.add_argument("--channel", default="BANK_TRANSFER")
+    sp.add_argument("--reference", required=True)
+    sp.set_defaults(fn=cmd_pay)
     return p
 
 
