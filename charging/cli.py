@@ -217,9 +217,10 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             return 0
         listing = stub.ListInvoices(billing_pb2.BillingAccountId(billing_account=args.billing_account))
         for inv in listing.invoices:
+            total, still_open = format_money(inv.total_minor, inv.currency), format_money(inv.open_minor, inv.currency)
             print(
-                f"{inv.number}  {inv.period_start}..{inv.period_end}  total {format_money(inv.total_minor, inv.currency)}"
-                f"  open {format_money(inv.open_minor, inv.currency)}  due {inv.due}  {inv.status}  {inv.delivery}"
+                f"{inv.number}  {inv.period_start}..{inv.period_end}  total {total}  open {still_open}"
+                f"  due {inv.due}  {inv.status}  {inv.delivery}"
             )
     return 0
 
