@@ -45,7 +45,17 @@ from provisioning.base import CustomerBase
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.credit import CreditDecision, CreditHistory, decide
-from provisioning.customers import UNIT_SEQ, Organisation, paying_unit, push_once
+from provisioning.customers import (
+    UNIT_SEQ,
+    Customers,
+    Organisation,
+    customer_key,
+    line_key,
+    lines_key,
+    mask,
+    paying_unit,
+    push_once,
+)
 from provisioning.lifecycle import (
     CHARGING_STATUS,
     InvalidTransition,
@@ -66,10 +76,6 @@ CUSTOMER_SEQ = "crm:seq:customer"
 # How often a server (or ``charging worker``) looks for orders whose run was interrupted.
 RESUME_INTERVAL_S = 5.0
 APPLICATION, NEW_LINE, LINE_ORDER = "APPLICATION", "NEW_LINE", "LINE_ORDER"
-
-
-def line_key(msisdn: str) -> str:
-    return "crm:line:" + msisdn
 
 
 def quarantine_key(msisdn: str) -> str:
@@ -138,9 +144,11 @@ class Acquisition:
     # Postpaid billing (postpaid/billing.py): told about every acknowledged line change.
     billing: LineBilling | None = None
     orders: Orders = field(init=False)
+    customers: Customers = field(init=False)
 
     def __post_init__(self) -> None:
         self.orders = Orders(self.client, self.lease_ms)
+        self.customers = Customers(self.client, self.screener)
 
     @property
     def organisation(self) -> Organisation:
@@ -273,14 +281,22 @@ class Acquisition:
         doc_print = self._document_print(app)
         if not await self.screener.register(doc_print, customer_id):
             raise Rejected("customer", "this identity already has an active customer")
-        run.undo.append(lambda pipe: pipe.delete(identity_key(doc_print), f"crm:customer:{customer_id}"))
-        address = app["address"]
-        customer: dict[Any, Any] = {
+
+        def forget(pipe: Pipeline) -> None:
+            pipe.delete(identity_key(doc_print))
+            Customers.forget_in(pipe, customer_id)
+
+        run.undo.append(forget)
+        address, document = app["address"], app["identity_document"]
+        customer: dict[str, Any] = {
             "kind": str(app["customer_kind"]),
             "created": run.decided_s,
             # what offers to new lines are checked against later
             "country": address["country"],
             "postal_code": address["postal_code"],
+            "document_type": document["type"],
+            "document_country": document["issuing_country"],
+            "document_number": mask(str(document["number"])),
         }
         if credit is not None:
             customer.update(
@@ -290,7 +306,7 @@ class Acquisition:
                 postpaid_allowed=int(credit.postpaid_allowed),
                 max_lines=credit.max_lines,
             )
-        await self.client.hset(f"crm:customer:{customer_id}", mapping=customer)
+        await self.customers.create(customer_id, customer)
         unit_id = ""
         if app["customer_kind"] == "CORPORATE":
             unit_id = await self.orders.allocate(run.id, "unit_id", UNIT_SEQ)
@@ -391,7 +407,7 @@ class Acquisition:
                 "unit_id": unit_id,
             },
         )
-        await push_once(self.client, f"crm:lines:{customer_id}", msisdn.value)
+        await push_once(self.client, lines_key(customer_id), msisdn.value)
         run.step("line", "created", "pending activation")
         run.order["status"] = "IN_PROGRESS"
         run.step("provisioning", "requested", "ACTIVATE")
@@ -399,7 +415,9 @@ class Acquisition:
         def activate(pipe: Pipeline) -> None:
             self.worker.desire_in(pipe, msisdn.value, LineState.ACTIVE.value, plan.id)
 
-        return await self.orders.finish(run.order, activate)
+        order = await self.orders.finish(run.order, activate)
+        await self.customers.refresh_state(customer_id)  # one whose lines had all gone is pending again
+        return order
 
     async def _account(
         self, run: OrderRun, msisdn: Identity, imsi: Identity | None, plan: Plan, initial_balance: int
@@ -465,7 +483,7 @@ class Acquisition:
         """The customer, unit, number and offer: the plan, credit and unit decided."""
         r = run.request
         customer_id, unit_id = str(r["customer_id"]), str(r["unit_id"])
-        customer = {str(k): str(v) for k, v in (await self.client.hgetall(f"crm:customer:{customer_id}")).items()}
+        customer = {str(k): str(v) for k, v in (await self.client.hgetall(customer_key(customer_id))).items()}
         if not customer:
             raise Rejected("order", "no such customer")
         run.order["customer_id"] = customer_id
@@ -505,7 +523,7 @@ class Acquisition:
         )
         if not offered:
             raise Rejected("offer", *(r.reason for r in refused))
-        lines = await self.client.llen(f"crm:lines:{customer_id}")
+        lines = await self.client.llen(lines_key(customer_id))
         if credit is not None and plan.customer_type.value.endswith("POSTPAID") and lines >= credit.max_lines:
             raise Rejected(
                 "offer", f"credit class {credit.credit_class} allows at most {credit.max_lines} postpaid line(s)"
@@ -574,6 +592,7 @@ class Acquisition:
         if line_state is LineState.ACTIVE and line["state"] == LineState.PENDING_ACTIVATION.value and self.base:
             await self.base.added(kind, now_s)
         await self.client.hset(line_key(msisdn), mapping=updates)
+        await self.customers.refresh_state(line["customer_id"])
         if self.billing is not None:
             await self._tell_billing(msisdn, line, line_state.value, str(updates.get("plan_id", line["plan_id"])))
         order = await self.orders.get(line["order_id"]) if line.get("order_id") else None
@@ -588,7 +607,7 @@ class Acquisition:
         """Postpaid billing hears of every acknowledged change, with who pays for the line."""
         assert self.billing is not None
         customer_id = line["customer_id"]
-        customer = {str(k): str(v) for k, v in (await self.client.hgetall(f"crm:customer:{customer_id}")).items()}
+        customer = {str(k): str(v) for k, v in (await self.client.hgetall(customer_key(customer_id))).items()}
         paying, label = "", f"Customer {customer_id}"
         path: tuple[str, ...] = ()
         if line.get("unit_id"):

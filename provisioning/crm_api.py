@@ -11,10 +11,11 @@ from google.protobuf.json_format import MessageToDict
 
 from charging.errors import InvalidRequest, NotFound
 from charging.status import rpc
+from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
-from provisioning.customers import Unit, paying_unit
+from provisioning.customers import KINDS, STATES, Unit, page_size, page_start, paying_unit
 from provisioning.records import Records
 
 STATUSES = {
@@ -220,6 +221,60 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
             raise NotFound(f"no coverage version {request.version}")
         return crm_pb2.CoverageDocument(json=table.text, version=table.version)
 
+    @rpc("ListCustomers")
+    async def ListCustomers(
+        self, request: crm_pb2.CustomerQuery, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.CustomerPage:
+        if request.kind and request.kind not in KINDS:
+            raise InvalidRequest("kind", "must be " + " or ".join(KINDS))
+        if request.state and request.state not in STATES:
+            raise InvalidRequest("state", "must be one of " + ", ".join(STATES))
+        if request.msisdn:
+            parse_identity("msisdn", request.msisdn, "msisdn")
+        document = None
+        if request.HasField("identity_document"):
+            d = request.identity_document
+            for name in ("type", "issuing_country", "number"):
+                if not getattr(d, name):
+                    raise InvalidRequest(f"identity_document.{name}", "is required to find a customer by document")
+            document = (d.type, d.issuing_country, d.number)
+        customers, token = await self.acquisition.customers.search(
+            kind=request.kind,
+            state=request.state,
+            msisdn=request.msisdn,
+            document=document,
+            after=page_start(request.page_token),
+            size=page_size(request.page_size),
+        )
+        return crm_pb2.CustomerPage(customers=[summary_pb(c) for c in customers], next_page_token=token)
+
+    @rpc("ListCustomerLines")
+    async def ListCustomerLines(
+        self, request: crm_pb2.CustomerPageRequest, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.LinePage:
+        await self._customer(request.customer_id)
+        lines, token = await self.acquisition.customers.lines(
+            request.customer_id, page_start(request.page_token), page_size(request.page_size)
+        )
+        return crm_pb2.LinePage(lines=[line_pb(msisdn, line) for msisdn, line in lines], next_page_token=token)
+
+    @rpc("ListCustomerOrders")
+    async def ListCustomerOrders(
+        self, request: crm_pb2.CustomerPageRequest, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.OrderPage:
+        await self._customer(request.customer_id)
+        ids, token = await self.acquisition.orders.of_customer(
+            request.customer_id, page_start(request.page_token), page_size(request.page_size)
+        )
+        orders = [await self.acquisition.get_order(i) for i in ids]
+        return crm_pb2.OrderPage(orders=[order_pb(o) for o in orders if o is not None], next_page_token=token)
+
+    async def _customer(self, customer_id: str) -> dict[str, str]:
+        customer = await self.acquisition.customers.get(customer_id) if customer_id else None
+        if customer is None:
+            raise NotFound("no such customer")
+        return customer
+
     @rpc("GetCustomer")
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
         client = self.acquisition.client
@@ -231,9 +286,26 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
         for msisdn in await client.lrange(f"crm:lines:{request.customer_id}", 0, -1):
             line = await self.acquisition.get_line(str(msisdn))
-            if line is not None:
+            if line is not None and line["customer_id"] == request.customer_id:  # not given to someone else since
                 out.lines.append(line_pb(str(msisdn), line))
         return out
+
+
+def summary_pb(customer: dict[str, str]) -> crm_pb2.CustomerSummary:
+    return crm_pb2.CustomerSummary(
+        id=customer["id"],
+        kind=customer.get("kind", ""),
+        state=customer.get("state", ""),
+        created=int(customer.get("created", 0)),
+        country=customer.get("country", ""),
+        postal_code=customer.get("postal_code", ""),
+        credit_class=customer.get("credit_class", ""),
+        identity_document=crm_pb2.IdentityDocument(
+            type=customer.get("document_type", ""),
+            issuing_country=customer.get("document_country", ""),
+            number=customer.get("document_number", ""),  # masked when stored
+        ),
+    )
 
 
 def unit_pb(unit: Unit, paying: str) -> crm_pb2.OrgUnit:

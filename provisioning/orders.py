@@ -186,5 +186,10 @@ class Orders:
         """Store a decided order's later change (the network's acknowledgement)."""
         await self.client.set(order_key(order["crm_order_id"]), json.dumps(order))
 
-    async def of_customer(self, customer_id: str, start: int, count: int) -> list[str]:
-        return [str(o) for o in await self.client.lrange(customer_orders_key(customer_id), start, start + count - 1)]
+    async def of_customer(self, customer_id: str, start: int, count: int) -> tuple[list[str], str]:
+        """A page of the customer's order ids from position ``start``, and where the next
+        page starts ("" at the end)."""
+        key = customer_orders_key(customer_id)
+        ids = [str(o) for o in await self.client.lrange(key, start, start + count - 1)]
+        end = start + len(ids)
+        return ids, str(end) if await self.client.llen(key) > end else ""
