@@ -11,6 +11,7 @@ per stretch, then rounded once to minor units (``invoices.to_minor``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -38,23 +39,38 @@ def state_at(history: list[Change], at_s: int) -> Change | None:
     return current
 
 
+@functools.lru_cache(maxsize=64)
+def _days(start: date, end: date, tz_name: str) -> tuple[tuple[int, int], ...]:
+    """(start, end) instants of each local day from ``start`` to ``end`` (exclusive)."""
+    tz = ZoneInfo(tz_name)
+    out, day = [], start
+    while day < end:
+        nxt = day + timedelta(days=1)
+        out.append(
+            (
+                int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()),
+                int(datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp()),
+            )
+        )
+        day = nxt
+    return tuple(out)
+
+
 def charged_days(history: list[Change], period: Period, tz_name: str) -> dict[tuple[str, str], int]:
     """Days of the period charged per (plan, state)."""
-    tz = ZoneInfo(tz_name)
     ordered = sorted(history, key=lambda c: c.at_s)
+    if ordered and ordered[-1].at_s <= period.start_s:
+        # Nothing changed during the period (most lines): every day alike.
+        last = ordered[-1]
+        return {} if last.state in FREE_STATES else {(last.plan_id, last.state): period.days}
     out: dict[tuple[str, str], int] = {}
-    day = period.start
-    while day < period.end:
-        nxt = day + timedelta(days=1)
-        end_s = int(datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp())
-        start_s = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
+    for start_s, end_s in _days(period.start, period.end, tz_name):
         c = state_at(ordered, end_s - 1)
         if c is not None and c.state == "terminated" and c.at_s >= start_s:
             c = state_at(ordered, c.at_s - 1)
         if c is not None and c.state not in FREE_STATES:
             key = (c.plan_id, c.state)
             out[key] = out.get(key, 0) + 1
-        day = nxt
     return out
 
 

@@ -297,6 +297,8 @@ class Acquisition:
             "document_type": document["type"],
             "document_country": document["issuing_country"],
             "document_number": mask(str(document["number"])),
+            # where invoices and billing notices go (postpaid)
+            "email": str((app.get("contact") or {}).get("email") or ""),
         }
         if credit is not None:
             customer.update(

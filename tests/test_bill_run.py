@@ -154,8 +154,11 @@ async def test_an_interrupted_run_completes_without_a_second_invoice(
     lines = await accounts.lines("C4")
     period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
     ahead = periods.open_periods(period, info["time_zone"], 4)[-1]
+    await run._load_scripts()
+    pipe = client.pipeline(transaction=False)
     for line in lines:
-        await run._close(line, period, ahead)
+        run._close_into(pipe, line.account_id, period, ahead)
+    await pipe.execute()
     report = await run.run()
     assert report.issued == 1
     (number,) = [str(x) for x in await client.lrange(keys.billing_invoices("C4"), 0, -1)]
