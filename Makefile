@@ -60,6 +60,7 @@ test: setup redis-server lint
 
 bench: setup redis-server h2load
 	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.bill_bench
 
 loadtest: setup
 	$(BIN)/python -m pip install --quiet -e '.[load]'
