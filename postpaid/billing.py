@@ -44,6 +44,7 @@ from postpaid.delivery import (
 )
 from postpaid.invoices import MICROS_PER_MINOR, Invoice
 from postpaid.payments import Payments
+from postpaid.scripts import PREPAID_CLOSE
 
 log = logging.getLogger("postpaid.billing")
 POSTPAID = ("MOBILE_POSTPAID", "FIXED_POSTPAID")
@@ -88,10 +89,12 @@ class Billing:
         unit_path: tuple[str, ...],
         label: str,
     ) -> None:
-        if line.get("customer_type") not in POSTPAID:
-            return
         account_id = line["account_id"]
         now_s = self.clock.now_ms() // 1000
+        if line.get("customer_type") not in POSTPAID:
+            if state == "terminated":
+                await self.close_prepaid(account_id, now_s)
+            return
         ba = await self.accounts.billed_to(account_id)
         if ba is None:
             if state != "active":
@@ -114,6 +117,19 @@ class Billing:
         await self.accounts.record_change(account_id, now_s, state, plan_id)
         if state == "terminated":
             await self.final_invoice(ba, account_id)
+
+    async def close_prepaid(self, account_id: str, now_s: int) -> int:
+        """A terminated prepaid line's remaining money: recorded once with the policy of
+        the billing settings, and audited. Returns the closing balance (micros)."""
+        policy = self.config.prepaid_termination
+        reply = await PREPAID_CLOSE(self.client, (keys.account(account_id),), (policy, now_s))
+        if reply[0] == "UNKNOWN":
+            return 0
+        closing = int(reply[1])
+        if reply[0] == "DONE":
+            fields: dict[Any, Any] = {"action": "prepaid_closed", "actor": "system", "account": account_id}
+            await self.client.xadd(keys.BILL_AUDIT, {**fields, "policy": policy, "amount_micros": closing, "at": now_s})
+        return closing
 
     async def final_invoice(self, ba: str, account_id: str) -> str | None:
         """The final invoice of a terminated line, then the line leaves the account."""

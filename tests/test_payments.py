@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import date
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -194,3 +196,62 @@ async def test_adjustments_are_audited_and_idempotent(
     await b.runs.run()
     latest = await b.invoice((await b.invoices_of("C10"))[-1])
     assert [c.amount for c in latest.account_charges] == [-500]
+
+
+async def test_a_terminated_line_gets_a_final_invoice_with_the_deposit_offset(
+    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = billing
+    sub = await stubs.subscriber(msisdn="491700000305", balance=0, plan="mobile-postpaid")
+    line = {"account_id": sub.account_id, "customer_id": "11", "customer_type": "MOBILE_POSTPAID"}
+    common: dict[str, Any] = {
+        "msisdn": "491700000305",
+        "line": line,
+        "plan_id": "mobile-postpaid",
+        "customer": {"credit_limit": str(LIMIT), "deposit": "100000000"},  # 100.00 EUR deposit
+        "paying_unit": "",
+        "unit_path": (),
+        "label": "Customer",
+    }
+    await b.line_changed(state="active", **common)
+    assert await call(stubs, "491700000305", "f1", 120) == 2001
+    clock.advance(seconds=9 * DAY)  # terminated on 2026-01-19, the 10th day of the period
+    await b.line_changed(state="terminated", **common)
+    (number,) = await b.invoices_of("C11")
+    final = await b.invoice(number)
+    assert final.kind == "FINAL"
+    rental = final.sections[0].charges[0]
+    assert (rental.kind, rental.quantity) == ("RENTAL", 10) and "10/31 days" in rental.description
+    assert [c.kind for c in final.sections[0].charges][1] == "USAGE"
+    assert [(c.kind, c.amount) for c in final.account_charges] == [("DEPOSIT", -10_000)]
+    # The line has left the account: the period's bill run has nothing to bill.
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 0
+    assert await b.invoices_of("C11") == [number]
+    # Terminated again (a repeated acknowledgement): no second final invoice.
+    await b.line_changed(state="terminated", **common)
+    assert await b.invoices_of("C11") == [number]
+
+
+@pytest.mark.parametrize(("policy", "left"), [("REFUND_ON_REQUEST", 3_000_000), ("FORFEIT", 0)])
+async def test_a_terminated_prepaid_line_keeps_or_forfeits_its_balance(
+    stubs: Stubs, app: App, clock: ManualClock, policy: str, left: int
+) -> None:
+    assert app.redis is not None and app.catalogs is not None
+    config = billing_config.parse({**_billing_doc(), "prepaid_termination": policy})
+    b = Billing(app.redis, config, app.catalogs, clock)
+    sub = await stubs.subscriber(msisdn="491700000306", balance=3_000_000, plan="mobile-prepaid")
+    line = {"account_id": sub.account_id, "customer_id": "12", "customer_type": "MOBILE_PREPAID"}
+    kw: dict[str, Any] = {"msisdn": "491700000306", "line": line, "plan_id": "mobile-prepaid", "customer": {}}
+    for _ in range(2):
+        await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **kw)
+    assert (await stubs.balance("491700000306")).balance_micros == left
+    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(keys.BILL_AUDIT)  # type: ignore[assignment]
+    assert [(e[1]["action"], e[1]["amount_micros"], e[1]["policy"]) for e in audit] == [
+        ("prepaid_closed", "3000000", policy)
+    ]
+
+
+def _billing_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(resources.files("postpaid").joinpath("billing.json").read_text())
+    return doc
