@@ -201,7 +201,7 @@ async def test_adjustments_are_audited_and_idempotent(
 async def test_a_terminated_line_gets_a_final_invoice_with_the_deposit_offset(
     stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
-    b, book = billing
+    b, _book = billing
     sub = await stubs.subscriber(msisdn="491700000305", balance=0, plan="mobile-postpaid")
     line = {"account_id": sub.account_id, "customer_id": "11", "customer_type": "MOBILE_POSTPAID"}
     common: dict[str, Any] = {
