@@ -41,6 +41,7 @@ def dispute_pb(d: dict[str, Any]) -> billing_pb2.BillingDispute:
         reason=d["reason"],
         resolution=d.get("resolution", ""),
         credit_note=d.get("credit_note", ""),
+        line=d.get("line", ""),
     )
 
 
@@ -175,7 +176,12 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.DisputeRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.BillingDispute:
         d = await self.billing.payments.open_dispute(
-            request.dispute_id, request.invoice_number, request.amount_minor, request.reason, request.actor
+            request.dispute_id,
+            request.invoice_number,
+            request.amount_minor,
+            request.reason,
+            request.actor,
+            request.line,
         )
         return dispute_pb(d)
 

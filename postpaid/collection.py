@@ -164,8 +164,14 @@ class Collection:
         with storage_errors():
             await DUNNING(
                 self.client,
-                (keys.billing_dunning_done(ba), keys.billing_pending(ba), keys.billing_account(ba), keys.BILL_OUTBOX),
-                (target, len(triples) // 3, *triples),
+                (
+                    keys.billing_dunning_done(ba),
+                    keys.billing_pending(ba),
+                    keys.billing_account(ba),
+                    keys.BILL_OUTBOX,
+                    keys.BILL_AUDIT,
+                ),
+                (target, overdue, len(triples) // 3, *triples, now_ms // 1000),
             )
             if decision.state in ORDER_FOR:
                 await self.client.sadd(keys.BILL_RESTRICTED, ba)

@@ -5,16 +5,21 @@
 -- KEYS[2] pending charges   {bill}:ba:BA:pending
 -- KEYS[3] billing account   {bill}:ba:BA
 -- KEYS[4] outbox            {bill}:out
--- ARGV[1] service state to record ('' keep)   ARGV[2] n records, then n triples:
+-- KEYS[5] audit stream      {bill}:audit
+-- ARGV[1] service state to record ('' keep)   ARGV[2] the collectible overdue amount
+-- ARGV[3] n records, then n triples:
 --         done member, charge JSON for the next invoice ('' none), notification ('' none)
+-- ARGV[4 + 3n] now (s)
+--
+-- Reaching TERMINATED hands the account over to collection: recorded once in the audit.
 --
 -- A triple whose member is already in KEYS[1] was applied before and is skipped whole.
 -- Reply: number of triples applied now
 
 local applied = 0
-local n = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local member, charge, note = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  local member, charge, note = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
   if redis.call('SADD', KEYS[1], member) == 1 then
     applied = applied + 1
     if charge ~= '' then redis.call('RPUSH', KEYS[2], charge) end
@@ -26,6 +31,10 @@ if ARGV[1] ~= '' then
   if was ~= ARGV[1] then
     redis.call('HSET', KEYS[3], 'state', ARGV[1])
     redis.call('HINCRBY', KEYS[3], 'epoch', 1)
+    if ARGV[1] == 'TERMINATED' then
+      redis.call('XADD', KEYS[5], '*', 'action', 'collection_handover', 'actor', 'dunning',
+        'ba', string.sub(KEYS[3], #'{bill}:ba:' + 1), 'amount', ARGV[2], 'at', ARGV[4 + 3 * n])
+    end
   end
 end
 return applied

@@ -30,7 +30,7 @@ from charging.clock import Clock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.store import storage_errors
 from postpaid.config import BillingConfig
-from postpaid.invoices import ADJUSTMENT, Charge
+from postpaid.invoices import ADJUSTMENT, Charge, Invoice
 from postpaid.scripts import DISPUTE, PAY
 
 MAX_MINOR = 10**13
@@ -151,7 +151,10 @@ class Payments:
         await self._changed(str(ba))
         return record
 
-    async def open_dispute(self, dispute_id: str, number: str, amount: int, reason: str, actor: str) -> dict[str, Any]:
+    async def open_dispute(
+        self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str = ""
+    ) -> dict[str, Any]:
+        """Hold ``amount`` of an invoice (of one of its lines, if given) out of dunning."""
         _key_part(dispute_id, "dispute_id")
         _amount(amount, "amount_minor")
         if not reason.strip():
@@ -159,8 +162,16 @@ class Payments:
         ba = await self.client.hget(keys.invoice_state(number), "ba")
         if ba is None:
             raise NotFound("no such invoice")
+        if line:
+            text = await self.client.get(keys.invoice(number))
+            sections = {s.line: s for s in Invoice.from_json(str(text)).sections}
+            if line not in sections:
+                raise InvalidRequest("line", "is not a line of this invoice")
+            if amount > sections[line].subtotal:
+                raise InvalidRequest("amount_minor", f"at most the line's charges ({sections[line].subtotal})")
         now_s = self.clock.now_ms() // 1000
         doc = {"id": dispute_id, "invoice": number, "ba": str(ba), "amount": amount, "reason": reason, "opened": now_s}
+        doc["line"] = line
         reply = await DISPUTE(
             self.client, (keys.dispute(dispute_id), keys.invoice_state(number)), ("OPEN", amount, json.dumps(doc))
         )
@@ -168,7 +179,7 @@ class Payments:
             raise InvalidRequest("amount_minor", f"at most the undisputed open amount ({reply[1]}) can be disputed")
         if reply[0] == "SAME":
             existing = await self.dispute(dispute_id)
-            if existing["invoice"] != number or existing["amount"] != amount:
+            if (existing["invoice"], existing["amount"], existing.get("line", "")) != (number, amount, line):
                 raise Conflict("this dispute id was used for another dispute")
             return existing
         await self._audit("dispute_opened", actor, str(ba), amount, reason, dispute_id)

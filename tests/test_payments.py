@@ -255,3 +255,20 @@ async def test_a_terminated_prepaid_line_keeps_or_forfeits_its_balance(
 def _billing_doc() -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(resources.files("postpaid").joinpath("billing.json").read_text())
     return doc
+
+
+async def test_sixty_days_overdue_terminates_and_hands_over_to_collection(
+    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = billing
+    inv = await invoiced(stubs, b, book, clock, "13", "491700000307")
+    clock.advance(seconds=((inv.due - date(2026, 2, 10)).days + 61) * DAY)
+    decision = await b.collection.evaluate("C13")
+    assert decision.state is ServiceState.TERMINATED
+    assert [o[2] for o in book.orders] == ["TERMINATE"]
+    assert app.redis is not None
+    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(keys.BILL_AUDIT)  # type: ignore[assignment]
+    assert [(e[1]["action"], e[1]["amount"]) for e in audit] == [("collection_handover", str(inv.total))]
+    # Paying afterwards does not bring a terminated line back.
+    await b.payments.pay("C13", inv.total, "CARD", "late")
+    assert [o[2] for o in book.orders] == ["TERMINATE"]

@@ -251,12 +251,25 @@ async def test_a_corporate_hierarchy_gets_one_consolidated_invoice_and_a_dispute
         assert abs(usage_minor * 10_000 - micros) <= 5_000
 
     # A dispute: held out of dunning, accepted with a credit note.
+    line = invoice.sections[0].line
     d = await billing.OpenDispute(
         billing_pb2.DisputeRequest(
-            dispute_id="dp-1", invoice_number=inv_pb.number, amount_minor=500, reason="wrong discount", actor="agent-1"
+            dispute_id="dp-1",
+            invoice_number=inv_pb.number,
+            amount_minor=500,
+            reason="wrong discount",
+            actor="agent-1",
+            line=line,
         )
     )
-    assert d.status == "OPEN"
+    assert (d.status, d.line) == ("OPEN", line)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await billing.OpenDispute(
+            billing_pb2.DisputeRequest(
+                dispute_id="dp-3", invoice_number=inv_pb.number, amount_minor=1, reason="x", actor="a", line="4999"
+            )
+        )
+    assert "line" in (err.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.OpenDispute(
             billing_pb2.DisputeRequest(
