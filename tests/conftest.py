@@ -99,6 +99,15 @@ class Stubs:
     topup: topup_pb2_grpc.TopUpStub
     admin: admin_pb2_grpc.AdminStub
 
+    @staticmethod
+    def on(channel: grpc.aio.Channel) -> Stubs:
+        return Stubs(
+            channel,
+            charging_pb2_grpc.ChargingStub(channel),
+            topup_pb2_grpc.TopUpStub(channel),
+            admin_pb2_grpc.AdminStub(channel),
+        )
+
     async def subscriber(
         self, msisdn: str = "491700000001", balance: int = 1_000_000, plan: str = "default", imsi: str = ""
     ) -> admin_pb2.Subscriber:
@@ -113,12 +122,7 @@ class Stubs:
 @pytest.fixture
 async def stubs(app: App) -> AsyncIterator[Stubs]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
-    yield Stubs(
-        channel,
-        charging_pb2_grpc.ChargingStub(channel),
-        topup_pb2_grpc.TopUpStub(channel),
-        admin_pb2_grpc.AdminStub(channel),
-    )
+    yield Stubs.on(channel)
     await channel.close()
 
 

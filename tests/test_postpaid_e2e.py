@@ -19,15 +19,12 @@ from charging.clock import ManualClock
 from charging.server import App
 from charging.settings import Settings
 from charging.v1 import (
-    admin_pb2_grpc,
     billing_pb2,
     billing_pb2_grpc,
     charging_pb2,
-    charging_pb2_grpc,
     common_pb2,
     crm_pb2,
     crm_pb2_grpc,
-    topup_pb2_grpc,
 )
 from postpaid.invoices import Invoice
 from tests.conftest import INITIAL, TERMINATE, Stubs, free_port, session_request
@@ -66,12 +63,7 @@ async def world(
     app = App(settings, clock=clock, run_background=False)
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
-    stubs = Stubs(
-        channel,
-        charging_pb2_grpc.ChargingStub(channel),
-        topup_pb2_grpc.TopUpStub(channel),
-        admin_pb2_grpc.AdminStub(channel),
-    )
+    stubs = Stubs.on(channel)
     yield app, stubs, crm_pb2_grpc.CrmStub(channel), billing_pb2_grpc.BillingStub(channel)
     await channel.close()
     await app.stop()

@@ -45,14 +45,8 @@ async def test_metrics_endpoint_counts_requests_without_personal_data(settings: 
     await app.start()
     try:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
-        from charging.v1 import admin_pb2_grpc, charging_pb2_grpc, topup_pb2_grpc
 
-        stubs = Stubs(
-            channel,
-            charging_pb2_grpc.ChargingStub(channel),
-            topup_pb2_grpc.TopUpStub(channel),
-            admin_pb2_grpc.AdminStub(channel),
-        )
+        stubs = Stubs.on(channel)
         await stubs.subscriber(msisdn="491712345678", balance=1_000_000)
         await stubs.charging.ChargeSession(
             session_request("m1", INITIAL, 0, [{"rating_group": 10, "requested": {}}], msisdn="491712345678")
@@ -194,14 +188,8 @@ async def test_redis_outage_is_unavailable_then_recovers(
     app = App(replace(settings, redis_url=url), clock=clock, run_background=False)
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
-    from charging.v1 import admin_pb2_grpc, charging_pb2_grpc, topup_pb2_grpc
 
-    stubs = Stubs(
-        channel,
-        charging_pb2_grpc.ChargingStub(channel),
-        topup_pb2_grpc.TopUpStub(channel),
-        admin_pb2_grpc.AdminStub(channel),
-    )
+    stubs = Stubs.on(channel)
     try:
         await stubs.subscriber(balance=1_000_000)
         await embedded.stop()
