@@ -128,7 +128,7 @@ class App:
 
         await self._start_provisioning(directory)
         assert self.acquisition is not None
-        self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier)
+        self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier, self.link)
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
 

@@ -39,6 +39,7 @@ from charging import keys
 from charging.catalogs import CatalogBook
 from charging.clock import ManualClock
 from charging.embedded_redis import redis_command
+from charging.redis_link import RedisLink
 from loadtest.bench import BenchError, child, free_port, machine, wait_redis
 from postpaid import config as billing_config
 from postpaid import periods
@@ -126,10 +127,12 @@ async def bill(port: int, concurrency: int, shard: int = 0, shards: int = 1) -> 
     await catalogs.start("", prefer_file=False)
     clock = ManualClock((PERIOD_START + 32 * 86_400) * 1000)
     config = billing_config.default()
-    run = BillRun(client, BillingAccounts(client, config), config, catalogs, clock)
+    link = RedisLink(f"redis://127.0.0.1:{port}")
+    run = BillRun(client, BillingAccounts(client, config), config, catalogs, clock, link)
     started = time.time()
     report = await run.run(concurrency=concurrency, shard=shard, shards=shards)
     ended = time.time()
+    await link.aclose()
     await client.aclose()
     if report.failed or report.issued != report.accounts:
         raise BenchError(f"bill run did not issue every invoice: {report.as_dict()}")

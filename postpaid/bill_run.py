@@ -32,10 +32,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.redis_link import RedisLink
 from charging.store import storage_errors
 from postpaid import periods
 from postpaid.accounts import BillingAccounts, BillingLine
@@ -44,7 +46,7 @@ from postpaid.config import BillingConfig
 from postpaid.invoices import DEPOSIT, Charge, Invoice
 from postpaid.rentals import Change
 from postpaid.scripts import CLOSE, ISSUE, PURGE
-from postpaid.usage import aggregates, records
+from postpaid.usage import aggregates, itemised_from_records
 
 log = logging.getLogger("postpaid.bill_run")
 BATCH = 200
@@ -77,8 +79,10 @@ class BillRun:
         config: BillingConfig,
         catalogs: CatalogBook,
         clock: Clock,
+        link: RedisLink | None = None,
     ) -> None:
         self.client = client
+        self.link = link
         self.accounts = accounts
         self.config = config
         self.catalogs = catalogs
@@ -142,50 +146,71 @@ class BillRun:
             report.failed += 1
             log.exception("bill run failed for an account", extra={"billing_account": ba})
 
+    async def _many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one write and return their replies in order: over the pipelined
+        link when there is one (far less client work per command), else a redis-py
+        pipeline. Scripts Redis lost (a restart) are loaded and everything is sent again:
+        every command here may run twice."""
+        for attempt in (1, 2):
+            if self.link is not None:
+                replies = await self.link.execute_many(commands)
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+            missing = any(isinstance(r, redis_errors.NoScriptError) for r in replies)
+            if missing and attempt == 1:
+                await self._load_scripts()
+                continue
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
+            return list(replies)
+        raise AssertionError("unreachable")
+
     async def _batch(self, bas: list[str], now_s: int, report: RunReport) -> list[str]:
         """Bill a batch in four pipelined round trips; returns the accounts left for ``_one``."""
-        pipe = self.client.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for ba in bas:
-            pipe.hgetall(keys.billing_account(ba))
-            pipe.hgetall(keys.billing_lines(ba))
-        raw = await pipe.execute()
+            commands.append(("HGETALL", keys.billing_account(ba)))
+            commands.append(("HGETALL", keys.billing_lines(ba)))
+            commands.append(("LRANGE", keys.billing_pending(ba), 0, -1))
+        raw = await self._many(commands)
         slow: list[str] = []
         jobs = []
         for i, ba in enumerate(bas):
-            info, lines_raw = raw[2 * i], raw[2 * i + 1]
+            info, lines_raw, pending = _hash(raw[3 * i]), _hash(raw[3 * i + 1]), raw[3 * i + 2]
             if not info:
                 continue
             period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
             if now_s < period.end_s or not lines_raw:
                 slow.append(ba)
                 continue
-            jobs.append((ba, info, period, _lines(lines_raw)))
+            jobs.append((ba, info, period, _lines(lines_raw), pending))
 
-        pipe = self.client.pipeline(transaction=False)
-        for _ba, info, period, lines in jobs:
+        commands = []
+        for _ba, info, period, lines, _pending in jobs:
             ahead = periods.open_periods(period, info["time_zone"], periods.OPEN_AHEAD + 1)[-1]
             for line in lines:
-                self._close_into(pipe, line.account_id, period, ahead)
-            pipe.lrange(keys.billing_pending(_ba), 0, -1)
-        raw = await pipe.execute()
+                commands += _close_commands(line.account_id, period, ahead)
+        raw = await self._many(commands)
         at = 0
         issues = []
-        pipe = self.client.pipeline(transaction=False)
-        for ba, info, period, lines in jobs:
+        commands = []
+        for ba, info, period, lines, pending in jobs:
             bills = []
             for line in lines:
-                bills.append(_line_bill(line, period, raw[at : at + 2]))
+                bills.append(self._line_bill(line, period, raw[at : at + 2]))
                 at += 2
-            pending = raw[at]
-            at += 1
             invoice = self._compose(ba, info, period, bills, pending, now_s)
             nxt = periods.following(period, info["time_zone"])
             issue_keys, args = self._issue(ba, info, invoice, period, nxt, len(pending), now_s)
-            pipe.evalsha(ISSUE.sha, len(issue_keys), *issue_keys, *args)
+            commands.append(("EVALSHA", ISSUE.sha, len(issue_keys), *issue_keys, *args))
             issues.append((ba, period, nxt, lines))
-        replies = await pipe.execute()
+        replies = await self._many(commands)
 
-        pipe = self.client.pipeline(transaction=False)
+        commands = []
         for (ba, period, nxt, lines), reply in zip(issues, replies, strict=True):
             if reply[0] == "STALE":
                 slow.append(ba)
@@ -196,10 +221,11 @@ class BillRun:
                 report.already += 1
             for line in lines:
                 acct = line.account_id
-                pipe.evalsha(PURGE.sha, 2, keys.usage(acct), keys.usage_records(acct), period.id)
+                commands.append(("EVALSHA", PURGE.sha, 2, keys.usage(acct), keys.usage_records(acct), period.id))
             if nxt.end_s <= now_s:
                 slow.append(ba)  # more periods behind: the next one too
-        await pipe.execute()
+        if commands:
+            await self._many(commands)
         return slow
 
     async def bill(self, ba: str, now_s: int) -> str | None:
@@ -232,12 +258,8 @@ class BillRun:
         """Close, compose, issue, purge for one account (see the module docstring)."""
         tz = info["time_zone"]
         ahead = periods.open_periods(period, tz, periods.OPEN_AHEAD + 1)[-1]
-        await self._load_scripts()
-        pipe = self.client.pipeline(transaction=False)
-        for line in lines:
-            self._close_into(pipe, line.account_id, period, ahead)
-        raw = await pipe.execute()
-        bills = [_line_bill(line, period, raw[2 * i : 2 * i + 2]) for i, line in enumerate(lines)]
+        raw = await self._many([c for line in lines for c in _close_commands(line.account_id, period, ahead)])
+        bills = [self._line_bill(line, period, raw[2 * i : 2 * i + 2]) for i, line in enumerate(lines)]
         nxt = periods.following(period, tz) if not final_line else None
         for _attempt in range(5):
             state = await self.accounts.get(ba)
@@ -257,11 +279,27 @@ class BillRun:
             return number if reply[0] == "ISSUED" else "ALREADY " + number
         raise RuntimeError("the billing account kept changing while its invoice was issued")
 
-    def _close_into(self, pipe: Any, acct: str, period: periods.Period, ahead: periods.Period) -> None:
-        """Close the line's period and read its usage, and read the line's history (2 replies)."""
-        close_keys = (keys.account(acct), keys.usage(acct), keys.usage_records(acct))
-        pipe.evalsha(CLOSE.sha, 3, *close_keys, period.id, f"{ahead.id}:{ahead.end_s}")
-        pipe.lrange(keys.line_history(acct), 0, -1)
+    def _line_bill(self, line: BillingLine, period: periods.Period, raw: list[Any]) -> LineBill:
+        """A line's part of the bill from its replies: close.lua's and the history."""
+        closed, hist = raw
+        if closed[0] not in ("CLOSED", "ALREADY"):
+            raise RuntimeError(f"cannot close the period of a line: {closed[0]}")
+        _status, _cost, plan, agg, recs = closed
+        flat = _hash(agg)
+        history = []
+        for entry in hist:
+            at, state, plan_id = str(entry).split(",")
+            history.append(Change(int(at), state, plan_id))
+        return LineBill(
+            account_id=line.account_id,
+            line=line.line,
+            plan_id=str(plan or ""),
+            history=history,
+            aggregates=aggregates(flat, period.id),
+            records=[],
+            items=tuple(itemised_from_records(recs, period.id, self._units(), self.config.mask_destination_digits)),
+            unit_path=line.unit_path,
+        )
 
     def _compose(
         self,
@@ -346,34 +384,36 @@ class BillRun:
         return {name: s.unit for name, s in self.catalogs.current.services.items()}
 
 
+def _hash(reply: Any) -> dict[str, str]:
+    """A hash reply as a dict (redis-py gives a dict, the link a flat list)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _close_commands(acct: str, period: periods.Period, ahead: periods.Period) -> list[tuple[Any, ...]]:
+    """Close the line's period and read its usage (close.lua), and read the line's history."""
+    return [
+        (
+            "EVALSHA",
+            CLOSE.sha,
+            3,
+            keys.account(acct),
+            keys.usage(acct),
+            keys.usage_records(acct),
+            period.id,
+            f"{ahead.id}:{ahead.end_s}",
+        ),
+        ("LRANGE", keys.line_history(acct), 0, -1),
+    ]
+
+
 def _lines(raw: dict[str, str]) -> list[BillingLine]:
     out = []
     for account_id, text in raw.items():
         d = json.loads(text)
         out.append(BillingLine(str(account_id), d["line"], tuple(d["unit_path"])))
     return sorted(out, key=lambda x: x.account_id)
-
-
-def _line_bill(line: BillingLine, period: periods.Period, raw: list[Any]) -> LineBill:
-    """A line's part of the bill from its replies: close.lua's and the history."""
-    closed, hist = raw
-    if closed[0] not in ("CLOSED", "ALREADY"):
-        raise RuntimeError(f"cannot close the period of a line: {closed[0]}")
-    _status, _cost, plan, agg, recs = closed
-    flat = dict(zip(agg[::2], agg[1::2], strict=True))
-    history = []
-    for entry in hist:
-        at, state, plan_id = str(entry).split(",")
-        history.append(Change(int(at), state, plan_id))
-    return LineBill(
-        account_id=line.account_id,
-        line=line.line,
-        plan_id=str(plan or ""),
-        history=history,
-        aggregates=aggregates({str(k): str(v) for k, v in flat.items()}, period.id),
-        records=records([str(r) for r in recs], period.id),
-        unit_path=line.unit_path,
-    )
 
 
 def _with_placeholder(invoice: Invoice) -> str:

@@ -28,6 +28,7 @@ from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.errors import NotFound
 from charging.notifications import Notifier
+from charging.redis_link import RedisLink
 from charging.settings import Settings
 from postpaid import periods
 from postpaid.accounts import BillingAccounts, billing_account_id
@@ -59,13 +60,14 @@ class Billing:
         clock: Clock,
         notifier: Notifier | None = None,
         deliveries: Sequence[tuple[str, Delivery]] = (),
+        link: RedisLink | None = None,
     ) -> None:
         self.client = client
         self.config = config
         self.clock = clock
         self.deliveries = tuple(deliveries)
         self.accounts = BillingAccounts(client, config)
-        self.runs = BillRun(client, self.accounts, config, catalogs, clock)
+        self.runs = BillRun(client, self.accounts, config, catalogs, clock, link)
         self.payments = Payments(client, config, clock)
         self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
         self.payments.on_change = self._reevaluate
@@ -219,12 +221,18 @@ class Billing:
 
 
 def build_billing(
-    settings: Settings, client: aioredis.Redis, catalogs: CatalogBook, clock: Clock, notifier: Notifier | None
+    settings: Settings,
+    client: aioredis.Redis,
+    catalogs: CatalogBook,
+    clock: Clock,
+    notifier: Notifier | None,
+    link: RedisLink | None = None,
 ) -> Billing:
-    """Billing with its settings file and the configured delivery channels."""
+    """Billing with its settings file and the configured delivery channels; bill runs
+    pipeline over ``link`` when given."""
     deliveries: list[tuple[str, Delivery]] = []
     if settings.smtp_host:
         deliveries.append(("email", SmtpDelivery(SmtpSettings.of(settings), clock)))
     if settings.invoice_dir:
         deliveries.append(("directory", DirectoryDelivery(Path(settings.invoice_dir))))
-    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries)
+    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries, link)

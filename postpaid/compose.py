@@ -20,7 +20,18 @@ from datetime import date, timedelta
 
 from charging.rating import UnitKind
 from postpaid.config import BillingConfig
-from postpaid.invoices import DISCOUNT, INCLUDED, RENTAL, USAGE, Charge, Invoice, LineSection, share, taxes
+from postpaid.invoices import (
+    DISCOUNT,
+    INCLUDED,
+    RENTAL,
+    USAGE,
+    Charge,
+    Invoice,
+    LineSection,
+    UsageItem,
+    share,
+    taxes,
+)
 from postpaid.periods import Period
 from postpaid.rentals import Change, rental_charges
 from postpaid.usage import Aggregate, Record, itemised, usage_charges
@@ -44,6 +55,9 @@ class LineBill:
     aggregates: list[Aggregate]
     records: list[Record]
     unit_path: tuple[str, ...] = ()
+    # The itemised rows when the caller built them already (bill runs, from the stored
+    # records in one pass); otherwise they are made from ``records``.
+    items: tuple[UsageItem, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,9 @@ def compose(
                 line=line.line,
                 product=product.name if product else line.plan_id,
                 charges=tuple(charges),
-                usage=tuple(itemised(line.records, units, config.mask_destination_digits)),
+                usage=line.items
+                if line.items is not None
+                else tuple(itemised(line.records, units, config.mask_destination_digits)),
                 unit_path=line.unit_path,
             )
         )

@@ -10,6 +10,7 @@ late by up to two periods (``ledger_lib.lua`` ``bill_period``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -48,6 +49,7 @@ def _add_month(d: date) -> date:
     return date(d.year + d.month // 12, d.month % 12 + 1, d.day)
 
 
+@functools.lru_cache(maxsize=4096)
 def period_starting(start: date, tz_name: str) -> Period:
     tz = ZoneInfo(tz_name)
     end = _add_month(start)

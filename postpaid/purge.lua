@@ -6,10 +6,11 @@
 -- Reply: records removed
 
 local prefix = ARGV[1] .. '|'
-local flat = redis.call('HKEYS', KEYS[1])
-for _, f in ipairs(flat) do
-  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+local gone = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then gone[#gone + 1] = f end
 end
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
 local rec = ARGV[1] .. ','
 local removed = 0
 while true do

@@ -11,7 +11,7 @@ the records of a period equals its aggregates, to the unit and to the micro.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from charging.rating import UnitKind
 from postpaid.invoices import CATEGORIES, CATEGORY_NAMES, USAGE, Charge, UsageItem, to_minor
@@ -121,23 +121,56 @@ def mask(destination: str, digits: int) -> str:
 
 def itemised(recs: list[Record], units: dict[str, UnitKind], mask_digits: int) -> list[UsageItem]:
     """Rows of the itemised bill: partial records of one session and service merged, in time order."""
-    merged: dict[tuple[str, str, bool], list[int]] = {}
-    first: dict[tuple[str, str, bool], Record] = {}
+    merged: dict[tuple[str, str, bool], list[Any]] = {}
     for r in recs:
         k = (r.ref, r.service, r.roaming)
-        acc = merged.setdefault(k, [0, 0])
-        acc[0] += r.units
-        acc[1] += r.cost_micros
-        first.setdefault(k, r)
+        acc = merged.get(k)
+        if acc is None:
+            merged[k] = [r, r.units, r.cost_micros]
+        else:
+            acc[1] += r.units
+            acc[2] += r.cost_micros
     rows = []
     kinds: dict[tuple[str, str, bool], tuple[str, str]] = {}
-    for k, (u, c) in merged.items():
-        r = first[k]
+    for r, u, c in merged.values():
         kind = kinds.get((r.service, r.zone, r.roaming))
         if kind is None:
             unit = units.get(r.service)
             kind = (category(r.service, unit, r.zone, r.roaming), UNIT_NAMES.get(unit, "") if unit is not None else "")
             kinds[(r.service, r.zone, r.roaming)] = kind
-        rows.append(UsageItem(r.at_ms, r.service, kind[0], mask(r.destination, mask_digits), u, kind[1], c))
+        dest = mask(r.destination, mask_digits) if mask_digits and r.destination else r.destination
+        rows.append(UsageItem(r.at_ms, r.service, kind[0], dest, u, kind[1], c))
+    rows.sort(key=lambda i: (i.at_ms, i.service))
+    return rows
+
+
+def itemised_from_records(
+    raw: list[str], period_id: str, units: dict[str, UnitKind], mask_digits: int
+) -> list[UsageItem]:
+    """``itemised(records(raw, period_id), ...)`` in one pass over the stored records (what a
+    bill run does for every line; the same rows, without the intermediate tuples)."""
+    prefix = period_id + ","
+    merged: dict[tuple[str, str, str], list[Any]] = {}
+    for text in raw:
+        if not text.startswith(prefix):
+            continue
+        _period, at_ms, service, zone, _band, roaming, dest, u, c, ref = text.split(",", 9)
+        k = (ref, service, roaming)
+        acc = merged.get(k)
+        if acc is None:
+            merged[k] = [int(at_ms), service, zone, roaming == "R", dest, int(u), int(c)]
+        else:
+            acc[5] += int(u)
+            acc[6] += int(c)
+    rows = []
+    kinds: dict[tuple[str, str, bool], tuple[str, str]] = {}
+    for at_ms, service, zone, roaming, dest, u, c in merged.values():
+        kind = kinds.get((service, zone, roaming))
+        if kind is None:
+            unit = units.get(service)
+            kind = (category(service, unit, zone, roaming), UNIT_NAMES.get(unit, "") if unit is not None else "")
+            kinds[(service, zone, roaming)] = kind
+        shown = mask(dest, mask_digits) if mask_digits and dest else dest
+        rows.append(UsageItem(at_ms, service, kind[0], shown, u, kind[1], c))
     rows.sort(key=lambda i: (i.at_ms, i.service))
     return rows

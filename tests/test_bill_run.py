@@ -14,7 +14,7 @@ from charging.server import App
 from postpaid import config as billing_config
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
-from postpaid.bill_run import BillRun
+from postpaid.bill_run import BillRun, _close_commands
 from postpaid.invoices import Invoice
 from postpaid.usage import aggregates, reconciles, records
 from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
@@ -154,11 +154,7 @@ async def test_an_interrupted_run_completes_without_a_second_invoice(
     lines = await accounts.lines("C4")
     period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
     ahead = periods.open_periods(period, info["time_zone"], 4)[-1]
-    await run._load_scripts()
-    pipe = client.pipeline(transaction=False)
-    for line in lines:
-        run._close_into(pipe, line.account_id, period, ahead)
-    await pipe.execute()
+    await run._many([c for line in lines for c in _close_commands(line.account_id, period, ahead)])
     report = await run.run()
     assert report.issued == 1
     (number,) = [str(x) for x in await client.lrange(keys.billing_invoices("C4"), 0, -1)]

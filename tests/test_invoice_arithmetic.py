@@ -14,7 +14,18 @@ from postpaid.compose import AccountBill, LineBill, Product, compose
 from postpaid.invoices import Charge, Invoice, TaxRate, share, taxes, to_minor
 from postpaid.periods import by_id, following, open_periods, pack, period_at, unpack
 from postpaid.rentals import Change, charged_days, rental_charges
-from postpaid.usage import Aggregate, Record, aggregates, category, itemised, mask, reconciles, records, usage_charges
+from postpaid.usage import (
+    Aggregate,
+    Record,
+    aggregates,
+    category,
+    itemised,
+    itemised_from_records,
+    mask,
+    reconciles,
+    records,
+    usage_charges,
+)
 
 TZ = "Europe/Berlin"
 UNITS = {"voice": UnitKind.TIME, "sms": UnitKind.SERVICE_SPECIFIC, "data": UnitKind.VOLUME}
@@ -145,6 +156,7 @@ def test_aggregates_and_records_reconcile_and_round_once_per_category() -> None:
     assert (national.amount, national.quantity, national.unit) == (15, 180, "s")
     assert (roaming.description, roaming.amount) == ("Roaming", 50)
     rows = itemised(recs, UNITS, 3)
+    assert itemised_from_records(raw, "2026-01", UNITS, 3) == rows  # the bill run's one-pass form
     assert [r.units for r in rows] == [120, 60, 1048576]  # the two partial records of s1 merged
     assert rows[0].destination == "4915112345xxx"
     assert mask("123", 5) == "xxx"
