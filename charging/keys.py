@@ -198,4 +198,5 @@ def adjustment(adjustment_id: str) -> str:
 
 BILL_OUTBOX = "{bill}:out"  # list: billing notifications (dunning steps) waiting to be relayed
 BILL_DELIVERY = "{bill}:deliver"  # list: numbers of issued invoices waiting to be delivered
+BILL_RECHECK = "{bill}:recheck"  # set: billing accounts to re-evaluate (money moved on them)
 BILL_RESTRICTED = "{bill}:restricted"  # set: billing accounts dunning has barred or suspended

@@ -50,7 +50,8 @@ from postpaid.usage import aggregates, itemised_from_records
 
 log = logging.getLogger("postpaid.bill_run")
 BATCH = 200
-NUMBER = "@@NUMBER@@"
+# Where the issuing script puts the number: control characters never occur in JSON text.
+NUMBER = "\x01NUMBER\x01"
 
 
 @dataclass
@@ -87,7 +88,8 @@ class BillRun:
         self.config = config
         self.catalogs = catalogs
         self.clock = clock
-        self._products_cache: dict[str, tuple[Any, dict[str, Product]]] = {}
+        # Rentals of the plan versions in force at a period's start, by (start, end).
+        self._products_cache: dict[tuple[int, int], tuple[Any, dict[str, Product]]] = {}
 
     async def _load_scripts(self) -> None:
         """Pipelines call scripts by SHA: make sure Redis has them (after a restart too)."""
@@ -268,7 +270,7 @@ class BillRun:
             if final_line and int(state.get("deposit", 0)) and len(await self.accounts.lines(ba)) <= len(lines):
                 deposit = int(state["deposit"])
             invoice = self._compose(ba, state, period, bills, pending, now_s, final_line, deposit)
-            issue_keys, args = self._issue(ba, state, invoice, period, nxt, len(pending), now_s, final_line)
+            issue_keys, args = self._issue(ba, state, invoice, period, nxt, len(pending), now_s, final_line, deposit)
             reply = await ISSUE(self.client, issue_keys, args)
             if reply[0] == "STALE":
                 continue
@@ -295,9 +297,9 @@ class BillRun:
             line=line.line,
             plan_id=str(plan or ""),
             history=history,
-            aggregates=aggregates(flat, period.id),
+            aggregates=aggregates(flat, None),
             records=[],
-            items=tuple(itemised_from_records(recs, period.id, self._units(), self.config.mask_destination_digits)),
+            items=tuple(itemised_from_records(recs, None, self._units(), self.config.mask_destination_digits)),
             unit_path=line.unit_path,
         )
 
@@ -338,6 +340,7 @@ class BillRun:
         pending: int,
         now_s: int,
         final_line: str = "",
+        deposit: int = 0,
     ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         """KEYS and ARGV of issue.lua for this invoice."""
         issue_keys = (
@@ -350,6 +353,7 @@ class BillRun:
             keys.BILL_DUNNING,
             keys.BILL_DUE,
             keys.BILL_DELIVERY,
+            keys.billing_lines(ba),
         )
         args = (
             _with_placeholder(invoice),
@@ -364,11 +368,13 @@ class BillRun:
             period.id,
             nxt.id if nxt else "",
             nxt.end_s if nxt else 0,
+            final_line,
+            deposit,
         )
         return issue_keys, args
 
     def _products(self, period: periods.Period) -> dict[str, Product]:
-        cached = self._products_cache.get(period.id)
+        cached = self._products_cache.get((period.start_s, period.end_s))
         if cached is not None and cached[0] is self.catalogs.current:
             return cached[1]
         out = {}
@@ -377,7 +383,7 @@ class BillRun:
             rental = version.rental_micros if version else 0
             included = (version.recurring.bundle_id,) if version and version.recurring else ()
             out[plan.id] = Product(plan.name, rental, included)
-        self._products_cache[period.id] = (self.catalogs.current, out)
+        self._products_cache[(period.start_s, period.end_s)] = (self.catalogs.current, out)
         return out
 
     def _units(self) -> dict[str, Any]:

@@ -135,14 +135,18 @@ class Billing:
 
     async def final_invoice(self, ba: str, account_id: str) -> str | None:
         """The final invoice of a terminated line, then the line leaves the account."""
+        now_s = self.clock.now_ms() // 1000
+        # Periods that ended before the termination are billed first, as usual (the line's
+        # usage in them is on their invoices); the final invoice covers the period running.
+        while await self.runs.bill(ba, now_s) is not None:
+            pass
         lines = [x for x in await self.accounts.lines(ba) if x.account_id == account_id]
         if not lines:
             return None
         info = await self.accounts.get(ba)
         period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
-        number = await self.runs.invoice(ba, info, period, lines, self.clock.now_ms() // 1000, final_line=account_id)
-        await self.client.hdel(keys.billing_lines(ba), account_id)
-        return number
+        # issue.lua takes the line off the account in the same script.
+        return await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
 
     async def deliver_pending(self, limit: int = 100) -> int:
         """Deliver queued invoices (oldest first); returns how many were handled."""

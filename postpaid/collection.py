@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 
 from charging import keys, metrics
 from charging.clock import Clock
+from charging.errors import InvalidRequest
 from charging.notifications import Notifier
 from charging.store import storage_errors
 from postpaid import dunning
@@ -48,12 +49,15 @@ ORDER_FOR = {
     ServiceState.TERMINATED: ("TERMINATE", {"terminated"}),
 }
 DUNNING_ORDER = "dunning-"
+PROMISE_MAX_DAYS = 30
 
 
 class Lines(Protocol):
     """What collection needs of the line lifecycle (``provisioning.acquisition``)."""
 
     async def get_line(self, msisdn: str) -> dict[str, str] | None: ...
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None: ...
 
     async def order(
         self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = ""
@@ -93,6 +97,7 @@ class Collection:
         with storage_errors():
             due = {str(x) for x in await self.client.zrangebyscore(keys.BILL_DUNNING, "-inf", now_s)}
             due |= {str(x) for x in await self.client.smembers(keys.BILL_RESTRICTED)}
+            due |= {str(x) for x in await self.client.smembers(keys.BILL_RECHECK)}
         report = CollectionReport(accounts=len(due))
         for ba in sorted(due):
             try:
@@ -118,7 +123,16 @@ class Collection:
         return out
 
     async def evaluate(self, ba: str) -> dunning.Decision:
-        """One dunning evaluation of the account today (see the module docstring)."""
+        """One dunning evaluation of the account today (see the module docstring). An
+        evaluation that finds the account's state changed under it (a payment came in)
+        decides again on what is there now."""
+        for _attempt in range(5):
+            decision = await self._evaluate(ba)
+            if decision is not None:
+                return decision
+        raise RuntimeError("the billing account kept changing during dunning")
+
+    async def _evaluate(self, ba: str) -> dunning.Decision | None:
         today = self.today()
         info = await self.accounts.get(ba)
         state = ServiceState(info.get("state", "ACTIVE"))
@@ -162,7 +176,7 @@ class Collection:
                 triples += [f"state|{action.target.value}|{epoch}", "", changed]
         target = decision.state.value if decision.state != state else ""
         with storage_errors():
-            await DUNNING(
+            applied = await DUNNING(
                 self.client,
                 (
                     keys.billing_dunning_done(ba),
@@ -170,45 +184,65 @@ class Collection:
                     keys.billing_account(ba),
                     keys.BILL_OUTBOX,
                     keys.BILL_AUDIT,
+                    keys.BILL_DUE,
                 ),
-                (target, overdue, len(triples) // 3, *triples, now_ms // 1000),
+                (target, overdue, len(triples) // 3, *triples, now_ms // 1000, info.get("epoch", "0")),
             )
-            if decision.state in ORDER_FOR:
-                await self.client.sadd(keys.BILL_RESTRICTED, ba)
-            else:
-                await self.client.srem(keys.BILL_RESTRICTED, ba)
+        if applied == -1:
+            return None
         for action in decision.actions:
             metrics.DUNNING_ACTIONS.labels(type(action).__name__).inc()
         await self.accounts.set_overdue(ba, overdue)
-        await self.follow(ba)
+        unsettled = await self.follow(ba)
+        with storage_errors():
+            # Restricted accounts, and restored ones whose lines are not all back yet, are
+            # looked at on every run until their lines match.
+            if decision.state in ORDER_FOR or unsettled:
+                await self.client.sadd(keys.BILL_RESTRICTED, ba)
+            else:
+                await self.client.srem(keys.BILL_RESTRICTED, ba)
+            await self.client.srem(keys.BILL_RECHECK, ba)
         if self.notifier is not None and triples:
             await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
         return decision
 
-    async def follow(self, ba: str) -> None:
-        """Order each line into the account's dunning state (or out of it once restored)."""
+    async def follow(self, ba: str) -> bool:
+        """Order each line into the account's dunning state (or out of it once restored);
+        True while some line has not got there yet."""
         if self.lines is None:
-            return
+            return False
         info = await self.accounts.get(ba)
         state = ServiceState(info.get("state", "ACTIVE"))
         epoch = info.get("epoch", "0")
+        unsettled = False
         for line in await self.accounts.lines(ba):
             current = await self.lines.get_line(line.line)
             if current is None or current["state"] == "terminated":
                 continue
             order_id = f"{DUNNING_ORDER}{ba}-{epoch}-{line.account_id}"
+            by_dunning = current.get("order_id", "").startswith(DUNNING_ORDER)
             if state in ORDER_FOR:
                 kind, reached = ORDER_FOR[state]
                 if current["state"] not in reached:
                     reason = "NON_PAYMENT" if kind == "TERMINATE" else ""
                     await self.lines.order(order_id, line.line, kind, reason=reason)
-            elif current["state"] in ("barred_outgoing", "suspended") and current.get("order_id", "").startswith(
-                DUNNING_ORDER
-            ):
-                await self.lines.order(order_id, line.line, "RESUME")
+                    unsettled = True
+            elif current["state"] in ("barred_outgoing", "suspended") and by_dunning:
+                order = await self.lines.order(order_id, line.line, "RESUME")
+                unsettled = unsettled or order.get("status") != "COMPLETED"
+            elif by_dunning and current.get("order_id") != order_id:
+                # A bar or suspension ordered before the payment may still be on its way:
+                # look again until it is acknowledged, then resume.
+                previous = await self.lines.get_order(current["order_id"])
+                unsettled = unsettled or (previous is not None and previous.get("status") == "IN_PROGRESS")
+        return unsettled
 
     async def promise(self, ba: str, until: date, actor: str) -> None:
-        """A promise to pay: the account's invoices are not dunned until ``until``."""
+        """A promise to pay: the account's invoices are not dunned until ``until`` (at
+        most ``PROMISE_MAX_DAYS`` ahead)."""
+        today = self.today()
+        if not today <= until <= today + timedelta(days=PROMISE_MAX_DAYS):
+            raise InvalidRequest("until", f"must be a date from today to {PROMISE_MAX_DAYS} days ahead")
         await self.client.hset(keys.billing_account(ba), "promised_until", until.isoformat())
         await self.client.xadd(
             keys.BILL_AUDIT, {"action": "promise_to_pay", "actor": actor, "ba": ba, "until": until.isoformat()}

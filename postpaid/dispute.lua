@@ -2,8 +2,10 @@
 --
 -- KEYS[1] dispute record    {bill}:disp:ID
 -- KEYS[2] invoice state     {bill}:is:NUMBER
--- ARGV[1] OPEN, REJECT or ACCEPTED (after its credit note)   ARGV[2] amount (minor units)
--- ARGV[3] the record JSON to store
+-- ARGV[1] OPEN, ACCEPT or REJECT   ARGV[2] amount (minor units)   ARGV[3] the record JSON
+--
+-- ACCEPT decides the dispute (its credit note follows, idempotent, and releases the hold);
+-- REJECT releases the hold. Whichever of the two comes first decides: the other is CLOSED.
 --
 -- Reply: {'DONE'} | {'SAME'} (already in that state) | {'TOOMUCH', open undisputed}
 --        | {'NOINVOICE'} | {'NODISPUTE'} | {'CLOSED', status}
@@ -21,14 +23,12 @@ if op == 'OPEN' then
   return {'DONE'}
 end
 if not prev then return {'NODISPUTE'} end
-if prev == op then return {'SAME'} end
+local target = (op == 'ACCEPT') and 'ACCEPTED' or 'REJECTED'
+if prev == target then return {'SAME'} end
 if prev ~= 'OPEN' then return {'CLOSED', prev} end
 if op == 'REJECT' then
   local disputed = tonumber(redis.call('HGET', KEYS[2], 'disputed'))
   redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(ARGV[2]), 0)))
-  redis.call('HSET', KEYS[1], 'status', 'REJECTED', 'doc', ARGV[3])
-else
-  -- the credit note released the hold already (pay.lua CREDIT)
-  redis.call('HSET', KEYS[1], 'status', 'ACCEPTED', 'doc', ARGV[3])
 end
+redis.call('HSET', KEYS[1], 'status', target, 'doc', ARGV[3])
 return {'DONE'}

@@ -6,23 +6,31 @@
 -- KEYS[3] billing account   {bill}:ba:BA
 -- KEYS[4] outbox            {bill}:out
 -- KEYS[5] audit stream      {bill}:audit
+-- KEYS[6] bill run index    {bill}:due
 -- ARGV[1] service state to record ('' keep)   ARGV[2] the collectible overdue amount
 -- ARGV[3] n records, then n triples:
 --         done member, charge JSON for the next invoice ('' none), notification ('' none)
--- ARGV[4 + 3n] now (s)
+-- ARGV[4 + 3n] now (s)        ARGV[5 + 3n] the account's state epoch the decision was made on
 --
 -- Reaching TERMINATED hands the account over to collection: recorded once in the audit.
+-- A charge makes sure the account is billed again (an account whose lines all ended).
 --
 -- A triple whose member is already in KEYS[1] was applied before and is skipped whole.
--- Reply: number of triples applied now
+-- Reply: number of triples applied now, or -1 when the account's state changed since the
+-- decision was made (another evaluation came first): nothing is applied, decide again.
 
-local applied = 0
 local n = tonumber(ARGV[3])
+local now = ARGV[4 + 3 * n]
+if (redis.call('HGET', KEYS[3], 'epoch') or '0') ~= ARGV[5 + 3 * n] then return -1 end
+local applied = 0
 for i = 0, n - 1 do
   local member, charge, note = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
   if redis.call('SADD', KEYS[1], member) == 1 then
     applied = applied + 1
-    if charge ~= '' then redis.call('RPUSH', KEYS[2], charge) end
+    if charge ~= '' then
+      redis.call('RPUSH', KEYS[2], charge)
+      redis.call('ZADD', KEYS[6], 'NX', now, string.sub(KEYS[3], #'{bill}:ba:' + 1))
+    end
     if note ~= '' then redis.call('RPUSH', KEYS[4], note) end
   end
 end
@@ -33,7 +41,7 @@ if ARGV[1] ~= '' then
     redis.call('HINCRBY', KEYS[3], 'epoch', 1)
     if ARGV[1] == 'TERMINATED' then
       redis.call('XADD', KEYS[5], '*', 'action', 'collection_handover', 'actor', 'dunning',
-        'ba', string.sub(KEYS[3], #'{bill}:ba:' + 1), 'amount', ARGV[2], 'at', ARGV[4 + 3 * n])
+        'ba', string.sub(KEYS[3], #'{bill}:ba:' + 1), 'amount', ARGV[2], 'at', now)
     end
   end
 end

@@ -11,13 +11,18 @@
 -- ARGV[1] kind: PAY, CREDIT or REFUND     ARGV[2] payload digest
 -- ARGV[3] amount (minor units, > 0)        ARGV[4] at (s)
 -- ARGV[5] invoice state key prefix "{bill}:is:"
--- ARGV[6] record JSON (channel, reference, reason, ...); @@NUMBER@@ stands for a credit
---         note's number and @@ALLOCATIONS@@ for the allocations
+-- ARGV[6] record JSON (channel, reference, reason, ...); \1NUMBER\1 stands for a credit
+--         note's number and \1ALLOCATIONS\1 for the allocations (control characters never
+--         occur in JSON text, so a reference or reason cannot forge them)
 -- ARGV[7] CREDIT: the invoice it credits   ARGV[8] CREDIT: disputed amount it settles
 -- ARGV[9] CREDIT: number prefix ("CN-")    ARGV[10] CREDIT: credit note key prefix
 --
+-- A credit note is at most what the invoice has not been credited yet; what it does not
+-- settle of its invoice pays the other open invoices, oldest first, then stays as credit.
+--
 -- Reply: {'DONE', record JSON, credit} | {'REPLAY', record JSON} | {'CONFLICT'}
 --        | {'NOCREDIT'} (a refund larger than the credit) | {'NOINVOICE'}
+--        | {'TOOMUCH', creditable} (a credit note above what the invoice can still be credited)
 
 local stored = redis.call('GET', KEYS[1])
 if stored then
@@ -59,7 +64,10 @@ else
   local rest = amount
   if kind == 'CREDIT' then
     local key = ARGV[5] .. ARGV[7]
-    if redis.call('EXISTS', key) == 0 then return {'NOINVOICE'} end
+    local inv = redis.call('HMGET', key, 'total', 'credited')
+    if not inv[1] then return {'NOINVOICE'} end
+    local creditable = tonumber(inv[1]) - tonumber(inv[2] or '0')
+    if amount > creditable then return {'TOOMUCH', string.format('%d', math.max(creditable, 0))} end
     local release = tonumber(ARGV[8])
     if release > 0 then
       local disputed = tonumber(redis.call('HGET', key, 'disputed'))
@@ -67,20 +75,19 @@ else
     end
     rest = rest - settle(ARGV[7], rest)
     local number = ARGV[9] .. string.format('%08d', redis.call('INCR', KEYS[6]))
-    record = string.gsub(record, '@@NUMBER@@', number, 1)
+    record = string.gsub(record, '\1NUMBER\1', number, 1)
     note_key = ARGV[10] .. number
     redis.call('HINCRBY', key, 'credited', amount)
-  else
-    for _, number in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
-      if rest <= 0 then break end
-      rest = rest - settle(number, rest)
-    end
+  end
+  for _, number in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    if rest <= 0 then break end
+    rest = rest - settle(number, rest)
   end
   credit = credit + rest
   balance = balance - amount
 end
 
-record = string.gsub(record, '@@ALLOCATIONS@@', '{' .. table.concat(allocations, ',') .. '}', 1)
+record = string.gsub(record, '\1ALLOCATIONS\1', '{' .. table.concat(allocations, ',') .. '}', 1)
 if note_key then redis.call('SET', note_key, record) end
 redis.call('SET', KEYS[1], ARGV[2] .. '|' .. record)
 redis.call('RPUSH', KEYS[4], KEYS[1])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,9 +34,13 @@ from postpaid.config import BillingConfig
 from postpaid.invoices import ADJUSTMENT, Charge, Invoice
 from postpaid.scripts import DISPUTE, PAY
 
+log = logging.getLogger("postpaid.payments")
 MAX_MINOR = 10**13
 Changed = Callable[[str], Awaitable[None]]
-CHANNELS = ("BANK_TRANSFER", "CARD", "DIRECT_DEBIT", "CASH", "APP", "RETAIL", "REFUND")
+CHANNELS = ("BANK_TRANSFER", "CARD", "DIRECT_DEBIT", "CASH", "APP", "RETAIL")
+# Where pay.lua puts a credit note's number and the allocations: control characters,
+# which JSON text never contains, so no reference or reason can forge them.
+NUMBER, ALLOCATIONS = "\x01NUMBER\x01", "\x01ALLOCATIONS\x01"
 
 
 def _digest(*parts: object) -> str:
@@ -63,8 +68,15 @@ class Payments:
         self.on_change: Changed | None = None
 
     async def _changed(self, ba: str) -> None:
-        if self.on_change is not None:
+        """Re-evaluate the account now. The change itself is applied already: a failure
+        here is logged, and the account stays marked for the next collection run."""
+        if self.on_change is None:
+            return
+        await self.client.sadd(keys.BILL_RECHECK, ba)
+        try:
             await self.on_change(ba)
+        except Exception:
+            log.exception("re-evaluating an account after a payment failed; the next run does it")
 
     async def _account_exists(self, ba: str) -> None:
         if not await self.client.exists(keys.billing_account(ba)):
@@ -91,6 +103,8 @@ class Payments:
             raise LimitExceeded("the refund is larger than the account's credit")
         if kind == "NOINVOICE":
             raise NotFound("no such invoice")
+        if kind == "TOOMUCH":
+            raise InvalidRequest("amount_minor", f"at most what the invoice can still be credited ({reply[1]})")
         record: dict[str, Any] = json.loads(reply[1])
         record["replayed"] = kind == "REPLAY"
         return record
@@ -104,7 +118,7 @@ class Payments:
         await self._account_exists(ba)
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "PAYMENT", "ba": ba, "amount": amount, "channel": channel, "reference": reference})
-        doc = doc[:-1] + ', "at": ' + str(now_s) + ', "allocations": @@ALLOCATIONS@@}'
+        doc = doc[:-1] + ', "at": ' + str(now_s) + ', "allocations": ' + ALLOCATIONS + "}"
         args = ["PAY", _digest(ba, amount, channel), amount, now_s, keys.invoice_state(""), doc]
         record = await self._money(keys.payment(channel, reference), ba, args)
         if not record["replayed"]:
@@ -113,15 +127,20 @@ class Payments:
         await self._changed(ba)
         return record
 
-    async def refund(self, ba: str, amount: int, reference: str, reason: str) -> dict[str, Any]:
-        """Pay back part of the account's credit (an overpayment)."""
+    async def refund(self, ba: str, amount: int, reference: str, reason: str, actor: str = "") -> dict[str, Any]:
+        """Pay back part of the account's credit (an overpayment), with a reason; audited."""
         _amount(amount, "amount_minor")
         _key_part(reference, "reference")
+        if not reason.strip():
+            raise InvalidRequest("reason", "is required")
         await self._account_exists(ba)
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "REFUND", "ba": ba, "amount": amount, "reference": reference, "reason": reason})
         args = ["REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc]
-        return await self._money(keys.payment("REFUND", reference), ba, args)
+        record = await self._money(keys.payment("REFUND", reference), ba, args)
+        if not record["replayed"]:
+            await self._audit("refund", actor or "api", ba, amount, reason, reference)
+        return record
 
     async def credit_note(self, number: str, amount: int, reason: str, key: str, release: int = 0) -> dict[str, Any]:
         """Credit an issued invoice (it stays as issued: the credit note is its own
@@ -134,7 +153,7 @@ class Payments:
             raise NotFound("no such invoice")
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "CREDIT_NOTE", "ba": str(ba), "invoice": number, "amount": amount, "reason": reason})
-        doc = doc[:-1] + ', "number": "@@NUMBER@@", "at": ' + str(now_s) + ', "allocations": @@ALLOCATIONS@@}'
+        doc = doc[:-1] + f', "number": "{NUMBER}", "at": {now_s}, "allocations": {ALLOCATIONS}}}'
         args = [
             "CREDIT",
             _digest(number, amount, reason),
@@ -187,23 +206,25 @@ class Payments:
         return await self.dispute(dispute_id)
 
     async def resolve_dispute(self, dispute_id: str, accept: bool, reason: str, actor: str) -> dict[str, Any]:
-        """Accept (credit note for the disputed amount) or reject (with a reason)."""
+        """Accept (a credit note for the disputed amount, releasing the hold) or reject
+        (releasing the hold, with a reason). Deciding comes first and is atomic, so an
+        accept and a reject racing cannot both happen; accepting again after a crash
+        completes the credit note once."""
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
         d = await self.dispute(dispute_id)
-        if d["status"] not in ("OPEN", "ACCEPTED" if accept else "REJECTED"):
-            raise Conflict(f"the dispute is already {d['status']}")
         key = (keys.dispute(dispute_id), keys.invoice_state(d["invoice"]))
+        doc = {**_bare(d), "resolution": reason}
+        reply = await DISPUTE(self.client, key, ("ACCEPT" if accept else "REJECT", d["amount"], json.dumps(doc)))
+        if reply[0] == "CLOSED":
+            raise Conflict(f"the dispute is already {reply[1]}")
         if accept:
             note = await self.credit_note(d["invoice"], d["amount"], reason, f"dispute-{dispute_id}", d["amount"])
-            doc = {**d, "resolution": reason, "credit_note": note.get("number", "")}
-            await DISPUTE(self.client, key, ("ACCEPTED", d["amount"], json.dumps(_bare(doc))))
-        else:
-            doc = {**d, "resolution": reason}
-            await DISPUTE(self.client, key, ("REJECT", d["amount"], json.dumps(_bare(doc))))
-        await self._audit(
-            "dispute_" + ("accepted" if accept else "rejected"), actor, d["ba"], d["amount"], reason, dispute_id
-        )
+            doc["credit_note"] = note.get("number", "")
+            await self.client.hset(keys.dispute(dispute_id), "doc", json.dumps(doc))
+        if reply[0] == "DONE":
+            action = "dispute_accepted" if accept else "dispute_rejected"
+            await self._audit(action, actor, d["ba"], d["amount"], reason, dispute_id)
         await self._changed(d["ba"])
         return await self.dispute(dispute_id)
 
@@ -239,6 +260,8 @@ class Payments:
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.set(keys.adjustment(adjustment_id), json.dumps(doc))
             pipe.rpush(keys.billing_pending(ba), json.dumps(charge.__dict__))
+            # An account whose lines have all ended is billed again for it.
+            pipe.zadd(keys.BILL_DUE, {ba: now_s}, nx=True)
             pipe.xadd(keys.BILL_AUDIT, _audit_fields("adjustment", actor, ba, amount, reason, adjustment_id, now_s))
             await pipe.execute()
         return doc

@@ -1,29 +1,27 @@
--- Drop a closed and invoiced period's usage from a charging account (run again: nothing).
+-- Drop invoiced usage from a charging account: every period up to ARGV[1] (period ids
+-- compare as text), wherever it stands in the records list. Run again: nothing.
 --
 -- KEYS[1] usage aggregates  {a:ID}:u       KEYS[2] usage records  {a:ID}:ud
--- ARGV[1] the period
--- Records are appended in time order, so the period's records are at the head.
+-- ARGV[1] the period billed
 -- Reply: records removed
 
-local prefix = ARGV[1] .. '|'
+local upto = ARGV[1]
 local gone = {}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, #prefix) == prefix then gone[#gone + 1] = f end
+  if string.sub(f, 1, string.find(f, '|', 1, true) - 1) <= upto then gone[#gone + 1] = f end
 end
 if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
-local rec = ARGV[1] .. ','
-local removed = 0
-while true do
-  local head = redis.call('LRANGE', KEYS[2], 0, 99)
-  if #head == 0 then break end
-  local n = 0
-  for _, r in ipairs(head) do
-    if string.sub(r, 1, #rec) ~= rec then break end
-    n = n + 1
+
+local all = redis.call('LRANGE', KEYS[2], 0, -1)
+local keep = {}
+for _, r in ipairs(all) do
+  if string.sub(r, 1, string.find(r, ',', 1, true) - 1) > upto then keep[#keep + 1] = r end
+end
+local removed = #all - #keep
+if removed > 0 then
+  redis.call('DEL', KEYS[2])
+  for i = 1, #keep, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(keep, i, math.min(i + 999, #keep)))
   end
-  if n == 0 then break end
-  redis.call('LTRIM', KEYS[2], n, -1)
-  removed = removed + n
-  if n < #head then break end
 end
 return removed

@@ -44,15 +44,20 @@ class Record(NamedTuple):
     ref: str
 
 
-def aggregates(flat: dict[str, str], period_id: str) -> list[Aggregate]:
-    """The aggregates of one period out of the account's ``:u`` hash."""
-    out = []
+def aggregates(flat: dict[str, str], period_id: str | None) -> list[Aggregate]:
+    """The aggregates of one period out of the account's ``:u`` hash (None: of every
+    period given, summed: what ``close.lua`` returns is already the invoice's)."""
+    summed: dict[tuple[str, str, str, str], list[int]] = {}
     for field, value in flat.items():
         period, service, zone, band, roaming = field.split("|")
-        if period != period_id:
+        if period_id is not None and period != period_id:
             continue
         units, cost, n = (int(x) for x in value.split(","))
-        out.append(Aggregate(service, zone, band, roaming == "R", units, cost, n))
+        acc = summed.setdefault((service, zone, band, roaming), [0, 0, 0])
+        acc[0] += units
+        acc[1] += cost
+        acc[2] += n
+    out = [Aggregate(s, z, b, r == "R", u, c, n) for (s, z, b, r), (u, c, n) in summed.items()]
     return sorted(out, key=lambda a: (a.service, a.zone, a.band, a.roaming))
 
 
@@ -145,11 +150,12 @@ def itemised(recs: list[Record], units: dict[str, UnitKind], mask_digits: int) -
 
 
 def itemised_from_records(
-    raw: list[str], period_id: str, units: dict[str, UnitKind], mask_digits: int
+    raw: list[str], period_id: str | None, units: dict[str, UnitKind], mask_digits: int
 ) -> list[UsageItem]:
     """``itemised(records(raw, period_id), ...)`` in one pass over the stored records (what a
-    bill run does for every line; the same rows, without the intermediate tuples)."""
-    prefix = period_id + ","
+    bill run does for every line; the same rows, without the intermediate tuples). None:
+    every record given (``close.lua`` returns the invoice's records only)."""
+    prefix = "" if period_id is None else period_id + ","
     merged: dict[tuple[str, str, str], list[Any]] = {}
     for text in raw:
         if not text.startswith(prefix):

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -26,6 +27,8 @@ from charging.v1 import (
     common_pb2,
     topup_pb2_grpc,
 )
+from postpaid import config as billing_config
+from postpaid.billing import Billing
 
 
 def free_port() -> int:
@@ -166,3 +169,38 @@ def session_request(
         if g.get("final"):
             rg.reporting_reason = charging_pb2.REPORTING_REASON_FINAL
     return req
+
+
+class LineBook:
+    """The line lifecycle as collection sees it: orders are applied at once (the network
+    simulator and the provisioning worker are exercised end to end in test_postpaid_e2e)."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, dict[str, str]] = {}
+        self.orders: list[tuple[str, str, str]] = []
+
+    async def get_line(self, msisdn: str) -> dict[str, str] | None:
+        return self.lines.get(msisdn)
+
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+        if any(o[0] == order_id for o in self.orders):
+            return {"status": "COMPLETED"}
+        self.orders.append((order_id, msisdn, kind))
+        state = {"BAR_OUTGOING": "barred_outgoing", "SUSPEND": "suspended", "RESUME": "active"}.get(kind, "terminated")
+        self.lines[msisdn] = {"state": state, "order_id": order_id}
+        return {"status": "COMPLETED"}
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+        return {"status": "COMPLETED"} if any(o[0] == order_id for o in self.orders) else None
+
+
+@pytest.fixture
+async def postpaid_billing(app: App, clock: ManualClock) -> AsyncIterator[tuple[Billing, LineBook]]:
+    """Billing on the app's Redis and catalog, on 2026-01-10, ordering lines through a
+    ``LineBook``."""
+    clock.advance(ms=1_768_046_400_000 - clock.now_ms())  # 2026-01-10 12:00 UTC
+    assert app.redis is not None and app.catalogs is not None
+    b = Billing(app.redis, billing_config.default(), app.catalogs, clock)
+    book = LineBook()
+    b.attach_lines(book)
+    yield b, book

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import date
 from importlib import resources
 from typing import Any
@@ -19,40 +18,10 @@ from postpaid import config as billing_config
 from postpaid.billing import Billing
 from postpaid.dunning import ServiceState
 from postpaid.invoices import Invoice
-from tests.conftest import Stubs
-from tests.test_bill_run import JAN_10, LIMIT, call
+from tests.conftest import LineBook, Stubs
+from tests.test_bill_run import LIMIT, call
 
 DAY = 86_400
-
-
-class LineBook:
-    """The line lifecycle as collection sees it: orders are applied at once (the network
-    simulator and the provisioning worker are exercised end to end in test_postpaid_e2e)."""
-
-    def __init__(self) -> None:
-        self.lines: dict[str, dict[str, str]] = {}
-        self.orders: list[tuple[str, str, str]] = []
-
-    async def get_line(self, msisdn: str) -> dict[str, str] | None:
-        return self.lines.get(msisdn)
-
-    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
-        if any(o[0] == order_id for o in self.orders):
-            return {}
-        self.orders.append((order_id, msisdn, kind))
-        state = {"BAR_OUTGOING": "barred_outgoing", "SUSPEND": "suspended", "RESUME": "active"}.get(kind, "terminated")
-        self.lines[msisdn] = {"state": state, "order_id": order_id}
-        return {}
-
-
-@pytest.fixture
-async def billing(app: App, clock: ManualClock) -> AsyncIterator[tuple[Billing, LineBook]]:
-    clock.advance(ms=JAN_10 * 1000 - clock.now_ms())
-    assert app.redis is not None and app.catalogs is not None
-    b = Billing(app.redis, billing_config.default(), app.catalogs, clock)
-    book = LineBook()
-    b.attach_lines(book)
-    yield b, book
 
 
 async def invoiced(stubs: Stubs, b: Billing, book: LineBook, clock: ManualClock, ba: str, msisdn: str) -> Invoice:
@@ -77,9 +46,9 @@ async def invoiced(stubs: Stubs, b: Billing, book: LineBook, clock: ManualClock,
 
 
 async def test_payments_allocate_oldest_first_keep_credit_and_are_idempotent(
-    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
-    b, book = billing
+    b, book = postpaid_billing
     first = await invoiced(stubs, b, book, clock, "7", "491700000301")
     clock.advance(seconds=31 * DAY)
     await b.runs.run()
@@ -113,9 +82,9 @@ async def test_payments_allocate_oldest_first_keep_credit_and_are_idempotent(
 
 
 async def test_disputes_hold_amounts_out_of_dunning_and_resolve_by_credit_note_or_rejection(
-    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
-    b, book = billing
+    b, book = postpaid_billing
     inv = await invoiced(stubs, b, book, clock, "8", "491700000302")
     with pytest.raises(InvalidRequest, match="amount_minor"):
         await b.payments.open_dispute("d1", inv.number, inv.total + 1, "too much", "agent-1")
@@ -137,9 +106,9 @@ async def test_disputes_hold_amounts_out_of_dunning_and_resolve_by_credit_note_o
 
 
 async def test_dunning_walks_the_ladder_once_and_a_payment_restores(
-    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
-    b, book = billing
+    b, book = postpaid_billing
     inv = await invoiced(stubs, b, book, clock, "9", "491700000303")
     assert app.redis is not None
     client: aioredis.Redis = app.redis
@@ -178,9 +147,9 @@ async def test_dunning_walks_the_ladder_once_and_a_payment_restores(
 
 
 async def test_adjustments_are_audited_and_idempotent(
-    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
-    b, book = billing
+    b, book = postpaid_billing
     await invoiced(stubs, b, book, clock, "10", "491700000304")
     a = await b.payments.adjust("adj-1", "C10", -500, "goodwill for an outage", "agent-7")
     assert a["amount"] == -500
@@ -199,9 +168,9 @@ async def test_adjustments_are_audited_and_idempotent(
 
 
 async def test_a_terminated_line_gets_a_final_invoice_with_the_deposit_offset(
-    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
-    b, _book = billing
+    b, _book = postpaid_billing
     sub = await stubs.subscriber(msisdn="491700000305", balance=0, plan="mobile-postpaid")
     line = {"account_id": sub.account_id, "customer_id": "11", "customer_type": "MOBILE_POSTPAID"}
     common: dict[str, Any] = {
@@ -258,9 +227,9 @@ def _billing_doc() -> dict[str, Any]:
 
 
 async def test_sixty_days_overdue_terminates_and_hands_over_to_collection(
-    stubs: Stubs, billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
-    b, book = billing
+    b, book = postpaid_billing
     inv = await invoiced(stubs, b, book, clock, "13", "491700000307")
     clock.advance(seconds=((inv.due - date(2026, 2, 10)).days + 61) * DAY)
     decision = await b.collection.evaluate("C13")

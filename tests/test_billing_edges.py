@@ -1,0 +1,176 @@
+"""Billing at the edges: records out of order, late joiners, termination after a period
+ended, credit notes and credit, forged placeholders, promises, charges after the last line."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from charging import keys
+from charging.clock import ManualClock
+from charging.errors import InvalidRequest
+from charging.server import App
+from postpaid import periods
+from postpaid.billing import Billing
+from tests.conftest import LineBook, Stubs
+from tests.test_bill_run import LIMIT, call
+from tests.test_payments import DAY, invoiced
+
+
+async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: int = 0) -> str:
+    sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
+    line = {"account_id": sub.account_id, "customer_id": customer, "customer_type": "MOBILE_POSTPAID"}
+    await b.line_changed(
+        msisdn=msisdn,
+        line=line,
+        state="active",
+        plan_id="mobile-postpaid",
+        customer={"credit_limit": str(LIMIT), "deposit": str(deposit)},
+        paying_unit="",
+        unit_path=(),
+        label="Customer",
+    )
+    return sub.account_id
+
+
+async def test_records_out_of_order_at_a_period_boundary_are_all_billed_and_purged(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, _book = postpaid_billing
+    acct = await enrol(stubs, b, "20", "491700000401")
+    assert await call(stubs, "491700000401", "a", 60) == 2001
+    client: aioredis.Redis = app.redis  # type: ignore[assignment]
+    # Two servers' clocks apart at the boundary: a record of the next period lands between
+    # two of this period's.
+    first = [str(x) for x in await client.lrange(keys.usage_records(acct), 0, -1)]
+    nxt = first[0].replace("2026-01,", "2026-02,", 1).replace(",a", ",b")
+    late = first[0].replace(",a", ",c")
+    await client.rpush(keys.usage_records(acct), nxt, late)
+    field = next(iter(await client.hkeys(keys.usage(acct))))
+    units, cost, n = (int(x) for x in str(await client.hget(keys.usage(acct), field)).split(","))
+    await client.hset(keys.usage(acct), field, f"{2 * units},{2 * cost},{2 * n}")
+    await client.hset(keys.usage(acct), field.replace("2026-01", "2026-02", 1), f"{units},{cost},1")
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 1
+    (number,) = await b.invoices_of("C20")
+    inv = await b.invoice(number)
+    assert len(inv.sections[0].usage) == 2  # both January records, none of February
+    left = [str(x) for x in await client.lrange(keys.usage_records(acct), 0, -1)]
+    assert left == [nxt]
+
+
+async def test_a_line_that_joined_while_a_period_was_billed_is_billed_with_the_next(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, _book = postpaid_billing
+    await enrol(stubs, b, "21", "491700000402")
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 1  # January is billed
+    # A second line enrolled with the open periods read before that run: January first.
+    sub = await stubs.subscriber(msisdn="491700000403", balance=0, plan="mobile-postpaid")
+    client: aioredis.Redis = app.redis  # type: ignore[assignment]
+    jan = periods.by_id("2026-01", 10, "Europe/Berlin")
+    bp = periods.pack(periods.open_periods(jan, "Europe/Berlin"))
+    await client.hset(keys.account(sub.account_id), mapping={"bp": bp, "credit_limit": LIMIT, "balance": LIMIT})
+    await client.hset(keys.billing_lines("C21"), sub.account_id, '{"line": "491700000403", "unit_path": []}')
+    await client.rpush(keys.line_history(sub.account_id), f"{clock.now_ms() // 1000},active,mobile-postpaid")
+    assert await call(stubs, "491700000403", "late", 60) == 2001  # recorded in January's bucket
+    clock.advance(seconds=28 * DAY)
+    report = await b.runs.run()
+    assert (report.issued, report.failed) == (1, 0)
+    february = await b.invoice((await b.invoices_of("C21"))[-1])
+    joined = next(s for s in february.sections if s.line == "491700000403")
+    assert [u.units for u in joined.usage] == [60]
+
+
+async def test_a_termination_after_a_period_ended_bills_that_period_then_the_final_one(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, _book = postpaid_billing
+    acct = await enrol(stubs, b, "22", "491700000404", deposit=50_000_000)
+    assert await call(stubs, "491700000404", "jan", 60) == 2001
+    clock.advance(seconds=33 * DAY)  # February 12: January ended, not billed yet
+    assert await call(stubs, "491700000404", "feb", 120) == 2001
+    line = {"account_id": acct, "customer_id": "22", "customer_type": "MOBILE_POSTPAID"}
+    await b.line_changed(
+        msisdn="491700000404",
+        line=line,
+        state="terminated",
+        plan_id="mobile-postpaid",
+        customer={},
+        paying_unit="",
+        unit_path=(),
+        label="Customer",
+    )
+    regular, final = [await b.invoice(n) for n in await b.invoices_of("C22")]
+    assert (regular.kind, final.kind) == ("REGULAR", "FINAL")
+    assert [u.units for u in regular.sections[0].usage] == [60]
+    assert [u.units for u in final.sections[0].usage] == [120]
+    assert [c.kind for c in final.account_charges] == ["DEPOSIT"]
+    assert (await b.account("C22"))["deposit"] == "0"  # used up: never offset twice
+
+
+async def test_credit_notes_are_bounded_and_their_surplus_pays_older_invoices(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = postpaid_billing
+    first = await invoiced(stubs, b, book, clock, "23", "491700000405")
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    second_number = (await b.invoices_of("C23"))[-1]
+    second = await b.invoice(second_number)
+    await b.payments.pay("C23", first.total, "CARD", "pay-1")  # the oldest invoice, in full
+    with pytest.raises(InvalidRequest, match="amount_minor"):
+        await b.payments.credit_note(first.number, first.total + 1, "too much", "cn-0")
+    # The first invoice is paid: crediting it pays the second, still open.
+    note = await b.payments.credit_note(first.number, 300, "goodwill", "cn-1")
+    assert note["number"].startswith("CN-") and note["allocations"] == {second_number: 300}
+    assert int((await b.invoice_state(second_number))["open"]) == second.total - 300
+    assert int((await b.account("C23"))["credit"]) == 0
+    with pytest.raises(InvalidRequest):
+        await b.payments.credit_note(first.number, first.total, "again", "cn-2")
+
+
+async def test_placeholders_in_a_reference_or_reason_cannot_forge_the_record(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, book = postpaid_billing
+    inv = await invoiced(stubs, b, book, clock, "24", "491700000406")
+    record = await b.payments.pay("C24", 100, "BANK_TRANSFER", "@@ALLOCATIONS@@")
+    assert record["reference"] == "@@ALLOCATIONS@@" and record["allocations"] == {inv.number: 100}
+    again = await b.payments.pay("C24", 100, "BANK_TRANSFER", "@@ALLOCATIONS@@")
+    assert again["replayed"]
+    note = await b.payments.credit_note(inv.number, 50, "@@NUMBER@@ \x01NUMBER\x01", "cn-x")
+    assert note["reason"] == "@@NUMBER@@ \x01NUMBER\x01" and note["number"].startswith("CN-")
+
+
+async def test_promises_to_pay_are_bounded(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, book = postpaid_billing
+    await invoiced(stubs, b, book, clock, "25", "491700000407")
+    today = b.collection.today()
+    with pytest.raises(InvalidRequest, match="until"):
+        await b.collection.promise("C25", today + timedelta(days=365), "agent")
+    with pytest.raises(InvalidRequest, match="until"):
+        await b.collection.promise("C25", today - timedelta(days=1), "agent")
+    await b.collection.promise("C25", today + timedelta(days=10), "agent")
+
+
+async def test_charges_after_the_last_line_ended_are_still_invoiced(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, _book = postpaid_billing
+    acct = await enrol(stubs, b, "26", "491700000408")
+    line = {"account_id": acct, "customer_id": "26", "customer_type": "MOBILE_POSTPAID"}
+    args = {"msisdn": "491700000408", "line": line, "plan_id": "mobile-postpaid", "customer": {}}
+    await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **args)
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 0  # nothing left to bill: off the run index
+    await b.payments.adjust("late-adj", "C26", 700, "equipment not returned", "agent-3")
+    assert (await b.runs.run()).issued == 1
+    latest = await b.invoice((await b.invoices_of("C26"))[-1])
+    assert [(c.kind, c.amount) for c in latest.account_charges] == [("ADJUSTMENT", 700)]
+    assert latest.sections == ()
