@@ -10,6 +10,10 @@
 -- ARGV[6] bundle id         ARGV[7] currency of the bundle
 -- ARGV[8..] the new buckets in stored form (ids are given here: <bundle id>.<n>)
 --
+-- A postpaid account (with 'bp') records the purchase as usage of the service 'bundle'
+-- (zone: the bundle id) in its bill period, so it is invoiced, and is watched against its
+-- credit limit.
+--
 -- Reply, one of:
 --   {'DONE', body, outbox length after this script's pushes (0: none)}   body = "<result> <balance micros> <reserved micros> <bucket ids|->"
 --        result: OK, FUNDS (the available balance does not cover the price: nothing
@@ -22,7 +26,8 @@
 local stored = stored_answer(KEYS[2], ARGV[1])
 if stored then return stored end
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'status', 'currency', 'low')
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'status', 'currency', 'low', 'bp', 'credit_limit',
+  'cl')
 if not acct[1] then return {'UNKNOWN'} end
 local balance, reserved = tonumber(acct[1]), tonumber(acct[2])
 local price = tonumber(ARGV[2])
@@ -42,7 +47,13 @@ else
     redis.call('HSET', KEYS[3], id, ARGV[k])
     ids[#ids + 1] = id
   end
-  watch_balance(KEYS[1], KEYS[4], acct[5] == '1', balance, tonumber(ARGV[5]), now)
+  if acct[6] then
+    record_usage(KEYS[1], acct[6], floor_div(now, 1000), now, {service = 'bundle', zone = ARGV[6], band = '',
+      roaming = '', destination = '', units = 1, cost = price, ref = string.sub(KEYS[2], #KEYS[1] + 4)})
+    watch_credit(KEYS[1], KEYS[4], tonumber(acct[7] or '0'), tonumber(acct[8] or '0'), balance, now)
+  else
+    watch_balance(KEYS[1], KEYS[4], acct[5] == '1', balance, tonumber(ARGV[5]), now)
+  end
 end
 local listed_ids = '-'
 if #ids > 0 then listed_ids = table.concat(ids, '|') end

@@ -56,13 +56,14 @@ RECONNECTION_FEE = "RECONNECTION_FEE"
 DEPOSIT = "DEPOSIT"
 
 # Usage categories, in the order an invoice lists them.
-CATEGORIES = ("NATIONAL_CALLS", "INTERNATIONAL_CALLS", "SMS", "DATA", "ROAMING", "OTHER")
+CATEGORIES = ("NATIONAL_CALLS", "INTERNATIONAL_CALLS", "SMS", "DATA", "ROAMING", "BUNDLES", "OTHER")
 CATEGORY_NAMES = {
     "NATIONAL_CALLS": "National calls",
     "INTERNATIONAL_CALLS": "International calls",
     "SMS": "Messages",
     "DATA": "Data",
     "ROAMING": "Roaming",
+    "BUNDLES": "Bundles bought",
     "OTHER": "Other services",
 }
 

@@ -72,8 +72,10 @@ def records(raw: list[str], period_id: str) -> list[Record]:
 
 
 def category(service: str, unit: UnitKind | None, zone: str, roaming: bool) -> str:
-    """The invoice category of a usage: roaming first, then by the service's unit; calls
+    """The invoice category of a usage: bundles bought, roaming, then by the service's unit; calls
     to zones named ``international*`` are international."""
+    if service == "bundle":
+        return "BUNDLES"
     if roaming:
         return "ROAMING"
     if unit is UnitKind.VOLUME:

@@ -12,6 +12,7 @@ from charging import keys
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
 from charging.server import App
+from charging.v1 import common_pb2, topup_pb2
 from postpaid import periods
 from postpaid.billing import Billing
 from tests.conftest import LineBook, Stubs
@@ -174,3 +175,27 @@ async def test_charges_after_the_last_line_ended_are_still_invoiced(
     latest = await b.invoice((await b.invoices_of("C26"))[-1])
     assert [(c.kind, c.amount) for c in latest.account_charges] == [("ADJUSTMENT", 700)]
     assert latest.sections == ()
+
+
+async def test_a_bundle_bought_on_a_postpaid_line_is_invoiced(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, _book = postpaid_billing
+    await enrol(stubs, b, "27", "491700000409")
+    bought = await stubs.topup.BuyBundle(
+        topup_pb2.BuyBundleRequest(
+            subscriber=common_pb2.SubscriberId(msisdn="491700000409"),
+            bundle_id="data-1gb",
+            channel=topup_pb2.CHANNEL_APP,
+            idempotency_key="bb-1",
+        )
+    )
+    assert bought.result == topup_pb2.PURCHASE_RESULT_PURCHASED
+    price = LIMIT - (await stubs.balance("491700000409")).balance_micros
+    assert price > 0
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    inv = await b.invoice((await b.invoices_of("C27"))[-1])
+    bundles = [c for c in inv.sections[0].charges if c.category == "BUNDLES"]
+    assert [(c.description, c.amount * 10_000) for c in bundles] == [("Bundles bought", price)]
+    assert (await stubs.balance("491700000409")).balance_micros == LIMIT  # invoiced: headroom back
