@@ -66,30 +66,34 @@ class BillingAccounts:
         cycle_day = min(datetime.fromtimestamp(at_s, UTC).day, 28)
         first = periods.period_at(cycle_day, tz, at_s)
         with storage_errors():
-            created = await self.client.hsetnx(keys.billing_account(ba), "cycle_day", cycle_day)
-            if created:
-                await self.client.hset(
-                    keys.billing_account(ba),
-                    mapping={
-                        "customer": customer_id,
-                        "label": label,
-                        "time_zone": tz,
-                        "next_period": first.id,
-                        "state": "ACTIVE",
-                        "created": at_s,
-                        "deposit": deposit_minor,
-                        "email": email,
-                    },
-                )
-                await self.client.zadd(keys.BILL_DUE, {ba: first.end_s}, nx=True)
+            # The account, all its fields or none, never overwriting an existing one.
+            async with self.client.pipeline(transaction=True) as pipe:
+                fields: dict[str, str | int] = {
+                    "cycle_day": cycle_day,
+                    "customer": customer_id,
+                    "label": label,
+                    "time_zone": tz,
+                    "next_period": first.id,
+                    "state": "ACTIVE",
+                    "created": at_s,
+                    "deposit": deposit_minor,
+                    "email": email,
+                }
+                for name, value in fields.items():
+                    pipe.hsetnx(keys.billing_account(ba), name, value)
+                pipe.zadd(keys.BILL_DUE, {ba: first.end_s}, nx=True)
+                await pipe.execute()
             info = await self.client.hmget(keys.billing_account(ba), ["cycle_day", "next_period"])
             current = periods.by_id(str(info[1]), int(str(info[0])), tz)
+            # In this order, so that whatever a crash leaves is finished by enrolling again
+            # (the marker last: until it is set, the next change of the line enrols again)
+            # and a bill run never finds a line on the account that is not postpaid yet.
+            bp = periods.pack(periods.open_periods(current, tz))
+            await ENROL(self.client, (keys.account(account_id),), (bp, credit_limit_micros))
+            await self.record_change(account_id, at_s, "active", plan_id)
             entry = json.dumps({"line": line, "unit_path": list(unit_path)})
             await self.client.hset(keys.billing_lines(ba), account_id, entry)
             await self.client.set(keys.line_billing(account_id), ba)
-            await self.record_change(account_id, at_s, "active", plan_id)
-            bp = periods.pack(periods.open_periods(current, tz))
-            await ENROL(self.client, (keys.account(account_id),), (bp, credit_limit_micros))
 
     async def record_change(self, account_id: str, at_s: int, state: str, plan_id: str) -> None:
         """Add a state or product change to the line's history (a repeat is not added)."""

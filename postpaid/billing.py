@@ -149,35 +149,57 @@ class Billing:
         return await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
 
     async def deliver_pending(self, limit: int = 100) -> int:
-        """Deliver queued invoices (oldest first); returns how many were handled."""
+        """Deliver queued invoices (oldest first); returns how many left the queue. An
+        invoice whose delivery failed for a reason that may pass (the mail server is down)
+        stays queued for the next pass; one that cannot succeed is recorded FAILED."""
         handled = 0
         for raw in await self.client.lrange(keys.BILL_DELIVERY, 0, limit - 1):
             number = str(raw)
-            await self.deliver(number)
-            await self.client.lrem(keys.BILL_DELIVERY, 1, number)
-            handled += 1
+            try:
+                outcome = await self.deliver(number)
+            except Exception:
+                log.exception("invoice delivery failed; it stays queued")
+                continue
+            if outcome != "RETRYING":
+                await self.client.lrem(keys.BILL_DELIVERY, 1, number)
+                handled += 1
         return handled
 
-    async def deliver(self, number: str) -> str:
-        """Render the invoice and send it on every configured channel; the outcome is
-        recorded on the invoice (DELIVERED, or FAILED with the reasons)."""
+    async def deliver(self, number: str, again: bool = False) -> str:
+        """Render the invoice and send it on every configured channel it has not reached
+        yet (``again``: on every channel); the outcome is recorded on the invoice:
+        DELIVERED, RETRYING (a failure that may pass) or FAILED, with the reasons."""
         inv = await self.invoice(number)
         if not self.deliveries:
             return "PENDING"
+        state = keys.invoice_state(number)
+        done = (
+            set() if again else set(filter(None, str(await self.client.hget(state, "delivered_on") or "").split(",")))
+        )
         recipient = (await self.accounts.get(inv.billing_account)).get("email", "")
         rendered = await asyncio.to_thread(RenderedInvoice.of, inv)
-        failures = []
+        failures, retry = [], False
         for channel, delivery in self.deliveries:
+            if channel in done:
+                continue
             if channel == "email" and not recipient:
                 result = DeliveryResult(False, "no email address on the billing account")
             else:
                 result = await delivery.deliver(rendered, recipient)
             metrics.INVOICE_DELIVERIES.labels(channel, "delivered" if result.delivered else "failed").inc()
-            if not result.delivered:
+            if result.delivered:
+                done.add(channel)
+            else:
                 failures.append(f"{channel}: {result.reason}")
-        outcome = "FAILED" if failures else "DELIVERED"
+                retry = retry or result.retry
+        outcome = "DELIVERED" if not failures else ("RETRYING" if retry else "FAILED")
         await self.client.hset(
-            keys.invoice_state(number), mapping={"delivery": outcome, "delivery_detail": "; ".join(failures)}
+            state,
+            mapping={
+                "delivery": outcome,
+                "delivery_detail": "; ".join(failures),
+                "delivered_on": ",".join(sorted(done)),
+            },
         )
         return outcome
 
@@ -194,9 +216,8 @@ class Billing:
         return {str(k): str(v) for k, v in h.items()}
 
     async def resend(self, number: str) -> str:
-        """Deliver the invoice again now."""
-        await self.invoice(number)
-        return await self.deliver(number)
+        """Deliver the invoice again now, on every channel."""
+        return await self.deliver(number, again=True)
 
     async def invoices_of(self, ba: str) -> list[str]:
         return [str(x) for x in await self.client.lrange(keys.billing_invoices(ba), 0, -1)]

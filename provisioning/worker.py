@@ -130,9 +130,17 @@ class ProvisioningWorker:
             COMMANDS.labels(command, "rejected").inc()
             return await self._failed(line, h, now, str(exc), permanent=True)
         COMMANDS.labels(command, "acknowledged").inc()
-        await self._settle(line, version, ack.state, product)
         if self.on_ack is not None:
-            await self.on_ack(line, ack.state, product)
+            # Before the acknowledgement is recorded: if what follows it (charging status,
+            # the line, billing) fails, the line stays due, the command goes again with
+            # the same id, the network answers the same, and on_ack runs again (it is
+            # idempotent). Recording first would lose that follow-up for good.
+            try:
+                await self.on_ack(line, ack.state, product)
+            except Exception:
+                log.exception("acting on an acknowledgement failed; the line is retried")
+                return 0
+        await self._settle(line, version, ack.state, product)
         return 1
 
     async def _settle(self, line: str, version: int, state: str, product: str) -> None:

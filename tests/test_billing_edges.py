@@ -4,19 +4,24 @@ ended, credit notes and credit, forged placeholders, promises, charges after the
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from aiosmtpd.controller import Controller
 
 from charging import keys
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
+from postpaid import config as billing_config
 from postpaid import periods
 from postpaid.billing import Billing
-from tests.conftest import LineBook, Stubs
+from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
+from tests.conftest import LineBook, Stubs, free_port
 from tests.test_bill_run import LIMIT, call
+from tests.test_delivery import Mailbox
 from tests.test_payments import DAY, invoiced
 
 
@@ -199,3 +204,40 @@ async def test_a_bundle_bought_on_a_postpaid_line_is_invoiced(
     bundles = [c for c in inv.sections[0].charges if c.category == "BUNDLES"]
     assert [(c.description, c.amount * 10_000) for c in bundles] == [("Bundles bought", price)]
     assert (await stubs.balance("491700000409")).balance_micros == LIMIT  # invoiced: headroom back
+
+
+async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
+    stubs: Stubs, app: App, clock: ManualClock, tmp_path: Path
+) -> None:
+    assert app.redis is not None and app.catalogs is not None
+    port = free_port()
+    smtp = SmtpDelivery(SmtpSettings(host="127.0.0.1", port=port, sender="billing@operator.example", timeout_s=2))
+    folder = DirectoryDelivery(tmp_path)
+    b = Billing(
+        app.redis, billing_config.default(), app.catalogs, clock, deliveries=[("email", smtp), ("directory", folder)]
+    )
+    clock.advance(ms=1_768_046_400_000 - clock.now_ms())
+    await enrol(stubs, b, "28", "491700000410")
+    await app.redis.hset(keys.billing_account("C28"), "email", "customer@example.org")
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    (number,) = await b.invoices_of("C28")
+    # The mail server is down: the directory has it, the mail waits.
+    assert await b.deliver_pending() == 0
+    state = await b.invoice_state(number)
+    assert (state["delivery"], state["delivered_on"]) == ("RETRYING", "directory")
+    assert "cannot reach SMTP server" in state["delivery_detail"]
+    assert (tmp_path / f"{number}.pdf").exists()
+    (tmp_path / f"{number}.pdf").unlink()
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        assert await b.deliver_pending() == 1
+    finally:
+        controller.stop()
+    state = await b.invoice_state(number)
+    assert (state["delivery"], state["delivered_on"]) == ("DELIVERED", "directory,email")
+    assert len(box.messages) == 1 and box.messages[0][0].rcpt_tos == ["customer@example.org"]
+    assert not (tmp_path / f"{number}.pdf").exists()  # not written twice
+    assert await app.redis.llen(keys.BILL_DELIVERY) == 0

@@ -279,3 +279,27 @@ async def test_a_corporate_hierarchy_gets_one_consolidated_invoice_and_a_dispute
         0,
         inv_pb.total_minor,
     )
+
+
+async def test_a_failure_after_the_network_acknowledged_is_retried_until_billing_has_the_line(
+    world: tuple[App, Stubs, crm_pb2_grpc.CrmStub, billing_pb2_grpc.BillingStub],
+) -> None:
+    app, _stubs, crm, billing = world
+    assert app.billing is not None
+    real = app.billing.line_changed
+    calls = []
+
+    async def flaky(**kw: object) -> None:
+        calls.append(kw["state"])
+        if len(calls) == 1:
+            raise ConnectionError("billing store unreachable")
+        await real(**kw)  # type: ignore[arg-type]
+
+    app.billing.line_changed = flaky  # type: ignore[method-assign]
+    order = await crm.SubmitApplication(application("pp-f", contract="POSTPAID", plan="mobile-postpaid", history=GOOD))
+    await settle_network(app)  # acknowledged, but billing failed: the line stays due
+    await settle_network(app)  # sent again (same command id), acknowledged again, billed
+    assert calls == ["active", "active"]
+    assert await line_state(crm, "491701234567") == "active"
+    account = await billing.GetBillingAccount(billing_pb2.BillingAccountId(billing_account="C" + order.customer_id))
+    assert list(account.lines) == ["491701234567"]
