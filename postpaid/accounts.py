@@ -95,6 +95,15 @@ class BillingAccounts:
             await self.client.hset(keys.billing_lines(ba), account_id, entry)
             await self.client.set(keys.line_billing(account_id), ba)
 
+    async def open_account_for(self, ba: str) -> str:
+        """The billing account new lines of this payer join: ``ba``, unless dunning
+        terminated it (its debt is with collection), then its successor ``ba-2``, ``ba-3``..."""
+        candidate, n = ba, 1
+        while await self.client.hget(keys.billing_account(candidate), "state") == "TERMINATED":
+            n += 1
+            candidate = f"{ba}-{n}"
+        return candidate
+
     async def record_change(self, account_id: str, at_s: int, state: str, plan_id: str) -> None:
         """Add a state or product change to the line's history (a repeat is not added)."""
         key = keys.line_history(account_id)

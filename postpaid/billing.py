@@ -101,7 +101,7 @@ class Billing:
         if ba is None:
             if state != "active":
                 return
-            ba = billing_account_id(line["customer_id"], paying_unit)
+            ba = await self.accounts.open_account_for(billing_account_id(line["customer_id"], paying_unit))
             await self.accounts.enrol(
                 ba,
                 account_id=account_id,

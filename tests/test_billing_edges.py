@@ -241,3 +241,15 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     assert len(box.messages) == 1 and box.messages[0][0].rcpt_tos == ["customer@example.org"]
     assert not (tmp_path / f"{number}.pdf").exists()  # not written twice
     assert await app.redis.llen(keys.BILL_DELIVERY) == 0
+
+
+async def test_a_new_line_after_termination_for_non_payment_opens_a_new_billing_account(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, book = postpaid_billing
+    inv = await invoiced(stubs, b, book, clock, "29", "491700000411")
+    clock.advance(seconds=((inv.due - b.collection.today()).days + 61) * DAY)
+    assert (await b.collection.evaluate("C29")).state.value == "TERMINATED"
+    await enrol(stubs, b, "29", "491700000412")
+    assert (await b.account("C29-2"))["lines"] == ["491700000412"]
+    assert (await b.account("C29-2"))["state"] == "ACTIVE"
