@@ -29,6 +29,14 @@ from postpaid.rentals import Change
 from postpaid.scripts import CREDIT, ENROL
 
 
+def split_evenly(amount: int, parts: int) -> list[int]:
+    """``amount`` in ``parts`` integer shares differing by at most one, larger first."""
+    if parts <= 0:
+        return []
+    q, r = divmod(amount, parts)
+    return [q + 1 if i < r else q for i in range(parts)]
+
+
 def billing_account_id(customer_id: str, paying_unit: str) -> str:
     return f"U{paying_unit}" if paying_unit else f"C{customer_id}"
 
@@ -78,6 +86,7 @@ class BillingAccounts:
                     "created": at_s,
                     "deposit": deposit_minor,
                     "email": email,
+                    "credit_limit": credit_limit_micros,
                 }
                 for name, value in fields.items():
                     pipe.hsetnx(keys.billing_account(ba), name, value)
@@ -93,6 +102,7 @@ class BillingAccounts:
             await self.record_change(account_id, at_s, "active", plan_id)
             entry = json.dumps({"line": line, "unit_path": list(unit_path)})
             await self.client.hset(keys.billing_lines(ba), account_id, entry)
+            await self.share_credit_limit(ba)
             await self.client.set(keys.line_billing(account_id), ba)
 
     async def open_account_for(self, ba: str) -> str:
@@ -141,5 +151,12 @@ class BillingAccounts:
         for line in await self.lines(ba):
             await CREDIT(self.client, (keys.account(line.account_id),), ("", overdue_minor * MICROS_PER_MINOR))
 
-    async def set_credit_limit(self, account_id: str, limit_micros: int) -> None:
-        await CREDIT(self.client, (keys.account(account_id),), (limit_micros, ""))
+    async def share_credit_limit(self, ba: str) -> None:
+        """The account's credit limit is spread evenly over its lines (the first lines
+        take the odd micros), so all of them together never spend more than the limit.
+        Called when a line joins or leaves; each share is set absolutely (credit.lua), so
+        doing it again changes nothing."""
+        limit = int(str(await self.client.hget(keys.billing_account(ba), "credit_limit") or 0))
+        lines = await self.lines(ba)
+        for i, share in enumerate(split_evenly(limit, len(lines))):
+            await CREDIT(self.client, (keys.account(lines[i].account_id),), (share, ""))

@@ -146,7 +146,9 @@ class Billing:
         info = await self.accounts.get(ba)
         period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
         # issue.lua takes the line off the account in the same script.
-        return await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
+        number = await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
+        await self.accounts.share_credit_limit(ba)  # the lines left share the whole limit
+        return number
 
     async def deliver_pending(self, limit: int = 100) -> int:
         """Deliver queued invoices (oldest first); returns how many left the queue. An

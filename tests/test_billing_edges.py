@@ -17,6 +17,7 @@ from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
 from postpaid import config as billing_config
 from postpaid import periods
+from postpaid.accounts import split_evenly
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
 from tests.conftest import LineBook, Stubs, free_port
@@ -253,3 +254,28 @@ async def test_a_new_line_after_termination_for_non_payment_opens_a_new_billing_
     await enrol(stubs, b, "29", "491700000412")
     assert (await b.account("C29-2"))["lines"] == ["491700000412"]
     assert (await b.account("C29-2"))["state"] == "ACTIVE"
+
+
+def test_split_evenly() -> None:
+    assert split_evenly(10, 3) == [4, 3, 3]
+    assert split_evenly(9, 3) == [3, 3, 3]
+    assert split_evenly(5, 0) == []
+    assert sum(split_evenly(50_000_001, 7)) == 50_000_001
+
+
+async def test_lines_of_an_account_share_its_credit_limit(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, _book = postpaid_billing
+    first = await enrol(stubs, b, "30", "491700000413")
+    assert (await stubs.balance("491700000413")).balance_micros == LIMIT
+    await enrol(stubs, b, "30", "491700000414")
+    assert (await stubs.balance("491700000413")).balance_micros == LIMIT // 2
+    assert (await stubs.balance("491700000414")).balance_micros == LIMIT // 2
+    assert await call(stubs, "491700000414", "big", 60) == 2001
+    spent = LIMIT // 2 - (await stubs.balance("491700000414")).balance_micros
+    # The first line leaves: the other has the whole limit again, less what it spent.
+    line = {"account_id": first, "customer_id": "30", "customer_type": "MOBILE_POSTPAID"}
+    args = {"msisdn": "491700000413", "line": line, "plan_id": "mobile-postpaid", "customer": {}}
+    await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **args)
+    assert (await stubs.balance("491700000414")).balance_micros == LIMIT - spent
