@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -82,9 +82,10 @@ class Charge:
     category: str = ""
 
 
-@dataclass(frozen=True)
-class UsageItem:
-    """One itemised usage record: when, what, where to, how much, what it cost (micros)."""
+class UsageItem(NamedTuple):
+    """One itemised usage record: when, what, where to, how much, what it cost (micros).
+    A tuple, stored as a JSON array: an invoice can carry thousands, and a bill run
+    builds millions."""
 
     at_ms: int
     service: str
@@ -161,7 +162,7 @@ class Invoice:
     def to_json(self) -> str:
         # orjson writes dataclasses, tuples and dates natively (a bill run serialises
         # thousands of invoices a second; dataclasses.asdict deep-copies every value).
-        return orjson.dumps(self).decode()
+        return orjson.dumps(self, default=_as_list).decode()
 
     @staticmethod
     def from_json(text: str) -> Invoice:
@@ -171,7 +172,7 @@ class Invoice:
                 line=s["line"],
                 product=s["product"],
                 charges=tuple(Charge(**c) for c in s["charges"]),
-                usage=tuple(UsageItem(**u) for u in s["usage"]),
+                usage=tuple(UsageItem(*u) for u in s["usage"]),
                 unit_path=tuple(s["unit_path"]),
             )
             for s in d["sections"]
@@ -194,6 +195,13 @@ class Invoice:
             kind=d["kind"],
             notes=tuple(d["notes"]),
         )
+
+
+def _as_list(value: object) -> list[object]:
+    """orjson writes tuples but not tuple subclasses: usage items go as arrays."""
+    if isinstance(value, UsageItem):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 @dataclass(frozen=True)

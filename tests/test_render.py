@@ -36,7 +36,7 @@ def pdf_pages(data: bytes) -> list[str]:
 def hostile(inv: Invoice) -> Invoice:
     """The sample with markup and non-ASCII characters wherever a name can appear."""
     first = inv.sections[0]
-    item = dataclasses.replace(first.usage[0], destination="<img src=x onerror=alert(1)>")
+    item = first.usage[0]._replace(destination="<img src=x onerror=alert(1)>")
     sections = (
         dataclasses.replace(
             first,
@@ -258,7 +258,7 @@ def test_final_invoice_and_text_summary() -> None:
 def test_itemised_rows_in_time_order() -> None:
     inv = sample_invoice(usage_rows=0)
     late = UsageItem(1_767_600_000_000, "SMS", "SMS", "+49 160 1XXXX", 1, "events", 90_000)
-    early = dataclasses.replace(late, at_ms=1_767_300_000_000, destination="+49 160 2XXXX")
+    early = late._replace(at_ms=1_767_300_000_000, destination="+49 160 2XXXX")
     sections = (dataclasses.replace(inv.sections[0], usage=(late, early)), *inv.sections[1:])
     html = render_html(dataclasses.replace(inv, sections=sections))
     assert html.index("+49 160 2XXXX") < html.index("+49 160 1XXXX")
