@@ -164,7 +164,8 @@ class App:
                 self._tasks.append(
                     asyncio.create_task(self.worker.run(s.provisioning_interval_s), name="provisioning-worker")
                 )
-                self._tasks.append(asyncio.create_task(self.acquisition.run_resumer(), name="order-resumer"))
+                resumer = self.acquisition.run_resumer(s.order_resume_interval_s)
+                self._tasks.append(asyncio.create_task(resumer, name="order-resumer"))
             self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
             self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
             if s.billing_interval_s > 0:
@@ -237,6 +238,7 @@ async def build_acquisition(
         clock,
         CustomerBase(client),
         HttpCreditBureau(settings.bureau_url, timeout_s=settings.network_timeout_s) if settings.bureau_url else None,
+        lease_ms=int(settings.order_lease_s * 1000),
     )
     worker.on_ack = acquisition.acknowledged
     return acquisition
@@ -265,7 +267,7 @@ async def provision(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(acquisition.worker.run(settings.provisioning_interval_s)),
-        asyncio.create_task(acquisition.run_resumer()),
+        asyncio.create_task(acquisition.run_resumer(settings.order_resume_interval_s)),
         asyncio.create_task(catalogs.follow(settings.catalog_refresh_s)),
     ]
     log.info("provisioning worker running")

@@ -54,6 +54,10 @@ class Settings:
     provisioning_in_server: bool = True
     # A credit bureau for postpaid applications; empty: the declared history is used.
     bureau_url: str = ""
+    # An order run that has not finished within this lease is taken over and resumed
+    # (a crash mid-way); resumable orders are looked for every order_resume_interval_s.
+    order_lease_s: float = 30.0
+    order_resume_interval_s: float = 5.0
     # Secret salt for fingerprints of identity documents and addresses; empty: a random
     # salt generated once and kept in Redis.
     crm_salt: str = ""
