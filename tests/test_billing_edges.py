@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from postpaid import periods
 from postpaid.accounts import split_evenly
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
+from postpaid.scripts import DUNNING
 from tests.conftest import LineBook, Stubs, free_port
 from tests.test_bill_run import LIMIT, call
 from tests.test_delivery import Mailbox
@@ -279,3 +281,72 @@ async def test_lines_of_an_account_share_its_credit_limit(
     args = {"msisdn": "491700000413", "line": line, "plan_id": "mobile-postpaid", "customer": {}}
     await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **args)
     assert (await stubs.balance("491700000414")).balance_micros == LIMIT - spent
+
+
+async def test_a_dunning_decision_made_on_a_state_that_moved_is_not_applied(app: App) -> None:
+    assert app.redis is not None
+    await app.redis.hset(keys.billing_account("C31"), mapping={"state": "ACTIVE", "epoch": 4})
+    dunning_keys = (
+        keys.billing_dunning_done("C31"),
+        keys.billing_pending("C31"),
+        keys.billing_account("C31"),
+        keys.BILL_OUTBOX,
+        keys.BILL_AUDIT,
+        keys.BILL_DUE,
+    )
+    # Decided on epoch 3 (before a payment restored the account): refused, nothing applied.
+    stale = await DUNNING(app.redis, dunning_keys, ("BARRED_OUTGOING", 900, 1, "INV-1|barring", "", "note", 0, "3"))
+    assert stale == -1
+    assert await app.redis.hget(keys.billing_account("C31"), "state") == "ACTIVE"
+    assert await app.redis.scard(keys.billing_dunning_done("C31")) == 0
+    fresh = await DUNNING(app.redis, dunning_keys, ("BARRED_OUTGOING", 900, 1, "INV-1|barring", "", "note", 0, "4"))
+    assert fresh == 1 and await app.redis.hget(keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
+
+
+class SlowNetworkBook(LineBook):
+    """Orders wait for the network until ``acknowledge`` is called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: dict[str, tuple[str, str]] = {}
+
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+        if any(o[0] == order_id for o in self.orders):
+            return {"status": "IN_PROGRESS" if order_id in self.waiting else "COMPLETED"}
+        self.orders.append((order_id, msisdn, kind))
+        self.waiting[order_id] = (msisdn, kind)
+        self.lines[msisdn] = {**self.lines[msisdn], "order_id": order_id}
+        return {"status": "IN_PROGRESS"}
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+        if not any(o[0] == order_id for o in self.orders):
+            return None
+        return {"status": "IN_PROGRESS" if order_id in self.waiting else "COMPLETED"}
+
+    def acknowledge(self) -> None:
+        for order_id, (msisdn, kind) in list(self.waiting.items()):
+            state = {"BAR_OUTGOING": "barred_outgoing", "SUSPEND": "suspended", "RESUME": "active"}[kind]
+            self.lines[msisdn] = {"state": state, "order_id": order_id}
+            del self.waiting[order_id]
+
+
+async def test_a_payment_while_a_bar_is_on_its_way_resumes_the_line_once_barred(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, _ = postpaid_billing
+    book = SlowNetworkBook()
+    b.attach_lines(book)
+    inv = await invoiced(stubs, b, book, clock, "32", "491700000415")
+    clock.advance(seconds=((inv.due - b.collection.today()).days + 21) * DAY)
+    await b.collection.evaluate("C32")  # BAR_OUTGOING ordered, not acknowledged yet
+    assert [o[2] for o in book.orders] == ["BAR_OUTGOING"]
+    await b.payments.pay("C32", inv.total, "CARD", "p-32")  # restored while the bar is pending
+    assert (await b.account("C32"))["state"] == "ACTIVE"
+    book.acknowledge()  # the network bars the line after all
+    assert book.lines["491700000415"]["state"] == "barred_outgoing"
+    await b.collection.run()  # the account is still watched: the line is resumed
+    book.acknowledge()
+    assert [o[2] for o in book.orders] == ["BAR_OUTGOING", "RESUME"]
+    assert book.lines["491700000415"]["state"] == "active"
+    await b.collection.run()
+    assert [o[2] for o in book.orders] == ["BAR_OUTGOING", "RESUME"]  # settled: nothing more
