@@ -98,6 +98,7 @@ class ProvisioningWorker:
         pipe.hset(line_key(line), mapping={"desired": state, "product": product, "attempts": 0})
         pipe.hsetnx(line_key(line), "acked", "none")
         pipe.hsetnx(line_key(line), "acked_version", 0)
+        pipe.hsetnx(line_key(line), "followed_version", 0)
         pipe.hincrby(line_key(line), "version", 1)
         pipe.zadd(DUE, {line: self.clock.now_ms()})
         pipe.xadd(CHANGES, {"line": line}, maxlen=100_000, approximate=True)
@@ -113,6 +114,11 @@ class ProvisioningWorker:
     async def _reconcile(self, line: str, now: int) -> int:
         h = {str(k): str(v) for k, v in (await self.client.hgetall(line_key(line))).items()}
         version, acked_version = int(h.get("version", 0)), int(h.get("acked_version", 0))
+        # An acknowledgement recorded but not yet acted on (on_ack failed) comes first.
+        followed = int(h.get("followed_version", acked_version))
+        if self.on_ack is not None and acked_version > followed:
+            if not await self._follow(line, h, now, h.get("acked", "none"), h.get("acked_product", ""), acked_version):
+                return 0
         acked, desired = h.get("acked", "none"), h.get("desired", "none")
         product = h.get("product", "")
         command = command_between(acked, desired)
@@ -130,18 +136,24 @@ class ProvisioningWorker:
             COMMANDS.labels(command, "rejected").inc()
             return await self._failed(line, h, now, str(exc), permanent=True)
         COMMANDS.labels(command, "acknowledged").inc()
-        if self.on_ack is not None:
-            # Before the acknowledgement is recorded: if what follows it (charging status,
-            # the line, billing) fails, the line stays due, the command goes again with
-            # the same id, the network answers the same, and on_ack runs again (it is
-            # idempotent). Recording first would lose that follow-up for good.
-            try:
-                await self.on_ack(line, ack.state, product)
-            except Exception:
-                log.exception("acting on an acknowledgement failed; the line is retried")
-                return 0
+        # What the network did is recorded first, whatever follows; acting on it (charging
+        # status, the line, billing) is tracked apart ('followed_version') and retried
+        # with backoff until it succeeds (on_ack is idempotent), or dead-lettered.
         await self._settle(line, version, ack.state, product)
+        if self.on_ack is not None and not await self._follow(line, h, now, ack.state, product, version):
+            return 0
         return 1
+
+    async def _follow(self, line: str, h: dict[str, str], now: int, state: str, product: str, version: int) -> bool:
+        assert self.on_ack is not None
+        try:
+            await self.on_ack(line, state, product)
+        except Exception as exc:
+            log.exception("acting on an acknowledgement failed; retried with backoff")
+            await self._failed(line, h, now, f"acting on the acknowledgement failed: {exc}", permanent=False)
+            return False
+        await self.client.hset(line_key(line), "followed_version", version)
+        return True
 
     async def _settle(self, line: str, version: int, state: str, product: str) -> None:
         """Record what the network acknowledged; keep the line due if more was asked since."""

@@ -282,7 +282,7 @@ async def test_a_corporate_hierarchy_gets_one_consolidated_invoice_and_a_dispute
 
 
 async def test_a_failure_after_the_network_acknowledged_is_retried_until_billing_has_the_line(
-    world: tuple[App, Stubs, crm_pb2_grpc.CrmStub, billing_pb2_grpc.BillingStub],
+    world: tuple[App, Stubs, crm_pb2_grpc.CrmStub, billing_pb2_grpc.BillingStub], clock: ManualClock
 ) -> None:
     app, _stubs, crm, billing = world
     assert app.billing is not None
@@ -297,8 +297,13 @@ async def test_a_failure_after_the_network_acknowledged_is_retried_until_billing
 
     app.billing.line_changed = flaky  # type: ignore[method-assign]
     order = await crm.SubmitApplication(application("pp-f", contract="POSTPAID", plan="mobile-postpaid", history=GOOD))
-    await settle_network(app)  # acknowledged, but billing failed: the line stays due
-    await settle_network(app)  # sent again (same command id), acknowledged again, billed
+    await settle_network(app)  # acknowledged and recorded, but billing failed
+    await settle_network(app)  # backing off: not yet
+    assert calls == ["active"]
+    clock.advance(seconds=60)
+    await settle_network(app)  # acting on the recorded acknowledgement again: billed
+    assert calls == ["active", "active"]
+    await settle_network(app)
     assert calls == ["active", "active"]
     assert await line_state(crm, "491701234567") == "active"
     account = await billing.GetBillingAccount(billing_pb2.BillingAccountId(billing_account="C" + order.customer_id))
