@@ -193,7 +193,7 @@ class BillRun:
 
         commands = []
         for _ba, info, period, lines, _pending in jobs:
-            ahead = periods.open_periods(period, info["time_zone"], periods.OPEN_AHEAD + 1)[-1]
+            ahead = _after(period, info["time_zone"])
             for line in lines:
                 commands += _close_commands(line.account_id, period, ahead)
         raw = await self._many(commands)
@@ -259,7 +259,7 @@ class BillRun:
     ) -> str:
         """Close, compose, issue, purge for one account (see the module docstring)."""
         tz = info["time_zone"]
-        ahead = periods.open_periods(period, tz, periods.OPEN_AHEAD + 1)[-1]
+        ahead = _after(period, tz)
         raw = await self._many([c for line in lines for c in _close_commands(line.account_id, period, ahead)])
         bills = [self._line_bill(line, period, raw[2 * i : 2 * i + 2]) for i, line in enumerate(lines)]
         nxt = periods.following(period, tz) if not final_line else None
@@ -397,7 +397,12 @@ def _hash(reply: Any) -> dict[str, str]:
     return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
-def _close_commands(acct: str, period: periods.Period, ahead: periods.Period) -> list[tuple[Any, ...]]:
+def _after(period: periods.Period, tz: str) -> str:
+    """The periods that stay open once ``period`` closes, packed for close.lua."""
+    return periods.pack(periods.open_periods(periods.following(period, tz), tz))
+
+
+def _close_commands(acct: str, period: periods.Period, ahead: str) -> list[tuple[Any, ...]]:
     """Close the line's period and read its usage (close.lua), and read the line's history."""
     return [
         (
@@ -408,7 +413,7 @@ def _close_commands(acct: str, period: periods.Period, ahead: periods.Period) ->
             keys.usage(acct),
             keys.usage_records(acct),
             period.id,
-            f"{ahead.id}:{ahead.end_s}",
+            ahead,
         ),
         ("LRANGE", keys.line_history(acct), 0, -1),
     ]

@@ -5,17 +5,19 @@
 -- KEYS[1] account hash      {a:ID}
 -- KEYS[2] usage aggregates  {a:ID}:u        KEYS[3] usage records  {a:ID}:ud
 -- ARGV[1] the period to close
--- ARGV[2] the period to open at the end of the list "id:end s"
+-- ARGV[2] the periods that follow it "id:end s|id:end s|..." (kept open, none skipped)
 --
--- Open periods up to and including ARGV[1] are closed together (period ids are
--- "YYYY-MM" and compare as text), so a line that joined its account while an earlier
--- period was being billed has that usage on this invoice rather than lost. Usage of
--- periods up to ARGV[1] that is still stored (not purged yet) is returned.
+-- The open periods up to and including ARGV[1] (period ids are "YYYY-MM" and compare as
+-- text) are closed together and recorded in 'closed', so a line that joined its account
+-- while an earlier period was being billed has that usage on this invoice rather than
+-- lost. Only the periods closed here count: usage left over from periods closed before
+-- (invoiced, not purged yet) is never returned again. A repeated close returns what the
+-- first one closed.
 --
 -- Reply: {status, usage cost micros, plan, aggregates, records} where status is
 --        'CLOSED'  the period was open and is closed now
 --        'ALREADY' the period was closed before (a run again)
---        aggregates: flat field/value pairs, records: the records (periods up to ARGV[1])
+--        aggregates: flat field/value pairs, records: the records of the closed periods
 --     or {'UNKNOWN'}       not a postpaid account
 
 local function split(text, sep)
@@ -31,22 +33,31 @@ local function split(text, sep)
   end
 end
 
-local acct = redis.call('HMGET', KEYS[1], 'bp', 'balance', 'plan')
+local acct = redis.call('HMGET', KEYS[1], 'bp', 'balance', 'plan', 'closed')
 if not acct[1] then return {'UNKNOWN'} end
 local upto = ARGV[1]
-local kept = {}
-local closing = false
+local kept, closing = {}, {}
 for _, entry in ipairs(split(acct[1], '|')) do
   local id = string.sub(entry, 1, string.find(entry, ':', 1, true) - 1)
-  if id <= upto then closing = true else kept[#kept + 1] = entry end
+  if id <= upto then closing[id] = true else kept[#kept + 1] = entry end
+end
+local status = 'CLOSED'
+if next(closing) == nil then
+  status = 'ALREADY'
+  -- what the close of this period took, if it was the last close
+  local last = acct[4] and split(acct[4], '|') or {}
+  if last[#last] == upto then
+    for _, id in ipairs(last) do closing[id] = true end
+  else
+    closing[upto] = true
+  end
 end
 
 local cost = 0
 local agg = {}
 local flat = redis.call('HGETALL', KEYS[2])
 for i = 1, #flat, 2 do
-  local period = string.sub(flat[i], 1, string.find(flat[i], '|', 1, true) - 1)
-  if period <= upto then
+  if closing[string.sub(flat[i], 1, string.find(flat[i], '|', 1, true) - 1)] then
     local v = split(flat[i + 1], ',')
     cost = cost + tonumber(v[2])
     agg[#agg + 1] = flat[i]
@@ -55,11 +66,19 @@ for i = 1, #flat, 2 do
 end
 local recs = {}
 for _, r in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
-  if string.sub(r, 1, string.find(r, ',', 1, true) - 1) <= upto then recs[#recs + 1] = r end
+  if closing[string.sub(r, 1, string.find(r, ',', 1, true) - 1)] then recs[#recs + 1] = r end
 end
 
-if closing then
-  kept[#kept + 1] = ARGV[2]
-  redis.call('HSET', KEYS[1], 'bp', table.concat(kept, '|'), 'balance', string.format('%d', tonumber(acct[2]) + cost))
+if status == 'CLOSED' then
+  local open = {}
+  for _, entry in ipairs(kept) do open[string.sub(entry, 1, string.find(entry, ':', 1, true) - 1)] = true end
+  for _, entry in ipairs(split(ARGV[2], '|')) do
+    if not open[string.sub(entry, 1, string.find(entry, ':', 1, true) - 1)] then kept[#kept + 1] = entry end
+  end
+  local ids = {}
+  for id in pairs(closing) do ids[#ids + 1] = id end
+  table.sort(ids)
+  redis.call('HSET', KEYS[1], 'bp', table.concat(kept, '|'), 'closed', table.concat(ids, '|'),
+    'balance', string.format('%d', tonumber(acct[2]) + cost))
 end
-return {closing and 'CLOSED' or 'ALREADY', string.format('%d', cost), acct[3], agg, recs}
+return {status, string.format('%d', cost), acct[3], agg, recs}

@@ -153,7 +153,7 @@ async def test_an_interrupted_run_completes_without_a_second_invoice(
     info = await accounts.get("C4")
     lines = await accounts.lines("C4")
     period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
-    ahead = periods.open_periods(period, info["time_zone"], 4)[-1]
+    ahead = periods.pack(periods.open_periods(periods.following(period, info["time_zone"]), info["time_zone"]))
     await run._many([c for line in lines for c in _close_commands(line.account_id, period, ahead)])
     report = await run.run()
     assert report.issued == 1

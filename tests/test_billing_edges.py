@@ -350,3 +350,28 @@ async def test_a_payment_while_a_bar_is_on_its_way_resumes_the_line_once_barred(
     assert book.lines["491700000415"]["state"] == "active"
     await b.collection.run()
     assert [o[2] for o in book.orders] == ["BAR_OUTGOING", "RESUME"]  # settled: nothing more
+
+
+async def test_usage_invoiced_but_not_purged_is_never_billed_again(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, _book = postpaid_billing
+    acct = await enrol(stubs, b, "33", "491700000416")
+    assert await call(stubs, "491700000416", "j", 60) == 2001
+    client: aioredis.Redis = app.redis  # type: ignore[assignment]
+    january_agg = await client.hgetall(keys.usage(acct))
+    january_recs = await client.lrange(keys.usage_records(acct), 0, -1)
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 1
+    # As if the purge after issuing had failed: January's usage is still stored.
+    await client.hset(keys.usage(acct), mapping=january_agg)
+    await client.rpush(keys.usage_records(acct), *january_recs)
+    headroom = (await stubs.balance("491700000416")).balance_micros
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 1
+    february = await b.invoice((await b.invoices_of("C33"))[-1])
+    assert february.sections[0].usage == () and not [c for c in february.sections[0].charges if c.kind == "USAGE"]
+    assert (await stubs.balance("491700000416")).balance_micros == headroom  # nothing given back twice
+    assert await client.llen(keys.usage_records(acct)) == 0  # and the leftovers are gone now
+    bp = str(await client.hget(keys.account(acct), "bp"))
+    assert [p for p, _ in periods.unpack(bp)] == ["2026-03", "2026-04", "2026-05"]
