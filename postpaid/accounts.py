@@ -146,17 +146,21 @@ class BillingAccounts:
         return sorted(out, key=lambda x: x.account_id)
 
     async def set_overdue(self, ba: str, overdue_minor: int) -> None:
-        """Every line of the account carries the account's overdue amount against its
-        headroom (absolute: setting it again changes nothing)."""
-        for line in await self.lines(ba):
-            await CREDIT(self.client, (keys.account(line.account_id),), ("", overdue_minor * MICROS_PER_MINOR))
+        """The account's overdue amount comes off its lines' headroom, shared the way the
+        credit limit is (absolute: setting it again changes nothing)."""
+        lines = await self.lines(ba)
+        for line, part in zip(lines, split_evenly(overdue_minor * MICROS_PER_MINOR, len(lines)), strict=True):
+            await CREDIT(self.client, (keys.account(line.account_id),), ("", part))
 
     async def share_credit_limit(self, ba: str) -> None:
         """The account's credit limit is spread evenly over its lines (the first lines
         take the odd micros), so all of them together never spend more than the limit.
         Called when a line joins or leaves; each share is set absolutely (credit.lua), so
         doing it again changes nothing."""
-        limit = int(str(await self.client.hget(keys.billing_account(ba), "credit_limit") or 0))
+        stored = await self.client.hget(keys.billing_account(ba), "credit_limit")
+        if stored is None:
+            return  # an account without a limit of its own: each line keeps its own
+        limit = int(str(stored))
         lines = await self.lines(ba)
         for i, share in enumerate(split_evenly(limit, len(lines))):
             await CREDIT(self.client, (keys.account(lines[i].account_id),), (share, ""))

@@ -54,6 +54,10 @@ BATCH = 200
 NUMBER = "\x01NUMBER\x01"
 
 
+class Stale(Exception):
+    """The account changed between reading it and issuing its invoice."""
+
+
 @dataclass
 class RunReport:
     accounts: int = 0
@@ -138,8 +142,7 @@ class BillRun:
 
     async def _one(self, ba: str, now_s: int, report: RunReport) -> None:
         try:
-            # An account more than one period behind is billed period by period.
-            while (outcome := await self.bill(ba, now_s)) is not None:
+            for outcome in await self.bill_due(ba, now_s):
                 if outcome.startswith("ALREADY"):
                     report.already += 1
                 else:
@@ -147,6 +150,21 @@ class BillRun:
         except Exception:
             report.failed += 1
             log.exception("bill run failed for an account", extra={"billing_account": ba})
+
+    async def bill_due(self, ba: str, now_s: int) -> list[str]:
+        """Bill every period of the account that has ended, one by one; an invoice made
+        stale by another change of the account (a payment, a final invoice) is made again
+        from what is there now: its lines, their usage, the account."""
+        outcomes: list[str] = []
+        for _attempt in range(5):
+            try:
+                # An account more than one period behind is billed period by period.
+                while (outcome := await self.bill(ba, now_s)) is not None:
+                    outcomes.append(outcome)
+                return outcomes
+            except Stale:
+                continue
+        raise RuntimeError("the billing account kept changing while its invoice was issued")
 
     async def _many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send commands in one write and return their replies in order: over the pipelined
@@ -263,23 +281,22 @@ class BillRun:
         raw = await self._many([c for line in lines for c in _close_commands(line.account_id, period, ahead)])
         bills = [self._line_bill(line, period, raw[2 * i : 2 * i + 2]) for i, line in enumerate(lines)]
         nxt = periods.following(period, tz) if not final_line else None
-        for _attempt in range(5):
-            state = await self.accounts.get(ba)
-            pending = [str(x) for x in await self.client.lrange(keys.billing_pending(ba), 0, -1)]
-            deposit = 0
-            if final_line and int(state.get("deposit", 0)) and len(await self.accounts.lines(ba)) <= len(lines):
-                deposit = int(state["deposit"])
-            invoice = self._compose(ba, state, period, bills, pending, now_s, final_line, deposit)
-            issue_keys, args = self._issue(ba, state, invoice, period, nxt, len(pending), now_s, final_line, deposit)
-            reply = await ISSUE(self.client, issue_keys, args)
-            if reply[0] == "STALE":
-                continue
-            number = str(reply[1])
-            for line in lines:
-                acct = line.account_id
-                await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), (period.id,))
-            return number if reply[0] == "ISSUED" else "ALREADY " + number
-        raise RuntimeError("the billing account kept changing while its invoice was issued")
+        state = await self.accounts.get(ba)
+        pending = [str(x) for x in await self.client.lrange(keys.billing_pending(ba), 0, -1)]
+        deposit = 0
+        if final_line and int(state.get("deposit", 0)) and len(await self.accounts.lines(ba)) <= len(lines):
+            deposit = int(state["deposit"])
+        invoice = self._compose(ba, state, period, bills, pending, now_s, final_line, deposit)
+        issue_keys, args = self._issue(ba, state, invoice, period, nxt, len(pending), now_s, final_line, deposit)
+        reply = await ISSUE(self.client, issue_keys, args)
+        if reply[0] == "STALE":
+            # Composed from a reading another change has overtaken: the caller starts over.
+            raise Stale(ba)
+        number = str(reply[1])
+        for line in lines:
+            acct = line.account_id
+            await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), (period.id,))
+        return number if reply[0] == "ISSUED" else "ALREADY " + number
 
     def _line_bill(self, line: BillingLine, period: periods.Period, raw: list[Any]) -> LineBill:
         """A line's part of the bill from its replies: close.lua's and the history."""

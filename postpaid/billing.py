@@ -32,7 +32,7 @@ from charging.redis_link import RedisLink
 from charging.settings import Settings
 from postpaid import periods
 from postpaid.accounts import BillingAccounts, billing_account_id
-from postpaid.bill_run import BillRun
+from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
 from postpaid.config import BillingConfig, load
 from postpaid.delivery import (
@@ -49,6 +49,9 @@ from postpaid.scripts import PREPAID_CLOSE
 
 log = logging.getLogger("postpaid.billing")
 POSTPAID = ("MOBILE_POSTPAID", "FIXED_POSTPAID")
+# Passes an invoice may wait for a channel that fails for a reason that may pass (with the
+# billing jobs every minute: about a day).
+DELIVERY_ATTEMPTS = 1440
 
 
 class Billing:
@@ -136,35 +139,51 @@ class Billing:
     async def final_invoice(self, ba: str, account_id: str) -> str | None:
         """The final invoice of a terminated line, then the line leaves the account."""
         now_s = self.clock.now_ms() // 1000
-        # Periods that ended before the termination are billed first, as usual (the line's
-        # usage in them is on their invoices); the final invoice covers the period running.
-        while await self.runs.bill(ba, now_s) is not None:
-            pass
-        lines = [x for x in await self.accounts.lines(ba) if x.account_id == account_id]
-        if not lines:
-            return None
-        info = await self.accounts.get(ba)
-        period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
-        # issue.lua takes the line off the account in the same script.
-        number = await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
-        await self.accounts.share_credit_limit(ba)  # the lines left share the whole limit
-        return number
+        try:
+            for _attempt in range(5):
+                # Periods that ended before the termination are billed first, as usual (the
+                # line's usage in them is on their invoices); the final invoice covers the
+                # period running.
+                await self.runs.bill_due(ba, now_s)
+                lines = [x for x in await self.accounts.lines(ba) if x.account_id == account_id]
+                if not lines:
+                    return None
+                info = await self.accounts.get(ba)
+                period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
+                try:
+                    # issue.lua takes the line off the account in the same script.
+                    return await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
+                except Stale:
+                    continue
+            raise RuntimeError("the billing account kept changing while the final invoice was issued")
+        finally:
+            await self.accounts.share_credit_limit(ba)  # the lines left share the whole limit
 
     async def deliver_pending(self, limit: int = 100) -> int:
         """Deliver queued invoices (oldest first); returns how many left the queue. An
         invoice whose delivery failed for a reason that may pass (the mail server is down)
-        stays queued for the next pass; one that cannot succeed is recorded FAILED."""
+        goes to the back of the queue for a later pass, so it never holds up the others,
+        and is recorded FAILED after ``DELIVERY_ATTEMPTS``; one that cannot succeed is
+        recorded FAILED at once."""
         handled = 0
         for raw in await self.client.lrange(keys.BILL_DELIVERY, 0, limit - 1):
             number = str(raw)
             try:
                 outcome = await self.deliver(number)
             except Exception:
-                log.exception("invoice delivery failed; it stays queued")
-                continue
-            if outcome != "RETRYING":
-                await self.client.lrem(keys.BILL_DELIVERY, 1, number)
-                handled += 1
+                log.exception("invoice delivery failed")
+                outcome = "RETRYING"
+            if outcome == "RETRYING":
+                attempts = await self.client.hincrby(keys.invoice_state(number), "delivery_attempts", 1)
+                if attempts < DELIVERY_ATTEMPTS:
+                    async with self.client.pipeline(transaction=True) as pipe:
+                        pipe.lrem(keys.BILL_DELIVERY, 1, number)
+                        pipe.rpush(keys.BILL_DELIVERY, number)
+                        await pipe.execute()
+                    continue
+                await self.client.hset(keys.invoice_state(number), "delivery", "FAILED")
+            await self.client.lrem(keys.BILL_DELIVERY, 1, number)
+            handled += 1
         return handled
 
     async def deliver(self, number: str, again: bool = False) -> str:

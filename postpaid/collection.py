@@ -186,7 +186,15 @@ class Collection:
                     keys.BILL_AUDIT,
                     keys.BILL_DUE,
                 ),
-                (target, overdue, len(triples) // 3, *triples, now_ms // 1000, info.get("epoch", "0")),
+                (
+                    target,
+                    overdue,
+                    len(triples) // 3,
+                    *triples,
+                    now_ms // 1000,
+                    info.get("epoch", "0"),
+                    info.get("moves", "0"),
+                ),
             )
         if applied == -1:
             return None

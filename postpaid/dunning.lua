@@ -11,17 +11,20 @@
 -- ARGV[3] n records, then n triples:
 --         done member, charge JSON for the next invoice ('' none), notification ('' none)
 -- ARGV[4 + 3n] now (s)        ARGV[5 + 3n] the account's state epoch the decision was made on
+-- ARGV[6 + 3n] the account's money moves (payments, credit notes, invoices) it was made on
 --
 -- Reaching TERMINATED hands the account over to collection: recorded once in the audit.
 -- A charge makes sure the account is billed again (an account whose lines all ended).
 --
 -- A triple whose member is already in KEYS[1] was applied before and is skipped whole.
--- Reply: number of triples applied now, or -1 when the account's state changed since the
--- decision was made (another evaluation came first): nothing is applied, decide again.
+-- Reply: number of triples applied now, or -1 when the account's state or money moved
+-- since the decision was made (a payment, another evaluation): nothing is applied, decide
+-- again.
 
 local n = tonumber(ARGV[3])
 local now = ARGV[4 + 3 * n]
-if (redis.call('HGET', KEYS[3], 'epoch') or '0') ~= ARGV[5 + 3 * n] then return -1 end
+local seen = redis.call('HMGET', KEYS[3], 'epoch', 'moves')
+if (seen[1] or '0') ~= ARGV[5 + 3 * n] or (seen[2] or '0') ~= ARGV[6 + 3 * n] then return -1 end
 local applied = 0
 for i = 0, n - 1 do
   local member, charge, note = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]

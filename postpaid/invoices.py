@@ -172,7 +172,7 @@ class Invoice:
                 line=s["line"],
                 product=s["product"],
                 charges=tuple(Charge(**c) for c in s["charges"]),
-                usage=tuple(UsageItem(*u) for u in s["usage"]),
+                usage=tuple(UsageItem(**u) if isinstance(u, dict) else UsageItem(*u) for u in s["usage"]),
                 unit_path=tuple(s["unit_path"]),
             )
             for s in d["sections"]

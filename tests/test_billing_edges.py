@@ -285,7 +285,7 @@ async def test_lines_of_an_account_share_its_credit_limit(
 
 async def test_a_dunning_decision_made_on_a_state_that_moved_is_not_applied(app: App) -> None:
     assert app.redis is not None
-    await app.redis.hset(keys.billing_account("C31"), mapping={"state": "ACTIVE", "epoch": 4})
+    await app.redis.hset(keys.billing_account("C31"), mapping={"state": "ACTIVE", "epoch": 4, "moves": 2})
     dunning_keys = (
         keys.billing_dunning_done("C31"),
         keys.billing_pending("C31"),
@@ -294,13 +294,15 @@ async def test_a_dunning_decision_made_on_a_state_that_moved_is_not_applied(app:
         keys.BILL_AUDIT,
         keys.BILL_DUE,
     )
-    # Decided on epoch 3 (before a payment restored the account): refused, nothing applied.
-    stale = await DUNNING(app.redis, dunning_keys, ("BARRED_OUTGOING", 900, 1, "INV-1|barring", "", "note", 0, "3"))
-    assert stale == -1
+    bar = ("BARRED_OUTGOING", 900, 1, "INV-1|barring", "", "note", 0)
+    # Decided on epoch 3 (before another evaluation restored the account): refused.
+    assert await DUNNING(app.redis, dunning_keys, (*bar, "3", "2")) == -1
     assert await app.redis.hget(keys.billing_account("C31"), "state") == "ACTIVE"
     assert await app.redis.scard(keys.billing_dunning_done("C31")) == 0
-    fresh = await DUNNING(app.redis, dunning_keys, ("BARRED_OUTGOING", 900, 1, "INV-1|barring", "", "note", 0, "4"))
-    assert fresh == 1 and await app.redis.hget(keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
+    # Decided before a payment came in (the account's money moved from 1 to 2): refused.
+    assert await DUNNING(app.redis, dunning_keys, (*bar, "4", "1")) == -1
+    assert await DUNNING(app.redis, dunning_keys, (*bar, "4", "2")) == 1
+    assert await app.redis.hget(keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
 
 
 class SlowNetworkBook(LineBook):
