@@ -18,7 +18,8 @@ from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
 from postpaid import config as billing_config
 from postpaid import periods
-from postpaid.accounts import split_evenly
+from postpaid.accounts import BillingAccounts, split_evenly
+from postpaid.bill_run import BillRun
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
 from postpaid.scripts import DUNNING
@@ -377,3 +378,49 @@ async def test_usage_invoiced_but_not_purged_is_never_billed_again(
     assert await client.llen(keys.usage_records(acct)) == 0  # and the leftovers are gone now
     bp = str(await client.hget(keys.account(acct), "bp"))
     assert [p for p, _ in periods.unpack(bp)] == ["2026-03", "2026-04", "2026-05"]
+
+
+async def test_a_final_invoice_racing_a_bill_run_bills_the_line_once(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, _book = postpaid_billing
+    await enrol(stubs, b, "34", "491700000417")
+    leaving = await enrol(stubs, b, "34", "491700000418")
+    assert await call(stubs, "491700000417", "s1", 60) == 2001
+    assert await call(stubs, "491700000418", "s2", 120) == 2001
+    clock.advance(seconds=30 * DAY + 9 * 3600)  # 2026-02-09 21:00 UTC: January's period not over
+    after_end = clock.now_ms() // 1000 + 4 * 3600  # a bill run whose clock says it is over
+
+    class Racing(BillingAccounts):
+        """The bill run's reading of the account, with the line's termination landing
+        between that reading and the issue."""
+
+        reads = 0
+
+        async def get(self, ba: str) -> dict[str, str]:
+            state = await super().get(ba)
+            Racing.reads += 1
+            if Racing.reads == 2:  # inside invoice(), just before composing
+                line = {"account_id": leaving, "customer_id": "34", "customer_type": "MOBILE_POSTPAID"}
+                await b.line_changed(
+                    msisdn="491700000418",
+                    line=line,
+                    state="terminated",
+                    plan_id="mobile-postpaid",
+                    customer={},
+                    paying_unit="",
+                    unit_path=(),
+                    label="x",
+                )
+            return state
+
+    assert app.redis is not None and app.catalogs is not None
+    racing = BillRun(app.redis, Racing(app.redis, b.config), b.config, app.catalogs, clock)
+    outcomes = await racing.bill_due("C34", after_end)
+    numbers = await b.invoices_of("C34")
+    invoices = [await b.invoice(n) for n in numbers]
+    assert [i.kind for i in invoices] == ["FINAL", "REGULAR"] and len(outcomes) == 1
+    final, regular = invoices
+    assert [s.line for s in final.sections] == ["491700000418"]
+    assert [s.line for s in regular.sections] == ["491700000417"]  # the leaving line once, on the final
+    assert sum(len(s.usage) for i in invoices for s in i.sections) == 2
