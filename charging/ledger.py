@@ -69,7 +69,9 @@ class LuaScript:
     library first)."""
 
     def __init__(self, *filenames: str, package: str = "charging") -> None:
-        self.source = "\n".join(resources.files(package).joinpath(f).read_text() for f in filenames)
+        # A file of another package is named "package:file" (a shared library).
+        parts = [f.split(":", 1) if ":" in f else (package, f) for f in filenames]
+        self.source = "\n".join(resources.files(pkg).joinpath(name).read_text() for pkg, name in parts)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, client: ScriptRunner, keys: Sequence[str], args: Sequence[Arg]) -> Any:

@@ -1,6 +1,7 @@
--- Close a bill period of a postpaid charging account and read its usage: from now on
--- usage goes to the next period, and the closed usage stops counting against the headroom
--- (it is invoiced; once overdue it counts again through 'overdue', credit.lua).
+-- Close a bill period of a postpaid charging account and read its usage: from now on usage
+-- goes to the next period, and the closed usage stops counting against the headroom (it is
+-- invoiced; once overdue it counts again through 'overdue', credit.lua). (charging's
+-- ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
 -- KEYS[2] usage aggregates  {a:ID}:u        KEYS[3] usage records  {a:ID}:ud
@@ -19,19 +20,6 @@
 --        'ALREADY' the period was closed before (a run again)
 --        aggregates: flat field/value pairs, records: the records of the closed periods
 --     or {'UNKNOWN'}       not a postpaid account
-
-local function split(text, sep)
-  local out, start = {}, 1
-  while true do
-    local at = string.find(text, sep, start, true)
-    if not at then
-      out[#out + 1] = string.sub(text, start)
-      return out
-    end
-    out[#out + 1] = string.sub(text, start, at - 1)
-    start = at + 1
-  end
-end
 
 local acct = redis.call('HMGET', KEYS[1], 'bp', 'balance', 'plan', 'closed')
 if not acct[1] then return {'UNKNOWN'} end

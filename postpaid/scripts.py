@@ -8,7 +8,7 @@ from __future__ import annotations
 from charging.ledger import LuaScript
 
 ENROL = LuaScript("enrol.lua", package="postpaid")
-CLOSE = LuaScript("close.lua", package="postpaid")
+CLOSE = LuaScript("charging:ledger_lib.lua", "close.lua", package="postpaid")
 CREDIT = LuaScript("credit.lua", package="postpaid")
 ISSUE = LuaScript("issue.lua", package="postpaid")
 PAY = LuaScript("pay.lua", package="postpaid")

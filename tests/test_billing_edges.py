@@ -45,6 +45,21 @@ async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: i
     return sub.account_id
 
 
+async def terminate(b: Billing, customer: str, account_id: str, msisdn: str) -> None:
+    """The network acknowledged the line's termination."""
+    line = {"account_id": account_id, "customer_id": customer, "customer_type": "MOBILE_POSTPAID"}
+    await b.line_changed(
+        msisdn=msisdn,
+        line=line,
+        state="terminated",
+        plan_id="mobile-postpaid",
+        customer={},
+        paying_unit="",
+        unit_path=(),
+        label="Customer",
+    )
+
+
 async def test_records_out_of_order_at_a_period_boundary_are_all_billed_and_purged(
     stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:
@@ -103,17 +118,7 @@ async def test_a_termination_after_a_period_ended_bills_that_period_then_the_fin
     assert await call(stubs, "491700000404", "jan", 60) == 2001
     clock.advance(seconds=33 * DAY)  # February 12: January ended, not billed yet
     assert await call(stubs, "491700000404", "feb", 120) == 2001
-    line = {"account_id": acct, "customer_id": "22", "customer_type": "MOBILE_POSTPAID"}
-    await b.line_changed(
-        msisdn="491700000404",
-        line=line,
-        state="terminated",
-        plan_id="mobile-postpaid",
-        customer={},
-        paying_unit="",
-        unit_path=(),
-        label="Customer",
-    )
+    await terminate(b, "22", acct, "491700000404")
     regular, final = [await b.invoice(n) for n in await b.invoices_of("C22")]
     assert (regular.kind, final.kind) == ("REGULAR", "FINAL")
     assert [u.units for u in regular.sections[0].usage] == [60]
@@ -174,9 +179,7 @@ async def test_charges_after_the_last_line_ended_are_still_invoiced(
 ) -> None:
     b, _book = postpaid_billing
     acct = await enrol(stubs, b, "26", "491700000408")
-    line = {"account_id": acct, "customer_id": "26", "customer_type": "MOBILE_POSTPAID"}
-    args = {"msisdn": "491700000408", "line": line, "plan_id": "mobile-postpaid", "customer": {}}
-    await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **args)
+    await terminate(b, "26", acct, "491700000408")
     clock.advance(seconds=31 * DAY)
     assert (await b.runs.run()).issued == 0  # nothing left to bill: off the run index
     await b.payments.adjust("late-adj", "C26", 700, "equipment not returned", "agent-3")
@@ -278,9 +281,7 @@ async def test_lines_of_an_account_share_its_credit_limit(
     assert await call(stubs, "491700000414", "big", 60) == 2001
     spent = LIMIT // 2 - (await stubs.balance("491700000414")).balance_micros
     # The first line leaves: the other has the whole limit again, less what it spent.
-    line = {"account_id": first, "customer_id": "30", "customer_type": "MOBILE_POSTPAID"}
-    args = {"msisdn": "491700000413", "line": line, "plan_id": "mobile-postpaid", "customer": {}}
-    await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **args)
+    await terminate(b, "30", first, "491700000413")
     assert (await stubs.balance("491700000414")).balance_micros == LIMIT - spent
 
 
@@ -401,17 +402,7 @@ async def test_a_final_invoice_racing_a_bill_run_bills_the_line_once(
             state = await super().get(ba)
             Racing.reads += 1
             if Racing.reads == 2:  # inside invoice(), just before composing
-                line = {"account_id": leaving, "customer_id": "34", "customer_type": "MOBILE_POSTPAID"}
-                await b.line_changed(
-                    msisdn="491700000418",
-                    line=line,
-                    state="terminated",
-                    plan_id="mobile-postpaid",
-                    customer={},
-                    paying_unit="",
-                    unit_path=(),
-                    label="x",
-                )
+                await terminate(b, "34", leaving, "491700000418")
             return state
 
     assert app.redis is not None and app.catalogs is not None
