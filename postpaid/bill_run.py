@@ -303,8 +303,12 @@ class BillRun:
         closed, hist = raw
         if closed[0] not in ("CLOSED", "ALREADY"):
             raise RuntimeError(f"cannot close the period of a line: {closed[0]}")
-        _status, _cost, plan, agg, recs = closed
+        _status, _cost, plan, agg, recs, ids = closed
         flat = _hash(agg)
+        # A line that joined while an earlier period was being billed: its rental for the
+        # days it had in that period is on this invoice too.
+        tz = self.config.time_zone
+        earlier = tuple(periods.by_id(pid, period.start.day, tz) for pid in ids if pid < period.id)
         history = []
         for entry in hist:
             at, state, plan_id = str(entry).split(",")
@@ -318,6 +322,7 @@ class BillRun:
             records=[],
             items=tuple(itemised_from_records(recs, None, self._units(), self.config.mask_destination_digits)),
             unit_path=line.unit_path,
+            earlier=earlier,
         )
 
     def _compose(

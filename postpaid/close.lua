@@ -15,10 +15,11 @@
 -- (invoiced, not purged yet) is never returned again. A repeated close returns what the
 -- first one closed.
 --
--- Reply: {status, usage cost micros, plan, aggregates, records} where status is
+-- Reply: {status, usage cost micros, plan, aggregates, records, period ids} where status is
 --        'CLOSED'  the period was open and is closed now
 --        'ALREADY' the period was closed before (a run again)
---        aggregates: flat field/value pairs, records: the records of the closed periods
+--        aggregates: flat field/value pairs, records: the records of the closed periods,
+--        period ids: the periods closed (more than ARGV[1] for a line that joined late)
 --     or {'UNKNOWN'}       not a postpaid account
 
 local acct = redis.call('HMGET', KEYS[1], 'bp', 'balance', 'plan', 'closed')
@@ -63,10 +64,13 @@ if status == 'CLOSED' then
   for _, entry in ipairs(split(ARGV[2], '|')) do
     if not open[string.sub(entry, 1, string.find(entry, ':', 1, true) - 1)] then kept[#kept + 1] = entry end
   end
-  local ids = {}
-  for id in pairs(closing) do ids[#ids + 1] = id end
-  table.sort(ids)
-  redis.call('HSET', KEYS[1], 'bp', table.concat(kept, '|'), 'closed', table.concat(ids, '|'),
+  local closed_ids = {}
+  for id in pairs(closing) do closed_ids[#closed_ids + 1] = id end
+  table.sort(closed_ids)
+  redis.call('HSET', KEYS[1], 'bp', table.concat(kept, '|'), 'closed', table.concat(closed_ids, '|'),
     'balance', string.format('%d', tonumber(acct[2]) + cost))
 end
-return {status, string.format('%d', cost), acct[3], agg, recs}
+local ids = {}
+for id in pairs(closing) do ids[#ids + 1] = id end
+table.sort(ids)
+return {status, string.format('%d', cost), acct[3], agg, recs, ids}

@@ -15,7 +15,7 @@ Order of the arithmetic (each step on integers in minor units):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from charging.rating import UnitKind
@@ -58,6 +58,9 @@ class LineBill:
     # The itemised rows when the caller built them already (bill runs, from the stored
     # records in one pass); otherwise they are made from ``records``.
     items: tuple[UsageItem, ...] | None = None
+    # Earlier periods closed with this one (a line that joined while one was billed):
+    # their rentals are charged here too.
+    earlier: tuple[Period, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,11 @@ def compose(
     rentals = {pid: (p.name, p.rental_micros) for pid, p in products.items()}
     sections = []
     for line in sorted(bill.lines, key=lambda x: (x.unit_path, x.line)):
-        charges = rental_charges(line.history, bill.period, config.time_zone, rentals, config.suspended_rental_bp)
+        charges = []
+        for earlier in line.earlier:
+            for c in rental_charges(line.history, earlier, config.time_zone, rentals, config.suspended_rental_bp):
+                charges.append(replace(c, description=f"{c.description}, {earlier.start} to {earlier.last_day}"))
+        charges += rental_charges(line.history, bill.period, config.time_zone, rentals, config.suspended_rental_bp)
         charges += usage_charges(line.aggregates, units)
         product = products.get(line.plan_id)
         for bundle in product.included if product else ():

@@ -100,7 +100,8 @@ async def test_a_line_that_joined_while_a_period_was_billed_is_billed_with_the_n
     bp = periods.pack(periods.open_periods(jan, "Europe/Berlin"))
     await client.hset(keys.account(sub.account_id), mapping={"bp": bp, "credit_limit": LIMIT, "balance": LIMIT})
     await client.hset(keys.billing_lines("C21"), sub.account_id, '{"line": "491700000403", "unit_path": []}')
-    await client.rpush(keys.line_history(sub.account_id), f"{clock.now_ms() // 1000},active,mobile-postpaid")
+    joined_at = jan.end_s - 2 * 3600  # activated two hours before January's period ended
+    await client.rpush(keys.line_history(sub.account_id), f"{joined_at},active,mobile-postpaid")
     assert await call(stubs, "491700000403", "late", 60) == 2001  # recorded in January's bucket
     clock.advance(seconds=28 * DAY)
     report = await b.runs.run()
@@ -108,6 +109,10 @@ async def test_a_line_that_joined_while_a_period_was_billed_is_billed_with_the_n
     february = await b.invoice((await b.invoices_of("C21"))[-1])
     joined = next(s for s in february.sections if s.line == "491700000403")
     assert [u.units for u in joined.usage] == [60]
+    # Its rental covers the days it had in January as well as February.
+    rentals = [c for c in joined.charges if c.kind == "RENTAL"]
+    assert len(rentals) == 2 and "2026-01-10 to 2026-02-09" in rentals[0].description
+    assert rentals[0].quantity == 1 and rentals[1].quantity == 28
 
 
 async def test_a_termination_after_a_period_ended_bills_that_period_then_the_final_one(
