@@ -184,6 +184,11 @@ def credit_note(number: str) -> str:
     return "{bill}:cn:" + number
 
 
+def delivery_lease(number: str) -> str:
+    """string, expiring: a process is delivering this invoice."""
+    return "{bill}:delivering:" + number
+
+
 def payment(channel: str, reference: str) -> str:
     return "{bill}:pay:" + channel + ":" + reference
 

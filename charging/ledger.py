@@ -21,7 +21,7 @@ from charging import keys
 from charging.redis_link import RedisLink
 from charging.store import storage_errors
 
-ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "PLAN", "CATALOG", "LIMIT"]
+ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "PLAN", "CATALOG", "LIMIT", "POSTPAID"]
 Arg = str | int
 
 

@@ -13,12 +13,14 @@
 --   {'CONFLICT'}       this key was used before with another payload
 --   {'UNKNOWN'}        no such account
 --   {'LIMIT'}          the balance would pass ARGV[4]: nothing changed
+--   {'POSTPAID'}       a postpaid account: its balance is credit headroom, paid by invoice
 
 local stored = stored_answer(KEYS[2], ARGV[1])
 if stored then return stored end
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'currency')
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'currency', 'bp')
 if not acct[1] then return {'UNKNOWN'} end
+if acct[4] then return {'POSTPAID'} end
 local balance = tonumber(acct[1]) + tonumber(ARGV[2])
 if balance > tonumber(ARGV[4]) then return {'LIMIT'} end
 

@@ -125,6 +125,8 @@ class TopUps:
             raise Conflict("idempotency_key was already used for another recharge")
         if reply.kind == "LIMIT":
             raise LimitExceeded(f"the balance would exceed {MAX_BALANCE} micros")
+        if reply.kind == "POSTPAID":
+            raise InvalidRequest("subscriber", "is a postpaid line: its invoices are paid through Billing")
         balance, reserved, currency = reply.body.split(" ")
         return RechargeResult(account, currency, int(balance), int(reserved), replayed=reply.kind == "REPLAY")
 

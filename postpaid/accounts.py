@@ -94,6 +94,12 @@ class BillingAccounts:
                 await pipe.execute()
             info = await self.client.hmget(keys.billing_account(ba), ["cycle_day", "next_period"])
             current = periods.by_id(str(info[1]), int(str(info[0])), tz)
+            if current.end_s <= at_s and not await self.client.hlen(keys.billing_lines(ba)):
+                # Every line had ended and the account stopped being billed: it starts again
+                # at the period running now, not at the old one.
+                current = periods.period_at(current.start.day, tz, at_s)
+                await self.client.hset(keys.billing_account(ba), "next_period", current.id)
+                await self.client.zadd(keys.BILL_DUE, {ba: current.end_s})
             # In this order, so that whatever a crash leaves is finished by enrolling again
             # (the marker last: until it is set, the next change of the line enrols again)
             # and a bill run never finds a line on the account that is not postpaid yet.

@@ -376,6 +376,7 @@ class BillRun:
             keys.BILL_DUE,
             keys.BILL_DELIVERY,
             keys.billing_lines(ba),
+            keys.BILL_RECHECK,
         )
         args = (
             _with_placeholder(invoice),

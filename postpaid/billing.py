@@ -52,6 +52,7 @@ POSTPAID = ("MOBILE_POSTPAID", "FIXED_POSTPAID")
 # Passes an invoice may wait for a channel that fails for a reason that may pass (with the
 # billing jobs every minute: about a day).
 DELIVERY_ATTEMPTS = 1440
+DELIVERY_LEASE_MS = 120_000
 
 
 class Billing:
@@ -168,23 +169,34 @@ class Billing:
         handled = 0
         for raw in await self.client.lrange(keys.BILL_DELIVERY, 0, limit - 1):
             number = str(raw)
+            # One process at a time delivers an invoice (several may run the billing jobs).
+            lease = keys.delivery_lease(number)
+            if not await self.client.set(lease, "1", nx=True, px=DELIVERY_LEASE_MS):
+                continue
             try:
-                outcome = await self.deliver(number)
-            except Exception:
-                log.exception("invoice delivery failed")
-                outcome = "RETRYING"
-            if outcome == "RETRYING":
-                attempts = await self.client.hincrby(keys.invoice_state(number), "delivery_attempts", 1)
-                if attempts < DELIVERY_ATTEMPTS:
-                    async with self.client.pipeline(transaction=True) as pipe:
-                        pipe.lrem(keys.BILL_DELIVERY, 1, number)
-                        pipe.rpush(keys.BILL_DELIVERY, number)
-                        await pipe.execute()
-                    continue
-                await self.client.hset(keys.invoice_state(number), "delivery", "FAILED")
-            await self.client.lrem(keys.BILL_DELIVERY, 1, number)
-            handled += 1
+                handled += await self._deliver_queued(number)
+            finally:
+                await self.client.delete(lease)
         return handled
+
+    async def _deliver_queued(self, number: str) -> int:
+        """Deliver one queued invoice; 1 when it left the queue."""
+        try:
+            outcome = await self.deliver(number)
+        except Exception:
+            log.exception("invoice delivery failed")
+            outcome = "RETRYING"
+        if outcome == "RETRYING":
+            attempts = await self.client.hincrby(keys.invoice_state(number), "delivery_attempts", 1)
+            if attempts < DELIVERY_ATTEMPTS:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.lrem(keys.BILL_DELIVERY, 1, number)
+                    pipe.rpush(keys.BILL_DELIVERY, number)
+                    await pipe.execute()
+                return 0
+            await self.client.hset(keys.invoice_state(number), "delivery", "FAILED")
+        await self.client.lrem(keys.BILL_DELIVERY, 1, number)
+        return 1
 
     async def deliver(self, number: str, again: bool = False) -> str:
         """Render the invoice and send it on every configured channel it has not reached

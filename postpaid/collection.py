@@ -205,7 +205,8 @@ class Collection:
         with storage_errors():
             # Restricted accounts, and restored ones whose lines are not all back yet, are
             # looked at on every run until their lines match.
-            if decision.state in ORDER_FOR or unsettled:
+            restricted = decision.state in ORDER_FOR and decision.state is not ServiceState.TERMINATED
+            if restricted or unsettled:
                 await self.client.sadd(keys.BILL_RESTRICTED, ba)
             else:
                 await self.client.srem(keys.BILL_RESTRICTED, ba)

@@ -127,8 +127,9 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
         if rate.code in taxes:
             problems.append((f"{w}code", f"duplicate tax code {rate.code!r}"))
         taxes[rate.code] = rate
-    if "standard" not in taxes:
-        problems.append(("taxes", "must define the 'standard' code"))
+    for code in ("standard", "exempt"):  # charges use these: most lines; late fees, deposits
+        if code not in taxes:
+            problems.append(("taxes", f"must define the {code!r} code"))
     discounts = []
     for i, d in enumerate(doc.get("discounts") or []):
         w = f"discounts[{i}]."

@@ -2,7 +2,9 @@
 --
 -- KEYS[1] dispute record    {bill}:disp:ID
 -- KEYS[2] invoice state     {bill}:is:NUMBER
--- ARGV[1] OPEN, ACCEPT or REJECT   ARGV[2] amount (minor units)   ARGV[3] the record JSON
+-- ARGV[1] OPEN, ACCEPT, REJECT or RELEASE   ARGV[2] amount (minor units)   ARGV[3] the record JSON
+--
+-- RELEASE lifts an accepted dispute's hold when there was nothing left to credit.
 --
 -- ACCEPT decides the dispute (its credit note follows, idempotent, and releases the hold);
 -- REJECT releases the hold. Whichever of the two comes first decides: the other is CLOSED.
@@ -12,6 +14,13 @@
 
 local op = ARGV[1]
 local prev = redis.call('HGET', KEYS[1], 'status')
+if op == 'RELEASE' then
+  if prev ~= 'ACCEPTED' or redis.call('HGET', KEYS[1], 'released') then return {'SAME'} end
+  local disputed = tonumber(redis.call('HGET', KEYS[2], 'disputed'))
+  redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(ARGV[2]), 0)))
+  redis.call('HSET', KEYS[1], 'released', '1')
+  return {'DONE'}
+end
 if op == 'OPEN' then
   if prev then return {'SAME'} end
   local inv = redis.call('HMGET', KEYS[2], 'open', 'disputed')

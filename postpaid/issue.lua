@@ -11,6 +11,7 @@
 -- KEYS[8] bill run index    {bill}:due
 -- KEYS[9] delivery queue    {bill}:deliver   (the invoice is queued for delivery)
 -- KEYS[10] the account's lines {bill}:ba:BA:lines
+-- KEYS[11] accounts to re-evaluate {bill}:recheck (a negative invoice paid older ones)
 -- ARGV[1] invoice JSON; the text \1NUMBER\1 (never in JSON text, which escapes control
 --         characters) stands for the number
 -- ARGV[2] invoice total (minor units)      ARGV[3] due day (s, local midnight)
@@ -62,6 +63,7 @@ if total >= 0 then
 else
   open = 0
   credit = credit - total
+  redis.call('SADD', KEYS[11], ba_id)
   -- The credit pays what is still open, oldest first.
   for _, older in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do
     if credit <= 0 then break end

@@ -219,7 +219,8 @@ class Payments:
         if reply[0] == "CLOSED":
             raise Conflict(f"the dispute is already {reply[1]}")
         if accept:
-            note = await self.credit_note(d["invoice"], d["amount"], reason, f"dispute-{dispute_id}", d["amount"])
+            doc["resolution"] = d.get("resolution") or reason  # the decision's own reason, also on a retry
+            note = await self._dispute_credit_note(dispute_id, d, doc["resolution"])
             doc["credit_note"] = note.get("number", "")
             await self.client.hset(keys.dispute(dispute_id), "doc", json.dumps(doc))
         if reply[0] == "DONE":
@@ -227,6 +228,24 @@ class Payments:
             await self._audit(action, actor, d["ba"], d["amount"], reason, dispute_id)
         await self._changed(d["ba"])
         return await self.dispute(dispute_id)
+
+    async def _dispute_credit_note(self, dispute_id: str, d: dict[str, Any], reason: str) -> dict[str, Any]:
+        """The credit note of an accepted dispute, once: for the disputed amount, or what
+        the invoice can still be credited if other credit notes came first; the hold is
+        released either way."""
+        key = f"dispute-{dispute_id}"
+        stored = await self.client.get(keys.payment("CN", key))
+        if stored is not None:
+            record: dict[str, Any] = json.loads(str(stored).split("|", 1)[1])
+            return record
+        total, credited = await self.client.hmget(keys.invoice_state(d["invoice"]), ["total", "credited"])
+        amount = min(int(d["amount"]), max(int(str(total)) - int(str(credited or 0)), 0))
+        if amount > 0:
+            return await self.credit_note(d["invoice"], amount, reason, key, release=int(d["amount"]))
+        await DISPUTE(
+            self.client, (keys.dispute(dispute_id), keys.invoice_state(d["invoice"])), ("RELEASE", d["amount"], "")
+        )
+        return {}
 
     async def dispute(self, dispute_id: str) -> dict[str, Any]:
         h = await self.client.hgetall(keys.dispute(dispute_id))

@@ -430,6 +430,8 @@ class Acquisition:
             return work["account_id"]
         newest = str(await self.client.get(keys.ACCOUNT_SEQ) or 0)
         seq = await self.orders.note(run.id, "account_seq", newest, keep=True)
+        if plan.customer_type.value.endswith("POSTPAID"):
+            initial_balance = 0  # a postpaid line spends credit headroom, not money paid in advance
         try:
             account = await self.directory.create(
                 msisdn, imsi, plan, initial_balance, status=CHARGING_STATUS[LineState.PENDING_ACTIVATION]

@@ -420,3 +420,52 @@ async def test_a_final_invoice_racing_a_bill_run_bills_the_line_once(
     assert [s.line for s in final.sections] == ["491700000418"]
     assert [s.line for s in regular.sections] == ["491700000417"]  # the leaving line once, on the final
     assert sum(len(s.usage) for i in invoices for s in i.sections) == 2
+
+
+async def test_an_accepted_dispute_credits_what_is_left_and_releases_its_hold(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, book = postpaid_billing
+    inv = await invoiced(stubs, b, book, clock, "35", "491700000419")
+    held = inv.total - 100
+    await b.payments.open_dispute("dx", inv.number, held, "roaming", "agent")
+    await b.payments.credit_note(inv.number, inv.total - 50, "billing error", "cn-35")  # only 50 left to credit
+    done = await b.payments.resolve_dispute("dx", True, "accepted in part", "agent")
+    assert done["status"] == "ACCEPTED"
+    state = await b.invoice_state(inv.number)
+    assert (state["disputed"], state["credited"]) == ("0", str(inv.total))
+    again = await b.payments.resolve_dispute("dx", True, "said again, otherwise", "agent")  # a retry
+    assert again["credit_note"] == done["credit_note"]
+
+
+async def test_a_postpaid_line_cannot_be_topped_up(stubs: Stubs, postpaid_billing: tuple[Billing, LineBook]) -> None:
+    import grpc
+
+    b, _book = postpaid_billing
+    await enrol(stubs, b, "36", "491700000420")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.topup.Recharge(
+            topup_pb2.RechargeRequest(
+                subscriber=common_pb2.SubscriberId(msisdn="491700000420"),
+                amount_micros=10_000_000,
+                channel=topup_pb2.CHANNEL_RETAIL,
+                idempotency_key="r-36",
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "postpaid" in (err.value.details() or "")
+    assert (await stubs.balance("491700000420")).balance_micros == LIMIT
+
+
+async def test_a_new_line_on_an_account_that_had_ended_starts_in_the_current_period(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock
+) -> None:
+    b, _book = postpaid_billing
+    first = await enrol(stubs, b, "37", "491700000421")
+    await terminate(b, "37", first, "491700000421")
+    clock.advance(seconds=150 * DAY)  # 9 June: the account has not been billed since January
+    assert (await b.runs.run()).issued == 0
+    await enrol(stubs, b, "37", "491700000422")
+    account = await b.account("C37")
+    assert account["next_period"] == "2026-05"  # 10 May - 9 June, the period running
+    clock.advance(seconds=5 * DAY)
+    assert (await b.runs.run()).issued == 1  # that period only: no invoices for the months between
