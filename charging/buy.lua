@@ -48,8 +48,11 @@ else
     ids[#ids + 1] = id
   end
   if acct[6] then
-    record_usage(KEYS[1], acct[6], floor_div(now, 1000), now, {service = 'bundle', zone = ARGV[6], band = '',
-      roaming = '', destination = '', units = 1, cost = price, ref = string.sub(KEYS[2], #KEYS[1] + 4)})
+    -- (a bundle included in a postpaid plan comes at price 0 and is not usage)
+    if price > 0 then
+      record_usage(KEYS[1], acct[6], floor_div(now, 1000), now, {service = 'bundle', zone = ARGV[6], band = '',
+        roaming = '', destination = '', units = 1, cost = price, ref = string.sub(KEYS[2], #KEYS[1] + 4)})
+    end
     watch_credit(KEYS[1], KEYS[4], tonumber(acct[7] or '0'), tonumber(acct[8] or '0'), balance, now)
   else
     watch_balance(KEYS[1], KEYS[4], acct[5] == '1', balance, tonumber(ARGV[5]), now)

@@ -70,6 +70,8 @@ class Renewer:
             channel="operator",
             idempotency_key=f"renew-{recurring.bundle_id}-{start}",
             digest=f"renew:{recurring.bundle_id}:{start}",
+            # A postpaid plan's bundle is part of its rental, on the invoice already.
+            included=plan is not None and plan.customer_type.value.endswith("POSTPAID"),
         )
         try:
             result = await self.topups.buy_bundle(purchase)

@@ -56,6 +56,8 @@ class BundlePurchase:
     channel: str
     idempotency_key: str
     digest: str
+    # Included in the plan's rental (a postpaid plan's recurring bundle): given, not sold.
+    included: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class TopUps:
         if account is None:
             raise NotFound("no subscriber has this identity")
         now = self.ctx.clock.now_ms()
-        args: list[Arg] = [req.digest, bundle.price_micros, self.idempotency_ttl_s, now, self.ctx.low_balance_micros]
+        price = 0 if req.included else bundle.price_micros
+        args: list[Arg] = [req.digest, price, self.idempotency_ttl_s, now, self.ctx.low_balance_micros]
         args += [bundle.id, bundle.currency, *(pack(b) for b in buckets_of(bundle, now // 1000))]
         reply = await self.ctx.ledger.buy(account, req.idempotency_key, args)
         if reply.kind == "UNKNOWN":
