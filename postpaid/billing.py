@@ -16,6 +16,7 @@ and a bill run never waits for rendering or a mail server. ``resend`` queues it 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,6 +252,10 @@ class Billing:
     async def resend(self, number: str) -> str:
         """Deliver the invoice again now, on every channel."""
         return await self.deliver(number, again=True)
+
+    async def run_history(self, limit: int) -> list[dict[str, Any]]:
+        """The latest bill runs' reports, newest first."""
+        return [dict(json.loads(str(x))) for x in reversed(await self.client.lrange(keys.BILL_RUNS, -limit, -1))]
 
     async def invoices_of(self, ba: str) -> list[str]:
         return [str(x) for x in await self.client.lrange(keys.billing_invoices(ba), 0, -1)]

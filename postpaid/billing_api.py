@@ -166,8 +166,10 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     async def IssueCreditNote(
         self, request: billing_pb2.CreditNoteRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.MoneyRecord:
+        if not request.actor:
+            raise InvalidRequest("actor", "is required")
         record = await self.billing.payments.credit_note(
-            request.invoice_number, request.amount_minor, request.reason, request.key
+            request.invoice_number, request.amount_minor, request.reason, request.key, actor=request.actor
         )
         return money_pb(record)
 
@@ -243,3 +245,36 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
         self, request: billing_pb2.BillingAccountId, context: grpc.aio.ServicerContext
     ) -> billing_pb2.DunningStatus:
         return await self._status(_ba(request.billing_account))
+
+    @rpc("GetDispute")
+    async def GetDispute(
+        self, request: billing_pb2.DisputeId, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.BillingDispute:
+        if not request.dispute_id:
+            raise InvalidRequest("dispute_id", "is required")
+        return dispute_pb(await self.billing.payments.dispute(request.dispute_id))
+
+    @rpc("ListMoneyRecords")
+    async def ListMoneyRecords(
+        self, request: billing_pb2.BillingAccountId, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.MoneyRecordList:
+        records = await self.billing.payments.records(_ba(request.billing_account))
+        return billing_pb2.MoneyRecordList(records=[money_pb(r) for r in records])
+
+    @rpc("ListBillRuns")
+    async def ListBillRuns(
+        self, request: billing_pb2.ListBillRunsRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.BillRunList:
+        if request.limit < 0:
+            raise InvalidRequest("limit", "must not be negative")
+        runs = []
+        for r in await self.billing.run_history(request.limit or 20):
+            report = billing_pb2.RunBillingReport(
+                accounts=r["accounts"],
+                issued=r["issued"],
+                already=r["already"],
+                failed=r["failed"],
+                seconds=r["seconds"],
+            )
+            runs.append(billing_pb2.BillRun(at=r["at"], report=report))
+        return billing_pb2.BillRunList(runs=runs)

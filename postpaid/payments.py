@@ -142,9 +142,12 @@ class Payments:
             await self._audit("refund", actor or "api", ba, amount, reason, reference)
         return record
 
-    async def credit_note(self, number: str, amount: int, reason: str, key: str, release: int = 0) -> dict[str, Any]:
+    async def credit_note(
+        self, number: str, amount: int, reason: str, key: str, release: int = 0, actor: str = ""
+    ) -> dict[str, Any]:
         """Credit an issued invoice (it stays as issued: the credit note is its own
-        numbered document); ``key`` makes it idempotent."""
+        numbered document); ``key`` makes it idempotent. With ``actor`` (issued by hand)
+        it is audited."""
         _amount(amount, "amount_minor")
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
@@ -167,8 +170,20 @@ class Payments:
             keys.credit_note(""),
         ]
         record = await self._money(keys.payment("CN", _key_part(key, "key")), str(ba), args)
+        if actor and not record["replayed"]:
+            await self._audit("credit_note", actor, str(ba), amount, reason, record.get("number", ""))
         await self._changed(str(ba))
         return record
+
+    async def records(self, ba: str) -> list[dict[str, Any]]:
+        """The account's payments, refunds and credit notes, oldest first."""
+        await self._account_exists(ba)
+        out = []
+        for key in await self.client.lrange(keys.billing_payments(ba), 0, -1):
+            stored = await self.client.get(str(key))
+            if stored is not None:
+                out.append(dict(json.loads(str(stored).split("|", 1)[1])))
+        return out
 
     async def open_dispute(
         self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str = ""

@@ -273,6 +273,11 @@ async def test_a_corporate_hierarchy_gets_one_consolidated_invoice_and_a_dispute
         billing_pb2.ResolveDisputeRequest(dispute_id="dp-1", accept=True, reason="discount corrected", actor="agent-2")
     )
     assert done.status == "ACCEPTED" and done.credit_note.startswith("CN-")
+    assert (await billing.GetDispute(billing_pb2.DisputeId(dispute_id="dp-1"))).status == "ACCEPTED"
+    records = (await billing.ListMoneyRecords(billing_pb2.BillingAccountId(billing_account=ba))).records
+    assert [(r.kind, r.amount_minor, r.number) for r in records] == [("CREDIT_NOTE", 500, done.credit_note)]
+    runs = (await billing.ListBillRuns(billing_pb2.ListBillRunsRequest())).runs
+    assert runs[0].report.issued == 1
     after = await billing.GetInvoice(billing_pb2.InvoiceId(number=inv_pb.number))
     assert (after.open_minor, after.disputed_minor, after.total_minor) == (
         inv_pb.total_minor - 500,
