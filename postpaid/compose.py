@@ -96,6 +96,7 @@ def compose(
         for bundle in product.included if product else ():
             charges.append(Charge(INCLUDED, f"Included: {bundle}", 0))
         charges += _line_discounts(config, line.plan_id, charges)
+        charges = [_taxed(config, line.plan_id, c) for c in charges]
         sections.append(
             LineSection(
                 line=line.line,
@@ -127,6 +128,15 @@ def compose(
         kind=bill.kind,
         notes=bill.notes,
     )
+
+
+def _taxed(config: BillingConfig, plan_id: str, charge: Charge) -> Charge:
+    """The charge with its configured tax code: usage by category, the rest by plan."""
+    if charge.kind == USAGE:
+        code = config.category_tax_codes.get(charge.category, "standard")
+    else:
+        code = config.plan_tax_codes.get(plan_id, "standard")
+    return charge if code == charge.tax_code else replace(charge, tax_code=code)
 
 
 def _line_discounts(config: BillingConfig, plan_id: str, charges: list[Charge]) -> list[Charge]:

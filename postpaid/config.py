@@ -8,13 +8,13 @@ minor units, rates integer basis points (1900 = 19 %).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from postpaid.dunning import Ladder, LadderError
-from postpaid.invoices import TaxRate
+from postpaid.invoices import CATEGORIES, TaxRate
 
 
 class BillingConfigInvalid(ValueError):
@@ -71,6 +71,10 @@ class BillingConfig:
     reconnection_fee_minor: int
     prepaid_termination: str
     dunning: Ladder
+    # Tax code of a plan's rental and its line discounts, and of a usage category
+    # (unlisted: "standard").
+    plan_tax_codes: dict[str, str] = field(default_factory=dict)
+    category_tax_codes: dict[str, str] = field(default_factory=dict)
 
 
 def default() -> BillingConfig:
@@ -173,6 +177,19 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
         except LadderError as exc:
             where = "dunning" if exc.index is None else f"dunning[{exc.index}]"
             problems.append((f"{where}.{exc.field}" if exc.field else where, str(exc)))
+    codes: dict[str, dict[str, str]] = {"plans": {}, "categories": {}}
+    raw_codes = doc.get("tax_codes") or {}
+    if not isinstance(raw_codes, dict):
+        problems.append(("tax_codes", "must be an object with 'plans' and 'categories'"))
+        raw_codes = {}
+    for part in ("plans", "categories"):
+        for name, code in (raw_codes.get(part) or {}).items():
+            if code not in taxes:
+                problems.append((f"tax_codes.{part}.{name}", f"no tax rate with code {code!r}"))
+            elif part == "categories" and name not in CATEGORIES:
+                problems.append((f"tax_codes.{part}.{name}", f"not a usage category ({', '.join(CATEGORIES)})"))
+            else:
+                codes[part][str(name)] = str(code)
     config = BillingConfig(
         issuer=issuer,
         currency=currency,
@@ -186,6 +203,8 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
         reconnection_fee_minor=number(doc, "reconnection_fee_minor", "", 0, 10**9, 0),
         prepaid_termination=str(policy),
         dunning=ladder,
+        plan_tax_codes=codes["plans"],
+        category_tax_codes=codes["categories"],
     )
     if problems:
         raise BillingConfigInvalid(problems)

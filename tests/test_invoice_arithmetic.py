@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
+from importlib import resources
 
 import pytest
 from hypothesis import given
@@ -210,6 +212,29 @@ def test_compose_adds_up_discounts_volume_tiers_and_tax() -> None:
     assert inv.total_due == inv.total
     assert inv.due == date(2026, 2, 15)
     assert Invoice.from_json(inv.to_json()) == inv
+
+
+def test_tax_codes_follow_the_plan_and_the_usage_category() -> None:
+    doc = json.loads(resources.files("postpaid").joinpath("billing.json").read_text())
+    doc["taxes"].append({"code": "reduced", "name": "VAT 7%", "rate_bp": 700})
+    doc["tax_codes"] = {"plans": {"fixed-postpaid": "reduced"}, "categories": {"ROAMING": "exempt"}}
+    config = billing_config.parse(doc)
+    products = {"fixed-postpaid": Product("Fixed", 30_000_000)}
+    period = by_id("2026-01", 1, config.time_zone)
+    roam = Aggregate("data", "", "", True, 10, 2_000_000, 1)
+    bill = AccountBill(
+        "a", "A", period, [LineBill("1", "4930", "fixed-postpaid", [Change(0, "active", "fixed-postpaid")], [roam], [])]
+    )
+    inv = compose(config, products, UNITS, bill, date(2026, 2, 1))
+    codes = {(c.kind, c.category): c.tax_code for c in inv.sections[0].charges}
+    assert codes[("RENTAL", "")] == "reduced" and codes[("USAGE", "ROAMING")] == "exempt"
+    assert codes[("DISCOUNT", "")] == "reduced"  # the fixed discount on the fixed line
+    rates = {t.code: (t.base, t.amount) for t in inv.taxes}
+    assert rates["reduced"] == (3000 - 200, share(2800, 700, 10_000)) and rates["exempt"] == (200, 0)
+    bad = {**doc, "tax_codes": {"plans": {"x": "nope"}, "categories": {"CARRIER_PIGEON": "standard"}}}
+    with pytest.raises(billing_config.BillingConfigInvalid) as exc:
+        billing_config.parse(bad)
+    assert {f for f, _ in exc.value.problems} == {"tax_codes.plans.x", "tax_codes.categories.CARRIER_PIGEON"}
 
 
 def test_billing_config_names_every_bad_field() -> None:
