@@ -44,6 +44,7 @@ from postpaid.accounts import BillingAccounts, BillingLine
 from postpaid.compose import AccountBill, LineBill, Product, compose
 from postpaid.config import BillingConfig
 from postpaid.invoices import DEPOSIT, Charge, Invoice
+from postpaid.render import format_money
 from postpaid.rentals import Change
 from postpaid.scripts import CLOSE, ISSUE, PURGE
 from postpaid.usage import aggregates, itemised_from_records
@@ -337,6 +338,10 @@ class BillRun:
         deposit: int = 0,
     ) -> Invoice:
         received = int(state.get("paid_since", 0)) + int(state.get("credited_since", 0))
+        notes = tuple(
+            f"Credit note {number} of {format_money(int(amount), self.config.currency)} on invoice {invoice}"
+            for number, amount, invoice in (n.split(" ") for n in state.get("credit_notes_since", "").split(";") if n)
+        )
         extra = [Charge(**json.loads(c)) for c in pending]
         if deposit:
             extra.append(Charge(DEPOSIT, "Deposit offset", -deposit, tax_code="exempt"))
@@ -349,6 +354,7 @@ class BillRun:
             previous_balance=int(state.get("balance", 0)) + received,
             payments_received=received,
             kind="FINAL" if final_line else "REGULAR",
+            notes=notes,
         )
         return compose(self.config, self._products(period), self._units(), bill, _today(now_s, state["time_zone"]))
 

@@ -94,7 +94,7 @@ end
 local taken = tonumber(ARGV[5])
 if taken > 0 then redis.call('LTRIM', KEYS[4], taken, -1) end
 redis.call('HSET', KEYS[3], 'credit', string.format('%d', credit),
-  'balance', string.format('%d', tonumber(ba[3] or '0') + total), 'paid_since', '0', 'credited_since', '0',
+  'balance', string.format('%d', tonumber(ba[3] or '0') + total), 'paid_since', '0', 'credited_since', '0', 'credit_notes_since', '',
   'last_invoice', number)
 redis.call('HINCRBY', KEYS[3], 'moves', 1)
 if ARGV[13] ~= '' then redis.call('HDEL', KEYS[10], ARGV[13]) end

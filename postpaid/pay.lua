@@ -94,7 +94,14 @@ redis.call('RPUSH', KEYS[4], KEYS[1])
 redis.call('HSET', KEYS[2], 'credit', string.format('%d', credit), 'balance', string.format('%d', balance))
 redis.call('HINCRBY', KEYS[2], 'moves', 1)
 if kind == 'PAY' then redis.call('HINCRBY', KEYS[2], 'paid_since', amount) end
-if kind == 'CREDIT' then redis.call('HINCRBY', KEYS[2], 'credited_since', amount) end
+if kind == 'CREDIT' then
+  redis.call('HINCRBY', KEYS[2], 'credited_since', amount)
+  -- listed on the next invoice: "number amount invoice;..."
+  local listed = redis.call('HGET', KEYS[2], 'credit_notes_since') or ''
+  local number = string.sub(note_key, #ARGV[10] + 1)
+  redis.call('HSET', KEYS[2], 'credit_notes_since',
+    listed .. number .. ' ' .. string.format('%d', amount) .. ' ' .. ARGV[7] .. ';')
+end
 if kind == 'REFUND' then redis.call('HINCRBY', KEYS[2], 'paid_since', -amount) end
 local first = redis.call('LINDEX', KEYS[3], 0)
 if first then

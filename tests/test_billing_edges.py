@@ -151,6 +151,11 @@ async def test_credit_notes_are_bounded_and_their_surplus_pays_older_invoices(
     assert int((await b.account("C23"))["credit"]) == 0
     with pytest.raises(InvalidRequest):
         await b.payments.credit_note(first.number, first.total, "again", "cn-2")
+    # The next invoice lists the credit note.
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    third = await b.invoice((await b.invoices_of("C23"))[-1])
+    assert any(note["number"] in n and "3.00 EUR" in n and first.number in n for n in third.notes)
 
 
 async def test_placeholders_in_a_reference_or_reason_cannot_forge_the_record(
