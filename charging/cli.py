@@ -205,7 +205,7 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
 
 def cmd_invoices(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
-    from postpaid.render import format_money
+    from postpaid.invoices import format_money
 
     with grpc.insecure_channel(args.target) as channel:
         stub = billing_pb2_grpc.BillingStub(channel)

@@ -25,7 +25,6 @@ from charging.store import storage_errors
 from postpaid import periods
 from postpaid.config import BillingConfig
 from postpaid.invoices import MICROS_PER_MINOR
-from postpaid.rentals import Change
 from postpaid.scripts import CREDIT, ENROL
 
 
@@ -133,13 +132,6 @@ class BillingAccounts:
     async def billed_to(self, account_id: str) -> str | None:
         ba = await self.client.get(keys.line_billing(account_id))
         return None if ba is None else str(ba)
-
-    async def history(self, account_id: str) -> list[Change]:
-        out = []
-        for raw in await self.client.lrange(keys.line_history(account_id), 0, -1):
-            at, state, plan = str(raw).split(",")
-            out.append(Change(int(at), state, plan))
-        return out
 
     async def get(self, ba: str) -> dict[str, str]:
         return {str(k): str(v) for k, v in (await self.client.hgetall(keys.billing_account(ba))).items()}

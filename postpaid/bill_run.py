@@ -43,8 +43,7 @@ from postpaid import periods
 from postpaid.accounts import BillingAccounts, BillingLine
 from postpaid.compose import AccountBill, LineBill, Product, compose
 from postpaid.config import BillingConfig
-from postpaid.invoices import DEPOSIT, Charge, Invoice
-from postpaid.render import format_money
+from postpaid.invoices import DEPOSIT, Charge, Invoice, format_money
 from postpaid.rentals import Change
 from postpaid.scripts import CLOSE, ISSUE, PURGE
 from postpaid.usage import aggregates, itemised_from_records
@@ -115,7 +114,6 @@ class BillRun:
         report = RunReport()
         with storage_errors():
             due = [str(x) for x in await self.client.zrangebyscore(keys.BILL_DUE, "-inf", now_s)]
-            await self._load_scripts()
         if shards > 1:
             due = [ba for ba in due if zlib.crc32(ba.encode()) % shards == shard]
         if limit:

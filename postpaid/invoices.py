@@ -34,6 +34,12 @@ def to_minor(micros: int) -> int:
     return q if micros >= 0 else -q
 
 
+def format_money(minor: int, currency: str) -> str:
+    """Minor units (cents) as "1,234.56 EUR"; a negative amount starts with a minus."""
+    units, cents = divmod(abs(minor), 100)
+    return f"{'-' if minor < 0 else ''}{units:,}.{cents:02d} {currency}"
+
+
 def share(amount: int, numerator: int, denominator: int) -> int:
     """``amount * numerator / denominator`` rounded half away from zero (prorations,
     percentages in basis points)."""

@@ -42,18 +42,13 @@ from postpaid.invoices import (
     LineSection,
     TaxRate,
     UsageItem,
+    format_money,
     share,
     taxes,
     to_minor,
 )
 
 BYTES_PER_MB = 1_048_576  # as the catalog counts a megabyte of data
-
-
-def format_money(minor: int, currency: str) -> str:
-    """Minor units (cents) as "1,234.56 EUR"; a negative amount starts with a minus."""
-    units, cents = divmod(abs(minor), 100)
-    return f"{'-' if minor < 0 else ''}{units:,}.{cents:02d} {currency}"
 
 
 def format_micros(micros: int) -> str:

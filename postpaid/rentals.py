@@ -103,7 +103,3 @@ def _line(name: str, note: str, rental: int, days: int, period: Period) -> Charg
     micros = rental if days == period.days else share(rental, days, period.days)
     prorated = "" if days == period.days else f" ({days}/{period.days} days)"
     return Charge(RENTAL, f"{name} monthly rental{note}{prorated}", to_minor(micros), days, "days")
-
-
-def first_day(at_s: int, tz_name: str) -> date:
-    return datetime.fromtimestamp(at_s, ZoneInfo(tz_name)).date()

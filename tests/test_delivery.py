@@ -32,7 +32,8 @@ from postpaid.delivery import (
     SmtpSettings,
     file_stem,
 )
-from postpaid.render import format_money, sample_invoice
+from postpaid.invoices import format_money
+from postpaid.render import sample_invoice
 from tests.conftest import free_port
 
 SENDER = "billing@nordwind.example"

@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postpaid.invoices import ADJUSTMENT, Charge, Invoice, LineSection, UsageItem
+from postpaid.invoices import ADJUSTMENT, Charge, Invoice, LineSection, UsageItem, format_money
 from postpaid.render import (
     format_micros,
-    format_money,
     format_quantity,
     format_rate,
     format_time,
