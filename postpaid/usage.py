@@ -10,6 +10,7 @@ the records of a period equals its aggregates, to the unit and to the micro.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -130,25 +131,9 @@ def itemised(recs: list[Record], units: dict[str, UnitKind], mask_digits: int) -
     """Rows of the itemised bill: partial records of one session and service merged, in time order."""
     merged: dict[tuple[str, str, bool], list[Any]] = {}
     for r in recs:
-        k = (r.ref, r.service, r.roaming)
-        acc = merged.get(k)
-        if acc is None:
-            merged[k] = [r, r.units, r.cost_micros]
-        else:
-            acc[1] += r.units
-            acc[2] += r.cost_micros
-    rows = []
-    kinds: dict[tuple[str, str, bool], tuple[str, str]] = {}
-    for r, u, c in merged.values():
-        kind = kinds.get((r.service, r.zone, r.roaming))
-        if kind is None:
-            unit = units.get(r.service)
-            kind = (category(r.service, unit, r.zone, r.roaming), UNIT_NAMES.get(unit, "") if unit is not None else "")
-            kinds[(r.service, r.zone, r.roaming)] = kind
-        dest = mask(r.destination, mask_digits) if mask_digits and r.destination else r.destination
-        rows.append(UsageItem(r.at_ms, r.service, kind[0], dest, u, kind[1], c))
-    rows.sort(key=lambda i: (i.at_ms, i.service))
-    return rows
+        row = [r.at_ms, r.service, r.zone, r.roaming, r.destination, r.units, r.cost_micros]
+        _merge(merged, (r.ref, r.service, r.roaming), row)
+    return _rows(merged.values(), units, mask_digits)
 
 
 def itemised_from_records(
@@ -158,21 +143,30 @@ def itemised_from_records(
     bill run does for every line; the same rows, without the intermediate tuples). None:
     every record given (``close.lua`` returns the invoice's records only)."""
     prefix = "" if period_id is None else period_id + ","
-    merged: dict[tuple[str, str, str], list[Any]] = {}
+    merged: dict[tuple[str, str, bool], list[Any]] = {}
     for text in raw:
-        if not text.startswith(prefix):
-            continue
-        _period, at_ms, service, zone, _band, roaming, dest, u, c, ref = text.split(",", 9)
-        k = (ref, service, roaming)
-        acc = merged.get(k)
-        if acc is None:
-            merged[k] = [int(at_ms), service, zone, roaming == "R", dest, int(u), int(c)]
-        else:
-            acc[5] += int(u)
-            acc[6] += int(c)
+        if text.startswith(prefix):
+            _period, at_ms, service, zone, _band, roaming, dest, u, c, ref = text.split(",", 9)
+            roams = roaming == "R"
+            _merge(merged, (ref, service, roams), [int(at_ms), service, zone, roams, dest, int(u), int(c)])
+    return _rows(merged.values(), units, mask_digits)
+
+
+def _merge(merged: dict[tuple[str, str, bool], list[Any]], key: tuple[str, str, bool], row: list[Any]) -> None:
+    """Add a record [time, service, zone, roaming, destination, units, cost] to its row: the
+    first record of a session and service gives the time, the units and costs add up."""
+    acc = merged.get(key)
+    if acc is None:
+        merged[key] = row
+    else:
+        acc[5] += row[5]
+        acc[6] += row[6]
+
+
+def _rows(merged: Iterable[list[Any]], units: dict[str, UnitKind], mask_digits: int) -> list[UsageItem]:
     rows = []
     kinds: dict[tuple[str, str, bool], tuple[str, str]] = {}
-    for at_ms, service, zone, roaming, dest, u, c in merged.values():
+    for at_ms, service, zone, roaming, dest, u, c in merged:
         kind = kinds.get((service, zone, roaming))
         if kind is None:
             unit = units.get(service)
