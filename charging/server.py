@@ -53,6 +53,7 @@ from charging.v1 import (
 )
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
+from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
@@ -225,8 +226,8 @@ async def build_acquisition(
     """Acquisition, screening, credit and the provisioning worker, wired together."""
     salt = settings.crm_salt
     if not salt:
-        await client.set("crm:salt", secrets.token_hex(16), nx=True)
-        salt = str(await client.get("crm:salt"))
+        await client.set(provisioning_keys.SALT, secrets.token_hex(16), nx=True)
+        salt = str(await client.get(provisioning_keys.SALT))
     worker = ProvisioningWorker(client, HttpNetworkAdapter(network_url, timeout_s=settings.network_timeout_s), clock)
     acquisition = Acquisition(
         client,

@@ -40,22 +40,13 @@ from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.errors import Conflict, InvalidRequest, StorageUnavailable
 from charging.subscribers import Directory, Identity, parse_identity
+from provisioning import keys as crm_keys
 from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.base import CustomerBase
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.credit import CreditDecision, CreditHistory, decide
-from provisioning.customers import (
-    UNIT_SEQ,
-    Customers,
-    Organisation,
-    customer_key,
-    line_key,
-    lines_key,
-    mask,
-    paying_unit,
-    push_once,
-)
+from provisioning.customers import Customers, Organisation, mask, paying_unit, push_once
 from provisioning.lifecycle import (
     CHARGING_STATUS,
     InvalidTransition,
@@ -67,20 +58,14 @@ from provisioning.lifecycle import (
 )
 from provisioning.offers import offers
 from provisioning.orders import ORDER_LEASE_MS, Claim, Orders, Rejected, Superseded
-from provisioning.screening import Screener, identity_key
+from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
 
 log = logging.getLogger("provisioning.acquisition")
 
-CUSTOMER_SEQ = "crm:seq:customer"
 # How often a server (or ``charging worker``) looks for orders whose run was interrupted.
 RESUME_INTERVAL_S = 5.0
 APPLICATION, NEW_LINE, LINE_ORDER = "APPLICATION", "NEW_LINE", "LINE_ORDER"
-
-
-def quarantine_key(msisdn: str) -> str:
-    """When a terminated number may be given out again (Unix time, s)."""
-    return "crm:quarantine:" + msisdn
 
 
 def credit_doc(credit: CreditDecision | None) -> dict[str, Any] | None:
@@ -277,13 +262,13 @@ class Acquisition:
         msisdn = parse_identity("msisdn", str(app["msisdn"]), "msisdn")
         imsi = parse_identity("imsi", str(app["imsi"]), "imsi") if app.get("imsi") else None
 
-        customer_id = await self.orders.allocate(run.id, "customer_id", CUSTOMER_SEQ)
+        customer_id = await self.orders.allocate(run.id, "customer_id", crm_keys.CUSTOMER_SEQ)
         doc_print = self._document_print(app)
         if not await self.screener.register(doc_print, customer_id):
             raise Rejected("customer", "this identity already has an active customer")
 
         def forget(pipe: Pipeline) -> None:
-            pipe.delete(identity_key(doc_print))
+            pipe.delete(crm_keys.identity(doc_print))
             Customers.forget_in(pipe, customer_id)
 
         run.undo.append(forget)
@@ -311,8 +296,8 @@ class Acquisition:
         await self.customers.create(customer_id, customer)
         unit_id = ""
         if app["customer_kind"] == "CORPORATE":
-            unit_id = await self.orders.allocate(run.id, "unit_id", UNIT_SEQ)
-            run.undo.append(lambda pipe: pipe.delete(f"crm:unit:{unit_id}", f"crm:units:{customer_id}"))
+            unit_id = await self.orders.allocate(run.id, "unit_id", crm_keys.UNIT_SEQ)
+            run.undo.append(lambda pipe: pipe.delete(crm_keys.unit(unit_id), crm_keys.units(customer_id)))
             await self.organisation.add_unit(customer_id, "", str(app["company"]["name"]), True, unit_id=unit_id)
         balance = int(app.get("initial_balance_micros", 0))
         return await self._open_line(run, customer_id, unit_id, plan, msisdn, imsi, balance, credit)
@@ -377,7 +362,7 @@ class Acquisition:
         return {"plan_id": plan.id, "catalog": self.catalogs.current.version, "credit": credit_doc(credit)}
 
     async def _quarantined(self, msisdn: str, now_s: int) -> bool:
-        until = await self.client.get(quarantine_key(msisdn))
+        until = await self.client.get(crm_keys.quarantine(msisdn))
         return until is not None and int(until) > now_s
 
     async def _open_line(
@@ -398,7 +383,7 @@ class Acquisition:
             await self.client.hset(keys.account(account_id), "credit_limit", credit.credit_limit_micros)
         run.order.update(customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
         await self.client.hset(
-            line_key(msisdn.value),
+            crm_keys.line(msisdn.value),
             mapping={
                 "customer_id": customer_id,
                 "account_id": account_id,
@@ -409,7 +394,7 @@ class Acquisition:
                 "unit_id": unit_id,
             },
         )
-        await push_once(self.client, lines_key(customer_id), msisdn.value)
+        await push_once(self.client, crm_keys.customer_lines(customer_id), msisdn.value)
         run.step("line", "created", "pending activation")
         run.order["status"] = "IN_PROGRESS"
         run.step("provisioning", "requested", "ACTIVATE")
@@ -487,7 +472,7 @@ class Acquisition:
         """The customer, unit, number and offer: the plan, credit and unit decided."""
         r = run.request
         customer_id, unit_id = str(r["customer_id"]), str(r["unit_id"])
-        customer = {str(k): str(v) for k, v in (await self.client.hgetall(customer_key(customer_id))).items()}
+        customer = {str(k): str(v) for k, v in (await self.client.hgetall(crm_keys.customer(customer_id))).items()}
         if not customer:
             raise Rejected("order", "no such customer")
         run.order["customer_id"] = customer_id
@@ -527,7 +512,7 @@ class Acquisition:
         )
         if not offered:
             raise Rejected("offer", *(r.reason for r in refused))
-        lines = await self.client.llen(lines_key(customer_id))
+        lines = await self.client.llen(crm_keys.customer_lines(customer_id))
         if credit is not None and plan.customer_type.value.endswith("POSTPAID") and lines >= credit.max_lines:
             raise Rejected(
                 "offer", f"credit class {credit.credit_class} allows at most {credit.max_lines} postpaid line(s)"
@@ -565,7 +550,7 @@ class Acquisition:
         run.step("provisioning", "requested", move.network_command)
 
         def provision(pipe: Pipeline) -> None:
-            pipe.hset(line_key(msisdn), mapping={"order_id": run.id, "termination_reason": reason})
+            pipe.hset(crm_keys.line(msisdn), mapping={"order_id": run.id, "termination_reason": reason})
             self.worker.desire_in(pipe, msisdn, move.target.value, product)
 
         return await self.orders.finish(order, provision)
@@ -590,12 +575,12 @@ class Acquisition:
         kind = line.get("customer_type", "MOBILE_PREPAID")
         if line_state is LineState.TERMINATED and line["state"] != LineState.TERMINATED.value:
             reason = TerminationReason(line.get("termination_reason") or "DISSATISFIED")
-            await self.client.set(quarantine_key(msisdn), reusable_from(now_s, reason))
+            await self.client.set(crm_keys.quarantine(msisdn), reusable_from(now_s, reason))
             if self.base is not None:
                 await self.base.disconnected(kind, reason.value, now_s)
         if line_state is LineState.ACTIVE and line["state"] == LineState.PENDING_ACTIVATION.value and self.base:
             await self.base.added(kind, now_s)
-        await self.client.hset(line_key(msisdn), mapping=updates)
+        await self.client.hset(crm_keys.line(msisdn), mapping=updates)
         await self.customers.refresh_state(line["customer_id"])
         if self.billing is not None:
             await self._tell_billing(msisdn, line, line_state.value, str(updates.get("plan_id", line["plan_id"])))
@@ -611,7 +596,7 @@ class Acquisition:
         """Postpaid billing hears of every acknowledged change, with who pays for the line."""
         assert self.billing is not None
         customer_id = line["customer_id"]
-        customer = {str(k): str(v) for k, v in (await self.client.hgetall(customer_key(customer_id))).items()}
+        customer = {str(k): str(v) for k, v in (await self.client.hgetall(crm_keys.customer(customer_id))).items()}
         paying, label = "", f"Customer {customer_id}"
         path: tuple[str, ...] = ()
         if line.get("unit_id"):
@@ -646,5 +631,5 @@ class Acquisition:
         return await self.orders.get(order_id)
 
     async def get_line(self, msisdn: str) -> dict[str, str] | None:
-        h = await self.client.hgetall(line_key(msisdn))
+        h = await self.client.hgetall(crm_keys.line(msisdn))
         return {str(k): str(v) for k, v in h.items()} or None

@@ -13,6 +13,7 @@ from charging.errors import InvalidRequest, NotFound
 from charging.status import rpc
 from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
+from provisioning import keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
 from provisioning.customers import KINDS, STATES, Unit, page_size, page_start, paying_unit
@@ -278,13 +279,13 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     @rpc("GetCustomer")
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
         client = self.acquisition.client
-        kind = await client.hget(f"crm:customer:{request.customer_id}", "kind")
+        kind = await client.hget(keys.customer(request.customer_id), "kind")
         if kind is None:
             raise NotFound("no such customer")
         out = crm_pb2.Customer(id=request.customer_id, kind=str(kind))
         units = await self.acquisition.organisation.units(request.customer_id)
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
-        for msisdn in await client.lrange(f"crm:lines:{request.customer_id}", 0, -1):
+        for msisdn in await client.lrange(keys.customer_lines(request.customer_id), 0, -1):
             line = await self.acquisition.get_line(str(msisdn))
             if line is not None and line["customer_id"] == request.customer_id:  # not given to someone else since
                 out.lines.append(line_pb(str(msisdn), line))

@@ -27,36 +27,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from charging.errors import InvalidRequest, NotFound
+from provisioning import keys
 from provisioning.screening import Screener
 
-UNIT_SEQ = "crm:seq:unit"
-CUSTOMERS = "crm:customers"
 KINDS = ("INDIVIDUAL", "CORPORATE")
 STATES = ("PENDING", "ACTIVE", "TERMINATED")
 IN_SERVICE = ("active", "barred_outgoing", "suspended")
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 # A filtered listing reads at most this many pages' worth of customers per call.
 SCAN_PAGES = 10
-
-
-def customer_key(customer_id: str) -> str:
-    return "crm:customer:" + customer_id
-
-
-def lines_key(customer_id: str) -> str:
-    return "crm:lines:" + customer_id
-
-
-def line_key(msisdn: str) -> str:
-    return "crm:line:" + msisdn
-
-
-def kind_index(kind: str) -> str:
-    return "crm:customers:kind:" + kind
-
-
-def state_index(state: str) -> str:
-    return "crm:customers:state:" + state
 
 
 def customer_state(line_states: Iterable[str]) -> str:
@@ -129,7 +108,7 @@ class Organisation:
         With ``unit_id`` (taken by an order beforehand) adding it again changes nothing."""
         if not name.strip() or len(name) > 128:
             raise InvalidRequest("name", "is required (at most 128 characters)")
-        kind = await self.client.hget(f"crm:customer:{customer_id}", "kind")
+        kind = await self.client.hget(keys.customer(customer_id), "kind")
         if kind is None:
             raise NotFound("no such customer")
         if kind != "CORPORATE":
@@ -139,25 +118,25 @@ class Organisation:
             return existing[unit_id]
         if existing and parent not in existing:
             raise InvalidRequest("parent_id", "must be a unit of the same customer")
-        unit_id = unit_id or str(await self.client.incr(UNIT_SEQ))
+        unit_id = unit_id or str(await self.client.incr(keys.UNIT_SEQ))
         unit = Unit(unit_id, customer_id, parent if existing else "", name, pays_itself or not existing)
         await self.client.hset(
-            f"crm:unit:{unit_id}",
+            keys.unit(unit_id),
             mapping={"customer": customer_id, "parent": unit.parent, "name": name, "pays": int(unit.pays_itself)},
         )
-        await push_once(self.client, f"crm:units:{customer_id}", unit_id)
+        await push_once(self.client, keys.units(customer_id), unit_id)
         return unit
 
     async def units(self, customer_id: str) -> dict[str, Unit]:
         out = {}
-        for raw in await self.client.lrange(f"crm:units:{customer_id}", 0, -1):
+        for raw in await self.client.lrange(keys.units(customer_id), 0, -1):
             unit_id = str(raw)
-            h: dict[Any, Any] = await self.client.hgetall(f"crm:unit:{unit_id}")
+            h: dict[Any, Any] = await self.client.hgetall(keys.unit(unit_id))
             out[unit_id] = Unit(unit_id, customer_id, str(h["parent"]), str(h["name"]), h["pays"] == "1")
         return out
 
     async def root(self, customer_id: str) -> str:
-        first = await self.client.lindex(f"crm:units:{customer_id}", 0)
+        first = await self.client.lindex(keys.units(customer_id), 0)
         return "" if first is None else str(first)
 
 
@@ -171,46 +150,46 @@ class Customers:
         score = {customer_id: int(customer_id)}
         record: dict[Any, Any] = {**fields, "state": "PENDING"}
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(customer_key(customer_id), mapping=record)
-        pipe.zadd(CUSTOMERS, score)
-        pipe.zadd(kind_index(str(fields["kind"])), score)
-        pipe.zadd(state_index("PENDING"), score)
+        pipe.hset(keys.customer(customer_id), mapping=record)
+        pipe.zadd(keys.CUSTOMERS, score)
+        pipe.zadd(keys.kind_index(str(fields["kind"])), score)
+        pipe.zadd(keys.state_index("PENDING"), score)
         await pipe.execute()
 
     @staticmethod
     def forget_in(pipe: Pipeline, customer_id: str) -> None:
         """Take back a customer that will not be (its order was refused), in ``pipe``."""
-        pipe.delete(customer_key(customer_id), lines_key(customer_id))
-        for index in (CUSTOMERS, *map(kind_index, KINDS), *map(state_index, STATES)):
+        pipe.delete(keys.customer(customer_id), keys.customer_lines(customer_id))
+        for index in (keys.CUSTOMERS, *map(keys.kind_index, KINDS), *map(keys.state_index, STATES)):
             pipe.zrem(index, customer_id)
 
     async def refresh_state(self, customer_id: str) -> str:
         """Set the customer's state from its lines' states now; returns it."""
-        msisdns = [str(m) for m in await self.client.lrange(lines_key(customer_id), 0, -1)]
+        msisdns = [str(m) for m in await self.client.lrange(keys.customer_lines(customer_id), 0, -1)]
 
         async def txn(pipe: Pipeline) -> str:
-            old = await pipe.hget(customer_key(customer_id), "state")
+            old = await pipe.hget(keys.customer(customer_id), "state")
             if old is None:
                 return ""
             states = []
             for msisdn in msisdns:
-                holder, state = await pipe.hmget(line_key(msisdn), ["customer_id", "state"])
+                holder, state = await pipe.hmget(keys.line(msisdn), ["customer_id", "state"])
                 # a number given to someone else was terminated here first
                 states.append(str(state) if holder == customer_id else "terminated")
             new = customer_state(states)
             if new != old:
                 pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.hset(customer_key(customer_id), "state", new)
-                pipe.zrem(state_index(str(old)), customer_id)
-                pipe.zadd(state_index(new), {customer_id: int(customer_id)})
+                pipe.hset(keys.customer(customer_id), "state", new)
+                pipe.zrem(keys.state_index(str(old)), customer_id)
+                pipe.zadd(keys.state_index(new), {customer_id: int(customer_id)})
             return new
 
-        watched = [customer_key(customer_id), *map(line_key, msisdns)]
+        watched = [keys.customer(customer_id), *map(keys.line, msisdns)]
         state: str = await self.client.transaction(txn, *watched, value_from_callable=True)
         return state
 
     async def get(self, customer_id: str) -> dict[str, str] | None:
-        h = await self.client.hgetall(customer_key(customer_id))
+        h = await self.client.hgetall(keys.customer(customer_id))
         return {"id": customer_id, **{str(k): str(v) for k, v in h.items()}} if h else None
 
     async def search(
@@ -229,7 +208,7 @@ class Customers:
         if msisdn or document is not None:
             found: set[str] | None = None
             if msisdn:
-                holder = await self.client.hget(line_key(msisdn), "customer_id")
+                holder = await self.client.hget(keys.line(msisdn), "customer_id")
                 found = {str(holder)} if holder is not None else set()
             if document is not None:
                 registered = await self.screener.customer_of(self.screener.document_print(*document))
@@ -238,7 +217,7 @@ class Customers:
             assert found is not None
             page = [c for c in [await self.get(i) for i in sorted(found, key=int) if int(i) > after] if c]
             return [c for c in page if _matches(c, kind, state)], ""
-        index = state_index(state) if state else kind_index(kind) if kind else CUSTOMERS
+        index = keys.state_index(state) if state else keys.kind_index(kind) if kind else keys.CUSTOMERS
         customers: list[dict[str, str]] = []
         cursor, scanned = after, 0
         while len(customers) < size and scanned < SCAN_PAGES * size:
@@ -247,7 +226,7 @@ class Customers:
                 return customers, ""
             pipe = self.client.pipeline(transaction=False)
             for customer_id in ids:
-                pipe.hgetall(customer_key(customer_id))
+                pipe.hgetall(keys.customer(customer_id))
             for customer_id, h in zip(ids, await pipe.execute(), strict=True):
                 cursor, scanned = int(customer_id), scanned + 1
                 customer = {"id": customer_id, **{str(k): str(v) for k, v in h.items()}}
@@ -260,14 +239,14 @@ class Customers:
 
     async def lines(self, customer_id: str, start: int, size: int) -> tuple[list[tuple[str, dict[str, str]]], str]:
         """A page of the customer's lines (number, record), from position ``start``."""
-        msisdns = [str(m) for m in await self.client.lrange(lines_key(customer_id), start, start + size - 1)]
+        msisdns = [str(m) for m in await self.client.lrange(keys.customer_lines(customer_id), start, start + size - 1)]
         lines = []
         for msisdn in msisdns:
-            h = {str(k): str(v) for k, v in (await self.client.hgetall(line_key(msisdn))).items()}
+            h = {str(k): str(v) for k, v in (await self.client.hgetall(keys.line(msisdn))).items()}
             if h.get("customer_id") == customer_id:  # not a number since given to someone else
                 lines.append((msisdn, h))
         end = start + len(msisdns)
-        return lines, str(end) if await self.client.llen(lines_key(customer_id)) > end else ""
+        return lines, str(end) if await self.client.llen(keys.customer_lines(customer_id)) > end else ""
 
 
 def _matches(customer: Mapping[str, str], kind: str, state: str) -> bool:

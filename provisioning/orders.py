@@ -29,20 +29,9 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from provisioning import keys
+
 ORDER_LEASE_MS = 30_000
-SUBMITTED = "crm:orders:submitted"
-
-
-def order_key(order_id: str) -> str:
-    return "crm:order:" + order_id
-
-
-def work_key(order_id: str) -> str:
-    return "crm:order:" + order_id + ":work"
-
-
-def customer_orders_key(customer_id: str) -> str:
-    return "crm:orders:of:" + customer_id
 
 
 class Superseded(Exception):
@@ -85,17 +74,19 @@ class Orders:
         }
 
         async def txn(pipe: Pipeline) -> Claim:
-            stored = await pipe.get(order_key(order_id))
+            stored = await pipe.get(keys.order(order_id))
             if stored is not None:
                 return await self._take_over(pipe, order_id, str(stored), now_ms)
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(order_key(order_id), json.dumps(doc))
-            pipe.hset(work_key(order_id), mapping={"request": json.dumps(request), "lease": now_ms + self.lease_ms})
-            pipe.zadd(SUBMITTED, {order_id: now_ms + self.lease_ms})
+            pipe.set(keys.order(order_id), json.dumps(doc))
+            pipe.hset(
+                keys.order_work(order_id), mapping={"request": json.dumps(request), "lease": now_ms + self.lease_ms}
+            )
+            pipe.zadd(keys.SUBMITTED, {order_id: now_ms + self.lease_ms})
             return Claim("new", doc, request)
 
         result: Claim = await self.client.transaction(
-            txn, order_key(order_id), work_key(order_id), value_from_callable=True
+            txn, keys.order(order_id), keys.order_work(order_id), value_from_callable=True
         )
         return result
 
@@ -103,55 +94,55 @@ class Orders:
         """Take over a stalled order's run; None when it is decided or its lease holds."""
 
         async def txn(pipe: Pipeline) -> Claim | None:
-            stored = await pipe.get(order_key(order_id))
+            stored = await pipe.get(keys.order(order_id))
             if stored is None:
                 pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.zrem(SUBMITTED, order_id)
+                pipe.zrem(keys.SUBMITTED, order_id)
                 return None
             return await self._take_over(pipe, order_id, str(stored), now_ms)
 
         claim: Claim | None = await self.client.transaction(
-            txn, order_key(order_id), work_key(order_id), value_from_callable=True
+            txn, keys.order(order_id), keys.order_work(order_id), value_from_callable=True
         )
         return claim if claim is not None and claim.outcome == "resume" else None
 
     async def _take_over(self, pipe: Pipeline, order_id: str, stored: str, now_ms: int) -> Claim:
         order = dict(json.loads(stored))
-        work = {str(k): str(v) for k, v in (await pipe.hgetall(work_key(order_id))).items()}
+        work = {str(k): str(v) for k, v in (await pipe.hgetall(keys.order_work(order_id))).items()}
         if order["status"] != "SUBMITTED" or "request" not in work or int(work.get("lease", 0)) > now_ms:
             return Claim("existing", order)
         pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.hset(work_key(order_id), "lease", now_ms + self.lease_ms)
-        pipe.zadd(SUBMITTED, {order_id: now_ms + self.lease_ms})
+        pipe.hset(keys.order_work(order_id), "lease", now_ms + self.lease_ms)
+        pipe.zadd(keys.SUBMITTED, {order_id: now_ms + self.lease_ms})
         return Claim("resume", order, dict(json.loads(work["request"])), work)
 
     async def stalled(self, now_ms: int, limit: int = 100) -> list[str]:
         """SUBMITTED orders whose lease has passed: their run was interrupted."""
-        return [str(o) for o in await self.client.zrangebyscore(SUBMITTED, "-inf", now_ms, start=0, num=limit)]
+        return [str(o) for o in await self.client.zrangebyscore(keys.SUBMITTED, "-inf", now_ms, start=0, num=limit)]
 
     async def work(self, order_id: str) -> dict[str, str]:
-        return {str(k): str(v) for k, v in (await self.client.hgetall(work_key(order_id))).items()}
+        return {str(k): str(v) for k, v in (await self.client.hgetall(keys.order_work(order_id))).items()}
 
     async def note(self, order_id: str, name: str, value: str, *, keep: bool = False) -> str:
         """Record what a run has made or decided (``keep``: unless recorded before);
         returns the recorded value. Raises ``Superseded`` once the order is decided."""
 
         async def txn(pipe: Pipeline) -> str:
-            found = await pipe.hmget(work_key(order_id), ["request", name])
+            found = await pipe.hmget(keys.order_work(order_id), ["request", name])
             if found[0] is None:
                 raise Superseded(order_id)
             if keep and found[1] is not None:
                 return str(found[1])
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(work_key(order_id), name, value)
+            pipe.hset(keys.order_work(order_id), name, value)
             return value
 
-        result: str = await self.client.transaction(txn, work_key(order_id), value_from_callable=True)
+        result: str = await self.client.transaction(txn, keys.order_work(order_id), value_from_callable=True)
         return result
 
     async def allocate(self, order_id: str, name: str, sequence: str) -> str:
         """An id from ``sequence``, taken once per order: a second run gets the same one."""
-        made = await self.client.hget(work_key(order_id), name)
+        made = await self.client.hget(keys.order_work(order_id), name)
         if made is not None:
             return str(made)
         return await self.note(order_id, name, str(await self.client.incr(sequence)), keep=True)
@@ -162,34 +153,34 @@ class Orders:
         order_id = order["crm_order_id"]
 
         async def txn(pipe: Pipeline) -> dict[str, Any]:
-            stored = await pipe.get(order_key(order_id))
+            stored = await pipe.get(keys.order(order_id))
             if stored is not None and json.loads(stored)["status"] != "SUBMITTED":
                 return dict(json.loads(stored))
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(order_key(order_id), json.dumps(order))
-            pipe.delete(work_key(order_id))
-            pipe.zrem(SUBMITTED, order_id)
+            pipe.set(keys.order(order_id), json.dumps(order))
+            pipe.delete(keys.order_work(order_id))
+            pipe.zrem(keys.SUBMITTED, order_id)
             if order.get("customer_id"):
-                pipe.rpush(customer_orders_key(order["customer_id"]), order_id)
+                pipe.rpush(keys.customer_orders(order["customer_id"]), order_id)
             if effects is not None:
                 effects(pipe)
             return order
 
-        result: dict[str, Any] = await self.client.transaction(txn, order_key(order_id), value_from_callable=True)
+        result: dict[str, Any] = await self.client.transaction(txn, keys.order(order_id), value_from_callable=True)
         return result
 
     async def get(self, order_id: str) -> dict[str, Any] | None:
-        text = await self.client.get(order_key(order_id))
+        text = await self.client.get(keys.order(order_id))
         return None if text is None else dict(json.loads(text))
 
     async def save(self, order: dict[str, Any]) -> None:
         """Store a decided order's later change (the network's acknowledgement)."""
-        await self.client.set(order_key(order["crm_order_id"]), json.dumps(order))
+        await self.client.set(keys.order(order["crm_order_id"]), json.dumps(order))
 
     async def of_customer(self, customer_id: str, start: int, count: int) -> tuple[list[str], str]:
         """A page of the customer's order ids from position ``start``, and where the next
         page starts ("" at the end)."""
-        key = customer_orders_key(customer_id)
+        key = keys.customer_orders(customer_id)
         ids = [str(o) for o in await self.client.lrange(key, start, start + count - 1)]
         end = start + len(ids)
         return ids, str(end) if await self.client.llen(key) > end else ""

@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from charging.errors import InvalidRequest, NotFound
+from provisioning import keys
 
 TICKET_STATES = ("OPEN", "IN_PROGRESS", "RESOLVED", "CLOSED")
 # state -> states it may move to
@@ -44,7 +45,7 @@ class Records:
     client: aioredis.Redis
 
     async def _customer_exists(self, customer_id: str) -> None:
-        if not await self.client.exists(f"crm:customer:{customer_id}"):
+        if not await self.client.exists(keys.customer(customer_id)):
             raise NotFound("no such customer")
 
     async def add_interaction(
@@ -57,13 +58,13 @@ class Records:
         for i, ref in enumerate(references):
             if "://" not in ref:
                 raise InvalidRequest(f"references[{i}]", "must be a URI of a recording or attachment")
-        interaction_id = str(await self.client.incr("crm:seq:interaction"))
+        interaction_id = str(await self.client.incr(keys.INTERACTION_SEQ))
         doc = {"id": interaction_id, "channel": channel, "note": note, "references": references, "at": at_s}
-        await self.client.rpush(f"crm:interactions:{customer_id}", json.dumps(doc))
+        await self.client.rpush(keys.interactions(customer_id), json.dumps(doc))
         return doc
 
     async def interactions(self, customer_id: str) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in await self.client.lrange(f"crm:interactions:{customer_id}", 0, -1)]
+        return [json.loads(x) for x in await self.client.lrange(keys.interactions(customer_id), 0, -1)]
 
     async def open_ticket(
         self, customer_id: str, topic: str, summary: str, at_s: int, *, line: str = "", invoice: str = ""
@@ -76,7 +77,7 @@ class Records:
             raise InvalidRequest("invoice", "is required for an invoice ticket")
         if topic == "NETWORK" and not line:
             raise InvalidRequest("line", "is required for a network ticket")
-        ticket_id = str(await self.client.incr("crm:seq:ticket"))
+        ticket_id = str(await self.client.incr(keys.TICKET_SEQ))
         doc = {
             "id": ticket_id,
             "customer_id": customer_id,
@@ -87,12 +88,12 @@ class Records:
             "state": "OPEN",
             "history": [{"state": "OPEN", "at": at_s, "note": ""}],
         }
-        await self.client.set(f"crm:ticket:{ticket_id}", json.dumps(doc))
-        await self.client.rpush(f"crm:tickets:{customer_id}", ticket_id)
+        await self.client.set(keys.ticket(ticket_id), json.dumps(doc))
+        await self.client.rpush(keys.tickets(customer_id), ticket_id)
         return doc
 
     async def move_ticket(self, ticket_id: str, state: str, note: str, at_s: int) -> dict[str, Any]:
-        text = await self.client.get(f"crm:ticket:{ticket_id}")
+        text = await self.client.get(keys.ticket(ticket_id))
         if text is None:
             raise NotFound("no such ticket")
         doc: dict[str, Any] = json.loads(text)
@@ -100,12 +101,12 @@ class Records:
             raise InvalidRequest("state", f"a {doc['state']} ticket cannot become {state}")
         doc["state"] = state
         doc["history"].append({"state": state, "at": at_s, "note": note})
-        await self.client.set(f"crm:ticket:{ticket_id}", json.dumps(doc))
+        await self.client.set(keys.ticket(ticket_id), json.dumps(doc))
         return doc
 
     async def tickets(self, customer_id: str) -> list[dict[str, Any]]:
-        ids = await self.client.lrange(f"crm:tickets:{customer_id}", 0, -1)
-        texts = [await self.client.get(f"crm:ticket:{i!s}") for i in ids]
+        ids = await self.client.lrange(keys.tickets(customer_id), 0, -1)
+        texts = [await self.client.get(keys.ticket(str(i))) for i in ids]
         return [json.loads(t) for t in texts if t is not None]
 
     async def open_dispute(
@@ -118,7 +119,7 @@ class Records:
             raise InvalidRequest("invoice", "a dispute concerns an invoice or a line")
         if amount_micros <= 0:
             raise InvalidRequest("amount_micros", "must be positive")
-        dispute_id = str(await self.client.incr("crm:seq:dispute"))
+        dispute_id = str(await self.client.incr(keys.DISPUTE_SEQ))
         doc = {
             "id": dispute_id,
             "customer_id": customer_id,
@@ -129,11 +130,11 @@ class Records:
             "state": "OPEN",
             "at": at_s,
         }
-        await self.client.set(f"crm:dispute:{dispute_id}", json.dumps(doc))
-        await self.client.rpush(f"crm:disputes:{customer_id}", dispute_id)
+        await self.client.set(keys.dispute(dispute_id), json.dumps(doc))
+        await self.client.rpush(keys.disputes(customer_id), dispute_id)
         return doc
 
     async def disputes(self, customer_id: str) -> list[dict[str, Any]]:
-        ids = await self.client.lrange(f"crm:disputes:{customer_id}", 0, -1)
-        texts = [await self.client.get(f"crm:dispute:{i!s}") for i in ids]
+        ids = await self.client.lrange(keys.disputes(customer_id), 0, -1)
+        texts = [await self.client.get(keys.dispute(str(i))) for i in ids]
         return [json.loads(t) for t in texts if t is not None]

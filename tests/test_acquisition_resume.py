@@ -20,8 +20,9 @@ from charging.subscribers import Directory
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning import acquisition
 from provisioning.customers import Organisation
-from provisioning.orders import SUBMITTED, Orders, Superseded, work_key
-from provisioning.screening import Screener, velocity_key
+from provisioning.keys import SUBMITTED, order_work, velocity
+from provisioning.orders import Orders, Superseded
+from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
 from tests.conftest import Stubs
 from tests.test_acquisition import application
@@ -102,7 +103,7 @@ def assert_made_once(r: redis.Redis, app: App, *, units: int = 0) -> None:
     document = screener.document_print("PASSPORT", "DE", "L898902C36")
     assert r.get(f"crm:identity:{document}") == "1"
     day = 1_795_000_000 // 86_400
-    assert r.scard(velocity_key(document, day)) == 1
+    assert r.scard(velocity(document, day)) == 1
     assert app._simulator is not None
     assert app._simulator.lines[MSISDN]["applied"] == 1  # one ACTIVATE
     assert r.zcard(SUBMITTED) == 0 and not list(r.scan_iter("crm:order:*:work"))
@@ -131,7 +132,7 @@ async def test_a_crashed_application_is_resumed_by_the_periodic_pass(
     assert app.acquisition is not None and app.worker is not None
     crash_once_after(monkeypatch, owner, name)
     await crashed_submit(crm, corporate("o-1"))
-    assert r.hexists(work_key("o-1"), "request")  # the application, kept apart from the order
+    assert r.hexists(order_work("o-1"), "request")  # the application, kept apart from the order
 
     assert await app.acquisition.resume_stalled() == 0  # the crashed run's lease still holds
     clock.advance(seconds=31)
