@@ -99,6 +99,17 @@ def paying_unit(units: Mapping[str, Unit], unit_id: str) -> str:
     return unit.id
 
 
+def unit_path(units: Mapping[str, Unit], unit_id: str) -> tuple[str, ...]:
+    """The names of the units from the root down to ``unit_id``."""
+    chain, at = [], units[unit_id]
+    while True:
+        chain.append(at.name)
+        if not at.parent or at.parent not in units:
+            break
+        at = units[at.parent]
+    return tuple(reversed(chain))
+
+
 class Organisation:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
@@ -126,6 +137,11 @@ class Organisation:
         )
         await push_once(self.client, keys.units(customer_id), unit_id)
         return unit
+
+    @staticmethod
+    def forget_in(pipe: Pipeline, customer_id: str, unit_id: str) -> None:
+        """Take back the root unit of a customer that will not be, in ``pipe``."""
+        pipe.delete(keys.unit(unit_id), keys.units(customer_id))
 
     async def units(self, customer_id: str) -> dict[str, Unit]:
         out = {}

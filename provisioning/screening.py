@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from provisioning import keys
 
@@ -94,6 +95,11 @@ class Screener:
         if await self.client.set(keys.identity(document), customer_id, nx=True):
             return True
         return bool(await self.client.get(keys.identity(document)) == customer_id)
+
+    @staticmethod
+    def unregister_in(pipe: Pipeline, document: str) -> None:
+        """Take back a registration (its order was refused), in ``pipe``."""
+        pipe.delete(keys.identity(document))
 
     async def customer_of(self, document: str) -> str | None:
         """The customer registered with this identity document, if any."""

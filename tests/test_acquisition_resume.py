@@ -18,7 +18,7 @@ from charging.clock import ManualClock
 from charging.server import App
 from charging.subscribers import Directory
 from charging.v1 import crm_pb2, crm_pb2_grpc
-from provisioning import acquisition
+from provisioning import lines
 from provisioning.customers import Organisation
 from provisioning.keys import SUBMITTED, order_work, velocity
 from provisioning.orders import Orders, Superseded
@@ -114,7 +114,7 @@ CRASH_POINTS = [
     (Screener, "register"),  # customer id taken, identity registered
     (Organisation, "add_unit"),  # the company's root unit made
     (Directory, "create"),  # the charging account made but not recorded
-    (acquisition, "push_once"),  # the line recorded
+    (lines, "push_once"),  # the line recorded
     (ProvisioningWorker, "desire_in"),  # everything made; the last transaction not run
 ]
 

@@ -1,0 +1,127 @@
+"""Acting on the network's acknowledgements: charging, the line, the order, billing.
+
+The provisioning worker records each acknowledgement as soon as it arrives and then
+calls ``acknowledged``, again with backoff until it succeeds, so everything here may run
+more than once for the same acknowledgement. Only an acknowledgement changes what
+charging allows (``lifecycle.CHARGING_STATUS``): an active line everything, a
+barred-outgoing one incoming and emergency, a suspended one emergency only. A first
+activation counts as a gross addition, a termination as a disconnection and puts the
+number in quarantine; the line's order completes, and postpaid billing hears of the
+change with who pays for the line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from charging.catalogs import CatalogBook
+from charging.clock import Clock
+from charging.subscribers import Directory, Identity
+from provisioning.base import CustomerBase
+from provisioning.customers import Customers, Organisation, paying_unit, unit_path
+from provisioning.lifecycle import CHARGING_STATUS, LineState, TerminationReason
+from provisioning.lines import Lines
+from provisioning.orders import Orders
+from provisioning.quarantine import Quarantine
+
+
+class LineBilling(Protocol):
+    async def line_changed(
+        self,
+        *,
+        msisdn: str,
+        line: dict[str, str],
+        state: str,
+        plan_id: str,
+        customer: dict[str, str],
+        paying_unit: str,
+        unit_path: tuple[str, ...],
+        label: str,
+    ) -> None: ...
+
+
+class Acknowledgements:
+    def __init__(
+        self,
+        directory: Directory,
+        catalogs: CatalogBook,
+        clock: Clock,
+        orders: Orders,
+        customers: Customers,
+        organisation: Organisation,
+        lines: Lines,
+        quarantine: Quarantine,
+        base: CustomerBase | None,
+    ) -> None:
+        self.directory = directory
+        self.catalogs = catalogs
+        self.clock = clock
+        self.orders = orders
+        self.customers = customers
+        self.organisation = organisation
+        self.lines = lines
+        self.quarantine = quarantine
+        self.base = base
+        # Postpaid billing (postpaid/billing.py): told about every acknowledged line change.
+        self.billing: LineBilling | None = None
+
+    async def acknowledged(self, msisdn: str, state: str, product: str = "") -> None:
+        """The network acknowledged a line's state and product: charging, the line and
+        the order follow."""
+        if state not in {s.value for s in LineState}:
+            return
+        line_state = LineState(state)
+        line = await self.lines.get(msisdn)
+        if line is None:
+            return
+        now_s = self.clock.now_ms() // 1000
+        identity = Identity("msisdn", msisdn)
+        await self.directory.set_status(identity, CHARGING_STATUS[line_state])
+        updates: dict[str, Any] = {"state": line_state.value}
+        plan = self.catalogs.current.plans.get(product)
+        if plan is not None and product != line["plan_id"]:
+            await self.directory.set_plan(identity, plan)
+            updates["plan_id"] = plan.id
+        kind = line.get("customer_type", "MOBILE_PREPAID")
+        if line_state is LineState.TERMINATED and line["state"] != LineState.TERMINATED.value:
+            reason = TerminationReason(line.get("termination_reason") or "DISSATISFIED")
+            await self.quarantine.start(msisdn, reason, now_s)
+            if self.base is not None:
+                await self.base.disconnected(kind, reason.value, now_s)
+        if line_state is LineState.ACTIVE and line["state"] == LineState.PENDING_ACTIVATION.value and self.base:
+            await self.base.added(kind, now_s)
+        await self.lines.update(msisdn, updates)
+        await self.customers.refresh_state(line["customer_id"])
+        if self.billing is not None:
+            await self._tell_billing(msisdn, line, line_state.value, str(updates.get("plan_id", line["plan_id"])))
+        order = await self.orders.get(line["order_id"]) if line.get("order_id") else None
+        if order is not None and order["status"] == "IN_PROGRESS":
+            order["status"] = "COMPLETED"
+            order["steps"].append(
+                {"step": "provisioning", "outcome": "acknowledged", "reasons": [f"network state {state}"], "at": now_s}
+            )
+            await self.orders.save(order)
+
+    async def _tell_billing(self, msisdn: str, line: dict[str, str], state: str, plan_id: str) -> None:
+        """Postpaid billing hears of every acknowledged change, with who pays for the line."""
+        assert self.billing is not None
+        customer_id = line["customer_id"]
+        customer = await self.customers.get(customer_id) or {}
+        paying, label = "", f"Customer {customer_id}"
+        path: tuple[str, ...] = ()
+        if line.get("unit_id"):
+            units = await self.organisation.units(customer_id)
+            if line["unit_id"] in units:
+                paying = paying_unit(units, line["unit_id"])
+                path = unit_path(units, line["unit_id"])
+                label = path[0]
+        await self.billing.line_changed(
+            msisdn=msisdn,
+            line=line,
+            state=state,
+            plan_id=plan_id,
+            customer=customer,
+            paying_unit=paying,
+            unit_path=path,
+            label=label,
+        )

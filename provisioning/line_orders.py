@@ -1,0 +1,209 @@
+"""Line orders: a customer's further lines, and orders on existing lines.
+
+A new line (NEW_LINE, under one of a corporate customer's units) is offered against the
+customer's address and credit class, which also caps the number of postpaid lines; the
+first line of an application is opened the same way (``open_line``). An order on an
+existing line (CHANGE_PRODUCT, BAR_OUTGOING, SUSPEND, RESUME, TERMINATE with a reason)
+is checked against the line's state (``lifecycle.accept``). Either way the order goes
+IN_PROGRESS in the transaction that asks the network for the line's new state, so each
+is provisioned once; the network's acknowledgement completes it
+(``acknowledgements.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+
+from charging.catalog import Plan
+from charging.catalogs import CatalogBook
+from charging.errors import InvalidRequest
+from charging.subscribers import Identity, parse_identity
+from provisioning.coverage import CoverageBook
+from provisioning.credit import CreditDecision
+from provisioning.customers import Customers, Organisation
+from provisioning.lifecycle import InvalidTransition, LineState, OrderKind, TerminationReason, accept
+from provisioning.line_accounts import LineAccounts
+from provisioning.lines import Lines
+from provisioning.offers import offers
+from provisioning.orders import Decision, OrderRun, Orders, Rejected
+from provisioning.quarantine import Quarantine
+from provisioning.worker import ProvisioningWorker
+
+
+def plan_in_force(catalogs: CatalogBook, plan_id: str) -> Plan:
+    """The plan as the running catalog has it; refuses the offer when there is none."""
+    plan = catalogs.current.plans.get(plan_id)
+    if plan is None:
+        raise Rejected("offer", f"no plan {plan_id!r} in the catalog")
+    return plan
+
+
+async def decided_plan(catalogs: CatalogBook, decision: Decision) -> Plan:
+    """The plan offered, from the catalog in force when the order was decided."""
+    catalog = await catalogs.version(decision.catalog)
+    plan = None if catalog is None else catalog.plans.get(decision.plan_id)
+    if plan is None:
+        raise Rejected("offer", f"no plan {decision.plan_id!r} in catalog {decision.catalog}")
+    return plan
+
+
+class LineOrders:
+    def __init__(
+        self,
+        catalogs: CatalogBook,
+        coverage: CoverageBook,
+        worker: ProvisioningWorker,
+        orders: Orders,
+        customers: Customers,
+        organisation: Organisation,
+        lines: Lines,
+        accounts: LineAccounts,
+        quarantine: Quarantine,
+    ) -> None:
+        self.catalogs = catalogs
+        self.coverage = coverage
+        self.worker = worker
+        self.orders = orders
+        self.customers = customers
+        self.organisation = organisation
+        self.lines = lines
+        self.accounts = accounts
+        self.quarantine = quarantine
+
+    async def open_line(
+        self,
+        run: OrderRun,
+        customer_id: str,
+        unit_id: str,
+        plan: Plan,
+        msisdn: Identity,
+        imsi: Identity | None,
+        initial_balance: int,
+        credit: CreditDecision | None,
+    ) -> dict[str, Any]:
+        """Create the charging account (barred until the network acknowledges) and the
+        line; the order goes IN_PROGRESS together with asking the network to activate it."""
+        credit_limit = None if credit is None else credit.credit_limit_micros
+        account_id = await self.accounts.open(run, msisdn, imsi, plan, initial_balance, credit_limit)
+        run.order.update(customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
+        await self.lines.create(
+            msisdn.value,
+            {
+                "customer_id": customer_id,
+                "account_id": account_id,
+                "plan_id": plan.id,
+                "state": LineState.PENDING_ACTIVATION.value,
+                "order_id": run.id,
+                "customer_type": plan.customer_type.value,
+                "unit_id": unit_id,
+            },
+        )
+        run.step("line", "created", "pending activation")
+        run.order["status"] = "IN_PROGRESS"
+        run.step("provisioning", "requested", "ACTIVATE")
+
+        def activate(pipe: Pipeline) -> None:
+            self.worker.desire_in(pipe, msisdn.value, LineState.ACTIVE.value, plan.id)
+
+        order = await self.orders.finish(run.order, activate)
+        await self.customers.refresh_state(customer_id)  # one whose lines had all gone is pending again
+        return order
+
+    async def new_line(self, run: OrderRun) -> dict[str, Any]:
+        r = run.request
+        decision = await self.orders.decided(run, lambda: self._check_new_line(run))
+        plan = await decided_plan(self.catalogs, decision)
+        msisdn = parse_identity("msisdn", r["msisdn"], "msisdn")
+        imsi = parse_identity("imsi", r["imsi"], "imsi") if r["imsi"] else None
+        unit_id = decision.unit_id or ""
+        balance = int(r["initial_balance"])
+        return await self.open_line(run, r["customer_id"], unit_id, plan, msisdn, imsi, balance, decision.credit)
+
+    async def _check_new_line(self, run: OrderRun) -> Decision:
+        """The customer, unit, number and offer: the plan, credit and unit decided."""
+        r = run.request
+        customer_id, unit_id = str(r["customer_id"]), str(r["unit_id"])
+        customer = await self.customers.get(customer_id)
+        if customer is None:
+            raise Rejected("order", "no such customer")
+        run.order["customer_id"] = customer_id
+        if customer["kind"] == "CORPORATE":
+            units = await self.organisation.units(customer_id)
+            unit_id = unit_id or await self.organisation.root(customer_id)
+            if unit_id not in units:
+                raise Rejected("order", "org_unit_id is not a unit of this customer")
+        try:
+            msisdn = parse_identity("msisdn", r["msisdn"], "msisdn")
+            if r["imsi"]:
+                parse_identity("imsi", r["imsi"], "imsi")
+        except InvalidRequest as exc:
+            run.order["problems"] = [[exc.field, exc.message]]
+            raise Rejected("order", "the order has invalid fields") from None
+        if await self.quarantine.holds(msisdn.value, run.decided_s):
+            raise Rejected("line", "the number is in quarantine after a termination")
+        plan = plan_in_force(self.catalogs, str(r["plan_id"]))
+        credit = None
+        if "credit_class" in customer:
+            credit = CreditDecision(
+                points=0,
+                credit_class=customer["credit_class"],
+                credit_limit_micros=int(customer["credit_limit"]),
+                deposit_micros=int(customer["deposit"]),
+                postpaid_allowed=customer["postpaid_allowed"] == "1",
+                max_lines=int(customer["max_lines"]),
+                reasons=(),
+            )
+        offered, refused = offers(
+            [plan],
+            country=customer.get("country", ""),
+            postal_code=customer.get("postal_code", ""),
+            coverage=(await self.coverage.current()).coverage,
+            credit=credit,
+            at_s=run.decided_s,
+        )
+        if not offered:
+            raise Rejected("offer", *(r.reason for r in refused))
+        lines = await self.lines.count(customer_id)
+        if credit is not None and plan.customer_type.value.endswith("POSTPAID") and lines >= credit.max_lines:
+            raise Rejected(
+                "offer", f"credit class {credit.credit_class} allows at most {credit.max_lines} postpaid line(s)"
+            )
+        run.step("offer", "available", plan.id)
+        return Decision(plan.id, self.catalogs.current.version, credit, unit_id)
+
+    async def change(self, run: OrderRun) -> dict[str, Any]:
+        """An order on an existing line. Checks only read until the order is decided, so
+        a resumed run simply checks again; the line's new order and desired state are
+        stored with the decision."""
+        r, order = run.request, run.order
+        msisdn, kind, plan_id, reason = str(r["msisdn"]), str(r["order"]), str(r["plan_id"]), str(r["reason"])
+        line = await self.lines.get(msisdn)
+        if line is None:
+            raise Rejected("order", "no such line")
+        order.update(customer_id=line["customer_id"], account_id=line["account_id"], msisdn=msisdn)
+        try:
+            order_kind = OrderKind(kind)
+            termination = TerminationReason(reason) if order_kind is OrderKind.TERMINATE else None
+            move = accept(LineState(line["state"]), order_kind, termination)
+        except InvalidTransition as exc:
+            raise Rejected("order", str(exc)) from None
+        except ValueError:
+            raise Rejected("order", f"unknown order {kind!r} or termination reason {reason!r}") from None
+        product = line["plan_id"]
+        if order_kind is OrderKind.CHANGE_PRODUCT:
+            plan = self.catalogs.current.plans.get(plan_id)
+            current = self.catalogs.current.plans.get(product)
+            if plan is None or (current is not None and plan.customer_type != current.customer_type):
+                raise Rejected("order", f"plan {plan_id!r} is not a product this line can change to")
+            product = plan.id
+        run.step("order", "accepted", move.network_command)
+        order["status"] = "IN_PROGRESS"
+        run.step("provisioning", "requested", move.network_command)
+
+        def provision(pipe: Pipeline) -> None:
+            Lines.ordered_in(pipe, msisdn, run.id, reason)
+            self.worker.desire_in(pipe, msisdn, move.target.value, product)
+
+        return await self.orders.finish(order, provision)
