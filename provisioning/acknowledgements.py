@@ -12,16 +12,17 @@ change with who pays for the line.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.subscribers import Directory, Identity
 from provisioning.base import CustomerBase
-from provisioning.customers import Customers, Organisation, paying_unit, unit_path
+from provisioning.customers import Customer, Customers
 from provisioning.lifecycle import CHARGING_STATUS, LineState, TerminationReason
-from provisioning.lines import Lines
+from provisioning.lines import Line, Lines
 from provisioning.orders import Orders
+from provisioning.organisation import Organisation, paying_unit, unit_path
 from provisioning.quarantine import Quarantine
 
 
@@ -29,11 +30,10 @@ class LineBilling(Protocol):
     async def line_changed(
         self,
         *,
-        msisdn: str,
-        line: dict[str, str],
+        line: Line,
         state: str,
         plan_id: str,
-        customer: dict[str, str],
+        customer: Customer,
         paying_unit: str,
         unit_path: tuple[str, ...],
         label: str,
@@ -77,24 +77,24 @@ class Acknowledgements:
         now_s = self.clock.now_ms() // 1000
         identity = Identity("msisdn", msisdn)
         await self.directory.set_status(identity, CHARGING_STATUS[line_state])
-        updates: dict[str, Any] = {"state": line_state.value}
+        new_plan = None
         plan = self.catalogs.current.plans.get(product)
-        if plan is not None and product != line["plan_id"]:
+        if plan is not None and product != line.plan_id:
             await self.directory.set_plan(identity, plan)
-            updates["plan_id"] = plan.id
-        kind = line.get("customer_type", "MOBILE_PREPAID")
-        if line_state is LineState.TERMINATED and line["state"] != LineState.TERMINATED.value:
-            reason = TerminationReason(line.get("termination_reason") or "DISSATISFIED")
+            new_plan = plan.id
+        kind = line.customer_type
+        if line_state is LineState.TERMINATED and line.state is not LineState.TERMINATED:
+            reason = TerminationReason(line.termination_reason or "DISSATISFIED")
             await self.quarantine.start(msisdn, reason, now_s)
             if self.base is not None:
                 await self.base.disconnected(kind, reason.value, now_s)
-        if line_state is LineState.ACTIVE and line["state"] == LineState.PENDING_ACTIVATION.value and self.base:
+        if line_state is LineState.ACTIVE and line.state is LineState.PENDING_ACTIVATION and self.base:
             await self.base.added(kind, now_s)
-        await self.lines.update(msisdn, updates)
-        await self.customers.refresh_state(line["customer_id"])
+        await self.lines.acknowledged(msisdn, line_state, new_plan)
+        await self.customers.refresh_state(line.customer_id)
         if self.billing is not None:
-            await self._tell_billing(msisdn, line, line_state.value, str(updates.get("plan_id", line["plan_id"])))
-        order = await self.orders.get(line["order_id"]) if line.get("order_id") else None
+            await self._tell_billing(line, line_state.value, new_plan or line.plan_id)
+        order = await self.orders.get(line.order_id) if line.order_id else None
         if order is not None and order["status"] == "IN_PROGRESS":
             order["status"] = "COMPLETED"
             order["steps"].append(
@@ -102,21 +102,21 @@ class Acknowledgements:
             )
             await self.orders.save(order)
 
-    async def _tell_billing(self, msisdn: str, line: dict[str, str], state: str, plan_id: str) -> None:
+    async def _tell_billing(self, line: Line, state: str, plan_id: str) -> None:
         """Postpaid billing hears of every acknowledged change, with who pays for the line."""
         assert self.billing is not None
-        customer_id = line["customer_id"]
-        customer = await self.customers.get(customer_id) or {}
+        customer_id = line.customer_id
+        # (a customer gone meanwhile is enrolled without credit terms or email)
+        customer = await self.customers.get(customer_id) or Customer(customer_id, kind="", created=0)
         paying, label = "", f"Customer {customer_id}"
         path: tuple[str, ...] = ()
-        if line.get("unit_id"):
+        if line.unit_id:
             units = await self.organisation.units(customer_id)
-            if line["unit_id"] in units:
-                paying = paying_unit(units, line["unit_id"])
-                path = unit_path(units, line["unit_id"])
+            if line.unit_id in units:
+                paying = paying_unit(units, line.unit_id)
+                path = unit_path(units, line.unit_id)
                 label = path[0]
         await self.billing.line_changed(
-            msisdn=msisdn,
             line=line,
             state=state,
             plan_id=plan_id,

@@ -29,12 +29,13 @@ from provisioning.acknowledgements import Acknowledgements, LineBilling
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
 from provisioning.coverage import CoverageBook
-from provisioning.customers import Customers, Organisation
+from provisioning.customers import Customers
 from provisioning.line_accounts import LineAccounts
 from provisioning.line_orders import LineOrders
-from provisioning.lines import Lines
+from provisioning.lines import Line, Lines
 from provisioning.onboarding import Onboarding
 from provisioning.orders import ORDER_LEASE_MS, Claim, OrderRun, Orders, Rejected, Superseded
+from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
@@ -193,5 +194,5 @@ class Acquisition:
     async def get_order(self, order_id: str) -> dict[str, Any] | None:
         return await self.orders.get(order_id)
 
-    async def get_line(self, msisdn: str) -> dict[str, str] | None:
+    async def get_line(self, msisdn: str) -> Line | None:
         return await self.lines.get(msisdn)

@@ -13,10 +13,11 @@ from charging.errors import InvalidRequest, NotFound
 from charging.status import rpc
 from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
-from provisioning import keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
-from provisioning.customers import KINDS, STATES, Unit, page_size, page_start, paying_unit
+from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
+from provisioning.lines import Line
+from provisioning.organisation import OrgUnit, paying_unit
 from provisioning.records import Records
 
 STATUSES = {
@@ -190,7 +191,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         line = await self.acquisition.get_line(request.msisdn)
         if line is None:
             raise NotFound("no such line")
-        return line_pb(request.msisdn, line)
+        return line_pb(line)
 
     @rpc("AddOrgUnit")
     async def AddOrgUnit(self, request: crm_pb2.OrgUnit, context: grpc.aio.ServicerContext) -> crm_pb2.OrgUnit:
@@ -254,10 +255,10 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         self, request: crm_pb2.CustomerPageRequest, context: grpc.aio.ServicerContext
     ) -> crm_pb2.LinePage:
         await self._customer(request.customer_id)
-        lines, token = await self.acquisition.customers.lines(
+        lines, token = await self.acquisition.lines.page(
             request.customer_id, page_start(request.page_token), page_size(request.page_size)
         )
-        return crm_pb2.LinePage(lines=[line_pb(msisdn, line) for msisdn, line in lines], next_page_token=token)
+        return crm_pb2.LinePage(lines=[line_pb(line) for line in lines], next_page_token=token)
 
     @rpc("ListCustomerOrders")
     async def ListCustomerOrders(
@@ -270,7 +271,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         orders = [await self.acquisition.get_order(i) for i in ids]
         return crm_pb2.OrderPage(orders=[order_pb(o) for o in orders if o is not None], next_page_token=token)
 
-    async def _customer(self, customer_id: str) -> dict[str, str]:
+    async def _customer(self, customer_id: str) -> Customer:
         customer = await self.acquisition.customers.get(customer_id) if customer_id else None
         if customer is None:
             raise NotFound("no such customer")
@@ -278,38 +279,32 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
 
     @rpc("GetCustomer")
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
-        client = self.acquisition.client
-        kind = await client.hget(keys.customer(request.customer_id), "kind")
-        if kind is None:
-            raise NotFound("no such customer")
-        out = crm_pb2.Customer(id=request.customer_id, kind=str(kind))
-        units = await self.acquisition.organisation.units(request.customer_id)
+        customer = await self._customer(request.customer_id)
+        out = crm_pb2.Customer(id=customer.id, kind=customer.kind)
+        units = await self.acquisition.organisation.units(customer.id)
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
-        for msisdn in await client.lrange(keys.customer_lines(request.customer_id), 0, -1):
-            line = await self.acquisition.get_line(str(msisdn))
-            if line is not None and line["customer_id"] == request.customer_id:  # not given to someone else since
-                out.lines.append(line_pb(str(msisdn), line))
+        out.lines.extend(line_pb(line) for line in await self.acquisition.lines.of_customer(customer.id))
         return out
 
 
-def summary_pb(customer: dict[str, str]) -> crm_pb2.CustomerSummary:
+def summary_pb(customer: Customer) -> crm_pb2.CustomerSummary:
     return crm_pb2.CustomerSummary(
-        id=customer["id"],
-        kind=customer.get("kind", ""),
-        state=customer.get("state", ""),
-        created=int(customer.get("created", 0)),
-        country=customer.get("country", ""),
-        postal_code=customer.get("postal_code", ""),
-        credit_class=customer.get("credit_class", ""),
+        id=customer.id,
+        kind=customer.kind,
+        state=customer.state,
+        created=customer.created,
+        country=customer.country,
+        postal_code=customer.postal_code,
+        credit_class="" if customer.credit is None else customer.credit.credit_class,
         identity_document=crm_pb2.IdentityDocument(
-            type=customer.get("document_type", ""),
-            issuing_country=customer.get("document_country", ""),
-            number=customer.get("document_number", ""),  # masked when stored
+            type=customer.document_type,
+            issuing_country=customer.document_country,
+            number=customer.document_number,  # masked when stored
         ),
     )
 
 
-def unit_pb(unit: Unit, paying: str) -> crm_pb2.OrgUnit:
+def unit_pb(unit: OrgUnit, paying: str) -> crm_pb2.OrgUnit:
     return crm_pb2.OrgUnit(
         id=unit.id,
         customer_id=unit.customer_id,
@@ -320,12 +315,12 @@ def unit_pb(unit: Unit, paying: str) -> crm_pb2.OrgUnit:
     )
 
 
-def line_pb(msisdn: str, line: dict[str, str]) -> crm_pb2.Line:
+def line_pb(line: Line) -> crm_pb2.Line:
     return crm_pb2.Line(
-        msisdn=msisdn,
-        customer_id=line["customer_id"],
-        account_id=line["account_id"],
-        plan_id=line["plan_id"],
-        state=line["state"],
-        unit_id=line.get("unit_id", ""),
+        msisdn=line.msisdn,
+        customer_id=line.customer_id,
+        account_id=line.account_id,
+        plan_id=line.plan_id,
+        state=line.state.value,
+        unit_id=line.unit_id,
     )

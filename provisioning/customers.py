@@ -1,4 +1,4 @@
-"""Customers: their records, the state they are in, finding them; and their organisation.
+"""Customers: their records, the state they are in, finding them.
 
 A customer is ``crm:customer:<id>`` (kind, created, address country and postal code,
 credit terms, the identity document with its number masked, state) with its lines in
@@ -9,12 +9,7 @@ the sorted sets ``crm:customers``, ``crm:customers:kind:<kind>`` and
 ``crm:customers:state:<state>`` (score = the numeric id, so a page resumes after the last
 id seen); by line through the line's record, by identity document through the
 screener's salted fingerprint (``screening.py``): raw document numbers are never stored.
-
-Individuals have no organisation; a corporate customer is a tree of units of any depth
-(company, branches, departments). Each unit either pays for its lines itself (a billing
-account) or through its parent; the company at the root always pays for itself. The
-tree is stored as ``crm:unit:<id>`` hashes (customer, parent, name, pays) and the list
-``crm:units:<customer>``; ``paying_unit`` is the pure rule billing follows.
+A corporate customer's units are in ``organisation.py``, the lines in ``lines.py``.
 """
 
 from __future__ import annotations
@@ -26,8 +21,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from charging.errors import InvalidRequest, NotFound
+from charging.errors import InvalidRequest
 from provisioning import keys
+from provisioning.credit import CreditDecision
 from provisioning.screening import Screener
 
 KINDS = ("INDIVIDUAL", "CORPORATE")
@@ -80,80 +76,79 @@ async def push_once(client: aioredis.Redis, key: str, value: str) -> None:
 
 
 @dataclass(frozen=True)
-class Unit:
+class Customer:
+    """A customer as stored: the address and identity document kept to check offers of
+    further lines against (the document number masked), the state, the email address
+    invoices go to and, for a postpaid customer, the credit terms decided."""
+
     id: str
-    customer_id: str
-    parent: str
-    name: str
-    pays_itself: bool
+    kind: str
+    created: int
+    state: str = "PENDING"
+    country: str = ""
+    postal_code: str = ""
+    document_type: str = ""
+    document_country: str = ""
+    document_number: str = ""
+    email: str = ""
+    credit: CreditDecision | None = None
 
+    @property
+    def credit_limit_micros(self) -> int:
+        return 0 if self.credit is None else self.credit.credit_limit_micros
 
-def paying_unit(units: Mapping[str, Unit], unit_id: str) -> str:
-    """The unit that pays for ``unit_id``'s lines: itself, or the nearest ancestor that
-    pays for itself (the root always does)."""
-    seen = set()
-    unit = units[unit_id]
-    while not unit.pays_itself and unit.parent and unit.id not in seen:
-        seen.add(unit.id)
-        unit = units[unit.parent]
-    return unit.id
+    @property
+    def deposit_micros(self) -> int:
+        return 0 if self.credit is None else self.credit.deposit_micros
 
-
-def unit_path(units: Mapping[str, Unit], unit_id: str) -> tuple[str, ...]:
-    """The names of the units from the root down to ``unit_id``."""
-    chain, at = [], units[unit_id]
-    while True:
-        chain.append(at.name)
-        if not at.parent or at.parent not in units:
-            break
-        at = units[at.parent]
-    return tuple(reversed(chain))
-
-
-class Organisation:
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-
-    async def add_unit(self, customer_id: str, parent: str, name: str, pays_itself: bool, unit_id: str = "") -> Unit:
-        """Add a unit; the first unit of a customer is its root (no parent, pays itself).
-        With ``unit_id`` (taken by an order beforehand) adding it again changes nothing."""
-        if not name.strip() or len(name) > 128:
-            raise InvalidRequest("name", "is required (at most 128 characters)")
-        kind = await self.client.hget(keys.customer(customer_id), "kind")
-        if kind is None:
-            raise NotFound("no such customer")
-        if kind != "CORPORATE":
-            raise InvalidRequest("customer_id", "only corporate customers have an organisation")
-        existing = await self.units(customer_id)
-        if unit_id in existing:
-            return existing[unit_id]
-        if existing and parent not in existing:
-            raise InvalidRequest("parent_id", "must be a unit of the same customer")
-        unit_id = unit_id or str(await self.client.incr(keys.UNIT_SEQ))
-        unit = Unit(unit_id, customer_id, parent if existing else "", name, pays_itself or not existing)
-        await self.client.hset(
-            keys.unit(unit_id),
-            mapping={"customer": customer_id, "parent": unit.parent, "name": name, "pays": int(unit.pays_itself)},
+    @classmethod
+    def from_redis(cls, customer_id: str, h: Mapping[str, str]) -> Customer:
+        credit = None
+        if "credit_class" in h:
+            credit = CreditDecision(
+                points=0,
+                credit_class=h["credit_class"],
+                credit_limit_micros=int(h["credit_limit"]),
+                deposit_micros=int(h["deposit"]),
+                postpaid_allowed=h["postpaid_allowed"] == "1",
+                max_lines=int(h["max_lines"]),
+                reasons=(),
+            )
+        return cls(
+            id=customer_id,
+            kind=h.get("kind", ""),
+            created=int(h.get("created", 0)),
+            state=h.get("state", ""),
+            country=h.get("country", ""),
+            postal_code=h.get("postal_code", ""),
+            document_type=h.get("document_type", ""),
+            document_country=h.get("document_country", ""),
+            document_number=h.get("document_number", ""),
+            email=h.get("email", ""),
+            credit=credit,
         )
-        await push_once(self.client, keys.units(customer_id), unit_id)
-        return unit
 
-    @staticmethod
-    def forget_in(pipe: Pipeline, customer_id: str, unit_id: str) -> None:
-        """Take back the root unit of a customer that will not be, in ``pipe``."""
-        pipe.delete(keys.unit(unit_id), keys.units(customer_id))
-
-    async def units(self, customer_id: str) -> dict[str, Unit]:
-        out = {}
-        for raw in await self.client.lrange(keys.units(customer_id), 0, -1):
-            unit_id = str(raw)
-            h: dict[Any, Any] = await self.client.hgetall(keys.unit(unit_id))
-            out[unit_id] = Unit(unit_id, customer_id, str(h["parent"]), str(h["name"]), h["pays"] == "1")
-        return out
-
-    async def root(self, customer_id: str) -> str:
-        first = await self.client.lindex(keys.units(customer_id), 0)
-        return "" if first is None else str(first)
+    def to_redis(self) -> dict[str, str | int]:
+        h: dict[str, str | int] = {
+            "kind": self.kind,
+            "created": self.created,
+            "country": self.country,
+            "postal_code": self.postal_code,
+            "document_type": self.document_type,
+            "document_country": self.document_country,
+            "document_number": self.document_number,
+            "email": self.email,
+        }
+        if self.credit is not None:
+            h.update(
+                credit_class=self.credit.credit_class,
+                credit_limit=self.credit.credit_limit_micros,
+                deposit=self.credit.deposit_micros,
+                postpaid_allowed=int(self.credit.postpaid_allowed),
+                max_lines=self.credit.max_lines,
+            )
+        h["state"] = self.state
+        return h
 
 
 class Customers:
@@ -161,14 +156,14 @@ class Customers:
         self.client = client
         self.screener = screener
 
-    async def create(self, customer_id: str, fields: Mapping[str, Any]) -> None:
+    async def create(self, customer: Customer) -> None:
         """Store and index a new customer (PENDING); storing it again changes nothing."""
-        score = {customer_id: int(customer_id)}
-        record: dict[Any, Any] = {**fields, "state": "PENDING"}
+        score = {customer.id: int(customer.id)}
+        record: dict[Any, Any] = {**customer.to_redis(), "state": "PENDING"}
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.customer(customer_id), mapping=record)
+        pipe.hset(keys.customer(customer.id), mapping=record)
         pipe.zadd(keys.CUSTOMERS, score)
-        pipe.zadd(keys.kind_index(str(fields["kind"])), score)
+        pipe.zadd(keys.kind_index(customer.kind), score)
         pipe.zadd(keys.state_index("PENDING"), score)
         await pipe.execute()
 
@@ -204,9 +199,9 @@ class Customers:
         state: str = await self.client.transaction(txn, *watched, value_from_callable=True)
         return state
 
-    async def get(self, customer_id: str) -> dict[str, str] | None:
+    async def get(self, customer_id: str) -> Customer | None:
         h = await self.client.hgetall(keys.customer(customer_id))
-        return {"id": customer_id, **{str(k): str(v) for k, v in h.items()}} if h else None
+        return Customer.from_redis(customer_id, _text(h)) if h else None
 
     async def search(
         self,
@@ -217,7 +212,7 @@ class Customers:
         document: tuple[str, str, str] | None = None,
         after: int = 0,
         size: int = DEFAULT_PAGE,
-    ) -> tuple[list[dict[str, str]], str]:
+    ) -> tuple[list[Customer], str]:
         """Customers by kind, state, the number of one of their lines and their identity
         document (type, issuing country, number), in id order after ``after``; returns a
         page and the token of the next one ("" at the end)."""
@@ -234,7 +229,7 @@ class Customers:
             page = [c for c in [await self.get(i) for i in sorted(found, key=int) if int(i) > after] if c]
             return [c for c in page if _matches(c, kind, state)], ""
         index = keys.state_index(state) if state else keys.kind_index(kind) if kind else keys.CUSTOMERS
-        customers: list[dict[str, str]] = []
+        customers: list[Customer] = []
         cursor, scanned = after, 0
         while len(customers) < size and scanned < SCAN_PAGES * size:
             ids = [str(i) for i in await self.client.zrangebyscore(index, f"({cursor}", "+inf", start=0, num=size)]
@@ -245,25 +240,20 @@ class Customers:
                 pipe.hgetall(keys.customer(customer_id))
             for customer_id, h in zip(ids, await pipe.execute(), strict=True):
                 cursor, scanned = int(customer_id), scanned + 1
-                customer = {"id": customer_id, **{str(k): str(v) for k, v in h.items()}}
-                if h and _matches(customer, kind, state):
+                if not h:
+                    continue
+                customer = Customer.from_redis(customer_id, _text(h))
+                if _matches(customer, kind, state):
                     customers.append(customer)
                     if len(customers) == size:
                         break
         more = await self.client.zcount(index, f"({cursor}", "+inf")
         return customers, str(cursor) if more else ""
 
-    async def lines(self, customer_id: str, start: int, size: int) -> tuple[list[tuple[str, dict[str, str]]], str]:
-        """A page of the customer's lines (number, record), from position ``start``."""
-        msisdns = [str(m) for m in await self.client.lrange(keys.customer_lines(customer_id), start, start + size - 1)]
-        lines = []
-        for msisdn in msisdns:
-            h = {str(k): str(v) for k, v in (await self.client.hgetall(keys.line(msisdn))).items()}
-            if h.get("customer_id") == customer_id:  # not a number since given to someone else
-                lines.append((msisdn, h))
-        end = start + len(msisdns)
-        return lines, str(end) if await self.client.llen(keys.customer_lines(customer_id)) > end else ""
+
+def _text(h: Mapping[Any, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in h.items()}
 
 
-def _matches(customer: Mapping[str, str], kind: str, state: str) -> bool:
-    return (not kind or customer.get("kind") == kind) and (not state or customer.get("state") == state)
+def _matches(customer: Customer, kind: str, state: str) -> bool:
+    return (not kind or customer.kind == kind) and (not state or customer.state == state)

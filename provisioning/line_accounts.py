@@ -77,7 +77,7 @@ class LineAccounts:
         if account_id is None:
             return None
         line = await self.lines.get(msisdn.value)
-        if line is not None and line["account_id"] == account_id and line.get("order_id") != run.id:
+        if line is not None and line.account_id == account_id and line.order_id != run.id:
             return None
         try:
             await self.directory.adopt(account_id, msisdn, imsi)

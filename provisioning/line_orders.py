@@ -22,12 +22,13 @@ from charging.errors import InvalidRequest
 from charging.subscribers import Identity, parse_identity
 from provisioning.coverage import CoverageBook
 from provisioning.credit import CreditDecision
-from provisioning.customers import Customers, Organisation
+from provisioning.customers import Customers
 from provisioning.lifecycle import InvalidTransition, LineState, OrderKind, TerminationReason, accept
 from provisioning.line_accounts import LineAccounts
-from provisioning.lines import Lines
+from provisioning.lines import Line, Lines
 from provisioning.offers import offers
 from provisioning.orders import Decision, OrderRun, Orders, Rejected
+from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.worker import ProvisioningWorker
 
@@ -89,16 +90,16 @@ class LineOrders:
         account_id = await self.accounts.open(run, msisdn, imsi, plan, initial_balance, credit_limit)
         run.order.update(customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
         await self.lines.create(
-            msisdn.value,
-            {
-                "customer_id": customer_id,
-                "account_id": account_id,
-                "plan_id": plan.id,
-                "state": LineState.PENDING_ACTIVATION.value,
-                "order_id": run.id,
-                "customer_type": plan.customer_type.value,
-                "unit_id": unit_id,
-            },
+            Line(
+                msisdn=msisdn.value,
+                customer_id=customer_id,
+                account_id=account_id,
+                plan_id=plan.id,
+                state=LineState.PENDING_ACTIVATION,
+                order_id=run.id,
+                customer_type=plan.customer_type.value,
+                unit_id=unit_id,
+            )
         )
         run.step("line", "created", "pending activation")
         run.order["status"] = "IN_PROGRESS"
@@ -129,7 +130,7 @@ class LineOrders:
         if customer is None:
             raise Rejected("order", "no such customer")
         run.order["customer_id"] = customer_id
-        if customer["kind"] == "CORPORATE":
+        if customer.kind == "CORPORATE":
             units = await self.organisation.units(customer_id)
             unit_id = unit_id or await self.organisation.root(customer_id)
             if unit_id not in units:
@@ -144,21 +145,11 @@ class LineOrders:
         if await self.quarantine.holds(msisdn.value, run.decided_s):
             raise Rejected("line", "the number is in quarantine after a termination")
         plan = plan_in_force(self.catalogs, str(r["plan_id"]))
-        credit = None
-        if "credit_class" in customer:
-            credit = CreditDecision(
-                points=0,
-                credit_class=customer["credit_class"],
-                credit_limit_micros=int(customer["credit_limit"]),
-                deposit_micros=int(customer["deposit"]),
-                postpaid_allowed=customer["postpaid_allowed"] == "1",
-                max_lines=int(customer["max_lines"]),
-                reasons=(),
-            )
+        credit = customer.credit
         offered, refused = offers(
             [plan],
-            country=customer.get("country", ""),
-            postal_code=customer.get("postal_code", ""),
+            country=customer.country,
+            postal_code=customer.postal_code,
             coverage=(await self.coverage.current()).coverage,
             credit=credit,
             at_s=run.decided_s,
@@ -182,16 +173,16 @@ class LineOrders:
         line = await self.lines.get(msisdn)
         if line is None:
             raise Rejected("order", "no such line")
-        order.update(customer_id=line["customer_id"], account_id=line["account_id"], msisdn=msisdn)
+        order.update(customer_id=line.customer_id, account_id=line.account_id, msisdn=msisdn)
         try:
             order_kind = OrderKind(kind)
             termination = TerminationReason(reason) if order_kind is OrderKind.TERMINATE else None
-            move = accept(LineState(line["state"]), order_kind, termination)
+            move = accept(line.state, order_kind, termination)
         except InvalidTransition as exc:
             raise Rejected("order", str(exc)) from None
         except ValueError:
             raise Rejected("order", f"unknown order {kind!r} or termination reason {reason!r}") from None
-        product = line["plan_id"]
+        product = line.plan_id
         if order_kind is OrderKind.CHANGE_PRODUCT:
             plan = self.catalogs.current.plans.get(plan_id)
             current = self.catalogs.current.plans.get(product)

@@ -28,10 +28,11 @@ from provisioning.applications import ApplicationInvalid, check_application
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.credit import CreditHistory, decide
-from provisioning.customers import Customers, Organisation, mask
+from provisioning.customers import Customer, Customers, mask
 from provisioning.line_orders import LineOrders, decided_plan, plan_in_force
 from provisioning.offers import offers
 from provisioning.orders import Decision, OrderRun, Orders, Rejected
+from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.screening import Screener
 
@@ -81,27 +82,21 @@ class Onboarding:
 
         run.undo.append(forget)
         address, document = app["address"], app["identity_document"]
-        customer: dict[str, Any] = {
-            "kind": str(app["customer_kind"]),
-            "created": run.decided_s,
+        customer = Customer(
+            id=customer_id,
+            kind=str(app["customer_kind"]),
+            created=run.decided_s,
             # what offers to new lines are checked against later
-            "country": address["country"],
-            "postal_code": address["postal_code"],
-            "document_type": document["type"],
-            "document_country": document["issuing_country"],
-            "document_number": mask(str(document["number"])),
+            country=address["country"],
+            postal_code=address["postal_code"],
+            document_type=document["type"],
+            document_country=document["issuing_country"],
+            document_number=mask(str(document["number"])),
             # where invoices and billing notices go (postpaid)
-            "email": str((app.get("contact") or {}).get("email") or ""),
-        }
-        if credit is not None:
-            customer.update(
-                credit_class=credit.credit_class,
-                credit_limit=credit.credit_limit_micros,
-                deposit=credit.deposit_micros,
-                postpaid_allowed=int(credit.postpaid_allowed),
-                max_lines=credit.max_lines,
-            )
-        await self.customers.create(customer_id, customer)
+            email=str((app.get("contact") or {}).get("email") or ""),
+            credit=credit,
+        )
+        await self.customers.create(customer)
         unit_id = ""
         if app["customer_kind"] == "CORPORATE":
             unit_id = await self.orders.allocate(run.id, "unit_id", keys.UNIT_SEQ)

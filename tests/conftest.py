@@ -29,6 +29,8 @@ from charging.v1 import (
 )
 from postpaid import config as billing_config
 from postpaid.billing import Billing
+from provisioning.lifecycle import LineState
+from provisioning.lines import Line
 
 
 def free_port() -> int:
@@ -179,8 +181,9 @@ class LineBook:
         self.lines: dict[str, dict[str, str]] = {}
         self.orders: list[tuple[str, str, str]] = []
 
-    async def get_line(self, msisdn: str) -> dict[str, str] | None:
-        return self.lines.get(msisdn)
+    async def get_line(self, msisdn: str) -> Line | None:
+        found = self.lines.get(msisdn)
+        return None if found is None else Line(msisdn, "", "", "", LineState(found["state"]), found["order_id"])
 
     async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
         if any(o[0] == order_id for o in self.orders):

@@ -19,9 +19,9 @@ from charging.server import App
 from charging.subscribers import Directory
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning import lines
-from provisioning.customers import Organisation
 from provisioning.keys import SUBMITTED, order_work, velocity
 from provisioning.orders import Orders, Superseded
+from provisioning.organisation import Organisation
 from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
 from tests.conftest import Stubs

@@ -26,18 +26,16 @@ from postpaid.scripts import DUNNING
 from tests.conftest import LineBook, Stubs, free_port
 from tests.test_bill_run import LIMIT, call
 from tests.test_delivery import Mailbox
-from tests.test_payments import DAY, invoiced
+from tests.test_payments import DAY, invoiced, payer, postpaid_line
 
 
 async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: int = 0) -> str:
     sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
-    line = {"account_id": sub.account_id, "customer_id": customer, "customer_type": "MOBILE_POSTPAID"}
     await b.line_changed(
-        msisdn=msisdn,
-        line=line,
+        line=postpaid_line(msisdn, sub.account_id, customer),
         state="active",
         plan_id="mobile-postpaid",
-        customer={"credit_limit": str(LIMIT), "deposit": str(deposit)},
+        customer=payer(LIMIT, deposit),
         paying_unit="",
         unit_path=(),
         label="Customer",
@@ -47,13 +45,11 @@ async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: i
 
 async def terminate(b: Billing, customer: str, account_id: str, msisdn: str) -> None:
     """The network acknowledged the line's termination."""
-    line = {"account_id": account_id, "customer_id": customer, "customer_type": "MOBILE_POSTPAID"}
     await b.line_changed(
-        msisdn=msisdn,
-        line=line,
+        line=postpaid_line(msisdn, account_id, customer),
         state="terminated",
         plan_id="mobile-postpaid",
-        customer={},
+        customer=payer(),
         paying_unit="",
         unit_path=(),
         label="Customer",
