@@ -23,7 +23,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -40,6 +40,7 @@ from postpaid.dunning import ChangeState, LateFee, Notify, OpenInvoice, Restore,
 from postpaid.invoices import LATE_FEE, RECONNECTION_FEE, Charge
 from postpaid.scripts import DUNNING
 from provisioning.lines import Line
+from provisioning.orders import Order
 
 log = logging.getLogger("postpaid.collection")
 
@@ -58,11 +59,9 @@ class Lines(Protocol):
 
     async def get_line(self, msisdn: str) -> Line | None: ...
 
-    async def get_order(self, order_id: str) -> dict[str, Any] | None: ...
+    async def get_order(self, order_id: str) -> Order | None: ...
 
-    async def order(
-        self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = ""
-    ) -> dict[str, Any]: ...
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> Order: ...
 
 
 @dataclass
@@ -239,12 +238,12 @@ class Collection:
                     unsettled = True
             elif current.state.value in ("barred_outgoing", "suspended") and by_dunning:
                 order = await self.lines.order(order_id, line.line, "RESUME")
-                unsettled = unsettled or order.get("status") != "COMPLETED"
+                unsettled = unsettled or order.status != "COMPLETED"
             elif by_dunning and current.order_id != order_id:
                 # A bar or suspension ordered before the payment may still be on its way:
                 # look again until it is acknowledged, then resume.
                 previous = await self.lines.get_order(current.order_id)
-                unsettled = unsettled or (previous is not None and previous.get("status") == "IN_PROGRESS")
+                unsettled = unsettled or (previous is not None and previous.status == "IN_PROGRESS")
         return unsettled
 
     async def promise(self, ba: str, until: date, actor: str) -> None:

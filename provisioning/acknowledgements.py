@@ -12,6 +12,7 @@ change with who pays for the line.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 from charging.catalogs import CatalogBook
@@ -21,7 +22,7 @@ from provisioning.base import CustomerBase
 from provisioning.customers import Customer, Customers
 from provisioning.lifecycle import CHARGING_STATUS, LineState, TerminationReason
 from provisioning.lines import Line, Lines
-from provisioning.orders import Orders
+from provisioning.orders import Orders, Step
 from provisioning.organisation import Organisation, paying_unit, unit_path
 from provisioning.quarantine import Quarantine
 
@@ -95,12 +96,9 @@ class Acknowledgements:
         if self.billing is not None:
             await self._tell_billing(line, line_state.value, new_plan or line.plan_id)
         order = await self.orders.get(line.order_id) if line.order_id else None
-        if order is not None and order["status"] == "IN_PROGRESS":
-            order["status"] = "COMPLETED"
-            order["steps"].append(
-                {"step": "provisioning", "outcome": "acknowledged", "reasons": [f"network state {state}"], "at": now_s}
-            )
-            await self.orders.save(order)
+        if order is not None and order.status == "IN_PROGRESS":
+            acknowledged = Step("provisioning", "acknowledged", (f"network state {state}",), now_s)
+            await self.orders.save(replace(order, status="COMPLETED").with_step(acknowledged))
 
     async def _tell_billing(self, line: Line, state: str, plan_id: str) -> None:
         """Postpaid billing hears of every acknowledged change, with who pays for the line."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,7 +35,7 @@ from provisioning.line_accounts import LineAccounts
 from provisioning.line_orders import LineOrders
 from provisioning.lines import Line, Lines
 from provisioning.onboarding import Onboarding
-from provisioning.orders import ORDER_LEASE_MS, Claim, OrderRun, Orders, Rejected, Superseded
+from provisioning.orders import ORDER_LEASE_MS, Claim, Order, OrderRun, Orders, Rejected, Superseded
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.screening import Screener
@@ -94,7 +95,7 @@ class Acquisition:
     def billing(self, billing: LineBilling | None) -> None:
         self.acknowledgements.billing = billing
 
-    async def submit(self, order_id: str, app: dict[str, Any]) -> dict[str, Any]:
+    async def submit(self, order_id: str, app: dict[str, Any]) -> Order:
         """Process one application; returns the order document."""
         return await self._start(order_id, {"kind": APPLICATION, "application": app})
 
@@ -107,7 +108,7 @@ class Acquisition:
         msisdn_text: str,
         imsi_text: str,
         initial_balance: int,
-    ) -> dict[str, Any]:
+    ) -> Order:
         """A further line for an existing customer (under one of its units, if corporate),
         offered against the customer's address and credit class."""
         request = {
@@ -121,7 +122,7 @@ class Acquisition:
         }
         return await self._start(order_id, request)
 
-    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> Order:
         """An order on an existing line: change product, bar outgoing, suspend, resume,
         terminate (with a reason). Checked against the line's state, then provisioned."""
         request = {"kind": LINE_ORDER, "msisdn": msisdn, "order": kind, "plan_id": plan_id, "reason": reason}
@@ -131,7 +132,7 @@ class Acquisition:
         """The network acknowledged a line's state and product (the worker's ``on_ack``)."""
         await self.acknowledgements.acknowledged(msisdn, state, product)
 
-    async def _start(self, order_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    async def _start(self, order_id: str, request: dict[str, Any]) -> Order:
         """Claim the order id and run the order; the same id again returns the order, or
         resumes its run when that was interrupted (its lease has passed)."""
         claim = await self.orders.claim(order_id, request, self.clock.now_ms())
@@ -163,7 +164,7 @@ class Acquisition:
             except (StorageUnavailable, aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 log.warning("order resumer: redis unavailable", extra={"error": str(exc)})
 
-    async def _run(self, claim: Claim) -> dict[str, Any]:
+    async def _run(self, claim: Claim) -> Order:
         run = OrderRun(claim, self.clock.now_ms() // 1000)
         if claim.outcome == "resume":
             run.step("resumed", "after an interrupted run")
@@ -175,7 +176,7 @@ class Acquisition:
             return await self.line_orders.change(run)
         except Rejected as exc:
             run.step(exc.step, "refused", *exc.reasons)
-            run.order["status"] = "REJECTED"
+            run.order = replace(run.order, status="REJECTED")
 
             def undo(pipe: Pipeline) -> None:
                 for take_back in run.undo:
@@ -191,7 +192,7 @@ class Acquisition:
         if self.bureau is not None:
             await self.bureau.aclose()
 
-    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+    async def get_order(self, order_id: str) -> Order | None:
         return await self.orders.get(order_id)
 
     async def get_line(self, msisdn: str) -> Line | None:

@@ -17,6 +17,7 @@ from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
 from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
 from provisioning.lines import Line
+from provisioning.orders import Order
 from provisioning.organisation import OrgUnit, paying_unit
 from provisioning.records import Records
 
@@ -37,21 +38,21 @@ def application_doc(app: crm_pb2.Application) -> dict[str, Any]:
     return doc
 
 
-def order_pb(order: dict[str, Any]) -> crm_pb2.Order:
+def order_pb(order: Order) -> crm_pb2.Order:
     out = crm_pb2.Order(
-        crm_order_id=order["crm_order_id"],
-        status=STATUSES[order["status"]],
-        customer_id=order.get("customer_id", ""),
-        account_id=order.get("account_id", ""),
-        msisdn=order.get("msisdn", ""),
-        credit_class=order.get("credit_class", ""),
-        credit_limit_micros=order.get("credit_limit_micros", 0),
-        deposit_micros=order.get("deposit_micros", 0),
+        crm_order_id=order.crm_order_id,
+        status=STATUSES[order.status],
+        customer_id=order.customer_id,
+        account_id=order.account_id,
+        msisdn=order.msisdn,
+        credit_class=order.credit_class,
+        credit_limit_micros=order.credit_limit_micros,
+        deposit_micros=order.deposit_micros,
     )
-    for field, message in order.get("problems", []):
+    for field, message in order.problems:
         out.problems.add(field=field, message=message)
-    for s in order.get("steps", []):
-        out.steps.add(step=s["step"], outcome=s["outcome"], reasons=s["reasons"], at=s["at"])
+    for s in order.steps:
+        out.steps.add(step=s.step, outcome=s.outcome, reasons=s.reasons, at=s.at)
     return out
 
 

@@ -60,7 +60,7 @@ class LineAccounts:
             )
             account_id = account.account_id
         except InvalidRequest as exc:
-            run.order["problems"] = [[exc.field, exc.message]]
+            run.problems((exc.field, exc.message))
             raise Rejected("line", "the order has invalid fields") from None
         except Conflict as exc:
             found = await self._left_behind(run, msisdn, imsi, plan, int(seq))

@@ -12,7 +12,7 @@ is provisioned once; the network's acknowledgement completes it
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 from redis.asyncio.client import Pipeline
 
@@ -27,7 +27,7 @@ from provisioning.lifecycle import InvalidTransition, LineState, OrderKind, Term
 from provisioning.line_accounts import LineAccounts
 from provisioning.lines import Line, Lines
 from provisioning.offers import offers
-from provisioning.orders import Decision, OrderRun, Orders, Rejected
+from provisioning.orders import Decision, Order, OrderRun, Orders, Rejected
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.worker import ProvisioningWorker
@@ -83,12 +83,12 @@ class LineOrders:
         imsi: Identity | None,
         initial_balance: int,
         credit: CreditDecision | None,
-    ) -> dict[str, Any]:
+    ) -> Order:
         """Create the charging account (barred until the network acknowledges) and the
         line; the order goes IN_PROGRESS together with asking the network to activate it."""
         credit_limit = None if credit is None else credit.credit_limit_micros
         account_id = await self.accounts.open(run, msisdn, imsi, plan, initial_balance, credit_limit)
-        run.order.update(customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
+        run.order = replace(run.order, customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
         await self.lines.create(
             Line(
                 msisdn=msisdn.value,
@@ -102,7 +102,7 @@ class LineOrders:
             )
         )
         run.step("line", "created", "pending activation")
-        run.order["status"] = "IN_PROGRESS"
+        run.order = replace(run.order, status="IN_PROGRESS")
         run.step("provisioning", "requested", "ACTIVATE")
 
         def activate(pipe: Pipeline) -> None:
@@ -112,7 +112,7 @@ class LineOrders:
         await self.customers.refresh_state(customer_id)  # one whose lines had all gone is pending again
         return order
 
-    async def new_line(self, run: OrderRun) -> dict[str, Any]:
+    async def new_line(self, run: OrderRun) -> Order:
         r = run.request
         decision = await self.orders.decided(run, lambda: self._check_new_line(run))
         plan = await decided_plan(self.catalogs, decision)
@@ -129,7 +129,7 @@ class LineOrders:
         customer = await self.customers.get(customer_id)
         if customer is None:
             raise Rejected("order", "no such customer")
-        run.order["customer_id"] = customer_id
+        run.order = replace(run.order, customer_id=customer_id)
         if customer.kind == "CORPORATE":
             units = await self.organisation.units(customer_id)
             unit_id = unit_id or await self.organisation.root(customer_id)
@@ -140,7 +140,7 @@ class LineOrders:
             if r["imsi"]:
                 parse_identity("imsi", r["imsi"], "imsi")
         except InvalidRequest as exc:
-            run.order["problems"] = [[exc.field, exc.message]]
+            run.problems((exc.field, exc.message))
             raise Rejected("order", "the order has invalid fields") from None
         if await self.quarantine.holds(msisdn.value, run.decided_s):
             raise Rejected("line", "the number is in quarantine after a termination")
@@ -164,16 +164,16 @@ class LineOrders:
         run.step("offer", "available", plan.id)
         return Decision(plan.id, self.catalogs.current.version, credit, unit_id)
 
-    async def change(self, run: OrderRun) -> dict[str, Any]:
+    async def change(self, run: OrderRun) -> Order:
         """An order on an existing line. Checks only read until the order is decided, so
         a resumed run simply checks again; the line's new order and desired state are
         stored with the decision."""
-        r, order = run.request, run.order
+        r = run.request
         msisdn, kind, plan_id, reason = str(r["msisdn"]), str(r["order"]), str(r["plan_id"]), str(r["reason"])
         line = await self.lines.get(msisdn)
         if line is None:
             raise Rejected("order", "no such line")
-        order.update(customer_id=line.customer_id, account_id=line.account_id, msisdn=msisdn)
+        run.order = replace(run.order, customer_id=line.customer_id, account_id=line.account_id, msisdn=msisdn)
         try:
             order_kind = OrderKind(kind)
             termination = TerminationReason(reason) if order_kind is OrderKind.TERMINATE else None
@@ -190,11 +190,11 @@ class LineOrders:
                 raise Rejected("order", f"plan {plan_id!r} is not a product this line can change to")
             product = plan.id
         run.step("order", "accepted", move.network_command)
-        order["status"] = "IN_PROGRESS"
+        run.order = replace(run.order, status="IN_PROGRESS")
         run.step("provisioning", "requested", move.network_command)
 
         def provision(pipe: Pipeline) -> None:
             Lines.ordered_in(pipe, msisdn, run.id, reason)
             self.worker.desire_in(pipe, msisdn, move.target.value, product)
 
-        return await self.orders.finish(order, provision)
+        return await self.orders.finish(run.order, provision)

@@ -15,6 +15,7 @@ order made instead of making it again.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +32,7 @@ from provisioning.credit import CreditHistory, decide
 from provisioning.customers import Customer, Customers, mask
 from provisioning.line_orders import LineOrders, decided_plan, plan_in_force
 from provisioning.offers import offers
-from provisioning.orders import Decision, OrderRun, Orders, Rejected
+from provisioning.orders import Decision, Order, OrderRun, Orders, Rejected
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.screening import Screener
@@ -64,7 +65,7 @@ class Onboarding:
         document = app["identity_document"]
         return self.screener.document_print(document["type"], document["issuing_country"], document["number"])
 
-    async def run(self, run: OrderRun) -> dict[str, Any]:
+    async def run(self, run: OrderRun) -> Order:
         app = run.request["application"]
         decision = await self.orders.decided(run, lambda: self._check(run, app))
         plan, credit = await decided_plan(self.catalogs, decision), decision.credit
@@ -107,7 +108,7 @@ class Onboarding:
 
     async def _check(self, run: OrderRun, app: dict[str, Any]) -> Decision:
         """Fields, screening, credit, offer, number: the plan and credit decided."""
-        order, step = run.order, run.step
+        step = run.step
         today = datetime.fromtimestamp(run.decided_s, UTC).date()
         try:
             check_application(app, today)
@@ -115,10 +116,10 @@ class Onboarding:
             if app.get("imsi"):
                 parse_identity("imsi", str(app["imsi"]), "imsi")
         except ApplicationInvalid as exc:
-            order["problems"] = [list(p) for p in exc.problems]
+            run.problems(*exc.problems)
             raise Rejected("application", "the application has invalid fields") from None
         except InvalidRequest as exc:
-            order["problems"] = [[exc.field, exc.message]]
+            run.problems((exc.field, exc.message))
             raise Rejected("application", "the application has invalid fields") from None
         step("application", "accepted")
 
@@ -141,7 +142,8 @@ class Onboarding:
                 except BureauUnavailable as exc:
                     step("bureau", "unavailable", f"declared history used ({exc})")
             credit = decide(history)
-            order.update(
+            run.order = replace(
+                run.order,
                 credit_class=credit.credit_class,
                 credit_limit_micros=credit.credit_limit_micros,
                 deposit_micros=credit.deposit_micros,

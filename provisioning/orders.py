@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -49,12 +49,92 @@ class Rejected(Exception):
 
 
 @dataclass(frozen=True)
+class Step:
+    """A step of an order's run: what it did or decided, and why."""
+
+    step: str
+    outcome: str
+    reasons: tuple[str, ...]
+    at: int
+
+
+@dataclass(frozen=True)
+class Order:
+    """An order as the CRM reads it back (``GetOrder``): its status, the problems with
+    its fields, its steps and the ids it made; never personal data. The credit terms
+    are there once a postpaid application has been scored."""
+
+    crm_order_id: str
+    status: str = "SUBMITTED"
+    problems: tuple[tuple[str, str], ...] = ()
+    steps: tuple[Step, ...] = ()
+    submitted_at: int | None = None
+    customer_id: str = ""
+    account_id: str = ""
+    msisdn: str = ""
+    credit_class: str = ""
+    credit_limit_micros: int = 0
+    deposit_micros: int = 0
+
+    def with_step(self, step: Step) -> Order:
+        return replace(self, steps=(*self.steps, step))
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "crm_order_id": self.crm_order_id,
+            "status": self.status,
+            "problems": [list(p) for p in self.problems],
+            "steps": [
+                {"step": s.step, "outcome": s.outcome, "reasons": list(s.reasons), "at": s.at} for s in self.steps
+            ],
+        }
+        if self.submitted_at is not None:
+            doc["submitted_at"] = self.submitted_at
+        if self.credit_class:
+            doc.update(
+                credit_class=self.credit_class,
+                credit_limit_micros=self.credit_limit_micros,
+                deposit_micros=self.deposit_micros,
+            )
+        for name in ("customer_id", "account_id", "msisdn"):
+            if getattr(self, name):
+                doc[name] = getattr(self, name)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Order:
+        return cls(
+            crm_order_id=str(doc["crm_order_id"]),
+            status=str(doc["status"]),
+            problems=tuple((str(f), str(m)) for f, m in doc.get("problems", [])),
+            steps=tuple(
+                Step(str(s["step"]), str(s["outcome"]), tuple(map(str, s["reasons"])), int(s["at"]))
+                for s in doc.get("steps", [])
+            ),
+            submitted_at=None if doc.get("submitted_at") is None else int(doc["submitted_at"]),
+            customer_id=str(doc.get("customer_id", "")),
+            account_id=str(doc.get("account_id", "")),
+            msisdn=str(doc.get("msisdn", "")),
+            credit_class=str(doc.get("credit_class", "")),
+            credit_limit_micros=int(doc.get("credit_limit_micros", 0)),
+            deposit_micros=int(doc.get("deposit_micros", 0)),
+        )
+
+    def to_redis(self) -> str:
+        return json.dumps(self.to_doc())
+
+    @classmethod
+    def from_redis(cls, text: str) -> Order:
+        return cls.from_doc(json.loads(text))
+
+
+@dataclass(frozen=True)
 class Claim:
     """``new``: this run claimed the id; ``resume``: it took over a stalled run;
     ``existing``: the order is decided or another run holds it (``order`` as stored)."""
 
     outcome: Literal["new", "resume", "existing"]
-    order: dict[str, Any]
+    order: Order
     request: dict[str, Any] = field(default_factory=dict)
     work: dict[str, str] = field(default_factory=dict)
 
@@ -98,19 +178,23 @@ class OrderRun:
         self.work = claim.work
         decided = claim.work.get("decided")
         # A resumed run continues the document of the run that decided the order.
-        self.order: dict[str, Any] = dict(json.loads(decided)["order"]) if decided else claim.order
+        self.order = Order.from_doc(json.loads(decided)["order"]) if decided else claim.order
         self.now_s = now_s
         # Rules (ages, velocity per day, plan versions, quarantine) as of the submission.
-        self.decided_s = int(self.order.get("submitted_at", now_s))
+        self.decided_s = now_s if self.order.submitted_at is None else self.order.submitted_at
         # What a rejection takes back: what this run made for a customer that won't be.
         self.undo: list[Callable[[Pipeline], Any]] = []
 
     @property
     def id(self) -> str:
-        return str(self.order["crm_order_id"])
+        return self.order.crm_order_id
 
     def step(self, name: str, outcome: str, *reasons: str) -> None:
-        self.order["steps"].append({"step": name, "outcome": outcome, "reasons": list(reasons), "at": self.now_s})
+        self.order = self.order.with_step(Step(name, outcome, reasons, self.now_s))
+
+    def problems(self, *problems: tuple[str, str]) -> None:
+        """The fields of the request that are wrong, and what is wrong with each."""
+        self.order = replace(self.order, problems=problems)
 
 
 class Orders:
@@ -120,20 +204,14 @@ class Orders:
 
     async def claim(self, order_id: str, request: dict[str, Any], now_ms: int) -> Claim:
         """Claim a new order id, or take over the order's run when its lease has passed."""
-        doc: dict[str, Any] = {
-            "crm_order_id": order_id,
-            "status": "SUBMITTED",
-            "problems": [],
-            "steps": [],
-            "submitted_at": now_ms // 1000,
-        }
+        doc = Order(order_id, "SUBMITTED", submitted_at=now_ms // 1000)
 
         async def txn(pipe: Pipeline) -> Claim:
             stored = await pipe.get(keys.order(order_id))
             if stored is not None:
                 return await self._take_over(pipe, order_id, str(stored), now_ms)
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(keys.order(order_id), json.dumps(doc))
+            pipe.set(keys.order(order_id), doc.to_redis())
             pipe.hset(
                 keys.order_work(order_id), mapping={"request": json.dumps(request), "lease": now_ms + self.lease_ms}
             )
@@ -162,9 +240,9 @@ class Orders:
         return claim if claim is not None and claim.outcome == "resume" else None
 
     async def _take_over(self, pipe: Pipeline, order_id: str, stored: str, now_ms: int) -> Claim:
-        order = dict(json.loads(stored))
+        order = Order.from_redis(stored)
         work = {str(k): str(v) for k, v in (await pipe.hgetall(keys.order_work(order_id))).items()}
-        if order["status"] != "SUBMITTED" or "request" not in work or int(work.get("lease", 0)) > now_ms:
+        if order.status != "SUBMITTED" or "request" not in work or int(work.get("lease", 0)) > now_ms:
             return Claim("existing", order)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.hset(keys.order_work(order_id), "lease", now_ms + self.lease_ms)
@@ -203,7 +281,7 @@ class Orders:
         if stored is not None:
             return Decision.from_doc(json.loads(stored)["facts"])
         decision = await check()
-        await self.note(run.id, "decided", json.dumps({"order": run.order, "facts": decision.to_doc()}))
+        await self.note(run.id, "decided", json.dumps({"order": run.order.to_doc(), "facts": decision.to_doc()}))
         return decision
 
     async def allocate(self, order_id: str, name: str, sequence: str) -> str:
@@ -213,35 +291,35 @@ class Orders:
             return str(made)
         return await self.note(order_id, name, str(await self.client.incr(sequence)), keep=True)
 
-    async def finish(self, order: dict[str, Any], effects: Callable[[Pipeline], None] | None = None) -> dict[str, Any]:
+    async def finish(self, order: Order, effects: Callable[[Pipeline], None] | None = None) -> Order:
         """Store the decided order (IN_PROGRESS or REJECTED) and apply ``effects`` in the
         same transaction, if it is still SUBMITTED; returns the order as stored."""
-        order_id = order["crm_order_id"]
+        order_id = order.crm_order_id
 
-        async def txn(pipe: Pipeline) -> dict[str, Any]:
+        async def txn(pipe: Pipeline) -> Order:
             stored = await pipe.get(keys.order(order_id))
-            if stored is not None and json.loads(stored)["status"] != "SUBMITTED":
-                return dict(json.loads(stored))
+            if stored is not None and (decided := Order.from_redis(str(stored))).status != "SUBMITTED":
+                return decided
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(keys.order(order_id), json.dumps(order))
+            pipe.set(keys.order(order_id), order.to_redis())
             pipe.delete(keys.order_work(order_id))
             pipe.zrem(keys.SUBMITTED, order_id)
-            if order.get("customer_id"):
-                pipe.rpush(keys.customer_orders(order["customer_id"]), order_id)
+            if order.customer_id:
+                pipe.rpush(keys.customer_orders(order.customer_id), order_id)
             if effects is not None:
                 effects(pipe)
             return order
 
-        result: dict[str, Any] = await self.client.transaction(txn, keys.order(order_id), value_from_callable=True)
+        result: Order = await self.client.transaction(txn, keys.order(order_id), value_from_callable=True)
         return result
 
-    async def get(self, order_id: str) -> dict[str, Any] | None:
+    async def get(self, order_id: str) -> Order | None:
         text = await self.client.get(keys.order(order_id))
-        return None if text is None else dict(json.loads(text))
+        return None if text is None else Order.from_redis(str(text))
 
-    async def save(self, order: dict[str, Any]) -> None:
+    async def save(self, order: Order) -> None:
         """Store a decided order's later change (the network's acknowledgement)."""
-        await self.client.set(keys.order(order["crm_order_id"]), json.dumps(order))
+        await self.client.set(keys.order(order.crm_order_id), order.to_redis())
 
     async def of_customer(self, customer_id: str, start: int, count: int) -> tuple[list[str], str]:
         """A page of the customer's order ids from position ``start``, and where the next

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -252,10 +253,10 @@ async def test_the_order_store_leases_and_decides_once(redis_url: str) -> None:
     assert await orders.take_over("x", now_ms=11_000) is None  # one run at a time
     assert await orders.allocate("x", "customer_id", "seq") == await orders.allocate("x", "customer_id", "seq")
 
-    done = {**first.order, "status": "REJECTED"}
-    assert (await orders.finish(done))["status"] == "REJECTED"
-    late = await orders.finish({**first.order, "status": "IN_PROGRESS"})  # an overlapping run
-    assert late["status"] == "REJECTED"
+    done = replace(first.order, status="REJECTED")
+    assert (await orders.finish(done)).status == "REJECTED"
+    late = await orders.finish(replace(first.order, status="IN_PROGRESS"))  # an overlapping run
+    assert late.status == "REJECTED"
     assert await orders.stalled(now_ms=99_000) == [] and await orders.work("x") == {}
     with pytest.raises(Superseded):
         await orders.note("x", "account_id", "7")
