@@ -59,8 +59,8 @@ from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.crm_api import CrmServicer
+from provisioning.customer_care import CustomerCare
 from provisioning.network import HttpNetworkAdapter
-from provisioning.records import Records
 from provisioning.screening import Screener
 from provisioning.simulator import NetworkSimulator
 from provisioning.worker import ProvisioningWorker
@@ -137,7 +137,7 @@ class App:
         charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
         topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups), self._server)
         assert self.acquisition is not None
-        crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition, Records(self.redis)), self._server)
+        crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition, CustomerCare(self.redis)), self._server)
         billing_pb2_grpc.add_BillingServicer_to_server(BillingServicer(self.billing), self._server)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(directory, self.catalogs, self.renewer, self.clock), self._server

@@ -15,11 +15,11 @@ from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
+from provisioning.customer_care import CustomerCare, Dispute, Interaction, Ticket
 from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
 from provisioning.lines import Line
 from provisioning.orders import Order
 from provisioning.organisation import OrgUnit, paying_unit
-from provisioning.records import Records
 
 STATUSES = {
     "SUBMITTED": crm_pb2.ORDER_STATUS_SUBMITTED,
@@ -56,29 +56,49 @@ def order_pb(order: Order) -> crm_pb2.Order:
     return out
 
 
-def ticket_pb(doc: dict[str, Any]) -> crm_pb2.Ticket:
-    out = crm_pb2.Ticket(
-        id=doc["id"],
-        customer_id=doc["customer_id"],
-        topic=doc["topic"],
-        summary=doc["summary"],
-        line=doc["line"],
-        invoice=doc["invoice"],
-        state=doc["state"],
+def interaction_pb(customer_id: str, interaction: Interaction) -> crm_pb2.Interaction:
+    return crm_pb2.Interaction(
+        customer_id=customer_id,
+        id=interaction.id,
+        channel=interaction.channel,
+        note=interaction.note,
+        references=interaction.references,
+        at=interaction.at,
     )
-    for h in doc["history"]:
-        out.history.add(state=h["state"], at=h["at"], note=h["note"])
+
+
+def ticket_pb(ticket: Ticket) -> crm_pb2.Ticket:
+    out = crm_pb2.Ticket(
+        id=ticket.id,
+        customer_id=ticket.customer_id,
+        topic=ticket.topic,
+        summary=ticket.summary,
+        line=ticket.line,
+        invoice=ticket.invoice,
+        state=ticket.state,
+    )
+    for h in ticket.history:
+        out.history.add(state=h.state, at=h.at, note=h.note)
     return out
 
 
-def dispute_pb(doc: dict[str, Any]) -> crm_pb2.Dispute:
-    return crm_pb2.Dispute(**doc)
+def dispute_pb(dispute: Dispute) -> crm_pb2.Dispute:
+    return crm_pb2.Dispute(
+        id=dispute.id,
+        customer_id=dispute.customer_id,
+        invoice=dispute.invoice,
+        line=dispute.line,
+        reason=dispute.reason,
+        amount_micros=dispute.amount_micros,
+        state=dispute.state,
+        at=dispute.at,
+    )
 
 
 class CrmServicer(crm_pb2_grpc.CrmServicer):
-    def __init__(self, acquisition: Acquisition, records: Records) -> None:
+    def __init__(self, acquisition: Acquisition, care: CustomerCare) -> None:
         self.acquisition = acquisition
-        self.records = records
+        self.care = care
 
     def _now(self) -> int:
         return self.acquisition.clock.now_ms() // 1000
@@ -87,25 +107,25 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def AddInteraction(
         self, request: crm_pb2.Interaction, context: grpc.aio.ServicerContext
     ) -> crm_pb2.Interaction:
-        doc = await self.records.add_interaction(
+        interaction = await self.care.add_interaction(
             request.customer_id, request.channel, request.note, list(request.references), self._now()
         )
-        return crm_pb2.Interaction(customer_id=request.customer_id, **doc)
+        return interaction_pb(request.customer_id, interaction)
 
     @rpc("OpenTicket")
     async def OpenTicket(self, request: crm_pb2.Ticket, context: grpc.aio.ServicerContext) -> crm_pb2.Ticket:
-        doc = await self.records.open_ticket(
+        ticket = await self.care.open_ticket(
             request.customer_id, request.topic, request.summary, self._now(), line=request.line, invoice=request.invoice
         )
-        return ticket_pb(doc)
+        return ticket_pb(ticket)
 
     @rpc("MoveTicket")
     async def MoveTicket(self, request: crm_pb2.TicketMove, context: grpc.aio.ServicerContext) -> crm_pb2.Ticket:
-        return ticket_pb(await self.records.move_ticket(request.ticket_id, request.state, request.note, self._now()))
+        return ticket_pb(await self.care.move_ticket(request.ticket_id, request.state, request.note, self._now()))
 
     @rpc("OpenDispute")
     async def OpenDispute(self, request: crm_pb2.Dispute, context: grpc.aio.ServicerContext) -> crm_pb2.Dispute:
-        doc = await self.records.open_dispute(
+        dispute = await self.care.open_dispute(
             request.customer_id,
             request.reason,
             request.amount_micros,
@@ -113,17 +133,17 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
             invoice=request.invoice,
             line=request.line,
         )
-        return dispute_pb(doc)
+        return dispute_pb(dispute)
 
     @rpc("GetCustomerRecords")
     async def GetCustomerRecords(
         self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext
     ) -> crm_pb2.CustomerRecords:
         out = crm_pb2.CustomerRecords()
-        for i in await self.records.interactions(request.customer_id):
-            out.interactions.add(customer_id=request.customer_id, **i)
-        out.tickets.extend(ticket_pb(t) for t in await self.records.tickets(request.customer_id))
-        out.disputes.extend(dispute_pb(d) for d in await self.records.disputes(request.customer_id))
+        interactions = await self.care.interactions(request.customer_id)
+        out.interactions.extend(interaction_pb(request.customer_id, i) for i in interactions)
+        out.tickets.extend(ticket_pb(t) for t in await self.care.tickets(request.customer_id))
+        out.disputes.extend(dispute_pb(d) for d in await self.care.disputes(request.customer_id))
         return out
 
     @rpc("SubmitApplication")

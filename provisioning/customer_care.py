@@ -1,4 +1,4 @@
-"""CRM side records: customer interactions, trouble tickets and dispute requests.
+"""Customer care: interactions with customers, trouble tickets and dispute requests.
 
 Interactions are notes about a contact with the customer, with references (URIs) to
 recordings or attachments kept elsewhere. Trouble tickets concern the network or an
@@ -6,13 +6,14 @@ invoice, link to a line or an invoice, and move through a small state machine, e
 change timestamped. Disputes are requests about an invoice or a line's charges; their
 financial handling belongs to postpaid billing, here they are recorded and tracked.
 
-Everything is stored per customer in Redis as JSON documents; ids come from counters.
+Everything is stored per customer in Redis as JSON documents (one record type each,
+written and read by its ``to_redis``/``from_redis``); ids come from counters.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,6 +33,73 @@ TICKET_TOPICS = ("NETWORK", "INVOICE", "SERVICE", "OTHER")
 CHANNELS = ("PHONE", "EMAIL", "SHOP", "CHAT", "LETTER")
 
 
+@dataclass(frozen=True)
+class Interaction:
+    id: str
+    channel: str
+    note: str
+    references: tuple[str, ...]
+    at: int
+
+    def to_redis(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_redis(cls, text: str) -> Interaction:
+        doc = json.loads(text)
+        return cls(str(doc["id"]), doc["channel"], doc["note"], tuple(doc["references"]), int(doc["at"]))
+
+
+@dataclass(frozen=True)
+class TicketChange:
+    state: str
+    at: int
+    note: str
+
+
+@dataclass(frozen=True)
+class Ticket:
+    id: str
+    customer_id: str
+    topic: str
+    summary: str
+    line: str
+    invoice: str
+    state: str
+    history: tuple[TicketChange, ...]
+
+    def moved(self, state: str, note: str, at_s: int) -> Ticket:
+        return replace(self, state=state, history=(*self.history, TicketChange(state, at_s, note)))
+
+    def to_redis(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_redis(cls, text: str) -> Ticket:
+        doc: dict[str, Any] = json.loads(text)
+        history = tuple(TicketChange(h["state"], int(h["at"]), h["note"]) for h in doc["history"])
+        return cls(**{**doc, "history": history})
+
+
+@dataclass(frozen=True)
+class Dispute:
+    id: str
+    customer_id: str
+    invoice: str
+    line: str
+    reason: str
+    amount_micros: int
+    state: str
+    at: int
+
+    def to_redis(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_redis(cls, text: str) -> Dispute:
+        return cls(**json.loads(text))
+
+
 def _need(value: str, field: str, limit: int = 2000) -> str:
     if not value.strip():
         raise InvalidRequest(field, "is required")
@@ -40,9 +108,9 @@ def _need(value: str, field: str, limit: int = 2000) -> str:
     return value
 
 
-@dataclass
-class Records:
-    client: aioredis.Redis
+class CustomerCare:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
 
     async def _customer_exists(self, customer_id: str) -> None:
         if not await self.client.exists(keys.customer(customer_id)):
@@ -50,7 +118,7 @@ class Records:
 
     async def add_interaction(
         self, customer_id: str, channel: str, note: str, references: list[str], at_s: int
-    ) -> dict[str, Any]:
+    ) -> Interaction:
         await self._customer_exists(customer_id)
         if channel not in CHANNELS:
             raise InvalidRequest("channel", "must be one of " + ", ".join(CHANNELS))
@@ -59,16 +127,16 @@ class Records:
             if "://" not in ref:
                 raise InvalidRequest(f"references[{i}]", "must be a URI of a recording or attachment")
         interaction_id = str(await self.client.incr(keys.INTERACTION_SEQ))
-        doc = {"id": interaction_id, "channel": channel, "note": note, "references": references, "at": at_s}
-        await self.client.rpush(keys.interactions(customer_id), json.dumps(doc))
-        return doc
+        interaction = Interaction(interaction_id, channel, note, tuple(references), at_s)
+        await self.client.rpush(keys.interactions(customer_id), interaction.to_redis())
+        return interaction
 
-    async def interactions(self, customer_id: str) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in await self.client.lrange(keys.interactions(customer_id), 0, -1)]
+    async def interactions(self, customer_id: str) -> list[Interaction]:
+        return [Interaction.from_redis(str(x)) for x in await self.client.lrange(keys.interactions(customer_id), 0, -1)]
 
     async def open_ticket(
         self, customer_id: str, topic: str, summary: str, at_s: int, *, line: str = "", invoice: str = ""
-    ) -> dict[str, Any]:
+    ) -> Ticket:
         await self._customer_exists(customer_id)
         if topic not in TICKET_TOPICS:
             raise InvalidRequest("topic", "must be one of " + ", ".join(TICKET_TOPICS))
@@ -78,40 +146,31 @@ class Records:
         if topic == "NETWORK" and not line:
             raise InvalidRequest("line", "is required for a network ticket")
         ticket_id = str(await self.client.incr(keys.TICKET_SEQ))
-        doc = {
-            "id": ticket_id,
-            "customer_id": customer_id,
-            "topic": topic,
-            "summary": summary,
-            "line": line,
-            "invoice": invoice,
-            "state": "OPEN",
-            "history": [{"state": "OPEN", "at": at_s, "note": ""}],
-        }
-        await self.client.set(keys.ticket(ticket_id), json.dumps(doc))
+        opened = TicketChange("OPEN", at_s, "")
+        ticket = Ticket(ticket_id, customer_id, topic, summary, line, invoice, "OPEN", (opened,))
+        await self.client.set(keys.ticket(ticket_id), ticket.to_redis())
         await self.client.rpush(keys.tickets(customer_id), ticket_id)
-        return doc
+        return ticket
 
-    async def move_ticket(self, ticket_id: str, state: str, note: str, at_s: int) -> dict[str, Any]:
+    async def move_ticket(self, ticket_id: str, state: str, note: str, at_s: int) -> Ticket:
         text = await self.client.get(keys.ticket(ticket_id))
         if text is None:
             raise NotFound("no such ticket")
-        doc: dict[str, Any] = json.loads(text)
-        if state not in TICKET_MOVES.get(doc["state"], ()):
-            raise InvalidRequest("state", f"a {doc['state']} ticket cannot become {state}")
-        doc["state"] = state
-        doc["history"].append({"state": state, "at": at_s, "note": note})
-        await self.client.set(keys.ticket(ticket_id), json.dumps(doc))
-        return doc
+        ticket = Ticket.from_redis(str(text))
+        if state not in TICKET_MOVES.get(ticket.state, ()):
+            raise InvalidRequest("state", f"a {ticket.state} ticket cannot become {state}")
+        ticket = ticket.moved(state, note, at_s)
+        await self.client.set(keys.ticket(ticket_id), ticket.to_redis())
+        return ticket
 
-    async def tickets(self, customer_id: str) -> list[dict[str, Any]]:
+    async def tickets(self, customer_id: str) -> list[Ticket]:
         ids = await self.client.lrange(keys.tickets(customer_id), 0, -1)
         texts = [await self.client.get(keys.ticket(str(i))) for i in ids]
-        return [json.loads(t) for t in texts if t is not None]
+        return [Ticket.from_redis(str(t)) for t in texts if t is not None]
 
     async def open_dispute(
         self, customer_id: str, reason: str, amount_micros: int, at_s: int, *, invoice: str = "", line: str = ""
-    ) -> dict[str, Any]:
+    ) -> Dispute:
         """Record a dispute; billing holds the disputed amount out of dunning (postpaid)."""
         await self._customer_exists(customer_id)
         _need(reason, "reason")
@@ -120,21 +179,12 @@ class Records:
         if amount_micros <= 0:
             raise InvalidRequest("amount_micros", "must be positive")
         dispute_id = str(await self.client.incr(keys.DISPUTE_SEQ))
-        doc = {
-            "id": dispute_id,
-            "customer_id": customer_id,
-            "invoice": invoice,
-            "line": line,
-            "reason": reason,
-            "amount_micros": amount_micros,
-            "state": "OPEN",
-            "at": at_s,
-        }
-        await self.client.set(keys.dispute(dispute_id), json.dumps(doc))
+        dispute = Dispute(dispute_id, customer_id, invoice, line, reason, amount_micros, "OPEN", at_s)
+        await self.client.set(keys.dispute(dispute_id), dispute.to_redis())
         await self.client.rpush(keys.disputes(customer_id), dispute_id)
-        return doc
+        return dispute
 
-    async def disputes(self, customer_id: str) -> list[dict[str, Any]]:
+    async def disputes(self, customer_id: str) -> list[Dispute]:
         ids = await self.client.lrange(keys.disputes(customer_id), 0, -1)
         texts = [await self.client.get(keys.dispute(str(i))) for i in ids]
-        return [json.loads(t) for t in texts if t is not None]
+        return [Dispute.from_redis(str(t)) for t in texts if t is not None]
