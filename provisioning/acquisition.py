@@ -35,9 +35,10 @@ from provisioning.line_accounts import LineAccounts
 from provisioning.line_orders import LineOrders
 from provisioning.lines import Line, Lines
 from provisioning.onboarding import Onboarding
-from provisioning.orders import ORDER_LEASE_MS, Claim, Order, OrderRun, Orders, Rejected, Superseded
+from provisioning.orders import ORDER_LEASE_MS, Claim, Order, Orders, Superseded
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
+from provisioning.runs import OrderRun, Rejected
 from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
 

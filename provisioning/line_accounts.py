@@ -18,7 +18,8 @@ from charging.errors import Conflict, InvalidRequest
 from charging.subscribers import Directory, Identity
 from provisioning.lifecycle import CHARGING_STATUS, LineState
 from provisioning.lines import Lines
-from provisioning.orders import OrderRun, Orders, Rejected
+from provisioning.orders import Orders
+from provisioning.runs import OrderRun, Rejected
 
 
 class LineAccounts:

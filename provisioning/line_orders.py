@@ -27,9 +27,10 @@ from provisioning.lifecycle import InvalidTransition, LineState, OrderKind, Term
 from provisioning.line_accounts import LineAccounts
 from provisioning.lines import Line, Lines
 from provisioning.offers import offers
-from provisioning.orders import Decision, Order, OrderRun, Orders, Rejected
+from provisioning.orders import Order, Orders
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
+from provisioning.runs import Decision, OrderRun, Rejected
 from provisioning.worker import ProvisioningWorker
 
 
@@ -114,7 +115,7 @@ class LineOrders:
 
     async def new_line(self, run: OrderRun) -> Order:
         r = run.request
-        decision = await self.orders.decided(run, lambda: self._check_new_line(run))
+        decision = await run.decided(self.orders, lambda: self._check_new_line(run))
         plan = await decided_plan(self.catalogs, decision)
         msisdn = parse_identity("msisdn", r["msisdn"], "msisdn")
         imsi = parse_identity("imsi", r["imsi"], "imsi") if r["imsi"] else None

@@ -32,9 +32,10 @@ from provisioning.credit import CreditHistory, decide
 from provisioning.customers import Customer, Customers, mask
 from provisioning.line_orders import LineOrders, decided_plan, plan_in_force
 from provisioning.offers import offers
-from provisioning.orders import Decision, Order, OrderRun, Orders, Rejected
+from provisioning.orders import Order, Orders
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
+from provisioning.runs import Decision, OrderRun, Rejected
 from provisioning.screening import Screener
 
 
@@ -67,7 +68,7 @@ class Onboarding:
 
     async def run(self, run: OrderRun) -> Order:
         app = run.request["application"]
-        decision = await self.orders.decided(run, lambda: self._check(run, app))
+        decision = await run.decided(self.orders, lambda: self._check(run, app))
         plan, credit = await decided_plan(self.catalogs, decision), decision.credit
         msisdn = parse_identity("msisdn", str(app["msisdn"]), "msisdn")
         imsi = parse_identity("imsi", str(app["imsi"]), "imsi") if app.get("imsi") else None
