@@ -32,7 +32,7 @@ from provisioning.bureau import HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.customers import Customers
 from provisioning.line_accounts import LineAccounts
-from provisioning.line_orders import LineOrders
+from provisioning.line_orders import LineOrderRequest, LineOrders, NewLineRequest
 from provisioning.lines import Line, Lines
 from provisioning.onboarding import Onboarding
 from provisioning.orders import ORDER_LEASE_MS, Claim, Order, Orders, Superseded
@@ -46,7 +46,7 @@ log = logging.getLogger("provisioning.acquisition")
 
 # How often a server (or ``charging worker``) looks for orders whose run was interrupted.
 RESUME_INTERVAL_S = 5.0
-APPLICATION, NEW_LINE, LINE_ORDER = "APPLICATION", "NEW_LINE", "LINE_ORDER"
+APPLICATION = "APPLICATION"
 
 
 class Acquisition:
@@ -112,22 +112,14 @@ class Acquisition:
     ) -> Order:
         """A further line for an existing customer (under one of its units, if corporate),
         offered against the customer's address and credit class."""
-        request = {
-            "kind": NEW_LINE,
-            "customer_id": customer_id,
-            "unit_id": unit_id,
-            "plan_id": plan_id,
-            "msisdn": msisdn_text,
-            "imsi": imsi_text,
-            "initial_balance": initial_balance,
-        }
-        return await self._start(order_id, request)
+        request = NewLineRequest(customer_id, unit_id, plan_id, msisdn_text, imsi_text, initial_balance)
+        return await self._start(order_id, request.to_doc())
 
     async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> Order:
         """An order on an existing line: change product, bar outgoing, suspend, resume,
         terminate (with a reason). Checked against the line's state, then provisioned."""
-        request = {"kind": LINE_ORDER, "msisdn": msisdn, "order": kind, "plan_id": plan_id, "reason": reason}
-        return await self._start(order_id, request)
+        request = LineOrderRequest(msisdn, kind, plan_id, reason)
+        return await self._start(order_id, request.to_doc())
 
     async def acknowledged(self, msisdn: str, state: str, product: str = "") -> None:
         """The network acknowledged a line's state and product (the worker's ``on_ack``)."""
@@ -171,10 +163,10 @@ class Acquisition:
             run.step("resumed", "after an interrupted run")
         try:
             if run.request["kind"] == APPLICATION:
-                return await self.onboarding.run(run)
-            if run.request["kind"] == NEW_LINE:
-                return await self.line_orders.new_line(run)
-            return await self.line_orders.change(run)
+                return await self.onboarding.run(run, run.request["application"])
+            if run.request["kind"] == NewLineRequest.KIND:
+                return await self.line_orders.new_line(run, NewLineRequest.from_doc(run.request))
+            return await self.line_orders.change(run, LineOrderRequest.from_doc(run.request))
         except Rejected as exc:
             run.step(exc.step, "refused", *exc.reasons)
             run.order = replace(run.order, status="REJECTED")

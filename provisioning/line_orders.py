@@ -12,7 +12,8 @@ is provisioned once; the network's acknowledgement completes it
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 from redis.asyncio.client import Pipeline
 
@@ -32,6 +33,51 @@ from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.runs import Decision, OrderRun, Rejected
 from provisioning.worker import ProvisioningWorker
+
+
+@dataclass(frozen=True)
+class NewLineRequest:
+    """A further line for an existing customer, as kept with the order to resume it."""
+
+    KIND: ClassVar[str] = "NEW_LINE"
+    customer_id: str
+    unit_id: str
+    plan_id: str
+    msisdn: str
+    imsi: str
+    initial_balance: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **asdict(self)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> NewLineRequest:
+        return cls(
+            customer_id=str(doc["customer_id"]),
+            unit_id=str(doc["unit_id"]),
+            plan_id=str(doc["plan_id"]),
+            msisdn=str(doc["msisdn"]),
+            imsi=str(doc["imsi"]),
+            initial_balance=int(doc["initial_balance"]),
+        )
+
+
+@dataclass(frozen=True)
+class LineOrderRequest:
+    """An order on an existing line (``order``: its kind), as kept with the order."""
+
+    KIND: ClassVar[str] = "LINE_ORDER"
+    msisdn: str
+    order: str
+    plan_id: str = ""
+    reason: str = ""
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **asdict(self)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> LineOrderRequest:
+        return cls(str(doc["msisdn"]), str(doc["order"]), str(doc["plan_id"]), str(doc["reason"]))
 
 
 def plan_in_force(catalogs: CatalogBook, plan_id: str) -> Plan:
@@ -113,20 +159,17 @@ class LineOrders:
         await self.customers.refresh_state(customer_id)  # one whose lines had all gone is pending again
         return order
 
-    async def new_line(self, run: OrderRun) -> Order:
-        r = run.request
-        decision = await run.decided(self.orders, lambda: self._check_new_line(run))
+    async def new_line(self, run: OrderRun, r: NewLineRequest) -> Order:
+        decision = await run.decided(self.orders, lambda: self._check_new_line(run, r))
         plan = await decided_plan(self.catalogs, decision)
-        msisdn = parse_identity("msisdn", r["msisdn"], "msisdn")
-        imsi = parse_identity("imsi", r["imsi"], "imsi") if r["imsi"] else None
+        msisdn = parse_identity("msisdn", r.msisdn, "msisdn")
+        imsi = parse_identity("imsi", r.imsi, "imsi") if r.imsi else None
         unit_id = decision.unit_id or ""
-        balance = int(r["initial_balance"])
-        return await self.open_line(run, r["customer_id"], unit_id, plan, msisdn, imsi, balance, decision.credit)
+        return await self.open_line(run, r.customer_id, unit_id, plan, msisdn, imsi, r.initial_balance, decision.credit)
 
-    async def _check_new_line(self, run: OrderRun) -> Decision:
+    async def _check_new_line(self, run: OrderRun, r: NewLineRequest) -> Decision:
         """The customer, unit, number and offer: the plan, credit and unit decided."""
-        r = run.request
-        customer_id, unit_id = str(r["customer_id"]), str(r["unit_id"])
+        customer_id, unit_id = r.customer_id, r.unit_id
         customer = await self.customers.get(customer_id)
         if customer is None:
             raise Rejected("order", "no such customer")
@@ -137,15 +180,15 @@ class LineOrders:
             if unit_id not in units:
                 raise Rejected("order", "org_unit_id is not a unit of this customer")
         try:
-            msisdn = parse_identity("msisdn", r["msisdn"], "msisdn")
-            if r["imsi"]:
-                parse_identity("imsi", r["imsi"], "imsi")
+            msisdn = parse_identity("msisdn", r.msisdn, "msisdn")
+            if r.imsi:
+                parse_identity("imsi", r.imsi, "imsi")
         except InvalidRequest as exc:
             run.problems((exc.field, exc.message))
             raise Rejected("order", "the order has invalid fields") from None
         if await self.quarantine.holds(msisdn.value, run.decided_s):
             raise Rejected("line", "the number is in quarantine after a termination")
-        plan = plan_in_force(self.catalogs, str(r["plan_id"]))
+        plan = plan_in_force(self.catalogs, r.plan_id)
         credit = customer.credit
         offered, refused = offers(
             [plan],
@@ -165,12 +208,11 @@ class LineOrders:
         run.step("offer", "available", plan.id)
         return Decision(plan.id, self.catalogs.current.version, credit, unit_id)
 
-    async def change(self, run: OrderRun) -> Order:
+    async def change(self, run: OrderRun, r: LineOrderRequest) -> Order:
         """An order on an existing line. Checks only read until the order is decided, so
         a resumed run simply checks again; the line's new order and desired state are
         stored with the decision."""
-        r = run.request
-        msisdn, kind, plan_id, reason = str(r["msisdn"]), str(r["order"]), str(r["plan_id"]), str(r["reason"])
+        msisdn, kind, plan_id, reason = r.msisdn, r.order, r.plan_id, r.reason
         line = await self.lines.get(msisdn)
         if line is None:
             raise Rejected("order", "no such line")

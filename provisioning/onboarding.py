@@ -66,8 +66,8 @@ class Onboarding:
         document = app["identity_document"]
         return self.screener.document_print(document["type"], document["issuing_country"], document["number"])
 
-    async def run(self, run: OrderRun) -> Order:
-        app = run.request["application"]
+    async def run(self, run: OrderRun, app: dict[str, Any]) -> Order:
+        """Run an application (the document as the CRM sent it, checked field by field)."""
         decision = await run.decided(self.orders, lambda: self._check(run, app))
         plan, credit = await decided_plan(self.catalogs, decision), decision.credit
         msisdn = parse_identity("msisdn", str(app["msisdn"]), "msisdn")
