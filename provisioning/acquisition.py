@@ -1,15 +1,16 @@
 """Customer acquisition, wired: the CRM's orders from claim to decision, and back from
 the network.
 
-    SubmitApplication -> onboarding.py   (checks, screening, credit, offer, customer)
-    SubmitOrder       -> line_orders.py  (a further line; orders on existing lines)
+    SubmitApplication -> onboarding.py    (checks, screening, credit, offer, customer)
+    SubmitOrder       -> line_orders.py   (a further line; orders on existing lines)
                          line_accounts.py (each new line's charging account, once)
     the network's acknowledgement -> acknowledgements.py (charging, line, order, billing)
-                         quarantine.py   (terminated numbers rest before reuse)
+                         quarantine.py    (terminated numbers rest before reuse)
 
-Orders are idempotent on the CRM's order id: the same id returns the same order. A run
-interrupted by a crash is resumed (``orders.py``): by the same order id submitted again
-once the run's lease has passed, or by the periodic pass here (``run_resumer``).
+Orders are idempotent on the CRM's order id: the same id returns the same order. Each
+order is claimed in the order store (``orders.py``) and run (``runs.py``); a run
+interrupted by a crash is resumed by the same order id submitted again once the run's
+lease has passed, or by the periodic pass here (``run_resumer``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class Acquisition:
         bureau: HttpCreditBureau | None = None,
         lease_ms: int = ORDER_LEASE_MS,
     ) -> None:
-        self.client = client
         self.screener = screener
         self.coverage = coverage
         self.worker = worker
