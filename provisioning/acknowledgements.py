@@ -12,7 +12,7 @@ change with who pays for the line.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from charging.catalogs import CatalogBook
@@ -41,30 +41,19 @@ class LineBilling(Protocol):
     ) -> None: ...
 
 
+@dataclass
 class Acknowledgements:
-    def __init__(
-        self,
-        directory: Directory,
-        catalogs: CatalogBook,
-        clock: Clock,
-        orders: Orders,
-        customers: Customers,
-        organisation: Organisation,
-        lines: Lines,
-        quarantine: Quarantine,
-        base: CustomerBase | None,
-    ) -> None:
-        self.directory = directory
-        self.catalogs = catalogs
-        self.clock = clock
-        self.orders = orders
-        self.customers = customers
-        self.organisation = organisation
-        self.lines = lines
-        self.quarantine = quarantine
-        self.base = base
-        # Postpaid billing (postpaid/billing.py): told about every acknowledged line change.
-        self.billing: LineBilling | None = None
+    directory: Directory
+    catalogs: CatalogBook
+    clock: Clock
+    orders: Orders
+    customers: Customers
+    organisation: Organisation
+    lines: Lines
+    quarantine: Quarantine
+    base: CustomerBase | None
+    # Postpaid billing (postpaid/billing.py): told about every acknowledged line change.
+    billing: LineBilling | None = None
 
     async def acknowledged(self, msisdn: str, state: str, product: str = "") -> None:
         """The network acknowledged a line's state and product: charging, the line and

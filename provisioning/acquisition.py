@@ -77,14 +77,37 @@ class Acquisition:
         quarantine = Quarantine(client)
         accounts = LineAccounts(directory, self.orders, self.lines)
         self.line_orders = LineOrders(
-            catalogs, coverage, worker, self.orders, self.customers, self.organisation, self.lines, accounts, quarantine
+            catalogs=catalogs,
+            coverage=coverage,
+            worker=worker,
+            orders=self.orders,
+            customers=self.customers,
+            organisation=self.organisation,
+            lines=self.lines,
+            accounts=accounts,
+            quarantine=quarantine,
         )
         self.onboarding = Onboarding(
-            catalogs, coverage, screener, bureau, self.orders, self.customers, self.organisation, quarantine,
-            self.line_orders,
-        )  # fmt: skip
+            catalogs=catalogs,
+            coverage=coverage,
+            screener=screener,
+            bureau=bureau,
+            orders=self.orders,
+            customers=self.customers,
+            organisation=self.organisation,
+            quarantine=quarantine,
+            line_orders=self.line_orders,
+        )
         self.acknowledgements = Acknowledgements(
-            directory, catalogs, clock, self.orders, self.customers, self.organisation, self.lines, quarantine, base
+            directory=directory,
+            catalogs=catalogs,
+            clock=clock,
+            orders=self.orders,
+            customers=self.customers,
+            organisation=self.organisation,
+            lines=self.lines,
+            quarantine=quarantine,
+            base=base,
         )
 
     @property

@@ -13,6 +13,8 @@ provisioning never names charging's keys.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from charging.catalog import Plan
 from charging.errors import Conflict, InvalidRequest
 from charging.subscribers import Directory, Identity
@@ -22,11 +24,11 @@ from provisioning.orders import Orders
 from provisioning.runs import OrderRun, Rejected
 
 
+@dataclass
 class LineAccounts:
-    def __init__(self, directory: Directory, orders: Orders, lines: Lines) -> None:
-        self.directory = directory
-        self.orders = orders
-        self.lines = lines
+    directory: Directory
+    orders: Orders
+    lines: Lines
 
     async def open(
         self,

@@ -97,28 +97,17 @@ async def decided_plan(catalogs: CatalogBook, decision: Decision) -> Plan:
     return plan
 
 
+@dataclass
 class LineOrders:
-    def __init__(
-        self,
-        catalogs: CatalogBook,
-        coverage: CoverageBook,
-        worker: ProvisioningWorker,
-        orders: Orders,
-        customers: Customers,
-        organisation: Organisation,
-        lines: Lines,
-        accounts: LineAccounts,
-        quarantine: Quarantine,
-    ) -> None:
-        self.catalogs = catalogs
-        self.coverage = coverage
-        self.worker = worker
-        self.orders = orders
-        self.customers = customers
-        self.organisation = organisation
-        self.lines = lines
-        self.accounts = accounts
-        self.quarantine = quarantine
+    catalogs: CatalogBook
+    coverage: CoverageBook
+    worker: ProvisioningWorker
+    orders: Orders
+    customers: Customers
+    organisation: Organisation
+    lines: Lines
+    accounts: LineAccounts
+    quarantine: Quarantine
 
     async def open_line(
         self,

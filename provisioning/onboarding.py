@@ -15,7 +15,7 @@ order made instead of making it again.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,28 +39,17 @@ from provisioning.runs import Decision, OrderRun, Rejected
 from provisioning.screening import Screener
 
 
+@dataclass
 class Onboarding:
-    def __init__(
-        self,
-        catalogs: CatalogBook,
-        coverage: CoverageBook,
-        screener: Screener,
-        bureau: HttpCreditBureau | None,
-        orders: Orders,
-        customers: Customers,
-        organisation: Organisation,
-        quarantine: Quarantine,
-        line_orders: LineOrders,
-    ) -> None:
-        self.catalogs = catalogs
-        self.coverage = coverage
-        self.screener = screener
-        self.bureau = bureau
-        self.orders = orders
-        self.customers = customers
-        self.organisation = organisation
-        self.quarantine = quarantine
-        self.line_orders = line_orders
+    catalogs: CatalogBook
+    coverage: CoverageBook
+    screener: Screener
+    bureau: HttpCreditBureau | None
+    orders: Orders
+    customers: Customers
+    organisation: Organisation
+    quarantine: Quarantine
+    line_orders: LineOrders
 
     def _document_print(self, app: dict[str, Any]) -> str:
         document = app["identity_document"]
