@@ -6,12 +6,17 @@ file. Each method gets an empty request, every enum field set to an unknown numb
 string field 100 KB long, and bodies that do not decode at all. Where a method has a seed
 (a request that is valid up to the field being spoiled), the enum and string cases are
 applied to the seed too, so they reach past the first check.
+
+Nor can a client flood the logs: library tracebacks become one short line, and repeated
+lines of one kind are let through a few per second with a count of those dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import io
+import json
 import logging
 import pkgutil
 from collections.abc import Callable, Iterator
@@ -25,6 +30,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 import charging.v1
 from charging import logs
+from charging.logs import RateLimit
 from charging.server import App
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
 from tests.conftest import Stubs
@@ -119,6 +125,7 @@ def _spoil(base: Message, path: tuple[FieldDescriptor, ...], leaf: FieldDescript
 class Case:
     name: str
     body: bytes
+    field: str = ""  # on a seed, the one field at fault: an INVALID_ARGUMENT names it
 
 
 def cases(path: str) -> Iterator[Case]:
@@ -131,11 +138,13 @@ def cases(path: str) -> Iterator[Case]:
     for base_name, base in bases:
         for fields, leaf in _message_fields(method.input_type):
             name = ".".join(f.name for f in (*fields, leaf))
+            at_fault = leaf.name if base_name == "seed" else ""
             if leaf.type == FieldDescriptor.TYPE_ENUM:
                 body = _spoil(base, fields, leaf, UNKNOWN_ENUM).SerializeToString()
-                yield Case(f"{base_name}: {name}={UNKNOWN_ENUM}", body)
+                yield Case(f"{base_name}: {name}={UNKNOWN_ENUM}", body, at_fault)
             elif leaf.type == FieldDescriptor.TYPE_STRING:
-                yield Case(f"{base_name}: {name} 100 KB", _spoil(base, fields, leaf, OVERSIZE).SerializeToString())
+                body = _spoil(base, fields, leaf, OVERSIZE).SerializeToString()
+                yield Case(f"{base_name}: {name} 100 KB", body, at_fault)
     bodies = list(UNDECODABLE)
     strings = [f for f in method.input_type.fields if f.type == FieldDescriptor.TYPE_STRING]
     if strings:  # a string field that is not UTF-8
@@ -171,6 +180,8 @@ async def test_client_mistakes_are_never_internal_nor_unknown(
             code, details = err.code(), err.details() or ""
         if code not in ALLOWED:
             wrong.append(f"{case.name}: {code.name} {details[:120]!r}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT and case.field not in details.partition(":")[0]:
+            wrong.append(f"{case.name}: {details[:120]!r} does not name {case.field}")
         undecodable = case.name.startswith("undecodable")
         if undecodable and (code != grpc.StatusCode.INVALID_ARGUMENT or not details.startswith("request:")):
             wrong.append(f"{case.name}: {code.name} {details[:120]!r}, expected INVALID_ARGUMENT naming the request")
@@ -179,3 +190,65 @@ async def test_client_mistakes_are_never_internal_nor_unknown(
     long = [line[:200] for line in lines if len(line) >= MAX_LOG_LINE]
     assert not long, long
     assert len(lines) < 20, lines[:20]
+
+
+BAD_BODY = UNDECODABLE[0]
+
+
+def record(msg: str, at: float, name: str = "charging.test") -> logging.LogRecord:
+    r = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, None, None)
+    r.created = at
+    return r
+
+
+def test_rate_limit_lets_a_burst_through_then_counts_the_rest() -> None:
+    limit = RateLimit(burst=5, window_s=1.0)
+    passed = [limit.filter(record("same", 100 + i / 100)) for i in range(100)]
+    assert passed == [True] * 5 + [False] * 95
+    assert limit.filter(record("other kind", 100.5))  # kinds are counted apart
+    later = record("same", 101.5)
+    assert limit.filter(later)
+    assert later.suppressed == 95  # type: ignore[attr-defined]
+    again = record("same", 101.6)
+    assert limit.filter(again)
+    assert not hasattr(again, "suppressed")
+
+
+def test_rate_limit_forgets_old_kinds_but_not_owed_counts() -> None:
+    limit = RateLimit(burst=1, window_s=1.0, max_kinds=3)
+    assert limit.filter(record("a", 0.0))
+    assert not limit.filter(record("a", 0.1))  # one owed for "a"
+    for i, kind in enumerate(("b", "c", "d", "e")):
+        assert limit.filter(record(kind, 5.0 + i))
+    late = record("a", 9.5)
+    assert limit.filter(late)
+    assert late.suppressed == 1  # type: ignore[attr-defined]
+
+
+async def test_undecodable_bodies_do_not_flood_the_log(app: App, stubs: Stubs, log_lines: io.StringIO) -> None:
+    """500 bad bodies to our TopUp service and 500 to grpc's own health service (which
+    logs a traceback each): a few one-line records, and the count of the others."""
+    ours = stubs.channel.unary_unary("/charging.v1.TopUp/Recharge")
+    health = stubs.channel.unary_unary("/grpc.health.v1.Health/Check")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(500):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ours(BAD_BODY)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "request: not a valid charging.v1.RechargeRequest message"
+        with pytest.raises(grpc.aio.AioRpcError):
+            await health(BAD_BODY)
+    elapsed = loop.time() - started
+    await asyncio.sleep(1.1)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await health(BAD_BODY)  # the first of its kind in a new second: it reports the dropped ones
+
+    lines = log_lines.getvalue().splitlines()
+    assert all(len(line) < 300 for line in lines), max(lines, key=len)
+    grpc_records = [json.loads(line) for line in lines if '"logger": "grpc' in line]
+    assert grpc_records, "the grpc library logs a bad body sent to its health service"
+    assert len(grpc_records) <= 5 * (int(elapsed) + 2)
+    assert sum(1 + r.get("suppressed", 0) for r in grpc_records) == 501
+    assert all("\n" not in r["msg"] and "exc" not in r for r in grpc_records)
+    assert "DecodeError" in grpc_records[0]["error"]
