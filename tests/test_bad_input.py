@@ -32,7 +32,7 @@ import charging.v1
 from charging import logs
 from charging.logs import RateLimit
 from charging.server import App
-from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
+from charging.v1 import admin_pb2, charging_pb2, common_pb2, crm_pb2, topup_pb2
 from tests.conftest import Stubs
 
 MSISDN = "491700000001"
@@ -47,6 +47,9 @@ ALLOWED = {
     grpc.StatusCode.ALREADY_EXISTS,
 }
 MAX_LOG_LINE = 300
+# Ids that make a request new: each case of a seed gets its own, so that it is not taken
+# for a retransmission of the previous case.
+FRESH_IDS = ("session_id", "event_id", "idempotency_key", "crm_order_id")
 
 
 def services() -> Iterator[MethodDescriptor]:
@@ -89,6 +92,22 @@ SEEDS: dict[str, Callable[[], Message]] = {
         msisdn="491700000002", plan_id="default", initial_balance_micros=1
     ),
     "/charging.v1.Admin/GetSubscriber": _subscriber,
+    "/charging.v1.Crm/SubmitApplication": lambda: crm_pb2.Application(
+        crm_order_id="walk",
+        customer_kind="INDIVIDUAL",
+        contract="PREPAID",
+        plan_id="mobile-prepaid",
+        msisdn="491701234567",
+        imsi="262011234567890",
+        applicant=crm_pb2.Person(given_name="Anna", family_name="Muster", date_of_birth="1990-05-17"),
+        address=crm_pb2.Address(street="Hauptstr. 1", city="Berlin", postal_code="10115", country="DE"),
+        contact=crm_pb2.Contact(email="anna@example.org"),
+        identity_document=crm_pb2.IdentityDocument(
+            type="PASSPORT", number="L898902C36", issuing_country="DE", expiry_date="2030-01-01"
+        ),
+    ),
+    "/charging.v1.Crm/SubmitOrder": lambda: crm_pb2.LineOrder(crm_order_id="walk", msisdn=MSISDN, kind="SUSPEND"),
+    "/charging.v1.Crm/GetCustomerBase": lambda: crm_pb2.BaseRequest(first_date="2026-01-01", last_date="2026-01-31"),
     "/charging.v1.Admin/SetSubscriberStatus": lambda: admin_pb2.SetStatusRequest(
         subscriber=_subscriber(), status=admin_pb2.SUBSCRIBER_STATUS_ACTIVE
     ),
@@ -136,7 +155,10 @@ def cases(path: str) -> Iterator[Case]:
         bases.append(("seed", SEEDS[path]()))
     yield Case("empty", b"")
     for base_name, base in bases:
-        for fields, leaf in _message_fields(method.input_type):
+        for n, (fields, leaf) in enumerate(_message_fields(method.input_type)):
+            for name in FRESH_IDS:
+                if name in base.DESCRIPTOR.fields_by_name and getattr(base, name):
+                    setattr(base, name, f"walk-{n}")
             name = ".".join(f.name for f in (*fields, leaf))
             at_fault = leaf.name if base_name == "seed" else ""
             if leaf.type == FieldDescriptor.TYPE_ENUM:
