@@ -86,8 +86,8 @@ class LuaScript:
         self.source = "\n".join(resources.files(pkg).joinpath(name).read_text() for pkg, name in parts)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def __call__(self, client: ScriptRunner, keys: Sequence[str], args: ScriptArgs | Sequence[Arg]) -> Any:
-        argv = args if isinstance(args, Sequence) else args.to_argv()
+    async def __call__(self, client: ScriptRunner, keys: Sequence[str], args: ScriptArgs) -> Any:
+        argv = args.to_argv()
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *argv)
         except redis_errors.NoScriptError:

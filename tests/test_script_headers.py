@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 
 from charging import script_args
+from postpaid import scripts
 
 # Every script, with the records whose fields its header lists (a repeated group too).
 SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
@@ -27,8 +28,17 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("charging", "sweep.lua"): (script_args.SweepArgs,),
     ("charging", "due_index.lua"): (script_args.DueHint, script_args.DueTake, script_args.DueSettle),
     ("charging", "outbox_trim.lua"): (script_args.OutboxTrimArgs,),
+    ("postpaid", "enrol.lua"): (scripts.EnrolArgs,),
+    ("postpaid", "close.lua"): (scripts.CloseArgs,),
+    ("postpaid", "credit.lua"): (scripts.CreditArgs,),
+    ("postpaid", "issue.lua"): (scripts.IssueArgs,),
+    ("postpaid", "pay.lua"): (scripts.PayArgs,),
+    ("postpaid", "dunning.lua"): (scripts.DunningArgs, scripts.DunningStep),
+    ("postpaid", "purge.lua"): (scripts.PurgeArgs,),
+    ("postpaid", "dispute.lua"): (scripts.DisputeArgs,),
+    ("postpaid", "prepaid_close.lua"): (scripts.PrepaidCloseArgs,),
 }
-RECORD_MODULES: tuple[ModuleType, ...] = (script_args,)
+RECORD_MODULES: tuple[ModuleType, ...] = (script_args, scripts)
 RECORDS: list[type] = sorted({r for records in SCRIPTS.values() for r in records}, key=lambda r: r.__name__)
 # Shared functions, prepended to scripts: no KEYS or ARGV of their own.
 LIBRARIES = {("charging", "ledger_lib.lua")}
