@@ -5,6 +5,7 @@
 -- KEYS[2] answer            {a:ID}:t:KEY
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
+-- KEYS[5] usage aggregates  {a:ID}:u       KEYS[6] usage records  {a:ID}:ud  (postpaid)
 --
 -- ARGV BuyArgs (charging/script_args.py), in this order:
 --   digest              payload digest
@@ -64,7 +65,7 @@ else
   if acct[6] then
     -- (a bundle included in a postpaid plan comes at price 0 and is not usage)
     if price > 0 then
-      record_usage(KEYS[1], acct[6], floor_div(now_ms, 1000), now_ms, {service = 'bundle', zone = bundle_id, band = '',
+      record_usage(KEYS[5], KEYS[6], acct[6], floor_div(now_ms, 1000), now_ms, {service = 'bundle', zone = bundle_id, band = '',
         roaming = '', destination = '', units = 1, cost = price, ref = string.sub(KEYS[2], #KEYS[1] + 4)})
     end
     watch_credit(KEYS[1], KEYS[4], tonumber(acct[7] or '0'), tonumber(acct[8] or '0'), balance, now_ms)

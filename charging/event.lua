@@ -5,7 +5,8 @@
 -- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only)
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
--- KEYS[5..7] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[5] usage aggregates  {a:ID}:u       KEYS[6] usage records  {a:ID}:ud  (postpaid)
+-- KEYS[7..9] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV EventArgs (charging/script_args.py), in this order:
 --   action              D (direct debit), R (refund), C (check balance), P (price enquiry)
@@ -82,7 +83,7 @@ if acct[3] ~= plan_id then return {'PLAN', acct[3]} end
 
 local home = {KEYS[3], KEYS[1], KEYS[4]}
 local pool = nil
-if KEYS[5] then pool = {KEYS[5], KEYS[6], KEYS[7]} end
+if KEYS[7] then pool = {KEYS[7], KEYS[8], KEYS[9]} end
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
 local now_s = floor_div(now_ms, 1000)
@@ -122,7 +123,7 @@ if writes then
     if buckets then save_buckets(buckets, now_s, now_ms) end
     if acct[8] then
       local sign = (action == 'R') and -1 or 1
-      record_usage(KEYS[1], acct[8], now_s, now_ms, {service = service, zone = zone, band = band,
+      record_usage(KEYS[5], KEYS[6], acct[8], now_s, now_ms, {service = service, zone = zone, band = band,
         roaming = roaming, destination = destination, units = sign * units, cost = charged, ref = event_id})
       watch_credit(KEYS[1], KEYS[4], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now_ms)
     else

@@ -118,6 +118,8 @@ class Ledger:
             keys.answer(account, args.session_id, args.request_number),
             keys.buckets(account),
             keys.outbox(account),
+            keys.usage(account),
+            keys.usage_records(account),
             *_pool_keys(account),
         )
         with storage_errors():
@@ -152,6 +154,8 @@ class Ledger:
             keys.event(account, args.event_id),
             keys.buckets(account),
             keys.outbox(account),
+            keys.usage(account),
+            keys.usage_records(account),
             *_pool_keys(account),
         )
         return await self._run(EVENT, script_keys, args)
@@ -165,6 +169,8 @@ class Ledger:
             keys.topup(account, idempotency_key),
             keys.buckets(account),
             keys.outbox(account),
+            keys.usage(account),
+            keys.usage_records(account),
         )
         return await self._run(BUY, script_keys, args)
 

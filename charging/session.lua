@@ -7,7 +7,8 @@
 -- KEYS[4] answer            {a:ID}:r:N:SESSION
 -- KEYS[5] buckets           {a:ID}:bk
 -- KEYS[6] outbox            {a:ID}:out     (notifications waiting to be relayed)
--- KEYS[7..9] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[7] usage aggregates  {a:ID}:u       KEYS[8] usage records  {a:ID}:ud  (postpaid)
+-- KEYS[9..11] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV SessionArgs (charging/script_args.py), in this order:
 --   now_ms              now (ms)
@@ -110,7 +111,7 @@ local reserved_before = reserved
 
 local home = {KEYS[5], KEYS[1], KEYS[6]}
 local pool = nil
-if KEYS[7] then pool = {KEYS[7], KEYS[8], KEYS[9]} end
+if KEYS[9] then pool = {KEYS[9], KEYS[10], KEYS[11]} end
 
 local function finish(body, session_delta)
   redis.call('SET', KEYS[4], digest .. '|' .. body, 'EX', answer_ttl_s)
@@ -176,7 +177,7 @@ for _, g in ipairs(groups) do
       end
     end
     balance = balance - cost
-    record_usage(KEYS[1], acct[8], now_s, now_ms, {service = g.service, zone = g.zone, band = g.band,
+    record_usage(KEYS[7], KEYS[8], acct[8], now_s, now_ms, {service = g.service, zone = g.zone, band = g.band,
       roaming = g.roaming, destination = destination, units = used, cost = cost, ref = session_id})
     if newest then
       if overrun then
