@@ -181,15 +181,22 @@ class Ledger:
         return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def sweep_account(self, account: str, now_ms: int, limit: int) -> SweepResult:
-        script_keys = (
-            keys.account(account),
-            keys.sessions(account),
-            keys.buckets(account),
-            keys.outbox(account),
-            *_pool_keys(account),
-        )
+        """Release up to ``limit`` sessions past their deadline and record expired buckets.
+
+        Two round trips: the script must be given the keys of the sessions it releases, so
+        the due ones are read first; the script releases only those still due then."""
         with storage_errors():
-            raw = await SWEEP(self.client, script_keys, SweepArgs(now_ms, keys.session_prefix(account), limit))
+            due = await self.client.execute("ZRANGEBYSCORE", keys.sessions(account), "-inf", now_ms, "LIMIT", 0, limit)
+            sessions = tuple(str(sid) for sid in due)
+            script_keys = (
+                keys.account(account),
+                keys.sessions(account),
+                keys.buckets(account),
+                keys.outbox(account),
+                *(keys.session(account, sid) for sid in sessions),
+                *_pool_keys(account),
+            )
+            raw = await SWEEP(self.client, script_keys, SweepArgs(now_ms, sessions))
         return SweepResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
 
     async def hint(self, index: tuple[str, str], account: str, at_ms: int) -> None:

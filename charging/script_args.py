@@ -214,11 +214,11 @@ class SweepArgs:
     """sweep.lua: release the sessions past their supervision time."""
 
     now_ms: int
-    session_prefix: str
-    limit: int
+    # The ids of the sessions due when the caller looked; their keys go in KEYS.
+    sessions: tuple[str, ...]
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.now_ms, self.session_prefix, self.limit)
+        return (self.now_ms, *self.sessions)
 
 
 # due_index.lua: ARGV[1] is the record's OP, the rest are its fields.

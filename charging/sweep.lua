@@ -5,39 +5,46 @@
 -- KEYS[2] open sessions     {a:ID}:sx
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
--- KEYS[5..7] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[5..4+n] session hash {a:ID}:s:SESSION of each of the n sessions in ARGV
+-- KEYS[5+n..7+n] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV SweepArgs (charging/script_args.py), in this order:
 --   now_ms              now (ms)
---   session_prefix      session key prefix {a:ID}:s:
---   limit               most sessions to release
+--   sessions            the rest of ARGV: the ids of the sessions that were due when the
+--                       caller looked (at most a batch); one refreshed or ended since is
+--                       left alone
 --
 -- Reply: {released sessions, released money (micros), outbox length after pushes (0: none),
 --         next time to look (ms): the next session deadline or bucket expiry, 0 when none}
 -- Each released session's reserved money and bucket units go back exactly.
 
 local now_ms = tonumber(ARGV[1])
-local session_prefix = ARGV[2]
-local limit = tonumber(ARGV[3])
+local sessions = {unpack(ARGV, 2)}
 
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, limit)
+local n = #sessions
+local released = 0
 local money = 0
 local pool = nil
-if KEYS[5] then pool = {KEYS[5], KEYS[6], KEYS[7]} end
+if KEYS[5 + n] then pool = {KEYS[5 + n], KEYS[6 + n], KEYS[7 + n]} end
 local ever_bought = redis.call('HEXISTS', KEYS[1], 'bucket_seq') == 1
 local buckets = load_buckets({KEYS[3], KEYS[1], KEYS[4]}, pool, ever_bought)
-for _, sid in ipairs(due) do
-  local flat = redis.call('HGETALL', session_prefix .. sid)
-  for i = 1, #flat, 2 do
-    local kind = string.sub(flat[i], 1, 1)
-    if kind == 'm' then
-      money = money + tonumber(flat[i + 1])
-    elseif kind == 'b' and flat[i + 1] ~= '' then
-      release(buckets, flat[i + 1])
+for i, sid in ipairs(sessions) do
+  -- Still due now: not refreshed (a later deadline) or ended (gone) since the caller looked.
+  local deadline = redis.call('ZSCORE', KEYS[2], sid)
+  if deadline and tonumber(deadline) <= now_ms then
+    local flat = redis.call('HGETALL', KEYS[4 + i])
+    for j = 1, #flat, 2 do
+      local kind = string.sub(flat[j], 1, 1)
+      if kind == 'm' then
+        money = money + tonumber(flat[j + 1])
+      elseif kind == 'b' and flat[j + 1] ~= '' then
+        release(buckets, flat[j + 1])
+      end
     end
+    redis.call('DEL', KEYS[4 + i])
+    redis.call('ZREM', KEYS[2], sid)
+    released = released + 1
   end
-  redis.call('DEL', session_prefix .. sid)
-  redis.call('ZREM', KEYS[2], sid)
 end
 if money ~= 0 then
   redis.call('HINCRBY', KEYS[1], 'reserved', fmt(-money))
@@ -55,4 +62,4 @@ for _, b in pairs(buckets) do
     if next_look == 0 or at < next_look then next_look = at end
   end
 end
-return {#due, fmt(money), fmt(pushed), fmt(next_look)}
+return {released, fmt(money), fmt(pushed), fmt(next_look)}
