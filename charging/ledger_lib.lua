@@ -1,4 +1,5 @@
--- Shared functions, prepended to session.lua, event.lua and sweep.lua when they load.
+-- Shared functions, prepended to the ledger scripts (session, event, topup, buy, sweep)
+-- and to postpaid/close.lua when they load.
 --
 -- Rates: a rate is "increment,price,connect fee,first increment,first price,minimum,cap"
 -- (micros; cap 0: none); session_cost and affordable mirror charging/rating.py.
