@@ -1,9 +1,10 @@
 """Each Lua script's header against the Python record of its arguments.
 
 ARGV is positional: the only thing that keeps the caller and the script in step is that
-the header's ``-- ARGV <Record>`` list, the record's fields and its ``to_argv()`` name the
-same values in the same order. These tests read the headers; they fail when a field is
-added, renamed or reordered on one side only.
+the header's ``-- ARGV <Record>`` list, the record's fields, its ``to_argv()`` and the
+script's own ``local name = ARGV[n]`` lines name the same values in the same order. These
+tests read the headers and those lines; they fail when a field is added, renamed or
+reordered on one side only.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def field_names(record: type) -> list[str]:
 
 @pytest.mark.parametrize("script", list(SCRIPTS), ids=lambda s: f"{s[0]}/{s[1]}")
 def test_header_lists_keys_argv_by_record_fields_and_reply(script: tuple[str, str]) -> None:
-    header, code = split_header(source(script))
+    header, _code = split_header(source(script))
     text = "\n".join(header)
     assert "-- KEYS[1]" in text
     assert "Reply" in text
@@ -118,9 +119,69 @@ def test_header_lists_keys_argv_by_record_fields_and_reply(script: tuple[str, st
         op = getattr(record, "OP", None)
         if op is not None:
             assert re.search(rf"^-- ARGV {record.__name__}\b.*\bOP {op}\b", text, re.M)
-        # The script names each argument in a local (or a table field) of the same name.
-        for name in field_names(record):
-            assert re.search(rf"\b{name}\b", code), f"{script[1]} does not name {name}"
+
+
+# Where the script reads a value: "name = ARGV[3]" (or tonumber(...)), a group's field
+# "name = ARGV[j + 2]" or "name = ARGV[4 + 3 * i]", a field after the groups
+# "name = ARGV[4 + 3 * #steps]", the rest "name = {unpack(ARGV, 8)}" or "name = ARGV",
+# and a group count "for i = 1, tonumber(ARGV[15])".
+READ = re.compile(
+    r"(\w+) = (?:tonumber\()?(?:ARGV\[(\d+)\]|ARGV\[j(?: \+ (\d+))?\]|ARGV\[(\d+) \+ \d+ \* i\]"
+    r"|ARGV\[(\d+) \+ \d+ \* #\w+\]|\{unpack\(ARGV, (\d+)\)\}|(ARGV)\b)"
+)
+COUNT = re.compile(r"for \w+ = \d, tonumber\(ARGV\[(\d+)\]\)")
+
+
+def reads(code: str) -> tuple[list[tuple[str, str, int]], list[int]]:
+    """(name, "top" or "group", 0-based position) of each value the script reads from
+    ARGV into a name, and the positions of group counts."""
+    found = []
+    # "a, b = ARGV[2], ARGV[3]": one read per name
+    several = re.compile(r"^\s*(?:local )?(\w+(?:, \w+)+) = (.*ARGV.*)$", re.M)
+    for names, values in several.findall(code):
+        for name, value in zip(names.split(", "), values.split(", "), strict=True):
+            found.append((name, "top", int(re.findall(r"ARGV\[(\d+)\]", value)[0]) - 1))
+    for name, top, in_group, group_at, after_groups, rest, whole in READ.findall(several.sub("", code)):
+        if top or after_groups or rest:
+            found.append((name, "top", int(top or after_groups or rest) - 1))
+        elif whole:
+            found.append((name, "top", 0))
+        elif group_at:
+            found.append((name, "group-absolute", int(group_at) - 1))
+        else:
+            found.append((name, "group", int(in_group or 0)))
+    return found, [int(n) - 1 for n in COUNT.findall(code)]
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS), ids=lambda s: f"{s[0]}/{s[1]}")
+def test_script_reads_each_argument_into_its_name_from_its_position(script: tuple[str, str]) -> None:
+    _header, code = split_header(source(script))
+    records = SCRIPTS[script]
+    operations = [r for r in records if hasattr(r, "OP")]
+    tops = operations or [records[0]]
+    groups = [r for r in records if r not in tops]
+    found, counts = reads(code)
+    # ARGV[1] of an operation record is its OP.
+    offset = 1 if operations else 0
+    top_fields = [field_names(r) for r in tops]
+    count_at = counts[0] if counts else -1
+    for name, where, at in found:
+        if where == "top" and offset and at == 0:
+            assert name == "op"
+        elif where == "top":
+            assert any(0 <= at - offset < len(f) and f[at - offset] == name for f in top_fields), (name, at + 1)
+        elif where == "group":
+            assert field_names(groups[0])[at] == name, (name, at)
+        else:  # counted from the ARGV position after the count
+            assert field_names(groups[0])[at - count_at - 1] == name, (name, at + 1)
+    read = {name for name, _where, _at in found}
+    for fields in top_fields:
+        for i, name in enumerate(fields):
+            assert name in read or i + offset in counts, f"{script[1]} does not read {name} into a name"
+    for group in groups:
+        assert counts, f"{script[1]} does not read the number of {group.__name__}"
+        for name in field_names(group):
+            assert name in read, f"{script[1]} does not read {name} into a name"
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS), ids=lambda s: f"{s[0]}/{s[1]}")
