@@ -1,7 +1,8 @@
 """Postpaid billing, wired: billing accounts, bill runs, payments, collection and delivery,
 and what happens when a postpaid line changes on the network.
 
-``line_changed`` is called by acquisition once the network has acknowledged a line's
+``line_changed`` is called by provisioning (``provisioning/acknowledgements.py``) with
+the line's and its customer's records once the network has acknowledged a line's
 state or product: the first activation enrols the line (its charging account becomes
 headroom against the credit limit), later changes join the line's history (rentals are
 prorated on it), and a termination issues the line's final invoice (prorated rentals,

@@ -16,8 +16,9 @@ import redis
 
 from charging import keys
 from charging.clock import ManualClock
+from charging.errors import Conflict
 from charging.server import App
-from charging.subscribers import Directory
+from charging.subscribers import Directory, Identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning import lines
 from provisioning.keys import SUBMITTED, order_work, velocity
@@ -261,3 +262,30 @@ async def test_the_order_store_leases_and_decides_once(redis_url: str) -> None:
     with pytest.raises(Superseded):
         await orders.note("x", "account_id", "7")
     await client.aclose()
+
+
+async def test_the_directory_adopts_what_a_crashed_create_left_behind(app: App, r: redis.Redis) -> None:
+    """What an order run asks of charging after a crash inside ``Directory.create``: the
+    account that holds the number, made for this line after the run's first try; its
+    IMSI claimed, or the account released when someone else has the IMSI now."""
+    assert app.redis is not None and app.catalogs is not None
+    directory = Directory(app.redis, 100)
+    plan = app.catalogs.current.plans["mobile-prepaid"]
+    msisdn, imsi = Identity("msisdn", MSISDN), Identity("imsi", "262011234567890")
+    assert await directory.newest_account_id() == 0
+    made = await directory.create(msisdn, imsi, plan, 0)
+    r.delete(keys.identity("imsi", imsi.value))  # the crash came before the IMSI was claimed
+    assert await directory.orphan(msisdn, imsi, plan.id, newer_than=0) == made.account_id
+    assert await directory.orphan(msisdn, imsi, plan.id, newer_than=1) is None  # there before the order
+    assert await directory.orphan(msisdn, imsi, "mobile-prepaid-data", newer_than=0) is None  # another line's
+    assert await directory.orphan(msisdn, None, plan.id, newer_than=0) is None
+    await directory.adopt(made.account_id, msisdn, imsi)
+    assert await directory.resolve(imsi) == made.account_id
+
+    other, other_imsi = Identity("msisdn", "491701234599"), Identity("imsi", "262011234567899")
+    second = await directory.create(other, other_imsi, plan, 0)
+    r.set(keys.identity("imsi", other_imsi.value), "999")  # the IMSI went to someone else meanwhile
+    with pytest.raises(Conflict):
+        await directory.adopt(second.account_id, other, other_imsi)
+    assert await directory.resolve(other) is None and not r.exists(keys.account(second.account_id))
+    assert await directory.newest_account_id() == 2
