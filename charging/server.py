@@ -49,13 +49,14 @@ from charging.v1 import (
 )
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
+from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.crm_api import CrmServicer
+from provisioning.customer_care import CustomerCare
 from provisioning.network import HttpNetworkAdapter
-from provisioning.records import Records
 from provisioning.screening import Screener
 from provisioning.simulator import NetworkSimulator
 from provisioning.worker import ProvisioningWorker
@@ -132,7 +133,7 @@ class App:
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
-            (CrmServicer(self.acquisition, Records(self.redis)), crm_pb2.DESCRIPTOR.services_by_name["Crm"]),
+            (CrmServicer(self.acquisition, CustomerCare(self.redis)), crm_pb2.DESCRIPTOR.services_by_name["Crm"]),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
             (
                 AdminServicer(directory, self.catalogs, self.renewer, self.clock),
@@ -224,8 +225,8 @@ async def build_acquisition(
     """Acquisition, screening, credit and the provisioning worker, wired together."""
     salt = settings.crm_salt
     if not salt:
-        await client.set("crm:salt", secrets.token_hex(16), nx=True)
-        salt = str(await client.get("crm:salt"))
+        await client.set(provisioning_keys.SALT, secrets.token_hex(16), nx=True)
+        salt = str(await client.get(provisioning_keys.SALT))
     worker = ProvisioningWorker(client, HttpNetworkAdapter(network_url, timeout_s=settings.network_timeout_s), clock)
     acquisition = Acquisition(
         client,
