@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from charging import keys
 from charging.ledger import SESSION
-from charging.rating import NO_RATE, Rate, UnitKind, affordable_units, incremental_cost
+from charging.rating import NO_RATE, Rate, UnitKind, affordable_units, billable_units, incremental_cost
 from charging.script_args import RatingGroupArgs, SessionArgs
 
 
@@ -48,12 +48,6 @@ def update(
         keys.usage_records(account),
         *SessionArgs(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", (group,)).to_argv(),
     )
-
-
-def billable(rate: Rate, units: int) -> int:
-    if units <= 0:
-        return 0
-    return max(rate.first, rate.first + -(-(units - rate.first) // rate.increment) * rate.increment)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -103,7 +97,7 @@ def test_script_matches_reference(
     )
     account = "p"
     # A session that has only used money so far: the money counter is the billable usage.
-    session = {"u7": reserved_units, "m7": held, "c7": cum, "k7": billable(rate, cum)}
+    session = {"u7": reserved_units, "m7": held, "c7": cum, "k7": billable_units(rate, cum)}
     group = RatingGroupArgs(
         7, 0, want, False, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", "", False
     )
