@@ -1,0 +1,98 @@
+"""pay.lua against the allocation reference (postpaid/allocation.py), on a real Redis:
+random open invoices and credit, then payments, credit notes and refunds through
+``Payments``; after each, every invoice's open amount, the open list, the credit, the
+balance and the allocations are what the reference says."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from charging import keys
+from charging.clock import ManualClock
+from charging.errors import LimitExceeded
+from postpaid import config as billing_config
+from postpaid.allocation import Standing, credit_note, pay, refund
+from postpaid.payments import Payments
+
+ACCOUNTS = itertools.count(1)
+
+
+@pytest.fixture
+async def payments(redis_url: str) -> AsyncIterator[Payments]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield Payments(client, billing_config.default(), ManualClock())
+    await client.aclose()
+
+
+async def seeded(client: aioredis.Redis, open_: list[int], credit: int) -> tuple[str, Standing]:
+    """A billing account with these open invoices (oldest first) and credit."""
+    n = next(ACCOUNTS)
+    ba = f"P{n}"
+    standing = Standing(tuple((f"T{n}-{i}", a) for i, a in enumerate(open_)), credit, sum(open_) - credit)
+    await client.hset(keys.billing_account(ba), mapping={"credit": credit, "balance": standing.balance, "moves": 0})
+    for number, amount in standing.open:
+        state = {"ba": ba, "total": amount, "open": amount, "disputed": 0, "due": 0, "status": "OPEN"}
+        await client.hset(keys.invoice_state(number), mapping=state)
+        await client.rpush(keys.billing_open(ba), number)
+    return ba, standing
+
+
+async def stored(client: aioredis.Redis, ba: str, numbers: list[str]) -> tuple[Standing, dict[str, str]]:
+    """The account's standing as Redis has it, and each invoice's status."""
+    account = await client.hgetall(keys.billing_account(ba))
+    listed = await client.lrange(keys.billing_open(ba), 0, -1)
+    opened = [(n, int(await client.hget(keys.invoice_state(n), "open") or 0)) for n in listed]
+    status = {n: str(await client.hget(keys.invoice_state(n), "status")) for n in numbers}
+    return Standing(tuple(opened), int(account["credit"]), int(account["balance"])), status
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    open_=st.lists(st.integers(1, 5000), max_size=4),
+    credit=st.sampled_from([0, 0, 300]),
+    moves=st.lists(
+        st.tuples(st.sampled_from(["pay", "pay", "credit", "refund"]), st.integers(1, 6000), st.integers(0, 9)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+async def test_pay_script_allocates_as_the_reference_says(
+    payments: Payments, open_: list[int], credit: int, moves: list[tuple[str, int, int]]
+) -> None:
+    client = payments.client
+    ba, expected = await seeded(client, open_, credit)
+    numbers = [n for n, _ in expected.open]
+    creditable = dict(expected.open)  # what each invoice can still be credited
+    for k, (kind, amount, which) in enumerate(moves):
+        allocations: tuple[tuple[str, int], ...] = ()
+        if kind == "pay":
+            record = await payments.pay(ba, amount, "BANK_TRANSFER", f"{ba}-{k}")
+            expected, allocations = (o := pay(expected, amount)).standing, o.allocations
+        elif kind == "refund" and amount > expected.credit:
+            with pytest.raises(LimitExceeded):
+                await payments.refund(ba, amount, f"{ba}-{k}", "asked")
+            record = {"allocations": {}}
+        elif kind == "refund":
+            record = await payments.refund(ba, amount, f"{ba}-{k}", "asked")
+            record["allocations"] = {}
+            expected = refund(expected, amount)
+        else:
+            if not numbers:
+                continue
+            invoice = numbers[which % len(numbers)]
+            amount = min(amount, creditable[invoice])
+            if amount == 0:
+                continue
+            record = await payments.credit_note(invoice, amount, "goodwill", f"{ba}-{k}")
+            creditable[invoice] -= amount
+            expected, allocations = (o := credit_note(expected, invoice, amount)).standing, o.allocations
+        assert list(record["allocations"].items()) == list(allocations)
+        got, status = await stored(client, ba, numbers)
+        assert got == expected
+        assert status == {n: "OPEN" if expected.open_of(n) else "PAID" for n in numbers}
