@@ -113,15 +113,19 @@ def kept(pot: dict[str, Bucket], at_s: int) -> dict[str, Bucket]:
     return {i: b for i, b in pot.items() if not b.dropped_at(at_s)}
 
 
+# Two sessions interleaved, so that one draws on buckets while the other holds some.
+PLAN = [("a", INITIAL), ("b", INITIAL), ("a", UPDATE), ("b", TERMINATE), ("a", TERMINATE)]
+
+
 @SETTINGS
 @given(
     balance=st.sampled_from([0, 50_000, 200_000, 10_000_000]),
     own=buckets(UnitKind.TIME),
     pool=st.none() | buckets(UnitKind.TIME),
-    called=st.sampled_from(CALLED),
-    asked=st.lists(st.sampled_from([0, 1, 30, 60, 61, 200, 500]), min_size=2, max_size=2),
-    used=st.lists(st.sampled_from([0, 1, 30, 59, 60, 61, 119, 400]), min_size=2, max_size=2),
-    steps=st.lists(st.sampled_from([0, 20, 40, 100, 7_200]), min_size=2, max_size=2),
+    called=st.lists(st.sampled_from(CALLED), min_size=2, max_size=2),
+    asked=st.lists(st.sampled_from([0, 1, 30, 60, 61, 200, 500]), min_size=len(PLAN), max_size=len(PLAN)),
+    used=st.lists(st.sampled_from([0, 1, 30, 59, 60, 61, 119, 400]), min_size=len(PLAN), max_size=len(PLAN)),
+    steps=st.lists(st.sampled_from([0, 20, 40, 100, 7_200]), min_size=len(PLAN), max_size=len(PLAN)),
 )
 async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
     stubs: Stubs,
@@ -131,7 +135,7 @@ async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
     balance: int,
     own: list[Bucket],
     pool: list[Bucket] | None,
-    called: str,
+    called: list[str],
     asked: list[int],
     used: list[int],
     steps: list[int],
@@ -142,23 +146,26 @@ async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
     catalog = app.catalogs.current
     plan = catalog.plans["mobile-prepaid"]
     pot, money, reserved = stored(redis_url, account_id, root)
-    state = GroupState()
-    # INITIAL asks for units, UPDATE reports and asks again, TERMINATE reports.
-    requests = [(INITIAL, 0, asked[0]), (UPDATE, used[0], asked[1]), (TERMINATE, used[1], None)]
-    for number, (kind, use, ask) in enumerate(requests):
-        if number:
-            clock.advance(seconds=steps[number - 1])
+    states = {"a": GroupState(), "b": GroupState()}
+    numbers = {"a": 0, "b": 0}
+    for step, (sid, kind) in enumerate(PLAN):
+        if sid not in states:
+            continue  # its INITIAL was refused: no session
+        state, number, to = states[sid], numbers[sid], called[sid == "b"]
+        use = used[step] if kind != INITIAL else 0
+        ask = asked[step] if kind != TERMINATE else None
+        clock.advance(seconds=steps[step])
         now_s = clock.now_ms() // 1000
-        service, zone, band, _roaming = catalog.where(plan, 10, Usage(called), now_s)
-        rate = catalog.rate(plan, 10, Usage(called), now_s)
+        service, zone, band, _roaming = catalog.where(plan, 10, Usage(to), now_s)
+        rate = catalog.rate(plan, 10, Usage(to), now_s)
         assert isinstance(rate, Rate)
         group: dict[str, object] = {"rating_group": 10, "used": {"time_s": use}}
         if ask is not None:
             group["requested"] = {"time_s": ask}
         answer = await stubs.charging.ChargeSession(
-            session_request("s", kind, number, [group], msisdn=msisdn, called_party=called)
+            session_request(sid, kind, number, [group], msisdn=msisdn, called_party=to)
         )
-        beyond = number > 0 and use > state.reservation.units
+        beyond = kind != INITIAL and use > state.reservation.units
         want = quota(rate, ask) if ask is not None and not beyond else 0
         free = money - (reserved - state.reservation.money)
         expected = charge_group(
@@ -168,10 +175,10 @@ async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
         assert (rg.granted.time_s, rg.cost_micros) == (expected.granted, expected.cost)
         money -= expected.cost
         reserved += expected.state.reservation.money - state.reservation.money
-        pot, state = kept(expected.pot, now_s), expected.state
+        pot, states[sid], numbers[sid] = kept(expected.pot, now_s), expected.state, number + 1
         assert stored(redis_url, account_id, root) == (pot, money, reserved)
         if kind == INITIAL and not expected.granted:
-            break  # no session was opened
+            del states[sid]
 
 
 @SETTINGS
