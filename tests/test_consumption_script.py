@@ -72,10 +72,11 @@ def buckets(unit: UnitKind) -> st.SearchStrategy[list[Bucket]]:
 
 
 async def account(
-    stubs: Stubs, redis_url: str, balance: int, own: list[Bucket], pool: list[Bucket] | None
+    stubs: Stubs, clock: ManualClock, redis_url: str, balance: int, own: list[Bucket], pool: list[Bucket] | None
 ) -> tuple[str, str, str]:
-    """A fresh subscriber (a pool member when ``pool`` is given) holding these buckets:
-    (msisdn, account id, pool account id or "")."""
+    """At T0, a fresh subscriber (a pool member when ``pool`` is given) holding these
+    buckets: (msisdn, account id, pool account id or "")."""
+    clock.advance(ms=T0 * 1000 - clock.now_ms())
     n = next(NUMBERS)
     msisdn = f"4917{n:08d}"
     root = ""
@@ -109,6 +110,17 @@ def stored(redis_url: str, account_id: str, root: str) -> tuple[dict[str, Bucket
     return pot, int(balance or 0), int(reserved or 0)
 
 
+def rated(app: App, rating_group: int, called: str, at_s: int) -> tuple[Rate, Where]:
+    """The rate the server applies, and what buckets are matched against."""
+    assert app.catalogs is not None
+    catalog = app.catalogs.current
+    plan = catalog.plans["mobile-prepaid"]
+    service, zone, band, _roaming = catalog.where(plan, rating_group, Usage(called), at_s)
+    rate = catalog.rate(plan, rating_group, Usage(called), at_s)
+    assert rate is not None
+    return rate, Where(rate.unit, service, zone, band)
+
+
 def kept(pot: dict[str, Bucket], at_s: int) -> dict[str, Bucket]:
     return {i: b for i, b in pot.items() if not b.dropped_at(at_s)}
 
@@ -140,11 +152,7 @@ async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
     used: list[int],
     steps: list[int],
 ) -> None:
-    clock.advance(ms=T0 * 1000 - clock.now_ms())
-    msisdn, account_id, root = await account(stubs, redis_url, balance, own, pool)
-    assert app.catalogs is not None
-    catalog = app.catalogs.current
-    plan = catalog.plans["mobile-prepaid"]
+    msisdn, account_id, root = await account(stubs, clock, redis_url, balance, own, pool)
     pot, money, reserved = stored(redis_url, account_id, root)
     states = {"a": GroupState(), "b": GroupState()}
     numbers = {"a": 0, "b": 0}
@@ -156,9 +164,7 @@ async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
         ask = asked[step] if kind != TERMINATE else None
         clock.advance(seconds=steps[step])
         now_s = clock.now_ms() // 1000
-        service, zone, band, _roaming = catalog.where(plan, 10, Usage(to), now_s)
-        rate = catalog.rate(plan, 10, Usage(to), now_s)
-        assert isinstance(rate, Rate)
+        rate, where = rated(app, 10, to, now_s)
         group: dict[str, object] = {"rating_group": 10, "used": {"time_s": use}}
         if ask is not None:
             group["requested"] = {"time_s": ask}
@@ -168,9 +174,7 @@ async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
         beyond = kind != INITIAL and use > state.reservation.units
         want = quota(rate, ask) if ask is not None and not beyond else 0
         free = money - (reserved - state.reservation.money)
-        expected = charge_group(
-            pot, Where(rate.unit, service, zone, band), now_s, state, [(use, rate)], rate, want, free
-        )
+        expected = charge_group(pot, where, now_s, state, [(use, rate)], rate, want, free)
         rg = answer.rating_groups[0]
         assert (rg.granted.time_s, rg.cost_micros) == (expected.granted, expected.cost)
         money -= expected.cost
@@ -202,18 +206,12 @@ async def test_events_draw_on_buckets_then_money_as_the_reference_says(
     pool: list[Bucket] | None,
     events: list[tuple[str, int, int]],
 ) -> None:
-    clock.advance(ms=T0 * 1000 - clock.now_ms())
-    msisdn, account_id, root = await account(stubs, redis_url, balance, own, pool)
-    assert app.catalogs is not None
-    catalog = app.catalogs.current
-    plan = catalog.plans["mobile-prepaid"]
+    msisdn, account_id, root = await account(stubs, clock, redis_url, balance, own, pool)
     pot, money, reserved = stored(redis_url, account_id, root)
     for n, (called, units, later) in enumerate(events):
         clock.advance(seconds=later)
         now_s = clock.now_ms() // 1000
-        service, zone, band, _roaming = catalog.where(plan, 20, Usage(called), now_s)
-        rate = catalog.rate(plan, 20, Usage(called), now_s)
-        assert isinstance(rate, Rate)
+        rate, where = rated(app, 20, called, now_s)
         req = charging_pb2.EventRequest(
             event_id=f"e{n}",
             action=charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING,
@@ -223,7 +221,7 @@ async def test_events_draw_on_buckets_then_money_as_the_reference_says(
         )
         req.requested.service_specific_units = units
         answer = await stubs.charging.ChargeEvent(req)
-        expected = debit(rate, pot, Where(rate.unit, service, zone, band), now_s, units)
+        expected = debit(rate, pot, where, now_s, units)
         if money - reserved >= expected.cost:
             assert (answer.result_code, answer.cost_micros) == (2001, expected.cost)
             money -= expected.cost
