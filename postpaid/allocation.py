@@ -14,7 +14,7 @@ notes, plus refunds (so ``balance == sum(open) - credit`` whenever it held befor
   which then pays the oldest open invoices.
 
 ``pay.lua`` (payments, credit notes, refunds) and ``issue.lua`` apply these rules
-atomically in Redis; the tests hold ``pay.lua`` to the functions here.
+atomically in Redis; the tests hold both scripts to the functions here.
 """
 
 from __future__ import annotations
