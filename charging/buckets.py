@@ -77,7 +77,8 @@ class Bucket:
 
 
 def consumption_order(b: Bucket) -> tuple[int, int, str]:
-    """Sort key: priority (lower first), then earliest expiry, then id."""
+    """Sort key: priority (lower first), then earliest expiry, then id (ids are ASCII, so
+    Python's order is the byte order Lua compares strings in)."""
     return (b.priority, b.expiry_s, b.id)
 
 
