@@ -234,8 +234,9 @@ async def test_events_draw_on_buckets_then_money_as_the_reference_says(
 @pytest.mark.xfail(
     strict=True,
     reason="README: a pool member draws on its pool's buckets after its own; session.lua orders own and pool "
-    "buckets together by priority, expiry, then id, and a pool bucket's id is '^' + id, which sorts before "
-    "ids starting with a small letter (bundle ids do): the pool's bucket goes first. Undecided which is meant.",
+    "buckets together by priority, expiry, then id, and a pool bucket's id is '^' + id, which sorts after ids "
+    "starting with a digit or a capital but before those starting with a small letter or '_': here the pool's "
+    "bucket goes first. Undecided which is meant.",
 )
 async def test_a_member_uses_its_own_bucket_before_an_equal_one_of_its_pool(stubs: Stubs, clock: ManualClock) -> None:
     clock.advance(ms=T0 * 1000 - clock.now_ms())
