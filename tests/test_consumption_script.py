@@ -125,8 +125,10 @@ def kept(pot: dict[str, Bucket], at_s: int) -> dict[str, Bucket]:
     return {i: b for i, b in pot.items() if not b.dropped_at(at_s)}
 
 
-# Two sessions interleaved, so that one draws on buckets while the other holds some.
+# Two sessions interleaved, so that one draws on buckets while the other holds some; each
+# request carries voice and SMS, which share the money.
 PLAN = [("a", INITIAL), ("b", INITIAL), ("a", UPDATE), ("b", TERMINATE), ("a", TERMINATE)]
+GROUPS = ((10, "time_s"), (20, "service_specific_units"))
 
 
 @SETTINGS
@@ -137,6 +139,7 @@ PLAN = [("a", INITIAL), ("b", INITIAL), ("a", UPDATE), ("b", TERMINATE), ("a", T
     called=st.lists(st.sampled_from(CALLED), min_size=2, max_size=2),
     asked=st.lists(st.sampled_from([0, 1, 30, 60, 61, 200, 500]), min_size=len(PLAN), max_size=len(PLAN)),
     used=st.lists(st.sampled_from([0, 1, 30, 59, 60, 61, 119, 400]), min_size=len(PLAN), max_size=len(PLAN)),
+    sms=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=len(PLAN), max_size=len(PLAN)),
     steps=st.lists(st.sampled_from([0, 20, 40, 100, 7_200]), min_size=len(PLAN), max_size=len(PLAN)),
 )
 async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
@@ -150,39 +153,47 @@ async def test_sessions_draw_on_buckets_and_money_as_the_reference_says(
     called: list[str],
     asked: list[int],
     used: list[int],
+    sms: list[tuple[int, int]],
     steps: list[int],
 ) -> None:
     msisdn, account_id, root = await account(stubs, clock, redis_url, balance, own, pool)
     pot, money, reserved = stored(redis_url, account_id, root)
-    states = {"a": GroupState(), "b": GroupState()}
+    states = {(sid, rg): GroupState() for sid in "ab" for rg, _ in GROUPS}
     numbers = {"a": 0, "b": 0}
     for step, (sid, kind) in enumerate(PLAN):
-        if sid not in states:
+        if sid not in numbers:
             continue  # its INITIAL was refused: no session
-        state, number, to = states[sid], numbers[sid], called[sid == "b"]
-        use = used[step] if kind != INITIAL else 0
-        ask = asked[step] if kind != TERMINATE else None
+        number, to = numbers[sid], called[sid == "b"]
         clock.advance(seconds=steps[step])
         now_s = clock.now_ms() // 1000
-        rate, where = rated(app, 10, to, now_s)
-        group: dict[str, object] = {"rating_group": 10, "used": {"time_s": use}}
-        if ask is not None:
-            group["requested"] = {"time_s": ask}
+        reports = {10: (used[step], asked[step]), 20: sms[step]}  # rating group: (used, asked)
+        groups: list[dict[str, object]] = []
+        for rg, field in GROUPS:
+            group: dict[str, object] = {"rating_group": rg, "used": {field: reports[rg][0] if kind != INITIAL else 0}}
+            if kind != TERMINATE:
+                group["requested"] = {field: reports[rg][1]}
+            groups.append(group)
         answer = await stubs.charging.ChargeSession(
-            session_request(sid, kind, number, [group], msisdn=msisdn, called_party=to)
+            session_request(sid, kind, number, groups, msisdn=msisdn, called_party=to)
         )
-        beyond = kind != INITIAL and use > state.reservation.units
-        want = quota(rate, ask) if ask is not None and not beyond else 0
-        free = money - (reserved - state.reservation.money)
-        expected = charge_group(pot, where, now_s, state, [(use, rate)], rate, want, free)
-        rg = answer.rating_groups[0]
-        assert (rg.granted.time_s, rg.cost_micros) == (expected.granted, expected.cost)
-        money -= expected.cost
-        reserved += expected.state.reservation.money - state.reservation.money
-        pot, states[sid], numbers[sid] = kept(expected.pot, now_s), expected.state, number + 1
+        granted = 0
+        for (rg, field), got in zip(GROUPS, answer.rating_groups, strict=True):
+            state = states[sid, rg]
+            rate, where = rated(app, rg, to, now_s)
+            use = reports[rg][0] if kind != INITIAL else 0
+            beyond = kind != INITIAL and use > state.reservation.units
+            want = quota(rate, reports[rg][1]) if kind != TERMINATE and not beyond else 0
+            free = money - (reserved - state.reservation.money)
+            expected = charge_group(pot, where, now_s, state, [(use, rate)], rate, want, free)
+            assert (getattr(got.granted, field), got.cost_micros) == (expected.granted, expected.cost)
+            money -= expected.cost
+            reserved += expected.state.reservation.money - state.reservation.money
+            pot, states[sid, rg] = expected.pot, expected.state
+            granted += expected.granted
+        pot, numbers[sid] = kept(pot, now_s), number + 1
         assert stored(redis_url, account_id, root) == (pot, money, reserved)
-        if kind == INITIAL and not expected.granted:
-            del states[sid]
+        if kind == INITIAL and not granted:
+            del numbers[sid]
 
 
 @SETTINGS
