@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from charging.money import format_micros, parse_amount
+from charging.money import exact_minor, format_micros, format_minor, parse_amount
 
 
 def _print(message: Any) -> None:
@@ -205,7 +205,6 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
 
 def cmd_invoices(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
-    from postpaid.invoices import format_money
 
     with grpc.insecure_channel(args.target) as channel:
         stub = billing_pb2_grpc.BillingStub(channel)
@@ -217,7 +216,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             return 0
         listing = stub.ListInvoices(billing_pb2.BillingAccountId(billing_account=args.billing_account))
         for inv in listing.invoices:
-            total, still_open = format_money(inv.total_minor, inv.currency), format_money(inv.open_minor, inv.currency)
+            total, still_open = format_minor(inv.total_minor, inv.currency), format_minor(inv.open_minor, inv.currency)
             print(
                 f"{inv.number}  {inv.period_start}..{inv.period_end}  total {total}  open {still_open}"
                 f"  due {inv.due}  {inv.status}  {inv.delivery}"
@@ -229,11 +228,13 @@ def cmd_pay(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
     micros = parse_amount(args.amount)
-    if micros % 10_000:
-        raise SystemExit("error: --amount has more than two decimals")
+    try:
+        amount_minor = exact_minor(micros)
+    except ValueError:
+        raise SystemExit("error: --amount has more than two decimals") from None
     req = billing_pb2.PaymentRequest(
         billing_account=args.billing_account,
-        amount_minor=micros // 10_000,
+        amount_minor=amount_minor,
         channel=args.channel.upper(),
         reference=args.reference,
     )

@@ -28,6 +28,7 @@ from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.errors import NotFound
+from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.settings import Settings
@@ -44,7 +45,7 @@ from postpaid.delivery import (
     SmtpDelivery,
     SmtpSettings,
 )
-from postpaid.invoices import MICROS_PER_MINOR, Invoice
+from postpaid.invoices import Invoice
 from postpaid.payments import Payments
 from postpaid.scripts import PREPAID_CLOSE
 
@@ -116,7 +117,7 @@ class Billing:
                 unit_path=unit_path,
                 plan_id=plan_id,
                 credit_limit_micros=int(customer.get("credit_limit", 0)),
-                deposit_minor=int(customer.get("deposit", 0)) // MICROS_PER_MINOR,
+                deposit_minor=to_minor(int(customer.get("deposit", 0))),
                 at_s=now_s,
                 email=customer.get("email", ""),
             )

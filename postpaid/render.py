@@ -2,9 +2,9 @@
 
 ``invoice_view`` turns an ``Invoice`` into formatted strings once (money, quantities, dates,
 the grouping of corporate lines by unit), so the HTML and the PDF always show the same
-figures. Formatting is integer arithmetic only: amounts in minor units become
-"1,234.56 EUR", itemised costs in micros are shown to 4 decimals rounded half away from
-zero. Times are UTC.
+figures. Money is formatted by ``charging/money.py`` (integer arithmetic only): amounts
+in minor units become "1,234.56 EUR" (``format_minor``), itemised costs in micros are
+shown to 4 decimals rounded half away from zero (``format_micros_4dp``). Times are UTC.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from charging.money import format_micros_4dp, format_minor, share, to_minor
 from postpaid.invoices import (
     CATEGORY_NAMES,
     DISCOUNT,
@@ -42,20 +43,10 @@ from postpaid.invoices import (
     LineSection,
     TaxRate,
     UsageItem,
-    format_money,
-    share,
     taxes,
-    to_minor,
 )
 
 BYTES_PER_MB = 1_048_576  # as the catalog counts a megabyte of data
-
-
-def format_micros(micros: int) -> str:
-    """Micros to 4 decimals, rounded half away from zero: 187_550 -> "0.1876", -50 -> "-0.0001"."""
-    tenths_of_mils = share(micros, 1, 100)
-    units, fraction = divmod(abs(tenths_of_mils), 10_000)
-    return f"{'-' if tenths_of_mils < 0 else ''}{units:,}.{fraction:04d}"
 
 
 def format_quantity(units: int, unit: str) -> str:
@@ -136,7 +127,7 @@ def invoice_view(inv: Invoice) -> InvoiceView:
     cur = inv.currency
 
     def money(minor: int) -> str:
-        return format_money(minor, cur)
+        return format_minor(minor, cur)
 
     def charge_rows(charges: Iterable[Charge]) -> list[tuple[str, str, str]]:
         return [(c.description, format_quantity(c.quantity, c.unit), money(c.amount)) for c in charges]
@@ -168,12 +159,12 @@ def invoice_view(inv: Invoice) -> InvoiceView:
                 CATEGORY_NAMES.get(u.category, u.category),
                 u.destination,
                 format_quantity(u.units, u.unit),
-                format_micros(u.cost_micros),
+                format_micros_4dp(u.cost_micros),
             )
             for u in items
         ]
         count = "1 record" if len(rows) == 1 else f"{len(rows):,} records"
-        itemised.append(ItemisedView(s.line, count, rows, format_micros(sum(u.cost_micros for u in items))))
+        itemised.append(ItemisedView(s.line, count, rows, format_micros_4dp(sum(u.cost_micros for u in items))))
     return InvoiceView(
         title="Final invoice" if inv.kind == "FINAL" else "Invoice",
         facts=[

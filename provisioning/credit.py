@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MICROS = 1_000_000
+from charging.money import MICROS_PER_UNIT
+
+MICROS = MICROS_PER_UNIT
 BASE_POINTS = 600
 
 

@@ -14,11 +14,12 @@ from aiosmtpd.controller import Controller
 from charging import keys
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
+from charging.money import split_evenly
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
 from postpaid import config as billing_config
 from postpaid import periods
-from postpaid.accounts import BillingAccounts, split_evenly
+from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
