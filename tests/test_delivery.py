@@ -33,8 +33,8 @@ from postpaid.delivery import (
     SmtpSettings,
     file_stem,
 )
-from postpaid.render import sample_invoice
 from tests.conftest import free_port
+from tests.samples import sample_invoice
 
 SENDER = "billing@nordwind.example"
 RECIPIENT = "j.mueller@mueller-logistik.example"

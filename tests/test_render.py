@@ -22,8 +22,8 @@ from postpaid.render import (
     render_html,
     render_pdf,
     render_text,
-    sample_invoice,
 )
+from tests.samples import sample_invoice
 
 ROW_TIME = re.compile(r"\b\d{4}-\d{2}-\d{2} \d{2}:\d{2}\b")
 
