@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis
 
+from charging import keys
 from charging.clock import ManualClock
 from charging.embedded_redis import redis_command
 from charging.server import App
@@ -120,6 +121,15 @@ class Stubs:
 
     async def balance(self, msisdn: str = "491700000001") -> admin_pb2.Subscriber:
         return await self.admin.GetSubscriber(common_pb2.SubscriberId(msisdn=msisdn))
+
+
+async def notifications(app: App, r: redis.Redis) -> list[dict[str, str]]:
+    """The notification stream once every relay the app has woken so far is done. A
+    request wakes its relay before it answers, so this holds all it notified."""
+    assert app.notifier is not None
+    await app.notifier.idle()
+    entries: Any = r.xrange(keys.NOTIFICATIONS)
+    return [fields for _id, fields in entries]
 
 
 @pytest.fixture
