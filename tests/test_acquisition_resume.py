@@ -6,7 +6,6 @@ after its side effect, before the run could record it."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -23,7 +22,6 @@ from provisioning.customers import Organisation
 from provisioning.orders import SUBMITTED, Orders, Superseded, work_key
 from provisioning.screening import Screener, velocity_key
 from provisioning.worker import ProvisioningWorker
-from tests.conftest import Stubs
 from tests.test_acquisition import application
 
 MSISDN = "491701234567"
@@ -31,19 +29,6 @@ MSISDN = "491701234567"
 
 class Crash(Exception):
     """The process dies here."""
-
-
-@pytest.fixture
-async def crm(stubs: Stubs, clock: ManualClock) -> AsyncIterator[crm_pb2_grpc.CrmStub]:
-    clock.advance(ms=1_795_000_000_000 - clock.now_ms())
-    yield crm_pb2_grpc.CrmStub(stubs.channel)
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def crash_once_after(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:

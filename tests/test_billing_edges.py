@@ -24,26 +24,10 @@ from postpaid.bill_run import BillRun
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
 from postpaid.scripts import DUNNING
-from tests.conftest import LineBook, Stubs, free_port
-from tests.test_bill_run import LIMIT, call
+from tests.conftest import LIMIT, LineBook, Stubs, enrol, free_port
+from tests.test_bill_run import call
 from tests.test_delivery import Mailbox
 from tests.test_payments import DAY, invoiced
-
-
-async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: int = 0) -> str:
-    sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
-    line = {"account_id": sub.account_id, "customer_id": customer, "customer_type": "MOBILE_POSTPAID"}
-    await b.line_changed(
-        msisdn=msisdn,
-        line=line,
-        state="active",
-        plan_id="mobile-postpaid",
-        customer={"credit_limit": str(LIMIT), "deposit": str(deposit)},
-        paying_unit="",
-        unit_path=(),
-        label="Customer",
-    )
-    return sub.account_id
 
 
 async def terminate(b: Billing, customer: str, account_id: str, msisdn: str) -> None:

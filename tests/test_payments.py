@@ -18,25 +18,14 @@ from postpaid import config as billing_config
 from postpaid.billing import Billing
 from postpaid.dunning import ServiceState
 from postpaid.invoices import Invoice
-from tests.conftest import LineBook, Stubs
-from tests.test_bill_run import LIMIT, call
+from tests.conftest import LIMIT, LineBook, Stubs, enrol
+from tests.test_bill_run import call
 
 DAY = 86_400
 
 
 async def invoiced(stubs: Stubs, b: Billing, book: LineBook, clock: ManualClock, ba: str, msisdn: str) -> Invoice:
-    sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
-    line = {"account_id": sub.account_id, "customer_id": ba, "customer_type": "MOBILE_POSTPAID"}
-    await b.line_changed(
-        msisdn=msisdn,
-        line=line,
-        state="active",
-        plan_id="mobile-postpaid",
-        customer={"credit_limit": str(LIMIT), "deposit": "0"},
-        paying_unit="",
-        unit_path=(),
-        label="Customer",
-    )
+    await enrol(stubs, b, ba, msisdn)
     book.lines[msisdn] = {"state": "active", "order_id": "new"}
     assert await call(stubs, msisdn, "s1", 300) == 2001
     clock.advance(seconds=31 * DAY)

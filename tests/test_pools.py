@@ -13,8 +13,8 @@ from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import admin_pb2, common_pb2, topup_pb2
-from tests.conftest import INITIAL, TERMINATE, Stubs, notifications, session_request
-from tests.test_buckets import set_time, small_bundles
+from tests.conftest import INITIAL, TERMINATE, Stubs, notifications, session_request, set_time
+from tests.test_buckets import small_bundles
 from tests.test_ledger_invariants import check
 
 COMPANY, ALICE, BOB = "491700000100", "491700000101", "491700000102"

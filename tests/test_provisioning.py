@@ -5,7 +5,7 @@ commands when the network fails, times out, flaps, or the worker is killed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,13 +18,6 @@ from provisioning.worker import DEAD, DUE, Backoff, ProvisioningWorker, command_
 
 LINE = "491700000001"
 WORKER = "test-provisioning-worker"  # the Redis client name of the worker fixture
-
-
-@pytest.fixture
-def network() -> Iterator[NetworkSimulator]:
-    simulator = NetworkSimulator().start()
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture

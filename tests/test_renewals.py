@@ -10,16 +10,12 @@ from charging.clock import ManualClock
 from charging.errors import StorageUnavailable
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
-from tests.conftest import Stubs, notifications
+from tests.conftest import Stubs, balance, notifications
 
 MSISDN = "491700000001"
 WHO = common_pb2.SubscriberId(msisdn=MSISDN)
 DAY = 86_400
 PRICE = 5_000_000  # data-1gb
-
-
-async def balance(stubs: Stubs) -> topup_pb2.Balance:
-    return await stubs.topup.GetBalance(topup_pb2.BalanceRequest(subscriber=WHO))
 
 
 async def test_a_recurring_bundle_renews_each_period_when_money_covers_it(
