@@ -15,6 +15,7 @@ zero and every function is integer arithmetic: no floats near money.
     to_minor           micros -> minor units, half away from zero
     exact_minor        micros -> minor units, exact or an error
     share              amount * n / d, half away from zero (prorations, basis points)
+    share_floor        amount * n / d, rounded down (a cap that must not be exceeded)
     split_evenly       an amount in integer parts differing by at most one
     format_micros      micros shown exactly, at least two decimals      "2.50 EUR"
     format_micros_4dp  micros shown to 4 decimals, half away from zero   "0.1876"
@@ -59,6 +60,14 @@ def share(amount: int, numerator: int, denominator: int) -> int:
     if 2 * r >= denominator:
         q += 1
     return q if amount >= 0 else -q
+
+
+def share_floor(amount: int, numerator: int, denominator: int) -> int:
+    """``amount * numerator / denominator`` rounded down (toward minus infinity), for a cap
+    that must never be exceeded: a credit limit of at most 40 % of the income."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    return amount * numerator // denominator
 
 
 def to_minor(micros: int) -> int:
