@@ -47,7 +47,7 @@ from postpaid.delivery import (
 )
 from postpaid.invoices import Invoice
 from postpaid.payments import Payments
-from postpaid.scripts import PREPAID_CLOSE
+from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
 
 log = logging.getLogger("postpaid.billing")
 POSTPAID = ("MOBILE_POSTPAID", "FIXED_POSTPAID")
@@ -130,7 +130,7 @@ class Billing:
         """A terminated prepaid line's remaining money: recorded once with the policy of
         the billing settings, and audited. Returns the closing balance (micros)."""
         policy = self.config.prepaid_termination
-        reply = await PREPAID_CLOSE(self.client, (keys.account(account_id),), (policy, now_s))
+        reply = await PREPAID_CLOSE(self.client, (keys.account(account_id),), PrepaidCloseArgs(policy, now_s))
         if reply[0] == "UNKNOWN":
             return 0
         closing = int(reply[1])

@@ -38,7 +38,7 @@ from postpaid.accounts import BillingAccounts
 from postpaid.config import BillingConfig
 from postpaid.dunning import ChangeState, LateFee, Notify, OpenInvoice, Restore, ServiceState
 from postpaid.invoices import LATE_FEE, RECONNECTION_FEE, Charge
-from postpaid.scripts import DUNNING
+from postpaid.scripts import DUNNING, DunningArgs, DunningStep
 
 log = logging.getLogger("postpaid.collection")
 
@@ -152,7 +152,7 @@ class Collection:
         fees = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, LateFee)}
         notes = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, Notify)}
         overdue = dunning.overdue(invoices, today)
-        triples: list[str] = []
+        steps: list[DunningStep] = []
         for invoice, step in sorted(decision.done):
             fee = fees.get((invoice, step))
             note = notes.get((invoice, step))
@@ -161,7 +161,7 @@ class Collection:
                 c = Charge(LATE_FEE, f"Late fee ({step}) for invoice {invoice}", fee.amount, tax_code="exempt")
                 charge = json.dumps(c.__dict__)
             text = f"dunning_{step} {invoice} {note.channel.value} {overdue} {now_ms}" if note else ""
-            triples += [f"{invoice}|{step}", charge, text]
+            steps.append(DunningStep(f"{invoice}|{step}", charge, text))
         for action in decision.actions:
             if isinstance(action, Restore):
                 epoch = info.get("epoch", "0")
@@ -169,11 +169,11 @@ class Collection:
                 if action.reconnection_fee:
                     c = Charge(RECONNECTION_FEE, "Reconnection fee", action.reconnection_fee)
                     charge = json.dumps(c.__dict__)
-                triples += [f"restore|{epoch}", charge, f"service_restored {ba} - {overdue} {now_ms}"]
+                steps.append(DunningStep(f"restore|{epoch}", charge, f"service_restored {ba} - {overdue} {now_ms}"))
             if isinstance(action, ChangeState):
                 epoch = info.get("epoch", "0")
                 changed = f"service_{action.target.value.lower()} {ba} - {overdue} {now_ms}"
-                triples += [f"state|{action.target.value}|{epoch}", "", changed]
+                steps.append(DunningStep(f"state|{action.target.value}|{epoch}", "", changed))
         target = decision.state.value if decision.state != state else ""
         with storage_errors():
             applied = await DUNNING(
@@ -186,14 +186,13 @@ class Collection:
                     keys.BILL_AUDIT,
                     keys.BILL_DUE,
                 ),
-                (
-                    target,
-                    overdue,
-                    len(triples) // 3,
-                    *triples,
-                    now_ms // 1000,
-                    info.get("epoch", "0"),
-                    info.get("moves", "0"),
+                DunningArgs(
+                    state=target,
+                    overdue=overdue,
+                    steps=tuple(steps),
+                    now_s=now_ms // 1000,
+                    epoch=info.get("epoch", "0"),
+                    moves=info.get("moves", "0"),
                 ),
             )
         if applied == -1:
@@ -211,7 +210,7 @@ class Collection:
             else:
                 await self.client.srem(keys.BILL_RESTRICTED, ba)
             await self.client.srem(keys.BILL_RECHECK, ba)
-        if self.notifier is not None and triples:
+        if self.notifier is not None and steps:
             await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
         return decision
 

@@ -23,7 +23,7 @@ from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
-from postpaid.scripts import DUNNING
+from postpaid.scripts import DUNNING, DunningArgs, DunningStep
 from tests.conftest import LIMIT, LineBook, Stubs, enrol, free_port
 from tests.test_bill_run import call
 from tests.test_delivery import Mailbox
@@ -291,14 +291,14 @@ async def test_a_dunning_decision_made_on_a_state_that_moved_is_not_applied(app:
         keys.BILL_AUDIT,
         keys.BILL_DUE,
     )
-    bar = ("BARRED_OUTGOING", 900, 1, "INV-1|barring", "", "note", 0)
+    steps = (DunningStep("INV-1|barring", "", "note"),)
     # Decided on epoch 3 (before another evaluation restored the account): refused.
-    assert await DUNNING(app.redis, dunning_keys, (*bar, "3", "2")) == -1
+    assert await DUNNING(app.redis, dunning_keys, DunningArgs("BARRED_OUTGOING", 900, steps, 0, "3", "2")) == -1
     assert await app.redis.hget(keys.billing_account("C31"), "state") == "ACTIVE"
     assert await app.redis.scard(keys.billing_dunning_done("C31")) == 0
     # Decided before a payment came in (the account's money moved from 1 to 2): refused.
-    assert await DUNNING(app.redis, dunning_keys, (*bar, "4", "1")) == -1
-    assert await DUNNING(app.redis, dunning_keys, (*bar, "4", "2")) == 1
+    assert await DUNNING(app.redis, dunning_keys, DunningArgs("BARRED_OUTGOING", 900, steps, 0, "4", "1")) == -1
+    assert await DUNNING(app.redis, dunning_keys, DunningArgs("BARRED_OUTGOING", 900, steps, 0, "4", "2")) == 1
     assert await app.redis.hget(keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
 
 
