@@ -8,8 +8,9 @@ balance exact as an integer. Redis Lua numbers are IEEE doubles, exact for integ
 inside that range.
 
 An invoice counts in minor units (cents; two-decimal currencies, 1 cent = 10,000
-micros), reached from micros by ``to_minor`` only. Every rounding below is half away from
-zero and every function is integer arithmetic: no floats near money.
+micros), reached from micros by ``to_minor``, or by ``exact_minor`` where nothing may be
+rounded. Each rounding the product uses has a name below and its rule in its docstring
+(half away from zero unless it says otherwise); all are integer arithmetic, no floats.
 
     parse_amount       "10.5" -> micros, exact or an error
     to_minor           micros -> minor units, half away from zero
