@@ -33,9 +33,10 @@ from charging.events import EventCharging
 from charging.ledger import Ledger
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
+from charging.redis_ready import wait_until_ready
 from charging.renewals import Renewer
 from charging.sessions import SessionCharging
-from charging.settings import Settings
+from charging.settings import Settings, redact_url
 from charging.status import add_servicer
 from charging.subscribers import Directory
 from charging.sweeper import Sweeper
@@ -104,7 +105,7 @@ class App:
             self._embedded = EmbeddedRedis(s.redis_server_bin, s.redis_dir, s.redis_appendfsync)
             url = await self._embedded.start()
         self.redis = store.connect(url, max_connections=s.redis_max_connections)
-        await self.redis.ping()
+        await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
         self.link = RedisLink(url)
 
         ledger = Ledger(self.link)
