@@ -102,7 +102,9 @@ class App:
         s = self.settings
         url = s.redis_url
         if not url:
-            self._embedded = EmbeddedRedis(s.redis_server_bin, s.redis_dir, s.redis_appendfsync)
+            self._embedded = EmbeddedRedis(
+                s.redis_server_bin, s.redis_dir, s.redis_appendfsync, ready_timeout_s=s.redis_ready_timeout_s
+            )
             url = await self._embedded.start()
         self.redis = store.connect(url, max_connections=s.redis_max_connections)
         await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
