@@ -13,8 +13,9 @@ Outcomes that Diameter expresses as result codes (4012 credit limit reached, 503
 unknown, ...) are answers, not errors. The gRPC edge maps each error class to one status
 in ``status.py``.
 
-Apart from the tree, ``StartupError``: the server cannot start (its data directory is in
-use, redis-server is missing or not ready in time).
+Apart from the tree, ``StartupError``: the server cannot start (its gRPC or metrics
+address or its data directory is in use, redis-server is missing or not ready in time).
+``charging serve`` prints it as one line on stderr and exits with status 1.
 """
 
 from __future__ import annotations
