@@ -105,7 +105,9 @@ def redis_processes(binary: str, directory: Path) -> list[int]:
     into its ``--dir``; its command line is rewritten as a process title, so the working
     directory is what names its data directory)."""
     name = Path(binary).name[:15]  # the kernel keeps 15 characters of a command name
-    pids = []
+    pids: list[int] = []
+    if not Path("/proc").is_dir():  # not Linux: the lock alone keeps a second one out
+        return pids
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

@@ -70,6 +70,11 @@ def test_a_server_killed_with_sigkill_takes_its_redis_along_and_no_acknowledged_
     finally:
         first.kill()
         first.communicate()
+    # Its redis-server follows it (the parent-death signal), by a clean shutdown; the
+    # per-test timeout bounds the wait.
+    while working_in(directory):
+        time.sleep(0.02)
+    assert "Received SIGTERM" in (directory / "redis.log").read_text()
 
     second, _ = serve(directory, port)
     try:
