@@ -299,6 +299,11 @@ async def provision(settings: Settings) -> None:
     if not settings.redis_url or not settings.network_url:
         raise SystemExit("charging worker needs CHARGING_REDIS_URL and CHARGING_NETWORK_URL")
     client = store.connect(settings.redis_url, max_connections=8)
+    try:
+        await wait_until_ready(client, f"redis at {redact_url(settings.redis_url)}", settings.redis_ready_timeout_s)
+    except StartupError as exc:
+        await client.aclose()
+        raise SystemExit(f"charging worker: {exc}") from None
     catalogs = CatalogBook(client)
     if not await catalogs.refresh():
         raise SystemExit("no catalog is stored yet: start a charging server first")

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -239,3 +240,20 @@ async def test_a_replica_without_its_master_is_unavailable(tmp_path: Path, clien
                     await pooled.aclose()
     finally:
         replica.stop()
+
+
+def test_a_worker_process_without_redis_gives_up_after_the_bound_in_one_line() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = {
+        **os.environ,
+        "CHARGING_REDIS_URL": url,
+        "CHARGING_NETWORK_URL": "http://127.0.0.1:9",
+        "CHARGING_REDIS_READY_TIMEOUT_S": "0.3",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "charging.cli", "worker"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"charging worker: redis at {url} is still not reachable after 0.3 s (CHARGING_REDIS_READY_TIMEOUT_S)"
+    ]
