@@ -303,7 +303,7 @@ async def provision(settings: Settings) -> None:
         await wait_until_ready(client, f"redis at {redact_url(settings.redis_url)}", settings.redis_ready_timeout_s)
     except StartupError as exc:
         await client.aclose()
-        raise SystemExit(f"charging worker: {exc}") from None
+        raise SystemExit(f"error: {exc}") from None
     catalogs = CatalogBook(client)
     if not await catalogs.refresh():
         raise SystemExit("no catalog is stored yet: start a charging server first")
@@ -356,4 +356,4 @@ async def serve(settings: Settings) -> None:
     finally:
         await app.stop()
     if failure is not None:
-        raise SystemExit(f"charging serve: {failure}")
+        raise SystemExit(f"error: {failure}")

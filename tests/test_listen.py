@@ -33,12 +33,12 @@ def test_a_server_whose_grpc_or_metrics_address_is_in_use_exits_at_once_saying_w
             admin.CreateSubscriber(admin_pb2.CreateSubscriberRequest(msisdn="491700000088", plan_id="default"))
 
             same_port, _ = serve(tmp_path / "second", port)
-            assert refused(same_port) == (1, [f"charging serve: gRPC address 127.0.0.1:{port} is in use"])
+            assert refused(same_port) == (1, [f"error: gRPC address 127.0.0.1:{port} is in use"])
 
             same_metrics, _ = serve(tmp_path / "third", CHARGING_METRICS_ADDRESS=metrics)
             code, lines = refused(same_metrics)
             assert (code, len(lines)) == (1, 1), lines
-            assert lines[0].startswith(f"charging serve: cannot listen on metrics address {metrics}: ")
+            assert lines[0].startswith(f"error: cannot listen on metrics address {metrics}: ")
 
             # Every call still reaches the first server and its database.
             for _ in range(20):

@@ -255,5 +255,5 @@ def test_a_worker_process_without_redis_gives_up_after_the_bound_in_one_line() -
     )
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        f"charging worker: redis at {url} is still not reachable after 0.3 s (CHARGING_REDIS_READY_TIMEOUT_S)"
+        f"error: redis at {url} is still not reachable after 0.3 s (CHARGING_REDIS_READY_TIMEOUT_S)"
     ]
