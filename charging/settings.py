@@ -27,6 +27,8 @@ class Settings:
     redis_server_bin: str = "redis-server"
     redis_appendfsync: str = "everysec"
     redis_max_connections: int = 64
+    # How long start-up waits for Redis to answer (a restart may load a large dataset).
+    redis_ready_timeout_s: float = 120.0
     # Supervision time of a session = factor x the longest validity time granted.
     supervision_factor: int = 2
     sweep_interval_s: float = 1.0

@@ -28,6 +28,7 @@ from charging.errors import (
     NotFound,
     StorageUnavailable,
 )
+from charging.store import storage_errors
 
 log = logging.getLogger("charging.api")
 
@@ -124,7 +125,8 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             try:
                 if isinstance(request, Undecodable):
                     raise InvalidRequest("request", f"not a valid {request.type_name} message")
-                answer = await fn(self, request, context)
+                with storage_errors():  # also where a Redis call was not wrapped
+                    answer = await fn(self, request, context)
                 code = getattr(answer, "result_code", 0)
                 outcome = str(code) if code else "OK"
                 return answer
