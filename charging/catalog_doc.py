@@ -1,7 +1,12 @@
 """Reading and checking a catalog document: every bad field is reported at once, with its
 path (``plans[2].versions[0].rates[5].increment``), and a catalog with any problem is
-rejected whole. See ``catalog.py`` for what a catalog is and ``catalog.schema.json`` for
-the document.
+rejected whole. See ``catalog.py`` for what a catalog is.
+
+``catalog.schema.json`` is the document's shape, checked first at run time (exact types,
+no unknown field, ranges, patterns). What a schema cannot say is checked here on the
+values the schema accepted: references (a rate's service and zones, a recurring
+bundle), duplicates, version order, band calendars, quotas against their units, and
+the migrations against the plans and services they name.
 """
 
 from __future__ import annotations
@@ -32,18 +37,15 @@ from charging.catalog import (
 from charging.errors import InvalidRequest
 from charging.money import MAX_AMOUNT, MAX_UNITS
 from charging.rating import CURRENCY, FinalUnitAction, Rate, UnitKind, check_units
+from charging.schemas import DocumentInvalid, Schema, merge
 from charging.zones import ZoneTable
 
 
-class CatalogInvalid(InvalidRequest):
+class CatalogInvalid(DocumentInvalid):
     """Every problem of a rejected catalog, each naming its field."""
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__(problems[0][0], "; ".join(f"{f}: {m}" for f, m in problems))
-        self.problems = problems
 
-    def __str__(self) -> str:
-        return self.message
+SCHEMA = Schema("charging", "catalog.schema.json", "catalog", CatalogInvalid)
 
 
 class _Check:
@@ -94,11 +96,15 @@ class _Check:
         return value
 
 
-def catalog_from_doc(doc: Any) -> Catalog:
-    """Check a whole catalog document; raise ``CatalogInvalid`` listing every problem."""
+def catalog_from_doc(doc: Any, *, strict: bool = True) -> Catalog:
+    """Check a whole catalog document; raise ``CatalogInvalid`` listing every problem.
+
+    ``strict=False`` skips the schema: for catalogs already stored, which were accepted
+    by the rules of their day (a session may still be rated with one)."""
+    shape, doc = SCHEMA.validate(doc) if strict else ([], doc)
     check = _Check()
     if not isinstance(doc, Mapping):
-        raise CatalogInvalid([("catalog", "must be a JSON object")])
+        raise CatalogInvalid(shape or [("catalog", "must be a JSON object")])
     version = doc.get("version")
     if not isinstance(version, str) or not PLAN_ID.match(version):
         check.fail("version", "must be 1-64 characters of A-Z a-z 0-9 _ . : -")
@@ -180,10 +186,51 @@ def catalog_from_doc(doc: Any) -> Catalog:
         if bundle_id and bundle_id not in bundles:
             check.fail(field_name, f"no bundle {bundle_id!r} in the catalog")
 
-    if check.problems:
-        raise CatalogInvalid(check.problems)
+    moved_plans, moved_services = _migrations(check, doc.get("migrations") or {}, plans, services)
+    problems = merge(shape, check.problems)
+    if problems:
+        raise CatalogInvalid(problems)
     assert isinstance(version, str)
-    return Catalog(version, home, services, service_of_group, service_of_id, ZoneTable.build(prefixes), plans, bundles)
+    return Catalog(
+        version,
+        home,
+        services,
+        service_of_group,
+        service_of_id,
+        ZoneTable.build(prefixes),
+        plans,
+        bundles,
+        moved_plans,
+        moved_services,
+    )
+
+
+def _migrations(
+    check: _Check, raw: Mapping[str, Any], plans: Mapping[str, Plan], services: Mapping[str, Service]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Old plan -> successor and old service -> successor. A successor must be in this
+    catalog and able to take over: a plan of the same customer type and currency (an
+    account's currency and billing follow them), a service of the same unit holding
+    every rating group of the old one (checked against the running catalog on load)."""
+    moved_plans: dict[str, str] = {}
+    for old, new in (raw.get("plans") or {}).items():
+        field = f"migrations.plans.{old}"
+        if old in plans:
+            check.fail(field, "is a plan of this catalog; only a dropped plan can be migrated")
+        elif new not in plans:
+            check.fail(field, f"no plan {new!r} in this catalog")
+        else:
+            moved_plans[old] = new
+    moved_services: dict[str, str] = {}
+    for old, new in (raw.get("services") or {}).items():
+        field = f"migrations.services.{old}"
+        if old in services:
+            check.fail(field, "is a service of this catalog; only a dropped service can be migrated")
+        elif new not in services:
+            check.fail(field, f"no service {new!r} in this catalog")
+        else:
+            moved_services[old] = new
+    return moved_plans, moved_services
 
 
 def _band_names(calendar: BandCalendar) -> set[str]:
