@@ -42,26 +42,26 @@ class DocumentInvalid(InvalidRequest):
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
-def parse_json(text: str | bytes, field: str = "json") -> Any:
+def parse_json(text: str | bytes, field: str = "json", error: type[DocumentInvalid] = DocumentInvalid) -> Any:
     """Parse a document, refusing one nested deeper than ``MAX_DEPTH`` before parsing it."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
-            raise DocumentInvalid([(field, "not UTF-8")]) from None
+            raise error([(field, "not UTF-8")]) from None
     depth = 0
     for token in _TOKENS.finditer(text):
         bracket = token.group()
         if bracket in "[{":
             depth += 1
             if depth > MAX_DEPTH:
-                raise DocumentInvalid([(field, f"nested deeper than {MAX_DEPTH} levels")])
+                raise error([(field, f"nested deeper than {MAX_DEPTH} levels")])
         elif bracket in "]}":
             depth -= 1
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise DocumentInvalid([(field, f"not JSON: {exc}")]) from None
+        raise error([(field, f"not JSON: {exc}")]) from None
 
 
 def too_deep(doc: Any) -> str | None:

@@ -1,8 +1,9 @@
 """Billing settings: the issuer, taxes, payment terms, discounts, the dunning ladder.
 
 One JSON document (``postpaid/billing.json`` is the default; ``CHARGING_BILLING_FILE``
-names another). ``parse`` checks every field and names each bad one; amounts are integer
-minor units, rates integer basis points (1900 = 19 %).
+names another). ``parse`` checks it against ``billing.schema.json`` (exact types, no
+unknown field), then what a schema cannot say, and names every bad field; amounts are
+integer minor units, rates integer basis points (1900 = 19 %).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from charging.schemas import DocumentInvalid, Schema, merge, parse_json
 from postpaid.dunning import Ladder, LadderError
 from postpaid.invoices import CATEGORIES, TaxRate
 
 
-class BillingConfigInvalid(ValueError):
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+class BillingConfigInvalid(DocumentInvalid, ValueError):
+    """Every problem of rejected billing settings, each naming its field."""
+
+
+SCHEMA = Schema("postpaid", "billing.schema.json", "billing", BillingConfigInvalid)
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,13 @@ def load(path: str) -> BillingConfig:
     if not path:
         return default()
     with open(path, encoding="utf-8") as f:
-        return parse(json.load(f))
+        return parse(parse_json(f.read(), error=BillingConfigInvalid))
 
 
-def parse(doc: dict[str, Any]) -> BillingConfig:
+def parse(doc: Any) -> BillingConfig:
+    shape, doc = SCHEMA.validate(doc)
+    if not isinstance(doc, dict):
+        raise BillingConfigInvalid(shape)
     problems: list[tuple[str, str]] = []
 
     def text(d: dict[str, Any], key: str, where: str, required: bool = True) -> str:
@@ -125,7 +131,7 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(("time_zone", f"unknown time zone {tz!r}"))
     taxes: dict[str, TaxRate] = {}
-    for i, t in enumerate(doc.get("taxes") or []):
+    for i, t in enumerate(_objects(doc.get("taxes"))):
         w = f"taxes[{i}]."
         rate = TaxRate(text(t, "code", w), text(t, "name", w), number(t, "rate_bp", w, 0, 10_000))
         if rate.code in taxes:
@@ -135,7 +141,7 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
         if code not in taxes:
             problems.append(("taxes", f"must define the {code!r} code"))
     discounts = []
-    for i, d in enumerate(doc.get("discounts") or []):
+    for i, d in enumerate(_objects(doc.get("discounts"))):
         w = f"discounts[{i}]."
         kind = text(d, "kind", w)
         if kind not in ("PERCENT", "FIXED"):
@@ -154,7 +160,7 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
             )
         )
     volume = []
-    for i, d in enumerate(doc.get("volume_discounts") or []):
+    for i, d in enumerate(_objects(doc.get("volume_discounts"))):
         w = f"volume_discounts[{i}]."
         applies = d.get("applies_to", "USAGE")
         if applies not in ("RENTAL", "USAGE"):
@@ -206,6 +212,13 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
         plan_tax_codes=codes["plans"],
         category_tax_codes=codes["categories"],
     )
+    problems = merge(shape, problems)
     if problems:
         raise BillingConfigInvalid(problems)
     return config
+
+
+def _objects(items: Any) -> list[dict[str, Any]]:
+    """The items of a list the schema accepted; one it refused (pruned to null) reads as
+    an empty object, whose fields the schema has named already."""
+    return [item if isinstance(item, dict) else {} for item in items or []]
