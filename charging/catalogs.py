@@ -3,7 +3,8 @@
 ``catalog:current`` names the running version and ``catalog:v:<version>`` holds each
 document. Loading a catalog checks the whole document first (a bad one changes
 nothing), stores it, then moves the ``current`` pointer: one atomic step that every
-server process sees at its next refresh. A process also keeps every version it has
+server process sees at its next refresh, refused when the catalog drops a plan or
+service still in use that it does not migrate (``plan_index.py``). A process also keeps every version it has
 used, because a session stays on the version it started with.
 """
 
@@ -22,6 +23,7 @@ from charging import keys
 from charging.catalog import Catalog
 from charging.catalog_doc import catalog_from_doc
 from charging.errors import Conflict, StorageUnavailable
+from charging.plan_index import PlanIndex, StaleCatalog
 from charging.store import storage_errors
 
 log = logging.getLogger("charging.catalog")
@@ -39,6 +41,7 @@ class CatalogBook:
         self._client = client
         self._versions: dict[str, Catalog] = {}
         self._current: Catalog | None = None
+        self.plans = PlanIndex(client)
 
     @property
     def current(self) -> Catalog:
@@ -48,9 +51,10 @@ class CatalogBook:
 
     async def start(self, path: str, *, prefer_file: bool) -> None:
         """Use the stored catalog; load the file when none is stored or when asked to."""
-        if not prefer_file and await self.refresh():
-            return
-        await self.load(read_catalog_file(path))
+        if prefer_file or not await self.refresh():
+            await self.load(read_catalog_file(path))
+        await self.plans.ensure(self.current)
+        await self.plans.finish_moves()  # left by a load that stopped half way
 
     async def load(self, doc: Any) -> Catalog:
         """Check, store and switch to a catalog. The same version may be loaded again only
@@ -63,11 +67,28 @@ class CatalogBook:
                 stored = await self._client.get(keys.catalog(catalog.version))
                 if stored is not None and json.loads(stored) != json.loads(text):
                     raise Conflict(f"catalog version {catalog.version} exists with other content; use a new version")
-            await self._client.set(keys.CATALOG_CURRENT, catalog.version)
+        try:
+            await self._switch(catalog)
+        except Exception:
+            if created:  # a refused catalog leaves nothing behind: the version stays free
+                with storage_errors():
+                    await self._client.delete(keys.catalog(catalog.version))
+            raise
         self._versions[catalog.version] = catalog
         self._current = catalog
         log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
+        await self.plans.finish_moves()
         return catalog
+
+    async def _switch(self, catalog: Catalog) -> None:
+        """Make ``catalog`` current unless it drops a plan or service in use (plan_index.py)."""
+        for _ in range(5):
+            await self.refresh()  # the check is against what is current now, in any process
+            try:
+                return await self.plans.switch(catalog, self._current)
+            except StaleCatalog:
+                continue
+        raise Conflict("other catalogs kept being loaded meanwhile; load again")
 
     async def version(self, version: str) -> Catalog | None:
         """A stored catalog by version (sessions stay on the one they started with)."""

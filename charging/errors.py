@@ -6,6 +6,8 @@
     ├── Conflict            the request collides with stored state (reused request
     │                       number or idempotency key with another payload, duplicate id)
     ├── LimitExceeded       the change would take a balance past its stated bounds
+    ├── InUse               the change would strand what is in use (a catalog dropping
+    │                       a plan that subscribers are on)
     └── StorageUnavailable  Redis cannot be reached or answered with an error
 
 Outcomes that Diameter expresses as result codes (4012 credit limit reached, 5030 user
@@ -36,6 +38,10 @@ class Conflict(ChargingError):
 
 
 class LimitExceeded(ChargingError):
+    pass
+
+
+class InUse(ChargingError):
     pass
 
 

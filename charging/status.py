@@ -15,6 +15,7 @@ from charging import metrics
 from charging.errors import (
     ChargingError,
     Conflict,
+    InUse,
     InvalidRequest,
     LimitExceeded,
     NotFound,
@@ -28,6 +29,7 @@ STATUS: dict[type[ChargingError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.ALREADY_EXISTS,
     LimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    InUse: grpc.StatusCode.FAILED_PRECONDITION,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
