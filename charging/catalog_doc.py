@@ -208,29 +208,19 @@ def catalog_from_doc(doc: Any, *, strict: bool = True) -> Catalog:
 def _migrations(
     check: _Check, raw: Mapping[str, Any], plans: Mapping[str, Plan], services: Mapping[str, Service]
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Old plan -> successor and old service -> successor. A successor must be in this
-    catalog and able to take over: a plan of the same customer type and currency (an
-    account's currency and billing follow them), a service of the same unit holding
-    every rating group of the old one (checked against the running catalog on load)."""
-    moved_plans: dict[str, str] = {}
-    for old, new in (raw.get("plans") or {}).items():
-        field = f"migrations.plans.{old}"
-        if old in plans:
-            check.fail(field, "is a plan of this catalog; only a dropped plan can be migrated")
-        elif new not in plans:
-            check.fail(field, f"no plan {new!r} in this catalog")
-        else:
-            moved_plans[old] = new
-    moved_services: dict[str, str] = {}
-    for old, new in (raw.get("services") or {}).items():
-        field = f"migrations.services.{old}"
-        if old in services:
-            check.fail(field, "is a service of this catalog; only a dropped service can be migrated")
-        elif new not in services:
-            check.fail(field, f"no service {new!r} in this catalog")
-        else:
-            moved_services[old] = new
-    return moved_plans, moved_services
+    """Old plan -> successor and old service -> successor, each in this catalog. Whether
+    a successor can take over is checked against the running catalog on load
+    (``plan_index.py``)."""
+    moved: dict[str, dict[str, str]] = {"plans": {}, "services": {}}
+    for part, known, what in (("plans", plans, "plan"), ("services", services, "service")):
+        for old, new in (raw.get(part) or {}).items():
+            if old in known:
+                check.fail(f"migrations.{part}.{old}", f"is a {what} of this catalog; only a dropped one can migrate")
+            elif new not in known:
+                check.fail(f"migrations.{part}.{old}", f"no {what} {new!r} in this catalog")
+            else:
+                moved[part][old] = new
+    return moved["plans"], moved["services"]
 
 
 def _band_names(calendar: BandCalendar) -> set[str]:

@@ -10,8 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
-from charging.catalogs import read_catalog_file
+from charging import keys
+from charging.catalogs import CatalogBook, read_catalog_file
+from charging.errors import InUse
 from charging.server import App
 from charging.v1 import admin_pb2, common_pb2
 from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
@@ -80,14 +83,6 @@ async def test_dropping_a_plan_or_service_in_use_is_refused_with_counts(stubs: S
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_a_plan_nobody_is_on_may_be_dropped(stubs: Stubs) -> None:
-    await stubs.subscriber(balance=10_000_000, plan="mobile-prepaid")
-    assert (await load(stubs, without_default("drops-default"))).version == "drops-default"
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stubs.subscriber(MSISDNS[1])  # on "default"
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
 async def test_migrated_subscribers_are_rated_on_the_new_plan(stubs: Stubs) -> None:
     for msisdn in MSISDNS:
         await stubs.subscriber(msisdn, balance=10_000_000)
@@ -116,6 +111,10 @@ async def test_migrated_subscribers_are_rated_on_the_new_plan(stubs: Stubs) -> N
     await load(stubs, later)
     answer = await stubs.charging.ChargeEvent(event("sms-later", DEBIT))
     assert (answer.result_code, answer.cost_micros) == (2001, NEW_SMS)
+    # A plan nobody is on may be dropped without a migration.
+    later["version"] = "drops-fixed-prepaid"
+    later["plans"] = [p for p in later["plans"] if p["id"] != "fixed-prepaid"]
+    assert "fixed-prepaid" not in (await load(stubs, later)).plan_ids
 
 
 @pytest.mark.parametrize(
@@ -182,3 +181,21 @@ async def test_a_migration_does_not_race_with_subscribers_being_created(stubs: S
             assert exc.code() == grpc.StatusCode.NOT_FOUND
             continue
         assert sub.plan_id == "default-2", msisdn
+
+
+async def test_the_first_start_after_an_upgrade_counts_the_existing_accounts(stubs: Stubs, redis_url: str) -> None:
+    for msisdn in MSISDNS:
+        await stubs.subscriber(msisdn, balance=1_000_000)
+    await stubs.subscriber("491700000003", balance=1_000_000, plan="mobile-prepaid")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        # As before the index existed: accounts, a stored catalog, no member sets.
+        stale = [k async for k in client.scan_iter(match="plan:*")]
+        await client.delete(keys.CATALOG_PLANS, *stale)
+        book = CatalogBook(client)
+        await book.start("", prefer_file=False)
+        assert await client.scard(keys.plan_members("default")) == 2  # type: ignore[misc]
+        with pytest.raises(InUse, match=r"plans\.default: in use by 2 subscribers"):
+            await book.load(without_default("after-upgrade"))
+    finally:
+        await client.aclose()
