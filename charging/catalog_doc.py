@@ -186,7 +186,10 @@ def catalog_from_doc(doc: Any, *, strict: bool = True) -> Catalog:
         if bundle_id and bundle_id not in bundles:
             check.fail(field_name, f"no bundle {bundle_id!r} in the catalog")
 
-    moved_plans, moved_services = _migrations(check, doc.get("migrations") or {}, plans, services)
+    migrations = doc.get("migrations")
+    moved_plans, moved_services = _migrations(
+        check, migrations if isinstance(migrations, Mapping) else {}, plans, services
+    )
     problems = merge(shape, check.problems)
     if problems:
         raise CatalogInvalid(problems)
@@ -213,7 +216,8 @@ def _migrations(
     (``plan_index.py``)."""
     moved: dict[str, dict[str, str]] = {"plans": {}, "services": {}}
     for part, known, what in (("plans", plans, "plan"), ("services", services, "service")):
-        for old, new in (raw.get(part) or {}).items():
+        entries = raw.get(part)
+        for old, new in (entries if isinstance(entries, Mapping) else {}).items():
             if old in known:
                 check.fail(f"migrations.{part}.{old}", f"is a {what} of this catalog; only a dropped one can migrate")
             elif new not in known:

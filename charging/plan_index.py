@@ -29,9 +29,10 @@ Why it cannot race (single Redis; the index keys are global, like the identity i
 
 Counts can only be too high, never too low: an account whose process died between
 joining and writing its hash stays counted (a catalog may then refuse to drop its plan
-until it is migrated). The sessions figure in a refusal is read after the check, from
-the sweeper's index of accounts with open sessions; it is for the operator, the guard
-is the subscriber count (a session needs an account on the plan).
+until it is migrated). The sessions figures in a refusal are read after the check, from
+the sweeper's index of accounts with open sessions (a plan's: the sessions of its
+accounts; a service's: the sessions holding units of its rating groups); they are for
+the operator, the guard is the subscriber count (a session needs an account on a plan).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ log = logging.getLogger("charging.plans")
 INDEX = LuaScript("plan_index.lua")
 MOVE = LuaScript("plan_move.lua")
 BATCH = 500
+# A session's fields per rating group: u<rg> reserved units, c<rg> used so far, ...
+_GROUP_FIELD = re.compile(r"^[a-z]([0-9]+)$")
 # An account hash: "{a:5}" (standalone) or "{a:5}:2" (pool member 5.2).
 _ACCOUNT_KEY = re.compile(r"^\{a:([^}]+)\}(?::([0-9]+))?$")
 
@@ -66,7 +69,7 @@ class StaleCatalog(Exception):
 
 
 @dataclass(frozen=True)
-class Usage:
+class InUseBy:
     subscribers: int
     sessions: int
 
@@ -161,7 +164,7 @@ class PlanIndex:
             sessions = await self._open_sessions(running) if running is not None else Counter()
             raise InUse(
                 "; ".join(
-                    f"{label}: in use by {Usage(int(count), _sessions_of(label, sessions, running))}"
+                    f"{label}: in use by {InUseBy(int(count), sessions[label])}"
                     for label, count in zip(labels, reply[2::2], strict=True)
                 )
                 + " (keep it, or name its successor under migrations)",
@@ -225,23 +228,30 @@ class PlanIndex:
         return per_plan
 
     async def _open_sessions(self, running: Catalog) -> Counter[str]:
-        """Open sessions per plan, from the sweeper's index of accounts with sessions."""
-        per_plan: Counter[str] = Counter()
+        """Open sessions per plan (``plans.<id>``) and per service they hold units of
+        (``services.<name>``), from the sweeper's index of accounts with sessions."""
+        found: Counter[str] = Counter()
         cursor = 0
         with storage_errors():
             while True:
                 cursor, members = await self._client.zscan(keys.SWEEP_DUE, cursor, count=BATCH)
-                if members:
-                    pipe = self._client.pipeline(transaction=False)
-                    for member, _ in members:
-                        pipe.zcard(keys.sessions(str(member)))
-                        pipe.hget(keys.account(str(member)), "plan")
-                    replies = await pipe.execute()
-                    for count, plan_id in zip(replies[::2], replies[1::2], strict=True):
-                        if count and plan_id:
-                            per_plan[str(plan_id)] += int(count)
+                accounts = [str(member) for member, _ in members]
+                pipe = self._client.pipeline(transaction=False)
+                for account in accounts:
+                    pipe.zrange(keys.sessions(account), 0, -1)
+                    pipe.hget(keys.account(account), "plan")
+                replies = await pipe.execute() if accounts else []
+                pipe = self._client.pipeline(transaction=False)
+                for account, ids, plan_id in zip(accounts, replies[::2], replies[1::2], strict=True):
+                    found[f"plans.{plan_id}"] += len(ids)
+                    for session_id in ids:
+                        pipe.hkeys(keys.session(account, str(session_id)))
+                for fields in await pipe.execute() if any(replies[::2]) else []:
+                    groups = {int(m.group(1)) for f in fields if (m := _GROUP_FIELD.match(str(f)))}
+                    for service in {running.service_of_group.get(g, "") for g in groups} - {""}:
+                        found[f"services.{service}"] += 1
                 if cursor == 0:
-                    return per_plan
+                    return found
 
 
 async def _account_batches(client: aioredis.Redis) -> AsyncIterator[list[tuple[str, str]]]:
@@ -260,15 +270,6 @@ async def _account_batches(client: aioredis.Redis) -> AsyncIterator[list[tuple[s
 
 def _rates(plan: Plan, service: str) -> bool:
     return any(rule.service == service for version in plan.versions for rule in version.rules)
-
-
-def _sessions_of(label: str, sessions: Counter[str], running: Catalog | None) -> int:
-    kind, _, name = label.partition(".")
-    if kind == "plans":
-        return sessions[name]
-    if running is None:
-        return 0
-    return sum(sessions[p.id] for p in running.plans.values() if _rates(p, name))
 
 
 def _migration_problems(new: Catalog, running: Catalog) -> list[tuple[str, str]]:

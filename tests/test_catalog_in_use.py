@@ -63,14 +63,17 @@ async def test_dropping_a_plan_or_service_in_use_is_refused_with_counts(stubs: S
     for msisdn in MSISDNS:
         await stubs.subscriber(msisdn, balance=10_000_000)
     await stubs.subscriber("491700000009", balance=10_000_000, plan="mobile-prepaid")
-    opened = await stubs.charging.ChargeSession(session_request("s1", INITIAL, 0, [{"rating_group": 10}]))
-    assert opened.result_code == 2001
+    for sid, msisdn, group in (("voice", MSISDNS[0], 10), ("video", MSISDNS[1], 11)):
+        opened = await stubs.charging.ChargeSession(
+            session_request(sid, INITIAL, 0, [{"rating_group": group, "requested": {}}], msisdn=msisdn)
+        )
+        assert opened.rating_groups[0].result_code == 2001
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await load(stubs, without_default("drops-default"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = err.value.details() or ""
-    assert "plans.default: in use by 2 subscribers and 1 open session" in details
+    assert "plans.default: in use by 2 subscribers and 2 open sessions" in details
     assert "services.video: in use by 2 subscribers and 1 open session" in details
     assert "mobile-prepaid" not in details and not any(m in details for m in [*MSISDNS, "491700000009"])
 
