@@ -3,13 +3,17 @@ a refused catalog is INVALID_ARGUMENT naming each bad field and the running one 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from charging.catalog_doc import CatalogInvalid, catalog_from_doc
 from charging.catalogs import read_catalog_file
 from charging.v1 import admin_pb2
 from tests.conftest import Stubs
@@ -128,3 +132,42 @@ async def test_objects_or_lists_where_scalars_belong_are_invalid_argument(
     stubs: Stubs, edit: Callable[[dict[str, Any]], object], field: str
 ) -> None:
     assert field in await refused(stubs, changed(edit))
+
+
+SAMPLE = read_catalog_file("")
+
+
+def _paths(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    found = [path] if path else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found += _paths(item, (*path, key))
+    return found
+
+
+PATHS = _paths(SAMPLE)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(edits=st.lists(st.tuples(st.sampled_from(PATHS), JSON), min_size=1, max_size=4))
+def test_any_value_anywhere_is_a_named_problem_never_a_crash(edits: list[tuple[tuple[str | int, ...], Any]]) -> None:
+    doc = copy.deepcopy(SAMPLE)
+    for path, value in edits:
+        node: Any = doc
+        for key in path[:-1]:
+            node = node[key] if isinstance(node, dict | list) and _has(node, key) else None  # type: ignore[index]
+        if isinstance(node, dict | list) and _has(node, path[-1]):
+            node[path[-1]] = value  # type: ignore[index]
+    try:
+        catalog_from_doc(doc)
+    except CatalogInvalid as exc:
+        assert exc.problems and all(field and message for field, message in exc.problems)
+
+
+def _has(node: dict[str, Any] | list[Any], key: str | int) -> bool:
+    return key in node if isinstance(node, dict) else isinstance(key, int) and key < len(node)
