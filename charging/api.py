@@ -333,8 +333,12 @@ PURCHASE_RESULTS = {
 }
 
 
+CHANNEL_NAMES = {value: name.removeprefix("CHANNEL_").lower() for name, value in topup_pb2.Channel.items()}
+
+
 def channel_of(value: topup_pb2.Channel.ValueType) -> str:
-    channel = topup_pb2.Channel.Name(value).removeprefix("CHANNEL_").lower()
+    # Enums are open: a client may send any number, not only the declared ones.
+    channel = CHANNEL_NAMES.get(value, "")
     if channel not in CHANNELS:
         raise InvalidRequest("channel", "must be one of " + ", ".join(c.upper() for c in CHANNELS))
     return channel

@@ -9,6 +9,10 @@ charging balance --msisdn 491700000001
 charging bill-run --dunning
 charging invoices --billing-account C1
 charging pay --billing-account C1 --amount 29.75 --reference bank-123
+
+Every error is one line on stderr and a non-zero exit status: 2 for a bad command line
+or a call the server refused with a gRPC status, 1 for an answer that refuses the request
+(a result code other than success) or a file that cannot be read or written.
 """
 
 from __future__ import annotations
@@ -19,13 +23,70 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from charging.money import format_micros, parse_amount
+from charging.codes import ResultCode
+from charging.money import MAX_AMOUNT, MAX_UNITS, format_micros, parse_amount
+
+
+class CliError(Exception):
+    """A mistake the user hears about in one line on stderr, exit status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not argparse's usage block."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def amount(text: str) -> int:
+    """A plain decimal amount of currency, in micros."""
+    try:
+        micros = parse_amount(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if abs(micros) > MAX_AMOUNT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_AMOUNT // 1_000_000} in absolute value: {text!r}")
+    return micros
+
+
+def cents(text: str) -> int:
+    """A plain decimal amount with at most two decimals, in minor units (cents)."""
+    micros = amount(text)
+    if micros % 10_000:
+        raise argparse.ArgumentTypeError(f"more than two decimals: {text!r}")
+    return micros // 10_000
+
+
+def bounded(top: int) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not 0 <= value <= top:
+            raise argparse.ArgumentTypeError(f"must be from 0 to {top}: {text!r}")
+        return value
+
+    return count
+
+
+units_count = bounded(MAX_UNITS)
+rating_group = bounded(2**32 - 1)
+
+
+def refused(code: int) -> int:
+    """Say on stderr that the answer refused the request; the exit status."""
+    try:
+        name = ResultCode(code).name
+    except ValueError:
+        name = "(unknown)"
+    print(f"error: result code {code} {name}", file=sys.stderr)
+    return 1
 
 
 def _print(message: Any) -> None:
@@ -75,7 +136,7 @@ def cmd_create_subscriber(args: argparse.Namespace) -> int:
                     msisdn=args.msisdn,
                     imsi=args.imsi or "",
                     plan_id=args.plan,
-                    initial_balance_micros=parse_amount(args.balance),
+                    initial_balance_micros=args.balance,
                 )
             )
         )
@@ -88,13 +149,11 @@ def cmd_session(args: argparse.Namespace) -> int:
     session_id = args.session_id or f"cli;{uuid.uuid4().hex}"
     with grpc.insecure_channel(args.target) as channel:
         stub = charging_pb2_grpc.ChargingStub(channel)
-        kinds = [charging_pb2.REQUEST_TYPE_INITIAL]
-        kinds += [charging_pb2.REQUEST_TYPE_UPDATE] * args.updates
-        kinds += [charging_pb2.REQUEST_TYPE_TERMINATE]
-        for number, kind in enumerate(kinds):
+
+        def send(kind: int, number: int, used: int) -> int:
             req = charging_pb2.SessionRequest(
                 session_id=session_id,
-                request_type=kind,
+                request_type=kind,  # type: ignore[arg-type]
                 request_number=number,
                 subscriber=_subscriber(args),
                 called_party=args.called or "",
@@ -104,14 +163,33 @@ def cmd_session(args: argparse.Namespace) -> int:
             if kind != charging_pb2.REQUEST_TYPE_TERMINATE:
                 rg.requested.SetInParent()
             if kind != charging_pb2.REQUEST_TYPE_INITIAL:
-                setattr(rg.used, args.unit, args.used)
+                setattr(rg.used, args.unit, used)
             answer = stub.ChargeSession(req)
             _print(answer)
-            if answer.result_code == 4011:
-                return 0  # not credit-controlled: no session to go on with
-            if answer.result_code != 2001:
-                return 1
-    return 0
+            return int(answer.result_code)
+
+        code = send(charging_pb2.REQUEST_TYPE_INITIAL, 0, 0)
+        if code == ResultCode.CREDIT_CONTROL_NOT_APPLICABLE:
+            return 0  # not credit-controlled: no session to go on with
+        if code != ResultCode.SUCCESS:
+            return refused(code)  # the INITIAL opened nothing
+        number, used_last, status = 0, 0, 0
+        try:
+            for number in range(1, args.updates + 1):
+                code = send(charging_pb2.REQUEST_TYPE_UPDATE, number, args.used)
+                if code != ResultCode.SUCCESS:
+                    status = refused(code)
+                    break
+            else:
+                used_last = args.used
+        finally:
+            # Whatever stopped the session (a refused UPDATE, an error, Ctrl-C), TERMINATE
+            # releases what it holds now rather than leaving it reserved until supervision
+            # closes it. Units are reported only when every UPDATE went through.
+            code = send(charging_pb2.REQUEST_TYPE_TERMINATE, number + 1, used_last)
+        if code != ResultCode.SUCCESS and not status:
+            status = refused(code)
+        return status
 
 
 def cmd_event(args: argparse.Namespace) -> int:
@@ -131,7 +209,10 @@ def cmd_event(args: argparse.Namespace) -> int:
     )
     setattr(req.requested, args.unit, args.units)
     with grpc.insecure_channel(args.target) as channel:
-        _print(charging_pb2_grpc.ChargingStub(channel).ChargeEvent(req))
+        answer = charging_pb2_grpc.ChargingStub(channel).ChargeEvent(req)
+    _print(answer)
+    if answer.result_code not in (ResultCode.SUCCESS, ResultCode.CREDIT_CONTROL_NOT_APPLICABLE):
+        return refused(answer.result_code)
     return 0
 
 
@@ -140,7 +221,7 @@ def cmd_topup(args: argparse.Namespace) -> int:
 
     req = topup_pb2.RechargeRequest(
         subscriber=_subscriber(args),
-        amount_micros=parse_amount(args.amount),
+        amount_micros=args.amount,
         channel=topup_pb2.Channel.Value("CHANNEL_" + args.channel.upper()),
         idempotency_key=args.key or f"cli-{uuid.uuid4().hex}",
     )
@@ -178,15 +259,22 @@ def cmd_buy_bundle(args: argparse.Namespace) -> int:
         idempotency_key=args.key or f"cli-{uuid.uuid4().hex}",
     )
     with grpc.insecure_channel(args.target) as channel:
-        _print(topup_pb2_grpc.TopUpStub(channel).BuyBundle(req))
+        answer = topup_pb2_grpc.TopUpStub(channel).BuyBundle(req)
+    _print(answer)
+    if answer.result != topup_pb2.PURCHASE_RESULT_PURCHASED:
+        print(f"error: not bought: {topup_pb2.PurchaseResult.Name(answer.result)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_load_catalog(args: argparse.Namespace) -> int:
     from charging.v1 import admin_pb2, admin_pb2_grpc
 
-    with open(args.file) as f:
-        text = f.read()
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise CliError(f"{args.file}: not UTF-8 text") from None
     with grpc.insecure_channel(args.target) as channel:
         _print(admin_pb2_grpc.AdminStub(channel).LoadCatalog(admin_pb2.CatalogDocument(json=text)))
     return 0
@@ -228,12 +316,9 @@ def cmd_invoices(args: argparse.Namespace) -> int:
 def cmd_pay(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
-    micros = parse_amount(args.amount)
-    if micros % 10_000:
-        raise SystemExit("error: --amount has more than two decimals")
     req = billing_pb2.PaymentRequest(
         billing_account=args.billing_account,
-        amount_minor=micros // 10_000,
+        amount_minor=args.amount,
         channel=args.channel.upper(),
         reference=args.reference,
     )
@@ -243,7 +328,7 @@ def cmd_pay(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="charging", description="Real-time online charging system")
+    p = Parser(prog="charging", description="Real-time online charging system")
     p.add_argument("--target", default=os.environ.get("CHARGING_TARGET", "127.0.0.1:50051"), help="server host:port")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -259,17 +344,17 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--msisdn", required=True)
     sp.add_argument("--imsi")
     sp.add_argument("--plan", default="default", help="a plan of the catalog")
-    sp.add_argument("--balance", default="0", help="initial balance in currency units, e.g. 10.50")
+    sp.add_argument("--balance", type=amount, default=0, help="initial balance in currency units, e.g. 10.50")
     sp.set_defaults(fn=cmd_create_subscriber)
 
     units = ("time_s", "total_octets", "service_specific_units", "money_micros")
     sp = sub.add_parser("session", help="run INITIAL, UPDATEs and TERMINATE for one rating group")
     who(sp)
     sp.add_argument("--session-id")
-    sp.add_argument("--rating-group", type=int, default=10)
+    sp.add_argument("--rating-group", type=rating_group, default=10)
     sp.add_argument("--unit", choices=units, default="time_s")
-    sp.add_argument("--used", type=int, default=60, help="units used between two requests")
-    sp.add_argument("--updates", type=int, default=1)
+    sp.add_argument("--used", type=units_count, default=60, help="units used between two requests")
+    sp.add_argument("--updates", type=bounded(1000), default=1)
     sp.add_argument("--called", help="called number (E.164 digits) for voice, SMS and MMS")
     sp.add_argument("--visited-network", help="MCC+MNC of the serving network (roaming)")
     sp.set_defaults(fn=cmd_session)
@@ -278,14 +363,14 @@ def parser() -> argparse.ArgumentParser:
     who(sp)
     sp.add_argument("--action", choices=("debit", "refund", "check", "price"), default="debit")
     sp.add_argument("--event-id")
-    sp.add_argument("--rating-group", type=int, default=20)
+    sp.add_argument("--rating-group", type=rating_group, default=20)
     sp.add_argument("--unit", choices=units, default="service_specific_units")
-    sp.add_argument("--units", type=int, default=1)
+    sp.add_argument("--units", type=units_count, default=1)
     sp.set_defaults(fn=cmd_event)
 
     sp = sub.add_parser("topup", help="recharge a balance")
     who(sp)
-    sp.add_argument("--amount", required=True, help="currency units, e.g. 5 or 2.50")
+    sp.add_argument("--amount", type=amount, required=True, help="currency units, e.g. 5 or 2.50")
     sp.add_argument("--channel", default="retail", choices=("retail", "bank", "voucher", "app", "ussd", "operator"))
     sp.add_argument("--key", help="idempotency key (default: a new one)")
     sp.set_defaults(fn=cmd_topup)
@@ -306,7 +391,7 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_load_catalog)
 
     sp = sub.add_parser("bill-run", help="bill every account whose period ended (safe to run again)")
-    sp.add_argument("--limit", type=int, default=0, help="at most this many accounts (0: all)")
+    sp.add_argument("--limit", type=bounded(2**31 - 1), default=0, help="at most this many accounts (0: all)")
     sp.add_argument("--dunning", action="store_true", help="then walk the dunning ladder")
     sp.set_defaults(fn=cmd_bill_run)
     sp = sub.add_parser("invoices", help="list a billing account's invoices, or save one as PDF")
@@ -315,7 +400,7 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_invoices)
     sp = sub.add_parser("pay", help="record a payment on a billing account")
     sp.add_argument("--billing-account", required=True)
-    sp.add_argument("--amount", required=True, help="decimal amount, e.g. 29.75")
+    sp.add_argument("--amount", type=cents, required=True, help="decimal amount, e.g. 29.75")
     sp.add_argument("--channel", default="BANK_TRANSFER")
     sp.add_argument("--reference", required=True)
     sp.set_defaults(fn=cmd_pay)
@@ -327,8 +412,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"error: {exc.code().name}: {one_line(exc.details() or '')}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from charging.ledger import Reply
 from charging.money import MAX_BALANCE
 from charging.rating import NO_RATE, UNIT_FIELD, Rate, Units, check_units, cost
 from charging.routing import Target, route
+from charging.script_args import EventArgs
 from charging.subscribers import Identity
 
 Action = Literal["D", "R", "C", "P"]  # direct debit, refund, check balance, price enquiry
@@ -90,27 +91,30 @@ class EventCharging:
                 if isinstance(priced, EventAnswer):
                     return priced
                 rate, units, amount, where = priced
-            args = (
-                req.action,
-                req.digest,
-                req.identity.kind,
-                req.identity.value,
-                target.plan_id,
-                units,
-                self.idempotency_ttl_s,
-                MAX_BALANCE,
-                rate.packed if rate is not None else NO_RATE,
-                int(rate.unit) if rate is not None else 0,
-                *where[:3],
-                now,
-                self.ctx.low_balance_micros,
-                amount,
-                "T" if req.terminating else "O",
-                "R" if where[3] else "",
-                req.usage.destination,
-                req.event_id,
+            service, zone, band, roaming = where
+            args = EventArgs(
+                action=req.action,
+                digest=req.digest,
+                identity_field=req.identity.kind,
+                identity_value=req.identity.value,
+                plan_id=target.plan_id,
+                units=units,
+                answer_ttl_s=self.idempotency_ttl_s,
+                max_balance=MAX_BALANCE,
+                rate=rate.packed if rate is not None else NO_RATE,
+                unit=int(rate.unit) if rate is not None else 0,
+                service=service,
+                zone=zone,
+                band=band,
+                now_ms=now,
+                low_balance_micros=self.ctx.low_balance_micros,
+                amount=amount,
+                terminating=req.terminating,
+                roaming=roaming,
+                destination=req.usage.destination,
+                event_id=req.event_id,
             )
-            return await self.ctx.ledger.event(target.account, req.event_id, args)
+            return await self.ctx.ledger.event(target.account, args)
 
         routed = await route(
             self.ctx.directory,

@@ -1,6 +1,7 @@
 """The balance ledger in Redis: every change is one Lua script, run in one round trip.
 
-The scripts sit next to this module (``*.lua``, each headed by its KEYS, ARGV and reply).
+The scripts sit next to this module (``*.lua``, each headed by its KEYS, ARGV and reply);
+their arguments are the records of ``script_args.py``.
 They are loaded once and called with EVALSHA over the pipelined ``RedisLink``, reloading
 on NOSCRIPT; that is safe to retry because a NOSCRIPT reply means the script did not run. Each wrapper turns the
 script's reply into a ``Reply`` right here, and Redis failures into
@@ -19,10 +20,21 @@ from redis import exceptions as redis_errors
 
 from charging import keys
 from charging.redis_link import RedisLink
+from charging.script_args import (
+    Arg,
+    BuyArgs,
+    DueHint,
+    DueSettle,
+    DueTake,
+    EventArgs,
+    ScriptArgs,
+    SessionArgs,
+    SweepArgs,
+    TopupArgs,
+)
 from charging.store import storage_errors
 
 ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "PLAN", "CATALOG", "LIMIT", "POSTPAID"]
-Arg = str | int
 
 
 @dataclass(frozen=True)
@@ -74,12 +86,13 @@ class LuaScript:
         self.source = "\n".join(resources.files(pkg).joinpath(name).read_text() for pkg, name in parts)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    async def __call__(self, client: ScriptRunner, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def __call__(self, client: ScriptRunner, keys: Sequence[str], args: ScriptArgs) -> Any:
+        argv = args.to_argv()
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.evalsha(self.sha, len(keys), *keys, *argv)
         except redis_errors.NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.evalsha(self.sha, len(keys), *keys, *argv)
 
 
 SESSION = LuaScript("ledger_lib.lua", "session.lua")
@@ -95,30 +108,30 @@ class Ledger:
     def __init__(self, client: RedisLink) -> None:
         self.client = client
 
-    async def session(
-        self, account: str, session_id: str, request_number: int, args: Sequence[Arg], *, hint_deadline_ms: int = 0
-    ) -> Reply:
+    async def session(self, account: str, args: SessionArgs, *, hint_deadline_ms: int = 0) -> Reply:
         """Run one session request. With ``hint_deadline_ms`` (INITIAL requests) the
         sweeper's index learns about the account in the same round trip."""
         script_keys = (
             keys.account(account),
             keys.sessions(account),
-            keys.session(account, session_id),
-            keys.answer(account, session_id, request_number),
+            keys.session(account, args.session_id),
+            keys.answer(account, args.session_id, args.request_number),
             keys.buckets(account),
             keys.outbox(account),
+            keys.usage(account),
+            keys.usage_records(account),
             *_pool_keys(account),
         )
         with storage_errors():
             if not hint_deadline_ms:
                 return _reply(await SESSION(self.client, script_keys, args))
-            return _reply(await self._hinted_session(account, script_keys, args, hint_deadline_ms))
+            return _reply(await self._hinted_session(account, script_keys, args.to_argv(), hint_deadline_ms))
 
     async def _hinted_session(
         self, account: str, script_keys: Sequence[str], args: Sequence[Arg], deadline_ms: int
     ) -> Any:
         commands = (
-            ("EVALSHA", DUE_INDEX.sha, 2, *keys.SWEEP_INDEX, "hint", account, deadline_ms),
+            ("EVALSHA", DUE_INDEX.sha, 2, *keys.SWEEP_INDEX, *DueHint(account, deadline_ms).to_argv()),
             ("EVALSHA", SESSION.sha, len(script_keys), *script_keys, *args),
         )
         results = await self.client.execute_many(commands)
@@ -135,25 +148,29 @@ class Ledger:
                 raise r
         return results[1]
 
-    async def event(self, account: str, event_id: str, args: Sequence[Arg]) -> Reply:
+    async def event(self, account: str, args: EventArgs) -> Reply:
         script_keys = (
             keys.account(account),
-            keys.event(account, event_id),
+            keys.event(account, args.event_id),
             keys.buckets(account),
             keys.outbox(account),
+            keys.usage(account),
+            keys.usage_records(account),
             *_pool_keys(account),
         )
         return await self._run(EVENT, script_keys, args)
 
-    async def topup(self, account: str, idempotency_key: str, args: Sequence[Arg]) -> Reply:
+    async def topup(self, account: str, idempotency_key: str, args: TopupArgs) -> Reply:
         return await self._run(TOPUP, (keys.account(account), keys.topup(account, idempotency_key)), args)
 
-    async def buy(self, account: str, idempotency_key: str, args: Sequence[Arg]) -> Reply:
+    async def buy(self, account: str, idempotency_key: str, args: BuyArgs) -> Reply:
         script_keys = (
             keys.account(account),
             keys.topup(account, idempotency_key),
             keys.buckets(account),
             keys.outbox(account),
+            keys.usage(account),
+            keys.usage_records(account),
         )
         return await self._run(BUY, script_keys, args)
 
@@ -164,35 +181,42 @@ class Ledger:
         return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def sweep_account(self, account: str, now_ms: int, limit: int) -> SweepResult:
-        script_keys = (
-            keys.account(account),
-            keys.sessions(account),
-            keys.buckets(account),
-            keys.outbox(account),
-            *_pool_keys(account),
-        )
+        """Release up to ``limit`` sessions past their deadline and record expired buckets.
+
+        Two round trips: the script must be given the keys of the sessions it releases, so
+        the due ones are read first; the script releases only those still due then."""
         with storage_errors():
-            raw = await SWEEP(self.client, script_keys, (now_ms, keys.session_prefix(account), limit))
+            due = await self.client.execute("ZRANGEBYSCORE", keys.sessions(account), "-inf", now_ms, "LIMIT", 0, limit)
+            sessions = tuple(str(sid) for sid in due)
+            script_keys = (
+                keys.account(account),
+                keys.sessions(account),
+                keys.buckets(account),
+                keys.outbox(account),
+                *(keys.session(account, sid) for sid in sessions),
+                *_pool_keys(account),
+            )
+            raw = await SWEEP(self.client, script_keys, SweepArgs(now_ms, sessions))
         return SweepResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
 
     async def hint(self, index: tuple[str, str], account: str, at_ms: int) -> None:
         """Have the account looked at no later than ``at_ms``."""
         with storage_errors():
-            await DUE_INDEX(self.client, index, ("hint", account, at_ms))
+            await DUE_INDEX(self.client, index, DueHint(account, at_ms))
 
     async def take_due(
         self, index: tuple[str, str], now_ms: int, lease_ms: int, limit: int
     ) -> list[tuple[str, str, int]]:
         """Accounts due by ``now_ms``, each with the index epoch and the time it was due."""
         with storage_errors():
-            raw = await DUE_INDEX(self.client, index, ("take", now_ms, lease_ms, limit))
+            raw = await DUE_INDEX(self.client, index, DueTake(now_ms, lease_ms, limit))
         return [(raw[i], raw[i + 1], int(float(raw[i + 2]))) for i in range(0, len(raw), 3)]
 
     async def settle(self, index: tuple[str, str], account: str, epoch: str, next_ms: int) -> None:
         with storage_errors():
-            await DUE_INDEX(self.client, index, ("settle", account, epoch, next_ms))
+            await DUE_INDEX(self.client, index, DueSettle(account, epoch, next_ms))
 
-    async def _run(self, script: LuaScript, script_keys: Sequence[str], args: Sequence[Arg]) -> Reply:
+    async def _run(self, script: LuaScript, script_keys: Sequence[str], args: ScriptArgs) -> Reply:
         with storage_errors():
             return _reply(await script(self.client, script_keys, args))
 

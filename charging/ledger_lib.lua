@@ -1,4 +1,5 @@
--- Shared functions, prepended to session.lua, event.lua and sweep.lua when they load.
+-- Shared functions, prepended to the ledger scripts (session, event, topup, buy, sweep)
+-- and to postpaid/close.lua when they load.
 --
 -- Rates: a rate is "increment,price,connect fee,first increment,first price,minimum,cap"
 -- (micros; cap 0: none); session_cost and affordable mirror charging/rating.py.
@@ -250,8 +251,8 @@ end
 -- "<period>|<service>|<zone>|<band>|<roaming R or empty>" -> "units,cost micros,records")
 -- and an itemised record at the end of the list ACCOUNT:ud
 -- ("<period>,<time ms>,<service>,<zone>,<band>,<roaming>,<destination>,<units>,<cost>,<ref>"
--- where ref is the session or event id and may itself hold commas). Both keys are
--- derived from the account hash's key and share its hash slot.
+-- where ref is the session or event id and may itself hold commas). Both keys come in
+-- the calling script's KEYS (charging/keys.py usage, usage_records): the account's slot.
 local function bill_period(bp, now_s)
   local last = nil
   for _, p in ipairs(split(bp, '|')) do
@@ -263,11 +264,10 @@ local function bill_period(bp, now_s)
   return last
 end
 
-local function record_usage(acct_key, bp, now_s, now_ms, u)
+local function record_usage(agg_key, records_key, bp, now_s, now_ms, u)
   if not bp or bp == '' or (u.units == 0 and u.cost == 0) then return end
   local period = bill_period(bp, now_s)
   local field = table.concat({period, u.service, u.zone, u.band, u.roaming}, '|')
-  local agg_key = acct_key .. ':u'
   local prev = redis.call('HGET', agg_key, field)
   local units, cost, n = 0, 0, 0
   if prev then
@@ -275,7 +275,7 @@ local function record_usage(acct_key, bp, now_s, now_ms, u)
     units, cost, n = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
   end
   redis.call('HSET', agg_key, field, fmt(units + u.units) .. ',' .. fmt(cost + u.cost) .. ',' .. fmt(n + 1))
-  redis.call('RPUSH', acct_key .. ':ud', table.concat({period, fmt(now_ms), u.service, u.zone, u.band, u.roaming,
+  redis.call('RPUSH', records_key, table.concat({period, fmt(now_ms), u.service, u.zone, u.band, u.roaming,
     u.destination, fmt(u.units), fmt(u.cost), u.ref}, ','))
 end
 

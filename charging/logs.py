@@ -2,6 +2,12 @@
 
 Log records carry counts, codes and durations, never subscriber identities; the
 ``Identity`` type masks itself in reprs as a second line of defence.
+
+A client can make the server log: the grpc library logs a traceback for every request it
+cannot handle (a body sent to its own health service that does not decode, say). So the
+handler keeps such library records to one short line, and lets through at most a few
+records of one kind per second, whoever logs them; the next one let through says how many
+were dropped (``suppressed``).
 """
 
 from __future__ import annotations
@@ -9,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from typing import TextIO
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -30,9 +38,72 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class OneLine(logging.Filter):
+    """Records of the grpc library become one short line: its tracebacks are about a
+    caller's mistake (a body that does not decode), not about this server."""
+
+    # With the timestamp, level and logger name, a line stays under 300 characters.
+    MAX_MSG = 100
+    MAX_ERROR = 60
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "grpc" or record.name.startswith("grpc."):
+            record.msg, record.args = record.getMessage()[: self.MAX_MSG], None
+            if record.exc_info:
+                exc = record.exc_info[1]
+                record.error = f"{type(exc).__name__}: {exc}"[: self.MAX_ERROR]
+                record.exc_info, record.exc_text = None, None
+        return True
+
+
+class RateLimit(logging.Filter):
+    """At most ``burst`` records of one kind (logger, level, message template) per
+    ``window_s`` seconds of record time. The first record of a kind let through after some
+    were dropped carries their count as ``suppressed``."""
+
+    def __init__(self, burst: int = 5, window_s: float = 1.0, max_kinds: int = 1000) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self.max_kinds = max_kinds
+        # kind -> [window start, records let through in the window, dropped since last let through]
+        self._kinds: dict[tuple[str, int, str], list[float]] = {}
+        self._lock = threading.Lock()  # grpc logs from its own threads too
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = record.created
+        with self._lock:
+            state = self._kinds.get(key)
+            if state is None:
+                if len(self._kinds) >= self.max_kinds:
+                    self._forget(now)
+                state = self._kinds[key] = [now, 0, 0]
+            if now - state[0] >= self.window_s:
+                state[0], state[1] = now, 0
+            if state[1] >= self.burst:
+                state[2] += 1
+                return False
+            state[1] += 1
+            if state[2]:
+                record.suppressed = int(state[2])
+                state[2] = 0
+        return True
+
+    def _forget(self, now: float) -> None:
+        """Drop kinds whose window is over and that owe no count; all of them if that is not enough."""
+        stale = [k for k, (start, _, dropped) in self._kinds.items() if now - start >= self.window_s and not dropped]
+        for k in stale:
+            del self._kinds[k]
+        if len(self._kinds) >= self.max_kinds:
+            self._kinds.clear()
+
+
+def configure(level: str, stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(OneLine())
+    handler.addFilter(RateLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

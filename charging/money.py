@@ -9,6 +9,7 @@ scripts see well inside that range.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 MICROS_PER_UNIT = 1_000_000
@@ -20,11 +21,17 @@ MAX_BALANCE = 10**15
 MAX_UNITS = 10**15
 
 
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def parse_amount(text: str) -> int:
     """Parse a decimal amount of currency ("10", "10.5", "0.000001") into micros.
 
-    More than six decimals is an error rather than a silent rounding.
+    Only plain decimals: "1e3" (1,000), "NaN", "Infinity" and "1_000" are errors, not
+    amounts. More than six decimals is an error rather than a silent rounding.
     """
+    if not PLAIN_DECIMAL.fullmatch(text.strip()):
+        raise ValueError(f"not a plain decimal amount: {text!r}")
     try:
         value = Decimal(text.strip())
     except InvalidOperation:

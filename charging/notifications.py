@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from charging import keys, metrics
 from charging.errors import StorageUnavailable
 from charging.ledger import OUTBOX_TRIM
+from charging.script_args import OutboxTrimArgs
 from charging.store import storage_errors
 
 log = logging.getLogger("charging.notifications")
@@ -83,7 +84,7 @@ class Notifier:
                 await pipe.execute()
                 for entry in entries:
                     metrics.NOTIFICATIONS.labels(entry.split(" ", 1)[0]).inc()
-                await OUTBOX_TRIM(self._client, (outbox,), entries)
+                await OUTBOX_TRIM(self._client, (outbox,), OutboxTrimArgs(tuple(entries)))
                 moved += len(entries)
         return moved
 

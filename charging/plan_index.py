@@ -51,6 +51,7 @@ from charging.catalog import Catalog, Plan
 from charging.catalog_doc import CatalogInvalid
 from charging.errors import InUse, InvalidRequest
 from charging.ledger import LuaScript
+from charging.script_args import CatalogSwitch, PlanIndexInit, PlanJoin, PlanLeave, PlanMoveArgs
 from charging.store import storage_errors
 
 log = logging.getLogger("charging.plans")
@@ -90,14 +91,14 @@ class PlanIndex:
             joined = await INDEX(
                 self._client,
                 (keys.CATALOG_PLANS, keys.plan_members(plan_id), keys.plan_members(was or plan_id)),
-                ("join", account, plan_id),
+                PlanJoin(account, plan_id),
             )
         if not joined:
             raise InvalidRequest("plan_id", f"no plan {plan_id!r} in the running catalog")
 
     async def leave(self, account: str, plan_id: str) -> None:
         with storage_errors():
-            await INDEX(self._client, (keys.plan_members(plan_id),), ("leave", account))
+            await INDEX(self._client, (keys.plan_members(plan_id),), PlanLeave(account))
 
     async def successor(self, plan_id: str) -> str:
         """The plan a dropped plan's accounts are moved to ('' when it was not migrated)."""
@@ -109,7 +110,7 @@ class PlanIndex:
     async def move(self, account: str, old: str, new: str) -> bool:
         """Rewrite the account's plan from ``old`` to ``new`` if it still names ``old``."""
         with storage_errors():
-            return bool(await MOVE(self._client, (keys.account(account),), (old, new)))
+            return bool(await MOVE(self._client, (keys.account(account),), PlanMoveArgs(old, new)))
 
     async def switch(self, new: Catalog, running: Catalog | None) -> None:
         """Make ``new`` the running catalog unless it drops a plan or service in use that
@@ -154,7 +155,7 @@ class PlanIndex:
             reply = await INDEX(
                 self._client,
                 script_keys,
-                ("switch", running.version if running else "", new.version, json.dumps(args)),
+                CatalogSwitch(running.version if running else "", new.version, json.dumps(args)),
             )
         kind = reply[0]
         if kind == "STALE":
@@ -205,7 +206,7 @@ class PlanIndex:
             await INDEX(
                 self._client,
                 (keys.CATALOG_CURRENT, keys.CATALOG_PLANS),
-                ("init", running.version, *sorted(running.plans)),
+                PlanIndexInit(running.version, tuple(sorted(running.plans))),
             )
 
     async def recount(self) -> Counter[str]:

@@ -36,30 +36,27 @@ from charging.redis_link import RedisLink
 from charging.renewals import Renewer
 from charging.sessions import SessionCharging
 from charging.settings import Settings
+from charging.status import add_servicer
 from charging.subscribers import Directory
 from charging.sweeper import Sweeper
 from charging.topups import TopUps
 from charging.v1 import (
     admin_pb2,
-    admin_pb2_grpc,
     billing_pb2,
-    billing_pb2_grpc,
     charging_pb2,
-    charging_pb2_grpc,
     crm_pb2,
-    crm_pb2_grpc,
     topup_pb2,
-    topup_pb2_grpc,
 )
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
+from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.crm_api import CrmServicer
+from provisioning.customer_care import CustomerCare
 from provisioning.network import HttpNetworkAdapter
-from provisioning.records import Records
 from provisioning.screening import Screener
 from provisioning.simulator import NetworkSimulator
 from provisioning.worker import ProvisioningWorker
@@ -133,14 +130,17 @@ class App:
         self.billing.attach_lines(self.acquisition)
 
         self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
-        charging_pb2_grpc.add_ChargingServicer_to_server(ChargingServicer(sessions, events), self._server)
-        topup_pb2_grpc.add_TopUpServicer_to_server(TopUpServicer(topups), self._server)
-        assert self.acquisition is not None
-        crm_pb2_grpc.add_CrmServicer_to_server(CrmServicer(self.acquisition, Records(self.redis)), self._server)
-        billing_pb2_grpc.add_BillingServicer_to_server(BillingServicer(self.billing), self._server)
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(directory, self.catalogs, self.renewer, self.clock), self._server
-        )
+        for servicer, service in (
+            (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
+            (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
+            (CrmServicer(self.acquisition, CustomerCare(self.redis)), crm_pb2.DESCRIPTOR.services_by_name["Crm"]),
+            (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
+            (
+                AdminServicer(directory, self.catalogs, self.renewer, self.clock),
+                admin_pb2.DESCRIPTOR.services_by_name["Admin"],
+            ),
+        ):
+            add_servicer(self._server, servicer, service)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -225,8 +225,8 @@ async def build_acquisition(
     """Acquisition, screening, credit and the provisioning worker, wired together."""
     salt = settings.crm_salt
     if not salt:
-        await client.set("crm:salt", secrets.token_hex(16), nx=True)
-        salt = str(await client.get("crm:salt"))
+        await client.set(provisioning_keys.SALT, secrets.token_hex(16), nx=True)
+        salt = str(await client.get(provisioning_keys.SALT))
     worker = ProvisioningWorker(client, HttpNetworkAdapter(network_url, timeout_s=settings.network_timeout_s), clock)
     acquisition = Acquisition(
         client,

@@ -7,21 +7,42 @@
 -- KEYS[4] answer            {a:ID}:r:N:SESSION
 -- KEYS[5] buckets           {a:ID}:bk
 -- KEYS[6] outbox            {a:ID}:out     (notifications waiting to be relayed)
--- KEYS[7..9] for a pool member only: the pool's buckets, account hash and outbox
--- ARGV[1] now (ms)          ARGV[2] request type: I, U or T
--- ARGV[3] session id        ARGV[4] request number
--- ARGV[5] payload digest    ARGV[6] identity field (msisdn|imsi)   ARGV[7] identity value
--- ARGV[8] plan id the request was rated with               ARGV[9] answer ttl (s)
--- ARGV[10] supervision time (ms)   ARGV[11] catalog version
--- ARGV[12] low balance threshold (micros, 0: none)
--- ARGV[13] direction: O (originated by the subscriber) or T (terminating, incoming)
--- ARGV[14] destination (the called party, '' none: recorded with postpaid usage)
--- ARGV[15] rating groups n, then n groups of 16: rating group, preset result code (0 = rate it), wanted units
---   (0 = no new grant), final (1 = release this rating group), validity time (s),
---   tariff change time (s, 0 none), used units before the tariff change, their rate,
---   used units after it, their rate, the rate that sizes the new grant, unit (1 time,
---   2 volume, 3 service-specific, 4 money), service, zone, band (for bucket matching),
---   roaming ('R' or '').
+-- KEYS[7] usage aggregates  {a:ID}:u       KEYS[8] usage records  {a:ID}:ud  (postpaid)
+-- KEYS[9..11] for a pool member only: the pool's buckets, account hash and outbox
+--
+-- ARGV SessionArgs (charging/script_args.py), in this order:
+--   now_ms              now (ms)
+--   kind                request type: I, U or T
+--   session_id
+--   request_number
+--   digest              payload digest
+--   identity_field      msisdn or imsi
+--   identity_value
+--   plan_id             the plan the request was rated with
+--   answer_ttl_s        how long the answer is kept for retransmissions
+--   supervision_ms      supervision time
+--   catalog_version     the catalog version the request was rated with
+--   low_balance_micros  low balance threshold (0: none)
+--   terminating         O (originated by the subscriber) or T (terminating, incoming)
+--   destination         the called party ('' none: recorded with postpaid usage)
+--   groups              the number n of rating groups, then n times RatingGroupArgs:
+-- ARGV RatingGroupArgs, 16 values per rating group:
+--   rating_group
+--   preset_code         a result code decided by the caller, 0: rate it
+--   want                units wanted (0: no new grant)
+--   final               1: release this rating group
+--   validity_s          validity time of a grant
+--   tariff_change_s     tariff change time (s, 0 none)
+--   used_before         used units before the tariff change
+--   rate_before         their rate
+--   used_after          used units after it
+--   rate_after          their rate
+--   sizing_rate         the rate that sizes the new grant
+--   unit                1 time, 2 volume, 3 service-specific, 4 money
+--   service             service, zone and band, for bucket matching
+--   zone
+--   band
+--   roaming             'R' or ''
 --
 -- A postpaid account (with 'bp') records each rating group's usage and cost in its bill
 -- period (ledger_lib.lua record_usage) and is watched against its credit limit.
@@ -35,50 +56,73 @@
 --   {'REPLAY', body}          same request number and payload seen before
 --   {'CONFLICT'}              same request number, different payload: nothing changed
 --   {'UNKNOWN'}               no such account, or the identity is not on it
---   {'PLAN', plan_id}         the account's plan differs from ARGV[8]: re-rate and retry
+--   {'PLAN', plan_id}         the account's plan differs from plan_id: re-rate and retry
 --   {'CATALOG', version}      the session is rated with another catalog version: re-rate
 -- body = "<command result code> <plan id>" then per rating group
 --        " <result code>,<granted units>,<cost micros>,<validity s>,<final unit 0|1>,<tariff change s>"
 
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', ARGV[6], 'low', 'bucket_seq',
+local now_ms = tonumber(ARGV[1])
+local kind = ARGV[2]
+local session_id = ARGV[3]
+local request_number = tonumber(ARGV[4])
+local digest = ARGV[5]
+local identity_field = ARGV[6]
+local identity_value = ARGV[7]
+local plan_id = ARGV[8]
+local answer_ttl_s = ARGV[9]
+local supervision_ms = tonumber(ARGV[10])
+local catalog_version = ARGV[11]
+local low_balance_micros = tonumber(ARGV[12])
+local terminating = ARGV[13] == 'T'
+local destination = ARGV[14]
+
+-- Rating group i (1-based) of the request, by the names of RatingGroupArgs.
+local function group(i)
+  local j = 16 * i
+  return {rating_group = ARGV[j], preset_code = tonumber(ARGV[j + 1]), want = tonumber(ARGV[j + 2]),
+          final = ARGV[j + 3] == '1', validity_s = tonumber(ARGV[j + 4]), tariff_change_s = ARGV[j + 5],
+          used_before = tonumber(ARGV[j + 6]), rate_before = ARGV[j + 7], used_after = tonumber(ARGV[j + 8]),
+          rate_after = ARGV[j + 9], sizing_rate = ARGV[j + 10], unit = ARGV[j + 11], service = ARGV[j + 12],
+          zone = ARGV[j + 13], band = ARGV[j + 14], roaming = ARGV[j + 15]}
+end
+local groups = {}
+for i = 1, tonumber(ARGV[15]) do groups[i] = group(i) end
+
+local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
   'bp', 'credit_limit', 'cl')
-local stored = stored_answer(KEYS[4], ARGV[5])
+local stored = stored_answer(KEYS[4], digest)
 if stored then
   -- The caller rebuilds the answer with the plan's rates: make sure it has the plan.
-  if acct[1] and acct[3] ~= ARGV[8] then return {'PLAN', acct[3]} end
+  if acct[1] and acct[3] ~= plan_id then return {'PLAN', acct[3]} end
   return stored
 end
-if not acct[1] or acct[5] ~= ARGV[7] then return {'UNKNOWN'} end
-if acct[3] ~= ARGV[8] then return {'PLAN', acct[3]} end
+if not acct[1] or acct[5] ~= identity_value then return {'UNKNOWN'} end
+if acct[3] ~= plan_id then return {'PLAN', acct[3]} end
 
-local now = tonumber(ARGV[1])
-local now_s = floor_div(now, 1000)
-local rtype = ARGV[2]
-local reqno = tonumber(ARGV[4])
-local plan = ARGV[8]
+local now_s = floor_div(now_ms, 1000)
 -- The line's state: active lines get everything; barred-outgoing lines only incoming
 -- (terminating) usage; suspended or barred lines nothing. Free rates (emergency) are
 -- preset 4011 by the caller and pass whatever the state.
 local status = acct[4]
-local active = status == 'active' or (status == 'barred_outgoing' and ARGV[13] == 'T')
+local active = status == 'active' or (status == 'barred_outgoing' and terminating)
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
 local reserved_before = reserved
 
 local home = {KEYS[5], KEYS[1], KEYS[6]}
 local pool = nil
-if KEYS[7] then pool = {KEYS[7], KEYS[8], KEYS[9]} end
+if KEYS[9] then pool = {KEYS[9], KEYS[10], KEYS[11]} end
 
 local function finish(body, session_delta)
-  redis.call('SET', KEYS[4], ARGV[5] .. '|' .. body, 'EX', ARGV[9])
+  redis.call('SET', KEYS[4], digest .. '|' .. body, 'EX', answer_ttl_s)
   return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(pushed)}
 end
 
 local exists = redis.call('EXISTS', KEYS[3]) == 1
-if rtype == 'I' then
-  if exists then return finish('5012 ' .. plan, 0) end
+if kind == 'I' then
+  if exists then return finish('5012 ' .. plan_id, 0) end
 elseif not exists then
-  return finish('5002 ' .. plan, 0)
+  return finish('5002 ' .. plan_id, 0)
 end
 
 local s = {}
@@ -86,48 +130,43 @@ if exists then
   local flat = redis.call('HGETALL', KEYS[3])
   for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
   -- Prices stay those of the catalog the session started with.
-  if s['cv'] and s['cv'] ~= ARGV[11] then return {'CATALOG', s['cv']} end
+  if s['cv'] and s['cv'] ~= catalog_version then return {'CATALOG', s['cv']} end
 else
-  s['cv'] = ARGV[11]
+  s['cv'] = catalog_version
 end
 
 local buckets = load_buckets(home, pool, acct[7])
-local n = tonumber(ARGV[15])
 local parts = {}
-local any_ok = (n == 0)
+local any_ok = (#groups == 0)
 local free_only = true
 local first_fail = nil
-local i = 16
-for _ = 1, n do
-  local j = i
-  i = i + 16
-  local rg = ARGV[j]
-  local rc = tonumber(ARGV[j + 1])
-  local want = tonumber(ARGV[j + 2])
-  local final = ARGV[j + 3] == '1'
-  local used_a, used_b = tonumber(ARGV[j + 6]), tonumber(ARGV[j + 8])
+for _, g in ipairs(groups) do
+  local rg = g.rating_group
+  local rc = g.preset_code
+  local want = g.want
+  local used_a, used_b = g.used_before, g.used_after
   local used = used_a + used_b
   local granted, cost, fui, vt_out, tct_out = 0, 0, 0, 0, '0'
   if rc == 0 then
     rc = 2001
-    local r = parse_rate(ARGV[j + 10])
+    local r = parse_rate(g.sizing_rate)
     local r_units = tonumber(s['u' .. rg] or '0')
     local r_money = tonumber(s['m' .. rg] or '0')
     local cum = tonumber(s['c' .. rg] or '0')
     local k = tonumber(s['k' .. rg] or s['c' .. rg] or '0')
     local r_no = tonumber(s['n' .. rg] or '-1')
     local record = s['b' .. rg] or ''
-    local usable = matching(buckets, now_s, ARGV[j + 11], ARGV[j + 12], ARGV[j + 13], ARGV[j + 14], held_ids(record))
+    local usable = matching(buckets, now_s, g.unit, g.service, g.zone, g.band, held_ids(record))
     local overrun = r_no >= 0 and used > r_units
     -- A late, older request reports its usage but leaves the newer reservation alone.
-    local newest = reqno >= r_no
+    local newest = request_number >= r_no
     if newest then
       -- Release this rating group's reservations first: its usage may draw on them.
       reserved = reserved - r_money
       release(buckets, record)
       r_units, r_money, record = 0, 0, ''
     end
-    for _, part in ipairs({{used_a, ARGV[j + 7]}, {used_b, ARGV[j + 9]}}) do
+    for _, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
       if part[1] > 0 then
         local rp = parse_rate(part[2])
         local need = billable(rp, cum + part[1]) - billable(rp, cum)
@@ -138,12 +177,12 @@ for _ = 1, n do
       end
     end
     balance = balance - cost
-    record_usage(KEYS[1], acct[8], now_s, now, {service = ARGV[j + 12], zone = ARGV[j + 13], band = ARGV[j + 14],
-      roaming = ARGV[j + 15], destination = ARGV[14], units = used, cost = cost, ref = ARGV[3]})
+    record_usage(KEYS[7], KEYS[8], acct[8], now_s, now_ms, {service = g.service, zone = g.zone, band = g.band,
+      roaming = g.roaming, destination = destination, units = used, cost = cost, ref = session_id})
     if newest then
       if overrun then
         rc = 4012
-      elseif rtype ~= 'T' and not final and want > 0 then
+      elseif kind ~= 'T' and not g.final and want > 0 then
         if not active then
           rc = 4010
         else
@@ -151,21 +190,21 @@ for _ = 1, n do
           local need = billable(r, cum + want) - billable(r, cum)
           local covered, taken, earliest = reserve(usable, need, now_s)
           local money_units = affordable(r, k, balance - reserved, need - covered)
-          local g = math.min(want, paid_rest + covered + money_units)
-          if g <= 0 then
+          local got = math.min(want, paid_rest + covered + money_units)
+          if got <= 0 then
             rc = 4012
           else
-            if g < want then fui = 1 end
+            if got < want then fui = 1 end
             r_money = session_cost(r, k + money_units) - session_cost(r, k)
-            r_units, record = g, taken
+            r_units, record = got, taken
             reserved = reserved + r_money
-            granted, vt_out, tct_out = g, tonumber(ARGV[j + 4]), ARGV[j + 5]
+            granted, vt_out, tct_out = got, g.validity_s, g.tariff_change_s
             -- Units from a bucket are valid only until the bucket expires.
             if earliest > 0 and earliest - now_s < vt_out then vt_out = math.max(earliest - now_s, 1) end
           end
         end
       end
-      s['n' .. rg] = fmt(reqno)
+      s['n' .. rg] = fmt(request_number)
     end
     s['u' .. rg] = fmt(r_units)
     s['m' .. rg] = fmt(r_money)
@@ -185,43 +224,43 @@ end
 local cmd = 2001
 if not any_ok then
   cmd = first_fail
-elseif n > 0 and free_only then
+elseif #groups > 0 and free_only then
   -- Nothing here is credit-controlled (emergency, toll-free): RFC 8506 4011, and an
   -- INITIAL opens no session the client would have to keep reporting on.
   cmd = 4011
 end
 
 local session_delta = 0
-if rtype == 'T' or (rtype == 'I' and cmd ~= 2001) then
+if kind == 'T' or (kind == 'I' and cmd ~= 2001) then
   -- The session ends: release whatever this request did not already release.
   for f, v in pairs(s) do
-    local kind = string.sub(f, 1, 1)
-    if kind == 'm' then
+    local counter = string.sub(f, 1, 1)
+    if counter == 'm' then
       reserved = reserved - tonumber(v)
-    elseif kind == 'b' then
+    elseif counter == 'b' then
       release(buckets, v)
     end
   end
   if exists then
     redis.call('DEL', KEYS[3])
-    redis.call('ZREM', KEYS[2], ARGV[3])
+    redis.call('ZREM', KEYS[2], session_id)
     session_delta = -1
   end
 else
-  local deadline = now + tonumber(ARGV[10])
+  local deadline = now_ms + supervision_ms
   s['dl'] = fmt(deadline)
   local flat = {}
   for f, v in pairs(s) do flat[#flat + 1] = f; flat[#flat + 1] = v end
   redis.call('HSET', KEYS[3], unpack(flat))
-  redis.call('ZADD', KEYS[2], deadline, ARGV[3])
+  redis.call('ZADD', KEYS[2], deadline, session_id)
   if not exists then session_delta = 1 end
 end
 
 redis.call('HSET', KEYS[1], 'balance', fmt(balance), 'reserved', fmt(reserved))
-save_buckets(buckets, now_s, now)
+save_buckets(buckets, now_s, now_ms)
 if acct[8] then
-  watch_credit(KEYS[1], KEYS[6], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now)
+  watch_credit(KEYS[1], KEYS[6], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now_ms)
 else
-  watch_balance(KEYS[1], KEYS[6], acct[6] == '1', balance, tonumber(ARGV[12]), now)
+  watch_balance(KEYS[1], KEYS[6], acct[6] == '1', balance, low_balance_micros, now_ms)
 end
-return finish(fmt(cmd) .. ' ' .. plan .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta)
+return finish(fmt(cmd) .. ' ' .. plan_id .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta)

@@ -17,9 +17,10 @@ from charging.catalog import Catalog, Plan, Usage
 from charging.codes import ResultCode
 from charging.context import Context
 from charging.errors import Conflict, InvalidRequest
-from charging.ledger import Arg, Reply
-from charging.rating import NO_RATE, UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
+from charging.ledger import Reply
+from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
 from charging.routing import Target, route
+from charging.script_args import RatingGroupArgs, SessionArgs
 from charging.subscribers import Identity
 
 RequestKind = Literal["I", "U", "T"]
@@ -91,7 +92,7 @@ def previous_change(plan: Plan, at_s: int, lookback_s: int) -> int | None:
 
 def rating_args(
     catalog: Catalog, plan: Plan, groups: tuple[RatingGroupRequest, ...], usage: Usage, now_s: int
-) -> tuple[list[Arg], str, dict[int, Rate]]:
+) -> tuple[tuple[RatingGroupArgs, ...], str, dict[int, Rate]]:
     """Script arguments for each rating group, the first malformed field if any, and the
     rate of each rating group now.
 
@@ -101,7 +102,7 @@ def rating_args(
     at the dearer of the two rates and the change time goes to the client; units it
     reports as used after a change are priced at the rate after it.
     """
-    args: list[Arg] = [len(groups)]
+    args: list[RatingGroupArgs] = []
     failed = ""
     rates: dict[int, Rate] = {}
     for i, g in enumerate(groups):
@@ -137,15 +138,32 @@ def rating_args(
                 )
                 if later is not None and session_cost(later, want) > session_cost(rate, want):
                     sizing = later
-        args += [g.rating_group, int(preset), want, 1 if g.final else 0]
         if rate is None or preset:
-            args += [0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE, 0, "", "", "", ""]
+            args.append(RatingGroupArgs.unrated(g.rating_group, int(preset), g.final))
         else:
             assert before is not None and sizing is not None
             service, zone, band, roaming = where
-            args += [rate.validity_time_s, change, used, before.packed, used_after, rate.packed, sizing.packed]
-            args += [int(rate.unit), service, zone, band, "R" if roaming else ""]
-    return args, failed, rates
+            args.append(
+                RatingGroupArgs(
+                    rating_group=g.rating_group,
+                    preset_code=int(preset),
+                    want=want,
+                    final=g.final,
+                    validity_s=rate.validity_time_s,
+                    tariff_change_s=change,
+                    used_before=used,
+                    rate_before=before.packed,
+                    used_after=used_after,
+                    rate_after=rate.packed,
+                    sizing_rate=sizing.packed,
+                    unit=int(rate.unit),
+                    service=service,
+                    zone=zone,
+                    band=band,
+                    roaming=roaming,
+                )
+            )
+    return tuple(args), failed, rates
 
 
 def _moved(where: tuple[str, str, str, bool], plan: Plan, at_s: int) -> tuple[str, str, str, bool]:
@@ -204,12 +222,12 @@ class SessionCharging:
         async def attempt(target: Target) -> Reply:
             nonlocal failed, rates
             now = self.ctx.clock.now_ms()
-            args: list[Arg] = [0]
+            groups: tuple[RatingGroupArgs, ...] = ()
             if target.plan is not None:
-                args, failed, rates = rating_args(
+                groups, failed, rates = rating_args(
                     target.catalog, target.plan, req.rating_groups, req.usage, now // 1000
                 )
-            return await self._run(target, req, args, now)
+            return await self._run(target, req, groups, now)
 
         routed = await route(
             self.ctx.directory,
@@ -236,27 +254,25 @@ class SessionCharging:
             session_delta=reply.session_delta,
         )
 
-    async def _run(self, target: Target, req: SessionRequest, rg_args: list[Arg], now: int) -> Reply:
+    async def _run(self, target: Target, req: SessionRequest, groups: tuple[RatingGroupArgs, ...], now: int) -> Reply:
         plan = target.plan
         supervision_ms = self.supervision_factor * plan.longest_validity_s * 1000 if plan else 0
-        args: list[Arg] = [
-            now,
-            req.kind,
-            req.session_id,
-            req.request_number,
-            req.digest,
-            req.identity.kind,
-            req.identity.value,
-            target.plan_id,
-            self.answer_ttl_s,
-            supervision_ms,
-            target.catalog.version,
-            self.ctx.low_balance_micros,
-            "T" if req.terminating else "O",
-            req.usage.destination,
-            *rg_args,
-        ]
-        hint = now + supervision_ms if req.kind == "I" and plan is not None else 0
-        return await self.ctx.ledger.session(
-            target.account, req.session_id, req.request_number, args, hint_deadline_ms=hint
+        args = SessionArgs(
+            now_ms=now,
+            kind=req.kind,
+            session_id=req.session_id,
+            request_number=req.request_number,
+            digest=req.digest,
+            identity_field=req.identity.kind,
+            identity_value=req.identity.value,
+            plan_id=target.plan_id,
+            answer_ttl_s=self.answer_ttl_s,
+            supervision_ms=supervision_ms,
+            catalog_version=target.catalog.version,
+            low_balance_micros=self.ctx.low_balance_micros,
+            terminating=req.terminating,
+            destination=req.usage.destination,
+            groups=groups,
         )
+        hint = now + supervision_ms if req.kind == "I" and plan is not None else 0
+        return await self.ctx.ledger.session(target.account, args, hint_deadline_ms=hint)

@@ -1,5 +1,10 @@
 """The one place where domain errors become gRPC status codes, and where every gRPC
-method is timed and counted."""
+method is timed and counted.
+
+Client mistakes never reach INTERNAL or UNKNOWN: a request body that does not decode is
+handed to the servicer as ``Undecodable`` (grpc would otherwise answer UNKNOWN and log a
+traceback per call) and answered INVALID_ARGUMENT, like every ``InvalidRequest``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 
 from charging import metrics
 from charging.errors import (
@@ -23,6 +31,10 @@ from charging.errors import (
 )
 
 log = logging.getLogger("charging.api")
+
+# Details travel in a trailer; grpc refuses trailers over 16 KB (the client then sees
+# RESOURCE_EXHAUSTED or worse), and an echoed 100 KB field would get there.
+MAX_DETAILS_BYTES = 1000
 
 STATUS: dict[type[ChargingError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -39,6 +51,54 @@ def status_of(exc: ChargingError) -> grpc.StatusCode:
         if cls in STATUS:
             return STATUS[cls]  # type: ignore[index]
     return grpc.StatusCode.INTERNAL
+
+
+def details_of(exc: Exception) -> str:
+    """The status details: the error's text, cut to MAX_DETAILS_BYTES of UTF-8."""
+    text = str(exc)
+    raw = text.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return text
+    return raw[:MAX_DETAILS_BYTES].decode(errors="ignore") + f"... ({len(raw) - MAX_DETAILS_BYTES} bytes more)"
+
+
+class Undecodable:
+    """A request body that is not a valid message of the method's request type."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def lenient(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    """A request deserializer that never raises."""
+    type_name = message.DESCRIPTOR.full_name
+
+    def deserialize(body: bytes) -> Message | Undecodable:
+        try:
+            return message.FromString(body)
+        except DecodeError:
+            return Undecodable(type_name)
+
+    return deserialize
+
+
+def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Register a servicer as the generated ``add_*Servicer_to_server`` does, but with
+    lenient request deserializers: each method, wrapped by ``rpc``, answers an undecodable
+    body INVALID_ARGUMENT."""
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            raise TypeError(f"{service.full_name}/{method.name}: only unary methods are supported")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 Req = TypeVar("Req")
@@ -64,6 +124,8 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             started = time.perf_counter()
             outcome = "CANCELLED"
             try:
+                if isinstance(request, Undecodable):
+                    raise InvalidRequest("request", f"not a valid {request.type_name} message")
                 answer = await fn(self, request, context)
                 code = getattr(answer, "result_code", 0)
                 outcome = str(code) if code else "OK"
@@ -74,7 +136,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 if isinstance(exc, StorageUnavailable):
                     metrics.REDIS_ERRORS.labels("api").inc()
                     log.warning("storage unavailable", extra={"method": method, "error": str(exc)})
-                await context.abort(status, str(exc))
+                await context.abort(status, details_of(exc))
                 raise  # abort raises; this line is for type checkers
             except grpc.aio.AbortError:
                 outcome = "ABORTED"

@@ -164,6 +164,50 @@ class Directory:
         self.learn_plan(account_id, plan.id)
         return await self.read(account_id)
 
+    async def newest_account_id(self) -> int:
+        """The id of the newest standalone account (0 before the first): an account a
+        later ``create`` makes has a greater id."""
+        with storage_errors():
+            return int(await self._client.get(keys.ACCOUNT_SEQ) or 0)
+
+    async def orphan(self, msisdn: Identity, imsi: Identity | None, plan_id: str, newer_than: int) -> str | None:
+        """The standalone account holding ``msisdn`` if it is newer than ``newer_than``
+        and was made for exactly this subscriber (number, SIM, plan): what a ``create``
+        interrupted by a crash may have left behind. None when there is none."""
+        with storage_errors():
+            holder = await self._client.get(keys.identity(msisdn.kind, msisdn.value))
+        if holder is None or not str(holder).isdigit() or int(holder) <= newer_than:
+            return None
+        try:
+            account = await self.read(str(holder))
+        except NotFound:
+            return None
+        if (account.msisdn, account.imsi, account.plan_id) != (msisdn.value, imsi.value if imsi else "", plan_id):
+            return None
+        return account.account_id
+
+    async def adopt(self, account_id: str, msisdn: Identity, imsi: Identity | None) -> None:
+        """Finish what an interrupted ``create`` of ``account_id`` left undone: it claims
+        the MSISDN, then the IMSI, and may have stopped between. When the IMSI went to
+        another account meanwhile, the account and its MSISDN are released (Conflict)."""
+        if imsi is None:
+            return
+        key = keys.identity(imsi.kind, imsi.value)
+        with storage_errors():
+            if await self._client.set(key, account_id, nx=True) or await self._client.get(key) == account_id:
+                return
+            plan_id = await self._client.hget(keys.account(account_id), "plan")  # type: ignore[misc]
+            await self._client.delete(keys.identity(msisdn.kind, msisdn.value), keys.account(account_id))
+        if plan_id:
+            await self.plans.leave(account_id, str(plan_id))
+        self.forget(msisdn)
+        raise Conflict(f"{imsi.kind} is already assigned to another subscriber")
+
+    async def set_credit_limit(self, account_id: str, credit_limit: int) -> None:
+        """The credit limit of a postpaid account (micros), which postpaid charging spends."""
+        with storage_errors():
+            await self._client.hset(keys.account(account_id), "credit_limit", credit_limit)
+
     async def get(self, identity: Identity) -> Account:
         account_id = await self.resolve(identity)
         if account_id is None:

@@ -2,30 +2,40 @@
 --
 -- KEYS[1] account hash      {a:ID}
 -- KEYS[2] answer            {a:ID}:t:KEY
--- ARGV[1] payload digest    ARGV[2] amount (micros, > 0)
--- ARGV[3] answer ttl (s)    ARGV[4] largest balance allowed
--- ARGV[5] low balance threshold (micros): a balance back at or above it may be notified
---         again the next time it falls below
+--
+-- ARGV TopupArgs (charging/script_args.py), in this order:
+--   digest              payload digest
+--   amount              micros, > 0
+--   answer_ttl_s        how long the answer is kept
+--   max_balance         largest balance allowed (micros)
+--   low_balance_micros  low balance threshold: a balance back at or above it may be
+--                       notified again the next time it falls below
 --
 -- Reply, one of:
 --   {'DONE', body}     body = "<balance micros> <reserved micros> <currency>"
 --   {'REPLAY', body}   this key was applied before with the same payload
 --   {'CONFLICT'}       this key was used before with another payload
 --   {'UNKNOWN'}        no such account
---   {'LIMIT'}          the balance would pass ARGV[4]: nothing changed
+--   {'LIMIT'}          the balance would pass max_balance: nothing changed
 --   {'POSTPAID'}       a postpaid account: its balance is credit headroom, paid by invoice
 
-local stored = stored_answer(KEYS[2], ARGV[1])
+local digest = ARGV[1]
+local amount = tonumber(ARGV[2])
+local answer_ttl_s = ARGV[3]
+local max_balance = tonumber(ARGV[4])
+local low_balance_micros = tonumber(ARGV[5] or '0')
+
+local stored = stored_answer(KEYS[2], digest)
 if stored then return stored end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'currency', 'bp')
 if not acct[1] then return {'UNKNOWN'} end
 if acct[4] then return {'POSTPAID'} end
-local balance = tonumber(acct[1]) + tonumber(ARGV[2])
-if balance > tonumber(ARGV[4]) then return {'LIMIT'} end
+local balance = tonumber(acct[1]) + amount
+if balance > max_balance then return {'LIMIT'} end
 
 local body = string.format('%d %s %s', balance, acct[2], acct[3])
 redis.call('HSET', KEYS[1], 'balance', string.format('%d', balance))
-if balance >= tonumber(ARGV[5] or '0') then redis.call('HDEL', KEYS[1], 'low') end
-redis.call('SET', KEYS[2], ARGV[1] .. '|' .. body, 'EX', ARGV[3])
+if balance >= low_balance_micros then redis.call('HDEL', KEYS[1], 'low') end
+redis.call('SET', KEYS[2], digest .. '|' .. body, 'EX', answer_ttl_s)
 return {'DONE', body}

@@ -10,8 +10,8 @@ from charging import keys
 from charging.buckets import Bucket, buckets_of, pack, unpack
 from charging.context import Context
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
-from charging.ledger import Arg
 from charging.money import MAX_AMOUNT, MAX_BALANCE
+from charging.script_args import BuyArgs, TopupArgs
 from charging.subscribers import Account, Identity
 
 CHANNELS = ("retail", "bank", "voucher", "app", "ussd", "operator")
@@ -88,8 +88,16 @@ class TopUps:
             raise NotFound("no subscriber has this identity")
         now = self.ctx.clock.now_ms()
         price = 0 if req.included else bundle.price_micros
-        args: list[Arg] = [req.digest, price, self.idempotency_ttl_s, now, self.ctx.low_balance_micros]
-        args += [bundle.id, bundle.currency, *(pack(b) for b in buckets_of(bundle, now // 1000))]
+        args = BuyArgs(
+            digest=req.digest,
+            price=price,
+            answer_ttl_s=self.idempotency_ttl_s,
+            now_ms=now,
+            low_balance_micros=self.ctx.low_balance_micros,
+            bundle_id=bundle.id,
+            currency=bundle.currency,
+            buckets=tuple(pack(b) for b in buckets_of(bundle, now // 1000)),
+        )
         reply = await self.ctx.ledger.buy(account, req.idempotency_key, args)
         if reply.kind == "UNKNOWN":
             self.ctx.directory.forget(req.identity)
@@ -119,7 +127,9 @@ class TopUps:
         account = await self.ctx.directory.resolve(req.identity)
         if account is None:
             raise NotFound("no subscriber has this identity")
-        args = (req.digest, req.amount_micros, self.idempotency_ttl_s, MAX_BALANCE, self.ctx.low_balance_micros)
+        args = TopupArgs(
+            req.digest, req.amount_micros, self.idempotency_ttl_s, MAX_BALANCE, self.ctx.low_balance_micros
+        )
         reply = await self.ctx.ledger.topup(account, req.idempotency_key, args)
         if reply.kind == "UNKNOWN":
             self.ctx.directory.forget(req.identity)

@@ -25,7 +25,7 @@ from charging.store import storage_errors
 from postpaid import periods
 from postpaid.config import BillingConfig
 from postpaid.invoices import MICROS_PER_MINOR
-from postpaid.scripts import CREDIT, ENROL
+from postpaid.scripts import CREDIT, ENROL, CreditArgs, EnrolArgs
 
 
 def split_evenly(amount: int, parts: int) -> list[int]:
@@ -103,7 +103,7 @@ class BillingAccounts:
             # (the marker last: until it is set, the next change of the line enrols again)
             # and a bill run never finds a line on the account that is not postpaid yet.
             bp = periods.pack(periods.open_periods(current, tz))
-            await ENROL(self.client, (keys.account(account_id),), (bp, credit_limit_micros))
+            await ENROL(self.client, (keys.account(account_id),), EnrolArgs(bp, credit_limit_micros))
             await self.record_change(account_id, at_s, "active", plan_id)
             entry = json.dumps({"line": line, "unit_path": list(unit_path)})
             await self.client.hset(keys.billing_lines(ba), account_id, entry)
@@ -148,7 +148,7 @@ class BillingAccounts:
         credit limit is (absolute: setting it again changes nothing)."""
         lines = await self.lines(ba)
         for line, part in zip(lines, split_evenly(overdue_minor * MICROS_PER_MINOR, len(lines)), strict=True):
-            await CREDIT(self.client, (keys.account(line.account_id),), ("", part))
+            await CREDIT(self.client, (keys.account(line.account_id),), CreditArgs(credit_limit=None, overdue=part))
 
     async def share_credit_limit(self, ba: str) -> None:
         """The account's credit limit is spread evenly over its lines (the first lines
@@ -161,4 +161,6 @@ class BillingAccounts:
         limit = int(str(stored))
         lines = await self.lines(ba)
         for i, share in enumerate(split_evenly(limit, len(lines))):
-            await CREDIT(self.client, (keys.account(lines[i].account_id),), (share, ""))
+            await CREDIT(
+                self.client, (keys.account(lines[i].account_id),), CreditArgs(credit_limit=share, overdue=None)
+            )

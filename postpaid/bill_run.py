@@ -45,7 +45,7 @@ from postpaid.compose import AccountBill, LineBill, Product, compose
 from postpaid.config import BillingConfig
 from postpaid.invoices import DEPOSIT, Charge, Invoice, format_money
 from postpaid.rentals import Change
-from postpaid.scripts import CLOSE, ISSUE, PURGE
+from postpaid.scripts import CLOSE, ISSUE, PURGE, CloseArgs, IssueArgs, PurgeArgs
 from postpaid.usage import aggregates, itemised_from_records
 
 log = logging.getLogger("postpaid.bill_run")
@@ -225,7 +225,7 @@ class BillRun:
             invoice = self._compose(ba, info, period, bills, pending, now_s)
             nxt = periods.following(period, info["time_zone"])
             issue_keys, args = self._issue(ba, info, invoice, period, nxt, len(pending), now_s)
-            commands.append(("EVALSHA", ISSUE.sha, len(issue_keys), *issue_keys, *args))
+            commands.append(("EVALSHA", ISSUE.sha, len(issue_keys), *issue_keys, *args.to_argv()))
             issues.append((ba, period, nxt, lines))
         replies = await self._many(commands)
 
@@ -240,7 +240,8 @@ class BillRun:
                 report.already += 1
             for line in lines:
                 acct = line.account_id
-                commands.append(("EVALSHA", PURGE.sha, 2, keys.usage(acct), keys.usage_records(acct), period.id))
+                purge_keys = (keys.usage(acct), keys.usage_records(acct))
+                commands.append(("EVALSHA", PURGE.sha, 2, *purge_keys, *PurgeArgs(period.id).to_argv()))
             if nxt.end_s <= now_s:
                 slow.append(ba)  # more periods behind: the next one too
         if commands:
@@ -294,7 +295,7 @@ class BillRun:
         number = str(reply[1])
         for line in lines:
             acct = line.account_id
-            await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), (period.id,))
+            await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), PurgeArgs(period.id))
         return number if reply[0] == "ISSUED" else "ALREADY " + number
 
     def _line_bill(self, line: BillingLine, period: periods.Period, raw: list[Any]) -> LineBill:
@@ -367,7 +368,7 @@ class BillRun:
         now_s: int,
         final_line: str = "",
         deposit: int = 0,
-    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    ) -> tuple[tuple[str, ...], IssueArgs]:
         """KEYS and ARGV of issue.lua for this invoice."""
         issue_keys = (
             keys.bill_run(ba, period.id if not final_line else f"final-{final_line}"),
@@ -382,21 +383,21 @@ class BillRun:
             keys.billing_lines(ba),
             keys.BILL_RECHECK,
         )
-        args = (
-            _with_placeholder(invoice),
-            invoice.total,
-            _midnight(invoice.due, state["time_zone"]),
-            int(state.get("moves", 0)),
-            pending,
-            self.config.issuer.number_prefix + "-",
-            now_s,
-            keys.invoice(""),
-            keys.invoice_state(""),
-            period.id,
-            nxt.id if nxt else "",
-            nxt.end_s if nxt else 0,
-            final_line,
-            deposit,
+        args = IssueArgs(
+            invoice=_with_placeholder(invoice),
+            total=invoice.total,
+            due_s=_midnight(invoice.due, state["time_zone"]),
+            moves=int(state.get("moves", 0)),
+            pending_taken=pending,
+            number_prefix=self.config.issuer.number_prefix + "-",
+            issued_s=now_s,
+            invoice_prefix=keys.invoice(""),
+            state_prefix=keys.invoice_state(""),
+            period=period.id,
+            next_period=nxt.id if nxt else "",
+            next_end_s=nxt.end_s if nxt else 0,
+            final_line=final_line,
+            deposit=deposit,
         )
         return issue_keys, args
 
@@ -439,8 +440,7 @@ def _close_commands(acct: str, period: periods.Period, ahead: str) -> list[tuple
             keys.account(acct),
             keys.usage(acct),
             keys.usage_records(acct),
-            period.id,
-            ahead,
+            *CloseArgs(period.id, ahead).to_argv(),
         ),
         ("LRANGE", keys.line_history(acct), 0, -1),
     ]

@@ -1,7 +1,8 @@
 """Postpaid billing, wired: billing accounts, bill runs, payments, collection and delivery,
 and what happens when a postpaid line changes on the network.
 
-``line_changed`` is called by acquisition once the network has acknowledged a line's
+``line_changed`` is called by provisioning (``provisioning/acknowledgements.py``) with
+the line's and its customer's records once the network has acknowledged a line's
 state or product: the first activation enrols the line (its charging account becomes
 headroom against the credit limit), later changes join the line's history (rentals are
 prorated on it), and a termination issues the line's final invoice (prorated rentals,
@@ -46,7 +47,9 @@ from postpaid.delivery import (
 )
 from postpaid.invoices import MICROS_PER_MINOR, Invoice
 from postpaid.payments import Payments
-from postpaid.scripts import PREPAID_CLOSE
+from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
+from provisioning.customers import Customer
+from provisioning.lines import Line
 
 log = logging.getLogger("postpaid.billing")
 POSTPAID = ("MOBILE_POSTPAID", "FIXED_POSTPAID")
@@ -87,18 +90,17 @@ class Billing:
     async def line_changed(
         self,
         *,
-        msisdn: str,
-        line: dict[str, str],
+        line: Line,
         state: str,
         plan_id: str,
-        customer: dict[str, str],
+        customer: Customer,
         paying_unit: str,
         unit_path: tuple[str, ...],
         label: str,
     ) -> None:
-        account_id = line["account_id"]
+        account_id = line.account_id
         now_s = self.clock.now_ms() // 1000
-        if line.get("customer_type") not in POSTPAID:
+        if line.customer_type not in POSTPAID:
             if state == "terminated":
                 await self.close_prepaid(account_id, now_s)
             return
@@ -106,19 +108,19 @@ class Billing:
         if ba is None:
             if state != "active":
                 return
-            ba = await self.accounts.open_account_for(billing_account_id(line["customer_id"], paying_unit))
+            ba = await self.accounts.open_account_for(billing_account_id(line.customer_id, paying_unit))
             await self.accounts.enrol(
                 ba,
                 account_id=account_id,
-                line=msisdn,
-                customer_id=line["customer_id"],
+                line=line.msisdn,
+                customer_id=line.customer_id,
                 label=label,
                 unit_path=unit_path,
                 plan_id=plan_id,
-                credit_limit_micros=int(customer.get("credit_limit", 0)),
-                deposit_minor=int(customer.get("deposit", 0)) // MICROS_PER_MINOR,
+                credit_limit_micros=customer.credit_limit_micros,
+                deposit_minor=customer.deposit_micros // MICROS_PER_MINOR,
                 at_s=now_s,
-                email=customer.get("email", ""),
+                email=customer.email,
             )
             return
         await self.accounts.record_change(account_id, now_s, state, plan_id)
@@ -129,7 +131,7 @@ class Billing:
         """A terminated prepaid line's remaining money: recorded once with the policy of
         the billing settings, and audited. Returns the closing balance (micros)."""
         policy = self.config.prepaid_termination
-        reply = await PREPAID_CLOSE(self.client, (keys.account(account_id),), (policy, now_s))
+        reply = await PREPAID_CLOSE(self.client, (keys.account(account_id),), PrepaidCloseArgs(policy, now_s))
         if reply[0] == "UNKNOWN":
             return 0
         closing = int(reply[1])

@@ -5,10 +5,13 @@
 --
 -- KEYS[1] account hash      {a:ID}
 -- KEYS[2] usage aggregates  {a:ID}:u        KEYS[3] usage records  {a:ID}:ud
--- ARGV[1] the period to close
--- ARGV[2] the periods that follow it "id:end s|id:end s|..." (kept open, none skipped)
 --
--- The open periods up to and including ARGV[1] (period ids are "YYYY-MM" and compare as
+-- ARGV CloseArgs (postpaid/scripts.py), in this order:
+--   period              the period to close
+--   following           the periods that follow it "id:end s|id:end s|..." (kept open,
+--                       none skipped)
+--
+-- The open periods up to and including period (period ids are "YYYY-MM" and compare as
 -- text) are closed together and recorded in 'closed', so a line that joined its account
 -- while an earlier period was being billed has that usage on this invoice rather than
 -- lost. Only the periods closed here count: usage left over from periods closed before
@@ -19,26 +22,28 @@
 --        'CLOSED'  the period was open and is closed now
 --        'ALREADY' the period was closed before (a run again)
 --        aggregates: flat field/value pairs, records: the records of the closed periods,
---        period ids: the periods closed (more than ARGV[1] for a line that joined late)
+--        period ids: the periods closed (more than period for a line that joined late)
 --     or {'UNKNOWN'}       not a postpaid account
+
+local period = ARGV[1]
+local following = ARGV[2]
 
 local acct = redis.call('HMGET', KEYS[1], 'bp', 'balance', 'plan', 'closed')
 if not acct[1] then return {'UNKNOWN'} end
-local upto = ARGV[1]
 local kept, closing = {}, {}
 for _, entry in ipairs(split(acct[1], '|')) do
   local id = string.sub(entry, 1, string.find(entry, ':', 1, true) - 1)
-  if id <= upto then closing[id] = true else kept[#kept + 1] = entry end
+  if id <= period then closing[id] = true else kept[#kept + 1] = entry end
 end
 local status = 'CLOSED'
 if next(closing) == nil then
   status = 'ALREADY'
   -- what the close of this period took, if it was the last close
   local last = acct[4] and split(acct[4], '|') or {}
-  if last[#last] == upto then
+  if last[#last] == period then
     for _, id in ipairs(last) do closing[id] = true end
   else
-    closing[upto] = true
+    closing[period] = true
   end
 end
 
@@ -61,7 +66,7 @@ end
 if status == 'CLOSED' then
   local open = {}
   for _, entry in ipairs(kept) do open[string.sub(entry, 1, string.find(entry, ':', 1, true) - 1)] = true end
-  for _, entry in ipairs(split(ARGV[2], '|')) do
+  for _, entry in ipairs(split(following, '|')) do
     if not open[string.sub(entry, 1, string.find(entry, ':', 1, true) - 1)] then kept[#kept + 1] = entry end
   end
   local closed_ids = {}

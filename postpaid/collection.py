@@ -23,7 +23,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -38,7 +38,9 @@ from postpaid.accounts import BillingAccounts
 from postpaid.config import BillingConfig
 from postpaid.dunning import ChangeState, LateFee, Notify, OpenInvoice, Restore, ServiceState
 from postpaid.invoices import LATE_FEE, RECONNECTION_FEE, Charge
-from postpaid.scripts import DUNNING
+from postpaid.scripts import DUNNING, DunningArgs, DunningStep
+from provisioning.lines import Line
+from provisioning.orders import Order
 
 log = logging.getLogger("postpaid.collection")
 
@@ -55,13 +57,11 @@ PROMISE_MAX_DAYS = 30
 class Lines(Protocol):
     """What collection needs of the line lifecycle (``provisioning.acquisition``)."""
 
-    async def get_line(self, msisdn: str) -> dict[str, str] | None: ...
+    async def get_line(self, msisdn: str) -> Line | None: ...
 
-    async def get_order(self, order_id: str) -> dict[str, Any] | None: ...
+    async def get_order(self, order_id: str) -> Order | None: ...
 
-    async def order(
-        self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = ""
-    ) -> dict[str, Any]: ...
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> Order: ...
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Collection:
         fees = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, LateFee)}
         notes = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, Notify)}
         overdue = dunning.overdue(invoices, today)
-        triples: list[str] = []
+        steps: list[DunningStep] = []
         for invoice, step in sorted(decision.done):
             fee = fees.get((invoice, step))
             note = notes.get((invoice, step))
@@ -161,7 +161,7 @@ class Collection:
                 c = Charge(LATE_FEE, f"Late fee ({step}) for invoice {invoice}", fee.amount, tax_code="exempt")
                 charge = json.dumps(c.__dict__)
             text = f"dunning_{step} {invoice} {note.channel.value} {overdue} {now_ms}" if note else ""
-            triples += [f"{invoice}|{step}", charge, text]
+            steps.append(DunningStep(f"{invoice}|{step}", charge, text))
         for action in decision.actions:
             if isinstance(action, Restore):
                 epoch = info.get("epoch", "0")
@@ -169,11 +169,11 @@ class Collection:
                 if action.reconnection_fee:
                     c = Charge(RECONNECTION_FEE, "Reconnection fee", action.reconnection_fee)
                     charge = json.dumps(c.__dict__)
-                triples += [f"restore|{epoch}", charge, f"service_restored {ba} - {overdue} {now_ms}"]
+                steps.append(DunningStep(f"restore|{epoch}", charge, f"service_restored {ba} - {overdue} {now_ms}"))
             if isinstance(action, ChangeState):
                 epoch = info.get("epoch", "0")
                 changed = f"service_{action.target.value.lower()} {ba} - {overdue} {now_ms}"
-                triples += [f"state|{action.target.value}|{epoch}", "", changed]
+                steps.append(DunningStep(f"state|{action.target.value}|{epoch}", "", changed))
         target = decision.state.value if decision.state != state else ""
         with storage_errors():
             applied = await DUNNING(
@@ -186,14 +186,13 @@ class Collection:
                     keys.BILL_AUDIT,
                     keys.BILL_DUE,
                 ),
-                (
-                    target,
-                    overdue,
-                    len(triples) // 3,
-                    *triples,
-                    now_ms // 1000,
-                    info.get("epoch", "0"),
-                    info.get("moves", "0"),
+                DunningArgs(
+                    state=target,
+                    overdue=overdue,
+                    steps=tuple(steps),
+                    now_s=now_ms // 1000,
+                    epoch=info.get("epoch", "0"),
+                    moves=info.get("moves", "0"),
                 ),
             )
         if applied == -1:
@@ -211,7 +210,7 @@ class Collection:
             else:
                 await self.client.srem(keys.BILL_RESTRICTED, ba)
             await self.client.srem(keys.BILL_RECHECK, ba)
-        if self.notifier is not None and triples:
+        if self.notifier is not None and steps:
             await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
         return decision
 
@@ -226,24 +225,24 @@ class Collection:
         unsettled = False
         for line in await self.accounts.lines(ba):
             current = await self.lines.get_line(line.line)
-            if current is None or current["state"] == "terminated":
+            if current is None or current.state.value == "terminated":
                 continue
             order_id = f"{DUNNING_ORDER}{ba}-{epoch}-{line.account_id}"
-            by_dunning = current.get("order_id", "").startswith(DUNNING_ORDER)
+            by_dunning = current.order_id.startswith(DUNNING_ORDER)
             if state in ORDER_FOR:
                 kind, reached = ORDER_FOR[state]
-                if current["state"] not in reached:
+                if current.state.value not in reached:
                     reason = "NON_PAYMENT" if kind == "TERMINATE" else ""
                     await self.lines.order(order_id, line.line, kind, reason=reason)
                     unsettled = True
-            elif current["state"] in ("barred_outgoing", "suspended") and by_dunning:
+            elif current.state.value in ("barred_outgoing", "suspended") and by_dunning:
                 order = await self.lines.order(order_id, line.line, "RESUME")
-                unsettled = unsettled or order.get("status") != "COMPLETED"
-            elif by_dunning and current.get("order_id") != order_id:
+                unsettled = unsettled or order.status != "COMPLETED"
+            elif by_dunning and current.order_id != order_id:
                 # A bar or suspension ordered before the payment may still be on its way:
                 # look again until it is acknowledged, then resume.
-                previous = await self.lines.get_order(current["order_id"])
-                unsettled = unsettled or (previous is not None and previous.get("status") == "IN_PROGRESS")
+                previous = await self.lines.get_order(current.order_id)
+                unsettled = unsettled or (previous is not None and previous.status == "IN_PROGRESS")
         return unsettled
 
     async def promise(self, ba: str, until: date, actor: str) -> None:

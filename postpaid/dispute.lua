@@ -2,7 +2,11 @@
 --
 -- KEYS[1] dispute record    {bill}:disp:ID
 -- KEYS[2] invoice state     {bill}:is:NUMBER
--- ARGV[1] OPEN, ACCEPT, REJECT or RELEASE   ARGV[2] amount (minor units)   ARGV[3] the record JSON
+--
+-- ARGV DisputeArgs (postpaid/scripts.py), in this order:
+--   op                  OPEN, ACCEPT, REJECT or RELEASE
+--   amount              minor units
+--   record              the dispute record JSON
 --
 -- RELEASE lifts an accepted dispute's hold when there was nothing left to credit.
 --
@@ -13,11 +17,14 @@
 --        | {'NOINVOICE'} | {'NODISPUTE'} | {'CLOSED', status}
 
 local op = ARGV[1]
+local amount = ARGV[2]
+local record = ARGV[3]
+
 local prev = redis.call('HGET', KEYS[1], 'status')
 if op == 'RELEASE' then
   if prev ~= 'ACCEPTED' or redis.call('HGET', KEYS[1], 'released') then return {'SAME'} end
   local disputed = tonumber(redis.call('HGET', KEYS[2], 'disputed'))
-  redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(ARGV[2]), 0)))
+  redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(amount), 0)))
   redis.call('HSET', KEYS[1], 'released', '1')
   return {'DONE'}
 end
@@ -26,9 +33,9 @@ if op == 'OPEN' then
   local inv = redis.call('HMGET', KEYS[2], 'open', 'disputed')
   if not inv[1] then return {'NOINVOICE'} end
   local free = tonumber(inv[1]) - tonumber(inv[2])
-  if tonumber(ARGV[2]) > free then return {'TOOMUCH', string.format('%d', free)} end
-  redis.call('HINCRBY', KEYS[2], 'disputed', ARGV[2])
-  redis.call('HSET', KEYS[1], 'status', 'OPEN', 'doc', ARGV[3])
+  if tonumber(amount) > free then return {'TOOMUCH', string.format('%d', free)} end
+  redis.call('HINCRBY', KEYS[2], 'disputed', amount)
+  redis.call('HSET', KEYS[1], 'status', 'OPEN', 'doc', record)
   return {'DONE'}
 end
 if not prev then return {'NODISPUTE'} end
@@ -37,7 +44,7 @@ if prev == target then return {'SAME'} end
 if prev ~= 'OPEN' then return {'CLOSED', prev} end
 if op == 'REJECT' then
   local disputed = tonumber(redis.call('HGET', KEYS[2], 'disputed'))
-  redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(ARGV[2]), 0)))
+  redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(amount), 0)))
 end
-redis.call('HSET', KEYS[1], 'status', target, 'doc', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', target, 'doc', record)
 return {'DONE'}

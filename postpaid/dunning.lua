@@ -7,11 +7,19 @@
 -- KEYS[4] outbox            {bill}:out
 -- KEYS[5] audit stream      {bill}:audit
 -- KEYS[6] bill run index    {bill}:due
--- ARGV[1] service state to record ('' keep)   ARGV[2] the collectible overdue amount
--- ARGV[3] n records, then n triples:
---         done member, charge JSON for the next invoice ('' none), notification ('' none)
--- ARGV[4 + 3n] now (s)        ARGV[5 + 3n] the account's state epoch the decision was made on
--- ARGV[6 + 3n] the account's money moves (payments, credit notes, invoices) it was made on
+--
+-- ARGV DunningArgs (postpaid/scripts.py), in this order:
+--   state               service state to record ('' keep)
+--   overdue             the collectible overdue amount
+--   steps               the number n of steps, then n DunningStep triples (below)
+--   now_s               now (s)
+--   epoch               the account's state epoch the decision was made on
+--   moves               the account's money moves (payments, credit notes, invoices) it
+--                       was made on
+-- ARGV DunningStep, 3 values per step:
+--   member              the step's member of KEYS[1]
+--   charge              charge JSON for the next invoice ('' none)
+--   note                notification ('' none)
 --
 -- Reaching TERMINATED hands the account over to collection: recorded once in the audit.
 -- A charge makes sure the account is billed again (an account whose lines all ended).
@@ -21,30 +29,37 @@
 -- since the decision was made (a payment, another evaluation): nothing is applied, decide
 -- again.
 
-local n = tonumber(ARGV[3])
-local now = ARGV[4 + 3 * n]
+local state = ARGV[1]
+local overdue = ARGV[2]
+local steps = {}
+for i = 0, tonumber(ARGV[3]) - 1 do
+  steps[i + 1] = {member = ARGV[4 + 3 * i], charge = ARGV[5 + 3 * i], note = ARGV[6 + 3 * i]}
+end
+local now_s = ARGV[4 + 3 * #steps]
+local epoch = ARGV[5 + 3 * #steps]
+local moves = ARGV[6 + 3 * #steps]
+
 local seen = redis.call('HMGET', KEYS[3], 'epoch', 'moves')
-if (seen[1] or '0') ~= ARGV[5 + 3 * n] or (seen[2] or '0') ~= ARGV[6 + 3 * n] then return -1 end
+if (seen[1] or '0') ~= epoch or (seen[2] or '0') ~= moves then return -1 end
 local applied = 0
-for i = 0, n - 1 do
-  local member, charge, note = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
-  if redis.call('SADD', KEYS[1], member) == 1 then
+for _, step in ipairs(steps) do
+  if redis.call('SADD', KEYS[1], step.member) == 1 then
     applied = applied + 1
-    if charge ~= '' then
-      redis.call('RPUSH', KEYS[2], charge)
-      redis.call('ZADD', KEYS[6], 'NX', now, string.sub(KEYS[3], #'{bill}:ba:' + 1))
+    if step.charge ~= '' then
+      redis.call('RPUSH', KEYS[2], step.charge)
+      redis.call('ZADD', KEYS[6], 'NX', now_s, string.sub(KEYS[3], #'{bill}:ba:' + 1))
     end
-    if note ~= '' then redis.call('RPUSH', KEYS[4], note) end
+    if step.note ~= '' then redis.call('RPUSH', KEYS[4], step.note) end
   end
 end
-if ARGV[1] ~= '' then
+if state ~= '' then
   local was = redis.call('HGET', KEYS[3], 'state')
-  if was ~= ARGV[1] then
-    redis.call('HSET', KEYS[3], 'state', ARGV[1])
+  if was ~= state then
+    redis.call('HSET', KEYS[3], 'state', state)
     redis.call('HINCRBY', KEYS[3], 'epoch', 1)
-    if ARGV[1] == 'TERMINATED' then
+    if state == 'TERMINATED' then
       redis.call('XADD', KEYS[5], '*', 'action', 'collection_handover', 'actor', 'dunning',
-        'ba', string.sub(KEYS[3], #'{bill}:ba:' + 1), 'amount', ARGV[2], 'at', now)
+        'ba', string.sub(KEYS[3], #'{bill}:ba:' + 1), 'amount', overdue, 'at', now_s)
     end
   end
 end

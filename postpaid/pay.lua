@@ -8,14 +8,24 @@
 -- KEYS[4] movements         {bill}:ba:BA:pay
 -- KEYS[5] dunning index     {bill}:dunning
 -- KEYS[6] credit note sequence {bill}:seq:cn:ISSUER (credit notes only)
--- ARGV[1] kind: PAY, CREDIT or REFUND     ARGV[2] payload digest
--- ARGV[3] amount (minor units, > 0)        ARGV[4] at (s)
--- ARGV[5] invoice state key prefix "{bill}:is:"
--- ARGV[6] record JSON (channel, reference, reason, ...); \1NUMBER\1 stands for a credit
---         note's number and \1ALLOCATIONS\1 for the allocations (control characters never
---         occur in JSON text, so a reference or reason cannot forge them)
--- ARGV[7] CREDIT: the invoice it credits   ARGV[8] CREDIT: disputed amount it settles
--- ARGV[9] CREDIT: number prefix ("CN-")    ARGV[10] CREDIT: credit note key prefix
+--
+-- ARGV PayArgs (postpaid/scripts.py), in this order:
+--   kind                PAY, CREDIT or REFUND
+--   digest              payload digest
+--   amount              minor units, > 0
+--   at_s                at (s; in the record already)
+--   state_prefix        invoice state key prefix "{bill}:is:"
+--   record              record JSON (channel, reference, reason, ...); \1NUMBER\1 stands
+--                       for a credit note's number and \1ALLOCATIONS\1 for the allocations
+--                       (control characters never occur in JSON text, so a reference or
+--                       reason cannot forge them)
+--   invoice             CREDIT: the invoice it credits
+--   release             CREDIT: disputed amount it settles
+--   number_prefix       CREDIT: number prefix ("CN-")
+--   note_prefix         CREDIT: credit note key prefix
+-- The invoice state keys and the credit note's key are not in KEYS: they are made here
+-- from the prefixes and the numbers (of the open invoices, and the credit note's from
+-- its sequence), which the caller cannot know; all share the {bill} slot.
 --
 -- A credit note is at most what the invoice has not been credited yet; what it does not
 -- settle of its invoice pays the other open invoices, oldest first, then stays as credit.
@@ -24,24 +34,32 @@
 --        | {'NOCREDIT'} (a refund larger than the credit) | {'NOINVOICE'}
 --        | {'TOOMUCH', creditable} (a credit note above what the invoice can still be credited)
 
+local kind = ARGV[1]
+local digest = ARGV[2]
+local amount = tonumber(ARGV[3])
+local at_s = ARGV[4]
+local state_prefix = ARGV[5]
+local record = ARGV[6]
+local invoice = ARGV[7]
+local release = tonumber(ARGV[8])
+local number_prefix = ARGV[9]
+local note_prefix = ARGV[10]
+
 local stored = redis.call('GET', KEYS[1])
 if stored then
   local sep = string.find(stored, '|', 1, true)
-  if string.sub(stored, 1, sep - 1) ~= ARGV[2] then return {'CONFLICT'} end
+  if string.sub(stored, 1, sep - 1) ~= digest then return {'CONFLICT'} end
   return {'REPLAY', string.sub(stored, sep + 1)}
 end
 
-local kind = ARGV[1]
-local amount = tonumber(ARGV[3])
 local ba_id = string.sub(KEYS[2], #'{bill}:ba:' + 1)
 local ba = redis.call('HMGET', KEYS[2], 'credit', 'balance')
 local credit, balance = tonumber(ba[1] or '0'), tonumber(ba[2] or '0')
 local allocations = {}
-local record = ARGV[6]
 local note_key = nil
 
 local function settle(number, take)
-  local key = ARGV[5] .. number
+  local key = state_prefix .. number
   local open = tonumber(redis.call('HGET', key, 'open'))
   local t = math.min(open, take)
   if t > 0 then
@@ -63,20 +81,19 @@ if kind == 'REFUND' then
 else
   local rest = amount
   if kind == 'CREDIT' then
-    local key = ARGV[5] .. ARGV[7]
+    local key = state_prefix .. invoice
     local inv = redis.call('HMGET', key, 'total', 'credited')
     if not inv[1] then return {'NOINVOICE'} end
     local creditable = tonumber(inv[1]) - tonumber(inv[2] or '0')
     if amount > creditable then return {'TOOMUCH', string.format('%d', math.max(creditable, 0))} end
-    local release = tonumber(ARGV[8])
     if release > 0 then
       local disputed = tonumber(redis.call('HGET', key, 'disputed'))
       redis.call('HSET', key, 'disputed', string.format('%d', math.max(disputed - release, 0)))
     end
-    rest = rest - settle(ARGV[7], rest)
-    local number = ARGV[9] .. string.format('%08d', redis.call('INCR', KEYS[6]))
+    rest = rest - settle(invoice, rest)
+    local number = number_prefix .. string.format('%08d', redis.call('INCR', KEYS[6]))
     record = string.gsub(record, '\1NUMBER\1', number, 1)
-    note_key = ARGV[10] .. number
+    note_key = note_prefix .. number
     redis.call('HINCRBY', key, 'credited', amount)
   end
   for _, number in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
@@ -89,7 +106,7 @@ end
 
 record = string.gsub(record, '\1ALLOCATIONS\1', '{' .. table.concat(allocations, ',') .. '}', 1)
 if note_key then redis.call('SET', note_key, record) end
-redis.call('SET', KEYS[1], ARGV[2] .. '|' .. record)
+redis.call('SET', KEYS[1], digest .. '|' .. record)
 redis.call('RPUSH', KEYS[4], KEYS[1])
 redis.call('HSET', KEYS[2], 'credit', string.format('%d', credit), 'balance', string.format('%d', balance))
 redis.call('HINCRBY', KEYS[2], 'moves', 1)
@@ -98,14 +115,14 @@ if kind == 'CREDIT' then
   redis.call('HINCRBY', KEYS[2], 'credited_since', amount)
   -- listed on the next invoice: "number amount invoice;..."
   local listed = redis.call('HGET', KEYS[2], 'credit_notes_since') or ''
-  local number = string.sub(note_key, #ARGV[10] + 1)
+  local number = string.sub(note_key, #note_prefix + 1)
   redis.call('HSET', KEYS[2], 'credit_notes_since',
-    listed .. number .. ' ' .. string.format('%d', amount) .. ' ' .. ARGV[7] .. ';')
+    listed .. number .. ' ' .. string.format('%d', amount) .. ' ' .. invoice .. ';')
 end
 if kind == 'REFUND' then redis.call('HINCRBY', KEYS[2], 'paid_since', -amount) end
 local first = redis.call('LINDEX', KEYS[3], 0)
 if first then
-  redis.call('ZADD', KEYS[5], redis.call('HGET', ARGV[5] .. first, 'due'), ba_id)
+  redis.call('ZADD', KEYS[5], redis.call('HGET', state_prefix .. first, 'due'), ba_id)
 else
   redis.call('ZREM', KEYS[5], ba_id)
 end

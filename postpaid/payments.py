@@ -32,7 +32,7 @@ from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.store import storage_errors
 from postpaid.config import BillingConfig
 from postpaid.invoices import ADJUSTMENT, Charge, Invoice
-from postpaid.scripts import DISPUTE, PAY
+from postpaid.scripts import DISPUTE, PAY, DisputeArgs, PayArgs
 
 log = logging.getLogger("postpaid.payments")
 MAX_MINOR = 10**13
@@ -82,7 +82,7 @@ class Payments:
         if not await self.client.exists(keys.billing_account(ba)):
             raise NotFound("no such billing account")
 
-    async def _money(self, record_key: str, ba: str, args: list[Any]) -> dict[str, Any]:
+    async def _money(self, record_key: str, ba: str, args: PayArgs) -> dict[str, Any]:
         with storage_errors():
             reply = await PAY(
                 self.client,
@@ -119,7 +119,7 @@ class Payments:
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "PAYMENT", "ba": ba, "amount": amount, "channel": channel, "reference": reference})
         doc = doc[:-1] + ', "at": ' + str(now_s) + ', "allocations": ' + ALLOCATIONS + "}"
-        args = ["PAY", _digest(ba, amount, channel), amount, now_s, keys.invoice_state(""), doc]
+        args = PayArgs("PAY", _digest(ba, amount, channel), amount, now_s, keys.invoice_state(""), doc)
         record = await self._money(keys.payment(channel, reference), ba, args)
         if not record["replayed"]:
             metrics.PAYMENTS.labels(channel).inc()
@@ -136,7 +136,7 @@ class Payments:
         await self._account_exists(ba)
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "REFUND", "ba": ba, "amount": amount, "reference": reference, "reason": reason})
-        args = ["REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc]
+        args = PayArgs("REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc)
         record = await self._money(keys.payment("REFUND", reference), ba, args)
         if not record["replayed"]:
             await self._audit("refund", actor or "api", ba, amount, reason, reference)
@@ -157,18 +157,18 @@ class Payments:
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "CREDIT_NOTE", "ba": str(ba), "invoice": number, "amount": amount, "reason": reason})
         doc = doc[:-1] + f', "number": "{NUMBER}", "at": {now_s}, "allocations": {ALLOCATIONS}}}'
-        args = [
-            "CREDIT",
-            _digest(number, amount, reason),
-            amount,
-            now_s,
-            keys.invoice_state(""),
-            doc,
-            number,
-            release,
-            self.config.issuer.credit_note_prefix + "-",
-            keys.credit_note(""),
-        ]
+        args = PayArgs(
+            kind="CREDIT",
+            digest=_digest(number, amount, reason),
+            amount=amount,
+            at_s=now_s,
+            state_prefix=keys.invoice_state(""),
+            record=doc,
+            invoice=number,
+            release=release,
+            number_prefix=self.config.issuer.credit_note_prefix + "-",
+            note_prefix=keys.credit_note(""),
+        )
         record = await self._money(keys.payment("CN", _key_part(key, "key")), str(ba), args)
         if actor and not record["replayed"]:
             await self._audit("credit_note", actor, str(ba), amount, reason, record.get("number", ""))
@@ -207,7 +207,9 @@ class Payments:
         doc = {"id": dispute_id, "invoice": number, "ba": str(ba), "amount": amount, "reason": reason, "opened": now_s}
         doc["line"] = line
         reply = await DISPUTE(
-            self.client, (keys.dispute(dispute_id), keys.invoice_state(number)), ("OPEN", amount, json.dumps(doc))
+            self.client,
+            (keys.dispute(dispute_id), keys.invoice_state(number)),
+            DisputeArgs("OPEN", amount, json.dumps(doc)),
         )
         if reply[0] == "TOOMUCH":
             raise InvalidRequest("amount_minor", f"at most the undisputed open amount ({reply[1]}) can be disputed")
@@ -230,7 +232,9 @@ class Payments:
         d = await self.dispute(dispute_id)
         key = (keys.dispute(dispute_id), keys.invoice_state(d["invoice"]))
         doc = {**_bare(d), "resolution": reason}
-        reply = await DISPUTE(self.client, key, ("ACCEPT" if accept else "REJECT", d["amount"], json.dumps(doc)))
+        reply = await DISPUTE(
+            self.client, key, DisputeArgs("ACCEPT" if accept else "REJECT", d["amount"], json.dumps(doc))
+        )
         if reply[0] == "CLOSED":
             raise Conflict(f"the dispute is already {reply[1]}")
         if accept:
@@ -258,7 +262,9 @@ class Payments:
         if amount > 0:
             return await self.credit_note(d["invoice"], amount, reason, key, release=int(d["amount"]))
         await DISPUTE(
-            self.client, (keys.dispute(dispute_id), keys.invoice_state(d["invoice"])), ("RELEASE", d["amount"], "")
+            self.client,
+            (keys.dispute(dispute_id), keys.invoice_state(d["invoice"])),
+            DisputeArgs("RELEASE", d["amount"], ""),
         )
         return {}
 

@@ -1,11 +1,21 @@
-"""The billing Lua scripts (``postpaid/*.lua``, each headed by its KEYS, ARGV and reply).
+"""The billing Lua scripts (``postpaid/*.lua``, each headed by its KEYS, ARGV and reply)
+and the records of their arguments.
 
 Line scripts run in the charging account's slot; the others in the ``{bill}`` slot.
+
+Each script's header lists ARGV under ``-- ARGV <Record>`` by the field names of its
+record here, in order, and the script reads them into locals of the same names;
+``tests/test_script_headers.py`` holds the two sides together (as for
+``charging/script_args.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from charging.ledger import LuaScript
+from charging.script_args import Arg
 
 ENROL = LuaScript("enrol.lua", package="postpaid")
 CLOSE = LuaScript("charging:ledger_lib.lua", "close.lua", package="postpaid")
@@ -16,3 +26,182 @@ DUNNING = LuaScript("dunning.lua", package="postpaid")
 PURGE = LuaScript("purge.lua", package="postpaid")
 DISPUTE = LuaScript("dispute.lua", package="postpaid")
 PREPAID_CLOSE = LuaScript("prepaid_close.lua", package="postpaid")
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolArgs:
+    """enrol.lua: make a charging account postpaid."""
+
+    # The open bill periods, packed (postpaid/periods.py ``pack``).
+    periods: str
+    credit_limit: int
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.periods, self.credit_limit)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseArgs:
+    """close.lua: close a line's bill period and read its usage."""
+
+    period: str
+    # The periods that stay open after it, packed.
+    following: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.period, self.following)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditArgs:
+    """credit.lua: set a line's credit limit and overdue amount (micros; None keeps it)."""
+
+    credit_limit: int | None
+    overdue: int | None
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return ("" if self.credit_limit is None else self.credit_limit, "" if self.overdue is None else self.overdue)
+
+
+@dataclass(frozen=True, slots=True)
+class IssueArgs:
+    """issue.lua: issue an invoice with the next number."""
+
+    # The invoice JSON, with NUMBER where the number goes.
+    invoice: str
+    total: int
+    due_s: int
+    # The account's balance moves the invoice was composed on.
+    moves: int
+    # Pending charges it took, from the head of the list.
+    pending_taken: int
+    number_prefix: str
+    issued_s: int
+    invoice_prefix: str
+    state_prefix: str
+    period: str
+    # '' for a final invoice.
+    next_period: str
+    next_end_s: int
+    # A final invoice: the line that leaves the account, else ''.
+    final_line: str
+    deposit: int
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (
+            self.invoice,
+            self.total,
+            self.due_s,
+            self.moves,
+            self.pending_taken,
+            self.number_prefix,
+            self.issued_s,
+            self.invoice_prefix,
+            self.state_prefix,
+            self.period,
+            self.next_period,
+            self.next_end_s,
+            self.final_line,
+            self.deposit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PayArgs:
+    """pay.lua: a payment, a credit note or a refund, once per record key."""
+
+    kind: Literal["PAY", "CREDIT", "REFUND"]
+    digest: str
+    amount: int
+    at_s: int
+    state_prefix: str
+    # The record JSON, with ALLOCATIONS (and for a credit note NUMBER) to fill in.
+    record: str
+    # For a credit note only: the invoice, the disputed amount it settles, the number
+    # prefix and the credit note key prefix.
+    invoice: str = ""
+    release: int = 0
+    number_prefix: str = ""
+    note_prefix: str = ""
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (
+            self.kind,
+            self.digest,
+            self.amount,
+            self.at_s,
+            self.state_prefix,
+            self.record,
+            self.invoice,
+            self.release,
+            self.number_prefix,
+            self.note_prefix,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DunningStep:
+    """One step of a dunning decision: applied once, by its member."""
+
+    member: str
+    # A charge JSON for the next invoice, '' none.
+    charge: str
+    # A notification for the billing outbox, '' none.
+    note: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.member, self.charge, self.note)
+
+
+@dataclass(frozen=True, slots=True)
+class DunningArgs:
+    """dunning.lua: record what one dunning evaluation decided."""
+
+    # The service state to record, '' keep.
+    state: str
+    overdue: int
+    steps: tuple[DunningStep, ...]
+    now_s: int
+    # The account's state epoch and money moves the decision was made on.
+    epoch: str
+    moves: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        argv: tuple[Arg, ...] = (self.state, self.overdue, len(self.steps))
+        for step in self.steps:
+            argv += step.to_argv()
+        return (*argv, self.now_s, self.epoch, self.moves)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeArgs:
+    """purge.lua: drop a line's invoiced usage up to a period."""
+
+    period: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.period,)
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeArgs:
+    """dispute.lua: open, accept, reject or release a dispute."""
+
+    op: Literal["OPEN", "ACCEPT", "REJECT", "RELEASE"]
+    amount: int
+    # The dispute record JSON.
+    record: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.op, self.amount, self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class PrepaidCloseArgs:
+    """prepaid_close.lua: record a terminated prepaid line's balance, once."""
+
+    policy: str
+    at_s: int
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.policy, self.at_s)

@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime, timedelta
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 
+from provisioning import keys
+
 ADDS = Counter("crm_gross_additions_total", "Lines activated for the first time, by customer type.", ["customer_type"])
 DISCONNECTIONS = Counter(
     "crm_disconnections_total", "Lines terminated, by customer type and reason.", ["customer_type", "reason"]
@@ -51,19 +53,19 @@ class CustomerBase:
         self.client = client
 
     async def added(self, customer_type: str, at_s: int) -> None:
-        await self.client.hincrby(f"crm:stats:adds:{day_of(at_s)}", customer_type, 1)
-        await self.client.hincrby("crm:stats:active", customer_type, 1)
+        await self.client.hincrby(keys.additions(str(day_of(at_s))), customer_type, 1)
+        await self.client.hincrby(keys.ACTIVE_LINES, customer_type, 1)
         ADDS.labels(customer_type).inc()
         await self._refresh_gauge(customer_type)
 
     async def disconnected(self, customer_type: str, reason: str, at_s: int) -> None:
-        await self.client.hincrby(f"crm:stats:disc:{day_of(at_s)}", customer_type, 1)
-        await self.client.hincrby("crm:stats:active", customer_type, -1)
+        await self.client.hincrby(keys.disconnections(str(day_of(at_s))), customer_type, 1)
+        await self.client.hincrby(keys.ACTIVE_LINES, customer_type, -1)
         DISCONNECTIONS.labels(customer_type, reason).inc()
         await self._refresh_gauge(customer_type)
 
     async def _refresh_gauge(self, customer_type: str) -> None:
-        total = await self.client.hincrby("crm:stats:active", customer_type, 0)
+        total = await self.client.hincrby(keys.ACTIVE_LINES, customer_type, 0)
         ACTIVE.labels(customer_type).set(total)
 
     async def figures(self, first: date, last: date) -> list[BaseFigures]:
@@ -71,8 +73,8 @@ class CustomerBase:
         days = [EPOCH + timedelta(days=n) for n in range((last - EPOCH).days + 1)]
         pipe = self.client.pipeline(transaction=False)
         for d in days:
-            pipe.hgetall(f"crm:stats:adds:{d}")
-            pipe.hgetall(f"crm:stats:disc:{d}")
+            pipe.hgetall(keys.additions(str(d)))
+            pipe.hgetall(keys.disconnections(str(d)))
         raw = await pipe.execute()
         out = []
         for kind in CUSTOMER_TYPES:

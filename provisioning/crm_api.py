@@ -15,8 +15,11 @@ from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
-from provisioning.customers import KINDS, STATES, Unit, page_size, page_start, paying_unit
-from provisioning.records import Records
+from provisioning.customer_care import CustomerCare, Dispute, Interaction, Ticket
+from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
+from provisioning.lines import Line
+from provisioning.orders import Order
+from provisioning.organisation import OrgUnit, paying_unit
 
 STATUSES = {
     "SUBMITTED": crm_pb2.ORDER_STATUS_SUBMITTED,
@@ -35,47 +38,67 @@ def application_doc(app: crm_pb2.Application) -> dict[str, Any]:
     return doc
 
 
-def order_pb(order: dict[str, Any]) -> crm_pb2.Order:
+def order_pb(order: Order) -> crm_pb2.Order:
     out = crm_pb2.Order(
-        crm_order_id=order["crm_order_id"],
-        status=STATUSES[order["status"]],
-        customer_id=order.get("customer_id", ""),
-        account_id=order.get("account_id", ""),
-        msisdn=order.get("msisdn", ""),
-        credit_class=order.get("credit_class", ""),
-        credit_limit_micros=order.get("credit_limit_micros", 0),
-        deposit_micros=order.get("deposit_micros", 0),
+        crm_order_id=order.crm_order_id,
+        status=STATUSES[order.status],
+        customer_id=order.customer_id,
+        account_id=order.account_id,
+        msisdn=order.msisdn,
+        credit_class=order.credit_class,
+        credit_limit_micros=order.credit_limit_micros,
+        deposit_micros=order.deposit_micros,
     )
-    for field, message in order.get("problems", []):
+    for field, message in order.problems:
         out.problems.add(field=field, message=message)
-    for s in order.get("steps", []):
-        out.steps.add(step=s["step"], outcome=s["outcome"], reasons=s["reasons"], at=s["at"])
+    for s in order.steps:
+        out.steps.add(step=s.step, outcome=s.outcome, reasons=s.reasons, at=s.at)
     return out
 
 
-def ticket_pb(doc: dict[str, Any]) -> crm_pb2.Ticket:
-    out = crm_pb2.Ticket(
-        id=doc["id"],
-        customer_id=doc["customer_id"],
-        topic=doc["topic"],
-        summary=doc["summary"],
-        line=doc["line"],
-        invoice=doc["invoice"],
-        state=doc["state"],
+def interaction_pb(customer_id: str, interaction: Interaction) -> crm_pb2.Interaction:
+    return crm_pb2.Interaction(
+        customer_id=customer_id,
+        id=interaction.id,
+        channel=interaction.channel,
+        note=interaction.note,
+        references=interaction.references,
+        at=interaction.at,
     )
-    for h in doc["history"]:
-        out.history.add(state=h["state"], at=h["at"], note=h["note"])
+
+
+def ticket_pb(ticket: Ticket) -> crm_pb2.Ticket:
+    out = crm_pb2.Ticket(
+        id=ticket.id,
+        customer_id=ticket.customer_id,
+        topic=ticket.topic,
+        summary=ticket.summary,
+        line=ticket.line,
+        invoice=ticket.invoice,
+        state=ticket.state,
+    )
+    for h in ticket.history:
+        out.history.add(state=h.state, at=h.at, note=h.note)
     return out
 
 
-def dispute_pb(doc: dict[str, Any]) -> crm_pb2.Dispute:
-    return crm_pb2.Dispute(**doc)
+def dispute_pb(dispute: Dispute) -> crm_pb2.Dispute:
+    return crm_pb2.Dispute(
+        id=dispute.id,
+        customer_id=dispute.customer_id,
+        invoice=dispute.invoice,
+        line=dispute.line,
+        reason=dispute.reason,
+        amount_micros=dispute.amount_micros,
+        state=dispute.state,
+        at=dispute.at,
+    )
 
 
 class CrmServicer(crm_pb2_grpc.CrmServicer):
-    def __init__(self, acquisition: Acquisition, records: Records) -> None:
+    def __init__(self, acquisition: Acquisition, care: CustomerCare) -> None:
         self.acquisition = acquisition
-        self.records = records
+        self.care = care
 
     def _now(self) -> int:
         return self.acquisition.clock.now_ms() // 1000
@@ -84,25 +107,25 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def AddInteraction(
         self, request: crm_pb2.Interaction, context: grpc.aio.ServicerContext
     ) -> crm_pb2.Interaction:
-        doc = await self.records.add_interaction(
+        interaction = await self.care.add_interaction(
             request.customer_id, request.channel, request.note, list(request.references), self._now()
         )
-        return crm_pb2.Interaction(customer_id=request.customer_id, **doc)
+        return interaction_pb(request.customer_id, interaction)
 
     @rpc("OpenTicket")
     async def OpenTicket(self, request: crm_pb2.Ticket, context: grpc.aio.ServicerContext) -> crm_pb2.Ticket:
-        doc = await self.records.open_ticket(
+        ticket = await self.care.open_ticket(
             request.customer_id, request.topic, request.summary, self._now(), line=request.line, invoice=request.invoice
         )
-        return ticket_pb(doc)
+        return ticket_pb(ticket)
 
     @rpc("MoveTicket")
     async def MoveTicket(self, request: crm_pb2.TicketMove, context: grpc.aio.ServicerContext) -> crm_pb2.Ticket:
-        return ticket_pb(await self.records.move_ticket(request.ticket_id, request.state, request.note, self._now()))
+        return ticket_pb(await self.care.move_ticket(request.ticket_id, request.state, request.note, self._now()))
 
     @rpc("OpenDispute")
     async def OpenDispute(self, request: crm_pb2.Dispute, context: grpc.aio.ServicerContext) -> crm_pb2.Dispute:
-        doc = await self.records.open_dispute(
+        dispute = await self.care.open_dispute(
             request.customer_id,
             request.reason,
             request.amount_micros,
@@ -110,17 +133,17 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
             invoice=request.invoice,
             line=request.line,
         )
-        return dispute_pb(doc)
+        return dispute_pb(dispute)
 
     @rpc("GetCustomerRecords")
     async def GetCustomerRecords(
         self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext
     ) -> crm_pb2.CustomerRecords:
         out = crm_pb2.CustomerRecords()
-        for i in await self.records.interactions(request.customer_id):
-            out.interactions.add(customer_id=request.customer_id, **i)
-        out.tickets.extend(ticket_pb(t) for t in await self.records.tickets(request.customer_id))
-        out.disputes.extend(dispute_pb(d) for d in await self.records.disputes(request.customer_id))
+        interactions = await self.care.interactions(request.customer_id)
+        out.interactions.extend(interaction_pb(request.customer_id, i) for i in interactions)
+        out.tickets.extend(ticket_pb(t) for t in await self.care.tickets(request.customer_id))
+        out.disputes.extend(dispute_pb(d) for d in await self.care.disputes(request.customer_id))
         return out
 
     @rpc("SubmitApplication")
@@ -189,7 +212,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         line = await self.acquisition.get_line(request.msisdn)
         if line is None:
             raise NotFound("no such line")
-        return line_pb(request.msisdn, line)
+        return line_pb(line)
 
     @rpc("AddOrgUnit")
     async def AddOrgUnit(self, request: crm_pb2.OrgUnit, context: grpc.aio.ServicerContext) -> crm_pb2.OrgUnit:
@@ -249,10 +272,10 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         self, request: crm_pb2.CustomerPageRequest, context: grpc.aio.ServicerContext
     ) -> crm_pb2.LinePage:
         await self._customer(request.customer_id)
-        lines, token = await self.acquisition.customers.lines(
+        lines, token = await self.acquisition.lines.page(
             request.customer_id, page_start(request.page_token), page_size(request.page_size)
         )
-        return crm_pb2.LinePage(lines=[line_pb(msisdn, line) for msisdn, line in lines], next_page_token=token)
+        return crm_pb2.LinePage(lines=[line_pb(line) for line in lines], next_page_token=token)
 
     @rpc("ListCustomerOrders")
     async def ListCustomerOrders(
@@ -265,7 +288,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         orders = [await self.acquisition.get_order(i) for i in ids]
         return crm_pb2.OrderPage(orders=[order_pb(o) for o in orders if o is not None], next_page_token=token)
 
-    async def _customer(self, customer_id: str) -> dict[str, str]:
+    async def _customer(self, customer_id: str) -> Customer:
         customer = await self.acquisition.customers.get(customer_id) if customer_id else None
         if customer is None:
             raise NotFound("no such customer")
@@ -273,38 +296,32 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
 
     @rpc("GetCustomer")
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
-        client = self.acquisition.client
-        kind = await client.hget(f"crm:customer:{request.customer_id}", "kind")
-        if kind is None:
-            raise NotFound("no such customer")
-        out = crm_pb2.Customer(id=request.customer_id, kind=str(kind))
-        units = await self.acquisition.organisation.units(request.customer_id)
+        customer = await self._customer(request.customer_id)
+        out = crm_pb2.Customer(id=customer.id, kind=customer.kind)
+        units = await self.acquisition.organisation.units(customer.id)
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
-        for msisdn in await client.lrange(f"crm:lines:{request.customer_id}", 0, -1):
-            line = await self.acquisition.get_line(str(msisdn))
-            if line is not None and line["customer_id"] == request.customer_id:  # not given to someone else since
-                out.lines.append(line_pb(str(msisdn), line))
+        out.lines.extend(line_pb(line) for line in await self.acquisition.lines.of_customer(customer.id))
         return out
 
 
-def summary_pb(customer: dict[str, str]) -> crm_pb2.CustomerSummary:
+def summary_pb(customer: Customer) -> crm_pb2.CustomerSummary:
     return crm_pb2.CustomerSummary(
-        id=customer["id"],
-        kind=customer.get("kind", ""),
-        state=customer.get("state", ""),
-        created=int(customer.get("created", 0)),
-        country=customer.get("country", ""),
-        postal_code=customer.get("postal_code", ""),
-        credit_class=customer.get("credit_class", ""),
+        id=customer.id,
+        kind=customer.kind,
+        state=customer.state,
+        created=customer.created,
+        country=customer.country,
+        postal_code=customer.postal_code,
+        credit_class="" if customer.credit is None else customer.credit.credit_class,
         identity_document=crm_pb2.IdentityDocument(
-            type=customer.get("document_type", ""),
-            issuing_country=customer.get("document_country", ""),
-            number=customer.get("document_number", ""),  # masked when stored
+            type=customer.document_type,
+            issuing_country=customer.document_country,
+            number=customer.document_number,  # masked when stored
         ),
     )
 
 
-def unit_pb(unit: Unit, paying: str) -> crm_pb2.OrgUnit:
+def unit_pb(unit: OrgUnit, paying: str) -> crm_pb2.OrgUnit:
     return crm_pb2.OrgUnit(
         id=unit.id,
         customer_id=unit.customer_id,
@@ -315,12 +332,12 @@ def unit_pb(unit: Unit, paying: str) -> crm_pb2.OrgUnit:
     )
 
 
-def line_pb(msisdn: str, line: dict[str, str]) -> crm_pb2.Line:
+def line_pb(line: Line) -> crm_pb2.Line:
     return crm_pb2.Line(
-        msisdn=msisdn,
-        customer_id=line["customer_id"],
-        account_id=line["account_id"],
-        plan_id=line["plan_id"],
-        state=line["state"],
-        unit_id=line.get("unit_id", ""),
+        msisdn=line.msisdn,
+        customer_id=line.customer_id,
+        account_id=line.account_id,
+        plan_id=line.plan_id,
+        state=line.state.value,
+        unit_id=line.unit_id,
     )

@@ -1,4 +1,4 @@
-"""Customers: their records, the state they are in, finding them; and their organisation.
+"""Customers: their records, the state they are in, finding them.
 
 A customer is ``crm:customer:<id>`` (kind, created, address country and postal code,
 credit terms, the identity document with its number masked, state) with its lines in
@@ -9,12 +9,7 @@ the sorted sets ``crm:customers``, ``crm:customers:kind:<kind>`` and
 ``crm:customers:state:<state>`` (score = the numeric id, so a page resumes after the last
 id seen); by line through the line's record, by identity document through the
 screener's salted fingerprint (``screening.py``): raw document numbers are never stored.
-
-Individuals have no organisation; a corporate customer is a tree of units of any depth
-(company, branches, departments). Each unit either pays for its lines itself (a billing
-account) or through its parent; the company at the root always pays for itself. The
-tree is stored as ``crm:unit:<id>`` hashes (customer, parent, name, pays) and the list
-``crm:units:<customer>``; ``paying_unit`` is the pure rule billing follows.
+A corporate customer's units are in ``organisation.py``, the lines in ``lines.py``.
 """
 
 from __future__ import annotations
@@ -26,37 +21,17 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from charging.errors import InvalidRequest, NotFound
+from charging.errors import InvalidRequest
+from provisioning import keys
+from provisioning.credit import CreditDecision
 from provisioning.screening import Screener
 
-UNIT_SEQ = "crm:seq:unit"
-CUSTOMERS = "crm:customers"
 KINDS = ("INDIVIDUAL", "CORPORATE")
 STATES = ("PENDING", "ACTIVE", "TERMINATED")
 IN_SERVICE = ("active", "barred_outgoing", "suspended")
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 # A filtered listing reads at most this many pages' worth of customers per call.
 SCAN_PAGES = 10
-
-
-def customer_key(customer_id: str) -> str:
-    return "crm:customer:" + customer_id
-
-
-def lines_key(customer_id: str) -> str:
-    return "crm:lines:" + customer_id
-
-
-def line_key(msisdn: str) -> str:
-    return "crm:line:" + msisdn
-
-
-def kind_index(kind: str) -> str:
-    return "crm:customers:kind:" + kind
-
-
-def state_index(state: str) -> str:
-    return "crm:customers:state:" + state
 
 
 def customer_state(line_states: Iterable[str]) -> str:
@@ -101,64 +76,79 @@ async def push_once(client: aioredis.Redis, key: str, value: str) -> None:
 
 
 @dataclass(frozen=True)
-class Unit:
+class Customer:
+    """A customer as stored: the address and identity document kept to check offers of
+    further lines against (the document number masked), the state, the email address
+    invoices go to and, for a postpaid customer, the credit terms decided."""
+
     id: str
-    customer_id: str
-    parent: str
-    name: str
-    pays_itself: bool
+    kind: str
+    created: int
+    state: str = "PENDING"
+    country: str = ""
+    postal_code: str = ""
+    document_type: str = ""
+    document_country: str = ""
+    document_number: str = ""
+    email: str = ""
+    credit: CreditDecision | None = None
 
+    @property
+    def credit_limit_micros(self) -> int:
+        return 0 if self.credit is None else self.credit.credit_limit_micros
 
-def paying_unit(units: Mapping[str, Unit], unit_id: str) -> str:
-    """The unit that pays for ``unit_id``'s lines: itself, or the nearest ancestor that
-    pays for itself (the root always does)."""
-    seen = set()
-    unit = units[unit_id]
-    while not unit.pays_itself and unit.parent and unit.id not in seen:
-        seen.add(unit.id)
-        unit = units[unit.parent]
-    return unit.id
+    @property
+    def deposit_micros(self) -> int:
+        return 0 if self.credit is None else self.credit.deposit_micros
 
-
-class Organisation:
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-
-    async def add_unit(self, customer_id: str, parent: str, name: str, pays_itself: bool, unit_id: str = "") -> Unit:
-        """Add a unit; the first unit of a customer is its root (no parent, pays itself).
-        With ``unit_id`` (taken by an order beforehand) adding it again changes nothing."""
-        if not name.strip() or len(name) > 128:
-            raise InvalidRequest("name", "is required (at most 128 characters)")
-        kind = await self.client.hget(f"crm:customer:{customer_id}", "kind")
-        if kind is None:
-            raise NotFound("no such customer")
-        if kind != "CORPORATE":
-            raise InvalidRequest("customer_id", "only corporate customers have an organisation")
-        existing = await self.units(customer_id)
-        if unit_id in existing:
-            return existing[unit_id]
-        if existing and parent not in existing:
-            raise InvalidRequest("parent_id", "must be a unit of the same customer")
-        unit_id = unit_id or str(await self.client.incr(UNIT_SEQ))
-        unit = Unit(unit_id, customer_id, parent if existing else "", name, pays_itself or not existing)
-        await self.client.hset(
-            f"crm:unit:{unit_id}",
-            mapping={"customer": customer_id, "parent": unit.parent, "name": name, "pays": int(unit.pays_itself)},
+    @classmethod
+    def from_redis(cls, customer_id: str, h: Mapping[str, str]) -> Customer:
+        credit = None
+        if "credit_class" in h:
+            credit = CreditDecision(
+                points=0,
+                credit_class=h["credit_class"],
+                credit_limit_micros=int(h["credit_limit"]),
+                deposit_micros=int(h["deposit"]),
+                postpaid_allowed=h["postpaid_allowed"] == "1",
+                max_lines=int(h["max_lines"]),
+                reasons=(),
+            )
+        return cls(
+            id=customer_id,
+            kind=h.get("kind", ""),
+            created=int(h.get("created", 0)),
+            state=h.get("state", ""),
+            country=h.get("country", ""),
+            postal_code=h.get("postal_code", ""),
+            document_type=h.get("document_type", ""),
+            document_country=h.get("document_country", ""),
+            document_number=h.get("document_number", ""),
+            email=h.get("email", ""),
+            credit=credit,
         )
-        await push_once(self.client, f"crm:units:{customer_id}", unit_id)
-        return unit
 
-    async def units(self, customer_id: str) -> dict[str, Unit]:
-        out = {}
-        for raw in await self.client.lrange(f"crm:units:{customer_id}", 0, -1):
-            unit_id = str(raw)
-            h: dict[Any, Any] = await self.client.hgetall(f"crm:unit:{unit_id}")
-            out[unit_id] = Unit(unit_id, customer_id, str(h["parent"]), str(h["name"]), h["pays"] == "1")
-        return out
-
-    async def root(self, customer_id: str) -> str:
-        first = await self.client.lindex(f"crm:units:{customer_id}", 0)
-        return "" if first is None else str(first)
+    def to_redis(self) -> dict[str, str | int]:
+        h: dict[str, str | int] = {
+            "kind": self.kind,
+            "created": self.created,
+            "country": self.country,
+            "postal_code": self.postal_code,
+            "document_type": self.document_type,
+            "document_country": self.document_country,
+            "document_number": self.document_number,
+            "email": self.email,
+        }
+        if self.credit is not None:
+            h.update(
+                credit_class=self.credit.credit_class,
+                credit_limit=self.credit.credit_limit_micros,
+                deposit=self.credit.deposit_micros,
+                postpaid_allowed=int(self.credit.postpaid_allowed),
+                max_lines=self.credit.max_lines,
+            )
+        h["state"] = self.state
+        return h
 
 
 class Customers:
@@ -166,52 +156,52 @@ class Customers:
         self.client = client
         self.screener = screener
 
-    async def create(self, customer_id: str, fields: Mapping[str, Any]) -> None:
+    async def create(self, customer: Customer) -> None:
         """Store and index a new customer (PENDING); storing it again changes nothing."""
-        score = {customer_id: int(customer_id)}
-        record: dict[Any, Any] = {**fields, "state": "PENDING"}
+        score = {customer.id: int(customer.id)}
+        record: dict[Any, Any] = {**customer.to_redis(), "state": "PENDING"}
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(customer_key(customer_id), mapping=record)
-        pipe.zadd(CUSTOMERS, score)
-        pipe.zadd(kind_index(str(fields["kind"])), score)
-        pipe.zadd(state_index("PENDING"), score)
+        pipe.hset(keys.customer(customer.id), mapping=record)
+        pipe.zadd(keys.CUSTOMERS, score)
+        pipe.zadd(keys.kind_index(customer.kind), score)
+        pipe.zadd(keys.state_index("PENDING"), score)
         await pipe.execute()
 
     @staticmethod
     def forget_in(pipe: Pipeline, customer_id: str) -> None:
         """Take back a customer that will not be (its order was refused), in ``pipe``."""
-        pipe.delete(customer_key(customer_id), lines_key(customer_id))
-        for index in (CUSTOMERS, *map(kind_index, KINDS), *map(state_index, STATES)):
+        pipe.delete(keys.customer(customer_id), keys.customer_lines(customer_id))
+        for index in (keys.CUSTOMERS, *map(keys.kind_index, KINDS), *map(keys.state_index, STATES)):
             pipe.zrem(index, customer_id)
 
     async def refresh_state(self, customer_id: str) -> str:
         """Set the customer's state from its lines' states now; returns it."""
-        msisdns = [str(m) for m in await self.client.lrange(lines_key(customer_id), 0, -1)]
+        msisdns = [str(m) for m in await self.client.lrange(keys.customer_lines(customer_id), 0, -1)]
 
         async def txn(pipe: Pipeline) -> str:
-            old = await pipe.hget(customer_key(customer_id), "state")
+            old = await pipe.hget(keys.customer(customer_id), "state")
             if old is None:
                 return ""
             states = []
             for msisdn in msisdns:
-                holder, state = await pipe.hmget(line_key(msisdn), ["customer_id", "state"])
+                holder, state = await pipe.hmget(keys.line(msisdn), ["customer_id", "state"])
                 # a number given to someone else was terminated here first
                 states.append(str(state) if holder == customer_id else "terminated")
             new = customer_state(states)
             if new != old:
                 pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.hset(customer_key(customer_id), "state", new)
-                pipe.zrem(state_index(str(old)), customer_id)
-                pipe.zadd(state_index(new), {customer_id: int(customer_id)})
+                pipe.hset(keys.customer(customer_id), "state", new)
+                pipe.zrem(keys.state_index(str(old)), customer_id)
+                pipe.zadd(keys.state_index(new), {customer_id: int(customer_id)})
             return new
 
-        watched = [customer_key(customer_id), *map(line_key, msisdns)]
+        watched = [keys.customer(customer_id), *map(keys.line, msisdns)]
         state: str = await self.client.transaction(txn, *watched, value_from_callable=True)
         return state
 
-    async def get(self, customer_id: str) -> dict[str, str] | None:
-        h = await self.client.hgetall(customer_key(customer_id))
-        return {"id": customer_id, **{str(k): str(v) for k, v in h.items()}} if h else None
+    async def get(self, customer_id: str) -> Customer | None:
+        h = await self.client.hgetall(keys.customer(customer_id))
+        return Customer.from_redis(customer_id, _text(h)) if h else None
 
     async def search(
         self,
@@ -222,14 +212,14 @@ class Customers:
         document: tuple[str, str, str] | None = None,
         after: int = 0,
         size: int = DEFAULT_PAGE,
-    ) -> tuple[list[dict[str, str]], str]:
+    ) -> tuple[list[Customer], str]:
         """Customers by kind, state, the number of one of their lines and their identity
         document (type, issuing country, number), in id order after ``after``; returns a
         page and the token of the next one ("" at the end)."""
         if msisdn or document is not None:
             found: set[str] | None = None
             if msisdn:
-                holder = await self.client.hget(line_key(msisdn), "customer_id")
+                holder = await self.client.hget(keys.line(msisdn), "customer_id")
                 found = {str(holder)} if holder is not None else set()
             if document is not None:
                 registered = await self.screener.customer_of(self.screener.document_print(*document))
@@ -238,8 +228,8 @@ class Customers:
             assert found is not None
             page = [c for c in [await self.get(i) for i in sorted(found, key=int) if int(i) > after] if c]
             return [c for c in page if _matches(c, kind, state)], ""
-        index = state_index(state) if state else kind_index(kind) if kind else CUSTOMERS
-        customers: list[dict[str, str]] = []
+        index = keys.state_index(state) if state else keys.kind_index(kind) if kind else keys.CUSTOMERS
+        customers: list[Customer] = []
         cursor, scanned = after, 0
         while len(customers) < size and scanned < SCAN_PAGES * size:
             ids = [str(i) for i in await self.client.zrangebyscore(index, f"({cursor}", "+inf", start=0, num=size)]
@@ -247,28 +237,23 @@ class Customers:
                 return customers, ""
             pipe = self.client.pipeline(transaction=False)
             for customer_id in ids:
-                pipe.hgetall(customer_key(customer_id))
+                pipe.hgetall(keys.customer(customer_id))
             for customer_id, h in zip(ids, await pipe.execute(), strict=True):
                 cursor, scanned = int(customer_id), scanned + 1
-                customer = {"id": customer_id, **{str(k): str(v) for k, v in h.items()}}
-                if h and _matches(customer, kind, state):
+                if not h:
+                    continue
+                customer = Customer.from_redis(customer_id, _text(h))
+                if _matches(customer, kind, state):
                     customers.append(customer)
                     if len(customers) == size:
                         break
         more = await self.client.zcount(index, f"({cursor}", "+inf")
         return customers, str(cursor) if more else ""
 
-    async def lines(self, customer_id: str, start: int, size: int) -> tuple[list[tuple[str, dict[str, str]]], str]:
-        """A page of the customer's lines (number, record), from position ``start``."""
-        msisdns = [str(m) for m in await self.client.lrange(lines_key(customer_id), start, start + size - 1)]
-        lines = []
-        for msisdn in msisdns:
-            h = {str(k): str(v) for k, v in (await self.client.hgetall(line_key(msisdn))).items()}
-            if h.get("customer_id") == customer_id:  # not a number since given to someone else
-                lines.append((msisdn, h))
-        end = start + len(msisdns)
-        return lines, str(end) if await self.client.llen(lines_key(customer_id)) > end else ""
+
+def _text(h: Mapping[Any, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in h.items()}
 
 
-def _matches(customer: Mapping[str, str], kind: str, state: str) -> bool:
-    return (not kind or customer.get("kind") == kind) and (not state or customer.get("state") == state)
+def _matches(customer: Customer, kind: str, state: str) -> bool:
+    return (not kind or customer.kind == kind) and (not state or customer.state == state)

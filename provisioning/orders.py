@@ -23,39 +23,99 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from provisioning import keys
+
 ORDER_LEASE_MS = 30_000
-SUBMITTED = "crm:orders:submitted"
-
-
-def order_key(order_id: str) -> str:
-    return "crm:order:" + order_id
-
-
-def work_key(order_id: str) -> str:
-    return "crm:order:" + order_id + ":work"
-
-
-def customer_orders_key(customer_id: str) -> str:
-    return "crm:orders:of:" + customer_id
 
 
 class Superseded(Exception):
     """The order was decided by another run meanwhile (this one outlived its lease)."""
 
 
-class Rejected(Exception):
-    """A step refuses the order; the run records it and rejects the order."""
+@dataclass(frozen=True)
+class Step:
+    """A step of an order's run: what it did or decided, and why."""
 
-    def __init__(self, step: str, *reasons: str) -> None:
-        super().__init__(step, *reasons)
-        self.step = step
-        self.reasons = reasons
+    step: str
+    outcome: str
+    reasons: tuple[str, ...]
+    at: int
+
+
+@dataclass(frozen=True)
+class Order:
+    """An order as the CRM reads it back (``GetOrder``): its status, the problems with
+    its fields, its steps and the ids it made; never personal data. The credit terms
+    are there once a postpaid application has been scored."""
+
+    crm_order_id: str
+    status: str = "SUBMITTED"
+    problems: tuple[tuple[str, str], ...] = ()
+    steps: tuple[Step, ...] = ()
+    submitted_at: int | None = None
+    customer_id: str = ""
+    account_id: str = ""
+    msisdn: str = ""
+    credit_class: str = ""
+    credit_limit_micros: int = 0
+    deposit_micros: int = 0
+
+    def with_step(self, step: Step) -> Order:
+        return replace(self, steps=(*self.steps, step))
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "crm_order_id": self.crm_order_id,
+            "status": self.status,
+            "problems": [list(p) for p in self.problems],
+            "steps": [
+                {"step": s.step, "outcome": s.outcome, "reasons": list(s.reasons), "at": s.at} for s in self.steps
+            ],
+        }
+        if self.submitted_at is not None:
+            doc["submitted_at"] = self.submitted_at
+        if self.credit_class:
+            doc.update(
+                credit_class=self.credit_class,
+                credit_limit_micros=self.credit_limit_micros,
+                deposit_micros=self.deposit_micros,
+            )
+        for name in ("customer_id", "account_id", "msisdn"):
+            if getattr(self, name):
+                doc[name] = getattr(self, name)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Order:
+        return cls(
+            crm_order_id=str(doc["crm_order_id"]),
+            status=str(doc["status"]),
+            problems=tuple((str(f), str(m)) for f, m in doc.get("problems", [])),
+            steps=tuple(
+                Step(str(s["step"]), str(s["outcome"]), tuple(map(str, s["reasons"])), int(s["at"]))
+                for s in doc.get("steps", [])
+            ),
+            submitted_at=None if doc.get("submitted_at") is None else int(doc["submitted_at"]),
+            customer_id=str(doc.get("customer_id", "")),
+            account_id=str(doc.get("account_id", "")),
+            msisdn=str(doc.get("msisdn", "")),
+            credit_class=str(doc.get("credit_class", "")),
+            credit_limit_micros=int(doc.get("credit_limit_micros", 0)),
+            deposit_micros=int(doc.get("deposit_micros", 0)),
+        )
+
+    def to_redis(self) -> str:
+        return json.dumps(self.to_doc())
+
+    @classmethod
+    def from_redis(cls, text: str) -> Order:
+        return cls.from_doc(json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -64,7 +124,7 @@ class Claim:
     ``existing``: the order is decided or another run holds it (``order`` as stored)."""
 
     outcome: Literal["new", "resume", "existing"]
-    order: dict[str, Any]
+    order: Order
     request: dict[str, Any] = field(default_factory=dict)
     work: dict[str, str] = field(default_factory=dict)
 
@@ -76,26 +136,22 @@ class Orders:
 
     async def claim(self, order_id: str, request: dict[str, Any], now_ms: int) -> Claim:
         """Claim a new order id, or take over the order's run when its lease has passed."""
-        doc: dict[str, Any] = {
-            "crm_order_id": order_id,
-            "status": "SUBMITTED",
-            "problems": [],
-            "steps": [],
-            "submitted_at": now_ms // 1000,
-        }
+        doc = Order(order_id, "SUBMITTED", submitted_at=now_ms // 1000)
 
         async def txn(pipe: Pipeline) -> Claim:
-            stored = await pipe.get(order_key(order_id))
+            stored = await pipe.get(keys.order(order_id))
             if stored is not None:
                 return await self._take_over(pipe, order_id, str(stored), now_ms)
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(order_key(order_id), json.dumps(doc))
-            pipe.hset(work_key(order_id), mapping={"request": json.dumps(request), "lease": now_ms + self.lease_ms})
-            pipe.zadd(SUBMITTED, {order_id: now_ms + self.lease_ms})
+            pipe.set(keys.order(order_id), doc.to_redis())
+            pipe.hset(
+                keys.order_work(order_id), mapping={"request": json.dumps(request), "lease": now_ms + self.lease_ms}
+            )
+            pipe.zadd(keys.SUBMITTED, {order_id: now_ms + self.lease_ms})
             return Claim("new", doc, request)
 
         result: Claim = await self.client.transaction(
-            txn, order_key(order_id), work_key(order_id), value_from_callable=True
+            txn, keys.order(order_id), keys.order_work(order_id), value_from_callable=True
         )
         return result
 
@@ -103,93 +159,93 @@ class Orders:
         """Take over a stalled order's run; None when it is decided or its lease holds."""
 
         async def txn(pipe: Pipeline) -> Claim | None:
-            stored = await pipe.get(order_key(order_id))
+            stored = await pipe.get(keys.order(order_id))
             if stored is None:
                 pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.zrem(SUBMITTED, order_id)
+                pipe.zrem(keys.SUBMITTED, order_id)
                 return None
             return await self._take_over(pipe, order_id, str(stored), now_ms)
 
         claim: Claim | None = await self.client.transaction(
-            txn, order_key(order_id), work_key(order_id), value_from_callable=True
+            txn, keys.order(order_id), keys.order_work(order_id), value_from_callable=True
         )
         return claim if claim is not None and claim.outcome == "resume" else None
 
     async def _take_over(self, pipe: Pipeline, order_id: str, stored: str, now_ms: int) -> Claim:
-        order = dict(json.loads(stored))
-        work = {str(k): str(v) for k, v in (await pipe.hgetall(work_key(order_id))).items()}
-        if order["status"] != "SUBMITTED" or "request" not in work or int(work.get("lease", 0)) > now_ms:
+        order = Order.from_redis(stored)
+        work = {str(k): str(v) for k, v in (await pipe.hgetall(keys.order_work(order_id))).items()}
+        if order.status != "SUBMITTED" or "request" not in work or int(work.get("lease", 0)) > now_ms:
             return Claim("existing", order)
         pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.hset(work_key(order_id), "lease", now_ms + self.lease_ms)
-        pipe.zadd(SUBMITTED, {order_id: now_ms + self.lease_ms})
+        pipe.hset(keys.order_work(order_id), "lease", now_ms + self.lease_ms)
+        pipe.zadd(keys.SUBMITTED, {order_id: now_ms + self.lease_ms})
         return Claim("resume", order, dict(json.loads(work["request"])), work)
 
     async def stalled(self, now_ms: int, limit: int = 100) -> list[str]:
         """SUBMITTED orders whose lease has passed: their run was interrupted."""
-        return [str(o) for o in await self.client.zrangebyscore(SUBMITTED, "-inf", now_ms, start=0, num=limit)]
+        return [str(o) for o in await self.client.zrangebyscore(keys.SUBMITTED, "-inf", now_ms, start=0, num=limit)]
 
     async def work(self, order_id: str) -> dict[str, str]:
-        return {str(k): str(v) for k, v in (await self.client.hgetall(work_key(order_id))).items()}
+        return {str(k): str(v) for k, v in (await self.client.hgetall(keys.order_work(order_id))).items()}
 
     async def note(self, order_id: str, name: str, value: str, *, keep: bool = False) -> str:
         """Record what a run has made or decided (``keep``: unless recorded before);
         returns the recorded value. Raises ``Superseded`` once the order is decided."""
 
         async def txn(pipe: Pipeline) -> str:
-            found = await pipe.hmget(work_key(order_id), ["request", name])
+            found = await pipe.hmget(keys.order_work(order_id), ["request", name])
             if found[0] is None:
                 raise Superseded(order_id)
             if keep and found[1] is not None:
                 return str(found[1])
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(work_key(order_id), name, value)
+            pipe.hset(keys.order_work(order_id), name, value)
             return value
 
-        result: str = await self.client.transaction(txn, work_key(order_id), value_from_callable=True)
+        result: str = await self.client.transaction(txn, keys.order_work(order_id), value_from_callable=True)
         return result
 
     async def allocate(self, order_id: str, name: str, sequence: str) -> str:
         """An id from ``sequence``, taken once per order: a second run gets the same one."""
-        made = await self.client.hget(work_key(order_id), name)
+        made = await self.client.hget(keys.order_work(order_id), name)
         if made is not None:
             return str(made)
         return await self.note(order_id, name, str(await self.client.incr(sequence)), keep=True)
 
-    async def finish(self, order: dict[str, Any], effects: Callable[[Pipeline], None] | None = None) -> dict[str, Any]:
+    async def finish(self, order: Order, effects: Callable[[Pipeline], None] | None = None) -> Order:
         """Store the decided order (IN_PROGRESS or REJECTED) and apply ``effects`` in the
         same transaction, if it is still SUBMITTED; returns the order as stored."""
-        order_id = order["crm_order_id"]
+        order_id = order.crm_order_id
 
-        async def txn(pipe: Pipeline) -> dict[str, Any]:
-            stored = await pipe.get(order_key(order_id))
-            if stored is not None and json.loads(stored)["status"] != "SUBMITTED":
-                return dict(json.loads(stored))
+        async def txn(pipe: Pipeline) -> Order:
+            stored = await pipe.get(keys.order(order_id))
+            if stored is not None and (decided := Order.from_redis(str(stored))).status != "SUBMITTED":
+                return decided
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(order_key(order_id), json.dumps(order))
-            pipe.delete(work_key(order_id))
-            pipe.zrem(SUBMITTED, order_id)
-            if order.get("customer_id"):
-                pipe.rpush(customer_orders_key(order["customer_id"]), order_id)
+            pipe.set(keys.order(order_id), order.to_redis())
+            pipe.delete(keys.order_work(order_id))
+            pipe.zrem(keys.SUBMITTED, order_id)
+            if order.customer_id:
+                pipe.rpush(keys.customer_orders(order.customer_id), order_id)
             if effects is not None:
                 effects(pipe)
             return order
 
-        result: dict[str, Any] = await self.client.transaction(txn, order_key(order_id), value_from_callable=True)
+        result: Order = await self.client.transaction(txn, keys.order(order_id), value_from_callable=True)
         return result
 
-    async def get(self, order_id: str) -> dict[str, Any] | None:
-        text = await self.client.get(order_key(order_id))
-        return None if text is None else dict(json.loads(text))
+    async def get(self, order_id: str) -> Order | None:
+        text = await self.client.get(keys.order(order_id))
+        return None if text is None else Order.from_redis(str(text))
 
-    async def save(self, order: dict[str, Any]) -> None:
+    async def save(self, order: Order) -> None:
         """Store a decided order's later change (the network's acknowledgement)."""
-        await self.client.set(order_key(order["crm_order_id"]), json.dumps(order))
+        await self.client.set(keys.order(order.crm_order_id), order.to_redis())
 
     async def of_customer(self, customer_id: str, start: int, count: int) -> tuple[list[str], str]:
         """A page of the customer's order ids from position ``start``, and where the next
         page starts ("" at the end)."""
-        key = customer_orders_key(customer_id)
+        key = keys.customer_orders(customer_id)
         ids = [str(o) for o in await self.client.lrange(key, start, start + count - 1)]
         end = start + len(ids)
         return ids, str(end) if await self.client.llen(key) > end else ""

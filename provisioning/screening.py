@@ -21,26 +21,17 @@ import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from provisioning import keys
 
 DAY_S = 86_400
-BLACKLIST = "crm:blacklist"
-DECISIONS = "crm:decisions"
 
 
 def fingerprint(salt: str, *parts: str) -> str:
     """A stable, non-reversible key for personal data (document numbers, addresses)."""
     text = "\x1f".join(p.strip().upper() for p in parts)
     return hashlib.sha256((salt + "\x1e" + text).encode()).hexdigest()[:32]
-
-
-def identity_key(print_: str) -> str:
-    return "crm:identity:" + print_
-
-
-def velocity_key(print_: str, day: int) -> str:
-    """The applications (their ids) with this document or at this address on a day: an
-    application screened again after an interrupted run counts once."""
-    return f"crm:velocity:{print_}:{day}:apps"
 
 
 @dataclass(frozen=True)
@@ -68,19 +59,19 @@ class Screener:
         return fingerprint(self.salt, "addr", country, postal_code.replace(" ", ""), street)
 
     async def blacklist(self, print_: str, reason: str) -> None:
-        await self.client.hset(BLACKLIST, print_, reason)
+        await self.client.hset(keys.BLACKLIST, print_, reason)
 
     async def screen(self, application_id: str, document: str, address: str, now_s: int) -> Screening:
         """Screen one application and record the decision."""
         day = now_s // DAY_S
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(BLACKLIST, document)
-        pipe.hget(BLACKLIST, address)
-        pipe.get(identity_key(document))
+        pipe.hget(keys.BLACKLIST, document)
+        pipe.hget(keys.BLACKLIST, address)
+        pipe.get(keys.identity(document))
         for print_ in (document, address):
-            pipe.sadd(velocity_key(print_, day), application_id)
-            pipe.expire(velocity_key(print_, day), 2 * DAY_S)
-            pipe.scard(velocity_key(print_, day))
+            pipe.sadd(keys.velocity(print_, day), application_id)
+            pipe.expire(keys.velocity(print_, day), 2 * DAY_S)
+            pipe.scard(keys.velocity(print_, day))
         doc_listed, addr_listed, existing, _, _, doc_count, _, _, addr_count = await pipe.execute()
         reasons = []
         if doc_listed:
@@ -95,17 +86,22 @@ class Screener:
             reasons.append(f"more than {self.limits.per_address_per_day} applications at this address today")
         result = Screening(not reasons, tuple(reasons) or ("identity and fraud checks passed",))
         entry = {"application": application_id, "step": "screening", "approved": result.approved}
-        await self.client.rpush(DECISIONS, json.dumps({**entry, "reasons": list(result.reasons), "at": now_s}))
+        await self.client.rpush(keys.DECISIONS, json.dumps({**entry, "reasons": list(result.reasons), "at": now_s}))
         return result
 
     async def register(self, document: str, customer_id: str) -> bool:
         """Claim the identity for a new customer; False when another customer has it.
         The same customer may claim it again (an interrupted order run once more)."""
-        if await self.client.set(identity_key(document), customer_id, nx=True):
+        if await self.client.set(keys.identity(document), customer_id, nx=True):
             return True
-        return bool(await self.client.get(identity_key(document)) == customer_id)
+        return bool(await self.client.get(keys.identity(document)) == customer_id)
+
+    @staticmethod
+    def unregister_in(pipe: Pipeline, document: str) -> None:
+        """Take back a registration (its order was refused), in ``pipe``."""
+        pipe.delete(keys.identity(document))
 
     async def customer_of(self, document: str) -> str | None:
         """The customer registered with this identity document, if any."""
-        found = await self.client.get(identity_key(document))
+        found = await self.client.get(keys.identity(document))
         return None if found is None else str(found)

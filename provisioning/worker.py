@@ -27,13 +27,10 @@ from prometheus_client import Counter
 from redis.asyncio.client import Pipeline
 
 from charging.clock import Clock
+from provisioning import keys
 from provisioning.network import NetworkAdapter, NetworkError, NetworkRejected
 
 log = logging.getLogger("provisioning.worker")
-
-DUE = "prov:due"
-DEAD = "prov:dead"
-CHANGES = "prov:changes"
 
 COMMANDS = Counter(
     "provisioning_commands_total", "Commands sent to the network, by command and outcome.", ["command", "outcome"]
@@ -50,10 +47,6 @@ COMMAND_FOR = {
     ("suspended", "active"): "RESUME",
     ("suspended", "barred_outgoing"): "RESUME",
 }
-
-
-def line_key(line: str) -> str:
-    return "prov:line:" + line
 
 
 def command_between(acked: str, desired: str) -> str | None:
@@ -95,24 +88,24 @@ class ProvisioningWorker:
 
     def desire_in(self, pipe: Pipeline, line: str, state: str, product: str = "") -> None:
         """``desire`` as part of a caller's transaction (the order that asks for it)."""
-        pipe.hset(line_key(line), mapping={"desired": state, "product": product, "attempts": 0})
-        pipe.hsetnx(line_key(line), "acked", "none")
-        pipe.hsetnx(line_key(line), "acked_version", 0)
-        pipe.hsetnx(line_key(line), "followed_version", 0)
-        pipe.hincrby(line_key(line), "version", 1)
-        pipe.zadd(DUE, {line: self.clock.now_ms()})
-        pipe.xadd(CHANGES, {"line": line}, maxlen=100_000, approximate=True)
+        pipe.hset(keys.network_line(line), mapping={"desired": state, "product": product, "attempts": 0})
+        pipe.hsetnx(keys.network_line(line), "acked", "none")
+        pipe.hsetnx(keys.network_line(line), "acked_version", 0)
+        pipe.hsetnx(keys.network_line(line), "followed_version", 0)
+        pipe.hincrby(keys.network_line(line), "version", 1)
+        pipe.zadd(keys.DUE, {line: self.clock.now_ms()})
+        pipe.xadd(keys.CHANGES, {"line": line}, maxlen=100_000, approximate=True)
 
     async def reconcile_once(self, limit: int = 100) -> int:
         """Work on the lines due now; returns how many were acknowledged."""
         now = self.clock.now_ms()
         done = 0
-        for line in await self.client.zrangebyscore(DUE, "-inf", now, start=0, num=limit):
+        for line in await self.client.zrangebyscore(keys.DUE, "-inf", now, start=0, num=limit):
             done += await self._reconcile(str(line), now)
         return done
 
     async def _reconcile(self, line: str, now: int) -> int:
-        h = {str(k): str(v) for k, v in (await self.client.hgetall(line_key(line))).items()}
+        h = {str(k): str(v) for k, v in (await self.client.hgetall(keys.network_line(line))).items()}
         version, acked_version = int(h.get("version", 0)), int(h.get("acked_version", 0))
         # An acknowledgement recorded but not yet acted on (on_ack failed) comes first.
         followed = int(h.get("followed_version", acked_version))
@@ -152,13 +145,13 @@ class ProvisioningWorker:
             log.exception("acting on an acknowledgement failed; retried with backoff")
             await self._failed(line, h, now, f"acting on the acknowledgement failed: {exc}", permanent=False)
             return False
-        await self.client.hset(line_key(line), "followed_version", version)
+        await self.client.hset(keys.network_line(line), "followed_version", version)
         return True
 
     async def _settle(self, line: str, version: int, state: str, product: str) -> None:
         """Record what the network acknowledged; keep the line due if more was asked since."""
         await self.client.hset(
-            line_key(line),
+            keys.network_line(line),
             mapping={
                 "acked": state,
                 "acked_product": product,
@@ -167,20 +160,20 @@ class ProvisioningWorker:
                 "last_error": "",
             },
         )
-        current = int(await self.client.hget(line_key(line), "version") or 0)
+        current = int(await self.client.hget(keys.network_line(line), "version") or 0)
         if current <= version:
-            await self.client.zrem(DUE, line)
+            await self.client.zrem(keys.DUE, line)
 
     async def _failed(self, line: str, h: dict[str, str], now: int, error: str, *, permanent: bool) -> int:
         attempts = int(h.get("attempts", 0)) + 1
-        await self.client.hset(line_key(line), mapping={"attempts": attempts, "last_error": error})
+        await self.client.hset(keys.network_line(line), mapping={"attempts": attempts, "last_error": error})
         if permanent or attempts >= self.backoff.max_attempts:
-            await self.client.zrem(DUE, line)
-            await self.client.lpush(DEAD, line)
+            await self.client.zrem(keys.DUE, line)
+            await self.client.lpush(keys.DEAD, line)
             DEAD_LETTERS.inc()
             log.error("provisioning gave up on a line", extra={"attempts": attempts, "error": error})
         else:
-            await self.client.zadd(DUE, {line: now + self.backoff.delay_s(attempts) * 1000})
+            await self.client.zadd(keys.DUE, {line: now + self.backoff.delay_s(attempts) * 1000})
         return 0
 
     async def run(self, interval_s: float = 1.0) -> None:
@@ -189,7 +182,7 @@ class ProvisioningWorker:
         while True:
             try:
                 await self.reconcile_once()
-                found: Any = await self.client.xread({CHANGES: last_id}, count=100, block=int(interval_s * 1000))
+                found: Any = await self.client.xread({keys.CHANGES: last_id}, count=100, block=int(interval_s * 1000))
                 if found:
                     last_id = found[0][1][-1][0]
             except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -29,6 +28,9 @@ from charging.v1 import (
 )
 from postpaid import config as billing_config
 from postpaid.billing import Billing
+from provisioning.lifecycle import LineState
+from provisioning.lines import Line
+from provisioning.orders import Order
 
 
 def free_port() -> int:
@@ -179,19 +181,20 @@ class LineBook:
         self.lines: dict[str, dict[str, str]] = {}
         self.orders: list[tuple[str, str, str]] = []
 
-    async def get_line(self, msisdn: str) -> dict[str, str] | None:
-        return self.lines.get(msisdn)
+    async def get_line(self, msisdn: str) -> Line | None:
+        found = self.lines.get(msisdn)
+        return None if found is None else Line(msisdn, "", "", "", LineState(found["state"]), found["order_id"])
 
-    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> Order:
         if any(o[0] == order_id for o in self.orders):
-            return {"status": "COMPLETED"}
+            return Order(order_id, "COMPLETED")
         self.orders.append((order_id, msisdn, kind))
         state = {"BAR_OUTGOING": "barred_outgoing", "SUSPEND": "suspended", "RESUME": "active"}.get(kind, "terminated")
         self.lines[msisdn] = {"state": state, "order_id": order_id}
-        return {"status": "COMPLETED"}
+        return Order(order_id, "COMPLETED")
 
-    async def get_order(self, order_id: str) -> dict[str, Any] | None:
-        return {"status": "COMPLETED"} if any(o[0] == order_id for o in self.orders) else None
+    async def get_order(self, order_id: str) -> Order | None:
+        return Order(order_id, "COMPLETED") if any(o[0] == order_id for o in self.orders) else None
 
 
 @pytest.fixture

@@ -281,7 +281,8 @@ async def test_a_corporate_customer_is_a_tree_of_units(crm: crm_pb2_grpc.CrmStub
 
 
 def test_paying_unit_walks_up_to_the_nearest_unit_that_pays() -> None:
-    from provisioning.customers import Unit, paying_unit
+    from provisioning.organisation import OrgUnit as Unit
+    from provisioning.organisation import paying_unit
 
     units = {
         "1": Unit("1", "c", "", "HQ", True),

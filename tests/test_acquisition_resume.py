@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -15,13 +16,15 @@ import redis
 
 from charging import keys
 from charging.clock import ManualClock
+from charging.errors import Conflict
 from charging.server import App
-from charging.subscribers import Directory
+from charging.subscribers import Directory, Identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
-from provisioning import acquisition
-from provisioning.customers import Organisation
-from provisioning.orders import SUBMITTED, Orders, Superseded, work_key
-from provisioning.screening import Screener, velocity_key
+from provisioning import lines
+from provisioning.keys import SUBMITTED, order_work, velocity
+from provisioning.orders import Orders, Superseded
+from provisioning.organisation import Organisation
+from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
 from tests.conftest import Stubs
 from tests.test_acquisition import application
@@ -102,7 +105,7 @@ def assert_made_once(r: redis.Redis, app: App, *, units: int = 0) -> None:
     document = screener.document_print("PASSPORT", "DE", "L898902C36")
     assert r.get(f"crm:identity:{document}") == "1"
     day = 1_795_000_000 // 86_400
-    assert r.scard(velocity_key(document, day)) == 1
+    assert r.scard(velocity(document, day)) == 1
     assert app._simulator is not None
     assert app._simulator.lines[MSISDN]["applied"] == 1  # one ACTIVATE
     assert r.zcard(SUBMITTED) == 0 and not list(r.scan_iter("crm:order:*:work"))
@@ -113,7 +116,7 @@ CRASH_POINTS = [
     (Screener, "register"),  # customer id taken, identity registered
     (Organisation, "add_unit"),  # the company's root unit made
     (Directory, "create"),  # the charging account made but not recorded
-    (acquisition, "push_once"),  # the line recorded
+    (lines, "push_once"),  # the line recorded
     (ProvisioningWorker, "desire_in"),  # everything made; the last transaction not run
 ]
 
@@ -131,7 +134,7 @@ async def test_a_crashed_application_is_resumed_by_the_periodic_pass(
     assert app.acquisition is not None and app.worker is not None
     crash_once_after(monkeypatch, owner, name)
     await crashed_submit(crm, corporate("o-1"))
-    assert r.hexists(work_key("o-1"), "request")  # the application, kept apart from the order
+    assert r.hexists(order_work("o-1"), "request")  # the application, kept apart from the order
 
     assert await app.acquisition.resume_stalled() == 0  # the crashed run's lease still holds
     clock.advance(seconds=31)
@@ -251,11 +254,38 @@ async def test_the_order_store_leases_and_decides_once(redis_url: str) -> None:
     assert await orders.take_over("x", now_ms=11_000) is None  # one run at a time
     assert await orders.allocate("x", "customer_id", "seq") == await orders.allocate("x", "customer_id", "seq")
 
-    done = {**first.order, "status": "REJECTED"}
-    assert (await orders.finish(done))["status"] == "REJECTED"
-    late = await orders.finish({**first.order, "status": "IN_PROGRESS"})  # an overlapping run
-    assert late["status"] == "REJECTED"
+    done = replace(first.order, status="REJECTED")
+    assert (await orders.finish(done)).status == "REJECTED"
+    late = await orders.finish(replace(first.order, status="IN_PROGRESS"))  # an overlapping run
+    assert late.status == "REJECTED"
     assert await orders.stalled(now_ms=99_000) == [] and await orders.work("x") == {}
     with pytest.raises(Superseded):
         await orders.note("x", "account_id", "7")
     await client.aclose()
+
+
+async def test_the_directory_adopts_what_a_crashed_create_left_behind(app: App, r: redis.Redis) -> None:
+    """What an order run asks of charging after a crash inside ``Directory.create``: the
+    account that holds the number, made for this line after the run's first try; its
+    IMSI claimed, or the account released when someone else has the IMSI now."""
+    assert app.redis is not None and app.catalogs is not None
+    directory = Directory(app.redis, 100)
+    plan = app.catalogs.current.plans["mobile-prepaid"]
+    msisdn, imsi = Identity("msisdn", MSISDN), Identity("imsi", "262011234567890")
+    assert await directory.newest_account_id() == 0
+    made = await directory.create(msisdn, imsi, plan, 0)
+    r.delete(keys.identity("imsi", imsi.value))  # the crash came before the IMSI was claimed
+    assert await directory.orphan(msisdn, imsi, plan.id, newer_than=0) == made.account_id
+    assert await directory.orphan(msisdn, imsi, plan.id, newer_than=1) is None  # there before the order
+    assert await directory.orphan(msisdn, imsi, "mobile-prepaid-data", newer_than=0) is None  # another line's
+    assert await directory.orphan(msisdn, None, plan.id, newer_than=0) is None
+    await directory.adopt(made.account_id, msisdn, imsi)
+    assert await directory.resolve(imsi) == made.account_id
+
+    other, other_imsi = Identity("msisdn", "491701234599"), Identity("imsi", "262011234567899")
+    second = await directory.create(other, other_imsi, plan, 0)
+    r.set(keys.identity("imsi", other_imsi.value), "999")  # the IMSI went to someone else meanwhile
+    with pytest.raises(Conflict):
+        await directory.adopt(second.account_id, other, other_imsi)
+    assert await directory.resolve(other) is None and not r.exists(keys.account(second.account_id))
+    assert await directory.newest_account_id() == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,22 +21,21 @@ from postpaid.accounts import BillingAccounts, split_evenly
 from postpaid.bill_run import BillRun
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
-from postpaid.scripts import DUNNING
+from postpaid.scripts import DUNNING, DunningArgs, DunningStep
+from provisioning.orders import Order
 from tests.conftest import LineBook, Stubs, free_port
 from tests.test_bill_run import LIMIT, call
 from tests.test_delivery import Mailbox
-from tests.test_payments import DAY, invoiced
+from tests.test_payments import DAY, invoiced, payer, postpaid_line
 
 
 async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: int = 0) -> str:
     sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
-    line = {"account_id": sub.account_id, "customer_id": customer, "customer_type": "MOBILE_POSTPAID"}
     await b.line_changed(
-        msisdn=msisdn,
-        line=line,
+        line=postpaid_line(msisdn, sub.account_id, customer),
         state="active",
         plan_id="mobile-postpaid",
-        customer={"credit_limit": str(LIMIT), "deposit": str(deposit)},
+        customer=payer(LIMIT, deposit),
         paying_unit="",
         unit_path=(),
         label="Customer",
@@ -47,13 +45,11 @@ async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: i
 
 async def terminate(b: Billing, customer: str, account_id: str, msisdn: str) -> None:
     """The network acknowledged the line's termination."""
-    line = {"account_id": account_id, "customer_id": customer, "customer_type": "MOBILE_POSTPAID"}
     await b.line_changed(
-        msisdn=msisdn,
-        line=line,
+        line=postpaid_line(msisdn, account_id, customer),
         state="terminated",
         plan_id="mobile-postpaid",
-        customer={},
+        customer=payer(),
         paying_unit="",
         unit_path=(),
         label="Customer",
@@ -306,14 +302,14 @@ async def test_a_dunning_decision_made_on_a_state_that_moved_is_not_applied(app:
         keys.BILL_AUDIT,
         keys.BILL_DUE,
     )
-    bar = ("BARRED_OUTGOING", 900, 1, "INV-1|barring", "", "note", 0)
+    steps = (DunningStep("INV-1|barring", "", "note"),)
     # Decided on epoch 3 (before another evaluation restored the account): refused.
-    assert await DUNNING(app.redis, dunning_keys, (*bar, "3", "2")) == -1
+    assert await DUNNING(app.redis, dunning_keys, DunningArgs("BARRED_OUTGOING", 900, steps, 0, "3", "2")) == -1
     assert await app.redis.hget(keys.billing_account("C31"), "state") == "ACTIVE"
     assert await app.redis.scard(keys.billing_dunning_done("C31")) == 0
     # Decided before a payment came in (the account's money moved from 1 to 2): refused.
-    assert await DUNNING(app.redis, dunning_keys, (*bar, "4", "1")) == -1
-    assert await DUNNING(app.redis, dunning_keys, (*bar, "4", "2")) == 1
+    assert await DUNNING(app.redis, dunning_keys, DunningArgs("BARRED_OUTGOING", 900, steps, 0, "4", "1")) == -1
+    assert await DUNNING(app.redis, dunning_keys, DunningArgs("BARRED_OUTGOING", 900, steps, 0, "4", "2")) == 1
     assert await app.redis.hget(keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
 
 
@@ -324,18 +320,18 @@ class SlowNetworkBook(LineBook):
         super().__init__()
         self.waiting: dict[str, tuple[str, str]] = {}
 
-    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> dict[str, Any]:
+    async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> Order:
         if any(o[0] == order_id for o in self.orders):
-            return {"status": "IN_PROGRESS" if order_id in self.waiting else "COMPLETED"}
+            return Order(order_id, "IN_PROGRESS" if order_id in self.waiting else "COMPLETED")
         self.orders.append((order_id, msisdn, kind))
         self.waiting[order_id] = (msisdn, kind)
         self.lines[msisdn] = {**self.lines[msisdn], "order_id": order_id}
-        return {"status": "IN_PROGRESS"}
+        return Order(order_id, "IN_PROGRESS")
 
-    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+    async def get_order(self, order_id: str) -> Order | None:
         if not any(o[0] == order_id for o in self.orders):
             return None
-        return {"status": "IN_PROGRESS" if order_id in self.waiting else "COMPLETED"}
+        return Order(order_id, "IN_PROGRESS" if order_id in self.waiting else "COMPLETED")
 
     def acknowledge(self) -> None:
         for order_id, (msisdn, kind) in list(self.waiting.items()):

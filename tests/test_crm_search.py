@@ -15,7 +15,7 @@ from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.applications import icao_check_digit
-from provisioning.customers import Customers, customer_state
+from provisioning.customers import Customer, Customers, customer_state
 from provisioning.screening import Screener
 from tests.conftest import Stubs
 from tests.test_acquisition import application
@@ -202,13 +202,13 @@ async def test_filtered_pages_cover_every_match_once(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     customers = Customers(client, Screener(client, "salt"))
     for n in range(1, 121):
-        await customers.create(str(n), {"kind": "CORPORATE" if n % 7 == 0 else "INDIVIDUAL", "created": n})
+        await customers.create(Customer(str(n), "CORPORATE" if n % 7 == 0 else "INDIVIDUAL", created=n))
     await client.hset("crm:customer:14", "state", "ACTIVE")  # out of step with its index: not listed as pending
     seen: list[str] = []
     after, calls = 0, 0
     while True:
         page, token = await customers.search(kind="CORPORATE", state="PENDING", after=after, size=2)
-        seen += [c["id"] for c in page]
+        seen += [c.id for c in page]
         calls += 1
         if not token:
             break

@@ -18,21 +18,34 @@ from postpaid import config as billing_config
 from postpaid.billing import Billing
 from postpaid.dunning import ServiceState
 from postpaid.invoices import Invoice
+from provisioning.credit import CreditDecision
+from provisioning.customers import Customer
+from provisioning.lifecycle import LineState
+from provisioning.lines import Line
 from tests.conftest import LineBook, Stubs
 from tests.test_bill_run import LIMIT, call
 
 DAY = 86_400
 
 
+def postpaid_line(msisdn: str, account_id: str, customer_id: str, customer_type: str = "MOBILE_POSTPAID") -> Line:
+    """A line as acquisition tells billing of it."""
+    plan = "mobile-postpaid" if customer_type == "MOBILE_POSTPAID" else "mobile-prepaid"
+    return Line(msisdn, customer_id, account_id, plan, LineState.ACTIVE, customer_type=customer_type)
+
+
+def payer(credit_limit: int = 0, deposit: int = 0) -> Customer:
+    """The customer paying for a line, with the credit terms billing reads."""
+    return Customer("1", "INDIVIDUAL", 0, credit=CreditDecision(0, "C", credit_limit, deposit, True, 3, ()))
+
+
 async def invoiced(stubs: Stubs, b: Billing, book: LineBook, clock: ManualClock, ba: str, msisdn: str) -> Invoice:
     sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
-    line = {"account_id": sub.account_id, "customer_id": ba, "customer_type": "MOBILE_POSTPAID"}
     await b.line_changed(
-        msisdn=msisdn,
-        line=line,
+        line=postpaid_line(msisdn, sub.account_id, ba),
         state="active",
         plan_id="mobile-postpaid",
-        customer={"credit_limit": str(LIMIT), "deposit": "0"},
+        customer=payer(LIMIT),
         paying_unit="",
         unit_path=(),
         label="Customer",
@@ -172,12 +185,10 @@ async def test_a_terminated_line_gets_a_final_invoice_with_the_deposit_offset(
 ) -> None:
     b, _book = postpaid_billing
     sub = await stubs.subscriber(msisdn="491700000305", balance=0, plan="mobile-postpaid")
-    line = {"account_id": sub.account_id, "customer_id": "11", "customer_type": "MOBILE_POSTPAID"}
     common: dict[str, Any] = {
-        "msisdn": "491700000305",
-        "line": line,
+        "line": postpaid_line("491700000305", sub.account_id, "11"),
         "plan_id": "mobile-postpaid",
-        "customer": {"credit_limit": str(LIMIT), "deposit": "100000000"},  # 100.00 EUR deposit
+        "customer": payer(LIMIT, deposit=100_000_000),  # 100.00 EUR deposit
         "paying_unit": "",
         "unit_path": (),
         "label": "Customer",
@@ -210,8 +221,8 @@ async def test_a_terminated_prepaid_line_keeps_or_forfeits_its_balance(
     config = billing_config.parse({**_billing_doc(), "prepaid_termination": policy})
     b = Billing(app.redis, config, app.catalogs, clock)
     sub = await stubs.subscriber(msisdn="491700000306", balance=3_000_000, plan="mobile-prepaid")
-    line = {"account_id": sub.account_id, "customer_id": "12", "customer_type": "MOBILE_PREPAID"}
-    kw: dict[str, Any] = {"msisdn": "491700000306", "line": line, "plan_id": "mobile-prepaid", "customer": {}}
+    line = postpaid_line("491700000306", sub.account_id, "12", customer_type="MOBILE_PREPAID")
+    kw: dict[str, Any] = {"line": line, "plan_id": "mobile-prepaid", "customer": payer()}
     for _ in range(2):
         await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **kw)
     assert (await stubs.balance("491700000306")).balance_micros == left

@@ -12,9 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from charging.clock import ManualClock
+from provisioning.keys import DEAD, DUE
+from provisioning.keys import network_line as line_key
 from provisioning.network import HttpNetworkAdapter
 from provisioning.simulator import NetworkSimulator
-from provisioning.worker import DEAD, DUE, Backoff, ProvisioningWorker, command_between, line_key
+from provisioning.worker import Backoff, ProvisioningWorker, command_between
 
 LINE = "491700000001"
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from provisioning.screening import DECISIONS, Limits, Screener, fingerprint
+from provisioning.keys import DECISIONS
+from provisioning.screening import Limits, Screener, fingerprint
 
 NOW = 1_795_000_000
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from charging import keys
 from charging.ledger import SESSION
 from charging.rating import NO_RATE, Rate, UnitKind, affordable_units, incremental_cost
+from charging.script_args import RatingGroupArgs, SessionArgs
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +22,11 @@ def r(redis_server: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def update(r: redis.Redis, account: str, balance: int, held: int, session: dict[str, object], group: tuple) -> list:
+def update(
+    r: redis.Redis, account: str, balance: int, held: int, session: dict[str, object], group: RatingGroupArgs
+) -> list:
     """Run session.lua for UPDATE number 1 of session "s" on a fresh account holding
-    ``held`` micros in that session; ``group`` is the 16 arguments of one rating group."""
+    ``held`` micros in that session, with one rating group."""
     sid = "s"
     r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
     r.delete(keys.buckets(account), keys.outbox(account))
@@ -34,15 +37,16 @@ def update(r: redis.Redis, account: str, balance: int, held: int, session: dict[
     r.hset(keys.session(account, sid), mapping={**session, "n7": 0, "dl": 0, "cv": "c1"})  # type: ignore[dict-item]
     return r.evalsha(  # type: ignore[no-any-return]
         SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
-        6,
+        8,
         keys.account(account),
         keys.sessions(account),
         keys.session(account, sid),
         keys.answer(account, sid, 1),
         keys.buckets(account),
         keys.outbox(account),
-        *(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, "O", "", 1),
-        *group,
+        keys.usage(account),
+        keys.usage_records(account),
+        *SessionArgs(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", (group,)).to_argv(),
     )
 
 
@@ -100,7 +104,9 @@ def test_script_matches_reference(
     account = "p"
     # A session that has only used money so far: the money counter is the billable usage.
     session = {"u7": reserved_units, "m7": held, "c7": cum, "k7": billable(rate, cum)}
-    group = (7, 0, want, 0, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", "", "")
+    group = RatingGroupArgs(
+        7, 0, want, False, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", "", False
+    )
     reply = update(r, account, balance, held, session, group)
     assert reply[0] == "DONE"
     rc, granted, charged, _vt, fui, _change = (int(x) for x in reply[1].split(" ")[2].split(","))
@@ -154,8 +160,25 @@ def test_script_matches_reference(
 def test_usage_split_at_a_tariff_change_is_priced_each_side_at_its_rate(
     r: redis.Redis, before_rate: Rate, after_rate: Rate, cum: int, used_before: int, used_after: int
 ) -> None:
-    group = (7, 0, 0, 0, 60, 0, used_before, before_rate.packed, used_after, after_rate.packed, after_rate.packed)
-    reply = update(r, "q", 10**12, 0, {"c7": cum, "k7": cum}, (*group, 1, "voice", "", "", ""))
+    group = RatingGroupArgs(
+        7,
+        0,
+        0,
+        False,
+        60,
+        0,
+        used_before,
+        before_rate.packed,
+        used_after,
+        after_rate.packed,
+        after_rate.packed,
+        1,
+        "voice",
+        "",
+        "",
+        False,
+    )
+    reply = update(r, "q", 10**12, 0, {"c7": cum, "k7": cum}, group)
     charged = int(reply[1].split(" ")[2].split(",")[2])
     expected = incremental_cost(before_rate, cum, used_before) + incremental_cost(
         after_rate, cum + used_before, used_after

@@ -8,6 +8,8 @@ import redis
 
 from charging import keys
 from charging.clock import ManualClock
+from charging.ledger import SWEEP
+from charging.script_args import SweepArgs
 from charging.server import App
 from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
 from tests.test_sessions import MINUTE, ledger_is_consistent
@@ -131,3 +133,29 @@ async def test_background_sweeper_runs_by_itself(settings, clock: ManualClock) -
         await channel.close()
     finally:
         await application.stop()
+
+
+async def test_a_session_refreshed_after_the_sweeper_looked_is_left_alone(
+    stubs: Stubs, app: App, clock: ManualClock, redis_url: str
+) -> None:
+    account = (await stubs.subscriber(balance=2_000_000)).account_id
+    await stubs.charging.ChargeSession(session_request("r", INITIAL, 0, [{"rating_group": 10, "requested": {}}]))
+    clock.advance(seconds=VOICE_SUPERVISION_S + 1)
+    looked_at = clock.now_ms()
+    # The sweeper read "r" as due; an UPDATE refreshes it before the sweep script runs.
+    await stubs.charging.ChargeSession(
+        session_request("r", UPDATE, 1, [{"rating_group": 10, "requested": {}, "used": {"time_s": 30}}])
+    )
+    assert app.sweeper is not None
+    script_keys = (
+        keys.account(account),
+        keys.sessions(account),
+        keys.buckets(account),
+        keys.outbox(account),
+        keys.session(account, "r"),
+    )
+    reply = await SWEEP(app.sweeper.ledger.client, script_keys, SweepArgs(looked_at, ("r",)))
+    assert int(reply[0]) == 0
+    b = await stubs.balance()
+    assert (b.balance_micros, b.reserved_micros) == (2_000_000 - MINUTE, 5 * MINUTE)
+    ledger_is_consistent(redis_url)

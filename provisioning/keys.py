@@ -1,0 +1,141 @@
+"""Every Redis key provisioning (the CRM, orders, the provisioning worker) owns.
+
+Other packages read or change these only through provisioning's functions, never by key
+name (as provisioning reaches charging's accounts only through ``charging.subscribers``).
+The coverage tables keep their keys in ``coverage.py`` for now (see its docstring).
+
+    crm:salt                        the salt of identity and address fingerprints
+    crm:seq:<what>                  id counters (customer, unit, interaction, ticket, dispute)
+    crm:customer:<id>               hash: a customer (``customers.Customer``)
+    crm:customers                   sorted set of every customer id (score = the id)
+    crm:customers:kind:<kind>       ... of one kind
+    crm:customers:state:<state>     ... in one state
+    crm:lines:<customer>            list: the numbers of a customer's lines
+    crm:line:<msisdn>               hash: a line (``lines.Line``)
+    crm:unit:<id>                   hash: an organisation unit (``organisation.OrgUnit``)
+    crm:units:<customer>            list: a corporate customer's units, the root first
+    crm:order:<id>                  JSON: an order (``orders.Order``)
+    crm:order:<id>:work             hash: the request and what a run has made (``orders.py``)
+    crm:orders:submitted            sorted set: SUBMITTED order -> lease deadline (ms)
+    crm:orders:of:<customer>        list: a customer's orders, in the order decided
+    crm:quarantine:<msisdn>         when a terminated number may be given out again (s)
+    crm:identity:<print>            the customer registered with an identity document
+    crm:velocity:<print>:<day>:apps set: applications with a document or address that day
+    crm:blacklist                   hash: fingerprint -> reason
+    crm:decisions                   list: screening decisions (JSON)
+    crm:interactions:<customer>     list: interactions (JSON)
+    crm:ticket:<id>, crm:tickets:<customer>    a trouble ticket (JSON), a customer's ids
+    crm:dispute:<id>, crm:disputes:<customer>  a dispute (JSON), a customer's ids
+    crm:stats:adds:<day>, crm:stats:disc:<day>, crm:stats:active   the customer base
+    prov:line:<msisdn>              hash: a line's desired and acknowledged network state
+    prov:due, prov:dead, prov:changes   the worker's due index, dead letters, wake-ups
+"""
+
+from __future__ import annotations
+
+SALT = "crm:salt"
+CUSTOMER_SEQ = "crm:seq:customer"
+UNIT_SEQ = "crm:seq:unit"
+INTERACTION_SEQ = "crm:seq:interaction"
+TICKET_SEQ = "crm:seq:ticket"
+DISPUTE_SEQ = "crm:seq:dispute"
+
+CUSTOMERS = "crm:customers"
+SUBMITTED = "crm:orders:submitted"
+BLACKLIST = "crm:blacklist"
+DECISIONS = "crm:decisions"
+ACTIVE_LINES = "crm:stats:active"
+
+DUE = "prov:due"
+DEAD = "prov:dead"
+CHANGES = "prov:changes"
+
+
+def customer(customer_id: str) -> str:
+    return "crm:customer:" + customer_id
+
+
+def kind_index(kind: str) -> str:
+    return "crm:customers:kind:" + kind
+
+
+def state_index(state: str) -> str:
+    return "crm:customers:state:" + state
+
+
+def customer_lines(customer_id: str) -> str:
+    return "crm:lines:" + customer_id
+
+
+def line(msisdn: str) -> str:
+    return "crm:line:" + msisdn
+
+
+def unit(unit_id: str) -> str:
+    return "crm:unit:" + unit_id
+
+
+def units(customer_id: str) -> str:
+    return "crm:units:" + customer_id
+
+
+def order(order_id: str) -> str:
+    return "crm:order:" + order_id
+
+
+def order_work(order_id: str) -> str:
+    return "crm:order:" + order_id + ":work"
+
+
+def customer_orders(customer_id: str) -> str:
+    return "crm:orders:of:" + customer_id
+
+
+def quarantine(msisdn: str) -> str:
+    """When a terminated number may be given out again (Unix time, s)."""
+    return "crm:quarantine:" + msisdn
+
+
+def identity(document_print: str) -> str:
+    return "crm:identity:" + document_print
+
+
+def velocity(print_: str, day: int) -> str:
+    """The applications (their ids) with this document or at this address on a day: an
+    application screened again after an interrupted run counts once."""
+    return f"crm:velocity:{print_}:{day}:apps"
+
+
+def interactions(customer_id: str) -> str:
+    return "crm:interactions:" + customer_id
+
+
+def ticket(ticket_id: str) -> str:
+    return "crm:ticket:" + ticket_id
+
+
+def tickets(customer_id: str) -> str:
+    return "crm:tickets:" + customer_id
+
+
+def dispute(dispute_id: str) -> str:
+    return "crm:dispute:" + dispute_id
+
+
+def disputes(customer_id: str) -> str:
+    return "crm:disputes:" + customer_id
+
+
+def additions(day: str) -> str:
+    """Gross additions on a day (ISO date), by customer type."""
+    return "crm:stats:adds:" + day
+
+
+def disconnections(day: str) -> str:
+    """Disconnections on a day (ISO date), by customer type."""
+    return "crm:stats:disc:" + day
+
+
+def network_line(msisdn: str) -> str:
+    """The provisioning worker's record of a line on the network."""
+    return "prov:line:" + msisdn
