@@ -21,9 +21,10 @@ import redis.asyncio as aioredis
 
 from charging import keys
 from charging.catalog import Catalog
-from charging.catalog_doc import catalog_from_doc
+from charging.catalog_doc import CatalogInvalid, catalog_from_doc
 from charging.errors import Conflict, StorageUnavailable
 from charging.plan_index import PlanIndex, StaleCatalog
+from charging.schemas import parse_json
 from charging.store import storage_errors
 
 log = logging.getLogger("charging.catalog")
@@ -32,7 +33,7 @@ log = logging.getLogger("charging.catalog")
 def read_catalog_file(path: str) -> Any:
     """The JSON document at ``path``; an empty path means the bundled sample catalog."""
     if path:
-        return json.loads(Path(path).read_text())
+        return parse_json(Path(path).read_text(), error=CatalogInvalid)  # nesting bounded
     return json.loads(resources.files("charging").joinpath("catalog.json").read_text())
 
 

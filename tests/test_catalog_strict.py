@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -171,3 +172,10 @@ def test_any_value_anywhere_is_a_named_problem_never_a_crash(edits: list[tuple[t
 
 def _has(node: dict[str, Any] | list[Any], key: str | int) -> bool:
     return key in node if isinstance(node, dict) else isinstance(key, int) and key < len(node)
+
+
+def test_a_catalog_file_nested_too_deep_is_a_named_problem(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(nested(100_000))  # what CHARGING_CATALOG_FILE is read with at start
+    with pytest.raises(CatalogInvalid, match="nested deeper than 32 levels"):
+        read_catalog_file(str(path))
