@@ -185,13 +185,21 @@ class PlanIndex:
                     batch = await self._client.srandmember(keys.plan_moving(old), BATCH)  # type: ignore[misc]
                 if not new or not batch:
                     break
-                for account in batch:
-                    moved += await self.move(str(account), old, str(new))
+                moved += await self._move_batch([str(a) for a in batch], PlanMoveArgs(old, str(new)))
                 with storage_errors():
                     await self._client.srem(keys.plan_moving(old), *batch)  # type: ignore[misc]
         if moved:
             log.info("accounts moved to successor plans", extra={"accounts": moved})
         return moved
+
+    async def _move_batch(self, accounts: list[str], args: PlanMoveArgs) -> int:
+        """``plan_move.lua`` for each account, pipelined: one round trip per batch."""
+        with storage_errors():
+            await self._client.script_load(MOVE.source)  # the pipeline cannot reload it
+            pipe = self._client.pipeline(transaction=False)
+            for account in accounts:
+                pipe.evalsha(MOVE.sha, 1, keys.account(account), *args.to_argv())
+            return sum(await pipe.execute())
 
     async def ensure(self, running: Catalog) -> None:
         """Build the index once, for accounts created before it existed: on the first
