@@ -94,6 +94,7 @@ async def test_migrated_subscribers_are_rated_on_the_new_plan(stubs: Stubs) -> N
 
     info = await load(stubs, with_successor("migrates-default"))
     assert info.version == "migrates-default" and "default" not in info.plan_ids
+    await load(stubs, with_successor("migrates-default"))  # again, as a restart with the file does
     for msisdn in MSISDNS:
         assert (await stubs.balance(msisdn)).plan_id == "default-2"
         answer = await stubs.charging.ChargeEvent(event(f"sms-{msisdn}", DEBIT, msisdn=msisdn))
@@ -125,6 +126,7 @@ async def test_migrated_subscribers_are_rated_on_the_new_plan(stubs: Stubs) -> N
     [
         ({"plans": {"default": "mobile-postpaid"}}, "migrations.plans.default"),  # prepaid -> postpaid
         ({"plans": {"default": "nowhere"}}, "migrations.plans.default"),
+        ({"plans": {"default": "default-2"}, "services": {"sms": "mms"}}, "migrations.services.sms"),
         ({"plans": {"mobile-prepaid": "default-2"}}, "migrations.plans.mobile-prepaid"),  # still in the catalog
         ({"plans": {"default": "default-2"}, "services": {"video": "sms"}}, "migrations.services.video"),
     ],
