@@ -6,6 +6,8 @@
     ├── Conflict            the request collides with stored state (reused request
     │                       number or idempotency key with another payload, duplicate id)
     ├── LimitExceeded       the change would take a balance past its stated bounds
+    ├── InUse               the change would strand what is in use (a catalog dropping
+    │                       a plan that subscribers are on)
     └── StorageUnavailable  Redis cannot answer now: unreachable, loading its dataset,
                             busy with a script, or without its master (retryable)
 
@@ -41,6 +43,10 @@ class Conflict(ChargingError):
 
 
 class LimitExceeded(ChargingError):
+    pass
+
+
+class InUse(ChargingError):
     pass
 
 

@@ -23,6 +23,7 @@ from charging import metrics
 from charging.errors import (
     ChargingError,
     Conflict,
+    InUse,
     InvalidRequest,
     LimitExceeded,
     NotFound,
@@ -41,6 +42,7 @@ STATUS: dict[type[ChargingError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.ALREADY_EXISTS,
     LimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    InUse: grpc.StatusCode.FAILED_PRECONDITION,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
