@@ -1,20 +1,25 @@
 """One settings object, built from the environment in one place and passed down.
 
-Every variable is prefixed ``CHARGING_``; the README lists them all. Secrets (a
-password inside the Redis URL) come only from the environment and never appear in the
-object's repr or in logs.
+Every variable is prefixed ``CHARGING_``; the README lists them all. Secrets (the
+``SECRETS`` fields, a password inside any URL) come only from the environment (or files
+it names) and never appear in the object's repr or in logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from charging.errors import InvalidRequest
+from charging.logs import redact as redact_url
+
+__all__ = ["SECRETS", "Settings", "redact_url"]
+
+# Fields shown as "***" in the repr; passwords inside URLs are hidden in every field.
+SECRETS = frozenset({"crm_salt", "smtp_password"})
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,10 @@ class Settings:
         fields = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "redis_url":
-                value = redact_url(value)
-            elif f.name in ("crm_salt", "smtp_password") and value:
+            if f.name in SECRETS and value:
                 value = "***"
+            elif isinstance(value, str):
+                value = redact_url(value)  # a URL's password: Redis, network gateway, bureau
             fields.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(fields)})"
 
@@ -134,8 +139,3 @@ class Settings:
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a URL such as redis://user:secret@host:6379/0."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
