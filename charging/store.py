@@ -9,12 +9,17 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from charging.errors import StorageUnavailable
+from charging.redis_link import RedisTls
 
 
-def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> aioredis.Redis:
-    """A pooled client; replies decoded as UTF-8 strings."""
+def connect(
+    url: str, *, max_connections: int = 64, timeout_s: float = 5.0, tls: RedisTls | None = None
+) -> aioredis.Redis:
+    """A pooled client; replies decoded as UTF-8 strings. ``rediss://`` verifies the
+    server's certificate (``RedisTls``)."""
     return aioredis.Redis.from_url(
         url,
+        **(tls or RedisTls()).pool_options(url),
         decode_responses=True,
         max_connections=max_connections,
         socket_timeout=timeout_s,
