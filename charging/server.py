@@ -66,6 +66,7 @@ from provisioning.crm_api import CrmServicer
 from provisioning.customer_care import CustomerCare
 from provisioning.network import HttpNetworkAdapter
 from provisioning.screening import Screener
+from provisioning.sealing import load_sealer
 from provisioning.simulator import NetworkSimulator
 from provisioning.worker import ProvisioningWorker
 
@@ -146,7 +147,10 @@ class App:
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
-            (CrmServicer(self.acquisition, CustomerCare(self.redis)), crm_pb2.DESCRIPTOR.services_by_name["Crm"]),
+            (
+                CrmServicer(self.acquisition, CustomerCare(self.redis, self.acquisition.sealer)),
+                crm_pb2.DESCRIPTOR.services_by_name["Crm"],
+            ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
             (
                 AdminServicer(directory, self.catalogs, self.renewer, self.clock),
@@ -288,6 +292,7 @@ async def build_acquisition(
         CustomerBase(client),
         HttpCreditBureau(settings.bureau_url, timeout_s=settings.network_timeout_s) if settings.bureau_url else None,
         lease_ms=int(settings.order_lease_s * 1000),
+        sealer=load_sealer(settings),
     )
     worker.on_ack = acquisition.acknowledged
     return acquisition

@@ -17,7 +17,7 @@ from charging.errors import StartupError
 from charging.redis_link import RedisLink, RedisTls
 from charging.server import App
 from charging.settings import Settings
-from tests.conftest import INITIAL, Stubs, session_request
+from tests.conftest import DATA_KEY, INITIAL, Stubs, session_request
 from tests.redis_servers import acl_redis, make_pki, tls_redis
 
 # The ACL rules README "Data at rest and secrets" gives for the server's user.
@@ -106,6 +106,7 @@ async def test_the_server_works_with_a_restricted_acl_user(tmp_path: Path, clock
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            data_key=DATA_KEY,
             redis_url=f"redis://server:server-pw@127.0.0.1:{port}/0",
         )
         app = App(settings, clock=clock, run_background=False)
@@ -125,6 +126,7 @@ async def test_the_server_runs_on_a_tls_redis(tmp_path: Path, clock: ManualClock
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            data_key=DATA_KEY,
             redis_url=f"rediss://localhost:{port}/0",
             redis_tls_ca_file=str(pki.ca.cert),
             redis_tls_cert_file=str(pki.client.cert),
@@ -158,6 +160,7 @@ async def test_a_tls_redis_under_a_wrong_ca_is_refused(tmp_path: Path, clock: Ma
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            data_key=DATA_KEY,
             redis_url=url,
             redis_tls_ca_file=str(pki.other_ca.cert),
             redis_ready_timeout_s=5,
