@@ -152,9 +152,10 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
     url = with_password(settings.redis_url or f"unix://{settings.redis_dir.resolve() / 'redis.sock'}")
 
     async def rotate() -> dict[str, int]:
+        sealer = load_sealer(settings, generate=False)
         client = store.connect(url, max_connections=2, tls=settings.redis_tls(), timeout_s=args.timeout)
         try:
-            return (await Rotation(client, load_sealer(settings)).run(rewrite_timeout_s=args.timeout)).as_dict()
+            return (await Rotation(client, sealer).run(rewrite_timeout_s=args.timeout)).as_dict()
         finally:
             await client.aclose()
 

@@ -104,8 +104,9 @@ def new_key_entry(kid: str) -> str:
     return f"{kid}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
 
 
-def load_sealer(settings: Settings) -> Sealer:
-    """The key ring the settings name, or the development key file (made if missing)."""
+def load_sealer(settings: Settings, *, generate: bool = True) -> Sealer:
+    """The key ring the settings name, or the development key file (made if missing,
+    unless ``generate`` is false: a tool must not seal with a key no server has)."""
     if settings.data_key:
         return Sealer.from_text(settings.data_key, "CHARGING_DATA_KEY")
     if settings.data_key_file:
@@ -118,6 +119,8 @@ def load_sealer(settings: Settings) -> Sealer:
     directory = settings.redis_dir
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / DEV_KEY_FILE
+    if not generate and not path.exists():
+        raise StartupError(f"no data key: set CHARGING_DATA_KEY or CHARGING_DATA_KEY_FILE (no {path} either)")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

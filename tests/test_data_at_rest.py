@@ -177,6 +177,17 @@ async def sealed_values(client: aioredis.Redis, who: str) -> list[str]:
     return [str(v) for v in values]
 
 
+def test_rotation_never_makes_a_key_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run where no key is configured, it stops instead of sealing with a key no server has."""
+    monkeypatch.delenv("CHARGING_DATA_KEY", raising=False)
+    monkeypatch.setenv("CHARGING_REDIS_DIR", str(tmp_path))
+    assert cli.main(["rotate-data-key"]) == 1
+    assert "no data key" in capsys.readouterr().err
+    assert not (tmp_path / DEV_KEY_FILE).exists()
+
+
 def test_a_sealed_value_opens_only_as_what_it_was_sealed_as() -> None:
     ring = Sealer.from_text(f"{K1}\n{K2}\n", "test")
     sealed = ring.seal("anna@example.org", "customer.email")
