@@ -72,6 +72,18 @@ local function session_cost(r, u)
   return total
 end
 
+-- charging/money.py MAX_UNITS and MAX_AMOUNT: the most one rating group of one session
+-- may use (units) and cost (micros) in total, so every counter stays exact (< 2^53).
+local MAX_UNITS = 1000000000000000
+local MAX_AMOUNT = 1000000000000000
+
+-- Whether session_cost(r, u) is exact and at most MAX_AMOUNT: a capped rate always is;
+-- otherwise its upper bound rating.py worst_case_cost must be (safe to compare however
+-- large: doubles round monotonically).
+local function priceable(r, u)
+  return r.cap > 0 or r.connect + r.first_price + r.min + (ceil_div(u, r.inc) + 1) * r.price <= MAX_AMOUNT
+end
+
 -- Units rounded up to the rate's increments (what a bundle gives up for them).
 local function billable(r, u)
   if u <= 0 then return 0 end
