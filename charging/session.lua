@@ -214,7 +214,7 @@ for _, g in ipairs(groups) do
         local rp = parse_rate(part[2])
         local need = billable(rp, cum + part[1]) - billable(rp, cum)
         local money_units, billed = need, 0
-        if not stopped and cum + part[1] <= MAX_UNITS then
+        if not stopped and cum + part[1] <= MAX_UNITS and k + need <= MAX_UNITS then
           money_units = need - consume(usable, need)
           billed = money_units
           -- What this usage may still take: down to -overrun_floor available money
@@ -289,7 +289,7 @@ local cmd, ends = command_result(codes, held_after, limit_reached)
 
 local unbilled_list = {}
 for unit, units in pairs(unbilled) do
-  redis.call('HINCRBY', KEYS[1], 'unbilled_' .. unit, fmt(units))
+  add_total(KEYS[1], 'unbilled_' .. unit, units)
   notify(KEYS[6], 'unbilled_overrun - ' .. unit .. ' ' .. fmt(units) .. ' ' .. fmt(now_ms))
   unbilled_list[#unbilled_list + 1] = unit .. ':' .. fmt(units)
 end

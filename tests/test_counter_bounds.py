@@ -103,7 +103,7 @@ class Model:
             if used > 0:
                 need = billable(rate, g.used + used) - billable(rate, g.used)
                 billed = 0
-                if g.used + used <= MAX_UNITS:
+                if g.used + used <= MAX_UNITS and g.money_units + need <= MAX_UNITS:
                     billed = need
                     budget = self.balance - self.reserved + self.floor
                     if not priceable(rate, g.money_units + need):
@@ -225,7 +225,7 @@ def check_counters(r: redis.Redis, account: str, m: Model) -> None:
         for rg, g in groups.items():
             got = [int(stored.get(f"{c}{rg}", 0)) for c in "umckn"]
             assert got == [g.reserved_units, g.reserved_money, g.used, g.money_units, g.number], (sid, rg)
-            assert g.used <= MAX_UNITS and g.money_units <= billable(m.rates[rg], g.used)
+            assert g.used <= MAX_UNITS and g.money_units <= min(billable(m.rates[rg], g.used), MAX_UNITS)
             assert session_cost(m.rates[rg], g.money_units) <= MAX_AMOUNT or m.rates[rg].max_session_cost
 
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from charging import keys
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
-from charging.money import MAX_AMOUNT
+from charging.money import MAX_AMOUNT, MAX_UNITS
 from charging.rating import UnitKind
 from charging.server import App
 from charging.settings import Settings
@@ -150,3 +150,40 @@ def test_limits_come_from_settings_and_are_checked() -> None:
         with pytest.raises(InvalidRequest) as err:
             Settings.from_env({name: value})
         assert err.value.field == name
+
+
+async def test_a_rating_group_past_max_units_in_one_session_is_unbilled_and_ends_it(
+    stubs: Stubs, redis_url: str
+) -> None:
+    sub = await stubs.subscriber(balance=10**9)
+    await stubs.charging.ChargeSession(session_request("u", INITIAL, 0, [{"rating_group": 30, "requested": {}}]))
+    data = [{"rating_group": 30, "requested": {}, "used": {"total_octets": 1024}}]
+    a = await stubs.charging.ChargeSession(session_request("u", UPDATE, 1, data))
+    assert (a.result_code, a.rating_groups[0].cost_micros) == (2001, 10)
+    # as if the session had gone on for a very long time: 512 bytes short of MAX_UNITS
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    session = keys.session(sub.account_id, "u")
+    r.hset(session, mapping={"c30": MAX_UNITS - 512, "k30": MAX_UNITS - 512})
+    a = await stubs.charging.ChargeSession(session_request("u", UPDATE, 2, data))
+    assert (a.result_code, a.rating_groups[0].result_code, a.rating_groups[0].cost_micros) == (4012, 4012, 0)
+    assert not r.exists(session)
+    assert r.hget(keys.account(sub.account_id), "unbilled_2") == "1024"
+    b = await stubs.balance()
+    assert (b.balance_micros, b.reserved_micros) == (10**9 - 10, 0)
+    r.close()
+
+
+async def test_running_totals_stop_below_2_53(stubs: Stubs, redis_url: str) -> None:
+    sub = await stubs.subscriber(balance=0)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.hset(keys.account(sub.account_id), "unbilled_4", 2**53 - 10)
+    await stubs.charging.ChargeSession(session_request("a", INITIAL, 0, []))
+    a = await stubs.charging.ChargeSession(
+        session_request("a", UPDATE, 1, [{"rating_group": 30, "used": {"total_octets": 10**12}}])
+    )
+    assert a.rating_groups[0].cost_micros == FLOOR
+    await stubs.charging.ChargeSession(session_request("b", INITIAL, 0, []))
+    a = await stubs.charging.ChargeSession(used_money("b", 1, 10**9))
+    assert (a.result_code, a.rating_groups[0].cost_micros) == (4012, 0)
+    assert r.hget(keys.account(sub.account_id), "unbilled_4") == str(2**53 - 1)
+    r.close()
