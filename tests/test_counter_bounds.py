@@ -26,7 +26,16 @@ from charging import keys
 from charging.catalog import Usage
 from charging.codes import ResultCode
 from charging.money import MAX_AMOUNT, MAX_BALANCE, MAX_UNITS
-from charging.rating import Rate, UnitKind, affordable_units, ceil_div, cost, quota, session_cost, worst_case_cost
+from charging.rating import (
+    Rate,
+    UnitKind,
+    affordable_units,
+    billable_units,
+    cost,
+    quota,
+    session_cost,
+    worst_case_cost,
+)
 from charging.server import App
 from charging.sessions import RequestKind, UsageLimits, command_result
 from charging.settings import Settings
@@ -40,14 +49,6 @@ GROUPS = (10, 30, 50)
 SMS = 20
 FIELD = {UnitKind.TIME: "time_s", UnitKind.VOLUME: "total_octets", UnitKind.MONEY: "money_micros"}
 numbers = itertools.count()
-
-
-def billable(rate: Rate, units: int) -> int:
-    if units <= 0:
-        return 0
-    if units <= rate.first:
-        return rate.first
-    return rate.first + ceil_div(units - rate.first, rate.increment) * rate.increment
 
 
 def priceable(rate: Rate, units: int) -> bool:
@@ -101,7 +102,7 @@ class Model:
             g.reserved_units = g.reserved_money = 0
             charged, stopped = 0, False
             if used > 0:
-                need = billable(rate, g.used + used) - billable(rate, g.used)
+                need = billable_units(rate, g.used + used) - billable_units(rate, g.used)
                 billed = 0
                 if g.used + used <= MAX_UNITS and g.money_units + need <= MAX_UNITS:
                     billed = need
@@ -121,8 +122,8 @@ class Model:
             if stopped or overrun:
                 code = ResultCode.CREDIT_LIMIT_REACHED
             elif kind != "T" and want > 0:
-                need = billable(rate, g.used + want) - billable(rate, g.used)
-                paid_rest = billable(rate, g.used) - g.used
+                need = billable_units(rate, g.used + want) - billable_units(rate, g.used)
+                paid_rest = billable_units(rate, g.used) - g.used
                 if g.used + want > MAX_UNITS or not priceable(rate, g.money_units + need):
                     code = ResultCode.CREDIT_LIMIT_REACHED
                 else:
@@ -225,7 +226,7 @@ def check_counters(r: redis.Redis, account: str, m: Model) -> None:
         for rg, g in groups.items():
             got = [int(stored.get(f"{c}{rg}", 0)) for c in "umckn"]
             assert got == [g.reserved_units, g.reserved_money, g.used, g.money_units, g.number], (sid, rg)
-            assert g.used <= MAX_UNITS and g.money_units <= min(billable(m.rates[rg], g.used), MAX_UNITS)
+            assert g.used <= MAX_UNITS and g.money_units <= min(billable_units(m.rates[rg], g.used), MAX_UNITS)
             assert session_cost(m.rates[rg], g.money_units) <= MAX_AMOUNT or m.rates[rg].max_session_cost
 
 
