@@ -301,7 +301,10 @@ local function record_usage(agg_key, records_key, bp, now_s, now_ms, u)
     local v = split(prev, ',')
     units, cost, n = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
   end
-  redis.call('HSET', agg_key, field, fmt(units + u.units) .. ',' .. fmt(cost + u.cost) .. ',' .. fmt(n + 1))
+  -- Units stop at +-MAX_EXACT: usage free of charge or covered by bundles is not bounded
+  -- by money, and the records keep every unit. Cost is (charging/money.py).
+  units = math.max(math.min(units + u.units, MAX_EXACT), -MAX_EXACT)
+  redis.call('HSET', agg_key, field, fmt(units) .. ',' .. fmt(cost + u.cost) .. ',' .. fmt(n + 1))
   redis.call('RPUSH', records_key, table.concat({period, fmt(now_ms), u.service, u.zone, u.band, u.roaming,
     u.destination, fmt(u.units), fmt(u.cost), u.ref}, ','))
 end

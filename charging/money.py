@@ -45,9 +45,11 @@ Buckets ``{a:ID}:bk``
   0 <= reserved <= amount <= initial <= MAX_UNITS: created from the catalog, only
   consumed or held after; the 80 % level is compared without a product (ledger_lib.lua).
 Postpaid usage ``{a:ID}:u`` (record_usage)
-  per record: units <= ceiling, cost <= 2 * MAX_AMOUNT. A period's aggregate is their
-  sum: bounded by what the headroom lets one period bill (money), and not by
-  construction for units covered by buckets or free of charge.
+  per record: units <= the ceiling, cost <= 2 * MAX_AMOUNT. A period's aggregate cost is
+  at most what the headroom lets it bill (the headroom above, plus F), plus what was
+  refunded in the period (event.lua refunds give headroom back); its units, which
+  usage free of charge or covered by bundles can pile up, stop at 2**53 - 1 (the
+  itemised records keep every unit); n is +1 per record.
 Billing ``{bill}`` (postpaid/*.lua, minor units)
   invoice open <= total, disputed <= open, credited <= total; payments, credit notes and
   refunds are each at most 10**13 (postpaid/payments.py MAX_MINOR), and an account's

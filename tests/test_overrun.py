@@ -187,3 +187,19 @@ async def test_running_totals_stop_below_2_53(stubs: Stubs, redis_url: str) -> N
     assert (a.result_code, a.rating_groups[0].cost_micros) == (4012, 0)
     assert r.hget(keys.account(sub.account_id), "unbilled_4") == str(2**53 - 1)
     r.close()
+
+
+async def test_a_postpaid_usage_aggregate_keeps_its_units_below_2_53(stubs: Stubs, redis_url: str) -> None:
+    sub = await stubs.subscriber(balance=10**9)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    # a postpaid account in its period P1, whose data aggregate is close to 2**53 units
+    r.hset(keys.account(sub.account_id), mapping={"bp": "P1:99999999999", "credit_limit": 0})
+    r.hset(keys.usage(sub.account_id), "P1|data|||", f"{2**53 - 10},0,1")
+    await stubs.charging.ChargeSession(session_request("p", INITIAL, 0, []))
+    a = await stubs.charging.ChargeSession(
+        session_request("p", UPDATE, 1, [{"rating_group": 30, "used": {"total_octets": 1_000_001}}])
+    )
+    assert a.rating_groups[0].cost_micros == 977 * 10
+    assert r.hget(keys.usage(sub.account_id), "P1|data|||") == f"{2**53 - 1},9770,2"
+    assert r.lrange(keys.usage_records(sub.account_id), 0, -1)[0].split(",")[7:9] == ["1000001", "9770"]
+    r.close()
