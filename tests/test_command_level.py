@@ -4,6 +4,7 @@ section 7: a client ends the whole session on a command-level failure)."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from charging.codes import ResultCode
 from charging.sessions import Outcome, RequestKind, command_result
@@ -87,6 +88,7 @@ async def test_a_refused_rating_group_leaves_the_session_and_other_groups_going(
 
 async def test_a_refusal_that_leaves_nothing_held_ends_the_session(stubs: Stubs, redis_url: str) -> None:
     await stubs.subscriber(balance=5 * MINUTE)
+    refused = REGISTRY.get_sample_value("charging_sessions_closed_total", {"reason": "refused"}) or 0.0
     await stubs.charging.ChargeSession(session_request("v", INITIAL, 0, [VOICE]))
     # all 300 s used, more wanted, nothing left: 4012 at command level, and the server
     # has ended the session
@@ -98,6 +100,7 @@ async def test_a_refusal_that_leaves_nothing_held_ends_the_session(stubs: Stubs,
     assert (b.balance_micros, b.reserved_micros) == (0, 0)
     late = await stubs.charging.ChargeSession(session_request("v", UPDATE, 2, [VOICE]))
     assert late.result_code == ResultCode.UNKNOWN_SESSION_ID
+    assert REGISTRY.get_sample_value("charging_sessions_closed_total", {"reason": "refused"}) == refused + 1
     ledger_is_consistent(redis_url)
 
 
