@@ -1,6 +1,7 @@
 """Random extreme sequences through the real server and scripts, against a Python model.
 
-Huge reported usage, many updates, top-ups, events and interleaved sessions on one
+Huge reported usage, many updates, top-ups, events, interleaved sessions and UPDATEs of
+several sessions at once (the model must agree with one order of them) on one
 prepaid account: every answer and every counter the scripts keep (balance, reserved,
 unbilled overrun, each session's per-rating-group counters) must equal the model's
 exactly, stay within the bounds of ``charging/money.py``, and below 2**53.
@@ -11,6 +12,8 @@ The model is written from the rules, in Python integers: ``rating.py`` for price
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -176,10 +179,12 @@ request = st.tuples(
 requests = st.lists(request, min_size=1, max_size=3, unique_by=lambda r: r[0])
 op = st.one_of(
     st.tuples(st.just("start"), requests),
+    st.tuples(st.just("start"), requests),
     st.tuples(st.just("update"), requests),
     st.tuples(st.just("update"), requests),
     st.tuples(st.just("update"), requests),
     st.tuples(st.just("end"), st.lists(request, max_size=2, unique_by=lambda r: r[0])),
+    st.tuples(st.just("burst"), requests),
     st.tuples(st.just("sms"), st.sampled_from([1, 10, 10_000])),
     st.tuples(st.just("topup"), st.sampled_from([1, 2, 3, 10**6, 10**12, MAX_AMOUNT])),
 )
@@ -210,6 +215,24 @@ def fill(units: common_pb2.ServiceUnits, rate: Rate, amount: int) -> None:
     setattr(units, FIELD[rate.unit], amount)
 
 
+def request_of(
+    m: Model, msisdn: str, kind: RequestKind, sid: str, n: int, requests: list[tuple[int, int | None, int]]
+) -> charging_pb2.SessionRequest:
+    req = session_request(sid, {"I": INITIAL, "U": UPDATE, "T": TERMINATE}[kind], n, [], msisdn=msisdn)
+    for rg, requested, used in requests:
+        g = req.rating_groups.add(rating_group=rg)
+        if requested is not None:
+            fill(g.requested, m.rates[rg], requested)
+        if used or kind != "I":
+            fill(g.used, m.rates[rg], used)
+    return req
+
+
+def answer_of(a: charging_pb2.SessionAnswer) -> tuple[int, list[tuple[int, int, int]]]:
+    """The command-level code and (code, granted, cost) per rating group."""
+    return a.result_code, [(g.result_code, _granted(g), g.cost_micros) for g in a.rating_groups]
+
+
 def check_counters(r: redis.Redis, account: str, m: Model) -> None:
     acct = r.hgetall(keys.account(account))
     assert int(acct["balance"]) == m.balance
@@ -230,7 +253,7 @@ def check_counters(r: redis.Redis, account: str, m: Model) -> None:
             assert session_cost(m.rates[rg], g.money_units) <= MAX_AMOUNT or m.rates[rg].max_session_cost
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     balance=st.sampled_from([0, 0, 10**6, 10**10, MAX_BALANCE]),
     ops=st.lists(op, min_size=5, max_size=40),
@@ -261,19 +284,28 @@ async def test_random_extreme_sequences_keep_every_counter_exact_and_bounded(
             else:
                 continue
             numbers_of[sid] = n
-            req = session_request(sid, {"I": INITIAL, "U": UPDATE, "T": TERMINATE}[kind], n, [], msisdn=msisdn)
-            for rg, requested, used in requests:
-                g = req.rating_groups.add(rating_group=rg)
-                if requested is not None:
-                    fill(g.requested, m.rates[rg], requested)
-                if used or kind != "I":
-                    fill(g.used, m.rates[rg], used)
-            code, expected = m.charge(kind, sid, n, requests)
-            a = await stubs.charging.ChargeSession(req)
-            assert a.result_code == code, (step, name, requests)
-            got = [(g.result_code, _granted(g), g.cost_micros) for g in a.rating_groups]
-            assert got == expected, (step, name, requests)
-            event(f"{name} answered {code}")
+            expected = m.charge(kind, sid, n, requests)
+            a = await stubs.charging.ChargeSession(request_of(m, msisdn, kind, sid, n, requests))
+            assert answer_of(a) == expected, (step, name, requests)
+            event(f"{name} answered {expected[0]}")
+        elif name == "burst":
+            # UPDATEs of up to three sessions at once: the ledger applies them in some
+            # order, and the model must agree with one of the orders.
+            sids = sorted(m.sessions)[:3]
+            for sid in sids:
+                numbers_of[sid] += 1
+            answers = await asyncio.gather(
+                *(stubs.charging.ChargeSession(request_of(m, msisdn, "U", sid, numbers_of[sid], arg)) for sid in sids)
+            )
+            got = {sid: answer_of(a) for sid, a in zip(sids, answers, strict=True)}
+            for order in itertools.permutations(sids):
+                trial = copy.deepcopy(m)
+                if {sid: trial.charge("U", sid, numbers_of[sid], arg) for sid in order} == got:
+                    m = trial
+                    break
+            else:
+                raise AssertionError(f"no order of {sids} gives {got}")
+            event(f"burst of {len(sids)}")
         elif name == "sms":
             ev = charging_pb2.EventRequest(
                 event_id=f"e{step}",
