@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,13 +200,6 @@ def small_floor(redis_url: str) -> Settings:
         grace_period_s=1.0,
         overrun_floor_micros=500 * 10**6,
     )
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def fill(units: common_pb2.ServiceUnits, rate: Rate, amount: int) -> None:

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from charging.money import share, to_minor
 from charging.rating import UnitKind
 from postpaid import config as billing_config
 from postpaid.compose import AccountBill, LineBill, Product, compose
-from postpaid.invoices import Charge, Invoice, TaxRate, share, taxes, to_minor
+from postpaid.invoices import Charge, Invoice, TaxRate, taxes
 from postpaid.periods import Period, by_id, following, open_periods, pack, period_at, unpack
 from postpaid.rentals import Change, charged_days, rental_charges
 from postpaid.usage import (
