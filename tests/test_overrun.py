@@ -45,7 +45,9 @@ async def test_reports_above_the_ceiling_are_refused(stubs: Stubs) -> None:
     assert (await stubs.balance()).balance_micros == 0
 
 
-async def test_overrun_stops_at_the_floor_and_the_rest_is_unbilled(stubs: Stubs, redis_url: str) -> None:
+async def test_overrun_stops_at_the_floor_and_the_rest_is_unbilled(
+    stubs: Stubs, r: redis.Redis, redis_url: str
+) -> None:
     sub = await stubs.subscriber(balance=0)
     before = unbilled_metric("money")
     answers = []
@@ -64,14 +66,12 @@ async def test_overrun_stops_at_the_floor_and_the_rest_is_unbilled(stubs: Stubs,
     b = await stubs.balance()
     assert (b.balance_micros, b.reserved_micros) == (-FLOOR, 0)
     unbilled = 15 * 10**9 - FLOOR
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
     assert r.hget(keys.account(sub.account_id), f"unbilled_{int(UnitKind.MONEY)}") == str(unbilled)
     outbox = r.lrange(keys.outbox(sub.account_id), 0, -1)
     stream: list[tuple[str, dict[str, str]]] = r.xrange(keys.NOTIFICATIONS)  # type: ignore[assignment]
     notes = [str(x).split(" ") for x in outbox] + [[f["kind"], "-", f["unit"], f["amount"]] for _id, f in stream]
     amounts = [int(n[3]) for n in notes if n[0] == "unbilled_overrun"]
     assert sorted(amounts) == sorted([10 * 10**9 - FLOOR] + [10**9] * 5)
-    r.close()
     assert unbilled_metric("money") - before == unbilled
     # the balance stays exact: every micro of a top-up counts
     for i, micros in enumerate((1, 2, 3)):
@@ -113,7 +113,7 @@ async def test_the_floor_holds_across_concurrent_sessions_and_releases_their_res
 
 
 async def test_a_floor_set_in_the_settings_applies_to_every_plan(
-    settings: Settings, clock: ManualClock, redis_url: str
+    settings: Settings, clock: ManualClock, r: redis.Redis
 ) -> None:
     app = App(dataclasses.replace(settings, overrun_floor_micros=2_000_000), clock=clock, run_background=False)
     await app.start()
@@ -131,9 +131,7 @@ async def test_a_floor_set_in_the_settings_applies_to_every_plan(
         b = await stubs.balance()
         assert (b.balance_micros, b.reserved_micros) == (-2_000_000, 0)
         assert unbilled_metric("time") - before == 86_400 - 1_800
-        r = redis.Redis.from_url(redis_url, decode_responses=True)
         assert r.hget(keys.account(sub.account_id), "unbilled_1") == str(86_400 - 1_800)
-        r.close()
     finally:
         await channel.close()
         await app.stop()
@@ -153,7 +151,7 @@ def test_limits_come_from_settings_and_are_checked() -> None:
 
 
 async def test_a_rating_group_past_max_units_in_one_session_is_unbilled_and_ends_it(
-    stubs: Stubs, redis_url: str
+    stubs: Stubs, r: redis.Redis
 ) -> None:
     sub = await stubs.subscriber(balance=10**9)
     await stubs.charging.ChargeSession(session_request("u", INITIAL, 0, [{"rating_group": 30, "requested": {}}]))
@@ -161,7 +159,6 @@ async def test_a_rating_group_past_max_units_in_one_session_is_unbilled_and_ends
     a = await stubs.charging.ChargeSession(session_request("u", UPDATE, 1, data))
     assert (a.result_code, a.rating_groups[0].cost_micros) == (2001, 10)
     # as if the session had gone on for a very long time: 512 bytes short of MAX_UNITS
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
     session = keys.session(sub.account_id, "u")
     r.hset(session, mapping={"c30": MAX_UNITS - 512, "k30": MAX_UNITS - 512})
     a = await stubs.charging.ChargeSession(session_request("u", UPDATE, 2, data))
@@ -170,12 +167,10 @@ async def test_a_rating_group_past_max_units_in_one_session_is_unbilled_and_ends
     assert r.hget(keys.account(sub.account_id), "unbilled_2") == "1024"
     b = await stubs.balance()
     assert (b.balance_micros, b.reserved_micros) == (10**9 - 10, 0)
-    r.close()
 
 
-async def test_running_totals_stop_below_2_53(stubs: Stubs, redis_url: str) -> None:
+async def test_running_totals_stop_below_2_53(stubs: Stubs, r: redis.Redis) -> None:
     sub = await stubs.subscriber(balance=0)
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
     r.hset(keys.account(sub.account_id), "unbilled_4", 2**53 - 10)
     await stubs.charging.ChargeSession(session_request("a", INITIAL, 0, []))
     a = await stubs.charging.ChargeSession(
@@ -186,12 +181,10 @@ async def test_running_totals_stop_below_2_53(stubs: Stubs, redis_url: str) -> N
     a = await stubs.charging.ChargeSession(used_money("b", 1, 10**9))
     assert (a.result_code, a.rating_groups[0].cost_micros) == (4012, 0)
     assert r.hget(keys.account(sub.account_id), "unbilled_4") == str(2**53 - 1)
-    r.close()
 
 
-async def test_a_postpaid_usage_aggregate_keeps_its_units_below_2_53(stubs: Stubs, redis_url: str) -> None:
+async def test_a_postpaid_usage_aggregate_keeps_its_units_below_2_53(stubs: Stubs, r: redis.Redis) -> None:
     sub = await stubs.subscriber(balance=10**9)
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
     # a postpaid account in its period P1, whose data aggregate is close to 2**53 units
     r.hset(keys.account(sub.account_id), mapping={"bp": "P1:99999999999", "credit_limit": 0})
     r.hset(keys.usage(sub.account_id), "P1|data|||", f"{2**53 - 10},0,1")
@@ -202,4 +195,3 @@ async def test_a_postpaid_usage_aggregate_keeps_its_units_below_2_53(stubs: Stub
     assert a.rating_groups[0].cost_micros == 977 * 10
     assert r.hget(keys.usage(sub.account_id), "P1|data|||") == f"{2**53 - 1},9770,2"
     assert r.lrange(keys.usage_records(sub.account_id), 0, -1)[0].split(",")[7:9] == ["1000001", "9770"]
-    r.close()
