@@ -206,6 +206,7 @@ def cmd_event(args: argparse.Namespace) -> int:
         action=actions[args.action],
         subscriber=_subscriber(args),
         rating_group=args.rating_group,
+        refund_information=(args.refund_token or "").encode(),
     )
     setattr(req.requested, args.unit, args.units)
     with grpc.insecure_channel(args.target) as channel:
@@ -366,6 +367,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--rating-group", type=rating_group, default=20)
     sp.add_argument("--unit", choices=units, default="service_specific_units")
     sp.add_argument("--units", type=units_count, default=1)
+    sp.add_argument("--refund-token", help="refund: the refund_information of the debit's answer")
     sp.set_defaults(fn=cmd_event)
 
     sp = sub.add_parser("topup", help="recharge a balance")

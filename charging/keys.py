@@ -16,6 +16,8 @@ Per account (PREFIX as above):
                          dl deadline, cv catalog version the session is rated with
   PREFIX:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
   PREFIX:e:EVENT         string: answer to a debit/refund event (idempotency)
+  PREFIX:rf:e:EVENT      string: refund record of a debit event (ledger_lib.lua take_refund)
+  PREFIX:rf:s:SESSION    hash: request number -> refund record of the usage it debited
   PREFIX:t:KEY           string: answer to a top-up or bundle purchase (idempotency)
   PREFIX:bk              hash: bucket id -> packed unit bucket (see ledger_lib.lua)
   PREFIX:out             list: notifications waiting to be relayed to the stream
@@ -72,6 +74,16 @@ def outbox(account_id: str) -> str:
 
 def event(account_id: str, event_id: str) -> str:
     return account_tag(account_id) + ":e:" + event_id
+
+
+def event_refund(account_id: str, event_id: str) -> str:
+    """string: what a debit event took, for its refunds; kept as long as the event id."""
+    return account_tag(account_id) + ":rf:e:" + event_id
+
+
+def session_refunds(account_id: str, session_id: str) -> str:
+    """hash: request number -> what the usage that request reported took, for its refunds."""
+    return account_tag(account_id) + ":rf:s:" + session_id
 
 
 def topup(account_id: str, idempotency_key: str) -> str:

@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 
 from charging import keys
 from charging.redis_link import RedisLink
+from charging.refunds import RefundRef
 from charging.script_args import (
     Arg,
     BuyArgs,
@@ -148,7 +149,15 @@ class Ledger:
                 raise r
         return results[1]
 
-    async def event(self, account: str, args: EventArgs) -> Reply:
+    async def event(self, account: str, args: EventArgs, refund_of: RefundRef | None = None) -> Reply:
+        """Run one event. A debit writes its refund record; a refund draws on the record of
+        the debit ``refund_of`` names."""
+        if refund_of is None:
+            record = keys.event_refund(account, args.event_id)
+        elif refund_of.kind == "s":
+            record = keys.session_refunds(account, refund_of.debit_id)
+        else:
+            record = keys.event_refund(account, refund_of.debit_id)
         script_keys = (
             keys.account(account),
             keys.event(account, args.event_id),
@@ -156,6 +165,7 @@ class Ledger:
             keys.outbox(account),
             keys.usage(account),
             keys.usage_records(account),
+            record,
             *_pool_keys(account),
         )
         return await self._run(EVENT, script_keys, args)
