@@ -158,6 +158,7 @@ def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> cha
         request_number=req.request_number,
         result_code=a.result_code,
         failed_field=a.failed_field,
+        refund_information=a.refund_information,
     )
     for g in a.rating_groups:
         rg = out.rating_groups.add(

@@ -121,6 +121,7 @@ class Ledger:
             keys.outbox(account),
             keys.usage(account),
             keys.usage_records(account),
+            keys.session_refunds(account, args.session_id),
             *_pool_keys(account),
         )
         with storage_errors():

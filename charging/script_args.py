@@ -92,6 +92,7 @@ class SessionArgs:
     low_balance_micros: int
     terminating: bool
     destination: str
+    refund_ttl_s: int
     groups: tuple[RatingGroupArgs, ...]
 
     def to_argv(self) -> tuple[Arg, ...]:
@@ -110,6 +111,7 @@ class SessionArgs:
             self.low_balance_micros,
             "T" if self.terminating else "O",
             self.destination,
+            self.refund_ttl_s,
             len(self.groups),
         )
         for g in self.groups:

@@ -114,7 +114,10 @@ class App:
         self.notifier = Notifier(self.redis)
         ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
         self.sessions = sessions = SessionCharging(
-            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s
+            ctx,
+            supervision_factor=s.supervision_factor,
+            answer_ttl_s=s.answer_ttl_s,
+            refund_ttl_s=s.idempotency_ttl_s,
         )
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)

@@ -8,7 +8,8 @@
 -- KEYS[5] buckets           {a:ID}:bk
 -- KEYS[6] outbox            {a:ID}:out     (notifications waiting to be relayed)
 -- KEYS[7] usage aggregates  {a:ID}:u       KEYS[8] usage records  {a:ID}:ud  (postpaid)
--- KEYS[9..11] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[9] refund records    {a:ID}:rf:s:SESSION  (hash: request number -> ledger_lib.lua take_refund)
+-- KEYS[10..12] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV SessionArgs (charging/script_args.py), in this order:
 --   now_ms              now (ms)
@@ -25,6 +26,7 @@
 --   low_balance_micros  low balance threshold (0: none)
 --   terminating         O (originated by the subscriber) or T (terminating, incoming)
 --   destination         the called party ('' none: recorded with postpaid usage)
+--   refund_ttl_s        how long the refund records of the session are kept
 --   groups              the number n of rating groups, then n times RatingGroupArgs:
 -- ARGV RatingGroupArgs, 16 values per rating group:
 --   rating_group
@@ -48,7 +50,9 @@
 -- period (ledger_lib.lua record_usage) and is watched against its credit limit.
 --
 -- Usage and grants are covered by matching unit buckets first (in billable units, i.e.
--- rounded to the rate's increments), the rest by money at the rate's price.
+-- rounded to the rate's increments), the rest by money at the rate's price. What the
+-- usage of each rating group took is the request's refund record (its answer carries the
+-- token, charging/refunds.py).
 --
 -- Reply, one of:
 --   {'DONE', body, reserved_delta, session_delta, outbox length after this script's pushes (0: none)}
@@ -75,10 +79,11 @@ local catalog_version = ARGV[11]
 local low_balance_micros = tonumber(ARGV[12])
 local terminating = ARGV[13] == 'T'
 local destination = ARGV[14]
+local refund_ttl_s = ARGV[15]
 
 -- Rating group i (1-based) of the request, by the names of RatingGroupArgs.
 local function group(i)
-  local j = 16 * i
+  local j = 16 * i + 1
   return {rating_group = ARGV[j], preset_code = tonumber(ARGV[j + 1]), want = tonumber(ARGV[j + 2]),
           final = ARGV[j + 3] == '1', validity_s = tonumber(ARGV[j + 4]), tariff_change_s = ARGV[j + 5],
           used_before = tonumber(ARGV[j + 6]), rate_before = ARGV[j + 7], used_after = tonumber(ARGV[j + 8]),
@@ -86,7 +91,7 @@ local function group(i)
           zone = ARGV[j + 13], band = ARGV[j + 14], roaming = ARGV[j + 15]}
 end
 local groups = {}
-for i = 1, tonumber(ARGV[15]) do groups[i] = group(i) end
+for i = 1, tonumber(ARGV[16]) do groups[i] = group(i) end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
   'bp', 'credit_limit', 'cl')
@@ -111,7 +116,7 @@ local reserved_before = reserved
 
 local home = {KEYS[5], KEYS[1], KEYS[6]}
 local pool = nil
-if KEYS[9] then pool = {KEYS[9], KEYS[10], KEYS[11]} end
+if KEYS[10] then pool = {KEYS[10], KEYS[11], KEYS[12]} end
 
 local function finish(body, session_delta)
   redis.call('SET', KEYS[4], digest .. '|' .. body, 'EX', answer_ttl_s)
@@ -136,6 +141,7 @@ else
 end
 
 local buckets = load_buckets(home, pool, acct[7])
+local refunds = {}
 local parts = {}
 local any_ok = (#groups == 0)
 local free_only = true
@@ -166,11 +172,14 @@ for _, g in ipairs(groups) do
       release(buckets, record)
       r_units, r_money, record = 0, 0, ''
     end
+    local refund_parts = {}
     for _, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
       if part[1] > 0 then
         local rp = parse_rate(part[2])
         local need = billable(rp, cum + part[1]) - billable(rp, cum)
-        local money_units = need - consume(usable, need)
+        local covered, taken = consume(usable, need)
+        local money_units = need - covered
+        refund_parts[#refund_parts + 1] = refund_part(part[2], cum, k, part[1], money_units, taken)
         cost = cost + session_cost(rp, k + money_units) - session_cost(rp, k)
         k = k + money_units
         cum = cum + part[1]
@@ -179,6 +188,9 @@ for _, g in ipairs(groups) do
     balance = balance - cost
     record_usage(KEYS[7], KEYS[8], acct[8], now_s, now_ms, {service = g.service, zone = g.zone, band = g.band,
       roaming = g.roaming, destination = destination, units = used, cost = cost, ref = session_id})
+    if used > 0 then
+      refunds[#refunds + 1] = refund_entry(rg, g.unit, g.service, g.zone, g.band, g.roaming, now_s, refund_parts)
+    end
     if newest then
       if overrun then
         rc = 4012
@@ -257,6 +269,10 @@ else
 end
 
 redis.call('HSET', KEYS[1], 'balance', fmt(balance), 'reserved', fmt(reserved))
+if #refunds > 0 then
+  redis.call('HSET', KEYS[9], fmt(request_number), table.concat(refunds, ' '))
+  redis.call('EXPIRE', KEYS[9], refund_ttl_s)
+end
 save_buckets(buckets, now_s, now_ms)
 if acct[8] then
   watch_credit(KEYS[1], KEYS[6], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now_ms)

@@ -19,6 +19,7 @@ from charging.context import Context
 from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Reply
 from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
+from charging.refunds import session_token
 from charging.routing import Target, route
 from charging.script_args import RatingGroupArgs, SessionArgs
 from charging.subscribers import Identity
@@ -80,6 +81,8 @@ class SessionAnswer:
     # Changes this request made (zero for replays), for metrics.
     reserved_delta: int = 0
     session_delta: int = 0
+    # The request debited reported usage: the token a refund of it presents.
+    refund_information: bytes = b""
 
 
 def previous_change(plan: Plan, at_s: int, lookback_s: int) -> int | None:
@@ -209,24 +212,28 @@ def parse_answer(body: str, rates: dict[int, Rate], groups: tuple[RatingGroupReq
 
 
 class SessionCharging:
-    def __init__(self, ctx: Context, *, supervision_factor: int, answer_ttl_s: int) -> None:
+    def __init__(self, ctx: Context, *, supervision_factor: int, answer_ttl_s: int, refund_ttl_s: int) -> None:
         self.ctx = ctx
         self.supervision_factor = supervision_factor
         self.answer_ttl_s = answer_ttl_s
+        self.refund_ttl_s = refund_ttl_s
 
     async def charge(self, req: SessionRequest) -> SessionAnswer:
         """Rate and apply one request."""
         failed = ""
         rates: dict[int, Rate] = {}
+        debits = False
 
         async def attempt(target: Target) -> Reply:
-            nonlocal failed, rates
+            nonlocal failed, rates, debits
             now = self.ctx.clock.now_ms()
             groups: tuple[RatingGroupArgs, ...] = ()
             if target.plan is not None:
                 groups, failed, rates = rating_args(
                     target.catalog, target.plan, req.rating_groups, req.usage, now // 1000
                 )
+            # The script writes a refund record for exactly these rating groups.
+            debits = any(not g.preset_code and g.used_before + g.used_after > 0 for g in groups)
             return await self._run(target, req, groups, now)
 
         routed = await route(
@@ -252,6 +259,10 @@ class SessionCharging:
             replayed=reply.kind == "REPLAY",
             reserved_delta=reply.reserved_delta,
             session_delta=reply.session_delta,
+            # No rating group answered: the script stopped before any usage (5002, 5012).
+            refund_information=session_token(req.session_id, req.request_number)
+            if debits and answer.rating_groups
+            else b"",
         )
 
     async def _run(self, target: Target, req: SessionRequest, groups: tuple[RatingGroupArgs, ...], now: int) -> Reply:
@@ -272,6 +283,7 @@ class SessionCharging:
             low_balance_micros=self.ctx.low_balance_micros,
             terminating=req.terminating,
             destination=req.usage.destination,
+            refund_ttl_s=self.refund_ttl_s,
             groups=groups,
         )
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0

@@ -25,9 +25,11 @@ from charging.server import App
 from charging.settings import Settings
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
 from postpaid.billing import Billing
-from tests.conftest import LineBook, Stubs
+from tests.conftest import INITIAL, TERMINATE, UPDATE, LineBook, Stubs, session_request
 from tests.test_billing_edges import enrol
 from tests.test_buckets import buy, set_time, small_bundles
+from tests.test_pools import COMPANY, setup
+from tests.test_pools import call as pool_call
 
 MSISDN = "491700000001"
 SMS = 50_000
@@ -226,6 +228,78 @@ async def test_a_retransmitted_refund_is_answered_once(stubs: Stubs) -> None:
     await stubs.charging.ChargeEvent(event("r3", REFUND, d.refund_information))
     assert (await stubs.charging.ChargeEvent(big)).result_code == 5004
     assert await money(stubs) == 1_000_000 - SMS
+
+
+async def test_session_usage_is_refunded_per_request_and_rating_group(stubs: Stubs) -> None:
+    await stubs.subscriber(balance=1_000_000)
+    i = await stubs.charging.ChargeSession(
+        session_request("s1", INITIAL, 0, [{"rating_group": 10, "requested": {}}, {"rating_group": 30}])
+    )
+    assert i.result_code == 2001 and not i.refund_information
+    u = await stubs.charging.ChargeSession(
+        session_request(
+            "s1",
+            UPDATE,
+            1,
+            [{"rating_group": 10, "used": {"time_s": 90}, "requested": {}}, {"rating_group": 30, "used": {}}],
+        )
+    )
+    assert u.rating_groups[0].cost_micros == 2 * MINUTE
+    assert u.refund_information == session_token("s1", 1)
+    t = await stubs.charging.ChargeSession(
+        session_request("s1", TERMINATE, 2, [{"rating_group": 10, "used": {"time_s": 20}}])
+    )
+    assert t.rating_groups[0].cost_micros == 0  # within the minute already paid
+    assert t.refund_information == session_token("s1", 2)
+    assert await money(stubs) == 1_000_000 - 2 * MINUTE
+    # 90 s less 60 s is 30 s: one started minute instead of two.
+    a = await stubs.charging.ChargeEvent(event("r1", REFUND, u.refund_information, rating_group=10, time_s=60))
+    assert (a.result_code, a.cost_micros) == (2001, MINUTE)
+    a = await stubs.charging.ChargeEvent(event("r2", REFUND, u.refund_information, rating_group=30, total_octets=1))
+    assert (a.result_code, a.failed_field) == (5004, "rating_group")
+    a = await stubs.charging.ChargeEvent(event("r3", REFUND, t.refund_information, rating_group=10, time_s=20))
+    assert (a.result_code, a.cost_micros) == (2001, 0)
+    a = await stubs.charging.ChargeEvent(event("r4", REFUND, u.refund_information, rating_group=10, time_s=31))
+    assert (a.result_code, a.failed_field) == (5004, "requested.time_s")
+    a = await stubs.charging.ChargeEvent(event("r5", REFUND, u.refund_information, rating_group=10, time_s=30))
+    assert (a.result_code, a.cost_micros) == (2001, MINUTE)
+    assert await money(stubs) == 1_000_000
+    # A request that debited nothing hands out no token; a retransmission the same one.
+    again = await stubs.charging.ChargeSession(
+        session_request(
+            "s1",
+            UPDATE,
+            1,
+            [{"rating_group": 10, "used": {"time_s": 90}, "requested": {}}, {"rating_group": 30, "used": {}}],
+        )
+    )
+    assert again.refund_information == u.refund_information
+    gone = await stubs.charging.ChargeSession(session_request("s1", UPDATE, 3, [{"rating_group": 10, "used": {}}]))
+    assert gone.result_code == 5002 and not gone.refund_information
+
+
+async def test_a_pool_member_refund_goes_back_to_the_pool_bucket(stubs: Stubs, clock: ManualClock) -> None:
+    _company, _alice, _bob = await setup(stubs, clock)
+    from tests.test_pools import ALICE
+
+    (bucket,) = await bucket_amounts(stubs, COMPANY)
+    full = (await bucket_amounts(stubs, COMPANY))[bucket]
+    start = await money(stubs, ALICE)
+    await stubs.charging.ChargeSession(pool_call("p1", INITIAL, 0, ALICE, requested={}))
+    t = await stubs.charging.ChargeSession(pool_call("p1", TERMINATE, 1, ALICE, used={"time_s": 75}))
+    assert t.rating_groups[0].cost_micros == 0
+    assert (await bucket_amounts(stubs, COMPANY))[bucket] == full - 75
+    a = await stubs.charging.ChargeEvent(
+        event("r1", REFUND, t.refund_information, rating_group=10, msisdn=ALICE, time_s=75)
+    )
+    assert (a.result_code, a.cost_micros) == (2001, 0)
+    assert (await bucket_amounts(stubs, COMPANY))[bucket] == full
+    assert await money(stubs, ALICE) == start
+    # The token is the member's: the pool's own line cannot use it.
+    a = await stubs.charging.ChargeEvent(
+        event("r2", REFUND, t.refund_information, rating_group=10, msisdn=COMPANY, time_s=1)
+    )
+    assert (a.result_code, a.failed_field) == (5004, "refund_information")
 
 
 async def test_a_postpaid_refund_reverses_the_recorded_usage(

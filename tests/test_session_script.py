@@ -37,7 +37,7 @@ def update(
     r.hset(keys.session(account, sid), mapping={**session, "n7": 0, "dl": 0, "cv": "c1"})  # type: ignore[dict-item]
     return r.evalsha(  # type: ignore[no-any-return]
         SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
-        8,
+        9,
         keys.account(account),
         keys.sessions(account),
         keys.session(account, sid),
@@ -46,7 +46,10 @@ def update(
         keys.outbox(account),
         keys.usage(account),
         keys.usage_records(account),
-        *SessionArgs(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", (group,)).to_argv(),
+        keys.session_refunds(account, sid),
+        *SessionArgs(
+            1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", 60, (group,)
+        ).to_argv(),
     )
 
 
