@@ -6,15 +6,15 @@ account's hash slot (``keys.event_refund``, ``keys.session_refunds``) with what 
 bucket and the money gave; ``ledger_lib.lua`` ``take_refund`` consumes it. An event
 debit's token names its event id; a session request's names the session id and the
 request number, and covers the usage of every rating group that request reported (the
-refund names the rating group). Tokens are opaque to clients: base64url of a versioned
-reference. They grant nothing by themselves: a record is found only under the account
-of the subscriber asking, and gives back at most what its debit took.
+refund names the rating group). Tokens are opaque bytes to clients (a versioned
+reference; JSON tools such as grpcurl and the bundled client show them in base64, as
+the protobuf JSON mapping does for bytes). They grant nothing by themselves: a record is
+found only under the account of the subscriber asking, and gives back at most what its
+debit took.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -40,7 +40,7 @@ class RefundRef:
             text = f"{VERSION}:e:{self.debit_id}"
         else:
             text = f"{VERSION}:s:{self.request_number}:{self.debit_id}"
-        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=")
+        return text.encode()
 
     @property
     def field(self) -> str:
@@ -61,8 +61,8 @@ def parse_token(token: bytes) -> RefundRef | None:
     if not token or len(token) > MAX_TOKEN_BYTES:
         return None
     try:
-        text = base64.urlsafe_b64decode(token + b"=" * (-len(token) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):
+        text = token.decode("ascii")
+    except UnicodeDecodeError:
         return None
     version, _, rest = text.partition(":")
     kind, _, rest = rest.partition(":")
@@ -75,5 +75,5 @@ def parse_token(token: bytes) -> RefundRef | None:
         number, _, session_id = rest.partition(":")
         if number.isdigit() and int(number) <= MAX_REQUEST_NUMBER and ID.match(session_id):
             ref = RefundRef("s", session_id, int(number))
-    # One spelling per token (no padding, no stray characters, no leading zeros).
+    # One spelling per token (no leading zeros in a request number).
     return ref if ref is not None and ref.token == token else None

@@ -5,6 +5,7 @@ refunded yet, to where it came from, once per event id."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import itertools
 import json
@@ -28,6 +29,7 @@ from postpaid.billing import Billing
 from tests.conftest import INITIAL, TERMINATE, UPDATE, LineBook, Stubs, session_request
 from tests.test_billing_edges import enrol
 from tests.test_buckets import buy, set_time, small_bundles
+from tests.test_cli import cli
 from tests.test_pools import COMPANY, setup
 from tests.test_pools import call as pool_call
 
@@ -83,7 +85,7 @@ def test_tokens_name_their_debit_and_nothing_else() -> None:
     assert parse_token(event_token("sms-1")) == RefundRef("e", "sms-1")
     assert parse_token(session_token("gw;1;x:y", 7)) == RefundRef("s", "gw;1;x:y", 7)
     token = session_token("s", 7)
-    for bad in (b"", b"not a token", token + b"=", token + b"!", b"x" * 1000, event_token("a b"), b"MjplOng"):
+    for bad in (b"", b"not a token", b"1:s:07:s", b"2:e:x", b"1:e:", token + b"\xff", b"x" * 1000, event_token("a b")):
         assert parse_token(bad) is None, bad
 
 
@@ -416,3 +418,18 @@ async def test_random_debits_and_refunds_conserve_money_and_units(
     # as expired with it.
     got_money, got_units = await totals()
     assert (got_money, got_units) == (start, 120)
+
+
+async def test_the_client_refunds_with_the_token_its_debit_printed(app: App, stubs: Stubs) -> None:
+    await stubs.subscriber(balance=1_000_000)
+    debit = await cli(app, "event", "--msisdn", MSISDN, "--action", "debit", "--event-id", "sms-1")
+    token = json.loads(debit.out)["refund_information"]
+    assert base64.b64decode(token) == event_token("sms-1")
+    refund = ("event", "--msisdn", MSISDN, "--action", "refund")
+    run = await cli(app, *refund)
+    assert (run.code, json.loads(run.out)["failed_field"]) == (1, "refund_information")
+    run = await cli(app, *refund, "--refund-token", "not base64!")
+    assert run.code == 2 and "--refund-token" in run.err
+    run = await cli(app, *refund, "--refund-token", token)
+    assert (run.code, json.loads(run.out)["cost_micros"]) == (0, str(SMS))
+    assert await money(stubs) == 1_000_000
