@@ -2,13 +2,14 @@
 -- (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
--- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only)
+-- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only): "digest|body", and
+--         for a debit answered 2001 "|" and its refund record (ledger_lib.lua take_refund)
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
 -- KEYS[5] usage aggregates  {a:ID}:u       KEYS[6] usage records  {a:ID}:ud  (postpaid)
--- KEYS[7] refund record: a debit writes its own ({a:ID}:rf:e:EVENT, a string); a refund
---         reads the debit's its token names (that, or a session's {a:ID}:rf:s:SESSION,
---         a hash by request number)
+-- KEYS[7] a refund's record: the answer of the debit event its token names {a:ID}:e:DEBIT,
+--         or the refund records of a session {a:ID}:rf:s:SESSION (a hash by request
+--         number); for other actions any key of the account (not touched)
 -- KEYS[8..10] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV EventArgs (charging/script_args.py), in this order:
@@ -33,13 +34,13 @@
 --   destination         '' none
 --   event_id
 --   refund_field        a refund of session usage: the request number, the field of
---                       KEYS[7]; '' for a refund of an event (KEYS[7] is a string)
+--                       KEYS[7]; '' for a refund of an event (KEYS[7] is its answer)
 --
 -- A postpaid account (with 'bp') records debits and refunds in its bill period
 -- (ledger_lib.lua record_usage) and is watched against its credit limit.
 --
 -- A debit is covered by matching unit buckets first, the rest by money, all or nothing;
--- it writes its refund record (ledger_lib.lua take_refund), kept as long as its answer.
+-- it keeps its refund record (ledger_lib.lua take_refund) in its answer.
 -- A refund gives back at most what the recorded debit took and was not refunded yet, to
 -- where it came from, whatever the line's state (it is the operator giving back what was
 -- taken, not a service); it is refused (5004, nothing changed) when the record is gone
@@ -87,6 +88,8 @@ if writes then
   if stored then
     -- The caller rebuilds the answer with the plan's rate: make sure it has the plan.
     if acct[1] and acct[3] ~= plan_id then return {'PLAN', acct[3]} end
+    -- A debit's refund record follows its body.
+    if stored[2] then stored[2] = split(stored[2], '|')[1] end
     return stored
   end
 end
@@ -104,7 +107,7 @@ local rc = 2001
 local charged = 0
 local buckets = nil
 local failed = nil
-local record, refunded, lost = nil, nil, nil
+local record, refunded, lost, debit_answer = nil, nil, nil, nil
 
 if action == 'D' or action == 'C' then
   local r = parse_rate(rate)
@@ -130,7 +133,11 @@ if action == 'D' or action == 'C' then
 elseif action == 'R' then
   local stored_record
   if refund_field == '' then
-    stored_record = redis.call('GET', KEYS[7])
+    -- "digest|body|record": the record is what follows the second '|'.
+    local prev = redis.call('GET', KEYS[7])
+    local at = prev and string.find(prev, '|', 1, true)
+    at = at and string.find(prev, '|', at + 1, true)
+    if at then stored_record, debit_answer = string.sub(prev, at + 1), string.sub(prev, 1, at) end
   else
     stored_record = redis.call('HGET', KEYS[7], refund_field)
   end
@@ -156,12 +163,10 @@ if writes then
   if rc == 2001 then
     redis.call('HSET', KEYS[1], 'balance', fmt(balance))
     if buckets then save_buckets(buckets, now_s, now_ms) end
-    if action == 'D' then
-      redis.call('SET', KEYS[7], record, 'EX', answer_ttl_s)
-    else
+    if action == 'R' then
       count_expired(lost, unit)
       if refund_field == '' then
-        redis.call('SET', KEYS[7], record, 'KEEPTTL')
+        redis.call('SET', KEYS[7], debit_answer .. record, 'KEEPTTL')
       else
         redis.call('HSET', KEYS[7], refund_field, record)
       end
@@ -182,6 +187,8 @@ if writes then
       watch_balance(KEYS[1], KEYS[4], acct[6] == '1', balance, low_balance_micros, now_ms)
     end
   end
-  redis.call('SET', KEYS[2], digest .. '|' .. body, 'EX', answer_ttl_s)
+  -- A debit keeps its refund record with its answer: as long as its event id, one key.
+  local kept = record and action == 'D' and ('|' .. record) or ''
+  redis.call('SET', KEYS[2], digest .. '|' .. body .. kept, 'EX', answer_ttl_s)
 end
 return {'DONE', body, fmt(pushed)}

@@ -15,8 +15,8 @@ Per account (PREFIX as above):
                          c<rg> cumulative used units, n<rg> request number of the reservation;
                          dl deadline, cv catalog version the session is rated with
   PREFIX:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
-  PREFIX:e:EVENT         string: answer to a debit/refund event (idempotency)
-  PREFIX:rf:e:EVENT      string: refund record of a debit event (ledger_lib.lua take_refund)
+  PREFIX:e:EVENT         string: answer to a debit/refund event (idempotency); a debit's
+                         is followed by its refund record (event.lua)
   PREFIX:rf:s:SESSION    hash: request number -> refund record of the usage it debited
   PREFIX:t:KEY           string: answer to a top-up or bundle purchase (idempotency)
   PREFIX:bk              hash: bucket id -> packed unit bucket (see ledger_lib.lua)
@@ -74,11 +74,6 @@ def outbox(account_id: str) -> str:
 
 def event(account_id: str, event_id: str) -> str:
     return account_tag(account_id) + ":e:" + event_id
-
-
-def event_refund(account_id: str, event_id: str) -> str:
-    """string: what a debit event took, for its refunds; kept as long as the event id."""
-    return account_tag(account_id) + ":rf:e:" + event_id
 
 
 def session_refunds(account_id: str, session_id: str) -> str:

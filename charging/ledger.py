@@ -151,14 +151,14 @@ class Ledger:
         return results[1]
 
     async def event(self, account: str, args: EventArgs, refund_of: RefundRef | None = None) -> Reply:
-        """Run one event. A debit writes its refund record; a refund draws on the record of
-        the debit ``refund_of`` names."""
+        """Run one event. A debit keeps its refund record with its answer; a refund draws
+        on the record of the debit ``refund_of`` names."""
         if refund_of is None:
-            record = keys.event_refund(account, args.event_id)
+            record = keys.event(account, args.event_id)
         elif refund_of.kind == "s":
             record = keys.session_refunds(account, refund_of.debit_id)
         else:
-            record = keys.event_refund(account, refund_of.debit_id)
+            record = keys.event(account, refund_of.debit_id)
         script_keys = (
             keys.account(account),
             keys.event(account, args.event_id),

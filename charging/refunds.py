@@ -2,15 +2,15 @@
 refund presents to get back what that debit took.
 
 The token names the debit's refund record, which the debiting script wrote in the
-account's hash slot (``keys.event_refund``, ``keys.session_refunds``) with what each
-bucket and the money gave; ``ledger_lib.lua`` ``take_refund`` consumes it. An event
-debit's token names its event id; a session request's names the session id and the
-request number, and covers the usage of every rating group that request reported (the
-refund names the rating group). Tokens are opaque bytes to clients (a versioned
-reference; JSON tools such as grpcurl and the bundled client show them in base64, as
-the protobuf JSON mapping does for bytes). They grant nothing by themselves: a record is
-found only under the account of the subscriber asking, and gives back at most what its
-debit took.
+account's hash slot with what each bucket and the money gave (an event's with its
+answer, ``keys.event``; a session's in ``keys.session_refunds``); ``ledger_lib.lua``
+``take_refund`` consumes it. An event debit's token names its event id; a session
+request's names the session id and the request number, and covers the usage of every
+rating group that request reported (the refund names the rating group). Tokens are
+opaque bytes to clients (a versioned reference; JSON tools such as grpcurl and the
+bundled client show them in base64, as the protobuf JSON mapping does for bytes). They
+grant nothing by themselves: a record is found only under the account of the subscriber
+asking, and gives back at most what its debit took.
 """
 
 from __future__ import annotations

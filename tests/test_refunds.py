@@ -340,8 +340,7 @@ async def test_a_token_expires_with_the_event_id(short_lived: Stubs, redis_url: 
     await short_lived.subscriber(balance=1_000_000)
     d = await short_lived.charging.ChargeEvent(event("d1", DEBIT))
     r = redis.Redis.from_url(redis_url)
-    assert 0 < r.pttl(keys.event_refund("1", "d1")) <= 1000
-    assert abs(r.pttl(keys.event_refund("1", "d1")) - r.pttl(keys.event("1", "d1"))) < 50
+    assert 0 < r.pttl(keys.event("1", "d1")) <= 1000  # the record is kept with the answer
     r.close()
     await asyncio.sleep(1.2)
     a = await short_lived.charging.ChargeEvent(event("r1", REFUND, d.refund_information))
