@@ -322,6 +322,21 @@ async def test_a_postpaid_refund_reverses_the_recorded_usage(
     records = r.lrange(keys.usage_records(account), 0, -1)
     assert [x.split(",")[7:] for x in records] == [["3", str(3 * price), "d1"], ["-2", str(-2 * price), "r1"]]
     assert await money(stubs) == headroom - price
+    # Session usage the same way: a call's usage, refunded whole, nets to nothing.
+    await stubs.charging.ChargeSession(
+        session_request("c1", INITIAL, 0, [{"rating_group": 10, "requested": {}}], called_party=NATIONAL_MOBILE)
+    )
+    t = await stubs.charging.ChargeSession(
+        session_request(
+            "c1", TERMINATE, 1, [{"rating_group": 10, "used": {"time_s": 90}}], called_party=NATIONAL_MOBILE
+        )
+    )
+    assert t.rating_groups[0].cost_micros > 0
+    voice = set(r.hkeys(keys.usage(account))) - {field}
+    a = await stubs.charging.ChargeEvent(event("r2", REFUND, t.refund_information, rating_group=10, time_s=90))
+    assert (a.result_code, a.cost_micros) == (2001, t.rating_groups[0].cost_micros)
+    assert [r.hget(keys.usage(account), f) for f in voice] == ["0,0,2"]
+    assert await money(stubs) == headroom - price
     r.close()
 
 
@@ -350,10 +365,11 @@ async def test_a_token_expires_with_the_event_id(short_lived: Stubs, redis_url: 
 
 # Conservation over random sequences --------------------------------------------------
 
-Op = tuple[str, int, int]  # ("debit", units, 0) | ("refund", debit index, units) | ("expire", 0, 0)
+# ("debit" or "call", units, 0) | ("refund", debit index, units) | ("expire", 0, 0)
+Op = tuple[str, int, int]
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("debit"), st.integers(1, 150), st.just(0)),
+        st.tuples(st.sampled_from(["debit", "call"]), st.integers(1, 150), st.just(0)),
         st.tuples(st.just("refund"), st.integers(0, 7), st.integers(1, 150)),
         st.tuples(st.just("expire"), st.just(0), st.just(0)),
     ),
@@ -368,8 +384,8 @@ numbers = itertools.count(1)
 async def test_random_debits_and_refunds_conserve_money_and_units(
     shop: Stubs, clock: ManualClock, redis_url: str, ops: list[Op]
 ) -> None:
-    # A fresh line per example: national peak voice (first 60 s, then per second) with a
-    # 120 s bundle that the debits draw on first.
+    # A fresh line per example: national voice (first 60 s, then per second) with a 120 s
+    # bundle that event debits and calls draw on first.
     msisdn = f"4917100{next(numbers):05d}"
     await shop.subscriber(msisdn, balance=10_000_000, plan="mobile-prepaid")
     await shop.topup.BuyBundle(
@@ -400,6 +416,14 @@ async def test_random_debits_and_refunds_conserve_money_and_units(
             d = await shop.charging.ChargeEvent(voice(DEBIT, time_s=a))
             assert d.result_code == 2001
             debits.append((d.refund_information, a))
+        elif op == "call":
+            sid = uuid.uuid4().hex
+            call = [{"rating_group": 10, "requested": {}}]
+            await shop.charging.ChargeSession(session_request(sid, INITIAL, 0, call, msisdn, NATIONAL_MOBILE))
+            call = [{"rating_group": 10, "used": {"time_s": a}}]
+            t = await shop.charging.ChargeSession(session_request(sid, TERMINATE, 1, call, msisdn, NATIONAL_MOBILE))
+            assert t.result_code == 2001
+            debits.append((t.refund_information, a))
         elif op == "refund" and a < len(debits):
             token, left = debits[a]
             answer = await shop.charging.ChargeEvent(voice(REFUND, token, time_s=b))
@@ -432,3 +456,26 @@ async def test_the_client_refunds_with_the_token_its_debit_printed(app: App, stu
     run = await cli(app, *refund, "--refund-token", token)
     assert (run.code, json.loads(run.out)["cost_micros"]) == (0, str(SMS))
     assert await money(stubs) == 1_000_000
+
+
+async def test_a_refund_after_its_period_was_invoiced_credits_the_next_invoice(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, redis_url: str
+) -> None:
+    b, _book = postpaid_billing
+    account = await enrol(stubs, b, "2", MSISDN)
+    d = await stubs.charging.ChargeEvent(event("d1", DEBIT, service_specific_units=3))
+    price = d.cost_micros // 3
+    clock.advance(ms=31 * 86_400_000)
+    assert (await b.runs.run()).issued == 1
+    assert len(await b.invoices_of("C2")) == 1
+    a = await stubs.charging.ChargeEvent(event("r1", REFUND, d.refund_information, service_specific_units=2))
+    assert (a.result_code, a.cost_micros) == (2001, 2 * price)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    (field,) = r.hkeys(keys.usage(account))
+    assert field.startswith("2026-02|") and r.hget(keys.usage(account), field) == f"-2,{-2 * price},1"
+    r.close()
+    clock.advance(ms=31 * 86_400_000)
+    assert (await b.runs.run()).issued == 1
+    february = await b.invoice((await b.invoices_of("C2"))[-1])
+    # Invoices are in cents: the refund is a negative usage line on the next invoice.
+    assert [c.amount for c in february.sections[0].charges if c.kind == "USAGE"] == [-2 * price // 10_000]
