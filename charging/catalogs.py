@@ -1,10 +1,12 @@
 """The running catalog: stored in Redis by version, cached in process, swapped atomically.
 
+The versions live in a ``DocumentStore`` (``documents.py``) under ``catalog``:
 ``catalog:current`` names the running version and ``catalog:v:<version>`` holds each
-document. Loading a catalog checks the whole document first (a bad one changes
-nothing), stores it, then moves the ``current`` pointer: one atomic step that every
-server process sees at its next refresh. A process also keeps every version it has
-used, because a session stays on the version it started with.
+document, the version named by the document itself. Loading a catalog checks the whole
+document first (a bad one changes nothing), stores it, then moves the ``current``
+pointer: one atomic step that every server process sees at its next refresh. A process
+also keeps every version it has used, because a session stays on the version it started
+with.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from charging import keys
 from charging.catalog import Catalog
 from charging.catalog_doc import catalog_from_doc
-from charging.errors import Conflict, StorageUnavailable
-from charging.store import storage_errors
+from charging.documents import DocumentStore
+from charging.errors import StorageUnavailable
 
 log = logging.getLogger("charging.catalog")
 
@@ -34,10 +35,13 @@ def read_catalog_file(path: str) -> Any:
     return json.loads(resources.files("charging").joinpath("catalog.json").read_text())
 
 
+def _version_of(catalog: Catalog) -> str:
+    return catalog.version
+
+
 class CatalogBook:
     def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._versions: dict[str, Catalog] = {}
+        self._docs = DocumentStore(client, "catalog", catalog_from_doc, version_of=_version_of)
         self._current: Catalog | None = None
 
     @property
@@ -55,46 +59,27 @@ class CatalogBook:
     async def load(self, doc: Any) -> Catalog:
         """Check, store and switch to a catalog. The same version may be loaded again only
         with the same content."""
-        catalog = catalog_from_doc(doc)
-        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        with storage_errors():
-            created = await self._client.set(keys.catalog(catalog.version), text, nx=True)
-            if not created:
-                stored = await self._client.get(keys.catalog(catalog.version))
-                if stored is not None and json.loads(stored) != json.loads(text):
-                    raise Conflict(f"catalog version {catalog.version} exists with other content; use a new version")
-            await self._client.set(keys.CATALOG_CURRENT, catalog.version)
-        self._versions[catalog.version] = catalog
+        catalog = (await self._docs.load(doc)).value
         self._current = catalog
         log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
         return catalog
 
     async def version(self, version: str) -> Catalog | None:
         """A stored catalog by version (sessions stay on the one they started with)."""
-        cached = self._versions.get(version)
-        if cached is not None:
-            return cached
-        with storage_errors():
-            text = await self._client.get(keys.catalog(version))
-        if text is None:
-            return None
-        catalog = catalog_from_doc(json.loads(text))
-        self._versions[version] = catalog
-        return catalog
+        stored = await self._docs.get(version)
+        return None if stored is None else stored.value
 
     async def document(self, version: str) -> str | None:
-        with storage_errors():
-            text = await self._client.get(keys.catalog(version or self.current.version))
-        return None if text is None else str(text)
+        stored = await self._docs.get(version or self.current.version)
+        return None if stored is None else stored.text
 
     async def refresh(self) -> bool:
         """Follow the stored ``current`` pointer; False when no catalog is stored."""
-        with storage_errors():
-            version = await self._client.get(keys.CATALOG_CURRENT)
+        version = await self._docs.current_version()
         if version is None:
             return False
         if self._current is None or self._current.version != version:
-            catalog = await self.version(str(version))
+            catalog = await self.version(version)
             if catalog is None:
                 return False
             self._current = catalog

@@ -5,7 +5,8 @@ Keys that belong to a billing account start with the hash tag of the account's p
 script touches a single slot. A standalone account is its own root (id ``5``, prefix
 ``{a:5}``); a member of a corporate pool has an id ``<root>.<n>`` (``5.2``, prefix
 ``{a:5}:2``), so its keys share the slot of the pool it draws on. Global keys are few:
-the identity index, the account id sequence, the catalogs, the notification stream and
+the identity index, the account id sequence, the catalogs (``catalog:...``, laid out by
+``documents.py``), the notification stream and
 the due indexes of the sweeper and the renewer (tags ``{sweep}``, ``{renew}``).
 
 Per account (PREFIX as above):
@@ -90,13 +91,8 @@ def identity(kind: str, value: str) -> str:
     return f"id:{kind}:{value}"
 
 
-CATALOG_CURRENT = "catalog:current"
 # Stream of notifications (thresholds, expiries) for other parts of the system.
 NOTIFICATIONS = "stream:notifications"
-
-
-def catalog(version: str) -> str:
-    return "catalog:v:" + version
 
 
 # Postpaid usage of a charging account (written by the debiting scripts, ledger_lib.lua).

@@ -7,16 +7,17 @@ offers by postal area, and the home country where mobile service is sold.
 
 An address is covered by the area with the longest postal prefix that matches its postal
 code (the empty prefix is the rest of the country). The CRM loads and reads tables
-(``LoadCoverage``, ``GetCoverage``); they live in Redis:
+(``LoadCoverage``, ``GetCoverage``); they live in Redis, in a numbered
+``DocumentStore`` (``charging/documents.py``) under ``crm:coverage``:
 
     crm:coverage:seq          the last version given out
     crm:coverage:v:<version>  each table loaded (canonical JSON)
     crm:coverage:current      the version in force
 
 Loading checks the whole table and names every bad field; a bad table changes nothing. A
-good one is stored under the next version and made current in one transaction, so every
-process offers by the old table or the new one, never a mix. Until a table is loaded the
-bundled ``coverage.json`` is in force, as version 0.
+good one is stored under the next version and made current, so every process offers by
+the old table or the new one, never a mix. Until a table is loaded the bundled
+``coverage.json`` is in force, as version 0.
 """
 
 from __future__ import annotations
@@ -29,21 +30,14 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from charging.catalog import ACCESS
-from charging.errors import InvalidRequest, NotFound
-from charging.store import storage_errors
+from charging.documents import DocumentStore, Stored, canonical
+from charging.errors import InvalidRequest
 
-SEQ = "crm:coverage:seq"
-CURRENT = "crm:coverage:current"
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 POSTAL_PREFIX = re.compile(r"^[0-9A-Z]{0,10}$")
 MAX_AREAS = 100_000
-
-
-def version_key(version: int) -> str:
-    return f"crm:coverage:v:{version}"
 
 
 @dataclass(frozen=True)
@@ -68,6 +62,10 @@ class Table:
     version: int
     text: str
     coverage: Coverage
+
+    @classmethod
+    def of(cls, stored: Stored[Coverage]) -> Table:
+        return cls(int(stored.version), stored.text, stored.value)
 
 
 class CoverageInvalid(InvalidRequest):
@@ -141,10 +139,6 @@ def coverage_from_doc(doc: Any) -> Coverage:
     return Coverage(home, areas)
 
 
-def canonical(doc: Any) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-
 def bundled_table() -> Table:
     """The table shipped with the code (``coverage.json``), in force until one is loaded."""
     doc = json.loads(resources.files("provisioning").joinpath("coverage.json").read_text())
@@ -160,43 +154,20 @@ class CoverageBook:
     table loaded through any process is used by all from the next application on."""
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-        self._tables: dict[int, Table] = {0: bundled_table()}
+        self._docs = DocumentStore(client, "crm:coverage", coverage_from_doc)
+        self._bundled = bundled_table()
 
     async def current(self) -> Table:
-        with storage_errors():
-            version = int(await self.client.get(CURRENT) or 0)
-        table = await self.table(version)
-        if table is None:
-            raise NotFound(f"coverage version {version} is current but not stored")
-        return table
+        stored = await self._docs.current()
+        return self._bundled if stored is None else Table.of(stored)
 
     async def table(self, version: int) -> Table | None:
         """A table by version (0: the bundled one)."""
-        cached = self._tables.get(version)
-        if cached is not None:
-            return cached
-        with storage_errors():
-            text = await self.client.get(version_key(version))
-        if text is None:
-            return None
-        table = self._tables[version] = Table(version, str(text), coverage_from_doc(json.loads(text)))
-        return table
+        if version == 0:
+            return self._bundled
+        stored = await self._docs.get(str(version))
+        return None if stored is None else Table.of(stored)
 
     async def load(self, doc: Any) -> Table:
         """Check a table, store it as the next version and make it current."""
-        coverage = coverage_from_doc(doc)
-        text = canonical(doc)
-
-        async def txn(pipe: Pipeline) -> int:
-            version = int(await pipe.get(SEQ) or 0) + 1
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(SEQ, version)
-            pipe.set(version_key(version), text)
-            pipe.set(CURRENT, version)
-            return version
-
-        with storage_errors():
-            version: int = await self.client.transaction(txn, SEQ, value_from_callable=True)
-        table = self._tables[version] = Table(version, text, coverage)
-        return table
+        return Table.of(await self._docs.load(doc))
