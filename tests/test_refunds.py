@@ -26,14 +26,12 @@ from charging.server import App
 from charging.settings import Settings
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
 from postpaid.billing import Billing
-from tests.conftest import INITIAL, TERMINATE, UPDATE, LineBook, Stubs, session_request
-from tests.test_billing_edges import enrol
-from tests.test_buckets import buy, set_time, small_bundles
+from tests.conftest import INITIAL, MSISDN, TERMINATE, UPDATE, LineBook, Stubs, enrol, session_request, set_time
+from tests.test_buckets import buy, small_bundles
 from tests.test_cli import cli
 from tests.test_pools import COMPANY, setup
 from tests.test_pools import call as pool_call
 
-MSISDN = "491700000001"
 SMS = 50_000
 MINUTE = 100_000
 DEBIT = charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING
