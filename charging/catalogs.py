@@ -4,9 +4,10 @@ The versions live in a ``DocumentStore`` (``documents.py``) under ``catalog``:
 ``catalog:current`` names the running version and ``catalog:v:<version>`` holds each
 document, the version named by the document itself. Loading a catalog checks the whole
 document first (a bad one changes nothing), stores it, then moves the ``current``
-pointer: one atomic step that every server process sees at its next refresh. A process
-also keeps every version it has used, because a session stays on the version it started
-with.
+pointer: one atomic step that every server process sees at its next refresh, refused
+when the catalog drops a plan or service still in use that it does not migrate
+(``plan_index.py``). A process also keeps every version it has used, because a session
+stays on the version it started with.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from charging import keys
 from charging.catalog import Catalog
-from charging.catalog_doc import catalog_from_doc
+from charging.catalog_doc import CatalogInvalid, catalog_from_doc
 from charging.documents import DocumentStore
-from charging.errors import StorageUnavailable
+from charging.errors import Conflict, StorageUnavailable
+from charging.plan_index import PlanIndex, StaleCatalog
+from charging.schemas import parse_json
 
 log = logging.getLogger("charging.catalog")
 
@@ -31,7 +36,7 @@ log = logging.getLogger("charging.catalog")
 def read_catalog_file(path: str) -> Any:
     """The JSON document at ``path``; an empty path means the bundled sample catalog."""
     if path:
-        return json.loads(Path(path).read_text())
+        return parse_json(Path(path).read_text(), error=CatalogInvalid)  # nesting bounded
     return json.loads(resources.files("charging").joinpath("catalog.json").read_text())
 
 
@@ -41,8 +46,15 @@ def _version_of(catalog: Catalog) -> str:
 
 class CatalogBook:
     def __init__(self, client: aioredis.Redis) -> None:
-        self._docs = DocumentStore(client, "catalog", catalog_from_doc, version_of=_version_of)
+        self._docs = DocumentStore(
+            client,
+            keys.CATALOG,
+            catalog_from_doc,
+            version_of=_version_of,
+            read=partial(catalog_from_doc, strict=False),  # accepted when it was loaded
+        )
         self._current: Catalog | None = None
+        self.plans = PlanIndex(client)
 
     @property
     def current(self) -> Catalog:
@@ -52,17 +64,36 @@ class CatalogBook:
 
     async def start(self, path: str, *, prefer_file: bool) -> None:
         """Use the stored catalog; load the file when none is stored or when asked to."""
-        if not prefer_file and await self.refresh():
-            return
-        await self.load(read_catalog_file(path))
+        if prefer_file or not await self.refresh():
+            await self.load(read_catalog_file(path))
+        await self.plans.ensure(self.current)
+        await self.plans.finish_moves()  # left by a load that stopped half way
 
     async def load(self, doc: Any) -> Catalog:
         """Check, store and switch to a catalog. The same version may be loaded again only
         with the same content."""
-        catalog = (await self._docs.load(doc)).value
+        stored, created = await self._docs.put(doc)
+        catalog = stored.value
+        try:
+            await self._switch(catalog)
+        except Exception:
+            if created:  # a refused catalog leaves nothing behind: the version stays free
+                await self._docs.discard(catalog.version)
+            raise
         self._current = catalog
         log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
+        await self.plans.finish_moves()
         return catalog
+
+    async def _switch(self, catalog: Catalog) -> None:
+        """Make ``catalog`` current unless it drops a plan or service in use (plan_index.py)."""
+        for _ in range(5):
+            await self.refresh()  # the check is against what is current now, in any process
+            try:
+                return await self.plans.switch(catalog, self._current)
+            except StaleCatalog:
+                continue
+        raise Conflict("other catalogs kept being loaded meanwhile; load again")
 
     async def version(self, version: str) -> Catalog | None:
         """A stored catalog by version (sessions stay on the one they started with)."""

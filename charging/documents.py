@@ -36,6 +36,11 @@ from charging.store import storage_errors
 T = TypeVar("T")
 
 
+def current_key(name: str) -> str:
+    """The key naming the version in force of the store ``name``."""
+    return f"{name}:current"
+
+
 def canonical(doc: Any) -> str:
     """The stored form of a document: JSON with sorted keys and no spaces."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -64,12 +69,16 @@ class DocumentStore(Generic[T]):
         parse: Callable[[Any], T],
         *,
         version_of: Callable[[T], str] | None = None,
+        read: Callable[[Any], T] | None = None,
     ) -> None:
         self._client = client
         self.name = name
         self._parse = parse
+        # Stored versions were checked when loaded; ``read`` may be laxer than ``parse``
+        # (a stricter check added later must not make an older version unreadable).
+        self._read = read or parse
         self._version_of = version_of
-        self._current_key = f"{name}:current"
+        self.current_key = self._current_key = current_key(name)
         self._seq_key = f"{name}:seq"
         self._cache: dict[str, Stored[T]] = {}
 
@@ -92,12 +101,32 @@ class DocumentStore(Generic[T]):
         stored = self._cache[version] = Stored(version, text, value)
         return stored
 
-    async def _put_named(self, version: str, text: str) -> None:
-        created = await self._client.set(self._key(version), text, nx=True)
+    async def put(self, doc: Any) -> tuple[Stored[T], bool]:
+        """Check a document and store it as its named version without making it current;
+        also says whether this call created the version (for ``discard``)."""
+        assert self._version_of is not None, "put is for stores whose documents name their version"
+        value = self._parse(doc)
+        text = canonical(doc)
+        version = self._version_of(value)
+        with storage_errors():
+            created = await self._put_named(version, text)
+        stored = self._cache[version] = Stored(version, text, value)
+        return stored, created
+
+    async def discard(self, version: str) -> None:
+        """Forget a version that ``put`` created and that was never made current (its
+        switch was refused), so the name stays free."""
+        self._cache.pop(version, None)
+        with storage_errors():
+            await self._client.delete(self._key(version))
+
+    async def _put_named(self, version: str, text: str) -> bool:
+        created = bool(await self._client.set(self._key(version), text, nx=True))
         if not created:
             existing = await self._client.get(self._key(version))
             if existing is not None and json.loads(existing) != json.loads(text):
                 raise Conflict(f"{self.name} version {version} exists with other content; use a new version")
+        return created
 
     async def _advance(self, version: int) -> None:
         """Make a numbered version current unless a later one already is (a concurrent
@@ -121,7 +150,7 @@ class DocumentStore(Generic[T]):
             text = await self._client.get(self._key(version))
         if text is None:
             return None
-        stored = self._cache[version] = Stored(version, str(text), self._parse(json.loads(text)))
+        stored = self._cache[version] = Stored(version, str(text), self._read(json.loads(text)))
         return stored
 
     async def current_version(self) -> str | None:

@@ -26,6 +26,8 @@ Per account (PREFIX as above):
 
 from __future__ import annotations
 
+from charging.documents import current_key
+
 ACCOUNT_SEQ = "seq:account"
 SWEEP_DUE = "{sweep}:due"
 SWEEP_EPOCH = "{sweep}:epoch"
@@ -208,3 +210,23 @@ BILL_OUTBOX = "{bill}:out"  # list: billing notifications (dunning steps) waitin
 BILL_DELIVERY = "{bill}:deliver"  # list: numbers of issued invoices waiting to be delivered
 BILL_RECHECK = "{bill}:recheck"  # set: billing accounts to re-evaluate (money moved on them)
 BILL_RESTRICTED = "{bill}:restricted"  # set: billing accounts dunning has barred or suspended
+
+
+# Which accounts are on which plan (plan_index.py). Global keys like the identity index:
+# a catalog load checks and changes them in one script, apart from any account's slot.
+# The catalog's versions are a document store named "catalog" (documents.py builds
+# catalog:v:<version> and catalog:current); the plan index's scripts need the pointer.
+CATALOG = "catalog"
+CATALOG_CURRENT = current_key(CATALOG)
+CATALOG_PLANS = "catalog:plans"  # set: plan ids of the running catalog (accounts may join these)
+PLAN_MOVES = "plan:moves"  # hash: migrated plan -> its successor (kept; a few entries per year)
+
+
+def plan_members(plan_id: str) -> str:
+    """set: ids of the accounts on the plan (SCARD counts them)."""
+    return "plan:members:" + plan_id
+
+
+def plan_moving(plan_id: str) -> str:
+    """set: ids of accounts of a dropped plan whose hash still names it (the load moves them)."""
+    return "plan:moving:" + plan_id

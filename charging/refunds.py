@@ -96,7 +96,8 @@ class Part:
     used_before: int
     money_units_before: int
     # Units of the debit not refunded yet, and the billable units of them still paid with
-    # money and still held from each bucket (in the order the buckets were drawn on).
+    # money and still held from each bucket (in the order the buckets were drawn on);
+    # together at most the billable units of ``left`` (less when usage went unbilled).
     left: int
     money_units: int
     taken: tuple[tuple[str, int], ...] = ()
@@ -131,7 +132,9 @@ def give_back(parts: Sequence[Part], units: int) -> GiveBack | None:
             continue
         r = p.rate
         held = p.money_units + sum(n for _, n in p.taken)
-        give = held - (billable_units(r, p.used_before + p.left - t) - billable_units(r, p.used_before))
+        # Usage past a session's overrun floor is held for less than its billable units
+        # (not all of it was billed): refunding that part first gives nothing back.
+        give = max(held - (billable_units(r, p.used_before + p.left - t) - billable_units(r, p.used_before)), 0)
         from_money = min(give, p.money_units)
         top = p.money_units_before + p.money_units
         money += session_cost(r, top) - session_cost(r, top - from_money)

@@ -68,7 +68,8 @@ rates = st.builds(
 
 @st.composite
 def debits(draw: st.DrawFn) -> list[Part]:
-    """One or two parts of a debit, each drawn on some buckets and money, as the scripts do."""
+    """One or two parts of a debit, each drawn on some buckets and money (billed in full, or
+    in part past an overrun floor), as the scripts record them."""
     used_before = draw(st.sampled_from([0, 0, draw(st.integers(1, 10**6))]))
     money_before = draw(st.integers(0, used_before))
     parts = []
@@ -81,6 +82,8 @@ def debits(draw: st.DrawFn) -> list[Part]:
             if n:
                 taken.append((bucket, n))
                 left -= n
+        # Usage past a session's overrun floor is billed in part or not at all.
+        left = draw(st.sampled_from([left, left, left, draw(st.integers(0, left))]))
         parts.append(Part(rate, used_before, money_before, used, left, tuple(taken)))
         used_before, money_before = used_before + used, money_before + left
     return parts

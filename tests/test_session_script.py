@@ -61,7 +61,7 @@ def update(
         keys.usage_records(account),
         keys.session_refunds(account, sid),
         *SessionArgs(
-            1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", 60, (group,)
+            1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", 10**15, 60, (group,)
         ).to_argv(),
     )
 
