@@ -29,6 +29,7 @@ from postpaid.billing import Billing
 from tests.conftest import INITIAL, MSISDN, TERMINATE, UPDATE, LineBook, Stubs, enrol, session_request, set_time
 from tests.test_buckets import buy, small_bundles
 from tests.test_cli import cli
+from tests.test_overrun import CONTENT, FLOOR, used_money
 from tests.test_pools import COMPANY, setup
 from tests.test_pools import call as pool_call
 
@@ -477,3 +478,25 @@ async def test_a_refund_after_its_period_was_invoiced_credits_the_next_invoice(
     february = await b.invoice((await b.invoices_of("C2"))[-1])
     # Invoices are in cents: the refund is a negative usage line on the next invoice.
     assert [c.amount for c in february.sections[0].charges if c.kind == "USAGE"] == [-2 * price // 10_000]
+
+
+async def test_a_refund_of_usage_past_the_overrun_floor_gives_back_only_what_was_billed(stubs: Stubs) -> None:
+    await stubs.subscriber(balance=0)
+    answers = []
+    for n in range(10):
+        await stubs.charging.ChargeSession(session_request(f"h{n}", INITIAL, 0, []))
+        answers.append(await stubs.charging.ChargeSession(used_money(f"h{n}", 1, 10**9)))
+    last = answers[-1]
+    billed = last.rating_groups[0].cost_micros
+    assert billed == FLOOR - 9 * 10**9 and 0 < billed < 10**9  # the rest went unbilled
+    token = last.refund_information
+
+    def refund(event_id: str, micros: int) -> charging_pb2.EventRequest:
+        return event(event_id, REFUND, token, rating_group=CONTENT, money_micros=micros)
+
+    a = await stubs.charging.ChargeEvent(refund("r1", 10**9 - billed))
+    assert (a.result_code, a.cost_micros) == (2001, 0)  # the unbilled units first: nothing
+    a = await stubs.charging.ChargeEvent(refund("r2", billed))
+    assert (a.result_code, a.cost_micros) == (2001, billed)
+    assert (await stubs.charging.ChargeEvent(refund("r3", 1))).result_code == 5004
+    assert await money(stubs) == -9 * 10**9
