@@ -19,6 +19,8 @@ or a call the server refused with a gRPC status, 1 for an answer that refuses th
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import os
 import sys
@@ -86,6 +88,14 @@ def bounded(top: int) -> Callable[[str], int]:
 
 units_count = bounded(MAX_UNITS)
 rating_group = bounded(2**32 - 1)
+
+
+def base64_bytes(text: str) -> bytes:
+    """Bytes as answers print them (base64, the protobuf JSON mapping)."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise argparse.ArgumentTypeError(f"not base64: {text!r}") from None
 
 
 def refused(code: int) -> int:
@@ -250,6 +260,7 @@ def cmd_event(args: argparse.Namespace) -> int:
         action=actions[args.action],
         subscriber=_subscriber(args),
         rating_group=args.rating_group,
+        refund_information=args.refund_token or b"",
     )
     setattr(req.requested, args.unit, args.units)
     with grpc.insecure_channel(args.target) as channel:
@@ -409,6 +420,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--rating-group", type=rating_group, default=20)
     sp.add_argument("--unit", choices=units, default="service_specific_units")
     sp.add_argument("--units", type=units_count, default=1)
+    sp.add_argument(
+        "--refund-token", type=base64_bytes, help="refund: the refund_information of the debit's answer, as printed"
+    )
     sp.set_defaults(fn=cmd_event)
 
     sp = sub.add_parser("topup", help="recharge a balance")

@@ -136,7 +136,11 @@ class App:
             s.overrun_floor_micros,
         )
         self.sessions = sessions = SessionCharging(
-            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s, limits=limits
+            ctx,
+            supervision_factor=s.supervision_factor,
+            answer_ttl_s=s.answer_ttl_s,
+            refund_ttl_s=s.idempotency_ttl_s,
+            limits=limits,
         )
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
