@@ -8,7 +8,6 @@ awaited, the Redis pool is closed, the embedded redis-server is shut down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import signal
@@ -24,6 +23,7 @@ from prometheus_client import start_http_server
 from charging import store
 from charging.admin_api import AdminServicer
 from charging.api import ChargingServicer, TopUpServicer
+from charging.background import cancel_and_wait
 from charging.catalogs import CatalogBook
 from charging.census import run_census
 from charging.clock import Clock, SystemClock
@@ -189,11 +189,7 @@ class App:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.notifier is not None:
             await self.notifier.aclose()
@@ -273,11 +269,7 @@ async def provision(settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         await acquisition.aclose()
         await client.aclose()
         log.info("provisioning worker stopped")
