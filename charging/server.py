@@ -12,7 +12,6 @@ awaited, the Redis pool is closed, the embedded redis-server is shut down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import secrets
@@ -30,6 +29,7 @@ from prometheus_client import start_http_server
 from charging import store
 from charging.admin_api import AdminServicer
 from charging.api import ChargingServicer, TopUpServicer
+from charging.background import cancel_and_wait
 from charging.catalogs import CatalogBook
 from charging.census import run_census
 from charging.clock import Clock, SystemClock
@@ -235,11 +235,7 @@ class App:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.notifier is not None:
             await self.notifier.aclose()
@@ -347,11 +343,7 @@ async def provision(settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         await acquisition.aclose()
         await client.aclose()
         log.info("provisioning worker stopped")

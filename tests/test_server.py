@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from charging.background import cancel_and_wait
 from charging.clock import ManualClock
 from charging.embedded_redis import EmbeddedRedis
 from charging.server import App
@@ -78,6 +79,33 @@ async def test_graceful_shutdown_goes_not_serving_and_drains(settings: Settings,
     await stopping
     assert all(t.done() for t in asyncio.all_tasks() if t.get_name() in ("sweeper", "census"))
     await channel.close()
+
+
+async def test_a_background_loop_that_loses_its_cancellation_still_stops() -> None:
+    """On Python 3.11 asyncio.wait_for, around every command redis-py sends, can swallow
+    a cancellation; the loop then runs on and a plain ``await task`` would never return."""
+    rounds = 0
+
+    async def loses_the_first_cancellation() -> None:
+        nonlocal rounds
+        lost = False
+        while True:
+            rounds += 1
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True
+
+    task = asyncio.create_task(loses_the_first_cancellation(), name="sweeper")
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        await cancel_and_wait([task])
+    assert task.cancelled()
+    ended_at = rounds
+    await asyncio.sleep(0.05)
+    assert rounds == ended_at
 
 
 async def test_embedded_redis_keeps_balances_across_restarts_and_is_supervised(tmp_path: Path) -> None:
