@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 from redis import exceptions as redis_errors
 
 from charging import keys
+from charging.admission import check_deadline
 from charging.redis_link import RedisLink
 from charging.script_args import (
     Arg,
@@ -111,6 +112,7 @@ class Ledger:
     async def session(self, account: str, args: SessionArgs, *, hint_deadline_ms: int = 0) -> Reply:
         """Run one session request. With ``hint_deadline_ms`` (INITIAL requests) the
         sweeper's index learns about the account in the same round trip."""
+        check_deadline()
         script_keys = (
             keys.account(account),
             keys.sessions(account),
@@ -149,6 +151,7 @@ class Ledger:
         return results[1]
 
     async def event(self, account: str, args: EventArgs) -> Reply:
+        check_deadline()
         script_keys = (
             keys.account(account),
             keys.event(account, args.event_id),

@@ -41,6 +41,15 @@ class Settings:
     subscriber_cache_size: int = 200_000
     census_interval_s: float = 15.0
     grace_period_s: float = 5.0
+    # Admission: calls worked on at once in this process (more: RESOURCE_EXHAUSTED), and
+    # the bounds of idle and dead connections (admission.py, README "Admission").
+    max_in_flight: int = 256
+    grpc_keepalive_s: float = 60.0
+    grpc_keepalive_timeout_s: float = 20.0
+    grpc_max_idle_s: float = 3600.0
+    grpc_max_age_s: float = 86_400.0
+    grpc_max_age_grace_s: float = 30.0
+    grpc_min_ping_interval_s: float = 10.0
     log_level: str = "INFO"
     # A catalog file to load at start (it becomes the running catalog). Empty: keep the
     # stored catalog, or load the bundled sample when none is stored.
@@ -124,6 +133,11 @@ class Settings:
             raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
         if self.answer_ttl_s < 60:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
+        if self.max_in_flight < 1:
+            raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        for f in dataclasses.fields(self):
+            if f.name.startswith("grpc_") and f.name.endswith("_s") and getattr(self, f.name) <= 0:
+                raise InvalidRequest("CHARGING_" + f.name.upper(), "must be more than 0")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
         if not 0 < self.smtp_port < 65536:
