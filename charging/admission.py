@@ -122,6 +122,12 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", ms(s.grpc_min_ping_interval_s)),
         ("grpc.max_concurrent_streams", 1000),
+        # Calls that arrived but that the event loop has not taken up yet wait in grpc's
+        # own queue, before any Python code sees them; beyond this many, grpc answers
+        # RESOURCE_EXHAUSTED itself, at almost no cost. Unbounded, this queue is where an
+        # overloaded server keeps its backlog: every call then waits through all of it.
+        ("grpc.server.max_pending_requests", s.max_in_flight),
+        ("grpc.server.max_pending_requests_hard_limit", s.max_in_flight),
         # gRPC sets SO_REUSEPORT unless told not to: a second server then binds a port in
         # use beside the first and clients alternate between two databases.
         ("grpc.so_reuseport", 0),

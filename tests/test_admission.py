@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from charging.clock import ManualClock
+from charging.errors import InvalidRequest
 from charging.server import App
 from charging.settings import Settings
 from charging.subscribers import Identity
@@ -130,3 +131,13 @@ async def test_an_idle_connection_is_closed_by_the_server(settings: Settings, cl
             assert (await balance(stubs, MSISDN)).balance_micros == 1_000_000
     finally:
         await application.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("CHARGING_MAX_IN_FLIGHT", "0"), ("CHARGING_GRPC_MAX_IDLE_S", "0"), ("CHARGING_GRPC_KEEPALIVE_S", "-1")],
+)
+def test_admission_settings_must_be_positive(name: str, value: str) -> None:
+    with pytest.raises(InvalidRequest) as bad:
+        Settings.from_env({name: value})
+    assert bad.value.field == name
