@@ -123,9 +123,10 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", ms(s.grpc_min_ping_interval_s)),
         ("grpc.max_concurrent_streams", 1000),
         # Calls that arrived but that the event loop has not taken up yet wait in grpc's
-        # own queue, before any Python code sees them; beyond this many, grpc answers
-        # RESOURCE_EXHAUSTED itself, at almost no cost. Unbounded, this queue is where an
-        # overloaded server keeps its backlog: every call then waits through all of it.
+        # own queue, before any Python code sees them; beyond this many, grpc resets the
+        # call itself (the client sees CANCELLED), at little cost. Left at grpc's default
+        # (1,000 to 3,000), this queue is where an overloaded server keeps its backlog:
+        # every call then waits through all of it (README "Admission").
         ("grpc.server.max_pending_requests", s.max_in_flight),
         ("grpc.server.max_pending_requests_hard_limit", s.max_in_flight),
         # gRPC sets SO_REUSEPORT unless told not to: a second server then binds a port in

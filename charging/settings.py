@@ -41,9 +41,12 @@ class Settings:
     subscriber_cache_size: int = 200_000
     census_interval_s: float = 15.0
     grace_period_s: float = 5.0
-    # Admission: calls worked on at once in this process (more: RESOURCE_EXHAUSTED), and
-    # the bounds of idle and dead connections (admission.py, README "Admission").
-    max_in_flight: int = 256
+    # Admission: calls worked on at once in this process (more: RESOURCE_EXHAUSTED; as
+    # many may wait in grpc's queue), and the bounds of idle and dead connections
+    # (admission.py). 512 from `make bench` on the project's VM: a full queue waits about
+    # 512 / 3,500 per s = 150 ms; 64 and 128 lost goodput, and 256 reset part of a burst
+    # of 300 calls sent at once to an idle server. README "Measured figures".
+    max_in_flight: int = 512
     grpc_keepalive_s: float = 60.0
     grpc_keepalive_timeout_s: float = 20.0
     grpc_max_idle_s: float = 3600.0
@@ -133,11 +136,6 @@ class Settings:
             raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
         if self.answer_ttl_s < 60:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
-        if self.max_in_flight < 1:
-            raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
-        for f in dataclasses.fields(self):
-            if f.name.startswith("grpc_") and f.name.endswith("_s") and getattr(self, f.name) <= 0:
-                raise InvalidRequest("CHARGING_" + f.name.upper(), "must be more than 0")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
         if not 0 < self.smtp_port < 65536:
@@ -148,6 +146,11 @@ class Settings:
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
+        if self.max_in_flight < 1:
+            raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        for f in dataclasses.fields(self):
+            if f.name.startswith("grpc_") and f.name.endswith("_s") and getattr(self, f.name) <= 0:
+                raise InvalidRequest("CHARGING_" + f.name.upper(), "must be more than 0")
 
 
 def redact_url(url: str) -> str:
