@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 from redis import exceptions as redis_errors
 
 from charging import keys
+from charging.admission import check_deadline
 from charging.redis_link import RedisLink
 from charging.refunds import RefundRef
 from charging.script_args import (
@@ -116,6 +117,7 @@ class Ledger:
     async def session(self, account: str, args: SessionArgs, *, hint_deadline_ms: int = 0) -> Reply:
         """Run one session request. With ``hint_deadline_ms`` (INITIAL requests) the
         sweeper's index learns about the account in the same round trip."""
+        check_deadline()
         script_keys = (
             keys.account(account),
             keys.sessions(account),
@@ -157,6 +159,7 @@ class Ledger:
     async def event(self, account: str, args: EventArgs, refund_of: RefundRef | None = None) -> Reply:
         """Run one event. A debit keeps its refund record with its answer; a refund draws
         on the record of the debit ``refund_of`` names."""
+        check_deadline()
         if refund_of is None:
             record = keys.event(account, args.event_id)
         elif refund_of.kind == "s":

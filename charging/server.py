@@ -28,6 +28,7 @@ from prometheus_client import start_http_server
 
 from charging import store
 from charging.admin_api import AdminServicer
+from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
 from charging.background import cancel_and_wait
 from charging.catalogs import CatalogBook
@@ -104,6 +105,7 @@ class App:
     worker: ProvisioningWorker | None = None
     acquisition: Acquisition | None = None
     billing: Billing | None = None
+    admission: Admission | None = None
     _simulator: NetworkSimulator | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -155,9 +157,8 @@ class App:
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
 
-        # gRPC sets SO_REUSEPORT unless told not to: a second server then binds a port in
-        # use beside the first and clients alternate between two databases.
-        self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000), ("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(options=server_options(s))
+        self.admission = admission = Admission(s.max_in_flight)
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
@@ -171,7 +172,7 @@ class App:
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"],
             ),
         ):
-            add_servicer(self._server, servicer, service)
+            add_servicer(self._server, servicer, service, admission)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -48,6 +48,18 @@ class Settings:
     subscriber_cache_size: int = 200_000
     census_interval_s: float = 15.0
     grace_period_s: float = 5.0
+    # Admission: calls worked on at once in this process (more: RESOURCE_EXHAUSTED; as
+    # many may wait in grpc's queue), and the bounds of idle and dead connections
+    # (admission.py). 512 from `make bench` on the project's VM: a full queue waits about
+    # 512 / 3,500 per s = 150 ms; 64 and 128 lost goodput, and 256 reset part of a burst
+    # of 300 calls sent at once to an idle server. README "Measured figures".
+    max_in_flight: int = 512
+    grpc_keepalive_s: float = 60.0
+    grpc_keepalive_timeout_s: float = 20.0
+    grpc_max_idle_s: float = 3600.0
+    grpc_max_age_s: float = 86_400.0
+    grpc_max_age_grace_s: float = 30.0
+    grpc_min_ping_interval_s: float = 10.0
     log_level: str = "INFO"
     # A catalog file to load at start (it becomes the running catalog). Empty: keep the
     # stored catalog, or load the bundled sample when none is stored.
@@ -181,3 +193,8 @@ class Settings:
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
+        if self.max_in_flight < 1:
+            raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        for f in dataclasses.fields(self):
+            if f.name.startswith("grpc_") and f.name.endswith("_s") and getattr(self, f.name) <= 0:
+                raise InvalidRequest("CHARGING_" + f.name.upper(), "must be more than 0")
