@@ -27,6 +27,17 @@ class Settings:
     redis_server_bin: str = "redis-server"
     redis_appendfsync: str = "everysec"
     redis_max_connections: int = 64
+    # The system of record. Empty: start and supervise an embedded PostgreSQL under
+    # database_dir (migrated at start); else migrate with `charging migrate` first, or at
+    # start with database_migrate.
+    database_url: str = ""
+    database_dir: Path = Path("var/postgres")
+    postgres_bin_dir: str = ""
+    database_pool_size: int = 10
+    database_migrate: bool = False
+    # Months of usage records and audit entries kept before the current month (0: all).
+    usage_retention_months: int = 24
+    audit_retention_months: int = 120
     # Supervision time of a session = factor x the longest validity time granted.
     supervision_factor: int = 2
     sweep_interval_s: float = 1.0
@@ -80,7 +91,7 @@ class Settings:
         fields = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "redis_url":
+            if f.name in ("redis_url", "database_url"):
                 value = redact_url(value)
             elif f.name in ("crm_salt", "smtp_password") and value:
                 value = "***"
@@ -105,7 +116,7 @@ class Settings:
                     values[f.name] = int(raw)
                 elif kind is float:
                     values[f.name] = float(raw)
-                elif f.name == "redis_dir":
+                elif f.name in ("redis_dir", "database_dir"):
                     values[f.name] = Path(raw)
                 else:
                     values[f.name] = raw
@@ -122,6 +133,12 @@ class Settings:
             raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
         if self.answer_ttl_s < 60:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
+        if self.database_pool_size < 1:
+            raise InvalidRequest("CHARGING_DATABASE_POOL_SIZE", "must be at least 1")
+        if self.usage_retention_months < 0:
+            raise InvalidRequest("CHARGING_USAGE_RETENTION_MONTHS", "must be 0 (keep all) or more months")
+        if self.audit_retention_months < 0:
+            raise InvalidRequest("CHARGING_AUDIT_RETENTION_MONTHS", "must be 0 (keep all) or more months")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
         if not 0 < self.smtp_port < 65536:
@@ -135,5 +152,7 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a URL such as redis://user:secret@host:6379/0."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    """Hide the password of a URL such as redis://user:secret@host:6379/0, also when given
+    as a parameter (postgresql://host/db?password=secret)."""
+    url = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
