@@ -55,6 +55,7 @@ INSTALL_HINT = (
     "CHARGING_DATABASE_URL at a running PostgreSQL."
 )
 ROLE = "charging"
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 DATABASE = "charging"
 # Settings for a server nobody else uses: one client process, a Unix socket only.
 SERVER_SETTINGS: Mapping[str, str] = {
@@ -204,6 +205,11 @@ def prepare(bin_dir: Path, layout: Layout, user: RunAs | None, *, durable: bool 
                 "CHARGING_DATABASE_DIR it can reach (e.g. /var/lib/charging/postgres) "
                 f"or let it in (chmod o+x {blocked})"
             )
+    socket_file = layout.socket / ".s.PGSQL.5432"
+    if len(os.fsencode(socket_file)) > SOCKET_PATH_MAX:
+        raise RuntimeError(
+            f"{socket_file} is longer than a Unix socket path may be: choose a shorter CHARGING_DATABASE_DIR"
+        )
     if not (layout.data / "PG_VERSION").exists():
         _initdb(bin_dir, layout, user, durable=durable)
     else:

@@ -1,8 +1,8 @@
 """One settings object, built from the environment in one place and passed down.
 
 Every variable is prefixed ``CHARGING_``; the README lists them all. Secrets (a
-password inside the Redis URL) come only from the environment and never appear in the
-object's repr or in logs.
+password inside the Redis or database URL) come only from the environment and never
+appear in the object's repr or in logs.
 """
 
 from __future__ import annotations
