@@ -76,6 +76,9 @@ async def maintain(pool: Pool, policies: list[Policy], today: date) -> dict[str,
     for policy in policies:
         plan = months_to_keep(policy, today)
         async with pool.connection() as conn:
+            # Making or dropping a partition locks the whole table, and inserts queue
+            # behind a lock that is waited for: give up rather than stall them (next hour).
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
             row = await (
                 await conn.execute(
                     "SELECT create_month_partitions(%s, %s, %s)", (plan.table, plan.first_month, plan.last_month)

@@ -19,6 +19,7 @@ To add one: copy the newest file in ``versions/``, give it the next revision id 
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -51,6 +52,7 @@ def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(config(url), revision)
 
 
+@functools.cache
 def head() -> str:
     """The revision this code expects."""
     found = ScriptDirectory.from_config(config("")).get_current_head()
