@@ -42,6 +42,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import psycopg
@@ -259,8 +260,13 @@ def stop_stale(bin_dir: Path, layout: Layout, user: RunAs | None) -> int | None:
     return pid
 
 
+def open_log(layout: Layout) -> BinaryIO:
+    """The log file for appending, readable only by its owner (statements appear in errors)."""
+    return os.fdopen(os.open(layout.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+
+
 def _run(argv: list[str], layout: Layout, what: str) -> None:
-    with open(layout.log_file, "ab") as out:
+    with open_log(layout) as out:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed with {done.returncode}; see {layout.log_file}")
@@ -315,7 +321,7 @@ class EmbeddedPostgres:
         user = run_as()
         await asyncio.to_thread(prepare, bin_dir, self.layout, user, durable=self.durable)
         settings = dict(SERVER_SETTINGS) if self.durable else {**SERVER_SETTINGS, **UNDURABLE_SETTINGS}
-        out = await asyncio.to_thread(open, self.layout.log_file, "ab")
+        out = await asyncio.to_thread(open_log, self.layout)
         with out:
             self._proc = await asyncio.create_subprocess_exec(
                 *as_user(postgres_command(bin_dir, self.layout, settings), user),

@@ -28,6 +28,7 @@ from charging.embedded_postgres import (
     Layout,
     as_user,
     find_bin_dir,
+    open_log,
     postgres_command,
     prepare,
     private_dir,
@@ -265,7 +266,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     layout = Layout(directory)
     try:
         prepare(bin_dir, layout, user, durable=False)
-        with open(layout.log_file, "ab") as out:
+        with open_log(layout) as out:
             proc = subprocess.Popen(
                 as_user(postgres_command(bin_dir, layout, {**SERVER_SETTINGS, **UNDURABLE_SETTINGS}), user),
                 stdin=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ keeps its data across restarts, and is not left behind by a server killed with -
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -75,11 +76,30 @@ async def test_runs_unprivileged_on_a_socket_only_and_keeps_its_data(postgres_di
 
     again = EmbeddedPostgres(postgres_dir, durable=False)
     assert await again.start() == url  # the same password, kept
+    supervisor = asyncio.create_task(again.supervise())
     try:
         async with await psycopg.AsyncConnection.connect(url) as conn:
             assert await (await conn.execute("SELECT x FROM kept")).fetchall() == [(42,)]
+        # Supervised: a postmaster that dies is started again, after crash recovery.
+        crashed = again.pid
+        assert crashed is not None
+        os.kill(crashed, signal.SIGKILL)
+        for _ in range(600):
+            if again.pid != crashed:
+                try:
+                    async with await psycopg.AsyncConnection.connect(url) as conn:
+                        assert await (await conn.execute("SELECT x FROM kept")).fetchall() == [(42,)]
+                    break
+                except psycopg.OperationalError:
+                    pass
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the embedded postgres was not restarted")
     finally:
         await again.stop()
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
 
 
 def test_a_postmaster_left_running_is_stopped_at_start(postgres_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,5 +1,7 @@
-"""The foundation of the system of record: usage records, the audit trail, invoices and
-their gapless numbers; monthly partitions and their maintenance; immutable rows.
+"""The foundation: usage records, audit, invoices and their numbers.
+
+Usage records and the audit trail partitioned by month, with the functions that make and
+drop partitions; invoices with their gapless numbers; triggers keeping rows immutable.
 
 Revision ID: 0001
 Revises: none
