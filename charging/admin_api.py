@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
 from charging import keys
@@ -12,6 +10,7 @@ from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.errors import InvalidRequest, NotFound
 from charging.renewals import Renewer
+from charging.schemas import parse_json
 from charging.status import rpc
 from charging.subscribers import Account, Directory, parse_identity
 from charging.v1 import admin_pb2, admin_pb2_grpc, common_pb2
@@ -86,11 +85,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def LoadCatalog(
         self, request: admin_pb2.CatalogDocument, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CatalogInfo:
-        try:
-            doc = json.loads(request.json)
-        except ValueError as exc:
-            raise InvalidRequest("json", f"not JSON: {exc}") from None
-        catalog = await self.catalogs.load(doc)
+        catalog = await self.catalogs.load(parse_json(request.json))
         return admin_pb2.CatalogInfo(version=catalog.version, plan_ids=sorted(catalog.plans))
 
     @rpc("GetCatalog")

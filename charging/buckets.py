@@ -5,11 +5,13 @@ A bucket is stored in the account's ``{a:ID}:bk`` hash as
 ``unit,amount,reserved,start,expiry,priority,initial,notified,services,zones,bands``
 (``ledger_lib.lua`` reads and writes the same form). Restriction lists are names joined
 by ``|``; an empty list matches anything. Consumption order: matching buckets by
-priority (lower first), then earliest expiry; money comes last.
+priority (lower first), then earliest expiry; money comes last (``usable`` here, what is
+taken and held in ``consumption.py``; ``ledger_lib.lua`` ``matching`` is held to them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from charging.rating import UnitKind
@@ -58,6 +60,49 @@ class Bucket:
 
     def usable_at(self, at_s: int) -> bool:
         return self.start_s <= at_s < self.expiry_s
+
+    def matches(self, unit: UnitKind, service: str, zone: str, band: str) -> bool:
+        """Same unit, and each restriction list empty or naming the usage's value."""
+        return (
+            self.unit is unit
+            and (not self.services or service in self.services)
+            and (not self.zones or zone in self.zones)
+            and (not self.bands or band in self.bands)
+        )
+
+    def dropped_at(self, at_s: int) -> bool:
+        """Past its expiry with nothing held on it: a script that writes the account's
+        buckets deletes it and records what was left as expired."""
+        return self.expiry_s <= at_s and self.reserved == 0
+
+
+def consumption_order(b: Bucket) -> tuple[bool, int, int, str]:
+    """Sort key: a pool member's own buckets before its pool's (ids ``^`` + id), then
+    priority (lower first), then earliest expiry, then id (ids are ASCII, so Python's
+    order is the byte order Lua compares strings in)."""
+    return (b.id.startswith("^"), b.priority, b.expiry_s, b.id)
+
+
+def usable(
+    buckets: Iterable[Bucket],
+    at_s: int,
+    unit: UnitKind,
+    service: str,
+    zone: str,
+    band: str,
+    held: frozenset[str] = frozenset(),
+) -> list[Bucket]:
+    """The buckets a usage may draw on at ``at_s``, in consumption order: started, not
+    expired, matching. ``held`` names buckets the rating group holds a reservation on:
+    usage within that grant may still draw on them after they expired."""
+    return sorted(
+        (
+            b
+            for b in buckets
+            if b.start_s <= at_s and (at_s < b.expiry_s or b.id in held) and b.matches(unit, service, zone, band)
+        ),
+        key=consumption_order,
+    )
 
 
 def pack(b: Bucket) -> str:

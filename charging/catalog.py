@@ -15,11 +15,13 @@ first rate rule that matches service, zone, band and roaming; its prices become 
 from __future__ import annotations
 
 import bisect
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import cached_property
+from importlib import resources
 from typing import Any
 
 from charging.bands import BandCalendar
@@ -27,13 +29,16 @@ from charging.buckets import Bundle
 from charging.rating import Rate, UnitKind
 from charging.zones import ZoneTable
 
-NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-PLAN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# The schema states the document's names and codes once; code that checks a name from
+# elsewhere (a plan id in an order, a bundle id in a purchase) uses the same patterns.
+_DEFS = json.loads(resources.files("charging").joinpath("catalog.schema.json").read_text())["$defs"]
+NAME = re.compile(_DEFS["name"]["pattern"])
+PLAN_ID = re.compile(_DEFS["plan_id"]["pattern"])
 # Bucket ids are "<bundle id>.<n>" inside records separated by ':', '|' and ','.
-BUNDLE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DIGITS = re.compile(r"^[0-9]{0,15}$")
-MCC_MNC = re.compile(r"^[0-9]{5,6}$")
-ACCESS = ("PSTN", "WIMAX", "FIBER")
+BUNDLE_ID = re.compile(_DEFS["bundle_id"]["pattern"])
+DIGITS = re.compile(_DEFS["digits"]["pattern"])
+MCC_MNC = re.compile(_DEFS["mcc_mnc"]["pattern"])
+ACCESS: tuple[str, ...] = tuple(_DEFS["access"]["enum"])
 DEFAULT_QUOTA = {UnitKind.TIME: 300, UnitKind.VOLUME: 10 * 2**20, UnitKind.SERVICE_SPECIFIC: 1, UnitKind.MONEY: 10**6}
 
 
@@ -188,7 +193,17 @@ class Catalog:
     zones: ZoneTable
     plans: Mapping[str, Plan]
     bundles: Mapping[str, Bundle] = field(default_factory=dict)
+    # Plans and services of earlier catalogs this one replaces (old -> new, the
+    # document's "migrations"): an account still naming an old plan is rated on its
+    # successor while the load moves the accounts over.
+    moved_plans: Mapping[str, str] = field(default_factory=dict)
+    moved_services: Mapping[str, str] = field(default_factory=dict)
     _cache: dict[tuple[Any, ...], Rate | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def plan_of(self, plan_id: str) -> Plan | None:
+        """The plan an account naming ``plan_id`` is rated on (its successor when this
+        catalog migrated it), or None."""
+        return self.plans.get(plan_id) or self.plans.get(self.moved_plans.get(plan_id, ""))
 
     def where(
         self, plan: Plan, rating_group: int, usage: Usage, at_s: int, service_id: int = 0

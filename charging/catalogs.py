@@ -1,10 +1,13 @@
 """The running catalog: stored in Redis by version, cached in process, swapped atomically.
 
+The versions live in a ``DocumentStore`` (``documents.py``) under ``catalog``:
 ``catalog:current`` names the running version and ``catalog:v:<version>`` holds each
-document. Loading a catalog checks the whole document first (a bad one changes
-nothing), stores it, then moves the ``current`` pointer: one atomic step that every
-server process sees at its next refresh. A process also keeps every version it has
-used, because a session stays on the version it started with.
+document, the version named by the document itself. Loading a catalog checks the whole
+document first (a bad one changes nothing), stores it, then moves the ``current``
+pointer: one atomic step that every server process sees at its next refresh, refused
+when the catalog drops a plan or service still in use that it does not migrate
+(``plan_index.py``). A process also keeps every version it has used, because a session
+stays on the version it started with.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,11 @@ import redis.asyncio as aioredis
 
 from charging import keys
 from charging.catalog import Catalog
-from charging.catalog_doc import catalog_from_doc
+from charging.catalog_doc import CatalogInvalid, catalog_from_doc
+from charging.documents import DocumentStore
 from charging.errors import Conflict, StorageUnavailable
-from charging.store import storage_errors
+from charging.plan_index import PlanIndex, StaleCatalog
+from charging.schemas import parse_json
 
 log = logging.getLogger("charging.catalog")
 
@@ -30,15 +36,25 @@ log = logging.getLogger("charging.catalog")
 def read_catalog_file(path: str) -> Any:
     """The JSON document at ``path``; an empty path means the bundled sample catalog."""
     if path:
-        return json.loads(Path(path).read_text())
+        return parse_json(Path(path).read_text(), error=CatalogInvalid)  # nesting bounded
     return json.loads(resources.files("charging").joinpath("catalog.json").read_text())
+
+
+def _version_of(catalog: Catalog) -> str:
+    return catalog.version
 
 
 class CatalogBook:
     def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._versions: dict[str, Catalog] = {}
+        self._docs = DocumentStore(
+            client,
+            keys.CATALOG,
+            catalog_from_doc,
+            version_of=_version_of,
+            read=partial(catalog_from_doc, strict=False),  # accepted when it was loaded
+        )
         self._current: Catalog | None = None
+        self.plans = PlanIndex(client)
 
     @property
     def current(self) -> Catalog:
@@ -48,53 +64,53 @@ class CatalogBook:
 
     async def start(self, path: str, *, prefer_file: bool) -> None:
         """Use the stored catalog; load the file when none is stored or when asked to."""
-        if not prefer_file and await self.refresh():
-            return
-        await self.load(read_catalog_file(path))
+        if prefer_file or not await self.refresh():
+            await self.load(read_catalog_file(path))
+        await self.plans.ensure(self.current)
+        await self.plans.finish_moves()  # left by a load that stopped half way
 
     async def load(self, doc: Any) -> Catalog:
         """Check, store and switch to a catalog. The same version may be loaded again only
         with the same content."""
-        catalog = catalog_from_doc(doc)
-        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        with storage_errors():
-            created = await self._client.set(keys.catalog(catalog.version), text, nx=True)
-            if not created:
-                stored = await self._client.get(keys.catalog(catalog.version))
-                if stored is not None and json.loads(stored) != json.loads(text):
-                    raise Conflict(f"catalog version {catalog.version} exists with other content; use a new version")
-            await self._client.set(keys.CATALOG_CURRENT, catalog.version)
-        self._versions[catalog.version] = catalog
+        stored, created = await self._docs.put(doc)
+        catalog = stored.value
+        try:
+            await self._switch(catalog)
+        except Exception:
+            if created:  # a refused catalog leaves nothing behind: the version stays free
+                await self._docs.discard(catalog.version)
+            raise
         self._current = catalog
         log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
+        await self.plans.finish_moves()
         return catalog
+
+    async def _switch(self, catalog: Catalog) -> None:
+        """Make ``catalog`` current unless it drops a plan or service in use (plan_index.py)."""
+        for _ in range(5):
+            await self.refresh()  # the check is against what is current now, in any process
+            try:
+                return await self.plans.switch(catalog, self._current)
+            except StaleCatalog:
+                continue
+        raise Conflict("other catalogs kept being loaded meanwhile; load again")
 
     async def version(self, version: str) -> Catalog | None:
         """A stored catalog by version (sessions stay on the one they started with)."""
-        cached = self._versions.get(version)
-        if cached is not None:
-            return cached
-        with storage_errors():
-            text = await self._client.get(keys.catalog(version))
-        if text is None:
-            return None
-        catalog = catalog_from_doc(json.loads(text))
-        self._versions[version] = catalog
-        return catalog
+        stored = await self._docs.get(version)
+        return None if stored is None else stored.value
 
     async def document(self, version: str) -> str | None:
-        with storage_errors():
-            text = await self._client.get(keys.catalog(version or self.current.version))
-        return None if text is None else str(text)
+        stored = await self._docs.get(version or self.current.version)
+        return None if stored is None else stored.text
 
     async def refresh(self) -> bool:
         """Follow the stored ``current`` pointer; False when no catalog is stored."""
-        with storage_errors():
-            version = await self._client.get(keys.CATALOG_CURRENT)
+        version = await self._docs.current_version()
         if version is None:
             return False
         if self._current is None or self._current.version != version:
-            catalog = await self.version(str(version))
+            catalog = await self.version(version)
             if catalog is None:
                 return False
             self._current = catalog

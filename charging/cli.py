@@ -30,7 +30,15 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from charging.codes import ResultCode
-from charging.money import MAX_AMOUNT, MAX_UNITS, format_micros, parse_amount
+from charging.money import (
+    MAX_AMOUNT,
+    MAX_UNITS,
+    MICROS_PER_UNIT,
+    exact_minor,
+    format_micros,
+    format_minor,
+    parse_amount,
+)
 
 
 class CliError(Exception):
@@ -50,16 +58,16 @@ def amount(text: str) -> int:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if abs(micros) > MAX_AMOUNT:
-        raise argparse.ArgumentTypeError(f"at most {MAX_AMOUNT // 1_000_000} in absolute value: {text!r}")
+        raise argparse.ArgumentTypeError(f"at most {MAX_AMOUNT // MICROS_PER_UNIT} in absolute value: {text!r}")
     return micros
 
 
 def cents(text: str) -> int:
     """A plain decimal amount with at most two decimals, in minor units (cents)."""
-    micros = amount(text)
-    if micros % 10_000:
-        raise argparse.ArgumentTypeError(f"more than two decimals: {text!r}")
-    return micros // 10_000
+    try:
+        return exact_minor(amount(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"more than two decimals: {text!r}") from None
 
 
 def bounded(top: int) -> Callable[[str], int]:
@@ -310,7 +318,6 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
 
 def cmd_invoices(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
-    from postpaid.invoices import format_money
 
     with grpc.insecure_channel(args.target) as channel:
         stub = billing_pb2_grpc.BillingStub(channel)
@@ -322,7 +329,7 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             return 0
         listing = stub.ListInvoices(billing_pb2.BillingAccountId(billing_account=args.billing_account))
         for inv in listing.invoices:
-            total, still_open = format_money(inv.total_minor, inv.currency), format_money(inv.open_minor, inv.currency)
+            total, still_open = format_minor(inv.total_minor, inv.currency), format_minor(inv.open_minor, inv.currency)
             print(
                 f"{inv.number}  {inv.period_start}..{inv.period_end}  total {total}  open {still_open}"
                 f"  due {inv.due}  {inv.status}  {inv.delivery}"

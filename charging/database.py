@@ -17,7 +17,10 @@ from typing import TypeAlias
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from charging.errors import StartupError
+from charging.settings import redact_url
 
 Pool: TypeAlias = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
@@ -36,5 +39,9 @@ async def open_pool(url: str, size: int, *, timeout_s: float = 10.0) -> Pool:
         # replaced instead of being handed out.
         check=AsyncConnectionPool.check_connection,
     )
-    await pool.open(wait=True, timeout=timeout_s)
+    try:
+        await pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout:
+        await pool.close()
+        raise StartupError(f"cannot connect to the database at {redact_url(url)} within {timeout_s:g} s") from None
     return pool

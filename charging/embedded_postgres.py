@@ -48,6 +48,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from charging.errors import StartupError
+
 log = logging.getLogger("charging.postgres")
 
 INSTALL_HINT = (
@@ -89,7 +91,7 @@ def run_as() -> RunAs | None:
     try:
         user = pwd.getpwnam("postgres")
     except KeyError:
-        raise RuntimeError("running as root, and no postgres user to run PostgreSQL as. " + INSTALL_HINT) from None
+        raise StartupError("running as root, and no postgres user to run PostgreSQL as. " + INSTALL_HINT) from None
     return RunAs(user.pw_name, user.pw_uid, user.pw_gid)
 
 
@@ -109,7 +111,7 @@ def find_bin_dir(configured: str = "") -> Path:
     on_path = shutil.which("postgres")
     if on_path is not None:
         return Path(on_path).parent
-    raise RuntimeError(INSTALL_HINT)
+    raise StartupError(INSTALL_HINT)
 
 
 def _major(path: str) -> int:
@@ -201,14 +203,14 @@ def prepare(bin_dir: Path, layout: Layout, user: RunAs | None, *, durable: bool 
     if user is not None:
         blocked = blocking_ancestor(layout.socket, user.uid, user.gids)
         if blocked is not None:
-            raise RuntimeError(
+            raise StartupError(
                 f"PostgreSQL runs as the user {user.name}, who cannot enter {blocked}: choose a "
                 "CHARGING_DATABASE_DIR it can reach (e.g. /var/lib/charging/postgres) "
                 f"or let it in (chmod o+x {blocked})"
             )
     socket_file = layout.socket / ".s.PGSQL.5432"
     if len(os.fsencode(socket_file)) > SOCKET_PATH_MAX:
-        raise RuntimeError(
+        raise StartupError(
             f"{socket_file} is longer than a Unix socket path may be: choose a shorter CHARGING_DATABASE_DIR"
         )
     if not (layout.data / "PG_VERSION").exists():
@@ -269,7 +271,7 @@ def _run(argv: list[str], layout: Layout, what: str) -> None:
     with open_log(layout) as out:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{what} failed with {done.returncode}; see {layout.log_file}")
+        raise StartupError(f"{what} failed with {done.returncode}; see {layout.log_file}")
 
 
 async def wait_ready(url: str, exited: Callable[[], int | None], log_file: Path, timeout_s: float) -> None:
@@ -279,12 +281,12 @@ async def wait_ready(url: str, exited: Callable[[], int | None], log_file: Path,
     while True:
         code = exited()
         if code is not None:
-            raise RuntimeError(f"postgres exited with {code}; see {log_file}")
+            raise StartupError(f"postgres exited with {code}; see {log_file}")
         try:
             conn = await psycopg.AsyncConnection.connect(url, connect_timeout=2)
         except psycopg.OperationalError:
             if loop.time() > deadline:
-                raise RuntimeError(f"postgres did not start within {timeout_s:g} s; see {log_file}") from None
+                raise StartupError(f"postgres did not start within {timeout_s:g} s; see {log_file}") from None
             await asyncio.sleep(0.05)
         else:
             await conn.close()
@@ -334,7 +336,10 @@ class EmbeddedPostgres:
             )
         proc = self._proc
         await wait_ready(self.layout.url("postgres"), lambda: proc.returncode, self.layout.log_file, timeout_s)
-        await ensure_database(self.layout.url("postgres"), DATABASE)
+        try:
+            await ensure_database(self.layout.url("postgres"), DATABASE)
+        except psycopg.OperationalError as exc:  # it died right after answering
+            raise StartupError(f"postgres stopped answering: {exc}; see {self.layout.log_file}") from None
         log.info("embedded postgres started", extra={"pid": proc.pid, "dir": str(self.layout.directory)})
         return self.url
 
@@ -351,7 +356,9 @@ class EmbeddedPostgres:
                 try:
                     await self.start()
                     break
-                except RuntimeError:
+                except StartupError:
+                    if self._stopping:
+                        return
                     # Backends of the dead postmaster may still hold its shared memory
                     # for a moment; postgres refuses to start until they are gone.
                     log.exception("embedded postgres did not restart; trying again")

@@ -3,23 +3,52 @@
 It listens on a Unix socket in its data directory only (no TCP port), keeps an
 append-only file so balances survive restarts, is restarted if it dies, and is shut
 down (which flushes the AOF) when the server stops.
+
+Never two on one directory. Two redis-servers appending to one AOF lose changes, and
+clients connected to the wrong one see another database; this happened when a killed
+server left its redis-server running and the restarted one started a second. So:
+
+* The server locks ``charging.lock`` in the directory (``flock``) and records its pid
+  there; its redis-server inherits the locked descriptor, so the directory stays locked
+  until both have exited. A second server on a locked directory whose recorded owner
+  is alive refuses to start.
+* The redis-server gets SIGTERM (a clean shutdown that flushes the AOF) when the server
+  dies, even by SIGKILL: Linux's parent-death signal, set between fork and exec.
+* A server that finds the directory locked by a redis-server whose server died, or a
+  redis-server running on the directory without the lock (left by an older version or
+  started by hand), stops it, says so in the log, and waits for it to exit before
+  starting its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import fcntl
+import functools
 import logging
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from charging.errors import StartupError
+from charging.redis_ready import wait_until_ready
+
 log = logging.getLogger("charging.redis")
+
+LOCK_FILE = "charging.lock"
+PR_SET_PDEATHSIG = 1
 
 INSTALL_HINT = (
     "redis-server was not found. Install it (Debian: apt-get install redis-server) "
     "or point CHARGING_REDIS_URL at a running Redis 7."
 )
+
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
 def redis_command(binary: str, directory: Path, appendfsync: str, *, port: int = 0) -> list[str]:
@@ -41,51 +70,174 @@ def redis_command(binary: str, directory: Path, appendfsync: str, *, port: int =
     ]  # fmt: skip
 
 
+def _die_with(parent: int) -> None:
+    """Run in the child between fork and exec: ask for SIGTERM when the parent dies.
+
+    The signal follows the death of the parent's *thread* that forked, not of its
+    process. asyncio and uvloop both fork in the event loop's thread, which lives as
+    long as the server; never start the child from a short-lived thread
+    (``asyncio.to_thread``), or it is stopped when that thread ends."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
+
+
+def _started_at(pid: int) -> str | None:
+    """A live process's start time (clock ticks after boot, from /proc): with the pid it
+    names one process, whatever pids are reused. None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _owner(fd: int) -> tuple[int, str] | None:
+    """The pid and start time recorded in the lock file."""
+    fields = os.pread(fd, 100, 0).decode(errors="replace").split()
+    return (int(fields[0]), fields[1]) if len(fields) == 2 and fields[0].isdigit() else None
+
+
+def redis_processes(binary: str, directory: Path) -> list[int]:
+    """Pids of the redis-server processes working in ``directory`` (redis-server changes
+    into its ``--dir``; its command line is rewritten as a process title, so the working
+    directory is what names its data directory)."""
+    name = Path(binary).name[:15]  # the kernel keeps 15 characters of a command name
+    pids: list[int] = []
+    if not Path("/proc").is_dir():  # not Linux: the lock alone keeps a second one out
+        return pids
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().strip() == name and Path(os.readlink(entry / "cwd")) == directory:
+                pids.append(int(entry.name))
+    return pids
+
+
 class EmbeddedRedis:
-    def __init__(self, binary: str, directory: Path, appendfsync: str = "everysec") -> None:
+    def __init__(
+        self, binary: str, directory: Path, appendfsync: str = "everysec", *, ready_timeout_s: float = 120.0
+    ) -> None:
         self.binary = binary
         self.directory = directory.resolve()
         self.appendfsync = appendfsync
+        self.ready_timeout_s = ready_timeout_s
         self._proc: asyncio.subprocess.Process | None = None
+        self._lock: int | None = None
         self._stopping = False
 
     @property
     def url(self) -> str:
         return f"unix://{self.directory / 'redis.sock'}"
 
-    async def start(self, timeout_s: float = 10.0) -> str:
+    @property
+    def name(self) -> str:
+        return f"the embedded redis-server in {self.directory}"
+
+    async def start(self) -> str:
         path = shutil.which(self.binary)
         if path is None:
-            raise RuntimeError(INSTALL_HINT)
+            raise StartupError(INSTALL_HINT)
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = await self._lock_directory()
+        # Holding the lock, any redis-server here runs without it: stop it.
+        if pids := redis_processes(path, self.directory):
+            log.warning(
+                "stopping a redis-server found running on the data directory without its lock",
+                extra={"pids": pids, "dir": str(self.directory)},
+            )
+            await self._terminate(pids)
         self._proc = await asyncio.create_subprocess_exec(
             *redis_command(path, self.directory, self.appendfsync),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            pass_fds=(self._lock,),
+            preexec_fn=functools.partial(_die_with, os.getpid()),
         )
-        await self._wait_ready(timeout_s)
+        await self._wait_ready()
         log.info("embedded redis started", extra={"pid": self._proc.pid, "dir": str(self.directory)})
         return self.url
 
-    async def _wait_ready(self, timeout_s: float) -> None:
+    async def _lock_directory(self) -> int:
+        """Lock the data directory and record this process as its owner; when the
+        lock is held by what a dead server left behind, stop that first."""
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await self._acquire(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        me = os.getpid()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{me} {_started_at(me)}\n".encode(), 0)
+        return fd
+
+    async def _acquire(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline: float | None = None
         while True:
-            assert self._proc is not None
-            if self._proc.returncode is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self._proc.returncode}; see {self.directory / 'redis.log'}"
-                )
-            client = aioredis.Redis.from_url(self.url)
             try:
-                if await client.ping():
-                    return
-            except (OSError, aioredis.ConnectionError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            owner = _owner(fd)
+            if owner and _started_at(owner[0]) == owner[1]:
+                raise StartupError(f"data directory {self.directory} is in use by process {owner[0]}")
+            if deadline is not None:
                 if loop.time() > deadline:
-                    raise RuntimeError(f"redis-server did not start; see {self.directory / 'redis.log'}") from None
-            finally:
-                await client.aclose()
-            await asyncio.sleep(0.05)
+                    raise StartupError(f"data directory {self.directory} stays locked ({LOCK_FILE})")
+                await asyncio.sleep(0.05)
+                continue
+            # A server starting at this very moment may hold the lock without having
+            # recorded itself yet: look again before stopping anything.
+            await asyncio.sleep(0.1)
+            if _owner(fd) != owner:
+                continue
+            left = redis_processes(self.binary, self.directory)
+            log.warning(
+                "the server that used the data directory died; stopping the redis-server it left",
+                extra={"pids": left, "dir": str(self.directory), "server_pid": owner[0] if owner else None},
+            )
+            await self._terminate(left)
+            deadline = loop.time() + 2.0
+
+    async def _terminate(self, pids: list[int], timeout_s: float = 10.0) -> None:
+        """SIGTERM (redis-server flushes its AOF and exits), SIGKILL after ``timeout_s``;
+        return once they are gone. They are not our children: poll."""
+        alive = {pid: start for pid in pids if (start := _started_at(pid)) is not None}
+        loop = asyncio.get_running_loop()
+        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 2.0)):
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = loop.time() + wait_s
+            while alive and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+                alive = {pid: start for pid, start in alive.items() if _started_at(pid) == start}
+            if not alive:
+                return
+
+    async def _wait_ready(self) -> None:
+        proc = self._proc
+        assert proc is not None
+
+        def running() -> None:
+            if proc.returncode is not None:
+                raise StartupError(f"redis-server exited with {proc.returncode}; see {self.directory / 'redis.log'}")
+
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            await wait_until_ready(client, self.name, self.ready_timeout_s, check=running)
+            answering = int((await client.info("server"))["process_id"])
+        finally:
+            await client.aclose()
+        if answering != proc.pid:
+            raise StartupError(f"another redis-server (pid {answering}) answers on {self.directory / 'redis.sock'}")
 
     async def supervise(self) -> None:
         """Restart the child if it dies while the server runs (the AOF restores state)."""
@@ -101,12 +253,14 @@ class EmbeddedRedis:
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping = True
         proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()  # redis-server flushes the AOF and exits on SIGTERM
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        log.info("embedded redis stopped")
+        if proc is not None and proc.returncode is None:
+            proc.terminate()  # redis-server flushes the AOF and exits on SIGTERM
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            log.info("embedded redis stopped")
+        if self._lock is not None:
+            os.close(self._lock)  # the directory is free once redis-server has exited too
+            self._lock = None

@@ -6,11 +6,19 @@
     ├── Conflict            the request collides with stored state (reused request
     │                       number or idempotency key with another payload, duplicate id)
     ├── LimitExceeded       the change would take a balance past its stated bounds
-    └── StorageUnavailable  Redis cannot be reached or answered with an error
+    ├── InUse               the change would strand what is in use (a catalog dropping
+    │                       a plan that subscribers are on)
+    └── StorageUnavailable  Redis cannot answer now: unreachable, loading its dataset,
+                            busy with a script, or without its master (retryable)
 
 Outcomes that Diameter expresses as result codes (4012 credit limit reached, 5030 user
 unknown, ...) are answers, not errors. The gRPC edge maps each error class to one status
 in ``status.py``.
+
+Apart from the tree, ``StartupError``: the server cannot start (its gRPC or metrics
+address or its data directory is in use, redis-server or PostgreSQL is missing or not
+ready in time, the database schema is not the one of this code).
+``charging serve`` prints it as one line on stderr and exits with status 1.
 """
 
 from __future__ import annotations
@@ -39,5 +47,13 @@ class LimitExceeded(ChargingError):
     pass
 
 
+class InUse(ChargingError):
+    pass
+
+
 class StorageUnavailable(ChargingError):
     pass
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message says why in one line an operator can act on."""

@@ -5,7 +5,8 @@ Keys that belong to a billing account start with the hash tag of the account's p
 script touches a single slot. A standalone account is its own root (id ``5``, prefix
 ``{a:5}``); a member of a corporate pool has an id ``<root>.<n>`` (``5.2``, prefix
 ``{a:5}:2``), so its keys share the slot of the pool it draws on. Global keys are few:
-the identity index, the account id sequence, the catalogs, the notification stream and
+the identity index, the account id sequence, the catalogs (``catalog:...``, laid out by
+``documents.py``), the notification stream and
 the due indexes of the sweeper and the renewer (tags ``{sweep}``, ``{renew}``).
 
 Per account (PREFIX as above):
@@ -22,6 +23,8 @@ Per account (PREFIX as above):
 """
 
 from __future__ import annotations
+
+from charging.documents import current_key
 
 ACCOUNT_SEQ = "seq:account"
 SWEEP_DUE = "{sweep}:due"
@@ -83,13 +86,8 @@ def identity(kind: str, value: str) -> str:
     return f"id:{kind}:{value}"
 
 
-CATALOG_CURRENT = "catalog:current"
 # Stream of notifications (thresholds, expiries) for other parts of the system.
 NOTIFICATIONS = "stream:notifications"
-
-
-def catalog(version: str) -> str:
-    return "catalog:v:" + version
 
 
 # Postpaid usage of a charging account (written by the debiting scripts, ledger_lib.lua).
@@ -205,3 +203,23 @@ BILL_OUTBOX = "{bill}:out"  # list: billing notifications (dunning steps) waitin
 BILL_DELIVERY = "{bill}:deliver"  # list: numbers of issued invoices waiting to be delivered
 BILL_RECHECK = "{bill}:recheck"  # set: billing accounts to re-evaluate (money moved on them)
 BILL_RESTRICTED = "{bill}:restricted"  # set: billing accounts dunning has barred or suspended
+
+
+# Which accounts are on which plan (plan_index.py). Global keys like the identity index:
+# a catalog load checks and changes them in one script, apart from any account's slot.
+# The catalog's versions are a document store named "catalog" (documents.py builds
+# catalog:v:<version> and catalog:current); the plan index's scripts need the pointer.
+CATALOG = "catalog"
+CATALOG_CURRENT = current_key(CATALOG)
+CATALOG_PLANS = "catalog:plans"  # set: plan ids of the running catalog (accounts may join these)
+PLAN_MOVES = "plan:moves"  # hash: migrated plan -> its successor (kept; a few entries per year)
+
+
+def plan_members(plan_id: str) -> str:
+    """set: ids of the accounts on the plan (SCARD counts them)."""
+    return "plan:members:" + plan_id
+
+
+def plan_moving(plan_id: str) -> str:
+    """set: ids of accounts of a dropped plan whose hash still names it (the load moves them)."""
+    return "plan:moving:" + plan_id

@@ -143,7 +143,11 @@ local function matching(all, now_s, unit, service, zone, band, held)
       out[#out + 1] = b
     end
   end
+  -- A pool member's own buckets come before its pool's ('^' ids), each in priority,
+  -- expiry, id order (buckets.py consumption_order is the reference).
   table.sort(out, function(x, y)
+    local x_pool, y_pool = x.id:sub(1, 1) == '^', y.id:sub(1, 1) == '^'
+    if x_pool ~= y_pool then return y_pool end
     if x.priority ~= y.priority then return x.priority < y.priority end
     if x.expiry ~= y.expiry then return x.expiry < y.expiry end
     return x.id < y.id

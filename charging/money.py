@@ -1,10 +1,26 @@
-"""Money is an integer count of micro-units of the account's currency.
+"""Money: every amount the system holds, and the one place its rounding and display live.
 
-One unit of currency (1 EUR, 1 USD, 1 KES) is 1,000,000 micros. Prices per second or
-per kilobyte are fractions of a cent, so minor units alone are too coarse; micros keep
-every price and balance exact as an integer. Redis Lua numbers are IEEE doubles, exact
-for integers below 2**53 (about 9.007e15 micros): the bounds below keep every amount the
-scripts see well inside that range.
+Money is an integer count of micro-units of the account's currency: one unit of currency
+(1 EUR, 1 USD, 1 KES) is 1,000,000 micros. Prices per second or per kilobyte are
+fractions of a cent, so minor units alone are too coarse; micros keep every price and
+balance exact as an integer. Redis Lua numbers are IEEE doubles, exact for integers below
+2**53 (about 9.007e15 micros): the bounds below keep every amount the scripts see well
+inside that range.
+
+An invoice counts in minor units (cents; two-decimal currencies, 1 cent = 10,000
+micros), reached from micros by ``to_minor``, or by ``exact_minor`` where nothing may be
+rounded. Each rounding the product uses has a name below and its rule in its docstring
+(half away from zero unless it says otherwise); all are integer arithmetic, no floats.
+
+    parse_amount       "10.5" -> micros, exact or an error
+    to_minor           micros -> minor units, half away from zero
+    exact_minor        micros -> minor units, exact or an error
+    share              amount * n / d, half away from zero (prorations, basis points)
+    share_floor        amount * n / d, rounded down (a cap that must not be exceeded)
+    split_evenly       an amount in integer parts differing by at most one
+    format_micros      micros shown exactly, at least two decimals      "2.50 EUR"
+    format_micros_4dp  micros shown to 4 decimals, half away from zero   "0.1876"
+    format_minor       minor units shown with separators and currency   "1,234.56 EUR"
 """
 
 from __future__ import annotations
@@ -13,6 +29,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 MICROS_PER_UNIT = 1_000_000
+MICROS_PER_MINOR = 10_000  # two-decimal currencies: 1 cent = 10,000 micros
 # Largest amount one request may move (1e9 units of currency).
 MAX_AMOUNT = 10**15
 # Largest balance an account may hold (1e9 units of currency).
@@ -42,11 +59,68 @@ def parse_amount(text: str) -> int:
     return int(micros)
 
 
+def share(amount: int, numerator: int, denominator: int) -> int:
+    """``amount * numerator / denominator`` rounded half away from zero (prorations,
+    percentages in basis points)."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    q, r = divmod(abs(amount) * numerator, denominator)
+    if 2 * r >= denominator:
+        q += 1
+    return q if amount >= 0 else -q
+
+
+def share_floor(amount: int, numerator: int, denominator: int) -> int:
+    """``amount * numerator / denominator`` rounded down (toward minus infinity), for a cap
+    that must never be exceeded: a credit limit of at most 40 % of the income."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    return amount * numerator // denominator
+
+
+def to_minor(micros: int) -> int:
+    """Micros to minor units, half away from zero: 12_345 -> 1, 15_000 -> 2, -15_000 -> -2."""
+    return share(micros, 1, MICROS_PER_MINOR)
+
+
+def exact_minor(micros: int) -> int:
+    """Micros to minor units when they are a whole number of them; ValueError otherwise
+    (an amount a customer pays is never rounded)."""
+    minor, rest = divmod(micros, MICROS_PER_MINOR)
+    if rest:
+        raise ValueError(f"{micros} micros is not a whole number of minor units")
+    return minor
+
+
+def split_evenly(amount: int, parts: int) -> list[int]:
+    """``amount`` in ``parts`` integer shares differing by at most one, larger first; they
+    add up to ``amount`` exactly. No parts, no shares."""
+    if parts <= 0:
+        return []
+    q, r = divmod(amount, parts)
+    return [q + 1 if i < r else q for i in range(parts)]
+
+
 def format_micros(micros: int, currency: str = "") -> str:
-    """Render micros as a decimal amount, at least two decimals, never rounded."""
+    """Micros as a decimal amount, at least two decimals, never rounded: 2_500_000 ->
+    "2.50", 1 -> "0.000001"; with a currency, "2.50 EUR"."""
     sign = "-" if micros < 0 else ""
     whole, frac = divmod(abs(micros), MICROS_PER_UNIT)
     digits = f"{frac:06d}".rstrip("0")
     digits = digits.ljust(2, "0")
     text = f"{sign}{whole}.{digits}"
     return f"{text} {currency}" if currency else text
+
+
+def format_micros_4dp(micros: int) -> str:
+    """Micros to 4 decimals, rounded half away from zero, thousands separated (the cost of
+    an itemised record): 187_550 -> "0.1876", -50 -> "-0.0001", -49 -> "0.0000"."""
+    ten_thousandths = share(micros, 1, MICROS_PER_UNIT // 10_000)
+    units, fraction = divmod(abs(ten_thousandths), 10_000)
+    return f"{'-' if ten_thousandths < 0 else ''}{units:,}.{fraction:04d}"
+
+
+def format_minor(minor: int, currency: str) -> str:
+    """Minor units (cents) as "1,234.56 EUR"; a negative amount starts with a minus."""
+    units, cents = divmod(abs(minor), 100)
+    return f"{'-' if minor < 0 else ''}{units:,}.{cents:02d} {currency}"

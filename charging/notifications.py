@@ -106,6 +106,12 @@ class Notifier:
             )
         metrics.NOTIFICATIONS.labels(kind).inc()
 
+    async def idle(self) -> None:
+        """Wait until every relay woken so far has finished, with the passes it was woken
+        again for: then the stream holds every notification made before the call."""
+        while self._running:
+            await asyncio.wait(list(self._running.values()))
+
     async def aclose(self) -> None:
         tasks = list(self._running.values())
         for task in tasks:

@@ -12,9 +12,12 @@ group: the cost of a report is ``session_cost(before + used) - session_cost(befo
 so reporting 30 s twice on a 60/60 rate costs one increment, not two, and the minimum
 charge and the session cap apply to the session's total.
 
-The session script (``session.lua``) evaluates ``session_cost`` and
-``affordable_units`` inside Redis so a request costs one round trip; the functions here
-are the reference that the tests hold the script to.
+Unit buckets give up whole increments too: ``billable_units`` is the usage rounded up
+to the rate's increments, what a bucket pays for it (``consumption.py``).
+
+The ledger scripts (``session.lua``, ``event.lua``) evaluate ``session_cost``,
+``billable_units`` and ``affordable_units`` inside Redis so a request costs one round
+trip; the functions here are the reference that the tests hold the scripts to.
 """
 
 from __future__ import annotations
@@ -131,6 +134,16 @@ def step_cost(rate: Rate, units: int) -> int:
         return 0
     rest = max(units - rate.first, 0)
     return rate.connect_fee + rate.first_cost + ceil_div(rest, rate.increment) * rate.price_micros
+
+
+def billable_units(rate: Rate, units: int) -> int:
+    """``units`` rounded up to whole increments: the first increment, then the following
+    ones (60/1: 61 s -> 61, 5 s -> 60; per KB: 1 byte -> 1024). Within a session, a
+    report of ``used`` more units bills ``billable_units(before + used) -
+    billable_units(before)``."""
+    if units <= 0:
+        return 0
+    return rate.first + ceil_div(max(units - rate.first, 0), rate.increment) * rate.increment
 
 
 def session_cost(rate: Rate, units: int) -> int:

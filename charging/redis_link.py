@@ -7,10 +7,11 @@ concurrent requests share one socket, their commands are written in one batch pe
 event-loop turn, and Redis's in-order replies resolve the waiting futures (parsed by
 hiredis). Admin, sweeper and census calls stay on redis-py.
 
-Failures surface as redis-py's exception classes (``ConnectionError``, ``TimeoutError``,
-``ResponseError``, ``NoScriptError``) so callers handle both clients alike. A command
-that gets no reply within ``timeout_s`` closes the connection, failing every command
-in flight; the next command reconnects.
+Failures surface as redis-py's exception classes, an error reply as the class redis-py's
+own parser gives it (``NoScriptError``, ``BusyLoadingError`` for LOADING, which is a
+``ConnectionError``, ``MasterDownError``, ...), so callers and ``store.storage_errors``
+handle both clients alike. A command that gets no reply within ``timeout_s`` closes the
+connection, failing every command in flight; the next command reconnects.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 from redis import exceptions as redis_errors
+from redis._parsers.base import BaseParser
 
 Arg = str | int | bytes
 
 
-def _reply_error(message: str) -> redis_errors.ResponseError:
-    if message.startswith("NOSCRIPT"):
-        return redis_errors.NoScriptError(message)
-    return redis_errors.ResponseError(message)
+def _reply_error(message: str) -> redis_errors.RedisError:
+    error: redis_errors.RedisError = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return error
 
 
 class _Protocol(asyncio.Protocol):
@@ -46,7 +47,8 @@ class _Protocol(asyncio.Protocol):
         while (reply := self.reader.gets()) is not False:
             fut = pending.popleft()[0]
             if not fut.done():
-                if isinstance(reply, redis_errors.ResponseError):
+                # Not only ResponseError: LOADING parses to BusyLoadingError, a ConnectionError.
+                if isinstance(reply, redis_errors.RedisError):
                     fut.set_exception(reply)
                 else:
                     fut.set_result(reply)

@@ -52,7 +52,7 @@ async def route(
         if account is None:
             return unknown_user
         plan_id = directory.plan_hint(account)
-        plan = catalog.plans.get(plan_id) if plan_id else None
+        plan = _plan(catalog, catalogs.current, plan_id) if plan_id else None
         if plan_id and plan is None:
             return unknown_plan
         target = Target(account, plan_id, catalog, plan)
@@ -75,3 +75,15 @@ async def route(
             continue
         return target, result
     raise StorageUnavailable("subscriber data kept changing during the request")
+
+
+def _plan(catalog: Catalog, current: Catalog, plan_id: str) -> Plan | None:
+    """The plan to rate an account naming ``plan_id`` with, in ``catalog``: its successor
+    while a migration rewrites the accounts; and in an older catalog a session is pinned
+    to, the plan the current catalog migrated to ``plan_id`` (the session keeps the
+    prices it started with)."""
+    plan = catalog.plan_of(plan_id)
+    if plan is None and catalog is not current:
+        olds = (old for old, new in current.moved_plans.items() if new == plan_id and old in catalog.plans)
+        plan = catalog.plans.get(next(olds, ""))
+    return plan

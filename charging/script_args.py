@@ -273,3 +273,68 @@ class OutboxTrimArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return self.entries
+
+
+@dataclass(frozen=True, slots=True)
+class PlanJoin:
+    """plan_index.lua: put an account on a plan of the running catalog."""
+
+    OP: ClassVar[str] = "join"
+
+    account: str
+    plan_id: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.OP, self.account, self.plan_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanLeave:
+    """plan_index.lua: take an account off a plan (its creation failed)."""
+
+    OP: ClassVar[str] = "leave"
+
+    account: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.OP, self.account)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSwitch:
+    """plan_index.lua: make a catalog current unless it strands plans in use."""
+
+    OP: ClassVar[str] = "switch"
+
+    expected_version: str
+    version: str
+    # JSON {guards: [[label, [key index, ...]], ...],
+    #       moves: [[old, new, members old idx, members new idx, moving old idx], ...], plans: [...]}
+    plan_json: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.OP, self.expected_version, self.version, self.plan_json)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanIndexInit:
+    """plan_index.lua: the running catalog's plans, on the index's first start."""
+
+    OP: ClassVar[str] = "init"
+
+    version: str
+    plan_ids: tuple[str, ...]
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.OP, self.version, *self.plan_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanMoveArgs:
+    """plan_move.lua: move one account from a migrated plan to its successor."""
+
+    old_plan: str
+    new_plan: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.old_plan, self.new_plan)

@@ -1,5 +1,11 @@
 """Wiring and lifecycle: build every object once, start, and stop in order.
 
+Start order: a server whose gRPC or metrics address is taken stops at once, before
+touching Redis (``StartupError``, printed by ``serve`` as one line); then Redis, waited
+for while it loads its dataset; then the database (the embedded one started and
+migrated; a configured one checked to be at the schema of this code); then everything
+else, and gRPC listens last.
+
 Stop order: health goes NOT_SERVING, the gRPC server drains in-flight calls within the
 grace period, background tasks (sweeper, census, Redis supervision) are cancelled and
 awaited, the Redis pool is closed, the embedded redis-server is shut down, the database
@@ -10,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +40,15 @@ from charging.context import Context
 from charging.database import Pool, open_pool
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis
+from charging.errors import StartupError
 from charging.events import EventCharging
 from charging.ledger import Ledger
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
+from charging.redis_ready import wait_until_ready
 from charging.renewals import Renewer
 from charging.sessions import SessionCharging
-from charging.settings import Settings
+from charging.settings import Settings, redact_url
 from charging.status import add_servicer
 from charging.subscribers import Directory
 from charging.sweeper import Sweeper
@@ -104,12 +114,15 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
+        self._listen()
         url = s.redis_url
         if not url:
-            self._embedded = EmbeddedRedis(s.redis_server_bin, s.redis_dir, s.redis_appendfsync)
+            self._embedded = EmbeddedRedis(
+                s.redis_server_bin, s.redis_dir, s.redis_appendfsync, ready_timeout_s=s.redis_ready_timeout_s
+            )
             url = await self._embedded.start()
         self.redis = store.connect(url, max_connections=s.redis_max_connections)
-        await self.redis.ping()
+        await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
         self.link = RedisLink(url)
         await self._start_database()
 
@@ -135,7 +148,9 @@ class App:
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
 
-        self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
+        # gRPC sets SO_REUSEPORT unless told not to: a second server then binds a port in
+        # use beside the first and clients alternate between two databases.
+        self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000), ("grpc.so_reuseport", 0)])
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
@@ -152,15 +167,13 @@ class App:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), self._server
         )
-        self.grpc_port = self._server.add_insecure_port(s.grpc_address)
+        try:
+            self.grpc_port = self._server.add_insecure_port(s.grpc_address)
+        except RuntimeError:
+            raise StartupError(f"cannot listen on gRPC address {s.grpc_address}") from None
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-        if s.metrics_address:
-            host, _, port = s.metrics_address.rpartition(":")
-            self._metrics_httpd, _ = start_http_server(int(port), addr=host)
-            self.metrics_port = self._metrics_httpd.server_port
 
         if self.run_background:
             self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
@@ -180,6 +193,22 @@ class App:
             self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
         self._start_database_tasks()
         log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
+
+    def _listen(self) -> None:
+        """Before anything else: ``StartupError`` when the gRPC address is in use, and
+        listen on the metrics address."""
+        s = self.settings
+        # Asked here, not only when gRPC binds it: that comes after Redis has started, and
+        # gRPC says only "failed to bind", after a log line of its own.
+        if in_use(s.grpc_address):
+            raise StartupError(f"gRPC address {s.grpc_address} is in use")
+        if s.metrics_address:
+            host, _, port = s.metrics_address.rpartition(":")
+            try:
+                self._metrics_httpd, _ = start_http_server(int(port), addr=host)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on metrics address {s.metrics_address}: {exc.strerror}") from None
+            self.metrics_port = self._metrics_httpd.server_port
 
     async def _start_database(self) -> None:
         """The system of record: the configured PostgreSQL, or an embedded one (development),
@@ -247,7 +276,29 @@ class App:
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
-        log.info("stopped")
+        if self.redis is not None:  # it started; a server that could not listen says only why
+            log.info("stopped")
+
+
+def in_use(address: str) -> bool:
+    """Whether another socket listens on ``address`` (host:port), binding it as gRPC does
+    without SO_REUSEPORT. Other bind errors are left for gRPC to report."""
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError):
+        return False
+    for family, kind, proto, _, where in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 async def build_acquisition(
@@ -286,6 +337,11 @@ async def provision(settings: Settings) -> None:
     if not settings.redis_url or not settings.network_url:
         raise SystemExit("charging worker needs CHARGING_REDIS_URL and CHARGING_NETWORK_URL")
     client = store.connect(settings.redis_url, max_connections=8)
+    try:
+        await wait_until_ready(client, f"redis at {redact_url(settings.redis_url)}", settings.redis_ready_timeout_s)
+    except StartupError as exc:
+        await client.aclose()
+        raise SystemExit(f"error: {exc}") from None
     catalogs = CatalogBook(client)
     if not await catalogs.refresh():
         raise SystemExit("no catalog is stored yet: start a charging server first")
@@ -321,15 +377,21 @@ async def provision(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM or SIGINT, then stop gracefully. A server that cannot start
+    exits with status 1 and one line on stderr saying why."""
     app = App(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    failure: StartupError | None = None
     try:
         await app.start()
         await stop.wait()
         log.info("shutting down")
+    except StartupError as exc:
+        failure = exc
     finally:
         await app.stop()
+    if failure is not None:
+        raise SystemExit(f"error: {failure}")

@@ -27,6 +27,8 @@ class Settings:
     redis_server_bin: str = "redis-server"
     redis_appendfsync: str = "everysec"
     redis_max_connections: int = 64
+    # How long start-up waits for Redis to answer (a restart may load a large dataset).
+    redis_ready_timeout_s: float = 120.0
     # The system of record. Empty: start and supervise an embedded PostgreSQL under
     # database_dir (migrated at start); else migrate with `charging migrate` first, or at
     # start with database_migrate.

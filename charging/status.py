@@ -23,11 +23,13 @@ from charging import metrics
 from charging.errors import (
     ChargingError,
     Conflict,
+    InUse,
     InvalidRequest,
     LimitExceeded,
     NotFound,
     StorageUnavailable,
 )
+from charging.store import storage_errors
 
 log = logging.getLogger("charging.api")
 
@@ -40,6 +42,7 @@ STATUS: dict[type[ChargingError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.ALREADY_EXISTS,
     LimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    InUse: grpc.StatusCode.FAILED_PRECONDITION,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -124,7 +127,8 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             try:
                 if isinstance(request, Undecodable):
                     raise InvalidRequest("request", f"not a valid {request.type_name} message")
-                answer = await fn(self, request, context)
+                with storage_errors():  # also where a Redis call was not wrapped
+                    answer = await fn(self, request, context)
                 code = getattr(answer, "result_code", 0)
                 outcome = str(code) if code else "OK"
                 return answer

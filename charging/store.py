@@ -12,22 +12,49 @@ from charging.errors import StorageUnavailable
 
 
 def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> aioredis.Redis:
-    """A pooled client; replies decoded as UTF-8 strings."""
-    return aioredis.Redis.from_url(
+    """A pooled client; replies decoded as UTF-8 strings.
+
+    When every connection is in use a call waits up to ``timeout_s`` for one to come
+    back (a blocking pool): redis-py's plain pool would fail at once with "Too many
+    connections", which is a burst of our own making, not Redis being unavailable."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
+
+
+def unavailable(exc: BaseException) -> str:
+    """Why Redis cannot answer now, or "" when the error means "wrong" rather than "not
+    now". The same call succeeds later: after a reconnection, once a restart has read the
+    dataset (LOADING; redis-py's BusyLoadingError is a ConnectionError), a script has
+    ended (BUSY), a failover or resharding is over (MASTERDOWN, CLUSTERDOWN, TRYAGAIN)."""
+    if isinstance(exc, redis_errors.BusyLoadingError):
+        return "loading its dataset"
+    if isinstance(exc, (redis_errors.ClusterDownError, redis_errors.TryAgainError)):
+        return "without its master" if isinstance(exc, redis_errors.MasterDownError) else "reconfiguring"
+    if isinstance(exc, redis_errors.TimeoutError):
+        return "not answering in time"
+    if isinstance(exc, redis_errors.ConnectionError):
+        return "not reachable"
+    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("BUSY "):
+        return "busy running a script"
+    return ""
 
 
 @contextmanager
 def storage_errors() -> Iterator[None]:
-    """Turn "Redis cannot be reached" into ``StorageUnavailable``; script bugs and
-    other Redis replies stay internal errors."""
+    """Turn "Redis cannot answer now" (``unavailable``) into ``StorageUnavailable``;
+    script bugs and other Redis replies stay internal errors."""
     try:
         yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-        raise StorageUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
+    except redis_errors.RedisError as exc:
+        reason = unavailable(exc)
+        if not reason:
+            raise
+        raise StorageUnavailable(f"redis unavailable: {reason}") from exc

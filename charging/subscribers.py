@@ -20,6 +20,7 @@ from charging import keys
 from charging.catalog import Plan
 from charging.errors import Conflict, InvalidRequest, NotFound
 from charging.money import MAX_BALANCE
+from charging.plan_index import PlanIndex
 from charging.store import storage_errors
 
 IdentityKind = Literal["msisdn", "imsi"]
@@ -84,6 +85,8 @@ class Directory:
         self._client = client
         self._accounts = _BoundedDict(cache_size)
         self._plans = _BoundedDict(cache_size)
+        # Accounts per plan; every change of an account's plan goes through it.
+        self.plans = PlanIndex(client)
 
     async def resolve(self, identity: Identity) -> str | None:
         """The account id behind an identity, or None when nobody has it."""
@@ -140,6 +143,12 @@ class Directory:
             if imsi is not None:
                 fields["imsi"] = imsi.value
             await self._client.hset(keys.account(account_id), mapping=fields)  # type: ignore[arg-type]
+            try:
+                # After the hash, before the identities: see plan_index.py.
+                await self.plans.join(account_id, plan.id)
+            except InvalidRequest:
+                await self._client.delete(keys.account(account_id))
+                raise
             claimed: list[str] = []
             for ident in (msisdn, imsi):
                 if ident is None:
@@ -148,6 +157,7 @@ class Directory:
                 if not await self._client.set(key, account_id, nx=True):
                     if claimed:
                         await self._client.delete(*claimed)
+                    await self.plans.leave(account_id, plan.id)
                     await self._client.delete(keys.account(account_id))
                     raise Conflict(f"{ident.kind} is already assigned to another subscriber")
                 claimed.append(key)
@@ -186,7 +196,10 @@ class Directory:
         with storage_errors():
             if await self._client.set(key, account_id, nx=True) or await self._client.get(key) == account_id:
                 return
+            plan_id = await self._client.hget(keys.account(account_id), "plan")  # type: ignore[misc]
             await self._client.delete(keys.identity(msisdn.kind, msisdn.value), keys.account(account_id))
+        if plan_id:
+            await self.plans.leave(account_id, str(plan_id))
         self.forget(msisdn)
         raise Conflict(f"{imsi.kind} is already assigned to another subscriber")
 
@@ -212,9 +225,14 @@ class Directory:
     async def set_plan(self, identity: Identity, plan: Plan) -> Account:
         """Move the account to another plan; charging re-rates from the next request."""
         account = await self.get(identity)
+        await self.plans.join(account.account_id, plan.id, was=account.plan_id)
         with storage_errors():
             await self._client.hset(keys.account(account.account_id), "plan", plan.id)
-        self.learn_plan(account.account_id, plan.id)
+        # A catalog load may have migrated the plan away since the join (plan_index.py).
+        successor = await self.plans.successor(plan.id)
+        if successor:
+            await self.plans.move(account.account_id, plan.id, successor)
+        self.learn_plan(account.account_id, successor or plan.id)
         return await self.read(account.account_id)
 
     async def read(self, account_id: str) -> Account:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from charging import keys
-from charging.buckets import Bucket, buckets_of, pack, unpack
+from charging.buckets import Bucket, buckets_of, consumption_order, pack, unpack
 from charging.context import Context
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.money import MAX_AMOUNT, MAX_BALANCE
@@ -120,7 +120,7 @@ class TopUps:
         """The account's buckets that have not expired, in consumption order."""
         now_s = self.ctx.clock.now_ms() // 1000
         stored = (unpack(i, t) for i, t in (await self.ctx.ledger.buckets(account_id)).items())
-        return sorted((b for b in stored if now_s < b.expiry_s), key=lambda b: (b.priority, b.expiry_s, b.id))
+        return sorted((b for b in stored if now_s < b.expiry_s), key=consumption_order)
 
     async def recharge(self, req: Recharge) -> RechargeResult:
         check_recharge(req.amount_micros, req.channel, req.idempotency_key)

@@ -39,6 +39,7 @@ from charging import keys
 from charging.catalogs import CatalogBook
 from charging.clock import ManualClock
 from charging.embedded_redis import redis_command
+from charging.money import MICROS_PER_MINOR
 from charging.redis_link import RedisLink
 from loadtest.bench import BenchError, child, free_port, machine, wait_redis
 from postpaid import config as billing_config
@@ -185,7 +186,7 @@ def verify(port: int, accounts: int) -> list[Invoice]:
         for s in inv.sections:
             usage = sum(c.amount for c in s.charges if c.kind == "USAGE")
             micros = sum(u.cost_micros for u in s.usage)
-            if abs(usage * 10_000 - micros) > 10_000 * len(s.charges):
+            if abs(usage * MICROS_PER_MINOR - micros) > MICROS_PER_MINOR * len(s.charges):
                 raise BenchError(f"invoice {inv.number}: usage lines do not match the records")
     r.close()
     return sample

@@ -21,19 +21,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from charging import keys
+from charging.money import MICROS_PER_MINOR, split_evenly
 from charging.store import storage_errors
 from postpaid import periods
 from postpaid.config import BillingConfig
-from postpaid.invoices import MICROS_PER_MINOR
 from postpaid.scripts import CREDIT, ENROL, CreditArgs, EnrolArgs
-
-
-def split_evenly(amount: int, parts: int) -> list[int]:
-    """``amount`` in ``parts`` integer shares differing by at most one, larger first."""
-    if parts <= 0:
-        return []
-    q, r = divmod(amount, parts)
-    return [q + 1 if i < r else q for i in range(parts)]
 
 
 def billing_account_id(customer_id: str, paying_unit: str) -> str:

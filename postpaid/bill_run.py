@@ -37,13 +37,14 @@ from redis import exceptions as redis_errors
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.money import format_minor
 from charging.redis_link import RedisLink
 from charging.store import storage_errors
 from postpaid import periods
 from postpaid.accounts import BillingAccounts, BillingLine
 from postpaid.compose import AccountBill, LineBill, Product, compose
 from postpaid.config import BillingConfig
-from postpaid.invoices import DEPOSIT, Charge, Invoice, format_money
+from postpaid.invoices import DEPOSIT, Charge, Invoice
 from postpaid.rentals import Change
 from postpaid.scripts import CLOSE, ISSUE, PURGE, CloseArgs, IssueArgs, PurgeArgs
 from postpaid.usage import aggregates, itemised_from_records
@@ -338,7 +339,7 @@ class BillRun:
     ) -> Invoice:
         received = int(state.get("paid_since", 0)) + int(state.get("credited_since", 0))
         notes = tuple(
-            f"Credit note {number} of {format_money(int(amount), self.config.currency)} on invoice {invoice}"
+            f"Credit note {number} of {format_minor(int(amount), self.config.currency)} on invoice {invoice}"
             for number, amount, invoice in (n.split(" ") for n in state.get("credit_notes_since", "").split(";") if n)
         )
         extra = [Charge(**json.loads(c)) for c in pending]

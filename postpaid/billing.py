@@ -29,6 +29,7 @@ from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.errors import NotFound
+from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.settings import Settings
@@ -45,7 +46,7 @@ from postpaid.delivery import (
     SmtpDelivery,
     SmtpSettings,
 )
-from postpaid.invoices import MICROS_PER_MINOR, Invoice
+from postpaid.invoices import Invoice
 from postpaid.payments import Payments
 from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
 from provisioning.customers import Customer
@@ -118,7 +119,7 @@ class Billing:
                 unit_path=unit_path,
                 plan_id=plan_id,
                 credit_limit_micros=customer.credit_limit_micros,
-                deposit_minor=customer.deposit_micros // MICROS_PER_MINOR,
+                deposit_minor=to_minor(customer.deposit_micros),
                 at_s=now_s,
                 email=customer.email,
             )

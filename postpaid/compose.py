@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
+from charging.money import share
 from charging.rating import UnitKind
 from postpaid.config import BillingConfig
 from postpaid.invoices import (
@@ -29,7 +30,6 @@ from postpaid.invoices import (
     Invoice,
     LineSection,
     UsageItem,
-    share,
     taxes,
 )
 from postpaid.periods import Period

@@ -1,8 +1,9 @@
 """Billing settings: the issuer, taxes, payment terms, discounts, the dunning ladder.
 
 One JSON document (``postpaid/billing.json`` is the default; ``CHARGING_BILLING_FILE``
-names another). ``parse`` checks every field and names each bad one; amounts are integer
-minor units, rates integer basis points (1900 = 19 %).
+names another). ``parse`` checks it against ``billing.schema.json`` (exact types, no
+unknown field), then what a schema cannot say, and names every bad field; amounts are
+integer minor units, rates integer basis points (1900 = 19 %).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from charging.schemas import DocumentInvalid, Schema, merge, parse_json
 from postpaid.dunning import Ladder, LadderError
 from postpaid.invoices import CATEGORIES, TaxRate
 
 
-class BillingConfigInvalid(ValueError):
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+class BillingConfigInvalid(DocumentInvalid, ValueError):
+    """Every problem of rejected billing settings, each naming its field."""
+
+
+SCHEMA = Schema("postpaid", "billing.schema.json", "billing", BillingConfigInvalid)
 
 
 @dataclass(frozen=True)
@@ -85,105 +88,63 @@ def load(path: str) -> BillingConfig:
     if not path:
         return default()
     with open(path, encoding="utf-8") as f:
-        return parse(json.load(f))
+        return parse(parse_json(f.read(), error=BillingConfigInvalid))
 
 
-def parse(doc: dict[str, Any]) -> BillingConfig:
+def parse(doc: Any) -> BillingConfig:
+    shape, doc = SCHEMA.validate(doc)
+    if not isinstance(doc, dict):
+        raise BillingConfigInvalid(shape)
+    # What the schema cannot say; a value it refused reads as empty (it is named already).
     problems: list[tuple[str, str]] = []
-
-    def text(d: dict[str, Any], key: str, where: str, required: bool = True) -> str:
-        v = d.get(key, "")
-        if not isinstance(v, str) or (required and not v.strip()):
-            problems.append((f"{where}{key}", "must be a non-empty string" if required else "must be a string"))
-            return ""
-        return v
-
-    def number(d: dict[str, Any], key: str, where: str, lo: int, hi: int, default: int | None = None) -> int:
-        v = d.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            problems.append((f"{where}{key}", f"must be an integer from {lo} to {hi}"))
-            return lo
-        return v
-
-    raw_issuer = doc.get("issuer")
-    iss: dict[str, Any] = raw_issuer if isinstance(raw_issuer, dict) else {}
-    if not isinstance(raw_issuer, dict):
-        problems.append(("issuer", "must be an object"))
+    iss = _object(doc.get("issuer"))
     issuer = Issuer(
-        text(iss, "id", "issuer."),
-        text(iss, "name", "issuer."),
-        text(iss, "address", "issuer.", False),
-        text(iss, "tax_id", "issuer.", False),
-        text(iss, "number_prefix", "issuer."),
-        text(iss, "credit_note_prefix", "issuer."),
+        *(str(iss.get(k, "")) for k in ("id", "name", "address", "tax_id", "number_prefix", "credit_note_prefix"))
     )
-    currency = text(doc, "currency", "")
-    tz = text(doc, "time_zone", "")
+    tz = str(doc.get("time_zone", ""))
     try:
         if tz:
             ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(("time_zone", f"unknown time zone {tz!r}"))
     taxes: dict[str, TaxRate] = {}
-    for i, t in enumerate(doc.get("taxes") or []):
-        w = f"taxes[{i}]."
-        rate = TaxRate(text(t, "code", w), text(t, "name", w), number(t, "rate_bp", w, 0, 10_000))
+    for i, t in enumerate(_objects(doc.get("taxes"))):
+        rate = TaxRate(str(t.get("code", "")), str(t.get("name", "")), t.get("rate_bp", 0))
         if rate.code in taxes:
-            problems.append((f"{w}code", f"duplicate tax code {rate.code!r}"))
+            problems.append((f"taxes[{i}].code", f"duplicate tax code {rate.code!r}"))
         taxes[rate.code] = rate
     for code in ("standard", "exempt"):  # charges use these: most lines; late fees, deposits
         if code not in taxes:
             problems.append(("taxes", f"must define the {code!r} code"))
-    discounts = []
-    for i, d in enumerate(doc.get("discounts") or []):
-        w = f"discounts[{i}]."
-        kind = text(d, "kind", w)
-        if kind not in ("PERCENT", "FIXED"):
-            problems.append((f"{w}kind", "must be PERCENT or FIXED"))
-        applies = d.get("applies_to", "RENTAL")
-        if applies not in ("RENTAL", "USAGE"):
-            problems.append((f"{w}applies_to", "must be RENTAL or USAGE"))
-        discounts.append(
-            Discount(
-                text(d, "name", w),
-                kind,
-                tuple(str(p) for p in d.get("plans") or ()),
-                applies,
-                number(d, "value_bp", w, 0, 10_000, 0),
-                number(d, "amount_minor", w, 0, 10**9, 0),
-            )
+    discounts = tuple(
+        Discount(
+            str(d.get("name", "")),
+            str(d.get("kind", "")),
+            tuple(d.get("plans", ())),
+            d.get("applies_to", "RENTAL"),
+            d.get("value_bp", 0),
+            d.get("amount_minor", 0),
         )
-    volume = []
-    for i, d in enumerate(doc.get("volume_discounts") or []):
-        w = f"volume_discounts[{i}]."
-        applies = d.get("applies_to", "USAGE")
-        if applies not in ("RENTAL", "USAGE"):
-            problems.append((f"{w}applies_to", "must be RENTAL or USAGE"))
-        volume.append(
-            VolumeDiscount(
-                text(d, "name", w), number(d, "min_lines", w, 1, 10**6), applies, number(d, "value_bp", w, 0, 10_000)
-            )
+        for d in _objects(doc.get("discounts"))
+    )
+    volume = [
+        VolumeDiscount(
+            str(d.get("name", "")), d.get("min_lines", 1), d.get("applies_to", "USAGE"), d.get("value_bp", 0)
         )
-    policy = doc.get("prepaid_termination", "REFUND_ON_REQUEST")
-    if policy not in ("REFUND_ON_REQUEST", "FORFEIT"):
-        problems.append(("prepaid_termination", "must be REFUND_ON_REQUEST or FORFEIT"))
+        for d in _objects(doc.get("volume_discounts"))
+    ]
     ladder = Ladder(())
     dunning = doc.get("dunning")
-    if not isinstance(dunning, list):
-        problems.append(("dunning", "must be a list of steps"))
-    else:
+    if isinstance(dunning, list):
         try:
             ladder = Ladder.from_config(dunning)
         except LadderError as exc:
             where = "dunning" if exc.index is None else f"dunning[{exc.index}]"
             problems.append((f"{where}.{exc.field}" if exc.field else where, str(exc)))
     codes: dict[str, dict[str, str]] = {"plans": {}, "categories": {}}
-    raw_codes = doc.get("tax_codes") or {}
-    if not isinstance(raw_codes, dict):
-        problems.append(("tax_codes", "must be an object with 'plans' and 'categories'"))
-        raw_codes = {}
+    raw_codes = _object(doc.get("tax_codes"))
     for part in ("plans", "categories"):
-        for name, code in (raw_codes.get(part) or {}).items():
+        for name, code in _object(raw_codes.get(part)).items():
             if code not in taxes:
                 problems.append((f"tax_codes.{part}.{name}", f"no tax rate with code {code!r}"))
             elif part == "categories" and name not in CATEGORIES:
@@ -192,20 +153,31 @@ def parse(doc: dict[str, Any]) -> BillingConfig:
                 codes[part][str(name)] = str(code)
     config = BillingConfig(
         issuer=issuer,
-        currency=currency,
+        currency=str(doc.get("currency", "")),
         time_zone=tz,
-        payment_terms_days=number(doc, "payment_terms_days", "", 0, 365),
+        payment_terms_days=doc.get("payment_terms_days", 0),
         taxes=taxes,
-        suspended_rental_bp=number(doc, "suspended_rental_bp", "", 0, 10_000, 10_000),
-        mask_destination_digits=number(doc, "mask_destination_digits", "", 0, 15, 0),
-        discounts=tuple(discounts),
+        suspended_rental_bp=doc.get("suspended_rental_bp", 10_000),
+        mask_destination_digits=doc.get("mask_destination_digits", 0),
+        discounts=discounts,
         volume_discounts=tuple(sorted(volume, key=lambda v: v.min_lines)),
-        reconnection_fee_minor=number(doc, "reconnection_fee_minor", "", 0, 10**9, 0),
-        prepaid_termination=str(policy),
+        reconnection_fee_minor=doc.get("reconnection_fee_minor", 0),
+        prepaid_termination=str(doc.get("prepaid_termination", "REFUND_ON_REQUEST")),
         dunning=ladder,
         plan_tax_codes=codes["plans"],
         category_tax_codes=codes["categories"],
     )
+    problems = merge(shape, problems)
     if problems:
         raise BillingConfigInvalid(problems)
     return config
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _objects(items: Any) -> list[dict[str, Any]]:
+    """The items of a list the schema accepted; one it refused (pruned to null) reads as
+    an empty object, whose fields the schema has named already."""
+    return [_object(item) for item in items or []]

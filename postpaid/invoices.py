@@ -23,33 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-MICROS_PER_MINOR = 10_000  # two-decimal currencies: 1 cent = 10,000 micros
-
-
-def to_minor(micros: int) -> int:
-    """Micros to minor units, half away from zero: 12_345 -> 1, 15_000 -> 2, -15_000 -> -2."""
-    q, r = divmod(abs(micros), MICROS_PER_MINOR)
-    if 2 * r >= MICROS_PER_MINOR:
-        q += 1
-    return q if micros >= 0 else -q
-
-
-def format_money(minor: int, currency: str) -> str:
-    """Minor units (cents) as "1,234.56 EUR"; a negative amount starts with a minus."""
-    units, cents = divmod(abs(minor), 100)
-    return f"{'-' if minor < 0 else ''}{units:,}.{cents:02d} {currency}"
-
-
-def share(amount: int, numerator: int, denominator: int) -> int:
-    """``amount * numerator / denominator`` rounded half away from zero (prorations,
-    percentages in basis points)."""
-    if denominator <= 0:
-        raise ValueError("denominator must be positive")
-    q, r = divmod(abs(amount) * numerator, denominator)
-    if 2 * r >= denominator:
-        q += 1
-    return q if amount >= 0 else -q
-
+from charging.money import share
 
 # Kinds of charge lines.
 RENTAL = "RENTAL"

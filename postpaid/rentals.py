@@ -6,7 +6,7 @@ was before (the customer had the line that day). Days in PENDING_ACTIVATION or
 TERMINATED are free; SUSPENDED days are charged at ``suspended_bp`` basis points of the
 rental (a stated billing setting: 10,000 = full rental, 0 = free while suspended). A plan
 with monthly rental R charged for k of the period's N days costs ``share(R, k, N)`` micros
-per stretch, then rounded once to minor units (``invoices.to_minor``).
+per stretch, then rounded once to minor units (``charging.money.to_minor``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from postpaid.invoices import RENTAL, Charge, share, to_minor
+from charging.money import share, to_minor
+from postpaid.invoices import RENTAL, Charge
 from postpaid.periods import Period
 
 FREE_STATES = ("pending_activation", "terminated")

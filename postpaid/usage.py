@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from charging.money import to_minor
 from charging.rating import UnitKind
-from postpaid.invoices import CATEGORIES, CATEGORY_NAMES, USAGE, Charge, UsageItem, to_minor
+from postpaid.invoices import CATEGORIES, CATEGORY_NAMES, USAGE, Charge, UsageItem
 
 UNIT_NAMES = {UnitKind.TIME: "s", UnitKind.VOLUME: "bytes", UnitKind.SERVICE_SPECIFIC: "events", UnitKind.MONEY: ""}
 

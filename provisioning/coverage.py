@@ -7,43 +7,31 @@ offers by postal area, and the home country where mobile service is sold.
 
 An address is covered by the area with the longest postal prefix that matches its postal
 code (the empty prefix is the rest of the country). The CRM loads and reads tables
-(``LoadCoverage``, ``GetCoverage``); they live in Redis:
+(``LoadCoverage``, ``GetCoverage``); they live in Redis, in a numbered
+``DocumentStore`` (``charging/documents.py``) under ``crm:coverage``:
 
     crm:coverage:seq          the last version given out
     crm:coverage:v:<version>  each table loaded (canonical JSON)
     crm:coverage:current      the version in force
 
-Loading checks the whole table and names every bad field; a bad table changes nothing. A
-good one is stored under the next version and made current in one transaction, so every
-process offers by the old table or the new one, never a mix. Until a table is loaded the
-bundled ``coverage.json`` is in force, as version 0.
+Loading checks the whole table against ``coverage.schema.json`` and names every bad
+field; a bad table changes nothing. A good one is stored under the next version and made
+current, so every process offers by the old table or the new one, never a mix. Until a
+table is loaded the bundled ``coverage.json`` is in force, as version 0.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
-from charging.catalog import ACCESS
-from charging.errors import InvalidRequest, NotFound
-from charging.store import storage_errors
-
-SEQ = "crm:coverage:seq"
-CURRENT = "crm:coverage:current"
-COUNTRY = re.compile(r"^[A-Z]{2}$")
-POSTAL_PREFIX = re.compile(r"^[0-9A-Z]{0,10}$")
-MAX_AREAS = 100_000
-
-
-def version_key(version: int) -> str:
-    return f"crm:coverage:v:{version}"
+from charging.documents import DocumentStore, Stored, canonical
+from charging.schemas import DocumentInvalid, Schema, merge
 
 
 @dataclass(frozen=True)
@@ -69,80 +57,46 @@ class Table:
     text: str
     coverage: Coverage
 
+    @classmethod
+    def of(cls, stored: Stored[Coverage]) -> Table:
+        return cls(int(stored.version), stored.text, stored.value)
 
-class CoverageInvalid(InvalidRequest):
+
+class CoverageInvalid(DocumentInvalid):
     """Every problem of a rejected table, each naming its field."""
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__(problems[0][0], "; ".join(f"{f}: {m}" for f, m in problems))
-        self.problems = problems
 
-    def __str__(self) -> str:
-        return self.message
-
-
-def _unknown(doc: Mapping[str, Any], known: set[str], where: str, problems: list[tuple[str, str]]) -> None:
-    for key in doc:
-        if key not in known:
-            problems.append((f"{where}{key}", "unknown field"))
+# The table's shape (types, codes, no unknown field); the code below adds what a schema
+# cannot say: an area or a technology listed twice.
+SCHEMA = Schema("provisioning", "coverage.schema.json", "json", CoverageInvalid)
 
 
 def coverage_from_doc(doc: Any) -> Coverage:
     """Check a whole table; raise ``CoverageInvalid`` naming every bad field."""
-    if not isinstance(doc, Mapping):
-        raise CoverageInvalid([("json", "must be a JSON object")])
-    problems: list[tuple[str, str]] = []
-    _unknown(doc, {"home_country", "areas"}, "", problems)
-    home = doc.get("home_country")
-    if not isinstance(home, str) or not COUNTRY.match(home):
-        problems.append(("home_country", "must be an ISO 3166 alpha-2 code (two capital letters)"))
-    raw_areas = doc.get("areas")
-    if not isinstance(raw_areas, list) or not 1 <= len(raw_areas) <= MAX_AREAS:
-        problems.append(("areas", f"must be a list of 1 to {MAX_AREAS} areas"))
-        raw_areas = []
+    problems, doc = SCHEMA.validate(doc)
+    own: list[tuple[str, str]] = []
     areas: dict[tuple[str, str], frozenset[str]] = {}
     first: dict[tuple[str, str], int] = {}
-    for i, area in enumerate(raw_areas):
+    raw_areas = doc.get("areas") if isinstance(doc, Mapping) else None
+    for i, area in enumerate(raw_areas if isinstance(raw_areas, list) else []):
         where = f"areas[{i}]"
-        if not isinstance(area, Mapping):
-            problems.append((where, "must be an object"))
+        raw = area.get("access") if isinstance(area, Mapping) else None
+        access: list[str | None] = raw if isinstance(raw, list) else []
+        repeats = [(f"{where}.access[{j}]", f"repeats {t}") for j, t in enumerate(access) if t and t in access[:j]]
+        own += repeats
+        # The schema has named whatever it pruned from an area (a missing key, a null).
+        if repeats or not isinstance(area, Mapping) or len(area) != 3 or None in access:
             continue
-        _unknown(area, {"country", "postal_prefix", "access"}, f"{where}.", problems)
-        country, prefix, access = area.get("country"), area.get("postal_prefix"), area.get("access")
-        ok = True
-        if not isinstance(country, str) or not COUNTRY.match(country):
-            problems.append((f"{where}.country", "must be an ISO 3166 alpha-2 code (two capital letters)"))
-            ok = False
-        if not isinstance(prefix, str) or not POSTAL_PREFIX.match(prefix):
-            problems.append((f"{where}.postal_prefix", "must be 0-10 digits or capital letters, without spaces"))
-            ok = False
-        if not isinstance(access, list) or not access:
-            problems.append((f"{where}.access", f"must be a non-empty list of {', '.join(ACCESS)}"))
-            ok = False
-            access = []
-        for j, tech in enumerate(access):
-            if tech not in ACCESS:
-                problems.append((f"{where}.access[{j}]", f"must be one of {', '.join(ACCESS)}"))
-                ok = False
-            elif tech in access[:j]:
-                problems.append((f"{where}.access[{j}]", f"repeats {tech}"))
-                ok = False
-        if not ok:
+        key = (area["country"], area["postal_prefix"])
+        if key in first:
+            own.append((where, f"the same country and postal_prefix as areas[{first[key]}]"))
             continue
-        assert isinstance(country, str) and isinstance(prefix, str)
-        if (country, prefix) in first:
-            problems.append((where, f"the same country and postal_prefix as areas[{first[country, prefix]}]"))
-            continue
-        first[country, prefix] = i
-        areas[country, prefix] = frozenset(access)
+        first[key] = i
+        areas[key] = frozenset(t for t in access if t)
+    problems = merge(problems, own)
     if problems:
         raise CoverageInvalid(problems)
-    assert isinstance(home, str)
-    return Coverage(home, areas)
-
-
-def canonical(doc: Any) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return Coverage(doc["home_country"], areas)
 
 
 def bundled_table() -> Table:
@@ -160,43 +114,20 @@ class CoverageBook:
     table loaded through any process is used by all from the next application on."""
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-        self._tables: dict[int, Table] = {0: bundled_table()}
+        self._docs = DocumentStore(client, "crm:coverage", coverage_from_doc)
+        self._bundled = bundled_table()
 
     async def current(self) -> Table:
-        with storage_errors():
-            version = int(await self.client.get(CURRENT) or 0)
-        table = await self.table(version)
-        if table is None:
-            raise NotFound(f"coverage version {version} is current but not stored")
-        return table
+        stored = await self._docs.current()
+        return self._bundled if stored is None else Table.of(stored)
 
     async def table(self, version: int) -> Table | None:
         """A table by version (0: the bundled one)."""
-        cached = self._tables.get(version)
-        if cached is not None:
-            return cached
-        with storage_errors():
-            text = await self.client.get(version_key(version))
-        if text is None:
-            return None
-        table = self._tables[version] = Table(version, str(text), coverage_from_doc(json.loads(text)))
-        return table
+        if version == 0:
+            return self._bundled
+        stored = await self._docs.get(str(version))
+        return None if stored is None else Table.of(stored)
 
     async def load(self, doc: Any) -> Table:
         """Check a table, store it as the next version and make it current."""
-        coverage = coverage_from_doc(doc)
-        text = canonical(doc)
-
-        async def txn(pipe: Pipeline) -> int:
-            version = int(await pipe.get(SEQ) or 0) + 1
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(SEQ, version)
-            pipe.set(version_key(version), text)
-            pipe.set(CURRENT, version)
-            return version
-
-        with storage_errors():
-            version: int = await self.client.transaction(txn, SEQ, value_from_callable=True)
-        table = self._tables[version] = Table(version, text, coverage)
-        return table
+        return Table.of(await self._docs.load(doc))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MICROS = 1_000_000
+from charging.money import MICROS_PER_UNIT, share_floor
+
+MICROS = MICROS_PER_UNIT
 BASE_POINTS = 600
 
 
@@ -93,7 +95,7 @@ def decide(history: CreditHistory) -> CreditDecision:
     """The credit class and its terms for a postpaid application."""
     points, reasons = score(history)
     terms = next(c for c in CLASSES if points >= c.min_points)
-    limit = min(terms.limit_micros, history.monthly_income_micros * terms.income_share_pct // 100)
+    limit = min(terms.limit_micros, share_floor(history.monthly_income_micros, terms.income_share_pct, 100))
     return CreditDecision(
         points=points,
         credit_class=terms.credit_class,

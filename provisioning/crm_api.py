@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import Any
 
@@ -10,6 +9,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from charging.errors import InvalidRequest, NotFound
+from charging.schemas import parse_json
 from charging.status import rpc
 from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
@@ -227,11 +227,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def LoadCoverage(
         self, request: crm_pb2.CoverageDocument, context: grpc.aio.ServicerContext
     ) -> crm_pb2.CoverageInfo:
-        try:
-            doc = json.loads(request.json)
-        except ValueError as exc:
-            raise InvalidRequest("json", f"not JSON: {exc}") from None
-        table = await self.acquisition.coverage.load(doc)
+        table = await self.acquisition.coverage.load(parse_json(request.json))
         return crm_pb2.CoverageInfo(version=table.version, areas=len(table.coverage.areas))
 
     @rpc("GetCoverage")

@@ -12,12 +12,19 @@ changes nothing, as a real gateway must for a provisioning adapter that retries.
 case for double activation); in ``fail`` mode it answers 503 without applying; in
 ``slow`` mode it applies and answers after ``delay_s``.
 
+Tests that need a command caught in flight use the Python side: ``hold()`` makes every
+command from then on apply and then wait, unanswered, until ``release()``;
+``commands_received(n)`` waits until n commands have arrived (and, when held, been
+applied). So a test can act exactly while a command is on the wire, not after a guess
+at how long that takes.
+
     python -m provisioning.simulator --address 127.0.0.1:8099
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import threading
 import time
@@ -35,6 +42,9 @@ STATE_AFTER = {
 }
 
 
+HOLD_LIMIT_S = 30.0  # a held answer is sent after this even without release()
+
+
 class NetworkSimulator:
     def __init__(self, address: str = "127.0.0.1:0") -> None:
         host, _, port = address.rpartition(":")
@@ -44,6 +54,9 @@ class NetworkSimulator:
         self.delay_s = 0.5
         self.requests = 0
         self._lock = threading.Lock()
+        self._received = threading.Condition(self._lock)  # notified at each command
+        self._released = threading.Event()
+        self._released.set()
         simulator = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -83,6 +96,7 @@ class NetworkSimulator:
                     status, body, delay = simulator.command(doc)
                     if delay:
                         time.sleep(delay)
+                    simulator._released.wait(HOLD_LIMIT_S)
                     self._reply(status, body)
                 else:
                     self._reply(404, {"error": "no such path"})
@@ -102,6 +116,7 @@ class NetworkSimulator:
         """Apply one command; returns the status, the body and how long to wait first."""
         with self._lock:
             self.requests += 1
+            self._received.notify_all()  # waiters need the lock: they run once this command is applied
             line, command, command_id = doc.get("line"), doc.get("command"), doc.get("command_id")
             if not isinstance(line, str) or command not in STATE_AFTER or not isinstance(command_id, str):
                 return 400, {"error": "line, command and command_id are required"}, 0.0
@@ -118,11 +133,31 @@ class NetworkSimulator:
             delay = {"timeout": 30.0, "slow": self.delay_s}.get(self.mode, 0.0)
             return 200, known, delay
 
+    def hold(self) -> None:
+        """From now on, apply each command and keep its answer until ``release()``."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Answer the held commands, and the following ones at once again."""
+        self._released.set()
+
+    async def commands_received(self, count: int = 1, timeout_s: float = 5.0) -> None:
+        """Wait until ``count`` commands have arrived since the start (a held one is
+        applied by then); TimeoutError after ``timeout_s``."""
+
+        def wait() -> bool:
+            with self._received:
+                return self._received.wait_for(lambda: self.requests >= count, timeout_s)
+
+        if not await asyncio.to_thread(wait):
+            raise TimeoutError(f"{self.requests} of {count} commands arrived within {timeout_s} s")
+
     def start(self) -> NetworkSimulator:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 

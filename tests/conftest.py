@@ -12,7 +12,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -20,7 +22,7 @@ import pytest
 import redis
 from psycopg import sql
 
-from charging import migrations
+from charging import keys, migrations
 from charging.clock import ManualClock
 from charging.embedded_postgres import (
     SERVER_SETTINGS,
@@ -43,13 +45,21 @@ from charging.v1 import (
     charging_pb2,
     charging_pb2_grpc,
     common_pb2,
+    crm_pb2_grpc,
+    topup_pb2,
     topup_pb2_grpc,
 )
 from postpaid import config as billing_config
 from postpaid.billing import Billing
+from provisioning.credit import CreditDecision
+from provisioning.customers import Customer
 from provisioning.lifecycle import LineState
 from provisioning.lines import Line
 from provisioning.orders import Order
+from provisioning.simulator import NetworkSimulator
+
+MSISDN = "491700000001"  # the subscriber most tests create first
+LIMIT = 50_000_000  # 50.00 EUR: the credit limit of postpaid test lines
 
 
 def free_port() -> int:
@@ -92,8 +102,23 @@ def redis_url(redis_server: str) -> str:
 
 
 @pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test Redis, to look at what the server stored."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+def set_time(clock: ManualClock, text: str) -> int:
+    """Move the clock to an ISO 8601 instant; returns it in seconds."""
+    target = int(datetime.fromisoformat(text).timestamp())
+    clock.advance(ms=target * 1000 - clock.now_ms())
+    return target
 
 
 @pytest.fixture
@@ -142,6 +167,35 @@ class Stubs:
 
     async def balance(self, msisdn: str = "491700000001") -> admin_pb2.Subscriber:
         return await self.admin.GetSubscriber(common_pb2.SubscriberId(msisdn=msisdn))
+
+
+async def balance(stubs: Stubs, msisdn: str = MSISDN) -> topup_pb2.Balance:
+    """The balance as the TopUp service shows it, buckets included."""
+    return await stubs.topup.GetBalance(topup_pb2.BalanceRequest(subscriber=common_pb2.SubscriberId(msisdn=msisdn)))
+
+
+@pytest.fixture
+async def crm(stubs: Stubs, clock: ManualClock) -> AsyncIterator[crm_pb2_grpc.CrmStub]:
+    """The CRM service of the app, on 2026-11-18 (a Wednesday)."""
+    clock.advance(ms=1_795_000_000_000 - clock.now_ms())
+    yield crm_pb2_grpc.CrmStub(stubs.channel)
+
+
+@pytest.fixture
+def network() -> Iterator[NetworkSimulator]:
+    """The network element simulator, a real HTTP server on a free port."""
+    simulator = NetworkSimulator().start()
+    yield simulator
+    simulator.stop()
+
+
+async def notifications(app: App, r: redis.Redis) -> list[dict[str, str]]:
+    """The notification stream once every relay the app has woken so far is done. A
+    request wakes its relay before it answers, so this holds all it notified."""
+    assert app.notifier is not None
+    await app.notifier.idle()
+    entries: Any = r.xrange(keys.NOTIFICATIONS)
+    return [fields for _id, fields in entries]
 
 
 @pytest.fixture
@@ -193,6 +247,20 @@ def session_request(
     return req
 
 
+def sms_request(event_id: str, msisdn: str = MSISDN, direction: int = 0) -> charging_pb2.EventRequest:
+    """One SMS (rating group 20) to a national mobile number, debited directly."""
+    req = charging_pb2.EventRequest(
+        event_id=event_id,
+        action=charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING,
+        subscriber=common_pb2.SubscriberId(msisdn=msisdn),
+        rating_group=20,
+        called_party="491711234567",
+        direction=direction,  # type: ignore[arg-type]
+    )
+    req.requested.service_specific_units = 1
+    return req
+
+
 class LineBook:
     """The line lifecycle as collection sees it: orders are applied at once (the network
     simulator and the provisioning worker are exercised end to end in test_postpaid_e2e)."""
@@ -227,6 +295,33 @@ async def postpaid_billing(app: App, clock: ManualClock) -> AsyncIterator[tuple[
     book = LineBook()
     b.attach_lines(book)
     yield b, book
+
+
+def postpaid_line(msisdn: str, account_id: str, customer_id: str, customer_type: str = "MOBILE_POSTPAID") -> Line:
+    """A line as acquisition tells billing of it."""
+    plan = "mobile-postpaid" if customer_type == "MOBILE_POSTPAID" else "mobile-prepaid"
+    return Line(msisdn, customer_id, account_id, plan, LineState.ACTIVE, customer_type=customer_type)
+
+
+def payer(credit_limit: int = 0, deposit: int = 0) -> Customer:
+    """The customer paying for a line, with the credit terms billing reads."""
+    return Customer("1", "INDIVIDUAL", 0, credit=CreditDecision(0, "C", credit_limit, deposit, True, 3, ()))
+
+
+async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: int = 0) -> str:
+    """A new line on "mobile-postpaid" for ``customer``, acknowledged active by the network
+    and enrolled in billing with credit limit ``LIMIT``; returns its charging account."""
+    sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
+    await b.line_changed(
+        line=postpaid_line(msisdn, sub.account_id, customer),
+        state="active",
+        plan_id="mobile-postpaid",
+        customer=payer(LIMIT, deposit),
+        paying_unit="",
+        unit_path=(),
+        label="Customer",
+    )
+    return sub.account_id
 
 
 # PostgreSQL: one real server for the session (as the postgres user when root, on a Unix

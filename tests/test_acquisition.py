@@ -3,7 +3,6 @@ class -> offer -> order -> provisioned on the (simulated) network -> first charg
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,12 +13,6 @@ from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
-
-
-@pytest.fixture
-async def crm(stubs: Stubs, clock: ManualClock) -> AsyncIterator[crm_pb2_grpc.CrmStub]:
-    clock.advance(ms=1_795_000_000_000 - clock.now_ms())  # 2026-11-18, a Wednesday
-    yield crm_pb2_grpc.CrmStub(stubs.channel)
 
 
 def application(

@@ -6,7 +6,6 @@ after its side effect, before the run could record it."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +25,6 @@ from provisioning.orders import Orders, Superseded
 from provisioning.organisation import Organisation
 from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
-from tests.conftest import Stubs
 from tests.test_acquisition import application
 
 MSISDN = "491701234567"
@@ -34,19 +32,6 @@ MSISDN = "491701234567"
 
 class Crash(Exception):
     """The process dies here."""
-
-
-@pytest.fixture
-async def crm(stubs: Stubs, clock: ManualClock) -> AsyncIterator[crm_pb2_grpc.CrmStub]:
-    clock.advance(ms=1_795_000_000_000 - clock.now_ms())
-    yield crm_pb2_grpc.CrmStub(stubs.channel)
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def crash_once_after(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:

@@ -17,10 +17,9 @@ from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun, _close_commands
 from postpaid.invoices import Invoice
 from postpaid.usage import aggregates, reconciles, records
-from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
+from tests.conftest import INITIAL, LIMIT, TERMINATE, Stubs, session_request
 
 JAN_10 = 1_768_046_400  # 2026-01-10 12:00 UTC, a Saturday
-LIMIT = 50_000_000  # 50.00 EUR
 
 
 @pytest.fixture

@@ -13,34 +13,21 @@ from aiosmtpd.controller import Controller
 from charging import keys
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
+from charging.money import split_evenly
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
 from postpaid import config as billing_config
 from postpaid import periods
-from postpaid.accounts import BillingAccounts, split_evenly
+from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun
 from postpaid.billing import Billing
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
 from postpaid.scripts import DUNNING, DunningArgs, DunningStep
 from provisioning.orders import Order
-from tests.conftest import LineBook, Stubs, free_port
-from tests.test_bill_run import LIMIT, call
+from tests.conftest import LIMIT, LineBook, Stubs, enrol, free_port, payer, postpaid_line
+from tests.test_bill_run import call
 from tests.test_delivery import Mailbox
-from tests.test_payments import DAY, invoiced, payer, postpaid_line
-
-
-async def enrol(stubs: Stubs, b: Billing, customer: str, msisdn: str, deposit: int = 0) -> str:
-    sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
-    await b.line_changed(
-        line=postpaid_line(msisdn, sub.account_id, customer),
-        state="active",
-        plan_id="mobile-postpaid",
-        customer=payer(LIMIT, deposit),
-        paying_unit="",
-        unit_path=(),
-        label="Customer",
-    )
-    return sub.account_id
+from tests.test_payments import DAY, invoiced
 
 
 async def terminate(b: Billing, customer: str, account_id: str, msisdn: str) -> None:

@@ -3,9 +3,7 @@ thresholds and notifications, through gRPC on a real Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -17,15 +15,21 @@ from charging.catalogs import read_catalog_file
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
-from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
+from tests.conftest import (
+    INITIAL,
+    TERMINATE,
+    UPDATE,
+    Stubs,
+    balance,
+    notifications,
+    session_request,
+    set_time,
+    sms_request,
+)
 from tests.test_sessions import ledger_is_consistent
 
 MSISDN = "491700000001"
 WHO = common_pb2.SubscriberId(msisdn=MSISDN)
-
-
-def set_time(clock: ManualClock, text: str) -> None:
-    clock.advance(ms=int(datetime.fromisoformat(text).timestamp()) * 1000 - clock.now_ms())
 
 
 def small_bundles() -> dict[str, Any]:
@@ -56,10 +60,6 @@ async def buy(stubs: Stubs, bundle: str, key: str) -> topup_pb2.BuyBundleAnswer:
     return await stubs.topup.BuyBundle(
         topup_pb2.BuyBundleRequest(subscriber=WHO, bundle_id=bundle, channel=topup_pb2.CHANNEL_APP, idempotency_key=key)
     )
-
-
-async def balance(stubs: Stubs) -> topup_pb2.Balance:
-    return await stubs.topup.GetBalance(topup_pb2.BalanceRequest(subscriber=WHO))
 
 
 def call(sid: str, kind: int, n: int, called: str = "491711234567", **units: object) -> charging_pb2.SessionRequest:
@@ -150,44 +150,22 @@ async def test_expired_buckets_are_not_used_and_are_recorded(
     assert list((await balance(shop)).buckets) == []
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     assert r.hget(keys.account("1"), "expired_1") == "120"
-    entries = await wait_for_stream(r, 1)
+    entries = await notifications(app, r)
     assert [e["kind"] for e in entries] == ["bundle_expired"]
     assert (entries[0]["unit"], entries[0]["amount"]) == ("1", "120")
     r.close()
 
 
-async def wait_for_stream(r: redis.Redis, count: int) -> list[dict[str, str]]:
-    entries: Any = []
-    for _ in range(100):
-        entries = r.xrange(keys.NOTIFICATIONS)
-        if len(entries) >= count:
-            break
-        await asyncio.sleep(0.02)
-    return [fields for _id, fields in entries]
-
-
-def sms(event_id: str) -> charging_pb2.EventRequest:
-    req = charging_pb2.EventRequest(
-        event_id=event_id,
-        action=charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING,
-        subscriber=WHO,
-        rating_group=20,
-        called_party="491711234567",
-    )
-    req.requested.service_specific_units = 1
-    return req
-
-
-async def test_sms_from_a_bundle_and_usage_thresholds_notify_once(shop: Stubs, redis_url: str) -> None:
+async def test_sms_from_a_bundle_and_usage_thresholds_notify_once(shop: Stubs, redis_url: str, app: App) -> None:
     await buy(shop, "sms-10", "k1")
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     for n in range(8):
-        a = await shop.charging.ChargeEvent(sms(f"s{n}"))
+        a = await shop.charging.ChargeEvent(sms_request(f"s{n}"))
         assert (a.result_code, a.cost_micros) == (2001, 0)
-    assert [e["kind"] for e in await wait_for_stream(r, 1)] == ["bundle_80"]
+    assert [e["kind"] for e in await notifications(app, r)] == ["bundle_80"]
     for n in range(8, 11):
-        await shop.charging.ChargeEvent(sms(f"s{n}"))
-    kinds = [e["kind"] for e in await wait_for_stream(r, 2)]
+        await shop.charging.ChargeEvent(sms_request(f"s{n}"))
+    kinds = [e["kind"] for e in await notifications(app, r)]
     assert kinds == ["bundle_80", "bundle_100"]
     b = await balance(shop)
     assert b.buckets[0].amount == 0
@@ -195,13 +173,13 @@ async def test_sms_from_a_bundle_and_usage_thresholds_notify_once(shop: Stubs, r
     r.close()
 
 
-async def test_low_balance_notifies_once_per_crossing(stubs: Stubs, redis_url: str) -> None:
+async def test_low_balance_notifies_once_per_crossing(stubs: Stubs, redis_url: str, app: App) -> None:
     await stubs.subscriber(MSISDN, balance=1_100_000)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     for n in range(3):  # 1.05, 1.00, 0.95 EUR: crosses below 1 EUR once
-        await stubs.charging.ChargeEvent(sms(f"e{n}"))
-    await stubs.charging.ChargeEvent(sms("e3"))
-    entries = await wait_for_stream(r, 1)
+        await stubs.charging.ChargeEvent(sms_request(f"e{n}"))
+    await stubs.charging.ChargeEvent(sms_request("e3"))
+    entries = await notifications(app, r)
     assert [e["kind"] for e in entries] == ["low_balance"]
     await stubs.topup.Recharge(
         topup_pb2.RechargeRequest(
@@ -209,14 +187,13 @@ async def test_low_balance_notifies_once_per_crossing(stubs: Stubs, redis_url: s
         )
     )
     for n in range(2):  # back above the threshold: no new notification
-        await stubs.charging.ChargeEvent(sms(f"f{n}"))
-    await asyncio.sleep(0.1)
-    assert [e["kind"] for e in await wait_for_stream(r, 1)] == ["low_balance"]
+        await stubs.charging.ChargeEvent(sms_request(f"f{n}"))
+    assert [e["kind"] for e in await notifications(app, r)] == ["low_balance"]
     # one big debit from above the threshold straight below it notifies again
-    big = sms("big")
+    big = sms_request("big")
     big.requested.service_specific_units = 100
     await stubs.charging.ChargeEvent(big)
-    assert [e["kind"] for e in await wait_for_stream(r, 2)] == ["low_balance", "low_balance"]
+    assert [e["kind"] for e in await notifications(app, r)] == ["low_balance", "low_balance"]
     r.close()
 
 
@@ -245,7 +222,7 @@ async def test_the_sweeper_records_expiry_without_any_other_activity(
     await app.sweeper.sweep_once()
     assert r.hget(keys.account("1"), "expired_1") == "120"
     assert r.hlen(keys.buckets("1")) == 0
-    assert [e["kind"] for e in await wait_for_stream(r, 1)] == ["bundle_expired"]
+    assert [e["kind"] for e in await notifications(app, r)] == ["bundle_expired"]
     assert r.zcard(keys.SWEEP_DUE) == 0  # nothing left to look after
     r.close()
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from charging.clock import ManualClock
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.coverage import CoverageBook, CoverageInvalid, bundled_table, coverage_from_doc
-from tests.conftest import Stubs
 from tests.test_acquisition import application
 
 GOOD = {
@@ -25,12 +22,6 @@ GOOD = {
         {"country": "DE", "postal_prefix": "99", "access": ["PSTN", "WIMAX"]},
     ],
 }
-
-
-@pytest.fixture
-async def crm(stubs: Stubs, clock: ManualClock) -> AsyncIterator[crm_pb2_grpc.CrmStub]:
-    clock.advance(ms=1_795_000_000_000 - clock.now_ms())
-    yield crm_pb2_grpc.CrmStub(stubs.channel)
 
 
 def test_the_bundled_table_is_valid_and_the_longest_prefix_wins() -> None:

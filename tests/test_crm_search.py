@@ -4,34 +4,17 @@ lines and orders, a page at a time."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import grpc
 import pytest
 import redis
 import redis.asyncio as aioredis
 
-from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.applications import icao_check_digit
 from provisioning.customers import Customer, Customers, customer_state
 from provisioning.screening import Screener
-from tests.conftest import Stubs
 from tests.test_acquisition import application
-
-
-@pytest.fixture
-async def crm(stubs: Stubs, clock: ManualClock) -> AsyncIterator[crm_pb2_grpc.CrmStub]:
-    clock.advance(ms=1_795_000_000_000 - clock.now_ms())
-    yield crm_pb2_grpc.CrmStub(stubs.channel)
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def document(n: int) -> str:

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
+from charging.money import format_minor
 from charging.settings import Settings
 from postpaid.delivery import (
     DirectoryDelivery,
@@ -32,9 +33,8 @@ from postpaid.delivery import (
     SmtpSettings,
     file_stem,
 )
-from postpaid.invoices import format_money
-from postpaid.render import sample_invoice
 from tests.conftest import free_port
+from tests.samples import sample_invoice
 
 SENDER = "billing@nordwind.example"
 RECIPIENT = "j.mueller@mueller-logistik.example"
@@ -142,7 +142,7 @@ async def test_smtp_sends_text_html_and_the_pdf(mailbox: Mailbox, smtp_port: int
     assert msg["To"] == f"Jürgen Müller <{RECIPIENT}>"
     assert parsedate_to_datetime(msg["Date"]) == datetime(2026, 1, 1, tzinfo=UTC)  # the clock's time
     assert msg.get_content_type() == "multipart/mixed"
-    total_due = format_money(sample_invoice().total_due, "EUR")
+    total_due = format_minor(sample_invoice().total_due, "EUR")
     assert f"Total due by 2026-02-15: {total_due}" in part(msg, "text/plain").get_content()
     html = part(msg, "text/html").get_content()
     assert "Invoice 2026-000123" in html and total_due in html

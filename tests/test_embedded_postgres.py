@@ -96,10 +96,10 @@ async def test_runs_unprivileged_on_a_socket_only_and_keeps_its_data(postgres_di
         else:
             pytest.fail("the embedded postgres was not restarted")
     finally:
-        await again.stop()
-        supervisor.cancel()
+        supervisor.cancel()  # first, as the server does: no restart while stopping
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
+        await again.stop()
 
 
 def test_a_postmaster_left_running_is_stopped_at_start(postgres_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from charging.money import share, to_minor
 from charging.rating import UnitKind
 from postpaid import config as billing_config
 from postpaid.compose import AccountBill, LineBill, Product, compose
-from postpaid.invoices import Charge, Invoice, TaxRate, share, taxes, to_minor
-from postpaid.periods import by_id, following, open_periods, pack, period_at, unpack
+from postpaid.invoices import Charge, Invoice, TaxRate, taxes
+from postpaid.periods import Period, by_id, following, open_periods, pack, period_at, unpack
 from postpaid.rentals import Change, charged_days, rental_charges
 from postpaid.usage import (
     Aggregate,
@@ -242,3 +243,156 @@ def test_billing_config_names_every_bad_field() -> None:
         billing_config.parse({"issuer": {"id": ""}, "currency": "EUR", "time_zone": "Mars/Base", "taxes": []})
     fields = {f for f, _ in exc.value.problems}
     assert {"issuer.id", "issuer.name", "time_zone", "taxes", "payment_terms_days", "dunning"} <= fields
+
+
+RATES = {
+    "standard": TaxRate("standard", "VAT", 1900),
+    "reduced": TaxRate("reduced", "VAT 7%", 700),
+    "exempt": TaxRate("exempt", "none", 0),
+    "odd": TaxRate("odd", "odd", 1234),
+}
+charges = st.lists(
+    st.builds(
+        Charge,
+        kind=st.sampled_from(["RENTAL", "USAGE", "DISCOUNT", "ADJUSTMENT"]),
+        description=st.just("x"),
+        amount=st.integers(-(10**6), 10**7),
+        tax_code=st.sampled_from(sorted(RATES)),
+    ),
+    max_size=12,
+)
+
+
+@given(charges)
+def test_tax_is_rounded_once_per_code_half_away_from_zero(items: list[Charge]) -> None:
+    lines = taxes(items, RATES)
+    assert [t.code for t in lines] == sorted({c.tax_code for c in items})
+    assert sum(t.base for t in lines) == sum(c.amount for c in items)  # every charge taxed once
+    for t in lines:
+        assert t.base == sum(c.amount for c in items if c.tax_code == t.code)
+        exact = t.base * t.rate_bp  # the tax in 1/10,000 minor units, before the one rounding
+        assert 2 * abs(t.amount * 10_000 - exact) <= 10_000  # within half a minor unit
+        if 2 * abs(t.amount * 10_000 - exact) == 10_000:
+            assert abs(t.amount * 10_000) > abs(exact)  # a half goes away from zero
+    # Rounding line by line could differ from the invoice's tax by up to half a cent per line.
+    by_line = sum(share(c.amount, RATES[c.tax_code].rate_bp, 10_000) for c in items)
+    assert 2 * abs(by_line - sum(t.amount for t in lines)) <= len(items) + len(lines)
+
+
+usage_records = st.lists(
+    st.builds(
+        Record,
+        at_ms=st.integers(0, 10**6),
+        service=st.sampled_from(["voice", "sms", "data"]),
+        zone=st.sampled_from(["national_mobile", "international_1", ""]),
+        band=st.sampled_from(["peak", "offpeak"]),
+        roaming=st.booleans(),
+        destination=st.just("4915112345678"),
+        units=st.integers(0, 10_000),
+        cost_micros=st.integers(0, 10**7),
+        ref=st.sampled_from(["s1", "s2", "e,1"]),
+    ),
+    max_size=20,
+)
+
+
+@given(usage_records)
+def test_usage_lines_reconcile_with_the_records_to_the_micro_and_round_once_per_category(recs: list[Record]) -> None:
+    # The aggregate hash as the charging scripts keep it (ledger_lib.lua record_usage).
+    flat: dict[str, str] = {}
+    for r in recs:
+        field = f"2026-01|{r.service}|{r.zone}|{r.band}|{'R' if r.roaming else ''}"
+        u, c, n = (int(x) for x in flat.get(field, "0,0,0").split(","))
+        flat[field] = f"{u + r.units},{c + r.cost_micros},{n + 1}"
+    aggs = aggregates(flat, "2026-01")
+    assert reconciles(aggs, recs)
+    rows = itemised(recs, UNITS, 0)
+    assert sum(i.cost_micros for i in rows) == sum(r.cost_micros for r in recs)
+    lines = usage_charges(aggs, UNITS)
+    for line in lines:
+        exact = sum(
+            r.cost_micros for r in recs if category(r.service, UNITS[r.service], r.zone, r.roaming) == line.category
+        )
+        assert line.amount == to_minor(exact)  # once for the category, not record by record
+    assert sum(line.amount for line in lines) * 10_000 - sum(r.cost_micros for r in recs) <= 5_000 * len(lines)
+
+
+@given(
+    usage=st.lists(st.integers(0, 50_000_000), min_size=1, max_size=4),
+    fixed_code=st.sampled_from(["standard", "reduced"]),
+    roaming_code=st.sampled_from(["standard", "exempt"]),
+)
+def test_an_invoice_total_is_its_net_charges_plus_one_rounded_tax_per_code(
+    usage: list[int], fixed_code: str, roaming_code: str
+) -> None:
+    doc = json.loads(resources.files("postpaid").joinpath("billing.json").read_text())
+    doc["taxes"].append({"code": "reduced", "name": "VAT 7%", "rate_bp": 700})
+    doc["tax_codes"] = {"plans": {"fixed-postpaid": fixed_code}, "categories": {"ROAMING": roaming_code}}
+    config = billing_config.parse(doc)
+    products = {"mobile-postpaid": Product("Mobile", 25_000_000), "fixed-postpaid": Product("Fixed", 30_000_000)}
+    lines = [
+        LineBill(
+            str(n),
+            f"4915100{n}",
+            "fixed-postpaid" if n % 2 else "mobile-postpaid",
+            [Change(0, "active", "fixed-postpaid" if n % 2 else "mobile-postpaid")],
+            [Aggregate("data", "", "", n % 3 == 0, 10, micros, 1)] if micros else [],
+            [],
+        )
+        for n, micros in enumerate(usage)
+    ]
+    inv = compose(config, products, UNITS, AccountBill("a", "A", JAN, lines), date(2026, 2, 1))
+    assert sum(t.base for t in inv.taxes) == inv.net_total
+    for t in inv.taxes:
+        assert t.base == sum(c.amount for c in inv.all_charges() if c.tax_code == t.code)
+        assert t.amount == share(t.base, config.taxes[t.code].rate_bp, 10_000)
+    assert inv.total == inv.net_total + sum(t.amount for t in inv.taxes)
+
+
+PERIODS = [by_id(p, 1, TZ) for p in ("2026-01", "2026-02", "2026-03", "2026-10")]  # 31, 28, 31 days; DST in 3, 10
+STATES = ["active", "active", "suspended", "pending_activation", "terminated"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[Change], Period]:
+    period = draw(st.sampled_from(PERIODS))
+    at = st.integers(period.start_s - 3 * 86_400, period.end_s + 3 * 86_400)
+    changes = draw(st.lists(st.builds(Change, at, st.sampled_from(STATES), st.sampled_from(["gold", "silver"]))))
+    return changes, period
+
+
+@given(histories(), st.sampled_from([0, 5_000, 10_000]))
+def test_a_rental_never_exceeds_the_full_rental(case: tuple[list[Change], Period], suspended_bp: int) -> None:
+    history, period = case
+    assert sum(charged_days(history, period, TZ).values()) <= period.days
+    lines = rental_charges(history, period, TZ, RENTALS, suspended_bp)
+    for name, rental in RENTALS.values():
+        mine = [c for c in lines if c.description.startswith(name + " ")]
+        assert sum(c.quantity for c in mine) <= period.days
+        assert all(0 <= c.amount <= to_minor(rental) for c in mine)
+        # full and suspended stretches, each rounded once: at most a cent more per extra line
+        assert sum(c.amount for c in mine) <= to_minor(rental) + max(len(mine) - 1, 0)
+
+
+@given(st.sampled_from(PERIODS), st.integers(0, 40 * 86_400), st.integers(0, 40 * 86_400))
+def test_a_later_activation_never_costs_more(period: Period, a: int, b: int) -> None:
+    early, late = sorted((a, b))
+
+    def rental(offset: int) -> int:
+        history = [Change(period.start_s - 86_400 + offset, "active", "gold")]
+        return sum(c.amount for c in rental_charges(history, period, TZ, RENTALS, 10_000))
+
+    assert rental(early) >= rental(late)
+
+
+@given(st.sampled_from(PERIODS), st.integers(0, 31 * 86_400), st.sampled_from(["silver", "suspended"]))
+def test_a_period_split_by_a_change_charges_every_day_once(period: Period, offset: int, change: str) -> None:
+    at = period.start_s + min(offset, period.end_s - period.start_s - 1)
+    after = Change(at, "suspended", "gold") if change == "suspended" else Change(at, "active", "silver")
+    history = [Change(0, "active", "gold"), after]
+    days = charged_days(history, period, TZ)
+    assert sum(days.values()) == period.days  # the days before and after add up to the period
+    same = {"gold": ("Gold", 31_000_000), "silver": ("Gold", 31_000_000)}
+    lines = rental_charges(history, period, TZ, same, 10_000)
+    # Each stretch is rounded once: together within a cent per extra line of the full rental.
+    assert abs(sum(c.amount for c in lines) - to_minor(31_000_000)) <= len(lines) - 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from charging.v1 import admin_pb2, charging_pb2, common_pb2
-from tests.conftest import INITIAL, Stubs, session_request
+from tests.conftest import INITIAL, Stubs, session_request, sms_request
 
 MSISDN = "491700000001"
 WHO = common_pb2.SubscriberId(msisdn=MSISDN)
@@ -26,16 +26,7 @@ async def call(
 
 
 async def sms(stubs: Stubs, event_id: str, direction: int) -> charging_pb2.EventAnswer:
-    req = charging_pb2.EventRequest(
-        event_id=event_id,
-        action=charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING,
-        subscriber=WHO,
-        rating_group=20,
-        called_party="491711234567",
-        direction=direction,
-    )
-    req.requested.service_specific_units = 1
-    return await stubs.charging.ChargeEvent(req)
+    return await stubs.charging.ChargeEvent(sms_request(event_id, direction=direction))
 
 
 @pytest.mark.parametrize(

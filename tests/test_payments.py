@@ -18,38 +18,14 @@ from postpaid import config as billing_config
 from postpaid.billing import Billing
 from postpaid.dunning import ServiceState
 from postpaid.invoices import Invoice
-from provisioning.credit import CreditDecision
-from provisioning.customers import Customer
-from provisioning.lifecycle import LineState
-from provisioning.lines import Line
-from tests.conftest import LineBook, Stubs
-from tests.test_bill_run import LIMIT, call
+from tests.conftest import LIMIT, LineBook, Stubs, enrol, payer, postpaid_line
+from tests.test_bill_run import call
 
 DAY = 86_400
 
 
-def postpaid_line(msisdn: str, account_id: str, customer_id: str, customer_type: str = "MOBILE_POSTPAID") -> Line:
-    """A line as acquisition tells billing of it."""
-    plan = "mobile-postpaid" if customer_type == "MOBILE_POSTPAID" else "mobile-prepaid"
-    return Line(msisdn, customer_id, account_id, plan, LineState.ACTIVE, customer_type=customer_type)
-
-
-def payer(credit_limit: int = 0, deposit: int = 0) -> Customer:
-    """The customer paying for a line, with the credit terms billing reads."""
-    return Customer("1", "INDIVIDUAL", 0, credit=CreditDecision(0, "C", credit_limit, deposit, True, 3, ()))
-
-
 async def invoiced(stubs: Stubs, b: Billing, book: LineBook, clock: ManualClock, ba: str, msisdn: str) -> Invoice:
-    sub = await stubs.subscriber(msisdn=msisdn, balance=0, plan="mobile-postpaid")
-    await b.line_changed(
-        line=postpaid_line(msisdn, sub.account_id, ba),
-        state="active",
-        plan_id="mobile-postpaid",
-        customer=payer(LIMIT),
-        paying_unit="",
-        unit_path=(),
-        label="Customer",
-    )
+    await enrol(stubs, b, ba, msisdn)
     book.lines[msisdn] = {"state": "active", "order_id": "new"}
     assert await call(stubs, msisdn, "s1", 300) == 2001
     clock.advance(seconds=31 * DAY)

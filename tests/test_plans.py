@@ -12,16 +12,10 @@ import pytest
 from charging.catalogs import read_catalog_file
 from charging.clock import ManualClock
 from charging.v1 import admin_pb2, charging_pb2, common_pb2
-from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
+from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request, set_time, sms_request
 
 MSISDN = "491700000001"
 PEAK = "2026-11-26T11:00:00+01:00"  # a Thursday in Berlin
-
-
-def set_time(clock: ManualClock, text: str) -> int:
-    target = int(datetime.fromisoformat(text).timestamp())
-    clock.advance(ms=target * 1000 - clock.now_ms())
-    return target
 
 
 def voice(sid: str, kind: int, n: int, called: str, network: str = "", **units: object) -> charging_pb2.SessionRequest:
@@ -152,21 +146,9 @@ async def test_same_version_with_other_content_is_refused(stubs: Stubs) -> None:
 async def test_future_dated_plan_version_applies_from_its_time(stubs: Stubs, clock: ManualClock) -> None:
     set_time(clock, "2026-12-31T23:59:00+01:00")
     await stubs.subscriber(MSISDN, balance=50_000_000, plan="mobile-prepaid")
-
-    def sms(event_id: str) -> charging_pb2.EventRequest:
-        req = charging_pb2.EventRequest(
-            event_id=event_id,
-            action=charging_pb2.REQUESTED_ACTION_DIRECT_DEBITING,
-            subscriber=common_pb2.SubscriberId(msisdn=MSISDN),
-            rating_group=20,
-            called_party="491711234567",
-        )
-        req.requested.service_specific_units = 1
-        return req
-
-    assert (await stubs.charging.ChargeEvent(sms("before"))).cost_micros == 90_000
+    assert (await stubs.charging.ChargeEvent(sms_request("before"))).cost_micros == 90_000
     set_time(clock, "2027-01-01T00:00:01+01:00")
-    assert (await stubs.charging.ChargeEvent(sms("after"))).cost_micros == 99_000
+    assert (await stubs.charging.ChargeEvent(sms_request("after"))).cost_micros == 99_000
 
 
 async def test_price_enquiry_for_an_international_call_changes_nothing(stubs: Stubs, clock: ManualClock) -> None:

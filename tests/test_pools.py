@@ -13,8 +13,8 @@ from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import admin_pb2, common_pb2, topup_pb2
-from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
-from tests.test_buckets import set_time, small_bundles, wait_for_stream
+from tests.conftest import INITIAL, TERMINATE, Stubs, notifications, session_request, set_time
+from tests.test_buckets import small_bundles
 from tests.test_ledger_invariants import check
 
 COMPANY, ALICE, BOB = "491700000100", "491700000101", "491700000102"
@@ -89,12 +89,14 @@ async def test_a_members_own_bucket_of_higher_priority_goes_first(stubs: Stubs, 
     assert [b.amount for b in await buckets(stubs, COMPANY)] == [6000 - 30]
 
 
-async def test_pool_thresholds_notify_the_pool_owner(stubs: Stubs, clock: ManualClock, redis_url: str) -> None:
+async def test_pool_thresholds_notify_the_pool_owner(
+    stubs: Stubs, clock: ManualClock, redis_url: str, app: App
+) -> None:
     company, _alice, _bob = await setup(stubs, clock)
     await stubs.charging.ChargeSession(call("a", INITIAL, 0, ALICE, requested={"time_s": 60}))
     await stubs.charging.ChargeSession(call("a", TERMINATE, 1, ALICE, used={"time_s": 4900}))
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    entries = [e for e in await wait_for_stream(r, 1) if e["kind"].startswith("bundle_")]
+    entries = [e for e in await notifications(app, r) if e["kind"].startswith("bundle_")]
     assert [(e["kind"], e["account"]) for e in entries] == [("bundle_80", company)]
     r.close()
 

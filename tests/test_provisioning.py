@@ -5,7 +5,7 @@ commands when the network fails, times out, flaps, or the worker is killed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,18 +19,12 @@ from provisioning.simulator import NetworkSimulator
 from provisioning.worker import Backoff, ProvisioningWorker, command_between
 
 LINE = "491700000001"
-
-
-@pytest.fixture
-def network() -> Iterator[NetworkSimulator]:
-    simulator = NetworkSimulator().start()
-    yield simulator
-    simulator.stop()
+WORKER = "test-provisioning-worker"  # the Redis client name of the worker fixture
 
 
 @pytest.fixture
 async def worker(redis_url: str, network: NetworkSimulator, clock: ManualClock) -> AsyncIterator[ProvisioningWorker]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, client_name=WORKER)
     adapter = HttpNetworkAdapter(network.url, timeout_s=0.3)
     yield ProvisioningWorker(client, adapter, clock, Backoff(first_s=1, max_s=60, max_attempts=4))
     await adapter.aclose()
@@ -43,6 +37,16 @@ def mode(network: NetworkSimulator, name: str, delay_s: float = 0.5) -> None:
 
 async def acked(worker: ProvisioningWorker, line: str = LINE) -> str:
     return str(await worker.client.hget(line_key(line), "acked"))
+
+
+async def blocked_on_the_change_stream(client: aioredis.Redis) -> None:
+    """Wait until the worker fixture is blocked in XREAD on the change stream, so that a
+    change made now can only reach it through the wake-up (Redis says so: CLIENT LIST
+    shows its connection with flag ``b``). A poll on that fact, not a guess at a delay: the
+    worker has no hook to say it is waiting, and Redis knows."""
+    async with asyncio.timeout(5):
+        while not any(c["name"] == WORKER and "b" in c["flags"] for c in await client.client_list()):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize(
@@ -120,12 +124,12 @@ async def test_changes_made_while_a_command_is_in_flight_are_not_lost(
     worker: ProvisioningWorker, network: NetworkSimulator
 ) -> None:
     await worker.desire(LINE, "active")
-    mode(network, "slow", delay_s=0.2)
+    network.hold()
     running = asyncio.create_task(worker.reconcile_once())
-    await asyncio.sleep(0.05)
+    await network.commands_received(1)
     await worker.desire(LINE, "suspended")  # arrives while ACTIVATE is on the wire
+    network.release()
     await running
-    mode(network, "ok")
     await worker.reconcile_once()
     assert await acked(worker) == "suspended"
     assert network.lines[LINE]["state"] == "suspended"
@@ -138,13 +142,13 @@ async def test_a_worker_killed_mid_command_resumes_without_repeating_it(
     adapter = HttpNetworkAdapter(network.url, timeout_s=2)
     first = ProvisioningWorker(client, adapter, clock)
     await first.desire(LINE, "active")
-    mode(network, "slow", delay_s=0.3)
+    network.hold()
     task = asyncio.create_task(first.reconcile_once())
-    await asyncio.sleep(0.1)  # the command has reached the network
+    await network.commands_received(1)  # the command has reached the network
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    mode(network, "ok")
+    network.release()
     second = ProvisioningWorker(client, adapter, clock)  # a new worker after the crash
     assert await second.reconcile_once() == 1
     assert network.lines[LINE]["applied"] == 1
@@ -170,12 +174,9 @@ async def test_the_background_worker_is_woken_by_a_change(
     worker: ProvisioningWorker, network: NetworkSimulator
 ) -> None:
     task = asyncio.create_task(worker.run(interval_s=5))
-    await asyncio.sleep(0.1)
+    await blocked_on_the_change_stream(worker.client)
     await worker.desire(LINE, "active")
-    for _ in range(100):
-        if network.lines.get(LINE, {}).get("state") == "active":
-            break
-        await asyncio.sleep(0.02)
+    await network.commands_received(1, timeout_s=2)  # well within the 5 s interval: woken
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postpaid.invoices import ADJUSTMENT, Charge, Invoice, LineSection, UsageItem, format_money
+from charging.money import format_micros_4dp, format_minor
+from postpaid.invoices import ADJUSTMENT, Charge, Invoice, LineSection, UsageItem
 from postpaid.render import (
-    format_micros,
     format_quantity,
     format_rate,
     format_time,
@@ -22,8 +22,8 @@ from postpaid.render import (
     render_html,
     render_pdf,
     render_text,
-    sample_invoice,
 )
+from tests.samples import sample_invoice
 
 ROW_TIME = re.compile(r"\b\d{4}-\d{2}-\d{2} \d{2}:\d{2}\b")
 
@@ -63,12 +63,12 @@ def hostile(inv: Invoice) -> Invoice:
     ],
 )
 def test_money_from_minor_units(minor: int, text: str) -> None:
-    assert format_money(minor, "EUR") == text
+    assert format_minor(minor, "EUR") == text
 
 
 @given(st.integers(min_value=-(10**15), max_value=10**15))
 def test_money_text_reads_back_to_the_same_cents(minor: int) -> None:
-    number = format_money(minor, "EUR").removesuffix(" EUR")
+    number = format_minor(minor, "EUR").removesuffix(" EUR")
     assert int(number.replace(",", "").replace(".", "")) == minor
 
 
@@ -86,7 +86,7 @@ def test_money_text_reads_back_to_the_same_cents(minor: int) -> None:
     ],
 )
 def test_micros_to_four_decimals(micros: int, text: str) -> None:
-    assert format_micros(micros) == text
+    assert format_micros_4dp(micros) == text
 
 
 @pytest.mark.parametrize(
@@ -138,9 +138,9 @@ def test_html_shows_the_figures_of_the_sample() -> None:
         "2026-01-01 to 2026-01-31",
         "2026-02-01",
         "Total due by 2026-02-15",
-        format_money(inv.total_due, "EUR"),
-        format_money(inv.total, "EUR"),
-        format_money(inv.net_total, "EUR"),
+        format_minor(inv.total_due, "EUR"),
+        format_minor(inv.total, "EUR"),
+        format_minor(inv.net_total, "EUR"),
         "-100.00 EUR",  # payments received
         "VAT 19 % on",
         "VAT exempt 0 % on 2.50 EUR",
@@ -151,9 +151,9 @@ def test_html_shows_the_figures_of_the_sample() -> None:
     ):
         assert text in html, text
     for tax in inv.taxes:
-        assert format_money(tax.amount, "EUR") in html
+        assert format_minor(tax.amount, "EUR") in html
     for section in inv.sections:
-        assert format_money(section.subtotal, "EUR") in html
+        assert format_minor(section.subtotal, "EUR") in html
     assert len(ROW_TIME.findall(html)) == 60
     assert html.count("Total itemised usage") == 3
 
@@ -204,8 +204,8 @@ def test_pdf_is_a4_and_carries_the_figures() -> None:
         "Invoice 2026-000123",
         "BA-7700-4412",
         "2026-01-01 to 2026-01-31",
-        format_money(inv.total_due, "EUR"),
-        format_money(inv.total, "EUR"),
+        format_minor(inv.total_due, "EUR"),
+        format_minor(inv.total, "EUR"),
         "VAT 19 % on",
     ):
         assert text in first, text
@@ -222,7 +222,7 @@ def test_usage_reconciles_with_the_usage_charges() -> None:
     inv = sample_invoice(usage_rows=90)
     text = "\n".join(pdf_pages(render_pdf(inv)))
     for section in inv.sections:
-        assert format_micros(sum(u.cost_micros for u in section.usage)) in text
+        assert format_micros_4dp(sum(u.cost_micros for u in section.usage)) in text
 
 
 def test_a_long_itemised_list_runs_over_pages_with_headers_and_numbers() -> None:
@@ -248,7 +248,7 @@ def test_final_invoice_and_text_summary() -> None:
     )
     text = render_text(inv)
     assert text.startswith("Final invoice 2026-000123 from Nordwind Telecom GmbH")
-    assert f"Total due by 2026-02-15: {format_money(inv.total_due, 'EUR')}" in text
+    assert f"Total due by 2026-02-15: {format_minor(inv.total_due, 'EUR')}" in text
     html = render_html(inv)
     assert "Final invoice 2026-000123" in html
     assert "Credit for unused days" in html and "12 days" in html and "-12.34 EUR" in html

@@ -10,17 +10,12 @@ from charging.clock import ManualClock
 from charging.errors import StorageUnavailable
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
-from tests.conftest import Stubs
-from tests.test_buckets import wait_for_stream
+from tests.conftest import Stubs, balance, notifications
 
 MSISDN = "491700000001"
 WHO = common_pb2.SubscriberId(msisdn=MSISDN)
 DAY = 86_400
 PRICE = 5_000_000  # data-1gb
-
-
-async def balance(stubs: Stubs) -> topup_pb2.Balance:
-    return await stubs.topup.GetBalance(topup_pb2.BalanceRequest(subscriber=WHO))
 
 
 async def test_a_recurring_bundle_renews_each_period_when_money_covers_it(
@@ -45,7 +40,7 @@ async def test_a_recurring_bundle_renews_each_period_when_money_covers_it(
     b = await balance(stubs)
     assert b.balance_micros == 2_000_000
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    failed = [e for e in await wait_for_stream(r, 1) if e["kind"] == "renewal_failed"]
+    failed = [e for e in await notifications(app, r) if e["kind"] == "renewal_failed"]
     assert [(e["bucket"], e["amount"]) for e in failed] == [("data-1gb", "FUNDS")]
     r.close()
 

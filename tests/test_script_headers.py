@@ -29,6 +29,13 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("charging", "sweep.lua"): (script_args.SweepArgs,),
     ("charging", "due_index.lua"): (script_args.DueHint, script_args.DueTake, script_args.DueSettle),
     ("charging", "outbox_trim.lua"): (script_args.OutboxTrimArgs,),
+    ("charging", "plan_index.lua"): (
+        script_args.PlanJoin,
+        script_args.PlanLeave,
+        script_args.CatalogSwitch,
+        script_args.PlanIndexInit,
+    ),
+    ("charging", "plan_move.lua"): (script_args.PlanMoveArgs,),
     ("postpaid", "enrol.lua"): (scripts.EnrolArgs,),
     ("postpaid", "close.lua"): (scripts.CloseArgs,),
     ("postpaid", "credit.lua"): (scripts.CreditArgs,),

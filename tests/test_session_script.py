@@ -1,8 +1,10 @@
-"""session.lua against the reference arithmetic in rating.py, on a real Redis."""
+"""session.lua against the reference arithmetic in rating.py (and, with buckets, in
+consumption.py), on a real Redis."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 import redis
@@ -10,8 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charging import keys
+from charging.buckets import Bucket, pack, unpack
+from charging.consumption import GroupState, Where, charge_group
 from charging.ledger import SESSION
-from charging.rating import NO_RATE, Rate, UnitKind, affordable_units, incremental_cost
+from charging.rating import NO_RATE, Rate, UnitKind, affordable_units, billable_units, incremental_cost
 from charging.script_args import RatingGroupArgs, SessionArgs
 
 
@@ -23,10 +27,16 @@ def r(redis_server: str) -> Iterator[redis.Redis]:
 
 
 def update(
-    r: redis.Redis, account: str, balance: int, held: int, session: dict[str, object], group: RatingGroupArgs
+    r: redis.Redis,
+    account: str,
+    balance: int,
+    held: int,
+    session: dict[str, object],
+    group: RatingGroupArgs,
+    buckets: Sequence[Bucket] = (),
 ) -> list:
-    """Run session.lua for UPDATE number 1 of session "s" on a fresh account holding
-    ``held`` micros in that session, with one rating group."""
+    """Run session.lua for UPDATE number 1 of session "s" at 1 s on a fresh account holding
+    ``held`` micros in that session and these buckets, with one rating group."""
     sid = "s"
     r.delete(keys.account(account), keys.session(account, sid), keys.answer(account, sid, 1), keys.sessions(account))
     r.delete(keys.buckets(account), keys.outbox(account))
@@ -35,6 +45,9 @@ def update(
         mapping={"balance": balance, "reserved": held, "plan": "t", "status": "active", "msisdn": "4911"},
     )
     r.hset(keys.session(account, sid), mapping={**session, "n7": 0, "dl": 0, "cv": "c1"})  # type: ignore[dict-item]
+    if buckets:
+        r.hset(keys.buckets(account), mapping={b.id: pack(b) for b in buckets})
+        r.hset(keys.account(account), "bucket_seq", len(buckets))
     return r.evalsha(  # type: ignore[no-any-return]
         SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
         8,
@@ -48,12 +61,6 @@ def update(
         keys.usage_records(account),
         *SessionArgs(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", (group,)).to_argv(),
     )
-
-
-def billable(rate: Rate, units: int) -> int:
-    if units <= 0:
-        return 0
-    return max(rate.first, rate.first + -(-(units - rate.first) // rate.increment) * rate.increment)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -103,7 +110,7 @@ def test_script_matches_reference(
     )
     account = "p"
     # A session that has only used money so far: the money counter is the billable usage.
-    session = {"u7": reserved_units, "m7": held, "c7": cum, "k7": billable(rate, cum)}
+    session = {"u7": reserved_units, "m7": held, "c7": cum, "k7": billable_units(rate, cum)}
     group = RatingGroupArgs(
         7, 0, want, False, 60, 0, used, rate.packed, 0, NO_RATE, rate.packed, 1, "voice", "", "", False
     )
@@ -129,28 +136,23 @@ def test_script_matches_reference(
     assert int(acct["reserved"]) == expected_money
 
 
+minute_rates = st.builds(
+    Rate,
+    rating_group=st.just(7),
+    unit=st.just(UnitKind.TIME),
+    increment=st.sampled_from([1, 60]),
+    price_micros=st.integers(0, 100_000),
+    default_quota=st.just(60),
+    validity_time_s=st.just(60),
+    first_increment=st.sampled_from([0, 60]),
+    first_price=st.integers(0, 100_000),
+)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    before_rate=st.builds(
-        Rate,
-        rating_group=st.just(7),
-        unit=st.just(UnitKind.TIME),
-        increment=st.sampled_from([1, 60]),
-        price_micros=st.integers(0, 100_000),
-        default_quota=st.just(60),
-        validity_time_s=st.just(60),
-        first_increment=st.sampled_from([0, 60]),
-        first_price=st.integers(0, 100_000),
-    ),
-    after_rate=st.builds(
-        Rate,
-        rating_group=st.just(7),
-        unit=st.just(UnitKind.TIME),
-        increment=st.sampled_from([1, 60]),
-        price_micros=st.integers(0, 100_000),
-        default_quota=st.just(60),
-        validity_time_s=st.just(60),
-    ),
+    before_rate=minute_rates,
+    after_rate=minute_rates,
     # whole minutes: on an increment boundary of every rate here, where the money
     # counter equals the usage counter
     cum=st.integers(0, 200).map(lambda m: m * 60),
@@ -186,3 +188,53 @@ def test_usage_split_at_a_tariff_change_is_priced_each_side_at_its_rate(
     assert charged == expected
     if before_rate == after_rate:
         assert charged == incremental_cost(before_rate, cum, used_before + used_after)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before_rate=minute_rates,
+    after_rate=minute_rates,
+    pot=st.lists(
+        st.tuples(
+            st.integers(0, 300), st.integers(1, 3), st.sampled_from([1, 2, 100]), st.sampled_from([(), ("sms",)])
+        ),
+        max_size=3,
+    ),
+    cum=st.integers(0, 200).map(lambda m: m * 60),
+    used_before=st.integers(0, 500),
+    used_after=st.integers(0, 500),
+    want=st.integers(0, 600),
+    balance=st.sampled_from([0, 100_000, 10**9]),
+)
+def test_usage_split_at_a_tariff_change_draws_on_buckets_as_the_consumption_reference_says(
+    r: redis.Redis,
+    before_rate: Rate,
+    after_rate: Rate,
+    pot: list[tuple[int, int, int, tuple[str, ...]]],
+    cum: int,
+    used_before: int,
+    used_after: int,
+    want: int,
+    balance: int,
+) -> None:
+    buckets = [
+        Bucket(f"b{i}", UnitKind.TIME, amount, 0, 0, expiry, priority, amount, services=services)
+        for i, (amount, priority, expiry, services) in enumerate(pot)
+    ]
+    group = RatingGroupArgs(
+        7, 0, want, False, 60, 0, used_before, before_rate.packed, used_after, after_rate.packed,
+        after_rate.packed, 1, "voice", "", "", False,
+    )  # fmt: skip
+    # A session with a grant large enough for the report, all paid with money so far.
+    reply = update(r, "w", balance, 0, {"u7": 10**6, "m7": 0, "c7": cum, "k7": cum}, group, buckets)
+    _rc, granted, charged, _vt, _fui, _change = (int(x) for x in reply[1].split(" ")[2].split(","))
+    parts = [(used_before, before_rate), (used_after, after_rate)]
+    state = GroupState(cum, cum)
+    expected = charge_group(
+        {b.id: b for b in buckets}, Where(UnitKind.TIME, "voice"), 1, state, parts, after_rate, want, balance
+    )
+    assert (granted, charged) == (expected.granted, expected.cost)
+    stored = {i: replace(unpack(i, t), notified=0) for i, t in r.hgetall(keys.buckets("w")).items()}
+    assert stored == {i: b for i, b in expected.pot.items() if not b.dropped_at(1)}
+    acct = r.hgetall(keys.account("w"))
+    assert (int(acct["balance"]), int(acct["reserved"])) == (balance - expected.cost, expected.state.reservation.money)

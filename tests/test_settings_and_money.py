@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from charging.errors import InvalidRequest
-from charging.money import format_micros, parse_amount
+from charging.money import exact_minor, format_micros, parse_amount, share_floor
 from charging.settings import Settings
 
 
@@ -92,3 +92,15 @@ def test_parse_amount_refuses_what_it_cannot_hold_exactly(text: str) -> None:
 def test_format_micros(micros: int, text: str) -> None:
     assert format_micros(micros) == text
     assert format_micros(micros, "EUR") == text + " EUR"
+
+
+def test_exact_minor_refuses_a_fraction_of_a_cent() -> None:
+    assert exact_minor(12_340_000) == 1234
+    assert exact_minor(-10_000) == -1
+    with pytest.raises(ValueError):
+        exact_minor(12_345)
+
+
+def test_share_floor_never_exceeds_the_exact_share() -> None:
+    assert share_floor(999, 40, 100) == 399  # 399.6
+    assert share_floor(1000, 40, 100) == 400

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import grpc
@@ -21,13 +21,6 @@ from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.applications import icao_check_digit
 from provisioning.simulator import NetworkSimulator
 from tests.test_acquisition import application
-
-
-@pytest.fixture
-def network() -> Iterator[NetworkSimulator]:
-    simulator = NetworkSimulator().start()
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture

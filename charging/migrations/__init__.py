@@ -30,6 +30,7 @@ from psycopg.rows import TupleRow
 
 from charging.database import Pool
 from charging.embedded_postgres import EmbeddedPostgres
+from charging.errors import StartupError
 from charging.settings import Settings
 
 HERE = Path(__file__).parent
@@ -75,7 +76,7 @@ async def check_current(pool: Pool, expected: str) -> None:
     async with pool.connection() as conn:
         found = await current(conn)
     if found != expected:
-        raise RuntimeError(
+        raise StartupError(
             f"the database schema is at revision {found or 'none'}, this code needs {expected}: "
             "run `charging migrate` (or set CHARGING_DATABASE_MIGRATE=true)"
         )
