@@ -7,6 +7,7 @@ owned by the user PostgreSQL runs as, mode 0700::
     socket/        its Unix socket (listen_addresses is empty: no TCP port at all)
     password       the generated password of the role ``charging`` (0600)
     postgres.log   what initdb and postgres print
+    charging.lock  held by the server using the directory (see below)
 
 PostgreSQL refuses to run as root, and the machines of this project run as root. As root,
 initdb and postgres therefore run as the unprivileged ``postgres`` user that Debian's
@@ -19,9 +20,11 @@ go on holding the data directory and the socket. Two things keep that from lasti
 
 * every child is started through util-linux ``setpriv --pdeathsig INT``, so the kernel
   sends the postmaster SIGINT (fast shutdown) the moment the server process dies;
-* should a postmaster still be running on the data directory at start (one started by
-  hand, or by a release without the above), ``start`` stops it (fast) and logs a warning
-  naming its pid, rather than failing on the lock file.
+* the server holds ``charging.lock`` in the directory while it runs, so a second server
+  on the same directory refuses to start; should a postmaster still be running on the
+  data directory when a server gets that lock (one started by hand, or by a release
+  without the above), ``start`` stops it (fast) and logs a warning naming its pid,
+  rather than failing on PostgreSQL's own lock file.
 
 The server is the only client; it stops the postmaster with SIGINT (fast shutdown:
 open transactions are rolled back, a checkpoint is written) when it stops itself.
@@ -30,6 +33,7 @@ open transactions are rolled back, a checkpoint is written) when it stops itself
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import glob
 import logging
 import os
@@ -178,6 +182,10 @@ class Layout:
     def log_file(self) -> Path:
         return self.directory / "postgres.log"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.directory / "charging.lock"
+
     def url(self, database: str = DATABASE) -> str:
         """A libpq URL over the Unix socket, with the password."""
         password = self.password_file.read_text().strip()
@@ -193,8 +201,13 @@ def postgres_command(bin_dir: Path, layout: Layout, settings: Mapping[str, str] 
 
 
 def prepare(bin_dir: Path, layout: Layout, user: RunAs | None, *, durable: bool = True) -> None:
-    """Make the directories, check the PostgreSQL user can reach them, initdb on first use,
-    and stop a postmaster left running on the data directory. Blocking."""
+    """``make_directories``, then ``prepare_cluster``. Blocking."""
+    make_directories(layout, user)
+    prepare_cluster(bin_dir, layout, user, durable=durable)
+
+
+def make_directories(layout: Layout, user: RunAs | None) -> None:
+    """Make the directories and check that the PostgreSQL user can reach them."""
     for path in (layout.directory, layout.socket):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)
@@ -213,10 +226,35 @@ def prepare(bin_dir: Path, layout: Layout, user: RunAs | None, *, durable: bool 
         raise StartupError(
             f"{socket_file} is longer than a Unix socket path may be: choose a shorter CHARGING_DATABASE_DIR"
         )
+
+
+def prepare_cluster(bin_dir: Path, layout: Layout, user: RunAs | None, *, durable: bool = True) -> None:
+    """initdb on first use; else stop a postmaster left running on the data directory
+    (only call this holding the directory's lock, see ``lock_directory``). Blocking."""
     if not (layout.data / "PG_VERSION").exists():
         _initdb(bin_dir, layout, user, durable=durable)
     else:
         stop_stale(bin_dir, layout, user)
+
+
+def lock_directory(layout: Layout) -> int:
+    """Lock ``charging.lock`` in the directory for as long as this server runs (the
+    kernel lets go when it dies, even by SIGKILL), recording its pid; the descriptor.
+
+    PostgreSQL keeps a second postmaster off its data directory by itself; this lock
+    keeps a second *server* from taking over the first one's: only while holding it is a
+    postmaster found running known to be left by a server that died, and safe to stop.
+    """
+    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StartupError(f"the embedded PostgreSQL in {layout.directory} is in use by process {owner}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _initdb(bin_dir: Path, layout: Layout, user: RunAs | None, *, durable: bool) -> None:
@@ -307,6 +345,7 @@ class EmbeddedPostgres:
         self.bin_dir = bin_dir
         self.durable = durable
         self._proc: asyncio.subprocess.Process | None = None
+        self._lock: int | None = None
         self._stopping = False
 
     @property
@@ -321,7 +360,10 @@ class EmbeddedPostgres:
         """Start (initdb on first use) and answer the URL of the ``charging`` database."""
         bin_dir = find_bin_dir(self.bin_dir)
         user = run_as()
-        await asyncio.to_thread(prepare, bin_dir, self.layout, user, durable=self.durable)
+        await asyncio.to_thread(make_directories, self.layout, user)
+        if self._lock is None:
+            self._lock = lock_directory(self.layout)
+        await asyncio.to_thread(prepare_cluster, bin_dir, self.layout, user, durable=self.durable)
         settings = dict(SERVER_SETTINGS) if self.durable else {**SERVER_SETTINGS, **UNDURABLE_SETTINGS}
         out = await asyncio.to_thread(open_log, self.layout)
         with out:
@@ -366,12 +408,14 @@ class EmbeddedPostgres:
     async def stop(self, timeout_s: float = 30.0) -> None:
         self._stopping = True
         proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGINT)  # fast shutdown
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        log.info("embedded postgres stopped")
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            log.info("embedded postgres stopped")
+        if self._lock is not None:
+            os.close(self._lock)  # after the postmaster is gone
+            self._lock = None

@@ -29,6 +29,7 @@ from charging.embedded_postgres import (
     postgres_command,
     run_as,
 )
+from charging.errors import StartupError
 
 
 def alive(pid: int) -> bool:
@@ -67,6 +68,12 @@ async def test_runs_unprivileged_on_a_socket_only_and_keeps_its_data(postgres_di
             assert await (await conn.execute("SHOW listen_addresses")).fetchone() == ("",)
             await conn.execute("CREATE TABLE kept (x int)")
             await conn.execute("INSERT INTO kept VALUES (42)")
+        second = EmbeddedPostgres(postgres_dir, durable=False)  # another server, same directory
+        with pytest.raises(StartupError, match=f"in use by process {os.getpid()}"):
+            await second.start()
+        await second.stop()
+        async with await psycopg.AsyncConnection.connect(url) as conn:  # the first one unharmed
+            assert await (await conn.execute("SELECT x FROM kept")).fetchall() == [(42,)]
         with pytest.raises(psycopg.OperationalError):  # the password is required
             psycopg.connect(f"host={pg.layout.socket} dbname=charging user=charging password=wrong").close()
     finally:
