@@ -179,6 +179,23 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from charging import logs
+    from charging.migrations import migrate
+    from charging.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    logs.configure(settings.log_level)
+    try:
+        revision = asyncio.run(migrate(settings))
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps({"revision": revision}))
+    return 0
+
+
 def cmd_create_subscriber(args: argparse.Namespace) -> int:
     from charging.v1 import admin_pb2, admin_pb2_grpc
 
@@ -388,6 +405,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the server (settings from CHARGING_* variables)").set_defaults(fn=cmd_serve)
     sub.add_parser("worker", help="run the provisioning worker as its own process").set_defaults(fn=cmd_worker)
+    sub.add_parser(
+        "migrate", help="bring the database schema up to date (CHARGING_DATABASE_URL, else the embedded one)"
+    ).set_defaults(fn=cmd_migrate)
 
     def who(sp: argparse.ArgumentParser) -> None:
         g = sp.add_mutually_exclusive_group(required=True)

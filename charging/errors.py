@@ -18,7 +18,8 @@ unknown, ...) are answers, not errors. The gRPC edge maps each error class to on
 in ``status.py``.
 
 Apart from the tree, ``StartupError``: the server cannot start (its gRPC or metrics
-address or its data directory is in use, redis-server is missing or not ready in time).
+address or its data directory is in use, redis-server or PostgreSQL is missing or not
+ready in time, the database schema is not the one of this code).
 ``charging serve`` prints it as one line on stderr and exits with status 1.
 """
 

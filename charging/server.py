@@ -2,11 +2,14 @@
 
 Start order: a server whose gRPC or metrics address is taken stops at once, before
 touching Redis (``StartupError``, printed by ``serve`` as one line); then Redis, waited
-for while it loads its dataset; then everything else, and gRPC listens last.
+for while it loads its dataset; then the database (the embedded one started and
+migrated; a configured one checked to be at the schema of this code); then everything
+else, and gRPC listens last.
 
 Stop order: health goes NOT_SERVING, the gRPC server drains in-flight calls within the
 grace period, background tasks (sweeper, census, Redis supervision) are cancelled and
-awaited, the Redis pool is closed, the embedded redis-server is shut down.
+awaited, the Redis pool is closed, the embedded redis-server is shut down, the database
+pool is closed, the embedded PostgreSQL is shut down (fast).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import store
+from charging import migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
@@ -35,6 +38,8 @@ from charging.catalogs import CatalogBook
 from charging.census import run_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
+from charging.database import Pool, open_pool
+from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
 from charging.events import EventCharging
@@ -108,6 +113,8 @@ class App:
     admission: Admission | None = None
     _simulator: NetworkSimulator | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    database: Pool | None = None
+    _embedded_postgres: EmbeddedPostgres | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -121,6 +128,7 @@ class App:
         self.redis = store.connect(url, max_connections=s.redis_max_connections, tls=s.redis_tls())
         await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
         self.link = RedisLink(url, tls=s.redis_tls())
+        await self._start_database()
 
         ledger = Ledger(self.link)
         self.catalogs = CatalogBook(self.redis)
@@ -202,6 +210,7 @@ class App:
                 self._tasks.append(asyncio.create_task(self.billing.run_jobs(s.billing_interval_s), name="billing"))
         if self._embedded is not None:
             self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
+        self._start_database_tasks()
         log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
 
     def _listen(self) -> None:
@@ -219,6 +228,31 @@ class App:
             except OSError as exc:
                 raise StartupError(f"cannot listen on metrics address {s.metrics_address}: {exc.strerror}") from None
             self.metrics_port = self._metrics_httpd.server_port
+
+    async def _start_database(self) -> None:
+        """The system of record: the configured PostgreSQL, or an embedded one (development),
+        migrated at start when it is the embedded one or when told to."""
+        s = self.settings
+        url = s.database_url
+        if not url:
+            self._embedded_postgres = EmbeddedPostgres(s.database_dir, s.postgres_bin_dir)
+            url = await self._embedded_postgres.start()
+        if not s.database_url or s.database_migrate:
+            await asyncio.to_thread(migrations.upgrade, url)
+        self.database = await open_pool(url, s.database_pool_size)
+        await migrations.check_current(self.database, migrations.head())
+
+    def _start_database_tasks(self) -> None:
+        assert self.database is not None
+        if self.run_background:
+            policies = [
+                retention.Policy("usage_records", self.settings.usage_retention_months),
+                retention.Policy("audit", self.settings.audit_retention_months),
+            ]
+            job = retention.run(self.database, policies, self.clock)
+            self._tasks.append(asyncio.create_task(job, name="retention"))
+        if self._embedded_postgres is not None:
+            self._tasks.append(asyncio.create_task(self._embedded_postgres.supervise(), name="postgres-supervisor"))
 
     async def _start_provisioning(self, directory: Directory) -> None:
         """The CRM's acquisition flow and the provisioning worker, on the configured
@@ -250,6 +284,10 @@ class App:
             await self.redis.aclose()
         if self._embedded is not None:
             await self._embedded.stop()
+        if self.database is not None:
+            await self.database.close()
+        if self._embedded_postgres is not None:
+            await self._embedded_postgres.stop()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()

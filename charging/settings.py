@@ -36,6 +36,17 @@ class Settings:
     redis_max_connections: int = 64
     # How long start-up waits for Redis to answer (a restart may load a large dataset).
     redis_ready_timeout_s: float = 120.0
+    # The system of record. Empty: start and supervise an embedded PostgreSQL under
+    # database_dir (migrated at start); else migrate with `charging migrate` first, or at
+    # start with database_migrate.
+    database_url: str = ""
+    database_dir: Path = Path("var/postgres")
+    postgres_bin_dir: str = ""
+    database_pool_size: int = 10
+    database_migrate: bool = False
+    # Months of usage records and audit entries kept before the current month (0: all).
+    usage_retention_months: int = 24
+    audit_retention_months: int = 120
     # Supervision time of a session = factor x the longest validity time granted.
     supervision_factor: int = 2
     sweep_interval_s: float = 1.0
@@ -146,7 +157,7 @@ class Settings:
                     values[f.name] = int(raw)
                 elif kind is float:
                     values[f.name] = float(raw)
-                elif f.name == "redis_dir":
+                elif f.name in ("redis_dir", "database_dir"):
                     values[f.name] = Path(raw)
                 else:
                     values[f.name] = raw
@@ -176,6 +187,12 @@ class Settings:
                 raise InvalidRequest(name, f"must be between 1 and {MAX_UNITS}")
         if not -1 <= self.overrun_floor_micros <= MAX_AMOUNT:
             raise InvalidRequest("CHARGING_OVERRUN_FLOOR_MICROS", f"must be between -1 and {MAX_AMOUNT}")
+        if self.database_pool_size < 1:
+            raise InvalidRequest("CHARGING_DATABASE_POOL_SIZE", "must be at least 1")
+        if self.usage_retention_months < 0:
+            raise InvalidRequest("CHARGING_USAGE_RETENTION_MONTHS", "must be 0 (keep all) or more months")
+        if self.audit_retention_months < 0:
+            raise InvalidRequest("CHARGING_AUDIT_RETENTION_MONTHS", "must be 0 (keep all) or more months")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
         tls_set = self.redis_tls_ca_file or self.redis_tls_cert_file or self.redis_tls_key_file

@@ -50,6 +50,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from charging.embedded_postgres import private_dir
 from charging.embedded_redis import redis_command
 from charging.v1 import admin_pb2, admin_pb2_grpc, charging_pb2, charging_pb2_grpc, common_pb2
 
@@ -714,6 +715,8 @@ def bench(args: argparse.Namespace) -> int:
         )
         wait_redis(redis_proc, redis_port, redis_log)
 
+        postgres_dir = private_dir("charging-bench-pg-")
+        stack.callback(shutil.rmtree, postgres_dir, True)
         env = child_env()
         env.update(
             # The Unix socket, as with the embedded Redis that `make run` starts.
@@ -723,6 +726,8 @@ def bench(args: argparse.Namespace) -> int:
             # the load (h2load cannot see gRPC statuses). Counters are updated either way.
             CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
             CHARGING_REDIS_DIR=str(redis_dir),
+            # Its own embedded PostgreSQL, in a directory the postgres user can reach.
+            CHARGING_DATABASE_DIR=str(postgres_dir),
         )
         server_log = workdir / "charging-server.log"
         server = stack.enter_context(child([sys.executable, "-m", "charging.cli", "serve"], server_log, env))

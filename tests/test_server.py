@@ -150,16 +150,19 @@ def _cli(*args: str, port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_readme_tour_with_the_bundled_client(tmp_path: Path) -> None:
-    """`charging serve` with no Redis URL starts its own redis-server; the client tour works."""
+def test_readme_tour_with_the_bundled_client(tmp_path: Path, postgres_dir: Path) -> None:
+    """`charging serve` with no Redis or database URL starts its own redis-server and
+    PostgreSQL; the client tour works."""
     port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "CHARGING_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         "CHARGING_REDIS_DIR": str(tmp_path / "redis"),
+        "CHARGING_DATABASE_DIR": str(postgres_dir),
     }
     env.pop("CHARGING_REDIS_URL", None)
+    env.pop("CHARGING_DATABASE_URL", None)
     server = subprocess.Popen(
         [sys.executable, "-m", "charging.cli", "serve"], env=env, stderr=subprocess.PIPE, text=True
     )
