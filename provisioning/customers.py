@@ -1,6 +1,6 @@
 """Customers: their records, the state they are in, finding them.
 
-A customer is ``crm:customer:<id>`` (kind, created, address country and postal code,
+A customer is ``crm:customer:<id>`` (kind, created, name and postal address,
 credit terms, the identity document with its number masked, state) with its lines in
 ``crm:lines:<id>`` (numbers; each line's record is ``crm:line:<msisdn>``). Its state
 follows its lines (``customer_state``): PENDING until a line is in service, ACTIVE while
@@ -85,6 +85,11 @@ class Customer:
     kind: str
     created: int
     state: str = "PENDING"
+    # The name and postal address invoices and letters go to: the person's given and
+    # family name, or the company's name.
+    name: str = ""
+    street: str = ""
+    city: str = ""
     country: str = ""
     postal_code: str = ""
     document_type: str = ""
@@ -119,6 +124,9 @@ class Customer:
             kind=h.get("kind", ""),
             created=int(h.get("created", 0)),
             state=h.get("state", ""),
+            name=h.get("name", ""),
+            street=h.get("street", ""),
+            city=h.get("city", ""),
             country=h.get("country", ""),
             postal_code=h.get("postal_code", ""),
             document_type=h.get("document_type", ""),
@@ -132,6 +140,9 @@ class Customer:
         h: dict[str, str | int] = {
             "kind": self.kind,
             "created": self.created,
+            "name": self.name,
+            "street": self.street,
+            "city": self.city,
             "country": self.country,
             "postal_code": self.postal_code,
             "document_type": self.document_type,
