@@ -13,7 +13,7 @@ from charging.server import App
 from charging.v1 import billing_pb2, billing_pb2_grpc, crm_pb2, crm_pb2_grpc
 from postpaid.billing import postal_address
 from postpaid.invoices import Invoice
-from postpaid.payment_reference import is_creditor_reference
+from postpaid.payment_reference import grouped, is_creditor_reference
 from provisioning.customers import Customer
 from tests.conftest import Stubs
 from tests.test_acquisition import application
@@ -51,6 +51,21 @@ async def test_the_invoice_is_addressed_to_the_customer_and_says_how_to_pay(worl
     assert (invoice.issuer_tax_id, invoice.iban) == ("DE123456789", "DE89370400440532013000")
     assert is_creditor_reference(invoice.payment_reference)
     assert invoice.payment_reference.endswith(invoice.number.replace("-", ""))
+    inv_pb = await billing.GetInvoice(billing_pb2.InvoiceId(number=invoice.number))
+    assert inv_pb.payment_reference == invoice.payment_reference
+
+    html = (
+        await billing.RenderInvoice(
+            billing_pb2.RenderRequest(number=invoice.number, format=billing_pb2.RENDER_FORMAT_HTML)
+        )
+    ).content.decode()
+    for expected in (
+        "Anna Muster<br>Hauptstr. 1<br>10115 Berlin<br>",
+        "DE89 3704 0044 0532 0130 00",
+        "VAT ID DE123456789",
+    ):
+        assert expected in html, expected
+    assert grouped(invoice.payment_reference) in html
 
     pdf = await billing.RenderInvoice(
         billing_pb2.RenderRequest(number=invoice.number, format=billing_pb2.RENDER_FORMAT_PDF)
