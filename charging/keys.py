@@ -202,6 +202,11 @@ def dispute(dispute_id: str) -> str:
     return "{bill}:disp:" + dispute_id
 
 
+def customer_disputes(customer_id: str) -> str:
+    """zset: the billing disputes about a customer's invoices (score: opened, s)."""
+    return "{bill}:cdisp:" + customer_id
+
+
 def adjustment(adjustment_id: str) -> str:
     return "{bill}:adj:" + adjustment_id
 

@@ -170,8 +170,9 @@ class App:
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
+            # A CRM dispute is billing's dispute (one store): customer care delegates to it.
             (
-                CrmServicer(self.acquisition, CustomerCare(self.redis, self.acquisition.sealer)),
+                CrmServicer(self.acquisition, CustomerCare(self.redis, self.acquisition.sealer, self.billing.payments)),
                 crm_pb2.DESCRIPTOR.services_by_name["Crm"],
             ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
