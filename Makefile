@@ -60,6 +60,7 @@ test: setup redis-server lint
 
 bench: setup redis-server h2load
 	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.tls_bench
 	$(BIN)/python -m loadtest.bill_bench
 
 loadtest: setup
