@@ -15,6 +15,8 @@
 # The keys must be readable by the image's user (uid 10001), and by nobody else.
 # Callers with bearer tokens instead of certificates: set CHARGING_GRPC_TOKEN_ADDRESS
 # (e.g. 0.0.0.0:50052, TLS without client certificates) and publish that port.
+# Running it unsecured (CHARGING_INSECURE=true, no certificates) also needs the
+# CHARGING_CLIENT_TLS_* variables set empty, or the health check cannot read its files.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
