@@ -32,6 +32,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+# gRPC's C core logs every failed TLS handshake (a plaintext client, an unknown
+# certificate) at INFO on stderr, unthrottled and not as JSON: anyone who can reach the
+# port could flood the log. It reads GRPC_VERBOSITY once, before grpc is first imported;
+# an operator who sets it keeps their choice.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 from google.protobuf.json_format import MessageToDict
 
