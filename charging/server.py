@@ -44,7 +44,7 @@ from charging.redis_ready import wait_until_ready
 from charging.renewals import Renewer
 from charging.security.guard import Guard
 from charging.security.mode import Mode, decide
-from charging.security.policy import Policy, load_policy
+from charging.security.policy import PolicyFile
 from charging.security.tls import CertificateFiles, TlsFilesInvalid
 from charging.security.tokens import TokenStore
 from charging.sessions import SessionCharging
@@ -111,7 +111,7 @@ class App:
     _simulator: NetworkSimulator | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     mode: Mode = Mode.LOCAL
-    _policy: Policy | None = None
+    _policy: PolicyFile | None = None
     _tls: CertificateFiles | None = None
 
     async def start(self) -> None:
@@ -226,7 +226,7 @@ class App:
         s = self.settings
         self.mode = decide([s.grpc_address, s.grpc_token_address], bool(s.tls_cert), bool(s.policy_file), s.insecure)
         if s.policy_file:
-            self._policy = load_policy(s.policy_file)
+            self._policy = PolicyFile(s.policy_file)
         if self.mode is Mode.SECURED:
             try:
                 self._tls = CertificateFiles(s.tls_cert, s.tls_key, s.tls_client_ca)

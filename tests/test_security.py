@@ -4,6 +4,8 @@ caller, certificate renewal without a restart, and the caller named in audit ent
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import shutil
@@ -295,3 +297,22 @@ async def test_audit_entries_name_the_authenticated_caller(secured: App, pki: Pa
         ("agent-7", "spiffe://charging.local/billing"),
         ("batch", "internal"),
     ]
+
+
+async def test_a_caller_removed_from_the_policy_is_shut_out_without_a_restart(
+    secured: App, pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = json.loads((pki / "policy.json").read_text())
+    async with connect(secured.grpc_port, creds(pki, "monitor")) as channel:
+        assert await code_of(channel, "/charging.v1.Admin/GetCatalog") == grpc.StatusCode.OK
+        (pki / "policy.json").write_text('{"clients": [{"uri": "x:y", "roles": ["root"]}]}')  # not valid
+        await asyncio.sleep(1.1)
+        with caplog.at_level(logging.WARNING, logger="charging.security"):
+            assert await code_of(channel, "/charging.v1.Admin/GetCatalog") == grpc.StatusCode.OK  # kept
+        (record,) = [r for r in caplog.records if r.getMessage() == "policy file not reloaded"]
+        assert "clients[0].roles[0]: must be one of" in record.error  # type: ignore[attr-defined]
+        policy["clients"] = [c for c in policy["clients"] if c["uri"] != certs.role_uri("monitor")]
+        (pki / "policy.json").write_text(json.dumps(policy))
+        await asyncio.sleep(1.1)
+        # The same connection: the policy is applied per call, not per handshake.
+        assert await code_of(channel, "/charging.v1.Admin/GetCatalog") == grpc.StatusCode.UNAUTHENTICATED

@@ -25,7 +25,7 @@ import grpc
 from charging import metrics
 from charging.errors import StorageUnavailable
 from charging.security.identity import LOCAL, Identity, set_caller
-from charging.security.policy import Policy
+from charging.security.policy import Policy, PolicyFile
 from charging.security.roles import CHANNEL_METHODS, HEALTH_PREFIX, roles_for
 from charging.security.tokens import TokenStore
 from charging.v1 import topup_pb2
@@ -42,8 +42,8 @@ def _values(auth: dict[str, list[bytes]], name: str) -> list[str]:
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """``local``: every caller is the development identity (no TLS, loopback)."""
 
-    def __init__(self, policy: Policy | None, tokens: TokenStore | None, local: bool = False) -> None:
-        self.policy = policy or Policy()
+    def __init__(self, policy: PolicyFile | None, tokens: TokenStore | None, local: bool = False) -> None:
+        self.policy = policy
         self.tokens = tokens
         self.local = local
 
@@ -88,7 +88,8 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if self.local:
             return LOCAL
         auth = context.auth_context()
-        found = self.policy.identify(_values(auth, "peer_uri"), _values(auth, "peer_dns"))
+        policy = self.policy.current() if self.policy is not None else _NO_POLICY
+        found = policy.identify(_values(auth, "peer_uri"), _values(auth, "peer_dns"))
         if found is not None or self.tokens is None:
             return found
         for key, value in context.invocation_metadata() or ():
@@ -135,3 +136,4 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 _CHANNEL_NUMBERS = frozenset(topup_pb2.Channel.values())
+_NO_POLICY = Policy()

@@ -15,10 +15,18 @@ channels); every bad field is named and the server does not start.
 Certificates are trusted by the client CA (``CHARGING_TLS_CLIENT_CA``); the policy only
 says what a trusted certificate's name may do. A trusted certificate whose names are not
 in the policy has no identity (UNAUTHENTICATED).
+
+The file is followed while the server runs (``PolicyFile``): a change is read within a
+second, so a compromised caller is shut out by deleting its entry, without a restart. A
+changed file that is not valid is ignored with a warning naming its problems; the policy
+in force stays.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +35,8 @@ from typing import Any
 from charging.errors import StartupError
 from charging.schemas import DocumentInvalid, Problems, Schema, parse_json
 from charging.security.identity import Identity
+
+log = logging.getLogger("charging.security")
 
 
 class PolicyInvalid(DocumentInvalid):
@@ -105,3 +115,39 @@ def load_policy(path: str) -> Policy:
         return parse_policy(parse_json(text, "policy", PolicyInvalid))
     except PolicyInvalid as exc:
         raise StartupError(f"CHARGING_POLICY_FILE {path}: {exc}") from None
+
+
+class PolicyFile:
+    """The policy file, checked at start (``StartupError``) and re-read when it changes,
+    looked at no more than every ``check_s`` seconds."""
+
+    def __init__(self, path: str, check_s: float = 1.0) -> None:
+        self.path = path
+        self.check_s = check_s
+        self._stamp = self._read_stamp()
+        self._policy = load_policy(path)
+        self._checked = time.monotonic()
+
+    def _read_stamp(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return (0, 0)  # gone: keep the policy in force, and notice its return
+        return st.st_mtime_ns, st.st_size
+
+    def current(self) -> Policy:
+        now = time.monotonic()
+        if now - self._checked < self.check_s:
+            return self._policy
+        self._checked = now
+        stamp = self._read_stamp()
+        if stamp == self._stamp or stamp == (0, 0):
+            return self._policy
+        self._stamp = stamp
+        try:
+            self._policy = load_policy(self.path)
+        except StartupError as exc:
+            log.warning("policy file not reloaded", extra={"error": str(exc)})
+        else:
+            log.info("policy file reloaded", extra={"clients": len(self._policy.by_name)})
+        return self._policy
