@@ -39,6 +39,7 @@ from charging.errors import StartupError
 from charging.events import EventCharging
 from charging.ledger import Ledger
 from charging.notifications import Notifier
+from charging.rating import UnitKind
 from charging.redis_link import RedisLink
 from charging.redis_ready import wait_until_ready
 from charging.renewals import Renewer
@@ -47,7 +48,7 @@ from charging.security.mode import Mode, decide
 from charging.security.policy import PolicyFile
 from charging.security.tls import CertificateFiles, TlsFilesInvalid
 from charging.security.tokens import TokenStore
-from charging.sessions import SessionCharging
+from charging.sessions import SessionCharging, UsageLimits
 from charging.settings import Settings, redact_url
 from charging.status import add_servicer
 from charging.subscribers import Directory
@@ -134,8 +135,17 @@ class App:
         directory = Directory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
         ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
+        limits = UsageLimits(
+            {
+                UnitKind.TIME: s.max_used_time_s,
+                UnitKind.VOLUME: s.max_used_octets,
+                UnitKind.SERVICE_SPECIFIC: s.max_used_units,
+                UnitKind.MONEY: s.max_used_money_micros,
+            },
+            s.overrun_floor_micros,
+        )
         self.sessions = sessions = SessionCharging(
-            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s
+            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s, limits=limits
         )
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from charging.errors import InvalidRequest
+from charging.money import MAX_AMOUNT, MAX_UNITS
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,15 @@ class Settings:
     catalog_refresh_s: float = 2.0
     # Notify once when a money balance falls below this (micros; 0: never).
     low_balance_micros: int = 1_000_000
+    # What one session request may report per rating group (more is 5004) and be granted.
+    max_used_time_s: int = 86_400
+    max_used_octets: int = 10**12
+    max_used_units: int = 10_000
+    max_used_money_micros: int = 10**9
+    # How far below zero usage beyond its grants may take an account's available money
+    # (micros); further usage is unbilled overrun and ends the session. -1: the largest
+    # single grant of the account's plan.
+    overrun_floor_micros: int = -1
     # The network's provisioning gateway (HLR/HSS); empty starts the bundled simulator.
     network_url: str = ""
     network_timeout_s: float = 2.0
@@ -135,6 +145,16 @@ class Settings:
             raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
         if self.answer_ttl_s < 60:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
+        for name, ceiling in (
+            ("CHARGING_MAX_USED_TIME_S", self.max_used_time_s),
+            ("CHARGING_MAX_USED_OCTETS", self.max_used_octets),
+            ("CHARGING_MAX_USED_UNITS", self.max_used_units),
+            ("CHARGING_MAX_USED_MONEY_MICROS", self.max_used_money_micros),
+        ):
+            if not 1 <= ceiling <= MAX_UNITS:
+                raise InvalidRequest(name, f"must be between 1 and {MAX_UNITS}")
+        if not -1 <= self.overrun_floor_micros <= MAX_AMOUNT:
+            raise InvalidRequest("CHARGING_OVERRUN_FLOOR_MICROS", f"must be between -1 and {MAX_AMOUNT}")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
         if not 0 < self.smtp_port < 65536:

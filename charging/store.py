@@ -12,15 +12,21 @@ from charging.errors import StorageUnavailable
 
 
 def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> aioredis.Redis:
-    """A pooled client; replies decoded as UTF-8 strings."""
-    return aioredis.Redis.from_url(
+    """A pooled client; replies decoded as UTF-8 strings.
+
+    When every connection is in use a call waits up to ``timeout_s`` for one to come
+    back (a blocking pool): redis-py's plain pool would fail at once with "Too many
+    connections", which is a burst of our own making, not Redis being unavailable."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def unavailable(exc: BaseException) -> str:
