@@ -16,7 +16,7 @@ from charging.errors import StartupError
 from charging.security.mode import Mode, decide, is_loopback
 from charging.security.policy import PolicyInvalid, load_policy, parse_policy
 from tests.conftest import free_port
-from tests.server_process import serve, stop
+from tests.server_process import serve, stop, wait_serving
 
 
 @pytest.mark.parametrize(
@@ -183,16 +183,12 @@ def test_the_tools_against_a_secured_server(tmp_path: Path) -> None:
 
 
 def test_insecure_on_an_exposed_address_warns_at_start(tmp_path: Path) -> None:
-    proc, _ = serve(tmp_path / "r", CHARGING_GRPC_ADDRESS=f"0.0.0.0:{free_port()}", CHARGING_INSECURE="true")
+    port = free_port()
+    proc, _ = serve(tmp_path / "r", port, CHARGING_GRPC_ADDRESS=f"0.0.0.0:{port}", CHARGING_INSECURE="true")
     try:
-        deadline = time.monotonic() + 60
-        while "serving" not in (line := proc.stderr.readline() if proc.stderr else ""):
-            assert line or proc.poll() is None
-            assert time.monotonic() < deadline
-            if "CHARGING_INSECURE=true" in line:
-                assert '"level": "WARNING"' in line
-                break
-        else:
-            raise AssertionError("no warning before serving")
+        wait_serving(proc, port)
     finally:
-        stop(proc)
+        err = stop(proc)
+    (warning,) = [line for line in err.splitlines() if "CHARGING_INSECURE=true" in line]
+    assert '"level": "WARNING"' in warning
+    assert '"security": "insecure"' in err
