@@ -172,18 +172,19 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     import asyncio
 
     from charging import store
+    from charging.embedded_redis import with_password
     from charging.errors import ChargingError
     from charging.security.tokens import TokenStore
     from charging.settings import Settings
 
     settings = Settings.from_env(os.environ)
-    url = settings.redis_url or f"unix://{(settings.redis_dir / 'redis.sock').resolve()}"
+    url = with_password(settings.redis_url or f"unix://{(settings.redis_dir / 'redis.sock').resolve()}")
 
     if args.action != "list" and not args.name:
         raise CliError(f"tokens {args.action} needs --name")
 
     async def run() -> int:
-        client = store.connect(url, max_connections=2)
+        client = store.connect(url, max_connections=2, tls=settings.redis_tls())
         tokens = TokenStore(client)
         try:
             if args.action == "create":
