@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import grpc
 
+from charging.embedded_postgres import private_dir
 from charging.embedded_redis import redis_command
 from charging.security.certs import write_dev_set
 from charging.v1 import charging_pb2, charging_pb2_grpc
@@ -116,10 +118,20 @@ def bench(args: argparse.Namespace) -> int:
         common = child_env()
         common.update(CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}", CHARGING_METRICS_ADDRESS="")
         common.update(CHARGING_BILLING_INTERVAL_S="0", CHARGING_REDIS_DIR=str(redis_dir))
-        plain_env = {**common, "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{plain_port}"}
+        # Each server its own embedded PostgreSQL (one per data directory), where the
+        # postgres user can reach it.
+        plain_pg, tls_pg = private_dir("charging-tls-bench-pg-"), private_dir("charging-tls-bench-pg-")
+        for directory in (plain_pg, tls_pg):
+            stack.callback(shutil.rmtree, directory, True)
+        plain_env = {
+            **common,
+            "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{plain_port}",
+            "CHARGING_DATABASE_DIR": str(plain_pg),
+        }
         tls_env = {
             **common,
             "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{tls_port}",
+            "CHARGING_DATABASE_DIR": str(tls_pg),
             "CHARGING_TLS_CERT": str(pki / "server.pem"),
             "CHARGING_TLS_KEY": str(pki / "server.key"),
             "CHARGING_TLS_CLIENT_CA": str(pki / "ca.pem"),
