@@ -5,19 +5,24 @@ touching Redis (``StartupError``, printed by ``serve`` as one line); then Redis,
 for while it loads its dataset; then everything else, and gRPC listens last.
 
 Stop order: health goes NOT_SERVING, the gRPC server drains in-flight calls within the
-grace period, background tasks (sweeper, census, Redis supervision) are cancelled and
-awaited, the Redis pool is closed, the embedded redis-server is shut down.
+grace period, the background jobs (``charging/jobs.py``) and the Redis
+supervision are cancelled and awaited, the Redis pool is closed, the embedded
+redis-server is shut down.
+
+Health: SERVING once started; NOT_SERVING for good when a background job dies (a bug: a
+restart mends it). A job that keeps failing (Redis or a mail server down) shows in its
+metrics instead: every process would fail alike, and none should leave the balancer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import secrets
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +36,13 @@ from charging import store
 from charging.admin_api import AdminServicer
 from charging.api import ChargingServicer, TopUpServicer
 from charging.catalogs import CatalogBook
-from charging.census import run_census
+from charging.census import record_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
 from charging.embedded_redis import EmbeddedRedis
 from charging.errors import StartupError
 from charging.events import EventCharging
+from charging.jobs import Backoff, Job, Jobs
 from charging.ledger import Ledger
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
@@ -103,7 +109,7 @@ class App:
     acquisition: Acquisition | None = None
     billing: Billing | None = None
     _simulator: NetworkSimulator | None = None
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    jobs: Jobs = field(default_factory=Jobs)
 
     async def start(self) -> None:
         s = self.settings
@@ -167,23 +173,45 @@ class App:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-        if self.run_background:
-            self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
-            self._tasks.append(asyncio.create_task(self.renewer.run(), name="renewer"))
-            assert self.worker is not None and self.acquisition is not None
-            if s.provisioning_in_server:
-                self._tasks.append(
-                    asyncio.create_task(self.worker.run(s.provisioning_interval_s), name="provisioning-worker")
-                )
-                resumer = self.acquisition.run_resumer(s.order_resume_interval_s)
-                self._tasks.append(asyncio.create_task(resumer, name="order-resumer"))
-            self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
-            self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
-            if s.billing_interval_s > 0:
-                self._tasks.append(asyncio.create_task(self.billing.run_jobs(s.billing_interval_s), name="billing"))
+        self.jobs.on_death = self._not_serving
+        for job in self._background_jobs():
+            self.jobs.start(job)
         if self._embedded is not None:
-            self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
+            self.jobs.watch("redis_supervisor", self._embedded.supervise())
         log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
+
+    def _background_jobs(self) -> list[Job]:
+        """Every periodic loop of the server. The notification relay runs also without
+        ``run_background``: requests wake it and wait for nothing else."""
+        s = self.settings
+        assert self.redis is not None and self.notifier is not None and self.catalogs is not None
+        assert self.sweeper is not None and self.renewer is not None and self.billing is not None
+        assert self.worker is not None and self.acquisition is not None
+
+        def job(name: str, pass_: Callable[[], Awaitable[Any]], interval_s: float, **kw: Any) -> Job:
+            return Job(name, pass_, interval_s=interval_s, clock=self.clock, backoff=job_backoff(s), **kw)
+
+        jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup)]
+        if not self.run_background:
+            return jobs
+        redis = self.redis
+        jobs += [
+            job("sweeper", self.sweeper.sweep_due, s.sweep_interval_s),
+            job("renewer", self.renewer.renew_once, s.renew_interval_s),
+            job("census", lambda: record_census(redis), s.census_interval_s),
+            job("catalog", self.catalogs.follow, s.catalog_refresh_s),
+        ]
+        if s.provisioning_in_server:
+            jobs += provisioning_jobs(s, self.acquisition, self.clock)
+        if s.billing_interval_s > 0:
+            jobs += [job(name, pass_, s.billing_interval_s) for name, pass_ in self.billing.passes().items()]
+        return jobs
+
+    async def _not_serving(self, job: str) -> None:
+        """A background job died: out of the load balancer until a restart."""
+        if self._health is not None:
+            for name in ("", *SERVICE_NAMES):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _listen(self) -> None:
         """Before anything else: ``StartupError`` when the gRPC address is in use, and
@@ -217,14 +245,7 @@ class App:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        if self.notifier is not None:
-            await self.notifier.aclose()
+        await self.jobs.stop()
         if self.acquisition is not None:
             await self.acquisition.aclose()
         if self._simulator is not None:
@@ -261,6 +282,34 @@ def in_use(address: str) -> bool:
                 if exc.errno == errno.EADDRINUSE:
                     return True
     return False
+
+
+def job_backoff(settings: Settings) -> Backoff:
+    return Backoff(settings.job_retry_s, settings.job_retry_max_s)
+
+
+def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock) -> list[Job]:
+    """The provisioning worker, woken early by its change stream, and the order resumer:
+    in the server, or in ``charging worker``."""
+    backoff = job_backoff(settings)
+    worker = acquisition.worker
+    return [
+        Job(
+            "provisioning",
+            worker.reconcile_once,
+            interval_s=settings.provisioning_interval_s,
+            clock=clock,
+            backoff=backoff,
+            wake=worker.changes(),
+        ),
+        Job(
+            "order_resumer",
+            acquisition.resume_stalled,
+            interval_s=settings.order_resume_interval_s,
+            clock=clock,
+            backoff=backoff,
+        ),
+    ]
 
 
 async def build_acquisition(
@@ -319,23 +368,35 @@ async def provision(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [
-        asyncio.create_task(acquisition.worker.run(settings.provisioning_interval_s)),
-        asyncio.create_task(acquisition.run_resumer(settings.order_resume_interval_s)),
-        asyncio.create_task(catalogs.follow(settings.catalog_refresh_s)),
-    ]
+    died: list[str] = []
+
+    async def job_died(name: str) -> None:
+        # No health service here: exit with an error, for the supervisor to restart us.
+        died.append(name)
+        stop.set()
+
+    jobs = Jobs(on_death=job_died)
+    for job in provisioning_jobs(settings, acquisition, clock):
+        jobs.start(job)
+    jobs.start(
+        Job(
+            "catalog",
+            catalogs.follow,
+            interval_s=settings.catalog_refresh_s,
+            clock=clock,
+            backoff=job_backoff(settings),
+        )
+    )
     log.info("provisioning worker running")
     try:
         await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await jobs.stop()
         await acquisition.aclose()
         await client.aclose()
         log.info("provisioning worker stopped")
+    if died:
+        raise SystemExit(f"error: background job {died[0]} died")
 
 
 async def serve(settings: Settings) -> None:

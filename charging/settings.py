@@ -77,6 +77,10 @@ class Settings:
     smtp_password: str = ""
     smtp_timeout_s: float = 30.0
     invoice_dir: str = ""
+    # Background jobs (charging/jobs.py): a failed pass is tried again after job_retry_s,
+    # doubling up to job_retry_max_s, with jitter.
+    job_retry_s: float = 1.0
+    job_retry_max_s: float = 60.0
 
     def __repr__(self) -> str:
         fields = []
@@ -126,6 +130,8 @@ class Settings:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
+        if self.job_retry_s <= 0 or self.job_retry_max_s < self.job_retry_s:
+            raise InvalidRequest("CHARGING_JOB_RETRY_S", "must be above 0 and at most CHARGING_JOB_RETRY_MAX_S")
         if not 0 < self.smtp_port < 65536:
             raise InvalidRequest("CHARGING_SMTP_PORT", "must be a port number")
         for name, address in (
