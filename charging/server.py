@@ -4,8 +4,9 @@ Start order: a server whose gRPC or metrics address is taken stops at once, befo
 touching Redis (``StartupError``, printed by ``serve`` as one line); then Redis, waited
 for while it loads its dataset; then everything else, and gRPC listens last.
 
-Stop order: health goes NOT_SERVING, the gRPC server drains in-flight calls within the
-grace period, the background jobs (``charging/jobs.py``) and the Redis
+Stop order: health goes NOT_SERVING while calls are still served for the shutdown delay
+(load balancers polling health move traffic away), the gRPC server drains in-flight calls
+within the grace period, the background jobs (``charging/jobs.py``) and the Redis
 supervision are cancelled and awaited, the Redis pool is closed, the embedded
 redis-server is shut down.
 
@@ -110,6 +111,8 @@ class App:
     billing: Billing | None = None
     _simulator: NetworkSimulator | None = None
     jobs: Jobs = field(default_factory=Jobs)
+    _serving: bool = False
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         s = self.settings
@@ -172,6 +175,7 @@ class App:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
 
         self.jobs.on_death = self._not_serving
         for job in self._background_jobs():
@@ -196,8 +200,8 @@ class App:
             return jobs
         redis = self.redis
         jobs += [
-            job("sweeper", self.sweeper.sweep_due, s.sweep_interval_s),
-            job("renewer", self.renewer.renew_once, s.renew_interval_s),
+            job("sweeper", self.sweeper.sweep_due, self.sweeper.interval_s),
+            job("renewer", self.renewer.renew_once, self.renewer.interval_s),
             job("census", lambda: record_census(redis), s.census_interval_s),
             job("catalog", self.catalogs.follow, s.catalog_refresh_s),
         ]
@@ -212,6 +216,10 @@ class App:
         if self._health is not None:
             for name in ("", *SERVICE_NAMES):
                 await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def hurry(self) -> None:
+        """Skip what is left of the shutdown delay (a second SIGTERM or SIGINT)."""
+        self._hurry.set()
 
     def _listen(self) -> None:
         """Before anything else: ``StartupError`` when the gRPC address is in use, and
@@ -243,6 +251,16 @@ class App:
     async def stop(self) -> None:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._serving and self.settings.shutdown_delay_s > 0:
+            # Calls are still served while load balancers polling health see NOT_SERVING
+            # and move traffic away; stopping at once took the server from SERVING
+            # straight to unreachable.
+            log.info("not serving; draining after the delay", extra={"delay_s": self.settings.shutdown_delay_s})
+            try:
+                async with asyncio.timeout(self.settings.shutdown_delay_s):
+                    await self._hurry.wait()
+            except TimeoutError:
+                pass
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
         await self.jobs.stop()
@@ -404,9 +422,15 @@ async def serve(settings: Settings) -> None:
     exits with status 1 and one line on stderr saying why."""
     app = App(settings)
     stop = asyncio.Event()
+
+    def signalled() -> None:
+        if stop.is_set():
+            app.hurry()  # a second signal: drain now
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     failure: StartupError | None = None
     try:
         await app.start()

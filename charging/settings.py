@@ -81,6 +81,10 @@ class Settings:
     # doubling up to job_retry_max_s, with jitter.
     job_retry_s: float = 1.0
     job_retry_max_s: float = 60.0
+    # On SIGTERM health answers NOT_SERVING, calls still served, for this long before the
+    # drain (grace_period_s): load balancers polling health move traffic away meanwhile.
+    # Set it to their health-check interval; a second SIGTERM or SIGINT skips it.
+    shutdown_delay_s: float = 2.0
 
     def __repr__(self) -> str:
         fields = []
@@ -132,6 +136,8 @@ class Settings:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
         if self.job_retry_s <= 0 or self.job_retry_max_s < self.job_retry_s:
             raise InvalidRequest("CHARGING_JOB_RETRY_S", "must be above 0 and at most CHARGING_JOB_RETRY_MAX_S")
+        if self.shutdown_delay_s < 0:
+            raise InvalidRequest("CHARGING_SHUTDOWN_DELAY_S", "must not be negative")
         if not 0 < self.smtp_port < 65536:
             raise InvalidRequest("CHARGING_SMTP_PORT", "must be a port number")
         for name, address in (

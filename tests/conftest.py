@@ -112,6 +112,7 @@ def settings(redis_url: str) -> Settings:
         sweep_interval_s=0.05,
         census_interval_s=0.05,
         grace_period_s=1.0,
+        shutdown_delay_s=0.0,
         job_retry_s=0.01,
         job_retry_max_s=0.05,
     )

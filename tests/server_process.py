@@ -25,6 +25,7 @@ def serve(redis_dir: Path, port: int | None = None, **env: str) -> tuple[subproc
         "CHARGING_METRICS_ADDRESS": "",
         "CHARGING_REDIS_DIR": str(redis_dir),
         "CHARGING_BILLING_INTERVAL_S": "0",
+        "CHARGING_SHUTDOWN_DELAY_S": "0",
         **env,
     }
     environ.pop("CHARGING_REDIS_URL", None)

@@ -1,15 +1,17 @@
 """Background jobs (charging/jobs.py) in a real server: every loop is a job, a dead job
 takes the server out of its load balancer, a failing one shows in /metrics and backs
-off, and stopping ends every job."""
+off, stopping ends every job, and SIGTERM answers NOT_SERVING before the drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
+import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +22,7 @@ from charging.errors import StorageUnavailable
 from charging.jobs import Backoff, Job
 from charging.server import App
 from charging.settings import Settings
+from tests.server_process import serve, wait_serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -241,3 +244,31 @@ async def test_stopping_ends_every_job_also_one_that_swallows_its_cancellation(
     await app.stop()
     assert all(t.cancelled() for t in tasks)
     assert app.jobs.dead == []
+
+
+def test_sigterm_answers_not_serving_while_calls_are_still_served_then_drains(tmp_path: Path) -> None:
+    """A load balancer polling health must see NOT_SERVING before the server stops taking
+    calls: it used to go from SERVING straight to unreachable. A second SIGTERM skips
+    the rest of the delay."""
+    proc, port = serve(tmp_path / "redis", CHARGING_SHUTDOWN_DELAY_S="50", CHARGING_GRACE_PERIOD_S="1")
+    try:
+        wait_serving(proc, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+            assert next(watch).status == SERVING
+            proc.send_signal(signal.SIGTERM)
+            assert next(watch).status == NOT_SERVING
+            # New calls are still answered: health checks see NOT_SERVING, not a closed port.
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == NOT_SERVING
+            service = health_pb2.HealthCheckRequest(service="charging.v1.Charging")
+            assert health.Check(service, timeout=10).status == NOT_SERVING
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.RpcError):
+                next(watch)  # the stream ends with the drain, after NOT_SERVING
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stderr = proc.communicate(timeout=30)[1]
+    assert '"shutting down"' in stderr and '"stopped"' in stderr
