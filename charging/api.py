@@ -196,7 +196,8 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         elif answer.session_delta > 0:
             metrics.SESSIONS_OPENED.inc()
         elif answer.session_delta < 0:
-            metrics.SESSIONS_CLOSED.labels("terminate").inc()
+            # A TERMINATE ends its session; an UPDATE does when the session cannot go on.
+            metrics.SESSIONS_CLOSED.labels("terminate" if req.kind == "T" else "refused").inc()
         return session_answer_pb(request, answer)
 
     @rpc("ChargeEvent")

@@ -76,10 +76,11 @@ class Bucket:
         return self.expiry_s <= at_s and self.reserved == 0
 
 
-def consumption_order(b: Bucket) -> tuple[int, int, str]:
-    """Sort key: priority (lower first), then earliest expiry, then id (ids are ASCII, so
-    Python's order is the byte order Lua compares strings in)."""
-    return (b.priority, b.expiry_s, b.id)
+def consumption_order(b: Bucket) -> tuple[bool, int, int, str]:
+    """Sort key: a pool member's own buckets before its pool's (ids ``^`` + id), then
+    priority (lower first), then earliest expiry, then id (ids are ASCII, so Python's
+    order is the byte order Lua compares strings in)."""
+    return (b.id.startswith("^"), b.priority, b.expiry_s, b.id)
 
 
 def usable(

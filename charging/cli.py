@@ -9,6 +9,7 @@ charging balance --msisdn 491700000001
 charging bill-run --dunning
 charging invoices --billing-account C1
 charging pay --billing-account C1 --amount 29.75 --reference bank-123
+charging rotate-data-key
 
 Every error is one line on stderr and a non-zero exit status: 2 for a bad command line
 or a call the server refused with a gRPC status, 1 for an answer that refuses the request
@@ -130,6 +131,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     logs.configure(settings.log_level)
     uvloop.run(provision(settings))
+    return 0
+
+
+def cmd_rotate_data_key(args: argparse.Namespace) -> int:
+    """Re-seal personal data under the newest key, then rewrite the AOF. Talks to Redis
+    itself (CHARGING_REDIS_URL, else the embedded Redis of CHARGING_REDIS_DIR)."""
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from charging import store
+    from charging.embedded_redis import with_password
+    from charging.errors import StartupError
+    from charging.settings import Settings
+    from provisioning.rotation import Rotation
+    from provisioning.sealing import Unreadable, load_sealer
+
+    settings = Settings.from_env(os.environ)
+    url = with_password(settings.redis_url or f"unix://{settings.redis_dir.resolve() / 'redis.sock'}")
+
+    async def rotate() -> dict[str, int]:
+        sealer = load_sealer(settings, generate=False)
+        client = store.connect(url, max_connections=2, tls=settings.redis_tls(), timeout_s=args.timeout)
+        try:
+            return (await Rotation(client, sealer).run(rewrite_timeout_s=args.timeout)).as_dict()
+        finally:
+            await client.aclose()
+
+    try:
+        done = asyncio.run(rotate())
+    except (StartupError, RuntimeError, Unreadable) as exc:
+        raise CliError(str(exc)) from None
+    except RedisError as exc:
+        raise CliError(f"redis: {exc}") from None
+    print(json.dumps({"rotated": done, "aof": "rewritten"}))
     return 0
 
 
@@ -411,6 +447,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--channel", default="BANK_TRANSFER")
     sp.add_argument("--reference", required=True)
     sp.set_defaults(fn=cmd_pay)
+
+    sp = sub.add_parser(
+        "rotate-data-key", help="re-encrypt personal data with the newest data key, then rewrite Redis's AOF"
+    )
+    sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Redis and the AOF rewrite")
+    sp.set_defaults(fn=cmd_rotate_data_key)
     return p
 
 

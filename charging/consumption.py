@@ -7,15 +7,16 @@ the tests hold the scripts to the functions here):
 - Buckets give up *billable* units: the usage rounded up to the rate's increments
   (``rating.billable_units``), continued over the session like the price is.
 - A usage draws on the matching buckets in consumption order (``buckets.usable``: started,
-  not expired, unit and restrictions matching; priority, then earliest expiry, then id),
+  not expired, unit and restrictions matching; a member's own before its pool's, then
+  priority, then earliest expiry, then id),
   each up to its unreserved amount; what they do not cover is money at the rate's price,
   priced on the units paid with money so far in the session.
 - A grant holds bucket units first (only of buckets not expired at that instant), then as
   many units as the free money buys (``rating.affordable_units``); it may span buckets
   and money. The unused rest of an increment already billed is granted for nothing.
 - An event takes from the buckets first, the rest is money, all or nothing.
-- A pool member also draws on its pool's buckets; they are named ``POOL_MARK + id`` in the
-  member's view and ordered like its own buckets, by that name on a tie.
+- A pool member also draws on its pool's buckets, after all of its own; they are named
+  ``POOL_MARK + id`` in the member's view.
 """
 
 from __future__ import annotations

@@ -18,6 +18,14 @@ server left its redis-server running and the restarted one started a second. So:
   redis-server running on the directory without the lock (left by an older version or
   started by hand), stops it, says so in the log, and waits for it to exit before
   starting its own.
+
+Only the server's own user reads it. The directory is 0700; redis-server runs with
+umask 077, so its AOF and RDB files are 0600 (files an older version left are set so
+at start), and its socket is 0700. No client gets in without the password, generated
+once and kept in ``redis.password`` (0600) next to the socket; clients log in as the
+ACL user ``charging``; redis-server reads only the password's SHA-256, from ``users.acl``.
+``charging worker`` and the CLI, given the socket's ``unix://`` URL without a password,
+read the password from that file (``with_password``).
 """
 
 from __future__ import annotations
@@ -27,11 +35,15 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
+import stat
 from pathlib import Path
+from urllib.parse import quote, urlparse
 
 import redis.asyncio as aioredis
 
@@ -41,6 +53,9 @@ from charging.redis_ready import wait_until_ready
 log = logging.getLogger("charging.redis")
 
 LOCK_FILE = "charging.lock"
+PASSWORD_FILE = "redis.password"
+ACL_FILE = "users.acl"
+USER = "charging"
 PR_SET_PDEATHSIG = 1
 
 INSTALL_HINT = (
@@ -51,9 +66,13 @@ INSTALL_HINT = (
 _prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
-def redis_command(binary: str, directory: Path, appendfsync: str, *, port: int = 0) -> list[str]:
-    """The redis-server command line. ``port`` 0 means Unix socket only."""
+def redis_command(
+    binary: str, directory: Path, appendfsync: str, *, port: int = 0, aclfile: Path | None = None
+) -> list[str]:
+    """The redis-server command line. ``port`` 0 means Unix socket only; ``aclfile``
+    holds its users (else the default user needs no password)."""
     socket = directory / "redis.sock"
+    acl = ["--aclfile", str(aclfile)] if aclfile is not None else []
     return [
         binary,
         "--port", str(port),
@@ -67,11 +86,66 @@ def redis_command(binary: str, directory: Path, appendfsync: str, *, port: int =
         "--daemonize", "no",
         "--logfile", "redis.log",
         "--protected-mode", "yes",
+        *acl,
     ]  # fmt: skip
 
 
+def password_of(directory: Path) -> str:
+    """The embedded Redis's password, generated on first use into a 0600 file."""
+    path = directory / PASSWORD_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
+def with_password(url: str) -> str:
+    """``url`` with the embedded Redis's credentials when it names an embedded Redis's
+    socket (``unix://.../redis.sock``) without a password and the password file is
+    beside it; any other URL as it is. How ``charging worker`` and the CLI log in."""
+    u = urlparse(url)
+    if u.scheme != "unix" or u.password:
+        return url
+    path = Path(u.path).parent / PASSWORD_FILE
+    try:
+        password = path.read_text().strip()
+    except OSError:
+        return url
+    return f"unix://{USER}:{quote(password, safe='')}@{u.path}" + (f"?{u.query}" if u.query else "")
+
+
+def _private(directory: Path) -> None:
+    """Only the owner may enter the directory or read what Redis wrote in it."""
+    directory.chmod(0o700)
+    for path in (*directory.glob("*.aof"), *directory.glob("*.rdb"), *directory.glob("appendonlydir*/*")):
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(0o600)
+    for path in directory.glob("appendonlydir*"):
+        path.chmod(0o700)
+
+
+def _acl(directory: Path, password: str) -> Path:
+    """The ACL file: ``charging`` with every right, and the default user behind the same
+    password. Only the password's SHA-256 is in it.
+
+    The default user must not be switched off or restricted: redis-server 7.0 replays
+    the AOF's MULTI/EXEC blocks with the default user's rights, and refuses them
+    (``NOPERM``, in redis.log only) when it has none, so a restart silently loses every
+    change made in a transaction."""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    path = directory / ACL_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"user default on #{digest} ~* &* +@all\nuser {USER} on #{digest} ~* &* +@all\n")
+    return path
+
+
 def _die_with(parent: int) -> None:
-    """Run in the child between fork and exec: ask for SIGTERM when the parent dies.
+    """Run in the child between fork and exec: ask for SIGTERM when the parent dies, and
+    keep what it writes private (umask 077).
 
     The signal follows the death of the parent's *thread* that forked, not of its
     process. asyncio and uvloop both fork in the event loop's thread, which lives as
@@ -81,6 +155,7 @@ def _die_with(parent: int) -> None:
         _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the signal was asked for
         os._exit(1)
+    os.umask(0o077)  # the AOF and RDB files it writes: 0600
 
 
 def _started_at(pid: int) -> str | None:
@@ -128,10 +203,12 @@ class EmbeddedRedis:
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: int | None = None
         self._stopping = False
+        self._password = ""
 
     @property
     def url(self) -> str:
-        return f"unix://{self.directory / 'redis.sock'}"
+        """The socket's URL with the credentials (redact before showing it)."""
+        return f"unix://{USER}:{self._password}@{self.directory / 'redis.sock'}"
 
     @property
     def name(self) -> str:
@@ -141,9 +218,11 @@ class EmbeddedRedis:
         path = shutil.which(self.binary)
         if path is None:
             raise StartupError(INSTALL_HINT)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private(self.directory)
         if self._lock is None:
             self._lock = await self._lock_directory()
+        self._password = password_of(self.directory)
         # Holding the lock, any redis-server here runs without it: stop it.
         if pids := redis_processes(path, self.directory):
             log.warning(
@@ -152,7 +231,7 @@ class EmbeddedRedis:
             )
             await self._terminate(pids)
         self._proc = await asyncio.create_subprocess_exec(
-            *redis_command(path, self.directory, self.appendfsync),
+            *redis_command(path, self.directory, self.appendfsync, aclfile=_acl(self.directory, self._password)),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             pass_fds=(self._lock,),

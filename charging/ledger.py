@@ -48,13 +48,17 @@ class Reply:
     session_delta: int = 0
     # Notifications waiting in the account's outbox.
     outbox: int = 0
+    # Session usage not billed (beyond the overrun floor), units by unit kind.
+    unbilled: tuple[tuple[int, int], ...] = ()
 
 
 def _reply(raw: Sequence[Any]) -> Reply:
     kind = raw[0]
     body = raw[1] if len(raw) > 1 else ""
-    if kind == "DONE" and len(raw) == 5:
-        return Reply(kind, body, int(raw[2]), int(raw[3]), int(raw[4]))
+    if kind == "DONE" and len(raw) == 6:
+        pairs = (item.split(":") for item in raw[5].split("|") if item)
+        unbilled = tuple((int(unit), int(units)) for unit, units in pairs)
+        return Reply(kind, body, int(raw[2]), int(raw[3]), int(raw[4]), unbilled)
     if kind == "DONE" and len(raw) == 3:
         return Reply(kind, body, outbox=int(raw[2]))
     return Reply(kind, body)

@@ -25,12 +25,31 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- charging/money.py MAX_UNITS and MAX_AMOUNT: the most one rating group of one session
+-- may use (units) and cost (micros) in total, so every counter stays exact (< 2^53).
+local MAX_UNITS = 1000000000000000
+local MAX_AMOUNT = 1000000000000000
+-- 2^53 - 1: every integer up to it is exact in a Lua number (a double).
+local MAX_EXACT = 9007199254740991
+
 -- Length of an outbox after this script's last push to it (0: nothing pushed). A reply
 -- carries it so the caller relays only when there is something new.
 local pushed = 0
 
 local function notify(outbox, text)
   pushed = redis.call('RPUSH', outbox, text)
+end
+
+-- Add n (>= 0) to a running total on the account that no script computes with (units
+-- expired, units of unbilled overrun). It stops at MAX_EXACT rather than leave the exact
+-- range: a total there means "at least this much"; the notifications carry every amount.
+local function add_total(key, field, n)
+  local total = tonumber(redis.call('HGET', key, field) or '0')
+  if total + n > MAX_EXACT then
+    redis.call('HSET', key, field, fmt(MAX_EXACT))
+  else
+    redis.call('HINCRBY', key, field, fmt(n))
+  end
 end
 
 local function split(text, sep)
@@ -70,6 +89,13 @@ local function session_cost(r, u)
   if total < r.min then total = r.min end
   if r.cap > 0 and total > r.cap then total = r.cap end
   return total
+end
+
+-- Whether session_cost(r, u) is exact and at most MAX_AMOUNT: a capped rate always is;
+-- otherwise its upper bound rating.py worst_case_cost must be (safe to compare however
+-- large: doubles round monotonically).
+local function priceable(r, u)
+  return r.cap > 0 or r.connect + r.first_price + r.min + (ceil_div(u, r.inc) + 1) * r.price <= MAX_AMOUNT
 end
 
 -- Units rounded up to the rate's increments (what a bundle gives up for them).
@@ -143,7 +169,11 @@ local function matching(all, now_s, unit, service, zone, band, held)
       out[#out + 1] = b
     end
   end
+  -- A pool member's own buckets come before its pool's ('^' ids), each in priority,
+  -- expiry, id order (buckets.py consumption_order is the reference).
   table.sort(out, function(x, y)
+    local x_pool, y_pool = x.id:sub(1, 1) == '^', y.id:sub(1, 1) == '^'
+    if x_pool ~= y_pool then return y_pool end
     if x.priority ~= y.priority then return x.priority < y.priority end
     if x.expiry ~= y.expiry then return x.expiry < y.expiry end
     return x.id < y.id
@@ -212,15 +242,16 @@ local function save_buckets(all, now_s, now_ms)
     local key, acct_key, outbox = b.home[1], b.home[2], b.home[3]
     if b.expiry <= now_s and b.reserved == 0 then
       if b.amount > 0 then
-        redis.call('HINCRBY', acct_key, 'expired_' .. b.unit, fmt(b.amount))
+        add_total(acct_key, 'expired_' .. b.unit, b.amount)
         notify(outbox, 'bundle_expired ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
       end
       redis.call('HDEL', key, b.raw)
     elseif b.dirty then
       if b.initial > 0 then
-        local used_pct = floor_div((b.initial - b.amount) * 100, b.initial)
+        -- used >= 80 % of initial, without a product past 2^53: used >= initial - floor(initial / 5)
+        local used = b.initial - b.amount
         local level = 0
-        if used_pct >= 100 then level = 100 elseif used_pct >= 80 then level = 80 end
+        if used >= b.initial then level = 100 elseif used >= b.initial - floor_div(b.initial, 5) then level = 80 end
         if level > b.notified then
           notify(outbox, 'bundle_' .. fmt(level) .. ' ' .. b.raw .. ' ' .. b.unit .. ' ' .. fmt(b.amount) .. ' ' .. fmt(now_ms))
           b.notified = level
@@ -274,7 +305,10 @@ local function record_usage(agg_key, records_key, bp, now_s, now_ms, u)
     local v = split(prev, ',')
     units, cost, n = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
   end
-  redis.call('HSET', agg_key, field, fmt(units + u.units) .. ',' .. fmt(cost + u.cost) .. ',' .. fmt(n + 1))
+  -- Units stop at +-MAX_EXACT: usage free of charge or covered by bundles is not bounded
+  -- by money, and the records keep every unit. Cost is (charging/money.py).
+  units = math.max(math.min(units + u.units, MAX_EXACT), -MAX_EXACT)
+  redis.call('HSET', agg_key, field, fmt(units) .. ',' .. fmt(cost + u.cost) .. ',' .. fmt(n + 1))
   redis.call('RPUSH', records_key, table.concat({period, fmt(now_ms), u.service, u.zone, u.band, u.roaming,
     u.destination, fmt(u.units), fmt(u.cost), u.ref}, ','))
 end

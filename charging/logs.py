@@ -8,12 +8,18 @@ cannot handle (a body sent to its own health service that does not decode, say).
 handler keeps such library records to one short line, and lets through at most a few
 records of one kind per second, whoever logs them; the next one let through says how many
 were dropped (``suppressed``).
+
+Secrets never reach the output: ``Redact`` replaces the credentials of every URL in a
+record (``scheme://user:password@``, in the message, its arguments, extra fields and a
+traceback) with ``***``, whoever logs it; httpx, which logs each request's URL at INFO,
+is held at WARNING besides.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -35,6 +41,8 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str)
 
 
@@ -53,6 +61,37 @@ class OneLine(logging.Filter):
                 exc = record.exc_info[1]
                 record.error = f"{type(exc).__name__}: {exc}"[: self.MAX_ERROR]
                 record.exc_info, record.exc_text = None, None
+        return True
+
+
+# The user information of a URL: after "scheme://", the user name and its colon (kept),
+# then the password (or a token standing alone) up to the last "@" before the host.
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s?#@:]*:)?[^/\s?#]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it hidden: ``redis://app:***@db:6379``,
+    and a token given as the user name too: ``https://***@host``."""
+    return _CREDENTIALS.sub(r"\1\2***@", text)
+
+
+class Redact(logging.Filter):
+    """Credentials in URLs never reach the output, whichever field of a record holds them
+    (the message and its arguments, extra fields, the text of an exception)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit: shown as they are
+            message = f"{record.msg} {record.args}"
+        if "@" in message:
+            record.msg, record.args = redact(message), None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and "@" in (text := str(value)):
+                setattr(record, key, redact(text))
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 
@@ -104,6 +143,9 @@ def configure(level: str, stream: TextIO | None = None) -> None:
     handler.setFormatter(JsonFormatter())
     handler.addFilter(OneLine())
     handler.addFilter(RateLimit())
+    handler.addFilter(Redact())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request's URL at INFO: a gateway's or bureau's URL may carry a password.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -33,6 +33,12 @@ RESERVED_MICROS = Gauge("charging_reserved_micros", "Money held in open reservat
 ACCOUNTS_WITH_SESSIONS = Gauge("charging_accounts_with_sessions", "Accounts that have open sessions (census).")
 TOPUPS = Counter("charging_topups_total", "Recharges applied, by channel.", ["channel"])
 TOPUP_MICROS = Counter("charging_topup_micros_total", "Money recharged, micros, by channel.", ["channel"])
+UNBILLED_OVERRUN = Counter(
+    "charging_unbilled_overrun_total",
+    "Session usage beyond the overrun floor, not billed (the session was ended), by unit: "
+    "seconds, bytes, service units or micros, rounded up to the rate's increments.",
+    ["unit"],
+)
 SWEPT_MICROS = Counter("charging_swept_micros_total", "Reserved money returned by the supervision sweeper, micros.")
 REDIS_ERRORS = Counter("charging_redis_errors_total", "Redis could not be reached, by component.", ["component"])
 NOTIFICATIONS = Counter("charging_notifications_total", "Notifications relayed to the stream, by kind.", ["kind"])

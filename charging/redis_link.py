@@ -12,6 +12,11 @@ own parser gives it (``NoScriptError``, ``BusyLoadingError`` for LOADING, which 
 ``ConnectionError``, ``MasterDownError``, ...), so callers and ``store.storage_errors``
 handle both clients alike. A command that gets no reply within ``timeout_s`` closes the
 connection, failing every command in flight; the next command reconnects.
+
+``rediss://`` means TLS with the server's certificate verified (against ``RedisTls``'s
+CA file, else the system's CAs) and its host name checked; a certificate that does not
+verify fails the connection, never falls back to clear text. ``RedisTls`` gives the
+pooled client (``store.connect``) the same settings.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -34,6 +41,34 @@ Arg = str | int | bytes
 def _reply_error(message: str) -> redis_errors.RedisError:
     error: redis_errors.RedisError = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
     return error
+
+
+@dataclass(frozen=True)
+class RedisTls:
+    """How a ``rediss://`` connection verifies the server and presents itself."""
+
+    ca_file: str = ""  # empty: the system's trusted CAs
+    cert_file: str = ""  # a client certificate, for a server with tls-auth-clients
+    key_file: str = ""
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file or None)  # CERT_REQUIRED, host name checked
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file or None)
+        return ctx
+
+    def pool_options(self, url: str) -> dict[str, Any]:
+        """redis-py's options for ``url``: verification made explicit for ``rediss://``
+        (whatever redis-py's defaults), nothing for other schemes."""
+        if urlparse(url).scheme != "rediss":
+            return {}
+        return {
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": self.ca_file or None,
+            "ssl_certfile": self.cert_file or None,
+            "ssl_keyfile": self.key_file or None,
+        }
 
 
 class _Protocol(asyncio.Protocol):
@@ -58,9 +93,10 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisLink:
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 5.0, tls: RedisTls | None = None) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.tls = tls or RedisTls()
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
@@ -122,11 +158,18 @@ class RedisLink:
                 async with asyncio.timeout(self.timeout_s):
                     if u.scheme == "unix":
                         transport, protocol = await loop.create_unix_connection(lambda: _Protocol(self), u.path)
-                    else:
+                    elif u.scheme == "rediss":
+                        host = u.hostname or "127.0.0.1"
+                        transport, protocol = await loop.create_connection(
+                            lambda: _Protocol(self), host, u.port or 6379, ssl=self.tls.context(), server_hostname=host
+                        )
+                    elif u.scheme == "redis":
                         transport, protocol = await loop.create_connection(
                             lambda: _Protocol(self), u.hostname or "127.0.0.1", u.port or 6379
                         )
-            except (OSError, TimeoutError) as exc:
+                    else:
+                        raise ValueError(f"not a Redis URL scheme: {u.scheme}")
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError (a certificate that does not verify) is one
                 raise redis_errors.ConnectionError(f"cannot connect to redis: {type(exc).__name__}") from None
             self._transport, self._protocol = transport, protocol  # type: ignore[assignment]
             handshake: list[list[Arg]] = []

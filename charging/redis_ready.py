@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -48,6 +49,8 @@ async def wait_until_ready(
         except (redis_errors.AuthenticationError, redis_errors.AuthorizationError) as exc:
             raise StartupError(f"{name} refuses the credentials: {exc}") from None
         except redis_errors.RedisError as exc:
+            if (cause := _certificate_refused(exc)) is not None:
+                raise StartupError(f"{name} presents a certificate that does not verify: {cause}") from None
             reason = unavailable(exc)
             if not reason:
                 raise
@@ -60,3 +63,14 @@ async def wait_until_ready(
         if loop.time() >= deadline:
             raise StartupError(f"{name} is still {reason} after {timeout_s:g} s (CHARGING_REDIS_READY_TIMEOUT_S)")
         await asyncio.sleep(poll_s)
+
+
+def _certificate_refused(exc: BaseException) -> str | None:
+    """Why the server's TLS certificate was refused, if that is what failed: waiting does
+    not mend it (a wrong CA file, a certificate for another host name)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen)
+        seen = seen.__cause__ or seen.__context__
+    return None

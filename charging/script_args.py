@@ -92,6 +92,8 @@ class SessionArgs:
     low_balance_micros: int
     terminating: bool
     destination: str
+    # Usage is billed while available money stays at or above -overrun_floor (micros).
+    overrun_floor: int
     groups: tuple[RatingGroupArgs, ...]
 
     def to_argv(self) -> tuple[Arg, ...]:
@@ -110,6 +112,7 @@ class SessionArgs:
             self.low_balance_micros,
             "T" if self.terminating else "O",
             self.destination,
+            self.overrun_floor,
             len(self.groups),
         )
         for g in self.groups:

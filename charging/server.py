@@ -40,16 +40,17 @@ from charging.catalogs import CatalogBook
 from charging.census import record_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
-from charging.embedded_redis import EmbeddedRedis
+from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
 from charging.events import EventCharging
 from charging.jobs import Backoff, Job, Jobs
 from charging.ledger import Ledger
 from charging.notifications import Notifier
+from charging.rating import UnitKind
 from charging.redis_link import RedisLink
 from charging.redis_ready import wait_until_ready
 from charging.renewals import Renewer
-from charging.sessions import SessionCharging
+from charging.sessions import SessionCharging, UsageLimits
 from charging.settings import Settings, redact_url
 from charging.status import add_servicer
 from charging.subscribers import Directory
@@ -73,6 +74,7 @@ from provisioning.crm_api import CrmServicer
 from provisioning.customer_care import CustomerCare
 from provisioning.network import HttpNetworkAdapter
 from provisioning.screening import Screener
+from provisioning.sealing import load_sealer
 from provisioning.simulator import NetworkSimulator
 from provisioning.worker import ProvisioningWorker
 
@@ -117,15 +119,15 @@ class App:
     async def start(self) -> None:
         s = self.settings
         self._listen()
-        url = s.redis_url
+        url = with_password(s.redis_url)
         if not url:
             self._embedded = EmbeddedRedis(
                 s.redis_server_bin, s.redis_dir, s.redis_appendfsync, ready_timeout_s=s.redis_ready_timeout_s
             )
             url = await self._embedded.start()
-        self.redis = store.connect(url, max_connections=s.redis_max_connections)
+        self.redis = store.connect(url, max_connections=s.redis_max_connections, tls=s.redis_tls())
         await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
-        self.link = RedisLink(url)
+        self.link = RedisLink(url, tls=s.redis_tls())
 
         ledger = Ledger(self.link)
         self.catalogs = CatalogBook(self.redis)
@@ -133,8 +135,17 @@ class App:
         directory = Directory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
         ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
+        limits = UsageLimits(
+            {
+                UnitKind.TIME: s.max_used_time_s,
+                UnitKind.VOLUME: s.max_used_octets,
+                UnitKind.SERVICE_SPECIFIC: s.max_used_units,
+                UnitKind.MONEY: s.max_used_money_micros,
+            },
+            s.overrun_floor_micros,
+        )
         self.sessions = sessions = SessionCharging(
-            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s
+            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s, limits=limits
         )
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
@@ -155,7 +166,10 @@ class App:
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
-            (CrmServicer(self.acquisition, CustomerCare(self.redis)), crm_pb2.DESCRIPTOR.services_by_name["Crm"]),
+            (
+                CrmServicer(self.acquisition, CustomerCare(self.redis, self.acquisition.sealer)),
+                crm_pb2.DESCRIPTOR.services_by_name["Crm"],
+            ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
             (
                 AdminServicer(directory, self.catalogs, self.renewer, self.clock),
@@ -355,6 +369,7 @@ async def build_acquisition(
         CustomerBase(client),
         HttpCreditBureau(settings.bureau_url, timeout_s=settings.network_timeout_s) if settings.bureau_url else None,
         lease_ms=int(settings.order_lease_s * 1000),
+        sealer=load_sealer(settings),
     )
     worker.on_ack = acquisition.acknowledged
     return acquisition
@@ -365,7 +380,7 @@ async def provision(settings: Settings) -> None:
     started with ``CHARGING_PROVISIONING_IN_SERVER=false``. Runs until SIGTERM or SIGINT."""
     if not settings.redis_url or not settings.network_url:
         raise SystemExit("charging worker needs CHARGING_REDIS_URL and CHARGING_NETWORK_URL")
-    client = store.connect(settings.redis_url, max_connections=8)
+    client = store.connect(with_password(settings.redis_url), max_connections=8, tls=settings.redis_tls())
     try:
         await wait_until_ready(client, f"redis at {redact_url(settings.redis_url)}", settings.redis_ready_timeout_s)
     except StartupError as exc:

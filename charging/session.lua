@@ -25,6 +25,8 @@
 --   low_balance_micros  low balance threshold (0: none)
 --   terminating         O (originated by the subscriber) or T (terminating, incoming)
 --   destination         the called party ('' none: recorded with postpaid usage)
+--   overrun_floor       micros: usage is billed while the account's available money
+--                       (balance - reserved) stays at or above -overrun_floor
 --   groups              the number n of rating groups, then n times RatingGroupArgs:
 -- ARGV RatingGroupArgs, 16 values per rating group:
 --   rating_group
@@ -50,8 +52,19 @@
 -- Usage and grants are covered by matching unit buckets first (in billable units, i.e.
 -- rounded to the rate's increments), the rest by money at the rate's price.
 --
+-- Usage that would take the available money below -overrun_floor, or a rating group's
+-- usage or cost in the session past MAX_UNITS or MAX_AMOUNT (ledger_lib.lua), is not
+-- billed: it is unbilled overrun, counted on the account ('unbilled_<unit>', in the rate's
+-- units rounded up to its increments) and notified ('unbilled_overrun'), and the session
+-- ends with 4012. So balance, reserved and every session counter stay in the bounds that
+-- charging/money.py states.
+--
+-- The command-level result and whether the session ends: command_result below, the
+-- same rule as charging/sessions.py command_result.
+--
 -- Reply, one of:
---   {'DONE', body, reserved_delta, session_delta, outbox length after this script's pushes (0: none)}
+--   {'DONE', body, reserved_delta, session_delta, outbox length after this script's pushes (0: none),
+--    unbilled overrun "<unit>:<units>|..." ('' none)}
 --                             first execution, body stored as answer
 --   {'REPLAY', body}          same request number and payload seen before
 --   {'CONFLICT'}              same request number, different payload: nothing changed
@@ -75,10 +88,11 @@ local catalog_version = ARGV[11]
 local low_balance_micros = tonumber(ARGV[12])
 local terminating = ARGV[13] == 'T'
 local destination = ARGV[14]
+local overrun_floor = tonumber(ARGV[15])
 
 -- Rating group i (1-based) of the request, by the names of RatingGroupArgs.
 local function group(i)
-  local j = 16 * i
+  local j = 16 * i + 1
   return {rating_group = ARGV[j], preset_code = tonumber(ARGV[j + 1]), want = tonumber(ARGV[j + 2]),
           final = ARGV[j + 3] == '1', validity_s = tonumber(ARGV[j + 4]), tariff_change_s = ARGV[j + 5],
           used_before = tonumber(ARGV[j + 6]), rate_before = ARGV[j + 7], used_after = tonumber(ARGV[j + 8]),
@@ -86,7 +100,7 @@ local function group(i)
           zone = ARGV[j + 13], band = ARGV[j + 14], roaming = ARGV[j + 15]}
 end
 local groups = {}
-for i = 1, tonumber(ARGV[15]) do groups[i] = group(i) end
+for i = 1, tonumber(ARGV[16]) do groups[i] = group(i) end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
   'bp', 'credit_limit', 'cl')
@@ -113,9 +127,36 @@ local home = {KEYS[5], KEYS[1], KEYS[6]}
 local pool = nil
 if KEYS[9] then pool = {KEYS[9], KEYS[10], KEYS[11]} end
 
-local function finish(body, session_delta)
+local function finish(body, session_delta, unbilled)
   redis.call('SET', KEYS[4], digest .. '|' .. body, 'EX', answer_ttl_s)
-  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(pushed)}
+  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(pushed), unbilled or ''}
+end
+
+-- The command-level result code and whether the session ends (charging/sessions.py
+-- command_result): an UPDATE fails only when the session cannot go on.
+local function command_result(codes, held_after, limit_reached)
+  if limit_reached then return 4012, true end
+  if kind == 'U' then
+    for _, c in ipairs(codes) do if c == 4010 then return 4010, true end end
+    if not held_after then
+      for _, c in ipairs(codes) do if c == 4012 then return 4012, true end end
+    end
+    return 2001, false
+  end
+  local any_ok, free_only = false, true
+  for _, c in ipairs(codes) do
+    if c == 2001 or c == 4011 then any_ok = true end
+    if c ~= 4011 then free_only = false end
+  end
+  local code = 2001
+  if #codes > 0 and not any_ok then
+    code = codes[1]
+  elseif #codes > 0 and free_only then
+    -- Nothing here is credit-controlled (emergency, toll-free): RFC 8506 4011, and an
+    -- INITIAL opens no session the client would have to keep reporting on.
+    code = 4011
+  end
+  return code, kind == 'T' or code ~= 2001
 end
 
 local exists = redis.call('EXISTS', KEYS[3]) == 1
@@ -137,9 +178,10 @@ end
 
 local buckets = load_buckets(home, pool, acct[7])
 local parts = {}
-local any_ok = (#groups == 0)
-local free_only = true
-local first_fail = nil
+local codes = {}
+-- Usage went past the overrun floor or a session maximum: the session ends.
+local limit_reached = false
+local unbilled = {}
 for _, g in ipairs(groups) do
   local rg = g.rating_group
   local rc = g.preset_code
@@ -166,28 +208,51 @@ for _, g in ipairs(groups) do
       release(buckets, record)
       r_units, r_money, record = 0, 0, ''
     end
+    local stopped = false
     for _, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
       if part[1] > 0 then
         local rp = parse_rate(part[2])
         local need = billable(rp, cum + part[1]) - billable(rp, cum)
-        local money_units = need - consume(usable, need)
-        cost = cost + session_cost(rp, k + money_units) - session_cost(rp, k)
-        k = k + money_units
-        cum = cum + part[1]
+        local money_units, billed = need, 0
+        if not stopped and cum + part[1] <= MAX_UNITS and k + need <= MAX_UNITS then
+          money_units = need - consume(usable, need)
+          billed = money_units
+          -- What this usage may still take: down to -overrun_floor available money
+          -- (this rating group's own reservation is back in it by now).
+          local budget = balance - cost - reserved + overrun_floor
+          if not priceable(rp, k + money_units) then
+            billed = 0
+          elseif session_cost(rp, k + money_units) - session_cost(rp, k) > budget then
+            billed = affordable(rp, k, budget, money_units)
+          end
+          cost = cost + session_cost(rp, k + billed) - session_cost(rp, k)
+          k = k + billed
+          cum = cum + part[1]
+        end
+        if billed < money_units then
+          stopped = true
+          unbilled[g.unit] = (unbilled[g.unit] or 0) + money_units - billed
+        end
       end
     end
+    if stopped then limit_reached = true end
     balance = balance - cost
     record_usage(KEYS[7], KEYS[8], acct[8], now_s, now_ms, {service = g.service, zone = g.zone, band = g.band,
       roaming = g.roaming, destination = destination, units = used, cost = cost, ref = session_id})
-    if newest then
+    if stopped then
+      rc = 4012
+    elseif newest then
       if overrun then
         rc = 4012
       elseif kind ~= 'T' and not g.final and want > 0 then
+        local need = billable(r, cum + want) - billable(r, cum)
         if not active then
           rc = 4010
+        elseif cum + want > MAX_UNITS or not priceable(r, k + need) then
+          -- The rating group has reached the most one session may use or cost.
+          rc = 4012
         else
           local paid_rest = billable(r, cum) - cum
-          local need = billable(r, cum + want) - billable(r, cum)
           local covered, taken, earliest = reserve(usable, need, now_s)
           local money_units = affordable(r, k, balance - reserved, need - covered)
           local got = math.min(want, paid_rest + covered + money_units)
@@ -204,34 +269,33 @@ for _, g in ipairs(groups) do
           end
         end
       end
-      s['n' .. rg] = fmt(request_number)
     end
+    if newest then s['n' .. rg] = fmt(request_number) end
     s['u' .. rg] = fmt(r_units)
     s['m' .. rg] = fmt(r_money)
     s['c' .. rg] = fmt(cum)
     s['k' .. rg] = fmt(k)
     s['b' .. rg] = record
   end
-  if rc ~= 4011 then free_only = false end
-  if rc == 2001 or rc == 4011 then
-    any_ok = true
-  elseif not first_fail then
-    first_fail = rc
-  end
+  codes[#codes + 1] = rc
   parts[#parts + 1] = table.concat({fmt(rc), fmt(granted), fmt(cost), fmt(vt_out), fmt(fui), tct_out}, ',')
 end
 
-local cmd = 2001
-if not any_ok then
-  cmd = first_fail
-elseif #groups > 0 and free_only then
-  -- Nothing here is credit-controlled (emergency, toll-free): RFC 8506 4011, and an
-  -- INITIAL opens no session the client would have to keep reporting on.
-  cmd = 4011
+local held_after = false
+for f, v in pairs(s) do
+  if string.match(f, '^u%d+$') and tonumber(v) > 0 then held_after = true end
+end
+local cmd, ends = command_result(codes, held_after, limit_reached)
+
+local unbilled_list = {}
+for unit, units in pairs(unbilled) do
+  add_total(KEYS[1], 'unbilled_' .. unit, units)
+  notify(KEYS[6], 'unbilled_overrun - ' .. unit .. ' ' .. fmt(units) .. ' ' .. fmt(now_ms))
+  unbilled_list[#unbilled_list + 1] = unit .. ':' .. fmt(units)
 end
 
 local session_delta = 0
-if kind == 'T' or (kind == 'I' and cmd ~= 2001) then
+if ends then
   -- The session ends: release whatever this request did not already release.
   for f, v in pairs(s) do
     local counter = string.sub(f, 1, 1)
@@ -263,4 +327,5 @@ if acct[8] then
 else
   watch_balance(KEYS[1], KEYS[6], acct[6] == '1', balance, low_balance_micros, now_ms)
 end
-return finish(fmt(cmd) .. ' ' .. plan_id .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta)
+return finish(fmt(cmd) .. ' ' .. plan_id .. (#parts > 0 and ' ' or '') .. table.concat(parts, ' '), session_delta,
+  table.concat(unbilled_list, '|'))

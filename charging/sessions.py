@@ -10,20 +10,101 @@ same reply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
+from charging import metrics
 from charging.catalog import Catalog, Plan, Usage
 from charging.codes import ResultCode
 from charging.context import Context
 from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Reply
-from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, Units, check_units, quota, session_cost
+from charging.money import MAX_AMOUNT
+from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, UnitKind, Units, check_units, quota, session_cost
 from charging.routing import Target, route
 from charging.script_args import RatingGroupArgs, SessionArgs
 from charging.subscribers import Identity
 
 RequestKind = Literal["I", "U", "T"]
+
+# What one request may report per rating group, by unit: a day of time, a terabyte, ten
+# thousand service units, 1,000 units of currency.
+DEFAULT_CEILINGS: Mapping[UnitKind, int] = {
+    UnitKind.TIME: 86_400,
+    UnitKind.VOLUME: 10**12,
+    UnitKind.SERVICE_SPECIFIC: 10_000,
+    UnitKind.MONEY: 10**9,
+}
+
+
+@dataclass(frozen=True)
+class UsageLimits:
+    """How much one request may report and be granted per rating group, and how far
+    below zero usage beyond its grants may take an account's available money."""
+
+    ceilings: Mapping[UnitKind, int] = field(default_factory=lambda: DEFAULT_CEILINGS)
+    # Micros; -1: the largest single grant the plan allows (``largest_grant``).
+    overrun_floor: int = -1
+
+    def ceiling(self, rate: Rate) -> int:
+        """Units one request may report or be granted on ``rate``: the unit's ceiling,
+        rounded up to the rate's increments (so that a full grant may be reported)."""
+        return quota(rate, self.ceilings[rate.unit])
+
+    def floor(self, plan: Plan) -> int:
+        """The overrun floor of ``plan`` (micros, at most MAX_AMOUNT)."""
+        if self.overrun_floor >= 0:
+            return min(self.overrun_floor, MAX_AMOUNT)
+        return self.largest_grant(plan)
+
+    def largest_grant(self, plan: Plan) -> int:
+        """The most money one grant of ``plan`` can hold: a grant of the ceiling from the
+        start of a session, at the dearest of its rates (at most MAX_AMOUNT)."""
+        rates = (rule.price for version in plan.versions for rule in version.rules if not rule.price.free)
+        return min(max((session_cost(r, self.ceiling(r)) for r in rates), default=0), MAX_AMOUNT)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The command-level result of a request and whether the session ends with it."""
+
+    code: int
+    ends: bool
+
+
+def command_result(kind: RequestKind, codes: Sequence[int], *, held_after: bool, limit_reached: bool) -> Outcome:
+    """The command-level result code of a session request, from its rating groups' codes.
+
+    A Diameter Gy client takes a command-level failure as the end of the whole session
+    (RFC 8506 section 7), so an UPDATE fails at command level only when the session
+    cannot go on: 4010 (a rating group was denied: the line is barred), or 4012 when a
+    rating group was refused for credit and afterwards no rating group of the session
+    holds a reservation, or 4012 when usage went past the overrun floor
+    (``limit_reached``). The server then ends the session and releases every
+    reservation. Otherwise it is 2001, whatever single rating groups answered.
+
+    An INITIAL or TERMINATE is 4011 when every rating group is free (not credit
+    controlled), 2001 when one succeeded, else its first rating group's failure; only an
+    INITIAL answered 2001 opens the session, and a TERMINATE always ends it.
+    ``session.lua`` computes the same in Lua; 5002 (unknown session) and 5030 (unknown
+    user) are decided before any rating group is looked at.
+    """
+    if limit_reached:
+        return Outcome(ResultCode.CREDIT_LIMIT_REACHED, True)
+    if kind == "U":
+        if ResultCode.END_USER_SERVICE_DENIED in codes:
+            return Outcome(ResultCode.END_USER_SERVICE_DENIED, True)
+        if ResultCode.CREDIT_LIMIT_REACHED in codes and not held_after:
+            return Outcome(ResultCode.CREDIT_LIMIT_REACHED, True)
+        return Outcome(ResultCode.SUCCESS, False)
+    ok = (ResultCode.SUCCESS, ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)
+    code: int = ResultCode.SUCCESS
+    if not any(c in ok for c in codes):
+        code = next((c for c in codes), ResultCode.SUCCESS)
+    elif codes and all(c == ResultCode.CREDIT_CONTROL_NOT_APPLICABLE for c in codes):
+        code = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
+    return Outcome(code, kind == "T" or code != ResultCode.SUCCESS)
 
 
 @dataclass(frozen=True)
@@ -91,16 +172,22 @@ def previous_change(plan: Plan, at_s: int, lookback_s: int) -> int | None:
 
 
 def rating_args(
-    catalog: Catalog, plan: Plan, groups: tuple[RatingGroupRequest, ...], usage: Usage, now_s: int
+    catalog: Catalog,
+    plan: Plan,
+    groups: tuple[RatingGroupRequest, ...],
+    usage: Usage,
+    now_s: int,
+    limits: UsageLimits = UsageLimits(),
 ) -> tuple[tuple[RatingGroupArgs, ...], str, dict[int, Rate]]:
     """Script arguments for each rating group, the first malformed field if any, and the
     rate of each rating group now.
 
     A rating group the plan cannot rate is 5031, a free one (emergency, toll-free) 4011,
-    one with an out-of-range unit count 5004: decided here, recorded by the script in
-    the answer. When the tariff changes within the grant's validity, the grant is sized
-    at the dearer of the two rates and the change time goes to the client; units it
-    reports as used after a change are priced at the rate after it.
+    one with an out-of-range unit count or usage above the ceiling of its unit 5004:
+    decided here, recorded by the script in the answer. A grant is at most the ceiling.
+    When the tariff changes within the grant's validity, the grant is sized at the
+    dearer of the two rates and the change time goes to the client; units it reports as
+    used after a change are priced at the rate after it.
     """
     args: list[RatingGroupArgs] = []
     failed = ""
@@ -118,12 +205,15 @@ def rating_args(
                 preset = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
         if rate is not None and not preset:
             try:
+                ceiling = limits.ceiling(rate)
                 if g.requested is not None:
-                    want = quota(rate, _count(g.requested, rate, f"rating_groups[{i}].requested"))
+                    want = min(quota(rate, _count(g.requested, rate, f"rating_groups[{i}].requested")), ceiling)
                 if g.used is not None:
                     used = _count(g.used, rate, f"rating_groups[{i}].used")
+                    _within(used, ceiling, rate, f"rating_groups[{i}].used")
                 if g.used_after_change is not None:
                     used_after = _count(g.used_after_change, rate, f"rating_groups[{i}].used_after_tariff_change")
+                    _within(used + used_after, ceiling, rate, f"rating_groups[{i}].used_after_tariff_change")
             except InvalidRequest as exc:
                 preset, want, used, used_after = ResultCode.INVALID_AVP_VALUE, 0, 0, 0
                 failed = failed or exc.field
@@ -182,6 +272,12 @@ def _count(units: Units, rate: Rate, where: str) -> int:
     return amount
 
 
+def _within(units: int, ceiling: int, rate: Rate, where: str) -> None:
+    """Usage reported in one request must not pass the ceiling of its unit."""
+    if units > ceiling:
+        raise InvalidRequest(f"{where}.{UNIT_FIELD[rate.unit]}", f"more than {ceiling} per report")
+
+
 def parse_answer(body: str, rates: dict[int, Rate], groups: tuple[RatingGroupRequest, ...]) -> SessionAnswer:
     """Turn a stored answer body into the answer, rating group by rating group."""
     head, *parts = body.split(" ")
@@ -209,10 +305,15 @@ def parse_answer(body: str, rates: dict[int, Rate], groups: tuple[RatingGroupReq
 
 
 class SessionCharging:
-    def __init__(self, ctx: Context, *, supervision_factor: int, answer_ttl_s: int) -> None:
+    def __init__(
+        self, ctx: Context, *, supervision_factor: int, answer_ttl_s: int, limits: UsageLimits = UsageLimits()
+    ) -> None:
         self.ctx = ctx
         self.supervision_factor = supervision_factor
         self.answer_ttl_s = answer_ttl_s
+        self.limits = limits
+        # Overrun floor by (catalog version, plan id): worked out once per plan.
+        self._floors: dict[tuple[str, str], int] = {}
 
     async def charge(self, req: SessionRequest) -> SessionAnswer:
         """Rate and apply one request."""
@@ -225,7 +326,7 @@ class SessionCharging:
             groups: tuple[RatingGroupArgs, ...] = ()
             if target.plan is not None:
                 groups, failed, rates = rating_args(
-                    target.catalog, target.plan, req.rating_groups, req.usage, now // 1000
+                    target.catalog, target.plan, req.rating_groups, req.usage, now // 1000, self.limits
                 )
             return await self._run(target, req, groups, now)
 
@@ -245,6 +346,8 @@ class SessionCharging:
         if reply.kind == "CONFLICT":
             raise Conflict(f"request_number {req.request_number} was already used in this session with another payload")
         answer = parse_answer(reply.body, rates, req.rating_groups)
+        for unit, units in reply.unbilled:
+            metrics.UNBILLED_OVERRUN.labels(UnitKind(unit).name.lower()).inc(units)
         return SessionAnswer(
             answer.result_code,
             answer.rating_groups,
@@ -272,7 +375,19 @@ class SessionCharging:
             low_balance_micros=self.ctx.low_balance_micros,
             terminating=req.terminating,
             destination=req.usage.destination,
+            overrun_floor=self._floor(target),
             groups=groups,
         )
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0
         return await self.ctx.ledger.session(target.account, args, hint_deadline_ms=hint)
+
+    def _floor(self, target: Target) -> int:
+        if target.plan is None:
+            return 0
+        key = (target.catalog.version, target.plan_id)
+        floor = self._floors.get(key)
+        if floor is None:
+            if len(self._floors) > 10_000:
+                self._floors.clear()
+            floor = self._floors[key] = self.limits.floor(target.plan)
+        return floor

@@ -1,20 +1,27 @@
 """One settings object, built from the environment in one place and passed down.
 
-Every variable is prefixed ``CHARGING_``; the README lists them all. Secrets (a
-password inside the Redis URL) come only from the environment and never appear in the
-object's repr or in logs.
+Every variable is prefixed ``CHARGING_``; the README lists them all. Secrets (the
+``SECRETS`` fields, a password inside any URL) come only from the environment (or files
+it names) and never appear in the object's repr or in logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from charging.errors import InvalidRequest
+from charging.logs import redact as redact_url
+from charging.money import MAX_AMOUNT, MAX_UNITS
+from charging.redis_link import RedisTls
+
+__all__ = ["SECRETS", "Settings", "redact_url"]
+
+# Fields shown as "***" in the repr; passwords inside URLs are hidden in every field.
+SECRETS = frozenset({"crm_salt", "smtp_password", "data_key"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,15 @@ class Settings:
     catalog_refresh_s: float = 2.0
     # Notify once when a money balance falls below this (micros; 0: never).
     low_balance_micros: int = 1_000_000
+    # What one session request may report per rating group (more is 5004) and be granted.
+    max_used_time_s: int = 86_400
+    max_used_octets: int = 10**12
+    max_used_units: int = 10_000
+    max_used_money_micros: int = 10**9
+    # How far below zero usage beyond its grants may take an account's available money
+    # (micros); further usage is unbilled overrun and ends the session. -1: the largest
+    # single grant of the account's plan.
+    overrun_floor_micros: int = -1
     # The network's provisioning gateway (HLR/HSS); empty starts the bundled simulator.
     network_url: str = ""
     network_timeout_s: float = 2.0
@@ -77,6 +93,17 @@ class Settings:
     smtp_password: str = ""
     smtp_timeout_s: float = 30.0
     invoice_dir: str = ""
+    # Data at rest and secrets (README "Data at rest and secrets").
+    # rediss:// verifies the server's certificate against this CA file (empty: the
+    # system's CAs); a client certificate and key for a server that asks for one.
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
+    # The keys that encrypt personal data in Redis, "<id>:<base64 of 32 bytes>" separated
+    # by commas or lines, the last one encrypting; or a file holding them. Neither: a
+    # development key generated once into <redis_dir>/data.key.
+    data_key: str = ""
+    data_key_file: str = ""
     # Background jobs (charging/jobs.py): a failed pass is tried again after job_retry_s,
     # doubling up to job_retry_max_s, with jitter.
     job_retry_s: float = 1.0
@@ -90,10 +117,10 @@ class Settings:
         fields = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "redis_url":
-                value = redact_url(value)
-            elif f.name in ("crm_salt", "smtp_password") and value:
+            if f.name in SECRETS and value:
                 value = "***"
+            elif isinstance(value, str):
+                value = redact_url(value)  # a URL's password: Redis, network gateway, bureau
             fields.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(fields)})"
 
@@ -125,6 +152,9 @@ class Settings:
         settings.validate()
         return settings
 
+    def redis_tls(self) -> RedisTls:
+        return RedisTls(self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+
     def validate(self) -> None:
         if self.redis_appendfsync not in ("always", "everysec", "no"):
             raise InvalidRequest("CHARGING_REDIS_APPENDFSYNC", "must be always, everysec or no")
@@ -132,8 +162,25 @@ class Settings:
             raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
         if self.answer_ttl_s < 60:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
+        for name, ceiling in (
+            ("CHARGING_MAX_USED_TIME_S", self.max_used_time_s),
+            ("CHARGING_MAX_USED_OCTETS", self.max_used_octets),
+            ("CHARGING_MAX_USED_UNITS", self.max_used_units),
+            ("CHARGING_MAX_USED_MONEY_MICROS", self.max_used_money_micros),
+        ):
+            if not 1 <= ceiling <= MAX_UNITS:
+                raise InvalidRequest(name, f"must be between 1 and {MAX_UNITS}")
+        if not -1 <= self.overrun_floor_micros <= MAX_AMOUNT:
+            raise InvalidRequest("CHARGING_OVERRUN_FLOOR_MICROS", f"must be between -1 and {MAX_AMOUNT}")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
+        tls_set = self.redis_tls_ca_file or self.redis_tls_cert_file or self.redis_tls_key_file
+        if tls_set and not self.redis_url.startswith("rediss://"):
+            raise InvalidRequest("CHARGING_REDIS_URL", "must be a rediss:// URL when CHARGING_REDIS_TLS_* is set")
+        if self.redis_tls_key_file and not self.redis_tls_cert_file:
+            raise InvalidRequest("CHARGING_REDIS_TLS_CERT_FILE", "must be set with CHARGING_REDIS_TLS_KEY_FILE")
+        if self.data_key and self.data_key_file:
+            raise InvalidRequest("CHARGING_DATA_KEY_FILE", "set CHARGING_DATA_KEY or CHARGING_DATA_KEY_FILE, not both")
         if self.job_retry_s <= 0 or self.job_retry_max_s < self.job_retry_s:
             raise InvalidRequest("CHARGING_JOB_RETRY_S", "must be above 0 and at most CHARGING_JOB_RETRY_MAX_S")
         if self.shutdown_delay_s < 0:
@@ -146,8 +193,3 @@ class Settings:
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a URL such as redis://user:secret@host:6379/0."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)

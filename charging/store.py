@@ -9,18 +9,29 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from charging.errors import StorageUnavailable
+from charging.redis_link import RedisTls
 
 
-def connect(url: str, *, max_connections: int = 64, timeout_s: float = 5.0) -> aioredis.Redis:
-    """A pooled client; replies decoded as UTF-8 strings."""
-    return aioredis.Redis.from_url(
+def connect(
+    url: str, *, max_connections: int = 64, timeout_s: float = 5.0, tls: RedisTls | None = None
+) -> aioredis.Redis:
+    """A pooled client; replies decoded as UTF-8 strings. ``rediss://`` verifies the
+    server's certificate (``RedisTls``).
+
+    When every connection is in use a call waits up to ``timeout_s`` for one to come
+    back (a blocking pool): redis-py's plain pool would fail at once with "Too many
+    connections", which is a burst of our own making, not Redis being unavailable."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        **(tls or RedisTls()).pool_options(url),
         decode_responses=True,
         max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def unavailable(exc: BaseException) -> str:

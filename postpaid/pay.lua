@@ -19,6 +19,7 @@
 --                       for a credit note's number and \1ALLOCATIONS\1 for the allocations
 --                       (control characters never occur in JSON text, so a reference or
 --                       reason cannot forge them)
+--   max_credit          the most credit the account may hold (minor units)
 --   invoice             CREDIT: the invoice it credits
 --   release             CREDIT: disputed amount it settles
 --   number_prefix       CREDIT: number prefix ("CN-")
@@ -29,9 +30,12 @@
 --
 -- A credit note is at most what the invoice has not been credited yet; what it does not
 -- settle of its invoice pays the other open invoices, oldest first, then stays as credit.
+-- A payment or credit note whose rest would take the credit past max_credit changes
+-- nothing (LIMIT): the credit, and with it the balance (open invoices less credit), stay
+-- in the exact range.
 --
 -- Reply: {'DONE', record JSON, credit} | {'REPLAY', record JSON} | {'CONFLICT'}
---        | {'NOCREDIT'} (a refund larger than the credit) | {'NOINVOICE'}
+--        | {'NOCREDIT'} (a refund larger than the credit) | {'NOINVOICE'} | {'LIMIT'}
 --        | {'TOOMUCH', creditable} (a credit note above what the invoice can still be credited)
 
 local kind = ARGV[1]
@@ -40,10 +44,11 @@ local amount = tonumber(ARGV[3])
 local at_s = ARGV[4]
 local state_prefix = ARGV[5]
 local record = ARGV[6]
-local invoice = ARGV[7]
-local release = tonumber(ARGV[8])
-local number_prefix = ARGV[9]
-local note_prefix = ARGV[10]
+local max_credit = tonumber(ARGV[7])
+local invoice = ARGV[8]
+local release = tonumber(ARGV[9])
+local number_prefix = ARGV[10]
+local note_prefix = ARGV[11]
 
 local stored = redis.call('GET', KEYS[1])
 if stored then
@@ -72,6 +77,15 @@ local function settle(number, take)
     allocations[#allocations + 1] = '"' .. number .. '":' .. string.format('%d', t)
   end
   return t
+end
+
+if kind ~= 'REFUND' then
+  -- What the open invoices (the credited one among them) cannot take stays as credit.
+  local owed = 0
+  for _, number in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    owed = owed + tonumber(redis.call('HGET', state_prefix .. number, 'open'))
+  end
+  if credit + math.max(amount - owed, 0) > max_credit then return {'LIMIT'} end
 end
 
 if kind == 'REFUND' then

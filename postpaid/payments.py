@@ -35,6 +35,8 @@ from postpaid.invoices import ADJUSTMENT, Charge, Invoice
 from postpaid.scripts import DISPUTE, PAY, DisputeArgs, PayArgs
 
 log = logging.getLogger("postpaid.payments")
+# The most one payment, refund or credit note moves, and the most credit an account
+# may hold (minor units).
 MAX_MINOR = 10**13
 Changed = Callable[[str], Awaitable[None]]
 CHANNELS = ("BANK_TRANSFER", "CARD", "DIRECT_DEBIT", "CASH", "APP", "RETAIL")
@@ -103,6 +105,8 @@ class Payments:
             raise LimitExceeded("the refund is larger than the account's credit")
         if kind == "NOINVOICE":
             raise NotFound("no such invoice")
+        if kind == "LIMIT":
+            raise LimitExceeded(f"the account's credit would pass {MAX_MINOR} minor units")
         if kind == "TOOMUCH":
             raise InvalidRequest("amount_minor", f"at most what the invoice can still be credited ({reply[1]})")
         record: dict[str, Any] = json.loads(reply[1])
@@ -119,7 +123,7 @@ class Payments:
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "PAYMENT", "ba": ba, "amount": amount, "channel": channel, "reference": reference})
         doc = doc[:-1] + ', "at": ' + str(now_s) + ', "allocations": ' + ALLOCATIONS + "}"
-        args = PayArgs("PAY", _digest(ba, amount, channel), amount, now_s, keys.invoice_state(""), doc)
+        args = PayArgs("PAY", _digest(ba, amount, channel), amount, now_s, keys.invoice_state(""), doc, MAX_MINOR)
         record = await self._money(keys.payment(channel, reference), ba, args)
         if not record["replayed"]:
             metrics.PAYMENTS.labels(channel).inc()
@@ -136,7 +140,7 @@ class Payments:
         await self._account_exists(ba)
         now_s = self.clock.now_ms() // 1000
         doc = json.dumps({"kind": "REFUND", "ba": ba, "amount": amount, "reference": reference, "reason": reason})
-        args = PayArgs("REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc)
+        args = PayArgs("REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc, MAX_MINOR)
         record = await self._money(keys.payment("REFUND", reference), ba, args)
         if not record["replayed"]:
             await self._audit("refund", actor or "api", ba, amount, reason, reference)
@@ -164,6 +168,7 @@ class Payments:
             at_s=now_s,
             state_prefix=keys.invoice_state(""),
             record=doc,
+            max_credit=MAX_MINOR,
             invoice=number,
             release=release,
             number_prefix=self.config.issuer.credit_note_prefix + "-",

@@ -117,6 +117,8 @@ class PayArgs:
     state_prefix: str
     # The record JSON, with ALLOCATIONS (and for a credit note NUMBER) to fill in.
     record: str
+    # The most credit the account may hold (minor units): more is refused (LIMIT).
+    max_credit: int
     # For a credit note only: the invoice, the disputed amount it settles, the number
     # prefix and the credit note key prefix.
     invoice: str = ""
@@ -132,6 +134,7 @@ class PayArgs:
             self.at_s,
             self.state_prefix,
             self.record,
+            self.max_credit,
             self.invoice,
             self.release,
             self.number_prefix,

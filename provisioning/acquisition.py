@@ -39,6 +39,7 @@ from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.runs import OrderRun, Rejected
 from provisioning.screening import Screener
+from provisioning.sealing import Sealer
 from provisioning.worker import ProvisioningWorker
 
 log = logging.getLogger("provisioning.acquisition")
@@ -59,15 +60,18 @@ class Acquisition:
         base: CustomerBase | None = None,
         bureau: HttpCreditBureau | None = None,
         lease_ms: int = ORDER_LEASE_MS,
+        *,
+        sealer: Sealer,
     ) -> None:
         self.screener = screener
+        self.sealer = sealer
         self.coverage = coverage
         self.worker = worker
         self.clock = clock
         self.base = base
         self.bureau = bureau
-        self.orders = Orders(client, lease_ms)
-        self.customers = Customers(client, screener)
+        self.orders = Orders(client, sealer, lease_ms)
+        self.customers = Customers(client, screener, sealer)
         self.organisation = Organisation(client)
         self.lines = Lines(client)
         quarantine = Quarantine(client)

@@ -7,7 +7,8 @@ change timestamped. Disputes are requests about an invoice or a line's charges; 
 financial handling belongs to postpaid billing, here they are recorded and tracked.
 
 Everything is stored per customer in Redis as JSON documents (one record type each,
-written and read by its ``to_redis``/``from_redis``); ids come from counters.
+written and read by its ``to_redis``/``from_redis``), sealed whole (``sealing.py``):
+notes, summaries and reasons are free text about a person. Ids come from counters.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 
 from charging.errors import InvalidRequest, NotFound
 from provisioning import keys
+from provisioning.sealing import Sealer
 
 TICKET_STATES = ("OPEN", "IN_PROGRESS", "RESOLVED", "CLOSED")
 # state -> states it may move to
@@ -41,12 +43,12 @@ class Interaction:
     references: tuple[str, ...]
     at: int
 
-    def to_redis(self) -> str:
-        return json.dumps(asdict(self))
+    def to_redis(self, sealer: Sealer) -> str:
+        return sealer.seal(json.dumps(asdict(self)), "care.interaction")
 
     @classmethod
-    def from_redis(cls, text: str) -> Interaction:
-        doc = json.loads(text)
+    def from_redis(cls, text: str, sealer: Sealer) -> Interaction:
+        doc = json.loads(sealer.open(text, "care.interaction"))
         return cls(str(doc["id"]), doc["channel"], doc["note"], tuple(doc["references"]), int(doc["at"]))
 
 
@@ -71,12 +73,12 @@ class Ticket:
     def moved(self, state: str, note: str, at_s: int) -> Ticket:
         return replace(self, state=state, history=(*self.history, TicketChange(state, at_s, note)))
 
-    def to_redis(self) -> str:
-        return json.dumps(asdict(self))
+    def to_redis(self, sealer: Sealer) -> str:
+        return sealer.seal(json.dumps(asdict(self)), "care.ticket")
 
     @classmethod
-    def from_redis(cls, text: str) -> Ticket:
-        doc: dict[str, Any] = json.loads(text)
+    def from_redis(cls, text: str, sealer: Sealer) -> Ticket:
+        doc: dict[str, Any] = json.loads(sealer.open(text, "care.ticket"))
         history = tuple(TicketChange(h["state"], int(h["at"]), h["note"]) for h in doc["history"])
         return cls(**{**doc, "history": history})
 
@@ -92,12 +94,12 @@ class Dispute:
     state: str
     at: int
 
-    def to_redis(self) -> str:
-        return json.dumps(asdict(self))
+    def to_redis(self, sealer: Sealer) -> str:
+        return sealer.seal(json.dumps(asdict(self)), "care.dispute")
 
     @classmethod
-    def from_redis(cls, text: str) -> Dispute:
-        return cls(**json.loads(text))
+    def from_redis(cls, text: str, sealer: Sealer) -> Dispute:
+        return cls(**json.loads(sealer.open(text, "care.dispute")))
 
 
 def _need(value: str, field: str, limit: int = 2000) -> str:
@@ -109,8 +111,9 @@ def _need(value: str, field: str, limit: int = 2000) -> str:
 
 
 class CustomerCare:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, sealer: Sealer) -> None:
         self.client = client
+        self.sealer = sealer
 
     async def _customer_exists(self, customer_id: str) -> None:
         if not await self.client.exists(keys.customer(customer_id)):
@@ -128,11 +131,14 @@ class CustomerCare:
                 raise InvalidRequest(f"references[{i}]", "must be a URI of a recording or attachment")
         interaction_id = str(await self.client.incr(keys.INTERACTION_SEQ))
         interaction = Interaction(interaction_id, channel, note, tuple(references), at_s)
-        await self.client.rpush(keys.interactions(customer_id), interaction.to_redis())
+        await self.client.rpush(keys.interactions(customer_id), interaction.to_redis(self.sealer))
         return interaction
 
     async def interactions(self, customer_id: str) -> list[Interaction]:
-        return [Interaction.from_redis(str(x)) for x in await self.client.lrange(keys.interactions(customer_id), 0, -1)]
+        return [
+            Interaction.from_redis(str(x), self.sealer)
+            for x in await self.client.lrange(keys.interactions(customer_id), 0, -1)
+        ]
 
     async def open_ticket(
         self, customer_id: str, topic: str, summary: str, at_s: int, *, line: str = "", invoice: str = ""
@@ -148,7 +154,7 @@ class CustomerCare:
         ticket_id = str(await self.client.incr(keys.TICKET_SEQ))
         opened = TicketChange("OPEN", at_s, "")
         ticket = Ticket(ticket_id, customer_id, topic, summary, line, invoice, "OPEN", (opened,))
-        await self.client.set(keys.ticket(ticket_id), ticket.to_redis())
+        await self.client.set(keys.ticket(ticket_id), ticket.to_redis(self.sealer))
         await self.client.rpush(keys.tickets(customer_id), ticket_id)
         return ticket
 
@@ -156,17 +162,17 @@ class CustomerCare:
         text = await self.client.get(keys.ticket(ticket_id))
         if text is None:
             raise NotFound("no such ticket")
-        ticket = Ticket.from_redis(str(text))
+        ticket = Ticket.from_redis(str(text), self.sealer)
         if state not in TICKET_MOVES.get(ticket.state, ()):
             raise InvalidRequest("state", f"a {ticket.state} ticket cannot become {state}")
         ticket = ticket.moved(state, note, at_s)
-        await self.client.set(keys.ticket(ticket_id), ticket.to_redis())
+        await self.client.set(keys.ticket(ticket_id), ticket.to_redis(self.sealer))
         return ticket
 
     async def tickets(self, customer_id: str) -> list[Ticket]:
         ids = await self.client.lrange(keys.tickets(customer_id), 0, -1)
         texts = [await self.client.get(keys.ticket(str(i))) for i in ids]
-        return [Ticket.from_redis(str(t)) for t in texts if t is not None]
+        return [Ticket.from_redis(str(t), self.sealer) for t in texts if t is not None]
 
     async def open_dispute(
         self, customer_id: str, reason: str, amount_micros: int, at_s: int, *, invoice: str = "", line: str = ""
@@ -180,11 +186,11 @@ class CustomerCare:
             raise InvalidRequest("amount_micros", "must be positive")
         dispute_id = str(await self.client.incr(keys.DISPUTE_SEQ))
         dispute = Dispute(dispute_id, customer_id, invoice, line, reason, amount_micros, "OPEN", at_s)
-        await self.client.set(keys.dispute(dispute_id), dispute.to_redis())
+        await self.client.set(keys.dispute(dispute_id), dispute.to_redis(self.sealer))
         await self.client.rpush(keys.disputes(customer_id), dispute_id)
         return dispute
 
     async def disputes(self, customer_id: str) -> list[Dispute]:
         ids = await self.client.lrange(keys.disputes(customer_id), 0, -1)
         texts = [await self.client.get(keys.dispute(str(i))) for i in ids]
-        return [Dispute.from_redis(str(t)) for t in texts if t is not None]
+        return [Dispute.from_redis(str(t), self.sealer) for t in texts if t is not None]

@@ -9,6 +9,8 @@ the sorted sets ``crm:customers``, ``crm:customers:kind:<kind>`` and
 ``crm:customers:state:<state>`` (score = the numeric id, so a page resumes after the last
 id seen); by line through the line's record, by identity document through the
 screener's salted fingerprint (``screening.py``): raw document numbers are never stored.
+The personal fields (``PERSONAL``: postal code, masked document number, email) are
+sealed (``sealing.py``) in the hash.
 A corporate customer's units are in ``organisation.py``, the lines in ``lines.py``.
 """
 
@@ -25,6 +27,7 @@ from charging.errors import InvalidRequest
 from provisioning import keys
 from provisioning.credit import CreditDecision
 from provisioning.screening import Screener
+from provisioning.sealing import Sealer
 
 KINDS = ("INDIVIDUAL", "CORPORATE")
 STATES = ("PENDING", "ACTIVE", "TERMINATED")
@@ -32,6 +35,8 @@ IN_SERVICE = ("active", "barred_outgoing", "suspended")
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 # A filtered listing reads at most this many pages' worth of customers per call.
 SCAN_PAGES = 10
+# Fields of a customer's hash that are sealed: personal data.
+PERSONAL = ("postal_code", "document_number", "email")
 
 
 def customer_state(line_states: Iterable[str]) -> str:
@@ -102,7 +107,8 @@ class Customer:
         return 0 if self.credit is None else self.credit.deposit_micros
 
     @classmethod
-    def from_redis(cls, customer_id: str, h: Mapping[str, str]) -> Customer:
+    def from_redis(cls, customer_id: str, h: Mapping[str, str], sealer: Sealer) -> Customer:
+        h = {**h, **{name: sealer.open(h[name], "customer." + name) for name in PERSONAL if h.get(name)}}
         credit = None
         if "credit_class" in h:
             credit = CreditDecision(
@@ -128,7 +134,7 @@ class Customer:
             credit=credit,
         )
 
-    def to_redis(self) -> dict[str, str | int]:
+    def to_redis(self, sealer: Sealer) -> dict[str, str | int]:
         h: dict[str, str | int] = {
             "kind": self.kind,
             "created": self.created,
@@ -148,18 +154,22 @@ class Customer:
                 max_lines=self.credit.max_lines,
             )
         h["state"] = self.state
+        for name in PERSONAL:
+            if h[name]:
+                h[name] = sealer.seal(str(h[name]), "customer." + name)
         return h
 
 
 class Customers:
-    def __init__(self, client: aioredis.Redis, screener: Screener) -> None:
+    def __init__(self, client: aioredis.Redis, screener: Screener, sealer: Sealer) -> None:
         self.client = client
         self.screener = screener
+        self.sealer = sealer
 
     async def create(self, customer: Customer) -> None:
         """Store and index a new customer (PENDING); storing it again changes nothing."""
         score = {customer.id: int(customer.id)}
-        record: dict[Any, Any] = {**customer.to_redis(), "state": "PENDING"}
+        record: dict[Any, Any] = {**customer.to_redis(self.sealer), "state": "PENDING"}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.customer(customer.id), mapping=record)
         pipe.zadd(keys.CUSTOMERS, score)
@@ -201,7 +211,7 @@ class Customers:
 
     async def get(self, customer_id: str) -> Customer | None:
         h = await self.client.hgetall(keys.customer(customer_id))
-        return Customer.from_redis(customer_id, _text(h)) if h else None
+        return Customer.from_redis(customer_id, _text(h), self.sealer) if h else None
 
     async def search(
         self,
@@ -242,7 +252,7 @@ class Customers:
                 cursor, scanned = int(customer_id), scanned + 1
                 if not h:
                     continue
-                customer = Customer.from_redis(customer_id, _text(h))
+                customer = Customer.from_redis(customer_id, _text(h), self.sealer)
                 if _matches(customer, kind, state):
                     customers.append(customer)
                     if len(customers) == size:

@@ -2,7 +2,8 @@
 
     crm:order:<id>            JSON order document (status, steps, problems, ids): what
                               GetOrder answers; never personal data
-    crm:order:<id>:work       hash: ``request`` (the application: personal data), ``lease``
+    crm:order:<id>:work       hash: ``request`` (the application: personal data, sealed
+                              by ``sealing.py``), ``lease``
                               (ms) and what the run has made so far (customer, unit and
                               account ids, the decision); deleted when the order leaves
                               SUBMITTED
@@ -30,8 +31,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from provisioning import keys
+from provisioning.sealing import Sealer
 
 ORDER_LEASE_MS = 30_000
+REQUEST = "order.request"  # what a sealed request is, bound to it
 
 
 class Superseded(Exception):
@@ -130,8 +133,9 @@ class Claim:
 
 
 class Orders:
-    def __init__(self, client: aioredis.Redis, lease_ms: int = ORDER_LEASE_MS) -> None:
+    def __init__(self, client: aioredis.Redis, sealer: Sealer, lease_ms: int = ORDER_LEASE_MS) -> None:
         self.client = client
+        self.sealer = sealer
         self.lease_ms = lease_ms
 
     async def claim(self, order_id: str, request: dict[str, Any], now_ms: int) -> Claim:
@@ -144,9 +148,8 @@ class Orders:
                 return await self._take_over(pipe, order_id, str(stored), now_ms)
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.set(keys.order(order_id), doc.to_redis())
-            pipe.hset(
-                keys.order_work(order_id), mapping={"request": json.dumps(request), "lease": now_ms + self.lease_ms}
-            )
+            sealed = self.sealer.seal(json.dumps(request), REQUEST)
+            pipe.hset(keys.order_work(order_id), mapping={"request": sealed, "lease": now_ms + self.lease_ms})
             pipe.zadd(keys.SUBMITTED, {order_id: now_ms + self.lease_ms})
             return Claim("new", doc, request)
 
@@ -179,7 +182,8 @@ class Orders:
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.hset(keys.order_work(order_id), "lease", now_ms + self.lease_ms)
         pipe.zadd(keys.SUBMITTED, {order_id: now_ms + self.lease_ms})
-        return Claim("resume", order, dict(json.loads(work["request"])), work)
+        request = dict(json.loads(self.sealer.open(work["request"], REQUEST)))
+        return Claim("resume", order, request, work)
 
     async def stalled(self, now_ms: int, limit: int = 100) -> list[str]:
         """SUBMITTED orders whose lease has passed: their run was interrupted."""

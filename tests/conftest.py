@@ -38,10 +38,13 @@ from provisioning.customers import Customer
 from provisioning.lifecycle import LineState
 from provisioning.lines import Line
 from provisioning.orders import Order
+from provisioning.sealing import Sealer, new_key_entry
 from provisioning.simulator import NetworkSimulator
 
 MSISDN = "491700000001"  # the subscriber most tests create first
 LIMIT = 50_000_000  # 50.00 EUR: the credit limit of postpaid test lines
+DATA_KEY = new_key_entry("test")  # the test servers' key ring (no key file in the work tree)
+SEALER = Sealer.from_text(DATA_KEY, "tests")  # for records written outside a server
 
 
 def free_port() -> int:
@@ -112,6 +115,7 @@ def settings(redis_url: str) -> Settings:
         sweep_interval_s=0.05,
         census_interval_s=0.05,
         grace_period_s=1.0,
+        data_key=DATA_KEY,
         shutdown_delay_s=0.0,
         job_retry_s=0.01,
         job_retry_max_s=0.05,

@@ -25,6 +25,7 @@ from provisioning.orders import Orders, Superseded
 from provisioning.organisation import Organisation
 from provisioning.screening import Screener
 from provisioning.worker import ProvisioningWorker
+from tests.conftest import SEALER
 from tests.test_acquisition import application
 
 MSISDN = "491701234567"
@@ -228,7 +229,7 @@ async def test_the_order_store_leases_and_decides_once(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    orders = Orders(client, lease_ms=1_000)
+    orders = Orders(client, SEALER, lease_ms=1_000)
     first = await orders.claim("x", {"kind": "LINE_ORDER"}, now_ms=10_000)
     assert first.outcome == "new"
     assert (await orders.claim("x", {}, now_ms=10_500)).outcome == "existing"

@@ -77,10 +77,11 @@ def test_order_is_priority_then_earliest_expiry_and_skips_what_does_not_apply() 
     assert [b.id for b in held] == ["first", "expired", "early", "late"]  # earliest expiry first
 
 
-def test_pool_buckets_are_named_apart_and_ordered_with_the_own() -> None:
+def test_pool_buckets_are_named_apart_and_come_after_the_own() -> None:
+    """Even a pool bucket of a more urgent priority waits until the member's own are used."""
     pot = member_pot([bucket("a.1", 5, priority=2)], [bucket("a.1", 5, priority=1)])
     assert sorted(pot) == [POOL_MARK + "a.1", "a.1"]
-    assert [b.id for b in sorted(pot.values(), key=consumption_order)] == ["^a.1", "a.1"]
+    assert [b.id for b in sorted(pot.values(), key=consumption_order)] == ["a.1", "^a.1"]
 
 
 amounts = st.integers(0, 200)

@@ -14,6 +14,7 @@ from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.applications import icao_check_digit
 from provisioning.customers import Customer, Customers, customer_state
 from provisioning.screening import Screener
+from tests.conftest import SEALER
 from tests.test_acquisition import application
 
 
@@ -183,7 +184,7 @@ async def test_a_customers_lines_and_orders_a_page_at_a_time(crm: crm_pb2_grpc.C
 
 async def test_filtered_pages_cover_every_match_once(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    customers = Customers(client, Screener(client, "salt"))
+    customers = Customers(client, Screener(client, "salt"), SEALER)
     for n in range(1, 121):
         await customers.create(Customer(str(n), "CORPORATE" if n % 7 == 0 else "INDIVIDUAL", created=n))
     await client.hset("crm:customer:14", "state", "ACTIVE")  # out of step with its index: not listed as pending

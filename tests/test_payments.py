@@ -18,6 +18,7 @@ from postpaid import config as billing_config
 from postpaid.billing import Billing
 from postpaid.dunning import ServiceState
 from postpaid.invoices import Invoice
+from postpaid.payments import MAX_MINOR
 from tests.conftest import LIMIT, LineBook, Stubs, enrol, payer, postpaid_line
 from tests.test_bill_run import call
 
@@ -68,6 +69,25 @@ async def test_payments_allocate_oldest_first_keep_credit_and_are_idempotent(
     await b.runs.run()
     third = (await b.invoices_of("C7"))[-1]
     assert int((await b.invoice_state(third))["open"]) == (await b.invoice(third)).total - 77
+
+
+async def test_overpayments_stop_at_the_credit_an_account_may_hold(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = postpaid_billing
+    first = await invoiced(stubs, b, book, clock, "8", "491700000302")
+    # the invoice takes its total; the rest of the largest payment is credit, up to MAX_MINOR
+    await b.payments.pay("C8", MAX_MINOR, "BANK_TRANSFER", "big-1")
+    await b.payments.pay("C8", first.total, "BANK_TRANSFER", "big-2")
+    info = await b.account("C8")
+    assert (int(info["credit"]), int(info["balance"])) == (MAX_MINOR, -MAX_MINOR)
+    with pytest.raises(LimitExceeded):
+        await b.payments.pay("C8", 1, "CARD", "big-3")
+    assert int((await b.account("C8"))["credit"]) == MAX_MINOR
+    await b.payments.refund("C8", 5, "rf-8", "customer asked")
+    await b.payments.pay("C8", 5, "CARD", "big-4")
+    info = await b.account("C8")
+    assert (int(info["credit"]), int(info["balance"])) == (MAX_MINOR, -MAX_MINOR)
 
 
 async def test_disputes_hold_amounts_out_of_dunning_and_resolve_by_credit_note_or_rejection(

@@ -8,13 +8,14 @@ import pytest
 
 from provisioning.credit import CreditDecision
 from provisioning.customer_care import Dispute, Interaction, Ticket, TicketChange
-from provisioning.customers import Customer
+from provisioning.customers import PERSONAL, Customer
 from provisioning.lifecycle import LineState
 from provisioning.line_orders import LineOrderRequest, NewLineRequest
 from provisioning.lines import Line
 from provisioning.orders import Order, Step
 from provisioning.organisation import OrgUnit
 from provisioning.runs import Decision
+from tests.conftest import SEALER
 
 TERMS = CreditDecision(0, "B", 300_000_000, 0, True, 5, ())
 CUSTOMER_FIELDS = {
@@ -40,9 +41,11 @@ def as_stored(h: dict[str, str | int]) -> dict[str, str]:
     ],
 )
 def test_a_customer_is_stored_in_its_hash_fields(customer: Customer, fields: set[str]) -> None:
-    stored = as_stored(customer.to_redis())
+    stored = as_stored(customer.to_redis(SEALER))
     assert set(stored) == CUSTOMER_FIELDS | fields
-    assert Customer.from_redis(customer.id, stored) == customer
+    assert Customer.from_redis(customer.id, stored, SEALER) == customer
+    for name in PERSONAL:  # sealed when there is something to seal
+        assert stored[name].startswith("enc:test:") == bool(getattr(customer, name))
     assert customer.credit_limit_micros == (0 if customer.credit is None else 300_000_000)
 
 
@@ -77,14 +80,14 @@ def test_the_other_records_read_back_what_they_write() -> None:
     unit = OrgUnit("2", "8", "1", "Sales", False)
     assert OrgUnit.from_redis("2", "8", as_stored(unit.to_redis())) == unit
     ticket = Ticket("1", "8", "NETWORK", "no signal", "491701234567", "", "OPEN", (TicketChange("OPEN", 5, ""),))
-    assert Ticket.from_redis(ticket.moved("RESOLVED", "fixed", 9).to_redis()).history[-1] == TicketChange(
+    assert Ticket.from_redis(ticket.moved("RESOLVED", "fixed", 9).to_redis(SEALER), SEALER).history[-1] == TicketChange(
         "RESOLVED", 9, "fixed"
     )
     for record in (
         Interaction("1", "PHONE", "asked about roaming", ("https://rec/1",), 5),
         Dispute("1", "8", "INV-1", "", "too much", 90_000, "OPEN", 5),
     ):
-        assert type(record).from_redis(record.to_redis()) == record
+        assert type(record).from_redis(record.to_redis(SEALER), SEALER) == record
     for decision in (Decision("mobile-postpaid", "3", TERMS), Decision("mobile-prepaid", "3", None, unit_id="")):
         assert Decision.from_doc(json.loads(json.dumps(decision.to_doc()))) == decision
     new_line = NewLineRequest("8", "2", "mobile-prepaid", "491701234599", "", 0)

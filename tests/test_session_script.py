@@ -59,7 +59,9 @@ def update(
         keys.outbox(account),
         keys.usage(account),
         keys.usage_records(account),
-        *SessionArgs(1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", (group,)).to_argv(),
+        *SessionArgs(
+            1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", 10**15, (group,)
+        ).to_argv(),
     )
 
 

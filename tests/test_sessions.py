@@ -177,20 +177,23 @@ async def test_usage_above_the_grant_is_debited_below_zero_with_4012(stubs: Stub
     ledger_is_consistent(redis_url)
 
 
-async def test_huge_usage_is_exact_and_out_of_range_usage_is_5004(stubs: Stubs) -> None:
+async def test_usage_up_to_the_ceiling_is_exact_and_above_it_is_5004(stubs: Stubs) -> None:
     await stubs.subscriber(balance=0)
     await stubs.charging.ChargeSession(session_request("h", INITIAL, 0, []))
     a = await stubs.charging.ChargeSession(
-        session_request("h", UPDATE, 1, [{"rating_group": 30, "used": {"total_octets": 10**15}}])
+        session_request("h", UPDATE, 1, [{"rating_group": 30, "used": {"total_octets": 10**12}}])
     )
-    assert a.rating_groups[0].cost_micros == -(-(10**15) // 1024) * 10
-    assert (await stubs.balance()).balance_micros == -a.rating_groups[0].cost_micros
-    a = await stubs.charging.ChargeSession(
-        session_request("h", UPDATE, 2, [{"rating_group": 30, "used": {"total_octets": 2**64 - 1}}])
-    )
-    assert a.result_code == 5004
-    assert a.failed_field == "rating_groups[0].used.total_octets"
-    assert (await stubs.balance()).balance_micros == -(-(-(10**15) // 1024) * 10)
+    assert a.rating_groups[0].cost_micros == 10**12 // 1024 * 10
+    assert (await stubs.balance()).balance_micros == -(10**12 // 1024 * 10)
+    # Above the 1 TB ceiling of one report, or beyond any range: refused on the rating
+    # group, while the session goes on.
+    for n, octets in ((2, 10**12 + 1), (3, 2**64 - 1)):
+        a = await stubs.charging.ChargeSession(
+            session_request("h", UPDATE, n, [{"rating_group": 30, "used": {"total_octets": octets}}])
+        )
+        assert (a.result_code, a.rating_groups[0].result_code) == (2001, 5004)
+        assert a.failed_field == "rating_groups[0].used.total_octets"
+    assert (await stubs.balance()).balance_micros == -(10**12 // 1024 * 10)
 
 
 async def test_partial_grant_carries_final_unit_indication(stubs: Stubs) -> None:

@@ -20,6 +20,7 @@ from charging.settings import Settings
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.applications import icao_check_digit
 from provisioning.simulator import NetworkSimulator
+from tests.conftest import DATA_KEY
 from tests.test_acquisition import application
 
 
@@ -42,6 +43,7 @@ def start_worker(redis_url: str, network: NetworkSimulator) -> subprocess.Popen[
         "CHARGING_NETWORK_URL": network.url,
         "CHARGING_PROVISIONING_INTERVAL_S": "0.2",
         "CHARGING_NETWORK_TIMEOUT_S": "5",
+        "CHARGING_DATA_KEY": DATA_KEY,  # the servers' key ring: it reads the customers they sealed
     }
     return subprocess.Popen([sys.executable, "-m", "charging.cli", "worker"], env=env, stderr=subprocess.PIPE)
 
