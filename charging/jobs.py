@@ -233,6 +233,10 @@ class Jobs:
     def names(self) -> list[str]:
         return list(self._tasks)
 
+    def running(self) -> list[str]:
+        """The jobs whose task has not ended."""
+        return [name for name, task in self._tasks.items() if not task.done()]
+
     def get(self, name: str) -> Job | None:
         return self._jobs.get(name)
 
@@ -279,5 +283,3 @@ class Jobs:
         for name, job in self._jobs.items():
             if job is not None:
                 metrics.JOB_AGES.forget(name, job.seconds_since_success)
-        self._tasks.clear()
-        self._jobs.clear()

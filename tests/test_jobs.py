@@ -78,8 +78,8 @@ JOBS = [
 
 async def test_every_background_loop_runs_as_a_job(server: App) -> None:
     assert sorted(server.jobs.names) == JOBS
-    running = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
-    assert set(JOBS) <= running
+    assert sorted(server.jobs.running()) == JOBS
+    assert set(JOBS) <= {t.get_name() for t in asyncio.all_tasks()}  # each task named after its job
     text = await scrape(server)
     for name in JOBS:
         sample(text, "charging_job_seconds_since_success", name)
@@ -111,8 +111,7 @@ async def test_a_job_that_dies_takes_the_server_out_of_the_load_balancer(
     assert server.jobs.dead == ["doomed"]
     for service in ("", "charging.v1.Charging", "charging.v1.Crm"):
         assert await check(server, service) == NOT_SERVING
-    # The other jobs go on.
-    assert all(not t.done() for t in asyncio.all_tasks() if t.get_name() in JOBS)
+    assert sorted(server.jobs.running()) == JOBS  # the others go on
     await channel.close()
 
 
@@ -239,10 +238,9 @@ async def test_stopping_ends_every_job_also_one_that_swallows_its_cancellation(
 
     app.jobs.start(Job("stubborn", stubborn, interval_s=3600, clock=clock))
     await entered.wait()
-    tasks = [t for t in asyncio.all_tasks() if t.get_name() in (*JOBS, "stubborn")]
-    assert len(tasks) == len(JOBS) + 1
+    assert sorted(app.jobs.running()) == sorted([*JOBS, "stubborn"])
     await app.stop()
-    assert all(t.cancelled() for t in tasks)
+    assert app.jobs.running() == []  # each ended: none was left behind after the stop timeout
     assert app.jobs.dead == []
 
 
