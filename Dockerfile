@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Charging server image. Redis is external: set CHARGING_REDIS_URL (for example
 # redis://:password@redis:6379/0). Without it the image would need its own
-# redis-server, which a container should not hide.
+# redis-server, which a container should not hide. PostgreSQL likewise: set
+# CHARGING_DATABASE_URL and run `charging migrate` once before the servers start.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

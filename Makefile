@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh Debian 12 machine:
-#   make run    set up, then start the server (embedded redis-server unless CHARGING_REDIS_URL is set)
-#   make test   set up, then ruff, mypy and pytest against a real redis-server
+#   make run    set up, then start the server (embedded redis-server unless CHARGING_REDIS_URL is set,
+#               embedded PostgreSQL unless CHARGING_DATABASE_URL is set)
+#   make test   set up, then ruff, mypy and pytest against a real redis-server and PostgreSQL
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench loadtest redis-server h2load proto clean
+.PHONY: all setup run test lint bench loadtest redis-server postgresql h2load proto clean
 
 all: setup
 
@@ -35,6 +36,15 @@ proto: $(GEN)
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=redis-server
 
+# Install PostgreSQL from Debian's packages when it is missing: its server binaries are not
+# on the PATH there but in /usr/lib/postgresql/<major>/bin (CHARGING_POSTGRES_BIN_DIR
+# names another place). The package also creates the unprivileged postgres user that the
+# embedded server and the tests run PostgreSQL as when they run as root.
+postgresql:
+	@if [ -n "$$CHARGING_POSTGRES_BIN_DIR" ] && [ -x "$$CHARGING_POSTGRES_BIN_DIR/initdb" ]; then :; \
+	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && { [ "$$(id -u)" != 0 ] || id postgres >/dev/null 2>&1; }; then :; \
+	else $(MAKE) --no-print-directory apt PKG=postgresql; fi
+
 h2load:
 	@command -v h2load >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=nghttp2-client
 
@@ -48,6 +58,7 @@ apt:
 
 run: setup
 	@[ -n "$$CHARGING_REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
+	@[ -n "$$CHARGING_DATABASE_URL" ] || $(MAKE) --no-print-directory postgresql
 	$(BIN)/charging serve
 
 lint: setup
@@ -55,10 +66,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup redis-server lint
+test: setup redis-server postgresql lint
 	$(BIN)/pytest
 
-bench: setup redis-server h2load
+bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.bill_bench
 

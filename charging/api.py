@@ -158,6 +158,7 @@ def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> cha
         request_number=req.request_number,
         result_code=a.result_code,
         failed_field=a.failed_field,
+        refund_information=a.refund_information,
     )
     for g in a.rating_groups:
         rg = out.rating_groups.add(
@@ -225,6 +226,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             digest=digest(request) if action in ("D", "R") else "",
             usage=usage,
             terminating=request.direction == charging_pb2.DIRECTION_TERMINATING,
+            refund_information=request.refund_information,
         )
         answer = await self.events.charge(req)
         if answer.replayed:
@@ -239,6 +241,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             result_code=a.result_code,
             cost_micros=a.cost_micros,
             failed_field=a.failed_field,
+            refund_information=a.refund_information,
         )
         if a.granted is not None:
             out.granted.CopyFrom(units_pb(a.granted))

@@ -19,6 +19,8 @@ or a call the server refused with a gRPC status, 1 for an answer that refuses th
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import os
 import sys
@@ -86,6 +88,14 @@ def bounded(top: int) -> Callable[[str], int]:
 
 units_count = bounded(MAX_UNITS)
 rating_group = bounded(2**32 - 1)
+
+
+def base64_bytes(text: str) -> bytes:
+    """Bytes as answers print them (base64, the protobuf JSON mapping)."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise argparse.ArgumentTypeError(f"not base64: {text!r}") from None
 
 
 def refused(code: int) -> int:
@@ -166,6 +176,23 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
     except RedisError as exc:
         raise CliError(f"redis: {exc}") from None
     print(json.dumps({"rotated": done, "aof": "rewritten"}))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from charging import logs
+    from charging.migrations import migrate
+    from charging.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    logs.configure(settings.log_level)
+    try:
+        revision = asyncio.run(migrate(settings))
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps({"revision": revision}))
     return 0
 
 
@@ -250,6 +277,7 @@ def cmd_event(args: argparse.Namespace) -> int:
         action=actions[args.action],
         subscriber=_subscriber(args),
         rating_group=args.rating_group,
+        refund_information=args.refund_token or b"",
     )
     setattr(req.requested, args.unit, args.units)
     with grpc.insecure_channel(args.target) as channel:
@@ -377,6 +405,9 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the server (settings from CHARGING_* variables)").set_defaults(fn=cmd_serve)
     sub.add_parser("worker", help="run the provisioning worker as its own process").set_defaults(fn=cmd_worker)
+    sub.add_parser(
+        "migrate", help="bring the database schema up to date (CHARGING_DATABASE_URL, else the embedded one)"
+    ).set_defaults(fn=cmd_migrate)
 
     def who(sp: argparse.ArgumentParser) -> None:
         g = sp.add_mutually_exclusive_group(required=True)
@@ -409,6 +440,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--rating-group", type=rating_group, default=20)
     sp.add_argument("--unit", choices=units, default="service_specific_units")
     sp.add_argument("--units", type=units_count, default=1)
+    sp.add_argument(
+        "--refund-token", type=base64_bytes, help="refund: the refund_information of the debit's answer, as printed"
+    )
     sp.set_defaults(fn=cmd_event)
 
     sp = sub.add_parser("topup", help="recharge a balance")

@@ -13,7 +13,8 @@ server left its redis-server running and the restarted one started a second. So:
   until both have exited. A second server on a locked directory whose recorded owner
   is alive refuses to start.
 * The redis-server gets SIGTERM (a clean shutdown that flushes the AOF) when the server
-  dies, even by SIGKILL: Linux's parent-death signal, set between fork and exec.
+  dies, even by SIGKILL: Linux's parent-death signal, asked for by ``setpriv``
+  before it execs redis-server.
 * A server that finds the directory locked by a redis-server whose server died, or a
   redis-server running on the directory without the lock (left by an older version or
   started by hand), stops it, says so in the log, and waits for it to exit before
@@ -32,9 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
-import functools
 import hashlib
 import logging
 import os
@@ -56,14 +55,11 @@ LOCK_FILE = "charging.lock"
 PASSWORD_FILE = "redis.password"
 ACL_FILE = "users.acl"
 USER = "charging"
-PR_SET_PDEATHSIG = 1
 
 INSTALL_HINT = (
     "redis-server was not found. Install it (Debian: apt-get install redis-server) "
     "or point CHARGING_REDIS_URL at a running Redis 7."
 )
-
-_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
 def redis_command(
@@ -143,19 +139,29 @@ def _acl(directory: Path, password: str) -> Path:
     return path
 
 
-def _die_with(parent: int) -> None:
-    """Run in the child between fork and exec: ask for SIGTERM when the parent dies, and
-    keep what it writes private (umask 077).
+def _as_child(command: list[str]) -> list[str]:
+    """``command`` run with umask 077 (the AOF and RDB files it writes are 0600) and so
+    that it gets SIGTERM when this process dies, even by kill -9.
 
-    The signal follows the death of the parent's *thread* that forked, not of its
-    process. asyncio and uvloop both fork in the event loop's thread, which lives as
-    long as the server; never start the child from a short-lived thread
-    (``asyncio.to_thread``), or it is stopped when that thread ends."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the signal was asked for
-        os._exit(1)
-    os.umask(0o077)  # the AOF and RDB files it writes: 0600
+    ``sh`` sets the umask and execs ``setpriv --pdeathsig`` (util-linux, on every Debian
+    system), which asks for the signal and execs the command, which keeps it: one
+    process, the same pid throughout. The signal follows the death of the parent's
+    *thread* that forked, not of its process: asyncio and uvloop both fork in the event
+    loop's thread, which lives as long as the server; never start the child from a
+    short-lived thread (``asyncio.to_thread``), or it is stopped when that thread ends.
+
+    Not a ``preexec_fn``: Python code between fork and exec in a process with gRPC's
+    threads can deadlock or abort the child (seen: redis-server "exited" with SIGABRT),
+    and uvloop takes no ``umask``. A parent that dies in the instant between fork and
+    the prctl leaves a redis-server behind; the directory lock makes the next start find
+    and stop it."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv not found: the embedded redis-server will not die with its server")
+        inner = command
+    else:
+        inner = [setpriv, "--pdeathsig", "TERM", "--", *command]
+    return ["/bin/sh", "-c", 'umask 077 && exec "$@"', "sh", *inner]
 
 
 def _started_at(pid: int) -> str | None:
@@ -231,11 +237,12 @@ class EmbeddedRedis:
             )
             await self._terminate(pids)
         self._proc = await asyncio.create_subprocess_exec(
-            *redis_command(path, self.directory, self.appendfsync, aclfile=_acl(self.directory, self._password)),
+            *_as_child(
+                redis_command(path, self.directory, self.appendfsync, aclfile=_acl(self.directory, self._password))
+            ),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             pass_fds=(self._lock,),
-            preexec_fn=functools.partial(_die_with, os.getpid()),
         )
         await self._wait_ready()
         log.info("embedded redis started", extra={"pid": self._proc.pid, "dir": str(self.directory)})

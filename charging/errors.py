@@ -8,15 +8,18 @@
     ├── LimitExceeded       the change would take a balance past its stated bounds
     ├── InUse               the change would strand what is in use (a catalog dropping
     │                       a plan that subscribers are on)
-    └── StorageUnavailable  Redis cannot answer now: unreachable, loading its dataset,
-                            busy with a script, or without its master (retryable)
+    ├── StorageUnavailable  Redis cannot answer now: unreachable, loading its dataset,
+    │                       busy with a script, or without its master (retryable)
+    └── DeadlineExpired     the caller's deadline passed before the request was sent to
+                            Redis: nothing changed (``admission.py``)
 
 Outcomes that Diameter expresses as result codes (4012 credit limit reached, 5030 user
 unknown, ...) are answers, not errors. The gRPC edge maps each error class to one status
 in ``status.py``.
 
 Apart from the tree, ``StartupError``: the server cannot start (its gRPC or metrics
-address or its data directory is in use, redis-server is missing or not ready in time).
+address or its data directory is in use, redis-server or PostgreSQL is missing or not
+ready in time, the database schema is not the one of this code).
 ``charging serve`` prints it as one line on stderr and exits with status 1.
 """
 
@@ -51,6 +54,10 @@ class InUse(ChargingError):
 
 
 class StorageUnavailable(ChargingError):
+    pass
+
+
+class DeadlineExpired(ChargingError):
     pass
 
 

@@ -2,11 +2,15 @@
 -- (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
--- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only)
+-- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only): "digest|body", and
+--         for a debit answered 2001 "|" and its refund record (ledger_lib.lua take_refund)
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
 -- KEYS[5] usage aggregates  {a:ID}:u       KEYS[6] usage records  {a:ID}:ud  (postpaid)
--- KEYS[7..9] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[7] a refund's record: the answer of the debit event its token names {a:ID}:e:DEBIT,
+--         or the refund records of a session {a:ID}:rf:s:SESSION (a hash by request
+--         number); for other actions any key of the account (not touched)
+-- KEYS[8..10] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV EventArgs (charging/script_args.py), in this order:
 --   action              D (direct debit), R (refund), C (check balance), P (price enquiry)
@@ -14,8 +18,9 @@
 --   identity_field      msisdn or imsi
 --   identity_value
 --   plan_id             the plan the event was rated with
---   units
---   answer_ttl_s        how long the answer is kept (debits and refunds)
+--   rating_group
+--   units               units debited, refunded, checked or priced
+--   answer_ttl_s        how long the answer and a debit's refund record are kept
 --   max_balance         largest balance allowed (micros)
 --   rate
 --   unit                unit, service, zone and band, for bucket matching
@@ -24,21 +29,29 @@
 --   band
 --   now_ms              now (ms)
 --   low_balance_micros  low balance threshold (0: none)
---   amount              refund amount (micros)
 --   terminating         O (originated by the subscriber) or T (terminating, incoming)
 --   roaming             'R' or ''
 --   destination         '' none
 --   event_id
+--   refund_field        a refund of session usage: the request number, the field of
+--                       KEYS[7]; '' for a refund of an event (KEYS[7] is its answer)
 --
 -- A postpaid account (with 'bp') records debits and refunds in its bill period
 -- (ledger_lib.lua record_usage) and is watched against its credit limit.
 --
--- A debit is covered by matching unit buckets first, the rest by money, all or nothing.
--- A refund credits money.
+-- A debit is covered by matching unit buckets first, the rest by money, all or nothing;
+-- it keeps its refund record (ledger_lib.lua take_refund) in its answer.
+-- A refund gives back at most what the recorded debit took and was not refunded yet, to
+-- where it came from, whatever the line's state (it is the operator giving back what was
+-- taken, not a service); it is refused (5004, nothing changed) when the record is gone
+-- or never was, has no such rating group, or has fewer units left. A postpaid refund
+-- records the negative usage in the debit's bill period (the current one once that
+-- period is closed).
 --
 -- Reply, one of:
 --   {'DONE', body, outbox length after this script's pushes (0: none)}
 --        body = "<result code> <balance micros> <available micros> <money charged micros>"
+--               and for a refused refund " <field at fault>" (take_refund)
 --   {'REPLAY', body}   the event id was applied before with the same payload
 --   {'CONFLICT'}       the event id was used before with another payload
 --   {'UNKNOWN'}        no such account, or the identity is not on it
@@ -50,21 +63,22 @@ local digest = ARGV[2]
 local identity_field = ARGV[3]
 local identity_value = ARGV[4]
 local plan_id = ARGV[5]
-local units = tonumber(ARGV[6])
-local answer_ttl_s = ARGV[7]
-local max_balance = tonumber(ARGV[8])
-local rate = ARGV[9]
-local unit = ARGV[10]
-local service = ARGV[11]
-local zone = ARGV[12]
-local band = ARGV[13]
-local now_ms = tonumber(ARGV[14])
-local low_balance_micros = tonumber(ARGV[15])
-local amount = tonumber(ARGV[16])
+local rating_group = ARGV[6]
+local units = tonumber(ARGV[7])
+local answer_ttl_s = ARGV[8]
+local max_balance = tonumber(ARGV[9])
+local rate = ARGV[10]
+local unit = ARGV[11]
+local service = ARGV[12]
+local zone = ARGV[13]
+local band = ARGV[14]
+local now_ms = tonumber(ARGV[15])
+local low_balance_micros = tonumber(ARGV[16])
 local terminating = ARGV[17] == 'T'
 local roaming = ARGV[18]
 local destination = ARGV[19]
 local event_id = ARGV[20]
+local refund_field = ARGV[21]
 
 local writes = action == 'D' or action == 'R'
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
@@ -74,6 +88,8 @@ if writes then
   if stored then
     -- The caller rebuilds the answer with the plan's rate: make sure it has the plan.
     if acct[1] and acct[3] ~= plan_id then return {'PLAN', acct[3]} end
+    -- A debit's refund record follows its body.
+    if stored[2] then stored[2] = split(stored[2], '|')[1] end
     return stored
   end
 end
@@ -83,13 +99,15 @@ if acct[3] ~= plan_id then return {'PLAN', acct[3]} end
 
 local home = {KEYS[3], KEYS[1], KEYS[4]}
 local pool = nil
-if KEYS[7] then pool = {KEYS[7], KEYS[8], KEYS[9]} end
+if KEYS[8] then pool = {KEYS[8], KEYS[9], KEYS[10]} end
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
 local now_s = floor_div(now_ms, 1000)
 local rc = 2001
 local charged = 0
 local buckets = nil
+local failed = nil
+local record, refunded, lost, debit_answer = nil, nil, nil, nil
 
 if action == 'D' or action == 'C' then
   local r = parse_rate(rate)
@@ -106,30 +124,71 @@ if action == 'D' or action == 'C' then
   elseif balance - reserved < charged then
     rc = 4012
   elseif action == 'D' then
-    consume(usable, from_buckets)
+    local _, taken = consume(usable, from_buckets)
     balance = balance - charged
+    record = refund_entry(rating_group, unit, service, zone, band, roaming, now_s,
+      {refund_part(rate, 0, 0, units, need - from_buckets, taken)})
   end
   if action == 'C' then buckets = nil end
 elseif action == 'R' then
-  if balance + amount > max_balance then return {'LIMIT'} end
-  balance = balance + amount
-  charged = -amount
+  local stored_record
+  if refund_field == '' then
+    -- "digest|body|record": the record is what follows the second '|'.
+    local prev = redis.call('GET', KEYS[7])
+    local at = prev and string.find(prev, '|', 1, true)
+    at = at and string.find(prev, '|', at + 1, true)
+    if at then stored_record, debit_answer = string.sub(prev, at + 1), string.sub(prev, 1, at) end
+  else
+    stored_record = redis.call('HGET', KEYS[7], refund_field)
+  end
+  if not stored_record then
+    rc, failed = 5004, 'refund_information'
+  else
+    buckets = load_buckets(home, pool, acct[7])
+    local money, out, entry, gone = take_refund(stored_record, rating_group, unit, units, buckets, now_s, home, pool)
+    if not money then
+      rc, failed, buckets = 5004, out, nil
+    else
+      if balance + money > max_balance then return {'LIMIT'} end
+      balance = balance + money
+      charged = -money
+      record, refunded, lost = out, entry, gone
+    end
+  end
 end
 
 local body = string.format('%d %d %d %d', rc, balance, balance - reserved, charged)
+if failed then body = body .. ' ' .. failed end
 if writes then
   if rc == 2001 then
     redis.call('HSET', KEYS[1], 'balance', fmt(balance))
     if buckets then save_buckets(buckets, now_s, now_ms) end
+    if action == 'R' then
+      count_expired(lost, unit)
+      if refund_field == '' then
+        redis.call('SET', KEYS[7], debit_answer .. record, 'KEEPTTL')
+      else
+        redis.call('HSET', KEYS[7], refund_field, record)
+      end
+    end
     if acct[8] then
-      local sign = (action == 'R') and -1 or 1
-      record_usage(KEYS[5], KEYS[6], acct[8], now_s, now_ms, {service = service, zone = zone, band = band,
-        roaming = roaming, destination = destination, units = sign * units, cost = charged, ref = event_id})
+      local u = {service = service, zone = zone, band = band, roaming = roaming, destination = destination,
+                 units = units, cost = charged, ref = event_id}
+      local at_s = now_s
+      if refunded then
+        -- The reverse of the debit's usage: same aggregate, negative units and cost.
+        u.service, u.zone, u.band, u.roaming, u.units = refunded.service, refunded.zone, refunded.band,
+          refunded.roaming, -units
+        at_s = refunded.at_s
+      end
+      record_usage(KEYS[5], KEYS[6], acct[8], at_s, now_ms, u)
       watch_credit(KEYS[1], KEYS[4], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now_ms)
     else
       watch_balance(KEYS[1], KEYS[4], acct[6] == '1', balance, low_balance_micros, now_ms)
     end
   end
-  redis.call('SET', KEYS[2], digest .. '|' .. body, 'EX', answer_ttl_s)
+  -- A debit keeps its refund record with its answer: as long as its event id, one key.
+  local kept = record and action == 'D' and ('|' .. record) or ''
+  redis.call('SET', KEYS[2], digest .. '|' .. body .. kept, 'EX', answer_ttl_s)
 end
 return {'DONE', body, fmt(pushed)}

@@ -16,8 +16,9 @@ A job is a name, one *pass* (an async function doing one round of work) and an i
   module. ``Jobs`` then logs it and calls its ``on_death`` (the server goes NOT_SERVING:
   a restart mends a process whose job is gone; nothing else would).
 * Cancelling the task ends the job, also when a pass swallowed the ``CancelledError``
-  (the loop looks at ``Task.cancelling()`` after every pass and wait), so stopping a
-  process never waits on a job that ignores cancellation.
+  (on Python 3.11 redis-py's ``wait_for`` around each command can, see
+  ``background.py``): the loop looks at ``Task.cancelling()`` after every pass and
+  wait, so stopping a process does not depend on ``Jobs.stop`` cancelling again.
 
 Between passes a job waits on its ``WakeSource``: by default a ``Wakeup`` that
 ``Job.wake()`` sets (the notification relay is woken by requests); the provisioning
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from charging import metrics
+from charging.background import cancel_and_wait
 from charging.clock import Clock
 from charging.errors import StorageUnavailable
 from charging.store import unavailable
@@ -161,13 +163,13 @@ class Job:
                     await self.source.mark()
                     await self._pass()
                     self._succeeded()
-                _stop_if_cancelled()
+                stop_if_cancelled()
                 await self.source.wait(self.interval_s)
             except Exception as exc:
                 self._failed(exc)
-                _stop_if_cancelled()
+                stop_if_cancelled()
                 await asyncio.sleep(self.backoff.delay_s(self.streak, random.random()))
-            _stop_if_cancelled()
+            stop_if_cancelled()
 
     def _succeeded(self) -> None:
         self.runs += 1
@@ -203,7 +205,7 @@ class Job:
             log.error("job failed; retrying with backoff", extra=extra, exc_info=exc)
 
 
-def _stop_if_cancelled() -> None:
+def stop_if_cancelled() -> None:
     """End the job when its task was asked to stop, even if the pass swallowed the
     ``CancelledError`` (a library catching BaseException, say)."""
     task = asyncio.current_task()
@@ -215,14 +217,12 @@ class Jobs:
     """The background jobs of a process: started one by one, watched, stopped together.
 
     A task that ends while the process is not stopping is a dead job: it is logged and
-    ``on_death(name)`` runs. ``stop`` cancels every task and waits for all of them, at
-    most ``stop_timeout_s`` (a task still running then is logged, not waited for)."""
+    ``on_death(name)`` runs. ``stop`` cancels every task and waits until all have ended
+    (``background.cancel_and_wait``: a task that lost its cancellation is cancelled
+    again)."""
 
-    def __init__(
-        self, on_death: Callable[[str], Awaitable[None]] | None = None, *, stop_timeout_s: float = 10.0
-    ) -> None:
+    def __init__(self, on_death: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.on_death = on_death
-        self.stop_timeout_s = stop_timeout_s
         self._jobs: dict[str, Job | None] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reactions: set[asyncio.Task[None]] = set()
@@ -272,14 +272,7 @@ class Jobs:
     async def stop(self) -> None:
         """Cancel every job and wait until they have ended."""
         self._stopping = True
-        tasks = [*self._tasks.values(), *self._reactions]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # asyncio.wait neither raises the tasks' errors nor swallows our own cancellation.
-            _, pending = await asyncio.wait(tasks, timeout=self.stop_timeout_s)
-            for task in pending:
-                log.error("background job did not stop when cancelled", extra={"job": task.get_name()})
+        await cancel_and_wait([*self._tasks.values(), *self._reactions])
         for name, job in self._jobs.items():
             if job is not None:
                 metrics.JOB_AGES.forget(name, job.seconds_since_success)

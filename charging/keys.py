@@ -16,7 +16,9 @@ Per account (PREFIX as above):
                          c<rg> cumulative used units, n<rg> request number of the reservation;
                          dl deadline, cv catalog version the session is rated with
   PREFIX:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
-  PREFIX:e:EVENT         string: answer to a debit/refund event (idempotency)
+  PREFIX:e:EVENT         string: answer to a debit/refund event (idempotency); a debit's
+                         is followed by its refund record (event.lua)
+  PREFIX:rf:s:SESSION    hash: request number -> refund record of the usage it debited
   PREFIX:t:KEY           string: answer to a top-up or bundle purchase (idempotency)
   PREFIX:bk              hash: bucket id -> packed unit bucket (see ledger_lib.lua)
   PREFIX:out             list: notifications waiting to be relayed to the stream
@@ -75,6 +77,11 @@ def outbox(account_id: str) -> str:
 
 def event(account_id: str, event_id: str) -> str:
     return account_tag(account_id) + ":e:" + event_id
+
+
+def session_refunds(account_id: str, session_id: str) -> str:
+    """hash: request number -> what the usage that request reported took, for its refunds."""
+    return account_tag(account_id) + ":rf:s:" + session_id
 
 
 def topup(account_id: str, idempotency_key: str) -> str:
@@ -193,6 +200,11 @@ def payment(channel: str, reference: str) -> str:
 
 def dispute(dispute_id: str) -> str:
     return "{bill}:disp:" + dispute_id
+
+
+def customer_disputes(customer_id: str) -> str:
+    """zset: the billing disputes about a customer's invoices (score: opened, s)."""
+    return "{bill}:cdisp:" + customer_id
 
 
 def adjustment(adjustment_id: str) -> str:

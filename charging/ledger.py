@@ -19,7 +19,9 @@ from typing import Any, Literal, Protocol
 from redis import exceptions as redis_errors
 
 from charging import keys
+from charging.admission import check_deadline
 from charging.redis_link import RedisLink
+from charging.refunds import RefundRef
 from charging.script_args import (
     Arg,
     BuyArgs,
@@ -115,6 +117,7 @@ class Ledger:
     async def session(self, account: str, args: SessionArgs, *, hint_deadline_ms: int = 0) -> Reply:
         """Run one session request. With ``hint_deadline_ms`` (INITIAL requests) the
         sweeper's index learns about the account in the same round trip."""
+        check_deadline()
         script_keys = (
             keys.account(account),
             keys.sessions(account),
@@ -124,6 +127,7 @@ class Ledger:
             keys.outbox(account),
             keys.usage(account),
             keys.usage_records(account),
+            keys.session_refunds(account, args.session_id),
             *_pool_keys(account),
         )
         with storage_errors():
@@ -152,7 +156,16 @@ class Ledger:
                 raise r
         return results[1]
 
-    async def event(self, account: str, args: EventArgs) -> Reply:
+    async def event(self, account: str, args: EventArgs, refund_of: RefundRef | None = None) -> Reply:
+        """Run one event. A debit keeps its refund record with its answer; a refund draws
+        on the record of the debit ``refund_of`` names."""
+        check_deadline()
+        if refund_of is None:
+            record = keys.event(account, args.event_id)
+        elif refund_of.kind == "s":
+            record = keys.session_refunds(account, refund_of.debit_id)
+        else:
+            record = keys.event(account, refund_of.debit_id)
         script_keys = (
             keys.account(account),
             keys.event(account, args.event_id),
@@ -160,6 +173,7 @@ class Ledger:
             keys.outbox(account),
             keys.usage(account),
             keys.usage_records(account),
+            record,
             *_pool_keys(account),
         )
         return await self._run(EVENT, script_keys, args)

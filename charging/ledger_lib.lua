@@ -190,9 +190,10 @@ local function held_ids(record)
   return ids
 end
 
--- Take up to need units out of the buckets' unreserved amounts; returns the units taken.
+-- Take up to need units out of the buckets' unreserved amounts; returns the units taken
+-- and "id:n|id:n" of what each bucket gave (for the refund record).
 local function consume(list, need)
-  local covered = 0
+  local covered, taken = 0, {}
   for _, b in ipairs(list) do
     if need <= covered then break end
     local t = math.min(b.amount - b.reserved, need - covered)
@@ -200,9 +201,10 @@ local function consume(list, need)
       b.amount = b.amount - t
       b.dirty = true
       covered = covered + t
+      taken[#taken + 1] = b.id .. ':' .. fmt(t)
     end
   end
-  return covered
+  return covered, table.concat(taken, '|')
 end
 
 -- Reserve up to need units of buckets still valid at now_s; returns the units reserved,
@@ -324,4 +326,124 @@ local function watch_credit(acct_key, outbox, limit, level_was, balance, now_ms)
     notify(outbox, 'credit_' .. fmt(level) .. ' - money ' .. fmt(balance) .. ' ' .. fmt(now_ms))
   end
   if level ~= level_was then redis.call('HSET', acct_key, 'cl', fmt(level)) end
+end
+
+-- Refunds (3GPP TS 32.299 Refund-Information) --------------------------------------
+-- Every debit writes, in the script that makes it, a refund record of what it took, so
+-- that a refund gives back at most that, to where it came from. A record is one entry
+-- per rating group, entries separated by ' ':
+--   "<rating group>;<unit>;<service>;<zone>;<band>;<roaming>;<debit time s>;<part>[;<part>]"
+-- and a part per rate the usage was priced at (two across a tariff change, the later last):
+--   "<rate>/<cum0>/<k0>/<left>/<money units>/<bucket id>:<n>|<bucket id>:<n>..."
+-- cum0 and k0 are the rating group's cumulative units and money units before the debit
+-- (0 for an event), left the units not refunded yet, then the units the money and each
+-- bucket still hold, buckets in the order they were drawn on. Names and bucket ids never
+-- hold ';', '/', '|' or ' ' (catalog.schema.json); a bucket id may hold ':', so an item
+-- is split at its last one.
+
+local function refund_part(rate, cum0, k0, units, money_units, taken)
+  return table.concat({rate, fmt(cum0), fmt(k0), fmt(units), fmt(money_units), taken}, '/')
+end
+
+local function refund_entry(rg, unit, service, zone, band, roaming, at_s, parts)
+  return table.concat({rg, unit, service, zone, band, roaming, fmt(at_s), table.concat(parts, ';')}, ';')
+end
+
+local function parse_refund_entry(text)
+  local v = split(text, ';')
+  local e = {rg = v[1], unit = v[2], service = v[3], zone = v[4], band = v[5], roaming = v[6],
+             at_s = tonumber(v[7]), parts = {}}
+  for i = 8, #v do
+    local p = split(v[i], '/')
+    local items = {}
+    if p[6] ~= '' then
+      for _, item in ipairs(split(p[6], '|')) do
+        local at = string.find(item, ':[^:]*$')
+        items[#items + 1] = {id = string.sub(item, 1, at - 1), n = tonumber(string.sub(item, at + 1))}
+      end
+    end
+    e.parts[#e.parts + 1] = {rate = p[1], cum0 = tonumber(p[2]), k0 = tonumber(p[3]), left = tonumber(p[4]),
+                             money = tonumber(p[5]), items = items}
+  end
+  return e
+end
+
+local function pack_refund_entry(e)
+  local parts = {}
+  for _, p in ipairs(e.parts) do
+    local taken = {}
+    for _, item in ipairs(p.items) do
+      if item.n > 0 then taken[#taken + 1] = item.id .. ':' .. fmt(item.n) end
+    end
+    parts[#parts + 1] = refund_part(p.rate, p.cum0, p.k0, p.left, p.money, table.concat(taken, '|'))
+  end
+  return refund_entry(e.rg, e.unit, e.service, e.zone, e.band, e.roaming, e.at_s, parts)
+end
+
+-- Refund ``units`` of rating group rg from a record, as if the debit had been that many
+-- units smaller: the debit is re-rated at the units left (rounded to the rate's
+-- increments from the same cumulative start), and what it then takes too much goes back,
+-- last taken first: money first (a debit draws on buckets before money), then buckets in
+-- reverse order. A bucket still live gets its units back; a bucket that has expired (or
+-- is gone) does not: its units are counted in the owner's 'expired_<unit>', as if they
+-- had never been used, and are not turned into money (a bundle's units were not bought
+-- at the rate's price). ``all`` are the loaded buckets; home and pool as for load_buckets.
+-- Changes only ``all``: returns the money to give back, the new record, the entry, and
+-- {account key, units} of units lost with their bucket (for count_expired); or nil and
+-- the field at fault ('rating_group': none in the record; 'requested': another unit, or
+-- more than is left).
+local function take_refund(record, rg, unit, units, all, now_s, home, pool)
+  local entries = split(record, ' ')
+  local at = nil
+  for i, text in ipairs(entries) do
+    if string.sub(text, 1, #rg + 1) == rg .. ';' then at = i end
+  end
+  if not at then return nil, 'rating_group' end
+  local e = parse_refund_entry(entries[at])
+  if e.unit ~= unit then return nil, 'requested' end
+  local left = 0
+  for _, p in ipairs(e.parts) do left = left + p.left end
+  if units > left then return nil, 'requested' end
+  local money, rest, lost = 0, units, {}
+  for i = #e.parts, 1, -1 do
+    local p = e.parts[i]
+    local t = math.min(rest, p.left)
+    if t > 0 then
+      local r = parse_rate(p.rate)
+      local held = p.money
+      for _, item in ipairs(p.items) do held = held + item.n end
+      -- Usage past a session's overrun floor held less than its billable units (not all of
+      -- it was billed): refunding that part first gives nothing back.
+      local give = math.max(held - (billable(r, p.cum0 + p.left - t) - billable(r, p.cum0)), 0)
+      local from_money = math.min(give, p.money)
+      money = money + session_cost(r, p.k0 + p.money) - session_cost(r, p.k0 + p.money - from_money)
+      p.money = p.money - from_money
+      give = give - from_money
+      for j = #p.items, 1, -1 do
+        if give <= 0 then break end
+        local item = p.items[j]
+        local n = math.min(item.n, give)
+        item.n = item.n - n
+        give = give - n
+        local b = all[item.id]
+        if b and now_s < b.expiry then
+          b.amount = b.amount + n
+          b.dirty = true
+        else
+          local owner = (string.sub(item.id, 1, 1) == '^' and pool) and pool[2] or home[2]
+          lost[#lost + 1] = {owner, n}
+        end
+      end
+      p.left = p.left - t
+      rest = rest - t
+    end
+  end
+  entries[at] = pack_refund_entry(e)
+  return money, table.concat(entries, ' '), e, lost
+end
+
+local function count_expired(lost, unit)
+  for _, l in ipairs(lost) do
+    if l[2] > 0 then redis.call('HINCRBY', l[1], 'expired_' .. unit, fmt(l[2])) end
+  end
 end

@@ -69,10 +69,18 @@ class OneLine(logging.Filter):
 _CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s?#@:]*:)?[^/\s?#]*@")
 
 
+_PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&\s#]*")
+
+
+def _has_secret(text: str) -> bool:
+    return "@" in text or "password=" in text.lower()
+
+
 def redact(text: str) -> str:
     """``text`` with the password of every URL in it hidden: ``redis://app:***@db:6379``,
-    and a token given as the user name too: ``https://***@host``."""
-    return _CREDENTIALS.sub(r"\1\2***@", text)
+    a token given as the user name too (``https://***@host``), and a password given as a
+    parameter (``postgresql://host/db?password=***``)."""
+    return _PASSWORD_PARAMETER.sub(r"\1***", _CREDENTIALS.sub(r"\1\2***@", text))
 
 
 class Redact(logging.Filter):
@@ -84,10 +92,10 @@ class Redact(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):  # arguments that do not fit: shown as they are
             message = f"{record.msg} {record.args}"
-        if "@" in message:
+        if _has_secret(message):
             record.msg, record.args = redact(message), None
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD and "@" in (text := str(value)):
+            if key not in _STANDARD and _has_secret(text := str(value)):
                 setattr(record, key, redact(text))
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))

@@ -44,6 +44,12 @@ REDIS_ERRORS = Counter("charging_redis_errors_total", "Redis could not be reache
 NOTIFICATIONS = Counter("charging_notifications_total", "Notifications relayed to the stream, by kind.", ["kind"])
 BUNDLES_SOLD = Counter("charging_bundles_sold_total", "Bundles bought with the money balance, by channel.", ["channel"])
 RENEWALS = Counter("charging_bundle_renewals_total", "Recurring bundle renewals, by outcome.", ["outcome"])
+ADMISSION_REJECTIONS = Counter(
+    "charging_admission_rejections_total",
+    "Calls refused before any work: reason in_flight (RESOURCE_EXHAUSTED, the process is at its "
+    "in-flight limit) or deadline (DEADLINE_EXCEEDED, the caller's deadline passed before Redis was asked).",
+    ["method", "reason"],
+)
 
 # Background jobs (charging/jobs.py), by job name only.
 JOB_RUNS = Counter("charging_job_runs_total", "Passes of background jobs done, failed ones included, by job.", ["job"])

@@ -94,6 +94,7 @@ class SessionArgs:
     destination: str
     # Usage is billed while available money stays at or above -overrun_floor (micros).
     overrun_floor: int
+    refund_ttl_s: int
     groups: tuple[RatingGroupArgs, ...]
 
     def to_argv(self) -> tuple[Arg, ...]:
@@ -113,6 +114,7 @@ class SessionArgs:
             "T" if self.terminating else "O",
             self.destination,
             self.overrun_floor,
+            self.refund_ttl_s,
             len(self.groups),
         )
         for g in self.groups:
@@ -129,6 +131,7 @@ class EventArgs:
     identity_field: str
     identity_value: str
     plan_id: str
+    rating_group: int
     units: int
     answer_ttl_s: int
     max_balance: int
@@ -139,12 +142,13 @@ class EventArgs:
     band: str
     now_ms: int
     low_balance_micros: int
-    # The list price of the units: what a refund credits.
-    amount: int
     terminating: bool
     roaming: bool
     destination: str
     event_id: str
+    # A refund of session usage: the request number whose record it draws on; "" for a
+    # refund of an event and for everything else.
+    refund_field: str
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -153,6 +157,7 @@ class EventArgs:
             self.identity_field,
             self.identity_value,
             self.plan_id,
+            self.rating_group,
             self.units,
             self.answer_ttl_s,
             self.max_balance,
@@ -163,11 +168,11 @@ class EventArgs:
             self.band,
             self.now_ms,
             self.low_balance_micros,
-            self.amount,
             "T" if self.terminating else "O",
             "R" if self.roaming else "",
             self.destination,
             self.event_id,
+            self.refund_field,
         )
 
 

@@ -2,13 +2,16 @@
 
 Start order: a server whose gRPC or metrics address is taken stops at once, before
 touching Redis (``StartupError``, printed by ``serve`` as one line); then Redis, waited
-for while it loads its dataset; then everything else, and gRPC listens last.
+for while it loads its dataset; then the database (the embedded one started and
+migrated; a configured one checked to be at the schema of this code); then everything
+else, and gRPC listens last.
 
 Stop order: health goes NOT_SERVING while calls are still served for the shutdown delay
 (load balancers polling health move traffic away), the gRPC server drains in-flight calls
 within the grace period, the background jobs (``charging/jobs.py``) and the Redis
-supervision are cancelled and awaited, the Redis pool is closed, the embedded
-redis-server is shut down.
+and PostgreSQL supervision are cancelled and awaited, the Redis pool is closed, the
+embedded redis-server is shut down, the database pool is closed, the embedded
+PostgreSQL is shut down (fast).
 
 Health: SERVING once started; NOT_SERVING for good when a background job dies (a bug: a
 restart mends it). A job that keeps failing (Redis or a mail server down) shows in its
@@ -33,13 +36,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import store
+from charging import migrations, retention, store
 from charging.admin_api import AdminServicer
+from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
 from charging.catalogs import CatalogBook
 from charging.census import record_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
+from charging.database import Pool, open_pool
+from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
 from charging.events import EventCharging
@@ -111,10 +117,13 @@ class App:
     worker: ProvisioningWorker | None = None
     acquisition: Acquisition | None = None
     billing: Billing | None = None
+    admission: Admission | None = None
     _simulator: NetworkSimulator | None = None
     jobs: Jobs = field(default_factory=Jobs)
     _serving: bool = False
     _hurry: asyncio.Event = field(default_factory=asyncio.Event)
+    database: Pool | None = None
+    _embedded_postgres: EmbeddedPostgres | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -128,6 +137,7 @@ class App:
         self.redis = store.connect(url, max_connections=s.redis_max_connections, tls=s.redis_tls())
         await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
         self.link = RedisLink(url, tls=s.redis_tls())
+        await self._start_database()
 
         ledger = Ledger(self.link)
         self.catalogs = CatalogBook(self.redis)
@@ -145,7 +155,11 @@ class App:
             s.overrun_floor_micros,
         )
         self.sessions = sessions = SessionCharging(
-            ctx, supervision_factor=s.supervision_factor, answer_ttl_s=s.answer_ttl_s, limits=limits
+            ctx,
+            supervision_factor=s.supervision_factor,
+            answer_ttl_s=s.answer_ttl_s,
+            refund_ttl_s=s.idempotency_ttl_s,
+            limits=limits,
         )
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
@@ -160,14 +174,14 @@ class App:
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
 
-        # gRPC sets SO_REUSEPORT unless told not to: a second server then binds a port in
-        # use beside the first and clients alternate between two databases.
-        self._server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000), ("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(options=server_options(s))
+        self.admission = admission = Admission(s.max_in_flight)
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
+            # A CRM dispute is billing's dispute (one store): customer care delegates to it.
             (
-                CrmServicer(self.acquisition, CustomerCare(self.redis, self.acquisition.sealer)),
+                CrmServicer(self.acquisition, CustomerCare(self.redis, self.acquisition.sealer, self.billing.payments)),
                 crm_pb2.DESCRIPTOR.services_by_name["Crm"],
             ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
@@ -176,7 +190,7 @@ class App:
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"],
             ),
         ):
-            add_servicer(self._server, servicer, service)
+            add_servicer(self._server, servicer, service, admission)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -196,6 +210,7 @@ class App:
             self.jobs.start(job)
         if self._embedded is not None:
             self.jobs.watch("redis_supervisor", self._embedded.supervise())
+        self._start_database_tasks()
         log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
 
     def _background_jobs(self) -> list[Job]:
@@ -251,6 +266,38 @@ class App:
                 raise StartupError(f"cannot listen on metrics address {s.metrics_address}: {exc.strerror}") from None
             self.metrics_port = self._metrics_httpd.server_port
 
+    async def _start_database(self) -> None:
+        """The system of record: the configured PostgreSQL, or an embedded one (development),
+        migrated at start when it is the embedded one or when told to."""
+        s = self.settings
+        url = s.database_url
+        if not url:
+            self._embedded_postgres = EmbeddedPostgres(s.database_dir, s.postgres_bin_dir)
+            url = await self._embedded_postgres.start()
+        if not s.database_url or s.database_migrate:
+            await asyncio.to_thread(migrations.upgrade, url)
+        self.database = await open_pool(url, s.database_pool_size)
+        await migrations.check_current(self.database, migrations.head())
+
+    def _start_database_tasks(self) -> None:
+        """Partition maintenance (the ``retention`` job) and the embedded PostgreSQL's supervision."""
+        assert self.database is not None
+        if self.run_background:
+            policies = [
+                retention.Policy("usage_records", self.settings.usage_retention_months),
+                retention.Policy("audit", self.settings.audit_retention_months),
+            ]
+            database, clock = self.database, self.clock
+
+            async def maintain() -> None:
+                await retention.maintain(database, policies, retention.utc_day(clock))
+
+            self.jobs.start(
+                Job("retention", maintain, interval_s=3600.0, clock=clock, backoff=job_backoff(self.settings))
+            )
+        if self._embedded_postgres is not None:
+            self.jobs.watch("postgres_supervisor", self._embedded_postgres.supervise())
+
     async def _start_provisioning(self, directory: Directory) -> None:
         """The CRM's acquisition flow and the provisioning worker, on the configured
         network gateway or on the bundled simulator."""
@@ -288,6 +335,10 @@ class App:
             await self.redis.aclose()
         if self._embedded is not None:
             await self._embedded.stop()
+        if self.database is not None:
+            await self.database.close()
+        if self._embedded_postgres is not None:
+            await self._embedded_postgres.stop()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()

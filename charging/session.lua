@@ -8,7 +8,8 @@
 -- KEYS[5] buckets           {a:ID}:bk
 -- KEYS[6] outbox            {a:ID}:out     (notifications waiting to be relayed)
 -- KEYS[7] usage aggregates  {a:ID}:u       KEYS[8] usage records  {a:ID}:ud  (postpaid)
--- KEYS[9..11] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[9] refund records    {a:ID}:rf:s:SESSION  (hash: request number -> ledger_lib.lua take_refund)
+-- KEYS[10..12] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV SessionArgs (charging/script_args.py), in this order:
 --   now_ms              now (ms)
@@ -27,6 +28,7 @@
 --   destination         the called party ('' none: recorded with postpaid usage)
 --   overrun_floor       micros: usage is billed while the account's available money
 --                       (balance - reserved) stays at or above -overrun_floor
+--   refund_ttl_s        how long the refund records of the session are kept
 --   groups              the number n of rating groups, then n times RatingGroupArgs:
 -- ARGV RatingGroupArgs, 16 values per rating group:
 --   rating_group
@@ -50,7 +52,9 @@
 -- period (ledger_lib.lua record_usage) and is watched against its credit limit.
 --
 -- Usage and grants are covered by matching unit buckets first (in billable units, i.e.
--- rounded to the rate's increments), the rest by money at the rate's price.
+-- rounded to the rate's increments), the rest by money at the rate's price. What the
+-- usage of each rating group took is the request's refund record (its answer carries the
+-- token, charging/refunds.py).
 --
 -- Usage that would take the available money below -overrun_floor, or a rating group's
 -- usage or cost in the session past MAX_UNITS or MAX_AMOUNT (ledger_lib.lua), is not
@@ -89,10 +93,11 @@ local low_balance_micros = tonumber(ARGV[12])
 local terminating = ARGV[13] == 'T'
 local destination = ARGV[14]
 local overrun_floor = tonumber(ARGV[15])
+local refund_ttl_s = ARGV[16]
 
 -- Rating group i (1-based) of the request, by the names of RatingGroupArgs.
 local function group(i)
-  local j = 16 * i + 1
+  local j = 16 * i + 2
   return {rating_group = ARGV[j], preset_code = tonumber(ARGV[j + 1]), want = tonumber(ARGV[j + 2]),
           final = ARGV[j + 3] == '1', validity_s = tonumber(ARGV[j + 4]), tariff_change_s = ARGV[j + 5],
           used_before = tonumber(ARGV[j + 6]), rate_before = ARGV[j + 7], used_after = tonumber(ARGV[j + 8]),
@@ -100,7 +105,7 @@ local function group(i)
           zone = ARGV[j + 13], band = ARGV[j + 14], roaming = ARGV[j + 15]}
 end
 local groups = {}
-for i = 1, tonumber(ARGV[16]) do groups[i] = group(i) end
+for i = 1, tonumber(ARGV[17]) do groups[i] = group(i) end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
   'bp', 'credit_limit', 'cl')
@@ -125,7 +130,7 @@ local reserved_before = reserved
 
 local home = {KEYS[5], KEYS[1], KEYS[6]}
 local pool = nil
-if KEYS[9] then pool = {KEYS[9], KEYS[10], KEYS[11]} end
+if KEYS[10] then pool = {KEYS[10], KEYS[11], KEYS[12]} end
 
 local function finish(body, session_delta, unbilled)
   redis.call('SET', KEYS[4], digest .. '|' .. body, 'EX', answer_ttl_s)
@@ -177,6 +182,7 @@ else
 end
 
 local buckets = load_buckets(home, pool, acct[7])
+local refunds = {}
 local parts = {}
 local codes = {}
 -- Usage went past the overrun floor or a session maximum: the session ends.
@@ -208,14 +214,18 @@ for _, g in ipairs(groups) do
       release(buckets, record)
       r_units, r_money, record = 0, 0, ''
     end
+    local refund_parts = {}
     local stopped = false
     for _, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
       if part[1] > 0 then
         local rp = parse_rate(part[2])
         local need = billable(rp, cum + part[1]) - billable(rp, cum)
-        local money_units, billed = need, 0
+        local money_units, billed, taken = need, 0, ''
+        local cum0, k0 = cum, k
         if not stopped and cum + part[1] <= MAX_UNITS and k + need <= MAX_UNITS then
-          money_units = need - consume(usable, need)
+          local covered
+          covered, taken = consume(usable, need)
+          money_units = need - covered
           billed = money_units
           -- What this usage may still take: down to -overrun_floor available money
           -- (this rating group's own reservation is back in it by now).
@@ -229,6 +239,8 @@ for _, g in ipairs(groups) do
           k = k + billed
           cum = cum + part[1]
         end
+        -- What it took, for refunds: units not billed give nothing back (refunds.give_back).
+        refund_parts[#refund_parts + 1] = refund_part(part[2], cum0, k0, part[1], billed, taken)
         if billed < money_units then
           stopped = true
           unbilled[g.unit] = (unbilled[g.unit] or 0) + money_units - billed
@@ -239,6 +251,9 @@ for _, g in ipairs(groups) do
     balance = balance - cost
     record_usage(KEYS[7], KEYS[8], acct[8], now_s, now_ms, {service = g.service, zone = g.zone, band = g.band,
       roaming = g.roaming, destination = destination, units = used, cost = cost, ref = session_id})
+    if used > 0 then
+      refunds[#refunds + 1] = refund_entry(rg, g.unit, g.service, g.zone, g.band, g.roaming, now_s, refund_parts)
+    end
     if stopped then
       rc = 4012
     elseif newest then
@@ -321,6 +336,10 @@ else
 end
 
 redis.call('HSET', KEYS[1], 'balance', fmt(balance), 'reserved', fmt(reserved))
+if #refunds > 0 then
+  redis.call('HSET', KEYS[9], fmt(request_number), table.concat(refunds, ' '))
+  redis.call('EXPIRE', KEYS[9], refund_ttl_s)
+end
 save_buckets(buckets, now_s, now_ms)
 if acct[8] then
   watch_credit(KEYS[1], KEYS[6], tonumber(acct[9] or '0'), tonumber(acct[10] or '0'), balance, now_ms)

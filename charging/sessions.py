@@ -22,6 +22,7 @@ from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Reply
 from charging.money import MAX_AMOUNT
 from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, UnitKind, Units, check_units, quota, session_cost
+from charging.refunds import session_token
 from charging.routing import Target, route
 from charging.script_args import RatingGroupArgs, SessionArgs
 from charging.subscribers import Identity
@@ -161,6 +162,8 @@ class SessionAnswer:
     # Changes this request made (zero for replays), for metrics.
     reserved_delta: int = 0
     session_delta: int = 0
+    # The request debited reported usage: the token a refund of it presents.
+    refund_information: bytes = b""
 
 
 def previous_change(plan: Plan, at_s: int, lookback_s: int) -> int | None:
@@ -306,11 +309,18 @@ def parse_answer(body: str, rates: dict[int, Rate], groups: tuple[RatingGroupReq
 
 class SessionCharging:
     def __init__(
-        self, ctx: Context, *, supervision_factor: int, answer_ttl_s: int, limits: UsageLimits = UsageLimits()
+        self,
+        ctx: Context,
+        *,
+        supervision_factor: int,
+        answer_ttl_s: int,
+        refund_ttl_s: int,
+        limits: UsageLimits = UsageLimits(),
     ) -> None:
         self.ctx = ctx
         self.supervision_factor = supervision_factor
         self.answer_ttl_s = answer_ttl_s
+        self.refund_ttl_s = refund_ttl_s
         self.limits = limits
         # Overrun floor by (catalog version, plan id): worked out once per plan.
         self._floors: dict[tuple[str, str], int] = {}
@@ -319,15 +329,18 @@ class SessionCharging:
         """Rate and apply one request."""
         failed = ""
         rates: dict[int, Rate] = {}
+        debits = False
 
         async def attempt(target: Target) -> Reply:
-            nonlocal failed, rates
+            nonlocal failed, rates, debits
             now = self.ctx.clock.now_ms()
             groups: tuple[RatingGroupArgs, ...] = ()
             if target.plan is not None:
                 groups, failed, rates = rating_args(
                     target.catalog, target.plan, req.rating_groups, req.usage, now // 1000, self.limits
                 )
+            # The script writes a refund record for exactly these rating groups.
+            debits = any(not g.preset_code and g.used_before + g.used_after > 0 for g in groups)
             return await self._run(target, req, groups, now)
 
         routed = await route(
@@ -355,6 +368,10 @@ class SessionCharging:
             replayed=reply.kind == "REPLAY",
             reserved_delta=reply.reserved_delta,
             session_delta=reply.session_delta,
+            # No rating group answered: the script stopped before any usage (5002, 5012).
+            refund_information=session_token(req.session_id, req.request_number)
+            if debits and answer.rating_groups
+            else b"",
         )
 
     async def _run(self, target: Target, req: SessionRequest, groups: tuple[RatingGroupArgs, ...], now: int) -> Reply:
@@ -376,6 +393,7 @@ class SessionCharging:
             terminating=req.terminating,
             destination=req.usage.destination,
             overrun_floor=self._floor(target),
+            refund_ttl_s=self.refund_ttl_s,
             groups=groups,
         )
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0

@@ -36,6 +36,17 @@ class Settings:
     redis_max_connections: int = 64
     # How long start-up waits for Redis to answer (a restart may load a large dataset).
     redis_ready_timeout_s: float = 120.0
+    # The system of record. Empty: start and supervise an embedded PostgreSQL under
+    # database_dir (migrated at start); else migrate with `charging migrate` first, or at
+    # start with database_migrate.
+    database_url: str = ""
+    database_dir: Path = Path("var/postgres")
+    postgres_bin_dir: str = ""
+    database_pool_size: int = 10
+    database_migrate: bool = False
+    # Months of usage records and audit entries kept before the current month (0: all).
+    usage_retention_months: int = 24
+    audit_retention_months: int = 120
     # Supervision time of a session = factor x the longest validity time granted.
     supervision_factor: int = 2
     sweep_interval_s: float = 1.0
@@ -48,6 +59,18 @@ class Settings:
     subscriber_cache_size: int = 200_000
     census_interval_s: float = 15.0
     grace_period_s: float = 5.0
+    # Admission: calls worked on at once in this process (more: RESOURCE_EXHAUSTED; as
+    # many may wait in grpc's queue), and the bounds of idle and dead connections
+    # (admission.py). 512 from `make bench` on the project's VM: a full queue waits about
+    # 512 / 3,500 per s = 150 ms; 64 and 128 lost goodput, and 256 reset part of a burst
+    # of 300 calls sent at once to an idle server. README "Measured figures".
+    max_in_flight: int = 512
+    grpc_keepalive_s: float = 60.0
+    grpc_keepalive_timeout_s: float = 20.0
+    grpc_max_idle_s: float = 3600.0
+    grpc_max_age_s: float = 86_400.0
+    grpc_max_age_grace_s: float = 30.0
+    grpc_min_ping_interval_s: float = 10.0
     log_level: str = "INFO"
     # A catalog file to load at start (it becomes the running catalog). Empty: keep the
     # stored catalog, or load the bundled sample when none is stored.
@@ -142,7 +165,7 @@ class Settings:
                     values[f.name] = int(raw)
                 elif kind is float:
                     values[f.name] = float(raw)
-                elif f.name == "redis_dir":
+                elif f.name in ("redis_dir", "database_dir"):
                     values[f.name] = Path(raw)
                 else:
                     values[f.name] = raw
@@ -172,6 +195,12 @@ class Settings:
                 raise InvalidRequest(name, f"must be between 1 and {MAX_UNITS}")
         if not -1 <= self.overrun_floor_micros <= MAX_AMOUNT:
             raise InvalidRequest("CHARGING_OVERRUN_FLOOR_MICROS", f"must be between -1 and {MAX_AMOUNT}")
+        if self.database_pool_size < 1:
+            raise InvalidRequest("CHARGING_DATABASE_POOL_SIZE", "must be at least 1")
+        if self.usage_retention_months < 0:
+            raise InvalidRequest("CHARGING_USAGE_RETENTION_MONTHS", "must be 0 (keep all) or more months")
+        if self.audit_retention_months < 0:
+            raise InvalidRequest("CHARGING_AUDIT_RETENTION_MONTHS", "must be 0 (keep all) or more months")
         if self.smtp_password and not self.smtp_username:
             raise InvalidRequest("CHARGING_SMTP_USERNAME", "must be set with CHARGING_SMTP_PASSWORD")
         tls_set = self.redis_tls_ca_file or self.redis_tls_cert_file or self.redis_tls_key_file
@@ -193,3 +222,8 @@ class Settings:
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
+        if self.max_in_flight < 1:
+            raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        for f in dataclasses.fields(self):
+            if f.name.startswith("grpc_") and f.name.endswith("_s") and getattr(self, f.name) <= 0:
+                raise InvalidRequest("CHARGING_" + f.name.upper(), "must be more than 0")

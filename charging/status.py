@@ -20,9 +20,11 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from charging import metrics
+from charging.admission import Admission
 from charging.errors import (
     ChargingError,
     Conflict,
+    DeadlineExpired,
     InUse,
     InvalidRequest,
     LimitExceeded,
@@ -44,6 +46,7 @@ STATUS: dict[type[ChargingError], grpc.StatusCode] = {
     LimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
     InUse: grpc.StatusCode.FAILED_PRECONDITION,
     StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -85,16 +88,20 @@ def lenient(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
     return deserialize
 
 
-def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+def add_servicer(
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, admission: Admission | None = None
+) -> None:
     """Register a servicer as the generated ``add_*Servicer_to_server`` does, but with
     lenient request deserializers: each method, wrapped by ``rpc``, answers an undecodable
-    body INVALID_ARGUMENT."""
+    body INVALID_ARGUMENT. With ``admission``, every method is behind its in-flight bound
+    and deadline check."""
     handlers = {}
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
             raise TypeError(f"{service.full_name}/{method.name}: only unary methods are supported")
+        behaviour = getattr(servicer, method.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
+            behaviour if admission is None else admission.guard(method.name, behaviour),
             request_deserializer=lenient(GetMessageClass(method.input_type)),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )

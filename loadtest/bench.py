@@ -50,6 +50,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from charging.embedded_postgres import private_dir
 from charging.embedded_redis import redis_command
 from charging.v1 import admin_pb2, admin_pb2_grpc, charging_pb2, charging_pb2_grpc, common_pb2
 
@@ -349,12 +350,16 @@ def median_run(runs: Sequence[LoadResult]) -> LoadResult:
     return sorted(runs, key=lambda r: r.rps)[(len(runs) - 1) // 2]
 
 
-def run_h2load(name: str, params: H2Load, port: int, body_file: Path, workdir: Path) -> LoadResult:
-    """One h2load run; raise unless every request succeeded with HTTP 200."""
+def run_h2load(
+    name: str, params: H2Load, port: int, body_file: Path, workdir: Path, extra: Sequence[str] = ()
+) -> LoadResult:
+    """One h2load run; raise unless every request succeeded with HTTP 200 (gRPC statuses,
+    RESOURCE_EXHAUSTED included, travel in trailers of HTTP 200 answers)."""
     log_file = workdir / f"h2load-{name}.log"
     argv = [
         "h2load",
         *params.args(),
+        *extra,
         f"--data={body_file}",
         "--header=content-type: application/grpc",
         "--header=te: trailers",
@@ -492,6 +497,154 @@ def run_session_client(
     return result
 
 
+# --------------------------------------------------------------------------- overload
+
+# Open-loop steps: h2load sends at a fixed rate whatever the answers take (32 connections,
+# up to 64 streams each), like many network elements each sending its own traffic.
+OPEN_LOOP_CLIENTS = 32
+OPEN_LOOP_STREAMS = 64
+# Every call carries a deadline, as a network element's does (Diameter Tx timer).
+CALL_DEADLINE = "2S"
+PROBE_RATE = 100  # probe calls per second: the latency sample of admitted calls
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    sent: int
+    admitted: int
+    refused: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class StepResult:
+    label: str
+    offered_rps: float
+    goodput_rps: float
+    rejected_rps: float
+    cpu_ms_per_answer: float
+    probe: ProbeResult
+
+
+async def probe_client(target: str, duration_s: float, rate: float) -> ProbeResult:
+    """CHECK_BALANCE calls at a fixed rate, each timed on its own: h2load sees only HTTP
+    statuses, so the latency of admitted calls (status OK) is sampled here."""
+    latencies: list[float] = []
+    refused: dict[str, int] = {}
+    body = charging_pb2.EventRequest.FromString(check_balance_request())
+
+    async def one(stub: charging_pb2_grpc.ChargingStub) -> None:
+        started = time.perf_counter()
+        try:
+            await stub.ChargeEvent(body, timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            refused[exc.code().name] = refused.get(exc.code().name, 0) + 1
+            return
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = charging_pb2_grpc.ChargingStub(channel)
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tasks = []
+        for n in range(int(duration_s * rate)):
+            await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+            tasks.append(asyncio.create_task(one(stub)))
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    return ProbeResult(len(tasks), len(latencies), refused, percentile(latencies, 50), percentile(latencies, 99))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def admission_rejections(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pattern = re.compile(r'^charging_admission_rejections_total\{method="ChargeEvent",[^}]*\} (\S+)$', re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def run_step(
+    label: str, rate: float, duration_s: int, server: subprocess.Popen[bytes], ports: tuple[int, int], body_file: Path,
+    workdir: Path,
+) -> StepResult:  # fmt: skip
+    """One open-loop step at ``rate`` requests/s with the probe alongside."""
+    grpc_port, metrics_port = ports
+    params = H2Load(OPEN_LOOP_CLIENTS, OPEN_LOOP_STREAMS, 1, duration_s, 0)
+    rps = max(1, round(rate / OPEN_LOOP_CLIENTS))
+    argv = [
+        sys.executable, "-m", "loadtest.bench",
+        "--probe", f"127.0.0.1:{grpc_port}", "--session-duration", str(duration_s),
+    ]  # fmt: skip
+    before, rejected_before, cpu_before = (
+        charge_event_results(metrics_port),
+        admission_rejections(metrics_port),
+        process_cpu_s(server.pid),
+    )
+    started = time.monotonic()
+    with (workdir / f"probe-{label}.json").open("w+") as out:
+        probe = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+        try:
+            run_h2load(
+                f"step-{label}", params, grpc_port, body_file, workdir,
+                [f"--rps={rps}", f"--header=grpc-timeout: {CALL_DEADLINE}"],
+            )  # fmt: skip
+            probe.wait(duration_s + 60)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+        out.seek(0)
+        lines = out.read().strip().splitlines()
+    elapsed = time.monotonic() - started
+    if probe.returncode != 0 or not lines:
+        raise BenchError(f"probe client failed (exit {probe.returncode}): {lines[-5:]}")
+    after = charge_event_results(metrics_port)
+    answered = after.get("2001", 0.0) - before.get("2001", 0.0)
+    return StepResult(
+        label,
+        offered_rps=rps * OPEN_LOOP_CLIENTS + PROBE_RATE,
+        goodput_rps=answered / elapsed,
+        rejected_rps=(admission_rejections(metrics_port) - rejected_before) / elapsed,
+        cpu_ms_per_answer=1000 * (process_cpu_s(server.pid) - cpu_before) / max(answered, 1.0),
+        probe=ProbeResult(**json.loads(lines[-1])),
+    )
+
+
+def admission_micros_per_call(rounds: int = 200_000) -> float:
+    """What ``Admission.guard`` adds to a call: a guarded no-op handler against a bare one."""
+    from charging.admission import Admission
+
+    class Context:
+        def time_remaining(self) -> float:
+            return 10.0
+
+    async def handler(request: object, context: object) -> object:
+        return request
+
+    guarded = Admission(1000).guard("Bench", handler)  # type: ignore[arg-type]
+    context = Context()
+
+    async def timed(fn: object) -> float:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            await fn(None, context)  # type: ignore[operator]
+        return time.perf_counter() - started
+
+    async def both() -> float:
+        differences = []
+        for _ in range(3):  # the least of three: the others were disturbed
+            differences.append(await timed(guarded) - await timed(handler))
+        return min(differences)
+
+    return asyncio.run(both()) / rounds * 1e6
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -530,6 +683,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sessions in flight in the Python client (BENCH_SESSION_CONCURRENCY)",
     )
     p.add_argument("--session-client", metavar="TARGET", help="internal: only run the session client, print JSON")
+    p.add_argument("--probe", metavar="TARGET", help="internal: only run the latency probe, print JSON")
+    p.add_argument(
+        "--overload-duration",
+        type=int,
+        default=int(env_number("BENCH_OVERLOAD_DURATION", 10)),
+        help="seconds of each open-loop step, at 70%% and 200%% of the measured capacity (BENCH_OVERLOAD_DURATION)",
+    )
     return p.parse_args(argv)
 
 
@@ -555,6 +715,8 @@ def bench(args: argparse.Namespace) -> int:
         )
         wait_redis(redis_proc, redis_port, redis_log)
 
+        postgres_dir = private_dir("charging-bench-pg-")
+        stack.callback(shutil.rmtree, postgres_dir, True)
         env = child_env()
         env.update(
             # The Unix socket, as with the embedded Redis that `make run` starts.
@@ -564,6 +726,8 @@ def bench(args: argparse.Namespace) -> int:
             # the load (h2load cannot see gRPC statuses). Counters are updated either way.
             CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
             CHARGING_REDIS_DIR=str(redis_dir),
+            # Its own embedded PostgreSQL, in a directory the postgres user can reach.
+            CHARGING_DATABASE_DIR=str(postgres_dir),
         )
         server_log = workdir / "charging-server.log"
         server = stack.enter_context(child([sys.executable, "-m", "charging.cli", "serve"], server_log, env))
@@ -606,6 +770,13 @@ def bench(args: argparse.Namespace) -> int:
                 target, args.session_duration, args.session_concurrency, args.subscribers, workdir
             )
             alive(server, "charging server", server_log)
+            capacity = charging.rps
+            steps = [
+                run_step(label, factor * capacity, args.overload_duration, server, (grpc_port, metrics_port),
+                         body_file, workdir)
+                for label, factor in (("70%", 0.7), ("200%", 2.0))
+            ]  # fmt: skip
+            alive(server, "charging server", server_log)
         except BaseException:
             print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
             raise
@@ -630,12 +801,38 @@ def bench(args: argparse.Namespace) -> int:
         f"rating (pure Python, per session request with voice + data rating groups): {rating_us:.1f} us = "
         f"{100 * rating_us / (1e6 / charging.rps):.1f}% of one charging request at the measured rate"
     )
+    print(f"admission (Admission.guard, per call): {admission_micros_per_call():.2f} us")
+    print(
+        f"open loop: h2load -c {OPEN_LOOP_CLIENTS} -m {OPEN_LOOP_STREAMS} --rps=<rate/{OPEN_LOOP_CLIENTS}> "
+        f"-D {args.overload_duration} -H 'grpc-timeout: {CALL_DEADLINE}', plus a probe of {PROBE_RATE} calls/s; "
+        f"capacity = the closed-loop figure above"
+    )
+    for step in steps:
+        refused = " ".join(f"{k}={v}" for k, v in sorted(step.probe.refused.items())) or "none"
+        print(
+            f"step {step.label:>4} of capacity: offered={step.offered_rps:.0f}/s goodput={step.goodput_rps:.0f}/s "
+            f"({100 * step.goodput_rps / capacity:.0f}% of capacity) rejected={step.rejected_rps:.0f}/s "
+            f"cpu_ms_per_answer={step.cpu_ms_per_answer:.3f} admitted p50_ms={step.probe.p50_ms:.2f} "
+            f"p99_ms={step.probe.p99_ms:.2f} (probe: {step.probe.admitted}/{step.probe.sent} admitted, "
+            f"refused {refused})"
+        )
+    normal, over = steps
+    print(
+        f"overload: goodput={100 * over.goodput_rps / capacity:.0f}% of capacity (goal >= 90%) "
+        f"p99_admitted={over.probe.p99_ms / normal.probe.p99_ms:.2f}x its value at 70% (goal <= 2)"
+    )
     print(f"ratio={charging.rps / echo_result.rps:.2f}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.probe:
+        import uvloop
+
+        probe = uvloop.run(probe_client(args.probe, args.session_duration, PROBE_RATE))
+        print(json.dumps(asdict(probe)))
+        return 0
     if args.session_client:
         import uvloop
 

@@ -58,9 +58,12 @@ class BillingAccounts:
         deposit_minor: int,
         at_s: int,
         email: str = "",
+        name: str = "",
+        address: tuple[str, ...] = (),
     ) -> None:
         """Bill a postpaid line to ``ba`` from ``at_s`` on (the account is opened on its
-        first line, with the bill cycle day of that day)."""
+        first line, with the bill cycle day of that day). ``name`` and ``address`` (postal
+        lines) are who its invoices are addressed to, kept like ``email``."""
         tz = self.config.time_zone
         cycle_day = min(datetime.fromtimestamp(at_s, UTC).day, 28)
         first = periods.period_at(cycle_day, tz, at_s)
@@ -77,6 +80,8 @@ class BillingAccounts:
                     "created": at_s,
                     "deposit": deposit_minor,
                     "email": email,
+                    "name": name,
+                    "address": "\n".join(address),
                     "credit_limit": credit_limit_micros,
                 }
                 for name, value in fields.items():

@@ -348,6 +348,8 @@ class BillRun:
         bill = AccountBill(
             billing_account=ba,
             customer_label=state.get("label", ba),
+            customer_name=state.get("name", ""),
+            customer_address=tuple(filter(None, state.get("address", "").split("\n"))),
             period=period,
             lines=bills,
             pending=extra,

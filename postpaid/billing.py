@@ -127,6 +127,8 @@ class Billing:
                 deposit_minor=to_minor(customer.deposit_micros),
                 at_s=now_s,
                 email=customer.email,
+                name=customer.name,
+                address=postal_address(customer, home=self.config.issuer.iban[:2]),
             )
             return
         await self.accounts.record_change(account_id, now_s, state, plan_id)
@@ -290,6 +292,14 @@ class Billing:
         processes may run them; each is its own job, so one failing (the mail server is
         down) holds up neither of the others."""
         return {"bill_run": self.runs.run, "dunning": self.collection.run, "invoice_delivery": self.deliver_queued}
+
+
+def postal_address(customer: Customer, home: str = "") -> tuple[str, ...]:
+    """The customer's postal address as the lines under the name in an address window:
+    street, postal code and city, and the country (ISO code) unless it is ``home``."""
+    town = f"{customer.postal_code} {customer.city}".strip()
+    country = customer.country if customer.country != home else ""
+    return tuple(x for x in (customer.street, town, country) if x)
 
 
 def build_billing(

@@ -72,6 +72,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             kind=inv.kind,
             currency=inv.currency,
             document_json=inv.to_json(),
+            payment_reference=inv.payment_reference,
         )
 
     async def _status(self, ba: str) -> billing_pb2.DunningStatus:

@@ -16,7 +16,8 @@ Order of the arithmetic (each step on integers in minor units):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from charging.money import share
 from charging.rating import UnitKind
@@ -74,6 +75,8 @@ class AccountBill:
     payments_received: int = 0
     kind: str = "REGULAR"
     notes: tuple[str, ...] = ()
+    customer_name: str = ""
+    customer_address: tuple[str, ...] = ()
 
 
 def compose(
@@ -117,7 +120,7 @@ def compose(
         customer_label=bill.customer_label,
         currency=config.currency,
         period_start=bill.period.start,
-        period_end=bill.period.last_day,
+        period_end=_period_end(config, bill),
         issued=issued,
         due=issued + timedelta(days=config.payment_terms_days),
         sections=tuple(sections),
@@ -127,7 +130,30 @@ def compose(
         payments_received=bill.payments_received,
         kind=bill.kind,
         notes=bill.notes,
+        customer_name=bill.customer_name,
+        customer_address=bill.customer_address,
+        issuer_address=config.issuer.address,
+        issuer_tax_id=config.issuer.tax_id,
+        iban=config.issuer.iban,
+        bic=config.issuer.bic,
+        time_zone=config.time_zone,
     )
+
+
+def _period_end(config: BillingConfig, bill: AccountBill) -> date:
+    """The last day billed: the period's, or on a final invoice the day the line
+    terminated (its last charged day, ``rentals.py``) when that falls within the period."""
+    last = bill.period.last_day
+    if bill.kind != "FINAL":
+        return last
+    tz = ZoneInfo(config.time_zone)
+    ends = [
+        datetime.fromtimestamp(c.at_s, tz).date()
+        for line in bill.lines
+        for c in line.history
+        if c.state == "terminated" and bill.period.start_s <= c.at_s < bill.period.end_s
+    ]
+    return min(max(ends), last) if ends else last
 
 
 def _taxed(config: BillingConfig, plan_id: str, charge: Charge) -> Charge:

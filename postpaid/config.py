@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from charging.schemas import DocumentInvalid, Schema, merge, parse_json
 from postpaid.dunning import Ladder, LadderError
 from postpaid.invoices import CATEGORIES, TaxRate
+from postpaid.payment_reference import REFERENCE_MAX, iban_problem
 
 
 class BillingConfigInvalid(DocumentInvalid, ValueError):
@@ -30,10 +31,12 @@ SCHEMA = Schema("postpaid", "billing.schema.json", "billing", BillingConfigInval
 class Issuer:
     id: str
     name: str
-    address: str
-    tax_id: str
+    address: tuple[str, ...]  # postal address lines
+    tax_id: str  # VAT identification number
     number_prefix: str
     credit_note_prefix: str
+    iban: str = ""  # where customers pay (checked: ISO 13616 check digits)
+    bic: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,25 @@ def parse(doc: Any) -> BillingConfig:
     # What the schema cannot say; a value it refused reads as empty (it is named already).
     problems: list[tuple[str, str]] = []
     iss = _object(doc.get("issuer"))
+    address = iss.get("address", ())
+    bank = _object(iss.get("bank"))
     issuer = Issuer(
-        *(str(iss.get(k, "")) for k in ("id", "name", "address", "tax_id", "number_prefix", "credit_note_prefix"))
+        id=str(iss.get("id", "")),
+        name=str(iss.get("name", "")),
+        # One line per item; a single text (the earlier form) has its lines separated by ", ".
+        address=tuple(address.split(", ") if isinstance(address, str) else map(str, address or ())),
+        tax_id=str(iss.get("tax_id", "")),
+        number_prefix=str(iss.get("number_prefix", "")),
+        credit_note_prefix=str(iss.get("credit_note_prefix", "")),
+        iban=str(bank.get("iban", "")).replace(" ", ""),
+        bic=str(bank.get("bic", "")),
     )
+    if issuer.iban and (problem := iban_problem(issuer.iban)):
+        problems.append(("issuer.bank.iban", problem))
+    prefix = sum(c.isalnum() for c in issuer.number_prefix)
+    if prefix > REFERENCE_MAX - 8:
+        # The payment reference is the number's letters and digits (8 digits of sequence).
+        problems.append(("issuer.number_prefix", f"at most {REFERENCE_MAX - 8} letters and digits"))
     tz = str(doc.get("time_zone", ""))
     try:
         if tz:

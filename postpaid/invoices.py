@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from charging.money import share
+from postpaid.payment_reference import invoice_reference
 
 # Kinds of charge lines.
 RENTAL = "RENTAL"
@@ -118,6 +119,27 @@ class Invoice:
     payments_received: int = 0
     kind: str = "REGULAR"  # or FINAL (termination)
     notes: tuple[str, ...] = field(default=())
+    # Who it is addressed to (the postal address window) and who is paid, as they were
+    # when the invoice was issued: an issued invoice never changes. Invoices issued
+    # before these were kept have them empty and print the label instead.
+    customer_name: str = ""
+    customer_address: tuple[str, ...] = ()
+    issuer_address: tuple[str, ...] = ()
+    issuer_tax_id: str = ""  # VAT identification number
+    iban: str = ""
+    bic: str = ""
+    # The billing time zone: itemised times are shown in it ("UTC" for older invoices,
+    # which were shown in UTC).
+    time_zone: str = "UTC"
+
+    @property
+    def payment_reference(self) -> str:
+        """The structured creditor reference (ISO 11649) of this invoice's number ("" when
+        the number cannot be one: not yet issued, or longer than 21 letters and digits)."""
+        try:
+            return invoice_reference(self.number)
+        except ValueError:
+            return ""
 
     @property
     def net_total(self) -> int:
@@ -174,6 +196,13 @@ class Invoice:
             payments_received=d["payments_received"],
             kind=d["kind"],
             notes=tuple(d["notes"]),
+            customer_name=d.get("customer_name", ""),
+            customer_address=tuple(d.get("customer_address", ())),
+            issuer_address=tuple(d.get("issuer_address", ())),
+            issuer_tax_id=d.get("issuer_tax_id", ""),
+            iban=d.get("iban", ""),
+            bic=d.get("bic", ""),
+            time_zone=d.get("time_zone", "UTC"),
         )
 
 

@@ -191,9 +191,10 @@ class Payments:
         return out
 
     async def open_dispute(
-        self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str = ""
+        self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str = "", customer: str = ""
     ) -> dict[str, Any]:
-        """Hold ``amount`` of an invoice (of one of its lines, if given) out of dunning."""
+        """Hold ``amount`` of an invoice (of one of its lines, if given) out of dunning.
+        With ``customer`` (the CRM), the invoice must be one of that customer's."""
         _key_part(dispute_id, "dispute_id")
         _amount(amount, "amount_minor")
         if not reason.strip():
@@ -201,6 +202,9 @@ class Payments:
         ba = await self.client.hget(keys.invoice_state(number), "ba")
         if ba is None:
             raise NotFound("no such invoice")
+        owner = str(await self.client.hget(keys.billing_account(str(ba)), "customer") or "")
+        if customer and owner != customer:
+            raise NotFound("no such invoice of this customer")
         if line:
             text = await self.client.get(keys.invoice(number))
             sections = {s.line: s for s in Invoice.from_json(str(text)).sections}
@@ -222,6 +226,11 @@ class Payments:
             existing = await self.dispute(dispute_id)
             if (existing["invoice"], existing["amount"], existing.get("line", "")) != (number, amount, line):
                 raise Conflict("this dispute id was used for another dispute")
+        # Listed under the customer (the CRM shows a customer's disputes); a repeated call
+        # completes an index entry that a crash left out.
+        if owner:
+            await self.client.zadd(keys.customer_disputes(owner), {dispute_id: now_s}, nx=True)
+        if reply[0] == "SAME":
             return existing
         await self._audit("dispute_opened", actor, str(ba), amount, reason, dispute_id)
         await self._changed(str(ba))
@@ -272,6 +281,11 @@ class Payments:
             DisputeArgs("RELEASE", d["amount"], ""),
         )
         return {}
+
+    async def disputes_of(self, customer_id: str) -> list[dict[str, Any]]:
+        """The billing disputes about the customer's invoices, oldest first."""
+        ids = await self.client.zrange(keys.customer_disputes(customer_id), 0, -1)
+        return [await self.dispute(str(i)) for i in ids]
 
     async def dispute(self, dispute_id: str) -> dict[str, Any]:
         h = await self.client.hgetall(keys.dispute(dispute_id))

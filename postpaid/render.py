@@ -4,7 +4,14 @@
 the grouping of corporate lines by unit), so the HTML and the PDF always show the same
 figures. Money is formatted by ``charging/money.py`` (integer arithmetic only): amounts
 in minor units become "1,234.56 EUR" (``format_minor``), itemised costs in micros are
-shown to 4 decimals rounded half away from zero (``format_micros_4dp``). Times are UTC.
+shown to 4 decimals rounded half away from zero (``format_micros_4dp``). Data volumes are
+in binary units, labelled as such (1 MiB = 1,048,576 bytes, as the catalog counts them).
+Times are shown in the invoice's billing time zone, which the itemised list names.
+
+The PDF's first page is laid out for a window envelope (DIN 5008, form B): the return
+address and the recipient in the address window (20 mm from the left, 45-90 mm from the
+top), the invoice facts beside it, the summary below, and at the foot the payment
+details with an EPC QR code for a SEPA credit transfer (``epc_qr.py``).
 """
 
 from __future__ import annotations
@@ -13,41 +20,57 @@ import functools
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
+from zoneinfo import ZoneInfo
 
 import jinja2
+from PIL import Image
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
+from reportlab.lib.utils import ImageReader, simpleSplit
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
-from reportlab.platypus import Flowable, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Flowable,
+    Frame,
+    NextPageTemplate,
+    PageBreak,
+    PageTemplate,
+    Paragraph,
+    Spacer,
+    Table,
+    TableStyle,
+)
 
 from charging.money import format_micros_4dp, format_minor, share
+from postpaid import epc_qr
 from postpaid.invoices import (
     CATEGORY_NAMES,
     Charge,
     Invoice,
     LineSection,
 )
+from postpaid.payment_reference import grouped
 
-BYTES_PER_MB = 1_048_576  # as the catalog counts a megabyte of data
+BYTES_PER_MIB = 1_048_576  # as the catalog counts a megabyte of data: a mebibyte
 
 
 def format_quantity(units: int, unit: str) -> str:
-    """Seconds as m:ss, bytes as MB to 2 decimals (half away from zero), events as a count."""
+    """Seconds as m:ss, bytes as MiB to 2 decimals (half away from zero), events as a count."""
     if unit == "s":
         minutes, seconds = divmod(units, 60)
         return f"{minutes:,}:{seconds:02d} min"
     if unit == "bytes":
-        hundredths = share(units, 100, BYTES_PER_MB)
-        return f"{hundredths // 100:,}.{hundredths % 100:02d} MB"
+        hundredths = share(units, 100, BYTES_PER_MIB)
+        return f"{hundredths // 100:,}.{hundredths % 100:02d} MiB"
     if unit == "events":
         return f"{units:,}"
     if unit == "days":
@@ -55,8 +78,20 @@ def format_quantity(units: int, unit: str) -> str:
     return f"{units:,} {unit}" if unit else ""
 
 
-def format_time(at_ms: int) -> str:
-    return datetime.fromtimestamp(at_ms // 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+def format_time(at_ms: int, time_zone: str) -> str:
+    """The local time in ``time_zone`` to the minute (the invoice's billing time zone)."""
+    return datetime.fromtimestamp(at_ms // 1000, tz=_zone(time_zone)).strftime("%Y-%m-%d %H:%M")
+
+
+@functools.lru_cache(maxsize=16)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def tax_label(name: str, rate_bp: int) -> str:
+    """A tax line's label: its name and rate ("VAT 19 %"); a name that states a rate
+    itself ("VAT 19%", as older settings had it) is not given it a second time."""
+    return name if "%" in name else f"{name} {format_rate(rate_bp)}"
 
 
 def format_rate(rate_bp: int) -> str:
@@ -96,6 +131,16 @@ class ItemisedView:
 
 
 @dataclass(frozen=True)
+class PaymentView:
+    """How to pay: the sentence, the bank details as (label, value) rows, and the EPC QR
+    code's payload ("" when there is no code: nothing to pay, no IBAN, not EUR)."""
+
+    request: str
+    rows: list[tuple[str, str]]
+    qr_payload: str
+
+
+@dataclass(frozen=True)
 class InvoiceView:
     title: str
     facts: list[tuple[str, str]]
@@ -104,6 +149,10 @@ class InvoiceView:
     account_charges: list[tuple[str, str, str]]
     account_subtotal: str
     itemised: list[ItemisedView]
+    recipient: list[str]  # the address window: name, then postal lines
+    sender: list[str]  # the issuer: name, address lines, VAT id
+    payment: PaymentView
+    time_zone: str
 
 
 def group_by_unit(sections: Iterable[LineSection]) -> list[tuple[tuple[str, ...], list[LineSection]]]:
@@ -127,7 +176,7 @@ def invoice_view(inv: Invoice) -> InvoiceView:
         SummaryRow("Previous balance", money(inv.previous_balance)),
         SummaryRow("Payments received", money(-inv.payments_received)),
         SummaryRow("Current charges (net)", money(inv.net_total)),
-        *(SummaryRow(f"{t.name} {format_rate(t.rate_bp)} on {money(t.base)}", money(t.amount)) for t in inv.taxes),
+        *(SummaryRow(f"{tax_label(t.name, t.rate_bp)} on {money(t.base)}", money(t.amount)) for t in inv.taxes),
         SummaryRow("Total of this invoice", money(inv.total), strong=True),
         SummaryRow(f"Total due by {inv.due.isoformat()}", money(inv.total_due), strong=True),
     ]
@@ -145,7 +194,7 @@ def invoice_view(inv: Invoice) -> InvoiceView:
         items = sorted(s.usage, key=lambda u: u.at_ms)
         rows = [
             (
-                format_time(u.at_ms),
+                format_time(u.at_ms, inv.time_zone),
                 u.service,
                 CATEGORY_NAMES.get(u.category, u.category),
                 u.destination,
@@ -160,7 +209,7 @@ def invoice_view(inv: Invoice) -> InvoiceView:
         title="Final invoice" if inv.kind == "FINAL" else "Invoice",
         facts=[
             ("Invoice number", inv.number),
-            ("Customer", inv.customer_label),
+            ("Customer", inv.customer_name or inv.customer_label),
             ("Billing account", inv.billing_account),
             ("Billing period", f"{inv.period_start.isoformat()} to {inv.period_end.isoformat()}"),
             ("Issue date", inv.issued.isoformat()),
@@ -171,7 +220,42 @@ def invoice_view(inv: Invoice) -> InvoiceView:
         account_charges=charge_rows(inv.account_charges),
         account_subtotal=money(sum(c.amount for c in inv.account_charges)),
         itemised=itemised,
+        recipient=[inv.customer_name or inv.customer_label, *inv.customer_address],
+        sender=[
+            inv.issuer,
+            *inv.issuer_address,
+            *((f"VAT ID {inv.issuer_tax_id}",) if inv.issuer_tax_id else ()),
+        ],
+        payment=payment_view(inv),
+        time_zone=inv.time_zone,
     )
+
+
+def payment_view(inv: Invoice) -> PaymentView:
+    """What the customer is asked to pay and where to (the EPC QR code carries the same)."""
+    due = inv.total_due
+    reference = inv.payment_reference
+    rows = [("Account holder", inv.issuer)]
+    if inv.iban:
+        rows.append(("IBAN", grouped(inv.iban)))
+    if inv.bic:
+        rows.append(("BIC", inv.bic))
+    if reference:
+        rows.append(("Payment reference", grouped(reference)))
+    if due <= 0:
+        request = "Nothing to pay: " + (
+            f"a credit of {format_minor(-due, inv.currency)} is carried forward." if due else "the account is settled."
+        )
+        return PaymentView(request, [], "")
+    request = f"Please transfer {format_minor(due, inv.currency)} by {inv.due.isoformat()}"
+    request += ", quoting the payment reference." if reference else "."
+    payload = ""
+    if inv.iban and reference and inv.currency == "EUR":
+        try:
+            payload = epc_qr.payload(epc_qr.Transfer(inv.bic, inv.issuer, inv.iban, due, reference))
+        except ValueError:
+            payload = ""  # more than the standard carries: the details above still say it all
+    return PaymentView(request, rows, payload)
 
 
 # --- HTML ---------------------------------------------------------------------------------
@@ -196,6 +280,7 @@ def render_text(inv: Invoice) -> str:
     lines = [f"{view.title} {inv.number} from {inv.issuer}", ""]
     lines += [f"{label}: {value}" for label, value in view.facts]
     lines += ["", *(f"{row.label}: {row.amount}" for row in view.summary), ""]
+    lines += [view.payment.request, *(f"{label}: {value}" for label, value in view.payment.rows), ""]
     lines += ["The complete invoice is attached as a PDF.", ""]
     return "\n".join(lines)
 
@@ -233,6 +318,7 @@ class _Styles:
         self.strong = ParagraphStyle("strong", base, fontName=self.bold)
         self.issuer = ParagraphStyle("issuer", base, fontName=self.bold, fontSize=15, leading=19, textColor=_BLUE)
         self.title = ParagraphStyle("title", self.issuer, alignment=TA_RIGHT, textColor=colors.black)
+        self.title_left = ParagraphStyle("title_left", self.issuer, textColor=colors.black, spaceAfter=2)
         self.h2 = ParagraphStyle(
             "h2", base, fontName=self.bold, fontSize=12, leading=15, textColor=_BLUE, spaceBefore=12, spaceAfter=4
         )
@@ -377,9 +463,9 @@ class _PagedRows(Flowable):
         return t
 
 
-def _itemised_table(st: _Styles, view: ItemisedView, currency: str) -> Flowable:
+def _itemised_table(st: _Styles, view: ItemisedView, currency: str, time_zone: str) -> Flowable:
     size = _PagedRows.SIZE
-    head = ["Date and time (UTC)", "Service", "Type", "Destination", "Quantity", f"Cost ({currency})"]
+    head = [f"Date and time ({time_zone})", "Service", "Type", "Destination", "Quantity", f"Cost ({currency})"]
     rows = []
     for row in view.rows:
         cells = list(row)
@@ -394,18 +480,6 @@ def _itemised_table(st: _Styles, view: ItemisedView, currency: str) -> Flowable:
 
 def _story(inv: Invoice, view: InvoiceView, st: _Styles) -> list[Flowable]:
     money_col = 45 * mm
-    masthead = Table(
-        [[_p(inv.issuer, st.issuer), _p(f"{view.title} {inv.number}", st.title)]],
-        colWidths=(_CONTENT_WIDTH / 2, _CONTENT_WIDTH / 2),
-        hAlign="LEFT",
-    )
-    masthead.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (0, 0), 0)]))
-    facts = Table(
-        [[_p(k, st.body), _p(v, st.strong)] for k, v in view.facts],
-        colWidths=(35 * mm, _CONTENT_WIDTH - 35 * mm),
-        hAlign="LEFT",
-    )
-    facts.setStyle(_grid(st, header=False, footer=False, rows=len(view.facts)))
     summary = Table(
         [[_p(r.label, st.strong if r.strong else st.body), r.amount] for r in view.summary],
         colWidths=(_CONTENT_WIDTH - money_col, money_col),
@@ -418,10 +492,14 @@ def _story(inv: Invoice, view: InvoiceView, st: _Styles) -> list[Flowable]:
             style += [("FONT", (1, i), (1, i), st.bold, 9), ("LINEABOVE", (0, i), (-1, i), 0.6, _RULE)]
     summary.setStyle(TableStyle(style))
 
-    story: list[Flowable] = [masthead, Spacer(1, 4 * mm), facts, _p("Summary", st.h2), summary]
+    # The letterhead, address window, facts and payment slip are drawn on the first page
+    # at fixed places (``_FirstPage``); the flow starts under them.
+    story: list[Flowable] = [NextPageTemplate("later"), _p(f"{view.title} {inv.number}", st.title_left)]
+    story += [_p("Summary", st.h2), summary]
     if inv.notes:
         story.append(Spacer(1, 3 * mm))
         story += [_p(note, st.body) for note in inv.notes]
+    story.append(PageBreak())
     story.append(_p("Charges per line", st.h2))
     if not view.groups:
         story.append(_p("No lines on this invoice.", st.empty))
@@ -451,35 +529,140 @@ def _story(inv: Invoice, view: InvoiceView, st: _Styles) -> list[Flowable]:
     for item in view.itemised:
         story.append(_p(f"Line {item.line} · {item.count}", st.h3))
         if item.rows:
-            story.append(_itemised_table(st, item, inv.currency))
+            story.append(_itemised_table(st, item, inv.currency, inv.time_zone))
         else:
             story.append(_p("No usage recorded in this period.", st.empty))
     return story
 
 
+# Places on the first page, in mm from the top-left corner of the A4 sheet.
+WINDOW_LEFT, WINDOW_TOP, WINDOW_BOTTOM = 20, 45, 90  # DIN 5008 form B address field
+FACTS_LEFT, FACTS_TOP = 118, 50
+FLOW_TOP = 100  # the title and summary start here
+SLIP_TOP = 235  # the payment slip: a rule, the request, bank details and the QR code
+QR_SIZE = 34  # EPC QR code, square, its right edge on the right margin
+QR_QUIET = 4  # light modules around the code
+
+
+class _FirstPage:
+    """Draws what stands at fixed places on the first page."""
+
+    def __init__(self, inv: Invoice, view: InvoiceView, st: _Styles) -> None:
+        self.inv, self.view, self.st = inv, view, st
+
+    def __call__(self, canvas: Canvas, doc: BaseDocTemplate) -> None:
+        st, view = self.st, self.view
+        top = A4[1]
+
+        def y(mm_from_top: float) -> float:
+            return top - mm_from_top * mm
+
+        canvas.saveState()
+        # Letterhead: the issuer's name, then its address and VAT id on one line.
+        canvas.setFont(st.bold, 15)
+        canvas.setFillColor(_BLUE)
+        canvas.drawString(18 * mm, y(22), _fit(view.sender[0], st.bold, 15, _CONTENT_WIDTH))
+        canvas.setFont(st.font, 8)
+        canvas.setFillColor(colors.HexColor("#444444"))
+        canvas.drawString(18 * mm, y(28), _fit(" · ".join(view.sender[1:]), st.font, 8, _CONTENT_WIDTH))
+        # The address window: the return address in small print, then the recipient.
+        width = 85 * mm
+        canvas.setFont(st.font, 6.5)
+        sender = " · ".join(x for x in view.sender[:-1] if not x.startswith("VAT ID")) or view.sender[0]
+        canvas.drawString(WINDOW_LEFT * mm, y(WINDOW_TOP + 4), _fit(sender, st.font, 6.5, width))
+        canvas.setFillColor(colors.black)
+        canvas.setFont(st.font, 10)
+        # Six lines fit the window's address zone; a long name wraps rather than being cut.
+        lines = [part for text in view.recipient for part in simpleSplit(text, st.font, 10, width)][:6]
+        for i, text in enumerate(lines):
+            canvas.drawString(WINDOW_LEFT * mm, y(WINDOW_TOP + 20 + 4.4 * i), _fit(text, st.font, 10, width))
+        # The facts beside the window.
+        for i, (label, value) in enumerate(view.facts):
+            canvas.setFont(st.font, 8.5)
+            canvas.drawString(FACTS_LEFT * mm, y(FACTS_TOP + 5 * i), label)
+            canvas.setFont(st.bold, 8.5)
+            canvas.drawString((FACTS_LEFT + 27) * mm, y(FACTS_TOP + 5 * i), _fit(value, st.bold, 8.5, 47 * mm))
+        self._slip(canvas, y)
+        canvas.restoreState()
+
+    def _slip(self, canvas: Canvas, y: Any) -> None:
+        st, pay = self.st, self.view.payment
+        canvas.setStrokeColor(_RULE)
+        canvas.setLineWidth(0.6)
+        canvas.line(18 * mm, y(SLIP_TOP), A4[0] - 18 * mm, y(SLIP_TOP))
+        canvas.setFillColor(_BLUE)
+        canvas.setFont(st.bold, 10)
+        canvas.drawString(18 * mm, y(SLIP_TOP + 6), "Payment")
+        canvas.setFillColor(colors.black)
+        text_width = _CONTENT_WIDTH - (QR_SIZE + 4) * mm
+        canvas.setFont(st.font, 9)
+        canvas.drawString(18 * mm, y(SLIP_TOP + 12), _fit(pay.request, st.font, 9, text_width))
+        for i, (label, value) in enumerate(pay.rows):
+            canvas.setFont(st.font, 9)
+            canvas.drawString(18 * mm, y(SLIP_TOP + 19 + 5 * i), label)
+            canvas.setFont(st.bold, 9)
+            canvas.drawString(55 * mm, y(SLIP_TOP + 19 + 5 * i), _fit(value, st.bold, 9, text_width - 37 * mm))
+        if pay.qr_payload:
+            left = A4[0] - 18 * mm - QR_SIZE * mm
+            canvas.drawImage(qr_image(pay.qr_payload), left, y(SLIP_TOP + 4 + QR_SIZE), QR_SIZE * mm, QR_SIZE * mm)
+            canvas.setFont(st.font, 6.5)
+            canvas.drawCentredString(left + QR_SIZE * mm / 2, y(SLIP_TOP + 7 + QR_SIZE), "Scan to pay (SEPA)")
+
+
+def qr_image(payload: str) -> ImageReader:
+    """The EPC QR code as a grey image, one pixel per module with the quiet zone; the
+    PDF scales it up without smoothing, so every module stays a sharp square."""
+    grid = epc_qr.modules(payload)
+    n = len(grid) + 2 * QR_QUIET
+    pixels = bytearray(b"\xff" * (n * n))
+    for r, row in enumerate(grid):
+        for c, dark in enumerate(row):
+            if dark:
+                pixels[(r + QR_QUIET) * n + c + QR_QUIET] = 0
+    return ImageReader(Image.frombytes("L", (n, n), bytes(pixels)))
+
+
 def render_pdf(inv: Invoice) -> bytes:
-    """An A4 PDF: header facts, summary, charges per line (by unit), itemised usage; page n of N."""
+    """An A4 PDF: the first page for a window envelope (letterhead, address, facts,
+    summary, payment slip with an EPC QR code), then charges per line (by unit) and
+    itemised usage; page n of N."""
     st = _Styles()
     view = invoice_view(inv)
     out = io.BytesIO()
-    doc = SimpleDocTemplate(
+    left, right, bottom = 18 * mm, 18 * mm, 18 * mm
+    doc = BaseDocTemplate(
         out,
         pagesize=A4,
-        leftMargin=18 * mm,
-        rightMargin=18 * mm,
+        leftMargin=left,
+        rightMargin=right,
         topMargin=16 * mm,
-        bottomMargin=18 * mm,
+        bottomMargin=bottom,
         title=f"{view.title} {inv.number}",
         author=inv.issuer,
         invariant=True,  # the same invoice always gives the same bytes
     )
 
-    def footer(canvas: Canvas, _doc: SimpleDocTemplate) -> None:
+    def footer(canvas: Canvas, _doc: BaseDocTemplate) -> None:
         canvas.saveState()
         canvas.setFont(st.font, 7.5)
         canvas.setFillColor(colors.HexColor("#555555"))
         canvas.drawString(18 * mm, 10 * mm, _fit(f"{view.title} {inv.number} · {inv.issuer}", st.font, 7.5, 120 * mm))
         canvas.restoreState()
 
-    doc.build(_story(inv, view, st), onFirstPage=footer, onLaterPages=footer, canvasmaker=_NumberedCanvas)
+    first_page = _FirstPage(inv, view, st)
+
+    def first(canvas: Canvas, d: BaseDocTemplate) -> None:
+        first_page(canvas, d)
+        footer(canvas, d)
+
+    flow_bottom = A4[1] - (SLIP_TOP - 2) * mm
+    first_frame = Frame(left, flow_bottom, _CONTENT_WIDTH, A4[1] - FLOW_TOP * mm - flow_bottom, 0, 0, 0, 0)
+    later_frame = Frame(left, bottom, _CONTENT_WIDTH, A4[1] - 16 * mm - bottom, 0, 0, 0, 0)
+    doc.addPageTemplates(
+        [
+            PageTemplate("first", [first_frame], onPage=first),
+            PageTemplate("later", [later_frame], onPage=footer),
+        ]
+    )
+    doc.build(_story(inv, view, st), canvasmaker=_NumberedCanvas)
     return out.getvalue()

@@ -216,3 +216,12 @@ def check_application(doc: Any, today: date, rules: AgeRules | None = None) -> N
         check_company(doc.get("company"), "company", problems)
     if problems.items:
         raise ApplicationInvalid(problems.items)
+
+
+def customer_name(doc: Mapping[str, Any]) -> str:
+    """Who a checked application's customer is, as invoices address it: the company's
+    name, or the applicant's given and family name."""
+    if doc.get("customer_kind") == "CORPORATE":
+        return str(doc["company"]["name"]).strip()
+    person = doc["applicant"]
+    return f"{str(person['given_name']).strip()} {str(person['family_name']).strip()}"

@@ -9,6 +9,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from charging.errors import InvalidRequest, NotFound
+from charging.money import MICROS_PER_MINOR
 from charging.schemas import parse_json
 from charging.status import rpc
 from charging.subscribers import parse_identity
@@ -89,10 +90,25 @@ def dispute_pb(dispute: Dispute) -> crm_pb2.Dispute:
         invoice=dispute.invoice,
         line=dispute.line,
         reason=dispute.reason,
-        amount_micros=dispute.amount_micros,
+        # deprecated field, kept for older clients: the same amount in micros
+        amount_micros=dispute.amount_micros or dispute.amount_minor * MICROS_PER_MINOR,
         state=dispute.state,
         at=dispute.at,
+        amount_minor=dispute.amount_minor,
+        billing_account=dispute.billing_account,
+        resolution=dispute.resolution,
+        credit_note=dispute.credit_note,
     )
+
+
+def dispute_amount_minor(request: crm_pb2.Dispute) -> int:
+    """The disputed amount in minor units: ``amount_minor``, or the deprecated
+    ``amount_micros`` when it is whole minor units."""
+    if request.amount_minor or not request.amount_micros:
+        return request.amount_minor
+    if request.amount_micros % MICROS_PER_MINOR:
+        raise InvalidRequest("amount_micros", "must be whole cents (use amount_minor)")
+    return request.amount_micros // MICROS_PER_MINOR
 
 
 class CrmServicer(crm_pb2_grpc.CrmServicer):
@@ -127,11 +143,12 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def OpenDispute(self, request: crm_pb2.Dispute, context: grpc.aio.ServicerContext) -> crm_pb2.Dispute:
         dispute = await self.care.open_dispute(
             request.customer_id,
+            request.invoice,
+            dispute_amount_minor(request),
             request.reason,
-            request.amount_micros,
-            self._now(),
-            invoice=request.invoice,
             line=request.line,
+            dispute_id=request.id,
+            actor=request.actor,
         )
         return dispute_pb(dispute)
 

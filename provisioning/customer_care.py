@@ -3,10 +3,12 @@
 Interactions are notes about a contact with the customer, with references (URIs) to
 recordings or attachments kept elsewhere. Trouble tickets concern the network or an
 invoice, link to a line or an invoice, and move through a small state machine, each
-change timestamped. Disputes are requests about an invoice or a line's charges; their
-financial handling belongs to postpaid billing, here they are recorded and tracked.
+change timestamped. A dispute is about an invoice (optionally one of its lines) and is
+billing's dispute (``postpaid/payments.py``, one store): opened here on behalf of the
+customer, it holds the amount out of dunning and ends in a credit note or a rejection,
+and the CRM lists the customer's disputes from billing, in minor units.
 
-Everything is stored per customer in Redis as JSON documents (one record type each,
+Everything else is stored per customer in Redis as JSON documents (one record type each,
 written and read by its ``to_redis``/``from_redis``), sealed whole (``sealing.py``):
 notes, summaries and reasons are free text about a person. Ids come from counters.
 """
@@ -14,8 +16,9 @@ notes, summaries and reasons are free text about a person. Ids come from counter
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -85,6 +88,11 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Dispute:
+    """A dispute about an invoice as the CRM shows it. Since disputes are billing's
+    (``postpaid/payments.py``: held out of dunning, ended by a credit note or a
+    rejection), this is a view of the billing dispute, in minor units; ``amount_micros``
+    is only set on records the CRM kept itself before (read, never written any more)."""
+
     id: str
     customer_id: str
     invoice: str
@@ -93,13 +101,45 @@ class Dispute:
     amount_micros: int
     state: str
     at: int
+    amount_minor: int = 0
+    billing_account: str = ""
+    resolution: str = ""
+    credit_note: str = ""
+
+    @classmethod
+    def of_billing(cls, customer_id: str, d: Mapping[str, Any]) -> Dispute:
+        return cls(
+            id=str(d["id"]),
+            customer_id=customer_id,
+            invoice=str(d["invoice"]),
+            line=str(d.get("line", "")),
+            reason=str(d["reason"]),
+            amount_micros=0,
+            state=str(d["status"]),
+            at=int(d.get("opened", 0)),
+            amount_minor=int(d["amount"]),
+            billing_account=str(d.get("ba", "")),
+            resolution=str(d.get("resolution", "")),
+            credit_note=str(d.get("credit_note", "")),
+        )
 
     def to_redis(self, sealer: Sealer) -> str:
         return sealer.seal(json.dumps(asdict(self)), "care.dispute")
 
     @classmethod
     def from_redis(cls, text: str, sealer: Sealer) -> Dispute:
+        """A record the CRM kept itself before disputes were billing's."""
         return cls(**json.loads(sealer.open(text, "care.dispute")))
+
+
+class BillingDisputes(Protocol):
+    """Postpaid billing's disputes (``postpaid/payments.py`` ``Payments``)."""
+
+    async def open_dispute(
+        self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str = "", customer: str = ""
+    ) -> dict[str, Any]: ...
+
+    async def disputes_of(self, customer_id: str) -> list[dict[str, Any]]: ...
 
 
 def _need(value: str, field: str, limit: int = 2000) -> str:
@@ -111,9 +151,10 @@ def _need(value: str, field: str, limit: int = 2000) -> str:
 
 
 class CustomerCare:
-    def __init__(self, client: aioredis.Redis, sealer: Sealer) -> None:
+    def __init__(self, client: aioredis.Redis, sealer: Sealer, billing: BillingDisputes | None = None) -> None:
         self.client = client
         self.sealer = sealer
+        self.billing = billing
 
     async def _customer_exists(self, customer_id: str) -> None:
         if not await self.client.exists(keys.customer(customer_id)):
@@ -175,22 +216,41 @@ class CustomerCare:
         return [Ticket.from_redis(str(t), self.sealer) for t in texts if t is not None]
 
     async def open_dispute(
-        self, customer_id: str, reason: str, amount_micros: int, at_s: int, *, invoice: str = "", line: str = ""
+        self,
+        customer_id: str,
+        invoice: str,
+        amount_minor: int,
+        reason: str,
+        *,
+        line: str = "",
+        dispute_id: str = "",
+        actor: str = "",
     ) -> Dispute:
-        """Record a dispute; billing holds the disputed amount out of dunning (postpaid)."""
+        """Open the billing dispute on one of the customer's invoices (of one of its lines,
+        if given): billing holds the amount out of dunning. Without an id one is allocated."""
         await self._customer_exists(customer_id)
         _need(reason, "reason")
-        if not invoice and not line:
-            raise InvalidRequest("invoice", "a dispute concerns an invoice or a line")
-        if amount_micros <= 0:
-            raise InvalidRequest("amount_micros", "must be positive")
-        dispute_id = str(await self.client.incr(keys.DISPUTE_SEQ))
-        dispute = Dispute(dispute_id, customer_id, invoice, line, reason, amount_micros, "OPEN", at_s)
-        await self.client.set(keys.dispute(dispute_id), dispute.to_redis(self.sealer))
-        await self.client.rpush(keys.disputes(customer_id), dispute_id)
-        return dispute
+        if not invoice:
+            raise InvalidRequest(
+                "invoice", "is required: a dispute is about an invoice (charges not invoiced yet: open a ticket)"
+            )
+        if amount_minor <= 0:
+            raise InvalidRequest("amount_minor", "must be positive")
+        if self.billing is None:
+            raise NotFound("no such invoice")  # no billing here, so no invoices to dispute
+        if not dispute_id:
+            dispute_id = "crm-" + str(await self.client.incr(keys.DISPUTE_SEQ))
+        d = await self.billing.open_dispute(
+            dispute_id, invoice, amount_minor, reason, actor or "crm", line, customer=customer_id
+        )
+        return Dispute.of_billing(customer_id, d)
 
     async def disputes(self, customer_id: str) -> list[Dispute]:
+        """The billing disputes about the customer's invoices, after any the CRM kept itself
+        before disputes were billing's."""
         ids = await self.client.lrange(keys.disputes(customer_id), 0, -1)
         texts = [await self.client.get(keys.dispute(str(i))) for i in ids]
-        return [Dispute.from_redis(str(t), self.sealer) for t in texts if t is not None]
+        earlier = [Dispute.from_redis(str(t), self.sealer) for t in texts if t is not None]
+        if self.billing is None:
+            return earlier
+        return earlier + [Dispute.of_billing(customer_id, d) for d in await self.billing.disputes_of(customer_id)]

@@ -1,6 +1,6 @@
 """Customers: their records, the state they are in, finding them.
 
-A customer is ``crm:customer:<id>`` (kind, created, address country and postal code,
+A customer is ``crm:customer:<id>`` (kind, created, name and postal address,
 credit terms, the identity document with its number masked, state) with its lines in
 ``crm:lines:<id>`` (numbers; each line's record is ``crm:line:<msisdn>``). Its state
 follows its lines (``customer_state``): PENDING until a line is in service, ACTIVE while
@@ -36,7 +36,7 @@ DEFAULT_PAGE, MAX_PAGE = 50, 500
 # A filtered listing reads at most this many pages' worth of customers per call.
 SCAN_PAGES = 10
 # Fields of a customer's hash that are sealed: personal data.
-PERSONAL = ("postal_code", "document_number", "email")
+PERSONAL = ("name", "street", "city", "postal_code", "document_number", "email")
 
 
 def customer_state(line_states: Iterable[str]) -> str:
@@ -90,6 +90,11 @@ class Customer:
     kind: str
     created: int
     state: str = "PENDING"
+    # The name and postal address invoices and letters go to: the person's given and
+    # family name, or the company's name.
+    name: str = ""
+    street: str = ""
+    city: str = ""
     country: str = ""
     postal_code: str = ""
     document_type: str = ""
@@ -125,6 +130,9 @@ class Customer:
             kind=h.get("kind", ""),
             created=int(h.get("created", 0)),
             state=h.get("state", ""),
+            name=h.get("name", ""),
+            street=h.get("street", ""),
+            city=h.get("city", ""),
             country=h.get("country", ""),
             postal_code=h.get("postal_code", ""),
             document_type=h.get("document_type", ""),
@@ -138,6 +146,9 @@ class Customer:
         h: dict[str, str | int] = {
             "kind": self.kind,
             "created": self.created,
+            "name": self.name,
+            "street": self.street,
+            "city": self.city,
             "country": self.country,
             "postal_code": self.postal_code,
             "document_type": self.document_type,

@@ -25,7 +25,7 @@ from charging.catalogs import CatalogBook
 from charging.errors import InvalidRequest
 from charging.subscribers import parse_identity
 from provisioning import keys
-from provisioning.applications import ApplicationInvalid, check_application
+from provisioning.applications import ApplicationInvalid, check_application, customer_name
 from provisioning.bureau import BureauUnavailable, HttpCreditBureau
 from provisioning.coverage import CoverageBook
 from provisioning.credit import CreditHistory, decide
@@ -77,6 +77,10 @@ class Onboarding:
             id=customer_id,
             kind=str(app["customer_kind"]),
             created=run.decided_s,
+            # who invoices are addressed to (postpaid)
+            name=customer_name(app),
+            street=str(address["street"]).strip(),
+            city=str(address["city"]).strip(),
             # what offers to new lines are checked against later
             country=address["country"],
             postal_code=address["postal_code"],

@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from redis.asyncio.client import Pipeline
 
 from charging.clock import Clock
+from charging.jobs import stop_if_cancelled
 from provisioning import keys
 from provisioning.network import NetworkAdapter, NetworkError, NetworkRejected
 
@@ -209,3 +210,4 @@ class ChangeStream:
             block_ms = max(int(min(left, self.MAX_BLOCK_S) * 1000), 1)
             if await self.client.xread({self.stream: self._mark}, count=1, block=block_ms):
                 return
+            stop_if_cancelled()  # a cancellation redis-py lost must not wait out the interval

@@ -14,16 +14,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.conftest import free_port
 
 
-def serve(redis_dir: Path, port: int | None = None, **env: str) -> tuple[subprocess.Popen[str], int]:
-    """Start ``charging serve`` with its own embedded Redis in ``redis_dir``, gRPC on
-    ``port`` (a free one by default) and no metrics endpoint unless given in ``env``
-    (``CHARGING_*`` names)."""
+def serve(redis_dir: Path, database_url: str, port: int | None = None, **env: str) -> tuple[subprocess.Popen[str], int]:
+    """Start ``charging serve`` with its own embedded Redis in ``redis_dir``, the test
+    session's PostgreSQL at ``database_url``, gRPC on ``port`` (a free one by default) and
+    no metrics endpoint unless given in ``env`` (``CHARGING_*`` names)."""
     port = port or free_port()
     environ = {
         **os.environ,
         "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "CHARGING_METRICS_ADDRESS": "",
         "CHARGING_REDIS_DIR": str(redis_dir),
+        "CHARGING_DATABASE_URL": database_url,
         "CHARGING_BILLING_INTERVAL_S": "0",
         "CHARGING_SHUTDOWN_DELAY_S": "0",
         **env,

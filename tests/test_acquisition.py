@@ -233,13 +233,16 @@ async def test_interactions_tickets_and_disputes(crm: crm_pb2_grpc.CrmStub) -> N
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await crm.OpenTicket(crm_pb2.Ticket(customer_id=who, topic="INVOICE", summary="too high"))
     assert "invoice" in (err.value.details() or "")
-    await crm.OpenDispute(
-        crm_pb2.Dispute(customer_id=who, line="491701234567", reason="call never made", amount_micros=90_000)
-    )
+    # A dispute is about an invoice (billing's dispute); a line's charges not invoiced are a ticket.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await crm.OpenDispute(
+            crm_pb2.Dispute(customer_id=who, line="491701234567", reason="call never made", amount_micros=90_000)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "invoice" in (err.value.details() or "")
     records = await crm.GetCustomerRecords(crm_pb2.CustomerRef(customer_id=who))
     assert [i.note for i in records.interactions] == ["asked about roaming"]
     assert [h.state for h in records.tickets[0].history] == ["OPEN", "IN_PROGRESS", "RESOLVED"]
-    assert (records.disputes[0].state, records.disputes[0].amount_micros) == ("OPEN", 90_000)
+    assert list(records.disputes) == []
 
 
 async def test_a_corporate_customer_is_a_tree_of_units(crm: crm_pb2_grpc.CrmStub) -> None:

@@ -3,7 +3,7 @@ ended, credit notes and credit, forged placeholders, promises, charges after the
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -109,6 +109,9 @@ async def test_a_termination_after_a_period_ended_bills_that_period_then_the_fin
     await terminate(b, "22", acct, "491700000404")
     regular, final = [await b.invoice(n) for n in await b.invoices_of("C22")]
     assert (regular.kind, final.kind) == ("REGULAR", "FINAL")
+    assert regular.period_end == date(2026, 2, 9)
+    # The final invoice ends on the day the line terminated, not a month later.
+    assert (final.period_start, final.period_end) == (date(2026, 2, 10), date(2026, 2, 12))
     assert [u.units for u in regular.sections[0].usage] == [60]
     assert [u.units for u in final.sections[0].usage] == [120]
     assert [c.kind for c in final.account_charges] == ["DEPOSIT"]

@@ -49,9 +49,9 @@ def directory(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_server_killed_with_sigkill_takes_its_redis_along_and_no_acknowledged_change_is_lost(
-    directory: Path,
+    directory: Path, app_database_url: str
 ) -> None:
-    first, port = serve(directory)
+    first, port = serve(directory, app_database_url)
     try:
         wait_serving(first, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -76,7 +76,7 @@ def test_a_server_killed_with_sigkill_takes_its_redis_along_and_no_acknowledged_
         time.sleep(0.02)
     assert "Received SIGTERM" in (directory / "redis.log").read_text()
 
-    second, _ = serve(directory, port)
+    second, _ = serve(directory, app_database_url, port)
     try:
         wait_serving(second, port)
         running = working_in(directory)

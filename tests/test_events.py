@@ -57,11 +57,14 @@ async def test_each_event_id_is_applied_once(stubs: Stubs) -> None:
     assert (await stubs.balance()).balance_micros == 1_000_000 - SMS
 
 
-async def test_refund_credits_once(stubs: Stubs) -> None:
-    await stubs.subscriber(balance=0)
-    a = await stubs.charging.ChargeEvent(event("r1", REFUND, service_specific_units=3))
+async def test_a_refund_credits_what_its_debit_took_once(stubs: Stubs) -> None:
+    await stubs.subscriber(balance=3 * SMS)
+    d = await stubs.charging.ChargeEvent(event("d1", DEBIT, service_specific_units=3))
+    req = event("r1", REFUND, service_specific_units=3)
+    req.refund_information = d.refund_information
+    a = await stubs.charging.ChargeEvent(req)
     assert (a.result_code, a.balance_micros) == (2001, 3 * SMS)
-    await stubs.charging.ChargeEvent(event("r1", REFUND, service_specific_units=3))
+    await stubs.charging.ChargeEvent(req)
     assert (await stubs.balance()).balance_micros == 3 * SMS
 
 

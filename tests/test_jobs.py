@@ -72,6 +72,7 @@ JOBS = [
     "order_resumer",
     "provisioning",
     "renewer",
+    "retention",
     "sweeper",
 ]
 
@@ -244,11 +245,15 @@ async def test_stopping_ends_every_job_also_one_that_swallows_its_cancellation(
     assert app.jobs.dead == []
 
 
-def test_sigterm_answers_not_serving_while_calls_are_still_served_then_drains(tmp_path: Path) -> None:
+def test_sigterm_answers_not_serving_while_calls_are_still_served_then_drains(
+    tmp_path: Path, app_database_url: str
+) -> None:
     """A load balancer polling health must see NOT_SERVING before the server stops taking
     calls: it used to go from SERVING straight to unreachable. A second SIGTERM skips
     the rest of the delay."""
-    proc, port = serve(tmp_path / "redis", CHARGING_SHUTDOWN_DELAY_S="50", CHARGING_GRACE_PERIOD_S="1")
+    proc, port = serve(
+        tmp_path / "redis", app_database_url, CHARGING_SHUTDOWN_DELAY_S="50", CHARGING_GRACE_PERIOD_S="1"
+    )
     try:
         wait_serving(proc, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

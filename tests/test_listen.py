@@ -23,19 +23,21 @@ def refused(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:
     return proc.returncode, err.splitlines()
 
 
-def test_a_server_whose_grpc_or_metrics_address_is_in_use_exits_at_once_saying_which(tmp_path: Path) -> None:
+def test_a_server_whose_grpc_or_metrics_address_is_in_use_exits_at_once_saying_which(
+    tmp_path: Path, app_database_url: str
+) -> None:
     metrics = f"127.0.0.1:{free_port()}"
-    first, port = serve(tmp_path / "first", CHARGING_METRICS_ADDRESS=metrics)
+    first, port = serve(tmp_path / "first", app_database_url, CHARGING_METRICS_ADDRESS=metrics)
     try:
         wait_serving(first, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             admin = admin_pb2_grpc.AdminStub(channel)
             admin.CreateSubscriber(admin_pb2.CreateSubscriberRequest(msisdn="491700000088", plan_id="default"))
 
-            same_port, _ = serve(tmp_path / "second", port)
+            same_port, _ = serve(tmp_path / "second", app_database_url, port)
             assert refused(same_port) == (1, [f"error: gRPC address 127.0.0.1:{port} is in use"])
 
-            same_metrics, _ = serve(tmp_path / "third", CHARGING_METRICS_ADDRESS=metrics)
+            same_metrics, _ = serve(tmp_path / "third", app_database_url, CHARGING_METRICS_ADDRESS=metrics)
             code, lines = refused(same_metrics)
             assert (code, len(lines)) == (1, 1), lines
             assert lines[0].startswith(f"error: cannot listen on metrics address {metrics}: ")

@@ -19,7 +19,8 @@ from tests.conftest import SEALER
 
 TERMS = CreditDecision(0, "B", 300_000_000, 0, True, 5, ())
 CUSTOMER_FIELDS = {
-    "kind", "created", "country", "postal_code", "document_type", "document_country", "document_number", "email",
+    "kind", "created", "name", "street", "city", "country", "postal_code", "document_type", "document_country",
+    "document_number", "email",
     "state",
 }  # fmt: skip
 CREDIT_FIELDS = {"credit_class", "credit_limit", "deposit", "postpaid_allowed", "max_lines"}
@@ -33,7 +34,20 @@ def as_stored(h: dict[str, str | int]) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("customer", "fields"),
     [
-        (Customer("7", "INDIVIDUAL", 1_795_000_000, country="DE", postal_code="10115", email="a@b.example"), set()),
+        (
+            Customer(
+                "7",
+                "INDIVIDUAL",
+                1_795_000_000,
+                name="Anna Muster",
+                street="Hauptstr. 1",
+                city="Berlin",
+                country="DE",
+                postal_code="10115",
+                email="a@b.example",
+            ),
+            set(),
+        ),
         (
             Customer("8", "CORPORATE", 1_795_000_000, state="ACTIVE", document_number="***36", credit=TERMS),
             CREDIT_FIELDS,

@@ -95,10 +95,10 @@ def test_micros_to_four_decimals(micros: int, text: str) -> None:
         (0, "s", "0:00 min"),
         (125, "s", "2:05 min"),
         (3725, "s", "62:05 min"),
-        (1_048_576, "bytes", "1.00 MB"),
-        (5_242, "bytes", "0.00 MB"),  # 0.004999 MB
-        (5_243, "bytes", "0.01 MB"),  # 0.005000 MB: half away from zero
-        (3_221_225_472, "bytes", "3,072.00 MB"),
+        (1_048_576, "bytes", "1.00 MiB"),
+        (5_242, "bytes", "0.00 MiB"),  # 0.004999 MiB
+        (5_243, "bytes", "0.01 MiB"),  # 0.005000 MiB: half away from zero
+        (3_221_225_472, "bytes", "3,072.00 MiB"),
         (3, "events", "3"),
         (12_000, "events", "12,000"),
         (1, "days", "1 day"),
@@ -110,9 +110,12 @@ def test_quantities(units: int, unit: str, text: str) -> None:
     assert format_quantity(units, unit) == text
 
 
-def test_times_are_utc_and_rates_from_basis_points() -> None:
+def test_times_in_the_billing_time_zone_and_rates_from_basis_points() -> None:
     at = datetime(2026, 1, 5, 14, 3, 59, tzinfo=UTC)
-    assert format_time(int(at.timestamp() * 1000)) == "2026-01-05 14:03"
+    assert format_time(int(at.timestamp() * 1000), "UTC") == "2026-01-05 14:03"
+    assert format_time(int(at.timestamp() * 1000), "Europe/Berlin") == "2026-01-05 15:03"  # CET, UTC+1
+    summer = datetime(2026, 7, 31, 22, 30, tzinfo=UTC)  # CEST, UTC+2: the next local day
+    assert format_time(int(summer.timestamp() * 1000), "Europe/Berlin") == "2026-08-01 00:30"
     assert [format_rate(bp) for bp in (1900, 550, 725, 0, 2000)] == ["19 %", "5.5 %", "7.25 %", "0 %", "20 %"]
 
 
@@ -210,8 +213,8 @@ def test_pdf_is_a4_and_carries_the_figures() -> None:
     ):
         assert text in first, text
     everything = "\n".join(page.extract_text() for page in reader.pages)
-    # Markup in names is printed as it is, never interpreted.
-    assert "Jürgen Müller & Söhne · Łódź" in everything
+    # Markup in names is printed as it is, never interpreted (a long name wraps in the window).
+    assert "Jürgen Müller & Söhne · Łódź" in " ".join(everything.split())
     assert "<b>Unlimited</b> & Co" in everything
     assert "Société <Générale> / Straße & Söhne" in everything
     assert len(ROW_TIME.findall(everything)) == 60

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from charging.background import cancel_and_wait
 from charging.clock import ManualClock
 from charging.embedded_redis import EmbeddedRedis
 from charging.server import App
@@ -80,6 +81,33 @@ async def test_graceful_shutdown_goes_not_serving_and_drains(settings: Settings,
     await channel.close()
 
 
+async def test_a_background_loop_that_loses_its_cancellation_still_stops() -> None:
+    """On Python 3.11 asyncio.wait_for, around every command redis-py sends, can swallow
+    a cancellation; the loop then runs on and a plain ``await task`` would never return."""
+    rounds = 0
+
+    async def loses_the_first_cancellation() -> None:
+        nonlocal rounds
+        lost = False
+        while True:
+            rounds += 1
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True
+
+    task = asyncio.create_task(loses_the_first_cancellation(), name="sweeper")
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        await cancel_and_wait([task])
+    assert task.cancelled()
+    ended_at = rounds
+    await asyncio.sleep(0.05)
+    assert rounds == ended_at
+
+
 async def test_embedded_redis_keeps_balances_across_restarts_and_is_supervised(tmp_path: Path) -> None:
     embedded = EmbeddedRedis("redis-server", tmp_path / "redis", appendfsync="always")
     url = await embedded.start()
@@ -122,16 +150,19 @@ def _cli(*args: str, port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_readme_tour_with_the_bundled_client(tmp_path: Path) -> None:
-    """`charging serve` with no Redis URL starts its own redis-server; the client tour works."""
+def test_readme_tour_with_the_bundled_client(tmp_path: Path, postgres_dir: Path) -> None:
+    """`charging serve` with no Redis or database URL starts its own redis-server and
+    PostgreSQL; the client tour works."""
     port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "CHARGING_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
         "CHARGING_REDIS_DIR": str(tmp_path / "redis"),
+        "CHARGING_DATABASE_DIR": str(postgres_dir),
     }
     env.pop("CHARGING_REDIS_URL", None)
+    env.pop("CHARGING_DATABASE_URL", None)
     server = subprocess.Popen(
         [sys.executable, "-m", "charging.cli", "serve"], env=env, stderr=subprocess.PIPE, text=True
     )

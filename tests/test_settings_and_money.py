@@ -33,12 +33,37 @@ def test_settings_from_env() -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    ["postgresql://charging:hunter2@db:5432/charging", "postgresql://db/charging?user=charging&password=hunter2"],
+)
+def test_database_settings_from_env_hide_the_password(url: str) -> None:
+    s = Settings.from_env(
+        {
+            "CHARGING_DATABASE_URL": url,
+            "CHARGING_DATABASE_DIR": "/data/postgres",
+            "CHARGING_DATABASE_POOL_SIZE": "4",
+            "CHARGING_DATABASE_MIGRATE": "true",
+            "CHARGING_USAGE_RETENTION_MONTHS": "6",
+        }
+    )
+    assert (s.database_dir, s.database_pool_size, s.database_migrate, s.usage_retention_months) == (
+        Path("/data/postgres"),
+        4,
+        True,
+        6,
+    )
+    assert "hunter2" not in repr(s) and "***" in repr(s)
+
+
+@pytest.mark.parametrize(
     ("env", "name"),
     [
         ({"CHARGING_ANSWER_TTL_S": "soon"}, "CHARGING_ANSWER_TTL_S"),
         ({"CHARGING_ANSWER_TTL_S": "5"}, "CHARGING_ANSWER_TTL_S"),
         ({"CHARGING_REDIS_APPENDFSYNC": "sometimes"}, "CHARGING_REDIS_APPENDFSYNC"),
         ({"CHARGING_GRPC_ADDRESS": "50051"}, "CHARGING_GRPC_ADDRESS"),
+        ({"CHARGING_DATABASE_POOL_SIZE": "0"}, "CHARGING_DATABASE_POOL_SIZE"),
+        ({"CHARGING_AUDIT_RETENTION_MONTHS": "-1"}, "CHARGING_AUDIT_RETENTION_MONTHS"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], name: str) -> None:

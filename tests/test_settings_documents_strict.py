@@ -71,6 +71,13 @@ def bad_billing_file(tmp_path: Path, edit: Callable[[dict[str, Any]], object]) -
             lambda d: d["tax_codes"]["plans"].update({"mobile-postpaid": ["standard"]}),
             {"tax_codes.plans.mobile-postpaid"},
         ),
+        # The bank account customers pay to: a mistyped IBAN would send their money astray.
+        (lambda d: d["issuer"]["bank"].update(iban="DE89370400440532013001"), {"issuer.bank.iban"}),
+        (lambda d: d["issuer"]["bank"].update(iban="DE89 3704", bic="COBA"), {"issuer.bank.iban", "issuer.bank.bic"}),
+        (lambda d: d["issuer"].update(bank={"bic": "COBADEFFXXX"}), {"issuer.bank.iban"}),
+        (lambda d: d["issuer"].update(address=["Musterstrasse 1", 12]), {"issuer.address[1]"}),
+        (lambda d: d["issuer"].update(name="N" * 71), {"issuer.name"}),  # the EPC QR code carries 70
+        (lambda d: d["issuer"].update(number_prefix="INVOICE-NUMBERS"), {"issuer.number_prefix"}),
     ],
 )
 def test_billing_settings_name_every_bad_field(
@@ -88,3 +95,13 @@ def test_billing_settings_nested_too_deep_are_refused(tmp_path: Path, text: str)
     with pytest.raises(billing_config.BillingConfigInvalid) as err:
         billing_config.load(str(path))
     assert "nested deeper than 32 levels" in str(err.value)
+
+
+def test_billing_settings_issuer_address_bank_and_the_earlier_one_line_address(tmp_path: Path) -> None:
+    config = billing_config.default()
+    assert config.issuer.address == ("Musterstrasse 1", "10115 Berlin", "Germany")
+    assert (config.issuer.iban, config.issuer.bic) == ("DE89370400440532013000", "COBADEFFXXX")
+    earlier = billing_config.load(
+        bad_billing_file(tmp_path, lambda d: d["issuer"].update(address="Musterstrasse 1, 10115 Berlin, Germany"))
+    )
+    assert earlier.issuer.address == config.issuer.address
