@@ -241,7 +241,7 @@ async def test_stopping_ends_every_job_also_one_that_swallows_its_cancellation(
     await entered.wait()
     assert sorted(app.jobs.running()) == sorted([*JOBS, "stubborn"])
     await app.stop()
-    assert app.jobs.running() == []  # each ended: none was left behind after the stop timeout
+    assert app.jobs.running() == []  # each one ended
     assert app.jobs.dead == []
 
 
