@@ -3,6 +3,21 @@
 # redis://:password@redis:6379/0). Without it the image would need its own
 # redis-server, which a container should not hide. PostgreSQL likewise: set
 # CHARGING_DATABASE_URL and run `charging migrate` once before the servers start.
+#
+# It runs secured: mount a directory with the server's certificate and key, the CA of the
+# machine callers' certificates, the policy, and a certificate the health check presents
+# (any certificate the CA signed; health answers every authenticated handshake):
+#   /certs/server.pem /certs/server.key /certs/ca.pem /certs/policy.json
+#   /certs/monitor.pem /certs/monitor.key
+# `charging certs --dir certs --host <the name clients use>` writes such a directory for
+# trying it out, e.g.
+#   docker run -v "$PWD/certs:/certs:ro" -e CHARGING_REDIS_URL=... -p 50051:50051 charging
+# Certificates renewed in the mounted directory are used from the next connection on.
+# The keys must be readable by the image's user (uid 10001), and by nobody else.
+# Callers with bearer tokens instead of certificates: set CHARGING_GRPC_TOKEN_ADDRESS
+# (e.g. 0.0.0.0:50052, TLS without client certificates) and publish that port.
+# Running it unsecured (CHARGING_INSECURE=true, no certificates) also needs the
+# CHARGING_CLIENT_TLS_* variables set empty, or the health check cannot read its files.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -26,9 +41,18 @@ USER 10001
 WORKDIR /app
 ENV CHARGING_GRPC_ADDRESS=0.0.0.0:50051 \
     CHARGING_METRICS_ADDRESS=0.0.0.0:9464 \
+    CHARGING_TLS_CERT=/certs/server.pem \
+    CHARGING_TLS_KEY=/certs/server.key \
+    CHARGING_TLS_CLIENT_CA=/certs/ca.pem \
+    CHARGING_POLICY_FILE=/certs/policy.json \
+    CHARGING_CLIENT_TLS_CA=/certs/ca.pem \
+    CHARGING_CLIENT_TLS_CERT=/certs/monitor.pem \
+    CHARGING_CLIENT_TLS_KEY=/certs/monitor.key \
     PYTHONUNBUFFERED=1
-EXPOSE 50051 9464
+EXPOSE 50051 50052 9464
+# Over mutual TLS with the CHARGING_CLIENT_TLS_* files above; "localhost" is a name of
+# the server certificate (`charging certs` always includes it and 127.0.0.1).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c=grpc.insecure_channel('127.0.0.1:50051'); s=g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2).status; sys.exit(0 if s == h.HealthCheckResponse.SERVING else 1)"]
+  CMD ["charging", "--target", "localhost:50051", "health", "--timeout", "2"]
 ENTRYPOINT ["charging"]
 CMD ["serve"]

@@ -10,6 +10,12 @@ charging bill-run --dunning
 charging invoices --billing-account C1
 charging pay --billing-account C1 --amount 29.75 --reference bank-123
 charging rotate-data-key
+charging certs --dir certs                  # a development CA, server and role certificates
+charging tokens create --name webshop --role channel --channel APP
+
+Against a secured server, the client presents credentials from flags or the environment:
+``--tls-ca`` (CHARGING_CLIENT_TLS_CA), ``--tls-cert`` / ``--tls-key``
+(CHARGING_CLIENT_TLS_CERT / _KEY), ``--token`` (CHARGING_TOKEN, sent only over TLS).
 
 Every error is one line on stderr and a non-zero exit status: 2 for a bad command line
 or a call the server refused with a gRPC status, 1 for an answer that refuses the request
@@ -28,6 +34,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+# gRPC's C core logs every failed TLS handshake (a plaintext client, an unknown
+# certificate) at INFO on stderr, unthrottled and not as JSON: anyone who can reach the
+# port could flood the log. It reads GRPC_VERBOSITY once, before grpc is first imported;
+# an operator who sets it keeps their choice.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -118,6 +130,84 @@ def _subscriber(args: argparse.Namespace) -> Any:
     return common_pb2.SubscriberId(msisdn=args.msisdn) if args.msisdn else common_pb2.SubscriberId(imsi=args.imsi)
 
 
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``--target``: plaintext, or TLS when any TLS flag or a token is given
+    (a token is never sent in clear)."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key or args.token):
+        return grpc.insecure_channel(args.target)
+    from charging.security.tls import channel_credentials, token_credentials
+
+    try:
+        creds = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.token:
+        creds = grpc.composite_channel_credentials(creds, token_credentials(args.token))
+    return grpc.secure_channel(args.target, creds)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server answers SERVING (the Docker health check)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with open_channel(args) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout).status
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from charging.security.certs import write_dev_set
+
+    written = write_dev_set(Path(args.dir), hosts=args.host or ["localhost"], days=args.days)
+    print(f"wrote {', '.join(written)} in {args.dir} (a development CA: not for production)")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Create, list or revoke bearer tokens, straight in Redis (CHARGING_REDIS_URL, or the
+    embedded Redis of CHARGING_REDIS_DIR, which needs its server running)."""
+    import asyncio
+
+    from charging import store
+    from charging.embedded_redis import with_password
+    from charging.errors import ChargingError
+    from charging.security.tokens import TokenStore
+    from charging.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    url = with_password(settings.redis_url or f"unix://{(settings.redis_dir / 'redis.sock').resolve()}")
+
+    if args.action != "list" and not args.name:
+        raise CliError(f"tokens {args.action} needs --name")
+
+    async def run() -> int:
+        client = store.connect(url, max_connections=2, tls=settings.redis_tls())
+        tokens = TokenStore(client)
+        try:
+            if args.action == "create":
+                roles, channels = tuple(args.role or ()), tuple(c.upper() for c in args.channel or ())
+                token = await tokens.create(args.name, roles, channels, int(time.time()))
+                print(token)
+                print(f"token {args.name} created; it is shown only now", file=sys.stderr)
+            elif args.action == "list":
+                for t in await tokens.list():
+                    created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.created_s))
+                    print(f"{t.name}  roles={','.join(t.roles)}  channels={','.join(t.channels) or '-'}  {created} UTC")
+            else:
+                await tokens.revoke(args.name)
+                print(f"token {args.name} revoked")
+        except ChargingError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            await client.aclose()
+        return 0
+
+    return asyncio.run(run())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
@@ -199,7 +289,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_create_subscriber(args: argparse.Namespace) -> int:
     from charging.v1 import admin_pb2, admin_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         _print(
             stub.CreateSubscriber(
@@ -218,7 +308,7 @@ def cmd_session(args: argparse.Namespace) -> int:
     from charging.v1 import charging_pb2, charging_pb2_grpc
 
     session_id = args.session_id or f"cli;{uuid.uuid4().hex}"
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = charging_pb2_grpc.ChargingStub(channel)
 
         def send(kind: int, number: int, used: int) -> int:
@@ -280,7 +370,7 @@ def cmd_event(args: argparse.Namespace) -> int:
         refund_information=args.refund_token or b"",
     )
     setattr(req.requested, args.unit, args.units)
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         answer = charging_pb2_grpc.ChargingStub(channel).ChargeEvent(req)
     _print(answer)
     if answer.result_code not in (ResultCode.SUCCESS, ResultCode.CREDIT_CONTROL_NOT_APPLICABLE):
@@ -297,7 +387,7 @@ def cmd_topup(args: argparse.Namespace) -> int:
         channel=topup_pb2.Channel.Value("CHANNEL_" + args.channel.upper()),
         idempotency_key=args.key or f"cli-{uuid.uuid4().hex}",
     )
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         _print(topup_pb2_grpc.TopUpStub(channel).Recharge(req))
     return 0
 
@@ -305,7 +395,7 @@ def cmd_topup(args: argparse.Namespace) -> int:
 def cmd_balance(args: argparse.Namespace) -> int:
     from charging.v1 import topup_pb2, topup_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         b = topup_pb2_grpc.TopUpStub(channel).GetBalance(topup_pb2.BalanceRequest(subscriber=_subscriber(args)))
     print(
         f"balance {format_micros(b.balance_micros, b.currency)}  "
@@ -330,7 +420,7 @@ def cmd_buy_bundle(args: argparse.Namespace) -> int:
         channel=topup_pb2.Channel.Value("CHANNEL_" + args.channel.upper()),
         idempotency_key=args.key or f"cli-{uuid.uuid4().hex}",
     )
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         answer = topup_pb2_grpc.TopUpStub(channel).BuyBundle(req)
     _print(answer)
     if answer.result != topup_pb2.PURCHASE_RESULT_PURCHASED:
@@ -347,7 +437,7 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
             text = f.read()
     except UnicodeDecodeError:
         raise CliError(f"{args.file}: not UTF-8 text") from None
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         _print(admin_pb2_grpc.AdminStub(channel).LoadCatalog(admin_pb2.CatalogDocument(json=text)))
     return 0
 
@@ -355,7 +445,7 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
 def cmd_bill_run(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = billing_pb2_grpc.BillingStub(channel)
         _print(stub.RunBilling(billing_pb2.RunBillingRequest(limit=args.limit)))
         if args.dunning:
@@ -366,7 +456,7 @@ def cmd_bill_run(args: argparse.Namespace) -> int:
 def cmd_invoices(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = billing_pb2_grpc.BillingStub(channel)
         if args.pdf:
             pdf = stub.RenderInvoice(billing_pb2.RenderRequest(number=args.pdf, format=billing_pb2.RENDER_FORMAT_PDF))
@@ -393,7 +483,7 @@ def cmd_pay(args: argparse.Namespace) -> int:
         channel=args.channel.upper(),
         reference=args.reference,
     )
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         _print(billing_pb2_grpc.BillingStub(channel).RecordPayment(req))
     return 0
 
@@ -401,6 +491,11 @@ def cmd_pay(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="charging", description="Real-time online charging system")
     p.add_argument("--target", default=os.environ.get("CHARGING_TARGET", "127.0.0.1:50051"), help="server host:port")
+    env = os.environ.get
+    p.add_argument("--tls-ca", default=env("CHARGING_CLIENT_TLS_CA", ""), help="CA certificate of the server (PEM)")
+    p.add_argument("--tls-cert", default=env("CHARGING_CLIENT_TLS_CERT", ""), help="client certificate (PEM)")
+    p.add_argument("--tls-key", default=env("CHARGING_CLIENT_TLS_KEY", ""), help="client key (PEM)")
+    p.add_argument("--token", default=env("CHARGING_TOKEN", ""), help="bearer token (sent over TLS only)")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("serve", help="run the server (settings from CHARGING_* variables)").set_defaults(fn=cmd_serve)
@@ -408,6 +503,21 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "migrate", help="bring the database schema up to date (CHARGING_DATABASE_URL, else the embedded one)"
     ).set_defaults(fn=cmd_migrate)
+
+    sp = sub.add_parser("health", help="exit 0 when the server is SERVING")
+    sp.add_argument("--timeout", type=float, default=2.0)
+    sp.set_defaults(fn=cmd_health)
+    sp = sub.add_parser("certs", help="write a development CA, server and per-role certificates and a policy")
+    sp.add_argument("--dir", default="certs")
+    sp.add_argument("--host", action="append", help="a DNS name or IP of the server (repeatable; default localhost)")
+    sp.add_argument("--days", type=bounded(3650), default=365)
+    sp.set_defaults(fn=cmd_certs)
+    sp = sub.add_parser("tokens", help="bearer tokens: create, list, revoke")
+    sp.add_argument("action", choices=("create", "list", "revoke"))
+    sp.add_argument("--name")
+    sp.add_argument("--role", action="append", choices=("network", "channel", "crm", "billing", "operator", "monitor"))
+    sp.add_argument("--channel", action="append", help="a TopUp channel of the channel role (repeatable)")
+    sp.set_defaults(fn=cmd_tokens)
 
     def who(sp: argparse.ArgumentParser) -> None:
         g = sp.add_mutually_exclusive_group(required=True)

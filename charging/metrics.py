@@ -101,3 +101,10 @@ DUNNING_ACTIONS = Counter("billing_dunning_actions_total", "Dunning actions take
 INVOICE_DELIVERIES = Counter(
     "billing_invoice_deliveries_total", "Invoice deliveries, by channel and outcome.", ["channel", "outcome"]
 )
+
+# Security: calls refused by the guard (reason: unauthenticated, role, channel, no_policy).
+AUTH_REFUSALS = Counter(
+    "charging_auth_refusals_total",
+    "Calls refused for want of an identity or a role, by method and reason.",
+    ["method", "reason"],
+)

@@ -56,6 +56,11 @@ from charging.rating import UnitKind
 from charging.redis_link import RedisLink
 from charging.redis_ready import wait_until_ready
 from charging.renewals import Renewer
+from charging.security.guard import Guard
+from charging.security.mode import Mode, decide
+from charging.security.policy import PolicyFile
+from charging.security.tls import CertificateFiles, TlsFilesInvalid
+from charging.security.tokens import TokenStore
 from charging.sessions import SessionCharging, UsageLimits
 from charging.settings import Settings, redact_url
 from charging.status import add_servicer
@@ -101,6 +106,7 @@ class App:
     clock: Clock = field(default_factory=SystemClock)
     run_background: bool = True
     grpc_port: int = 0
+    token_port: int = 0
     metrics_port: int = 0
     redis: aioredis.Redis | None = None
     link: RedisLink | None = None
@@ -124,9 +130,13 @@ class App:
     _hurry: asyncio.Event = field(default_factory=asyncio.Event)
     database: Pool | None = None
     _embedded_postgres: EmbeddedPostgres | None = None
+    mode: Mode = Mode.LOCAL
+    _policy: PolicyFile | None = None
+    _tls: CertificateFiles | None = None
 
     async def start(self) -> None:
         s = self.settings
+        self._secure()
         self._listen()
         url = with_password(s.redis_url)
         if not url:
@@ -174,7 +184,8 @@ class App:
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
 
-        self._server = grpc.aio.server(options=server_options(s))
+        guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
+        self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))
         self.admission = admission = Admission(s.max_in_flight)
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
@@ -193,13 +204,23 @@ class App:
             add_servicer(self._server, servicer, service, admission)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), self._server
-        )
+        if s.reflection:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), self._server
+            )
         try:
-            self.grpc_port = self._server.add_insecure_port(s.grpc_address)
+            if self._tls is None:
+                self.grpc_port = self._server.add_insecure_port(s.grpc_address)
+            else:
+                creds = self._tls.credentials(require_client_cert=bool(s.tls_client_ca))
+                self.grpc_port = self._server.add_secure_port(s.grpc_address, creds)
         except RuntimeError:
             raise StartupError(f"cannot listen on gRPC address {s.grpc_address}") from None
+        if s.grpc_token_address and self._tls is not None:
+            try:
+                self.token_port = self._server.add_secure_port(s.grpc_token_address, self._tls.credentials(False))
+            except RuntimeError:
+                raise StartupError(f"cannot listen on gRPC address {s.grpc_token_address}") from None
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -211,7 +232,32 @@ class App:
         if self._embedded is not None:
             self.jobs.watch("redis_supervisor", self._embedded.supervise())
         self._start_database_tasks()
-        log.info("serving", extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port})
+        if self.mode is Mode.INSECURE:
+            log.warning("CHARGING_INSECURE=true: plaintext, and every caller has every role")
+        elif self.mode is Mode.LOCAL:
+            log.info("local development policy: plaintext on loopback, every caller has every role")
+        log.info(
+            "serving",
+            extra={
+                "grpc_port": self.grpc_port,
+                "token_port": self.token_port,
+                "metrics_port": self.metrics_port,
+                "security": self.mode.value,
+            },
+        )
+
+    def _secure(self) -> None:
+        """Before anything else: the security mode, the policy and the TLS files, or
+        ``StartupError`` naming what is missing or wrong."""
+        s = self.settings
+        self.mode = decide([s.grpc_address, s.grpc_token_address], bool(s.tls_cert), bool(s.policy_file), s.insecure)
+        if s.policy_file:
+            self._policy = PolicyFile(s.policy_file)
+        if self.mode is Mode.SECURED:
+            try:
+                self._tls = CertificateFiles(s.tls_cert, s.tls_key, s.tls_client_ca)
+            except TlsFilesInvalid as exc:
+                raise StartupError(f"TLS: {exc}") from None
 
     def _background_jobs(self) -> list[Job]:
         """Every periodic loop of the server. The notification relay runs also without
@@ -256,8 +302,9 @@ class App:
         s = self.settings
         # Asked here, not only when gRPC binds it: that comes after Redis has started, and
         # gRPC says only "failed to bind", after a log line of its own.
-        if in_use(s.grpc_address):
-            raise StartupError(f"gRPC address {s.grpc_address} is in use")
+        for address in (s.grpc_address, s.grpc_token_address):
+            if address and in_use(address):
+                raise StartupError(f"gRPC address {address} is in use")
         if s.metrics_address:
             host, _, port = s.metrics_address.rpartition(":")
             try:

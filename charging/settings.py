@@ -127,6 +127,17 @@ class Settings:
     # development key generated once into <redis_dir>/data.key.
     data_key: str = ""
     data_key_file: str = ""
+    # Security (README "Security"). TLS from files, re-read when they change; with a client
+    # CA every caller on grpc_address presents a certificate, and callers with bearer tokens
+    # use grpc_token_address (TLS, no client certificate). Without TLS the server listens on
+    # loopback only, unless insecure is set.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    grpc_token_address: str = ""
+    policy_file: str = ""
+    insecure: bool = False
+    reflection: bool = True
     # Background jobs (charging/jobs.py): a failed pass is tried again after job_retry_s,
     # doubling up to job_retry_max_s, with jitter.
     job_retry_s: float = 1.0
@@ -216,9 +227,16 @@ class Settings:
             raise InvalidRequest("CHARGING_SHUTDOWN_DELAY_S", "must not be negative")
         if not 0 < self.smtp_port < 65536:
             raise InvalidRequest("CHARGING_SMTP_PORT", "must be a port number")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidRequest("CHARGING_TLS_KEY", "CHARGING_TLS_CERT and CHARGING_TLS_KEY go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidRequest("CHARGING_TLS_CLIENT_CA", "needs CHARGING_TLS_CERT and CHARGING_TLS_KEY")
+        if self.grpc_token_address and not self.tls_cert:
+            raise InvalidRequest("CHARGING_GRPC_TOKEN_ADDRESS", "needs CHARGING_TLS_CERT and CHARGING_TLS_KEY")
         for name, address in (
             ("CHARGING_GRPC_ADDRESS", self.grpc_address),
             ("CHARGING_METRICS_ADDRESS", self.metrics_address),
+            ("CHARGING_GRPC_TOKEN_ADDRESS", self.grpc_token_address),
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")

@@ -14,6 +14,12 @@ recorded as a failure when the RPC fails or the result code is not one it allows
 
     make loadtest
     locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 30s --host 127.0.0.1:50051
+
+Against a secured server, the users present what the ``charging`` CLI takes from the
+environment: ``CHARGING_CLIENT_TLS_CA``, ``CHARGING_CLIENT_TLS_CERT`` and ``_KEY``, or
+``CHARGING_TOKEN``. Each user creates its subscriber, charges and recharges, so that
+identity needs the roles ``operator``, ``network`` and ``channel`` (with the channels
+RETAIL, BANK, VOUCHER, APP and USSD) in the policy.
 """
 
 from __future__ import annotations
@@ -29,9 +35,12 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()  # before any channel exists
 
+import os  # noqa: E402
+
 from locust import User, between, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
+from charging.security.tls import channel_credentials, token_credentials  # noqa: E402
 from charging.v1 import (  # noqa: E402
     admin_pb2,
     admin_pb2_grpc,
@@ -59,6 +68,19 @@ TIMEOUT_S = 10.0
 Answer = TypeVar("Answer")
 
 
+def open_channel(target: str) -> grpc.Channel:
+    """Plaintext, or TLS with the CLI's client credentials from the environment."""
+    env = os.environ.get
+    ca, cert, key = (env(f"CHARGING_CLIENT_TLS_{n}", "") for n in ("CA", "CERT", "KEY"))
+    token = env("CHARGING_TOKEN", "")
+    if not (ca or cert or key or token):
+        return grpc.insecure_channel(target)
+    creds = channel_credentials(ca, cert, key)
+    if token:
+        creds = grpc.composite_channel_credentials(creds, token_credentials(token))
+    return grpc.secure_channel(target, creds)
+
+
 class ResultCodeError(Exception):
     """An answer whose result code the caller did not allow (reported as a Locust failure)."""
 
@@ -71,7 +93,7 @@ class ChargingUser(User):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.channel = grpc.insecure_channel(self.host or ChargingUser.host)
+        self.channel = open_channel(self.host or ChargingUser.host)
         self.charging = charging_pb2_grpc.ChargingStub(self.channel)
         self.topup = topup_pb2_grpc.TopUpStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)

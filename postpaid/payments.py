@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from charging import keys, metrics
 from charging.clock import Clock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
+from charging.security.identity import caller_name
 from charging.store import storage_errors
 from postpaid.config import BillingConfig
 from postpaid.invoices import ADJUSTMENT, Charge, Invoice
@@ -335,4 +336,15 @@ def _bare(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _audit_fields(action: str, actor: str, ba: str, amount: int, reason: str, ref: str, at_s: int) -> dict[Any, Any]:
-    return {"action": action, "actor": actor, "ba": ba, "amount": amount, "reason": reason, "ref": ref, "at": at_s}
+    """``actor`` is who the caller says acted (an agent's name); ``caller`` is the
+    authenticated caller of the gRPC call (``internal`` for background jobs)."""
+    return {
+        "action": action,
+        "actor": actor,
+        "caller": caller_name(),
+        "ba": ba,
+        "amount": amount,
+        "reason": reason,
+        "ref": ref,
+        "at": at_s,
+    }

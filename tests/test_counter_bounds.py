@@ -190,13 +190,14 @@ op = st.one_of(
 
 
 @pytest.fixture(name="settings")
-def small_floor(redis_url: str) -> Settings:
+def small_floor(redis_url: str, app_database_url: str) -> Settings:
     """The server under test, with an overrun floor of 500 units of currency: a few
     extreme reports reach it (the default, the plan's largest grant, is 9,765 EUR)."""
     return Settings(
         grpc_address="127.0.0.1:0",
         metrics_address="",
         redis_url=redis_url,
+        database_url=app_database_url,
         grace_period_s=1.0,
         overrun_floor_micros=500 * 10**6,
     )

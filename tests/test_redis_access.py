@@ -94,7 +94,9 @@ async def charge_once(app: App) -> None:
         await channel.close()
 
 
-async def test_the_server_works_with_a_restricted_acl_user(tmp_path: Path, clock: ManualClock) -> None:
+async def test_the_server_works_with_a_restricted_acl_user(
+    tmp_path: Path, clock: ManualClock, app_database_url: str
+) -> None:
     # The default user keeps its rights behind a password (README: redis-server replays the
     # AOF's transactions with them), nobody logs in as it.
     users = (
@@ -106,6 +108,7 @@ async def test_the_server_works_with_a_restricted_acl_user(tmp_path: Path, clock
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            database_url=app_database_url,
             data_key=DATA_KEY,
             redis_url=f"redis://server:server-pw@127.0.0.1:{port}/0",
         )
@@ -120,12 +123,13 @@ async def test_the_server_works_with_a_restricted_acl_user(tmp_path: Path, clock
             await app.stop()
 
 
-async def test_the_server_runs_on_a_tls_redis(tmp_path: Path, clock: ManualClock) -> None:
+async def test_the_server_runs_on_a_tls_redis(tmp_path: Path, clock: ManualClock, app_database_url: str) -> None:
     pki = make_pki(tmp_path)
     with tls_redis(tmp_path, pki, auth_clients=True) as port:
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            database_url=app_database_url,
             data_key=DATA_KEY,
             redis_url=f"rediss://localhost:{port}/0",
             redis_tls_ca_file=str(pki.ca.cert),
@@ -140,7 +144,9 @@ async def test_the_server_runs_on_a_tls_redis(tmp_path: Path, clock: ManualClock
             await app.stop()
 
 
-async def test_a_tls_redis_under_a_wrong_ca_is_refused(tmp_path: Path, clock: ManualClock) -> None:
+async def test_a_tls_redis_under_a_wrong_ca_is_refused(
+    tmp_path: Path, clock: ManualClock, app_database_url: str
+) -> None:
     pki = make_pki(tmp_path)
     with tls_redis(tmp_path, pki) as port:
         url = f"rediss://localhost:{port}/0"
@@ -160,6 +166,7 @@ async def test_a_tls_redis_under_a_wrong_ca_is_refused(tmp_path: Path, clock: Ma
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            database_url=app_database_url,
             data_key=DATA_KEY,
             redis_url=url,
             redis_tls_ca_file=str(pki.other_ca.cert),
