@@ -12,7 +12,6 @@ stays on the version it started with.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from functools import partial
@@ -117,11 +116,7 @@ class CatalogBook:
             log.info("catalog switched", extra={"version": catalog.version})
         return True
 
-    async def follow(self, interval_s: float) -> None:
-        """Background task: pick up catalogs loaded through other server processes."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.refresh()
-            except StorageUnavailable as exc:
-                log.warning("catalog refresh failed", extra={"error": str(exc)})
+    async def follow(self) -> None:
+        """One pass of the ``catalog`` job: pick up a catalog loaded through another
+        server process."""
+        await self.refresh()

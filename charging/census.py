@@ -6,17 +6,12 @@ pipelined batches, so the figures are right across server processes and restarts
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from charging import keys, metrics
-from charging.errors import StorageUnavailable
 from charging.store import storage_errors
-
-log = logging.getLogger("charging.census")
 
 
 @dataclass(frozen=True)
@@ -48,17 +43,9 @@ async def take_census(client: aioredis.Redis, batch: int = 500) -> Census:
                 return Census(accounts, sessions, reserved)
 
 
-async def run_census(client: aioredis.Redis, interval_s: float) -> None:
-    while True:
-        try:
-            c = await take_census(client)
-            metrics.ACTIVE_SESSIONS.set(c.sessions)
-            metrics.RESERVED_MICROS.set(c.reserved_micros)
-            metrics.ACCOUNTS_WITH_SESSIONS.set(c.accounts)
-        except StorageUnavailable as exc:
-            metrics.REDIS_ERRORS.labels("census").inc()
-            log.warning("census failed", extra={"error": str(exc)})
-        except Exception:
-            metrics.BACKGROUND_ERRORS.labels("census").inc()
-            log.exception("census failed unexpectedly")
-        await asyncio.sleep(interval_s)
+async def record_census(client: aioredis.Redis) -> None:
+    """One pass of the ``census`` job: count, and set the gauges."""
+    c = await take_census(client)
+    metrics.ACTIVE_SESSIONS.set(c.sessions)
+    metrics.RESERVED_MICROS.set(c.reserved_micros)
+    metrics.ACCOUNTS_WITH_SESSIONS.set(c.accounts)

@@ -3,7 +3,12 @@ channel): never a subscriber, session or account id."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 REQUESTS = Counter(
     "charging_requests_total",
@@ -45,9 +50,48 @@ ADMISSION_REJECTIONS = Counter(
     "in-flight limit) or deadline (DEADLINE_EXCEEDED, the caller's deadline passed before Redis was asked).",
     ["method", "reason"],
 )
-BACKGROUND_ERRORS = Counter(
-    "charging_background_errors_total", "Unexpected errors in background tasks, by component.", ["component"]
-)
+
+# Background jobs (charging/jobs.py), by job name only.
+JOB_RUNS = Counter("charging_job_runs_total", "Passes of background jobs done, failed ones included, by job.", ["job"])
+JOB_FAILURES = Counter("charging_job_failures_total", "Failed passes of background jobs, by job.", ["job"])
+
+
+class JobAges(Collector):
+    """``charging_job_seconds_since_success{job}``, computed when scraped: since the job's
+    last successful pass (since it started, before its first). Alert when it grows well
+    past the job's interval."""
+
+    NAME = "charging_job_seconds_since_success"
+    HELP = "Seconds since the last successful pass of a background job, by job."
+
+    def __init__(self) -> None:
+        self._ages: dict[str, Callable[[], float]] = {}
+        self._lock = threading.Lock()  # scraped from the metrics server's thread
+
+    def track(self, job: str, age: Callable[[], float]) -> None:
+        with self._lock:
+            self._ages[job] = age
+
+    def forget(self, job: str, age: Callable[[], float]) -> None:
+        """Stop reporting ``job``, unless another ``age`` has been tracked for it since."""
+        with self._lock:
+            if self._ages.get(job) == age:
+                del self._ages[job]
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["job"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["job"])
+        with self._lock:
+            ages = sorted(self._ages.items())
+        for job, age in ages:
+            family.add_metric([job], age())
+        yield family
+
+
+JOB_AGES = JobAges()
+REGISTRY.register(JOB_AGES)
 
 # Postpaid billing.
 BILL_RUN_INVOICES = Counter("billing_invoices_issued_total", "Invoices issued by bill runs and final bills.")

@@ -8,56 +8,69 @@ exactly the entries it copied (``outbox_trim.lua``), until the outbox is empty. 
 in between repeats entries rather than losing them, and concurrent relays never remove
 an entry they did not copy: delivery is at least once, and each entry carries its
 account and time so consumers can drop repeats. A request whose reply shows new outbox
-entries wakes the relay for that account; the answer does not wait for it.
+entries wakes the relay for that account; the answer does not wait for it. The relay is
+the ``notifications`` job (``charging/jobs.py``): an outbox whose relay failed (Redis
+unavailable) stays woken and is relayed again after the job's backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from charging import keys, metrics
-from charging.errors import StorageUnavailable
+from charging.jobs import Wakeup
 from charging.ledger import OUTBOX_TRIM
 from charging.script_args import OutboxTrimArgs
 from charging.store import storage_errors
 
-log = logging.getLogger("charging.notifications")
 STREAM_MAXLEN = 1_000_000
+CONCURRENT_RELAYS = 16  # outboxes relayed at once by one pass (each holds a connection)
 
 
 class Notifier:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._again: set[str] = set()
+        self._woken: set[str] = set()
+        self._relaying: set[str] = set()
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self.wakeup = Wakeup()  # the wake source of the ``notifications`` job
 
     def wake(self, account: str) -> None:
         """Relay this account's outbox soon, and its pool's (which hears about the pool's
         buckets). Woken while relaying, it relays once more afterwards."""
         for owner in (account, keys.pool_of(account)):
-            if owner is None:
-                continue
-            if owner in self._running:
-                self._again.add(owner)
-            else:
-                self._running[owner] = asyncio.create_task(self._relay_logged(owner))
+            if owner is not None:
+                self._woken.add(owner)
+        self._settled.clear()
+        self.wakeup.wake()
 
-    async def _relay_logged(self, account: str) -> None:
+    async def relay_woken(self) -> None:
+        """One pass of the ``notifications`` job: relay every outbox woken so far. Those
+        whose relay failed stay woken, and the first error fails the pass."""
+        owners, self._woken = sorted(self._woken), set()
+        self._relaying.update(owners)
+        errors: list[BaseException] = []
         try:
-            while True:
-                self._again.discard(account)
-                await self.relay(account)
-                if account not in self._again:
-                    break
-        except StorageUnavailable as exc:
-            log.warning("notification relay failed", extra={"error": str(exc)})
+            for start in range(0, len(owners), CONCURRENT_RELAYS):
+                chunk = owners[start : start + CONCURRENT_RELAYS]
+                results = await asyncio.gather(*(self.relay(o) for o in chunk), return_exceptions=True)
+                for owner, result in zip(chunk, results, strict=True):
+                    if isinstance(result, BaseException):
+                        errors.append(result)
+                    else:
+                        self._relaying.discard(owner)
         finally:
-            self._running.pop(account, None)
+            # Whatever was not relayed (failed, or the pass was cancelled) stays woken.
+            self._woken.update(self._relaying)
+            self._relaying.clear()
+            if not self._woken:
+                self._settled.set()
+        if errors:
+            raise errors[0]
 
     async def relay(self, account: str, batch: int = 100) -> int:
         """Copy the account's outbox to the stream until it is empty; returns how many
@@ -107,15 +120,7 @@ class Notifier:
         metrics.NOTIFICATIONS.labels(kind).inc()
 
     async def idle(self) -> None:
-        """Wait until every relay woken so far has finished, with the passes it was woken
-        again for: then the stream holds every notification made before the call."""
-        while self._running:
-            await asyncio.wait(list(self._running.values()))
-
-    async def aclose(self) -> None:
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Wait until every outbox woken so far has been relayed, with the passes it was
+        woken again for: then the stream holds every notification made before the call.
+        (Only while the ``notifications`` job runs.)"""
+        await self._settled.wait()

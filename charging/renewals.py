@@ -14,11 +14,10 @@ once per missed period.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from charging import keys, metrics
-from charging.errors import InvalidRequest, NotFound, StorageUnavailable
+from charging.errors import InvalidRequest, NotFound
 from charging.store import storage_errors
 from charging.topups import BundlePurchase, TopUps
 
@@ -85,15 +84,3 @@ class Renewer:
             if outcome == "failed" and self.ctx.notifier is not None:
                 await self.ctx.notifier.publish(account_id, "renewal_failed", recurring.bundle_id, result.outcome, now)
         return start + period
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.renew_once()
-            except StorageUnavailable as exc:
-                metrics.REDIS_ERRORS.labels("renewer").inc()
-                log.warning("renewals failed", extra={"error": str(exc)})
-            except Exception:
-                metrics.BACKGROUND_ERRORS.labels("renewer").inc()
-                log.exception("renewals failed unexpectedly")
-            await asyncio.sleep(self.interval_s)

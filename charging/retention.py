@@ -13,17 +13,15 @@ table, never below what applies.
 
 ``months_to_keep`` is the rule, pure; ``maintain`` applies it through SQL functions that
 the migrations define (``create_month_partitions``, ``drop_month_partitions``);
-``run`` repeats ``maintain`` in the server.
+the server runs ``maintain`` as its ``retention`` job (``charging/jobs.py``), hourly.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from charging import metrics
 from charging.clock import Clock
 from charging.database import Pool
 
@@ -95,14 +93,3 @@ async def maintain(pool: Pool, policies: list[Policy], today: date) -> dict[str,
             log.info("partitions", extra={"table": plan.table, "made": made, "dropped": dropped})
         done[plan.table] = (made, dropped)
     return done
-
-
-async def run(pool: Pool, policies: list[Policy], clock: Clock, interval_s: float = 3600.0) -> None:
-    """``maintain`` now and then every ``interval_s``."""
-    while True:
-        try:
-            await maintain(pool, policies, utc_day(clock))
-        except Exception:
-            metrics.BACKGROUND_ERRORS.labels("retention").inc()
-            log.exception("partition maintenance failed")
-        await asyncio.sleep(interval_s)

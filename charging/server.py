@@ -6,10 +6,16 @@ for while it loads its dataset; then the database (the embedded one started and
 migrated; a configured one checked to be at the schema of this code); then everything
 else, and gRPC listens last.
 
-Stop order: health goes NOT_SERVING, the gRPC server drains in-flight calls within the
-grace period, background tasks (sweeper, census, Redis supervision) are cancelled and
-awaited, the Redis pool is closed, the embedded redis-server is shut down, the database
-pool is closed, the embedded PostgreSQL is shut down (fast).
+Stop order: health goes NOT_SERVING while calls are still served for the shutdown delay
+(load balancers polling health move traffic away), the gRPC server drains in-flight calls
+within the grace period, the background jobs (``charging/jobs.py``) and the Redis
+and PostgreSQL supervision are cancelled and awaited, the Redis pool is closed, the
+embedded redis-server is shut down, the database pool is closed, the embedded
+PostgreSQL is shut down (fast).
+
+Health: SERVING once started; NOT_SERVING for good when a background job dies (a bug: a
+restart mends it). A job that keeps failing (Redis or a mail server down) shows in its
+metrics instead: every process would fail alike, and none should leave the balancer.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import secrets
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +40,8 @@ from charging import migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
-from charging.background import cancel_and_wait
 from charging.catalogs import CatalogBook
-from charging.census import run_census
+from charging.census import record_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
 from charging.database import Pool, open_pool
@@ -43,6 +49,7 @@ from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
 from charging.events import EventCharging
+from charging.jobs import Backoff, Job, Jobs
 from charging.ledger import Ledger
 from charging.notifications import Notifier
 from charging.rating import UnitKind
@@ -118,7 +125,9 @@ class App:
     billing: Billing | None = None
     admission: Admission | None = None
     _simulator: NetworkSimulator | None = None
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    jobs: Jobs = field(default_factory=Jobs)
+    _serving: bool = False
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)
     database: Pool | None = None
     _embedded_postgres: EmbeddedPostgres | None = None
     mode: Mode = Mode.LOCAL
@@ -215,23 +224,13 @@ class App:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
 
-        if self.run_background:
-            self._tasks.append(asyncio.create_task(self.sweeper.run(), name="sweeper"))
-            self._tasks.append(asyncio.create_task(self.renewer.run(), name="renewer"))
-            assert self.worker is not None and self.acquisition is not None
-            if s.provisioning_in_server:
-                self._tasks.append(
-                    asyncio.create_task(self.worker.run(s.provisioning_interval_s), name="provisioning-worker")
-                )
-                resumer = self.acquisition.run_resumer(s.order_resume_interval_s)
-                self._tasks.append(asyncio.create_task(resumer, name="order-resumer"))
-            self._tasks.append(asyncio.create_task(run_census(self.redis, s.census_interval_s), name="census"))
-            self._tasks.append(asyncio.create_task(self.catalogs.follow(s.catalog_refresh_s), name="catalog"))
-            if s.billing_interval_s > 0:
-                self._tasks.append(asyncio.create_task(self.billing.run_jobs(s.billing_interval_s), name="billing"))
+        self.jobs.on_death = self._not_serving
+        for job in self._background_jobs():
+            self.jobs.start(job)
         if self._embedded is not None:
-            self._tasks.append(asyncio.create_task(self._embedded.supervise(), name="redis-supervisor"))
+            self.jobs.watch("redis_supervisor", self._embedded.supervise())
         self._start_database_tasks()
         if self.mode is Mode.INSECURE:
             log.warning("CHARGING_INSECURE=true: plaintext, and every caller has every role")
@@ -259,6 +258,43 @@ class App:
                 self._tls = CertificateFiles(s.tls_cert, s.tls_key, s.tls_client_ca)
             except TlsFilesInvalid as exc:
                 raise StartupError(f"TLS: {exc}") from None
+
+    def _background_jobs(self) -> list[Job]:
+        """Every periodic loop of the server. The notification relay runs also without
+        ``run_background``: requests wake it and wait for nothing else."""
+        s = self.settings
+        assert self.redis is not None and self.notifier is not None and self.catalogs is not None
+        assert self.sweeper is not None and self.renewer is not None and self.billing is not None
+        assert self.worker is not None and self.acquisition is not None
+
+        def job(name: str, pass_: Callable[[], Awaitable[Any]], interval_s: float, **kw: Any) -> Job:
+            return Job(name, pass_, interval_s=interval_s, clock=self.clock, backoff=job_backoff(s), **kw)
+
+        jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup)]
+        if not self.run_background:
+            return jobs
+        redis = self.redis
+        jobs += [
+            job("sweeper", self.sweeper.sweep_due, self.sweeper.interval_s),
+            job("renewer", self.renewer.renew_once, self.renewer.interval_s),
+            job("census", lambda: record_census(redis), s.census_interval_s),
+            job("catalog", self.catalogs.follow, s.catalog_refresh_s),
+        ]
+        if s.provisioning_in_server:
+            jobs += provisioning_jobs(s, self.acquisition, self.clock)
+        if s.billing_interval_s > 0:
+            jobs += [job(name, pass_, s.billing_interval_s) for name, pass_ in self.billing.passes().items()]
+        return jobs
+
+    async def _not_serving(self, job: str) -> None:
+        """A background job died: out of the load balancer until a restart."""
+        if self._health is not None:
+            for name in ("", *SERVICE_NAMES):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def hurry(self) -> None:
+        """Skip what is left of the shutdown delay (a second SIGTERM or SIGINT)."""
+        self._hurry.set()
 
     def _listen(self) -> None:
         """Before anything else: ``StartupError`` when the gRPC address is in use, and
@@ -291,16 +327,23 @@ class App:
         await migrations.check_current(self.database, migrations.head())
 
     def _start_database_tasks(self) -> None:
+        """Partition maintenance (the ``retention`` job) and the embedded PostgreSQL's supervision."""
         assert self.database is not None
         if self.run_background:
             policies = [
                 retention.Policy("usage_records", self.settings.usage_retention_months),
                 retention.Policy("audit", self.settings.audit_retention_months),
             ]
-            job = retention.run(self.database, policies, self.clock)
-            self._tasks.append(asyncio.create_task(job, name="retention"))
+            database, clock = self.database, self.clock
+
+            async def maintain() -> None:
+                await retention.maintain(database, policies, retention.utc_day(clock))
+
+            self.jobs.start(
+                Job("retention", maintain, interval_s=3600.0, clock=clock, backoff=job_backoff(self.settings))
+            )
         if self._embedded_postgres is not None:
-            self._tasks.append(asyncio.create_task(self._embedded_postgres.supervise(), name="postgres-supervisor"))
+            self.jobs.watch("postgres_supervisor", self._embedded_postgres.supervise())
 
     async def _start_provisioning(self, directory: Directory) -> None:
         """The CRM's acquisition flow and the provisioning worker, on the configured
@@ -316,12 +359,19 @@ class App:
     async def stop(self) -> None:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._serving and self.settings.shutdown_delay_s > 0:
+            # Calls are still served while load balancers polling health see NOT_SERVING
+            # and move traffic away; stopping at once took the server from SERVING
+            # straight to unreachable.
+            log.info("not serving; draining after the delay", extra={"delay_s": self.settings.shutdown_delay_s})
+            try:
+                async with asyncio.timeout(self.settings.shutdown_delay_s):
+                    await self._hurry.wait()
+            except TimeoutError:
+                pass
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
-        if self.notifier is not None:
-            await self.notifier.aclose()
+        await self.jobs.stop()
         if self.acquisition is not None:
             await self.acquisition.aclose()
         if self._simulator is not None:
@@ -362,6 +412,34 @@ def in_use(address: str) -> bool:
                 if exc.errno == errno.EADDRINUSE:
                     return True
     return False
+
+
+def job_backoff(settings: Settings) -> Backoff:
+    return Backoff(settings.job_retry_s, settings.job_retry_max_s)
+
+
+def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock) -> list[Job]:
+    """The provisioning worker, woken early by its change stream, and the order resumer:
+    in the server, or in ``charging worker``."""
+    backoff = job_backoff(settings)
+    worker = acquisition.worker
+    return [
+        Job(
+            "provisioning",
+            worker.reconcile_once,
+            interval_s=settings.provisioning_interval_s,
+            clock=clock,
+            backoff=backoff,
+            wake=worker.changes(),
+        ),
+        Job(
+            "order_resumer",
+            acquisition.resume_stalled,
+            interval_s=settings.order_resume_interval_s,
+            clock=clock,
+            backoff=backoff,
+        ),
+    ]
 
 
 async def build_acquisition(
@@ -421,19 +499,35 @@ async def provision(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [
-        asyncio.create_task(acquisition.worker.run(settings.provisioning_interval_s)),
-        asyncio.create_task(acquisition.run_resumer(settings.order_resume_interval_s)),
-        asyncio.create_task(catalogs.follow(settings.catalog_refresh_s)),
-    ]
+    died: list[str] = []
+
+    async def job_died(name: str) -> None:
+        # No health service here: exit with an error, for the supervisor to restart us.
+        died.append(name)
+        stop.set()
+
+    jobs = Jobs(on_death=job_died)
+    for job in provisioning_jobs(settings, acquisition, clock):
+        jobs.start(job)
+    jobs.start(
+        Job(
+            "catalog",
+            catalogs.follow,
+            interval_s=settings.catalog_refresh_s,
+            clock=clock,
+            backoff=job_backoff(settings),
+        )
+    )
     log.info("provisioning worker running")
     try:
         await stop.wait()
     finally:
-        await cancel_and_wait(tasks)
+        await jobs.stop()
         await acquisition.aclose()
         await client.aclose()
         log.info("provisioning worker stopped")
+    if died:
+        raise SystemExit(f"error: background job {died[0]} died")
 
 
 async def serve(settings: Settings) -> None:
@@ -441,9 +535,15 @@ async def serve(settings: Settings) -> None:
     exits with status 1 and one line on stderr saying why."""
     app = App(settings)
     stop = asyncio.Event()
+
+    def signalled() -> None:
+        if stop.is_set():
+            app.hurry()  # a second signal: drain now
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     failure: StartupError | None = None
     try:
         await app.start()

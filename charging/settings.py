@@ -138,6 +138,14 @@ class Settings:
     policy_file: str = ""
     insecure: bool = False
     reflection: bool = True
+    # Background jobs (charging/jobs.py): a failed pass is tried again after job_retry_s,
+    # doubling up to job_retry_max_s, with jitter.
+    job_retry_s: float = 1.0
+    job_retry_max_s: float = 60.0
+    # On SIGTERM health answers NOT_SERVING, calls still served, for this long before the
+    # drain (grace_period_s): load balancers polling health move traffic away meanwhile.
+    # Set it to their health-check interval; a second SIGTERM or SIGINT skips it.
+    shutdown_delay_s: float = 2.0
 
     def __repr__(self) -> str:
         fields = []
@@ -213,6 +221,10 @@ class Settings:
             raise InvalidRequest("CHARGING_REDIS_TLS_CERT_FILE", "must be set with CHARGING_REDIS_TLS_KEY_FILE")
         if self.data_key and self.data_key_file:
             raise InvalidRequest("CHARGING_DATA_KEY_FILE", "set CHARGING_DATA_KEY or CHARGING_DATA_KEY_FILE, not both")
+        if self.job_retry_s <= 0 or self.job_retry_max_s < self.job_retry_s:
+            raise InvalidRequest("CHARGING_JOB_RETRY_S", "must be above 0 and at most CHARGING_JOB_RETRY_MAX_S")
+        if self.shutdown_delay_s < 0:
+            raise InvalidRequest("CHARGING_SHUTDOWN_DELAY_S", "must not be negative")
         if not 0 < self.smtp_port < 65536:
             raise InvalidRequest("CHARGING_SMTP_PORT", "must be a port number")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -12,12 +12,10 @@ at the bucket's expiry.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from charging import keys, metrics
 from charging.clock import Clock
-from charging.errors import StorageUnavailable
 from charging.ledger import Ledger
 from charging.notifications import Notifier
 
@@ -61,16 +59,7 @@ class Sweeper:
             log.info("released expired reservations", extra={"sessions": released})
         return released
 
-    async def run(self) -> None:
-        while True:
-            try:
-                while await self.sweep_once() >= self.batch:
-                    pass
-            except StorageUnavailable as exc:
-                metrics.REDIS_ERRORS.labels("sweeper").inc()
-                log.warning("sweep failed", extra={"error": str(exc)})
-            except Exception:
-                # Supervision must go on: log, count and try again next round.
-                metrics.BACKGROUND_ERRORS.labels("sweeper").inc()
-                log.exception("sweep failed unexpectedly")
-            await asyncio.sleep(self.interval_s)
+    async def sweep_due(self) -> None:
+        """One pass of the ``sweeper`` job: release in batches until nothing is due."""
+        while await self.sweep_once() >= self.batch:
+            pass

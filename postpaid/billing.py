@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,10 @@ DELIVERY_ATTEMPTS = 1440
 DELIVERY_LEASE_MS = 120_000
 
 
+class DeliveryStalled(Exception):
+    """A delivery pass tried queued invoices and could deliver none (a mail server down)."""
+
+
 class Billing:
     def __init__(
         self,
@@ -75,6 +79,7 @@ class Billing:
         self.config = config
         self.clock = clock
         self.deliveries = tuple(deliveries)
+        self._retried = 0  # invoices whose delivery is to be tried again, counted for deliver_queued
         self.accounts = BillingAccounts(client, config)
         self.runs = BillRun(client, self.accounts, config, catalogs, clock, link)
         self.payments = Payments(client, config, clock)
@@ -185,6 +190,15 @@ class Billing:
                 await self.client.delete(lease)
         return handled
 
+    async def deliver_queued(self) -> None:
+        """The pass of the ``invoice_delivery`` job: ``deliver_pending``, failing
+        (``DeliveryStalled``) when it tried invoices and each is to be tried again, so that
+        a mail server that is down shows in the job's metrics. The invoices stay queued."""
+        before = self._retried
+        handled = await self.deliver_pending()
+        if self._retried > before and not handled:
+            raise DeliveryStalled(f"no queued invoice could be delivered ({self._retried - before} to retry)")
+
     async def _deliver_queued(self, number: str) -> int:
         """Deliver one queued invoice; 1 when it left the queue."""
         try:
@@ -193,6 +207,7 @@ class Billing:
             log.exception("invoice delivery failed")
             outcome = "RETRYING"
         if outcome == "RETRYING":
+            self._retried += 1
             attempts = await self.client.hincrby(keys.invoice_state(number), "delivery_attempts", 1)
             if attempts < DELIVERY_ATTEMPTS:
                 async with self.client.pipeline(transaction=True) as pipe:
@@ -271,21 +286,12 @@ class Billing:
             raise NotFound("no such billing account")
         return {**info, "lines": [x.line for x in await self.accounts.lines(ba)]}
 
-    async def run_jobs(self, interval_s: float) -> None:
-        """Every ``interval_s``: bill the accounts due, walk the dunning ladder, deliver the
-        queued invoices. Each job is safe to run again, so several processes may run it."""
-        while True:
-            for name, job in (
-                ("bill_run", self.runs.run),
-                ("dunning", self.collection.run),
-                ("delivery", self.deliver_pending),
-            ):
-                try:
-                    await job()
-                except Exception:
-                    metrics.BACKGROUND_ERRORS.labels(name).inc()
-                    log.exception("billing job failed", extra={"job": name})
-            await asyncio.sleep(interval_s)
+    def passes(self) -> dict[str, Callable[[], Awaitable[Any]]]:
+        """The passes of the billing jobs, by job name: bill the accounts due, walk the
+        dunning ladder, deliver the queued invoices. Each is safe to run again, so several
+        processes may run them; each is its own job, so one failing (the mail server is
+        down) holds up neither of the others."""
+        return {"bill_run": self.runs.run, "dunning": self.collection.run, "invoice_delivery": self.deliver_queued}
 
 
 def postal_address(customer: Customer, home: str = "") -> tuple[str, ...]:

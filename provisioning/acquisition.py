@@ -10,12 +10,11 @@ the network.
 Orders are idempotent on the CRM's order id: the same id returns the same order. Each
 order is claimed in the order store (``orders.py``) and run (``runs.py``); a run
 interrupted by a crash is resumed by the same order id submitted again once the run's
-lease has passed, or by the periodic pass here (``run_resumer``).
+lease has passed, or by the ``order_resumer`` job's pass here (``resume_stalled``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import replace
 from typing import Any
@@ -25,7 +24,6 @@ from redis.asyncio.client import Pipeline
 
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
-from charging.errors import StorageUnavailable
 from charging.subscribers import Directory
 from provisioning.acknowledgements import Acknowledgements, LineBilling
 from provisioning.base import CustomerBase
@@ -46,8 +44,6 @@ from provisioning.worker import ProvisioningWorker
 
 log = logging.getLogger("provisioning.acquisition")
 
-# How often a server (or ``charging worker``) looks for orders whose run was interrupted.
-RESUME_INTERVAL_S = 5.0
 APPLICATION = "APPLICATION"
 
 
@@ -161,7 +157,8 @@ class Acquisition:
         return await self._run(claim)
 
     async def resume_stalled(self, limit: int = 100) -> int:
-        """Run again the orders whose run was interrupted; returns how many were run."""
+        """Run again the orders whose run was interrupted; returns how many were run. The
+        pass of the ``order_resumer`` job."""
         now = self.clock.now_ms()
         resumed = 0
         for order_id in await self.orders.stalled(now, limit):
@@ -174,15 +171,6 @@ class Acquisition:
             except Exception:
                 log.exception("resuming an order failed", extra={"crm_order_id": order_id})
         return resumed
-
-    async def run_resumer(self, interval_s: float = RESUME_INTERVAL_S) -> None:
-        """Background task: resume interrupted orders until cancelled."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.resume_stalled()
-            except (StorageUnavailable, aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                log.warning("order resumer: redis unavailable", extra={"error": str(exc)})
 
     async def _run(self, claim: Claim) -> Order:
         run = OrderRun(claim, self.clock.now_ms() // 1000)

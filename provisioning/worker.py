@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from redis.asyncio.client import Pipeline
 
 from charging.clock import Clock
+from charging.jobs import stop_if_cancelled
 from provisioning import keys
 from provisioning.network import NetworkAdapter, NetworkError, NetworkRejected
 
@@ -176,15 +177,37 @@ class ProvisioningWorker:
             await self.client.zadd(keys.DUE, {line: now + self.backoff.delay_s(attempts) * 1000})
         return 0
 
-    async def run(self, interval_s: float = 1.0) -> None:
-        """Reconcile until cancelled; a change on the stream wakes it before the interval."""
-        last_id = "$"
-        while True:
-            try:
-                await self.reconcile_once()
-                found: Any = await self.client.xread({keys.CHANGES: last_id}, count=100, block=int(interval_s * 1000))
-                if found:
-                    last_id = found[0][1][-1][0]
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                log.warning("provisioning worker: redis unavailable", extra={"error": str(exc)})
-                await asyncio.sleep(interval_s)
+    def changes(self) -> ChangeStream:
+        """What wakes the ``provisioning`` job (its pass is ``reconcile_once``) early."""
+        return ChangeStream(self.client, keys.CHANGES)
+
+
+class ChangeStream:
+    """A job's wake source (``charging.jobs.WakeSource``): an entry added to a stream.
+
+    ``mark`` reads where the stream ends before each pass; ``wait`` reads from there. So
+    a change added while the pass runs is after the mark and ends the wait at once. (The
+    worker used to start reading at ``$`` after its first pass: a change made during that
+    pass waited for the interval.)"""
+
+    # A blocked XREAD must return before the client's socket timeout (5 s by default).
+    MAX_BLOCK_S = 1.0
+
+    def __init__(self, client: aioredis.Redis, stream: str) -> None:
+        self.client = client
+        self.stream = stream
+        self._mark = "0-0"
+
+    async def mark(self) -> None:
+        last: Any = await self.client.xrevrange(self.stream, count=1)
+        self._mark = str(last[0][0]) if last else "0-0"
+
+    async def wait(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            # BLOCK 0 would wait for ever: at least 1 ms.
+            block_ms = max(int(min(left, self.MAX_BLOCK_S) * 1000), 1)
+            if await self.client.xread({self.stream: self._mark}, count=1, block=block_ms):
+                return
+            stop_if_cancelled()  # a cancellation redis-py lost must not wait out the interval

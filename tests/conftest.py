@@ -135,6 +135,9 @@ def settings(redis_url: str, app_database_url: str) -> Settings:
         census_interval_s=0.05,
         grace_period_s=1.0,
         data_key=DATA_KEY,
+        shutdown_delay_s=0.0,
+        job_retry_s=0.01,
+        job_retry_max_s=0.05,
     )
 
 

@@ -26,6 +26,7 @@ def serve(redis_dir: Path, database_url: str, port: int | None = None, **env: st
         "CHARGING_REDIS_DIR": str(redis_dir),
         "CHARGING_DATABASE_URL": database_url,
         "CHARGING_BILLING_INTERVAL_S": "0",
+        "CHARGING_SHUTDOWN_DELAY_S": "0",
         **env,
     }
     environ.pop("CHARGING_REDIS_URL", None)

@@ -8,6 +8,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from charging import keys
+from charging.clock import ManualClock
+from charging.jobs import Job, Jobs
 from charging.notifications import Notifier
 
 
@@ -37,15 +39,16 @@ async def test_racing_relays_lose_nothing(redis_url: str) -> None:
 async def test_a_wake_during_a_relay_relays_again(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     notifier = Notifier(client)
-    await client.rpush(keys.outbox("9"), "low_balance - money 5 1")
-    notifier.wake("9")
-    await client.rpush(keys.outbox("9"), "bundle_100 b1 1 0 2")
-    notifier.wake("9")  # while the first relay may still run
-    for _ in range(100):
-        if await client.xlen(keys.NOTIFICATIONS) == 2 and not notifier._running:
-            break
-        await asyncio.sleep(0.01)
+    jobs = Jobs()
+    jobs.start(Job("notifications", notifier.relay_woken, interval_s=3600, clock=ManualClock(), wake=notifier.wakeup))
+    try:
+        await client.rpush(keys.outbox("9"), "low_balance - money 5 1")
+        notifier.wake("9")
+        await client.rpush(keys.outbox("9"), "bundle_100 b1 1 0 2")
+        notifier.wake("9")  # while the first relay may still run
+        await notifier.idle()
+    finally:
+        await jobs.stop()
     assert await client.xlen(keys.NOTIFICATIONS) == 2
     assert await client.llen(keys.outbox("9")) == 0
-    await notifier.aclose()
     await client.aclose()

@@ -60,6 +60,7 @@ async def world(
         smtp_port=mailbox[1],
         smtp_sender="billing@operator.example",
         invoice_dir=str(tmp_path / "invoices"),
+        shutdown_delay_s=0.0,
     )
     app = App(settings, clock=clock, run_background=False)
     await app.start()

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from charging.clock import ManualClock
+from charging.jobs import Job, Jobs
 from provisioning.keys import DEAD, DUE
 from provisioning.keys import network_line as line_key
 from provisioning.network import HttpNetworkAdapter
@@ -170,14 +172,49 @@ async def test_repeated_failure_goes_to_the_dead_letter_list(
     assert await acked(worker) == "none"
 
 
+def worker_job(worker: ProvisioningWorker, clock: ManualClock, interval_s: float, pass_: Any = None) -> Job:
+    """The ``provisioning`` job as the server runs it (``pass_`` in place of
+    ``reconcile_once`` when given)."""
+    return Job(
+        "provisioning", pass_ or worker.reconcile_once, interval_s=interval_s, clock=clock, wake=worker.changes()
+    )
+
+
 async def test_the_background_worker_is_woken_by_a_change(
-    worker: ProvisioningWorker, network: NetworkSimulator
+    worker: ProvisioningWorker, network: NetworkSimulator, clock: ManualClock
 ) -> None:
-    task = asyncio.create_task(worker.run(interval_s=5))
-    await blocked_on_the_change_stream(worker.client)
-    await worker.desire(LINE, "active")
-    await network.commands_received(1, timeout_s=2)  # well within the 5 s interval: woken
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    jobs = Jobs()
+    jobs.start(worker_job(worker, clock, interval_s=5))
+    try:  # the job is stopped also when the test fails (a task left behind hangs the loop's teardown)
+        await blocked_on_the_change_stream(worker.client)
+        await worker.desire(LINE, "active")
+        await network.commands_received(1, timeout_s=2)  # well within the 5 s interval: woken
+    finally:
+        await jobs.stop()
+    assert network.lines[LINE]["state"] == "active"
+    assert jobs.dead == []
+
+
+async def test_a_change_made_while_the_worker_reconciles_is_not_left_for_the_interval(
+    worker: ProvisioningWorker, network: NetworkSimulator, clock: ManualClock
+) -> None:
+    """A change written after a pass looked at the due lines, before the worker waits on
+    the change stream, wakes it at once (it used to start reading at ``$`` after its
+    first pass and so waited the interval, an hour here)."""
+    passes = 0
+
+    async def reconcile_then_a_change() -> int:
+        nonlocal passes
+        done = await worker.reconcile_once()
+        passes += 1
+        if passes == 1:
+            await worker.desire(LINE, "active")  # between the reconcile and the wait
+        return done
+
+    jobs = Jobs()
+    jobs.start(worker_job(worker, clock, interval_s=3600, pass_=reconcile_then_a_change))
+    try:
+        await network.commands_received(1, timeout_s=30)
+    finally:
+        await jobs.stop()
     assert network.lines[LINE]["state"] == "active"
