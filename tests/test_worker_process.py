@@ -56,6 +56,18 @@ async def wait_state(crm: crm_pb2_grpc.CrmStub, msisdn: str, state: str) -> None
     raise AssertionError(f"line {msisdn} never became {state}")
 
 
+async def settled_order(crm: crm_pb2_grpc.CrmStub, order_id: str) -> crm_pb2.Order:
+    """The order once the worker has finished acting on the acknowledgement: it marks the
+    line active first and the order completed after, so a reader can see the one before
+    the other."""
+    for _ in range(200):
+        order = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id=order_id))
+        if order.status != crm_pb2.ORDER_STATUS_IN_PROGRESS:
+            return order
+        await asyncio.sleep(0.05)
+    return order
+
+
 def numbered(n: int) -> crm_pb2.Application:
     doc = f"W0000000{n}"
     return application(
@@ -85,10 +97,14 @@ async def test_a_separate_worker_process_activates_and_survives_a_kill(
         worker = start_worker(redis_url, network)  # restarted after the crash
         await wait_state(crm, "491701234002", "active")
         assert network.lines["491701234002"]["applied"] == 1
-        order = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="w2"))
+        order = await settled_order(crm, "w2")
         assert order.status == crm_pb2.ORDER_STATUS_COMPLETED
     finally:
         worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=15)
+        try:
+            _, err = worker.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()  # never left running after the test, whatever went wrong
+            raise
     assert b"provisioning worker stopped" in err
     assert b"491701234002" not in err  # no MSISDN in the logs
