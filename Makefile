@@ -56,10 +56,18 @@ apt:
 		echo "error: $(PKG) is missing. Install it (as root: apt-get install $(PKG))." >&2; exit 1; \
 	fi
 
+# As root, the embedded PostgreSQL runs as the user postgres. When that user cannot enter
+# this checkout (a home directory is usually 0700), its data goes under /var/lib/charging
+# instead: one directory per checkout, kept across restarts.
 run: setup
 	@[ -n "$$CHARGING_REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
 	@[ -n "$$CHARGING_DATABASE_URL" ] || $(MAKE) --no-print-directory postgresql
-	$(BIN)/charging serve
+	@if [ -z "$$CHARGING_DATABASE_URL$$CHARGING_DATABASE_DIR" ] && [ "$$(id -u)" = 0 ] \
+		&& ! runuser -u postgres -- test -x "$(CURDIR)" 2>/dev/null; then \
+		CHARGING_DATABASE_DIR=/var/lib/charging/$$(printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)/postgres; \
+		echo "the user postgres cannot enter $(CURDIR): PostgreSQL's data goes to $$CHARGING_DATABASE_DIR"; \
+		export CHARGING_DATABASE_DIR; \
+	fi; exec $(BIN)/charging serve
 
 lint: setup
 	$(BIN)/ruff check .
