@@ -52,6 +52,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from charging.children import dying_with_parent, supervise
 from charging.errors import StartupError
 
 log = logging.getLogger("charging.postgres")
@@ -124,13 +125,12 @@ def _major(path: str) -> int:
 
 
 def as_user(argv: list[str], user: RunAs | None) -> list[str]:
-    """``argv`` run as ``user`` (None: as we are), dying with the calling process.
-
-    setpriv changes the ids before the exec, and the parent-death signal it sets survives
-    the exec (it is cleared by a change of credentials, which setpriv makes first).
-    """
+    """``argv`` run as ``user`` (None: as we are), dying with the calling process (SIGINT,
+    a fast shutdown). setpriv changes the ids before the exec, and the parent-death signal
+    it sets survives the exec (it is cleared by a change of credentials, which setpriv
+    makes first)."""
     ids = [] if user is None else ["--reuid", str(user.uid), "--regid", str(user.gid), "--clear-groups"]
-    return ["setpriv", "--pdeathsig", "INT", *ids, "--", *argv]
+    return dying_with_parent(argv, "INT", ids=ids)
 
 
 def blocking_ancestor(path: Path, uid: int, gids: list[int]) -> Path | None:
@@ -386,24 +386,14 @@ class EmbeddedPostgres:
         return self.url
 
     async def supervise(self) -> None:
-        """Restart the child if it dies while the server runs (crash recovery restores state)."""
-        while not self._stopping:
-            assert self._proc is not None
-            code = await self._proc.wait()
-            if self._stopping:
-                return
-            log.error("embedded postgres exited; restarting", extra={"code": code})
-            while not self._stopping:
-                await asyncio.sleep(0.5)
-                try:
-                    await self.start()
-                    break
-                except StartupError:
-                    if self._stopping:
-                        return
-                    # Backends of the dead postmaster may still hold its shared memory
-                    # for a moment; postgres refuses to start until they are gone.
-                    log.exception("embedded postgres did not restart; trying again")
+        """Restart the child if it dies while the server runs (crash recovery restores
+        state; backends of the dead postmaster may hold its shared memory for a moment,
+        so a start that fails is tried again)."""
+        await supervise("postgres", self._wait, self.start, lambda: self._stopping)
+
+    async def _wait(self) -> int:
+        assert self._proc is not None
+        return await self._proc.wait()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         self._stopping = True

@@ -13,8 +13,7 @@ server left its redis-server running and the restarted one started a second. So:
   until both have exited. A second server on a locked directory whose recorded owner
   is alive refuses to start.
 * The redis-server gets SIGTERM (a clean shutdown that flushes the AOF) when the server
-  dies, even by SIGKILL: Linux's parent-death signal, asked for by ``setpriv``
-  before it execs redis-server.
+  dies, even by SIGKILL: Linux's parent-death signal (``children.py``).
 * A server that finds the directory locked by a redis-server whose server died, or a
   redis-server running on the directory without the lock (left by an older version or
   started by hand), stops it, says so in the log, and waits for it to exit before
@@ -46,6 +45,7 @@ from urllib.parse import quote, urlparse
 
 import redis.asyncio as aioredis
 
+from charging.children import dying_with_parent, supervise
 from charging.errors import StartupError
 from charging.redis_ready import wait_until_ready
 
@@ -139,31 +139,6 @@ def _acl(directory: Path, password: str) -> Path:
     return path
 
 
-def _as_child(command: list[str]) -> list[str]:
-    """``command`` run with umask 077 (the AOF and RDB files it writes are 0600) and so
-    that it gets SIGTERM when this process dies, even by kill -9.
-
-    ``sh`` sets the umask and execs ``setpriv --pdeathsig`` (util-linux, on every Debian
-    system), which asks for the signal and execs the command, which keeps it: one
-    process, the same pid throughout. The signal follows the death of the parent's
-    *thread* that forked, not of its process: asyncio and uvloop both fork in the event
-    loop's thread, which lives as long as the server; never start the child from a
-    short-lived thread (``asyncio.to_thread``), or it is stopped when that thread ends.
-
-    Not a ``preexec_fn``: Python code between fork and exec in a process with gRPC's
-    threads can deadlock or abort the child (seen: redis-server "exited" with SIGABRT),
-    and uvloop takes no ``umask``. A parent that dies in the instant between fork and
-    the prctl leaves a redis-server behind; the directory lock makes the next start find
-    and stop it."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        log.warning("setpriv not found: the embedded redis-server will not die with its server")
-        inner = command
-    else:
-        inner = [setpriv, "--pdeathsig", "TERM", "--", *command]
-    return ["/bin/sh", "-c", 'umask 077 && exec "$@"', "sh", *inner]
-
-
 def _started_at(pid: int) -> str | None:
     """A live process's start time (clock ticks after boot, from /proc): with the pid it
     names one process, whatever pids are reused. None when it is gone or a zombie."""
@@ -237,8 +212,12 @@ class EmbeddedRedis:
             )
             await self._terminate(pids)
         self._proc = await asyncio.create_subprocess_exec(
-            *_as_child(
-                redis_command(path, self.directory, self.appendfsync, aclfile=_acl(self.directory, self._password))
+            # SIGTERM (a clean shutdown that flushes the AOF) when the server dies; umask
+            # 077: the AOF and RDB files it writes are 0600.
+            *dying_with_parent(
+                redis_command(path, self.directory, self.appendfsync, aclfile=_acl(self.directory, self._password)),
+                "TERM",
+                umask="077",
             ),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -327,14 +306,11 @@ class EmbeddedRedis:
 
     async def supervise(self) -> None:
         """Restart the child if it dies while the server runs (the AOF restores state)."""
-        while not self._stopping:
-            assert self._proc is not None
-            code = await self._proc.wait()
-            if self._stopping:
-                return
-            log.error("embedded redis exited; restarting", extra={"code": code})
-            await asyncio.sleep(0.5)
-            await self.start()
+        await supervise("redis", self._wait, self.start, lambda: self._stopping)
+
+    async def _wait(self) -> int:
+        assert self._proc is not None
+        return await self._proc.wait()
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping = True
