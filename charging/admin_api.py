@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from datetime import UTC, datetime
+
 import grpc
 
 from charging import keys
 from charging.api import DEFAULT_PLAN_ID, identity_or_invalid
+from charging.audit_trail import AuditEntry, AuditPage, AuditQuery, AuditTrail, Position
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.errors import InvalidRequest, NotFound
 from charging.renewals import Renewer
 from charging.schemas import parse_json
+from charging.security.identity import caller_name
 from charging.status import rpc
 from charging.subscribers import Account, Directory, parse_identity
 from charging.v1 import admin_pb2, admin_pb2_grpc, common_pb2
@@ -40,11 +46,18 @@ def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, directory: Directory, catalogs: CatalogBook, renewer: Renewer, clock: Clock) -> None:
+    def __init__(
+        self, directory: Directory, catalogs: CatalogBook, renewer: Renewer, clock: Clock, trail: AuditTrail
+    ) -> None:
         self.directory = directory
         self.catalogs = catalogs
         self.renewer = renewer
         self.clock = clock
+        self.trail = trail
+
+    async def _audit(self, action: str, subject: str, details: dict[str, str]) -> None:
+        at = datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC)
+        await self.trail.record(AuditEntry(uuid.uuid4().hex, at, caller_name(), action, subject, "", details))
 
     @rpc("CreateSubscriber")
     async def CreateSubscriber(
@@ -79,13 +92,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         status = STATUS_NAMES.get(request.status)
         if status is None:
             raise InvalidRequest("status", "must be ACTIVE, BARRED_OUTGOING, SUSPENDED or BARRED")
-        return subscriber_pb(await self.directory.set_status(identity_or_invalid(request.subscriber), status))
+        account = await self.directory.set_status(identity_or_invalid(request.subscriber), status)
+        await self._audit("status_change", account.account_id, {"status": status})
+        return subscriber_pb(account)
 
     @rpc("LoadCatalog")
     async def LoadCatalog(
         self, request: admin_pb2.CatalogDocument, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CatalogInfo:
         catalog = await self.catalogs.load(parse_json(request.json))
+        await self._audit("catalog_load", "catalog", {"version": catalog.version})
         return admin_pb2.CatalogInfo(version=catalog.version, plan_ids=sorted(catalog.plans))
 
     @rpc("GetCatalog")
@@ -96,3 +112,47 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         if text is None:
             raise NotFound(f"no catalog version {request.version!r}")
         return admin_pb2.CatalogDocument(json=text)
+
+    @rpc("ListAuditEntries")
+    async def ListAuditEntries(
+        self, request: admin_pb2.AuditQuery, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.AuditPage:
+        query = AuditQuery(
+            subject=request.subject,
+            actor=request.actor,
+            start=_instant("from", getattr(request, "from")),
+            end=_instant("to", request.to),
+            page_size=request.page_size or 100,
+            after=Position.from_token(request.page_token) if request.page_token else None,
+        )
+        return audit_page_pb(await self.trail.query(query))
+
+
+def _instant(name: str, text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(name, "must be an RFC 3339 instant such as 2026-11-01T00:00:00+00:00") from None
+    if at.tzinfo is None:
+        raise InvalidRequest(name, "needs an offset (+00:00 or Z)")
+    return at
+
+
+def audit_page_pb(page: AuditPage) -> admin_pb2.AuditPage:
+    return admin_pb2.AuditPage(
+        entries=[
+            admin_pb2.AuditEntry(
+                entry_id=e.entry_id,
+                occurred_at=e.occurred_at.isoformat(),
+                actor=e.actor,
+                action=e.action,
+                subject=e.subject,
+                reason=e.reason,
+                details_json=json.dumps(e.details, sort_keys=True),
+            )
+            for e in page.entries
+        ],
+        next_page_token=page.next_token,
+    )

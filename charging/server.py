@@ -40,6 +40,7 @@ from charging import migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
+from charging.audit_trail import AuditTrail
 from charging.catalogs import CatalogBook
 from charging.census import record_census
 from charging.clock import Clock, SystemClock
@@ -187,6 +188,8 @@ class App:
         guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
         self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))
         self.admission = admission = Admission(s.max_in_flight)
+        assert self.database is not None
+        trail = AuditTrail(self.database)
         for servicer, service in (
             (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
@@ -197,7 +200,7 @@ class App:
             ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
             (
-                AdminServicer(directory, self.catalogs, self.renewer, self.clock),
+                AdminServicer(directory, self.catalogs, self.renewer, self.clock, trail),
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"],
             ),
         ):

@@ -100,6 +100,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "SetSubscriberStatus": (OPERATOR,),
             "LoadCatalog": (OPERATOR,),
             "GetCatalog": (OPERATOR, MONITOR),
+            "ListAuditEntries": (OPERATOR,),
         },
     ),
     **{method: frozenset((OPERATOR,)) for method in REFLECTION_METHODS},
