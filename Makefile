@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench loadtest redis-server postgresql h2load proto clean
+.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load proto clean
 
 all: setup
 
@@ -81,6 +81,13 @@ bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.tls_bench
 	$(BIN)/python -m loadtest.bill_bench
+
+# A randomized fault-injection run (README "Proof under faults"); a short fixed-seed run is
+# part of make test (tests/test_chaos.py).
+SEED     ?= 1
+DURATION ?= 60
+chaos: setup redis-server postgresql
+	$(BIN)/python -m chaos --seed $(SEED) --duration $(DURATION)
 
 loadtest: setup
 	$(BIN)/python -m pip install --quiet -e '.[load]'

@@ -1,0 +1,101 @@
+"""``python -m chaos``: a randomized fault-injection run against real processes.
+
+    python -m chaos --seed 7 --duration 60          # make chaos SEED=7 DURATION=60
+    python -m chaos --database-url postgresql://...  # else an embedded PostgreSQL
+
+Prints a report (operations by kind and outcome, faults injected, checks and their
+results, the seed to replay), writes the history as JSON lines beside it, and exits 1 on
+any violation, after shrinking: the same seed is run again with half the duration (and
+so fewer operations) while the violation still shows, and the smallest failing history
+is the one named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from chaos.run import FAULTS, Config, Report, run
+from charging.embedded_postgres import EmbeddedPostgres
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def one(config: Config, database_url: str, keep: Path) -> Report:
+    workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
+    try:
+        report = await run(config, workdir, database_url, free_port())
+        if not report.ok:
+            shutil.copy(workdir / "server.log", keep / f"server-{config.seed}-{config.duration_s:g}.log")
+        return report
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def main_async(args: argparse.Namespace, keep: Path) -> int:
+    postgres: EmbeddedPostgres | None = None
+    database_url = args.database_url
+    if not database_url:
+        postgres = EmbeddedPostgres(keep / "postgres", durable=False)
+        database_url = await postgres.start()
+    try:
+        config = Config(
+            seed=args.seed,
+            duration_s=args.duration,
+            clients=args.clients,
+            faults=tuple(f for f in args.faults.split(",") if f),
+        )
+        report = await one(config, database_url, keep)
+        failing = report
+        for _ in range(args.shrink if not report.ok else 0):
+            shorter = Config(**{**config.__dict__, "duration_s": failing.config.duration_s / 2})
+            if shorter.duration_s < 1:
+                break
+            candidate = await one(shorter, database_url, keep)
+            if candidate.ok:
+                break
+            failing = candidate
+        print(report.text())
+        history = keep / f"history-{config.seed}.jsonl"
+        failing.history.write(str(history))
+        if not report.ok:
+            print(
+                f"smallest failing run: {failing.config.duration_s:g} s, "
+                f"{len(failing.history.operations)} operations, history in {history}"
+            )
+            print(failing.text())
+            return 1
+        print(f"history in {history}")
+        return 0
+    finally:
+        if postgres is not None:
+            await postgres.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0] if __doc__ else "")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of load with faults")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
+    p.add_argument("--database-url", default="", help="a migrated or empty PostgreSQL database; else embedded")
+    p.add_argument("--shrink", type=int, default=3, help="shorter runs tried when a check fails")
+    p.add_argument("--out", default="var/chaos", help="where histories and failing server logs go")
+    args = p.parse_args(argv)
+    keep = Path(args.out)
+    keep.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(main_async(args, keep))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

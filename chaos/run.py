@@ -1,0 +1,208 @@
+"""One chaos run: set up, load with faults, resolve, repeat, settle, check, report."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from chaos import checks
+from chaos.history import Fault, History, Operation
+from chaos.system import System
+from chaos.workload import BUNDLES, Client, Stubs, Subscriber, attempt, who
+from charging.catalogs import read_catalog_file
+from charging.v1 import admin_pb2, admin_pb2_grpc, topup_pb2
+
+INITIAL_MICROS = 20_000_000
+# Short validity times so that abandoned sessions are swept within seconds
+# (supervision = CHARGING_SUPERVISION_FACTOR x validity time).
+VALIDITY_S = 2
+FAULTS = ("kill_server", "pause_server", "kill_redis")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    duration_s: float = 20.0
+    clients: int = 4
+    event_accounts: int = 6
+    session_accounts: int = 3
+    max_ops_per_client: int = 1_000_000
+    faults: tuple[str, ...] = FAULTS
+    fault_every_s: tuple[float, float] = (0.8, 2.5)
+
+
+@dataclass
+class Report:
+    config: Config
+    history: History
+    violations: list[checks.Violation] = field(default_factory=list)
+    checks_run: list[str] = field(default_factory=list)
+    server_starts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def text(self) -> str:
+        lines = [f"chaos seed={self.config.seed} duration={self.config.duration_s:g}s clients={self.config.clients}"]
+        for kind, row in sorted(self.history.counts().items()):
+            lines.append(f"  {kind:8} " + ", ".join(f"{label} {n}" for label, n in sorted(row.items())))
+        faults: dict[str, int] = {}
+        for fault in self.history.faults:
+            faults[fault.kind] = faults.get(fault.kind, 0) + 1
+        lines.append("  faults   " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none"))
+        lines.append(f"  server starts {self.server_starts}")
+        for check in self.checks_run:
+            failed = [v for v in self.violations if v.check == check]
+            lines.append(f"  check {check}: " + ("ok" if not failed else f"{len(failed)} violation(s)"))
+        for v in self.violations[:20]:
+            lines.append(f"  VIOLATION {v.check} account {v.account}: {v.detail}")
+        lines.append(f"replay: python -m chaos --seed {self.config.seed} --duration {self.config.duration_s:g}")
+        return "\n".join(lines)
+
+
+def chaos_catalog() -> dict[str, Any]:
+    doc = copy.deepcopy(dict(read_catalog_file("")))
+    doc["version"] = "chaos-1"
+    for plan in doc["plans"]:
+        for version in plan["versions"]:
+            for rate in version["rates"]:
+                # Every rate: supervision is sized by the longest validity time of the plan.
+                rate["validity_time_s"] = VALIDITY_S
+    return doc
+
+
+def bundle_prices(doc: dict[str, Any]) -> dict[str, int]:
+    return {b["id"]: int(b["price_micros"]) for b in doc["bundles"] if b["id"] in BUNDLES}
+
+
+async def snapshot(stubs: Stubs, subscribers: list[Subscriber]) -> dict[str, checks.AccountState]:
+    states: dict[str, checks.AccountState] = {}
+    for sub in subscribers:
+        b = await stubs.topup.GetBalance(topup_pb2.BalanceRequest(subscriber=who(sub.msisdn)), timeout=10)
+        states[sub.account] = checks.AccountState(
+            sub.account,
+            b.balance_micros,
+            b.reserved_micros,
+            tuple(checks.Bucket(x.id, x.amount, x.reserved) for x in b.buckets),
+        )
+    return states
+
+
+async def until_answered(stubs: Stubs, op: Operation, deadline: float) -> None:
+    """Send ``op`` again until it gets a definite answer (or the deadline passes)."""
+    delay = 0.05
+    while time.monotonic() < deadline:
+        await attempt(stubs, op, timeout_s=5.0)
+        if op.outcome != "unknown":
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def settle(stubs: Stubs, subscribers: list[Subscriber], timeout_s: float) -> dict[str, checks.AccountState]:
+    """Wait until nothing is reserved (sessions ended or swept), or the timeout; the state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = await snapshot(stubs, subscribers)
+        idle = all(not s.reserved_micros and not any(b.reserved for b in s.buckets) for s in state.values())
+        if idle or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.25)
+
+
+async def inject(system: System, history: History, config: Config, rnd: random.Random, until: float, t0: float) -> None:
+    while True:
+        await asyncio.sleep(rnd.uniform(*config.fault_every_s))
+        if time.monotonic() >= until or not config.faults:
+            return
+        kind = rnd.choice(config.faults)
+        at = time.monotonic() - t0
+        if kind == "kill_server":
+            detail = await asyncio.to_thread(system.kill_server)
+        elif kind == "pause_server":
+            detail = await asyncio.to_thread(system.pause_server, rnd.uniform(0.3, 2.5))
+        else:
+            detail = await asyncio.to_thread(system.kill_redis)
+        history.faults.append(Fault(at, kind, detail))
+
+
+async def run(config: Config, workdir: Path, database_url: str, port: int) -> Report:
+    system = System(workdir, database_url, port)
+    history = History()
+    await asyncio.to_thread(system.start)
+    try:
+        return await _run(config, system, history)
+    finally:
+        await asyncio.to_thread(system.stop)
+
+
+async def _run(config: Config, system: System, history: History) -> Report:
+    rnd = random.Random(config.seed)
+    doc = chaos_catalog()
+    async with grpc.aio.insecure_channel(system.address) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        stubs = Stubs(channel)
+        await admin.LoadCatalog(admin_pb2.CatalogDocument(json=json.dumps(doc)), timeout=30)
+        subscribers: list[Subscriber] = []
+        initial: dict[str, int] = {}
+        for n in range(config.event_accounts + config.session_accounts):
+            msisdn = f"4917090{config.seed % 1000:03d}{n:03d}"
+            created = await admin.CreateSubscriber(
+                admin_pb2.CreateSubscriberRequest(
+                    msisdn=msisdn, plan_id="default", initial_balance_micros=INITIAL_MICROS
+                ),
+                timeout=30,
+            )
+            subscribers.append(Subscriber(created.account_id, msisdn, sessions=n >= config.event_accounts))
+            initial[created.account_id] = INITIAL_MICROS
+
+        t0 = time.monotonic()
+        until = t0 + config.duration_s
+        clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
+        await asyncio.gather(
+            inject(system, history, config, rnd, until, t0),
+            *(c.run(until, config.max_ops_per_client) for c in clients),
+        )
+        await asyncio.to_thread(system.wait_serving)
+
+        # Resolve every unknown outcome by sending the same request again.
+        deadline = time.monotonic() + 120
+        for op in history.operations:
+            if op.outcome == "unknown":
+                op.resolved = True
+                await until_answered(stubs, op, deadline)
+
+        before = await settle(stubs, subscribers, timeout_s=30)
+        # Repeat every acknowledged request once: each must answer as it did, changing nothing.
+        seen: set[str] = set()
+        for op in list(history.operations):
+            if op.outcome == "ok" and op.identity not in seen:
+                seen.add(op.identity)
+                repeat = Operation(op.seq, op.client, op.kind, op.account, op.identity, op.request, op.at_s)
+                await until_answered(stubs, repeat, deadline)
+                if repeat.answer is not None:
+                    op.replays.append(repeat.answer)
+        after = await settle(stubs, subscribers, timeout_s=30)
+
+    report = Report(config, history, server_starts=system.starts)
+    report.checks_run = ["conservation", "answered_once", "nothing_lost", "released", "buckets", "resolved"]
+    report.violations += checks.conservation(history, initial, after, bundle_prices(doc))
+    report.violations += checks.answered_once(history)
+    report.violations += checks.nothing_lost(before, after)
+    report.violations += checks.released(after)
+    report.violations += checks.buckets_in_bounds(after)
+    report.violations += [
+        checks.Violation("resolved", op.account, f"{op.identity} never got an answer: {op.error}", (op.seq,))
+        for op in history.operations
+        if op.outcome == "unknown"
+    ]
+    return report

@@ -1,0 +1,145 @@
+"""The system under test as real processes, and the faults done to them.
+
+``charging serve`` runs as a child of the suite with its own embedded redis-server (a
+child of the server, which dies with it) on a data directory that survives restarts, and
+PostgreSQL at a URL the suite gives. The faults:
+
+* ``kill_server``: SIGKILL the server (its embedded Redis dies with it, as a process, not as
+  a machine: what Redis had written to its AOF stays), then start it again on the same
+  data directory and port;
+* ``pause_server``: SIGSTOP, a pause, SIGCONT (a long garbage-collection pause, a
+  descheduled VM): clients time out with their requests in flight;
+* ``kill_redis``: SIGKILL the embedded redis-server only; the server's supervisor
+  restarts it from its AOF while requests get UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class System:
+    def __init__(self, workdir: Path, database_url: str, port: int, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.database_url = database_url
+        self.port = port
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Start the server and return once it answers SERVING. A start right after a kill
+        may find the old redis-server still letting go of its directory: try again."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._spawn()
+            if self._wait_serving(deadline):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start within {timeout_s:g} s; see {self.log_path}")
+            time.sleep(0.2)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def _spawn(self) -> None:
+        environ = {
+            **os.environ,
+            "CHARGING_GRPC_ADDRESS": self.address,
+            "CHARGING_METRICS_ADDRESS": "",
+            "CHARGING_REDIS_DIR": str(self.workdir / "redis"),
+            "CHARGING_DATABASE_URL": self.database_url,
+            "CHARGING_DATABASE_MIGRATE": "true",
+            "CHARGING_BILLING_INTERVAL_S": "0",
+            "CHARGING_SHUTDOWN_DELAY_S": "0",
+            "CHARGING_SWEEP_INTERVAL_S": "0.2",
+            "CHARGING_GRACE_PERIOD_S": "1",
+            "CHARGING_LOG_LEVEL": "WARNING",
+            **self.env,
+        }
+        environ.pop("CHARGING_REDIS_URL", None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "charging.cli", "serve"], env=environ, stdout=log, stderr=log
+            )
+        self.starts += 1
+
+    def _wait_serving(self, deadline: float) -> bool:
+        assert self.proc is not None
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return True
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        return False
+
+    def kill_server(self) -> str:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.start()
+        return f"restarted as pid {self.proc.pid}"
+
+    def pause_server(self, seconds: float) -> str:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        return f"{seconds:.2f} s"
+
+    def redis_pid(self) -> int | None:
+        """The embedded redis-server: the server's child whose command is redis-server."""
+        assert self.proc is not None
+        parent = str(self.proc.pid)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            ppid = stat[stat.rindex(")") + 2 :].split()[1]
+            if ppid == parent and comm.startswith("redis-server"):
+                return int(entry.name)
+        return None
+
+    def kill_redis(self) -> str:
+        pid = self.redis_pid()
+        if pid is None:
+            return "no redis-server found (restarting)"
+        os.kill(pid, signal.SIGKILL)
+        return f"pid {pid}"
+
+    def wait_serving(self, timeout_s: float = 90.0) -> None:
+        if not self._wait_serving(time.monotonic() + timeout_s):
+            raise RuntimeError(f"the server is not SERVING; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,114 @@
+"""The fault-injection suite: its checkers catch what they claim to (crafted histories),
+and a small fixed-seed run against real processes (server killed, paused, its Redis
+killed) ends with every check passing. `make chaos` runs it longer."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from chaos import checks
+from chaos.history import Answer, History, Kind, Operation
+from chaos.run import Config, run
+from tests.conftest import PostgresServer
+
+PRICES = {"sms-100": 2_000_000}
+
+
+def op(
+    seq: int, kind: Kind, identity: str, answer: Answer | None, request: dict[str, object] | None = None
+) -> Operation:
+    o = Operation(seq, 0, kind, "1", identity, dict(request or {}), 0.0)
+    if answer is not None:
+        o.outcome, o.answer = "ok", answer
+    return o
+
+
+def state(balance: int, reserved: int = 0, buckets: tuple[checks.Bucket, ...] = ()) -> dict[str, checks.AccountState]:
+    return {"1": checks.AccountState("1", balance, reserved, buckets)}
+
+
+def history(*ops: Operation) -> History:
+    return History(list(ops))
+
+
+TOPUP = op(0, "topup", "t1", Answer(2001, balance_micros=11_000_000), {"amount_micros": 1_000_000})
+DEBIT = op(1, "debit", "e1", Answer(2001, cost_micros=50_000, units=1))
+REFUND = op(2, "refund", "r1", Answer(2001, cost_micros=50_000, units=1))
+BUY = op(3, "buy", "b1", Answer(1), {"bundle_id": "sms-100"})
+
+
+@pytest.mark.parametrize(
+    ("ops", "balance", "violated"),
+    [
+        ((TOPUP, DEBIT, REFUND, BUY), 10_000_000 + 1_000_000 - 2_000_000, False),
+        # the same top-up key twice (a repeat) counts once
+        ((TOPUP, op(4, "topup", "t1", TOPUP.answer, TOPUP.request)), 11_000_000, False),
+        # a balance a top-up too high: applied twice
+        ((TOPUP,), 12_000_000, True),
+        # a debit lost
+        ((DEBIT,), 10_000_000, True),
+        # an unknown outcome never resolved counts as nothing, so the balance shows it
+        ((op(5, "topup", "t2", None, {"amount_micros": 5}),), 10_000_005, True),
+        # a refused purchase costs nothing
+        ((op(6, "buy", "b2", Answer(2), {"bundle_id": "sms-100"}),), 10_000_000, False),
+    ],
+)
+def test_conservation_is_exact_on_event_accounts(ops: tuple[Operation, ...], balance: int, violated: bool) -> None:
+    found = checks.conservation(history(*ops), {"1": 10_000_000}, state(balance), PRICES)
+    assert bool(found) is violated, found
+
+
+def test_a_session_account_may_only_lose_money_to_usage() -> None:
+    session = op(7, "session", "s:0", Answer(2001, units=300))
+    assert checks.conservation(history(TOPUP, session), {"1": 10_000_000}, state(10_500_000), PRICES) == []
+    [found] = checks.conservation(history(TOPUP, session), {"1": 10_000_000}, state(11_000_001), PRICES)
+    assert found.check == "conservation"
+
+
+def test_two_answers_to_one_request_are_a_violation() -> None:
+    again = op(8, "debit", "e1", Answer(2001, cost_micros=100_000, units=2))
+    [found] = checks.answered_once(history(DEBIT, again))
+    assert found.operations == (1, 8)
+    replayed = op(9, "debit", "e2", Answer(2001, cost_micros=50_000, units=1))
+    replayed.replays.append(Answer(2001, cost_micros=50_000, units=1))
+    assert checks.answered_once(history(replayed)) == []
+
+
+def test_a_repeat_that_moved_a_balance_lost_its_record() -> None:
+    assert checks.nothing_lost(state(5), state(5)) == []
+    [found] = checks.nothing_lost(state(5), state(6))
+    assert found.check == "nothing_lost"
+
+
+def test_reservations_and_buckets() -> None:
+    assert checks.released(state(5)) == []
+    assert checks.released(state(5, reserved=1))
+    assert checks.released(state(5, buckets=(checks.Bucket("b", 10, 1),)))
+    assert checks.buckets_in_bounds(state(5, buckets=(checks.Bucket("b", 10, 10),))) == []
+    assert checks.buckets_in_bounds(state(5, buckets=(checks.Bucket("b", 10, 11),)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: PostgresServer, tmp_path: Path) -> None:
+    database_url = postgres_server.create_database("chaos_ci", "template0")
+    try:
+        config = Config(seed=20261130, duration_s=8.0, clients=3, fault_every_s=(0.6, 1.6))
+        report = await run(config, tmp_path, database_url, free_port())
+    finally:
+        postgres_server.drop_database("chaos_ci")
+    print(report.text())
+    assert report.ok, report.text()
+    assert report.history.faults, "no fault was injected"
+    assert report.server_starts >= 1
+    kinds = {o.kind for o in report.history.operations}
+    assert kinds == {"topup", "debit", "refund", "buy", "session"}
+    assert set(report.checks_run) >= {"conservation", "answered_once", "nothing_lost", "released", "buckets"}
