@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from chaos.run import FAULTS, Config, Report, run
+from chaos.run import FAULTS, NETWORK_FAULTS, Config, Report, run
 from charging.embedded_postgres import EmbeddedPostgres
 
 
@@ -34,7 +34,7 @@ def free_port() -> int:
 async def one(config: Config, database_url: str, keep: Path) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     try:
-        report = await run(config, workdir, database_url, free_port())
+        report = await run(config, workdir, database_url, free_port(), free_port())
         if not report.ok:
             shutil.copy(workdir / "server.log", keep / f"server-{config.seed}-{config.duration_s:g}.log")
         return report
@@ -87,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load with faults")
     p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
+    every = FAULTS + NETWORK_FAULTS
+    p.add_argument(
+        "--faults",
+        default=",".join(every),
+        help=f"comma-separated, of {', '.join(every)} (network faults put Redis behind a proxy)",
+    )
     p.add_argument("--database-url", default="", help="a migrated or empty PostgreSQL database; else embedded")
     p.add_argument("--shrink", type=int, default=3, help="shorter runs tried when a check fails")
     p.add_argument("--out", default="var/chaos", help="where histories and failing server logs go")

@@ -15,7 +15,8 @@ import grpc
 
 from chaos import checks
 from chaos.history import Fault, History, Operation
-from chaos.system import System
+from chaos.proxy import Proxy
+from chaos.system import ExternalRedis, System
 from chaos.workload import BUNDLES, Client, Stubs, Subscriber, attempt, who
 from charging.catalogs import read_catalog_file
 from charging.v1 import admin_pb2, admin_pb2_grpc, topup_pb2
@@ -25,6 +26,8 @@ INITIAL_MICROS = 20_000_000
 # (supervision = CHARGING_SUPERVISION_FACTOR x validity time).
 VALIDITY_S = 2
 FAULTS = ("kill_server", "pause_server", "kill_redis")
+# These need Redis behind the suite's proxy (an external redis-server on loopback TCP).
+NETWORK_FAULTS = ("net_delay", "net_stall", "net_reset")
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,15 @@ async def settle(stubs: Stubs, subscribers: list[Subscriber], timeout_s: float) 
         await asyncio.sleep(0.25)
 
 
-async def inject(system: System, history: History, config: Config, rnd: random.Random, until: float, t0: float) -> None:
+async def inject(
+    system: System,
+    proxy: Proxy | None,
+    history: History,
+    config: Config,
+    rnd: random.Random,
+    until: float,
+    t0: float,
+) -> None:
     while True:
         await asyncio.sleep(rnd.uniform(*config.fault_every_s))
         if time.monotonic() >= until or not config.faults:
@@ -130,22 +141,48 @@ async def inject(system: System, history: History, config: Config, rnd: random.R
             detail = await asyncio.to_thread(system.kill_server)
         elif kind == "pause_server":
             detail = await asyncio.to_thread(system.pause_server, rnd.uniform(0.3, 2.5))
-        else:
+        elif kind == "kill_redis":
             detail = await asyncio.to_thread(system.kill_redis)
+        elif proxy is None:
+            raise ValueError(f"{kind} needs Redis behind the proxy (Config.network)")
+        elif kind == "net_delay":
+            detail = await proxy.delay(rnd.uniform(0.5, 2.0), rnd.uniform(0.02, 0.3))
+        elif kind == "net_stall":
+            detail = await proxy.stall(rnd.uniform(0.3, 3.0))
+        else:
+            detail = proxy.reset()
         history.faults.append(Fault(at, kind, detail))
 
 
-async def run(config: Config, workdir: Path, database_url: str, port: int) -> Report:
-    system = System(workdir, database_url, port)
+def needs_network(config: Config) -> bool:
+    return any(f in NETWORK_FAULTS for f in config.faults)
+
+
+async def run(config: Config, workdir: Path, database_url: str, port: int, redis_port: int = 0) -> Report:
+    """One run; with network faults, Redis is an external redis-server on ``redis_port``
+    behind the suite's proxy."""
+    redis: ExternalRedis | None = None
+    proxy: Proxy | None = None
+    env: dict[str, str] = {}
+    if needs_network(config):
+        redis = ExternalRedis(workdir / "redis-ext", redis_port)
+        await asyncio.to_thread(redis.start)
+        proxy = Proxy(redis_port)
+        env["CHARGING_REDIS_URL"] = f"redis://127.0.0.1:{await proxy.start()}/0"
+    system = System(workdir, database_url, port, env, redis)
     history = History()
-    await asyncio.to_thread(system.start)
     try:
-        return await _run(config, system, history)
+        await asyncio.to_thread(system.start)
+        return await _run(config, system, proxy, history)
     finally:
         await asyncio.to_thread(system.stop)
+        if proxy is not None:
+            await proxy.stop()
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
 
 
-async def _run(config: Config, system: System, history: History) -> Report:
+async def _run(config: Config, system: System, proxy: Proxy | None, history: History) -> Report:
     rnd = random.Random(config.seed)
     doc = chaos_catalog()
     async with grpc.aio.insecure_channel(system.address) as channel:
@@ -169,7 +206,7 @@ async def _run(config: Config, system: System, history: History) -> Report:
         until = t0 + config.duration_s
         clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
         await asyncio.gather(
-            inject(system, history, config, rnd, until, t0),
+            inject(system, proxy, history, config, rnd, until, t0),
             *(c.run(until, config.max_ops_per_client) for c in clients),
         )
         await asyncio.to_thread(system.wait_serving)

@@ -9,14 +9,19 @@ PostgreSQL at a URL the suite gives. The faults:
   data directory and port;
 * ``pause_server``: SIGSTOP, a pause, SIGCONT (a long garbage-collection pause, a
   descheduled VM): clients time out with their requests in flight;
-* ``kill_redis``: SIGKILL the embedded redis-server only; the server's supervisor
-  restarts it from its AOF while requests get UNAVAILABLE.
+* ``kill_redis``: SIGKILL the redis-server only; the server's supervisor restarts the
+  embedded one from its AOF while requests get UNAVAILABLE (an external one, which the
+  network faults need, is restarted by the suite).
+
+For the network faults (``chaos/proxy.py``) Redis is an external redis-server on a
+loopback TCP port that the suite starts, and the server reaches it through the proxy.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,12 +31,60 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+class ExternalRedis:
+    """A redis-server on a loopback TCP port, with its AOF (timestamps on) in ``directory``."""
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--aof-timestamp-enabled", "yes"]
+        argv += ["--save", "", "--protected-mode", "no", "--daemonize", "no"]
+        with open(self.directory / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.directory / 'redis.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer within 30 s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
 class System:
-    def __init__(self, workdir: Path, database_url: str, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        port: int,
+        env: dict[str, str] | None = None,
+        redis: ExternalRedis | None = None,
+    ) -> None:
         self.workdir = workdir
         self.database_url = database_url
         self.port = port
         self.env = env or {}
+        self.redis = redis  # None: the server's embedded redis-server
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -70,7 +123,8 @@ class System:
             "CHARGING_LOG_LEVEL": "WARNING",
             **self.env,
         }
-        environ.pop("CHARGING_REDIS_URL", None)
+        if "CHARGING_REDIS_URL" not in self.env:
+            environ.pop("CHARGING_REDIS_URL", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "charging.cli", "serve"], env=environ, stdout=log, stderr=log
@@ -125,6 +179,11 @@ class System:
         return None
 
     def kill_redis(self) -> str:
+        if self.redis is not None:
+            self.redis.kill()
+            time.sleep(0.2)
+            self.redis.start()
+            return "external redis-server killed and restarted"
         pid = self.redis_pid()
         if pid is None:
             return "no redis-server found (restarting)"

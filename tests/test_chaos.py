@@ -1,6 +1,6 @@
 """The fault-injection suite: its checkers catch what they claim to (crafted histories),
 and a small fixed-seed run against real processes (server killed, paused, its Redis
-killed) ends with every check passing. `make chaos` runs it longer."""
+killed, the link to Redis delayed, stalled and reset) ends with every check passing. `make chaos` runs it longer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from chaos import checks
 from chaos.history import Answer, History, Kind, Operation
-from chaos.run import Config, run
+from chaos.run import FAULTS, NETWORK_FAULTS, Config, run
 from tests.conftest import PostgresServer
 
 PRICES = {"sms-100": 2_000_000}
@@ -101,13 +101,15 @@ def free_port() -> int:
 async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: PostgresServer, tmp_path: Path) -> None:
     database_url = postgres_server.create_database("chaos_ci", "template0")
     try:
-        config = Config(seed=20261130, duration_s=8.0, clients=3, fault_every_s=(0.6, 1.6))
-        report = await run(config, tmp_path, database_url, free_port())
+        config = Config(
+            seed=20261130, duration_s=10.0, clients=3, fault_every_s=(0.5, 1.2), faults=FAULTS + NETWORK_FAULTS
+        )
+        report = await run(config, tmp_path, database_url, free_port(), free_port())
     finally:
         postgres_server.drop_database("chaos_ci")
     print(report.text())
     assert report.ok, report.text()
-    assert report.history.faults, "no fault was injected"
+    assert len({f.kind for f in report.history.faults}) >= 3, report.history.faults
     assert report.server_starts >= 1
     kinds = {o.kind for o in report.history.operations}
     assert kinds == {"topup", "debit", "refund", "buy", "session"}
