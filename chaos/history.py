@@ -44,6 +44,7 @@ class Operation:
     answer: Answer | None = None
     error: str = ""
     resolved: bool = False  # the answer came from the resolution pass
+    acked_at: float = 0.0  # wall clock when it was answered
     replays: list[Answer] = field(default_factory=list)  # answers to deliberate repeats
 
     def to_json(self) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from chaos import checks
+from chaos import checks, machine_death
 from chaos.history import Fault, History, Operation
 from chaos.proxy import Proxy
 from chaos.system import ExternalRedis, System
@@ -40,6 +40,9 @@ class Config:
     max_ops_per_client: int = 1_000_000
     faults: tuple[str, ...] = FAULTS
     fault_every_s: tuple[float, float] = (0.8, 2.5)
+    # With Redis behind the proxy: end with a burst of load and a simulated machine death.
+    machine_death: bool = True
+    burst_s: float = 3.0
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Report:
     violations: list[checks.Violation] = field(default_factory=list)
     checks_run: list[str] = field(default_factory=list)
     server_starts: int = 0
+    lost_after_cut: int | None = None  # acknowledged requests a machine death took
 
     @property
     def ok(self) -> bool:
@@ -63,6 +67,10 @@ class Report:
             faults[fault.kind] = faults.get(fault.kind, 0) + 1
         lines.append("  faults   " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none"))
         lines.append(f"  server starts {self.server_starts}")
+        if self.lost_after_cut is not None:
+            lines.append(
+                f"  machine death: {self.lost_after_cut} acknowledged request(s) after the cut lost (everysec)"
+            )
         for check in self.checks_run:
             failed = [v for v in self.violations if v.check == check]
             lines.append(f"  check {check}: " + ("ok" if not failed else f"{len(failed)} violation(s)"))
@@ -87,10 +95,25 @@ def bundle_prices(doc: dict[str, Any]) -> dict[str, int]:
     return {b["id"]: int(b["price_micros"]) for b in doc["bundles"] if b["id"] in BUNDLES}
 
 
+async def balance(stubs: Stubs, sub: Subscriber, timeout_s: float = 60.0) -> topup_pb2.Balance:
+    """The balance, asked again while the server answers UNAVAILABLE (Redis restarting)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            answer: topup_pb2.Balance = await stubs.topup.GetBalance(
+                topup_pb2.BalanceRequest(subscriber=who(sub.msisdn)), timeout=10
+            )
+            return answer
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def snapshot(stubs: Stubs, subscribers: list[Subscriber]) -> dict[str, checks.AccountState]:
     states: dict[str, checks.AccountState] = {}
     for sub in subscribers:
-        b = await stubs.topup.GetBalance(topup_pb2.BalanceRequest(subscriber=who(sub.msisdn)), timeout=10)
+        b = await balance(stubs, sub)
         states[sub.account] = checks.AccountState(
             sub.account,
             b.balance_micros,
@@ -242,4 +265,31 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         for op in history.operations
         if op.outcome == "unknown"
     ]
+    if system.redis is not None and config.machine_death:
+        await machine_death_phase(config, system, system.redis, history, subscribers, initial, doc, report)
     return report
+
+
+async def machine_death_phase(
+    config: Config,
+    system: System,
+    external: ExternalRedis,
+    history: History,
+    subscribers: list[Subscriber],
+    initial: dict[str, int],
+    doc: dict[str, Any],
+    report: Report,
+) -> None:
+    async with grpc.aio.insecure_channel(system.address) as channel:
+        stubs = Stubs(channel)
+        t0 = time.monotonic()
+        burst = [Client(100 + n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
+        await asyncio.gather(*(c.run(t0 + config.burst_s, config.max_ops_per_client) for c in burst))
+        cut = await asyncio.to_thread(machine_death.die, system, external)
+        history.faults.append(Fault(time.monotonic() - t0, "machine_death", f"AOF cut at {cut.cut_s}"))
+        alive = await asyncio.to_thread(machine_death.survivors, history, external.port)
+        final = await snapshot(stubs, subscribers)
+    report.checks_run.append("machine_death")
+    report.violations += machine_death.check_prefix(history, cut, alive, initial, final, bundle_prices(doc))
+    report.lost_after_cut = machine_death.lost_after_cut(history, cut, alive)
+    report.server_starts = system.starts

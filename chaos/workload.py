@@ -131,7 +131,7 @@ async def attempt(stubs: Stubs, op: Operation, timeout_s: float = CALL_TIMEOUT_S
     """Send ``op`` once and record what the client saw."""
     try:
         op.answer = await send(stubs, op.kind, op.request, timeout_s)
-        op.outcome, op.error = "ok", ""
+        op.outcome, op.error, op.acked_at = "ok", "", time.time()
     except grpc.aio.AioRpcError as err:
         op.outcome = "refused" if err.code() in REFUSED else "unknown"
         op.error = f"{err.code().name}: {(err.details() or '')[:120]}"

@@ -1,6 +1,7 @@
 """The fault-injection suite: its checkers catch what they claim to (crafted histories),
 and a small fixed-seed run against real processes (server killed, paused, its Redis
-killed, the link to Redis delayed, stalled and reset) ends with every check passing. `make chaos` runs it longer."""
+killed, the link to Redis delayed, stalled and reset, and at last the machine dying with
+the AOF cut a second before) ends with every check passing. `make chaos` runs it longer."""
 
 from __future__ import annotations
 
@@ -114,3 +115,4 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     kinds = {o.kind for o in report.history.operations}
     assert kinds == {"topup", "debit", "refund", "buy", "session"}
     assert set(report.checks_run) >= {"conservation", "answered_once", "nothing_lost", "released", "buckets"}
+    assert "machine_death" in report.checks_run and report.lost_after_cut is not None
