@@ -45,7 +45,7 @@ from charging.catalogs import CatalogBook
 from charging.census import record_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
-from charging.database import Pool, open_pool
+from charging.database import Pool, open_pool, plaintext_problem
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -324,6 +324,11 @@ class App:
         if not url:
             self._embedded_postgres = EmbeddedPostgres(s.database_dir, s.postgres_bin_dir)
             url = await self._embedded_postgres.start()
+        problem = plaintext_problem(s.database_url) if s.database_url else None
+        if problem and not s.insecure:
+            raise StartupError(problem + "; or set CHARGING_INSECURE=true")
+        if problem:
+            log.warning("the system of record is reached in clear", extra={"problem": problem})
         if not s.database_url or s.database_migrate:
             await asyncio.to_thread(migrations.upgrade, url)
         self.database = await open_pool(url, s.database_pool_size)

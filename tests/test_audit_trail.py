@@ -105,13 +105,14 @@ async def audited(settings: Settings, database_url: str, clock: ManualClock) -> 
     await application.stop()
 
 
-async def test_admin_changes_are_audited_with_the_caller_and_read_back(audited: Stubs) -> None:
+async def test_admin_changes_are_audited_with_the_caller_and_read_back(audited: Stubs, clock: ManualClock) -> None:
     sub = await audited.subscriber()
     await audited.admin.SetSubscriberStatus(
         admin_pb2.SetStatusRequest(
             subscriber=common_pb2.SubscriberId(msisdn=sub.msisdn), status=admin_pb2.SUBSCRIBER_STATUS_BARRED
         )
     )
+    clock.advance(seconds=1)  # entries of one instant are ordered by id, which is random
     doc = dict(read_catalog_file(""))
     doc["version"] = "audited-1"
     await audited.admin.LoadCatalog(admin_pb2.CatalogDocument(json=json.dumps(doc)))
