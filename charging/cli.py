@@ -7,7 +7,10 @@ charging event --msisdn 491700000001 --action debit --rating-group 20 --units 1
 charging topup --msisdn 491700000001 --amount 5 --channel retail --key r-1
 charging balance --msisdn 491700000001
 charging bill-run --dunning
+charging bill-run --as-of 2026-12-28          # bill as of a later day (dunning --as-of too)
+charging dunning --as-of 2027-01-31
 charging invoices --billing-account C1
+charging crm apply samples/crm/individual-postpaid.json   # and more: charging/crm_cli.py
 charging pay --billing-account C1 --amount 29.75 --reference bank-123
 charging rotate-data-key
 charging certs --dir certs                  # a development CA, server and role certificates
@@ -442,15 +445,71 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_bill_run(report: Any) -> int:
+    """The bill run's report as an operator reads it; 1 when an account failed."""
+    skipped = sum(report.skipped.values())
+    print(
+        f"bill run as of {report.as_of}: {report.accounts} account{'s' if report.accounts != 1 else ''} due, "
+        f"{report.issued} invoiced, {report.already} already invoiced, {skipped} skipped, {report.failed} failed"
+    )
+    for number in report.invoices:
+        print(f"  issued {number}")
+    for reason, count in sorted(report.skipped.items()):
+        print(f"  skipped {count}: {reason}")
+    for ba in report.failed_accounts:
+        print(f"  failed {ba} (the server's log says why)")
+    print(f"next period end: {report.next_due}" if report.next_due else "no further period to bill")
+    if report.failed:
+        print(f"error: {report.failed} account(s) could not be billed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def show_dunning(report: Any) -> int:
+    """The dunning run's report as an operator reads it; 1 when an account failed."""
+    taken = sum(report.actions.values())
+    print(
+        f"dunning as of {report.as_of}: {report.accounts} account{'s' if report.accounts != 1 else ''} "
+        f"evaluated, {taken} action{'s' if taken != 1 else ''}, {report.failed} failed"
+    )
+    for o in report.outcomes:
+        if o.failed:
+            print(f"  {o.billing_account}  failed (the server's log says why)")
+            continue
+        later = f" (as of {o.as_of})" if o.as_of != report.as_of else ""
+        done = "; ".join(o.actions) or "nothing new"
+        print(f"  {o.billing_account}  {o.state}  overdue {format_minor(o.overdue_minor, '').rstrip()}{later}  {done}")
+    if report.failed:
+        print(f"error: {report.failed} account(s) could not be dunned", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bill_run(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
     with open_channel(args) as channel:
         stub = billing_pb2_grpc.BillingStub(channel)
-        _print(stub.RunBilling(billing_pb2.RunBillingRequest(limit=args.limit)))
-        if args.dunning:
-            _print(stub.RunDunning(billing_pb2.RunDunningRequest()))
-    return 0
+        report = stub.RunBilling(billing_pb2.RunBillingRequest(limit=args.limit, as_of=args.as_of))
+        dunned = stub.RunDunning(billing_pb2.RunDunningRequest(as_of=args.as_of)) if args.dunning else None
+    if args.json:
+        for message in (report, dunned):
+            if message is not None:
+                _print(message)
+        return 0
+    status = show_bill_run(report)
+    return max(status, show_dunning(dunned)) if dunned is not None else status
+
+
+def cmd_dunning(args: argparse.Namespace) -> int:
+    from charging.v1 import billing_pb2, billing_pb2_grpc
+
+    with open_channel(args) as channel:
+        report = billing_pb2_grpc.BillingStub(channel).RunDunning(billing_pb2.RunDunningRequest(as_of=args.as_of))
+    if args.json:
+        _print(report)
+        return 0
+    return show_dunning(report)
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
@@ -464,7 +523,19 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 f.write(pdf.content)
             print(f"wrote {args.pdf}.pdf")
             return 0
-        listing = stub.ListInvoices(billing_pb2.BillingAccountId(billing_account=args.billing_account))
+        if not args.billing_account:
+            raise CliError("invoices needs --billing-account (or --pdf NUMBER)")
+        account = billing_pb2.BillingAccountId(billing_account=args.billing_account)
+        try:
+            # ListInvoices answers an empty list for an account that does not exist.
+            stub.GetBillingAccount(account)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise CliError(f"no billing account {args.billing_account}") from None
+            raise
+        listing = stub.ListInvoices(account)
+        if not listing.invoices:
+            print(f"no invoices yet for {args.billing_account}")
         for inv in listing.invoices:
             total, still_open = format_minor(inv.total_minor, inv.currency), format_minor(inv.open_minor, inv.currency)
             print(
@@ -580,7 +651,13 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("bill-run", help="bill every account whose period ended (safe to run again)")
     sp.add_argument("--limit", type=bounded(2**31 - 1), default=0, help="at most this many accounts (0: all)")
     sp.add_argument("--dunning", action="store_true", help="then walk the dunning ladder")
+    sp.add_argument("--as-of", default="", metavar="YYYY-MM-DD", help="bill as of this day (today or later)")
+    sp.add_argument("--json", action="store_true", help="print the reports as JSON")
     sp.set_defaults(fn=cmd_bill_run)
+    sp = sub.add_parser("dunning", help="walk the dunning ladder (safe to run again)")
+    sp.add_argument("--as-of", default="", metavar="YYYY-MM-DD", help="as of this day (today or later)")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.set_defaults(fn=cmd_dunning)
     sp = sub.add_parser("invoices", help="list a billing account's invoices, or save one as PDF")
     sp.add_argument("--billing-account", default="")
     sp.add_argument("--pdf", default="", help="an invoice number: write <number>.pdf")
@@ -597,6 +674,10 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Redis and the AOF rewrite")
     sp.set_defaults(fn=cmd_rotate_data_key)
+
+    from charging.crm_cli import add_crm
+
+    add_crm(sub, amount)
     return p
 
 
@@ -623,4 +704,9 @@ def one_line(text: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m charging.cli``, this file is ``__main__``; commands in other
+    # modules (``crm_cli``) import ``charging.cli``. Go through that one module so there
+    # is one CliError class, the one ``main`` catches.
+    from charging.cli import main as cli_main
+
+    sys.exit(cli_main())
