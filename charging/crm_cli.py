@@ -316,7 +316,7 @@ def add_crm(sub: Any, amount: Any) -> None:
     """The ``crm`` command and its subcommands, on the ``charging`` parser's ``sub``;
     ``amount`` parses a decimal amount into micros."""
     crm = sub.add_parser("crm", help="the CRM: applications, customers, line orders, tickets")
-    crm_sub = crm.add_subparsers(dest="crm_command", required=True)
+    crm_sub = crm.add_subparsers(dest="crm_command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Any, help_text: str) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = crm_sub.add_parser(name, help=help_text)
@@ -365,7 +365,7 @@ def add_crm(sub: Any, amount: Any) -> None:
     sp.add_argument("--order-id", default="", help="the CRM order id (default: a new one)")
 
     ticket = crm_sub.add_parser("ticket", help="trouble tickets: open, move")
-    ticket_sub = ticket.add_subparsers(dest="ticket_command", required=True)
+    ticket_sub = ticket.add_subparsers(dest="ticket_command", required=True, metavar="open|move")
     sp = ticket_sub.add_parser("open", help="open a ticket")
     sp.add_argument("--customer", required=True)
     sp.add_argument("--topic", required=True, choices=TICKET_TOPICS)

@@ -13,7 +13,7 @@ import redis
 from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
-from charging.v1 import billing_pb2, billing_pb2_grpc, crm_pb2
+from charging.v1 import billing_pb2, billing_pb2_grpc, crm_pb2, crm_pb2_grpc
 from tests.conftest import set_time
 from tests.test_cli import cli
 from tests.test_crm_cli import SAMPLES, activate, ok, sample
@@ -71,8 +71,14 @@ async def test_a_period_is_billed_as_of_a_later_day_and_the_report_says_what_hap
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
     billing = billing_pb2_grpc.BillingStub(channel)
     invoice = await billing.GetInvoice(billing_pb2.InvoiceId(number="INV-00000001"))
+    crm = crm_pb2_grpc.CrmStub(channel)
+    await crm.OpenDispute(
+        crm_pb2.Dispute(customer_id="1", invoice="INV-00000001", amount_minor=100, reason="a call I did not make")
+    )
     await channel.close()
     assert invoice.issued == "2026-12-18"
+    shown = ok(await cli(app, "crm", "customer", "1"))
+    assert "disputes:\n  crm-1  INV-00000001  1.00  OPEN  'a call I did not make'\n" in shown
     items = invoice.document_json
     assert "NATIONAL_CALLS" in items and "DATA" in items and "SMS" in items  # usage kept its real time
     # Billed again as of the same day: nothing is due any more.
@@ -157,8 +163,6 @@ async def test_the_ladder_is_walked_as_of_later_days_and_stays_there_until_paid(
 
 
 async def crm_line(channel: grpc.aio.Channel) -> crm_pb2.Line:
-    from charging.v1 import crm_pb2_grpc
-
     return await crm_pb2_grpc.CrmStub(channel).GetLine(crm_pb2.LineRef(msisdn=MSISDN))
 
 
