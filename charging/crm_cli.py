@@ -135,15 +135,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return _answer(args, order)
 
 
-def _wait(fetch: Any, done: Any, seconds: float, what: str) -> Any:
-    """Ask ``fetch`` until ``done`` holds of its answer, for at most ``seconds``."""
+def _wait(fetch: Any, done: Any, seconds: float, what: Any) -> Any:
+    """Ask ``fetch`` until ``done`` holds of its answer, for at most ``seconds``; then
+    ``CliError`` saying ``what(answer)``."""
     deadline = time.monotonic() + seconds
     while True:
         answer = fetch()
-        if done(answer) or seconds <= 0:
+        if done(answer):
             return answer
         if time.monotonic() >= deadline:
-            raise CliError(f"{what} after {seconds:g} s")
+            raise CliError(f"{what(answer)} after {seconds:g} s")
         time.sleep(POLL_S)
 
 
@@ -155,9 +156,9 @@ def cmd_order(args: argparse.Namespace) -> int:
         stub = _stub(channel)
         order = _wait(
             lambda: stub.GetOrder(crm_pb2.OrderRef(crm_order_id=args.order_id)),
-            lambda o: o.status not in pending,
+            lambda o: not args.wait or o.status not in pending,
             args.wait,
-            f"order {args.order_id} still in progress",
+            lambda o: f"order {args.order_id} still {_status(o)}",
         )
     return _answer(args, order)
 
@@ -170,8 +171,8 @@ def cmd_line(args: argparse.Namespace) -> int:
         line = _wait(
             lambda: stub.GetLine(crm_pb2.LineRef(msisdn=args.msisdn)),
             lambda x: not args.wait_for or x.state == args.wait_for,
-            args.timeout if args.wait_for else 0,
-            f"line {args.msisdn} not {args.wait_for}",
+            args.timeout,
+            lambda x: f"line {args.msisdn} {x.state}, not {args.wait_for},",
         )
     if args.json:
         _print(line)

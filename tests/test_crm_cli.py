@@ -106,6 +106,8 @@ async def test_line_orders_and_tickets_from_the_command_line(app: App, clock: Ma
         await activate(app)
         return ok(await cli(app, "crm", "line", msisdn)).split()[2]
 
+    waited = await cli(app, "crm", "line", msisdn, "--wait-for", "suspended", "--timeout", "0")
+    assert (waited.code, waited.err) == (1, f"error: line {msisdn} active, not suspended, after 0 s\n")
     assert await order("bar", msisdn, "--order-id", "bar-1") == "barred_outgoing"
     assert await order("resume", msisdn) == "active"
     assert await order("suspend", msisdn) == "suspended"
