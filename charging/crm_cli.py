@@ -33,12 +33,12 @@ from google.protobuf import json_format
 
 from charging.cli import CliError, _print, open_channel
 from charging.money import MICROS_PER_MINOR, format_micros, format_minor
+from provisioning.customer_care import TICKET_STATES, TICKET_TOPICS
+from provisioning.lifecycle import LineState, TerminationReason
 
 LINE_ORDERS = {"bar": "BAR_OUTGOING", "suspend": "SUSPEND", "resume": "RESUME"}
-TERMINATION_REASONS = ("MOVED_AWAY", "DISSATISFIED", "NON_PAYMENT", "FRAUD")
-TICKET_TOPICS = ("NETWORK", "INVOICE", "SERVICE", "OTHER")
-TICKET_STATES = ("OPEN", "IN_PROGRESS", "RESOLVED", "CLOSED")
-LINE_STATES = ("pending_activation", "active", "barred_outgoing", "suspended", "terminated")
+TERMINATION_REASONS = tuple(r.value for r in TerminationReason)
+LINE_STATES = tuple(s.value for s in LineState)
 POLL_S = 0.5
 
 

@@ -172,3 +172,16 @@ async def test_as_of_today_is_now(app: App, clock: ManualClock, day: str) -> Non
     clock.advance(seconds=30 * 86_400)  # 2026-12-18 10:13 UTC: the period has ended
     args = ("bill-run", "--as-of", "2026-12-18") if day else ("bill-run",)
     assert "1 invoiced" in ok(await cli(app, *args))
+
+
+async def test_an_account_whose_lines_all_ended_is_skipped_as_having_no_lines(app: App, clock: ManualClock) -> None:
+    await postpaid_customer(app, clock)
+    ok(await cli(app, "crm", "terminate", MSISDN, "--reason", "MOVED_AWAY"))
+    await activate(app)  # terminated on the network: the final invoice is issued
+    assert "INV-00000001" in ok(await cli(app, "invoices", "--billing-account", "C1"))
+    out = ok(await cli(app, "bill-run", "--as-of", "2026-12-18"))
+    assert out.splitlines() == [
+        "bill run as of 2026-12-18: 1 account due, 0 invoiced, 0 already invoiced, 1 skipped, 0 failed",
+        "  skipped 1: no lines",
+        "no further period to bill",
+    ]
