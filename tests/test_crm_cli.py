@@ -149,5 +149,10 @@ async def test_line_orders_and_tickets_from_the_command_line(app: App, clock: Ma
     assert f"  {ticket_id}  NETWORK  CLOSED  'no signal'  line {msisdn}" in shown
     assert "  bar-1  COMPLETED" in shown
     assert "disputes: none" in shown
+    customer, orders, records = (
+        json.loads(x) for x in ok(await cli(app, "crm", "customer", "1", "--json")).splitlines()
+    )
+    assert customer["lines"][0]["state"] == "terminated" and len(orders["orders"]) == 8  # two of them refused
+    assert records["tickets"][0]["state"] == "CLOSED"
     listed = ok(await cli(app, "crm", "customers", "--state", "TERMINATED"))
     assert listed.startswith("1  INDIVIDUAL  TERMINATED  DE 10115")
