@@ -185,3 +185,26 @@ async def test_an_account_whose_lines_all_ended_is_skipped_as_having_no_lines(ap
         "  skipped 1: no lines",
         "no further period to bill",
     ]
+
+
+async def test_an_account_that_fails_is_named_and_the_command_exits_non_zero(
+    app: App, clock: ManualClock, r: redis.Redis
+) -> None:
+    """A run that broke does not look like one that found nothing to do."""
+    set_time(clock, "2026-11-18T10:13:00+00:00")
+    r.hset(keys.billing_account("C9"), mapping={"next_period": "garbage", "cycle_day": "5", "time_zone": "UTC"})
+    r.zadd(keys.BILL_DUE, {"C9": 1_700_000_000})
+    r.rpush(keys.billing_open("C9"), "INV-GONE")  # an open invoice whose record is missing
+    r.sadd(keys.BILL_RECHECK, "C9")
+    billed = await cli(app, "bill-run")
+    assert billed.code == 1 and billed.err == "error: 1 account(s) could not be billed\n"
+    assert billed.out.splitlines()[:2] == [
+        "bill run as of 2026-11-18: 1 account due, 0 invoiced, 0 already invoiced, 0 skipped, 1 failed",
+        "  failed C9 (the server's log says why)",
+    ]
+    dunned = await cli(app, "dunning")
+    assert dunned.code == 1 and dunned.err == "error: 1 account(s) could not be dunned\n"
+    assert dunned.out.splitlines() == [
+        "dunning as of 2026-11-18: 1 account evaluated, 0 actions, 1 failed",
+        "  C9  failed (the server's log says why)",
+    ]
