@@ -445,73 +445,6 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_bill_run(report: Any) -> int:
-    """The bill run's report as an operator reads it; 1 when an account failed."""
-    skipped = sum(report.skipped.values())
-    print(
-        f"bill run as of {report.as_of}: {report.accounts} account{'s' if report.accounts != 1 else ''} due, "
-        f"{report.issued} invoiced, {report.already} already invoiced, {skipped} skipped, {report.failed} failed"
-    )
-    for number in report.invoices:
-        print(f"  issued {number}")
-    for reason, count in sorted(report.skipped.items()):
-        print(f"  skipped {count}: {reason}")
-    for ba in report.failed_accounts:
-        print(f"  failed {ba} (the server's log says why)")
-    print(f"next period end: {report.next_due}" if report.next_due else "no further period to bill")
-    if report.failed:
-        print(f"error: {report.failed} account(s) could not be billed", file=sys.stderr)
-        return 1
-    return 0
-
-
-def show_dunning(report: Any) -> int:
-    """The dunning run's report as an operator reads it; 1 when an account failed."""
-    taken = sum(report.actions.values())
-    print(
-        f"dunning as of {report.as_of}: {report.accounts} account{'s' if report.accounts != 1 else ''} "
-        f"evaluated, {taken} action{'s' if taken != 1 else ''}, {report.failed} failed"
-    )
-    for o in report.outcomes:
-        if o.failed:
-            print(f"  {o.billing_account}  failed (the server's log says why)")
-            continue
-        later = f" (as of {o.as_of})" if o.as_of != report.as_of else ""
-        done = "; ".join(o.actions) or "nothing new"
-        print(f"  {o.billing_account}  {o.state}  overdue {format_minor(o.overdue_minor, '').rstrip()}{later}  {done}")
-    if report.failed:
-        print(f"error: {report.failed} account(s) could not be dunned", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_bill_run(args: argparse.Namespace) -> int:
-    from charging.v1 import billing_pb2, billing_pb2_grpc
-
-    with open_channel(args) as channel:
-        stub = billing_pb2_grpc.BillingStub(channel)
-        report = stub.RunBilling(billing_pb2.RunBillingRequest(limit=args.limit, as_of=args.as_of))
-        dunned = stub.RunDunning(billing_pb2.RunDunningRequest(as_of=args.as_of)) if args.dunning else None
-    if args.json:
-        for message in (report, dunned):
-            if message is not None:
-                _print(message)
-        return 0
-    status = show_bill_run(report)
-    return max(status, show_dunning(dunned)) if dunned is not None else status
-
-
-def cmd_dunning(args: argparse.Namespace) -> int:
-    from charging.v1 import billing_pb2, billing_pb2_grpc
-
-    with open_channel(args) as channel:
-        report = billing_pb2_grpc.BillingStub(channel).RunDunning(billing_pb2.RunDunningRequest(as_of=args.as_of))
-    if args.json:
-        _print(report)
-        return 0
-    return show_dunning(report)
-
-
 def cmd_invoices(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
@@ -648,6 +581,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.set_defaults(fn=cmd_load_catalog)
 
+    from charging.billing_cli import cmd_bill_run, cmd_dunning
+
     sp = sub.add_parser("bill-run", help="bill every account whose period ended (safe to run again)")
     sp.add_argument("--limit", type=bounded(2**31 - 1), default=0, help="at most this many accounts (0: all)")
     sp.add_argument("--dunning", action="store_true", help="then walk the dunning ladder")
@@ -705,7 +640,7 @@ def one_line(text: str) -> str:
 
 if __name__ == "__main__":
     # Run as ``python -m charging.cli``, this file is ``__main__``; commands in other
-    # modules (``crm_cli``) import ``charging.cli``. Go through that one module so there
+    # modules (``crm_cli``, ``billing_cli``) import ``charging.cli``. Go through that one module so there
     # is one CliError class, the one ``main`` catches.
     from charging.cli import main as cli_main
 
