@@ -7,7 +7,10 @@ charging event --msisdn 491700000001 --action debit --rating-group 20 --units 1
 charging topup --msisdn 491700000001 --amount 5 --channel retail --key r-1
 charging balance --msisdn 491700000001
 charging bill-run --dunning
+charging bill-run --as-of 2026-12-28          # bill as of a later day (dunning --as-of too)
+charging dunning --as-of 2027-01-31
 charging invoices --billing-account C1
+charging crm apply samples/crm/individual-postpaid.json   # and more: charging/crm_cli.py
 charging pay --billing-account C1 --amount 29.75 --reference bank-123
 charging rotate-data-key
 charging certs --dir certs                  # a development CA, server and role certificates
@@ -442,17 +445,6 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bill_run(args: argparse.Namespace) -> int:
-    from charging.v1 import billing_pb2, billing_pb2_grpc
-
-    with open_channel(args) as channel:
-        stub = billing_pb2_grpc.BillingStub(channel)
-        _print(stub.RunBilling(billing_pb2.RunBillingRequest(limit=args.limit)))
-        if args.dunning:
-            _print(stub.RunDunning(billing_pb2.RunDunningRequest()))
-    return 0
-
-
 def cmd_invoices(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
@@ -464,7 +456,19 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 f.write(pdf.content)
             print(f"wrote {args.pdf}.pdf")
             return 0
-        listing = stub.ListInvoices(billing_pb2.BillingAccountId(billing_account=args.billing_account))
+        if not args.billing_account:
+            raise CliError("invoices needs --billing-account (or --pdf NUMBER)")
+        account = billing_pb2.BillingAccountId(billing_account=args.billing_account)
+        try:
+            # ListInvoices answers an empty list for an account that does not exist.
+            stub.GetBillingAccount(account)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise CliError(f"no billing account {args.billing_account}") from None
+            raise
+        listing = stub.ListInvoices(account)
+        if not listing.invoices:
+            print(f"no invoices yet for {args.billing_account}")
         for inv in listing.invoices:
             total, still_open = format_minor(inv.total_minor, inv.currency), format_minor(inv.open_minor, inv.currency)
             print(
@@ -577,10 +581,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.set_defaults(fn=cmd_load_catalog)
 
+    from charging.billing_cli import cmd_bill_run, cmd_dunning
+
     sp = sub.add_parser("bill-run", help="bill every account whose period ended (safe to run again)")
     sp.add_argument("--limit", type=bounded(2**31 - 1), default=0, help="at most this many accounts (0: all)")
     sp.add_argument("--dunning", action="store_true", help="then walk the dunning ladder")
+    sp.add_argument("--as-of", default="", metavar="YYYY-MM-DD", help="bill as of this day (today or later)")
+    sp.add_argument("--json", action="store_true", help="print the reports as JSON")
     sp.set_defaults(fn=cmd_bill_run)
+    sp = sub.add_parser("dunning", help="walk the dunning ladder (safe to run again)")
+    sp.add_argument("--as-of", default="", metavar="YYYY-MM-DD", help="as of this day (today or later)")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.set_defaults(fn=cmd_dunning)
     sp = sub.add_parser("invoices", help="list a billing account's invoices, or save one as PDF")
     sp.add_argument("--billing-account", default="")
     sp.add_argument("--pdf", default="", help="an invoice number: write <number>.pdf")
@@ -597,6 +609,10 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Redis and the AOF rewrite")
     sp.set_defaults(fn=cmd_rotate_data_key)
+
+    from charging.crm_cli import add_crm
+
+    add_crm(sub, amount)
     return p
 
 
@@ -623,4 +639,9 @@ def one_line(text: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m charging.cli``, this file is ``__main__``; commands in other
+    # modules (``crm_cli``, ``billing_cli``) import ``charging.cli``. Go through that one module so there
+    # is one CliError class, the one ``main`` catches.
+    from charging.cli import main as cli_main
+
+    sys.exit(cli_main())

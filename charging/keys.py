@@ -215,6 +215,7 @@ BILL_OUTBOX = "{bill}:out"  # list: billing notifications (dunning steps) waitin
 BILL_DELIVERY = "{bill}:deliver"  # list: numbers of issued invoices waiting to be delivered
 BILL_RECHECK = "{bill}:recheck"  # set: billing accounts to re-evaluate (money moved on them)
 BILL_RESTRICTED = "{bill}:restricted"  # set: billing accounts dunning has barred or suspended
+BILL_AS_OF = "{bill}:as_of"  # zset: billing account -> the latest instant (s) dunning ran as of
 
 
 # Which accounts are on which plan (plan_index.py). Global keys like the identity index:

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -55,17 +55,46 @@ BATCH = 200
 NUMBER = "\x01NUMBER\x01"
 
 
+# Why an account the due index named got no invoice (``RunReport.skipped``).
+NO_ACCOUNT = "no such account"
+NOT_ENDED = "period not ended"
+NO_LINES = "no lines"
+LISTED = 100  # invoices and failed accounts a report names (it counts them all)
+
+
 class Stale(Exception):
     """The account changed between reading it and issuing its invoice."""
 
 
 @dataclass
 class RunReport:
+    """What a run did: accounts due, invoices issued (and named, up to ``LISTED``),
+    already issued, accounts skipped by reason and failed (named), the day it billed as
+    of and the next period end after it."""
+
     accounts: int = 0
     issued: int = 0
     already: int = 0
     failed: int = 0
     seconds: float = 0.0
+    as_of: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)
+    invoices: list[str] = field(default_factory=list)
+    failed_accounts: list[str] = field(default_factory=list)
+    next_due: str = ""
+
+    def issue(self, number: str) -> None:
+        self.issued += 1
+        if len(self.invoices) < LISTED:
+            self.invoices.append(number)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def fail(self, ba: str) -> None:
+        self.failed += 1
+        if len(self.failed_accounts) < LISTED:
+            self.failed_accounts.append(ba)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +103,7 @@ class RunReport:
             "already": self.already,
             "failed": self.failed,
             "seconds": round(self.seconds, 3),
+            "as_of": self.as_of,
         }
 
 
@@ -104,15 +134,22 @@ class BillRun:
         await pipe.execute()
 
     async def run(
-        self, limit: int = 0, concurrency: int = 2, batch: int = BATCH, shard: int = 0, shards: int = 1
+        self,
+        limit: int = 0,
+        concurrency: int = 2,
+        batch: int = BATCH,
+        shard: int = 0,
+        shards: int = 1,
+        at_s: int | None = None,
     ) -> RunReport:
         """Bill every account whose period has ended (at most ``limit``, 0: all). With
         ``shards`` > 1 this run takes only its share of the accounts (by a hash of the id),
         so several processes can bill one run side by side; numbers stay gapless because
-        each comes from the one sequence in the issuing script."""
+        each comes from the one sequence in the issuing script. ``at_s``: bill as of that
+        instant instead of now (``as_of.py``)."""
         started = time.perf_counter()
-        now_s = self.clock.now_ms() // 1000
-        report = RunReport()
+        now_s = self.clock.now_ms() // 1000 if at_s is None else at_s
+        report = RunReport(as_of=_today(now_s, self.config.time_zone).isoformat())
         with storage_errors():
             due = [str(x) for x in await self.client.zrangebyscore(keys.BILL_DUE, "-inf", now_s)]
         if shards > 1:
@@ -137,29 +174,37 @@ class BillRun:
         report.seconds = time.perf_counter() - started
         metrics.BILL_RUN_INVOICES.inc(report.issued)
         with storage_errors():
+            after = await self.client.zrangebyscore(keys.BILL_DUE, f"({now_s}", "+inf", start=0, num=1, withscores=True)
+            if after:
+                report.next_due = _today(int(after[0][1]), self.config.time_zone).isoformat()
             await self.client.rpush(keys.BILL_RUNS, json.dumps({"at": now_s, **report.as_dict()}))
         return report
 
     async def _one(self, ba: str, now_s: int, report: RunReport) -> None:
+        why: list[str] = []
         try:
-            for outcome in await self.bill_due(ba, now_s):
+            outcomes = await self.bill_due(ba, now_s, why)
+            for outcome in outcomes:
                 if outcome.startswith("ALREADY"):
                     report.already += 1
                 else:
-                    report.issued += 1
+                    report.issue(outcome)
+            if not outcomes and why:
+                report.skip(why[-1])
         except Exception:
-            report.failed += 1
+            report.fail(ba)
             log.exception("bill run failed for an account", extra={"billing_account": ba})
 
-    async def bill_due(self, ba: str, now_s: int) -> list[str]:
+    async def bill_due(self, ba: str, now_s: int, why: list[str] | None = None) -> list[str]:
         """Bill every period of the account that has ended, one by one; an invoice made
         stale by another change of the account (a payment, a final invoice) is made again
-        from what is there now: its lines, their usage, the account."""
+        from what is there now: its lines, their usage, the account. ``why`` gets the
+        reason each attempt stopped without an invoice."""
         outcomes: list[str] = []
         for _attempt in range(5):
             try:
                 # An account more than one period behind is billed period by period.
-                while (outcome := await self.bill(ba, now_s)) is not None:
+                while (outcome := await self.bill(ba, now_s, why)) is not None:
                     outcomes.append(outcome)
                 return outcomes
             except Stale:
@@ -202,6 +247,7 @@ class BillRun:
         for i, ba in enumerate(bas):
             info, lines_raw, pending = _hash(raw[3 * i]), _hash(raw[3 * i + 1]), raw[3 * i + 2]
             if not info:
+                report.skip(NO_ACCOUNT)
                 continue
             period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
             if now_s < period.end_s or not lines_raw:
@@ -236,7 +282,7 @@ class BillRun:
                 slow.append(ba)
                 continue
             if reply[0] == "ISSUED":
-                report.issued += 1
+                report.issue(str(reply[1]))
             else:
                 report.already += 1
             for line in lines:
@@ -249,21 +295,26 @@ class BillRun:
             await self._many(commands)
         return slow
 
-    async def bill(self, ba: str, now_s: int) -> str | None:
+    async def bill(self, ba: str, now_s: int, why: list[str] | None = None) -> str | None:
         """Bill the account's next period if it has ended; the invoice number (prefixed
-        ALREADY when it was issued before), or None when nothing is due."""
+        ALREADY when it was issued before), or None when nothing is due (and why, appended
+        to ``why``)."""
+        why = [] if why is None else why
         info = await self.accounts.get(ba)
         if not info:
+            why.append(NO_ACCOUNT)
             return None
         tz, cycle_day = info["time_zone"], int(info["cycle_day"])
         period = periods.by_id(info["next_period"], cycle_day, tz)
         if now_s < period.end_s:
             await self.client.zadd(keys.BILL_DUE, {ba: period.end_s})
+            why.append(NOT_ENDED)
             return None
         lines = await self.accounts.lines(ba)
         if not lines and not await self.client.llen(keys.billing_pending(ba)):
             # Every line ended with its final invoice: the account has nothing more to bill.
             await self.client.zrem(keys.BILL_DUE, ba)
+            why.append(NO_LINES)
             return None
         return await self.invoice(ba, info, period, lines, now_s)
 

@@ -10,7 +10,7 @@ import grpc
 from charging.errors import InvalidRequest
 from charging.status import rpc
 from charging.v1 import billing_pb2, billing_pb2_grpc
-from postpaid import dunning
+from postpaid import as_of, dunning
 from postpaid.billing import Billing
 from postpaid.render import render_html, render_pdf
 
@@ -78,7 +78,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     async def _status(self, ba: str) -> billing_pb2.DunningStatus:
         info = await self.billing.account(ba)
         invoices = await self.billing.collection.invoices(ba)
-        today = self.billing.collection.today()
+        today = await self.billing.collection.today_for(ba)
         rows = dunning.status(self.billing.config.dunning, invoices, today)
         return billing_pb2.DunningStatus(
             billing_account=ba,
@@ -229,17 +229,42 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     ) -> billing_pb2.RunBillingReport:
         if request.limit < 0:
             raise InvalidRequest("limit", "must not be negative")
-        r = await self.billing.runs.run(limit=request.limit)
+        r = await self.billing.runs.run(limit=request.limit, at_s=self._as_of(request.as_of))
         return billing_pb2.RunBillingReport(
-            accounts=r.accounts, issued=r.issued, already=r.already, failed=r.failed, seconds=r.seconds
+            accounts=r.accounts,
+            issued=r.issued,
+            already=r.already,
+            failed=r.failed,
+            seconds=r.seconds,
+            as_of=r.as_of,
+            skipped=r.skipped,
+            invoices=r.invoices,
+            failed_accounts=r.failed_accounts,
+            next_due=r.next_due,
         )
+
+    def _as_of(self, day: str) -> int:
+        return as_of.instant(day, self.billing.clock.now_ms() // 1000, self.billing.config.time_zone)
 
     @rpc("RunDunning")
     async def RunDunning(
         self, request: billing_pb2.RunDunningRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.RunDunningReport:
-        r = await self.billing.collection.run()
-        return billing_pb2.RunDunningReport(accounts=r.accounts, actions=r.actions)
+        r = await self.billing.collection.run(at_s=self._as_of(request.as_of) if request.as_of else None)
+        outcomes = [
+            billing_pb2.DunningOutcome(
+                billing_account=o.billing_account,
+                state=o.state,
+                overdue_minor=o.overdue,
+                actions=o.actions,
+                failed=o.failed,
+                as_of=o.as_of,
+            )
+            for o in r.outcomes
+        ]
+        return billing_pb2.RunDunningReport(
+            accounts=r.accounts, actions=r.actions, as_of=r.as_of, failed=r.failed, outcomes=outcomes
+        )
 
     @rpc("GetDunningStatus")
     async def GetDunningStatus(

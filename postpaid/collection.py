@@ -15,6 +15,11 @@ For one account, on one day:
 Running it twice on the same day does nothing more; after skipped days it catches up to
 the right step without sending every missed reminder. A payment, a credit note or a
 dispute re-evaluates the account at once (``Payments.on_change``).
+
+A run may be as of a later day (``as_of.py``). The account then keeps that instant
+(``{bill}:as_of``, only ever raised) and every later evaluation of it — a payment, the
+periodic run — is as of that day at least: otherwise the next periodic run, as of
+today, would find nothing overdue and restore a line the run had just barred.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ import redis.asyncio as aioredis
 from charging import keys, metrics
 from charging.clock import Clock
 from charging.errors import InvalidRequest
+from charging.money import format_minor
 from charging.notifications import Notifier
 from charging.store import storage_errors
-from postpaid import dunning
+from postpaid import as_of, dunning
 from postpaid.accounts import BillingAccounts
 from postpaid.config import BillingConfig
 from postpaid.dunning import ChangeState, LateFee, Notify, OpenInvoice, Restore, ServiceState
@@ -64,10 +70,41 @@ class Lines(Protocol):
     async def order(self, order_id: str, msisdn: str, kind: str, plan_id: str = "", reason: str = "") -> Order: ...
 
 
+LISTED = 100  # accounts a report describes one by one (it counts them all)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One account's evaluation in a run: its state and overdue amount after it, what was
+    done (``describe``), and the day it was evaluated as of."""
+
+    billing_account: str
+    state: str = ""
+    overdue: int = 0
+    actions: tuple[str, ...] = ()
+    failed: bool = False
+    as_of: str = ""
+
+
 @dataclass
 class CollectionReport:
     accounts: int = 0
     actions: dict[str, int] = field(default_factory=dict)
+    as_of: str = ""
+    failed: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def describe(action: dunning.Action, currency: str) -> str:
+    """An action as an operator reads it in a run's report."""
+    if isinstance(action, Notify):
+        return f"{action.step}: {action.channel.value} for {action.invoice}"
+    if isinstance(action, LateFee):
+        return f"late fee {format_minor(action.amount, currency)} for {action.invoice} ({action.step})"
+    if isinstance(action, ChangeState):
+        return f"state {action.target.value}"
+    fee = f" (reconnection fee {format_minor(action.reconnection_fee, currency)})" if action.reconnection_fee else ""
+    return f"restored{fee}"
 
 
 class Collection:
@@ -90,24 +127,44 @@ class Collection:
     def today(self) -> date:
         return datetime.fromtimestamp(self.clock.now_ms() // 1000, ZoneInfo(self.config.time_zone)).date()
 
-    async def run(self) -> CollectionReport:
+    async def now_ms_for(self, ba: str) -> int:
+        """Now for the account: the clock, or the later instant it was dunned as of."""
+        with storage_errors():
+            raised = await self.client.zscore(keys.BILL_AS_OF, ba)
+        return max(self.clock.now_ms(), int(raised or 0) * 1000)
+
+    async def today_for(self, ba: str) -> date:
+        """The day the account's dunning stands on (``now_ms_for``)."""
+        return as_of.day_of(await self.now_ms_for(ba) // 1000, self.config.time_zone)
+
+    async def run(self, at_s: int | None = None) -> CollectionReport:
         """Evaluate every account with an invoice past due, and every account dunning has
-        restricted (to restore it when it has paid)."""
-        now_s = self.clock.now_ms() // 1000
+        restricted (to restore it when it has paid). ``at_s``: as of that instant (a later
+        day, ``as_of.py``), which each account evaluated keeps."""
+        now_s = self.clock.now_ms() // 1000 if at_s is None else max(at_s, self.clock.now_ms() // 1000)
         with storage_errors():
             due = {str(x) for x in await self.client.zrangebyscore(keys.BILL_DUNNING, "-inf", now_s)}
             due |= {str(x) for x in await self.client.smembers(keys.BILL_RESTRICTED)}
             due |= {str(x) for x in await self.client.smembers(keys.BILL_RECHECK)}
-        report = CollectionReport(accounts=len(due))
+        report = CollectionReport(accounts=len(due), as_of=as_of.day_of(now_s, self.config.time_zone).isoformat())
         for ba in sorted(due):
             try:
-                decision = await self.evaluate(ba)
+                if at_s is not None:
+                    with storage_errors():
+                        await self.client.zadd(keys.BILL_AS_OF, {ba: now_s}, gt=True)
+                decision, overdue, day = await self.assess(ba)
             except Exception:
                 log.exception("dunning failed for an account", extra={"billing_account": ba})
+                report.failed += 1
+                if len(report.outcomes) < LISTED:
+                    report.outcomes.append(Outcome(ba, failed=True))
                 continue
             for action in decision.actions:
                 name = type(action).__name__
                 report.actions[name] = report.actions.get(name, 0) + 1
+            if len(report.outcomes) < LISTED:
+                done = tuple(describe(a, self.config.currency) for a in decision.actions)
+                report.outcomes.append(Outcome(ba, decision.state.value, overdue, done, as_of=day.isoformat()))
         return report
 
     async def invoices(self, ba: str) -> list[OpenInvoice]:
@@ -126,14 +183,19 @@ class Collection:
         """One dunning evaluation of the account today (see the module docstring). An
         evaluation that finds the account's state changed under it (a payment came in)
         decides again on what is there now."""
+        return (await self.assess(ba))[0]
+
+    async def assess(self, ba: str) -> tuple[dunning.Decision, int, date]:
+        """``evaluate``, with the overdue amount it found and the day it stood on."""
         for _attempt in range(5):
-            decision = await self._evaluate(ba)
-            if decision is not None:
-                return decision
+            found = await self._evaluate(ba)
+            if found is not None:
+                return found
         raise RuntimeError("the billing account kept changing during dunning")
 
-    async def _evaluate(self, ba: str) -> dunning.Decision | None:
-        today = self.today()
+    async def _evaluate(self, ba: str) -> tuple[dunning.Decision, int, date] | None:
+        now_ms = await self.now_ms_for(ba)
+        today = as_of.day_of(now_ms // 1000, self.config.time_zone)
         info = await self.accounts.get(ba)
         state = ServiceState(info.get("state", "ACTIVE"))
         invoices = await self.invoices(ba)
@@ -148,7 +210,6 @@ class Collection:
             today,
             self.config.reconnection_fee_minor,
         )
-        now_ms = self.clock.now_ms()
         fees = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, LateFee)}
         notes = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, Notify)}
         overdue = dunning.overdue(invoices, today)
@@ -212,7 +273,7 @@ class Collection:
             await self.client.srem(keys.BILL_RECHECK, ba)
         if self.notifier is not None and steps:
             await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
-        return decision
+        return decision, overdue, today
 
     async def follow(self, ba: str) -> bool:
         """Order each line into the account's dunning state (or out of it once restored);
