@@ -133,8 +133,9 @@ class Walk:
         return await self.do(lambda: self.driver.switch_to.active_element)
 
     async def fill_by_keyboard(self, values: dict[str, str]) -> list[str]:
-        """Tab through a freshly loaded page from the top (the skip link first), typing each field's value where ``values``
-        has one, until the submit button; press Enter on it. Returns the fields visited."""
+        """Tab through a freshly loaded page from the top (the skip link first), typing
+        each field's value where ``values`` has one, until the submit button; press Enter
+        on it. Returns the fields visited."""
         from selenium.webdriver.common.keys import Keys
 
         visited: list[str] = []
