@@ -193,6 +193,7 @@ class Walk:
         await self.loaded(old)
 
 
+@pytest.mark.timeout(300)  # a browser on a shared machine: slow, never timed
 async def test_a_representative_walks_the_console_in_a_browser(
     console: App, chrome: Any, clock: ManualClock, tmp_path: Path
 ) -> None:
