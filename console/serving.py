@@ -106,6 +106,8 @@ class ConsoleServer:
 
     async def start(self) -> None:
         assert self._socket is not None
+        # uvicorn's start and finish lines at INFO add nothing to the server's own
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         config = uvicorn.Config(
             web.build(self.desk),
             lifespan="off",

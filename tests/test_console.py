@@ -5,15 +5,19 @@ application form to an active line, and the actions, each audited with the staff
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from charging.clock import ManualClock
+from charging.errors import StartupError
 from charging.server import App
 from charging.settings import Settings
 from console import keys
+from console.serving import development_user
 from console.staff import StaffBook, hash_password, verify_password
 from tests.console_client import PASSWORD, Desk, add_staff, console_app
 
@@ -356,8 +360,22 @@ async def test_the_operations_page(console: App, desk: Desk) -> None:
     assert "dates must be YYYY-MM-DD" in bad.text
 
 
+async def test_a_taken_console_address_stops_the_server_saying_why(settings: Settings, clock: ManualClock) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = App(replace(settings, console_address=f"127.0.0.1:{port}"), clock=clock, run_background=False)
+        with pytest.raises(StartupError, match=f"cannot listen on console address 127.0.0.1:{port}"):
+            await app.start()
+        await app.stop()
+
+
 async def test_a_development_user_is_made_once_on_loopback(console: App) -> None:
     assert console.redis is not None
     book = StaffBook(console.redis)
     dev = await book.get("dev")
     assert dev is not None and dev.roles == {"crm", "billing", "operator", "monitor"}
+    assert console.console is not None
+    assert await development_user(console.console.desk) is None  # staff exist: never again
+    assert [s.name for s in await book.list()] == ["dev"]
