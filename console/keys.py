@@ -19,3 +19,8 @@ def session(session_id: str) -> str:
 def staff_sessions(name: str) -> str:
     """Set of a staff member's session ids, ended together when the member is disabled."""
     return f"{{console}}:staff-sessions:{name}"
+
+
+def sign_in_failures(name: str) -> str:
+    """Counter of failed sign-ins for a name, expiring with the lock-out window."""
+    return f"{{console}}:sign-in-failures:{name}"

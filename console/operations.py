@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from charging import keys as charging_keys
+from console.customers import masked
 from console.desk import Desk
 from console.web import Visit, guarded
 from postpaid import dunning
@@ -99,6 +100,7 @@ async def operations(visit: Visit) -> Response:
         queue=await dunning_queue(desk),
         dead=dead,
         jobs=job_rows(desk),
+        masked=masked,
     )
 
 

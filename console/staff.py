@@ -26,6 +26,9 @@ from console.access import STAFF_ROLES
 NAME = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD = 12
+# Guessing passwords: after this many failed sign-ins for a name, the name is refused
+# (even with the right password) until the window has passed since the last failure.
+FAILURES_ALLOWED, LOCKOUT_S = 5, 900
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N, salt: bytes | None = None) -> str:
@@ -128,12 +131,21 @@ class StaffBook:
             await pipe.execute()
 
     async def authenticate(self, name: str, password: str) -> Staff | None:
-        """The staff member, when the name and password match and it is not disabled."""
+        """The staff member, when the name and password match, it is not disabled and
+        the name is not locked out after ``FAILURES_ALLOWED`` failures."""
         h = _text(await self.client.hgetall(keys.staff(name))) if NAME.match(name) else {}
+        failures = int(await self.client.get(keys.sign_in_failures(name)) or 0) if h else 0
         # scrypt takes tens of ms: off the event loop
         ok = await asyncio.to_thread(verify_password, password, h.get("password", _DUMMY))
-        if not h or not ok:
+        if not h:
             return None
+        if not ok or failures >= FAILURES_ALLOWED:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(keys.sign_in_failures(name))
+                pipe.expire(keys.sign_in_failures(name), LOCKOUT_S)
+                await pipe.execute()
+            return None
+        await self.client.delete(keys.sign_in_failures(name))
         staff = Staff.from_redis(name, h)
         return None if staff.disabled else staff
 

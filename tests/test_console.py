@@ -18,7 +18,8 @@ from charging.server import App
 from charging.settings import Settings
 from console import keys
 from console.serving import development_user
-from console.staff import StaffBook, hash_password, verify_password
+from console.staff import FAILURES_ALLOWED, StaffBook, hash_password, verify_password
+from provisioning import keys as provisioning_keys
 from tests.console_client import PASSWORD, Desk, add_staff, console_app
 
 DAY = 86_400
@@ -168,6 +169,16 @@ async def test_roles_are_denied_by_default_and_monitor_sees_no_personal_data(con
     assert f'href="/customers/{customer}"' in (await desk.get("/search", by="customer", q=customer)).text
     assert (await desk.get("/apply")).status_code == 403
     assert (await desk.get("/operations")).status_code == 200
+
+
+async def test_guessing_locks_the_name_out(console: App, desk: Desk) -> None:
+    await add_staff(console, "carla", "crm")
+    for _ in range(FAILURES_ALLOWED):
+        assert (await desk.sign_in("carla", "a wrong guess")).status_code == 401
+    assert (await desk.sign_in("carla")).status_code == 401  # locked out, right password or not
+    assert console.redis is not None
+    await console.redis.delete(keys.sign_in_failures("carla"))  # the window has passed
+    assert (await desk.sign_in("carla")).status_code == 303
 
 
 async def test_disabled_staff_lose_their_sessions(console: App, desk: Desk) -> None:
@@ -358,6 +369,14 @@ async def test_the_operations_page(console: App, desk: Desk) -> None:
     assert "No bill runs yet." in page.text and "Nothing overdue." in page.text
     bad = await desk.get("/operations", first="2026-13-01", last="x")
     assert "dates must be YYYY-MM-DD" in bad.text
+    assert console.redis is not None
+    await console.redis.lpush(provisioning_keys.DEAD, "491700000999")  # as the worker gives up on a line
+    assert "line 491700000999" in (await desk.get("/operations")).text
+    await add_staff(console, "mo", "monitor")
+    await desk.post("/logout", {})
+    await desk.sign_in("mo")
+    page = await desk.get("/operations")
+    assert "line ••••••••0999" in page.text and "491700000999" not in page.text
 
 
 async def test_a_taken_console_address_stops_the_server_saying_why(settings: Settings, clock: ManualClock) -> None:
