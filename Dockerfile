@@ -25,6 +25,7 @@ COPY protos ./protos
 COPY charging ./charging
 COPY provisioning ./provisioning
 COPY postpaid ./postpaid
+COPY console ./console
 RUN pip install --no-cache-dir "grpcio-tools>=1.66,<2" \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. protos/charging/v1/*.proto \
  && touch charging/v1/__init__.py \

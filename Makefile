@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load proto clean
+.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load proto clean browser console-htmx
 
 all: setup
 
@@ -45,6 +45,29 @@ postgresql:
 	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && { [ "$$(id -u)" != 0 ] || id postgres >/dev/null 2>&1; }; then :; \
 	else $(MAKE) --no-print-directory apt PKG=postgresql; fi
 
+# The console's browser tests (tests/test_console_browser.py): Debian's headless Chromium
+# and its driver, and axe-core from npm in a cache directory (AXE below).
+AXE := var/cache/axe-core/axe.min.js
+browser: $(AXE)
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } \
+		|| $(MAKE) --no-print-directory apt PKG="chromium chromium-driver"
+
+$(AXE):
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=npm
+	mkdir -p var/cache/axe-core
+	cd var/cache/axe-core && npm pack --silent axe-core@4 >/dev/null && tar xzf axe-core-*.tgz \
+		&& cp package/axe.min.js axe.min.js && rm -rf package axe-core-*.tgz
+
+# Refresh the console's vendored htmx (committed with its licence header).
+console-htmx:
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=npm
+	rm -rf var/cache/htmx && mkdir -p var/cache/htmx
+	cd var/cache/htmx && npm pack --silent htmx.org@2 >/dev/null && tar xzf htmx.org-*.tgz
+	{ printf '/* htmx %s (npm htmx.org), https://htmx.org — Zero-Clause BSD licence:\n' "$$(node -p 'require("./var/cache/htmx/package/package.json").version')"; \
+	  printf ' * Permission to use, copy, modify, and/or distribute this software for any purpose with or\n'; \
+	  printf ' * without fee is hereby granted. THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL\n'; \
+	  printf ' * WARRANTIES. Refresh: make console-htmx. */\n'; cat var/cache/htmx/package/dist/htmx.min.js; } > console/static/htmx.min.js
+
 h2load:
 	@command -v h2load >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=nghttp2-client
 
@@ -67,14 +90,14 @@ run: setup
 		CHARGING_DATABASE_DIR=/var/lib/charging/$$(printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)/postgres; \
 		echo "the user postgres cannot enter $(CURDIR): PostgreSQL's data goes to $$CHARGING_DATABASE_DIR"; \
 		export CHARGING_DATABASE_DIR; \
-	fi; exec $(BIN)/charging serve
+	fi; export CHARGING_CONSOLE_ADDRESS="$${CHARGING_CONSOLE_ADDRESS-127.0.0.1:8080}"; exec $(BIN)/charging serve
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup redis-server postgresql lint
+test: setup redis-server postgresql browser lint
 	$(BIN)/pytest
 
 bench: setup redis-server postgresql h2load

@@ -522,6 +522,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--role", action="append", choices=("network", "channel", "crm", "billing", "operator", "monitor"))
     sp.add_argument("--channel", action="append", help="a TopUp channel of the channel role (repeatable)")
     sp.set_defaults(fn=cmd_tokens)
+    # The console's staff accounts (console/staff_cli.py).
+    from console import staff_cli
+
+    sp = sub.add_parser("staff", help="console staff accounts: add, disable, list")
+    staff_cli.add_arguments(sp)
+    sp.set_defaults(fn=cmd_staff)
 
     def who(sp: argparse.ArgumentParser) -> None:
         g = sp.add_mutually_exclusive_group(required=True)
@@ -614,6 +620,15 @@ def parser() -> argparse.ArgumentParser:
 
     add_crm(sub, amount)
     return p
+
+
+def cmd_staff(args: argparse.Namespace) -> int:
+    from console.staff_cli import StaffCliError, run
+
+    try:
+        return run(args)
+    except StaffCliError as exc:
+        raise CliError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

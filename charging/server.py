@@ -75,6 +75,7 @@ from charging.v1 import (
     crm_pb2,
     topup_pb2,
 )
+from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
 from provisioning import keys as provisioning_keys
@@ -134,6 +135,7 @@ class App:
     mode: Mode = Mode.LOCAL
     _policy: PolicyFile | None = None
     _tls: CertificateFiles | None = None
+    console: ConsoleServer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -184,6 +186,7 @@ class App:
         self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier, self.link)
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
+        care = CustomerCare(self.redis, self.acquisition.sealer, self.billing.payments)
 
         guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
         self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))
@@ -195,7 +198,7 @@ class App:
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
             # A CRM dispute is billing's dispute (one store): customer care delegates to it.
             (
-                CrmServicer(self.acquisition, CustomerCare(self.redis, self.acquisition.sealer, self.billing.payments)),
+                CrmServicer(self.acquisition, care),
                 crm_pb2.DESCRIPTOR.services_by_name["Crm"],
             ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
@@ -225,6 +228,8 @@ class App:
             except RuntimeError:
                 raise StartupError(f"cannot listen on gRPC address {s.grpc_token_address}") from None
         await self._server.start()
+        if s.console_address:
+            self.console = await start_console(self, topups, care)
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -377,6 +382,8 @@ class App:
                     await self._hurry.wait()
             except TimeoutError:
                 pass
+        if self.console is not None:
+            await self.console.stop()
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
         await self.jobs.stop()
@@ -420,6 +427,21 @@ def in_use(address: str) -> bool:
                 if exc.errno == errno.EADDRINUSE:
                     return True
     return False
+
+
+async def start_console(app: App, topups: TopUps, care: CustomerCare) -> ConsoleServer:
+    """The customer-service console (console/) on its own address, calling the same
+    domain objects as the servicers."""
+    from console.serving import build_console
+
+    assert app.redis is not None and app.database is not None and app.acquisition is not None
+    assert app.billing is not None and app.catalogs is not None
+    s = app.settings
+    server = build_console(
+        s, app.redis, app.database, app.clock, app.acquisition, care, app.billing, topups, app.catalogs, app.jobs
+    )
+    await server.start()
+    return server
 
 
 def job_backoff(settings: Settings) -> Backoff:

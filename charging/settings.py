@@ -21,7 +21,7 @@ from charging.redis_link import RedisTls
 __all__ = ["SECRETS", "Settings", "redact_url"]
 
 # Fields shown as "***" in the repr; passwords inside URLs are hidden in every field.
-SECRETS = frozenset({"crm_salt", "smtp_password", "data_key"})
+SECRETS = frozenset({"crm_salt", "smtp_password", "data_key", "console_secret"})
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,13 @@ class Settings:
     # drain (grace_period_s): load balancers polling health move traffic away meanwhile.
     # Set it to their health-check interval; a second SIGTERM or SIGINT skips it.
     shutdown_delay_s: float = 2.0
+    # The customer-service console (console/, README "Console"): host:port, empty for none
+    # (`make run` serves it on 127.0.0.1:8080). Its session cookies are signed with
+    # console_secret, or the secret in console_secret_file, or a development secret
+    # generated once into <redis_dir>/console.key.
+    console_address: str = ""
+    console_secret: str = ""
+    console_secret_file: str = ""
 
     def __repr__(self) -> str:
         fields = []
@@ -237,6 +244,7 @@ class Settings:
             ("CHARGING_GRPC_ADDRESS", self.grpc_address),
             ("CHARGING_METRICS_ADDRESS", self.metrics_address),
             ("CHARGING_GRPC_TOKEN_ADDRESS", self.grpc_token_address),
+            ("CHARGING_CONSOLE_ADDRESS", self.console_address),
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")

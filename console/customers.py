@@ -1,0 +1,231 @@
+"""Customer search and the customer page: everything a representative needs on one
+page, read without JavaScript.
+
+Search reuses the CRM's lookups: a line's number, the customer id, the identity
+document (its salted fingerprint: numbers are never stored) and, for names (sealed at
+rest, so there is no index), a bounded scan of the newest ``NAME_SCAN`` customers.
+Staff without a personal-data role search by customer id only and see no personal data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from charging.buckets import Bucket
+from charging.errors import ChargingError, NotFound
+from charging.subscribers import Account, parse_identity
+from console.desk import Desk
+from console.web import Visit, guarded, problem
+from postpaid.invoices import Invoice
+from provisioning.customer_care import Dispute, Interaction, Ticket
+from provisioning.customers import Customer
+from provisioning.lines import Line
+from provisioning.orders import Order
+from provisioning.organisation import OrgUnit
+
+NAME_SCAN = 2000
+SEARCH_KINDS = ("number", "customer", "document", "name")
+
+
+def masked(msisdn: str) -> str:
+    return "•" * max(len(msisdn) - 4, 0) + msisdn[-4:]
+
+
+@dataclass(frozen=True)
+class LineView:
+    line: Line
+    account: Account | None
+    buckets: tuple[Bucket, ...]
+    billing_account: str
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    invoice: Invoice
+    state: dict[str, str]
+
+
+@dataclass(frozen=True)
+class BillingView:
+    id: str
+    info: dict[str, Any]
+    invoices: tuple[InvoiceView, ...]
+    payments: tuple[dict[str, Any], ...]
+    dunning_state: str
+    promised_until: str
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    at: datetime
+    msisdn: str
+    service: str
+    units: int
+    unit: str
+    cost_micros: int
+
+
+@dataclass
+class CustomerView:
+    customer: Customer
+    units: dict[str, OrgUnit] = field(default_factory=dict)
+    lines: list[LineView] = field(default_factory=list)
+    billing: list[BillingView] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    interactions: list[Interaction] = field(default_factory=list)
+    tickets: list[Ticket] = field(default_factory=list)
+    disputes: list[Dispute] = field(default_factory=list)
+    usage: list[UsageRow] = field(default_factory=list)
+
+    def children(self, parent: str) -> list[OrgUnit]:
+        return sorted((u for u in self.units.values() if u.parent == parent), key=lambda u: int(u.id))
+
+
+async def find(desk: Desk, by: str, value: str, visit: Visit, extra: dict[str, str]) -> list[Customer]:
+    customers = desk.acquisition.customers
+    if by == "customer":
+        found = await customers.get(value) if value.isdigit() else None
+        return [found] if found is not None else []
+    if by == "number":
+        parse_identity("msisdn", value, "number")
+        return (await customers.search(msisdn=value))[0]
+    if by == "document":
+        document = (extra.get("doc_type", ""), extra.get("doc_country", "").upper(), value)
+        return (await customers.search(document=document))[0]
+    # by name: sealed at rest, so read and compared here, over a bounded number of customers
+    needle, found_by_name, after = value.casefold(), [], 0
+    for _ in range(NAME_SCAN // 500):
+        page, token = await customers.search(after=after, size=500)
+        found_by_name += [c for c in page if needle in c.name.casefold()]
+        if not token:
+            break
+        after = int(token)
+    return found_by_name
+
+
+@guarded("search")
+async def search(visit: Visit) -> Response:
+    params = visit.request.query_params
+    by, value = params.get("by", "number"), params.get("q", "").strip()
+    if not visit.personal:
+        by = "customer"
+    extra = {k: params.get(k, "").strip() for k in ("doc_type", "doc_country")}
+    results: list[Customer] | None = None
+    error = ""
+    if value and by in SEARCH_KINDS:
+        try:
+            results = await find(visit.desk, by, value, visit, extra)
+        except ChargingError as exc:
+            error = problem(exc)[1]
+    return visit.render("search.html", by=by, q=value, extra=extra, results=results, error=error, kinds=SEARCH_KINDS)
+
+
+async def load(desk: Desk, customer_id: str, personal: bool) -> CustomerView:
+    acquisition = desk.acquisition
+    customer = await acquisition.customers.get(customer_id) if customer_id.isdigit() else None
+    if customer is None:
+        raise NotFound("no such customer")
+    view = CustomerView(customer, units=await acquisition.organisation.units(customer_id))
+    accounts: list[str] = []
+    for line in await acquisition.lines.of_customer(customer_id):
+        account: Account | None = None
+        buckets: tuple[Bucket, ...] = ()
+        try:
+            account = await desk.topups.balance(parse_identity("msisdn", line.msisdn, "msisdn"))
+            buckets = tuple(await desk.topups.buckets(line.account_id))
+        except ChargingError:
+            pass  # not in charging yet (pending activation) or gone
+        ba = await desk.billing.accounts.billed_to(line.account_id) if line.account_id else None
+        if ba and ba not in accounts:
+            accounts.append(ba)
+        view.lines.append(LineView(line, account, buckets, ba or ""))
+    ids, _ = await acquisition.orders.of_customer(customer_id, 0, 50)
+    view.orders = [o for o in [await acquisition.get_order(i) for i in ids] if o is not None]
+    view.disputes = await desk.care.disputes(customer_id)
+    if not personal:
+        return view
+    for ba in accounts:
+        view.billing.append(await billing_view(desk, ba))
+    view.interactions = await desk.care.interactions(customer_id)
+    view.tickets = await desk.care.tickets(customer_id)
+    view.usage = await recent_usage(desk, [lv.line.msisdn for lv in view.lines])
+    return view
+
+
+async def billing_view(desk: Desk, ba: str) -> BillingView:
+    billing = desk.billing
+    info = await billing.account(ba)
+    invoices = []
+    for number in await billing.invoices_of(ba):
+        invoices.append(InvoiceView(await billing.invoice(number), await billing.invoice_state(number)))
+    payments = tuple(await billing.payments.records(ba))
+    return BillingView(
+        ba, info, tuple(invoices), payments, str(info.get("state", "ACTIVE")), str(info.get("promised_until", ""))
+    )
+
+
+async def recent_usage(desk: Desk, msisdns: list[str], limit: int = 20) -> list[UsageRow]:
+    if not msisdns:
+        return []
+    async with desk.database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT occurred_at, msisdn, service, units, unit, cost_micros FROM usage_records "
+            "WHERE msisdn = ANY(%s) ORDER BY occurred_at DESC LIMIT %s",
+            (msisdns, limit),
+        )
+        rows = await cur.fetchall()
+    return [UsageRow(r[0], str(r[1]), str(r[2]), int(r[3]), str(r[4]), int(r[5])) for r in rows]
+
+
+@guarded("customer")
+async def customer_page(visit: Visit) -> Response:
+    customer_id = visit.request.path_params["customer_id"]
+    try:
+        view = await load(visit.desk, customer_id, visit.personal)
+    except NotFound:
+        return visit.render("missing.html", 404, what=f"customer {customer_id}")
+    bundles = sorted(visit.desk.catalogs.current.bundles.values(), key=lambda b: b.id)
+    plans = sorted(visit.desk.catalogs.current.plans)
+    return visit.render(
+        "customer.html",
+        view=view,
+        masked=masked,
+        bundles=bundles,
+        plans=plans,
+        done=visit.request.query_params.get("done", ""),
+    )
+
+
+@guarded("invoice_pdf")
+async def invoice_pdf(visit: Visit) -> Response:
+    from postpaid.render import render_pdf
+
+    number = visit.request.path_params["number"]
+    customer_id = visit.request.path_params["customer_id"]
+    try:
+        view = await load(visit.desk, customer_id, True)
+    except NotFound:
+        return visit.render("missing.html", 404, what=f"customer {customer_id}")
+    # Only an invoice of this customer's billing accounts: the URL is not a capability.
+    mine = {iv.invoice.number: iv.invoice for b in view.billing for iv in b.invoices}
+    if number not in mine:
+        return visit.render("missing.html", 404, what=f"invoice {number}")
+    await visit.audit("invoice_viewed", number)
+    return Response(
+        render_pdf(mine[number]),
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="invoice-{number}.pdf"'},
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/search", search),
+        Route("/customers/{customer_id}", customer_page),
+        Route("/customers/{customer_id}/invoices/{number}.pdf", invoice_pdf),
+    ]
