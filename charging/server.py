@@ -51,6 +51,7 @@ from charging.errors import StartupError
 from charging.events import EventCharging
 from charging.jobs import Backoff, Job, Jobs
 from charging.ledger import Ledger
+from charging.nchf.listener import NchfListener
 from charging.notifications import Notifier
 from charging.rating import UnitKind
 from charging.redis_link import RedisLink
@@ -133,6 +134,7 @@ class App:
     mode: Mode = Mode.LOCAL
     _policy: PolicyFile | None = None
     _tls: CertificateFiles | None = None
+    nchf: NchfListener | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -222,6 +224,8 @@ class App:
             except RuntimeError:
                 raise StartupError(f"cannot listen on gRPC address {s.grpc_token_address}") from None
         await self._server.start()
+        if self.nchf is not None:  # the 5G CHF door (charging/nchf/)
+            await self.nchf.start(sessions, self.clock, TokenStore(self.redis))
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -312,6 +316,8 @@ class App:
             except OSError as exc:
                 raise StartupError(f"cannot listen on metrics address {s.metrics_address}: {exc.strerror}") from None
             self.metrics_port = self._metrics_httpd.server_port
+        if s.nchf_address:  # bound now: a taken address stops the server before Redis starts
+            self.nchf = NchfListener(s, self._policy)
 
     async def _start_database(self) -> None:
         """The system of record: the configured PostgreSQL, or an embedded one (development),
@@ -369,6 +375,8 @@ class App:
                     await self._hurry.wait()
             except TimeoutError:
                 pass
+        if self.nchf is not None:
+            await self.nchf.stop(self.settings.grace_period_s)
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
         await self.jobs.stop()

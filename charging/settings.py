@@ -146,6 +146,9 @@ class Settings:
     # drain (grace_period_s): load balancers polling health move traffic away meanwhile.
     # Set it to their health-check interval; a second SIGTERM or SIGINT skips it.
     shutdown_delay_s: float = 2.0
+    # The 5G CHF door (Nchf_ConvergedCharging over HTTP/2, README "5G CHF (Nchf)"): h2c on
+    # loopback, TLS with the tls_* files otherwise. Empty: not served.
+    nchf_address: str = "127.0.0.1:8090"
 
     def __repr__(self) -> str:
         fields = []
@@ -237,6 +240,7 @@ class Settings:
             ("CHARGING_GRPC_ADDRESS", self.grpc_address),
             ("CHARGING_METRICS_ADDRESS", self.metrics_address),
             ("CHARGING_GRPC_TOKEN_ADDRESS", self.grpc_token_address),
+            ("CHARGING_NCHF_ADDRESS", self.nchf_address),
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
