@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from charging.clock import ManualClock
 from charging.errors import StartupError
@@ -119,9 +120,14 @@ async def test_create_update_retransmission_release_with_balances(http: httpx.As
     assert await balance(stubs) == (charged, 1024 * KB)
 
     # The same request again (marked as a retransmission): the stored answer, charged once.
+    replays = REGISTRY.get_sample_value("charging_nchf_retransmissions_total", {"operation": "update"}) or 0
+    ok = REGISTRY.get_sample_value("charging_nchf_requests_total", {"operation": "update", "result": "SUCCESS"})
     again = await http.post(f"{ROOT}/{ref}/update", json={**update, "retransmissionIndicator": True})
     assert again.status_code == 200
     assert again.json()["multipleUnitInformation"] == first.json()["multipleUnitInformation"]
+    assert REGISTRY.get_sample_value("charging_nchf_retransmissions_total", {"operation": "update"}) == replays + 1
+    labels = {"operation": "update", "result": "SUCCESS"}
+    assert REGISTRY.get_sample_value("charging_nchf_requests_total", labels) == (ok or 0) + 1
     assert await balance(stubs) == (charged, 1024 * KB)
     # The same number with another body is refused, changing nothing.
     other = await http.post(f"{ROOT}/{ref}/update", json=request(1, [{"ratingGroup": 30}]))
