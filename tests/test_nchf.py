@@ -14,7 +14,9 @@ validity 3600 s, REDIRECT to http://topup.invalid/ as final unit action.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -322,5 +324,19 @@ async def test_tls_and_the_network_role_from_client_certificates(
         async with httpx.AsyncClient(base_url=url, http2=True, verify=plain) as nobody:
             with pytest.raises(httpx.HTTPError):  # no client certificate: no handshake
                 await nobody.post(ROOT, json=request(0))
+
+        # A renewed server certificate is served from the next handshake, no restart.
+        assert app.nchf.tls_files is not None
+        app.nchf.tls_files.check_s = 0.0
+        ca = certs.Issued((pki / "ca.pem").read_bytes(), (pki / "ca.key").read_bytes())
+        certs.write_pair(pki, "server", certs.issue(ca, "localhost", dns=["localhost"], ips=["127.0.0.1"], server=True))
+        renewed = ssl.PEM_cert_to_DER_cert((pki / "server.pem").read_text())
+
+        def served() -> bytes:
+            with socket.create_connection(("127.0.0.1", app.nchf.port)) as raw:  # type: ignore[union-attr]
+                with tls("network").wrap_socket(raw, server_hostname="localhost") as conn:
+                    return conn.getpeercert(binary_form=True) or b""
+
+        assert await asyncio.to_thread(served) == renewed
     finally:
         await app.stop()

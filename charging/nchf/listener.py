@@ -5,7 +5,8 @@ Transport and callers follow the gRPC API's model (``charging/security/mode.py``
     TLS files set (CHARGING_TLS_CERT/KEY) -> TLS (ALPN h2, http/1.1); with
                                              CHARGING_TLS_CLIENT_CA a client certificate
                                              is required (mTLS), and its SAN names the
-                                             caller in the policy file; else a bearer token
+                                             caller in the policy file; else a bearer token.
+                                             Renewed files are used from the next handshake.
     no TLS, loopback address              -> cleartext: HTTP/2 with prior knowledge (h2c),
                                              as an SMF speaks it, and HTTP/1.1; every
                                              caller is the development identity
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +88,46 @@ def server_tls(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+class ServerTls:
+    """The server's TLS context, renewed when a certificate file changes (as the gRPC
+    API's ``security/tls.py``): the listening socket keeps the first context, whose
+    SNI callback (called on every handshake, with or without SNI) hands the handshake
+    the newest one. Files are looked at no more than once a second; a new pair that does
+    not load (a renewal half written) is ignored with a warning until it does."""
+
+    def __init__(self, settings: Settings, check_s: float = 1.0) -> None:
+        self.settings = settings
+        self.check_s = check_s
+        self._paths = [p for p in (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if p]
+        self._stamps = self._read_stamps()
+        self.context = server_tls(settings)
+        self.context.sni_callback = self._handshake
+        self._current = self.context
+        self._checked = time.monotonic()
+
+    def _read_stamps(self) -> tuple[tuple[int, int], ...]:
+        try:
+            return tuple((st.st_mtime_ns, st.st_size) for st in (os.stat(p) for p in self._paths))
+        except OSError:
+            return ()
+
+    def _handshake(self, conn: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        now = time.monotonic()
+        if now - self._checked >= self.check_s:
+            self._checked = now
+            stamps = self._read_stamps()
+            if stamps and stamps != self._stamps:
+                try:
+                    self._current = server_tls(self.settings)
+                except StartupError as exc:
+                    log.warning("Nchf certificate files not reloaded", extra={"error": str(exc)})
+                else:
+                    self._stamps = stamps
+                    log.info("Nchf certificate files reloaded", extra={"cert": self.settings.tls_cert})
+        if self._current is not self.context:
+            conn.context = self._current
+
+
 def _names(cert: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """The URI and DNS subject alternative names of a peer certificate."""
     uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
@@ -103,7 +146,8 @@ class NchfListener:
             self.mode = decide([settings.nchf_address], bool(settings.tls_cert), bool(policy), settings.insecure)
         except StartupError as exc:
             raise StartupError(str(exc).replace("gRPC address", "Nchf address")) from None
-        self._tls = server_tls(settings) if self.mode is Mode.SECURED else None
+        self.tls_files = ServerTls(settings) if self.mode is Mode.SECURED else None
+        self._tls = self.tls_files.context if self.tls_files is not None else None
         self._socket = _bind(settings.nchf_address)
         self.port = int(self._socket.getsockname()[1])
         self._tokens: TokenStore | None = None

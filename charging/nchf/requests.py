@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import jsonschema
 import orjson
 
 from charging.errors import InvalidRequest
@@ -30,13 +31,33 @@ class RequestInvalid(DocumentInvalid):
     """Every invalid parameter of a request body, each by its JSON Pointer."""
 
 
+class _Inlined(Schema):
+    """The schema with its ``$ref``s replaced by their definitions before validating:
+    jsonschema resolves a reference on every use, which took three quarters of the time
+    of checking a body (about 110 of 150 us), on every charging request."""
+
+    def __init__(self) -> None:
+        super().__init__("charging.nchf", "chargingdata.schema.json", "ChargingDataRequest", RequestInvalid)
+        self._validator = jsonschema.Draft202012Validator(_inline(self.doc, self.doc["$defs"]))
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"$ref"}:
+            return _inline(defs[node["$ref"].rsplit("/", 1)[1]], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
 _SCHEMA: Schema | None = None
 
 
 def _schema() -> Schema:
     global _SCHEMA
     if _SCHEMA is None:
-        _SCHEMA = Schema("charging.nchf", "chargingdata.schema.json", "ChargingDataRequest", RequestInvalid)
+        _SCHEMA = _Inlined()
     return _SCHEMA
 
 
