@@ -31,6 +31,7 @@ from charging.clock import ManualClock
 from charging.errors import StartupError
 from charging.nchf.listener import NchfListener
 from charging.security import certs
+from charging.security.tokens import TokenStore
 from charging.server import App
 from charging.settings import Settings
 from tests.conftest import Stubs
@@ -338,5 +339,35 @@ async def test_tls_and_the_network_role_from_client_certificates(
                     return conn.getpeercert(binary_form=True) or b""
 
         assert await asyncio.to_thread(served) == renewed
+    finally:
+        await app.stop()
+
+
+async def test_bearer_tokens_without_client_certificates(
+    settings: Settings, clock: ManualClock, tmp_path: Path
+) -> None:
+    pki = tmp_path / "pki"
+    certs.write_dev_set(pki)
+    secured = dataclasses.replace(
+        settings,
+        nchf_address="127.0.0.1:0",
+        tls_cert=str(pki / "server.pem"),
+        tls_key=str(pki / "server.key"),
+        policy_file=str(pki / "policy.json"),
+    )
+    app = App(secured, clock=clock, run_background=False)
+    await app.start()
+    try:
+        assert app.nchf is not None and app.redis is not None
+        tokens = TokenStore(app.redis)
+        smf = await tokens.create("smf-1", ("network",), (), 0)
+        watcher = await tokens.create("watcher", ("monitor",), (), 0)
+        verify = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{app.nchf.port}", http2=True, verify=verify) as c:
+            assert (await c.post(ROOT, json=request(0))).status_code == 401
+            denied = await c.post(ROOT, json=request(0), headers={"authorization": f"Bearer {watcher}"})
+            assert denied.status_code == 403
+            allowed = await c.post(ROOT, json=request(0), headers={"authorization": f"Bearer {smf}"})
+            assert allowed.status_code == 404 and allowed.json()["invocationResult"]["error"]["cause"] == "USER_UNKNOWN"
     finally:
         await app.stop()

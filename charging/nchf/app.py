@@ -75,6 +75,10 @@ class NchfApp:
         await _send(send, answer)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, Reply]:
+        try:
+            body = await _body(receive)
+        except TooLarge:
+            body = None
         found = PATH.match(scope["path"])
         if found is None:
             return "unknown", problem(404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", "no such resource")
@@ -90,9 +94,7 @@ class NchfApp:
             log.warning("Nchf request refused", extra={"reason": "role", "caller": identity.name})
             return op, problem(403, "UNAUTHORIZED", f"{identity.name} does not have the network role")
         set_caller(identity)
-        try:
-            body = await _body(receive)
-        except TooLarge:
+        if body is None:
             return op, problem(413, "PAYLOAD_TOO_LARGE", f"the body is larger than {MAX_BODY_BYTES} bytes")
         try:
             data = parse(body)
@@ -130,6 +132,10 @@ def _authority(scope: Scope) -> str:
 
 
 async def _body(receive: Receive) -> bytes:
+    """The request body, read to its end before any answer: hypercorn's HTTP/2 ends the
+    connection when DATA frames arrive for a stream it has already answered (KeyError in
+    its stream table). Past ``MAX_BODY_BYTES`` the rest is read and dropped (up to 16
+    times as much), then ``TooLarge``."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -138,11 +144,12 @@ async def _body(receive: Receive) -> bytes:
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
+        if size <= MAX_BODY_BYTES:
+            chunks.append(chunk)
+        if not message.get("more_body", False) or size > 16 * MAX_BODY_BYTES:
             break
+    if size > MAX_BODY_BYTES:
+        raise TooLarge
     return b"".join(chunks)
 
 
