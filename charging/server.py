@@ -52,6 +52,7 @@ from charging.events import EventCharging
 from charging.jobs import Backoff, Job, Jobs
 from charging.ledger import Ledger
 from charging.nchf.listener import NchfListener
+from charging.nchf.nrf import HEARTBEAT_S
 from charging.notifications import Notifier
 from charging.rating import UnitKind
 from charging.redis_link import RedisLink
@@ -226,6 +227,9 @@ class App:
         await self._server.start()
         if self.nchf is not None:  # the 5G CHF door (charging/nchf/)
             await self.nchf.start(sessions, self.clock, TokenStore(self.redis))
+            if self.nchf.nrf is not None:
+                keep = self.nchf.nrf.keep_registered
+                self.jobs.start(Job("nrf", keep, interval_s=HEARTBEAT_S, clock=self.clock, backoff=job_backoff(s)))
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +374,79 @@ async def test_bearer_tokens_without_client_certificates(
             assert allowed.status_code == 404 and allowed.json()["invocationResult"]["error"]["cause"] == "USER_UNKNOWN"
     finally:
         await app.stop()
+
+
+class NrfStandIn:
+    """A real HTTP server answering Nnrf_NFManagement as an NRF does, recording each
+    request (method, path, JSON body)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, Any]] = []
+        self.instances: set[str] = set()
+        seen, instances = self.seen, self.instances
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                seen.append((self.command, self.path, body))
+                known = self.path in instances
+                if self.command == "PUT":
+                    instances.add(self.path)
+                    status = 200 if known else 201
+                elif self.command == "DELETE":
+                    instances.discard(self.path)
+                    status = 204
+                else:
+                    status = 204 if known else 404
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            do_PUT = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_registers_in_the_nrf_and_deregisters_on_stop(settings: Settings, clock: ManualClock) -> None:
+    nrf = NrfStandIn()
+    try:
+        app = App(
+            dataclasses.replace(settings, nchf_address="127.0.0.1:0", nchf_nrf_url=nrf.url + "/"),
+            clock=clock,
+            run_background=False,
+        )
+        await app.start()
+        try:
+            assert app.nchf is not None and app.nchf.nrf is not None
+            # The nrf job's first pass, started with the server: yield to it (no timing).
+            while not app.nchf.nrf.registered:  # noqa: ASYNC110
+                await asyncio.sleep(0)
+            method, path, profile = nrf.seen[0]
+            assert (method, path) == ("PUT", f"/nnrf-nfm/v1/nf-instances/{profile['nfInstanceId']}")
+            assert profile["nfType"] == "CHF" and profile["ipv4Addresses"] == ["127.0.0.1"]
+            (service,) = profile["nfServices"]
+            assert service["serviceName"] == "nchf-convergedcharging"
+            assert service["apiPrefix"] == f"http://127.0.0.1:{app.nchf.port}"
+            assert service["versions"][0]["apiVersionInUri"] == "v3"
+            # A heartbeat; an NRF that forgot the instance gets it registered again.
+            await app.nchf.nrf.keep_registered()
+            assert nrf.seen[-1][0] == "PATCH"
+            nrf.instances.clear()
+            await app.nchf.nrf.keep_registered()
+            assert [m for m, _, _ in nrf.seen[-2:]] == ["PATCH", "PUT"]
+        finally:
+            await app.stop()
+        assert nrf.seen[-1][:2] == ("DELETE", path) and not nrf.instances
+    finally:
+        nrf.close()

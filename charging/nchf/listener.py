@@ -45,6 +45,7 @@ from charging.clock import Clock
 from charging.errors import StartupError
 from charging.nchf import metrics
 from charging.nchf.app import NchfApp, Scope
+from charging.nchf.nrf import NrfClient, Registration
 from charging.security.identity import LOCAL, Identity
 from charging.security.mode import Mode, decide
 from charging.security.policy import PolicyFile
@@ -151,6 +152,8 @@ class NchfListener:
         self._socket = _bind(settings.nchf_address)
         self.port = int(self._socket.getsockname()[1])
         self._tokens: TokenStore | None = None
+        # Set by ``start`` when CHARGING_NCHF_NRF_URL is: the server runs its ``nrf`` job.
+        self.nrf: NrfClient | None = None
         # Peer address -> the identity of its client certificate (None: none known).
         self._peers: dict[tuple[str, int], Identity | None] = {}
         self._connections: set[asyncio.Task[None]] = set()
@@ -163,6 +166,11 @@ class NchfListener:
 
     async def start(self, sessions: SessionCharging, clock: Clock, tokens: TokenStore) -> None:
         self._tokens = tokens
+        if self.settings.nchf_nrf_url:
+            scheme = "https" if self._tls else "http"
+            host = self.settings.nchf_address.rpartition(":")[0]
+            prefix = self.settings.nchf_api_prefix or f"{scheme}://{host}:{self.port}"
+            self.nrf = NrfClient(Registration.of(self.settings.nchf_nrf_url, prefix, self.settings.nchf_instance_id))
         ceilings = sessions.limits.ceilings
         app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings))  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
@@ -208,6 +216,8 @@ class NchfListener:
         return None
 
     async def stop(self, grace_s: float) -> None:
+        if self.nrf is not None:  # first: SMFs stop choosing this CHF while it drains
+            await self.nrf.close()
         if self._server is None:
             self._socket.close()
             return
