@@ -450,3 +450,38 @@ async def test_registers_in_the_nrf_and_deregisters_on_stop(settings: Settings, 
         assert nrf.seen[-1][:2] == ("DELETE", path) and not nrf.instances
     finally:
         nrf.close()
+
+
+async def test_stop_refuses_new_connections_and_drains_requests_in_flight(
+    chf: App, http: httpx.AsyncClient, stubs: Stubs
+) -> None:
+    await stubs.subscriber(MSISDN, balance=1_000_000, imsi=IMSI)
+    assert chf.nchf is not None
+    port = chf.nchf.port
+    whole = json.dumps(request(0, [{"ratingGroup": 30, "requestedUnit": {}}])).encode()
+    gate = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:  # half the body, then the rest once let through
+        yield whole[:40]
+        await gate.wait()
+        yield whole[40:]
+
+    def in_flight() -> float:
+        return REGISTRY.get_sample_value("charging_nchf_requests_in_flight") or 0.0
+
+    before = in_flight()
+    pending = asyncio.create_task(http.post(ROOT, content=body(), headers={"content-type": "application/json"}))
+    while in_flight() == before:  # noqa: ASYNC110 (yields until the server is inside the request)
+        await asyncio.sleep(0)
+    stopping = asyncio.create_task(chf.nchf.stop(grace_s=30.0))
+    while chf.nchf.serving:  # noqa: ASYNC110 (yields until the stop has closed the listening socket)
+        await asyncio.sleep(0)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", http1=False, http2=True) as late:
+        with pytest.raises(httpx.ConnectError):
+            await late.post(ROOT, json=request(0))
+    assert not stopping.done()  # still draining the request in flight
+    gate.set()
+    answer = await pending
+    assert answer.status_code == 201, answer.text
+    await stopping
+    assert await balance(stubs) == (1_000_000, 10 * 1024 * KB)  # the default quota, 10 MiB, held

@@ -60,6 +60,13 @@ class NchfApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            metrics.IN_FLIGHT.dec()
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         op = "unknown"
         try:

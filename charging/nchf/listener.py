@@ -195,6 +195,11 @@ class NchfListener:
         )
         log.info("Nchf listening", extra={"nchf_port": self.port, "tls": self._tls is not None})
 
+    @property
+    def serving(self) -> bool:
+        """Whether new connections are accepted."""
+        return self._server is not None and self._server.is_serving()
+
     def _certified(self, cert: Mapping[str, Any]) -> Identity | None:
         if self.policy is None:
             return None

@@ -4,7 +4,7 @@ subscriber, a ChargingDataRef or a peer address."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "charging_nchf_requests_total",
@@ -34,3 +34,4 @@ CONNECTIONS = Counter(
     "Connections accepted by the Nchf listener, by protocol (h2c, tls).",
     ["protocol"],
 )
+IN_FLIGHT = Gauge("charging_nchf_requests_in_flight", "Nchf requests being answered now (a stop waits for them).")
