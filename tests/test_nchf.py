@@ -116,6 +116,12 @@ async def test_create_update_retransmission_release_with_balances(http: httpx.As
     assert unit["validityTime"] == 3600
     assert {t["triggerType"] for t in unit["triggers"]} == {"QUOTA_EXHAUSTED", "VALIDITY_TIME"}
     assert await balance(stubs) == (1_000_000, 1024 * KB)
+    # The create again, marked as a retransmission: the same resource, reserved once.
+    create = request(0, [{"ratingGroup": 30, "requestedUnit": {"totalVolume": 1_048_576}, "uPFID": "upf-a"}])
+    copy = await http.post(ROOT, json={**create, "retransmissionIndicator": True})
+    assert copy.status_code == 201 and copy.headers["location"] == created.headers["location"]
+    assert copy.json()["multipleUnitInformation"] == body["multipleUnitInformation"]
+    assert await balance(stubs) == (1_000_000, 1024 * KB)
 
     used = {"localSequenceNumber": 1, "totalVolume": 500_000, "uplinkVolume": 100_000, "downlinkVolume": 400_000}
     update = request(1, [{"ratingGroup": 30, "requestedUnit": {"totalVolume": 1_048_576}, "usedUnitContainer": [used]}])
