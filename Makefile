@@ -103,6 +103,7 @@ test: setup redis-server postgresql browser lint
 bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.tls_bench
+	$(BIN)/python -m loadtest.nchf_bench
 	$(BIN)/python -m loadtest.bill_bench
 
 # A randomized fault-injection run (README "Proof under faults"); a short fixed-seed run is

@@ -52,6 +52,8 @@ from charging.errors import StartupError
 from charging.events import EventCharging
 from charging.jobs import Backoff, Job, Jobs
 from charging.ledger import Ledger
+from charging.nchf.listener import NchfListener
+from charging.nchf.nrf import HEARTBEAT_S
 from charging.notifications import Notifier
 from charging.rating import UnitKind
 from charging.redis_link import RedisLink
@@ -136,6 +138,7 @@ class App:
     _policy: PolicyFile | None = None
     _tls: CertificateFiles | None = None
     console: ConsoleServer | None = None
+    nchf: NchfListener | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -230,6 +233,11 @@ class App:
         await self._server.start()
         if s.console_address:
             self.console = await start_console(self, topups, care)
+        if self.nchf is not None:  # the 5G CHF door (charging/nchf/)
+            await self.nchf.start(sessions, self.clock, TokenStore(self.redis))
+            if self.nchf.nrf is not None:
+                keep = self.nchf.nrf.keep_registered
+                self.jobs.start(Job("nrf", keep, interval_s=HEARTBEAT_S, clock=self.clock, backoff=job_backoff(s)))
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -320,6 +328,8 @@ class App:
             except OSError as exc:
                 raise StartupError(f"cannot listen on metrics address {s.metrics_address}: {exc.strerror}") from None
             self.metrics_port = self._metrics_httpd.server_port
+        if s.nchf_address:  # bound now: a taken address stops the server before Redis starts
+            self.nchf = NchfListener(s, self._policy)
 
     async def _start_database(self) -> None:
         """The system of record: the configured PostgreSQL, or an embedded one (development),
@@ -384,6 +394,8 @@ class App:
                 pass
         if self.console is not None:
             await self.console.stop()
+        if self.nchf is not None:
+            await self.nchf.stop(self.settings.grace_period_s)
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
         await self.jobs.stop()

@@ -153,6 +153,15 @@ class Settings:
     console_address: str = ""
     console_secret: str = ""
     console_secret_file: str = ""
+    # The 5G CHF door (Nchf_ConvergedCharging over HTTP/2, README "5G CHF (Nchf)"): h2c on
+    # loopback, TLS with the tls_* files otherwise. Empty: not served.
+    nchf_address: str = "127.0.0.1:8090"
+    # Register the CHF in this NRF (Nnrf_NFManagement; empty: no registration), with
+    # this apiPrefix (empty: the listener's own address) and NF instance id (empty: a
+    # UUID derived from the prefix).
+    nchf_nrf_url: str = ""
+    nchf_api_prefix: str = ""
+    nchf_instance_id: str = ""
 
     def __repr__(self) -> str:
         fields = []
@@ -245,9 +254,16 @@ class Settings:
             ("CHARGING_METRICS_ADDRESS", self.metrics_address),
             ("CHARGING_GRPC_TOKEN_ADDRESS", self.grpc_token_address),
             ("CHARGING_CONSOLE_ADDRESS", self.console_address),
+            ("CHARGING_NCHF_ADDRESS", self.nchf_address),
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
+        for name, url in (
+            ("CHARGING_NCHF_NRF_URL", self.nchf_nrf_url),
+            ("CHARGING_NCHF_API_PREFIX", self.nchf_api_prefix),
+        ):
+            if url and not url.startswith(("http://", "https://")):
+                raise InvalidRequest(name, "must be an http:// or https:// URL")
         if self.max_in_flight < 1:
             raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
         for f in dataclasses.fields(self):

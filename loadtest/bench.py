@@ -725,6 +725,7 @@ def bench(args: argparse.Namespace) -> int:
             # Metrics on a free loopback port, only to read the server's own result counts after
             # the load (h2load cannot see gRPC statuses). Counters are updated either way.
             CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
+            CHARGING_NCHF_ADDRESS="",
             CHARGING_REDIS_DIR=str(redis_dir),
             # Its own embedded PostgreSQL, in a directory the postgres user can reach.
             CHARGING_DATABASE_DIR=str(postgres_dir),

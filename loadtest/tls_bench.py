@@ -117,6 +117,7 @@ def bench(args: argparse.Namespace) -> int:
         wait_redis(redis_proc, redis_port, redis_log)
         common = child_env()
         common.update(CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}", CHARGING_METRICS_ADDRESS="")
+        common.update(CHARGING_NCHF_ADDRESS="")
         common.update(CHARGING_BILLING_INTERVAL_S="0", CHARGING_REDIS_DIR=str(redis_dir))
         # Each server its own embedded PostgreSQL (one per data directory), where the
         # postgres user can reach it.

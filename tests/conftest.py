@@ -129,6 +129,7 @@ def settings(redis_url: str, app_database_url: str) -> Settings:
     return Settings(
         grpc_address="127.0.0.1:0",
         metrics_address="",
+        nchf_address="",
         redis_url=redis_url,
         database_url=app_database_url,
         sweep_interval_s=0.05,

@@ -23,6 +23,7 @@ def serve(redis_dir: Path, database_url: str, port: int | None = None, **env: st
         **os.environ,
         "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "CHARGING_METRICS_ADDRESS": "",
+        "CHARGING_NCHF_ADDRESS": "",
         "CHARGING_REDIS_DIR": str(redis_dir),
         "CHARGING_DATABASE_URL": database_url,
         "CHARGING_BILLING_INTERVAL_S": "0",

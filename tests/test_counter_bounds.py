@@ -196,6 +196,7 @@ def small_floor(redis_url: str, app_database_url: str) -> Settings:
     return Settings(
         grpc_address="127.0.0.1:0",
         metrics_address="",
+        nchf_address="",
         redis_url=redis_url,
         database_url=app_database_url,
         grace_period_s=1.0,

@@ -50,6 +50,7 @@ async def server(directory: Path, clock: ManualClock, database_url: str, data_ke
     settings = Settings(
         grpc_address="127.0.0.1:0",
         metrics_address="",
+        nchf_address="",
         redis_dir=directory,
         redis_appendfsync="always",
         database_url=database_url,

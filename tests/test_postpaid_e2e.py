@@ -54,6 +54,7 @@ async def world(
     settings = Settings(
         grpc_address="127.0.0.1:0",
         metrics_address="",
+        nchf_address="",
         redis_url=redis_url,
         database_url=app_database_url,
         smtp_host="127.0.0.1",

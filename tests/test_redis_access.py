@@ -108,6 +108,7 @@ async def test_the_server_works_with_a_restricted_acl_user(
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            nchf_address="",
             database_url=app_database_url,
             data_key=DATA_KEY,
             redis_url=f"redis://server:server-pw@127.0.0.1:{port}/0",
@@ -129,6 +130,7 @@ async def test_the_server_runs_on_a_tls_redis(tmp_path: Path, clock: ManualClock
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            nchf_address="",
             database_url=app_database_url,
             data_key=DATA_KEY,
             redis_url=f"rediss://localhost:{port}/0",
@@ -166,6 +168,7 @@ async def test_a_tls_redis_under_a_wrong_ca_is_refused(
         settings = Settings(
             grpc_address="127.0.0.1:0",
             metrics_address="",
+            nchf_address="",
             database_url=app_database_url,
             data_key=DATA_KEY,
             redis_url=url,

@@ -158,6 +158,7 @@ def test_readme_tour_with_the_bundled_client(tmp_path: Path, postgres_dir: Path)
         **os.environ,
         "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "CHARGING_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
+        "CHARGING_NCHF_ADDRESS": f"127.0.0.1:{free_port()}",
         "CHARGING_REDIS_DIR": str(tmp_path / "redis"),
         "CHARGING_DATABASE_DIR": str(postgres_dir),
     }

@@ -1,0 +1,238 @@
+"""The Nchf listener: hypercorn serving ``NchfApp`` over HTTP/2, and its lifecycle.
+
+Transport and callers follow the gRPC API's model (``charging/security/mode.py``):
+
+    TLS files set (CHARGING_TLS_CERT/KEY) -> TLS (ALPN h2, http/1.1); with
+                                             CHARGING_TLS_CLIENT_CA a client certificate
+                                             is required (mTLS), and its SAN names the
+                                             caller in the policy file; else a bearer token.
+                                             Renewed files are used from the next handshake.
+    no TLS, loopback address              -> cleartext: HTTP/2 with prior knowledge (h2c),
+                                             as an SMF speaks it, and HTTP/1.1; every
+                                             caller is the development identity
+    no TLS, another address               -> refused at start, unless CHARGING_INSECURE
+    every request                         -> the caller must have the ``network`` role
+
+Why our own accept loop around hypercorn's connection handler: hypercorn gives the
+application no view of the client certificate, and the caller's identity is the
+certificate's. So the loop accepts each connection (TLS handshake included), reads the
+certificate, notes the identity under the peer address (the ASGI scope's ``client``),
+and hands the connection to hypercorn's ``TCPServer``, which does all of HTTP/1.1 and
+HTTP/2. This uses hypercorn below its documented ``serve``; the tests cover h2c, TLS
+and mTLS, so an upgrade that changes it fails them.
+
+Stop: stop accepting, tell open connections the worker is terminating (hypercorn
+closes each once idle), wait up to the grace period for requests in flight, then cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config
+
+from charging.clock import Clock
+from charging.errors import StartupError
+from charging.nchf import metrics
+from charging.nchf.app import NchfApp, Scope
+from charging.nchf.nrf import NrfClient, Registration
+from charging.security.identity import LOCAL, Identity
+from charging.security.mode import Mode, decide
+from charging.security.policy import PolicyFile
+from charging.security.tokens import TokenStore
+from charging.sessions import SessionCharging
+from charging.settings import Settings
+
+log = logging.getLogger("charging.nchf")
+
+
+def _bind(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on Nchf address {address}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def server_tls(settings: Settings) -> ssl.SSLContext:
+    """The server's TLS context from the gRPC API's certificate settings."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca:
+            context.load_verify_locations(settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"Nchf TLS: {exc}") from None
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
+
+
+class ServerTls:
+    """The server's TLS context, renewed when a certificate file changes (as the gRPC
+    API's ``security/tls.py``): the listening socket keeps the first context, whose
+    SNI callback (called on every handshake, with or without SNI) hands the handshake
+    the newest one. Files are looked at no more than once a second; a new pair that does
+    not load (a renewal half written) is ignored with a warning until it does."""
+
+    def __init__(self, settings: Settings, check_s: float = 1.0) -> None:
+        self.settings = settings
+        self.check_s = check_s
+        self._paths = [p for p in (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if p]
+        self._stamps = self._read_stamps()
+        self.context = server_tls(settings)
+        self.context.sni_callback = self._handshake
+        self._current = self.context
+        self._checked = time.monotonic()
+
+    def _read_stamps(self) -> tuple[tuple[int, int], ...]:
+        try:
+            return tuple((st.st_mtime_ns, st.st_size) for st in (os.stat(p) for p in self._paths))
+        except OSError:
+            return ()
+
+    def _handshake(self, conn: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        now = time.monotonic()
+        if now - self._checked >= self.check_s:
+            self._checked = now
+            stamps = self._read_stamps()
+            if stamps and stamps != self._stamps:
+                try:
+                    self._current = server_tls(self.settings)
+                except StartupError as exc:
+                    log.warning("Nchf certificate files not reloaded", extra={"error": str(exc)})
+                else:
+                    self._stamps = stamps
+                    log.info("Nchf certificate files reloaded", extra={"cert": self.settings.tls_cert})
+        if self._current is not self.context:
+            conn.context = self._current
+
+
+def _names(cert: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The URI and DNS subject alternative names of a peer certificate."""
+    uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
+    dns = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    return uris, dns
+
+
+class NchfListener:
+    """Bound at start-up (a taken address stops the server before Redis starts), serving
+    once ``start`` has the charging core."""
+
+    def __init__(self, settings: Settings, policy: PolicyFile | None) -> None:
+        self.settings = settings
+        self.policy = policy
+        try:
+            self.mode = decide([settings.nchf_address], bool(settings.tls_cert), bool(policy), settings.insecure)
+        except StartupError as exc:
+            raise StartupError(str(exc).replace("gRPC address", "Nchf address")) from None
+        self.tls_files = ServerTls(settings) if self.mode is Mode.SECURED else None
+        self._tls = self.tls_files.context if self.tls_files is not None else None
+        self._socket = _bind(settings.nchf_address)
+        self.port = int(self._socket.getsockname()[1])
+        self._tokens: TokenStore | None = None
+        # Set by ``start`` when CHARGING_NCHF_NRF_URL is: the server runs its ``nrf`` job.
+        self.nrf: NrfClient | None = None
+        # Peer address -> the identity of its client certificate (None: none known).
+        self._peers: dict[tuple[str, int], Identity | None] = {}
+        self._connections: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._context = WorkerContext(None)
+        self._config = Config()
+        self._config.errorlog = logging.getLogger("charging.nchf.http")
+        self._config.keep_alive_timeout = 60.0
+        self._config.graceful_timeout = settings.grace_period_s
+
+    async def start(self, sessions: SessionCharging, clock: Clock, tokens: TokenStore) -> None:
+        self._tokens = tokens
+        if self.settings.nchf_nrf_url:
+            scheme = "https" if self._tls else "http"
+            host = self.settings.nchf_address.rpartition(":")[0]
+            prefix = self.settings.nchf_api_prefix or f"{scheme}://{host}:{self.port}"
+            self.nrf = NrfClient(Registration.of(self.settings.nchf_nrf_url, prefix, self.settings.nchf_instance_id))
+        ceilings = sessions.limits.ceilings
+        app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings))  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._connections.add(task)
+            peer = writer.get_extra_info("peername")
+            key = (str(peer[0]), int(peer[1]))
+            cert = writer.get_extra_info("peercert")
+            self._peers[key] = self._certified(cert) if cert else None
+            metrics.CONNECTIONS.labels("tls" if self._tls else "h2c").inc()
+            try:
+                await TCPServer(app, loop, self._config, self._context, {}, reader, writer)
+            finally:
+                self._peers.pop(key, None)
+                self._connections.discard(task)
+
+        self._server = await asyncio.start_server(
+            connected, sock=self._socket, ssl=self._tls, ssl_handshake_timeout=10.0 if self._tls else None
+        )
+        log.info("Nchf listening", extra={"nchf_port": self.port, "tls": self._tls is not None})
+
+    @property
+    def serving(self) -> bool:
+        """Whether new connections are accepted."""
+        return self._server is not None and self._server.is_serving()
+
+    def _certified(self, cert: Mapping[str, Any]) -> Identity | None:
+        if self.policy is None:
+            return None
+        uris, dns = _names(cert)
+        return self.policy.current().identify(uris, dns)
+
+    async def identify(self, scope: Scope) -> Identity | None:
+        """The caller: the development identity in cleartext; else the client
+        certificate's identity, else a bearer token's, else None."""
+        if self._tls is None:
+            return LOCAL
+        client = scope.get("client")
+        found = self._peers.get((str(client[0]), int(client[1]))) if client else None
+        if found is not None or self._tokens is None:
+            return found
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value.startswith(b"Bearer "):
+                return await self._tokens.identify(value[len(b"Bearer ") :].decode("latin-1").strip())
+        return None
+
+    async def stop(self, grace_s: float) -> None:
+        if self.nrf is not None:  # first: SMFs stop choosing this CHF while it drains
+            await self.nrf.close()
+        if self._server is None:
+            self._socket.close()
+            return
+        self._server.close()
+        await self._context.terminated.set()
+        if self._connections:
+            _, pending = await asyncio.wait(set(self._connections), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        await self._server.wait_closed()
+        self._server = None
