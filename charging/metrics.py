@@ -108,3 +108,6 @@ AUTH_REFUSALS = Counter(
     "Calls refused for want of an identity or a role, by method and reason.",
     ["method", "reason"],
 )
+
+# Processes and hosts: job leases taken by this process (charging/leases.py), by job.
+LEASES_TAKEN = Counter("charging_leases_taken_total", "Job leases this process took, by job.", ["job"])

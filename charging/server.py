@@ -49,7 +49,8 @@ from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
 from charging.events import EventCharging
-from charging.jobs import Backoff, Job, Jobs
+from charging.jobs import ALWAYS, Backoff, Job, Jobs
+from charging.leases import Leases
 from charging.ledger import Ledger
 from charging.notifications import Notifier
 from charging.rating import UnitKind
@@ -133,6 +134,7 @@ class App:
     mode: Mode = Mode.LOCAL
     _policy: PolicyFile | None = None
     _tls: CertificateFiles | None = None
+    leases: Leases | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -147,6 +149,7 @@ class App:
         self.redis = store.connect(url, max_connections=s.redis_max_connections, tls=s.redis_tls())
         await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
         self.link = RedisLink(url, tls=s.redis_tls())
+        self.leases = Leases(self.redis, s.lease_s)
         await self._start_database()
 
         ledger = Ledger(self.link)
@@ -265,12 +268,16 @@ class App:
         s = self.settings
         assert self.redis is not None and self.notifier is not None and self.catalogs is not None
         assert self.sweeper is not None and self.renewer is not None and self.billing is not None
-        assert self.worker is not None and self.acquisition is not None
+        assert self.worker is not None and self.acquisition is not None and self.leases is not None
+        leases = self.leases
 
         def job(name: str, pass_: Callable[[], Awaitable[Any]], interval_s: float, **kw: Any) -> Job:
+            # One holder among all processes (leases.py), unless every process runs its own.
+            kw.setdefault("gate", leases.lease(name))
             return Job(name, pass_, interval_s=interval_s, clock=self.clock, backoff=job_backoff(s), **kw)
 
-        jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup)]
+        # Per process: each relays the outboxes its own requests woke, and follows the catalog.
+        jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup, gate=ALWAYS)]
         if not self.run_background:
             return jobs
         redis = self.redis
@@ -278,10 +285,10 @@ class App:
             job("sweeper", self.sweeper.sweep_due, self.sweeper.interval_s),
             job("renewer", self.renewer.renew_once, self.renewer.interval_s),
             job("census", lambda: record_census(redis), s.census_interval_s),
-            job("catalog", self.catalogs.follow, s.catalog_refresh_s),
+            job("catalog", self.catalogs.follow, s.catalog_refresh_s, gate=ALWAYS),
         ]
         if s.provisioning_in_server:
-            jobs += provisioning_jobs(s, self.acquisition, self.clock)
+            jobs += provisioning_jobs(s, self.acquisition, self.clock, leases)
         if s.billing_interval_s > 0:
             jobs += [job(name, pass_, s.billing_interval_s) for name, pass_ in self.billing.passes().items()]
         return jobs
@@ -328,7 +335,7 @@ class App:
 
     def _start_database_tasks(self) -> None:
         """Partition maintenance (the ``retention`` job) and the embedded PostgreSQL's supervision."""
-        assert self.database is not None
+        assert self.database is not None and self.leases is not None
         if self.run_background:
             policies = [
                 retention.Policy("usage_records", self.settings.usage_retention_months),
@@ -340,7 +347,14 @@ class App:
                 await retention.maintain(database, policies, retention.utc_day(clock))
 
             self.jobs.start(
-                Job("retention", maintain, interval_s=3600.0, clock=clock, backoff=job_backoff(self.settings))
+                Job(
+                    "retention",
+                    maintain,
+                    interval_s=3600.0,
+                    clock=clock,
+                    backoff=job_backoff(self.settings),
+                    gate=self.leases.lease("retention"),
+                )
             )
         if self._embedded_postgres is not None:
             self.jobs.watch("postgres_supervisor", self._embedded_postgres.supervise())
@@ -418,9 +432,9 @@ def job_backoff(settings: Settings) -> Backoff:
     return Backoff(settings.job_retry_s, settings.job_retry_max_s)
 
 
-def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock) -> list[Job]:
+def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock, leases: Leases) -> list[Job]:
     """The provisioning worker, woken early by its change stream, and the order resumer:
-    in the server, or in ``charging worker``."""
+    in the server, or in ``charging worker``, each under its lease."""
     backoff = job_backoff(settings)
     worker = acquisition.worker
     return [
@@ -431,6 +445,7 @@ def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock
             clock=clock,
             backoff=backoff,
             wake=worker.changes(),
+            gate=leases.lease("provisioning"),
         ),
         Job(
             "order_resumer",
@@ -438,6 +453,7 @@ def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock
             interval_s=settings.order_resume_interval_s,
             clock=clock,
             backoff=backoff,
+            gate=leases.lease("order_resumer"),
         ),
     ]
 
@@ -507,7 +523,7 @@ async def provision(settings: Settings) -> None:
         stop.set()
 
     jobs = Jobs(on_death=job_died)
-    for job in provisioning_jobs(settings, acquisition, clock):
+    for job in provisioning_jobs(settings, acquisition, clock, Leases(client, settings.lease_s)):
         jobs.start(job)
     jobs.start(
         Job(

@@ -146,6 +146,11 @@ class Settings:
     # drain (grace_period_s): load balancers polling health move traffic away meanwhile.
     # Set it to their health-check interval; a second SIGTERM or SIGINT skips it.
     shutdown_delay_s: float = 2.0
+    # Processes and hosts (README "Processes and hosts"): the lease period of a background
+    # job, within which another process takes over a job whose holder died.
+    lease_s: float = 10.0
+    # `charging serve` worker processes; 0: one per core.
+    workers: int = 0
 
     def __repr__(self) -> str:
         fields = []
@@ -240,6 +245,10 @@ class Settings:
         ):
             if address and ":" not in address:
                 raise InvalidRequest(name, "must be host:port")
+        if self.lease_s <= 0:
+            raise InvalidRequest("CHARGING_LEASE_S", "must be more than 0")
+        if self.workers < 0:
+            raise InvalidRequest("CHARGING_WORKERS", "must be 0 (one per core) or more")
         if self.max_in_flight < 1:
             raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
         for f in dataclasses.fields(self):
