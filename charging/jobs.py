@@ -192,6 +192,7 @@ class Job:
         self.runs += 1
         metrics.JOB_RUNS.labels(self.name).inc()
         self._since_ms = self.clock.now_ms()
+        metrics.JOB_LAST_SUCCESS.labels(self.name).set(self._since_ms / 1000)
         if self.streak and self._streak_logged:
             log.info("job recovered", extra={"job": self.name, "failures": self.streak})
         self.streak = 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -310,7 +311,7 @@ class App:
         # Asked here, not only when gRPC binds it: that comes after Redis has started, and
         # gRPC says only "failed to bind", after a log line of its own.
         for address in (s.grpc_address, s.grpc_token_address):
-            if address and in_use(address):
+            if address and not s.worker_of and in_use(address):  # a worker shares its supervisor's
                 raise StartupError(f"gRPC address {address} is in use")
         if s.metrics_address:
             host, _, port = s.metrics_address.rpartition(":")
@@ -563,6 +564,9 @@ async def serve(settings: Settings) -> None:
     failure: StartupError | None = None
     try:
         await app.start()
+        if settings.ready_fd >= 0:  # a worker: tell the supervisor (supervisor.py)
+            os.write(settings.ready_fd, b"serving")
+            os.close(settings.ready_fd)
         await stop.wait()
         log.info("shutting down")
     except StartupError as exc:

@@ -149,8 +149,14 @@ class Settings:
     # Processes and hosts (README "Processes and hosts"): the lease period of a background
     # job, within which another process takes over a job whose holder died.
     lease_s: float = 10.0
-    # `charging serve` worker processes; 0: one per core.
+    # `charging serve` worker processes; 0: one per core. Their metrics files (prometheus
+    # multiprocess mode) go to metrics_dir, emptied at start (empty: a temporary directory).
     workers: int = 0
+    metrics_dir: str = ""
+    # Set by the supervisor for its workers, never by hand: its pid (the worker shares the
+    # gRPC port) and the pipe on which the worker says it is serving.
+    worker_of: int = 0
+    ready_fd: int = -1
 
     def __repr__(self) -> str:
         fields = []
