@@ -129,3 +129,8 @@ AUTH_REFUSALS = Counter(
 
 # Processes and hosts: job leases taken by this process (charging/leases.py), by job.
 LEASES_TAKEN = Counter("charging_leases_taken_total", "Job leases this process took, by job.", ["job"])
+CHANGE_ACK_TIMEOUTS = Counter(
+    "charging_change_ack_timeouts_total",
+    "Changes (a catalog loaded) that some process did not confirm in time (charging/changes.py), by document.",
+    ["document"],
+)

@@ -43,6 +43,7 @@ from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
 from charging.catalogs import CatalogBook
 from charging.census import record_census
+from charging.changes import ChangeFeed
 from charging.clock import Clock, SystemClock
 from charging.context import Context
 from charging.database import Pool, open_pool
@@ -156,6 +157,7 @@ class App:
         ledger = Ledger(self.link)
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
+        await follow_changes(self.redis, self.catalogs, self.jobs, s)
         directory = Directory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
         ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
@@ -429,6 +431,20 @@ def in_use(address: str) -> bool:
     return False
 
 
+async def follow_changes(client: aioredis.Redis, catalogs: CatalogBook, jobs: Jobs, settings: Settings) -> None:
+    """Catalogs loaded through other processes apply in this one before their load is
+    answered (changes.py): subscribed before this process serves."""
+    feed = ChangeFeed(client, settings.change_ack_timeout_s)
+    feed.on("catalog", catalogs.refresh)
+    catalogs.feed = feed
+    jobs.watch("changes", feed.run())
+    try:
+        async with asyncio.timeout(settings.redis_ready_timeout_s):
+            await feed.wait_live()
+    except TimeoutError:
+        raise StartupError("could not subscribe to the change channel of Redis") from None
+
+
 def job_backoff(settings: Settings) -> Backoff:
     return Backoff(settings.job_retry_s, settings.job_retry_max_s)
 
@@ -524,6 +540,7 @@ async def provision(settings: Settings) -> None:
         stop.set()
 
     jobs = Jobs(on_death=job_died)
+    await follow_changes(client, catalogs, jobs, settings)
     for job in provisioning_jobs(settings, acquisition, clock, Leases(client, settings.lease_s)):
         jobs.start(job)
     jobs.start(

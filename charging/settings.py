@@ -149,6 +149,8 @@ class Settings:
     # Processes and hosts (README "Processes and hosts"): the lease period of a background
     # job, within which another process takes over a job whose holder died.
     lease_s: float = 10.0
+    # How long a catalog load waits for every other process to confirm it (changes.py).
+    change_ack_timeout_s: float = 5.0
     # `charging serve` worker processes; 0: one per core. Their metrics files (prometheus
     # multiprocess mode) go to metrics_dir, emptied at start (empty: a temporary directory).
     workers: int = 0
