@@ -5,7 +5,7 @@ figures"); a host's other cores need other processes. The supervisor:
 
 * **owns the address.** It binds the gRPC address with ``SO_REUSEPORT`` without listening
   (which also turns port 0 into one port for every worker), then takes the *address lock*,
-  ``flock`` on ``charging-grpc-<host>-<port>.lock`` in ``$XDG_RUNTIME_DIR`` (else
+  ``flock`` on ``charging-grpc-port-<port>.lock`` in ``$XDG_RUNTIME_DIR`` (else
   ``/tmp``), and holds both until it exits.
   Each worker's gRPC server binds the same address with ``SO_REUSEPORT`` and the kernel
   spreads new connections over them. A single-process server (``--workers 1``) binds
@@ -41,12 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -58,11 +56,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from charging import migrations
+from charging.address_lock import AddressLock
 from charging.children import dying_with_parent
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis
 from charging.errors import StartupError
 from charging.settings import Settings
+from provisioning.simulator import NetworkSimulator
 
 log = logging.getLogger("charging.supervisor")
 
@@ -93,53 +93,6 @@ def fresh_directory(path: str) -> Path:
     return directory
 
 
-def lock_directory() -> Path:
-    """Where address locks live: one place per user (only processes of one user can share
-    a port), whatever TMPDIR each process has."""
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
-
-
-class AddressLock:
-    """The gRPC address, bound with SO_REUSEPORT (not listening) and locked for this
-    supervisor alone. ``port`` is the bound port (port 0 picks one)."""
-
-    def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.host = host.strip("[]") or "0.0.0.0"
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            self._socket.bind((self.host, int(port)))
-        except OSError as exc:
-            self._socket.close()
-            raise StartupError(f"gRPC address {address} is in use ({exc.strerror})") from None
-        self.port: int = self._socket.getsockname()[1]
-        self.path = lock_directory() / f"charging-grpc-{self.host.replace(':', '_')}-{self.port}.lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip()
-            self.close()
-            raise StartupError(
-                f"gRPC address {self.address} is in use by another charging server (supervisor pid {holder or '?'})"
-            ) from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def close(self) -> None:
-        """Give the address up (the lock file stays: removing it would race a new holder)."""
-        self._socket.close()
-        os.close(self._fd)
-
-
 @dataclass
 class Worker:
     slot: int
@@ -161,7 +114,7 @@ class Supervisor:
     _metrics_httpd: Any = None
     _redis: EmbeddedRedis | None = None
     _postgres: EmbeddedPostgres | None = None
-    _simulator: Any = None
+    _simulator: NetworkSimulator | None = None
     _children: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, environ: Mapping[str, str]) -> None:
@@ -200,8 +153,6 @@ class Supervisor:
             await asyncio.to_thread(migrations.upgrade, s.database_url)
             env["CHARGING_DATABASE_MIGRATE"] = "false"
         if not s.network_url:
-            from provisioning.simulator import NetworkSimulator
-
             self._simulator = NetworkSimulator("127.0.0.1:0").start()
             env["CHARGING_NETWORK_URL"] = self._simulator.url
         self._env = env
