@@ -15,6 +15,7 @@ import pytest
 from charging.v1 import admin_pb2, admin_pb2_grpc, charging_pb2_grpc, common_pb2
 from tests import server_process
 from tests.conftest import MSISDN, sms_request
+from tests.test_catalog_in_use import with_successor
 
 
 @pytest.fixture
@@ -81,3 +82,15 @@ def test_a_line_state_changed_through_one_process_applies_on_the_other(two: tupl
     )
     assert charging(b).ChargeEvent(sms_request("e2")).result_code == 4010  # end user service denied
     assert admin(b).GetSubscriber(common_pb2.SubscriberId(msisdn=MSISDN)).balance_micros == 950_000
+
+
+def test_a_plan_migrated_through_one_process_rates_the_next_request_on_the_other(two: tuple[int, int]) -> None:
+    a, b = two
+    admin(a).CreateSubscriber(
+        admin_pb2.CreateSubscriberRequest(msisdn=MSISDN, plan_id="default", initial_balance_micros=1_000_000)
+    )
+    assert charging(b).ChargeEvent(sms_request("e1")).cost_micros == 50_000  # b caches the plan "default"
+    admin(a).LoadCatalog(admin_pb2.CatalogDocument(json=json.dumps(with_successor("2099-03-01.1", 80_000))))
+    assert admin(b).GetSubscriber(common_pb2.SubscriberId(msisdn=MSISDN)).plan_id == "default-2"
+    answer = charging(b).ChargeEvent(sms_request("e2"))
+    assert (answer.result_code, answer.cost_micros) == (2001, 80_000)
