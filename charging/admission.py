@@ -130,6 +130,8 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         ("grpc.server.max_pending_requests", s.max_in_flight),
         ("grpc.server.max_pending_requests_hard_limit", s.max_in_flight),
         # gRPC sets SO_REUSEPORT unless told not to: a second server then binds a port in
-        # use beside the first and clients alternate between two databases.
-        ("grpc.so_reuseport", 0),
+        # use beside the first and clients alternate between two databases. The workers
+        # of one supervisor share their port on purpose, under its address lock
+        # (supervisor.py).
+        ("grpc.so_reuseport", 1 if s.worker_of else 0),
     ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
@@ -124,13 +125,24 @@ async def insert(conn: AsyncConnection[TupleRow], entries: list[AuditEntry]) -> 
     time) is kept as it was. Returns how many were new."""
     if not entries:
         return 0
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            f"INSERT INTO audit ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (entry_id, occurred_at) DO NOTHING",
-            [(e.entry_id, e.occurred_at, e.actor, e.action, e.subject, e.reason, Jsonb(e.details)) for e in entries],
-        )
-        return cur.rowcount  # psycopg 3 sums the rows of every statement of executemany
+    rows = [(e.entry_id, e.occurred_at, e.actor, e.action, e.subject, e.reason, Jsonb(e.details)) for e in entries]
+    statement = (
+        f"INSERT INTO audit ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (entry_id, occurred_at) DO NOTHING"
+    )
+    try:
+        async with conn.transaction(), conn.cursor() as cur:  # a savepoint in the caller's transaction
+            await cur.executemany(statement, rows)
+            return cur.rowcount  # psycopg 3 sums the rows of every statement of executemany
+    except psycopg.errors.CheckViolation:
+        # No partition for the month (the retention job makes them ahead; a clock set
+        # elsewhere, a restored server or a late relay meets a month it did not): make
+        # it, once, and insert again.
+        for month in sorted({e.occurred_at.date() for e in entries}):
+            await conn.execute("SELECT create_month_partitions('audit', %s::date, %s::date)", (month, month))
+        async with conn.cursor() as cur:
+            await cur.executemany(statement, rows)
+            return cur.rowcount
 
 
 class AuditTrail:

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from charging import keys
 from charging.catalog import Catalog
 from charging.catalog_doc import CatalogInvalid, catalog_from_doc
+from charging.changes import ChangeFeed
 from charging.documents import DocumentStore
 from charging.errors import Conflict, StorageUnavailable
 from charging.plan_index import PlanIndex, StaleCatalog
@@ -54,6 +55,9 @@ class CatalogBook:
         )
         self._current: Catalog | None = None
         self.plans = PlanIndex(client)
+        # Set by the server: loads are announced to the other processes, and while this
+        # process is not subscribed it reads the current pointer before each request.
+        self.feed: ChangeFeed | None = None
 
     @property
     def current(self) -> Catalog:
@@ -82,6 +86,8 @@ class CatalogBook:
         self._current = catalog
         log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
         await self.plans.finish_moves()
+        if self.feed is not None:
+            await self.feed.announce("catalog", catalog.version)  # every process rates with it now
         return catalog
 
     async def _switch(self, catalog: Catalog) -> None:
@@ -115,6 +121,13 @@ class CatalogBook:
             self._current = catalog
             log.info("catalog switched", extra={"version": catalog.version})
         return True
+
+    async def fresh(self) -> Catalog:
+        """The running catalog to rate a request with: the cached one while the change
+        feed is live (changes.py), else the one stored as current now."""
+        if self.feed is not None and not self.feed.live:
+            await self.refresh()
+        return self.current
 
     async def follow(self) -> None:
         """One pass of the ``catalog`` job: pick up a catalog loaded through another

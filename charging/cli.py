@@ -212,15 +212,25 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import uvloop
 
     from charging import logs
     from charging.server import serve
     from charging.settings import Settings
+    from charging.supervisor import supervise, worker_count
 
     settings = Settings.from_env(os.environ)
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
+        settings.validate()
     logs.configure(settings.log_level)
-    uvloop.run(serve(settings))
+    workers = worker_count(settings)
+    if workers > 1 and not settings.worker_of:
+        uvloop.run(supervise(settings, workers, os.environ))
+    else:
+        uvloop.run(serve(settings))
     return 0
 
 
@@ -502,7 +512,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=env("CHARGING_TOKEN", ""), help="bearer token (sent over TLS only)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", help="run the server (settings from CHARGING_* variables)").set_defaults(fn=cmd_serve)
+    sp = sub.add_parser("serve", help="run the server (settings from CHARGING_* variables)")
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes serving one address (default CHARGING_WORKERS; 0: one per core)",
+    )
+    sp.set_defaults(fn=cmd_serve)
     sub.add_parser("worker", help="run the provisioning worker as its own process").set_defaults(fn=cmd_worker)
     sub.add_parser(
         "migrate", help="bring the database schema up to date (CHARGING_DATABASE_URL, else the embedded one)"

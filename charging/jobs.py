@@ -31,7 +31,9 @@ Before each pass the job asks its ``Gate`` whether this process may run it: ``AL
 by default. A lease held in Redis (one holder among several processes) is a ``Gate``,
 so a job can run under one without its callers changing. A process that does not hold
 the gate skips the pass (neither a run nor a success: alert on the smallest age among
-the processes).
+the processes) and asks again after at most the gate's ``retry_s``, so a job whose holder
+died is taken over within one lease period (``charging/leases.py``). ``Jobs.stop``
+releases each gate once its job has ended.
 """
 
 from __future__ import annotations
@@ -55,16 +57,28 @@ LOG_EVERY_S = 60  # at most one failure streak logged per job per minute
 
 
 class Gate(Protocol):
+    # A process that does not hold the gate asks again after at most this long.
+    retry_s: float
+
     async def hold(self) -> bool:
         """Whether this process may run the next pass (acquire or renew a lease)."""
+        ...
+
+    async def release(self) -> None:
+        """The job has stopped in this process: let another one take it over."""
         ...
 
 
 class AlwaysHeld:
     """The gate of a job every process runs (each pass is safe to run concurrently)."""
 
+    retry_s = float("inf")
+
     async def hold(self) -> bool:
         return True
+
+    async def release(self) -> None:
+        return None
 
 
 ALWAYS = AlwaysHeld()
@@ -159,12 +173,15 @@ class Job:
         """Passes until cancelled. Only what is not an ``Exception`` leaves this loop."""
         while True:
             try:
+                wait_s = self.interval_s
                 if await self.gate.hold():
                     await self.source.mark()
                     await self._pass()
                     self._succeeded()
+                else:
+                    wait_s = min(wait_s, self.gate.retry_s)
                 stop_if_cancelled()
-                await self.source.wait(self.interval_s)
+                await self.source.wait(wait_s)
             except Exception as exc:
                 self._failed(exc)
                 stop_if_cancelled()
@@ -175,6 +192,7 @@ class Job:
         self.runs += 1
         metrics.JOB_RUNS.labels(self.name).inc()
         self._since_ms = self.clock.now_ms()
+        metrics.JOB_LAST_SUCCESS.labels(self.name).set(self._since_ms / 1000)
         if self.streak and self._streak_logged:
             log.info("job recovered", extra={"job": self.name, "failures": self.streak})
         self.streak = 0
@@ -276,3 +294,7 @@ class Jobs:
         for name, job in self._jobs.items():
             if job is not None:
                 metrics.JOB_AGES.forget(name, job.seconds_since_success)
+                try:
+                    await job.gate.release()
+                except Exception as exc:  # Redis away: the lease lapses by itself
+                    log.warning("lease not released", extra={"job": name, "error": str(exc)[:200]})

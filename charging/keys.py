@@ -236,3 +236,18 @@ def plan_members(plan_id: str) -> str:
 def plan_moving(plan_id: str) -> str:
     """set: ids of accounts of a dropped plan whose hash still names it (the load moves them)."""
     return "plan:moving:" + plan_id
+
+
+# Processes and hosts (charging/leases.py, charging/changes.py).
+def lease(job: str, shard: str = "") -> str:
+    """The lease of a background job (of one shard of it): one holder among all processes.
+    Its own hash tag, so each lease is one key of one slot."""
+    return "lease:{" + job + (":" + shard if shard else "") + "}"
+
+
+CHANGES = "changes"  # pub/sub channel: "<document> <version>" after a change other processes cache
+
+
+def change_acks(document: str, version: str) -> str:
+    """Counter of the processes that applied ``version`` of ``document`` (changes.py)."""
+    return f"changes:ack:{document}:{version}"

@@ -28,9 +28,19 @@ RETRANSMISSIONS = Counter(
 )
 SESSIONS_OPENED = Counter("charging_sessions_opened_total", "Sessions opened by INITIAL requests.")
 SESSIONS_CLOSED = Counter("charging_sessions_closed_total", "Sessions closed, by how.", ["reason"])
-ACTIVE_SESSIONS = Gauge("charging_active_sessions", "Open sessions (counted in Redis by the census).")
-RESERVED_MICROS = Gauge("charging_reserved_micros", "Money held in open reservations, micros (counted by the census).")
-ACCOUNTS_WITH_SESSIONS = Gauge("charging_accounts_with_sessions", "Accounts that have open sessions (census).")
+# Census gauges: set by the one process holding the census lease; with workers
+# (supervisor.py) the endpoint shows the value a live worker set last.
+ACTIVE_SESSIONS = Gauge(
+    "charging_active_sessions", "Open sessions (counted in Redis by the census).", multiprocess_mode="livemostrecent"
+)
+RESERVED_MICROS = Gauge(
+    "charging_reserved_micros",
+    "Money held in open reservations, micros (counted by the census).",
+    multiprocess_mode="livemostrecent",
+)
+ACCOUNTS_WITH_SESSIONS = Gauge(
+    "charging_accounts_with_sessions", "Accounts that have open sessions (census).", multiprocess_mode="livemostrecent"
+)
 TOPUPS = Counter("charging_topups_total", "Recharges applied, by channel.", ["channel"])
 TOPUP_MICROS = Counter("charging_topup_micros_total", "Money recharged, micros, by channel.", ["channel"])
 UNBILLED_OVERRUN = Counter(
@@ -54,6 +64,14 @@ ADMISSION_REJECTIONS = Counter(
 # Background jobs (charging/jobs.py), by job name only.
 JOB_RUNS = Counter("charging_job_runs_total", "Passes of background jobs done, failed ones included, by job.", ["job"])
 JOB_FAILURES = Counter("charging_job_failures_total", "Failed passes of background jobs, by job.", ["job"])
+# The one job-age figure a supervisor's shared endpoint can show (JobAges below is computed
+# per process at scrape time): the latest success among all workers.
+JOB_LAST_SUCCESS = Gauge(
+    "charging_job_last_success_timestamp_seconds",
+    "When a background job last passed successfully (Unix time), by job.",
+    ["job"],
+    multiprocess_mode="max",
+)
 
 
 class JobAges(Collector):
@@ -107,4 +125,12 @@ AUTH_REFUSALS = Counter(
     "charging_auth_refusals_total",
     "Calls refused for want of an identity or a role, by method and reason.",
     ["method", "reason"],
+)
+
+# Processes and hosts: job leases taken by this process (charging/leases.py), by job.
+LEASES_TAKEN = Counter("charging_leases_taken_total", "Job leases this process took, by job.", ["job"])
+CHANGE_ACK_TIMEOUTS = Counter(
+    "charging_change_ack_timeouts_total",
+    "Changes (a catalog loaded) that some process did not confirm in time (charging/changes.py), by document.",
+    ["document"],
 )

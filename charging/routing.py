@@ -46,7 +46,7 @@ async def route(
     ``attempt`` may answer early (an ``A``) without a script. Returns the accepted target
     with the script's reply, or an early answer, or ``unknown_user`` / ``unknown_plan``.
     """
-    catalog = catalogs.current
+    catalog = await catalogs.fresh()
     for _ in range(4):
         account = await directory.resolve(identity)
         if account is None:

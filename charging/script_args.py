@@ -346,3 +346,28 @@ class PlanMoveArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (self.old_plan, self.new_plan)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExtend:
+    """lease.lua: keep a job lease this holder still holds."""
+
+    OP: ClassVar[str] = "extend"
+
+    token: str
+    ttl_ms: int
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.OP, self.token, self.ttl_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRelease:
+    """lease.lua: give back a job lease this holder still holds."""
+
+    OP: ClassVar[str] = "release"
+
+    token: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.OP, self.token)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -43,6 +44,7 @@ from charging.api import ChargingServicer, TopUpServicer
 from charging.audit_trail import AuditTrail
 from charging.catalogs import CatalogBook
 from charging.census import record_census
+from charging.changes import ChangeFeed
 from charging.clock import Clock, SystemClock
 from charging.context import Context
 from charging.database import Pool, open_pool, plaintext_problem
@@ -50,7 +52,8 @@ from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
 from charging.events import EventCharging
-from charging.jobs import Backoff, Job, Jobs
+from charging.jobs import ALWAYS, Backoff, Job, Jobs
+from charging.leases import Leases
 from charging.ledger import Ledger
 from charging.nchf.listener import NchfListener
 from charging.nchf.nrf import HEARTBEAT_S
@@ -139,6 +142,7 @@ class App:
     _tls: CertificateFiles | None = None
     console: ConsoleServer | None = None
     nchf: NchfListener | None = None
+    leases: Leases | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -153,11 +157,13 @@ class App:
         self.redis = store.connect(url, max_connections=s.redis_max_connections, tls=s.redis_tls())
         await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
         self.link = RedisLink(url, tls=s.redis_tls())
+        self.leases = Leases(self.redis, s.lease_s)
         await self._start_database()
 
         ledger = Ledger(self.link)
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
+        await follow_changes(self.redis, self.catalogs, self.jobs, s)
         directory = Directory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
         ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
@@ -281,12 +287,16 @@ class App:
         s = self.settings
         assert self.redis is not None and self.notifier is not None and self.catalogs is not None
         assert self.sweeper is not None and self.renewer is not None and self.billing is not None
-        assert self.worker is not None and self.acquisition is not None
+        assert self.worker is not None and self.acquisition is not None and self.leases is not None
+        leases = self.leases
 
         def job(name: str, pass_: Callable[[], Awaitable[Any]], interval_s: float, **kw: Any) -> Job:
+            # One holder among all processes (leases.py), unless every process runs its own.
+            kw.setdefault("gate", leases.lease(name))
             return Job(name, pass_, interval_s=interval_s, clock=self.clock, backoff=job_backoff(s), **kw)
 
-        jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup)]
+        # Per process: each relays the outboxes its own requests woke, and follows the catalog.
+        jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup, gate=ALWAYS)]
         if not self.run_background:
             return jobs
         redis = self.redis
@@ -294,10 +304,10 @@ class App:
             job("sweeper", self.sweeper.sweep_due, self.sweeper.interval_s),
             job("renewer", self.renewer.renew_once, self.renewer.interval_s),
             job("census", lambda: record_census(redis), s.census_interval_s),
-            job("catalog", self.catalogs.follow, s.catalog_refresh_s),
+            job("catalog", self.catalogs.follow, s.catalog_refresh_s, gate=ALWAYS),
         ]
         if s.provisioning_in_server:
-            jobs += provisioning_jobs(s, self.acquisition, self.clock)
+            jobs += provisioning_jobs(s, self.acquisition, self.clock, leases)
         if s.billing_interval_s > 0:
             jobs += [job(name, pass_, s.billing_interval_s) for name, pass_ in self.billing.passes().items()]
         return jobs
@@ -319,7 +329,7 @@ class App:
         # Asked here, not only when gRPC binds it: that comes after Redis has started, and
         # gRPC says only "failed to bind", after a log line of its own.
         for address in (s.grpc_address, s.grpc_token_address):
-            if address and in_use(address):
+            if address and not s.worker_of and in_use(address):  # a worker shares its supervisor's
                 raise StartupError(f"gRPC address {address} is in use")
         if s.metrics_address:
             host, _, port = s.metrics_address.rpartition(":")
@@ -351,7 +361,7 @@ class App:
 
     def _start_database_tasks(self) -> None:
         """Partition maintenance (the ``retention`` job) and the embedded PostgreSQL's supervision."""
-        assert self.database is not None
+        assert self.database is not None and self.leases is not None
         if self.run_background:
             policies = [
                 retention.Policy("usage_records", self.settings.usage_retention_months),
@@ -363,7 +373,14 @@ class App:
                 await retention.maintain(database, policies, retention.utc_day(clock))
 
             self.jobs.start(
-                Job("retention", maintain, interval_s=3600.0, clock=clock, backoff=job_backoff(self.settings))
+                Job(
+                    "retention",
+                    maintain,
+                    interval_s=3600.0,
+                    clock=clock,
+                    backoff=job_backoff(self.settings),
+                    gate=self.leases.lease("retention"),
+                )
             )
         if self._embedded_postgres is not None:
             self.jobs.watch("postgres_supervisor", self._embedded_postgres.supervise())
@@ -456,13 +473,27 @@ async def start_console(app: App, topups: TopUps, care: CustomerCare) -> Console
     return server
 
 
+async def follow_changes(client: aioredis.Redis, catalogs: CatalogBook, jobs: Jobs, settings: Settings) -> None:
+    """Catalogs loaded through other processes apply in this one before their load is
+    answered (changes.py): subscribed before this process serves."""
+    feed = ChangeFeed(client, settings.change_ack_timeout_s)
+    feed.on("catalog", catalogs.refresh)
+    catalogs.feed = feed
+    jobs.watch("changes", feed.run())
+    try:
+        async with asyncio.timeout(settings.redis_ready_timeout_s):
+            await feed.wait_live()
+    except TimeoutError:
+        raise StartupError("could not subscribe to the change channel of Redis") from None
+
+
 def job_backoff(settings: Settings) -> Backoff:
     return Backoff(settings.job_retry_s, settings.job_retry_max_s)
 
 
-def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock) -> list[Job]:
+def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock, leases: Leases) -> list[Job]:
     """The provisioning worker, woken early by its change stream, and the order resumer:
-    in the server, or in ``charging worker``."""
+    in the server, or in ``charging worker``, each under its lease."""
     backoff = job_backoff(settings)
     worker = acquisition.worker
     return [
@@ -473,6 +504,7 @@ def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock
             clock=clock,
             backoff=backoff,
             wake=worker.changes(),
+            gate=leases.lease("provisioning"),
         ),
         Job(
             "order_resumer",
@@ -480,6 +512,7 @@ def provisioning_jobs(settings: Settings, acquisition: Acquisition, clock: Clock
             interval_s=settings.order_resume_interval_s,
             clock=clock,
             backoff=backoff,
+            gate=leases.lease("order_resumer"),
         ),
     ]
 
@@ -549,7 +582,8 @@ async def provision(settings: Settings) -> None:
         stop.set()
 
     jobs = Jobs(on_death=job_died)
-    for job in provisioning_jobs(settings, acquisition, clock):
+    await follow_changes(client, catalogs, jobs, settings)
+    for job in provisioning_jobs(settings, acquisition, clock, Leases(client, settings.lease_s)):
         jobs.start(job)
     jobs.start(
         Job(
@@ -589,6 +623,9 @@ async def serve(settings: Settings) -> None:
     failure: StartupError | None = None
     try:
         await app.start()
+        if settings.ready_fd >= 0:  # a worker: tell the supervisor (supervisor.py)
+            os.write(settings.ready_fd, b"serving")
+            os.close(settings.ready_fd)
         await stop.wait()
         log.info("shutting down")
     except StartupError as exc:

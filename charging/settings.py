@@ -162,6 +162,19 @@ class Settings:
     nchf_nrf_url: str = ""
     nchf_api_prefix: str = ""
     nchf_instance_id: str = ""
+    # Processes and hosts (README "Processes and hosts"): the lease period of a background
+    # job, within which another process takes over a job whose holder died.
+    lease_s: float = 10.0
+    # How long a catalog load waits for every other process to confirm it (changes.py).
+    change_ack_timeout_s: float = 5.0
+    # `charging serve` worker processes; 0: one per core. Their metrics files (prometheus
+    # multiprocess mode) go to metrics_dir, emptied at start (empty: a temporary directory).
+    workers: int = 0
+    metrics_dir: str = ""
+    # Set by the supervisor for its workers, never by hand: its pid (the worker shares the
+    # gRPC port) and the pipe on which the worker says it is serving.
+    worker_of: int = 0
+    ready_fd: int = -1
 
     def __repr__(self) -> str:
         fields = []
@@ -264,6 +277,10 @@ class Settings:
         ):
             if url and not url.startswith(("http://", "https://")):
                 raise InvalidRequest(name, "must be an http:// or https:// URL")
+        if self.lease_s <= 0:
+            raise InvalidRequest("CHARGING_LEASE_S", "must be more than 0")
+        if self.workers < 0:
+            raise InvalidRequest("CHARGING_WORKERS", "must be 0 (one per core) or more")
         if self.max_in_flight < 1:
             raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
         for f in dataclasses.fields(self):

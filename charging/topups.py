@@ -80,7 +80,7 @@ class TopUps:
     async def buy_bundle(self, req: BundlePurchase) -> PurchaseResult:
         """Buy a bundle of the running catalog with the money balance."""
         check_recharge(1, req.channel, req.idempotency_key)
-        bundle = self.ctx.catalogs.current.bundles.get(req.bundle_id)
+        bundle = (await self.ctx.catalogs.fresh()).bundles.get(req.bundle_id)
         if bundle is None:
             raise InvalidRequest("bundle_id", f"no bundle {req.bundle_id!r} in the catalog")
         account = await self.ctx.directory.resolve(req.identity)

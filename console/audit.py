@@ -4,11 +4,11 @@ details that are never personal data (amounts, states, ids)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
+from charging.audit_trail import AuditEntry, insert
 from charging.clock import Clock
 from charging.database import Pool
 
@@ -24,15 +24,9 @@ class AuditTrail:
 
     async def record(self, staff: str, action: str, subject: str, reason: str = "", **details: Any) -> None:
         at = datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC)
+        entry = AuditEntry(uuid.uuid4().hex, at, actor(staff), action, subject, reason, details)
         async with self.pool.connection() as conn:
-            # The month's partition is normally made ahead by the retention job; a clock
-            # set elsewhere (tests, a restored server) makes it here, once.
-            await conn.execute("SELECT create_month_partitions('audit', %s::date, %s::date)", (at.date(), at.date()))
-            await conn.execute(
-                "INSERT INTO audit (occurred_at, actor, action, subject, reason, details) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
-                (at, actor(staff), action, subject, reason, Jsonb(details)),
-            )
+            await insert(conn, [entry])
 
     async def of_subject(self, subject: str, limit: int = 50) -> list[tuple[datetime, str, str, str]]:
         """The latest entries about ``subject``: when, who, what, why."""

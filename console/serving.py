@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import redis.asyncio as aioredis
 import uvicorn
 
+from charging import listening
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.database import Pool
@@ -45,22 +46,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-    except (OSError, ValueError) as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on console address {address}: {exc}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 async def development_user(desk: Desk) -> str | None:
@@ -91,9 +76,10 @@ class _Uvicorn(uvicorn.Server):
 
 
 class ConsoleServer:
-    def __init__(self, desk: Desk, address: str) -> None:
+    def __init__(self, desk: Desk, address: str, *, shared: bool = False) -> None:
         self.desk = desk
         self.address = address
+        self.shared = shared  # a worker of several: the port is shared (charging/listening.py)
         self.port = 0
         self._socket: socket.socket | None = None
         self._server: _Uvicorn | None = None
@@ -101,7 +87,7 @@ class ConsoleServer:
 
     def listen(self) -> None:
         """Bind the address now (a taken address stops the server before it starts)."""
-        self._socket = bind(self.address)
+        self._socket = listening.listen(self.address, "console", shared=self.shared, backlog=128)
         self.port = self._socket.getsockname()[1]
 
     async def start(self) -> None:
@@ -167,6 +153,6 @@ def build_console(
         audit=AuditTrail(database, clock),
         secret=load_secret(settings.console_secret, settings.console_secret_file, settings.redis_dir),
     )
-    server = ConsoleServer(desk, settings.console_address)
+    server = ConsoleServer(desk, settings.console_address, shared=bool(settings.worker_of))
     server.listen()
     return server

@@ -23,7 +23,10 @@ DISCONNECTIONS = Counter(
     "crm_disconnections_total", "Lines terminated, by customer type and reason.", ["customer_type", "reason"]
 )
 ACTIVE = Gauge(
-    "crm_active_lines", "Lines in service (activated and not terminated), by customer type.", ["customer_type"]
+    "crm_active_lines",
+    "Lines in service (activated and not terminated), by customer type.",
+    ["customer_type"],
+    multiprocess_mode="livemostrecent",  # set by the census's lease holder (supervisor.py)
 )
 CUSTOMER_TYPES = ("MOBILE_PREPAID", "MOBILE_POSTPAID", "FIXED_PREPAID", "FIXED_POSTPAID")
 EPOCH = date(2020, 1, 1)

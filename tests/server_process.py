@@ -14,10 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.conftest import free_port
 
 
-def serve(redis_dir: Path, database_url: str, port: int | None = None, **env: str) -> tuple[subprocess.Popen[str], int]:
-    """Start ``charging serve`` with its own embedded Redis in ``redis_dir``, the test
-    session's PostgreSQL at ``database_url``, gRPC on ``port`` (a free one by default) and
-    no metrics endpoint unless given in ``env`` (``CHARGING_*`` names)."""
+def serve(
+    redis_dir: Path, database_url: str, port: int | None = None, redis_url: str = "", **env: str
+) -> tuple[subprocess.Popen[str], int]:
+    """Start ``charging serve`` with its own embedded Redis in ``redis_dir`` (or on
+    ``redis_url``), the test session's PostgreSQL at ``database_url``, gRPC on ``port`` (a
+    free one by default), one process unless ``CHARGING_WORKERS`` is given, and no metrics
+    endpoint unless given in ``env`` (``CHARGING_*`` names)."""
     port = port or free_port()
     environ = {
         **os.environ,
@@ -28,9 +31,12 @@ def serve(redis_dir: Path, database_url: str, port: int | None = None, **env: st
         "CHARGING_DATABASE_URL": database_url,
         "CHARGING_BILLING_INTERVAL_S": "0",
         "CHARGING_SHUTDOWN_DELAY_S": "0",
+        "CHARGING_WORKERS": "1",
         **env,
     }
     environ.pop("CHARGING_REDIS_URL", None)
+    if redis_url:
+        environ["CHARGING_REDIS_URL"] = redis_url
     proc = subprocess.Popen(
         [sys.executable, "-m", "charging.cli", "serve"], env=environ, stderr=subprocess.PIPE, text=True
     )

@@ -36,6 +36,7 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
         script_args.PlanIndexInit,
     ),
     ("charging", "plan_move.lua"): (script_args.PlanMoveArgs,),
+    ("charging", "lease.lua"): (script_args.LeaseExtend, script_args.LeaseRelease),
     ("postpaid", "enrol.lua"): (scripts.EnrolArgs,),
     ("postpaid", "close.lua"): (scripts.CloseArgs,),
     ("postpaid", "credit.lua"): (scripts.CreditArgs,),

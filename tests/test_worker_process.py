@@ -42,6 +42,7 @@ def start_worker(redis_url: str, network: NetworkSimulator) -> subprocess.Popen[
         "CHARGING_REDIS_URL": redis_url,
         "CHARGING_NETWORK_URL": network.url,
         "CHARGING_PROVISIONING_INTERVAL_S": "0.2",
+        "CHARGING_LEASE_S": "1",  # a killed worker's leases lapse soon: its restart takes them over
         "CHARGING_NETWORK_TIMEOUT_S": "5",
         "CHARGING_DATA_KEY": DATA_KEY,  # the servers' key ring: it reads the customers they sealed
     }

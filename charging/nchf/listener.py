@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ from hypercorn.config import Config
 
 from charging.clock import Clock
 from charging.errors import StartupError
+from charging.listening import listen
 from charging.nchf import metrics
 from charging.nchf.app import NchfApp, Scope
 from charging.nchf.nrf import NrfClient, Registration
@@ -54,24 +54,6 @@ from charging.sessions import SessionCharging
 from charging.settings import Settings
 
 log = logging.getLogger("charging.nchf")
-
-
-def _bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-    except (OSError, ValueError) as exc:
-        sock.close()
-        raise StartupError(
-            f"cannot listen on Nchf address {address}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 def server_tls(settings: Settings) -> ssl.SSLContext:
@@ -149,7 +131,7 @@ class NchfListener:
             raise StartupError(str(exc).replace("gRPC address", "Nchf address")) from None
         self.tls_files = ServerTls(settings) if self.mode is Mode.SECURED else None
         self._tls = self.tls_files.context if self.tls_files is not None else None
-        self._socket = _bind(settings.nchf_address)
+        self._socket = listen(settings.nchf_address, "Nchf", shared=bool(settings.worker_of))
         self.port = int(self._socket.getsockname()[1])
         self._tokens: TokenStore | None = None
         # Set by ``start`` when CHARGING_NCHF_NRF_URL is: the server runs its ``nrf`` job.

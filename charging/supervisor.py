@@ -1,0 +1,293 @@
+"""``charging serve --workers N``: N worker processes serving one address, one supervisor.
+
+One Python process answers about 3,400 session steps/s on one core (README "Measured
+figures"); a host's other cores need other processes. The supervisor:
+
+* **owns the address.** It binds the gRPC address with ``SO_REUSEPORT`` without listening
+  (which also turns port 0 into one port for every worker), then takes the *address lock*,
+  ``flock`` on ``charging-grpc-port-<port>.lock`` in ``$XDG_RUNTIME_DIR`` (else
+  ``/tmp``), and holds both until it exits.
+  Each worker's gRPC server binds the same address with ``SO_REUSEPORT`` and the kernel
+  spreads new connections over them. A single-process server (``--workers 1``) binds
+  without ``SO_REUSEPORT``, so it cannot join the workers' port, nor they its port; and
+  another supervisor, which would share the port like its own workers, finds the lock
+  held and stops, naming the holder's pid. Only the supervisor knows that its workers
+  belong together: that is why sharing is never the gRPC default here
+  (``admission.server_options``).
+* **owns the children the workers share**: the embedded redis-server and PostgreSQL
+  (started, migrated and supervised as one server does, ``children.py``) and the bundled
+  network simulator; the workers get their addresses. Workers, like those children, get
+  SIGTERM when the supervisor dies, even by SIGKILL (``children.dying_with_parent``).
+* **starts the workers** (``charging serve`` with ``CHARGING_WORKER_OF`` set: an ``App``
+  starting everything ``server.py`` starts, on the shared port) and waits until each says
+  it is serving through a pipe. A worker that cannot start the first time ends the
+  supervisor (its error is on stderr): the settings are wrong, and a restart would not
+  mend them.
+* **restarts a worker that dies**, after a backoff that doubles from
+  ``RESTART_FIRST_S`` up to ``RESTART_MAX_S`` while restarts keep failing, and starts
+  from the first delay again once a worker has served for ``STEADY_S``.
+* **serves the metrics** of all workers on the metrics address: prometheus-client's
+  multiprocess mode, in a directory made empty at start, whose files of a dead worker are
+  marked dead (``mark_process_dead``) before its successor starts.
+* **stops on SIGTERM or SIGINT**: it passes the signal on (each worker goes NOT_SERVING,
+  waits the shutdown delay, drains its calls), waits for every worker, then stops the
+  children. A second signal is passed on too (the workers skip the shutdown delay).
+
+Background jobs run in every worker under leases (``leases.py``), so each job runs in one
+process among all workers and hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from charging import migrations
+from charging.address_lock import AddressLock
+from charging.children import dying_with_parent
+from charging.embedded_postgres import EmbeddedPostgres
+from charging.embedded_redis import EmbeddedRedis
+from charging.errors import StartupError
+from charging.settings import Settings
+from provisioning.simulator import NetworkSimulator
+
+log = logging.getLogger("charging.supervisor")
+
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+STEADY_S = 60.0  # a worker that served this long starts its successor's backoff afresh
+
+
+def worker_count(settings: Settings) -> int:
+    """``CHARGING_WORKERS`` (``--workers``), or one per core when it is 0."""
+    return settings.workers or len(os.sched_getaffinity(0)) or 1
+
+
+def restart_delay_s(failures: int) -> float:
+    """The wait before restarting a worker after ``failures`` quick deaths in a row."""
+    return min(RESTART_FIRST_S * float(1 << min(max(failures - 1, 0), 16)), RESTART_MAX_S)
+
+
+def fresh_directory(path: str) -> Path:
+    """An empty directory for the workers' metrics files: ``path`` emptied (files of an
+    earlier run would count again), or a new temporary one."""
+    if not path:
+        return Path(tempfile.mkdtemp(prefix="charging-metrics-"))
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return directory
+
+
+@dataclass
+class Worker:
+    slot: int
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    workers: int
+    address: AddressLock | None = None
+    metrics_port: int = 0
+    _env: dict[str, str] = field(default_factory=dict)
+    _workers: list[Worker] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopping: bool = False
+    _metrics_dir: Path | None = None
+    _metrics_httpd: Any = None
+    _redis: EmbeddedRedis | None = None
+    _postgres: EmbeddedPostgres | None = None
+    _simulator: NetworkSimulator | None = None
+    _children: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, environ: Mapping[str, str]) -> None:
+        """Take the address, start the shared children and every worker; ``StartupError``
+        (everything started stopped again) when one of them cannot start."""
+        s = self.settings
+        self.address = AddressLock(s.grpc_address)
+        env = {**environ, "CHARGING_GRPC_ADDRESS": self.address.address, "CHARGING_WORKER_OF": str(os.getpid())}
+        env |= {"CHARGING_WORKERS": "1", "CHARGING_METRICS_ADDRESS": "", "CHARGING_CATALOG_FILE": ""}
+        if s.metrics_address:
+            self._metrics_dir = fresh_directory(s.metrics_dir)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+            host, _, port = s.metrics_address.rpartition(":")
+            try:
+                self._metrics_httpd, _ = start_http_server(int(port), addr=host, registry=registry)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on metrics address {s.metrics_address}: {exc.strerror}") from None
+            self.metrics_port = self._metrics_httpd.server_port
+        if not s.redis_url:
+            self._redis = EmbeddedRedis(
+                s.redis_server_bin, s.redis_dir, s.redis_appendfsync, ready_timeout_s=s.redis_ready_timeout_s
+            )
+            await self._redis.start()
+            # Without the password: each worker reads it from beside the socket (with_password).
+            env["CHARGING_REDIS_URL"] = f"unix://{self._redis.directory / 'redis.sock'}"
+            self._children.append(asyncio.ensure_future(self._redis.supervise()))
+        if not s.database_url:
+            self._postgres = EmbeddedPostgres(s.database_dir, s.postgres_bin_dir)
+            env["CHARGING_DATABASE_URL"] = await self._postgres.start()
+            env["CHARGING_DATABASE_MIGRATE"] = "false"
+            await asyncio.to_thread(migrations.upgrade, env["CHARGING_DATABASE_URL"])
+            self._children.append(asyncio.ensure_future(self._postgres.supervise()))
+        elif s.database_migrate:
+            await asyncio.to_thread(migrations.upgrade, s.database_url)
+            env["CHARGING_DATABASE_MIGRATE"] = "false"
+        if not s.network_url:
+            self._simulator = NetworkSimulator("127.0.0.1:0").start()
+            env["CHARGING_NETWORK_URL"] = self._simulator.url
+        self._env = env
+        self._workers = [Worker(slot) for slot in range(self.workers)]
+        # The first worker alone, so that one process loads what is missing (catalog, plan
+        # index) before the others read it; then the rest together.
+        await self._spawn(self._workers[0])
+        await asyncio.gather(*(self._spawn(w) for w in self._workers[1:]))
+        self._tasks = [asyncio.ensure_future(self._watch(w)) for w in self._workers]
+        log.info(
+            "serving with workers",
+            extra={"workers": self.workers, "grpc_address": self.address.address, "metrics_port": self.metrics_port},
+        )
+
+    async def _spawn(self, worker: Worker) -> None:
+        """Start the worker and wait until it serves; ``StartupError`` when it exits first."""
+        env = dict(self._env)
+        if worker.slot == 0 and worker.restarts == 0:
+            # CHARGING_CATALOG_FILE is loaded once, by the first worker: a worker started
+            # again later must not load it over a catalog loaded since.
+            env["CHARGING_CATALOG_FILE"] = self.settings.catalog_file
+        read_fd, write_fd = os.pipe()
+        env["CHARGING_READY_FD"] = str(write_fd)
+        try:
+            worker.proc = await asyncio.create_subprocess_exec(
+                *dying_with_parent([sys.executable, "-m", "charging.cli", "serve"], "TERM"),
+                env=env,
+                pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            said = await asyncio.to_thread(ready.read)
+        if said.strip() != b"serving":
+            code = await worker.proc.wait()
+            self._forget(worker.proc.pid)
+            raise StartupError(f"worker {worker.slot} exited with status {code} before serving")
+        log.info("worker serving", extra={"worker": worker.slot, "pid": worker.proc.pid})
+
+    async def _watch(self, worker: Worker) -> None:
+        """Restart the worker whenever it dies while the supervisor is not stopping."""
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            assert worker.proc is not None
+            started = loop.time()
+            code = await worker.proc.wait()
+            self._forget(worker.proc.pid)
+            if self._stopping:
+                return
+            failures = 1 if loop.time() - started >= STEADY_S else failures + 1
+            delay = restart_delay_s(failures)
+            log.error("worker died; restarting", extra={"worker": worker.slot, "code": code, "delay_s": delay})
+            await asyncio.sleep(delay)
+            while not self._stopping:
+                worker.restarts += 1
+                try:
+                    await self._spawn(worker)
+                    break
+                except StartupError as exc:
+                    failures += 1
+                    log.error("worker did not restart", extra={"worker": worker.slot, "error": str(exc)})
+                    await asyncio.sleep(restart_delay_s(failures))
+            if self._stopping:
+                if worker.proc is not None and worker.proc.returncode is None:
+                    worker.proc.terminate()
+                    await worker.proc.wait()
+                return
+
+    def _forget(self, pid: int) -> None:
+        """A dead worker's live gauges leave the shared metrics."""
+        if self._metrics_dir is not None:
+            mark_process_dead(pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.proc is not None and w.proc.returncode is None]
+
+    def signal_workers(self, signum: int) -> None:
+        """Pass a stop signal on to every worker (they drain, then exit)."""
+        self._stopping = True
+        for worker in self._workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signum)
+
+    async def stop(self) -> None:
+        """Stop the workers (draining), then the shared children; give the address up."""
+        self.signal_workers(signal.SIGTERM)
+        for worker in self._workers:
+            if worker.proc is not None:
+                await worker.proc.wait()
+        for task in self._tasks:
+            await asyncio.gather(task, return_exceptions=True)
+        for task in self._children:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._simulator is not None:
+            self._simulator.stop()
+        if self._postgres is not None:
+            await self._postgres.stop()
+        if self._redis is not None:
+            await self._redis.stop()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        if self._metrics_dir is not None and not self.settings.metrics_dir:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        if self.address is not None:
+            self.address.close()
+            self.address = None
+        log.info("stopped")
+
+
+async def supervise(settings: Settings, workers: int, environ: Mapping[str, str]) -> None:
+    """Run ``workers`` workers until SIGTERM or SIGINT. A supervisor that cannot start
+    exits with status 1 and one line on stderr saying why."""
+    supervisor = Supervisor(settings, workers)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def signalled(signum: int) -> None:
+        if stop.is_set():
+            supervisor.signal_workers(signum)  # a second signal: the workers drain now
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled, sig)
+    failure: StartupError | None = None
+    try:
+        await supervisor.start(environ)
+        await stop.wait()
+        log.info("shutting down")
+    except StartupError as exc:
+        failure = exc
+    finally:
+        await supervisor.stop()
+    if failure is not None:
+        raise SystemExit(f"error: {failure}")
