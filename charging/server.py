@@ -45,6 +45,8 @@ from charging.census import record_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
 from charging.database import Pool, open_pool
+from charging.diameter.config import DiameterConfig
+from charging.diameter.listener import DiameterDoor
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -133,6 +135,7 @@ class App:
     mode: Mode = Mode.LOCAL
     _policy: PolicyFile | None = None
     _tls: CertificateFiles | None = None
+    diameter: DiameterDoor | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -222,6 +225,15 @@ class App:
             except RuntimeError:
                 raise StartupError(f"cannot listen on gRPC address {s.grpc_token_address}") from None
         await self._server.start()
+        diameter = DiameterConfig.of(s)
+        if diameter is not None:  # the Diameter Gy/Ro door, on the same core (charging/diameter/)
+            self.diameter = DiameterDoor(
+                diameter, sessions, events, directory, self.catalogs, self.clock, max_in_flight=s.max_in_flight
+            )
+            try:
+                await self.diameter.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on Diameter address {s.diameter_address}: {exc.strerror}") from None
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -369,6 +381,8 @@ class App:
                     await self._hurry.wait()
             except TimeoutError:
                 pass
+        if self.diameter is not None:
+            await self.diameter.stop()
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
         await self.jobs.stop()

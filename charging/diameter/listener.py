@@ -1,0 +1,197 @@
+"""The Diameter door: the listening socket, and each Credit-Control-Request through the
+charging core in this process.
+
+The core is called as the gRPC servicer calls it (``SessionCharging.charge``,
+``EventCharging.charge``): one Redis round trip per request once the subscriber is in
+the in-process cache, and a request number's answer stored with the change, so a
+retransmission (T flag, or the same request on another connection) gets the identical
+answer and changes nothing. Errors of the core become result codes here, never a
+dropped request: a reused request number with another payload 5004 (Failed-AVP
+CC-Request-Number), Redis unavailable 3004 DIAMETER_TOO_BUSY (the client may try
+another server), anything unexpected 5012 DIAMETER_UNABLE_TO_COMPLY (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import replace
+
+from diameter.message.avp import Avp
+
+from charging import metrics as core_metrics
+from charging.catalogs import CatalogBook
+from charging.clock import Clock
+from charging.diameter import answers, credit_control, metrics
+from charging.diameter import dictionary as d
+from charging.diameter.base import Identity as Me
+from charging.diameter.codec import Refused, placeholder
+from charging.diameter.config import DiameterConfig
+from charging.diameter.connection import Connection
+from charging.diameter.credit_control import EventCall, Head, SessionCall
+from charging.diameter.peers import PeerTable
+from charging.errors import ChargingError, Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
+from charging.events import EventCharging
+from charging.sessions import SessionCharging
+from charging.store import storage_errors
+from charging.subscribers import Directory, Identity
+
+log = logging.getLogger("charging.diameter")
+
+COMMANDS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
+# Sessions whose charged identity is remembered (IMSI or MSISDN, whichever the
+# subscriber has), so an UPDATE does not look up an identity nobody has again.
+REMEMBERED_SESSIONS = 100_000
+
+
+class DiameterDoor:
+    def __init__(
+        self,
+        config: DiameterConfig,
+        sessions: SessionCharging,
+        events: EventCharging,
+        directory: Directory,
+        catalogs: CatalogBook,
+        clock: Clock,
+        *,
+        max_in_flight: int = 512,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.events = events
+        self.directory = directory
+        self.catalogs = catalogs
+        self.clock = clock
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        # Origin-State-Id: seconds at start, so it goes up with every restart.
+        self.me = Me(config.origin_host, config.origin_realm, (clock.now_ms() // 1000) & 0xFFFFFFFF, config.host)
+        self.table: PeerTable[Connection] = PeerTable()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[Connection] = set()
+        self._charged_as: OrderedDict[str, Identity] = OrderedDict()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.config.host or None, self.config.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("diameter: listening", extra={"diameter_port": self.port})
+
+    async def stop(self) -> None:
+        """Stop accepting, say DPR to every open peer (each waits at most
+        ``answer_timeout_s`` for its DPA), close every connection."""
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*(c.disconnect() for c in list(self._connections)), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = Connection(self, reader, writer)
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+
+    async def credit_control(self, me: Me, avps: list[Avp]) -> tuple[int, list[Avp], str]:
+        """The result code, the CCA's AVPs and the command name of one CCR."""
+        started = time.perf_counter()
+        try:
+            head = credit_control.head_of(avps)
+        except Refused as exc:
+            head = credit_control.partial_head(avps)
+            return (
+                exc.code,
+                answers.refusal(head, me, exc.code, exc.failed, exc.message),
+                COMMANDS.get(head.request_type, "CCR"),
+            )
+        command = COMMANDS[head.request_type]
+        if self.in_flight >= self.max_in_flight:
+            return d.Code.TOO_BUSY, answers.refusal(head, me, d.Code.TOO_BUSY, None), command
+        self.in_flight += 1
+        try:
+            code, answer = await self._charge(head, me, avps)
+        finally:
+            self.in_flight -= 1
+            metrics.LATENCY.labels(command).observe(time.perf_counter() - started)
+        return code, answer, command
+
+    async def _charge(self, head: Head, me: Me, avps: list[Avp]) -> tuple[int, list[Avp]]:
+        try:
+            call = credit_control.read(head, avps, self.config.default_rating_groups)
+            with storage_errors():
+                if isinstance(call, SessionCall):
+                    return await self._session(head, me, call)
+                return await self._event(head, me, call)
+        except Refused as exc:
+            return exc.code, answers.refusal(head, me, exc.code, exc.failed, exc.message)
+        except Conflict:
+            number = d.find(avps, d.CC_REQUEST_NUMBER) or placeholder(d.CC_REQUEST_NUMBER)
+            code = d.Code.INVALID_AVP_VALUE
+            message = "CC-Request-Number already used in this session with another payload"
+            return code, answers.refusal(head, me, code, number, message)
+        except StorageUnavailable as exc:
+            core_metrics.REDIS_ERRORS.labels("diameter").inc()
+            log.warning("diameter: storage unavailable", extra={"error": str(exc)})
+            return d.Code.TOO_BUSY, answers.refusal(head, me, d.Code.TOO_BUSY, None)
+        except (LimitExceeded, InvalidRequest) as exc:
+            code = d.Code.UNABLE_TO_COMPLY if isinstance(exc, LimitExceeded) else d.Code.INVALID_AVP_VALUE
+            return code, answers.refusal(head, me, code, None, str(exc)[:200])
+        except ChargingError as exc:
+            log.warning("diameter: request refused", extra={"error": type(exc).__name__})
+            return d.Code.UNABLE_TO_COMPLY, answers.refusal(head, me, d.Code.UNABLE_TO_COMPLY, None)
+        except Exception:
+            log.exception("diameter: unexpected error")
+            return d.Code.UNABLE_TO_COMPLY, answers.refusal(head, me, d.Code.UNABLE_TO_COMPLY, None)
+
+    async def _session(self, head: Head, me: Me, call: SessionCall) -> tuple[int, list[Avp]]:
+        identity = await self._identity(head.session_id, call.identities, remember=call.request.kind != "T")
+        if call.request.kind == "T":
+            self._charged_as.pop(head.session_id, None)
+        answer = await self.sessions.charge(replace(call.request, identity=identity))
+        if answer.replayed:
+            metrics.RETRANSMISSIONS.inc()
+        elif answer.session_delta > 0:
+            core_metrics.SESSIONS_OPENED.inc()
+        elif answer.session_delta < 0:
+            core_metrics.SESSIONS_CLOSED.labels("terminate" if call.request.kind == "T" else "refused").inc()
+        return answer.result_code, answers.session_cca(head, me, call, answer)
+
+    async def _event(self, head: Head, me: Me, call: EventCall) -> tuple[int, list[Avp]]:
+        identity = await self._identity(head.session_id, call.identities, remember=False)
+        answer = await self.events.charge(replace(call.request, identity=identity))
+        if answer.replayed:
+            metrics.RETRANSMISSIONS.inc()
+        currency = await self._currency(identity) if call.request.action == "P" else ""
+        return answer.result_code, answers.event_cca(head, me, call, answer, currency)
+
+    async def _identity(self, session_id: str, identities: tuple[Identity, ...], *, remember: bool) -> Identity:
+        """The first identity of the request a subscriber has (Open5GS sends the IMSI,
+        then the MSISDN); the first one when nobody has any (the core answers 5030)."""
+        known = self._charged_as.get(session_id)
+        if known is not None and known in identities:
+            return known
+        chosen = identities[0]
+        if len(identities) > 1:
+            for identity in identities:
+                if await self.directory.resolve(identity) is not None:
+                    chosen = identity
+                    break
+        if remember:
+            self._charged_as[session_id] = chosen
+            if len(self._charged_as) > REMEMBERED_SESSIONS:
+                self._charged_as.popitem(last=False)
+        return chosen
+
+    async def _currency(self, identity: Identity) -> str:
+        account = await self.directory.resolve(identity)
+        if account is None:
+            return ""
+        plan = self.catalogs.current.plan_of(self.directory.plan_hint(account))
+        return plan.currency if plan is not None else ""
