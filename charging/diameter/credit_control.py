@@ -144,9 +144,10 @@ def read(head: Head, avps: list[Avp], defaults: Mapping[str, int]) -> SessionCal
         raise Refused(d.Code.AVP_UNSUPPORTED, unsupported)
     identities = identities_of(avps)
     usage, terminating = usage_of(avps)
-    services = services_of(head, avps, defaults)
     if head.request_type == EVENT:
-        return event_of(head, avps, identities, usage, terminating, services)
+        action = action_of(avps)
+        return event_of(head, avps, action, identities, usage, terminating, services_of(head, avps, defaults))
+    services = services_of(head, avps, defaults)
     groups = []
     seen: dict[int, Service] = {}
     for s in services:
@@ -358,20 +359,26 @@ def add(a: Units, b: Units) -> Units:
     )
 
 
-def event_of(
-    head: Head,
-    avps: list[Avp],
-    identities: tuple[Identity, ...],
-    usage: Usage,
-    terminating: bool,
-    services: list[Service],
-) -> EventCall:
+def action_of(avps: list[Avp]) -> Action:
+    """An EVENT request's Requested-Action (RFC 8506 8.41): it must be there."""
     action_avp = d.find(avps, d.REQUESTED_ACTION)
     if action_avp is None:
         raise Refused(d.Code.MISSING_AVP, placeholder(d.REQUESTED_ACTION))
     action = ACTIONS.get(int(value(action_avp)))
     if action is None:
         raise Refused(d.Code.INVALID_AVP_VALUE, action_avp)
+    return action
+
+
+def event_of(
+    head: Head,
+    avps: list[Avp],
+    action: Action,
+    identities: tuple[Identity, ...],
+    usage: Usage,
+    terminating: bool,
+    services: list[Service],
+) -> EventCall:
     if len(services) != 1:
         raise Refused(d.Code.INVALID_AVP_VALUE, services[1].mscc if services else None)
     service = services[0]
