@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench loadtest redis-server postgresql h2load proto clean
+.PHONY: all setup run test lint bench loadtest redis-server postgresql h2load proto clean tshark
 
 all: setup
 
@@ -45,6 +45,12 @@ postgresql:
 	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && { [ "$$(id -u)" != 0 ] || id postgres >/dev/null 2>&1; }; then :; \
 	else $(MAKE) --no-print-directory apt PKG=postgresql; fi
 
+# tshark decodes the Diameter capture of tests/test_diameter_capture.py.
+tshark:
+	@command -v tshark >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=tshark
+
+test: tshark
+
 h2load:
 	@command -v h2load >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=nghttp2-client
 
@@ -59,6 +65,9 @@ apt:
 # As root, the embedded PostgreSQL runs as the user postgres. When that user cannot enter
 # this checkout (a home directory is usually 0700), its data goes under /var/lib/charging
 # instead: one directory per checkout, kept across restarts.
+# make run serves Diameter Gy/Ro on 127.0.0.1:3868 unless CHARGING_DIAMETER_ADDRESS says
+# otherwise (set and empty: no Diameter).
+run: export CHARGING_DIAMETER_ADDRESS ?= 127.0.0.1:3868
 run: setup
 	@[ -n "$$CHARGING_REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
 	@[ -n "$$CHARGING_DATABASE_URL" ] || $(MAKE) --no-print-directory postgresql
