@@ -34,9 +34,7 @@ def tshark(*args: str) -> str:
     binary = shutil.which("tshark")
     if binary is None:
         pytest.fail("tshark is missing: `make test` installs it (apt-get install tshark)")
-    done = subprocess.run(
-        [binary, *args], capture_output=True, text=True, timeout=120, check=True
-    )
+    done = subprocess.run([binary, *args], capture_output=True, text=True, timeout=120, check=True)
     return done.stdout
 
 
