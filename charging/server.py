@@ -47,6 +47,7 @@ from charging.context import Context
 from charging.database import Pool, open_pool
 from charging.diameter.config import DiameterConfig
 from charging.diameter.listener import DiameterDoor
+from charging.diameter.signals import SignallingDirectory, SignallingTopUps
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -68,7 +69,6 @@ from charging.settings import Settings, redact_url
 from charging.status import add_servicer
 from charging.subscribers import Directory
 from charging.sweeper import Sweeper
-from charging.topups import TopUps
 from charging.v1 import (
     admin_pb2,
     billing_pb2,
@@ -155,7 +155,8 @@ class App:
         ledger = Ledger(self.link)
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
-        directory = Directory(self.redis, s.subscriber_cache_size)
+        # Line state changes and top-ups also signal the Diameter doors (RAR/ASR, charging/diameter/signals.py).
+        directory = SignallingDirectory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
         ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
         limits = UsageLimits(
@@ -175,7 +176,7 @@ class App:
             limits=limits,
         )
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
-        topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
+        topups = SignallingTopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s, signals=self.redis)
         self.sweeper = Sweeper(
             ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch, notifier=self.notifier
         )
@@ -228,7 +229,14 @@ class App:
         diameter = DiameterConfig.of(s)
         if diameter is not None:  # the Diameter Gy/Ro door, on the same core (charging/diameter/)
             self.diameter = DiameterDoor(
-                diameter, sessions, events, directory, self.catalogs, self.clock, max_in_flight=s.max_in_flight
+                diameter,
+                sessions,
+                events,
+                directory,
+                self.catalogs,
+                self.clock,
+                max_in_flight=s.max_in_flight,
+                signals_from=self.redis,
             )
             try:
                 await self.diameter.start()
@@ -503,7 +511,7 @@ async def provision(settings: Settings) -> None:
         raise SystemExit("no catalog is stored yet: start a charging server first")
     clock = SystemClock()
     acquisition = await build_acquisition(
-        settings, settings.network_url, client, Directory(client, 10_000), catalogs, clock
+        settings, settings.network_url, client, SignallingDirectory(client, 10_000), catalogs, clock
     )
     # Acknowledged postpaid lines are enrolled in billing from this process too.
     billing = build_billing(settings, client, catalogs, clock, None)

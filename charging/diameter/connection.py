@@ -181,7 +181,7 @@ class Connection:
             return
         # A retransmission (T flag) needs nothing special: the core answers a request
         # number it has seen with the stored answer.
-        code, answer, command = await self.door.credit_control(self.me, avps)
+        code, answer, command = await self.door.credit_control(self.me, self.peer, avps)
         await self._answer(header, code, answer, command=command)
 
     # -- writing ---------------------------------------------------------------------
