@@ -88,6 +88,7 @@ test: setup redis-server postgresql lint
 
 bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.diameter_bench
 	$(BIN)/python -m loadtest.tls_bench
 	$(BIN)/python -m loadtest.bill_bench
 
