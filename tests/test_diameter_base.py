@@ -5,6 +5,7 @@ client built from python-diameter."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from diameter.message import constants as c
 from prometheus_client import REGISTRY
 
 from charging.diameter.config import DiameterConfig
-from charging.errors import InvalidRequest
+from charging.errors import InvalidRequest, StartupError
 from charging.server import App
 from charging.settings import Settings
 from tests.diameter_client import Client, find, result_code
@@ -191,3 +192,46 @@ async def test_a_peer_not_on_the_allow_list_gets_3010(settings: Settings) -> Non
         await allowed.close()
     finally:
         await app.stop()
+
+
+async def test_a_silent_peer_gets_a_dwr_and_is_closed_when_it_does_not_answer(settings: Settings) -> None:
+    app = App(replace(settings, diameter_watchdog_s=0.2), run_background=False)
+    await app.start()
+    try:
+        assert app.diameter is not None
+        before = sample("charging_diameter_connects_total", outcome="watchdog")
+        client = await Client.connect(app.diameter.port)
+        assert result_code(await client.cer()) == 2001
+        dwr = await asyncio.wait_for(client.incoming.get(), 10)  # after Tw of silence
+        assert dwr.header.command_code == c.CMD_DEVICE_WATCHDOG and dwr.header.is_request
+        assert find(dwr.avps, c.AVP_ORIGIN_STATE_ID).value == app.diameter.me.state_id  # type: ignore[union-attr]
+        await client.wait_closed()  # unanswered for another Tw: closed
+        assert sample("charging_diameter_connects_total", outcome="watchdog") == before + 1
+        assert len(app.diameter.table) == 0
+    finally:
+        await app.stop()
+
+
+async def test_a_message_length_that_cannot_be_trusted_closes_the_connection(app: App) -> None:
+    assert app.diameter is not None
+    for length in (12, 22, 1 << 23):  # shorter than a header, not a multiple of 4, past 1 MiB
+        client = await Client.connect(app.diameter.port)
+        assert result_code(await client.cer()) == 2001
+        client.writer.write(bytes([1]) + length.to_bytes(3, "big") + bytes(16))
+        await client.wait_closed()
+    client = await Client.connect(app.diameter.port)  # the server is fine
+    assert result_code(await client.cer()) == 2001
+    await client.close()
+
+
+async def test_a_diameter_address_in_use_stops_the_start_saying_so(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = App(replace(settings, diameter_address=f"127.0.0.1:{port}"), run_background=False)
+        with pytest.raises(StartupError, match=f"Diameter address 127.0.0.1:{port}"):
+            try:
+                await app.start()
+            finally:
+                await app.stop()

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import redis.asyncio as aioredis
 from diameter.message.avp import Avp
+from diameter.message.avp.errors import AvpDecodeError
 from redis import exceptions as redis_errors
 
 from charging import metrics as core_metrics
@@ -247,8 +248,7 @@ class DiameterDoor:
         if answer is None:
             log.warning("diameter: peer did not answer", extra={"command": name, "peer_realm": held.peer_realm})
             return
-        result = d.find(answer[1], d.RESULT_CODE)
-        code = int(result.value) if result is not None else 0
+        code = result_of(answer[1])
         if code != d.Code.SUCCESS:
             metrics.SENT.labels(name, "refused").inc()
             log.warning("diameter: peer refused", extra={"command": name, "result_code": code})
@@ -285,3 +285,15 @@ class DiameterDoor:
             return ""
         plan = self.catalogs.current.plan_of(self.directory.plan_hint(account))
         return plan.currency if plan is not None else ""
+
+
+def result_of(avps: list[Avp]) -> int:
+    """Result-Code, else Experimental-Result's Experimental-Result-Code (0: neither)."""
+    result = d.find(avps, d.RESULT_CODE)
+    if result is None:
+        experimental = d.find(avps, d.EXPERIMENTAL_RESULT)
+        result = d.find(experimental.value, d.EXPERIMENTAL_RESULT_CODE) if experimental is not None else None
+    try:
+        return int(result.value) if result is not None else 0
+    except (AvpDecodeError, TypeError, ValueError):
+        return 0
