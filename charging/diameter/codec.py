@@ -57,13 +57,21 @@ class Refused(Exception):
         self.message = message
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    """One whole message; ``asyncio.IncompleteReadError`` at the end of the stream."""
-    head = await reader.readexactly(HEADER_LENGTH)
+async def read_frame(reader: asyncio.StreamReader, idle_s: float) -> bytes:
+    """One whole message; ``TimeoutError`` when none starts within ``idle_s`` (nothing is
+    consumed then), ``asyncio.IncompleteReadError`` at the end of the stream.
+
+    Only the wait for a header is bounded by ``idle_s``: a timeout that cancelled the read
+    of a body would drop the header already consumed and leave the stream mid-message. A
+    body has ``idle_s`` more to arrive in full, else the connection cannot go on."""
+    head = await asyncio.wait_for(reader.readexactly(HEADER_LENGTH), idle_s)
     length = int.from_bytes(head[1:4], "big")
     if length < HEADER_LENGTH or length % 4 or length > MAX_LENGTH:
         raise FramingError(f"message length {length}")
-    return head + await reader.readexactly(length - HEADER_LENGTH)
+    try:
+        return head + await asyncio.wait_for(reader.readexactly(length - HEADER_LENGTH), idle_s)
+    except TimeoutError:
+        raise FramingError(f"a message of {length} bytes did not arrive in full") from None
 
 
 def decode(raw: bytes) -> tuple[MessageHeader, list[Avp]]:

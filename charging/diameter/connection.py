@@ -88,7 +88,7 @@ class Connection:
         try:
             while self.state is not State.CLOSED:
                 try:
-                    raw = await asyncio.wait_for(read_frame(self.reader), self.door.config.watchdog_s)
+                    raw = await read_frame(self.reader, self.door.config.watchdog_s)
                 except TimeoutError:
                     if not await self._idle():
                         break
@@ -214,7 +214,9 @@ class Connection:
         self._pending[hop] = future
         await self._write(encode(request_header(command, application, hop, secrets.randbits(32)), avps))
         if not wait:
-            future.add_done_callback(lambda _: metrics.SENT.labels(name, "answered").inc())
+            # Counted when its answer comes; a connection closed first cancels it (the
+            # watchdog has counted it unanswered).
+            future.add_done_callback(lambda f: None if f.cancelled() else metrics.SENT.labels(name, "answered").inc())
             return None
         try:
             answer = await asyncio.wait_for(future, self.door.config.answer_timeout_s)
