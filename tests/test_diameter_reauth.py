@@ -6,9 +6,11 @@ and not asked again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import grpc
 import pytest
 from diameter.message import Message
 from diameter.message import constants as c
@@ -39,6 +41,15 @@ async def pgw(app: App) -> AsyncIterator[Client]:
     assert result_code(await client.cer()) == 2001
     yield client
     await client.close()
+
+
+@contextlib.asynccontextmanager
+async def grpc_stubs(app: App) -> AsyncIterator[Stubs]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    try:
+        yield Stubs.on(channel)
+    finally:
+        await channel.close()
 
 
 def sent(command: str, outcome: str) -> float:
@@ -125,3 +136,26 @@ async def test_barring_a_line_aborts_its_session_and_a_refused_asr_is_counted_on
     )
     assert result_code(await pgw.dwr()) == 2001
     assert pgw.incoming.empty()
+
+
+async def test_a_peer_that_does_not_answer_a_rar_is_counted_and_not_asked_again(settings: Settings) -> None:
+    app = App(replace(settings, diameter_answer_timeout_s=0.2), run_background=False)
+    await app.start()
+    try:
+        assert app.diameter is not None
+        pgw = await Client.connect(app.diameter.port)
+        assert result_code(await pgw.cer()) == 2001
+        async with grpc_stubs(app) as own:
+            account = (await own.subscriber(MSISDN, balance=5_000)).account_id
+        cca = await pgw.send(data_request(pgw, 1, 0), application=4)
+        assert find(msccs(cca)[0], c.AVP_FINAL_UNIT_INDICATION) is not None
+        before = sent("RAR", "unanswered")
+        await app.diameter.signalled("credit", account)  # returns once the RAR has timed out
+        rar = pgw.incoming.get_nowait()
+        assert rar.header.command_code == c.CMD_RE_AUTH
+        assert sent("RAR", "unanswered") == before + 1
+        await app.diameter.signalled("credit", account)  # sent once: nothing more
+        assert pgw.incoming.empty()
+        await pgw.close()
+    finally:
+        await app.stop()
