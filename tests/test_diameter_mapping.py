@@ -7,6 +7,7 @@ import pytest
 from diameter.message import constants as c
 from diameter.message.avp import Avp
 
+from charging.catalog import Usage
 from charging.diameter import answers, codec, credit_control
 from charging.diameter import dictionary as d
 from charging.diameter.codec import Refused
@@ -136,3 +137,27 @@ def test_event_ids_are_the_session_and_number_or_their_hash() -> None:
     assert credit_control.event_id(Head("smsc;1;x", 4, 0)) == "smsc;1;x/0"
     long = credit_control.event_id(Head("s" * 300, 4, 7))
     assert long.startswith("dia-") and len(long) == 36
+
+
+def test_service_information_gives_destination_direction_and_visited_network() -> None:
+    tgpp = c.VENDOR_TGPP
+    recipient = avp(
+        c.AVP_TGPP_RECIPIENT_INFO,
+        [avp(c.AVP_TGPP_RECIPIENT_ADDRESS, [avp(c.AVP_TGPP_ADDRESS_DATA, "+33612345678", tgpp)], tgpp)],
+        tgpp,
+    )
+    sms = avp(c.AVP_TGPP_SMS_INFORMATION, [recipient], tgpp)
+    ps = avp(c.AVP_TGPP_PS_INFORMATION, [avp(c.AVP_TGPP_3GPP_SGSN_MCC_MNC, "20801", tgpp)], tgpp)
+    usage, terminating = credit_control.usage_of([avp(c.AVP_TGPP_SERVICE_INFORMATION, [sms, ps], tgpp)])
+    assert (usage.destination, usage.visited_network, terminating) == ("33612345678", "20801", False)
+    ims = avp(
+        c.AVP_TGPP_IMS_INFORMATION,
+        [
+            avp(c.AVP_TGPP_ROLE_OF_NODE, c.E_ROLE_OF_NODE_TERMINATING_ROLE, tgpp),
+            avp(c.AVP_TGPP_CALLED_PARTY_ADDRESS, "tel:+491700000001", tgpp),
+        ],
+        tgpp,
+    )
+    usage, terminating = credit_control.usage_of([avp(c.AVP_TGPP_SERVICE_INFORMATION, [ims], tgpp)])
+    assert (usage.destination, terminating) == ("491700000001", True)
+    assert credit_control.usage_of([]) == (Usage(), False)
