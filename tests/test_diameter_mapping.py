@@ -8,7 +8,7 @@ from diameter.message import constants as c
 from diameter.message.avp import Avp
 
 from charging.catalog import Usage
-from charging.diameter import answers, codec, credit_control
+from charging.diameter import answers, codec, credit_control, service_information, service_units
 from charging.diameter import dictionary as d
 from charging.diameter.codec import Refused
 from charging.diameter.credit_control import Head
@@ -31,10 +31,10 @@ def money(digits: int, exponent: int | None) -> Avp:
 def test_cc_money_in_micros(digits: int, exponent: int | None, micros: int | None) -> None:
     if micros is None:
         with pytest.raises(Refused) as refused:
-            credit_control.micros_of(money(digits, exponent))
+            service_units.micros_of(money(digits, exponent))
         assert refused.value.code == 5004
     else:
-        assert credit_control.micros_of(money(digits, exponent)) == micros
+        assert service_units.micros_of(money(digits, exponent)) == micros
 
 
 @pytest.mark.parametrize(
@@ -50,9 +50,9 @@ def test_called_party_addresses(address: str, digits: str | None) -> None:
     called = avp(c.AVP_TGPP_CALLED_PARTY_ADDRESS, address, c.VENDOR_TGPP)
     if digits is None:
         with pytest.raises(Refused):
-            credit_control.number_of(called)
+            service_information.number_of(called)
     else:
-        assert credit_control.number_of(called) == digits
+        assert service_information.number_of(called) == digits
 
 
 def subscription(kind: int, data: str) -> Avp:
@@ -148,7 +148,7 @@ def test_service_information_gives_destination_direction_and_visited_network() -
     )
     sms = avp(c.AVP_TGPP_SMS_INFORMATION, [recipient], tgpp)
     ps = avp(c.AVP_TGPP_PS_INFORMATION, [avp(c.AVP_TGPP_3GPP_SGSN_MCC_MNC, "20801", tgpp)], tgpp)
-    usage, terminating = credit_control.usage_of([avp(c.AVP_TGPP_SERVICE_INFORMATION, [sms, ps], tgpp)])
+    usage, terminating = service_information.usage_of([avp(c.AVP_TGPP_SERVICE_INFORMATION, [sms, ps], tgpp)])
     assert (usage.destination, usage.visited_network, terminating) == ("33612345678", "20801", False)
     ims = avp(
         c.AVP_TGPP_IMS_INFORMATION,
@@ -158,6 +158,6 @@ def test_service_information_gives_destination_direction_and_visited_network() -
         ],
         tgpp,
     )
-    usage, terminating = credit_control.usage_of([avp(c.AVP_TGPP_SERVICE_INFORMATION, [ims], tgpp)])
+    usage, terminating = service_information.usage_of([avp(c.AVP_TGPP_SERVICE_INFORMATION, [ims], tgpp)])
     assert (usage.destination, terminating) == ("491700000001", True)
-    assert credit_control.usage_of([]) == (Usage(), False)
+    assert service_information.usage_of([]) == (Usage(), False)

@@ -23,7 +23,6 @@ Bad input raises ``Refused`` with the RFC 8506 result code and the AVP at fault.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -32,6 +31,7 @@ from diameter.message.avp import Avp
 from charging.catalog import Usage
 from charging.codes import ResultCode
 from charging.diameter import dictionary as d
+from charging.diameter import service_information, service_units
 from charging.diameter.base import text
 from charging.diameter.codec import Refused, placeholder, value
 from charging.events import Action, EventRequest
@@ -45,11 +45,8 @@ ACTIONS: dict[int, Action] = {0: "D", 1: "R", 2: "C", 3: "P"}  # RFC 8506 8.41
 E164, IMSI_TYPE = 0, 1
 FINAL = 2  # Reporting-Reason FINAL (TS 32.299 7.2.175)
 AFTER_TARIFF_CHANGE = 1  # Tariff-Change-Usage UNIT_AFTER_TARIFF_CHANGE
-TERMINATING_ROLE = 1  # Role-Of-Node
 MAX_SERVICES = 64
 MAX_EVENT_ID = 256
-DIGITS = re.compile(r"^[0-9]{1,20}$")
-MCC_MNC = re.compile(r"^[0-9]{5,6}$")
 
 
 @dataclass(frozen=True)
@@ -143,7 +140,7 @@ def read(head: Head, avps: list[Avp], defaults: Mapping[str, int]) -> SessionCal
     if unsupported is not None:
         raise Refused(d.Code.AVP_UNSUPPORTED, unsupported)
     identities = identities_of(avps)
-    usage, terminating = usage_of(avps)
+    usage, terminating = service_information.usage_of(avps)
     if head.request_type == EVENT:
         action = action_of(avps)
         return event_of(head, avps, action, identities, usage, terminating, services_of(head, avps, defaults))
@@ -201,50 +198,6 @@ def identities_of(avps: list[Avp]) -> tuple[Identity, ...]:
     raise Refused(d.Code.MISSING_AVP, placeholder(d.SUBSCRIPTION_ID))
 
 
-def usage_of(avps: list[Avp]) -> tuple[Usage, bool]:
-    """Called party (IMS or SMS), visited network (PS) and direction from
-    Service-Information."""
-    info = d.find(avps, d.SERVICE_INFORMATION)
-    if info is None:
-        return Usage(), False
-    members = value(info)
-    destination, visited, terminating = "", "", False
-    ims = d.find(members, d.IMS_INFORMATION)
-    if ims is not None:
-        ims_members = value(ims)
-        called = d.find(ims_members, d.CALLED_PARTY_ADDRESS)
-        if called is not None:
-            destination = number_of(called)
-        role = d.find(ims_members, d.ROLE_OF_NODE)
-        terminating = role is not None and value(role) == TERMINATING_ROLE
-    sms = d.find(members, d.SMS_INFORMATION)
-    if sms is not None and not destination:
-        for info_avp in d.find_all(value(sms), d.RECIPIENT_INFO):
-            for address in d.find_all(value(info_avp), d.RECIPIENT_ADDRESS):
-                data = d.find(value(address), d.ADDRESS_DATA)
-                if data is not None:
-                    destination = destination or number_of(data)
-    ps = d.find(members, d.PS_INFORMATION)
-    if ps is not None:
-        plmn = d.find(value(ps), d.SGSN_MCC_MNC)
-        if plmn is not None:
-            visited = text(plmn)
-            if not MCC_MNC.match(visited):
-                raise Refused(d.Code.INVALID_AVP_VALUE, plmn)
-    return Usage(destination, visited), terminating
-
-
-def number_of(avp: Avp) -> str:
-    """Digits of a tel:, sip: or plain address (``tel:+33123456789``, ``sip:+331...@ims``)."""
-    raw = text(avp)
-    for scheme in ("tel:", "sip:", "sips:"):
-        raw = raw.removeprefix(scheme)
-    raw = raw.split("@", 1)[0].split(";", 1)[0].removeprefix("+")
-    if not DIGITS.match(raw):
-        raise Refused(d.Code.INVALID_AVP_VALUE, avp)
-    return raw
-
-
 def services_of(head: Head, avps: list[Avp], defaults: Mapping[str, int]) -> list[Service]:
     msccs = d.find_all(avps, d.MSCC)
     if len(msccs) > MAX_SERVICES:
@@ -287,17 +240,17 @@ def group_of(s: Service) -> RatingGroupRequest:
     after: Units | None = None
     for usu in s.used:
         usu_members = value(usu)
-        units = units_of(usu_members)
+        units = service_units.units_of(usu_members)
         final = final or _reason(usu_members) == FINAL
         change = d.find(usu_members, d.TARIFF_CHANGE_USAGE)
         if change is not None and value(change) == AFTER_TARIFF_CHANGE:
-            after = units if after is None else add(after, units)
+            after = units if after is None else service_units.add(after, units)
         else:
-            used = units if used is None else add(used, units)
+            used = units if used is None else service_units.add(used, units)
     return RatingGroupRequest(
         rating_group=s.rating_group,
         service_identifier=s.service_identifier,
-        requested=units_of(value(s.requested)) if s.requested is not None else None,
+        requested=service_units.units_of(value(s.requested)) if s.requested is not None else None,
         used=used,
         final=final,
         used_after_change=after,
@@ -307,56 +260,6 @@ def group_of(s: Service) -> RatingGroupRequest:
 def _reason(members: list[Avp]) -> int:
     reason = d.find(members, d.REPORTING_REASON)
     return int(value(reason)) if reason is not None else -1
-
-
-def units_of(members: list[Avp]) -> Units:
-    """CC-Time, CC-Total/Input/Output-Octets, CC-Service-Specific-Units and CC-Money."""
-
-    def count(key: tuple[int, int]) -> int:
-        avp = d.find(members, key)
-        return int(value(avp)) if avp is not None else 0
-
-    money = d.find(members, d.CC_MONEY)
-    return Units(
-        time_s=count(d.CC_TIME),
-        total_octets=count(d.CC_TOTAL_OCTETS),
-        input_octets=count(d.CC_INPUT_OCTETS),
-        output_octets=count(d.CC_OUTPUT_OCTETS),
-        service_specific_units=count(d.CC_SERVICE_SPECIFIC_UNITS),
-        money_micros=micros_of(money) if money is not None else 0,
-    )
-
-
-def micros_of(money: Avp) -> int:
-    """CC-Money's Unit-Value (Value-Digits x 10^Exponent) in micros; a value finer than a
-    micro or below zero is 5004."""
-    unit_value = d.find(value(money), d.UNIT_VALUE)
-    if unit_value is None:
-        raise Refused(d.Code.MISSING_AVP, placeholder(d.UNIT_VALUE))
-    members = value(unit_value)
-    digits_avp, exponent_avp = d.find(members, d.VALUE_DIGITS), d.find(members, d.EXPONENT)
-    if digits_avp is None:
-        raise Refused(d.Code.MISSING_AVP, placeholder(d.VALUE_DIGITS))
-    digits = int(value(digits_avp))
-    shift = (int(value(exponent_avp)) if exponent_avp is not None else 0) + 6
-    if digits < 0 or not -18 <= shift <= 18:
-        raise Refused(d.Code.INVALID_AVP_VALUE, unit_value)
-    if shift >= 0:
-        return int(digits * 10**shift)
-    if digits % 10**-shift:
-        raise Refused(d.Code.INVALID_AVP_VALUE, unit_value)
-    return int(digits // 10**-shift)
-
-
-def add(a: Units, b: Units) -> Units:
-    return Units(
-        a.time_s + b.time_s,
-        a.total_octets + b.total_octets,
-        a.input_octets + b.input_octets,
-        a.output_octets + b.output_octets,
-        a.service_specific_units + b.service_specific_units,
-        a.money_micros + b.money_micros,
-    )
 
 
 def action_of(avps: list[Avp]) -> Action:
@@ -392,7 +295,7 @@ def event_of(
         identity=identities[0],
         rating_group=service.rating_group,
         service_identifier=service.service_identifier,
-        requested=units_of(requested),
+        requested=service_units.units_of(requested),
         digest="",
         usage=usage,
         terminating=terminating,
