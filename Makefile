@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load proto clean browser console-htmx
+.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load proto clean browser console-htmx tshark
 
 all: setup
 
@@ -67,6 +67,11 @@ console-htmx:
 	  printf ' * Permission to use, copy, modify, and/or distribute this software for any purpose with or\n'; \
 	  printf ' * without fee is hereby granted. THE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL\n'; \
 	  printf ' * WARRANTIES. Refresh: make console-htmx. */\n'; cat var/cache/htmx/package/dist/htmx.min.js; } > console/static/htmx.min.js
+# tshark decodes the Diameter capture of tests/test_diameter_capture.py.
+tshark:
+	@command -v tshark >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=tshark
+
+test: tshark
 
 h2load:
 	@command -v h2load >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=nghttp2-client
@@ -82,6 +87,9 @@ apt:
 # As root, the embedded PostgreSQL runs as the user postgres. When that user cannot enter
 # this checkout (a home directory is usually 0700), its data goes under /var/lib/charging
 # instead: one directory per checkout, kept across restarts.
+# make run serves Diameter Gy/Ro on 127.0.0.1:3868 unless CHARGING_DIAMETER_ADDRESS says
+# otherwise (set and empty: no Diameter).
+run: export CHARGING_DIAMETER_ADDRESS ?= 127.0.0.1:3868
 run: setup
 	@[ -n "$$CHARGING_REDIS_URL" ] || $(MAKE) --no-print-directory redis-server
 	@[ -n "$$CHARGING_DATABASE_URL" ] || $(MAKE) --no-print-directory postgresql
@@ -102,6 +110,7 @@ test: setup redis-server postgresql browser lint
 
 bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.diameter_bench
 	$(BIN)/python -m loadtest.tls_bench
 	$(BIN)/python -m loadtest.nchf_bench
 	$(BIN)/python -m loadtest.bill_bench

@@ -48,6 +48,9 @@ from charging.changes import ChangeFeed
 from charging.clock import Clock, SystemClock
 from charging.context import Context
 from charging.database import Pool, open_pool, plaintext_problem
+from charging.diameter.config import DiameterConfig
+from charging.diameter.listener import DiameterDoor
+from charging.diameter.signals import SignallingDirectory, SignallingTopUps
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -143,6 +146,7 @@ class App:
     console: ConsoleServer | None = None
     nchf: NchfListener | None = None
     leases: Leases | None = None
+    diameter: DiameterDoor | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -165,6 +169,8 @@ class App:
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
         directory = Directory(self.redis, s.subscriber_cache_size)
+        # Line state changes and top-ups also signal the Diameter doors (RAR/ASR, charging/diameter/signals.py).
+        directory = SignallingDirectory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
         ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
         limits = UsageLimits(
@@ -184,7 +190,7 @@ class App:
             limits=limits,
         )
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
-        topups = TopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
+        topups = SignallingTopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s, signals=self.redis)
         self.sweeper = Sweeper(
             ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch, notifier=self.notifier
         )
@@ -244,6 +250,22 @@ class App:
             if self.nchf.nrf is not None:
                 keep = self.nchf.nrf.keep_registered
                 self.jobs.start(Job("nrf", keep, interval_s=HEARTBEAT_S, clock=self.clock, backoff=job_backoff(s)))
+        diameter = DiameterConfig.of(s)
+        if diameter is not None:  # the Diameter Gy/Ro door, on the same core (charging/diameter/)
+            self.diameter = DiameterDoor(
+                diameter,
+                sessions,
+                events,
+                directory,
+                self.catalogs,
+                self.clock,
+                max_in_flight=s.max_in_flight,
+                signals_from=self.redis,
+            )
+            try:
+                await self.diameter.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on Diameter address {s.diameter_address}: {exc.strerror}") from None
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -413,6 +435,8 @@ class App:
             await self.console.stop()
         if self.nchf is not None:
             await self.nchf.stop(self.settings.grace_period_s)
+        if self.diameter is not None:
+            await self.diameter.stop()
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
         await self.jobs.stop()
@@ -564,7 +588,7 @@ async def provision(settings: Settings) -> None:
         raise SystemExit("no catalog is stored yet: start a charging server first")
     clock = SystemClock()
     acquisition = await build_acquisition(
-        settings, settings.network_url, client, Directory(client, 10_000), catalogs, clock
+        settings, settings.network_url, client, SignallingDirectory(client, 10_000), catalogs, clock
     )
     # Acknowledged postpaid lines are enrolled in billing from this process too.
     billing = build_billing(settings, client, catalogs, clock, None)

@@ -175,6 +175,16 @@ class Settings:
     # gRPC port) and the pipe on which the worker says it is serving.
     worker_of: int = 0
     ready_fd: int = -1
+    # Diameter Gy/Ro (README "Diameter Gy/Ro"; charging/diameter/config.py). Empty address:
+    # no Diameter (`make run` listens on 127.0.0.1:3868). Peers: host@realm or *@realm,
+    # comma-separated; empty admits peers on loopback only.
+    diameter_address: str = ""
+    diameter_origin_host: str = "ocs.charging.localdomain"
+    diameter_origin_realm: str = "localdomain"
+    diameter_peers: str = ""
+    diameter_default_rating_groups: str = "32251@3gpp.org=30"
+    diameter_watchdog_s: float = 30.0
+    diameter_answer_timeout_s: float = 5.0
 
     def __repr__(self) -> str:
         fields = []
@@ -283,6 +293,9 @@ class Settings:
             raise InvalidRequest("CHARGING_WORKERS", "must be 0 (one per core) or more")
         if self.max_in_flight < 1:
             raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        from charging.diameter.config import DiameterConfig  # its own checks, named by variable
+
+        DiameterConfig.of(self)
         for f in dataclasses.fields(self):
             if f.name.startswith("grpc_") and f.name.endswith("_s") and getattr(self, f.name) <= 0:
                 raise InvalidRequest("CHARGING_" + f.name.upper(), "must be more than 0")

@@ -1,0 +1,302 @@
+"""The Diameter door: the listening socket, and each Credit-Control-Request through the
+charging core in this process.
+
+The core is called as the gRPC servicer calls it (``SessionCharging.charge``,
+``EventCharging.charge``): one Redis round trip per request once the subscriber is in
+the in-process cache, and a request number's answer stored with the change, so a
+retransmission (T flag, or the same request on another connection) gets the identical
+answer and changes nothing. Errors of the core become result codes here, never a
+dropped request: a reused request number with another payload 5004 (Failed-AVP
+CC-Request-Number), Redis unavailable 3004 DIAMETER_TOO_BUSY (the client may try
+another server), anything unexpected 5012 DIAMETER_UNABLE_TO_COMPLY (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import replace
+
+import redis.asyncio as aioredis
+from diameter.message.avp import Avp
+from diameter.message.avp.errors import AvpDecodeError
+from redis import exceptions as redis_errors
+
+from charging import listening
+from charging import metrics as core_metrics
+from charging.catalogs import CatalogBook
+from charging.clock import Clock
+from charging.codes import ResultCode
+from charging.diameter import answers, credit_control, keys, metrics, signals
+from charging.diameter import dictionary as d
+from charging.diameter.base import Identity as Me
+from charging.diameter.codec import Refused, new, placeholder
+from charging.diameter.config import DiameterConfig
+from charging.diameter.connection import Connection
+from charging.diameter.credit_control import EventCall, Head, SessionCall
+from charging.diameter.held import Held, HeldSessions
+from charging.diameter.peers import Peer, PeerTable
+from charging.errors import ChargingError, Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
+from charging.events import EventCharging
+from charging.sessions import SessionAnswer, SessionCharging
+from charging.store import storage_errors
+from charging.subscribers import Directory, Identity
+
+log = logging.getLogger("charging.diameter")
+
+COMMANDS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
+# Sessions whose charged identity is remembered (IMSI or MSISDN, whichever the
+# subscriber has), so an UPDATE does not look up an identity nobody has again.
+REMEMBERED_SESSIONS = 100_000
+
+
+class DiameterDoor:
+    def __init__(
+        self,
+        config: DiameterConfig,
+        sessions: SessionCharging,
+        events: EventCharging,
+        directory: Directory,
+        catalogs: CatalogBook,
+        clock: Clock,
+        *,
+        max_in_flight: int = 512,
+        signals_from: aioredis.Redis | None = None,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.events = events
+        self.directory = directory
+        self.catalogs = catalogs
+        self.clock = clock
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        # Origin-State-Id: seconds at start, so it goes up with every restart.
+        self.me = Me(config.origin_host, config.origin_realm, (clock.now_ms() // 1000) & 0xFFFFFFFF, config.host)
+        self.table: PeerTable[Connection] = PeerTable()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[Connection] = set()
+        self._charged_as: OrderedDict[str, Identity] = OrderedDict()
+        self.held = HeldSessions()
+        self._signals_from = signals_from
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._listening: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        address = f"[{self.config.host}]:{self.config.port}" if ":" in self.config.host else None
+        sock = listening.listen(
+            address or f"{self.config.host}:{self.config.port}", "Diameter", shared=self.config.shared
+        )
+        self._server = await asyncio.start_server(self._accept, sock=sock)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self._signals_from is not None:
+            # Subscribed before start returns: a signal published afterwards is heard.
+            self._pubsub = self._signals_from.pubsub(ignore_subscribe_messages=True)
+            await self._pubsub.subscribe(keys.SIGNALS)
+            self._listening = asyncio.create_task(self._listen(self._pubsub))
+        log.info("diameter: listening", extra={"diameter_port": self.port})
+
+    async def stop(self) -> None:
+        """Stop accepting, say DPR to every open peer (each waits at most
+        ``answer_timeout_s`` for its DPA), close every connection."""
+        if self._server is not None:
+            self._server.close()
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await asyncio.gather(*(c.disconnect() for c in list(self._connections)), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = Connection(self, reader, writer)
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)
+
+    async def credit_control(self, me: Me, peer: Peer | None, avps: list[Avp]) -> tuple[int, list[Avp], str]:
+        """The result code, the CCA's AVPs and the command name of one CCR."""
+        started = time.perf_counter()
+        try:
+            head = credit_control.head_of(avps)
+        except Refused as exc:
+            head = credit_control.partial_head(avps)
+            return (
+                exc.code,
+                answers.refusal(head, me, exc.code, exc.failed, exc.message),
+                COMMANDS.get(head.request_type, "CCR"),
+            )
+        command = COMMANDS[head.request_type]
+        if self.in_flight >= self.max_in_flight:
+            return d.Code.TOO_BUSY, answers.refusal(head, me, d.Code.TOO_BUSY, None), command
+        self.in_flight += 1
+        try:
+            code, answer = await self._charge(head, me, peer, avps)
+        finally:
+            self.in_flight -= 1
+            metrics.LATENCY.labels(command).observe(time.perf_counter() - started)
+        return code, answer, command
+
+    async def _charge(self, head: Head, me: Me, peer: Peer | None, avps: list[Avp]) -> tuple[int, list[Avp]]:
+        try:
+            call = credit_control.read(head, avps, self.config.default_rating_groups)
+            with storage_errors():
+                if isinstance(call, SessionCall):
+                    return await self._session(head, me, peer, call)
+                return await self._event(head, me, call)
+        except Refused as exc:
+            return exc.code, answers.refusal(head, me, exc.code, exc.failed, exc.message)
+        except Conflict:
+            number = d.find(avps, d.CC_REQUEST_NUMBER) or placeholder(d.CC_REQUEST_NUMBER)
+            code = d.Code.INVALID_AVP_VALUE
+            message = "CC-Request-Number already used in this session with another payload"
+            return code, answers.refusal(head, me, code, number, message)
+        except StorageUnavailable as exc:
+            core_metrics.REDIS_ERRORS.labels("diameter").inc()
+            log.warning("diameter: storage unavailable", extra={"error": str(exc)})
+            return d.Code.TOO_BUSY, answers.refusal(head, me, d.Code.TOO_BUSY, None)
+        except (LimitExceeded, InvalidRequest) as exc:
+            code = d.Code.UNABLE_TO_COMPLY if isinstance(exc, LimitExceeded) else d.Code.INVALID_AVP_VALUE
+            return code, answers.refusal(head, me, code, None, str(exc)[:200])
+        except ChargingError as exc:
+            log.warning("diameter: request refused", extra={"error": type(exc).__name__})
+            return d.Code.UNABLE_TO_COMPLY, answers.refusal(head, me, d.Code.UNABLE_TO_COMPLY, None)
+        except Exception:
+            log.exception("diameter: unexpected error")
+            return d.Code.UNABLE_TO_COMPLY, answers.refusal(head, me, d.Code.UNABLE_TO_COMPLY, None)
+
+    async def _session(self, head: Head, me: Me, peer: Peer | None, call: SessionCall) -> tuple[int, list[Avp]]:
+        identity = await self._identity(head.session_id, call.identities, remember=call.request.kind != "T")
+        if call.request.kind == "T":
+            self._charged_as.pop(head.session_id, None)
+        answer = await self.sessions.charge(replace(call.request, identity=identity))
+        if answer.replayed:
+            metrics.RETRANSMISSIONS.inc()
+        elif answer.session_delta > 0:
+            core_metrics.SESSIONS_OPENED.inc()
+        elif answer.session_delta < 0:
+            core_metrics.SESSIONS_CLOSED.labels("terminate" if call.request.kind == "T" else "refused").inc()
+        await self._hold(head.session_id, identity, peer, call, answer)
+        return answer.result_code, answers.session_cca(head, me, call, answer)
+
+    async def _hold(
+        self, session_id: str, identity: Identity, peer: Peer | None, call: SessionCall, answer: SessionAnswer
+    ) -> None:
+        """Remember an open session's peer and final-unit state for RAR and ASR."""
+        open_ = answer.result_code == ResultCode.SUCCESS and call.request.kind != "T"
+        if not open_ or peer is None:
+            self.held.forget(session_id)
+            return
+        final_unit = any(g.final_unit is not None for g in answer.rating_groups)
+        held = self.held.get(session_id)
+        if held is None:
+            account = await self.directory.resolve(identity)  # cached: the core just used it
+            if account is None:
+                return
+            held = Held(account, peer.host, peer.realm)
+            self.held.record(session_id, held)
+        held.final_unit = final_unit
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        """Act on account signals until cancelled; a broken subscription is renewed."""
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except redis_errors.RedisError as exc:
+                log.warning("diameter: signal subscription lost, renewing", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            signal = signals.parse(str(message["data"]))
+            if signal is not None:
+                await self.signalled(*signal)
+
+    async def signalled(self, kind: signals.Kind, account: str) -> None:
+        """RAR to the sessions of ``account`` that got a final-unit indication (credit),
+        or ASR to all of them (blocked). Each request is sent once; what the peer does
+        with it is counted, never retried."""
+        for session_id, held in self.held.of_account(account):
+            if kind == "credit" and held.final_unit:
+                held.final_unit = False
+                await self._server_request(d.RE_AUTH, "RAR", session_id, held, [new(d.RE_AUTH_REQUEST_TYPE, 0)])
+            elif kind == "blocked":
+                self.held.forget(session_id)
+                await self._server_request(d.ABORT_SESSION, "ASR", session_id, held, [])
+
+    async def _server_request(self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]) -> None:
+        connections = self.table.connections(held.peer_host)
+        if not connections:
+            metrics.SENT.labels(name, "no_connection").inc()
+            return
+        avps = [
+            new(d.SESSION_ID, session_id),
+            *self.me.origin(),
+            new(d.DESTINATION_REALM, held.peer_realm.encode()),
+            new(d.DESTINATION_HOST, held.peer_host.encode()),
+            new(d.AUTH_APPLICATION_ID, d.CREDIT_CONTROL_APP),
+            *extra,
+        ]
+        answer = await connections[-1].send_request(command, d.CREDIT_CONTROL_APP, avps)
+        if answer is None:
+            log.warning("diameter: peer did not answer", extra={"command": name, "peer_realm": held.peer_realm})
+            return
+        code = result_of(answer[1])
+        if code != d.Code.SUCCESS:
+            metrics.SENT.labels(name, "refused").inc()
+            log.warning("diameter: peer refused", extra={"command": name, "result_code": code})
+
+    async def _event(self, head: Head, me: Me, call: EventCall) -> tuple[int, list[Avp]]:
+        identity = await self._identity(head.session_id, call.identities, remember=False)
+        answer = await self.events.charge(replace(call.request, identity=identity))
+        if answer.replayed:
+            metrics.RETRANSMISSIONS.inc()
+        currency = await self._currency(identity) if call.request.action == "P" else ""
+        return answer.result_code, answers.event_cca(head, me, call, answer, currency)
+
+    async def _identity(self, session_id: str, identities: tuple[Identity, ...], *, remember: bool) -> Identity:
+        """The first identity of the request a subscriber has (Open5GS sends the IMSI,
+        then the MSISDN); the first one when nobody has any (the core answers 5030)."""
+        known = self._charged_as.get(session_id)
+        if known is not None and known in identities:
+            return known
+        chosen = identities[0]
+        if len(identities) > 1:
+            for identity in identities:
+                if await self.directory.resolve(identity) is not None:
+                    chosen = identity
+                    break
+        if remember:
+            self._charged_as[session_id] = chosen
+            if len(self._charged_as) > REMEMBERED_SESSIONS:
+                self._charged_as.popitem(last=False)
+        return chosen
+
+    async def _currency(self, identity: Identity) -> str:
+        account = await self.directory.resolve(identity)
+        if account is None:
+            return ""
+        plan = self.catalogs.current.plan_of(self.directory.plan_hint(account))
+        return plan.currency if plan is not None else ""
+
+
+def result_of(avps: list[Avp]) -> int:
+    """Result-Code, else Experimental-Result's Experimental-Result-Code (0: neither)."""
+    result = d.find(avps, d.RESULT_CODE)
+    if result is None:
+        experimental = d.find(avps, d.EXPERIMENTAL_RESULT)
+        result = d.find(experimental.value, d.EXPERIMENTAL_RESULT_CODE) if experimental is not None else None
+    try:
+        return int(result.value) if result is not None else 0
+    except (AvpDecodeError, TypeError, ValueError):
+        return 0
