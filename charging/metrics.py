@@ -6,9 +6,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+# No ``<counter>_created`` series: one more series per labelled child that no query of ours
+# reads (rate() needs none). Before any metric of any package is declared or scraped.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter(
     "charging_requests_total",
@@ -94,7 +98,15 @@ JOB_AGES = JobAges()
 REGISTRY.register(JOB_AGES)
 
 # Postpaid billing.
-BILL_RUN_INVOICES = Counter("billing_invoices_issued_total", "Invoices issued by bill runs and final bills.")
+BILL_RUN_INVOICES = Counter(
+    "billing_invoices_issued_total",
+    "Invoices issued, by kind: period (a bill run, or a period billed before a final invoice) or final.",
+    ["kind"],
+)
+UNDELIVERABLE_INVOICES = Counter(
+    "billing_invoices_without_channel_total",
+    "Invoices taken for delivery while no delivery channel is configured (they stay PENDING).",
+)
 PAYMENTS = Counter("billing_payments_total", "Payments applied, by channel.", ["channel"])
 PAYMENT_MINOR = Counter("billing_payment_minor_total", "Money received, minor units, by channel.", ["channel"])
 DUNNING_ACTIONS = Counter("billing_dunning_actions_total", "Dunning actions taken, by kind.", ["kind"])
@@ -107,4 +119,13 @@ AUTH_REFUSALS = Counter(
     "charging_auth_refusals_total",
     "Calls refused for want of an identity or a role, by method and reason.",
     ["method", "reason"],
+)
+
+# TLS: the not-after of the certificates the server presents and trusts, as loaded (at
+# start and at each reload); alert well before it comes. certificate: server or client_ca
+# (the earliest of the CA file's certificates).
+TLS_NOT_AFTER = Gauge(
+    "charging_tls_certificate_not_after_seconds",
+    "Expiry (not-after) of the loaded TLS certificates, Unix seconds, by certificate (server, client_ca).",
+    ["certificate"],
 )

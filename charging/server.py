@@ -180,6 +180,8 @@ class App:
 
         await self._start_provisioning(directory)
         assert self.acquisition is not None
+        if self.acquisition.base is not None:
+            await self.acquisition.base.record_gauges()  # the customer base from Redis, not from zero
         self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier, self.link)
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
@@ -273,11 +275,11 @@ class App:
         jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup)]
         if not self.run_background:
             return jobs
-        redis = self.redis
+        redis, base = self.redis, self.acquisition.base
         jobs += [
             job("sweeper", self.sweeper.sweep_due, self.sweeper.interval_s),
             job("renewer", self.renewer.renew_once, self.renewer.interval_s),
-            job("census", lambda: record_census(redis), s.census_interval_s),
+            job("census", lambda: census(redis, base), s.census_interval_s),
             job("catalog", self.catalogs.follow, s.catalog_refresh_s),
         ]
         if s.provisioning_in_server:
@@ -412,6 +414,13 @@ def in_use(address: str) -> bool:
                 if exc.errno == errno.EADDRINUSE:
                     return True
     return False
+
+
+async def census(client: aioredis.Redis, base: CustomerBase | None) -> None:
+    """One pass of the ``census`` job: sessions and reserved money, and the customer base."""
+    await record_census(client)
+    if base is not None:
+        await base.record_gauges()
 
 
 def job_backoff(settings: Settings) -> Backoff:

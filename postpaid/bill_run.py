@@ -135,7 +135,6 @@ class BillRun:
 
         await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
         report.seconds = time.perf_counter() - started
-        metrics.BILL_RUN_INVOICES.inc(report.issued)
         with storage_errors():
             await self.client.rpush(keys.BILL_RUNS, json.dumps({"at": now_s, **report.as_dict()}))
         return report
@@ -237,6 +236,7 @@ class BillRun:
                 continue
             if reply[0] == "ISSUED":
                 report.issued += 1
+                metrics.BILL_RUN_INVOICES.labels("period").inc()
             else:
                 report.already += 1
             for line in lines:
@@ -294,6 +294,8 @@ class BillRun:
             # Composed from a reading another change has overtaken: the caller starts over.
             raise Stale(ba)
         number = str(reply[1])
+        if reply[0] == "ISSUED":  # counted where issued: bill runs, periods before a final invoice, final invoices
+            metrics.BILL_RUN_INVOICES.labels("final" if final_line else "period").inc()
         for line in lines:
             acct = line.account_id
             await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), PurgeArgs(period.id))
