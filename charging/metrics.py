@@ -35,6 +35,11 @@ SESSIONS_CLOSED = Counter("charging_sessions_closed_total", "Sessions closed, by
 ACTIVE_SESSIONS = Gauge("charging_active_sessions", "Open sessions (counted in Redis by the census).")
 RESERVED_MICROS = Gauge("charging_reserved_micros", "Money held in open reservations, micros (counted by the census).")
 ACCOUNTS_WITH_SESSIONS = Gauge("charging_accounts_with_sessions", "Accounts that have open sessions (census).")
+SWEEP_OVERDUE = Gauge(
+    "charging_sweep_overdue_accounts",
+    "Accounts whose session deadline or bucket expiry passed over a minute ago and that the sweeper has not "
+    "released yet (census): reservations not released.",
+)
 TOPUPS = Counter("charging_topups_total", "Recharges applied, by channel.", ["channel"])
 TOPUP_MICROS = Counter("charging_topup_micros_total", "Money recharged, micros, by channel.", ["channel"])
 UNBILLED_OVERRUN = Counter(

@@ -279,7 +279,7 @@ class App:
         jobs += [
             job("sweeper", self.sweeper.sweep_due, self.sweeper.interval_s),
             job("renewer", self.renewer.renew_once, self.renewer.interval_s),
-            job("census", lambda: census(redis, base), s.census_interval_s),
+            job("census", lambda: census(redis, base, self.clock.now_ms()), s.census_interval_s),
             job("catalog", self.catalogs.follow, s.catalog_refresh_s),
         ]
         if s.provisioning_in_server:
@@ -416,9 +416,10 @@ def in_use(address: str) -> bool:
     return False
 
 
-async def census(client: aioredis.Redis, base: CustomerBase | None) -> None:
-    """One pass of the ``census`` job: sessions and reserved money, and the customer base."""
-    await record_census(client)
+async def census(client: aioredis.Redis, base: CustomerBase | None, now_ms: int) -> None:
+    """One pass of the ``census`` job: sessions, reserved money, what the sweeper has not
+    released, and the customer base."""
+    await record_census(client, now_ms)
     if base is not None:
         await base.record_gauges()
 

@@ -15,13 +15,14 @@ from cryptography import x509
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from charging.census import record_census
 from charging.clock import ManualClock
 from charging.security import certs
 from charging.security.tls import CertificateFiles
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from postpaid.billing import Billing
-from tests.conftest import LineBook, Stubs, enrol, free_port
+from tests.conftest import INITIAL, LineBook, Stubs, enrol, free_port, session_request
 from tests.server_process import serve, stop, wait_serving
 from tests.test_acquisition import application
 from tests.test_bill_run import call
@@ -129,3 +130,22 @@ def test_the_loaded_certificates_expiry_is_exported_and_follows_a_renewal(tmp_pa
     assert files.fetch() is not None  # what gRPC asks before a handshake
     assert sample("charging_tls_certificate_not_after_seconds", certificate="server") == not_after("server.pem")
     assert not_after("server.pem") - first > 59 * DAY
+
+
+async def test_reservations_the_sweeper_has_not_released_are_counted(
+    stubs: Stubs, app: App, clock: ManualClock
+) -> None:
+    """``charging_sweep_overdue_accounts``: what the alert on reservations not released reads."""
+    await stubs.subscriber(balance=5_000_000)
+    ask = [{"rating_group": 10, "requested": {"time_s": 60}}]
+    assert (await stubs.charging.ChargeSession(session_request("lost-1", INITIAL, 0, ask))).result_code == 2001
+    assert app.redis is not None and app.sweeper is not None
+    await record_census(app.redis, clock.now_ms())
+    assert sample("charging_sweep_overdue_accounts") == 0
+    clock.advance(seconds=3 * 3600)  # past its supervision deadline: never ended, and no sweeper ran
+    await record_census(app.redis, clock.now_ms())
+    assert sample("charging_sweep_overdue_accounts") == 1
+    assert sample("charging_reserved_micros") > 0
+    assert await app.sweeper.sweep_once() == 1
+    await record_census(app.redis, clock.now_ms())
+    assert (sample("charging_sweep_overdue_accounts"), sample("charging_reserved_micros")) == (0, 0)
