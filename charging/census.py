@@ -38,7 +38,7 @@ async def take_census(client: aioredis.Redis, batch: int = 500, now_ms: int | No
                 pipe = client.pipeline(transaction=False)
                 for member, due_ms in members:
                     account = str(member)
-                    if now_ms is not None and due_ms < now_ms - OVERDUE_MS:
+                    if now_ms is not None and float(due_ms) < now_ms - OVERDUE_MS:
                         overdue += 1
                     pipe.zcard(keys.sessions(account))
                     pipe.hget(keys.account(account), "reserved")
