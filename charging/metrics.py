@@ -108,6 +108,12 @@ BILL_RUN_INVOICES = Counter(
     "Invoices issued, by kind: period (a bill run, or a period billed before a final invoice) or final.",
     ["kind"],
 )
+ACCOUNT_FAILURES = Counter(
+    "billing_account_failures_total",
+    "Billing accounts a bill run or dunning pass could not handle (logged with the account; the pass goes on), "
+    "by step: bill_run, dunning.",
+    ["step"],
+)
 UNDELIVERABLE_INVOICES = Counter(
     "billing_invoices_without_channel_total",
     "Invoices taken for delivery while no delivery channel is configured (they stay PENDING).",

@@ -148,6 +148,7 @@ class BillRun:
                     report.issued += 1
         except Exception:
             report.failed += 1
+            metrics.ACCOUNT_FAILURES.labels("bill_run").inc()
             log.exception("bill run failed for an account", extra={"billing_account": ba})
 
     async def bill_due(self, ba: str, now_s: int) -> list[str]:

@@ -103,6 +103,7 @@ class Collection:
             try:
                 decision = await self.evaluate(ba)
             except Exception:
+                metrics.ACCOUNT_FAILURES.labels("dunning").inc()
                 log.exception("dunning failed for an account", extra={"billing_account": ba})
                 continue
             for action in decision.actions:

@@ -15,6 +15,7 @@ from cryptography import x509
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from charging import keys
 from charging.census import record_census
 from charging.clock import ManualClock
 from charging.security import certs
@@ -149,3 +150,23 @@ async def test_reservations_the_sweeper_has_not_released_are_counted(
     assert await app.sweeper.sweep_once() == 1
     await record_census(app.redis, clock.now_ms())
     assert (sample("charging_sweep_overdue_accounts"), sample("charging_reserved_micros")) == (0, 0)
+
+
+async def test_accounts_a_bill_run_or_dunning_cannot_handle_are_counted(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    """A pass goes on past an account it cannot handle (and succeeds): the metric is what shows it."""
+    b, _book = postpaid_billing
+    before = {step: sample("billing_account_failures_total", step=step) for step in ("bill_run", "dunning")}
+    await enrol(stubs, b, "64", "491700000614")
+    await enrol(stubs, b, "65", "491700000615")
+    assert app.redis is not None
+    await app.redis.hset(keys.billing_account("C64"), "cycle_day", "the 10th")  # damaged
+    clock.advance(seconds=33 * DAY)
+    report = await b.runs.run()
+    assert (report.issued, report.failed) == (1, 1)
+    await app.redis.rpush(keys.billing_open("C65"), "NO-SUCH-INVOICE")  # damaged
+    await app.redis.sadd(keys.BILL_RECHECK, "C65")
+    await b.collection.run()
+    assert sample("billing_account_failures_total", step="bill_run") - before["bill_run"] == 1
+    assert sample("billing_account_failures_total", step="dunning") - before["dunning"] == 1
