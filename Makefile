@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench loadtest redis-server postgresql h2load proto clean
+.PHONY: all setup run test lint bench loadtest redis-server postgresql h2load prometheus proto clean
 
 all: setup
 
@@ -45,6 +45,12 @@ postgresql:
 	elif ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && { [ "$$(id -u)" != 0 ] || id postgres >/dev/null 2>&1; }; then :; \
 	else $(MAKE) --no-print-directory apt PKG=postgresql; fi
 
+# Prometheus and promtool for the monitoring tests (ops/prometheus). The tests start their
+# own prometheus on a free port with a temporary configuration: the package's service is
+# not used (and may stay stopped).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=prometheus
+
 h2load:
 	@command -v h2load >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=nghttp2-client
 
@@ -74,7 +80,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup redis-server postgresql lint
+test: setup redis-server postgresql prometheus lint
 	$(BIN)/pytest
 
 bench: setup redis-server postgresql h2load
