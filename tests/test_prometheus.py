@@ -27,6 +27,7 @@ from postpaid.invoices import Invoice
 from tests.conftest import DATA_KEY, INITIAL, TERMINATE, UPDATE, Stubs, session_request, sms_request
 from tests.prometheus_server import DEADLINE_S, Prometheus, running
 from tests.test_acquisition import application
+from tests.test_dashboard import dashboard_queries
 from tests.test_postpaid_e2e import DAY, GOOD, NOV_18, voice
 
 pytestmark = pytest.mark.timeout(300)
@@ -194,6 +195,7 @@ async def test_prometheus_scrapes_what_an_operator_needs_and_it_adds_up(
         check_customer_base(prom, counted)
         check_billing(prom, counted)
         check_jobs_and_hygiene(prom)
+        check_dashboard(prom)
 
 
 async def scraped_after_the_traffic(prom: Prometheus, app: App) -> None:
@@ -308,3 +310,18 @@ def check_jobs_and_hygiene(prom: Prometheus) -> None:
     for method in ("ChargeSession", "ChargeEvent", "Recharge", "RunBilling"):
         ratio = prom.value(f'method:charging_request_errors:ratio_rate5m{{method="{method}"}}')
         assert ratio is not None and (math.isnan(ratio) or ratio == 0), (method, ratio)
+
+
+def check_dashboard(prom: Prometheus) -> None:
+    """Every query of the Grafana dashboard runs on the scraped series; those of the panels
+    this traffic feeds show data."""
+    answered = {promql: prom.get("/api/v1/query", query=promql)["result"] for promql in dashboard_queries()}
+    fed = (
+        "charging_requests_total",
+        "charging_active_sessions",
+        "crm_active_lines",
+        "charging_job_seconds_since_success",
+    )
+    for promql, result in answered.items():
+        if any(name in promql for name in fed) and "UNAVAILABLE" not in promql and "offset" not in promql:
+            assert result, f"no data for {promql}"
