@@ -11,7 +11,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # No ``<counter>_created`` series: one more series per labelled child that no query of ours
-# reads (rate() needs none). Before any metric of any package is declared or scraped.
+# reads (rate() needs none). A process-wide switch read at every collection: it covers the
+# metrics of every package (provisioning declares its own).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter(
@@ -103,7 +104,7 @@ JOB_AGES = JobAges()
 REGISTRY.register(JOB_AGES)
 
 # Postpaid billing.
-BILL_RUN_INVOICES = Counter(
+INVOICES_ISSUED = Counter(
     "billing_invoices_issued_total",
     "Invoices issued, by kind: period (a bill run, or a period billed before a final invoice) or final.",
     ["kind"],

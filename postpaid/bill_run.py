@@ -237,7 +237,7 @@ class BillRun:
                 continue
             if reply[0] == "ISSUED":
                 report.issued += 1
-                metrics.BILL_RUN_INVOICES.labels("period").inc()
+                metrics.INVOICES_ISSUED.labels("period").inc()
             else:
                 report.already += 1
             for line in lines:
@@ -296,7 +296,7 @@ class BillRun:
             raise Stale(ba)
         number = str(reply[1])
         if reply[0] == "ISSUED":  # counted where issued: bill runs, periods before a final invoice, final invoices
-            metrics.BILL_RUN_INVOICES.labels("final" if final_line else "period").inc()
+            metrics.INVOICES_ISSUED.labels("final" if final_line else "period").inc()
         for line in lines:
             acct = line.account_id
             await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), PurgeArgs(period.id))
