@@ -138,8 +138,18 @@ async def test_a_backup_restored_into_a_fresh_redis_gives_the_balances_of_its_mo
             await stubs.topup.Recharge(recharge(ALICE, 2_000_000, "r2"))  # after the backup: not in it
             assert (await balances(stubs))[ALICE] != at_backup[ALICE]
 
-    # RDB: into a fresh directory with the AOF off (else Redis would start from an empty AOF
-    # and ignore the snapshot), then the AOF made from it, then a restart on the AOF alone.
+    # The pitfall the runbook warns of: an RDB alone under `appendonly yes` is ignored
+    # (Redis starts from a new, empty AOF).
+    pitfall = tmp_path / "restored-rdb-wrongly"
+    pitfall.mkdir()
+    shutil.copy(tmp_path / "backup" / "dump.rdb", pitfall / "dump.rdb")
+    with redis_server(pitfall) as (url, _port):
+        client = redis.Redis.from_url(url)
+        assert client.dbsize() == 0
+        client.close()
+
+    # RDB: into a fresh directory with the AOF off, then the AOF made from it, then a
+    # restart on the AOF alone.
     rdb_dir = tmp_path / "restored-rdb"
     rdb_dir.mkdir()
     shutil.copy(tmp_path / "backup" / "dump.rdb", rdb_dir / "dump.rdb")
