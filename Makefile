@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load proto clean browser console-htmx tshark
+.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark
 
 all: setup
 
@@ -73,6 +73,12 @@ tshark:
 
 test: tshark
 
+# Prometheus and promtool for the monitoring tests (ops/prometheus). The tests start their
+# own prometheus on a free port with a temporary configuration: the package's service is
+# not used (and may stay stopped).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=prometheus
+
 h2load:
 	@command -v h2load >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=nghttp2-client
 
@@ -105,7 +111,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup redis-server postgresql browser lint
+test: setup redis-server postgresql browser prometheus lint
 	$(BIN)/pytest
 
 bench: setup redis-server postgresql h2load

@@ -6,9 +6,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+# No ``<counter>_created`` series: one more series per labelled child that no query of ours
+# reads (rate() needs none). A process-wide switch read at every collection: it covers the
+# metrics of every package (provisioning declares its own).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter(
     "charging_requests_total",
@@ -40,6 +45,12 @@ RESERVED_MICROS = Gauge(
 )
 ACCOUNTS_WITH_SESSIONS = Gauge(
     "charging_accounts_with_sessions", "Accounts that have open sessions (census).", multiprocess_mode="livemostrecent"
+)
+SWEEP_OVERDUE = Gauge(
+    "charging_sweep_overdue_accounts",
+    "Accounts whose session deadline or bucket expiry passed over a minute ago and that the sweeper has not "
+    "released yet (census): reservations not released.",
+    multiprocess_mode="livemostrecent",
 )
 TOPUPS = Counter("charging_topups_total", "Recharges applied, by channel.", ["channel"])
 TOPUP_MICROS = Counter("charging_topup_micros_total", "Money recharged, micros, by channel.", ["channel"])
@@ -112,7 +123,21 @@ JOB_AGES = JobAges()
 REGISTRY.register(JOB_AGES)
 
 # Postpaid billing.
-BILL_RUN_INVOICES = Counter("billing_invoices_issued_total", "Invoices issued by bill runs and final bills.")
+INVOICES_ISSUED = Counter(
+    "billing_invoices_issued_total",
+    "Invoices issued, by kind: period (a bill run, or a period billed before a final invoice) or final.",
+    ["kind"],
+)
+ACCOUNT_FAILURES = Counter(
+    "billing_account_failures_total",
+    "Billing accounts a bill run or dunning pass could not handle (logged with the account; the pass goes on), "
+    "by step: bill_run, dunning.",
+    ["step"],
+)
+UNDELIVERABLE_INVOICES = Counter(
+    "billing_invoices_without_channel_total",
+    "Invoices taken for delivery while no delivery channel is configured (they stay PENDING).",
+)
 PAYMENTS = Counter("billing_payments_total", "Payments applied, by channel.", ["channel"])
 PAYMENT_MINOR = Counter("billing_payment_minor_total", "Money received, minor units, by channel.", ["channel"])
 DUNNING_ACTIONS = Counter("billing_dunning_actions_total", "Dunning actions taken, by kind.", ["kind"])
@@ -133,4 +158,12 @@ CHANGE_ACK_TIMEOUTS = Counter(
     "charging_change_ack_timeouts_total",
     "Changes (a catalog loaded) that some process did not confirm in time (charging/changes.py), by document.",
     ["document"],
+)
+# TLS: the not-after of the certificates the server presents and trusts, as loaded (at
+# start and at each reload); alert well before it comes. certificate: server or client_ca
+# (the earliest of the CA file's certificates).
+TLS_NOT_AFTER = Gauge(
+    "charging_tls_certificate_not_after_seconds",
+    "Expiry (not-after) of the loaded TLS certificates, Unix seconds, by certificate (server, client_ca).",
+    ["certificate"],
 )

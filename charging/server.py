@@ -198,6 +198,8 @@ class App:
 
         await self._start_provisioning(directory)
         assert self.acquisition is not None
+        if self.acquisition.base is not None:
+            await self.acquisition.base.record_gauges()  # the customer base from Redis, not from zero
         self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier, self.link)
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
@@ -321,11 +323,11 @@ class App:
         jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup, gate=ALWAYS)]
         if not self.run_background:
             return jobs
-        redis = self.redis
+        redis, base = self.redis, self.acquisition.base
         jobs += [
             job("sweeper", self.sweeper.sweep_due, self.sweeper.interval_s),
             job("renewer", self.renewer.renew_once, self.renewer.interval_s),
-            job("census", lambda: record_census(redis), s.census_interval_s),
+            job("census", lambda: census(redis, base, self.clock.now_ms()), s.census_interval_s),
             job("catalog", self.catalogs.follow, s.catalog_refresh_s, gate=ALWAYS),
         ]
         if s.provisioning_in_server:
@@ -509,6 +511,14 @@ async def follow_changes(client: aioredis.Redis, catalogs: CatalogBook, jobs: Jo
             await feed.wait_live()
     except TimeoutError:
         raise StartupError("could not subscribe to the change channel of Redis") from None
+
+
+async def census(client: aioredis.Redis, base: CustomerBase | None, now_ms: int) -> None:
+    """One pass of the ``census`` job: sessions, reserved money, what the sweeper has not
+    released, and the customer base."""
+    await record_census(client, now_ms)
+    if base is not None:
+        await base.record_gauges()
 
 
 def job_backoff(settings: Settings) -> Backoff:

@@ -172,7 +172,6 @@ class BillRun:
 
         await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
         report.seconds = time.perf_counter() - started
-        metrics.BILL_RUN_INVOICES.inc(report.issued)
         with storage_errors():
             after = await self.client.zrangebyscore(keys.BILL_DUE, f"({now_s}", "+inf", start=0, num=1, withscores=True)
             if after:
@@ -193,6 +192,7 @@ class BillRun:
                 report.skip(why[-1])
         except Exception:
             report.fail(ba)
+            metrics.ACCOUNT_FAILURES.labels("bill_run").inc()
             log.exception("bill run failed for an account", extra={"billing_account": ba})
 
     async def bill_due(self, ba: str, now_s: int, why: list[str] | None = None) -> list[str]:
@@ -283,6 +283,7 @@ class BillRun:
                 continue
             if reply[0] == "ISSUED":
                 report.issue(str(reply[1]))
+                metrics.INVOICES_ISSUED.labels("period").inc()
             else:
                 report.already += 1
             for line in lines:
@@ -345,6 +346,8 @@ class BillRun:
             # Composed from a reading another change has overtaken: the caller starts over.
             raise Stale(ba)
         number = str(reply[1])
+        if reply[0] == "ISSUED":  # counted where issued: bill runs, periods before a final invoice, final invoices
+            metrics.INVOICES_ISSUED.labels("final" if final_line else "period").inc()
         for line in lines:
             acct = line.account_id
             await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), PurgeArgs(period.id))

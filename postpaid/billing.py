@@ -188,6 +188,11 @@ class Billing:
                 handled += await self._deliver_queued(number)
             finally:
                 await self.client.delete(lease)
+        if handled and not self.deliveries:
+            log.warning(
+                "invoices issued with no delivery channel configured: they stay PENDING",
+                extra={"invoices": handled, "configure": "CHARGING_SMTP_HOST or CHARGING_INVOICE_DIR"},
+            )
         return handled
 
     async def deliver_queued(self) -> None:
@@ -225,6 +230,9 @@ class Billing:
         DELIVERED, RETRYING (a failure that may pass) or FAILED, with the reasons."""
         inv = await self.invoice(number)
         if not self.deliveries:
+            # Nothing would ever send it: counted here, logged once per delivery pass, for an
+            # operator to configure a channel (CHARGING_SMTP_HOST, CHARGING_INVOICE_DIR) and resend.
+            metrics.UNDELIVERABLE_INVOICES.inc()
             return "PENDING"
         state = keys.invoice_state(number)
         done = (

@@ -154,6 +154,7 @@ class Collection:
                         await self.client.zadd(keys.BILL_AS_OF, {ba: now_s}, gt=True)
                 decision, overdue, day = await self.assess(ba)
             except Exception:
+                metrics.ACCOUNT_FAILURES.labels("dunning").inc()
                 log.exception("dunning failed for an account", extra={"billing_account": ba})
                 report.failed += 1
                 if len(report.outcomes) < LISTED:

@@ -71,6 +71,14 @@ class CustomerBase:
         total = await self.client.hincrby(keys.ACTIVE_LINES, customer_type, 0)
         ACTIVE.labels(customer_type).set(total)
 
+    async def record_gauges(self) -> None:
+        """Set ``crm_active_lines`` for every customer type from Redis: at start (the gauge
+        was empty after a restart until a line changed) and with each census pass (lines
+        activated by another process, such as ``charging worker``, show here too)."""
+        counts = await self.client.hmget(keys.ACTIVE_LINES, list(CUSTOMER_TYPES))
+        for customer_type, count in zip(CUSTOMER_TYPES, counts, strict=True):
+            ACTIVE.labels(customer_type).set(int(count or 0))
+
     async def figures(self, first: date, last: date) -> list[BaseFigures]:
         """The base at the start and end of [first, last], and the movements within."""
         days = [EPOCH + timedelta(days=n) for n in range((last - EPOCH).days + 1)]

@@ -32,6 +32,8 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from charging import metrics
+
 log = logging.getLogger("charging.security")
 
 
@@ -94,6 +96,9 @@ class CertificateFiles:
                 raise TlsFilesInvalid(f"{exc.filename}: {exc.strerror}") from None
             except ValueError as exc:
                 raise TlsFilesInvalid(f"{self.client_ca}: {exc}") from None
+        _record_not_after("server", x509.load_pem_x509_certificates(cert_pem)[:1])
+        if ca_pem is not None:
+            _record_not_after("client_ca", x509.load_pem_x509_certificates(ca_pem))
         return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], ca_pem)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -116,6 +121,12 @@ class CertificateFiles:
         return grpc.dynamic_ssl_server_credentials(
             self._config, self.fetch, require_client_authentication=require_client_cert
         )
+
+
+def _record_not_after(certificate: str, certs: list[x509.Certificate]) -> None:
+    """``charging_tls_certificate_not_after_seconds``: the earliest not-after of ``certs``."""
+    if certs:
+        metrics.TLS_NOT_AFTER.labels(certificate).set(min(c.not_valid_after_utc.timestamp() for c in certs))
 
 
 def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> grpc.ChannelCredentials:
