@@ -121,6 +121,11 @@ class System:
             "CHARGING_SWEEP_INTERVAL_S": "0.2",
             "CHARGING_GRACE_PERIOD_S": "1",
             "CHARGING_LOG_LEVEL": "WARNING",
+            # One process (kill_server kills it), and none of the other doors.
+            "CHARGING_WORKERS": "1",
+            "CHARGING_NCHF_ADDRESS": "",
+            "CHARGING_DIAMETER_ADDRESS": "",
+            "CHARGING_CONSOLE_ADDRESS": "",
             **self.env,
         }
         if "CHARGING_REDIS_URL" not in self.env:
