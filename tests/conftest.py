@@ -10,7 +10,8 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from charging.embedded_postgres import (
     SERVER_SETTINGS,
     UNDURABLE_SETTINGS,
     Layout,
+    RunAs,
     as_user,
     find_bin_dir,
     open_log,
@@ -361,17 +363,25 @@ class PostgresServer:
 MIGRATED_TEMPLATE = "charging_template"
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+@contextmanager
+def postgres_cluster(
+    prefix: str,
+    configure: Callable[[Layout, RunAs | None], Mapping[str, str]] = lambda _layout, _user: {},
+    ready_url: Callable[[Layout], str] = lambda layout: layout.url("postgres"),
+) -> Iterator[Layout]:
+    """A PostgreSQL cluster of its own under a fresh directory (as the postgres user when
+    root), undurable, started with the settings ``configure`` adds (it may also write files
+    there), running until the block ends; ready once ``ready_url`` connects."""
     bin_dir = find_bin_dir(os.environ.get("CHARGING_POSTGRES_BIN_DIR", ""))
     user = run_as()
-    directory = private_dir("charging-test-pg-")
+    directory = private_dir(prefix)
     layout = Layout(directory)
     try:
         prepare(bin_dir, layout, user, durable=False)
+        settings = {**SERVER_SETTINGS, **UNDURABLE_SETTINGS, **configure(layout, user)}
         with open_log(layout) as out:
             proc = subprocess.Popen(
-                as_user(postgres_command(bin_dir, layout, {**SERVER_SETTINGS, **UNDURABLE_SETTINGS}), user),
+                as_user(postgres_command(bin_dir, layout, settings), user),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -381,21 +391,27 @@ def postgres_server() -> Iterator[PostgresServer]:
             if proc.poll() is not None:
                 pytest.fail(f"postgres exited with {proc.returncode}: {layout.log_file.read_text()[-2000:]}")
             try:
-                psycopg.connect(layout.url("postgres"), connect_timeout=2).close()
+                psycopg.connect(ready_url(layout), connect_timeout=2).close()
                 break
             except psycopg.OperationalError:
                 time.sleep(0.05)
         else:
             proc.kill()
             pytest.fail("postgres did not start")
-        server = PostgresServer(layout)
-        server.create_database(MIGRATED_TEMPLATE, "template0")
-        migrations.upgrade(server.url(MIGRATED_TEMPLATE))
-        yield server
+        yield layout
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with postgres_cluster("charging-test-pg-") as layout:
+        server = PostgresServer(layout)
+        server.create_database(MIGRATED_TEMPLATE, "template0")
+        migrations.upgrade(server.url(MIGRATED_TEMPLATE))
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import signal
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,23 +16,12 @@ import pytest
 
 from charging.clock import ManualClock
 from charging.database import open_pool, plaintext_problem
-from charging.embedded_postgres import (
-    SERVER_SETTINGS,
-    UNDURABLE_SETTINGS,
-    Layout,
-    as_user,
-    find_bin_dir,
-    open_log,
-    postgres_command,
-    prepare,
-    private_dir,
-    run_as,
-)
+from charging.embedded_postgres import Layout, RunAs
 from charging.errors import StartupError
 from charging.security import certs
 from charging.server import App
 from charging.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, postgres_cluster
 
 
 @pytest.mark.parametrize(
@@ -89,53 +74,30 @@ class TlsPostgres:
 def tls_postgres() -> Iterator[TlsPostgres]:
     """A PostgreSQL of its own on a loopback TCP port with ssl=on, its certificate for
     localhost signed by a CA made here."""
-    bin_dir = find_bin_dir(os.environ.get("CHARGING_POSTGRES_BIN_DIR", ""))
-    user = run_as()
-    directory = private_dir("charging-tls-pg-")
-    layout = Layout(directory)
-    try:
-        prepare(bin_dir, layout, user, durable=False)
+    port = free_port()
+
+    def configure(layout: Layout, user: RunAs | None) -> dict[str, str]:
         ca = certs.make_ca("test database CA")
-        server = certs.issue(ca, "localhost", dns=["localhost"], ips=["127.0.0.1"], server=True)
-        certs.write_pair(directory, "server", server)
-        (directory / "ca.pem").write_bytes(ca.cert_pem)
+        certs.write_pair(
+            layout.directory, "server", certs.issue(ca, "localhost", dns=["localhost"], ips=["127.0.0.1"], server=True)
+        )
+        (layout.directory / "ca.pem").write_bytes(ca.cert_pem)
         if user is not None:
             for name in ("server.pem", "server.key"):
-                os.chown(directory / name, user.uid, user.gid)
-        port = free_port()
-        tls = {
+                os.chown(layout.directory / name, user.uid, user.gid)
+        return {
             "listen_addresses": "127.0.0.1",
             "port": str(port),
             "ssl": "on",
-            "ssl_cert_file": str(directory / "server.pem"),
-            "ssl_key_file": str(directory / "server.key"),
+            "ssl_cert_file": str(layout.directory / "server.pem"),
+            "ssl_key_file": str(layout.directory / "server.key"),
         }
-        settings = {**SERVER_SETTINGS, **UNDURABLE_SETTINGS, **tls}
-        with open_log(layout) as out:
-            proc = subprocess.Popen(
-                as_user(postgres_command(bin_dir, layout, settings), user),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-            )
-        found = TlsPostgres(port, layout.password_file.read_text().strip(), directory / "ca.pem")
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail(f"postgres exited: {layout.log_file.read_text()[-2000:]}")
-            try:
-                psycopg.connect(found.url(), connect_timeout=2).close()
-                break
-            except psycopg.OperationalError:
-                time.sleep(0.05)
-        else:
-            proc.kill()
-            pytest.fail("postgres did not start")
-        yield found
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+
+    def found(layout: Layout) -> TlsPostgres:
+        return TlsPostgres(port, layout.password_file.read_text().strip(), layout.directory / "ca.pem")
+
+    with postgres_cluster("charging-tls-pg-", configure, lambda layout: found(layout).url()) as layout:
+        yield found(layout)
 
 
 async def test_tls_with_the_certificate_verified(tls_postgres: TlsPostgres) -> None:
