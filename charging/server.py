@@ -180,7 +180,10 @@ class App:
 
         await self._start_provisioning(directory)
         assert self.acquisition is not None
-        self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier, self.link)
+        assert self.database is not None
+        self.billing = build_billing(
+            s, self.redis, self.catalogs, self.clock, self.notifier, self.link, database=self.database
+        )
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
 
@@ -478,6 +481,9 @@ async def provision(settings: Settings) -> None:
     started with ``CHARGING_PROVISIONING_IN_SERVER=false``. Runs until SIGTERM or SIGINT."""
     if not settings.redis_url or not settings.network_url:
         raise SystemExit("charging worker needs CHARGING_REDIS_URL and CHARGING_NETWORK_URL")
+    if not settings.database_url:
+        # A terminated postpaid line's final invoice is issued from here too.
+        raise SystemExit("charging worker needs CHARGING_DATABASE_URL")
     client = store.connect(with_password(settings.redis_url), max_connections=8, tls=settings.redis_tls())
     try:
         await wait_until_ready(client, f"redis at {redact_url(settings.redis_url)}", settings.redis_ready_timeout_s)
@@ -491,8 +497,13 @@ async def provision(settings: Settings) -> None:
     acquisition = await build_acquisition(
         settings, settings.network_url, client, Directory(client, 10_000), catalogs, clock
     )
+    try:
+        database = await open_pool(settings.database_url, settings.database_pool_size)
+    except StartupError as exc:
+        await client.aclose()
+        raise SystemExit(f"error: {exc}") from None
     # Acknowledged postpaid lines are enrolled in billing from this process too.
-    billing = build_billing(settings, client, catalogs, clock, None)
+    billing = build_billing(settings, client, catalogs, clock, None, database=database)
     acquisition.billing = billing
     billing.attach_lines(acquisition)
     stop = asyncio.Event()
@@ -525,6 +536,7 @@ async def provision(settings: Settings) -> None:
         await jobs.stop()
         await acquisition.aclose()
         await client.aclose()
+        await database.close()
         log.info("provisioning worker stopped")
     if died:
         raise SystemExit(f"error: background job {died[0]} died")

@@ -17,7 +17,6 @@ and a bill run never waits for rendering or a mail server. ``resend`` queues it 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import redis.asyncio as aioredis
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.database import Pool
 from charging.errors import NotFound
 from charging.money import to_minor
 from charging.notifications import Notifier
@@ -46,6 +46,7 @@ from postpaid.delivery import (
     SmtpDelivery,
     SmtpSettings,
 )
+from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.payments import Payments
 from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
@@ -74,15 +75,19 @@ class Billing:
         notifier: Notifier | None = None,
         deliveries: Sequence[tuple[str, Delivery]] = (),
         link: RedisLink | None = None,
+        *,
+        database: Pool,
     ) -> None:
         self.client = client
+        # Issued invoices live in the system of record (PostgreSQL).
+        self.book = InvoiceBook(database, config.issuer.id, config.issuer.number_prefix)
         self.config = config
         self.clock = clock
         self.deliveries = tuple(deliveries)
         self._retried = 0  # invoices whose delivery is to be tried again, counted for deliver_queued
         self.accounts = BillingAccounts(client, config)
-        self.runs = BillRun(client, self.accounts, config, catalogs, clock, link)
-        self.payments = Payments(client, config, clock)
+        self.runs = BillRun(client, self.accounts, config, catalogs, clock, self.book, link)
+        self.payments = Payments(client, config, clock, self.book)
         self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
         self.payments.on_change = self._reevaluate
 
@@ -258,10 +263,10 @@ class Billing:
         return outcome
 
     async def invoice(self, number: str) -> Invoice:
-        text = await self.client.get(keys.invoice(number))
-        if text is None:
+        found = await self.book.get(number)
+        if found is None:
             raise NotFound("no such invoice")
-        return Invoice.from_json(str(text))
+        return found
 
     async def invoice_state(self, number: str) -> dict[str, str]:
         h = await self.client.hgetall(keys.invoice_state(number))
@@ -275,10 +280,11 @@ class Billing:
 
     async def run_history(self, limit: int) -> list[dict[str, Any]]:
         """The latest bill runs' reports, newest first."""
-        return [dict(json.loads(str(x))) for x in reversed(await self.client.lrange(keys.BILL_RUNS, -limit, -1))]
+        return await self.book.runs(limit)
 
-    async def invoices_of(self, ba: str) -> list[str]:
-        return [str(x) for x in await self.client.lrange(keys.billing_invoices(ba), 0, -1)]
+    async def invoices_of(self, ba: str, after: str = "", limit: int = 0) -> list[str]:
+        """The account's invoice numbers, oldest first: a page after ``after`` when given."""
+        return await self.book.numbers_of(ba, after, limit)
 
     async def account(self, ba: str) -> dict[str, Any]:
         info = await self.accounts.get(ba)
@@ -309,6 +315,8 @@ def build_billing(
     clock: Clock,
     notifier: Notifier | None,
     link: RedisLink | None = None,
+    *,
+    database: Pool,
 ) -> Billing:
     """Billing with its settings file and the configured delivery channels; bill runs
     pipeline over ``link`` when given."""
@@ -317,4 +325,4 @@ def build_billing(
         deliveries.append(("email", SmtpDelivery(SmtpSettings.of(settings), clock)))
     if settings.invoice_dir:
         deliveries.append(("directory", DirectoryDelivery(Path(settings.invoice_dir))))
-    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries, link)
+    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries, link, database=database)

@@ -216,8 +216,14 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     port = free_port()
     smtp = SmtpDelivery(SmtpSettings(host="127.0.0.1", port=port, sender="billing@operator.example", timeout_s=2))
     folder = DirectoryDelivery(tmp_path)
+    assert app.database is not None
     b = Billing(
-        app.redis, billing_config.default(), app.catalogs, clock, deliveries=[("email", smtp), ("directory", folder)]
+        app.redis,
+        billing_config.default(),
+        app.catalogs,
+        clock,
+        deliveries=[("email", smtp), ("directory", folder)],
+        database=app.database,
     )
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())
     await enrol(stubs, b, "28", "491700000410")
@@ -403,7 +409,7 @@ async def test_a_final_invoice_racing_a_bill_run_bills_the_line_once(
             return state
 
     assert app.redis is not None and app.catalogs is not None
-    racing = BillRun(app.redis, Racing(app.redis, b.config), b.config, app.catalogs, clock)
+    racing = BillRun(app.redis, Racing(app.redis, b.config), b.config, app.catalogs, clock, b.book)
     outcomes = await racing.bill_due("C34", after_end)
     numbers = await b.invoices_of("C34")
     invoices = [await b.invoice(n) for n in numbers]
