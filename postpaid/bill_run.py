@@ -10,17 +10,18 @@ For one account and period:
      it is written once whatever is repeated; an invoice composed from the same reading
      of the account as one written already (a final invoice racing the run) is refused,
      and composed again once that one is settled;
-  4. settle it in Redis (``settle.lua``): the account's balance and open invoices, its
-     next period, the delivery queue, once (the row keeps what to apply);
-  5. drop the invoiced usage from the lines (``purge.lua``).
+  4. drop the invoiced usage from the lines (``purge.lua``): it is in the invoice now;
+  5. settle it in Redis (``settle.lua``): the account's balance and open invoices, its
+     next period, the delivery queue, once (the row keeps what to apply). Last, so that
+     until it has run the account is still due and a resumed run purges and settles.
 Each step can run again: a repeated or interrupted run finds closed periods closed, the
 invoice written (and settles that one, not a new one) and the settlement applied, and
 completes what is left. No duplicate invoice, no number skipped, nothing billed twice,
 nothing lost: the usage is dropped only once its invoice is written and settled.
 
 A run takes the due accounts in batches and does each step for the whole batch in one
-pipelined round trip (reads; close and read per line; one database transaction; settle;
-purge), so round trips and client overhead are paid per batch, not per account.
+pipelined round trip (reads; close and read per line; one database transaction; purge;
+settle), so round trips and client overhead are paid per batch, not per account.
 Accounts the batch cannot finish (several periods behind, no lines, an invoice written
 meanwhile) are billed one by one.
 """
@@ -237,8 +238,6 @@ class BillRun:
             issued = await self.book.issue(drafts)
         except Contended:
             return slow + [ba for ba, *_ in issues]
-        await self._many([_settle_command(i) for i in issued])
-
         commands = []
         for (ba, period, nxt, lines), inv in zip(issues, issued, strict=True):
             if inv.already:
@@ -253,6 +252,7 @@ class BillRun:
                 slow.append(ba)  # more periods behind: the next one too
         if commands:
             await self._many(commands)
+        await self._many([_settle_command(i) for i in issued])
         return slow
 
     async def bill(self, ba: str, now_s: int) -> str | None:
@@ -304,10 +304,10 @@ class BillRun:
             raise Stale(ba) from None
         except Contended:
             raise Stale(ba) from None
-        await self._many([_settle_command(issued)])
         for line in lines:
             acct = line.account_id
             await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), PurgeArgs(period.id))
+        await self._many([_settle_command(issued)])
         return issued.number if not issued.already else "ALREADY " + issued.number
 
     def _line_bill(self, line: BillingLine, period: periods.Period, raw: list[Any]) -> LineBill:
