@@ -184,6 +184,7 @@ class App:
         self.billing = build_billing(
             s, self.redis, self.catalogs, self.clock, self.notifier, self.link, database=self.database
         )
+        await self.billing.move_redis_invoices()
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
 

@@ -33,7 +33,7 @@ from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.settings import Settings
-from postpaid import periods
+from postpaid import legacy, periods
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -90,6 +90,12 @@ class Billing:
         self.payments = Payments(client, config, clock, self.book)
         self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
         self.payments.on_change = self._reevaluate
+
+    async def move_redis_invoices(self) -> None:
+        """Invoices Redis kept before PostgreSQL did: moved once (``postpaid/legacy.py``)."""
+        moved = await legacy.move_once(self.client, self.book.pool, self.book.issuer, self.book.series)
+        if moved is not None and (moved.invoices or moved.runs):
+            log.info("invoices moved from redis", extra={"invoices": moved.invoices, "runs": moved.runs})
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""

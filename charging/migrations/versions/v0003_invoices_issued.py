@@ -73,11 +73,31 @@ CREATE TABLE bill_runs (
 );
 """
 
+# For analysts: invoiced amounts and taxes per billing month (the month the period ends
+# in, the accounting month of the invoice), issuer, currency and tax code.
+VIEWS = """
+CREATE VIEW invoices_per_period AS
+SELECT date_trunc('month', i.period_end)::date AS month, i.issuer, i.currency, i.kind,
+       count(*) AS invoices, sum(i.total_minor - i.tax_minor) AS net_minor,
+       sum(i.tax_minor) AS tax_minor, sum(i.total_minor) AS total_minor
+FROM invoices i
+GROUP BY 1, 2, 3, 4;
+COMMENT ON VIEW invoices_per_period IS 'invoices issued per billing month, issuer, currency and kind (minor units)';
+
+CREATE VIEW taxes_per_period AS
+SELECT date_trunc('month', i.period_end)::date AS month, i.issuer, i.currency, t.tax_code, t.name, t.rate_bp,
+       count(*) AS invoices, sum(t.base_minor) AS base_minor, sum(t.tax_minor) AS tax_minor
+FROM invoices i JOIN invoice_taxes t USING (invoice_id)
+GROUP BY 1, 2, 3, 4, 5, 6;
+COMMENT ON VIEW taxes_per_period IS 'tax bases and amounts per billing month and tax code (minor units)';
+"""
+
 IMMUTABLE = ("invoice_charges", "invoice_taxes", "bill_runs")
 
 
 def upgrade() -> None:
     op.execute(TABLES)
+    op.execute(VIEWS)
     for table in IMMUTABLE:
         op.execute(
             f"CREATE TRIGGER {table}_immutable BEFORE UPDATE OR DELETE ON {table} "
@@ -90,6 +110,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW taxes_per_period, invoices_per_period")
     op.execute("DROP TABLE bill_runs, invoice_taxes, invoice_charges")
     op.execute(
         "ALTER TABLE invoices DROP CONSTRAINT invoices_one_per_reading, DROP CONSTRAINT invoices_run_once, "
