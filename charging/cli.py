@@ -464,13 +464,21 @@ def cmd_invoices(args: argparse.Namespace) -> int:
                 f.write(pdf.content)
             print(f"wrote {args.pdf}.pdf")
             return 0
-        listing = stub.ListInvoices(billing_pb2.BillingAccountId(billing_account=args.billing_account))
-        for inv in listing.invoices:
-            total, still_open = format_minor(inv.total_minor, inv.currency), format_minor(inv.open_minor, inv.currency)
-            print(
-                f"{inv.number}  {inv.period_start}..{inv.period_end}  total {total}  open {still_open}"
-                f"  due {inv.due}  {inv.status}  {inv.delivery}"
+        token = None
+        while token != "":  # page by page
+            listing = stub.ListInvoices(
+                billing_pb2.BillingAccountId(billing_account=args.billing_account, page_token=token or "")
             )
+            token = listing.next_page_token
+            for inv in listing.invoices:
+                total, still_open = (
+                    format_minor(inv.total_minor, inv.currency),
+                    format_minor(inv.open_minor, inv.currency),
+                )
+                print(
+                    f"{inv.number}  {inv.period_start}..{inv.period_end}  total {total}  open {still_open}"
+                    f"  due {inv.due}  {inv.status}  {inv.delivery}"
+                )
     return 0
 
 

@@ -1,0 +1,80 @@
+"""A year of monthly bill runs: the invoices are in PostgreSQL, listed page by page through
+the Billing API, and billing's Redis memory per postpaid line does not grow with them
+(only each invoice's small state hash, ``{bill}:is:NUMBER``, stays: open amount, status,
+delivery, which payments and dunning use in real time; moving the settled ones out is
+left for when payments are rows too)."""
+
+from __future__ import annotations
+
+import grpc
+import redis
+
+from charging import keys
+from charging.clock import ManualClock
+from charging.server import App
+from charging.v1 import billing_pb2, billing_pb2_grpc
+from postpaid.billing import Billing
+from tests.conftest import LineBook, Stubs, enrol
+from tests.test_bill_run import call
+
+DAY = 86_400
+LINES = ("491700000951", "491700000952")
+
+
+def billing_memory(r: redis.Redis, accounts: list[str]) -> tuple[int, int]:
+    """Bytes billing keeps in Redis for these lines (their usage and account hashes and
+    every ``{bill}`` key but the invoices' states), and the invoices' states' bytes (the
+    state hashes and the lists of open invoices: nobody pays in this test)."""
+    states, other = 0, 0
+    for key in r.scan_iter(match="{bill}:*", count=1000):
+        size = int(r.memory_usage(key, samples=0) or 0)
+        if str(key).startswith(keys.invoice_state("")) or str(key).endswith(":open"):
+            states += size
+        else:
+            other += size
+    for acct in accounts:
+        for key in (keys.account(acct), keys.usage(acct), keys.usage_records(acct)):
+            other += int(r.memory_usage(key, samples=0) or 0)
+    return other, states
+
+
+async def test_a_year_of_invoices_is_paged_from_the_database_and_redis_does_not_grow(
+    app: App, stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, r: redis.Redis
+) -> None:
+    b, _book = postpaid_billing
+    accounts = [await enrol(stubs, b, "61", msisdn) for msisdn in LINES]
+    sizes = []
+    for month in range(12):
+        for i, msisdn in enumerate(LINES):
+            assert await call(stubs, msisdn, f"m{month}-{i}", 60 + month) == 2001
+        clock.advance(seconds=31 * DAY)
+        assert (await b.runs.run()).issued == 1
+        await b.deliver_pending()
+        sizes.append(billing_memory(r, accounts))
+    # The invoice documents are not in Redis; what billing keeps there per line after
+    # twelve runs is what it kept after one (a few bytes of counters' digits aside).
+    assert not list(r.scan_iter(match=keys.invoice("*")))
+    (first, first_states), (last, last_states) = sizes[0], sizes[-1]
+    assert abs(last - first) <= 64 * len(LINES), sizes
+    assert last_states <= 12 * first_states + 64
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        stub = billing_pb2_grpc.BillingStub(channel)
+        pages, token = [], ""
+        while True:
+            page = await stub.ListInvoices(
+                billing_pb2.BillingAccountId(billing_account="C61", page_size=5, page_token=token)
+            )
+            pages.append([inv.number for inv in page.invoices])
+            token = page.next_page_token
+            if not token:
+                break
+        assert [len(p) for p in pages] == [5, 5, 2]
+        assert [n for p in pages for n in p] == [f"INV-{n:08d}" for n in range(1, 13)]
+        with_usage = await stub.GetInvoice(billing_pb2.InvoiceId(number="INV-00000012"))
+        assert with_usage.period_start.startswith("2026-12")
+        try:
+            await stub.ListInvoices(billing_pb2.BillingAccountId(billing_account="C61", page_size=1001))
+            raise AssertionError("a page of 1001 was accepted")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_size" in (exc.details() or "")
