@@ -174,7 +174,7 @@ class Billing:
                 info = await self.accounts.get(ba)
                 period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
                 try:
-                    # issue.lua takes the line off the account in the same script.
+                    # settle.lua takes the line off the account when it settles the final invoice.
                     return await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
                 except Stale:
                     continue
@@ -244,6 +244,7 @@ class Billing:
         recipient = (await self.accounts.get(inv.billing_account)).get("email", "")
         rendered = await asyncio.to_thread(RenderedInvoice.of, inv)
         failures, retry = [], False
+        attempts: list[tuple[str, bool, str]] = []
         for channel, delivery in self.deliveries:
             if channel in done:
                 continue
@@ -252,12 +253,16 @@ class Billing:
             else:
                 result = await delivery.deliver(rendered, recipient)
             metrics.INVOICE_DELIVERIES.labels(channel, "delivered" if result.delivered else "failed").inc()
+            attempts.append((channel, result.delivered, "" if result.delivered else result.reason))
             if result.delivered:
                 done.add(channel)
             else:
                 failures.append(f"{channel}: {result.reason}")
                 retry = retry or result.retry
         outcome = "DELIVERED" if not failures else ("RETRYING" if retry else "FAILED")
+        # The history of attempts is kept in the system of record; the state that decides
+        # the next attempt stays on the invoice's state in Redis.
+        await self.book.record_deliveries(number, self.clock.now_ms() // 1000, attempts)
         await self.client.hset(
             state,
             mapping={

@@ -217,6 +217,18 @@ class InvoiceBook:
                 for t in d.invoice.taxes:
                     await copy.write_row((number, t.code, t.name, t.rate_bp, t.base, t.amount))
 
+    async def record_deliveries(self, number: str, at_s: int, outcomes: Sequence[tuple[str, bool, str]]) -> None:
+        """Delivery attempts of the invoice: (channel, delivered, reason) each."""
+        if not outcomes:
+            return
+        at = datetime.fromtimestamp(at_s, UTC)
+        async with self.pool.connection() as conn:
+            await conn.cursor().executemany(
+                "INSERT INTO invoice_deliveries (invoice_id, attempted_at, channel, delivered, reason) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [(number, at, channel, ok, reason) for channel, ok, reason in outcomes],
+            )
+
     async def get(self, number: str) -> Invoice | None:
         async with self.pool.connection() as conn:
             cur = await conn.execute("SELECT document::text FROM invoices WHERE invoice_id = %s", (number,))

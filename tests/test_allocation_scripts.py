@@ -1,4 +1,4 @@
-"""pay.lua and issue.lua against the allocation reference (postpaid/allocation.py), on a
+"""pay.lua and settle.lua against the allocation reference (postpaid/allocation.py), on a
 real Redis: random open invoices and credit, then payments, credit notes and refunds
 through ``Payments``, and invoices (positive or negative) issued by bill runs; after each,
 every invoice's open amount, the open list, the credit, the balance and the allocations

@@ -251,6 +251,13 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     assert len(box.messages) == 1 and box.messages[0][0].rcpt_tos == ["customer@example.org"]
     assert not (tmp_path / f"{number}.pdf").exists()  # not written twice
     assert await app.redis.llen(keys.BILL_DELIVERY) == 0
+    async with app.database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT channel, delivered FROM invoice_deliveries WHERE invoice_id = %s ORDER BY attempt_id",
+            (number,),
+        )
+        history = await cur.fetchall()
+    assert history == [("email", False), ("directory", True), ("email", True)]
 
 
 async def test_a_new_line_after_termination_for_non_payment_opens_a_new_billing_account(

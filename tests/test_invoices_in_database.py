@@ -1,5 +1,5 @@
 """A year of monthly bill runs: the invoices are in PostgreSQL, listed page by page through
-the Billing API, and billing's Redis memory per postpaid line does not grow with them
+the Billing API and summed by the analysts' views, and billing's Redis memory per postpaid line does not grow with them
 (only each invoice's small state hash, ``{bill}:is:NUMBER``, stays: open amount, status,
 delivery, which payments and dunning use in real time; moving the settled ones out is
 left for when payments are rows too)."""
@@ -7,11 +7,13 @@ left for when payments are rows too)."""
 from __future__ import annotations
 
 import grpc
+import psycopg
 import redis
 
 from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
+from charging.settings import Settings
 from charging.v1 import billing_pb2, billing_pb2_grpc
 from postpaid.billing import Billing
 from tests.conftest import LineBook, Stubs, enrol
@@ -39,7 +41,12 @@ def billing_memory(r: redis.Redis, accounts: list[str]) -> tuple[int, int]:
 
 
 async def test_a_year_of_invoices_is_paged_from_the_database_and_redis_does_not_grow(
-    app: App, stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, r: redis.Redis
+    app: App,
+    stubs: Stubs,
+    postpaid_billing: tuple[Billing, LineBook],
+    clock: ManualClock,
+    r: redis.Redis,
+    settings: Settings,
 ) -> None:
     b, _book = postpaid_billing
     accounts = [await enrol(stubs, b, "61", msisdn) for msisdn in LINES]
@@ -57,6 +64,14 @@ async def test_a_year_of_invoices_is_paged_from_the_database_and_redis_does_not_
     (first, first_states), (last, last_states) = sizes[0], sizes[-1]
     assert abs(last - first) <= 64 * len(LINES), sizes
     assert last_states <= 12 * first_states + 64
+
+    # What finance asks in SQL: per billing month, the invoices and the tax per code.
+    with psycopg.connect(settings.database_url) as conn:
+        months = conn.execute("SELECT month, invoices, total_minor, tax_minor FROM invoices_per_period").fetchall()
+        taxed = conn.execute("SELECT sum(tax_minor), sum(base_minor) FROM taxes_per_period").fetchone()
+        totals = conn.execute("SELECT sum(tax_minor), sum(total_minor - tax_minor) FROM invoices").fetchone()
+    assert len(months) == 12 and all(m[1] == 1 for m in months)
+    assert taxed == totals
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
         stub = billing_pb2_grpc.BillingStub(channel)

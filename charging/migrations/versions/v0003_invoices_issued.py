@@ -7,7 +7,8 @@ composed from the same reading of an account (a bill run and a final invoice rac
 cannot both be issued. ``settlement`` is what the invoice does to the account in Redis
 (postpaid/settle.lua), kept with it so a run resumed after a crash applies the same.
 The invoice's charge lines and taxes are rows of their own (immutable, like the
-invoice), for SQL; the document keeps the itemised usage. Bill runs' reports are rows.
+invoice), for SQL; the document keeps the itemised usage. Bill runs' reports and
+delivery attempts are rows.
 
 Revision ID: 0003
 Revises: 0002
@@ -62,6 +63,17 @@ CREATE TABLE invoice_taxes (
     PRIMARY KEY (invoice_id, tax_code)
 );
 
+-- Every delivery attempt of an invoice on a channel, and its outcome.
+CREATE TABLE invoice_deliveries (
+    attempt_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    invoice_id   text        NOT NULL REFERENCES invoices (invoice_id),
+    attempted_at timestamptz NOT NULL,
+    channel      text        NOT NULL,
+    delivered    boolean     NOT NULL,
+    reason       text        NOT NULL DEFAULT ''
+);
+CREATE INDEX invoice_deliveries_invoice ON invoice_deliveries (invoice_id, attempted_at);
+
 CREATE TABLE bill_runs (
     run_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     ran_at     timestamptz NOT NULL,
@@ -92,7 +104,7 @@ GROUP BY 1, 2, 3, 4, 5, 6;
 COMMENT ON VIEW taxes_per_period IS 'tax bases and amounts per billing month and tax code (minor units)';
 """
 
-IMMUTABLE = ("invoice_charges", "invoice_taxes", "bill_runs")
+IMMUTABLE = ("invoice_charges", "invoice_taxes", "invoice_deliveries", "bill_runs")
 
 
 def upgrade() -> None:
@@ -111,7 +123,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP VIEW taxes_per_period, invoices_per_period")
-    op.execute("DROP TABLE bill_runs, invoice_taxes, invoice_charges")
+    op.execute("DROP TABLE bill_runs, invoice_deliveries, invoice_taxes, invoice_charges")
     op.execute(
         "ALTER TABLE invoices DROP CONSTRAINT invoices_one_per_reading, DROP CONSTRAINT invoices_run_once, "
         "DROP COLUMN settlement, DROP COLUMN account_seq, DROP COLUMN run, ALTER COLUMN kind SET DEFAULT 'periodic', "
