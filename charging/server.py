@@ -482,15 +482,16 @@ async def provision(settings: Settings) -> None:
     started with ``CHARGING_PROVISIONING_IN_SERVER=false``. Runs until SIGTERM or SIGINT."""
     if not settings.redis_url or not settings.network_url:
         raise SystemExit("charging worker needs CHARGING_REDIS_URL and CHARGING_NETWORK_URL")
-    if not settings.database_url:
-        # A terminated postpaid line's final invoice is issued from here too.
-        raise SystemExit("charging worker needs CHARGING_DATABASE_URL")
     client = store.connect(with_password(settings.redis_url), max_connections=8, tls=settings.redis_tls())
     try:
         await wait_until_ready(client, f"redis at {redact_url(settings.redis_url)}", settings.redis_ready_timeout_s)
     except StartupError as exc:
         await client.aclose()
         raise SystemExit(f"error: {exc}") from None
+    if not settings.database_url:
+        # A terminated postpaid line's final invoice is issued from here too.
+        await client.aclose()
+        raise SystemExit("charging worker needs CHARGING_DATABASE_URL")
     catalogs = CatalogBook(client)
     if not await catalogs.refresh():
         raise SystemExit("no catalog is stored yet: start a charging server first")
