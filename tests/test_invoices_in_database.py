@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 import psycopg
+import pytest
 import redis
 
 from charging import keys
@@ -93,3 +94,35 @@ async def test_a_year_of_invoices_is_paged_from_the_database_and_redis_does_not_
             raise AssertionError("a page of 1001 was accepted")
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_size" in (exc.details() or "")
+
+
+def test_an_invoices_rows_cannot_be_changed_or_deleted(database_url: str) -> None:
+    rows = {
+        "invoice_charges": (
+            "INSERT INTO invoice_charges (invoice_id, position, line, kind, description, category, tax_code, "
+            "quantity, unit, amount_minor) VALUES ('INV-00000001', 1, '4917', 'RENTAL', 'Plan', '', 'standard', "
+            "0, '', 2500)",
+            "amount_minor = 0",
+        ),
+        "invoice_taxes": (
+            "INSERT INTO invoice_taxes VALUES ('INV-00000001', 'standard', 'VAT', 1900, 2500, 475)",
+            "tax_minor = 0",
+        ),
+        "invoice_deliveries": (
+            "INSERT INTO invoice_deliveries (invoice_id, attempted_at, channel, delivered) "
+            "VALUES ('INV-00000001', now(), 'email', true)",
+            "delivered = false",
+        ),
+        "bill_runs": (
+            "INSERT INTO bill_runs (ran_at, accounts, issued, already, failed, seconds) "
+            "VALUES (now(), 1, 1, 0, 0, 0.1)",
+            "issued = 2",
+        ),
+    }
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for table, (insert, change) in rows.items():
+            conn.execute(insert)
+            for statement in (f"UPDATE {table} SET {change}", f"DELETE FROM {table}", f"TRUNCATE {table}"):
+                with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"):
+                    conn.execute(statement)
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
