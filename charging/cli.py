@@ -476,15 +476,24 @@ def cmd_invoices(args: argparse.Namespace) -> int:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise CliError(f"no billing account {args.billing_account}") from None
             raise
-        listing = stub.ListInvoices(account)
-        if not listing.invoices:
-            print(f"no invoices yet for {args.billing_account}")
-        for inv in listing.invoices:
-            total, still_open = format_minor(inv.total_minor, inv.currency), format_minor(inv.open_minor, inv.currency)
-            print(
-                f"{inv.number}  {inv.period_start}..{inv.period_end}  total {total}  open {still_open}"
-                f"  due {inv.due}  {inv.status}  {inv.delivery}"
+        token, shown = None, 0
+        while token != "":  # page by page
+            listing = stub.ListInvoices(
+                billing_pb2.BillingAccountId(billing_account=args.billing_account, page_token=token or "")
             )
+            token = listing.next_page_token
+            for inv in listing.invoices:
+                shown += 1
+                total, still_open = (
+                    format_minor(inv.total_minor, inv.currency),
+                    format_minor(inv.open_minor, inv.currency),
+                )
+                print(
+                    f"{inv.number}  {inv.period_start}..{inv.period_end}  total {total}  open {still_open}"
+                    f"  due {inv.due}  {inv.status}  {inv.delivery}"
+                )
+        if not shown:
+            print(f"no invoices yet for {args.billing_account}")
     return 0
 
 

@@ -114,7 +114,10 @@ def usage_records(account_id: str) -> str:
 BILL_DUE = "{bill}:due"  # zset: billing account -> end (s) of its next period to close
 BILL_DUNNING = "{bill}:dunning"  # zset: billing account -> earliest due day (s) of an open invoice
 BILL_AUDIT = "{bill}:audit"  # stream: adjustments, disputes, write-offs, with who and why
-BILL_RUNS = "{bill}:runs"  # list: bill run reports (JSON)
+BILL_RUNS = "{bill}:runs"  # list: bill run reports (JSON); before issue 11, now rows in bill_runs
+# Issued invoices live in PostgreSQL since issue 11; the keys that held them before
+# (invoice, billing_invoices, bill_run, invoice_seq) are read only to move them there.
+BILL_INVOICES_MOVED = "{bill}:moved:invoices"  # string: the invoices Redis kept have been moved (postpaid/legacy.py)
 
 
 def billing_account(ba: str) -> str:

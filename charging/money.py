@@ -70,7 +70,7 @@ Billing ``{bill}`` (postpaid/*.lua, minor units)
   invoice open <= total, disputed <= open, credited <= total; payments, credit notes and
   refunds are each at most 10**13 (postpaid/payments.py MAX_MINOR); a payment or credit
   note that would leave more than that as the account's credit is refused (pay.lua
-  LIMIT), but a negative invoice adds its amount to it (issue.lua); an account's balance
+  LIMIT), but a negative invoice adds its amount to it (settle.lua); an account's balance
   is its open invoices less its credit; paid_since and credited_since sum payments and
   credit notes since the last invoice; counts (moves, epoch, sequences) are +1 per
   request.

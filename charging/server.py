@@ -200,7 +200,11 @@ class App:
         assert self.acquisition is not None
         if self.acquisition.base is not None:
             await self.acquisition.base.record_gauges()  # the customer base from Redis, not from zero
-        self.billing = build_billing(s, self.redis, self.catalogs, self.clock, self.notifier, self.link)
+        assert self.database is not None
+        self.billing = build_billing(
+            s, self.redis, self.catalogs, self.clock, self.notifier, self.link, database=self.database
+        )
+        await self.billing.move_redis_invoices()
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.acquisition.sealer, self.billing.payments)
@@ -593,6 +597,10 @@ async def provision(settings: Settings) -> None:
     except StartupError as exc:
         await client.aclose()
         raise SystemExit(f"error: {exc}") from None
+    if not settings.database_url:
+        # A terminated postpaid line's final invoice is issued from here too.
+        await client.aclose()
+        raise SystemExit("charging worker needs CHARGING_DATABASE_URL")
     catalogs = CatalogBook(client)
     if not await catalogs.refresh():
         raise SystemExit("no catalog is stored yet: start a charging server first")
@@ -600,8 +608,13 @@ async def provision(settings: Settings) -> None:
     acquisition = await build_acquisition(
         settings, settings.network_url, client, SignallingDirectory(client, 10_000), catalogs, clock
     )
+    try:
+        database = await open_pool(settings.database_url, settings.database_pool_size)
+    except StartupError as exc:
+        await client.aclose()
+        raise SystemExit(f"error: {exc}") from None
     # Acknowledged postpaid lines are enrolled in billing from this process too.
-    billing = build_billing(settings, client, catalogs, clock, None)
+    billing = build_billing(settings, client, catalogs, clock, None, database=database)
     acquisition.billing = billing
     billing.attach_lines(acquisition)
     stop = asyncio.Event()
@@ -635,6 +648,7 @@ async def provision(settings: Settings) -> None:
         await jobs.stop()
         await acquisition.aclose()
         await client.aclose()
+        await database.close()
         log.info("provisioning worker stopped")
     if died:
         raise SystemExit(f"error: background job {died[0]} died")

@@ -4,15 +4,19 @@ A fresh redis-server on a free loopback port is filled with ``BENCH_BILL_ACCOUNT
 (default 100,000) billing accounts, one postpaid line each, and a month of realistic
 usage per line written in the form the charging scripts record it (``ledger_lib.lua``
 ``record_usage``): ``BENCH_BILL_RECORDS`` (default 40) itemised records of calls, SMS
-and data across zones and bands, with their aggregates. Then one bill run closes the
-period on every line, composes every invoice and issues it with its gapless number,
-exactly as ``charging bill-run`` does (on uvloop, as in the server), split over ``BENCH_BILL_PROCESSES`` (default 2)
-processes by account hash (``BillRun.run(shard=, shards=)``); the figure is invoices per
+and data across zones and bands, with their aggregates. An embedded PostgreSQL
+(durable: fsync on, as ``make run`` starts it) in a private directory keeps the issued
+invoices. Then one bill run closes the period on every line, composes every invoice,
+writes it to PostgreSQL with its gapless number and settles it in Redis, exactly as
+``charging bill-run`` does (on uvloop, as in the server), split over
+``BENCH_BILL_PROCESSES`` (default 2) processes by account hash
+(``BillRun.run(shard=, shards=)``); the figure is invoices per
 second over the whole run, wall clock. Rendering (HTML and PDF) is measured separately
 on a sample of the issued invoices, since delivery renders outside the bill run.
 
 Afterwards the run is checked: one invoice per account, numbers 1..N without a gap,
-every invoice's usage equal to its records, and a second run issues nothing.
+every invoice's usage equal to its records, and a second run issues nothing. Redis
+memory is printed before and after: the issued invoices are not in it.
 
     python -m loadtest.bill_bench                 # part of `make bench`
     BENCH_BILL_ACCOUNTS=10000 python -m loadtest.bill_bench
@@ -24,6 +28,7 @@ import asyncio
 import multiprocessing
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,13 +36,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis
 import redis.asyncio as aioredis
 import uvloop
 
-from charging import keys
+from charging import keys, migrations
 from charging.catalogs import CatalogBook
 from charging.clock import ManualClock
+from charging.database import open_pool
+from charging.embedded_postgres import EmbeddedPostgres, private_dir
 from charging.embedded_redis import redis_command
 from charging.money import MICROS_PER_MINOR
 from charging.redis_link import RedisLink
@@ -46,6 +54,7 @@ from postpaid import config as billing_config
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BATCH, BillRun
+from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.render import render_html, render_pdf
 
@@ -120,7 +129,7 @@ def populate(port: int, accounts: int, records: int, tz: str) -> None:
     r.close()
 
 
-async def bill(port: int, concurrency: int, shard: int = 0, shards: int = 1) -> tuple[float, float, int]:
+async def bill(port: int, url: str, concurrency: int, shard: int = 0, shards: int = 1) -> tuple[float, float, int]:
     """One bill run (this process's shard of it); when it started and ended (wall clock)
     and the invoices it issued."""
     client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True, max_connections=concurrency + 4)
@@ -129,10 +138,13 @@ async def bill(port: int, concurrency: int, shard: int = 0, shards: int = 1) -> 
     clock = ManualClock((PERIOD_START + 32 * 86_400) * 1000)
     config = billing_config.default()
     link = RedisLink(f"redis://127.0.0.1:{port}")
-    run = BillRun(client, BillingAccounts(client, config), config, catalogs, clock, link)
+    pool = await open_pool(url, concurrency + 1)
+    book = InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix)
+    run = BillRun(client, BillingAccounts(client, config), config, catalogs, clock, book, link)
     started = time.time()
     report = await run.run(concurrency=concurrency, shard=shard, shards=shards)
     ended = time.time()
+    await pool.close()
     await link.aclose()
     await client.aclose()
     if report.failed or report.issued != report.accounts:
@@ -140,19 +152,19 @@ async def bill(port: int, concurrency: int, shard: int = 0, shards: int = 1) -> 
     return started, ended, report.issued
 
 
-def _shard(port: int, concurrency: int, shard: int, shards: int, out: Any) -> None:
-    out.put(uvloop.run(bill(port, concurrency, shard, shards)))
+def _shard(port: int, url: str, concurrency: int, shard: int, shards: int, out: Any) -> None:
+    out.put(uvloop.run(bill(port, url, concurrency, shard, shards)))
 
 
-def bill_in_processes(port: int, concurrency: int, processes: int) -> tuple[float, int]:
+def bill_in_processes(port: int, url: str, concurrency: int, processes: int) -> tuple[float, int]:
     """The run split over ``processes`` processes by account hash; seconds from the first
     shard's start to the last one's end (process start-up excluded), and invoices."""
     if processes <= 1:
-        started, ended, issued = uvloop.run(bill(port, concurrency))
+        started, ended, issued = uvloop.run(bill(port, url, concurrency))
         return ended - started, issued
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_shard, args=(port, concurrency, i, processes, out)) for i in range(processes)]
+    procs = [ctx.Process(target=_shard, args=(port, url, concurrency, i, processes, out)) for i in range(processes)]
     for p in procs:
         p.start()
     results = [out.get(timeout=3600) for _ in procs]
@@ -164,31 +176,37 @@ def bill_in_processes(port: int, concurrency: int, processes: int) -> tuple[floa
     return elapsed, sum(r[2] for r in results)
 
 
-async def run_again(port: int) -> int:
+async def run_again(port: int, url: str) -> int:
     client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
     catalogs = CatalogBook(client)
     await catalogs.start("", prefer_file=False)
     config = billing_config.default()
     clock = ManualClock((PERIOD_START + 32 * 86_400) * 1000)
-    report = await BillRun(client, BillingAccounts(client, config), config, catalogs, clock).run()
+    pool = await open_pool(url, 2)
+    book = InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix)
+    report = await BillRun(client, BillingAccounts(client, config), config, catalogs, clock, book).run()
+    await pool.close()
     await client.aclose()
     return report.issued
 
 
-def verify(port: int, accounts: int) -> list[Invoice]:
-    r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-    numbers = sorted(str(r.lindex(keys.billing_invoices(f"C{n}"), 0)) for n in range(1, accounts + 1))
-    expected = sorted(f"INV-{i:08d}" for i in range(1, accounts + 1))
-    if numbers != expected:
-        raise BenchError("invoice numbers are not 1..N without a gap")
-    sample = [Invoice.from_json(str(r.get(keys.invoice(n)))) for n in numbers[:: max(accounts // 20, 1)]]
+def verify(url: str, accounts: int) -> list[Invoice]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT billing_account, invoice_id FROM invoices ORDER BY number").fetchall()
+        if sorted(ba for ba, _ in rows) != sorted(f"C{n}" for n in range(1, accounts + 1)):
+            raise BenchError("not one invoice per account")
+        numbers = [str(n) for _, n in rows]
+        if numbers != [f"INV-{i:08d}" for i in range(1, accounts + 1)]:
+            raise BenchError("invoice numbers are not 1..N without a gap")
+        picked = numbers[:: max(accounts // 20, 1)]
+        docs = conn.execute("SELECT document::text FROM invoices WHERE invoice_id = ANY(%s)", (picked,)).fetchall()
+    sample = [Invoice.from_json(d) for (d,) in docs]
     for inv in sample:
         for s in inv.sections:
             usage = sum(c.amount for c in s.charges if c.kind == "USAGE")
             micros = sum(u.cost_micros for u in s.usage)
             if abs(usage * MICROS_PER_MINOR - micros) > MICROS_PER_MINOR * len(s.charges):
                 raise BenchError(f"invoice {inv.number}: usage lines do not match the records")
-    r.close()
     return sample
 
 
@@ -198,22 +216,55 @@ def main() -> int:
     concurrency = int(os.environ.get("BENCH_BILL_CONCURRENCY", "2"))
     processes = int(os.environ.get("BENCH_BILL_PROCESSES", "2"))
     tz = billing_config.default().time_zone
-    with tempfile.TemporaryDirectory(prefix="bill-bench-") as tmp:
-        port = free_port()
-        log = Path(tmp) / "redis.log"
-        argv = [*redis_command("redis-server", Path(tmp), "no", port=port), "--appendonly", "no"]
-        with child(argv, log) as proc:
-            wait_redis(proc, port, log)
-            started = time.monotonic()
-            populate(port, accounts, records, tz)
-            took = time.monotonic() - started
-            print(f"populated {accounts} accounts x {records} records in {took:.1f}s", file=sys.stderr)
-            mem_before = int(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"])
-            elapsed, issued = bill_in_processes(port, concurrency, processes)
-            if asyncio.run(run_again(port)):
-                raise BenchError("a second bill run issued invoices again")
-            mem_after = int(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"])
-            sample = verify(port, accounts)
+    pg_dir = private_dir("bill-bench-pg-")
+    postgres = EmbeddedPostgres(pg_dir)
+    # Started and stopped on one loop of its own (it watches the postmaster from there).
+    loop = asyncio.new_event_loop()
+    try:
+        url = loop.run_until_complete(postgres.start())
+        migrations.upgrade(url)
+        with tempfile.TemporaryDirectory(prefix="bill-bench-") as tmp:
+            figures = _run(url, tmp, accounts, records, concurrency, processes, tz)
+    finally:
+        loop.run_until_complete(postgres.stop())
+        loop.close()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+    issued, elapsed, mem_before, mem_after, sample = figures
+    _print(issued, elapsed, mem_before, mem_after, sample, records, concurrency, processes)
+    return 0
+
+
+def _run(
+    url: str, tmp: str, accounts: int, records: int, concurrency: int, processes: int, tz: str
+) -> tuple[int, float, int, int, list[Invoice]]:
+    port = free_port()
+    log = Path(tmp) / "redis.log"
+    argv = [*redis_command("redis-server", Path(tmp), "no", port=port), "--appendonly", "no"]
+    with child(argv, log) as proc:
+        wait_redis(proc, port, log)
+        started = time.monotonic()
+        populate(port, accounts, records, tz)
+        took = time.monotonic() - started
+        print(f"populated {accounts} accounts x {records} records in {took:.1f}s", file=sys.stderr)
+        mem_before = int(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"])
+        elapsed, issued = bill_in_processes(port, url, concurrency, processes)
+        if asyncio.run(run_again(port, url)):
+            raise BenchError("a second bill run issued invoices again")
+        mem_after = int(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"])
+        sample = verify(url, accounts)
+    return issued, elapsed, mem_before, mem_after, sample
+
+
+def _print(
+    issued: int,
+    elapsed: float,
+    mem_before: int,
+    mem_after: int,
+    sample: list[Invoice],
+    records: int,
+    concurrency: int,
+    processes: int,
+) -> None:
     t0 = time.perf_counter()
     for inv in sample:
         render_html(inv)
@@ -230,7 +281,6 @@ def main() -> int:
     print(f"redis memory: {mem_before / 2**20:.0f} MiB before the run, {mem_after / 2**20:.0f} MiB after")
     print(f"rendering (separate, {len(sample)} invoices): html {html_ms:.1f} ms/invoice, pdf {pdf_ms:.1f} ms/invoice")
     print(f"invoices_per_s={issued / elapsed:.0f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ notes, plus refunds (so ``balance == sum(open) - credit`` whenever it held befor
 - An invoice issued is paid from the credit first; a negative invoice adds to the credit,
   which then pays the oldest open invoices.
 
-``pay.lua`` (payments, credit notes, refunds) and ``issue.lua`` apply these rules
+``pay.lua`` (payments, credit notes, refunds) and ``settle.lua`` apply these rules
 atomically in Redis; the tests hold both scripts to the functions here.
 """
 

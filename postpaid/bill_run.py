@@ -5,18 +5,25 @@ For one account and period:
      period, and the closed usage no longer counts against the line's headroom;
   2. read the period's usage, the lines' histories and the pending account charges, and
      compose the invoice (``compose.py``, pure);
-  3. issue it (``issue.lua``): the next gapless number, the invoice stored immutable, the
-     account's balance and open invoices, its next period, in one script; a payment that
-     arrived since step 2 makes the script answer STALE and the invoice is composed again;
-  4. drop the invoiced usage from the lines (``purge.lua``).
-Each step can run again: a repeated or interrupted run finds closed periods closed and the
-issued invoice issued (``{bill}:run:BA:PERIOD``), and completes what is left. No
-duplicate invoice, nothing billed twice, nothing lost.
+  3. issue it in PostgreSQL (``invoice_book.py``): the next gapless number and the invoice
+     (document, charge lines, taxes) in one transaction, unique per account and run, so
+     it is written once whatever is repeated; an invoice composed from the same reading
+     of the account as one written already (a final invoice racing the run) is refused,
+     and composed again once that one is settled;
+  4. drop the invoiced usage from the lines (``purge.lua``): it is in the invoice now;
+  5. settle it in Redis (``settle.lua``): the account's balance and open invoices, its
+     next period, the delivery queue, once (the row keeps what to apply). Last, so that
+     until it has run the account is still due and a resumed run purges and settles.
+Each step can run again: a repeated or interrupted run finds closed periods closed, the
+invoice written (and settles that one, not a new one) and the settlement applied, and
+completes what is left. No duplicate invoice, no number skipped, nothing billed twice,
+nothing lost: the usage is dropped only once its invoice is written and settled.
 
 A run takes the due accounts in batches and does each step for the whole batch in one
-pipelined round trip (reads; close and read per line; issue; purge), so Redis round trips
-and client overhead are paid per batch, not per account. Accounts the batch cannot finish
-(a payment arrived meanwhile, several periods behind, no lines) are billed one by one.
+pipelined round trip (reads; close and read per line; one database transaction; purge;
+settle), so round trips and client overhead are paid per batch, not per account.
+Accounts the batch cannot finish (several periods behind, no lines, an invoice written
+meanwhile) are billed one by one.
 """
 
 from __future__ import annotations
@@ -44,15 +51,14 @@ from postpaid import periods
 from postpaid.accounts import BillingAccounts, BillingLine
 from postpaid.compose import AccountBill, LineBill, Product, compose
 from postpaid.config import BillingConfig
+from postpaid.invoice_book import Contended, Draft, InvoiceBook, Issued, Overtaken
 from postpaid.invoices import DEPOSIT, Charge, Invoice
 from postpaid.rentals import Change
-from postpaid.scripts import CLOSE, ISSUE, PURGE, CloseArgs, IssueArgs, PurgeArgs
+from postpaid.scripts import CLOSE, PURGE, SETTLE, CloseArgs, PurgeArgs, SettleArgs
 from postpaid.usage import aggregates, itemised_from_records
 
 log = logging.getLogger("postpaid.bill_run")
 BATCH = 200
-# Where the issuing script puts the number: control characters never occur in JSON text.
-NUMBER = "\x01NUMBER\x01"
 
 
 # Why an account the due index named got no invoice (``RunReport.skipped``).
@@ -115,9 +121,11 @@ class BillRun:
         config: BillingConfig,
         catalogs: CatalogBook,
         clock: Clock,
+        book: InvoiceBook,
         link: RedisLink | None = None,
     ) -> None:
         self.client = client
+        self.book = book
         self.link = link
         self.accounts = accounts
         self.config = config
@@ -129,7 +137,7 @@ class BillRun:
     async def _load_scripts(self) -> None:
         """Pipelines call scripts by SHA: make sure Redis has them (after a restart too)."""
         pipe = self.client.pipeline(transaction=False)
-        for script in (CLOSE, ISSUE, PURGE):
+        for script in (CLOSE, SETTLE, PURGE):
             pipe.script_load(script.source)
         await pipe.execute()
 
@@ -145,8 +153,8 @@ class BillRun:
         """Bill every account whose period has ended (at most ``limit``, 0: all). With
         ``shards`` > 1 this run takes only its share of the accounts (by a hash of the id),
         so several processes can bill one run side by side; numbers stay gapless because
-        each comes from the one sequence in the issuing script. ``at_s``: bill as of that
-        instant instead of now (``as_of.py``)."""
+        each comes from the one counter row, taken in the transaction that writes them.
+        ``at_s``: bill as of that instant instead of now (``as_of.py``)."""
         started = time.perf_counter()
         now_s = self.clock.now_ms() // 1000 if at_s is None else at_s
         report = RunReport(as_of=_today(now_s, self.config.time_zone).isoformat())
@@ -176,7 +184,7 @@ class BillRun:
             after = await self.client.zrangebyscore(keys.BILL_DUE, f"({now_s}", "+inf", start=0, num=1, withscores=True)
             if after:
                 report.next_due = _today(int(after[0][1]), self.config.time_zone).isoformat()
-            await self.client.rpush(keys.BILL_RUNS, json.dumps({"at": now_s, **report.as_dict()}))
+        await self.book.record_run(now_s, report.as_dict())
         return report
 
     async def _one(self, ba: str, now_s: int, report: RunReport) -> None:
@@ -263,7 +271,7 @@ class BillRun:
         raw = await self._many(commands)
         at = 0
         issues = []
-        commands = []
+        drafts = []
         for ba, info, period, lines, pending in jobs:
             bills = []
             for line in lines:
@@ -271,21 +279,19 @@ class BillRun:
                 at += 2
             invoice = self._compose(ba, info, period, bills, pending, now_s)
             nxt = periods.following(period, info["time_zone"])
-            issue_keys, args = self._issue(ba, info, invoice, period, nxt, len(pending), now_s)
-            commands.append(("EVALSHA", ISSUE.sha, len(issue_keys), *issue_keys, *args.to_argv()))
+            drafts.append(self._draft(info, invoice, period, nxt, len(pending), now_s))
             issues.append((ba, period, nxt, lines))
-        replies = await self._many(commands)
-
+        try:
+            issued = await self.book.issue(drafts)
+        except Contended:
+            return slow + [ba for ba, *_ in issues]
         commands = []
-        for (ba, period, nxt, lines), reply in zip(issues, replies, strict=True):
-            if reply[0] == "STALE":
-                slow.append(ba)
-                continue
-            if reply[0] == "ISSUED":
-                report.issue(str(reply[1]))
-                metrics.INVOICES_ISSUED.labels("period").inc()
-            else:
+        for (ba, period, nxt, lines), inv in zip(issues, issued, strict=True):
+            if inv.already:
                 report.already += 1
+            else:
+                report.issue(inv.number)
+                metrics.INVOICES_ISSUED.labels("period").inc()
             for line in lines:
                 acct = line.account_id
                 purge_keys = (keys.usage(acct), keys.usage_records(acct))
@@ -294,6 +300,7 @@ class BillRun:
                 slow.append(ba)  # more periods behind: the next one too
         if commands:
             await self._many(commands)
+        await self._many([_settle_command(i) for i in issued])
         return slow
 
     async def bill(self, ba: str, now_s: int, why: list[str] | None = None) -> str | None:
@@ -340,18 +347,23 @@ class BillRun:
         if final_line and int(state.get("deposit", 0)) and len(await self.accounts.lines(ba)) <= len(lines):
             deposit = int(state["deposit"])
         invoice = self._compose(ba, state, period, bills, pending, now_s, final_line, deposit)
-        issue_keys, args = self._issue(ba, state, invoice, period, nxt, len(pending), now_s, final_line, deposit)
-        reply = await ISSUE(self.client, issue_keys, args)
-        if reply[0] == "STALE":
-            # Composed from a reading another change has overtaken: the caller starts over.
-            raise Stale(ba)
-        number = str(reply[1])
-        if reply[0] == "ISSUED":  # counted where issued: bill runs, periods before a final invoice, final invoices
+        draft = self._draft(state, invoice, period, nxt, len(pending), now_s, final_line, deposit)
+        try:
+            [issued] = await self.book.issue([draft])
+        except Overtaken as exc:
+            # Composed from a reading another invoice has overtaken: that one is settled
+            # (it may be waiting for it after a crash) and the caller starts over.
+            await self._many([_settle_command(exc.issued)])
+            raise Stale(ba) from None
+        except Contended:
+            raise Stale(ba) from None
+        if not issued.already:  # counted where issued: bill runs, periods before a final invoice, final invoices
             metrics.INVOICES_ISSUED.labels("final" if final_line else "period").inc()
         for line in lines:
             acct = line.account_id
             await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), PurgeArgs(period.id))
-        return number if reply[0] == "ISSUED" else "ALREADY " + number
+        await self._many([_settle_command(issued)])
+        return issued.number if not issued.already else "ALREADY " + issued.number
 
     def _line_bill(self, line: BillingLine, period: periods.Period, raw: list[Any]) -> LineBill:
         """A line's part of the bill from its replies: close.lua's and the history."""
@@ -414,9 +426,8 @@ class BillRun:
         )
         return compose(self.config, self._products(period), self._units(), bill, _today(now_s, state["time_zone"]))
 
-    def _issue(
+    def _draft(
         self,
-        ba: str,
         state: dict[str, str],
         invoice: Invoice,
         period: periods.Period,
@@ -425,38 +436,28 @@ class BillRun:
         now_s: int,
         final_line: str = "",
         deposit: int = 0,
-    ) -> tuple[tuple[str, ...], IssueArgs]:
-        """KEYS and ARGV of issue.lua for this invoice."""
-        issue_keys = (
-            keys.bill_run(ba, period.id if not final_line else f"final-{final_line}"),
-            keys.invoice_seq(self.config.issuer.id),
-            keys.billing_account(ba),
-            keys.billing_pending(ba),
-            keys.billing_invoices(ba),
-            keys.billing_open(ba),
-            keys.BILL_DUNNING,
-            keys.BILL_DUE,
-            keys.BILL_DELIVERY,
-            keys.billing_lines(ba),
-            keys.BILL_RECHECK,
-        )
-        args = IssueArgs(
-            invoice=_with_placeholder(invoice),
+    ) -> Draft:
+        """The invoice to write, with the settlement it makes on its account."""
+        notes = [n for n in state.get("credit_notes_since", "").split(";") if n]
+        settle = SettleArgs(
+            number="",
+            account_seq=int(state.get("issued", 0)),
             total=invoice.total,
             due_s=_midnight(invoice.due, state["time_zone"]),
-            moves=int(state.get("moves", 0)),
-            pending_taken=pending,
-            number_prefix=self.config.issuer.number_prefix + "-",
             issued_s=now_s,
-            invoice_prefix=keys.invoice(""),
-            state_prefix=keys.invoice_state(""),
             period=period.id,
             next_period=nxt.id if nxt else "",
             next_end_s=nxt.end_s if nxt else 0,
             final_line=final_line,
             deposit=deposit,
+            pending_taken=pending,
+            paid_counted=int(state.get("paid_since", 0)),
+            credited_counted=int(state.get("credited_since", 0)),
+            notes_counted=len(notes),
+            state_prefix=keys.invoice_state(""),
         )
-        return issue_keys, args
+        run = period.id if not final_line else f"final-{final_line}"
+        return Draft(invoice, run, settle)
 
     def _products(self, period: periods.Period) -> dict[str, Product]:
         cached = self._products_cache.get((period.start_s, period.end_s))
@@ -511,10 +512,21 @@ def _lines(raw: dict[str, str]) -> list[BillingLine]:
     return sorted(out, key=lambda x: x.account_id)
 
 
-def _with_placeholder(invoice: Invoice) -> str:
-    text = invoice.to_json()
-    # The number is assigned by the issuing script; the document says where it goes.
-    return text.replace('"number":""', f'"number":"{NUMBER}"', 1)
+def _settle_command(issued: Issued) -> tuple[Any, ...]:
+    """settle.lua for an invoice written to the database."""
+    ba, number = issued.billing_account, issued.number
+    settle_keys = (
+        keys.billing_account(ba),
+        keys.billing_pending(ba),
+        keys.billing_open(ba),
+        keys.BILL_DUNNING,
+        keys.BILL_DUE,
+        keys.BILL_DELIVERY,
+        keys.billing_lines(ba),
+        keys.BILL_RECHECK,
+        keys.invoice_state(number),
+    )
+    return ("EVALSHA", SETTLE.sha, len(settle_keys), *settle_keys, *issued.settle.to_argv())
 
 
 def _today(now_s: int, tz: str) -> date:

@@ -17,7 +17,6 @@ and a bill run never waits for rendering or a mail server. ``resend`` queues it 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -28,12 +27,13 @@ import redis.asyncio as aioredis
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.database import Pool
 from charging.errors import NotFound
 from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.settings import Settings
-from postpaid import periods
+from postpaid import legacy, periods
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -46,6 +46,7 @@ from postpaid.delivery import (
     SmtpDelivery,
     SmtpSettings,
 )
+from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.payments import Payments
 from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
@@ -74,17 +75,27 @@ class Billing:
         notifier: Notifier | None = None,
         deliveries: Sequence[tuple[str, Delivery]] = (),
         link: RedisLink | None = None,
+        *,
+        database: Pool,
     ) -> None:
         self.client = client
+        # Issued invoices live in the system of record (PostgreSQL).
+        self.book = InvoiceBook(database, config.issuer.id, config.issuer.number_prefix)
         self.config = config
         self.clock = clock
         self.deliveries = tuple(deliveries)
         self._retried = 0  # invoices whose delivery is to be tried again, counted for deliver_queued
         self.accounts = BillingAccounts(client, config)
-        self.runs = BillRun(client, self.accounts, config, catalogs, clock, link)
-        self.payments = Payments(client, config, clock)
+        self.runs = BillRun(client, self.accounts, config, catalogs, clock, self.book, link)
+        self.payments = Payments(client, config, clock, self.book)
         self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
         self.payments.on_change = self._reevaluate
+
+    async def move_redis_invoices(self) -> None:
+        """Invoices Redis kept before PostgreSQL did: moved once (``postpaid/legacy.py``)."""
+        moved = await legacy.move_once(self.client, self.book.pool, self.book.issuer, self.book.series)
+        if moved is not None and (moved.invoices or moved.runs):
+            log.info("invoices moved from redis", extra={"invoices": moved.invoices, "runs": moved.runs})
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""
@@ -163,7 +174,7 @@ class Billing:
                 info = await self.accounts.get(ba)
                 period = periods.by_id(info["next_period"], int(info["cycle_day"]), info["time_zone"])
                 try:
-                    # issue.lua takes the line off the account in the same script.
+                    # settle.lua takes the line off the account when it settles the final invoice.
                     return await self.runs.invoice(ba, info, period, lines, now_s, final_line=account_id)
                 except Stale:
                     continue
@@ -241,6 +252,7 @@ class Billing:
         recipient = (await self.accounts.get(inv.billing_account)).get("email", "")
         rendered = await asyncio.to_thread(RenderedInvoice.of, inv)
         failures, retry = [], False
+        attempts: list[tuple[str, bool, str]] = []
         for channel, delivery in self.deliveries:
             if channel in done:
                 continue
@@ -249,12 +261,16 @@ class Billing:
             else:
                 result = await delivery.deliver(rendered, recipient)
             metrics.INVOICE_DELIVERIES.labels(channel, "delivered" if result.delivered else "failed").inc()
+            attempts.append((channel, result.delivered, "" if result.delivered else result.reason))
             if result.delivered:
                 done.add(channel)
             else:
                 failures.append(f"{channel}: {result.reason}")
                 retry = retry or result.retry
         outcome = "DELIVERED" if not failures else ("RETRYING" if retry else "FAILED")
+        # The history of attempts is kept in the system of record; the state that decides
+        # the next attempt stays on the invoice's state in Redis.
+        await self.book.record_deliveries(number, self.clock.now_ms() // 1000, attempts)
         await self.client.hset(
             state,
             mapping={
@@ -266,10 +282,10 @@ class Billing:
         return outcome
 
     async def invoice(self, number: str) -> Invoice:
-        text = await self.client.get(keys.invoice(number))
-        if text is None:
+        found = await self.book.get(number)
+        if found is None:
             raise NotFound("no such invoice")
-        return Invoice.from_json(str(text))
+        return found
 
     async def invoice_state(self, number: str) -> dict[str, str]:
         h = await self.client.hgetall(keys.invoice_state(number))
@@ -283,10 +299,11 @@ class Billing:
 
     async def run_history(self, limit: int) -> list[dict[str, Any]]:
         """The latest bill runs' reports, newest first."""
-        return [dict(json.loads(str(x))) for x in reversed(await self.client.lrange(keys.BILL_RUNS, -limit, -1))]
+        return await self.book.runs(limit)
 
-    async def invoices_of(self, ba: str) -> list[str]:
-        return [str(x) for x in await self.client.lrange(keys.billing_invoices(ba), 0, -1)]
+    async def invoices_of(self, ba: str, after: str = "", limit: int = 0) -> list[str]:
+        """The account's invoice numbers, oldest first: a page after ``after`` when given."""
+        return await self.book.numbers_of(ba, after, limit)
 
     async def account(self, ba: str) -> dict[str, Any]:
         info = await self.accounts.get(ba)
@@ -317,6 +334,8 @@ def build_billing(
     clock: Clock,
     notifier: Notifier | None,
     link: RedisLink | None = None,
+    *,
+    database: Pool,
 ) -> Billing:
     """Billing with its settings file and the configured delivery channels; bill runs
     pipeline over ``link`` when given."""
@@ -325,4 +344,4 @@ def build_billing(
         deliveries.append(("email", SmtpDelivery(SmtpSettings.of(settings), clock)))
     if settings.invoice_dir:
         deliveries.append(("directory", DirectoryDelivery(Path(settings.invoice_dir))))
-    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries, link)
+    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries, link, database=database)

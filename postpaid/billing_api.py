@@ -14,6 +14,9 @@ from postpaid import as_of, dunning
 from postpaid.billing import Billing
 from postpaid.render import render_html, render_pdf
 
+# ListInvoices pages (invoices).
+PAGE, MAX_PAGE = 100, 1000
+
 
 def _ba(value: str) -> str:
     if not value:
@@ -114,8 +117,14 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
     async def ListInvoices(
         self, request: billing_pb2.BillingAccountId, context: grpc.aio.ServicerContext
     ) -> billing_pb2.InvoiceList:
-        numbers = await self.billing.invoices_of(_ba(request.billing_account))
-        return billing_pb2.InvoiceList(invoices=[await self._invoice(n) for n in numbers])
+        if not 0 <= request.page_size <= MAX_PAGE:
+            raise InvalidRequest("page_size", f"must be 0 (the default, {PAGE}) to {MAX_PAGE}")
+        size = request.page_size or PAGE
+        numbers = await self.billing.invoices_of(_ba(request.billing_account), request.page_token, size)
+        return billing_pb2.InvoiceList(
+            invoices=[await self._invoice(n) for n in numbers],
+            next_page_token=numbers[-1] if len(numbers) == size else "",
+        )
 
     @rpc("GetInvoice")
     async def GetInvoice(

@@ -32,7 +32,8 @@ from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.security.identity import caller_name
 from charging.store import storage_errors
 from postpaid.config import BillingConfig
-from postpaid.invoices import ADJUSTMENT, Charge, Invoice
+from postpaid.invoice_book import InvoiceBook
+from postpaid.invoices import ADJUSTMENT, Charge
 from postpaid.scripts import DISPUTE, PAY, DisputeArgs, PayArgs
 
 log = logging.getLogger("postpaid.payments")
@@ -64,8 +65,9 @@ def _key_part(value: str, field: str) -> str:
 
 
 class Payments:
-    def __init__(self, client: aioredis.Redis, config: BillingConfig, clock: Clock) -> None:
+    def __init__(self, client: aioredis.Redis, config: BillingConfig, clock: Clock, book: InvoiceBook) -> None:
         self.client = client
+        self.book = book
         self.config = config
         self.clock = clock
         self.on_change: Changed | None = None
@@ -207,8 +209,10 @@ class Payments:
         if customer and owner != customer:
             raise NotFound("no such invoice of this customer")
         if line:
-            text = await self.client.get(keys.invoice(number))
-            sections = {s.line: s for s in Invoice.from_json(str(text)).sections}
+            found = await self.book.get(number)
+            if found is None:
+                raise NotFound("no such invoice")
+            sections = {s.line: s for s in found.sections}
             if line not in sections:
                 raise InvalidRequest("line", "is not a line of this invoice")
             if amount > sections[line].subtotal:

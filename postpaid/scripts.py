@@ -20,7 +20,7 @@ from charging.script_args import Arg
 ENROL = LuaScript("enrol.lua", package="postpaid")
 CLOSE = LuaScript("charging:ledger_lib.lua", "close.lua", package="postpaid")
 CREDIT = LuaScript("credit.lua", package="postpaid")
-ISSUE = LuaScript("issue.lua", package="postpaid")
+SETTLE = LuaScript("settle.lua", package="postpaid")
 PAY = LuaScript("pay.lua", package="postpaid")
 DUNNING = LuaScript("dunning.lua", package="postpaid")
 PURGE = LuaScript("purge.lua", package="postpaid")
@@ -64,21 +64,15 @@ class CreditArgs:
 
 
 @dataclass(frozen=True, slots=True)
-class IssueArgs:
-    """issue.lua: issue an invoice with the next number."""
+class SettleArgs:
+    """settle.lua: apply an issued invoice to its account, once."""
 
-    # The invoice JSON, with NUMBER where the number goes.
-    invoice: str
+    number: str
+    # The account's count of settled invoices this one was composed on.
+    account_seq: int
     total: int
     due_s: int
-    # The account's balance moves the invoice was composed on.
-    moves: int
-    # Pending charges it took, from the head of the list.
-    pending_taken: int
-    number_prefix: str
     issued_s: int
-    invoice_prefix: str
-    state_prefix: str
     period: str
     # '' for a final invoice.
     next_period: str
@@ -86,23 +80,31 @@ class IssueArgs:
     # A final invoice: the line that leaves the account, else ''.
     final_line: str
     deposit: int
+    # Pending charges it took, from the head of the list.
+    pending_taken: int
+    # What the invoice listed as received since the last one.
+    paid_counted: int
+    credited_counted: int
+    notes_counted: int
+    state_prefix: str
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
-            self.invoice,
+            self.number,
+            self.account_seq,
             self.total,
             self.due_s,
-            self.moves,
-            self.pending_taken,
-            self.number_prefix,
             self.issued_s,
-            self.invoice_prefix,
-            self.state_prefix,
             self.period,
             self.next_period,
             self.next_end_s,
             self.final_line,
             self.deposit,
+            self.pending_taken,
+            self.paid_counted,
+            self.credited_counted,
+            self.notes_counted,
+            self.state_prefix,
         )
 
 

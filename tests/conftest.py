@@ -127,13 +127,14 @@ def set_time(clock: ManualClock, text: str) -> int:
 
 
 @pytest.fixture
-def settings(redis_url: str, app_database_url: str) -> Settings:
+def settings(redis_url: str, database_url: str) -> Settings:
+    # A database of the test's own: invoices are kept there (numbers start at 1 per test).
     return Settings(
         grpc_address="127.0.0.1:0",
         metrics_address="",
         nchf_address="",
         redis_url=redis_url,
-        database_url=app_database_url,
+        database_url=database_url,
         sweep_interval_s=0.05,
         census_interval_s=0.05,
         grace_period_s=1.0,
@@ -301,7 +302,8 @@ async def postpaid_billing(app: App, clock: ManualClock) -> AsyncIterator[tuple[
     ``LineBook``."""
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())  # 2026-01-10 12:00 UTC
     assert app.redis is not None and app.catalogs is not None
-    b = Billing(app.redis, billing_config.default(), app.catalogs, clock)
+    assert app.database is not None
+    b = Billing(app.redis, billing_config.default(), app.catalogs, clock, database=app.database)
     book = LineBook()
     b.attach_lines(book)
     yield b, book

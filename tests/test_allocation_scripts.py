@@ -1,4 +1,4 @@
-"""pay.lua and issue.lua against the allocation reference (postpaid/allocation.py), on a
+"""pay.lua and settle.lua against the allocation reference (postpaid/allocation.py), on a
 real Redis: random open invoices and credit, then payments, credit notes and refunds
 through ``Payments``, and invoices (positive or negative) issued by bill runs; after each,
 every invoice's open amount, the open list, the credit, the balance and the allocations
@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 
 from charging import keys
 from charging.clock import ManualClock
+from charging.database import open_pool
 from charging.errors import LimitExceeded
 from charging.server import App
 from postpaid import config as billing_config
 from postpaid.accounts import BillingAccounts
 from postpaid.allocation import Standing, credit_note, issue, pay, refund
 from postpaid.bill_run import BillRun
+from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import Payments
 from tests.conftest import Stubs
 from tests.test_bill_run import JAN_10, postpaid_line
@@ -30,9 +32,12 @@ ACCOUNTS = itertools.count(1)
 
 
 @pytest.fixture
-async def payments(redis_url: str) -> AsyncIterator[Payments]:
+async def payments(redis_url: str, database_url: str) -> AsyncIterator[Payments]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield Payments(client, billing_config.default(), ManualClock())
+    config = billing_config.default()
+    pool = await open_pool(database_url, 2)
+    yield Payments(client, config, ManualClock(), InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix))
+    await pool.close()
     await client.aclose()
 
 
@@ -113,7 +118,13 @@ def bill_run(app: App, clock: ManualClock) -> tuple[BillingAccounts, BillRun, Pa
     assert app.redis is not None and app.catalogs is not None
     config = billing_config.default()
     accounts = BillingAccounts(app.redis, config)
-    return accounts, BillRun(app.redis, accounts, config, app.catalogs, clock), Payments(app.redis, config, clock)
+    assert app.database is not None
+    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix)
+    return (
+        accounts,
+        BillRun(app.redis, accounts, config, app.catalogs, clock, book),
+        Payments(app.redis, config, clock, book),
+    )
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +14,7 @@ from postpaid import config as billing_config
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun, _close_commands
-from postpaid.invoices import Invoice
+from postpaid.invoice_book import InvoiceBook
 from postpaid.usage import aggregates, reconciles, records
 from tests.conftest import INITIAL, LIMIT, TERMINATE, Stubs, session_request
 
@@ -33,8 +32,9 @@ def billing(app: App, client: aioredis.Redis, clock: ManualClock) -> tuple[Billi
     clock.advance(ms=JAN_10 * 1000 - clock.now_ms())
     config = billing_config.default()
     accounts = BillingAccounts(client, config)
-    assert app.catalogs is not None
-    return accounts, BillRun(client, accounts, config, app.catalogs, clock)
+    assert app.catalogs is not None and app.database is not None
+    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix)
+    return accounts, BillRun(client, accounts, config, app.catalogs, clock, book)
 
 
 async def postpaid_line(stubs: Stubs, accounts: BillingAccounts, msisdn: str, ba: str, at_s: int, **kw: object) -> str:
@@ -117,9 +117,10 @@ async def test_bill_run_issues_one_invoice_per_account_and_period_and_can_run_ag
     assert await call(stubs, "491700000103", "b", 60) == 2001  # goes to the next period
     report = await run.run()
     assert (report.accounts, report.issued, report.failed) == (1, 1, 0)
-    numbers = [str(x) for x in await client.lrange(keys.billing_invoices("C3"), 0, -1)]
+    numbers = await run.book.numbers_of("C3")
     assert numbers == ["INV-00000001"]
-    inv = Invoice.from_json(str(await client.get(keys.invoice(numbers[0]))))
+    inv = await run.book.get(numbers[0])
+    assert inv is not None
     assert inv.number == "INV-00000001" and inv.period_start.isoformat() == "2026-01-10"
     (section,) = inv.sections
     kinds = [c.kind for c in section.charges]
@@ -136,7 +137,7 @@ async def test_bill_run_issues_one_invoice_per_account_and_period_and_can_run_ag
     # Running again issues nothing more.
     again = await run.run()
     assert again.issued == 0
-    assert await client.llen(keys.billing_invoices("C3")) == 1
+    assert len(await run.book.numbers_of("C3")) == 1
 
 
 async def test_an_interrupted_run_completes_without_a_second_invoice(
@@ -156,8 +157,9 @@ async def test_an_interrupted_run_completes_without_a_second_invoice(
     await run._many([c for line in lines for c in _close_commands(line.account_id, period, ahead)])
     report = await run.run()
     assert report.issued == 1
-    (number,) = [str(x) for x in await client.lrange(keys.billing_invoices("C4"), 0, -1)]
-    inv = Invoice.from_json(str(await client.get(keys.invoice(number))))
+    (number,) = await run.book.numbers_of("C4")
+    inv = await run.book.get(number)
+    assert inv is not None
     assert sorted(u.units for s in inv.sections for u in s.usage) == [100, 200]
     # A crash after issuing, before the usage was purged: the run again finds it issued.
     await client.hset(keys.billing_account("C4"), "next_period", info["next_period"])
@@ -174,8 +176,8 @@ async def test_invoice_numbers_are_gapless_across_accounts(
     assert (await run.run(concurrency=4)).issued == 6
     numbers = []
     for i in range(6):
-        numbers += [str(x) for x in await client.lrange(keys.billing_invoices(f"G{i}"), 0, -1)]
+        numbers += await run.book.numbers_of(f"G{i}")
     numbers.sort()
     assert numbers == [f"INV-{n:08d}" for n in range(1, 7)]
-    runs = [json.loads(x) for x in await client.lrange(keys.BILL_RUNS, 0, -1)]
-    assert runs[-1]["issued"] == 6
+    runs = await run.book.runs(1)
+    assert runs[0]["issued"] == 6

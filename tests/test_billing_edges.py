@@ -216,8 +216,14 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     port = free_port()
     smtp = SmtpDelivery(SmtpSettings(host="127.0.0.1", port=port, sender="billing@operator.example", timeout_s=2))
     folder = DirectoryDelivery(tmp_path)
+    assert app.database is not None
     b = Billing(
-        app.redis, billing_config.default(), app.catalogs, clock, deliveries=[("email", smtp), ("directory", folder)]
+        app.redis,
+        billing_config.default(),
+        app.catalogs,
+        clock,
+        deliveries=[("email", smtp), ("directory", folder)],
+        database=app.database,
     )
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())
     await enrol(stubs, b, "28", "491700000410")
@@ -245,6 +251,13 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     assert len(box.messages) == 1 and box.messages[0][0].rcpt_tos == ["customer@example.org"]
     assert not (tmp_path / f"{number}.pdf").exists()  # not written twice
     assert await app.redis.llen(keys.BILL_DELIVERY) == 0
+    async with app.database.connection() as conn:
+        cur = await conn.execute(
+            "SELECT channel, delivered FROM invoice_deliveries WHERE invoice_id = %s ORDER BY attempt_id",
+            (number,),
+        )
+        history = await cur.fetchall()
+    assert history == [("email", False), ("directory", True), ("email", True)]
 
 
 async def test_a_new_line_after_termination_for_non_payment_opens_a_new_billing_account(
@@ -403,7 +416,7 @@ async def test_a_final_invoice_racing_a_bill_run_bills_the_line_once(
             return state
 
     assert app.redis is not None and app.catalogs is not None
-    racing = BillRun(app.redis, Racing(app.redis, b.config), b.config, app.catalogs, clock)
+    racing = BillRun(app.redis, Racing(app.redis, b.config), b.config, app.catalogs, clock, b.book)
     outcomes = await racing.bill_due("C34", after_end)
     numbers = await b.invoices_of("C34")
     invoices = [await b.invoice(n) for n in numbers]

@@ -215,7 +215,8 @@ async def test_a_terminated_prepaid_line_keeps_or_forfeits_its_balance(
 ) -> None:
     assert app.redis is not None and app.catalogs is not None
     config = billing_config.parse({**_billing_doc(), "prepaid_termination": policy})
-    b = Billing(app.redis, config, app.catalogs, clock)
+    assert app.database is not None
+    b = Billing(app.redis, config, app.catalogs, clock, database=app.database)
     sub = await stubs.subscriber(msisdn="491700000306", balance=3_000_000, plan="mobile-prepaid")
     line = postpaid_line("491700000306", sub.account_id, "12", customer_type="MOBILE_PREPAID")
     kw: dict[str, Any] = {"line": line, "plan_id": "mobile-prepaid", "customer": payer()}

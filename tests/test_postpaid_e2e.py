@@ -48,7 +48,7 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
 
 @pytest.fixture
 async def world(
-    redis_url: str, app_database_url: str, clock: ManualClock, mailbox: tuple[Mailbox, int], tmp_path: Path
+    redis_url: str, database_url: str, clock: ManualClock, mailbox: tuple[Mailbox, int], tmp_path: Path
 ) -> AsyncIterator[tuple[App, Stubs, crm_pb2_grpc.CrmStub, billing_pb2_grpc.BillingStub]]:
     clock.advance(ms=NOV_18 * 1000 - clock.now_ms())
     settings = Settings(
@@ -56,7 +56,7 @@ async def world(
         metrics_address="",
         nchf_address="",
         redis_url=redis_url,
-        database_url=app_database_url,
+        database_url=database_url,
         smtp_host="127.0.0.1",
         smtp_port=mailbox[1],
         smtp_sender="billing@operator.example",

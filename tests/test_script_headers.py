@@ -40,7 +40,7 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("postpaid", "enrol.lua"): (scripts.EnrolArgs,),
     ("postpaid", "close.lua"): (scripts.CloseArgs,),
     ("postpaid", "credit.lua"): (scripts.CreditArgs,),
-    ("postpaid", "issue.lua"): (scripts.IssueArgs,),
+    ("postpaid", "settle.lua"): (scripts.SettleArgs,),
     ("postpaid", "pay.lua"): (scripts.PayArgs,),
     ("postpaid", "dunning.lua"): (scripts.DunningArgs, scripts.DunningStep),
     ("postpaid", "purge.lua"): (scripts.PurgeArgs,),

@@ -279,7 +279,8 @@ async def test_reflection_can_be_turned_off(settings: Settings, clock: ManualClo
 async def test_audit_entries_name_the_authenticated_caller(secured: App, pki: Path, clock: ManualClock) -> None:
     assert secured.redis is not None and secured.catalogs is not None
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())
-    b = Billing(secured.redis, billing_config.default(), secured.catalogs, clock)
+    assert secured.database is not None
+    b = Billing(secured.redis, billing_config.default(), secured.catalogs, clock, database=secured.database)
     b.attach_lines(LineBook())
     async with connect(secured.grpc_port, creds(pki, "operator")) as operator:
         await enrol(Stubs.on(operator), b, "10", "491700000304")

@@ -36,10 +36,11 @@ async def crm(settings: Settings, clock: ManualClock, network: NetworkSimulator)
     await app.stop()
 
 
-def start_worker(redis_url: str, network: NetworkSimulator) -> subprocess.Popen[bytes]:
+def start_worker(redis_url: str, network: NetworkSimulator, database_url: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "CHARGING_REDIS_URL": redis_url,
+        "CHARGING_DATABASE_URL": database_url,
         "CHARGING_NETWORK_URL": network.url,
         "CHARGING_PROVISIONING_INTERVAL_S": "0.2",
         "CHARGING_LEASE_S": "1",  # a killed worker's leases lapse soon: its restart takes them over
@@ -77,9 +78,9 @@ def numbered(n: int) -> crm_pb2.Application:
 
 
 async def test_a_separate_worker_process_activates_and_survives_a_kill(
-    crm: crm_pb2_grpc.CrmStub, network: NetworkSimulator, redis_url: str
+    crm: crm_pb2_grpc.CrmStub, network: NetworkSimulator, redis_url: str, settings: Settings
 ) -> None:
-    worker = start_worker(redis_url, network)
+    worker = start_worker(redis_url, network, settings.database_url)
     try:
         await crm.SubmitApplication(numbered(1))
         await wait_state(crm, "491701234001", "active")
@@ -95,7 +96,7 @@ async def test_a_separate_worker_process_activates_and_survives_a_kill(
         worker.communicate(timeout=10)
         network.mode = "ok"
 
-        worker = start_worker(redis_url, network)  # restarted after the crash
+        worker = start_worker(redis_url, network, settings.database_url)  # restarted after the crash
         await wait_state(crm, "491701234002", "active")
         assert network.lines["491701234002"]["applied"] == 1
         order = await settled_order(crm, "w2")

@@ -92,7 +92,28 @@ async def migrate(settings: Settings) -> str:
         url = await embedded.start()
     try:
         await asyncio.to_thread(upgrade, url)
+        if settings.redis_url:
+            await _move_redis_records(settings, url)
     finally:
         if embedded is not None:
             await embedded.stop()
     return head()
+
+
+async def _move_redis_records(settings: Settings, url: str) -> None:
+    """Records Redis kept before PostgreSQL did (issued invoices, bill runs) are moved
+    once (``postpaid/legacy.py``); a server moves them at start too."""
+    from charging import store
+    from charging.database import open_pool
+    from charging.embedded_redis import with_password
+    from postpaid import config as billing_config
+    from postpaid import legacy
+
+    issuer = billing_config.load(settings.billing_file).issuer
+    client = store.connect(with_password(settings.redis_url), max_connections=2, tls=settings.redis_tls())
+    pool = await open_pool(url, 2)
+    try:
+        await legacy.move_once(client, pool, issuer.id, issuer.number_prefix)
+    finally:
+        await pool.close()
+        await client.aclose()

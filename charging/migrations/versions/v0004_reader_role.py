@@ -8,16 +8,16 @@ the migrations (the schema's owner). Roles belong to the whole cluster: the role
 once, by a migration user allowed to (superuser or CREATEROLE); otherwise an administrator
 makes it first (``CREATE ROLE charging_reader NOLOGIN``) and the grants follow here.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0003"
-down_revision: str | None = "0002"
+revision = "0004"
+down_revision: str | None = "0003"
 branch_labels = None
 depends_on = None
 

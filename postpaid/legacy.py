@@ -1,0 +1,148 @@
+"""Invoices issued before PostgreSQL kept them: moved out of Redis once, on upgrade.
+
+Before issue 11 an issued invoice was a JSON document in Redis (``{bill}:inv:NUMBER``),
+listed under its account (``{bill}:ba:BA:inv``), numbered from a Redis counter
+(``{bill}:seq:inv:ISSUER``), with a marker per account and period (``{bill}:run:...``)
+and the bill runs' reports in a list (``{bill}:runs``). ``move`` writes each document
+to ``invoices`` (with its charge lines and taxes), the counter into ``invoice_numbers``
+(the larger of the two wins, so the series continues without a gap or a repeat), the
+reports into ``bill_runs``, and only then deletes what it moved from Redis.
+
+It can be stopped at any point and run again: a document already in the database is
+not written twice (``invoice_id`` is unique), one deleted from Redis is not read again.
+The invoice's state (``{bill}:is:NUMBER``: open amount, status, delivery) stays in Redis,
+where payments and dunning use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from charging import keys
+from charging.database import Pool
+from postpaid.invoice_book import CHARGE_COLUMNS, TAX_COLUMNS
+from postpaid.invoices import Invoice
+
+BATCH = 200
+
+
+@dataclass
+class Moved:
+    invoices: int = 0
+    runs: int = 0
+
+
+async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str) -> Moved:
+    """Move the Redis-kept invoices of ``issuer`` (its number prefix ``series``) into
+    PostgreSQL; answers what was moved (nothing when it was done before)."""
+    moved = Moved()
+    batch: list[str] = []
+    async for key in client.scan_iter(match=keys.invoice("*"), count=1000):
+        batch.append(_text(key))
+        if len(batch) >= BATCH:
+            moved.invoices += await _move_batch(client, pool, issuer, batch)
+            batch = []
+    if batch:
+        moved.invoices += await _move_batch(client, pool, issuer, batch)
+    last = await client.get(keys.invoice_seq(issuer))
+    if last is not None:
+        async with pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO invoice_numbers AS n (issuer, series, last_number) VALUES (%s, %s, %s) "
+                "ON CONFLICT (issuer, series) "
+                "DO UPDATE SET last_number = greatest(n.last_number, EXCLUDED.last_number)",
+                (issuer, series, int(last)),
+            )
+        await client.delete(keys.invoice_seq(issuer))
+    moved.runs = await _move_runs(client, pool)
+    async for key in client.scan_iter(match=keys.bill_run("*", "*"), count=1000):
+        await client.delete(key)
+    async for key in client.scan_iter(match=keys.billing_invoices("*"), count=1000):
+        await client.delete(key)
+    return moved
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys: list[str]) -> int:
+    prefix = keys.invoice("")
+    numbers = [k[len(prefix) :] for k in doc_keys]
+    docs = await client.mget(doc_keys)
+    pipe = client.pipeline(transaction=False)
+    for number in numbers:
+        pipe.hget(keys.invoice_state(number), "issued")
+    issued_at = await pipe.execute()
+    rows, charges, taxes = [], [], []
+    for number, doc, at in zip(numbers, docs, issued_at, strict=True):
+        if doc is None:
+            continue
+        text = _text(doc)
+        inv = Invoice.from_json(text)
+        series, _, digits = number.rpartition("-")
+        issued = (
+            datetime.fromtimestamp(int(at), UTC)
+            if at is not None
+            else datetime(*inv.issued.timetuple()[:3], tzinfo=UTC)
+        )
+        rows.append(
+            (issuer, series, int(digits), number, inv.billing_account, inv.kind, inv.period_start, inv.period_end,
+             issued, inv.due, inv.currency, inv.total, inv.tax_total, text)
+        )  # fmt: skip
+        position = 0
+        for line, c in [(s.line, c) for s in inv.sections for c in s.charges] + [("", c) for c in inv.account_charges]:
+            position += 1
+            charges.append(
+                (number, position, line, c.kind, c.description, c.category, c.tax_code, c.quantity, c.unit, c.amount)
+            )
+        taxes += [(number, t.code, t.name, t.rate_bp, t.base, t.amount) for t in inv.taxes]
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor()
+        await cur.executemany(
+            "INSERT INTO invoices (issuer, series, number, invoice_id, billing_account, kind, period_start, "
+            "period_end, issued_at, due_date, currency, total_minor, tax_minor, document) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (invoice_id) DO NOTHING",
+            rows,
+        )
+        marks = ", ".join(["%s"] * 10)
+        await cur.executemany(
+            f"INSERT INTO invoice_charges ({CHARGE_COLUMNS}) VALUES ({marks}) ON CONFLICT DO NOTHING", charges
+        )
+        marks = ", ".join(["%s"] * 6)
+        await cur.executemany(
+            f"INSERT INTO invoice_taxes ({TAX_COLUMNS}) VALUES ({marks}) ON CONFLICT DO NOTHING", taxes
+        )
+    # Only once the rows are committed: a crash before this moves the same documents again.
+    await client.delete(*doc_keys)
+    return len(rows)
+
+
+async def _move_runs(client: aioredis.Redis, pool: Pool) -> int:
+    reports = [json.loads(_text(x)) for x in await client.lrange(keys.BILL_RUNS, 0, -1)]
+    if not reports:
+        return 0
+    async with pool.connection() as conn, conn.transaction():
+        await conn.cursor().executemany(
+            "INSERT INTO bill_runs (ran_at, accounts, issued, already, failed, seconds) "
+            "VALUES (%(ran_at)s, %(accounts)s, %(issued)s, %(already)s, %(failed)s, %(seconds)s)",
+            [{**r, "ran_at": datetime.fromtimestamp(int(r["at"]), UTC)} for r in reports],
+        )
+    # A crash between the commit and this would list those reports twice: they are a log.
+    await client.delete(keys.BILL_RUNS)
+    return len(reports)
+
+
+async def move_once(client: aioredis.Redis, pool: Pool, issuer: str, series: str) -> Moved | None:
+    """``move`` unless it has completed before on this Redis (a marker says so, so a server
+    start does not scan the keyspace again); None when it had."""
+    if await client.exists(keys.BILL_INVOICES_MOVED):
+        return None
+    moved = await move(client, pool, issuer, series)
+    await client.set(keys.BILL_INVOICES_MOVED, "1")
+    return moved
