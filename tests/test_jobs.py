@@ -248,13 +248,13 @@ async def test_stopping_ends_every_job_also_one_that_swallows_its_cancellation(
 
 
 def test_sigterm_answers_not_serving_while_calls_are_still_served_then_drains(
-    tmp_path: Path, app_database_url: str
+    tmp_path: Path, database_url: str
 ) -> None:
     """A load balancer polling health must see NOT_SERVING before the server stops taking
     calls: it used to go from SERVING straight to unreachable. A second SIGTERM skips
     the rest of the delay."""
     proc, port = serve(
-        tmp_path / "redis", app_database_url, CHARGING_SHUTDOWN_DELAY_S="50", CHARGING_GRACE_PERIOD_S="1"
+        tmp_path / "redis", database_url, CHARGING_SHUTDOWN_DELAY_S="50", CHARGING_GRACE_PERIOD_S="1"
     )
     try:
         wait_serving(proc, port)

@@ -50,14 +50,14 @@ def local_sum(name: str, **labels: str) -> float:
 
 @pytest.fixture
 async def server(
-    redis_url: str, app_database_url: str, clock: ManualClock, tmp_path: Path
+    redis_url: str, database_url: str, clock: ManualClock, tmp_path: Path
 ) -> AsyncIterator[tuple[App, grpc.aio.Channel]]:
     clock.advance(ms=NOV_18 * 1000 - clock.now_ms())
     settings = Settings(
         grpc_address="127.0.0.1:0",
         metrics_address="127.0.0.1:0",
         redis_url=redis_url,
-        database_url=app_database_url,
+        database_url=database_url,
         data_key=DATA_KEY,
         invoice_dir=str(tmp_path / "invoices"),
         billing_interval_s=0.0,  # bill runs and dunning are asked for below

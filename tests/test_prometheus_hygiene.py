@@ -47,10 +47,10 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_customer_base_gauges_come_from_redis_right_after_a_restart(tmp_path: Path, app_database_url: str) -> None:
+def test_customer_base_gauges_come_from_redis_right_after_a_restart(tmp_path: Path, database_url: str) -> None:
     """``crm_active_lines`` used to be empty after a restart until a line changed."""
     redis_dir = tmp_path / "redis"
-    proc, port = serve(redis_dir, app_database_url)
+    proc, port = serve(redis_dir, database_url)
     try:
         wait_serving(proc, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -64,7 +64,7 @@ def test_customer_base_gauges_come_from_redis_right_after_a_restart(tmp_path: Pa
         stop(proc)
 
     metrics_port = free_port()
-    proc, port = serve(redis_dir, app_database_url, CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}")
+    proc, port = serve(redis_dir, database_url, CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}")
     try:
         wait_serving(proc, port)
         samples = scrape(metrics_port)  # before any census pass could have run
