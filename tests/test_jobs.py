@@ -253,9 +253,7 @@ def test_sigterm_answers_not_serving_while_calls_are_still_served_then_drains(
     """A load balancer polling health must see NOT_SERVING before the server stops taking
     calls: it used to go from SERVING straight to unreachable. A second SIGTERM skips
     the rest of the delay."""
-    proc, port = serve(
-        tmp_path / "redis", database_url, CHARGING_SHUTDOWN_DELAY_S="50", CHARGING_GRACE_PERIOD_S="1"
-    )
+    proc, port = serve(tmp_path / "redis", database_url, CHARGING_SHUTDOWN_DELAY_S="50", CHARGING_GRACE_PERIOD_S="1")
     try:
         wait_serving(proc, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
