@@ -36,11 +36,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import migrations, retention, store
+from charging import metrics, migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
 from charging.catalogs import CatalogBook
+from charging.cdr_relay import CdrRelay
+from charging.cdr_store import CdrStore
 from charging.census import record_census
 from charging.clock import Clock, SystemClock
 from charging.context import Context
@@ -116,6 +118,7 @@ class App:
     events: EventCharging | None = None
     catalogs: CatalogBook | None = None
     notifier: Notifier | None = None
+    cdr_relay: CdrRelay | None = None
     _embedded: EmbeddedRedis | None = None
     _server: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
@@ -149,12 +152,17 @@ class App:
         self.link = RedisLink(url, tls=s.redis_tls())
         await self._start_database()
 
-        ledger = Ledger(self.link)
+        assert self.database is not None
+        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock)
+        metrics.CDR_RELAY_LAG.set_function(self.cdr_relay.lag_s)
+        ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         directory = Directory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
-        ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
+        ctx = Context(
+            ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros, s.usage_records
+        )
         limits = UsageLimits(
             {
                 UnitKind.TIME: s.max_used_time_s,
@@ -271,6 +279,10 @@ class App:
             return Job(name, pass_, interval_s=interval_s, clock=self.clock, backoff=job_backoff(s), **kw)
 
         jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup)]
+        # Usage records to PostgreSQL: woken by requests like the notifications; the
+        # interval bounds how late a record a lost reply did not announce waits for a scan.
+        assert self.cdr_relay is not None
+        jobs.append(job("cdr_relay", self.cdr_relay.relay_waiting, 60.0, wake=self.cdr_relay.wakeup))
         if not self.run_background:
             return jobs
         redis = self.redis
