@@ -212,7 +212,6 @@ class CdrRelay:
                     raise r
         return {outbox: int(r) for (outbox, _entries), r in zip(done, results, strict=True)}
 
-
     async def settled(self) -> None:
         """Wait until no round is in flight (another task's, e.g. the job's)."""
         await self._settled.wait()

@@ -109,12 +109,13 @@ async def test_every_rated_use_and_money_movement_reaches_the_database_once(
     assert (sale["record_id"], sale["zone"], sale["cost_micros"]) == (f"{account}:b:b1", "voice-100", 3_000_000)
     reports = [u for u in usage if u["session_id"] == "call-1"]
     assert [(u["request_number"], u["units"], u["unit"]) for u in reports] == [(1, 60, "time"), (2, 30, "time")]
-    assert all(u["msisdn"] == MSISDN and u["rating_group"] == 10 and u["called_party"] == "491711234567" for u in reports)
+    assert all(u["msisdn"] == MSISDN and u["rating_group"] == 10 for u in reports)
+    assert all(u["called_party"] == "491711234567" for u in reports)
     assert all(u["visited_network"] == "26201" and u["service"] == "voice" for u in reports)
     assert reports[0]["record_id"] == f"{account}:s:call-1:1:10"
     # The bundle's minutes paid for the call: units from its bucket (whole minutes: the
     # rate's increment), no money.
-    assert [(u["bucket_units"], u["cost_micros"]) for u in reports] == [({"voice-100.1": 60}, 0), ({"voice-100.1": 60}, 0)]
+    assert [(u["bucket_units"], u["cost_micros"]) for u in reports] == [({"voice-100.1": 60}, 0)] * 2
     sms = by_kind[("sms", False, False)]
     back = by_kind[("sms", False, True)]
     assert (sms["event_id"], sms["units"], sms["cost_micros"]) == ("sms-1", 1, debit.cost_micros)
@@ -124,7 +125,11 @@ async def test_every_rated_use_and_money_movement_reaches_the_database_once(
     assert START + 5_000_000 - sum(u["money_micros"] for u in usage) == final
 
     audit = audit_rows(database_url, account)
-    assert [(a["action"], a["actor"]) for a in audit] == [("bundle_sale", "local"), ("refund", "local"), ("topup", "local")]
+    assert [(a["action"], a["actor"]) for a in audit] == [
+        ("bundle_sale", "local"),
+        ("refund", "local"),
+        ("topup", "local"),
+    ]
     assert audit[2]["details"] == {
         "amount_micros": 5_000_000,
         "balance_micros": final,
@@ -167,7 +172,9 @@ async def test_a_relay_that_stops_after_the_commit_repeats_nothing(
     await client.aclose()
 
 
-async def test_the_trim_removes_only_what_was_relayed(app: App, stubs: Stubs, r: redis.Redis, database_url: str) -> None:
+async def test_the_trim_removes_only_what_was_relayed(
+    app: App, stubs: Stubs, r: redis.Redis, database_url: str
+) -> None:
     without_the_job(app)
     account = (await stubs.subscriber(balance=START)).account_id
     await stubs.charging.ChargeEvent(sms_request("sms-0"))
@@ -184,7 +191,10 @@ async def test_the_trim_removes_only_what_was_relayed(app: App, stubs: Stubs, r:
     assert [json.loads(e)[5] for e in r.lrange(keys.cdr_outbox(account), 0, -1)] == ["sms-1"]
 
     # Two relays read the same head; the one that trims second removes nothing.
-    slow = CdrRelay(client, store, app.clock, after_commit=lambda: drain(CdrRelay(client, store, app.clock)))
+    async def first_trims() -> None:
+        await drain(CdrRelay(client, store, app.clock))
+
+    slow = CdrRelay(client, store, app.clock, after_commit=first_trims)
     await stubs.charging.ChargeEvent(sms_request("sms-2"))
     assert await slow.relay_accounts([account]) == 0  # the other relay's trim took them
     assert slow.waiting() == 1  # and it looks again: what it read may not all be gone
@@ -257,8 +267,8 @@ SESSION_ENTRY = [
     ("entry", "usage_id", "audit_action"),
     [
         (SESSION_ENTRY, "7:s:sid;1:3:10", None),
-        (["d", "1", "", "", "p", "ev", "20", "sms", "", "", "", "", "", "3", "1", "50000", "", "", ""], "7:e:ev", None),
-        (["r", "1", "", "", "p", "rf", "20", "sms", "", "", "", "", "", "3", "1", "-50000", "", "op", "e:ev"], "7:e:rf", "refund"),
+        (["d", "1", "", "", "p", "ev", "20", "sms", *[""] * 5, "3", "1", "50000", "", "", ""], "7:e:ev", None),
+        (["r", "1", "", "", "p", "rf", "20", "sms", *[""] * 5, "3", "1", "-9", "", "op", "e:ev"], "7:e:rf", "refund"),
         (["t", "1", "shop", "bank", "k", "100", "200"], None, "topup"),
         (["b", "1", "", "", "p", "app", "app", "k", "pack", "300", "0", "pack.1"], "7:b:k", "bundle_sale"),
         (["b", "1", "", "", "p", "internal", "operator", "k", "pack", "0", "0", "pack.1"], None, "bundle_sale"),
