@@ -29,7 +29,7 @@ class StoppingRelay(CdrRelay):
 def main() -> None:
     settings = Settings.from_env(os.environ)
     logs.configure(settings.log_level)
-    server.CdrRelay = StoppingRelay  # type: ignore[misc]
+    server.CdrRelay = StoppingRelay  # type: ignore[attr-defined]
     uvloop.run(server.serve(settings))
 
 
