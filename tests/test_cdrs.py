@@ -3,8 +3,14 @@ record outbox, relayed into PostgreSQL once, on a real Redis and a real PostgreS
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import dataclasses
+import io
 import json
+import os
+import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -252,6 +258,53 @@ async def test_records_of_a_month_without_a_partition_are_kept(
     await drain(relay_of(app))
     [row] = usage_rows(database_url, account)
     assert row["occurred_at"] == datetime.fromtimestamp(clock.now_ms() / 1000, UTC)
+
+
+async def cdrs_cli(database_url: str, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "CHARGING_DATABASE_URL": database_url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "charging.cli", "cdrs", *args, env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_lists_a_lines_records_and_exports_a_period(
+    app: App, stubs: Stubs, database_url: str, clock: ManualClock
+) -> None:
+    await stubs.subscriber(balance=START)
+    await stubs.subscriber(msisdn="491700000002", balance=START)
+    await call(stubs, "call-1", [60, 60])
+    await stubs.charging.ChargeEvent(sms_request("sms-1", msisdn="491700000002"))
+    clock.advance(seconds=86_400)
+    await stubs.charging.ChargeEvent(sms_request("sms-2"))
+    await drain(relay_of(app))
+
+    code, out, err = await cdrs_cli(database_url, "--msisdn", MSISDN, "--from", "2026-01-01", "--to", "2026-01-02")
+    assert code == 0, err
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [(r["chargingSessionId"], r["cCRequestNumber"], r["usedUnits"]) for r in listed] == [
+        ("call-1", 1, 60),
+        ("call-1", 2, 60),
+    ]
+    assert listed[0]["recordOpeningTime"] == "2026-01-01T00:00:00Z"
+    assert listed[0]["bucketUnits"] == {}
+
+    code, out, err = await cdrs_cli(database_url, "--export", "--from", "2026-01-01", "--to", "2026-02-01")
+    assert code == 0, err
+    exported = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["servedMSISDN"], r["ratingGroup"], r["eventId"]) for r in exported] == [
+        (MSISDN, "10", ""),
+        (MSISDN, "10", ""),
+        ("491700000002", "20", "sms-1"),
+        (MSISDN, "20", "sms-2"),
+    ]
+
+    code, _out, err = await cdrs_cli(database_url, "--msisdn", MSISDN, "--from", "2026-02-01", "--to", "2026-01-01")
+    assert (code, err.strip()) == (1, "error: --to: must be after --from")
+    code, _out, err = await cdrs_cli(database_url, "--from", "2026-01-01", "--to", "yesterday")
+    assert (code, err.strip()) == (1, "error: --to: 'yesterday' is not an ISO 8601 date or time")
 
 
 # --------------------------------------------------------------------------- pure
