@@ -58,14 +58,14 @@ def query(start: str, end: str, msisdn: str, account: str, export: bool, limit: 
 
 
 def values(row: UsageRow, *, flat: bool) -> dict[str, object]:
-    """The export's fields of a record; ``flat`` (CSV) keeps the bucket units as JSON text."""
+    """The export's fields of a record; ``flat`` (CSV) writes the bucket units as JSON text."""
     out: dict[str, object] = {}
     for name, attribute in EXPORT_FIELDS:
         value = getattr(row, attribute)
         if isinstance(value, datetime):
             value = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        elif attribute == "bucket_units" and not flat:
-            value = json.loads(row.bucket_units)
+        elif attribute == "bucket_units" and flat:
+            value = json.dumps(row.bucket_units, separators=(",", ":"), sort_keys=True)
         out[name] = value
     return out
 

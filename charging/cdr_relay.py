@@ -52,6 +52,7 @@ CDR_TRIM = LuaScript("cdr_trim.lua")
 
 BATCH = 1000  # records read from one outbox per round
 ACCOUNTS_PER_ROUND = 200  # outboxes read (and written in one transaction) per round
+CONCURRENT_ROUNDS = 4  # rounds on disjoint outboxes at once: one parses while another's COPY runs
 ROUNDS_PER_PASS = 50  # then the pass ends (and the job runs the next at once)
 SCAN_EVERY_S = 600.0
 SCAN_COUNT = 1000
@@ -110,11 +111,17 @@ class CdrRelay:
             await self.scan()
             self._next_scan_ms = now + int(self.scan_every_s * 1000)
         moved = 0
-        for _ in range(ROUNDS_PER_PASS):
+        step = self.accounts_per_round
+        for _ in range(0, ROUNDS_PER_PASS, CONCURRENT_ROUNDS):
             if not self._waiting:
                 break
-            accounts = sorted(self._waiting, key=self._waiting.__getitem__)[: self.accounts_per_round]
-            moved += await self.relay_accounts(accounts)
+            oldest = sorted(self._waiting, key=self._waiting.__getitem__)[: step * CONCURRENT_ROUNDS]
+            rounds = [self.relay_accounts(oldest[i : i + step]) for i in range(0, len(oldest), step)]
+            results = await asyncio.gather(*rounds, return_exceptions=True)
+            moved += sum(r for r in results if isinstance(r, int))
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
         if self._waiting:
             self.wakeup.wake()  # more than a pass's worth: the next pass at once
         return moved

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from charging.rating import UnitKind
 
@@ -65,7 +65,7 @@ class UsageRow:
     units: int
     cost_micros: int
     money_micros: int
-    bucket_units: str  # JSON {"<bucket id>": units}
+    bucket_units: dict[str, int]  # units paid from buckets, by bucket id (a jsonb column)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class AuditRow:
     action: str
     subject: str
     reason: str
-    details: str  # JSON
+    details: dict[str, object]  # a jsonb column
 
 
 USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
@@ -84,24 +84,26 @@ AUDIT_COLUMNS = tuple(AuditRow.__dataclass_fields__)
 LAYOUTS = {"s": 19, "d": 19, "r": 19, "t": 7, "b": 12}
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UNIT_NAMES = {str(int(u)): u.name.lower() for u in UnitKind}
+
+
 def at(ms: str) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+    """A time in ms as an exact UTC datetime (no float on the way)."""
+    return EPOCH + timedelta(milliseconds=int(ms))
 
 
 def unit_name(code: str) -> str:
-    try:
-        return UnitKind(int(code)).name.lower()
-    except ValueError:
-        return code
+    return UNIT_NAMES.get(code, code)
 
 
-def paid_by(items: str) -> str:
-    """ "id:n|id:n" (an id may hold ':': split at the last) as JSON {"id": n}, summed."""
+def paid_by(items: str) -> dict[str, int]:
+    """ "id:n|id:n" (an id may hold ':': split at the last) as {"id": n}, summed."""
     units: dict[str, int] = {}
     for item in items.split("|") if items else ():
         bucket, _, n = item.rpartition(":")
         units[bucket] = units.get(bucket, 0) + int(n)
-    return json.dumps(units, separators=(",", ":"))
+    return units
 
 
 def optional_int(text: str) -> int | None:
@@ -119,11 +121,11 @@ def rows(account: str, entry: str) -> tuple[UsageRow | None, AuditRow | None]:
         v = json.loads(entry)
     except ValueError:
         raise BadRecord("not JSON") from None
-    if not isinstance(v, list) or not v or LAYOUTS.get(v[0]) != len(v) or not all(isinstance(x, str) for x in v):
+    if not isinstance(v, list) or not v or LAYOUTS.get(v[0]) != len(v) or set(map(type, v)) != {str}:
         raise BadRecord("unknown layout")
     try:
         return _rows(account, v)
-    except ValueError as exc:
+    except (ValueError, TypeError, AttributeError) as exc:  # a value that is not a string of its kind
         raise BadRecord(str(exc)) from None
 
 
@@ -150,28 +152,24 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
             return usage, None
         details = {"event_id": event, "refund_of": refund_of, "rating_group": int(rg), "unit": unit_name(unit)}
         details |= {"units": int(units), "money_micros": -int(money)}
-        return usage, AuditRow(rid, when, actor, "refund", subject(account), "", _json(details))
+        return usage, AuditRow(rid, when, actor, "refund", subject(account), "", details)
     if kind == "t":
         _k, _t, actor, channel, key, amount, balance = v
         details = {"channel": channel, "idempotency_key": key, "amount_micros": int(amount)}
         details["balance_micros"] = int(balance)
-        return None, AuditRow(f"{account}:t:{key}", when, actor, "topup", subject(account), "", _json(details))
+        return None, AuditRow(f"{account}:t:{key}", when, actor, "topup", subject(account), "", details)
     _k, _t, msisdn, imsi, plan, actor, channel, key, bundle, price, balance, ids = v
     rid = f"{account}:b:{key}"
     details = {"channel": channel, "idempotency_key": key, "bundle_id": bundle, "price_micros": int(price)}
     details |= {"balance_micros": int(balance), "bucket_ids": [] if ids == "-" else ids.split("|")}
-    audit = AuditRow(rid, when, actor, "bundle_sale", subject(account), "", _json(details))
+    audit = AuditRow(rid, when, actor, "bundle_sale", subject(account), "", details)
     if int(price) == 0:
         return None, audit  # given with the plan, not sold: nothing the customer paid
     usage = UsageRow(
         rid, when, account, msisdn, imsi, plan, None, "", None, "", None, "bundle", "", bundle, "", "", False,
-        "bundle", 1, int(price), int(price), "{}",
+        "bundle", 1, int(price), int(price), {},
     )  # fmt: skip
     return usage, audit
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 # The CSV export's columns: the 3GPP name (TS 32.298 charging data records, TS 32.299
