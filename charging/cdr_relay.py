@@ -201,23 +201,28 @@ class CdrRelay:
 
     async def _trim(self, done: list[tuple[str, list[str]]]) -> dict[str, int]:
         """Remove what was committed from each outbox's head; how many, by outbox."""
-        if not done:
-            return {}
+        trimmed: dict[str, int] = {}
+        pending = done
         with storage_errors():
-            for _attempt in (1, 2):
+            for attempt in (1, 2):
                 pipe = self._client.pipeline(transaction=False)
-                for outbox, entries in done:
+                for outbox, entries in pending:
                     pipe.evalsha(CDR_TRIM.sha, 1, outbox, *CdrTrimArgs(entries[0], len(entries)).to_argv())
                 results = await pipe.execute(raise_on_error=False)
-                if not any(isinstance(r, redis_errors.NoScriptError) for r in results):
+                again = []
+                for (outbox, entries), r in zip(pending, results, strict=True):
+                    if isinstance(r, redis_errors.NoScriptError) and attempt == 1:
+                        again.append((outbox, entries))  # did not run
+                    elif isinstance(r, Exception):
+                        raise r
+                    else:
+                        trimmed[outbox] = int(r)
+                if not again:
                     break
-                # Redis lost its script cache (a restart): load it and trim again (a trim
-                # that did run finds its head gone and removes nothing).
+                # Redis has not loaded the script yet, or lost its cache (a restart).
                 await self._client.script_load(CDR_TRIM.source)
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-        return {outbox: int(r) for (outbox, _entries), r in zip(done, results, strict=True)}
+                pending = again
+        return trimmed
 
     async def settled(self) -> None:
         """Wait until no round is in flight (another task's, e.g. the job's)."""

@@ -170,6 +170,7 @@ async def test_a_relay_that_stops_after_the_commit_repeats_nothing(
     assert r.llen(keys.cdr_outbox(account)) == 5  # committed, not trimmed
 
     repeated = metrics.CDRS_REPEATED.labels("usage_records")._value.get()
+    r.script_flush()  # and Redis restarted meanwhile: the trim script must be loaded again
     fresh = CdrRelay(client, store, app.clock)
     assert await fresh.relay_waiting() == 5  # found by its scan: no wake needed
     assert len(usage_rows(database_url, account)) == 5
