@@ -81,6 +81,7 @@ bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.tls_bench
 	$(BIN)/python -m loadtest.bill_bench
+	$(BIN)/python -m loadtest.cdr_bench
 
 loadtest: setup
 	$(BIN)/python -m pip install --quiet -e '.[load]'
