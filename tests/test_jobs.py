@@ -65,6 +65,7 @@ async def check(app: App, service: str = "") -> int:
 JOBS = [
     "bill_run",
     "catalog",
+    "cdr_relay",
     "census",
     "dunning",
     "invoice_delivery",
