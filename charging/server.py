@@ -279,8 +279,9 @@ class App:
             return Job(name, pass_, interval_s=interval_s, clock=self.clock, backoff=job_backoff(s), **kw)
 
         jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup)]
-        # Usage records to PostgreSQL: woken by requests like the notifications; the
-        # interval bounds how late a record a lost reply did not announce waits for a scan.
+        # Usage records to PostgreSQL: woken by requests like the notifications; records
+        # no reply announced (a crashed process, a lost reply) are found by the relay's
+        # scan, on start and every 10 minutes (cdr_relay.py).
         assert self.cdr_relay is not None
         jobs.append(job("cdr_relay", self.cdr_relay.relay_waiting, 60.0, wake=self.cdr_relay.wakeup))
         if not self.run_background:
