@@ -120,6 +120,7 @@ bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.tls_bench
 	$(BIN)/python -m loadtest.nchf_bench
 	$(BIN)/python -m loadtest.bill_bench
+	$(BIN)/python -m loadtest.cdr_bench
 
 # A randomized fault-injection run (README "Proof under faults"); a short fixed-seed run is
 # part of make test (tests/test_chaos.py).

@@ -6,6 +6,7 @@
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
 -- KEYS[5] usage aggregates  {a:ID}:u       KEYS[6] usage records  {a:ID}:ud  (postpaid)
+-- KEYS[7] record outbox     {a:ID}:cdr   (the sale's record, relayed to PostgreSQL)
 --
 -- ARGV BuyArgs (charging/script_args.py), in this order:
 --   digest              payload digest
@@ -15,6 +16,9 @@
 --   low_balance_micros  low balance threshold (0: none)
 --   bundle_id
 --   currency            the bundle's currency
+--   actor               who asked (charging/security/identity.py caller_name)
+--   channel             the sales channel
+--   records             1: append the sale's record to KEYS[7]
 --   buckets             the rest of ARGV: the new buckets in stored form (ids are given
 --                       here: <bundle id>.<n>)
 --
@@ -23,7 +27,7 @@
 -- credit limit.
 --
 -- Reply, one of:
---   {'DONE', body, outbox length after this script's pushes (0: none)}   body = "<result> <balance micros> <reserved micros> <bucket ids|->"
+--   {'DONE', body, outbox length after this script's pushes (0: none), record outbox length (0: none)}   body = "<result> <balance micros> <reserved micros> <bucket ids|->"
 --        result: OK, FUNDS (the available balance does not cover the price: nothing
 --        changed), DENIED (the subscriber is barred), CURRENCY (the account's currency
 --        differs from the bundle's)
@@ -38,13 +42,16 @@ local now_ms = tonumber(ARGV[4])
 local low_balance_micros = tonumber(ARGV[5])
 local bundle_id = ARGV[6]
 local currency = ARGV[7]
-local buckets = {unpack(ARGV, 8)}
+local actor = ARGV[8]
+local channel = ARGV[9]
+local records = ARGV[10] == '1'
+local buckets = {unpack(ARGV, 11)}
 
 local stored = stored_answer(KEYS[2], digest)
 if stored then return stored end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'status', 'currency', 'low', 'bp', 'credit_limit',
-  'cl')
+  'cl', 'msisdn', 'imsi', 'plan')
 if not acct[1] then return {'UNKNOWN'} end
 local balance, reserved = tonumber(acct[1]), tonumber(acct[2])
 local result, ids = 'OK', {}
@@ -75,6 +82,10 @@ else
 end
 local listed_ids = '-'
 if #ids > 0 then listed_ids = table.concat(ids, '|') end
+if result == 'OK' and records then
+  push_record(KEYS[7], {'b', fmt(now_ms), acct[9] or '', acct[10] or '', acct[11] or '', actor, channel,
+    string.sub(KEYS[2], #KEYS[1] + 4), bundle_id, fmt(price), fmt(balance), listed_ids})
+end
 local body = result .. ' ' .. fmt(balance) .. ' ' .. fmt(reserved) .. ' ' .. listed_ids
 redis.call('SET', KEYS[2], digest .. '|' .. body, 'EX', answer_ttl_s)
-return {'DONE', body, fmt(pushed)}
+return {'DONE', body, fmt(pushed), fmt(recorded)}

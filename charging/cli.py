@@ -299,6 +299,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cdrs(args: argparse.Namespace) -> int:
+    """Usage records from PostgreSQL (charging/cdr_export.py)."""
+    import asyncio
+
+    from charging import cdr_export
+    from charging.errors import InvalidRequest
+    from charging.settings import Settings
+
+    try:
+        q = cdr_export.query(args.start, args.end, args.msisdn or "", args.account or "", args.export, args.limit)
+        asyncio.run(cdr_export.write(Settings.from_env(os.environ), q, sys.stdout))
+    except InvalidRequest as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
 def cmd_create_subscriber(args: argparse.Namespace) -> int:
     from charging.v1 import admin_pb2, admin_pb2_grpc
 
@@ -635,6 +651,15 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--channel", default="BANK_TRANSFER")
     sp.add_argument("--reference", required=True)
     sp.set_defaults(fn=cmd_pay)
+
+    sp = sub.add_parser("cdrs", help="usage records of a line or account from the database; --export a period (CSV)")
+    sp.add_argument("--msisdn", help="the line's MSISDN")
+    sp.add_argument("--account", help="the charging account id")
+    sp.add_argument("--from", dest="start", required=True, help="ISO 8601 date or time (UTC unless given), included")
+    sp.add_argument("--to", dest="end", required=True, help="ISO 8601 date or time, excluded")
+    sp.add_argument("--export", action="store_true", help="CSV with a header row (3GPP TS 32.298 field names)")
+    sp.add_argument("--limit", type=int, default=0, help="at most this many records (0: all)")
+    sp.set_defaults(fn=cmd_cdrs)
 
     sp = sub.add_parser(
         "rotate-data-key", help="re-encrypt personal data with the newest data key, then rewrite Redis's AOF"

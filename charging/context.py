@@ -20,6 +20,9 @@ class Context:
     notifier: Notifier | None = None
     # Notify once when a money balance falls below this (0: never).
     low_balance_micros: int = 0
+    # The scripts append a usage record per rated use and money movement (cdrs.py);
+    # off only to measure what that costs (CHARGING_USAGE_RECORDS=false).
+    usage_records: bool = True
 
     def wake_relay(self, account: str) -> None:
         """New notifications wait in the account's outbox: relay them."""

@@ -10,7 +10,8 @@
 -- KEYS[7] a refund's record: the answer of the debit event its token names {a:ID}:e:DEBIT,
 --         or the refund records of a session {a:ID}:rf:s:SESSION (a hash by request
 --         number); for other actions any key of the account (not touched)
--- KEYS[8..10] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[8] record outbox      {a:ID}:cdr   (usage records and refunds waiting for the relay)
+-- KEYS[9..11] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV EventArgs (charging/script_args.py), in this order:
 --   action              D (direct debit), R (refund), C (check balance), P (price enquiry)
@@ -35,6 +36,9 @@
 --   event_id
 --   refund_field        a refund of session usage: the request number, the field of
 --                       KEYS[7]; '' for a refund of an event (KEYS[7] is its answer)
+--   visited_network     MCC+MNC of the serving network ('' unknown), for the usage record
+--   actor               who asked (charging/security/identity.py caller_name), for a refund's audit
+--   records             1: append a debit's or refund's record to KEYS[8]
 --
 -- A postpaid account (with 'bp') records debits and refunds in its bill period
 -- (ledger_lib.lua record_usage) and is watched against its credit limit.
@@ -49,7 +53,8 @@
 -- period is closed).
 --
 -- Reply, one of:
---   {'DONE', body, outbox length after this script's pushes (0: none)}
+--   {'DONE', body, outbox length after this script's pushes (0: none),
+--    record outbox length after this script's pushes (0: none)}
 --        body = "<result code> <balance micros> <available micros> <money charged micros>"
 --               and for a refused refund " <field at fault>" (take_refund)
 --   {'REPLAY', body}   the event id was applied before with the same payload
@@ -79,10 +84,13 @@ local roaming = ARGV[18]
 local destination = ARGV[19]
 local event_id = ARGV[20]
 local refund_field = ARGV[21]
+local visited_network = ARGV[22]
+local actor = ARGV[23]
+local records = ARGV[24] == '1'
 
 local writes = action == 'D' or action == 'R'
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
-  'bp', 'credit_limit', 'cl')
+  'bp', 'credit_limit', 'cl', 'msisdn', 'imsi')
 if writes then
   local stored = stored_answer(KEYS[2], digest)
   if stored then
@@ -99,7 +107,7 @@ if acct[3] ~= plan_id then return {'PLAN', acct[3]} end
 
 local home = {KEYS[3], KEYS[1], KEYS[4]}
 local pool = nil
-if KEYS[8] then pool = {KEYS[8], KEYS[9], KEYS[10]} end
+if KEYS[9] then pool = {KEYS[9], KEYS[10], KEYS[11]} end
 local balance = tonumber(acct[1])
 local reserved = tonumber(acct[2])
 local now_s = floor_div(now_ms, 1000)
@@ -108,6 +116,7 @@ local charged = 0
 local buckets = nil
 local failed = nil
 local record, refunded, lost, debit_answer = nil, nil, nil, nil
+local paid_by = ''
 
 if action == 'D' or action == 'C' then
   local r = parse_rate(rate)
@@ -125,6 +134,7 @@ if action == 'D' or action == 'C' then
     rc = 4012
   elseif action == 'D' then
     local _, taken = consume(usable, from_buckets)
+    paid_by = taken
     balance = balance - charged
     record = refund_entry(rating_group, unit, service, zone, band, roaming, now_s,
       {refund_part(rate, 0, 0, units, need - from_buckets, taken)})
@@ -171,6 +181,18 @@ if writes then
         redis.call('HSET', KEYS[7], refund_field, record)
       end
     end
+    if records then
+      -- A debit as rated; a refund as the debit's service, zone and band with the money
+      -- given back (negative), naming who asked and which debit's record it drew on.
+      local r_service, r_zone, r_band, r_roaming, of = service, zone, band, roaming, ''
+      if refunded then
+        r_service, r_zone, r_band, r_roaming = refunded.service, refunded.zone, refunded.band, refunded.roaming
+        of = string.sub(KEYS[7], #KEYS[1] + 2) .. (refund_field ~= '' and ('#' .. refund_field) or '')
+      end
+      push_record(KEYS[8], {action == 'R' and 'r' or 'd', fmt(now_ms), acct[11] or '', acct[12] or '', plan_id, event_id,
+        rating_group, r_service, destination, r_zone, r_band, visited_network, r_roaming, unit, fmt(units),
+        fmt(charged), paid_by, action == 'R' and actor or '', of})
+    end
     if acct[8] then
       local u = {service = service, zone = zone, band = band, roaming = roaming, destination = destination,
                  units = units, cost = charged, ref = event_id}
@@ -191,4 +213,4 @@ if writes then
   local kept = record and action == 'D' and ('|' .. record) or ''
   redis.call('SET', KEYS[2], digest .. '|' .. body .. kept, 'EX', answer_ttl_s)
 end
-return {'DONE', body, fmt(pushed)}
+return {'DONE', body, fmt(pushed), fmt(recorded)}

@@ -22,6 +22,7 @@ from charging.rating import NO_RATE, UNIT_FIELD, Rate, UnitKind, Units, check_un
 from charging.refunds import RefundRef, event_token, parse_token
 from charging.routing import Target, route
 from charging.script_args import EventArgs
+from charging.security.identity import caller_name
 from charging.subscribers import Identity
 
 Action = Literal["D", "R", "C", "P"]  # direct debit, refund, check balance, price enquiry
@@ -158,6 +159,9 @@ class EventCharging:
                 destination=req.usage.destination,
                 event_id=req.event_id,
                 refund_field=refund_of.field if refund_of is not None else "",
+                visited_network=req.usage.visited_network,
+                actor=caller_name(),
+                records=self.ctx.usage_records,
             )
             return await self.ctx.ledger.event(target.account, args, refund_of)
 

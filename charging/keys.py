@@ -22,9 +22,13 @@ Per account (PREFIX as above):
   PREFIX:t:KEY           string: answer to a top-up or bundle purchase (idempotency)
   PREFIX:bk              hash: bucket id -> packed unit bucket (see ledger_lib.lua)
   PREFIX:out             list: notifications waiting to be relayed to the stream
+  PREFIX:cdr             list: usage records and money movements waiting to be relayed to
+                         PostgreSQL (charging/cdrs.py, charging/cdr_relay.py)
 """
 
 from __future__ import annotations
+
+import re
 
 from charging.documents import current_key
 
@@ -73,6 +77,26 @@ def buckets(account_id: str) -> str:
 
 def outbox(account_id: str) -> str:
     return account_tag(account_id) + ":out"
+
+
+def cdr_outbox(account_id: str) -> str:
+    """list: usage records and money movements (JSON arrays, charging/cdrs.py) waiting for
+    the relay to PostgreSQL. In the account's own slot, like every key a script touches."""
+    return account_tag(account_id) + ":cdr"
+
+
+# SCAN pattern of every CDR outbox (a standalone account's, a pool member's); the match
+# is checked again with CDR_OUTBOX_KEY (a session id may end in ":cdr").
+CDR_OUTBOX_PATTERN = "{a:*:cdr"
+CDR_OUTBOX_KEY = re.compile(r"^\{a:([^}:]+)\}(?::(\d+))?:cdr$")
+
+
+def cdr_outbox_account(key: str) -> str | None:
+    """The account whose CDR outbox ``key`` is, or None for any other key."""
+    m = CDR_OUTBOX_KEY.match(key)
+    if m is None:
+        return None
+    return m.group(1) + ("." + m.group(2) if m.group(2) else "")
 
 
 def event(account_id: str, event_id: str) -> str:

@@ -11,7 +11,7 @@ script's reply into a ``Reply`` right here, and Redis failures into
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal, Protocol
@@ -52,17 +52,19 @@ class Reply:
     outbox: int = 0
     # Session usage not billed (beyond the overrun floor), units by unit kind.
     unbilled: tuple[tuple[int, int], ...] = ()
+    # Records waiting in the account's record outbox after this script's pushes (0: none).
+    records: int = 0
 
 
 def _reply(raw: Sequence[Any]) -> Reply:
     kind = raw[0]
     body = raw[1] if len(raw) > 1 else ""
-    if kind == "DONE" and len(raw) == 6:
+    if kind == "DONE" and len(raw) == 7:
         pairs = (item.split(":") for item in raw[5].split("|") if item)
         unbilled = tuple((int(unit), int(units)) for unit, units in pairs)
-        return Reply(kind, body, int(raw[2]), int(raw[3]), int(raw[4]), unbilled)
-    if kind == "DONE" and len(raw) == 3:
-        return Reply(kind, body, outbox=int(raw[2]))
+        return Reply(kind, body, int(raw[2]), int(raw[3]), int(raw[4]), unbilled, int(raw[6]))
+    if kind == "DONE" and len(raw) == 4:
+        return Reply(kind, body, outbox=int(raw[2]), records=int(raw[3]))
     return Reply(kind, body)
 
 
@@ -111,8 +113,17 @@ DUE_INDEX = LuaScript("due_index.lua")
 
 
 class Ledger:
-    def __init__(self, client: RedisLink) -> None:
+    """``on_records(account)`` is called when a script left records in the account's record
+    outbox (the relay to PostgreSQL learns which accounts have some: ``cdr_relay.py``)."""
+
+    def __init__(self, client: RedisLink, on_records: Callable[[str], None] | None = None) -> None:
         self.client = client
+        self.on_records = on_records
+
+    def _recorded(self, account: str, reply: Reply) -> Reply:
+        if reply.records and self.on_records is not None:
+            self.on_records(account)
+        return reply
 
     async def session(self, account: str, args: SessionArgs, *, hint_deadline_ms: int = 0) -> Reply:
         """Run one session request. With ``hint_deadline_ms`` (INITIAL requests) the
@@ -128,12 +139,14 @@ class Ledger:
             keys.usage(account),
             keys.usage_records(account),
             keys.session_refunds(account, args.session_id),
+            keys.cdr_outbox(account),
             *_pool_keys(account),
         )
         with storage_errors():
             if not hint_deadline_ms:
-                return _reply(await SESSION(self.client, script_keys, args))
-            return _reply(await self._hinted_session(account, script_keys, args.to_argv(), hint_deadline_ms))
+                return self._recorded(account, _reply(await SESSION(self.client, script_keys, args)))
+            raw = await self._hinted_session(account, script_keys, args.to_argv(), hint_deadline_ms)
+            return self._recorded(account, _reply(raw))
 
     async def _hinted_session(
         self, account: str, script_keys: Sequence[str], args: Sequence[Arg], deadline_ms: int
@@ -174,12 +187,14 @@ class Ledger:
             keys.usage(account),
             keys.usage_records(account),
             record,
+            keys.cdr_outbox(account),
             *_pool_keys(account),
         )
-        return await self._run(EVENT, script_keys, args)
+        return self._recorded(account, await self._run(EVENT, script_keys, args))
 
     async def topup(self, account: str, idempotency_key: str, args: TopupArgs) -> Reply:
-        return await self._run(TOPUP, (keys.account(account), keys.topup(account, idempotency_key)), args)
+        script_keys = (keys.account(account), keys.topup(account, idempotency_key), keys.cdr_outbox(account))
+        return self._recorded(account, await self._run(TOPUP, script_keys, args))
 
     async def buy(self, account: str, idempotency_key: str, args: BuyArgs) -> Reply:
         script_keys = (
@@ -189,8 +204,9 @@ class Ledger:
             keys.outbox(account),
             keys.usage(account),
             keys.usage_records(account),
+            keys.cdr_outbox(account),
         )
-        return await self._run(BUY, script_keys, args)
+        return self._recorded(account, await self._run(BUY, script_keys, args))
 
     async def buckets(self, account: str) -> dict[str, str]:
         """The account's buckets in stored form, by id."""

@@ -40,6 +40,19 @@ local function notify(outbox, text)
   pushed = redis.call('RPUSH', outbox, text)
 end
 
+-- Usage records and money movements (charging/cdrs.py reads them): a script that rates a
+-- use or moves money appends one JSON array per record to the account's record outbox
+-- {a:ID}:cdr (push_record), in the same script as the change, so the change and its record happen
+-- together or not at all; charging/cdr_relay.py moves them to PostgreSQL. Every value is
+-- a string: cjson writes numbers with 14 significant digits. The first value is the kind
+-- of record and fixes the layout of the rest (cdrs.py LAYOUTS).
+-- Length of the record outbox after this script's last push (0: nothing pushed).
+local recorded = 0
+
+local function push_record(outbox, fields)
+  recorded = redis.call('RPUSH', outbox, cjson.encode(fields))
+end
+
 -- Add n (>= 0) to a running total on the account that no script computes with (units
 -- expired, units of unbilled overrun). It stops at MAX_EXACT rather than leave the exact
 -- range: a total there means "at least this much"; the notifications carry every amount.

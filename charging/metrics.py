@@ -62,6 +62,20 @@ UNBILLED_OVERRUN = Counter(
 )
 SWEPT_MICROS = Counter("charging_swept_micros_total", "Reserved money returned by the supervision sweeper, micros.")
 REDIS_ERRORS = Counter("charging_redis_errors_total", "Redis could not be reached, by component.", ["component"])
+CDRS_RELAYED = Counter(
+    "charging_cdrs_relayed_total",
+    "Usage records and audit entries moved from Redis to PostgreSQL, by table.",
+    ["table"],
+)
+CDRS_REPEATED = Counter(
+    "charging_cdrs_repeated_total",
+    "Records the relay found in PostgreSQL already (relayed again after a crash before the trim), by table.",
+    ["table"],
+)
+CDR_RELAY_LAG = Gauge(
+    "charging_cdr_relay_lag_seconds", "Age of the oldest record this process knows to be waiting for the relay."
+)
+CDRS_UNREADABLE = Counter("charging_cdrs_unreadable_total", "Record outbox entries skipped as unreadable.")
 NOTIFICATIONS = Counter("charging_notifications_total", "Notifications relayed to the stream, by kind.", ["kind"])
 BUNDLES_SOLD = Counter("charging_bundles_sold_total", "Bundles bought with the money balance, by channel.", ["channel"])
 RENEWALS = Counter("charging_bundle_renewals_total", "Recurring bundle renewals, by outcome.", ["outcome"])

@@ -95,6 +95,10 @@ class SessionArgs:
     # Usage is billed while available money stays at or above -overrun_floor (micros).
     overrun_floor: int
     refund_ttl_s: int
+    # MCC+MNC of the serving network ("" unknown), written into the usage records.
+    visited_network: str
+    # Append a usage record per rating group with usage to the record outbox (cdrs.py).
+    records: bool
     groups: tuple[RatingGroupArgs, ...]
 
     def to_argv(self) -> tuple[Arg, ...]:
@@ -115,6 +119,8 @@ class SessionArgs:
             self.destination,
             self.overrun_floor,
             self.refund_ttl_s,
+            self.visited_network,
+            1 if self.records else 0,
             len(self.groups),
         )
         for g in self.groups:
@@ -149,6 +155,10 @@ class EventArgs:
     # A refund of session usage: the request number whose record it draws on; "" for a
     # refund of an event and for everything else.
     refund_field: str
+    visited_network: str
+    # Who asked (identity.caller_name), named in a refund's audit entry.
+    actor: str
+    records: bool
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -173,6 +183,9 @@ class EventArgs:
             self.destination,
             self.event_id,
             self.refund_field,
+            self.visited_network,
+            self.actor,
+            1 if self.records else 0,
         )
 
 
@@ -185,9 +198,24 @@ class TopupArgs:
     answer_ttl_s: int
     max_balance: int
     low_balance_micros: int
+    now_ms: int
+    # Who asked (identity.caller_name) and on which channel, for the audit entry.
+    actor: str
+    channel: str
+    records: bool
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.digest, self.amount, self.answer_ttl_s, self.max_balance, self.low_balance_micros)
+        return (
+            self.digest,
+            self.amount,
+            self.answer_ttl_s,
+            self.max_balance,
+            self.low_balance_micros,
+            self.now_ms,
+            self.actor,
+            self.channel,
+            1 if self.records else 0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +229,9 @@ class BuyArgs:
     low_balance_micros: int
     bundle_id: str
     currency: str
+    actor: str
+    channel: str
+    records: bool
     # The new buckets in stored form (charging/buckets.py ``pack``), any number.
     buckets: tuple[str, ...]
 
@@ -213,6 +244,9 @@ class BuyArgs:
             self.low_balance_micros,
             self.bundle_id,
             self.currency,
+            self.actor,
+            self.channel,
+            1 if self.records else 0,
             *self.buckets,
         )
 
@@ -281,6 +315,17 @@ class OutboxTrimArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return self.entries
+
+
+@dataclass(frozen=True, slots=True)
+class CdrTrimArgs:
+    """cdr_trim.lua: the head of a record outbox the relay committed."""
+
+    first: str
+    count: int
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.first, self.count)
 
 
 @dataclass(frozen=True, slots=True)

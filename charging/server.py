@@ -37,12 +37,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import migrations, retention, store
+from charging import metrics, migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
 from charging.audit_trail import AuditTrail
 from charging.catalogs import CatalogBook
+from charging.cdr_relay import CdrRelay
+from charging.cdr_store import CdrStore
 from charging.census import record_census
 from charging.changes import ChangeFeed
 from charging.clock import Clock, SystemClock
@@ -126,6 +128,7 @@ class App:
     events: EventCharging | None = None
     catalogs: CatalogBook | None = None
     notifier: Notifier | None = None
+    cdr_relay: CdrRelay | None = None
     _embedded: EmbeddedRedis | None = None
     _server: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
@@ -164,7 +167,10 @@ class App:
         self.leases = Leases(self.redis, s.lease_s)
         await self._start_database()
 
-        ledger = Ledger(self.link)
+        assert self.database is not None
+        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock)
+        metrics.CDR_RELAY_LAG.set_function(self.cdr_relay.lag_s)
+        ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
@@ -172,7 +178,9 @@ class App:
         # Line state changes and top-ups also signal the Diameter doors (RAR/ASR, charging/diameter/signals.py).
         directory = SignallingDirectory(self.redis, s.subscriber_cache_size)
         self.notifier = Notifier(self.redis)
-        ctx = Context(ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros)
+        ctx = Context(
+            ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros, s.usage_records
+        )
         limits = UsageLimits(
             {
                 UnitKind.TIME: s.max_used_time_s,
@@ -325,6 +333,11 @@ class App:
 
         # Per process: each relays the outboxes its own requests woke, and follows the catalog.
         jobs = [job("notifications", self.notifier.relay_woken, 60.0, wake=self.notifier.wakeup, gate=ALWAYS)]
+        # Usage records to PostgreSQL, per process too: woken by this process's requests like
+        # the notifications; records no reply announced (a crashed process, a lost reply)
+        # are found by the relay's scan, on start and every 10 minutes (cdr_relay.py).
+        assert self.cdr_relay is not None
+        jobs.append(job("cdr_relay", self.cdr_relay.relay_waiting, 60.0, wake=self.cdr_relay.wakeup, gate=ALWAYS))
         if not self.run_background:
             return jobs
         redis, base = self.redis, self.acquisition.base

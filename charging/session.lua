@@ -9,7 +9,8 @@
 -- KEYS[6] outbox            {a:ID}:out     (notifications waiting to be relayed)
 -- KEYS[7] usage aggregates  {a:ID}:u       KEYS[8] usage records  {a:ID}:ud  (postpaid)
 -- KEYS[9] refund records    {a:ID}:rf:s:SESSION  (hash: request number -> ledger_lib.lua take_refund)
--- KEYS[10..12] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[10] record outbox     {a:ID}:cdr     (usage records waiting for the relay to PostgreSQL)
+-- KEYS[11..13] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV SessionArgs (charging/script_args.py), in this order:
 --   now_ms              now (ms)
@@ -29,6 +30,8 @@
 --   overrun_floor       micros: usage is billed while the account's available money
 --                       (balance - reserved) stays at or above -overrun_floor
 --   refund_ttl_s        how long the refund records of the session are kept
+--   visited_network     MCC+MNC of the serving network ('' unknown), for the usage records
+--   records             1: append a usage record per rating group with usage to KEYS[10]
 --   groups              the number n of rating groups, then n times RatingGroupArgs:
 -- ARGV RatingGroupArgs, 16 values per rating group:
 --   rating_group
@@ -68,7 +71,7 @@
 --
 -- Reply, one of:
 --   {'DONE', body, reserved_delta, session_delta, outbox length after this script's pushes (0: none),
---    unbilled overrun "<unit>:<units>|..." ('' none)}
+--    unbilled overrun "<unit>:<units>|..." ('' none), record outbox length after this script's pushes (0: none)}
 --                             first execution, body stored as answer
 --   {'REPLAY', body}          same request number and payload seen before
 --   {'CONFLICT'}              same request number, different payload: nothing changed
@@ -94,10 +97,12 @@ local terminating = ARGV[13] == 'T'
 local destination = ARGV[14]
 local overrun_floor = tonumber(ARGV[15])
 local refund_ttl_s = ARGV[16]
+local visited_network = ARGV[17]
+local records = ARGV[18] == '1'
 
 -- Rating group i (1-based) of the request, by the names of RatingGroupArgs.
 local function group(i)
-  local j = 16 * i + 2
+  local j = 16 * i + 4
   return {rating_group = ARGV[j], preset_code = tonumber(ARGV[j + 1]), want = tonumber(ARGV[j + 2]),
           final = ARGV[j + 3] == '1', validity_s = tonumber(ARGV[j + 4]), tariff_change_s = ARGV[j + 5],
           used_before = tonumber(ARGV[j + 6]), rate_before = ARGV[j + 7], used_after = tonumber(ARGV[j + 8]),
@@ -105,10 +110,10 @@ local function group(i)
           zone = ARGV[j + 13], band = ARGV[j + 14], roaming = ARGV[j + 15]}
 end
 local groups = {}
-for i = 1, tonumber(ARGV[17]) do groups[i] = group(i) end
+for i = 1, tonumber(ARGV[19]) do groups[i] = group(i) end
 
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
-  'bp', 'credit_limit', 'cl')
+  'bp', 'credit_limit', 'cl', 'msisdn', 'imsi')
 local stored = stored_answer(KEYS[4], digest)
 if stored then
   -- The caller rebuilds the answer with the plan's rates: make sure it has the plan.
@@ -130,11 +135,12 @@ local reserved_before = reserved
 
 local home = {KEYS[5], KEYS[1], KEYS[6]}
 local pool = nil
-if KEYS[10] then pool = {KEYS[10], KEYS[11], KEYS[12]} end
+if KEYS[11] then pool = {KEYS[11], KEYS[12], KEYS[13]} end
 
 local function finish(body, session_delta, unbilled)
   redis.call('SET', KEYS[4], digest .. '|' .. body, 'EX', answer_ttl_s)
-  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(pushed), unbilled or ''}
+  return {'DONE', body, fmt(reserved - reserved_before), fmt(session_delta), fmt(pushed), unbilled or '',
+          fmt(recorded)}
 end
 
 -- The command-level result code and whether the session ends (charging/sessions.py
@@ -215,6 +221,7 @@ for _, g in ipairs(groups) do
       r_units, r_money, record = 0, 0, ''
     end
     local refund_parts = {}
+    local paid_by = {}
     local stopped = false
     for _, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
       if part[1] > 0 then
@@ -241,6 +248,7 @@ for _, g in ipairs(groups) do
         end
         -- What it took, for refunds: units not billed give nothing back (refunds.give_back).
         refund_parts[#refund_parts + 1] = refund_part(part[2], cum0, k0, part[1], billed, taken)
+        if taken ~= '' then paid_by[#paid_by + 1] = taken end
         if billed < money_units then
           stopped = true
           unbilled[g.unit] = (unbilled[g.unit] or 0) + money_units - billed
@@ -251,6 +259,11 @@ for _, g in ipairs(groups) do
     balance = balance - cost
     record_usage(KEYS[7], KEYS[8], acct[8], now_s, now_ms, {service = g.service, zone = g.zone, band = g.band,
       roaming = g.roaming, destination = destination, units = used, cost = cost, ref = session_id})
+    if used > 0 and records then
+      push_record(KEYS[10], {'s', fmt(now_ms), acct[11] or '', acct[12] or '', plan_id, catalog_version, session_id,
+        fmt(request_number), rg, g.service, destination, g.zone, g.band, visited_network, g.roaming, g.unit, fmt(used),
+        fmt(cost), table.concat(paid_by, '|')})
+    end
     if used > 0 then
       refunds[#refunds + 1] = refund_entry(rg, g.unit, g.service, g.zone, g.band, g.roaming, now_s, refund_parts)
     end

@@ -394,6 +394,8 @@ class SessionCharging:
             destination=req.usage.destination,
             overrun_floor=self._floor(target),
             refund_ttl_s=self.refund_ttl_s,
+            visited_network=req.usage.visited_network,
+            records=self.ctx.usage_records,
             groups=groups,
         )
         hint = now + supervision_ms if req.kind == "I" and plan is not None else 0

@@ -47,6 +47,9 @@ class Settings:
     # Months of usage records and audit entries kept before the current month (0: all).
     usage_retention_months: int = 24
     audit_retention_months: int = 120
+    # A usage record per rated use and money movement, relayed to PostgreSQL
+    # (charging/cdr_relay.py). Off only to measure what they cost (make bench).
+    usage_records: bool = True
     # Supervision time of a session = factor x the longest validity time granted.
     supervision_factor: int = 2
     sweep_interval_s: float = 1.0

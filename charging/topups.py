@@ -12,6 +12,7 @@ from charging.context import Context
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.money import MAX_AMOUNT, MAX_BALANCE
 from charging.script_args import BuyArgs, TopupArgs
+from charging.security.identity import caller_name
 from charging.subscribers import Account, Identity
 
 CHANNELS = ("retail", "bank", "voucher", "app", "ussd", "operator")
@@ -96,6 +97,9 @@ class TopUps:
             low_balance_micros=self.ctx.low_balance_micros,
             bundle_id=bundle.id,
             currency=bundle.currency,
+            actor=caller_name(),
+            channel=req.channel,
+            records=self.ctx.usage_records,
             buckets=tuple(pack(b) for b in buckets_of(bundle, now // 1000)),
         )
         reply = await self.ctx.ledger.buy(account, req.idempotency_key, args)
@@ -128,7 +132,15 @@ class TopUps:
         if account is None:
             raise NotFound("no subscriber has this identity")
         args = TopupArgs(
-            req.digest, req.amount_micros, self.idempotency_ttl_s, MAX_BALANCE, self.ctx.low_balance_micros
+            req.digest,
+            req.amount_micros,
+            self.idempotency_ttl_s,
+            MAX_BALANCE,
+            self.ctx.low_balance_micros,
+            now_ms=self.ctx.clock.now_ms(),
+            actor=caller_name(),
+            channel=req.channel,
+            records=self.ctx.usage_records,
         )
         reply = await self.ctx.ledger.topup(account, req.idempotency_key, args)
         if reply.kind == "UNKNOWN":

@@ -65,6 +65,7 @@ async def check(app: App, service: str = "") -> int:
 JOBS = [
     "bill_run",
     "catalog",
+    "cdr_relay",
     "census",
     "changes",  # the change feed (charging/changes.py): watched like the jobs
     "dunning",

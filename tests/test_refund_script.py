@@ -102,10 +102,11 @@ def refund(r: redis.Redis, account: str, units: int) -> list[str]:
         keys.usage(account),
         keys.usage_records(account),
         keys.event(account, "debit"),
+        keys.cdr_outbox(account),
     )
     args = EventArgs(
         "R", "d", "msisdn", "4911", "t", 7, units, 60, 10**15, NO_RATE, int(UnitKind.TIME), "", "", "", 1000, 0,
-        False, False, "", event_id, "",
+        False, False, "", event_id, "", "", "test", False,
     )  # fmt: skip
     sha = EVENT.sha if r.script_exists(EVENT.sha)[0] else r.script_load(EVENT.source)
     return r.evalsha(sha, len(script_keys), *script_keys, *args.to_argv())  # type: ignore[no-any-return]

@@ -29,6 +29,7 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("charging", "sweep.lua"): (script_args.SweepArgs,),
     ("charging", "due_index.lua"): (script_args.DueHint, script_args.DueTake, script_args.DueSettle),
     ("charging", "outbox_trim.lua"): (script_args.OutboxTrimArgs,),
+    ("charging", "cdr_trim.lua"): (script_args.CdrTrimArgs,),
     ("charging", "plan_index.lua"): (
         script_args.PlanJoin,
         script_args.PlanLeave,

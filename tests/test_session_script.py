@@ -50,7 +50,7 @@ def update(
         r.hset(keys.account(account), "bucket_seq", len(buckets))
     return r.evalsha(  # type: ignore[no-any-return]
         SESSION.sha if r.script_exists(SESSION.sha)[0] else r.script_load(SESSION.source),
-        9,
+        10,
         keys.account(account),
         keys.sessions(account),
         keys.session(account, sid),
@@ -60,8 +60,9 @@ def update(
         keys.usage(account),
         keys.usage_records(account),
         keys.session_refunds(account, sid),
+        keys.cdr_outbox(account),
         *SessionArgs(
-            1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", 10**15, 60, (group,)
+            1000, "U", sid, 1, "d", "msisdn", "4911", "t", 60, 1000, "c1", 0, False, "", 10**15, 60, "", False, (group,)
         ).to_argv(),
     )
 

@@ -1,0 +1,199 @@
+"""Usage records (CDRs) and money movements: from the scripts' record outbox to table rows.
+
+The ledger scripts append one JSON array per rated use or money movement to the
+account's record outbox ``{a:ID}:cdr`` (``ledger_lib.lua`` ``push_record``), in the script
+that makes the change: the change and its record happen together or not at all, in one
+round trip. ``cdr_relay.py`` moves them into ``usage_records`` and ``audit``. This module
+is the pure part: the layouts, the rows they become and their ids.
+
+Every value in an entry is a string; the first names the layout of the rest:
+
+  ``s`` usage a session request reported, per rating group: time (ms), msisdn, imsi, plan,
+        catalog version, session id, request number, rating group, service, called party,
+        zone, band, visited network, roaming ('R' or ''), unit, units, cost (micros),
+        paid by ("<bucket id>:<units>|...", pool buckets marked '^')
+  ``d`` an event debit, ``r`` a refund: time, msisdn, imsi, plan, event id, rating group,
+        service, called party, zone, band, visited network, roaming, unit, units, money
+        (micros; a refund's is negative), paid by, actor (refunds), the record the refund
+        drew on ("e:<debit event>" or "rf:s:<session>#<request number>")
+  ``t`` a top-up: time, actor, channel, idempotency key, amount, balance after
+  ``b`` a bundle sale: time, msisdn, imsi, plan, actor, channel, idempotency key, bundle id,
+        price, balance after, bucket ids ('|'-separated)
+
+A record's id is derived from what made its change unique in Redis (the account with the
+session, request number and rating group; the event id; the idempotency key), so a record
+relayed twice is the same row twice, and the tables' primary keys
+(``record_id``/``entry_id`` with ``occurred_at``, which comes from the record too) keep one.
+A refund and a bundle sale are both a usage row (the customer's itemised charges) and an
+audit entry naming the actor; a top-up is an audit entry only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from charging.rating import UnitKind
+
+
+class BadRecord(ValueError):
+    """An outbox entry that is not one of the layouts (never written by a script of this
+    version): the relay logs and skips it rather than stop every later record."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    record_id: str
+    occurred_at: datetime
+    account: str
+    msisdn: str
+    imsi: str
+    plan_id: str
+    catalog_version: int | None
+    session_id: str
+    request_number: int | None
+    event_id: str
+    rating_group: int | None
+    service: str
+    called_party: str
+    zone: str
+    band: str
+    visited_network: str
+    roaming: bool
+    unit: str
+    units: int
+    cost_micros: int
+    money_micros: int
+    bucket_units: dict[str, int]  # units paid from buckets, by bucket id (a jsonb column)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    entry_id: str
+    occurred_at: datetime
+    actor: str
+    action: str
+    subject: str
+    reason: str
+    details: dict[str, object]  # a jsonb column
+
+
+USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
+AUDIT_COLUMNS = tuple(AuditRow.__dataclass_fields__)
+LAYOUTS = {"s": 19, "d": 19, "r": 19, "t": 7, "b": 12}
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UNIT_NAMES = {str(int(u)): u.name.lower() for u in UnitKind}
+
+
+def at(ms: str) -> datetime:
+    """A time in ms as an exact UTC datetime (no float on the way)."""
+    return EPOCH + timedelta(milliseconds=int(ms))
+
+
+def unit_name(code: str) -> str:
+    return UNIT_NAMES.get(code, code)
+
+
+def paid_by(items: str) -> dict[str, int]:
+    """ "id:n|id:n" (an id may hold ':': split at the last) as {"id": n}, summed."""
+    units: dict[str, int] = {}
+    for item in items.split("|") if items else ():
+        bucket, _, n = item.rpartition(":")
+        units[bucket] = units.get(bucket, 0) + int(n)
+    return units
+
+
+def optional_int(text: str) -> int | None:
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def subject(account: str) -> str:
+    """An audit entry's subject for a charging account."""
+    return "account:" + account
+
+
+def rows(account: str, entry: str) -> tuple[UsageRow | None, AuditRow | None]:
+    """The usage row and audit entry one outbox entry of ``account`` stands for."""
+    try:
+        v = json.loads(entry)
+    except ValueError:
+        raise BadRecord("not JSON") from None
+    if not isinstance(v, list) or not v or LAYOUTS.get(v[0]) != len(v) or set(map(type, v)) != {str}:
+        raise BadRecord("unknown layout")
+    try:
+        return _rows(account, v)
+    except (ValueError, TypeError, AttributeError) as exc:  # a value that is not a string of its kind
+        raise BadRecord(str(exc)) from None
+
+
+def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]:
+    kind, when = v[0], at(v[1])
+    if kind == "s":
+        _k, _t, msisdn, imsi, plan, cv, session, n, rg, service, called, zone, band, visited, roaming = v[:15]
+        unit, units, cost, taken = v[15:]
+        rid = f"{account}:s:{session}:{n}:{rg}"
+        usage = UsageRow(
+            rid, when, account, msisdn, imsi, plan, optional_int(cv), session, int(n), "", int(rg), service, called,
+            zone, band, visited, roaming == "R", unit_name(unit), int(units), int(cost), int(cost), paid_by(taken),
+        )  # fmt: skip
+        return usage, None
+    if kind in ("d", "r"):
+        _k, _t, msisdn, imsi, plan, event, rg, service, called, zone, band, visited, roaming = v[:13]
+        unit, units, money, taken, actor, refund_of = v[13:]
+        rid = f"{account}:e:{event}"
+        usage = UsageRow(
+            rid, when, account, msisdn, imsi, plan, None, "", None, event, int(rg), service, called, zone, band,
+            visited, roaming == "R", unit_name(unit), int(units), int(money), int(money), paid_by(taken),
+        )  # fmt: skip
+        if kind == "d":
+            return usage, None
+        details = {"event_id": event, "refund_of": refund_of, "rating_group": int(rg), "unit": unit_name(unit)}
+        details |= {"units": int(units), "money_micros": -int(money)}
+        return usage, AuditRow(rid, when, actor, "refund", subject(account), "", details)
+    if kind == "t":
+        _k, _t, actor, channel, key, amount, balance = v
+        details = {"channel": channel, "idempotency_key": key, "amount_micros": int(amount)}
+        details["balance_micros"] = int(balance)
+        return None, AuditRow(f"{account}:t:{key}", when, actor, "topup", subject(account), "", details)
+    _k, _t, msisdn, imsi, plan, actor, channel, key, bundle, price, balance, ids = v
+    rid = f"{account}:b:{key}"
+    details = {"channel": channel, "idempotency_key": key, "bundle_id": bundle, "price_micros": int(price)}
+    details |= {"balance_micros": int(balance), "bucket_ids": [] if ids == "-" else ids.split("|")}
+    audit = AuditRow(rid, when, actor, "bundle_sale", subject(account), "", details)
+    if int(price) == 0:
+        return None, audit  # given with the plan, not sold: nothing the customer paid
+    usage = UsageRow(
+        rid, when, account, msisdn, imsi, plan, None, "", None, "", None, "bundle", "", bundle, "", "", False,
+        "bundle", 1, int(price), int(price), {},
+    )  # fmt: skip
+    return usage, audit
+
+
+# The CSV export's columns: the 3GPP name (TS 32.298 charging data records, TS 32.299
+# AVPs) where one exists for the value, else a plain name.
+EXPORT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("recordId", "record_id"),
+    ("recordOpeningTime", "occurred_at"),
+    ("servedMSISDN", "msisdn"),
+    ("servedIMSI", "imsi"),
+    ("subscriberAccount", "account"),
+    ("tariffPlan", "plan_id"),
+    ("chargingSessionId", "session_id"),
+    ("cCRequestNumber", "request_number"),
+    ("eventId", "event_id"),
+    ("ratingGroup", "rating_group"),
+    ("serviceIdentifier", "service"),
+    ("calledPartyAddress", "called_party"),
+    ("zone", "zone"),
+    ("timeBand", "band"),
+    ("servingPLMNIdentifier", "visited_network"),
+    ("roaming", "roaming"),
+    ("unit", "unit"),
+    ("usedUnits", "units"),
+    ("chargedAmountMicros", "cost_micros"),
+    ("moneyMicros", "money_micros"),
+    ("bucketUnits", "bucket_units"),
+)
