@@ -18,7 +18,12 @@ import shutil
 import socket
 import sys
 import tempfile
+import uuid
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from chaos.run import FAULTS, NETWORK_FAULTS, Config, Report, run
 from charging.embedded_postgres import EmbeddedPostgres
@@ -31,9 +36,19 @@ def free_port() -> int:
         return port
 
 
-async def one(config: Config, database_url: str, keep: Path) -> Report:
+async def fresh_database(server_url: str) -> str:
+    """A new, empty database on the server of ``server_url`` (the server migrates it): the
+    checks read every record of the database as this run's."""
+    name = f"chaos_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(server_url, dbname=name)
+
+
+async def one(config: Config, server_url: str, keep: Path) -> Report:
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     try:
+        database_url = await fresh_database(server_url)
         report = await run(config, workdir, database_url, free_port(), free_port())
         if not report.ok:
             shutil.copy(workdir / "server.log", keep / f"server-{config.seed}-{config.duration_s:g}.log")
@@ -93,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(every),
         help=f"comma-separated, of {', '.join(every)} (network faults put Redis behind a proxy)",
     )
-    p.add_argument("--database-url", default="", help="a migrated or empty PostgreSQL database; else embedded")
+    p.add_argument(
+        "--database-url", default="", help="a PostgreSQL where each run creates a database of its own; else embedded"
+    )
     p.add_argument("--shrink", type=int, default=3, help="shorter runs tried when a check fails")
     p.add_argument("--out", default="var/chaos", help="where histories and failing server logs go")
     args = p.parse_args(argv)

@@ -124,3 +124,13 @@ def applied(op: Operation) -> bool:
 
 def aof_dir(external: ExternalRedis) -> Path:
     return external.directory / "appendonlydir"
+
+
+def records_of_lost(history: History, alive: set[str], usage_ids: set[str], audit_ids: set[str]) -> int:
+    """Records already in PostgreSQL of acknowledged changes the cut took from Redis: the
+    relay had moved them before the machine died (the honest exception of the outbox
+    under everysec: the database may know of a change Redis lost)."""
+    lost = [op for op in history.operations if applied(op) and op.identity not in alive and op.kind != "session"]
+    known = usage_ids | audit_ids
+    ids = {f"{op.account}:{'e' if op.kind in ('debit', 'refund') else op.kind[0]}:{op.identity}" for op in lost}
+    return len(ids & known)

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from chaos import checks, machine_death
+from chaos import checks, machine_death, records
 from chaos.history import Fault, History, Operation
 from chaos.proxy import Proxy
 from chaos.system import ExternalRedis, System
@@ -53,6 +53,7 @@ class Report:
     checks_run: list[str] = field(default_factory=list)
     server_starts: int = 0
     lost_after_cut: int | None = None  # acknowledged requests a machine death took
+    recorded_but_lost: int | None = None  # of those, already relayed to PostgreSQL
 
     @property
     def ok(self) -> bool:
@@ -69,7 +70,8 @@ class Report:
         lines.append(f"  server starts {self.server_starts}")
         if self.lost_after_cut is not None:
             lines.append(
-                f"  machine death: {self.lost_after_cut} acknowledged request(s) after the cut lost (everysec)"
+                f"  machine death: {self.lost_after_cut} acknowledged request(s) after the cut lost (everysec), "
+                f"{self.recorded_but_lost} of them already in PostgreSQL's records"
             )
         for check in self.checks_run:
             failed = [v for v in self.violations if v.check == check]
@@ -253,8 +255,22 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
                     op.replays.append(repeat.answer)
         after = await settle(stubs, subscribers, timeout_s=30)
 
+        # The system of record: every record relayed, then read.
+        client = system.redis_client()
+        try:
+            relayed = await records.drained(client, list(initial))
+        finally:
+            client.close()
+        book = await asyncio.to_thread(records.read, system.database_url)
+
     report = Report(config, history, server_starts=system.starts)
+
     report.checks_run = ["conservation", "answered_once", "nothing_lost", "released", "buckets", "resolved"]
+    report.checks_run += ["records_explain_balances", "records_match"]
+    if not relayed:
+        report.violations.append(checks.Violation("records_match", "-", "the relay did not empty the record outboxes"))
+    report.violations += records.explain_balances(history, initial, after, book)
+    report.violations += records.every_movement_recorded(history, book)
     report.violations += checks.conservation(history, initial, after, bundle_prices(doc))
     report.violations += checks.answered_once(history)
     report.violations += checks.nothing_lost(before, after)
@@ -292,4 +308,6 @@ async def machine_death_phase(
     report.checks_run.append("machine_death")
     report.violations += machine_death.check_prefix(history, cut, alive, initial, final, bundle_prices(doc))
     report.lost_after_cut = machine_death.lost_after_cut(history, cut, alive)
+    book = await asyncio.to_thread(records.read, system.database_url)
+    report.recorded_but_lost = machine_death.records_of_lost(history, alive, set(book.usage), book.audit)
     report.server_starts = system.starts

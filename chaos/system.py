@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
@@ -165,6 +166,20 @@ class System:
         finally:
             os.kill(self.proc.pid, signal.SIGCONT)
         return f"{seconds:.2f} s"
+
+    def redis_client(self) -> redis.Redis:
+        """A client of the server's Redis: the external one, or the embedded one through its
+        socket and generated password (as ``charging worker`` finds it)."""
+        if self.redis is not None:
+            return redis.Redis(port=self.redis.port, decode_responses=True)
+        directory = self.workdir / "redis"
+        password = (directory / "redis.password").read_text().strip()
+        return redis.Redis(
+            unix_socket_path=str(directory / "redis.sock"),
+            username="charging",
+            password=password,
+            decode_responses=True,
+        )
 
     def redis_pid(self) -> int | None:
         """The embedded redis-server: the server's child whose command is redis-server."""

@@ -1,0 +1,114 @@
+"""What the system of record holds after a run: the usage records and audit entries the
+charging scripts wrote with each change (``charging/cdrs.py``), once the relay has moved
+them all into PostgreSQL.
+
+Two claims, checked against the final balances and the history:
+
+* **The records explain every balance, exactly**, sessions included: final balance =
+  initial + top-ups - the money of every usage record of the account (session usage,
+  debits, bundle sales; a refund's is negative).
+* **Every acknowledged money movement has its record, with its amount, and no record
+  stands for a request that was never made**: a debit or refund its usage row
+  (``<account>:e:<event id>``, the money its answer stated), a top-up and a bundle sale
+  their audit entries (``<account>:t:<key>``, ``<account>:b:<key>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import psycopg
+import redis
+
+from chaos import checks
+from chaos.history import History, Operation
+from charging import keys
+
+
+@dataclass(frozen=True)
+class Records:
+    money: dict[str, int]  # account -> sum of money_micros of its usage rows
+    usage: dict[str, int]  # record id -> money_micros
+    audit: set[str]  # audit entry ids
+
+
+async def drained(client: redis.Redis, accounts: list[str], timeout_s: float = 60.0) -> bool:
+    """Wait until no record outbox of ``accounts`` holds anything (the relay moved it all)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lengths = [int(client.llen(keys.cdr_outbox(a))) for a in accounts]
+        if not any(lengths):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def read(database_url: str) -> Records:
+    with psycopg.connect(database_url) as conn:
+        usage = {str(r): int(m) for r, m in conn.execute("SELECT record_id, money_micros FROM usage_records")}
+        money: dict[str, int] = {}
+        for account, total in conn.execute("SELECT account, sum(money_micros) FROM usage_records GROUP BY account"):
+            money[str(account)] = int(total)
+        audit = {str(e) for (e,) in conn.execute("SELECT entry_id FROM audit")}
+    return Records(money, usage, audit)
+
+
+def _applied(op: Operation) -> bool:
+    return op.outcome == "ok" and op.answer is not None and op.answer.code in (2001, 1)
+
+
+def explain_balances(
+    history: History, initial: dict[str, int], final: dict[str, checks.AccountState], records: Records
+) -> list[checks.Violation]:
+    found: list[checks.Violation] = []
+    topups: dict[str, int] = {}
+    seen: set[str] = set()
+    for op in history.operations:
+        if op.kind == "topup" and _applied(op) and op.identity not in seen:
+            seen.add(op.identity)
+            topups[op.account] = topups.get(op.account, 0) + int(op.request["amount_micros"])
+    for account, start in initial.items():
+        expected = start + topups.get(account, 0) - records.money.get(account, 0)
+        if final[account].balance_micros != expected:
+            found.append(
+                checks.Violation(
+                    "records_explain_balances",
+                    account,
+                    f"balance {final[account].balance_micros} != initial {start} + top-ups "
+                    f"{topups.get(account, 0)} - money of its usage records {records.money.get(account, 0)}",
+                )
+            )
+    return found
+
+
+def every_movement_recorded(history: History, records: Records) -> list[checks.Violation]:
+    found: list[checks.Violation] = []
+    made: set[str] = set()
+    for op in history.operations:
+        if op.kind == "session":
+            continue
+        key = f"{op.account}:{'e' if op.kind in ('debit', 'refund') else op.kind[0]}:{op.identity}"
+        made.add(key)
+        if not _applied(op):
+            continue
+        assert op.answer is not None
+        if op.kind in ("debit", "refund"):
+            money = op.answer.cost_micros if op.kind == "debit" else -op.answer.cost_micros
+            if records.usage.get(key) != money:
+                found.append(
+                    checks.Violation(
+                        "records_match",
+                        op.account,
+                        f"{key}: usage record {records.usage.get(key)} != {money}",
+                        (op.seq,),
+                    )
+                )
+        elif key not in records.audit:
+            found.append(checks.Violation("records_match", op.account, f"{key}: no audit entry", (op.seq,)))
+    for record_id in records.usage:
+        account, _, rest = record_id.partition(":")
+        if rest.startswith(("e:", "b:")) and record_id not in made:
+            found.append(checks.Violation("records_match", account, f"{record_id}: a record of no request"))
+    return found
