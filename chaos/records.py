@@ -32,6 +32,7 @@ class Records:
     money: dict[str, int]  # account -> sum of money_micros of its usage rows
     usage: dict[str, int]  # record id -> money_micros
     audit: set[str]  # audit entry ids
+    bucket_units: dict[str, int]  # account -> units taken from its buckets, less units refunded to them
 
 
 async def drained(client: redis.Redis, accounts: list[str], timeout_s: float = 60.0) -> bool:
@@ -52,7 +53,44 @@ def read(database_url: str) -> Records:
         for account, total in conn.execute("SELECT account, sum(money_micros) FROM usage_records GROUP BY account"):
             money[str(account)] = int(total)
         audit = {str(e) for (e,) in conn.execute("SELECT entry_id FROM audit")}
-    return Records(money, usage, audit)
+        taken: dict[str, int] = {}
+        query = (
+            "SELECT u.account, u.bucket_units, EXISTS (SELECT 1 FROM audit a WHERE a.entry_id = u.record_id "
+            "AND a.action = 'refund') FROM usage_records u WHERE u.bucket_units <> '{}'::jsonb"
+        )
+        for account, units, refund in conn.execute(query):
+            n = sum(int(v) for v in dict(units).values())
+            taken[str(account)] = taken.get(str(account), 0) + (-n if refund else n)
+    return Records(money, usage, audit, taken)
+
+
+def buckets_conserved(
+    history: History,
+    final: dict[str, checks.AccountState],
+    records: Records,
+    bundle_units: dict[str, int],
+) -> list[checks.Violation]:
+    """Units bought = units used (less those refunded) + units remaining, per account (no
+    bucket expires within a run: the bundles last 30 days)."""
+    bought: dict[str, int] = {}
+    seen: set[str] = set()
+    for op in history.operations:
+        if op.kind == "buy" and _applied(op) and op.identity not in seen:
+            seen.add(op.identity)
+            bought[op.account] = bought.get(op.account, 0) + bundle_units[str(op.request["bundle_id"])]
+    found: list[checks.Violation] = []
+    for account, state in final.items():
+        remaining = sum(b.amount for b in state.buckets)
+        used = records.bucket_units.get(account, 0)
+        if bought.get(account, 0) != used + remaining:
+            found.append(
+                checks.Violation(
+                    "bucket_units",
+                    account,
+                    f"bought {bought.get(account, 0)} units != used {used} + remaining {remaining}",
+                )
+            )
+    return found
 
 
 def _applied(op: Operation) -> bool:

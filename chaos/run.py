@@ -97,6 +97,10 @@ def bundle_prices(doc: dict[str, Any]) -> dict[str, int]:
     return {b["id"]: int(b["price_micros"]) for b in doc["bundles"] if b["id"] in BUNDLES}
 
 
+def bundle_units(doc: dict[str, Any]) -> dict[str, int]:
+    return {b["id"]: sum(int(x["amount"]) for x in b["buckets"]) for b in doc["bundles"] if b["id"] in BUNDLES}
+
+
 async def balance(stubs: Stubs, sub: Subscriber, timeout_s: float = 60.0) -> topup_pb2.Balance:
     """The balance, asked again while the server answers UNAVAILABLE (Redis restarting)."""
     deadline = time.monotonic() + timeout_s
@@ -266,11 +270,12 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
     report = Report(config, history, server_starts=system.starts)
 
     report.checks_run = ["conservation", "answered_once", "nothing_lost", "released", "buckets", "resolved"]
-    report.checks_run += ["records_explain_balances", "records_match"]
+    report.checks_run += ["records_explain_balances", "records_match", "bucket_units"]
     if not relayed:
         report.violations.append(checks.Violation("records_match", "-", "the relay did not empty the record outboxes"))
     report.violations += records.explain_balances(history, initial, after, book)
     report.violations += records.every_movement_recorded(history, book)
+    report.violations += records.buckets_conserved(history, after, book, bundle_units(doc))
     report.violations += checks.conservation(history, initial, after, bundle_prices(doc))
     report.violations += checks.answered_once(history)
     report.violations += checks.nothing_lost(before, after)

@@ -155,7 +155,8 @@ elseif action == 'R' then
     rc, failed = 5004, 'refund_information'
   else
     buckets = load_buckets(home, pool, acct[7])
-    local money, out, entry, gone = take_refund(stored_record, rating_group, unit, units, buckets, now_s, home, pool)
+    local money, out, entry, gone, returned = take_refund(stored_record, rating_group, unit, units, buckets, now_s,
+      home, pool)
     if not money then
       rc, failed, buckets = 5004, out, nil
     else
@@ -163,6 +164,7 @@ elseif action == 'R' then
       balance = balance + money
       charged = -money
       record, refunded, lost = out, entry, gone
+      paid_by = returned  -- a refund's record names the units it gave back to each bucket
     end
   end
 end

@@ -417,7 +417,7 @@ local function take_refund(record, rg, unit, units, all, now_s, home, pool)
   local left = 0
   for _, p in ipairs(e.parts) do left = left + p.left end
   if units > left then return nil, 'requested' end
-  local money, rest, lost = 0, units, {}
+  local money, rest, lost, returned = 0, units, {}, {}
   for i = #e.parts, 1, -1 do
     local p = e.parts[i]
     local t = math.min(rest, p.left)
@@ -442,6 +442,7 @@ local function take_refund(record, rg, unit, units, all, now_s, home, pool)
         if b and now_s < b.expiry then
           b.amount = b.amount + n
           b.dirty = true
+          if n > 0 then returned[#returned + 1] = item.id .. ':' .. fmt(n) end
         else
           local owner = (string.sub(item.id, 1, 1) == '^' and pool) and pool[2] or home[2]
           lost[#lost + 1] = {owner, n}
@@ -452,7 +453,8 @@ local function take_refund(record, rg, unit, units, all, now_s, home, pool)
     end
   end
   entries[at] = pack_refund_entry(e)
-  return money, table.concat(entries, ' '), e, lost
+  -- returned: the units given back to live buckets, "id:n|..." (the refund's usage record)
+  return money, table.concat(entries, ' '), e, lost, table.concat(returned, '|')
 end
 
 local function count_expired(lost, unit)
