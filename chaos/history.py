@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["ok", "refused", "unknown"]
-Kind = Literal["topup", "debit", "refund", "buy", "session"]
+Kind = Literal["topup", "debit", "refund", "buy", "session", "status"]
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,8 @@ def lost_after_cut(history: History, cut: Cut, alive: set[str]) -> int:
 
 def applied(op: Operation) -> bool:
     """Acknowledged as done (a refusal such as 4012 may leave no record: nothing changed)."""
+    if op.kind == "status":
+        return False  # an absolute setting, with no stored answer to look for
     return op.outcome == "ok" and op.answer is not None and op.answer.code in (2001, 1)
 
 

@@ -247,11 +247,18 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
                 op.resolved = True
                 await until_answered(stubs, op, deadline)
 
+        # Every line active again (a line order whose outcome was unknown may have barred
+        # one after its "active" was answered).
+        for sub in subscribers:
+            restore = Operation(
+                -1, -1, "status", sub.account, f"restore-{sub.account}", {"msisdn": sub.msisdn, "status": "active"}, 0.0
+            )
+            await until_answered(stubs, restore, deadline)
         before = await settle(stubs, subscribers, timeout_s=30)
         # Repeat every acknowledged request once: each must answer as it did, changing nothing.
         seen: set[str] = set()
         for op in list(history.operations):
-            if op.outcome == "ok" and op.identity not in seen:
+            if op.outcome == "ok" and op.identity not in seen and op.kind != "status":
                 seen.add(op.identity)
                 repeat = Operation(op.seq, op.client, op.kind, op.account, op.identity, op.request, op.at_s)
                 await until_answered(stubs, repeat, deadline)

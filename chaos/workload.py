@@ -21,7 +21,15 @@ from typing import Any
 import grpc
 
 from chaos.history import Answer, History, Kind, Operation
-from charging.v1 import charging_pb2, charging_pb2_grpc, common_pb2, topup_pb2, topup_pb2_grpc
+from charging.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    charging_pb2,
+    charging_pb2_grpc,
+    common_pb2,
+    topup_pb2,
+    topup_pb2_grpc,
+)
 
 # gRPC codes that say the request was not applied; any other failure may have been.
 REFUSED = frozenset(
@@ -50,6 +58,17 @@ class Stubs:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.charging = charging_pb2_grpc.ChargingStub(channel)
         self.topup = topup_pb2_grpc.TopUpStub(channel)
+        self.admin = admin_pb2_grpc.AdminStub(channel)
+
+
+# Line orders racing the traffic: a line barred, suspended or barred for outgoing use for
+# a moment, then active again (the charging side of a CRM line order).
+STATUSES = {
+    "barred": admin_pb2.SUBSCRIBER_STATUS_BARRED,
+    "suspended": admin_pb2.SUBSCRIBER_STATUS_SUSPENDED,
+    "barred_outgoing": admin_pb2.SUBSCRIBER_STATUS_BARRED_OUTGOING,
+    "active": admin_pb2.SUBSCRIBER_STATUS_ACTIVE,
+}
 
 
 def who(msisdn: str) -> common_pb2.SubscriberId:
@@ -58,6 +77,8 @@ def who(msisdn: str) -> common_pb2.SubscriberId:
 
 def build(kind: Kind, request: dict[str, Any]) -> Any:
     """The protobuf request of an operation (from the plain description kept in history)."""
+    if kind == "status":
+        return admin_pb2.SetStatusRequest(subscriber=who(request["msisdn"]), status=STATUSES[request["status"]])
     if kind == "topup":
         return topup_pb2.RechargeRequest(
             subscriber=who(request["msisdn"]),
@@ -107,6 +128,9 @@ def session_message(request: dict[str, Any]) -> charging_pb2.SessionRequest:
 async def send(stubs: Stubs, kind: Kind, request: dict[str, Any], timeout_s: float = CALL_TIMEOUT_S) -> Answer:
     """Send once; raises AioRpcError on failure."""
     message = build(kind, request)
+    if kind == "status":
+        await stubs.admin.SetSubscriberStatus(message, timeout=timeout_s)
+        return Answer(2001)
     if kind == "topup":
         t = await stubs.topup.Recharge(message, timeout=timeout_s)
         return Answer(2001, balance_micros=t.balance.balance_micros)
@@ -181,6 +205,9 @@ class Client:
                 await asyncio.sleep(self.rnd.uniform(0.05, 0.3))
             sub = self.rnd.choice(self.subscribers)
             step = self.issued
+            if self.rnd.random() < 0.02:
+                await self.line_order(sub, step)
+                continue
             if sub.sessions:
                 if self.rnd.random() < 0.2:
                     await self.topup(sub, step)
@@ -201,6 +228,14 @@ class Client:
                 key = f"c{self.number}-b{step}"
                 op = self._op("buy", sub, key, {"bundle_id": self.rnd.choice(BUNDLES), "key": key})
                 self.sent.append(await attempt(self.stubs, op))
+
+    async def line_order(self, sub: Subscriber, step: int) -> None:
+        """Bar, suspend or bar outgoing use, for a moment, then make the line active again."""
+        for n, status in enumerate((self.rnd.choice(["barred", "suspended", "barred_outgoing"]), "active")):
+            identity = f"c{self.number}-st{step}-{n}"
+            await attempt(self.stubs, self._op("status", sub, identity, {"status": status}))
+            if n == 0:
+                await asyncio.sleep(self.rnd.uniform(0.05, 0.5))
 
     async def topup(self, sub: Subscriber, step: int) -> None:
         key = f"c{self.number}-t{step}"

@@ -113,7 +113,7 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     assert len({f.kind for f in report.history.faults}) >= 3, report.history.faults
     assert report.server_starts >= 1
     kinds = {o.kind for o in report.history.operations}
-    assert kinds == {"topup", "debit", "refund", "buy", "session"}
+    assert kinds == {"topup", "debit", "refund", "buy", "session", "status"}
     assert set(report.checks_run) >= {"conservation", "answered_once", "nothing_lost", "released", "buckets"}
     assert {"records_explain_balances", "records_match", "bucket_units"} <= set(report.checks_run)
     assert "machine_death" in report.checks_run and report.lost_after_cut is not None
