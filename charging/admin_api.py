@@ -92,9 +92,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         status = STATUS_NAMES.get(request.status)
         if status is None:
             raise InvalidRequest("status", "must be ACTIVE, BARRED_OUTGOING, SUSPENDED or BARRED")
-        account = await self.directory.set_status(identity_or_invalid(request.subscriber), status)
-        await self._audit("status_change", account.account_id, {"status": status})
-        return subscriber_pb(account)
+        # Audited with the change (Directory.set_status), through the record outbox.
+        return subscriber_pb(await self.directory.set_status(identity_or_invalid(request.subscriber), status))
 
     @rpc("LoadCatalog")
     async def LoadCatalog(

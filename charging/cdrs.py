@@ -20,6 +20,8 @@ Every value in an entry is a string; the first names the layout of the rest:
   ``t`` a top-up: time, actor, channel, idempotency key, amount, balance after
   ``b`` a bundle sale: time, msisdn, imsi, plan, actor, channel, idempotency key, bundle id,
         price, balance after, bucket ids ('|'-separated)
+  ``x`` another audited change of the account (a line's status, ``Directory.set_status``):
+        time, actor, action, a unique reference, details (a JSON object)
 
 A record's id is derived from what made its change unique in Redis (the account with the
 session, request number and rating group; the event id; the idempotency key), so a record
@@ -82,7 +84,7 @@ class AuditRow:
 
 USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
 AUDIT_COLUMNS = tuple(AuditRow.__dataclass_fields__)
-LAYOUTS = {"s": 19, "d": 19, "r": 19, "t": 7, "b": 12}
+LAYOUTS = {"s": 19, "d": 19, "r": 19, "t": 7, "b": 12, "x": 6}
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -105,6 +107,12 @@ def paid_by(items: str) -> dict[str, int]:
         bucket, _, n = item.rpartition(":")
         units[bucket] = units.get(bucket, 0) + int(n)
     return units
+
+
+def change_entry(at_ms: int, actor: str, action: str, ref: str, details: dict[str, str]) -> str:
+    """An outbox entry for a change made outside the charging scripts (a line's status),
+    pushed in the same transaction as the change: it becomes an audit entry only."""
+    return json.dumps(["x", str(at_ms), actor, action, ref, json.dumps(details, sort_keys=True)])
 
 
 def optional_int(text: str) -> int | None:
@@ -154,6 +162,10 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         details = {"event_id": event, "refund_of": refund_of, "rating_group": int(rg), "unit": unit_name(unit)}
         details |= {"units": int(units), "money_micros": -int(money)}
         return usage, AuditRow(rid, when, actor, "refund", subject(account), "", details)
+    if kind == "x":
+        _k, _t, actor, action, ref, text = v
+        changed = dict(json.loads(text))
+        return None, AuditRow(f"{account}:x:{ref}", when, actor, action, subject(account), "", changed)
     if kind == "t":
         _k, _t, actor, channel, key, amount, balance = v
         details = {"channel": channel, "idempotency_key": key, "amount_micros": int(amount)}

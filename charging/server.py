@@ -174,9 +174,10 @@ class App:
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
-        directory = Directory(self.redis, s.subscriber_cache_size)
         # Line state changes and top-ups also signal the Diameter doors (RAR/ASR, charging/diameter/signals.py).
-        directory = SignallingDirectory(self.redis, s.subscriber_cache_size)
+        directory = SignallingDirectory(
+            self.redis, s.subscriber_cache_size, clock=self.clock, on_records=self.cdr_relay.wake
+        )
         self.notifier = Notifier(self.redis)
         ctx = Context(
             ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros, s.usage_records

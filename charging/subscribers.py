@@ -11,6 +11,8 @@ plan the request was rated with, and the caller re-resolves when it is not.
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,9 +20,12 @@ import redis.asyncio as aioredis
 
 from charging import keys
 from charging.catalog import Plan
+from charging.cdrs import change_entry
+from charging.clock import Clock, SystemClock
 from charging.errors import Conflict, InvalidRequest, NotFound
 from charging.money import MAX_BALANCE
 from charging.plan_index import PlanIndex
+from charging.security.identity import caller_name
 from charging.store import storage_errors
 
 IdentityKind = Literal["msisdn", "imsi"]
@@ -81,8 +86,19 @@ class _BoundedDict(dict[str, str]):
 
 
 class Directory:
-    def __init__(self, client: aioredis.Redis, cache_size: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        cache_size: int,
+        *,
+        clock: Clock | None = None,
+        on_records: Callable[[str], None] | None = None,
+    ) -> None:
         self._client = client
+        self.clock = clock or SystemClock()
+        # Called with the account when a change left an audit entry in its record outbox
+        # (cdr_relay.py wakes and moves it to PostgreSQL).
+        self.on_records = on_records
         self._accounts = _BoundedDict(cache_size)
         self._plans = _BoundedDict(cache_size)
         # Accounts per plan; every change of an account's plan goes through it.
@@ -218,8 +234,15 @@ class Directory:
         if status not in STATUSES:
             raise InvalidRequest("status", f"must be one of {', '.join(STATUSES)}")
         account = await self.get(identity)
+        # The change and its audit entry in one transaction: neither without the other.
+        entry = change_entry(self.clock.now_ms(), caller_name(), "status_change", uuid.uuid4().hex, {"status": status})
         with storage_errors():
-            await self._client.hset(keys.account(account.account_id), "status", status)
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.account(account.account_id), "status", status)
+                pipe.rpush(keys.cdr_outbox(account.account_id), entry)
+                await pipe.execute()
+        if self.on_records is not None:
+            self.on_records(account.account_id)
         return await self.read(account.account_id)
 
     async def set_plan(self, identity: Identity, plan: Plan) -> Account:

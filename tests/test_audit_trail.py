@@ -4,6 +4,7 @@ it. Against a real PostgreSQL and a real server."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -117,7 +118,15 @@ async def test_admin_changes_are_audited_with_the_caller_and_read_back(audited: 
     doc["version"] = "audited-1"
     await audited.admin.LoadCatalog(admin_pb2.CatalogDocument(json=json.dumps(doc)))
 
-    page = await audited.admin.ListAuditEntries(admin_pb2.AuditQuery(subject=sub.account_id))
+    # The status change and its entry were written together to Redis (the record outbox);
+    # the relay moves the entry into PostgreSQL.
+    subject = "account:" + sub.account_id
+    page = await audited.admin.ListAuditEntries(admin_pb2.AuditQuery(subject=subject))
+    for _ in range(200):
+        if page.entries:
+            break
+        await asyncio.sleep(0.05)
+        page = await audited.admin.ListAuditEntries(admin_pb2.AuditQuery(subject=subject))
     [status] = page.entries
     assert (status.actor, status.action) == ("local", "status_change")
     assert json.loads(status.details_json) == {"status": "barred"}
