@@ -6,8 +6,8 @@ with that key, or written in clear before sealing existed, is read through its r
 ``from_redis`` and written back through its ``to_redis``, in a transaction watching the
 key (a value changed meanwhile is read again). Billing accounts (who their invoices are
 addressed to) are re-sealed by their owner, ``postpaid/accounts.py``. Issued invoices in
-PostgreSQL are immutable rows: they keep the key that sealed them (see the README). Running it again changes only what is
-still under an old key.
+PostgreSQL are immutable rows: they keep the key that sealed them (see the README).
+Running it again changes only what is still under an old key.
 
 Redis's append-only file still holds every value as first written, clear or under the
 old key, until it is rewritten: the rotation ends with ``BGREWRITEAOF`` and waits for it,
