@@ -57,7 +57,10 @@ from postpaid.bill_run import BATCH, BillRun
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.render import render_html, render_pdf
+from provisioning.sealing import Sealer, new_key_entry
 
+# The invoices' personal fields are sealed with a key of the bench's own (it reads none back).
+SEALER = Sealer.from_text(new_key_entry("bench"), "the bench")
 PERIOD_START = 1_767_222_000  # 2026-01-01 00:00 Europe/Berlin
 CALLS = [
     ("voice", "national_mobile", "peak", "", "4915112345678", 120, 90_000),
@@ -139,8 +142,8 @@ async def bill(port: int, url: str, concurrency: int, shard: int = 0, shards: in
     config = billing_config.default()
     link = RedisLink(f"redis://127.0.0.1:{port}")
     pool = await open_pool(url, concurrency + 1)
-    book = InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix)
-    run = BillRun(client, BillingAccounts(client, config), config, catalogs, clock, book, link)
+    book = InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix, SEALER)
+    run = BillRun(client, BillingAccounts(client, config, SEALER), config, catalogs, clock, book, link)
     started = time.time()
     report = await run.run(concurrency=concurrency, shard=shard, shards=shards)
     ended = time.time()
@@ -183,8 +186,8 @@ async def run_again(port: int, url: str) -> int:
     config = billing_config.default()
     clock = ManualClock((PERIOD_START + 32 * 86_400) * 1000)
     pool = await open_pool(url, 2)
-    book = InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix)
-    report = await BillRun(client, BillingAccounts(client, config), config, catalogs, clock, book).run()
+    book = InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix, SEALER)
+    report = await BillRun(client, BillingAccounts(client, config, SEALER), config, catalogs, clock, book).run()
     await pool.close()
     await client.aclose()
     return report.issued

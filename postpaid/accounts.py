@@ -8,6 +8,11 @@ its charging account's balance becomes headroom against the credit limit
 line of an account closes the same periods. Line state and product changes are kept as
 a history the rentals are prorated on.
 
+Who the invoices are addressed to (``PERSONAL``: name, postal address, email) is sealed
+(``provisioning/sealing.py``, kind ``billing_account.<field>``) before it is written and
+opened by ``get``; a value written in clear before sealing existed is read as it is
+until ``reseal_all`` (run by ``charging rotate-data-key``) seals it.
+
 Every step is idempotent, so an interrupted enrolment completes when it runs again.
 """
 
@@ -19,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from charging import keys
 from charging.money import MICROS_PER_MINOR, split_evenly
@@ -26,10 +32,48 @@ from charging.store import storage_errors
 from postpaid import periods
 from postpaid.config import BillingConfig
 from postpaid.scripts import CREDIT, ENROL, CreditArgs, EnrolArgs
+from provisioning.sealing import Sealer
+
+PERSONAL = ("name", "address", "email")  # the billing account's fields that are sealed
+KIND = "billing_account."  # and their kinds: billing_account.name...
 
 
 def billing_account_id(customer_id: str, paying_unit: str) -> str:
     return f"U{paying_unit}" if paying_unit else f"C{customer_id}"
+
+
+def sealed(fields: dict[str, str | int], sealer: Sealer) -> dict[str, str | int]:
+    """The account's fields with the personal ones sealed (empty ones stay empty)."""
+    return {k: sealer.seal(str(v), KIND + k) if k in PERSONAL and v else v for k, v in fields.items()}
+
+
+def opened(h: dict[str, str], sealer: Sealer) -> dict[str, str]:
+    """The account's hash as stored, with the personal fields opened."""
+    return {k: sealer.open(v, KIND + k) if k in PERSONAL and v else v for k, v in h.items()}
+
+
+async def reseal_all(client: aioredis.Redis, sealer: Sealer) -> int:
+    """Seal again under the newest key every billing account's personal field sealed with
+    an older key or written in clear; how many accounts changed. One watched transaction
+    per account (a change meanwhile reads it again)."""
+    prefix = keys.billing_account("")
+    done = 0
+    async for raw in client.scan_iter(match=keys.billing_account("*"), count=500):
+        key = str(raw)
+        if ":" in key[len(prefix) :]:
+            continue  # the account's lines, pending charges...: not the account itself
+
+        async def txn(pipe: Pipeline, key: str = key) -> int:
+            stored = [str(v) if v is not None else "" for v in await pipe.hmget(key, list(PERSONAL))]
+            stale = {k: v for k, v in zip(PERSONAL, stored, strict=True) if v and not sealer.is_current(v)}
+            if not stale:
+                return 0
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(key, mapping={k: sealer.seal(v, KIND + k) for k, v in opened(stale, sealer).items()})
+            return 1
+
+        done += await client.transaction(txn, key, value_from_callable=True)
+    return done
 
 
 @dataclass(frozen=True)
@@ -40,9 +84,10 @@ class BillingLine:
 
 
 class BillingAccounts:
-    def __init__(self, client: aioredis.Redis, config: BillingConfig) -> None:
+    def __init__(self, client: aioredis.Redis, config: BillingConfig, sealer: Sealer) -> None:
         self.client = client
         self.config = config
+        self.sealer = sealer
 
     async def enrol(
         self,
@@ -63,7 +108,7 @@ class BillingAccounts:
     ) -> None:
         """Bill a postpaid line to ``ba`` from ``at_s`` on (the account is opened on its
         first line, with the bill cycle day of that day). ``name`` and ``address`` (postal
-        lines) are who its invoices are addressed to, kept like ``email``."""
+        lines) are who its invoices are addressed to, sealed like ``email``."""
         tz = self.config.time_zone
         cycle_day = min(datetime.fromtimestamp(at_s, UTC).day, 28)
         first = periods.period_at(cycle_day, tz, at_s)
@@ -84,7 +129,7 @@ class BillingAccounts:
                     "address": "\n".join(address),
                     "credit_limit": credit_limit_micros,
                 }
-                for name, value in fields.items():
+                for name, value in sealed(fields, self.sealer).items():
                     pipe.hsetnx(keys.billing_account(ba), name, value)
                 pipe.zadd(keys.BILL_DUE, {ba: first.end_s}, nx=True)
                 await pipe.execute()
@@ -131,7 +176,12 @@ class BillingAccounts:
         return None if ba is None else str(ba)
 
     async def get(self, ba: str) -> dict[str, str]:
-        return {str(k): str(v) for k, v in (await self.client.hgetall(keys.billing_account(ba))).items()}
+        """The account's hash, its personal fields opened."""
+        return self.opened({str(k): str(v) for k, v in (await self.client.hgetall(keys.billing_account(ba))).items()})
+
+    def opened(self, h: dict[str, str]) -> dict[str, str]:
+        """An account's hash read elsewhere (a bill run's pipeline), its personal fields opened."""
+        return opened(h, self.sealer)
 
     async def lines(self, ba: str) -> list[BillingLine]:
         out = []

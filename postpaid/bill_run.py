@@ -253,7 +253,7 @@ class BillRun:
         slow: list[str] = []
         jobs = []
         for i, ba in enumerate(bas):
-            info, lines_raw, pending = _hash(raw[3 * i]), _hash(raw[3 * i + 1]), raw[3 * i + 2]
+            info, lines_raw, pending = self.accounts.opened(_hash(raw[3 * i])), _hash(raw[3 * i + 1]), raw[3 * i + 2]
             if not info:
                 report.skip(NO_ACCOUNT)
                 continue

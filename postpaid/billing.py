@@ -52,6 +52,7 @@ from postpaid.payments import Payments
 from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
 from provisioning.customers import Customer
 from provisioning.lines import Line
+from provisioning.sealing import Sealer, load_sealer
 
 log = logging.getLogger("postpaid.billing")
 POSTPAID = ("MOBILE_POSTPAID", "FIXED_POSTPAID")
@@ -77,15 +78,17 @@ class Billing:
         link: RedisLink | None = None,
         *,
         database: Pool,
+        sealer: Sealer,
     ) -> None:
         self.client = client
-        # Issued invoices live in the system of record (PostgreSQL).
-        self.book = InvoiceBook(database, config.issuer.id, config.issuer.number_prefix)
+        # Issued invoices live in the system of record (PostgreSQL); who they are addressed
+        # to is sealed there and in the billing account (``sealer``).
+        self.book = InvoiceBook(database, config.issuer.id, config.issuer.number_prefix, sealer)
         self.config = config
         self.clock = clock
         self.deliveries = tuple(deliveries)
         self._retried = 0  # invoices whose delivery is to be tried again, counted for deliver_queued
-        self.accounts = BillingAccounts(client, config)
+        self.accounts = BillingAccounts(client, config, sealer)
         self.runs = BillRun(client, self.accounts, config, catalogs, clock, self.book, link)
         self.payments = Payments(client, config, clock, self.book)
         self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
@@ -93,7 +96,9 @@ class Billing:
 
     async def move_redis_invoices(self) -> None:
         """Invoices Redis kept before PostgreSQL did: moved once (``postpaid/legacy.py``)."""
-        moved = await legacy.move_once(self.client, self.book.pool, self.book.issuer, self.book.series)
+        moved = await legacy.move_once(
+            self.client, self.book.pool, self.book.issuer, self.book.series, self.book.sealer
+        )
         if moved is not None and (moved.invoices or moved.runs):
             log.info("invoices moved from redis", extra={"invoices": moved.invoices, "runs": moved.runs})
 
@@ -344,4 +349,6 @@ def build_billing(
         deliveries.append(("email", SmtpDelivery(SmtpSettings.of(settings), clock)))
     if settings.invoice_dir:
         deliveries.append(("directory", DirectoryDelivery(Path(settings.invoice_dir))))
-    return Billing(client, load(settings.billing_file), catalogs, clock, notifier, deliveries, link, database=database)
+    config = load(settings.billing_file)
+    sealer = load_sealer(settings)
+    return Billing(client, config, catalogs, clock, notifier, deliveries, link, database=database, sealer=sealer)

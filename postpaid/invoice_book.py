@@ -15,6 +15,12 @@ account make issuing safe to repeat and to race:
   pending charges) cannot both be written: the second finds the first (``Overtaken``),
   settles it and composes again from what is there now.
 
+Who the invoice is addressed to (the customer's name and postal address lines) is sealed
+in the document (``provisioning/sealing.py``, kinds ``invoice.customer_name`` and
+``invoice.customer_address``) and opened by ``get``; everything else (amounts, charge
+lines, taxes, the issuer) stays in clear for SQL. Rows are immutable, so a document
+keeps the key id that sealed it: that key stays in the ring as long as invoices are kept.
+
 The invoice is written before Redis learns of it (``settle.lua``), and its settlement
 (what it does to the account) is kept in the row, so whatever crashes in between, the
 next run settles exactly what was written.
@@ -34,6 +40,9 @@ from psycopg import errors as pg_errors
 from charging.database import Pool
 from postpaid.invoices import Invoice
 from postpaid.scripts import SettleArgs
+from provisioning.sealing import Sealer
+
+NAME, ADDRESS = "invoice.customer_name", "invoice.customer_address"  # the sealed fields' kinds
 
 INVOICE_COLUMNS = (
     "issuer, series, number, invoice_id, billing_account, kind, period_start, period_end, issued_at, "
@@ -93,11 +102,33 @@ def _issued(ba: str, number: str, settlement: Any, state_prefix: str) -> Issued:
     return Issued(ba, number, SettleArgs(number=number, state_prefix=state_prefix, **fields), already=True)
 
 
+def sealed_document(inv: Invoice, number: str, sealer: Sealer) -> str:
+    """The invoice's document as stored: numbered, the customer's name and address sealed."""
+    return dataclasses.replace(
+        inv,
+        number=number,
+        customer_name=sealer.seal(inv.customer_name, NAME) if inv.customer_name else "",
+        customer_address=tuple(sealer.seal(x, ADDRESS) for x in inv.customer_address),
+    ).to_json()
+
+
+def opened_document(text: str, sealer: Sealer) -> Invoice:
+    """A stored document with the customer's name and address opened (a document moved
+    from Redis before sealing existed is read as it is)."""
+    inv = Invoice.from_json(text)
+    return dataclasses.replace(
+        inv,
+        customer_name=sealer.open(inv.customer_name, NAME) if inv.customer_name else "",
+        customer_address=tuple(sealer.open(x, ADDRESS) for x in inv.customer_address),
+    )
+
+
 class InvoiceBook:
-    def __init__(self, pool: Pool, issuer: str, series: str) -> None:
+    def __init__(self, pool: Pool, issuer: str, series: str, sealer: Sealer) -> None:
         self.pool = pool
         self.issuer = issuer
         self.series = series
+        self.sealer = sealer
 
     async def issue(self, drafts: Sequence[Draft]) -> list[Issued]:
         """Number and write the drafts in one transaction; those issued before come back
@@ -167,7 +198,7 @@ class InvoiceBook:
             for d, n in numbered:
                 inv, s = d.invoice, d.settle
                 number = format_number(self.series, n)
-                doc = inv.to_json().replace('"number":""', f'"number":"{number}"', 1)
+                doc = sealed_document(inv, number, self.sealer)
                 await copy.write_row(
                     (
                         self.issuer,
@@ -233,7 +264,7 @@ class InvoiceBook:
         async with self.pool.connection() as conn:
             cur = await conn.execute("SELECT document::text FROM invoices WHERE invoice_id = %s", (number,))
             row = await cur.fetchone()
-        return None if row is None else Invoice.from_json(row[0])
+        return None if row is None else opened_document(row[0], self.sealer)
 
     async def numbers_of(self, ba: str, after: str = "", limit: int = 0) -> list[str]:
         """The account's invoice numbers, oldest first, after the number ``after`` (a

@@ -6,7 +6,8 @@ listed under its account (``{bill}:ba:BA:inv``), numbered from a Redis counter
 and the bill runs' reports in a list (``{bill}:runs``). ``move`` writes each document
 to ``invoices`` (with its charge lines and taxes), the counter into ``invoice_numbers``
 (the larger of the two wins, so the series continues without a gap or a repeat), the
-reports into ``bill_runs``, and only then deletes what it moved from Redis.
+reports into ``bill_runs``, and only then deletes what it moved from Redis. The
+customer's name and address are sealed on the way (``invoice_book.sealed_document``).
 
 It can be stopped at any point and run again: a document already in the database is
 not written twice (``invoice_id`` is unique), one deleted from Redis is not read again.
@@ -25,8 +26,9 @@ import redis.asyncio as aioredis
 
 from charging import keys
 from charging.database import Pool
-from postpaid.invoice_book import CHARGE_COLUMNS, TAX_COLUMNS
+from postpaid.invoice_book import CHARGE_COLUMNS, TAX_COLUMNS, sealed_document
 from postpaid.invoices import Invoice
+from provisioning.sealing import Sealer
 
 BATCH = 200
 
@@ -37,7 +39,7 @@ class Moved:
     runs: int = 0
 
 
-async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str) -> Moved:
+async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sealer: Sealer) -> Moved:
     """Move the Redis-kept invoices of ``issuer`` (its number prefix ``series``) into
     PostgreSQL; answers what was moved (nothing when it was done before)."""
     moved = Moved()
@@ -45,10 +47,10 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str) -> 
     async for key in client.scan_iter(match=keys.invoice("*"), count=1000):
         batch.append(_text(key))
         if len(batch) >= BATCH:
-            moved.invoices += await _move_batch(client, pool, issuer, batch)
+            moved.invoices += await _move_batch(client, pool, issuer, batch, sealer)
             batch = []
     if batch:
-        moved.invoices += await _move_batch(client, pool, issuer, batch)
+        moved.invoices += await _move_batch(client, pool, issuer, batch, sealer)
     last = await client.get(keys.invoice_seq(issuer))
     if last is not None:
         async with pool.connection() as conn:
@@ -71,7 +73,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys: list[str]) -> int:
+async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys: list[str], sealer: Sealer) -> int:
     prefix = keys.invoice("")
     numbers = [k[len(prefix) :] for k in doc_keys]
     docs = await client.mget(doc_keys)
@@ -83,8 +85,8 @@ async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys:
     for number, doc, at in zip(numbers, docs, issued_at, strict=True):
         if doc is None:
             continue
-        text = _text(doc)
-        inv = Invoice.from_json(text)
+        inv = Invoice.from_json(_text(doc))
+        text = sealed_document(inv, inv.number, sealer)
         series, _, digits = number.rpartition("-")
         issued = (
             datetime.fromtimestamp(int(at), UTC)
@@ -138,11 +140,11 @@ async def _move_runs(client: aioredis.Redis, pool: Pool) -> int:
     return len(reports)
 
 
-async def move_once(client: aioredis.Redis, pool: Pool, issuer: str, series: str) -> Moved | None:
+async def move_once(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sealer: Sealer) -> Moved | None:
     """``move`` unless it has completed before on this Redis (a marker says so, so a server
     start does not scan the keyspace again); None when it had."""
     if await client.exists(keys.BILL_INVOICES_MOVED):
         return None
-    moved = await move(client, pool, issuer, series)
+    moved = await move(client, pool, issuer, series, sealer)
     await client.set(keys.BILL_INVOICES_MOVED, "1")
     return moved

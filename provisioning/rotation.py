@@ -4,8 +4,10 @@
 key in its key ring (``sealing.py``: the last key seals). Each sealed value not sealed
 with that key, or written in clear before sealing existed, is read through its record's
 ``from_redis`` and written back through its ``to_redis``, in a transaction watching the
-key (a value changed meanwhile is read again). Running it again changes only what is
-still under an old key.
+key (a value changed meanwhile is read again). Billing accounts (who their invoices are
+addressed to) are re-sealed by their owner, ``postpaid/accounts.py``. Issued invoices in
+PostgreSQL are immutable rows: they keep the key that sealed them (see the README).
+Running it again changes only what is still under an old key.
 
 Redis's append-only file still holds every value as first written, clear or under the
 old key, until it is rewritten: the rotation ends with ``BGREWRITEAOF`` and waits for it,
@@ -23,6 +25,7 @@ from dataclasses import dataclass, fields
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from postpaid.accounts import reseal_all
 from provisioning import keys
 from provisioning.customer_care import Dispute, Interaction, Ticket
 from provisioning.customers import PERSONAL, Customer
@@ -39,6 +42,7 @@ class Rotated:
     interactions: int = 0
     tickets: int = 0
     disputes: int = 0
+    billing_accounts: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -60,6 +64,7 @@ class Rotation:
                 done.disputes += await self._string(keys.dispute(str(dispute_id)), self._dispute)
         for order_id in [str(o) for o in await self.client.zrange(keys.SUBMITTED, 0, -1)]:
             done.order_requests += await self._request(order_id)
+        done.billing_accounts = await reseal_all(self.client, self.sealer)
         await rewrite_aof(self.client, rewrite_timeout_s)
         return done
 

@@ -31,7 +31,10 @@ from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun
 from postpaid.invoice_book import InvoiceBook
 from postpaid.scripts import CLOSE, PURGE
+from provisioning.sealing import Sealer
 
+# The test server's key ring, from the test that starts this process.
+SEALER = Sealer.from_text(os.environ["CHARGING_DATA_KEY"], "CHARGING_DATA_KEY")
 POINTS = ("after_close", "in_transaction", "after_commit", "after_purge", "none")
 
 
@@ -71,8 +74,8 @@ async def main(redis_url: str, database_url: str, now_s: int, point: str) -> Non
     await catalogs.start("", prefer_file=False)
     config = billing_config.default()
     pool = await open_pool(database_url, 2)
-    book = CrashingBook(pool, config.issuer.id, config.issuer.number_prefix)
-    run = Crashing(client, BillingAccounts(client, config), config, catalogs, ManualClock(now_s * 1000), book)
+    book = CrashingBook(pool, config.issuer.id, config.issuer.number_prefix, SEALER)
+    run = Crashing(client, BillingAccounts(client, config, SEALER), config, catalogs, ManualClock(now_s * 1000), book)
     Crashing.point = CrashingBook.point = point
     report = await run.run()
     print(json.dumps(report.as_dict()))

@@ -303,7 +303,7 @@ async def postpaid_billing(app: App, clock: ManualClock) -> AsyncIterator[tuple[
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())  # 2026-01-10 12:00 UTC
     assert app.redis is not None and app.catalogs is not None
     assert app.database is not None
-    b = Billing(app.redis, billing_config.default(), app.catalogs, clock, database=app.database)
+    b = Billing(app.redis, billing_config.default(), app.catalogs, clock, database=app.database, sealer=SEALER)
     book = LineBook()
     b.attach_lines(book)
     yield b, book

@@ -25,7 +25,7 @@ from postpaid.allocation import Standing, credit_note, issue, pay, refund
 from postpaid.bill_run import BillRun
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import Payments
-from tests.conftest import Stubs
+from tests.conftest import SEALER, Stubs
 from tests.test_bill_run import JAN_10, postpaid_line
 
 ACCOUNTS = itertools.count(1)
@@ -36,7 +36,9 @@ async def payments(redis_url: str, database_url: str) -> AsyncIterator[Payments]
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     config = billing_config.default()
     pool = await open_pool(database_url, 2)
-    yield Payments(client, config, ManualClock(), InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix))
+    yield Payments(
+        client, config, ManualClock(), InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix, SEALER)
+    )
     await pool.close()
     await client.aclose()
 
@@ -117,9 +119,9 @@ DAY = 86_400
 def bill_run(app: App, clock: ManualClock) -> tuple[BillingAccounts, BillRun, Payments]:
     assert app.redis is not None and app.catalogs is not None
     config = billing_config.default()
-    accounts = BillingAccounts(app.redis, config)
+    accounts = BillingAccounts(app.redis, config, SEALER)
     assert app.database is not None
-    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix)
+    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix, SEALER)
     return (
         accounts,
         BillRun(app.redis, accounts, config, app.catalogs, clock, book),

@@ -16,7 +16,7 @@ from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun, _close_commands
 from postpaid.invoice_book import InvoiceBook
 from postpaid.usage import aggregates, reconciles, records
-from tests.conftest import INITIAL, LIMIT, TERMINATE, Stubs, session_request
+from tests.conftest import INITIAL, LIMIT, SEALER, TERMINATE, Stubs, session_request
 
 JAN_10 = 1_768_046_400  # 2026-01-10 12:00 UTC, a Saturday
 
@@ -31,9 +31,9 @@ async def client(app: App) -> AsyncIterator[aioredis.Redis]:
 def billing(app: App, client: aioredis.Redis, clock: ManualClock) -> tuple[BillingAccounts, BillRun]:
     clock.advance(ms=JAN_10 * 1000 - clock.now_ms())
     config = billing_config.default()
-    accounts = BillingAccounts(client, config)
+    accounts = BillingAccounts(client, config, SEALER)
     assert app.catalogs is not None and app.database is not None
-    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix)
+    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix, SEALER)
     return accounts, BillRun(client, accounts, config, app.catalogs, clock, book)
 
 

@@ -31,7 +31,7 @@ from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
-from tests.conftest import Stubs
+from tests.conftest import SEALER, Stubs
 from tests.test_bill_run import JAN_10, call, postpaid_line
 
 DAY = 86_400
@@ -44,8 +44,8 @@ def billing(app: App, clock: ManualClock) -> tuple[BillingAccounts, BillRun]:
     clock.advance(ms=JAN_10 * 1000 - clock.now_ms())
     config = billing_config.default()
     assert app.redis is not None and app.catalogs is not None and app.database is not None
-    accounts = BillingAccounts(app.redis, config)
-    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix)
+    accounts = BillingAccounts(app.redis, config, SEALER)
+    book = InvoiceBook(app.database, config.issuer.id, config.issuer.number_prefix, SEALER)
     return accounts, BillRun(app.redis, accounts, config, app.catalogs, clock, book)
 
 
@@ -66,6 +66,7 @@ async def bill_run_process(settings: Settings, database_url: str, now_s: int, po
         str(now_s),
         point,
         cwd=ROOT,
+        env={**os.environ, "CHARGING_DATA_KEY": settings.data_key},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -181,7 +182,7 @@ async def test_postgresql_killed_under_a_bill_run_loses_nothing_and_skips_no_num
         await restart(pg)
         # A run on a database that is down fails and changes nothing it cannot finish.
         pool = await open_pool(url, 2, timeout_s=1.0)  # a database that is down fails fast
-        book = InvoiceBook(pool, run.config.issuer.id, run.config.issuer.number_prefix)
+        book = InvoiceBook(pool, run.config.issuer.id, run.config.issuer.number_prefix, SEALER)
         down = BillRun(client, accounts, run.config, run.catalogs, clock, book)
         await kill(pg)
         with pytest.raises(PoolTimeout):  # each account failed, then its report could not be kept

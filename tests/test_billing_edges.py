@@ -24,7 +24,7 @@ from postpaid.billing import Billing, DeliveryStalled
 from postpaid.delivery import DirectoryDelivery, SmtpDelivery, SmtpSettings
 from postpaid.scripts import DUNNING, DunningArgs, DunningStep
 from provisioning.orders import Order
-from tests.conftest import LIMIT, LineBook, Stubs, enrol, free_port, payer, postpaid_line
+from tests.conftest import LIMIT, SEALER, LineBook, Stubs, enrol, free_port, payer, postpaid_line
 from tests.test_bill_run import call
 from tests.test_delivery import Mailbox
 from tests.test_payments import DAY, invoiced
@@ -224,6 +224,7 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
         clock,
         deliveries=[("email", smtp), ("directory", folder)],
         database=app.database,
+        sealer=SEALER,
     )
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())
     await enrol(stubs, b, "28", "491700000410")
@@ -416,7 +417,7 @@ async def test_a_final_invoice_racing_a_bill_run_bills_the_line_once(
             return state
 
     assert app.redis is not None and app.catalogs is not None
-    racing = BillRun(app.redis, Racing(app.redis, b.config), b.config, app.catalogs, clock, b.book)
+    racing = BillRun(app.redis, Racing(app.redis, b.config, SEALER), b.config, app.catalogs, clock, b.book)
     outcomes = await racing.bill_due("C34", after_end)
     numbers = await b.invoices_of("C34")
     invoices = [await b.invoice(n) for n in numbers]

@@ -1,7 +1,7 @@
 """Personal data is sealed before it reaches Redis: neither the AOF (before and after a
 rewrite) nor an RDB snapshot holds an applicant's name, document number, address or
 email after a full application; rotating the key re-seals everything and rewrites the
-AOF so the old ciphertext leaves it."""
+AOF so the old ciphertext leaves it (billing accounts included)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from charging import cli
+from charging import keys as charging_keys
 from charging.clock import ManualClock
 from charging.server import App
 from charging.settings import Settings
 from charging.v1 import crm_pb2, crm_pb2_grpc
+from postpaid import accounts
 from provisioning import keys
 from provisioning.rotation import rewrite_aof
 from provisioning.sealing import DEV_KEY_FILE, Sealer, Unreadable, new_key_entry
@@ -30,6 +32,7 @@ from tests.test_acquisition import application
 # What the application of tests.test_acquisition holds about Anna: none of it may be on disk.
 PERSONAL = [b"Muster", b"L898902C36", b"Hauptstr", b"anna@example.org", b"1990-05-17", b"roaming abroad"]
 K1, K2 = new_key_entry("k1"), new_key_entry("k2")
+BEFORE_SEALING = {"name": "Anna Muster", "address": "Hauptstr. 5\n10115 Berlin", "email": "anna@example.org"}
 
 
 def on_disk(directory: Path) -> dict[str, bytes]:
@@ -134,6 +137,10 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
         await app.acquisition.orders.claim("o-2", {"applicant": {"family_name": "Muster"}}, clock.now_ms())
         legacy = {"id": "0", "channel": "SHOP", "note": "Anna Muster, before sealing", "references": [], "at": 1}
         await app.redis.lpush(keys.interactions(who), json.dumps(legacy))
+        # Billing accounts: one sealed with k1, one written in clear before sealing existed.
+        old = accounts.sealed({"name": "Anna Muster", "email": "anna@example.org"}, Sealer.from_text(K1, "k1"))
+        await app.redis.hset(charging_keys.billing_account("C1"), mapping=old)
+        await app.redis.hset(charging_keys.billing_account("C2"), mapping=BEFORE_SEALING)
     assert b"enc:k1:" in b"".join(on_disk(directory).values())
     # Every process gets the new key, last in its ring; then the rotation runs.
     async with server(directory, clock, app_database_url, data_key=f"{K1},{K2}") as app:
@@ -148,6 +155,7 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
             "interactions": 2,
             "tickets": 1,
             "disputes": 0,  # disputes are billing's now (issue 15); the CRM keeps none of its own
+            "billing_accounts": 2,
         }
         files = on_disk(directory)
         assert b"enc:k1:" not in b"".join(files.values())  # the AOF was rewritten: old ciphertext gone
@@ -165,6 +173,9 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
         assert app.acquisition is not None
         claim = await app.acquisition.orders.take_over("o-2", clock.now_ms() + 60_000)
         assert claim is not None and claim.request == {"applicant": {"family_name": "Muster"}}
+        assert app.billing is not None
+        assert (await app.billing.accounts.get("C1"))["name"] == "Anna Muster"
+        assert {k: (await app.billing.accounts.get("C2"))[k] for k in BEFORE_SEALING} == BEFORE_SEALING
 
 
 async def sealed_values(client: aioredis.Redis, who: str) -> list[str]:
@@ -176,7 +187,9 @@ async def sealed_values(client: aioredis.Redis, who: str) -> list[str]:
     values += [await client.get(keys.ticket(str(i))) for i in await client.lrange(keys.tickets(who), 0, -1)]
     values += [await client.get(keys.dispute(str(i))) for i in await client.lrange(keys.disputes(who), 0, -1)]
     values.append(await client.hget(keys.order_work("o-2"), "request"))
-    assert len(values) == 10 and None not in values
+    values += await client.hmget(charging_keys.billing_account("C1"), ["name", "email"])
+    values += await client.hmget(charging_keys.billing_account("C2"), list(accounts.PERSONAL))
+    assert len(values) == 15 and None not in values
     return [str(v) for v in values]
 
 

@@ -54,9 +54,9 @@ async def test_invoices_kept_in_redis_are_moved_once_and_the_series_continues(
             (numbers[0], first),
         )
     await client.delete(keys.BILL_INVOICES_MOVED)  # as on a Redis written before the move existed
-    moved = await legacy.move_once(client, b.book.pool, "operator", "INV")
+    moved = await legacy.move_once(client, b.book.pool, "operator", "INV", b.book.sealer)
     assert moved is not None and (moved.invoices, moved.runs) == (3, 1)
-    assert await legacy.move_once(client, b.book.pool, "operator", "INV") is None  # once
+    assert await legacy.move_once(client, b.book.pool, "operator", "INV", b.book.sealer) is None  # once
     assert await b.invoices_of("C1") == numbers
     assert (await b.invoice(numbers[2])).number == numbers[2]
     assert not await client.exists(

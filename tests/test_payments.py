@@ -19,7 +19,7 @@ from postpaid.billing import Billing
 from postpaid.dunning import ServiceState
 from postpaid.invoices import Invoice
 from postpaid.payments import MAX_MINOR
-from tests.conftest import LIMIT, LineBook, Stubs, enrol, payer, postpaid_line
+from tests.conftest import LIMIT, SEALER, LineBook, Stubs, enrol, payer, postpaid_line
 from tests.test_bill_run import call
 
 DAY = 86_400
@@ -216,7 +216,7 @@ async def test_a_terminated_prepaid_line_keeps_or_forfeits_its_balance(
     assert app.redis is not None and app.catalogs is not None
     config = billing_config.parse({**_billing_doc(), "prepaid_termination": policy})
     assert app.database is not None
-    b = Billing(app.redis, config, app.catalogs, clock, database=app.database)
+    b = Billing(app.redis, config, app.catalogs, clock, database=app.database, sealer=SEALER)
     sub = await stubs.subscriber(msisdn="491700000306", balance=3_000_000, plan="mobile-prepaid")
     line = postpaid_line("491700000306", sub.account_id, "12", customer_type="MOBILE_PREPAID")
     kw: dict[str, Any] = {"line": line, "plan_id": "mobile-prepaid", "customer": payer()}

@@ -30,7 +30,7 @@ from charging.settings import Settings
 from charging.v1 import billing_pb2, billing_pb2_grpc, common_pb2, topup_pb2, topup_pb2_grpc
 from postpaid import config as billing_config
 from postpaid.billing import Billing
-from tests.conftest import LineBook, Stubs, enrol
+from tests.conftest import SEALER, LineBook, Stubs, enrol
 from tests.test_security_roles import METHODS
 
 PRIVATE = {"grpc.use_local_subchannel_pool": 1}  # a new connection (handshake) per channel
@@ -280,7 +280,9 @@ async def test_audit_entries_name_the_authenticated_caller(secured: App, pki: Pa
     assert secured.redis is not None and secured.catalogs is not None
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())
     assert secured.database is not None
-    b = Billing(secured.redis, billing_config.default(), secured.catalogs, clock, database=secured.database)
+    b = Billing(
+        secured.redis, billing_config.default(), secured.catalogs, clock, database=secured.database, sealer=SEALER
+    )
     b.attach_lines(LineBook())
     async with connect(secured.grpc_port, creds(pki, "operator")) as operator:
         await enrol(Stubs.on(operator), b, "10", "491700000304")

@@ -108,12 +108,13 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     from charging.embedded_redis import with_password
     from postpaid import config as billing_config
     from postpaid import legacy
+    from provisioning.sealing import load_sealer
 
     issuer = billing_config.load(settings.billing_file).issuer
     client = store.connect(with_password(settings.redis_url), max_connections=2, tls=settings.redis_tls())
     pool = await open_pool(url, 2)
     try:
-        await legacy.move_once(client, pool, issuer.id, issuer.number_prefix)
+        await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, load_sealer(settings))
     finally:
         await pool.close()
         await client.aclose()
