@@ -99,6 +99,7 @@ def free_port() -> int:
         return port
 
 
+@pytest.mark.timeout(240)  # ten seconds of load, then resolution, repeats, a machine death: bounded
 async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: PostgresServer, tmp_path: Path) -> None:
     database_url = postgres_server.create_database("chaos_ci", "template0")
     try:
