@@ -180,6 +180,8 @@ def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> cha
     return out
 
 
+# Initial metadata of a WatchSessions stream once its watch is in place.
+READY = (("charging-watch", "ready"),)
 SESSION_ACTIONS = {"reauth": charging_pb2.SESSION_ACTION_REAUTHORIZE, "abort": charging_pb2.SESSION_ACTION_ABORT}
 
 
@@ -225,7 +227,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             with self.watch.watching(gateway) as queue:
-                await context.send_initial_metadata(())  # the watch is in place
+                await context.send_initial_metadata(READY)  # the watch is in place
                 while (signal := await queue.get()) is not CLOSED:
                     action = SESSION_ACTIONS[signal.action]
                     yield charging_pb2.SessionSignal(session_id=signal.session_id, action=action)

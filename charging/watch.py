@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from charging import metrics
@@ -68,11 +68,11 @@ class SessionSignal:
 CLOSED = SessionSignal("", "abort")
 
 
-def gateway_of(metadata: object) -> str:
+def gateway_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The gateway of the call being served: the caller's identity name and the label of
     the ``charging-gateway`` metadata (InvalidRequest naming it when malformed)."""
     label = ""
-    for key, value in metadata or ():  # type: ignore[attr-defined]
+    for key, value in metadata or ():
         if key == GATEWAY_HEADER:
             label = value if isinstance(value, str) else ""
             if not GATEWAY_LABEL.match(label):

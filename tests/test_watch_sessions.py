@@ -6,15 +6,23 @@ own sessions. And the pure parts: what a signal asks of a held session, the tabl
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
 
+from charging.clock import ManualClock
 from charging.held import HeldSessions
+from charging.security import certs
+from charging.security.tokens import TokenStore
+from charging.server import App
+from charging.settings import Settings
 from charging.signals import due
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
 from charging.watch import Watched
 from tests.conftest import INITIAL, UPDATE, Stubs, session_request
+from tests.test_security import connect, creds, secured_settings
 
 A, B = (("charging-gateway", "pgw-a"),), (("charging-gateway", "pgw-b"),)
 MSISDN_A, MSISDN_B = "491700000001", "491700000002"
@@ -127,3 +135,41 @@ async def test_a_malformed_gateway_label_is_refused_naming_the_metadata(stubs: S
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stubs.charging.ChargeSession(session_request("x", INITIAL, 0, [DATA]), metadata=bad)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+async def secured(settings: Settings, clock: ManualClock, tmp_path: Path) -> AsyncIterator[tuple[App, Path]]:
+    pki = tmp_path / "certs"
+    certs.write_dev_set(pki)
+    application = App(secured_settings(settings, pki), clock=clock, run_background=False)
+    await application.start()
+    yield application, pki
+    await application.stop()
+
+
+async def test_the_gateway_is_the_authenticated_caller_whatever_label_it_sends(secured: tuple[App, Path]) -> None:
+    """Two network elements with the same label: one by certificate, one by token. Each
+    watch hears only the sessions its own credential charged."""
+    app, pki = secured
+    assert app.redis is not None
+    token = await TokenStore(app.redis).create("pgw-two", ("network",), (), 1_800_000_000)
+    same = (("charging-gateway", "pgw"),)
+    async with (
+        connect(app.grpc_port, creds(pki, "operator")) as operator,
+        connect(app.grpc_port, creds(pki, "channel")) as shop,
+        connect(app.grpc_port, creds(pki, "network")) as certified,
+        connect(app.token_port, creds(pki, token=token)) as tokened,
+    ):
+        ops, one, two = Stubs.on(operator), Stubs.on(certified), Stubs.on(tokened)
+        sales = Stubs.on(shop)
+        await ops.subscriber(MSISDN_A, balance=5_000)
+        await ops.subscriber(MSISDN_B, balance=5_000)
+        first, second = await watch(one, same), await watch(two, same)
+        await one.charging.ChargeSession(session_request("one-1", INITIAL, 0, [DATA], MSISDN_A), metadata=same)
+        await two.charging.ChargeSession(session_request("two-1", INITIAL, 0, [DATA], MSISDN_B), metadata=same)
+        await recharge(sales, MSISDN_A, "t1")
+        await recharge(sales, MSISDN_B, "t2")
+        assert await next_signal(first) == ("one-1", REAUTHORIZE)
+        assert await next_signal(second) == ("two-1", REAUTHORIZE)  # not one-1, signalled first
+        first.cancel()
+        second.cancel()
