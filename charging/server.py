@@ -258,7 +258,7 @@ class App:
         if s.console_address:
             self.console = await start_console(self, topups, care)
         if self.nchf is not None:  # the 5G CHF door (charging/nchf/)
-            await self.nchf.start(sessions, self.clock, TokenStore(self.redis))
+            await self.nchf.start(sessions, self.clock, TokenStore(self.redis), admission)
             if self.nchf.nrf is not None:
                 keep = self.nchf.nrf.keep_registered
                 self.jobs.start(Job("nrf", keep, interval_s=HEARTBEAT_S, clock=self.clock, backoff=job_backoff(s)))

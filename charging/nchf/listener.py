@@ -40,6 +40,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 
+from charging.admission import Admission
 from charging.clock import Clock
 from charging.errors import StartupError
 from charging.listening import listen
@@ -146,7 +147,9 @@ class NchfListener:
         self._config.keep_alive_timeout = 60.0
         self._config.graceful_timeout = settings.grace_period_s
 
-    async def start(self, sessions: SessionCharging, clock: Clock, tokens: TokenStore) -> None:
+    async def start(
+        self, sessions: SessionCharging, clock: Clock, tokens: TokenStore, admission: Admission | None = None
+    ) -> None:
         self._tokens = tokens
         if self.settings.nchf_nrf_url:
             scheme = "https" if self._tls else "http"
@@ -154,7 +157,7 @@ class NchfListener:
             prefix = self.settings.nchf_api_prefix or f"{scheme}://{host}:{self.port}"
             self.nrf = NrfClient(Registration.of(self.settings.nchf_nrf_url, prefix, self.settings.nchf_instance_id))
         ceilings = sessions.limits.ceilings
-        app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings))  # type: ignore[arg-type]
+        app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings, admission))  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
