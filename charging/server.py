@@ -67,6 +67,7 @@ from charging.renewals import Renewer
 from charging.security.guard import Guard
 from charging.security.mode import Mode, decide
 from charging.security.policy import PolicyFile
+from charging.security.server_tls import ServerTls
 from charging.security.tls import CertificateFiles, TlsFilesInvalid
 from charging.security.tokens import TokenStore
 from charging.sessions import SessionCharging, UsageLimits
@@ -273,6 +274,7 @@ class App:
                 self.clock,
                 max_in_flight=s.max_in_flight,
                 signals_from=hub,
+                tls=ServerTls(s, what="Diameter") if diameter.tls_address is not None else None,
             )
             try:
                 await self.diameter.start()

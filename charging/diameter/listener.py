@@ -38,6 +38,7 @@ from charging.diameter.peers import Peer, PeerTable
 from charging.errors import ChargingError, Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
 from charging.events import EventCharging
 from charging.held import HeldSessions
+from charging.security.server_tls import ServerTls
 from charging.sessions import SessionAnswer, SessionCharging
 from charging.store import storage_errors
 from charging.subscribers import Directory, Identity
@@ -72,6 +73,7 @@ class DiameterDoor:
         *,
         max_in_flight: int = 512,
         signals_from: signals.SignalHub | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
@@ -86,6 +88,10 @@ class DiameterDoor:
         self.table: PeerTable[Connection] = PeerTable()
         self.port = 0
         self._server: asyncio.Server | None = None
+        # TLS from the start (RFC 6733 13) on ``config.tls_address``, when ``tls`` is given.
+        self.tls = tls
+        self.tls_port = 0
+        self._tls_server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._charged_as: OrderedDict[str, Identity] = OrderedDict()
         self.held: HeldSessions[Held] = HeldSessions()
@@ -99,6 +105,14 @@ class DiameterDoor:
         )
         self._server = await asyncio.start_server(self._accept, sock=sock)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.tls is not None and self.config.tls_address is not None:
+            host, port = self.config.tls_address
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            tls_sock = listening.listen(where, "Diameter TLS", shared=self.config.shared)
+            self._tls_server = await asyncio.start_server(
+                self._accept, sock=tls_sock, ssl=self.tls.context, ssl_handshake_timeout=10.0
+            )
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         log.info("diameter: listening", extra={"diameter_port": self.port})
 
     async def stop(self) -> None:
@@ -106,10 +120,15 @@ class DiameterDoor:
         ``answer_timeout_s`` for its DPA), close every connection."""
         if self._server is not None:
             self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
         await asyncio.gather(*(c.disconnect() for c in list(self._connections)), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._tls_server is not None:
+            await self._tls_server.wait_closed()
+            self._tls_server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = Connection(self, reader, writer)
