@@ -1,9 +1,12 @@
 """Admission control: how much work one server process takes on, and whether a call can
 still be answered in time.
 
-Every method of our services goes through ``Admission.guard`` (``status.add_servicer``
-wires it); health checking and reflection are registered apart and are never refused, so
-a load balancer keeps seeing an overloaded process as alive.
+Every unary method of our services goes through ``Admission.guard`` (``status.add_servicer``
+wires it), every Nchf request through ``enter``/``leave`` with the same slots (answered
+503 NF_CONGESTION with Retry-After beyond them); health checking and reflection are
+registered apart and are never refused, so a load balancer keeps seeing an overloaded
+process as alive. (The Diameter door keeps its own count against the same limit and
+answers 3004 DIAMETER_TOO_BUSY.)
 
 * **In flight.** At most ``limit`` calls are being worked on at once in this process.
   One more is answered RESOURCE_EXHAUSTED at once, having changed nothing. Without a
@@ -64,22 +67,35 @@ class Admission:
         rejected_deadline = metrics.ADMISSION_REJECTIONS.labels(method, "deadline")
 
         async def guarded(request: Req, context: grpc.aio.ServicerContext) -> Resp:
-            if self.in_flight >= self.limit:
+            if not self.enter():
                 rejected_limit.inc()
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: retry later")
-            remaining = context.time_remaining()
-            if remaining is not None and remaining < MIN_BUDGET_S:
-                rejected_deadline.inc()
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started")
-            self.in_flight += 1
-            token = _CALL.set((method, context))
             try:
-                return await behaviour(request, context)
+                remaining = context.time_remaining()
+                if remaining is not None and remaining < MIN_BUDGET_S:
+                    rejected_deadline.inc()
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started")
+                token = _CALL.set((method, context))
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    _CALL.reset(token)
             finally:
-                _CALL.reset(token)
-                self.in_flight -= 1
+                self.leave()
 
         return guarded
+
+    def enter(self) -> bool:
+        """Take an in-flight slot; False when every slot is taken (refuse the request at
+        once, having changed nothing). Every door of the process draws on the same slots:
+        the gRPC methods here, the Nchf door (``nchf/app.py``)."""
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
 
 def check_deadline() -> None:

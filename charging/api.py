@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import Message
@@ -27,7 +28,7 @@ from charging.sessions import (
     SessionCharging,
     SessionRequest,
 )
-from charging.status import rpc
+from charging.status import Undecodable, rpc
 from charging.subscribers import Identity, parse_identity
 from charging.topups import CHANNELS, BundlePurchase, Recharge, TopUps
 from charging.v1 import (
@@ -37,6 +38,7 @@ from charging.v1 import (
     topup_pb2,
     topup_pb2_grpc,
 )
+from charging.watch import CLOSED, SessionWatch, gateway_of
 
 SESSION_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
 DIGITS = re.compile(r"^[0-9]{1,20}$")
@@ -178,20 +180,29 @@ def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> cha
     return out
 
 
+# Initial metadata of a WatchSessions stream once its watch is in place.
+READY = (("charging-watch", "ready"),)
+SESSION_ACTIONS = {"reauth": charging_pb2.SESSION_ACTION_REAUTHORIZE, "abort": charging_pb2.SESSION_ACTION_ABORT}
+
+
 class ChargingServicer(charging_pb2_grpc.ChargingServicer):
-    def __init__(self, sessions: SessionCharging, events: EventCharging) -> None:
+    def __init__(self, sessions: SessionCharging, events: EventCharging, watch: SessionWatch | None = None) -> None:
         self.sessions = sessions
         self.events = events
+        self.watch = watch
 
     @rpc("ChargeSession")
     async def ChargeSession(
         self, request: charging_pb2.SessionRequest, context: grpc.aio.ServicerContext
     ) -> charging_pb2.SessionAnswer:
+        gateway = gateway_of(context.invocation_metadata()) if self.watch is not None else ""
         try:
             req = session_request(request)
         except Unanswerable as exc:
             return session_answer_pb(request, SessionAnswer(exc.code, failed_field=exc.field))
         answer = await self.sessions.charge(req)
+        if self.watch is not None:
+            await self.watch.hold(gateway, req.session_id, req.identity, req.kind, answer)
         if answer.replayed:
             metrics.RETRANSMISSIONS.labels("ChargeSession").inc()
         elif answer.session_delta > 0:
@@ -200,6 +211,28 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             # A TERMINATE ends its session; an UPDATE does when the session cannot go on.
             metrics.SESSIONS_CLOSED.labels("terminate" if req.kind == "T" else "refused").inc()
         return session_answer_pb(request, answer)
+
+    async def WatchSessions(
+        self, request: charging_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[charging_pb2.SessionSignal]:
+        """The signals of the caller's gateway until it goes away (``charging/watch.py``)."""
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {request.type_name} message")
+        if self.watch is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "session signals are not served here")
+        assert self.watch is not None
+        try:
+            gateway = gateway_of(context.invocation_metadata())
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            with self.watch.watching(gateway) as queue:
+                await context.send_initial_metadata(READY)  # the watch is in place
+                while (signal := await queue.get()) is not CLOSED:
+                    action = SESSION_ACTIONS[signal.action]
+                    yield charging_pb2.SessionSignal(session_id=signal.session_id, action=action)
+        except OverflowError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     @rpc("ChargeEvent")
     async def ChargeEvent(

@@ -38,6 +38,9 @@ SWEEP_EPOCH = "{sweep}:epoch"
 SWEEP_INDEX = (SWEEP_DUE, SWEEP_EPOCH)
 # Accounts whose plan renews a bundle, by the time of the next renewal.
 RENEW_INDEX = ("{renew}:due", "{renew}:epoch")
+# Pub/sub channel of account signals (``signals.py``): "<kind> <account id>", heard by
+# every process's signal hub, which hands them to the Diameter door and the gRPC watchers.
+SIGNALS = "signals:accounts"
 
 
 def pool_of(account_id: str) -> str | None:

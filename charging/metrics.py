@@ -181,3 +181,16 @@ TLS_NOT_AFTER = Gauge(
     "Expiry (not-after) of the loaded TLS certificates, Unix seconds, by certificate (server, client_ca).",
     ["certificate"],
 )
+
+# Account signals (charging/signals.py) and the gRPC watchers of sessions (charging/watch.py).
+SIGNALS = Counter(
+    "charging_signals_total",
+    "Account signals (credit, blocked) published for re-authorization or abort, or lost (Redis did not take them).",
+    ["kind", "outcome"],
+)
+WATCH_SIGNALS = Counter(
+    "charging_watch_signals_total",
+    "Session signals for gRPC watchers, by action (reauth, abort) and outcome (sent, no_watcher, dropped).",
+    ["action", "outcome"],
+)
+WATCHERS = Gauge("charging_watchers", "Open WatchSessions streams.")

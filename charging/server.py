@@ -52,7 +52,6 @@ from charging.context import Context
 from charging.database import Pool, open_pool, plaintext_problem
 from charging.diameter.config import DiameterConfig
 from charging.diameter.listener import DiameterDoor
-from charging.diameter.signals import SignallingDirectory, SignallingTopUps
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -70,10 +69,12 @@ from charging.renewals import Renewer
 from charging.security.guard import Guard
 from charging.security.mode import Mode, decide
 from charging.security.policy import PolicyFile
+from charging.security.server_tls import ServerTls
 from charging.security.tls import CertificateFiles, TlsFilesInvalid
 from charging.security.tokens import TokenStore
 from charging.sessions import SessionCharging, UsageLimits
 from charging.settings import Settings, redact_url
+from charging.signals import SignalHub, SignallingDirectory, SignallingTopUps
 from charging.status import add_servicer
 from charging.subscribers import Directory
 from charging.sweeper import Sweeper
@@ -85,6 +86,7 @@ from charging.v1 import (
     crm_pb2,
     topup_pb2,
 )
+from charging.watch import SessionWatch
 from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
@@ -150,6 +152,8 @@ class App:
     nchf: NchfListener | None = None
     leases: Leases | None = None
     diameter: DiameterDoor | None = None
+    signal_hub: SignalHub | None = None
+    watch: SessionWatch | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -174,10 +178,13 @@ class App:
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
-        # Line state changes and top-ups also signal the Diameter doors (RAR/ASR, charging/diameter/signals.py).
+        # Line state changes and top-ups signal the sessions' clients (charging/signals.py):
+        # Diameter RAR/ASR, and Charging.WatchSessions for gRPC gateways (charging/watch.py).
         directory = SignallingDirectory(
             self.redis, s.subscriber_cache_size, clock=self.clock, on_records=self.cdr_relay.wake
         )
+        self.signal_hub = hub = SignalHub(self.redis)
+        self.watch = SessionWatch(directory, hub)
         self.notifier = Notifier(self.redis)
         ctx = Context(
             ledger, directory, self.catalogs, self.clock, self.notifier, s.low_balance_micros, s.usage_records
@@ -224,7 +231,7 @@ class App:
         assert self.database is not None
         trail = AuditTrail(self.database)
         for servicer, service in (
-            (ChargingServicer(sessions, events), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
+            (ChargingServicer(sessions, events, self.watch), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
             # A CRM dispute is billing's dispute (one store): customer care delegates to it.
             (
@@ -261,7 +268,7 @@ class App:
         if s.console_address:
             self.console = await start_console(self, topups, care)
         if self.nchf is not None:  # the 5G CHF door (charging/nchf/)
-            await self.nchf.start(sessions, self.clock, TokenStore(self.redis))
+            await self.nchf.start(sessions, self.clock, TokenStore(self.redis), admission)
             if self.nchf.nrf is not None:
                 keep = self.nchf.nrf.keep_registered
                 self.jobs.start(Job("nrf", keep, interval_s=HEARTBEAT_S, clock=self.clock, backoff=job_backoff(s)))
@@ -275,12 +282,14 @@ class App:
                 self.catalogs,
                 self.clock,
                 max_in_flight=s.max_in_flight,
-                signals_from=self.redis,
+                signals_from=hub,
+                tls=ServerTls(s, what="Diameter") if diameter.tls_address is not None else None,
             )
             try:
                 await self.diameter.start()
             except OSError as exc:
                 raise StartupError(f"cannot listen on Diameter address {s.diameter_address}: {exc.strerror}") from None
+        await hub.start()  # every listener (gRPC watch, Diameter door) is in place
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True
@@ -457,6 +466,10 @@ class App:
             await self.nchf.stop(self.settings.grace_period_s)
         if self.diameter is not None:
             await self.diameter.stop()
+        if self.signal_hub is not None:
+            await self.signal_hub.stop()
+        if self.watch is not None:
+            self.watch.close()  # open WatchSessions streams end now, not after the grace
         if self._server is not None:
             await self._server.stop(self.settings.grace_period_s)
         await self.jobs.stop()

@@ -188,6 +188,10 @@ class Settings:
     diameter_default_rating_groups: str = "32251@3gpp.org=30"
     diameter_watchdog_s: float = 30.0
     diameter_answer_timeout_s: float = 5.0
+    # Diameter over TLS from the start (RFC 6733 13; IANA port 5658), beside the address
+    # above: the server certificate of CHARGING_TLS_CERT/_KEY, client certificates from
+    # CHARGING_TLS_CLIENT_CA naming the peer's Origin-Host. Empty: no TLS port.
+    diameter_tls_address: str = ""
 
     def __repr__(self) -> str:
         fields = []

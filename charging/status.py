@@ -93,13 +93,22 @@ def add_servicer(
 ) -> None:
     """Register a servicer as the generated ``add_*Servicer_to_server`` does, but with
     lenient request deserializers: each method, wrapped by ``rpc``, answers an undecodable
-    body INVALID_ARGUMENT. With ``admission``, every method is behind its in-flight bound
-    and deadline check."""
+    body INVALID_ARGUMENT. With ``admission``, every unary method is behind its in-flight
+    bound and deadline check."""
     handlers = {}
     for method in service.methods:
-        if method.client_streaming or method.server_streaming:
-            raise TypeError(f"{service.full_name}/{method.name}: only unary methods are supported")
+        if method.client_streaming:
+            raise TypeError(f"{service.full_name}/{method.name}: client streaming is not supported")
         behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            # A stream lives as long as its client watches: it holds no in-flight slot
+            # (its servicer bounds the number of streams itself).
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=lenient(GetMessageClass(method.input_type)),
+                response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            )
+            continue
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             behaviour if admission is None else admission.guard(method.name, behaviour),
             request_deserializer=lenient(GetMessageClass(method.input_type)),

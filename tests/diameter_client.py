@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass, field
 
 from diameter.message import Message
@@ -44,14 +45,14 @@ class Client:
     _reader_task: asyncio.Task[None] | None = None
 
     @staticmethod
-    async def connect(port: int, **kw: str) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(port: int, tls: ssl.SSLContext | None = None, **kw: str) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
         client = Client(reader, writer, **kw)
         client._reader_task = asyncio.create_task(client._read())
         return client
 
     async def _read(self) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             while True:
                 head = await self.reader.readexactly(20)
                 length = int.from_bytes(head[1:4], "big")

@@ -31,6 +31,7 @@ from charging.v1 import billing_pb2, billing_pb2_grpc, common_pb2, topup_pb2, to
 from postpaid import config as billing_config
 from postpaid.billing import Billing
 from tests.conftest import SEALER, LineBook, Stubs, enrol
+from tests.streaming import status_of
 from tests.test_security_roles import METHODS
 
 PRIVATE = {"grpc.use_local_subchannel_pool": 1}  # a new connection (handshake) per channel
@@ -80,11 +81,7 @@ def connect(port: int, c: grpc.ChannelCredentials) -> grpc.aio.Channel:
 
 
 async def code_of(channel: grpc.aio.Channel, method: str, body: bytes = b"") -> grpc.StatusCode:
-    try:
-        await channel.unary_unary(method)(body, timeout=10)
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
+    return (await status_of(channel, method, body, 10))[0]
 
 
 def refusals(method: str, reason: str) -> float:

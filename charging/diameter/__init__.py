@@ -11,8 +11,7 @@
     answers.py         the core's answers -> CCA (pure)
     connection.py      one peer connection: the asyncio state machine
     listener.py        the listening socket, the charging calls, start and stop
-    held.py, signals.py  sessions held for RAR/ASR, and the account signals that trigger them
-    keys.py            the Redis names of the door (the signal channel)
+    (charging/held.py, charging/signals.py: sessions held for RAR/ASR, the signals that trigger them)
     metrics.py         Prometheus metrics of the door (labels: command, result code)
 
 The charging core is called in process (``SessionCharging.charge``, ``EventCharging.charge``),

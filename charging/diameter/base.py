@@ -76,11 +76,15 @@ def origin_of(avps: list[Avp]) -> tuple[str, str]:
     return text(host), text(realm)
 
 
-def check_cer(avps: list[Avp], config: DiameterConfig, remote_ip: str) -> Peer:
-    """The peer a CER opens a connection for, or ``Refused`` with the CEA's result code."""
+def check_cer(avps: list[Avp], config: DiameterConfig, remote_ip: str, certified: frozenset[str] | None = None) -> Peer:
+    """The peer a CER opens a connection for, or ``Refused`` with the CEA's result code.
+    ``certified``: on a TLS connection, the DNS names of the peer's certificate (lower
+    case), one of which must be its Origin-Host (RFC 6733 13.1)."""
     host, realm = origin_of(avps)
     if not admits(config, host, realm, remote_ip):
         raise Refused(d.Code.UNKNOWN_PEER, message="peer not allowed")
+    if certified is not None and host.lower() not in certified:
+        raise Refused(d.Code.UNKNOWN_PEER, message="Origin-Host is not named by the peer's certificate")
     apps = [value(a) for a in d.find_all(avps, d.AUTH_APPLICATION_ID)]
     for group in d.find_all(avps, d.VENDOR_SPECIFIC_APPLICATION_ID):
         apps += [value(a) for a in d.find_all(value(group), d.AUTH_APPLICATION_ID)]

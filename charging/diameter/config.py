@@ -48,6 +48,8 @@ class DiameterConfig:
     answer_timeout_s: float = 5.0
     # A worker of several (charging serve --workers): the port is shared (charging/listening.py).
     shared: bool = False
+    # TLS from the start on a port of its own (host, port), or None.
+    tls_address: tuple[str, int] | None = None
 
     @property
     def loopback_only(self) -> bool:
@@ -75,6 +77,7 @@ class DiameterConfig:
             raise InvalidRequest(
                 "CHARGING_DIAMETER_PEERS", "must list the allowed peers when the address is not loopback"
             )
+        tls_address = _tls_address(s)
         if s.diameter_watchdog_s <= 0 or s.diameter_answer_timeout_s <= 0:
             raise InvalidRequest("CHARGING_DIAMETER_WATCHDOG_S", "timers must be more than 0")
         return DiameterConfig(
@@ -87,7 +90,22 @@ class DiameterConfig:
             default_rating_groups=_defaults(s.diameter_default_rating_groups),
             watchdog_s=s.diameter_watchdog_s,
             answer_timeout_s=s.diameter_answer_timeout_s,
+            tls_address=tls_address,
         )
+
+
+def _tls_address(s: Settings) -> tuple[str, int] | None:
+    """``CHARGING_DIAMETER_TLS_ADDRESS``: mutual TLS needs the server's certificate and
+    the CA that signs the peers' (RFC 6733 13.1: both ends are authenticated)."""
+    if not s.diameter_tls_address:
+        return None
+    name = "CHARGING_DIAMETER_TLS_ADDRESS"
+    host, sep, port = s.diameter_tls_address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InvalidRequest(name, "must be host:port")
+    if not (s.tls_cert and s.tls_key and s.tls_client_ca):
+        raise InvalidRequest(name, "needs CHARGING_TLS_CERT, CHARGING_TLS_KEY and CHARGING_TLS_CLIENT_CA")
+    return host.strip("[]"), int(port)
 
 
 def _rule(entry: str) -> PeerRule:

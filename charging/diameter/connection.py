@@ -47,6 +47,7 @@ from charging.diameter.codec import (
     request_header,
 )
 from charging.diameter.peers import Peer
+from charging.security.server_tls import names
 
 if TYPE_CHECKING:
     from charging.diameter.listener import DiameterDoor
@@ -71,6 +72,10 @@ class Connection:
         peername = writer.get_extra_info("peername") or ("", 0)
         sockname = writer.get_extra_info("sockname") or ("127.0.0.1", 0)
         self.remote_ip = str(peername[0])
+        # TLS: the DNS names of the peer's (verified) certificate; cleartext: None.
+        self.certified: frozenset[str] | None = None
+        if writer.get_extra_info("ssl_object") is not None:
+            self.certified = frozenset(n.lower() for n in names(writer.get_extra_info("peercert") or {})[1])
         self.me = replace(door.me, host_ip=str(sockname[0]))
         self.state = State.WAIT_CER
         self.peer: Peer | None = None
@@ -157,7 +162,7 @@ class Connection:
 
     async def _capabilities(self, header: MessageHeader, avps: list[Avp]) -> None:
         try:
-            peer = base.check_cer(avps, self.door.config, self.remote_ip)
+            peer = base.check_cer(avps, self.door.config, self.remote_ip, self.certified)
         except Refused as exc:
             log.warning("diameter: capabilities exchange refused", extra={"result_code": exc.code})
             await self._answer(header, exc.code, base.result(exc.code, self.me, exc.failed, exc.message))

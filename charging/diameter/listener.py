@@ -14,33 +14,31 @@ another server), anything unexpected 5012 DIAMETER_UNABLE_TO_COMPLY (logged).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-import redis.asyncio as aioredis
 from diameter.message.avp import Avp
 from diameter.message.avp.errors import AvpDecodeError
-from redis import exceptions as redis_errors
 
-from charging import listening
+from charging import listening, signals
 from charging import metrics as core_metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.codes import ResultCode
-from charging.diameter import answers, credit_control, keys, metrics, signals
+from charging.diameter import answers, credit_control, metrics
 from charging.diameter import dictionary as d
 from charging.diameter.base import Identity as Me
 from charging.diameter.codec import Refused, new, placeholder
 from charging.diameter.config import DiameterConfig
 from charging.diameter.connection import Connection
 from charging.diameter.credit_control import EventCall, Head, SessionCall
-from charging.diameter.held import Held, HeldSessions
 from charging.diameter.peers import Peer, PeerTable
 from charging.errors import ChargingError, Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
 from charging.events import EventCharging
+from charging.held import HeldSessions
+from charging.security.server_tls import ServerTls
 from charging.sessions import SessionAnswer, SessionCharging
 from charging.store import storage_errors
 from charging.subscribers import Directory, Identity
@@ -51,6 +49,16 @@ COMMANDS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
 # Sessions whose charged identity is remembered (IMSI or MSISDN, whichever the
 # subscriber has), so an UPDATE does not look up an identity nobody has again.
 REMEMBERED_SESSIONS = 100_000
+
+
+@dataclass
+class Held:
+    """A session open at this door: its peer, for RAR and ASR (``charging/held.py``)."""
+
+    account: str
+    peer_host: str
+    peer_realm: str
+    final_unit: bool = False
 
 
 class DiameterDoor:
@@ -64,7 +72,8 @@ class DiameterDoor:
         clock: Clock,
         *,
         max_in_flight: int = 512,
-        signals_from: aioredis.Redis | None = None,
+        signals_from: signals.SignalHub | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
@@ -79,12 +88,15 @@ class DiameterDoor:
         self.table: PeerTable[Connection] = PeerTable()
         self.port = 0
         self._server: asyncio.Server | None = None
+        # TLS from the start (RFC 6733 13) on ``config.tls_address``, when ``tls`` is given.
+        self.tls = tls
+        self.tls_port = 0
+        self._tls_server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._charged_as: OrderedDict[str, Identity] = OrderedDict()
-        self.held = HeldSessions()
-        self._signals_from = signals_from
-        self._pubsub: aioredis.client.PubSub | None = None
-        self._listening: asyncio.Task[None] | None = None
+        self.held: HeldSessions[Held] = HeldSessions()
+        if signals_from is not None:
+            signals_from.add(self.signalled)
 
     async def start(self) -> None:
         address = f"[{self.config.host}]:{self.config.port}" if ":" in self.config.host else None
@@ -93,11 +105,14 @@ class DiameterDoor:
         )
         self._server = await asyncio.start_server(self._accept, sock=sock)
         self.port = self._server.sockets[0].getsockname()[1]
-        if self._signals_from is not None:
-            # Subscribed before start returns: a signal published afterwards is heard.
-            self._pubsub = self._signals_from.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.subscribe(keys.SIGNALS)
-            self._listening = asyncio.create_task(self._listen(self._pubsub))
+        if self.tls is not None and self.config.tls_address is not None:
+            host, port = self.config.tls_address
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            tls_sock = listening.listen(where, "Diameter TLS", shared=self.config.shared)
+            self._tls_server = await asyncio.start_server(
+                self._accept, sock=tls_sock, ssl=self.tls.context, ssl_handshake_timeout=10.0
+            )
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         log.info("diameter: listening", extra={"diameter_port": self.port})
 
     async def stop(self) -> None:
@@ -105,16 +120,15 @@ class DiameterDoor:
         ``answer_timeout_s`` for its DPA), close every connection."""
         if self._server is not None:
             self._server.close()
-        if self._listening is not None:
-            self._listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listening
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._tls_server is not None:
+            self._tls_server.close()
         await asyncio.gather(*(c.disconnect() for c in list(self._connections)), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._tls_server is not None:
+            await self._tls_server.wait_closed()
+            self._tls_server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = Connection(self, reader, writer)
@@ -207,30 +221,16 @@ class DiameterDoor:
             self.held.record(session_id, held)
         held.final_unit = final_unit
 
-    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
-        """Act on account signals until cancelled; a broken subscription is renewed."""
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except redis_errors.RedisError as exc:
-                log.warning("diameter: signal subscription lost, renewing", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            signal = signals.parse(str(message["data"]))
-            if signal is not None:
-                await self.signalled(*signal)
-
     async def signalled(self, kind: signals.Kind, account: str) -> None:
         """RAR to the sessions of ``account`` that got a final-unit indication (credit),
         or ASR to all of them (blocked). Each request is sent once; what the peer does
         with it is counted, never retried."""
         for session_id, held in self.held.of_account(account):
-            if kind == "credit" and held.final_unit:
+            action = signals.due(kind, held.final_unit)
+            if action == "reauth":
                 held.final_unit = False
                 await self._server_request(d.RE_AUTH, "RAR", session_id, held, [new(d.RE_AUTH_REQUEST_TYPE, 0)])
-            elif kind == "blocked":
+            elif action == "abort":
                 self.held.forget(session_id)
                 await self._server_request(d.ABORT_SESSION, "ASR", session_id, held, [])
 

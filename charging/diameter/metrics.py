@@ -34,8 +34,3 @@ SENT = Counter(
 PEER_RESTARTS = Counter(
     "charging_diameter_peer_restarts_total", "Peers that came back with a higher Origin-State-Id (they restarted)."
 )
-SIGNALS = Counter(
-    "charging_diameter_signals_total",
-    "Account signals (credit, blocked) published for RAR/ASR, or lost when Redis could not take them.",
-    ["kind", "outcome"],
-)

@@ -9,11 +9,15 @@ Paths (any apiRoot prefix, so an NF profile's ``apiPrefix`` works):
 
 Every error is application/problem+json: 400 with invalidParams naming each invalid
 field (nothing charged), 401 without an identity, 403 without the network role, 404 for
-an unknown ChargingDataRef, 413 for a body over 64 KiB, 503 when Redis cannot answer.
+an unknown ChargingDataRef, 413 for a body over 64 KiB, 503 NF_CONGESTION when Redis
+cannot answer or when the process already works on ``CHARGING_MAX_IN_FLIGHT`` requests
+(the gRPC API's admission slots, ``charging/admission.py``, taken once the body is read;
+with ``Retry-After``, TS 29.500 5.2.7.2), having changed nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -23,6 +27,7 @@ from typing import Any
 import orjson
 
 from charging import metrics as core_metrics
+from charging.admission import Admission
 from charging.clock import Clock
 from charging.errors import Conflict, StorageUnavailable
 from charging.nchf import metrics
@@ -42,6 +47,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # Who is calling on this connection: an identity, or None (refused as unauthenticated).
 Identify = Callable[[Scope], Awaitable[Identity | None]]
+# Seconds an SMF refused for overload waits before trying again (Retry-After).
+RETRY_AFTER_S = 1
 
 
 class TooLarge(Exception):
@@ -50,12 +57,18 @@ class TooLarge(Exception):
 
 class NchfApp:
     def __init__(
-        self, sessions: SessionCharging, clock: Clock, identify: Identify, ceilings: Mapping[UnitKind, int]
+        self,
+        sessions: SessionCharging,
+        clock: Clock,
+        identify: Identify,
+        ceilings: Mapping[UnitKind, int],
+        admission: Admission | None = None,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.identify = identify
         self.ceilings = ceilings
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,22 +83,32 @@ class NchfApp:
         started = time.perf_counter()
         op = "unknown"
         try:
-            op, answer = await self._handle(scope, receive)
+            body: bytes | None = await _body(receive)
+        except TooLarge:
+            body = None
+        admitted = self.admission is None or self.admission.enter()
+        try:
+            if admitted:
+                op, answer = await self._handle(scope, body)
+            else:
+                op = _operation(scope["path"])
+                core_metrics.ADMISSION_REJECTIONS.labels(f"Nchf.{op}", "in_flight").inc()
+                busy = problem(503, "NF_CONGESTION", "server overloaded: retry later")
+                answer = dataclasses.replace(busy, headers=(("retry-after", str(RETRY_AFTER_S)),))
         except StorageUnavailable:
             core_metrics.REDIS_ERRORS.labels("nchf").inc()
             answer = problem(503, "NF_CONGESTION", "charging storage unavailable, retry")
         except Exception:
             log.exception("Nchf request failed", extra={"operation": op})
             answer = problem(500, "SYSTEM_FAILURE", "internal error")
+        finally:
+            if admitted and self.admission is not None:
+                self.admission.leave()
         metrics.REQUESTS.labels(op, answer.result).inc()
         metrics.LATENCY.labels(op).observe(time.perf_counter() - started)
         await _send(send, answer)
 
-    async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, Reply]:
-        try:
-            body = await _body(receive)
-        except TooLarge:
-            body = None
+    async def _handle(self, scope: Scope, body: bytes | None) -> tuple[str, Reply]:
         found = PATH.match(scope["path"])
         if found is None:
             return "unknown", problem(404, "RESOURCE_URI_STRUCTURE_NOT_FOUND", "no such resource")
@@ -128,6 +151,14 @@ class NchfApp:
             f"{scope['scheme']}://{_authority(scope)}{found['root']}/nchf-convergedcharging/v3/chargingdata/{ref}"
         )
         return op, reply(op, data, answer, self.clock.now_ms() / 1000, location)
+
+
+def _operation(path: str) -> str:
+    """The operation a path names (a metrics label), ``unknown`` for any other path."""
+    found = PATH.match(path)
+    if found is None:
+        return "unknown"
+    return "create" if found["op"] is None else str(found["op"])
 
 
 def _authority(scope: Scope) -> str:

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import ssl
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +37,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 
+from charging.admission import Admission
 from charging.clock import Clock
 from charging.errors import StartupError
 from charging.listening import listen
@@ -49,73 +47,14 @@ from charging.nchf.nrf import NrfClient, Registration
 from charging.security.identity import LOCAL, Identity
 from charging.security.mode import Mode, decide
 from charging.security.policy import PolicyFile
+from charging.security.server_tls import ServerTls, names
 from charging.security.tokens import TokenStore
 from charging.sessions import SessionCharging
 from charging.settings import Settings
 
 log = logging.getLogger("charging.nchf")
-
-
-def server_tls(settings: Settings) -> ssl.SSLContext:
-    """The server's TLS context from the gRPC API's certificate settings."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-        if settings.tls_client_ca:
-            context.load_verify_locations(settings.tls_client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"Nchf TLS: {exc}") from None
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    return context
-
-
-class ServerTls:
-    """The server's TLS context, renewed when a certificate file changes (as the gRPC
-    API's ``security/tls.py``): the listening socket keeps the first context, whose
-    SNI callback (called on every handshake, with or without SNI) hands the handshake
-    the newest one. Files are looked at no more than once a second; a new pair that does
-    not load (a renewal half written) is ignored with a warning until it does."""
-
-    def __init__(self, settings: Settings, check_s: float = 1.0) -> None:
-        self.settings = settings
-        self.check_s = check_s
-        self._paths = [p for p in (settings.tls_cert, settings.tls_key, settings.tls_client_ca) if p]
-        self._stamps = self._read_stamps()
-        self.context = server_tls(settings)
-        self.context.sni_callback = self._handshake
-        self._current = self.context
-        self._checked = time.monotonic()
-
-    def _read_stamps(self) -> tuple[tuple[int, int], ...]:
-        try:
-            return tuple((st.st_mtime_ns, st.st_size) for st in (os.stat(p) for p in self._paths))
-        except OSError:
-            return ()
-
-    def _handshake(self, conn: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
-        now = time.monotonic()
-        if now - self._checked >= self.check_s:
-            self._checked = now
-            stamps = self._read_stamps()
-            if stamps and stamps != self._stamps:
-                try:
-                    self._current = server_tls(self.settings)
-                except StartupError as exc:
-                    log.warning("Nchf certificate files not reloaded", extra={"error": str(exc)})
-                else:
-                    self._stamps = stamps
-                    log.info("Nchf certificate files reloaded", extra={"cert": self.settings.tls_cert})
-        if self._current is not self.context:
-            conn.context = self._current
-
-
-def _names(cert: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """The URI and DNS subject alternative names of a peer certificate."""
-    uris = [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
-    dns = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
-    return uris, dns
+# HTTP/2 first, HTTP/1.1 for tools.
+ALPN = ("h2", "http/1.1")
 
 
 class NchfListener:
@@ -129,7 +68,7 @@ class NchfListener:
             self.mode = decide([settings.nchf_address], bool(settings.tls_cert), bool(policy), settings.insecure)
         except StartupError as exc:
             raise StartupError(str(exc).replace("gRPC address", "Nchf address")) from None
-        self.tls_files = ServerTls(settings) if self.mode is Mode.SECURED else None
+        self.tls_files = ServerTls(settings, ALPN) if self.mode is Mode.SECURED else None
         self._tls = self.tls_files.context if self.tls_files is not None else None
         self._socket = listen(settings.nchf_address, "Nchf", shared=bool(settings.worker_of))
         self.port = int(self._socket.getsockname()[1])
@@ -146,7 +85,9 @@ class NchfListener:
         self._config.keep_alive_timeout = 60.0
         self._config.graceful_timeout = settings.grace_period_s
 
-    async def start(self, sessions: SessionCharging, clock: Clock, tokens: TokenStore) -> None:
+    async def start(
+        self, sessions: SessionCharging, clock: Clock, tokens: TokenStore, admission: Admission | None = None
+    ) -> None:
         self._tokens = tokens
         if self.settings.nchf_nrf_url:
             scheme = "https" if self._tls else "http"
@@ -154,7 +95,7 @@ class NchfListener:
             prefix = self.settings.nchf_api_prefix or f"{scheme}://{host}:{self.port}"
             self.nrf = NrfClient(Registration.of(self.settings.nchf_nrf_url, prefix, self.settings.nchf_instance_id))
         ceilings = sessions.limits.ceilings
-        app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings))  # type: ignore[arg-type]
+        app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings, admission))  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -185,7 +126,7 @@ class NchfListener:
     def _certified(self, cert: Mapping[str, Any]) -> Identity | None:
         if self.policy is None:
             return None
-        uris, dns = _names(cert)
+        uris, dns = names(cert)
         return self.policy.current().identify(uris, dns)
 
     async def identify(self, scope: Scope) -> Identity | None:

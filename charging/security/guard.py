@@ -60,6 +60,8 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return self._unary(method, handler)
         if handler.stream_stream is not None:
             return self._stream(method, handler)
+        if handler.unary_stream is not None:
+            return self._server_stream(method, handler)
         # No such method is registered outside health; refuse rather than pass one unchecked.
         log.error("no authorization for this kind of method", extra={"method": method})
         return None
@@ -82,6 +84,16 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 yield answer
 
         return grpc.stream_stream_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
+
+    def _server_stream(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        inner = handler.unary_stream
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self.authorize(method, request, context)
+            async for answer in inner(request, context):
+                yield answer
+
+        return grpc.unary_stream_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
 
     async def identify(self, context: grpc.aio.ServicerContext) -> Identity | None:
         """The certificate's identity, else the bearer token's, else None."""

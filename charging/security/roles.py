@@ -35,6 +35,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
         {
             "ChargeSession": (NETWORK,),
             "ChargeEvent": (NETWORK,),
+            "WatchSessions": (NETWORK,),
         },
     ),
     **_service(

@@ -1,40 +1,42 @@
-"""The Diameter sessions this process answers, by account (pure, bounded).
+"""The sessions one door of this process answers, by account (pure, bounded): what an
+account signal (``signals.py``) needs to reach them.
 
-What a server-initiated request needs: the session's peer (Origin-Host and Realm of the
-connection it came on) and whether its last answer carried a Final-Unit-Indication.
-A session is recorded when an INITIAL opens it and forgotten when it ends (TERMINATE, a
-command-level failure, an ASR); the oldest go first beyond ``limit`` (their sessions
-still charge correctly, they only miss RAR/ASR).
+Each door records what it needs to reach a session's client (the Diameter door its
+peer's Origin-Host and Realm, the gRPC watch its gateway) and whether the session's last
+answer carried a final-unit indication. A session is recorded when an INITIAL opens it
+and forgotten when it ends (TERMINATE, a command-level failure, an abort); the oldest go
+first beyond ``limit`` (their sessions still charge correctly, they only miss the
+re-authorization or abort).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 
-@dataclass
-class Held:
+class Holding(Protocol):
     account: str
-    peer_host: str
-    peer_realm: str
-    final_unit: bool = False
+    final_unit: bool
 
 
-class HeldSessions:
+H = TypeVar("H", bound=Holding)
+
+
+class HeldSessions(Generic[H]):
     def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit
-        self._sessions: OrderedDict[str, Held] = OrderedDict()
+        self._sessions: OrderedDict[str, H] = OrderedDict()
         self._by_account: dict[str, set[str]] = {}
 
-    def record(self, session_id: str, held: Held) -> None:
+    def record(self, session_id: str, held: H) -> None:
         self.forget(session_id)
         self._sessions[session_id] = held
         self._by_account.setdefault(held.account, set()).add(session_id)
         while len(self._sessions) > self.limit:
             self.forget(next(iter(self._sessions)))
 
-    def get(self, session_id: str) -> Held | None:
+    def get(self, session_id: str) -> H | None:
         return self._sessions.get(session_id)
 
     def forget(self, session_id: str) -> None:
@@ -47,7 +49,7 @@ class HeldSessions:
             if not ids:
                 del self._by_account[held.account]
 
-    def of_account(self, account: str) -> list[tuple[str, Held]]:
+    def of_account(self, account: str) -> list[tuple[str, H]]:
         return [(sid, self._sessions[sid]) for sid in sorted(self._by_account.get(account, ()))]
 
     def __len__(self) -> int:

@@ -1,0 +1,156 @@
+"""Account changes that charging clients holding sessions must hear about, whichever
+process made them: one mechanism for every door.
+
+    credit   a top-up or a bundle bought: sessions of the account that got a
+             final-unit indication are re-authorized (Diameter RAR, gRPC ``REAUTHORIZE``),
+             so the gateway asks for a new grant and lifts its redirect
+    blocked  the line barred, suspended or terminated: its sessions are aborted
+             (Diameter ASR, gRPC ``ABORT``)
+
+The process that made the change publishes ``<kind> <account>`` on the Redis pub/sub
+channel ``keys.SIGNALS`` (after the change is stored; a failed publish is logged and
+counted, the change stands). Every server process has one ``SignalHub``: one
+subscription, handing each signal to its listeners (the Diameter door, the gRPC session
+watch). Each listener keeps the sessions it answers in a ``HeldSessions`` table
+(``held.py``) and asks ``due`` what a signal means for each of them; the one that charged
+the session tells its client, so it works with several server processes.
+
+Pub/sub delivers at most once: a lost signal costs promptness only, never correctness,
+because the next update of the session is answered by the core from the account as it
+is (a new grant after a top-up, 4010 on a barred line). Clients that ignore RAR (Open5GS
+answers it and does nothing) or do not know ASR get the right answers all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from charging import keys, metrics
+from charging.subscribers import Account, Directory, Identity
+from charging.topups import BundlePurchase, PurchaseResult, Recharge, RechargeResult, TopUps
+
+log = logging.getLogger("charging.signals")
+
+Kind = Literal["credit", "blocked"]
+Action = Literal["reauth", "abort"]
+Listener = Callable[[Kind, str], Awaitable[None]]
+# Terminated lines are "barred" in charging; a barred-outgoing line keeps incoming service.
+BLOCKED_STATUSES = frozenset({"barred", "suspended"})
+# Pause before a lost subscription is renewed.
+RESUBSCRIBE_S = 1.0
+
+
+def due(kind: Kind, final_unit: bool) -> Action | None:
+    """What a signal asks of one held session: re-authorize it after credit when its last
+    answer carried a final-unit indication, abort it when its line is blocked."""
+    if kind == "blocked":
+        return "abort"
+    return "reauth" if final_unit else None
+
+
+async def publish(client: aioredis.Redis, kind: Kind, account: str) -> None:
+    try:
+        await client.publish(keys.SIGNALS, f"{kind} {account}")
+        metrics.SIGNALS.labels(kind, "published").inc()
+    except redis_errors.RedisError as exc:
+        metrics.SIGNALS.labels(kind, "lost").inc()
+        log.warning("signal not published", extra={"kind": kind, "error": str(exc)})
+
+
+def parse(message: str) -> tuple[Kind, str] | None:
+    kind, _, account = message.partition(" ")
+    if kind == "credit" and account:
+        return "credit", account
+    if kind == "blocked" and account:
+        return "blocked", account
+    return None
+
+
+class SignalHub:
+    """This process's one subscription to the signal channel, handing every signal to
+    each listener in turn (a listener's failure is logged, the others still hear it)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._listeners: list[Listener] = []
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        # Subscribed before start returns: a signal published afterwards is heard.
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(keys.SIGNALS)
+        self._task = asyncio.create_task(self._listen(self._pubsub))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        """Act on account signals until cancelled; a broken subscription is renewed."""
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except redis_errors.RedisError as exc:
+                log.warning("signal subscription lost, renewing", extra={"error": str(exc)})
+                await asyncio.sleep(RESUBSCRIBE_S)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            signal = parse(str(message["data"]))
+            if signal is not None:
+                await self.deliver(*signal)
+
+    async def deliver(self, kind: Kind, account: str) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(kind, account)
+            except Exception:
+                log.exception("signal listener failed", extra={"kind": kind})
+
+
+class SignallingTopUps(TopUps):
+    """Top-ups and bundle purchases that say ``credit`` once they are done (not for a
+    replayed request: its first execution said it)."""
+
+    def __init__(self, *args: object, signals: aioredis.Redis, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._signals = signals
+
+    async def recharge(self, req: Recharge) -> RechargeResult:
+        result = await super().recharge(req)
+        if not result.replayed:
+            await publish(self._signals, "credit", result.account_id)
+        return result
+
+    async def buy_bundle(self, req: BundlePurchase) -> PurchaseResult:
+        result = await super().buy_bundle(req)
+        if result.outcome == "OK" and not result.replayed:
+            await publish(self._signals, "credit", result.account_id)
+        return result
+
+
+class SignallingDirectory(Directory):
+    """The subscriber directory, saying ``blocked`` when a line stops being active."""
+
+    async def set_status(self, identity: Identity, status: str) -> Account:
+        account = await super().set_status(identity, status)
+        if status in BLOCKED_STATUSES:
+            await publish(self._client, "blocked", account.account_id)
+        return account
