@@ -186,21 +186,25 @@ class Payments:
         else:
             key, args = keys.payment("CN", movement.key), self._note_args(movement)
         ba = movement.billing_account
+        refused: Exception | None = None
         async with self.ledger.applying(movement.application_id) as conn:
             before = await self.ledger.applied(conn, movement.application_id)
             if before is not None and before.outcome == "REFUSED":
                 _refused(before.detail, [before.detail, "0"])
             try:
                 reply = await self._decide(key, ba, args)
-            except (Conflict, LimitExceeded, NotFound, InvalidRequest):
+            except (Conflict, LimitExceeded, NotFound, InvalidRequest) as exc:
+                refused = exc  # raised once the refusal is committed (leaving the block)
                 if before is None:
                     detail = await self._refusal(key, ba, args)
                     await self.ledger.mark(conn, Applied(movement.application_id, "REFUSED", detail))
-                raise
-            record = _record(reply)
-            if before is None:
-                allocations = {str(k): int(v) for k, v in record.get("allocations", {}).items()}
-                await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED", "", allocations))
+            else:
+                record = _record(reply)
+                if before is None:
+                    allocations = {str(k): int(v) for k, v in record.get("allocations", {}).items()}
+                    await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED", "", allocations))
+        if refused is not None:
+            raise refused
         if isinstance(movement, Payment) and reply[0] == "DONE":
             metrics.PAYMENTS.labels(movement.channel).inc()
             metrics.PAYMENT_MINOR.labels(movement.channel).inc(movement.amount)

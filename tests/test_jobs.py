@@ -64,6 +64,7 @@ async def check(app: App, service: str = "") -> int:
 
 JOBS = [
     "bill_run",
+    "billing_applications",
     "catalog",
     "census",
     "changes",  # the change feed (charging/changes.py): watched like the jobs

@@ -153,7 +153,7 @@ CREATE TABLE billing_applied (
 VIEWS = """
 CREATE VIEW receivables_ageing AS
 WITH covered AS (
-    SELECT ba, sum(amount) AS amount FROM (
+    SELECT ba, sum(amount)::bigint AS amount FROM (
         SELECT p.billing_account AS ba, p.amount_minor AS amount
         FROM payments p JOIN billing_applied a ON a.application_id = 'PAYMENT:' || p.payment_id
         WHERE a.outcome = 'APPLIED'
@@ -175,12 +175,12 @@ WITH covered AS (
     FROM running
 )
 SELECT billing_account, currency,
-       sum(open_minor) FILTER (WHERE days < 0) AS not_due_minor,
-       sum(open_minor) FILTER (WHERE days BETWEEN 0 AND 30) AS days_0_30_minor,
-       sum(open_minor) FILTER (WHERE days BETWEEN 31 AND 60) AS days_31_60_minor,
-       sum(open_minor) FILTER (WHERE days BETWEEN 61 AND 90) AS days_61_90_minor,
-       sum(open_minor) FILTER (WHERE days > 90) AS days_over_90_minor,
-       sum(open_minor) AS open_minor
+       sum(open_minor) FILTER (WHERE days < 0)::bigint AS not_due_minor,
+       sum(open_minor) FILTER (WHERE days BETWEEN 0 AND 30)::bigint AS days_0_30_minor,
+       sum(open_minor) FILTER (WHERE days BETWEEN 31 AND 60)::bigint AS days_31_60_minor,
+       sum(open_minor) FILTER (WHERE days BETWEEN 61 AND 90)::bigint AS days_61_90_minor,
+       sum(open_minor) FILTER (WHERE days > 90)::bigint AS days_over_90_minor,
+       sum(open_minor)::bigint AS open_minor
 FROM open
 GROUP BY billing_account, currency
 HAVING sum(open_minor) > 0;
@@ -189,7 +189,7 @@ COMMENT ON VIEW receivables_ageing IS
 
 CREATE VIEW payments_per_channel AS
 SELECT date_trunc('month', p.received_at AT TIME ZONE 'UTC')::date AS month, p.channel, p.currency,
-       count(*) AS payments, sum(p.amount_minor) AS amount_minor
+       count(*) AS payments, sum(p.amount_minor)::bigint AS amount_minor
 FROM payments p JOIN billing_applied a ON a.application_id = 'PAYMENT:' || p.payment_id
 WHERE a.outcome = 'APPLIED'
 GROUP BY 1, 2, 3;
