@@ -22,6 +22,7 @@ from charging import keys
 from charging.clock import ManualClock
 from charging.database import Pool, open_pool
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
+from charging.security.identity import Identity, set_caller
 from postpaid import config as billing_config
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import MAX_MINOR, Payments
@@ -235,3 +236,19 @@ async def test_receivables_ageing_and_payments_per_channel(database_url: str) ->
 
 def _month(m: int) -> date:
     return date(2026, m, 1)
+
+
+async def test_the_audit_entry_names_the_authenticated_caller(payments: Payments) -> None:
+    ba, standing = await seeded(payments.client, [3000], 0)
+    ((invoice, _),) = standing.open
+
+    async def as_billing() -> None:  # a task of its own, as guard.py serves each call
+        set_caller(Identity("spiffe://charging.local/billing", frozenset({"billing"})))
+        await payments.pay(ba, 100, "APP", "app-1")
+        await payments.credit_note(invoice, 50, "goodwill", "cn-1", actor="agent-7")
+
+    await asyncio.create_task(as_billing())
+    assert await rows(payments.ledger.pool, "SELECT actor, action, details->>'agent' FROM audit ORDER BY 2 DESC") == [
+        ("spiffe://charging.local/billing", "payment", None),
+        ("spiffe://charging.local/billing", "credit_note", "agent-7"),
+    ]
