@@ -38,7 +38,7 @@ from charging.store import storage_errors
 from postpaid.config import BillingConfig
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import ADJUSTMENT, Charge
-from postpaid.receivables import Applied, CreditNote, Payment, Receivables
+from postpaid.receivables import Applied, CreditNote, Payment, Receivables, Refund
 from postpaid.scripts import DISPUTE, PAY, DisputeArgs, PayArgs
 
 log = logging.getLogger("postpaid.payments")
@@ -177,12 +177,14 @@ class Payments:
         await self._changed(ba)
         return record
 
-    async def apply(self, movement: Payment | CreditNote) -> dict[str, Any]:
-        """Apply a committed payment or credit note in Redis, once, and record the outcome
+    async def apply(self, movement: Payment | CreditNote | Refund) -> dict[str, Any]:
+        """Apply a committed payment, credit note or refund in Redis, once, and record the outcome
         (``receivables.py``). A movement Redis refuses (a race after the pre-check) is
         recorded as refused, void, and its error raised, now and on every retry."""
         if isinstance(movement, Payment):
             key, args = keys.payment(movement.channel, movement.reference), self._payment_args(movement)
+        elif isinstance(movement, Refund):
+            key, args = keys.payment("REFUND", movement.reference), self._refund_args(movement)
         else:
             key, args = keys.payment("CN", movement.key), self._note_args(movement)
         ba = movement.billing_account
@@ -224,9 +226,11 @@ class Payments:
         crash between the commit and Redis). Answers how many it applied or refused."""
         done = 0
         for pending in await self.ledger.pending():
-            movement: Payment | CreditNote | None
+            movement: Payment | CreditNote | Refund | None
             if pending.kind == "PAYMENT":
                 movement = await self.ledger.payment_by_id(pending.movement_id)
+            elif pending.kind == "REFUND":
+                movement = await self.ledger.refund_by_id(pending.movement_id)
             else:
                 movement = await self.ledger.credit_note_by_number(pending.movement_id)
             if movement is None:
@@ -240,21 +244,40 @@ class Payments:
             done += 1
         return done
 
+    def _refund_args(self, r: Refund, check: bool = False) -> PayArgs:
+        doc = json.dumps(
+            {
+                "kind": "REFUND",
+                "ba": r.billing_account,
+                "amount": r.amount,
+                "reference": r.reference,
+                "reason": r.reason,
+            }
+        )
+        digest = _digest(r.billing_account, r.amount)
+        return PayArgs("REFUND", digest, r.amount, r.refunded_s, keys.invoice_state(""), doc, MAX_MINOR, check=check)
+
     async def refund(self, ba: str, amount: int, reference: str, reason: str, actor: str = "") -> dict[str, Any]:
-        """Pay back part of the account's credit (an overpayment), with a reason; audited."""
+        """Pay back part of the account's credit (an overpayment), with a reason; committed
+        in PostgreSQL first and audited there, then taken from the credit in Redis."""
         _amount(amount, "amount_minor")
         _key_part(reference, "reference")
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
         await self._account_exists(ba)
-        now_s = self.clock.now_ms() // 1000
-        doc = json.dumps({"kind": "REFUND", "ba": ba, "amount": amount, "reference": reference, "reason": reason})
-        args = PayArgs("REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc, MAX_MINOR)
-        reply = await self._decide(keys.payment("REFUND", reference), ba, args)
-        record = _record(reply)
-        if not record["replayed"]:
-            await self._audit("refund", actor or "api", ba, amount, reason, reference)
-        return record
+        refund = await self.ledger.refund(ba, reference)
+        if refund is None:
+            if (await self.ledger.refunded_of(reference)) not in (None, ba):
+                raise Conflict("this reference was used before with another payload")
+            draft = Refund(uuid.uuid4().hex, ba, reference, amount, reason, actor or "api", self.clock.now_ms() // 1000)
+            reply = await self._decide(keys.payment("REFUND", reference), ba, self._refund_args(draft, check=True))
+            if reply[0] == "REPLAY":  # made before PostgreSQL kept refunds
+                return _record(reply)
+            entry = self._entry("refund", ba, amount, reason, reference, agent=draft.actor)
+            refund = await self.ledger.record_refund(draft, entry)
+        if refund.amount != amount:
+            raise Conflict("this reference was used before with another payload")
+        return await self.apply(refund)
 
     async def credit_note(
         self, number: str, amount: int, reason: str, key: str, release: int = 0, actor: str = ""

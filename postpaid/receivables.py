@@ -35,7 +35,7 @@ from charging import audit_trail
 from charging.audit_trail import AuditEntry
 from charging.database import Pool
 
-Kind = Literal["PAYMENT", "CREDIT_NOTE"]
+Kind = Literal["PAYMENT", "CREDIT_NOTE", "REFUND"]
 
 
 def _at(seconds: int) -> datetime:
@@ -75,6 +75,23 @@ class CreditNote:
     @property
     def application_id(self) -> str:
         return f"CREDIT_NOTE:{self.number}"
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Credit paid back to the customer (an overpayment)."""
+
+    refund_id: str
+    billing_account: str
+    reference: str  # idempotency key (per billing account)
+    amount: int  # minor units
+    reason: str
+    actor: str  # the agent who asked for it
+    refunded_s: int
+
+    @property
+    def application_id(self) -> str:
+        return f"REFUND:{self.refund_id}"
 
 
 @dataclass(frozen=True)
@@ -221,6 +238,50 @@ class Receivables:
         except pg_errors.UniqueViolation:
             pass  # the same key committed meanwhile; the number went back with the rollback
         found = await self.credit_note(note.billing_account, note.key)
+        assert found is not None
+        return found
+
+    # -- refunds of credit
+
+    async def refund(self, ba: str, reference: str) -> Refund | None:
+        return await self._one_refund("billing_account = %s AND reference = %s", (ba, reference))
+
+    async def refund_by_id(self, refund_id: str) -> Refund | None:
+        return await self._one_refund("refund_id = %s", (refund_id,))
+
+    async def refunded_of(self, reference: str) -> str | None:
+        """The billing account a refund reference was used for, if any (Redis keeps one
+        record per reference)."""
+        found = await self._one_refund("reference = %s", (reference,))
+        return None if found is None else found.billing_account
+
+    async def _one_refund(self, where: str, params: tuple[str, ...]) -> Refund | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT refund_id, billing_account, reference, amount_minor, reason, actor, refunded_at "
+                f"FROM refunds WHERE {where} LIMIT 1",
+                params,
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Refund(row[0], row[1], row[2], int(row[3]), row[4], row[5], int(row[6].timestamp()))
+
+    async def record_refund(self, r: Refund, audit: AuditEntry) -> Refund:
+        """Commit the refund, its pending application and its audit entry; a refund with
+        the same reference committed meanwhile comes back instead."""
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO refunds (refund_id, billing_account, reference, amount_minor, reason, refunded_at, "
+                    "actor) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (r.refund_id, r.billing_account, r.reference, r.amount, r.reason, _at(r.refunded_s), r.actor),
+                )
+                await _pending(conn, r.application_id, "REFUND", r.refund_id, r.billing_account)
+                await audit_trail.insert(conn, [audit])
+        except pg_errors.UniqueViolation:
+            pass
+        found = await self.refund(r.billing_account, r.reference)
         assert found is not None
         return found
 

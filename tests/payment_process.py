@@ -3,7 +3,8 @@ at a chosen point, for the crash tests:
 ``python -m tests.payment_process REDIS_URL DATABASE_URL KIND BA INVOICE POINT``.
 
 KIND ``payment`` pays 1000 on BA (channel BANK_TRANSFER, reference ``crash-1``);
-``credit_note`` credits 400 of INVOICE (key ``crash-cn``). The points:
+``credit_note`` credits 400 of INVOICE (key ``crash-cn``); ``refund`` refunds 200 of
+BA's credit (reference ``crash-r``). The points:
   after_commit   the movement and its pending application are committed; Redis has not
                  heard of it
   after_redis    Redis applied it; its outcome row is not written
@@ -25,7 +26,7 @@ from charging.database import open_pool
 from postpaid import config as billing_config
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import Payments
-from postpaid.receivables import CreditNote, Payment
+from postpaid.receivables import CreditNote, Payment, Refund
 from postpaid.scripts import PayArgs
 
 
@@ -36,7 +37,7 @@ def die() -> None:
 class Crashing(Payments):
     point = "none"
 
-    async def apply(self, movement: Payment | CreditNote) -> dict[str, Any]:
+    async def apply(self, movement: Payment | CreditNote | Refund) -> dict[str, Any]:
         if self.point == "after_commit":
             die()
         return await super().apply(movement)
@@ -56,6 +57,8 @@ async def main(redis_url: str, database_url: str, kind: str, ba: str, invoice: s
     payments.point = point
     if kind == "payment":
         await payments.pay(ba, 1000, "BANK_TRANSFER", "crash-1")
+    elif kind == "refund":
+        await payments.refund(ba, 200, "crash-r", "asked")
     else:
         await payments.credit_note(invoice, 400, "goodwill", "crash-cn")
     await pool.close()

@@ -148,32 +148,42 @@ async def crashing(redis_url: str, database_url: str, kind: str, ba: str, invoic
     return proc.returncode
 
 
-@pytest.mark.parametrize("kind", ["payment", "credit_note"])
+# What each kind leaves of an account with one invoice of 3000 open and 500 credit:
+# the invoice's open amount and the credit.
+LEFT = {"payment": (2000, 500), "credit_note": (2600, 500), "refund": (3000, 300)}
+
+
+@pytest.mark.parametrize("kind", ["payment", "credit_note", "refund"])
 @pytest.mark.parametrize("point", ["after_commit", "after_redis"])
 async def test_a_process_killed_between_the_commit_and_redis_applies_once(
     payments: Payments, redis_url: str, database_url: str, kind: str, point: str
 ) -> None:
     pool, client = payments.ledger.pool, payments.client
-    ba, standing = await seeded(client, [3000], 0)
+    ba, standing = await seeded(client, [3000], 500)
     ((invoice, _),) = standing.open
     assert await crashing(redis_url, database_url, kind, ba, invoice, point) == -signal.SIGKILL
     (pending,) = await payments.ledger.pending()
     assert pending.kind == kind.upper()
-    left = 2000 if kind == "payment" else 2600
-    assert await open_amounts(client, ba) == ({invoice: 3000 if point == "after_commit" else left}, 0)
+    left, credit = LEFT[kind]
+    before = ({invoice: 3000}, 500) if point == "after_commit" else ({invoice: left}, credit)
+    assert await open_amounts(client, ba) == before
     # The job applies it once; again, nothing changes.
     assert await payments.apply_pending() == 1
     assert await payments.apply_pending() == 0
-    assert await open_amounts(client, ba) == ({invoice: left}, 0)
-    assert await rows(pool, "SELECT invoice_id, amount_minor FROM allocations") == [(invoice, 3000 - left)]
+    assert await open_amounts(client, ba) == ({invoice: left}, credit)
+    paid = [(invoice, 3000 - left)] if kind != "refund" else []
+    assert await rows(pool, "SELECT invoice_id, amount_minor FROM allocations") == paid
+    assert await rows(pool, "SELECT outcome FROM billing_applied") == [("APPLIED",)]
     # The client's retry answers what happened and changes nothing either.
     if kind == "payment":
         retried = await payments.pay(ba, 1000, "BANK_TRANSFER", "crash-1")
+    elif kind == "refund":
+        retried = await payments.refund(ba, 200, "crash-r", "asked")
     else:
         retried = await payments.credit_note(invoice, 400, "goodwill", "crash-cn")
         assert retried["number"] == "CN-00000001"
-    assert retried["replayed"] and retried["allocations"] == {invoice: 3000 - left}
-    assert await open_amounts(client, ba) == ({invoice: left}, 0)
+    assert retried["replayed"] and retried.get("allocations", {}) == dict(paid)
+    assert await open_amounts(client, ba) == ({invoice: left}, credit)
     assert len(await rows(pool, "SELECT 1 FROM audit")) == 1
 
 
@@ -223,6 +233,7 @@ async def test_receivables_ageing_and_payments_per_channel(database_url: str) ->
                 "INSERT INTO refunds (refund_id, billing_account, reference, amount_minor, reason, refunded_at, actor) "
                 "VALUES ('r1', 'A', 'r1', 300, 'asked', now(), 't')"
             )
+            await conn.execute("INSERT INTO billing_applied (application_id, outcome) VALUES ('REFUND:r1', 'APPLIED')")
         # A is covered by 1000 + 500 + 800 - 300 = 2000, oldest due first.
         assert await rows(pool, "SELECT * FROM receivables_ageing") == [("A", "EUR", 5000, 4000, 3000, 1000, 0, 13_000)]
         assert await rows(pool, "SELECT * FROM payments_per_channel ORDER BY month, channel") == [
@@ -252,3 +263,18 @@ async def test_the_audit_entry_names_the_authenticated_caller(payments: Payments
         ("spiffe://charging.local/billing", "payment", None),
         ("spiffe://charging.local/billing", "credit_note", "agent-7"),
     ]
+
+
+async def test_a_refund_of_credit_is_a_row_first_and_one_larger_than_the_credit_none(payments: Payments) -> None:
+    pool, client = payments.ledger.pool, payments.client
+    ba, _ = await seeded(client, [], 500)
+    with pytest.raises(LimitExceeded):
+        await payments.refund(ba, 501, "r-1", "asked", actor="agent-7")
+    assert await rows(pool, "SELECT 1 FROM refunds") == []
+    record = await payments.refund(ba, 200, "r-1", "asked", actor="agent-7")
+    assert not record["replayed"] and (await payments.refund(ba, 200, "r-1", "asked"))["replayed"]
+    with pytest.raises(Conflict):
+        await payments.refund(ba, 300, "r-1", "asked")
+    assert await open_amounts(client, ba) == ({}, 300)
+    assert await rows(pool, "SELECT reference, amount_minor, actor FROM refunds") == [("r-1", 200, "agent-7")]
+    assert await rows(pool, "SELECT action, subject, details->>'agent' FROM audit") == [("refund", ba, "agent-7")]

@@ -69,7 +69,7 @@ CREATE TABLE allocations (
 );
 CREATE INDEX allocations_invoice ON allocations (invoice_id);
 
--- Credit paid back to the customer.
+-- Credit paid back to the customer (committed first, applied like a payment).
 CREATE TABLE refunds (
     refund_id        text        PRIMARY KEY,
     billing_account  text        NOT NULL,
@@ -80,6 +80,7 @@ CREATE TABLE refunds (
     actor            text        NOT NULL,
     UNIQUE (billing_account, reference)
 );
+CREATE INDEX refunds_reference ON refunds (reference);
 
 -- Manual charges (positive) and credits (negative) for the next invoice.
 CREATE TABLE adjustments (
@@ -130,7 +131,7 @@ CREATE TABLE dunning_steps (
 -- keeps the movement's record key (its idempotency key) so it applies once.
 CREATE TABLE billing_applications (
     application_id   text        PRIMARY KEY,
-    kind             text        NOT NULL CHECK (kind IN ('PAYMENT', 'CREDIT_NOTE')),
+    kind             text        NOT NULL CHECK (kind IN ('PAYMENT', 'CREDIT_NOTE', 'REFUND')),
     movement_id      text        NOT NULL,
     billing_account  text        NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now()
@@ -148,7 +149,7 @@ CREATE TABLE billing_applied (
 
 # For analysts. Movements count once Redis applied them (a refused one is void).
 # Receivables ageing: the account's invoices less what its payments and credit notes
-# (less refunds) cover, oldest due first (as pay.lua allocates), per bucket of days past
+# (less refunds of credit) cover, oldest due first (as pay.lua allocates), per bucket of days past
 # the due date as of today (UTC).
 VIEWS = """
 CREATE VIEW receivables_ageing AS
@@ -162,7 +163,9 @@ WITH covered AS (
         FROM credit_notes c JOIN billing_applied a ON a.application_id = 'CREDIT_NOTE:' || c.credit_note_id
         WHERE a.outcome = 'APPLIED'
         UNION ALL
-        SELECT r.billing_account, -r.amount_minor FROM refunds r
+        SELECT r.billing_account, -r.amount_minor
+        FROM refunds r JOIN billing_applied a ON a.application_id = 'REFUND:' || r.refund_id
+        WHERE a.outcome = 'APPLIED'
     ) m GROUP BY ba
 ), running AS (
     SELECT i.billing_account, i.currency, i.invoice_id, i.due_date, i.total_minor,
