@@ -38,7 +38,7 @@ from charging.store import storage_errors
 from postpaid.config import BillingConfig
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import ADJUSTMENT, Charge
-from postpaid.receivables import Applied, CreditNote, Payment, Receivables, Refund
+from postpaid.receivables import Adjustment, Applied, CreditNote, Movement, Payment, Receivables, Refund
 from postpaid.scripts import DISPUTE, PAY, DisputeArgs, PayArgs
 
 log = logging.getLogger("postpaid.payments")
@@ -177,10 +177,16 @@ class Payments:
         await self._changed(ba)
         return record
 
-    async def apply(self, movement: Payment | CreditNote | Refund) -> dict[str, Any]:
+    async def apply(self, movement: Movement) -> dict[str, Any]:
         """Apply a committed payment, credit note or refund in Redis, once, and record the outcome
         (``receivables.py``). A movement Redis refuses (a race after the pre-check) is
         recorded as refused, void, and its error raised, now and on every retry."""
+        if isinstance(movement, Adjustment):
+            async with self.ledger.applying(movement.application_id) as conn:
+                doc = await self._queue_adjustment(movement)  # never refused
+                if await self.ledger.applied(conn, movement.application_id) is None:
+                    await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED"))
+            return doc
         if isinstance(movement, Payment):
             key, args = keys.payment(movement.channel, movement.reference), self._payment_args(movement)
         elif isinstance(movement, Refund):
@@ -226,9 +232,11 @@ class Payments:
         crash between the commit and Redis). Answers how many it applied or refused."""
         done = 0
         for pending in await self.ledger.pending():
-            movement: Payment | CreditNote | Refund | None
+            movement: Movement | None
             if pending.kind == "PAYMENT":
                 movement = await self.ledger.payment_by_id(pending.movement_id)
+            elif pending.kind == "ADJUSTMENT":
+                movement = await self.ledger.adjustment(pending.movement_id)
             elif pending.kind == "REFUND":
                 movement = await self.ledger.refund_by_id(pending.movement_id)
             else:
@@ -434,7 +442,8 @@ class Payments:
         return doc
 
     async def adjust(self, adjustment_id: str, ba: str, amount: int, reason: str, actor: str) -> dict[str, Any]:
-        """A manual charge (positive) or credit (negative) on the next invoice, audited."""
+        """A manual charge (positive) or credit (negative) on the next invoice: committed
+        in PostgreSQL first (audited there), then queued on the account in Redis once."""
         _key_part(adjustment_id, "adjustment_id")
         _amount(amount, "amount_minor", allow_negative=True)
         if not reason.strip():
@@ -442,24 +451,43 @@ class Payments:
         if not actor.strip():
             raise InvalidRequest("actor", "is required")
         await self._account_exists(ba)
-        now_s = self.clock.now_ms() // 1000
-        doc = {"id": adjustment_id, "ba": ba, "amount": amount, "reason": reason, "actor": actor, "at": now_s}
-        charge = Charge(ADJUSTMENT, f"Adjustment: {reason}", amount)
-        async with self.client.pipeline(transaction=True) as pipe:
-            # One transaction: the record, the pending charge and the audit entry, once.
-            await pipe.watch(keys.adjustment(adjustment_id))
-            existing = await pipe.get(keys.adjustment(adjustment_id))
-            if existing is not None:
-                old: dict[str, Any] = json.loads(existing)
+        adjustment = await self.ledger.adjustment(adjustment_id)
+        if adjustment is None:
+            stored = await self.client.get(keys.adjustment(adjustment_id))
+            if stored is not None:  # made before PostgreSQL kept adjustments
+                old: dict[str, Any] = json.loads(stored)
                 if (old["ba"], old["amount"], old["reason"]) != (ba, amount, reason):
                     raise Conflict("this adjustment id was used for another adjustment")
                 return old
+            draft = Adjustment(adjustment_id, ba, amount, reason, actor, self.clock.now_ms() // 1000)
+            entry = self._entry("adjustment", ba, amount, reason, adjustment_id, agent=actor)
+            adjustment = await self.ledger.record_adjustment(draft, entry)
+        if (adjustment.billing_account, adjustment.amount, adjustment.reason) != (ba, amount, reason):
+            raise Conflict("this adjustment id was used for another adjustment")
+        return await self.apply(adjustment)
+
+    async def _queue_adjustment(self, a: Adjustment) -> dict[str, Any]:
+        """The adjustment's charge on the account's next invoice, once per id."""
+        doc = {"id": a.adjustment_id, "ba": a.billing_account, "amount": a.amount, "reason": a.reason}
+        doc |= {"actor": a.actor, "at": a.made_s}
+        charge = Charge(ADJUSTMENT, f"Adjustment: {a.reason}", a.amount)
+        async with self.client.pipeline(transaction=True) as pipe:
+            # One transaction: the record, the pending charge and the audit entry, once.
+            await pipe.watch(keys.adjustment(a.adjustment_id))
+            existing = await pipe.get(keys.adjustment(a.adjustment_id))
+            if existing is not None:
+                old: dict[str, Any] = json.loads(existing)
+                return old
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(keys.adjustment(adjustment_id), json.dumps(doc))
-            pipe.rpush(keys.billing_pending(ba), json.dumps(charge.__dict__))
+            pipe.set(keys.adjustment(a.adjustment_id), json.dumps(doc))
+            pipe.rpush(keys.billing_pending(a.billing_account), json.dumps(charge.__dict__))
             # An account whose lines have all ended is billed again for it.
-            pipe.zadd(keys.BILL_DUE, {ba: now_s}, nx=True)
-            pipe.xadd(keys.BILL_AUDIT, _audit_fields("adjustment", actor, ba, amount, reason, adjustment_id, now_s))
+            pipe.zadd(keys.BILL_DUE, {a.billing_account: a.made_s}, nx=True)
+            # The stream keeps its entry for its readers; the record is PostgreSQL's audit.
+            fields = _audit_fields(
+                "adjustment", a.actor, a.billing_account, a.amount, a.reason, a.adjustment_id, a.made_s
+            )
+            pipe.xadd(keys.BILL_AUDIT, fields)
             await pipe.execute()
         return doc
 

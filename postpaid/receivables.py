@@ -35,7 +35,7 @@ from charging import audit_trail
 from charging.audit_trail import AuditEntry
 from charging.database import Pool
 
-Kind = Literal["PAYMENT", "CREDIT_NOTE", "REFUND"]
+Kind = Literal["PAYMENT", "CREDIT_NOTE", "REFUND", "ADJUSTMENT"]
 
 
 def _at(seconds: int) -> datetime:
@@ -92,6 +92,25 @@ class Refund:
     @property
     def application_id(self) -> str:
         return f"REFUND:{self.refund_id}"
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A manual charge (positive) or credit (negative) for the account's next invoice."""
+
+    adjustment_id: str
+    billing_account: str
+    amount: int  # minor units
+    reason: str
+    actor: str  # the agent who made it
+    made_s: int
+
+    @property
+    def application_id(self) -> str:
+        return f"ADJUSTMENT:{self.adjustment_id}"
+
+
+Movement = Payment | CreditNote | Refund | Adjustment
 
 
 @dataclass(frozen=True)
@@ -282,6 +301,38 @@ class Receivables:
         except pg_errors.UniqueViolation:
             pass
         found = await self.refund(r.billing_account, r.reference)
+        assert found is not None
+        return found
+
+    # -- adjustments
+
+    async def adjustment(self, adjustment_id: str) -> Adjustment | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT adjustment_id, billing_account, amount_minor, reason, actor, made_at FROM adjustments "
+                "WHERE adjustment_id = %s",
+                (adjustment_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Adjustment(row[0], row[1], int(row[2]), row[3], row[4], int(row[5].timestamp()))
+
+    async def record_adjustment(self, a: Adjustment, audit: AuditEntry) -> Adjustment:
+        """Commit the adjustment, its pending application and its audit entry; one with
+        the same id committed meanwhile comes back instead."""
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO adjustments (adjustment_id, billing_account, amount_minor, reason, actor, made_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    (a.adjustment_id, a.billing_account, a.amount, a.reason, a.actor, _at(a.made_s)),
+                )
+                await _pending(conn, a.application_id, "ADJUSTMENT", a.adjustment_id, a.billing_account)
+                await audit_trail.insert(conn, [audit])
+        except pg_errors.UniqueViolation:
+            pass
+        found = await self.adjustment(a.adjustment_id)
         assert found is not None
         return found
 

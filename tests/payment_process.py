@@ -4,7 +4,8 @@ at a chosen point, for the crash tests:
 
 KIND ``payment`` pays 1000 on BA (channel BANK_TRANSFER, reference ``crash-1``);
 ``credit_note`` credits 400 of INVOICE (key ``crash-cn``); ``refund`` refunds 200 of
-BA's credit (reference ``crash-r``). The points:
+BA's credit (reference ``crash-r``); ``adjustment`` charges 250 on BA's next invoice
+(id ``crash-adj``). The points:
   after_commit   the movement and its pending application are committed; Redis has not
                  heard of it
   after_redis    Redis applied it; its outcome row is not written
@@ -26,7 +27,7 @@ from charging.database import open_pool
 from postpaid import config as billing_config
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import Payments
-from postpaid.receivables import CreditNote, Payment, Refund
+from postpaid.receivables import Movement
 from postpaid.scripts import PayArgs
 
 
@@ -37,7 +38,7 @@ def die() -> None:
 class Crashing(Payments):
     point = "none"
 
-    async def apply(self, movement: Payment | CreditNote | Refund) -> dict[str, Any]:
+    async def apply(self, movement: Movement) -> dict[str, Any]:
         if self.point == "after_commit":
             die()
         return await super().apply(movement)
@@ -59,6 +60,8 @@ async def main(redis_url: str, database_url: str, kind: str, ba: str, invoice: s
         await payments.pay(ba, 1000, "BANK_TRANSFER", "crash-1")
     elif kind == "refund":
         await payments.refund(ba, 200, "crash-r", "asked")
+    elif kind == "adjustment":
+        await payments.adjust("crash-adj", ba, 250, "late fee by hand", "agent-7")
     else:
         await payments.credit_note(invoice, 400, "goodwill", "crash-cn")
     await pool.close()

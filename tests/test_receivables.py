@@ -278,3 +278,23 @@ async def test_a_refund_of_credit_is_a_row_first_and_one_larger_than_the_credit_
     assert await open_amounts(client, ba) == ({}, 300)
     assert await rows(pool, "SELECT reference, amount_minor, actor FROM refunds") == [("r-1", 200, "agent-7")]
     assert await rows(pool, "SELECT action, subject, details->>'agent' FROM audit") == [("refund", ba, "agent-7")]
+
+
+async def test_an_adjustment_is_a_row_first_and_queued_once_after_a_crash(
+    payments: Payments, redis_url: str, database_url: str
+) -> None:
+    pool, client = payments.ledger.pool, payments.client
+    ba, _ = await seeded(client, [], 0)
+    assert await crashing(redis_url, database_url, "adjustment", ba, "", "after_commit") == -signal.SIGKILL
+    assert await client.lrange(keys.billing_pending(ba), 0, -1) == []  # Redis has not heard of it
+    assert await payments.apply_pending() == 1
+    assert await payments.apply_pending() == 0
+    again = await payments.adjust("crash-adj", ba, 250, "late fee by hand", "agent-7")
+    assert again["amount"] == 250
+    (pending,) = await client.lrange(keys.billing_pending(ba), 0, -1)
+    assert '"amount": 250' in pending
+    with pytest.raises(Conflict):
+        await payments.adjust("crash-adj", ba, 300, "late fee by hand", "agent-7")
+    assert await rows(pool, "SELECT billing_account, amount_minor, actor FROM adjustments") == [(ba, 250, "agent-7")]
+    assert await rows(pool, "SELECT action, details->>'agent' FROM audit") == [("adjustment", "agent-7")]
+    assert await rows(pool, "SELECT outcome FROM billing_applied") == [("APPLIED",)]

@@ -131,7 +131,7 @@ CREATE TABLE dunning_steps (
 -- keeps the movement's record key (its idempotency key) so it applies once.
 CREATE TABLE billing_applications (
     application_id   text        PRIMARY KEY,
-    kind             text        NOT NULL CHECK (kind IN ('PAYMENT', 'CREDIT_NOTE', 'REFUND')),
+    kind             text        NOT NULL CHECK (kind IN ('PAYMENT', 'CREDIT_NOTE', 'REFUND', 'ADJUSTMENT')),
     movement_id      text        NOT NULL,
     billing_account  text        NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now()
