@@ -231,7 +231,9 @@ class Payments:
         """The ``billing_applications`` job: apply what was committed and not applied (a
         crash between the commit and Redis). Answers how many it applied or refused."""
         done = 0
-        for pending in await self.ledger.pending():
+        found = await self.ledger.pending()
+        metrics.BILLING_APPLICATIONS_PENDING.set(len(found))
+        for pending in found:
             movement: Movement | None
             if pending.kind == "PAYMENT":
                 movement = await self.ledger.payment_by_id(pending.movement_id)
@@ -250,6 +252,7 @@ class Payments:
                 log.warning("a committed movement was refused in redis", extra=facts)
             await self._changed(movement.billing_account)
             done += 1
+        metrics.BILLING_APPLICATIONS_PENDING.set(len(found) - done)
         return done
 
     def _refund_args(self, r: Refund, check: bool = False) -> PayArgs:

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from charging import keys
 from charging.clock import ManualClock
@@ -169,6 +170,7 @@ async def test_a_process_killed_between_the_commit_and_redis_applies_once(
     assert await open_amounts(client, ba) == before
     # The job applies it once; again, nothing changes.
     assert await payments.apply_pending() == 1
+    assert REGISTRY.get_sample_value("billing_applications_pending") == 0
     assert await payments.apply_pending() == 0
     assert await open_amounts(client, ba) == ({invoice: left}, credit)
     paid = [(invoice, 3000 - left)] if kind != "refund" else []

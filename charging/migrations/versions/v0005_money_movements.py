@@ -107,10 +107,10 @@ CREATE TABLE dispute_events (
     PRIMARY KEY (dispute_id, event)
 );
 
+-- No dunning of the account until until_date (the API's PromiseToPay names no amount).
 CREATE TABLE promises_to_pay (
     promise_id       text        PRIMARY KEY,
     billing_account  text        NOT NULL,
-    amount_minor     bigint      NOT NULL CHECK (amount_minor > 0),
     until_date       date        NOT NULL,
     actor            text        NOT NULL,
     made_at          timestamptz NOT NULL
