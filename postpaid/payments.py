@@ -1,17 +1,19 @@
 """Money on billing accounts after invoicing: payments, refunds, credit notes, disputes and
 manual adjustments.
 
-Every change is one script in the ``{bill}`` slot and idempotent on a key the caller
-gives (the channel's payment reference, the dispute or adjustment id): a repeat answers
-the same, a reuse of the key with another payload is refused and changes nothing.
+Every change is idempotent on a key the caller gives (the channel's payment reference,
+the dispute or adjustment id): a repeat answers the same, a reuse of the key with another
+payload is refused and changes nothing. Payments, credit notes, refunds and adjustments
+are committed in PostgreSQL first, with their audit entry, and then applied in Redis
+once (``receivables.py``); disputes are still only a script in the ``{bill}`` slot.
 
 - A payment is allocated to the open invoices oldest first; a partial payment leaves the
   rest open; an overpayment is kept as credit, which pays the next invoice first and
   can be refunded.
 - A dispute holds its amount out of dunning; accepting it issues a credit note (own
   gapless sequence) for the amount, rejecting it releases the hold with a reason.
-- An adjustment is a charge or credit with a reason on the next invoice; it and every
-  dispute decision are written to the audit stream with who did it.
+- An adjustment is a charge or credit with a reason on the next invoice; every dispute
+  decision is written to the audit stream with who did it.
 Each change then calls ``on_change`` (the collection service re-evaluates the account
 at once, so a payment that clears the overdue amount restores service).
 """
@@ -178,8 +180,8 @@ class Payments:
         return record
 
     async def apply(self, movement: Movement) -> dict[str, Any]:
-        """Apply a committed payment, credit note or refund in Redis, once, and record the outcome
-        (``receivables.py``). A movement Redis refuses (a race after the pre-check) is
+        """Apply a committed payment, credit note, refund or adjustment in Redis, once, and
+        record the outcome (``receivables.py``). A movement Redis refuses (a race after the pre-check) is
         recorded as refused, void, and its error raised, now and on every retry."""
         if isinstance(movement, Adjustment):
             async with self.ledger.applying(movement.application_id) as conn:
