@@ -320,8 +320,14 @@ class Billing:
         """The passes of the billing jobs, by job name: bill the accounts due, walk the
         dunning ladder, deliver the queued invoices. Each is safe to run again, so several
         processes may run them; each is its own job, so one failing (the mail server is
-        down) holds up neither of the others."""
-        return {"bill_run": self.runs.run, "dunning": self.collection.run, "invoice_delivery": self.deliver_queued}
+        down) holds up neither of the others. ``billing_applications`` applies payments and
+        credit notes committed in PostgreSQL that a crash kept from Redis."""
+        return {
+            "bill_run": self.runs.run,
+            "dunning": self.collection.run,
+            "invoice_delivery": self.deliver_queued,
+            "billing_applications": self.payments.apply_pending,
+        }
 
 
 def postal_address(customer: Customer, home: str = "") -> tuple[str, ...]:

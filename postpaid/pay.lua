@@ -7,7 +7,6 @@
 -- KEYS[3] open invoices     {bill}:ba:BA:open
 -- KEYS[4] movements         {bill}:ba:BA:pay
 -- KEYS[5] dunning index     {bill}:dunning
--- KEYS[6] credit note sequence {bill}:seq:cn:ISSUER (credit notes only)
 --
 -- ARGV PayArgs (postpaid/scripts.py), in this order:
 --   kind                PAY, CREDIT or REFUND
@@ -22,11 +21,14 @@
 --   max_credit          the most credit the account may hold (minor units)
 --   invoice             CREDIT: the invoice it credits
 --   release             CREDIT: disputed amount it settles
---   number_prefix       CREDIT: number prefix ("CN-")
+--   note_number         CREDIT: the credit note's number ("CN-00000001"), taken from its
+--                       gapless series in PostgreSQL when the credit note was committed
 --   note_prefix         CREDIT: credit note key prefix
+--   check               '1': decide only (answer {'OK'} or the refusal, change nothing),
+--                       before the movement is committed in PostgreSQL; '' applies it
 -- The invoice state keys and the credit note's key are not in KEYS: they are made here
--- from the prefixes and the numbers (of the open invoices, and the credit note's from
--- its sequence), which the caller cannot know; all share the {bill} slot.
+-- from the prefixes and the numbers (of the open invoices, and the credit note's), which
+-- the caller cannot know (the open list is read here); all share the {bill} slot.
 --
 -- A credit note is at most what the invoice has not been credited yet; what it does not
 -- settle of its invoice pays the other open invoices, oldest first, then stays as credit.
@@ -34,7 +36,7 @@
 -- nothing (LIMIT): the credit, and with it the balance (open invoices less credit), stay
 -- in the exact range.
 --
--- Reply: {'DONE', record JSON, credit} | {'REPLAY', record JSON} | {'CONFLICT'}
+-- Reply: {'DONE', record JSON, credit} | {'REPLAY', record JSON} | {'OK'} (check) | {'CONFLICT'}
 --        | {'NOCREDIT'} (a refund larger than the credit) | {'NOINVOICE'} | {'LIMIT'}
 --        | {'TOOMUCH', creditable} (a credit note above what the invoice can still be credited)
 
@@ -47,8 +49,9 @@ local record = ARGV[6]
 local max_credit = tonumber(ARGV[7])
 local invoice = ARGV[8]
 local release = tonumber(ARGV[9])
-local number_prefix = ARGV[10]
+local note_number = ARGV[10]
 local note_prefix = ARGV[11]
+local check = ARGV[12] == '1'
 
 local stored = redis.call('GET', KEYS[1])
 if stored then
@@ -87,9 +90,11 @@ if kind ~= 'REFUND' then
   end
   if credit + math.max(amount - owed, 0) > max_credit then return {'LIMIT'} end
 end
+if check and kind == 'PAY' then return {'OK'} end
 
 if kind == 'REFUND' then
   if amount > credit then return {'NOCREDIT'} end
+  if check then return {'OK'} end
   credit = credit - amount
   balance = balance + amount
 else
@@ -100,14 +105,14 @@ else
     if not inv[1] then return {'NOINVOICE'} end
     local creditable = tonumber(inv[1]) - tonumber(inv[2] or '0')
     if amount > creditable then return {'TOOMUCH', string.format('%d', math.max(creditable, 0))} end
+    if check then return {'OK'} end
     if release > 0 then
       local disputed = tonumber(redis.call('HGET', key, 'disputed'))
       redis.call('HSET', key, 'disputed', string.format('%d', math.max(disputed - release, 0)))
     end
     rest = rest - settle(invoice, rest)
-    local number = number_prefix .. string.format('%08d', redis.call('INCR', KEYS[6]))
-    record = string.gsub(record, '\1NUMBER\1', number, 1)
-    note_key = note_prefix .. number
+    record = string.gsub(record, '\1NUMBER\1', note_number, 1)
+    note_key = note_prefix .. note_number
     redis.call('HINCRBY', key, 'credited', amount)
   end
   for _, number in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do

@@ -1,32 +1,38 @@
 """Money on billing accounts after invoicing: payments, refunds, credit notes, disputes and
 manual adjustments.
 
-Every change is one script in the ``{bill}`` slot and idempotent on a key the caller
-gives (the channel's payment reference, the dispute or adjustment id): a repeat answers
-the same, a reuse of the key with another payload is refused and changes nothing.
+Every change is idempotent on a key the caller gives (the channel's payment reference,
+the dispute or adjustment id): a repeat answers the same, a reuse of the key with another
+payload is refused and changes nothing. Payments, credit notes, refunds and adjustments
+are committed in PostgreSQL first, with their audit entry, and then applied in Redis
+once (``receivables.py``); disputes are still only a script in the ``{bill}`` slot.
 
 - A payment is allocated to the open invoices oldest first; a partial payment leaves the
   rest open; an overpayment is kept as credit, which pays the next invoice first and
   can be refunded.
 - A dispute holds its amount out of dunning; accepting it issues a credit note (own
   gapless sequence) for the amount, rejecting it releases the hold with a reason.
-- An adjustment is a charge or credit with a reason on the next invoice; it and every
-  dispute decision are written to the audit stream with who did it.
+- An adjustment is a charge or credit with a reason on the next invoice; every dispute
+  decision is written to the audit stream with who did it.
 Each change then calls ``on_change`` (the collection service re-evaluates the account
 at once, so a payment that clears the overdue amount restores service).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from charging import keys, metrics
+from charging.audit_trail import AuditEntry
 from charging.clock import Clock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.security.identity import caller_name
@@ -34,6 +40,7 @@ from charging.store import storage_errors
 from postpaid.config import BillingConfig
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import ADJUSTMENT, Charge
+from postpaid.receivables import Adjustment, Applied, CreditNote, Movement, Payment, Receivables, Refund
 from postpaid.scripts import DISPUTE, PAY, DisputeArgs, PayArgs
 
 log = logging.getLogger("postpaid.payments")
@@ -71,6 +78,8 @@ class Payments:
         self.config = config
         self.clock = clock
         self.on_change: Changed | None = None
+        issuer = config.issuer
+        self.ledger = Receivables(book.pool, issuer.id, config.currency, issuer.credit_note_prefix)
 
     async def _changed(self, ba: str) -> None:
         """Re-evaluate the account now. The change itself is applied already: a failure
@@ -87,9 +96,10 @@ class Payments:
         if not await self.client.exists(keys.billing_account(ba)):
             raise NotFound("no such billing account")
 
-    async def _money(self, record_key: str, ba: str, args: PayArgs) -> dict[str, Any]:
+    async def _decide(self, record_key: str, ba: str, args: PayArgs) -> list[Any]:
+        """pay.lua's reply, or the refusal it answered raised as a typed error."""
         with storage_errors():
-            reply = await PAY(
+            reply: list[Any] = await PAY(
                 self.client,
                 (
                     record_key,
@@ -97,91 +107,224 @@ class Payments:
                     keys.billing_open(ba),
                     keys.billing_payments(ba),
                     keys.BILL_DUNNING,
-                    keys.credit_note_seq(self.config.issuer.id),
                 ),
                 args,
             )
-        kind = str(reply[0])
-        if kind == "CONFLICT":
-            raise Conflict("this reference was used before with another payload")
-        if kind == "NOCREDIT":
-            raise LimitExceeded("the refund is larger than the account's credit")
-        if kind == "NOINVOICE":
-            raise NotFound("no such invoice")
-        if kind == "LIMIT":
-            raise LimitExceeded(f"the account's credit would pass {MAX_MINOR} minor units")
-        if kind == "TOOMUCH":
-            raise InvalidRequest("amount_minor", f"at most what the invoice can still be credited ({reply[1]})")
-        record: dict[str, Any] = json.loads(reply[1])
-        record["replayed"] = kind == "REPLAY"
-        return record
+        _refused(str(reply[0]), reply)
+        return reply
+
+    def _payment_args(self, p: Payment, check: bool = False) -> PayArgs:
+        doc = json.dumps(
+            {
+                "kind": "PAYMENT",
+                "ba": p.billing_account,
+                "amount": p.amount,
+                "channel": p.channel,
+                "reference": p.reference,
+            }
+        )
+        doc = doc[:-1] + ', "at": ' + str(p.received_s) + ', "allocations": ' + ALLOCATIONS + "}"
+        digest = _digest(p.billing_account, p.amount, p.channel)
+        return PayArgs("PAY", digest, p.amount, p.received_s, keys.invoice_state(""), doc, MAX_MINOR, check=check)
+
+    def _note_args(self, n: CreditNote, check: bool = False) -> PayArgs:
+        doc = json.dumps(
+            {
+                "kind": "CREDIT_NOTE",
+                "ba": n.billing_account,
+                "invoice": n.invoice,
+                "amount": n.amount,
+                "reason": n.reason,
+            }
+        )
+        doc = doc[:-1] + f', "number": "{NUMBER}", "at": {n.issued_s}, "allocations": {ALLOCATIONS}}}'
+        return PayArgs(
+            kind="CREDIT",
+            digest=_digest(n.invoice, n.amount, n.reason),
+            amount=n.amount,
+            at_s=n.issued_s,
+            state_prefix=keys.invoice_state(""),
+            record=doc,
+            max_credit=MAX_MINOR,
+            invoice=n.invoice,
+            release=n.release,
+            note_number=n.number,
+            note_prefix=keys.credit_note(""),
+            check=check,
+        )
 
     async def pay(self, ba: str, amount: int, channel: str, reference: str) -> dict[str, Any]:
-        """Apply a payment; the record lists what it paid of which invoice."""
+        """Record a payment (PostgreSQL first, then its allocation in Redis); the record
+        lists what it paid of which invoice."""
         _amount(amount, "amount_minor")
         if channel not in CHANNELS:
             raise InvalidRequest("channel", f"must be one of {', '.join(CHANNELS)}")
         _key_part(reference, "reference")
         await self._account_exists(ba)
-        now_s = self.clock.now_ms() // 1000
-        doc = json.dumps({"kind": "PAYMENT", "ba": ba, "amount": amount, "channel": channel, "reference": reference})
-        doc = doc[:-1] + ', "at": ' + str(now_s) + ', "allocations": ' + ALLOCATIONS + "}"
-        args = PayArgs("PAY", _digest(ba, amount, channel), amount, now_s, keys.invoice_state(""), doc, MAX_MINOR)
-        record = await self._money(keys.payment(channel, reference), ba, args)
-        if not record["replayed"]:
-            metrics.PAYMENTS.labels(channel).inc()
-            metrics.PAYMENT_MINOR.labels(channel).inc(amount)
+        payment = await self.ledger.payment(ba, f"{channel}:{reference}")
+        if payment is None:
+            if (await self.ledger.payer_of(channel, reference)) not in (None, ba):
+                raise Conflict("this reference was used before with another payload")
+            draft = Payment(uuid.uuid4().hex, ba, channel, reference, amount, self.clock.now_ms() // 1000)
+            # Decided in Redis before the commit, so a refused payment leaves no row; a
+            # payment Redis kept before PostgreSQL did answers as it did then.
+            reply = await self._decide(keys.payment(channel, reference), ba, self._payment_args(draft, check=True))
+            if reply[0] == "REPLAY":
+                return _record(reply)
+            entry = self._entry("payment", ba, amount, "", reference, channel=channel)
+            payment = await self.ledger.record_payment(draft, entry)
+        if payment.amount != amount:
+            raise Conflict("this reference was used before with another payload")
+        record = await self.apply(payment)
         await self._changed(ba)
         return record
 
+    async def apply(self, movement: Movement) -> dict[str, Any]:
+        """Apply a committed payment, credit note, refund or adjustment in Redis, once, and
+        record the outcome (``receivables.py``). A movement Redis refuses (a race after the pre-check) is
+        recorded as refused, void, and its error raised, now and on every retry."""
+        if isinstance(movement, Adjustment):
+            async with self.ledger.applying(movement.application_id) as conn:
+                doc = await self._queue_adjustment(movement)  # never refused
+                if await self.ledger.applied(conn, movement.application_id) is None:
+                    await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED"))
+            return doc
+        if isinstance(movement, Payment):
+            key, args = keys.payment(movement.channel, movement.reference), self._payment_args(movement)
+        elif isinstance(movement, Refund):
+            key, args = keys.payment("REFUND", movement.reference), self._refund_args(movement)
+        else:
+            key, args = keys.payment("CN", movement.key), self._note_args(movement)
+        ba = movement.billing_account
+        refused: Exception | None = None
+        async with self.ledger.applying(movement.application_id) as conn:
+            before = await self.ledger.applied(conn, movement.application_id)
+            if before is not None and before.outcome == "REFUSED":
+                _refused(before.detail, [before.detail, "0"])
+            try:
+                reply = await self._decide(key, ba, args)
+            except (Conflict, LimitExceeded, NotFound, InvalidRequest) as exc:
+                refused = exc  # raised once the refusal is committed (leaving the block)
+                if before is None:
+                    detail = await self._refusal(key, ba, args)
+                    await self.ledger.mark(conn, Applied(movement.application_id, "REFUSED", detail))
+            else:
+                record = _record(reply)
+                if before is None:
+                    allocations = {str(k): int(v) for k, v in record.get("allocations", {}).items()}
+                    await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED", "", allocations))
+        if refused is not None:
+            raise refused
+        if isinstance(movement, Payment) and reply[0] == "DONE":
+            metrics.PAYMENTS.labels(movement.channel).inc()
+            metrics.PAYMENT_MINOR.labels(movement.channel).inc(movement.amount)
+        return record
+
+    async def _refusal(self, key: str, ba: str, args: PayArgs) -> str:
+        with storage_errors():
+            reply = await PAY(
+                self.client,
+                (key, keys.billing_account(ba), keys.billing_open(ba), keys.billing_payments(ba), keys.BILL_DUNNING),
+                dataclasses.replace(args, check=True),
+            )
+        return str(reply[0])
+
+    async def apply_pending(self) -> int:
+        """The ``billing_applications`` job: apply what was committed and not applied (a
+        crash between the commit and Redis). Answers how many it applied or refused."""
+        done = 0
+        found = await self.ledger.pending()
+        metrics.BILLING_APPLICATIONS_PENDING.set(len(found))
+        for pending in found:
+            movement: Movement | None
+            if pending.kind == "PAYMENT":
+                movement = await self.ledger.payment_by_id(pending.movement_id)
+            elif pending.kind == "ADJUSTMENT":
+                movement = await self.ledger.adjustment(pending.movement_id)
+            elif pending.kind == "REFUND":
+                movement = await self.ledger.refund_by_id(pending.movement_id)
+            else:
+                movement = await self.ledger.credit_note_by_number(pending.movement_id)
+            if movement is None:
+                continue
+            try:
+                await self.apply(movement)
+            except (Conflict, LimitExceeded, NotFound, InvalidRequest) as exc:
+                facts = {"application": pending.application_id, "error": type(exc).__name__}
+                log.warning("a committed movement was refused in redis", extra=facts)
+            await self._changed(movement.billing_account)
+            done += 1
+        metrics.BILLING_APPLICATIONS_PENDING.set(len(found) - done)
+        return done
+
+    def _refund_args(self, r: Refund, check: bool = False) -> PayArgs:
+        doc = json.dumps(
+            {
+                "kind": "REFUND",
+                "ba": r.billing_account,
+                "amount": r.amount,
+                "reference": r.reference,
+                "reason": r.reason,
+            }
+        )
+        digest = _digest(r.billing_account, r.amount)
+        return PayArgs("REFUND", digest, r.amount, r.refunded_s, keys.invoice_state(""), doc, MAX_MINOR, check=check)
+
     async def refund(self, ba: str, amount: int, reference: str, reason: str, actor: str = "") -> dict[str, Any]:
-        """Pay back part of the account's credit (an overpayment), with a reason; audited."""
+        """Pay back part of the account's credit (an overpayment), with a reason; committed
+        in PostgreSQL first and audited there, then taken from the credit in Redis."""
         _amount(amount, "amount_minor")
         _key_part(reference, "reference")
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
         await self._account_exists(ba)
-        now_s = self.clock.now_ms() // 1000
-        doc = json.dumps({"kind": "REFUND", "ba": ba, "amount": amount, "reference": reference, "reason": reason})
-        args = PayArgs("REFUND", _digest(ba, amount), amount, now_s, keys.invoice_state(""), doc, MAX_MINOR)
-        record = await self._money(keys.payment("REFUND", reference), ba, args)
-        if not record["replayed"]:
-            await self._audit("refund", actor or "api", ba, amount, reason, reference)
-        return record
+        refund = await self.ledger.refund(ba, reference)
+        if refund is None:
+            if (await self.ledger.refunded_of(reference)) not in (None, ba):
+                raise Conflict("this reference was used before with another payload")
+            draft = Refund(uuid.uuid4().hex, ba, reference, amount, reason, actor or "api", self.clock.now_ms() // 1000)
+            reply = await self._decide(keys.payment("REFUND", reference), ba, self._refund_args(draft, check=True))
+            if reply[0] == "REPLAY":  # made before PostgreSQL kept refunds
+                return _record(reply)
+            entry = self._entry("refund", ba, amount, reason, reference, agent=draft.actor)
+            refund = await self.ledger.record_refund(draft, entry)
+        if refund.amount != amount:
+            raise Conflict("this reference was used before with another payload")
+        return await self.apply(refund)
 
     async def credit_note(
         self, number: str, amount: int, reason: str, key: str, release: int = 0, actor: str = ""
     ) -> dict[str, Any]:
         """Credit an issued invoice (it stays as issued: the credit note is its own
-        numbered document); ``key`` makes it idempotent. With ``actor`` (issued by hand)
-        it is audited."""
+        numbered document, committed in PostgreSQL first); ``key`` makes it idempotent."""
         _amount(amount, "amount_minor")
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
-        ba = await self.client.hget(keys.invoice_state(number), "ba")
-        if ba is None:
+        _key_part(key, "key")
+        found = await self.client.hget(keys.invoice_state(number), "ba")
+        if found is None:
             raise NotFound("no such invoice")
-        now_s = self.clock.now_ms() // 1000
-        doc = json.dumps({"kind": "CREDIT_NOTE", "ba": str(ba), "invoice": number, "amount": amount, "reason": reason})
-        doc = doc[:-1] + f', "number": "{NUMBER}", "at": {now_s}, "allocations": {ALLOCATIONS}}}'
-        args = PayArgs(
-            kind="CREDIT",
-            digest=_digest(number, amount, reason),
-            amount=amount,
-            at_s=now_s,
-            state_prefix=keys.invoice_state(""),
-            record=doc,
-            max_credit=MAX_MINOR,
-            invoice=number,
-            release=release,
-            number_prefix=self.config.issuer.credit_note_prefix + "-",
-            note_prefix=keys.credit_note(""),
-        )
-        record = await self._money(keys.payment("CN", _key_part(key, "key")), str(ba), args)
-        if actor and not record["replayed"]:
-            await self._audit("credit_note", actor, str(ba), amount, reason, record.get("number", ""))
-        await self._changed(str(ba))
+        ba = str(found)
+        note = await self.ledger.credit_note(ba, key)
+        if note is None:
+            draft = CreditNote("", ba, number, amount, release, reason, key, self.clock.now_ms() // 1000)
+            reply = await self._decide(keys.payment("CN", key), ba, self._note_args(draft, check=True))
+            if reply[0] == "REPLAY":  # numbered by Redis before PostgreSQL kept credit notes
+                return _record(reply)
+            before = int(await self.client.get(keys.credit_note_seq(self.config.issuer.id)) or 0)
+            entry = self._entry("credit_note", ba, amount, reason, key, invoice=number, agent=actor)
+            note = await self.ledger.record_credit_note(draft, entry, before)
+        if (note.invoice, note.amount, note.reason) != (number, amount, reason):
+            raise Conflict("this reference was used before with another payload")
+        record = await self.apply(note)
+        await self._changed(ba)
         return record
+
+    def _entry(self, action: str, ba: str, amount: int, reason: str, ref: str, **details: str) -> AuditEntry:
+        """The audit entry of a movement, naming the authenticated caller."""
+        now = datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC)
+        facts: dict[str, Any] = {"amount_minor": amount, "ref": ref, **{k: v for k, v in details.items() if v}}
+        return AuditEntry(uuid.uuid4().hex, now, caller_name(), action, ba, reason, facts)
 
     async def records(self, ba: str) -> list[dict[str, Any]]:
         """The account's payments, refunds and credit notes, oldest first."""
@@ -272,6 +415,9 @@ class Payments:
         the invoice can still be credited if other credit notes came first; the hold is
         released either way."""
         key = f"dispute-{dispute_id}"
+        note = await self.ledger.credit_note(d["ba"], key)
+        if note is not None:  # committed before (a crash or a retry): applied once
+            return await self.apply(note)
         stored = await self.client.get(keys.payment("CN", key))
         if stored is not None:
             record: dict[str, Any] = json.loads(str(stored).split("|", 1)[1])
@@ -301,7 +447,8 @@ class Payments:
         return doc
 
     async def adjust(self, adjustment_id: str, ba: str, amount: int, reason: str, actor: str) -> dict[str, Any]:
-        """A manual charge (positive) or credit (negative) on the next invoice, audited."""
+        """A manual charge (positive) or credit (negative) on the next invoice: committed
+        in PostgreSQL first (audited there), then queued on the account in Redis once."""
         _key_part(adjustment_id, "adjustment_id")
         _amount(amount, "amount_minor", allow_negative=True)
         if not reason.strip():
@@ -309,30 +456,69 @@ class Payments:
         if not actor.strip():
             raise InvalidRequest("actor", "is required")
         await self._account_exists(ba)
-        now_s = self.clock.now_ms() // 1000
-        doc = {"id": adjustment_id, "ba": ba, "amount": amount, "reason": reason, "actor": actor, "at": now_s}
-        charge = Charge(ADJUSTMENT, f"Adjustment: {reason}", amount)
-        async with self.client.pipeline(transaction=True) as pipe:
-            # One transaction: the record, the pending charge and the audit entry, once.
-            await pipe.watch(keys.adjustment(adjustment_id))
-            existing = await pipe.get(keys.adjustment(adjustment_id))
-            if existing is not None:
-                old: dict[str, Any] = json.loads(existing)
+        adjustment = await self.ledger.adjustment(adjustment_id)
+        if adjustment is None:
+            stored = await self.client.get(keys.adjustment(adjustment_id))
+            if stored is not None:  # made before PostgreSQL kept adjustments
+                old: dict[str, Any] = json.loads(stored)
                 if (old["ba"], old["amount"], old["reason"]) != (ba, amount, reason):
                     raise Conflict("this adjustment id was used for another adjustment")
                 return old
+            draft = Adjustment(adjustment_id, ba, amount, reason, actor, self.clock.now_ms() // 1000)
+            entry = self._entry("adjustment", ba, amount, reason, adjustment_id, agent=actor)
+            adjustment = await self.ledger.record_adjustment(draft, entry)
+        if (adjustment.billing_account, adjustment.amount, adjustment.reason) != (ba, amount, reason):
+            raise Conflict("this adjustment id was used for another adjustment")
+        return await self.apply(adjustment)
+
+    async def _queue_adjustment(self, a: Adjustment) -> dict[str, Any]:
+        """The adjustment's charge on the account's next invoice, once per id."""
+        doc = {"id": a.adjustment_id, "ba": a.billing_account, "amount": a.amount, "reason": a.reason}
+        doc |= {"actor": a.actor, "at": a.made_s}
+        charge = Charge(ADJUSTMENT, f"Adjustment: {a.reason}", a.amount)
+        async with self.client.pipeline(transaction=True) as pipe:
+            # One transaction: the record, the pending charge and the audit entry, once.
+            await pipe.watch(keys.adjustment(a.adjustment_id))
+            existing = await pipe.get(keys.adjustment(a.adjustment_id))
+            if existing is not None:
+                old: dict[str, Any] = json.loads(existing)
+                return old
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(keys.adjustment(adjustment_id), json.dumps(doc))
-            pipe.rpush(keys.billing_pending(ba), json.dumps(charge.__dict__))
+            pipe.set(keys.adjustment(a.adjustment_id), json.dumps(doc))
+            pipe.rpush(keys.billing_pending(a.billing_account), json.dumps(charge.__dict__))
             # An account whose lines have all ended is billed again for it.
-            pipe.zadd(keys.BILL_DUE, {ba: now_s}, nx=True)
-            pipe.xadd(keys.BILL_AUDIT, _audit_fields("adjustment", actor, ba, amount, reason, adjustment_id, now_s))
+            pipe.zadd(keys.BILL_DUE, {a.billing_account: a.made_s}, nx=True)
+            # The stream keeps its entry for its readers; the record is PostgreSQL's audit.
+            fields = _audit_fields(
+                "adjustment", a.actor, a.billing_account, a.amount, a.reason, a.adjustment_id, a.made_s
+            )
+            pipe.xadd(keys.BILL_AUDIT, fields)
             await pipe.execute()
         return doc
 
     async def _audit(self, action: str, actor: str, ba: str, amount: int, reason: str, ref: str) -> None:
         now_s = self.clock.now_ms() // 1000
         await self.client.xadd(keys.BILL_AUDIT, _audit_fields(action, actor, ba, amount, reason, ref, now_s))
+
+
+def _refused(kind: str, reply: list[Any]) -> None:
+    """pay.lua's refusals as typed errors (nothing was changed)."""
+    if kind == "CONFLICT":
+        raise Conflict("this reference was used before with another payload")
+    if kind == "NOCREDIT":
+        raise LimitExceeded("the refund is larger than the account's credit")
+    if kind == "NOINVOICE":
+        raise NotFound("no such invoice")
+    if kind == "LIMIT":
+        raise LimitExceeded(f"the account's credit would pass {MAX_MINOR} minor units")
+    if kind == "TOOMUCH":
+        raise InvalidRequest("amount_minor", f"at most what the invoice can still be credited ({reply[1]})")
+
+
+def _record(reply: list[Any]) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(reply[1])
+    record["replayed"] = reply[0] == "REPLAY"
+    return record
 
 
 def _bare(doc: dict[str, Any]) -> dict[str, Any]:

@@ -121,12 +121,14 @@ class PayArgs:
     record: str
     # The most credit the account may hold (minor units): more is refused (LIMIT).
     max_credit: int
-    # For a credit note only: the invoice, the disputed amount it settles, the number
-    # prefix and the credit note key prefix.
+    # For a credit note only: the invoice, the disputed amount it settles, its number
+    # (from its gapless series in PostgreSQL) and the credit note key prefix.
     invoice: str = ""
     release: int = 0
-    number_prefix: str = ""
+    note_number: str = ""
     note_prefix: str = ""
+    # Decide only (before the movement is committed in PostgreSQL): {'OK'} or the refusal.
+    check: bool = False
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -139,8 +141,9 @@ class PayArgs:
             self.max_credit,
             self.invoice,
             self.release,
-            self.number_prefix,
+            self.note_number,
             self.note_prefix,
+            "1" if self.check else "",
         )
 
 

@@ -64,6 +64,7 @@ async def check(app: App, service: str = "") -> int:
 
 JOBS = [
     "bill_run",
+    "billing_applications",
     "catalog",
     "cdr_relay",
     "census",
