@@ -2,8 +2,8 @@
 page, read without JavaScript.
 
 Search reuses the CRM's lookups: a line's number, the customer id, the identity
-document (its salted fingerprint: numbers are never stored) and, for names (sealed at
-rest, so there is no index), a bounded scan of the newest ``NAME_SCAN`` customers.
+document (its salted fingerprint: numbers are never stored) and the words of a name
+(sealed at rest: found through the keyed blind index of ``provisioning/names.py``).
 Staff without a personal-data role search by customer id only and see no personal data.
 """
 
@@ -28,7 +28,7 @@ from provisioning.lines import Line
 from provisioning.orders import Order
 from provisioning.organisation import OrgUnit
 
-NAME_SCAN = 2000
+NAME_RESULTS = 100
 SEARCH_KINDS = ("number", "customer", "document", "name")
 
 
@@ -97,15 +97,7 @@ async def find(desk: Desk, by: str, value: str, visit: Visit, extra: dict[str, s
     if by == "document":
         document = (extra.get("doc_type", ""), extra.get("doc_country", "").upper(), value)
         return (await customers.search(document=document))[0]
-    # by name: sealed at rest, so read and compared here, over a bounded number of customers
-    needle, found_by_name, after = value.casefold(), [], 0
-    for _ in range(NAME_SCAN // 500):
-        page, token = await customers.search(after=after, size=500)
-        found_by_name += [c for c in page if needle in c.name.casefold()]
-        if not token:
-            break
-        after = int(token)
-    return found_by_name
+    return await customers.named(value, NAME_RESULTS)
 
 
 @guarded("search")

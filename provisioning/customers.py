@@ -8,7 +8,8 @@ one is, TERMINATED once all are terminated. Customers are indexed for listing by
 the sorted sets ``crm:customers``, ``crm:customers:kind:<kind>`` and
 ``crm:customers:state:<state>`` (score = the numeric id, so a page resumes after the last
 id seen); by line through the line's record, by identity document through the
-screener's salted fingerprint (``screening.py``): raw document numbers are never stored.
+screener's salted fingerprint (``screening.py``): raw document numbers are never stored;
+by the words of their name through a keyed blind index (``names.py``).
 The personal fields (``PERSONAL``: postal code, masked document number, email) are
 sealed (``sealing.py``) in the hash.
 A corporate customer's units are in ``organisation.py``, the lines in ``lines.py``.
@@ -23,9 +24,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from charging.errors import InvalidRequest
+from charging.errors import InvalidRequest, NotFound
 from provisioning import keys
 from provisioning.credit import CreditDecision
+from provisioning.names import MAX_WORDS, NameIndex, matches, words
 from provisioning.screening import Screener
 from provisioning.sealing import Sealer
 
@@ -176,6 +178,7 @@ class Customers:
         self.client = client
         self.screener = screener
         self.sealer = sealer
+        self.names = NameIndex(client, screener.salt)
 
     async def create(self, customer: Customer) -> None:
         """Store and index a new customer (PENDING); storing it again changes nothing."""
@@ -186,11 +189,28 @@ class Customers:
         pipe.zadd(keys.CUSTOMERS, score)
         pipe.zadd(keys.kind_index(customer.kind), score)
         pipe.zadd(keys.state_index("PENDING"), score)
+        self.names.add_in(pipe, customer.id, customer.name)
         await pipe.execute()
 
-    @staticmethod
-    def forget_in(pipe: Pipeline, customer_id: str) -> None:
+    async def rename(self, customer_id: str, name: str) -> None:
+        """Give a customer a new name (sealed), moving it in the name index."""
+        key = keys.customer(customer_id)
+
+        async def txn(pipe: Pipeline) -> None:
+            old = await pipe.hget(key, "name")
+            if old is None and not await pipe.exists(key):
+                raise NotFound("no such customer")
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if old:
+                self.names.remove_in(pipe, customer_id, self.sealer.open(str(old), "customer.name"))
+            pipe.hset(key, "name", self.sealer.seal(name, "customer.name") if name else "")
+            self.names.add_in(pipe, customer_id, name)
+
+        await self.client.transaction(txn, key)
+
+    def forget_in(self, pipe: Pipeline, customer_id: str, name: str) -> None:
         """Take back a customer that will not be (its order was refused), in ``pipe``."""
+        self.names.remove_in(pipe, customer_id, name)
         pipe.delete(keys.customer(customer_id), keys.customer_lines(customer_id))
         for index in (keys.CUSTOMERS, *map(keys.kind_index, KINDS), *map(keys.state_index, STATES)):
             pipe.zrem(index, customer_id)
@@ -223,6 +243,20 @@ class Customers:
     async def get(self, customer_id: str) -> Customer | None:
         h = await self.client.hgetall(keys.customer(customer_id))
         return Customer.from_redis(customer_id, _text(h), self.sealer) if h else None
+
+    async def named(self, query: str, size: int = DEFAULT_PAGE) -> list[Customer]:
+        """Customers with every word of ``query`` in their name (whole words, any order,
+        accents and case ignored), in id order, at most ``size``."""
+        if len(words(query)) > MAX_WORDS:
+            raise InvalidRequest("name", f"has more than {MAX_WORDS} words")
+        found: list[Customer] = []
+        for customer_id in await self.names.candidates(query):
+            customer = await self.get(customer_id)
+            if customer is not None and matches(query, customer.name):
+                found.append(customer)
+                if len(found) == size:
+                    break
+        return found
 
     async def search(
         self,
