@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -43,6 +43,15 @@ HERE = Path(__file__).parent
 templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(), auto_reload=False)
 templates.filters["micros"] = format_micros
 templates.filters["minor"] = format_minor
+
+
+def linkable(reference: str) -> bool:
+    """A reference the page may link to: http or https only (a stored ``javascript:``
+    or ``data:`` reference is shown as text, never as a link)."""
+    return urlsplit(reference).scheme.lower() in ("http", "https")
+
+
+templates.tests["linkable"] = linkable
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,13 @@ async def test_care_records_line_orders_and_the_corporate_tree(console: App, des
         )
     )
     assert "Interaction 1 recorded" in noted.text and "asked about roaming" in noted.text
+    assert '<a href="https://rec.example/1" rel="noopener noreferrer">https://rec.example/1</a>' in noted.text
+    # A reference the domain accepts (it has "://") but the page must not make a link of.
+    hostile = "javascript://x%0Aalert(1)"
+    shown = await desk.follow(
+        await desk.post(base + "/interactions", {"channel": "CHAT", "note": "n", "reference": hostile})
+    )
+    assert f"<code>{hostile}</code>" in shown.text and 'href="javascript' not in shown.text
     opened = await desk.follow(
         await desk.post(base + "/tickets", {"topic": "SERVICE", "summary": "no data in the garden"})
     )
