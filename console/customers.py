@@ -98,7 +98,7 @@ async def find(desk: Desk, by: str, value: str, visit: Visit, extra: dict[str, s
     if by == "document":
         document = (extra.get("doc_type", ""), extra.get("doc_country", "").upper(), value)
         return (await customers.search(document=document))[0]
-    return await customers.named(value, NAME_RESULTS)
+    return (await customers.named(value, NAME_RESULTS))[0]
 
 
 @guarded("search")

@@ -244,19 +244,23 @@ class Customers:
         h = await self.client.hgetall(keys.customer(customer_id))
         return Customer.from_redis(customer_id, _text(h), self.sealer) if h else None
 
-    async def named(self, query: str, size: int = DEFAULT_PAGE) -> list[Customer]:
+    async def named(
+        self, query: str, size: int = DEFAULT_PAGE, *, kind: str = "", state: str = "", after: int = 0
+    ) -> tuple[list[Customer], str]:
         """Customers with every word of ``query`` in their name (whole words, any order,
-        accents and case ignored), in id order, at most ``size``."""
+        accents and case ignored), of a kind and state if given, in id order after
+        ``after``; returns a page and the token of the next one ("" at the end)."""
         if len(words(query)) > MAX_WORDS:
             raise InvalidRequest("name", f"has more than {MAX_WORDS} words")
         found: list[Customer] = []
-        for customer_id in await self.names.candidates(query):
+        candidates = [i for i in await self.names.candidates(query) if int(i) > after]
+        for n, customer_id in enumerate(candidates):
+            if len(found) == size:
+                return found, candidates[n - 1]
             customer = await self.get(customer_id)
-            if customer is not None and matches(query, customer.name):
+            if customer is not None and matches(query, customer.name) and _matches(customer, kind, state):
                 found.append(customer)
-                if len(found) == size:
-                    break
-        return found
+        return found, ""
 
     async def search(
         self,
@@ -265,12 +269,15 @@ class Customers:
         state: str = "",
         msisdn: str = "",
         document: tuple[str, str, str] | None = None,
+        name: str = "",
         after: int = 0,
         size: int = DEFAULT_PAGE,
     ) -> tuple[list[Customer], str]:
-        """Customers by kind, state, the number of one of their lines and their identity
-        document (type, issuing country, number), in id order after ``after``; returns a
-        page and the token of the next one ("" at the end)."""
+        """Customers by kind, state, the number of one of their lines, their identity
+        document (type, issuing country, number) and the words of their name, in id order
+        after ``after``; returns a page and the token of the next one ("" at the end)."""
+        if name and not msisdn and document is None:
+            return await self.named(name, size, kind=kind, state=state, after=after)
         if msisdn or document is not None:
             found: set[str] | None = None
             if msisdn:
@@ -282,7 +289,7 @@ class Customers:
                 found = by_document if found is None else found & by_document
             assert found is not None
             page = [c for c in [await self.get(i) for i in sorted(found, key=int) if int(i) > after] if c]
-            return [c for c in page if _matches(c, kind, state)], ""
+            return [c for c in page if _matches(c, kind, state) and (not name or matches(name, c.name))], ""
         index = keys.state_index(state) if state else keys.kind_index(kind) if kind else keys.CUSTOMERS
         customers: list[Customer] = []
         cursor, scanned = after, 0

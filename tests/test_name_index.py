@@ -44,8 +44,8 @@ async def store(client: aioredis.Redis) -> tuple[aioredis.Redis, Customers]:
     return client, customers
 
 
-def ids(found: list[Customer]) -> list[str]:
-    return [c.id for c in found]
+def ids(found: tuple[list[Customer], str]) -> list[str]:
+    return [c.id for c in found[0]]
 
 
 async def test_whole_words_any_order_accents_and_case_ignored(client: aioredis.Redis) -> None:
@@ -56,8 +56,14 @@ async def test_whole_words_any_order_accents_and_case_ignored(client: aioredis.R
     assert ids(await customers.named("Müller Lena")) == ["2"]
     assert ids(await customers.named("muster")) == ["1", "3"]
     assert ids(await customers.named("Must")) == []  # whole words only
-    assert ids(await customers.named("anna", size=2)) == ["1", "2"]
-    assert await customers.named("  ") == []
+    assert await customers.named("  ") == ([], "")
+    # A page at a time, and with the listing's other filters.
+    first, token = await customers.named("anna", size=2)
+    assert ([c.id for c in first], token) == (["1", "2"], "2")
+    assert await customers.named("anna", size=2, after=int(token)) == ([await customers.get("5")], "")
+    await client.hset(keys.customer("2"), "kind", "CORPORATE")
+    assert ids(await customers.named("anna", kind="CORPORATE")) == ["2"]
+    assert ids(await customers.search(name="anna", kind="INDIVIDUAL")) == ["1", "5"]
     with pytest.raises(InvalidRequest) as err:
         await customers.named(" ".join(f"w{n}" for n in range(MAX_WORDS + 1)))
     assert err.value.field == "name"
@@ -79,7 +85,7 @@ async def test_renaming_moves_the_customer_and_refusal_takes_it_back(client: aio
     pipe = client.pipeline(transaction=True)
     customers.forget_in(pipe, "3", "Jürgen Muster")
     await pipe.execute()
-    assert await customers.named("muster") == []
+    assert await customers.named("muster") == ([], "")
     assert not await client.exists(keys.name_words(name_print("the-salt", "jurgen")))
 
 
@@ -94,7 +100,7 @@ async def test_backfill_indexes_customers_stored_before_the_index(client: aiored
     client, customers = await store(client)
     index_keys = [str(k) for k in await client.keys("crm:name:*")]
     await client.delete(*index_keys)
-    assert await customers.named("anna") == []
+    assert await customers.named("anna") == ([], "")
     assert await client.get(keys.SALT) is None
     assert await crm_salt(client, "") == ""
     await client.set(keys.SALT, "the-salt")
