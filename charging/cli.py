@@ -258,27 +258,31 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
     from charging.embedded_redis import with_password
     from charging.errors import StartupError
     from charging.settings import Settings
+    from provisioning.names import NameIndex, crm_salt
     from provisioning.rotation import Rotation
     from provisioning.sealing import Unreadable, load_sealer
 
     settings = Settings.from_env(os.environ)
     url = with_password(settings.redis_url or f"unix://{settings.redis_dir.resolve() / 'redis.sock'}")
 
-    async def rotate() -> dict[str, int]:
+    async def rotate() -> tuple[dict[str, int], int]:
         sealer = load_sealer(settings, generate=False)
         client = store.connect(url, max_connections=2, tls=settings.redis_tls(), timeout_s=args.timeout)
         try:
-            return (await Rotation(client, sealer).run(rewrite_timeout_s=args.timeout)).as_dict()
+            # the name index for customers stored before it existed (idempotent)
+            salt = await crm_salt(client, settings.crm_salt)
+            names = await NameIndex(client, salt).backfill(sealer) if salt else 0
+            return (await Rotation(client, sealer).run(rewrite_timeout_s=args.timeout)).as_dict(), names
         finally:
             await client.aclose()
 
     try:
-        done = asyncio.run(rotate())
+        done, names = asyncio.run(rotate())
     except (StartupError, RuntimeError, Unreadable) as exc:
         raise CliError(str(exc)) from None
     except RedisError as exc:
         raise CliError(f"redis: {exc}") from None
-    print(json.dumps({"rotated": done, "aof": "rewritten"}))
+    print(json.dumps({"rotated": done, "names_indexed": names, "aof": "rewritten"}))
     return 0
 
 

@@ -257,7 +257,9 @@ def cmd_customer(args: argparse.Namespace) -> int:
 def cmd_customers(args: argparse.Namespace) -> int:
     from charging.v1 import crm_pb2
 
-    query = crm_pb2.CustomerQuery(kind=args.kind or "", state=args.state or "", msisdn=args.msisdn or "")
+    query = crm_pb2.CustomerQuery(
+        kind=args.kind or "", state=args.state or "", msisdn=args.msisdn or "", name=args.name or ""
+    )
     with open_channel(args) as channel:
         stub = _stub(channel)
         while True:
@@ -341,6 +343,7 @@ def add_crm(sub: Any, amount: Any) -> None:
     sp.add_argument("--kind", choices=("INDIVIDUAL", "CORPORATE"))
     sp.add_argument("--state", choices=("PENDING", "ACTIVE", "TERMINATED"))
     sp.add_argument("--msisdn", help="the customer with this line")
+    sp.add_argument("--name", help="customers with every word of this in their name (whole words)")
 
     def line_order(name: str, kind: str, help_text: str) -> argparse.ArgumentParser:
         sp = command(name, cmd_line_order, help_text)

@@ -2,15 +2,15 @@
 page, read without JavaScript.
 
 Search reuses the CRM's lookups: a line's number, the customer id, the identity
-document (its salted fingerprint: numbers are never stored) and, for names (sealed at
-rest, so there is no index), a bounded scan of the newest ``NAME_SCAN`` customers.
+document (its salted fingerprint: numbers are never stored) and the words of a name
+(sealed at rest: found through the keyed blind index of ``provisioning/names.py``).
 Staff without a personal-data role search by customer id only and see no personal data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.responses import Response
@@ -28,7 +28,8 @@ from provisioning.lines import Line
 from provisioning.orders import Order
 from provisioning.organisation import OrgUnit
 
-NAME_SCAN = 2000
+NAME_RESULTS = 100
+USAGE_PER_LINE = 20
 SEARCH_KINDS = ("number", "customer", "document", "name")
 
 
@@ -97,15 +98,7 @@ async def find(desk: Desk, by: str, value: str, visit: Visit, extra: dict[str, s
     if by == "document":
         document = (extra.get("doc_type", ""), extra.get("doc_country", "").upper(), value)
         return (await customers.search(document=document))[0]
-    # by name: sealed at rest, so read and compared here, over a bounded number of customers
-    needle, found_by_name, after = value.casefold(), [], 0
-    for _ in range(NAME_SCAN // 500):
-        page, token = await customers.search(after=after, size=500)
-        found_by_name += [c for c in page if needle in c.name.casefold()]
-        if not token:
-            break
-        after = int(token)
-    return found_by_name
+    return (await customers.named(value, NAME_RESULTS))[0]
 
 
 @guarded("search")
@@ -153,7 +146,7 @@ async def load(desk: Desk, customer_id: str, personal: bool) -> CustomerView:
         view.billing.append(await billing_view(desk, ba))
     view.interactions = await desk.care.interactions(customer_id)
     view.tickets = await desk.care.tickets(customer_id)
-    view.usage = await recent_usage(desk, [lv.line.msisdn for lv in view.lines])
+    view.usage = await recent_usage(desk, [lv.line for lv in view.lines])
     return view
 
 
@@ -169,17 +162,26 @@ async def billing_view(desk: Desk, ba: str) -> BillingView:
     )
 
 
-async def recent_usage(desk: Desk, msisdns: list[str], limit: int = 20) -> list[UsageRow]:
-    if not msisdns:
+async def recent_usage(desk: Desk, lines: list[Line], per_line: int = USAGE_PER_LINE) -> list[UsageRow]:
+    """The newest usage records of each line (at most ``per_line`` each, through the
+    index on (msisdn, occurred_at)), newest first. A record counts for a line only with
+    the line's charging account too: a number given out again after its quarantine does
+    not show its previous holder's usage."""
+    pairs = sorted({(line.msisdn, line.account_id) for line in lines if line.account_id})
+    if not pairs:
         return []
     async with desk.database.connection() as conn:
         cur = await conn.execute(
-            "SELECT occurred_at, msisdn, service, units, unit, cost_micros FROM usage_records "
-            "WHERE msisdn = ANY(%s) ORDER BY occurred_at DESC LIMIT %s",
-            (msisdns, limit),
+            "SELECT r.occurred_at, l.msisdn, r.service, r.units, r.unit, r.cost_micros "
+            "FROM unnest(%s::text[], %s::text[]) AS l(msisdn, account) CROSS JOIN LATERAL ("
+            "  SELECT occurred_at, service, units, unit, cost_micros, record_id FROM usage_records u"
+            "  WHERE u.msisdn = l.msisdn AND u.account = l.account"
+            "  ORDER BY u.occurred_at DESC, u.record_id DESC LIMIT %s"
+            ") AS r ORDER BY r.occurred_at DESC, l.msisdn, r.record_id DESC",
+            ([m for m, _ in pairs], [a for _, a in pairs], per_line),
         )
         rows = await cur.fetchall()
-    return [UsageRow(r[0], str(r[1]), str(r[2]), int(r[3]), str(r[4]), int(r[5])) for r in rows]
+    return [UsageRow(r[0].astimezone(UTC), str(r[1]), str(r[2]), int(r[3]), str(r[4]), int(r[5])) for r in rows]
 
 
 @guarded("customer")

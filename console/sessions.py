@@ -6,6 +6,13 @@ The cookie is ``<session id>.<HMAC-SHA256 of it>``, keyed by the console secret:
 not signed with it is refused before Redis is asked. The secret comes from
 ``CHARGING_CONSOLE_SECRET``, or the file ``CHARGING_CONSOLE_SECRET_FILE`` names, or a
 development secret generated once into ``<redis_dir>/console.key``.
+
+Before there is a session, the sign-in form is protected by a signed double-submit
+token: the sign-in page sets ``console_login`` to ``<token>.<HMAC of "login" and it>``
+(HTTP-only, SameSite=Strict) and puts the token in the form; a sign-in is tried only when
+the form's token is the one the cookie signs. A page elsewhere can neither read the
+cookie nor forge its signature, so it cannot sign a browser in to an account of its
+choosing (login CSRF).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from console import keys
 log = logging.getLogger("console.sessions")
 
 COOKIE = "console_session"
+LOGIN_COOKIE = "console_login"
+LOGIN_TOKEN_S = 3600
 IDLE_S = 8 * 3600
 DEV_SECRET_FILE = "console.key"
 
@@ -61,6 +70,28 @@ def unsign(secret: bytes, cookie: str) -> str | None:
     """The session id of a cookie signed with ``secret``; None for any other."""
     session_id, _, _ = cookie.partition(".")
     return session_id if session_id and hmac.compare_digest(sign(secret, session_id), cookie) else None
+
+
+def login_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def sign_login(secret: bytes, token: str) -> str:
+    """The sign-in form's cookie for ``token``: signed apart from session cookies."""
+    mac = hmac.new(secret, b"login\x1f" + token.encode(), hashlib.sha256).digest()
+    return f"{token}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+
+
+def login_token_of(secret: bytes, cookie: str) -> str | None:
+    """The token a sign-in cookie signed with ``secret`` carries; None for any other."""
+    token, _, _ = cookie.partition(".")
+    return token if token and hmac.compare_digest(sign_login(secret, token), cookie) else None
+
+
+def login_form_matches(secret: bytes, cookie: str, submitted: str) -> bool:
+    """The double submit: the form's token is the one the signed cookie carries."""
+    token = login_token_of(secret, cookie)
+    return token is not None and bool(submitted) and hmac.compare_digest(token, submitted)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -43,6 +43,15 @@ HERE = Path(__file__).parent
 templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(), auto_reload=False)
 templates.filters["micros"] = format_micros
 templates.filters["minor"] = format_minor
+
+
+def linkable(reference: str) -> bool:
+    """A reference the page may link to: http or https only (a stored ``javascript:``
+    or ``data:`` reference is shown as text, never as a link)."""
+    return urlsplit(reference).scheme.lower() in ("http", "https")
+
+
+templates.tests["linkable"] = linkable
 
 
 @dataclass(frozen=True)
@@ -143,18 +152,39 @@ def guarded(action: str) -> Callable[[Handler], Callable[[Request], Awaitable[Re
     return wrap
 
 
+def login_form(request: Request, status: int = 200, **context: Any) -> HTMLResponse:
+    """The sign-in page with the form's token, keeping a valid one (another tab's form
+    stays good) or setting a new signed cookie."""
+    desk = desk_of(request)
+    token = sessions.login_token_of(desk.secret, request.cookies.get(sessions.LOGIN_COOKIE, ""))
+    fresh = token is None
+    token = token or sessions.login_token()
+    response = render(request, "login.html", status, csrf=token, **context)
+    if fresh:
+        response.set_cookie(
+            sessions.LOGIN_COOKIE,
+            sessions.sign_login(desk.secret, token),
+            max_age=sessions.LOGIN_TOKEN_S,
+            httponly=True,
+            secure=desk.secure_cookies,
+            samesite="strict",
+        )
+    return response
+
+
 async def login_page(request: Request) -> Response:
     if request.method == "GET":
-        return render(request, "login.html", next=request.query_params.get("next", "/"))
+        return login_form(request, next=request.query_params.get("next", "/"))
     desk = desk_of(request)
     form = await request.form()
-    name, password, target = (str(form.get(k, "")) for k in ("name", "password", "next"))
+    name, password, target, token = (str(form.get(k, "")) for k in ("name", "password", "next", "csrf"))
+    if not sessions.login_form_matches(desk.secret, request.cookies.get(sessions.LOGIN_COOKIE, ""), token):
+        log.info("console sign-in refused: the form's token does not match")
+        return login_form(request, 403, next=target, error="The sign-in form is out of date: sign in again.")
     staff = await desk.staff.authenticate(name.strip(), password)
     if staff is None:
         log.info("console sign-in refused")
-        return render(
-            request, "login.html", 401, next=target, error="Wrong name or password, or the account is disabled."
-        )
+        return login_form(request, 401, next=target, error="Wrong name or password, or the account is disabled.")
     session = await desk.sessions.open(staff.name)
     await desk.audit.record(staff.name, "sign_in", f"staff:{staff.name}")
     # Only a path on this site: never an absolute URL handed in by a link.
@@ -168,6 +198,7 @@ async def login_page(request: Request) -> Response:
         secure=desk.secure_cookies,
         samesite="strict",
     )
+    response.delete_cookie(sessions.LOGIN_COOKIE, httponly=True, secure=desk.secure_cookies, samesite="strict")
     return response
 
 

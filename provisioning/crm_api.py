@@ -279,6 +279,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
             state=request.state,
             msisdn=request.msisdn,
             document=document,
+            name=request.name,
             after=page_start(request.page_token),
             size=page_size(request.page_size),
         )

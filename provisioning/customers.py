@@ -8,7 +8,8 @@ one is, TERMINATED once all are terminated. Customers are indexed for listing by
 the sorted sets ``crm:customers``, ``crm:customers:kind:<kind>`` and
 ``crm:customers:state:<state>`` (score = the numeric id, so a page resumes after the last
 id seen); by line through the line's record, by identity document through the
-screener's salted fingerprint (``screening.py``): raw document numbers are never stored.
+screener's salted fingerprint (``screening.py``): raw document numbers are never stored;
+by the words of their name through a keyed blind index (``names.py``).
 The personal fields (``PERSONAL``: postal code, masked document number, email) are
 sealed (``sealing.py``) in the hash.
 A corporate customer's units are in ``organisation.py``, the lines in ``lines.py``.
@@ -23,9 +24,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from charging.errors import InvalidRequest
+from charging.errors import InvalidRequest, NotFound
 from provisioning import keys
 from provisioning.credit import CreditDecision
+from provisioning.names import MAX_WORDS, NameIndex, matches, words
 from provisioning.screening import Screener
 from provisioning.sealing import Sealer
 
@@ -176,6 +178,7 @@ class Customers:
         self.client = client
         self.screener = screener
         self.sealer = sealer
+        self.names = NameIndex(client, screener.salt)
 
     async def create(self, customer: Customer) -> None:
         """Store and index a new customer (PENDING); storing it again changes nothing."""
@@ -186,11 +189,28 @@ class Customers:
         pipe.zadd(keys.CUSTOMERS, score)
         pipe.zadd(keys.kind_index(customer.kind), score)
         pipe.zadd(keys.state_index("PENDING"), score)
+        self.names.add_in(pipe, customer.id, customer.name)
         await pipe.execute()
 
-    @staticmethod
-    def forget_in(pipe: Pipeline, customer_id: str) -> None:
+    async def rename(self, customer_id: str, name: str) -> None:
+        """Give a customer a new name (sealed), moving it in the name index."""
+        key = keys.customer(customer_id)
+
+        async def txn(pipe: Pipeline) -> None:
+            old = await pipe.hget(key, "name")
+            if old is None and not await pipe.exists(key):
+                raise NotFound("no such customer")
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if old:
+                self.names.remove_in(pipe, customer_id, self.sealer.open(str(old), "customer.name"))
+            pipe.hset(key, "name", self.sealer.seal(name, "customer.name") if name else "")
+            self.names.add_in(pipe, customer_id, name)
+
+        await self.client.transaction(txn, key)
+
+    def forget_in(self, pipe: Pipeline, customer_id: str, name: str) -> None:
         """Take back a customer that will not be (its order was refused), in ``pipe``."""
+        self.names.remove_in(pipe, customer_id, name)
         pipe.delete(keys.customer(customer_id), keys.customer_lines(customer_id))
         for index in (keys.CUSTOMERS, *map(keys.kind_index, KINDS), *map(keys.state_index, STATES)):
             pipe.zrem(index, customer_id)
@@ -224,6 +244,24 @@ class Customers:
         h = await self.client.hgetall(keys.customer(customer_id))
         return Customer.from_redis(customer_id, _text(h), self.sealer) if h else None
 
+    async def named(
+        self, query: str, size: int = DEFAULT_PAGE, *, kind: str = "", state: str = "", after: int = 0
+    ) -> tuple[list[Customer], str]:
+        """Customers with every word of ``query`` in their name (whole words, any order,
+        accents and case ignored), of a kind and state if given, in id order after
+        ``after``; returns a page and the token of the next one ("" at the end)."""
+        if len(words(query)) > MAX_WORDS:
+            raise InvalidRequest("name", f"has more than {MAX_WORDS} words")
+        found: list[Customer] = []
+        candidates = [i for i in await self.names.candidates(query) if int(i) > after]
+        for n, customer_id in enumerate(candidates):
+            if len(found) == size:
+                return found, candidates[n - 1]
+            customer = await self.get(customer_id)
+            if customer is not None and matches(query, customer.name) and _matches(customer, kind, state):
+                found.append(customer)
+        return found, ""
+
     async def search(
         self,
         *,
@@ -231,12 +269,15 @@ class Customers:
         state: str = "",
         msisdn: str = "",
         document: tuple[str, str, str] | None = None,
+        name: str = "",
         after: int = 0,
         size: int = DEFAULT_PAGE,
     ) -> tuple[list[Customer], str]:
-        """Customers by kind, state, the number of one of their lines and their identity
-        document (type, issuing country, number), in id order after ``after``; returns a
-        page and the token of the next one ("" at the end)."""
+        """Customers by kind, state, the number of one of their lines, their identity
+        document (type, issuing country, number) and the words of their name, in id order
+        after ``after``; returns a page and the token of the next one ("" at the end)."""
+        if name and not msisdn and document is None:
+            return await self.named(name, size, kind=kind, state=state, after=after)
         if msisdn or document is not None:
             found: set[str] | None = None
             if msisdn:
@@ -248,7 +289,7 @@ class Customers:
                 found = by_document if found is None else found & by_document
             assert found is not None
             page = [c for c in [await self.get(i) for i in sorted(found, key=int) if int(i) > after] if c]
-            return [c for c in page if _matches(c, kind, state)], ""
+            return [c for c in page if _matches(c, kind, state) and (not name or matches(name, c.name))], ""
         index = keys.state_index(state) if state else keys.kind_index(kind) if kind else keys.CUSTOMERS
         customers: list[Customer] = []
         cursor, scanned = after, 0

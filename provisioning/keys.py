@@ -20,6 +20,7 @@ The coverage tables keep their keys in ``coverage.py`` for now (see its docstrin
     crm:orders:of:<customer>        list: a customer's orders, in the order decided
     crm:quarantine:<msisdn>         when a terminated number may be given out again (s)
     crm:identity:<print>            the customer registered with an identity document
+    crm:name:<print>                set: customers with a word in their name (``names.py``)
     crm:velocity:<print>:<day>:apps set: applications with a document or address that day
     crm:blacklist                   hash: fingerprint -> reason
     crm:decisions                   list: screening decisions (JSON)
@@ -98,6 +99,11 @@ def quarantine(msisdn: str) -> str:
 
 def identity(document_print: str) -> str:
     return "crm:identity:" + document_print
+
+
+def name_words(name_print: str) -> str:
+    """The customers whose name has the word of this keyed print (``names.py``)."""
+    return "crm:name:" + name_print
 
 
 def velocity(print_: str, day: int) -> str:

@@ -69,7 +69,7 @@ class Onboarding:
 
         def forget(pipe: Pipeline) -> None:
             self.screener.unregister_in(pipe, doc_print)
-            Customers.forget_in(pipe, customer_id)
+            self.customers.forget_in(pipe, customer_id, customer_name(app))
 
         run.undo.append(forget)
         address, document = app["address"], app["identity_document"]

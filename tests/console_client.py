@@ -24,6 +24,7 @@ class Desk:
     def __init__(self, port: int) -> None:
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", follow_redirects=False, timeout=30)
         self.cookie = ""
+        self.login_cookie = ""  # the sign-in form's signed double-submit cookie
         self.csrf = ""
         self.last: httpx.Response | None = None
 
@@ -31,13 +32,17 @@ class Desk:
         await self.http.aclose()
 
     def _headers(self) -> dict[str, str]:
-        return {"Cookie": self.cookie} if self.cookie else {}
+        cookies = "; ".join(c for c in (self.cookie, self.login_cookie) if c)
+        return {"Cookie": cookies} if cookies else {}
 
     def _keep(self, response: httpx.Response) -> httpx.Response:
-        set_cookie = response.headers.get("set-cookie", "")
-        if set_cookie.startswith("console_session="):
+        for set_cookie in response.headers.get_list("set-cookie"):
             value = set_cookie.split(";", 1)[0]
-            self.cookie = "" if value == 'console_session=""' else value
+            name, _, content = value.partition("=")
+            if name == "console_session":
+                self.cookie = "" if content == '""' else value
+            elif name == "console_login":
+                self.login_cookie = "" if content == '""' else value
         found = CSRF.search(response.text) if response.headers.get("content-type", "").startswith("text/html") else None
         if found:
             self.csrf = found.group(1)

@@ -123,6 +123,34 @@ async def test_sign_in_gives_a_secure_http_only_strict_cookie_and_bad_passwords_
     assert (await desk.get("/search")).status_code == 303  # the session ended
 
 
+async def test_the_sign_in_form_needs_its_signed_double_submit_token(console: App, desk: Desk) -> None:
+    await add_staff(console, "carla", "crm")
+    creds = {"name": "carla", "password": PASSWORD, "next": "/search"}
+    # Posted from another site: no sign-in cookie, or the attacker's own token.
+    assert (await desk.post("/login", creds, csrf="")).status_code == 403
+    assert (await desk.post("/login", creds, csrf="made-up")).status_code == 403
+    desk.login_cookie = ""  # a browser coming to the sign-in page for the first time
+    page = await desk.get("/login")
+    cookie = page.headers["set-cookie"].lower()
+    assert cookie.startswith("console_login=") and "httponly" in cookie and "samesite=strict" in cookie
+    token = desk.csrf
+    assert desk.login_cookie.split("=", 1)[1].startswith(token + ".")
+    # A cookie not signed with the console's secret, or one for another token.
+    good_cookie = desk.login_cookie
+    desk.login_cookie = f"console_login={token}.AAAA"
+    assert (await desk.post("/login", creds, csrf=token)).status_code == 403
+    desk.login_cookie = good_cookie
+    assert (await desk.post("/login", creds, csrf=token[:-1] + ("A" if token[-1] != "A" else "B"))).status_code == 403
+    assert not desk.cookie and await audit_rows(console, "sign_in") == []
+    # The refusal's page carries a working form (the same token: the cookie is still good).
+    refused = await desk.post("/login", creds, csrf="")
+    assert "out of date" in refused.text and desk.csrf == token
+    signed_in = await desk.post("/login", creds)
+    assert signed_in.status_code == 303 and desk.cookie
+    assert not desk.login_cookie  # spent: cleared with the sign-in
+    assert [row[0] for row in await audit_rows(console, "sign_in")] == ["staff:carla"]
+
+
 async def test_pages_need_a_session_and_posts_need_the_csrf_token(console: App, desk: Desk) -> None:
     for path in ("/search", "/customers/1", "/apply", "/operations", "/orders/x"):
         answer = await desk.get(path)
@@ -266,6 +294,13 @@ async def test_care_records_line_orders_and_the_corporate_tree(console: App, des
         )
     )
     assert "Interaction 1 recorded" in noted.text and "asked about roaming" in noted.text
+    assert '<a href="https://rec.example/1" rel="noopener noreferrer">https://rec.example/1</a>' in noted.text
+    # A reference the domain accepts (it has "://") but the page must not make a link of.
+    hostile = "javascript://x%0Aalert(1)"
+    shown = await desk.follow(
+        await desk.post(base + "/interactions", {"channel": "CHAT", "note": "n", "reference": hostile})
+    )
+    assert f"<code>{hostile}</code>" in shown.text and 'href="javascript' not in shown.text
     opened = await desk.follow(
         await desk.post(base + "/tickets", {"topic": "SERVICE", "summary": "no data in the garden"})
     )

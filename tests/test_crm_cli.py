@@ -156,3 +156,5 @@ async def test_line_orders_and_tickets_from_the_command_line(app: App, clock: Ma
     assert records["tickets"][0]["state"] == "CLOSED"
     listed = ok(await cli(app, "crm", "customers", "--state", "TERMINATED"))
     assert listed.startswith("1  INDIVIDUAL  TERMINATED  DE 10115")
+    assert ok(await cli(app, "crm", "customers", "--name", "muster")).startswith("1  INDIVIDUAL  TERMINATED")
+    assert ok(await cli(app, "crm", "customers", "--name", "nobody")) == ""

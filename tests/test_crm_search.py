@@ -94,6 +94,22 @@ async def test_customers_by_kind_state_number_and_document(crm: crm_pb2_grpc.Crm
     assert await find(identity_document=other) == []
     assert await find(identity_document=passport, msisdn="491701234562") == []
 
+    # By the words of the name, through the keyed blind index: whole words, any order.
+    assert await find(name="muster") == [a, c, b]
+    assert await find(name="MUSTER anna") == [a, c]
+    assert await find(name="Muste") == []
+    assert await find(name="gmbh", kind="CORPORATE") == [b]
+    assert await find(name="muster", state="ACTIVE") == [a]
+    assert await find(name="anna", msisdn="491701234561") == [a]
+    assert await find(name="gmbh", msisdn="491701234561") == []
+    by_name = await crm.ListCustomers(crm_pb2.CustomerQuery(name="muster", page_size=2))
+    assert ids(by_name) == [a, c] and by_name.next_page_token
+    rest = await crm.ListCustomers(crm_pb2.CustomerQuery(name="muster", page_token=by_name.next_page_token))
+    assert (ids(rest), rest.next_page_token) == ([b], "")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await find(name=" ".join(f"w{n}" for n in range(9)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in str(err.value.details())
+
     # the document numbers are nowhere in Redis, only their fingerprints
     stored = "\n".join(dump(r, key) for key in r.scan_iter())
     assert all(document(n) not in stored.upper() for n in (1, 2, 3))

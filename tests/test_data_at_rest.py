@@ -144,6 +144,10 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
     assert b"enc:k1:" in b"".join(on_disk(directory).values())
     # Every process gets the new key, last in its ring; then the rotation runs.
     async with server(directory, clock, app_database_url, data_key=f"{K1},{K2}") as app:
+        assert app.redis is not None and app.acquisition is not None
+        # A customer stored before the name index existed: the rotation indexes it.
+        await app.redis.delete(*[k async for k in app.redis.scan_iter("crm:name:*")])
+        assert await app.acquisition.customers.named("Anna Muster") == ([], "")
         monkeypatch.setenv("CHARGING_REDIS_DIR", str(directory))
         monkeypatch.setenv("CHARGING_DATA_KEY", f"{K1},{K2}")
         out = io.StringIO()
@@ -157,6 +161,8 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
             "disputes": 0,  # disputes are billing's now (issue 15); the CRM keeps none of its own
             "billing_accounts": 2,
         }
+        assert json.loads(out.getvalue())["names_indexed"] == 1
+        assert [c.id for c in (await app.acquisition.customers.named("muster ANNA"))[0]] == [who]
         files = on_disk(directory)
         assert b"enc:k1:" not in b"".join(files.values())  # the AOF was rewritten: old ciphertext gone
         assert b"enc:k2:" in b"".join(files.values())
