@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 
 from charging import keys
 from charging.admission import check_deadline
+from charging.cluster_link import ClusterLink
 from charging.redis_link import RedisLink
 from charging.refunds import RefundRef
 from charging.script_args import (
@@ -111,7 +112,7 @@ DUE_INDEX = LuaScript("due_index.lua")
 
 
 class Ledger:
-    def __init__(self, client: RedisLink) -> None:
+    def __init__(self, client: RedisLink | ClusterLink) -> None:
         self.client = client
 
     async def session(self, account: str, args: SessionArgs, *, hint_deadline_ms: int = 0) -> Reply:
