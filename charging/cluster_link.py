@@ -33,7 +33,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
@@ -53,6 +53,9 @@ class ClusterUrl:
     username: str = ""
     password: str = ""
     tls: bool = False
+    # ``?wait=N``: a write is answered only once N replicas have it (WAIT), else UNAVAILABLE.
+    wait_replicas: int = 0
+    wait_ms: int = 500
 
     @staticmethod
     def parse(url: str) -> ClusterUrl | None:
@@ -68,8 +71,17 @@ class ClusterUrl:
             if not host or not port.isdigit():
                 raise ValueError("CHARGING_REDIS_URL: a cluster seed is host:port")
             seeds.append((host.strip("[]"), int(port)))
+        query = parse_qs(u.query)
+        wait, wait_ms = query.get("wait", ["0"])[0], query.get("wait_ms", ["500"])[0]
+        if not wait.isdigit() or not wait_ms.isdigit():
+            raise ValueError("CHARGING_REDIS_URL: wait and wait_ms are whole numbers")
         return ClusterUrl(
-            tuple(seeds), unquote(u.username or ""), unquote(u.password or ""), u.scheme == "rediss+cluster"
+            tuple(seeds),
+            unquote(u.username or ""),
+            unquote(u.password or ""),
+            u.scheme == "rediss+cluster",
+            int(wait),
+            int(wait_ms),
         )
 
     def node_url(self, address: Address) -> str:
@@ -106,6 +118,8 @@ class ClusterLink:
         self._links: dict[Address, RedisLink] = {}
         self._stale = True
         self._refreshing: asyncio.Lock | None = None
+        self._queued: dict[Address, list[tuple[Sequence[Arg], asyncio.Future[Any]]]] = {}
+        self._sending: set[asyncio.Future[None]] = set()
 
     def _link(self, address: Address) -> RedisLink:
         link = self._links.get(address)
@@ -140,14 +154,14 @@ class ClusterLink:
     def _primaries(self) -> list[Address]:
         return [a for a in dict.fromkeys(self._owner) if a is not None]
 
-    async def _node_for(self, command: Sequence[Arg]) -> RedisLink:
+    async def _address_for(self, command: Sequence[Arg]) -> Address:
         if self._stale:
             await self.refresh()
         key = first_key(command)
         address = self._owner[slot_of(key)] if key is not None else next(iter(self._primaries()), None)
         if address is None:
             raise redis_errors.ClusterDownError("CLUSTERDOWN no primary serves the slot")
-        return self._link(address)
+        return address
 
     def _note(self, result: Any) -> None:
         """A reply that says the map is wrong or the node gone marks it stale."""
@@ -163,36 +177,75 @@ class ClusterLink:
         return result
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Each command to its slot's primary, one write per primary; each reply, or the
-        error it was, in order. A redirected command is sent once more."""
-        results: list[Any] = [None] * len(commands)
-        groups: dict[RedisLink, list[int]] = {}
-        for i, command in enumerate(commands):
+        """Each command to its slot's primary; each reply, or the error it was, in order.
+        A redirected command is sent once more."""
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[Any]] = []
+        for command in commands:
+            fut: asyncio.Future[Any] = loop.create_future()
             try:
-                groups.setdefault(await self._node_for(command), []).append(i)
+                self._enqueue(await self._address_for(command), command, fut)
             except redis_errors.RedisError as exc:
-                self._note(exc)
-                results[i] = exc
-        batches = [link.execute_many([commands[i] for i in idx]) for link, idx in groups.items()]
-        for idx, replies in zip(groups.values(), await asyncio.gather(*batches), strict=True):
-            for i, reply in zip(idx, replies, strict=True):
-                results[i] = reply
+                fut.set_result(exc)
+            waiting.append(fut)
+        results = list(await asyncio.gather(*waiting))
         for i, result in enumerate(results):
             self._note(result)
             if isinstance(result, (redis_errors.MovedError, redis_errors.AskError, redis_errors.TryAgainError)):
                 results[i] = await self._redirected(commands[i], result)
         return results
 
+    def _enqueue(self, address: Address, command: Sequence[Arg], fut: asyncio.Future[Any]) -> None:
+        """Commands for one primary queued in one event-loop turn go in one batch."""
+        queue = self._queued.get(address)
+        if queue is None:
+            queue = self._queued[address] = []
+            asyncio.get_running_loop().call_soon(self._flush, address)
+        queue.append((command, fut))
+
+    def _flush(self, address: Address) -> None:
+        batch = self._queued.pop(address, [])
+        task = asyncio.ensure_future(self._send(address, batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, address: Address, batch: list[tuple[Sequence[Arg], asyncio.Future[Any]]]) -> None:
+        """One batch to one primary; with ``wait`` it ends in WAIT, and a batch whose
+        writes no replica confirmed in time is answered UNAVAILABLE (the client retries;
+        the scripts are idempotent, so a write that did land is answered as a replay)."""
+        commands = [command for command, _ in batch]
+        wait = self.url.wait_replicas
+        if wait:
+            commands.append(("WAIT", wait, self.url.wait_ms))
+        replies: list[Any]
+        try:
+            replies = await self._link(address).execute_many(commands)
+        except redis_errors.RedisError as exc:
+            replies = [exc] * len(commands)
+        if wait:
+            acked = replies.pop()
+            if isinstance(acked, Exception) or int(acked) < wait:
+                unconfirmed = redis_errors.TimeoutError("no replica confirmed the write in time")
+                replies = [r if isinstance(r, Exception) else unconfirmed for r in replies]
+        for (_, fut), reply in zip(batch, replies, strict=True):
+            if not fut.done():
+                fut.set_result(reply)
+
     async def _redirected(self, command: Sequence[Arg], error: redis_errors.ResponseError) -> Any:
         """The reply of a command sent once more after a redirection (it did not run)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         try:
             if isinstance(error, redis_errors.AskError):
-                asking, reply = await self._link((error.host, error.port)).execute_many([("ASKING",), command])
-                return asking if isinstance(asking, Exception) else reply
-            await self.refresh()
-            if isinstance(error, redis_errors.MovedError):
-                self._owner[error.slot_id] = (error.host, error.port)
-            reply = (await (await self._node_for(command)).execute_many([command]))[0]
+                # ASKING holds for the next command on the connection: both in one batch.
+                self._enqueue((error.host, error.port), ("ASKING",), loop.create_future())
+                self._enqueue((error.host, error.port), command, fut)
+            else:
+                await self.refresh()
+                if isinstance(error, redis_errors.MovedError):
+                    self._owner[error.slot_id] = (error.host, error.port)
+                self._enqueue(await self._address_for(command), command, fut)
+            reply = await fut
         except redis_errors.RedisError as exc:
             reply = exc
         self._note(reply)

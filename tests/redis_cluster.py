@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 from charging.embedded_redis import redis_command
 from tests.conftest import free_port
@@ -26,6 +27,7 @@ READY_S = 60.0
 class Node:
     port: int
     directory: Path
+    command: list[str]
     proc: subprocess.Popen[bytes]
 
     def client(self) -> redis.Redis:
@@ -63,6 +65,28 @@ class LocalCluster:
         node.proc.send_signal(signal.SIGKILL)
         node.proc.wait(10)
 
+    def restart(self, node: Node) -> None:
+        """Start a killed node again on its port and directory: it reads its AOF and its
+        nodes.conf, and rejoins (as a replica, when its replica took over meanwhile)."""
+        node.proc = subprocess.Popen(node.command, stdout=subprocess.DEVNULL, cwd=node.directory)
+
+    def primary_of(self, key: str) -> Node:
+        """The node serving ``key``'s slot now, as the live nodes see it."""
+        slot = int(key_slot(key.encode()))
+        for node in self.nodes:
+            if node.proc.poll() is not None:
+                continue
+            client = node.client()
+            try:
+                for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if int(start) <= slot <= int(end):
+                        return next(n for n in self.nodes if n.port == int(primary[1]))
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise LookupError("no live node answers CLUSTER SLOTS")
+
     def wait_ok(self, timeout_s: float = READY_S) -> None:
         """Until every live node says ``cluster_state:ok`` and agrees on three primaries."""
         deadline = time.monotonic() + timeout_s
@@ -77,7 +101,8 @@ class LocalCluster:
 
 
 def _ok(node: Node) -> bool:
-    """The node says ``cluster_state:ok`` and knows three primaries that serve slots."""
+    """The node says ``cluster_state:ok``, knows three primaries that serve slots and,
+    if a replica, has finished its sync."""
     client = node.client()
     try:
         info = str(client.execute_command("CLUSTER", "INFO"))
@@ -86,7 +111,10 @@ def _ok(node: Node) -> bool:
         lines = str(client.execute_command("CLUSTER", "NODES")).splitlines()
         # <id> <ip:port@bus> <flags> <primary> <ping> <pong> <epoch> <link> <slot>...
         serving = [f for f in (line.split() for line in lines) if "master" in f[2] and "fail" not in f[2] and f[8:]]
-        return len(serving) == PRIMARIES
+        if len(serving) != PRIMARIES:
+            return False
+        role = client.execute_command("ROLE")
+        return role[0] == "master" or role[3] == "connected"  # a replica in sync with its primary
     finally:
         client.close()
 
@@ -101,9 +129,10 @@ def _start(binary: str, directory: Path) -> Node:
         "--cluster-port", str(free_port()),  # the bus; else port + 10000, which may be taken or too high
         "--cluster-node-timeout", "1000",
         "--cluster-replica-validity-factor", "0",
+        "--repl-diskless-sync-delay", "0",
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=directory)
-    node = Node(port, directory, proc)
+    node = Node(port, directory, command, proc)
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
         try:
