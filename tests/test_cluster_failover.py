@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -99,13 +100,11 @@ async def _subscriber_load(stubs: Stubs, msisdn: str, tally: Tally) -> tuple[int
         ]
         for step in steps:
             answer: charging_pb2.SessionAnswer = await tally.retried(
-                lambda step=step: stubs.charging.ChargeSession(step, timeout=10)  # type: ignore[misc]
+                partial(stubs.charging.ChargeSession, step, timeout=10)
             )
             assert answer.result_code == 2001, answer
             debits += sum(rg.cost_micros for rg in answer.rating_groups)
-        reply = await tally.retried(
-            lambda n=n: stubs.topup.Recharge(recharge(TOPUP, f"t{n}", msisdn=msisdn), timeout=10)
-        )  # type: ignore[misc]
+        reply = await tally.retried(partial(stubs.topup.Recharge, recharge(TOPUP, f"t{n}", msisdn=msisdn), timeout=10))
         assert reply.balance.balance_micros > 0
         topups += TOPUP
     return debits, topups
