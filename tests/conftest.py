@@ -99,7 +99,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 # The modules that also run on a local Redis Cluster (3 primaries, 3 replicas).
-CLUSTER_MODULES = frozenset({"test_sessions", "test_events", "test_topups", "test_buckets"})
+CLUSTER_MODULES = frozenset(
+    {
+        "test_sessions",
+        "test_events",
+        "test_topups",
+        "test_buckets",
+        "test_pools",
+        "test_renewals",
+        "test_sweeper",
+        "test_overrun",
+        "test_ledger_invariants",
+    }
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
