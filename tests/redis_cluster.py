@@ -4,6 +4,7 @@ joined with ``redis-cli --cluster create``. Every wait is bounded."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -119,7 +120,7 @@ def _ok(node: Node) -> bool:
         client.close()
 
 
-def _start(binary: str, directory: Path) -> Node:
+def _start(binary: str, directory: Path, *, own_session: bool = False) -> Node:
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     command = [
@@ -131,7 +132,8 @@ def _start(binary: str, directory: Path) -> Node:
         "--cluster-replica-validity-factor", "0",
         "--repl-diskless-sync-delay", "0",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=directory)
+    # own_session: a Ctrl-C in the terminal reaches the server, not the cluster under it.
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=directory, start_new_session=own_session)
     node = Node(port, directory, command, proc)
     deadline = time.monotonic() + READY_S
     while time.monotonic() < deadline:
@@ -147,7 +149,7 @@ def _start(binary: str, directory: Path) -> Node:
 
 
 @contextmanager
-def local_cluster(directory: Path) -> Iterator[LocalCluster]:
+def local_cluster(directory: Path, *, own_session: bool = False) -> Iterator[LocalCluster]:
     binary = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     if binary is None or cli is None:
@@ -155,7 +157,7 @@ def local_cluster(directory: Path) -> Iterator[LocalCluster]:
     cluster = LocalCluster()
     try:
         for i in range(PRIMARIES * 2):
-            cluster.nodes.append(_start(binary, directory / f"node{i}"))
+            cluster.nodes.append(_start(binary, directory / f"node{i}", own_session=own_session))
         addresses = [f"127.0.0.1:{n.port}" for n in cluster.nodes]
         subprocess.run(
             [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
@@ -175,3 +177,27 @@ def local_cluster(directory: Path) -> Iterator[LocalCluster]:
             except subprocess.TimeoutExpired:
                 node.proc.kill()
                 node.proc.wait(10)
+
+
+def main() -> None:
+    """``make cluster``: a local cluster under var/cluster (made afresh) and ``charging
+    serve`` on it, until Ctrl-C (or SIGTERM); then both stop."""
+    import sys
+
+    directory = Path("var/cluster")
+    shutil.rmtree(directory, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    with local_cluster(directory.absolute(), own_session=True) as cluster:
+        url = cluster.url
+        print(f"redis cluster ready: CHARGING_REDIS_URL={url}", flush=True)
+        charging = str(Path(sys.executable).with_name("charging"))
+        server = subprocess.Popen([charging, "serve"], env={**os.environ, "CHARGING_REDIS_URL": url})
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
