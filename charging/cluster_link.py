@@ -120,6 +120,7 @@ class ClusterLink:
         self._refreshing: asyncio.Lock | None = None
         self._queued: dict[Address, list[tuple[Sequence[Arg], asyncio.Future[Any]]]] = {}
         self._sending: set[asyncio.Future[None]] = set()
+        self._silent: set[Address] = set()  # nodes that did not answer CLUSTER SLOTS
 
     def _link(self, address: Address) -> RedisLink:
         link = self._links.get(address)
@@ -134,14 +135,18 @@ class ClusterLink:
         async with self._refreshing:
             if not self._stale:
                 return
-            candidates = list(dict.fromkeys([*self._primaries(), *self.url.seeds, *self._links]))
+            known = dict.fromkeys([*self._primaries(), *self.url.seeds, *self._links])
+            # Nodes that failed last are asked last: a dead host may take the whole timeout.
+            candidates = sorted(known, key=lambda a: a in self._silent)
             last: Exception = redis_errors.ConnectionError("redis cluster: no node answers")
             for address in candidates:
                 try:
                     reply = await self._link(address).execute("CLUSTER", "SLOTS")
                 except redis_errors.RedisError as exc:
+                    self._silent.add(address)
                     last = exc
                     continue
+                self._silent.discard(address)
                 owner: list[Address | None] = [None] * SLOTS
                 for start, end, primary, *_replicas in reply:
                     host = str(primary[0]) or address[0]
