@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark
+.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark
 
 all: setup
 
@@ -105,6 +105,11 @@ run: setup
 		echo "the user postgres cannot enter $(CURDIR): PostgreSQL's data goes to $$CHARGING_DATABASE_DIR"; \
 		export CHARGING_DATABASE_DIR; \
 	fi; export CHARGING_CONSOLE_ADDRESS="$${CHARGING_CONSOLE_ADDRESS-127.0.0.1:8080}"; exec $(BIN)/charging serve
+
+# A local Redis Cluster (3 primaries, 3 replicas, under var/cluster, made afresh) and
+# `charging serve` on it, without Docker (README "Redis Cluster"); Ctrl-C stops both.
+cluster: setup redis-server postgresql
+	$(BIN)/python -m tests.redis_cluster
 
 lint: setup
 	$(BIN)/ruff check .

@@ -29,6 +29,7 @@ from charging.documents import DocumentStore
 from charging.errors import Conflict, StorageUnavailable
 from charging.plan_index import PlanIndex, StaleCatalog
 from charging.schemas import parse_json
+from charging.store import storage_errors
 
 log = logging.getLogger("charging.catalog")
 
@@ -46,6 +47,7 @@ def _version_of(catalog: Catalog) -> str:
 
 class CatalogBook:
     def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
         self._docs = DocumentStore(
             client,
             keys.CATALOG,
@@ -67,10 +69,25 @@ class CatalogBook:
 
     async def start(self, path: str, *, prefer_file: bool) -> None:
         """Use the stored catalog; load the file when none is stored or when asked to."""
+        await self._adopt_untagged()
         if prefer_file or not await self.refresh():
             await self.load(read_catalog_file(path))
         await self.plans.ensure(self.current)
         await self.plans.finish_moves()  # left by a load that stopped half way
+
+    async def _adopt_untagged(self) -> None:
+        """Rename the catalog's keys of before the ``{catalog}`` hash tag (a single server
+        upgraded; a cluster never had them). The plan index is rebuilt by ``ensure``."""
+        client = self._client
+        with storage_errors():
+            if await client.exists(keys.CATALOG_CURRENT) or not await client.exists("catalog:current"):
+                return
+            async for old in client.scan_iter(match="catalog:v:*", count=500):
+                await client.renamenx(old, keys.CATALOG + str(old)[len("catalog") :])
+            if await client.exists("plan:moves"):
+                await client.renamenx("plan:moves", keys.PLAN_MOVES)
+            await client.renamenx("catalog:current", keys.CATALOG_CURRENT)
+        log.info("catalog keys renamed under the {catalog} hash tag")
 
     async def load(self, doc: Any) -> Catalog:
         """Check, store and switch to a catalog. The same version may be loaded again only

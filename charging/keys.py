@@ -249,23 +249,26 @@ BILL_AS_OF = "{bill}:as_of"  # zset: billing account -> the latest instant (s) d
 
 
 # Which accounts are on which plan (plan_index.py). Global keys like the identity index:
-# a catalog load checks and changes them in one script, apart from any account's slot.
-# The catalog's versions are a document store named "catalog" (documents.py builds
-# catalog:v:<version> and catalog:current); the plan index's scripts need the pointer.
-CATALOG = "catalog"
+# a catalog load checks and changes them in one script, apart from any account's slot,
+# so they share one hash tag, {catalog} (one slot on a Redis Cluster).
+# The catalog's versions are a document store named "{catalog}" (documents.py builds
+# {catalog}:v:<version> and {catalog}:current); the plan index's scripts need the pointer.
+CATALOG = "{catalog}"
 CATALOG_CURRENT = current_key(CATALOG)
-CATALOG_PLANS = "catalog:plans"  # set: plan ids of the running catalog (accounts may join these)
-PLAN_MOVES = "plan:moves"  # hash: migrated plan -> its successor (kept; a few entries per year)
+CATALOG_PLANS = "{catalog}:plans"  # set: plan ids of the running catalog (accounts may join these)
+PLAN_MOVES = "{catalog}:plan:moves"  # hash: migrated plan -> its successor (kept; a few entries per year)
+# The names before the {catalog} tag, renamed at start on a single server (catalogs.py).
+UNTAGGED_CATALOG = ("catalog", "catalog:plans", "plan:moves", "plan:members:", "plan:moving:")
 
 
 def plan_members(plan_id: str) -> str:
     """set: ids of the accounts on the plan (SCARD counts them)."""
-    return "plan:members:" + plan_id
+    return "{catalog}:plan:members:" + plan_id
 
 
 def plan_moving(plan_id: str) -> str:
     """set: ids of accounts of a dropped plan whose hash still names it (the load moves them)."""
-    return "plan:moving:" + plan_id
+    return "{catalog}:plan:moving:" + plan_id
 
 
 # Processes and hosts (charging/leases.py, charging/changes.py).

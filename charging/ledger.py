@@ -20,6 +20,7 @@ from redis import exceptions as redis_errors
 
 from charging import keys
 from charging.admission import check_deadline
+from charging.cluster_link import ClusterLink
 from charging.redis_link import RedisLink
 from charging.refunds import RefundRef
 from charging.script_args import (
@@ -116,7 +117,7 @@ class Ledger:
     """``on_records(account)`` is called when a script left records in the account's record
     outbox (the relay to PostgreSQL learns which accounts have some: ``cdr_relay.py``)."""
 
-    def __init__(self, client: RedisLink, on_records: Callable[[str], None] | None = None) -> None:
+    def __init__(self, client: RedisLink | ClusterLink, on_records: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.on_records = on_records
 

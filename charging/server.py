@@ -48,6 +48,7 @@ from charging.cdr_store import CdrStore
 from charging.census import record_census
 from charging.changes import ChangeFeed
 from charging.clock import Clock, SystemClock
+from charging.cluster_link import ClusterLink
 from charging.context import Context
 from charging.database import Pool, open_pool, plaintext_problem
 from charging.diameter.config import DiameterConfig
@@ -123,7 +124,7 @@ class App:
     token_port: int = 0
     metrics_port: int = 0
     redis: aioredis.Redis | None = None
-    link: RedisLink | None = None
+    link: RedisLink | ClusterLink | None = None
     sweeper: Sweeper | None = None
     renewer: Renewer | None = None
     sessions: SessionCharging | None = None
@@ -167,7 +168,7 @@ class App:
             url = await self._embedded.start()
         self.redis = store.connect(url, max_connections=s.redis_max_connections, tls=s.redis_tls())
         await wait_until_ready(self.redis, f"redis at {redact_url(url)}", s.redis_ready_timeout_s)
-        self.link = RedisLink(url, tls=s.redis_tls())
+        self.link = store.link(url, tls=s.redis_tls())
         self.leases = Leases(self.redis, s.lease_s)
         await self._start_database()
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from charging.cluster_link import ClusterLink, ClusterUrl
 from charging.errors import StorageUnavailable
-from charging.redis_link import RedisTls
+from charging.redis_link import RedisLink, RedisTls
 
 
 def connect(
@@ -20,7 +23,14 @@ def connect(
 
     When every connection is in use a call waits up to ``timeout_s`` for one to come
     back (a blocking pool): redis-py's plain pool would fail at once with "Too many
-    connections", which is a burst of our own making, not Redis being unavailable."""
+    connections", which is a burst of our own making, not Redis being unavailable.
+
+    A cluster URL (``redis+cluster://host:port,...``, ``cluster_link.ClusterUrl``) gives
+    redis-py's ``RedisCluster`` instead, typed as ``Redis``: it answers the same commands
+    for keys of one slot, which is all this code sends it."""
+    cluster = ClusterUrl.parse(url)
+    if cluster is not None:
+        return cast(aioredis.Redis, _cluster_client(cluster, max_connections, timeout_s, tls or RedisTls()))
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         **(tls or RedisTls()).pool_options(url),
@@ -32,6 +42,29 @@ def connect(
         health_check_interval=30,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def _cluster_client(url: ClusterUrl, max_connections: int, timeout_s: float, tls: RedisTls) -> RedisCluster:
+    options = tls.pool_options("rediss://") if url.tls else {}
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in url.seeds],
+        username=url.username or None,
+        password=url.password or None,
+        ssl=url.tls,
+        decode_responses=True,
+        max_connections=max_connections,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        **options,
+    )
+
+
+def link(url: str, *, timeout_s: float = 5.0, tls: RedisTls | None = None) -> RedisLink | ClusterLink:
+    """The pipelined hot-path link: one socket, or one per primary of a cluster."""
+    cluster = ClusterUrl.parse(url)
+    if cluster is not None:
+        return ClusterLink(cluster, timeout_s=timeout_s, tls=tls)
+    return RedisLink(url, timeout_s=timeout_s, tls=tls)
 
 
 def unavailable(exc: BaseException) -> str:

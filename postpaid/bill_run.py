@@ -44,6 +44,7 @@ from redis import exceptions as redis_errors
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.cluster_link import ClusterLink
 from charging.money import format_minor
 from charging.redis_link import RedisLink
 from charging.store import storage_errors
@@ -122,7 +123,7 @@ class BillRun:
         catalogs: CatalogBook,
         clock: Clock,
         book: InvoiceBook,
-        link: RedisLink | None = None,
+        link: RedisLink | ClusterLink | None = None,
     ) -> None:
         self.client = client
         self.book = book

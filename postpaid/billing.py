@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.cluster_link import ClusterLink
 from charging.database import Pool
 from charging.errors import NotFound
 from charging.money import to_minor
@@ -75,7 +76,7 @@ class Billing:
         clock: Clock,
         notifier: Notifier | None = None,
         deliveries: Sequence[tuple[str, Delivery]] = (),
-        link: RedisLink | None = None,
+        link: RedisLink | ClusterLink | None = None,
         *,
         database: Pool,
         sealer: Sealer,
@@ -344,7 +345,7 @@ def build_billing(
     catalogs: CatalogBook,
     clock: Clock,
     notifier: Notifier | None,
-    link: RedisLink | None = None,
+    link: RedisLink | ClusterLink | None = None,
     *,
     database: Pool,
 ) -> Billing:

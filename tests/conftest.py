@@ -98,18 +98,74 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.wait(10)
 
 
+# The modules that also run on a local Redis Cluster (3 primaries, 3 replicas).
+CLUSTER_MODULES = frozenset(
+    {
+        "test_sessions",
+        "test_events",
+        "test_topups",
+        "test_buckets",
+        "test_pools",
+        "test_renewals",
+        "test_sweeper",
+        "test_overrun",
+        "test_ledger_invariants",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The tests of ``CLUSTER_MODULES`` that use Redis run twice: single server, cluster."""
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in CLUSTER_MODULES and "redis_url" in metafunc.fixturenames:
+        metafunc.parametrize("redis_backend", ["single", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: str) -> str:
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Redis Cluster, started for the first test that asks for it."""
+    from tests.redis_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    if redis_backend == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.wait_ok()
+        cluster.flush()
+        return str(cluster.url)
+    redis_server: str = request.getfixturevalue("redis_server")
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     client.close()
     return redis_server
 
 
+def redis_client(url: str) -> redis.Redis:
+    """A plain, decoding client on ``url``: a ``RedisCluster`` for a cluster URL (typed
+    as ``Redis``: it answers the same commands for keys of one slot)."""
+    from charging.cluster_link import ClusterUrl
+
+    cluster = ClusterUrl.parse(url)
+    if cluster is None:
+        return redis.Redis.from_url(url, decode_responses=True)
+    nodes = [redis.cluster.ClusterNode(host, port) for host, port in cluster.seeds]
+    client: Any = redis.RedisCluster(startup_nodes=nodes, decode_responses=True)
+    return client  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     """A plain client on the test Redis, to look at what the server stored."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_client(redis_url)
     yield client
     client.close()
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 
 from charging import keys
 from charging.catalogs import read_catalog_file
@@ -22,6 +21,7 @@ from tests.conftest import (
     Stubs,
     balance,
     notifications,
+    redis_client,
     session_request,
     set_time,
     sms_request,
@@ -148,7 +148,7 @@ async def test_expired_buckets_are_not_used_and_are_recorded(
     t = await shop.charging.ChargeSession(call("x", TERMINATE, 1, used={"time_s": 60}))
     assert t.rating_groups[0].cost_micros == 45_000  # money at the holiday rate (26 December)
     assert list((await balance(shop)).buckets) == []
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     assert r.hget(keys.account("1"), "expired_1") == "120"
     entries = await notifications(app, r)
     assert [e["kind"] for e in entries] == ["bundle_expired"]
@@ -158,7 +158,7 @@ async def test_expired_buckets_are_not_used_and_are_recorded(
 
 async def test_sms_from_a_bundle_and_usage_thresholds_notify_once(shop: Stubs, redis_url: str, app: App) -> None:
     await buy(shop, "sms-10", "k1")
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     for n in range(8):
         a = await shop.charging.ChargeEvent(sms_request(f"s{n}"))
         assert (a.result_code, a.cost_micros) == (2001, 0)
@@ -175,7 +175,7 @@ async def test_sms_from_a_bundle_and_usage_thresholds_notify_once(shop: Stubs, r
 
 async def test_low_balance_notifies_once_per_crossing(stubs: Stubs, redis_url: str, app: App) -> None:
     await stubs.subscriber(MSISDN, balance=1_100_000)
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     for n in range(3):  # 1.05, 1.00, 0.95 EUR: crosses below 1 EUR once
         await stubs.charging.ChargeEvent(sms_request(f"e{n}"))
     await stubs.charging.ChargeEvent(sms_request("e3"))
@@ -216,7 +216,7 @@ async def test_the_sweeper_records_expiry_without_any_other_activity(
     await buy(shop, "voice-2", "k1")
     assert app.sweeper is not None
     assert await app.sweeper.sweep_once() == 0  # not expired yet: nothing recorded
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     assert r.hget(keys.account("1"), "expired_1") is None
     clock.advance(seconds=30 * 86_400)
     await app.sweeper.sweep_once()
@@ -239,6 +239,6 @@ async def test_a_grant_from_a_bucket_is_valid_until_the_bucket_expires_and_usage
     assert u.rating_groups[0].cost_micros == 0  # the reserved bucket units still cover it
     b = await balance(shop)
     assert (b.balance_micros, list(b.buckets)) == (10_000_000 - 100_000, [])
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     assert r.hget(keys.account("1"), "expired_1") == "60"  # what was left is recorded
     r.close()

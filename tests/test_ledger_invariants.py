@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import random
 
-import redis
-
 from charging import keys
 from charging.buckets import unpack
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
-from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
+from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, redis_client, session_request
 from tests.test_buckets import small_bundles
 
 MSISDN = "491700000001"
@@ -22,7 +20,7 @@ WHO = common_pb2.SubscriberId(msisdn=MSISDN)
 
 
 def check(redis_url: str, account: str, overrun: bool) -> None:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     money_held = 0
     units_held: dict[str, int] = {}
     for key in r.scan_iter(keys.session_prefix(account) + "*"):
@@ -99,8 +97,6 @@ async def test_random_operations_keep_the_ledger_consistent(
         elif op == "sweep":
             assert app.sweeper is not None
             await app.sweeper.sweep_once()
-            alive = set(
-                redis.Redis.from_url(redis_url, decode_responses=True).zrange(keys.sessions(sub.account_id), 0, -1)
-            )
+            alive = set(redis_client(redis_url).zrange(keys.sessions(sub.account_id), 0, -1))
             open_sessions = {k: v for k, v in open_sessions.items() if k in alive}
         check(redis_url, sub.account_id, overrun)

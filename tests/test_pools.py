@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-import redis
 from redis.crc import key_slot
 
 from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import admin_pb2, common_pb2, topup_pb2
-from tests.conftest import INITIAL, TERMINATE, Stubs, notifications, session_request, set_time
+from tests.conftest import INITIAL, TERMINATE, Stubs, notifications, redis_client, session_request, set_time
 from tests.test_buckets import small_bundles
 from tests.test_ledger_invariants import check
 
@@ -95,7 +94,7 @@ async def test_pool_thresholds_notify_the_pool_owner(
     company, _alice, _bob = await setup(stubs, clock)
     await stubs.charging.ChargeSession(call("a", INITIAL, 0, ALICE, requested={"time_s": 60}))
     await stubs.charging.ChargeSession(call("a", TERMINATE, 1, ALICE, used={"time_s": 4900}))
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     entries = [e for e in await notifications(app, r) if e["kind"].startswith("bundle_")]
     assert [(e["kind"], e["account"]) for e in entries] == [("bundle_80", company)]
     r.close()

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +25,18 @@ from charging.server import App
 from charging.settings import Settings
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
 from postpaid.billing import Billing
-from tests.conftest import INITIAL, MSISDN, TERMINATE, UPDATE, LineBook, Stubs, enrol, session_request, set_time
+from tests.conftest import (
+    INITIAL,
+    MSISDN,
+    TERMINATE,
+    UPDATE,
+    LineBook,
+    Stubs,
+    enrol,
+    redis_client,
+    session_request,
+    set_time,
+)
 from tests.test_buckets import buy, small_bundles
 from tests.test_cli import cli
 from tests.test_overrun import CONTENT, FLOOR, used_money
@@ -204,7 +214,7 @@ async def test_units_of_an_expired_bucket_are_not_given_back(shop: Stubs, clock:
     assert (a.result_code, a.cost_micros) == (2001, 0)
     assert await bucket_amounts(shop) == {}
     assert await money(shop) == start
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     # The 6 left when it expired and the 4 refunded: as if the debit had never been.
     assert r.hget(keys.account("1"), "expired_3") == "10"
     r.close()
@@ -312,7 +322,7 @@ async def test_a_postpaid_refund_reverses_the_recorded_usage(
     d = await stubs.charging.ChargeEvent(event("d1", DEBIT, service_specific_units=3))
     assert d.result_code == 2001 and d.cost_micros > 0
     price = d.cost_micros // 3
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     ((field, value),) = r.hgetall(keys.usage(account)).items()
     assert value == f"3,{3 * price},1"
     a = await stubs.charging.ChargeEvent(event("r1", REFUND, d.refund_information, service_specific_units=2))
@@ -353,7 +363,7 @@ async def short_lived(settings: Settings, clock: ManualClock) -> AsyncIterator[S
 async def test_a_token_expires_with_the_event_id(short_lived: Stubs, redis_url: str) -> None:
     await short_lived.subscriber(balance=1_000_000)
     d = await short_lived.charging.ChargeEvent(event("d1", DEBIT))
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     assert 0 < r.pttl(keys.event("1", "d1")) <= 1000  # the record is kept with the answer
     r.close()
     await asyncio.sleep(1.2)
@@ -404,7 +414,7 @@ async def test_random_debits_and_refunds_conserve_money_and_units(
 
     async def totals() -> tuple[int, int]:
         """Money, and the units in the bucket (expired or not) plus those recorded expired."""
-        r = redis.Redis.from_url(redis_url, decode_responses=True)
+        r = redis_client(redis_url)
         units = int(r.hget(keys.account(account), "expired_1") or 0)
         units += sum(unpack(str(i), str(t)).amount for i, t in r.hgetall(keys.buckets(account)).items())
         r.close()
@@ -469,7 +479,7 @@ async def test_a_refund_after_its_period_was_invoiced_credits_the_next_invoice(
     assert len(await b.invoices_of("C2")) == 1
     a = await stubs.charging.ChargeEvent(event("r1", REFUND, d.refund_information, service_specific_units=2))
     assert (a.result_code, a.cost_micros) == (2001, 2 * price)
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     (field,) = r.hkeys(keys.usage(account))
     assert field.startswith("2026-02|") and r.hget(keys.usage(account), field) == f"-2,{-2 * price},1"
     r.close()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from charging import keys
 from charging.clock import ManualClock
 from charging.errors import StorageUnavailable
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
-from tests.conftest import Stubs, balance, notifications
+from tests.conftest import Stubs, balance, notifications, redis_client
 
 MSISDN = "491700000001"
 WHO = common_pb2.SubscriberId(msisdn=MSISDN)
@@ -39,7 +38,7 @@ async def test_a_recurring_bundle_renews_each_period_when_money_covers_it(
     assert await app.renewer.renew_once() == 1
     b = await balance(stubs)
     assert b.balance_micros == 2_000_000
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     failed = [e for e in await notifications(app, r) if e["kind"] == "renewal_failed"]
     assert [(e["bucket"], e["amount"]) for e in failed] == [("data-1gb", "FUNDS")]
     r.close()
@@ -68,7 +67,7 @@ async def test_plans_without_a_recurring_bundle_are_not_scheduled(stubs: Stubs, 
     assert app.renewer is not None
     await stubs.subscriber(MSISDN, balance=50_000_000, plan="mobile-prepaid")
     assert await app.renewer.renew_once() == 0
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     assert r.zcard(keys.RENEW_INDEX[0]) == 0
     r.close()
 

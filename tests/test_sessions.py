@@ -11,18 +11,17 @@ import asyncio
 
 import grpc
 import pytest
-import redis
 
 from charging.server import App
 from charging.v1 import common_pb2
-from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
+from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, redis_client, session_request
 
 MINUTE = 100_000  # price of one started minute on rating group 10
 
 
 def ledger_is_consistent(redis_url: str) -> None:
     """Every account's reserved money equals the sum of its sessions' reservations."""
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     held: dict[str, int] = {}
     for key in r.scan_iter("{a:*}:s:*"):
         account = key.split("}")[0] + "}"
@@ -349,7 +348,7 @@ async def test_a_number_moved_to_another_account_is_followed(stubs: Stubs, redis
     first = await stubs.subscriber(msisdn="491700000001", balance=1_000_000)
     second = await stubs.subscriber(msisdn="491700000002", balance=3_000_000)
     await stubs.charging.ChargeSession(session_request("a", INITIAL, 0, [{"rating_group": 10, "requested": {}}]))
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     r.hdel("{a:" + first.account_id + "}", "msisdn")
     r.hset("{a:" + second.account_id + "}", "msisdn", "491700000001")
     r.set("id:msisdn:491700000001", second.account_id)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import redis
-
 from charging import keys
 from charging.clock import ManualClock
 from charging.ledger import SWEEP
 from charging.script_args import SweepArgs
 from charging.server import App
-from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
+from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, redis_client, session_request
 from tests.test_sessions import MINUTE, ledger_is_consistent
 
 VOICE_SUPERVISION_S = 2 * 3600  # 2 x the default tariff's longest validity time (data, 3600 s)
@@ -53,7 +51,7 @@ async def test_unrefreshed_reservation_is_released_exactly(
     b = await stubs.balance()
     assert (b.balance_micros, b.reserved_micros) == (2_000_000 - 10 * 1700, 0)
     # With nothing open, the account leaves the sweeper's index.
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     assert r.zcard(keys.SWEEP_DUE) == 0
     r.close()
 
