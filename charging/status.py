@@ -97,6 +97,16 @@ def add_servicer(
     and deadline check."""
     handlers = {}
     for method in service.methods:
+        if method.client_streaming and method.server_streaming:
+            # Bidirectional (ChargeStream): the servicer answers each message itself,
+            # errors included, through ``Admission.each``.
+            stream_behaviour = getattr(servicer, method.name)
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                stream_behaviour if admission is None else admission.guard_stream(method.name, stream_behaviour),
+                request_deserializer=lenient(GetMessageClass(method.input_type)),
+                response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            )
+            continue
         if method.client_streaming or method.server_streaming:
             raise TypeError(f"{service.full_name}/{method.name}: only unary methods are supported")
         behaviour = getattr(servicer, method.name)
