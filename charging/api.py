@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -201,6 +202,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         self.events = events
         self.admission = admission
         self._stream_counts = {o: metrics.REQUESTS.labels("ChargeStream", o) for o in STREAM_OUTCOMES}
+        self._stream_latency = metrics.LATENCY.labels("ChargeStream")
 
     @rpc("ChargeSession")
     async def ChargeSession(
@@ -224,7 +226,15 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
 
     async def _reply(self, message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
         """One streamed message answered as its unary RPC would answer it; where that RPC
-        would fail with a status, the reply carries the status for this message alone."""
+        would fail with a status, the reply carries the status for this message alone.
+        Counted and timed per message, as ``rpc`` does per call."""
+        started = time.perf_counter()
+        try:
+            return await self._answer(message)
+        finally:
+            self._stream_latency.observe(time.perf_counter() - started)
+
+    async def _answer(self, message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
         if isinstance(message, Undecodable):
             # Its correlation id cannot be read: the reply says so with id 0.
             return self._failed(0, InvalidRequest("request", f"not a valid {message.type_name} message"))
