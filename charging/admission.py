@@ -115,10 +115,11 @@ class Admission:
         """The answers to the messages of ``requests``, each as soon as it is ready.
 
         ``answer`` must answer every message (errors included) and never raise. A slot
-        is taken before a message is read further and given back once its reply has been
-        handed on (not when it is computed): a client that does not read its replies
-        stops being read too, so neither side's queue grows beyond ``limit``. The
-        iterator ends after the last reply, once ``requests`` has ended."""
+        is taken before a message is started (while none is free, the stream is not read
+        further) and given back once its reply has been handed on, not when it is
+        computed: a client that does not read its replies stops being read too, so
+        neither side's queue grows beyond ``limit``. The iterator ends after the last
+        reply, once ``requests`` has ended."""
         slots = asyncio.Semaphore(self.limit)
         replies: asyncio.Queue[Resp | _Finished] = asyncio.Queue()
         working: set[asyncio.Task[None]] = set()
