@@ -123,6 +123,7 @@ bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.diameter_bench
 	$(BIN)/python -m loadtest.tls_bench
+	$(BIN)/python -m loadtest.stream_bench
 	$(BIN)/python -m loadtest.nchf_bench
 	$(BIN)/python -m loadtest.bill_bench
 	$(BIN)/python -m loadtest.cdr_bench

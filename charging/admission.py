@@ -23,12 +23,19 @@ answers 3004 DIAMETER_TOO_BUSY.)
 grpc also cancels a handler when its deadline passes, but only at the handler's next
 ``await`` and only once the event loop gets to the cancellation; on a busy loop that is
 after the script has been sent. Hence the explicit checks.
+
+* **Streams.** A ChargeStream is admitted like a call (``guard_stream``); its messages
+  are then answered concurrently by ``each``, at most ``limit`` of them at once per
+  stream, each counted in flight while it is worked on, so that unary calls see the load.
+  Beyond the bound the stream is not read: HTTP/2 flow control holds the sender back
+  (backpressure) and nothing is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -44,6 +51,7 @@ MIN_BUDGET_S = 0.001
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Behaviour = Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+StreamBehaviour = Callable[[AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Resp]]
 
 # The gRPC context of the call this task serves, for ``check_deadline``. grpc.aio runs
 # each call in its own task, so the value never leaks from one call to another.
@@ -96,6 +104,90 @@ class Admission:
 
     def leave(self) -> None:
         self.in_flight -= 1
+
+    def guard_stream(self, method: str, behaviour: StreamBehaviour[Req, Resp]) -> StreamBehaviour[Req, Resp]:
+        """``behaviour`` (a bidirectional streaming handler) admitted like a unary call;
+        its messages go through ``each``."""
+        rejected_limit = metrics.ADMISSION_REJECTIONS.labels(method, "in_flight")
+        rejected_deadline = metrics.ADMISSION_REJECTIONS.labels(method, "deadline")
+
+        async def guarded(requests: AsyncIterator[Req], context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
+            if self.in_flight >= self.limit:
+                rejected_limit.inc()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: retry later")
+            remaining = context.time_remaining()
+            if remaining is not None and remaining < MIN_BUDGET_S:
+                rejected_deadline.inc()
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started")
+            # Not reset: an async generator may be closed from another context, and the
+            # call's task ends with the stream anyway. The tasks of ``each`` copy it.
+            _CALL.set((method, context))
+            async for reply in behaviour(requests, context):
+                yield reply
+
+        return guarded
+
+    async def each(self, requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]]) -> AsyncIterator[Resp]:
+        """The answers to the messages of ``requests``, each as soon as it is ready.
+
+        ``answer`` must answer every message (errors included) and never raise. A slot
+        is taken before a message is started (while none is free, the stream is not read
+        further) and given back once its reply has been handed on, not when it is
+        computed: a client that does not read its replies stops being read too, so
+        neither side's queue grows beyond ``limit``. The iterator ends after the last
+        reply, once ``requests`` has ended."""
+        slots = asyncio.Semaphore(self.limit)
+        replies: asyncio.Queue[Resp | _Finished] = asyncio.Queue()
+        working: set[asyncio.Task[None]] = set()
+
+        async def work(message: Req) -> None:
+            self.in_flight += 1
+            try:
+                replies.put_nowait(await answer(message))
+            except Exception as exc:  # a bug: end the stream with it rather than lose a reply
+                replies.put_nowait(_Finished(exc))
+            finally:
+                self.in_flight -= 1
+
+        async def read() -> None:
+            failure: BaseException | None = None
+            try:
+                async for message in requests:
+                    await slots.acquire()
+                    task = asyncio.create_task(work(message))
+                    working.add(task)
+                    task.add_done_callback(working.discard)
+                if working:
+                    await asyncio.wait(set(working))
+            except Exception as exc:  # the client went away mid-stream, or a bug in answer
+                failure = exc
+            replies.put_nowait(_Finished(failure))
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await replies.get()
+                if isinstance(item, _Finished):
+                    if item.failure is not None:
+                        raise item.failure
+                    return
+                yield item
+                slots.release()
+        finally:
+            reader.cancel()
+            for task in list(working):
+                # As for a unary call cancelled by its caller: a request already sent to
+                # Redis completes there, and its answer is kept for the retransmission.
+                task.cancel()
+
+
+class _Finished:
+    """The end of a stream's answers, with the failure that ended it early if any."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: BaseException | None) -> None:
+        self.failure = failure
 
 
 def check_deadline() -> None:

@@ -8,17 +8,20 @@ a bad value is answered the Diameter way: result code 5004 or 5005 and ``failed_
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.message import Message
 
 from charging import metrics
+from charging.admission import Admission
 from charging.buckets import Bucket
 from charging.catalog import Usage
 from charging.codes import ResultCode
-from charging.errors import InvalidRequest
+from charging.errors import ChargingError, InvalidRequest, StorageUnavailable
 from charging.events import Action, EventAnswer, EventCharging, EventRequest
 from charging.rating import Units
 from charging.sessions import (
@@ -28,7 +31,8 @@ from charging.sessions import (
     SessionCharging,
     SessionRequest,
 )
-from charging.status import Undecodable, rpc
+from charging.status import Undecodable, details_of, rpc, status_of
+from charging.store import storage_errors
 from charging.subscribers import Identity, parse_identity
 from charging.topups import CHANNELS, BundlePurchase, Recharge, TopUps
 from charging.v1 import (
@@ -46,6 +50,19 @@ MCC_MNC = re.compile(r"^[0-9]{5,6}$")
 EVENT_ID = SESSION_ID
 MAX_RATING_GROUPS = 64
 DEFAULT_PLAN_ID = "default"
+log = logging.getLogger("charging.api")
+# How a streamed message ended (charging_requests_total{method="ChargeStream"}); the result
+# codes of the answers are in the answers, not in this label.
+STREAM_OUTCOMES = (
+    "OK",
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "FAILED_PRECONDITION",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "INTERNAL",
+)
 
 REQUEST_KINDS: dict[int, RequestKind] = {
     charging_pb2.REQUEST_TYPE_INITIAL: "I",
@@ -186,16 +203,105 @@ SESSION_ACTIONS = {"reauth": charging_pb2.SESSION_ACTION_REAUTHORIZE, "abort": c
 
 
 class ChargingServicer(charging_pb2_grpc.ChargingServicer):
-    def __init__(self, sessions: SessionCharging, events: EventCharging, watch: SessionWatch | None = None) -> None:
+    def __init__(
+        self,
+        sessions: SessionCharging,
+        events: EventCharging,
+        admission: Admission,
+        watch: SessionWatch | None = None,
+    ) -> None:
         self.sessions = sessions
         self.events = events
+        self.admission = admission
         self.watch = watch
+        self._stream_counts = {o: metrics.REQUESTS.labels("ChargeStream", o) for o in STREAM_OUTCOMES}
+        self._stream_latency = metrics.LATENCY.labels("ChargeStream")
 
     @rpc("ChargeSession")
     async def ChargeSession(
         self, request: charging_pb2.SessionRequest, context: grpc.aio.ServicerContext
     ) -> charging_pb2.SessionAnswer:
         gateway = gateway_of(context.invocation_metadata()) if self.watch is not None else ""
+        return await self._session(request, "ChargeSession", gateway)
+
+    @rpc("ChargeEvent")
+    async def ChargeEvent(
+        self, request: charging_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> charging_pb2.EventAnswer:
+        return await self._event(request, "ChargeEvent")
+
+    async def ChargeStream(
+        self,
+        request_iterator: AsyncIterator[charging_pb2.ChargeMessage | Undecodable],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[charging_pb2.ChargeReply]:
+        try:
+            gateway = gateway_of(context.invocation_metadata()) if self.watch is not None else ""
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+        async def reply(message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
+            return await self._reply(message, gateway)
+
+        async for answer in self.admission.each(request_iterator, reply):
+            yield answer
+
+    async def _reply(
+        self, message: charging_pb2.ChargeMessage | Undecodable, gateway: str = ""
+    ) -> charging_pb2.ChargeReply:
+        """One streamed message answered as its unary RPC would answer it; where that RPC
+        would fail with a status, the reply carries the status for this message alone.
+        Counted and timed per message, as ``rpc`` does per call."""
+        started = time.perf_counter()
+        try:
+            return await self._answer(message, gateway)
+        finally:
+            self._stream_latency.observe(time.perf_counter() - started)
+
+    async def _answer(
+        self, message: charging_pb2.ChargeMessage | Undecodable, gateway: str = ""
+    ) -> charging_pb2.ChargeReply:
+        if isinstance(message, Undecodable):
+            # Its correlation id cannot be read: the reply says so with id 0.
+            return self._failed(0, InvalidRequest("request", f"not a valid {message.type_name} message"))
+        cid = message.correlation_id
+        try:
+            with storage_errors():
+                kind = message.WhichOneof("request")
+                if kind == "session":
+                    reply = charging_pb2.ChargeReply(
+                        correlation_id=cid, session=await self._session(message.session, "ChargeStream", gateway)
+                    )
+                elif kind == "event":
+                    reply = charging_pb2.ChargeReply(
+                        correlation_id=cid, event=await self._event(message.event, "ChargeStream")
+                    )
+                else:
+                    raise InvalidRequest("request", "a session or an event is required")
+        except ChargingError as exc:
+            return self._failed(cid, exc)
+        except Exception:
+            log.exception("unexpected error", extra={"method": "ChargeStream"})
+            self._stream_counts["INTERNAL"].inc()
+            return charging_pb2.ChargeReply(
+                correlation_id=cid,
+                error=charging_pb2.ChargeError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error"),
+            )
+        self._stream_counts["OK"].inc()
+        return reply
+
+    def _failed(self, cid: int, exc: ChargingError) -> charging_pb2.ChargeReply:
+        status = status_of(exc)
+        if isinstance(exc, StorageUnavailable):
+            metrics.REDIS_ERRORS.labels("api").inc()
+        self._stream_counts[status.name if status.name in STREAM_OUTCOMES else "INTERNAL"].inc()
+        return charging_pb2.ChargeReply(
+            correlation_id=cid, error=charging_pb2.ChargeError(code=status.value[0], message=details_of(exc))
+        )
+
+    async def _session(
+        self, request: charging_pb2.SessionRequest, method: str, gateway: str = ""
+    ) -> charging_pb2.SessionAnswer:
         try:
             req = session_request(request)
         except Unanswerable as exc:
@@ -204,7 +310,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         if self.watch is not None:
             await self.watch.hold(gateway, req.session_id, req.identity, req.kind, answer)
         if answer.replayed:
-            metrics.RETRANSMISSIONS.labels("ChargeSession").inc()
+            metrics.RETRANSMISSIONS.labels(method).inc()
         elif answer.session_delta > 0:
             metrics.SESSIONS_OPENED.inc()
         elif answer.session_delta < 0:
@@ -234,10 +340,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         except OverflowError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
-    @rpc("ChargeEvent")
-    async def ChargeEvent(
-        self, request: charging_pb2.EventRequest, context: grpc.aio.ServicerContext
-    ) -> charging_pb2.EventAnswer:
+    async def _event(self, request: charging_pb2.EventRequest, method: str) -> charging_pb2.EventAnswer:
         action = ACTIONS.get(request.action)
         if action is None:
             raise InvalidRequest("action", "must be DIRECT_DEBITING, REFUND_ACCOUNT, CHECK_BALANCE or PRICE_ENQUIRY")
@@ -263,7 +366,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         )
         answer = await self.events.charge(req)
         if answer.replayed:
-            metrics.RETRANSMISSIONS.labels("ChargeEvent").inc()
+            metrics.RETRANSMISSIONS.labels(method).inc()
         return self._event_pb(request, answer)
 
     @staticmethod

@@ -232,7 +232,10 @@ class App:
         assert self.database is not None
         trail = AuditTrail(self.database)
         for servicer, service in (
-            (ChargingServicer(sessions, events, self.watch), charging_pb2.DESCRIPTOR.services_by_name["Charging"]),
+            (
+                ChargingServicer(sessions, events, admission, self.watch),
+                charging_pb2.DESCRIPTOR.services_by_name["Charging"],
+            ),
             (TopUpServicer(topups), topup_pb2.DESCRIPTOR.services_by_name["TopUp"]),
             # A CRM dispute is billing's dispute (one store): customer care delegates to it.
             (

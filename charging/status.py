@@ -97,8 +97,18 @@ def add_servicer(
     bound and deadline check."""
     handlers = {}
     for method in service.methods:
+        if method.client_streaming and method.server_streaming:
+            # Bidirectional (ChargeStream): the servicer answers each message itself,
+            # errors included, through ``Admission.each``.
+            stream_behaviour = getattr(servicer, method.name)
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                stream_behaviour if admission is None else admission.guard_stream(method.name, stream_behaviour),
+                request_deserializer=lenient(GetMessageClass(method.input_type)),
+                response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            )
+            continue
         if method.client_streaming:
-            raise TypeError(f"{service.full_name}/{method.name}: client streaming is not supported")
+            raise TypeError(f"{service.full_name}/{method.name}: client streaming alone is not supported")
         behaviour = getattr(servicer, method.name)
         if method.server_streaming:
             # A stream lives as long as its client watches: it holds no in-flight slot

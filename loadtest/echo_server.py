@@ -17,13 +17,14 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import uvloop
 
 SERVICE = "charging.v1.Charging"
 METHODS = ("ChargeEvent", "ChargeSession")
+STREAM_METHODS = ("ChargeStream",)
 
 
 async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -31,9 +32,18 @@ async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return request
 
 
+async def echo_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """Every message of the stream back, in order (a ChargeMessage read as a ChargeReply
+    keeps its correlation id: both have it as field 1)."""
+    async for request in requests:
+        yield request
+
+
 def echo_handler() -> grpc.GenericRpcHandler:
-    """Unary-unary handlers for every method in ``METHODS``; no (de)serializer means bytes in, bytes out."""
+    """Unary-unary handlers for every method in ``METHODS`` and bidirectional ones for
+    ``STREAM_METHODS``; no (de)serializer means bytes in, bytes out."""
     handlers = {name: grpc.unary_unary_rpc_method_handler(echo) for name in METHODS}
+    handlers.update({name: grpc.stream_stream_rpc_method_handler(echo_stream) for name in STREAM_METHODS})
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 

@@ -34,6 +34,7 @@ def start(
         **os.environ,
         "CHARGING_GRPC_ADDRESS": f"127.0.0.1:{port}",
         "CHARGING_METRICS_ADDRESS": "",
+        "CHARGING_NCHF_ADDRESS": "",
         "CHARGING_REDIS_URL": redis_url,
         "CHARGING_REDIS_DIR": str(tmp_path / "redis"),
         "CHARGING_DATABASE_URL": database_url,

@@ -36,6 +36,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "ChargeSession": (NETWORK,),
             "ChargeEvent": (NETWORK,),
             "WatchSessions": (NETWORK,),
+            # Gateways multiplexing sessions and events (both network requests) on one stream.
+            "ChargeStream": (NETWORK,),
         },
     ),
     **_service(

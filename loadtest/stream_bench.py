@@ -1,0 +1,300 @@
+"""Server CPU per session step over ChargeStream against unary ChargeSession and the echo.
+
+Why: a Diameter or Nchf gateway multiplexes many sessions; over unary calls it pays one
+HTTP/2 stream (headers, trailers, a call object, a task) per request, over ChargeStream
+one message. The figure that says what each costs is the server's CPU time (user +
+system of its one process, ``/proc/<pid>/stat``) divided by the session steps answered,
+robust on a shared machine where requests/s are not.
+
+The load is full sessions (INITIAL, 3 UPDATEs with used units, TERMINATE) on voice,
+``--concurrency`` sessions in flight, from a Python grpc.aio client in its own process
+with every request serialized before the clock starts. Four kinds, alternating each
+round, medians shown:
+
+* ``unary``: ChargeSession, one call per step;
+* ``stream``: one ChargeStream, the next step of a session written when its reply arrives;
+* ``echo unary`` / ``echo stream``: the same bytes to ``loadtest.echo_server``, which
+  echoes them (the grpc.aio/HTTP/2 cost both share, without any charging work).
+
+Every charging answer must be 2001 (the bench fails otherwise). The last line is
+``stream_cpu_us_per_step=``.
+
+    python -m loadtest.stream_bench          # what `make bench` runs
+    STREAM_BENCH_SESSIONS=1000 STREAM_BENCH_ROUNDS=3 python -m loadtest.stream_bench
+    STREAM_BENCH_PROFILE=/tmp/stream.prof python -m loadtest.stream_bench   # server under cProfile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from charging.embedded_postgres import private_dir
+from charging.embedded_redis import redis_command
+from charging.v1 import charging_pb2, common_pb2
+from loadtest.bench import (
+    BenchError,
+    child,
+    child_env,
+    create_subscribers,
+    env_number,
+    free_port,
+    machine,
+    msisdn,
+    process_cpu_s,
+    tail,
+    wait_health,
+    wait_redis,
+)
+
+SESSION_PATH = "/charging.v1.Charging/ChargeSession"
+STREAM_PATH = "/charging.v1.Charging/ChargeStream"
+STEPS = 5  # INITIAL, 3 UPDATE, TERMINATE
+KINDS = ("unary", "stream", "echo unary", "echo stream")
+
+
+def session_steps(run: str, session: int, subscribers: int) -> list[charging_pb2.SessionRequest]:
+    who = common_pb2.SubscriberId(msisdn=msisdn(session % subscribers))
+    kinds = [charging_pb2.REQUEST_TYPE_INITIAL] + [charging_pb2.REQUEST_TYPE_UPDATE] * 3
+    kinds.append(charging_pb2.REQUEST_TYPE_TERMINATE)
+    steps = []
+    for number, kind in enumerate(kinds):
+        req = charging_pb2.SessionRequest(
+            session_id=f"sb;{run};{session}", request_type=kind, request_number=number, subscriber=who
+        )
+        rg = req.rating_groups.add(rating_group=10)
+        if kind != charging_pb2.REQUEST_TYPE_TERMINATE:
+            rg.requested.SetInParent()
+        if kind != charging_pb2.REQUEST_TYPE_INITIAL:
+            rg.used.time_s = 60 if kind == charging_pb2.REQUEST_TYPE_UPDATE else 30
+        steps.append(req)
+    return steps
+
+
+def ok(answer: charging_pb2.SessionAnswer) -> bool:
+    return answer.result_code == 2001 and all(g.result_code == 2001 for g in answer.rating_groups)
+
+
+async def unary_load(target: str, bodies: list[list[bytes]], concurrency: int, echo: bool) -> dict[str, float]:
+    parse = charging_pb2.SessionRequest.FromString if echo else charging_pb2.SessionAnswer.FromString
+    errors: list[str] = []
+    next_session = iter(range(len(bodies)))
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(SESSION_PATH, response_deserializer=parse)
+        await asyncio.wait_for(channel.channel_ready(), 10)
+
+        async def worker() -> None:
+            for s in next_session:
+                for body in bodies[s]:
+                    answer = await call(body, timeout=30)
+                    if not echo and not ok(answer):
+                        errors.append(f"answered {answer.result_code}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"steps": len(bodies) * STEPS, "errors": len(errors), "elapsed_s": elapsed}
+
+
+async def stream_load(target: str, bodies: list[list[bytes]], concurrency: int, echo: bool) -> dict[str, float]:
+    """One stream; a session's next step is written once the reply to its last arrived
+    (a gateway sends the CCR-U after the CCA-I)."""
+    parse = charging_pb2.ChargeMessage.FromString if echo else charging_pb2.ChargeReply.FromString
+    errors = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        call = channel.stream_stream(STREAM_PATH, response_deserializer=parse)(timeout=600)
+        started = time.perf_counter()
+        opened = min(concurrency, len(bodies))
+        for s in range(opened):
+            await call.write(bodies[s][0])
+        answered = 0
+        while answered < len(bodies) * STEPS:
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                raise BenchError("the stream ended early")
+            answered += 1
+            session, step = divmod(reply.correlation_id, STEPS)
+            if not echo and not (reply.WhichOneof("answer") == "session" and ok(reply.session)):
+                errors += 1
+            if step + 1 < STEPS:
+                await call.write(bodies[session][step + 1])
+            elif opened < len(bodies):
+                await call.write(bodies[opened][0])
+                opened += 1
+        await call.done_writing()
+        elapsed = time.perf_counter() - started
+        if await call.read() is not grpc.aio.EOF or await call.code() != grpc.StatusCode.OK:
+            raise BenchError("the stream did not end cleanly")
+    return {"steps": answered, "errors": errors, "elapsed_s": elapsed}
+
+
+def prepared(kind: str, run: str, sessions: int, subscribers: int) -> list[list[bytes]]:
+    """Every request of the run, serialized (a ChargeMessage for streams, its correlation
+    id = session * STEPS + step)."""
+    out = []
+    for s in range(sessions):
+        steps = session_steps(run, s, subscribers)
+        if "stream" in kind:
+            out.append(
+                [
+                    charging_pb2.ChargeMessage(correlation_id=s * STEPS + n, session=req).SerializeToString()
+                    for n, req in enumerate(steps)
+                ]
+            )
+        else:
+            out.append([req.SerializeToString() for req in steps])
+    return out
+
+
+def client(args: argparse.Namespace) -> dict[str, float]:
+    import uvloop
+
+    bodies = prepared(args.kind, args.run, args.sessions, args.subscribers)
+    load = stream_load if "stream" in args.kind else unary_load
+    cpu = time.process_time()
+    result = uvloop.run(load(args.client, bodies, args.concurrency, args.kind.startswith("echo")))
+    result["client_cpu_s"] = time.process_time() - cpu
+    return result
+
+
+def run_client(kind: str, target: str, run: str, args: argparse.Namespace, sessions: int = 0) -> dict[str, float]:
+    argv = [
+        sys.executable, "-m", "loadtest.stream_bench", "--client", target, "--kind", kind, "--run", run,
+        "--sessions", str(sessions or args.sessions), "--subscribers", str(args.subscribers),
+        "--concurrency", str(args.concurrency),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=child_env(), check=False)
+    if done.returncode != 0:
+        raise BenchError(f"{kind} client failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["errors"]:
+        raise BenchError(f"{kind}: {result['errors']} answers were not 2001")
+    return result
+
+
+def bench(args: argparse.Namespace) -> int:
+    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS}
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-stream-bench-")))
+        redis_port, grpc_port, echo_port = free_port(), free_port(), free_port()
+        redis_dir = workdir / "redis"
+        redis_dir.mkdir()
+        redis_log = workdir / "redis.out"
+        redis_bin = shutil.which("redis-server") or "redis-server"
+        redis_proc = stack.enter_context(
+            child(redis_command(redis_bin, redis_dir, "everysec", port=redis_port), redis_log)
+        )
+        wait_redis(redis_proc, redis_port, redis_log)
+        postgres_dir = private_dir("charging-stream-bench-pg-")
+        stack.callback(shutil.rmtree, postgres_dir, True)
+        env = child_env()
+        env.update(
+            CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
+            CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
+            CHARGING_METRICS_ADDRESS="",
+            CHARGING_NCHF_ADDRESS="",
+            CHARGING_REDIS_DIR=str(redis_dir),
+            CHARGING_DATABASE_DIR=str(postgres_dir),
+            # One process: its CPU time is the server's.
+            CHARGING_WORKERS="1",
+        )
+        serve = [sys.executable, "-m", "charging.cli", "serve"]
+        if args.profile:
+            serve = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "charging.cli", "serve"]
+        server_log = workdir / "server.log"
+        server = stack.enter_context(child(serve, server_log, env))
+        echo_log = workdir / "echo.log"
+        echo_argv = [sys.executable, "-m", "loadtest.echo_server", "--address", f"127.0.0.1:{echo_port}"]
+        echo = stack.enter_context(child(echo_argv, echo_log, child_env()))
+        targets = {"charging": (server, f"127.0.0.1:{grpc_port}"), "echo": (echo, f"127.0.0.1:{echo_port}")}
+        try:
+            wait_health(server, targets["charging"][1], server_log)
+            create_subscribers(targets["charging"][1], args.subscribers)
+            # Untimed: one session per subscriber, so that no measured run pays for the
+            # server's first lookup of a subscriber (its cache is warm in steady state).
+            run_client("unary", targets["charging"][1], "warm", args, sessions=args.subscribers)
+            for round_no in range(max(args.rounds, 1)):
+                kinds = args.kinds if round_no % 2 == 0 else tuple(reversed(args.kinds))
+                for kind in kinds:
+                    proc, target = targets["echo" if kind.startswith("echo") else "charging"]
+                    before = process_cpu_s(proc.pid)
+                    r = run_client(kind, target, f"{round_no}{kind[0]}", args)
+                    cpu = process_cpu_s(proc.pid) - before
+                    results[kind].append((cpu / r["steps"] * 1e6, r["steps"] / r["elapsed_s"], r["client_cpu_s"]))
+        except BaseException:
+            print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
+            raise
+        if args.profile:
+            server.send_signal(15)
+            server.wait(60)
+
+    print(machine())
+    print(
+        f"load: full sessions (INITIAL + 3 UPDATE + TERMINATE, voice) over {args.subscribers} subscribers, "
+        f"{args.sessions} sessions per run, {args.concurrency} in flight, one Python grpc.aio client process "
+        f"(requests serialized before the clock), {max(args.rounds, 1)} alternating rounds, medians"
+    )
+    medians = {}
+    for kind in args.kinds:
+        cpu_us = statistics.median(v[0] for v in results[kind])
+        medians[kind] = cpu_us
+        rps = statistics.median(v[1] for v in results[kind])
+        rounds = " ".join(f"{v[0]:.0f}" for v in results[kind])
+        print(
+            f"{kind:11}: server CPU per session step {cpu_us:.0f} us (rounds: {rounds}), client-bound steps/s {rps:.0f}"
+        )
+    if set(KINDS) <= medians.keys():
+        print(
+            f"stream vs unary: {medians['stream'] / medians['unary']:.2f}x; "
+            f"stream vs echo unary: {medians['stream'] / medians['echo unary']:.2f}x (goal: stream <= 100 us)"
+        )
+    if "stream" in medians:
+        print(f"stream_cpu_us_per_step={medians['stream']:.0f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.stream_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--sessions", type=int, default=int(env_number("STREAM_BENCH_SESSIONS", 2000)))
+    p.add_argument("--subscribers", type=int, default=int(env_number("STREAM_BENCH_SUBSCRIBERS", 2000)))
+    p.add_argument("--concurrency", type=int, default=int(env_number("STREAM_BENCH_CONCURRENCY", 64)))
+    p.add_argument("--rounds", type=int, default=int(env_number("STREAM_BENCH_ROUNDS", 2)))
+    p.add_argument("--profile", default=os.environ.get("STREAM_BENCH_PROFILE", ""), help="cProfile output file")
+    p.add_argument("--client", metavar="TARGET", help="internal: only run one load client, print JSON")
+    p.add_argument("--kind", choices=KINDS, default="unary", help="internal: the client's kind")
+    p.add_argument("--run", default="0", help="internal: makes the run's session ids unique")
+    p.add_argument(
+        "--kinds",
+        type=lambda text: tuple(k.strip() for k in text.split(",")),
+        default=tuple(k.strip() for k in os.environ.get("STREAM_BENCH_KINDS", ",".join(KINDS)).split(",")),
+        help="comma-separated subset of: " + ", ".join(KINDS) + " (STREAM_BENCH_KINDS)",
+    )
+    args = p.parse_args(argv)
+    if unknown := set(args.kinds) - set(KINDS):
+        p.error(f"unknown kinds: {', '.join(sorted(unknown))}")
+    if args.client:
+        print(json.dumps(client(args)))
+        return 0
+    try:
+        return bench(args)
+    except BenchError as exc:
+        print(f"stream bench failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
