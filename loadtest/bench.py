@@ -135,9 +135,12 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def child_env() -> dict[str, str]:
-    """Environment for Python children: the repo on the path, since ``loadtest`` is not installed."""
+    """Environment for Python children: the repo on the path, since ``loadtest`` is not
+    installed, and one server process (``charging serve`` starts one per core otherwise: the
+    figures are CPU per request of the one process measured)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("CHARGING_WORKERS", "1")
     return env
 
 
