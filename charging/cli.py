@@ -475,6 +475,29 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit trail of an account, an actor or a time range, oldest first, page by page
+    (Admin.ListAuditEntries: role operator), one JSON object a line."""
+    from google.protobuf.json_format import MessageToDict
+
+    from charging.v1 import admin_pb2, admin_pb2_grpc
+
+    subject = f"account:{args.account}" if args.account else args.subject
+    with open_channel(args) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        token = None
+        while token != "":
+            query = admin_pb2.AuditQuery(subject=subject, actor=args.actor, to=args.to, page_token=token or "")
+            setattr(query, "from", args.start)
+            page = stub.ListAuditEntries(query)
+            token = page.next_page_token
+            for entry in page.entries:
+                row = MessageToDict(entry, preserving_proto_field_name=True)
+                row["details"] = json.loads(row.pop("details_json", "{}"))
+                print(json.dumps(row, sort_keys=True))
+    return 0
+
+
 def cmd_invoices(args: argparse.Namespace) -> int:
     from charging.v1 import billing_pb2, billing_pb2_grpc
 
@@ -645,6 +668,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--as-of", default="", metavar="YYYY-MM-DD", help="as of this day (today or later)")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
     sp.set_defaults(fn=cmd_dunning)
+    sp = sub.add_parser("audit", help="the audit trail of an account, an actor or a time range (JSON lines)")
+    sp.add_argument("--account", default="", help="a charging account id (subject account:<id>)")
+    sp.add_argument("--subject", default="", help="any subject: a billing account id, catalog")
+    sp.add_argument("--actor", default="", help="who: local, token:<name>, a certificate name, staff:<name>")
+    sp.add_argument("--from", dest="start", default="", help="RFC 3339 instant with an offset")
+    sp.add_argument("--to", default="", help="RFC 3339 instant with an offset (exclusive)")
+    sp.set_defaults(fn=cmd_audit)
     sp = sub.add_parser("invoices", help="list a billing account's invoices, or save one as PDF")
     sp.add_argument("--billing-account", default="")
     sp.add_argument("--pdf", default="", help="an invoice number: write <number>.pdf")

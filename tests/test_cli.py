@@ -13,6 +13,7 @@ import pytest
 
 from charging.money import parse_amount
 from charging.server import App
+from charging.v1 import admin_pb2, common_pb2
 from tests.conftest import TERMINATE, Stubs, session_request
 
 MSISDN = "491700000001"
@@ -65,6 +66,8 @@ MISTAKES = [
     ("bill-run", "--limit", "-1"),
     ("balance", "--msisdn", "491799999999"),  # no such subscriber: NOT_FOUND
     ("topup", "--amount", "1"),  # no subscriber given
+    ("audit",),  # neither a subject, an actor nor a start: INVALID_ARGUMENT naming subject
+    ("audit", "--account", "1", "--from", "yesterday"),
 ]
 
 
@@ -121,3 +124,28 @@ async def test_session_terminates_after_a_refused_update(app: App, stubs: Stubs)
         session_request("s1", TERMINATE, 9, [{"rating_group": 10}], msisdn=MSISDN)
     )
     assert late.result_code == 5002
+
+
+async def test_audit_prints_an_accounts_trail_as_json_lines(app: App, stubs: Stubs) -> None:
+    sub = await stubs.subscriber(MSISDN, balance=1_000_000)
+    await stubs.admin.SetSubscriberStatus(
+        admin_pb2.SetStatusRequest(
+            subscriber=common_pb2.SubscriberId(msisdn=MSISDN), status=admin_pb2.SUBSCRIBER_STATUS_SUSPENDED
+        )
+    )
+    for _ in range(100):  # the relay moves the entry from the record outbox to PostgreSQL
+        run = await cli(app, "audit", "--account", sub.account_id)
+        assert run.code == 0, run.err
+        if run.out:
+            break
+        await asyncio.sleep(0.05)
+    [line] = run.out.splitlines()
+    entry = json.loads(line)
+    assert (entry["actor"], entry["action"], entry["subject"]) == (
+        "local",
+        "status_change",
+        "account:" + sub.account_id,
+    )
+    assert entry["details"] == {"status": "suspended"}
+    by_actor = await cli(app, "audit", "--actor", "nobody")
+    assert (by_actor.code, by_actor.out) == (0, "")
