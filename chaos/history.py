@@ -47,6 +47,20 @@ class Operation:
     acked_at: float = 0.0  # wall clock when it was answered
     replays: list[Answer] = field(default_factory=list)  # answers to deliberate repeats
 
+    @property
+    def applied(self) -> bool:
+        """Acknowledged as done: 2001, or a bundle PURCHASED (a refusal such as 4012 changed
+        nothing and may leave no record; a status change is a setting, not a movement)."""
+        return (
+            self.kind != "status" and self.outcome == "ok" and self.answer is not None and self.answer.code in (2001, 1)
+        )
+
+    @property
+    def record_id(self) -> str:
+        """The id its record has in PostgreSQL (charging/cdrs.py): a debit's or refund's
+        usage row, a top-up's or bundle sale's audit entry."""
+        return f"{self.account}:{'e' if self.kind in ('debit', 'refund') else self.kind[0]}:{self.identity}"
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 
@@ -97,7 +96,7 @@ def check_prefix(
 ) -> list[checks.Violation]:
     found: list[checks.Violation] = []
     for op in history.operations:
-        if applied(op) and op.acked_at < cut.cut_s and op.identity not in alive:
+        if op.applied and op.acked_at < cut.cut_s and op.identity not in alive:
             found.append(
                 checks.Violation(
                     "machine_death",
@@ -112,27 +111,16 @@ def check_prefix(
     return found
 
 
-def lost_after_cut(history: History, cut: Cut, alive: set[str]) -> int:
+def lost_after_cut(history: History, alive: set[str]) -> int:
     """Acknowledged requests the cut took (the honest exception of everysec)."""
-    return len({op.identity for op in history.operations if applied(op) and op.identity not in alive})
-
-
-def applied(op: Operation) -> bool:
-    """Acknowledged as done (a refusal such as 4012 may leave no record: nothing changed)."""
-    if op.kind == "status":
-        return False  # an absolute setting, with no stored answer to look for
-    return op.outcome == "ok" and op.answer is not None and op.answer.code in (2001, 1)
-
-
-def aof_dir(external: ExternalRedis) -> Path:
-    return external.directory / "appendonlydir"
+    return len({op.identity for op in history.operations if op.applied and op.identity not in alive})
 
 
 def records_of_lost(history: History, alive: set[str], usage_ids: set[str], audit_ids: set[str]) -> int:
     """Records already in PostgreSQL of acknowledged changes the cut took from Redis: the
     relay had moved them before the machine died (the honest exception of the outbox
     under everysec: the database may know of a change Redis lost)."""
-    lost = [op for op in history.operations if applied(op) and op.identity not in alive and op.kind != "session"]
+    lost = [op for op in history.operations if op.applied and op.identity not in alive and op.kind != "session"]
     known = usage_ids | audit_ids
-    ids = {f"{op.account}:{'e' if op.kind in ('debit', 'refund') else op.kind[0]}:{op.identity}" for op in lost}
+    ids = {op.record_id for op in lost}
     return len(ids & known)

@@ -23,7 +23,7 @@ import psycopg
 import redis
 
 from chaos import checks
-from chaos.history import History, Operation
+from chaos.history import History
 from charging import keys
 
 
@@ -75,7 +75,7 @@ def buckets_conserved(
     bought: dict[str, int] = {}
     seen: set[str] = set()
     for op in history.operations:
-        if op.kind == "buy" and _applied(op) and op.identity not in seen:
+        if op.kind == "buy" and op.applied and op.identity not in seen:
             seen.add(op.identity)
             bought[op.account] = bought.get(op.account, 0) + bundle_units[str(op.request["bundle_id"])]
     found: list[checks.Violation] = []
@@ -93,10 +93,6 @@ def buckets_conserved(
     return found
 
 
-def _applied(op: Operation) -> bool:
-    return op.outcome == "ok" and op.answer is not None and op.answer.code in (2001, 1)
-
-
 def explain_balances(
     history: History, initial: dict[str, int], final: dict[str, checks.AccountState], records: Records
 ) -> list[checks.Violation]:
@@ -104,7 +100,7 @@ def explain_balances(
     topups: dict[str, int] = {}
     seen: set[str] = set()
     for op in history.operations:
-        if op.kind == "topup" and _applied(op) and op.identity not in seen:
+        if op.kind == "topup" and op.applied and op.identity not in seen:
             seen.add(op.identity)
             topups[op.account] = topups.get(op.account, 0) + int(op.request["amount_micros"])
     for account, start in initial.items():
@@ -127,9 +123,9 @@ def every_movement_recorded(history: History, records: Records) -> list[checks.V
     for op in history.operations:
         if op.kind in ("session", "status"):
             continue
-        key = f"{op.account}:{'e' if op.kind in ('debit', 'refund') else op.kind[0]}:{op.identity}"
+        key = op.record_id
         made.add(key)
-        if not _applied(op):
+        if not op.applied:
             continue
         assert op.answer is not None
         if op.kind in ("debit", "refund"):

@@ -319,7 +319,7 @@ async def machine_death_phase(
         final = await snapshot(stubs, subscribers)
     report.checks_run.append("machine_death")
     report.violations += machine_death.check_prefix(history, cut, alive, initial, final, bundle_prices(doc))
-    report.lost_after_cut = machine_death.lost_after_cut(history, cut, alive)
+    report.lost_after_cut = machine_death.lost_after_cut(history, alive)
     book = await asyncio.to_thread(records.read, system.database_url)
     report.recorded_but_lost = machine_death.records_of_lost(history, alive, set(book.usage), book.audit)
     report.server_starts = system.starts
