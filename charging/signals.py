@@ -59,7 +59,10 @@ async def publish(client: aioredis.Redis, kind: Kind, account: str) -> None:
     try:
         await client.publish(keys.SIGNALS, f"{kind} {account}")
         metrics.SIGNALS.labels(kind, "published").inc()
-    except redis_errors.RedisError as exc:
+    except (redis_errors.RedisError, OSError, AttributeError) as exc:
+        # AttributeError: redis-py's cluster client, meeting a connection a failover
+        # closed under it, fails inside its own send. The change is stored either way and
+        # signals are at most once: the caller's request must not fail for its signal.
         metrics.SIGNALS.labels(kind, "lost").inc()
         log.warning("signal not published", extra={"kind": kind, "error": str(exc)})
 
@@ -107,7 +110,10 @@ class SignalHub:
         while True:
             try:
                 message = await pubsub.get_message(timeout=None)
-            except redis_errors.RedisError as exc:
+            except (redis_errors.RedisError, OSError, AttributeError) as exc:
+                # AttributeError: redis-py's cluster client, meeting a connection a failover
+                # closed under it, fails inside its own send. The change is stored either way and
+                # signals are at most once: the caller's request must not fail for its signal.
                 log.warning("signal subscription lost, renewing", extra={"error": str(exc)})
                 await asyncio.sleep(RESUBSCRIBE_S)
                 continue
