@@ -135,6 +135,20 @@ class BandTimeline:
 
 
 @dataclass(frozen=True)
+class PlanLimits:
+    """A plan's own bounds on usage: the most one request may report per unit (each
+    applies within the server's ceiling for that unit) and how far below zero usage
+    beyond its grants may take an account's money (micros; replaces the server's)."""
+
+    ceilings: tuple[tuple[UnitKind, int], ...] = ()
+    overrun_floor: int | None = None
+
+    def ceiling(self, unit: UnitKind, server: int) -> int:
+        """The most one request may report in ``unit``: the plan's bound within the server's."""
+        return min([server, *(c for u, c in self.ceilings if u is unit)])
+
+
+@dataclass(frozen=True)
 class Plan:
     id: str
     name: str
@@ -144,6 +158,7 @@ class Plan:
     versions: tuple[PlanVersion, ...]
     # Fixed lines: the access technologies the plan is sold on (PSTN, WIMAX, FIBER).
     access: tuple[str, ...] = ()
+    limits: PlanLimits = PlanLimits()
 
     @cached_property
     def longest_validity_s(self) -> int:

@@ -24,6 +24,7 @@ from charging.catalog import (
     Catalog,
     CustomerType,
     Plan,
+    PlanLimits,
     PlanVersion,
     RateRule,
     RecurringBundle,
@@ -241,7 +242,28 @@ def _plan(
     plan_id = raw.get("id")
     if kind is None or not isinstance(plan_id, str):
         return None
-    return Plan(plan_id, str(raw.get("name", "")), kind, str(raw.get("currency", "")), bands, tuple(versions), access)
+    limits = _limits(raw.get("usage_limits"))
+    return Plan(
+        plan_id, str(raw.get("name", "")), kind, str(raw.get("currency", "")), bands, tuple(versions), access, limits
+    )
+
+
+# A plan's usage_limits fields and the unit each bounds.
+LIMIT_FIELDS: tuple[tuple[str, UnitKind], ...] = (
+    ("max_used_time_s", UnitKind.TIME),
+    ("max_used_octets", UnitKind.VOLUME),
+    ("max_used_units", UnitKind.SERVICE_SPECIFIC),
+    ("max_used_money_micros", UnitKind.MONEY),
+)
+
+
+def _limits(raw: Any) -> PlanLimits:
+    """A plan's own usage limits (the schema has checked their types and ranges)."""
+    if not isinstance(raw, Mapping):
+        return PlanLimits()
+    ceilings = tuple((unit, raw[name]) for name, unit in LIMIT_FIELDS if isinstance(raw.get(name), int))
+    floor = raw.get("overrun_floor_micros")
+    return PlanLimits(ceilings, floor if isinstance(floor, int) else None)
 
 
 def _rule(

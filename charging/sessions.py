@@ -48,13 +48,18 @@ class UsageLimits:
     # Micros; -1: the largest single grant the plan allows (``largest_grant``).
     overrun_floor: int = -1
 
-    def ceiling(self, rate: Rate) -> int:
-        """Units one request may report or be granted on ``rate``: the unit's ceiling,
-        rounded up to the rate's increments (so that a full grant may be reported)."""
-        return quota(rate, self.ceilings[rate.unit])
+    def ceiling(self, rate: Rate, plan: Plan | None = None) -> int:
+        """Units one request may report or be granted on ``rate``: the unit's ceiling (the
+        plan's where it sets a lower one), rounded up to the rate's increments (so that a
+        full grant may be reported)."""
+        server = self.ceilings[rate.unit]
+        return quota(rate, plan.limits.ceiling(rate.unit, server) if plan is not None else server)
 
     def floor(self, plan: Plan) -> int:
-        """The overrun floor of ``plan`` (micros, at most MAX_AMOUNT)."""
+        """The overrun floor of ``plan`` (micros, at most MAX_AMOUNT): the plan's own, else
+        the server's setting, else the largest single grant the plan allows."""
+        if plan.limits.overrun_floor is not None:
+            return min(plan.limits.overrun_floor, MAX_AMOUNT)
         if self.overrun_floor >= 0:
             return min(self.overrun_floor, MAX_AMOUNT)
         return self.largest_grant(plan)
@@ -63,7 +68,7 @@ class UsageLimits:
         """The most money one grant of ``plan`` can hold: a grant of the ceiling from the
         start of a session, at the dearest of its rates (at most MAX_AMOUNT)."""
         rates = (rule.price for version in plan.versions for rule in version.rules if not rule.price.free)
-        return min(max((session_cost(r, self.ceiling(r)) for r in rates), default=0), MAX_AMOUNT)
+        return min(max((session_cost(r, self.ceiling(r, plan)) for r in rates), default=0), MAX_AMOUNT)
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ def rating_args(
                 preset = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
         if rate is not None and not preset:
             try:
-                ceiling = limits.ceiling(rate)
+                ceiling = limits.ceiling(rate, plan)
                 if g.requested is not None:
                     want = min(quota(rate, _count(g.requested, rate, f"rating_groups[{i}].requested")), ceiling)
                 if g.used is not None:

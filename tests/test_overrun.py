@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+from typing import Any
 
 import grpc
 import pytest
@@ -12,13 +14,14 @@ import redis
 from prometheus_client import REGISTRY
 
 from charging import keys
+from charging.catalogs import read_catalog_file
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
 from charging.money import MAX_AMOUNT, MAX_UNITS
 from charging.rating import UnitKind
 from charging.server import App
 from charging.settings import Settings
-from charging.v1 import topup_pb2
+from charging.v1 import admin_pb2, topup_pb2
 from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
 from tests.test_sessions import ledger_is_consistent
 
@@ -195,3 +198,64 @@ async def test_a_postpaid_usage_aggregate_keeps_its_units_below_2_53(stubs: Stub
     assert a.rating_groups[0].cost_micros == 977 * 10
     assert r.hget(keys.usage(sub.account_id), "P1|data|||") == f"{2**53 - 1},9770,2"
     assert r.lrange(keys.usage_records(sub.account_id), 0, -1)[0].split(",")[7:9] == ["1000001", "9770"]
+
+
+def limited_catalog(limits: dict[str, Any], version: str = "test-plan-limits") -> str:
+    """The sample catalog with ``limits`` as the default plan's own usage limits."""
+    doc = read_catalog_file("")
+    doc["version"] = version
+    next(p for p in doc["plans"] if p["id"] == "default")["usage_limits"] = limits
+    return json.dumps(doc)
+
+
+def voice(sid: str, kind: int, n: int, used_s: int | None = None) -> object:
+    group: dict[str, Any] = {"rating_group": 10, "requested": {}}
+    if used_s is not None:
+        group["used"] = {"time_s": used_s}
+    return session_request(sid, kind, n, [group])
+
+
+async def test_a_plan_sets_its_own_ceiling_within_the_servers(stubs: Stubs) -> None:
+    await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=limited_catalog({"max_used_time_s": 3600})))
+    await stubs.subscriber(balance=100_000_000)
+    await stubs.charging.ChargeSession(voice("p", INITIAL, 0))
+    a = await stubs.charging.ChargeSession(voice("p", UPDATE, 1, 3601))
+    assert (a.rating_groups[0].result_code, a.failed_field) == (5004, "rating_groups[0].used.time_s")
+    assert (await stubs.balance()).balance_micros == 100_000_000
+    a = await stubs.charging.ChargeSession(voice("p", UPDATE, 2, 3600))
+    assert a.rating_groups[0].cost_micros == 6_000_000  # past its grant: billed, then 4012
+    assert (await stubs.balance()).balance_micros == 94_000_000
+    # a plan cannot widen the server's ceiling (a day of time by default)
+    await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=limited_catalog({"max_used_time_s": 10**6}, "wider")))
+    await stubs.charging.ChargeSession(voice("q", INITIAL, 0))
+    a = await stubs.charging.ChargeSession(voice("q", UPDATE, 1, 86_401))
+    assert (a.rating_groups[0].result_code, a.failed_field) == (5004, "rating_groups[0].used.time_s")
+
+
+async def test_a_plans_floor_replaces_the_default(stubs: Stubs, r: redis.Redis) -> None:
+    doc = limited_catalog({"overrun_floor_micros": 1_000_000})
+    await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=doc))
+    sub = await stubs.subscriber(balance=1_000_000)
+    await stubs.charging.ChargeSession(voice("f", INITIAL, 0))
+    a = await stubs.charging.ChargeSession(voice("f", TERMINATE, 1, 3600))
+    # 1 EUR of balance and 1 EUR below zero pay 20 started minutes; 40 are unbilled
+    assert (a.result_code, a.rating_groups[0].cost_micros) == (4012, 2_000_000)
+    b = await stubs.balance()
+    assert (b.balance_micros, b.reserved_micros) == (-1_000_000, 0)
+    assert r.hget(keys.account(sub.account_id), "unbilled_1") == str(3600 - 1200)
+
+
+@pytest.mark.parametrize(
+    ("limits", "field"),
+    [
+        ({"max_used_time_s": 0}, "plans[0].usage_limits.max_used_time_s"),
+        ({"max_used_octets": MAX_UNITS + 1}, "plans[0].usage_limits.max_used_octets"),
+        ({"overrun_floor_micros": -1}, "plans[0].usage_limits.overrun_floor_micros"),
+        ({"max_used_seconds": 60}, "plans[0].usage_limits.max_used_seconds"),
+    ],
+)
+async def test_bad_plan_limits_are_refused_naming_the_field(stubs: Stubs, limits: dict[str, Any], field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=limited_catalog(limits)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (err.value.details() or "")
