@@ -194,11 +194,18 @@ local function matching(all, now_s, unit, service, zone, band, held)
   return out
 end
 
+-- One "<bucket id>:<units>" item of a reservation or refund record: the bucket id and
+-- the units. Split at the last ':': bundle ids of older catalogs may hold ':'.
+local function bucket_item(item)
+  local at = string.find(item, ':[^:]*$')
+  return string.sub(item, 1, at - 1), tonumber(string.sub(item, at + 1))
+end
+
 -- The bucket ids of a reservation record, as a set.
 local function held_ids(record)
   local ids = {}
   if record ~= '' then
-    for _, item in ipairs(split(record, '|')) do ids[split(item, ':')[1]] = true end
+    for _, item in ipairs(split(record, '|')) do ids[(bucket_item(item))] = true end
   end
   return ids
 end
@@ -241,10 +248,10 @@ end
 local function release(all, record)
   if record == nil or record == '' then return end
   for _, item in ipairs(split(record, '|')) do
-    local pair = split(item, ':')
-    local b = all[pair[1]]
+    local id, units = bucket_item(item)
+    local b = all[id]
     if b then
-      b.reserved = math.max(b.reserved - tonumber(pair[2]), 0)
+      b.reserved = math.max(b.reserved - units, 0)
       b.dirty = true
     end
   end
@@ -371,8 +378,8 @@ local function parse_refund_entry(text)
     local items = {}
     if p[6] ~= '' then
       for _, item in ipairs(split(p[6], '|')) do
-        local at = string.find(item, ':[^:]*$')
-        items[#items + 1] = {id = string.sub(item, 1, at - 1), n = tonumber(string.sub(item, at + 1))}
+        local id, n = bucket_item(item)
+        items[#items + 1] = {id = id, n = n}
       end
     end
     e.parts[#e.parts + 1] = {rate = p[1], cum0 = tonumber(p[2]), k0 = tonumber(p[3]), left = tonumber(p[4]),

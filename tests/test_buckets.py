@@ -100,6 +100,26 @@ async def test_a_call_uses_the_bundle_before_money(shop: Stubs, redis_url: str) 
     ledger_is_consistent(redis_url)
 
 
+async def test_a_bucket_whose_id_holds_a_colon_is_reserved_used_and_released(shop: Stubs, redis_url: str) -> None:
+    # Catalogs before the schema's bundle id pattern allowed ':' in bundle ids; their
+    # buckets are still in Redis and reservation records name them as "<id>:<units>".
+    await buy(shop, "voice-100", "k1")
+    account = (await balance(shop)).account_id
+    r = redis_client(redis_url)
+    (old_id, packed), *_ = r.hgetall(keys.buckets(account)).items()
+    r.hdel(keys.buckets(account), old_id)
+    r.hset(keys.buckets(account), f"legacy:{old_id}", packed)
+    a = await shop.charging.ChargeSession(call("c", INITIAL, 0, requested={}))
+    assert a.rating_groups[0].granted.time_s == 300
+    assert (await balance(shop)).buckets[0].reserved == 300
+    await shop.charging.ChargeSession(call("c", UPDATE, 1, used={"time_s": 60}, requested={}))
+    t = await shop.charging.ChargeSession(call("c", TERMINATE, 2, used={"time_s": 30}))
+    assert t.rating_groups[0].cost_micros == 0
+    b = await balance(shop)
+    assert (b.balance_micros, b.buckets[0].amount, b.buckets[0].reserved) == (7_000_000, 6000 - 90, 0)
+    ledger_is_consistent(redis_url)
+
+
 async def test_restricted_bucket_is_not_used_elsewhere(shop: Stubs) -> None:
     await buy(shop, "voice-100", "k1")
     await shop.charging.ChargeSession(call("i", INITIAL, 0, called="33123456789", requested={}))
