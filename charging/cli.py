@@ -255,8 +255,10 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from charging import store
+    from charging.cdr_export import database_url
+    from charging.database import open_pool
     from charging.embedded_redis import with_password
-    from charging.errors import StartupError
+    from charging.errors import InvalidRequest, StartupError
     from charging.settings import Settings
     from provisioning.names import NameIndex, crm_salt
     from provisioning.rotation import Rotation
@@ -267,18 +269,20 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
 
     async def rotate() -> tuple[dict[str, int], int]:
         sealer = load_sealer(settings, generate=False)
+        pool = await open_pool(database_url(settings), 1)
         client = store.connect(url, max_connections=2, tls=settings.redis_tls(), timeout_s=args.timeout)
         try:
             # the name index for customers stored before it existed (idempotent)
             salt = await crm_salt(client, settings.crm_salt)
             names = await NameIndex(client, salt).backfill(sealer) if salt else 0
-            return (await Rotation(client, sealer).run(rewrite_timeout_s=args.timeout)).as_dict(), names
+            return (await Rotation(client, sealer, pool).run(rewrite_timeout_s=args.timeout)).as_dict(), names
         finally:
             await client.aclose()
+            await pool.close()
 
     try:
         done, names = asyncio.run(rotate())
-    except (StartupError, RuntimeError, Unreadable) as exc:
+    except (StartupError, RuntimeError, Unreadable, InvalidRequest) as exc:
         raise CliError(str(exc)) from None
     except RedisError as exc:
         raise CliError(f"redis: {exc}") from None

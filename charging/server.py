@@ -91,6 +91,7 @@ from charging.watch import SessionWatch
 from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
+from provisioning import care_legacy
 from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
@@ -224,7 +225,11 @@ class App:
         await self.billing.move_redis_invoices()
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
-        care = CustomerCare(self.redis, self.acquisition.sealer, self.billing.payments)
+        care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)
+        moved = await care_legacy.move_once(self.redis, self.database, self.acquisition.sealer)
+        if moved is not None and (moved.interactions or moved.tickets):
+            counts = {"interactions": moved.interactions, "tickets": moved.tickets}
+            log.info("care records moved from redis", extra=counts)
 
         guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
         self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))

@@ -149,9 +149,8 @@ async def line_order(visit: Visit, customer_id: str) -> str | Response:
 async def interaction(visit: Visit, customer_id: str) -> str:
     references = [r for r in visit.field("reference").split() if r]
     added = await visit.desk.care.add_interaction(
-        customer_id, visit.field("channel"), visit.field("note"), references, visit.desk.now_s()
+        customer_id, visit.field("channel"), visit.field("note"), references, visit.desk.now_s(), actor=visit.actor
     )
-    await visit.audit("interaction_added", customer_id, interaction=added.id, channel=added.channel)
     return f"Interaction {added.id} recorded"
 
 
@@ -164,8 +163,8 @@ async def open_ticket(visit: Visit, customer_id: str) -> str:
         visit.desk.now_s(),
         line=visit.field("line"),
         invoice=visit.field("invoice"),
+        actor=visit.actor,
     )
-    await visit.audit("ticket_opened", customer_id, ticket=ticket.id, topic=ticket.topic)
     return f"Ticket {ticket.id} opened"
 
 
@@ -175,8 +174,9 @@ async def move_ticket(visit: Visit, customer_id: str) -> str:
     mine = {t.id for t in await visit.desk.care.tickets(customer_id)}
     if ticket_id not in mine:
         raise InvalidRequest("ticket", "is not a ticket of this customer")
-    ticket = await visit.desk.care.move_ticket(ticket_id, visit.field("state"), visit.field("note"), visit.desk.now_s())
-    await visit.audit("ticket_moved", customer_id, ticket=ticket.id, state=ticket.state)
+    ticket = await visit.desk.care.move_ticket(
+        ticket_id, visit.field("state"), visit.field("note"), visit.desk.now_s(), actor=visit.actor
+    )
     return f"Ticket {ticket.id} is {ticket.state}"
 
 

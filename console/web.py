@@ -33,6 +33,7 @@ from charging.errors import ChargingError, Conflict, InvalidRequest, LimitExceed
 from charging.money import format_micros, format_minor
 from charging.security.identity import Identity, set_caller
 from console import access, sessions
+from console.audit import actor
 from console.desk import Desk
 from console.sessions import Session
 from console.staff import Staff
@@ -78,6 +79,12 @@ class Visit:
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return render(self.request, template, status, visit=self, **context)
+
+    @property
+    def actor(self) -> str:
+        """The staff member as an audit entry's actor (for domain calls that audit in
+        their own transaction)."""
+        return actor(self.staff.name)
 
     async def audit(self, action: str, subject: str, reason: str = "", **details: Any) -> None:
         await self.desk.audit.record(self.staff.name, action, subject, reason, **details)

@@ -8,21 +8,32 @@ billing's dispute (``postpaid/payments.py``, one store): opened here on behalf o
 customer, it holds the amount out of dunning and ends in a credit note or a rejection,
 and the CRM lists the customer's disputes from billing, in minor units.
 
-Everything else is stored per customer in Redis as JSON documents (one record type each,
-written and read by its ``to_redis``/``from_redis``), sealed whole (``sealing.py``):
-notes, summaries and reasons are free text about a person. Ids come from counters.
+Interactions and tickets are kept in PostgreSQL, the system of record (migration 0006):
+immutable rows, a ticket's state being its latest change, each written in one
+transaction with its audit entry. Notes, summaries and references are free text about a
+person: sealed (``sealing.py``) before they reach a row. Ids come from the database's
+sequences, which continue the series Redis counted before; the records Redis kept before
+(JSON documents read by ``from_redis``) are moved once by ``care_legacy.py``.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
 
+from charging import audit_trail
+from charging.audit_trail import AuditEntry
+from charging.database import Pool
 from charging.errors import InvalidRequest, NotFound
+from charging.security.identity import caller_name
 from provisioning import keys
 from provisioning.sealing import Sealer
 
@@ -142,6 +153,14 @@ class BillingDisputes(Protocol):
     async def disputes_of(self, customer_id: str) -> list[dict[str, Any]]: ...
 
 
+async def _audit(
+    conn: AsyncConnection[TupleRow], actor: str, action: str, customer_id: str, at_s: int, **details: Any
+) -> None:
+    """The audit entry of a care record, in the transaction that writes it."""
+    entry = AuditEntry(uuid.uuid4().hex, instant(at_s), actor, action, customer_id, "", details)
+    await audit_trail.insert(conn, [entry])
+
+
 def _need(value: str, field: str, limit: int = 2000) -> str:
     if not value.strip():
         raise InvalidRequest(field, "is required")
@@ -150,9 +169,23 @@ def _need(value: str, field: str, limit: int = 2000) -> str:
     return value
 
 
+def instant(at_s: int) -> datetime:
+    return datetime.fromtimestamp(at_s, UTC)
+
+
+def seconds(at: datetime) -> int:
+    return int(at.timestamp())
+
+
 class CustomerCare:
-    def __init__(self, client: aioredis.Redis, sealer: Sealer, billing: BillingDisputes | None = None) -> None:
+    """Interactions and tickets in PostgreSQL (``pool``); the customer is checked in
+    Redis, where the CRM keeps it; disputes are billing's."""
+
+    def __init__(
+        self, client: aioredis.Redis, pool: Pool, sealer: Sealer, billing: BillingDisputes | None = None
+    ) -> None:
         self.client = client
+        self.pool = pool
         self.sealer = sealer
         self.billing = billing
 
@@ -161,8 +194,9 @@ class CustomerCare:
             raise NotFound("no such customer")
 
     async def add_interaction(
-        self, customer_id: str, channel: str, note: str, references: list[str], at_s: int
+        self, customer_id: str, channel: str, note: str, references: list[str], at_s: int, *, actor: str = ""
     ) -> Interaction:
+        actor = actor or caller_name()
         await self._customer_exists(customer_id)
         if channel not in CHANNELS:
             raise InvalidRequest("channel", "must be one of " + ", ".join(CHANNELS))
@@ -170,20 +204,55 @@ class CustomerCare:
         for i, ref in enumerate(references):
             if "://" not in ref:
                 raise InvalidRequest(f"references[{i}]", "must be a URI of a recording or attachment")
-        interaction_id = str(await self.client.incr(keys.INTERACTION_SEQ))
-        interaction = Interaction(interaction_id, channel, note, tuple(references), at_s)
-        await self.client.rpush(keys.interactions(customer_id), interaction.to_redis(self.sealer))
+        sealed_note = self.sealer.seal(note, "care.interaction")
+        sealed_refs = self.sealer.seal(json.dumps(references), "care.interaction")
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO interactions "
+                    "(customer_id, channel, sealed_note, sealed_refs, occurred_at, recorded_by) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING interaction_id",
+                    (customer_id, channel, sealed_note, sealed_refs, instant(at_s), actor),
+                )
+            ).fetchone()
+            assert row is not None
+            interaction = Interaction(str(row[0]), channel, note, tuple(references), at_s)
+            details = {"interaction": interaction.id, "channel": channel}
+            await _audit(conn, actor, "interaction_added", customer_id, at_s, **details)
         return interaction
 
     async def interactions(self, customer_id: str) -> list[Interaction]:
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT interaction_id, channel, sealed_note, sealed_refs, occurred_at FROM interactions "
+                    "WHERE customer_id = %s ORDER BY interaction_id",
+                    (customer_id,),
+                )
+            ).fetchall()
         return [
-            Interaction.from_redis(str(x), self.sealer)
-            for x in await self.client.lrange(keys.interactions(customer_id), 0, -1)
+            Interaction(
+                str(i),
+                channel,
+                self.sealer.open(note, "care.interaction"),
+                tuple(json.loads(self.sealer.open(refs, "care.interaction"))),
+                seconds(at),
+            )
+            for i, channel, note, refs, at in rows
         ]
 
     async def open_ticket(
-        self, customer_id: str, topic: str, summary: str, at_s: int, *, line: str = "", invoice: str = ""
+        self,
+        customer_id: str,
+        topic: str,
+        summary: str,
+        at_s: int,
+        *,
+        line: str = "",
+        invoice: str = "",
+        actor: str = "",
     ) -> Ticket:
+        actor = actor or caller_name()
         await self._customer_exists(customer_id)
         if topic not in TICKET_TOPICS:
             raise InvalidRequest("topic", "must be one of " + ", ".join(TICKET_TOPICS))
@@ -192,28 +261,78 @@ class CustomerCare:
             raise InvalidRequest("invoice", "is required for an invoice ticket")
         if topic == "NETWORK" and not line:
             raise InvalidRequest("line", "is required for a network ticket")
-        ticket_id = str(await self.client.incr(keys.TICKET_SEQ))
-        opened = TicketChange("OPEN", at_s, "")
-        ticket = Ticket(ticket_id, customer_id, topic, summary, line, invoice, "OPEN", (opened,))
-        await self.client.set(keys.ticket(ticket_id), ticket.to_redis(self.sealer))
-        await self.client.rpush(keys.tickets(customer_id), ticket_id)
-        return ticket
+        async with self.pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO tickets (customer_id, topic, line, invoice, sealed_summary, opened_at, opened_by) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING ticket_id",
+                    (customer_id, topic, line, invoice, self.sealer.seal(summary, "care.ticket"), instant(at_s), actor),
+                )
+            ).fetchone()
+            assert row is not None
+            ticket_id = str(row[0])
+            await self._change(conn, ticket_id, 1, TicketChange("OPEN", at_s, ""), actor)
+            await _audit(conn, actor, "ticket_opened", customer_id, at_s, ticket=ticket_id, topic=topic)
+        return Ticket(ticket_id, customer_id, topic, summary, line, invoice, "OPEN", (TicketChange("OPEN", at_s, ""),))
 
-    async def move_ticket(self, ticket_id: str, state: str, note: str, at_s: int) -> Ticket:
-        text = await self.client.get(keys.ticket(ticket_id))
-        if text is None:
+    async def move_ticket(self, ticket_id: str, state: str, note: str, at_s: int, *, actor: str = "") -> Ticket:
+        actor = actor or caller_name()
+        if not ticket_id.isdigit() or len(ticket_id) > 18:
             raise NotFound("no such ticket")
-        ticket = Ticket.from_redis(str(text), self.sealer)
-        if state not in TICKET_MOVES.get(ticket.state, ()):
-            raise InvalidRequest("state", f"a {ticket.state} ticket cannot become {state}")
-        ticket = ticket.moved(state, note, at_s)
-        await self.client.set(keys.ticket(ticket_id), ticket.to_redis(self.sealer))
+        async with self.pool.connection() as conn:
+            # The ticket's row is locked: two moves of one ticket take their turns.
+            locked = await (
+                await conn.execute("SELECT 1 FROM tickets WHERE ticket_id = %s FOR UPDATE", (int(ticket_id),))
+            ).fetchone()
+            if locked is None:
+                raise NotFound("no such ticket")
+            ticket = (await self._read(conn, "t.ticket_id = %s", (int(ticket_id),)))[0]
+            if state not in TICKET_MOVES.get(ticket.state, ()):
+                raise InvalidRequest("state", f"a {ticket.state} ticket cannot become {state}")
+            ticket = ticket.moved(state, note, at_s)
+            await self._change(conn, ticket_id, len(ticket.history), ticket.history[-1], actor)
+            await _audit(conn, actor, "ticket_moved", ticket.customer_id, at_s, ticket=ticket_id, state=state)
         return ticket
 
     async def tickets(self, customer_id: str) -> list[Ticket]:
-        ids = await self.client.lrange(keys.tickets(customer_id), 0, -1)
-        texts = [await self.client.get(keys.ticket(str(i))) for i in ids]
-        return [Ticket.from_redis(str(t), self.sealer) for t in texts if t is not None]
+        async with self.pool.connection() as conn:
+            return await self._read(conn, "t.customer_id = %s", (customer_id,))
+
+    async def _change(
+        self, conn: AsyncConnection[TupleRow], ticket_id: str, number: int, change: TicketChange, actor: str
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO ticket_changes (ticket_id, change_no, state, sealed_note, occurred_at, changed_by) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                int(ticket_id),
+                number,
+                change.state,
+                self.sealer.seal(change.note, "care.ticket"),
+                instant(change.at),
+                actor,
+            ),
+        )
+
+    async def _read(self, conn: AsyncConnection[TupleRow], where: str, params: tuple[Any, ...]) -> list[Ticket]:
+        rows = await (
+            await conn.execute(
+                "SELECT t.ticket_id, t.customer_id, t.topic, t.sealed_summary, t.line, t.invoice, "
+                "c.state, c.occurred_at, c.sealed_note "
+                f"FROM tickets t JOIN ticket_changes c USING (ticket_id) WHERE {where} "
+                "ORDER BY t.ticket_id, c.change_no",
+                params,
+            )
+        ).fetchall()
+        out: list[Ticket] = []
+        for ticket_id, customer_id, topic, summary, line, invoice, state, at, note in rows:
+            change = TicketChange(state, seconds(at), self.sealer.open(note, "care.ticket"))
+            if out and out[-1].id == str(ticket_id):
+                out[-1] = replace(out[-1], state=state, history=(*out[-1].history, change))
+            else:
+                opened = self.sealer.open(summary, "care.ticket")
+                out.append(Ticket(str(ticket_id), customer_id, topic, opened, line, invoice, state, (change,)))
+        return out
 
     async def open_dispute(
         self,
@@ -254,3 +373,37 @@ class CustomerCare:
         if self.billing is None:
             return earlier
         return earlier + [Dispute.of_billing(customer_id, d) for d in await self.billing.disputes_of(customer_id)]
+
+
+# The sealed columns of the care tables, by table and key: what a key rotation re-seals.
+SEALED_COLUMNS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
+    ("interactions", ("interaction_id",), ("sealed_note", "sealed_refs"), "care.interaction"),
+    ("tickets", ("ticket_id",), ("sealed_summary",), "care.ticket"),
+    ("ticket_changes", ("ticket_id", "change_no"), ("sealed_note",), "care.ticket"),
+)
+
+
+async def reseal(pool: Pool, sealer: Sealer) -> dict[str, int]:
+    """Seal again under the newest key every care value sealed under an older one (``charging
+    rotate-data-key``); the text is the same, only its sealing changes. Answers the rows
+    re-sealed per table. Running it again changes only what is still under an old key."""
+    done: dict[str, int] = {}
+    for table, key_columns, columns, kind in SEALED_COLUMNS:
+        done[table] = 0
+        current = sealer.current_prefix()
+        stale = " OR ".join(f"NOT starts_with({c}, %s)" for c in columns)
+        async with pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT {', '.join(key_columns + columns)} FROM {table} WHERE {stale}",
+                    (current,) * len(columns),
+                )
+            ).fetchall()
+            for row in rows:
+                ids, values = row[: len(key_columns)], row[len(key_columns) :]
+                sets = ", ".join(f"{c} = %s" for c in columns)
+                match = " AND ".join(f"{c} = %s" for c in key_columns)
+                resealed = tuple(sealer.seal(sealer.open(v, kind), kind) for v in values)
+                await conn.execute(f"UPDATE {table} SET {sets} WHERE {match}", (*resealed, *ids))
+            done[table] = len(rows)
+    return done

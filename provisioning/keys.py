@@ -40,6 +40,8 @@ UNIT_SEQ = "crm:seq:unit"
 INTERACTION_SEQ = "crm:seq:interaction"
 TICKET_SEQ = "crm:seq:ticket"
 DISPUTE_SEQ = "crm:seq:dispute"
+# Set once the interactions and tickets Redis kept before are in PostgreSQL (care_legacy.py).
+CARE_MOVED = "crm:care:moved"
 
 CUSTOMERS = "crm:customers"
 SUBMITTED = "crm:orders:submitted"

@@ -7,6 +7,8 @@ with that key, or written in clear before sealing existed, is read through its r
 key (a value changed meanwhile is read again). Billing accounts (who their invoices are
 addressed to) are re-sealed by their owner, ``postpaid/accounts.py``. Issued invoices in
 PostgreSQL are immutable rows: they keep the key that sealed them (see the README).
+Interactions and tickets in PostgreSQL are sealed again in place (``customer_care.reseal``:
+the same text under the newest key).
 Running it again changes only what is still under an old key.
 
 Redis's append-only file still holds every value as first written, clear or under the
@@ -25,9 +27,10 @@ from dataclasses import dataclass, fields
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from charging.database import Pool
 from postpaid.accounts import reseal_all
 from provisioning import keys
-from provisioning.customer_care import Dispute, Interaction, Ticket
+from provisioning.customer_care import Dispute, Interaction, Ticket, reseal
 from provisioning.customers import PERSONAL, Customer
 from provisioning.orders import REQUEST
 from provisioning.sealing import Sealer
@@ -41,6 +44,7 @@ class Rotated:
     order_requests: int = 0
     interactions: int = 0
     tickets: int = 0
+    ticket_changes: int = 0
     disputes: int = 0
     billing_accounts: int = 0
 
@@ -49,9 +53,10 @@ class Rotated:
 
 
 class Rotation:
-    def __init__(self, client: aioredis.Redis, sealer: Sealer) -> None:
+    def __init__(self, client: aioredis.Redis, sealer: Sealer, pool: Pool | None = None) -> None:
         self.client = client
         self.sealer = sealer
+        self.pool = pool  # the system of record: interactions and tickets (customer_care.reseal)
 
     async def run(self, *, rewrite_timeout_s: float = 600.0) -> Rotated:
         done = Rotated()
@@ -65,6 +70,11 @@ class Rotation:
         for order_id in [str(o) for o in await self.client.zrange(keys.SUBMITTED, 0, -1)]:
             done.order_requests += await self._request(order_id)
         done.billing_accounts = await reseal_all(self.client, self.sealer)
+        if self.pool is not None:
+            rows = await reseal(self.pool, self.sealer)
+            done.interactions += rows["interactions"]
+            done.tickets += rows["tickets"]
+            done.ticket_changes += rows["ticket_changes"]
         await rewrite_aof(self.client, rewrite_timeout_s)
         return done
 

@@ -94,9 +94,13 @@ class Sealer:
         except (InvalidTag, binascii.Error, ValueError):
             raise Unreadable(f"{kind}: a sealed value does not open with key {kid!r}") from None
 
+    def current_prefix(self) -> str:
+        """How every value sealed with the key that seals now begins."""
+        return f"{PREFIX}{self.current}:"
+
     def is_current(self, value: str) -> bool:
         """Sealed with the key that seals now (a rotation leaves it as it is)."""
-        return value.startswith(f"{PREFIX}{self.current}:")
+        return value.startswith(self.current_prefix())
 
 
 def new_key_entry(kid: str) -> str:
