@@ -66,9 +66,11 @@ async def move(client: aioredis.Redis, pool: Pool, sealer: Sealer) -> Moved:
             ("ticket_ids", "tickets", "ticket_id", keys.TICKET_SEQ),
         ):
             counted = int(await client.get(counter) or 0)
+            # past the larger of Redis's counter and the ids moved (nothing to do on a new
+            # installation: the sequence starts at 1)
             await conn.execute(
-                f"SELECT setval('{seq}', greatest(%s, (SELECT coalesce(max({column}), 0) FROM {table}), "
-                f"(SELECT last_value FROM {seq}), 1))",
+                f"SELECT setval('{seq}', top) FROM "
+                f"(SELECT greatest(%s, (SELECT coalesce(max({column}), 0) FROM {table})) AS top) t WHERE top > 0",
                 (counted,),
             )
     return moved

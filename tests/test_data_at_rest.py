@@ -99,11 +99,11 @@ async def read_back(app: App, who: str) -> tuple[str, str, list[str]]:
 
 
 async def test_no_personal_data_in_the_aof_or_a_snapshot(
-    tmp_path: Path, app_database_url: str, clock: ManualClock, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, database_url: str, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     directory = tmp_path / "redis"
     with caplog.at_level(logging.WARNING, logger="provisioning.sealing"):
-        async with server(directory, clock, app_database_url) as app:
+        async with server(directory, clock, database_url) as app:
             who = await apply(app)
             assert await read_back(app, who) == (
                 "anna@example.org",
@@ -121,16 +121,16 @@ async def test_no_personal_data_in_the_aof_or_a_snapshot(
     generated = [r for r in caplog.records if "development key" in r.getMessage()]
     assert len(generated) == 1
     assert (directory / DEV_KEY_FILE).stat().st_mode & 0o777 == 0o600
-    async with server(directory, clock, app_database_url) as app:  # the same key file after a restart
+    async with server(directory, clock, database_url) as app:  # the same key file after a restart
         assert (await read_back(app, who))[0] == "anna@example.org"
     assert len([r for r in caplog.records if "development key" in r.getMessage()]) == 1
 
 
 async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
-    tmp_path: Path, app_database_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "redis"
-    async with server(directory, clock, app_database_url, data_key=K1) as app:
+    async with server(directory, clock, database_url, data_key=K1) as app:
         who = await apply(app)
         assert app.redis is not None and app.acquisition is not None
         # An order still SUBMITTED keeps its request, and a value written before sealing
@@ -145,14 +145,14 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
         await app.redis.hset(charging_keys.billing_account("C2"), mapping=BEFORE_SEALING)
     assert b"enc:k1:" in b"".join(on_disk(directory).values())
     # Every process gets the new key, last in its ring; then the rotation runs.
-    async with server(directory, clock, app_database_url, data_key=f"{K1},{K2}") as app:
+    async with server(directory, clock, database_url, data_key=f"{K1},{K2}") as app:
         assert app.redis is not None and app.acquisition is not None
         # A customer stored before the name index existed: the rotation indexes it.
         await app.redis.delete(*[k async for k in app.redis.scan_iter("crm:name:*")])
         assert await app.acquisition.customers.named("Anna Muster") == ([], "")
         monkeypatch.setenv("CHARGING_REDIS_DIR", str(directory))
         monkeypatch.setenv("CHARGING_DATA_KEY", f"{K1},{K2}")
-        monkeypatch.setenv("CHARGING_DATABASE_URL", app_database_url)
+        monkeypatch.setenv("CHARGING_DATABASE_URL", database_url)
         out = io.StringIO()
         with redirect_stdout(out):
             assert await asyncio.to_thread(cli.main, ["rotate-data-key", "--timeout", "30"]) == 0
@@ -177,7 +177,7 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
         assert app.database is not None
         assert all(v.startswith("enc:k2:") for v in await sealed_values(app.redis, app.database, who))
     # The old key can go: a server with the new key alone reads everything.
-    async with server(directory, clock, app_database_url, data_key=K2) as app:
+    async with server(directory, clock, database_url, data_key=K2) as app:
         assert await read_back(app, who) == (
             "anna@example.org",
             "***36",
