@@ -106,7 +106,8 @@ async def test_a_bucket_whose_id_holds_a_colon_is_reserved_used_and_released(sho
     await buy(shop, "voice-100", "k1")
     account = (await balance(shop)).account_id
     r = redis_client(redis_url)
-    (old_id, packed), *_ = r.hgetall(keys.buckets(account)).items()
+    stored: dict[str, str] = r.hgetall(keys.buckets(account))  # type: ignore[assignment]
+    (old_id, packed), *_ = stored.items()
     r.hdel(keys.buckets(account), old_id)
     r.hset(keys.buckets(account), f"legacy:{old_id}", packed)
     a = await shop.charging.ChargeSession(call("c", INITIAL, 0, requested={}))
