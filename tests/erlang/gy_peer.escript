@@ -35,6 +35,7 @@ run(Port, DictFile, Msisdn, Low, Tls) ->
     {ok, [Forms | _]} = diameter_make:codec(DictFile, [return, forms]),
     {ok, Dict, Bin} = compile:forms(Forms, [return_errors, binary]),
     {module, Dict} = code:load_binary(Dict, "gy.dia", Bin),
+    ok = ssl:start(),
     ok = diameter:start(),
     ok = diameter:start_service(?SVC, [
         {'Origin-Host', ?HOST}, {'Origin-Realm', ?REALM},
@@ -75,7 +76,7 @@ transport(Port, ["tls", Cert, Key, Ca]) ->
      {transport_config, [{raddr, {127, 0, 0, 1}}, {rport, Port}, {ip, {127, 0, 0, 1}},
                          {ssl_options, [{certfile, Cert}, {keyfile, Key}, {cacertfile, Ca},
                                         {verify, verify_peer},
-                                        {server_name_indication, "ocs.charging.localdomain"}]}]},
+                                        {server_name_indication, "localhost"}]}]},
      {capabilities, [{'Inband-Security-Id', [1]}]},
      {watchdog_timer, {?MODULE, watchdog, []}}].
 
