@@ -26,10 +26,6 @@ HERE = Path(__file__).parent / "erlang"
 MSISDN = "491700000001"
 LOW = "491700000002"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("escript") is None, reason="escript (Debian's erlang-diameter) is missing: make erlang-diameter"
-)
-
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
@@ -49,8 +45,11 @@ class Peer:
 
     @staticmethod
     async def start(*args: str) -> Peer:
+        escript = shutil.which("escript")
+        if escript is None:
+            pytest.fail("escript is missing: `make test` installs it (apt-get install erlang-diameter)")
         process = await asyncio.create_subprocess_exec(
-            "escript",
+            escript,
             str(HERE / "gy_peer.escript"),
             *args,
             stdin=asyncio.subprocess.PIPE,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -181,7 +180,6 @@ async def test_require_refuses_a_cer_without_tls_with_no_common_security(
             await pgw.close()
 
 
-@pytest.mark.skipif(shutil.which("escript") is None, reason="escript (Debian's erlang-diameter): make erlang-diameter")
 async def test_otp_diameter_does_tls_after_cer_and_charges(settings: Settings, clock: ManualClock, pki: Path) -> None:
     async with server(settings, clock, pki, "require") as app:
         assert app.diameter is not None
