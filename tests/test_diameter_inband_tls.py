@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 from diameter.message import constants as c
+from diameter.message.avp import Avp
 from diameter.message.commands import CapabilitiesExchangeRequest
 from diameter.message.commands.credit_control import RequestedServiceUnit
 from prometheus_client import REGISTRY
 
 from charging.clock import ManualClock
+from charging.diameter.base import inband_security
+from charging.diameter.codec import Refused
 from charging.diameter.config import DiameterConfig
 from charging.errors import InvalidRequest
 from charging.security import certs
@@ -210,3 +213,17 @@ def test_inband_tls_needs_the_certificate_settings_and_a_known_mode(settings: Se
     assert refused.value.field == "CHARGING_DIAMETER_INBAND_TLS"
     config = DiameterConfig.of(dataclasses.replace(secured, diameter_inband_tls="require"))
     assert config is not None and config.inband_tls == "require" and config.needs_tls
+
+
+def test_the_choice_of_inband_security_per_mode() -> None:
+    def offered(*ids: int) -> list[Avp]:
+        return [Avp.new(c.AVP_INBAND_SECURITY_ID, value=i) for i in ids]
+
+    assert [inband_security(offered(), mode) for mode in ("off", "offer")] == [0, 0]  # none listed: NO_INBAND
+    assert [inband_security(offered(0, 1), mode) for mode in ("off", "offer", "require")] == [0, 1, 1]
+    assert inband_security(offered(1), "offer") == 1
+    for avps, mode in ((offered(1), "off"), (offered(), "require"), (offered(0), "require")):
+        with pytest.raises(Refused) as refused:
+            inband_security(avps, mode)  # type: ignore[arg-type]
+        assert refused.value.code == 5017
+    assert Settings.from_env({"CHARGING_DIAMETER_INBAND_TLS": "offer"}).diameter_inband_tls == "offer"
