@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark
+.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark erlang-diameter
 
 all: setup
 
@@ -72,6 +72,14 @@ tshark:
 	@command -v tshark >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKG=tshark
 
 test: tshark
+
+# OTP's diameter application (escript runs it) as an independent Diameter peer in
+# tests/test_diameter_erlang.py.
+erlang-diameter:
+	@{ command -v escript >/dev/null 2>&1 && [ -n "$$(ls -d /usr/lib/erlang/lib/diameter-* 2>/dev/null)" ]; } \
+		|| $(MAKE) --no-print-directory apt PKG=erlang-diameter
+
+test: erlang-diameter
 
 # Prometheus and promtool for the monitoring tests (ops/prometheus). The tests start their
 # own prometheus on a free port with a temporary configuration: the package's service is

@@ -292,7 +292,7 @@ class App:
                 self.clock,
                 max_in_flight=s.max_in_flight,
                 signals_from=hub,
-                tls=ServerTls(s, what="Diameter") if diameter.tls_address is not None else None,
+                tls=ServerTls(s, what="Diameter") if diameter.needs_tls else None,
             )
             try:
                 await self.diameter.start()

@@ -192,6 +192,9 @@ class Settings:
     # above: the server certificate of CHARGING_TLS_CERT/_KEY, client certificates from
     # CHARGING_TLS_CLIENT_CA naming the peer's Origin-Host. Empty: no TLS port.
     diameter_tls_address: str = ""
+    # TLS after CER on the address above (RFC 6733 inband security, Inband-Security-Id TLS):
+    # off (empty), offer (when the CER offers it) or require; the same certificates.
+    diameter_inband_tls: str = ""
 
     def __repr__(self) -> str:
         fields = []

@@ -6,6 +6,12 @@ sends them and changes state. A CER is accepted when its Origin-Host/Realm are a
 (Auth-Application-Id 4, directly, inside Vendor-Specific-Application-Id, or the relay
 application); otherwise 5010 DIAMETER_NO_COMMON_APPLICATION. Either refusal closes the
 connection after the CEA.
+
+Inband security (RFC 6733 2.2, 6.10; RFC 3588's TLS after CER): the CER lists the
+Inband-Security-Id values the peer can do (none listed: NO_INBAND_SECURITY); with
+``CHARGING_DIAMETER_INBAND_TLS`` at ``offer`` TLS is chosen when offered, at ``require``
+it must be offered; the CEA names the choice and a TLS handshake follows on the same
+connection. No common choice: 5017 DIAMETER_NO_COMMON_SECURITY.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from diameter.message.avp import Avp
 
 from charging.diameter import dictionary as d
 from charging.diameter.codec import Refused, new, placeholder, value
-from charging.diameter.config import DiameterConfig
+from charging.diameter.config import DiameterConfig, InbandTls
 from charging.diameter.peers import Peer, admits
 
 PRODUCT_NAME = "charging"
 FIRMWARE_REVISION = 1
 NO_INBAND_SECURITY = 0
+TLS = 1  # Inband-Security-Id TLS
+NO_COMMON_SECURITY = 5017
 # Disconnect-Cause (RFC 6733 5.4.3)
 REBOOTING = 0
 
@@ -90,11 +98,21 @@ def check_cer(avps: list[Avp], config: DiameterConfig, remote_ip: str, certified
         apps += [value(a) for a in d.find_all(value(group), d.AUTH_APPLICATION_ID)]
     if d.CREDIT_CONTROL_APP not in apps and d.RELAY_APP not in apps:
         raise Refused(d.Code.NO_COMMON_APPLICATION, message="Auth-Application-Id 4 (Credit-Control) is required")
-    security = [value(a) for a in d.find_all(avps, d.INBAND_SECURITY_ID)]
-    if security and NO_INBAND_SECURITY not in security:
-        raise Refused(5017, message="only NO_INBAND_SECURITY is offered")  # DIAMETER_NO_COMMON_SECURITY
     state = d.find(avps, d.ORIGIN_STATE_ID)
     return Peer(host, realm, int(value(state)) if state is not None else 0)
+
+
+def inband_security(avps: list[Avp], mode: InbandTls) -> int:
+    """The Inband-Security-Id chosen for a CER's connection (``TLS``: a TLS handshake
+    follows the CEA), or ``Refused`` 5017 when the peer offers nothing ``mode`` allows."""
+    offered = {value(a) for a in d.find_all(avps, d.INBAND_SECURITY_ID)} or {NO_INBAND_SECURITY}
+    if mode != "off" and TLS in offered:
+        return TLS
+    if mode != "require" and NO_INBAND_SECURITY in offered:
+        return NO_INBAND_SECURITY
+    if mode == "require":
+        raise Refused(NO_COMMON_SECURITY, message="TLS (Inband-Security-Id 1) is required")
+    raise Refused(NO_COMMON_SECURITY, message="only NO_INBAND_SECURITY is offered")
 
 
 def result(code: int, me: Identity, failed: Avp | None = None, message: str = "") -> list[Avp]:

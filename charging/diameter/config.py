@@ -15,12 +15,16 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from charging.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from charging.settings import Settings
+
+# TLS after CER (RFC 6733 inband security): never, when the peer's CER offers it, always.
+InbandTls = Literal["off", "offer", "require"]
+INBAND_TLS: dict[str, InbandTls] = {"": "off", "off": "off", "offer": "offer", "require": "require"}
 
 DIAMETER_IDENTITY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,253})$")
 
@@ -50,6 +54,13 @@ class DiameterConfig:
     shared: bool = False
     # TLS from the start on a port of its own (host, port), or None.
     tls_address: tuple[str, int] | None = None
+    # TLS after CER on the cleartext address (``CHARGING_DIAMETER_INBAND_TLS``).
+    inband_tls: InbandTls = "off"
+
+    @property
+    def needs_tls(self) -> bool:
+        """Whether the door needs the server's TLS context (a TLS port, or TLS after CER)."""
+        return self.tls_address is not None or self.inband_tls != "off"
 
     @property
     def loopback_only(self) -> bool:
@@ -91,6 +102,7 @@ class DiameterConfig:
             watchdog_s=s.diameter_watchdog_s,
             answer_timeout_s=s.diameter_answer_timeout_s,
             tls_address=tls_address,
+            inband_tls=_inband_tls(s),
         )
 
 
@@ -106,6 +118,18 @@ def _tls_address(s: Settings) -> tuple[str, int] | None:
     if not (s.tls_cert and s.tls_key and s.tls_client_ca):
         raise InvalidRequest(name, "needs CHARGING_TLS_CERT, CHARGING_TLS_KEY and CHARGING_TLS_CLIENT_CA")
     return host.strip("[]"), int(port)
+
+
+def _inband_tls(s: Settings) -> InbandTls:
+    """``CHARGING_DIAMETER_INBAND_TLS``: ``off`` (or empty), ``offer`` or ``require``; TLS
+    needs the same certificate settings as the TLS port."""
+    name = "CHARGING_DIAMETER_INBAND_TLS"
+    mode = INBAND_TLS.get(s.diameter_inband_tls.strip().lower())
+    if mode is None:
+        raise InvalidRequest(name, "must be off, offer or require")
+    if mode != "off" and not (s.tls_cert and s.tls_key and s.tls_client_ca):
+        raise InvalidRequest(name, "needs CHARGING_TLS_CERT, CHARGING_TLS_KEY and CHARGING_TLS_CLIENT_CA")
+    return mode
 
 
 def _rule(entry: str) -> PeerRule:

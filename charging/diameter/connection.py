@@ -6,6 +6,10 @@
 
 * **WAIT_CER.** The first message must be a CER, within ``watchdog_s``; anything else, or
   a CER refused by ``base.check_cer``, closes the connection (a refused CER after its CEA).
+  When the CEA chooses Inband-Security-Id TLS (``base.inband_security``), the TLS
+  handshake follows on the same connection (we are the TLS server, the peer must present
+  a certificate naming its Origin-Host); the connection is OPEN only after it, and a
+  failed handshake or a certificate naming someone else closes it.
 * **OPEN.** DWR is answered DWA, DPR DPA (then we close), and each Credit-Control-Request
   is answered by its own task, so a slow request does not hold up the next; answers go
   out in whichever order they are ready, matched by the peer on hop-by-hop id. Other
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 from dataclasses import replace
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -46,6 +51,7 @@ from charging.diameter.codec import (
     read_frame,
     request_header,
 )
+from charging.diameter.config import InbandTls
 from charging.diameter.peers import Peer
 from charging.security.server_tls import names
 
@@ -163,13 +169,21 @@ class Connection:
     async def _capabilities(self, header: MessageHeader, avps: list[Avp]) -> None:
         try:
             peer = base.check_cer(avps, self.door.config, self.remote_ip, self.certified)
+            security = base.inband_security(avps, self._inband_mode())
         except Refused as exc:
             log.warning("diameter: capabilities exchange refused", extra={"result_code": exc.code})
             await self._answer(header, exc.code, base.result(exc.code, self.me, exc.failed, exc.message))
             self._outcome = "refused"
             self.state = State.CLOSED
             return
-        await self._answer(header, d.Code.SUCCESS, [new_result(d.Code.SUCCESS), *base.capabilities(self.me)])
+        cea = [new_result(d.Code.SUCCESS), *base.capabilities(self.me)]
+        if security == base.TLS:
+            cea.append(new(d.INBAND_SECURITY_ID, base.TLS))
+        await self._answer(header, d.Code.SUCCESS, cea)
+        if security == base.TLS and not await self._start_tls(peer):
+            self._outcome = "tls_failed"
+            self.state = State.CLOSED
+            return
         self.peer = peer
         self.state = State.OPEN
         if self.door.table.add(peer, self):
@@ -178,6 +192,28 @@ class Connection:
         metrics.CONNECTIONS.inc()
         metrics.CONNECTS.labels("accepted").inc()
         log.info("diameter: peer connected", extra={"peer_realm": peer.realm})
+
+    def _inband_mode(self) -> InbandTls:
+        """TLS after CER as configured; never on a connection already under TLS (the TLS
+        port), nor when the door has no TLS context."""
+        if self.certified is not None or self.door.tls is None:
+            return "off"
+        return self.door.config.inband_tls
+
+    async def _start_tls(self, peer: Peer) -> bool:
+        """The TLS handshake after our CEA chose TLS (we are the server), and the peer's
+        certificate naming its Origin-Host (RFC 6733 13.1); False: close the connection."""
+        assert self.door.tls is not None  # _inband_mode: no TLS context, no TLS chosen
+        try:
+            await self.writer.start_tls(self.door.tls.context, ssl_handshake_timeout=self.door.config.watchdog_s)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            log.warning("diameter: TLS handshake after CER failed", extra={"error": str(exc)[:200]})
+            return False
+        self.certified = frozenset(n.lower() for n in names(self.writer.get_extra_info("peercert") or {})[1])
+        if peer.host.lower() not in self.certified:
+            log.warning("diameter: Origin-Host is not named by the peer's certificate, closing")
+            return False
+        return True
 
     async def _credit_control(self, header: MessageHeader, avps: list[Avp]) -> None:
         if header.application_id != d.CREDIT_CONTROL_APP:

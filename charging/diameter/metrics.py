@@ -23,7 +23,8 @@ RETRANSMISSIONS = Counter(
 CONNECTIONS = Gauge("charging_diameter_connections", "Open peer connections (capabilities exchanged).")
 CONNECTS = Counter(
     "charging_diameter_connects_total",
-    "Connections by outcome: accepted, refused (CEA with an error), no_cer, closed_by_peer, watchdog, framing.",
+    "Connections by outcome: accepted, refused (CEA with an error), no_cer, closed_by_peer, watchdog, framing,"
+    " tls_failed.",
     ["outcome"],
 )
 SENT = Counter(
