@@ -287,7 +287,7 @@ class App:
                 directory,
                 self.catalogs,
                 self.clock,
-                max_in_flight=s.max_in_flight,
+                admission=admission,  # the slots gRPC and Nchf draw on
                 signals_from=hub,
                 tls=ServerTls(s, what="Diameter") if diameter.tls_address is not None else None,
             )

@@ -8,7 +8,10 @@ retransmission (T flag, or the same request on another connection) gets the iden
 answer and changes nothing. Errors of the core become result codes here, never a
 dropped request: a reused request number with another payload 5004 (Failed-AVP
 CC-Request-Number), Redis unavailable 3004 DIAMETER_TOO_BUSY (the client may try
-another server), anything unexpected 5012 DIAMETER_UNABLE_TO_COMPLY (logged).
+another server), anything unexpected 5012 DIAMETER_UNABLE_TO_COMPLY (logged). Beyond the
+process's in-flight limit (``CHARGING_MAX_IN_FLIGHT``, the slots gRPC and Nchf draw on,
+``charging/admission.py``) a CCR is answered 3004 DIAMETER_TOO_BUSY at once, having changed
+nothing; base-protocol requests (CER, DWR, DPR) are never refused for it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from diameter.message.avp.errors import AvpDecodeError
 
 from charging import listening, signals
 from charging import metrics as core_metrics
+from charging.admission import Admission
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.codes import ResultCode
@@ -72,6 +76,7 @@ class DiameterDoor:
         clock: Clock,
         *,
         max_in_flight: int = 512,
+        admission: Admission | None = None,
         signals_from: signals.SignalHub | None = None,
         tls: ServerTls | None = None,
     ) -> None:
@@ -81,8 +86,9 @@ class DiameterDoor:
         self.directory = directory
         self.catalogs = catalogs
         self.clock = clock
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        # The process's in-flight slots, shared with gRPC and Nchf (charging/admission.py);
+        # its own bound of ``max_in_flight`` when none is given.
+        self.admission = admission if admission is not None else Admission(max_in_flight)
         # Origin-State-Id: seconds at start, so it goes up with every restart.
         self.me = Me(config.origin_host, config.origin_realm, (clock.now_ms() // 1000) & 0xFFFFFFFF, config.host)
         self.table: PeerTable[Connection] = PeerTable()
@@ -151,13 +157,13 @@ class DiameterDoor:
                 COMMANDS.get(head.request_type, "CCR"),
             )
         command = COMMANDS[head.request_type]
-        if self.in_flight >= self.max_in_flight:
+        if not self.admission.enter():
+            core_metrics.ADMISSION_REJECTIONS.labels(f"Diameter.{command}", "in_flight").inc()
             return d.Code.TOO_BUSY, answers.refusal(head, me, d.Code.TOO_BUSY, None), command
-        self.in_flight += 1
         try:
             code, answer = await self._charge(head, me, peer, avps)
         finally:
-            self.in_flight -= 1
+            self.admission.leave()
             metrics.LATENCY.labels(command).observe(time.perf_counter() - started)
         return code, answer, command
 
