@@ -53,6 +53,8 @@ COMMANDS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
 # Sessions whose charged identity is remembered (IMSI or MSISDN, whichever the
 # subscriber has), so an UPDATE does not look up an identity nobody has again.
 REMEMBERED_SESSIONS = 100_000
+# RARs and ASRs under way at once in one process; more are dropped (counted).
+MAX_SENDING = 1_000
 
 
 @dataclass
@@ -101,6 +103,8 @@ class DiameterDoor:
         self._connections: set[Connection] = set()
         self._charged_as: OrderedDict[str, Identity] = OrderedDict()
         self.held: HeldSessions[Held] = HeldSessions()
+        # RARs and ASRs waiting for their answers (at most MAX_SENDING; more are dropped).
+        self._sending: set[asyncio.Task[None]] = set()
         if signals_from is not None:
             signals_from.add(self.signalled)
 
@@ -124,6 +128,8 @@ class DiameterDoor:
     async def stop(self) -> None:
         """Stop accepting, say DPR to every open peer (each waits at most
         ``answer_timeout_s`` for its DPA), close every connection."""
+        for task in list(self._sending):  # a RAR or ASR still waiting: its peer is going
+            task.cancel()
         if self._server is not None:
             self._server.close()
         if self._tls_server is not None:
@@ -230,17 +236,46 @@ class DiameterDoor:
     async def signalled(self, kind: signals.Kind, account: str) -> None:
         """RAR to the sessions of ``account`` that got a final-unit indication (credit),
         or ASR to all of them (blocked). Each request is sent once; what the peer does
-        with it is counted, never retried."""
+        with it is counted, never retried. Their answers are not waited for here: a peer
+        that does not answer holds up neither the signal hub nor the next signal
+        (``settled`` waits for them)."""
         for session_id, held in self.held.of_account(account):
             action = signals.due(kind, held.final_unit)
             if action == "reauth":
                 held.final_unit = False
-                await self._server_request(d.RE_AUTH, "RAR", session_id, held, [new(d.RE_AUTH_REQUEST_TYPE, 0)])
+                self._start(d.RE_AUTH, "RAR", session_id, held, [new(d.RE_AUTH_REQUEST_TYPE, 0)])
             elif action == "abort":
                 self.held.forget(session_id)
-                await self._server_request(d.ABORT_SESSION, "ASR", session_id, held, [])
+                self._start(d.ABORT_SESSION, "ASR", session_id, held, [])
+
+    def _start(self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]) -> None:
+        if len(self._sending) >= MAX_SENDING:
+            metrics.SENT.labels(name, "dropped").inc()
+            return
+        task = asyncio.create_task(self._server_request(command, name, session_id, held, extra))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def settled(self) -> None:
+        """Until every RAR and ASR under way has been answered or has timed out."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
 
     async def _server_request(self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]) -> None:
+        try:
+            await self._send_server_request(command, name, session_id, held, extra)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the door is stopping
+            # The connection closed before the answer came (it cancels what it waits for).
+            metrics.SENT.labels(name, "unanswered").inc()
+        except Exception:
+            log.exception("diameter: sending a server-initiated request failed", extra={"command": name})
+
+    async def _send_server_request(
+        self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]
+    ) -> None:
         connections = self.table.connections(held.peer_host)
         if not connections:
             metrics.SENT.labels(name, "no_connection").inc()
