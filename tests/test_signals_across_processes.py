@@ -3,11 +3,13 @@ processes on one Redis (as the workers of ``charging serve --workers N`` are, ea
 its own subscription, charging/signals.py). Process A holds a Diameter peer's session and
 an Nchf consumer's resource; top-ups and a bar made through process B's gRPC API reach
 them: A sends the RAR and the ChargingNotify REAUTHORIZATION, then the ASR and the
-ABORT_CHARGING."""
+ABORT_CHARGING. And a peer that reconnected to another process since its session was
+answered gets the RAR and ASR from there (charging/diameter/relay.py), once."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ import pytest
 from diameter.message import Message
 from diameter.message import constants as c
 from diameter.message.avp import Avp
-from diameter.message.commands.credit_control import RequestedServiceUnit
+from diameter.message.commands.credit_control import RequestedServiceUnit, UsedServiceUnit
+from prometheus_client.parser import text_string_to_metric_families
 
 from charging.v1 import admin_pb2, common_pb2
 from tests import server_process
@@ -129,3 +132,104 @@ async def test_top_ups_and_a_bar_made_in_one_process_reach_the_clients_held_by_a
             assert pgw.incoming.empty() and smf.received.empty()
     finally:
         await pgw.close()
+
+
+@dataclass(frozen=True)
+class Door:
+    grpc: int
+    diameter: int
+    metrics: int
+
+
+@pytest.fixture
+def two_doors(redis_url: str, app_database_url: str, tmp_path: Path) -> Iterator[tuple[Door, Door]]:
+    """Two processes on one Redis, each with a Diameter door and a metrics endpoint."""
+    started: list[Any] = []
+    doors = []
+    try:
+        for name in ("a", "b"):
+            diameter, metrics = free_port(), free_port()
+            proc, port = server_process.serve(
+                tmp_path / name,
+                app_database_url,
+                redis_url=redis_url,
+                CHARGING_DIAMETER_ADDRESS=f"127.0.0.1:{diameter}",
+                CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics}",
+            )
+            started.append(proc)
+            server_process.wait_serving(proc, port)
+            doors.append(Door(port, diameter, metrics))
+        yield doors[0], doors[1]
+    finally:
+        for proc in reversed(started):
+            server_process.stop(proc)
+
+
+def sample(door: Door, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{door.metrics}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+async def until(done: Any) -> None:
+    """Poll until ``done()`` (a bounded wait on another process, not a timing assertion)."""
+    for _ in range(600):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never happened")
+
+
+async def test_a_peer_that_reconnected_to_another_process_gets_the_rar_and_asr_from_there_once(
+    two_doors: tuple[Door, Door],
+) -> None:
+    a, b = two_doors
+    first = await Client.connect(a.diameter)
+    assert result_code(await first.cer()) == 2001
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{b.grpc}") as channel:
+        stubs = Stubs.on(channel)
+        await stubs.subscriber(PGW_LINE, balance=5_000)
+        cca = await first.send(ccr_i(first), application=4)
+        assert find(msccs(cca)[0], c.AVP_FINAL_UNIT_INDICATION) is not None  # A holds the session
+        assert result_code(await first.dpr()) == 2001
+        await first.close()
+        await until(lambda: sample(a, "charging_diameter_connections") == 0)
+        pgw = await Client.connect(b.diameter)  # the same peer, now on B
+        try:
+            assert result_code(await pgw.cer(state_id=1)) == 2001
+
+            await stubs.topup.Recharge(recharge(PGW_LINE, 1_000_000, "t1"))
+            await answered(pgw, c.CMD_RE_AUTH)  # decided by A, sent by B
+            ccr = pgw.ccr(SID, 2, 1)
+            ccr.add_subscription_id(
+                subscription_id_type=c.E_SUBSCRIPTION_ID_TYPE_END_USER_E164, subscription_id_data=PGW_LINE
+            )
+            ccr.add_multiple_services_credit_control(
+                requested_service_unit=RequestedServiceUnit(cc_total_octets=1_000_000),
+                used_service_unit=UsedServiceUnit(cc_total_octets=512_000),
+                rating_group=30,
+            )
+            cca = await pgw.send(ccr, application=4)
+            assert result_code(cca) == 2001
+            assert find(msccs(cca)[0], c.AVP_FINAL_UNIT_INDICATION) is None  # now B holds it too
+
+            # Barred: A relays its ASR, B decides its own; the peer gets one.
+            await stubs.admin.SetSubscriberStatus(
+                admin_pb2.SetStatusRequest(
+                    subscriber=common_pb2.SubscriberId(msisdn=PGW_LINE), status=admin_pb2.SUBSCRIBER_STATUS_BARRED
+                )
+            )
+            await answered(pgw, c.CMD_ABORT_SESSION)
+            await until(lambda: sample(b, "charging_diameter_sent_total", command="ASR", outcome="elsewhere") == 1)
+            assert result_code(await pgw.dwr()) == 2001
+            assert pgw.incoming.empty()
+            assert sample(a, "charging_diameter_sent_total", command="RAR", outcome="relayed") == 1
+            assert sample(a, "charging_diameter_sent_total", command="ASR", outcome="relayed") == 1
+            assert sample(b, "charging_diameter_sent_total", command="RAR", outcome="answered") == 1
+            assert sample(b, "charging_diameter_sent_total", command="ASR", outcome="answered") == 1
+        finally:
+            await pgw.close()

@@ -31,7 +31,7 @@ from charging.admission import Admission
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.codes import ResultCode
-from charging.diameter import answers, credit_control, metrics
+from charging.diameter import answers, credit_control, metrics, relay
 from charging.diameter import dictionary as d
 from charging.diameter.base import Identity as Me
 from charging.diameter.codec import Refused, new, placeholder
@@ -39,6 +39,7 @@ from charging.diameter.config import DiameterConfig
 from charging.diameter.connection import Connection
 from charging.diameter.credit_control import EventCall, Head, SessionCall
 from charging.diameter.peers import Peer, PeerTable
+from charging.diameter.relay import Relayed
 from charging.errors import ChargingError, Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
 from charging.events import EventCharging
 from charging.held import HeldSessions
@@ -55,6 +56,7 @@ COMMANDS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
 REMEMBERED_SESSIONS = 100_000
 # RARs and ASRs under way at once in one process; more are dropped (counted).
 MAX_SENDING = 1_000
+SERVER_REQUESTS: dict[signals.Action, str] = {"reauth": "RAR", "abort": "ASR"}
 
 
 @dataclass
@@ -105,8 +107,10 @@ class DiameterDoor:
         self.held: HeldSessions[Held] = HeldSessions()
         # RARs and ASRs waiting for their answers (at most MAX_SENDING; more are dropped).
         self._sending: set[asyncio.Task[None]] = set()
+        self._hub = signals_from
         if signals_from is not None:
             signals_from.add(self.signalled)
+            signals_from.on(relay.CHANNEL, self.relayed)
 
     async def start(self) -> None:
         address = f"[{self.config.host}]:{self.config.port}" if ":" in self.config.host else None
@@ -243,16 +247,24 @@ class DiameterDoor:
             action = signals.due(kind, held.final_unit)
             if action == "reauth":
                 held.final_unit = False
-                self._start(d.RE_AUTH, "RAR", session_id, held, [new(d.RE_AUTH_REQUEST_TYPE, 0)])
             elif action == "abort":
                 self.held.forget(session_id)
-                self._start(d.ABORT_SESSION, "ASR", session_id, held, [])
+            else:
+                continue
+            self._start(Relayed(action, held.peer_host, held.peer_realm, session_id))
 
-    def _start(self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]) -> None:
+    async def relayed(self, message: str) -> None:
+        """A RAR or ASR another process decided for a peer it has no connection to
+        (``relay.py``): sent from here when this process has one and claims it first."""
+        request = Relayed.decode(message)
+        if request is not None and self.table.connections(request.peer_host):
+            self._start(request)
+
+    def _start(self, request: Relayed) -> None:
         if len(self._sending) >= MAX_SENDING:
-            metrics.SENT.labels(name, "dropped").inc()
+            metrics.SENT.labels(SERVER_REQUESTS[request.action], "dropped").inc()
             return
-        task = asyncio.create_task(self._server_request(command, name, session_id, held, extra))
+        task = asyncio.create_task(self._server_request(request))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -261,9 +273,10 @@ class DiameterDoor:
         while self._sending:
             await asyncio.wait(set(self._sending))
 
-    async def _server_request(self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]) -> None:
+    async def _server_request(self, request: Relayed) -> None:
+        name = SERVER_REQUESTS[request.action]
         try:
-            await self._send_server_request(command, name, session_id, held, extra)
+            await self._send_server_request(request, name)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -273,24 +286,35 @@ class DiameterDoor:
         except Exception:
             log.exception("diameter: sending a server-initiated request failed", extra={"command": name})
 
-    async def _send_server_request(
-        self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]
-    ) -> None:
-        connections = self.table.connections(held.peer_host)
+    async def _send_server_request(self, request: Relayed, name: str) -> None:
+        connections = self.table.connections(request.peer_host)
         if not connections:
+            # Decided here, the peer connected elsewhere: relayed once, never twice.
+            if not request.relayed and self._hub is not None:
+                if await self._hub.send(relay.CHANNEL, request.encode()):
+                    metrics.SENT.labels(name, "relayed").inc()
+                    return
             metrics.SENT.labels(name, "no_connection").inc()
             return
+        claim = relay.claim_key(request.action, request.session_id)
+        if self._hub is not None and not await self._hub.claim(claim, relay.CLAIM_TTL_S):
+            metrics.SENT.labels(name, "elsewhere").inc()  # another process sends it
+            return
+        if request.action == "reauth":
+            command, extra = d.RE_AUTH, [new(d.RE_AUTH_REQUEST_TYPE, 0)]
+        else:
+            command, extra = d.ABORT_SESSION, []
         avps = [
-            new(d.SESSION_ID, session_id),
+            new(d.SESSION_ID, request.session_id),
             *self.me.origin(),
-            new(d.DESTINATION_REALM, held.peer_realm.encode()),
-            new(d.DESTINATION_HOST, held.peer_host.encode()),
+            new(d.DESTINATION_REALM, request.peer_realm.encode()),
+            new(d.DESTINATION_HOST, request.peer_host.encode()),
             new(d.AUTH_APPLICATION_ID, d.CREDIT_CONTROL_APP),
             *extra,
         ]
         answer = await connections[-1].send_request(command, d.CREDIT_CONTROL_APP, avps)
         if answer is None:
-            log.warning("diameter: peer did not answer", extra={"command": name, "peer_realm": held.peer_realm})
+            log.warning("diameter: peer did not answer", extra={"command": name, "peer_realm": request.peer_realm})
             return
         code = result_of(answer[1])
         if code != d.Code.SUCCESS:
