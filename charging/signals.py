@@ -15,6 +15,10 @@ watch). Each listener keeps the sessions it answers in a ``HeldSessions`` table
 (``held.py``) and asks ``due`` what a signal means for each of them; the one that charged
 the session tells its client, so it works with several server processes.
 
+The same subscription carries a door's own messages between processes (``on``/``send``,
+``claim``): the Diameter door relays a RAR/ASR to the process holding its peer's
+connection (``diameter/relay.py``).
+
 Pub/sub delivers at most once: a lost signal costs promptness only, never correctness,
 because the next update of the session is answered by the core from the account as it
 is (a new grant after a top-up, 4010 on a barred line). Clients that ignore RAR (Open5GS
