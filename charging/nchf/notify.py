@@ -130,8 +130,10 @@ class ChargingNotifier:
         self.insecure = insecure
         self.held: HeldSessions[Notified] = HeldSessions(limit)
         # http1=False: HTTP/2 only, with prior knowledge on http:// (h2c), ALPN on https://.
-        self._http = httpx.AsyncClient(http1=False, http2=True, verify=tls, timeout=timeout_s)
+        # trust_env=False: no proxy from the environment between the CHF and its consumers.
+        self._http = httpx.AsyncClient(http1=False, http2=True, verify=tls, timeout=timeout_s, trust_env=False)
         self._pending: set[asyncio.Task[None]] = set()
+        self._closed = False
         if hub is not None:
             hub.add(self.signalled)
 
@@ -184,6 +186,8 @@ class ChargingNotifier:
             self.start(ref, notification)
 
     def start(self, ref: str, notification: Notification) -> None:
+        if self._closed:  # stopping: a signal heard after the door closed goes nowhere
+            return
         if len(self._pending) >= MAX_PENDING:
             metrics.NOTIFICATIONS.labels(notification.type, "dropped").inc()
             return
@@ -229,6 +233,7 @@ class ChargingNotifier:
             self.held.forget(ref)  # the consumer no longer knows the resource
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._pending):
             task.cancel()
         if self._pending:
