@@ -5,8 +5,8 @@ Every unary method of our services goes through ``Admission.guard`` (``status.ad
 wires it), every Nchf request through ``enter``/``leave`` with the same slots (answered
 503 NF_CONGESTION with Retry-After beyond them); health checking and reflection are
 registered apart and are never refused, so a load balancer keeps seeing an overloaded
-process as alive. (The Diameter door keeps its own count against the same limit and
-answers 3004 DIAMETER_TOO_BUSY.)
+process as alive. Every Diameter CCR takes the same slots too (answered 3004
+DIAMETER_TOO_BUSY beyond them; ``diameter/listener.py``).
 
 * **In flight.** At most ``limit`` calls are being worked on at once in this process.
   One more is answered RESOURCE_EXHAUSTED at once, having changed nothing. Without a
@@ -96,7 +96,8 @@ class Admission:
     def enter(self) -> bool:
         """Take an in-flight slot; False when every slot is taken (refuse the request at
         once, having changed nothing). Every door of the process draws on the same slots:
-        the gRPC methods here, the Nchf door (``nchf/app.py``)."""
+        the gRPC methods here, the Nchf door (``nchf/app.py``), the Diameter door
+        (``diameter/listener.py``)."""
         if self.in_flight >= self.limit:
             return False
         self.in_flight += 1

@@ -61,6 +61,7 @@ from charging.jobs import ALWAYS, Backoff, Job, Jobs
 from charging.leases import Leases
 from charging.ledger import Ledger
 from charging.nchf.listener import NchfListener
+from charging.nchf.notify import ChargingNotifier
 from charging.nchf.nrf import HEARTBEAT_S
 from charging.notifications import Notifier
 from charging.rating import UnitKind
@@ -277,7 +278,8 @@ class App:
         if s.console_address:
             self.console = await start_console(self, topups, care)
         if self.nchf is not None:  # the 5G CHF door (charging/nchf/)
-            await self.nchf.start(sessions, self.clock, TokenStore(self.redis), admission)
+            notifier = ChargingNotifier.of(s, directory, hub)  # ChargingNotify on the signals
+            await self.nchf.start(sessions, self.clock, TokenStore(self.redis), admission, notifier)
             if self.nchf.nrf is not None:
                 keep = self.nchf.nrf.keep_registered
                 self.jobs.start(Job("nrf", keep, interval_s=HEARTBEAT_S, clock=self.clock, backoff=job_backoff(s)))
@@ -290,7 +292,7 @@ class App:
                 directory,
                 self.catalogs,
                 self.clock,
-                max_in_flight=s.max_in_flight,
+                admission=admission,  # the slots gRPC and Nchf draw on
                 signals_from=hub,
                 tls=ServerTls(s, what="Diameter") if diameter.needs_tls else None,
             )
@@ -298,7 +300,7 @@ class App:
                 await self.diameter.start()
             except OSError as exc:
                 raise StartupError(f"cannot listen on Diameter address {s.diameter_address}: {exc.strerror}") from None
-        await hub.start()  # every listener (gRPC watch, Diameter door) is in place
+        await hub.start()  # every listener (gRPC watch, Nchf notifier, Diameter door) is in place
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._serving = True

@@ -165,6 +165,8 @@ class Settings:
     nchf_nrf_url: str = ""
     nchf_api_prefix: str = ""
     nchf_instance_id: str = ""
+    # A ChargingNotify request (charging/nchf/notify.py) gets this long, in all, for its answer.
+    nchf_notify_timeout_s: float = 5.0
     # Processes and hosts (README "Processes and hosts"): the lease period of a background
     # job, within which another process takes over a job whose holder died.
     lease_s: float = 10.0
@@ -303,6 +305,8 @@ class Settings:
             raise InvalidRequest("CHARGING_WORKERS", "must be 0 (one per core) or more")
         if self.max_in_flight < 1:
             raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        if self.nchf_notify_timeout_s <= 0:
+            raise InvalidRequest("CHARGING_NCHF_NOTIFY_TIMEOUT_S", "must be more than 0")
         from charging.diameter.config import DiameterConfig  # its own checks, named by variable
 
         DiameterConfig.of(self)

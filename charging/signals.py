@@ -15,6 +15,10 @@ watch). Each listener keeps the sessions it answers in a ``HeldSessions`` table
 (``held.py``) and asks ``due`` what a signal means for each of them; the one that charged
 the session tells its client, so it works with several server processes.
 
+The same subscription carries a door's own messages between processes (``on``/``send``,
+``claim``): the Diameter door relays a RAR/ASR to the process holding its peer's
+connection (``diameter/relay.py``).
+
 Pub/sub delivers at most once: a lost signal costs promptness only, never correctness,
 because the next update of the session is answered by the core from the account as it
 is (a new grant after a top-up, 4010 on a barred line). Clients that ignore RAR (Open5GS
@@ -41,6 +45,8 @@ log = logging.getLogger("charging.signals")
 Kind = Literal["credit", "blocked"]
 Action = Literal["reauth", "abort"]
 Listener = Callable[[Kind, str], Awaitable[None]]
+# A handler of another channel's messages (``SignalHub.on``).
+Handler = Callable[[str], Awaitable[None]]
 # Terminated lines are "barred" in charging; a barred-outgoing line keeps incoming service.
 BLOCKED_STATUSES = frozenset({"barred", "suspended"})
 # Pause before a lost subscription is renewed.
@@ -83,16 +89,42 @@ class SignalHub:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._listeners: list[Listener] = []
+        self._channels: dict[str, Handler] = {}
         self._pubsub: aioredis.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
 
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def on(self, channel: str, handler: Handler) -> None:
+        """Also hand every message of ``channel`` to ``handler``, on the same subscription
+        (before ``start``): a door's own requests between processes (the Diameter relay)."""
+        self._channels[channel] = handler
+
+    async def send(self, channel: str, message: str) -> bool:
+        """Publish on one of the ``on`` channels, best effort (at most once, like signals):
+        False when it could not be published (logged)."""
+        try:
+            await self._client.publish(channel, message)
+            return True
+        except (redis_errors.RedisError, OSError, AttributeError) as exc:
+            log.warning("relay not published", extra={"channel": channel, "error": str(exc)})
+            return False
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        """Whether this process is the first to claim ``key`` (SET NX, kept ``ttl_s``):
+        of several processes about to do the same, one does. True when Redis cannot say
+        (a duplicate is better than nothing)."""
+        try:
+            return bool(await self._client.set(key, "1", nx=True, ex=ttl_s))
+        except (redis_errors.RedisError, OSError, AttributeError) as exc:
+            log.warning("signal claim failed, acting anyway", extra={"error": str(exc)})
+            return True
+
     async def start(self) -> None:
         # Subscribed before start returns: a signal published afterwards is heard.
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(keys.SIGNALS)
+        await self._pubsub.subscribe(keys.SIGNALS, *self._channels)
         self._task = asyncio.create_task(self._listen(self._pubsub))
 
     async def stop(self) -> None:
@@ -118,6 +150,13 @@ class SignalHub:
                 await asyncio.sleep(RESUBSCRIBE_S)
                 continue
             if message is None or message.get("type") != "message":
+                continue
+            handler = self._channels.get(str(message.get("channel")))
+            if handler is not None:
+                try:
+                    await handler(str(message["data"]))
+                except Exception:
+                    log.exception("relay handler failed")
                 continue
             signal = parse(str(message["data"]))
             if signal is not None:

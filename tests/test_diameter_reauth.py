@@ -150,11 +150,13 @@ async def test_a_peer_that_does_not_answer_a_rar_is_counted_and_not_asked_again(
         cca = await pgw.send(data_request(pgw, 1, 0), application=4)
         assert find(msccs(cca)[0], c.AVP_FINAL_UNIT_INDICATION) is not None
         before = sent("RAR", "unanswered")
-        await app.diameter.signalled("credit", account)  # returns once the RAR has timed out
+        await app.diameter.signalled("credit", account)
+        await app.diameter.settled()  # returns once the RAR has timed out
         rar = pgw.incoming.get_nowait()
         assert rar.header.command_code == c.CMD_RE_AUTH
         assert sent("RAR", "unanswered") == before + 1
         await app.diameter.signalled("credit", account)  # sent once: nothing more
+        await app.diameter.settled()
         assert pgw.incoming.empty()
         await pgw.close()
     finally:

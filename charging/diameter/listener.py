@@ -8,7 +8,10 @@ retransmission (T flag, or the same request on another connection) gets the iden
 answer and changes nothing. Errors of the core become result codes here, never a
 dropped request: a reused request number with another payload 5004 (Failed-AVP
 CC-Request-Number), Redis unavailable 3004 DIAMETER_TOO_BUSY (the client may try
-another server), anything unexpected 5012 DIAMETER_UNABLE_TO_COMPLY (logged).
+another server), anything unexpected 5012 DIAMETER_UNABLE_TO_COMPLY (logged). Beyond the
+process's in-flight limit (``CHARGING_MAX_IN_FLIGHT``, the slots gRPC and Nchf draw on,
+``charging/admission.py``) a CCR is answered 3004 DIAMETER_TOO_BUSY at once, having changed
+nothing; base-protocol requests (CER, DWR, DPR) are never refused for it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from diameter.message.avp.errors import AvpDecodeError
 
 from charging import listening, signals
 from charging import metrics as core_metrics
+from charging.admission import Admission
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.codes import ResultCode
-from charging.diameter import answers, credit_control, metrics
+from charging.diameter import answers, credit_control, metrics, relay
 from charging.diameter import dictionary as d
 from charging.diameter.base import Identity as Me
 from charging.diameter.codec import Refused, new, placeholder
@@ -35,6 +39,7 @@ from charging.diameter.config import DiameterConfig
 from charging.diameter.connection import Connection
 from charging.diameter.credit_control import EventCall, Head, SessionCall
 from charging.diameter.peers import Peer, PeerTable
+from charging.diameter.relay import Relayed
 from charging.errors import ChargingError, Conflict, InvalidRequest, LimitExceeded, StorageUnavailable
 from charging.events import EventCharging
 from charging.held import HeldSessions
@@ -49,6 +54,9 @@ COMMANDS = {1: "CCR-I", 2: "CCR-U", 3: "CCR-T", 4: "CCR-E"}
 # Sessions whose charged identity is remembered (IMSI or MSISDN, whichever the
 # subscriber has), so an UPDATE does not look up an identity nobody has again.
 REMEMBERED_SESSIONS = 100_000
+# RARs and ASRs under way at once in one process; more are dropped (counted).
+MAX_SENDING = 1_000
+SERVER_REQUESTS: dict[signals.Action, str] = {"reauth": "RAR", "abort": "ASR"}
 
 
 @dataclass
@@ -72,6 +80,7 @@ class DiameterDoor:
         clock: Clock,
         *,
         max_in_flight: int = 512,
+        admission: Admission | None = None,
         signals_from: signals.SignalHub | None = None,
         tls: ServerTls | None = None,
     ) -> None:
@@ -81,8 +90,9 @@ class DiameterDoor:
         self.directory = directory
         self.catalogs = catalogs
         self.clock = clock
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        # The process's in-flight slots, shared with gRPC and Nchf (charging/admission.py);
+        # its own bound of ``max_in_flight`` when none is given.
+        self.admission = admission if admission is not None else Admission(max_in_flight)
         # Origin-State-Id: seconds at start, so it goes up with every restart.
         self.me = Me(config.origin_host, config.origin_realm, (clock.now_ms() // 1000) & 0xFFFFFFFF, config.host)
         self.table: PeerTable[Connection] = PeerTable()
@@ -95,8 +105,12 @@ class DiameterDoor:
         self._connections: set[Connection] = set()
         self._charged_as: OrderedDict[str, Identity] = OrderedDict()
         self.held: HeldSessions[Held] = HeldSessions()
+        # RARs and ASRs waiting for their answers (at most MAX_SENDING; more are dropped).
+        self._sending: set[asyncio.Task[None]] = set()
+        self._hub = signals_from
         if signals_from is not None:
             signals_from.add(self.signalled)
+            signals_from.on(relay.CHANNEL, self.relayed)
 
     async def start(self) -> None:
         address = f"[{self.config.host}]:{self.config.port}" if ":" in self.config.host else None
@@ -118,6 +132,8 @@ class DiameterDoor:
     async def stop(self) -> None:
         """Stop accepting, say DPR to every open peer (each waits at most
         ``answer_timeout_s`` for its DPA), close every connection."""
+        for task in list(self._sending):  # a RAR or ASR still waiting: its peer is going
+            task.cancel()
         if self._server is not None:
             self._server.close()
         if self._tls_server is not None:
@@ -151,13 +167,13 @@ class DiameterDoor:
                 COMMANDS.get(head.request_type, "CCR"),
             )
         command = COMMANDS[head.request_type]
-        if self.in_flight >= self.max_in_flight:
+        if not self.admission.enter():
+            core_metrics.ADMISSION_REJECTIONS.labels(f"Diameter.{command}", "in_flight").inc()
             return d.Code.TOO_BUSY, answers.refusal(head, me, d.Code.TOO_BUSY, None), command
-        self.in_flight += 1
         try:
             code, answer = await self._charge(head, me, peer, avps)
         finally:
-            self.in_flight -= 1
+            self.admission.leave()
             metrics.LATENCY.labels(command).observe(time.perf_counter() - started)
         return code, answer, command
 
@@ -224,32 +240,81 @@ class DiameterDoor:
     async def signalled(self, kind: signals.Kind, account: str) -> None:
         """RAR to the sessions of ``account`` that got a final-unit indication (credit),
         or ASR to all of them (blocked). Each request is sent once; what the peer does
-        with it is counted, never retried."""
+        with it is counted, never retried. Their answers are not waited for here: a peer
+        that does not answer holds up neither the signal hub nor the next signal
+        (``settled`` waits for them)."""
         for session_id, held in self.held.of_account(account):
             action = signals.due(kind, held.final_unit)
             if action == "reauth":
                 held.final_unit = False
-                await self._server_request(d.RE_AUTH, "RAR", session_id, held, [new(d.RE_AUTH_REQUEST_TYPE, 0)])
             elif action == "abort":
                 self.held.forget(session_id)
-                await self._server_request(d.ABORT_SESSION, "ASR", session_id, held, [])
+            else:
+                continue
+            self._start(Relayed(action, held.peer_host, held.peer_realm, session_id))
 
-    async def _server_request(self, command: int, name: str, session_id: str, held: Held, extra: list[Avp]) -> None:
-        connections = self.table.connections(held.peer_host)
+    async def relayed(self, message: str) -> None:
+        """A RAR or ASR another process decided for a peer it has no connection to
+        (``relay.py``): sent from here when this process has one and claims it first."""
+        request = Relayed.decode(message)
+        if request is not None and self.table.connections(request.peer_host):
+            self._start(request)
+
+    def _start(self, request: Relayed) -> None:
+        if len(self._sending) >= MAX_SENDING:
+            metrics.SENT.labels(SERVER_REQUESTS[request.action], "dropped").inc()
+            return
+        task = asyncio.create_task(self._server_request(request))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def settled(self) -> None:
+        """Until every RAR and ASR under way has been answered or has timed out."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
+
+    async def _server_request(self, request: Relayed) -> None:
+        name = SERVER_REQUESTS[request.action]
+        try:
+            await self._send_server_request(request, name)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the door is stopping
+            # The connection closed before the answer came (it cancels what it waits for).
+            metrics.SENT.labels(name, "unanswered").inc()
+        except Exception:
+            log.exception("diameter: sending a server-initiated request failed", extra={"command": name})
+
+    async def _send_server_request(self, request: Relayed, name: str) -> None:
+        connections = self.table.connections(request.peer_host)
         if not connections:
+            # Decided here, the peer connected elsewhere: relayed once, never twice.
+            if not request.relayed and self._hub is not None:
+                if await self._hub.send(relay.CHANNEL, request.encode()):
+                    metrics.SENT.labels(name, "relayed").inc()
+                    return
             metrics.SENT.labels(name, "no_connection").inc()
             return
+        claim = relay.claim_key(request.action, request.session_id)
+        if self._hub is not None and not await self._hub.claim(claim, relay.CLAIM_TTL_S):
+            metrics.SENT.labels(name, "elsewhere").inc()  # another process sends it
+            return
+        if request.action == "reauth":
+            command, extra = d.RE_AUTH, [new(d.RE_AUTH_REQUEST_TYPE, 0)]
+        else:
+            command, extra = d.ABORT_SESSION, []
         avps = [
-            new(d.SESSION_ID, session_id),
+            new(d.SESSION_ID, request.session_id),
             *self.me.origin(),
-            new(d.DESTINATION_REALM, held.peer_realm.encode()),
-            new(d.DESTINATION_HOST, held.peer_host.encode()),
+            new(d.DESTINATION_REALM, request.peer_realm.encode()),
+            new(d.DESTINATION_HOST, request.peer_host.encode()),
             new(d.AUTH_APPLICATION_ID, d.CREDIT_CONTROL_APP),
             *extra,
         ]
         answer = await connections[-1].send_request(command, d.CREDIT_CONTROL_APP, avps)
         if answer is None:
-            log.warning("diameter: peer did not answer", extra={"command": name, "peer_realm": held.peer_realm})
+            log.warning("diameter: peer did not answer", extra={"command": name, "peer_realm": request.peer_realm})
             return
         code = result_of(answer[1])
         if code != d.Code.SUCCESS:

@@ -29,7 +29,9 @@ CONNECTS = Counter(
 )
 SENT = Counter(
     "charging_diameter_sent_total",
-    "Requests this server sent to peers, by command (DWR, DPR, RAR, ASR) and outcome (answered, unanswered).",
+    "Requests this server sent to peers, by command (DWR, DPR, RAR, ASR) and outcome (answered, unanswered, "
+    "refused, no_connection, relayed: to the process holding the peer's connection, elsewhere: another process "
+    "sent it, dropped: too many RAR/ASR under way).",
     ["command", "outcome"],
 )
 PEER_RESTARTS = Counter(

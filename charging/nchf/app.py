@@ -29,14 +29,16 @@ import orjson
 from charging import metrics as core_metrics
 from charging.admission import Admission
 from charging.clock import Clock
+from charging.codes import ResultCode
 from charging.errors import Conflict, StorageUnavailable
 from charging.nchf import metrics
 from charging.nchf.mapping import REF, Operation, Reply, invalid, new_ref, problem, reply, session_request
-from charging.nchf.requests import MAX_BODY_BYTES, RequestInvalid, parse, pointer
+from charging.nchf.notify import ChargingNotifier
+from charging.nchf.requests import MAX_BODY_BYTES, ChargingData, RequestInvalid, parse, pointer
 from charging.rating import UnitKind
 from charging.security.identity import Identity, set_caller
 from charging.security.roles import NETWORK
-from charging.sessions import SessionCharging
+from charging.sessions import SessionAnswer, SessionCharging
 
 log = logging.getLogger("charging.nchf")
 
@@ -63,12 +65,14 @@ class NchfApp:
         identify: Identify,
         ceilings: Mapping[UnitKind, int],
         admission: Admission | None = None,
+        notifier: ChargingNotifier | None = None,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.identify = identify
         self.ceilings = ceilings
         self.admission = admission
+        self.notifier = notifier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,10 +151,23 @@ class NchfApp:
             core_metrics.SESSIONS_OPENED.inc()
         elif answer.session_delta < 0:
             core_metrics.SESSIONS_CLOSED.labels("terminate" if op == "release" else "refused").inc()
+        if self.notifier is not None:
+            await self._hold(self.notifier, op, ref, data, answer)
         location = (
             f"{scope['scheme']}://{_authority(scope)}{found['root']}/nchf-convergedcharging/v3/chargingdata/{ref}"
         )
         return op, reply(op, data, answer, self.clock.now_ms() / 1000, location)
+
+    @staticmethod
+    async def _hold(
+        notifier: ChargingNotifier, op: Operation, ref: str, data: ChargingData, answer: SessionAnswer
+    ) -> None:
+        """Keep what ChargingNotify needs of an open resource (``notify.py``)."""
+        if op == "release" or answer.session_delta < 0:
+            notifier.forget(ref)
+        elif answer.result_code == ResultCode.SUCCESS:
+            groups = ((g.rating_group, g.final_unit is not None) for g in answer.rating_groups)
+            await notifier.hold(ref, data.identity, data.notify_uri, groups)
 
 
 def _operation(path: str) -> str:

@@ -43,6 +43,7 @@ from charging.errors import StartupError
 from charging.listening import listen
 from charging.nchf import metrics
 from charging.nchf.app import NchfApp, Scope
+from charging.nchf.notify import ChargingNotifier
 from charging.nchf.nrf import NrfClient, Registration
 from charging.security.identity import LOCAL, Identity
 from charging.security.mode import Mode, decide
@@ -73,6 +74,8 @@ class NchfListener:
         self._socket = listen(settings.nchf_address, "Nchf", shared=bool(settings.worker_of))
         self.port = int(self._socket.getsockname()[1])
         self._tokens: TokenStore | None = None
+        # ChargingNotify to the consumers of the resources charged here (notify.py).
+        self.notifier: ChargingNotifier | None = None
         # Set by ``start`` when CHARGING_NCHF_NRF_URL is: the server runs its ``nrf`` job.
         self.nrf: NrfClient | None = None
         # Peer address -> the identity of its client certificate (None: none known).
@@ -86,16 +89,22 @@ class NchfListener:
         self._config.graceful_timeout = settings.grace_period_s
 
     async def start(
-        self, sessions: SessionCharging, clock: Clock, tokens: TokenStore, admission: Admission | None = None
+        self,
+        sessions: SessionCharging,
+        clock: Clock,
+        tokens: TokenStore,
+        admission: Admission | None = None,
+        notifier: ChargingNotifier | None = None,
     ) -> None:
         self._tokens = tokens
+        self.notifier = notifier
         if self.settings.nchf_nrf_url:
             scheme = "https" if self._tls else "http"
             host = self.settings.nchf_address.rpartition(":")[0]
             prefix = self.settings.nchf_api_prefix or f"{scheme}://{host}:{self.port}"
             self.nrf = NrfClient(Registration.of(self.settings.nchf_nrf_url, prefix, self.settings.nchf_instance_id))
         ceilings = sessions.limits.ceilings
-        app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings, admission))  # type: ignore[arg-type]
+        app = ASGIWrapper(NchfApp(sessions, clock, self.identify, ceilings, admission, notifier))  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -159,3 +168,5 @@ class NchfListener:
                 await asyncio.wait(pending, timeout=1.0)
         await self._server.wait_closed()
         self._server = None
+        if self.notifier is not None:
+            await self.notifier.close()

@@ -35,3 +35,11 @@ CONNECTIONS = Counter(
     ["protocol"],
 )
 IN_FLIGHT = Gauge("charging_nchf_requests_in_flight", "Nchf requests being answered now (a stop waits for them).")
+NOTIFICATIONS = Counter(
+    "charging_nchf_notifications_total",
+    "ChargingNotify requests to NF consumers by notificationType (REAUTHORIZATION, "
+    "ABORT_CHARGING) and outcome: answered (204/200), refused (another status), unanswered "
+    "(no answer within the timeout, or no connection), insecure (a cleartext notifyUri off "
+    "loopback, not sent), dropped (too many under way). Each is sent once, never retried.",
+    ["type", "outcome"],
+)

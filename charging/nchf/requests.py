@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import orjson
@@ -116,6 +117,8 @@ class ChargingData:
     units: tuple[UnitUsage, ...]
     visited_network: str = ""
     retransmission: bool = False
+    # Where the consumer takes ChargingNotify requests (empty: it gave none).
+    notify_uri: str = ""
     # Fingerprint of the body (retransmissionIndicator left out): a retransmission of the
     # same request has the same one.
     fingerprint: str = ""
@@ -162,6 +165,9 @@ def parse(body: bytes) -> ChargingData:
         except ValueError:
             own.append(("invocationTimeStamp", "is not a valid date-time"))
     units = _units(doc.get("multipleUnitUsage", []) if isinstance(doc, dict) else [], own)
+    notify_uri = doc.get("notifyUri", "") if isinstance(doc, dict) else ""
+    if isinstance(notify_uri, str) and notify_uri and (bad := uri_problem(notify_uri)):
+        own.append(("notifyUri", bad))
     problems = problems + [(f, m) for f, m in own if not any(f == p or f.startswith(p + ".") for p, _ in problems)]
     if problems:
         raise RequestInvalid([(pointer(f), m) for f, m in problems])
@@ -174,8 +180,21 @@ def parse(body: bytes) -> ChargingData:
         units=units,
         visited_network=plmn["mcc"] + plmn["mnc"] if plmn else "",
         retransmission=bool(doc.get("retransmissionIndicator", False)),
+        notify_uri=notify_uri,
         fingerprint=fingerprint(doc),
     )
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be a notifyUri (None: it can): an absolute http or https URI."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return "is not a valid URI"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an absolute http or https URI"
+    return None
 
 
 def _identity(value: Any, own: Problems) -> Identity | None:
