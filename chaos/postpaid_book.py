@@ -62,10 +62,17 @@ def read(database_url: str, lines: list[Line]) -> Book:
                 (list(msisdn),),
             )
         ]
+        allocated: dict[str, list[tuple[str, int]]] = {}
+        for application, invoice, amount in conn.execute(
+            "SELECT application_id, invoice_id, amount_minor FROM allocations"
+        ):
+            allocated.setdefault(str(application), []).append((str(invoice), int(amount)))
         payments = [
-            PaymentRow(str(ba), str(key), int(amount), outcome == "APPLIED")
-            for ba, key, amount, outcome in conn.execute(
-                "SELECT p.billing_account, p.idempotency_key, p.amount_minor, a.outcome FROM payments p "
+            PaymentRow(
+                str(ba), str(key), int(amount), outcome == "APPLIED", tuple(sorted(allocated.get(f"PAYMENT:{pid}", [])))
+            )
+            for pid, ba, key, amount, outcome in conn.execute(
+                "SELECT p.payment_id, p.billing_account, p.idempotency_key, p.amount_minor, a.outcome FROM payments p "
                 "LEFT JOIN billing_applied a ON a.application_id = 'PAYMENT:' || p.payment_id"
             )
         ]
@@ -82,14 +89,16 @@ async def receivables(stub: billing_pb2_grpc.BillingStub, lines: list[Line]) -> 
     found = []
     for ba in sorted({line.billing_account for line in lines}):
         account = await stub.GetBillingAccount(billing_pb2.BillingAccountId(billing_account=ba), timeout=30)
-        open_minor, token = 0, ""
+        open_by_invoice: list[tuple[str, int]] = []
+        token = ""
         while True:
             page = await stub.ListInvoices(
                 billing_pb2.BillingAccountId(billing_account=ba, page_size=1000, page_token=token), timeout=30
             )
-            open_minor += sum(i.open_minor for i in page.invoices)
+            open_by_invoice += [(i.number, i.open_minor) for i in page.invoices]
             token = page.next_page_token
             if not token:
                 break
-        found.append(Receivable(ba, account.balance_minor, account.credit_minor, open_minor))
+        open_minor = sum(amount for _number, amount in open_by_invoice)
+        found.append(Receivable(ba, account.balance_minor, account.credit_minor, open_minor, tuple(open_by_invoice)))
     return found

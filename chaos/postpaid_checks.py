@@ -19,7 +19,9 @@ Billing API answers them, and what the clients saw (``postpaid.Ledger``).
   no payment row stands for a request never made.
 * **An audit entry for every payment**, exactly one.
 * **Receivables balance**, per billing account: invoiced - paid = what the account owes
-  (``balance_minor``) = what its invoices have open - its credit.
+  (``balance_minor``) = what its invoices have open - its credit; and per invoice, its
+  total - what payments allocated to it (the ``allocations`` rows, which must be what the
+  payment's answer said) = what it has open.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class PaymentRow:
     key: str  # channel:reference
     amount_minor: int
     applied: bool  # billing_applied says APPLIED
+    allocations: tuple[tuple[str, int], ...] = ()  # invoice number -> amount, as kept (sorted)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Receivable:
     balance_minor: int  # what the customer owes
     credit_minor: int
     open_minor: int  # the open amounts of its invoices, summed
+    open_by_invoice: tuple[tuple[str, int], ...] = ()  # invoice number -> its open amount
 
 
 def numbers_gapless(invoices: Iterable[IssuedInvoice]) -> list[Violation]:
@@ -221,7 +225,15 @@ def payments_kept(ledger: Iterable[BillingOp], rows: Iterable[PaymentRow]) -> li
             continue
         answers.setdefault(key, set()).add(op.paid)
         kept = by_key.get(key, [])
-        if len(kept) != 1 or not kept[0].applied or kept[0].amount_minor != op.amount_minor:
+        if (
+            len(kept) != 1
+            or not kept[0].applied
+            or (kept[0].amount_minor, kept[0].allocations)
+            != (
+                op.amount_minor,
+                op.paid.allocations,
+            )
+        ):
             found.append(
                 Violation(
                     "payments_kept", op.billing_account, f"{op.identity} acknowledged ({op.amount_minor}), kept: {kept}"
@@ -253,6 +265,7 @@ def receivables_balance(
     invoices: Iterable[IssuedInvoice], rows: Iterable[PaymentRow], accounts: Iterable[Receivable]
 ) -> list[Violation]:
     found: list[Violation] = []
+    invoices, rows = list(invoices), list(rows)
     invoiced: dict[str, int] = {}
     paid: dict[str, int] = {}
     for inv in invoices:
@@ -272,4 +285,22 @@ def receivables_balance(
                     f"= {acc.open_minor - acc.credit_minor}",
                 )
             )
+    # Per invoice: its total less what payments allocated to it is what it has open.
+    allocated: dict[str, int] = {}
+    for row in rows:
+        for number, amount in row.allocations if row.applied else ():
+            allocated[number] = allocated.get(number, 0) + amount
+    totals = {inv.invoice_id: inv for inv in invoices}
+    for acc in accounts:
+        for number, open_now in acc.open_by_invoice:
+            issued = totals.get(number)
+            total = issued.total_minor if issued is not None else 0
+            if total - allocated.get(number, 0) != open_now:
+                found.append(
+                    Violation(
+                        "receivables",
+                        acc.billing_account,
+                        f"{number}: total {total} - allocated {allocated.get(number, 0)} != open {open_now}",
+                    )
+                )
     return found
