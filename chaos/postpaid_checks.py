@@ -3,8 +3,8 @@ invoices, usage records, payments and audit entries), the billing accounts as th
 Billing API answers them, and what the clients saw (``postpaid.Ledger``).
 
 * **Invoice numbers are gapless and unique** per issuer and series: 1..N, each once.
-* **One invoice per billing account and period** (and kind), and no two periods of one
-  account overlap.
+* **One invoice per billing account and period**: no two periods of one account
+  overlap, and none is skipped (each starts the day after the one before ends).
 * **Every invoice's usage is exactly the usage records it covers**: each itemised row of
   an invoice (the records of one session or event and service in that period, merged) is
   matched to the usage records in PostgreSQL with the same line, reference and service,
@@ -29,11 +29,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 from chaos.checks import Violation
 from chaos.postpaid import BillingOp, Paid
 from charging.money import to_minor
+
+DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,15 @@ def one_per_period(invoices: Iterable[IssuedInvoice]) -> list[Violation]:
                         ba,
                         f"{before.invoice_id} ({before.period_start}..{before.period_end}) and {after.invoice_id} "
                         f"({after.period_start}..{after.period_end}) bill the same days",
+                    )
+                )
+            elif after.period_start != before.period_end + DAY:
+                gap = f"{before.period_end + DAY}..{after.period_start - DAY}"
+                found.append(
+                    Violation(
+                        "one_invoice_per_period",
+                        ba,
+                        f"no invoice for {gap} (between {before.invoice_id} and {after.invoice_id})",
                     )
                 )
     return found

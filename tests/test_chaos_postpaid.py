@@ -73,6 +73,10 @@ def test_one_invoice_per_account_and_period() -> None:
     assert twice.check == "one_invoice_per_period" and twice.account == "C1"
     # the same period on another account is that account's invoice
     assert pc.one_per_period([FIRST, dataclasses.replace(again, billing_account="C2")]) == []
+    # a period skipped: its rental and usage never billed
+    later = dataclasses.replace(SECOND, period_start=date(2027, 1, 28), period_end=date(2027, 2, 27))
+    [skipped] = pc.one_per_period([FIRST, later])
+    assert "no invoice for 2026-12-28..2027-01-27" in skipped.detail
 
 
 def usage(invoices: list[pc.IssuedInvoice], records: tuple[pc.UsageRecord, ...] = RECORDS) -> list[str]:
