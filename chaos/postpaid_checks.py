@@ -5,6 +5,8 @@ Billing API answers them, and what the clients saw (``postpaid.Ledger``).
 * **Invoice numbers are gapless and unique** per issuer and series: 1..N, each once.
 * **One invoice per billing account and period**: no two periods of one account
   overlap, and none is skipped (each starts the day after the one before ends).
+* **Bill runs lose nothing they answered**: every invoice an acknowledged run said it
+  issued is in the database.
 * **Every invoice's usage is exactly the usage records it covers**: each itemised row of
   an invoice (the records of one session or event and service in that period, merged) is
   matched to the usage records in PostgreSQL with the same line, reference and service,
@@ -123,6 +125,18 @@ def numbers_gapless(invoices: Iterable[IssuedInvoice]) -> list[Violation]:
         if n > 1:
             found.append(Violation("invoice_numbers", "-", f"{invoice_id} issued {n} times"))
     return found
+
+
+def runs_kept(ledger: Iterable[BillingOp], invoices: Iterable[IssuedInvoice]) -> list[Violation]:
+    """Every invoice an acknowledged bill run said it issued is in the database."""
+    kept = {inv.invoice_id for inv in invoices}
+    return [
+        Violation("bill_runs", "-", f"the bill run as of {op.identity} issued {number}, which is not kept")
+        for op in ledger
+        if op.kind == "bill_run" and op.outcome == "ok"
+        for number in op.issued
+        if number not in kept
+    ]
 
 
 def one_per_period(invoices: Iterable[IssuedInvoice]) -> list[Violation]:

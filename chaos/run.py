@@ -298,6 +298,7 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         report.checks_run += ["payments_kept", "payments_audited", "receivables", "postpaid_released", "bill_runs"]
         report.violations += postpaid_checks.numbers_gapless(postpaid_records.invoices)
         report.violations += postpaid_checks.one_per_period(postpaid_records.invoices)
+        report.violations += postpaid_checks.runs_kept(billing.ledger.operations, postpaid_records.invoices)
         msisdns = [line.subscriber.msisdn for line in lines]
         report.violations += postpaid_checks.usage_invoiced(postpaid_records.invoices, postpaid_records.usage, msisdns)
         report.violations += postpaid_checks.payments_kept(billing.ledger.operations, postpaid_records.payments)

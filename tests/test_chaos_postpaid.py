@@ -66,6 +66,14 @@ def test_invoice_numbers_are_gapless_and_unique() -> None:
     assert pc.numbers_gapless([FIRST, dataclasses.replace(SECOND, invoice_id=FIRST.invoice_id)])
 
 
+def test_an_invoice_a_bill_run_answered_is_kept() -> None:
+    run = BillingOp(0, "bill_run", "", "2027-01-01", 0, 0.0, "ok", issued=(FIRST.invoice_id,))
+    assert pc.runs_kept([run], [FIRST]) == []
+    [lost] = pc.runs_kept([run], [SECOND])
+    assert lost.check == "bill_runs" and FIRST.invoice_id in lost.detail
+    assert pc.runs_kept([dataclasses.replace(run, outcome="unknown")], []) == []
+
+
 def test_one_invoice_per_account_and_period() -> None:
     assert pc.one_per_period([FIRST, SECOND]) == []
     again = dataclasses.replace(SECOND, invoice_id="INV-00000003", number=3, period_start=FIRST.period_start)
