@@ -11,9 +11,9 @@ runs close periods, and payments against the issued invoices, under the same fau
   while that usage flows, some sent twice at once; a bill run's outcome is unknown when
   it times out, and a later run completes what it left. After the faults a last run as of
   three months ahead bills everything used, so every usage record is on an invoice.
-* **Payments** (``Billing.RecordPayment``) against the open invoices: partial, exact and
-  overpaying amounts, a new reference or one used before (the same payment again), some
-  sent twice at once; unknown outcomes are sent again after the faults until answered.
+* **Payments** (``Billing.RecordPayment``, from two payers at once) against the open
+  invoices: partial, exact and overpaying amounts, a new reference or one used before
+  (the same payment again), some sent twice at once; unknown outcomes are sent again after the faults until answered.
 
 What the client saw is kept in a ``Ledger`` (bill runs and payments; the usage is in the
 run's ``History``); ``chaos/postpaid_checks.py`` checks it against the database.
@@ -41,6 +41,7 @@ from provisioning.applications import icao_check_digit
 
 CALL_TIMEOUT_S = 5.0
 CHANNELS = ("BANK_TRANSFER", "CARD", "DIRECT_DEBIT")
+PAYERS = 2  # concurrent payers
 BillingKind = Literal["bill_run", "pay"]
 Outcome = Literal["ok", "refused", "unknown"]
 
@@ -225,6 +226,7 @@ class Postpaid:
     """The postpaid part of the load: usage clients per line, a biller, a payer."""
 
     def __init__(self, seed: int, channel: grpc.aio.Channel, history: History, lines: list[Line], t0: float) -> None:
+        self.seed = seed
         self.rnd = random.Random(f"{seed}/postpaid")
         self.stubs = Stubs(channel)
         self.billing = billing_pb2_grpc.BillingStub(channel)
@@ -242,7 +244,9 @@ class Postpaid:
     async def run(self, until: float) -> None:
         if not self.lines:
             return
-        await asyncio.gather(*(self._use(c, until) for c in self.usage), self._bill(until), self._pay(until))
+        await asyncio.gather(
+            *(self._use(c, until) for c in self.usage), self._bill(until), *(self._pay(n, until) for n in range(PAYERS))
+        )
 
     async def _use(self, client: Client, until: float) -> None:
         sub = client.subscribers[0]
@@ -271,25 +275,28 @@ class Postpaid:
             self.billed.set()
             await asyncio.sleep(max(0.0, start + span / 2 - time.monotonic()))
 
-    async def _pay(self, until: float) -> None:
+    async def _pay(self, number: int, until: float) -> None:
+        """A payer (a bank, a card acquirer): payments one after another on any of the
+        billing accounts, racing the other payers and the bill runs."""
+        rnd = random.Random(f"{self.seed}/payer{number}")
         sent: list[BillingOp] = []
         while time.monotonic() < until:
             if not self.billed.is_set():
                 await asyncio.sleep(0.1)
                 continue
-            await asyncio.sleep(self.rnd.uniform(0.05, 0.3))
-            if sent and self.rnd.random() < 0.25:  # the same payment again (a bank's retry)
-                old = self.rnd.choice(sent)
+            await asyncio.sleep(rnd.uniform(0.05, 0.3))
+            if sent and rnd.random() < 0.25:  # the same payment again (a bank's retry)
+                old = rnd.choice(sent)
                 await pay(self.billing, self._op("pay", old.billing_account, old.identity, old.amount_minor))
                 continue
-            line = self.rnd.choice(self.lines)
+            line = rnd.choice(self.lines)
             open_now = await open_minor(self.billing, line.billing_account)
             if not open_now:
                 continue
-            amount = max(1, self.rnd.choice([open_now // 3, open_now, open_now + 500, 1]))
-            identity = f"{self.rnd.choice(CHANNELS)}:chaos-{len(self.ledger.operations)}"
+            amount = max(1, rnd.choice([open_now // 3, open_now, open_now + 500, 1]))
+            identity = f"{rnd.choice(CHANNELS)}:chaos-{number}-{len(self.ledger.operations)}"
             op = self._op("pay", line.billing_account, identity, amount)
-            if self.rnd.random() < 0.2:
+            if rnd.random() < 0.2:
                 again = self._op("pay", line.billing_account, identity, amount)
                 await asyncio.gather(pay(self.billing, op), pay(self.billing, again))
             else:
