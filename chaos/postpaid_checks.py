@@ -21,9 +21,10 @@ Billing API answers them, and what the clients saw (``postpaid.Ledger``).
   no payment row stands for a request never made.
 * **An audit entry for every payment**, exactly one.
 * **Receivables balance**, per billing account: invoiced - paid = what the account owes
-  (``balance_minor``) = what its invoices have open - its credit; and per invoice, its
-  total - what payments allocated to it (the ``allocations`` rows, which must be what the
-  payment's answer said) = what it has open.
+  (``balance_minor``) = what its invoices have open - its credit; and per invoice, what
+  is paid covers the oldest first (allocation is oldest first, an overpayment's credit
+  pays the next invoice when it is issued), and no invoice has more allocated to it (the
+  ``allocations`` rows, which must be what the payment's answer said) than it has paid.
 """
 
 from __future__ import annotations
@@ -310,22 +311,35 @@ def receivables_balance(
                     f"= {acc.open_minor - acc.credit_minor}",
                 )
             )
-    # Per invoice: its total less what payments allocated to it is what it has open.
+    # Per invoice: what is paid covers the oldest invoices first (a payment is allocated
+    # oldest first, and an overpayment's credit pays the next invoice when it is issued),
+    # and no invoice has more allocated to it than it has paid.
     allocated: dict[str, int] = {}
     for row in rows:
         for number, amount in row.allocations if row.applied else ():
             allocated[number] = allocated.get(number, 0) + amount
-    totals = {inv.invoice_id: inv for inv in invoices}
     for acc in accounts:
-        for number, open_now in acc.open_by_invoice:
-            issued = totals.get(number)
-            total = issued.total_minor if issued is not None else 0
-            if total - allocated.get(number, 0) != open_now:
+        covered = paid.get(acc.billing_account, 0)
+        mine = sorted((i for i in invoices if i.billing_account == acc.billing_account), key=lambda i: i.number)
+        open_now = dict(acc.open_by_invoice)
+        for inv in mine:
+            want = inv.total_minor - min(max(covered, 0), inv.total_minor)
+            covered -= inv.total_minor
+            if inv.invoice_id in open_now and open_now[inv.invoice_id] != want:
                 found.append(
                     Violation(
                         "receivables",
                         acc.billing_account,
-                        f"{number}: total {total} - allocated {allocated.get(number, 0)} != open {open_now}",
+                        f"{inv.invoice_id}: open {open_now[inv.invoice_id]}, but paid oldest first it has {want} open",
+                    )
+                )
+            if allocated.get(inv.invoice_id, 0) > inv.total_minor - want:
+                found.append(
+                    Violation(
+                        "receivables",
+                        acc.billing_account,
+                        f"{inv.invoice_id}: {allocated[inv.invoice_id]} allocated to it, "
+                        f"{inv.total_minor - want} of it paid",
                     )
                 )
     return found

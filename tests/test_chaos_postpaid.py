@@ -164,13 +164,21 @@ def test_receivables_balance_per_account(balance: int, open_minor: int, credit: 
     assert bool(found) is violated, found
 
 
-def test_each_invoice_has_open_its_total_less_what_was_allocated_to_it() -> None:
+def test_what_is_paid_covers_the_oldest_invoices_first() -> None:
     per_invoice = (("INV-00000001", 500), ("INV-00000002", 1_000))
     account = pc.Receivable("C1", 1_500, 0, 1_500, per_invoice)
     assert pc.receivables_balance([FIRST, SECOND], [ROW], [account]) == []
-    # the account's sums agree, but the payment went to the wrong invoice
+    # the account's sums agree, but the payment paid the newer invoice
     swapped = dataclasses.replace(account, open_by_invoice=(("INV-00000001", 1_000), ("INV-00000002", 500)))
     assert len(pc.receivables_balance([FIRST, SECOND], [ROW], [swapped])) == 2
+    # an overpayment's credit paid the next invoice when it was issued: no allocation row
+    over = pc.PaymentRow("C1", "CARD:r2", 1_200, applied=True, allocations=(("INV-00000001", 1_000),))
+    paid_on = pc.Receivable("C1", 800, 0, 800, (("INV-00000001", 0), ("INV-00000002", 800)))
+    assert pc.receivables_balance([FIRST, SECOND], [over], [paid_on]) == []
+    # more allocated to an invoice than it has paid
+    greedy = dataclasses.replace(over, allocations=(("INV-00000001", 1_000), ("INV-00000002", 900)))
+    [too_much] = pc.receivables_balance([FIRST, SECOND], [greedy], [paid_on])
+    assert "900 allocated" in too_much.detail
 
 
 def test_bill_runs_as_of_whole_months_ahead() -> None:
