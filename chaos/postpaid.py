@@ -284,10 +284,13 @@ class Postpaid:
             if not self.billed.is_set():
                 await asyncio.sleep(0.1)
                 continue
-            await asyncio.sleep(rnd.uniform(0.05, 0.3))
+            down = bool(sent) and sent[-1].outcome == "unknown"  # back off while the server is down
+            await asyncio.sleep(rnd.uniform(0.3, 0.6) if down else rnd.uniform(0.05, 0.3))
             if sent and rnd.random() < 0.25:  # the same payment again (a bank's retry)
                 old = rnd.choice(sent)
-                await pay(self.billing, self._op("pay", old.billing_account, old.identity, old.amount_minor))
+                sent.append(
+                    await pay(self.billing, self._op("pay", old.billing_account, old.identity, old.amount_minor))
+                )
                 continue
             line = rnd.choice(self.lines)
             open_now = await open_minor(self.billing, line.billing_account)
