@@ -69,6 +69,7 @@ async def main_async(args: argparse.Namespace, keep: Path) -> int:
             duration_s=args.duration,
             clients=args.clients,
             faults=tuple(f for f in args.faults.split(",") if f),
+            postpaid_lines=args.postpaid_lines,
         )
         report = await one(config, database_url, keep)
         failing = report
@@ -83,6 +84,7 @@ async def main_async(args: argparse.Namespace, keep: Path) -> int:
         print(report.text())
         history = keep / f"history-{config.seed}.jsonl"
         failing.history.write(str(history))
+        failing.ledger.append_to(str(history))
         if not report.ok:
             print(
                 f"smallest failing run: {failing.config.duration_s:g} s, "
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--database-url", default="", help="a PostgreSQL where each run creates a database of its own; else embedded"
     )
+    p.add_argument("--postpaid-lines", type=int, default=2, help="postpaid lines billed and paid under the faults")
     p.add_argument("--shrink", type=int, default=3, help="shorter runs tried when a check fails")
     p.add_argument("--out", default="var/chaos", help="where histories and failing server logs go")
     args = p.parse_args(argv)

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from chaos import checks, machine_death, records
+from chaos import checks, machine_death, postpaid, postpaid_book, postpaid_checks, records
 from chaos.history import Fault, History, Operation
 from chaos.proxy import Proxy
 from chaos.system import ExternalRedis, System
@@ -43,6 +43,8 @@ class Config:
     # With Redis behind the proxy: end with a burst of load and a simulated machine death.
     machine_death: bool = True
     burst_s: float = 3.0
+    # Postpaid lines (CRM applications): usage, bill runs and payments (chaos/postpaid.py).
+    postpaid_lines: int = 2
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Report:
     server_starts: int = 0
     lost_after_cut: int | None = None  # acknowledged requests a machine death took
     recorded_but_lost: int | None = None  # of those, already relayed to PostgreSQL
+    ledger: postpaid.Ledger = field(default_factory=postpaid.Ledger)  # bill runs and payments
+    invoices: int = 0
 
     @property
     def ok(self) -> bool:
@@ -63,6 +67,10 @@ class Report:
         lines = [f"chaos seed={self.config.seed} duration={self.config.duration_s:g}s clients={self.config.clients}"]
         for kind, row in sorted(self.history.counts().items()):
             lines.append(f"  {kind:8} " + ", ".join(f"{label} {n}" for label, n in sorted(row.items())))
+        for kind, row in sorted(self.ledger.counts().items()):
+            lines.append(f"  {kind:8} " + ", ".join(f"{label} {n}" for label, n in sorted(row.items())))
+        if self.ledger.operations:
+            lines.append(f"  invoices issued {self.invoices}")
         faults: dict[str, int] = {}
         for fault in self.history.faults:
             faults[fault.kind] = faults.get(fault.kind, 0) + 1
@@ -231,12 +239,16 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
             subscribers.append(Subscriber(created.account_id, msisdn, sessions=n >= config.event_accounts))
             initial[created.account_id] = INITIAL_MICROS
 
+        lines = await postpaid.open_lines(channel, config.seed, config.postpaid_lines)
+
         t0 = time.monotonic()
         until = t0 + config.duration_s
         clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
+        billing = postpaid.Postpaid(config.seed, channel, history, lines, t0)
         await asyncio.gather(
             inject(system, proxy, history, config, rnd, until, t0),
             *(c.run(until, config.max_ops_per_client) for c in clients),
+            billing.run(until),
         )
         await asyncio.to_thread(system.wait_serving)
 
@@ -265,18 +277,50 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
                 if repeat.answer is not None:
                     op.replays.append(repeat.answer)
         after = await settle(stubs, subscribers, timeout_s=30)
+        # Postpaid: unknown payments answered, then the last bill run invoices all usage.
+        await billing.finish(deadline)
+        postpaid_after = await settle(stubs, [line.subscriber for line in lines], timeout_s=30)
 
         # The system of record: every record relayed, then read.
         client = system.redis_client()
         try:
-            relayed = await records.drained(client, list(initial))
+            relayed = await records.drained(client, list(initial) + [line.subscriber.account for line in lines])
         finally:
             client.close()
         book = await asyncio.to_thread(records.read, system.database_url)
+        postpaid_records = await asyncio.to_thread(postpaid_book.read, system.database_url, lines)
+        receivable = await postpaid_book.receivables(billing.billing, lines)
 
-    report = Report(config, history, server_starts=system.starts)
+    report = Report(config, history, server_starts=system.starts, ledger=billing.ledger)
+    if lines:
+        report.invoices = len(postpaid_records.invoices)
+        report.checks_run += ["invoice_numbers", "one_invoice_per_period", "usage_invoiced"]
+        report.checks_run += ["payments_kept", "payments_audited", "receivables", "postpaid_released", "bill_runs"]
+        report.violations += postpaid_checks.numbers_gapless(postpaid_records.invoices)
+        report.violations += postpaid_checks.one_per_period(postpaid_records.invoices)
+        report.violations += postpaid_checks.runs_kept(billing.ledger.operations, postpaid_records.invoices)
+        msisdns = [line.subscriber.msisdn for line in lines]
+        report.violations += postpaid_checks.usage_invoiced(postpaid_records.invoices, postpaid_records.usage, msisdns)
+        report.violations += postpaid_checks.payments_kept(billing.ledger.operations, postpaid_records.payments)
+        report.violations += postpaid_checks.payments_audited(postpaid_records.payments, postpaid_records.audited)
+        report.violations += postpaid_checks.receivables_balance(
+            postpaid_records.invoices, postpaid_records.payments, receivable
+        )
+        report.violations += [
+            checks.Violation("postpaid_released", v.account, v.detail) for v in checks.released(postpaid_after)
+        ]
+        report.violations += [
+            checks.Violation(
+                "resolved", op.billing_account or "-", f"{op.kind} {op.identity} never answered: {op.error}"
+            )
+            for op in billing.unanswered()
+        ]
+        report.violations += [
+            checks.Violation("bill_runs", "-", f"bill run as of {op.identity}: {op.error}")
+            for op in billing.failed_runs()
+        ]
 
-    report.checks_run = ["conservation", "answered_once", "nothing_lost", "released", "buckets", "resolved"]
+    report.checks_run += ["conservation", "answered_once", "nothing_lost", "released", "buckets", "resolved"]
     report.checks_run += ["records_explain_balances", "records_match", "bucket_units"]
     if not relayed:
         report.violations.append(checks.Violation("records_match", "-", "the relay did not empty the record outboxes"))

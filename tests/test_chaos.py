@@ -118,3 +118,8 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     assert set(report.checks_run) >= {"conservation", "answered_once", "nothing_lost", "released", "buckets"}
     assert {"records_explain_balances", "records_match", "bucket_units"} <= set(report.checks_run)
     assert "machine_death" in report.checks_run and report.lost_after_cut is not None
+    # Postpaid: bill runs and payments under the same faults, and their checks.
+    postpaid = {"invoice_numbers", "one_invoice_per_period", "usage_invoiced", "payments_kept", "payments_audited"}
+    assert postpaid | {"receivables"} <= set(report.checks_run)
+    assert report.invoices >= 2 * config.postpaid_lines
+    assert {o.kind for o in report.ledger.operations} >= {"bill_run"}
