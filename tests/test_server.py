@@ -150,6 +150,9 @@ def _cli(*args: str, port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
+# A whole server with its embedded Redis and PostgreSQL, then a CLI process per step:
+# about 20 s on a quiet machine, near 60 s under a load average of 15.
+@pytest.mark.timeout(240)
 def test_readme_tour_with_the_bundled_client(tmp_path: Path, postgres_dir: Path) -> None:
     """`charging serve` with no Redis or database URL starts its own redis-server and
     PostgreSQL; the client tour works."""
