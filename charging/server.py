@@ -43,6 +43,7 @@ from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
 from charging.audit_trail import AuditTrail
 from charging.catalogs import CatalogBook
+from charging.cdr_hold import probe_hold
 from charging.cdr_relay import CdrRelay
 from charging.cdr_store import CdrStore
 from charging.census import record_census
@@ -173,7 +174,8 @@ class App:
         await self._start_database()
 
         assert self.database is not None
-        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock)
+        hold_ms = s.cdr_hold_ms if s.cdr_hold_ms >= 0 else await probe_hold(self.redis, s.redis_appendfsync)
+        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock, hold_ms=hold_ms)
         metrics.CDR_RELAY_LAG.set_function(self.cdr_relay.lag_s)
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
