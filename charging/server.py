@@ -176,7 +176,6 @@ class App:
         assert self.database is not None
         hold_ms = s.cdr_hold_ms if s.cdr_hold_ms >= 0 else await probe_hold(self.redis, s.redis_appendfsync)
         self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock, hold_ms=hold_ms)
-        metrics.CDR_RELAY_LAG.set_function(self.cdr_relay.lag_s)
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
@@ -354,6 +353,12 @@ class App:
         # are found by the relay's scan, on start and every 10 minutes (cdr_relay.py).
         assert self.cdr_relay is not None
         jobs.append(job("cdr_relay", self.cdr_relay.relay_waiting, 60.0, wake=self.cdr_relay.wakeup, gate=ALWAYS))
+        relay = self.cdr_relay
+
+        async def relay_lag() -> None:  # a function gauge is not exported under workers
+            metrics.CDR_RELAY_LAG.set(relay.lag_s())
+
+        jobs.append(job("cdr_relay_lag", relay_lag, 1.0, gate=ALWAYS))
         if not self.run_background:
             return jobs
         redis, base = self.redis, self.acquisition.base
