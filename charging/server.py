@@ -210,7 +210,12 @@ class App:
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = SignallingTopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s, signals=self.redis)
         self.sweeper = Sweeper(
-            ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch, notifier=self.notifier
+            ledger,
+            self.clock,
+            interval_s=s.sweep_interval_s,
+            batch=s.sweep_batch,
+            notifier=self.notifier,
+            records=s.usage_records,
         )
         self.renewer = Renewer(topups, interval_s=s.renew_interval_s)
 

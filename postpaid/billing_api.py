@@ -73,6 +73,7 @@ def usage_record_pb(row: UsageRow) -> billing_pb2.UsageRecord:
         session_id=row.session_id,
         request_number=row.request_number or 0,
         event_id=row.event_id,
+        cause=row.cause,
     )
 
 

@@ -1,5 +1,7 @@
 """Views for analysts on the usage records: the customer base and its churn per month, and
-usage per subscriber and day.
+usage per subscriber and day; and the cause of a usage record that is not an ordinary
+rated use (``usage_records.cause``: usage answered 4011, a session released by the
+supervision sweeper; ``charging/cdrs.py`` CAUSES).
 
 The customers themselves are still kept in Redis (the CRM), so the base is measured from
 what the system of record holds: an account is **active** in a UTC month when it has at
@@ -23,6 +25,13 @@ depends_on = None
 
 READER = "charging_reader"
 VIEW_NAMES = ("customer_base_per_period", "usage_per_subscriber_day")
+
+COLUMN = """
+ALTER TABLE usage_records ADD COLUMN cause text NOT NULL DEFAULT '';
+COMMENT ON COLUMN usage_records.cause IS
+    'empty for a rated use; credit_control_not_applicable (answered 4011: emergency, toll-free, no cost), '
+    'supervision_timeout (a session released by the sweeper: no units, its reservations given back)';
+"""
 
 VIEWS = """
 CREATE VIEW usage_per_subscriber_day AS
@@ -77,6 +86,7 @@ COMMENT ON VIEW customer_base_per_period IS
 
 
 def upgrade() -> None:
+    op.execute(COLUMN)
     op.execute(VIEWS)
     # The reader role gets them explicitly: the default privileges of 0004 only cover what
     # the role that ran 0004 makes (v0004_reader_role.py).
@@ -95,3 +105,4 @@ $$;
 
 def downgrade() -> None:
     op.execute(f"DROP VIEW {', '.join(VIEW_NAMES)}")
+    op.execute("ALTER TABLE usage_records DROP COLUMN cause")
