@@ -233,7 +233,7 @@ class Ledger:
                 keys.cdr_outbox(account),
                 *_pool_keys(account),
             )
-            raw = await SWEEP(self.client, script_keys, SweepArgs(now_ms, sessions, records))
+            raw = await SWEEP(self.client, script_keys, SweepArgs(now_ms, records, sessions))
         result = SweepResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
         if result.records and self.on_records is not None:
             self.on_records(account)

@@ -266,10 +266,10 @@ class SweepArgs:
     """sweep.lua: release the sessions past their supervision time."""
 
     now_ms: int
+    # A usage record per released session (Settings.usage_records).
+    records: bool
     # The ids of the sessions due when the caller looked; their keys go in KEYS.
     sessions: tuple[str, ...]
-    # A usage record per released session (Settings.usage_records).
-    records: bool = True
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (self.now_ms, 1 if self.records else 0, *self.sessions)
