@@ -15,7 +15,8 @@ prefix of what happened:
   whose stored answers survived.
 
 What an acknowledged request after the cut lost is the honest exception: with
-``appendfsync always`` it could not be lost, with ``everysec`` it can.
+``appendfsync always`` it could not be lost, with ``everysec`` it can. Its record is not in
+PostgreSQL: the relay holds records back until Redis has surely written them.
 """
 
 from __future__ import annotations
@@ -117,10 +118,33 @@ def lost_after_cut(history: History, alive: set[str]) -> int:
 
 
 def records_of_lost(history: History, alive: set[str], usage_ids: set[str], audit_ids: set[str]) -> int:
-    """Records already in PostgreSQL of acknowledged changes the cut took from Redis: the
-    relay had moved them before the machine died (the honest exception of the outbox
-    under everysec: the database may know of a change Redis lost)."""
-    lost = [op for op in history.operations if op.applied and op.identity not in alive and op.kind != "session"]
+    """Records already in PostgreSQL of acknowledged changes the cut took from Redis. The
+    relay holds every record back until Redis has surely written it (charging/cdr_hold.py),
+    so there must be none: the database never knows of a change Redis lost."""
+    return len(recorded_but_lost(history, alive, usage_ids, audit_ids))
+
+
+def recorded_but_lost(history: History, alive: set[str], usage_ids: set[str], audit_ids: set[str]) -> list[Operation]:
+    lost = [op for op in history.operations if op.applied and op.identity not in alive]
     known = usage_ids | audit_ids
-    ids = {op.record_id for op in lost}
-    return len(ids & known)
+    sessions = {i.rsplit(":", 1)[0] + ":" for i in usage_ids if ":s:" in i}  # "<account>:s:<session>:<n>:"
+    found: dict[str, Operation] = {}
+    for op in lost:
+        if op.kind == "session":
+            hit = f"{op.account}:s:{op.request['session_id']}:{op.request['number']}:" in sessions
+        else:
+            hit = op.record_id in known
+        if hit:
+            found.setdefault(op.identity, op)
+    return list(found.values())
+
+
+def check_no_record_of_lost(
+    history: History, alive: set[str], usage_ids: set[str], audit_ids: set[str]
+) -> list[checks.Violation]:
+    return [
+        checks.Violation(
+            "machine_death", op.account, f"{op.identity} was lost by Redis but its record is in PostgreSQL", (op.seq,)
+        )
+        for op in recorded_but_lost(history, alive, usage_ids, audit_ids)
+    ]

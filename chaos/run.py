@@ -366,4 +366,5 @@ async def machine_death_phase(
     report.lost_after_cut = machine_death.lost_after_cut(history, alive)
     book = await asyncio.to_thread(records.read, system.database_url)
     report.recorded_but_lost = machine_death.records_of_lost(history, alive, set(book.usage), book.audit)
+    report.violations += machine_death.check_no_record_of_lost(history, alive, set(book.usage), book.audit)
     report.server_starts = system.starts

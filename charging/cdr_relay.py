@@ -26,6 +26,13 @@ key would leave the account's hash slot, and every charging request would write 
   ``scan_every_s`` afterwards: records a crashed process or a lost reply left behind are
   relayed by whichever process scans next. SCAN walks the whole keyspace in small steps
   (``COUNT``), so it runs rarely; the in-memory set carries the normal flow.
+
+The hold (``cdr_hold.py``): with ``appendfsync everysec`` a machine death can take the last
+writes from Redis, and PostgreSQL must not keep their records. The relay marks the last
+record of an outbox it read (its "mark") with the time of that read, and relays the records
+up to the mark only once ``hold_ms`` has passed since: each was in Redis before the read,
+so Redis has written it to disk by then. No record's own time is trusted for this: a script
+takes its time before it runs, maybe long before (a queue, a stalled link).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -76,6 +84,15 @@ class Lingering(Wakeup):
             await asyncio.sleep(self.linger_s)
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The last record of an outbox seen by a read at ``at_ms``: it and every record
+    before it were in Redis then."""
+
+    entry: str
+    at_ms: int
+
+
 class CdrRelay:
     def __init__(
         self,
@@ -88,6 +105,7 @@ class CdrRelay:
         scan_every_s: float = SCAN_EVERY_S,
         linger_s: float = LINGER_S,
         after_commit: Callable[[], Awaitable[None]] | None = None,
+        hold_ms: int = 0,
     ) -> None:
         self._client = client
         self.store = store
@@ -106,6 +124,11 @@ class CdrRelay:
         self._settled = asyncio.Event()  # no round in flight
         self._settled.set()
         self.relayed = 0
+        # Records are relayed only once in Redis for hold_ms (0: at once; cdr_hold.py).
+        self.hold_ms = hold_ms
+        self._marks: dict[str, Mark] = {}
+        self._due: dict[str, int] = {}  # accounts whose records are all held: until when (ms)
+        self._timer: asyncio.TimerHandle | None = None
 
     def wake(self, account: str) -> None:
         """The account's record outbox has records: relay them soon."""
@@ -121,6 +144,17 @@ class CdrRelay:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def ready(self) -> list[str]:
+        """Waiting accounts not held back, oldest first."""
+        now = self.clock.now_ms()
+        ready = [a for a in self._waiting if self._due.get(a, now) <= now]
+        return sorted(ready, key=self._waiting.__getitem__)
+
+    def held_for_s(self) -> float | None:
+        """How long until the first held account is due (None: none is held)."""
+        due = [self._due[a] for a in self._waiting if a in self._due]
+        return max(min(due) - self.clock.now_ms(), 0) / 1000 if due else None
+
     async def relay_waiting(self) -> int:
         """One pass of the ``cdr_relay`` job: scan when due, then relay the waiting
         outboxes, oldest first, for at most ``ROUNDS_PER_PASS`` rounds. Returns how many
@@ -132,18 +166,29 @@ class CdrRelay:
         moved = 0
         step = self.accounts_per_round
         for _ in range(0, ROUNDS_PER_PASS, CONCURRENT_ROUNDS):
-            if not self._waiting:
+            oldest = self.ready()[: step * CONCURRENT_ROUNDS]
+            if not oldest:
                 break
-            oldest = sorted(self._waiting, key=self._waiting.__getitem__)[: step * CONCURRENT_ROUNDS]
             rounds = [self.relay_accounts(oldest[i : i + step]) for i in range(0, len(oldest), step)]
             results = await asyncio.gather(*rounds, return_exceptions=True)
             moved += sum(r for r in results if isinstance(r, int))
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
-        if self._waiting:
+        if self.ready():
             self.wakeup.wake()  # more than a pass's worth: the next pass at once
+        else:
+            self._wake_when_due()
         return moved
+
+    def _wake_when_due(self) -> None:
+        """Run the job again when the first held record may go."""
+        delay = self.held_for_s()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if delay is not None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self.wakeup.wake)
 
     async def scan(self) -> int:
         """Find every record outbox in Redis (left by any process); returns how many."""
@@ -161,6 +206,8 @@ class CdrRelay:
         transaction, then off the outboxes. An account whose outbox had more stays
         waiting; when anything fails, every one of them stays waiting."""
         since = {a: self._waiting.pop(a) for a in accounts if a in self._waiting}
+        for account in accounts:
+            self._due.pop(account, None)
         self._rounds += 1
         self._settled.clear()
         try:
@@ -170,6 +217,9 @@ class CdrRelay:
                 for outbox in outboxes:
                     pipe.lrange(outbox, 0, self.batch - 1)
                 read: list[list[str]] = [[str(e) for e in entries] for entries in await pipe.execute()]
+            if self.hold_ms > 0:
+                now = self.clock.now_ms()  # after the read: every record read was in Redis before
+                read = [await self._held_back(*held, now) for held in zip(accounts, outboxes, read, strict=True)]
             usage: list[UsageRow] = []
             audit: list[AuditRow] = []
             for account, entries in zip(accounts, read, strict=True):
@@ -213,10 +263,35 @@ class CdrRelay:
             # More may be behind a full batch; and a trim that found another relay's
             # trim before it (which may have taken only part of what this one read)
             # leaves the rest of what this one read for the next round.
-            if len(entries) >= self.batch or (entries and not trimmed.get(outbox)):
+            if len(entries) >= self.batch or (entries and not trimmed.get(outbox)) or account in self._marks:
                 at = since.get(account, now)
                 self._waiting[account] = min(at, self._waiting.get(account, at))
         return moved
+
+    async def _held_back(self, account: str, outbox: str, entries: list[str], now: int) -> list[str]:
+        """The head of ``entries`` that has been in Redis for the hold; the rest waits for
+        the account's mark (set here when there is none)."""
+        mark = self._marks.get(account)
+        take = 0
+        if mark is not None and now - mark.at_ms >= self.hold_ms:
+            if mark.entry in entries:
+                take = entries.index(mark.entry) + 1
+                del self._marks[account]
+            elif len(entries) >= self.batch and await self._behind(outbox, mark.entry):
+                take = len(entries)  # the mark is further back: all of these are older
+            else:
+                del self._marks[account]  # another relay moved it: what is left is newer
+        if take < len(entries) and account not in self._marks:
+            self._marks[account] = Mark(entries[-1], now)
+        if not entries:
+            self._marks.pop(account, None)
+        if account in self._marks:
+            self._due[account] = self._marks[account].at_ms + self.hold_ms
+        return entries[:take]
+
+    async def _behind(self, outbox: str, entry: str) -> bool:
+        with storage_errors():
+            return await self._client.lpos(outbox, entry) is not None  # type: ignore[misc]
 
     async def _trim(self, done: list[tuple[str, list[str]]]) -> dict[str, int]:
         """Remove what was committed from each outbox's head; how many, by outbox."""
@@ -257,3 +332,6 @@ async def drain(relay: CdrRelay) -> int:
         await relay.settled()
         if not relay.waiting():
             return moved
+        held = relay.held_for_s()
+        if held is not None and not relay.ready():
+            await asyncio.sleep(max(held, 0.01))  # everything left is held back

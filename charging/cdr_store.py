@@ -94,7 +94,7 @@ def _jsonb(units: dict[str, int]) -> JsonbText:
 
 def _usage_values(row: UsageRow) -> tuple[Any, ...]:
     values = _USAGE(row)
-    return (*values[:-1], _jsonb(values[-1]))
+    return (*values[:-2], _jsonb(values[-2]), values[-1])
 
 
 def _audit_values(row: AuditRow) -> tuple[Any, ...]:
@@ -102,13 +102,13 @@ def _audit_values(row: AuditRow) -> tuple[Any, ...]:
     return (*values[:-1], JsonbText(json.dumps(values[-1], separators=(",", ":"), sort_keys=True)))
 
 
-_USAGE = attrgetter(*USAGE_COLUMNS)  # a row's values in column order (bucket_units last)
+_USAGE = attrgetter(*USAGE_COLUMNS)  # a row's values in column order (bucket_units, then cause, last)
 _AUDIT = attrgetter(*AUDIT_COLUMNS)  # (details last)
 USAGE = Table(
     "usage_records",
     USAGE_COLUMNS,
     ("text", "timestamptz", "text", "text", "text", "text", "int4", "text", "int4", "text", "int4", "text", "text",
-     "text", "text", "text", "bool", "text", "int8", "int8", "int8", "jsonb"),
+     "text", "text", "text", "bool", "text", "int8", "int8", "int8", "jsonb", "text"),
     _usage_values,
 )  # fmt: skip
 AUDIT = Table("audit", AUDIT_COLUMNS, ("text", "timestamptz", "text", "text", "text", "text", "jsonb"), _audit_values)

@@ -12,6 +12,13 @@ Every value in an entry is a string; the first names the layout of the rest:
         catalog version, session id, request number, rating group, service, called party,
         zone, band, visited network, roaming ('R' or ''), unit, units, cost (micros),
         paid by ("<bucket id>:<units>|...", pool buckets marked '^')
+  ``f`` usage of a rating group that is not credit-controlled (answered 4011: emergency,
+        toll-free) a session request reported: the first 17 values of ``s`` (no cost, no
+        paid by); the row's cause is ``credit_control_not_applicable``
+  ``w`` a session released by the supervision sweeper (no report came in time): time,
+        msisdn, imsi, plan, session id, its last request number, the money and the units
+        ("<rating group>:<units>|...") of the reservations released; a usage row with no
+        units and the cause ``supervision_timeout``, and an audit entry with the amounts
   ``d`` an event debit, ``r`` a refund: time, msisdn, imsi, plan, event id, rating group,
         service, called party, zone, band, visited network, roaming, unit, units, money
         (micros; a refund's is negative), paid by (a refund: the units it gave back to each
@@ -69,6 +76,8 @@ class UsageRow:
     cost_micros: int
     money_micros: int
     bucket_units: dict[str, int]  # units paid from buckets, by bucket id (a jsonb column)
+    # Why the record is not an ordinary rated use ('' when it is): CAUSES.
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +93,10 @@ class AuditRow:
 
 USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
 AUDIT_COLUMNS = tuple(AuditRow.__dataclass_fields__)
-LAYOUTS = {"s": 19, "d": 19, "r": 19, "t": 7, "b": 12, "x": 6}
+LAYOUTS = {"s": 19, "f": 17, "w": 9, "d": 19, "r": 19, "t": 7, "b": 12, "x": 6}
+NOT_RATED = "credit_control_not_applicable"  # RFC 8506 4011
+SUPERVISION = "supervision_timeout"
+CAUSES = ("", NOT_RATED, SUPERVISION)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -149,6 +161,26 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
             zone, band, visited, roaming == "R", unit_name(unit), int(units), int(cost), int(cost), paid_by(taken),
         )  # fmt: skip
         return usage, None
+    if kind == "f":
+        _k, _t, msisdn, imsi, plan, cv, session, n, rg, service, called, zone, band, visited, roaming = v[:15]
+        unit, units = v[15:]
+        rid = f"{account}:s:{session}:{n}:{rg}"
+        usage = UsageRow(
+            rid, when, account, msisdn, imsi, plan, optional_int(cv), session, int(n), "", int(rg), service, called,
+            zone, band, visited, roaming == "R", unit_name(unit), int(units), 0, 0, {}, NOT_RATED,
+        )  # fmt: skip
+        return usage, None
+    if kind == "w":
+        _k, _t, msisdn, imsi, plan, session, n, money, released = v
+        rid = f"{account}:w:{session}:{n}"
+        usage = UsageRow(
+            rid, when, account, msisdn, imsi, plan, None, session, optional_int(n), "", None, "session", "", "", "",
+            "", False, "", 0, 0, 0, {}, SUPERVISION,
+        )  # fmt: skip
+        details: dict[str, object] = {"session_id": session, "request_number": optional_int(n)}
+        details["released_micros"] = int(money)
+        details["released_units"] = paid_by(released)
+        return usage, AuditRow(rid, when, "supervision", "session_released", subject(account), SUPERVISION, details)
     if kind in ("d", "r"):
         _k, _t, msisdn, imsi, plan, event, rg, service, called, zone, band, visited, roaming = v[:13]
         unit, units, money, taken, actor, refund_of = v[13:]
@@ -209,4 +241,5 @@ EXPORT_FIELDS: tuple[tuple[str, str], ...] = (
     ("chargedAmountMicros", "cost_micros"),
     ("moneyMicros", "money_micros"),
     ("bucketUnits", "bucket_units"),
+    ("causeForRecClosing", "cause"),
 )

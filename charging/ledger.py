@@ -75,6 +75,7 @@ class SweepResult:
     money: int
     outbox: int
     next_deadline_ms: int
+    records: int = 0  # the record outbox's length after the script's pushes (0: none)
 
 
 class ScriptRunner(Protocol):
@@ -215,7 +216,7 @@ class Ledger:
             flat = await self.client.execute("HGETALL", keys.buckets(account))
         return dict(zip(flat[::2], flat[1::2], strict=True))
 
-    async def sweep_account(self, account: str, now_ms: int, limit: int) -> SweepResult:
+    async def sweep_account(self, account: str, now_ms: int, limit: int, *, records: bool = True) -> SweepResult:
         """Release up to ``limit`` sessions past their deadline and record expired buckets.
 
         Two round trips: the script must be given the keys of the sessions it releases, so
@@ -229,10 +230,14 @@ class Ledger:
                 keys.buckets(account),
                 keys.outbox(account),
                 *(keys.session(account, sid) for sid in sessions),
+                keys.cdr_outbox(account),
                 *_pool_keys(account),
             )
-            raw = await SWEEP(self.client, script_keys, SweepArgs(now_ms, sessions))
-        return SweepResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
+            raw = await SWEEP(self.client, script_keys, SweepArgs(now_ms, records, sessions))
+        result = SweepResult(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
+        if result.records and self.on_records is not None:
+            self.on_records(account)
+        return result
 
     async def hint(self, index: tuple[str, str], account: str, at_ms: int) -> None:
         """Have the account looked at no later than ``at_ms``."""

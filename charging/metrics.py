@@ -72,8 +72,12 @@ CDRS_REPEATED = Counter(
     "Records the relay found in PostgreSQL already (relayed again after a crash before the trim), by table.",
     ["table"],
 )
+# Set by each process every second (the ``cdr_relay_lag`` job: a function gauge is not
+# exported by a supervisor's shared endpoint); with workers, the largest of the live ones.
 CDR_RELAY_LAG = Gauge(
-    "charging_cdr_relay_lag_seconds", "Age of the oldest record this process knows to be waiting for the relay."
+    "charging_cdr_relay_lag_seconds",
+    "Age of the oldest record a process knows to be waiting for the relay (workers: the largest).",
+    multiprocess_mode="livemax",
 )
 CDRS_UNREADABLE = Counter("charging_cdrs_unreadable_total", "Record outbox entries skipped as unreadable.")
 NOTIFICATIONS = Counter("charging_notifications_total", "Notifications relayed to the stream, by kind.", ["kind"])

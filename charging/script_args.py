@@ -53,6 +53,16 @@ class RatingGroupArgs:
         """A rating group answered ``code`` without rating it: nothing wanted, used or rated."""
         return cls(rating_group, code, 0, final, 0, 0, 0, NO_RATE, 0, NO_RATE, NO_RATE, 0, "", "", "", False)
 
+    @classmethod
+    def free(
+        cls, rating_group: int, final: bool, used: int, unit: int, where: tuple[str, str, str, bool]
+    ) -> RatingGroupArgs:
+        """A rating group not credit-controlled (4011): not rated, its reported usage
+        recorded (``used``: 0 when it could not be counted)."""
+        service, zone, band, roaming = where
+        return cls(rating_group, 4011, 0, final, 0, 0, used, NO_RATE, 0, NO_RATE, NO_RATE, unit, service, zone, band,
+                   roaming)  # fmt: skip
+
     def to_argv(self) -> tuple[Arg, ...]:
         return (
             self.rating_group,
@@ -256,11 +266,13 @@ class SweepArgs:
     """sweep.lua: release the sessions past their supervision time."""
 
     now_ms: int
+    # A usage record per released session (Settings.usage_records).
+    records: bool
     # The ids of the sessions due when the caller looked; their keys go in KEYS.
     sessions: tuple[str, ...]
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.now_ms, *self.sessions)
+        return (self.now_ms, 1 if self.records else 0, *self.sessions)
 
 
 # due_index.lua: ARGV[1] is the record's OP, the rest are its fields.

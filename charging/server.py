@@ -43,6 +43,7 @@ from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
 from charging.audit_trail import AuditTrail
 from charging.catalogs import CatalogBook
+from charging.cdr_hold import probe_hold
 from charging.cdr_relay import CdrRelay
 from charging.cdr_store import CdrStore
 from charging.census import record_census
@@ -175,8 +176,8 @@ class App:
         await self._start_database()
 
         assert self.database is not None
-        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock)
-        metrics.CDR_RELAY_LAG.set_function(self.cdr_relay.lag_s)
+        hold_ms = s.cdr_hold_ms if s.cdr_hold_ms >= 0 else await probe_hold(self.redis, s.redis_appendfsync)
+        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock, hold_ms=hold_ms)
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
@@ -211,7 +212,12 @@ class App:
         self.events = events = EventCharging(ctx, idempotency_ttl_s=s.idempotency_ttl_s)
         topups = SignallingTopUps(ctx, idempotency_ttl_s=s.idempotency_ttl_s, signals=self.redis)
         self.sweeper = Sweeper(
-            ledger, self.clock, interval_s=s.sweep_interval_s, batch=s.sweep_batch, notifier=self.notifier
+            ledger,
+            self.clock,
+            interval_s=s.sweep_interval_s,
+            batch=s.sweep_batch,
+            notifier=self.notifier,
+            records=s.usage_records,
         )
         self.renewer = Renewer(topups, interval_s=s.renew_interval_s)
 
@@ -359,6 +365,12 @@ class App:
         # are found by the relay's scan, on start and every 10 minutes (cdr_relay.py).
         assert self.cdr_relay is not None
         jobs.append(job("cdr_relay", self.cdr_relay.relay_waiting, 60.0, wake=self.cdr_relay.wakeup, gate=ALWAYS))
+        relay = self.cdr_relay
+
+        async def relay_lag() -> None:  # a function gauge is not exported under workers
+            metrics.CDR_RELAY_LAG.set(relay.lag_s())
+
+        jobs.append(job("cdr_relay_lag", relay_lag, 1.0, gate=ALWAYS))
         if not self.run_background:
             return jobs
         redis, base = self.redis, self.acquisition.base

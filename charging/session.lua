@@ -304,6 +304,11 @@ for _, g in ipairs(groups) do
     s['c' .. rg] = fmt(cum)
     s['k' .. rg] = fmt(k)
     s['b' .. rg] = record
+  elseif rc == 4011 and used > 0 and records then
+    -- Not credit-controlled (emergency, toll-free): the usage reported is recorded at no
+    -- cost, its cause named by the layout ('f', charging/cdrs.py).
+    push_record(KEYS[10], {'f', fmt(now_ms), acct[11] or '', acct[12] or '', plan_id, catalog_version, session_id,
+      fmt(request_number), rg, g.service, destination, g.zone, g.band, visited_network, g.roaming, g.unit, fmt(used)})
   end
   codes[#codes + 1] = rc
   parts[#parts + 1] = table.concat({fmt(rc), fmt(granted), fmt(cost), fmt(vt_out), fmt(fui), tct_out}, ',')

@@ -236,7 +236,10 @@ def rating_args(
                 )
                 if later is not None and session_cost(later, want) > session_cost(rate, want):
                     sizing = later
-        if rate is None or preset:
+        if rate is not None and preset == ResultCode.CREDIT_CONTROL_NOT_APPLICABLE:
+            used = _free_used(g, rate, limits)
+            args.append(RatingGroupArgs.free(g.rating_group, g.final, used, int(rate.unit), where))
+        elif rate is None or preset:
             args.append(RatingGroupArgs.unrated(g.rating_group, int(preset), g.final))
         else:
             assert before is not None and sizing is not None
@@ -278,6 +281,18 @@ def _count(units: Units, rate: Rate, where: str) -> int:
         raise InvalidRequest(field, "must not be negative")
     check_units(rate, amount, field)
     return amount
+
+
+def _free_used(g: RatingGroupRequest, rate: Rate, limits: UsageLimits) -> int:
+    """What a rating group that is not credit-controlled (emergency, toll-free) reports as
+    used, for its usage record; 0 when it cannot be counted (never a refusal: such usage
+    is answered 4011 whatever it reports)."""
+    try:
+        used = sum(_count(u, rate, "used") for u in (g.used, g.used_after_change) if u is not None)
+        _within(used, limits.ceiling(rate), rate, "used")
+    except InvalidRequest:
+        return 0
+    return used
 
 
 def _within(units: int, ceiling: int, rate: Rate, where: str) -> None:

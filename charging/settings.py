@@ -50,6 +50,10 @@ class Settings:
     # A usage record per rated use and money movement, relayed to PostgreSQL
     # (charging/cdr_relay.py). Off only to measure what they cost (make bench).
     usage_records: bool = True
+    # How long the relay holds a usage record back after it is in Redis, so PostgreSQL never
+    # keeps the record of a write a machine death takes from Redis (charging/cdr_hold.py).
+    # -1: from the Redis's appendfsync (everysec 2,500 ms, always 0).
+    cdr_hold_ms: int = -1
     # Supervision time of a session = factor x the longest validity time granted.
     supervision_factor: int = 2
     sweep_interval_s: float = 1.0

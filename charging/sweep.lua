@@ -6,40 +6,58 @@
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
 -- KEYS[5..4+n] session hash {a:ID}:s:SESSION of each of the n sessions in ARGV
--- KEYS[5+n..7+n] for a pool member only: the pool's buckets, account hash and outbox
+-- KEYS[5+n] record outbox   {a:ID}:cdr     (usage records waiting for the relay to PostgreSQL)
+-- KEYS[6+n..8+n] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV SweepArgs (charging/script_args.py), in this order:
 --   now_ms              now (ms)
+--   records             1: append a record per released session to KEYS[5+n]
 --   sessions            the rest of ARGV: the ids of the sessions that were due when the
 --                       caller looked (at most a batch); one refreshed or ended since is
 --                       left alone
 --
 -- Reply: {released sessions, released money (micros), outbox length after pushes (0: none),
---         next time to look (ms): the next session deadline or bucket expiry, 0 when none}
--- Each released session's reserved money and bucket units go back exactly.
+--         next time to look (ms): the next session deadline or bucket expiry, 0 when none,
+--         record outbox length after pushes (0: none)}
+-- Each released session's reserved money and bucket units go back exactly, and gets a
+-- usage record with the cause (layout 'w', charging/cdrs.py) in this same script.
 
 local now_ms = tonumber(ARGV[1])
-local sessions = {unpack(ARGV, 2)}
+local records = ARGV[2] == '1'
+local sessions = {unpack(ARGV, 3)}
 
 local n = #sessions
 local released = 0
 local money = 0
 local pool = nil
-if KEYS[5 + n] then pool = {KEYS[5 + n], KEYS[6 + n], KEYS[7 + n]} end
+if KEYS[6 + n] then pool = {KEYS[6 + n], KEYS[7 + n], KEYS[8 + n]} end
 local ever_bought = redis.call('HEXISTS', KEYS[1], 'bucket_seq') == 1
 local buckets = load_buckets({KEYS[3], KEYS[1], KEYS[4]}, pool, ever_bought)
+local who = nil  -- msisdn, imsi, plan: read once, for the first record
 for i, sid in ipairs(sessions) do
   -- Still due now: not refreshed (a later deadline) or ended (gone) since the caller looked.
   local deadline = redis.call('ZSCORE', KEYS[2], sid)
   if deadline and tonumber(deadline) <= now_ms then
     local flat = redis.call('HGETALL', KEYS[4 + i])
+    local session_money, units, last = 0, {}, -1
     for j = 1, #flat, 2 do
       local kind = string.sub(flat[j], 1, 1)
       if kind == 'm' then
         money = money + tonumber(flat[j + 1])
+        session_money = session_money + tonumber(flat[j + 1])
       elseif kind == 'b' and flat[j + 1] ~= '' then
         release(buckets, flat[j + 1])
+      elseif kind == 'u' and tonumber(flat[j + 1]) > 0 then
+        units[#units + 1] = string.sub(flat[j], 2) .. ':' .. flat[j + 1]
+      elseif kind == 'n' then
+        last = math.max(last, tonumber(flat[j + 1]))
       end
+    end
+    if records then
+      who = who or redis.call('HMGET', KEYS[1], 'msisdn', 'imsi', 'plan')
+      table.sort(units)
+      push_record(KEYS[5 + n], {'w', fmt(now_ms), who[1] or '', who[2] or '', who[3] or '', sid,
+        last >= 0 and fmt(last) or '', fmt(session_money), table.concat(units, '|')})
     end
     redis.call('DEL', KEYS[4 + i])
     redis.call('ZREM', KEYS[2], sid)
@@ -62,4 +80,4 @@ for _, b in pairs(buckets) do
     if next_look == 0 or at < next_look then next_look = at end
   end
 end
-return {released, fmt(money), fmt(pushed), fmt(next_look)}
+return {released, fmt(money), fmt(pushed), fmt(next_look), fmt(recorded)}

@@ -32,6 +32,7 @@ class Sweeper:
         batch: int,
         lease_ms: int = 30_000,
         notifier: Notifier | None = None,
+        records: bool = True,
     ) -> None:
         self.ledger = ledger
         self.notifier = notifier
@@ -39,13 +40,14 @@ class Sweeper:
         self.interval_s = interval_s
         self.batch = batch
         self.lease_ms = lease_ms
+        self.records = records  # a usage record per released session (cdrs.py layout 'w')
 
     async def sweep_once(self) -> int:
         """Release what is due now; returns the number of sessions released."""
         now = self.clock.now_ms()
         released = 0
         for account, epoch, _due in await self.ledger.take_due(keys.SWEEP_INDEX, now, self.lease_ms, self.batch):
-            result = await self.ledger.sweep_account(account, now, self.batch)
+            result = await self.ledger.sweep_account(account, now, self.batch, records=self.records)
             released += result.sessions
             if result.sessions:
                 metrics.SESSIONS_CLOSED.labels("supervision").inc(result.sessions)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from typing import Any
 
 import grpc
 
+from charging.audit_trail import Position
+from charging.cdrs import UsageRow
 from charging.errors import InvalidRequest
 from charging.status import rpc
+from charging.usage_pages import UsageQuery, instant, usage_page
 from charging.v1 import billing_pb2, billing_pb2_grpc
 from postpaid import as_of, dunning
 from postpaid.billing import Billing
@@ -45,6 +48,32 @@ def dispute_pb(d: dict[str, Any]) -> billing_pb2.BillingDispute:
         resolution=d.get("resolution", ""),
         credit_note=d.get("credit_note", ""),
         line=d.get("line", ""),
+    )
+
+
+def usage_record_pb(row: UsageRow) -> billing_pb2.UsageRecord:
+    return billing_pb2.UsageRecord(
+        record_id=row.record_id,
+        occurred_at=row.occurred_at.astimezone(UTC).isoformat(),
+        account_id=row.account,
+        msisdn=row.msisdn,
+        plan_id=row.plan_id,
+        service=row.service,
+        rating_group=row.rating_group or 0,
+        called_party=row.called_party,
+        zone=row.zone,
+        band=row.band,
+        visited_network=row.visited_network,
+        roaming=row.roaming,
+        unit=row.unit,
+        units=row.units,
+        cost_micros=row.cost_micros,
+        money_micros=row.money_micros,
+        bucket_units=row.bucket_units,
+        session_id=row.session_id,
+        request_number=row.request_number or 0,
+        event_id=row.event_id,
+        cause=row.cause,
     )
 
 
@@ -313,3 +342,21 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
             )
             runs.append(billing_pb2.BillRun(at=r["at"], report=report))
         return billing_pb2.BillRunList(runs=runs)
+
+    @rpc("ListUsageRecords")
+    async def ListUsageRecords(
+        self, request: billing_pb2.UsageQuery, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.UsagePage:
+        if not 0 <= request.page_size <= MAX_PAGE:
+            raise InvalidRequest("page_size", f"must be 0 (the default, {PAGE}) to {MAX_PAGE}")
+        query = UsageQuery(
+            account=request.account_id,
+            msisdn=request.msisdn,
+            start=instant("from", getattr(request, "from")),
+            end=instant("to", request.to),
+            page_size=request.page_size or PAGE,
+            after=Position.from_token(request.page_token) if request.page_token else None,
+        )
+        page = await usage_page(self.billing.book.pool, query)
+        records = [usage_record_pb(r) for r in page.records]
+        return billing_pb2.UsagePage(records=records, next_page_token=page.next_token)

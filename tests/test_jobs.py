@@ -67,6 +67,7 @@ JOBS = [
     "billing_applications",
     "catalog",
     "cdr_relay",
+    "cdr_relay_lag",  # the relay lag gauge, per process (a function gauge is not seen by workers' endpoint)
     "census",
     "changes",  # the change feed (charging/changes.py): watched like the jobs
     "dunning",

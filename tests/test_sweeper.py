@@ -152,7 +152,7 @@ async def test_a_session_refreshed_after_the_sweeper_looked_is_left_alone(
         keys.outbox(account),
         keys.session(account, "r"),
     )
-    reply = await SWEEP(app.sweeper.ledger.client, script_keys, SweepArgs(looked_at, ("r",)))
+    reply = await SWEEP(app.sweeper.ledger.client, script_keys, SweepArgs(looked_at, True, ("r",)))
     assert int(reply[0]) == 0
     b = await stubs.balance()
     assert (b.balance_micros, b.reserved_micros) == (2_000_000 - MINUTE, 5 * MINUTE)

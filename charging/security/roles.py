@@ -93,6 +93,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "GetDispute": (BILLING, CRM, OPERATOR),
             "ListMoneyRecords": (BILLING, OPERATOR),
             "ListBillRuns": (BILLING, OPERATOR, MONITOR),
+            "ListUsageRecords": (BILLING, CRM, OPERATOR),
         },
     ),
     **_service(
