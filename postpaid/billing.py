@@ -47,6 +47,7 @@ from postpaid.delivery import (
     SmtpDelivery,
     SmtpSettings,
 )
+from postpaid.dunning_record import DunningRecord
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.payments import Payments
@@ -92,7 +93,15 @@ class Billing:
         self.accounts = BillingAccounts(client, config, sealer)
         self.runs = BillRun(client, self.accounts, config, catalogs, clock, self.book, link)
         self.payments = Payments(client, config, clock, self.book)
-        self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
+        self.collection = Collection(
+            client,
+            self.accounts,
+            config,
+            clock,
+            notifier=notifier,
+            record=DunningRecord(database),
+            ledger=self.payments.ledger,
+        )
         self.payments.on_change = self._reevaluate
 
     async def move_redis_invoices(self) -> None:
@@ -327,8 +336,13 @@ class Billing:
             "bill_run": self.runs.run,
             "dunning": self.collection.run,
             "invoice_delivery": self.deliver_queued,
-            "billing_applications": self.payments.apply_pending,
+            "billing_applications": self.apply_pending,
         }
+
+    async def apply_pending(self) -> int:
+        """What was committed in PostgreSQL and a crash kept from Redis: payments, credit
+        notes, refunds, adjustments and disputes, then dunning decisions."""
+        return await self.payments.apply_pending() + await self.collection.apply_pending()
 
 
 def postal_address(customer: Customer, home: str = "") -> tuple[str, ...]:

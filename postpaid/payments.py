@@ -38,6 +38,7 @@ from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.security.identity import caller_name
 from charging.store import storage_errors
 from postpaid.config import BillingConfig
+from postpaid.dunning_record import lock_account
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import ADJUSTMENT, Charge
 from postpaid.receivables import Adjustment, Applied, CreditNote, Movement, Payment, Receivables, Refund
@@ -198,6 +199,7 @@ class Payments:
         ba = movement.billing_account
         refused: Exception | None = None
         async with self.ledger.applying(movement.application_id) as conn:
+            await lock_account(conn, ba)  # no dunning decision is made or applied meanwhile
             before = await self.ledger.applied(conn, movement.application_id)
             if before is not None and before.outcome == "REFUSED":
                 _refused(before.detail, [before.detail, "0"])

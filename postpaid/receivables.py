@@ -36,6 +36,7 @@ from charging.audit_trail import AuditEntry
 from charging.database import Pool
 
 Kind = Literal["PAYMENT", "CREDIT_NOTE", "REFUND", "ADJUSTMENT"]
+MOVEMENTS: tuple[Kind, ...] = ("PAYMENT", "CREDIT_NOTE", "REFUND", "ADJUSTMENT")
 
 
 def _at(seconds: int) -> datetime:
@@ -127,8 +128,10 @@ class Applied:
 @dataclass(frozen=True)
 class Pending:
     application_id: str
-    kind: Kind
+    kind: Kind | Literal["DISPUTE", "DUNNING"]
     movement_id: str
+    billing_account: str = ""
+    payload: str = ""  # what to apply, for a dunning decision
 
 
 class Receivables:
@@ -366,17 +369,18 @@ class Receivables:
                     "INSERT INTO allocations (application_id, invoice_id, amount_minor) VALUES (%s, %s, %s)", rows
                 )
 
-    async def pending(self, limit: int = 500) -> list[Pending]:
-        """Applications committed and not applied yet, oldest first."""
+    async def pending(self, limit: int = 500, kinds: tuple[str, ...] = MOVEMENTS) -> list[Pending]:
+        """Applications of these kinds committed and not applied yet, oldest first."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT a.application_id, a.kind, a.movement_id FROM billing_applications a "
-                "WHERE NOT EXISTS (SELECT 1 FROM billing_applied d WHERE d.application_id = a.application_id) "
+                "SELECT a.application_id, a.kind, a.movement_id, a.billing_account FROM billing_applications a "
+                "WHERE a.kind = ANY(%s) "
+                "AND NOT EXISTS (SELECT 1 FROM billing_applied d WHERE d.application_id = a.application_id) "
                 "ORDER BY a.created_at, a.application_id LIMIT %s",
-                (limit,),
+                (list(kinds), limit),
             )
             rows = await cur.fetchall()
-        return [Pending(r[0], r[1], r[2]) for r in rows]
+        return [Pending(r[0], r[1], r[2], r[3]) for r in rows]
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
