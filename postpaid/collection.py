@@ -243,18 +243,20 @@ class Collection:
         async with conn.transaction():
             if await self.ledger.applied(conn, application_id) is not None:
                 return
-            await DUNNING(
-                self.client,
-                (
-                    keys.billing_dunning_done(ba),
-                    keys.billing_pending(ba),
-                    keys.billing_account(ba),
-                    keys.BILL_OUTBOX,
-                    keys.BILL_DUE,
-                ),
-                args,
-            )
+            await self._redis(ba, args)
             await self.ledger.mark(conn, Applied(application_id, "APPLIED"))
+
+    async def _redis(self, ba: str, args: DunningArgs) -> int:
+        """dunning.lua: the decision's effects in Redis, each once."""
+        keys_ = (
+            keys.billing_dunning_done(ba),
+            keys.billing_pending(ba),
+            keys.billing_account(ba),
+            keys.BILL_OUTBOX,
+            keys.BILL_DUE,
+        )
+        applied: int = await DUNNING(self.client, keys_, args)
+        return applied
 
     async def apply_pending(self) -> int:
         """The ``billing_applications`` job's part: dunning decisions a crash kept from

@@ -113,11 +113,15 @@ class DunningRecord:
         commit and apply on it (``ACCOUNT_LOCK``; payments and disputes take it while they
         change Redis, so a decision is never applied on money that moved after it)."""
         async with self.pool.connection() as conn:
+            # Autocommit: each ``conn.transaction()`` on it is a transaction of its own
+            # (committed when it ends), not a savepoint of one begun by the lock.
+            await conn.set_autocommit(True)
             await conn.execute(f"SELECT pg_advisory_lock({ACCOUNT_LOCK})", (ba,))
             try:
                 yield conn
             finally:
                 await conn.execute(f"SELECT pg_advisory_unlock({ACCOUNT_LOCK})", (ba,))
+                await conn.set_autocommit(False)
 
     async def done(self, conn: AsyncConnection[TupleRow], ba: str) -> frozenset[tuple[str, str]]:
         """(invoice, step) of every step taken on the account."""
