@@ -34,7 +34,7 @@ from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.settings import Settings
-from postpaid import legacy, periods
+from postpaid import collections_legacy, legacy, periods
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -111,6 +111,10 @@ class Billing:
         )
         if moved is not None and (moved.invoices or moved.runs):
             log.info("invoices moved from redis", extra={"invoices": moved.invoices, "runs": moved.runs})
+        # Disputes, promises to pay and dunning steps, likewise (``collections_legacy.py``).
+        collections = await collections_legacy.move_once(self.client, self.book.pool, self.clock.now_ms() // 1000)
+        if collections is not None and any(vars(collections).values()):
+            log.info("disputes, promises and dunning steps moved from redis", extra=vars(collections))
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""

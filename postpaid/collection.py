@@ -190,6 +190,11 @@ class Collection:
         promise = await self.record.promise(ba, conn)
         return await self._open(ba, promise.until if promise is not None and not promise.outcome else None)
 
+    async def promised_until(self, ba: str) -> str:
+        """The day the account's promise to pay holds dunning to ('' when none holds it)."""
+        promise = await self.record.promise(ba)
+        return promise.until.isoformat() if promise is not None and not promise.outcome else ""
+
     async def _open(self, ba: str, until: date | None) -> list[OpenInvoice]:
         tz = ZoneInfo(self.config.time_zone)
         out = []

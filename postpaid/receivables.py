@@ -225,43 +225,51 @@ class Receivables:
         (``numbered_before``: the series' last number where Redis numbered them before)."""
         try:
             async with self._transaction() as conn:
-                await conn.execute(
-                    "INSERT INTO invoice_numbers (issuer, series, last_number) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (issuer, series) DO NOTHING",
-                    (self.issuer, self.series, numbered_before),
-                )
-                cur = await conn.execute("SELECT next_invoice_number(%s, %s)", (self.issuer, self.series))
-                row = await cur.fetchone()
-                assert row is not None
-                number = f"{self.series}-{int(row[0]):08d}"
-                await conn.execute(
-                    "INSERT INTO credit_notes (issuer, series, number, credit_note_id, billing_account, invoice_id, "
-                    "amount_minor, release_minor, currency, reason, idempotency_key, issued_at, recorded_by) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        self.issuer,
-                        self.series,
-                        int(row[0]),
-                        number,
-                        note.billing_account,
-                        note.invoice,
-                        note.amount,
-                        note.release,
-                        self.currency,
-                        note.reason,
-                        note.key,
-                        _at(note.issued_s),
-                        audit.actor,
-                    ),
-                )
-                await _pending(conn, f"CREDIT_NOTE:{number}", "CREDIT_NOTE", number, note.billing_account)
-                entry = dataclasses.replace(audit, details={**audit.details, "number": number})
-                await audit_trail.insert(conn, [entry])
+                await self.insert_credit_note(conn, note, audit, numbered_before)
         except pg_errors.UniqueViolation:
             pass  # the same key committed meanwhile; the number went back with the rollback
         found = await self.credit_note(note.billing_account, note.key)
         assert found is not None
         return found
+
+    async def insert_credit_note(
+        self, conn: AsyncConnection[TupleRow], note: CreditNote, audit: AuditEntry, numbered_before: int = 0
+    ) -> str:
+        """Number the credit note and insert it, its pending application and its audit
+        entry in the caller's transaction; answers its number."""
+        await conn.execute(
+            "INSERT INTO invoice_numbers (issuer, series, last_number) VALUES (%s, %s, %s) "
+            "ON CONFLICT (issuer, series) DO NOTHING",
+            (self.issuer, self.series, numbered_before),
+        )
+        cur = await conn.execute("SELECT next_invoice_number(%s, %s)", (self.issuer, self.series))
+        row = await cur.fetchone()
+        assert row is not None
+        number = f"{self.series}-{int(row[0]):08d}"
+        await conn.execute(
+            "INSERT INTO credit_notes (issuer, series, number, credit_note_id, billing_account, invoice_id, "
+            "amount_minor, release_minor, currency, reason, idempotency_key, issued_at, recorded_by) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                self.issuer,
+                self.series,
+                int(row[0]),
+                number,
+                note.billing_account,
+                note.invoice,
+                note.amount,
+                note.release,
+                self.currency,
+                note.reason,
+                note.key,
+                _at(note.issued_s),
+                audit.actor,
+            ),
+        )
+        await _pending(conn, f"CREDIT_NOTE:{number}", "CREDIT_NOTE", number, note.billing_account)
+        entry = dataclasses.replace(audit, details={**audit.details, "number": number})
+        await audit_trail.insert(conn, [entry])
+        return number
 
     # -- refunds of credit
 

@@ -8,6 +8,7 @@ need to be written first and applied in Redis afterwards, as payments are.
   application a crash left without deciding again.
 - ``dunning_steps`` says what each step did: the late fee it charged, the channel it
   notified on ('' when passed over on catch-up) and the application that carried it out.
+- ``dispute_events`` names the customer (the CRM lists a customer's disputes).
 - ``promise_outcomes``: a promise to pay is KEPT (nothing collectible overdue by its
   day) or BROKEN, decided once by the dunning evaluation after it.
 
@@ -40,7 +41,9 @@ ALTER TABLE dunning_steps ADD COLUMN late_fee_minor bigint NOT NULL DEFAULT 0;
 ALTER TABLE dunning_steps ADD COLUMN channel text NOT NULL DEFAULT '';
 ALTER TABLE dunning_steps ADD COLUMN application_id text NOT NULL DEFAULT '';
 
+ALTER TABLE dispute_events ADD COLUMN customer_id text NOT NULL DEFAULT '';
 CREATE INDEX dispute_events_account ON dispute_events (billing_account, occurred_at);
+CREATE INDEX dispute_events_customer ON dispute_events (customer_id, occurred_at);
 CREATE INDEX dispute_events_invoice ON dispute_events (invoice_id);
 CREATE INDEX promises_to_pay_account ON promises_to_pay (billing_account, made_at);
 
@@ -74,7 +77,9 @@ def downgrade() -> None:
     op.execute(
         f"""
 DROP TABLE promise_outcomes;
-DROP INDEX promises_to_pay_account, dispute_events_invoice, dispute_events_account, billing_applications_account;
+DROP INDEX promises_to_pay_account, dispute_events_invoice, dispute_events_account, dispute_events_customer,
+    billing_applications_account;
+ALTER TABLE dispute_events DROP COLUMN customer_id;
 ALTER TABLE dunning_steps DROP COLUMN application_id, DROP COLUMN channel, DROP COLUMN late_fee_minor;
 ALTER TABLE billing_applications DROP COLUMN payload;
 ALTER TABLE billing_applications DROP CONSTRAINT billing_applications_kind_check;
