@@ -34,7 +34,7 @@ from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.settings import Settings
-from postpaid import collections_legacy, legacy, periods
+from postpaid import collections_legacy, legacy, periods, receivables_legacy
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -112,9 +112,16 @@ class Billing:
         if moved is not None and (moved.invoices or moved.runs):
             log.info("invoices moved from redis", extra={"invoices": moved.invoices, "runs": moved.runs})
         # Disputes, promises to pay and dunning steps, likewise (``collections_legacy.py``).
-        collections = await collections_legacy.move_once(self.client, self.book.pool, self.clock.now_ms() // 1000)
+        now_s = self.clock.now_ms() // 1000
+        collections = await collections_legacy.move_once(self.client, self.book.pool, now_s)
         if collections is not None and any(vars(collections).values()):
             log.info("disputes, promises and dunning steps moved from redis", extra=vars(collections))
+        issuer = self.config.issuer
+        payments = await receivables_legacy.move_once(
+            self.client, self.book.pool, issuer.id, issuer.credit_note_prefix, self.config.currency, now_s
+        )
+        if payments:
+            log.info("payments, credit notes and refunds moved from redis", extra={"movements": payments})
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""

@@ -331,14 +331,9 @@ class Payments:
         return AuditEntry(uuid.uuid4().hex, now, caller_name(), action, ba, reason, facts)
 
     async def records(self, ba: str) -> list[dict[str, Any]]:
-        """The account's payments, refunds and credit notes, oldest first."""
+        """The account's payments, refunds and credit notes, oldest first (PostgreSQL)."""
         await self._account_exists(ba)
-        out = []
-        for key in await self.client.lrange(keys.billing_payments(ba), 0, -1):
-            stored = await self.client.get(str(key))
-            if stored is not None:
-                out.append(dict(json.loads(str(stored).split("|", 1)[1])))
-        return out
+        return await self.ledger.records(ba)
 
     async def open_dispute(
         self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str = "", customer: str = ""

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
@@ -346,6 +346,43 @@ class Receivables:
         found = await self.adjustment(a.adjustment_id)
         assert found is not None
         return found
+
+    # -- the account's movements
+
+    async def records(self, ba: str) -> list[dict[str, Any]]:
+        """The account's payments, credit notes and refunds of credit that Redis applied,
+        oldest first, each with what it paid of which invoice (``ListMoneyRecords``)."""
+        applied = "JOIN billing_applied a ON a.application_id = %s || {id} AND a.outcome = 'APPLIED'"
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 'PAYMENT', 'PAYMENT:' || p.payment_id, p.amount_minor, p.channel, p.reference, '', '', '', "
+                f"p.received_at FROM payments p {applied.format(id='p.payment_id')} WHERE p.billing_account = %s "
+                "UNION ALL SELECT 'CREDIT_NOTE', 'CREDIT_NOTE:' || c.credit_note_id, c.amount_minor, '', '', "
+                f"c.credit_note_id, c.invoice_id, c.reason, c.issued_at FROM credit_notes c "
+                f"{applied.format(id='c.credit_note_id')} WHERE c.billing_account = %s "
+                "UNION ALL SELECT 'REFUND', 'REFUND:' || r.refund_id, r.amount_minor, '', r.reference, '', '', "
+                f"r.reason, r.refunded_at FROM refunds r {applied.format(id='r.refund_id')} "
+                "WHERE r.billing_account = %s ORDER BY 9, 2",
+                ("PAYMENT:", ba, "CREDIT_NOTE:", ba, "REFUND:", ba),
+            )
+            found = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT application_id, invoice_id, amount_minor FROM allocations WHERE application_id = ANY(%s) "
+                "ORDER BY application_id, invoice_id",
+                ([r[1] for r in found],),
+            )
+            paid: dict[str, dict[str, int]] = {}
+            for application_id, invoice, amount in await cur.fetchall():
+                paid.setdefault(application_id, {})[invoice] = int(amount)
+        out = []
+        for kind, application_id, amount, channel, reference, number, invoice, reason, at in found:
+            doc: dict[str, Any] = {"kind": kind, "ba": ba, "amount": int(amount), "at": int(at.timestamp())}
+            facts = {"channel": channel, "reference": reference, "number": number, "invoice": invoice}
+            doc |= {k: v for k, v in {**facts, "reason": reason}.items() if v}
+            if kind != "REFUND":
+                doc["allocations"] = paid.get(application_id, {})
+            out.append(doc)
+        return out
 
     # -- applications
 

@@ -1,7 +1,9 @@
 """Disputes, promises to pay and dunning steps an installation kept in Redis before
-revision 0006 are moved into PostgreSQL once (``postpaid/collections_legacy.py``), on a
-real Redis and PostgreSQL: the rows, their applications marked applied, the audit
-entries of the old stream; moving again changes nothing; the billing code reads them."""
+revision 0006 (``postpaid/collections_legacy.py``), and payments, credit notes and refunds
+only Redis kept before 0005 (``postpaid/receivables_legacy.py``), are moved into
+PostgreSQL once, on a real Redis and PostgreSQL: the rows, their applications marked
+applied, allocations, the audit entries of the old stream; moving again changes nothing;
+the billing code (``ListMoneyRecords``, disputes) reads them from there."""
 
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import redis.asyncio as aioredis
 from charging import keys
 from charging.clock import ManualClock
 from charging.database import Pool, open_pool
-from postpaid import collections_legacy
+from postpaid import collections_legacy, receivables_legacy
 from postpaid import config as billing_config
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import Payments
+from postpaid.receivables import CreditNote, Payment
 from tests.conftest import SEALER
+from tests.test_allocation_scripts import seeded
 
 NOW_S = 1_767_225_600
 
@@ -88,3 +92,40 @@ async def test_old_disputes_promises_and_steps_move_once(payments: Payments) -> 
         "agreed",
         "491700000001",
     )
+
+
+async def test_old_payments_credit_notes_and_refunds_move_once_and_are_listed_from_postgresql(
+    payments: Payments,
+) -> None:
+    client, pool = payments.client, payments.ledger.pool
+    ba, standing = await seeded(client, [3000, 2000], 0)
+    (first, _), (second, _) = standing.open
+    # What an installation before revision 0005 did: Redis alone (pay.lua, no rows).
+    old = Payment("x", ba, "CARD", "old-1", 3500, NOW_S - 100)
+    await payments._decide(keys.payment("CARD", "old-1"), ba, payments._payment_args(old))
+    note = CreditNote("CN-00000007", ba, second, 400, 0, "goodwill", "old-cn", NOW_S - 99)
+    await payments._decide(keys.payment("CN", "old-cn"), ba, payments._note_args(note))
+    await client.set(keys.credit_note_seq(payments.config.issuer.id), 7)
+    # And one since: committed in PostgreSQL first.
+    await payments.pay(ba, 100, "APP", "new-1")
+    assert [r["reference"] for r in await payments.records(ba)] == ["new-1"]
+    issuer = payments.config.issuer
+    args = (client, pool, issuer.id, issuer.credit_note_prefix, "EUR", NOW_S)
+    assert await receivables_legacy.move_once(*args) == 2
+    assert await receivables_legacy.move_once(*args) is None
+    assert await receivables_legacy.move(*args) == 0  # resumable: nothing twice
+    listed = await payments.records(ba)
+    assert [(r["kind"], r["amount"], r.get("reference", r.get("number"))) for r in listed] == [
+        ("PAYMENT", 3500, "old-1"),
+        ("CREDIT_NOTE", 400, "CN-00000007"),
+        ("PAYMENT", 100, "new-1"),
+    ]
+    assert listed[0]["allocations"] == {first: 3000, second: 500}
+    assert await rows(pool, "SELECT count(*) FROM billing_applications") == [(3,)]
+    assert await payments.apply_pending() == 0
+    # The series continues after Redis's counter; a retried old payment answers as it did.
+    made = await payments.credit_note(second, 100, "more goodwill", "cn-2")
+    assert made["number"] == "CN-00000008"
+    assert (await payments.pay(ba, 3500, "CARD", "old-1"))["replayed"]
+    channels = await rows(pool, "SELECT channel, payments, amount_minor FROM payments_per_channel ORDER BY 1")
+    assert channels == [("APP", 1, 100), ("CARD", 1, 3500)]

@@ -108,16 +108,19 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     from charging import store
     from charging.database import open_pool
     from charging.embedded_redis import with_password
-    from postpaid import collections_legacy, legacy
+    from postpaid import collections_legacy, legacy, receivables_legacy
     from postpaid import config as billing_config
     from provisioning.sealing import load_sealer
 
-    issuer = billing_config.load(settings.billing_file).issuer
+    billing = billing_config.load(settings.billing_file)
+    issuer = billing.issuer
     client = store.connect(with_password(settings.redis_url), max_connections=2, tls=settings.redis_tls())
     pool = await open_pool(url, 2)
     try:
         await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, load_sealer(settings))
         await collections_legacy.move_once(client, pool, int(time.time()))
+        series = issuer.credit_note_prefix
+        await receivables_legacy.move_once(client, pool, issuer.id, series, billing.currency, int(time.time()))
     finally:
         await pool.close()
         await client.aclose()
