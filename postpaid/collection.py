@@ -336,7 +336,7 @@ class Collection:
         target = decision.state.value if decision.state != state else ""
         if not audit.entries:
             return None, decision, overdue, today
-        args = DunningArgs(state=target, overdue=overdue, steps=tuple(steps), now_s=now_s)
+        args = DunningArgs(state=target, steps=tuple(steps), now_s=now_s)
         decided = Decided(application_id, ba, tuple(taken), outcome, args, tuple(audit.entries), now_s)
         return decided, decision, overdue, today
 

@@ -10,7 +10,6 @@
 --
 -- ARGV DunningArgs (postpaid/scripts.py), in this order:
 --   state               service state to record ('' keep)
---   overdue             the collectible overdue amount
 --   steps               the number n of steps, then n DunningStep triples (below)
 --   now_s               now (s)
 -- ARGV DunningStep, 3 values per step:
@@ -25,10 +24,10 @@
 
 local state = ARGV[1]
 local steps = {}
-for i = 0, tonumber(ARGV[3]) - 1 do
-  steps[i + 1] = {member = ARGV[4 + 3 * i], charge = ARGV[5 + 3 * i], note = ARGV[6 + 3 * i]}
+for i = 0, tonumber(ARGV[2]) - 1 do
+  steps[i + 1] = {member = ARGV[3 + 3 * i], charge = ARGV[4 + 3 * i], note = ARGV[5 + 3 * i]}
 end
-local now_s = ARGV[4 + 3 * #steps]
+local now_s = ARGV[3 + 3 * #steps]
 
 local applied = 0
 for _, step in ipairs(steps) do

@@ -94,13 +94,13 @@ class Decided:
 
 def payload(args: DunningArgs) -> str:
     steps = [[s.member, s.charge, s.note] for s in args.steps]
-    return json.dumps({"state": args.state, "overdue": args.overdue, "steps": steps, "now_s": args.now_s})
+    return json.dumps({"state": args.state, "steps": steps, "now_s": args.now_s})
 
 
 def args_of(text: str) -> DunningArgs:
     doc = json.loads(text)
     steps = tuple(DunningStep(str(m), str(c), str(n)) for m, c, n in doc["steps"])
-    return DunningArgs(str(doc["state"]), int(doc["overdue"]), steps, int(doc["now_s"]))
+    return DunningArgs(str(doc["state"]), steps, int(doc["now_s"]))
 
 
 class DunningRecord:

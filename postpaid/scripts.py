@@ -167,12 +167,11 @@ class DunningArgs:
 
     # The service state to record, '' keep.
     state: str
-    overdue: int
     steps: tuple[DunningStep, ...]
     now_s: int
 
     def to_argv(self) -> tuple[Arg, ...]:
-        argv: tuple[Arg, ...] = (self.state, self.overdue, len(self.steps))
+        argv: tuple[Arg, ...] = (self.state, len(self.steps))
         for step in self.steps:
             argv += step.to_argv()
         return (*argv, self.now_s)

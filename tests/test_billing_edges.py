@@ -309,7 +309,7 @@ async def test_a_committed_dunning_decision_is_applied_once(app: App) -> None:
         keys.BILL_DUE,
     )
     steps = (DunningStep("INV-1|barring", '{"kind": "LATE_FEE"}', "note"),)
-    args = DunningArgs("BARRED_OUTGOING", 900, steps, 0)
+    args = DunningArgs("BARRED_OUTGOING", steps, 0)
     assert await DUNNING(app.redis, dunning_keys, args) == 1
     assert await DUNNING(app.redis, dunning_keys, args) == 0
     assert await app.redis.hget(keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
