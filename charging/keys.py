@@ -145,6 +145,10 @@ BILL_RUNS = "{bill}:runs"  # list: bill run reports (JSON); before issue 11, now
 # Issued invoices live in PostgreSQL since issue 11; the keys that held them before
 # (invoice, billing_invoices, bill_run, invoice_seq) are read only to move them there.
 BILL_INVOICES_MOVED = "{bill}:moved:invoices"  # string: the invoices Redis kept have been moved (postpaid/legacy.py)
+# string: the disputes, promises and dunning steps Redis kept have been moved (postpaid/collections_legacy.py)
+BILL_COLLECTIONS_MOVED = "{bill}:moved:collections"
+# string: the payments, credit notes and refunds only Redis kept have been moved (postpaid/receivables_legacy.py)
+BILL_PAYMENTS_MOVED = "{bill}:moved:payments"
 
 
 def billing_account(ba: str) -> str:

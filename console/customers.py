@@ -157,9 +157,8 @@ async def billing_view(desk: Desk, ba: str) -> BillingView:
     for number in await billing.invoices_of(ba):
         invoices.append(InvoiceView(await billing.invoice(number), await billing.invoice_state(number)))
     payments = tuple(await billing.payments.records(ba))
-    return BillingView(
-        ba, info, tuple(invoices), payments, str(info.get("state", "ACTIVE")), str(info.get("promised_until", ""))
-    )
+    promised = await billing.collection.promised_until(ba)
+    return BillingView(ba, info, tuple(invoices), payments, str(info.get("state", "ACTIVE")), promised)
 
 
 async def recent_usage(desk: Desk, lines: list[Line], per_line: int = USAGE_PER_LINE) -> list[UsageRow]:

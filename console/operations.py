@@ -63,9 +63,8 @@ async def dunning_queue(desk: Desk) -> list[Dunned]:
     for ba in sorted(due)[:QUEUE_LIMIT]:
         info = await desk.billing.accounts.get(ba)
         invoices = await desk.billing.collection.invoices(ba)
-        out.append(
-            Dunned(ba, info.get("state", "ACTIVE"), dunning.overdue(invoices, today), info.get("promised_until", ""))
-        )
+        promised = await desk.billing.collection.promised_until(ba)
+        out.append(Dunned(ba, info.get("state", "ACTIVE"), dunning.overdue(invoices, today), promised))
     return out
 
 

@@ -34,7 +34,7 @@ from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.settings import Settings
-from postpaid import legacy, periods
+from postpaid import collections_legacy, legacy, periods, receivables_legacy
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -47,6 +47,7 @@ from postpaid.delivery import (
     SmtpDelivery,
     SmtpSettings,
 )
+from postpaid.dunning_record import DunningRecord
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.payments import Payments
@@ -92,7 +93,15 @@ class Billing:
         self.accounts = BillingAccounts(client, config, sealer)
         self.runs = BillRun(client, self.accounts, config, catalogs, clock, self.book, link)
         self.payments = Payments(client, config, clock, self.book)
-        self.collection = Collection(client, self.accounts, config, clock, notifier=notifier)
+        self.collection = Collection(
+            client,
+            self.accounts,
+            config,
+            clock,
+            notifier=notifier,
+            record=DunningRecord(database),
+            ledger=self.payments.ledger,
+        )
         self.payments.on_change = self._reevaluate
 
     async def move_redis_invoices(self) -> None:
@@ -102,6 +111,17 @@ class Billing:
         )
         if moved is not None and (moved.invoices or moved.runs):
             log.info("invoices moved from redis", extra={"invoices": moved.invoices, "runs": moved.runs})
+        # Disputes, promises to pay and dunning steps, likewise (``collections_legacy.py``).
+        now_s = self.clock.now_ms() // 1000
+        collections = await collections_legacy.move_once(self.client, self.book.pool, now_s)
+        if collections is not None and any(vars(collections).values()):
+            log.info("disputes, promises and dunning steps moved from redis", extra=vars(collections))
+        issuer = self.config.issuer
+        payments = await receivables_legacy.move_once(
+            self.client, self.book.pool, issuer.id, issuer.credit_note_prefix, self.config.currency, now_s
+        )
+        if payments:
+            log.info("payments, credit notes and refunds moved from redis", extra={"movements": payments})
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""
@@ -327,8 +347,13 @@ class Billing:
             "bill_run": self.runs.run,
             "dunning": self.collection.run,
             "invoice_delivery": self.deliver_queued,
-            "billing_applications": self.payments.apply_pending,
+            "billing_applications": self.apply_pending,
         }
+
+    async def apply_pending(self) -> int:
+        """What was committed in PostgreSQL and a crash kept from Redis: payments, credit
+        notes, refunds, adjustments and disputes, then dunning decisions."""
+        return await self.payments.apply_pending() + await self.collection.apply_pending()
 
 
 def postal_address(customer: Customer, home: str = "") -> tuple[str, ...]:

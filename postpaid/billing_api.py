@@ -122,7 +122,7 @@ class BillingServicer(billing_pb2_grpc.BillingServicer):
                 )
                 for r in rows
             ],
-            promised_until=info.get("promised_until", ""),
+            promised_until=await self.billing.collection.promised_until(ba),
         )
 
     @rpc("GetBillingAccount")

@@ -2,10 +2,15 @@
 overdue invoices and carries out what it decides.
 
 For one account, on one day:
-  1. read its open invoices (open, disputed, due day), promise to pay and the steps done;
-  2. ``dunning.evaluate`` decides; ``dunning.lua`` records the steps, late fees (on the
-     next invoice) and notifications (billing outbox, relayed to the notification
-     stream) and the account's service state, each once;
+  1. under the account's lock in PostgreSQL, read its open invoices (open, disputed, due
+     day: Redis), its latest promise to pay and the steps taken (PostgreSQL);
+  2. ``dunning.evaluate`` decides; the decision is committed first (``dunning_record.py``:
+     a row per step per invoice, a promise's outcome, the audit entries, the pending
+     application), then ``dunning.lua`` applies its late fees (on the next invoice),
+     notifications (billing outbox, relayed to the notification stream) and the account's
+     service state in Redis, each once, and the application is marked applied. A crash
+     in between is finished by the account's next evaluation or the
+     ``billing_applications`` job;
   3. the lines follow the account's state through provisioning orders (bar outgoing,
      suspend, terminate for non-payment, resume), with order ids derived from the
      account's state epoch so a repeat finds its order; the network's acknowledgement
@@ -26,24 +31,31 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
 
 from charging import keys, metrics
+from charging.audit_trail import AuditEntry
 from charging.clock import Clock
 from charging.errors import InvalidRequest
 from charging.money import format_minor
 from charging.notifications import Notifier
+from charging.security.identity import caller_name
 from charging.store import storage_errors
 from postpaid import as_of, dunning
 from postpaid.accounts import BillingAccounts
 from postpaid.config import BillingConfig
 from postpaid.dunning import ChangeState, LateFee, Notify, OpenInvoice, Restore, ServiceState
+from postpaid.dunning_record import Decided, DunningRecord, Promise, PromiseOutcome, TakenStep, args_of
 from postpaid.invoices import LATE_FEE, RECONNECTION_FEE, Charge
+from postpaid.receivables import Applied, Receivables
 from postpaid.scripts import DUNNING, DunningArgs, DunningStep
 from provisioning.lines import Line
 from provisioning.orders import Order
@@ -116,8 +128,13 @@ class Collection:
         clock: Clock,
         lines: Lines | None = None,
         notifier: Notifier | None = None,
+        *,
+        record: DunningRecord,
+        ledger: Receivables,
     ) -> None:
         self.client = client
+        self.record = record
+        self.ledger = ledger
         self.accounts = accounts
         self.config = config
         self.clock = clock
@@ -168,10 +185,17 @@ class Collection:
                 report.outcomes.append(Outcome(ba, decision.state.value, overdue, done, as_of=day.isoformat()))
         return report
 
-    async def invoices(self, ba: str) -> list[OpenInvoice]:
-        info = await self.accounts.get(ba)
-        promise = info.get("promised_until", "")
-        until = date.fromisoformat(promise) if promise else None
+    async def invoices(self, ba: str, conn: AsyncConnection[TupleRow] | None = None) -> list[OpenInvoice]:
+        """The account's open invoices, held by its latest promise to pay if not judged yet."""
+        promise = await self.record.promise(ba, conn)
+        return await self._open(ba, promise.until if promise is not None and not promise.outcome else None)
+
+    async def promised_until(self, ba: str) -> str:
+        """The day the account's promise to pay holds dunning to ('' when none holds it)."""
+        promise = await self.record.promise(ba)
+        return promise.until.isoformat() if promise is not None and not promise.outcome else ""
+
+    async def _open(self, ba: str, until: date | None) -> list[OpenInvoice]:
         tz = ZoneInfo(self.config.time_zone)
         out = []
         for number in [str(x) for x in await self.client.lrange(keys.billing_open(ba), 0, -1)]:
@@ -181,84 +205,28 @@ class Collection:
         return out
 
     async def evaluate(self, ba: str) -> dunning.Decision:
-        """One dunning evaluation of the account today (see the module docstring). An
-        evaluation that finds the account's state changed under it (a payment came in)
-        decides again on what is there now."""
+        """One dunning evaluation of the account today (see the module docstring)."""
         return (await self.assess(ba))[0]
 
     async def assess(self, ba: str) -> tuple[dunning.Decision, int, date]:
-        """``evaluate``, with the overdue amount it found and the day it stood on."""
-        for _attempt in range(5):
-            found = await self._evaluate(ba)
-            if found is not None:
-                return found
-        raise RuntimeError("the billing account kept changing during dunning")
-
-    async def _evaluate(self, ba: str) -> tuple[dunning.Decision, int, date] | None:
-        now_ms = await self.now_ms_for(ba)
-        today = as_of.day_of(now_ms // 1000, self.config.time_zone)
-        info = await self.accounts.get(ba)
-        state = ServiceState(info.get("state", "ACTIVE"))
-        invoices = await self.invoices(ba)
-        done = frozenset(
-            tuple(str(m).split("|", 1)) for m in await self.client.smembers(keys.billing_dunning_done(ba)) if "|" in m
-        )
-        decision = dunning.evaluate(
-            self.config.dunning,
-            invoices,
-            done,  # type: ignore[arg-type]
-            state,
-            today,
-            self.config.reconnection_fee_minor,
-        )
-        fees = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, LateFee)}
-        notes = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, Notify)}
-        overdue = dunning.overdue(invoices, today)
-        steps: list[DunningStep] = []
-        for invoice, step in sorted(decision.done):
-            fee = fees.get((invoice, step))
-            note = notes.get((invoice, step))
-            charge = ""
-            if fee is not None:
-                c = Charge(LATE_FEE, f"Late fee ({step}) for invoice {invoice}", fee.amount, tax_code="exempt")
-                charge = json.dumps(c.__dict__)
-            text = f"dunning_{step} {invoice} {note.channel.value} {overdue} {now_ms}" if note else ""
-            steps.append(DunningStep(f"{invoice}|{step}", charge, text))
-        for action in decision.actions:
-            if isinstance(action, Restore):
-                epoch = info.get("epoch", "0")
-                charge = ""
-                if action.reconnection_fee:
-                    c = Charge(RECONNECTION_FEE, "Reconnection fee", action.reconnection_fee)
-                    charge = json.dumps(c.__dict__)
-                steps.append(DunningStep(f"restore|{epoch}", charge, f"service_restored {ba} - {overdue} {now_ms}"))
-            if isinstance(action, ChangeState):
-                epoch = info.get("epoch", "0")
-                changed = f"service_{action.target.value.lower()} {ba} - {overdue} {now_ms}"
-                steps.append(DunningStep(f"state|{action.target.value}|{epoch}", "", changed))
-        target = decision.state.value if decision.state != state else ""
+        """``evaluate``, with the overdue amount it found and the day it stood on: decided
+        and committed in PostgreSQL under the account's lock (``dunning_record.py``), then
+        applied in Redis once, then the lines follow."""
         with storage_errors():
-            applied = await DUNNING(
-                self.client,
-                (
-                    keys.billing_dunning_done(ba),
-                    keys.billing_pending(ba),
-                    keys.billing_account(ba),
-                    keys.BILL_OUTBOX,
-                    keys.BILL_AUDIT,
-                    keys.BILL_DUE,
-                ),
-                DunningArgs(
-                    state=target,
-                    overdue=overdue,
-                    steps=tuple(steps),
-                    now_s=now_ms // 1000,
-                    epoch=info.get("epoch", "0"),
-                    moves=info.get("moves", "0"),
-                ),
-            )
-        if applied == -1:
-            return None
+            async with self.record.locked(ba) as conn:
+                # What a crash left committed and not applied is applied first: the
+                # decision below stands on it.
+                left = await self.record.pending(ba, conn=conn)
+                for pending in left:
+                    await self._apply(conn, ba, pending.application_id, args_of(pending.payload))
+                async with conn.transaction():
+                    decided, decision, overdue, today = await self._decide(conn, ba)
+                    if decided is not None:
+                        await self.record.commit(conn, decided)
+                if decided is not None:
+                    await self._apply(conn, ba, decided.application_id, decided.args)
+        if self.notifier is not None and (left or (decided is not None and decided.args.steps)):
+            await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
         for action in decision.actions:
             metrics.DUNNING_ACTIONS.labels(type(action).__name__).inc()
         await self.accounts.set_overdue(ba, overdue)
@@ -272,9 +240,105 @@ class Collection:
             else:
                 await self.client.srem(keys.BILL_RESTRICTED, ba)
             await self.client.srem(keys.BILL_RECHECK, ba)
-        if self.notifier is not None and steps:
-            await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
         return decision, overdue, today
+
+    async def _apply(self, conn: AsyncConnection[TupleRow], ba: str, application_id: str, args: DunningArgs) -> None:
+        """Apply a committed decision in Redis once and mark it applied (the outcome rows
+        are ``receivables.py``'s, as for payments), on the account's locked connection."""
+        async with conn.transaction():
+            if await self.ledger.applied(conn, application_id) is not None:
+                return
+            await self._redis(ba, args)
+            await self.ledger.mark(conn, Applied(application_id, "APPLIED"))
+
+    async def _redis(self, ba: str, args: DunningArgs) -> int:
+        """dunning.lua: the decision's effects in Redis, each once."""
+        keys_ = (
+            keys.billing_dunning_done(ba),
+            keys.billing_pending(ba),
+            keys.billing_account(ba),
+            keys.BILL_OUTBOX,
+            keys.BILL_DUE,
+        )
+        applied: int = await DUNNING(self.client, keys_, args)
+        return applied
+
+    async def apply_pending(self) -> int:
+        """The ``billing_applications`` job's part: dunning decisions a crash kept from
+        Redis, applied; their accounts are evaluated again by the next run."""
+        found = await self.record.pending()
+        with storage_errors():
+            for pending in found:
+                ba = pending.billing_account
+                async with self.record.locked(ba) as conn:
+                    await self._apply(conn, ba, pending.application_id, args_of(pending.payload))
+                await self.client.sadd(keys.BILL_RECHECK, pending.billing_account)
+        if found and self.notifier is not None:
+            await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
+        return len(found)
+
+    async def _decide(
+        self, conn: AsyncConnection[TupleRow], ba: str
+    ) -> tuple[Decided | None, dunning.Decision, int, date]:
+        now_ms = await self.now_ms_for(ba)
+        now_s = now_ms // 1000
+        today = as_of.day_of(now_s, self.config.time_zone)
+        info = await self.accounts.get(ba)
+        state = ServiceState(info.get("state", "ACTIVE"))
+        promise = await self.record.promise(ba, conn)
+        held = promise is not None and not promise.outcome
+        invoices = await self._open(ba, promise.until if held and promise is not None else None)
+        done = await self.record.done(conn, ba)
+        decision = dunning.evaluate(
+            self.config.dunning, invoices, done, state, today, self.config.reconnection_fee_minor
+        )
+        overdue = dunning.overdue(invoices, today)
+        outcome: PromiseOutcome | None = None
+        if held and promise is not None:
+            judged = dunning.promise_outcome(await self._open(ba, None), promise.until, today)
+            if judged is not None:
+                outcome = PromiseOutcome(promise.promise_id, judged, dunning.overdue(await self._open(ba, None), today))
+        fees = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, LateFee)}
+        notes = {(a.invoice, a.step): a for a in decision.actions if isinstance(a, Notify)}
+        application_id = f"DUNNING:{ba}:{uuid.uuid4().hex}"
+        audit = _Audit(application_id, ba, now_s)
+        steps: list[DunningStep] = []
+        taken: list[TakenStep] = []
+        for invoice, step in sorted(decision.done):
+            fee = fees.get((invoice, step))
+            note = notes.get((invoice, step))
+            charge = ""
+            if fee is not None:
+                c = Charge(LATE_FEE, f"Late fee ({step}) for invoice {invoice}", fee.amount, tax_code="exempt")
+                charge = json.dumps(c.__dict__)
+            text = f"dunning_{step} {invoice} {note.channel.value} {overdue} {now_ms}" if note else ""
+            steps.append(DunningStep(f"{invoice}|{step}", charge, text))
+            channel = note.channel.value if note else ""
+            taken.append(TakenStep(invoice, step, now_s, overdue, fee.amount if fee else 0, channel))
+            audit.add("dunning_step", invoice=invoice, step=step, late_fee_minor=taken[-1].late_fee, channel=channel)
+        epoch = info.get("epoch", "0")
+        for action in decision.actions:
+            if isinstance(action, Restore):
+                charge = ""
+                if action.reconnection_fee:
+                    c = Charge(RECONNECTION_FEE, "Reconnection fee", action.reconnection_fee)
+                    charge = json.dumps(c.__dict__)
+                steps.append(DunningStep(f"restore|{epoch}", charge, f"service_restored {ba} - {overdue} {now_ms}"))
+                audit.add("service_restored", reconnection_fee_minor=action.reconnection_fee)
+            if isinstance(action, ChangeState):
+                changed = f"service_{action.target.value.lower()} {ba} - {overdue} {now_ms}"
+                steps.append(DunningStep(f"state|{action.target.value}|{epoch}", "", changed))
+                audit.add("dunning_state", action.reason, state=action.target.value, overdue_minor=overdue)
+                if action.target is ServiceState.TERMINATED:
+                    audit.add("collection_handover", amount_minor=overdue)
+        if outcome is not None:
+            audit.add(f"promise_{outcome.outcome.lower()}", promise=outcome.promise_id, overdue_minor=outcome.overdue)
+        target = decision.state.value if decision.state != state else ""
+        if not audit.entries:
+            return None, decision, overdue, today
+        args = DunningArgs(state=target, steps=tuple(steps), now_s=now_s)
+        decided = Decided(application_id, ba, tuple(taken), outcome, args, tuple(audit.entries), now_s)
+        return decided, decision, overdue, today
 
     async def follow(self, ba: str) -> bool:
         """Order each line into the account's dunning state (or out of it once restored);
@@ -309,12 +373,32 @@ class Collection:
 
     async def promise(self, ba: str, until: date, actor: str) -> None:
         """A promise to pay: the account's invoices are not dunned until ``until`` (at
-        most ``PROMISE_MAX_DAYS`` ahead)."""
+        most ``PROMISE_MAX_DAYS`` ahead). Committed with its audit entry; made again the
+        same day for the same day, it is the same promise."""
         today = self.today()
         if not today <= until <= today + timedelta(days=PROMISE_MAX_DAYS):
             raise InvalidRequest("until", f"must be a date from today to {PROMISE_MAX_DAYS} days ahead")
-        await self.client.hset(keys.billing_account(ba), "promised_until", until.isoformat())
-        await self.client.xadd(
-            keys.BILL_AUDIT, {"action": "promise_to_pay", "actor": actor, "ba": ba, "until": until.isoformat()}
-        )
+        now_s = self.clock.now_ms() // 1000
+        promise_id = f"{ba}:{today.isoformat()}:{until.isoformat()}"
+        entry = AuditEntry(
+            uuid.uuid4().hex, datetime.fromtimestamp(now_s, UTC), caller_name(), "promise_to_pay", ba, "",
+            {"until": until.isoformat(), "agent": actor, "promise": promise_id},
+        )  # fmt: skip
+        await self.record.record_promise(Promise(promise_id, ba, until, actor, now_s), entry)
         await self.evaluate(ba)
+
+
+class _Audit:
+    """The audit entries of one dunning decision: ids derived from its application, the
+    actor ``dunning`` (the caller that set it off in the details)."""
+
+    def __init__(self, application_id: str, ba: str, at_s: int) -> None:
+        self.application_id = application_id
+        self.ba = ba
+        self.at = datetime.fromtimestamp(at_s, UTC)
+        self.entries: list[AuditEntry] = []
+
+    def add(self, action: str, reason: str = "", **details: object) -> None:
+        entry_id = f"{self.application_id}:{len(self.entries)}"
+        facts = {**details, "caller": caller_name()}
+        self.entries.append(AuditEntry(entry_id, self.at, "dunning", action, self.ba, reason, facts))

@@ -377,3 +377,16 @@ def status(ladder: Ladder, invoices: Iterable[OpenInvoice], today: date) -> tupl
             )
         )
     return tuple(out)
+
+
+def promise_outcome(invoices: Iterable[OpenInvoice], until: date, today: date) -> str | None:
+    """How a promise to pay up to ``until`` turned out, judged on the account's invoices
+    without the promise: KEPT once nothing collectible is open, or when its day has passed
+    with nothing collectible overdue; BROKEN when its day has passed with something
+    overdue; None while it still runs."""
+    ordered = list(invoices)
+    if sum(collectible(i, today) for i in ordered) == 0:
+        return "KEPT"
+    if today <= until:
+        return None
+    return "BROKEN" if overdue(ordered, today) > 0 else "KEPT"

@@ -3,9 +3,9 @@ manual adjustments.
 
 Every change is idempotent on a key the caller gives (the channel's payment reference,
 the dispute or adjustment id): a repeat answers the same, a reuse of the key with another
-payload is refused and changes nothing. Payments, credit notes, refunds and adjustments
-are committed in PostgreSQL first, with their audit entry, and then applied in Redis
-once (``receivables.py``); disputes are still only a script in the ``{bill}`` slot.
+payload is refused and changes nothing. Payments, credit notes, refunds, adjustments and
+disputes are committed in PostgreSQL first, with their audit entry, and then applied in
+Redis once (``receivables.py``, ``disputes.py``).
 
 - A payment is allocated to the open invoices oldest first; a partial payment leaves the
   rest open; an overpayment is kept as credit, which pays the next invoice first and
@@ -13,7 +13,7 @@ once (``receivables.py``); disputes are still only a script in the ``{bill}`` sl
 - A dispute holds its amount out of dunning; accepting it issues a credit note (own
   gapless sequence) for the amount, rejecting it releases the hold with a reason.
 - An adjustment is a charge or credit with a reason on the next invoice; every dispute
-  decision is written to the audit stream with who did it.
+  decision is audited with who did it, in the transaction that commits it.
 Each change then calls ``on_change`` (the collection service re-evaluates the account
 at once, so a payment that clears the overdue amount restores service).
 """
@@ -38,10 +38,12 @@ from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.security.identity import caller_name
 from charging.store import storage_errors
 from postpaid.config import BillingConfig
+from postpaid.disputes import Disputes
+from postpaid.dunning_record import lock_account
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import ADJUSTMENT, Charge
 from postpaid.receivables import Adjustment, Applied, CreditNote, Movement, Payment, Receivables, Refund
-from postpaid.scripts import DISPUTE, PAY, DisputeArgs, PayArgs
+from postpaid.scripts import PAY, PayArgs
 
 log = logging.getLogger("postpaid.payments")
 # The most one payment, refund or credit note moves, and the most credit an account
@@ -80,6 +82,7 @@ class Payments:
         self.on_change: Changed | None = None
         issuer = config.issuer
         self.ledger = Receivables(book.pool, issuer.id, config.currency, issuer.credit_note_prefix)
+        self.disputes = Disputes(self)
 
     async def _changed(self, ba: str) -> None:
         """Re-evaluate the account now. The change itself is applied already: a failure
@@ -198,6 +201,7 @@ class Payments:
         ba = movement.billing_account
         refused: Exception | None = None
         async with self.ledger.applying(movement.application_id) as conn:
+            await lock_account(conn, ba)  # no dunning decision is made or applied meanwhile
             before = await self.ledger.applied(conn, movement.application_id)
             if before is not None and before.outcome == "REFUSED":
                 _refused(before.detail, [before.detail, "0"])
@@ -255,7 +259,7 @@ class Payments:
             await self._changed(movement.billing_account)
             done += 1
         metrics.BILLING_APPLICATIONS_PENDING.set(len(found) - done)
-        return done
+        return done + await self.disputes.apply_pending()
 
     def _refund_args(self, r: Refund, check: bool = False) -> PayArgs:
         doc = json.dumps(
@@ -327,30 +331,20 @@ class Payments:
         return AuditEntry(uuid.uuid4().hex, now, caller_name(), action, ba, reason, facts)
 
     async def records(self, ba: str) -> list[dict[str, Any]]:
-        """The account's payments, refunds and credit notes, oldest first."""
+        """The account's payments, refunds and credit notes, oldest first (PostgreSQL)."""
         await self._account_exists(ba)
-        out = []
-        for key in await self.client.lrange(keys.billing_payments(ba), 0, -1):
-            stored = await self.client.get(str(key))
-            if stored is not None:
-                out.append(dict(json.loads(str(stored).split("|", 1)[1])))
-        return out
+        return await self.ledger.records(ba)
 
     async def open_dispute(
         self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str = "", customer: str = ""
     ) -> dict[str, Any]:
         """Hold ``amount`` of an invoice (of one of its lines, if given) out of dunning.
-        With ``customer`` (the CRM), the invoice must be one of that customer's."""
+        With ``customer`` (the CRM), the invoice must be one of that customer's. Committed
+        in PostgreSQL first (``disputes.py``)."""
         _key_part(dispute_id, "dispute_id")
         _amount(amount, "amount_minor")
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
-        ba = await self.client.hget(keys.invoice_state(number), "ba")
-        if ba is None:
-            raise NotFound("no such invoice")
-        owner = str(await self.client.hget(keys.billing_account(str(ba)), "customer") or "")
-        if customer and owner != customer:
-            raise NotFound("no such invoice of this customer")
         if line:
             found = await self.book.get(number)
             if found is None:
@@ -360,91 +354,19 @@ class Payments:
                 raise InvalidRequest("line", "is not a line of this invoice")
             if amount > sections[line].subtotal:
                 raise InvalidRequest("amount_minor", f"at most the line's charges ({sections[line].subtotal})")
-        now_s = self.clock.now_ms() // 1000
-        doc = {"id": dispute_id, "invoice": number, "ba": str(ba), "amount": amount, "reason": reason, "opened": now_s}
-        doc["line"] = line
-        reply = await DISPUTE(
-            self.client,
-            (keys.dispute(dispute_id), keys.invoice_state(number)),
-            DisputeArgs("OPEN", amount, json.dumps(doc)),
-        )
-        if reply[0] == "TOOMUCH":
-            raise InvalidRequest("amount_minor", f"at most the undisputed open amount ({reply[1]}) can be disputed")
-        if reply[0] == "SAME":
-            existing = await self.dispute(dispute_id)
-            if (existing["invoice"], existing["amount"], existing.get("line", "")) != (number, amount, line):
-                raise Conflict("this dispute id was used for another dispute")
-        # Listed under the customer (the CRM shows a customer's disputes); a repeated call
-        # completes an index entry that a crash left out.
-        if owner:
-            await self.client.zadd(keys.customer_disputes(owner), {dispute_id: now_s}, nx=True)
-        if reply[0] == "SAME":
-            return existing
-        await self._audit("dispute_opened", actor, str(ba), amount, reason, dispute_id)
-        await self._changed(str(ba))
-        return await self.dispute(dispute_id)
+        return await self.disputes.open(dispute_id, number, amount, reason, actor, line, customer)
 
     async def resolve_dispute(self, dispute_id: str, accept: bool, reason: str, actor: str) -> dict[str, Any]:
         """Accept (a credit note for the disputed amount, releasing the hold) or reject
-        (releasing the hold, with a reason). Deciding comes first and is atomic, so an
-        accept and a reject racing cannot both happen; accepting again after a crash
-        completes the credit note once."""
-        if not reason.strip():
-            raise InvalidRequest("reason", "is required")
-        d = await self.dispute(dispute_id)
-        key = (keys.dispute(dispute_id), keys.invoice_state(d["invoice"]))
-        doc = {**_bare(d), "resolution": reason}
-        reply = await DISPUTE(
-            self.client, key, DisputeArgs("ACCEPT" if accept else "REJECT", d["amount"], json.dumps(doc))
-        )
-        if reply[0] == "CLOSED":
-            raise Conflict(f"the dispute is already {reply[1]}")
-        if accept:
-            doc["resolution"] = d.get("resolution") or reason  # the decision's own reason, also on a retry
-            note = await self._dispute_credit_note(dispute_id, d, doc["resolution"])
-            doc["credit_note"] = note.get("number", "")
-            await self.client.hset(keys.dispute(dispute_id), "doc", json.dumps(doc))
-        if reply[0] == "DONE":
-            action = "dispute_accepted" if accept else "dispute_rejected"
-            await self._audit(action, actor, d["ba"], d["amount"], reason, dispute_id)
-        await self._changed(d["ba"])
-        return await self.dispute(dispute_id)
-
-    async def _dispute_credit_note(self, dispute_id: str, d: dict[str, Any], reason: str) -> dict[str, Any]:
-        """The credit note of an accepted dispute, once: for the disputed amount, or what
-        the invoice can still be credited if other credit notes came first; the hold is
-        released either way."""
-        key = f"dispute-{dispute_id}"
-        note = await self.ledger.credit_note(d["ba"], key)
-        if note is not None:  # committed before (a crash or a retry): applied once
-            return await self.apply(note)
-        stored = await self.client.get(keys.payment("CN", key))
-        if stored is not None:
-            record: dict[str, Any] = json.loads(str(stored).split("|", 1)[1])
-            return record
-        total, credited = await self.client.hmget(keys.invoice_state(d["invoice"]), ["total", "credited"])
-        amount = min(int(d["amount"]), max(int(str(total)) - int(str(credited or 0)), 0))
-        if amount > 0:
-            return await self.credit_note(d["invoice"], amount, reason, key, release=int(d["amount"]))
-        await DISPUTE(
-            self.client,
-            (keys.dispute(dispute_id), keys.invoice_state(d["invoice"])),
-            DisputeArgs("RELEASE", d["amount"], ""),
-        )
-        return {}
+        (releasing the hold, with a reason); ``disputes.py``."""
+        return await self.disputes.resolve(dispute_id, accept, reason, actor)
 
     async def disputes_of(self, customer_id: str) -> list[dict[str, Any]]:
         """The billing disputes about the customer's invoices, oldest first."""
-        ids = await self.client.zrange(keys.customer_disputes(customer_id), 0, -1)
-        return [await self.dispute(str(i)) for i in ids]
+        return await self.disputes.of_customer(customer_id)
 
     async def dispute(self, dispute_id: str) -> dict[str, Any]:
-        h = await self.client.hgetall(keys.dispute(dispute_id))
-        if not h:
-            raise NotFound("no such dispute")
-        doc: dict[str, Any] = json.loads(h["doc"])
-        doc["status"] = str(h["status"])
-        return doc
+        return await self.disputes.get(dispute_id)
 
     async def adjust(self, adjustment_id: str, ba: str, amount: int, reason: str, actor: str) -> dict[str, Any]:
         """A manual charge (positive) or credit (negative) on the next invoice: committed
@@ -496,10 +418,6 @@ class Payments:
             await pipe.execute()
         return doc
 
-    async def _audit(self, action: str, actor: str, ba: str, amount: int, reason: str, ref: str) -> None:
-        now_s = self.clock.now_ms() // 1000
-        await self.client.xadd(keys.BILL_AUDIT, _audit_fields(action, actor, ba, amount, reason, ref, now_s))
-
 
 def _refused(kind: str, reply: list[Any]) -> None:
     """pay.lua's refusals as typed errors (nothing was changed)."""
@@ -519,10 +437,6 @@ def _record(reply: list[Any]) -> dict[str, Any]:
     record: dict[str, Any] = json.loads(reply[1])
     record["replayed"] = reply[0] == "REPLAY"
     return record
-
-
-def _bare(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k != "status"}
 
 
 def _audit_fields(action: str, actor: str, ba: str, amount: int, reason: str, ref: str, at_s: int) -> dict[Any, Any]:

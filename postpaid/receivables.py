@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
@@ -36,6 +36,7 @@ from charging.audit_trail import AuditEntry
 from charging.database import Pool
 
 Kind = Literal["PAYMENT", "CREDIT_NOTE", "REFUND", "ADJUSTMENT"]
+MOVEMENTS: tuple[Kind, ...] = ("PAYMENT", "CREDIT_NOTE", "REFUND", "ADJUSTMENT")
 
 
 def _at(seconds: int) -> datetime:
@@ -127,8 +128,10 @@ class Applied:
 @dataclass(frozen=True)
 class Pending:
     application_id: str
-    kind: Kind
+    kind: Kind | Literal["DISPUTE", "DUNNING"]
     movement_id: str
+    billing_account: str = ""
+    payload: str = ""  # what to apply, for a dunning decision
 
 
 class Receivables:
@@ -222,43 +225,51 @@ class Receivables:
         (``numbered_before``: the series' last number where Redis numbered them before)."""
         try:
             async with self._transaction() as conn:
-                await conn.execute(
-                    "INSERT INTO invoice_numbers (issuer, series, last_number) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (issuer, series) DO NOTHING",
-                    (self.issuer, self.series, numbered_before),
-                )
-                cur = await conn.execute("SELECT next_invoice_number(%s, %s)", (self.issuer, self.series))
-                row = await cur.fetchone()
-                assert row is not None
-                number = f"{self.series}-{int(row[0]):08d}"
-                await conn.execute(
-                    "INSERT INTO credit_notes (issuer, series, number, credit_note_id, billing_account, invoice_id, "
-                    "amount_minor, release_minor, currency, reason, idempotency_key, issued_at, recorded_by) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        self.issuer,
-                        self.series,
-                        int(row[0]),
-                        number,
-                        note.billing_account,
-                        note.invoice,
-                        note.amount,
-                        note.release,
-                        self.currency,
-                        note.reason,
-                        note.key,
-                        _at(note.issued_s),
-                        audit.actor,
-                    ),
-                )
-                await _pending(conn, f"CREDIT_NOTE:{number}", "CREDIT_NOTE", number, note.billing_account)
-                entry = dataclasses.replace(audit, details={**audit.details, "number": number})
-                await audit_trail.insert(conn, [entry])
+                await self.insert_credit_note(conn, note, audit, numbered_before)
         except pg_errors.UniqueViolation:
             pass  # the same key committed meanwhile; the number went back with the rollback
         found = await self.credit_note(note.billing_account, note.key)
         assert found is not None
         return found
+
+    async def insert_credit_note(
+        self, conn: AsyncConnection[TupleRow], note: CreditNote, audit: AuditEntry, numbered_before: int = 0
+    ) -> str:
+        """Number the credit note and insert it, its pending application and its audit
+        entry in the caller's transaction; answers its number."""
+        await conn.execute(
+            "INSERT INTO invoice_numbers (issuer, series, last_number) VALUES (%s, %s, %s) "
+            "ON CONFLICT (issuer, series) DO NOTHING",
+            (self.issuer, self.series, numbered_before),
+        )
+        cur = await conn.execute("SELECT next_invoice_number(%s, %s)", (self.issuer, self.series))
+        row = await cur.fetchone()
+        assert row is not None
+        number = f"{self.series}-{int(row[0]):08d}"
+        await conn.execute(
+            "INSERT INTO credit_notes (issuer, series, number, credit_note_id, billing_account, invoice_id, "
+            "amount_minor, release_minor, currency, reason, idempotency_key, issued_at, recorded_by) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                self.issuer,
+                self.series,
+                int(row[0]),
+                number,
+                note.billing_account,
+                note.invoice,
+                note.amount,
+                note.release,
+                self.currency,
+                note.reason,
+                note.key,
+                _at(note.issued_s),
+                audit.actor,
+            ),
+        )
+        await _pending(conn, f"CREDIT_NOTE:{number}", "CREDIT_NOTE", number, note.billing_account)
+        entry = dataclasses.replace(audit, details={**audit.details, "number": number})
+        await audit_trail.insert(conn, [entry])
+        return number
 
     # -- refunds of credit
 
@@ -336,6 +347,43 @@ class Receivables:
         assert found is not None
         return found
 
+    # -- the account's movements
+
+    async def records(self, ba: str) -> list[dict[str, Any]]:
+        """The account's payments, credit notes and refunds of credit that Redis applied,
+        oldest first, each with what it paid of which invoice (``ListMoneyRecords``)."""
+        applied = "JOIN billing_applied a ON a.application_id = %s || {id} AND a.outcome = 'APPLIED'"
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 'PAYMENT', 'PAYMENT:' || p.payment_id, p.amount_minor, p.channel, p.reference, '', '', '', "
+                f"p.received_at FROM payments p {applied.format(id='p.payment_id')} WHERE p.billing_account = %s "
+                "UNION ALL SELECT 'CREDIT_NOTE', 'CREDIT_NOTE:' || c.credit_note_id, c.amount_minor, '', '', "
+                f"c.credit_note_id, c.invoice_id, c.reason, c.issued_at FROM credit_notes c "
+                f"{applied.format(id='c.credit_note_id')} WHERE c.billing_account = %s "
+                "UNION ALL SELECT 'REFUND', 'REFUND:' || r.refund_id, r.amount_minor, '', r.reference, '', '', "
+                f"r.reason, r.refunded_at FROM refunds r {applied.format(id='r.refund_id')} "
+                "WHERE r.billing_account = %s ORDER BY 9, 2",
+                ("PAYMENT:", ba, "CREDIT_NOTE:", ba, "REFUND:", ba),
+            )
+            found = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT application_id, invoice_id, amount_minor FROM allocations WHERE application_id = ANY(%s) "
+                "ORDER BY application_id, invoice_id",
+                ([r[1] for r in found],),
+            )
+            paid: dict[str, dict[str, int]] = {}
+            for application_id, invoice, amount in await cur.fetchall():
+                paid.setdefault(application_id, {})[invoice] = int(amount)
+        out = []
+        for kind, application_id, amount, channel, reference, number, invoice, reason, at in found:
+            doc: dict[str, Any] = {"kind": kind, "ba": ba, "amount": int(amount), "at": int(at.timestamp())}
+            facts = {"channel": channel, "reference": reference, "number": number, "invoice": invoice}
+            doc |= {k: v for k, v in {**facts, "reason": reason}.items() if v}
+            if kind != "REFUND":
+                doc["allocations"] = paid.get(application_id, {})
+            out.append(doc)
+        return out
+
     # -- applications
 
     @asynccontextmanager
@@ -366,17 +414,18 @@ class Receivables:
                     "INSERT INTO allocations (application_id, invoice_id, amount_minor) VALUES (%s, %s, %s)", rows
                 )
 
-    async def pending(self, limit: int = 500) -> list[Pending]:
-        """Applications committed and not applied yet, oldest first."""
+    async def pending(self, limit: int = 500, kinds: tuple[str, ...] = MOVEMENTS) -> list[Pending]:
+        """Applications of these kinds committed and not applied yet, oldest first."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT a.application_id, a.kind, a.movement_id FROM billing_applications a "
-                "WHERE NOT EXISTS (SELECT 1 FROM billing_applied d WHERE d.application_id = a.application_id) "
+                "SELECT a.application_id, a.kind, a.movement_id, a.billing_account FROM billing_applications a "
+                "WHERE a.kind = ANY(%s) "
+                "AND NOT EXISTS (SELECT 1 FROM billing_applied d WHERE d.application_id = a.application_id) "
                 "ORDER BY a.created_at, a.application_id LIMIT %s",
-                (limit,),
+                (list(kinds), limit),
             )
             rows = await cur.fetchall()
-        return [Pending(r[0], r[1], r[2]) for r in rows]
+        return [Pending(r[0], r[1], r[2], r[3]) for r in rows]
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection[TupleRow]]:

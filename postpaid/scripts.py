@@ -163,22 +163,18 @@ class DunningStep:
 
 @dataclass(frozen=True, slots=True)
 class DunningArgs:
-    """dunning.lua: record what one dunning evaluation decided."""
+    """dunning.lua: apply one committed dunning decision."""
 
     # The service state to record, '' keep.
     state: str
-    overdue: int
     steps: tuple[DunningStep, ...]
     now_s: int
-    # The account's state epoch and money moves the decision was made on.
-    epoch: str
-    moves: str
 
     def to_argv(self) -> tuple[Arg, ...]:
-        argv: tuple[Arg, ...] = (self.state, self.overdue, len(self.steps))
+        argv: tuple[Arg, ...] = (self.state, len(self.steps))
         for step in self.steps:
             argv += step.to_argv()
-        return (*argv, self.now_s, self.epoch, self.moves)
+        return (*argv, self.now_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,9 +243,16 @@ async def test_sixty_days_overdue_terminates_and_hands_over_to_collection(
     decision = await b.collection.evaluate("C13")
     assert decision.state is ServiceState.TERMINATED
     assert [o[2] for o in book.orders] == ["TERMINATE"]
-    assert app.redis is not None
-    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(keys.BILL_AUDIT)  # type: ignore[assignment]
-    assert [(e[1]["action"], e[1]["amount"]) for e in audit] == [("collection_handover", str(inv.total))]
+    # Audited in PostgreSQL with the decision: every step on the invoice, the state, the hand-over.
+    assert app.database is not None
+    async with app.database.connection() as conn:
+        cur = await conn.execute("SELECT action, details FROM audit WHERE subject = 'C13' ORDER BY entry_id")
+        audit = await cur.fetchall()
+    handed = [d for a, d in audit if a == "collection_handover"]
+    assert handed == [{"amount_minor": inv.total, "caller": "internal"}]
+    steps = sorted(d["step"] for a, d in audit if a == "dunning_step")
+    assert steps == sorted(s.name for s in b.config.dunning.steps)
+    assert [d["state"] for a, d in audit if a == "dunning_state"] == ["TERMINATED"]
     # Paying afterwards does not bring a terminated line back.
     await b.payments.pay("C13", inv.total, "CARD", "late")
     assert [o[2] for o in book.orders] == ["TERMINATE"]

@@ -303,3 +303,33 @@ async def test_an_adjustment_is_a_row_first_and_queued_once_after_a_crash(
     assert await rows(pool, "SELECT billing_account, amount_minor, actor FROM adjustments") == [(ba, 250, "agent-7")]
     assert await rows(pool, "SELECT action, details->>'agent' FROM audit") == [("adjustment", "agent-7")]
     assert await rows(pool, "SELECT outcome FROM billing_applied") == [("APPLIED",)]
+
+
+async def test_a_dispute_is_a_row_first_and_its_acceptance_with_its_credit_note_applies_once_after_a_crash(
+    payments: Payments, redis_url: str, database_url: str
+) -> None:
+    pool, client = payments.ledger.pool, payments.client
+    ba, standing = await seeded(client, [3000], 0)
+    ((invoice, _),) = standing.open
+    # Opened, killed before Redis heard of it: the row, its audit entry, no hold yet.
+    assert await crashing(redis_url, database_url, "dispute", ba, invoice, "after_commit") == -signal.SIGKILL
+    assert await rows(pool, "SELECT event, amount_minor FROM dispute_events") == [("OPENED", 500)]
+    assert await client.hget(keys.invoice_state(invoice), "disputed") == "0"
+    assert await payments.apply_pending() == 1
+    assert await client.hget(keys.invoice_state(invoice), "disputed") == "500"
+    # Accepted, killed before Redis: the decision and its credit note were one transaction.
+    assert await crashing(redis_url, database_url, "accept", ba, invoice, "after_commit") == -signal.SIGKILL
+    assert (await payments.dispute("crash-d"))["status"] == "ACCEPTED"
+    assert len(await payments.ledger.pending()) == 1  # the credit note
+    assert await payments.apply_pending() == 2  # the credit note and the acceptance
+    assert await payments.apply_pending() == 0
+    state = await client.hmget(keys.invoice_state(invoice), ["open", "disputed"])
+    assert state == ["2500", "0"]
+    # The caller's retry answers the same and changes nothing.
+    again = await payments.resolve_dispute("crash-d", True, "agreed", "agent-3")
+    assert (again["status"], again["credit_note"]) == ("ACCEPTED", "CN-00000001")
+    assert await client.hmget(keys.invoice_state(invoice), ["open", "disputed"]) == ["2500", "0"]
+    with pytest.raises(Conflict):
+        await payments.resolve_dispute("crash-d", False, "no", "agent-3")
+    actions = await rows(pool, "SELECT action FROM audit ORDER BY action")
+    assert actions == [("credit_note",), ("dispute_accepted",), ("dispute_opened",)]
