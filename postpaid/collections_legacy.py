@@ -1,7 +1,7 @@
 """Disputes, promises to pay and dunning steps kept in Redis before PostgreSQL kept them:
 moved once, on upgrade (``charging migrate``, and at a server's start).
 
-Before revision 0006 a dispute was a hash (``{bill}:disp:ID``: status, the record JSON)
+Before revision 0008 a dispute was a hash (``{bill}:disp:ID``: status, the record JSON)
 listed under its customer (``{bill}:cdisp:CUSTOMER``), a promise to pay was a field of
 the billing account (``promised_until``), the dunning steps taken were members of a set
 (``{bill}:ba:BA:dun``: ``INVOICE|STEP``), and their audit entries went to the stream

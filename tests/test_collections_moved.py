@@ -1,5 +1,5 @@
 """Disputes, promises to pay and dunning steps an installation kept in Redis before
-revision 0006 (``postpaid/collections_legacy.py``), and payments, credit notes and refunds
+revision 0008 (``postpaid/collections_legacy.py``), and payments, credit notes and refunds
 only Redis kept before 0005 (``postpaid/receivables_legacy.py``), are moved into
 PostgreSQL once, on a real Redis and PostgreSQL: the rows, their applications marked
 applied, allocations, the audit entries of the old stream; moving again changes nothing;

@@ -1,5 +1,5 @@
 """Dunning steps and promises to pay in PostgreSQL first, then applied in Redis once
-(``postpaid/dunning_record.py``, revision 0006), on a real Redis and PostgreSQL: a dunning
+(``postpaid/dunning_record.py``, revision 0008), on a real Redis and PostgreSQL: a dunning
 run SIGKILLed in a real process before its transaction commits, after the commit and
 after Redis applied, and run again, takes every step once (rows, late fees,
 notifications, the state, audit entries); the job finishes a decision a crash left; two

@@ -15,16 +15,16 @@ need to be written first and applied in Redis afterwards, as payments are.
 New tables are readable by ``charging_reader`` (0004's default privileges; granted here
 too for a database whose migrations ran as another role).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0006"
-down_revision: str | None = "0005"
+revision = "0008"
+down_revision: str | None = "0007"
 branch_labels = None
 depends_on = None
 
