@@ -103,13 +103,15 @@ async def migrate(settings: Settings) -> str:
 
 async def _move_redis_records(settings: Settings, url: str) -> None:
     """Records Redis kept before PostgreSQL did (issued invoices, bill runs; disputes,
-    promises to pay, dunning steps) are moved once (``postpaid/legacy.py``,
-    ``postpaid/collections_legacy.py``); a server moves them at start too."""
+    promises to pay, dunning steps; interactions and tickets) are moved once
+    (``postpaid/legacy.py``, ``postpaid/collections_legacy.py``,
+    ``provisioning/care_legacy.py``); a server moves them at start too."""
     from charging import store
     from charging.database import open_pool
     from charging.embedded_redis import with_password
     from postpaid import collections_legacy, legacy, receivables_legacy
     from postpaid import config as billing_config
+    from provisioning import care_legacy
     from provisioning.sealing import load_sealer
 
     billing = billing_config.load(settings.billing_file)
@@ -117,7 +119,9 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     client = store.connect(with_password(settings.redis_url), max_connections=2, tls=settings.redis_tls())
     pool = await open_pool(url, 2)
     try:
-        await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, load_sealer(settings))
+        sealer = load_sealer(settings)
+        await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, sealer)
+        await care_legacy.move_once(client, pool, sealer)
         await collections_legacy.move_once(client, pool, int(time.time()))
         series = issuer.credit_note_prefix
         await receivables_legacy.move_once(client, pool, issuer.id, series, billing.currency, int(time.time()))
