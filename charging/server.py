@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import metrics, migrations, retention, store
+from charging import database_roles, metrics, migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
@@ -401,18 +401,27 @@ class App:
         migrated at start when it is the embedded one or when told to."""
         s = self.settings
         url = s.database_url
+        owner_url = s.database_migrate_url or s.database_url  # migrations run as the schema's owner
         if not url:
             self._embedded_postgres = EmbeddedPostgres(s.database_dir, s.postgres_bin_dir)
-            url = await self._embedded_postgres.start()
+            url = owner_url = await self._embedded_postgres.start()
         problem = plaintext_problem(s.database_url) if s.database_url else None
+        if s.database_url and s.database_migrate_url and not problem:
+            problem = plaintext_problem(s.database_migrate_url)
         if problem and not s.insecure:
             raise StartupError(problem + "; or set CHARGING_INSECURE=true")
         if problem:
             log.warning("the system of record is reached in clear", extra={"problem": problem})
         if not s.database_url or s.database_migrate:
-            await asyncio.to_thread(migrations.upgrade, url)
+            await asyncio.to_thread(migrations.upgrade, owner_url)
+        if self._embedded_postgres is not None:  # the server's own login role, not the owner
+            url = await asyncio.to_thread(self._embedded_postgres.layout.ensure_server_login)
         self.database = await open_pool(url, s.database_pool_size)
         await migrations.check_current(self.database, migrations.head())
+        async with self.database.connection() as conn:
+            owner = await database_roles.owner_problem(conn)
+        if owner:
+            log.warning("the server's database role owns the schema", extra={"problem": owner})
 
     def _start_database_tasks(self) -> None:
         """Partition maintenance (the ``retention`` job) and the embedded PostgreSQL's supervision."""
