@@ -21,9 +21,11 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from postpaid.accounts import reseal_all
 from provisioning import keys
@@ -31,6 +33,8 @@ from provisioning.customer_care import Dispute, Interaction, Ticket
 from provisioning.customers import PERSONAL, Customer
 from provisioning.orders import REQUEST
 from provisioning.sealing import Sealer
+
+PRIMARY = "primary"  # redis-py's ClusterNode.server_type of a primary
 
 
 @dataclass
@@ -135,25 +139,69 @@ class Rotation:
         return count
 
 
+Info = Callable[[], Awaitable[dict[str, Any]]]
+Command = Callable[[], Awaitable[object]]
+
+
 async def rewrite_aof(client: aioredis.Redis, timeout_s: float) -> None:
     """Rewrite the append-only file and wait until the new one is in use; raises
-    ``RuntimeError`` when Redis reports the rewrite failed or it takes too long."""
-    if (await client.info("persistence")).get("aof_enabled") != 1:
+    ``RuntimeError`` when Redis reports the rewrite failed or it takes too long.
+
+    On a Redis Cluster every node keeps an AOF of its own, replicas included: each is
+    rewritten, a replica once it has applied everything its primary had when the rotation
+    ended (else its rewritten file could still hold a value its primary re-sealed)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    if not isinstance(client, RedisCluster):
+        await _rewrite(lambda: client.info("persistence"), client.bgrewriteaof, deadline)
+        return
+    nodes = client.get_nodes()
+    offsets = {
+        f"{n.host}:{n.port}": int((await client.info("replication", target_nodes=n))["master_repl_offset"])
+        for n in nodes
+        if n.server_type == PRIMARY
+    }
+    for node in nodes:
+        if node.server_type != PRIMARY:
+            await _caught_up(client, node, offsets, deadline)
+
+    def info(node: ClusterNode) -> Info:
+        return lambda: client.info("persistence", target_nodes=node)
+
+    def rewrite(node: ClusterNode) -> Command:
+        return lambda: client.execute_command("BGREWRITEAOF", target_nodes=node)
+
+    await asyncio.gather(*(_rewrite(info(n), rewrite(n), deadline) for n in nodes))
+
+
+async def _caught_up(client: RedisCluster, replica: ClusterNode, offsets: dict[str, int], deadline: float) -> None:
+    """Until ``replica`` has applied its primary's stream up to the offset in ``offsets``."""
+    while True:
+        info = await client.info("replication", target_nodes=replica)
+        primary = f"{info.get('master_host')}:{info.get('master_port')}"
+        if primary not in offsets or int(info.get("slave_repl_offset", 0)) >= offsets[primary]:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"the replica {replica.host}:{replica.port} did not catch up with its primary in time")
+        await asyncio.sleep(0.1)
+
+
+async def _rewrite(info: Info, rewrite: Command, deadline: float) -> None:
+    """The rewrite on one Redis (node), by its ``info("persistence")`` and BGREWRITEAOF."""
+    if (await info()).get("aof_enabled") != 1:
         return  # no AOF to rewrite (an RDB-only or in-memory Redis)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
     while True:  # a rewrite already running would refuse ours: wait for it first
-        info = await client.info("persistence")
-        if not info["aof_rewrite_in_progress"]:
+        state = await info()
+        if not state["aof_rewrite_in_progress"]:
             break
         if loop.time() > deadline:
             raise RuntimeError("an AOF rewrite already running did not end in time")
         await asyncio.sleep(0.1)
-    await client.bgrewriteaof()
+    await rewrite()
     while True:
-        info = await client.info("persistence")
-        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-            if info["aof_last_bgrewrite_status"] != "ok":
+        state = await info()
+        if not state["aof_rewrite_in_progress"] and not state["aof_rewrite_scheduled"]:
+            if state["aof_last_bgrewrite_status"] != "ok":
                 raise RuntimeError("redis could not rewrite the append-only file; see its log")
             return
         if loop.time() > deadline:

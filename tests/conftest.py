@@ -19,10 +19,10 @@ from typing import Any
 
 import grpc
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 import pytest
 import redis
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from charging import keys, migrations
 from charging.clock import ManualClock

@@ -21,7 +21,7 @@ from charging.errors import StartupError
 from charging.security import certs
 from charging.server import App
 from charging.settings import Settings
-from tests.conftest import free_port, postgres_cluster
+from tests.conftest import PostgresServer, free_port, postgres_cluster
 
 
 @pytest.mark.parametrize(
