@@ -26,6 +26,11 @@ key would leave the account's hash slot, and every charging request would write 
   ``scan_every_s`` afterwards: records a crashed process or a lost reply left behind are
   relayed by whichever process scans next. SCAN walks the whole keyspace in small steps
   (``COUNT``), so it runs rarely; the in-memory set carries the normal flow.
+
+Outboxes of things other than accounts (``documents``: the catalog's ``{catalog}:cdr``, the
+coverage table's, each in its store's slot) carry only audit entries of their changes
+(``c`` entries, ``cdrs.py``); the relay knows their names, so its scan asks for them
+directly, and their stores wake it with ``wake_outbox``.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class CdrRelay:
         scan_every_s: float = SCAN_EVERY_S,
         linger_s: float = LINGER_S,
         after_commit: Callable[[], Awaitable[None]] | None = None,
+        documents: tuple[str, ...] = (),
     ) -> None:
         self._client = client
         self.store = store
@@ -97,8 +103,9 @@ class CdrRelay:
         self.scan_every_s = scan_every_s
         # Between the commit and the trim (crash tests stop a process here).
         self.after_commit = after_commit
-        # Accounts with records waiting, as far as this process knows, with when (ms)
-        # each was first known to have some.
+        self.documents = documents  # the record outboxes that are not an account's
+        # Outboxes (keys) with records waiting, as far as this process knows, with when
+        # (ms) each was first known to have some.
         self._waiting: dict[str, int] = {}
         self._next_scan_ms: int | None = None  # None: scan on the first pass
         self.wakeup = Lingering(linger_s)  # the wake source of the ``cdr_relay`` job
@@ -109,7 +116,11 @@ class CdrRelay:
 
     def wake(self, account: str) -> None:
         """The account's record outbox has records: relay them soon."""
-        self._waiting.setdefault(account, self.clock.now_ms())
+        self.wake_outbox(keys.cdr_outbox(account))
+
+    def wake_outbox(self, outbox: str) -> None:
+        """The record outbox ``outbox`` has records: relay them soon."""
+        self._waiting.setdefault(outbox, self.clock.now_ms())
         self.wakeup.wake()
 
     def lag_s(self) -> float:
@@ -135,7 +146,7 @@ class CdrRelay:
             if not self._waiting:
                 break
             oldest = sorted(self._waiting, key=self._waiting.__getitem__)[: step * CONCURRENT_ROUNDS]
-            rounds = [self.relay_accounts(oldest[i : i + step]) for i in range(0, len(oldest), step)]
+            rounds = [self.relay_outboxes(oldest[i : i + step]) for i in range(0, len(oldest), step)]
             results = await asyncio.gather(*rounds, return_exceptions=True)
             moved += sum(r for r in results if isinstance(r, int))
             for r in results:
@@ -150,21 +161,27 @@ class CdrRelay:
         found = 0
         with storage_errors():
             async for key in self._client.scan_iter(match=keys.CDR_OUTBOX_PATTERN, count=SCAN_COUNT, _type="LIST"):
-                account = keys.cdr_outbox_account(str(key))
-                if account is not None:
-                    self._waiting.setdefault(account, self.clock.now_ms())
+                if keys.cdr_outbox_account(str(key)) is not None:
+                    self._waiting.setdefault(str(key), self.clock.now_ms())
+                    found += 1
+            for outbox in self.documents:  # known by name: no scan needed
+                if await self._client.exists(outbox):
+                    self._waiting.setdefault(outbox, self.clock.now_ms())
                     found += 1
         return found
 
     async def relay_accounts(self, accounts: list[str]) -> int:
-        """One round: up to ``batch`` records of each account into PostgreSQL in one
-        transaction, then off the outboxes. An account whose outbox had more stays
-        waiting; when anything fails, every one of them stays waiting."""
-        since = {a: self._waiting.pop(a) for a in accounts if a in self._waiting}
+        """``relay_outboxes`` for the record outboxes of these accounts."""
+        return await self.relay_outboxes([keys.cdr_outbox(a) for a in accounts])
+
+    async def relay_outboxes(self, outboxes: list[str]) -> int:
+        """One round: up to ``batch`` records of each outbox into PostgreSQL in one
+        transaction, then off the outboxes. An outbox that had more stays waiting; when
+        anything fails, every one of them stays waiting."""
+        since = {o: self._waiting.pop(o) for o in outboxes if o in self._waiting}
         self._rounds += 1
         self._settled.clear()
         try:
-            outboxes = [keys.cdr_outbox(a) for a in accounts]
             with storage_errors():
                 pipe = self._client.pipeline(transaction=False)
                 for outbox in outboxes:
@@ -172,7 +189,8 @@ class CdrRelay:
                 read: list[list[str]] = [[str(e) for e in entries] for entries in await pipe.execute()]
             usage: list[UsageRow] = []
             audit: list[AuditRow] = []
-            for account, entries in zip(accounts, read, strict=True):
+            for outbox, entries in zip(outboxes, read, strict=True):
+                account = keys.cdr_outbox_account(outbox) or ""  # "": a document's (``c`` entries only)
                 for entry in entries:
                     try:
                         u, a = rows(account, entry)
@@ -199,8 +217,8 @@ class CdrRelay:
                 await self.after_commit()
             trimmed = await self._trim([(o, e) for o, e in zip(outboxes, read, strict=True) if e])
         except BaseException:
-            for account, at in since.items():
-                self._waiting[account] = min(at, self._waiting.get(account, at))
+            for outbox, at in since.items():
+                self._waiting[outbox] = min(at, self._waiting.get(outbox, at))
             raise
         finally:
             self._rounds -= 1
@@ -209,13 +227,13 @@ class CdrRelay:
         moved = sum(trimmed.values())
         self.relayed += moved
         now = self.clock.now_ms()
-        for account, outbox, entries in zip(accounts, outboxes, read, strict=True):
+        for outbox, entries in zip(outboxes, read, strict=True):
             # More may be behind a full batch; and a trim that found another relay's
             # trim before it (which may have taken only part of what this one read)
             # leaves the rest of what this one read for the next round.
             if len(entries) >= self.batch or (entries and not trimmed.get(outbox)):
-                at = since.get(account, now)
-                self._waiting[account] = min(at, self._waiting.get(account, at))
+                at = since.get(outbox, now)
+                self._waiting[outbox] = min(at, self._waiting.get(outbox, at))
         return moved
 
     async def _trim(self, done: list[tuple[str, list[str]]]) -> dict[str, int]:

@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import database_roles, metrics, migrations, retention, store
+from charging import database_roles, keys, metrics, migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
@@ -53,6 +53,7 @@ from charging.context import Context
 from charging.database import Pool, open_pool, plaintext_problem
 from charging.diameter.config import DiameterConfig
 from charging.diameter.listener import DiameterDoor
+from charging.documents import records_key
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -95,6 +96,7 @@ from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
+from provisioning.coverage import STORE as COVERAGE_STORE
 from provisioning.coverage import CoverageBook
 from provisioning.crm_api import CrmServicer
 from provisioning.customer_care import CustomerCare
@@ -173,10 +175,15 @@ class App:
         await self._start_database()
 
         assert self.database is not None
-        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock)
+        # Besides the accounts' outboxes, the audit entries of catalog and coverage loads.
+        coverage_records = records_key(COVERAGE_STORE)
+        self.cdr_relay = CdrRelay(
+            self.redis, CdrStore(self.database), self.clock, documents=(keys.CATALOG_RECORDS, coverage_records)
+        )
         metrics.CDR_RELAY_LAG.set_function(self.cdr_relay.lag_s)
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
+        self.catalogs.on_records = self.cdr_relay.wake_outbox
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
         # Line state changes and top-ups signal the sessions' clients (charging/signals.py):
@@ -458,6 +465,8 @@ class App:
             self._simulator = NetworkSimulator("127.0.0.1:0").start()
             url = self._simulator.url
         self.acquisition = await build_acquisition(self.settings, url, self.redis, directory, self.catalogs, self.clock)
+        if self.cdr_relay is not None:
+            self.acquisition.coverage.on_records = self.cdr_relay.wake_outbox
         self.worker = self.acquisition.worker
 
     async def stop(self) -> None:
