@@ -34,7 +34,7 @@ from provisioning.customers import PERSONAL, Customer
 from provisioning.orders import REQUEST
 from provisioning.sealing import Sealer
 
-PRIMARY = "primary"  # redis-py's ClusterNode.server_type of a primary
+REPLICA = "replica"  # redis-py's ClusterNode.server_type of a replica
 
 
 @dataclass
@@ -154,34 +154,46 @@ async def rewrite_aof(client: aioredis.Redis, timeout_s: float) -> None:
     if not isinstance(client, RedisCluster):
         await _rewrite(lambda: client.info("persistence"), client.bgrewriteaof, deadline)
         return
-    nodes = client.get_nodes()
-    offsets = {
-        f"{n.host}:{n.port}": int((await client.info("replication", target_nodes=n))["master_repl_offset"])
-        for n in nodes
-        if n.server_type == PRIMARY
-    }
-    for node in nodes:
-        if node.server_type != PRIMARY:
-            await _caught_up(client, node, offsets, deadline)
+    # The replicas as each primary knows them now (ROLE: [role, offset, [[host, port,
+    # acknowledged offset], ...]]): redis-py's node cache may not list them all.
+    primaries = {p.name: p for p in client.get_primaries()}
+    nodes = {name: await client.execute_command("ROLE", target_nodes=p) for name, p in primaries.items()}
+    replicas: list[ClusterNode] = []
+    unknown: list[ClusterNode] = []  # made here: disconnected at the end
+    try:
+        for name, role in nodes.items():
+            offset = int(role[1])
+            for host, port, _acked in role[2]:
+                replica = client.get_node(host=host, port=int(port))
+                if replica is None:
+                    replica = ClusterNode(host, int(port), REPLICA, **client.nodes_manager.connection_kwargs)
+                    unknown.append(replica)
+                replicas.append(replica)
+                await _caught_up(client, primaries[name], replica, offset, deadline)
 
-    def info(node: ClusterNode) -> Info:
-        return lambda: client.info("persistence", target_nodes=node)
+        def info(node: ClusterNode) -> Info:
+            return lambda: client.info("persistence", target_nodes=node)
 
-    def rewrite(node: ClusterNode) -> Command:
-        return lambda: client.execute_command("BGREWRITEAOF", target_nodes=node)
+        def rewrite(node: ClusterNode) -> Command:
+            return lambda: client.execute_command("BGREWRITEAOF", target_nodes=node)
 
-    await asyncio.gather(*(_rewrite(info(n), rewrite(n), deadline) for n in nodes))
+        every = [*primaries.values(), *replicas]
+        await asyncio.gather(*(_rewrite(info(n), rewrite(n), deadline) for n in every))
+    finally:
+        for node in unknown:
+            await node.disconnect()
 
 
-async def _caught_up(client: RedisCluster, replica: ClusterNode, offsets: dict[str, int], deadline: float) -> None:
-    """Until ``replica`` has applied its primary's stream up to the offset in ``offsets``."""
+async def _caught_up(
+    client: RedisCluster, primary: ClusterNode, replica: ClusterNode, offset: int, deadline: float
+) -> None:
+    """Until ``primary`` reports ``replica`` has acknowledged its stream up to ``offset``."""
     while True:
-        info = await client.info("replication", target_nodes=replica)
-        primary = f"{info.get('master_host')}:{info.get('master_port')}"
-        if primary not in offsets or int(info.get("slave_repl_offset", 0)) >= offsets[primary]:
+        _role, _offset, acked = await client.execute_command("ROLE", target_nodes=primary)
+        if any(int(p) == replica.port and h == replica.host and int(a) >= offset for h, p, a in acked):
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise RuntimeError(f"the replica {replica.host}:{replica.port} did not catch up with its primary in time")
+            raise RuntimeError(f"the replica {replica.name} did not catch up with its primary in time")
         await asyncio.sleep(0.1)
 
 
