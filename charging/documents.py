@@ -23,9 +23,10 @@ storing the version, moving the pointer and pushing the entry; a named one: the 
 switch, e.g. the catalog's script, ``plan_index.lua``), so neither is ever without the
 other, whatever stops when. The relay moves entries at least once and the ``audit``
 table keeps each once (its id is in the entry). A version stored by ``put`` but never made
-current changed nothing and has no entry. Every key of a store shares its slot only when
-its name is a hash tag (the catalog's ``{catalog}``); the single-key steps run on Redis
-Cluster either way. A parsed document is cached per version, since a
+current changed nothing and has no entry. On a Redis Cluster a load's step needs every
+key of the store in one slot: the store's name must be a hash tag (the catalog's
+``{catalog}``); the coverage table's ``crm:coverage`` is not yet (the CRM does not run on
+a cluster). A parsed document is cached per version, since a
 stored version never changes; reading what is current costs one GET.
 """
 
