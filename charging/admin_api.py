@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 
 from charging import keys
 from charging.api import DEFAULT_PLAN_ID, identity_or_invalid
-from charging.audit_trail import AuditEntry, AuditPage, AuditQuery, AuditTrail, Position
+from charging.audit_trail import AuditPage, AuditQuery, AuditTrail, Position
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.documents import Author
 from charging.errors import InvalidRequest, NotFound
 from charging.renewals import Renewer
 from charging.schemas import parse_json
@@ -55,10 +55,6 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.clock = clock
         self.trail = trail
 
-    async def _audit(self, action: str, subject: str, details: dict[str, str]) -> None:
-        at = datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC)
-        await self.trail.record(AuditEntry(uuid.uuid4().hex, at, caller_name(), action, subject, "", details))
-
     @rpc("CreateSubscriber")
     async def CreateSubscriber(
         self, request: admin_pb2.CreateSubscriberRequest, context: grpc.aio.ServicerContext
@@ -99,8 +95,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def LoadCatalog(
         self, request: admin_pb2.CatalogDocument, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CatalogInfo:
-        catalog = await self.catalogs.load(parse_json(request.json))
-        await self._audit("catalog_load", "catalog", {"version": catalog.version})
+        # Audited in the same step as the switch (documents.py), as the caller.
+        catalog = await self.catalogs.load(parse_json(request.json), Author(caller_name(), self.clock.now_ms()))
         return admin_pb2.CatalogInfo(version=catalog.version, plan_ids=sorted(catalog.plans))
 
     @rpc("GetCatalog")

@@ -4,7 +4,9 @@ The versions live in a ``DocumentStore`` (``documents.py``) under ``catalog``:
 ``catalog:current`` names the running version and ``catalog:v:<version>`` holds each
 document, the version named by the document itself. Loading a catalog checks the whole
 document first (a bad one changes nothing), stores it, then moves the ``current``
-pointer: one atomic step that every server process sees at its next refresh, refused
+pointer with the load's audit entry (the catalog's record outbox ``{catalog}:cdr``, moved
+into the ``audit`` table by the relay): one atomic step that every server process sees at
+its next refresh, refused
 when the catalog drops a plan or service still in use that it does not migrate
 (``plan_index.py``). A process also keeps every version it has used, because a session
 stays on the version it started with.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -25,7 +28,7 @@ from charging import keys
 from charging.catalog import Catalog
 from charging.catalog_doc import CatalogInvalid, catalog_from_doc
 from charging.changes import ChangeFeed
-from charging.documents import DocumentStore
+from charging.documents import Audited, Author, DocumentStore
 from charging.errors import Conflict, StorageUnavailable
 from charging.plan_index import PlanIndex, StaleCatalog
 from charging.schemas import parse_json
@@ -54,7 +57,11 @@ class CatalogBook:
             catalog_from_doc,
             version_of=_version_of,
             read=partial(catalog_from_doc, strict=False),  # accepted when it was loaded
+            audited=Audited("catalog_load", "catalog"),
         )
+        assert self._docs.records_key == keys.CATALOG_RECORDS
+        # Set by the server: told the record outbox's key after a load pushed an entry.
+        self.on_records: Callable[[str], None] | None = None
         self._current: Catalog | None = None
         self.plans = PlanIndex(client)
         # Set by the server: loads are announced to the other processes, and while this
@@ -67,11 +74,11 @@ class CatalogBook:
             raise StorageUnavailable("no catalog is loaded")
         return self._current
 
-    async def start(self, path: str, *, prefer_file: bool) -> None:
+    async def start(self, path: str, *, prefer_file: bool, author: Author | None = None) -> None:
         """Use the stored catalog; load the file when none is stored or when asked to."""
         await self._adopt_untagged()
         if prefer_file or not await self.refresh():
-            await self.load(read_catalog_file(path))
+            await self.load(read_catalog_file(path), author)
         await self.plans.ensure(self.current)
         await self.plans.finish_moves()  # left by a load that stopped half way
 
@@ -89,30 +96,33 @@ class CatalogBook:
             await client.renamenx("catalog:current", keys.CATALOG_CURRENT)
         log.info("catalog keys renamed under the {catalog} hash tag")
 
-    async def load(self, doc: Any) -> Catalog:
-        """Check, store and switch to a catalog. The same version may be loaded again only
-        with the same content."""
+    async def load(self, doc: Any, author: Author | None = None) -> Catalog:
+        """Check, store and switch to a catalog, audited as ``author``'s load in the same
+        step. The same version may be loaded again only with the same content."""
         stored, created = await self._docs.put(doc)
         catalog = stored.value
+        entry = self._docs.entry(author, catalog.version)
         try:
-            await self._switch(catalog)
+            await self._switch(catalog, entry)
         except Exception:
             if created:  # a refused catalog leaves nothing behind: the version stays free
                 await self._docs.discard(catalog.version)
             raise
         self._current = catalog
+        if entry and self.on_records is not None:
+            self.on_records(keys.CATALOG_RECORDS)
         log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
         await self.plans.finish_moves()
         if self.feed is not None:
             await self.feed.announce("catalog", catalog.version)  # every process rates with it now
         return catalog
 
-    async def _switch(self, catalog: Catalog) -> None:
+    async def _switch(self, catalog: Catalog, entry: str) -> None:
         """Make ``catalog`` current unless it drops a plan or service in use (plan_index.py)."""
         for _ in range(5):
             await self.refresh()  # the check is against what is current now, in any process
             try:
-                return await self.plans.switch(catalog, self._current)
+                return await self.plans.switch(catalog, self._current, entry)
             except StaleCatalog:
                 continue
         raise Conflict("other catalogs kept being loaded meanwhile; load again")

@@ -78,7 +78,8 @@ def database_url(settings: Settings) -> str:
         raise InvalidRequest(
             "CHARGING_DATABASE_URL", f"not set, and no embedded PostgreSQL is running under {settings.database_dir}"
         )
-    return layout.url()
+    # The server's own login role (read-only here) where the server has made it.
+    return layout.server_url() if layout.server_password_file.exists() else layout.url()
 
 
 async def write(settings: Settings, q: Query, out: TextIO) -> int:

@@ -33,6 +33,11 @@ record of an outbox it read (its "mark") with the time of that read, and relays 
 up to the mark only once ``hold_ms`` has passed since: each was in Redis before the read,
 so Redis has written it to disk by then. No record's own time is trusted for this: a script
 takes its time before it runs, maybe long before (a queue, a stalled link).
+
+Outboxes of things other than accounts (``documents``: the catalog's ``{catalog}:cdr``, the
+coverage table's, each in its store's slot) carry only audit entries of their changes
+(``c`` entries, ``cdrs.py``); the relay knows their names, so its scan asks for them
+directly, and their stores wake it with ``wake_outbox``.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class CdrRelay:
         linger_s: float = LINGER_S,
         after_commit: Callable[[], Awaitable[None]] | None = None,
         hold_ms: int = 0,
+        documents: tuple[str, ...] = (),
     ) -> None:
         self._client = client
         self.store = store
@@ -115,8 +121,9 @@ class CdrRelay:
         self.scan_every_s = scan_every_s
         # Between the commit and the trim (crash tests stop a process here).
         self.after_commit = after_commit
-        # Accounts with records waiting, as far as this process knows, with when (ms)
-        # each was first known to have some.
+        self.documents = documents  # the record outboxes that are not an account's
+        # Outboxes (keys) with records waiting, as far as this process knows, with when
+        # (ms) each was first known to have some.
         self._waiting: dict[str, int] = {}
         self._next_scan_ms: int | None = None  # None: scan on the first pass
         self.wakeup = Lingering(linger_s)  # the wake source of the ``cdr_relay`` job
@@ -127,12 +134,16 @@ class CdrRelay:
         # Records are relayed only once in Redis for hold_ms (0: at once; cdr_hold.py).
         self.hold_ms = hold_ms
         self._marks: dict[str, Mark] = {}
-        self._due: dict[str, int] = {}  # accounts whose records are all held: until when (ms)
+        self._due: dict[str, int] = {}  # outboxes whose records are all held: until when (ms)
         self._timer: asyncio.TimerHandle | None = None
 
     def wake(self, account: str) -> None:
         """The account's record outbox has records: relay them soon."""
-        self._waiting.setdefault(account, self.clock.now_ms())
+        self.wake_outbox(keys.cdr_outbox(account))
+
+    def wake_outbox(self, outbox: str) -> None:
+        """The record outbox ``outbox`` has records: relay them soon."""
+        self._waiting.setdefault(outbox, self.clock.now_ms())
         self.wakeup.wake()
 
     def lag_s(self) -> float:
@@ -145,13 +156,13 @@ class CdrRelay:
         return len(self._waiting)
 
     def ready(self) -> list[str]:
-        """Waiting accounts not held back, oldest first."""
+        """Waiting outboxes not held back, oldest first."""
         now = self.clock.now_ms()
         ready = [a for a in self._waiting if self._due.get(a, now) <= now]
         return sorted(ready, key=self._waiting.__getitem__)
 
     def held_for_s(self) -> float | None:
-        """How long until the first held account is due (None: none is held)."""
+        """How long until the first held outbox is due (None: none is held)."""
         due = [self._due[a] for a in self._waiting if a in self._due]
         return max(min(due) - self.clock.now_ms(), 0) / 1000 if due else None
 
@@ -169,7 +180,7 @@ class CdrRelay:
             oldest = self.ready()[: step * CONCURRENT_ROUNDS]
             if not oldest:
                 break
-            rounds = [self.relay_accounts(oldest[i : i + step]) for i in range(0, len(oldest), step)]
+            rounds = [self.relay_outboxes(oldest[i : i + step]) for i in range(0, len(oldest), step)]
             results = await asyncio.gather(*rounds, return_exceptions=True)
             moved += sum(r for r in results if isinstance(r, int))
             for r in results:
@@ -195,23 +206,29 @@ class CdrRelay:
         found = 0
         with storage_errors():
             async for key in self._client.scan_iter(match=keys.CDR_OUTBOX_PATTERN, count=SCAN_COUNT, _type="LIST"):
-                account = keys.cdr_outbox_account(str(key))
-                if account is not None:
-                    self._waiting.setdefault(account, self.clock.now_ms())
+                if keys.cdr_outbox_account(str(key)) is not None:
+                    self._waiting.setdefault(str(key), self.clock.now_ms())
+                    found += 1
+            for outbox in self.documents:  # known by name: no scan needed
+                if await self._client.exists(outbox):
+                    self._waiting.setdefault(outbox, self.clock.now_ms())
                     found += 1
         return found
 
     async def relay_accounts(self, accounts: list[str]) -> int:
-        """One round: up to ``batch`` records of each account into PostgreSQL in one
-        transaction, then off the outboxes. An account whose outbox had more stays
-        waiting; when anything fails, every one of them stays waiting."""
-        since = {a: self._waiting.pop(a) for a in accounts if a in self._waiting}
-        for account in accounts:
-            self._due.pop(account, None)
+        """``relay_outboxes`` for the record outboxes of these accounts."""
+        return await self.relay_outboxes([keys.cdr_outbox(a) for a in accounts])
+
+    async def relay_outboxes(self, outboxes: list[str]) -> int:
+        """One round: up to ``batch`` records of each outbox into PostgreSQL in one
+        transaction, then off the outboxes. An outbox that had more stays waiting; when
+        anything fails, every one of them stays waiting."""
+        since = {o: self._waiting.pop(o) for o in outboxes if o in self._waiting}
+        for outbox in outboxes:
+            self._due.pop(outbox, None)
         self._rounds += 1
         self._settled.clear()
         try:
-            outboxes = [keys.cdr_outbox(a) for a in accounts]
             with storage_errors():
                 pipe = self._client.pipeline(transaction=False)
                 for outbox in outboxes:
@@ -219,10 +236,11 @@ class CdrRelay:
                 read: list[list[str]] = [[str(e) for e in entries] for entries in await pipe.execute()]
             if self.hold_ms > 0:
                 now = self.clock.now_ms()  # after the read: every record read was in Redis before
-                read = [await self._held_back(*held, now) for held in zip(accounts, outboxes, read, strict=True)]
+                read = [await self._held_back(*held, now) for held in zip(outboxes, read, strict=True)]
             usage: list[UsageRow] = []
             audit: list[AuditRow] = []
-            for account, entries in zip(accounts, read, strict=True):
+            for outbox, entries in zip(outboxes, read, strict=True):
+                account = keys.cdr_outbox_account(outbox) or ""  # "": a document's (``c`` entries only)
                 for entry in entries:
                     try:
                         u, a = rows(account, entry)
@@ -249,8 +267,8 @@ class CdrRelay:
                 await self.after_commit()
             trimmed = await self._trim([(o, e) for o, e in zip(outboxes, read, strict=True) if e])
         except BaseException:
-            for account, at in since.items():
-                self._waiting[account] = min(at, self._waiting.get(account, at))
+            for outbox, at in since.items():
+                self._waiting[outbox] = min(at, self._waiting.get(outbox, at))
             raise
         finally:
             self._rounds -= 1
@@ -259,34 +277,34 @@ class CdrRelay:
         moved = sum(trimmed.values())
         self.relayed += moved
         now = self.clock.now_ms()
-        for account, outbox, entries in zip(accounts, outboxes, read, strict=True):
+        for outbox, entries in zip(outboxes, read, strict=True):
             # More may be behind a full batch; and a trim that found another relay's
             # trim before it (which may have taken only part of what this one read)
             # leaves the rest of what this one read for the next round.
-            if len(entries) >= self.batch or (entries and not trimmed.get(outbox)) or account in self._marks:
-                at = since.get(account, now)
-                self._waiting[account] = min(at, self._waiting.get(account, at))
+            if len(entries) >= self.batch or (entries and not trimmed.get(outbox)) or outbox in self._marks:
+                at = since.get(outbox, now)
+                self._waiting[outbox] = min(at, self._waiting.get(outbox, at))
         return moved
 
-    async def _held_back(self, account: str, outbox: str, entries: list[str], now: int) -> list[str]:
+    async def _held_back(self, outbox: str, entries: list[str], now: int) -> list[str]:
         """The head of ``entries`` that has been in Redis for the hold; the rest waits for
-        the account's mark (set here when there is none)."""
-        mark = self._marks.get(account)
+        the outbox's mark (set here when there is none)."""
+        mark = self._marks.get(outbox)
         take = 0
         if mark is not None and now - mark.at_ms >= self.hold_ms:
             if mark.entry in entries:
                 take = entries.index(mark.entry) + 1
-                del self._marks[account]
+                del self._marks[outbox]
             elif len(entries) >= self.batch and await self._behind(outbox, mark.entry):
                 take = len(entries)  # the mark is further back: all of these are older
             else:
-                del self._marks[account]  # another relay moved it: what is left is newer
-        if take < len(entries) and account not in self._marks:
-            self._marks[account] = Mark(entries[-1], now)
+                del self._marks[outbox]  # another relay moved it: what is left is newer
+        if take < len(entries) and outbox not in self._marks:
+            self._marks[outbox] = Mark(entries[-1], now)
         if not entries:
-            self._marks.pop(account, None)
-        if account in self._marks:
-            self._due[account] = self._marks[account].at_ms + self.hold_ms
+            self._marks.pop(outbox, None)
+        if outbox in self._marks:
+            self._due[outbox] = self._marks[outbox].at_ms + self.hold_ms
         return entries[:take]
 
     async def _behind(self, outbox: str, entry: str) -> bool:

@@ -29,6 +29,9 @@ Every value in an entry is a string; the first names the layout of the rest:
         price, balance after, bucket ids ('|'-separated)
   ``x`` another audited change of the account (a line's status, ``Directory.set_status``):
         time, actor, action, a unique reference, details (a JSON object)
+  ``c`` an audited change of something else, in the record outbox of what changed (a
+        catalog or coverage table loaded, ``documents.py``): time, actor, action, subject,
+        a unique reference, details (a JSON object)
 
 A record's id is derived from what made its change unique in Redis (the account with the
 session, request number and rating group; the event id; the idempotency key), so a record
@@ -93,7 +96,7 @@ class AuditRow:
 
 USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
 AUDIT_COLUMNS = tuple(AuditRow.__dataclass_fields__)
-LAYOUTS = {"s": 19, "f": 17, "w": 9, "d": 19, "r": 19, "t": 7, "b": 12, "x": 6}
+LAYOUTS = {"s": 19, "f": 17, "w": 9, "d": 19, "r": 19, "t": 7, "b": 12, "x": 6, "c": 7}
 NOT_RATED = "credit_control_not_applicable"  # RFC 8506 4011
 SUPERVISION = "supervision_timeout"
 CAUSES = ("", NOT_RATED, SUPERVISION)
@@ -125,6 +128,12 @@ def change_entry(at_ms: int, actor: str, action: str, ref: str, details: dict[st
     """An outbox entry for a change made outside the charging scripts (a line's status),
     pushed in the same transaction as the change: it becomes an audit entry only."""
     return json.dumps(["x", str(at_ms), actor, action, ref, json.dumps(details, sort_keys=True)])
+
+
+def subject_change_entry(at_ms: int, actor: str, action: str, subject: str, ref: str, details: dict[str, str]) -> str:
+    """An outbox entry for an audited change of ``subject`` (not an account), pushed in
+    the same atomic step as the change: it becomes an audit entry only."""
+    return json.dumps(["c", str(at_ms), actor, action, subject, ref, json.dumps(details, sort_keys=True)])
 
 
 def optional_int(text: str) -> int | None:
@@ -198,6 +207,9 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         _k, _t, actor, action, ref, text = v
         changed = dict(json.loads(text))
         return None, AuditRow(f"{account}:x:{ref}", when, actor, action, subject(account), "", changed)
+    if kind == "c":
+        _k, _t, actor, action, about, ref, text = v
+        return None, AuditRow(f"{about}:c:{ref}", when, actor, action, about, "", dict(json.loads(text)))
     if kind == "t":
         _k, _t, actor, channel, key, amount, balance = v
         details = {"channel": channel, "idempotency_key": key, "amount_micros": int(amount)}

@@ -4,6 +4,8 @@ stored in Redis, one of them current for every server process.
     <name>:v:<version>   each document loaded, as canonical JSON; never changed once stored
     <name>:current       the version in force
     <name>:seq           the last version given out (numbered stores only)
+    <name>:cdr           the store's record outbox: the audit entry of each load, until
+                         the relay (cdr_relay.py) has moved it into the ``audit`` table
 
 Loading checks the whole document first (``parse`` raises naming what is wrong), so a bad
 one changes nothing. A good one is stored, then ``current`` is moved to it: one SET that
@@ -15,14 +17,23 @@ same version may be loaded again only with the same content, else ``Conflict``) 
 numbered by the store, 1, 2, 3 ... (the coverage table); concurrent loads of a numbered
 store each get their own version and the highest one stays current.
 
-Each step touches one key (the numbered pointer move is a WATCH on ``current`` alone), so
-the same code runs on Redis Cluster. A parsed document is cached per version, since a
+A load and its audit entry are one atomic step: the entry is pushed to the store's record
+outbox in the step that makes the version current (a numbered store: one transaction
+storing the version, moving the pointer and pushing the entry; a named one: the caller's
+switch, e.g. the catalog's script, ``plan_index.lua``), so neither is ever without the
+other, whatever stops when. The relay moves entries at least once and the ``audit``
+table keeps each once (its id is in the entry). A version stored by ``put`` but never made
+current changed nothing and has no entry. On a Redis Cluster a load's step needs every
+key of the store in one slot: the store's name must be a hash tag (the catalog's
+``{catalog}``); the coverage table's ``crm:coverage`` is not yet (the CRM does not run on
+a cluster). A parsed document is cached per version, since a
 stored version never changes; reading what is current costs one GET.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -30,6 +41,7 @@ from typing import Any, Generic, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from charging.cdrs import subject_change_entry
 from charging.errors import Conflict, NotFound
 from charging.store import storage_errors
 
@@ -39,6 +51,33 @@ T = TypeVar("T")
 def current_key(name: str) -> str:
     """The key naming the version in force of the store ``name``."""
     return f"{name}:current"
+
+
+def records_key(name: str) -> str:
+    """The record outbox of the store ``name`` (its loads' audit entries)."""
+    return f"{name}:cdr"
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who loads a document, and when: its audit entry's actor and time."""
+
+    actor: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Audited:
+    """How a store's loads are audited: ``action`` on ``subject``."""
+
+    action: str
+    subject: str
+
+    def entry(self, author: Author, version: str) -> str:
+        """The record outbox entry of one load (a fresh reference: each load is its own)."""
+        return subject_change_entry(
+            author.at_ms, author.actor, self.action, self.subject, uuid.uuid4().hex, {"version": version}
+        )
 
 
 def canonical(doc: Any) -> str:
@@ -70,6 +109,7 @@ class DocumentStore(Generic[T]):
         *,
         version_of: Callable[[T], str] | None = None,
         read: Callable[[Any], T] | None = None,
+        audited: Audited | None = None,
     ) -> None:
         self._client = client
         self.name = name
@@ -80,24 +120,36 @@ class DocumentStore(Generic[T]):
         self._version_of = version_of
         self.current_key = self._current_key = current_key(name)
         self._seq_key = f"{name}:seq"
+        self.records_key = records_key(name)
+        self.audited = audited
         self._cache: dict[str, Stored[T]] = {}
 
     def _key(self, version: str) -> str:
         return f"{self.name}:v:{version}"
 
-    async def load(self, doc: Any) -> Stored[T]:
-        """Check a document, store it as its version and make that version current."""
+    def entry(self, author: Author | None, version: str) -> str:
+        """The audit entry of loading ``version`` ('' when this store is not audited or
+        no author is given)."""
+        return self.audited.entry(author, version) if self.audited and author else ""
+
+    async def load(self, doc: Any, author: Author | None = None) -> Stored[T]:
+        """Check a document, store it as its version and make that version current, with
+        its audit entry in the same step."""
         value = self._parse(doc)
         text = canonical(doc)
         with storage_errors():
             if self._version_of is None:
-                version = str(await self._client.incr(self._seq_key))
-                await self._client.set(self._key(version), text)
-                await self._advance(int(version))
+                version = str(await self._client.incr(self._seq_key))  # a number lost to a crash stays unused
+                await self._advance(version, text, self.entry(author, version))
             else:
                 version = self._version_of(value)
                 await self._put_named(version, text)
-                await self._client.set(self._current_key, version)
+                entry = self.entry(author, version)
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.set(self._current_key, version)
+                    if entry:
+                        pipe.rpush(self.records_key, entry)
+                    await pipe.execute()
         stored = self._cache[version] = Stored(version, text, value)
         return stored
 
@@ -128,18 +180,25 @@ class DocumentStore(Generic[T]):
                 raise Conflict(f"{self.name} version {version} exists with other content; use a new version")
         return created
 
-    async def _advance(self, version: int) -> None:
-        """Make a numbered version current unless a later one already is (a concurrent
-        load that finished first must not be undone)."""
+    async def _advance(self, version: str, text: str, entry: str) -> None:
+        """Store a numbered version and make it current unless a later one already is (a
+        concurrent load that finished first must not be undone), pushing its audit entry,
+        in one transaction. The outbox is watched too and checked to be a list, so that no
+        command of the transaction can fail on its own."""
+        watched = [self._current_key, self.records_key] if entry else [self._current_key]
 
         async def txn(pipe: Pipeline) -> None:
             now = await pipe.get(self._current_key)
-            if now is not None and int(now) >= version:
-                return
+            if entry and await pipe.type(self.records_key) not in ("list", "none"):
+                raise Conflict(f"{self.records_key} is not a list: nothing loaded")
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(self._current_key, version)
+            pipe.set(self._key(version), text)
+            if now is None or int(now) < int(version):
+                pipe.set(self._current_key, version)
+            if entry:
+                pipe.rpush(self.records_key, entry)
 
-        await self._client.transaction(txn, self._current_key)
+        await self._client.transaction(txn, *watched)
 
     async def get(self, version: str) -> Stored[T] | None:
         """A stored version, None when there is none by that name."""

@@ -5,7 +5,10 @@ owned by the user PostgreSQL runs as, mode 0700::
 
     data/          the cluster, made by initdb on the first start
     socket/        its Unix socket (listen_addresses is empty: no TCP port at all)
-    password       the generated password of the role ``charging`` (0600)
+    password       the generated password of the role ``charging`` (0600), the schema's
+                   owner: the migrations run as it
+    server_password the generated password of ``charging_server`` (0600), the server's
+                   login role, a member of ``charging_app`` (charging/database_roles.py)
     postgres.log   what initdb and postgres print
     charging.lock  held by the server using the directory (see below)
 
@@ -52,6 +55,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from charging import database_roles
 from charging.children import dying_with_parent, supervise
 from charging.errors import StartupError
 
@@ -179,6 +183,10 @@ class Layout:
         return self.directory / "password"
 
     @property
+    def server_password_file(self) -> Path:
+        return self.directory / "server_password"
+
+    @property
     def log_file(self) -> Path:
         return self.directory / "postgres.log"
 
@@ -190,6 +198,20 @@ class Layout:
         """A libpq URL over the Unix socket, with the password."""
         password = self.password_file.read_text().strip()
         return f"postgresql://{ROLE}:{quote(password, safe='')}@/{database}?host={quote(str(self.socket), safe='')}"
+
+    def server_url(self, database: str = DATABASE) -> str:
+        """The URL the server connects with: its own login role, not the owner
+        (``ensure_server_login`` makes it)."""
+        password = database_roles.password_in(self.server_password_file)
+        login = database_roles.SERVER_LOGIN
+        return f"postgresql://{login}:{quote(password, safe='')}@/{database}?host={quote(str(self.socket), safe='')}"
+
+    def ensure_server_login(self, database: str = DATABASE) -> str:
+        """Make the server's login role (after the migrations made ``charging_app``);
+        the server's URL. Blocking."""
+        password = database_roles.password_in(self.server_password_file)
+        database_roles.ensure_login(self.url(database), database_roles.SERVER_LOGIN, password)
+        return self.server_url(database)
 
 
 def postgres_command(bin_dir: Path, layout: Layout, settings: Mapping[str, str] = SERVER_SETTINGS) -> list[str]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 
-from charging.documents import current_key
+from charging.documents import current_key, records_key
 
 ACCOUNT_SEQ = "seq:account"
 SWEEP_DUE = "{sweep}:due"
@@ -259,6 +259,7 @@ BILL_AS_OF = "{bill}:as_of"  # zset: billing account -> the latest instant (s) d
 # {catalog}:v:<version> and {catalog}:current); the plan index's scripts need the pointer.
 CATALOG = "{catalog}"
 CATALOG_CURRENT = current_key(CATALOG)
+CATALOG_RECORDS = records_key(CATALOG)  # list: the catalog loads' audit entries, for the relay
 CATALOG_PLANS = "{catalog}:plans"  # set: plan ids of the running catalog (accounts may join these)
 PLAN_MOVES = "{catalog}:plan:moves"  # hash: migrated plan -> its successor (kept; a few entries per year)
 # The names before the {catalog} tag, renamed at start on a single server (catalogs.py).

@@ -7,7 +7,8 @@
 -- KEYS[2] join: plan:members:<plan_id>; switch and init: catalog:plans
 -- KEYS[3] join: plan:members:<the account's plan until now> (or KEYS[2] again);
 --         switch: plan:moves
--- KEYS[4..] switch: the member and moving sets, by the indexes plan_json names
+-- KEYS[4] switch: {catalog}:cdr, the catalog's record outbox (its loads' audit entries)
+-- KEYS[5..] switch: the member and moving sets, by the indexes plan_json names
 --
 -- ARGV[1] the operation (the record's OP), then that record's fields
 -- (charging/script_args.py), in this order:
@@ -23,25 +24,28 @@
 -- to its successor (and into plan:moving:<old>, the accounts still to be rewritten),
 -- recording old -> new in plan:moves (earlier moves to old are retargeted; entries are
 -- kept, so a plan change that raced with the switch still finds the successor),
--- replacing catalog:plans and setting catalog:current. Nothing changes unless OK.
+-- replacing catalog:plans and setting catalog:current, and pushing audit_entry (when
+-- not empty) to KEYS[4] first, so that the switch and its entry happen together: nothing
+-- changes unless OK.
 --   expected_version    the version current when the caller checked ('' when none)
 --   version
 --   plan_json           {guards: [[label, [key index, ...]], ...],
 --                        moves: [[old, new, members old, members new, moving old], ...],
 --                        plans: [plan id, ...]} (key indexes into KEYS)
+--   audit_entry         the load's record outbox entry (charging/cdrs.py ``c``), or ''
 -- ARGV PlanIndexInit, OP init: the plans of the running catalog, on the index's first
 -- start. Reply: 1 set, 0 already set or another version is current.
 --   version
 --   plan_ids            the rest of ARGV
 
 local op = ARGV[1]
-local account, plan_id, expected_version, version, plan_json, plan_ids
+local account, plan_id, expected_version, version, plan_json, audit_entry, plan_ids
 if op == 'join' then
   account, plan_id = ARGV[2], ARGV[3]
 elseif op == 'leave' then
   account = ARGV[2]
 elseif op == 'switch' then
-  expected_version, version, plan_json = ARGV[2], ARGV[3], ARGV[4]
+  expected_version, version, plan_json, audit_entry = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 elseif op == 'init' then
   version = ARGV[2]
   plan_ids = {unpack(ARGV, 3)}
@@ -88,6 +92,10 @@ for _, guard in ipairs(plan.guards) do
 end
 if #in_use > 1 then
   return in_use
+end
+-- The first write: should it fail (the key holds something else), nothing has changed.
+if audit_entry ~= '' then
+  redis.call('RPUSH', KEYS[4], audit_entry)
 end
 for _, move in ipairs(plan.moves) do
   local old, new = move[1], move[2]

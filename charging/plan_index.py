@@ -112,18 +112,19 @@ class PlanIndex:
         with storage_errors():
             return bool(await MOVE(self._client, (keys.account(account),), PlanMoveArgs(old, new)))
 
-    async def switch(self, new: Catalog, running: Catalog | None) -> None:
+    async def switch(self, new: Catalog, running: Catalog | None, audit_entry: str = "") -> None:
         """Make ``new`` the running catalog unless it drops a plan or service in use that
         it does not migrate; move the migrated plans' accounts in the same step.
 
         Raises ``CatalogInvalid``-style ``InvalidRequest`` for a migration that cannot
         take over, ``InUse`` naming each plan and service in use, ``StaleCatalog`` when
-        ``running`` is no longer current."""
+        ``running`` is no longer current. ``audit_entry`` goes to the catalog's record
+        outbox in the same step (``documents.py``)."""
         problems = _migration_problems(new, running) if running is not None else []
         if problems:
             raise CatalogInvalid(problems)
         index: dict[str, int] = {}
-        script_keys = [keys.CATALOG_CURRENT, keys.CATALOG_PLANS, keys.PLAN_MOVES]
+        script_keys = [keys.CATALOG_CURRENT, keys.CATALOG_PLANS, keys.PLAN_MOVES, keys.CATALOG_RECORDS]
 
         def key(name: str) -> int:
             if name not in index:
@@ -157,7 +158,7 @@ class PlanIndex:
             reply = await INDEX(
                 self._client,
                 script_keys,
-                CatalogSwitch(running.version if running else "", new.version, json.dumps(args)),
+                CatalogSwitch(running.version if running else "", new.version, json.dumps(args), audit_entry),
             )
         kind = reply[0]
         if kind == "STALE":

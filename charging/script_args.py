@@ -376,9 +376,10 @@ class CatalogSwitch:
     # JSON {guards: [[label, [key index, ...]], ...],
     #       moves: [[old, new, members old idx, members new idx, moving old idx], ...], plans: [...]}
     plan_json: str
+    audit_entry: str = ""  # the load's record outbox entry (cdrs.subject_change_entry), '' for none
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.OP, self.expected_version, self.version, self.plan_json)
+        return (self.OP, self.expected_version, self.version, self.plan_json, self.audit_entry)
 
 
 @dataclass(frozen=True, slots=True)

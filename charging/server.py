@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import metrics, migrations, retention, store
+from charging import database_roles, keys, metrics, migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
@@ -54,6 +54,7 @@ from charging.context import Context
 from charging.database import Pool, open_pool, plaintext_problem
 from charging.diameter.config import DiameterConfig
 from charging.diameter.listener import DiameterDoor
+from charging.documents import records_key
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -98,6 +99,7 @@ from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
+from provisioning.coverage import STORE as COVERAGE_STORE
 from provisioning.coverage import CoverageBook
 from provisioning.crm_api import CrmServicer
 from provisioning.customer_care import CustomerCare
@@ -177,9 +179,18 @@ class App:
 
         assert self.database is not None
         hold_ms = s.cdr_hold_ms if s.cdr_hold_ms >= 0 else await probe_hold(self.redis, s.redis_appendfsync)
-        self.cdr_relay = CdrRelay(self.redis, CdrStore(self.database), self.clock, hold_ms=hold_ms)
+        # Besides the accounts' outboxes, the audit entries of catalog and coverage loads.
+        coverage_records = records_key(COVERAGE_STORE)
+        self.cdr_relay = CdrRelay(
+            self.redis,
+            CdrStore(self.database),
+            self.clock,
+            hold_ms=hold_ms,
+            documents=(keys.CATALOG_RECORDS, coverage_records),
+        )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
+        self.catalogs.on_records = self.cdr_relay.wake_outbox
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
         # Line state changes and top-ups signal the sessions' clients (charging/signals.py):
@@ -420,18 +431,27 @@ class App:
         migrated at start when it is the embedded one or when told to."""
         s = self.settings
         url = s.database_url
+        owner_url = s.database_migrate_url or s.database_url  # migrations run as the schema's owner
         if not url:
             self._embedded_postgres = EmbeddedPostgres(s.database_dir, s.postgres_bin_dir)
-            url = await self._embedded_postgres.start()
+            url = owner_url = await self._embedded_postgres.start()
         problem = plaintext_problem(s.database_url) if s.database_url else None
+        if s.database_url and s.database_migrate_url and not problem:
+            problem = plaintext_problem(s.database_migrate_url)
         if problem and not s.insecure:
             raise StartupError(problem + "; or set CHARGING_INSECURE=true")
         if problem:
             log.warning("the system of record is reached in clear", extra={"problem": problem})
         if not s.database_url or s.database_migrate:
-            await asyncio.to_thread(migrations.upgrade, url)
+            await asyncio.to_thread(migrations.upgrade, owner_url)
+        if self._embedded_postgres is not None:  # the server's own login role, not the owner
+            url = await asyncio.to_thread(self._embedded_postgres.layout.ensure_server_login)
         self.database = await open_pool(url, s.database_pool_size)
         await migrations.check_current(self.database, migrations.head())
+        async with self.database.connection() as conn:
+            owner = await database_roles.owner_problem(conn)
+        if owner:
+            log.warning("the server's database role owns the schema", extra={"problem": owner})
 
     def _start_database_tasks(self) -> None:
         """Partition maintenance (the ``retention`` job) and the embedded PostgreSQL's supervision."""
@@ -468,6 +488,8 @@ class App:
             self._simulator = NetworkSimulator("127.0.0.1:0").start()
             url = self._simulator.url
         self.acquisition = await build_acquisition(self.settings, url, self.redis, directory, self.catalogs, self.clock)
+        if self.cdr_relay is not None:
+            self.acquisition.coverage.on_records = self.cdr_relay.wake_outbox
         self.worker = self.acquisition.worker
 
     async def stop(self) -> None:

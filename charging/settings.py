@@ -44,6 +44,10 @@ class Settings:
     postgres_bin_dir: str = ""
     database_pool_size: int = 10
     database_migrate: bool = False
+    # The schema owner's URL for migrations (`charging migrate`, database_migrate); empty:
+    # database_url. The server itself connects as a member of charging_app (see
+    # charging/database_roles.py), never as the owner.
+    database_migrate_url: str = ""
     # Months of usage records and audit entries kept before the current month (0: all).
     usage_retention_months: int = 24
     audit_retention_months: int = 120

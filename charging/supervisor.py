@@ -145,12 +145,14 @@ class Supervisor:
             self._children.append(asyncio.ensure_future(self._redis.supervise()))
         if not s.database_url:
             self._postgres = EmbeddedPostgres(s.database_dir, s.postgres_bin_dir)
-            env["CHARGING_DATABASE_URL"] = await self._postgres.start()
+            owner_url = await self._postgres.start()
             env["CHARGING_DATABASE_MIGRATE"] = "false"
-            await asyncio.to_thread(migrations.upgrade, env["CHARGING_DATABASE_URL"])
+            await asyncio.to_thread(migrations.upgrade, owner_url)
+            # The workers connect as the server's own login role, not as the owner.
+            env["CHARGING_DATABASE_URL"] = await asyncio.to_thread(self._postgres.layout.ensure_server_login)
             self._children.append(asyncio.ensure_future(self._postgres.supervise()))
         elif s.database_migrate:
-            await asyncio.to_thread(migrations.upgrade, s.database_url)
+            await asyncio.to_thread(migrations.upgrade, s.database_migrate_url or s.database_url)
             env["CHARGING_DATABASE_MIGRATE"] = "false"
         if not s.network_url:
             self._simulator = NetworkSimulator("127.0.0.1:0").start()

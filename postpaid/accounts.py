@@ -55,7 +55,8 @@ def opened(h: dict[str, str], sealer: Sealer) -> dict[str, str]:
 async def reseal_all(client: aioredis.Redis, sealer: Sealer) -> int:
     """Seal again under the newest key every billing account's personal field sealed with
     an older key or written in clear; how many accounts changed. One watched transaction
-    per account (a change meanwhile reads it again)."""
+    per account (a change meanwhile reads it again). On a Redis Cluster the client's
+    SCAN walks every primary, each with its own cursor (tests/test_rotation_cluster.py)."""
     prefix = keys.billing_account("")
     done = 0
     async for raw in client.scan_iter(match=keys.billing_account("*"), count=500):

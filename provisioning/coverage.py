@@ -13,25 +13,29 @@ code (the empty prefix is the rest of the country). The CRM loads and reads tabl
     crm:coverage:seq          the last version given out
     crm:coverage:v:<version>  each table loaded (canonical JSON)
     crm:coverage:current      the version in force
+    crm:coverage:cdr          each load's audit entry until the relay moved it
 
 Loading checks the whole table against ``coverage.schema.json`` and names every bad
 field; a bad table changes nothing. A good one is stored under the next version and made
-current, so every process offers by the old table or the new one, never a mix. Until a
+current, with its audit entry, in one transaction (``documents.py``), so every process
+offers by the old table or the new one, never a mix, and no load goes unaudited. Until a
 table is loaded the bundled ``coverage.json`` is in force, as version 0.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from charging.documents import DocumentStore, Stored, canonical
+from charging.documents import Audited, Author, DocumentStore, Stored, canonical
 from charging.schemas import DocumentInvalid, Schema, merge
+
+STORE = "crm:coverage"  # the DocumentStore's name: its keys are crm:coverage:*
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,11 @@ class CoverageBook:
     table loaded through any process is used by all from the next application on."""
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self._docs = DocumentStore(client, "crm:coverage", coverage_from_doc)
+        self._docs = DocumentStore(client, STORE, coverage_from_doc, audited=Audited("coverage_load", "coverage"))
         self._bundled = bundled_table()
+        self.records_key = self._docs.records_key
+        # Set by the server: told the record outbox's key after a load pushed an entry.
+        self.on_records: Callable[[str], None] | None = None
 
     async def current(self) -> Table:
         stored = await self._docs.current()
@@ -128,6 +135,10 @@ class CoverageBook:
         stored = await self._docs.get(str(version))
         return None if stored is None else Table.of(stored)
 
-    async def load(self, doc: Any) -> Table:
-        """Check a table, store it as the next version and make it current."""
-        return Table.of(await self._docs.load(doc))
+    async def load(self, doc: Any, author: Author | None = None) -> Table:
+        """Check a table, store it as the next version and make it current, audited as
+        ``author``'s load in the same step."""
+        table = Table.of(await self._docs.load(doc, author))
+        if author is not None and self.on_records is not None:
+            self.on_records(self.records_key)
+        return table

@@ -8,9 +8,11 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from charging.documents import Author
 from charging.errors import InvalidRequest, NotFound
 from charging.money import MICROS_PER_MINOR
 from charging.schemas import parse_json
+from charging.security.identity import caller_name
 from charging.status import rpc
 from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
@@ -244,7 +246,8 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def LoadCoverage(
         self, request: crm_pb2.CoverageDocument, context: grpc.aio.ServicerContext
     ) -> crm_pb2.CoverageInfo:
-        table = await self.acquisition.coverage.load(parse_json(request.json))
+        author = Author(caller_name(), self.acquisition.clock.now_ms())  # audited with the load (documents.py)
+        table = await self.acquisition.coverage.load(parse_json(request.json), author)
         return crm_pb2.CoverageInfo(version=table.version, areas=len(table.coverage.areas))
 
     @rpc("GetCoverage")

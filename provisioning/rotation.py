@@ -23,9 +23,11 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from charging.database import Pool
 from postpaid.accounts import reseal_all
@@ -34,6 +36,8 @@ from provisioning.customer_care import Dispute, Interaction, Ticket, reseal
 from provisioning.customers import PERSONAL, Customer
 from provisioning.orders import REQUEST
 from provisioning.sealing import Sealer
+
+REPLICA = "replica"  # redis-py's ClusterNode.server_type of a replica
 
 
 @dataclass
@@ -145,25 +149,81 @@ class Rotation:
         return count
 
 
+Info = Callable[[], Awaitable[dict[str, Any]]]
+Command = Callable[[], Awaitable[object]]
+
+
 async def rewrite_aof(client: aioredis.Redis, timeout_s: float) -> None:
     """Rewrite the append-only file and wait until the new one is in use; raises
-    ``RuntimeError`` when Redis reports the rewrite failed or it takes too long."""
-    if (await client.info("persistence")).get("aof_enabled") != 1:
+    ``RuntimeError`` when Redis reports the rewrite failed or it takes too long.
+
+    On a Redis Cluster every node keeps an AOF of its own, replicas included: each is
+    rewritten, a replica once it has applied everything its primary had when the rotation
+    ended (else its rewritten file could still hold a value its primary re-sealed)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    if not isinstance(client, RedisCluster):
+        await _rewrite(lambda: client.info("persistence"), client.bgrewriteaof, deadline)
+        return
+    # The replicas as each primary knows them now (ROLE: [role, offset, [[host, port,
+    # acknowledged offset], ...]]): redis-py's node cache may not list them all.
+    primaries = {p.name: p for p in client.get_primaries()}
+    nodes = {name: await client.execute_command("ROLE", target_nodes=p) for name, p in primaries.items()}
+    replicas: list[ClusterNode] = []
+    unknown: list[ClusterNode] = []  # made here: disconnected at the end
+    try:
+        for name, role in nodes.items():
+            offset = int(role[1])
+            for host, port, _acked in role[2]:
+                replica = client.get_node(host=host, port=int(port))
+                if replica is None:
+                    replica = ClusterNode(host, int(port), REPLICA, **client.nodes_manager.connection_kwargs)
+                    unknown.append(replica)
+                replicas.append(replica)
+                await _caught_up(client, primaries[name], replica, offset, deadline)
+
+        def info(node: ClusterNode) -> Info:
+            return lambda: client.info("persistence", target_nodes=node)
+
+        def rewrite(node: ClusterNode) -> Command:
+            return lambda: client.execute_command("BGREWRITEAOF", target_nodes=node)
+
+        every = [*primaries.values(), *replicas]
+        await asyncio.gather(*(_rewrite(info(n), rewrite(n), deadline) for n in every))
+    finally:
+        for node in unknown:
+            await node.disconnect()
+
+
+async def _caught_up(
+    client: RedisCluster, primary: ClusterNode, replica: ClusterNode, offset: int, deadline: float
+) -> None:
+    """Until ``primary`` reports ``replica`` has acknowledged its stream up to ``offset``."""
+    while True:
+        _role, _offset, acked = await client.execute_command("ROLE", target_nodes=primary)
+        if any(int(p) == replica.port and h == replica.host and int(a) >= offset for h, p, a in acked):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"the replica {replica.name} did not catch up with its primary in time")
+        await asyncio.sleep(0.1)
+
+
+async def _rewrite(info: Info, rewrite: Command, deadline: float) -> None:
+    """The rewrite on one Redis (node), by its ``info("persistence")`` and BGREWRITEAOF."""
+    if (await info()).get("aof_enabled") != 1:
         return  # no AOF to rewrite (an RDB-only or in-memory Redis)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
     while True:  # a rewrite already running would refuse ours: wait for it first
-        info = await client.info("persistence")
-        if not info["aof_rewrite_in_progress"]:
+        state = await info()
+        if not state["aof_rewrite_in_progress"]:
             break
         if loop.time() > deadline:
             raise RuntimeError("an AOF rewrite already running did not end in time")
         await asyncio.sleep(0.1)
-    await client.bgrewriteaof()
+    await rewrite()
     while True:
-        info = await client.info("persistence")
-        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-            if info["aof_last_bgrewrite_status"] != "ok":
+        state = await info()
+        if not state["aof_rewrite_in_progress"] and not state["aof_rewrite_scheduled"]:
+            if state["aof_last_bgrewrite_status"] != "ok":
                 raise RuntimeError("redis could not rewrite the append-only file; see its log")
             return
         if loop.time() > deadline:

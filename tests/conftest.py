@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import redis
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from charging import keys, migrations
 from charging.clock import ManualClock
@@ -402,7 +403,16 @@ class PostgresServer:
     layout: Layout
 
     def url(self, database: str) -> str:
+        """The owner's URL (a superuser here): migrations, roles, what a test sets up."""
         return self.layout.url(database)
+
+    def app_url(self, database: str) -> str:
+        """The server's URL: its login role, a member of charging_app (not the owner)."""
+        return self.layout.server_url(database)
+
+    def owner_of(self, url: str) -> str:
+        """The owner's URL of the database ``url`` names."""
+        return self.url(str(conninfo_to_dict(url)["dbname"]))
 
     def create_database(self, name: str, template: str) -> str:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
@@ -469,22 +479,26 @@ def postgres_server() -> Iterator[PostgresServer]:
         server = PostgresServer(layout)
         server.create_database(MIGRATED_TEMPLATE, "template0")
         migrations.upgrade(server.url(MIGRATED_TEMPLATE))
+        layout.ensure_server_login(MIGRATED_TEMPLATE)  # the server's role, as make run makes it
         yield server
 
 
 @pytest.fixture(scope="session")
 def app_database_url(postgres_server: PostgresServer) -> str:
-    """One migrated database for every ``App`` of the session: the server keeps nothing
-    in it yet. Once it does, ``settings`` should take ``database_url`` (50 ms a test)."""
-    return postgres_server.create_database("charging_app", MIGRATED_TEMPLATE)
+    """One migrated database for every ``App`` of the session, reached as the server's
+    role (a member of charging_app, not the owner): the server keeps nothing in it yet.
+    Once it does, ``settings`` should take ``database_url`` (50 ms a test)."""
+    postgres_server.create_database("charging_app", MIGRATED_TEMPLATE)
+    return postgres_server.app_url("charging_app")
 
 
 @pytest.fixture
 def database_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A migrated database of this test's own."""
+    """A migrated database of this test's own, reached as the server's role (not the
+    owner; ``postgres_server.owner_of(database_url)`` for that)."""
     name = f"test_{uuid.uuid4().hex[:16]}"
-    url = postgres_server.create_database(name, MIGRATED_TEMPLATE)
-    yield url
+    postgres_server.create_database(name, MIGRATED_TEMPLATE)
+    yield postgres_server.app_url(name)
     postgres_server.drop_database(name)
 
 

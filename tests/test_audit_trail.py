@@ -120,10 +120,12 @@ async def test_admin_changes_are_audited_with_the_caller_and_read_back(audited: 
 
     # The status change and its entry were written together to Redis (the record outbox);
     # the relay moves the entry into PostgreSQL.
+    # So is the catalog's load, through the catalog's own record outbox (documents.py).
     subject = "account:" + sub.account_id
     page = await audited.admin.ListAuditEntries(admin_pb2.AuditQuery(subject=subject))
     for _ in range(200):
-        if page.entries:
+        loaded = await audited.admin.ListAuditEntries(admin_pb2.AuditQuery(subject="catalog"))
+        if page.entries and loaded.entries:
             break
         await asyncio.sleep(0.05)
         page = await audited.admin.ListAuditEntries(admin_pb2.AuditQuery(subject=subject))

@@ -21,7 +21,7 @@ from charging.errors import StartupError
 from charging.security import certs
 from charging.server import App
 from charging.settings import Settings
-from tests.conftest import free_port, postgres_cluster
+from tests.conftest import PostgresServer, free_port, postgres_cluster
 
 
 @pytest.mark.parametrize(
@@ -125,10 +125,11 @@ async def test_a_certificate_that_does_not_verify_stops_start_up_with_the_reason
         await open_pool(tls_postgres.url(host="db.example.net") + "&hostaddr=127.0.0.1", 1, timeout_s=5)
 
 
-def test_analysts_read_every_table_and_change_none(database_url: str) -> None:
+def test_analysts_read_every_table_and_change_none(database_url: str, postgres_server: PostgresServer) -> None:
     name = f"analyst_{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
-    with psycopg.connect(database_url, autocommit=True) as admin:
+    owner_url = postgres_server.owner_of(database_url)  # the administrator makes roles
+    with psycopg.connect(owner_url, autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE charging_reader")
     try:
         info = psycopg.conninfo.conninfo_to_dict(database_url)
@@ -147,5 +148,5 @@ def test_analysts_read_every_table_and_change_none(database_url: str) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("INSERT INTO invoice_numbers (issuer, series, last_number) VALUES ('x', 'y', 1)")
     finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
+        with psycopg.connect(owner_url, autocommit=True) as admin:
             admin.execute(f"DROP ROLE {name}")

@@ -103,7 +103,7 @@ async def test_a_billed_postpaid_customer_is_on_no_disk_in_clear(
     mailbox: tuple[Mailbox, int],
 ) -> None:
     clock.advance(ms=NOV_18 * 1000 - clock.now_ms())
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(postgres_server.owner_of(database_url), autocommit=True) as conn:  # the owner alters
         # Documents out of line and uncompressed, as they come: compressed (pglz), a name in
         # clear would be split by control bytes and no grep would find it.
         conn.execute("ALTER TABLE invoices ALTER COLUMN document SET STORAGE EXTERNAL")
@@ -146,7 +146,7 @@ async def test_a_billed_postpaid_customer_is_on_no_disk_in_clear(
         assert FAMILY in str(message.get_body(("plain",)).get_content())  # type: ignore[union-attr]
 
         # ...while what is stored is sealed: the invoice's document...
-        with psycopg.connect(database_url, autocommit=True) as conn:
+        with psycopg.connect(postgres_server.owner_of(database_url), autocommit=True) as conn:  # CHECKPOINT below
             row = conn.execute(
                 "SELECT document->>'customer_name', document->'customer_address'->>0, total_minor "
                 "FROM invoices WHERE invoice_id = %s",

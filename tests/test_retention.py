@@ -11,6 +11,7 @@ import pytest
 from charging import retention
 from charging.database import open_pool
 from charging.retention import Plan, Policy, add_months, months_to_keep
+from tests.conftest import PostgresServer
 
 
 @pytest.mark.parametrize(
@@ -112,8 +113,10 @@ IMMUTABLE = [
 ]
 
 
-def test_records_cannot_be_changed_or_deleted(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def test_records_cannot_be_changed_or_deleted(database_url: str, postgres_server: PostgresServer) -> None:
+    # As the owner: the triggers hold even for it (the server's role is refused before
+    # them, by privilege: tests/test_database_roles.py).
+    with psycopg.connect(postgres_server.owner_of(database_url), autocommit=True) as conn:
         for table, insert in IMMUTABLE:
             conn.execute(insert)
             assert_immutable(conn, table)

@@ -84,15 +84,19 @@ async def check_current(pool: Pool, expected: str) -> None:
 
 
 async def migrate(settings: Settings) -> str:
-    """``charging migrate``: the configured database, else the embedded one (started for
-    the purpose and stopped again), brought to ``head()``; answers the revision."""
+    """``charging migrate``: the configured database (as the owner of
+    ``CHARGING_DATABASE_MIGRATE_URL`` when set), else the embedded one (started for the
+    purpose and stopped again, its server login role made), brought to ``head()``;
+    answers the revision."""
     embedded = None
-    url = settings.database_url
-    if not url:
+    url = settings.database_migrate_url or settings.database_url  # the schema's owner
+    if not settings.database_url:
         embedded = EmbeddedPostgres(settings.database_dir, settings.postgres_bin_dir)
         url = await embedded.start()
     try:
         await asyncio.to_thread(upgrade, url)
+        if embedded is not None:
+            await asyncio.to_thread(embedded.layout.ensure_server_login)
         if settings.redis_url:
             await _move_redis_records(settings, url)
     finally:

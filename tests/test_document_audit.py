@@ -1,0 +1,118 @@
+"""Catalog and coverage loads and their audit entries: one atomic Redis step (the version
+made current and the entry pushed to the store's record outbox), then moved into the
+``audit`` table by the relay at least once and kept once. A crash anywhere leaves both or
+neither: before the step nothing, after it both in Redis, between the relay's commit and
+its trim one row (the next relay finds the entry by name and changes nothing)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+import redis
+
+from charging import keys
+from charging.catalogs import read_catalog_file
+from charging.cdr_relay import CdrRelay, drain
+from charging.cdr_store import CdrStore
+from charging.documents import records_key
+from charging.server import App
+from charging.v1 import admin_pb2, crm_pb2, crm_pb2_grpc
+from provisioning.coverage import STORE as COVERAGE
+from tests.conftest import Stubs
+
+DOCUMENTS = (keys.CATALOG_RECORDS, records_key(COVERAGE))
+
+
+def audit_rows(database_url: str, subject: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT actor, action, details FROM audit WHERE subject = %s ORDER BY occurred_at", (subject,)
+        ).fetchall()
+
+
+def relay(app: App, **kw: Any) -> CdrRelay:
+    assert app.redis is not None and app.database is not None
+    return CdrRelay(app.redis, CdrStore(app.database), app.clock, documents=DOCUMENTS, **kw)
+
+
+def quiet(app: App) -> None:
+    """Loads stop waking the app's own relay: the test's relays are alone on the outboxes."""
+    assert app.catalogs is not None and app.acquisition is not None
+    app.catalogs.on_records = None
+    app.acquisition.coverage.on_records = None
+
+
+def catalog(version: str) -> str:
+    doc = dict(read_catalog_file(""))
+    doc["version"] = version
+    return json.dumps(doc)
+
+
+async def crash_between_commit_and_trim(app: App) -> None:
+    async def crash() -> None:
+        raise RuntimeError("stopped between the commit and the trim")
+
+    with pytest.raises(RuntimeError):
+        crashing = relay(app, after_commit=crash)
+        await crashing.scan()
+        await crashing.relay_waiting()
+
+
+async def test_a_catalog_load_and_its_audit_entry_are_one_step(
+    app: App, stubs: Stubs, r: redis.Redis, database_url: str
+) -> None:
+    quiet(app)
+    await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=catalog("audited-2")))
+    # The step: the catalog current and its entry in the catalog's outbox, together.
+    assert r.get(keys.CATALOG_CURRENT) == "audited-2"
+    assert r.llen(keys.CATALOG_RECORDS) == 1
+    assert audit_rows(database_url, "catalog") == []
+    # A relay committed the entry and died before the trim; the next one finds it by name.
+    await crash_between_commit_and_trim(app)
+    assert r.llen(keys.CATALOG_RECORDS) == 1
+    fresh = relay(app)
+    assert await fresh.relay_waiting() == 1  # its scan found the catalog's outbox
+    assert audit_rows(database_url, "catalog") == [("local", "catalog_load", {"version": "audited-2"})]
+    assert not r.exists(keys.CATALOG_RECORDS)
+
+
+async def test_a_catalog_whose_entry_cannot_be_written_is_not_loaded(
+    app: App, stubs: Stubs, r: redis.Redis, database_url: str
+) -> None:
+    quiet(app)
+    before = r.get(keys.CATALOG_CURRENT)
+    r.set(keys.CATALOG_RECORDS, "not a list")  # the push fails: the switch must not happen
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=catalog("unaudited-1")))
+    assert r.get(keys.CATALOG_CURRENT) == before
+    assert not r.exists(f"{keys.CATALOG}:v:unaudited-1")  # the refused version left no trace
+    r.delete(keys.CATALOG_RECORDS)
+    await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=catalog("unaudited-1")))  # now it loads
+    assert r.get(keys.CATALOG_CURRENT) == "unaudited-1"
+    await drain(relay(app))
+    assert [row[2] for row in audit_rows(database_url, "catalog")] == [{"version": "unaudited-1"}]
+
+
+async def test_a_coverage_load_and_its_audit_entry_are_one_step(
+    app: App, crm: crm_pb2_grpc.CrmStub, r: redis.Redis, database_url: str
+) -> None:
+    quiet(app)
+    table = resources.files("provisioning").joinpath("coverage.json").read_text()
+    outbox = records_key(COVERAGE)
+    r.set(outbox, "not a list")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await crm.LoadCoverage(crm_pb2.CoverageDocument(json=table))
+    assert r.get(f"{COVERAGE}:current") is None and not r.keys(f"{COVERAGE}:v:*")  # neither
+    r.delete(outbox)
+    loaded = await crm.LoadCoverage(crm_pb2.CoverageDocument(json=table))
+    assert r.get(f"{COVERAGE}:current") == str(loaded.version)
+    assert r.llen(outbox) == 1
+    await crash_between_commit_and_trim(app)
+    await drain(relay(app))
+    assert audit_rows(database_url, "coverage") == [("local", "coverage_load", {"version": str(loaded.version)})]
+    assert not r.exists(outbox)
