@@ -1,6 +1,6 @@
 """Who connects to the system of record as what.
 
-Three kinds of database role (the privileges are granted by the migrations, 0004 and 0006):
+Three kinds of database role (the privileges are granted by the migrations, 0004 and 0009):
 
 * the **owner** of the schema runs the migrations (``charging migrate`` on
   ``CHARGING_DATABASE_MIGRATE_URL``, else ``CHARGING_DATABASE_URL``): it makes and alters

@@ -20,7 +20,7 @@ import pytest
 
 from charging import database_roles, migrations
 from charging.clock import ManualClock
-from charging.migrations.versions.v0006_server_role import IN_PLACE
+from charging.migrations.versions.v0009_server_role import IN_PLACE
 from charging.server import App
 from charging.settings import Settings
 from tests.conftest import PostgresServer
