@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark
+.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark faketime
 
 all: setup
 
@@ -73,6 +73,13 @@ tshark:
 
 test: tshark
 
+# libfaketime moves the chaos suite's server clock (chaos/clock.py, tests/test_chaos.py).
+faketime:
+	@ls /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1 2>/dev/null | grep -q . \
+		|| $(MAKE) --no-print-directory apt PKG=libfaketime
+
+test: faketime
+
 # Prometheus and promtool for the monitoring tests (ops/prometheus). The tests start their
 # own prometheus on a free port with a temporary configuration: the package's service is
 # not used (and may stay stopped).
@@ -132,7 +139,7 @@ bench: setup redis-server postgresql h2load
 # part of make test (tests/test_chaos.py).
 SEED     ?= 1
 DURATION ?= 60
-chaos: setup redis-server postgresql
+chaos: setup redis-server postgresql faketime
 	$(BIN)/python -m chaos --seed $(SEED) --duration $(DURATION)
 
 loadtest: setup

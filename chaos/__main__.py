@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from chaos.run import FAULTS, NETWORK_FAULTS, Config, Report, run
+from chaos.run import CLOCK_FAULTS, FAULTS, NETWORK_FAULTS, Config, Report, run
 from charging.embedded_postgres import EmbeddedPostgres
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load with faults")
     p.add_argument("--clients", type=int, default=4)
-    every = FAULTS + NETWORK_FAULTS
+    every = FAULTS + NETWORK_FAULTS + CLOCK_FAULTS
     p.add_argument(
         "--faults",
         default=",".join(every),

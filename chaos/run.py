@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from chaos import checks, machine_death, records
+from chaos.clock import FakeClock, expired_left, expired_units
 from chaos.history import Fault, History, Operation
 from chaos.proxy import Proxy
 from chaos.system import ExternalRedis, System
@@ -28,6 +29,8 @@ VALIDITY_S = 2
 FAULTS = ("kill_server", "pause_server", "kill_redis")
 # These need Redis behind the suite's proxy (an external redis-server on loopback TCP).
 NETWORK_FAULTS = ("net_delay", "net_stall", "net_reset")
+# The server's wall clock, through libfaketime (chaos/clock.py).
+CLOCK_FAULTS = ("clock_forward", "clock_back")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,22 @@ async def settle(stubs: Stubs, subscribers: list[Subscriber], timeout_s: float) 
         await asyncio.sleep(0.25)
 
 
+async def expired_swept(
+    system: System, accounts: list[str], clock: FakeClock, timeout_s: float = 10.0
+) -> list[checks.Violation]:
+    """Buckets past their expiry that the sweeper, running at the restored time, left."""
+    deadline = time.monotonic() + timeout_s
+    client = system.redis_client()
+    try:
+        while True:
+            found = expired_left(client, accounts, clock.now_s())
+            if not found or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.25)
+    finally:
+        client.close()
+
+
 async def inject(
     system: System,
     proxy: Proxy | None,
@@ -159,6 +178,7 @@ async def inject(
     rnd: random.Random,
     until: float,
     t0: float,
+    clock: FakeClock | None = None,
 ) -> None:
     while True:
         await asyncio.sleep(rnd.uniform(*config.fault_every_s))
@@ -172,6 +192,10 @@ async def inject(
             detail = await asyncio.to_thread(system.pause_server, rnd.uniform(0.3, 2.5))
         elif kind == "kill_redis":
             detail = await asyncio.to_thread(system.kill_redis)
+        elif kind in CLOCK_FAULTS:
+            if clock is None:
+                raise ValueError(f"{kind} needs the server started under libfaketime")
+            detail = clock.forward(rnd) if kind == "clock_forward" else clock.back(rnd)
         elif proxy is None:
             raise ValueError(f"{kind} needs Redis behind the proxy (Config.network)")
         elif kind == "net_delay":
@@ -198,11 +222,21 @@ async def run(config: Config, workdir: Path, database_url: str, port: int, redis
         await asyncio.to_thread(redis.start)
         proxy = Proxy(redis_port)
         env["CHARGING_REDIS_URL"] = f"redis://127.0.0.1:{await proxy.start()}/0"
+    clock: FakeClock | None = None
+    if any(f in CLOCK_FAULTS for f in config.faults):
+        clock = FakeClock(workdir / "faketime.rc")
+        env.update(clock.env())
+        if redis is None:
+            # redis-server cannot run under libfaketime (its allocator reads the clock before
+            # the library is ready): an external one, on its own true clock.
+            redis = ExternalRedis(workdir / "redis-ext", redis_port)
+            await asyncio.to_thread(redis.start)
+            env["CHARGING_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     system = System(workdir, database_url, port, env, redis)
     history = History()
     try:
         await asyncio.to_thread(system.start)
-        return await _run(config, system, proxy, history)
+        return await _run(config, system, proxy, history, clock)
     finally:
         await asyncio.to_thread(system.stop)
         if proxy is not None:
@@ -211,7 +245,9 @@ async def run(config: Config, workdir: Path, database_url: str, port: int, redis
             await asyncio.to_thread(redis.stop)
 
 
-async def _run(config: Config, system: System, proxy: Proxy | None, history: History) -> Report:
+async def _run(
+    config: Config, system: System, proxy: Proxy | None, history: History, clock: FakeClock | None = None
+) -> Report:
     rnd = random.Random(config.seed)
     doc = chaos_catalog()
     async with grpc.aio.insecure_channel(system.address) as channel:
@@ -235,9 +271,11 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         until = t0 + config.duration_s
         clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
         await asyncio.gather(
-            inject(system, proxy, history, config, rnd, until, t0),
+            inject(system, proxy, history, config, rnd, until, t0, clock),
             *(c.run(until, config.max_ops_per_client) for c in clients),
         )
+        if clock is not None:
+            history.faults.append(Fault(time.monotonic() - t0, "clock_restored", clock.restore()))
         await asyncio.to_thread(system.wait_serving)
 
         # Resolve every unknown outcome by sending the same request again.
@@ -267,9 +305,13 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         after = await settle(stubs, subscribers, timeout_s=30)
 
         # The system of record: every record relayed, then read.
+        stale: list[checks.Violation] = []
+        if clock is not None:
+            stale = await expired_swept(system, list(initial), clock)
         client = system.redis_client()
         try:
             relayed = await records.drained(client, list(initial))
+            expired = expired_units(client, list(initial))
         finally:
             client.close()
         book = await asyncio.to_thread(records.read, system.database_url)
@@ -282,7 +324,10 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         report.violations.append(checks.Violation("records_match", "-", "the relay did not empty the record outboxes"))
     report.violations += records.explain_balances(history, initial, after, book)
     report.violations += records.every_movement_recorded(history, book)
-    report.violations += records.buckets_conserved(history, after, book, bundle_units(doc))
+    report.violations += records.buckets_conserved(history, after, book, bundle_units(doc), expired)
+    if clock is not None:
+        report.checks_run.append("buckets_expired")
+        report.violations += stale
     report.violations += checks.conservation(history, initial, after, bundle_prices(doc))
     report.violations += checks.answered_once(history)
     report.violations += checks.nothing_lost(before, after)

@@ -1,7 +1,8 @@
 """The fault-injection suite: its checkers catch what they claim to (crafted histories),
 and a small fixed-seed run against real processes (server killed, paused, its Redis
-killed, the link to Redis delayed, stalled and reset, and at last the machine dying with
-the AOF cut a second before) ends with every check passing. `make chaos` runs it longer."""
+killed, the link to Redis delayed, stalled and reset, its wall clock jumping forward and
+back, and at last the machine dying with the AOF cut a second before) ends with every
+check passing. `make chaos` runs it longer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from chaos import checks
 from chaos.history import Answer, History, Kind, Operation
-from chaos.run import FAULTS, NETWORK_FAULTS, Config, run
+from chaos.run import CLOCK_FAULTS, FAULTS, NETWORK_FAULTS, Config, run
 from tests.conftest import PostgresServer
 
 PRICES = {"sms-100": 2_000_000}
@@ -104,7 +105,11 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     database_url = postgres_server.create_database("chaos_ci", "template0")
     try:
         config = Config(
-            seed=20261130, duration_s=10.0, clients=3, fault_every_s=(0.5, 1.2), faults=FAULTS + NETWORK_FAULTS
+            seed=20261430,  # its faults include a clock jump past bundle expiry and one back
+            duration_s=10.0,
+            clients=3,
+            fault_every_s=(0.5, 1.2),
+            faults=FAULTS + NETWORK_FAULTS + CLOCK_FAULTS,
         )
         report = await run(config, tmp_path, database_url, free_port(), free_port())
     finally:
@@ -118,3 +123,4 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     assert set(report.checks_run) >= {"conservation", "answered_once", "nothing_lost", "released", "buckets"}
     assert {"records_explain_balances", "records_match", "bucket_units"} <= set(report.checks_run)
     assert "machine_death" in report.checks_run and report.lost_after_cut is not None
+    assert "buckets_expired" in report.checks_run
