@@ -136,11 +136,11 @@ bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.cdr_bench
 
 # A randomized fault-injection run (README "Proof under faults"); a short fixed-seed run is
-# part of make test (tests/test_chaos.py).
+# part of make test (tests/test_chaos.py). CLUSTER=1: on a local 3+3 Redis Cluster.
 SEED     ?= 1
 DURATION ?= 60
 chaos: setup redis-server postgresql faketime
-	$(BIN)/python -m chaos --seed $(SEED) --duration $(DURATION)
+	$(BIN)/python -m chaos --seed $(SEED) --duration $(DURATION)$(if $(CLUSTER), --cluster)
 
 loadtest: setup
 	$(BIN)/python -m pip install --quiet -e '.[load]'

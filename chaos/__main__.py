@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from chaos.run import CLOCK_FAULTS, FAULTS, NETWORK_FAULTS, Config, Report, run
+from chaos.run import CLOCK_FAULTS, CLUSTER_FAULTS, FAULTS, NETWORK_FAULTS, Config, Report, run
 from charging.embedded_postgres import EmbeddedPostgres
 
 
@@ -69,6 +69,7 @@ async def main_async(args: argparse.Namespace, keep: Path) -> int:
             duration_s=args.duration,
             clients=args.clients,
             faults=tuple(f for f in args.faults.split(",") if f),
+            cluster=args.cluster,
         )
         report = await one(config, database_url, keep)
         failing = report
@@ -111,9 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--database-url", default="", help="a PostgreSQL where each run creates a database of its own; else embedded"
     )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="Redis as a local 3+3 Redis Cluster; faults kill_server, pause_server, kill_primary and the clock's",
+    )
     p.add_argument("--shrink", type=int, default=3, help="shorter runs tried when a check fails")
     p.add_argument("--out", default="var/chaos", help="where histories and failing server logs go")
     args = p.parse_args(argv)
+    if args.cluster and args.faults == p.get_default("faults"):
+        args.faults = ",".join(("kill_server", "pause_server", *CLUSTER_FAULTS, *CLOCK_FAULTS))
     keep = Path(args.out)
     keep.mkdir(parents=True, exist_ok=True)
     return asyncio.run(main_async(args, keep))

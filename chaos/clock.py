@@ -100,7 +100,7 @@ class FakeClock:
         return int(time.time()) + self.offset_s
 
 
-def expired_units(client: redis.Redis, accounts: list[str]) -> dict[str, int]:
+def expired_units(client: redis.Redis | redis.RedisCluster, accounts: list[str]) -> dict[str, int]:
     """Units each account's buckets lost to expiry (the scripts' ``expired_<unit>`` totals)."""
     found: dict[str, int] = {}
     for account in accounts:
@@ -109,7 +109,7 @@ def expired_units(client: redis.Redis, accounts: list[str]) -> dict[str, int]:
     return found
 
 
-def expired_left(client: redis.Redis, accounts: list[str], now_s: int) -> list[checks.Violation]:
+def expired_left(client: redis.Redis | redis.RedisCluster, accounts: list[str], now_s: int) -> list[checks.Violation]:
     """Buckets still stored past their expiry with nothing held on them, once the sweeper
     ran at ``now_s`` (GetBalance hides them; the units equation would then miss them)."""
     found: list[checks.Violation] = []

@@ -35,7 +35,7 @@ class Records:
     bucket_units: dict[str, int]  # account -> units taken from its buckets, less units refunded to them
 
 
-async def drained(client: redis.Redis, accounts: list[str], timeout_s: float = 60.0) -> bool:
+async def drained(client: redis.Redis | redis.RedisCluster, accounts: list[str], timeout_s: float = 60.0) -> bool:
     """Wait until no record outbox of ``accounts`` holds anything (the relay moved it all)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import random
@@ -21,6 +22,7 @@ from chaos.system import ExternalRedis, System
 from chaos.workload import BUNDLES, Client, Stubs, Subscriber, attempt, who
 from charging.catalogs import read_catalog_file
 from charging.v1 import admin_pb2, admin_pb2_grpc, topup_pb2
+from tests.redis_cluster import local_cluster
 
 INITIAL_MICROS = 20_000_000
 # Short validity times so that abandoned sessions are swept within seconds
@@ -31,6 +33,8 @@ FAULTS = ("kill_server", "pause_server", "kill_redis")
 NETWORK_FAULTS = ("net_delay", "net_stall", "net_reset")
 # The server's wall clock, through libfaketime (chaos/clock.py).
 CLOCK_FAULTS = ("clock_forward", "clock_back")
+# On a local Redis Cluster (Config.cluster): kill -9 of a primary, its replica takes over.
+CLUSTER_FAULTS = ("kill_primary",)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Config:
     # With Redis behind the proxy: end with a burst of load and a simulated machine death.
     machine_death: bool = True
     burst_s: float = 3.0
+    # Redis is a local 3+3 Redis Cluster (tests/redis_cluster.py); writes wait for a replica.
+    cluster: bool = False
 
 
 @dataclass
@@ -81,7 +87,8 @@ class Report:
             lines.append(f"  check {check}: " + ("ok" if not failed else f"{len(failed)} violation(s)"))
         for v in self.violations[:20]:
             lines.append(f"  VIOLATION {v.check} account {v.account}: {v.detail}")
-        lines.append(f"replay: python -m chaos --seed {self.config.seed} --duration {self.config.duration_s:g}")
+        replay = f"python -m chaos --seed {self.config.seed} --duration {self.config.duration_s:g}"
+        lines.append(f"replay: {replay}" + (" --cluster" if self.config.cluster else ""))
         return "\n".join(lines)
 
 
@@ -192,6 +199,8 @@ async def inject(
             detail = await asyncio.to_thread(system.pause_server, rnd.uniform(0.3, 2.5))
         elif kind == "kill_redis":
             detail = await asyncio.to_thread(system.kill_redis)
+        elif kind == "kill_primary":
+            detail = await asyncio.to_thread(system.kill_primary, rnd.random())
         elif kind in CLOCK_FAULTS:
             if clock is None:
                 raise ValueError(f"{kind} needs the server started under libfaketime")
@@ -226,14 +235,25 @@ async def run(config: Config, workdir: Path, database_url: str, port: int, redis
     if any(f in CLOCK_FAULTS for f in config.faults):
         clock = FakeClock(workdir / "faketime.rc")
         env.update(clock.env())
-        if redis is None:
+        if redis is None and not config.cluster:
             # redis-server cannot run under libfaketime (its allocator reads the clock before
             # the library is ready): an external one, on its own true clock.
             redis = ExternalRedis(workdir / "redis-ext", redis_port)
             await asyncio.to_thread(redis.start)
             env["CHARGING_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    system = System(workdir, database_url, port, env, redis)
     history = History()
+    if config.cluster:
+        with contextlib.ExitStack() as stack:
+            cluster = await asyncio.to_thread(stack.enter_context, local_cluster(workdir / "cluster"))
+            # WAIT for one replica before answering: a failover then loses nothing acknowledged.
+            env["CHARGING_REDIS_URL"] = cluster.url + "?wait=1&wait_ms=500"
+            system = System(workdir, database_url, port, env, None, cluster)
+            try:
+                await asyncio.to_thread(system.start)
+                return await _run(config, system, proxy, history, clock)
+            finally:
+                await asyncio.to_thread(system.stop)
+    system = System(workdir, database_url, port, env, redis)
     try:
         await asyncio.to_thread(system.start)
         return await _run(config, system, proxy, history, clock)
