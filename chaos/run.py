@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from chaos import checks, machine_death, records
+from chaos import checks, line_orders, machine_death, records
 from chaos.clock import FakeClock, expired_left, expired_units
 from chaos.history import Fault, History, Operation
 from chaos.proxy import Proxy
@@ -52,6 +52,9 @@ class Config:
     burst_s: float = 3.0
     # Redis is a local 3+3 Redis Cluster (tests/redis_cluster.py); writes wait for a replica.
     cluster: bool = False
+    # Session subscribers made through the CRM, their line orders through the provisioning
+    # worker (chaos/line_orders.py; not on a cluster, where the CRM does not run yet).
+    crm_lines: int = 2
 
 
 @dataclass
@@ -286,6 +289,10 @@ async def _run(
             )
             subscribers.append(Subscriber(created.account_id, msisdn, sessions=n >= config.event_accounts))
             initial[created.account_id] = INITIAL_MICROS
+        crm_lines = [] if config.cluster else await line_orders.open_lines(stubs.crm, config.seed, config.crm_lines)
+        for line in crm_lines:
+            subscribers.append(Subscriber(line.account, line.msisdn, sessions=True, crm=True))
+            initial[line.account] = line_orders.INITIAL_MICROS
 
         t0 = time.monotonic()
         until = t0 + config.duration_s
@@ -308,10 +315,19 @@ async def _run(
         # Every line active again (a line order whose outcome was unknown may have barred
         # one after its "active" was answered).
         for sub in subscribers:
+            if sub.crm:
+                continue  # through the CRM, below
             restore = Operation(
                 -1, -1, "status", sub.account, f"restore-{sub.account}", {"msisdn": sub.msisdn, "status": "active"}, 0.0
             )
             await until_answered(stubs, restore, deadline)
+        lines_found: list[checks.Violation] = []
+        if crm_lines:
+            client = system.redis_client()
+            try:
+                lines_found = await line_orders.settle(stubs.crm, client, history, crm_lines, config.seed, timeout_s=60)
+            finally:
+                client.close()
         before = await settle(stubs, subscribers, timeout_s=30)
         # Repeat every acknowledged request once: each must answer as it did, changing nothing.
         seen: set[str] = set()
@@ -345,6 +361,9 @@ async def _run(
     report.violations += records.explain_balances(history, initial, after, book)
     report.violations += records.every_movement_recorded(history, book)
     report.violations += records.buckets_conserved(history, after, book, bundle_units(doc), expired)
+    if crm_lines:
+        report.checks_run.append("line_orders")
+        report.violations += lines_found
     if clock is not None:
         report.checks_run.append("buckets_expired")
         report.violations += stale

@@ -124,7 +124,8 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     assert set(report.checks_run) >= {"conservation", "answered_once", "nothing_lost", "released", "buckets"}
     assert {"records_explain_balances", "records_match", "bucket_units"} <= set(report.checks_run)
     assert "machine_death" in report.checks_run and report.lost_after_cut is not None
-    assert "buckets_expired" in report.checks_run
+    assert {"buckets_expired", "line_orders"} <= set(report.checks_run)
+    assert any(o.request.get("crm_order") for o in report.history.operations)  # orders through the CRM
 
 
 @pytest.mark.timeout(180)  # a cluster of six nodes, eight seconds of load, the checks: bounded
