@@ -48,7 +48,9 @@ def application(seed: int, n: int) -> crm_pb2.Application:
         plan_id="mobile-prepaid",
         msisdn=f"4917091{seed % 1000:03d}{n:03d}",
         imsi=f"26201{seed % 100_000:05d}{n:05d}",
-        applicant=crm_pb2.Person(given_name="Chaos", family_name="Client " + chr(ord("A") + n % 26), date_of_birth="1990-05-17"),
+        applicant=crm_pb2.Person(
+            given_name="Chaos", family_name="Client " + chr(ord("A") + n % 26), date_of_birth="1990-05-17"
+        ),
         address=crm_pb2.Address(street="Hauptstr. 1", city="Berlin", postal_code="10115", country="DE"),
         contact=crm_pb2.Contact(email=f"chaos{n}@example.org"),
         identity_document=crm_pb2.IdentityDocument(
