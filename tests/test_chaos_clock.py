@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -52,10 +53,11 @@ def test_only_the_wall_clock_jumps(tmp_path: Path) -> None:
     assert clock.offset_s == 31 * DAY_S
 
 
-async def until(predicate_s: str, check: object, timeout_s: float = 30.0) -> None:
+async def until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    """Poll ``check`` (bounded): the sweeper acts on its own schedule."""
     deadline = time.monotonic() + timeout_s
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {predicate_s}"
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
         await asyncio.sleep(0.1)
 
 
