@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark erlang-diameter
+.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark erlang-diameter faketime
 
 all: setup
 
@@ -80,6 +80,12 @@ erlang-diameter:
 		|| $(MAKE) --no-print-directory apt PKG=erlang-diameter
 
 test: erlang-diameter
+# libfaketime moves the chaos suite's server clock (chaos/clock.py, tests/test_chaos.py).
+faketime:
+	@ls /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1 2>/dev/null | grep -q . \
+		|| $(MAKE) --no-print-directory apt PKG=libfaketime
+
+test: faketime
 
 # Prometheus and promtool for the monitoring tests (ops/prometheus). The tests start their
 # own prometheus on a free port with a temporary configuration: the package's service is
@@ -137,11 +143,11 @@ bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.cdr_bench
 
 # A randomized fault-injection run (README "Proof under faults"); a short fixed-seed run is
-# part of make test (tests/test_chaos.py).
+# part of make test (tests/test_chaos.py). CLUSTER=1: on a local 3+3 Redis Cluster.
 SEED     ?= 1
 DURATION ?= 60
-chaos: setup redis-server postgresql
-	$(BIN)/python -m chaos --seed $(SEED) --duration $(DURATION)
+chaos: setup redis-server postgresql faketime
+	$(BIN)/python -m chaos --seed $(SEED) --duration $(DURATION)$(if $(CLUSTER), --cluster)
 
 loadtest: setup
 	$(BIN)/python -m pip install --quiet -e '.[load]'

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from chaos.run import FAULTS, NETWORK_FAULTS, Config, Report, run
+from chaos.run import CLOCK_FAULTS, CLUSTER_FAULTS, FAULTS, NETWORK_FAULTS, Config, Report, run
 from charging.embedded_postgres import EmbeddedPostgres
 
 
@@ -70,6 +70,7 @@ async def main_async(args: argparse.Namespace, keep: Path) -> int:
             clients=args.clients,
             faults=tuple(f for f in args.faults.split(",") if f),
             postpaid_lines=args.postpaid_lines,
+            cluster=args.cluster,
         )
         report = await one(config, database_url, keep)
         failing = report
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load with faults")
     p.add_argument("--clients", type=int, default=4)
-    every = FAULTS + NETWORK_FAULTS
+    every = FAULTS + NETWORK_FAULTS + CLOCK_FAULTS
     p.add_argument(
         "--faults",
         default=",".join(every),
@@ -114,9 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", default="", help="a PostgreSQL where each run creates a database of its own; else embedded"
     )
     p.add_argument("--postpaid-lines", type=int, default=2, help="postpaid lines billed and paid under the faults")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="Redis as a local 3+3 Redis Cluster; faults kill_server, pause_server, kill_primary and the clock's",
+    )
     p.add_argument("--shrink", type=int, default=3, help="shorter runs tried when a check fails")
     p.add_argument("--out", default="var/chaos", help="where histories and failing server logs go")
     args = p.parse_args(argv)
+    if args.cluster and args.faults == p.get_default("faults"):
+        args.faults = ",".join(("kill_server", "pause_server", *CLUSTER_FAULTS, *CLOCK_FAULTS))
     keep = Path(args.out)
     keep.mkdir(parents=True, exist_ok=True)
     return asyncio.run(main_async(args, keep))

@@ -35,7 +35,7 @@ class Records:
     bucket_units: dict[str, int]  # account -> units taken from its buckets, less units refunded to them
 
 
-async def drained(client: redis.Redis, accounts: list[str], timeout_s: float = 60.0) -> bool:
+async def drained(client: redis.Redis | redis.RedisCluster, accounts: list[str], timeout_s: float = 60.0) -> bool:
     """Wait until no record outbox of ``accounts`` holds anything (the relay moved it all)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -69,9 +69,11 @@ def buckets_conserved(
     final: dict[str, checks.AccountState],
     records: Records,
     bundle_units: dict[str, int],
+    expired: dict[str, int] | None = None,
 ) -> list[checks.Violation]:
-    """Units bought = units used (less those refunded) + units remaining, per account (no
-    bucket expires within a run: the bundles last 30 days)."""
+    """Units bought = units used (less those refunded) + units remaining + units expired,
+    per account (``expired``: the accounts' ``expired_<unit>`` totals; buckets expire
+    within a run only when the clock jumps, chaos/clock.py)."""
     bought: dict[str, int] = {}
     seen: set[str] = set()
     for op in history.operations:
@@ -82,12 +84,13 @@ def buckets_conserved(
     for account, state in final.items():
         remaining = sum(b.amount for b in state.buckets)
         used = records.bucket_units.get(account, 0)
-        if bought.get(account, 0) != used + remaining:
+        lost = (expired or {}).get(account, 0)
+        if bought.get(account, 0) != used + remaining + lost:
             found.append(
                 checks.Violation(
                     "bucket_units",
                     account,
-                    f"bought {bought.get(account, 0)} units != used {used} + remaining {remaining}",
+                    f"bought {bought.get(account, 0)} units != used {used} + remaining {remaining} + expired {lost}",
                 )
             )
     return found

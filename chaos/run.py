@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import random
@@ -13,13 +14,15 @@ from typing import Any
 
 import grpc
 
-from chaos import checks, machine_death, postpaid, postpaid_book, postpaid_checks, records
+from chaos import checks, line_orders, machine_death, postpaid, postpaid_book, postpaid_checks, records
+from chaos.clock import FakeClock, expired_left, expired_units
 from chaos.history import Fault, History, Operation
 from chaos.proxy import Proxy
 from chaos.system import ExternalRedis, System
 from chaos.workload import BUNDLES, Client, Stubs, Subscriber, attempt, who
 from charging.catalogs import read_catalog_file
 from charging.v1 import admin_pb2, admin_pb2_grpc, topup_pb2
+from tests.redis_cluster import local_cluster
 
 INITIAL_MICROS = 20_000_000
 # Short validity times so that abandoned sessions are swept within seconds
@@ -28,6 +31,10 @@ VALIDITY_S = 2
 FAULTS = ("kill_server", "pause_server", "kill_redis")
 # These need Redis behind the suite's proxy (an external redis-server on loopback TCP).
 NETWORK_FAULTS = ("net_delay", "net_stall", "net_reset")
+# The server's wall clock, through libfaketime (chaos/clock.py).
+CLOCK_FAULTS = ("clock_forward", "clock_back")
+# On a local Redis Cluster (Config.cluster): kill -9 of a primary, its replica takes over.
+CLUSTER_FAULTS = ("kill_primary",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,11 @@ class Config:
     burst_s: float = 3.0
     # Postpaid lines (CRM applications): usage, bill runs and payments (chaos/postpaid.py).
     postpaid_lines: int = 2
+    # Redis is a local 3+3 Redis Cluster (tests/redis_cluster.py); writes wait for a replica.
+    cluster: bool = False
+    # Session subscribers made through the CRM, their line orders through the provisioning
+    # worker (chaos/line_orders.py; not on a cluster, where the CRM does not run yet).
+    crm_lines: int = 2
 
 
 @dataclass
@@ -86,7 +98,8 @@ class Report:
             lines.append(f"  check {check}: " + ("ok" if not failed else f"{len(failed)} violation(s)"))
         for v in self.violations[:20]:
             lines.append(f"  VIOLATION {v.check} account {v.account}: {v.detail}")
-        lines.append(f"replay: python -m chaos --seed {self.config.seed} --duration {self.config.duration_s:g}")
+        replay = f"python -m chaos --seed {self.config.seed} --duration {self.config.duration_s:g}"
+        lines.append(f"replay: {replay}" + (" --cluster" if self.config.cluster else ""))
         return "\n".join(lines)
 
 
@@ -159,6 +172,22 @@ async def settle(stubs: Stubs, subscribers: list[Subscriber], timeout_s: float) 
         await asyncio.sleep(0.25)
 
 
+async def expired_swept(
+    system: System, accounts: list[str], clock: FakeClock, timeout_s: float = 10.0
+) -> list[checks.Violation]:
+    """Buckets past their expiry that the sweeper, running at the restored time, left."""
+    deadline = time.monotonic() + timeout_s
+    client = system.redis_client()
+    try:
+        while True:
+            found = expired_left(client, accounts, clock.now_s())
+            if not found or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.25)
+    finally:
+        client.close()
+
+
 async def inject(
     system: System,
     proxy: Proxy | None,
@@ -167,6 +196,7 @@ async def inject(
     rnd: random.Random,
     until: float,
     t0: float,
+    clock: FakeClock | None = None,
 ) -> None:
     while True:
         await asyncio.sleep(rnd.uniform(*config.fault_every_s))
@@ -180,6 +210,12 @@ async def inject(
             detail = await asyncio.to_thread(system.pause_server, rnd.uniform(0.3, 2.5))
         elif kind == "kill_redis":
             detail = await asyncio.to_thread(system.kill_redis)
+        elif kind == "kill_primary":
+            detail = await asyncio.to_thread(system.kill_primary, rnd.random())
+        elif kind in CLOCK_FAULTS:
+            if clock is None:
+                raise ValueError(f"{kind} needs the server started under libfaketime")
+            detail = clock.forward(rnd) if kind == "clock_forward" else clock.back(rnd)
         elif proxy is None:
             raise ValueError(f"{kind} needs Redis behind the proxy (Config.network)")
         elif kind == "net_delay":
@@ -206,11 +242,32 @@ async def run(config: Config, workdir: Path, database_url: str, port: int, redis
         await asyncio.to_thread(redis.start)
         proxy = Proxy(redis_port)
         env["CHARGING_REDIS_URL"] = f"redis://127.0.0.1:{await proxy.start()}/0"
-    system = System(workdir, database_url, port, env, redis)
+    clock: FakeClock | None = None
+    if any(f in CLOCK_FAULTS for f in config.faults):
+        clock = FakeClock(workdir / "faketime.rc")
+        env.update(clock.env())
+        if redis is None and not config.cluster:
+            # redis-server cannot run under libfaketime (its allocator reads the clock before
+            # the library is ready): an external one, on its own true clock.
+            redis = ExternalRedis(workdir / "redis-ext", redis_port)
+            await asyncio.to_thread(redis.start)
+            env["CHARGING_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     history = History()
+    if config.cluster:
+        with contextlib.ExitStack() as stack:
+            cluster = await asyncio.to_thread(stack.enter_context, local_cluster(workdir / "cluster"))
+            # WAIT for one replica before answering: a failover then loses nothing acknowledged.
+            env["CHARGING_REDIS_URL"] = cluster.url + "?wait=1&wait_ms=500"
+            system = System(workdir, database_url, port, env, None, cluster)
+            try:
+                await asyncio.to_thread(system.start)
+                return await _run(config, system, proxy, history, clock)
+            finally:
+                await asyncio.to_thread(system.stop)
+    system = System(workdir, database_url, port, env, redis)
     try:
         await asyncio.to_thread(system.start)
-        return await _run(config, system, proxy, history)
+        return await _run(config, system, proxy, history, clock)
     finally:
         await asyncio.to_thread(system.stop)
         if proxy is not None:
@@ -219,7 +276,9 @@ async def run(config: Config, workdir: Path, database_url: str, port: int, redis
             await asyncio.to_thread(redis.stop)
 
 
-async def _run(config: Config, system: System, proxy: Proxy | None, history: History) -> Report:
+async def _run(
+    config: Config, system: System, proxy: Proxy | None, history: History, clock: FakeClock | None = None
+) -> Report:
     rnd = random.Random(config.seed)
     doc = chaos_catalog()
     async with grpc.aio.insecure_channel(system.address) as channel:
@@ -238,6 +297,10 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
             )
             subscribers.append(Subscriber(created.account_id, msisdn, sessions=n >= config.event_accounts))
             initial[created.account_id] = INITIAL_MICROS
+        crm_lines = [] if config.cluster else await line_orders.open_lines(stubs.crm, config.seed, config.crm_lines)
+        for line in crm_lines:
+            subscribers.append(Subscriber(line.account, line.msisdn, sessions=True, crm=True))
+            initial[line.account] = line_orders.INITIAL_MICROS
 
         lines = await postpaid.open_lines(channel, config.seed, config.postpaid_lines)
 
@@ -246,10 +309,12 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
         billing = postpaid.Postpaid(config.seed, channel, history, lines, t0)
         await asyncio.gather(
-            inject(system, proxy, history, config, rnd, until, t0),
+            inject(system, proxy, history, config, rnd, until, t0, clock),
             *(c.run(until, config.max_ops_per_client) for c in clients),
             billing.run(until),
         )
+        if clock is not None:
+            history.faults.append(Fault(time.monotonic() - t0, "clock_restored", clock.restore()))
         await asyncio.to_thread(system.wait_serving)
 
         # Resolve every unknown outcome by sending the same request again.
@@ -262,10 +327,19 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         # Every line active again (a line order whose outcome was unknown may have barred
         # one after its "active" was answered).
         for sub in subscribers:
+            if sub.crm:
+                continue  # through the CRM, below
             restore = Operation(
                 -1, -1, "status", sub.account, f"restore-{sub.account}", {"msisdn": sub.msisdn, "status": "active"}, 0.0
             )
             await until_answered(stubs, restore, deadline)
+        lines_found: list[checks.Violation] = []
+        if crm_lines:
+            client = system.redis_client()
+            try:
+                lines_found = await line_orders.settle(stubs.crm, client, history, crm_lines, config.seed, timeout_s=60)
+            finally:
+                client.close()
         before = await settle(stubs, subscribers, timeout_s=30)
         # Repeat every acknowledged request once: each must answer as it did, changing nothing.
         seen: set[str] = set()
@@ -282,9 +356,13 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         postpaid_after = await settle(stubs, [line.subscriber for line in lines], timeout_s=30)
 
         # The system of record: every record relayed, then read.
+        stale: list[checks.Violation] = []
+        if clock is not None:
+            stale = await expired_swept(system, list(initial), clock)
         client = system.redis_client()
         try:
             relayed = await records.drained(client, list(initial) + [line.subscriber.account for line in lines])
+            expired = expired_units(client, list(initial))
         finally:
             client.close()
         book = await asyncio.to_thread(records.read, system.database_url)
@@ -326,7 +404,13 @@ async def _run(config: Config, system: System, proxy: Proxy | None, history: His
         report.violations.append(checks.Violation("records_match", "-", "the relay did not empty the record outboxes"))
     report.violations += records.explain_balances(history, initial, after, book)
     report.violations += records.every_movement_recorded(history, book)
-    report.violations += records.buckets_conserved(history, after, book, bundle_units(doc))
+    report.violations += records.buckets_conserved(history, after, book, bundle_units(doc), expired)
+    if crm_lines:
+        report.checks_run.append("line_orders")
+        report.violations += lines_found
+    if clock is not None:
+        report.checks_run.append("buckets_expired")
+        report.violations += stale
     report.violations += checks.conservation(history, initial, after, bundle_prices(doc))
     report.violations += checks.answered_once(history)
     report.violations += checks.nothing_lost(before, after)

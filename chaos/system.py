@@ -15,6 +15,11 @@ PostgreSQL at a URL the suite gives. The faults:
 
 For the network faults (``chaos/proxy.py``) Redis is an external redis-server on a
 loopback TCP port that the suite starts, and the server reaches it through the proxy.
+
+With ``--cluster`` Redis is a local Redis Cluster of 3 primaries and 3 replicas
+(``tests/redis_cluster.py``), and the fault ``kill_primary`` kills -9 a primary chosen at
+random, waits until its replica serves its slots, and starts it again (it rejoins as a
+replica).
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from pathlib import Path
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.redis_cluster import LocalCluster
+
+# A client of the server's Redis, whichever it is.
+AnyRedis = redis.Redis | redis.RedisCluster
 
 
 class ExternalRedis:
@@ -80,12 +90,14 @@ class System:
         port: int,
         env: dict[str, str] | None = None,
         redis: ExternalRedis | None = None,
+        cluster: LocalCluster | None = None,
     ) -> None:
         self.workdir = workdir
         self.database_url = database_url
         self.port = port
         self.env = env or {}
-        self.redis = redis  # None: the server's embedded redis-server
+        self.redis = redis  # None: the server's embedded redis-server (or the cluster)
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -167,9 +179,12 @@ class System:
             os.kill(self.proc.pid, signal.SIGCONT)
         return f"{seconds:.2f} s"
 
-    def redis_client(self) -> redis.Redis:
-        """A client of the server's Redis: the external one, or the embedded one through its
-        socket and generated password (as ``charging worker`` finds it)."""
+    def redis_client(self) -> AnyRedis:
+        """A client of the server's Redis: the cluster, the external one, or the embedded
+        one through its socket and generated password (as ``charging worker`` finds it)."""
+        if self.cluster is not None:
+            seed = self.cluster.primaries()[0]
+            return redis.RedisCluster(host="127.0.0.1", port=seed.port, decode_responses=True)
         if self.redis is not None:
             return redis.Redis(port=self.redis.port, decode_responses=True)
         directory = self.workdir / "redis"
@@ -209,6 +224,39 @@ class System:
             return "no redis-server found (restarting)"
         os.kill(pid, signal.SIGKILL)
         return f"pid {pid}"
+
+    def kill_primary(self, pick: float) -> str:
+        """kill -9 the primary at ``pick`` (0 <= pick < 1) of the live ones; once a replica
+        serves its slots (the cluster says ok without it), start it again."""
+        assert self.cluster is not None
+        primaries = sorted(self.cluster.primaries(), key=lambda n: n.port)
+        victim = primaries[int(pick * len(primaries))]
+        self.cluster.kill(victim)
+        started = time.monotonic()
+        while self._serves(victim.port):
+            if time.monotonic() - started > 60:
+                raise RuntimeError(f"no replica took over from port {victim.port} within a minute")
+            time.sleep(0.1)
+        took = time.monotonic() - started
+        self.cluster.restart(victim)
+        self.cluster.wait_ok()
+        return f"primary on port {victim.port} killed, replica took over in {took:.1f} s, restarted as a replica"
+
+    def _serves(self, port: int) -> bool:
+        """A live node of the cluster still names ``port`` as the primary of some slots."""
+        assert self.cluster is not None
+        for node in self.cluster.nodes:
+            if node.proc.poll() is not None or node.port == port:
+                continue
+            client = node.client()
+            try:
+                ranges = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+                return any(int(primary[1]) == port for _start, _end, primary, *_ in ranges)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return True
 
     def wait_serving(self, timeout_s: float = 90.0) -> None:
         if not self._wait_serving(time.monotonic() + timeout_s):

@@ -27,6 +27,8 @@ from charging.v1 import (
     charging_pb2,
     charging_pb2_grpc,
     common_pb2,
+    crm_pb2,
+    crm_pb2_grpc,
     topup_pb2,
     topup_pb2_grpc,
 )
@@ -52,6 +54,7 @@ class Subscriber:
     account: str
     msisdn: str
     sessions: bool  # a session account (else events)
+    crm: bool = False  # made through the CRM: line orders go through it (chaos/line_orders.py)
 
 
 class Stubs:
@@ -59,6 +62,7 @@ class Stubs:
         self.charging = charging_pb2_grpc.ChargingStub(channel)
         self.topup = topup_pb2_grpc.TopUpStub(channel)
         self.admin = admin_pb2_grpc.AdminStub(channel)
+        self.crm = crm_pb2_grpc.CrmStub(channel)
 
 
 # Line orders racing the traffic: a line barred, suspended or barred for outgoing use for
@@ -127,6 +131,10 @@ def session_message(request: dict[str, Any]) -> charging_pb2.SessionRequest:
 
 async def send(stubs: Stubs, kind: Kind, request: dict[str, Any], timeout_s: float = CALL_TIMEOUT_S) -> Answer:
     """Send once; raises AioRpcError on failure."""
+    if kind == "status" and "crm_order" in request:
+        order = crm_pb2.LineOrder(crm_order_id=request["crm_order"], msisdn=request["msisdn"], kind=request["status"])
+        await stubs.crm.SubmitOrder(order, timeout=timeout_s)
+        return Answer(2001)  # taken (decided later, by the network's acknowledgement)
     message = build(kind, request)
     if kind == "status":
         await stubs.admin.SetSubscriberStatus(message, timeout=timeout_s)
@@ -231,6 +239,14 @@ class Client:
 
     async def line_order(self, sub: Subscriber, step: int) -> None:
         """Bar, suspend or bar outgoing use, for a moment, then make the line active again."""
+        if sub.crm:
+            for n, kind in enumerate((self.rnd.choice(["SUSPEND", "BAR_OUTGOING"]), "RESUME")):
+                identity = f"chaos-c{self.number}-o{step}-{n}"
+                request = {"status": kind, "crm_order": identity}
+                await attempt(self.stubs, self._op("status", sub, identity, request))
+                if n == 0:
+                    await asyncio.sleep(self.rnd.uniform(0.05, 0.5))
+            return
         for n, status in enumerate((self.rnd.choice(["barred", "suspended", "barred_outgoing"]), "active")):
             identity = f"c{self.number}-st{step}-{n}"
             await attempt(self.stubs, self._op("status", sub, identity, {"status": status}))

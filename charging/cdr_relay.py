@@ -46,6 +46,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -311,16 +312,27 @@ class CdrRelay:
         with storage_errors():
             return await self._client.lpos(outbox, entry) is not None  # type: ignore[misc]
 
+    async def _run_trims(self, pending: list[tuple[str, list[str]]]) -> list[Any]:
+        """One trim per outbox, in one pipeline; on a Redis Cluster (whose pipelines refuse
+        EVALSHA) as concurrent calls. Each result a count or the error it met."""
+        calls = [(outbox, *CdrTrimArgs(entries[0], len(entries)).to_argv()) for outbox, entries in pending]
+        if isinstance(self._client, aioredis.RedisCluster):
+            cluster: aioredis.RedisCluster = self._client
+            return list(
+                await asyncio.gather(*(cluster.evalsha(CDR_TRIM.sha, 1, *c) for c in calls), return_exceptions=True)
+            )
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(CDR_TRIM.sha, 1, *call)
+        return list(await pipe.execute(raise_on_error=False))
+
     async def _trim(self, done: list[tuple[str, list[str]]]) -> dict[str, int]:
         """Remove what was committed from each outbox's head; how many, by outbox."""
         trimmed: dict[str, int] = {}
         pending = done
         with storage_errors():
             for attempt in (1, 2):
-                pipe = self._client.pipeline(transaction=False)
-                for outbox, entries in pending:
-                    pipe.evalsha(CDR_TRIM.sha, 1, outbox, *CdrTrimArgs(entries[0], len(entries)).to_argv())
-                results = await pipe.execute(raise_on_error=False)
+                results = await self._run_trims(pending)
                 again = []
                 for (outbox, entries), r in zip(pending, results, strict=True):
                     if isinstance(r, redis_errors.NoScriptError) and attempt == 1:

@@ -22,8 +22,8 @@ Every value in an entry is a string; the first names the layout of the rest:
   ``d`` an event debit, ``r`` a refund: time, msisdn, imsi, plan, event id, rating group,
         service, called party, zone, band, visited network, roaming, unit, units, money
         (micros; a refund's is negative), paid by (a refund: the units it gave back to each
-        live bucket), actor (refunds), the record the refund drew on ("e:<debit event>" or
-        "rf:s:<session>#<request number>")
+        bucket; those of an expired one are counted expired as well), actor (refunds), the
+        record the refund drew on ("e:<debit event>" or "rf:s:<session>#<request number>")
   ``t`` a top-up: time, actor, channel, idempotency key, amount, balance after
   ``b`` a bundle sale: time, msisdn, imsi, plan, actor, channel, idempotency key, bundle id,
         price, balance after, bucket ids ('|'-separated)

@@ -453,6 +453,9 @@ local function take_refund(record, rg, unit, units, all, now_s, home, pool)
         else
           local owner = (string.sub(item.id, 1, 1) == '^' and pool) and pool[2] or home[2]
           lost[#lost + 1] = {owner, n}
+          -- Given back too, and counted expired with their bucket: the record says so,
+          -- or the system of record would count them used as well as expired.
+          if n > 0 then returned[#returned + 1] = item.id .. ':' .. fmt(n) end
         end
       end
       p.left = p.left - t
@@ -460,7 +463,8 @@ local function take_refund(record, rg, unit, units, all, now_s, home, pool)
     end
   end
   entries[at] = pack_refund_entry(e)
-  -- returned: the units given back to live buckets, "id:n|..." (the refund's usage record)
+  -- returned: the units given back to each bucket, "id:n|..." (the refund's usage record;
+  -- those of an expired bucket are counted in its owner's 'expired_<unit>' as well)
   return money, table.concat(entries, ' '), e, lost, table.concat(returned, '|')
 end
 

@@ -133,9 +133,13 @@ class ProvisioningWorker:
         # What the network did is recorded first, whatever follows; acting on it (charging
         # status, the line, billing) is tracked apart ('followed_version') and retried
         # with backoff until it succeeds (on_ack is idempotent), or dead-lettered.
-        await self._settle(line, version, ack.state, product)
-        if self.on_ack is not None and not await self._follow(line, h, now, ack.state, product, version):
-            return 0
+        # The line stays due until the acknowledgement has been acted on: a worker that dies
+        # (or loses Redis) while acting on it leaves it for the next pass.
+        await self._settle(line, version, ack.state, product, due=self.on_ack is not None)
+        if self.on_ack is not None:
+            if not await self._follow(line, h, now, ack.state, product, version):
+                return 0
+            await self._undue(line, version)
         return 1
 
     async def _follow(self, line: str, h: dict[str, str], now: int, state: str, product: str, version: int) -> bool:
@@ -149,8 +153,9 @@ class ProvisioningWorker:
         await self.client.hset(keys.network_line(line), "followed_version", version)
         return True
 
-    async def _settle(self, line: str, version: int, state: str, product: str) -> None:
-        """Record what the network acknowledged; keep the line due if more was asked since."""
+    async def _settle(self, line: str, version: int, state: str, product: str, *, due: bool = False) -> None:
+        """Record what the network acknowledged; keep the line due if more was asked since
+        (or, with ``due``, until the caller has acted on it: ``_undue``)."""
         await self.client.hset(
             keys.network_line(line),
             mapping={
@@ -161,6 +166,11 @@ class ProvisioningWorker:
                 "last_error": "",
             },
         )
+        if not due:
+            await self._undue(line, version)
+
+    async def _undue(self, line: str, version: int) -> None:
+        """Off the due set, unless more was asked since ``version``."""
         current = int(await self.client.hget(keys.network_line(line), "version") or 0)
         if current <= version:
             await self.client.zrem(keys.DUE, line)

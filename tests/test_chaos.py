@@ -1,7 +1,9 @@
 """The fault-injection suite: its checkers catch what they claim to (crafted histories),
 and a small fixed-seed run against real processes (server killed, paused, its Redis
-killed, the link to Redis delayed, stalled and reset, and at last the machine dying with
-the AOF cut a second before) ends with every check passing. `make chaos` runs it longer."""
+killed, the link to Redis delayed, stalled and reset, its wall clock jumping forward and
+back, and at last the machine dying with the AOF cut a second before) ends with every
+check passing, and so does a short run on a Redis Cluster with a primary killed. `make
+chaos` runs it longer."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from chaos import checks
 from chaos.history import Answer, History, Kind, Operation
-from chaos.run import FAULTS, NETWORK_FAULTS, Config, run
+from chaos.run import CLOCK_FAULTS, CLUSTER_FAULTS, FAULTS, NETWORK_FAULTS, Config, run
 from tests.conftest import PostgresServer
 
 PRICES = {"sms-100": 2_000_000}
@@ -104,7 +106,11 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     database_url = postgres_server.create_database("chaos_ci", "template0")
     try:
         config = Config(
-            seed=20261130, duration_s=10.0, clients=3, fault_every_s=(0.5, 1.2), faults=FAULTS + NETWORK_FAULTS
+            seed=20261430,  # its faults include a clock jump past bundle expiry and one back
+            duration_s=10.0,
+            clients=3,
+            fault_every_s=(0.5, 1.2),
+            faults=FAULTS + NETWORK_FAULTS + CLOCK_FAULTS,
         )
         report = await run(config, tmp_path, database_url, free_port(), free_port())
     finally:
@@ -123,3 +129,28 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     assert postpaid | {"receivables"} <= set(report.checks_run)
     assert report.invoices >= 2 * config.postpaid_lines
     assert {o.kind for o in report.ledger.operations} >= {"bill_run"}
+    assert {"buckets_expired", "line_orders"} <= set(report.checks_run)
+    assert any(o.request.get("crm_order") for o in report.history.operations)  # orders through the CRM
+
+
+@pytest.mark.timeout(180)  # a cluster of six nodes, eight seconds of load, the checks: bounded
+async def test_a_short_run_on_a_redis_cluster_with_a_primary_killed_passes(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    database_url = postgres_server.create_database("chaos_cluster_ci", "template0")
+    try:
+        config = Config(
+            seed=20261208,  # its first fault kills a primary
+            duration_s=8.0,
+            clients=3,
+            fault_every_s=(0.5, 1.2),
+            faults=("kill_server", "pause_server", *CLUSTER_FAULTS),
+            cluster=True,
+        )
+        report = await run(config, tmp_path, database_url, free_port(), free_port())
+    finally:
+        postgres_server.drop_database("chaos_cluster_ci")
+    print(report.text())
+    assert report.ok, report.text()
+    assert "kill_primary" in {f.kind for f in report.history.faults}
+    assert {"conservation", "nothing_lost", "records_explain_balances", "bucket_units"} <= set(report.checks_run)

@@ -159,6 +159,39 @@ async def test_a_worker_killed_mid_command_resumes_without_repeating_it(
     await client.aclose()
 
 
+async def test_a_worker_killed_after_the_ack_before_acting_on_it_acts_on_it_later(
+    redis_url: str, network: NetworkSimulator, clock: ManualClock
+) -> None:
+    """The acknowledgement recorded, the worker dies while acting on it (charging status,
+    the order) and cannot even record the failure: the line must stay due, or its order
+    stays IN_PROGRESS for ever (found by the chaos suite: CRM orders left undecided after
+    a redis-server was killed)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    adapter = HttpNetworkAdapter(network.url, timeout_s=2)
+    first = ProvisioningWorker(client, adapter, clock)
+
+    async def dies(line: str, state: str, product: str) -> None:
+        raise asyncio.CancelledError  # killed mid-way: nothing after this runs
+
+    first.on_ack = dies
+    await first.desire(LINE, "active")
+    with pytest.raises(asyncio.CancelledError):
+        await first.reconcile_once()
+    assert await acked(first) == "active"
+    followed: list[tuple[str, str]] = []
+
+    async def follows(line: str, state: str, product: str) -> None:
+        followed.append((line, state))
+
+    second = ProvisioningWorker(client, adapter, clock)  # a new worker after the crash
+    second.on_ack = follows
+    await second.reconcile_once()
+    assert followed == [(LINE, "active")]
+    assert network.lines[LINE]["applied"] == 1
+    await adapter.aclose()
+    await client.aclose()
+
+
 async def test_repeated_failure_goes_to_the_dead_letter_list(
     worker: ProvisioningWorker, network: NetworkSimulator, clock: ManualClock
 ) -> None:

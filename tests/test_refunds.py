@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charging import keys
+from charging import cdrs, keys
 from charging.buckets import unpack
 from charging.clock import ManualClock
 from charging.refunds import RefundRef, event_token, parse_token, session_token
@@ -220,6 +220,28 @@ async def test_units_of_an_expired_bucket_are_not_given_back(shop: Stubs, clock:
     r.close()
     a = await shop.charging.ChargeEvent(event("r2", REFUND, d.refund_information))
     assert a.result_code == 5004
+
+
+async def test_a_refund_record_names_the_units_it_gave_back_to_an_expired_bucket(
+    shop: Stubs, clock: ManualClock, redis_url: str
+) -> None:
+    """Units given back to a bucket that has expired count as expired ("as if the debit
+    had never been"): the refund's usage record must say they went back, or the system of
+    record counts them used as well as expired (found by the chaos suite's clock jumps:
+    units bought != used + remaining + expired)."""
+    await buy(shop, "sms-10", "k1")
+    (bucket,) = await bucket_amounts(shop)
+    d = await shop.charging.ChargeEvent(event("d1", DEBIT, service_specific_units=4))
+    clock.advance(ms=31 * 86_400_000)  # sms-10 is valid for 30 days
+    a = await shop.charging.ChargeEvent(event("r1", REFUND, d.refund_information, service_specific_units=3))
+    assert (a.result_code, a.cost_micros) == (2001, 0)
+    r = redis_client(redis_url)
+    found = [cdrs.rows("1", entry)[0] for entry in r.lrange(keys.cdr_outbox("1"), 0, -1)]
+    r.close()
+    [debit] = [u for u in found if u is not None and u.record_id == "1:e:d1"]
+    [refund] = [u for u in found if u is not None and u.record_id == "1:e:r1"]
+    assert debit.bucket_units == {bucket: 4}
+    assert refund.bucket_units == {bucket: 3}
 
 
 async def test_a_retransmitted_refund_is_answered_once(stubs: Stubs) -> None:

@@ -1,0 +1,134 @@
+"""Line orders through the CRM and the provisioning worker, racing the sessions.
+
+Some session subscribers are made the way an operator makes them: an application through
+the CRM (``SubmitApplication``), accepted, its line activated by the provisioning worker
+once the (bundled, simulated) network acknowledges. Their line orders go the same way:
+``SubmitOrder`` SUSPEND or BAR_OUTGOING, then RESUME, each IN_PROGRESS until the network
+acknowledges and the worker acts on it (or REJECTED when the line's state does not allow
+it at that moment); nothing sets their charging status directly.
+
+What must hold (besides every money check of the run): once the faults end and a RESUME
+is asked for every line not active, every order is decided (COMPLETED or REJECTED, none
+left IN_PROGRESS), every line is active in the CRM, and charging's status of its account
+agrees with the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+import redis
+
+from chaos import checks
+from chaos.history import History
+from charging import keys
+from charging.v1 import crm_pb2, crm_pb2_grpc
+from provisioning.applications import icao_check_digit
+
+INITIAL_MICROS = 5_000_000
+# A line's state in the CRM and the charging status it must give its account.
+CHARGING_STATUS = {"active": "active", "barred_outgoing": "barred_outgoing", "suspended": "suspended"}
+
+
+@dataclass(frozen=True)
+class CrmLine:
+    account: str
+    msisdn: str
+
+
+def application(seed: int, n: int) -> crm_pb2.Application:
+    document = f"C{seed % 10_000:04d}{n:04d}"
+    return crm_pb2.Application(
+        crm_order_id=f"chaos-{seed}-app-{n}",
+        customer_kind="INDIVIDUAL",
+        contract="PREPAID",
+        plan_id="mobile-prepaid",
+        msisdn=f"4917091{seed % 1000:03d}{n:03d}",
+        imsi=f"26201{seed % 100_000:05d}{n:05d}",
+        applicant=crm_pb2.Person(
+            given_name="Chaos", family_name="Client " + chr(ord("A") + n % 26), date_of_birth="1990-05-17"
+        ),
+        address=crm_pb2.Address(street="Hauptstr. 1", city="Berlin", postal_code="10115", country="DE"),
+        contact=crm_pb2.Contact(email=f"chaos{n}@example.org"),
+        identity_document=crm_pb2.IdentityDocument(
+            type="PASSPORT",
+            number=document + str(icao_check_digit(document)),
+            issuing_country="DE",
+            expiry_date="2030-01-01",
+        ),
+        initial_balance_micros=INITIAL_MICROS,
+    )
+
+
+async def open_lines(crm: crm_pb2_grpc.CrmStub, seed: int, count: int, timeout_s: float = 60.0) -> list[CrmLine]:
+    """``count`` customers through the CRM, returned once the worker activated each line."""
+    lines: list[CrmLine] = []
+    for n in range(count):
+        order = await crm.SubmitApplication(application(seed, n), timeout=30)
+        if order.status != crm_pb2.ORDER_STATUS_IN_PROGRESS:
+            raise RuntimeError(f"application {n} not accepted: {order}")
+        lines.append(CrmLine(order.account_id, order.msisdn or application(seed, n).msisdn))
+    deadline = time.monotonic() + timeout_s
+    for line in lines:
+        while (await crm.GetLine(crm_pb2.LineRef(msisdn=line.msisdn), timeout=10)).state != "active":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"line {line.msisdn} not activated within {timeout_s:g} s")
+            await asyncio.sleep(0.2)
+    return lines
+
+
+async def settle(
+    crm: crm_pb2_grpc.CrmStub,
+    client: redis.Redis | redis.RedisCluster,
+    history: History,
+    lines: list[CrmLine],
+    seed: int,
+    timeout_s: float,
+) -> list[checks.Violation]:
+    """RESUME every line not active, wait until every order is decided and every line
+    active, then compare charging's statuses with the lines."""
+    deadline = time.monotonic() + timeout_s
+    orders = {op.identity for op in history.operations if op.request.get("crm_order")}
+    found: list[checks.Violation] = []
+    for line in lines:
+        for attempt in range(100):
+            state = (await crm.GetLine(crm_pb2.LineRef(msisdn=line.msisdn), timeout=10)).state
+            if state == "active" or time.monotonic() > deadline:
+                break
+            undecided = await _undecided(crm, orders)
+            if not undecided:
+                order_id = f"chaos-{seed}-resume-{line.account}-{attempt}"
+                orders.add(order_id)
+                await crm.SubmitOrder(crm_pb2.LineOrder(crm_order_id=order_id, msisdn=line.msisdn, kind="RESUME"))
+            await asyncio.sleep(0.2)
+    while True:
+        undecided = await _undecided(crm, orders)
+        if not undecided or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    found += [checks.Violation("line_orders", "-", f"order {o} still undecided") for o in sorted(undecided)]
+    for line in lines:
+        state = (await crm.GetLine(crm_pb2.LineRef(msisdn=line.msisdn), timeout=10)).state
+        status = str(client.hget(keys.account(line.account), "status"))
+        if state != "active" or status != CHARGING_STATUS.get(state):
+            found.append(
+                checks.Violation("line_orders", line.account, f"line {state}, charging status {status} after RESUME")
+            )
+    return found
+
+
+async def _undecided(crm: crm_pb2_grpc.CrmStub, orders: set[str]) -> set[str]:
+    left: set[str] = set()
+    for order_id in orders:
+        try:
+            order = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id=order_id), timeout=10)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                continue  # never taken (its outcome was unknown and it was not applied)
+            raise
+        if order.status not in (crm_pb2.ORDER_STATUS_COMPLETED, crm_pb2.ORDER_STATUS_REJECTED):
+            left.add(order_id)
+    return left
