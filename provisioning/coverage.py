@@ -8,11 +8,11 @@ offers by postal area, and the home country where mobile service is sold.
 An address is covered by the area with the longest postal prefix that matches its postal
 code (the empty prefix is the rest of the country). The CRM loads and reads tables
 (``LoadCoverage``, ``GetCoverage``); they live in Redis, in a numbered
-``DocumentStore`` (``charging/documents.py``) under ``crm:coverage``:
+``DocumentStore`` (``charging/documents.py``) under ``{crm}:coverage``:
 
-    crm:coverage:seq          the last version given out
-    crm:coverage:v:<version>  each table loaded (canonical JSON)
-    crm:coverage:current      the version in force
+    {crm}:coverage:seq          the last version given out
+    {crm}:coverage:v:<version>  each table loaded (canonical JSON)
+    {crm}:coverage:current      the version in force
 
 Loading checks the whole table against ``coverage.schema.json`` and names every bad
 field; a bad table changes nothing. A good one is stored under the next version and made
@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 
 from charging.documents import DocumentStore, Stored, canonical
 from charging.schemas import DocumentInvalid, Schema, merge
+from provisioning import keys
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class CoverageBook:
     table loaded through any process is used by all from the next application on."""
 
     def __init__(self, client: aioredis.Redis) -> None:
-        self._docs = DocumentStore(client, "crm:coverage", coverage_from_doc)
+        self._docs = DocumentStore(client, keys.COVERAGE, coverage_from_doc)
         self._bundled = bundled_table()
 
     async def current(self) -> Table:
