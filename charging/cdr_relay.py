@@ -226,7 +226,9 @@ class CdrRelay:
             for attempt in (1, 2):
                 pipe = self._client.pipeline(transaction=False)
                 for outbox, entries in pending:
-                    pipe.evalsha(CDR_TRIM.sha, 1, outbox, *CdrTrimArgs(entries[0], len(entries)).to_argv())
+                    # As a plain command: redis-py's cluster pipeline refuses ``evalsha``.
+                    trim = CdrTrimArgs(entries[0], len(entries)).to_argv()
+                    pipe.execute_command("EVALSHA", CDR_TRIM.sha, 1, outbox, *trim)
                 results = await pipe.execute(raise_on_error=False)
                 again = []
                 for (outbox, entries), r in zip(pending, results, strict=True):

@@ -112,6 +112,7 @@ CLUSTER_MODULES = frozenset(
         "test_overrun",
         "test_ledger_invariants",
         "test_due_shards",
+        "test_cdrs",
         "test_catalog_in_use",
         "test_changes",
         "test_caches_across_processes",
