@@ -30,26 +30,28 @@ class Census:
 async def take_census(client: aioredis.Redis, batch: int = 500, now_ms: int | None = None) -> Census:
     """With ``now_ms``, also the accounts overdue for the sweeper."""
     accounts = sessions = reserved = overdue = 0
-    cursor = 0
     with storage_errors():
-        while True:
-            cursor, members = await client.zscan(keys.SWEEP_DUE, cursor, count=batch)
-            if members:
-                pipe = client.pipeline(transaction=False)
-                for member, due_ms in members:
-                    account = str(member)
-                    if now_ms is not None and float(due_ms) < now_ms - OVERDUE_MS:
-                        overdue += 1
-                    pipe.zcard(keys.sessions(account))
-                    pipe.hget(keys.account(account), "reserved")
-                counts = await pipe.execute()
-                for open_sessions, held in zip(counts[::2], counts[1::2], strict=True):
-                    if open_sessions:
-                        accounts += 1
-                        sessions += int(open_sessions)
-                        reserved += int(held or 0)
-            if cursor == 0:
-                return Census(accounts, sessions, reserved, overdue)
+        for due_key, _epochs in keys.SWEEP_SHARDS:
+            cursor = 0
+            while True:
+                cursor, members = await client.zscan(due_key, cursor, count=batch)
+                if members:
+                    pipe = client.pipeline(transaction=False)
+                    for member, due_ms in members:
+                        account = str(member)
+                        if now_ms is not None and float(due_ms) < now_ms - OVERDUE_MS:
+                            overdue += 1
+                        pipe.zcard(keys.sessions(account))
+                        pipe.hget(keys.account(account), "reserved")
+                    counts = await pipe.execute()
+                    for open_sessions, held in zip(counts[::2], counts[1::2], strict=True):
+                        if open_sessions:
+                            accounts += 1
+                            sessions += int(open_sessions)
+                            reserved += int(held or 0)
+                if cursor == 0:
+                    break
+    return Census(accounts, sessions, reserved, overdue)
 
 
 async def record_census(client: aioredis.Redis, now_ms: int | None = None) -> None:

@@ -25,8 +25,14 @@ and while it is false ``CatalogBook.fresh`` reads the current pointer before eac
 has not confirmed it within the timeout is logged (``charging_change_ack_timeouts_total``):
 it is alive and subscribed but stuck, which the operator must look at.
 
-On Redis Cluster, PUBLISH counts only the receivers connected to the node it was sent to:
-the cluster form of this is a sharded channel (SPUBLISH), left to the cluster work.
+On Redis Cluster, PUBLISH counts only the receivers connected to the node it was sent
+to, so there the channel is a sharded one (Redis 7): SSUBSCRIBE through redis-py's
+``ClusterPubSub`` connects to the primary of the channel's slot, and SPUBLISH, sent to that
+primary, answers how many processes received the change, wherever they run. After a
+failover the subscription moves with the slot (redis-py re-subscribes on the new
+primary); a change announced in that window is counted among fewer receivers, and a
+process that missed it picks the catalog up at its next ``catalog`` job pass. A single
+server keeps PUBLISH/SUBSCRIBE.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from charging import keys, metrics
 from charging.store import storage_errors
@@ -57,6 +65,7 @@ class ChangeFeed:
         self._appliers: dict[str, Apply] = {}
         self.live = False
         self._live = asyncio.Event()
+        self._sharded = isinstance(client, RedisCluster)  # SPUBLISH/SSUBSCRIBE on a cluster
 
     def on(self, document: str, apply: Apply) -> None:
         """Re-read ``document`` with ``apply`` whenever another process changes it."""
@@ -71,14 +80,17 @@ class ChangeFeed:
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.CHANGES)
+                if self._sharded:
+                    await pubsub.ssubscribe(keys.CHANGES)
+                else:
+                    await pubsub.subscribe(keys.CHANGES)
                 for apply in self._appliers.values():
                     await apply()  # what changed while not subscribed
                 self.live = True
                 self._live.set()
                 failures = 0
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await self._next(pubsub)
                     if message is not None:
                         await self._applied(str(message["data"]))
             except Exception as exc:
@@ -90,6 +102,14 @@ class ChangeFeed:
                 self._live.clear()
                 await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
             await asyncio.sleep(min(RESUBSCRIBE_FIRST_S * float(1 << min(failures, 16)), RESUBSCRIBE_MAX_S))
+
+    async def _next(self, pubsub: Any) -> dict[str, Any] | None:
+        """The next change on the channel, or None after a second without one."""
+        if self._sharded:
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+        else:
+            message = await pubsub.get_message(timeout=1.0)
+        return cast(dict[str, Any] | None, message)
 
     async def _applied(self, data: str) -> None:
         document, _version, change = [*data.split(" "), "", ""][:3]
@@ -110,7 +130,8 @@ class ChangeFeed:
         change = f"{version}.{secrets.token_hex(6)}"
         ack = keys.change_acks(document, change)
         with storage_errors():
-            receivers = int(await self._client.publish(keys.CHANGES, f"{document} {version} {change}"))
+            publish = self._client.spublish if self._sharded else self._client.publish
+            receivers = int(await publish(keys.CHANGES, f"{document} {version} {change}"))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ack_timeout_s
         while True:

@@ -25,8 +25,7 @@ other, whatever stops when. The relay moves entries at least once and the ``audi
 table keeps each once (its id is in the entry). A version stored by ``put`` but never made
 current changed nothing and has no entry. On a Redis Cluster a load's step needs every
 key of the store in one slot: the store's name must be a hash tag (the catalog's
-``{catalog}``); the coverage table's ``crm:coverage`` is not yet (the CRM does not run on
-a cluster). A parsed document is cached per version, since a
+``{catalog}``, the coverage table's ``{crm}:coverage``). A parsed document is cached per version, since a
 stored version never changes; reading what is current costs one GET.
 """
 

@@ -7,7 +7,9 @@ script touches a single slot. A standalone account is its own root (id ``5``, pr
 ``{a:5}:2``), so its keys share the slot of the pool it draws on. Global keys are few:
 the identity index, the account id sequence, the catalogs (``catalog:...``, laid out by
 ``documents.py``), the notification stream and
-the due indexes of the sweeper and the renewer (tags ``{sweep}``, ``{renew}``).
+the due indexes of the sweeper and the renewer, each in ``DUE_SHARDS`` shards with a hash tag
+of their own (``{sweep:<n>}``, ``{renew:<n>}``), so that on a Redis Cluster the shards
+spread over the primaries (``due_shards.py``).
 
 Per account (PREFIX as above):
   PREFIX                 hash: balance, reserved, plan, status, msisdn, imsi, currency
@@ -29,15 +31,51 @@ Per account (PREFIX as above):
 from __future__ import annotations
 
 import re
+import zlib
 
 from charging.documents import current_key, records_key
 
 ACCOUNT_SEQ = "seq:account"
-SWEEP_DUE = "{sweep}:due"
-SWEEP_EPOCH = "{sweep}:epoch"
-SWEEP_INDEX = (SWEEP_DUE, SWEEP_EPOCH)
-# Accounts whose plan renews a bundle, by the time of the next renewal.
-RENEW_INDEX = ("{renew}:due", "{renew}:epoch")
+
+# The due indexes (``due_index.lua``): the sweeper's (accounts with sessions or buckets to
+# look after) and the renewer's (accounts whose plan renews a bundle). Each is a zset
+# account -> time to look (ms) and a hash account -> epoch, in DUE_SHARDS shards with a
+# hash tag each; an account is in the shard ``due_shard`` names. With redis-cli's even
+# slot ranges the 16 tags fall 7, 5 and 4 on 3 primaries (tests/test_due_shards.py); more
+# primaries than shards would leave some without a shard.
+DUE_SHARDS = 16
+# The single indexes of before the shards, moved into them once (``due_shards.py``).
+UNSHARDED_SWEEP = ("{sweep}:due", "{sweep}:epoch")
+UNSHARDED_RENEW = ("{renew}:due", "{renew}:epoch")
+
+
+def due_shard(account_id: str) -> int:
+    """The due-index shard of an account (a stable hash of its id)."""
+    return zlib.crc32(account_id.encode()) % DUE_SHARDS
+
+
+def sweep_shard(shard: int) -> tuple[str, str]:
+    return (f"{{sweep:{shard}}}:due", f"{{sweep:{shard}}}:epoch")
+
+
+def renew_shard(shard: int) -> tuple[str, str]:
+    return (f"{{renew:{shard}}}:due", f"{{renew:{shard}}}:epoch")
+
+
+SWEEP_SHARDS = tuple(sweep_shard(n) for n in range(DUE_SHARDS))
+RENEW_SHARDS = tuple(renew_shard(n) for n in range(DUE_SHARDS))
+
+
+def sweep_index(account_id: str) -> tuple[str, str]:
+    """The sweeper's index shard that holds the account."""
+    return SWEEP_SHARDS[due_shard(account_id)]
+
+
+def renew_index(account_id: str) -> tuple[str, str]:
+    """The renewer's index shard that holds the account."""
+    return RENEW_SHARDS[due_shard(account_id)]
+
+
 # Pub/sub channel of account signals (``signals.py``): "<kind> <account id>", heard by
 # every process's signal hub, which hands them to the Diameter door and the gRPC watchers.
 SIGNALS = "signals:accounts"

@@ -154,7 +154,7 @@ class Ledger:
         self, account: str, script_keys: Sequence[str], args: Sequence[Arg], deadline_ms: int
     ) -> Any:
         commands = (
-            ("EVALSHA", DUE_INDEX.sha, 2, *keys.SWEEP_INDEX, *DueHint(account, deadline_ms).to_argv()),
+            ("EVALSHA", DUE_INDEX.sha, 2, *keys.sweep_index(account), *DueHint(account, deadline_ms).to_argv()),
             ("EVALSHA", SESSION.sha, len(script_keys), *script_keys, *args),
         )
         results = await self.client.execute_many(commands)

@@ -201,7 +201,9 @@ class PlanIndex:
             await self._client.script_load(MOVE.source)  # the pipeline cannot reload it
             pipe = self._client.pipeline(transaction=False)
             for account in accounts:
-                pipe.evalsha(MOVE.sha, 1, keys.account(account), *args.to_argv())
+                # Not ``pipe.evalsha``: redis-py's cluster pipeline refuses it by name, and
+                # routes the command by its key when it is sent as is.
+                pipe.execute_command("EVALSHA", MOVE.sha, 1, keys.account(account), *args.to_argv())
             return sum(await pipe.execute())
 
     async def ensure(self, running: Catalog) -> None:
@@ -243,27 +245,29 @@ class PlanIndex:
         """Open sessions per plan (``plans.<id>``) and per service they hold units of
         (``services.<name>``), from the sweeper's index of accounts with sessions."""
         found: Counter[str] = Counter()
-        cursor = 0
         with storage_errors():
-            while True:
-                cursor, members = await self._client.zscan(keys.SWEEP_DUE, cursor, count=BATCH)
-                accounts = [str(member) for member, _ in members]
-                pipe = self._client.pipeline(transaction=False)
-                for account in accounts:
-                    pipe.zrange(keys.sessions(account), 0, -1)
-                    pipe.hget(keys.account(account), "plan")
-                replies = await pipe.execute() if accounts else []
-                pipe = self._client.pipeline(transaction=False)
-                for account, ids, plan_id in zip(accounts, replies[::2], replies[1::2], strict=True):
-                    found[f"plans.{plan_id}"] += len(ids)
-                    for session_id in ids:
-                        pipe.hkeys(keys.session(account, str(session_id)))
-                for fields in await pipe.execute() if any(replies[::2]) else []:
-                    groups = {int(m.group(1)) for f in fields if (m := _GROUP_FIELD.match(str(f)))}
-                    for service in {running.service_of_group.get(g, "") for g in groups} - {""}:
-                        found[f"services.{service}"] += 1
-                if cursor == 0:
-                    return found
+            for due_key, _epochs in keys.SWEEP_SHARDS:
+                cursor = 0
+                while True:
+                    cursor, members = await self._client.zscan(due_key, cursor, count=BATCH)
+                    accounts = [str(member) for member, _ in members]
+                    pipe = self._client.pipeline(transaction=False)
+                    for account in accounts:
+                        pipe.zrange(keys.sessions(account), 0, -1)
+                        pipe.hget(keys.account(account), "plan")
+                    replies = await pipe.execute() if accounts else []
+                    pipe = self._client.pipeline(transaction=False)
+                    for account, ids, plan_id in zip(accounts, replies[::2], replies[1::2], strict=True):
+                        found[f"plans.{plan_id}"] += len(ids)
+                        for session_id in ids:
+                            pipe.hkeys(keys.session(account, str(session_id)))
+                    for fields in await pipe.execute() if any(replies[::2]) else []:
+                        groups = {int(m.group(1)) for f in fields if (m := _GROUP_FIELD.match(str(f)))}
+                        for service in {running.service_of_group.get(g, "") for g in groups} - {""}:
+                            found[f"services.{service}"] += 1
+                    if cursor == 0:
+                        break
+        return found
 
 
 async def _account_batches(client: aioredis.Redis) -> AsyncIterator[list[tuple[str, str]]]:

@@ -1,8 +1,9 @@
 """Recurring bundles: a prepaid plan can buy a bundle for the subscriber every period,
 from the money balance, when the balance covers it.
 
-Accounts on such plans sit in the renewal index ``{renew}:due`` by the time of their next
-renewal (the index and its leases are the sweeper's, see ``due_index.lua``). Periods are
+Accounts on such plans sit in the renewal index (its shard ``{renew:<n>}:due``,
+``due_shards.py``) by the time of their next renewal (the index script is the sweeper's,
+see ``due_index.lua``). Periods are
 counted from the account's renewal anchor (``renew_anchor``, set once when it is first
 scheduled), and each renewal is a bundle purchase whose idempotency key names the
 period's start, so running it twice, or again after a crash, buys once. When the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 
 from charging import keys, metrics
+from charging.due_shards import adopt_unsharded, take_all
 from charging.errors import InvalidRequest, NotFound
 from charging.store import storage_errors
 from charging.topups import BundlePurchase, TopUps
@@ -32,20 +34,26 @@ class Renewer:
         self.interval_s = interval_s
         self.batch = batch
         self.lease_ms = lease_ms
+        self._adopted = False
 
     async def schedule(self, account_id: str, at_ms: int) -> None:
         """Renew from ``at_ms`` on (the anchor is kept if the account had one)."""
         with storage_errors():
             await self.ctx.ledger.client.execute("HSETNX", keys.account(account_id), "renew_anchor", at_ms)
-        await self.ctx.ledger.hint(keys.RENEW_INDEX, account_id, at_ms)
+        await self.ctx.ledger.hint(keys.renew_index(account_id), account_id, at_ms)
 
     async def renew_once(self) -> int:
         """Renew what is due now; returns the number of renewals attempted."""
         now = self.ctx.clock.now_ms()
         attempted = 0
-        for account_id, epoch, due in await self.ctx.ledger.take_due(keys.RENEW_INDEX, now, self.lease_ms, self.batch):
+        if not self._adopted:
+            await adopt_unsharded(self.ctx.ledger, keys.UNSHARDED_RENEW, keys.renew_index)
+            self._adopted = True
+        for shard, account_id, epoch, due in await take_all(
+            self.ctx.ledger, keys.RENEW_SHARDS, now, self.lease_ms, self.batch
+        ):
             next_ms = await self._renew(account_id, due, now)
-            await self.ctx.ledger.settle(keys.RENEW_INDEX, account_id, epoch, next_ms)
+            await self.ctx.ledger.settle(shard, account_id, epoch, next_ms)
             attempted += 1 if next_ms else 0
         return attempted
 

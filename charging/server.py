@@ -107,6 +107,7 @@ from provisioning.network import HttpNetworkAdapter
 from provisioning.screening import Screener
 from provisioning.sealing import load_sealer
 from provisioning.simulator import NetworkSimulator
+from provisioning.untagged import adopt_untagged
 from provisioning.worker import ProvisioningWorker
 
 log = logging.getLogger("charging.server")
@@ -636,6 +637,7 @@ async def build_acquisition(
     clock: Clock,
 ) -> Acquisition:
     """Acquisition, screening, credit and the provisioning worker, wired together."""
+    await adopt_untagged(client)  # keys of before the {crm} hash tag
     salt = settings.crm_salt
     if not salt:
         await client.set(provisioning_keys.SALT, secrets.token_hex(16), nx=True)

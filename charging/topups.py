@@ -115,7 +115,7 @@ class TopUps:
         if outcome == "OK":  # also on a replay: the hint is idempotent, and may have been lost
             # The sweeper records what is left of the buckets when they expire.
             expiry_ms = (now // 1000 + bundle.validity_days * 86_400) * 1000
-            await self.ctx.ledger.hint(keys.SWEEP_INDEX, account, expiry_ms)
+            await self.ctx.ledger.hint(keys.sweep_index(account), account, expiry_ms)
         return PurchaseResult(
             outcome, account, bundle.currency, int(balance), int(reserved), bucket_ids, reply.kind == "REPLAY"
         )

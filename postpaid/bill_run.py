@@ -136,11 +136,11 @@ class BillRun:
         self._products_cache: dict[tuple[int, int], tuple[Any, dict[str, Product]]] = {}
 
     async def _load_scripts(self) -> None:
-        """Pipelines call scripts by SHA: make sure Redis has them (after a restart too)."""
-        pipe = self.client.pipeline(transaction=False)
+        """Pipelines call scripts by SHA: make sure Redis has them (after a restart too).
+        One SCRIPT LOAD each, not a pipeline: redis-py's ``RedisCluster`` refuses SCRIPT
+        LOAD in a pipeline and sends it alone to every primary."""
         for script in (CLOSE, SETTLE, PURGE):
-            pipe.script_load(script.source)
-        await pipe.execute()
+            await self.client.script_load(script.source)
 
     async def run(
         self,

@@ -8,12 +8,12 @@ offers by postal area, and the home country where mobile service is sold.
 An address is covered by the area with the longest postal prefix that matches its postal
 code (the empty prefix is the rest of the country). The CRM loads and reads tables
 (``LoadCoverage``, ``GetCoverage``); they live in Redis, in a numbered
-``DocumentStore`` (``charging/documents.py``) under ``crm:coverage``:
+``DocumentStore`` (``charging/documents.py``) under ``{crm}:coverage``:
 
-    crm:coverage:seq          the last version given out
-    crm:coverage:v:<version>  each table loaded (canonical JSON)
-    crm:coverage:current      the version in force
-    crm:coverage:cdr          each load's audit entry until the relay moved it
+    {crm}:coverage:seq          the last version given out
+    {crm}:coverage:v:<version>  each table loaded (canonical JSON)
+    {crm}:coverage:current      the version in force
+    {crm}:coverage:cdr          each load's audit entry until the relay moved it
 
 Loading checks the whole table against ``coverage.schema.json`` and names every bad
 field; a bad table changes nothing. A good one is stored under the next version and made
@@ -34,8 +34,9 @@ import redis.asyncio as aioredis
 
 from charging.documents import Audited, Author, DocumentStore, Stored, canonical
 from charging.schemas import DocumentInvalid, Schema, merge
+from provisioning import keys
 
-STORE = "crm:coverage"  # the DocumentStore's name: its keys are crm:coverage:*
+STORE = keys.COVERAGE  # the DocumentStore's name: its keys are {crm}:coverage:*
 
 
 @dataclass(frozen=True)

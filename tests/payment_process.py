@@ -21,8 +21,6 @@ import signal
 import sys
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from charging.clock import ManualClock
 from charging.database import open_pool
 from postpaid import config as billing_config
@@ -31,7 +29,7 @@ from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import Payments
 from postpaid.receivables import Movement
 from postpaid.scripts import PayArgs
-from tests.conftest import SEALER
+from tests.conftest import SEALER, async_redis_client
 
 
 def die() -> None:
@@ -64,7 +62,7 @@ class Crashing(Payments):
 
 
 async def main(redis_url: str, database_url: str, kind: str, ba: str, invoice: str, point: str) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = await async_redis_client(redis_url)
     pool = await open_pool(database_url, 2)
     config = billing_config.default()
     payments = Crashing(

@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import redis
 
 from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
-from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
+from tests.conftest import INITIAL, TERMINATE, Stubs, redis_client, session_request
 
 
 def application(
@@ -86,7 +85,7 @@ async def test_postpaid_gets_a_credit_class_and_its_limit_on_the_account(
         "A",
         500_000_000,
     )
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url)
     assert r.hget(keys.account(order.account_id), "credit_limit") == "500000000"
     r.close()
 

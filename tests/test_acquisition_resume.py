@@ -79,22 +79,22 @@ def accounts(r: redis.Redis) -> list[str]:
 
 
 def assert_made_once(r: redis.Redis, app: App, *, units: int = 0) -> None:
-    assert r.get("crm:seq:customer") == "1"
+    assert r.get("{crm}:seq:customer") == "1"
     assert accounts(r) == ["1"]
-    assert len(list(r.scan_iter("crm:customer:*"))) == 1
+    assert len(list(r.scan_iter("{crm}:customer:*"))) == 1
     assert r.get(keys.identity("msisdn", MSISDN)) == "1"
     assert r.get(keys.identity("imsi", "262011234567890")) == "1"
-    assert r.lrange("crm:lines:1", 0, -1) == [MSISDN]
-    assert r.llen("crm:units:1") == units
+    assert r.lrange("{crm}:lines:1", 0, -1) == [MSISDN]
+    assert r.llen("{crm}:units:1") == units
     assert app.acquisition is not None
     screener = app.acquisition.screener
     document = screener.document_print("PASSPORT", "DE", "L898902C36")
-    assert r.get(f"crm:identity:{document}") == "1"
+    assert r.get(f"{{crm}}:identity:{document}") == "1"
     day = 1_795_000_000 // 86_400
     assert r.scard(velocity(document, day)) == 1
     assert app._simulator is not None
     assert app._simulator.lines[MSISDN]["applied"] == 1  # one ACTIVATE
-    assert r.zcard(SUBMITTED) == 0 and not list(r.scan_iter("crm:order:*:work"))
+    assert r.zcard(SUBMITTED) == 0 and not list(r.scan_iter("{crm}:order:*:work"))
 
 
 CRASH_POINTS = [
@@ -179,8 +179,8 @@ async def test_a_resumed_run_that_is_refused_takes_back_what_it_made(
     order = await crm.SubmitApplication(corporate("o-3"))
     assert order.status == crm_pb2.ORDER_STATUS_REJECTED
     assert list(order.steps[-1].reasons) == ["msisdn is already assigned to another subscriber"]
-    assert not list(r.scan_iter("crm:customer:*")) and not list(r.scan_iter("crm:identity:*"))
-    assert not list(r.scan_iter("crm:unit*")) and not list(r.scan_iter("crm:order:*:work"))
+    assert not list(r.scan_iter("{crm}:customer:*")) and not list(r.scan_iter("{crm}:identity:*"))
+    assert not list(r.scan_iter("{crm}:unit*")) and not list(r.scan_iter("{crm}:order:*:work"))
 
 
 async def test_a_crashed_new_line_makes_one_account(
@@ -200,7 +200,7 @@ async def test_a_crashed_new_line_makes_one_account(
     order = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="nl"))
     assert (order.status, order.account_id) == (crm_pb2.ORDER_STATUS_IN_PROGRESS, "2")
     assert accounts(r) == ["1", "2"]
-    assert r.lrange(f"crm:lines:{first.customer_id}", 0, -1) == [MSISDN, "491701234599"]
+    assert r.lrange(f"{{crm}}:lines:{first.customer_id}", 0, -1) == [MSISDN, "491701234599"]
     await app.worker.reconcile_once()
     line = await crm.GetLine(crm_pb2.LineRef(msisdn="491701234599"))
     assert (line.state, line.account_id) == ("active", "2")

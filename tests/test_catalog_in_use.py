@@ -10,14 +10,13 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
 from charging import keys
 from charging.catalogs import CatalogBook, read_catalog_file
 from charging.errors import InUse
 from charging.server import App
 from charging.v1 import admin_pb2, common_pb2
-from tests.conftest import INITIAL, TERMINATE, Stubs, session_request
+from tests.conftest import INITIAL, TERMINATE, Stubs, async_redis_client, session_request
 from tests.test_events import DEBIT, event
 
 MSISDNS = ["491700000001", "491700000002"]
@@ -192,7 +191,7 @@ async def test_the_first_start_after_an_upgrade_counts_the_existing_accounts(stu
     for msisdn in MSISDNS:
         await stubs.subscriber(msisdn, balance=1_000_000)
     await stubs.subscriber("491700000003", balance=1_000_000, plan="mobile-prepaid")
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = await async_redis_client(redis_url)
     try:
         # As before the index existed: accounts, a stored catalog, no member sets.
         stale = [k async for k in client.scan_iter(match="plan:*")]

@@ -27,7 +27,7 @@ from charging.clock import ManualClock
 from charging.server import App
 from charging.settings import Settings
 from charging.v1 import common_pb2, topup_pb2
-from tests.conftest import INITIAL, MSISDN, TERMINATE, UPDATE, Stubs, session_request, sms_request
+from tests.conftest import INITIAL, MSISDN, TERMINATE, UPDATE, Stubs, async_redis_client, session_request, sms_request
 from tests.test_refunds import REFUND, event
 from tests.test_topups import recharge
 
@@ -157,7 +157,7 @@ async def test_a_relay_that_stops_after_the_commit_repeats_nothing(
     for i in range(5):
         await stubs.charging.ChargeEvent(sms_request(f"sms-{i}"))
     store = CdrStore(app.database)  # type: ignore[arg-type]
-    client = redis.asyncio.Redis.from_url(app.settings.redis_url, decode_responses=True)
+    client = await async_redis_client(app.settings.redis_url)
 
     async def crash() -> None:
         raise RuntimeError("stopped between the commit and the trim")
@@ -186,7 +186,7 @@ async def test_the_trim_removes_only_what_was_relayed(
     account = (await stubs.subscriber(balance=START)).account_id
     await stubs.charging.ChargeEvent(sms_request("sms-0"))
     store = CdrStore(app.database)  # type: ignore[arg-type]
-    client = redis.asyncio.Redis.from_url(app.settings.redis_url, decode_responses=True)
+    client = await async_redis_client(app.settings.redis_url)
 
     async def meanwhile() -> None:
         # A request between the relay's read and its trim: its record is behind the head.
@@ -216,7 +216,7 @@ async def test_the_lag_is_the_age_of_the_oldest_waiting_record(
     app: App, stubs: Stubs, clock: ManualClock, database_url: str
 ) -> None:
     assert app.events is not None and app.database is not None
-    client = redis.asyncio.Redis.from_url(app.settings.redis_url, decode_responses=True)
+    client = await async_redis_client(app.settings.redis_url)
     relay = CdrRelay(client, CdrStore(app.database), clock)
     app.events.ctx.ledger.on_records = relay.wake  # instead of the app's relay
     assert relay.lag_s() == 0

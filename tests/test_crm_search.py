@@ -203,7 +203,7 @@ async def test_filtered_pages_cover_every_match_once(redis_url: str) -> None:
     customers = Customers(client, Screener(client, "salt"), SEALER)
     for n in range(1, 121):
         await customers.create(Customer(str(n), "CORPORATE" if n % 7 == 0 else "INDIVIDUAL", created=n))
-    await client.hset("crm:customer:14", "state", "ACTIVE")  # out of step with its index: not listed as pending
+    await client.hset("{crm}:customer:14", "state", "ACTIVE")  # out of step with its index: not listed as pending
     seen: list[str] = []
     after, calls = 0, 0
     while True:

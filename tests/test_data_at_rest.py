@@ -148,7 +148,7 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
     async with server(directory, clock, database_url, data_key=f"{K1},{K2}") as app:
         assert app.redis is not None and app.acquisition is not None
         # A customer stored before the name index existed: the rotation indexes it.
-        await app.redis.delete(*[k async for k in app.redis.scan_iter("crm:name:*")])
+        await app.redis.delete(*[k async for k in app.redis.scan_iter("{crm}:name:*")])
         assert await app.acquisition.customers.named("Anna Muster") == ([], "")
         monkeypatch.setenv("CHARGING_REDIS_DIR", str(directory))
         monkeypatch.setenv("CHARGING_DATA_KEY", f"{K1},{K2}")

@@ -98,7 +98,7 @@ async def test_a_stale_entry_never_shows(client: aioredis.Redis) -> None:
 
 async def test_backfill_indexes_customers_stored_before_the_index(client: aioredis.Redis) -> None:
     client, customers = await store(client)
-    index_keys = [str(k) for k in await client.keys("crm:name:*")]
+    index_keys = [str(k) for k in await client.keys("{crm}:name:*")]
     await client.delete(*index_keys)
     assert await customers.named("anna") == ([], "")
     assert await client.get(keys.SALT) is None
@@ -110,4 +110,4 @@ async def test_backfill_indexes_customers_stored_before_the_index(client: aiored
     assert await index.backfill(SEALER) == 5
     assert ids(await customers.named("anna")) == ["1", "2", "5"]
     assert await index.backfill(SEALER) == 5  # again: the same sets
-    assert sorted(str(k) for k in await client.keys("crm:name:*")) == sorted(index_keys)
+    assert sorted(str(k) for k in await client.keys("{crm}:name:*")) == sorted(index_keys)

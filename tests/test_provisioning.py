@@ -19,6 +19,7 @@ from provisioning.keys import network_line as line_key
 from provisioning.network import HttpNetworkAdapter
 from provisioning.simulator import NetworkSimulator
 from provisioning.worker import Backoff, ProvisioningWorker, command_between
+from tests.conftest import async_redis_client
 
 LINE = "491700000001"
 WORKER = "test-provisioning-worker"  # the Redis client name of the worker fixture
@@ -26,7 +27,7 @@ WORKER = "test-provisioning-worker"  # the Redis client name of the worker fixtu
 
 @pytest.fixture
 async def worker(redis_url: str, network: NetworkSimulator, clock: ManualClock) -> AsyncIterator[ProvisioningWorker]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, client_name=WORKER)
+    client = await async_redis_client(redis_url, client_name=WORKER)
     adapter = HttpNetworkAdapter(network.url, timeout_s=0.3)
     yield ProvisioningWorker(client, adapter, clock, Backoff(first_s=1, max_s=60, max_attempts=4))
     await adapter.aclose()
@@ -140,7 +141,7 @@ async def test_changes_made_while_a_command_is_in_flight_are_not_lost(
 async def test_a_worker_killed_mid_command_resumes_without_repeating_it(
     redis_url: str, network: NetworkSimulator, clock: ManualClock
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = await async_redis_client(redis_url)
     adapter = HttpNetworkAdapter(network.url, timeout_s=2)
     first = ProvisioningWorker(client, adapter, clock)
     await first.desire(LINE, "active")

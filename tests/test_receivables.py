@@ -28,7 +28,7 @@ from postpaid import config as billing_config
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import MAX_MINOR, Payments
 from postpaid.receivables import CreditNote
-from tests.conftest import SEALER
+from tests.conftest import SEALER, async_redis_client
 from tests.test_allocation_scripts import seeded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 async def payments(redis_url: str, database_url: str) -> AsyncIterator[Payments]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = await async_redis_client(redis_url)
     config = billing_config.default()
     pool = await open_pool(database_url, 2)
     yield Payments(

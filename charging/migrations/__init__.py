@@ -116,6 +116,7 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     from postpaid import collections_legacy, legacy, receivables_legacy
     from postpaid import config as billing_config
     from provisioning import care_legacy
+    from provisioning.untagged import adopt_untagged
     from provisioning.sealing import load_sealer
 
     billing = billing_config.load(settings.billing_file)
@@ -125,6 +126,7 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     try:
         sealer = load_sealer(settings)
         await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, sealer)
+        await adopt_untagged(client)  # the CRM's keys under their {crm} tag first, as at start
         await care_legacy.move_once(client, pool, sealer)
         await collections_legacy.move_once(client, pool, int(time.time()))
         series = issuer.credit_note_prefix
