@@ -116,8 +116,8 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     from postpaid import collections_legacy, legacy, receivables_legacy
     from postpaid import config as billing_config
     from provisioning import care_legacy
-    from provisioning.untagged import adopt_untagged
     from provisioning.sealing import load_sealer
+    from provisioning.untagged import adopt_untagged
 
     billing = billing_config.load(settings.billing_file)
     issuer = billing.issuer
