@@ -187,7 +187,7 @@ class App:
             CdrStore(self.database),
             self.clock,
             hold_ms=hold_ms,
-            documents=(keys.CATALOG_RECORDS, coverage_records),
+            documents=(keys.CATALOG_RECORDS, coverage_records, provisioning_keys.ORDER_RECORDS),
         )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
@@ -491,6 +491,7 @@ class App:
         self.acquisition = await build_acquisition(self.settings, url, self.redis, directory, self.catalogs, self.clock)
         if self.cdr_relay is not None:
             self.acquisition.coverage.on_records = self.cdr_relay.wake_outbox
+            self.acquisition.orders.on_records = self.cdr_relay.wake_outbox
         self.worker = self.acquisition.worker
 
     async def stop(self) -> None:

@@ -70,7 +70,7 @@ class Acquisition:
         self.clock = clock
         self.base = base
         self.bureau = bureau
-        self.orders = Orders(client, sealer, lease_ms)
+        self.orders = Orders(client, sealer, lease_ms, clock)
         self.customers = Customers(client, screener, sealer)
         self.organisation = Organisation(client)
         self.lines = Lines(client)

@@ -28,6 +28,7 @@ single server (``adopt_untagged``).
     crm:order:<id>:work             hash: the request and what a run has made (``orders.py``)
     crm:orders:submitted            sorted set: SUBMITTED order -> lease deadline (ms)
     crm:orders:of:<customer>        list: a customer's orders, in the order decided
+    crm:orders:cdr                  list: record outbox of order decisions' audit entries
     crm:quarantine:<msisdn>         when a terminated number may be given out again (s)
     crm:identity:<print>            the customer registered with an identity document
     crm:name:<print>                set: customers with a word in their name (``names.py``)
@@ -59,6 +60,7 @@ DISPUTE_SEQ = "{crm}:seq:dispute"
 CARE_MOVED = "{crm}:care:moved"
 
 CUSTOMERS = "{crm}:customers"
+ORDER_RECORDS = "{crm}:orders:cdr"  # order decisions' audit entries until the relay moved them
 SUBMITTED = "{crm}:orders:submitted"
 BLACKLIST = "{crm}:blacklist"
 DECISIONS = "{crm}:decisions"

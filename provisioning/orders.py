@@ -30,6 +30,10 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from charging.cdrs import subject_change_entry
+from charging.clock import Clock, SystemClock
+from charging.errors import Conflict
+from charging.security.identity import caller_name
 from provisioning import keys
 from provisioning.sealing import Sealer
 
@@ -132,11 +136,27 @@ class Claim:
     work: dict[str, str] = field(default_factory=dict)
 
 
+def decision_entry(order: Order, at_ms: int, actor: str) -> str:
+    """The audit entry of an order's decision, as a record outbox entry (``cdrs.py`` ``c``):
+    the order, its status and the ids it made or changed; never personal data."""
+    details = {"status": order.status, "customer_id": order.customer_id, "account_id": order.account_id}
+    if order.steps:
+        details["step"] = order.steps[-1].step
+    order_id = order.crm_order_id
+    return subject_change_entry(at_ms, actor, "order_decided", "order:" + order_id, order_id, details)
+
+
 class Orders:
-    def __init__(self, client: aioredis.Redis, sealer: Sealer, lease_ms: int = ORDER_LEASE_MS) -> None:
+    def __init__(
+        self, client: aioredis.Redis, sealer: Sealer, lease_ms: int = ORDER_LEASE_MS, clock: Clock | None = None
+    ) -> None:
         self.client = client
         self.sealer = sealer
         self.lease_ms = lease_ms
+        self.clock = clock or SystemClock()
+        # Called with the record outbox when a decision left its audit entry there (the
+        # relay moves it to the audit table: ``charging/cdr_relay.py``).
+        self.on_records: Callable[[str], None] | None = None
 
     async def claim(self, order_id: str, request: dict[str, Any], now_ms: int) -> Claim:
         """Claim a new order id, or take over the order's run when its lease has passed."""
@@ -218,13 +238,23 @@ class Orders:
 
     async def finish(self, order: Order, effects: Callable[[Pipeline], None] | None = None) -> Order:
         """Store the decided order (IN_PROGRESS or REJECTED) and apply ``effects`` in the
-        same transaction, if it is still SUBMITTED; returns the order as stored."""
+        same transaction, if it is still SUBMITTED; returns the order as stored. The
+        decision's audit entry (who asked, what was decided) goes to the CRM's record
+        outbox in that transaction: never one without the other."""
         order_id = order.crm_order_id
+        entry = decision_entry(order, self.clock.now_ms(), caller_name())
+        decided_here = False
 
         async def txn(pipe: Pipeline) -> Order:
+            nonlocal decided_here
+            decided_here = False
             stored = await pipe.get(keys.order(order_id))
             if stored is not None and (decided := Order.from_redis(str(stored))).status != "SUBMITTED":
                 return decided
+            # A transaction does not roll back a command that fails in it: the outbox must
+            # take the entry before anything is changed (it is watched, so this holds at EXEC).
+            if await pipe.type(keys.ORDER_RECORDS) not in ("list", "none"):
+                raise Conflict(f"{keys.ORDER_RECORDS} is not a list: the order is not decided")
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.set(keys.order(order_id), order.to_redis())
             pipe.delete(keys.order_work(order_id))
@@ -233,9 +263,14 @@ class Orders:
                 pipe.rpush(keys.customer_orders(order.customer_id), order_id)
             if effects is not None:
                 effects(pipe)
+            pipe.rpush(keys.ORDER_RECORDS, entry)
+            decided_here = True
             return order
 
-        result: Order = await self.client.transaction(txn, keys.order(order_id), value_from_callable=True)
+        watched = (keys.order(order_id), keys.ORDER_RECORDS)
+        result: Order = await self.client.transaction(txn, *watched, value_from_callable=True)
+        if decided_here and self.on_records is not None:
+            self.on_records(keys.ORDER_RECORDS)
         return result
 
     async def get(self, order_id: str) -> Order | None:

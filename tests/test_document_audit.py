@@ -19,13 +19,17 @@ from charging import keys
 from charging.catalogs import read_catalog_file
 from charging.cdr_relay import CdrRelay, drain
 from charging.cdr_store import CdrStore
+from charging.clock import ManualClock
 from charging.documents import records_key
 from charging.server import App
 from charging.v1 import admin_pb2, crm_pb2, crm_pb2_grpc
+from provisioning import keys as provisioning_keys
 from provisioning.coverage import STORE as COVERAGE
+from provisioning.orders import ORDER_LEASE_MS
 from tests.conftest import Stubs
+from tests.test_acquisition import application
 
-DOCUMENTS = (keys.CATALOG_RECORDS, records_key(COVERAGE))
+DOCUMENTS = (keys.CATALOG_RECORDS, records_key(COVERAGE), provisioning_keys.ORDER_RECORDS)
 
 
 def audit_rows(database_url: str, subject: str) -> list[tuple[Any, ...]]:
@@ -45,6 +49,7 @@ def quiet(app: App) -> None:
     assert app.catalogs is not None and app.acquisition is not None
     app.catalogs.on_records = None
     app.acquisition.coverage.on_records = None
+    app.acquisition.orders.on_records = None
 
 
 def catalog(version: str) -> str:
@@ -115,4 +120,26 @@ async def test_a_coverage_load_and_its_audit_entry_are_one_step(
     await crash_between_commit_and_trim(app)
     await drain(relay(app))
     assert audit_rows(database_url, "coverage") == [("local", "coverage_load", {"version": str(loaded.version)})]
+    assert not r.exists(outbox)
+
+
+async def test_an_order_decision_and_its_audit_entry_are_one_step(
+    app: App, crm: crm_pb2_grpc.CrmStub, r: redis.Redis, database_url: str, clock: ManualClock
+) -> None:
+    quiet(app)
+    outbox = provisioning_keys.ORDER_RECORDS
+    r.set(outbox, "not a list")  # the entry cannot be written: the order must not be decided
+    with pytest.raises(grpc.aio.AioRpcError):
+        await crm.SubmitApplication(application("audited-order"))
+    assert r.zscore(provisioning_keys.SUBMITTED, "audited-order") is not None  # still to be run
+    r.delete(outbox)
+    clock.advance(ms=ORDER_LEASE_MS + 1)  # the failed run's lease has passed: the order is resumed
+    order = await crm.SubmitApplication(application("audited-order"))
+    assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS and r.llen(outbox) == 1
+    await crash_between_commit_and_trim(app)
+    await drain(relay(app))
+    details = {"status": "IN_PROGRESS", "customer_id": order.customer_id, "account_id": order.account_id}
+    rows = audit_rows(database_url, "order:audited-order")
+    assert [(actor, action) for actor, action, _ in rows] == [("local", "order_decided")]
+    assert {k: rows[0][2][k] for k in details} == details
     assert not r.exists(outbox)

@@ -167,7 +167,7 @@ async def test_a_worker_killed_after_the_ack_before_acting_on_it_acts_on_it_late
     the order) and cannot even record the failure: the line must stay due, or its order
     stays IN_PROGRESS for ever (found by the chaos suite: CRM orders left undecided after
     a redis-server was killed)."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = await async_redis_client(redis_url)
     adapter = HttpNetworkAdapter(network.url, timeout_s=2)
     first = ProvisioningWorker(client, adapter, clock)
 
