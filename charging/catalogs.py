@@ -75,10 +75,16 @@ class CatalogBook:
         return self._current
 
     async def start(self, path: str, *, prefer_file: bool, author: Author | None = None) -> None:
-        """Use the stored catalog; load the file when none is stored or when asked to."""
+        """Use the stored catalog; load the file when none is stored or when asked to. A
+        load that changes the catalog in force is audited as ``author``'s (the server's own
+        start: the file is the operator's choice); loading the version already in force
+        again changes nothing and writes no entry."""
         await self._adopt_untagged()
-        if prefer_file or not await self.refresh():
-            await self.load(read_catalog_file(path), author)
+        stored = await self.refresh()
+        if prefer_file or not stored:
+            doc = read_catalog_file(path)
+            same = stored and isinstance(doc, dict) and doc.get("version") == self.current.version
+            await self.load(doc, None if same else author)
         await self.plans.ensure(self.current)
         await self.plans.finish_moves()  # left by a load that stopped half way
 

@@ -54,7 +54,7 @@ from charging.context import Context
 from charging.database import Pool, open_pool, plaintext_problem
 from charging.diameter.config import DiameterConfig
 from charging.diameter.listener import DiameterDoor
-from charging.documents import records_key
+from charging.documents import Author, records_key
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
@@ -192,7 +192,10 @@ class App:
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
         self.catalogs.on_records = self.cdr_relay.wake_outbox
-        await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file))
+        # A catalog the server loads at start (none stored, or CHARGING_CATALOG_FILE) is
+        # audited like a LoadCatalog, with the server as its actor.
+        author = Author("server:" + (s.catalog_file or "bundled catalog"), self.clock.now_ms())
+        await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file), author=author)
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
         # Line state changes and top-ups signal the sessions' clients (charging/signals.py):
         # Diameter RAR/ASR, and Charging.WatchSessions for gRPC gateways (charging/watch.py).
@@ -242,6 +245,7 @@ class App:
             s, self.redis, self.catalogs, self.clock, self.notifier, self.link, database=self.database
         )
         await self.billing.move_redis_invoices()
+        self.billing.on_records = self.cdr_relay.wake if self.cdr_relay is not None else None
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)

@@ -33,6 +33,7 @@ from charging.errors import NotFound
 from charging.money import to_minor
 from charging.notifications import Notifier
 from charging.redis_link import RedisLink
+from charging.security.identity import caller_name
 from charging.settings import Settings
 from postpaid import collections_legacy, legacy, periods, receivables_legacy
 from postpaid.accounts import BillingAccounts, billing_account_id
@@ -103,6 +104,9 @@ class Billing:
             ledger=self.payments.ledger,
         )
         self.payments.on_change = self._reevaluate
+        # Set by the server: told the account when a script left an audit entry in its
+        # record outbox (a prepaid closure), so the relay moves it soon.
+        self.on_records: Callable[[str], None] | None = None
 
     async def move_redis_invoices(self) -> None:
         """Invoices Redis kept before PostgreSQL did: moved once (``postpaid/legacy.py``)."""
@@ -176,14 +180,13 @@ class Billing:
         """A terminated prepaid line's remaining money: recorded once with the policy of
         the billing settings, and audited. Returns the closing balance (micros)."""
         policy = self.config.prepaid_termination
-        reply = await PREPAID_CLOSE(self.client, (keys.account(account_id),), PrepaidCloseArgs(policy, now_s))
+        script_keys = (keys.account(account_id), keys.cdr_outbox(account_id))
+        reply = await PREPAID_CLOSE(self.client, script_keys, PrepaidCloseArgs(policy, now_s, caller_name()))
         if reply[0] == "UNKNOWN":
             return 0
-        closing = int(reply[1])
-        if reply[0] == "DONE":
-            fields: dict[Any, Any] = {"action": "prepaid_closed", "actor": "system", "account": account_id}
-            await self.client.xadd(keys.BILL_AUDIT, {**fields, "policy": policy, "amount_micros": closing, "at": now_s})
-        return closing
+        if reply[0] == "DONE" and self.on_records is not None:
+            self.on_records(account_id)  # the closure's audit entry is in the account's record outbox
+        return int(reply[1])
 
     async def final_invoice(self, ba: str, account_id: str) -> str | None:
         """The final invoice of a terminated line, then the line leaves the account."""

@@ -206,6 +206,7 @@ class PrepaidCloseArgs:
 
     policy: str
     at_s: int
+    actor: str
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.policy, self.at_s)
+        return (self.policy, self.at_s, self.actor)

@@ -6,6 +6,7 @@ its trim one row (the next relay finds the entry by name and changes nothing).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib import resources
 from typing import Any
@@ -22,6 +23,7 @@ from charging.cdr_store import CdrStore
 from charging.clock import ManualClock
 from charging.documents import records_key
 from charging.server import App
+from charging.settings import Settings
 from charging.v1 import admin_pb2, crm_pb2, crm_pb2_grpc
 from provisioning import keys as provisioning_keys
 from provisioning.coverage import STORE as COVERAGE
@@ -72,17 +74,24 @@ async def test_a_catalog_load_and_its_audit_entry_are_one_step(
     app: App, stubs: Stubs, r: redis.Redis, database_url: str
 ) -> None:
     quiet(app)
+    # The server's start loaded the bundled catalog (none was stored), audited as the
+    # server's; the app's own relay was woken by it.
+    assert app.cdr_relay is not None
+    await drain(app.cdr_relay)
+    bundled = r.get(keys.CATALOG_CURRENT)
+    started = ("server:bundled catalog", "catalog_load", {"version": bundled})
+    assert await asyncio.to_thread(audit_rows, database_url, "catalog") == [started]
     await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=catalog("audited-2")))
     # The step: the catalog current and its entry in the catalog's outbox, together.
     assert r.get(keys.CATALOG_CURRENT) == "audited-2"
     assert r.llen(keys.CATALOG_RECORDS) == 1
-    assert audit_rows(database_url, "catalog") == []
+    assert audit_rows(database_url, "catalog") == [started]
     # A relay committed the entry and died before the trim; the next one finds it by name.
     await crash_between_commit_and_trim(app)
     assert r.llen(keys.CATALOG_RECORDS) == 1
     fresh = relay(app)
     assert await fresh.relay_waiting() == 1  # its scan found the catalog's outbox
-    assert audit_rows(database_url, "catalog") == [("local", "catalog_load", {"version": "audited-2"})]
+    assert audit_rows(database_url, "catalog") == [started, ("local", "catalog_load", {"version": "audited-2"})]
     assert not r.exists(keys.CATALOG_RECORDS)
 
 
@@ -143,3 +152,15 @@ async def test_an_order_decision_and_its_audit_entry_are_one_step(
     assert [(actor, action) for actor, action, _ in rows] == [("local", "order_decided")]
     assert {k: rows[0][2][k] for k in details} == details
     assert not r.exists(outbox)
+
+
+async def test_a_restart_with_the_catalog_in_force_writes_no_entry(
+    app: App, settings: Settings, clock: ManualClock, r: redis.Redis
+) -> None:
+    quiet(app)
+    assert app.cdr_relay is not None
+    await drain(app.cdr_relay)  # the first start's entry, moved
+    again = App(settings, clock=clock, run_background=False)
+    await again.start()
+    await again.stop()
+    assert not r.exists(keys.CATALOG_RECORDS)  # nothing changed, nothing audited

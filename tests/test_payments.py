@@ -11,6 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from charging import keys
+from charging.cdr_relay import CdrRelay, drain
+from charging.cdr_store import CdrStore
 from charging.clock import ManualClock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
 from charging.server import App
@@ -223,9 +225,17 @@ async def test_a_terminated_prepaid_line_keeps_or_forfeits_its_balance(
     for _ in range(2):
         await b.line_changed(state="terminated", paying_unit="", unit_path=(), label="x", **kw)
     assert (await stubs.balance("491700000306")).balance_micros == left
-    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(keys.BILL_AUDIT)  # type: ignore[assignment]
-    assert [(e[1]["action"], e[1]["amount_micros"], e[1]["policy"]) for e in audit] == [
-        ("prepaid_closed", "3000000", policy)
+    # The closure's audit entry was written by its script, in the account's record outbox,
+    # once; the relay moves it to the audit table.
+    assert await app.redis.llen(keys.cdr_outbox(sub.account_id)) == 1
+    await drain(CdrRelay(app.redis, CdrStore(app.database), clock))
+    async with app.database.connection() as conn:
+        rows = await (
+            await conn.execute("SELECT action, details FROM audit WHERE subject = %s", (f"account:{sub.account_id}",))
+        ).fetchall()
+    closing = {"policy": policy, "closing_balance_micros": "3000000", "forfeited_micros": str(3_000_000 - left)}
+    assert [(action, details) for action, details in rows if action == "prepaid_closed"] == [
+        ("prepaid_closed", closing)
     ]
 
 
