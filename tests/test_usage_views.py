@@ -16,7 +16,7 @@ import pytest
 from charging.cdr_relay import drain
 from charging.clock import ManualClock
 from charging.server import App
-from tests.conftest import Stubs, set_time, sms_request
+from tests.conftest import PostgresServer, Stubs, set_time, sms_request
 from tests.test_cdrs import app, relay_of, usage_rows
 
 __all__ = ["app"]  # the fixture
@@ -25,13 +25,15 @@ A, B, C = "491700000011", "491700000012", "491700000013"
 
 
 @pytest.fixture
-def analyst_url(database_url: str) -> Iterator[str]:
-    """A login of the reader role (charging_reader), as an analyst gets one."""
+def analyst_url(database_url: str, postgres_server: PostgresServer) -> Iterator[str]:
+    """A login of the reader role (charging_reader), as an analyst gets one (made by the
+    owner: the server's own role may not make roles)."""
     name, password = f"analyst_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    with psycopg.connect(database_url, autocommit=True) as admin:
+    owner = postgres_server.owner_of(database_url)
+    with psycopg.connect(owner, autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE charging_reader")
     yield psycopg.conninfo.make_conninfo(database_url, user=name, password=password)
-    with psycopg.connect(database_url, autocommit=True) as admin:
+    with psycopg.connect(owner, autocommit=True) as admin:
         admin.execute(f"DROP ROLE {name}")
 
 
