@@ -131,7 +131,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup redis-server postgresql browser prometheus lint
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=30
 
 bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench
