@@ -59,7 +59,13 @@ USAGE = (
 )
 
 
-async def test_partitions_are_made_ahead_and_dropped_past_retention(database_url: str) -> None:
+async def test_partitions_are_made_ahead_and_dropped_past_retention(
+    database_url: str, postgres_server: PostgresServer
+) -> None:
+    # This test's clock runs years ahead of the database's: the owner removes the floors
+    # (retention_floors, measured by the database's own clock; see the next test).
+    with psycopg.connect(postgres_server.owner_of(database_url), autocommit=True) as owner:
+        owner.execute("DELETE FROM retention_floors")
     pool = await open_pool(database_url, 2)
     try:
         policies = [Policy("usage_records", 12), Policy("audit", 0)]
@@ -140,3 +146,23 @@ def test_invoice_numbers_have_no_gaps(database_url: str) -> None:
         assert conn.execute(take).fetchone() == (2,)
         assert conn.execute("SELECT next_invoice_number('op', 'CN')").fetchone() == (1,)  # a series of its own
         conn.commit()
+
+
+async def test_the_server_cannot_drop_a_month_the_floor_keeps(database_url: str) -> None:
+    """The server's role asks for everything before a month far ahead to be dropped (as a
+    server taken over might): the function keeps the floor's months, by the database's
+    own clock, and the role cannot lower the floor."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        this_month = conn.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()
+        assert this_month is not None
+        before = set(partitions(conn, "audit"))
+        assert conn.execute("SELECT drop_month_partitions('audit', '2100-01-01')").fetchone() == (0,)
+        assert conn.execute("SELECT drop_month_partitions('usage_records', '2100-01-01')").fetchone() == (0,)
+        assert set(partitions(conn, "audit")) == before
+        assert f"audit_y{this_month[0].year}m{this_month[0].month:02}" in before
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE retention_floors SET months = 0")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM retention_floors")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO retention_floors VALUES ('another', 0)")
