@@ -192,9 +192,10 @@ class App:
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
         self.catalogs.on_records = self.cdr_relay.wake_outbox
-        # A catalog the server loads at start (none stored, or CHARGING_CATALOG_FILE) is
-        # audited like a LoadCatalog, with the server as its actor.
-        author = Author("server:" + (s.catalog_file or "bundled catalog"), self.clock.now_ms())
+        # The operator's CHARGING_CATALOG_FILE, when it changes the catalog in force, is
+        # audited like a LoadCatalog with the server as its actor (the bundled sample that
+        # a new installation starts with is not a change anyone made).
+        author = Author("server:" + s.catalog_file, self.clock.now_ms()) if s.catalog_file else None
         await self.catalogs.start(s.catalog_file, prefer_file=bool(s.catalog_file), author=author)
         await follow_changes(self.redis, self.catalogs, self.jobs, s)
         # Line state changes and top-ups signal the sessions' clients (charging/signals.py):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -74,24 +76,18 @@ async def test_a_catalog_load_and_its_audit_entry_are_one_step(
     app: App, stubs: Stubs, r: redis.Redis, database_url: str
 ) -> None:
     quiet(app)
-    # The server's start loaded the bundled catalog (none was stored), audited as the
-    # server's; the app's own relay was woken by it.
-    assert app.cdr_relay is not None
-    await drain(app.cdr_relay)
-    bundled = r.get(keys.CATALOG_CURRENT)
-    started = ("server:bundled catalog", "catalog_load", {"version": bundled})
-    assert await asyncio.to_thread(audit_rows, database_url, "catalog") == [started]
+    assert not r.exists(keys.CATALOG_RECORDS)  # the bundled sample a new store starts with: no change made
     await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=catalog("audited-2")))
     # The step: the catalog current and its entry in the catalog's outbox, together.
     assert r.get(keys.CATALOG_CURRENT) == "audited-2"
     assert r.llen(keys.CATALOG_RECORDS) == 1
-    assert audit_rows(database_url, "catalog") == [started]
+    assert await asyncio.to_thread(audit_rows, database_url, "catalog") == []
     # A relay committed the entry and died before the trim; the next one finds it by name.
     await crash_between_commit_and_trim(app)
     assert r.llen(keys.CATALOG_RECORDS) == 1
     fresh = relay(app)
     assert await fresh.relay_waiting() == 1  # its scan found the catalog's outbox
-    assert audit_rows(database_url, "catalog") == [started, ("local", "catalog_load", {"version": "audited-2"})]
+    assert audit_rows(database_url, "catalog") == [("local", "catalog_load", {"version": "audited-2"})]
     assert not r.exists(keys.CATALOG_RECORDS)
 
 
@@ -154,13 +150,18 @@ async def test_an_order_decision_and_its_audit_entry_are_one_step(
     assert not r.exists(outbox)
 
 
-async def test_a_restart_with_the_catalog_in_force_writes_no_entry(
-    app: App, settings: Settings, clock: ManualClock, r: redis.Redis
+async def test_the_operators_catalog_file_is_audited_when_it_changes_the_catalog_in_force(
+    app: App, settings: Settings, clock: ManualClock, r: redis.Redis, database_url: str, tmp_path: Path
 ) -> None:
     quiet(app)
-    assert app.cdr_relay is not None
-    await drain(app.cdr_relay)  # the first start's entry, moved
-    again = App(settings, clock=clock, run_background=False)
-    await again.start()
-    await again.stop()
-    assert not r.exists(keys.CATALOG_RECORDS)  # nothing changed, nothing audited
+    path = tmp_path / "catalog.json"
+    path.write_text(catalog("from-file-1"))
+    with_file = replace(settings, catalog_file=str(path))
+    for _ in range(2):  # the second start finds the file's version in force: nothing changed
+        again = App(with_file, clock=clock, run_background=False)
+        await again.start()
+        await again.stop()
+    assert r.get(keys.CATALOG_CURRENT) == "from-file-1"
+    await drain(relay(app))  # what the servers' own relays had not moved yet
+    rows = await asyncio.to_thread(audit_rows, database_url, "catalog")
+    assert rows == [(f"server:{path}", "catalog_load", {"version": "from-file-1"})]
