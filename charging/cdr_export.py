@@ -21,7 +21,7 @@ from typing import TextIO
 from charging.cdr_store import usage
 from charging.cdrs import EXPORT_FIELDS, UsageRow
 from charging.database import open_pool
-from charging.embedded_postgres import Layout
+from charging.embedded_postgres import command_database_url
 from charging.errors import InvalidRequest
 from charging.settings import Settings
 
@@ -70,21 +70,9 @@ def values(row: UsageRow, *, flat: bool) -> dict[str, object]:
     return out
 
 
-def database_url(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    layout = Layout(settings.database_dir.resolve())
-    if not layout.socket.exists() or not layout.password_file.exists():
-        raise InvalidRequest(
-            "CHARGING_DATABASE_URL", f"not set, and no embedded PostgreSQL is running under {settings.database_dir}"
-        )
-    # The server's own login role (read-only here) where the server has made it.
-    return layout.server_url() if layout.server_password_file.exists() else layout.url()
-
-
 async def write(settings: Settings, q: Query, out: TextIO) -> int:
     """Write the records to ``out``; answers how many."""
-    pool = await open_pool(database_url(settings), 1)
+    pool = await open_pool(command_database_url(settings), 1)
     emit: Callable[[UsageRow], object]
     if q.export:
         writer = csv.writer(out)

@@ -255,8 +255,8 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
     from charging import store
-    from charging.cdr_export import database_url
     from charging.database import open_pool
+    from charging.embedded_postgres import command_database_url
     from charging.embedded_redis import with_password
     from charging.errors import InvalidRequest, StartupError
     from charging.settings import Settings
@@ -269,7 +269,7 @@ def cmd_rotate_data_key(args: argparse.Namespace) -> int:
 
     async def rotate() -> tuple[dict[str, int], int]:
         sealer = load_sealer(settings, generate=False)
-        pool = await open_pool(database_url(settings), 1)
+        pool = await open_pool(command_database_url(settings), 1)
         client = store.connect(url, max_connections=2, tls=settings.redis_tls(), timeout_s=args.timeout)
         try:
             # the name index for customers stored before it existed (idempotent)

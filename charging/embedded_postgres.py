@@ -57,7 +57,8 @@ from psycopg import sql
 
 from charging import database_roles
 from charging.children import dying_with_parent, supervise
-from charging.errors import StartupError
+from charging.errors import InvalidRequest, StartupError
+from charging.settings import Settings
 
 log = logging.getLogger("charging.postgres")
 
@@ -431,3 +432,17 @@ class EmbeddedPostgres:
         if self._lock is not None:
             os.close(self._lock)  # after the postmaster is gone
             self._lock = None
+
+
+def command_database_url(settings: Settings) -> str:
+    """The database a command-line tool reaches: ``CHARGING_DATABASE_URL``, else the
+    embedded PostgreSQL of ``CHARGING_DATABASE_DIR`` while its server runs."""
+    if settings.database_url:
+        return settings.database_url
+    layout = Layout(settings.database_dir.resolve())
+    if not layout.socket.exists() or not layout.password_file.exists():
+        raise InvalidRequest(
+            "CHARGING_DATABASE_URL", f"not set, and no embedded PostgreSQL is running under {settings.database_dir}"
+        )
+    # The server's own login role (read-only here) where the server has made it.
+    return layout.server_url() if layout.server_password_file.exists() else layout.url()
