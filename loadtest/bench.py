@@ -137,10 +137,13 @@ def tail(path: Path, lines: int = 20) -> str:
 def child_env() -> dict[str, str]:
     """Environment for Python children: the repo on the path, since ``loadtest`` is not
     installed, and one server process (``charging serve`` starts one per core otherwise: the
-    figures are CPU per request of the one process measured)."""
+    figures are CPU per request of the one process measured), and no Nchf door."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("CHARGING_WORKERS", "1")
+    # No Nchf door unless a bench asks for one on a free port: its default (8090) may be
+    # taken on the machine, and a server that cannot bind it does not start.
+    env.setdefault("CHARGING_NCHF_ADDRESS", "")
     return env
 
 
