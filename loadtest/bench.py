@@ -137,11 +137,52 @@ def tail(path: Path, lines: int = 20) -> str:
 def child_env() -> dict[str, str]:
     """Environment for Python children: the repo on the path, since ``loadtest`` is not
     installed, and one server process (``charging serve`` starts one per core otherwise: the
-    figures are CPU per request of the one process measured)."""
+    figures are CPU per request of the one process measured), and no Nchf door."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("CHARGING_WORKERS", "1")
+    # No Nchf door unless a bench asks for one on a free port: its default (8090) may be
+    # taken on the machine, and a server that cannot bind it does not start.
+    env.setdefault("CHARGING_NCHF_ADDRESS", "")
     return env
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which CPUs the system under test (Redis, the charging server, the echo) and the
+    clients (h2load, the probe, the session client, this process) run on. On a machine of
+    a few cores the load generator otherwise takes CPU from the server as the offered rate
+    grows, and an overload step would measure the generator: in production the network
+    elements run elsewhere. Empty sets: not pinned."""
+
+    server: frozenset[int]
+    clients: frozenset[int]
+
+    @staticmethod
+    def choose(enabled: bool) -> Pinning:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
+            return Pinning(frozenset(), frozenset())
+        half = len(cpus) // 2
+        return Pinning(frozenset(cpus[half:]), frozenset(cpus[:half]))
+
+    def apply_to_self(self) -> None:
+        """Clients started later inherit this process's CPUs."""
+        if self.clients:
+            os.sched_setaffinity(0, self.clients)
+
+    def server_argv(self, argv: Sequence[str]) -> list[str]:
+        if not self.server:
+            return list(argv)
+        return ["taskset", "-c", ",".join(str(c) for c in sorted(self.server)), *argv]
+
+    def describe(self) -> str:
+        if not self.server:
+            return "not pinned (clients and server share every CPU)"
+        return (
+            f"server side (redis-server, charging server, echo) on CPU {sorted(self.server)}, "
+            f"clients (h2load, probe, session client) on CPU {sorted(self.clients)}"
+        )
 
 
 @contextlib.contextmanager
@@ -577,44 +618,51 @@ def run_step(
     label: str, rate: float, duration_s: int, server: subprocess.Popen[bytes], ports: tuple[int, int], body_file: Path,
     workdir: Path,
 ) -> StepResult:  # fmt: skip
-    """One open-loop step at ``rate`` requests/s with the probe alongside."""
+    """One open-loop step at ``rate`` requests/s with the probe alongside. Answers, refusals
+    and the server's CPU are counted over h2load's run only (the probe starts first), so the
+    probe's start-up and tail do not dilute the rate."""
     grpc_port, metrics_port = ports
     params = H2Load(OPEN_LOOP_CLIENTS, OPEN_LOOP_STREAMS, 1, duration_s, 0)
     rps = max(1, round(rate / OPEN_LOOP_CLIENTS))
     argv = [
         sys.executable, "-m", "loadtest.bench",
-        "--probe", f"127.0.0.1:{grpc_port}", "--session-duration", str(duration_s),
+        "--probe", f"127.0.0.1:{grpc_port}", "--session-duration", str(duration_s + 1),
     ]  # fmt: skip
-    before, rejected_before, cpu_before = (
-        charge_event_results(metrics_port),
-        admission_rejections(metrics_port),
-        process_cpu_s(server.pid),
-    )
-    started = time.monotonic()
     with (workdir / f"probe-{label}.json").open("w+") as out:
         probe = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
         try:
+            time.sleep(1.0)  # the probe's interpreter and channel are up before the load starts
+            before, rejected_before, cpu_before = (
+                charge_event_results(metrics_port),
+                admission_rejections(metrics_port),
+                process_cpu_s(server.pid),
+            )
+            started = time.monotonic()
             run_h2load(
                 f"step-{label}", params, grpc_port, body_file, workdir,
                 [f"--rps={rps}", f"--header=grpc-timeout: {CALL_DEADLINE}"],
             )  # fmt: skip
+            elapsed = time.monotonic() - started
+            after, rejected_after, cpu_after = (
+                charge_event_results(metrics_port),
+                admission_rejections(metrics_port),
+                process_cpu_s(server.pid),
+            )
             probe.wait(duration_s + 60)
         finally:
             if probe.poll() is None:
                 probe.kill()
         out.seek(0)
         lines = out.read().strip().splitlines()
-    elapsed = time.monotonic() - started
     if probe.returncode != 0 or not lines:
         raise BenchError(f"probe client failed (exit {probe.returncode}): {lines[-5:]}")
-    after = charge_event_results(metrics_port)
     answered = after.get("2001", 0.0) - before.get("2001", 0.0)
     return StepResult(
         label,
         offered_rps=rps * OPEN_LOOP_CLIENTS + PROBE_RATE,
         goodput_rps=answered / elapsed,
-        rejected_rps=(admission_rejections(metrics_port) - rejected_before) / elapsed,
-        cpu_ms_per_answer=1000 * (process_cpu_s(server.pid) - cpu_before) / max(answered, 1.0),
+        rejected_rps=(rejected_after - rejected_before) / elapsed,
+        cpu_ms_per_answer=1000 * (cpu_after - cpu_before) / max(answered, 1.0),
         probe=ProbeResult(**json.loads(lines[-1])),
     )
 
@@ -693,6 +741,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=int(env_number("BENCH_OVERLOAD_DURATION", 10)),
         help="seconds of each open-loop step, at 70%% and 200%% of the measured capacity (BENCH_OVERLOAD_DURATION)",
     )
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=env_number("BENCH_PIN", 1) != 0,
+        help="run the server side and the clients on separate halves of the CPUs (BENCH_PIN=0: --no-pin)",
+    )
     return p.parse_args(argv)
 
 
@@ -713,8 +767,10 @@ def bench(args: argparse.Namespace) -> int:
         redis_dir.mkdir()
         redis_bin = shutil.which("redis-server") or "redis-server"
         redis_log = workdir / "redis-server.out"
+        pinning = Pinning.choose(args.pin)
+        pinning.apply_to_self()
         redis_proc = stack.enter_context(
-            child(redis_command(redis_bin, redis_dir, "everysec", port=redis_port), redis_log)
+            child(pinning.server_argv(redis_command(redis_bin, redis_dir, "everysec", port=redis_port)), redis_log)
         )
         wait_redis(redis_proc, redis_port, redis_log)
 
@@ -734,11 +790,15 @@ def bench(args: argparse.Namespace) -> int:
             CHARGING_DATABASE_DIR=str(postgres_dir),
         )
         server_log = workdir / "charging-server.log"
-        server = stack.enter_context(child([sys.executable, "-m", "charging.cli", "serve"], server_log, env))
+        server = stack.enter_context(
+            child(pinning.server_argv([sys.executable, "-m", "charging.cli", "serve"]), server_log, env)
+        )
         echo_log = workdir / "echo-server.log"
         echo = stack.enter_context(
             child(
-                [sys.executable, "-m", "loadtest.echo_server", "--address", f"127.0.0.1:{echo_port}"],
+                pinning.server_argv(
+                    [sys.executable, "-m", "loadtest.echo_server", "--address", f"127.0.0.1:{echo_port}"]
+                ),
                 echo_log,
                 child_env(),
             )
@@ -786,6 +846,7 @@ def bench(args: argparse.Namespace) -> int:
             raise
 
     print(machine())
+    print(f"cpus: {pinning.describe()}")
     print(f"load: {params.describe()}, {max(args.rounds, 1)} alternating rounds, medians shown")
     print(
         "per-round ratios: " + " ".join(f"{c.rps / e.rps:.2f}" for c, e in zip(charging_runs, echo_runs, strict=True))

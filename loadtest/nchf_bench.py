@@ -72,10 +72,14 @@ async def load(base: str, duration_s: float, concurrency: int, run: int) -> dict
 
     async def session(client: httpx.AsyncClient, index: int) -> None:
         subscriber = msisdn(index)
-        created = await client.post(ROOT, json={**body(subscriber, 0, 0), "notifyUri": f"bench-{run}-{index}"})
+        created = await client.post(
+            ROOT, json={**body(subscriber, 0, 0), "notifyUri": f"http://127.0.0.1:9/bench-{run}-{index}"}
+        )
         counts["requests"] += 1
         if created.status_code != 201:
             counts["errors"] += 1
+            if counts["errors"] == 1:
+                print(f"create answered {created.status_code}: {created.text[:300]}", file=sys.stderr)
             return
         ref = created.headers["location"].rsplit("/", 1)[1]
         seq = 1
@@ -102,7 +106,7 @@ def run_load(base: str, duration_s: float, concurrency: int, run: int) -> dict[s
         raise BenchError(f"load client failed: {done.stderr}")
     counts: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
     if counts["errors"] or not counts["updates"]:
-        raise BenchError(f"load client: {counts}")
+        raise BenchError(f"load client: {counts}; {done.stderr.strip()[-600:]}")
     return counts
 
 
