@@ -63,7 +63,7 @@ class UsageRow:
     msisdn: str
     imsi: str
     plan_id: str
-    catalog_version: int | None
+    catalog_version: str | None  # the catalog version it was rated with (None: not rated by one)
     session_id: str
     request_number: int | None
     event_id: str
@@ -166,7 +166,7 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         unit, units, cost, taken = v[15:]
         rid = f"{account}:s:{session}:{n}:{rg}"
         usage = UsageRow(
-            rid, when, account, msisdn, imsi, plan, optional_int(cv), session, int(n), "", int(rg), service, called,
+            rid, when, account, msisdn, imsi, plan, cv or None, session, int(n), "", int(rg), service, called,
             zone, band, visited, roaming == "R", unit_name(unit), int(units), int(cost), int(cost), paid_by(taken),
         )  # fmt: skip
         return usage, None
@@ -175,7 +175,7 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         unit, units = v[15:]
         rid = f"{account}:s:{session}:{n}:{rg}"
         usage = UsageRow(
-            rid, when, account, msisdn, imsi, plan, optional_int(cv), session, int(n), "", int(rg), service, called,
+            rid, when, account, msisdn, imsi, plan, cv or None, session, int(n), "", int(rg), service, called,
             zone, band, visited, roaming == "R", unit_name(unit), int(units), 0, 0, {}, NOT_RATED,
         )  # fmt: skip
         return usage, None
@@ -238,6 +238,7 @@ EXPORT_FIELDS: tuple[tuple[str, str], ...] = (
     ("servedIMSI", "imsi"),
     ("subscriberAccount", "account"),
     ("tariffPlan", "plan_id"),
+    ("catalogVersion", "catalog_version"),  # its prices: `charging catalog show <version>`
     ("chargingSessionId", "session_id"),
     ("cCRequestNumber", "request_number"),
     ("eventId", "event_id"),

@@ -377,9 +377,10 @@ class CatalogSwitch:
     #       moves: [[old, new, members old idx, members new idx, moving old idx], ...], plans: [...]}
     plan_json: str
     audit_entry: str = ""  # the load's record outbox entry (cdrs.subject_change_entry), '' for none
+    version_entry: str = ""  # the version applied, for the history outbox (document_history.py), '' for none
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.OP, self.expected_version, self.version, self.plan_json, self.audit_entry)
+        return (self.OP, self.expected_version, self.version, self.plan_json, self.audit_entry, self.version_entry)
 
 
 @dataclass(frozen=True, slots=True)
