@@ -169,6 +169,8 @@ class EventArgs:
     # Who asked (identity.caller_name), named in a refund's audit entry.
     actor: str
     records: bool
+    # The catalog version a debit was priced with, for its usage record ('' not priced: a refund).
+    catalog_version: str = ""
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -196,6 +198,7 @@ class EventArgs:
             self.visited_network,
             self.actor,
             1 if self.records else 0,
+            self.catalog_version,
         )
 
 

@@ -29,7 +29,7 @@ from charging.history_store import SOURCES, DocumentSource, HistoryStore, move_s
 from charging.server import App
 from charging.v1 import admin_pb2
 from provisioning.coverage import STORE as COVERAGE
-from tests.conftest import Stubs
+from tests.conftest import Stubs, sms_request
 from tests.test_cdrs import call
 from tests.test_document_audit import DOCUMENTS, quiet
 
@@ -177,12 +177,15 @@ async def test_a_usage_record_names_the_catalog_that_priced_it(
     clock.advance(seconds=60)
     await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=json.dumps(priced_by)))
     await call(stubs, "call-1", [60])
+    assert (await stubs.charging.ChargeEvent(sms_request("sms-1"))).result_code == 2001
     clock.advance(seconds=60)
     await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=json.dumps(catalog("later-1"))))
     await drain(relay(app))
     with psycopg.connect(database_url) as conn:
-        found = conn.execute("SELECT DISTINCT catalog_version FROM usage_records WHERE account = %s", (account,))
-        assert found.fetchall() == [("priced-1",)]
+        found = conn.execute(
+            "SELECT service, catalog_version FROM usage_records WHERE account = %s ORDER BY service", (account,)
+        )
+        assert found.fetchall() == [("sms", "priced-1"), ("voice", "priced-1")]
 
     code, out, err = await history_cli(database_url, "catalog", "show", "priced-1")
     assert code == 0, err
