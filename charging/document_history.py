@@ -38,6 +38,11 @@ def history_key(name: str) -> str:
     return f"{name}:applied"
 
 
+def moved_key(name: str) -> str:
+    """Set once every version the store ``name`` held before the history has its row."""
+    return f"{name}:history_moved"
+
+
 def digest(text: str) -> str:
     """The content digest of a stored document's canonical text (SHA-256, hex)."""
     return hashlib.sha256(text.encode()).hexdigest()

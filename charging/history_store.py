@@ -5,16 +5,20 @@ Writing is one ``INSERT ... ON CONFLICT DO NOTHING`` per batch: a row relayed ag
 crash between the relay's commit and its trim) is kept once by its ``entry_id``. Versions
 are few (an operator loads a catalog a few times a month), so there is no COPY here.
 
-The move (``move_stored``) reads a store's history outbox first, then the table, then
-the versions stored in Redis, and inserts a row for each version neither holds. In that
-order a version applied meanwhile is never inserted twice: its entry is either still in
-the outbox when read, or the relay committed it before trimming, so it is in the table
-when read after. The moved rows' id is ``<document>:stored:<version>``, so a move that
-stops half way is simply run again. Who applied such a version and when is taken from
-its audit entry (``<document>_load``) when there is one; otherwise the actor is '' and the
-time is the move's. A version another process has just stored and is about to refuse
-(a catalog that drops a plan in use) may be recorded by a move that runs at that moment:
-a row for a version that was never in force, marked by its empty ``replaced``.
+The move (``move_stored``) gives a row to versions Redis stored without one: once, every
+stored version (those of before the table; one SCAN of the keyspace, so a marker key
+``<store>:history_moved`` says it is done), and at every start the version in force (the
+bundled sample a new store starts with is no one's load: no author, no outbox entry).
+It reads the candidates first (SCAN, or the ``current`` pointer), then the history outbox,
+then the table, and inserts ``<document>:stored:<version>`` for each candidate neither
+holds: a version applied with an entry was pushed in the step that stored the pointer, so
+its entry is still in the outbox when read, or the relay committed it before trimming and
+it is in the table when read after. The one window left: another process's catalog load
+between storing its version (``put``) and its switch, during the once-only SCAN of an
+upgrade; that version then has a ``stored`` row next to its applied one. A move that
+stops before its marker is set runs again whole, and its rows' ids keep each once. Who
+applied a moved version and when comes from its audit entry (``<document>_load``) when
+there is one; otherwise the actor is '' and the time is the move's.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from psycopg.types.json import Jsonb
 from charging import keys
 from charging.cdrs import at
 from charging.database import Pool
-from charging.document_history import COLUMNS, VersionRow, digest, entry_version, history_key
-from charging.documents import canonical
+from charging.document_history import COLUMNS, VersionRow, digest, entry_version, history_key, moved_key
+from charging.documents import canonical, current_key
 from charging.store import storage_errors
 from provisioning import keys as provisioning_keys
 
@@ -102,31 +106,37 @@ class HistoryStore:
 
 
 async def move_stored(client: aioredis.Redis, pool: Pool, source: DocumentSource, now_ms: int) -> int:
-    """Give each version stored in Redis that the table does not hold (stored before the
-    table existed, or applied with no author) its row; answers how many were moved."""
+    """Give the versions Redis stored without a row theirs: every stored version once (those
+    of before the table; a marker key says it is done), and at every call the version in
+    force (the bundled sample a new store starts with, applied with no author). Answers
+    how many rows were added."""
+    prefix = f"{source.store}:v:"
+    marker = moved_key(source.store)
     with storage_errors():
+        once = not await client.exists(marker)
+        # The candidates first, then the outbox, then the table (see the module's docstring).
+        if once:
+            candidates = {str(key)[len(prefix) :] async for key in client.scan_iter(match=prefix + "*", count=500)}
+        else:
+            current = await client.get(current_key(source.store))
+            candidates = {str(current)} if current is not None else set()
         entries = await client.lrange(source.outbox, 0, -1)  # type: ignore[misc]
     in_flight = {found[1] for e in entries if (found := entry_version(str(e))) and found[0] == source.document}
+    candidates -= in_flight
     async with pool.connection() as conn:
         rows = await conn.execute(
-            "SELECT DISTINCT version FROM document_versions WHERE document = %s", [source.document]
+            "SELECT DISTINCT version FROM document_versions WHERE document = %s AND version = ANY(%s)",
+            (source.document, sorted(candidates)),
         )
-        kept = {str(v) for (v,) in await rows.fetchall()}
+        candidates -= {str(v) for (v,) in await rows.fetchall()}
         loads = await conn.execute(
             "SELECT details->>'version', actor, occurred_at FROM audit WHERE subject = %s AND action = %s "
-            "ORDER BY occurred_at",
-            (source.document, source.document + "_load"),
+            "AND details->>'version' = ANY(%s) ORDER BY occurred_at",
+            (source.document, source.document + "_load", sorted(candidates)),
         )
         audited = {str(v): (str(actor), when) for v, actor, when in await loads.fetchall()}
-    prefix = f"{source.store}:v:"
-    missing: list[str] = []
-    with storage_errors():
-        async for key in client.scan_iter(match=prefix + "*", count=500):
-            version = str(key)[len(prefix) :]
-            if version not in kept and version not in in_flight:
-                missing.append(version)
     moved = []
-    for version in sorted(missing):
+    for version in sorted(candidates):
         with storage_errors():
             text = await client.get(prefix + version)
         if text is None:
@@ -135,7 +145,11 @@ async def move_stored(client: aioredis.Redis, pool: Pool, source: DocumentSource
         actor, when = audited.get(version, ("", at(str(now_ms))))
         entry_id = f"{source.document}:stored:{version}"
         moved.append(VersionRow(entry_id, source.document, version, digest(text), text, "", actor, when))
-    return await HistoryStore(pool).write(moved) if moved else 0
+    added = await HistoryStore(pool).write(moved) if moved else 0
+    if once:
+        with storage_errors():
+            await client.set(marker, "1")  # only now: a move that stopped is done again, whole
+    return added
 
 
 async def move_all_stored(client: aioredis.Redis, pool: Pool, now_ms: int) -> dict[str, int]:

@@ -24,6 +24,7 @@ from charging.catalogs import read_catalog_file
 from charging.cdr_relay import CdrRelay, drain
 from charging.cdr_store import CdrStore
 from charging.clock import ManualClock
+from charging.document_history import moved_key
 from charging.documents import Author, canonical
 from charging.history_store import SOURCES, DocumentSource, HistoryStore, move_stored
 from charging.server import App
@@ -154,9 +155,15 @@ async def test_versions_stored_before_the_history_are_moved_once(
     await app.catalogs.load(catalog("old-1"))  # no author: as a version stored before 0011
     await app.catalogs.load(catalog("old-2"), Author("ops", clock.now_ms()))  # still in the outbox
     assert not [v for v in version_rows(database_url, "catalog") if v["version"].startswith("old-")]
+    # The start moved what was stored then (the bundled sample) and set the marker; an
+    # upgraded installation has no marker yet.
+    assert r.exists(moved_key(keys.CATALOG))
+    r.delete(moved_key(keys.CATALOG))
     moved = await move_stored(app.redis, app.database, CATALOG, clock.now_ms())
     assert moved == 1  # old-1; old-2 is the relay's (its entry is in the history outbox)
-    assert await move_stored(app.redis, app.database, CATALOG, clock.now_ms()) == 0  # once
+    assert r.exists(moved_key(keys.CATALOG))
+    r.delete(moved_key(keys.CATALOG))  # as if it had stopped before its marker: run again whole
+    assert await move_stored(app.redis, app.database, CATALOG, clock.now_ms()) == 0  # nothing twice
     await drain(relay(app))
     assert await move_stored(app.redis, app.database, CATALOG, clock.now_ms()) == 0
     rows = {v["version"]: v for v in version_rows(database_url, "catalog")}
