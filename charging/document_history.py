@@ -25,7 +25,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from charging.cdrs import BadRecord, at
 
@@ -60,6 +60,17 @@ class VersionRow:
     replaced: str
     actor: str
     applied_at: datetime
+
+    def summary(self) -> dict[str, str]:
+        """What a listing shows of it (``charging catalog history``, ListCatalogVersions)."""
+        applied_at = self.applied_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return {
+            "version": self.version,
+            "digest": self.digest,
+            "actor": self.actor,
+            "applied_at": applied_at,
+            "replaced": self.replaced,
+        }
 
 
 COLUMNS = tuple(VersionRow.__dataclass_fields__)

@@ -17,22 +17,10 @@ import asyncio
 import json
 import os
 import sys
-from datetime import UTC
 from typing import Any
 
 from charging.cli import CliError
 from charging.document_history import VersionRow, digest
-
-
-def summary(row: VersionRow) -> dict[str, str]:
-    applied_at = row.applied_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return {
-        "version": row.version,
-        "digest": row.digest,
-        "actor": row.actor,
-        "applied_at": applied_at,
-        "replaced": row.replaced,
-    }
 
 
 async def _run(document: str, version: str, limit: int) -> list[VersionRow]:
@@ -54,7 +42,7 @@ async def _run(document: str, version: str, limit: int) -> list[VersionRow]:
 
 def cmd_history(args: argparse.Namespace) -> int:
     for row in asyncio.run(_run(args.document, "", args.limit)):
-        print(json.dumps(summary(row), separators=(",", ":")))
+        print(json.dumps(row.summary(), separators=(",", ":")))
     return 0
 
 

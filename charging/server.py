@@ -279,7 +279,7 @@ class App:
             ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
             (
-                AdminServicer(directory, self.catalogs, self.renewer, self.clock, trail),
+                AdminServicer(directory, self.catalogs, self.renewer, self.clock, trail, HistoryStore(self.database)),
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"],
             ),
         ):

@@ -15,6 +15,7 @@ from asyncio.subprocess import PIPE
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 import redis
@@ -23,8 +24,9 @@ from charging import keys
 from charging.catalogs import read_catalog_file
 from charging.cdr_relay import CdrRelay, drain
 from charging.cdr_store import CdrStore
+from charging.cdrs import at
 from charging.clock import ManualClock
-from charging.document_history import moved_key
+from charging.document_history import VersionRow, moved_key
 from charging.documents import Author, canonical
 from charging.history_store import SOURCES, DocumentSource, HistoryStore, move_stored
 from charging.server import App
@@ -219,3 +221,35 @@ def test_the_server_role_appends_versions_and_never_changes_them(database_url: s
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
         assert conn.execute("SELECT actor FROM document_versions").fetchall() == [("",)]
+
+
+async def test_the_admin_api_lists_versions_and_returns_one_redis_no_longer_has(
+    app: App, stubs: Stubs, database_url: str, clock: ManualClock
+) -> None:
+    quiet(app)
+    clock.advance(seconds=60)
+    await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=json.dumps(catalog("listed-1"))))
+    await drain(relay(app))
+    listed = await stubs.admin.ListCatalogVersions(admin_pb2.CatalogVersionsQuery(limit=1))
+    assert [(v.version, v.actor, v.digest) for v in listed.versions] == [
+        ("listed-1", "local", sha(catalog("listed-1")))
+    ]
+    assert listed.versions[0].applied_at == datetime.fromtimestamp(clock.now_ms() / 1000, UTC).isoformat().replace(
+        "+00:00", "Z"
+    )
+    assert len((await stubs.admin.ListCatalogVersions(admin_pb2.CatalogVersionsQuery())).versions) == 2
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stubs.admin.ListCatalogVersions(admin_pb2.CatalogVersionsQuery(limit=1001))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in str(refused.value.details())
+
+    # A version only the system of record still has (applied elsewhere, long ago).
+    archived = catalog("archived-1")
+    assert app.database is not None
+    await HistoryStore(app.database).write(
+        [VersionRow("catalog:a", "catalog", "archived-1", sha(archived), canonical(archived), "", "ops", at("0"))]
+    )
+    got = await stubs.admin.GetCatalog(admin_pb2.GetCatalogRequest(version="archived-1"))
+    assert json.loads(got.json) == archived
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stubs.admin.GetCatalog(admin_pb2.GetCatalogRequest(version="never-1"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
