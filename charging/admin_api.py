@@ -14,6 +14,7 @@ from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.documents import Author
 from charging.errors import InvalidRequest, NotFound
+from charging.history_store import HistoryStore
 from charging.renewals import Renewer
 from charging.schemas import parse_json
 from charging.security.identity import caller_name
@@ -47,13 +48,20 @@ def subscriber_pb(a: Account) -> admin_pb2.Subscriber:
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, directory: Directory, catalogs: CatalogBook, renewer: Renewer, clock: Clock, trail: AuditTrail
+        self,
+        directory: Directory,
+        catalogs: CatalogBook,
+        renewer: Renewer,
+        clock: Clock,
+        trail: AuditTrail,
+        history: HistoryStore | None = None,
     ) -> None:
         self.directory = directory
         self.catalogs = catalogs
         self.renewer = renewer
         self.clock = clock
         self.trail = trail
+        self.history = history  # every catalog version applied (PostgreSQL)
 
     @rpc("CreateSubscriber")
     async def CreateSubscriber(
@@ -104,9 +112,25 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.GetCatalogRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CatalogDocument:
         text = await self.catalogs.document(request.version)
+        if text is None and request.version and self.history is not None:
+            row = await self.history.version("catalog", request.version)  # no longer in Redis
+            text = None if row is None else row.content
         if text is None:
             raise NotFound(f"no catalog version {request.version!r}")
         return admin_pb2.CatalogDocument(json=text)
+
+    @rpc("ListCatalogVersions")
+    async def ListCatalogVersions(
+        self, request: admin_pb2.CatalogVersionsQuery, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CatalogVersions:
+        if not 0 <= request.limit <= 1000:
+            raise InvalidRequest("limit", "must be from 1 to 1000 (0: 100)")
+        if self.history is None:
+            raise NotFound("no catalog history on this server")
+        rows = await self.history.versions("catalog", request.limit or 100)
+        return admin_pb2.CatalogVersions(
+            versions=[admin_pb2.CatalogVersion(**row.summary()) for row in rows],
+        )
 
     @rpc("ListAuditEntries")
     async def ListAuditEntries(

@@ -5,8 +5,9 @@ The versions live in a ``DocumentStore`` (``documents.py``) under ``catalog``:
 document, the version named by the document itself. Loading a catalog checks the whole
 document first (a bad one changes nothing), stores it, then moves the ``current``
 pointer with the load's audit entry (the catalog's record outbox ``{catalog}:cdr``, moved
-into the ``audit`` table by the relay): one atomic step that every server process sees at
-its next refresh, refused
+into the ``audit`` table by the relay) and the version applied (its history outbox
+``{catalog}:applied``, moved into ``document_versions``: ``document_history.py``): one
+atomic step that every server process sees at its next refresh, refused
 when the catalog drops a plan or service still in use that it does not migrate
 (``plan_index.py``). A process also keeps every version it has used, because a session
 stays on the version it started with.
@@ -109,7 +110,7 @@ class CatalogBook:
         catalog = stored.value
         entry = self._docs.entry(author, catalog.version)
         try:
-            await self._switch(catalog, entry)
+            await self._switch(catalog, entry, author, stored.text)
         except Exception:
             if created:  # a refused catalog leaves nothing behind: the version stays free
                 await self._docs.discard(catalog.version)
@@ -117,18 +118,21 @@ class CatalogBook:
         self._current = catalog
         if entry and self.on_records is not None:
             self.on_records(keys.CATALOG_RECORDS)
+            self.on_records(keys.CATALOG_HISTORY)
         log.info("catalog loaded", extra={"version": catalog.version, "plans": len(catalog.plans)})
         await self.plans.finish_moves()
         if self.feed is not None:
             await self.feed.announce("catalog", catalog.version)  # every process rates with it now
         return catalog
 
-    async def _switch(self, catalog: Catalog, entry: str) -> None:
+    async def _switch(self, catalog: Catalog, entry: str, author: Author | None, text: str) -> None:
         """Make ``catalog`` current unless it drops a plan or service in use (plan_index.py)."""
         for _ in range(5):
             await self.refresh()  # the check is against what is current now, in any process
+            replaced = self._current.version if self._current is not None else ""
+            applied = self._docs.applied(author, catalog.version, text, replaced)
             try:
-                return await self.plans.switch(catalog, self._current, entry)
+                return await self.plans.switch(catalog, self._current, entry, applied)
             except StaleCatalog:
                 continue
         raise Conflict("other catalogs kept being loaded meanwhile; load again")

@@ -38,6 +38,12 @@ Outboxes of things other than accounts (``documents``: the catalog's ``{catalog}
 coverage table's, each in its store's slot) carry only audit entries of their changes
 (``c`` entries, ``cdrs.py``); the relay knows their names, so its scan asks for them
 directly, and their stores wake it with ``wake_outbox``.
+
+History outboxes (``history``: the catalog's ``{catalog}:applied``, the coverage table's)
+carry the versions applied (``document_history.py``); their rows go to
+``document_versions`` (``history_store.py``) after the round's usage and audit rows, in a
+transaction of their own, before the trim, with the same guarantees (a repeat is kept
+once by its id).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ from charging import keys, metrics
 from charging.cdr_store import CdrStore
 from charging.cdrs import AuditRow, BadRecord, UsageRow, rows
 from charging.clock import Clock
+from charging.document_history import VersionRow, version_row
+from charging.history_store import HistoryStore
 from charging.jobs import Wakeup
 from charging.ledger import LuaScript
 from charging.script_args import CdrTrimArgs
@@ -113,6 +121,7 @@ class CdrRelay:
         after_commit: Callable[[], Awaitable[None]] | None = None,
         hold_ms: int = 0,
         documents: tuple[str, ...] = (),
+        history: HistoryStore | None = None,
     ) -> None:
         self._client = client
         self.store = store
@@ -122,7 +131,10 @@ class CdrRelay:
         self.scan_every_s = scan_every_s
         # Between the commit and the trim (crash tests stop a process here).
         self.after_commit = after_commit
-        self.documents = documents  # the record outboxes that are not an account's
+        self.history = history  # where the history outboxes' versions go
+        self.histories = history.outboxes if history is not None else ()
+        # the record outboxes that are not an account's (scanned for by name)
+        self.documents = documents + self.histories
         # Outboxes (keys) with records waiting, as far as this process knows, with when
         # (ms) each was first known to have some.
         self._waiting: dict[str, int] = {}
@@ -240,7 +252,11 @@ class CdrRelay:
                 read = [await self._held_back(*held, now) for held in zip(outboxes, read, strict=True)]
             usage: list[UsageRow] = []
             audit: list[AuditRow] = []
+            versions: list[VersionRow] = []
             for outbox, entries in zip(outboxes, read, strict=True):
+                if outbox in self.histories:
+                    versions += _versions(entries)
+                    continue
                 account = keys.cdr_outbox_account(outbox) or ""  # "": a document's (``c`` entries only)
                 for entry in entries:
                     try:
@@ -264,6 +280,11 @@ class CdrRelay:
                     metrics.CDRS_RELAYED.labels(table).inc(inserted)
                     if offered > inserted:
                         metrics.CDRS_REPEATED.labels(table).inc(offered - inserted)
+            if versions and self.history is not None:
+                inserted = await self.history.write(versions)
+                metrics.CDRS_RELAYED.labels("document_versions").inc(inserted)
+                if len(versions) > inserted:
+                    metrics.CDRS_REPEATED.labels("document_versions").inc(len(versions) - inserted)
             if self.after_commit is not None:
                 await self.after_commit()
             trimmed = await self._trim([(o, e) for o, e in zip(outboxes, read, strict=True) if e])
@@ -346,6 +367,18 @@ class CdrRelay:
     async def settled(self) -> None:
         """Wait until no round is in flight (another task's, e.g. the job's)."""
         await self._settled.wait()
+
+
+def _versions(entries: list[str]) -> list[VersionRow]:
+    """The rows of a history outbox's entries; an unreadable one is skipped (as above)."""
+    found = []
+    for entry in entries:
+        try:
+            found.append(version_row(entry))
+        except BadRecord as exc:
+            metrics.CDRS_UNREADABLE.inc()
+            log.error("unreadable document version skipped", extra={"error": str(exc)})
+    return found
 
 
 async def drain(relay: CdrRelay) -> int:

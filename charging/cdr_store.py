@@ -107,7 +107,7 @@ _AUDIT = attrgetter(*AUDIT_COLUMNS)  # (details last)
 USAGE = Table(
     "usage_records",
     USAGE_COLUMNS,
-    ("text", "timestamptz", "text", "text", "text", "text", "int4", "text", "int4", "text", "int4", "text", "text",
+    ("text", "timestamptz", "text", "text", "text", "text", "text", "text", "int4", "text", "int4", "text", "text",
      "text", "text", "text", "bool", "text", "int8", "int8", "int8", "jsonb", "text"),
     _usage_values,
 )  # fmt: skip

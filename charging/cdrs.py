@@ -23,7 +23,9 @@ Every value in an entry is a string; the first names the layout of the rest:
         service, called party, zone, band, visited network, roaming, unit, units, money
         (micros; a refund's is negative), paid by (a refund: the units it gave back to each
         bucket; those of an expired one are counted expired as well), actor (refunds), the
-        record the refund drew on ("e:<debit event>" or "rf:s:<session>#<request number>")
+        record the refund drew on ("e:<debit event>" or "rf:s:<session>#<request number>"),
+        the catalog version a debit was priced with ('' a refund; absent from entries
+        written before the version was recorded)
   ``t`` a top-up: time, actor, channel, idempotency key, amount, balance after
   ``b`` a bundle sale: time, msisdn, imsi, plan, actor, channel, idempotency key, bundle id,
         price, balance after, bucket ids ('|'-separated)
@@ -63,7 +65,7 @@ class UsageRow:
     msisdn: str
     imsi: str
     plan_id: str
-    catalog_version: int | None
+    catalog_version: str | None  # the catalog version it was rated with (None: not rated by one)
     session_id: str
     request_number: int | None
     event_id: str
@@ -96,7 +98,9 @@ class AuditRow:
 
 USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
 AUDIT_COLUMNS = tuple(AuditRow.__dataclass_fields__)
-LAYOUTS = {"s": 19, "f": 17, "w": 9, "d": 19, "r": 19, "t": 7, "b": 12, "x": 6, "c": 7}
+LAYOUTS = {"s": 19, "f": 17, "w": 9, "d": 20, "r": 20, "t": 7, "b": 12, "x": 6, "c": 7}
+# Shorter layouts written by earlier versions, still read (an outbox may hold them at an upgrade).
+EARLIER = {("d", 19), ("r", 19)}
 NOT_RATED = "credit_control_not_applicable"  # RFC 8506 4011
 SUPERVISION = "supervision_timeout"
 CAUSES = ("", NOT_RATED, SUPERVISION)
@@ -151,7 +155,9 @@ def rows(account: str, entry: str) -> tuple[UsageRow | None, AuditRow | None]:
         v = json.loads(entry)
     except ValueError:
         raise BadRecord("not JSON") from None
-    if not isinstance(v, list) or not v or LAYOUTS.get(v[0]) != len(v) or set(map(type, v)) != {str}:
+    if not isinstance(v, list) or not v or set(map(type, v)) != {str}:
+        raise BadRecord("unknown layout")
+    if LAYOUTS.get(v[0]) != len(v) and (v[0], len(v)) not in EARLIER:
         raise BadRecord("unknown layout")
     try:
         return _rows(account, v)
@@ -166,7 +172,7 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         unit, units, cost, taken = v[15:]
         rid = f"{account}:s:{session}:{n}:{rg}"
         usage = UsageRow(
-            rid, when, account, msisdn, imsi, plan, optional_int(cv), session, int(n), "", int(rg), service, called,
+            rid, when, account, msisdn, imsi, plan, cv or None, session, int(n), "", int(rg), service, called,
             zone, band, visited, roaming == "R", unit_name(unit), int(units), int(cost), int(cost), paid_by(taken),
         )  # fmt: skip
         return usage, None
@@ -175,7 +181,7 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         unit, units = v[15:]
         rid = f"{account}:s:{session}:{n}:{rg}"
         usage = UsageRow(
-            rid, when, account, msisdn, imsi, plan, optional_int(cv), session, int(n), "", int(rg), service, called,
+            rid, when, account, msisdn, imsi, plan, cv or None, session, int(n), "", int(rg), service, called,
             zone, band, visited, roaming == "R", unit_name(unit), int(units), 0, 0, {}, NOT_RATED,
         )  # fmt: skip
         return usage, None
@@ -192,10 +198,11 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         return usage, AuditRow(rid, when, "supervision", "session_released", subject(account), SUPERVISION, details)
     if kind in ("d", "r"):
         _k, _t, msisdn, imsi, plan, event, rg, service, called, zone, band, visited, roaming = v[:13]
-        unit, units, money, taken, actor, refund_of = v[13:]
+        unit, units, money, taken, actor, refund_of = v[13:19]
+        cv = v[19] if len(v) > 19 else ""
         rid = f"{account}:e:{event}"
         usage = UsageRow(
-            rid, when, account, msisdn, imsi, plan, None, "", None, event, int(rg), service, called, zone, band,
+            rid, when, account, msisdn, imsi, plan, cv or None, "", None, event, int(rg), service, called, zone, band,
             visited, roaming == "R", unit_name(unit), int(units), int(money), int(money), paid_by(taken),
         )  # fmt: skip
         if kind == "d":
@@ -238,6 +245,7 @@ EXPORT_FIELDS: tuple[tuple[str, str], ...] = (
     ("servedIMSI", "imsi"),
     ("subscriberAccount", "account"),
     ("tariffPlan", "plan_id"),
+    ("catalogVersion", "catalog_version"),  # its prices: `charging catalog show <version>`
     ("chargingSessionId", "session_id"),
     ("cCRequestNumber", "request_number"),
     ("eventId", "event_id"),

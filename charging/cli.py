@@ -708,6 +708,9 @@ def parser() -> argparse.ArgumentParser:
     from charging.crm_cli import add_crm
 
     add_crm(sub, amount)
+    from charging.history_cli import add_history
+
+    add_history(sub)  # catalog and coverage versions from the database
     return p
 
 

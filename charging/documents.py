@@ -6,6 +6,9 @@ stored in Redis, one of them current for every server process.
     <name>:seq           the last version given out (numbered stores only)
     <name>:cdr           the store's record outbox: the audit entry of each load, until
                          the relay (cdr_relay.py) has moved it into the ``audit`` table
+    <name>:applied       the store's history outbox: each version applied, with its
+                         content, until the relay has moved it into ``document_versions``
+                         (``document_history.py``)
 
 Loading checks the whole document first (``parse`` raises naming what is wrong), so a bad
 one changes nothing. A good one is stored, then ``current`` is moved to it: one SET that
@@ -21,8 +24,12 @@ A load and its audit entry are one atomic step: the entry is pushed to the store
 outbox in the step that makes the version current (a numbered store: one transaction
 storing the version, moving the pointer and pushing the entry; a named one: the caller's
 switch, e.g. the catalog's script, ``plan_index.lua``), so neither is ever without the
-other, whatever stops when. The relay moves entries at least once and the ``audit``
-table keeps each once (its id is in the entry). A version stored by ``put`` but never made
+other, whatever stops when. The version applied goes to the history outbox in the same
+step (with its content, its digest and the version it replaced), so PostgreSQL keeps every
+version ever in force. The relay moves entries at least once and the tables keep each
+once (its id is in the entry). A load with no author (the bundled sample a new store
+starts with, a version loaded again) pushes neither; what is stored in Redis and has no
+row yet is moved at start (``history_store.py``). A version stored by ``put`` but never made
 current changed nothing and has no entry. On a Redis Cluster a load's step needs every
 key of the store in one slot: the store's name must be a hash tag (the catalog's
 ``{catalog}``, the coverage table's ``{crm}:coverage``). A parsed document is cached per version, since a
@@ -41,6 +48,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from charging.cdrs import subject_change_entry
+from charging.document_history import history_key, version_entry
 from charging.errors import Conflict, NotFound
 from charging.store import storage_errors
 
@@ -120,6 +128,7 @@ class DocumentStore(Generic[T]):
         self.current_key = self._current_key = current_key(name)
         self._seq_key = f"{name}:seq"
         self.records_key = records_key(name)
+        self.history_key = history_key(name)
         self.audited = audited
         self._cache: dict[str, Stored[T]] = {}
 
@@ -131,6 +140,13 @@ class DocumentStore(Generic[T]):
         no author is given)."""
         return self.audited.entry(author, version) if self.audited and author else ""
 
+    def applied(self, author: Author | None, version: str, text: str, replaced: str) -> str:
+        """The history outbox entry of making ``version`` current in place of ``replaced``
+        ('' when this store is not audited, no author is given or nothing changes)."""
+        if self.audited is None or author is None or version == replaced:
+            return ""
+        return version_entry(author.at_ms, author.actor, self.audited.subject, version, text, replaced)
+
     async def load(self, doc: Any, author: Author | None = None) -> Stored[T]:
         """Check a document, store it as its version and make that version current, with
         its audit entry in the same step."""
@@ -139,16 +155,10 @@ class DocumentStore(Generic[T]):
         with storage_errors():
             if self._version_of is None:
                 version = str(await self._client.incr(self._seq_key))  # a number lost to a crash stays unused
-                await self._advance(version, text, self.entry(author, version))
             else:
                 version = self._version_of(value)
                 await self._put_named(version, text)
-                entry = self.entry(author, version)
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.set(self._current_key, version)
-                    if entry:
-                        pipe.rpush(self.records_key, entry)
-                    await pipe.execute()
+            await self._advance(version, text, author)
         stored = self._cache[version] = Stored(version, text, value)
         return stored
 
@@ -179,25 +189,36 @@ class DocumentStore(Generic[T]):
                 raise Conflict(f"{self.name} version {version} exists with other content; use a new version")
         return created
 
-    async def _advance(self, version: str, text: str, entry: str) -> None:
-        """Store a numbered version and make it current unless a later one already is (a
-        concurrent load that finished first must not be undone), pushing its audit entry,
-        in one transaction. The outbox is watched too and checked to be a list, so that no
-        command of the transaction can fail on its own."""
-        watched = [self._current_key, self.records_key] if entry else [self._current_key]
+    async def _advance(self, version: str, text: str, author: Author | None) -> None:
+        """Store a version (numbered: unless a later one already is current, since a
+        concurrent load that finished first must not be undone) and make it current,
+        pushing its audit entry and the version applied, in one transaction. The outboxes
+        are watched too and checked to be lists, so that no command of the transaction can
+        fail on its own."""
+        entry = self.entry(author, version)
+        outboxes = [self.records_key, self.history_key] if entry else []
+        numbered = self._version_of is None
 
         async def txn(pipe: Pipeline) -> None:
             now = await pipe.get(self._current_key)
-            if entry and await pipe.type(self.records_key) not in ("list", "none"):
-                raise Conflict(f"{self.records_key} is not a list: nothing loaded")
+            for outbox in outboxes:
+                if await pipe.type(outbox) not in ("list", "none"):
+                    raise Conflict(f"{outbox} is not a list: nothing loaded")
+            current = now is None or not numbered or int(now) < int(version)
+            # A numbered version overtaken by a later one was never in force: audited as
+            # loaded, but no version was applied.
+            applied = self.applied(author, version, text, str(now or "")) if current else ""
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(self._key(version), text)
-            if now is None or int(now) < int(version):
+            if numbered:
+                pipe.set(self._key(version), text)
+            if current:
                 pipe.set(self._current_key, version)
             if entry:
                 pipe.rpush(self.records_key, entry)
+            if applied:
+                pipe.rpush(self.history_key, applied)
 
-        await self._client.transaction(txn, *watched)
+        await self._client.transaction(txn, self._current_key, *outboxes)
 
     async def get(self, version: str) -> Stored[T] | None:
         """A stored version, None when there is none by that name."""

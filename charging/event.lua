@@ -39,6 +39,7 @@
 --   visited_network     MCC+MNC of the serving network ('' unknown), for the usage record
 --   actor               who asked (charging/security/identity.py caller_name), for a refund's audit
 --   records             1: append a debit's or refund's record to KEYS[8]
+--   catalog_version     the catalog version a debit was priced with ('' for a refund), for its record
 --
 -- A postpaid account (with 'bp') records debits and refunds in its bill period
 -- (ledger_lib.lua record_usage) and is watched against its credit limit.
@@ -87,6 +88,7 @@ local refund_field = ARGV[21]
 local visited_network = ARGV[22]
 local actor = ARGV[23]
 local records = ARGV[24] == '1'
+local catalog_version = ARGV[25]
 
 local writes = action == 'D' or action == 'R'
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
@@ -193,7 +195,7 @@ if writes then
       end
       push_record(KEYS[8], {action == 'R' and 'r' or 'd', fmt(now_ms), acct[11] or '', acct[12] or '', plan_id, event_id,
         rating_group, r_service, destination, r_zone, r_band, visited_network, r_roaming, unit, fmt(units),
-        fmt(charged), paid_by, action == 'R' and actor or '', of})
+        fmt(charged), paid_by, action == 'R' and actor or '', of, catalog_version})
     end
     if acct[8] then
       local u = {service = service, zone = zone, band = band, roaming = roaming, destination = destination,

@@ -162,6 +162,7 @@ class EventCharging:
                 visited_network=req.usage.visited_network,
                 actor=caller_name(),
                 records=self.ctx.usage_records,
+                catalog_version=target.catalog.version if rate is not None else "",
             )
             return await self.ctx.ledger.event(target.account, args, refund_of)
 

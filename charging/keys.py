@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 import zlib
 
+from charging.document_history import history_key
 from charging.documents import current_key, records_key
 
 ACCOUNT_SEQ = "seq:account"
@@ -298,6 +299,7 @@ BILL_AS_OF = "{bill}:as_of"  # zset: billing account -> the latest instant (s) d
 CATALOG = "{catalog}"
 CATALOG_CURRENT = current_key(CATALOG)
 CATALOG_RECORDS = records_key(CATALOG)  # list: the catalog loads' audit entries, for the relay
+CATALOG_HISTORY = history_key(CATALOG)  # list: the catalog versions applied, for the relay
 CATALOG_PLANS = "{catalog}:plans"  # set: plan ids of the running catalog (accounts may join these)
 PLAN_MOVES = "{catalog}:plan:moves"  # hash: migrated plan -> its successor (kept; a few entries per year)
 # The names before the {catalog} tag, renamed at start on a single server (catalogs.py).

@@ -8,7 +8,8 @@
 -- KEYS[3] join: plan:members:<the account's plan until now> (or KEYS[2] again);
 --         switch: plan:moves
 -- KEYS[4] switch: {catalog}:cdr, the catalog's record outbox (its loads' audit entries)
--- KEYS[5..] switch: the member and moving sets, by the indexes plan_json names
+-- KEYS[5] switch: {catalog}:applied, the catalog's history outbox (versions applied)
+-- KEYS[6..] switch: the member and moving sets, by the indexes plan_json names
 --
 -- ARGV[1] the operation (the record's OP), then that record's fields
 -- (charging/script_args.py), in this order:
@@ -33,19 +34,21 @@
 --                        moves: [[old, new, members old, members new, moving old], ...],
 --                        plans: [plan id, ...]} (key indexes into KEYS)
 --   audit_entry         the load's record outbox entry (charging/cdrs.py ``c``), or ''
+--   version_entry       the version applied, pushed to KEYS[5] with audit_entry
+--                       (charging/document_history.py ``v``), or ''
 -- ARGV PlanIndexInit, OP init: the plans of the running catalog, on the index's first
 -- start. Reply: 1 set, 0 already set or another version is current.
 --   version
 --   plan_ids            the rest of ARGV
 
 local op = ARGV[1]
-local account, plan_id, expected_version, version, plan_json, audit_entry, plan_ids
+local account, plan_id, expected_version, version, plan_json, audit_entry, version_entry, plan_ids
 if op == 'join' then
   account, plan_id = ARGV[2], ARGV[3]
 elseif op == 'leave' then
   account = ARGV[2]
 elseif op == 'switch' then
-  expected_version, version, plan_json, audit_entry = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  expected_version, version, plan_json, audit_entry, version_entry = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 elseif op == 'init' then
   version = ARGV[2]
   plan_ids = {unpack(ARGV, 3)}
@@ -93,9 +96,18 @@ end
 if #in_use > 1 then
   return in_use
 end
--- The first write: should it fail (the key holds something else), nothing has changed.
+-- The first writes: should one fail (the key holds something else), nothing has changed
+-- (a failed second push is followed by no write, and a script's writes are undone by
+-- nothing: so the history outbox is checked before the audit entry is pushed).
+local history_type = redis.call('TYPE', KEYS[5]).ok
+if version_entry ~= '' and history_type ~= 'list' and history_type ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[5] .. ' is not a list: nothing loaded')
+end
 if audit_entry ~= '' then
   redis.call('RPUSH', KEYS[4], audit_entry)
+end
+if version_entry ~= '' then
+  redis.call('RPUSH', KEYS[5], version_entry)
 end
 for _, move in ipairs(plan.moves) do
   local old, new = move[1], move[2]

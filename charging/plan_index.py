@@ -112,19 +112,28 @@ class PlanIndex:
         with storage_errors():
             return bool(await MOVE(self._client, (keys.account(account),), PlanMoveArgs(old, new)))
 
-    async def switch(self, new: Catalog, running: Catalog | None, audit_entry: str = "") -> None:
+    async def switch(
+        self, new: Catalog, running: Catalog | None, audit_entry: str = "", version_entry: str = ""
+    ) -> None:
         """Make ``new`` the running catalog unless it drops a plan or service in use that
         it does not migrate; move the migrated plans' accounts in the same step.
 
         Raises ``CatalogInvalid``-style ``InvalidRequest`` for a migration that cannot
         take over, ``InUse`` naming each plan and service in use, ``StaleCatalog`` when
         ``running`` is no longer current. ``audit_entry`` goes to the catalog's record
-        outbox in the same step (``documents.py``)."""
+        outbox and ``version_entry`` to its history outbox in the same step
+        (``documents.py``, ``document_history.py``)."""
         problems = _migration_problems(new, running) if running is not None else []
         if problems:
             raise CatalogInvalid(problems)
         index: dict[str, int] = {}
-        script_keys = [keys.CATALOG_CURRENT, keys.CATALOG_PLANS, keys.PLAN_MOVES, keys.CATALOG_RECORDS]
+        script_keys = [
+            keys.CATALOG_CURRENT,
+            keys.CATALOG_PLANS,
+            keys.PLAN_MOVES,
+            keys.CATALOG_RECORDS,
+            keys.CATALOG_HISTORY,
+        ]
 
         def key(name: str) -> int:
             if name not in index:
@@ -158,7 +167,9 @@ class PlanIndex:
             reply = await INDEX(
                 self._client,
                 script_keys,
-                CatalogSwitch(running.version if running else "", new.version, json.dumps(args), audit_entry),
+                CatalogSwitch(
+                    running.version if running else "", new.version, json.dumps(args), audit_entry, version_entry
+                ),
             )
         kind = reply[0]
         if kind == "STALE":

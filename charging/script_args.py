@@ -169,6 +169,8 @@ class EventArgs:
     # Who asked (identity.caller_name), named in a refund's audit entry.
     actor: str
     records: bool
+    # The catalog version a debit was priced with, for its usage record ('' not priced: a refund).
+    catalog_version: str = ""
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -196,6 +198,7 @@ class EventArgs:
             self.visited_network,
             self.actor,
             1 if self.records else 0,
+            self.catalog_version,
         )
 
 
@@ -377,9 +380,10 @@ class CatalogSwitch:
     #       moves: [[old, new, members old idx, members new idx, moving old idx], ...], plans: [...]}
     plan_json: str
     audit_entry: str = ""  # the load's record outbox entry (cdrs.subject_change_entry), '' for none
+    version_entry: str = ""  # the version applied, for the history outbox (document_history.py), '' for none
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.OP, self.expected_version, self.version, self.plan_json, self.audit_entry)
+        return (self.OP, self.expected_version, self.version, self.plan_json, self.audit_entry, self.version_entry)
 
 
 @dataclass(frozen=True, slots=True)

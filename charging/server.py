@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import database_roles, keys, metrics, migrations, retention, store
+from charging import database_roles, history_store, keys, metrics, migrations, retention, store
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
@@ -59,6 +59,7 @@ from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis, with_password
 from charging.errors import StartupError
 from charging.events import EventCharging
+from charging.history_store import HistoryStore
 from charging.jobs import ALWAYS, Backoff, Job, Jobs
 from charging.leases import Leases
 from charging.ledger import Ledger
@@ -188,6 +189,7 @@ class App:
             self.clock,
             hold_ms=hold_ms,
             documents=(keys.CATALOG_RECORDS, coverage_records, provisioning_keys.ORDER_RECORDS),
+            history=HistoryStore(self.database, history_store.SOURCES),  # catalog and coverage versions
         )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
@@ -250,6 +252,10 @@ class App:
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)
+        # Catalog and coverage versions Redis stored with no row yet (before 0011, the start's sample).
+        versions = await history_store.move_all_stored(self.redis, self.database, self.clock.now_ms())
+        if any(versions.values()):
+            log.info("document versions recorded", extra=versions)
         moved = await care_legacy.move_once(self.redis, self.database, self.acquisition.sealer)
         if moved is not None and (moved.interactions or moved.tickets):
             counts = {"interactions": moved.interactions, "tickets": moved.tickets}
@@ -273,7 +279,7 @@ class App:
             ),
             (BillingServicer(self.billing), billing_pb2.DESCRIPTOR.services_by_name["Billing"]),
             (
-                AdminServicer(directory, self.catalogs, self.renewer, self.clock, trail),
+                AdminServicer(directory, self.catalogs, self.renewer, self.clock, trail, HistoryStore(self.database)),
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"],
             ),
         ):

@@ -14,6 +14,8 @@ code (the empty prefix is the rest of the country). The CRM loads and reads tabl
     {crm}:coverage:v:<version>  each table loaded (canonical JSON)
     {crm}:coverage:current      the version in force
     {crm}:coverage:cdr          each load's audit entry until the relay moved it
+    {crm}:coverage:applied      each table applied until the relay moved it into
+                                ``document_versions`` (charging/document_history.py)
 
 Loading checks the whole table against ``coverage.schema.json`` and names every bad
 field; a bad table changes nothing. A good one is stored under the next version and made
@@ -122,6 +124,7 @@ class CoverageBook:
         self._docs = DocumentStore(client, STORE, coverage_from_doc, audited=Audited("coverage_load", "coverage"))
         self._bundled = bundled_table()
         self.records_key = self._docs.records_key
+        self.history_key = self._docs.history_key
         # Set by the server: told the record outbox's key after a load pushed an entry.
         self.on_records: Callable[[str], None] | None = None
 
@@ -142,4 +145,5 @@ class CoverageBook:
         table = Table.of(await self._docs.load(doc, author))
         if author is not None and self.on_records is not None:
             self.on_records(self.records_key)
+            self.on_records(self.history_key)
         return table

@@ -339,7 +339,7 @@ def test_each_layout_becomes_its_rows(entry: list[str], usage_id: str | None, au
 def test_a_session_entry_keeps_every_field() -> None:
     usage, _ = rows("7", json.dumps(SESSION_ENTRY))
     assert usage is not None
-    assert (usage.msisdn, usage.imsi, usage.catalog_version, usage.request_number) == ("4917", "26201x", 7, 3)
+    assert (usage.msisdn, usage.imsi, usage.catalog_version, usage.request_number) == ("4917", "26201x", "7", 3)
     assert (usage.visited_network, usage.roaming, usage.unit, usage.units) == ("26202", True, "time", 90)
     assert (usage.cost_micros, usage.money_micros) == (150_000, 150_000)
     assert usage.bucket_units == {"b:1": 65, "^p.1": 30}

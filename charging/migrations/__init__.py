@@ -128,6 +128,9 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
         await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, sealer)
         await adopt_untagged(client)  # the CRM's keys under their {crm} tag first, as at start
         await care_legacy.move_once(client, pool, sealer)
+        from charging import history_store  # catalog and coverage versions (0011)
+
+        await history_store.move_all_stored(client, pool, int(time.time() * 1000))
         await collections_legacy.move_once(client, pool, int(time.time()))
         series = issuer.credit_note_prefix
         await receivables_legacy.move_once(client, pool, issuer.id, series, billing.currency, int(time.time()))

@@ -104,6 +104,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "SetSubscriberStatus": (OPERATOR,),
             "LoadCatalog": (OPERATOR,),
             "GetCatalog": (OPERATOR, MONITOR),
+            "ListCatalogVersions": (OPERATOR, MONITOR),
             "ListAuditEntries": (OPERATOR,),
         },
     ),
