@@ -13,7 +13,6 @@ completed, so a start does not read every customer again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -21,8 +20,8 @@ import redis.asyncio as aioredis
 from charging.database import Pool
 from provisioning import keys
 from provisioning.customer_care import instant
-from provisioning.customer_records import UNIT_VERSION, VERSION, SEALED_AS
-from provisioning.customers import PERSONAL, Customer
+from provisioning.customer_records import UNIT_VERSION, VERSION, seal_personal
+from provisioning.customers import Customer
 from provisioning.organisation import Organisation, OrgUnit
 from provisioning.sealing import Sealer
 
@@ -57,7 +56,7 @@ async def move(client: aioredis.Redis, pool: Pool, sealer: Sealer) -> Moved:
 
 async def _record(pool: Pool, sealer: Sealer, c: Customer, units: list[OrgUnit]) -> None:
     at = instant(c.created)
-    sealed = sealer.seal(json.dumps({name: getattr(c, name) for name in PERSONAL}), SEALED_AS)
+    sealed = seal_personal(sealer, c)
     credit = c.credit
     async with pool.connection() as conn:
         await conn.execute(

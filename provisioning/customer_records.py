@@ -79,6 +79,11 @@ class Version:
     by: str
 
 
+def seal_personal(sealer: Sealer, customer: Customer) -> str:
+    """A customer's personal fields as the one sealed value a version keeps."""
+    return sealer.seal(json.dumps({name: getattr(customer, name) for name in PERSONAL}), SEALED_AS)
+
+
 def digits(value: str, field: str) -> int:
     if not value.isdigit() or len(value) > 18:
         raise NotFound(f"no such {field}")
@@ -95,7 +100,7 @@ class CustomerRecords:
         return self.clock.now_ms() // 1000
 
     def seal(self, customer: Customer) -> str:
-        return self.sealer.seal(json.dumps({name: getattr(customer, name) for name in PERSONAL}), SEALED_AS)
+        return seal_personal(self.sealer, customer)
 
     def _customer(self, row: Sequence[Any]) -> Customer:
         (customer_id, kind, created, country, doc_type, doc_country, _, state, credit_class, limit, deposit) = row[:11]

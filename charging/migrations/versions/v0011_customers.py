@@ -31,6 +31,9 @@ depends_on = None
 APP = "charging_app"
 READER = "charging_reader"
 IMMUTABLE = ("customers", "org_units", "org_unit_versions")
+# What the server changes in place here, in 0009's words (``IN_PLACE``): a key rotation
+# seals a version's personal data again.
+IN_PLACE: dict[str, str] = {"customer_versions": "UPDATE (sealed_personal)"}
 
 TABLES = """
 CREATE TABLE customers (
@@ -113,6 +116,7 @@ def upgrade() -> None:
     # Like 0009 for the care tables: SELECT and INSERT come from its default privileges;
     # a key rotation seals a version's personal data again in place. The reader role reads
     # the view (0004's default privileges only cover what the role that ran 0004 makes).
+    grants = "\n".join(f"        GRANT {what} ON {table} TO {APP};" for table, what in IN_PLACE.items())
     op.execute(
         f"""
 DO $$
@@ -120,7 +124,7 @@ BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP}') THEN
         GRANT SELECT, INSERT ON customers, customer_versions, org_units, org_unit_versions TO {APP};
         GRANT SELECT ON customers_per_period TO {APP};
-        GRANT UPDATE (sealed_personal) ON customer_versions TO {APP};
+{grants}
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{READER}') THEN
         GRANT SELECT ON customers_per_period TO {READER};

@@ -1,0 +1,172 @@
+"""Customers and their organisation units in PostgreSQL, the system of record (issue 11):
+versioned rows, each change with its audit entry in one transaction, personal data
+sealed, writes of an order run again changing nothing, the CRM API reading the records,
+units moved as new versions, and the customers Redis kept before recorded once,
+resumably."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import grpc
+import psycopg
+import pytest
+import redis
+
+from charging.errors import InvalidRequest, NotFound
+from charging.server import App
+from charging.v1 import crm_pb2, crm_pb2_grpc
+from provisioning import customer_legacy, keys
+from provisioning.credit import CreditDecision
+from provisioning.customer_records import CustomerRecords
+from provisioning.customers import Customer, Customers
+from provisioning.organisation import Organisation
+from provisioning.screening import Screener
+from tests.test_acquisition import application
+
+
+async def rows(app: App, query: str, *params: object) -> list[tuple[object, ...]]:
+    assert app.database is not None
+    async with app.database.connection() as conn:
+        return list(await (await conn.execute(query, params)).fetchall())
+
+
+def records(app: App) -> CustomerRecords:
+    assert app.acquisition is not None and app.acquisition.records is not None
+    return app.acquisition.records
+
+
+def corporate(order_id: str) -> crm_pb2.Application:
+    app = application(order_id)
+    app.customer_kind = "CORPORATE"
+    app.company.CopyFrom(crm_pb2.Company(name="Muster GmbH", country="DE", registration_number="HRB 12345"))
+    return app
+
+
+async def test_a_customer_and_its_units_are_versioned_rows_with_audit_entries(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis
+) -> None:
+    assert app.worker is not None
+    who = (await crm.SubmitApplication(corporate("k-1"))).customer_id
+    ((kind, country, by),) = await rows(
+        app, "SELECT kind, country, recorded_by FROM customers WHERE customer_id = %s", int(who)
+    )
+    assert (kind, country) == ("CORPORATE", "DE") and by  # who made it
+    ((sealed,),) = await rows(app, "SELECT sealed_personal FROM customer_versions WHERE customer_id = %s", int(who))
+    assert str(sealed).startswith("enc:") and "Muster" not in str(sealed) and "anna@" not in str(sealed)
+    # its line acknowledged by the network: ACTIVE, as a new version
+    await app.worker.reconcile_once()
+    history = await records(app).history(who)
+    assert [(v.number, v.change, v.state) for v in history] == [(1, "created", "PENDING"), (2, "state", "ACTIVE")]
+    customer = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=who))
+    (root,) = customer.units
+    branch = await crm.AddOrgUnit(crm_pb2.OrgUnit(customer_id=who, parent_id=root.id, name="Munich", pays_itself=True))
+    sales = await crm.AddOrgUnit(crm_pb2.OrgUnit(customer_id=who, parent_id=branch.id, name="Sales"))
+    assert sales.paying_unit_id == branch.id
+    units = await rows(
+        app,
+        "SELECT u.unit_id, v.parent_id, v.name FROM org_units u JOIN org_unit_versions v USING (unit_id) "
+        "WHERE u.customer_id = %s ORDER BY u.unit_id",
+        int(who),
+    )
+    assert units == [(int(root.id), None, "Muster GmbH"), (int(branch.id), int(root.id), "Munich"),
+                     (int(sales.id), int(branch.id), "Sales")]  # fmt: skip
+    audit = await rows(app, "SELECT action, details FROM audit WHERE subject = %s", who)
+    actions = sorted(a[0] for a in audit if str(a[0]).startswith(("customer_", "unit_")))
+    assert actions == ["customer_created", "customer_state", "unit_added", "unit_added", "unit_added"]
+    assert not any("Anna" in str(d) or "anna@" in str(d) for _, d in audit)  # no personal data in the trail
+    # The CRM API reads the record: Redis's copy of the customer gone, it still answers.
+    r.delete(keys.customer(who))
+    again = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=who))
+    assert (again.kind, len(again.units)) == ("CORPORATE", 3)
+    (listed,) = (await crm.ListCustomers(crm_pb2.CustomerQuery(state="ACTIVE", kind="CORPORATE"))).customers
+    assert (listed.id, listed.postal_code, listed.identity_document.number) == (who, "10115", "***36")
+
+
+async def test_writes_of_an_order_run_again_change_nothing(app: App) -> None:
+    rec = records(app)
+    credit = CreditDecision(0, "B", 500_000_000, 0, True, 3, ())
+    anna = Customer("9001", "INDIVIDUAL", created=1_760_000_000, name="Anna Muster", email="a@x.org", credit=credit)
+    assert await rec.create(anna) is True
+    assert await rec.create(anna) is False  # the order resumed after a crash
+    assert await rec.record_state("9001", "PENDING") is False  # no change: no version
+    # four refreshes at once: one new version, numbered after the first
+    done = await asyncio.gather(*(rec.record_state("9001", "ACTIVE") for _ in range(4)))
+    assert sorted(done) == [False, False, False, True]
+    got = await rec.get("9001")
+    assert got is not None and (got.state, got.name, got.credit) == ("ACTIVE", "Anna Muster", credit)
+    # its order refused after it was made: withdrawn, not found; run again and accepted: back
+    assert await rec.withdraw("9001") is True
+    assert await rec.get("9001") is None and await rec.record_state("9001", "ACTIVE") is False
+    assert await rec.create(anna) is True
+    assert [(v.change, v.state) for v in await rec.history("9001")] == [
+        ("created", "PENDING"),
+        ("state", "ACTIVE"),
+        ("withdrawn", "WITHDRAWN"),
+        ("created", "PENDING"),
+    ]
+    assert await rec.rename("9001", "Anna Beispiel") is True
+    assert (await rec.get("9001")) == replace(anna, state="PENDING", name="Anna Beispiel")
+    audit = await rows(app, "SELECT action FROM audit WHERE subject = '9001' ORDER BY occurred_at")
+    assert sorted(a[0] for a in audit) == sorted(
+        ["customer_created", "customer_state", "customer_withdrawn", "customer_created", "customer_renamed"]
+    )
+    with pytest.raises(NotFound):
+        await rec.history("x")
+    with pytest.raises(psycopg.Error):  # the server's role appends; a change is a new version
+        await rows(app, "UPDATE customer_versions SET state = 'ACTIVE' WHERE customer_id = 9001")
+
+
+async def test_a_unit_moves_as_a_new_version_never_under_itself(crm: crm_pb2_grpc.CrmStub, app: App) -> None:
+    assert app.acquisition is not None
+    organisation = app.acquisition.organisation
+    who = (await crm.SubmitApplication(corporate("k-2"))).customer_id
+    root = await organisation.root(who)
+    a = await organisation.add_unit(who, root, "Munich", True)
+    b = await organisation.add_unit(who, a.id, "Sales", False)
+    assert await organisation.add_unit(who, a.id, "Sales", False, unit_id=b.id) == b  # again: nothing new
+    for unit, parent, field in ((root, a.id, "unit_id"), (a.id, b.id, "parent_id"), (a.id, a.id, "parent_id")):
+        with pytest.raises(InvalidRequest) as err:
+            await organisation.move_unit(who, unit, parent)
+        assert err.value.field == field
+    moved = await organisation.move_unit(who, b.id, root)
+    assert moved.parent == root
+    assert (await records(app).units(who))[b.id].parent == root
+    assert (await organisation.units(who))[b.id].parent == root  # Redis's copy, which billing reads
+    history = await records(app).unit_history(b.id)
+    assert [(v.number, v.change, v.state) for v in history] == [(1, "added", a.id), (2, "moved", root)]
+    unit = (await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=who))).units
+    assert {u.id: u.paying_unit_id for u in unit}[b.id] == root  # it pays through the company now
+    with pytest.raises(grpc.aio.AioRpcError) as rpc_err:
+        await crm.GetCustomer(crm_pb2.CustomerRef(customer_id="424242"))
+    assert rpc_err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_customers_redis_kept_before_are_recorded_once(app: App) -> None:
+    assert app.redis is not None and app.database is not None and app.acquisition is not None
+    sealer = app.acquisition.sealer
+    # written as a server before this revision did: Redis only
+    old = Customers(app.redis, Screener(app.redis, "salt"), sealer)
+    anna = Customer("8001", "CORPORATE", created=1_700_000_000, state="PENDING", name="Anna GmbH", city="Berlin")
+    await old.create(anna)
+    await old.create(Customer("8002", "INDIVIDUAL", created=1_700_000_100, name="Ben"))
+    await app.redis.hset(keys.customer("8002"), "state", "TERMINATED")
+    units = Organisation(app.redis)
+    root = await units.add_unit("8001", "", "Anna GmbH", True, unit_id="7001")
+    await units.add_unit("8001", root.id, "Team", False, unit_id="7002")
+    await app.redis.delete(keys.CUSTOMERS_MOVED)
+    # a run stopped before its marker (a crash) runs again: nothing recorded twice
+    first = await customer_legacy.move(app.redis, app.database, sealer)
+    assert (first.customers, first.units) == (2, 2)
+    moved = await customer_legacy.move_once(app.redis, app.database, sealer)
+    assert moved is not None and await customer_legacy.move_once(app.redis, app.database, sealer) is None
+    rec = records(app)
+    assert await rec.get("8001") == anna
+    assert (await rec.get("8002") or anna).state == "TERMINATED"
+    assert [(u.id, u.parent) for u in (await rec.units("8001")).values()] == [("7001", ""), ("7002", "7001")]
+    counted = await rows(
+        app, "SELECT count(*) FROM customer_versions WHERE customer_id IN (8001, 8002) AND change = 'moved'"
+    )
+    assert counted == [(2,)]
+    assert await app.redis.exists(keys.customer("8001"))  # Redis keeps its real-time copy
