@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import grpc
 import psycopg
 import pytest
 import redis
 
+from charging.clock import ManualClock
 from charging.errors import InvalidRequest, NotFound
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
@@ -84,7 +86,7 @@ async def test_a_customer_and_its_units_are_versioned_rows_with_audit_entries(
     assert (listed.id, listed.postal_code, listed.identity_document.number) == (who, "10115", "***36")
 
 
-async def test_writes_of_an_order_run_again_change_nothing(app: App) -> None:
+async def test_writes_of_an_order_run_again_change_nothing(app: App, clock: ManualClock) -> None:
     rec = records(app)
     credit = CreditDecision(0, "B", 500_000_000, 0, True, 3, ())
     anna = Customer("9001", "INDIVIDUAL", created=1_760_000_000, name="Anna Muster", email="a@x.org", credit=credit)
@@ -114,6 +116,13 @@ async def test_writes_of_an_order_run_again_change_nothing(app: App) -> None:
     )
     with pytest.raises(NotFound):
         await rec.history("x")
+    # for analysts: made in October 2025, active since (the test clock's month)
+    per_period = await rows(
+        app,
+        "SELECT month::text, new_customers, activated, terminated FROM customers_per_period WHERE kind = 'INDIVIDUAL'",
+    )
+    now_month = f"{datetime.fromtimestamp(clock.now_ms() / 1000, UTC):%Y-%m}-01"
+    assert sorted(per_period) == sorted([("2025-10-01", 1, 0, 0), (now_month, 0, 1, 0)])
     with pytest.raises(psycopg.Error):  # the server's role appends; a change is a new version
         await rows(app, "UPDATE customer_versions SET state = 'ACTIVE' WHERE customer_id = 9001")
 

@@ -87,18 +87,34 @@ CREATE TABLE org_unit_versions (
     PRIMARY KEY (unit_id, version_no)
 );
 
--- For analysts: customers per UTC month of creation, kind and the state they are in now.
+-- For analysts: per UTC month and kind, the customers made (not withdrawn since), and
+-- those that became ACTIVE or TERMINATED that month (churn), from the versions.
 CREATE VIEW customers_per_period AS
-WITH latest AS (
+WITH moves AS (
+    SELECT v.customer_id, v.state, v.occurred_at,
+           lag(v.state) OVER (PARTITION BY v.customer_id ORDER BY v.version_no) AS before
+    FROM customer_versions v
+),
+latest AS (
     SELECT DISTINCT ON (customer_id) customer_id, state FROM customer_versions
     ORDER BY customer_id, version_no DESC
+),
+events AS (
+    SELECT c.customer_id, c.kind, c.created_at AS at, 'new' AS what
+    FROM customers c JOIN latest l USING (customer_id) WHERE l.state <> 'WITHDRAWN'
+    UNION ALL
+    SELECT m.customer_id, c.kind, m.occurred_at, lower(m.state)
+    FROM moves m JOIN customers c USING (customer_id)
+    WHERE m.state IN ('ACTIVE', 'TERMINATED') AND m.before IS DISTINCT FROM m.state
 )
-SELECT date_trunc('month', c.created_at AT TIME ZONE 'UTC')::date AS month, c.kind, l.state,
-       count(*) AS customers
-FROM customers c JOIN latest l USING (customer_id)
-WHERE l.state <> 'WITHDRAWN'
-GROUP BY 1, 2, 3;
-COMMENT ON VIEW customers_per_period IS 'customers per UTC month of creation, kind and current state';
+SELECT date_trunc('month', at AT TIME ZONE 'UTC')::date AS month, kind,
+       count(*) FILTER (WHERE what = 'new') AS new_customers,
+       count(*) FILTER (WHERE what = 'active') AS activated,
+       count(*) FILTER (WHERE what = 'terminated') AS terminated
+FROM events
+GROUP BY 1, 2;
+COMMENT ON VIEW customers_per_period IS
+    'per UTC month and kind: customers made (not withdrawn), and those that became ACTIVE or TERMINATED';
 """
 
 
