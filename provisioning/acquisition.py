@@ -25,6 +25,7 @@ from redis.asyncio.client import Pipeline
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
 from charging.database import Pool
+from charging.errors import NotFound
 from charging.subscribers import Directory
 from provisioning.acknowledgements import Acknowledgements, LineBilling
 from provisioning.base import CustomerBase
@@ -114,6 +115,13 @@ class Acquisition:
             quarantine=quarantine,
             base=base,
         )
+
+    def recorded(self) -> CustomerRecords:
+        """Customers and units as the system of record has them (what the CRM API and the
+        console read); a server always has one."""
+        if self.records is None:
+            raise NotFound("no customer records here (no database)")
+        return self.records
 
     @property
     def billing(self) -> LineBilling | None:

@@ -313,9 +313,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
 
     def _records(self) -> CustomerRecords:
         """Customers and units as the system of record (PostgreSQL) has them."""
-        if self.acquisition.records is None:
-            raise NotFound("no customer records here (no database)")
-        return self.acquisition.records
+        return self.acquisition.recorded()
 
     async def _customer(self, customer_id: str) -> Customer:
         customer = await self._records().get(customer_id) if customer_id else None
