@@ -125,7 +125,7 @@ async def load(desk: Desk, customer_id: str, personal: bool) -> CustomerView:
     customer = await records.get(customer_id)
     if customer is None:
         raise NotFound("no such customer")
-    view = CustomerView(customer, units=await records.units(customer_id))
+    view = CustomerView(customer, units=await records.organisation.units(customer_id))
     accounts: list[str] = []
     for line in await acquisition.lines.of_customer(customer_id):
         account: Account | None = None

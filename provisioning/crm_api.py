@@ -240,7 +240,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         if not request.parent_id:
             raise InvalidRequest("parent_id", "is required: the company's root unit exists already")
         unit = await organisation.add_unit(request.customer_id, request.parent_id, request.name, request.pays_itself)
-        units = await self._records().units(request.customer_id)
+        units = await self._records().organisation.units(request.customer_id)
         return unit_pb(unit, paying_unit(units, unit.id))
 
     @rpc("LoadCoverage")
@@ -325,7 +325,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
         customer = await self._customer(request.customer_id)
         out = crm_pb2.Customer(id=customer.id, kind=customer.kind)
-        units = await self._records().units(customer.id)
+        units = await self._records().organisation.units(customer.id)
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
         out.lines.extend(line_pb(line) for line in await self.acquisition.lines.of_customer(customer.id))
         return out

@@ -20,10 +20,11 @@ import redis.asyncio as aioredis
 from charging.database import Pool
 from provisioning import keys
 from provisioning.customer_care import instant
-from provisioning.customer_records import UNIT_VERSION, VERSION, seal_personal
+from provisioning.customer_records import VERSION, seal_personal
 from provisioning.customers import Customer
 from provisioning.organisation import Organisation, OrgUnit
 from provisioning.sealing import Sealer
+from provisioning.unit_records import UNIT_VERSION
 
 BATCH = 500
 BY = "crm"  # who recorded what the CRM kept before

@@ -3,7 +3,7 @@
 
 A customer is an immutable row and its versions, one per change (``created``, ``state``,
 ``renamed``, ``withdrawn``; ``moved`` for one Redis kept before), the latest being the
-customer now; a unit likewise (``added``, ``moved``). Each change is written in one
+customer now; a unit likewise (``unit_records.py``). Each change is written in one
 transaction with its audit entry. The personal fields (``customers.PERSONAL``) are one
 value per version, sealed (``sealing.py``) before it reaches a row. Changes of one
 customer (and of its units) take their turns under a transaction-scoped advisory lock
@@ -21,26 +21,23 @@ use (``customers.py``, ``organisation.py``); the CRM API reads from here.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from charging import audit_trail
-from charging.audit_trail import AuditEntry
 from charging.clock import Clock
 from charging.database import Pool
-from charging.errors import InvalidRequest, NotFound
 from charging.security.identity import caller_name
 from provisioning.credit import CreditDecision
 from provisioning.customer_care import instant, seconds
 from provisioning.customers import PERSONAL, Customer, Customers
 from provisioning.names import matches
-from provisioning.organisation import OrgUnit
+from provisioning.record_rows import Version, audit, digits, lock
 from provisioning.sealing import Sealer
+from provisioning.unit_records import UnitRecords
 
 SEALED_AS = "customer.record"
 WITHDRAWN = "WITHDRAWN"
@@ -52,31 +49,11 @@ LATEST = (
     "FROM customers c CROSS JOIN LATERAL (SELECT * FROM customer_versions v WHERE v.customer_id = c.customer_id "
     "ORDER BY v.version_no DESC LIMIT 1) v "
 )
-UNITS = (
-    "SELECT u.unit_id, v.version_no, v.parent_id, v.name, v.pays_itself FROM org_units u "
-    "CROSS JOIN LATERAL (SELECT * FROM org_unit_versions v WHERE v.unit_id = u.unit_id "
-    "ORDER BY v.version_no DESC LIMIT 1) v WHERE u.customer_id = %s ORDER BY v.parent_id IS NOT NULL, u.unit_id"
-)
 VERSION = (
     "INSERT INTO customer_versions (customer_id, version_no, state, credit_class, credit_limit_micros, "
     "deposit_micros, postpaid_allowed, max_lines, sealed_personal, change, occurred_at, changed_by) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
-UNIT_VERSION = (
-    "INSERT INTO org_unit_versions (unit_id, version_no, parent_id, name, pays_itself, change, occurred_at, "
-    "changed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-)
-
-
-@dataclass(frozen=True)
-class Version:
-    """One change of a customer or unit as its history shows it."""
-
-    number: int
-    change: str
-    state: str  # a customer's state; a unit's parent
-    at: int
-    by: str
 
 
 def seal_personal(sealer: Sealer, customer: Customer) -> str:
@@ -84,17 +61,12 @@ def seal_personal(sealer: Sealer, customer: Customer) -> str:
     return sealer.seal(json.dumps({name: getattr(customer, name) for name in PERSONAL}), SEALED_AS)
 
 
-def digits(value: str, field: str) -> int:
-    if not value.isdigit() or len(value) > 18:
-        raise NotFound(f"no such {field}")
-    return int(value)
-
-
 class CustomerRecords:
     def __init__(self, pool: Pool, sealer: Sealer, clock: Clock) -> None:
         self.pool = pool
         self.sealer = sealer
         self.clock = clock
+        self.organisation = UnitRecords(pool, clock)  # its units
 
     def _now(self) -> int:
         return self.clock.now_ms() // 1000
@@ -141,10 +113,6 @@ class CustomerRecords:
             ),
         )
 
-    @staticmethod
-    async def _lock(conn: AsyncConnection[TupleRow], customer_id: int) -> None:
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('customer:' || %s, 0))", (customer_id,))
-
     async def _latest(self, conn: AsyncConnection[TupleRow], customer_id: int) -> tuple[int, Customer] | None:
         row = await (await conn.execute(LATEST + "WHERE c.customer_id = %s", (customer_id,))).fetchone()
         return None if row is None else (int(row[6]), self._customer(row))
@@ -156,7 +124,7 @@ class CustomerRecords:
         actor = actor or caller_name()
         c = replace(customer, state="PENDING")
         async with self.pool.connection() as conn:
-            await self._lock(conn, int(c.id))
+            await lock(conn, int(c.id))
             found = await self._latest(conn, int(c.id))
             if found is not None and found[1].state != WITHDRAWN:
                 return False
@@ -168,7 +136,7 @@ class CustomerRecords:
                 )
             await self._version(conn, c, 1 if found is None else found[0] + 1, "created", actor)
             credit_class = "" if c.credit is None else c.credit.credit_class
-            await self._audit(conn, actor, "customer_created", c.id, kind=c.kind, credit_class=credit_class)
+            await audit(conn, self._now(), actor, "customer_created", c.id, kind=c.kind, credit_class=credit_class)
         return True
 
     async def _change(self, customer_id: str, change: str, actor: str, **fields: Any) -> bool:
@@ -176,7 +144,7 @@ class CustomerRecords:
         (or is withdrawn, or not recorded here); True when written."""
         actor = actor or caller_name()
         async with self.pool.connection() as conn:
-            await self._lock(conn, int(customer_id))
+            await lock(conn, int(customer_id))
             found = await self._latest(conn, int(customer_id))
             if found is None or (found[1].state == WITHDRAWN and change != "withdrawn"):
                 return False
@@ -185,7 +153,7 @@ class CustomerRecords:
                 return False
             await self._version(conn, replace(now, **fields), number + 1, change, actor)
             audited = {k: v for k, v in fields.items() if k not in PERSONAL}
-            await self._audit(conn, actor, "customer_" + change, customer_id, version=number + 1, **audited)
+            await audit(conn, self._now(), actor, "customer_" + change, customer_id, version=number + 1, **audited)
         return True
 
     async def record_state(self, customer_id: str, state: str, *, actor: str = "") -> bool:
@@ -198,12 +166,6 @@ class CustomerRecords:
     async def withdraw(self, customer_id: str, *, actor: str = "") -> bool:
         """The customer will not be (its order was refused after it was made)."""
         return await self._change(customer_id, "withdrawn", actor, state=WITHDRAWN)
-
-    async def _audit(
-        self, conn: AsyncConnection[TupleRow], actor: str, action: str, subject: str, **details: Any
-    ) -> None:
-        entry = AuditEntry(uuid.uuid4().hex, instant(self._now()), actor, action, subject, "", details)
-        await audit_trail.insert(conn, [entry])
 
     async def get(self, customer_id: str) -> Customer | None:
         """The customer now; None if there is none (or it was withdrawn)."""
@@ -280,84 +242,6 @@ class CustomerRecords:
                 )
             ).fetchall()
         return [Version(n, change, state, seconds(at), by) for n, change, state, at, by in rows]
-
-    # The organisation: a corporate customer's units.
-
-    async def add_unit(self, unit: OrgUnit, *, actor: str = "") -> bool:
-        """Record a unit the CRM made (its id taken already); recording it again changes
-        nothing. True when written."""
-        actor = actor or caller_name()
-        at = instant(self._now())
-        async with self.pool.connection() as conn:
-            await self._lock(conn, int(unit.customer_id))
-            added = await conn.execute(
-                "INSERT INTO org_units (unit_id, customer_id, created_at, recorded_by) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (int(unit.id), int(unit.customer_id), at, actor),
-            )
-            if not added.rowcount:
-                return False
-            parent = int(unit.parent) if unit.parent else None
-            await conn.execute(UNIT_VERSION, (int(unit.id), 1, parent, unit.name, unit.pays_itself, "added", at, actor))
-            details = {"unit": unit.id, "parent": unit.parent, "pays_itself": unit.pays_itself}
-            await self._audit(conn, actor, "unit_added", unit.customer_id, **details)
-        return True
-
-    async def move_unit(self, customer_id: str, unit_id: str, parent: str, *, actor: str = "") -> OrgUnit:
-        """Hang a unit (not the company) under another unit of the same customer, not one
-        of its own descendants; as a new version of the unit, with its audit entry."""
-        actor = actor or caller_name()
-        async with self.pool.connection() as conn:
-            await self._lock(conn, digits(customer_id, "customer"))
-            units, numbers = await self._units(conn, customer_id)
-            if unit_id not in units:
-                raise NotFound("no such unit")
-            unit = units[unit_id]
-            if not unit.parent:
-                raise InvalidRequest("unit_id", "the company's root unit has no parent to move from")
-            if parent not in units:
-                raise InvalidRequest("parent_id", "must be a unit of the same customer")
-            at = parent
-            while at:
-                if at == unit_id:
-                    raise InvalidRequest("parent_id", "must not be the unit itself or one of its units")
-                at = units[at].parent
-            if parent == unit.parent:
-                return unit
-            moved = OrgUnit(unit.id, customer_id, parent, unit.name, unit.pays_itself)
-            row = (int(unit.id), numbers[unit_id] + 1, int(parent), unit.name, unit.pays_itself, "moved")
-            await conn.execute(UNIT_VERSION, (*row, instant(self._now()), actor))
-            details = {"unit": unit.id, "parent": parent, "from": unit.parent}
-            await self._audit(conn, actor, "unit_moved", customer_id, **details)
-        return moved
-
-    async def _units(
-        self, conn: AsyncConnection[TupleRow], customer_id: str
-    ) -> tuple[dict[str, OrgUnit], dict[str, int]]:
-        rows = await (await conn.execute(UNITS, (digits(customer_id, "customer"),))).fetchall()
-        units = {
-            str(u): OrgUnit(str(u), customer_id, "" if p is None else str(p), name, pays)
-            for u, _, p, name, pays in rows
-        }
-        return units, {str(u): int(n) for u, n, *_ in rows}
-
-    async def units(self, customer_id: str) -> dict[str, OrgUnit]:
-        """The customer's units now, the company (the root) first."""
-        if not customer_id.isdigit() or len(customer_id) > 18:
-            return {}
-        async with self.pool.connection() as conn:
-            return (await self._units(conn, customer_id))[0]
-
-    async def unit_history(self, unit_id: str) -> list[Version]:
-        async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT version_no, change, coalesce(parent_id::text, ''), occurred_at, changed_by "
-                    "FROM org_unit_versions WHERE unit_id = %s ORDER BY version_no",
-                    (digits(unit_id, "unit"),),
-                )
-            ).fetchall()
-        return [Version(n, change, parent, seconds(at), by) for n, change, parent, at, by in rows]
 
 
 async def reseal(pool: Pool, sealer: Sealer) -> int:

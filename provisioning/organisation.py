@@ -93,7 +93,7 @@ class Organisation:
         unit_id = unit_id or str(await self.client.incr(keys.UNIT_SEQ))
         unit = OrgUnit(unit_id, customer_id, parent if existing else "", name, pays_itself or not existing)
         if self.records is not None:
-            await self.records.add_unit(unit)  # the system of record first
+            await self.records.organisation.add_unit(unit)  # the system of record first
         await self.client.hset(keys.unit(unit_id), mapping=unit.to_redis())  # type: ignore[arg-type]
         await push_once(self.client, keys.units(customer_id), unit_id)
         return unit
@@ -103,7 +103,7 @@ class Organisation:
         its own units; the company stays the root): recorded first, then Redis's copy."""
         if self.records is None:
             raise InvalidRequest("unit_id", "moving a unit needs the system of record")
-        unit = await self.records.move_unit(customer_id, unit_id, parent)
+        unit = await self.records.organisation.move_unit(customer_id, unit_id, parent)
         await self.client.hset(keys.unit(unit_id), "parent", unit.parent)
         return unit
 
