@@ -26,6 +26,7 @@ from provisioning.customers import Customer, Customers
 from provisioning.organisation import Organisation
 from provisioning.screening import Screener
 from tests.test_acquisition import application
+from tests.test_crm_search import document
 
 
 async def rows(app: App, query: str, *params: object) -> list[tuple[object, ...]]:
@@ -182,3 +183,21 @@ async def test_customers_redis_kept_before_are_recorded_once(app: App) -> None:
     )
     assert counted == [(2,)]
     assert await app.redis.exists(keys.customer("8001"))  # Redis keeps its real-time copy
+
+
+async def test_a_customer_whose_order_is_refused_after_it_was_made_is_withdrawn(
+    crm: crm_pb2_grpc.CrmStub, app: App
+) -> None:
+    first = await crm.SubmitApplication(application("w-1"))
+    # another person asking for the same number: screened, decided, made, then refused at the line
+    second = await crm.SubmitApplication(application("w-2", document=document(5)))
+    assert second.status == crm_pb2.ORDER_STATUS_REJECTED and second.steps[-1].step == "line"
+    withdrawn = await rows(app, "SELECT customer_id FROM customer_versions WHERE change = 'withdrawn'")
+    ((who,),) = withdrawn
+    assert str(who) != first.customer_id
+    assert [v.change for v in await records(app).history(str(who))] == ["created", "withdrawn"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=str(who)))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await crm.ListCustomers(crm_pb2.CustomerQuery())
+    assert [c.id for c in listed.customers] == [first.customer_id]
