@@ -1,14 +1,15 @@
 """Customers and their organisation units in PostgreSQL, the system of record (issue 11):
 versioned rows, each change with its audit entry in one transaction, personal data
-sealed, writes of an order run again changing nothing, the CRM API reading the records,
-units moved as new versions, and the customers Redis kept before recorded once,
-resumably."""
+sealed, writes of an order resumed after a crash (at each write) made once, a customer
+whose order is refused withdrawn, the CRM API reading the records, units moved as new
+versions, and the customers Redis kept before recorded once, resumably."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import psycopg
@@ -25,7 +26,10 @@ from provisioning.customer_records import CustomerRecords
 from provisioning.customers import Customer, Customers
 from provisioning.organisation import Organisation
 from provisioning.screening import Screener
+from provisioning.unit_records import UnitRecords
 from tests.test_acquisition import application
+from tests.test_acquisition_resume import corporate as resumable_corporate
+from tests.test_acquisition_resume import crash_once_after, crashed_submit
 from tests.test_crm_search import document
 
 
@@ -201,3 +205,44 @@ async def test_a_customer_whose_order_is_refused_after_it_was_made_is_withdrawn(
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     listed = await crm.ListCustomers(crm_pb2.CustomerQuery())
     assert [c.id for c in listed.customers] == [first.customer_id]
+
+
+RECORD_CRASHES = [
+    (CustomerRecords, "create"),  # recorded in PostgreSQL, not yet in Redis
+    (UnitRecords, "add_unit"),  # the root unit recorded, not yet in Redis
+    (Organisation, "add_unit"),  # both
+]
+
+
+@pytest.mark.parametrize(("owner", "name"), RECORD_CRASHES, ids=["customer", "unit-record", "unit"])
+async def test_a_crashed_onboarding_records_the_customer_once(
+    crm: crm_pb2_grpc.CrmStub,
+    app: App,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: Any,
+    name: str,
+) -> None:
+    assert app.acquisition is not None and app.worker is not None
+    crash_once_after(monkeypatch, owner, name)
+    await crashed_submit(crm, resumable_corporate("o-1"))
+    clock.advance(seconds=31)  # past the crashed run's lease
+    assert await app.acquisition.resume_stalled() == 1
+    assert await app.worker.reconcile_once() == 1
+    who = (await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="o-1"))).customer_id
+    assert [(v.change, v.state) for v in await records(app).history(who)] == [
+        ("created", "PENDING"),
+        ("state", "ACTIVE"),
+    ]
+    assert await rows(app, "SELECT count(*) FROM customers") == [(1,)]
+    assert await rows(app, "SELECT count(*) FROM org_unit_versions") == [(1,)]
+    audit = await rows(app, "SELECT action, count(*) FROM audit WHERE subject = %s GROUP BY action", who)
+    assert {a: n for a, n in audit if str(a).startswith(("customer_", "unit_"))} == {
+        "customer_created": 1,
+        "customer_state": 1,
+        "unit_added": 1,
+    }
+    customer = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=who))
+    assert [(line.unit_id, u.name) for line in customer.lines for u in customer.units] == [
+        (customer.units[0].id, "Muster GmbH")
+    ]

@@ -107,9 +107,10 @@ async def migrate(settings: Settings) -> str:
 
 async def _move_redis_records(settings: Settings, url: str) -> None:
     """Records Redis kept before PostgreSQL did (issued invoices, bill runs; disputes,
-    promises to pay, dunning steps; interactions and tickets; customers and units) are moved once
-    (``postpaid/legacy.py``, ``postpaid/collections_legacy.py``,
-    ``provisioning/care_legacy.py``); a server moves them at start too."""
+    promises to pay, dunning steps; interactions and tickets; customers and units) are
+    moved once (``postpaid/legacy.py``, ``postpaid/collections_legacy.py``,
+    ``provisioning/care_legacy.py``, ``provisioning/customer_legacy.py``); a server moves
+    them at start too."""
     from charging import store
     from charging.database import open_pool
     from charging.embedded_redis import with_password
