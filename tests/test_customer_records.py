@@ -15,10 +15,13 @@ import grpc
 import psycopg
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from charging import migrations
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest, NotFound
 from charging.server import App
+from charging.settings import Settings
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning import customer_legacy, keys
 from provisioning.credit import CreditDecision
@@ -27,6 +30,7 @@ from provisioning.customers import Customer, Customers
 from provisioning.organisation import Organisation
 from provisioning.screening import Screener
 from provisioning.unit_records import UnitRecords
+from tests.conftest import SEALER, PostgresServer
 from tests.test_acquisition import application
 from tests.test_acquisition_resume import corporate as resumable_corporate
 from tests.test_acquisition_resume import crash_once_after, crashed_submit
@@ -246,3 +250,21 @@ async def test_a_crashed_onboarding_records_the_customer_once(
     assert [(line.unit_id, u.name) for line in customer.lines for u in customer.units] == [
         (customer.units[0].id, "Muster GmbH")
     ]
+
+
+async def test_charging_migrate_records_the_customers_redis_kept(
+    settings: Settings, database_url: str, postgres_server: PostgresServer
+) -> None:
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        old = Customers(client, Screener(client, "salt"), SEALER)  # Redis only, as before 0011
+        await old.create(Customer("8101", "INDIVIDUAL", created=1_700_000_000, name="Carla Beispiel"))
+        owner = postgres_server.owner_of(database_url)
+        assert await migrations.migrate(replace(settings, database_migrate_url=owner)) == migrations.head()
+        assert await client.exists(keys.CUSTOMERS_MOVED)
+    finally:
+        await client.aclose()
+    with psycopg.connect(database_url) as conn:
+        found = conn.execute("SELECT customer_id, version_no, change, sealed_personal FROM customer_versions")
+        ((customer_id, number, change, sealed),) = found.fetchall()
+    assert (customer_id, number, change) == (8101, 1, "moved") and "Carla" not in sealed
