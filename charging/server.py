@@ -95,7 +95,7 @@ from charging.watch import SessionWatch
 from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
-from provisioning import care_legacy
+from provisioning import care_legacy, customer_legacy
 from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
@@ -260,6 +260,10 @@ class App:
         if moved is not None and (moved.interactions or moved.tickets):
             counts = {"interactions": moved.interactions, "tickets": moved.tickets}
             log.info("care records moved from redis", extra=counts)
+        # Customers and units Redis kept before PostgreSQL recorded them (customer_legacy.py).
+        recorded = await customer_legacy.move_once(self.redis, self.database, self.acquisition.sealer)
+        if recorded is not None and recorded.customers:
+            log.info("customers recorded from redis", extra={"customers": recorded.customers, "units": recorded.units})
 
         guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
         self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))
@@ -499,7 +503,9 @@ class App:
         if not url:
             self._simulator = NetworkSimulator("127.0.0.1:0").start()
             url = self._simulator.url
-        self.acquisition = await build_acquisition(self.settings, url, self.redis, directory, self.catalogs, self.clock)
+        self.acquisition = await build_acquisition(
+            self.settings, url, self.redis, directory, self.catalogs, self.clock, database=self.database
+        )
         if self.cdr_relay is not None:
             self.acquisition.coverage.on_records = self.cdr_relay.wake_outbox
             self.acquisition.orders.on_records = self.cdr_relay.wake_outbox
@@ -647,8 +653,11 @@ async def build_acquisition(
     directory: Directory,
     catalogs: CatalogBook,
     clock: Clock,
+    *,
+    database: Pool | None = None,
 ) -> Acquisition:
-    """Acquisition, screening, credit and the provisioning worker, wired together."""
+    """Acquisition, screening, credit and the provisioning worker, wired together (with
+    ``database``, customers and their units recorded in PostgreSQL)."""
     await adopt_untagged(client)  # keys of before the {crm} hash tag
     salt = settings.crm_salt
     if not salt:
@@ -667,6 +676,7 @@ async def build_acquisition(
         HttpCreditBureau(settings.bureau_url, timeout_s=settings.network_timeout_s) if settings.bureau_url else None,
         lease_ms=int(settings.order_lease_s * 1000),
         sealer=load_sealer(settings),
+        database=database,
     )
     worker.on_ack = acquisition.acknowledged
     return acquisition
@@ -691,14 +701,15 @@ async def provision(settings: Settings) -> None:
     if not await catalogs.refresh():
         raise SystemExit("no catalog is stored yet: start a charging server first")
     clock = SystemClock()
-    acquisition = await build_acquisition(
-        settings, settings.network_url, client, SignallingDirectory(client, 10_000), catalogs, clock
-    )
     try:
         database = await open_pool(settings.database_url, settings.database_pool_size)
     except StartupError as exc:
         await client.aclose()
         raise SystemExit(f"error: {exc}") from None
+    # Orders resumed here record the customers they make in PostgreSQL too.
+    acquisition = await build_acquisition(
+        settings, settings.network_url, client, SignallingDirectory(client, 10_000), catalogs, clock, database=database
+    )
     # Acknowledged postpaid lines are enrolled in billing from this process too.
     billing = build_billing(settings, client, catalogs, clock, None, database=database)
     acquisition.billing = billing

@@ -114,7 +114,7 @@ async def submit(visit: Visit) -> Response:
 async def offers_for(desk: Desk, order: Order) -> tuple[list[Offer], list[Refusal]]:
     """What the order's customer may take: every plan of the catalog against the
     customer's address and credit decision."""
-    customer = await desk.acquisition.customers.get(order.customer_id) if order.customer_id else None
+    customer = await desk.acquisition.recorded().get(order.customer_id) if order.customer_id else None
     if customer is None:
         return [], []
     catalog = desk.catalogs.current

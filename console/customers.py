@@ -88,17 +88,18 @@ class CustomerView:
 
 
 async def find(desk: Desk, by: str, value: str, visit: Visit, extra: dict[str, str]) -> list[Customer]:
-    customers = desk.acquisition.customers
+    # read from the system of record (PostgreSQL), found through Redis's indexes
+    customers, records = desk.acquisition.customers, desk.acquisition.recorded()
     if by == "customer":
-        found = await customers.get(value) if value.isdigit() else None
+        found = await records.get(value)
         return [found] if found is not None else []
     if by == "number":
         parse_identity("msisdn", value, "number")
-        return (await customers.search(msisdn=value))[0]
+        return (await records.search(customers, msisdn=value))[0]
     if by == "document":
         document = (extra.get("doc_type", ""), extra.get("doc_country", "").upper(), value)
-        return (await customers.search(document=document))[0]
-    return (await customers.named(value, NAME_RESULTS))[0]
+        return (await records.search(customers, document=document))[0]
+    return (await records.search(customers, name=value, size=NAME_RESULTS))[0]
 
 
 @guarded("search")
@@ -120,10 +121,11 @@ async def search(visit: Visit) -> Response:
 
 async def load(desk: Desk, customer_id: str, personal: bool) -> CustomerView:
     acquisition = desk.acquisition
-    customer = await acquisition.customers.get(customer_id) if customer_id.isdigit() else None
+    records = acquisition.recorded()  # the system of record
+    customer = await records.get(customer_id)
     if customer is None:
         raise NotFound("no such customer")
-    view = CustomerView(customer, units=await acquisition.organisation.units(customer_id))
+    view = CustomerView(customer, units=await records.organisation.units(customer_id))
     accounts: list[str] = []
     for line in await acquisition.lines.of_customer(customer_id):
         account: Account | None = None

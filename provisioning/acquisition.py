@@ -24,11 +24,14 @@ from redis.asyncio.client import Pipeline
 
 from charging.catalogs import CatalogBook
 from charging.clock import Clock
+from charging.database import Pool
+from charging.errors import NotFound
 from charging.subscribers import Directory
 from provisioning.acknowledgements import Acknowledgements, LineBilling
 from provisioning.base import CustomerBase
 from provisioning.bureau import HttpCreditBureau
 from provisioning.coverage import CoverageBook
+from provisioning.customer_records import CustomerRecords
 from provisioning.customers import Customers
 from provisioning.line_accounts import LineAccounts
 from provisioning.line_orders import LineOrderRequest, LineOrders, NewLineRequest
@@ -62,6 +65,7 @@ class Acquisition:
         lease_ms: int = ORDER_LEASE_MS,
         *,
         sealer: Sealer,
+        database: Pool | None = None,
     ) -> None:
         self.screener = screener
         self.sealer = sealer
@@ -71,8 +75,10 @@ class Acquisition:
         self.base = base
         self.bureau = bureau
         self.orders = Orders(client, sealer, lease_ms, clock)
-        self.customers = Customers(client, screener, sealer)
-        self.organisation = Organisation(client)
+        # customers and their units in the system of record (PostgreSQL), the CRM API's source
+        self.records = CustomerRecords(database, sealer, clock) if database is not None else None
+        self.customers = Customers(client, screener, sealer, self.records)
+        self.organisation = Organisation(client, self.records)
         self.lines = Lines(client)
         quarantine = Quarantine(client)
         accounts = LineAccounts(directory, self.orders, self.lines)
@@ -109,6 +115,13 @@ class Acquisition:
             quarantine=quarantine,
             base=base,
         )
+
+    def recorded(self) -> CustomerRecords:
+        """Customers and units as the system of record has them (what the CRM API and the
+        console read); a server always has one."""
+        if self.records is None:
+            raise NotFound("no customer records here (no database)")
+        return self.records
 
     @property
     def billing(self) -> LineBilling | None:

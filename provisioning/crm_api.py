@@ -19,6 +19,7 @@ from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
 from provisioning.customer_care import CustomerCare, Dispute, Interaction, Ticket
+from provisioning.customer_records import CustomerRecords
 from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
 from provisioning.lines import Line
 from provisioning.orders import Order
@@ -239,7 +240,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         if not request.parent_id:
             raise InvalidRequest("parent_id", "is required: the company's root unit exists already")
         unit = await organisation.add_unit(request.customer_id, request.parent_id, request.name, request.pays_itself)
-        units = await organisation.units(request.customer_id)
+        units = await self._records().organisation.units(request.customer_id)
         return unit_pb(unit, paying_unit(units, unit.id))
 
     @rpc("LoadCoverage")
@@ -277,7 +278,8 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
                 if not getattr(d, name):
                     raise InvalidRequest(f"identity_document.{name}", "is required to find a customer by document")
             document = (d.type, d.issuing_country, d.number)
-        customers, token = await self.acquisition.customers.search(
+        customers, token = await self._records().search(
+            self.acquisition.customers,
             kind=request.kind,
             state=request.state,
             msisdn=request.msisdn,
@@ -309,8 +311,12 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         orders = [await self.acquisition.get_order(i) for i in ids]
         return crm_pb2.OrderPage(orders=[order_pb(o) for o in orders if o is not None], next_page_token=token)
 
+    def _records(self) -> CustomerRecords:
+        """Customers and units as the system of record (PostgreSQL) has them."""
+        return self.acquisition.recorded()
+
     async def _customer(self, customer_id: str) -> Customer:
-        customer = await self.acquisition.customers.get(customer_id) if customer_id else None
+        customer = await self._records().get(customer_id) if customer_id else None
         if customer is None:
             raise NotFound("no such customer")
         return customer
@@ -319,7 +325,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
         customer = await self._customer(request.customer_id)
         out = crm_pb2.Customer(id=customer.id, kind=customer.kind)
-        units = await self.acquisition.organisation.units(customer.id)
+        units = await self._records().organisation.units(customer.id)
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
         out.lines.extend(line_pb(line) for line in await self.acquisition.lines.of_customer(customer.id))
         return out

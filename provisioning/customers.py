@@ -13,13 +13,18 @@ by the words of their name through a keyed blind index (``names.py``).
 The personal fields (``PERSONAL``: postal code, masked document number, email) are
 sealed (``sealing.py``) in the hash.
 A corporate customer's units are in ``organisation.py``, the lines in ``lines.py``.
+
+With ``records`` (the server always has them), PostgreSQL is the system of record
+(``customer_records.py``): a customer is written there first, with its audit entry, and
+each change of its state or name is a new version there; the hash and the indexes here
+are the real-time copy the provisioning worker, the screening and the search read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -30,6 +35,9 @@ from provisioning.credit import CreditDecision
 from provisioning.names import MAX_WORDS, NameIndex, matches, words
 from provisioning.screening import Screener
 from provisioning.sealing import Sealer
+
+if TYPE_CHECKING:
+    from provisioning.customer_records import CustomerRecords
 
 KINDS = ("INDIVIDUAL", "CORPORATE")
 STATES = ("PENDING", "ACTIVE", "TERMINATED")
@@ -174,14 +182,19 @@ class Customer:
 
 
 class Customers:
-    def __init__(self, client: aioredis.Redis, screener: Screener, sealer: Sealer) -> None:
+    def __init__(
+        self, client: aioredis.Redis, screener: Screener, sealer: Sealer, records: CustomerRecords | None = None
+    ) -> None:
         self.client = client
         self.screener = screener
         self.sealer = sealer
         self.names = NameIndex(client, screener.salt)
+        self.records = records
 
     async def create(self, customer: Customer) -> None:
         """Store and index a new customer (PENDING); storing it again changes nothing."""
+        if self.records is not None:
+            await self.records.create(customer)  # the system of record first
         score = {customer.id: int(customer.id)}
         record: dict[Any, Any] = {**customer.to_redis(self.sealer), "state": "PENDING"}
         pipe = self.client.pipeline(transaction=True)
@@ -195,6 +208,10 @@ class Customers:
     async def rename(self, customer_id: str, name: str) -> None:
         """Give a customer a new name (sealed), moving it in the name index."""
         key = keys.customer(customer_id)
+        if self.records is not None:
+            if not await self.client.exists(key):
+                raise NotFound("no such customer")
+            await self.records.rename(customer_id, name)
 
         async def txn(pipe: Pipeline) -> None:
             old = await pipe.hget(key, "name")
@@ -207,6 +224,12 @@ class Customers:
             self.names.add_in(pipe, customer_id, name)
 
         await self.client.transaction(txn, key)
+
+    async def withdraw(self, customer_id: str) -> None:
+        """In the system of record: the customer will not be (its order was refused after
+        it was made); Redis's copy is taken back by ``forget_in`` with the order."""
+        if self.records is not None:
+            await self.records.withdraw(customer_id)
 
     def forget_in(self, pipe: Pipeline, customer_id: str, name: str) -> None:
         """Take back a customer that will not be (its order was refused), in ``pipe``."""
@@ -238,6 +261,10 @@ class Customers:
 
         watched = [keys.customer(customer_id), *map(keys.line, msisdns)]
         state: str = await self.client.transaction(txn, *watched, value_from_callable=True)
+        if state and self.records is not None:
+            # compared with the latest version, so a change a crash kept from the record
+            # is recorded by the next refresh
+            await self.records.record_state(customer_id, state)
         return state
 
     async def get(self, customer_id: str) -> Customer | None:
@@ -261,6 +288,28 @@ class Customers:
             if customer is not None and matches(query, customer.name) and _matches(customer, kind, state):
                 found.append(customer)
         return found, ""
+
+    async def indexed(
+        self, *, msisdn: str = "", document: tuple[str, str, str] | None = None, name: str = ""
+    ) -> list[str]:
+        """The ids Redis's indexes give for the number of one of a customer's lines, its
+        identity document (type, issuing country, number) and the words of its name (the
+        name index may give more: check the name), each one given narrowing the others;
+        in id order."""
+        if name and len(words(name)) > MAX_WORDS:
+            raise InvalidRequest("name", f"has more than {MAX_WORDS} words")
+        found: set[str] | None = None
+        if msisdn:
+            holder = await self.client.hget(keys.line(msisdn), "customer_id")
+            found = {str(holder)} if holder is not None else set()
+        if document is not None:
+            registered = await self.screener.customer_of(self.screener.document_print(*document))
+            by_document = {registered} if registered is not None else set()
+            found = by_document if found is None else found & by_document
+        if name:
+            by_name = set(await self.names.candidates(name))
+            found = by_name if found is None else found & by_name
+        return sorted(found or (), key=int)
 
     async def search(
         self,

@@ -38,6 +38,7 @@ single server (``adopt_untagged``).
     crm:interactions:<customer>     list: interactions (JSON), as kept before PostgreSQL
     crm:ticket:<id>, crm:tickets:<customer>    a trouble ticket (JSON), a customer's ids: the same
     crm:care:moved                  set once those are in PostgreSQL (``care_legacy.py``)
+    crm:customers:moved             set once customers and units are in PostgreSQL (``customer_legacy.py``)
     crm:dispute:<id>, crm:disputes:<customer>  a dispute (JSON), a customer's ids
     crm:stats:adds:<day>, crm:stats:disc:<day>, crm:stats:active   the customer base
     prov:line:<msisdn>              hash: a line's desired and acknowledged network state
@@ -58,6 +59,8 @@ TICKET_SEQ = "{crm}:seq:ticket"
 DISPUTE_SEQ = "{crm}:seq:dispute"
 # Set once the interactions and tickets Redis kept before are in PostgreSQL (care_legacy.py).
 CARE_MOVED = "{crm}:care:moved"
+# Set once the customers and units Redis kept are recorded in PostgreSQL (customer_legacy.py).
+CUSTOMERS_MOVED = "{crm}:customers:moved"
 
 CUSTOMERS = "{crm}:customers"
 ORDER_RECORDS = "{crm}:orders:cdr"  # order decisions' audit entries until the relay moved them

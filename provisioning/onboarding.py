@@ -92,13 +92,17 @@ class Onboarding:
             credit=credit,
         )
         await self.customers.create(customer)
-        unit_id = ""
-        if app["customer_kind"] == "CORPORATE":
-            unit_id = await self.orders.allocate(run.id, "unit_id", keys.UNIT_SEQ)
-            run.undo.append(lambda pipe: Organisation.forget_in(pipe, customer_id, unit_id))
-            await self.organisation.add_unit(customer_id, "", str(app["company"]["name"]), True, unit_id=unit_id)
-        balance = int(app.get("initial_balance_micros", 0))
-        return await self.line_orders.open_line(run, customer_id, unit_id, plan, msisdn, imsi, balance, credit)
+        try:
+            unit_id = ""
+            if app["customer_kind"] == "CORPORATE":
+                unit_id = await self.orders.allocate(run.id, "unit_id", keys.UNIT_SEQ)
+                run.undo.append(lambda pipe: Organisation.forget_in(pipe, customer_id, unit_id))
+                await self.organisation.add_unit(customer_id, "", str(app["company"]["name"]), True, unit_id=unit_id)
+            balance = int(app.get("initial_balance_micros", 0))
+            return await self.line_orders.open_line(run, customer_id, unit_id, plan, msisdn, imsi, balance, credit)
+        except Rejected:
+            await self.customers.withdraw(customer_id)  # in the system of record; Redis's copy by undo
+            raise
 
     async def _check(self, run: OrderRun, app: dict[str, Any]) -> Decision:
         """Fields, screening, credit, offer, number: the plan and credit decided."""

@@ -6,12 +6,18 @@ or through its parent; the company at the root always pays for itself. The tree 
 stored as ``crm:unit:<id>`` hashes (customer, parent, name, pays) and the list
 ``crm:units:<customer>``, the root first; ``paying_unit`` is the pure rule billing
 follows.
+
+With ``records`` (the server always has them) each unit is written to PostgreSQL first,
+with its audit entry, and a move is a new version of the unit there
+(``customer_records.py``); the hashes here are the real-time copy billing and the
+provisioning worker read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -19,6 +25,9 @@ from redis.asyncio.client import Pipeline
 from charging.errors import InvalidRequest, NotFound
 from provisioning import keys
 from provisioning.customers import push_once
+
+if TYPE_CHECKING:
+    from provisioning.customer_records import CustomerRecords
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,9 @@ def unit_path(units: Mapping[str, OrgUnit], unit_id: str) -> tuple[str, ...]:
 
 
 class Organisation:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, records: CustomerRecords | None = None) -> None:
         self.client = client
+        self.records = records
 
     async def add_unit(self, customer_id: str, parent: str, name: str, pays_itself: bool, unit_id: str = "") -> OrgUnit:
         """Add a unit; the first unit of a customer is its root (no parent, pays itself).
@@ -82,8 +92,19 @@ class Organisation:
             raise InvalidRequest("parent_id", "must be a unit of the same customer")
         unit_id = unit_id or str(await self.client.incr(keys.UNIT_SEQ))
         unit = OrgUnit(unit_id, customer_id, parent if existing else "", name, pays_itself or not existing)
+        if self.records is not None:
+            await self.records.organisation.add_unit(unit)  # the system of record first
         await self.client.hset(keys.unit(unit_id), mapping=unit.to_redis())  # type: ignore[arg-type]
         await push_once(self.client, keys.units(customer_id), unit_id)
+        return unit
+
+    async def move_unit(self, customer_id: str, unit_id: str, parent: str) -> OrgUnit:
+        """Hang a unit under another unit of the same customer (not under itself or one of
+        its own units; the company stays the root): recorded first, then Redis's copy."""
+        if self.records is None:
+            raise InvalidRequest("unit_id", "moving a unit needs the system of record")
+        unit = await self.records.organisation.move_unit(customer_id, unit_id, parent)
+        await self.client.hset(keys.unit(unit_id), "parent", unit.parent)
         return unit
 
     @staticmethod

@@ -8,7 +8,8 @@ key (a value changed meanwhile is read again). Billing accounts (who their invoi
 addressed to) are re-sealed by their owner, ``postpaid/accounts.py``. Issued invoices in
 PostgreSQL are immutable rows: they keep the key that sealed them (see the README).
 Interactions and tickets in PostgreSQL are sealed again in place (``customer_care.reseal``:
-the same text under the newest key).
+the same text under the newest key), and so are the customers' versions
+(``customer_records.reseal``).
 Running it again changes only what is still under an old key.
 
 Redis's append-only file still holds every value as first written, clear or under the
@@ -31,7 +32,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from charging.database import Pool
 from postpaid.accounts import reseal_all
-from provisioning import keys
+from provisioning import customer_records, keys
 from provisioning.customer_care import Dispute, Interaction, Ticket, reseal
 from provisioning.customers import PERSONAL, Customer
 from provisioning.orders import REQUEST
@@ -51,6 +52,7 @@ class Rotated:
     ticket_changes: int = 0
     disputes: int = 0
     billing_accounts: int = 0
+    customer_versions: int = 0  # in PostgreSQL (customer_records.reseal)
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -79,6 +81,7 @@ class Rotation:
             done.interactions += rows["interactions"]
             done.tickets += rows["tickets"]
             done.ticket_changes += rows["ticket_changes"]
+            done.customer_versions = await customer_records.reseal(self.pool, self.sealer)
         await rewrite_aof(self.client, rewrite_timeout_s)
         return done
 

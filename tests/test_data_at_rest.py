@@ -166,6 +166,7 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
             "ticket_changes": 1,
             "disputes": 0,  # disputes are billing's now (issue 15); the CRM keeps none of its own
             "billing_accounts": 2,
+            "customer_versions": 2,  # in PostgreSQL: the customer as created and as activated, with k1
         }
         assert json.loads(out.getvalue())["names_indexed"] == 1
         assert [c.id for c in (await app.acquisition.customers.named("muster ANNA"))[0]] == [who]
@@ -176,6 +177,11 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
         assert app.redis is not None
         assert app.database is not None
         assert all(v.startswith("enc:k2:") for v in await sealed_values(app.redis, app.database, who))
+        async with app.database.connection() as conn:
+            versions = await (
+                await conn.execute("SELECT sealed_personal FROM customer_versions WHERE customer_id = %s", (int(who),))
+            ).fetchall()
+        assert versions and all(str(v[0]).startswith("enc:k2:") for v in versions)
     # The old key can go: a server with the new key alone reads everything.
     async with server(directory, clock, database_url, data_key=K2) as app:
         assert await read_back(app, who) == (
