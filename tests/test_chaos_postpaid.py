@@ -153,6 +153,24 @@ def test_usage_is_matched_exactly_when_the_clock_jumps_back() -> None:
     assert "row at 4000 (voice) says 90 units 75000 micros, its usage records 30 units 25000 micros" in differs
 
 
+def test_records_in_one_millisecond_are_told_apart_by_what_the_rows_add_up_to() -> None:
+    """Two events of one line in one millisecond (a clock jump back), one on each invoice:
+    either could be on either, the search finds the one assignment that uses every row."""
+    e1 = pc.UsageRecord("1:e:e1", LINE, "e1", "sms", 1_000, 1, 70_000)
+    e2 = pc.UsageRecord("1:e:e2", LINE, "e2", "sms", 1_000, 1, 70_000)
+    sms = pc.UsageRow(LINE, 1_000, "sms", "SMS", 1, 70_000)
+    first = invoice(1, date(2026, 12, 1), date(2026, 12, 31), (sms,))
+    second = invoice(2, date(2027, 1, 1), date(2027, 1, 31), (sms,))
+    assert usage([first, second], (e1, e2)) == []
+    # one of them billed on both invoices: a row no record explains
+    [twice] = usage([first, second], (e1,))
+    assert twice.endswith(": row at 1000 (sms) has no usage record")
+    # and one billed on neither
+    assert usage([first, dataclasses.replace(second, usage=(), usage_charges=())], (e1, e2)) == [
+        "usage record 1:e:e2 is on no invoice"
+    ]
+
+
 PAY = BillingOp(0, "pay", "C1", "CARD:r1", 500, 0.0, "ok", Paid(500, (("INV-00000001", 500),)))
 ROW = pc.PaymentRow("C1", "CARD:r1", 500, applied=True, allocations=(("INV-00000001", 500),))
 
