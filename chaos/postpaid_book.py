@@ -53,12 +53,20 @@ def read(database_url: str, lines: list[Line]) -> Book:
         ]
         usage = [
             UsageRecord(
-                str(rid), msisdn[str(account)], str(session or event), str(service), int(ms), int(units), int(cost)
+                str(rid),
+                msisdn[str(account)],
+                str(session or event),
+                str(service),
+                int(ms),
+                int(units),
+                int(cost),
+                int(number or 0),
+                bool(roaming),
             )
-            for rid, account, session, event, service, ms, units, cost in conn.execute(
+            for rid, account, session, event, service, ms, units, cost, number, roaming in conn.execute(
                 "SELECT record_id, account, session_id, event_id, service, "
-                "(extract(epoch FROM occurred_at) * 1000)::bigint, units, cost_micros FROM usage_records "
-                "WHERE account = ANY(%s)",
+                "(extract(epoch FROM occurred_at) * 1000)::bigint, units, cost_micros, request_number, roaming "
+                "FROM usage_records WHERE account = ANY(%s)",
                 (list(msisdn),),
             )
         ]

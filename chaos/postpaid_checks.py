@@ -7,14 +7,13 @@ Billing API answers them, and what the clients saw (``postpaid.Ledger``).
   overlap, and none is skipped (each starts the day after the one before ends).
 * **Bill runs lose nothing they answered**: every invoice an acknowledged run said it
   issued is in the database.
-* **Every invoice's usage is exactly the usage records it covers**: each itemised row of
-  an invoice (the records of one session or event and service in that period, merged) is
-  matched to the usage records in PostgreSQL with the same line, reference and service,
-  starting at the row's time, and their units and money add up to the row's, to the unit
-  and the micro; every usage record of a postpaid line is on exactly one invoice (the
-  last bill run of the run bills everything used), and no row stands for no record. A
-  session whose usage straddles a period's close is split between two invoices at one
-  record. Each usage charge line is its category's itemised money rounded once.
+* **Every invoice's usage is exactly the usage records it covers**
+  (``chaos/postpaid_usage.py``): some assignment of every usage record of a postpaid line
+  to exactly one of its invoices makes each invoice's itemised rows exactly its records
+  merged (per session or event and service: the first record's time, in the order they
+  were made, and the sums to the unit and the micro), no row left over (the last bill
+  run of the run bills everything used). Each usage charge line is its category's
+  itemised money rounded once.
 * **No acknowledged payment is lost and none applied twice**: every payment a client saw
   acknowledged has its row (its channel and reference, its amount) applied in Redis;
   every answer to one payment is the same (repeats, concurrent duplicates, resolution);
@@ -32,53 +31,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 
 from chaos.checks import Violation
 from chaos.postpaid import BillingOp, Paid
-from charging.money import to_minor
+from chaos.postpaid_usage import IssuedInvoice as IssuedInvoice
+from chaos.postpaid_usage import UsageRecord as UsageRecord
+from chaos.postpaid_usage import UsageRow as UsageRow
+from chaos.postpaid_usage import usage_invoiced as usage_invoiced
 
 DAY = timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    """One itemised row of an invoice (``postpaid.invoices.UsageItem``), of one line."""
-
-    line: str  # msisdn
-    at_ms: int
-    service: str
-    category: str
-    units: int
-    cost_micros: int
-
-
-@dataclass(frozen=True)
-class IssuedInvoice:
-    invoice_id: str
-    issuer: str
-    series: str
-    number: int
-    billing_account: str
-    kind: str
-    period_start: date
-    period_end: date
-    total_minor: int
-    usage: tuple[UsageRow, ...]
-    usage_charges: tuple[tuple[str, int], ...]  # (category, amount_minor) of its USAGE lines
-
-
-@dataclass(frozen=True)
-class UsageRecord:
-    """A usage record of a postpaid line in PostgreSQL (``usage_records``)."""
-
-    record_id: str
-    line: str  # msisdn
-    ref: str  # session id or event id
-    service: str
-    at_ms: int
-    units: int
-    cost_micros: int
 
 
 @dataclass(frozen=True)
@@ -167,72 +129,6 @@ def one_per_period(invoices: Iterable[IssuedInvoice]) -> list[Violation]:
                     )
                 )
     return found
-
-
-def usage_invoiced(
-    invoices: Iterable[IssuedInvoice], records: Iterable[UsageRecord], lines: Iterable[str]
-) -> list[Violation]:
-    """Each invoice's itemised usage = the usage records it covers; every record of the
-    postpaid ``lines`` on one invoice."""
-    found: list[Violation] = []
-    postpaid = set(lines)
-    # Rows not yet matched, by (line, time, service): where a record starts a row.
-    rows: dict[tuple[str, int, str], list[tuple[str, int, UsageRow]]] = {}
-    for inv in sorted(invoices, key=lambda i: i.invoice_id):
-        for n, row in enumerate(inv.usage):
-            rows.setdefault((row.line, row.at_ms, row.service), []).append((inv.invoice_id, n, row))
-        found += _charges_match(inv)
-    sums: dict[tuple[str, int, UsageRow], list[int]] = {}
-    groups: dict[tuple[str, str, str], list[UsageRecord]] = {}
-    for rec in records:
-        if rec.line in postpaid and (rec.units or rec.cost_micros):
-            groups.setdefault((rec.line, rec.ref, rec.service), []).append(rec)
-    for (line, _ref, service), recs in sorted(groups.items()):
-        current: tuple[str, int, UsageRow] | None = None
-        for rec in sorted(recs, key=lambda r: (r.at_ms, r.record_id)):
-            waiting = rows.get((line, rec.at_ms, service), [])
-            # A record starts a row when one starts here on another invoice than the
-            # current row's (a session split by a period's close), or when none is current.
-            start = next((w for w in waiting if current is None or w[0] != current[0]), None)
-            if start is not None:
-                waiting.remove(start)
-                current = start
-                sums[current] = [0, 0]
-            if current is None:
-                found.append(Violation("usage_invoiced", line, f"usage record {rec.record_id} is on no invoice"))
-                continue
-            sums[current][0] += rec.units
-            sums[current][1] += rec.cost_micros
-    for (invoice_id, _n, row), (units, cost) in sorted(sums.items(), key=lambda kv: kv[0][:2]):
-        if (units, cost) != (row.units, row.cost_micros):
-            found.append(
-                Violation(
-                    "usage_invoiced",
-                    row.line,
-                    f"{invoice_id}: row at {row.at_ms} ({row.service}) says {row.units} units {row.cost_micros} "
-                    f"micros, its usage records {units} units {cost} micros",
-                )
-            )
-    for waiting in rows.values():
-        for invoice_id, _n, row in waiting:
-            found.append(
-                Violation(
-                    "usage_invoiced", row.line, f"{invoice_id}: row at {row.at_ms} ({row.service}) has no usage record"
-                )
-            )
-    return found
-
-
-def _charges_match(inv: IssuedInvoice) -> list[Violation]:
-    """Each usage charge line = its category's itemised money, rounded once."""
-    itemised: dict[str, int] = {}
-    for row in inv.usage:
-        itemised[row.category] = itemised.get(row.category, 0) + row.cost_micros
-    charged = dict(inv.usage_charges)
-    want = {cat: to_minor(micros) for cat, micros in itemised.items() if micros}
-    if {c: a for c, a in charged.items() if a} != want:
-        return [Violation("usage_invoiced", inv.billing_account, f"{inv.invoice_id}: charges {charged} != {want}")]
-    return []
 
 
 def payments_kept(ledger: Iterable[BillingOp], rows: Iterable[PaymentRow]) -> list[Violation]:

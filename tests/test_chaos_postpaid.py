@@ -119,6 +119,58 @@ def test_invoice_usage_is_the_usage_records_it_covers() -> None:
     assert usage([FIRST, SECOND], (*RECORDS, other)) == []
 
 
+def voice(at_ms: int, units: int, cost: int) -> pc.UsageRow:
+    return pc.UsageRow(LINE, at_ms, "voice", "NATIONAL_CALLS", units, cost)
+
+
+def test_usage_is_matched_exactly_when_the_clock_jumps_back() -> None:
+    """A jump back of the server's clock repeats milliseconds: a session (a) has a record
+    in the millisecond in which a later session (b), after a close, starts its row; and a
+    session (c) made across the jump has its second record before its first. Rows are
+    matched by what some split of the records adds up to, in the order the records were
+    made, not by times (which matched the later session's row to a, and c's second record
+    to nothing: "row says 60 units 30000 micros, its usage records 59 units")."""
+    a = (
+        pc.UsageRecord("1:s:a:1:10", LINE, "a", "voice", 1_000, 59, 30_000, order=1),
+        pc.UsageRecord("1:s:a:2:10", LINE, "a", "voice", 2_000, 1, 0, order=2),
+    )
+    b = (pc.UsageRecord("1:s:b:1:10", LINE, "b", "voice", 2_000, 1, 30_000, order=1),)
+    c = (
+        pc.UsageRecord("1:s:c:1:10", LINE, "c", "voice", 5_000, 60, 50_000, order=1),
+        pc.UsageRecord("1:s:c:2:10", LINE, "c", "voice", 4_000, 30, 25_000, order=2),
+    )
+    first = invoice(1, date(2026, 12, 1), date(2026, 12, 31), (voice(1_000, 60, 30_000), voice(5_000, 90, 75_000)))
+    second = invoice(2, date(2027, 1, 1), date(2027, 1, 31), (voice(2_000, 1, 30_000),))
+    assert usage([first, second], (*a, *b, *c)) == []
+    # still exact: the record a made in that millisecond billed on the second invoice too
+    doubled = dataclasses.replace(second, usage=(voice(2_000, 1, 30_000), voice(2_000, 1, 0)))
+    [twice] = usage([first, doubled], (*a, *b, *c))
+    assert twice == f"{second.invoice_id}: row at 2000 (voice) has no usage record"
+    # and c's records merged under the time of its second, not its first
+    moved = dataclasses.replace(first, usage=(voice(1_000, 60, 30_000), voice(4_000, 90, 75_000)))
+    unbilled, differs = usage([moved, second], (*a, *b, *c))
+    assert unbilled == "usage record 1:s:c:1:10 is on no invoice"
+    assert "row at 4000 (voice) says 90 units 75000 micros, its usage records 30 units 25000 micros" in differs
+
+
+def test_records_in_one_millisecond_are_told_apart_by_what_the_rows_add_up_to() -> None:
+    """Two events of one line in one millisecond (a clock jump back), one on each invoice:
+    either could be on either, the search finds the one assignment that uses every row."""
+    e1 = pc.UsageRecord("1:e:e1", LINE, "e1", "sms", 1_000, 1, 70_000)
+    e2 = pc.UsageRecord("1:e:e2", LINE, "e2", "sms", 1_000, 1, 70_000)
+    sms = pc.UsageRow(LINE, 1_000, "sms", "SMS", 1, 70_000)
+    first = invoice(1, date(2026, 12, 1), date(2026, 12, 31), (sms,))
+    second = invoice(2, date(2027, 1, 1), date(2027, 1, 31), (sms,))
+    assert usage([first, second], (e1, e2)) == []
+    # one of them billed on both invoices: a row no record explains
+    [twice] = usage([first, second], (e1,))
+    assert twice.endswith(": row at 1000 (sms) has no usage record")
+    # and one billed on neither
+    assert usage([first, dataclasses.replace(second, usage=(), usage_charges=())], (e1, e2)) == [
+        "usage record 1:e:e2 is on no invoice"
+    ]
+
+
 PAY = BillingOp(0, "pay", "C1", "CARD:r1", 500, 0.0, "ok", Paid(500, (("INV-00000001", 500),)))
 ROW = pc.PaymentRow("C1", "CARD:r1", 500, applied=True, allocations=(("INV-00000001", 500),))
 
