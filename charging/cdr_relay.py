@@ -52,7 +52,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from charging import keys, metrics
-from charging.cdr_store import CdrStore
+from charging.cdr_store import CdrStore, KeptRows
 from charging.cdrs import AuditRow, BadRecord, UsageRow, rows
 from charging.clock import Clock
 from charging.jobs import Wakeup
@@ -113,6 +113,7 @@ class CdrRelay:
         after_commit: Callable[[], Awaitable[None]] | None = None,
         hold_ms: int = 0,
         documents: tuple[str, ...] = (),
+        kept: tuple[KeptRows, ...] = (),
     ) -> None:
         self._client = client
         self.store = store
@@ -122,7 +123,9 @@ class CdrRelay:
         self.scan_every_s = scan_every_s
         # Between the commit and the trim (crash tests stop a process here).
         self.after_commit = after_commit
-        self.documents = documents  # the record outboxes that are not an account's
+        # the record outboxes that are not an account's (``kept``: of other rows than audit entries)
+        self.kept = {k.outbox: k for k in kept}
+        self.documents = documents + tuple(self.kept)
         # Outboxes (keys) with records waiting, as far as this process knows, with when
         # (ms) each was first known to have some.
         self._waiting: dict[str, int] = {}
@@ -240,7 +243,12 @@ class CdrRelay:
                 read = [await self._held_back(*held, now) for held in zip(outboxes, read, strict=True)]
             usage: list[UsageRow] = []
             audit: list[AuditRow] = []
+            kept: list[tuple[KeptRows, list[str]]] = []
             for outbox, entries in zip(outboxes, read, strict=True):
+                if outbox in self.kept:
+                    if entries:
+                        kept.append((self.kept[outbox], entries))
+                    continue
                 account = keys.cdr_outbox_account(outbox) or ""  # "": a document's (``c`` entries only)
                 for entry in entries:
                     try:
@@ -255,8 +263,8 @@ class CdrRelay:
                         usage.append(u)
                     if a is not None:
                         audit.append(a)
-            if usage or audit:
-                written = await self.store.write(usage, audit)
+            if usage or audit or kept:
+                written = await self.store.write(usage, audit, kept)
                 for table, offered, inserted in (
                     ("usage_records", written.usage_offered, written.usage_inserted),
                     ("audit", written.audit_offered, written.audit_inserted),

@@ -34,6 +34,7 @@ from provisioning.line_accounts import LineAccounts
 from provisioning.line_orders import LineOrderRequest, LineOrders, NewLineRequest
 from provisioning.lines import Line, Lines
 from provisioning.onboarding import Onboarding
+from provisioning.order_store import OrderStore
 from provisioning.orders import ORDER_LEASE_MS, Claim, Order, Orders, Superseded
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
@@ -71,6 +72,7 @@ class Acquisition:
         self.base = base
         self.bureau = bureau
         self.orders = Orders(client, sealer, lease_ms, clock)
+        self.store: OrderStore | None = None  # PostgreSQL's rows (``keep_records``)
         self.customers = Customers(client, screener, sealer)
         self.organisation = Organisation(client)
         self.lines = Lines(client)
@@ -109,6 +111,13 @@ class Acquisition:
             quarantine=quarantine,
             base=base,
         )
+
+    def keep_records(self, store: OrderStore) -> None:
+        """Orders with their steps and lines' history as rows in PostgreSQL (the server
+        and the worker process); the CRM reads them there."""
+        self.store = store
+        self.orders.write_rows = store.write_entries
+        self.acknowledgements.store = store
 
     @property
     def billing(self) -> LineBilling | None:
@@ -174,6 +183,8 @@ class Acquisition:
 
     async def _run(self, claim: Claim) -> Order:
         run = OrderRun(claim, self.clock.now_ms() // 1000)
+        kind = run.request["kind"]
+        run.order = replace(run.order, kind=str(run.request["order"]) if kind == LineOrderRequest.KIND else kind)
         if claim.outcome == "resume":
             run.step("resumed", "after an interrupted run")
         try:
@@ -201,6 +212,10 @@ class Acquisition:
             await self.bureau.aclose()
 
     async def get_order(self, order_id: str) -> Order | None:
+        """The order's rows; Redis's document while it runs (or when its rows could not be
+        written at once: the relay writes them from the outbox)."""
+        if self.store is not None and (order := await self.store.get(order_id)) is not None:
+            return order
         return await self.orders.get(order_id)
 
     async def get_line(self, msisdn: str) -> Line | None:

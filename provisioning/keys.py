@@ -29,6 +29,8 @@ single server (``adopt_untagged``).
     crm:orders:submitted            sorted set: SUBMITTED order -> lease deadline (ms)
     crm:orders:of:<customer>        list: a customer's orders, in the order decided
     crm:orders:cdr                  list: record outbox of order decisions' audit entries
+    crm:orders:rows                 list: record outbox of orders' and lines' rows (``order_records.py``)
+    crm:orders:moved                set once the orders and lines Redis kept before are rows (``orders_legacy.py``)
     crm:quarantine:<msisdn>         when a terminated number may be given out again (s)
     crm:identity:<print>            the customer registered with an identity document
     crm:name:<print>                set: customers with a word in their name (``names.py``)
@@ -62,6 +64,8 @@ CARE_MOVED = "{crm}:care:moved"
 CUSTOMERS = "{crm}:customers"
 ORDER_RECORDS = "{crm}:orders:cdr"  # order decisions' audit entries until the relay moved them
 SUBMITTED = "{crm}:orders:submitted"
+ORDER_ROWS = "{crm}:orders:rows"  # orders' and lines' rows until the relay moved them (order_records.py)
+ORDERS_MOVED = "{crm}:orders:moved"  # set once Redis's orders and lines are rows (orders_legacy.py)
 BLACKLIST = "{crm}:blacklist"
 DECISIONS = "{crm}:decisions"
 ACTIVE_LINES = "{crm}:stats:active"

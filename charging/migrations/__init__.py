@@ -107,7 +107,7 @@ async def migrate(settings: Settings) -> str:
 
 async def _move_redis_records(settings: Settings, url: str) -> None:
     """Records Redis kept before PostgreSQL did (issued invoices, bill runs; disputes,
-    promises to pay, dunning steps; interactions and tickets) are moved once
+    promises to pay, dunning steps; interactions and tickets; orders and lines) are moved once
     (``postpaid/legacy.py``, ``postpaid/collections_legacy.py``,
     ``provisioning/care_legacy.py``); a server moves them at start too."""
     from charging import store
@@ -115,7 +115,7 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     from charging.embedded_redis import with_password
     from postpaid import collections_legacy, legacy, receivables_legacy
     from postpaid import config as billing_config
-    from provisioning import care_legacy
+    from provisioning import care_legacy, orders_legacy
     from provisioning.sealing import load_sealer
     from provisioning.untagged import adopt_untagged
 
@@ -128,6 +128,7 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
         await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, sealer)
         await adopt_untagged(client)  # the CRM's keys under their {crm} tag first, as at start
         await care_legacy.move_once(client, pool, sealer)
+        await orders_legacy.move_once(client, pool, int(time.time() * 1000))
         await collections_legacy.move_once(client, pool, int(time.time()))
         series = issuer.credit_note_prefix
         await receivables_legacy.move_once(client, pool, issuer.id, series, billing.currency, int(time.time()))
