@@ -55,7 +55,8 @@ async def test_orders_steps_and_a_line_s_history_are_rows_the_crm_reads(
     order = await crm.SubmitApplication(application("p-1", contract="POSTPAID", plan="mobile-postpaid", history=good))
     assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS and order.kind == "APPLICATION"
     # The decision's rows are there at once: the order, every step with its reasons, its status.
-    steps = await rows(app, "SELECT step, outcome, reasons FROM order_steps WHERE crm_order_id = 'p-1' ORDER BY position")
+    query = "SELECT step, outcome, reasons FROM order_steps WHERE crm_order_id = 'p-1' ORDER BY position"
+    steps = await rows(app, query)
     assert [(s, o) for s, o, _ in steps] == [(s.step, s.outcome) for s in order.steps]
     scored = next(s for s in order.steps if s.step == "credit")
     assert ("credit", f"class {order.credit_class}", list(scored.reasons)) in steps
@@ -175,7 +176,10 @@ async def test_orders_and_lines_redis_kept_before_are_moved_once(
 ) -> None:
     assert app.redis is not None and app.database is not None
     # as an older server left them: documents without a kind, a line without a history
-    steps = (Step("order", "accepted", ("SUSPEND",), 1_700_000_000), Step("provisioning", "requested", (), 1_700_000_001))
+    steps = (
+        Step("order", "accepted", ("SUSPEND",), 1_700_000_000),
+        Step("provisioning", "requested", (), 1_700_000_001),
+    )
     old = Order("old-1", "COMPLETED", steps=steps, submitted_at=1_700_000_000, customer_id="9", msisdn="491709999999")
     r.set(keys.order("old-1"), old.to_redis())
     r.set(keys.order("running"), Order("running", submitted_at=1_700_000_000).to_redis())
