@@ -37,7 +37,10 @@ takes its time before it runs, maybe long before (a queue, a stalled link).
 Outboxes of things other than accounts (``documents``: the catalog's ``{catalog}:cdr``, the
 coverage table's, each in its store's slot) carry only audit entries of their changes
 (``c`` entries, ``cdrs.py``); the relay knows their names, so its scan asks for them
-directly, and their stores wake it with ``wake_outbox``.
+directly, and their stores wake it with ``wake_outbox``. Other packages' outboxes of
+rows other than audit entries (``kept``: provisioning's orders and lines' history,
+``provisioning/order_store.py``) are read, written in the same transaction by their own
+idempotent inserts, and trimmed the same way.
 """
 
 from __future__ import annotations
