@@ -27,6 +27,7 @@ from provisioning.order_records import OrderRecord
 from provisioning.order_store import OrderStore
 from provisioning.orders import Order, Step
 from tests.test_acquisition import application, line_order
+from tests.test_cli import cli
 
 MSISDN = "491701234567"
 
@@ -99,6 +100,9 @@ async def test_orders_steps_and_a_line_s_history_are_rows_the_crm_reads(
     assert [(o.crm_order_id, o.kind, o.steps[-1].outcome) for o in rejected.orders] == [("sus-2", "SUSPEND", "refused")]
     terminations = await crm.ListOrders(crm_pb2.OrderQuery(kind="TERMINATE", msisdn=MSISDN))
     assert [o.status for o in terminations.orders] == [crm_pb2.ORDER_STATUS_COMPLETED]
+    printed = await cli(app, "crm", "line", MSISDN, "--history")
+    assert printed.code == 0 and "terminated" in printed.out.splitlines()[-1]
+    assert "order end-1  acknowledged (FRAUD)" in printed.out
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await crm.ListOrders(crm_pb2.OrderQuery(kind="UPGRADE"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "kind" in str(err.value.details())
