@@ -28,7 +28,7 @@ from provisioning.lifecycle import InvalidTransition, LineState, OrderKind, Term
 from provisioning.line_accounts import LineAccounts
 from provisioning.lines import Line, Lines
 from provisioning.offers import offers
-from provisioning.order_records import entry, line_change
+from provisioning.order_records import ordered_entry
 from provisioning.orders import Order, Orders
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
@@ -126,17 +126,18 @@ class LineOrders:
         credit_limit = None if credit is None else credit.credit_limit_micros
         account_id = await self.accounts.open(run, msisdn, imsi, plan, initial_balance, credit_limit)
         run.order = replace(run.order, customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
-        line = Line(
-            msisdn=msisdn.value,
-            customer_id=customer_id,
-            account_id=account_id,
-            plan_id=plan.id,
-            state=LineState.PENDING_ACTIVATION,
-            order_id=run.id,
-            customer_type=plan.customer_type.value,
-            unit_id=unit_id,
+        await self.lines.create(
+            Line(
+                msisdn=msisdn.value,
+                customer_id=customer_id,
+                account_id=account_id,
+                plan_id=plan.id,
+                state=LineState.PENDING_ACTIVATION,
+                order_id=run.id,
+                customer_type=plan.customer_type.value,
+                unit_id=unit_id,
+            )
         )
-        await self.lines.create(line)
         run.step("line", "created", "pending activation")
         run.order = replace(run.order, status="IN_PROGRESS")
         run.step("provisioning", "requested", "ACTIVATE")
@@ -144,8 +145,8 @@ class LineOrders:
         def activate(pipe: Pipeline) -> None:
             self.worker.desire_in(pipe, msisdn.value, LineState.ACTIVE.value, plan.id)
 
-        first_state = entry(line_change(line, "ordered", run.now_s * 1000))  # the line's history starts
-        order = await self.orders.finish(run.order, activate, rows=(first_state,))
+        first = ordered_entry(msisdn.value, customer_id, account_id, plan.id, run.id, run.now_s * 1000)
+        order = await self.orders.finish(run.order, activate, rows=(first,))
         await self.customers.refresh_state(customer_id)  # one whose lines had all gone is pending again
         return order
 

@@ -104,6 +104,12 @@ def line_change(line: Line, cause: str, at_ms: int, *, state: str = "", plan_id:
     )
 
 
+def ordered_entry(msisdn: str, customer_id: str, account_id: str, plan_id: str, order_id: str, at_ms: int) -> str:
+    """The entry of a new line's first state: pending activation, by the order that made it."""
+    first = "pending_activation"
+    return entry(LineChange(msisdn, customer_id, account_id, first, plan_id, order_id, "ordered", "", at_ms))
+
+
 def entry(record: Record) -> str:
     """The record outbox entry of a record."""
     if isinstance(record, OrderRecord):
