@@ -95,7 +95,9 @@ class Acknowledgements:
         await self.customers.refresh_state(line.customer_id)
         if self.billing is not None:
             await self._tell_billing(line, line_state.value, new_plan or line.plan_id)
-        if completed is not None:
+        if completed is not None and self.store is not None:
+            await self.orders.drop(completed.crm_order_id)  # its rows (written first) answer now
+        elif completed is not None:
             await self.orders.save(completed)
 
     async def _record(self, line: Line, state: LineState, product: str, completed: Order | None, now_ms: int) -> None:

@@ -117,6 +117,7 @@ class Acquisition:
         and the worker process); the CRM reads them there."""
         self.store = store
         self.orders.write_rows = store.write_entries
+        self.orders.decided_rows = store.get
         self.acknowledgements.store = store
 
     @property
@@ -201,9 +202,12 @@ class Acquisition:
                 for take_back in run.undo:
                     take_back(pipe)
 
-            return await self.orders.finish(run.order, undo)
+            try:
+                return await self.orders.finish(run.order, undo)
+            except Superseded:
+                return await self.get_order(run.id) or run.order
         except Superseded:
-            return await self.orders.get(run.id) or run.order
+            return await self.get_order(run.id) or run.order
 
     async def aclose(self) -> None:
         """Close the network and credit bureau clients."""

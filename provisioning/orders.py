@@ -172,6 +172,10 @@ class Orders:
         # Writes rows' entries into PostgreSQL at once (``order_store.OrderStore``); the
         # outbox is what makes them certain, this makes them readable without delay.
         self.write_rows: Callable[[Sequence[str]], Awaitable[object]] | None = None
+        # A decided order's rows, when they are kept (``order_store.OrderStore.get``): a
+        # decided order's document is then dropped from Redis once its rows are written
+        # (rejected: after the decision; in progress: once the network acknowledged it).
+        self.decided_rows: Callable[[str], Awaitable[Order | None]] | None = None
 
     async def claim(self, order_id: str, request: dict[str, Any], now_ms: int) -> Claim:
         """Claim a new order id, or take over the order's run when its lease has passed."""
@@ -191,7 +195,27 @@ class Orders:
         result: Claim = await self.client.transaction(
             txn, keys.order(order_id), keys.order_work(order_id), value_from_callable=True
         )
+        if result.outcome == "new" and self.decided_rows is not None:
+            # Its document is dropped only after its rows were committed: an id Redis does
+            # not know is either new or in the rows by now.
+            decided = await self.decided_rows(order_id)
+            if decided is not None:
+                await self._unclaim(order_id)
+                return Claim("existing", decided)
         return result
+
+    async def _unclaim(self, order_id: str) -> None:
+        """Take back a claim of an id that turned out decided (its rows are kept)."""
+
+        async def txn(pipe: Pipeline) -> None:
+            stored = await pipe.get(keys.order(order_id))
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if stored is not None and Order.from_redis(str(stored)).status == "SUBMITTED":
+                pipe.delete(keys.order(order_id))
+            pipe.delete(keys.order_work(order_id))
+            pipe.zrem(keys.SUBMITTED, order_id)
+
+        await self.client.transaction(txn, keys.order(order_id))
 
     async def take_over(self, order_id: str, now_ms: int) -> Claim | None:
         """Take over a stalled order's run; None when it is decided or its lease holds."""
@@ -270,7 +294,9 @@ class Orders:
             nonlocal decided_here
             decided_here = False
             stored = await pipe.get(keys.order(order_id))
-            if stored is not None and (decided := Order.from_redis(str(stored))).status != "SUBMITTED":
+            if stored is None:
+                raise Superseded(order_id)  # decided, its document dropped once its rows were written
+            if (decided := Order.from_redis(str(stored))).status != "SUBMITTED":
                 return decided
             # A transaction does not roll back a command that fails in it: the outbox must
             # take the entry before anything is changed (it is watched, so this holds at EXEC).
@@ -281,7 +307,7 @@ class Orders:
             pipe.set(keys.order(order_id), order.to_redis())
             pipe.delete(keys.order_work(order_id))
             pipe.zrem(keys.SUBMITTED, order_id)
-            if order.customer_id:
+            if order.customer_id and self.decided_rows is None:  # else the rows list them
                 pipe.rpush(keys.customer_orders(order.customer_id), order_id)
             if effects is not None:
                 effects(pipe)
@@ -293,20 +319,29 @@ class Orders:
         watched = (keys.order(order_id), keys.ORDER_RECORDS, keys.ORDER_ROWS)
         result: Order = await self.client.transaction(txn, *watched, value_from_callable=True)
         if decided_here:
-            await self._written(entries)
+            written = await self._written(entries)
+            if written and result.status == "REJECTED" and self.decided_rows is not None:
+                await self.drop(order_id)  # nothing more happens to it: the rows answer
             if self.on_records is not None:
                 self.on_records(keys.ORDER_RECORDS)
                 self.on_records(keys.ORDER_ROWS)
         return result
 
-    async def _written(self, entries: Sequence[str]) -> None:
-        """Rows written at once; when the database cannot take them now, the relay will."""
+    async def _written(self, entries: Sequence[str]) -> bool:
+        """Rows written at once; when the database cannot take them now, the relay will
+        (and the order's document stays in Redis)."""
         if self.write_rows is None:
-            return
+            return False
         try:
             await self.write_rows(entries)
+            return True
         except Exception as exc:  # the outbox keeps them: the relay writes them later
             log.warning("order rows left to the relay", extra={"error": type(exc).__name__})
+            return False
+
+    async def drop(self, order_id: str) -> None:
+        """Drop a decided order's document, once its rows are committed."""
+        await self.client.delete(keys.order(order_id))
 
     async def get(self, order_id: str) -> Order | None:
         text = await self.client.get(keys.order(order_id))

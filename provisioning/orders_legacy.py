@@ -5,11 +5,13 @@ steps, status and ids) and a line only its hash ``crm:line:MSISDN`` (its state n
 history). ``move`` writes every decided order's rows (the order, its steps, its status:
 the kind inferred from its steps, as the document did not name it) and one history row
 per line, the state it is found in (cause ``found``, by the order that last changed it).
-Redis keeps both: the order document answers a repeated submission of the same order
-id, the line hash is what the worker and charging act on. It can stop at any point and
-run again, or run in several processes at once: every row is written idempotently
-(``order_store.insert``), and rows the running system wrote meanwhile are kept as they
-are. A marker key says it completed, so a start does not scan the keyspace again.
+Then Redis drops what the rows answer now: the documents of completed and rejected
+orders (after their rows are committed) and the customers' lists of orders; an order in
+progress keeps its document until the network acknowledges it, a line its hash (what
+the worker and charging act on). It can stop at any point and run again, or run in
+several processes at once: every row is written idempotently (``order_store.insert``),
+and rows the running system wrote meanwhile are kept as they are. A marker key says it
+completed, so a start does not scan the keyspace again.
 """
 
 from __future__ import annotations
@@ -63,10 +65,15 @@ async def move(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved:
     store, moved = OrderStore(pool), Moved()
     batch: list[Record] = []
 
+    done: list[str] = []  # decided orders whose documents go once their rows are written
+
     async def flush() -> None:
         if batch:
             await store.write(batch)
             batch.clear()
+        if done:
+            await client.delete(*(keys.order(order_id) for order_id in done))
+            done.clear()
 
     prefix = keys.order("")
     async for key in client.scan_iter(match=prefix + "*", count=1000, _type="string"):
@@ -77,6 +84,8 @@ async def move(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved:
         if order.status == "SUBMITTED":
             continue  # still running: its run decides it, with its rows
         batch.append(OrderRecord(replace(order, kind=order.kind or kind_of(order)), decided_at_ms(order)))
+        if order.status != "IN_PROGRESS":
+            done.append(order.crm_order_id)  # nothing more happens to it: the rows answer
         moved.orders += 1
         if len(batch) >= BATCH:
             await flush()
@@ -91,6 +100,9 @@ async def move(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved:
         if len(batch) >= BATCH:
             await flush()
     await flush()
+    # a customer's orders are listed from the rows now
+    async for key in client.scan_iter(match=keys.customer_orders("*"), count=1000, _type="list"):
+        await client.delete(_text(key))
     return moved
 
 

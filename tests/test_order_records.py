@@ -69,9 +69,8 @@ async def test_orders_steps_and_a_line_s_history_are_rows_the_crm_reads(
     await app.worker.reconcile_once()
     await line_order(crm, "end-1", "TERMINATE", termination_reason="FRAUD")
     await app.worker.reconcile_once()
-    # Redis's documents of decided orders are not what the CRM reads: the rows are.
-    for order_id in ("p-1", "bar-1", "sus-0", "end-1"):
-        r.delete(keys.order(order_id))
+    # Redis kept each order only until the network acknowledged it: the rows answer.
+    assert not r.keys("{crm}:order:*") and not r.keys("{crm}:orders:of:*") and r.zcard(keys.SUBMITTED) == 0
     done = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="p-1"))
     assert done.status == crm_pb2.ORDER_STATUS_COMPLETED and done.credit_class == order.credit_class
     assert [s.step for s in done.steps] == [s.step for s in order.steps] + ["provisioning"]
@@ -95,7 +94,11 @@ async def test_orders_steps_and_a_line_s_history_are_rows_the_crm_reads(
     )
     assert [(o.crm_order_id, o.kind) for o in last.orders] == [("end-1", "TERMINATE")] and not last.next_page_token
     wrong = await line_order(crm, "sus-2", "SUSPEND")  # a terminated line takes no order
-    assert wrong.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert wrong.status == crm_pb2.ORDER_STATUS_REJECTED and not r.exists(keys.order("sus-2"))
+    # The same order id again is the same order, from its rows: nothing runs again.
+    again = await crm.SubmitApplication(application("p-1", contract="POSTPAID", plan="mobile-postpaid", history=good))
+    assert again == done and not r.keys("{crm}:order:*") and r.zcard(keys.SUBMITTED) == 0
+    assert (await line_order(crm, "sus-2", "SUSPEND")) == wrong
     rejected = await crm.ListOrders(crm_pb2.OrderQuery(status=crm_pb2.ORDER_STATUS_REJECTED))
     assert [(o.crm_order_id, o.kind, o.steps[-1].outcome) for o in rejected.orders] == [("sus-2", "SUSPEND", "refused")]
     terminations = await crm.ListOrders(crm_pb2.OrderQuery(kind="TERMINATE", msisdn=MSISDN))
@@ -151,22 +154,24 @@ async def test_an_acknowledgement_stopped_after_its_rows_is_completed_once(
     assert app.acquisition is not None
     await crm.SubmitApplication(application("a-1"))
     orders = app.acquisition.orders
-    save = orders.save
+    drop = orders.drop
 
-    async def killed(order: Order) -> None:
+    async def killed(order_id: str) -> None:
         raise ConnectionError("the worker died before Redis heard of it")
 
-    monkeypatch.setattr(orders, "save", killed)
+    monkeypatch.setattr(orders, "drop", killed)
     with pytest.raises(ConnectionError):
         await app.acquisition.acknowledged(MSISDN, "active", "mobile-prepaid")
     assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'a-1' ORDER BY at") == [
         ("IN_PROGRESS",),
         ("COMPLETED",),
     ]
-    monkeypatch.setattr(orders, "save", save)
+    assert (await orders.get("a-1") or Order("")).status == "IN_PROGRESS"  # Redis not told yet
+    monkeypatch.setattr(orders, "drop", drop)
     await app.acquisition.acknowledged(MSISDN, "active", "mobile-prepaid")  # the worker's retry
     await app.acquisition.acknowledged(MSISDN, "active", "mobile-prepaid")  # and a repeated acknowledgement
-    assert (await orders.get("a-1") or Order("")).status == "COMPLETED"
+    assert await orders.get("a-1") is None  # done: the rows answer
+    assert (await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="a-1"))).status == crm_pb2.ORDER_STATUS_COMPLETED
     acknowledged = await rows(app, "SELECT count(*) FROM order_steps WHERE outcome = 'acknowledged'")
     assert acknowledged == [(1,)]
     assert [c[:3] for c in await history(crm)] == [
@@ -203,4 +208,5 @@ async def test_orders_and_lines_redis_kept_before_are_moved_once(
     assert await rows(app, "SELECT crm_order_id FROM orders WHERE crm_order_id = 'running'") == []
     found = await crm.ListLineHistory(crm_pb2.LineHistoryRequest(msisdn="491709999999"))
     assert [(c.state, c.crm_order_id, c.cause) for c in found.changes] == [("suspended", "old-1", "found")]
-    assert r.exists(keys.order("old-1"), keys.line(line.msisdn)) == 2  # Redis keeps what it acts on
+    # Redis keeps what it acts on (the line, the running order), not what the rows answer
+    assert not r.exists(keys.order("old-1")) and r.exists(keys.line(line.msisdn), keys.order("running")) == 2
