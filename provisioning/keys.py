@@ -24,7 +24,7 @@ single server (``adopt_untagged``).
     crm:line:<msisdn>               hash: a line (``lines.Line``)
     crm:unit:<id>                   hash: an organisation unit (``organisation.OrgUnit``)
     crm:units:<customer>            list: a corporate customer's units, the root first
-    crm:order:<id>                  JSON: an order (``orders.Order``)
+    crm:order:<id>                  JSON: an order (``orders.Order``) while it runs or is in progress
     crm:order:<id>:work             hash: the request and what a run has made (``orders.py``)
     crm:orders:submitted            sorted set: SUBMITTED order -> lease deadline (ms)
     crm:orders:of:<customer>        list: a customer's orders, in the order decided

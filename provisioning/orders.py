@@ -9,6 +9,12 @@
                               SUBMITTED
     crm:orders:submitted      sorted set: SUBMITTED order id -> lease deadline (ms)
     crm:orders:of:<customer>  list: the customer's orders, in the order they were decided
+                              (only when no database keeps the orders' rows)
+
+When PostgreSQL keeps the orders' rows (``order_records.py``, ``decided_rows``), Redis
+keeps an order only while it runs or waits for the network: a rejected order's document
+is dropped once its rows are written, a completed one's once the acknowledgement's rows
+are; a claim of an id Redis does not know looks at the rows first.
 
 Claiming an order id stores the SUBMITTED document, its request and a lease in one
 transaction. A run that crashes leaves the order SUBMITTED; once its lease has passed,
