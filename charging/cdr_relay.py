@@ -43,7 +43,10 @@ History outboxes (``history``: the catalog's ``{catalog}:applied``, the coverage
 carry the versions applied (``document_history.py``); their rows go to
 ``document_versions`` (``history_store.py``) after the round's usage and audit rows, in a
 transaction of their own, before the trim, with the same guarantees (a repeat is kept
-once by its id).
+once by its id). Other packages' outboxes of
+rows other than audit entries (``kept``: provisioning's orders and lines' history,
+``provisioning/order_store.py``) are read, written in the same transaction by their own
+idempotent inserts, and trimmed the same way.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from charging import keys, metrics
-from charging.cdr_store import CdrStore
+from charging.cdr_store import CdrStore, KeptRows
 from charging.cdrs import AuditRow, BadRecord, UsageRow, rows
 from charging.clock import Clock
 from charging.document_history import VersionRow, version_row
@@ -122,6 +125,7 @@ class CdrRelay:
         hold_ms: int = 0,
         documents: tuple[str, ...] = (),
         history: HistoryStore | None = None,
+        kept: tuple[KeptRows, ...] = (),
     ) -> None:
         self._client = client
         self.store = store
@@ -133,8 +137,10 @@ class CdrRelay:
         self.after_commit = after_commit
         self.history = history  # where the history outboxes' versions go
         self.histories = history.outboxes if history is not None else ()
+        # ``kept``: outboxes of other rows than audit entries, written by their own inserts
+        self.kept = {k.outbox: k for k in kept}
         # the record outboxes that are not an account's (scanned for by name)
-        self.documents = documents + self.histories
+        self.documents = documents + self.histories + tuple(self.kept)
         # Outboxes (keys) with records waiting, as far as this process knows, with when
         # (ms) each was first known to have some.
         self._waiting: dict[str, int] = {}
@@ -253,9 +259,14 @@ class CdrRelay:
             usage: list[UsageRow] = []
             audit: list[AuditRow] = []
             versions: list[VersionRow] = []
+            kept: list[tuple[KeptRows, list[str]]] = []
             for outbox, entries in zip(outboxes, read, strict=True):
                 if outbox in self.histories:
                     versions += _versions(entries)
+                    continue
+                if outbox in self.kept:
+                    if entries:
+                        kept.append((self.kept[outbox], entries))
                     continue
                 account = keys.cdr_outbox_account(outbox) or ""  # "": a document's (``c`` entries only)
                 for entry in entries:
@@ -271,8 +282,8 @@ class CdrRelay:
                         usage.append(u)
                     if a is not None:
                         audit.append(a)
-            if usage or audit:
-                written = await self.store.write(usage, audit)
+            if usage or audit or kept:
+                written = await self.store.write(usage, audit, kept)
                 for table, offered, inserted in (
                     ("usage_records", written.usage_offered, written.usage_inserted),
                     ("audit", written.audit_offered, written.audit_inserted),

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection, AsyncCursor, errors, sql
 from psycopg.adapt import Dumper
@@ -39,6 +39,16 @@ class Written:
     usage_inserted: int
     audit_offered: int
     audit_inserted: int
+
+
+class KeptRows(Protocol):
+    """Another package's rows that reach PostgreSQL through the relay, from a record
+    outbox of its own (provisioning's orders and lines' history: ``order_store.py``):
+    it turns the outbox's entries into rows, idempotently, in the relay's transaction."""
+
+    outbox: str
+
+    async def insert_entries(self, conn: AsyncConnection[TupleRow], entries: Sequence[str]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -123,13 +133,21 @@ class CdrStore:
         self.pool = pool
         self._months: set[tuple[str, date]] = set()  # partitions known to exist
 
-    async def write(self, usage: Sequence[UsageRow], audit: Sequence[AuditRow]) -> Written:
-        """Insert both batches in one transaction; what was there already is skipped."""
+    async def write(
+        self,
+        usage: Sequence[UsageRow],
+        audit: Sequence[AuditRow],
+        kept: Sequence[tuple[KeptRows, Sequence[str]]] = (),
+    ) -> Written:
+        """Insert both batches (and the ``kept`` entries of other packages' outboxes) in
+        one transaction; what was there already is skipped."""
         await self._partitions({("usage_records", month_of(u.occurred_at)) for u in usage})
         await self._partitions({("audit", month_of(a.occurred_at)) for a in audit})
         async with self.pool.connection() as conn:
             inserted_usage = await _put(conn, USAGE, usage) if usage else 0
             inserted_audit = await _put(conn, AUDIT, audit) if audit else 0
+            for rows, entries in kept:
+                await rows.insert_entries(conn, entries)
         return Written(len(usage), inserted_usage, len(audit), inserted_audit)
 
     async def _partitions(self, needed: set[tuple[str, date]]) -> None:

@@ -3,6 +3,7 @@
 charging crm apply samples/crm/individual-postpaid.json    # SubmitApplication from a JSON file
 charging crm order pp-anna-1 --wait 30                     # the order, once the network answered
 charging crm line 491701234567 --wait-for active           # the line, once in that state
+charging crm line 491701234567 --history                   # ... and every state it took, by which order
 charging crm customer 1                                    # lines, units, orders, tickets, disputes
 charging crm customers --state ACTIVE                      # customers by kind, state or number
 charging crm bar|suspend|resume 491701234567               # orders on a line
@@ -174,14 +175,35 @@ def cmd_line(args: argparse.Namespace) -> int:
             args.timeout,
             lambda x: f"line {args.msisdn} {x.state}, not {args.wait_for},",
         )
+        changes = _line_history(stub, args.msisdn) if args.history else []
     if args.json:
         _print(line)
+        for change in changes:
+            _print(change)
     else:
         print(
             f"line {line.msisdn}: {line.state}  plan {line.plan_id}  customer {line.customer_id}  "
             f"account {line.account_id}" + (f"  unit {line.unit_id}" if line.unit_id else "")
         )
+        for c in changes:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c.at))
+            why = c.cause + (f" ({c.reason})" if c.reason else "")
+            print(f"  {when}  {c.state:<18} plan {c.plan_id}  order {c.crm_order_id or '-'}  {why}")
     return 0
+
+
+def _line_history(stub: Any, msisdn: str) -> list[Any]:
+    """Every change of the line, oldest first (``ListLineHistory``, page by page)."""
+    from charging.v1 import crm_pb2
+
+    changes: list[Any] = []
+    token = ""
+    while True:
+        page = stub.ListLineHistory(crm_pb2.LineHistoryRequest(msisdn=msisdn, page_size=500, page_token=token))
+        changes.extend(page.changes)
+        token = page.next_page_token
+        if not token:
+            return changes
 
 
 def cmd_line_order(args: argparse.Namespace) -> int:
@@ -337,6 +359,7 @@ def add_crm(sub: Any, amount: Any) -> None:
     sp.add_argument("msisdn")
     sp.add_argument("--wait-for", choices=LINE_STATES, help="wait until the line is in this state")
     sp.add_argument("--timeout", type=seconds, default=30, help="seconds --wait-for waits (default 30)")
+    sp.add_argument("--history", action="store_true", help="and every state it took: when, why, by which order")
     sp = command("customer", cmd_customer, "show a customer with its lines, orders, tickets and disputes")
     sp.add_argument("customer_id")
     sp = command("customers", cmd_customers, "list customers")

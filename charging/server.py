@@ -95,7 +95,7 @@ from charging.watch import SessionWatch
 from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
-from provisioning import care_legacy, customer_legacy
+from provisioning import care_legacy, customer_legacy, orders_legacy
 from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
@@ -105,6 +105,7 @@ from provisioning.coverage import CoverageBook
 from provisioning.crm_api import CrmServicer
 from provisioning.customer_care import CustomerCare
 from provisioning.network import HttpNetworkAdapter
+from provisioning.order_store import OrderStore
 from provisioning.screening import Screener
 from provisioning.sealing import load_sealer
 from provisioning.simulator import NetworkSimulator
@@ -190,6 +191,7 @@ class App:
             hold_ms=hold_ms,
             documents=(keys.CATALOG_RECORDS, coverage_records, provisioning_keys.ORDER_RECORDS),
             history=HistoryStore(self.database, history_store.SOURCES),  # catalog and coverage versions
+            kept=(OrderStore(self.database),),  # orders' and lines' rows (provisioning/order_store.py)
         )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
@@ -256,6 +258,11 @@ class App:
         versions = await history_store.move_all_stored(self.redis, self.database, self.clock.now_ms())
         if any(versions.values()):
             log.info("document versions recorded", extra=versions)
+        # Orders and lines' history are rows; those Redis kept before are made rows once.
+        self.acquisition.keep_records(OrderStore(self.database))
+        moved_orders = await orders_legacy.move_once(self.redis, self.database, self.clock.now_ms())
+        if moved_orders is not None and (moved_orders.orders or moved_orders.lines):
+            log.info("orders and lines moved from redis", extra={"orders": moved_orders.orders})
         moved = await care_legacy.move_once(self.redis, self.database, self.acquisition.sealer)
         if moved is not None and (moved.interactions or moved.tickets):
             counts = {"interactions": moved.interactions, "tickets": moved.tickets}
@@ -714,6 +721,7 @@ async def provision(settings: Settings) -> None:
     billing = build_billing(settings, client, catalogs, clock, None, database=database)
     acquisition.billing = billing
     billing.attach_lines(acquisition)
+    acquisition.keep_records(OrderStore(database))  # acknowledged orders and line changes are rows
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

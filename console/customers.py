@@ -139,8 +139,11 @@ async def load(desk: Desk, customer_id: str, personal: bool) -> CustomerView:
         if ba and ba not in accounts:
             accounts.append(ba)
         view.lines.append(LineView(line, account, buckets, ba or ""))
-    ids, _ = await acquisition.orders.of_customer(customer_id, 0, 50)
-    view.orders = [o for o in [await acquisition.get_order(i) for i in ids] if o is not None]
+    if acquisition.store is not None:  # the rows (provisioning/order_store.py)
+        view.orders, _ = await acquisition.store.of_customer(customer_id, 0, 50)
+    else:
+        ids, _ = await acquisition.orders.of_customer(customer_id, 0, 50)
+        view.orders = [o for o in [await acquisition.get_order(i) for i in ids] if o is not None]
     view.disputes = await desk.care.disputes(customer_id)
     if not personal:
         return view

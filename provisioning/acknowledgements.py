@@ -22,7 +22,9 @@ from provisioning.base import CustomerBase
 from provisioning.customers import Customer, Customers
 from provisioning.lifecycle import CHARGING_STATUS, LineState, TerminationReason
 from provisioning.lines import Line, Lines
-from provisioning.orders import Orders, Step
+from provisioning.order_records import OrderRecord, Record, line_change
+from provisioning.order_store import OrderStore
+from provisioning.orders import Order, Orders, Step
 from provisioning.organisation import Organisation, paying_unit, unit_path
 from provisioning.quarantine import Quarantine
 
@@ -54,6 +56,8 @@ class Acknowledgements:
     base: CustomerBase | None
     # Postpaid billing (postpaid/billing.py): told about every acknowledged line change.
     billing: LineBilling | None = None
+    # Orders and lines' history in PostgreSQL (order_store.py); None: Redis only.
+    store: OrderStore | None = None
 
     async def acknowledged(self, msisdn: str, state: str, product: str = "") -> None:
         """The network acknowledged a line's state and product: charging, the line and
@@ -64,7 +68,14 @@ class Acknowledgements:
         line = await self.lines.get(msisdn)
         if line is None:
             return
-        now_s = self.clock.now_ms() // 1000
+        now_ms = self.clock.now_ms()
+        now_s = now_ms // 1000
+        order = await self.orders.get(line.order_id) if line.order_id else None
+        completed = None
+        if order is not None and order.status == "IN_PROGRESS":
+            acknowledged = Step("provisioning", "acknowledged", (f"network state {state}",), now_s)
+            completed = replace(order, status="COMPLETED").with_step(acknowledged)
+        await self._record(line, line_state, product, completed, now_ms)
         identity = Identity("msisdn", msisdn)
         await self.directory.set_status(identity, CHARGING_STATUS[line_state])
         new_plan = None
@@ -84,10 +95,24 @@ class Acknowledgements:
         await self.customers.refresh_state(line.customer_id)
         if self.billing is not None:
             await self._tell_billing(line, line_state.value, new_plan or line.plan_id)
-        order = await self.orders.get(line.order_id) if line.order_id else None
-        if order is not None and order.status == "IN_PROGRESS":
-            acknowledged = Step("provisioning", "acknowledged", (f"network state {state}",), now_s)
-            await self.orders.save(replace(order, status="COMPLETED").with_step(acknowledged))
+        if completed is not None and self.store is not None:
+            await self.orders.drop(completed.crm_order_id)  # its rows (written first) answer now
+        elif completed is not None:
+            await self.orders.save(completed)
+
+    async def _record(self, line: Line, state: LineState, product: str, completed: Order | None, now_ms: int) -> None:
+        """The rows first (PostgreSQL): the line's new state or plan in its history, the
+        order completed; a retry after a crash writes the same rows, kept once."""
+        if self.store is None:
+            return
+        records: list[Record] = []
+        plan = product if product in self.catalogs.current.plans else line.plan_id
+        if (state, plan) != (line.state, line.plan_id):
+            records.append(line_change(line, "acknowledged", now_ms, state=state.value, plan_id=plan))
+        if completed is not None:
+            records.append(OrderRecord(completed, now_ms))
+        if records:
+            await self.store.write(records)
 
     async def _tell_billing(self, line: Line, state: str, plan_id: str) -> None:
         """Postpaid billing hears of every acknowledged change, with who pays for the line."""

@@ -37,6 +37,7 @@ from provisioning.line_accounts import LineAccounts
 from provisioning.line_orders import LineOrderRequest, LineOrders, NewLineRequest
 from provisioning.lines import Line, Lines
 from provisioning.onboarding import Onboarding
+from provisioning.order_store import OrderStore
 from provisioning.orders import ORDER_LEASE_MS, Claim, Order, Orders, Superseded
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
@@ -79,6 +80,7 @@ class Acquisition:
         self.records = CustomerRecords(database, sealer, clock) if database is not None else None
         self.customers = Customers(client, screener, sealer, self.records)
         self.organisation = Organisation(client, self.records)
+        self.store: OrderStore | None = None  # PostgreSQL's rows (``keep_records``)
         self.lines = Lines(client)
         quarantine = Quarantine(client)
         accounts = LineAccounts(directory, self.orders, self.lines)
@@ -122,6 +124,13 @@ class Acquisition:
         if self.records is None:
             raise NotFound("no customer records here (no database)")
         return self.records
+    def keep_records(self, store: OrderStore) -> None:
+        """Orders with their steps and lines' history as rows in PostgreSQL (the server
+        and the worker process); the CRM reads them there."""
+        self.store = store
+        self.orders.write_rows = store.write_entries
+        self.orders.decided_rows = store.get
+        self.acknowledgements.store = store
 
     @property
     def billing(self) -> LineBilling | None:
@@ -187,6 +196,8 @@ class Acquisition:
 
     async def _run(self, claim: Claim) -> Order:
         run = OrderRun(claim, self.clock.now_ms() // 1000)
+        kind = run.request["kind"]
+        run.order = replace(run.order, kind=str(run.request["order"]) if kind == LineOrderRequest.KIND else kind)
         if claim.outcome == "resume":
             run.step("resumed", "after an interrupted run")
         try:
@@ -203,9 +214,12 @@ class Acquisition:
                 for take_back in run.undo:
                     take_back(pipe)
 
-            return await self.orders.finish(run.order, undo)
+            try:
+                return await self.orders.finish(run.order, undo)
+            except Superseded:
+                return await self.get_order(run.id) or run.order
         except Superseded:
-            return await self.orders.get(run.id) or run.order
+            return await self.get_order(run.id) or run.order
 
     async def aclose(self) -> None:
         """Close the network and credit bureau clients."""
@@ -214,6 +228,10 @@ class Acquisition:
             await self.bureau.aclose()
 
     async def get_order(self, order_id: str) -> Order | None:
+        """The order's rows; Redis's document while it runs (or when its rows could not be
+        written at once: the relay writes them from the outbox)."""
+        if self.store is not None and (order := await self.store.get(order_id)) is not None:
+            return order
         return await self.orders.get(order_id)
 
     async def get_line(self, msisdn: str) -> Line | None:

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from charging.documents import Author
-from charging.errors import InvalidRequest, NotFound
+from charging.errors import InvalidRequest, NotFound, StorageUnavailable
 from charging.money import MICROS_PER_MINOR
 from charging.schemas import parse_json
 from charging.security.identity import caller_name
@@ -21,10 +21,14 @@ from provisioning.base import EPOCH
 from provisioning.customer_care import CustomerCare, Dispute, Interaction, Ticket
 from provisioning.customer_records import CustomerRecords
 from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
+from provisioning.lifecycle import OrderKind
 from provisioning.lines import Line
+from provisioning.order_records import LineChange
+from provisioning.order_store import OrderStore
 from provisioning.orders import Order
 from provisioning.organisation import OrgUnit, paying_unit
 
+ORDER_KINDS = ("APPLICATION", *(k.value for k in OrderKind))
 STATUSES = {
     "SUBMITTED": crm_pb2.ORDER_STATUS_SUBMITTED,
     "IN_PROGRESS": crm_pb2.ORDER_STATUS_IN_PROGRESS,
@@ -52,6 +56,7 @@ def order_pb(order: Order) -> crm_pb2.Order:
         credit_class=order.credit_class,
         credit_limit_micros=order.credit_limit_micros,
         deposit_micros=order.deposit_micros,
+        kind=order.kind,
     )
     for field, message in order.problems:
         out.problems.add(field=field, message=message)
@@ -305,15 +310,48 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         self, request: crm_pb2.CustomerPageRequest, context: grpc.aio.ServicerContext
     ) -> crm_pb2.OrderPage:
         await self._customer(request.customer_id)
-        ids, token = await self.acquisition.orders.of_customer(
-            request.customer_id, page_start(request.page_token), page_size(request.page_size)
-        )
+        start, size = page_start(request.page_token), page_size(request.page_size)
+        store = self.acquisition.store
+        if store is not None:  # the rows (order_store.py)
+            found, token = await store.of_customer(request.customer_id, start, size)
+            return crm_pb2.OrderPage(orders=[order_pb(o) for o in found], next_page_token=token)
+        ids, token = await self.acquisition.orders.of_customer(request.customer_id, start, size)
         orders = [await self.acquisition.get_order(i) for i in ids]
         return crm_pb2.OrderPage(orders=[order_pb(o) for o in orders if o is not None], next_page_token=token)
 
     def _records(self) -> CustomerRecords:
         """Customers and units as the system of record (PostgreSQL) has them."""
         return self.acquisition.recorded()
+    @rpc("ListOrders")
+    async def ListOrders(self, request: crm_pb2.OrderQuery, context: grpc.aio.ServicerContext) -> crm_pb2.OrderPage:
+        if request.kind and request.kind not in ORDER_KINDS:
+            raise InvalidRequest("kind", "must be one of " + ", ".join(ORDER_KINDS))
+        statuses = {v: k for k, v in STATUSES.items() if k != "SUBMITTED"}
+        if request.status and request.status not in statuses:
+            raise InvalidRequest("status", "must be IN_PROGRESS, COMPLETED or REJECTED (running orders are not listed)")
+        if request.msisdn:
+            parse_identity("msisdn", request.msisdn, "msisdn")
+        start, size = page_start(request.page_token), page_size(request.page_size)
+        found, token = await self._store().search(
+            request.kind, statuses.get(request.status, ""), request.msisdn, start, size
+        )
+        return crm_pb2.OrderPage(orders=[order_pb(o) for o in found], next_page_token=token)
+
+    @rpc("ListLineHistory")
+    async def ListLineHistory(
+        self, request: crm_pb2.LineHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.LineHistory:
+        msisdn = parse_identity("msisdn", request.msisdn, "msisdn").value
+        start, size = page_start(request.page_token), page_size(request.page_size)
+        changes, token = await self._store().history(msisdn, start, size)
+        if not changes and not start and await self.acquisition.get_line(msisdn) is None:
+            raise NotFound("no such line")
+        return crm_pb2.LineHistory(changes=[line_change_pb(c) for c in changes], next_page_token=token)
+
+    def _store(self) -> OrderStore:
+        if self.acquisition.store is None:
+            raise StorageUnavailable("orders are not kept in a database here")
+        return self.acquisition.store
 
     async def _customer(self, customer_id: str) -> Customer:
         customer = await self._records().get(customer_id) if customer_id else None
@@ -345,6 +383,19 @@ def summary_pb(customer: Customer) -> crm_pb2.CustomerSummary:
             issuing_country=customer.document_country,
             number=customer.document_number,  # masked when stored
         ),
+    )
+
+
+def line_change_pb(change: LineChange) -> crm_pb2.LineChange:
+    return crm_pb2.LineChange(
+        state=change.state,
+        plan_id=change.plan_id,
+        crm_order_id=change.order_id,
+        cause=change.cause,
+        reason=change.reason,
+        at=change.at_ms // 1000,
+        customer_id=change.customer_id,
+        account_id=change.account_id,
     )
 
 

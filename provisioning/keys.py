@@ -24,11 +24,13 @@ single server (``adopt_untagged``).
     crm:line:<msisdn>               hash: a line (``lines.Line``)
     crm:unit:<id>                   hash: an organisation unit (``organisation.OrgUnit``)
     crm:units:<customer>            list: a corporate customer's units, the root first
-    crm:order:<id>                  JSON: an order (``orders.Order``)
+    crm:order:<id>                  JSON: an order (``orders.Order``) while it runs or is in progress
     crm:order:<id>:work             hash: the request and what a run has made (``orders.py``)
     crm:orders:submitted            sorted set: SUBMITTED order -> lease deadline (ms)
     crm:orders:of:<customer>        list: a customer's orders, in the order decided
     crm:orders:cdr                  list: record outbox of order decisions' audit entries
+    crm:orders:rows                 list: record outbox of orders' and lines' rows (``order_records.py``)
+    crm:orders:moved                set once the orders and lines Redis kept before are rows (``orders_legacy.py``)
     crm:quarantine:<msisdn>         when a terminated number may be given out again (s)
     crm:identity:<print>            the customer registered with an identity document
     crm:name:<print>                set: customers with a word in their name (``names.py``)
@@ -65,6 +67,8 @@ CUSTOMERS_MOVED = "{crm}:customers:moved"
 CUSTOMERS = "{crm}:customers"
 ORDER_RECORDS = "{crm}:orders:cdr"  # order decisions' audit entries until the relay moved them
 SUBMITTED = "{crm}:orders:submitted"
+ORDER_ROWS = "{crm}:orders:rows"  # orders' and lines' rows until the relay moved them (order_records.py)
+ORDERS_MOVED = "{crm}:orders:moved"  # set once Redis's orders and lines are rows (orders_legacy.py)
 BLACKLIST = "{crm}:blacklist"
 DECISIONS = "{crm}:decisions"
 ACTIVE_LINES = "{crm}:stats:active"

@@ -28,6 +28,7 @@ from provisioning.lifecycle import InvalidTransition, LineState, OrderKind, Term
 from provisioning.line_accounts import LineAccounts
 from provisioning.lines import Line, Lines
 from provisioning.offers import offers
+from provisioning.order_records import ordered_entry
 from provisioning.orders import Order, Orders
 from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
@@ -144,7 +145,8 @@ class LineOrders:
         def activate(pipe: Pipeline) -> None:
             self.worker.desire_in(pipe, msisdn.value, LineState.ACTIVE.value, plan.id)
 
-        order = await self.orders.finish(run.order, activate)
+        first = ordered_entry(msisdn.value, customer_id, account_id, plan.id, run.id, run.now_s * 1000)
+        order = await self.orders.finish(run.order, activate, rows=(first,))
         await self.customers.refresh_state(customer_id)  # one whose lines had all gone is pending again
         return order
 

@@ -9,6 +9,12 @@
                               SUBMITTED
     crm:orders:submitted      sorted set: SUBMITTED order id -> lease deadline (ms)
     crm:orders:of:<customer>  list: the customer's orders, in the order they were decided
+                              (only when no database keeps the orders' rows)
+
+When PostgreSQL keeps the orders' rows (``order_records.py``, ``decided_rows``), Redis
+keeps an order only while it runs or waits for the network: a rejected order's document
+is dropped once its rows are written, a completed one's once the acknowledgement's rows
+are; a claim of an id Redis does not know looks at the rows first.
 
 Claiming an order id stores the SUBMITTED document, its request and a lease in one
 transaction. A run that crashes leaves the order SUBMITTED; once its lease has passed,
@@ -23,7 +29,8 @@ network state), so that happens once even when two runs overlap.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -36,6 +43,8 @@ from charging.errors import Conflict
 from charging.security.identity import caller_name
 from provisioning import keys
 from provisioning.sealing import Sealer
+
+log = logging.getLogger("provisioning.orders")
 
 ORDER_LEASE_MS = 30_000
 REQUEST = "order.request"  # what a sealed request is, bound to it
@@ -72,6 +81,8 @@ class Order:
     credit_class: str = ""
     credit_limit_micros: int = 0
     deposit_micros: int = 0
+    # APPLICATION, NEW_LINE or the kind of an order on a line (CHANGE_PRODUCT, ...)
+    kind: str = ""
 
     def with_step(self, step: Step) -> Order:
         return replace(self, steps=(*self.steps, step))
@@ -93,7 +104,7 @@ class Order:
                 credit_limit_micros=self.credit_limit_micros,
                 deposit_micros=self.deposit_micros,
             )
-        for name in ("customer_id", "account_id", "msisdn"):
+        for name in ("customer_id", "account_id", "msisdn", "kind"):
             if getattr(self, name):
                 doc[name] = getattr(self, name)
         return doc
@@ -115,6 +126,7 @@ class Order:
             credit_class=str(doc.get("credit_class", "")),
             credit_limit_micros=int(doc.get("credit_limit_micros", 0)),
             deposit_micros=int(doc.get("deposit_micros", 0)),
+            kind=str(doc.get("kind", "")),
         )
 
     def to_redis(self) -> str:
@@ -134,6 +146,12 @@ class Claim:
     order: Order
     request: dict[str, Any] = field(default_factory=dict)
     work: dict[str, str] = field(default_factory=dict)
+
+
+def row_entry(what: str, at_ms: int, doc: dict[str, Any]) -> str:
+    """A record outbox entry of ``{crm}:orders:rows``: an order's or a line's record
+    (``order_records.py``), as the relay writes it into a row."""
+    return json.dumps(["p", str(at_ms), what, json.dumps(doc, sort_keys=True)])
 
 
 def decision_entry(order: Order, at_ms: int, actor: str) -> str:
@@ -157,6 +175,13 @@ class Orders:
         # Called with the record outbox when a decision left its audit entry there (the
         # relay moves it to the audit table: ``charging/cdr_relay.py``).
         self.on_records: Callable[[str], None] | None = None
+        # Writes rows' entries into PostgreSQL at once (``order_store.OrderStore``); the
+        # outbox is what makes them certain, this makes them readable without delay.
+        self.write_rows: Callable[[Sequence[str]], Awaitable[object]] | None = None
+        # A decided order's rows, when they are kept (``order_store.OrderStore.get``): a
+        # decided order's document is then dropped from Redis once its rows are written
+        # (rejected: after the decision; in progress: once the network acknowledged it).
+        self.decided_rows: Callable[[str], Awaitable[Order | None]] | None = None
 
     async def claim(self, order_id: str, request: dict[str, Any], now_ms: int) -> Claim:
         """Claim a new order id, or take over the order's run when its lease has passed."""
@@ -176,7 +201,27 @@ class Orders:
         result: Claim = await self.client.transaction(
             txn, keys.order(order_id), keys.order_work(order_id), value_from_callable=True
         )
+        if result.outcome == "new" and self.decided_rows is not None:
+            # Its document is dropped only after its rows were committed: an id Redis does
+            # not know is either new or in the rows by now.
+            decided = await self.decided_rows(order_id)
+            if decided is not None:
+                await self._unclaim(order_id)
+                return Claim("existing", decided)
         return result
+
+    async def _unclaim(self, order_id: str) -> None:
+        """Take back a claim of an id that turned out decided (its rows are kept)."""
+
+        async def txn(pipe: Pipeline) -> None:
+            stored = await pipe.get(keys.order(order_id))
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if stored is not None and Order.from_redis(str(stored)).status == "SUBMITTED":
+                pipe.delete(keys.order(order_id))
+            pipe.delete(keys.order_work(order_id))
+            pipe.zrem(keys.SUBMITTED, order_id)
+
+        await self.client.transaction(txn, keys.order(order_id))
 
     async def take_over(self, order_id: str, now_ms: int) -> Claim | None:
         """Take over a stalled order's run; None when it is decided or its lease holds."""
@@ -236,49 +281,81 @@ class Orders:
             return str(made)
         return await self.note(order_id, name, str(await self.client.incr(sequence)), keep=True)
 
-    async def finish(self, order: Order, effects: Callable[[Pipeline], None] | None = None) -> Order:
+    async def finish(
+        self, order: Order, effects: Callable[[Pipeline], None] | None = None, rows: Sequence[str] = ()
+    ) -> Order:
         """Store the decided order (IN_PROGRESS or REJECTED) and apply ``effects`` in the
         same transaction, if it is still SUBMITTED; returns the order as stored. The
         decision's audit entry (who asked, what was decided) goes to the CRM's record
-        outbox in that transaction: never one without the other."""
+        outbox in that transaction: never one without the other; and so do the order's
+        rows (the order, its steps, its status) and ``rows`` (the line's first state)
+        to the outbox of rows, which are then written at once as well (``write_rows``)."""
         order_id = order.crm_order_id
-        entry = decision_entry(order, self.clock.now_ms(), caller_name())
+        now_ms = self.clock.now_ms()
+        entry = decision_entry(order, now_ms, caller_name())
+        entries = [row_entry("order", now_ms, order.to_doc()), *rows]
         decided_here = False
 
         async def txn(pipe: Pipeline) -> Order:
             nonlocal decided_here
             decided_here = False
             stored = await pipe.get(keys.order(order_id))
-            if stored is not None and (decided := Order.from_redis(str(stored))).status != "SUBMITTED":
+            if stored is None:
+                raise Superseded(order_id)  # decided, its document dropped once its rows were written
+            if (decided := Order.from_redis(str(stored))).status != "SUBMITTED":
                 return decided
             # A transaction does not roll back a command that fails in it: the outbox must
             # take the entry before anything is changed (it is watched, so this holds at EXEC).
-            if await pipe.type(keys.ORDER_RECORDS) not in ("list", "none"):
-                raise Conflict(f"{keys.ORDER_RECORDS} is not a list: the order is not decided")
+            for outbox in (keys.ORDER_RECORDS, keys.ORDER_ROWS):
+                if await pipe.type(outbox) not in ("list", "none"):
+                    raise Conflict(f"{outbox} is not a list: the order is not decided")
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.set(keys.order(order_id), order.to_redis())
             pipe.delete(keys.order_work(order_id))
             pipe.zrem(keys.SUBMITTED, order_id)
-            if order.customer_id:
+            if order.customer_id and self.decided_rows is None:  # else the rows list them
                 pipe.rpush(keys.customer_orders(order.customer_id), order_id)
             if effects is not None:
                 effects(pipe)
             pipe.rpush(keys.ORDER_RECORDS, entry)
+            pipe.rpush(keys.ORDER_ROWS, *entries)
             decided_here = True
             return order
 
-        watched = (keys.order(order_id), keys.ORDER_RECORDS)
+        watched = (keys.order(order_id), keys.ORDER_RECORDS, keys.ORDER_ROWS)
         result: Order = await self.client.transaction(txn, *watched, value_from_callable=True)
-        if decided_here and self.on_records is not None:
-            self.on_records(keys.ORDER_RECORDS)
+        if decided_here:
+            written = await self._written(entries)
+            if written and result.status == "REJECTED" and self.decided_rows is not None:
+                await self.drop(order_id)  # nothing more happens to it: the rows answer
+            if self.on_records is not None:
+                self.on_records(keys.ORDER_RECORDS)
+                self.on_records(keys.ORDER_ROWS)
         return result
+
+    async def _written(self, entries: Sequence[str]) -> bool:
+        """Rows written at once; when the database cannot take them now, the relay will
+        (and the order's document stays in Redis)."""
+        if self.write_rows is None:
+            return False
+        try:
+            await self.write_rows(entries)
+            return True
+        except Exception as exc:  # the outbox keeps them: the relay writes them later
+            log.warning("order rows left to the relay", extra={"error": type(exc).__name__})
+            return False
+
+    async def drop(self, order_id: str) -> None:
+        """Drop a decided order's document, once its rows are committed."""
+        await self.client.delete(keys.order(order_id))
 
     async def get(self, order_id: str) -> Order | None:
         text = await self.client.get(keys.order(order_id))
         return None if text is None else Order.from_redis(str(text))
 
     async def save(self, order: Order) -> None:
-        """Store a decided order's later change (the network's acknowledgement)."""
+        """Store a decided order's later change (the network's acknowledgement); its rows
+        are written first (``Acknowledgements``), so a retry after a crash finds them."""
         await self.client.set(keys.order(order.crm_order_id), order.to_redis())
 
     async def of_customer(self, customer_id: str, start: int, count: int) -> tuple[list[str], str]:

@@ -107,16 +107,16 @@ async def migrate(settings: Settings) -> str:
 
 async def _move_redis_records(settings: Settings, url: str) -> None:
     """Records Redis kept before PostgreSQL did (issued invoices, bill runs; disputes,
-    promises to pay, dunning steps; interactions and tickets; customers and units) are
-    moved once (``postpaid/legacy.py``, ``postpaid/collections_legacy.py``,
-    ``provisioning/care_legacy.py``, ``provisioning/customer_legacy.py``); a server moves
-    them at start too."""
+    promises to pay, dunning steps; interactions and tickets; customers and units; orders
+    and lines) are moved once (``postpaid/legacy.py``, ``postpaid/collections_legacy.py``,
+    ``provisioning/care_legacy.py``, ``provisioning/customer_legacy.py``,
+    ``provisioning/orders_legacy.py``); a server moves them at start too."""
     from charging import store
     from charging.database import open_pool
     from charging.embedded_redis import with_password
     from postpaid import collections_legacy, legacy, receivables_legacy
     from postpaid import config as billing_config
-    from provisioning import care_legacy, customer_legacy
+    from provisioning import care_legacy, customer_legacy, orders_legacy
     from provisioning.sealing import load_sealer
     from provisioning.untagged import adopt_untagged
 
@@ -133,6 +133,7 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
 
         await history_store.move_all_stored(client, pool, int(time.time() * 1000))
         await customer_legacy.move_once(client, pool, sealer)  # customers and their units
+        await orders_legacy.move_once(client, pool, int(time.time() * 1000))
         await collections_legacy.move_once(client, pool, int(time.time()))
         series = issuer.credit_note_prefix
         await receivables_legacy.move_once(client, pool, issuer.id, series, billing.currency, int(time.time()))

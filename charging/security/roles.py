@@ -70,6 +70,8 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "ListCustomers": (CRM, OPERATOR),
             "ListCustomerLines": (CRM, OPERATOR),
             "ListCustomerOrders": (CRM, OPERATOR),
+            "ListOrders": (CRM, OPERATOR),
+            "ListLineHistory": (CRM, OPERATOR),
         },
     ),
     **_service(

@@ -1,0 +1,137 @@
+"""Orders and lines' history as rows: what each row is, and the record outbox's entries
+that carry them. Pure.
+
+An order becomes rows when it is decided (``orders.Orders.finish``): the order, every
+step it took with its outcome and reasons, and its status; and again when the network
+acknowledges it (COMPLETED, with the acknowledgement's step). A line's history is a row
+per state (and plan) it took: ``ordered`` when its order created it (pending
+activation), ``acknowledged`` when the network acknowledged a state or a plan, ``found``
+for the state a line had when an installation moved to these tables.
+
+What is decided inside a Redis transaction reaches the tables through the record outbox
+``{crm}:orders:rows`` (``keys.ORDER_ROWS``), pushed in that transaction: one entry per
+record, ``["p", time (ms), "order" | "line", the record as JSON]``; the usage records'
+relay moves them (``charging/cdr_relay.py``, ``order_store.py``). Every row's key comes
+from the record itself (the order id with a step's position or the status; a line
+change's id names the line, its order, state and plan), so the same record written by
+the relay, by the order run at once, again after a crash or by the legacy move is one
+row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from charging.cdrs import BadRecord
+from provisioning.lines import Line
+from provisioning.orders import Order, row_entry
+
+LAYOUT = "p"
+CAUSES = ("ordered", "acknowledged", "found")
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    """An order as it stood when it reached its status (decided, or completed)."""
+
+    order: Order
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class LineChange:
+    """A state (and plan) a line took: when, why and by which order."""
+
+    msisdn: str
+    customer_id: str
+    account_id: str
+    state: str
+    plan_id: str
+    order_id: str
+    cause: str
+    reason: str
+    at_ms: int
+
+    @property
+    def change_id(self) -> str:
+        return f"{self.msisdn}:{self.order_id}:{self.state}:{self.plan_id}"
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "msisdn": self.msisdn,
+            "customer_id": self.customer_id,
+            "account_id": self.account_id,
+            "state": self.state,
+            "plan_id": self.plan_id,
+            "order_id": self.order_id,
+            "cause": self.cause,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], at_ms: int) -> LineChange:
+        return cls(
+            msisdn=str(doc["msisdn"]),
+            customer_id=str(doc["customer_id"]),
+            account_id=str(doc["account_id"]),
+            state=str(doc["state"]),
+            plan_id=str(doc["plan_id"]),
+            order_id=str(doc["order_id"]),
+            cause=str(doc["cause"]),
+            reason=str(doc["reason"]),
+            at_ms=at_ms,
+        )
+
+
+Record = OrderRecord | LineChange
+
+
+def line_change(line: Line, cause: str, at_ms: int, *, state: str = "", plan_id: str = "") -> LineChange:
+    """The change of ``line`` to ``state`` and ``plan_id`` (by default those it has)."""
+    reason = line.termination_reason if (state or line.state.value) == "terminated" else ""
+    return LineChange(
+        msisdn=line.msisdn,
+        customer_id=line.customer_id,
+        account_id=line.account_id,
+        state=state or line.state.value,
+        plan_id=plan_id or line.plan_id,
+        order_id=line.order_id,
+        cause=cause,
+        reason=reason,
+        at_ms=at_ms,
+    )
+
+
+def ordered_entry(msisdn: str, customer_id: str, account_id: str, plan_id: str, order_id: str, at_ms: int) -> str:
+    """The entry of a new line's first state: pending activation, by the order that made it."""
+    first = "pending_activation"
+    return entry(LineChange(msisdn, customer_id, account_id, first, plan_id, order_id, "ordered", "", at_ms))
+
+
+def entry(record: Record) -> str:
+    """The record outbox entry of a record."""
+    if isinstance(record, OrderRecord):
+        return row_entry("order", record.at_ms, record.order.to_doc())
+    return row_entry("line", record.at_ms, record.to_doc())
+
+
+def parse(text: str) -> Record:
+    """The record an outbox entry carries; ``BadRecord`` when it is not one."""
+    try:
+        v = json.loads(text)
+        if not isinstance(v, list) or len(v) != 4 or v[0] != LAYOUT or v[2] not in ("order", "line"):
+            raise BadRecord("not an order or line record")
+        at_ms, doc = int(v[1]), json.loads(v[3])
+        if v[2] == "order":
+            order = Order.from_doc(doc)
+            if order.status not in ("IN_PROGRESS", "REJECTED", "COMPLETED"):
+                raise BadRecord(f"an order record of status {order.status}")
+            return OrderRecord(order, at_ms)
+        change = LineChange.from_doc(doc, at_ms)
+        if change.cause not in CAUSES:
+            raise BadRecord(f"a line change of cause {change.cause}")
+        return change
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BadRecord(str(exc)) from None

@@ -1,0 +1,209 @@
+"""Orders, their steps and lines' history in PostgreSQL (revision 0013): written
+idempotently from records (``order_records.py``), read by the CRM.
+
+Every insert skips a row that is there already (``ON CONFLICT DO NOTHING``), so the
+relay, an order run, an acknowledgement retried and the legacy move may all write the
+same record. An order's status is the latest it reached (COMPLETED after IN_PROGRESS).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from charging import metrics
+from charging.cdrs import BadRecord, at
+from charging.database import Pool
+from provisioning import keys
+from provisioning.order_records import LineChange, OrderRecord, Record, parse
+from provisioning.orders import Order, Step
+
+log = logging.getLogger("provisioning.order_store")
+
+ORDER_COLUMNS = (
+    "crm_order_id, kind, customer_id, account_id, msisdn, submitted_at, credit_class, "
+    "credit_limit_micros, deposit_micros, problems, decided_at"
+)
+LINE_COLUMNS = "change_id, msisdn, customer_id, account_id, state, plan_id, crm_order_id, cause, reason, at"
+# later statuses win: an order completed after it went in progress is COMPLETED
+RANK = {"IN_PROGRESS": 0, "REJECTED": 0, "COMPLETED": 1}
+
+
+def _seconds(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> int:
+    """The records' rows, in the caller's transaction; answers how many rows were new."""
+    new = 0
+    async with conn.cursor() as cur:
+        for r in records:
+            if isinstance(r, OrderRecord):
+                o = r.order
+                submitted = None if o.submitted_at is None else at(str(o.submitted_at * 1000))
+                await cur.execute(
+                    f"INSERT INTO orders ({ORDER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (
+                        o.crm_order_id, o.kind or "UNKNOWN", o.customer_id, o.account_id, o.msisdn, submitted,
+                        o.credit_class, o.credit_limit_micros, o.deposit_micros,
+                        Jsonb([list(p) for p in o.problems]), at(str(r.at_ms)),
+                    ),
+                )  # fmt: skip
+                new += max(cur.rowcount, 0)
+                steps = [
+                    (o.crm_order_id, i, s.step, s.outcome, list(s.reasons), at(str(s.at * 1000)))
+                    for i, s in enumerate(o.steps)
+                ]
+                if steps:
+                    await cur.executemany(
+                        "INSERT INTO order_steps (crm_order_id, position, step, outcome, reasons, at) "
+                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        steps,
+                    )
+                await cur.execute(
+                    "INSERT INTO order_states (crm_order_id, status, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    (o.crm_order_id, o.status, at(str(r.at_ms))),
+                )
+                new += max(cur.rowcount, 0)
+            else:
+                await cur.execute(
+                    f"INSERT INTO line_changes ({LINE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    (
+                        r.change_id, r.msisdn, r.customer_id, r.account_id, r.state, r.plan_id, r.order_id, r.cause,
+                        r.reason, at(str(r.at_ms)),
+                    ),
+                )  # fmt: skip
+                new += max(cur.rowcount, 0)
+    return new
+
+
+class OrderStore:
+    """The CRM's orders and lines' history in PostgreSQL."""
+
+    outbox = keys.ORDER_ROWS  # the record outbox whose entries are these rows
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def write(self, records: Sequence[Record]) -> int:
+        """The records' rows in one transaction of their own."""
+        async with self.pool.connection() as conn:
+            return await insert(conn, records)
+
+    async def write_entries(self, entries: Sequence[str]) -> int:
+        """Outbox entries' rows in one transaction of their own (an order run, at once)."""
+        async with self.pool.connection() as conn:
+            return await self.insert_entries(conn, entries)
+
+    async def insert_entries(self, conn: AsyncConnection[TupleRow], entries: Sequence[str]) -> int:
+        """The relay's batch of the outbox's entries, in its transaction; an entry that is
+        not a record is logged and left out (it must not hold back every later one)."""
+        records: list[Record] = []
+        for text in entries:
+            try:
+                records.append(parse(text))
+            except BadRecord as exc:
+                metrics.CDRS_UNREADABLE.inc()
+                log.error("unreadable order record skipped", extra={"error": str(exc)})
+        return await insert(conn, records) if records else 0
+
+    async def get(self, order_id: str) -> Order | None:
+        found = await self._orders("o.crm_order_id = %s", (order_id,), 1)
+        return found[0][1] if found else None
+
+    async def of_customer(self, customer_id: str, after: int, size: int) -> tuple[list[Order], str]:
+        """A page of the customer's orders in the order they were decided, after the
+        position ``after`` (a page token: the last row's position), and the next token."""
+        return await self._page("o.customer_id = %s AND o.seq > %s", (customer_id, after), size)
+
+    async def search(self, kind: str, status: str, msisdn: str, after: int, size: int) -> tuple[list[Order], str]:
+        """A page of every order (of a kind, in a status, on a line), in decision order."""
+        where: list[str] = ["o.seq > %s"]
+        params: list[object] = [after]
+        for column, value in (("o.kind", kind), ("o.msisdn", msisdn)):
+            if value:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if status:
+            where.append(
+                "(SELECT s.status FROM order_states s WHERE s.crm_order_id = o.crm_order_id "
+                "ORDER BY s.status = 'COMPLETED' DESC LIMIT 1) = %s"
+            )
+            params.append(status)
+        return await self._page(" AND ".join(where), tuple(params), size)
+
+    async def _page(self, where: str, params: tuple[object, ...], size: int) -> tuple[list[Order], str]:
+        found = await self._orders(where, params, size + 1)
+        page = found[:size]
+        return [o for _, o in page], str(page[-1][0]) if len(found) > size else ""
+
+    async def _orders(self, where: str, params: tuple[object, ...], limit: int) -> list[tuple[int, Order]]:
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT o.seq, {', '.join('o.' + c.strip() for c in ORDER_COLUMNS.split(','))} "
+                    f"FROM orders o WHERE {where} ORDER BY o.seq LIMIT {int(limit)}",
+                    params,
+                )
+            ).fetchall()
+            ids = [str(r[1]) for r in rows]
+            steps = await (
+                await conn.execute(
+                    "SELECT crm_order_id, step, outcome, reasons, at FROM order_steps "
+                    "WHERE crm_order_id = ANY(%s) ORDER BY crm_order_id, position",
+                    (ids,),
+                )
+            ).fetchall()
+            states = await (
+                await conn.execute("SELECT crm_order_id, status FROM order_states WHERE crm_order_id = ANY(%s)", (ids,))
+            ).fetchall()
+        steps_of: dict[str, list[Step]] = {}
+        for order_id, step, outcome, reasons, moment in steps:
+            steps_of.setdefault(str(order_id), []).append(Step(step, outcome, tuple(reasons), _seconds(moment)))
+        status_of: dict[str, str] = {}
+        for order_id, status in states:
+            current = status_of.get(str(order_id))
+            if current is None or RANK[str(status)] > RANK[current]:
+                status_of[str(order_id)] = str(status)
+        out = []
+        for seq, oid, kind, customer, account, msisdn, submitted, cclass, limit_, deposit, problems, _d in rows:
+            order = Order(
+                crm_order_id=oid,
+                status=status_of.get(oid, "IN_PROGRESS"),
+                problems=tuple((str(f), str(m)) for f, m in problems),
+                steps=tuple(steps_of.get(oid, ())),
+                submitted_at=None if submitted is None else _seconds(submitted),
+                customer_id=customer,
+                account_id=account,
+                msisdn=msisdn,
+                credit_class=cclass,
+                credit_limit_micros=limit_,
+                deposit_micros=deposit,
+                kind="" if kind == "UNKNOWN" else kind,
+            )
+            out.append((int(seq), order))
+        return out
+
+    async def history(self, msisdn: str, after: int, size: int) -> tuple[list[LineChange], str]:
+        """A page of a line's history, oldest first, from the position ``after`` (a token:
+        how many came before; a line's history is short)."""
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT seq, msisdn, customer_id, account_id, state, plan_id, crm_order_id, cause, reason, at "
+                    "FROM line_changes WHERE msisdn = %s ORDER BY at, seq OFFSET %s LIMIT %s",
+                    (msisdn, after, size + 1),
+                )
+            ).fetchall()
+        changes = [
+            LineChange(m, c, a, state, plan, order, cause, reason, int(moment.timestamp() * 1000))
+            for _seq, m, c, a, state, plan, order, cause, reason, moment in rows[:size]
+        ]
+        return changes, str(after + size) if len(rows) > size else ""
