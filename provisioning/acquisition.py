@@ -124,6 +124,7 @@ class Acquisition:
         if self.records is None:
             raise NotFound("no customer records here (no database)")
         return self.records
+
     def keep_records(self, store: OrderStore) -> None:
         """Orders with their steps and lines' history as rows in PostgreSQL (the server
         and the worker process); the CRM reads them there."""

@@ -322,6 +322,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
     def _records(self) -> CustomerRecords:
         """Customers and units as the system of record (PostgreSQL) has them."""
         return self.acquisition.recorded()
+
     @rpc("ListOrders")
     async def ListOrders(self, request: crm_pb2.OrderQuery, context: grpc.aio.ServicerContext) -> crm_pb2.OrderPage:
         if request.kind and request.kind not in ORDER_KINDS:
