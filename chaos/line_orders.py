@@ -26,6 +26,7 @@ from chaos import checks
 from chaos.history import History
 from charging import keys
 from charging.v1 import crm_pb2, crm_pb2_grpc
+from provisioning import keys as provisioning_keys
 from provisioning.applications import icao_check_digit
 
 INITIAL_MICROS = 5_000_000
@@ -88,36 +89,63 @@ async def settle(
     seed: int,
     timeout_s: float,
 ) -> list[checks.Violation]:
-    """RESUME every line not active, wait until every order is decided and every line
-    active, then compare charging's statuses with the lines."""
+    """Wait until every order is decided, RESUME every line not active, and again until
+    every order is decided and every line active; then compare charging's statuses with
+    the lines. An order whose run a kill interrupted stays SUBMITTED until its lease has
+    passed (``CHARGING_ORDER_LEASE_S``) and may then still suspend a line that looked
+    active: a RESUME is asked only once no order is undecided."""
     deadline = time.monotonic() + timeout_s
     orders = {op.identity for op in history.operations if op.request.get("crm_order")}
     found: list[checks.Violation] = []
-    for line in lines:
-        for attempt in range(100):
-            state = (await crm.GetLine(crm_pb2.LineRef(msisdn=line.msisdn), timeout=10)).state
-            if state == "active" or time.monotonic() > deadline:
+    attempt = 0
+    while time.monotonic() < deadline:
+        undecided = await _undecided(crm, orders)
+        if not undecided:
+            waiting = [line for line in lines if await _state(crm, line) != "active"]
+            if not waiting:
                 break
-            undecided = await _undecided(crm, orders)
-            if not undecided:
+            for line in waiting:
                 order_id = f"chaos-{seed}-resume-{line.account}-{attempt}"
                 orders.add(order_id)
                 await crm.SubmitOrder(crm_pb2.LineOrder(crm_order_id=order_id, msisdn=line.msisdn, kind="RESUME"))
-            await asyncio.sleep(0.2)
-    while True:
-        undecided = await _undecided(crm, orders)
-        if not undecided or time.monotonic() > deadline:
-            break
+            attempt += 1
         await asyncio.sleep(0.2)
-    found += [checks.Violation("line_orders", "-", f"order {o} still undecided") for o in sorted(undecided)]
+    for order_id in sorted(await _undecided(crm, orders)):
+        order = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id=order_id), timeout=10)
+        detail = f"order {order_id} still undecided: {_steps(order)}; {_held(client, order.msisdn)}"
+        found.append(checks.Violation("line_orders", "-", detail))
     for line in lines:
-        state = (await crm.GetLine(crm_pb2.LineRef(msisdn=line.msisdn), timeout=10)).state
+        state = await _state(crm, line)
         status = str(client.hget(keys.account(line.account), "status"))
         if state != "active" or status != CHARGING_STATUS.get(state):
             found.append(
-                checks.Violation("line_orders", line.account, f"line {state}, charging status {status} after RESUME")
+                checks.Violation(
+                    "line_orders",
+                    line.account,
+                    f"line {state}, charging status {status} after RESUME; {_held(client, line.msisdn)}",
+                )
             )
     return found
+
+
+def _steps(order: crm_pb2.Order) -> str:
+    """An order's status and steps, to read a violation by."""
+    steps = "; ".join(f"{s.step} {s.outcome} {' '.join(s.reasons)} at {s.at}".strip() for s in order.steps)
+    return f"{crm_pb2.OrderStatus.Name(order.status)} msisdn {order.msisdn} [{steps}]"
+
+
+def _held(client: redis.Redis | redis.RedisCluster, msisdn: str) -> str:
+    """The line's record (its last order) and what the provisioning worker holds for it
+    (desired and acknowledged), to read a violation by."""
+    line = {str(k): str(v) for k, v in client.hgetall(provisioning_keys.line(msisdn)).items()}
+    worker = {str(k): str(v) for k, v in client.hgetall(provisioning_keys.network_line(msisdn)).items()}
+    due = client.zscore(provisioning_keys.DUE, msisdn)
+    return f"line order {line.get('order_id')} state {line.get('state')}, worker {worker}, due {due}"
+
+
+async def _state(crm: crm_pb2_grpc.CrmStub, line: CrmLine) -> str:
+    state: str = (await crm.GetLine(crm_pb2.LineRef(msisdn=line.msisdn), timeout=10)).state
+    return state
 
 
 async def _undecided(crm: crm_pb2_grpc.CrmStub, orders: set[str]) -> set[str]:

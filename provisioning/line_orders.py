@@ -7,13 +7,16 @@ existing line (CHANGE_PRODUCT, BAR_OUTGOING, SUSPEND, RESUME, TERMINATE with a r
 is checked against the line's state (``lifecycle.accept``). Either way the order goes
 IN_PROGRESS in the transaction that asks the network for the line's new state, so each
 is provisioned once; the network's acknowledgement completes it
-(``acknowledgements.py``).
+(``acknowledgements.py``). A line takes one order at a time: while the order it names
+is undecided (its first line's application too) another order on it is REJECTED, "the
+line has an order in progress (<id>)"; check and taking are one transaction on the line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from redis.asyncio.client import Pipeline
 
@@ -21,10 +24,11 @@ from charging.catalog import Plan
 from charging.catalogs import CatalogBook
 from charging.errors import InvalidRequest
 from charging.subscribers import Identity, parse_identity
+from provisioning import keys
 from provisioning.coverage import CoverageBook
 from provisioning.credit import CreditDecision
 from provisioning.customers import Customers
-from provisioning.lifecycle import InvalidTransition, LineState, OrderKind, TerminationReason, accept
+from provisioning.lifecycle import InvalidTransition, LineState, Move, OrderKind, TerminationReason, accept
 from provisioning.line_accounts import LineAccounts
 from provisioning.lines import Line, Lines
 from provisioning.offers import offers
@@ -34,6 +38,9 @@ from provisioning.organisation import Organisation
 from provisioning.quarantine import Quarantine
 from provisioning.runs import Decision, OrderRun, Rejected
 from provisioning.worker import ProvisioningWorker
+
+T = TypeVar("T")
+UNDECIDED = ("SUBMITTED", "IN_PROGRESS")  # an order the line waits for
 
 
 @dataclass(frozen=True)
@@ -204,25 +211,30 @@ class LineOrders:
         a resumed run simply checks again; the line's new order and desired state are
         stored with the decision."""
         msisdn, kind, plan_id, reason = r.msisdn, r.order, r.plan_id, r.reason
+
+        def check(line: Line) -> tuple[Move, str]:
+            """The order against the line as it stands: where it goes, and its product."""
+            try:
+                order_kind = OrderKind(kind)
+                termination = TerminationReason(reason) if order_kind is OrderKind.TERMINATE else None
+                move = accept(line.state, order_kind, termination)
+            except InvalidTransition as exc:
+                raise Rejected("order", str(exc)) from None
+            except ValueError:
+                raise Rejected("order", f"unknown order {kind!r} or termination reason {reason!r}") from None
+            if order_kind is not OrderKind.CHANGE_PRODUCT:
+                return move, line.plan_id
+            plan = self.catalogs.current.plans.get(plan_id)
+            current = self.catalogs.current.plans.get(line.plan_id)
+            if plan is None or (current is not None and plan.customer_type != current.customer_type):
+                raise Rejected("order", f"plan {plan_id!r} is not a product this line can change to")
+            return move, plan.id
+
         line = await self.lines.get(msisdn)
         if line is None:
             raise Rejected("order", "no such line")
         run.order = replace(run.order, customer_id=line.customer_id, account_id=line.account_id, msisdn=msisdn)
-        try:
-            order_kind = OrderKind(kind)
-            termination = TerminationReason(reason) if order_kind is OrderKind.TERMINATE else None
-            move = accept(line.state, order_kind, termination)
-        except InvalidTransition as exc:
-            raise Rejected("order", str(exc)) from None
-        except ValueError:
-            raise Rejected("order", f"unknown order {kind!r} or termination reason {reason!r}") from None
-        product = line.plan_id
-        if order_kind is OrderKind.CHANGE_PRODUCT:
-            plan = self.catalogs.current.plans.get(plan_id)
-            current = self.catalogs.current.plans.get(product)
-            if plan is None or (current is not None and plan.customer_type != current.customer_type):
-                raise Rejected("order", f"plan {plan_id!r} is not a product this line can change to")
-            product = plan.id
+        move, product = await self._taken(run, msisdn, check)
         run.step("order", "accepted", move.network_command)
         run.order = replace(run.order, status="IN_PROGRESS")
         run.step("provisioning", "requested", move.network_command)
@@ -232,3 +244,29 @@ class LineOrders:
             self.worker.desire_in(pipe, msisdn, move.target.value, product)
 
         return await self.orders.finish(run.order, provision)
+
+    async def _taken(self, run: OrderRun, msisdn: str, check: Callable[[Line], T]) -> T:
+        """Check the order against the line as it stands and take the line for it, in one
+        transaction on the line. A line takes one order at a time: the network's
+        acknowledgement completes the order the line names, so a second order decided
+        while the first is undecided (SUBMITTED or IN_PROGRESS) would leave the first
+        IN_PROGRESS for ever, and be checked against a state the line is leaving; it is
+        refused instead. A run of the same order again (resumed) finds the line its own."""
+        key = keys.line(msisdn)
+
+        async def txn(pipe: Pipeline) -> T:
+            h = {str(k): str(v) for k, v in (await pipe.hgetall(key)).items()}
+            if not h:
+                raise Rejected("order", "no such line")
+            line = Line.from_redis(msisdn, h)
+            if line.order_id and line.order_id != run.id:
+                held = await pipe.get(keys.order(line.order_id))
+                if held is not None and Order.from_redis(str(held)).status in UNDECIDED:
+                    raise Rejected("order", f"the line has an order in progress ({line.order_id})")
+            checked = check(line)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(key, "order_id", run.id)
+            return checked
+
+        taken: T = await self.lines.client.transaction(txn, key, value_from_callable=True)
+        return taken

@@ -3,6 +3,7 @@ class -> offer -> order -> provisioned on the (simulated) network -> first charg
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -175,6 +176,36 @@ async def test_orders_walk_a_line_through_its_lifecycle(stubs: Stubs, crm: crm_p
     again = await crm.SubmitApplication(application("new-2", document="T220001293"))
     assert again.status == crm_pb2.ORDER_STATUS_REJECTED
     assert list(again.steps[-1].reasons) == ["the number is in quarantine after a termination"]
+
+
+async def test_a_line_takes_one_order_at_a_time(crm: crm_pb2_grpc.CrmStub, app: App) -> None:
+    """The network's acknowledgement completes the order the line names: a second order
+    decided while the first waited for the network left the first IN_PROGRESS for ever
+    (the chaos suite's line_orders). It is refused until the first is decided."""
+    assert app.worker is not None
+    await crm.SubmitApplication(application("new"))
+    assert (await line_order(crm, "early", "TERMINATE", termination_reason="MOVED_AWAY")).status == (
+        crm_pb2.ORDER_STATUS_REJECTED  # the activation is in progress
+    )
+    await app.worker.reconcile_once()
+
+    first = await line_order(crm, "s1", "SUSPEND")
+    assert first.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    second = await line_order(crm, "b1", "BAR_OUTGOING")
+    assert second.status == crm_pb2.ORDER_STATUS_REJECTED
+    assert list(second.steps[-1].reasons) == ["the line has an order in progress (s1)"]
+    await app.worker.reconcile_once()
+    assert (await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="s1"))).status == crm_pb2.ORDER_STATUS_COMPLETED
+    assert (await crm.GetLine(crm_pb2.LineRef(msisdn="491701234567"))).state == "suspended"
+
+    # Two at once: one takes the line, the other is refused; none is left waiting.
+    both = await asyncio.gather(
+        line_order(crm, "r1", "RESUME"), line_order(crm, "t1", "TERMINATE", termination_reason="MOVED_AWAY")
+    )
+    assert sorted(o.status for o in both) == [crm_pb2.ORDER_STATUS_IN_PROGRESS, crm_pb2.ORDER_STATUS_REJECTED]
+    await app.worker.reconcile_once()
+    statuses = [(await crm.GetOrder(crm_pb2.OrderRef(crm_order_id=o))).status for o in ("r1", "t1")]
+    assert sorted(statuses) == [crm_pb2.ORDER_STATUS_COMPLETED, crm_pb2.ORDER_STATUS_REJECTED]
 
 
 async def test_customer_base_and_churn(crm: crm_pb2_grpc.CrmStub, app: App, clock: ManualClock) -> None:

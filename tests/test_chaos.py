@@ -101,9 +101,6 @@ def free_port() -> int:
         return port
 
 
-KNOWN_OPEN = frozenset({"line_orders"})
-
-
 @pytest.mark.timeout(240)  # ten seconds of load, then resolution, repeats, a machine death: bounded
 async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: PostgresServer, tmp_path: Path) -> None:
     database_url = postgres_server.create_database("chaos_ci", "template0")
@@ -119,14 +116,10 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     finally:
         postgres_server.drop_database("chaos_ci")
     print(report.text())
-    # Open findings of the merged suite (postpaid lines, CRM line orders and clock jumps
-    # together, first run on 2026-12-01; README "Proof under faults"): about one run in
-    # two reports line_orders (an order left IN_PROGRESS, a line not resumed). Until it is
-    # explained and fixed it is reported, not failed on; every other check fails the run
-    # (usage_invoiced too: its reports were the checker's, matching by time across a clock
-    # jump back; it matches exactly now).
-    unexplained = [v for v in report.violations if v.check not in KNOWN_OPEN]
-    assert not unexplained, report.text()
+    # Every check fails the run. The merged suite's two findings of 2026-12-01 (README "Proof
+    # under faults") are explained: usage_invoiced was the checker's (matching by time across
+    # a clock jump back), line_orders a product defect (two orders of one line at once).
+    assert not report.violations, report.text()
     assert len({f.kind for f in report.history.faults}) >= 3, report.history.faults
     assert report.server_starts >= 1
     kinds = {o.kind for o in report.history.operations}
