@@ -400,9 +400,9 @@ def report(
         load = "max" if math.isnan(c.p50_ms) else "70%"
         spread = "/".join(f"{100 * s:.0f}" for s in c.primary_shares) if len(c.primary_shares) > 1 else "-"
         print(
-            f"{c.setting:10} {c.kind:8} {load:5} {c.server_processes:5} {c.rps:10,.0f} {c.p50_ms:7.2f} {c.p99_ms:7.2f} {c.server_us:10.0f} "
-            f"{c.redis_us:9.0f} {c.replica_us:11.0f} {c.commands:9.1f} {c.evalsha:12.2f} "
-            f"{100 * c.client_share:13.0f}% {spread:>18}"
+            f"{c.setting:10} {c.kind:8} {load:5} {c.server_processes:5} {c.rps:10,.0f} {c.p50_ms:7.2f} "
+            f"{c.p99_ms:7.2f} {c.server_us:10.0f} {c.redis_us:9.0f} {c.replica_us:11.0f} {c.commands:9.1f} "
+            f"{c.evalsha:12.2f} {100 * c.client_share:13.0f}% {spread:>18}"
         )
     top = {(c.setting, c.kind): c for c in costs if math.isnan(c.p50_ms)}
     for kind in args.kinds:
