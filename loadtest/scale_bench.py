@@ -18,8 +18,8 @@ serve --workers 1`` and ``--workers 2``, and for each kind of request:
 * ``stream``: the same sessions over ChargeStream (one stream per connection).
 
 ``--processes`` client processes (requests serialized before the clock) run closed loop
-for ``--duration`` s: requests/s is that maximum; then open loop at 70% of it, whose
-p50/p99 are printed. Per request: the server's CPU (user + system from ``/proc`` of the
+for ``--duration`` s: requests/s is that maximum; in the first setting also open loop at
+70% of it, whose p50/p99 are printed. Per request: the server's CPU (user + system from ``/proc`` of the
 supervisor and every worker), every redis-server's CPU (``INFO cpu``; primaries and
 replicas apart) and Redis commands (``INFO commandstats``, the commands scripts call
 included; ``EVALSHA`` apart). The generator prints its own CPU share of the machine.
@@ -311,10 +311,11 @@ def phase(
 
 
 def measure(args: argparse.Namespace, setting: str, kind: str, target: str, pid: int, setup: RedisSetup) -> list[Cost]:
-    """The closed-loop maximum, then (unless --no-latency) open loop at 70% of it."""
+    """The closed-loop maximum, then open loop at 70% of it (in the first setting only,
+    and not with --no-latency)."""
     top = phase(args, setting, kind, target, pid, setup, 0.0)
     print(f"  {setting} {kind}: {top.rps:,.0f} requests/s, server {top.server_us:.0f} us/request", file=sys.stderr)
-    if args.no_latency:
+    if args.no_latency or setting not in ("echo", args.settings[0]):
         return [top]
     return [top, phase(args, setting, kind, target, pid, setup, 0.7 * top.rps)]
 
@@ -389,7 +390,8 @@ def report(
               f"pipelined over {primaries} primar{'y' if primaries == 1 else 'ies'}")  # fmt: skip
     print(
         f"load: {args.processes} client processes x {args.connections} connections, {args.concurrency} units in "
-        f"flight each (closed loop, {args.duration:g}s: the maximum), then open loop at 70% of it (p50/p99); "
+        f"flight each (closed loop, {args.duration:g}s: the maximum), then, in the first setting, open loop at "
+        "70% of it (p50/p99); "
         "session/stream/echo units are whole sessions (5 steps), figures are per request (step)"
     )
     print(
