@@ -141,6 +141,7 @@ bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.nchf_bench
 	$(BIN)/python -m loadtest.bill_bench
 	$(BIN)/python -m loadtest.cdr_bench
+	$(BIN)/python -m loadtest.scale_bench
 
 # A randomized fault-injection run (README "Proof under faults"); a short fixed-seed run is
 # part of make test (tests/test_chaos.py). CLUSTER=1: on a local 3+3 Redis Cluster.

@@ -1,6 +1,8 @@
 """Bill-run throughput: invoices computed and issued per second on many postpaid accounts.
 
-A fresh redis-server on a free loopback port is filled with ``BENCH_BILL_ACCOUNTS``
+Run twice (``BENCH_BILL_PRIMARIES``, default ``1,3``): on one fresh redis-server and on a
+local Redis Cluster of 3 primaries and 3 replicas (``tests/redis_cluster.py``), each
+append-only with fsync every second, each into a database of its own. Redis is filled with ``BENCH_BILL_ACCOUNTS``
 (default 100,000) billing accounts, one postpaid line each, and a month of realistic
 usage per line written in the form the charging scripts record it (``ledger_lib.lua``
 ``record_usage``): ``BENCH_BILL_RECORDS`` (default 40) itemised records of calls, SMS
@@ -16,15 +18,19 @@ on a sample of the issued invoices, since delivery renders outside the bill run.
 
 Afterwards the run is checked: one invoice per account, numbers 1..N without a gap,
 every invoice's usage equal to its records, and a second run issues nothing. Redis
-memory is printed before and after: the issued invoices are not in it.
+memory is printed before and after (the issued invoices are not in it), and Redis's CPU
+per invoice (``INFO cpu`` of the primaries, and of the replicas, around the run). The
+last lines are ``invoices_per_s_3_primaries=`` and ``invoices_per_s=`` (one redis-server).
 
     python -m loadtest.bill_bench                 # part of `make bench`
     BENCH_BILL_ACCOUNTS=10000 python -m loadtest.bill_bench
+    BENCH_BILL_PRIMARIES=1 python -m loadtest.bill_bench   # one redis-server only
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import random
@@ -33,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +49,15 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 
-from charging import keys, migrations
+from charging import keys, migrations, store
 from charging.catalogs import CatalogBook
 from charging.clock import ManualClock
 from charging.database import open_pool
-from charging.embedded_postgres import EmbeddedPostgres, private_dir
+from charging.embedded_postgres import EmbeddedPostgres, ensure_database, private_dir
 from charging.embedded_redis import redis_command
 from charging.money import MICROS_PER_MINOR
-from charging.redis_link import RedisLink
 from loadtest.bench import BenchError, child, free_port, machine, wait_redis
+from loadtest.scale_load import Router
 from postpaid import config as billing_config
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
@@ -72,13 +80,16 @@ CALLS = [
 ]
 
 
-def populate(port: int, accounts: int, records: int, tz: str) -> None:
-    """Accounts, lines and a month of usage, written in pipelines."""
-    r = redis.Redis(host="127.0.0.1", port=port)
+def populate(router: Router, accounts: int, records: int, tz: str) -> None:
+    """Accounts, lines and a month of usage, written in pipelines (one per primary)."""
     period = periods.period_at(1, tz, PERIOD_START)
     bp = periods.pack(periods.open_periods(period, tz))
     rnd = random.Random(7)
-    pipe = r.pipeline(transaction=False)
+    pipes = {port: c.pipeline(transaction=False) for port, c in router.clients.items()}
+
+    def pipe_for(key: str) -> redis.client.Pipeline:
+        return pipes[router.port_of(key)]
+
     for n in range(1, accounts + 1):
         acct, ba, msisdn = str(n), f"C{n}", str(491_700_000_000 + n)
         agg: dict[str, list[int]] = {}
@@ -93,7 +104,7 @@ def populate(port: int, accounts: int, records: int, tz: str) -> None:
             a[2] += 1
             items.append(f"{period.id},{at_ms},{service},{zone},{band},{roam},{dest},{units},{cost},s{n}-{i}")
         spent = sum(a[1] for a in agg.values())
-        pipe.hset(
+        pipe_for(keys.account(acct)).hset(
             keys.account(acct),
             mapping={
                 "balance": 500_000_000 - spent,
@@ -108,9 +119,13 @@ def populate(port: int, accounts: int, records: int, tz: str) -> None:
                 "cl": 0,
             },
         )
+        pipe = pipe_for(keys.account(acct))  # the line's usage is in its account's slot
         pipe.hset(keys.usage(acct), mapping={f: f"{a[0]},{a[1]},{a[2]}" for f, a in agg.items()})
         pipe.rpush(keys.usage_records(acct), *items)
-        pipe.hset(
+        bill = pipe_for(keys.billing_account(ba))  # every billing key is under {bill}
+        bill.set(keys.line_billing(acct), ba)
+        bill.rpush(keys.line_history(acct), f"{PERIOD_START - 86_400 * 40},active,mobile-postpaid")
+        bill.hset(
             keys.billing_account(ba),
             mapping={
                 "cycle_day": 1,
@@ -122,25 +137,32 @@ def populate(port: int, accounts: int, records: int, tz: str) -> None:
                 "deposit": 0,
             },
         )
-        pipe.hset(keys.billing_lines(ba), acct, f'{{"line": "{msisdn}", "unit_path": []}}')
-        pipe.set(keys.line_billing(acct), ba)
-        pipe.rpush(keys.line_history(acct), f"{PERIOD_START - 86_400 * 40},active,mobile-postpaid")
-        pipe.zadd(keys.BILL_DUE, {ba: period.end_s})
+        bill.hset(keys.billing_lines(ba), acct, f'{{"line": "{msisdn}", "unit_path": []}}')
+        bill.zadd(keys.BILL_DUE, {ba: period.end_s})
         if n % 2000 == 0:
-            pipe.execute()
-    pipe.execute()
-    r.close()
+            for p in pipes.values():
+                p.execute()
+    for p in pipes.values():
+        p.execute()
 
 
-async def bill(port: int, url: str, concurrency: int, shard: int = 0, shards: int = 1) -> tuple[float, float, int]:
+async def redis_client(redis_url: str, connections: int = 8) -> aioredis.Redis:
+    """The pooled client as the server makes it (a cluster's used for a plain command
+    first, README "Redis Cluster")."""
+    client = store.connect(redis_url, max_connections=connections)
+    await client.ping()
+    return client
+
+
+async def bill(redis_url: str, url: str, concurrency: int, shard: int = 0, shards: int = 1) -> tuple[float, float, int]:
     """One bill run (this process's shard of it); when it started and ended (wall clock)
     and the invoices it issued."""
-    client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True, max_connections=concurrency + 4)
+    client = await redis_client(redis_url, concurrency + 4)
     catalogs = CatalogBook(client)
     await catalogs.start("", prefer_file=False)
     clock = ManualClock((PERIOD_START + 32 * 86_400) * 1000)
     config = billing_config.default()
-    link = RedisLink(f"redis://127.0.0.1:{port}")
+    link = store.link(redis_url)
     pool = await open_pool(url, concurrency + 1)
     book = InvoiceBook(pool, config.issuer.id, config.issuer.number_prefix, SEALER)
     run = BillRun(client, BillingAccounts(client, config, SEALER), config, catalogs, clock, book, link)
@@ -155,19 +177,21 @@ async def bill(port: int, url: str, concurrency: int, shard: int = 0, shards: in
     return started, ended, report.issued
 
 
-def _shard(port: int, url: str, concurrency: int, shard: int, shards: int, out: Any) -> None:
-    out.put(uvloop.run(bill(port, url, concurrency, shard, shards)))
+def _shard(redis_url: str, url: str, concurrency: int, shard: int, shards: int, out: Any) -> None:
+    out.put(uvloop.run(bill(redis_url, url, concurrency, shard, shards)))
 
 
-def bill_in_processes(port: int, url: str, concurrency: int, processes: int) -> tuple[float, int]:
+def bill_in_processes(redis_url: str, url: str, concurrency: int, processes: int) -> tuple[float, int]:
     """The run split over ``processes`` processes by account hash; seconds from the first
     shard's start to the last one's end (process start-up excluded), and invoices."""
     if processes <= 1:
-        started, ended, issued = uvloop.run(bill(port, url, concurrency))
+        started, ended, issued = uvloop.run(bill(redis_url, url, concurrency))
         return ended - started, issued
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_shard, args=(port, url, concurrency, i, processes, out)) for i in range(processes)]
+    procs = [
+        ctx.Process(target=_shard, args=(redis_url, url, concurrency, i, processes, out)) for i in range(processes)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=3600) for _ in procs]
@@ -179,8 +203,8 @@ def bill_in_processes(port: int, url: str, concurrency: int, processes: int) -> 
     return elapsed, sum(r[2] for r in results)
 
 
-async def run_again(port: int, url: str) -> int:
-    client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+async def run_again(redis_url: str, url: str) -> int:
+    client = await redis_client(redis_url)
     catalogs = CatalogBook(client)
     await catalogs.start("", prefer_file=False)
     config = billing_config.default()
@@ -213,61 +237,111 @@ def verify(url: str, accounts: int) -> list[Invoice]:
     return sample
 
 
+@dataclass(frozen=True)
+class Figures:
+    primaries: int
+    issued: int
+    elapsed: float
+    mem_before: int
+    mem_after: int
+    redis_us: float  # the primaries' CPU per invoice (INFO cpu around the run)
+    replica_us: float
+    sample: list[Invoice]
+
+
 def main() -> int:
     accounts = int(os.environ.get("BENCH_BILL_ACCOUNTS", "100000"))
     records = int(os.environ.get("BENCH_BILL_RECORDS", "40"))
     concurrency = int(os.environ.get("BENCH_BILL_CONCURRENCY", "2"))
     processes = int(os.environ.get("BENCH_BILL_PROCESSES", "2"))
+    # 1: one redis-server; 3: a local Redis Cluster of 3 primaries and 3 replicas.
+    settings = [int(n) for n in os.environ.get("BENCH_BILL_PRIMARIES", "1,3").split(",")]
     tz = billing_config.default().time_zone
     pg_dir = private_dir("bill-bench-pg-")
     postgres = EmbeddedPostgres(pg_dir)
+    figures = []
     # Started and stopped on one loop of its own (it watches the postmaster from there).
     loop = asyncio.new_event_loop()
     try:
-        url = loop.run_until_complete(postgres.start())
-        migrations.upgrade(url)
-        with tempfile.TemporaryDirectory(prefix="bill-bench-") as tmp:
-            figures = _run(url, tmp, accounts, records, concurrency, processes, tz)
+        loop.run_until_complete(postgres.start())
+        for primaries in settings:
+            # A database per setting: each run numbers its invoices from 1.
+            name = f"bill_bench_{primaries}"
+            loop.run_until_complete(ensure_database(postgres.layout.url("postgres"), name))
+            url = postgres.layout.url(name)
+            migrations.upgrade(url)
+            with tempfile.TemporaryDirectory(prefix="bill-bench-") as tmp:
+                figures.append(_run(url, Path(tmp), primaries, accounts, records, concurrency, processes, tz))
     finally:
         loop.run_until_complete(postgres.stop())
         loop.close()
         shutil.rmtree(pg_dir, ignore_errors=True)
-    issued, elapsed, mem_before, mem_after, sample = figures
-    _print(issued, elapsed, mem_before, mem_after, sample, records, concurrency, processes)
+    _print(figures, records, concurrency, processes)
     return 0
 
 
+@contextlib.contextmanager
+def redis_nodes(primaries: int, tmp: Path) -> Iterator[tuple[str, list[int], list[int]]]:
+    """One redis-server or a local 3+3 Redis Cluster (tests/redis_cluster.py), both
+    append-only with fsync every second as ``make run`` starts Redis: its URL, the
+    primaries' ports and the replicas'."""
+    if primaries == 1:
+        port = free_port()
+        log = tmp / "redis.log"
+        argv = redis_command("redis-server", tmp, "everysec", port=port)
+        with child(argv, log) as proc:
+            wait_redis(proc, port, log)
+            yield f"redis://127.0.0.1:{port}", [port], []
+        return
+    if primaries != 3:
+        raise BenchError("BENCH_BILL_PRIMARIES: 1 (a redis-server) or 3 (a local cluster)")
+    from tests.redis_cluster import local_cluster
+
+    with local_cluster(tmp / "cluster") as cluster:
+        ports = [n.port for n in cluster.primaries()]
+        yield cluster.url, ports, [n.port for n in cluster.nodes if n.port not in ports]
+
+
+def redis_totals(ports: list[int]) -> tuple[float, int]:
+    """CPU seconds and used memory summed over the nodes."""
+    cpu, memory = 0.0, 0
+    for port in ports:
+        r = redis.Redis(host="127.0.0.1", port=port)
+        info = r.info()
+        cpu += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        memory += int(info["used_memory"])
+        r.close()
+    return cpu, memory
+
+
 def _run(
-    url: str, tmp: str, accounts: int, records: int, concurrency: int, processes: int, tz: str
-) -> tuple[int, float, int, int, list[Invoice]]:
-    port = free_port()
-    log = Path(tmp) / "redis.log"
-    argv = [*redis_command("redis-server", Path(tmp), "no", port=port), "--appendonly", "no"]
-    with child(argv, log) as proc:
-        wait_redis(proc, port, log)
+    url: str, tmp: Path, primaries: int, accounts: int, records: int, concurrency: int, processes: int, tz: str
+) -> Figures:
+    with redis_nodes(primaries, tmp) as (redis_url, ports, replicas):
+        router = Router(ports, primaries > 1)
         started = time.monotonic()
-        populate(port, accounts, records, tz)
+        populate(router, accounts, records, tz)
+        router.close()
         took = time.monotonic() - started
         print(f"populated {accounts} accounts x {records} records in {took:.1f}s", file=sys.stderr)
-        mem_before = int(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"])
-        elapsed, issued = bill_in_processes(port, url, concurrency, processes)
-        if asyncio.run(run_again(port, url)):
+        cpu_before, mem_before = redis_totals(ports)
+        replica_before = redis_totals(replicas)[0]
+        elapsed, issued = bill_in_processes(redis_url, url, concurrency, processes)
+        cpu_after, mem_after = redis_totals(ports)
+        replica_after = redis_totals(replicas)[0]
+        if asyncio.run(run_again(redis_url, url)):
             raise BenchError("a second bill run issued invoices again")
-        mem_after = int(redis.Redis(host="127.0.0.1", port=port).info("memory")["used_memory"])
         sample = verify(url, accounts)
-    return issued, elapsed, mem_before, mem_after, sample
+    return Figures(
+        primaries, issued, elapsed, mem_before, mem_after,
+        redis_us=(cpu_after - cpu_before) * 1e6 / issued,
+        replica_us=(replica_after - replica_before) * 1e6 / issued,
+        sample=sample,
+    )  # fmt: skip
 
 
-def _print(
-    issued: int,
-    elapsed: float,
-    mem_before: int,
-    mem_after: int,
-    sample: list[Invoice],
-    records: int,
-    concurrency: int,
-    processes: int,
-) -> None:
+def _print(figures: list[Figures], records: int, concurrency: int, processes: int) -> None:
+    sample = figures[0].sample
     t0 = time.perf_counter()
     for inv in sample:
         render_html(inv)
@@ -277,13 +351,22 @@ def _print(
         render_pdf(inv)
     pdf_ms = (time.perf_counter() - t0) * 1000 / len(sample)
     print(machine())
-    print(
-        f"bill run: {issued} invoices ({records} usage records each) in {elapsed:.1f}s, "
-        f"{processes} process(es) x {concurrency} batches of {BATCH} accounts in flight"
-    )
-    print(f"redis memory: {mem_before / 2**20:.0f} MiB before the run, {mem_after / 2**20:.0f} MiB after")
+    for f in figures:
+        where = "one redis-server" if f.primaries == 1 else f"a Redis Cluster of {f.primaries} primaries + replicas"
+        replicas = f", replicas {f.replica_us:.0f} us" if f.replica_us else ""
+        print(
+            f"bill run on {where}: {f.issued} invoices ({records} usage records each) in {f.elapsed:.1f}s, "
+            f"{f.issued / f.elapsed:.0f} invoices/s, {processes} process(es) x {concurrency} batches of {BATCH} "
+            f"accounts in flight; Redis CPU per invoice: primaries {f.redis_us:.0f} us{replicas}; "
+            f"redis memory {f.mem_before / 2**20:.0f} MiB before, {f.mem_after / 2**20:.0f} MiB after"
+        )
     print(f"rendering (separate, {len(sample)} invoices): html {html_ms:.1f} ms/invoice, pdf {pdf_ms:.1f} ms/invoice")
-    print(f"invoices_per_s={issued / elapsed:.0f}")
+    rates = {f.primaries: f.issued / f.elapsed for f in figures}
+    for primaries, rate in sorted(rates.items()):
+        if primaries != 1:
+            print(f"invoices_per_s_{primaries}_primaries={rate:.0f}")
+    if 1 in rates:
+        print(f"invoices_per_s={rates[1]:.0f}")
 
 
 if __name__ == "__main__":
