@@ -51,6 +51,7 @@ from charging.money import MICROS_PER_MINOR
 from charging.redis_link import RedisLink
 from loadtest.bench import BenchError, child, free_port, machine, wait_redis
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BATCH, BillRun
@@ -111,7 +112,7 @@ def populate(port: int, accounts: int, records: int, tz: str) -> None:
         pipe.hset(keys.usage(acct), mapping={f: f"{a[0]},{a[1]},{a[2]}" for f, a in agg.items()})
         pipe.rpush(keys.usage_records(acct), *items)
         pipe.hset(
-            keys.billing_account(ba),
+            bill_keys.billing_account(ba),
             mapping={
                 "cycle_day": 1,
                 "time_zone": tz,
@@ -122,10 +123,10 @@ def populate(port: int, accounts: int, records: int, tz: str) -> None:
                 "deposit": 0,
             },
         )
-        pipe.hset(keys.billing_lines(ba), acct, f'{{"line": "{msisdn}", "unit_path": []}}')
-        pipe.set(keys.line_billing(acct), ba)
-        pipe.rpush(keys.line_history(acct), f"{PERIOD_START - 86_400 * 40},active,mobile-postpaid")
-        pipe.zadd(keys.BILL_DUE, {ba: period.end_s})
+        pipe.hset(bill_keys.billing_lines(ba), acct, f'{{"line": "{msisdn}", "unit_path": []}}')
+        pipe.set(bill_keys.line_billing(acct), ba)
+        pipe.rpush(bill_keys.line_history(acct), f"{PERIOD_START - 86_400 * 40},active,mobile-postpaid")
+        pipe.zadd(bill_keys.BILL_DUE, {ba: period.end_s})
         if n % 2000 == 0:
             pipe.execute()
     pipe.execute()

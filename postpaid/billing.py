@@ -36,6 +36,7 @@ from charging.redis_link import RedisLink
 from charging.security.identity import caller_name
 from charging.settings import Settings
 from postpaid import collections_legacy, legacy, periods, receivables_legacy
+from postpaid import keys as bill_keys
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -218,10 +219,10 @@ class Billing:
         and is recorded FAILED after ``DELIVERY_ATTEMPTS``; one that cannot succeed is
         recorded FAILED at once."""
         handled = 0
-        for raw in await self.client.lrange(keys.BILL_DELIVERY, 0, limit - 1):
+        for raw in await self.client.lrange(bill_keys.BILL_DELIVERY, 0, limit - 1):
             number = str(raw)
             # One process at a time delivers an invoice (several may run the billing jobs).
-            lease = keys.delivery_lease(number)
+            lease = bill_keys.delivery_lease(number)
             if not await self.client.set(lease, "1", nx=True, px=DELIVERY_LEASE_MS):
                 continue
             try:
@@ -253,15 +254,15 @@ class Billing:
             outcome = "RETRYING"
         if outcome == "RETRYING":
             self._retried += 1
-            attempts = await self.client.hincrby(keys.invoice_state(number), "delivery_attempts", 1)
+            attempts = await self.client.hincrby(bill_keys.invoice_state(number), "delivery_attempts", 1)
             if attempts < DELIVERY_ATTEMPTS:
                 async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.lrem(keys.BILL_DELIVERY, 1, number)
-                    pipe.rpush(keys.BILL_DELIVERY, number)
+                    pipe.lrem(bill_keys.BILL_DELIVERY, 1, number)
+                    pipe.rpush(bill_keys.BILL_DELIVERY, number)
                     await pipe.execute()
                 return 0
-            await self.client.hset(keys.invoice_state(number), "delivery", "FAILED")
-        await self.client.lrem(keys.BILL_DELIVERY, 1, number)
+            await self.client.hset(bill_keys.invoice_state(number), "delivery", "FAILED")
+        await self.client.lrem(bill_keys.BILL_DELIVERY, 1, number)
         return 1
 
     async def deliver(self, number: str, again: bool = False) -> str:
@@ -274,7 +275,7 @@ class Billing:
             # operator to configure a channel (CHARGING_SMTP_HOST, CHARGING_INVOICE_DIR) and resend.
             metrics.UNDELIVERABLE_INVOICES.inc()
             return "PENDING"
-        state = keys.invoice_state(number)
+        state = bill_keys.invoice_state(number)
         done = (
             set() if again else set(filter(None, str(await self.client.hget(state, "delivered_on") or "").split(",")))
         )
@@ -317,7 +318,7 @@ class Billing:
         return found
 
     async def invoice_state(self, number: str) -> dict[str, str]:
-        h = await self.client.hgetall(keys.invoice_state(number))
+        h = await self.client.hgetall(bill_keys.invoice_state(number))
         if not h:
             raise NotFound("no such invoice")
         return {str(k): str(v) for k, v in h.items()}

@@ -16,6 +16,7 @@ from charging.clock import ManualClock
 from charging.server import App
 from charging.settings import Settings
 from charging.v1 import billing_pb2, billing_pb2_grpc
+from postpaid import keys as bill_keys
 from postpaid.billing import Billing
 from tests.conftest import LineBook, PostgresServer, Stubs, enrol
 from tests.test_bill_run import call
@@ -31,7 +32,7 @@ def billing_memory(r: redis.Redis, accounts: list[str]) -> tuple[int, int]:
     states, other = 0, 0
     for key in r.scan_iter(match="{bill}:*", count=1000):
         size = int(r.memory_usage(key, samples=0) or 0)
-        if str(key).startswith(keys.invoice_state("")) or str(key).endswith(":open"):
+        if str(key).startswith(bill_keys.invoice_state("")) or str(key).endswith(":open"):
             states += size
         else:
             other += size
@@ -61,7 +62,7 @@ async def test_a_year_of_invoices_is_paged_from_the_database_and_redis_does_not_
         sizes.append(billing_memory(r, accounts))
     # The invoice documents are not in Redis; what billing keeps there per line after
     # twelve runs is what it kept after one (a few bytes of counters' digits aside).
-    assert not list(r.scan_iter(match=keys.invoice("*")))
+    assert not list(r.scan_iter(match=bill_keys.invoice("*")))
     (first, first_states), (last, last_states) = sizes[0], sizes[-1]
     assert abs(last - first) <= 64 * len(LINES), sizes
     assert last_states <= 12 * first_states + 64

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from charging import keys, store
+from charging import store
 from postpaid import accounts
+from postpaid import keys as bill_keys
 from provisioning.rotation import Rotation
 from provisioning.sealing import Sealer, new_key_entry
 from tests.redis_cluster import LocalCluster
@@ -29,7 +30,7 @@ async def test_rotation_reseals_and_rewrites_every_node_of_a_cluster(redis_clust
     try:
         old = Sealer.from_text(K1, "k1")
         for i in range(30):
-            await client.hset(keys.billing_account(f"C{i}"), mapping=accounts.sealed({"name": f"Anna {i}"}, old))
+            await client.hset(bill_keys.billing_account(f"C{i}"), mapping=accounts.sealed({"name": f"Anna {i}"}, old))
         for node in redis_cluster.nodes:
             # LZF would hide the ciphertext's prefix in a rewritten base file from a byte grep.
             node.client().config_set("rdbcompression", "no")
@@ -45,7 +46,7 @@ async def test_rotation_reseals_and_rewrites_every_node_of_a_cluster(redis_clust
         done = await Rotation(client, ring).run(rewrite_timeout_s=60)
         assert done.billing_accounts == 30
         for i in range(30):
-            name = str(await client.hget(keys.billing_account(f"C{i}"), "name"))
+            name = str(await client.hget(bill_keys.billing_account(f"C{i}"), "name"))
             assert name.startswith("enc:k2:") and accounts.opened({"name": name}, ring)["name"] == f"Anna {i}"
         # Every node, primaries and replicas, holds the billing accounts' new ciphertext
         # only: the old one left every AOF.
