@@ -126,7 +126,7 @@ def populate(port: int, accounts: int, records: int, tz: str) -> None:
         pipe.hset(bill_keys.billing_lines(ba), acct, f'{{"line": "{msisdn}", "unit_path": []}}')
         pipe.set(bill_keys.line_billing(acct), ba)
         pipe.rpush(bill_keys.line_history(acct), f"{PERIOD_START - 86_400 * 40},active,mobile-postpaid")
-        pipe.zadd(bill_keys.BILL_DUE, {ba: period.end_s})
+        pipe.zadd(bill_keys.due_index(ba), {ba: period.end_s})
         if n % 2000 == 0:
             pipe.execute()
     pipe.execute()

@@ -58,11 +58,10 @@ async def reseal_all(client: aioredis.Redis, sealer: Sealer) -> int:
     an older key or written in clear; how many accounts changed. One watched transaction
     per account (a change meanwhile reads it again). On a Redis Cluster the client's
     SCAN walks every primary, each with its own cursor (tests/test_rotation_cluster.py)."""
-    prefix = bill_keys.billing_account("")
     done = 0
-    async for raw in client.scan_iter(match=bill_keys.billing_account("*"), count=500):
+    async for raw in client.scan_iter(match=bill_keys.BILLING_ACCOUNT_PATTERN, count=500):
         key = str(raw)
-        if ":" in key[len(prefix) :]:
+        if bill_keys.billing_account_of(key) is None:
             continue  # the account's lines, pending charges...: not the account itself
 
         async def txn(pipe: Pipeline, key: str = key) -> int:
@@ -76,6 +75,18 @@ async def reseal_all(client: aioredis.Redis, sealer: Sealer) -> int:
 
         done += await client.transaction(txn, key, value_from_callable=True)
     return done
+
+
+async def invoice_account(client: aioredis.Redis, number: str) -> str | None:
+    """The billing account of an invoice Redis holds the state of (None: no such
+    invoice): its state is in its account's shard, which the number alone does not name,
+    so every shard is asked (a call by a person: a dispute, a credit note)."""
+    with storage_errors():
+        for shard in range(bill_keys.SHARDS):
+            found = await client.hget(bill_keys.invoice_state_in(shard, number), "ba")
+            if found is not None:
+                return str(found)
+    return None
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,7 @@ class BillingAccounts:
                 }
                 for name, value in sealed(fields, self.sealer).items():
                     pipe.hsetnx(bill_keys.billing_account(ba), name, value)
-                pipe.zadd(bill_keys.BILL_DUE, {ba: first.end_s}, nx=True)
+                pipe.zadd(bill_keys.due_index(ba), {ba: first.end_s}, nx=True)
                 await pipe.execute()
             info = await self.client.hmget(bill_keys.billing_account(ba), ["cycle_day", "next_period"])
             current = periods.by_id(str(info[1]), int(str(info[0])), tz)
@@ -142,7 +153,7 @@ class BillingAccounts:
                 # at the period running now, not at the old one.
                 current = periods.period_at(current.start.day, tz, at_s)
                 await self.client.hset(bill_keys.billing_account(ba), "next_period", current.id)
-                await self.client.zadd(bill_keys.BILL_DUE, {ba: current.end_s})
+                await self.client.zadd(bill_keys.due_index(ba), {ba: current.end_s})
             # In this order, so that whatever a crash leaves is finished by enrolling again
             # (the marker last: until it is set, the next change of the line enrols again)
             # and a bill run never finds a line on the account that is not postpaid yet.

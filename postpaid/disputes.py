@@ -31,6 +31,7 @@ from charging import audit_trail
 from charging.errors import Conflict, InvalidRequest, NotFound
 from charging.store import storage_errors
 from postpaid import keys as bill_keys
+from postpaid.accounts import invoice_account
 from postpaid.dunning_record import lock_account
 from postpaid.receivables import Applied, CreditNote
 from postpaid.scripts import DISPUTE, DisputeArgs
@@ -104,13 +105,15 @@ class Disputes:
         self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str, customer: str
     ) -> dict[str, Any]:
         """Hold ``amount`` of an invoice out of dunning (checked by ``Payments.open_dispute``)."""
+        ba = await invoice_account(self.client, number)
+        if ba is None:
+            raise NotFound("no such invoice")
         with storage_errors():
             ba_found, open_, disputed = await self.client.hmget(
-                bill_keys.invoice_state(number), ["ba", "open", "disputed"]
+                bill_keys.invoice_state(ba, number), ["ba", "open", "disputed"]
             )
         if ba_found is None:
             raise NotFound("no such invoice")
-        ba = str(ba_found)
         owner = str(await self.client.hget(bill_keys.billing_account(ba), "customer") or "")
         if customer and owner != customer:
             raise NotFound("no such invoice of this customer")
@@ -160,7 +163,7 @@ class Disputes:
         dispute_id, ba, invoice = d["id"], d["ba"], d["invoice"]
         now_s = self.payments.clock.now_ms() // 1000
         with storage_errors():
-            total, credited = await self.client.hmget(bill_keys.invoice_state(invoice), ["total", "credited"])
+            total, credited = await self.client.hmget(bill_keys.invoice_state(ba, invoice), ["total", "credited"])
             before = int(await self.client.get(bill_keys.credit_note_seq(self.payments.config.issuer.id)) or 0)
         creditable = min(int(d["amount"]), max(int(total or 0) - int(credited or 0), 0))
         action = "dispute_accepted" if event == "ACCEPTED" else "dispute_rejected"
@@ -212,7 +215,7 @@ class Disputes:
             if before is not None:
                 refused = before.detail if before.outcome == "REFUSED" else ""
             else:
-                state_keys = (bill_keys.dispute(dispute_id), bill_keys.invoice_state(payload["invoice"]))
+                state_keys = (bill_keys.dispute(ba, dispute_id), bill_keys.invoice_state(ba, payload["invoice"]))
                 args = DisputeArgs(payload["op"], int(payload["amount"]), payload["record"])
                 with storage_errors():
                     reply = await DISPUTE(self.client, state_keys, args)

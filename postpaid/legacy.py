@@ -64,7 +64,7 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sea
     moved.runs = await _move_runs(client, pool)
     async for key in client.scan_iter(match=bill_keys.bill_run("*", "*"), count=1000):
         await client.delete(key)
-    async for key in client.scan_iter(match=bill_keys.billing_invoices("*"), count=1000):
+    async for key in client.scan_iter(match=bill_keys.legacy_account("*") + ":inv", count=1000):
         await client.delete(key)
     return moved
 
@@ -79,7 +79,7 @@ async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys:
     docs = await client.mget(doc_keys)
     pipe = client.pipeline(transaction=False)
     for number in numbers:
-        pipe.hget(bill_keys.invoice_state(number), "issued")
+        pipe.hget(bill_keys.legacy_invoice_state(number), "issued")
     issued_at = await pipe.execute()
     rows, charges, taxes = [], [], []
     for number, doc, at in zip(numbers, docs, issued_at, strict=True):

@@ -42,10 +42,12 @@ def _id(record_key: str) -> str:
 async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, currency: str, now_s: int) -> int:
     """Move the Redis-only movements; answers how many rows were written."""
     moved = 0
-    prefix = bill_keys.billing_account("")
-    async for key in client.scan_iter(match=bill_keys.billing_payments("*"), count=1000):
+    # Under the one {bill} tag or moved into the billing shards already (shards.py).
+    async for key in client.scan_iter(match=bill_keys.BILLING_ACCOUNT_PATTERN + ":pay", count=1000):
         name = _text(key)
-        ba = name[len(prefix) : -len(":pay")]
+        ba = bill_keys.billing_account_of(name[: -len(":pay")])
+        if ba is None or not name.endswith(":pay"):
+            continue
         record_keys = [_text(k) for k in await client.lrange(name, 0, -1)]
         docs = await client.mget(record_keys) if record_keys else []
         async with pool.connection() as conn, conn.transaction():
@@ -99,7 +101,7 @@ async def _movement(
     elif kind == "CREDIT_NOTE":
         movement_id = str(doc["number"])
         series, _, digits = movement_id.rpartition("-")
-        key = record_key[len(bill_keys.payment("CN", "")) :]
+        key = record_key.split(":pay:CN:", 1)[1]
         cur = await conn.execute(
             "INSERT INTO credit_notes (issuer, series, number, credit_note_id, billing_account, invoice_id, "
             "amount_minor, currency, reason, idempotency_key, issued_at, recorded_by) "

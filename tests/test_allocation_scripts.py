@@ -53,7 +53,7 @@ async def seeded(client: aioredis.Redis, open_: list[int], credit: int) -> tuple
     )
     for number, amount in standing.open:
         state = {"ba": ba, "total": amount, "open": amount, "disputed": 0, "due": 0, "status": "OPEN"}
-        await client.hset(bill_keys.invoice_state(number), mapping=state)
+        await client.hset(bill_keys.invoice_state(ba, number), mapping=state)
         await client.rpush(bill_keys.billing_open(ba), number)
     return ba, standing
 
@@ -63,8 +63,8 @@ async def stored(client: aioredis.Redis, ba: str, numbers: list[str]) -> tuple[S
     account = await client.hgetall(bill_keys.billing_account(ba))
     credit, balance = int(account.get("credit", 0)), int(account.get("balance", 0))
     listed = await client.lrange(bill_keys.billing_open(ba), 0, -1)
-    opened = [(n, int(await client.hget(bill_keys.invoice_state(n), "open") or 0)) for n in listed]
-    status = {n: str(await client.hget(bill_keys.invoice_state(n), "status")) for n in numbers}
+    opened = [(n, int(await client.hget(bill_keys.invoice_state(ba, n), "open") or 0)) for n in listed]
+    status = {n: str(await client.hget(bill_keys.invoice_state(ba, n), "status")) for n in numbers}
     return Standing(tuple(opened), credit, balance), status
 
 
@@ -170,7 +170,7 @@ async def test_issue_script_pays_new_invoices_from_credit_as_the_reference_says(
         number = await run.bill(ba, clock.now_ms() // 1000)
         assert number is not None and not number.startswith("ALREADY")
         numbers.append(number)
-        total = int(await client.hget(bill_keys.invoice_state(number), "total") or 0)
+        total = int(await client.hget(bill_keys.invoice_state(ba, number), "total") or 0)
         expected = issue(before, number, total)
         got, status = await stored(client, ba, numbers)
         assert got == expected

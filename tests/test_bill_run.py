@@ -128,7 +128,7 @@ async def test_bill_run_issues_one_invoice_per_account_and_period_and_can_run_ag
     assert kinds == ["RENTAL", "USAGE", "DISCOUNT"]
     assert section.charges[0].amount == 2500  # full month, activated on the cycle day
     assert len(section.usage) == 1 and section.usage[0].units == 600
-    state = {str(k): str(v) for k, v in (await client.hgetall(bill_keys.invoice_state(numbers[0]))).items()}
+    state = {str(k): str(v) for k, v in (await client.hgetall(bill_keys.invoice_state("C3", numbers[0]))).items()}
     assert int(state["total"]) == inv.total and state["status"] == "OPEN"
     # The invoiced usage no longer holds headroom; the next period's call does.
     flat = {str(k): str(v) for k, v in (await client.hgetall(keys.usage(acct))).items()}

@@ -98,7 +98,7 @@ async def assert_billed_once(client: aioredis.Redis, database_url: str, lines: d
         (last,) = conn.execute("SELECT last_number FROM invoice_numbers").fetchone() or (0,)
     assert sorted(ba for ba, _n, _d in rows) == ["K0", "K1", "K2"]
     assert [n for _ba, n, _d in rows] == ["INV-00000001", "INV-00000002", "INV-00000003"] and last == 3
-    queued = [str(x) for x in await client.lrange(bill_keys.BILL_DELIVERY, 0, -1)]
+    queued = [str(x) for queue in bill_keys.DELIVERY_QUEUES for x in await client.lrange(queue, 0, -1)]
     assert sorted(queued) == [n for _ba, n, _d in rows]
     for ba, number, doc in rows:
         inv = Invoice.from_json(doc)

@@ -252,7 +252,7 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     assert (state["delivery"], state["delivered_on"]) == ("DELIVERED", "directory,email")
     assert len(box.messages) == 1 and box.messages[0][0].rcpt_tos == ["customer@example.org"]
     assert not (tmp_path / f"{number}.pdf").exists()  # not written twice
-    assert await app.redis.llen(bill_keys.BILL_DELIVERY) == 0
+    assert [await app.redis.llen(queue) for queue in bill_keys.DELIVERY_QUEUES] == [0] * bill_keys.SHARDS
     async with app.database.connection() as conn:
         cur = await conn.execute(
             "SELECT channel, delivered FROM invoice_deliveries WHERE invoice_id = %s ORDER BY attempt_id",
@@ -306,8 +306,8 @@ async def test_a_committed_dunning_decision_is_applied_once(app: App) -> None:
         bill_keys.billing_dunning_done("C31"),
         bill_keys.billing_pending("C31"),
         bill_keys.billing_account("C31"),
-        bill_keys.BILL_OUTBOX,
-        bill_keys.BILL_DUE,
+        bill_keys.outbox("C31"),
+        bill_keys.due_index("C31"),
     )
     steps = (DunningStep("INV-1|barring", '{"kind": "LATE_FEE"}', "note"),)
     args = DunningArgs("BARRED_OUTGOING", steps, 0)
@@ -316,7 +316,7 @@ async def test_a_committed_dunning_decision_is_applied_once(app: App) -> None:
     assert await app.redis.hget(bill_keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
     assert await app.redis.hget(bill_keys.billing_account("C31"), "epoch") == "5"
     assert await app.redis.llen(bill_keys.billing_pending("C31")) == 1
-    assert await app.redis.lrange(bill_keys.BILL_OUTBOX, 0, -1) == ["note"]
+    assert await app.redis.lrange(bill_keys.outbox("C31"), 0, -1) == ["note"]
 
 
 class SlowNetworkBook(LineBook):

@@ -43,9 +43,9 @@ async def world(redis_url: str, database_url: str) -> AsyncIterator[tuple[Collec
         await client.hset(bill_keys.billing_account(ba), mapping={"state": "ACTIVE", "epoch": 0, "moves": 0})
         number = f"INV-{n + 1:08d}"
         state = {"ba": ba, "total": 3000, "open": 3000, "disputed": 0, "due": due_s, "status": "OPEN"}
-        await client.hset(bill_keys.invoice_state(number), mapping=state)
+        await client.hset(bill_keys.invoice_state(ba, number), mapping=state)
         await client.rpush(bill_keys.billing_open(ba), number)
-        await client.zadd(bill_keys.BILL_DUNNING, {ba: due_s})
+        await client.zadd(bill_keys.dunning_index(ba), {ba: due_s})
     clock.advance(seconds=DAYS * DAY)
     yield collection(client, DunningRecord(pool), clock), client, pool
     await pool.close()
@@ -86,7 +86,7 @@ async def assert_each_step_once(client: aioredis.Redis, pool: Pool) -> None:
         assert (account["state"], account["epoch"]) == ("BARRED_OUTGOING", "1")
         audit = await rows(pool, "SELECT action FROM audit WHERE subject = %s ORDER BY action", ba)
         assert [a for (a,) in audit] == ["dunning_state", "dunning_step", "dunning_step", "dunning_step"]
-    outbox = await client.lrange(bill_keys.BILL_OUTBOX, 0, -1)
+    outbox = [x for box in bill_keys.OUTBOXES for x in await client.lrange(box, 0, -1)]
     notes = sorted(" ".join(x.split(" ")[:2]) for x in outbox)
     expected = [f"dunning_barring INV-{n:08d}" for n in range(1, 6)]
     assert notes == sorted(expected + [f"service_barred_outgoing {ba}" for ba in ACCOUNTS])
@@ -131,7 +131,7 @@ async def test_the_job_applies_a_decision_a_crash_left(
     assert await c.apply_pending() == 1
     assert await c.apply_pending() == 0
     assert await client.hget(bill_keys.billing_account(pending.billing_account), "state") == "BARRED_OUTGOING"
-    assert pending.billing_account in await client.smembers(bill_keys.BILL_RECHECK)
+    assert pending.billing_account in await client.smembers(bill_keys.recheck(pending.billing_account))
     await c.run()
     await assert_each_step_once(client, pool)
 
@@ -165,7 +165,7 @@ async def test_a_promise_holds_dunning_and_is_judged_once(world: tuple[Collectio
     assert sorted(a for (a,) in actions) == ["promise_broken", "promise_to_pay"]
     # A promise kept: the invoice is paid within it.
     await c.promise("D3", c.today() + timedelta(days=3), "agent-2")
-    await client.hset(bill_keys.invoice_state("INV-00000003"), "open", 0)
+    await client.hset(bill_keys.invoice_state("D3", "INV-00000003"), "open", 0)
     await client.lrem(bill_keys.billing_open("D3"), 0, "INV-00000003")
     await c.evaluate("D3")
     kept = await rows(pool, "SELECT o.outcome FROM promise_outcomes o JOIN promises_to_pay p USING (promise_id) "

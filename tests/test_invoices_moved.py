@@ -25,7 +25,9 @@ async def kept_in_redis(client: aioredis.Redis, count: int) -> list[str]:
         number = f"INV-{n:08d}"
         inv = dataclasses.replace(sample_invoice(usage_rows=5), number=number, billing_account="C1")
         await client.set(bill_keys.invoice(number), inv.to_json())
-        await client.hset(bill_keys.invoice_state(number), mapping={"ba": "C1", "issued": 1_767_225_600, "open": 0})
+        await client.hset(
+            bill_keys.legacy_invoice_state(number), mapping={"ba": "C1", "issued": 1_767_225_600, "open": 0}
+        )
         await client.rpush(bill_keys.billing_invoices("C1"), number)
         await client.set(bill_keys.bill_run("C1", f"2025-{n:02d}"), number)
         numbers.append(number)
@@ -62,7 +64,7 @@ async def test_invoices_kept_in_redis_are_moved_once_and_the_series_continues(
     assert not await client.exists(
         bill_keys.invoice(numbers[2]), bill_keys.billing_invoices("C1"), bill_keys.bill_run("C1", "2025-01")
     )
-    assert (await client.hgetall(bill_keys.invoice_state(numbers[2])))["ba"] == "C1"  # the state stays
+    assert (await client.hgetall(bill_keys.legacy_invoice_state(numbers[2])))["ba"] == "C1"  # the state stays
     assert (await b.run_history(5))[0]["issued"] == 1
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM invoices").fetchone() == (3,)

@@ -134,7 +134,7 @@ async def test_dunning_walks_the_ladder_once_and_a_payment_restores(
     assert book.lines["491700000303"]["state"] == "barred_outgoing"
     pending = [str(x) for x in await client.lrange(bill_keys.billing_pending("C9"), 0, -1)]
     assert len(pending) == 1 and '"LATE_FEE"' in pending[0]
-    outbox = [str(x) for x in await client.lrange(bill_keys.BILL_OUTBOX, 0, -1)]
+    outbox = [str(x) for x in await client.lrange(bill_keys.outbox("C9"), 0, -1)]
     assert [x.split(" ")[0] for x in outbox] == ["dunning_barring", "service_barred_outgoing"]
     # The line's headroom carries the overdue amount.
     sub = await stubs.balance("491700000303")
@@ -171,7 +171,7 @@ async def test_adjustments_are_audited_and_idempotent(
     with pytest.raises(InvalidRequest, match="reason"):
         await b.payments.adjust("adj-2", "C10", 100, " ", "agent-7")
     assert app.redis is not None
-    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(bill_keys.BILL_AUDIT)  # type: ignore[assignment]
+    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(bill_keys.audit("C10"))  # type: ignore[assignment]
     assert [e[1]["action"] for e in audit] == ["adjustment"]
     clock.advance(seconds=31 * DAY)
     await b.runs.run()

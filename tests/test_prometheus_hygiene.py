@@ -166,7 +166,7 @@ async def test_accounts_a_bill_run_or_dunning_cannot_handle_are_counted(
     report = await b.runs.run()
     assert (report.issued, report.failed) == (1, 1)
     await app.redis.rpush(bill_keys.billing_open("C65"), "NO-SUCH-INVOICE")  # damaged
-    await app.redis.sadd(bill_keys.BILL_RECHECK, "C65")
+    await app.redis.sadd(bill_keys.recheck("C65"), "C65")
     await b.collection.run()
     assert sample("billing_account_failures_total", step="bill_run") - before["bill_run"] == 1
     assert sample("billing_account_failures_total", step="dunning") - before["dunning"] == 1

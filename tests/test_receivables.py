@@ -53,7 +53,7 @@ async def rows(pool: Pool, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 async def open_amounts(client: aioredis.Redis, ba: str) -> tuple[dict[str, int], int]:
     listed = await client.lrange(bill_keys.billing_open(ba), 0, -1)
-    opened = {str(n): int(await client.hget(bill_keys.invoice_state(n), "open") or 0) for n in listed}
+    opened = {str(n): int(await client.hget(bill_keys.invoice_state(ba, n), "open") or 0) for n in listed}
     return opened, int(await client.hget(bill_keys.billing_account(ba), "credit") or 0)
 
 
@@ -316,21 +316,21 @@ async def test_a_dispute_is_a_row_first_and_its_acceptance_with_its_credit_note_
     # Opened, killed before Redis heard of it: the row, its audit entry, no hold yet.
     assert await crashing(redis_url, database_url, "dispute", ba, invoice, "after_commit") == -signal.SIGKILL
     assert await rows(pool, "SELECT event, amount_minor FROM dispute_events") == [("OPENED", 500)]
-    assert await client.hget(bill_keys.invoice_state(invoice), "disputed") == "0"
+    assert await client.hget(bill_keys.invoice_state(ba, invoice), "disputed") == "0"
     assert await payments.apply_pending() == 1
-    assert await client.hget(bill_keys.invoice_state(invoice), "disputed") == "500"
+    assert await client.hget(bill_keys.invoice_state(ba, invoice), "disputed") == "500"
     # Accepted, killed before Redis: the decision and its credit note were one transaction.
     assert await crashing(redis_url, database_url, "accept", ba, invoice, "after_commit") == -signal.SIGKILL
     assert (await payments.dispute("crash-d"))["status"] == "ACCEPTED"
     assert len(await payments.ledger.pending()) == 1  # the credit note
     assert await payments.apply_pending() == 2  # the credit note and the acceptance
     assert await payments.apply_pending() == 0
-    state = await client.hmget(bill_keys.invoice_state(invoice), ["open", "disputed"])
+    state = await client.hmget(bill_keys.invoice_state(ba, invoice), ["open", "disputed"])
     assert state == ["2500", "0"]
     # The caller's retry answers the same and changes nothing.
     again = await payments.resolve_dispute("crash-d", True, "agreed", "agent-3")
     assert (again["status"], again["credit_note"]) == ("ACCEPTED", "CN-00000001")
-    assert await client.hmget(bill_keys.invoice_state(invoice), ["open", "disputed"]) == ["2500", "0"]
+    assert await client.hmget(bill_keys.invoice_state(ba, invoice), ["open", "disputed"]) == ["2500", "0"]
     with pytest.raises(Conflict):
         await payments.resolve_dispute("crash-d", False, "no", "agent-3")
     actions = await rows(pool, "SELECT action FROM audit ORDER BY action")

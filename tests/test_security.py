@@ -290,7 +290,7 @@ async def test_audit_entries_name_the_authenticated_caller(secured: App, pki: Pa
             )
         )
     await b.payments.adjust("adj-2", "C10", 100, "fee", "batch")  # not a gRPC call
-    audit: list[tuple[str, dict[str, str]]] = await secured.redis.xrange(bill_keys.BILL_AUDIT)  # type: ignore[assignment]
+    audit: list[tuple[str, dict[str, str]]] = await secured.redis.xrange(bill_keys.audit("C10"))  # type: ignore[assignment]
     assert [(e[1]["actor"], e[1]["caller"]) for e in audit] == [
         ("agent-7", "spiffe://charging.local/billing"),
         ("batch", "internal"),
