@@ -8,10 +8,11 @@ headroom against the credit limit), later changes join the line's history (renta
 prorated on it), and a termination issues the line's final invoice (prorated rentals,
 remaining usage, the deposit offset when it was the account's last line).
 
-Issuing an invoice queues it for delivery in the same script (``{bill}:deliver``);
-``deliver_pending`` renders and sends what is queued, records the outcome on the
-invoice, and takes it off the queue only then: delivery is at least once, never lost,
-and a bill run never waits for rendering or a mail server. ``resend`` queues it again.
+Issuing an invoice queues it for delivery in the same script (its account's shard's
+queue, ``{bill.<n>}:deliver``); ``deliver_pending`` renders and sends what every shard
+has queued, records the outcome on the invoice, and takes it off the queue only then:
+delivery is at least once, never lost, and a bill run never waits for rendering or a
+mail server. ``resend`` queues it again.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ the right step without sending every missed reminder. A payment, a credit note o
 dispute re-evaluates the account at once (``Payments.on_change``).
 
 A run may be as of a later day (``as_of.py``). The account then keeps that instant
-(``{bill}:as_of``, only ever raised) and every later evaluation of it — a payment, the
+(``{bill.<n>}:as_of``, only ever raised) and every later evaluation of it — a payment, the
 periodic run — is as of that day at least: otherwise the next periodic run, as of
 today, would find nothing overdue and restore a line the run had just barred.
 """

@@ -6,9 +6,9 @@ application (``billing_applications``, kind ``DISPUTE``, the ``payload`` saying 
 ``dispute.lua`` is to do); accepting also numbers and commits the dispute's credit note
 (with its own pending application) in that transaction. Redis then applies it under the
 application's and the account's locks (``receivables.py``, ``dunning_record.py``): the
-disputed amount is held out of dunning (``{bill}:is:NUMBER`` ``disputed``, which
+disputed amount is held out of dunning (``{bill.<n>}:is:NUMBER`` ``disputed``, which
 ``pay.lua`` releases with the credit note) or released on a rejection. ``dispute.lua``
-keeps the dispute's status under ``{bill}:disp:ID``, so applying twice changes nothing.
+keeps the dispute's status under ``{bill.<n>}:disp:ID``, so applying twice changes nothing.
 A dispute Redis refuses after its commit (a payment left less open than the pre-check
 saw) is REFUSED: void, and its error raised now and on every retry. Whatever crashes
 between a commit and Redis, a retry of the same call or the ``billing_applications`` job

@@ -8,11 +8,11 @@ from the account (``account_tag``), and the indexes the background jobs walk (ac
 due for billing, the dunning watch list, restricted and to re-check, the as-of marks,
 the delivery queue and the billing outbox) from the account they hold (``due_index(ba)``
 and so on) or, for the jobs that walk them, as a tuple of every shard (``DUE_INDEXES``).
-Today every account and index is under the one hash tag ``{bill}`` (one shard): the
-scripts that join an account with an index (``settle.lua``, ``pay.lua``,
-``dunning.lua``) run in that one slot. Spreading billing over the cluster is then a
-change of ``account_tag``/``SHARDS`` here (each shard's indexes under the tag of the
-accounts they hold, so each script stays one slot) and a move of the keys.
+Each shard is a hash tag of its own (``{bill.<n>}``), so on a Redis Cluster the shards
+spread over the primaries; an account's keys and its entries in the indexes share its
+shard's tag, so the scripts that join an account with an index (``settle.lua``,
+``pay.lua``, ``dunning.lua``) each run in one slot, atomically. Before the shards every
+billing key was under the one tag ``{bill}``: ``postpaid/shards.py`` moves them once.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 import zlib
 
-TAG = "{bill}"
-# The shards of billing: today one, the {bill} tag.
-SHARDS = 1
+TAG = "{bill}"  # the one tag of before the shards (and of what only the legacy moves read)
+# The shards of billing, each its own hash tag {bill.<n>}: with redis-cli's even slot
+# ranges the 16 tags fall 5, 5 and 6 on 3 primaries (tests/test_billing_shards.py).
+SHARDS = 16
 
 
 def shard_of(ba: str) -> int:
@@ -32,7 +33,7 @@ def shard_of(ba: str) -> int:
 
 def shard_tag(shard: int) -> str:
     """The hash tag of a shard's accounts and indexes."""
-    return TAG
+    return "{bill." + str(shard) + "}"
 
 
 def account_tag(ba: str) -> str:
@@ -136,17 +137,6 @@ def outbox(ba: str) -> str:
     return outbox_shard(shard_of(ba))
 
 
-# The one-shard names, as they were (tests and the legacy moves read them).
-BILL_DUE = due_shard(0)
-BILL_DUNNING = dunning_shard(0)
-BILL_OUTBOX = outbox_shard(0)
-BILL_DELIVERY = delivery_shard(0)
-BILL_RECHECK = recheck_shard(0)
-BILL_RESTRICTED = restricted_shard(0)
-BILL_AS_OF = as_of_shard(0)
-BILL_AUDIT = audit_shard(0)
-
-
 # -- a billing account's keys
 
 
@@ -231,13 +221,14 @@ def delivery_lease(shard: int, number: str) -> str:
 
 
 def line_billing(account_id: str) -> str:
-    """string: the billing account a charging account's usage is billed to."""
-    return TAG + ":line:" + account_id
+    """string: the billing account a charging account's usage is billed to (in the shard
+    of the line's own id: the line's keys are read on their own, never in a script)."""
+    return shard_tag(zlib.crc32(account_id.encode()) % SHARDS) + ":line:" + account_id
 
 
 def line_history(account_id: str) -> str:
     """list: "<time s>,<state>,<plan>" changes of a postpaid line (rentals are prorated on it)."""
-    return TAG + ":hist:" + account_id
+    return shard_tag(zlib.crc32(account_id.encode()) % SHARDS) + ":hist:" + account_id
 
 
 # -- kept only to be moved (legacy modules)
@@ -269,7 +260,7 @@ def customer_disputes(customer_id: str) -> str:
 # SCAN pattern of every billing account's keys (any shard); BILLING_ACCOUNT_KEY tells the
 # account's hash (its id) from its lines, pending charges and the rest.
 BILLING_ACCOUNT_PATTERN = "{bill*}:ba:*"
-BILLING_ACCOUNT_KEY = re.compile(r"^\{bill(?::\d+)?\}:ba:([^:]+)$")
+BILLING_ACCOUNT_KEY = re.compile(r"^\{bill(?:\.\d+)?\}:ba:([^:]+)$")
 
 
 def billing_account_of(key: str) -> str | None:

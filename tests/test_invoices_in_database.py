@@ -1,6 +1,6 @@
 """A year of monthly bill runs: the invoices are in PostgreSQL, listed page by page through
 the Billing API and summed by the analysts' views, and billing's Redis memory per postpaid line does not grow with them
-(only each invoice's small state hash, ``{bill}:is:NUMBER``, stays: open amount, status,
+(only each invoice's small state hash, ``{bill.<n>}:is:NUMBER``, stays: open amount, status,
 delivery, which payments and dunning use in real time; moving the settled ones out is
 left for when payments are rows too)."""
 
@@ -27,7 +27,7 @@ LINES = ("491700000951", "491700000952")
 
 def billing_memory(r: redis.Redis, accounts: list[str]) -> tuple[int, int]:
     """Bytes billing keeps in Redis for these lines (their usage and account hashes and
-    every ``{bill}`` key but the invoices' states), and the invoices' states' bytes (the
+    every billing key but the invoices' states), and the invoices' states' bytes (the
     state hashes and the lists of open invoices: nobody pays in this test)."""
     states, other = 0, 0
     for key in r.scan_iter(match="{bill*}:*", count=1000):
