@@ -155,11 +155,6 @@ def billing_pending(ba: str) -> str:
     return billing_account(ba) + ":pending"
 
 
-def billing_invoices(ba: str) -> str:
-    """list: the account's invoice numbers, oldest first (before issue 11; moved)."""
-    return billing_account(ba) + ":inv"
-
-
 def billing_open(ba: str) -> str:
     """list: numbers of the account's invoices with an open amount, oldest first."""
     return billing_account(ba) + ":open"

@@ -46,7 +46,7 @@ async def rows(pool: Pool, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 async def seed_old_redis(client: aioredis.Redis) -> None:
-    await client.hset(bill_keys.billing_account("C7"), mapping={"customer": "7", "promised_until": "2026-01-20"})
+    await client.hset(bill_keys.legacy_account("C7"), mapping={"customer": "7", "promised_until": "2026-01-20"})
     opened = {"id": "d-1", "invoice": "INV-00000003", "ba": "C7", "amount": 150, "reason": "call", "opened": NOW_S}
     await client.hset(
         bill_keys.legacy_dispute("d-1"), mapping={"status": "OPEN", "doc": json.dumps({**opened, "line": ""})}
@@ -56,7 +56,7 @@ async def seed_old_redis(client: aioredis.Redis) -> None:
     await client.hset(bill_keys.legacy_dispute("d-2"), mapping={"status": "ACCEPTED", "doc": json.dumps(accepted)})
     await client.zadd(bill_keys.customer_disputes("7"), {"d-1": NOW_S, "d-2": NOW_S})
     members = ["INV-00000003|reminder", "INV-00000003|second_reminder", "state|BARRED_OUTGOING|0", "restore|1"]
-    await client.sadd(bill_keys.billing_dunning_done("C7"), *members)
+    await client.sadd(bill_keys.legacy_account("C7") + ":dun", *members)
     for action in ("dispute_opened", "dispute_accepted", "adjustment", "collection_handover"):
         fields = {"action": action, "actor": "agent-1", "ba": "C7", "amount": 90, "reason": "r", "at": NOW_S}
         await client.xadd(bill_keys.LEGACY_AUDIT, fields)  # type: ignore[arg-type]
@@ -81,9 +81,9 @@ async def test_old_disputes_promises_and_steps_move_once(payments: Payments) -> 
     audit = await rows(pool, "SELECT action FROM audit ORDER BY action")
     assert audit == [("collection_handover",), ("dispute_accepted",), ("dispute_opened",)]
     # What Redis no longer needs is gone; what its scripts apply by stays.
-    assert await client.hget(bill_keys.billing_account("C7"), "promised_until") is None
+    assert await client.hget(bill_keys.legacy_account("C7"), "promised_until") is None
     assert not await client.exists(bill_keys.customer_disputes("7"))
-    assert await client.exists(bill_keys.legacy_dispute("d-1"), bill_keys.billing_dunning_done("C7")) == 2
+    assert await client.exists(bill_keys.legacy_dispute("d-1"), bill_keys.legacy_account("C7") + ":dun") == 2
     # The billing code reads them from PostgreSQL.
     seen = {d["id"]: d for d in await payments.disputes_of("7")}
     assert (seen["d-1"]["status"], seen["d-1"]["amount"]) == ("OPEN", 150)

@@ -28,7 +28,7 @@ async def kept_in_redis(client: aioredis.Redis, count: int) -> list[str]:
         await client.hset(
             bill_keys.legacy_invoice_state(number), mapping={"ba": "C1", "issued": 1_767_225_600, "open": 0}
         )
-        await client.rpush(bill_keys.billing_invoices("C1"), number)
+        await client.rpush(bill_keys.legacy_account("C1") + ":inv", number)
         await client.set(bill_keys.bill_run("C1", f"2025-{n:02d}"), number)
         numbers.append(number)
     await client.set(bill_keys.invoice_seq("operator"), count)
@@ -62,7 +62,7 @@ async def test_invoices_kept_in_redis_are_moved_once_and_the_series_continues(
     assert await b.invoices_of("C1") == numbers
     assert (await b.invoice(numbers[2])).number == numbers[2]
     assert not await client.exists(
-        bill_keys.invoice(numbers[2]), bill_keys.billing_invoices("C1"), bill_keys.bill_run("C1", "2025-01")
+        bill_keys.invoice(numbers[2]), bill_keys.legacy_account("C1") + ":inv", bill_keys.bill_run("C1", "2025-01")
     )
     assert (await client.hgetall(bill_keys.legacy_invoice_state(numbers[2])))["ba"] == "C1"  # the state stays
     assert (await b.run_history(5))[0]["issued"] == 1
