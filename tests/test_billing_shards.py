@@ -91,7 +91,8 @@ async def test_the_accounts_of_one_bill_run_land_on_every_primary_and_each_is_is
         await client.aclose()
 
 
-async def test_the_keys_under_the_one_bill_tag_are_moved_into_the_shards_once(redis_url: str) -> None:
+async def test_the_keys_under_the_one_bill_tag_are_moved_into_the_shards_once(app: App, redis_url: str) -> None:
+    assert app.billing is not None
     client = await async_redis_client(redis_url)
     old = "{bill}:"
     record = json.dumps({"kind": "PAYMENT", "ba": "L1", "amount": 500})
@@ -116,7 +117,9 @@ async def test_the_keys_under_the_one_bill_tag_are_moved_into_the_shards_once(re
         await client.hset(old + "ba:L2", mapping={"credit": "0"})
         await client.hset(bill_keys.billing_account("L2"), mapping={"credit": "700"})
 
-        assert await shards.move_once(client) == 16
+        # As a server of the shards starts on it (the marker of its own, empty, start gone).
+        await client.delete(shards.MOVED)
+        await app.billing.move_redis_invoices()
         assert await shards.move_once(client) == 0  # once: the marker
         assert await shards.move(client) == 0  # and nothing is left to move
         assert await client.hget(bill_keys.billing_account("L1"), "customer") == "1"
@@ -136,6 +139,8 @@ async def test_the_keys_under_the_one_bill_tag_are_moved_into_the_shards_once(re
         assert await client.llen(bill_keys.OUTBOXES[0]) == 1
         assert await client.llen(old + "runs") == 1
         left = [str(k) async for k in client.scan_iter(match=old + "*")]
-        assert sorted(left) == [old + "moved:shards", old + "runs"]
+        # Only what the legacy moves read is left, and the moves' markers.
+        assert sorted(k for k in left if not k.startswith(old + "moved:")) == [old + "runs"]
+        assert old + "moved:shards" in left
     finally:
         await client.aclose()
