@@ -66,7 +66,7 @@ Postpaid usage ``{a:ID}:u`` (record_usage)
   refunded in the period (event.lua refunds give headroom back); its units, which
   usage free of charge or covered by bundles can pile up, stop at 2**53 - 1 (the
   itemised records keep every unit); n is +1 per record.
-Billing ``{bill}`` (postpaid/*.lua, minor units)
+Billing ``{bill.<n>}`` (postpaid/*.lua, minor units)
   invoice open <= total, disputed <= open, credited <= total; payments, credit notes and
   refunds are each at most 10**13 (postpaid/payments.py MAX_MINOR); a payment or credit
   note that would leave more than that as the account's credit is refused (pay.lua

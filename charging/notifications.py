@@ -78,7 +78,7 @@ class Notifier:
         return await self.relay_outbox(keys.outbox(account), account, batch)
 
     async def relay_outbox(self, outbox: str, account: str, batch: int = 100) -> int:
-        """The same for any outbox (billing's ``{bill}:out``), entries named after ``account``."""
+        """The same for any outbox (billing's, one per shard: ``{bill.<n>}:out``), entries named after ``account``."""
         moved = 0
         with storage_errors():
             while entries := [str(e) for e in await self._client.lrange(outbox, 0, batch - 1)]:

@@ -10,11 +10,10 @@ from datetime import UTC, date, datetime, timedelta
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from charging import keys as charging_keys
 from console.customers import masked
 from console.desk import Desk
 from console.web import Visit, guarded
-from postpaid import dunning
+from postpaid import collection, dunning
 from provisioning import keys as provisioning_keys
 from provisioning.base import EPOCH
 
@@ -56,8 +55,7 @@ def period(first: str, last: str, today: date) -> tuple[date, date, str]:
 
 async def dunning_queue(desk: Desk) -> list[Dunned]:
     client = desk.redis
-    due = {str(x) for x in await client.zrangebyscore(charging_keys.BILL_DUNNING, "-inf", desk.now_s())}
-    due |= {str(x) for x in await client.smembers(charging_keys.BILL_RESTRICTED)}
+    due = await collection.watched(client, desk.now_s(), recheck=False)
     today = desk.billing.collection.today()
     out = []
     for ba in sorted(due)[:QUEUE_LIMIT]:

@@ -59,6 +59,7 @@ from charging.money import MICROS_PER_MINOR
 from loadtest.bench import BenchError, child, free_port, machine, wait_redis
 from loadtest.scale_load import Router
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BATCH, BillRun
@@ -122,11 +123,14 @@ def populate(router: Router, accounts: int, records: int, tz: str) -> None:
         pipe = pipe_for(keys.account(acct))  # the line's usage is in its account's slot
         pipe.hset(keys.usage(acct), mapping={f: f"{a[0]},{a[1]},{a[2]}" for f, a in agg.items()})
         pipe.rpush(keys.usage_records(acct), *items)
-        bill = pipe_for(keys.billing_account(ba))  # every billing key is under {bill}
-        bill.set(keys.line_billing(acct), ba)
-        bill.rpush(keys.line_history(acct), f"{PERIOD_START - 86_400 * 40},active,mobile-postpaid")
+        # each billing key in its shard's slot: the account's by its id, the line's by the line's
+        line_billing = bill_keys.line_billing(acct)
+        pipe_for(line_billing).set(line_billing, ba)
+        history = bill_keys.line_history(acct)
+        pipe_for(history).rpush(history, f"{PERIOD_START - 86_400 * 40},active,mobile-postpaid")
+        bill = pipe_for(bill_keys.billing_account(ba))
         bill.hset(
-            keys.billing_account(ba),
+            bill_keys.billing_account(ba),
             mapping={
                 "cycle_day": 1,
                 "time_zone": tz,
@@ -137,8 +141,8 @@ def populate(router: Router, accounts: int, records: int, tz: str) -> None:
                 "deposit": 0,
             },
         )
-        bill.hset(keys.billing_lines(ba), acct, f'{{"line": "{msisdn}", "unit_path": []}}')
-        bill.zadd(keys.BILL_DUE, {ba: period.end_s})
+        bill.hset(bill_keys.billing_lines(ba), acct, f'{{"line": "{msisdn}", "unit_path": []}}')
+        bill.zadd(bill_keys.due_index(ba), {ba: period.end_s})
         if n % 2000 == 0:
             for p in pipes.values():
                 p.execute()

@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 from charging import keys
 from charging.money import MICROS_PER_MINOR, split_evenly
 from charging.store import storage_errors
+from postpaid import keys as bill_keys
 from postpaid import periods
 from postpaid.config import BillingConfig
 from postpaid.scripts import CREDIT, ENROL, CreditArgs, EnrolArgs
@@ -57,11 +58,10 @@ async def reseal_all(client: aioredis.Redis, sealer: Sealer) -> int:
     an older key or written in clear; how many accounts changed. One watched transaction
     per account (a change meanwhile reads it again). On a Redis Cluster the client's
     SCAN walks every primary, each with its own cursor (tests/test_rotation_cluster.py)."""
-    prefix = keys.billing_account("")
     done = 0
-    async for raw in client.scan_iter(match=keys.billing_account("*"), count=500):
+    async for raw in client.scan_iter(match=bill_keys.BILLING_ACCOUNT_PATTERN, count=500):
         key = str(raw)
-        if ":" in key[len(prefix) :]:
+        if bill_keys.billing_account_of(key) is None:
             continue  # the account's lines, pending charges...: not the account itself
 
         async def txn(pipe: Pipeline, key: str = key) -> int:
@@ -75,6 +75,18 @@ async def reseal_all(client: aioredis.Redis, sealer: Sealer) -> int:
 
         done += await client.transaction(txn, key, value_from_callable=True)
     return done
+
+
+async def invoice_account(client: aioredis.Redis, number: str) -> str | None:
+    """The billing account of an invoice Redis holds the state of (None: no such
+    invoice): its state is in its account's shard, which the number alone does not name,
+    so every shard is asked (a call by a person: a dispute, a credit note)."""
+    with storage_errors():
+        for shard in range(bill_keys.SHARDS):
+            found = await client.hget(bill_keys.invoice_state_in(shard, number), "ba")
+            if found is not None:
+                return str(found)
+    return None
 
 
 @dataclass(frozen=True)
@@ -131,17 +143,17 @@ class BillingAccounts:
                     "credit_limit": credit_limit_micros,
                 }
                 for name, value in sealed(fields, self.sealer).items():
-                    pipe.hsetnx(keys.billing_account(ba), name, value)
-                pipe.zadd(keys.BILL_DUE, {ba: first.end_s}, nx=True)
+                    pipe.hsetnx(bill_keys.billing_account(ba), name, value)
+                pipe.zadd(bill_keys.due_index(ba), {ba: first.end_s}, nx=True)
                 await pipe.execute()
-            info = await self.client.hmget(keys.billing_account(ba), ["cycle_day", "next_period"])
+            info = await self.client.hmget(bill_keys.billing_account(ba), ["cycle_day", "next_period"])
             current = periods.by_id(str(info[1]), int(str(info[0])), tz)
-            if current.end_s <= at_s and not await self.client.hlen(keys.billing_lines(ba)):
+            if current.end_s <= at_s and not await self.client.hlen(bill_keys.billing_lines(ba)):
                 # Every line had ended and the account stopped being billed: it starts again
                 # at the period running now, not at the old one.
                 current = periods.period_at(current.start.day, tz, at_s)
-                await self.client.hset(keys.billing_account(ba), "next_period", current.id)
-                await self.client.zadd(keys.BILL_DUE, {ba: current.end_s})
+                await self.client.hset(bill_keys.billing_account(ba), "next_period", current.id)
+                await self.client.zadd(bill_keys.due_index(ba), {ba: current.end_s})
             # In this order, so that whatever a crash leaves is finished by enrolling again
             # (the marker last: until it is set, the next change of the line enrols again)
             # and a bill run never finds a line on the account that is not postpaid yet.
@@ -149,22 +161,22 @@ class BillingAccounts:
             await ENROL(self.client, (keys.account(account_id),), EnrolArgs(bp, credit_limit_micros))
             await self.record_change(account_id, at_s, "active", plan_id)
             entry = json.dumps({"line": line, "unit_path": list(unit_path)})
-            await self.client.hset(keys.billing_lines(ba), account_id, entry)
+            await self.client.hset(bill_keys.billing_lines(ba), account_id, entry)
             await self.share_credit_limit(ba)
-            await self.client.set(keys.line_billing(account_id), ba)
+            await self.client.set(bill_keys.line_billing(account_id), ba)
 
     async def open_account_for(self, ba: str) -> str:
         """The billing account new lines of this payer join: ``ba``, unless dunning
         terminated it (its debt is with collection), then its successor ``ba-2``, ``ba-3``..."""
         candidate, n = ba, 1
-        while await self.client.hget(keys.billing_account(candidate), "state") == "TERMINATED":
+        while await self.client.hget(bill_keys.billing_account(candidate), "state") == "TERMINATED":
             n += 1
             candidate = f"{ba}-{n}"
         return candidate
 
     async def record_change(self, account_id: str, at_s: int, state: str, plan_id: str) -> None:
         """Add a state or product change to the line's history (a repeat is not added)."""
-        key = keys.line_history(account_id)
+        key = bill_keys.line_history(account_id)
         last = await self.client.lindex(key, -1)
         if last is not None:
             _at, was_state, was_plan = str(last).split(",")
@@ -173,12 +185,14 @@ class BillingAccounts:
         await self.client.rpush(key, f"{at_s},{state},{plan_id}")
 
     async def billed_to(self, account_id: str) -> str | None:
-        ba = await self.client.get(keys.line_billing(account_id))
+        ba = await self.client.get(bill_keys.line_billing(account_id))
         return None if ba is None else str(ba)
 
     async def get(self, ba: str) -> dict[str, str]:
         """The account's hash, its personal fields opened."""
-        return self.opened({str(k): str(v) for k, v in (await self.client.hgetall(keys.billing_account(ba))).items()})
+        return self.opened(
+            {str(k): str(v) for k, v in (await self.client.hgetall(bill_keys.billing_account(ba))).items()}
+        )
 
     def opened(self, h: dict[str, str]) -> dict[str, str]:
         """An account's hash read elsewhere (a bill run's pipeline), its personal fields opened."""
@@ -186,7 +200,7 @@ class BillingAccounts:
 
     async def lines(self, ba: str) -> list[BillingLine]:
         out = []
-        for account_id, raw in (await self.client.hgetall(keys.billing_lines(ba))).items():
+        for account_id, raw in (await self.client.hgetall(bill_keys.billing_lines(ba))).items():
             d: dict[str, Any] = json.loads(raw)
             out.append(BillingLine(str(account_id), d["line"], tuple(d["unit_path"])))
         return sorted(out, key=lambda x: x.account_id)
@@ -203,7 +217,7 @@ class BillingAccounts:
         take the odd micros), so all of them together never spend more than the limit.
         Called when a line joins or leaves; each share is set absolutely (credit.lua), so
         doing it again changes nothing."""
-        stored = await self.client.hget(keys.billing_account(ba), "credit_limit")
+        stored = await self.client.hget(bill_keys.billing_account(ba), "credit_limit")
         if stored is None:
             return  # an account without a limit of its own: each line keeps its own
         limit = int(str(stored))

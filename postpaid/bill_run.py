@@ -48,6 +48,7 @@ from charging.cluster_link import ClusterLink
 from charging.money import format_minor
 from charging.redis_link import RedisLink
 from charging.store import storage_errors
+from postpaid import keys as bill_keys
 from postpaid import periods
 from postpaid.accounts import BillingAccounts, BillingLine
 from postpaid.compose import AccountBill, LineBill, Product, compose
@@ -160,7 +161,9 @@ class BillRun:
         now_s = self.clock.now_ms() // 1000 if at_s is None else at_s
         report = RunReport(as_of=_today(now_s, self.config.time_zone).isoformat())
         with storage_errors():
-            due = [str(x) for x in await self.client.zrangebyscore(keys.BILL_DUE, "-inf", now_s)]
+            due = [
+                str(x) for index in bill_keys.DUE_INDEXES for x in await self.client.zrangebyscore(index, "-inf", now_s)
+            ]
         if shards > 1:
             due = [ba for ba in due if zlib.crc32(ba.encode()) % shards == shard]
         if limit:
@@ -182,9 +185,12 @@ class BillRun:
         await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
         report.seconds = time.perf_counter() - started
         with storage_errors():
-            after = await self.client.zrangebyscore(keys.BILL_DUE, f"({now_s}", "+inf", start=0, num=1, withscores=True)
-            if after:
-                report.next_due = _today(int(after[0][1]), self.config.time_zone).isoformat()
+            later: list[int] = []
+            for index in bill_keys.DUE_INDEXES:
+                after = await self.client.zrangebyscore(index, f"({now_s}", "+inf", start=0, num=1, withscores=True)
+                later += [int(pair[1]) for pair in after]
+            if later:
+                report.next_due = _today(min(later), self.config.time_zone).isoformat()
         await self.book.record_run(now_s, report.as_dict())
         return report
 
@@ -247,9 +253,9 @@ class BillRun:
         """Bill a batch in four pipelined round trips; returns the accounts left for ``_one``."""
         commands: list[tuple[Any, ...]] = []
         for ba in bas:
-            commands.append(("HGETALL", keys.billing_account(ba)))
-            commands.append(("HGETALL", keys.billing_lines(ba)))
-            commands.append(("LRANGE", keys.billing_pending(ba), 0, -1))
+            commands.append(("HGETALL", bill_keys.billing_account(ba)))
+            commands.append(("HGETALL", bill_keys.billing_lines(ba)))
+            commands.append(("LRANGE", bill_keys.billing_pending(ba), 0, -1))
         raw = await self._many(commands)
         slow: list[str] = []
         jobs = []
@@ -316,13 +322,13 @@ class BillRun:
         tz, cycle_day = info["time_zone"], int(info["cycle_day"])
         period = periods.by_id(info["next_period"], cycle_day, tz)
         if now_s < period.end_s:
-            await self.client.zadd(keys.BILL_DUE, {ba: period.end_s})
+            await self.client.zadd(bill_keys.due_index(ba), {ba: period.end_s})
             why.append(NOT_ENDED)
             return None
         lines = await self.accounts.lines(ba)
-        if not lines and not await self.client.llen(keys.billing_pending(ba)):
+        if not lines and not await self.client.llen(bill_keys.billing_pending(ba)):
             # Every line ended with its final invoice: the account has nothing more to bill.
-            await self.client.zrem(keys.BILL_DUE, ba)
+            await self.client.zrem(bill_keys.due_index(ba), ba)
             why.append(NO_LINES)
             return None
         return await self.invoice(ba, info, period, lines, now_s)
@@ -343,7 +349,7 @@ class BillRun:
         bills = [self._line_bill(line, period, raw[2 * i : 2 * i + 2]) for i, line in enumerate(lines)]
         nxt = periods.following(period, tz) if not final_line else None
         state = await self.accounts.get(ba)
-        pending = [str(x) for x in await self.client.lrange(keys.billing_pending(ba), 0, -1)]
+        pending = [str(x) for x in await self.client.lrange(bill_keys.billing_pending(ba), 0, -1)]
         deposit = 0
         if final_line and int(state.get("deposit", 0)) and len(await self.accounts.lines(ba)) <= len(lines):
             deposit = int(state["deposit"])
@@ -455,7 +461,7 @@ class BillRun:
             paid_counted=int(state.get("paid_since", 0)),
             credited_counted=int(state.get("credited_since", 0)),
             notes_counted=len(notes),
-            state_prefix=keys.invoice_state(""),
+            state_prefix=bill_keys.state_prefix(invoice.billing_account),
         )
         run = period.id if not final_line else f"final-{final_line}"
         return Draft(invoice, run, settle)
@@ -501,7 +507,7 @@ def _close_commands(acct: str, period: periods.Period, ahead: str) -> list[tuple
             keys.usage_records(acct),
             *CloseArgs(period.id, ahead).to_argv(),
         ),
-        ("LRANGE", keys.line_history(acct), 0, -1),
+        ("LRANGE", bill_keys.line_history(acct), 0, -1),
     ]
 
 
@@ -517,15 +523,15 @@ def _settle_command(issued: Issued) -> tuple[Any, ...]:
     """settle.lua for an invoice written to the database."""
     ba, number = issued.billing_account, issued.number
     settle_keys = (
-        keys.billing_account(ba),
-        keys.billing_pending(ba),
-        keys.billing_open(ba),
-        keys.BILL_DUNNING,
-        keys.BILL_DUE,
-        keys.BILL_DELIVERY,
-        keys.billing_lines(ba),
-        keys.BILL_RECHECK,
-        keys.invoice_state(number),
+        bill_keys.billing_account(ba),
+        bill_keys.billing_pending(ba),
+        bill_keys.billing_open(ba),
+        bill_keys.dunning_index(ba),
+        bill_keys.due_index(ba),
+        bill_keys.delivery_queue(ba),
+        bill_keys.billing_lines(ba),
+        bill_keys.recheck(ba),
+        bill_keys.invoice_state(ba, number),
     )
     return ("EVALSHA", SETTLE.sha, len(settle_keys), *settle_keys, *issued.settle.to_argv())
 

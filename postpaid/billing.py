@@ -8,10 +8,11 @@ headroom against the credit limit), later changes join the line's history (renta
 prorated on it), and a termination issues the line's final invoice (prorated rentals,
 remaining usage, the deposit offset when it was the account's last line).
 
-Issuing an invoice queues it for delivery in the same script (``{bill}:deliver``);
-``deliver_pending`` renders and sends what is queued, records the outcome on the
-invoice, and takes it off the queue only then: delivery is at least once, never lost,
-and a bill run never waits for rendering or a mail server. ``resend`` queues it again.
+Issuing an invoice queues it for delivery in the same script (its account's shard's
+queue, ``{bill.<n>}:deliver``); ``deliver_pending`` renders and sends what every shard
+has queued, records the outcome on the invoice, and takes it off the queue only then:
+delivery is at least once, never lost, and a bill run never waits for rendering or a
+mail server. ``resend`` queues it again.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.security.identity import caller_name
 from charging.settings import Settings
-from postpaid import collections_legacy, legacy, periods, receivables_legacy
-from postpaid.accounts import BillingAccounts, billing_account_id
+from postpaid import collections_legacy, legacy, periods, receivables_legacy, shards
+from postpaid import keys as bill_keys
+from postpaid.accounts import BillingAccounts, billing_account_id, invoice_account
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
 from postpaid.config import BillingConfig, load
@@ -126,6 +128,8 @@ class Billing:
         )
         if payments:
             log.info("payments, credit notes and refunds moved from redis", extra={"movements": payments})
+        # Then what is left under the one {bill} tag, into the billing shards (``shards.py``).
+        await shards.move_once(self.client)
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""
@@ -218,16 +222,17 @@ class Billing:
         and is recorded FAILED after ``DELIVERY_ATTEMPTS``; one that cannot succeed is
         recorded FAILED at once."""
         handled = 0
-        for raw in await self.client.lrange(keys.BILL_DELIVERY, 0, limit - 1):
-            number = str(raw)
-            # One process at a time delivers an invoice (several may run the billing jobs).
-            lease = keys.delivery_lease(number)
-            if not await self.client.set(lease, "1", nx=True, px=DELIVERY_LEASE_MS):
-                continue
-            try:
-                handled += await self._deliver_queued(number)
-            finally:
-                await self.client.delete(lease)
+        for shard, queue in enumerate(bill_keys.DELIVERY_QUEUES):
+            for raw in await self.client.lrange(queue, 0, limit - 1):
+                number = str(raw)
+                # One process at a time delivers an invoice (several may run the billing jobs).
+                lease = bill_keys.delivery_lease(shard, number)
+                if not await self.client.set(lease, "1", nx=True, px=DELIVERY_LEASE_MS):
+                    continue
+                try:
+                    handled += await self._deliver_queued(shard, number)
+                finally:
+                    await self.client.delete(lease)
         if handled and not self.deliveries:
             log.warning(
                 "invoices issued with no delivery channel configured: they stay PENDING",
@@ -244,7 +249,7 @@ class Billing:
         if self._retried > before and not handled:
             raise DeliveryStalled(f"no queued invoice could be delivered ({self._retried - before} to retry)")
 
-    async def _deliver_queued(self, number: str) -> int:
+    async def _deliver_queued(self, shard: int, number: str) -> int:
         """Deliver one queued invoice; 1 when it left the queue."""
         try:
             outcome = await self.deliver(number)
@@ -253,15 +258,16 @@ class Billing:
             outcome = "RETRYING"
         if outcome == "RETRYING":
             self._retried += 1
-            attempts = await self.client.hincrby(keys.invoice_state(number), "delivery_attempts", 1)
+            state, queue = bill_keys.invoice_state_in(shard, number), bill_keys.DELIVERY_QUEUES[shard]
+            attempts = await self.client.hincrby(state, "delivery_attempts", 1)
             if attempts < DELIVERY_ATTEMPTS:
                 async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.lrem(keys.BILL_DELIVERY, 1, number)
-                    pipe.rpush(keys.BILL_DELIVERY, number)
+                    pipe.lrem(queue, 1, number)
+                    pipe.rpush(queue, number)
                     await pipe.execute()
                 return 0
-            await self.client.hset(keys.invoice_state(number), "delivery", "FAILED")
-        await self.client.lrem(keys.BILL_DELIVERY, 1, number)
+            await self.client.hset(state, "delivery", "FAILED")
+        await self.client.lrem(bill_keys.DELIVERY_QUEUES[shard], 1, number)
         return 1
 
     async def deliver(self, number: str, again: bool = False) -> str:
@@ -274,7 +280,7 @@ class Billing:
             # operator to configure a channel (CHARGING_SMTP_HOST, CHARGING_INVOICE_DIR) and resend.
             metrics.UNDELIVERABLE_INVOICES.inc()
             return "PENDING"
-        state = keys.invoice_state(number)
+        state = bill_keys.invoice_state(inv.billing_account, number)
         done = (
             set() if again else set(filter(None, str(await self.client.hget(state, "delivered_on") or "").split(",")))
         )
@@ -317,7 +323,8 @@ class Billing:
         return found
 
     async def invoice_state(self, number: str) -> dict[str, str]:
-        h = await self.client.hgetall(keys.invoice_state(number))
+        ba = await invoice_account(self.client, number)
+        h = await self.client.hgetall(bill_keys.invoice_state(ba, number)) if ba is not None else {}
         if not h:
             raise NotFound("no such invoice")
         return {str(k): str(v) for k, v in h.items()}

@@ -22,7 +22,7 @@ the right step without sending every missed reminder. A payment, a credit note o
 dispute re-evaluates the account at once (``Payments.on_change``).
 
 A run may be as of a later day (``as_of.py``). The account then keeps that instant
-(``{bill}:as_of``, only ever raised) and every later evaluation of it — a payment, the
+(``{bill.<n>}:as_of``, only ever raised) and every later evaluation of it — a payment, the
 periodic run — is as of that day at least: otherwise the next periodic run, as of
 today, would find nothing overdue and restore a line the run had just barred.
 """
@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from charging import keys, metrics
+from charging import metrics
 from charging.audit_trail import AuditEntry
 from charging.clock import Clock
 from charging.errors import InvalidRequest
@@ -50,6 +50,7 @@ from charging.notifications import Notifier
 from charging.security.identity import caller_name
 from charging.store import storage_errors
 from postpaid import as_of, dunning
+from postpaid import keys as bill_keys
 from postpaid.accounts import BillingAccounts
 from postpaid.config import BillingConfig
 from postpaid.dunning import ChangeState, LateFee, Notify, OpenInvoice, Restore, ServiceState
@@ -70,6 +71,18 @@ ORDER_FOR = {
 }
 DUNNING_ORDER = "dunning-"
 PROMISE_MAX_DAYS = 30
+
+
+async def watched(client: aioredis.Redis, now_s: int, recheck: bool) -> set[str]:
+    """The accounts dunning looks at now, from every shard: an invoice past due by
+    ``now_s``, restricted (to restore it once paid) and, with ``recheck``, money moved."""
+    found: set[str] = set()
+    for shard in range(bill_keys.SHARDS):
+        found |= {str(x) for x in await client.zrangebyscore(bill_keys.dunning_shard(shard), "-inf", now_s)}
+        found |= {str(x) for x in await client.smembers(bill_keys.restricted_shard(shard))}
+        if recheck:
+            found |= {str(x) for x in await client.smembers(bill_keys.recheck_shard(shard))}
+    return found
 
 
 class Lines(Protocol):
@@ -147,7 +160,7 @@ class Collection:
     async def now_ms_for(self, ba: str) -> int:
         """Now for the account: the clock, or the later instant it was dunned as of."""
         with storage_errors():
-            raised = await self.client.zscore(keys.BILL_AS_OF, ba)
+            raised = await self.client.zscore(bill_keys.as_of(ba), ba)
         return max(self.clock.now_ms(), int(raised or 0) * 1000)
 
     async def today_for(self, ba: str) -> date:
@@ -160,15 +173,13 @@ class Collection:
         day, ``as_of.py``), which each account evaluated keeps."""
         now_s = self.clock.now_ms() // 1000 if at_s is None else max(at_s, self.clock.now_ms() // 1000)
         with storage_errors():
-            due = {str(x) for x in await self.client.zrangebyscore(keys.BILL_DUNNING, "-inf", now_s)}
-            due |= {str(x) for x in await self.client.smembers(keys.BILL_RESTRICTED)}
-            due |= {str(x) for x in await self.client.smembers(keys.BILL_RECHECK)}
+            due = await watched(self.client, now_s, recheck=True)
         report = CollectionReport(accounts=len(due), as_of=as_of.day_of(now_s, self.config.time_zone).isoformat())
         for ba in sorted(due):
             try:
                 if at_s is not None:
                     with storage_errors():
-                        await self.client.zadd(keys.BILL_AS_OF, {ba: now_s}, gt=True)
+                        await self.client.zadd(bill_keys.as_of(ba), {ba: now_s}, gt=True)
                 decision, overdue, day = await self.assess(ba)
             except Exception:
                 metrics.ACCOUNT_FAILURES.labels("dunning").inc()
@@ -198,8 +209,8 @@ class Collection:
     async def _open(self, ba: str, until: date | None) -> list[OpenInvoice]:
         tz = ZoneInfo(self.config.time_zone)
         out = []
-        for number in [str(x) for x in await self.client.lrange(keys.billing_open(ba), 0, -1)]:
-            h = await self.client.hmget(keys.invoice_state(number), ["open", "disputed", "due"])
+        for number in [str(x) for x in await self.client.lrange(bill_keys.billing_open(ba), 0, -1)]:
+            h = await self.client.hmget(bill_keys.invoice_state(ba, number), ["open", "disputed", "due"])
             due = datetime.fromtimestamp(int(str(h[2])), tz).date()
             out.append(OpenInvoice(number, due, int(str(h[0])), int(str(h[1])), until))
         return out
@@ -226,7 +237,7 @@ class Collection:
                 if decided is not None:
                     await self._apply(conn, ba, decided.application_id, decided.args)
         if self.notifier is not None and (left or (decided is not None and decided.args.steps)):
-            await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
+            await self.notifier.relay_outbox(bill_keys.outbox(ba), "billing")
         for action in decision.actions:
             metrics.DUNNING_ACTIONS.labels(type(action).__name__).inc()
         await self.accounts.set_overdue(ba, overdue)
@@ -236,10 +247,10 @@ class Collection:
             # looked at on every run until their lines match.
             restricted = decision.state in ORDER_FOR and decision.state is not ServiceState.TERMINATED
             if restricted or unsettled:
-                await self.client.sadd(keys.BILL_RESTRICTED, ba)
+                await self.client.sadd(bill_keys.restricted(ba), ba)
             else:
-                await self.client.srem(keys.BILL_RESTRICTED, ba)
-            await self.client.srem(keys.BILL_RECHECK, ba)
+                await self.client.srem(bill_keys.restricted(ba), ba)
+            await self.client.srem(bill_keys.recheck(ba), ba)
         return decision, overdue, today
 
     async def _apply(self, conn: AsyncConnection[TupleRow], ba: str, application_id: str, args: DunningArgs) -> None:
@@ -254,11 +265,11 @@ class Collection:
     async def _redis(self, ba: str, args: DunningArgs) -> int:
         """dunning.lua: the decision's effects in Redis, each once."""
         keys_ = (
-            keys.billing_dunning_done(ba),
-            keys.billing_pending(ba),
-            keys.billing_account(ba),
-            keys.BILL_OUTBOX,
-            keys.BILL_DUE,
+            bill_keys.billing_dunning_done(ba),
+            bill_keys.billing_pending(ba),
+            bill_keys.billing_account(ba),
+            bill_keys.outbox(ba),
+            bill_keys.due_index(ba),
         )
         applied: int = await DUNNING(self.client, keys_, args)
         return applied
@@ -272,9 +283,10 @@ class Collection:
                 ba = pending.billing_account
                 async with self.record.locked(ba) as conn:
                     await self._apply(conn, ba, pending.application_id, args_of(pending.payload))
-                await self.client.sadd(keys.BILL_RECHECK, pending.billing_account)
+                await self.client.sadd(bill_keys.recheck(ba), ba)
         if found and self.notifier is not None:
-            await self.notifier.relay_outbox(keys.BILL_OUTBOX, "billing")
+            for outbox in bill_keys.OUTBOXES:
+                await self.notifier.relay_outbox(outbox, "billing")
         return len(found)
 
     async def _decide(

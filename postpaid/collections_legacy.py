@@ -23,8 +23,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from psycopg.types.json import Jsonb
 
-from charging import keys
 from charging.database import Pool
+from postpaid import keys as bill_keys
 
 # Audit actions of the stream that belong to what moves here (adjustments and prepaid
 # closures keep writing the stream).
@@ -49,29 +49,29 @@ def _at(seconds: int) -> datetime:
 
 async def move(client: aioredis.Redis, pool: Pool, now_s: int) -> MovedCollections:
     moved = MovedCollections()
-    async for key in client.scan_iter(match=keys.dispute("*"), count=1000):
+    async for key in client.scan_iter(match=bill_keys.legacy_dispute("*"), count=1000):
         moved.disputes += await _dispute(client, pool, _text(key))
-    ba_prefix = keys.billing_account("")
-    async for key in client.scan_iter(match=keys.billing_dunning_done("*"), count=1000):
+    ba_prefix = bill_keys.legacy_account("")
+    async for key in client.scan_iter(match=bill_keys.legacy_account("*") + ":dun", count=1000):
         name = _text(key)
         ba = name[len(ba_prefix) : -len(":dun")]
         moved.steps += await _steps(client, pool, ba, now_s)
-    async for key in client.scan_iter(match=keys.billing_account("*"), count=1000):
+    async for key in client.scan_iter(match=bill_keys.legacy_account("*"), count=1000):
         name = _text(key)
         if await client.type(name) in ("hash", b"hash"):
             moved.promises += await _promise(client, pool, name[len(ba_prefix) :], now_s)
     moved.audit = await _audit(client, pool)
-    async for key in client.scan_iter(match=keys.customer_disputes("*"), count=1000):
+    async for key in client.scan_iter(match=bill_keys.customer_disputes("*"), count=1000):
         await client.delete(key)  # the disputes are listed by customer in PostgreSQL now
     return moved
 
 
 async def move_once(client: aioredis.Redis, pool: Pool, now_s: int) -> MovedCollections | None:
     """``move`` unless it completed before on this Redis; None when it had."""
-    if await client.exists(keys.BILL_COLLECTIONS_MOVED):
+    if await client.exists(bill_keys.BILL_COLLECTIONS_MOVED):
         return None
     moved = await move(client, pool, now_s)
-    await client.set(keys.BILL_COLLECTIONS_MOVED, "1")
+    await client.set(bill_keys.BILL_COLLECTIONS_MOVED, "1")
     return moved
 
 
@@ -81,7 +81,7 @@ async def _dispute(client: aioredis.Redis, pool: Pool, key: str) -> int:
         return 0
     doc: dict[str, Any] = json.loads(h["doc"])
     dispute_id, ba = str(doc["id"]), str(doc["ba"])
-    customer = _text(await client.hget(keys.billing_account(ba), "customer") or "")
+    customer = _text(await client.hget(bill_keys.legacy_account(ba), "customer") or "")
     opened = _at(int(doc.get("opened", 0)))
     common = (ba, str(doc["invoice"]), str(doc.get("line", "")), int(doc["amount"]))
     events = [(dispute_id, "OPENED", *common, str(doc["reason"]), "redis", opened, "", customer)]
@@ -113,7 +113,7 @@ async def _dispute(client: aioredis.Redis, pool: Pool, key: str) -> int:
 
 
 async def _steps(client: aioredis.Redis, pool: Pool, ba: str, now_s: int) -> int:
-    members = [_text(m) for m in await client.smembers(keys.billing_dunning_done(ba))]
+    members = [_text(m) for m in await client.smembers(bill_keys.legacy_account(ba) + ":dun")]
     rows = []
     for member in members:
         invoice, _, step = member.partition("|")
@@ -130,7 +130,7 @@ async def _steps(client: aioredis.Redis, pool: Pool, ba: str, now_s: int) -> int
 
 
 async def _promise(client: aioredis.Redis, pool: Pool, ba: str, now_s: int) -> int:
-    until = await client.hget(keys.billing_account(ba), "promised_until")
+    until = await client.hget(bill_keys.legacy_account(ba), "promised_until")
     if not until:
         return 0
     day = _text(until)
@@ -141,13 +141,13 @@ async def _promise(client: aioredis.Redis, pool: Pool, ba: str, now_s: int) -> i
             (f"{ba}:redis:{day}", ba, day, _at(now_s)),
         )
     # Only once the row is committed: a crash before this moves the same promise again.
-    await client.hdel(keys.billing_account(ba), "promised_until")
+    await client.hdel(bill_keys.legacy_account(ba), "promised_until")
     return 1
 
 
 async def _audit(client: aioredis.Redis, pool: Pool) -> int:
     rows = []
-    for entry_id, raw in await client.xrange(keys.BILL_AUDIT) or []:
+    for entry_id, raw in await client.xrange(bill_keys.LEGACY_AUDIT) or []:
         fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
         action = fields.get("action", "")
         if action not in AUDITED:

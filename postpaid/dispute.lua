@@ -1,7 +1,8 @@
 -- Open or reject a dispute on an invoice: the disputed amount is held out of dunning.
 --
--- KEYS[1] dispute record    {bill}:disp:ID
--- KEYS[2] invoice state     {bill}:is:NUMBER
+-- KEYS[1] dispute record    TAG:disp:ID
+-- KEYS[2] invoice state     TAG:is:NUMBER
+-- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV DisputeArgs (postpaid/scripts.py), in this order:
 --   op                  OPEN, ACCEPT, REJECT or RELEASE

@@ -6,9 +6,9 @@ application (``billing_applications``, kind ``DISPUTE``, the ``payload`` saying 
 ``dispute.lua`` is to do); accepting also numbers and commits the dispute's credit note
 (with its own pending application) in that transaction. Redis then applies it under the
 application's and the account's locks (``receivables.py``, ``dunning_record.py``): the
-disputed amount is held out of dunning (``{bill}:is:NUMBER`` ``disputed``, which
+disputed amount is held out of dunning (``{bill.<n>}:is:NUMBER`` ``disputed``, which
 ``pay.lua`` releases with the credit note) or released on a rejection. ``dispute.lua``
-keeps the dispute's status under ``{bill}:disp:ID``, so applying twice changes nothing.
+keeps the dispute's status under ``{bill.<n>}:disp:ID``, so applying twice changes nothing.
 A dispute Redis refuses after its commit (a payment left less open than the pre-check
 saw) is REFUSED: void, and its error raised now and on every retry. Whatever crashes
 between a commit and Redis, a retry of the same call or the ``billing_applications`` job
@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from charging import audit_trail, keys
+from charging import audit_trail
 from charging.errors import Conflict, InvalidRequest, NotFound
 from charging.store import storage_errors
+from postpaid import keys as bill_keys
+from postpaid.accounts import invoice_account
 from postpaid.dunning_record import lock_account
 from postpaid.receivables import Applied, CreditNote
 from postpaid.scripts import DISPUTE, DisputeArgs
@@ -103,12 +105,16 @@ class Disputes:
         self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str, customer: str
     ) -> dict[str, Any]:
         """Hold ``amount`` of an invoice out of dunning (checked by ``Payments.open_dispute``)."""
+        ba = await invoice_account(self.client, number)
+        if ba is None:
+            raise NotFound("no such invoice")
         with storage_errors():
-            ba_found, open_, disputed = await self.client.hmget(keys.invoice_state(number), ["ba", "open", "disputed"])
+            ba_found, open_, disputed = await self.client.hmget(
+                bill_keys.invoice_state(ba, number), ["ba", "open", "disputed"]
+            )
         if ba_found is None:
             raise NotFound("no such invoice")
-        ba = str(ba_found)
-        owner = str(await self.client.hget(keys.billing_account(ba), "customer") or "")
+        owner = str(await self.client.hget(bill_keys.billing_account(ba), "customer") or "")
         if customer and owner != customer:
             raise NotFound("no such invoice of this customer")
         existing = await self._find(dispute_id)
@@ -157,8 +163,8 @@ class Disputes:
         dispute_id, ba, invoice = d["id"], d["ba"], d["invoice"]
         now_s = self.payments.clock.now_ms() // 1000
         with storage_errors():
-            total, credited = await self.client.hmget(keys.invoice_state(invoice), ["total", "credited"])
-            before = int(await self.client.get(keys.credit_note_seq(self.payments.config.issuer.id)) or 0)
+            total, credited = await self.client.hmget(bill_keys.invoice_state(ba, invoice), ["total", "credited"])
+            before = int(await self.client.get(bill_keys.credit_note_seq(self.payments.config.issuer.id)) or 0)
         creditable = min(int(d["amount"]), max(int(total or 0) - int(credited or 0), 0))
         action = "dispute_accepted" if event == "ACCEPTED" else "dispute_rejected"
         entry = self.payments._entry(action, ba, d["amount"], reason, dispute_id, agent=actor, invoice=invoice)
@@ -209,7 +215,7 @@ class Disputes:
             if before is not None:
                 refused = before.detail if before.outcome == "REFUSED" else ""
             else:
-                state_keys = (keys.dispute(dispute_id), keys.invoice_state(payload["invoice"]))
+                state_keys = (bill_keys.dispute(ba, dispute_id), bill_keys.invoice_state(ba, payload["invoice"]))
                 args = DisputeArgs(payload["op"], int(payload["amount"]), payload["record"])
                 with storage_errors():
                     reply = await DISPUTE(self.client, state_keys, args)

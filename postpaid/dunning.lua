@@ -2,11 +2,12 @@
 -- late fees (to the next invoice), notifications (to the billing outbox) and the
 -- account's service state. Applying it again changes nothing.
 --
--- KEYS[1] steps applied     {bill}:ba:BA:dun
--- KEYS[2] pending charges   {bill}:ba:BA:pending
--- KEYS[3] billing account   {bill}:ba:BA
--- KEYS[4] outbox            {bill}:out
--- KEYS[5] bill run index    {bill}:due
+-- KEYS[1] steps applied     TAG:ba:BA:dun
+-- KEYS[2] pending charges   TAG:ba:BA:pending
+-- KEYS[3] billing account   TAG:ba:BA
+-- KEYS[4] outbox            TAG:out
+-- KEYS[5] bill run index    TAG:due
+-- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV DunningArgs (postpaid/scripts.py), in this order:
 --   state               service state to record ('' keep)
@@ -35,7 +36,7 @@ for _, step in ipairs(steps) do
     applied = applied + 1
     if step.charge ~= '' then
       redis.call('RPUSH', KEYS[2], step.charge)
-      redis.call('ZADD', KEYS[5], 'NX', now_s, string.sub(KEYS[3], #'{bill}:ba:' + 1))
+      redis.call('ZADD', KEYS[5], 'NX', now_s, string.sub(KEYS[3], select(2, string.find(KEYS[3], '}:ba:', 1, true)) + 1))
     end
     if step.note ~= '' then redis.call('RPUSH', KEYS[4], step.note) end
   end

@@ -166,13 +166,14 @@ class InvoiceBook:
         return [out[(d.invoice.billing_account, d.run)] for d in drafts]
 
     async def _existing(self, conn: Any, drafts: Sequence[Draft]) -> dict[tuple[str, str], Issued]:
-        prefix = drafts[0].settle.state_prefix
+        # Each account's invoice states are in its own shard (postpaid/keys.py).
+        prefix = {d.invoice.billing_account: d.settle.state_prefix for d in drafts}
         cur = await conn.execute(
             "SELECT billing_account, run, invoice_id, settlement FROM invoices "
             "WHERE (billing_account, run) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
             ([d.invoice.billing_account for d in drafts], [d.run for d in drafts]),
         )
-        return {(ba, run): _issued(ba, number, s, prefix) for ba, run, number, s in await cur.fetchall()}
+        return {(ba, run): _issued(ba, number, s, prefix[ba]) for ba, run, number, s in await cur.fetchall()}
 
     async def _overtaken(self, draft: Draft) -> Exception:
         """After a conflict on one draft: its own invoice (written by a racing run of the

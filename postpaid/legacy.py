@@ -24,8 +24,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from charging import keys
 from charging.database import Pool
+from postpaid import keys as bill_keys
 from postpaid.invoice_book import CHARGE_COLUMNS, TAX_COLUMNS, sealed_document
 from postpaid.invoices import Invoice
 from provisioning.sealing import Sealer
@@ -44,14 +44,14 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sea
     PostgreSQL; answers what was moved (nothing when it was done before)."""
     moved = Moved()
     batch: list[str] = []
-    async for key in client.scan_iter(match=keys.invoice("*"), count=1000):
+    async for key in client.scan_iter(match=bill_keys.invoice("*"), count=1000):
         batch.append(_text(key))
         if len(batch) >= BATCH:
             moved.invoices += await _move_batch(client, pool, issuer, batch, sealer)
             batch = []
     if batch:
         moved.invoices += await _move_batch(client, pool, issuer, batch, sealer)
-    last = await client.get(keys.invoice_seq(issuer))
+    last = await client.get(bill_keys.invoice_seq(issuer))
     if last is not None:
         async with pool.connection() as conn:
             await conn.execute(
@@ -60,11 +60,11 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sea
                 "DO UPDATE SET last_number = greatest(n.last_number, EXCLUDED.last_number)",
                 (issuer, series, int(last)),
             )
-        await client.delete(keys.invoice_seq(issuer))
+        await client.delete(bill_keys.invoice_seq(issuer))
     moved.runs = await _move_runs(client, pool)
-    async for key in client.scan_iter(match=keys.bill_run("*", "*"), count=1000):
+    async for key in client.scan_iter(match=bill_keys.bill_run("*", "*"), count=1000):
         await client.delete(key)
-    async for key in client.scan_iter(match=keys.billing_invoices("*"), count=1000):
+    async for key in client.scan_iter(match=bill_keys.legacy_account("*") + ":inv", count=1000):
         await client.delete(key)
     return moved
 
@@ -74,12 +74,12 @@ def _text(value: Any) -> str:
 
 
 async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys: list[str], sealer: Sealer) -> int:
-    prefix = keys.invoice("")
+    prefix = bill_keys.invoice("")
     numbers = [k[len(prefix) :] for k in doc_keys]
     docs = await client.mget(doc_keys)
     pipe = client.pipeline(transaction=False)
     for number in numbers:
-        pipe.hget(keys.invoice_state(number), "issued")
+        pipe.hget(bill_keys.legacy_invoice_state(number), "issued")
     issued_at = await pipe.execute()
     rows, charges, taxes = [], [], []
     for number, doc, at in zip(numbers, docs, issued_at, strict=True):
@@ -126,7 +126,7 @@ async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys:
 
 
 async def _move_runs(client: aioredis.Redis, pool: Pool) -> int:
-    reports = [json.loads(_text(x)) for x in await client.lrange(keys.BILL_RUNS, 0, -1)]
+    reports = [json.loads(_text(x)) for x in await client.lrange(bill_keys.BILL_RUNS, 0, -1)]
     if not reports:
         return 0
     async with pool.connection() as conn, conn.transaction():
@@ -136,15 +136,15 @@ async def _move_runs(client: aioredis.Redis, pool: Pool) -> int:
             [{**r, "ran_at": datetime.fromtimestamp(int(r["at"]), UTC)} for r in reports],
         )
     # A crash between the commit and this would list those reports twice: they are a log.
-    await client.delete(keys.BILL_RUNS)
+    await client.delete(bill_keys.BILL_RUNS)
     return len(reports)
 
 
 async def move_once(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sealer: Sealer) -> Moved | None:
     """``move`` unless it has completed before on this Redis (a marker says so, so a server
     start does not scan the keyspace again); None when it had."""
-    if await client.exists(keys.BILL_INVOICES_MOVED):
+    if await client.exists(bill_keys.BILL_INVOICES_MOVED):
         return None
     moved = await move(client, pool, issuer, series, sealer)
-    await client.set(keys.BILL_INVOICES_MOVED, "1")
+    await client.set(bill_keys.BILL_INVOICES_MOVED, "1")
     return moved

@@ -2,18 +2,19 @@
 -- invoices oldest first, the rest kept as credit), a credit note against an invoice (its
 -- open amount first, the rest as credit) or a refund of credit.
 --
--- KEYS[1] record            {bill}:pay:CHANNEL:REF, or the credit note's idempotency key
--- KEYS[2] billing account   {bill}:ba:BA
--- KEYS[3] open invoices     {bill}:ba:BA:open
--- KEYS[4] movements         {bill}:ba:BA:pay
--- KEYS[5] dunning index     {bill}:dunning
+-- KEYS[1] record            TAG:pay:CHANNEL:REF, or the credit note's idempotency key
+-- KEYS[2] billing account   TAG:ba:BA
+-- KEYS[3] open invoices     TAG:ba:BA:open
+-- KEYS[4] movements         TAG:ba:BA:pay
+-- KEYS[5] dunning index     TAG:dunning
+-- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV PayArgs (postpaid/scripts.py), in this order:
 --   kind                PAY, CREDIT or REFUND
 --   digest              payload digest
 --   amount              minor units, > 0
 --   at_s                at (s; in the record already)
---   state_prefix        invoice state key prefix "{bill}:is:"
+--   state_prefix        invoice state key prefix "TAG:is:"
 --   record              record JSON (channel, reference, reason, ...); \1NUMBER\1 stands
 --                       for a credit note's number and \1ALLOCATIONS\1 for the allocations
 --                       (control characters never occur in JSON text, so a reference or
@@ -28,7 +29,7 @@
 --                       before the movement is committed in PostgreSQL; '' applies it
 -- The invoice state keys and the credit note's key are not in KEYS: they are made here
 -- from the prefixes and the numbers (of the open invoices, and the credit note's), which
--- the caller cannot know (the open list is read here); all share the {bill} slot.
+-- the caller cannot know (the open list is read here); all share the account's slot.
 --
 -- A credit note is at most what the invoice has not been credited yet; what it does not
 -- settle of its invoice pays the other open invoices, oldest first, then stays as credit.
@@ -60,7 +61,7 @@ if stored then
   return {'REPLAY', string.sub(stored, sep + 1)}
 end
 
-local ba_id = string.sub(KEYS[2], #'{bill}:ba:' + 1)
+local ba_id = string.sub(KEYS[2], select(2, string.find(KEYS[2], '}:ba:', 1, true)) + 1)
 local ba = redis.call('HMGET', KEYS[2], 'credit', 'balance')
 local credit, balance = tonumber(ba[1] or '0'), tonumber(ba[2] or '0')
 local allocations = {}

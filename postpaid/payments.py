@@ -31,12 +31,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from charging import keys, metrics
+from charging import metrics
 from charging.audit_trail import AuditEntry
 from charging.clock import Clock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.security.identity import caller_name
 from charging.store import storage_errors
+from postpaid import keys as bill_keys
+from postpaid.accounts import invoice_account
 from postpaid.config import BillingConfig
 from postpaid.disputes import Disputes
 from postpaid.dunning_record import lock_account
@@ -89,14 +91,14 @@ class Payments:
         here is logged, and the account stays marked for the next collection run."""
         if self.on_change is None:
             return
-        await self.client.sadd(keys.BILL_RECHECK, ba)
+        await self.client.sadd(bill_keys.recheck(ba), ba)
         try:
             await self.on_change(ba)
         except Exception:
             log.exception("re-evaluating an account after a payment failed; the next run does it")
 
     async def _account_exists(self, ba: str) -> None:
-        if not await self.client.exists(keys.billing_account(ba)):
+        if not await self.client.exists(bill_keys.billing_account(ba)):
             raise NotFound("no such billing account")
 
     async def _decide(self, record_key: str, ba: str, args: PayArgs) -> list[Any]:
@@ -106,10 +108,10 @@ class Payments:
                 self.client,
                 (
                     record_key,
-                    keys.billing_account(ba),
-                    keys.billing_open(ba),
-                    keys.billing_payments(ba),
-                    keys.BILL_DUNNING,
+                    bill_keys.billing_account(ba),
+                    bill_keys.billing_open(ba),
+                    bill_keys.billing_payments(ba),
+                    bill_keys.dunning_index(ba),
                 ),
                 args,
             )
@@ -128,7 +130,16 @@ class Payments:
         )
         doc = doc[:-1] + ', "at": ' + str(p.received_s) + ', "allocations": ' + ALLOCATIONS + "}"
         digest = _digest(p.billing_account, p.amount, p.channel)
-        return PayArgs("PAY", digest, p.amount, p.received_s, keys.invoice_state(""), doc, MAX_MINOR, check=check)
+        return PayArgs(
+            "PAY",
+            digest,
+            p.amount,
+            p.received_s,
+            bill_keys.state_prefix(p.billing_account),
+            doc,
+            MAX_MINOR,
+            check=check,
+        )
 
     def _note_args(self, n: CreditNote, check: bool = False) -> PayArgs:
         doc = json.dumps(
@@ -146,13 +157,13 @@ class Payments:
             digest=_digest(n.invoice, n.amount, n.reason),
             amount=n.amount,
             at_s=n.issued_s,
-            state_prefix=keys.invoice_state(""),
+            state_prefix=bill_keys.state_prefix(n.billing_account),
             record=doc,
             max_credit=MAX_MINOR,
             invoice=n.invoice,
             release=n.release,
             note_number=n.number,
-            note_prefix=keys.credit_note(""),
+            note_prefix=bill_keys.credit_note_prefix(n.billing_account),
             check=check,
         )
 
@@ -171,7 +182,9 @@ class Payments:
             draft = Payment(uuid.uuid4().hex, ba, channel, reference, amount, self.clock.now_ms() // 1000)
             # Decided in Redis before the commit, so a refused payment leaves no row; a
             # payment Redis kept before PostgreSQL did answers as it did then.
-            reply = await self._decide(keys.payment(channel, reference), ba, self._payment_args(draft, check=True))
+            reply = await self._decide(
+                bill_keys.payment(ba, channel, reference), ba, self._payment_args(draft, check=True)
+            )
             if reply[0] == "REPLAY":
                 return _record(reply)
             entry = self._entry("payment", ba, amount, "", reference, channel=channel)
@@ -192,13 +205,13 @@ class Payments:
                 if await self.ledger.applied(conn, movement.application_id) is None:
                     await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED"))
             return doc
-        if isinstance(movement, Payment):
-            key, args = keys.payment(movement.channel, movement.reference), self._payment_args(movement)
-        elif isinstance(movement, Refund):
-            key, args = keys.payment("REFUND", movement.reference), self._refund_args(movement)
-        else:
-            key, args = keys.payment("CN", movement.key), self._note_args(movement)
         ba = movement.billing_account
+        if isinstance(movement, Payment):
+            key, args = bill_keys.payment(ba, movement.channel, movement.reference), self._payment_args(movement)
+        elif isinstance(movement, Refund):
+            key, args = bill_keys.payment(ba, "REFUND", movement.reference), self._refund_args(movement)
+        else:
+            key, args = bill_keys.payment(ba, "CN", movement.key), self._note_args(movement)
         refused: Exception | None = None
         async with self.ledger.applying(movement.application_id) as conn:
             await lock_account(conn, ba)  # no dunning decision is made or applied meanwhile
@@ -228,7 +241,13 @@ class Payments:
         with storage_errors():
             reply = await PAY(
                 self.client,
-                (key, keys.billing_account(ba), keys.billing_open(ba), keys.billing_payments(ba), keys.BILL_DUNNING),
+                (
+                    key,
+                    bill_keys.billing_account(ba),
+                    bill_keys.billing_open(ba),
+                    bill_keys.billing_payments(ba),
+                    bill_keys.dunning_index(ba),
+                ),
                 dataclasses.replace(args, check=True),
             )
         return str(reply[0])
@@ -272,7 +291,16 @@ class Payments:
             }
         )
         digest = _digest(r.billing_account, r.amount)
-        return PayArgs("REFUND", digest, r.amount, r.refunded_s, keys.invoice_state(""), doc, MAX_MINOR, check=check)
+        return PayArgs(
+            "REFUND",
+            digest,
+            r.amount,
+            r.refunded_s,
+            bill_keys.state_prefix(r.billing_account),
+            doc,
+            MAX_MINOR,
+            check=check,
+        )
 
     async def refund(self, ba: str, amount: int, reference: str, reason: str, actor: str = "") -> dict[str, Any]:
         """Pay back part of the account's credit (an overpayment), with a reason; committed
@@ -287,7 +315,9 @@ class Payments:
             if (await self.ledger.refunded_of(reference)) not in (None, ba):
                 raise Conflict("this reference was used before with another payload")
             draft = Refund(uuid.uuid4().hex, ba, reference, amount, reason, actor or "api", self.clock.now_ms() // 1000)
-            reply = await self._decide(keys.payment("REFUND", reference), ba, self._refund_args(draft, check=True))
+            reply = await self._decide(
+                bill_keys.payment(ba, "REFUND", reference), ba, self._refund_args(draft, check=True)
+            )
             if reply[0] == "REPLAY":  # made before PostgreSQL kept refunds
                 return _record(reply)
             entry = self._entry("refund", ba, amount, reason, reference, agent=draft.actor)
@@ -305,17 +335,16 @@ class Payments:
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
         _key_part(key, "key")
-        found = await self.client.hget(keys.invoice_state(number), "ba")
-        if found is None:
+        ba = await invoice_account(self.client, number)
+        if ba is None:
             raise NotFound("no such invoice")
-        ba = str(found)
         note = await self.ledger.credit_note(ba, key)
         if note is None:
             draft = CreditNote("", ba, number, amount, release, reason, key, self.clock.now_ms() // 1000)
-            reply = await self._decide(keys.payment("CN", key), ba, self._note_args(draft, check=True))
+            reply = await self._decide(bill_keys.payment(ba, "CN", key), ba, self._note_args(draft, check=True))
             if reply[0] == "REPLAY":  # numbered by Redis before PostgreSQL kept credit notes
                 return _record(reply)
-            before = int(await self.client.get(keys.credit_note_seq(self.config.issuer.id)) or 0)
+            before = int(await self.client.get(bill_keys.credit_note_seq(self.config.issuer.id)) or 0)
             entry = self._entry("credit_note", ba, amount, reason, key, invoice=number, agent=actor)
             note = await self.ledger.record_credit_note(draft, entry, before)
         if (note.invoice, note.amount, note.reason) != (number, amount, reason):
@@ -380,7 +409,7 @@ class Payments:
         await self._account_exists(ba)
         adjustment = await self.ledger.adjustment(adjustment_id)
         if adjustment is None:
-            stored = await self.client.get(keys.adjustment(adjustment_id))
+            stored = await self.client.get(bill_keys.adjustment(ba, adjustment_id))
             if stored is not None:  # made before PostgreSQL kept adjustments
                 old: dict[str, Any] = json.loads(stored)
                 if (old["ba"], old["amount"], old["reason"]) != (ba, amount, reason):
@@ -400,21 +429,21 @@ class Payments:
         charge = Charge(ADJUSTMENT, f"Adjustment: {a.reason}", a.amount)
         async with self.client.pipeline(transaction=True) as pipe:
             # One transaction: the record, the pending charge and the audit entry, once.
-            await pipe.watch(keys.adjustment(a.adjustment_id))
-            existing = await pipe.get(keys.adjustment(a.adjustment_id))
+            await pipe.watch(bill_keys.adjustment(a.billing_account, a.adjustment_id))
+            existing = await pipe.get(bill_keys.adjustment(a.billing_account, a.adjustment_id))
             if existing is not None:
                 old: dict[str, Any] = json.loads(existing)
                 return old
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(keys.adjustment(a.adjustment_id), json.dumps(doc))
-            pipe.rpush(keys.billing_pending(a.billing_account), json.dumps(charge.__dict__))
+            pipe.set(bill_keys.adjustment(a.billing_account, a.adjustment_id), json.dumps(doc))
+            pipe.rpush(bill_keys.billing_pending(a.billing_account), json.dumps(charge.__dict__))
             # An account whose lines have all ended is billed again for it.
-            pipe.zadd(keys.BILL_DUE, {a.billing_account: a.made_s}, nx=True)
+            pipe.zadd(bill_keys.due_index(a.billing_account), {a.billing_account: a.made_s}, nx=True)
             # The stream keeps its entry for its readers; the record is PostgreSQL's audit.
             fields = _audit_fields(
                 "adjustment", a.actor, a.billing_account, a.amount, a.reason, a.adjustment_id, a.made_s
             )
-            pipe.xadd(keys.BILL_AUDIT, fields)
+            pipe.xadd(bill_keys.audit(a.billing_account), fields)
             await pipe.execute()
         return doc
 

@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from charging import keys
 from charging.database import Pool
+from postpaid import keys as bill_keys
 
 
 def _text(value: Any) -> str:
@@ -42,10 +42,12 @@ def _id(record_key: str) -> str:
 async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, currency: str, now_s: int) -> int:
     """Move the Redis-only movements; answers how many rows were written."""
     moved = 0
-    prefix = keys.billing_account("")
-    async for key in client.scan_iter(match=keys.billing_payments("*"), count=1000):
+    # Under the one {bill} tag or moved into the billing shards already (shards.py).
+    async for key in client.scan_iter(match=bill_keys.BILLING_ACCOUNT_PATTERN + ":pay", count=1000):
         name = _text(key)
-        ba = name[len(prefix) : -len(":pay")]
+        ba = bill_keys.billing_account_of(name[: -len(":pay")])
+        if ba is None or not name.endswith(":pay"):
+            continue
         record_keys = [_text(k) for k in await client.lrange(name, 0, -1)]
         docs = await client.mget(record_keys) if record_keys else []
         async with pool.connection() as conn, conn.transaction():
@@ -53,7 +55,7 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, cur
                 if stored is not None:
                     doc = json.loads(_text(stored).split("|", 1)[1])
                     moved += await _movement(conn, ba, record_key, doc, issuer, currency, now_s)
-    seq = await client.get(keys.credit_note_seq(issuer))
+    seq = await client.get(bill_keys.credit_note_seq(issuer))
     if seq is not None:
         async with pool.connection() as conn:
             await conn.execute(
@@ -69,10 +71,10 @@ async def move_once(
     client: aioredis.Redis, pool: Pool, issuer: str, series: str, currency: str, now_s: int
 ) -> int | None:
     """``move`` unless it completed before on this Redis; None when it had."""
-    if await client.exists(keys.BILL_PAYMENTS_MOVED):
+    if await client.exists(bill_keys.BILL_PAYMENTS_MOVED):
         return None
     moved = await move(client, pool, issuer, series, currency, now_s)
-    await client.set(keys.BILL_PAYMENTS_MOVED, "1")
+    await client.set(bill_keys.BILL_PAYMENTS_MOVED, "1")
     return moved
 
 
@@ -99,7 +101,7 @@ async def _movement(
     elif kind == "CREDIT_NOTE":
         movement_id = str(doc["number"])
         series, _, digits = movement_id.rpartition("-")
-        key = record_key[len(keys.payment("CN", "")) :]
+        key = record_key.split(":pay:CN:", 1)[1]
         cur = await conn.execute(
             "INSERT INTO credit_notes (issuer, series, number, credit_note_id, billing_account, invoice_id, "
             "amount_minor, currency, reason, idempotency_key, issued_at, recorded_by) "

@@ -1,7 +1,7 @@
 """The billing Lua scripts (``postpaid/*.lua``, each headed by its KEYS, ARGV and reply)
 and the records of their arguments.
 
-Line scripts run in the charging account's slot; the others in the ``{bill}`` slot.
+Line scripts run in the charging account's slot; the others in the billing account's (``postpaid/keys.py``).
 
 Each script's header lists ARGV under ``-- ARGV <Record>`` by the field names of its
 record here, in order, and the script reads them into locals of the same names;

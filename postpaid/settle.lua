@@ -4,15 +4,16 @@
 -- them ('issued'), each invoice carries the count it was composed on (account_seq), and
 -- one whose count is behind was settled before: ALREADY (a run resumed after a crash).
 --
--- KEYS[1] billing account   {bill}:ba:BA
--- KEYS[2] pending charges   {bill}:ba:BA:pending
--- KEYS[3] open invoices     {bill}:ba:BA:open
--- KEYS[4] dunning index     {bill}:dunning
--- KEYS[5] bill run index    {bill}:due
--- KEYS[6] delivery queue    {bill}:deliver   (the invoice is queued for delivery)
--- KEYS[7] the account's lines {bill}:ba:BA:lines
--- KEYS[8] accounts to re-evaluate {bill}:recheck (a negative invoice paid older ones)
--- KEYS[9] the invoice's state {bill}:is:NUMBER
+-- KEYS[1] billing account   TAG:ba:BA
+-- KEYS[2] pending charges   TAG:ba:BA:pending
+-- KEYS[3] open invoices     TAG:ba:BA:open
+-- KEYS[4] dunning index     TAG:dunning
+-- KEYS[5] bill run index    TAG:due
+-- KEYS[6] delivery queue    TAG:deliver   (the invoice is queued for delivery)
+-- KEYS[7] the account's lines TAG:ba:BA:lines
+-- KEYS[8] accounts to re-evaluate TAG:recheck (a negative invoice paid older ones)
+-- KEYS[9] the invoice's state TAG:is:NUMBER
+-- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV SettleArgs (postpaid/scripts.py), in this order:
 --   number              the invoice number
@@ -31,7 +32,7 @@
 --   paid_counted        payments (net of refunds) the invoice listed as received
 --   credited_counted    credit notes the invoice listed as received
 --   notes_counted       credit note entries the invoice listed (head of credit_notes_since)
---   state_prefix        invoice state key prefix "{bill}:is:" (for older open invoices)
+--   state_prefix        invoice state key prefix "TAG:is:" (for older open invoices)
 --
 -- A payment that arrived after the invoice was composed is not lost: only what the
 -- invoice counted is taken off the "since the last invoice" figures.
@@ -55,7 +56,7 @@ local credited_counted = tonumber(ARGV[13])
 local notes_counted = tonumber(ARGV[14])
 local state_prefix = ARGV[15]
 
-local ba_id = string.sub(KEYS[1], #'{bill}:ba:' + 1)
+local ba_id = string.sub(KEYS[1], select(2, string.find(KEYS[1], '}:ba:', 1, true)) + 1)
 
 -- The account's next period to bill moves on once (also when a run is repeated).
 local function advance()

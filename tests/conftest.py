@@ -124,6 +124,7 @@ CLUSTER_MODULES = frozenset(
         "test_acquisition",
         "test_dunning",
         "test_receivables",
+        "test_billing_shards",
     }
 )
 

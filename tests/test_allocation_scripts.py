@@ -14,12 +14,12 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charging import keys
 from charging.clock import ManualClock
 from charging.database import open_pool
 from charging.errors import LimitExceeded
 from charging.server import App
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid.accounts import BillingAccounts
 from postpaid.allocation import Standing, credit_note, issue, pay, refund
 from postpaid.bill_run import BillRun
@@ -48,21 +48,23 @@ async def seeded(client: aioredis.Redis, open_: list[int], credit: int) -> tuple
     n = next(ACCOUNTS)
     ba = f"P{n}"
     standing = Standing(tuple((f"T{n}-{i}", a) for i, a in enumerate(open_)), credit, sum(open_) - credit)
-    await client.hset(keys.billing_account(ba), mapping={"credit": credit, "balance": standing.balance, "moves": 0})
+    await client.hset(
+        bill_keys.billing_account(ba), mapping={"credit": credit, "balance": standing.balance, "moves": 0}
+    )
     for number, amount in standing.open:
         state = {"ba": ba, "total": amount, "open": amount, "disputed": 0, "due": 0, "status": "OPEN"}
-        await client.hset(keys.invoice_state(number), mapping=state)
-        await client.rpush(keys.billing_open(ba), number)
+        await client.hset(bill_keys.invoice_state(ba, number), mapping=state)
+        await client.rpush(bill_keys.billing_open(ba), number)
     return ba, standing
 
 
 async def stored(client: aioredis.Redis, ba: str, numbers: list[str]) -> tuple[Standing, dict[str, str]]:
     """The account's standing as Redis has it, and each invoice's status."""
-    account = await client.hgetall(keys.billing_account(ba))
+    account = await client.hgetall(bill_keys.billing_account(ba))
     credit, balance = int(account.get("credit", 0)), int(account.get("balance", 0))
-    listed = await client.lrange(keys.billing_open(ba), 0, -1)
-    opened = [(n, int(await client.hget(keys.invoice_state(n), "open") or 0)) for n in listed]
-    status = {n: str(await client.hget(keys.invoice_state(n), "status")) for n in numbers}
+    listed = await client.lrange(bill_keys.billing_open(ba), 0, -1)
+    opened = [(n, int(await client.hget(bill_keys.invoice_state(ba, n), "open") or 0)) for n in listed]
+    status = {n: str(await client.hget(bill_keys.invoice_state(ba, n), "status")) for n in numbers}
     return Standing(tuple(opened), credit, balance), status
 
 
@@ -168,7 +170,7 @@ async def test_issue_script_pays_new_invoices_from_credit_as_the_reference_says(
         number = await run.bill(ba, clock.now_ms() // 1000)
         assert number is not None and not number.startswith("ALREADY")
         numbers.append(number)
-        total = int(await client.hget(keys.invoice_state(number), "total") or 0)
+        total = int(await client.hget(bill_keys.invoice_state(ba, number), "total") or 0)
         expected = issue(before, number, total)
         got, status = await stored(client, ba, numbers)
         assert got == expected

@@ -11,6 +11,7 @@ from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun, _close_commands
@@ -127,7 +128,7 @@ async def test_bill_run_issues_one_invoice_per_account_and_period_and_can_run_ag
     assert kinds == ["RENTAL", "USAGE", "DISCOUNT"]
     assert section.charges[0].amount == 2500  # full month, activated on the cycle day
     assert len(section.usage) == 1 and section.usage[0].units == 600
-    state = {str(k): str(v) for k, v in (await client.hgetall(keys.invoice_state(numbers[0]))).items()}
+    state = {str(k): str(v) for k, v in (await client.hgetall(bill_keys.invoice_state("C3", numbers[0]))).items()}
     assert int(state["total"]) == inv.total and state["status"] == "OPEN"
     # The invoiced usage no longer holds headroom; the next period's call does.
     flat = {str(k): str(v) for k, v in (await client.hgetall(keys.usage(acct))).items()}
@@ -162,7 +163,7 @@ async def test_an_interrupted_run_completes_without_a_second_invoice(
     assert inv is not None
     assert sorted(u.units for s in inv.sections for u in s.usage) == [100, 200]
     # A crash after issuing, before the usage was purged: the run again finds it issued.
-    await client.hset(keys.billing_account("C4"), "next_period", info["next_period"])
+    await client.hset(bill_keys.billing_account("C4"), "next_period", info["next_period"])
     assert await run.bill("C4", clock.now_ms() // 1000) == "ALREADY " + number
 
 

@@ -27,6 +27,7 @@ from charging.embedded_postgres import EmbeddedPostgres
 from charging.server import App
 from charging.settings import Settings
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun
 from postpaid.invoice_book import InvoiceBook
@@ -97,16 +98,16 @@ async def assert_billed_once(client: aioredis.Redis, database_url: str, lines: d
         (last,) = conn.execute("SELECT last_number FROM invoice_numbers").fetchone() or (0,)
     assert sorted(ba for ba, _n, _d in rows) == ["K0", "K1", "K2"]
     assert [n for _ba, n, _d in rows] == ["INV-00000001", "INV-00000002", "INV-00000003"] and last == 3
-    queued = [str(x) for x in await client.lrange(keys.BILL_DELIVERY, 0, -1)]
+    queued = [str(x) for queue in bill_keys.DELIVERY_QUEUES for x in await client.lrange(queue, 0, -1)]
     assert sorted(queued) == [n for _ba, n, _d in rows]
     for ba, number, doc in rows:
         inv = Invoice.from_json(doc)
         i = int(ba[1])
         msisdn, seconds = LINES[i]
         assert [(s.line, [u.units for u in s.usage]) for s in inv.sections] == [(msisdn, [seconds])]
-        account = await client.hgetall(keys.billing_account(ba))
+        account = await client.hgetall(bill_keys.billing_account(ba))
         assert (account["next_period"], account["issued"], account["balance"]) == ("2026-02", "1", str(inv.total))
-        assert [str(x) for x in await client.lrange(keys.billing_open(ba), 0, -1)] == [number]
+        assert [str(x) for x in await client.lrange(bill_keys.billing_open(ba), 0, -1)] == [number]
         acct = lines[msisdn]
         assert not [f for f in await client.hkeys(keys.usage(acct)) if str(f).startswith("2026-01")]
         assert await client.llen(keys.usage_records(acct)) == 0

@@ -10,10 +10,10 @@ import grpc
 import pytest
 import redis
 
-from charging import keys
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import billing_pb2, billing_pb2_grpc, crm_pb2, crm_pb2_grpc
+from postpaid import keys as bill_keys
 from tests.conftest import set_time
 from tests.test_cli import cli
 from tests.test_crm_cli import SAMPLES, activate, ok, sample
@@ -91,7 +91,7 @@ async def test_a_period_is_billed_as_of_a_later_day_and_the_report_says_what_hap
 
 async def test_skipped_accounts_are_reported_with_the_reason(app: App, clock: ManualClock, r: redis.Redis) -> None:
     set_time(clock, "2026-11-18T10:13:00+00:00")
-    r.zadd(keys.BILL_DUE, {"C404": 1_700_000_000})  # the due index names an account that is not there
+    r.zadd(bill_keys.due_index("C404"), {"C404": 1_700_000_000})  # the due index names an account that is not there
     out = ok(await cli(app, "bill-run"))
     assert out.splitlines() == [
         "bill run as of 2026-11-18: 1 account due, 0 invoiced, 0 already invoiced, 1 skipped, 0 failed",
@@ -132,7 +132,7 @@ async def test_the_ladder_is_walked_as_of_later_days_and_stays_there_until_paid(
 
     # Today's run and a part payment look at the account as of 2027-01-21, not today:
     # nothing is restored while money is overdue.
-    assert r.zscore(keys.BILL_AS_OF, "C1") is not None
+    assert r.zscore(bill_keys.as_of("C1"), "C1") is not None
     today = ok(await cli(app, "dunning"))
     assert today.splitlines()[1] == f"  C1  BARRED_OUTGOING  overdue {amount(left)} (as of 2027-01-21)  nothing new"
     ok(await cli(app, "pay", "--billing-account", "C1", "--amount", "1.00", "--reference", "bank-2"))
@@ -192,10 +192,10 @@ async def test_an_account_that_fails_is_named_and_the_command_exits_non_zero(
 ) -> None:
     """A run that broke does not look like one that found nothing to do."""
     set_time(clock, "2026-11-18T10:13:00+00:00")
-    r.hset(keys.billing_account("C9"), mapping={"next_period": "garbage", "cycle_day": "5", "time_zone": "UTC"})
-    r.zadd(keys.BILL_DUE, {"C9": 1_700_000_000})
-    r.rpush(keys.billing_open("C9"), "INV-GONE")  # an open invoice whose record is missing
-    r.sadd(keys.BILL_RECHECK, "C9")
+    r.hset(bill_keys.billing_account("C9"), mapping={"next_period": "garbage", "cycle_day": "5", "time_zone": "UTC"})
+    r.zadd(bill_keys.due_index("C9"), {"C9": 1_700_000_000})
+    r.rpush(bill_keys.billing_open("C9"), "INV-GONE")  # an open invoice whose record is missing
+    r.sadd(bill_keys.recheck("C9"), "C9")
     billed = await cli(app, "bill-run")
     assert billed.code == 1 and billed.err == "error: 1 account(s) could not be billed\n"
     assert billed.out.splitlines()[:2] == [

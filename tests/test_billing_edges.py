@@ -17,6 +17,7 @@ from charging.money import split_evenly
 from charging.server import App
 from charging.v1 import common_pb2, topup_pb2
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid import periods
 from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun
@@ -82,9 +83,9 @@ async def test_a_line_that_joined_while_a_period_was_billed_is_billed_with_the_n
     jan = periods.by_id("2026-01", 10, "Europe/Berlin")
     bp = periods.pack(periods.open_periods(jan, "Europe/Berlin"))
     await client.hset(keys.account(sub.account_id), mapping={"bp": bp, "credit_limit": LIMIT, "balance": LIMIT})
-    await client.hset(keys.billing_lines("C21"), sub.account_id, '{"line": "491700000403", "unit_path": []}')
+    await client.hset(bill_keys.billing_lines("C21"), sub.account_id, '{"line": "491700000403", "unit_path": []}')
     joined_at = jan.end_s - 2 * 3600  # activated two hours before January's period ended
-    await client.rpush(keys.line_history(sub.account_id), f"{joined_at},active,mobile-postpaid")
+    await client.rpush(bill_keys.line_history(sub.account_id), f"{joined_at},active,mobile-postpaid")
     assert await call(stubs, "491700000403", "late", 60) == 2001  # recorded in January's bucket
     clock.advance(seconds=28 * DAY)
     report = await b.runs.run()
@@ -228,7 +229,7 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     )
     clock.advance(ms=1_768_046_400_000 - clock.now_ms())
     await enrol(stubs, b, "28", "491700000410")
-    await app.redis.hset(keys.billing_account("C28"), "email", "customer@example.org")
+    await app.redis.hset(bill_keys.billing_account("C28"), "email", "customer@example.org")
     clock.advance(seconds=31 * DAY)
     await b.runs.run()
     (number,) = await b.invoices_of("C28")
@@ -251,7 +252,7 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
     assert (state["delivery"], state["delivered_on"]) == ("DELIVERED", "directory,email")
     assert len(box.messages) == 1 and box.messages[0][0].rcpt_tos == ["customer@example.org"]
     assert not (tmp_path / f"{number}.pdf").exists()  # not written twice
-    assert await app.redis.llen(keys.BILL_DELIVERY) == 0
+    assert [await app.redis.llen(queue) for queue in bill_keys.DELIVERY_QUEUES] == [0] * bill_keys.SHARDS
     async with app.database.connection() as conn:
         cur = await conn.execute(
             "SELECT channel, delivered FROM invoice_deliveries WHERE invoice_id = %s ORDER BY attempt_id",
@@ -300,22 +301,22 @@ async def test_a_committed_dunning_decision_is_applied_once(app: App) -> None:
     # A decision is made and applied under the account's lock (payments take it too), so
     # dunning.lua no longer refuses stale decisions: it applies a committed one once.
     assert app.redis is not None
-    await app.redis.hset(keys.billing_account("C31"), mapping={"state": "ACTIVE", "epoch": 4})
+    await app.redis.hset(bill_keys.billing_account("C31"), mapping={"state": "ACTIVE", "epoch": 4})
     dunning_keys = (
-        keys.billing_dunning_done("C31"),
-        keys.billing_pending("C31"),
-        keys.billing_account("C31"),
-        keys.BILL_OUTBOX,
-        keys.BILL_DUE,
+        bill_keys.billing_dunning_done("C31"),
+        bill_keys.billing_pending("C31"),
+        bill_keys.billing_account("C31"),
+        bill_keys.outbox("C31"),
+        bill_keys.due_index("C31"),
     )
     steps = (DunningStep("INV-1|barring", '{"kind": "LATE_FEE"}', "note"),)
     args = DunningArgs("BARRED_OUTGOING", steps, 0)
     assert await DUNNING(app.redis, dunning_keys, args) == 1
     assert await DUNNING(app.redis, dunning_keys, args) == 0
-    assert await app.redis.hget(keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
-    assert await app.redis.hget(keys.billing_account("C31"), "epoch") == "5"
-    assert await app.redis.llen(keys.billing_pending("C31")) == 1
-    assert await app.redis.lrange(keys.BILL_OUTBOX, 0, -1) == ["note"]
+    assert await app.redis.hget(bill_keys.billing_account("C31"), "state") == "BARRED_OUTGOING"
+    assert await app.redis.hget(bill_keys.billing_account("C31"), "epoch") == "5"
+    assert await app.redis.llen(bill_keys.billing_pending("C31")) == 1
+    assert await app.redis.lrange(bill_keys.outbox("C31"), 0, -1) == ["note"]
 
 
 class SlowNetworkBook(LineBook):

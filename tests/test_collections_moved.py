@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from charging import keys
 from charging.clock import ManualClock
 from charging.database import Pool, open_pool
 from postpaid import collections_legacy, receivables_legacy
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import Payments
 from postpaid.receivables import CreditNote, Payment
@@ -46,18 +46,20 @@ async def rows(pool: Pool, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 async def seed_old_redis(client: aioredis.Redis) -> None:
-    await client.hset(keys.billing_account("C7"), mapping={"customer": "7", "promised_until": "2026-01-20"})
+    await client.hset(bill_keys.legacy_account("C7"), mapping={"customer": "7", "promised_until": "2026-01-20"})
     opened = {"id": "d-1", "invoice": "INV-00000003", "ba": "C7", "amount": 150, "reason": "call", "opened": NOW_S}
-    await client.hset(keys.dispute("d-1"), mapping={"status": "OPEN", "doc": json.dumps({**opened, "line": ""})})
+    await client.hset(
+        bill_keys.legacy_dispute("d-1"), mapping={"status": "OPEN", "doc": json.dumps({**opened, "line": ""})}
+    )
     accepted = {**opened, "id": "d-2", "amount": 90, "line": "491700000001", "resolution": "agreed"}
     accepted["credit_note"] = "CN-00000004"
-    await client.hset(keys.dispute("d-2"), mapping={"status": "ACCEPTED", "doc": json.dumps(accepted)})
-    await client.zadd(keys.customer_disputes("7"), {"d-1": NOW_S, "d-2": NOW_S})
+    await client.hset(bill_keys.legacy_dispute("d-2"), mapping={"status": "ACCEPTED", "doc": json.dumps(accepted)})
+    await client.zadd(bill_keys.customer_disputes("7"), {"d-1": NOW_S, "d-2": NOW_S})
     members = ["INV-00000003|reminder", "INV-00000003|second_reminder", "state|BARRED_OUTGOING|0", "restore|1"]
-    await client.sadd(keys.billing_dunning_done("C7"), *members)
+    await client.sadd(bill_keys.legacy_account("C7") + ":dun", *members)
     for action in ("dispute_opened", "dispute_accepted", "adjustment", "collection_handover"):
         fields = {"action": action, "actor": "agent-1", "ba": "C7", "amount": 90, "reason": "r", "at": NOW_S}
-        await client.xadd(keys.BILL_AUDIT, fields)  # type: ignore[arg-type]
+        await client.xadd(bill_keys.LEGACY_AUDIT, fields)  # type: ignore[arg-type]
 
 
 async def test_old_disputes_promises_and_steps_move_once(payments: Payments) -> None:
@@ -79,9 +81,9 @@ async def test_old_disputes_promises_and_steps_move_once(payments: Payments) -> 
     audit = await rows(pool, "SELECT action FROM audit ORDER BY action")
     assert audit == [("collection_handover",), ("dispute_accepted",), ("dispute_opened",)]
     # What Redis no longer needs is gone; what its scripts apply by stays.
-    assert await client.hget(keys.billing_account("C7"), "promised_until") is None
-    assert not await client.exists(keys.customer_disputes("7"))
-    assert await client.exists(keys.dispute("d-1"), keys.billing_dunning_done("C7")) == 2
+    assert await client.hget(bill_keys.legacy_account("C7"), "promised_until") is None
+    assert not await client.exists(bill_keys.customer_disputes("7"))
+    assert await client.exists(bill_keys.legacy_dispute("d-1"), bill_keys.legacy_account("C7") + ":dun") == 2
     # The billing code reads them from PostgreSQL.
     seen = {d["id"]: d for d in await payments.disputes_of("7")}
     assert (seen["d-1"]["status"], seen["d-1"]["amount"]) == ("OPEN", 150)
@@ -102,10 +104,10 @@ async def test_old_payments_credit_notes_and_refunds_move_once_and_are_listed_fr
     (first, _), (second, _) = standing.open
     # What an installation before revision 0005 did: Redis alone (pay.lua, no rows).
     old = Payment("x", ba, "CARD", "old-1", 3500, NOW_S - 100)
-    await payments._decide(keys.payment("CARD", "old-1"), ba, payments._payment_args(old))
+    await payments._decide(bill_keys.payment(ba, "CARD", "old-1"), ba, payments._payment_args(old))
     note = CreditNote("CN-00000007", ba, second, 400, 0, "goodwill", "old-cn", NOW_S - 99)
-    await payments._decide(keys.payment("CN", "old-cn"), ba, payments._note_args(note))
-    await client.set(keys.credit_note_seq(payments.config.issuer.id), 7)
+    await payments._decide(bill_keys.payment(ba, "CN", "old-cn"), ba, payments._note_args(note))
+    await client.set(bill_keys.credit_note_seq(payments.config.issuer.id), 7)
     # And one since: committed in PostgreSQL first.
     await payments.pay(ba, 100, "APP", "new-1")
     assert [r["reference"] for r in await payments.records(ba)] == ["new-1"]

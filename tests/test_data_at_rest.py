@@ -18,13 +18,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from charging import cli
-from charging import keys as charging_keys
 from charging.clock import ManualClock
 from charging.database import Pool
 from charging.server import App
 from charging.settings import Settings
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from postpaid import accounts
+from postpaid import keys as bill_keys
 from provisioning import keys
 from provisioning.rotation import rewrite_aof
 from provisioning.sealing import DEV_KEY_FILE, Sealer, Unreadable, new_key_entry
@@ -141,8 +141,8 @@ async def test_rotating_the_key_reseals_everything_and_rewrites_the_aof(
         await app.redis.delete(keys.CARE_MOVED)  # as on a server from before: the next start moves it
         # Billing accounts: one sealed with k1, one written in clear before sealing existed.
         old = accounts.sealed({"name": "Anna Muster", "email": "anna@example.org"}, Sealer.from_text(K1, "k1"))
-        await app.redis.hset(charging_keys.billing_account("C1"), mapping=old)
-        await app.redis.hset(charging_keys.billing_account("C2"), mapping=BEFORE_SEALING)
+        await app.redis.hset(bill_keys.billing_account("C1"), mapping=old)
+        await app.redis.hset(bill_keys.billing_account("C2"), mapping=BEFORE_SEALING)
     assert b"enc:k1:" in b"".join(on_disk(directory).values())
     # Every process gets the new key, last in its ring; then the rotation runs.
     async with server(directory, clock, database_url, data_key=f"{K1},{K2}") as app:
@@ -204,8 +204,8 @@ async def sealed_values(client: aioredis.Redis, pool: Pool, who: str) -> list[st
     )
     values += [await client.get(keys.dispute(str(i))) for i in await client.lrange(keys.disputes(who), 0, -1)]
     values.append(await client.hget(keys.order_work("o-2"), "request"))
-    values += await client.hmget(charging_keys.billing_account("C1"), ["name", "email"])
-    values += await client.hmget(charging_keys.billing_account("C2"), list(accounts.PERSONAL))
+    values += await client.hmget(bill_keys.billing_account("C1"), ["name", "email"])
+    values += await client.hmget(bill_keys.billing_account("C2"), list(accounts.PERSONAL))
     async with pool.connection() as conn:
         for query in (
             "SELECT sealed_note, sealed_refs FROM interactions WHERE customer_id = %s",

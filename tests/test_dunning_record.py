@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from charging import keys
 from charging.clock import ManualClock
 from charging.database import Pool, open_pool
+from postpaid import keys as bill_keys
 from postpaid.collection import Collection
 from postpaid.dunning_record import DunningRecord
 from tests.dunning_process import DAYS, collection
@@ -40,12 +40,12 @@ async def world(redis_url: str, database_url: str) -> AsyncIterator[tuple[Collec
     clock = ManualClock()
     due_s = clock.now_ms() // 1000 + (DAYS - 25) * DAY
     for n, ba in enumerate(ACCOUNTS):
-        await client.hset(keys.billing_account(ba), mapping={"state": "ACTIVE", "epoch": 0, "moves": 0})
+        await client.hset(bill_keys.billing_account(ba), mapping={"state": "ACTIVE", "epoch": 0, "moves": 0})
         number = f"INV-{n + 1:08d}"
         state = {"ba": ba, "total": 3000, "open": 3000, "disputed": 0, "due": due_s, "status": "OPEN"}
-        await client.hset(keys.invoice_state(number), mapping=state)
-        await client.rpush(keys.billing_open(ba), number)
-        await client.zadd(keys.BILL_DUNNING, {ba: due_s})
+        await client.hset(bill_keys.invoice_state(ba, number), mapping=state)
+        await client.rpush(bill_keys.billing_open(ba), number)
+        await client.zadd(bill_keys.dunning_index(ba), {ba: due_s})
     clock.advance(seconds=DAYS * DAY)
     yield collection(client, DunningRecord(pool), clock), client, pool
     await pool.close()
@@ -80,13 +80,13 @@ async def assert_each_step_once(client: aioredis.Redis, pool: Pool) -> None:
             pool, "SELECT step, late_fee_minor FROM dunning_steps WHERE billing_account = %s AND late_fee_minor > 0", ba
         )
         assert fees == [("second_reminder", 500)]
-        pending = await client.lrange(keys.billing_pending(ba), 0, -1)
+        pending = await client.lrange(bill_keys.billing_pending(ba), 0, -1)
         assert len(pending) == 1 and '"LATE_FEE"' in pending[0]
-        account = await client.hgetall(keys.billing_account(ba))
+        account = await client.hgetall(bill_keys.billing_account(ba))
         assert (account["state"], account["epoch"]) == ("BARRED_OUTGOING", "1")
         audit = await rows(pool, "SELECT action FROM audit WHERE subject = %s ORDER BY action", ba)
         assert [a for (a,) in audit] == ["dunning_state", "dunning_step", "dunning_step", "dunning_step"]
-    outbox = await client.lrange(keys.BILL_OUTBOX, 0, -1)
+    outbox = [x for box in bill_keys.OUTBOXES for x in await client.lrange(box, 0, -1)]
     notes = sorted(" ".join(x.split(" ")[:2]) for x in outbox)
     expected = [f"dunning_barring INV-{n:08d}" for n in range(1, 6)]
     assert notes == sorted(expected + [f"service_barred_outgoing {ba}" for ba in ACCOUNTS])
@@ -109,7 +109,7 @@ async def test_a_dunning_run_killed_and_run_again_takes_every_step_once(
     pending = await c.record.pending()
     assert len(pending) == (0 if point == "in_transaction" else 1)
     # The third account: Redis has its decision only when it was killed after Redis.
-    third = await client.hget(keys.billing_account(ACCOUNTS[2]), "state")
+    third = await client.hget(bill_keys.billing_account(ACCOUNTS[2]), "state")
     assert third == ("BARRED_OUTGOING" if point == "after_redis" else "ACTIVE")
     # Run again, in a process of its own: everything once.
     assert await run_process(redis_url, database_url, "none", 0) == 0
@@ -127,11 +127,11 @@ async def test_the_job_applies_a_decision_a_crash_left(
     c, client, pool = world
     assert await run_process(redis_url, database_url, "after_commit", 1) == -signal.SIGKILL
     (pending,) = await c.record.pending()
-    assert await client.hget(keys.billing_account(pending.billing_account), "state") == "ACTIVE"
+    assert await client.hget(bill_keys.billing_account(pending.billing_account), "state") == "ACTIVE"
     assert await c.apply_pending() == 1
     assert await c.apply_pending() == 0
-    assert await client.hget(keys.billing_account(pending.billing_account), "state") == "BARRED_OUTGOING"
-    assert pending.billing_account in await client.smembers(keys.BILL_RECHECK)
+    assert await client.hget(bill_keys.billing_account(pending.billing_account), "state") == "BARRED_OUTGOING"
+    assert pending.billing_account in await client.smembers(bill_keys.recheck(pending.billing_account))
     await c.run()
     await assert_each_step_once(client, pool)
 
@@ -143,7 +143,7 @@ async def test_two_evaluations_of_one_account_at_once_decide_once(
     first, second = await asyncio.gather(c.evaluate("D1"), c.evaluate("D1"))
     assert sorted([len(first.actions), len(second.actions)]) == [0, 3]  # late fee, notice, state
     assert len(await rows(pool, "SELECT 1 FROM dunning_steps WHERE billing_account = 'D1'")) == 3
-    assert await client.llen(keys.billing_pending("D1")) == 1
+    assert await client.llen(bill_keys.billing_pending("D1")) == 1
 
 
 async def test_a_promise_holds_dunning_and_is_judged_once(world: tuple[Collection, aioredis.Redis, Pool]) -> None:
@@ -160,13 +160,13 @@ async def test_a_promise_holds_dunning_and_is_judged_once(world: tuple[Collectio
     await c.evaluate("D2")
     await c.evaluate("D2")
     assert await rows(pool, "SELECT outcome FROM promise_outcomes") == [("BROKEN",)]
-    assert await client.hget(keys.billing_account("D2"), "state") == "BARRED_OUTGOING"
+    assert await client.hget(bill_keys.billing_account("D2"), "state") == "BARRED_OUTGOING"
     actions = await rows(pool, "SELECT action FROM audit WHERE subject = 'D2' AND action LIKE 'promise%%'")
     assert sorted(a for (a,) in actions) == ["promise_broken", "promise_to_pay"]
     # A promise kept: the invoice is paid within it.
     await c.promise("D3", c.today() + timedelta(days=3), "agent-2")
-    await client.hset(keys.invoice_state("INV-00000003"), "open", 0)
-    await client.lrem(keys.billing_open("D3"), 0, "INV-00000003")
+    await client.hset(bill_keys.invoice_state("D3", "INV-00000003"), "open", 0)
+    await client.lrem(bill_keys.billing_open("D3"), 0, "INV-00000003")
     await c.evaluate("D3")
     kept = await rows(pool, "SELECT o.outcome FROM promise_outcomes o JOIN promises_to_pay p USING (promise_id) "
                             "WHERE p.billing_account = 'D3'")  # fmt: skip

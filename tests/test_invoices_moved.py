@@ -9,8 +9,8 @@ import json
 import psycopg
 import redis.asyncio as aioredis
 
-from charging import keys
 from charging.server import App
+from postpaid import keys as bill_keys
 from postpaid import legacy
 from postpaid.billing import Billing
 from postpaid.invoice_book import INVOICE_COLUMNS
@@ -24,14 +24,16 @@ async def kept_in_redis(client: aioredis.Redis, count: int) -> list[str]:
     for n in range(1, count + 1):
         number = f"INV-{n:08d}"
         inv = dataclasses.replace(sample_invoice(usage_rows=5), number=number, billing_account="C1")
-        await client.set(keys.invoice(number), inv.to_json())
-        await client.hset(keys.invoice_state(number), mapping={"ba": "C1", "issued": 1_767_225_600, "open": 0})
-        await client.rpush(keys.billing_invoices("C1"), number)
-        await client.set(keys.bill_run("C1", f"2025-{n:02d}"), number)
+        await client.set(bill_keys.invoice(number), inv.to_json())
+        await client.hset(
+            bill_keys.legacy_invoice_state(number), mapping={"ba": "C1", "issued": 1_767_225_600, "open": 0}
+        )
+        await client.rpush(bill_keys.legacy_account("C1") + ":inv", number)
+        await client.set(bill_keys.bill_run("C1", f"2025-{n:02d}"), number)
         numbers.append(number)
-    await client.set(keys.invoice_seq("operator"), count)
+    await client.set(bill_keys.invoice_seq("operator"), count)
     await client.rpush(
-        keys.BILL_RUNS,
+        bill_keys.BILL_RUNS,
         json.dumps({"at": 1_767_225_600, "accounts": 1, "issued": 1, "already": 0, "failed": 0, "seconds": 0.1}),
     )
     return numbers
@@ -45,7 +47,7 @@ async def test_invoices_kept_in_redis_are_moved_once_and_the_series_continues(
     client = app.redis
     numbers = await kept_in_redis(client, 3)
     # A move that stopped after committing its first batch, before deleting it from Redis.
-    first = await client.get(keys.invoice(numbers[0]))
+    first = await client.get(bill_keys.invoice(numbers[0]))
     with psycopg.connect(database_url) as conn:
         conn.execute(
             f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES "
@@ -53,16 +55,16 @@ async def test_invoices_kept_in_redis_are_moved_once_and_the_series_continues(
             "'2026-01-14', 'EUR', 0, 0, %s, NULL, NULL, NULL)",
             (numbers[0], first),
         )
-    await client.delete(keys.BILL_INVOICES_MOVED)  # as on a Redis written before the move existed
+    await client.delete(bill_keys.BILL_INVOICES_MOVED)  # as on a Redis written before the move existed
     moved = await legacy.move_once(client, b.book.pool, "operator", "INV", b.book.sealer)
     assert moved is not None and (moved.invoices, moved.runs) == (3, 1)
     assert await legacy.move_once(client, b.book.pool, "operator", "INV", b.book.sealer) is None  # once
     assert await b.invoices_of("C1") == numbers
     assert (await b.invoice(numbers[2])).number == numbers[2]
     assert not await client.exists(
-        keys.invoice(numbers[2]), keys.billing_invoices("C1"), keys.bill_run("C1", "2025-01")
+        bill_keys.invoice(numbers[2]), bill_keys.legacy_account("C1") + ":inv", bill_keys.bill_run("C1", "2025-01")
     )
-    assert (await client.hgetall(keys.invoice_state(numbers[2])))["ba"] == "C1"  # the state stays
+    assert (await client.hgetall(bill_keys.legacy_invoice_state(numbers[2])))["ba"] == "C1"  # the state stays
     assert (await b.run_history(5))[0]["issued"] == 1
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM invoices").fetchone() == (3,)

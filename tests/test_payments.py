@@ -17,6 +17,7 @@ from charging.clock import ManualClock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
 from charging.server import App
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid.billing import Billing
 from postpaid.dunning import ServiceState
 from postpaid.invoices import Invoice
@@ -131,9 +132,9 @@ async def test_dunning_walks_the_ladder_once_and_a_payment_restores(
     assert d1.state is ServiceState.BARRED_OUTGOING
     assert [o[2] for o in book.orders] == ["BAR_OUTGOING"]
     assert book.lines["491700000303"]["state"] == "barred_outgoing"
-    pending = [str(x) for x in await client.lrange(keys.billing_pending("C9"), 0, -1)]
+    pending = [str(x) for x in await client.lrange(bill_keys.billing_pending("C9"), 0, -1)]
     assert len(pending) == 1 and '"LATE_FEE"' in pending[0]
-    outbox = [str(x) for x in await client.lrange(keys.BILL_OUTBOX, 0, -1)]
+    outbox = [str(x) for x in await client.lrange(bill_keys.outbox("C9"), 0, -1)]
     assert [x.split(" ")[0] for x in outbox] == ["dunning_barring", "service_barred_outgoing"]
     # The line's headroom carries the overdue amount.
     sub = await stubs.balance("491700000303")
@@ -141,14 +142,14 @@ async def test_dunning_walks_the_ladder_once_and_a_payment_restores(
     # Running again the same day: nothing more.
     d2 = await b.collection.evaluate("C9")
     assert d2.actions == ()
-    assert await client.llen(keys.billing_pending("C9")) == 1 and len(book.orders) == 1
+    assert await client.llen(bill_keys.billing_pending("C9")) == 1 and len(book.orders) == 1
     # Payment of the whole amount: restored at once, reconnection fee on the next invoice.
     await b.payments.pay("C9", inv.total, "APP", "p-9")
     assert book.lines["491700000303"]["state"] == "active"
     assert [o[2] for o in book.orders] == ["BAR_OUTGOING", "RESUME"]
     assert (await b.account("C9"))["state"] == "ACTIVE"
     assert (await stubs.balance("491700000303")).balance_micros == LIMIT
-    pending = [str(x) for x in await client.lrange(keys.billing_pending("C9"), 0, -1)]
+    pending = [str(x) for x in await client.lrange(bill_keys.billing_pending("C9"), 0, -1)]
     assert any('"RECONNECTION_FEE"' in p for p in pending)
     # The next invoice issued carries the late fee and the reconnection fee.
     await b.runs.run()
@@ -170,7 +171,7 @@ async def test_adjustments_are_audited_and_idempotent(
     with pytest.raises(InvalidRequest, match="reason"):
         await b.payments.adjust("adj-2", "C10", 100, " ", "agent-7")
     assert app.redis is not None
-    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(keys.BILL_AUDIT)  # type: ignore[assignment]
+    audit: list[tuple[str, dict[str, str]]] = await app.redis.xrange(bill_keys.audit("C10"))  # type: ignore[assignment]
     assert [e[1]["action"] for e in audit] == ["adjustment"]
     clock.advance(seconds=31 * DAY)
     await b.runs.run()

@@ -21,12 +21,12 @@ import psycopg
 import pytest
 import redis
 
-from charging import keys
 from charging.clock import ManualClock
 from charging.embedded_redis import redis_command
 from charging.server import App
 from charging.settings import Settings
 from charging.v1 import billing_pb2, billing_pb2_grpc, crm_pb2, crm_pb2_grpc
+from postpaid import keys as bill_keys
 from postpaid.invoices import Invoice
 from provisioning.rotation import rewrite_aof
 from tests.conftest import DATA_KEY, PostgresServer, Stubs, free_port
@@ -157,7 +157,7 @@ async def test_a_billed_postpaid_customer_is_on_no_disk_in_clear(
             conn.execute("CHECKPOINT")  # every page of the database written to its files
         # ...and the billing account in Redis.
         assert app.redis is not None
-        stored = await app.redis.hgetall(keys.billing_account(ba.billing_account))
+        stored = await app.redis.hgetall(bill_keys.billing_account(ba.billing_account))
         assert all(stored[k].startswith("enc:test:") for k in ("name", "address", "email"))
 
         assert found(on_disk(redis_dir), PERSONAL) == []  # the AOF as written (incremental part)

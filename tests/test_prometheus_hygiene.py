@@ -15,13 +15,13 @@ from cryptography import x509
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from charging import keys
 from charging.census import record_census
 from charging.clock import ManualClock
 from charging.security import certs
 from charging.security.tls import CertificateFiles
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
+from postpaid import keys as bill_keys
 from postpaid.billing import Billing
 from tests.conftest import INITIAL, LineBook, Stubs, enrol, free_port, session_request
 from tests.server_process import serve, stop, wait_serving
@@ -161,12 +161,12 @@ async def test_accounts_a_bill_run_or_dunning_cannot_handle_are_counted(
     await enrol(stubs, b, "64", "491700000614")
     await enrol(stubs, b, "65", "491700000615")
     assert app.redis is not None
-    await app.redis.hset(keys.billing_account("C64"), "cycle_day", "the 10th")  # damaged
+    await app.redis.hset(bill_keys.billing_account("C64"), "cycle_day", "the 10th")  # damaged
     clock.advance(seconds=33 * DAY)
     report = await b.runs.run()
     assert (report.issued, report.failed) == (1, 1)
-    await app.redis.rpush(keys.billing_open("C65"), "NO-SUCH-INVOICE")  # damaged
-    await app.redis.sadd(keys.BILL_RECHECK, "C65")
+    await app.redis.rpush(bill_keys.billing_open("C65"), "NO-SUCH-INVOICE")  # damaged
+    await app.redis.sadd(bill_keys.recheck("C65"), "C65")
     await b.collection.run()
     assert sample("billing_account_failures_total", step="bill_run") - before["bill_run"] == 1
     assert sample("billing_account_failures_total", step="dunning") - before["dunning"] == 1

@@ -19,12 +19,12 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from charging import keys
 from charging.clock import ManualClock
 from charging.database import Pool, open_pool
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
 from charging.security.identity import Identity, set_caller
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid.invoice_book import InvoiceBook
 from postpaid.payments import MAX_MINOR, Payments
 from postpaid.receivables import CreditNote
@@ -52,9 +52,9 @@ async def rows(pool: Pool, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 async def open_amounts(client: aioredis.Redis, ba: str) -> tuple[dict[str, int], int]:
-    listed = await client.lrange(keys.billing_open(ba), 0, -1)
-    opened = {str(n): int(await client.hget(keys.invoice_state(n), "open") or 0) for n in listed}
-    return opened, int(await client.hget(keys.billing_account(ba), "credit") or 0)
+    listed = await client.lrange(bill_keys.billing_open(ba), 0, -1)
+    opened = {str(n): int(await client.hget(bill_keys.invoice_state(ba, n), "open") or 0) for n in listed}
+    return opened, int(await client.hget(bill_keys.billing_account(ba), "credit") or 0)
 
 
 async def test_a_payment_commits_its_row_allocations_and_audit_entry_once(payments: Payments) -> None:
@@ -98,7 +98,7 @@ async def test_a_payment_commits_its_row_allocations_and_audit_entry_once(paymen
 async def test_credit_notes_continue_their_own_gapless_series(payments: Payments) -> None:
     pool, client = payments.ledger.pool, payments.client
     # An installation whose credit notes Redis numbered: the series continues after 7.
-    await client.set(keys.credit_note_seq(payments.config.issuer.id), 7)
+    await client.set(bill_keys.credit_note_seq(payments.config.issuer.id), 7)
     ba, standing = await seeded(client, [3000], 0)
     ((invoice, _),) = standing.open
     note = await payments.credit_note(invoice, 500, "goodwill", "k1", actor="agent-7")
@@ -293,12 +293,12 @@ async def test_an_adjustment_is_a_row_first_and_queued_once_after_a_crash(
     pool, client = payments.ledger.pool, payments.client
     ba, _ = await seeded(client, [], 0)
     assert await crashing(redis_url, database_url, "adjustment", ba, "", "after_commit") == -signal.SIGKILL
-    assert await client.lrange(keys.billing_pending(ba), 0, -1) == []  # Redis has not heard of it
+    assert await client.lrange(bill_keys.billing_pending(ba), 0, -1) == []  # Redis has not heard of it
     assert await payments.apply_pending() == 1
     assert await payments.apply_pending() == 0
     again = await payments.adjust("crash-adj", ba, 250, "late fee by hand", "agent-7")
     assert again["amount"] == 250
-    (pending,) = await client.lrange(keys.billing_pending(ba), 0, -1)
+    (pending,) = await client.lrange(bill_keys.billing_pending(ba), 0, -1)
     assert '"amount": 250' in pending
     with pytest.raises(Conflict):
         await payments.adjust("crash-adj", ba, 300, "late fee by hand", "agent-7")
@@ -316,21 +316,21 @@ async def test_a_dispute_is_a_row_first_and_its_acceptance_with_its_credit_note_
     # Opened, killed before Redis heard of it: the row, its audit entry, no hold yet.
     assert await crashing(redis_url, database_url, "dispute", ba, invoice, "after_commit") == -signal.SIGKILL
     assert await rows(pool, "SELECT event, amount_minor FROM dispute_events") == [("OPENED", 500)]
-    assert await client.hget(keys.invoice_state(invoice), "disputed") == "0"
+    assert await client.hget(bill_keys.invoice_state(ba, invoice), "disputed") == "0"
     assert await payments.apply_pending() == 1
-    assert await client.hget(keys.invoice_state(invoice), "disputed") == "500"
+    assert await client.hget(bill_keys.invoice_state(ba, invoice), "disputed") == "500"
     # Accepted, killed before Redis: the decision and its credit note were one transaction.
     assert await crashing(redis_url, database_url, "accept", ba, invoice, "after_commit") == -signal.SIGKILL
     assert (await payments.dispute("crash-d"))["status"] == "ACCEPTED"
     assert len(await payments.ledger.pending()) == 1  # the credit note
     assert await payments.apply_pending() == 2  # the credit note and the acceptance
     assert await payments.apply_pending() == 0
-    state = await client.hmget(keys.invoice_state(invoice), ["open", "disputed"])
+    state = await client.hmget(bill_keys.invoice_state(ba, invoice), ["open", "disputed"])
     assert state == ["2500", "0"]
     # The caller's retry answers the same and changes nothing.
     again = await payments.resolve_dispute("crash-d", True, "agreed", "agent-3")
     assert (again["status"], again["credit_note"]) == ("ACCEPTED", "CN-00000001")
-    assert await client.hmget(keys.invoice_state(invoice), ["open", "disputed"]) == ["2500", "0"]
+    assert await client.hmget(bill_keys.invoice_state(ba, invoice), ["open", "disputed"]) == ["2500", "0"]
     with pytest.raises(Conflict):
         await payments.resolve_dispute("crash-d", False, "no", "agent-3")
     actions = await rows(pool, "SELECT action FROM audit ORDER BY action")

@@ -20,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client import REGISTRY
 
-from charging import keys
 from charging.clock import ManualClock
 from charging.security import certs
 from charging.security.roles import CHANNEL_METHODS, ROLES, roles_for
@@ -29,6 +28,7 @@ from charging.server import App
 from charging.settings import Settings
 from charging.v1 import billing_pb2, billing_pb2_grpc, common_pb2, topup_pb2, topup_pb2_grpc
 from postpaid import config as billing_config
+from postpaid import keys as bill_keys
 from postpaid.billing import Billing
 from tests.conftest import SEALER, LineBook, Stubs, enrol
 from tests.streaming import status_of
@@ -290,7 +290,7 @@ async def test_audit_entries_name_the_authenticated_caller(secured: App, pki: Pa
             )
         )
     await b.payments.adjust("adj-2", "C10", 100, "fee", "batch")  # not a gRPC call
-    audit: list[tuple[str, dict[str, str]]] = await secured.redis.xrange(keys.BILL_AUDIT)  # type: ignore[assignment]
+    audit: list[tuple[str, dict[str, str]]] = await secured.redis.xrange(bill_keys.audit("C10"))  # type: ignore[assignment]
     assert [(e[1]["actor"], e[1]["caller"]) for e in audit] == [
         ("agent-7", "spiffe://charging.local/billing"),
         ("batch", "internal"),

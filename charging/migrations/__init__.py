@@ -114,7 +114,7 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     from charging import store
     from charging.database import open_pool
     from charging.embedded_redis import with_password
-    from postpaid import collections_legacy, legacy, receivables_legacy
+    from postpaid import collections_legacy, legacy, receivables_legacy, shards
     from postpaid import config as billing_config
     from provisioning import care_legacy, customer_legacy, orders_legacy
     from provisioning.sealing import load_sealer
@@ -137,6 +137,7 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
         await collections_legacy.move_once(client, pool, int(time.time()))
         series = issuer.credit_note_prefix
         await receivables_legacy.move_once(client, pool, issuer.id, series, billing.currency, int(time.time()))
+        await shards.move_once(client)  # then billing's one-tag keys into its shards, as at start
     finally:
         await pool.close()
         await client.aclose()
