@@ -64,6 +64,10 @@ STREAM_OUTCOMES = (
     "INTERNAL",
 )
 
+REPORTING_REASON_FINAL = charging_pb2.REPORTING_REASON_FINAL
+DIRECTION_TERMINATING = charging_pb2.DIRECTION_TERMINATING
+NO_USAGE = Usage()  # frozen: one shared value for the usual request without destination or roaming
+
 REQUEST_KINDS: dict[int, RequestKind] = {
     charging_pb2.REQUEST_TYPE_INITIAL: "I",
     charging_pb2.REQUEST_TYPE_UPDATE: "U",
@@ -112,6 +116,20 @@ def units_of(u: common_pb2.ServiceUnits) -> Units:
     return Units(u.time_s, u.total_octets, u.input_octets, u.output_octets, u.service_specific_units, u.money_micros)
 
 
+def set_units(out: common_pb2.ServiceUnits, u: Units) -> None:
+    """``units_pb`` written into a message's field in place (no temporary message)."""
+    if u.time_s:
+        out.time_s = u.time_s
+    if u.total_octets:
+        out.total_octets = u.total_octets
+    if u.service_specific_units:
+        out.service_specific_units = u.service_specific_units
+    if u.money_micros:
+        out.money_micros = u.money_micros
+    if not (u.time_s or u.total_octets or u.service_specific_units or u.money_micros):
+        out.SetInParent()
+
+
 def units_pb(u: Units) -> common_pb2.ServiceUnits:
     return common_pb2.ServiceUnits(
         time_s=u.time_s,
@@ -122,32 +140,34 @@ def units_pb(u: Units) -> common_pb2.ServiceUnits:
 
 
 def session_request(req: charging_pb2.SessionRequest) -> SessionRequest:
+    # Hot path: every protobuf access below costs a wrapper (upb), so each repeated field
+    # and submessage is read once, and error field names are built only on an error.
     if not SESSION_ID.match(req.session_id):
         raise InvalidRequest("session_id", "must be 1-256 printable characters without spaces")
     kind = REQUEST_KINDS.get(req.request_type)
     if kind is None:
         raise InvalidRequest("request_type", "must be INITIAL, UPDATE or TERMINATE")
-    if len(req.rating_groups) > MAX_RATING_GROUPS:
+    rating_groups = req.rating_groups
+    if len(rating_groups) > MAX_RATING_GROUPS:
         raise InvalidRequest("rating_groups", f"at most {MAX_RATING_GROUPS} per request")
-    identity = identity_of(req.subscriber) if req.HasField("subscriber") else None
-    if identity is None:
+    if not req.HasField("subscriber"):
         raise Unanswerable(ResultCode.MISSING_AVP, "subscriber")
+    identity = identity_of(req.subscriber)
     groups = []
     seen: set[int] = set()
-    for i, g in enumerate(req.rating_groups):
-        if g.rating_group in seen:
+    for i, g in enumerate(rating_groups):
+        rating_group = g.rating_group
+        if rating_group in seen:
             raise Unanswerable(ResultCode.INVALID_AVP_VALUE, f"rating_groups[{i}].rating_group")
-        seen.add(g.rating_group)
+        seen.add(rating_group)
         groups.append(
             RatingGroupRequest(
-                rating_group=g.rating_group,
-                service_identifier=g.service_identifier,
-                requested=units_of(g.requested) if g.HasField("requested") else None,
-                used=units_of(g.used) if g.HasField("used") else None,
-                final=g.reporting_reason == charging_pb2.REPORTING_REASON_FINAL,
-                used_after_change=units_of(g.used_after_tariff_change)
-                if g.HasField("used_after_tariff_change")
-                else None,
+                rating_group,
+                g.service_identifier,
+                units_of(g.requested) if g.HasField("requested") else None,
+                units_of(g.used) if g.HasField("used") else None,
+                g.reporting_reason == REPORTING_REASON_FINAL,
+                units_of(g.used_after_tariff_change) if g.HasField("used_after_tariff_change") else None,
             )
         )
     return SessionRequest(
@@ -158,16 +178,19 @@ def session_request(req: charging_pb2.SessionRequest) -> SessionRequest:
         tuple(groups),
         usage_of(req),
         digest(req),
-        terminating=req.direction == charging_pb2.DIRECTION_TERMINATING,
+        req.direction == DIRECTION_TERMINATING,
     )
 
 
 def usage_of(req: charging_pb2.SessionRequest | charging_pb2.EventRequest) -> Usage:
-    if req.called_party and not DIGITS.match(req.called_party):
+    called, visited = req.called_party, req.visited_network
+    if not called and not visited:
+        return NO_USAGE
+    if called and not DIGITS.match(called):
         raise Unanswerable(ResultCode.INVALID_AVP_VALUE, "called_party")
-    if req.visited_network and not MCC_MNC.match(req.visited_network):
+    if visited and not MCC_MNC.match(visited):
         raise Unanswerable(ResultCode.INVALID_AVP_VALUE, "visited_network")
-    return Usage(req.called_party, req.visited_network)
+    return Usage(called, visited)
 
 
 def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> charging_pb2.SessionAnswer:
@@ -189,7 +212,7 @@ def session_answer_pb(req: charging_pb2.SessionRequest, a: SessionAnswer) -> cha
             tariff_change_time=g.tariff_change_time,
         )
         if g.granted is not None:
-            rg.granted.CopyFrom(units_pb(g.granted))
+            set_units(rg.granted, g.granted)
         if g.final_unit is not None:
             rg.final_unit.action = common_pb2.FinalUnitAction.ValueType(g.final_unit.action)
             rg.final_unit.redirect_address = g.final_unit.redirect_address
@@ -380,7 +403,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
             refund_information=a.refund_information,
         )
         if a.granted is not None:
-            out.granted.CopyFrom(units_pb(a.granted))
+            set_units(out.granted, a.granted)
         if a.enough_credit is not None:
             out.check_balance_result = (
                 charging_pb2.CHECK_BALANCE_RESULT_ENOUGH_CREDIT

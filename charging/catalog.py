@@ -145,7 +145,10 @@ class PlanLimits:
 
     def ceiling(self, unit: UnitKind, server: int) -> int:
         """The most one request may report in ``unit``: the plan's bound within the server's."""
-        return min([server, *(c for u, c in self.ceilings if u is unit)])
+        for u, c in self.ceilings:
+            if u is unit and c < server:
+                server = c
+        return server
 
 
 @dataclass(frozen=True)
@@ -182,12 +185,16 @@ class Plan:
 
     def next_change(self, at_s: int, within_s: int) -> int | None:
         """The first instant within ``within_s`` where the band or the plan version changes."""
-        candidates = [v.active_from_s for v in self.versions if at_s < v.active_from_s <= at_s + within_s]
+        last = at_s + within_s
+        first: int | None = None
+        for v in self.versions:
+            if at_s < v.active_from_s <= last and (first is None or v.active_from_s < first):
+                first = v.active_from_s
         if self.timeline is not None:
             band_change = self.timeline.at(at_s)[1]
-            if band_change is not None and band_change <= at_s + within_s:
-                candidates.append(band_change)
-        return min(candidates, default=None)
+            if band_change is not None and band_change <= last and (first is None or band_change < first):
+                first = band_change
+        return first
 
 
 @dataclass(frozen=True)

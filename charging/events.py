@@ -17,8 +17,8 @@ from charging.codes import ResultCode
 from charging.context import Context
 from charging.errors import Conflict, InvalidRequest, LimitExceeded
 from charging.ledger import Reply
-from charging.money import MAX_BALANCE, MAX_UNITS
-from charging.rating import NO_RATE, UNIT_FIELD, Rate, UnitKind, Units, check_units, cost
+from charging.money import MAX_AMOUNT, MAX_BALANCE, MAX_UNITS
+from charging.rating import NO_RATE, UNIT_FIELD, Rate, UnitKind, Units, check_units, cost, worst_case_cost
 from charging.refunds import RefundRef, event_token, parse_token
 from charging.routing import Target, route
 from charging.script_args import EventArgs
@@ -70,15 +70,15 @@ def price_event(
         return EventAnswer(ResultCode.RATING_FAILED, failed_field="rating_group")
     if rate.free:
         return EventAnswer(ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)
-    field = f"requested.{UNIT_FIELD[rate.unit]}"
     units = req.requested.count(rate.unit)
     if units <= 0:
         code = ResultCode.MISSING_AVP if units == 0 else ResultCode.INVALID_AVP_VALUE
-        return EventAnswer(code, failed_field=field)
-    try:
-        check_units(rate, units, field)
-    except InvalidRequest as exc:
-        return EventAnswer(ResultCode.INVALID_AVP_VALUE, failed_field=exc.field)
+        return EventAnswer(code, failed_field=f"requested.{UNIT_FIELD[rate.unit]}")
+    if units > MAX_UNITS or worst_case_cost(rate, units) > MAX_AMOUNT:
+        try:
+            check_units(rate, units, f"requested.{UNIT_FIELD[rate.unit]}")
+        except InvalidRequest as exc:
+            return EventAnswer(ResultCode.INVALID_AVP_VALUE, failed_field=exc.field)
     return rate, units, cost(rate, units), where
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from dataclasses import dataclass
 
 from charging.document_history import history_key
 from charging.documents import current_key, records_key
@@ -215,3 +216,48 @@ CHANGES = "changes"  # pub/sub channel: "<document> <version>" after a change ot
 def change_acks(document: str, version: str) -> str:
     """Counter of the processes that applied ``version`` of ``document`` (changes.py)."""
     return f"changes:ack:{document}:{version}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """The keys of one account that its charging scripts name, built once per account
+    (the hot path's ``Ledger`` keeps them): the same names as the functions above."""
+
+    tag: str
+    account: str
+    sessions: str
+    buckets: str
+    outbox: str
+    usage: str
+    usage_records: str
+    cdr_outbox: str
+    # A pool member's pool keys: the root's buckets, account hash and outbox (same slot).
+    pool: tuple[str, ...]
+
+    @classmethod
+    def of(cls, account_id: str) -> AccountKeys:
+        root = pool_of(account_id)
+        pool = (buckets(root), account(root), outbox(root)) if root is not None else ()
+        return cls(
+            account_tag(account_id),
+            account(account_id),
+            sessions(account_id),
+            buckets(account_id),
+            outbox(account_id),
+            usage(account_id),
+            usage_records(account_id),
+            cdr_outbox(account_id),
+            pool,
+        )
+
+    def session(self, session_id: str) -> str:
+        return self.tag + ":s:" + session_id
+
+    def answer(self, session_id: str, request_number: int) -> str:
+        return f"{self.tag}:r:{request_number}:{session_id}"
+
+    def session_refunds(self, session_id: str) -> str:
+        return self.tag + ":rf:s:" + session_id
+
+    def event(self, event_id: str) -> str:
+        return self.tag + ":e:" + event_id

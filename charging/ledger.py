@@ -114,6 +114,10 @@ OUTBOX_TRIM = LuaScript("outbox_trim.lua")
 DUE_INDEX = LuaScript("due_index.lua")
 
 
+# Accounts whose keys a Ledger keeps built (a few hundred bytes each).
+ACCOUNT_KEYS_CACHED = 100_000
+
+
 class Ledger:
     """``on_records(account)`` is called when a script left records in the account's record
     outbox (the relay to PostgreSQL learns which accounts have some: ``cdr_relay.py``)."""
@@ -121,6 +125,16 @@ class Ledger:
     def __init__(self, client: RedisLink | ClusterLink, on_records: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.on_records = on_records
+        # The keys every request of an account names, built once per account (bounded).
+        self._account_keys: dict[str, keys.AccountKeys] = {}
+
+    def _keys(self, account: str) -> keys.AccountKeys:
+        found = self._account_keys.get(account)
+        if found is None:
+            if len(self._account_keys) >= ACCOUNT_KEYS_CACHED:
+                self._account_keys.clear()
+            found = self._account_keys[account] = keys.AccountKeys.of(account)
+        return found
 
     def _recorded(self, account: str, reply: Reply) -> Reply:
         if reply.records and self.on_records is not None:
@@ -131,18 +145,20 @@ class Ledger:
         """Run one session request. With ``hint_deadline_ms`` (INITIAL requests) the
         sweeper's index learns about the account in the same round trip."""
         check_deadline()
+        k = self._keys(account)
+        session_id = args.session_id
         script_keys = (
-            keys.account(account),
-            keys.sessions(account),
-            keys.session(account, args.session_id),
-            keys.answer(account, args.session_id, args.request_number),
-            keys.buckets(account),
-            keys.outbox(account),
-            keys.usage(account),
-            keys.usage_records(account),
-            keys.session_refunds(account, args.session_id),
-            keys.cdr_outbox(account),
-            *_pool_keys(account),
+            k.account,
+            k.sessions,
+            k.session(session_id),
+            k.answer(session_id, args.request_number),
+            k.buckets,
+            k.outbox,
+            k.usage,
+            k.usage_records,
+            k.session_refunds(session_id),
+            k.cdr_outbox,
+            *k.pool,
         )
         with storage_errors():
             if not hint_deadline_ms:
@@ -181,16 +197,17 @@ class Ledger:
             record = keys.session_refunds(account, refund_of.debit_id)
         else:
             record = keys.event(account, refund_of.debit_id)
+        k = self._keys(account)
         script_keys = (
-            keys.account(account),
-            keys.event(account, args.event_id),
-            keys.buckets(account),
-            keys.outbox(account),
-            keys.usage(account),
-            keys.usage_records(account),
+            k.account,
+            k.event(args.event_id),
+            k.buckets,
+            k.outbox,
+            k.usage,
+            k.usage_records,
             record,
-            keys.cdr_outbox(account),
-            *_pool_keys(account),
+            k.cdr_outbox,
+            *k.pool,
         )
         return self._recorded(account, await self._run(EVENT, script_keys, args))
 

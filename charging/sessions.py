@@ -20,8 +20,18 @@ from charging.codes import ResultCode
 from charging.context import Context
 from charging.errors import Conflict, InvalidRequest
 from charging.ledger import Reply
-from charging.money import MAX_AMOUNT
-from charging.rating import UNIT_FIELD, FinalUnitAction, Rate, UnitKind, Units, check_units, quota, session_cost
+from charging.money import MAX_AMOUNT, MAX_UNITS
+from charging.rating import (
+    UNIT_FIELD,
+    FinalUnitAction,
+    Rate,
+    UnitKind,
+    Units,
+    check_units,
+    quota,
+    session_cost,
+    worst_case_cost,
+)
 from charging.refunds import session_token
 from charging.routing import Target, route
 from charging.script_args import RatingGroupArgs, SessionArgs
@@ -215,13 +225,13 @@ def rating_args(
             try:
                 ceiling = limits.ceiling(rate, plan)
                 if g.requested is not None:
-                    want = min(quota(rate, _count(g.requested, rate, f"rating_groups[{i}].requested")), ceiling)
+                    want = min(quota(rate, _count(g.requested, rate, i, "requested")), ceiling)
                 if g.used is not None:
-                    used = _count(g.used, rate, f"rating_groups[{i}].used")
-                    _within(used, ceiling, rate, f"rating_groups[{i}].used")
+                    used = _count(g.used, rate, i, "used")
+                    _within(used, ceiling, rate, i, "used")
                 if g.used_after_change is not None:
-                    used_after = _count(g.used_after_change, rate, f"rating_groups[{i}].used_after_tariff_change")
-                    _within(used + used_after, ceiling, rate, f"rating_groups[{i}].used_after_tariff_change")
+                    used_after = _count(g.used_after_change, rate, i, "used_after_tariff_change")
+                    _within(used + used_after, ceiling, rate, i, "used_after_tariff_change")
             except InvalidRequest as exc:
                 preset, want, used, used_after = ResultCode.INVALID_AVP_VALUE, 0, 0, 0
                 failed = failed or exc.field
@@ -273,14 +283,20 @@ def _moved(where: tuple[str, str, str, bool], plan: Plan, at_s: int) -> tuple[st
     return service, zone, plan.band_at(at_s), roaming
 
 
-def _count(units: Units, rate: Rate, where: str) -> int:
-    """The units in the rate's unit, checked against the ledger's exact range."""
+def _count(units: Units, rate: Rate, index: int, name: str) -> int:
+    """The units in the rate's unit, checked against the ledger's exact range; a field at
+    fault is ``rating_groups[index].<name>.<unit field>`` (``index`` -1: ``<name>.<unit field>``)."""
     amount = units.count(rate.unit)
-    field = f"{where}.{UNIT_FIELD[rate.unit]}"
     if amount < 0:
-        raise InvalidRequest(field, "must not be negative")
-    check_units(rate, amount, field)
+        raise InvalidRequest(_field(index, name, rate), "must not be negative")
+    if amount > MAX_UNITS or worst_case_cost(rate, amount) > MAX_AMOUNT:
+        check_units(rate, amount, _field(index, name, rate))  # raises, naming the field
     return amount
+
+
+def _field(index: int, name: str, rate: Rate) -> str:
+    where = f"rating_groups[{index}].{name}" if index >= 0 else name
+    return f"{where}.{UNIT_FIELD[rate.unit]}"
 
 
 def _free_used(g: RatingGroupRequest, rate: Rate, limits: UsageLimits) -> int:
@@ -288,43 +304,49 @@ def _free_used(g: RatingGroupRequest, rate: Rate, limits: UsageLimits) -> int:
     used, for its usage record; 0 when it cannot be counted (never a refusal: such usage
     is answered 4011 whatever it reports)."""
     try:
-        used = sum(_count(u, rate, "used") for u in (g.used, g.used_after_change) if u is not None)
-        _within(used, limits.ceiling(rate), rate, "used")
+        used = sum(_count(u, rate, -1, "used") for u in (g.used, g.used_after_change) if u is not None)
+        _within(used, limits.ceiling(rate), rate, -1, "used")
     except InvalidRequest:
         return 0
     return used
 
 
-def _within(units: int, ceiling: int, rate: Rate, where: str) -> None:
+def _within(units: int, ceiling: int, rate: Rate, index: int, name: str) -> None:
     """Usage reported in one request must not pass the ceiling of its unit."""
     if units > ceiling:
-        raise InvalidRequest(f"{where}.{UNIT_FIELD[rate.unit]}", f"more than {ceiling} per report")
+        raise InvalidRequest(_field(index, name, rate), f"more than {ceiling} per report")
 
 
 def parse_answer(body: str, rates: dict[int, Rate], groups: tuple[RatingGroupRequest, ...]) -> SessionAnswer:
     """Turn a stored answer body into the answer, rating group by rating group."""
+    return SessionAnswer(*parse_reply_body(body, rates, groups))
+
+
+def parse_reply_body(
+    body: str, rates: dict[int, Rate], groups: tuple[RatingGroupRequest, ...]
+) -> tuple[int, tuple[RatingGroupAnswer, ...]]:
+    """``parse_answer``'s result code and rating group answers."""
     head, *parts = body.split(" ")
-    code = int(head)
     answers = []
     for g, part in zip(groups, parts[1:], strict=False):
-        rc, granted, cost_micros, vt, fui, change = (int(x) for x in part.split(","))
+        rc, granted, cost_micros, vt, fui, change = map(int, part.split(","))
         rate = rates.get(g.rating_group)
         final_unit = None
         if fui and rate is not None:
             final_unit = FinalUnit(rate.final_unit_action, rate.redirect_address, rate.restriction_filter_rules)
         answers.append(
             RatingGroupAnswer(
-                rating_group=g.rating_group,
-                service_identifier=g.service_identifier,
-                result_code=rc,
-                granted=Units.of(rate.unit, granted) if rate is not None and granted else None,
-                validity_time_s=vt,
-                final_unit=final_unit,
-                cost_micros=cost_micros,
-                tariff_change_time=change,
+                g.rating_group,
+                g.service_identifier,
+                rc,
+                Units.of(rate.unit, granted) if rate is not None and granted else None,
+                vt,
+                final_unit,
+                cost_micros,
+                change,
             )
         )
-    return SessionAnswer(code, tuple(answers))
+    return int(head), tuple(answers)
 
 
 class SessionCharging:
@@ -378,20 +400,18 @@ class SessionCharging:
             self.ctx.wake_relay(target.account)
         if reply.kind == "CONFLICT":
             raise Conflict(f"request_number {req.request_number} was already used in this session with another payload")
-        answer = parse_answer(reply.body, rates, req.rating_groups)
+        code, answers = parse_reply_body(reply.body, rates, req.rating_groups)
         for unit, units in reply.unbilled:
             metrics.UNBILLED_OVERRUN.labels(UnitKind(unit).name.lower()).inc(units)
         return SessionAnswer(
-            answer.result_code,
-            answer.rating_groups,
+            code,
+            answers,
             failed_field=failed,
             replayed=reply.kind == "REPLAY",
             reserved_delta=reply.reserved_delta,
             session_delta=reply.session_delta,
             # No rating group answered: the script stopped before any usage (5002, 5012).
-            refund_information=session_token(req.session_id, req.request_number)
-            if debits and answer.rating_groups
-            else b"",
+            refund_information=session_token(req.session_id, req.request_number) if debits and answers else b"",
         )
 
     async def _run(self, target: Target, req: SessionRequest, groups: tuple[RatingGroupArgs, ...], now: int) -> Reply:

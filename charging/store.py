@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -85,14 +84,24 @@ def unavailable(exc: BaseException) -> str:
     return ""
 
 
-@contextmanager
-def storage_errors() -> Iterator[None]:
+class _StorageErrors:
+    """``storage_errors``'s context manager: stateless, so one instance serves every
+    ``with`` (a class rather than ``@contextmanager``: it wraps every charging request)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, redis_errors.RedisError) and (reason := unavailable(exc)):
+            raise StorageUnavailable(f"redis unavailable: {reason}") from exc
+
+
+_STORAGE_ERRORS = _StorageErrors()
+
+
+def storage_errors() -> _StorageErrors:
     """Turn "Redis cannot answer now" (``unavailable``) into ``StorageUnavailable``;
     script bugs and other Redis replies stay internal errors."""
-    try:
-        yield
-    except redis_errors.RedisError as exc:
-        reason = unavailable(exc)
-        if not reason:
-            raise
-        raise StorageUnavailable(f"redis unavailable: {reason}") from exc
+    return _STORAGE_ERRORS

@@ -9,6 +9,11 @@ stack both share. To keep that comparison fair it uses the same runtime as
 serializers, so no protobuf is parsed or built: the bytes go straight back.
 
     python -m loadtest.echo_server --address 127.0.0.1:50099
+    python -m loadtest.echo_server --address 127.0.0.1:50099 --work-us 30   # what 30 us of handler work costs
+
+``--work-us`` makes each unary call burn that much CPU time of the serving thread before
+it answers: the server's CPU per call then says what work inside a handler costs under
+grpc.aio beyond itself (README, "A cheaper charging path").
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 import uvloop
@@ -39,19 +45,32 @@ async def echo_stream(requests: AsyncIterator[bytes], context: grpc.aio.Servicer
         yield request
 
 
-def echo_handler() -> grpc.GenericRpcHandler:
+def working_echo(work_us: float) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """``echo`` after ``work_us`` of this thread's CPU time spent in Python."""
+
+    async def echo_after_work(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        end = time.thread_time() + work_us / 1e6
+        while time.thread_time() < end:
+            pass
+        return request
+
+    return echo_after_work
+
+
+def echo_handler(work_us: float = 0) -> grpc.GenericRpcHandler:
     """Unary-unary handlers for every method in ``METHODS`` and bidirectional ones for
     ``STREAM_METHODS``; no (de)serializer means bytes in, bytes out."""
-    handlers = {name: grpc.unary_unary_rpc_method_handler(echo) for name in METHODS}
+    unary = working_echo(work_us) if work_us > 0 else echo
+    handlers = {name: grpc.unary_unary_rpc_method_handler(unary) for name in METHODS}
     handlers.update({name: grpc.stream_stream_rpc_method_handler(echo_stream) for name in STREAM_METHODS})
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
-async def serve(address: str) -> None:
+async def serve(address: str, work_us: float = 0) -> None:
     """Serve until SIGTERM or SIGINT. Prints the bound address once ready so a parent can wait for it."""
     # Same option as charging.server.App so both servers accept the same stream concurrency.
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1000)])
-    server.add_generic_rpc_handlers((echo_handler(),))
+    server.add_generic_rpc_handlers((echo_handler(work_us),))
     port = server.add_insecure_port(address)
     if port == 0:
         raise SystemExit(f"echo server: cannot bind {address}")
@@ -73,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m loadtest.echo_server", description="gRPC echo server for loadtest.bench"
     )
     p.add_argument("--address", default="127.0.0.1:50099", help="host:port to listen on (port 0: any free port)")
+    p.add_argument("--work-us", type=float, default=0, help="CPU time (us) each unary call spends before answering")
     args = p.parse_args(argv)
-    uvloop.run(serve(args.address))
+    uvloop.run(serve(args.address, args.work_us))
     return 0
 
 

@@ -46,6 +46,8 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.policy = policy
         self.tokens = tokens
         self.local = local
+        # The checked handler of each method, built once: method -> (handler, checked).
+        self._checked: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
 
     async def intercept_service(
         self,
@@ -56,6 +58,14 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = details.method
         if handler is None or method.startswith(HEALTH_PREFIX):
             return handler
+        known = self._checked.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        checked = self._check(method, handler)
+        self._checked[method] = (handler, checked)
+        return checked
+
+    def _check(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         if handler.unary_unary is not None:
             return self._unary(method, handler)
         if handler.stream_stream is not None:
