@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import database_roles, history_store, keys, metrics, migrations, retention, store
+from charging import database_roles, history_store, keys, metrics, migrations, retention, store, upgrade
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
@@ -95,7 +95,6 @@ from charging.watch import SessionWatch
 from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
-from provisioning import care_legacy, customer_legacy, orders_legacy
 from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
@@ -254,23 +253,10 @@ class App:
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)
-        # Catalog and coverage versions Redis stored with no row yet (before 0011, the start's sample).
-        versions = await history_store.move_all_stored(self.redis, self.database, self.clock.now_ms())
-        if any(versions.values()):
-            log.info("document versions recorded", extra=versions)
-        # Orders and lines' history are rows; those Redis kept before are made rows once.
+        # Orders and lines' history are rows (``keep_records``); what Redis kept before
+        # PostgreSQL did is moved once, as ``charging migrate`` does (``upgrade.py``).
         self.acquisition.keep_records(OrderStore(self.database))
-        moved_orders = await orders_legacy.move_once(self.redis, self.database, self.clock.now_ms())
-        if moved_orders is not None and (moved_orders.orders or moved_orders.lines):
-            log.info("orders and lines moved from redis", extra={"orders": moved_orders.orders})
-        moved = await care_legacy.move_once(self.redis, self.database, self.acquisition.sealer)
-        if moved is not None and (moved.interactions or moved.tickets):
-            counts = {"interactions": moved.interactions, "tickets": moved.tickets}
-            log.info("care records moved from redis", extra=counts)
-        # Customers and units Redis kept before PostgreSQL recorded them (customer_legacy.py).
-        recorded = await customer_legacy.move_once(self.redis, self.database, self.acquisition.sealer)
-        if recorded is not None and recorded.customers:
-            log.info("customers recorded from redis", extra={"customers": recorded.customers, "units": recorded.units})
+        await upgrade.move_stored_records(self.redis, self.database, self.acquisition.sealer, self.clock.now_ms())
 
         guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
         self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))

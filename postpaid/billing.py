@@ -36,8 +36,8 @@ from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.security.identity import caller_name
 from charging.settings import Settings
-from postpaid import collections_legacy, legacy, periods, receivables_legacy, shards
 from postpaid import keys as bill_keys
+from postpaid import periods, upgrade
 from postpaid.accounts import BillingAccounts, billing_account_id, invoice_account
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -111,25 +111,10 @@ class Billing:
         self.on_records: Callable[[str], None] | None = None
 
     async def move_redis_invoices(self) -> None:
-        """Invoices Redis kept before PostgreSQL did: moved once (``postpaid/legacy.py``)."""
-        moved = await legacy.move_once(
-            self.client, self.book.pool, self.book.issuer, self.book.series, self.book.sealer
+        """What Redis kept of billing before PostgreSQL did: moved once (``upgrade.py``)."""
+        await upgrade.move_stored_records(
+            self.client, self.book.pool, self.config, self.book.sealer, self.clock.now_ms() // 1000
         )
-        if moved is not None and (moved.invoices or moved.runs):
-            log.info("invoices moved from redis", extra={"invoices": moved.invoices, "runs": moved.runs})
-        # Disputes, promises to pay and dunning steps, likewise (``collections_legacy.py``).
-        now_s = self.clock.now_ms() // 1000
-        collections = await collections_legacy.move_once(self.client, self.book.pool, now_s)
-        if collections is not None and any(vars(collections).values()):
-            log.info("disputes, promises and dunning steps moved from redis", extra=vars(collections))
-        issuer = self.config.issuer
-        payments = await receivables_legacy.move_once(
-            self.client, self.book.pool, issuer.id, issuer.credit_note_prefix, self.config.currency, now_s
-        )
-        if payments:
-            log.info("payments, credit notes and refunds moved from redis", extra={"movements": payments})
-        # Then what is left under the one {bill} tag, into the billing shards (``shards.py``).
-        await shards.move_once(self.client)
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""

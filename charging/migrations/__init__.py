@@ -106,38 +106,25 @@ async def migrate(settings: Settings) -> str:
 
 
 async def _move_redis_records(settings: Settings, url: str) -> None:
-    """Records Redis kept before PostgreSQL did (issued invoices, bill runs; disputes,
-    promises to pay, dunning steps; interactions and tickets; customers and units; orders
-    and lines) are moved once (``postpaid/legacy.py``, ``postpaid/collections_legacy.py``,
-    ``provisioning/care_legacy.py``, ``provisioning/customer_legacy.py``,
-    ``provisioning/orders_legacy.py``); a server moves them at start too."""
-    from charging import store
+    """Records Redis kept before PostgreSQL did are moved once, in the order a server's
+    start moves them: the CRM's keys under their tag, then billing's records
+    (``postpaid/upgrade.py``), then the others (``charging/upgrade.py``)."""
+    from charging import store, upgrade
     from charging.database import open_pool
     from charging.embedded_redis import with_password
-    from postpaid import collections_legacy, legacy, receivables_legacy, shards
     from postpaid import config as billing_config
-    from provisioning import care_legacy, customer_legacy, orders_legacy
+    from postpaid import upgrade as billing_upgrade
     from provisioning.sealing import load_sealer
     from provisioning.untagged import adopt_untagged
 
     billing = billing_config.load(settings.billing_file)
-    issuer = billing.issuer
     client = store.connect(with_password(settings.redis_url), max_connections=2, tls=settings.redis_tls())
     pool = await open_pool(url, 2)
     try:
         sealer = load_sealer(settings)
-        await legacy.move_once(client, pool, issuer.id, issuer.number_prefix, sealer)
         await adopt_untagged(client)  # the CRM's keys under their {crm} tag first, as at start
-        await care_legacy.move_once(client, pool, sealer)
-        from charging import history_store  # catalog and coverage versions (0011)
-
-        await history_store.move_all_stored(client, pool, int(time.time() * 1000))
-        await customer_legacy.move_once(client, pool, sealer)  # customers and their units
-        await orders_legacy.move_once(client, pool, int(time.time() * 1000))
-        await collections_legacy.move_once(client, pool, int(time.time()))
-        series = issuer.credit_note_prefix
-        await receivables_legacy.move_once(client, pool, issuer.id, series, billing.currency, int(time.time()))
-        await shards.move_once(client)  # then billing's one-tag keys into its shards, as at start
+        await billing_upgrade.move_stored_records(client, pool, billing, sealer, int(time.time()))
+        await upgrade.move_stored_records(client, pool, sealer, int(time.time() * 1000))
     finally:
         await pool.close()
         await client.aclose()
