@@ -1,6 +1,6 @@
 """``charging serve --workers N``: N worker processes serving one address, one supervisor.
 
-One Python process answers about 3,400 session steps/s on one core (README "Measured
+One Python process answers some 2,000-3,400 session steps/s on one core (README "Measured
 figures"); a host's other cores need other processes. The supervisor:
 
 * **owns the address.** It binds the gRPC address with ``SO_REUSEPORT`` without listening
