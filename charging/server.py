@@ -95,6 +95,7 @@ from charging.watch import SessionWatch
 from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
+from postpaid.credit_movements import credit_rows
 from provisioning import care_legacy, customer_legacy, orders_legacy
 from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
@@ -191,7 +192,8 @@ class App:
             hold_ms=hold_ms,
             documents=(keys.CATALOG_RECORDS, coverage_records, provisioning_keys.ORDER_RECORDS),
             history=HistoryStore(self.database, history_store.SOURCES),  # catalog and coverage versions
-            kept=(OrderStore(self.database),),  # orders' and lines' rows (provisioning/order_store.py)
+            # orders' and lines' rows (provisioning/order_store.py); billing's credit movements
+            kept=(OrderStore(self.database), *credit_rows()),
         )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)

@@ -532,6 +532,7 @@ def _settle_command(issued: Issued) -> tuple[Any, ...]:
         bill_keys.billing_lines(ba),
         bill_keys.recheck(ba),
         bill_keys.invoice_state(ba, number),
+        bill_keys.credit_outbox(ba),
     )
     return ("EVALSHA", SETTLE.sha, len(settle_keys), *settle_keys, *issued.settle.to_argv())
 

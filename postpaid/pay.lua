@@ -7,6 +7,8 @@
 -- KEYS[3] open invoices     TAG:ba:BA:open
 -- KEYS[4] movements         TAG:ba:BA:pay
 -- KEYS[5] dunning index     TAG:dunning
+-- KEYS[6] credit outbox     TAG:credits (the credit's movement, relayed to PostgreSQL's
+--                           credit_movements by postpaid/credit_movements.py)
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV PayArgs (postpaid/scripts.py), in this order:
@@ -66,6 +68,7 @@ local ba = redis.call('HMGET', KEYS[2], 'credit', 'balance')
 local credit, balance = tonumber(ba[1] or '0'), tonumber(ba[2] or '0')
 local allocations = {}
 local note_key = nil
+local kept = 0  -- what a payment or credit note adds to the credit
 
 local function settle(number, take)
   local key = state_prefix .. number
@@ -120,8 +123,24 @@ else
     if rest <= 0 then break end
     rest = rest - settle(number, rest)
   end
+  kept = math.max(rest, 0)
   credit = credit + rest
   balance = balance - amount
+end
+
+-- The credit's movement, in the same script as the change: its id is the record key's
+-- (unique per account), so the relay keeps it once.
+local movement = string.sub(KEYS[1], select(2, string.find(KEYS[1], '}:', 1, true)) + 1)
+local function credit_moved(what, by, source)
+  redis.call('RPUSH', KEYS[6], cjson.encode({movement = movement, kind = what, ba = ba_id,
+    source = source, invoice = invoice, amount = string.format('%d', by), at_s = at_s}))
+end
+if kind == 'REFUND' then
+  credit_moved('refunded', amount, string.sub(movement, 5))
+elseif kept > 0 and kind == 'PAY' then
+  credit_moved('overpaid', kept, string.sub(movement, 5))
+elseif kept > 0 then
+  credit_moved('credit_note', kept, note_number)
 end
 
 record = string.gsub(record, '\1ALLOCATIONS\1', '{' .. table.concat(allocations, ',') .. '}', 1)

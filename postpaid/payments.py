@@ -112,6 +112,7 @@ class Payments:
                     bill_keys.billing_open(ba),
                     bill_keys.billing_payments(ba),
                     bill_keys.dunning_index(ba),
+                    bill_keys.credit_outbox(ba),
                 ),
                 args,
             )
@@ -247,6 +248,7 @@ class Payments:
                     bill_keys.billing_open(ba),
                     bill_keys.billing_payments(ba),
                     bill_keys.dunning_index(ba),
+                    bill_keys.credit_outbox(ba),
                 ),
                 dataclasses.replace(args, check=True),
             )

@@ -1,0 +1,112 @@
+"""The accounts' credit as rows (revision 0014): every movement of an overpayment's credit
+reaches ``credit_movements`` through the relay, once, and ``account_credit`` equals the
+credit Redis holds. Real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from charging.cdr_relay import drain
+from charging.clock import ManualClock
+from charging.server import App
+from postpaid import keys as bill_keys
+from postpaid.billing import Billing
+from postpaid.credit_movements import credit_of
+from tests.conftest import LineBook, PostgresServer, Stubs
+from tests.test_payments import DAY, invoiced
+
+
+async def _rows(app: App, ba: str) -> list[tuple[str, str, str, str | None, int]]:
+    assert app.database is not None
+    async with app.database.connection() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT movement, kind, source, invoice, amount_minor FROM credit_movements "
+            "WHERE billing_account = %s ORDER BY at, movement",
+            (ba,),
+        )
+        return [(str(m), str(k), str(s), i, int(a)) for m, k, s, i, a in await cur.fetchall()]
+
+
+async def _relay(app: App, ba: str) -> int:
+    assert app.cdr_relay is not None
+    return await app.cdr_relay.relay_outboxes([bill_keys.credit_outbox(ba)])
+
+
+async def _redis_credit(b: Billing, ba: str) -> int:
+    return int((await b.account(ba)).get("credit") or 0)
+
+
+async def test_an_overpayment_its_use_and_its_refund_are_rows_that_sum_to_the_credit(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = postpaid_billing
+    assert app.database is not None
+    first = await invoiced(stubs, b, book, clock, "41", "491700000411")
+    ba = "C41"
+    # Overpaid: the invoice is paid, 5,000 stays as credit.
+    await b.payments.pay(ba, first.total + 5_000, "BANK_TRANSFER", "over-1")
+    assert await _redis_credit(b, ba) == 5_000
+    # Nothing is a row until relayed; then it is, and the view equals Redis.
+    assert await credit_of(app.database, ba) == 0
+    assert await _relay(app, ba) == 1
+    assert await _rows(app, ba) == [("pay:BANK_TRANSFER:over-1", "overpaid", "BANK_TRANSFER:over-1", None, 5_000)]
+    assert await credit_of(app.database, ba) == 5_000
+    # The next bill run settles the new invoice from the credit: an "applied" row.
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    second = (await b.invoices_of(ba))[-1]
+    total = (await b.invoice(second)).total
+    used = min(total, 5_000)
+    assert used > 0
+    assert await _redis_credit(b, ba) == 5_000 - used
+    # A second payment (more than is open) and a refund of part of the credit.
+    open_ = int((await b.invoice_state(second))["open"])
+    await b.payments.pay(ba, open_ + 900, "CARD", "over-2")
+    await b.payments.refund(ba, 400, "rf-1", "customer asked")
+    credit = await _redis_credit(b, ba)
+    assert credit == 5_000 - used + 900 - 400
+    # The server's relay finds the shard's credit outbox by name (a kept outbox).
+    assert app.cdr_relay is not None
+    app.cdr_relay.wake_outbox(bill_keys.credit_outbox(ba))
+    assert await drain(app.cdr_relay) >= 3
+    assert [(m, k, i, a) for m, k, _s, i, a in await _rows(app, ba)] == [
+        ("pay:BANK_TRANSFER:over-1", "overpaid", None, 5_000),
+        ("inv:" + second, "applied", second, used),
+        ("pay:CARD:over-2", "overpaid", None, 900),
+        ("pay:REFUND:rf-1", "refunded", None, 400),
+    ]
+    assert await credit_of(app.database, ba) == credit
+    assert await app.redis.llen(bill_keys.credit_outbox(ba)) == 0  # type: ignore[union-attr]
+
+
+async def test_a_relay_repeated_after_its_commit_keeps_each_movement_once_and_rows_are_immutable(
+    stubs: Stubs,
+    postpaid_billing: tuple[Billing, LineBook],
+    clock: ManualClock,
+    app: App,
+    postgres_server: PostgresServer,
+    database_url: str,
+) -> None:
+    b, book = postpaid_billing
+    assert app.database is not None and app.redis is not None
+    first = await invoiced(stubs, b, book, clock, "42", "491700000421")
+    ba = "C42"
+    await b.payments.pay(ba, first.total + 300, "CARD", "twice")
+    # A repeated payment request moves nothing again (pay.lua answers REPLAY).
+    await b.payments.pay(ba, first.total + 300, "CARD", "twice")
+    outbox = bill_keys.credit_outbox(ba)
+    entries = await app.redis.lrange(outbox, 0, -1)  # type: ignore[misc]
+    assert len(entries) == 1
+    assert await _relay(app, ba) == 1
+    # A crash between the relay's commit and its trim: the same entries are read again.
+    await app.redis.rpush(outbox, *entries)  # type: ignore[misc]
+    assert await _relay(app, ba) == 1
+    assert len(await _rows(app, ba)) == 1
+    assert await credit_of(app.database, ba) == await _redis_credit(b, ba) == 300
+    # Immutable, even for the tables' owner.
+    with psycopg.connect(postgres_server.owner_of(database_url), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"):
+            conn.execute("UPDATE credit_movements SET amount_minor = 1 WHERE billing_account = %s", (ba,))
+        with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"):
+            conn.execute("DELETE FROM credit_movements WHERE billing_account = %s", (ba,))
