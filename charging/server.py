@@ -253,6 +253,8 @@ class App:
         )
         await self.billing.move_redis_invoices()
         self.billing.on_records = self.cdr_relay.wake if self.cdr_relay is not None else None
+        if self.cdr_relay is not None:  # credit movements are relayed soon, not at the next scan
+            self.billing.payments.on_credit = self.billing.runs.on_credit = self.cdr_relay.wake_outbox
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)

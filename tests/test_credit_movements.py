@@ -42,6 +42,10 @@ async def test_an_overpayment_its_use_and_its_refund_are_rows_that_sum_to_the_cr
 ) -> None:
     b, book = postpaid_billing
     assert app.database is not None
+    assert app.cdr_relay is not None and app.billing is not None
+    # The server tells its relay of the outboxes its billing writes to; so does this one.
+    assert app.billing.payments.on_credit == app.billing.runs.on_credit == app.cdr_relay.wake_outbox
+    b.payments.on_credit = b.runs.on_credit = app.cdr_relay.wake_outbox
     first = await invoiced(stubs, b, book, clock, "41", "491700000411")
     ba = "C41"
     # Overpaid: the invoice is paid, 5,000 stays as credit.
@@ -66,9 +70,9 @@ async def test_an_overpayment_its_use_and_its_refund_are_rows_that_sum_to_the_cr
     await b.payments.refund(ba, 400, "rf-1", "customer asked")
     credit = await _redis_credit(b, ba)
     assert credit == 5_000 - used + 900 - 400
-    # The server's relay finds the shard's credit outbox by name (a kept outbox).
-    assert app.cdr_relay is not None
-    app.cdr_relay.wake_outbox(bill_keys.credit_outbox(ba))
+    # The relay was told of the outbox by the bill run and the payments (and finds it by
+    # name when it scans: a kept outbox of every shard).
+    assert bill_keys.credit_outbox(ba) in app.cdr_relay.ready()
     assert await drain(app.cdr_relay) >= 3
     assert [(m, k, i, a) for m, k, _s, i, a in await _rows(app, ba)] == [
         ("pay:BANK_TRANSFER:over-1", "overpaid", None, 5_000),
@@ -110,3 +114,34 @@ async def test_a_relay_repeated_after_its_commit_keeps_each_movement_once_and_ro
             conn.execute("UPDATE credit_movements SET amount_minor = 1 WHERE billing_account = %s", (ba,))
         with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"):
             conn.execute("DELETE FROM credit_movements WHERE billing_account = %s", (ba,))
+
+
+async def test_a_credit_note_and_a_negative_invoice_move_the_credit_as_rows_too(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = postpaid_billing
+    assert app.database is not None
+    first = await invoiced(stubs, b, book, clock, "43", "491700000431")
+    ba = "C43"
+    half = first.total // 2
+    assert half > 0
+    await b.payments.pay(ba, half, "CARD", "part")  # allocated: no credit moves
+    # Credited in full: what the invoice no longer owes stays as credit.
+    await b.payments.credit_note(first.number, first.total, "goodwill", "cn-1")
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    second = (await b.invoices_of(ba))[-1]
+    open_second = int((await b.invoice_state(second))["open"])
+    # A large manual credit makes the next invoice negative: it adds to the credit, which
+    # pays what is still open.
+    await b.payments.adjust("adj-1", ba, -50_000, "goodwill", "tester")
+    clock.advance(seconds=31 * DAY)
+    await b.runs.run()
+    third = (await b.invoices_of(ba))[-1]
+    assert (await b.invoice(third)).total < 0
+    await _relay(app, ba)
+    rows = await _rows(app, ba)
+    kinds = {(m, k) for m, k, _s, _i, _a in rows}
+    assert ("pay:CN:cn-1", "credit_note") in kinds and ("inv:" + third, "negative_invoice") in kinds
+    assert (("inv:" + third + ":" + second, "applied") in kinds) == (open_second > 0)
+    assert await credit_of(app.database, ba) == await _redis_credit(b, ba) > 0
