@@ -36,7 +36,7 @@ from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.security.identity import caller_name
 from charging.settings import Settings
-from postpaid import collections_legacy, legacy, periods, receivables_legacy, shards
+from postpaid import collections_legacy, credit_movements, legacy, periods, receivables_legacy, shards
 from postpaid import keys as bill_keys
 from postpaid.accounts import BillingAccounts, billing_account_id, invoice_account
 from postpaid.bill_run import BillRun, Stale
@@ -130,6 +130,8 @@ class Billing:
             log.info("payments, credit notes and refunds moved from redis", extra={"movements": payments})
         # Then what is left under the one {bill} tag, into the billing shards (``shards.py``).
         await shards.move_once(self.client)
+        # The credit accounts held before its movements were rows (``credit_movements.py``).
+        await credit_movements.open_once(self.client, now_s)
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""

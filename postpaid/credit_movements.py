@@ -11,6 +11,12 @@ id is unique per account (the payment's record key, ``inv:NUMBER``), so a relay 
 after a crash between its commit and its trim keeps each once. The view
 ``account_credit`` sums them: it equals the ``credit`` Redis holds once the outboxes are
 relayed.
+
+Upgrading: credit an account held before revision 0014 has no movement. It is recorded
+once as an ``opening`` movement, by whichever comes first: the account's next credit
+movement (pay.lua and settle.lua record the opening before it) or ``open_once`` (at
+``charging migrate`` and the server's start, resumable: each account once by its
+``credit_rows`` flag, the pass once by ``{bill}:moved:credits``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
@@ -28,11 +35,12 @@ from charging import metrics
 from charging.cdrs import BadRecord
 from charging.database import Pool
 from postpaid import keys as bill_keys
+from postpaid.scripts import CREDIT_OPEN, CreditOpenArgs
 
 log = logging.getLogger("postpaid.credit_movements")
 
 # what each kind does to the credit
-KINDS = {"overpaid": 1, "credit_note": 1, "negative_invoice": 1, "applied": -1, "refunded": -1}
+KINDS = {"opening": 1, "overpaid": 1, "credit_note": 1, "negative_invoice": 1, "applied": -1, "refunded": -1}
 
 
 @dataclass(frozen=True)
@@ -118,3 +126,26 @@ async def credit_of(pool: Pool, ba: str) -> int:
         await cur.execute("SELECT credit_minor FROM account_credit WHERE billing_account = %s", (ba,))
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def open_all(client: aioredis.Redis, now_s: int) -> int:
+    """Record every billing account's opening credit not recorded yet (credit_open.lua,
+    one account at a time); how many accounts it recorded now."""
+    opened = 0
+    args = CreditOpenArgs(now_s)
+    async for raw in client.scan_iter(match=bill_keys.BILLING_ACCOUNT_PATTERN, count=500):
+        key = str(raw)
+        ba = bill_keys.billing_account_of(key)
+        if ba is None or key != bill_keys.billing_account(ba):
+            continue  # the account's lines, lists...; or a layout from before the shards
+        opened += int(await CREDIT_OPEN(client, (key, bill_keys.credit_outbox(ba)), args))
+    return opened
+
+
+async def open_once(client: aioredis.Redis, now_s: int) -> int | None:
+    """``open_all`` unless it completed before on this Redis; None when it had."""
+    if await client.exists(bill_keys.BILL_CREDITS_OPENED):
+        return None
+    opened = await open_all(client, now_s)
+    await client.set(bill_keys.BILL_CREDITS_OPENED, "1")
+    return opened

@@ -51,6 +51,9 @@ BILL_INVOICES_MOVED = "{bill}:moved:invoices"  # string: the invoices Redis kept
 BILL_COLLECTIONS_MOVED = "{bill}:moved:collections"
 # string: the payments, credit notes and refunds only Redis kept have been moved (postpaid/receivables_legacy.py)
 BILL_PAYMENTS_MOVED = "{bill}:moved:payments"
+# string: every account's credit held before revision 0014 has its opening movement
+# (postpaid/credit_movements.py)
+BILL_CREDITS_OPENED = "{bill}:moved:credits"
 
 
 # -- the indexes, per shard

@@ -66,6 +66,7 @@ end
 local ba_id = string.sub(KEYS[2], select(2, string.find(KEYS[2], '}:ba:', 1, true)) + 1)
 local ba = redis.call('HMGET', KEYS[2], 'credit', 'balance')
 local credit, balance = tonumber(ba[1] or '0'), tonumber(ba[2] or '0')
+local credit_before = credit
 local allocations = {}
 local note_key = nil
 local kept = 0  -- what a payment or credit note adds to the credit
@@ -132,6 +133,12 @@ end
 -- (unique per account), so the relay keeps it once.
 local movement = string.sub(KEYS[1], select(2, string.find(KEYS[1], '}:', 1, true)) + 1)
 local function credit_moved(what, by, source)
+  -- Credit held before revision 0014 has no rows: the account's first movement since
+  -- records it first ('opening', once: the 'credit_rows' flag; credit_open.lua likewise).
+  if redis.call('HSETNX', KEYS[2], 'credit_rows', '1') == 1 and credit_before > 0 then
+    redis.call('RPUSH', KEYS[6], cjson.encode({movement = 'opening', kind = 'opening', ba = ba_id,
+      source = '', invoice = '', amount = string.format('%d', credit_before), at_s = at_s}))
+  end
   redis.call('RPUSH', KEYS[6], cjson.encode({movement = movement, kind = what, ba = ba_id,
     source = source, invoice = invoice, amount = string.format('%d', by), at_s = at_s}))
 end

@@ -77,6 +77,12 @@ local ba = redis.call('HMGET', KEYS[1], 'credit', 'balance', 'credit_notes_since
 -- Each movement of the credit, in the same script as the change; ids are unique per
 -- account ("inv:NUMBER", "inv:NUMBER:OLDER") and settling runs once, so each is kept once.
 local function credit_moved(movement, what, by, invoice)
+  -- Credit held before revision 0014 has no rows: recorded first, once (as in pay.lua).
+  local before = tonumber(ba[1] or '0')
+  if redis.call('HSETNX', KEYS[1], 'credit_rows', '1') == 1 and before > 0 then
+    redis.call('RPUSH', KEYS[10], cjson.encode({movement = 'opening', kind = 'opening', ba = ba_id,
+      source = '', invoice = '', amount = string.format('%d', before), at_s = issued_s}))
+  end
   redis.call('RPUSH', KEYS[10], cjson.encode({movement = movement, kind = what, ba = ba_id,
     source = number, invoice = invoice, amount = string.format('%d', by), at_s = issued_s}))
 end

@@ -10,10 +10,11 @@ import pytest
 from charging.cdr_relay import drain
 from charging.clock import ManualClock
 from charging.server import App
+from postpaid import credit_movements
 from postpaid import keys as bill_keys
 from postpaid.billing import Billing
 from postpaid.credit_movements import credit_of
-from tests.conftest import LineBook, PostgresServer, Stubs
+from tests.conftest import LineBook, PostgresServer, Stubs, enrol
 from tests.test_payments import DAY, invoiced
 
 
@@ -145,3 +146,40 @@ async def test_a_credit_note_and_a_negative_invoice_move_the_credit_as_rows_too(
     assert ("pay:CN:cn-1", "credit_note") in kinds and ("inv:" + third, "negative_invoice") in kinds
     assert (("inv:" + third + ":" + second, "applied") in kinds) == (open_second > 0)
     assert await credit_of(app.database, ba) == await _redis_credit(b, ba) > 0
+
+
+async def test_credit_held_before_the_upgrade_is_an_opening_movement_once(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = postpaid_billing
+    assert app.database is not None and app.redis is not None
+    old, moving = "C44", "C45"
+    for customer, msisdn in (("44", "491700000441"), ("45", "491700000451")):
+        await enrol(stubs, b, customer, msisdn)
+        book.lines[msisdn] = {"state": "active", "order_id": "new"}
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 2
+    for customer in ("44", "45"):
+        (number,) = await b.invoices_of("C" + customer)
+        total = (await b.invoice(number)).total
+        await b.payments.pay("C" + customer, total + 2_500, "CARD", "before-" + customer)
+        # As an installation before revision 0014 left it: the credit, no movement.
+        await app.redis.delete(bill_keys.credit_outbox("C" + customer))
+        await app.redis.hdel(bill_keys.billing_account("C" + customer), "credit_rows")  # type: ignore[misc]
+    # The moving account's next movement records the opening before itself.
+    await b.payments.pay(moving, 100, "CARD", "after")
+    # The upgrade's pass records the other's (the moving one has its opening already).
+    await app.redis.delete(bill_keys.BILL_CREDITS_OPENED)
+    assert await credit_movements.open_once(app.redis, clock.now_ms() // 1000) == 1
+    assert await credit_movements.open_once(app.redis, clock.now_ms() // 1000) is None
+    await app.redis.delete(bill_keys.BILL_CREDITS_OPENED)
+    assert await credit_movements.open_once(app.redis, clock.now_ms() // 1000) == 0  # resumed: each once
+    for ba in (old, moving):
+        await _relay(app, ba)
+    assert [(m, k, a) for m, k, _s, _i, a in await _rows(app, old)] == [("opening", "opening", 2_500)]
+    assert sorted((m, k, a) for m, k, _s, _i, a in await _rows(app, moving)) == [
+        ("opening", "opening", 2_500),
+        ("pay:CARD:after", "overpaid", 100),
+    ]
+    for ba in (old, moving):
+        assert await credit_of(app.database, ba) == await _redis_credit(b, ba)

@@ -1,6 +1,7 @@
 """The accounts' credit as rows: where every cent of an overpayment went.
 
-``credit_movements`` holds each movement of a billing account's credit: what an
+``credit_movements`` holds each movement of a billing account's credit: what it held
+before this revision (``opening``, once per account), what an
 overpayment (``overpaid``), a credit note (``credit_note``) or a negative invoice
 (``negative_invoice``) left over, and what a refund (``refunded``) or an invoice settled
 from the credit (``applied``) took. pay.lua and settle.lua append each movement to their
@@ -30,7 +31,7 @@ CREATE TABLE credit_movements (
     billing_account  text        NOT NULL,
     movement         text        NOT NULL,
     kind             text        NOT NULL
-        CHECK (kind IN ('overpaid', 'credit_note', 'negative_invoice', 'applied', 'refunded')),
+        CHECK (kind IN ('opening', 'overpaid', 'credit_note', 'negative_invoice', 'applied', 'refunded')),
     source           text        NOT NULL,
     invoice          text,
     amount_minor     bigint      NOT NULL CHECK (amount_minor > 0),
@@ -41,7 +42,7 @@ CREATE INDEX credit_movements_at ON credit_movements (at);
 COMMENT ON TABLE credit_movements IS
     'each movement of a billing account''s credit (postpaid/credit_movements.py): immutable';
 COMMENT ON COLUMN credit_movements.movement IS
-    'unique per account: pay:CHANNEL:REF (a payment, refund or credit note), inv:NUMBER, inv:NUMBER:OLDER';
+    'unique per account: pay:CHANNEL:REF (a payment, refund or credit note), inv:NUMBER, inv:NUMBER:OLDER, opening';
 COMMENT ON COLUMN credit_movements.source IS
     'the payment''s CHANNEL:REF, the refund''s REFUND:REF, the credit note''s or settled invoice''s number';
 
