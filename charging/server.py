@@ -95,6 +95,7 @@ from charging.watch import SessionWatch
 from console.serving import ConsoleServer
 from postpaid.billing import Billing, build_billing
 from postpaid.billing_api import BillingServicer
+from postpaid.credit_movements import credit_rows
 from provisioning import keys as provisioning_keys
 from provisioning.acquisition import Acquisition
 from provisioning.base import CustomerBase
@@ -190,7 +191,8 @@ class App:
             hold_ms=hold_ms,
             documents=(keys.CATALOG_RECORDS, coverage_records, provisioning_keys.ORDER_RECORDS),
             history=HistoryStore(self.database, history_store.SOURCES),  # catalog and coverage versions
-            kept=(OrderStore(self.database),),  # orders' and lines' rows (provisioning/order_store.py)
+            # orders' and lines' rows (provisioning/order_store.py); billing's credit movements
+            kept=(OrderStore(self.database), *credit_rows()),
         )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)
@@ -250,6 +252,8 @@ class App:
         )
         await self.billing.move_redis_invoices()
         self.billing.on_records = self.cdr_relay.wake if self.cdr_relay is not None else None
+        if self.cdr_relay is not None:  # credit movements are relayed soon, not at the next scan
+            self.billing.payments.on_credit = self.billing.runs.on_credit = self.cdr_relay.wake_outbox
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)

@@ -33,6 +33,7 @@ import json
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -135,6 +136,8 @@ class BillRun:
         self.clock = clock
         # Rentals of the plan versions in force at a period's start, by (start, end).
         self._products_cache: dict[tuple[int, int], tuple[Any, dict[str, Product]]] = {}
+        # Told of each credit outbox settling may have written to (the relay's wake).
+        self.on_credit: Callable[[str], None] | None = None
 
     async def _load_scripts(self) -> None:
         """Pipelines call scripts by SHA: make sure Redis has them (after a restart too).
@@ -226,6 +229,13 @@ class BillRun:
                 continue
         raise RuntimeError("the billing account kept changing while its invoice was issued")
 
+    async def _settle(self, issued: list[Issued]) -> None:
+        """settle.lua for written invoices; the relay is told of their credit movements."""
+        await self._many([_settle_command(i) for i in issued])
+        if self.on_credit is not None:
+            for outbox in {bill_keys.credit_outbox(i.billing_account) for i in issued}:
+                self.on_credit(outbox)
+
     async def _many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send commands in one write and return their replies in order: over the pipelined
         link when there is one (far less client work per command), else a redis-py
@@ -307,7 +317,7 @@ class BillRun:
                 slow.append(ba)  # more periods behind: the next one too
         if commands:
             await self._many(commands)
-        await self._many([_settle_command(i) for i in issued])
+        await self._settle(issued)
         return slow
 
     async def bill(self, ba: str, now_s: int, why: list[str] | None = None) -> str | None:
@@ -360,7 +370,7 @@ class BillRun:
         except Overtaken as exc:
             # Composed from a reading another invoice has overtaken: that one is settled
             # (it may be waiting for it after a crash) and the caller starts over.
-            await self._many([_settle_command(exc.issued)])
+            await self._settle([exc.issued])
             raise Stale(ba) from None
         except Contended:
             raise Stale(ba) from None
@@ -369,7 +379,7 @@ class BillRun:
         for line in lines:
             acct = line.account_id
             await PURGE(self.client, (keys.usage(acct), keys.usage_records(acct)), PurgeArgs(period.id))
-        await self._many([_settle_command(issued)])
+        await self._settle([issued])
         return issued.number if not issued.already else "ALREADY " + issued.number
 
     def _line_bill(self, line: BillingLine, period: periods.Period, raw: list[Any]) -> LineBill:
@@ -532,6 +542,7 @@ def _settle_command(issued: Issued) -> tuple[Any, ...]:
         bill_keys.billing_lines(ba),
         bill_keys.recheck(ba),
         bill_keys.invoice_state(ba, number),
+        bill_keys.credit_outbox(ba),
     )
     return ("EVALSHA", SETTLE.sha, len(settle_keys), *settle_keys, *issued.settle.to_argv())
 

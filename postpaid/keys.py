@@ -51,6 +51,9 @@ BILL_INVOICES_MOVED = "{bill}:moved:invoices"  # string: the invoices Redis kept
 BILL_COLLECTIONS_MOVED = "{bill}:moved:collections"
 # string: the payments, credit notes and refunds only Redis kept have been moved (postpaid/receivables_legacy.py)
 BILL_PAYMENTS_MOVED = "{bill}:moved:payments"
+# string: every account's credit held before revision 0014 has its opening movement
+# (postpaid/credit_movements.py)
+BILL_CREDITS_OPENED = "{bill}:moved:credits"
 
 
 # -- the indexes, per shard
@@ -99,6 +102,15 @@ RESTRICTED_SETS = tuple(restricted_shard(n) for n in range(SHARDS))
 OUTBOXES = tuple(outbox_shard(n) for n in range(SHARDS))
 
 
+def credit_outbox_shard(shard: int) -> str:
+    """list: movements of the accounts' credit (pay.lua, settle.lua) waiting to be relayed
+    to PostgreSQL's ``credit_movements`` (``credit_movements.py``)."""
+    return shard_tag(shard) + ":credits"
+
+
+CREDIT_OUTBOXES = tuple(credit_outbox_shard(n) for n in range(SHARDS))
+
+
 def audit_shard(shard: int) -> str:
     """stream: adjustments, disputes, write-offs, with who and why (PostgreSQL's audit
     trail is the record; the stream keeps its entries for its readers)."""
@@ -135,6 +147,10 @@ def as_of(ba: str) -> str:
 
 def outbox(ba: str) -> str:
     return outbox_shard(shard_of(ba))
+
+
+def credit_outbox(ba: str) -> str:
+    return credit_outbox_shard(shard_of(ba))
 
 
 # -- a billing account's keys

@@ -7,6 +7,8 @@
 -- KEYS[3] open invoices     TAG:ba:BA:open
 -- KEYS[4] movements         TAG:ba:BA:pay
 -- KEYS[5] dunning index     TAG:dunning
+-- KEYS[6] credit outbox     TAG:credits (the credit's movement, relayed to PostgreSQL's
+--                           credit_movements by postpaid/credit_movements.py)
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV PayArgs (postpaid/scripts.py), in this order:
@@ -64,8 +66,10 @@ end
 local ba_id = string.sub(KEYS[2], select(2, string.find(KEYS[2], '}:ba:', 1, true)) + 1)
 local ba = redis.call('HMGET', KEYS[2], 'credit', 'balance')
 local credit, balance = tonumber(ba[1] or '0'), tonumber(ba[2] or '0')
+local credit_before = credit
 local allocations = {}
 local note_key = nil
+local kept = 0  -- what a payment or credit note adds to the credit
 
 local function settle(number, take)
   local key = state_prefix .. number
@@ -120,8 +124,30 @@ else
     if rest <= 0 then break end
     rest = rest - settle(number, rest)
   end
+  kept = math.max(rest, 0)
   credit = credit + rest
   balance = balance - amount
+end
+
+-- The credit's movement, in the same script as the change: its id is the record key's
+-- (unique per account), so the relay keeps it once.
+local movement = string.sub(KEYS[1], select(2, string.find(KEYS[1], '}:', 1, true)) + 1)
+local function credit_moved(what, by, source)
+  -- Credit held before revision 0014 has no rows: the account's first movement since
+  -- records it first ('opening', once: the 'credit_rows' flag; credit_open.lua likewise).
+  if redis.call('HSETNX', KEYS[2], 'credit_rows', '1') == 1 and credit_before > 0 then
+    redis.call('RPUSH', KEYS[6], cjson.encode({movement = 'opening', kind = 'opening', ba = ba_id,
+      source = '', invoice = '', amount = string.format('%d', credit_before), at_s = at_s}))
+  end
+  redis.call('RPUSH', KEYS[6], cjson.encode({movement = movement, kind = what, ba = ba_id,
+    source = source, invoice = invoice, amount = string.format('%d', by), at_s = at_s}))
+end
+if kind == 'REFUND' then
+  credit_moved('refunded', amount, string.sub(movement, 5))
+elseif kept > 0 and kind == 'PAY' then
+  credit_moved('overpaid', kept, string.sub(movement, 5))
+elseif kept > 0 then
+  credit_moved('credit_note', kept, note_number)
 end
 
 record = string.gsub(record, '\1ALLOCATIONS\1', '{' .. table.concat(allocations, ',') .. '}', 1)

@@ -82,6 +82,7 @@ class Payments:
         self.config = config
         self.clock = clock
         self.on_change: Changed | None = None
+        self.on_credit: Callable[[str], None] | None = None  # told of a credit outbox written to
         issuer = config.issuer
         self.ledger = Receivables(book.pool, issuer.id, config.currency, issuer.credit_note_prefix)
         self.disputes = Disputes(self)
@@ -112,6 +113,7 @@ class Payments:
                     bill_keys.billing_open(ba),
                     bill_keys.billing_payments(ba),
                     bill_keys.dunning_index(ba),
+                    bill_keys.credit_outbox(ba),
                 ),
                 args,
             )
@@ -232,6 +234,8 @@ class Payments:
                     await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED", "", allocations))
         if refused is not None:
             raise refused
+        if reply[0] == "DONE" and self.on_credit is not None:
+            self.on_credit(bill_keys.credit_outbox(ba))  # the credit's movement, if any, is relayed soon
         if isinstance(movement, Payment) and reply[0] == "DONE":
             metrics.PAYMENTS.labels(movement.channel).inc()
             metrics.PAYMENT_MINOR.labels(movement.channel).inc(movement.amount)
@@ -247,6 +251,7 @@ class Payments:
                     bill_keys.billing_open(ba),
                     bill_keys.billing_payments(ba),
                     bill_keys.dunning_index(ba),
+                    bill_keys.credit_outbox(ba),
                 ),
                 dataclasses.replace(args, check=True),
             )

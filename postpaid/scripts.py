@@ -26,6 +26,7 @@ DUNNING = LuaScript("dunning.lua", package="postpaid")
 PURGE = LuaScript("purge.lua", package="postpaid")
 DISPUTE = LuaScript("dispute.lua", package="postpaid")
 PREPAID_CLOSE = LuaScript("prepaid_close.lua", package="postpaid")
+CREDIT_OPEN = LuaScript("credit_open.lua", package="postpaid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,3 +211,13 @@ class PrepaidCloseArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (self.policy, self.at_s, self.actor)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOpenArgs:
+    """credit_open.lua: the credit an account held before revision 0014, as a movement."""
+
+    at_s: int
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.at_s,)

@@ -13,6 +13,8 @@
 -- KEYS[7] the account's lines TAG:ba:BA:lines
 -- KEYS[8] accounts to re-evaluate TAG:recheck (a negative invoice paid older ones)
 -- KEYS[9] the invoice's state TAG:is:NUMBER
+-- KEYS[10] credit outbox    TAG:credits (the credit's movements, relayed to PostgreSQL's
+--                           credit_movements by postpaid/credit_movements.py)
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV SettleArgs (postpaid/scripts.py), in this order:
@@ -72,6 +74,18 @@ if tonumber(redis.call('HGET', KEYS[1], 'issued') or '0') > account_seq then
 end
 
 local ba = redis.call('HMGET', KEYS[1], 'credit', 'balance', 'credit_notes_since')
+-- Each movement of the credit, in the same script as the change; ids are unique per
+-- account ("inv:NUMBER", "inv:NUMBER:OLDER") and settling runs once, so each is kept once.
+local function credit_moved(movement, what, by, invoice)
+  -- Credit held before revision 0014 has no rows: recorded first, once (as in pay.lua).
+  local before = tonumber(ba[1] or '0')
+  if redis.call('HSETNX', KEYS[1], 'credit_rows', '1') == 1 and before > 0 then
+    redis.call('RPUSH', KEYS[10], cjson.encode({movement = 'opening', kind = 'opening', ba = ba_id,
+      source = '', invoice = '', amount = string.format('%d', before), at_s = issued_s}))
+  end
+  redis.call('RPUSH', KEYS[10], cjson.encode({movement = movement, kind = what, ba = ba_id,
+    source = number, invoice = invoice, amount = string.format('%d', by), at_s = issued_s}))
+end
 local amount = tonumber(total)
 local credit = tonumber(ba[1] or '0')
 local open
@@ -79,9 +93,11 @@ if amount >= 0 then
   local applied = math.min(credit, amount)
   open = amount - applied
   credit = credit - applied
+  if applied > 0 then credit_moved('inv:' .. number, 'applied', applied, number) end
 else
   open = 0
   credit = credit - amount
+  credit_moved('inv:' .. number, 'negative_invoice', -amount, number)
   redis.call('SADD', KEYS[8], ba_id)
   -- The credit pays what is still open, oldest first.
   for _, older in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
@@ -90,6 +106,7 @@ else
     local o = tonumber(redis.call('HGET', key, 'open'))
     local t = math.min(o, credit)
     credit = credit - t
+    if t > 0 then credit_moved('inv:' .. number .. ':' .. older, 'applied', t, older) end
     redis.call('HSET', key, 'open', string.format('%d', o - t))
     if o - t == 0 then
       redis.call('HSET', key, 'status', 'PAID')

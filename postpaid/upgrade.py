@@ -2,8 +2,9 @@
 order for the server's start and ``charging migrate``: issued invoices and bill runs
 (``legacy.py``); disputes, promises to pay and dunning steps (``collections_legacy.py``);
 payments, credit notes and refunds (``receivables_legacy.py``); then what is left under
-the one ``{bill}`` tag into the billing shards (``shards.py``). Each step is resumable and
-a no-op once done."""
+the one ``{bill}`` tag into the billing shards (``shards.py``); and the credit accounts
+held before its movements were rows, as one opening movement each
+(``credit_movements.py``). Each step is resumable and a no-op once done."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import logging
 import redis.asyncio as aioredis
 
 from charging.database import Pool
-from postpaid import collections_legacy, legacy, receivables_legacy, shards
+from postpaid import collections_legacy, credit_movements, legacy, receivables_legacy, shards
 from postpaid.config import BillingConfig
 from provisioning.sealing import Sealer
 
@@ -35,3 +36,5 @@ async def move_stored_records(
     if payments:
         log.info("payments, credit notes and refunds moved from redis", extra={"movements": payments})
     await shards.move_once(client)
+    # The credit accounts held before its movements were rows (``credit_movements.py``).
+    await credit_movements.open_once(client, now_s)

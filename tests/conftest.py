@@ -125,6 +125,7 @@ CLUSTER_MODULES = frozenset(
         "test_dunning",
         "test_receivables",
         "test_billing_shards",
+        "test_credit_movements",
     }
 )
 

@@ -47,6 +47,7 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("postpaid", "purge.lua"): (scripts.PurgeArgs,),
     ("postpaid", "dispute.lua"): (scripts.DisputeArgs,),
     ("postpaid", "prepaid_close.lua"): (scripts.PrepaidCloseArgs,),
+    ("postpaid", "credit_open.lua"): (scripts.CreditOpenArgs,),
 }
 RECORD_MODULES: tuple[ModuleType, ...] = (script_args, scripts)
 RECORDS: list[type] = sorted({r for records in SCRIPTS.values() for r in records}, key=lambda r: r.__name__)
