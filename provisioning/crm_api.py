@@ -300,7 +300,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         self, request: crm_pb2.CustomerPageRequest, context: grpc.aio.ServicerContext
     ) -> crm_pb2.LinePage:
         await self._customer(request.customer_id)
-        lines, token = await self.acquisition.lines.page(
+        lines, token = await self.acquisition.customer_lines_page(
             request.customer_id, page_start(request.page_token), page_size(request.page_size)
         )
         return crm_pb2.LinePage(lines=[line_pb(line) for line in lines], next_page_token=token)
@@ -366,7 +366,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         out = crm_pb2.Customer(id=customer.id, kind=customer.kind)
         units = await self._records().organisation.units(customer.id)
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
-        out.lines.extend(line_pb(line) for line in await self.acquisition.lines.of_customer(customer.id))
+        out.lines.extend(line_pb(line) for line in await self.acquisition.customer_lines(customer.id))
         return out
 
 

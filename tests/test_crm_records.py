@@ -1,0 +1,89 @@
+"""The CRM reading PostgreSQL, not Redis, for what the system of record keeps (issue 11):
+a customer's lines from the lines' history rows, screening decisions as step rows only,
+a customer's credit class changed as a new version, a rejected order's document gone
+from Redis once the relay has committed its rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from charging.clock import ManualClock
+from charging.server import App
+from charging.v1 import crm_pb2, crm_pb2_grpc
+from provisioning import keys
+from provisioning.lifecycle import LineState
+from provisioning.lines import Line
+from provisioning.order_records import line_change
+from provisioning.order_store import OrderStore
+from tests.test_acquisition import application
+
+
+async def rows(app: App, query: str, *params: object) -> list[tuple[Any, ...]]:
+    assert app.database is not None
+    async with app.database.connection() as conn:
+        return list(await (await conn.execute(query, params)).fetchall())
+
+
+async def test_a_customer_s_lines_are_read_from_the_history_rows(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis, clock: ManualClock
+) -> None:
+    corp = application("co", contract="PREPAID")
+    corp.customer_kind = "CORPORATE"
+    corp.company.CopyFrom(crm_pb2.Company(name="Muster GmbH", country="DE", registration_number="HRB 12345"))
+    first = await crm.SubmitApplication(corp)
+    customer_id = first.customer_id
+    root = (await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=customer_id))).units[0]
+    sales = await crm.AddOrgUnit(crm_pb2.OrgUnit(customer_id=customer_id, parent_id=root.id, name="Sales"))
+    second = crm_pb2.LineOrder(
+        crm_order_id="nl-1", kind="NEW_LINE", customer_id=customer_id, org_unit_id=sales.id,
+        plan_id="mobile-prepaid", msisdn="491701234599", imsi="262011234567899",
+    )  # fmt: skip
+    assert (await crm.SubmitOrder(second)).status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    assert app.worker is not None
+    await app.worker.reconcile_once()  # both acknowledged: active
+    # The rows carry what a line is and which unit it serves.
+    assert await rows(
+        app, "SELECT msisdn, state, customer_type, unit_id FROM line_changes WHERE customer_id = %s ORDER BY seq",
+        customer_id,
+    ) == [
+        ("491701234567", "pending_activation", "MOBILE_PREPAID", root.id),
+        ("491701234599", "pending_activation", "MOBILE_PREPAID", sales.id),
+        ("491701234567", "active", "MOBILE_PREPAID", root.id),
+        ("491701234599", "active", "MOBILE_PREPAID", sales.id),
+    ]  # fmt: skip
+    # Redis's list of the customer's numbers is not what the CRM reads.
+    r.delete(keys.customer_lines(customer_id))
+    expected = [
+        ("491701234567", root.id, "active", "mobile-prepaid"),
+        ("491701234599", sales.id, "active", "mobile-prepaid"),
+    ]
+    customer = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=customer_id))
+    assert [(x.msisdn, x.unit_id, x.state, x.plan_id) for x in customer.lines] == expected
+    assert {x.account_id for x in customer.lines} == {first.account_id, r.hget(keys.line("491701234599"), "account_id")}
+    paged: list[tuple[str, str, str, str]] = []
+    token = ""
+    for _ in range(3):
+        page = await crm.ListCustomerLines(
+            crm_pb2.CustomerPageRequest(customer_id=customer_id, page_size=1, page_token=token)
+        )
+        paged += [(x.msisdn, x.unit_id, x.state, x.plan_id) for x in page.lines]
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == expected
+    # A terminated number given to another customer is that one's, and no longer the first's:
+    # the line's latest row (an order of the other customer's) names it.
+    await crm.SubmitOrder(crm_pb2.LineOrder(crm_order_id="end-2", kind="TERMINATE", msisdn="491701234599",
+                                            termination_reason="MOVED_AWAY"))  # fmt: skip
+    await app.worker.reconcile_once()
+    assert app.database is not None
+    store = OrderStore(app.database)
+    given = Line("491701234599", "other", "77", "mobile-prepaid", LineState.PENDING_ACTIVATION, "p-2")
+    await store.write([line_change(given, "ordered", clock.now_ms() + 86_400_000)])
+    customer = await crm.GetCustomer(crm_pb2.CustomerRef(customer_id=customer_id))
+    assert [x.msisdn for x in customer.lines] == ["491701234567"]
+    assert [(x.msisdn, x.state, x.account_id) for x in await store.all_lines_of("other")] == [
+        ("491701234599", LineState.PENDING_ACTIVATION, "77")
+    ]
