@@ -191,7 +191,8 @@ class App:
             hold_ms=hold_ms,
             documents=(keys.CATALOG_RECORDS, coverage_records, provisioning_keys.ORDER_RECORDS),
             history=HistoryStore(self.database, history_store.SOURCES),  # catalog and coverage versions
-            kept=(OrderStore(self.database),),  # orders' and lines' rows (provisioning/order_store.py)
+            # orders' and lines' rows (provisioning/order_store.py); a rejected order's document goes once they are in
+            kept=(OrderStore(self.database, self.redis),),
         )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)

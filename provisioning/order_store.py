@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
@@ -95,8 +96,26 @@ class OrderStore:
 
     outbox = keys.ORDER_ROWS  # the record outbox whose entries are these rows
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, client: aioredis.Redis | None = None) -> None:
         self.pool = pool
+        self.client = client  # Redis, where the relay's store drops what the rows answer
+
+    async def committed(self, entries: Sequence[str]) -> None:
+        """The relay committed these entries' rows: a rejected order's document (left in
+        Redis when its run could not write the rows at once) goes, as nothing more happens
+        to it; an order in progress keeps its document until the network acknowledges it."""
+        if self.client is None:
+            return
+        rejected = []
+        for text in entries:
+            try:
+                record = parse(text)
+            except BadRecord:
+                continue  # logged when its rows were written
+            if isinstance(record, OrderRecord) and record.order.status == "REJECTED":
+                rejected.append(keys.order(record.order.crm_order_id))
+        if rejected:
+            await self.client.delete(*rejected)
 
     async def write(self, records: Sequence[Record]) -> int:
         """The records' rows in one transaction of their own."""

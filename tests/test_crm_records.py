@@ -5,10 +5,13 @@ from Redis once the relay has committed its rows."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import redis
 
+from charging.cdr_relay import drain
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
@@ -87,3 +90,37 @@ async def test_a_customer_s_lines_are_read_from_the_history_rows(
     assert [(x.msisdn, x.state, x.account_id) for x in await store.all_lines_of("other")] == [
         ("491701234599", LineState.PENDING_ACTIVATION, "77")
     ]
+
+
+async def test_an_order_rejected_while_the_database_is_down_leaves_redis_once_its_rows_are_in(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis
+) -> None:
+    assert app.acquisition is not None and app.cdr_relay is not None
+    orders = app.acquisition.orders
+    orders.on_records = None  # the relay below alone on the outboxes
+    written = orders.write_rows
+
+    async def database_down(entries: Sequence[str]) -> int:
+        raise psycopg.OperationalError("the database is not there")
+
+    orders.write_rows = database_down
+    poor = {"defaults_5y": 3, "monthly_income_micros": 800_000_000}
+    refused = await crm.SubmitApplication(
+        application("rj-1", contract="POSTPAID", plan="mobile-postpaid", history=poor)
+    )
+    assert refused.status == crm_pb2.ORDER_STATUS_REJECTED
+    orders.write_rows = written
+    running = await crm.SubmitApplication(application("ok-1", msisdn="491701234568", document="T220001293"))
+    assert running.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    # the rejected order's rows wait in the outbox, its document in Redis
+    assert r.exists(keys.order("rj-1")) and r.llen(keys.ORDER_ROWS) >= 1
+    assert await rows(app, "SELECT crm_order_id FROM orders WHERE crm_order_id = 'rj-1'") == []
+    # The server's relay writes them; once they are committed the document goes.
+    await app.cdr_relay.scan()
+    await drain(app.cdr_relay)
+    assert not r.exists(keys.ORDER_ROWS)
+    assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'rj-1'") == [("REJECTED",)]
+    assert not r.exists(keys.order("rj-1"))
+    assert r.exists(keys.order("ok-1"))  # in progress: kept until the network acknowledges it
+    got = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="rj-1"))
+    assert (got.status, [s.step for s in got.steps]) == (crm_pb2.ORDER_STATUS_REJECTED, [s.step for s in refused.steps])
