@@ -18,6 +18,7 @@ from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
+from provisioning.credit_review import change_credit_class
 from provisioning.customer_care import CustomerCare, Dispute, Interaction, Ticket
 from provisioning.customer_records import CustomerRecords
 from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
@@ -359,6 +360,15 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         if customer is None:
             raise NotFound("no such customer")
         return customer
+
+    @rpc("ChangeCreditClass")
+    async def ChangeCreditClass(
+        self, request: crm_pb2.CreditClassChange, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.CustomerSummary:
+        customer = await change_credit_class(
+            self.acquisition, request.customer_id, request.credit_class, request.credit_limit_micros, request.reason
+        )
+        return summary_pb(customer)
 
     @rpc("GetCustomer")
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:

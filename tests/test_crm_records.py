@@ -8,13 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
 import psycopg
+import pytest
 import redis
 
+from charging import keys as charging_keys
 from charging.cdr_relay import drain
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
+from postpaid import keys as bill_keys
 from provisioning import keys
 from provisioning.lifecycle import LineState
 from provisioning.lines import Line
@@ -124,3 +128,62 @@ async def test_an_order_rejected_while_the_database_is_down_leaves_redis_once_it
     assert r.exists(keys.order("ok-1"))  # in progress: kept until the network acknowledges it
     got = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="rj-1"))
     assert (got.status, [s.step for s in got.steps]) == (crm_pb2.ORDER_STATUS_REJECTED, [s.step for s in refused.steps])
+
+
+async def test_a_credit_class_change_is_a_customer_version_with_its_audit_entry_and_reaches_redis(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis
+) -> None:
+    assert app.worker is not None and app.billing is not None
+    good = {"tenure_months": 36, "monthly_income_micros": 4_000_000_000}
+    order = await crm.SubmitApplication(application("cc-1", contract="POSTPAID", plan="mobile-postpaid", history=good))
+    assert (order.credit_class, order.credit_limit_micros) == ("A", 500_000_000)
+    await app.worker.reconcile_once()  # active: billed to its postpaid billing account
+    who, account = order.customer_id, order.account_id
+    ba = await app.billing.accounts.billed_to(account)
+    assert ba is not None and r.hget(bill_keys.billing_account(ba), "credit_limit") == "500000000"
+    versions = "SELECT version_no, change, credit_class, credit_limit_micros, max_lines FROM customer_versions "
+    versions += "WHERE customer_id = %s ORDER BY version_no"
+    before = await rows(app, versions, int(who))
+
+    # Bad input names the field and changes nothing.
+    async def refused(change: crm_pb2.CreditClassChange) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await crm.ChangeCreditClass(change)
+        return err.value
+
+    for field, change in (
+        ("credit_class", crm_pb2.CreditClassChange(customer_id=who, credit_class="Z", reason="review")),
+        ("credit_limit_micros", crm_pb2.CreditClassChange(customer_id=who, credit_class="C",
+                                                          credit_limit_micros=150_000_001, reason="review")),
+        ("credit_limit_micros", crm_pb2.CreditClassChange(customer_id=who, credit_class="C",
+                                                          credit_limit_micros=-1, reason="review")),
+        ("reason", crm_pb2.CreditClassChange(customer_id=who, credit_class="C", reason=" ")),
+    ):  # fmt: skip
+        err = await refused(change)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (err.details() or "")
+    unknown = await refused(crm_pb2.CreditClassChange(customer_id="999999", credit_class="C", reason="review"))
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert await rows(app, versions, int(who)) == before
+
+    # Class C, its limit lowered: a new version, audited, in Redis where it acts.
+    change = crm_pb2.CreditClassChange(
+        customer_id=who, credit_class="C", credit_limit_micros=100_000_000, reason="annual review"
+    )
+    summary = await crm.ChangeCreditClass(change)
+    assert (summary.id, summary.credit_class) == (who, "C")
+    after = await rows(app, versions, int(who))
+    assert after[:-1] == before and after[-1] == (before[-1][0] + 1, "credit", "C", 100_000_000, 3)
+    ((details,),) = await rows(app, "SELECT details FROM audit WHERE subject = %s AND action = 'customer_credit'", who)
+    assert (details["credit_class"], details["credit_limit_micros"], details["reason"]) == (
+        "C", 100_000_000, "annual review"
+    )  # fmt: skip
+    assert r.hmget(keys.customer(who), ["credit_class", "credit_limit", "max_lines"]) == ["C", "100000000", "3"]
+    assert r.hget(bill_keys.billing_account(ba), "credit_limit") == "100000000"
+    assert r.hget(charging_keys.account(account), "credit_limit") == "100000000"  # its one line's share
+    # The same change again (a retry): nothing more.
+    assert (await crm.ChangeCreditClass(change)).credit_class == "C"
+    assert await rows(app, versions, int(who)) == after
+    # Class E: postpaid no longer offered, no credit to spend.
+    await crm.ChangeCreditClass(crm_pb2.CreditClassChange(customer_id=who, credit_class="E", reason="defaulted"))
+    assert r.hmget(keys.customer(who), ["credit_class", "postpaid_allowed", "credit_limit"]) == ["E", "0", "0"]
+    assert r.hget(charging_keys.account(account), "credit_limit") == "0"
