@@ -291,6 +291,8 @@ class CdrRelay:
                     metrics.CDRS_RELAYED.labels(table).inc(inserted)
                     if offered > inserted:
                         metrics.CDRS_REPEATED.labels(table).inc(offered - inserted)
+            for kept_rows, entries in kept:  # committed: what Redis kept until then may go
+                await kept_rows.committed(entries)
             if versions and self.history is not None:
                 inserted = await self.history.write(versions)
                 metrics.CDRS_RELAYED.labels("document_versions").inc(inserted)

@@ -50,6 +50,10 @@ class KeptRows(Protocol):
 
     async def insert_entries(self, conn: AsyncConnection[TupleRow], entries: Sequence[str]) -> int: ...
 
+    async def committed(self, entries: Sequence[str]) -> None:
+        """The entries' rows are committed (before they leave the outbox): what Redis
+        kept only until then may go."""
+
 
 @dataclass(frozen=True)
 class Table:

@@ -191,8 +191,9 @@ class App:
             hold_ms=hold_ms,
             documents=(keys.CATALOG_RECORDS, coverage_records, provisioning_keys.ORDER_RECORDS),
             history=HistoryStore(self.database, history_store.SOURCES),  # catalog and coverage versions
-            # orders' and lines' rows (provisioning/order_store.py); billing's credit movements
-            kept=(OrderStore(self.database), *credit_rows()),
+            # orders' and lines' rows (provisioning/order_store.py: a rejected order's document
+            # goes once they are in); billing's credit movements (postpaid/credit_movements.py)
+            kept=(OrderStore(self.database, self.redis), *credit_rows()),
         )
         ledger = Ledger(self.link, on_records=self.cdr_relay.wake)
         self.catalogs = CatalogBook(self.redis)

@@ -65,7 +65,7 @@ async def line_of(visit: Visit) -> Line:
 async def billing_account_of(visit: Visit) -> str:
     """The billing account named by the form, when it bills one of the customer's lines."""
     ba, customer_id = visit.field("billing_account"), visit.request.path_params["customer_id"]
-    for line in await visit.desk.acquisition.lines.of_customer(customer_id):
+    for line in await visit.desk.acquisition.customer_lines(customer_id):
         if line.account_id and await visit.desk.billing.accounts.billed_to(line.account_id) == ba:
             return ba
     raise InvalidRequest("billing_account", "is not a billing account of this customer")

@@ -127,7 +127,7 @@ async def load(desk: Desk, customer_id: str, personal: bool) -> CustomerView:
         raise NotFound("no such customer")
     view = CustomerView(customer, units=await records.organisation.units(customer_id))
     accounts: list[str] = []
-    for line in await acquisition.lines.of_customer(customer_id):
+    for line in await acquisition.customer_lines(customer_id):
         account: Account | None = None
         buckets: tuple[Bucket, ...] = ()
         try:

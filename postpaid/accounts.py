@@ -212,6 +212,15 @@ class BillingAccounts:
         for line, part in zip(lines, split_evenly(overdue_minor * MICROS_PER_MINOR, len(lines)), strict=True):
             await CREDIT(self.client, (keys.account(line.account_id),), CreditArgs(credit_limit=None, overdue=part))
 
+    async def set_credit_limit(self, ba: str, limit_micros: int) -> None:
+        """A new credit limit of the account (its customer's credit class changed), shared
+        over its lines at once; an account not here is left alone; absolute, so setting it
+        again changes nothing."""
+        key = bill_keys.billing_account(ba)
+        if await self.client.hexists(key, "credit_limit"):
+            await self.client.hset(key, "credit_limit", limit_micros)
+            await self.share_credit_limit(ba)
+
     async def share_credit_limit(self, ba: str) -> None:
         """The account's credit limit is spread evenly over its lines (the first lines
         take the odd micros), so all of them together never spend more than the limit.

@@ -123,6 +123,16 @@ class Billing:
     async def _reevaluate(self, ba: str) -> None:
         await self.collection.evaluate(ba)
 
+    async def credit_changed(self, account_ids: Sequence[str], credit_limit_micros: int) -> None:
+        """A customer's credit class changed: the billing accounts its lines (``account_ids``)
+        are billed to take its new credit limit, shared over their lines; again, the same."""
+        done: set[str] = set()
+        for account_id in account_ids:
+            ba = await self.accounts.billed_to(account_id)
+            if ba is not None and ba not in done:
+                done.add(ba)
+                await self.accounts.set_credit_limit(ba, credit_limit_micros)
+
     async def line_changed(
         self,
         *,

@@ -114,6 +114,9 @@ class CreditMovementRows:
             metrics.CDRS_REPEATED.labels("credit_movements").inc(len(movements) - new)
         return new
 
+    async def committed(self, entries: Sequence[str]) -> None:
+        """Nothing of a movement is kept in Redis beyond its outbox entry."""
+
 
 def credit_rows() -> tuple[CreditMovementRows, ...]:
     """The relay's ``kept`` outboxes of every billing shard."""

@@ -12,6 +12,7 @@ change with who pays for the line.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -41,6 +42,8 @@ class LineBilling(Protocol):
         unit_path: tuple[str, ...],
         label: str,
     ) -> None: ...
+
+    async def credit_changed(self, account_ids: Sequence[str], credit_limit_micros: int) -> None: ...
 
 
 @dataclass

@@ -237,3 +237,16 @@ class Acquisition:
 
     async def get_line(self, msisdn: str) -> Line | None:
         return await self.lines.get(msisdn)
+
+    async def customer_lines(self, customer_id: str) -> list[Line]:
+        """The customer's lines as the lines' history rows have them (Redis's list and
+        hashes only where no database keeps the rows)."""
+        if self.store is not None:
+            return await self.store.all_lines_of(customer_id)
+        return await self.lines.of_customer(customer_id)
+
+    async def customer_lines_page(self, customer_id: str, after: int, size: int) -> tuple[list[Line], str]:
+        """A page of ``customer_lines`` from the token ``after``, and the next token."""
+        if self.store is not None:
+            return await self.store.lines_of(customer_id, after, size)
+        return await self.lines.page(customer_id, after, size)

@@ -105,3 +105,24 @@ def decide(history: CreditHistory) -> CreditDecision:
         max_lines=terms.max_lines,
         reasons=reasons,
     )
+
+
+def reclassed(credit_class: str, credit_limit_micros: int) -> CreditDecision:
+    """The terms of a customer moved to ``credit_class`` (a review): the class's deposit,
+    postpaid offer and lines, and ``credit_limit_micros`` (0: the class's own limit).
+    ``ValueError`` naming the field when either is not one it can be."""
+    terms = next((c for c in CLASSES if c.credit_class == credit_class), None)
+    if terms is None:
+        raise ValueError("credit_class", "must be one of " + ", ".join(c.credit_class for c in CLASSES))
+    if not 0 <= credit_limit_micros <= terms.limit_micros:
+        raise ValueError("credit_limit_micros", f"must be from 0 to {terms.limit_micros} (class {credit_class})")
+    limit = (credit_limit_micros or terms.limit_micros) if terms.postpaid_allowed else 0
+    return CreditDecision(
+        points=0,  # not scored: decided by whoever changed it (the audit entry says who and why)
+        credit_class=credit_class,
+        credit_limit_micros=limit,
+        deposit_micros=terms.deposit_micros,
+        postpaid_allowed=terms.postpaid_allowed and limit > 0,
+        max_lines=terms.max_lines,
+        reasons=(),
+    )

@@ -18,6 +18,7 @@ from charging.subscribers import parse_identity
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.acquisition import Acquisition
 from provisioning.base import EPOCH
+from provisioning.credit_review import change_credit_class
 from provisioning.customer_care import CustomerCare, Dispute, Interaction, Ticket
 from provisioning.customer_records import CustomerRecords
 from provisioning.customers import KINDS, STATES, Customer, page_size, page_start
@@ -300,7 +301,7 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
         self, request: crm_pb2.CustomerPageRequest, context: grpc.aio.ServicerContext
     ) -> crm_pb2.LinePage:
         await self._customer(request.customer_id)
-        lines, token = await self.acquisition.lines.page(
+        lines, token = await self.acquisition.customer_lines_page(
             request.customer_id, page_start(request.page_token), page_size(request.page_size)
         )
         return crm_pb2.LinePage(lines=[line_pb(line) for line in lines], next_page_token=token)
@@ -360,13 +361,22 @@ class CrmServicer(crm_pb2_grpc.CrmServicer):
             raise NotFound("no such customer")
         return customer
 
+    @rpc("ChangeCreditClass")
+    async def ChangeCreditClass(
+        self, request: crm_pb2.CreditClassChange, context: grpc.aio.ServicerContext
+    ) -> crm_pb2.CustomerSummary:
+        customer = await change_credit_class(
+            self.acquisition, request.customer_id, request.credit_class, request.credit_limit_micros, request.reason
+        )
+        return summary_pb(customer)
+
     @rpc("GetCustomer")
     async def GetCustomer(self, request: crm_pb2.CustomerRef, context: grpc.aio.ServicerContext) -> crm_pb2.Customer:
         customer = await self._customer(request.customer_id)
         out = crm_pb2.Customer(id=customer.id, kind=customer.kind)
         units = await self._records().organisation.units(customer.id)
         out.units.extend(unit_pb(u, paying_unit(units, u.id)) for u in units.values())
-        out.lines.extend(line_pb(line) for line in await self.acquisition.lines.of_customer(customer.id))
+        out.lines.extend(line_pb(line) for line in await self.acquisition.customer_lines(customer.id))
         return out
 
 

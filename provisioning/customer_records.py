@@ -139,9 +139,12 @@ class CustomerRecords:
             await audit(conn, self._now(), actor, "customer_created", c.id, kind=c.kind, credit_class=credit_class)
         return True
 
-    async def _change(self, customer_id: str, change: str, actor: str, **fields: Any) -> bool:
+    async def _change(
+        self, customer_id: str, change: str, actor: str, details: dict[str, Any] | None = None, **fields: Any
+    ) -> bool:
         """A new version of the customer with ``fields`` changed, unless it has them already
-        (or is withdrawn, or not recorded here); True when written."""
+        (or is withdrawn, or not recorded here); True when written. The audit entry has
+        the fields that are not personal, or ``details`` when given."""
         actor = actor or caller_name()
         async with self.pool.connection() as conn:
             await lock(conn, int(customer_id))
@@ -152,7 +155,7 @@ class CustomerRecords:
             if all(getattr(now, k) == v for k, v in fields.items()):
                 return False
             await self._version(conn, replace(now, **fields), number + 1, change, actor)
-            audited = {k: v for k, v in fields.items() if k not in PERSONAL}
+            audited = details if details is not None else {k: v for k, v in fields.items() if k not in PERSONAL}
             await audit(conn, self._now(), actor, "customer_" + change, customer_id, version=number + 1, **audited)
         return True
 
@@ -162,6 +165,19 @@ class CustomerRecords:
 
     async def rename(self, customer_id: str, name: str, *, actor: str = "") -> bool:
         return await self._change(customer_id, "renamed", actor, name=name)
+
+    async def change_credit(self, customer_id: str, credit: CreditDecision, reason: str, *, actor: str = "") -> bool:
+        """A new credit class (and its terms) as a ``credit`` version, audited with who
+        changed it and why; False when it has these terms already."""
+        details = {
+            "credit_class": credit.credit_class,
+            "credit_limit_micros": credit.credit_limit_micros,
+            "deposit_micros": credit.deposit_micros,
+            "postpaid_allowed": credit.postpaid_allowed,
+            "max_lines": credit.max_lines,
+            "reason": reason,
+        }
+        return await self._change(customer_id, "credit", actor, details, credit=credit)
 
     async def withdraw(self, customer_id: str, *, actor: str = "") -> bool:
         """The customer will not be (its order was refused after it was made)."""

@@ -267,6 +267,28 @@ class Customers:
             await self.records.record_state(customer_id, state)
         return state
 
+    async def set_credit(self, customer_id: str, credit: CreditDecision) -> None:
+        """The customer's credit terms where further lines are offered from (Redis's copy,
+        after the system of record took them); a customer not here is left alone."""
+        key = keys.customer(customer_id)
+
+        async def txn(pipe: Pipeline) -> None:
+            if not await pipe.exists(key):
+                return
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(
+                key,
+                mapping={
+                    "credit_class": credit.credit_class,
+                    "credit_limit": credit.credit_limit_micros,
+                    "deposit": credit.deposit_micros,
+                    "postpaid_allowed": int(credit.postpaid_allowed),
+                    "max_lines": credit.max_lines,
+                },
+            )
+
+        await self.client.transaction(txn, key)
+
     async def get(self, customer_id: str) -> Customer | None:
         h = await self.client.hgetall(keys.customer(customer_id))
         return Customer.from_redis(customer_id, _text(h), self.sealer) if h else None

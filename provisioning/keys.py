@@ -36,7 +36,7 @@ single server (``adopt_untagged``).
     crm:name:<print>                set: customers with a word in their name (``names.py``)
     crm:velocity:<print>:<day>:apps set: applications with a document or address that day
     crm:blacklist                   hash: fingerprint -> reason
-    crm:decisions                   list: screening decisions (JSON)
+    crm:decisions                   list: screening decisions of before (dropped by ``orders_legacy.py``)
     crm:interactions:<customer>     list: interactions (JSON), as kept before PostgreSQL
     crm:ticket:<id>, crm:tickets:<customer>    a trouble ticket (JSON), a customer's ids: the same
     crm:care:moved                  set once those are in PostgreSQL (``care_legacy.py``)
@@ -70,7 +70,7 @@ SUBMITTED = "{crm}:orders:submitted"
 ORDER_ROWS = "{crm}:orders:rows"  # orders' and lines' rows until the relay moved them (order_records.py)
 ORDERS_MOVED = "{crm}:orders:moved"  # set once Redis's orders and lines are rows (orders_legacy.py)
 BLACKLIST = "{crm}:blacklist"
-DECISIONS = "{crm}:decisions"
+DECISIONS = "{crm}:decisions"  # written no more: each decision is its order's step row
 ACTIVE_LINES = "{crm}:stats:active"
 
 DUE = "{crm}:prov:due"

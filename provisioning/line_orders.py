@@ -133,18 +133,17 @@ class LineOrders:
         credit_limit = None if credit is None else credit.credit_limit_micros
         account_id = await self.accounts.open(run, msisdn, imsi, plan, initial_balance, credit_limit)
         run.order = replace(run.order, customer_id=customer_id, account_id=account_id, msisdn=msisdn.value)
-        await self.lines.create(
-            Line(
-                msisdn=msisdn.value,
-                customer_id=customer_id,
-                account_id=account_id,
-                plan_id=plan.id,
-                state=LineState.PENDING_ACTIVATION,
-                order_id=run.id,
-                customer_type=plan.customer_type.value,
-                unit_id=unit_id,
-            )
+        line = Line(
+            msisdn=msisdn.value,
+            customer_id=customer_id,
+            account_id=account_id,
+            plan_id=plan.id,
+            state=LineState.PENDING_ACTIVATION,
+            order_id=run.id,
+            customer_type=plan.customer_type.value,
+            unit_id=unit_id,
         )
+        await self.lines.create(line)
         run.step("line", "created", "pending activation")
         run.order = replace(run.order, status="IN_PROGRESS")
         run.step("provisioning", "requested", "ACTIVATE")
@@ -152,7 +151,7 @@ class LineOrders:
         def activate(pipe: Pipeline) -> None:
             self.worker.desire_in(pipe, msisdn.value, LineState.ACTIVE.value, plan.id)
 
-        first = ordered_entry(msisdn.value, customer_id, account_id, plan.id, run.id, run.now_s * 1000)
+        first = ordered_entry(line, run.now_s * 1000)
         order = await self.orders.finish(run.order, activate, rows=(first,))
         await self.customers.refresh_state(customer_id)  # one whose lines had all gone is pending again
         return order

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charging.cdrs import BadRecord
+from provisioning.lifecycle import LineState
 from provisioning.lines import Line
 from provisioning.orders import Order, row_entry
 
@@ -53,6 +54,9 @@ class LineChange:
     cause: str
     reason: str
     at_ms: int
+    # what the line is and the unit it serves ("" on rows written before revision 0015)
+    customer_type: str = ""
+    unit_id: str = ""
 
     @property
     def change_id(self) -> str:
@@ -68,6 +72,8 @@ class LineChange:
             "order_id": self.order_id,
             "cause": self.cause,
             "reason": self.reason,
+            "customer_type": self.customer_type,
+            "unit_id": self.unit_id,
         }
 
     @classmethod
@@ -82,6 +88,22 @@ class LineChange:
             cause=str(doc["cause"]),
             reason=str(doc["reason"]),
             at_ms=at_ms,
+            customer_type=str(doc.get("customer_type", "")),
+            unit_id=str(doc.get("unit_id", "")),
+        )
+
+    def to_line(self) -> Line:
+        """The line as this change left it (its latest change: the line as it is)."""
+        return Line(
+            msisdn=self.msisdn,
+            customer_id=self.customer_id,
+            account_id=self.account_id,
+            plan_id=self.plan_id,
+            state=LineState(self.state),
+            order_id=self.order_id,
+            customer_type=self.customer_type or "MOBILE_PREPAID",
+            unit_id=self.unit_id,
+            termination_reason=self.reason,
         )
 
 
@@ -101,13 +123,14 @@ def line_change(line: Line, cause: str, at_ms: int, *, state: str = "", plan_id:
         cause=cause,
         reason=reason,
         at_ms=at_ms,
+        customer_type=line.customer_type,
+        unit_id=line.unit_id,
     )
 
 
-def ordered_entry(msisdn: str, customer_id: str, account_id: str, plan_id: str, order_id: str, at_ms: int) -> str:
+def ordered_entry(line: Line, at_ms: int) -> str:
     """The entry of a new line's first state: pending activation, by the order that made it."""
-    first = "pending_activation"
-    return entry(LineChange(msisdn, customer_id, account_id, first, plan_id, order_id, "ordered", "", at_ms))
+    return entry(line_change(line, "ordered", at_ms, state="pending_activation"))
 
 
 def entry(record: Record) -> str:

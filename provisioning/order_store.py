@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
+import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
@@ -20,6 +22,7 @@ from charging import metrics
 from charging.cdrs import BadRecord, at
 from charging.database import Pool
 from provisioning import keys
+from provisioning.lines import Line
 from provisioning.order_records import LineChange, OrderRecord, Record, parse
 from provisioning.orders import Order, Step
 
@@ -29,7 +32,11 @@ ORDER_COLUMNS = (
     "crm_order_id, kind, customer_id, account_id, msisdn, submitted_at, credit_class, "
     "credit_limit_micros, deposit_micros, problems, decided_at"
 )
-LINE_COLUMNS = "change_id, msisdn, customer_id, account_id, state, plan_id, crm_order_id, cause, reason, at"
+# a line change's columns as read back (``LineChange``'s fields in order)
+CHANGE_COLUMNS = (
+    "msisdn, customer_id, account_id, state, plan_id, crm_order_id, cause, reason, at, customer_type, unit_id"
+)
+LINE_COLUMNS = "change_id, " + CHANGE_COLUMNS
 # later statuses win: an order completed after it went in progress is COMPLETED
 RANK = {"IN_PROGRESS": 0, "REJECTED": 0, "COMPLETED": 1}
 
@@ -73,11 +80,11 @@ async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> 
                 new += max(cur.rowcount, 0)
             else:
                 await cur.execute(
-                    f"INSERT INTO line_changes ({LINE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    f"INSERT INTO line_changes ({LINE_COLUMNS}) VALUES ({', '.join(['%s'] * 12)}) "
                     "ON CONFLICT DO NOTHING",
                     (
                         r.change_id, r.msisdn, r.customer_id, r.account_id, r.state, r.plan_id, r.order_id, r.cause,
-                        r.reason, at(str(r.at_ms)),
+                        r.reason, at(str(r.at_ms)), r.customer_type, r.unit_id,
                     ),
                 )  # fmt: skip
                 new += max(cur.rowcount, 0)
@@ -89,8 +96,26 @@ class OrderStore:
 
     outbox = keys.ORDER_ROWS  # the record outbox whose entries are these rows
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, client: aioredis.Redis | None = None) -> None:
         self.pool = pool
+        self.client = client  # Redis, where the relay's store drops what the rows answer
+
+    async def committed(self, entries: Sequence[str]) -> None:
+        """The relay committed these entries' rows: a rejected order's document (left in
+        Redis when its run could not write the rows at once) goes, as nothing more happens
+        to it; an order in progress keeps its document until the network acknowledges it."""
+        if self.client is None:
+            return
+        rejected = []
+        for text in entries:
+            try:
+                record = parse(text)
+            except BadRecord:
+                continue  # logged when its rows were written
+            if isinstance(record, OrderRecord) and record.order.status == "REJECTED":
+                rejected.append(keys.order(record.order.crm_order_id))
+        if rejected:
+            await self.client.delete(*rejected)
 
     async def write(self, records: Sequence[Record]) -> int:
         """The records' rows in one transaction of their own."""
@@ -197,13 +222,45 @@ class OrderStore:
         async with self.pool.connection() as conn:
             rows = await (
                 await conn.execute(
-                    "SELECT seq, msisdn, customer_id, account_id, state, plan_id, crm_order_id, cause, reason, at "
-                    "FROM line_changes WHERE msisdn = %s ORDER BY at, seq OFFSET %s LIMIT %s",
+                    f"SELECT {CHANGE_COLUMNS} FROM line_changes WHERE msisdn = %s ORDER BY at, seq OFFSET %s LIMIT %s",
                     (msisdn, after, size + 1),
                 )
             ).fetchall()
-        changes = [
-            LineChange(m, c, a, state, plan, order, cause, reason, int(moment.timestamp() * 1000))
-            for _seq, m, c, a, state, plan, order, cause, reason, moment in rows[:size]
-        ]
-        return changes, str(after + size) if len(rows) > size else ""
+        return [_change(row) for row in rows[:size]], str(after + size) if len(rows) > size else ""
+
+    async def lines_of(self, customer_id: str, after: int, size: int) -> tuple[list[Line], str]:
+        """A page of the customer's lines as their latest rows have them, in the order the
+        customer got them, from the token ``after`` (the last one's first row), and the
+        next token ("" at the end). A line is the customer's while its latest row names
+        it: a terminated number given to another customer later is that one's."""
+        latest = (
+            f"SELECT DISTINCT ON (c.msisdn) {', '.join('c.' + n.strip() for n in CHANGE_COLUMNS.split(','))}, m.first "
+            "FROM line_changes c JOIN (SELECT msisdn, min(seq) AS first FROM line_changes "
+            "WHERE customer_id = %s GROUP BY msisdn) m USING (msisdn) ORDER BY c.msisdn, c.at DESC, c.seq DESC"
+        )
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    f"SELECT * FROM ({latest}) l WHERE l.customer_id = %s AND l.first > %s ORDER BY l.first LIMIT %s",
+                    (customer_id, customer_id, after, size + 1),
+                )
+            ).fetchall()
+        lines = [_change(row[:-1]).to_line() for row in rows[:size]]
+        return lines, str(rows[size - 1][-1]) if len(rows) > size else ""
+
+    async def all_lines_of(self, customer_id: str) -> list[Line]:
+        """All the customer's lines (``lines_of`` page by page)."""
+        out: list[Line] = []
+        after, token = 0, "0"
+        while token:
+            page, token = await self.lines_of(customer_id, after, 500)
+            out += page
+            after = int(token or 0)
+        return out
+
+
+def _change(row: Sequence[Any]) -> LineChange:
+    m, c, a, state, plan, order, cause, reason, moment, customer_type, unit_id = row
+    return LineChange(
+        m, c, a, state, plan, order, cause, reason, int(moment.timestamp() * 1000), customer_type, unit_id
+    )

@@ -6,7 +6,8 @@ history). ``move`` writes every decided order's rows (the order, its steps, its 
 the kind inferred from its steps, as the document did not name it) and one history row
 per line, the state it is found in (cause ``found``, by the order that last changed it).
 Then Redis drops what the rows answer now: the documents of completed and rejected
-orders (after their rows are committed) and the customers' lists of orders; an order in
+orders (after their rows are committed), the customers' lists of orders and the list of
+screening decisions (each is a step of its order's rows); an order in
 progress keeps its document until the network acknowledges it, a line its hash (what
 the worker and charging act on). It can stop at any point and run again, or run in
 several processes at once: every row is written idempotently (``order_store.insert``),
@@ -107,7 +108,9 @@ async def move(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved:
 
 
 async def move_once(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved | None:
-    """``move`` unless it completed before on this Redis; None when it had."""
+    """``move`` unless it completed before on this Redis; None when it had. The list of
+    screening decisions goes either way (written no more; each is a step row)."""
+    await client.delete(keys.DECISIONS)
     if await client.exists(keys.ORDERS_MOVED):
         return None
     moved = await move(client, pool, now_ms)

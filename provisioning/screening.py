@@ -11,13 +11,13 @@ Checks, each giving a reason when it refuses:
 
 Identity numbers and addresses are personal data: Redis keeps only salted SHA-256
 fingerprints of them, so the screening works without storing them in clear. Every
-decision is appended to ``crm:decisions`` with its reasons.
+decision is a step of its order (passed or refused, with its reasons and time): a row of
+``order_steps`` in PostgreSQL (``order_records.py``); Redis keeps no list of decisions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -62,7 +62,7 @@ class Screener:
         await self.client.hset(keys.BLACKLIST, print_, reason)
 
     async def screen(self, application_id: str, document: str, address: str, now_s: int) -> Screening:
-        """Screen one application and record the decision."""
+        """Screen one application (its order records the decision as a step)."""
         day = now_s // DAY_S
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(keys.BLACKLIST, document)
@@ -84,10 +84,8 @@ class Screener:
             reasons.append(f"more than {self.limits.per_document_per_day} applications with this document today")
         if int(addr_count) > self.limits.per_address_per_day:
             reasons.append(f"more than {self.limits.per_address_per_day} applications at this address today")
-        result = Screening(not reasons, tuple(reasons) or ("identity and fraud checks passed",))
-        entry = {"application": application_id, "step": "screening", "approved": result.approved}
-        await self.client.rpush(keys.DECISIONS, json.dumps({**entry, "reasons": list(result.reasons), "at": now_s}))
-        return result
+        # the decision is recorded by the order as its screening step (a row)
+        return Screening(not reasons, tuple(reasons) or ("identity and fraud checks passed",))
 
     async def register(self, document: str, customer_id: str) -> bool:
         """Claim the identity for a new customer; False when another customer has it.

@@ -192,8 +192,9 @@ async def test_orders_and_lines_redis_kept_before_are_moved_once(
     old = Order("old-1", "COMPLETED", steps=steps, submitted_at=1_700_000_000, customer_id="9", msisdn="491709999999")
     r.set(keys.order("old-1"), old.to_redis())
     r.set(keys.order("running"), Order("running", submitted_at=1_700_000_000).to_redis())
-    line = Line("491709999999", "9", "12", "mobile-prepaid", LineState.SUSPENDED, "old-1")
+    line = Line("491709999999", "9", "12", "mobile-prepaid", LineState.SUSPENDED, "old-1", unit_id="3")
     r.hset(keys.line(line.msisdn), mapping=line.to_redis())  # type: ignore[arg-type]
+    r.rpush(keys.DECISIONS, '{"application": "old-1", "step": "screening"}')  # what each step row says now
     r.delete(keys.ORDERS_MOVED)
     # a run that stopped after part of its rows: the next one completes them, once
     partly = replace(old, kind="SUSPEND", steps=steps[:1])
@@ -208,5 +209,9 @@ async def test_orders_and_lines_redis_kept_before_are_moved_once(
     assert await rows(app, "SELECT crm_order_id FROM orders WHERE crm_order_id = 'running'") == []
     found = await crm.ListLineHistory(crm_pb2.LineHistoryRequest(msisdn="491709999999"))
     assert [(c.state, c.crm_order_id, c.cause) for c in found.changes] == [("suspended", "old-1", "found")]
+    # the customer's lines are read from the rows: the found row says what the line is and serves
+    query = "SELECT customer_type, unit_id FROM line_changes WHERE msisdn = '491709999999'"
+    assert await rows(app, query) == [("MOBILE_PREPAID", "3")]
+    assert not r.exists(keys.DECISIONS)
     # Redis keeps what it acts on (the line, the running order), not what the rows answer
     assert not r.exists(keys.order("old-1")) and r.exists(keys.line(line.msisdn), keys.order("running")) == 2

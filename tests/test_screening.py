@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
+from charging.server import App
+from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning.keys import DECISIONS
 from provisioning.screening import Limits, Screener, fingerprint
+from tests.test_acquisition import application
 
 NOW = 1_795_000_000
 
@@ -21,21 +24,27 @@ async def screener(redis_url: str) -> AsyncIterator[Screener]:
     await client.aclose()
 
 
-async def test_a_clean_application_passes_and_the_decision_is_recorded(screener: Screener) -> None:
-    doc = screener.document_print("PASSPORT", "DE", "L898902C36")
-    addr = screener.address_print("DE", "10115", "Hauptstr. 1")
-    result = await screener.screen("app-1", doc, addr, NOW)
-    assert result.approved
-    decisions = [json.loads(d) for d in await screener.client.lrange(DECISIONS, 0, -1)]
-    assert decisions == [
-        {
-            "application": "app-1",
-            "step": "screening",
-            "approved": True,
-            "reasons": ["identity and fraud checks passed"],
-            "at": NOW,
-        }
+async def test_a_clean_application_passes_and_the_decision_is_recorded(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis
+) -> None:
+    order = await crm.SubmitApplication(application("app-1"))
+    assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    again = await crm.SubmitApplication(application("app-2", msisdn="491701234568", imsi="262011234567891"))
+    assert again.status == crm_pb2.ORDER_STATUS_REJECTED  # the same identity
+    # the decision is a step row of its order (PostgreSQL), not a list growing in Redis
+    assert app.database is not None
+    async with app.database.connection() as conn:
+        decisions = await (
+            await conn.execute(
+                "SELECT crm_order_id, step, outcome, reasons, at FROM order_steps WHERE step = 'screening' "
+                "ORDER BY crm_order_id"
+            )
+        ).fetchall()
+    assert [(o, s, out, reasons, int(at.timestamp())) for o, s, out, reasons, at in decisions] == [
+        ("app-1", "screening", "passed", ["identity and fraud checks passed"], NOW),
+        ("app-2", "screening", "refused", ["this identity already has an active customer"], NOW),
     ]
+    assert not r.exists(DECISIONS)
 
 
 async def test_blacklisted_document_or_address_is_refused(screener: Screener) -> None:

@@ -72,6 +72,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "ListCustomerOrders": (CRM, OPERATOR),
             "ListOrders": (CRM, OPERATOR),
             "ListLineHistory": (CRM, OPERATOR),
+            "ChangeCreditClass": (CRM,),
         },
     ),
     **_service(
