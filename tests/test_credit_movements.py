@@ -74,7 +74,7 @@ async def test_an_overpayment_its_use_and_its_refund_are_rows_that_sum_to_the_cr
     # The relay was told of the outbox by the bill run and the payments (and finds it by
     # name when it scans: a kept outbox of every shard).
     assert bill_keys.credit_outbox(ba) in app.cdr_relay.ready()
-    assert await drain(app.cdr_relay) >= 3
+    await drain(app.cdr_relay)  # what the server's own relay job, woken too, has not moved yet
     assert [(m, k, i, a) for m, k, _s, i, a in await _rows(app, ba)] == [
         ("pay:BANK_TRANSFER:over-1", "overpaid", None, 5_000),
         ("inv:" + second, "applied", second, used),
