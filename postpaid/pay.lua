@@ -31,7 +31,9 @@
 --                       before the movement is committed in PostgreSQL; '' applies it
 -- The invoice state keys and the credit note's key are not in KEYS: they are made here
 -- from the prefixes and the numbers (of the open invoices, and the credit note's), which
--- the caller cannot know (the open list is read here); all share the account's slot.
+-- the caller cannot know (the open list is read here). A prefix whose hash tag is not
+-- KEYS[2]'s is refused (an error, nothing changed: slot_lib.lua), so every key is in
+-- the account's slot.
 --
 -- A credit note is at most what the invoice has not been credited yet; what it does not
 -- settle of its invoice pays the other open invoices, oldest first, then stays as credit.
@@ -55,6 +57,10 @@ local release = tonumber(ARGV[9])
 local note_number = ARGV[10]
 local note_prefix = ARGV[11]
 local check = ARGV[12] == '1'
+
+local refused = outside_slot(KEYS[2], state_prefix, 'state_prefix')
+  or (note_prefix ~= '' and outside_slot(KEYS[2], note_prefix, 'note_prefix'))
+if refused then return refused end
 
 local stored = redis.call('GET', KEYS[1])
 if stored then

@@ -34,7 +34,8 @@
 --   paid_counted        payments (net of refunds) the invoice listed as received
 --   credited_counted    credit notes the invoice listed as received
 --   notes_counted       credit note entries the invoice listed (head of credit_notes_since)
---   state_prefix        invoice state key prefix "TAG:is:" (for older open invoices)
+--   state_prefix        invoice state key prefix "TAG:is:" (for older open invoices; one
+--                       whose hash tag is not KEYS[1]'s is refused: slot_lib.lua)
 --
 -- A payment that arrived after the invoice was composed is not lost: only what the
 -- invoice counted is taken off the "since the last invoice" figures.
@@ -57,6 +58,9 @@ local paid_counted = tonumber(ARGV[12])
 local credited_counted = tonumber(ARGV[13])
 local notes_counted = tonumber(ARGV[14])
 local state_prefix = ARGV[15]
+
+local refused = outside_slot(KEYS[1], state_prefix, 'state_prefix')
+if refused then return refused end
 
 local ba_id = string.sub(KEYS[1], select(2, string.find(KEYS[1], '}:ba:', 1, true)) + 1)
 

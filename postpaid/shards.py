@@ -6,14 +6,31 @@ names: the indexes member by member (each account into its shard's index, each q
 invoice into its account's shard's delivery queue), then every account's keys (its
 hash, lines, pending charges, open invoices, payment list, dunning steps), its invoices'
 states, payment and credit note records, disputes and adjustments (each found from the
-account its record names) and the lines' keys. A key is copied under its new name, then
-the old one deleted; a new name that exists already is kept (written by a move that was
-interrupted, or by billing since), so a move stopped half way is finished by the next
-start and nothing is applied twice. The index moves add before they remove: a member
-moved twice keeps the earlier time (due, dunning) or the later one (as of), and a queued
-invoice is queued once (``LPOS``). What only the legacy moves read (``legacy.py``,
-``collections_legacy.py``, ``receivables_legacy.py``: invoice documents, bill run
-markers, counters, the old audit stream) stays where it is; those moves run first.
+account its record names) and the lines' keys. What only the legacy moves read
+(``legacy.py``, ``collections_legacy.py``, ``receivables_legacy.py``: invoice documents,
+bill run markers, counters, the old audit stream) stays where it is; those moves run first.
+
+Processes that start together on one Redis (hosts of one installation, ``charging
+migrate`` during a start) run it one at a time: ``move_once`` takes a lease
+(``charging/leases.py``); the others wait until the marker says it is done (or take the
+lease over when its holder died) and start billing only then, so billing never writes a
+new key before its old one is moved. The lease is an optimisation, not the guarantee:
+each step is idempotent and safe when two movers run at once (a holder paused past its
+lease), and a move stopped half way is finished by the next start:
+
+* a key is copied whole with ``DUMP`` and ``RESTORE`` without ``REPLACE`` (one command
+  writes it, so of two movers one restores and the other gets ``BUSYKEY``), then the old
+  one deleted; a new name that exists already is kept (restored by a move that was
+  interrupted or by a mover running at the same time). A payment list's record names are
+  rewritten in place first (``LSET``, the same result however often it runs);
+* a zset or set index: each member added to its shard's index (``ZADD LT``/``GT``,
+  ``SADD``: the same result however often) before it is removed from the old one;
+* a list (the delivery queue, the outbox): item by item, ``LMOVE`` from the old list
+  into the mover's own claim list ``{bill}:moving:<token>:<list>`` (same slot: each item
+  is taken by exactly one mover), pushed to its new queue, then popped from the claim.
+  The lease holder finishes the claims of movers that died (``recover``): an item is
+  pushed unless its new queue holds it already (it died after the push), so a crash
+  between the push and the pop loses nothing and does not queue it twice.
 
 Run at start (``Billing.move_redis_invoices``) and by ``charging migrate``; a marker
 saves the scan on later starts. All processes of a billing installation run the same
@@ -23,13 +40,17 @@ would have its writes left behind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
+from charging.leases import Lease, holder_name
 from charging.store import storage_errors
 from postpaid import keys as bill_keys
 
@@ -38,6 +59,10 @@ log = logging.getLogger("postpaid.shards")
 BATCH = 500
 OLD = bill_keys.TAG + ":"
 MOVED = bill_keys.TAG + ":moved:shards"  # string: the one-tag keys have been moved
+CLAIMS = OLD + "moving:"  # lists: "<token>:<list>", the item a mover took from an old list
+LEASE_JOB = "billing-shards-move"  # one mover at a time (charging/leases.py)
+LEASE_S = 30.0
+WAIT_S = 0.05  # how often a process waiting for the move looks at the marker and the lease
 
 # The indexes of before, by their old name.
 OLD_DUE, OLD_DUNNING, OLD_AS_OF = OLD + "due", OLD + "dunning", OLD + "as_of"
@@ -46,30 +71,47 @@ OLD_DELIVERY, OLD_OUTBOX = OLD + "deliver", OLD + "out"
 INDEXES = {OLD_DUE, OLD_DUNNING, OLD_AS_OF, OLD_RECHECK, OLD_RESTRICTED, OLD_DELIVERY, OLD_OUTBOX}
 
 
-async def move_once(client: aioredis.Redis) -> int:
-    """Move the one-tag keys once (see the module docstring); how many moved now."""
+async def move_once(client: aioredis.Redis, holder: str | None = None) -> int:
+    """Move the one-tag keys once (see the module docstring), under the move's lease;
+    how many moved now (0 when another process moved them)."""
     with storage_errors():
         if bill_keys.shard_tag(0) == bill_keys.TAG or await client.exists(MOVED):
             return 0
-        moved = await move(client)
-        await client.set(MOVED, "1")
+    lease = Lease(client, LEASE_JOB, LEASE_S, holder or holder_name())
+    while not await lease.hold():
+        with storage_errors():
+            if await client.exists(MOVED):
+                return 0  # moved by the holder
+        await asyncio.sleep(WAIT_S)
+    try:
+        with storage_errors():
+            if await client.exists(MOVED):
+                return 0  # the holder before us finished as we took the lease
+            moved = await move(client, recover=True)
+            await client.set(MOVED, "1")
+    finally:
+        await lease.release()
     if moved:
         log.info("billing keys moved into the billing shards", extra={"keys": moved, "shards": bill_keys.SHARDS})
     return moved
 
 
-async def move(client: aioredis.Redis) -> int:
-    """Move whatever is left under the one tag; resumable, answers how many moved."""
+async def move(client: aioredis.Redis, recover: bool = False) -> int:
+    """Move whatever is left under the one tag; resumable and safe to run from several
+    processes at once; ``recover`` (the lease holder) also finishes the claims of movers
+    that died. Answers how many moved (by this mover)."""
+    token = secrets.token_hex(6)
     moved = await _zset(client, OLD_DUE, bill_keys.due_index, lt=True)
     moved += await _zset(client, OLD_DUNNING, bill_keys.dunning_index, lt=True)
     moved += await _zset(client, OLD_AS_OF, bill_keys.as_of, lt=False)
     moved += await _set(client, OLD_RECHECK, bill_keys.recheck)
     moved += await _set(client, OLD_RESTRICTED, bill_keys.restricted)
-    moved += await _list(client, OLD_DELIVERY, lambda number: _delivery_queue(client, number), once=True)
-    moved += await _list(client, OLD_OUTBOX, _first_outbox, once=False)
+    claims = _Claims(client, token, recover)
+    moved += await claims.move(OLD_DELIVERY, lambda number: _delivery_queue(client, number), once=True)
+    moved += await claims.move(OLD_OUTBOX, _first_outbox, once=False)
     async for raw in client.scan_iter(match=OLD + "*", count=1000):
         key = str(raw)
-        if key in INDEXES:
+        if key in INDEXES or key.startswith(CLAIMS):
             continue
         if key.startswith(OLD + "delivering:"):
             await client.delete(key)  # a delivery's lease: the queue is moved, the lease expires
@@ -109,32 +151,30 @@ async def _new_name(client: aioredis.Redis, key: str) -> str | None:
 
 
 async def _copy(client: aioredis.Redis, old: str, new: str) -> int:
-    """``old``'s value under ``new`` (one command writes it), then ``old`` deleted; a
-    ``new`` that exists is kept."""
-    if not await client.exists(new):
-        kind = str(await client.type(old))
-        if kind == "string":
-            await client.set(new, str(await client.get(old)), nx=True)
-        elif kind == "hash":
-            fields: dict[Any, Any] = {str(k): str(v) for k, v in (await client.hgetall(old)).items()}
-            await client.hset(new, mapping=fields)
-        elif kind == "list":
-            items = [str(x) for x in await client.lrange(old, 0, -1)]
-            if old.endswith(":pay"):  # the account's payment records, by their old names
-                tag = bill_keys.account_tag(_ba_of(old))
-                items = [tag + x[len(bill_keys.TAG) :] if x.startswith(OLD) else x for x in items]
-            if items:
-                await client.rpush(new, *items)
-        elif kind == "set":
-            if members := await client.smembers(old):
-                await client.sadd(new, *members)
-        elif kind == "zset":
-            if scored := _scored(await client.zrange(old, 0, -1, withscores=True)):
-                await client.zadd(new, scored)
-        else:
-            return 0  # nothing of billing's is of another type: left alone
+    """``old`` restored whole under ``new`` (``RESTORE`` without ``REPLACE``: a ``new``
+    that exists is kept), then ``old`` deleted; 1 when this mover restored it."""
+    if old.startswith(OLD + "ba:") and old.endswith(":pay") and str(await client.type(old)) == "list":
+        # The account's payment records, by their old names: renamed in place first.
+        tag = bill_keys.account_tag(_ba_of(old))
+        for n, item in enumerate(await client.lrange(old, 0, -1)):
+            if str(item).startswith(OLD):
+                try:
+                    await client.lset(old, n, tag + str(item)[len(bill_keys.TAG) :])
+                except ResponseError:
+                    return 0  # moved (and deleted) by another mover meanwhile
+    dumped = await client.dump(old)
+    if dumped is None:
+        return 0  # moved by another mover meanwhile
+    ttl_ms = await client.pttl(old)
+    restored = 1
+    try:
+        await client.restore(new, max(int(ttl_ms), 0), dumped)
+    except ResponseError as exc:
+        if "BUSYKEY" not in str(exc):
+            raise
+        restored = 0  # restored before (an interrupted move, another mover): kept
     await client.delete(old)
-    return 1
+    return restored
 
 
 def _scored(raw: list[Any]) -> dict[str, float]:
@@ -168,16 +208,36 @@ async def _set(client: aioredis.Redis, old: str, index_of: Callable[[str], str])
     return moved
 
 
-async def _list(client: aioredis.Redis, old: str, queue_of: Callable[[str], Awaitable[str]], once: bool) -> int:
-    moved = 0
-    while items := [str(x) for x in await client.lrange(old, 0, BATCH - 1)]:
-        for item in items:
-            queue = await queue_of(item)
-            if not once or await client.lpos(queue, item) is None:
-                await client.rpush(queue, item)
-        await client.ltrim(old, len(items), -1)
-        moved += len(items)
-    return moved
+class _Claims:
+    """A mover's claim lists (``CLAIMS``): the item it took from an old list and has not
+    popped yet (at most one per list)."""
+
+    def __init__(self, client: aioredis.Redis, token: str, recover: bool) -> None:
+        self.client = client
+        self.token = token
+        self.recover = recover
+
+    async def move(self, old: str, queue_of: Callable[[str], Awaitable[str]], once: bool) -> int:
+        """The old list's items into their queues, one at a time (``once``: an item its
+        queue holds already is not queued again); first, for the lease holder, the items
+        dead movers claimed."""
+        name = old[len(OLD) :]
+        mine = CLAIMS + self.token + ":" + name
+        sources = [old]
+        if self.recover:
+            found = [str(k) async for k in self.client.scan_iter(match=CLAIMS + "*:" + name, count=1000)]
+            sources = [k for k in found if k != mine and k[len(CLAIMS) :].partition(":")[2] == name] + sources
+        moved = 0
+        for source in sources:
+            while (raw := await self.client.lmove(source, mine, "LEFT", "RIGHT")) is not None:
+                item = str(raw)
+                queue = await queue_of(item)
+                # A dead mover's item may be queued already (it died after the push).
+                if (source == old and not once) or await self.client.lpos(queue, item) is None:
+                    await self.client.rpush(queue, item)
+                await self.client.lpop(mine)
+                moved += 1
+        return moved
 
 
 async def _delivery_queue(client: aioredis.Redis, number: str) -> str:

@@ -52,7 +52,7 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
 RECORD_MODULES: tuple[ModuleType, ...] = (script_args, scripts)
 RECORDS: list[type] = sorted({r for records in SCRIPTS.values() for r in records}, key=lambda r: r.__name__)
 # Shared functions, prepended to scripts: no KEYS or ARGV of their own.
-LIBRARIES = {("charging", "ledger_lib.lua")}
+LIBRARIES = {("charging", "ledger_lib.lua"), ("postpaid", "slot_lib.lua")}
 
 SECTION = re.compile(r"^-- ARGV (\w+)\b")
 FIELD = re.compile(r"^--   (\w+)(?:\s|$)")
