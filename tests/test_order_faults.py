@@ -1,0 +1,44 @@
+"""Orders in PostgreSQL when something goes wrong (the review of issue 11's rows): the
+database unavailable while an id is claimed, the relay's hold, a row the database refuses,
+two decisions of one order, a line that takes the same state twice under one order."""
+
+from __future__ import annotations
+
+import grpc
+import psycopg
+import pytest
+import redis
+
+from charging.clock import ManualClock
+from charging.server import App
+from charging.v1 import crm_pb2, crm_pb2_grpc
+from provisioning import keys
+from provisioning.orders import ORDER_LEASE_MS
+from tests.test_acquisition import application
+from tests.test_order_records import rows
+
+
+async def test_a_claim_the_database_cannot_check_is_taken_back_and_runs_once(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis, clock: ManualClock
+) -> None:
+    assert app.acquisition is not None
+    orders = app.acquisition.orders
+    looked_up = orders.decided_rows
+    assert looked_up is not None
+
+    async def database_down(order_id: str) -> None:
+        raise psycopg.OperationalError("the database is not there")
+
+    orders.decided_rows = database_down
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await crm.SubmitApplication(application("d-1"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # no claim left behind: nothing for the resumer to run a second time
+    assert not r.exists(keys.order("d-1"), keys.order_work("d-1")) and r.zcard(keys.SUBMITTED) == 0
+    clock.advance(ms=ORDER_LEASE_MS + 1)
+    assert await app.acquisition.resume_stalled() == 0
+    orders.decided_rows = looked_up
+    order = await crm.SubmitApplication(application("d-1"))  # the client asks again
+    assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+    assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'd-1'") == [("IN_PROGRESS",)]
+    assert await rows(app, "SELECT count(*) FROM orders") == [(1,)]
