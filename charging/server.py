@@ -259,7 +259,8 @@ class App:
         if any(versions.values()):
             log.info("document versions recorded", extra=versions)
         # Orders and lines' history are rows; those Redis kept before are made rows once.
-        self.acquisition.keep_records(OrderStore(self.database))
+        hold = self.cdr_relay.hold_ms if self.cdr_relay is not None else 0  # decisions' rows after the hold
+        self.acquisition.keep_records(OrderStore(self.database), hold)
         moved_orders = await orders_legacy.move_once(self.redis, self.database, self.clock.now_ms())
         if moved_orders is not None and (moved_orders.orders or moved_orders.lines):
             log.info("orders and lines moved from redis", extra={"orders": moved_orders.orders})
@@ -721,7 +722,9 @@ async def provision(settings: Settings) -> None:
     billing = build_billing(settings, client, catalogs, clock, None, database=database)
     acquisition.billing = billing
     billing.attach_lines(acquisition)
-    acquisition.keep_records(OrderStore(database))  # acknowledged orders and line changes are rows
+    # acknowledged orders and line changes are rows; decisions' rows at once only with no hold
+    hold = settings.cdr_hold_ms if settings.cdr_hold_ms >= 0 else await probe_hold(client, settings.redis_appendfsync)
+    acquisition.keep_records(OrderStore(database), hold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,13 +9,17 @@ import psycopg
 import pytest
 import redis
 
+from charging.cdr_relay import drain
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning import keys
+from provisioning.order_store import OrderStore
 from provisioning.orders import ORDER_LEASE_MS
 from tests.test_acquisition import application
-from tests.test_order_records import rows
+from tests.test_order_records import relay, rows
+
+HOLD_MS = 2_500
 
 
 async def test_a_claim_the_database_cannot_check_is_taken_back_and_runs_once(
@@ -42,3 +46,24 @@ async def test_a_claim_the_database_cannot_check_is_taken_back_and_runs_once(
     assert order.status == crm_pb2.ORDER_STATUS_IN_PROGRESS
     assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'd-1'") == [("IN_PROGRESS",)]
     assert await rows(app, "SELECT count(*) FROM orders") == [(1,)]
+
+
+async def test_with_a_hold_a_decision_reaches_postgresql_only_through_the_relay_after_it(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis, clock: ManualClock
+) -> None:
+    assert app.acquisition is not None and app.database is not None
+    app.acquisition.keep_records(OrderStore(app.database), hold_ms=HOLD_MS)  # appendfsync everysec
+    app.acquisition.orders.on_records = None  # the test's relay alone on the outboxes
+    order = await crm.SubmitApplication(application("h-1"))
+    # Redis may still lose the decision: PostgreSQL must not have it yet
+    assert await rows(app, "SELECT * FROM order_states") == [] and r.llen(keys.ORDER_ROWS) == 2
+    assert (await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="h-1"))) == order  # Redis answers meanwhile
+    held = relay(app, hold_ms=HOLD_MS)
+    await held.scan()
+    await held.relay_waiting()
+    assert await rows(app, "SELECT * FROM order_states") == []  # read and marked, held
+    clock.advance(ms=HOLD_MS)
+    await drain(held)
+    assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'h-1'") == [("IN_PROGRESS",)]
+    assert not r.exists(keys.ORDER_ROWS)
+    assert (await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="h-1"))).status == crm_pb2.ORDER_STATUS_IN_PROGRESS
