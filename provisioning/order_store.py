@@ -8,11 +8,12 @@ same record. An order's status is the latest it reached (COMPLETED after IN_PROG
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, DataError, IntegrityError
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
@@ -31,6 +32,8 @@ ORDER_COLUMNS = (
 )
 LINE_COLUMNS = "change_id, msisdn, customer_id, account_id, state, plan_id, crm_order_id, cause, reason, at"
 # later statuses win: an order completed after it went in progress is COMPLETED
+# what a record's own values cause (a check, a value out of range), not the database's state
+REFUSED = (DataError, IntegrityError, ValueError, OverflowError)
 RANK = {"IN_PROGRESS": 0, "REJECTED": 0, "COMPLETED": 1}
 
 
@@ -104,15 +107,39 @@ class OrderStore:
 
     async def insert_entries(self, conn: AsyncConnection[TupleRow], entries: Sequence[str]) -> int:
         """The relay's batch of the outbox's entries, in its transaction; an entry that is
-        not a record is logged and left out (it must not hold back every later one)."""
-        records: list[Record] = []
+        not a record is logged and left out, and one whose row PostgreSQL refuses is set
+        aside (``order_rows_refused``): neither must hold back the usage records relayed
+        with it, nor every later entry."""
+        records: list[tuple[str, Record]] = []
         for text in entries:
             try:
-                records.append(parse(text))
+                records.append((text, parse(text)))
             except BadRecord as exc:
                 metrics.CDRS_UNREADABLE.inc()
                 log.error("unreadable order record skipped", extra={"error": str(exc)})
-        return await insert(conn, records) if records else 0
+        if not records:
+            return 0
+        try:
+            async with conn.transaction():  # a savepoint: a refused row leaves the round usable
+                return await insert(conn, [r for _, r in records])
+        except REFUSED:
+            pass
+        new = 0
+        for text, record in records:  # one at a time, to find the refused ones
+            try:
+                async with conn.transaction():
+                    new += await insert(conn, [record])
+            except REFUSED as exc:
+                await self._set_aside(conn, text, exc)
+        return new
+
+    async def _set_aside(self, conn: AsyncConnection[TupleRow], text: str, exc: Exception) -> None:
+        metrics.ORDER_ROWS_REFUSED.inc()
+        log.error("order record refused, set aside", extra={"error": type(exc).__name__})
+        await conn.execute(
+            "INSERT INTO order_rows_refused (entry_id, entry, error) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (hashlib.sha256(text.encode()).hexdigest(), text, f"{type(exc).__name__}: {exc}"[:500]),
+        )
 
     async def get(self, order_id: str) -> Order | None:
         found = await self._orders("o.crm_order_id = %s", (order_id,), 1)

@@ -4,20 +4,24 @@ two decisions of one order, a line that takes the same state twice under one ord
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 import psycopg
 import pytest
 import redis
 
+from charging import metrics
 from charging.cdr_relay import drain
 from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning import keys
+from provisioning.order_records import LineChange, entry
 from provisioning.order_store import OrderStore
 from provisioning.orders import ORDER_LEASE_MS
 from tests.test_acquisition import application
-from tests.test_order_records import relay, rows
+from tests.test_order_records import MSISDN, relay, rows
 
 HOLD_MS = 2_500
 
@@ -67,3 +71,28 @@ async def test_with_a_hold_a_decision_reaches_postgresql_only_through_the_relay_
     assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'h-1'") == [("IN_PROGRESS",)]
     assert not r.exists(keys.ORDER_ROWS)
     assert (await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="h-1"))).status == crm_pb2.ORDER_STATUS_IN_PROGRESS
+
+
+async def test_a_row_postgresql_refuses_is_set_aside_and_holds_nothing_back(
+    crm: crm_pb2_grpc.CrmStub, app: App, r: redis.Redis
+) -> None:
+    assert app.acquisition is not None
+    orders = app.acquisition.orders
+    orders.on_records = None  # the test's relay alone on the outboxes
+
+    async def database_down(entries: Sequence[str]) -> int:
+        raise psycopg.OperationalError("the database is not there")
+
+    orders.write_rows = database_down  # the rows wait in the outbox, with the decision's audit entry
+    await crm.SubmitApplication(application("b-1"))
+    flying = LineChange(MSISDN, "1", "1", "flying", "mobile-prepaid", "b-1", "acknowledged", "", 1_700_000_000_000)
+    r.lpush(keys.ORDER_ROWS, entry(flying))  # a state the table's check refuses, ahead of the good rows
+    refused = metrics.ORDER_ROWS_REFUSED._value.get()
+    await drain(relay(app, documents=(keys.ORDER_RECORDS,)))
+    assert not r.exists(keys.ORDER_ROWS)
+    assert await rows(app, "SELECT count(*) FROM audit WHERE action = 'order_decided'") == [(1,)]
+    assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'b-1'") == [("IN_PROGRESS",)]
+    assert await rows(app, "SELECT state FROM line_changes") == [("pending_activation",)]
+    aside = await rows(app, "SELECT entry, error FROM order_rows_refused")
+    assert [e for e, _ in aside] == [entry(flying)] and "CheckViolation" in aside[0][1]
+    assert metrics.ORDER_ROWS_REFUSED._value.get() == refused + 1

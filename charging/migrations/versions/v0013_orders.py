@@ -30,7 +30,7 @@ down_revision: str | None = "0012"
 branch_labels = None
 depends_on = None
 
-IMMUTABLE = ("orders", "order_steps", "order_states", "line_changes")
+IMMUTABLE = ("orders", "order_steps", "order_states", "line_changes", "order_rows_refused")
 LINE_STATES = "'pending_activation', 'active', 'barred_outgoing', 'suspended', 'terminated'"
 
 TABLES = f"""
@@ -86,6 +86,15 @@ CREATE TABLE line_changes (
 );
 CREATE INDEX line_changes_msisdn ON line_changes (msisdn, at, seq);
 
+-- Record outbox entries PostgreSQL refused (a value a table's checks refuse): set aside
+-- here, once each, so the rest of the relay's round is written (order_store.py).
+CREATE TABLE order_rows_refused (
+    entry_id             text        PRIMARY KEY,
+    entry                text        NOT NULL,
+    error                text        NOT NULL,
+    at                   timestamptz NOT NULL DEFAULT now()
+);
+
 -- For analysts: orders per UTC month of decision, kind and current status.
 CREATE VIEW orders_per_period AS
 WITH latest AS (
@@ -117,7 +126,7 @@ def upgrade() -> None:
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'charging_app') THEN
-        GRANT SELECT, INSERT ON orders, order_steps, order_states, line_changes TO charging_app;
+        GRANT SELECT, INSERT ON orders, order_steps, order_states, line_changes, order_rows_refused TO charging_app;
         GRANT SELECT ON orders_per_period TO charging_app;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'charging_reader') THEN
@@ -130,4 +139,6 @@ $$;
 
 
 def downgrade() -> None:
-    op.execute("DROP VIEW orders_per_period; DROP TABLE line_changes, order_states, order_steps, orders")
+    op.execute(
+        "DROP VIEW orders_per_period; DROP TABLE order_rows_refused, line_changes, order_states, order_steps, orders"
+    )
