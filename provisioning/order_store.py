@@ -3,7 +3,9 @@ idempotently from records (``order_records.py``), read by the CRM.
 
 Every insert skips a row that is there already (``ON CONFLICT DO NOTHING``), so the
 relay, an order run, an acknowledgement retried and the legacy move may all write the
-same record. An order's status is the latest it reached (COMPLETED after IN_PROGRESS).
+same record. An order's status is the latest it reached (COMPLETED after IN_PROGRESS);
+it has one decision (IN_PROGRESS or REJECTED, a unique index): a second one, which a run
+decided again could bring, is kept out with its steps, the first recorded stays.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from psycopg import AsyncConnection, DataError, IntegrityError
+from psycopg import AsyncConnection, AsyncCursor, DataError, IntegrityError
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
@@ -59,6 +61,13 @@ async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> 
                     ),
                 )  # fmt: skip
                 new += max(cur.rowcount, 0)
+                await cur.execute(
+                    "INSERT INTO order_states (crm_order_id, status, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    (o.crm_order_id, o.status, at(str(r.at_ms))),
+                )
+                new += max(cur.rowcount, 0)
+                if cur.rowcount == 0 and not await _same_decision(cur, o):
+                    continue  # a second decision: the first one recorded stays the order's
                 steps = [
                     (o.crm_order_id, i, s.step, s.outcome, list(s.reasons), at(str(s.at * 1000)))
                     for i, s in enumerate(o.steps)
@@ -69,11 +78,6 @@ async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> 
                         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         steps,
                     )
-                await cur.execute(
-                    "INSERT INTO order_states (crm_order_id, status, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    (o.crm_order_id, o.status, at(str(r.at_ms))),
-                )
-                new += max(cur.rowcount, 0)
             else:
                 await cur.execute(
                     f"INSERT INTO line_changes ({LINE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
@@ -85,6 +89,21 @@ async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> 
                 )  # fmt: skip
                 new += max(cur.rowcount, 0)
     return new
+
+
+async def _same_decision(cur: AsyncCursor[TupleRow], order: Order) -> bool:
+    """Whether the order's decision recorded (one per order: IN_PROGRESS or REJECTED) is
+    this record's; a COMPLETED record always is."""
+    if order.status == "COMPLETED":
+        return True
+    await cur.execute(
+        "SELECT status FROM order_states WHERE crm_order_id = %s AND status <> 'COMPLETED'", (order.crm_order_id,)
+    )
+    found = await cur.fetchone()
+    if found is not None and found[0] != order.status:
+        log.warning("a second decision of an order kept out", extra={"crm_order_id": order.crm_order_id})
+        return False
+    return True
 
 
 class OrderStore:
@@ -161,7 +180,7 @@ class OrderStore:
         if status:
             where.append(
                 "(SELECT s.status FROM order_states s WHERE s.crm_order_id = o.crm_order_id "
-                "ORDER BY s.status = 'COMPLETED' DESC LIMIT 1) = %s"
+                "ORDER BY s.status = 'COMPLETED' DESC, s.at DESC LIMIT 1) = %s"
             )
             params.append(status)
         return await self._page(" AND ".join(where), tuple(params), size)

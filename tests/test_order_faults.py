@@ -5,6 +5,7 @@ two decisions of one order, a line that takes the same state twice under one ord
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import grpc
 import psycopg
@@ -17,9 +18,9 @@ from charging.clock import ManualClock
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
 from provisioning import keys
-from provisioning.order_records import LineChange, entry
+from provisioning.order_records import LineChange, OrderRecord, entry
 from provisioning.order_store import OrderStore
-from provisioning.orders import ORDER_LEASE_MS
+from provisioning.orders import ORDER_LEASE_MS, Order, Step
 from tests.test_acquisition import application
 from tests.test_order_records import MSISDN, relay, rows
 
@@ -96,3 +97,23 @@ async def test_a_row_postgresql_refuses_is_set_aside_and_holds_nothing_back(
     aside = await rows(app, "SELECT entry, error FROM order_rows_refused")
     assert [e for e, _ in aside] == [entry(flying)] and "CheckViolation" in aside[0][1]
     assert metrics.ORDER_ROWS_REFUSED._value.get() == refused + 1
+
+
+async def test_an_order_has_one_decision_the_first_recorded(crm: crm_pb2_grpc.CrmStub, app: App) -> None:
+    assert app.database is not None
+    store = OrderStore(app.database)
+    steps = (Step("order", "accepted", ("SUSPEND",), 1_700_000_000), Step("line", "checked", (), 1_700_000_001))
+    first = Order("two-1", "IN_PROGRESS", steps=steps, submitted_at=1_700_000_000, msisdn=MSISDN, kind="SUSPEND")
+    again = replace(first, status="REJECTED", steps=(*steps[:1], Step("line", "refused", ("barred",), 1_700_000_002)))
+    await store.write([OrderRecord(first, 1_700_000_001_000)])
+    await store.write([OrderRecord(again, 1_700_000_002_000)])  # decided a second time (a resumed run)
+    await store.write([OrderRecord(again, 1_700_000_002_000)])
+    assert await rows(app, "SELECT status FROM order_states WHERE crm_order_id = 'two-1'") == [("IN_PROGRESS",)]
+    got = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="two-1"))
+    assert got.status == crm_pb2.ORDER_STATUS_IN_PROGRESS and [s.outcome for s in got.steps] == ["accepted", "checked"]
+    assert not (await crm.ListOrders(crm_pb2.OrderQuery(status=crm_pb2.ORDER_STATUS_REJECTED))).orders
+    assert await rows(app, "SELECT kind, status, orders FROM orders_per_period") == [("SUSPEND", "IN_PROGRESS", 1)]
+    done = replace(first, status="COMPLETED", steps=(*steps, Step("provisioning", "acknowledged", (), 1_700_000_003)))
+    await store.write([OrderRecord(done, 1_700_000_003_000)])
+    got = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="two-1"))
+    assert got.status == crm_pb2.ORDER_STATUS_COMPLETED and len(got.steps) == 3

@@ -6,7 +6,8 @@ from stays in Redis only while the order runs). Every step it took (application 
 screening, credit decision with its reasons, the offer, the line, provisioning requested
 and acknowledged) is a row of ``order_steps``, every status it reached (IN_PROGRESS or
 REJECTED when decided, COMPLETED when the network acknowledged) a row of
-``order_states``: an order's status is its latest. A line's history is ``line_changes``:
+``order_states``: an order's status is its latest, and it has one decision (a unique
+index keeps a second IN_PROGRESS or REJECTED out). A line's history is ``line_changes``:
 each state it took (and its plan), when, why (``cause``, a termination's ``reason``) and
 by which order. All four are immutable and written idempotently (each row's key is what
 made it unique: the order id with the step's position or the status; a line change's id
@@ -69,6 +70,8 @@ CREATE TABLE order_states (
     at                   timestamptz NOT NULL,
     PRIMARY KEY (crm_order_id, status)
 );
+-- One decision per order (IN_PROGRESS or REJECTED): a second one is kept out.
+CREATE UNIQUE INDEX order_states_decision ON order_states (crm_order_id) WHERE status <> 'COMPLETED';
 
 -- A line's history: each state (and plan) it took, when, why and by which order.
 CREATE TABLE line_changes (
@@ -99,7 +102,7 @@ CREATE TABLE order_rows_refused (
 CREATE VIEW orders_per_period AS
 WITH latest AS (
     SELECT DISTINCT ON (crm_order_id) crm_order_id, status FROM order_states
-    ORDER BY crm_order_id, CASE status WHEN 'COMPLETED' THEN 1 ELSE 0 END DESC
+    ORDER BY crm_order_id, CASE status WHEN 'COMPLETED' THEN 1 ELSE 0 END DESC, at DESC
 )
 SELECT date_trunc('month', o.decided_at AT TIME ZONE 'UTC')::date AS month, o.kind, l.status,
        count(*) AS orders
