@@ -13,7 +13,8 @@ What is decided inside a Redis transaction reaches the tables through the record
 record, ``["p", time (ms), "order" | "line", the record as JSON]``; the usage records'
 relay moves them (``charging/cdr_relay.py``, ``order_store.py``). Every row's key comes
 from the record itself (the order id with a step's position or the status; a line
-change's id names the line, its order, state and plan), so the same record written by
+change's id names the line, its order, state and plan and the line's count of changes
+before it), so the same record written by
 the relay, by the order run at once, again after a crash or by the legacy move is one
 row.
 """
@@ -53,10 +54,13 @@ class LineChange:
     cause: str
     reason: str
     at_ms: int
+    # the line's count of acknowledged changes before this one (``Line.changes``): a line
+    # may take the same state twice under one order, each a row of its own
+    sequence: int = 0
 
     @property
     def change_id(self) -> str:
-        return f"{self.msisdn}:{self.order_id}:{self.state}:{self.plan_id}"
+        return f"{self.msisdn}:{self.order_id}:{self.state}:{self.plan_id}:{self.sequence}"
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -68,6 +72,7 @@ class LineChange:
             "order_id": self.order_id,
             "cause": self.cause,
             "reason": self.reason,
+            "sequence": self.sequence,
         }
 
     @classmethod
@@ -82,6 +87,7 @@ class LineChange:
             cause=str(doc["cause"]),
             reason=str(doc["reason"]),
             at_ms=at_ms,
+            sequence=int(doc.get("sequence", 0)),
         )
 
 
@@ -101,6 +107,7 @@ def line_change(line: Line, cause: str, at_ms: int, *, state: str = "", plan_id:
         cause=cause,
         reason=reason,
         at_ms=at_ms,
+        sequence=line.changes,
     )
 
 

@@ -117,3 +117,23 @@ async def test_an_order_has_one_decision_the_first_recorded(crm: crm_pb2_grpc.Cr
     await store.write([OrderRecord(done, 1_700_000_003_000)])
     got = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id="two-1"))
     assert got.status == crm_pb2.ORDER_STATUS_COMPLETED and len(got.steps) == 3
+
+
+async def test_a_line_back_in_a_state_under_the_same_order_has_each_change_in_its_history(
+    crm: crm_pb2_grpc.CrmStub, app: App
+) -> None:
+    assert app.acquisition is not None and app.worker is not None
+    await crm.SubmitApplication(application("l-1"))
+    await app.worker.reconcile_once()  # acknowledged active
+    for state in ("suspended", "active", "suspended", "active"):  # the network's own changes, no new order
+        await app.acquisition.acknowledged(MSISDN, state, "mobile-prepaid")
+    await app.acquisition.acknowledged(MSISDN, "active", "mobile-prepaid")  # a repeat changes nothing
+    page = await crm.ListLineHistory(crm_pb2.LineHistoryRequest(msisdn=MSISDN))
+    assert [(c.state, c.crm_order_id) for c in page.changes] == [
+        ("pending_activation", "l-1"),
+        ("active", "l-1"),
+        ("suspended", "l-1"),
+        ("active", "l-1"),
+        ("suspended", "l-1"),
+        ("active", "l-1"),
+    ]

@@ -11,9 +11,10 @@ index keeps a second IN_PROGRESS or REJECTED out). A line's history is ``line_ch
 each state it took (and its plan), when, why (``cause``, a termination's ``reason``) and
 by which order. All four are immutable and written idempotently (each row's key is what
 made it unique: the order id with the step's position or the status; a line change's id
-names the line, order, state and plan), so the record outbox's relay, an order run and
-the legacy move may each write the same row: it is kept once
-(``provisioning/order_records.py``, ``provisioning/orders_legacy.py``).
+names the line, order, state, plan and the line's count of changes before it), so the
+record outbox's relay, an order run and the legacy move may each write the same row: it
+is kept once (``provisioning/order_records.py``, ``provisioning/orders_legacy.py``). An
+outbox entry PostgreSQL refuses is set aside in ``order_rows_refused``.
 
 The server's role gets SELECT and INSERT by the default privileges of 0009 (nothing here
 is changed in place).
