@@ -80,6 +80,9 @@ CDR_RELAY_LAG = Gauge(
     multiprocess_mode="livemax",
 )
 CDRS_UNREADABLE = Counter("charging_cdrs_unreadable_total", "Record outbox entries skipped as unreadable.")
+ORDER_ROWS_REFUSED = Counter(
+    "charging_order_rows_refused_total", "Order and line records PostgreSQL refused, set aside (order_rows_refused)."
+)
 NOTIFICATIONS = Counter("charging_notifications_total", "Notifications relayed to the stream, by kind.", ["kind"])
 BUNDLES_SOLD = Counter("charging_bundles_sold_total", "Bundles bought with the money balance, by channel.", ["channel"])
 RENEWALS = Counter("charging_bundle_renewals_total", "Recurring bundle renewals, by outcome.", ["outcome"])

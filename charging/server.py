@@ -258,9 +258,11 @@ class App:
         self.acquisition.billing = self.billing
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)
-        # Orders and lines' history are rows (``keep_records``); what Redis kept before
-        # PostgreSQL did is moved once, as ``charging migrate`` does (``upgrade.py``).
-        self.acquisition.keep_records(OrderStore(self.database))
+        # Orders and lines' history are rows (``keep_records``; a decision's rows after the
+        # relay's hold); what Redis kept before PostgreSQL did is moved once, as ``charging
+        # migrate`` does (``upgrade.py``).
+        hold = self.cdr_relay.hold_ms if self.cdr_relay is not None else 0
+        self.acquisition.keep_records(OrderStore(self.database), hold)
         await upgrade.move_stored_records(self.redis, self.database, self.acquisition.sealer, self.clock.now_ms())
 
         guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
@@ -712,7 +714,9 @@ async def provision(settings: Settings) -> None:
     billing = build_billing(settings, client, catalogs, clock, None, database=database)
     acquisition.billing = billing
     billing.attach_lines(acquisition)
-    acquisition.keep_records(OrderStore(database))  # acknowledged orders and line changes are rows
+    # acknowledged orders and line changes are rows; decisions' rows at once only with no hold
+    hold = settings.cdr_hold_ms if settings.cdr_hold_ms >= 0 else await probe_hold(client, settings.redis_appendfsync)
+    acquisition.keep_records(OrderStore(database), hold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

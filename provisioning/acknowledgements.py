@@ -78,7 +78,7 @@ class Acknowledgements:
         if order is not None and order.status == "IN_PROGRESS":
             acknowledged = Step("provisioning", "acknowledged", (f"network state {state}",), now_s)
             completed = replace(order, status="COMPLETED").with_step(acknowledged)
-        await self._record(line, line_state, product, completed, now_ms)
+        changed = await self._record(line, line_state, product, completed, now_ms)
         identity = Identity("msisdn", msisdn)
         await self.directory.set_status(identity, CHARGING_STATUS[line_state])
         new_plan = None
@@ -94,7 +94,7 @@ class Acknowledgements:
                 await self.base.disconnected(kind, reason.value, now_s)
         if line_state is LineState.ACTIVE and line.state is LineState.PENDING_ACTIVATION and self.base:
             await self.base.added(kind, now_s)
-        await self.lines.acknowledged(msisdn, line_state, new_plan)
+        await self.lines.acknowledged(msisdn, line_state, new_plan, changed=changed)
         await self.customers.refresh_state(line.customer_id)
         if self.billing is not None:
             await self._tell_billing(line, line_state.value, new_plan or line.plan_id)
@@ -103,19 +103,23 @@ class Acknowledgements:
         elif completed is not None:
             await self.orders.save(completed)
 
-    async def _record(self, line: Line, state: LineState, product: str, completed: Order | None, now_ms: int) -> None:
+    async def _record(self, line: Line, state: LineState, product: str, completed: Order | None, now_ms: int) -> bool:
         """The rows first (PostgreSQL): the line's new state or plan in its history, the
-        order completed; a retry after a crash writes the same rows, kept once."""
-        if self.store is None:
-            return
-        records: list[Record] = []
+        order completed; a retry after a crash writes the same rows, kept once (the line's
+        count of changes, which numbers the row, is raised only after). Whether the line
+        changed."""
         plan = product if product in self.catalogs.current.plans else line.plan_id
-        if (state, plan) != (line.state, line.plan_id):
+        changed = (state, plan) != (line.state, line.plan_id)
+        if self.store is None:
+            return changed
+        records: list[Record] = []
+        if changed:
             records.append(line_change(line, "acknowledged", now_ms, state=state.value, plan_id=plan))
         if completed is not None:
             records.append(OrderRecord(completed, now_ms))
         if records:
             await self.store.write(records)
+        return changed
 
     async def _tell_billing(self, line: Line, state: str, plan_id: str) -> None:
         """Postpaid billing hears of every acknowledged change, with who pays for the line."""

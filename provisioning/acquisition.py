@@ -125,11 +125,15 @@ class Acquisition:
             raise NotFound("no customer records here (no database)")
         return self.records
 
-    def keep_records(self, store: OrderStore) -> None:
+    def keep_records(self, store: OrderStore, hold_ms: int = 0) -> None:
         """Orders with their steps and lines' history as rows in PostgreSQL (the server
-        and the worker process); the CRM reads them there."""
+        and the worker process); the CRM reads them there. A decision's rows are written
+        at once only when Redis holds nothing back (``hold_ms`` 0, ``charging/cdr_hold.py``):
+        otherwise a machine death could take the decision from Redis and leave it in
+        PostgreSQL, and the resumed run would decide again; the relay writes them after
+        the hold instead."""
         self.store = store
-        self.orders.write_rows = store.write_entries
+        self.orders.write_rows = store.write_entries if hold_ms == 0 else None
         self.orders.decided_rows = store.get
         self.acknowledgements.store = store
 

@@ -33,6 +33,8 @@ class Line:
     unit_id: str = ""
     # set by a TERMINATE order, read when the network acknowledges it
     termination_reason: str = ""
+    # how many changes (of state or plan) the network acknowledged: a history row's number
+    changes: int = 0
 
     @classmethod
     def from_redis(cls, msisdn: str, h: Mapping[str, str]) -> Line:
@@ -46,6 +48,7 @@ class Line:
             customer_type=h.get("customer_type", "MOBILE_PREPAID"),
             unit_id=h.get("unit_id", ""),
             termination_reason=h.get("termination_reason", ""),
+            changes=int(h.get("changes", "0")),
         )
 
     def to_redis(self) -> dict[str, str]:
@@ -61,6 +64,8 @@ class Line:
         }
         if self.termination_reason:
             h["termination_reason"] = self.termination_reason
+        if self.changes:
+            h["changes"] = str(self.changes)
         return h
 
 
@@ -89,12 +94,19 @@ class Lines:
         the transaction that decides the order."""
         pipe.hset(keys.line(msisdn), mapping={"order_id": order_id, "termination_reason": reason})
 
-    async def acknowledged(self, msisdn: str, state: LineState, plan_id: str | None = None) -> None:
-        """What the network acknowledged: the line's state, and its plan when it changed."""
+    async def acknowledged(
+        self, msisdn: str, state: LineState, plan_id: str | None = None, *, changed: bool = False
+    ) -> None:
+        """What the network acknowledged: the line's state, and its plan when it changed;
+        ``changed``: a change of its history (counted, in the same transaction)."""
         mapping: dict[Any, Any] = {"state": state.value}
         if plan_id is not None:
             mapping["plan_id"] = plan_id
-        await self.client.hset(keys.line(msisdn), mapping=mapping)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.line(msisdn), mapping=mapping)
+            if changed:
+                pipe.hincrby(keys.line(msisdn), "changes", 1)
+            await pipe.execute()
 
     async def page(self, customer_id: str, start: int, size: int) -> tuple[list[Line], str]:
         """A page of the customer's lines from position ``start`` in its list, and where

@@ -13,7 +13,8 @@ What is decided inside a Redis transaction reaches the tables through the record
 record, ``["p", time (ms), "order" | "line", the record as JSON]``; the usage records'
 relay moves them (``charging/cdr_relay.py``, ``order_store.py``). Every row's key comes
 from the record itself (the order id with a step's position or the status; a line
-change's id names the line, its order, state and plan), so the same record written by
+change's id names the line, its order, state and plan and the line's count of changes
+before it), so the same record written by
 the relay, by the order run at once, again after a crash or by the legacy move is one
 row.
 """
@@ -57,10 +58,13 @@ class LineChange:
     # what the line is and the unit it serves ("" on rows written before revision 0015)
     customer_type: str = ""
     unit_id: str = ""
+    # the line's count of acknowledged changes before this one (``Line.changes``): a line
+    # may take the same state twice under one order, each a row of its own
+    sequence: int = 0
 
     @property
     def change_id(self) -> str:
-        return f"{self.msisdn}:{self.order_id}:{self.state}:{self.plan_id}"
+        return f"{self.msisdn}:{self.order_id}:{self.state}:{self.plan_id}:{self.sequence}"
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class LineChange:
             "reason": self.reason,
             "customer_type": self.customer_type,
             "unit_id": self.unit_id,
+            "sequence": self.sequence,
         }
 
     @classmethod
@@ -90,6 +95,7 @@ class LineChange:
             at_ms=at_ms,
             customer_type=str(doc.get("customer_type", "")),
             unit_id=str(doc.get("unit_id", "")),
+            sequence=int(doc.get("sequence", 0)),
         )
 
     def to_line(self) -> Line:
@@ -125,6 +131,7 @@ def line_change(line: Line, cause: str, at_ms: int, *, state: str = "", plan_id:
         at_ms=at_ms,
         customer_type=line.customer_type,
         unit_id=line.unit_id,
+        sequence=line.changes,
     )
 
 

@@ -3,18 +3,21 @@ idempotently from records (``order_records.py``), read by the CRM.
 
 Every insert skips a row that is there already (``ON CONFLICT DO NOTHING``), so the
 relay, an order run, an acknowledgement retried and the legacy move may all write the
-same record. An order's status is the latest it reached (COMPLETED after IN_PROGRESS).
+same record. An order's status is the latest it reached (COMPLETED after IN_PROGRESS);
+it has one decision (IN_PROGRESS or REJECTED, a unique index): a second one, which a run
+decided again could bring, is kept out with its steps, the first recorded stays.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor, DataError, IntegrityError
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
@@ -38,6 +41,8 @@ CHANGE_COLUMNS = (
 )
 LINE_COLUMNS = "change_id, " + CHANGE_COLUMNS
 # later statuses win: an order completed after it went in progress is COMPLETED
+# what a record's own values cause (a check, a value out of range), not the database's state
+REFUSED = (DataError, IntegrityError, ValueError, OverflowError)
 RANK = {"IN_PROGRESS": 0, "REJECTED": 0, "COMPLETED": 1}
 
 
@@ -63,6 +68,13 @@ async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> 
                     ),
                 )  # fmt: skip
                 new += max(cur.rowcount, 0)
+                await cur.execute(
+                    "INSERT INTO order_states (crm_order_id, status, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    (o.crm_order_id, o.status, at(str(r.at_ms))),
+                )
+                new += max(cur.rowcount, 0)
+                if cur.rowcount == 0 and not await _same_decision(cur, o):
+                    continue  # a second decision: the first one recorded stays the order's
                 steps = [
                     (o.crm_order_id, i, s.step, s.outcome, list(s.reasons), at(str(s.at * 1000)))
                     for i, s in enumerate(o.steps)
@@ -73,11 +85,6 @@ async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> 
                         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         steps,
                     )
-                await cur.execute(
-                    "INSERT INTO order_states (crm_order_id, status, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    (o.crm_order_id, o.status, at(str(r.at_ms))),
-                )
-                new += max(cur.rowcount, 0)
             else:
                 await cur.execute(
                     f"INSERT INTO line_changes ({LINE_COLUMNS}) VALUES ({', '.join(['%s'] * 12)}) "
@@ -89,6 +96,21 @@ async def insert(conn: AsyncConnection[TupleRow], records: Sequence[Record]) -> 
                 )  # fmt: skip
                 new += max(cur.rowcount, 0)
     return new
+
+
+async def _same_decision(cur: AsyncCursor[TupleRow], order: Order) -> bool:
+    """Whether the order's decision recorded (one per order: IN_PROGRESS or REJECTED) is
+    this record's; a COMPLETED record always is."""
+    if order.status == "COMPLETED":
+        return True
+    await cur.execute(
+        "SELECT status FROM order_states WHERE crm_order_id = %s AND status <> 'COMPLETED'", (order.crm_order_id,)
+    )
+    found = await cur.fetchone()
+    if found is not None and found[0] != order.status:
+        log.warning("a second decision of an order kept out", extra={"crm_order_id": order.crm_order_id})
+        return False
+    return True
 
 
 class OrderStore:
@@ -129,15 +151,39 @@ class OrderStore:
 
     async def insert_entries(self, conn: AsyncConnection[TupleRow], entries: Sequence[str]) -> int:
         """The relay's batch of the outbox's entries, in its transaction; an entry that is
-        not a record is logged and left out (it must not hold back every later one)."""
-        records: list[Record] = []
+        not a record is logged and left out, and one whose row PostgreSQL refuses is set
+        aside (``order_rows_refused``): neither must hold back the usage records relayed
+        with it, nor every later entry."""
+        records: list[tuple[str, Record]] = []
         for text in entries:
             try:
-                records.append(parse(text))
+                records.append((text, parse(text)))
             except BadRecord as exc:
                 metrics.CDRS_UNREADABLE.inc()
                 log.error("unreadable order record skipped", extra={"error": str(exc)})
-        return await insert(conn, records) if records else 0
+        if not records:
+            return 0
+        try:
+            async with conn.transaction():  # a savepoint: a refused row leaves the round usable
+                return await insert(conn, [r for _, r in records])
+        except REFUSED:
+            pass
+        new = 0
+        for text, record in records:  # one at a time, to find the refused ones
+            try:
+                async with conn.transaction():
+                    new += await insert(conn, [record])
+            except REFUSED as exc:
+                await self._set_aside(conn, text, exc)
+        return new
+
+    async def _set_aside(self, conn: AsyncConnection[TupleRow], text: str, exc: Exception) -> None:
+        metrics.ORDER_ROWS_REFUSED.inc()
+        log.error("order record refused, set aside", extra={"error": type(exc).__name__})
+        await conn.execute(
+            "INSERT INTO order_rows_refused (entry_id, entry, error) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (hashlib.sha256(text.encode()).hexdigest(), text, f"{type(exc).__name__}: {exc}"[:500]),
+        )
 
     async def get(self, order_id: str) -> Order | None:
         found = await self._orders("o.crm_order_id = %s", (order_id,), 1)
@@ -159,7 +205,7 @@ class OrderStore:
         if status:
             where.append(
                 "(SELECT s.status FROM order_states s WHERE s.crm_order_id = o.crm_order_id "
-                "ORDER BY s.status = 'COMPLETED' DESC LIMIT 1) = %s"
+                "ORDER BY s.status = 'COMPLETED' DESC, s.at DESC LIMIT 1) = %s"
             )
             params.append(status)
         return await self._page(" AND ".join(where), tuple(params), size)

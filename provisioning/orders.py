@@ -39,7 +39,7 @@ from redis.asyncio.client import Pipeline
 
 from charging.cdrs import subject_change_entry
 from charging.clock import Clock, SystemClock
-from charging.errors import Conflict
+from charging.errors import Conflict, StorageUnavailable
 from charging.security.identity import caller_name
 from provisioning import keys
 from provisioning.sealing import Sealer
@@ -204,7 +204,14 @@ class Orders:
         if result.outcome == "new" and self.decided_rows is not None:
             # Its document is dropped only after its rows were committed: an id Redis does
             # not know is either new or in the rows by now.
-            decided = await self.decided_rows(order_id)
+            try:
+                decided = await self.decided_rows(order_id)
+            except Exception as exc:
+                # Unanswered, the id may be decided already: no claim may stay behind (a
+                # resumed run would decide it again), and the client asks again later.
+                await self._unclaim(order_id)
+                log.warning("order claim taken back", extra={"error": type(exc).__name__})
+                raise StorageUnavailable("the orders' records cannot be read now; submit again") from None
             if decided is not None:
                 await self._unclaim(order_id)
                 return Claim("existing", decided)

@@ -6,13 +6,15 @@ from stays in Redis only while the order runs). Every step it took (application 
 screening, credit decision with its reasons, the offer, the line, provisioning requested
 and acknowledged) is a row of ``order_steps``, every status it reached (IN_PROGRESS or
 REJECTED when decided, COMPLETED when the network acknowledged) a row of
-``order_states``: an order's status is its latest. A line's history is ``line_changes``:
+``order_states``: an order's status is its latest, and it has one decision (a unique
+index keeps a second IN_PROGRESS or REJECTED out). A line's history is ``line_changes``:
 each state it took (and its plan), when, why (``cause``, a termination's ``reason``) and
 by which order. All four are immutable and written idempotently (each row's key is what
 made it unique: the order id with the step's position or the status; a line change's id
-names the line, order, state and plan), so the record outbox's relay, an order run and
-the legacy move may each write the same row: it is kept once
-(``provisioning/order_records.py``, ``provisioning/orders_legacy.py``).
+names the line, order, state, plan and the line's count of changes before it), so the
+record outbox's relay, an order run and the legacy move may each write the same row: it
+is kept once (``provisioning/order_records.py``, ``provisioning/orders_legacy.py``). An
+outbox entry PostgreSQL refuses is set aside in ``order_rows_refused``.
 
 The server's role gets SELECT and INSERT by the default privileges of 0009 (nothing here
 is changed in place).
@@ -30,7 +32,7 @@ down_revision: str | None = "0012"
 branch_labels = None
 depends_on = None
 
-IMMUTABLE = ("orders", "order_steps", "order_states", "line_changes")
+IMMUTABLE = ("orders", "order_steps", "order_states", "line_changes", "order_rows_refused")
 LINE_STATES = "'pending_activation', 'active', 'barred_outgoing', 'suspended', 'terminated'"
 
 TABLES = f"""
@@ -69,6 +71,8 @@ CREATE TABLE order_states (
     at                   timestamptz NOT NULL,
     PRIMARY KEY (crm_order_id, status)
 );
+-- One decision per order (IN_PROGRESS or REJECTED): a second one is kept out.
+CREATE UNIQUE INDEX order_states_decision ON order_states (crm_order_id) WHERE status <> 'COMPLETED';
 
 -- A line's history: each state (and plan) it took, when, why and by which order.
 CREATE TABLE line_changes (
@@ -86,11 +90,20 @@ CREATE TABLE line_changes (
 );
 CREATE INDEX line_changes_msisdn ON line_changes (msisdn, at, seq);
 
+-- Record outbox entries PostgreSQL refused (a value a table's checks refuse): set aside
+-- here, once each, so the rest of the relay's round is written (order_store.py).
+CREATE TABLE order_rows_refused (
+    entry_id             text        PRIMARY KEY,
+    entry                text        NOT NULL,
+    error                text        NOT NULL,
+    at                   timestamptz NOT NULL DEFAULT now()
+);
+
 -- For analysts: orders per UTC month of decision, kind and current status.
 CREATE VIEW orders_per_period AS
 WITH latest AS (
     SELECT DISTINCT ON (crm_order_id) crm_order_id, status FROM order_states
-    ORDER BY crm_order_id, CASE status WHEN 'COMPLETED' THEN 1 ELSE 0 END DESC
+    ORDER BY crm_order_id, CASE status WHEN 'COMPLETED' THEN 1 ELSE 0 END DESC, at DESC
 )
 SELECT date_trunc('month', o.decided_at AT TIME ZONE 'UTC')::date AS month, o.kind, l.status,
        count(*) AS orders
@@ -117,7 +130,7 @@ def upgrade() -> None:
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'charging_app') THEN
-        GRANT SELECT, INSERT ON orders, order_steps, order_states, line_changes TO charging_app;
+        GRANT SELECT, INSERT ON orders, order_steps, order_states, line_changes, order_rows_refused TO charging_app;
         GRANT SELECT ON orders_per_period TO charging_app;
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'charging_reader') THEN
@@ -130,4 +143,6 @@ $$;
 
 
 def downgrade() -> None:
-    op.execute("DROP VIEW orders_per_period; DROP TABLE line_changes, order_states, order_steps, orders")
+    op.execute(
+        "DROP VIEW orders_per_period; DROP TABLE order_rows_refused, line_changes, order_states, order_steps, orders"
+    )
