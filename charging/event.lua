@@ -3,7 +3,7 @@
 -- (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
--- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only): "digest|body", and
+-- KEYS[2] answer            {a:ID}:e:EVENT   (debits, free ones too, and refunds): "digest|body", and
 --         for a debit answered 2001 "|" and its refund record (ledger_lib.lua take_refund)
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
