@@ -26,6 +26,10 @@ Every value in an entry is a string; the first names the layout of the rest:
         record the refund drew on ("e:<debit event>" or "rf:s:<session>#<request number>"),
         the catalog version a debit was priced with ('' a refund; absent from entries
         written before the version was recorded)
+  ``n`` an event debit the plan rates free (answered 4011: toll-free, emergency): time,
+        msisdn, imsi, plan, event id, rating group, service, called party, zone, band,
+        visited network, roaming, unit, units, catalog version (no money, no paid by); the
+        row's cost is 0 and its cause ``credit_control_not_applicable``
   ``t`` a top-up: time, actor, channel, idempotency key, amount, balance after
   ``b`` a bundle sale: time, msisdn, imsi, plan, actor, channel, idempotency key, bundle id,
         price, balance after, bucket ids ('|'-separated)
@@ -98,7 +102,7 @@ class AuditRow:
 
 USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
 AUDIT_COLUMNS = tuple(AuditRow.__dataclass_fields__)
-LAYOUTS = {"s": 19, "f": 17, "w": 9, "d": 20, "r": 20, "t": 7, "b": 12, "x": 6, "c": 7}
+LAYOUTS = {"s": 19, "f": 17, "w": 9, "d": 20, "r": 20, "n": 16, "t": 7, "b": 12, "x": 6, "c": 7}
 # Shorter layouts written by earlier versions, still read (an outbox may hold them at an upgrade).
 EARLIER = {("d", 19), ("r", 19)}
 NOT_RATED = "credit_control_not_applicable"  # RFC 8506 4011
@@ -210,6 +214,13 @@ def _rows(account: str, v: list[str]) -> tuple[UsageRow | None, AuditRow | None]
         details = {"event_id": event, "refund_of": refund_of, "rating_group": int(rg), "unit": unit_name(unit)}
         details |= {"units": int(units), "money_micros": -int(money)}
         return usage, AuditRow(rid, when, actor, "refund", subject(account), "", details)
+    if kind == "n":
+        _k, _t, msisdn, imsi, plan, event, rg, service, called, zone, band, visited, roaming, unit, units, cv = v
+        usage = UsageRow(
+            f"{account}:e:{event}", when, account, msisdn, imsi, plan, cv or None, "", None, event, int(rg), service,
+            called, zone, band, visited, roaming == "R", unit_name(unit), int(units), 0, 0, {}, NOT_RATED,
+        )  # fmt: skip
+        return usage, None
     if kind == "x":
         _k, _t, actor, action, ref, text = v
         changed = dict(json.loads(text))

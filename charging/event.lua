@@ -1,8 +1,9 @@
--- Event-based charging: one debit, refund, balance check or price enquiry, atomically.
+-- Event-based charging: one debit, refund, balance check or price enquiry, atomically
+-- (and a debit the plan rates free: action F).
 -- (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] account hash      {a:ID}
--- KEYS[2] answer            {a:ID}:e:EVENT   (debits and refunds only): "digest|body", and
+-- KEYS[2] answer            {a:ID}:e:EVENT   (debits, free ones too, and refunds): "digest|body", and
 --         for a debit answered 2001 "|" and its refund record (ledger_lib.lua take_refund)
 -- KEYS[3] buckets           {a:ID}:bk
 -- KEYS[4] outbox            {a:ID}:out
@@ -14,7 +15,9 @@
 -- KEYS[9..11] for a pool member only: the pool's buckets, account hash and outbox
 --
 -- ARGV EventArgs (charging/script_args.py), in this order:
---   action              D (direct debit), R (refund), C (check balance), P (price enquiry)
+--   action              D (direct debit), R (refund), C (check balance), P (price enquiry),
+--                       F (a direct debit the plan rates free: answered 4011, nothing taken,
+--                       recorded with its cause, its answer kept like a debit's)
 --   digest              payload digest
 --   identity_field      msisdn or imsi
 --   identity_value
@@ -40,6 +43,10 @@
 --   actor               who asked (charging/security/identity.py caller_name), for a refund's audit
 --   records             1: append a debit's or refund's record to KEYS[8]
 --   catalog_version     the catalog version a debit was priced with ('' for a refund), for its record
+--
+-- A free debit (F) takes nothing whatever the line's state (emergency, toll-free: as a
+-- session's rating group answered 4011) and appends a record of layout 'n' (charging/cdrs.py)
+-- with the units it states; the relay gives it cost 0 and cause credit_control_not_applicable.
 --
 -- A postpaid account (with 'bp') records debits and refunds in its bill period
 -- (ledger_lib.lua record_usage) and is watched against its credit limit.
@@ -90,7 +97,7 @@ local actor = ARGV[23]
 local records = ARGV[24] == '1'
 local catalog_version = ARGV[25]
 
-local writes = action == 'D' or action == 'R'
+local writes = action == 'D' or action == 'R' or action == 'F'
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'plan', 'status', identity_field, 'low', 'bucket_seq',
   'bp', 'credit_limit', 'cl', 'msisdn', 'imsi')
 if writes then
@@ -106,6 +113,17 @@ end
 
 if not acct[1] or acct[5] ~= identity_value then return {'UNKNOWN'} end
 if acct[3] ~= plan_id then return {'PLAN', acct[3]} end
+
+if action == 'F' then
+  local free_balance = tonumber(acct[1])
+  local free_body = string.format('4011 %d %d 0', free_balance, free_balance - tonumber(acct[2]))
+  if records then
+    push_record(KEYS[8], {'n', fmt(now_ms), acct[11] or '', acct[12] or '', plan_id, event_id, rating_group, service,
+      destination, zone, band, visited_network, roaming, unit, fmt(units), catalog_version})
+  end
+  redis.call('SET', KEYS[2], digest .. '|' .. free_body, 'EX', answer_ttl_s)
+  return {'DONE', free_body, fmt(pushed), fmt(recorded)}
+end
 
 local home = {KEYS[3], KEYS[1], KEYS[4]}
 local pool = nil

@@ -5,6 +5,11 @@ Refund-Information, ``refunds.py``). A refund presents a token and gets back at 
 that debit took and was not refunded yet, where it came from; it is not rated again (it
 reverses a debit at the prices of that debit). Debits and refunds are applied once per
 event id; balance checks and price enquiries change nothing and are not remembered.
+
+A debit the plan rates free (toll-free, emergency) is answered 4011 and takes nothing, but
+it is a use all the same: it runs event.lua as action ``F``, which records it (layout
+``n``, ``cdrs.py``) and keeps its answer under the event id like any debit, so that a
+retransmission is answered the same and recorded once.
 """
 
 from __future__ import annotations
@@ -68,9 +73,13 @@ def price_event(
     rate = catalog.rate(plan, req.rating_group, req.usage, at_s, where)
     if rate is None:
         return EventAnswer(ResultCode.RATING_FAILED, failed_field="rating_group")
-    if rate.free:
-        return EventAnswer(ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)
     units = req.requested.count(rate.unit)
+    if rate.free:
+        if req.action != "D":
+            return EventAnswer(ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)  # nothing to check or price
+        if not 0 <= units <= MAX_UNITS:
+            return EventAnswer(ResultCode.INVALID_AVP_VALUE, failed_field=f"requested.{UNIT_FIELD[rate.unit]}")
+        return rate, units, 0, where  # recorded with the units it states (none stated: 0)
     if units <= 0:
         code = ResultCode.MISSING_AVP if units == 0 else ResultCode.INVALID_AVP_VALUE
         return EventAnswer(code, failed_field=f"requested.{UNIT_FIELD[rate.unit]}")
@@ -138,7 +147,7 @@ class EventCharging:
                 unit = rate.unit
             service, zone, band, roaming = where
             args = EventArgs(
-                action=req.action,
+                action="F" if rate is not None and rate.free else req.action,
                 digest=req.digest,
                 identity_field=req.identity.kind,
                 identity_value=req.identity.value,
@@ -192,6 +201,8 @@ def _answer(req: EventRequest, unit: UnitKind, units: int, amount: int, body: st
     gave back is in the body, and for a refused refund the field at fault."""
     rc, balance, _available, charged, *failed = body.split(" ")
     code = int(rc)
+    if code == ResultCode.CREDIT_CONTROL_NOT_APPLICABLE:
+        return EventAnswer(code, replayed=replayed)  # a free debit: recorded, nothing taken
     if req.action == "P":
         return EventAnswer(code, cost_micros=amount)
     if req.action == "C":

@@ -142,7 +142,8 @@ class SessionArgs:
 class EventArgs:
     """event.lua: one debit, refund, balance check or price enquiry."""
 
-    action: Literal["D", "R", "C", "P"]
+    # F: a debit the plan rates free (answered 4011, recorded, nothing taken).
+    action: Literal["D", "R", "C", "P", "F"]
     digest: str
     identity_field: str
     identity_value: str

@@ -13,8 +13,10 @@ import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 import redis
@@ -22,11 +24,11 @@ import redis
 from charging import keys, metrics
 from charging.cdr_relay import CdrRelay, drain
 from charging.cdr_store import CdrStore
-from charging.cdrs import BadRecord, paid_by, rows
+from charging.cdrs import NOT_RATED, BadRecord, paid_by, rows
 from charging.clock import ManualClock
 from charging.server import App
 from charging.settings import Settings
-from charging.v1 import common_pb2, topup_pb2
+from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2
 from tests.conftest import INITIAL, MSISDN, TERMINATE, UPDATE, Stubs, async_redis_client, session_request, sms_request
 from tests.test_refunds import REFUND, event
 from tests.test_topups import recharge
@@ -261,6 +263,51 @@ async def test_records_of_a_month_without_a_partition_are_kept(
     assert row["occurred_at"] == datetime.fromtimestamp(clock.now_ms() / 1000, UTC)
 
 
+def catalog_with_free_sms(version: str) -> str:
+    """The sample catalog with every SMS rate free (answered 4011, as toll-free numbers)."""
+    doc = json.loads(resources.files("charging").joinpath("catalog.json").read_text())
+    doc["version"] = version
+    for plan in doc["plans"]:
+        for plan_version in plan["versions"]:
+            for rate in plan_version["rates"]:
+                if rate.get("service") == "sms":
+                    rate["free"] = True
+    return json.dumps(doc)
+
+
+async def test_a_free_event_is_recorded_once_at_no_cost(
+    app: App, stubs: Stubs, r: redis.Redis, database_url: str
+) -> None:
+    account = (await stubs.subscriber(balance=START)).account_id
+    await stubs.admin.LoadCatalog(admin_pb2.CatalogDocument(json=catalog_with_free_sms("2099-01-01.1")))
+    first = await stubs.charging.ChargeEvent(sms_request("free-1"))
+    assert (first.result_code, first.cost_micros, first.refund_information) == (4011, 0, b"")
+    again = await stubs.charging.ChargeEvent(sms_request("free-1"))  # a retransmission
+    assert again.SerializeToString() == first.SerializeToString()
+    assert r.llen(keys.cdr_outbox(account)) == 1
+    other = sms_request("free-1")
+    other.requested.service_specific_units = 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # the event id with another payload
+        await stubs.charging.ChargeEvent(other)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (await stubs.balance()).balance_micros == START
+
+    await drain(relay_of(app))
+    [row] = usage_rows(database_url, account)
+    assert (row["record_id"], row["event_id"], row["cause"]) == (f"{account}:e:free-1", "free-1", NOT_RATED)
+    assert (row["cost_micros"], row["money_micros"], row["bucket_units"]) == (0, 0, {})
+    assert (row["service"], row["unit"], row["units"], row["rating_group"]) == ("sms", "service_specific", 1, 20)
+    assert (row["msisdn"], row["called_party"], row["catalog_version"]) == (MSISDN, "491711234567", "2099-01-01.1")
+    assert not r.exists(keys.cdr_outbox(account))
+
+    # Still nothing twice once relayed; a balance check or price enquiry of it records nothing.
+    await stubs.charging.ChargeEvent(sms_request("free-1"))
+    check = sms_request("")
+    check.action = charging_pb2.REQUESTED_ACTION_CHECK_BALANCE
+    assert (await stubs.charging.ChargeEvent(check)).result_code == 4011
+    assert not r.exists(keys.cdr_outbox(account))
+
+
 async def cdrs_cli(database_url: str, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "CHARGING_DATABASE_URL": database_url}
     proc = await asyncio.create_subprocess_exec(
@@ -323,6 +370,7 @@ SESSION_ENTRY = [
         (SESSION_ENTRY, "7:s:sid;1:3:10", None),
         (["d", "1", "", "", "p", "ev", "20", "sms", *[""] * 5, "3", "1", "50000", "", "", ""], "7:e:ev", None),
         (["r", "1", "", "", "p", "rf", "20", "sms", *[""] * 5, "3", "1", "-9", "", "op", "e:ev"], "7:e:rf", "refund"),
+        (["n", "1", "", "", "p", "fr", "20", "sms", *[""] * 5, "3", "1", "v1"], "7:e:fr", None),
         (["t", "1", "shop", "bank", "k", "100", "200"], None, "topup"),
         (["b", "1", "", "", "p", "app", "app", "k", "pack", "300", "0", "pack.1"], "7:b:k", "bundle_sale"),
         (["b", "1", "", "", "p", "internal", "operator", "k", "pack", "0", "0", "pack.1"], None, "bundle_sale"),
