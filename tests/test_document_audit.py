@@ -49,11 +49,15 @@ def relay(app: App, **kw: Any) -> CdrRelay:
 
 
 def quiet(app: App) -> None:
-    """Loads stop waking the app's own relay: the test's relays are alone on the outboxes."""
-    assert app.catalogs is not None and app.acquisition is not None
+    """Loads stop waking the app's own relay, and its scan stops finding the documents'
+    outboxes: the test's relays are alone on them (the app's relay, woken by an account's
+    record, found the order outbox the test had broken on purpose, backed off, and emptied
+    it on its retry before the test looked: seen in CI under load)."""
+    assert app.catalogs is not None and app.acquisition is not None and app.cdr_relay is not None
     app.catalogs.on_records = None
     app.acquisition.coverage.on_records = None
     app.acquisition.orders.on_records = None
+    app.cdr_relay.documents = ()
 
 
 def catalog(version: str) -> str:
