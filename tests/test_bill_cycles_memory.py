@@ -138,6 +138,13 @@ async def test_redis_per_line_and_account_is_the_same_after_12_bill_cycles_as_af
     first = {k: v for k, v in first.items() if not KNOWN_GROWTH.search(pattern(k))}
     last = {k: v for k, v in last.items() if not KNOWN_GROWTH.search(pattern(k))}
     assert_flat(first, last)
+    # The payments' records left Redis with their outcome committed: a retry is answered
+    # from PostgreSQL, as it was applied, and moves no money again.
+    number = (await b.invoices_of("C2"))[-1]
+    account = await b.account("C2")
+    again = await b.payments.pay("C2", int((await b.invoice(number)).total), "BANK_TRANSFER", "ref-12-2")
+    assert again["replayed"] and again["allocations"] == {number: (await b.invoice(number)).total}
+    assert await b.account("C2") == account
 
 
 @pytest.mark.xfail(strict=True, reason="paid invoices' states stay in Redis (KNOWN_GROWTH)")
