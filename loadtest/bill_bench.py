@@ -20,7 +20,9 @@ Afterwards the run is checked: one invoice per account, numbers 1..N without a g
 every invoice's usage equal to its records, and a second run issues nothing. Redis
 memory is printed before and after (the issued invoices are not in it), and Redis's CPU
 per invoice (``INFO cpu`` of the primaries, and of the replicas, around the run). The
-last lines are ``invoices_per_s_3_primaries=`` and ``invoices_per_s=`` (one redis-server).
+last lines are ``invoices_per_s_3_primaries=`` and ``invoices_per_s=`` (one redis-server),
+then Redis memory per line after 1 and after 12 monthly cycles with every invoice paid
+(``BENCH_BILL_CYCLE_LINES`` lines, default 200, 0 to skip: ``loadtest/bill_cycles.py``).
 
     python -m loadtest.bill_bench                 # part of `make bench`
     BENCH_BILL_ACCOUNTS=10000 python -m loadtest.bill_bench
@@ -56,6 +58,7 @@ from charging.database import open_pool
 from charging.embedded_postgres import EmbeddedPostgres, ensure_database, private_dir
 from charging.embedded_redis import redis_command
 from charging.money import MICROS_PER_MINOR
+from loadtest import bill_cycles
 from loadtest.bench import BenchError, child, free_port, machine, wait_redis
 from loadtest.scale_load import Router
 from postpaid import config as billing_config
@@ -276,12 +279,36 @@ def main() -> int:
             migrations.upgrade(url)
             with tempfile.TemporaryDirectory(prefix="bill-bench-") as tmp:
                 figures.append(_run(url, Path(tmp), primaries, accounts, records, concurrency, processes, tz))
+        cycle_lines = int(os.environ.get("BENCH_BILL_CYCLE_LINES", "200"))
+        if cycle_lines > 0:
+            loop.run_until_complete(ensure_database(postgres.layout.url("postgres"), "bill_cycles"))
+            migrations.upgrade(postgres.layout.url("bill_cycles"))
+            with tempfile.TemporaryDirectory(prefix="bill-cycles-") as tmp:
+                per_line = _cycles(postgres.layout.url("bill_cycles"), Path(tmp), cycle_lines, records, tz)
     finally:
         loop.run_until_complete(postgres.stop())
         loop.close()
         shutil.rmtree(pg_dir, ignore_errors=True)
     _print(figures, records, concurrency, processes)
+    if cycle_lines > 0:
+        print(
+            f"redis memory per postpaid line ({cycle_lines} lines, {records} records a month, every invoice paid): "
+            f"{per_line[0]} bytes after 1 bill cycle, {per_line[1]} bytes after {bill_cycles.CYCLES}"
+        )
+        print(f"redis_bytes_per_line_1_cycle={per_line[0]}")
+        print(f"redis_bytes_per_line_{bill_cycles.CYCLES}_cycles={per_line[1]}")
     return 0
+
+
+def _cycles(url: str, tmp: Path, lines: int, records: int, tz: str) -> tuple[int, int]:
+    """Redis per line after 1 and 12 monthly cycles, on one redis-server (bill_cycles.py)."""
+    with redis_nodes(1, tmp) as (redis_url, ports, _replicas):
+        router = Router(ports, False)
+        try:
+            populate(router, lines, records, tz)
+            return asyncio.run(bill_cycles.per_line(redis_url, url, router, ports, lines, tz))
+        finally:
+            router.close()
 
 
 @contextlib.contextmanager

@@ -177,7 +177,9 @@ def billing_open(ba: str) -> str:
 
 
 def billing_payments(ba: str) -> str:
-    """list: the account's payment keys, oldest first."""
+    """list: the account's payment keys, oldest first: written before revision 0005 only
+    (pay.lua no longer keeps it: it grew by one entry a payment), read by the legacy move
+    (receivables_legacy.py) and the shard move."""
     return billing_account(ba) + ":pay"
 
 

@@ -5,9 +5,8 @@
 -- KEYS[1] record            TAG:pay:CHANNEL:REF, or the credit note's idempotency key
 -- KEYS[2] billing account   TAG:ba:BA
 -- KEYS[3] open invoices     TAG:ba:BA:open
--- KEYS[4] movements         TAG:ba:BA:pay
--- KEYS[5] dunning index     TAG:dunning
--- KEYS[6] credit outbox     TAG:credits (the credit's movement, relayed to PostgreSQL's
+-- KEYS[4] dunning index     TAG:dunning
+-- KEYS[5] credit outbox     TAG:credits (the credit's movement, relayed to PostgreSQL's
 --                           credit_movements by postpaid/credit_movements.py)
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
@@ -142,10 +141,10 @@ local function credit_moved(what, by, source)
   -- Credit held before revision 0014 has no rows: the account's first movement since
   -- records it first ('opening', once: the 'credit_rows' flag; credit_open.lua likewise).
   if redis.call('HSETNX', KEYS[2], 'credit_rows', '1') == 1 and credit_before > 0 then
-    redis.call('RPUSH', KEYS[6], cjson.encode({movement = 'opening', kind = 'opening', ba = ba_id,
+    redis.call('RPUSH', KEYS[5], cjson.encode({movement = 'opening', kind = 'opening', ba = ba_id,
       source = '', invoice = '', amount = string.format('%d', credit_before), at_s = at_s}))
   end
-  redis.call('RPUSH', KEYS[6], cjson.encode({movement = movement, kind = what, ba = ba_id,
+  redis.call('RPUSH', KEYS[5], cjson.encode({movement = movement, kind = what, ba = ba_id,
     source = source, invoice = invoice, amount = string.format('%d', by), at_s = at_s}))
 end
 if kind == 'REFUND' then
@@ -159,7 +158,6 @@ end
 record = string.gsub(record, '\1ALLOCATIONS\1', '{' .. table.concat(allocations, ',') .. '}', 1)
 if note_key then redis.call('SET', note_key, record) end
 redis.call('SET', KEYS[1], digest .. '|' .. record)
-redis.call('RPUSH', KEYS[4], KEYS[1])
 redis.call('HSET', KEYS[2], 'credit', string.format('%d', credit), 'balance', string.format('%d', balance))
 redis.call('HINCRBY', KEYS[2], 'moves', 1)
 if kind == 'PAY' then redis.call('HINCRBY', KEYS[2], 'paid_since', amount) end
@@ -174,8 +172,8 @@ end
 if kind == 'REFUND' then redis.call('HINCRBY', KEYS[2], 'paid_since', -amount) end
 local first = redis.call('LINDEX', KEYS[3], 0)
 if first then
-  redis.call('ZADD', KEYS[5], redis.call('HGET', state_prefix .. first, 'due'), ba_id)
+  redis.call('ZADD', KEYS[4], redis.call('HGET', state_prefix .. first, 'due'), ba_id)
 else
-  redis.call('ZREM', KEYS[5], ba_id)
+  redis.call('ZREM', KEYS[4], ba_id)
 end
 return {'DONE', record, string.format('%d', credit)}

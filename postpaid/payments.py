@@ -111,7 +111,6 @@ class Payments:
                     record_key,
                     bill_keys.billing_account(ba),
                     bill_keys.billing_open(ba),
-                    bill_keys.billing_payments(ba),
                     bill_keys.dunning_index(ba),
                     bill_keys.credit_outbox(ba),
                 ),
@@ -220,20 +219,26 @@ class Payments:
             before = await self.ledger.applied(conn, movement.application_id)
             if before is not None and before.outcome == "REFUSED":
                 _refused(before.detail, [before.detail, "0"])
-            try:
-                reply = await self._decide(key, ba, args)
-            except (Conflict, LimitExceeded, NotFound, InvalidRequest) as exc:
-                refused = exc  # raised once the refusal is committed (leaving the block)
-                if before is None:
+            if before is not None:  # applied before: PostgreSQL answers, as Redis's record did
+                reply = ["REPLAY", _filled(args, before.allocations)]
+                record = _record(reply)
+            else:
+                try:
+                    reply = await self._decide(key, ba, args)
+                except (Conflict, LimitExceeded, NotFound, InvalidRequest) as exc:
+                    refused = exc  # raised once the refusal is committed (leaving the block)
                     detail = await self._refusal(key, ba, args)
                     await self.ledger.mark(conn, Applied(movement.application_id, "REFUSED", detail))
-            else:
-                record = _record(reply)
-                if before is None:
+                else:
+                    record = _record(reply)
                     allocations = {str(k): int(v) for k, v in record.get("allocations", {}).items()}
                     await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED", "", allocations))
         if refused is not None:
             raise refused
+        # pay.lua's record answered a retry until the outcome was committed; PostgreSQL's
+        # billing_applied answers from now on, so Redis keeps no record per movement.
+        with storage_errors():
+            await self.client.delete(key)
         if reply[0] == "DONE" and self.on_credit is not None:
             self.on_credit(bill_keys.credit_outbox(ba))  # the credit's movement, if any, is relayed soon
         if isinstance(movement, Payment) and reply[0] == "DONE":
@@ -249,7 +254,6 @@ class Payments:
                     key,
                     bill_keys.billing_account(ba),
                     bill_keys.billing_open(ba),
-                    bill_keys.billing_payments(ba),
                     bill_keys.dunning_index(ba),
                     bill_keys.credit_outbox(ba),
                 ),
@@ -465,6 +469,13 @@ def _refused(kind: str, reply: list[Any]) -> None:
         raise LimitExceeded(f"the account's credit would pass {MAX_MINOR} minor units")
     if kind == "TOOMUCH":
         raise InvalidRequest("amount_minor", f"at most what the invoice can still be credited ({reply[1]})")
+
+
+def _filled(args: PayArgs, allocations: dict[str, int]) -> str:
+    """The record pay.lua made of ``args`` with these allocations (and the credit note's
+    number), as it kept it."""
+    done = "{" + ",".join(f"{json.dumps(n)}:{a}" for n, a in allocations.items()) + "}"
+    return args.record.replace(NUMBER, args.note_number, 1).replace(ALLOCATIONS, done, 1)
 
 
 def _record(reply: list[Any]) -> dict[str, Any]:

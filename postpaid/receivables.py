@@ -400,7 +400,13 @@ class Receivables:
             "SELECT outcome, detail FROM billing_applied WHERE application_id = %s", (application_id,)
         )
         row = await cur.fetchone()
-        return None if row is None else Applied(application_id, row[0], row[1])
+        if row is None:
+            return None
+        cur = await conn.execute(
+            "SELECT invoice_id, amount_minor FROM allocations WHERE application_id = %s ORDER BY invoice_id",
+            (application_id,),
+        )
+        return Applied(application_id, row[0], row[1], {str(n): int(a) for n, a in await cur.fetchall()})
 
     async def mark(self, conn: AsyncConnection[TupleRow], applied: Applied) -> None:
         await conn.execute(

@@ -268,8 +268,8 @@ async def test_pay_and_settle_refuse_a_prefix_outside_the_accounts_slot(redis_ur
             record,
             bill_keys.billing_account(ba),
             bill_keys.billing_open(ba),
-            bill_keys.billing_payments(ba),
             bill_keys.dunning_index(ba),
+            bill_keys.credit_outbox(ba),
         ]
         pay = PayArgs("PAY", "d", 400, 1, other + ":is:", '{"allocations": \x01ALLOCATIONS\x01}', 10**9)
         with pytest.raises(ResponseError, match="state_prefix: not in the slot"):

@@ -107,6 +107,9 @@ async def test_old_payments_credit_notes_and_refunds_move_once_and_are_listed_fr
     await payments._decide(bill_keys.payment(ba, "CARD", "old-1"), ba, payments._payment_args(old))
     note = CreditNote("CN-00000007", ba, second, 400, 0, "goodwill", "old-cn", NOW_S - 99)
     await payments._decide(bill_keys.payment(ba, "CN", "old-cn"), ba, payments._note_args(note))
+    # pay.lua listed each record on the account then (the list the move reads); it no longer does.
+    await client.rpush(bill_keys.billing_payments(ba), bill_keys.payment(ba, "CARD", "old-1"))
+    await client.rpush(bill_keys.billing_payments(ba), bill_keys.payment(ba, "CN", "old-cn"))
     await client.set(bill_keys.credit_note_seq(payments.config.issuer.id), 7)
     # And one since: committed in PostgreSQL first.
     await payments.pay(ba, 100, "APP", "new-1")

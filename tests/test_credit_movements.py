@@ -98,7 +98,7 @@ async def test_a_relay_repeated_after_its_commit_keeps_each_movement_once_and_ro
     first = await invoiced(stubs, b, book, clock, "42", "491700000421")
     ba = "C42"
     await b.payments.pay(ba, first.total + 300, "CARD", "twice")
-    # A repeated payment request moves nothing again (pay.lua answers REPLAY).
+    # A repeated payment request moves nothing again (answered from billing_applied).
     await b.payments.pay(ba, first.total + 300, "CARD", "twice")
     outbox = bill_keys.credit_outbox(ba)
     entries = await app.redis.lrange(outbox, 0, -1)  # type: ignore[misc]
