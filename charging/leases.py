@@ -164,11 +164,15 @@ async def one_at_a_time(
     runs ``work`` in turn, which must then be a cheap no-op once done. ``work`` must be
     idempotent all the same: a holder paused past its lease may still be running it."""
     lease = Lease(client, job, ttl_s, holder or holder_name())
+    waited = False
     while True:
         if done is not None and await done():
             return None
         if await lease.hold():
             break
+        if not waited:
+            waited = True
+            log.info("waiting for another process's lease", extra={"job": job})
         await asyncio.sleep(wait_s)
     try:
         if done is not None and await done():
