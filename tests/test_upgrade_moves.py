@@ -28,6 +28,12 @@ from postpaid import config as billing_config
 from postpaid import keys as bill_keys
 from provisioning import keys as crm_keys
 from provisioning.customer_care import Interaction
+from provisioning.customers import Customer, Customers
+from provisioning.lifecycle import LineState
+from provisioning.lines import Line
+from provisioning.orders import Order, Step
+from provisioning.organisation import Organisation
+from provisioning.screening import Screener
 from tests.conftest import DATA_KEY, MIGRATED_TEMPLATE, SEALER, PostgresServer, async_redis_client
 from tests.test_billing_shards import legacy_installation
 from tests.test_collections_moved import seed_old_redis
@@ -47,9 +53,10 @@ def reference_url(postgres_server: PostgresServer) -> Iterator[str]:
 
 
 async def old_installation(client: aioredis.Redis) -> None:
-    """Records of every older layout the moves know: billing under the one {bill} tag
+    """Records of the older layouts the moves know: billing under the one {bill} tag
     (before the shards), invoices, bill runs, disputes, promises, dunning steps and audit
-    entries in Redis only (before PostgreSQL), the CRM's interactions under untagged names."""
+    entries in Redis only (before PostgreSQL), the CRM's interactions under untagged names,
+    customers, units, orders and lines without their rows."""
     await legacy_installation(client)
     await client.delete(bill_keys.BILL_RUNS)  # its placeholder: the invoices' own are below
     await kept_in_redis(client, 3)
@@ -60,6 +67,19 @@ async def old_installation(client: aioredis.Redis) -> None:
         await client.rpush("crm:interactions:7", interaction.to_redis(SEALER))
     await client.set("crm:seq:interaction", 6)
     await client.zadd("prov:due", {"4917": 1})
+    # customers, units, a decided order and a line of before their rows (under the tag)
+    customers = Customers(client, Screener(client, "salt"), SEALER)
+    await customers.create(Customer("8001", "CORPORATE", created=1_700_000_000, name="Anna GmbH", city="Berlin"))
+    await customers.create(Customer("8002", "INDIVIDUAL", created=1_700_000_100, name="Ben"))
+    await Organisation(client).add_unit("8001", "", "Anna GmbH", True, unit_id="7001")
+    steps = (
+        Step("order", "accepted", ("SUSPEND",), 1_700_000_000),
+        Step("provisioning", "requested", (), 1_700_000_001),
+    )
+    order = Order("old-1", "COMPLETED", steps=steps, submitted_at=1_700_000_000, customer_id="8002", msisdn="4917099")
+    await client.set(crm_keys.order("old-1"), order.to_redis())
+    line = Line("4917099", "8002", "12", "mobile-prepaid", LineState.SUSPENDED, "old-1")
+    await client.hset(crm_keys.line(line.msisdn), mapping=line.to_redis())  # type: ignore[arg-type]
     for marker in (
         bill_keys.BILL_INVOICES_MOVED,
         bill_keys.BILL_COLLECTIONS_MOVED,
@@ -163,6 +183,8 @@ async def test_movers_at_once_leave_what_one_mover_leaves(
         rows, _ = expected
         assert rows["invoices"][0] == 3 and rows["bill_runs"][0] == 2 and rows["interactions"][0] == 2
         assert rows["dispute_events"][0] == 3 and rows["promises_to_pay"][0] == 1
+        assert rows["customers"][0] == 2 and rows["org_units"][0] == 1 and rows["line_changes"][0] == 1
+        assert rows["orders"][0] == 1
         await asyncio.gather(*(mover(redis_url, database_url, leased=leased) for _ in range(MOVERS)))
         assert_same(tables(postgres_server.owner_of(database_url)), await redis_keys(client), expected)
         assert await holder_of(client, upgrade.LEASE_JOB) is None  # given back
