@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from charging.database import Pool
+from charging.errors import StartupError
 from postpaid import keys as bill_keys
 from postpaid.invoice_book import CHARGE_COLUMNS, TAX_COLUMNS, sealed_document
 from postpaid.invoices import Invoice
@@ -110,13 +111,20 @@ async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys:
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor()
         # No conflict target: a mover at once inserting the same invoice conflicts on the
-        # primary key (issuer, series, number) as well as on invoice_id.
+        # primary key (issuer, series, number) as well as on invoice_id. An invoice kept
+        # out by another row (another invoice under its series and number) is an error,
+        # not a repeat: its document stays in Redis.
         await cur.executemany(
             "INSERT INTO invoices (issuer, series, number, invoice_id, billing_account, kind, period_start, "
             "period_end, issued_at, due_date, currency, total_minor, tax_minor, document) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             rows,
         )
+        wanted = [row[3] for row in rows]
+        found = await conn.execute("SELECT invoice_id FROM invoices WHERE invoice_id = ANY(%s)", (wanted,))
+        missing = sorted(set(wanted) - {str(i) for (i,) in await found.fetchall()})
+        if missing:
+            raise StartupError(f"invoices kept in redis clash with invoices issued since: {', '.join(missing[:5])}")
         marks = ", ".join(["%s"] * 10)
         await cur.executemany(
             f"INSERT INTO invoice_charges ({CHARGE_COLUMNS}) VALUES ({marks}) ON CONFLICT DO NOTHING", charges
