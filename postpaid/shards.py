@@ -78,7 +78,7 @@ async def move_once(client: aioredis.Redis, holder: str | None = None) -> int:
         with storage_errors():
             return bool(await client.exists(MOVED))
 
-    async def move_all() -> int:
+    async def move_them() -> int:
         with storage_errors():
             count = await move(client, recover=True)
             await client.set(MOVED, "1")
@@ -86,7 +86,7 @@ async def move_once(client: aioredis.Redis, holder: str | None = None) -> int:
 
     if bill_keys.shard_tag(0) == bill_keys.TAG:
         return 0
-    moved = await one_at_a_time(client, LEASE_JOB, LEASE_S, move_all, done=moved_before, holder=holder) or 0
+    moved = await one_at_a_time(client, LEASE_JOB, LEASE_S, move_them, done=moved_before, holder=holder) or 0
     if moved:
         log.info("billing keys moved into the billing shards", extra={"keys": moved, "shards": bill_keys.SHARDS})
     return moved

@@ -47,9 +47,9 @@ async def adopt_untagged(client: aioredis.Redis) -> int:
             async for old in client.scan_iter(match=pattern, count=1000):
                 try:
                     renamed += int(await client.renamenx(old, tagged(str(old))))
-                except ResponseError as exc:
+                except ResponseError as exc:  # "no such key": renamed by another process meanwhile
                     if "no such key" not in str(exc):
-                        raise  # (renamed by another process since the scan found it)
+                        raise
         await client.set(ADOPTED, "1")
     if renamed:
         log.info("CRM keys renamed under the {crm} hash tag", extra={"keys": renamed})
