@@ -26,6 +26,7 @@ from charging.database import open_pool
 from charging.leases import holder_of
 from postpaid import config as billing_config
 from postpaid import keys as bill_keys
+from postpaid import shards
 from provisioning import keys as crm_keys
 from provisioning.customer_care import Interaction
 from provisioning.customers import Customer, Customers
@@ -88,7 +89,7 @@ async def old_installation(client: aioredis.Redis) -> None:
         crm_keys.CARE_MOVED,
         crm_keys.ORDERS_MOVED,
         crm_keys.CUSTOMERS_MOVED,
-        "{bill}:moved:shards",
+        shards.MOVED,
     ):
         await client.delete(marker)
 
@@ -152,7 +153,7 @@ async def mover(redis_url: str, database_url: str, *, leased: bool, holder: str 
         await client.aclose()
 
 
-_MOVED_BY_ONE: list[Any] = []  # computed once per session: the same old installation each time
+_MOVED_BY_ONE: list[Any] = []  # computed once per process: the old installation is the same each time
 
 
 async def moved_by_one(client: aioredis.Redis, redis_url: str, reference_url: str, owner: str) -> Any:
