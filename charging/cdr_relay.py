@@ -26,6 +26,12 @@ key would leave the account's hash slot, and every charging request would write 
   ``scan_every_s`` afterwards: records a crashed process or a lost reply left behind are
   relayed by whichever process scans next. SCAN walks the whole keyspace in small steps
   (``COUNT``), so it runs rarely; the in-memory set carries the normal flow.
+* The outboxes known by name (``documents``, ``history``, ``kept`` below: the catalog's,
+  the coverage table's, the orders', every billing shard's credit outbox) are written by
+  other processes too (``charging worker``, a bill run on another host), whose writes do
+  not wake this one. They cost no SCAN, so the relay looks at them every
+  ``named_every_s`` (one pipelined ``EXISTS`` each; the job is woken for it): a record
+  another process left there waits seconds, not until the next scan.
 
 The hold (``cdr_hold.py``): with ``appendfsync everysec`` a machine death can take the last
 writes from Redis, and PostgreSQL must not keep their records. The relay marks the last
@@ -81,6 +87,7 @@ CONCURRENT_ROUNDS = 4  # rounds on disjoint outboxes at once: one parses while a
 ROUNDS_PER_PASS = 50  # then the pass ends (and the job runs the next at once)
 LINGER_S = 0.25  # a woken relay waits this long for more records before its pass
 SCAN_EVERY_S = 600.0
+NAMED_EVERY_S = 2.0  # how often the outboxes known by name are looked at
 SCAN_COUNT = 1000
 
 
@@ -120,6 +127,7 @@ class CdrRelay:
         batch: int = BATCH,
         accounts_per_round: int = ACCOUNTS_PER_ROUND,
         scan_every_s: float = SCAN_EVERY_S,
+        named_every_s: float = NAMED_EVERY_S,
         linger_s: float = LINGER_S,
         after_commit: Callable[[], Awaitable[None]] | None = None,
         hold_ms: int = 0,
@@ -133,6 +141,7 @@ class CdrRelay:
         self.batch = batch
         self.accounts_per_round = accounts_per_round
         self.scan_every_s = scan_every_s
+        self.named_every_s = named_every_s
         # Between the commit and the trim (crash tests stop a process here).
         self.after_commit = after_commit
         self.history = history  # where the history outboxes' versions go
@@ -145,6 +154,7 @@ class CdrRelay:
         # (ms) each was first known to have some.
         self._waiting: dict[str, int] = {}
         self._next_scan_ms: int | None = None  # None: scan on the first pass
+        self._next_named_ms = 0  # when to look at the outboxes known by name again
         self.wakeup = Lingering(linger_s)  # the wake source of the ``cdr_relay`` job
         self._rounds = 0  # rounds in flight
         self._settled = asyncio.Event()  # no round in flight
@@ -193,6 +203,10 @@ class CdrRelay:
         if self._next_scan_ms is None or now >= self._next_scan_ms:
             await self.scan()
             self._next_scan_ms = now + int(self.scan_every_s * 1000)
+            self._next_named_ms = now + int(self.named_every_s * 1000)
+        elif now >= self._next_named_ms:
+            await self.look_named()
+            self._next_named_ms = now + int(self.named_every_s * 1000)
         moved = 0
         step = self.accounts_per_round
         for _ in range(0, ROUNDS_PER_PASS, CONCURRENT_ROUNDS):
@@ -211,9 +225,18 @@ class CdrRelay:
             self._wake_when_due()
         return moved
 
-    def _wake_when_due(self) -> None:
-        """Run the job again when the first held record may go."""
+    def next_pass_in_s(self) -> float | None:
+        """How long until the job must run again with nothing woken: the first held
+        record may go, or the outboxes known by name are to be looked at (None: neither)."""
         delay = self.held_for_s()
+        if self.documents:
+            named = max(self._next_named_ms - self.clock.now_ms(), 0) / 1000
+            delay = named if delay is None else min(delay, named)
+        return delay
+
+    def _wake_when_due(self) -> None:
+        """Run the job again when ``next_pass_in_s`` says."""
+        delay = self.next_pass_in_s()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -228,11 +251,23 @@ class CdrRelay:
                 if keys.cdr_outbox_account(str(key)) is not None:
                     self._waiting.setdefault(str(key), self.clock.now_ms())
                     found += 1
-            for outbox in self.documents:  # known by name: no scan needed
-                if await self._client.exists(outbox):
-                    self._waiting.setdefault(outbox, self.clock.now_ms())
-                    found += 1
-        return found
+        return found + await self.look_named()
+
+    async def look_named(self) -> int:
+        """The outboxes known by name that have records wait (one pipelined ``EXISTS``
+        each, no scan); returns how many have."""
+        if not self.documents:
+            return 0
+        with storage_errors():
+            pipe = self._client.pipeline(transaction=False)
+            for outbox in self.documents:
+                pipe.exists(outbox)
+            found = await pipe.execute()
+        now = self.clock.now_ms()
+        with_records = [outbox for outbox, n in zip(self.documents, found, strict=True) if n]
+        for outbox in with_records:
+            self._waiting.setdefault(outbox, now)
+        return len(with_records)
 
     async def relay_accounts(self, accounts: list[str]) -> int:
         """``relay_outboxes`` for the record outboxes of these accounts."""

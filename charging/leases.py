@@ -21,6 +21,12 @@ never issues twice, provisioning commands carry ids), so two passes at once wast
 and do not change the outcome. A holder counts its lease as lost when it could not renew
 it before the lease period ran out (measured on this process's monotonic clock from
 before the request was sent, so never later than Redis's own expiry).
+
+``one_at_a_time`` is the same lease for work that must be done before a process goes on
+(the start-time moves of an installation's old records, ``charging/upgrade.py``): each
+process waits until the lease is free (its holder finished, or died and the lease
+expired: within one lease period), or until ``done`` says another process finished it,
+then runs the work under the lease itself.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
@@ -42,6 +50,9 @@ from charging.store import storage_errors
 log = logging.getLogger("charging.leases")
 
 LEASE = LuaScript("lease.lua")
+WAIT_S = 0.05  # how often a process waiting for ``one_at_a_time`` looks at the lease and ``done``
+
+T = TypeVar("T")
 
 
 def holder_name() -> str:
@@ -133,3 +144,39 @@ async def holder_of(client: aioredis.Redis, job: str, shard: str = "") -> str | 
     with storage_errors():
         token = await client.get(keys.lease(job, shard))
     return None if token is None else str(token)
+
+
+async def one_at_a_time(
+    client: aioredis.Redis,
+    job: str,
+    ttl_s: float,
+    work: Callable[[], Awaitable[T]],
+    *,
+    done: Callable[[], Awaitable[bool]] | None = None,
+    holder: str | None = None,
+    wait_s: float = WAIT_S,
+) -> T | None:
+    """``work`` run under the job's lease, one process at a time among all processes and
+    hosts: a process waits while another holds the lease (renewed while it works; taken
+    over within one lease period when its holder dies). None, without running ``work``,
+    when ``done`` says it was done (looked at before each try and once the lease is held,
+    as the holder before may have finished just then). Without ``done`` every process
+    runs ``work`` in turn, which must then be a cheap no-op once done. ``work`` must be
+    idempotent all the same: a holder paused past its lease may still be running it."""
+    lease = Lease(client, job, ttl_s, holder or holder_name())
+    waited = False
+    while True:
+        if done is not None and await done():
+            return None
+        if await lease.hold():
+            break
+        if not waited:
+            waited = True
+            log.info("waiting for another process's lease", extra={"job": job})
+        await asyncio.sleep(wait_s)
+    try:
+        if done is not None and await done():
+            return None
+        return await work()
+    finally:
+        await lease.release()

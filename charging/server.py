@@ -251,7 +251,10 @@ class App:
         self.billing = build_billing(
             s, self.redis, self.catalogs, self.clock, self.notifier, self.link, database=self.database
         )
-        await self.billing.move_redis_invoices()
+        # What Redis kept before PostgreSQL did (and other old layouts): moved once, one
+        # process at a time under the ``upgrade-moves`` lease, before billing and the CRM
+        # start (``upgrade.py``, as ``charging migrate`` does).
+        await upgrade.move_all_of(s, self.redis, self.database, self.clock, self.leases.holder)
         self.billing.on_records = self.cdr_relay.wake if self.cdr_relay is not None else None
         if self.cdr_relay is not None:  # credit movements are relayed soon, not at the next scan
             self.billing.payments.on_credit = self.billing.runs.on_credit = self.cdr_relay.wake_outbox
@@ -259,11 +262,9 @@ class App:
         self.billing.attach_lines(self.acquisition)
         care = CustomerCare(self.redis, self.database, self.acquisition.sealer, self.billing.payments)
         # Orders and lines' history are rows (``keep_records``; a decision's rows after the
-        # relay's hold); what Redis kept before PostgreSQL did is moved once, as ``charging
-        # migrate`` does (``upgrade.py``).
+        # relay's hold).
         hold = self.cdr_relay.hold_ms if self.cdr_relay is not None else 0
         self.acquisition.keep_records(OrderStore(self.database), hold)
-        await upgrade.move_stored_records(self.redis, self.database, self.acquisition.sealer, self.clock.now_ms())
 
         guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
         self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))
@@ -706,6 +707,8 @@ async def provision(settings: Settings) -> None:
     except StartupError as exc:
         await client.aclose()
         raise SystemExit(f"error: {exc}") from None
+    # An old installation's records are moved (or being moved by a server) before the jobs run.
+    await upgrade.move_all_of(settings, client, database, clock)
     # Orders resumed here record the customers they make in PostgreSQL too.
     acquisition = await build_acquisition(
         settings, settings.network_url, client, SignallingDirectory(client, 10_000), catalogs, clock, database=database

@@ -111,7 +111,8 @@ class Billing:
         self.on_records: Callable[[str], None] | None = None
 
     async def move_redis_invoices(self) -> None:
-        """What Redis kept of billing before PostgreSQL did: moved once (``upgrade.py``)."""
+        """What Redis kept of billing before PostgreSQL did: moved once (``upgrade.py``; a
+        server's start runs it in ``charging/upgrade.py``'s sequence, under its lease)."""
         await upgrade.move_stored_records(
             self.client, self.book.pool, self.config, self.book.sealer, self.clock.now_ms() // 1000
         )

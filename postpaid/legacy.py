@@ -9,8 +9,10 @@ to ``invoices`` (with its charge lines and taxes), the counter into ``invoice_nu
 reports into ``bill_runs``, and only then deletes what it moved from Redis. The
 customer's name and address are sealed on the way (``invoice_book.sealed_document``).
 
-It can be stopped at any point and run again: a document already in the database is
-not written twice (``invoice_id`` is unique), one deleted from Redis is not read again.
+It can be stopped at any point and run again, or run by several processes at once: a
+document already in the database is not written twice (``invoice_id`` is unique), one
+deleted from Redis is not read again, a bill run's report is written as often as Redis
+lists it (``_move_runs``).
 The invoice's state (``{bill}:is:NUMBER``: open amount, status, delivery) stays in Redis,
 where payments and dunning use it.
 """
@@ -18,6 +20,7 @@ where payments and dunning use it.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from charging.database import Pool
+from charging.errors import StartupError
 from postpaid import keys as bill_keys
 from postpaid.invoice_book import CHARGE_COLUMNS, TAX_COLUMNS, sealed_document
 from postpaid.invoices import Invoice
@@ -106,12 +110,21 @@ async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys:
         taxes += [(number, t.code, t.name, t.rate_bp, t.base, t.amount) for t in inv.taxes]
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor()
+        # No conflict target: a mover at once inserting the same invoice conflicts on the
+        # primary key (issuer, series, number) as well as on invoice_id. An invoice kept
+        # out by another row (another invoice under its series and number) is an error,
+        # not a repeat: its document stays in Redis.
         await cur.executemany(
             "INSERT INTO invoices (issuer, series, number, invoice_id, billing_account, kind, period_start, "
             "period_end, issued_at, due_date, currency, total_minor, tax_minor, document) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (invoice_id) DO NOTHING",
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             rows,
         )
+        wanted = [row[3] for row in rows]
+        found = await conn.execute("SELECT invoice_id FROM invoices WHERE invoice_id = ANY(%s)", (wanted,))
+        missing = sorted(set(wanted) - {str(i) for (i,) in await found.fetchall()})
+        if missing:
+            raise StartupError(f"invoices kept in redis clash with invoices issued since: {', '.join(missing[:5])}")
         marks = ", ".join(["%s"] * 10)
         await cur.executemany(
             f"INSERT INTO invoice_charges ({CHARGE_COLUMNS}) VALUES ({marks}) ON CONFLICT DO NOTHING", charges
@@ -126,18 +139,33 @@ async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys:
 
 
 async def _move_runs(client: aioredis.Redis, pool: Pool) -> int:
+    """The bill runs' reports as rows. They have no id of their own, so each report is
+    written as many times as Redis lists it less the rows it has already (under a lock
+    held to the commit): a move repeated after a crash between the commit and the delete,
+    or run by two processes at once, writes each report once."""
     reports = [json.loads(_text(x)) for x in await client.lrange(bill_keys.BILL_RUNS, 0, -1)]
     if not reports:
         return 0
+    listed = Counter(
+        (datetime.fromtimestamp(int(r["at"]), UTC), int(r["accounts"]), int(r["issued"]), int(r["already"]),
+         int(r["failed"]), float(r["seconds"]))
+        for r in reports
+    )  # fmt: skip
     async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('bill_runs moved from redis'))")
+        found = await conn.execute(
+            "SELECT ran_at, accounts, issued, already, failed, seconds FROM bill_runs WHERE ran_at = ANY(%s)",
+            (sorted({report[0] for report in listed}),),
+        )
+        written = Counter(tuple(row) for row in await found.fetchall())
+        rows = [report for report, count in listed.items() for _ in range(count - written[report])]
         await conn.cursor().executemany(
             "INSERT INTO bill_runs (ran_at, accounts, issued, already, failed, seconds) "
-            "VALUES (%(ran_at)s, %(accounts)s, %(issued)s, %(already)s, %(failed)s, %(seconds)s)",
-            [{**r, "ran_at": datetime.fromtimestamp(int(r["at"]), UTC)} for r in reports],
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            rows,
         )
-    # A crash between the commit and this would list those reports twice: they are a log.
     await client.delete(bill_keys.BILL_RUNS)
-    return len(reports)
+    return len(rows)
 
 
 async def move_once(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sealer: Sealer) -> Moved | None:

@@ -12,7 +12,8 @@ bill run markers, counters, the old audit stream) stays where it is; those moves
 
 Processes that start together on one Redis (hosts of one installation, ``charging
 migrate`` during a start) run it one at a time: ``move_once`` takes a lease
-(``charging/leases.py``); the others wait until the marker says it is done (or take the
+(``leases.one_at_a_time``, as every start-time move does: ``charging/upgrade.py``); the
+others wait until the marker says it is done (or take the
 lease over when its holder died) and start billing only then, so billing never writes a
 new key before its old one is moved. The lease is an optimisation, not the guarantee:
 each step is idempotent and safe when two movers run at once (a holder paused past its
@@ -40,7 +41,6 @@ would have its writes left behind.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -50,7 +50,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from charging.leases import Lease, holder_name
+from charging.leases import one_at_a_time
 from charging.store import storage_errors
 from postpaid import keys as bill_keys
 
@@ -62,7 +62,6 @@ MOVED = bill_keys.TAG + ":moved:shards"  # string: the one-tag keys have been mo
 CLAIMS = OLD + "moving:"  # lists: "<token>:<list>", the item a mover took from an old list
 LEASE_JOB = "billing-shards-move"  # one mover at a time (charging/leases.py)
 LEASE_S = 30.0
-WAIT_S = 0.05  # how often a process waiting for the move looks at the marker and the lease
 
 # The indexes of before, by their old name.
 OLD_DUE, OLD_DUNNING, OLD_AS_OF = OLD + "due", OLD + "dunning", OLD + "as_of"
@@ -72,25 +71,22 @@ INDEXES = {OLD_DUE, OLD_DUNNING, OLD_AS_OF, OLD_RECHECK, OLD_RESTRICTED, OLD_DEL
 
 
 async def move_once(client: aioredis.Redis, holder: str | None = None) -> int:
-    """Move the one-tag keys once (see the module docstring), under the move's lease;
-    how many moved now (0 when another process moved them)."""
-    with storage_errors():
-        if bill_keys.shard_tag(0) == bill_keys.TAG or await client.exists(MOVED):
-            return 0
-    lease = Lease(client, LEASE_JOB, LEASE_S, holder or holder_name())
-    while not await lease.hold():
+    """Move the one-tag keys once (see the module docstring), under the move's lease
+    (``leases.one_at_a_time``); how many moved now (0 when another process moved them)."""
+
+    async def moved_before() -> bool:
         with storage_errors():
-            if await client.exists(MOVED):
-                return 0  # moved by the holder
-        await asyncio.sleep(WAIT_S)
-    try:
+            return bool(await client.exists(MOVED))
+
+    async def move_them() -> int:
         with storage_errors():
-            if await client.exists(MOVED):
-                return 0  # the holder before us finished as we took the lease
-            moved = await move(client, recover=True)
+            count = await move(client, recover=True)
             await client.set(MOVED, "1")
-    finally:
-        await lease.release()
+        return count
+
+    if bill_keys.shard_tag(0) == bill_keys.TAG:
+        return 0
+    moved = await one_at_a_time(client, LEASE_JOB, LEASE_S, move_them, done=moved_before, holder=holder) or 0
     if moved:
         log.info("billing keys moved into the billing shards", extra={"keys": moved, "shards": bill_keys.SHARDS})
     return moved

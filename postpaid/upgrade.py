@@ -4,7 +4,8 @@ order for the server's start and ``charging migrate``: issued invoices and bill 
 payments, credit notes and refunds (``receivables_legacy.py``); then what is left under
 the one ``{bill}`` tag into the billing shards (``shards.py``); and the credit accounts
 held before its movements were rows, as one opening movement each
-(``credit_movements.py``). Each step is resumable and a no-op once done."""
+(``credit_movements.py``). Each step is resumable, safe with several movers at once, and
+a no-op once done. Run within ``charging/upgrade.py``'s sequence, under its lease."""
 
 from __future__ import annotations
 

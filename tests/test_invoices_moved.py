@@ -7,8 +7,10 @@ import dataclasses
 import json
 
 import psycopg
+import pytest
 import redis.asyncio as aioredis
 
+from charging.errors import StartupError
 from charging.server import App
 from postpaid import keys as bill_keys
 from postpaid import legacy
@@ -71,3 +73,24 @@ async def test_invoices_kept_in_redis_are_moved_once_and_the_series_continues(
         assert conn.execute("SELECT last_number FROM invoice_numbers WHERE series = 'INV'").fetchone() == (3,)
         taxes = conn.execute("SELECT count(*) FROM invoice_taxes WHERE invoice_id = %s", (numbers[2],)).fetchone()
     assert taxes is not None and taxes[0] >= 1
+
+
+async def test_an_invoice_kept_in_redis_that_clashes_with_one_issued_since_stops_the_move(
+    app: App, postpaid_billing: tuple[Billing, LineBook], database_url: str
+) -> None:
+    """Another invoice under its series and number is not taken for a repeat (the move
+    writes with no conflict target, for movers at once): the move fails naming it, and
+    its document stays in Redis."""
+    b, _book = postpaid_billing
+    assert app.redis is not None
+    client = app.redis
+    (number,) = await kept_in_redis(client, 1)
+    with psycopg.connect(database_url) as conn:  # issued since under the same series and number
+        conn.execute(
+            f"INSERT INTO invoices ({INVOICE_COLUMNS}) VALUES ('operator', 'INV', 1, 'INV-1-since', 'C2', "
+            "'REGULAR', '2025-12-01', '2025-12-31', to_timestamp(1767225600), '2026-01-14', 'EUR', 0, 0, '{}', "
+            "NULL, NULL, NULL)"
+        )
+    with pytest.raises(StartupError, match=number):
+        await legacy.move(client, b.book.pool, "operator", "INV", b.book.sealer)
+    assert await client.exists(bill_keys.invoice(number))

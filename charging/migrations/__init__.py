@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from pathlib import Path
 
 from alembic import command
@@ -110,21 +109,15 @@ async def _move_redis_records(settings: Settings, url: str) -> None:
     start moves them: the CRM's keys under their tag, then billing's records
     (``postpaid/upgrade.py``), then the others (``charging/upgrade.py``)."""
     from charging import store, upgrade
+    from charging.clock import SystemClock
     from charging.database import open_pool
     from charging.embedded_redis import with_password
-    from postpaid import config as billing_config
-    from postpaid import upgrade as billing_upgrade
-    from provisioning.sealing import load_sealer
-    from provisioning.untagged import adopt_untagged
 
-    billing = billing_config.load(settings.billing_file)
     client = store.connect(with_password(settings.redis_url), max_connections=2, tls=settings.redis_tls())
     pool = await open_pool(url, 2)
     try:
-        sealer = load_sealer(settings)
-        await adopt_untagged(client)  # the CRM's keys under their {crm} tag first, as at start
-        await billing_upgrade.move_stored_records(client, pool, billing, sealer, int(time.time()))
-        await upgrade.move_stored_records(client, pool, sealer, int(time.time() * 1000))
+        # under the lease servers starting meanwhile take too: one mover at a time
+        await upgrade.move_all_of(settings, client, pool, SystemClock())
     finally:
         await pool.close()
         await client.aclose()
