@@ -64,7 +64,7 @@ async def test_a_stalled_event_loop_shows_as_lag() -> None:
     watcher = asyncio.ensure_future(heap.watch_loop_lag(interval_s=0.01))
     try:
         await asyncio.sleep(0)  # the watcher's first timer is set
-        time.sleep(0.05)  # the loop is held: no timer can run on time
+        time.sleep(0.05)  # noqa: ASYNC251 (the point: the loop is held, no timer can run on time)
         while count("charging_event_loop_lag_seconds") == before_n:  # noqa: ASYNC110 (a counter, not an event)
             await asyncio.sleep(0.005)
     finally:
