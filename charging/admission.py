@@ -230,7 +230,16 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         # minutes, answers a network element pinging every 30 s with GOAWAY too_many_pings).
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", ms(s.grpc_min_ping_interval_s)),
-        ("grpc.max_concurrent_streams", 1000),
+        # Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS),
+        # by default fewer than the process takes: one client's burst beyond it waits in that
+        # client's transport, which sends each call as an earlier one is answered, instead
+        # of overflowing the process's queue below and being reset (README "Admission").
+        ("grpc.max_concurrent_streams", s.max_streams_per_connection),
+        # grpc's default counts a stream until the server has freed it, after the client saw
+        # its answer, and resets (REFUSED_STREAM, UNAVAILABLE at the client) a new call that
+        # the client sent within the advertised limit: the limit is the HTTP/2 one, the one
+        # the client can keep to; the process is bounded by the two settings below.
+        ("grpc.http.overload_protection", 0),
         # Calls that arrived but that the event loop has not taken up yet wait in grpc's
         # own queue, before any Python code sees them; beyond this many, grpc resets the
         # call itself (the client sees CANCELLED), at little cost. Left at grpc's default

@@ -93,6 +93,21 @@ ADMISSION_REJECTIONS = Counter(
     ["method", "reason"],
 )
 
+# The process's pauses (heap.py): what makes a call wait before any code of ours runs.
+PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+GC_PAUSE = Histogram(
+    "charging_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector (the whole process stops), by generation (0, 1, 2).",
+    ["generation"],
+    buckets=PAUSE_BUCKETS,
+)
+LOOP_LAG = Histogram(
+    "charging_event_loop_lag_seconds",
+    "How late the event loop ran a timer sampled every 100 ms: how long a call that just arrived waits "
+    "before the server's code can look at it.",
+    buckets=PAUSE_BUCKETS,
+)
+
 # Background jobs (charging/jobs.py), by job name only.
 JOB_RUNS = Counter("charging_job_runs_total", "Passes of background jobs done, failed ones included, by job.", ["job"])
 JOB_FAILURES = Counter("charging_job_failures_total", "Failed passes of background jobs, by job.", ["job"])

@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from charging import database_roles, history_store, keys, metrics, migrations, retention, store, upgrade
+from charging import database_roles, heap, history_store, keys, metrics, migrations, retention, store, upgrade
 from charging.admin_api import AdminServicer
 from charging.admission import Admission, server_options
 from charging.api import ChargingServicer, TopUpServicer
@@ -344,6 +344,7 @@ class App:
             self.jobs.start(job)
         if self._embedded is not None:
             self.jobs.watch("redis_supervisor", self._embedded.supervise())
+        self.jobs.watch("loop_lag", heap.watch_loop_lag())
         self._start_database_tasks()
         if self.mode is Mode.INSECURE:
             log.warning("CHARGING_INSECURE=true: plaintext, and every caller has every role")
@@ -772,8 +773,13 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signalled)
     failure: StartupError | None = None
+    pauses = heap.PauseMeter()
+    pauses.install()
     try:
         await app.start()
+        # What the process holds from its start is out of the collector's sight (heap.py).
+        frozen = heap.freeze_startup_heap()
+        log.info("start-up heap frozen", extra={"objects": frozen.frozen, "collected": frozen.collected})
         if settings.ready_fd >= 0:  # a worker: tell the supervisor (supervisor.py)
             os.write(settings.ready_fd, b"serving")
             os.close(settings.ready_fd)
@@ -783,5 +789,6 @@ async def serve(settings: Settings) -> None:
         failure = exc
     finally:
         await app.stop()
+        pauses.remove()
     if failure is not None:
         raise SystemExit(f"error: {failure}")

@@ -71,11 +71,14 @@ class Settings:
     census_interval_s: float = 15.0
     grace_period_s: float = 5.0
     # Admission: calls worked on at once in this process (more: RESOURCE_EXHAUSTED; as
-    # many may wait in grpc's queue), and the bounds of idle and dead connections
-    # (admission.py). 512 from `make bench` on the project's VM: a full queue waits about
-    # 512 / 3,500 per s = 150 ms; 64 and 128 lost goodput, and 256 reset part of a burst
-    # of 300 calls sent at once to an idle server. README "Measured figures".
-    max_in_flight: int = 512
+    # many may wait in grpc's queue), the calls one connection may have open at once (its
+    # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client's burst beyond it waits in the client,
+    # not in our queue), and the bounds of idle and dead connections (admission.py). 128
+    # from `make bench` on the project's VM: a full queue waits about 128 / 3,200 per s = 40
+    # ms, within twice the p99 at 70% load, at full goodput; 512 waited 150-230 ms. README
+    # "Measured figures".
+    max_in_flight: int = 128
+    max_streams_per_connection: int = 100
     grpc_keepalive_s: float = 60.0
     grpc_keepalive_timeout_s: float = 20.0
     grpc_max_idle_s: float = 3600.0
@@ -313,6 +316,8 @@ class Settings:
             raise InvalidRequest("CHARGING_WORKERS", "must be 0 (one per core) or more")
         if self.max_in_flight < 1:
             raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        if self.max_streams_per_connection < 1:
+            raise InvalidRequest("CHARGING_MAX_STREAMS_PER_CONNECTION", "must be at least 1")
         if self.nchf_notify_timeout_s <= 0:
             raise InvalidRequest("CHARGING_NCHF_NOTIFY_TIMEOUT_S", "must be more than 0")
         from charging.diameter.config import DiameterConfig  # its own checks, named by variable

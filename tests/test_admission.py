@@ -135,9 +135,56 @@ async def test_an_idle_connection_is_closed_by_the_server(settings: Settings, cl
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("CHARGING_MAX_IN_FLIGHT", "0"), ("CHARGING_GRPC_MAX_IDLE_S", "0"), ("CHARGING_GRPC_KEEPALIVE_S", "-1")],
+    [
+        ("CHARGING_MAX_IN_FLIGHT", "0"),
+        ("CHARGING_MAX_STREAMS_PER_CONNECTION", "0"),
+        ("CHARGING_GRPC_MAX_IDLE_S", "0"),
+        ("CHARGING_GRPC_KEEPALIVE_S", "-1"),
+    ],
 )
 def test_admission_settings_must_be_positive(name: str, value: str) -> None:
     with pytest.raises(InvalidRequest) as bad:
         Settings.from_env({name: value})
     assert bad.value.field == name
+
+
+async def test_one_connection_s_burst_waits_in_its_transport_not_in_our_queue(
+    settings: Settings, clock: ManualClock, r: redis.Redis
+) -> None:
+    """A client that opens more calls at once than its connection may carry (HTTP/2
+    SETTINGS_MAX_CONCURRENT_STREAMS) has the rest held by its own transport until earlier
+    ones are answered: a burst larger than the process's in-flight limit, sent on one
+    connection to an idle server, is served whole rather than partly refused. Only other
+    connections can take the process to its limit."""
+    limited = dataclasses.replace(settings, max_in_flight=4, max_streams_per_connection=2)
+    application = App(limited, clock=clock, run_background=False)
+    await application.start()
+    target = f"127.0.0.1:{application.grpc_port}"
+
+    def connection() -> grpc.aio.Channel:  # channels to one target share a connection unless told not to
+        return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+    try:
+        async with connection() as one, connection() as two:
+            first, second = Stubs.on(one), Stubs.on(two)
+            await first.subscriber(balance=1_000_000)
+            await balance(second)  # both connections are up before Redis is held
+            refused_before = rejections("ChargeEvent", "in_flight")
+            r.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+            try:
+                burst = [asyncio.ensure_future(first.charging.ChargeEvent(sms_request(f"b-{n}"))) for n in range(6)]
+                await in_flight(application, 2)  # the connection's two streams; four wait in the client
+                other = [asyncio.ensure_future(second.charging.ChargeEvent(sms_request(f"o-{n}"))) for n in range(2)]
+                await in_flight(application, 4)  # had the burst reached the server, it would be past 4
+                async with connection() as three:
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await Stubs.on(three).charging.ChargeEvent(sms_request("third"))
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            finally:
+                r.execute_command("CLIENT", "UNPAUSE")
+            answers = await asyncio.gather(*burst, *other)
+            assert [a.result_code for a in answers] == [2001] * 8
+            assert rejections("ChargeEvent", "in_flight") == refused_before + 1
+            assert (await balance(first)).balance_micros == 1_000_000 - 8 * SMS_MICROS
+    finally:
+        await application.stop()
