@@ -109,7 +109,7 @@ async def test_top_ups_and_purchases_touch_only_the_subscribers_slot_and_signal_
                 )
             )
             assert bought.result == topup_pb2.PURCHASE_RESULT_PURCHASED
-        told = set()
+        told: set[str] = set()
         while len(told) < len(ours):  # each session is told to re-authorize
             signal = await asyncio.wait_for(watch.read(), 10)
             assert isinstance(signal, charging_pb2.SessionSignal)
