@@ -23,11 +23,16 @@ for ``--duration`` s: requests/s is that maximum; in the first setting also open
 supervisor and every worker), every redis-server's CPU (``INFO cpu``; primaries and
 replicas apart) and Redis commands (``INFO commandstats``, the commands scripts call
 included; ``EVALSHA`` apart). The generator prints its own CPU share of the machine.
-The last line is ``ratio=<echo server CPU per request / charging server CPU per session
-step>`` (single redis-server, one worker).
+Then the flat comparison (``flat_rounds``): 1 primary (the single redis-server with a
+replica), 3 primaries and 2 workers, alternating short open-loop phases at the same rate
+per primary and per worker, marginal costs, medians; it prints ``flat_primary=`` (Redis
+CPU per request over the primaries, 3 / 1) and ``flat_workers=`` (server CPU per
+request, 2 workers / 1). The last line is ``ratio=<echo server CPU per request / charging
+server CPU per session step>`` (single redis-server, one worker).
 
-    python -m loadtest.scale_bench                 # part of `make bench` (~5 min)
-    python -m loadtest.scale_bench --quick --subscribers 2000 --settings single-1
+    python -m loadtest.scale_bench                 # part of `make bench` (~7 min)
+    python -m loadtest.scale_bench --quick --subscribers 2000 --settings single-1 --flat-rounds 0
+    python -m loadtest.scale_bench --settings "" --kinds session   # the flat comparison alone
 """
 
 from __future__ import annotations
