@@ -81,6 +81,16 @@ def renew_index(account_id: str) -> tuple[str, str]:
 # Pub/sub channel of account signals (``signals.py``): "<kind> <account id>", heard by
 # every process's signal hub, which hands them to the Diameter door and the gRPC watchers.
 SIGNALS = "signals:accounts"
+# On a Redis Cluster the signals go on sharded channels (SPUBLISH/SSUBSCRIBE), one per
+# due shard with a hash tag of its own, so each primary carries its share of them (the 16
+# tags fall 5, 5 and 6 on 3 primaries): a PUBLISH on the one channel above is sent by one
+# primary to every node of the cluster, whatever the account (every top-up's signal).
+SIGNAL_CHANNELS = tuple(f"{{signals:{n}}}:accounts" for n in range(DUE_SHARDS))
+
+
+def account_signals(account_id: str) -> str:
+    """The sharded signal channel of an account (on a Redis Cluster)."""
+    return SIGNAL_CHANNELS[due_shard(account_id)]
 
 
 def pool_of(account_id: str) -> str | None:

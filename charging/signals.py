@@ -19,6 +19,15 @@ The same subscription carries a door's own messages between processes (``on``/``
 ``claim``): the Diameter door relays a RAR/ASR to the process holding its peer's
 connection (``diameter/relay.py``).
 
+On a Redis Cluster a PUBLISH goes from the primary that takes it to every node of the
+cluster, and with one channel every signal would take the same primary: the signals go
+instead on sharded channels (Redis 7, SPUBLISH/SSUBSCRIBE), the account's among
+``keys.SIGNAL_CHANNELS`` (16, spread over the primaries), which reach only the primary of
+the channel's slot and its replicas. Each hub subscribes to all of them (one connection per
+primary, one reader each) and subscribes again when the slots move (a failover). A single
+server keeps PUBLISH/SUBSCRIBE on ``keys.SIGNALS``; the door's own channels (``on``) stay
+plain channels on both (few messages).
+
 Pub/sub delivers at most once: a lost signal costs promptness only, never correctness,
 because the next update of the session is answered by the core from the account as it
 is (a new grant after a top-up, 4010 on a barred line). Clients that ignore RAR (Open5GS
@@ -35,6 +44,7 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 
 from charging import keys, metrics
 from charging.subscribers import Account, Directory, Identity
@@ -63,7 +73,10 @@ def due(kind: Kind, final_unit: bool) -> Action | None:
 
 async def publish(client: aioredis.Redis, kind: Kind, account: str) -> None:
     try:
-        await client.publish(keys.SIGNALS, f"{kind} {account}")
+        if isinstance(client, RedisCluster):
+            await client.spublish(keys.account_signals(account), f"{kind} {account}")
+        else:
+            await client.publish(keys.SIGNALS, f"{kind} {account}")
         metrics.SIGNALS.labels(kind, "published").inc()
     except (redis_errors.RedisError, OSError, AttributeError) as exc:
         # AttributeError: redis-py's cluster client, meeting a connection a failover
@@ -82,6 +95,10 @@ def parse(message: str) -> tuple[Kind, str] | None:
     return None
 
 
+class _Moved(Exception):
+    """The sharded channels' primaries changed: subscribe again."""
+
+
 class SignalHub:
     """This process's one subscription to the signal channel, handing every signal to
     each listener in turn (a listener's failure is logged, the others still hear it)."""
@@ -92,6 +109,7 @@ class SignalHub:
         self._channels: dict[str, Handler] = {}
         self._pubsub: aioredis.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sharded_task: asyncio.Task[None] | None = None  # on a Redis Cluster
 
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -123,19 +141,67 @@ class SignalHub:
 
     async def start(self) -> None:
         # Subscribed before start returns: a signal published afterwards is heard.
+        if isinstance(self._client, RedisCluster):
+            sharded = await self._sharded_subscription(self._client)
+            self._sharded_task = asyncio.create_task(self._listen_sharded(self._client, sharded))
+            if not self._channels:
+                return
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(keys.SIGNALS, *self._channels)
+        plain = tuple(self._channels) if isinstance(self._client, RedisCluster) else (keys.SIGNALS, *self._channels)
+        await self._pubsub.subscribe(*plain)
         self._task = asyncio.create_task(self._listen(self._pubsub))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._sharded_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._sharded_task = None
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             self._pubsub = None
+
+    async def _sharded_subscription(self, cluster: RedisCluster) -> ClusterPubSub:
+        pubsub = cluster.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.ssubscribe(*keys.SIGNAL_CHANNELS)
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return pubsub
+
+    async def _listen_sharded(self, cluster: RedisCluster, pubsub: ClusterPubSub | None) -> None:
+        """Act on the sharded signal channels until cancelled: a reader per primary the
+        channels are on; subscribed again when a reader fails or the channels moved."""
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = await self._sharded_subscription(cluster)
+                nodes = [
+                    n for n in (cluster.get_node(node_name=m) for m in pubsub.node_pubsub_mapping) if n is not None
+                ]
+                async with asyncio.TaskGroup() as readers:
+                    for node in nodes:
+                        readers.create_task(self._read_shard(pubsub, node))
+            except* Exception as group:  # a lost node, moved slots (_Moved), redis-py's AttributeError
+                log.warning("signal subscription lost, renewing", extra={"error": str(group.exceptions[0])[:200]})
+            finally:
+                if pubsub is not None:
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                pubsub = None
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+    async def _read_shard(self, pubsub: ClusterPubSub, node: ClusterNode) -> None:
+        names = set(pubsub.node_pubsub_mapping)
+        while True:
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0, target_node=node)
+            if set(pubsub.node_pubsub_mapping) != names:
+                raise _Moved("the signal channels moved to other primaries")
+            if message is not None and message.get("type") == "smessage":
+                signal = parse(str(message["data"]))
+                if signal is not None:
+                    await self.deliver(*signal)
 
     async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
         """Act on account signals until cancelled; a broken subscription is renewed."""

@@ -23,11 +23,16 @@ for ``--duration`` s: requests/s is that maximum; in the first setting also open
 supervisor and every worker), every redis-server's CPU (``INFO cpu``; primaries and
 replicas apart) and Redis commands (``INFO commandstats``, the commands scripts call
 included; ``EVALSHA`` apart). The generator prints its own CPU share of the machine.
-The last line is ``ratio=<echo server CPU per request / charging server CPU per session
-step>`` (single redis-server, one worker).
+Then the flat comparison (``flat_rounds``): 1 primary (the single redis-server with a
+replica), 3 primaries and 2 workers, alternating short open-loop phases at the same rate
+per primary and per worker, marginal costs, medians; it prints ``flat_primary=`` (Redis
+CPU per request over the primaries, 3 / 1) and ``flat_workers=`` (server CPU per
+request, 2 workers / 1). The last line is ``ratio=<echo server CPU per request / charging
+server CPU per session step>`` (single redis-server, one worker).
 
-    python -m loadtest.scale_bench                 # part of `make bench` (~5 min)
-    python -m loadtest.scale_bench --quick --subscribers 2000 --settings single-1
+    python -m loadtest.scale_bench                 # part of `make bench` (~7 min)
+    python -m loadtest.scale_bench --quick --subscribers 2000 --settings single-1 --flat-rounds 0
+    python -m loadtest.scale_bench --settings "" --kinds session   # the flat comparison alone
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,15 +123,26 @@ def tree_cpu_s(root: int) -> tuple[float, int]:
 class RedisSample:
     cpu_s: float
     replica_cpu_s: float
-    commands: int
-    evalsha: int
+    commands: float
+    evalsha: float
     per_primary: tuple[float, ...]
+
+    def back(self, earlier: RedisSample, times: float) -> RedisSample:
+        """This sample less ``times`` what was used from ``earlier`` to it (an idle rate
+        carried over a busy window: the baseline a marginal cost starts from)."""
+        return RedisSample(
+            self.cpu_s - (self.cpu_s - earlier.cpu_s) * times,
+            self.replica_cpu_s - (self.replica_cpu_s - earlier.replica_cpu_s) * times,
+            self.commands - (self.commands - earlier.commands) * times,
+            self.evalsha - (self.evalsha - earlier.evalsha) * times,
+            tuple(a - (a - b) * times for a, b in zip(self.per_primary, earlier.per_primary, strict=True)),
+        )
 
 
 def redis_sample(primaries: Sequence[int], replicas: Sequence[int]) -> RedisSample:
     """CPU of every node (``INFO cpu``) and the primaries' command counts; the INFO, PING
     and CLUSTER commands of the bench and of clients' housekeeping are left out."""
-    cpu, replica_cpu, commands, evalsha = 0.0, 0.0, 0, 0
+    cpu, replica_cpu, commands, evalsha = 0.0, 0.0, 0.0, 0.0
     per_primary = []
     for port in (*primaries, *replicas):
         r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
@@ -230,9 +246,11 @@ def charging_server(setup: RedisSetup, database_url: str, workers: int, workdir:
             raise
 
 
-def run_clients(spec: dict[str, object], processes: int) -> list[dict[str, object]]:
+def run_clients(
+    spec: dict[str, object], processes: int, on_go: Callable[[], None] | None = None
+) -> list[dict[str, object]]:
     """Start the client processes, wait until each has built its requests, start them at
-    once; their results."""
+    once (``on_go`` is called just before); their results."""
     procs = []
     for n in range(processes):
         argv = [sys.executable, "-m", "loadtest.scale_bench", "--client", json.dumps({**spec, "seed": n,
@@ -244,6 +262,8 @@ def run_clients(spec: dict[str, object], processes: int) -> list[dict[str, objec
             assert p.stdout is not None
             if p.stdout.readline().strip() != "ready":
                 raise BenchError(f"a {spec['kind']} client did not start (exit {p.wait(30)})")
+        if on_go is not None:
+            on_go()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -263,9 +283,19 @@ def run_clients(spec: dict[str, object], processes: int) -> list[dict[str, objec
 
 
 def phase(
-    args: argparse.Namespace, setting: str, kind: str, target: str, server_pid: int, setup: RedisSetup, rate: float
+    args: argparse.Namespace,
+    setting: str,
+    kind: str,
+    target: str,
+    server_pid: int,
+    setup: RedisSetup,
+    rate: float,
+    *,
+    marginal: bool = False,
 ) -> Cost:
-    """One closed-loop (rate 0) or open-loop phase; its cost per request."""
+    """One closed-loop (rate 0) or open-loop phase; its cost per request. ``marginal``:
+    less what the server and Redis use idle (their background jobs, crons), at the rate
+    they used it while the clients built their requests, over the busy window."""
     duration = args.duration
     per_process_rate = rate / args.processes / (STEPS if kind in ("echo", "session", "stream") else 1)
     # Units built before the clock: enough for the duration at a generous rate.
@@ -279,9 +309,19 @@ def phase(
     replicas = () if kind == "echo" else setup.replicas
     cpu0, _ = tree_cpu_s(server_pid)
     redis0 = redis_sample(primaries, replicas)
-    results = run_clients(spec, args.processes)
+    started = time.monotonic()
+    at_go: list[tuple[float, float, RedisSample]] = []
+
+    def go() -> None:
+        at_go.append((time.monotonic(), tree_cpu_s(server_pid)[0], redis_sample(primaries, replicas)))
+
+    results = run_clients(spec, args.processes, go if marginal else None)
     cpu1, processes = tree_cpu_s(server_pid)
     redis1 = redis_sample(primaries, replicas)
+    if at_go:
+        went, cpu_go, redis_go = at_go[0]
+        times = (time.monotonic() - went) / max(went - started, 1e-3)
+        cpu0, redis0 = cpu_go - (cpu_go - cpu0) * times, redis_go.back(redis0, times)
     errors = sum(int(str(r["errors"])) for r in results)
     if errors:
         first = next(str(r["first_error"]) for r in results if r["errors"])
@@ -336,28 +376,159 @@ def bench(args: argparse.Namespace) -> int:
             wait_health_echo(echo.pid, f"127.0.0.1:{echo_port}")
             no_redis = RedisSetup("", (), (), False)
             costs += measure(args, "echo", "echo", f"127.0.0.1:{echo_port}", echo.pid, no_redis)
+        setups: dict[str, RedisSetup] = {}
         for topology in ("single", "cluster"):
             wanted = [s for s in args.settings if s.startswith(topology)]
-            if not wanted:
+            if not wanted and not args.flat_rounds:
                 continue
-            with redis_setup(topology, workdir) as setup:
-                for setting in wanted:
-                    workers = int(setting.rsplit("-", 1)[1])
-                    with charging_server(setup, database_url, workers, workdir) as (pid, target):
-                        if topology not in base:
-                            router = Router(setup.primaries, setup.cluster)
-                            started = time.monotonic()
-                            counts = populate(router, args.subscribers, int(time.time()), tz)
-                            router.close()
-                            base[topology] = (counts, time.monotonic() - started, len(setup.primaries))
-                        before, _ = tree_cpu_s(postgres_pid)
-                        measured = [c for k in args.kinds if k != "echo" for c in measure(args, setting, k, target,
-                                                                                           pid, setup)]  # fmt: skip
-                        requests = sum(c.requests for c in measured)
-                        postgres_us[setting] = (tree_cpu_s(postgres_pid)[0] - before) * 1e6 / requests
-                        costs += measured
-    report(args, costs, base, postgres_us)
+            setups[topology] = setup = stack.enter_context(redis_setup(topology, workdir))
+            for setting in wanted:
+                workers = int(setting.rsplit("-", 1)[1])
+                with charging_server(setup, database_url, workers, workdir) as (pid, target):
+                    if topology not in base:
+                        base[topology] = write_base(args, setup, tz)
+                    before, _ = tree_cpu_s(postgres_pid)
+                    measured = [c for k in args.kinds if k != "echo" for c in measure(args, setting, k, target,
+                                                                                       pid, setup)]  # fmt: skip
+                    requests = sum(c.requests for c in measured)
+                    postgres_us[setting] = (tree_cpu_s(postgres_pid)[0] - before) * 1e6 / requests
+                    costs += measured
+        flat = flat_rounds(args, setups, database_url, workdir, base, tz) if args.flat_rounds else []
+    report(args, costs, base, postgres_us, flat)
     return 0
+
+
+def write_base(args: argparse.Namespace, setup: RedisSetup, tz: str) -> tuple[dict[str, int], float, int]:
+    """The subscriber base on a setup (a server has started on it): counts, seconds, primaries."""
+    router = Router(setup.primaries, setup.cluster)
+    started = time.monotonic()
+    counts = populate(router, args.subscribers, int(time.time()), tz)
+    router.close()
+    return counts, time.monotonic() - started, len(setup.primaries)
+
+
+# --------------------------------------------------------------------------- flat cost
+
+
+@dataclass(frozen=True)
+class FlatCase:
+    """One of the settings the flat comparison alternates, offered ``scale`` times the
+    base's rate, so that each primary (or each worker) has the base's load."""
+
+    name: str
+    label: str  # in the phases' names (request ids: no spaces)
+    topology: str
+    workers: int
+    scale: int
+
+
+FLAT_CASES = (
+    FlatCase("1 primary, 1 worker", "p1-w1", "single", 1, 1),
+    FlatCase("3 primaries, 1 worker", "p3-w1", "cluster", 1, 3),
+    FlatCase("1 primary, 2 workers", "p1-w2", "single", 2, 2),
+)
+
+
+@contextlib.contextmanager
+def with_replica(setup: RedisSetup, workdir: Path) -> Iterator[RedisSetup]:
+    """The single redis-server with a replica of its own, in sync, like each primary of
+    the cluster has (a primary's CPU includes feeding its replica)."""
+    port = free_port()
+    directory = workdir / "replica"
+    directory.mkdir(exist_ok=True)
+    argv = [*redis_command(shutil.which("redis-server") or "redis-server", directory, "everysec", port=port),
+            "--replicaof", "127.0.0.1", str(setup.primaries[0])]  # fmt: skip
+    log = workdir / "replica.out"
+    with child(argv, log) as proc:
+        wait_redis(proc, port, log)
+        replica = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        deadline = time.monotonic() + 120
+        while replica.info("replication").get("master_sync_in_progress", 1) or (
+            replica.info("replication").get("master_link_status") != "up"
+        ):
+            if time.monotonic() > deadline:
+                raise BenchError("the single redis-server's replica did not sync within 120 s")
+            time.sleep(0.2)
+        replica.close()
+        yield RedisSetup(setup.url, setup.primaries, (port,), False)
+
+
+def flat_rounds(
+    args: argparse.Namespace,
+    setups: dict[str, RedisSetup],
+    database_url: str,
+    workdir: Path,
+    base: dict[str, tuple[dict[str, int], float, int]],
+    tz: str,
+) -> list[Cost]:
+    """The cases of ``FLAT_CASES``, each with its server running, measured in alternating
+    rounds (the order rotates each round) of short closed-loop phases of ``--flat-kind``:
+    the machine's load drifts over a run, and alternating spreads the drift over the cases.
+    Open loop: the base case is offered ``--flat-load`` of its closed-loop maximum (measured
+    first), the others that times their ``scale``, so each primary and each worker gets the
+    same rate in every case (a closed loop would give each of 3 primaries a third of one
+    primary's rate, and Redis's cost per loop turn would be shared by fewer commands).
+    Phases are named ``<case label>#<round>``."""
+    out: list[Cost] = []
+    with contextlib.ExitStack() as stack:
+        single = stack.enter_context(with_replica(setups["single"], workdir))
+        running = {}
+        for case in FLAT_CASES:
+            setup = single if case.topology == "single" else setups["cluster"]
+            (workdir / case.label).mkdir(exist_ok=True)
+            pid, target = stack.enter_context(charging_server(setup, database_url, case.workers, workdir / case.label))
+            if case.topology not in base:
+                base[case.topology] = write_base(args, setup, tz)
+            running[case.name] = (case, setup, pid, target)
+        short = argparse.Namespace(**{**vars(args), "duration": args.flat_duration})
+        case, setup, pid, target = running[FLAT_CASES[0].name]
+        top = phase(short, f"{case.label}#max", args.flat_kind, target, pid, setup, 0.0)
+        out.append(top)
+        rate = args.flat_load * top.rps
+        print(f"  flat: {args.flat_rounds} rounds of {len(FLAT_CASES)} cases, {rate:,.0f}/s per unit", file=sys.stderr)
+        for n in range(args.flat_rounds):
+            for i in range(len(FLAT_CASES)):
+                case, setup, pid, target = running[FLAT_CASES[(i + n) % len(FLAT_CASES)].name]
+                name = f"{case.label}#{n}"
+                out.append(phase(short, name, args.flat_kind, target, pid, setup, rate * case.scale, marginal=True))
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def flat_report(args: argparse.Namespace, flat: Sequence[Cost]) -> None:
+    """Per case the medians over the rounds (marginal costs: less the idle use), then
+    ``flat_primary=`` and ``flat_workers=``."""
+    print(
+        f"flat cost ({args.flat_kind}, {args.flat_rounds} alternating rounds of {args.flat_duration:g}s open loop, "
+        "medians of the marginal cost (less the idle setup's use); each primary and each worker offered "
+        f"{args.flat_load:.0%} of the closed-loop maximum of one "
+        f"({flat[0].rps:,.0f}/s); the single redis-server with a replica like each primary of the cluster):"
+    )
+    medians: dict[str, dict[str, float]] = {}
+    for case in FLAT_CASES:
+        rows = [c for c in flat if c.setting.split("#")[0] == case.label and not c.setting.endswith("#max")]
+        fields = ("rps", "server_us", "redis_us", "replica_us", "commands")
+        m = {f: median([getattr(c, f) for c in rows]) for f in fields}
+        medians[case.name] = m
+        rounds = " ".join(f"{c.server_us:.0f}/{c.redis_us:.0f}" for c in rows)
+        print(
+            f"  {case.name:22} {m['rps']:6,.0f} requests/s  server {m['server_us']:4.0f} us  "
+            f"redis {m['redis_us']:4.0f} us (+ replicas {m['replica_us']:.0f})  cmds/req {m['commands']:5.1f}  "
+            f"rounds server/redis: {rounds}"
+        )
+    one, three, two = (medians[c.name] for c in FLAT_CASES)
+    print(
+        f"flat_primary={three['redis_us'] / one['redis_us']:.2f} (Redis CPU per request summed over the primaries, "
+        f"3 primaries / 1; commands per request {three['commands']:.1f} / {one['commands']:.1f})"
+    )
+    print(
+        f"flat_workers={two['server_us'] / one['server_us']:.2f} (server CPU per request, all processes, 2 workers / 1)"
+    )
 
 
 def wait_health_echo(pid: int, target: str) -> None:
@@ -382,6 +553,7 @@ def report(
     costs: Sequence[Cost],
     base: dict[str, tuple[dict[str, int], float, int]],
     postgres_us: dict[str, float],
+    flat: Sequence[Cost] = (),
 ) -> None:
     print(machine())
     for topology, (counts, took, primaries) in base.items():
@@ -420,6 +592,8 @@ def report(
             + " per request"
         )
     sizing(top)
+    if flat:
+        flat_report(args, flat)
     step, echo = top.get(("single-1", "session")), top.get(("echo", "echo"))
     if step and echo:
         print(f"ratio={echo.server_us / step.server_us:.2f}")
@@ -458,12 +632,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--settings", type=lambda t: tuple(t.split(",")), default=SETTINGS,
                    help="comma-separated: " + ",".join(SETTINGS))  # fmt: skip
     p.add_argument("--kinds", type=lambda t: tuple(t.split(",")), default=KINDS, help=",".join(KINDS))
+    p.add_argument("--flat-rounds", type=int, default=5, help="alternating rounds of the flat comparison (0: none)")
+    p.add_argument("--flat-duration", type=float, default=1.5, help="seconds of each phase of the flat comparison")
+    p.add_argument("--flat-kind", default="session", choices=[k for k in KINDS if k != "echo"])
+    p.add_argument("--flat-load", type=float, default=0.2, help="the flat comparison's rate per primary and per "
+                   "worker, a share of one worker's closed-loop maximum")  # fmt: skip
     p.add_argument("--client", metavar="SPEC", help="internal: one load client process (JSON spec)")
     args = p.parse_args(argv)
+    args.settings = tuple(s for s in args.settings if s)  # --settings "": the flat comparison only
     if set(args.settings) - set(SETTINGS) or set(args.kinds) - set(KINDS):
         p.error(f"settings are {', '.join(SETTINGS)}; kinds are {', '.join(KINDS)}")
     if args.quick:
         args.duration, args.no_latency = 1.0, True
+        args.flat_rounds, args.flat_duration = min(args.flat_rounds, 3), 1.0
     return args
 
 

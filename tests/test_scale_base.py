@@ -48,3 +48,14 @@ async def test_bulk_base_is_charged_like_created_lines(
     prepaid = await stubs.admin.GetSubscriber(common_pb2.SubscriberId(msisdn=msisdn(2)))
     assert prepaid.plan_id == "mobile-prepaid"
     assert CREDIT_LIMIT < prepaid.balance_micros < CREDIT_LIMIT + 1_000_000  # topped up 1 EUR, then debited
+
+
+def test_the_flat_comparisons_marginal_cost_and_median() -> None:
+    """What the idle setup used while the clients got ready, at that rate over the busy
+    window, is taken off (``--flat-*``, loadtest/scale_bench.py); medians of the rounds."""
+    from loadtest.scale_bench import RedisSample, median
+
+    before = RedisSample(10.0, 4.0, 100, 10, (5.0, 5.0))
+    at_go = RedisSample(10.5, 4.25, 120, 10, (5.25, 5.25))  # idle for 1 s
+    assert at_go.back(before, 2.0) == RedisSample(9.5, 3.75, 80, 10, (4.75, 4.75))  # 2 s busy
+    assert median([3.0, 1.0, 2.0]) == 2.0 and median([4.0, 1.0, 2.0, 3.0]) == 2.5
