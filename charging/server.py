@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import secrets
@@ -754,6 +755,17 @@ async def provision(settings: Settings) -> None:
         raise SystemExit(f"error: background job {died[0]} died")
 
 
+def freeze_startup_heap() -> None:
+    """Move everything alive after startup (modules, protobuf descriptors, catalogs, the
+    App's objects: some 170,000) out of the cyclic collector's reach. Python's full
+    collections walked them all, about 8 us of CPU per request under load (README, "A
+    cheaper charging path"). A frozen object is still freed when its last reference goes
+    (only a reference cycle among frozen objects stays until exit); later garbage is
+    collected as before."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully. A server that cannot start
     exits with status 1 and one line on stderr saying why."""
@@ -771,6 +783,7 @@ async def serve(settings: Settings) -> None:
     failure: StartupError | None = None
     try:
         await app.start()
+        freeze_startup_heap()
         if settings.ready_fd >= 0:  # a worker: tell the supervisor (supervisor.py)
             os.write(settings.ready_fd, b"serving")
             os.close(settings.ready_fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from charging.background import cancel_and_wait
 from charging.clock import ManualClock
 from charging.embedded_redis import EmbeddedRedis
-from charging.server import App
+from charging.server import App, freeze_startup_heap
 from charging.settings import Settings
 from tests.conftest import INITIAL, Stubs, free_port, session_request
 
@@ -258,3 +259,19 @@ async def test_cli_loads_a_catalog_file(app: App, tmp_path: Path) -> None:
     info = json.loads(out.stdout)
     assert info["version"] == "cli-test"
     assert "mobile-prepaid" in info["plan_ids"]
+
+
+def test_the_startup_heap_is_frozen_and_later_cycles_are_still_collected() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+        frozen = gc.get_freeze_count()
+        Node()  # a cycle made after startup: unreachable, left to the collector
+        assert gc.collect() >= 1
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
