@@ -21,6 +21,11 @@ round, medians shown:
 Every charging answer must be 2001 (the bench fails otherwise). The last line is
 ``stream_cpu_us_per_step=``.
 
+A/B in one run (figures move by tens of percent between runs on a shared machine):
+``STREAM_BENCH_VARIANT=NAME=VALUE,...`` and/or ``STREAM_BENCH_VARIANT_REPO=<checkout>``
+start a second charging server B (its own Redis and PostgreSQL) with that environment or
+that checkout's code; each charging kind also runs on B as ``B <kind>``, alternating.
+
     python -m loadtest.stream_bench          # what `make bench` runs
     STREAM_BENCH_SESSIONS=1000 STREAM_BENCH_ROUNDS=3 python -m loadtest.stream_bench
     STREAM_BENCH_PROFILE=/tmp/stream.prof python -m loadtest.stream_bench   # server under cProfile
@@ -236,10 +241,11 @@ def run_client(kind: str, target: str, run: str, args: argparse.Namespace, sessi
 
 
 def start_charging(
-    stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace, extra_env: dict[str, str]
+    stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace, extra_env: dict[str, str], repo: str = ""
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     """A charging server with its own redis-server and PostgreSQL, its subscribers created
-    and warm: (process, address, log)."""
+    and warm: (process, address, log). ``repo``: run the server of that checkout (with its
+    own .venv) instead of this one's."""
     redis_port, grpc_port = free_port(), free_port()
     redis_dir = workdir / "redis"
     redis_dir.mkdir(parents=True)
@@ -262,6 +268,9 @@ def start_charging(
     )
     env.update(extra_env)
     serve = [sys.executable, "-m", "charging.cli", "serve"]
+    if repo:  # -P: not this checkout's directory (the children's cwd) first on the path
+        env["PYTHONPATH"] = repo
+        serve = [str(Path(repo) / ".venv" / "bin" / "python"), "-P", "-m", "charging.cli", "serve"]
     if args.profile and not extra_env:
         serve = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "charging.cli", "serve"]
     server_log = workdir / "server.log"
@@ -289,7 +298,7 @@ def variant_env(text: str) -> dict[str, str]:
 
 def bench(args: argparse.Namespace) -> int:
     kinds = tuple(args.kinds)
-    if args.variant:
+    if args.variant or args.variant_repo:
         kinds += tuple(f"B {k}" for k in args.kinds if not k.startswith("echo"))
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     with contextlib.ExitStack() as stack:
@@ -300,8 +309,9 @@ def bench(args: argparse.Namespace) -> int:
         echo = stack.enter_context(child(echo_argv, echo_log, child_env()))
         server, charging_target, server_log = start_charging(stack, workdir / "a", args, {})
         targets = {"charging": (server, charging_target), "echo": (echo, f"127.0.0.1:{echo_port}")}
-        if args.variant:
-            b_server, b_target, _ = start_charging(stack, workdir / "b", args, variant_env(args.variant))
+        if args.variant or args.variant_repo:
+            b_env = variant_env(args.variant)
+            b_server, b_target, _ = start_charging(stack, workdir / "b", args, b_env, args.variant_repo)
             targets["B"] = (b_server, b_target)
         try:
             for round_no in range(max(args.rounds, 1)):
@@ -330,8 +340,9 @@ def bench(args: argparse.Namespace) -> int:
         f"{args.sessions} sessions per run, {args.concurrency} in flight, one Python grpc.aio client process "
         f"(requests serialized before the clock), {max(args.rounds, 1)} alternating rounds, medians"
     )
-    if args.variant:
-        print(f"B: a second charging server (its own Redis and PostgreSQL) with {args.variant}")
+    if args.variant or args.variant_repo:
+        what = " and ".join(x for x in (args.variant, args.variant_repo and f"the code of {args.variant_repo}") if x)
+        print(f"B: a second charging server (its own Redis and PostgreSQL) with {what}")
     medians = {}
     for kind in kinds:
         cpu_us = statistics.median(v[0] for v in results[kind])
@@ -366,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variant",
         default=os.environ.get("STREAM_BENCH_VARIANT", ""),
         help="NAME=VALUE[,...]: also run each charging kind on a second server B with this environment (A/B)",
+    )
+    p.add_argument(
+        "--variant-repo",
+        default=os.environ.get("STREAM_BENCH_VARIANT_REPO", ""),
+        help="server B runs the code of this checkout (its .venv set up), e.g. main against a branch",
     )
     p.add_argument("--client", metavar="TARGET", help="internal: only run one load client, print JSON")
     p.add_argument("--kind", choices=KINDS + EVENT_KINDS, default="unary", help="internal: the client's kind")
