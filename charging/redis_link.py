@@ -103,12 +103,15 @@ class RedisLink:
         self._buffer: list[bytes] = []
         self._connecting: asyncio.Lock | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        # The connection's loop, kept: asyncio.get_running_loop() costs a getpid() system
+        # call per call on Python 3.11 (two per command on the hot path).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def execute(self, *args: Arg) -> Any:
         """Send one command and wait for its reply."""
         if self._transport is None:
             await self._connect()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()  # type: ignore[union-attr]  # set with the transport
         self._send(hiredis.pack_command(args), fut)  # type: ignore[arg-type]
         return await fut
 
@@ -137,7 +140,7 @@ class RedisLink:
             fut.set_exception(redis_errors.ConnectionError("redis connection lost"))
             return
         if not self._buffer:
-            asyncio.get_running_loop().call_soon(self._flush)
+            fut.get_loop().call_soon(self._flush)
         self._buffer.append(packed)
         self._pending.append((fut, time.monotonic()))
 
@@ -171,7 +174,7 @@ class RedisLink:
                         raise ValueError(f"not a Redis URL scheme: {u.scheme}")
             except (OSError, TimeoutError) as exc:  # ssl.SSLError (a certificate that does not verify) is one
                 raise redis_errors.ConnectionError(f"cannot connect to redis: {type(exc).__name__}") from None
-            self._transport, self._protocol = transport, protocol  # type: ignore[assignment]
+            self._transport, self._protocol, self._loop = transport, protocol, loop  # type: ignore[assignment]
             handshake: list[list[Arg]] = []
             if u.password:
                 user = [unquote(u.username)] if u.username else []

@@ -110,21 +110,24 @@ def session_bodies(run: str, count: int) -> list[list[bytes]]:
 
 
 async def drive(
-    call: Callable[[Any, Any], Awaitable[Any]], parse: Callable[[bytes], Any], bodies: list[list[bytes]]
+    call: Callable[[Any, Any], Awaitable[Any]],
+    parse: Callable[[bytes], Any],
+    bodies: list[list[bytes]],
+    callers: int = CALLERS,
 ) -> int:
     """Every request of ``bodies`` (a caller sends a session's or subscriber's requests in
-    order), ``CALLERS`` at a time; the number of answers that were not 2001."""
+    order), ``callers`` at a time; the number of answers that were not 2001."""
     context = _Call()
     failed = 0
 
     async def caller(first: int) -> None:
         nonlocal failed
-        for i in range(first, len(bodies), CALLERS):
+        for i in range(first, len(bodies), callers):
             for body in bodies[i]:
                 answer = await call(parse(body), context)
                 failed += answer.result_code != 2001
 
-    await asyncio.gather(*(caller(n) for n in range(CALLERS)))
+    await asyncio.gather(*(caller(n) for n in range(callers)))
     return failed
 
 
@@ -161,7 +164,7 @@ async def measure(socket: Path, args: argparse.Namespace) -> dict[str, list[floa
                 started = time.process_time()
                 if profile is not None:
                     profile.enable()
-                failed = await drive(*calls[kind], bodies)
+                failed = await drive(*calls[kind], bodies, args.callers)
                 if profile is not None:
                     profile.disable()
                 cpu = time.process_time() - started
@@ -180,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.path_bench", description=__doc__.splitlines()[0])
     p.add_argument("--count", type=int, default=int(env_number("PATH_BENCH_COUNT", 3000)), help="sessions per run")
     p.add_argument("--rounds", type=int, default=int(env_number("PATH_BENCH_ROUNDS", 3)))
+    p.add_argument(
+        "--callers",
+        type=int,
+        default=int(env_number("PATH_BENCH_CALLERS", CALLERS)),
+        help="requests in flight (1: every request its own Redis write and loop turns, as at the server)",
+    )
     p.add_argument("--profile", default=os.environ.get("PATH_BENCH_PROFILE", ""), help="cProfile output file")
     args = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -193,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = uvloop.run(measure(workdir / "redis.sock", args))
     print(machine())
     print(
-        f"load: the charging path in-process (no gRPC transport), {CALLERS} callers, {args.count} x {STEPS} "
+        f"load: the charging path in-process (no gRPC transport), {args.callers} callers, {args.count} x {STEPS} "
         f"requests per run, {args.rounds} alternating rounds, medians; CPU of this process only"
     )
     for kind in KINDS:

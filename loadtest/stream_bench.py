@@ -21,6 +21,11 @@ round, medians shown:
 Every charging answer must be 2001 (the bench fails otherwise). The last line is
 ``stream_cpu_us_per_step=``.
 
+A/B in one run (figures move by tens of percent between runs on a shared machine):
+``STREAM_BENCH_VARIANT=NAME=VALUE,...`` and/or ``STREAM_BENCH_VARIANT_REPO=<checkout>``
+start a second charging server B (its own Redis and PostgreSQL) with that environment or
+that checkout's code; each charging kind also runs on B as ``B <kind>``, alternating.
+
     python -m loadtest.stream_bench          # what `make bench` runs
     STREAM_BENCH_SESSIONS=1000 STREAM_BENCH_ROUNDS=3 python -m loadtest.stream_bench
     STREAM_BENCH_PROFILE=/tmp/stream.prof python -m loadtest.stream_bench   # server under cProfile
@@ -235,56 +240,90 @@ def run_client(kind: str, target: str, run: str, args: argparse.Namespace, sessi
     return result
 
 
+def start_charging(
+    stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace, extra_env: dict[str, str], repo: str = ""
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A charging server with its own redis-server and PostgreSQL, its subscribers created
+    and warm: (process, address, log). ``repo``: run the server of that checkout (with its
+    own .venv) instead of this one's."""
+    redis_port, grpc_port = free_port(), free_port()
+    redis_dir = workdir / "redis"
+    redis_dir.mkdir(parents=True)
+    redis_log = workdir / "redis.out"
+    redis_bin = shutil.which("redis-server") or "redis-server"
+    redis_proc = stack.enter_context(child(redis_command(redis_bin, redis_dir, "everysec", port=redis_port), redis_log))
+    wait_redis(redis_proc, redis_port, redis_log)
+    postgres_dir = private_dir("charging-stream-bench-pg-")
+    stack.callback(shutil.rmtree, postgres_dir, True)
+    env = child_env()
+    env.update(
+        CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
+        CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
+        CHARGING_METRICS_ADDRESS="",
+        CHARGING_NCHF_ADDRESS="",
+        CHARGING_REDIS_DIR=str(redis_dir),
+        CHARGING_DATABASE_DIR=str(postgres_dir),
+        # One process: its CPU time is the server's.
+        CHARGING_WORKERS="1",
+    )
+    env.update(extra_env)
+    serve = [sys.executable, "-m", "charging.cli", "serve"]
+    if repo:  # -P: not this checkout's directory (the children's cwd) first on the path
+        env["PYTHONPATH"] = repo
+        serve = [str(Path(repo) / ".venv" / "bin" / "python"), "-P", "-m", "charging.cli", "serve"]
+    if args.profile and not extra_env:
+        serve = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "charging.cli", "serve"]
+    server_log = workdir / "server.log"
+    server = stack.enter_context(child(serve, server_log, env))
+    target = f"127.0.0.1:{grpc_port}"
+    try:
+        wait_health(server, target, server_log)
+        create_subscribers(target, args.subscribers)
+        # Untimed: one session per subscriber, so that no measured run pays for the
+        # server's first lookup of a subscriber (its cache is warm in steady state).
+        run_client("unary", target, "warm", args, sessions=args.subscribers)
+    except BaseException:
+        print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
+        raise
+    return server, target, server_log
+
+
+def variant_env(text: str) -> dict[str, str]:
+    """``NAME=VALUE,NAME=VALUE`` (STREAM_BENCH_VARIANT): the environment of server B."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise BenchError(f"STREAM_BENCH_VARIANT is NAME=VALUE[,NAME=VALUE...], not {text!r}")
+    return {name.strip(): value for name, value in pairs}
+
+
 def bench(args: argparse.Namespace) -> int:
-    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS + EVENT_KINDS}
+    kinds = tuple(args.kinds)
+    if args.variant or args.variant_repo:
+        kinds += tuple(f"B {k}" for k in args.kinds if not k.startswith("echo"))
+    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-stream-bench-")))
-        redis_port, grpc_port, echo_port = free_port(), free_port(), free_port()
-        redis_dir = workdir / "redis"
-        redis_dir.mkdir()
-        redis_log = workdir / "redis.out"
-        redis_bin = shutil.which("redis-server") or "redis-server"
-        redis_proc = stack.enter_context(
-            child(redis_command(redis_bin, redis_dir, "everysec", port=redis_port), redis_log)
-        )
-        wait_redis(redis_proc, redis_port, redis_log)
-        postgres_dir = private_dir("charging-stream-bench-pg-")
-        stack.callback(shutil.rmtree, postgres_dir, True)
-        env = child_env()
-        env.update(
-            CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
-            CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
-            CHARGING_METRICS_ADDRESS="",
-            CHARGING_NCHF_ADDRESS="",
-            CHARGING_REDIS_DIR=str(redis_dir),
-            CHARGING_DATABASE_DIR=str(postgres_dir),
-            # One process: its CPU time is the server's.
-            CHARGING_WORKERS="1",
-        )
-        serve = [sys.executable, "-m", "charging.cli", "serve"]
-        if args.profile:
-            serve = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "charging.cli", "serve"]
-        server_log = workdir / "server.log"
-        server = stack.enter_context(child(serve, server_log, env))
+        echo_port = free_port()
         echo_log = workdir / "echo.log"
         echo_argv = [sys.executable, "-m", "loadtest.echo_server", "--address", f"127.0.0.1:{echo_port}"]
         echo = stack.enter_context(child(echo_argv, echo_log, child_env()))
-        targets = {"charging": (server, f"127.0.0.1:{grpc_port}"), "echo": (echo, f"127.0.0.1:{echo_port}")}
+        server, charging_target, server_log = start_charging(stack, workdir / "a", args, {})
+        targets = {"charging": (server, charging_target), "echo": (echo, f"127.0.0.1:{echo_port}")}
+        if args.variant or args.variant_repo:
+            b_env = variant_env(args.variant)
+            b_server, b_target, _ = start_charging(stack, workdir / "b", args, b_env, args.variant_repo)
+            targets["B"] = (b_server, b_target)
         try:
-            wait_health(server, targets["charging"][1], server_log)
-            create_subscribers(targets["charging"][1], args.subscribers)
-            # Untimed: one session per subscriber, so that no measured run pays for the
-            # server's first lookup of a subscriber (its cache is warm in steady state).
-            run_client("unary", targets["charging"][1], "warm", args, sessions=args.subscribers)
             for round_no in range(max(args.rounds, 1)):
-                kinds = args.kinds if round_no % 2 == 0 else tuple(reversed(args.kinds))
-                for kind in kinds:
-                    proc, target = targets["echo" if kind.startswith("echo") else "charging"]
+                order = kinds if round_no % 2 == 0 else tuple(reversed(kinds))
+                for kind in order:
+                    side = "echo" if kind.startswith("echo") else "B" if kind.startswith("B ") else "charging"
+                    proc, target = targets[side]
                     # Each run pays for its own background work (the usage-record relay
                     # emptying the outboxes it filled), not for the run before it.
                     settle(proc.pid)
                     before = process_cpu_s(proc.pid)
-                    r = run_client(kind, target, f"{round_no}{kind[0]}", args)
+                    r = run_client(kind.removeprefix("B "), target, f"{round_no}{kind[0]}{len(kind)}", args)
                     settle(proc.pid)
                     cpu = process_cpu_s(proc.pid) - before
                     results[kind].append((cpu / r["steps"] * 1e6, r["steps"] / r["elapsed_s"], r["client_cpu_s"]))
@@ -301,13 +340,16 @@ def bench(args: argparse.Namespace) -> int:
         f"{args.sessions} sessions per run, {args.concurrency} in flight, one Python grpc.aio client process "
         f"(requests serialized before the clock), {max(args.rounds, 1)} alternating rounds, medians"
     )
+    if args.variant or args.variant_repo:
+        what = " and ".join(x for x in (args.variant, args.variant_repo and f"the code of {args.variant_repo}") if x)
+        print(f"B: a second charging server (its own Redis and PostgreSQL) with {what}")
     medians = {}
-    for kind in args.kinds:
+    for kind in kinds:
         cpu_us = statistics.median(v[0] for v in results[kind])
         medians[kind] = cpu_us
         rps = statistics.median(v[1] for v in results[kind])
         rounds = " ".join(f"{v[0]:.0f}" for v in results[kind])
-        print(f"{kind:11}: server CPU per request {cpu_us:.0f} us (rounds: {rounds}), client-bound steps/s {rps:.0f}")
+        print(f"{kind:13}: server CPU per request {cpu_us:.0f} us (rounds: {rounds}), client-bound steps/s {rps:.0f}")
     if set(KINDS) <= medians.keys():
         print(
             f"stream vs unary: {medians['stream'] / medians['unary']:.2f}x; "
@@ -315,6 +357,10 @@ def bench(args: argparse.Namespace) -> int:
         )
     if {"event", "echo event"} <= medians.keys():
         print(f"CHECK_BALANCE vs echo: {medians['event'] / medians['echo event']:.2f}x (goal: <= 1.5x)")
+    for kind in (k for k in kinds if k.startswith("B ")):
+        base, echo_kind = kind.removeprefix("B "), "echo " + kind.removeprefix("B ")
+        vs_echo = f", {medians[kind] / medians[echo_kind]:.2f}x the {echo_kind}" if echo_kind in medians else ""
+        print(f"{kind}: {medians[kind] / medians[base]:.2f}x {base}{vs_echo}")
     if "stream" in medians:
         print(f"stream_cpu_us_per_step={medians['stream']:.0f}")
     return 0
@@ -327,6 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=int(env_number("STREAM_BENCH_CONCURRENCY", 64)))
     p.add_argument("--rounds", type=int, default=int(env_number("STREAM_BENCH_ROUNDS", 2)))
     p.add_argument("--profile", default=os.environ.get("STREAM_BENCH_PROFILE", ""), help="cProfile output file")
+    p.add_argument(
+        "--variant",
+        default=os.environ.get("STREAM_BENCH_VARIANT", ""),
+        help="NAME=VALUE[,...]: also run each charging kind on a second server B with this environment (A/B)",
+    )
+    p.add_argument(
+        "--variant-repo",
+        default=os.environ.get("STREAM_BENCH_VARIANT_REPO", ""),
+        help="server B runs the code of this checkout (its .venv set up), e.g. main against a branch",
+    )
     p.add_argument("--client", metavar="TARGET", help="internal: only run one load client, print JSON")
     p.add_argument("--kind", choices=KINDS + EVENT_KINDS, default="unary", help="internal: the client's kind")
     p.add_argument("--run", default="0", help="internal: makes the run's session ids unique")
