@@ -27,6 +27,7 @@ PURGE = LuaScript("purge.lua", package="postpaid")
 DISPUTE = LuaScript("dispute.lua", package="postpaid")
 PREPAID_CLOSE = LuaScript("prepaid_close.lua", package="postpaid")
 CREDIT_OPEN = LuaScript("credit_open.lua", package="postpaid")
+SETTLED = LuaScript("settled.lua", package="postpaid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +123,15 @@ class PayArgs:
     record: str
     # The most credit the account may hold (minor units): more is refused (LIMIT).
     max_credit: int
-    # For a credit note only: the invoice, the disputed amount it settles, its number
-    # (from its gapless series in PostgreSQL) and the credit note key prefix.
+    # For a credit note only: the invoice, the disputed amount it settles and its number
+    # (from its gapless series in PostgreSQL).
     invoice: str = ""
     release: int = 0
     note_number: str = ""
-    note_prefix: str = ""
     # Decide only (before the movement is committed in PostgreSQL): {'OK'} or the refusal.
     check: bool = False
+    # A credit note on a settled invoice (its state left Redis; PostgreSQL bounded it).
+    settled: bool = False
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -143,8 +145,8 @@ class PayArgs:
             self.invoice,
             self.release,
             self.note_number,
-            self.note_prefix,
             "1" if self.check else "",
+            "1" if self.settled else "",
         )
 
 
@@ -221,3 +223,14 @@ class CreditOpenArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (self.at_s,)
+
+
+@dataclass(frozen=True, slots=True)
+class SettledArgs:
+    """settled.lua: is an invoice settled as Redis sees it; drop its state."""
+
+    op: Literal["CHECK", "DROP"]
+    number: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.op, self.number)
