@@ -169,19 +169,25 @@ class SettledInvoices:
         disputes = await self._switch(number, ba, status, delivery, delivered_on, detail)
         if disputes is None:
             return 0  # a movement of the account waits to be applied: it stays a candidate
-        with storage_errors():
-            drop_keys = script_keys + tuple(bill_keys.dispute(ba, d) for d in disputes)
-            await SETTLED(self.client, drop_keys, SettledArgs("DROP", number))
+        await self._drop(script_keys + tuple(bill_keys.dispute(ba, d) for d in disputes), number)
         return 1
+
+    async def _drop(self, drop_keys: tuple[str, ...], number: str) -> None:
+        with storage_errors():
+            await SETTLED(self.client, drop_keys, SettledArgs("DROP", number))
 
     async def _switch(
         self, number: str, ba: str, status: str, delivery: str, delivered_on: str, detail: str
     ) -> list[str] | None:
         """Commit the settled row (once), unless something of the account is still to be
-        applied in Redis; answers the invoice's disputes (closed, all applied)."""
+        applied in Redis (or PostgreSQL has no such invoice); answers the invoice's
+        disputes (closed, all applied)."""
         now = datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC)
         async with self.pool.connection() as conn, conn.transaction():
             await lock_invoice(conn, number)
+            cur = await conn.execute("SELECT 1 FROM invoices WHERE invoice_id = %s", (number,))
+            if await cur.fetchone() is None:
+                return None  # not an invoice PostgreSQL has: Redis keeps what it has
             cur = await conn.execute(
                 "SELECT 1 FROM billing_applications a WHERE a.billing_account = %s AND NOT EXISTS "
                 "(SELECT 1 FROM billing_applied d WHERE d.application_id = a.application_id) LIMIT 1",
