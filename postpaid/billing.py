@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from charging import keys, metrics
 from charging.catalogs import CatalogBook
@@ -37,6 +36,7 @@ from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.security.identity import caller_name
 from charging.settings import Settings
+from charging.store import storage_errors
 from postpaid import keys as bill_keys
 from postpaid import periods, upgrade
 from postpaid.accounts import BillingAccounts, billing_account_id
@@ -55,7 +55,7 @@ from postpaid.dunning_record import DunningRecord
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.payments import IDEMPOTENCY_TTL_S, Payments
-from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
+from postpaid.scripts import DELIVERED, PREPAID_CLOSE, DeliveredArgs, PrepaidCloseArgs
 from provisioning.customers import Customer
 from provisioning.lines import Line
 from provisioning.sealing import Sealer, load_sealer
@@ -316,19 +316,11 @@ class Billing:
         # The history of attempts is kept in the system of record; the state that decides
         # the next attempt stays on the invoice's state in Redis.
         await self.book.record_deliveries(number, self.clock.now_ms() // 1000, attempts)
-        delivered_on = ",".join(sorted(done))
-
-        async def txn(pipe: Pipeline) -> None:
-            # Only on a state Redis still holds: a settled invoice's (ResendInvoice) went,
-            # and its attempts are PostgreSQL's alone (settled.py reads them).
-            if await pipe.exists(state):
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.hset(
-                    state,
-                    mapping={"delivery": outcome, "delivery_detail": "; ".join(failures), "delivered_on": delivered_on},
-                )
-
-        await self.client.transaction(txn, state)
+        # Only on a state Redis still holds: a settled invoice's (ResendInvoice) went,
+        # and its attempts are PostgreSQL's alone (settled.py reads them).
+        outcome_args = DeliveredArgs(outcome, "; ".join(failures), ",".join(sorted(done)))
+        with storage_errors():
+            await DELIVERED(self.client, (state,), outcome_args)
         return outcome
 
     async def invoice(self, number: str) -> Invoice:

@@ -28,6 +28,7 @@ DISPUTE = LuaScript("dispute.lua", package="postpaid")
 PREPAID_CLOSE = LuaScript("prepaid_close.lua", package="postpaid")
 CREDIT_OPEN = LuaScript("credit_open.lua", package="postpaid")
 SETTLED = LuaScript("settled.lua", package="postpaid")
+DELIVERED = LuaScript("delivered.lua", package="postpaid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,3 +235,15 @@ class SettledArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (self.op, self.number)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredArgs:
+    """delivered.lua: an invoice's delivery outcome, on a state Redis still holds."""
+
+    delivery: str
+    delivery_detail: str
+    delivered_on: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.delivery, self.delivery_detail, self.delivered_on)

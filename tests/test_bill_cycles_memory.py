@@ -9,7 +9,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-import pytest
 import redis.asyncio as aioredis
 
 from charging.cdr_relay import drain
