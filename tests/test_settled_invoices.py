@@ -117,7 +117,11 @@ async def test_two_credit_notes_at_once_cannot_both_pass_the_bound_of_a_settled_
 
 
 async def test_a_pending_credit_note_holds_the_switch_and_a_stopped_sweep_is_finished_once(
-    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+    stubs: Stubs,
+    postpaid_billing: tuple[Billing, LineBook],
+    clock: ManualClock,
+    app: App,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     b, book = postpaid_billing
     inv = await paid(stubs, b, book, clock, "63")
@@ -134,9 +138,7 @@ async def test_a_pending_credit_note_holds_the_switch_and_a_stopped_sweep_is_fin
     async def killed(*_args: object) -> None:
         raise RuntimeError("killed between the commit and the drop")
 
-    sweeper = b.payments.settled
-    drop = sweeper._drop
-    sweeper._drop = killed  # type: ignore[method-assign]
+    monkeypatch.setattr(b.payments.settled, "_drop", killed)
     with pytest.raises(RuntimeError):
         await b.apply_pending()
     assert await b.client.hget(state, "credited") == "100" and await credit(b, ba) == 100
@@ -148,7 +150,7 @@ async def test_a_pending_credit_note_holds_the_switch_and_a_stopped_sweep_is_fin
     with pytest.raises(InvalidRequest, match=str(inv.total - 150)):
         await b.payments.credit_note(inv.number, inv.total, "all", "too-much")
     # Restarted: the next pass finishes the drop, with one row; no money moved twice.
-    sweeper._drop = drop  # type: ignore[method-assign]
+    monkeypatch.undo()
     await b.apply_pending()
     assert not await b.client.exists(state) and await settled_rows(app, inv.number) == 1
     assert inv.number not in await b.client.smembers(bill_keys.settled(ba))
