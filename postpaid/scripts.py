@@ -232,9 +232,11 @@ class SettledArgs:
 
     op: Literal["CHECK", "DROP"]
     number: str
+    # DROP: the invoice's members of the account's dunning steps ("<invoice>|<step>").
+    members: tuple[str, ...] = ()
 
     def to_argv(self) -> tuple[Arg, ...]:
-        return (self.op, self.number)
+        return (self.op, self.number, *self.members)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,29 +4,34 @@
 -- atomically with the check, since the scripts that change what was checked add it
 -- again (pay.lua and settle.lua when nothing is left open, dispute.lua when a hold is
 -- released, the delivery pass when the invoice leaves its queue). DROP deletes the state
--- (and the records of the invoice's closed disputes) once PostgreSQL answers for the
--- invoice (its settled_invoices row is committed).
+-- (with the records of the invoice's closed disputes and its members of the account's
+-- dunning steps) once PostgreSQL answers for the invoice (its settled_invoices row is
+-- committed): no dunning decision of the account waits to be applied then, and none is
+-- made again for an invoice with nothing open.
 --
 -- KEYS[1] invoice state     TAG:is:NUMBER
 -- KEYS[2] delivery queue    TAG:deliver
 -- KEYS[3] settled invoices  TAG:settled
--- KEYS[4..] DROP: the invoice's dispute records TAG:disp:ID
+-- KEYS[4] DROP: the account's dunning steps TAG:ba:BA:dun
+-- KEYS[5..] DROP: the invoice's dispute records TAG:disp:ID
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV SettledArgs (postpaid/scripts.py), in this order:
 --   op                  CHECK or DROP
 --   number              the invoice number
+--   members             DROP: the invoice's members of KEYS[4] (the rest of ARGV)
 --
 -- Reply: {'READY', ba, status, delivery, delivered_on, delivery_detail} | {'GONE'}
 --        | {'BUSY'} (CHECK) | {'DROPPED'}
 
 local op = ARGV[1]
 local number = ARGV[2]
+local members = {unpack(ARGV, 3)}
 
 if op == 'DROP' then
-  for i = 1, #KEYS do
-    if i ~= 2 and i ~= 3 then redis.call('DEL', KEYS[i]) end
-  end
+  redis.call('DEL', KEYS[1])
+  for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+  for _, member in ipairs(members) do redis.call('SREM', KEYS[4], member) end
   redis.call('SREM', KEYS[3], number)
   return {'DROPPED'}
 end

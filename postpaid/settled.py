@@ -17,7 +17,7 @@ candidate:
    the transaction that inserts the credit note, under the same lock, so two credit notes
    at once cannot both pass and none is decided against a state about to go);
 3. deletes the state (``settled.lua`` DROP, with the records of the invoice's closed
-   disputes), idempotently.
+   disputes and its members of the account's dunning steps), idempotently.
 
 A crash between 2 and 3 leaves both: the candidate stays in the set and the next sweep
 (the ``billing_applications`` job's pass) inserts nothing again and deletes the state.
@@ -166,22 +166,25 @@ class SettledInvoices:
         if str(reply[0]) != "READY":
             return 0
         ba, status, delivery, delivered_on, detail = (str(x) for x in reply[1:6])
-        disputes = await self._switch(number, ba, status, delivery, delivered_on, detail)
-        if disputes is None:
+        switched = await self._switch(number, ba, status, delivery, delivered_on, detail)
+        if switched is None:
             return 0  # a movement of the account waits to be applied: it stays a candidate
-        await self._drop(script_keys + tuple(bill_keys.dispute(ba, d) for d in disputes), number)
+        disputes, steps = switched
+        drop_keys = (*script_keys, bill_keys.billing_dunning_done(ba), *(bill_keys.dispute(ba, d) for d in disputes))
+        members = tuple(m for step in steps for m in (f"{number}|{step}", f"fee|{number}|{step}"))
+        await self._drop(drop_keys, SettledArgs("DROP", number, members))
         return 1
 
-    async def _drop(self, drop_keys: tuple[str, ...], number: str) -> None:
+    async def _drop(self, drop_keys: tuple[str, ...], args: SettledArgs) -> None:
         with storage_errors():
-            await SETTLED(self.client, drop_keys, SettledArgs("DROP", number))
+            await SETTLED(self.client, drop_keys, args)
 
     async def _switch(
         self, number: str, ba: str, status: str, delivery: str, delivered_on: str, detail: str
-    ) -> list[str] | None:
+    ) -> tuple[list[str], list[str]] | None:
         """Commit the settled row (once), unless something of the account is still to be
         applied in Redis (or PostgreSQL has no such invoice); answers the invoice's
-        disputes (closed, all applied)."""
+        disputes (closed, all applied) and the dunning steps taken on it."""
         now = datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC)
         async with self.pool.connection() as conn, conn.transaction():
             await lock_invoice(conn, number)
@@ -203,7 +206,12 @@ class SettledInvoices:
             cur = await conn.execute(
                 "SELECT DISTINCT dispute_id FROM dispute_events WHERE invoice_id = %s ORDER BY 1", (number,)
             )
-            return [str(r[0]) for r in await cur.fetchall()]
+            disputes = [str(r[0]) for r in await cur.fetchall()]
+            cur = await conn.execute(
+                "SELECT step FROM dunning_steps WHERE billing_account = %s AND invoice_id = %s ORDER BY 1",
+                (ba, number),
+            )
+            return disputes, [str(r[0]) for r in await cur.fetchall()]
 
 
 async def seed_once(client: aioredis.Redis) -> int | None:

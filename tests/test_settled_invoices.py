@@ -2,12 +2,13 @@
 ``postpaid/settled.py``): GetInvoice, a dispute and credit notes on a paid invoice after
 its state went, the credit-note bound under concurrency, a credit note waiting to be
 applied holding the switch back, a sweep stopped between its commit and its drop, and an
-installation's paid states of before. Real Redis (single and cluster), PostgreSQL and
+installation's paid states of before, a dunned invoice's steps. Real Redis (single and cluster), PostgreSQL and
 the gRPC services."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 from typing import Any
 
 import grpc
@@ -23,7 +24,7 @@ from postpaid.billing import Billing
 from postpaid.invoices import Invoice
 from postpaid.receivables import CreditNote
 from tests.conftest import LineBook, Stubs
-from tests.test_payments import invoiced
+from tests.test_payments import DAY, invoiced
 
 
 async def paid(stubs: Stubs, b: Billing, book: LineBook, clock: ManualClock, n: str) -> Invoice:
@@ -176,3 +177,20 @@ async def test_paid_states_of_an_installation_before_0016_go_too(
     await b.apply_pending()
     assert not await b.client.exists(state) and await settled_rows(app, inv.number) == 1
     assert await settled.seed_once(b.client) is None  # once
+
+
+async def test_a_dunned_invoice_once_paid_leaves_its_dunning_steps_too(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = postpaid_billing
+    inv = await invoiced(stubs, b, book, clock, "65", "491700000665")
+    ba, state = inv.billing_account, bill_keys.invoice_state(inv.billing_account, inv.number)
+    await b.deliver_queued()
+    clock.advance(seconds=((inv.due - date(2026, 2, 10)).days + 21) * DAY)  # barred, a late fee
+    await b.collection.evaluate(ba)
+    steps = bill_keys.billing_dunning_done(ba)
+    assert any(str(m).startswith(inv.number + "|") for m in await b.client.smembers(steps))
+    await b.payments.pay(ba, inv.total, "APP", "p-65")
+    assert not await b.client.exists(state) and await settled_rows(app, inv.number) == 1
+    assert not any(inv.number in str(m) for m in await b.client.smembers(steps))
+    assert (await b.account(ba))["state"] == "ACTIVE"  # restored, as before
