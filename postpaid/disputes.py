@@ -225,6 +225,10 @@ class Disputes:
                     await self.ledger.mark(conn, Applied(application_id, "APPLIED"))
                 else:
                     refused = str(reply[1]) if reply[0] == "TOOMUCH" else str(reply[0])
+                    if reply[0] == "NOINVOICE" and payload["op"] == "OPEN":
+                        # Its state left Redis: the invoice was settled meanwhile (a payment
+                        # after the pre-check), so nothing of it is open (settled.py).
+                        refused = "0"
                     await self.ledger.mark(conn, Applied(application_id, "REFUSED", refused))
         if payload.get("credit_note"):
             note = await self.ledger.credit_note_by_number(payload["credit_note"])

@@ -194,3 +194,28 @@ async def test_a_dunned_invoice_once_paid_leaves_its_dunning_steps_too(
     assert not await b.client.exists(state) and await settled_rows(app, inv.number) == 1
     assert not any(inv.number in str(m) for m in await b.client.smembers(steps))
     assert (await b.account(ba))["state"] == "ACTIVE"  # restored, as before
+
+
+async def test_a_dispute_checked_before_its_invoice_settled_is_refused_as_nothing_open(
+    stubs: Stubs,
+    postpaid_billing: tuple[Billing, LineBook],
+    clock: ManualClock,
+    app: App,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b, book = postpaid_billing
+    inv = await invoiced(stubs, b, book, clock, "66", "491700000666")
+    before = await b.invoice_state(inv.number)  # what the dispute's check read
+    await b.deliver_queued()
+    await b.payments.pay(inv.billing_account, inv.total, "APP", "p-66")  # settled: its state goes
+    assert await settled_rows(app, inv.number) == 1
+
+    async def stale(_number: str) -> dict[str, str]:
+        return before
+
+    monkeypatch.setattr(b.payments.settled, "state", stale)
+    with pytest.raises(InvalidRequest, match=r"undisputed open amount \(0\)"):
+        await b.payments.open_dispute("late", inv.number, 100, "x", "a1")
+    monkeypatch.undo()
+    assert (await b.payments.dispute("late"))["status"] == "REFUSED"
+    assert (await b.invoice_state(inv.number))["disputed"] == "0"
