@@ -543,6 +543,7 @@ def _settle_command(issued: Issued) -> tuple[Any, ...]:
         bill_keys.recheck(ba),
         bill_keys.invoice_state(ba, number),
         bill_keys.credit_outbox(ba),
+        bill_keys.settled(ba),
     )
     return ("EVALSHA", SETTLE.sha, len(settle_keys), *settle_keys, *issued.settle.to_argv())
 

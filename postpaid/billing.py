@@ -36,9 +36,10 @@ from charging.notifications import Notifier
 from charging.redis_link import RedisLink
 from charging.security.identity import caller_name
 from charging.settings import Settings
+from charging.store import storage_errors
 from postpaid import keys as bill_keys
 from postpaid import periods, upgrade
-from postpaid.accounts import BillingAccounts, billing_account_id, invoice_account
+from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
 from postpaid.config import BillingConfig, load
@@ -53,8 +54,8 @@ from postpaid.delivery import (
 from postpaid.dunning_record import DunningRecord
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
-from postpaid.payments import Payments
-from postpaid.scripts import PREPAID_CLOSE, PrepaidCloseArgs
+from postpaid.payments import IDEMPOTENCY_TTL_S, Payments
+from postpaid.scripts import DELIVERED, PREPAID_CLOSE, DeliveredArgs, PrepaidCloseArgs
 from provisioning.customers import Customer
 from provisioning.lines import Line
 from provisioning.sealing import Sealer, load_sealer
@@ -84,6 +85,7 @@ class Billing:
         *,
         database: Pool,
         sealer: Sealer,
+        idempotency_ttl_s: int = IDEMPOTENCY_TTL_S,
     ) -> None:
         self.client = client
         # Issued invoices live in the system of record (PostgreSQL); who they are addressed
@@ -95,7 +97,7 @@ class Billing:
         self._retried = 0  # invoices whose delivery is to be tried again, counted for deliver_queued
         self.accounts = BillingAccounts(client, config, sealer)
         self.runs = BillRun(client, self.accounts, config, catalogs, clock, self.book, link)
-        self.payments = Payments(client, config, clock, self.book)
+        self.payments = Payments(client, config, clock, self.book, idempotency_ttl_s)
         self.collection = Collection(
             client,
             self.accounts,
@@ -218,6 +220,7 @@ class Billing:
         and is recorded FAILED after ``DELIVERY_ATTEMPTS``; one that cannot succeed is
         recorded FAILED at once."""
         handled = 0
+        left: set[int] = set()  # shards an invoice left the queue of
         for shard, queue in enumerate(bill_keys.DELIVERY_QUEUES):
             for raw in await self.client.lrange(queue, 0, limit - 1):
                 number = str(raw)
@@ -226,9 +229,17 @@ class Billing:
                 if not await self.client.set(lease, "1", nx=True, px=DELIVERY_LEASE_MS):
                     continue
                 try:
-                    handled += await self._deliver_queued(shard, number)
+                    if await self._deliver_queued(shard, number):
+                        handled += 1
+                        left.add(shard)
                 finally:
                     await self.client.delete(lease)
+        if left:
+            # Delivered (or given up) and paid: those invoices' states may go (settled.py).
+            try:
+                await self.payments.settled.sweep(sorted(left))
+            except Exception:
+                log.exception("dropping settled invoices' states failed; the next pass does it")
         if handled and not self.deliveries:
             log.warning(
                 "invoices issued with no delivery channel configured: they stay PENDING",
@@ -263,7 +274,11 @@ class Billing:
                     await pipe.execute()
                 return 0
             await self.client.hset(state, "delivery", "FAILED")
-        await self.client.lrem(bill_keys.DELIVERY_QUEUES[shard], 1, number)
+        async with self.client.pipeline(transaction=True) as pipe:
+            # Off the queue, and a candidate to leave Redis if it is paid (settled.py).
+            pipe.lrem(bill_keys.DELIVERY_QUEUES[shard], 1, number)
+            pipe.sadd(bill_keys.SETTLED_SETS[shard], number)
+            await pipe.execute()
         return 1
 
     async def deliver(self, number: str, again: bool = False) -> str:
@@ -302,14 +317,11 @@ class Billing:
         # The history of attempts is kept in the system of record; the state that decides
         # the next attempt stays on the invoice's state in Redis.
         await self.book.record_deliveries(number, self.clock.now_ms() // 1000, attempts)
-        await self.client.hset(
-            state,
-            mapping={
-                "delivery": outcome,
-                "delivery_detail": "; ".join(failures),
-                "delivered_on": ",".join(sorted(done)),
-            },
-        )
+        # Only on a state Redis still holds: a settled invoice's (ResendInvoice) went,
+        # and its attempts are PostgreSQL's alone (settled.py reads them).
+        outcome_args = DeliveredArgs(outcome, "; ".join(failures), ",".join(sorted(done)))
+        with storage_errors():
+            await DELIVERED(self.client, (state,), outcome_args)
         return outcome
 
     async def invoice(self, number: str) -> Invoice:
@@ -319,11 +331,12 @@ class Billing:
         return found
 
     async def invoice_state(self, number: str) -> dict[str, str]:
-        ba = await invoice_account(self.client, number)
-        h = await self.client.hgetall(bill_keys.invoice_state(ba, number)) if ba is not None else {}
-        if not h:
+        """The invoice's open and disputed amounts, status and delivery: Redis's while it
+        can still change money there, PostgreSQL's once it is settled (settled.py)."""
+        found = await self.payments.settled.state(number)
+        if found is None:
             raise NotFound("no such invoice")
-        return {str(k): str(v) for k, v in h.items()}
+        return found
 
     async def resend(self, number: str) -> str:
         """Deliver the invoice again now, on every channel."""
@@ -359,7 +372,10 @@ class Billing:
     async def apply_pending(self) -> int:
         """What was committed in PostgreSQL and a crash kept from Redis: payments, credit
         notes, refunds, adjustments and disputes, then dunning decisions."""
-        return await self.payments.apply_pending() + await self.collection.apply_pending()
+        applied = await self.payments.apply_pending() + await self.collection.apply_pending()
+        # Then what is settled leaves Redis (also what a crash left after its switch).
+        await self.payments.settled.sweep()
+        return applied
 
 
 def postal_address(customer: Customer, home: str = "") -> tuple[str, ...]:
@@ -389,4 +405,15 @@ def build_billing(
         deliveries.append(("directory", DirectoryDelivery(Path(settings.invoice_dir))))
     config = load(settings.billing_file)
     sealer = load_sealer(settings)
-    return Billing(client, config, catalogs, clock, notifier, deliveries, link, database=database, sealer=sealer)
+    return Billing(
+        client,
+        config,
+        catalogs,
+        clock,
+        notifier,
+        deliveries,
+        link,
+        database=database,
+        sealer=sealer,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+    )

@@ -2,6 +2,8 @@
 --
 -- KEYS[1] dispute record    TAG:disp:ID
 -- KEYS[2] invoice state     TAG:is:NUMBER
+-- KEYS[3] settled invoices  TAG:settled (a hold released on an invoice with nothing open:
+--                           its state may go, postpaid/settled.py)
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV DisputeArgs (postpaid/scripts.py), in this order:
@@ -22,11 +24,17 @@ local amount = ARGV[2]
 local record = ARGV[3]
 
 local prev = redis.call('HGET', KEYS[1], 'status')
+local function released()
+  if redis.call('HGET', KEYS[2], 'open') == '0' then
+    redis.call('SADD', KEYS[3], string.sub(KEYS[2], select(2, string.find(KEYS[2], '}:is:', 1, true)) + 1))
+  end
+end
 if op == 'RELEASE' then
   if prev ~= 'ACCEPTED' or redis.call('HGET', KEYS[1], 'released') then return {'SAME'} end
   local disputed = tonumber(redis.call('HGET', KEYS[2], 'disputed'))
   redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(amount), 0)))
   redis.call('HSET', KEYS[1], 'released', '1')
+  released()
   return {'DONE'}
 end
 if op == 'OPEN' then
@@ -46,6 +54,7 @@ if prev ~= 'OPEN' then return {'CLOSED', prev} end
 if op == 'REJECT' then
   local disputed = tonumber(redis.call('HGET', KEYS[2], 'disputed'))
   redis.call('HSET', KEYS[2], 'disputed', string.format('%d', math.max(disputed - tonumber(amount), 0)))
+  released()
 end
 redis.call('HSET', KEYS[1], 'status', target, 'doc', record)
 return {'DONE'}

@@ -31,7 +31,6 @@ from charging import audit_trail
 from charging.errors import Conflict, InvalidRequest, NotFound
 from charging.store import storage_errors
 from postpaid import keys as bill_keys
-from postpaid.accounts import invoice_account
 from postpaid.dunning_record import lock_account
 from postpaid.receivables import Applied, CreditNote
 from postpaid.scripts import DISPUTE, DisputeArgs
@@ -105,15 +104,12 @@ class Disputes:
         self, dispute_id: str, number: str, amount: int, reason: str, actor: str, line: str, customer: str
     ) -> dict[str, Any]:
         """Hold ``amount`` of an invoice out of dunning (checked by ``Payments.open_dispute``)."""
-        ba = await invoice_account(self.client, number)
-        if ba is None:
+        # The invoice's open and disputed amounts: Redis's while it has its state, once it
+        # is settled PostgreSQL's (nothing open: nothing to dispute; settled.py).
+        state = await self.payments.settled.state(number)
+        if state is None:
             raise NotFound("no such invoice")
-        with storage_errors():
-            ba_found, open_, disputed = await self.client.hmget(
-                bill_keys.invoice_state(ba, number), ["ba", "open", "disputed"]
-            )
-        if ba_found is None:
-            raise NotFound("no such invoice")
+        ba, open_, disputed = state["ba"], state["open"], state["disputed"]
         owner = str(await self.client.hget(bill_keys.billing_account(ba), "customer") or "")
         if customer and owner != customer:
             raise NotFound("no such invoice of this customer")
@@ -215,7 +211,11 @@ class Disputes:
             if before is not None:
                 refused = before.detail if before.outcome == "REFUSED" else ""
             else:
-                state_keys = (bill_keys.dispute(ba, dispute_id), bill_keys.invoice_state(ba, payload["invoice"]))
+                state_keys = (
+                    bill_keys.dispute(ba, dispute_id),
+                    bill_keys.invoice_state(ba, payload["invoice"]),
+                    bill_keys.settled(ba),
+                )
                 args = DisputeArgs(payload["op"], int(payload["amount"]), payload["record"])
                 with storage_errors():
                     reply = await DISPUTE(self.client, state_keys, args)
@@ -225,6 +225,10 @@ class Disputes:
                     await self.ledger.mark(conn, Applied(application_id, "APPLIED"))
                 else:
                     refused = str(reply[1]) if reply[0] == "TOOMUCH" else str(reply[0])
+                    if reply[0] == "NOINVOICE" and payload["op"] == "OPEN":
+                        # Its state left Redis: the invoice was settled meanwhile (a payment
+                        # after the pre-check), so nothing of it is open (settled.py).
+                        refused = "0"
                     await self.ledger.mark(conn, Applied(application_id, "REFUSED", refused))
         if payload.get("credit_note"):
             note = await self.ledger.credit_note_by_number(payload["credit_note"])

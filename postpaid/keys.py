@@ -111,6 +111,16 @@ def credit_outbox_shard(shard: int) -> str:
 CREDIT_OUTBOXES = tuple(credit_outbox_shard(n) for n in range(SHARDS))
 
 
+def settled_shard(shard: int) -> str:
+    """set: numbers of the shard's invoices that may be settled (pay.lua, settle.lua,
+    dispute.lua and delivery add them), whose state ``postpaid/settled.py`` drops once
+    PostgreSQL answers for them."""
+    return shard_tag(shard) + ":settled"
+
+
+SETTLED_SETS = tuple(settled_shard(n) for n in range(SHARDS))
+
+
 def audit_shard(shard: int) -> str:
     """stream: adjustments, disputes, write-offs, with who and why (PostgreSQL's audit
     trail is the record; the stream keeps its entries for its readers)."""
@@ -151,6 +161,10 @@ def outbox(ba: str) -> str:
 
 def credit_outbox(ba: str) -> str:
     return credit_outbox_shard(shard_of(ba))
+
+
+def settled(ba: str) -> str:
+    return settled_shard(shard_of(ba))
 
 
 # -- a billing account's keys
@@ -194,7 +208,8 @@ def state_prefix(ba: str) -> str:
 
 
 def invoice_state(ba: str, number: str) -> str:
-    """hash: ba, total, open, disputed, due (day, s), status, delivery."""
+    """hash: ba, total, open, disputed, due (day, s), status, delivery; only while the
+    invoice is not settled (``postpaid/settled.py``)."""
     return state_prefix(ba) + number
 
 
@@ -204,11 +219,9 @@ def invoice_state_in(shard: int, number: str) -> str:
 
 
 def credit_note_prefix(ba: str) -> str:
+    """The prefix of the credit notes' copies pay.lua kept before revision 0016 (no script
+    read them; they are written no more and deleted on upgrade, ``settled.py``)."""
     return account_tag(ba) + ":cn:"
-
-
-def credit_note(ba: str, number: str) -> str:
-    return credit_note_prefix(ba) + number
 
 
 def payment(ba: str, channel: str, reference: str) -> str:
@@ -222,6 +235,8 @@ def dispute(ba: str, dispute_id: str) -> str:
 
 
 def adjustment(ba: str, adjustment_id: str) -> str:
+    """string, expiring: an adjustment queued on the account, kept until its outcome is
+    committed (``payments.py``)."""
     return account_tag(ba) + ":adj:" + adjustment_id
 
 

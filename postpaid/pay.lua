@@ -8,6 +8,8 @@
 -- KEYS[4] dunning index     TAG:dunning
 -- KEYS[5] credit outbox     TAG:credits (the credit's movement, relayed to PostgreSQL's
 --                           credit_movements by postpaid/credit_movements.py)
+-- KEYS[6] settled invoices  TAG:settled (an invoice this leaves with nothing open, whose
+--                           state postpaid/settled.py drops once PostgreSQL answers for it)
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV PayArgs (postpaid/scripts.py), in this order:
@@ -25,16 +27,19 @@
 --   release             CREDIT: disputed amount it settles
 --   note_number         CREDIT: the credit note's number ("CN-00000001"), taken from its
 --                       gapless series in PostgreSQL when the credit note was committed
---   note_prefix         CREDIT: credit note key prefix
 --   check               '1': decide only (answer {'OK'} or the refusal, change nothing),
 --                       before the movement is committed in PostgreSQL; '' applies it
--- The invoice state keys and the credit note's key are not in KEYS: they are made here
--- from the prefixes and the numbers (of the open invoices, and the credit note's), which
--- the caller cannot know (the open list is read here). A prefix whose hash tag is not
--- KEYS[2]'s is refused (an error, nothing changed: slot_lib.lua), so every key is in
--- the account's slot.
+--   settled             CREDIT: '1' when the invoice is settled and its state left Redis:
+--                       PostgreSQL bounded the credit note when it committed it
+--                       (postpaid/settled.py), so the invoice's state is neither read
+--                       nor written here
+-- The invoice state keys are not in KEYS: they are made here from the prefix and the
+-- numbers of the open invoices, which the caller cannot know (the open list is read
+-- here). A prefix whose hash tag is not KEYS[2]'s is refused (an error, nothing changed:
+-- slot_lib.lua), so every key is in the account's slot.
 --
--- A credit note is at most what the invoice has not been credited yet; what it does not
+-- A credit note is at most what the invoice has not been credited yet (checked here
+-- while the invoice has its state, in PostgreSQL once it is settled); what it does not
 -- settle of its invoice pays the other open invoices, oldest first, then stays as credit.
 -- A payment or credit note whose rest would take the credit past max_credit changes
 -- nothing (LIMIT): the credit, and with it the balance (open invoices less credit), stay
@@ -54,11 +59,10 @@ local max_credit = tonumber(ARGV[7])
 local invoice = ARGV[8]
 local release = tonumber(ARGV[9])
 local note_number = ARGV[10]
-local note_prefix = ARGV[11]
-local check = ARGV[12] == '1'
+local check = ARGV[11] == '1'
+local settled = ARGV[12] == '1'
 
 local refused = outside_slot(KEYS[2], state_prefix, 'state_prefix')
-  or (note_prefix ~= '' and outside_slot(KEYS[2], note_prefix, 'note_prefix'))
 if refused then return refused end
 
 local stored = redis.call('GET', KEYS[1])
@@ -73,7 +77,6 @@ local ba = redis.call('HMGET', KEYS[2], 'credit', 'balance')
 local credit, balance = tonumber(ba[1] or '0'), tonumber(ba[2] or '0')
 local credit_before = credit
 local allocations = {}
-local note_key = nil
 local kept = 0  -- what a payment or credit note adds to the credit
 
 local function settle(number, take)
@@ -86,6 +89,7 @@ local function settle(number, take)
     if open == 0 then
       redis.call('HSET', key, 'status', 'PAID')
       redis.call('LREM', KEYS[3], 1, number)
+      redis.call('SADD', KEYS[6], number)
     end
     allocations[#allocations + 1] = '"' .. number .. '":' .. string.format('%d', t)
   end
@@ -109,7 +113,10 @@ if kind == 'REFUND' then
   balance = balance + amount
 else
   local rest = amount
-  if kind == 'CREDIT' then
+  if kind == 'CREDIT' and settled then
+    if check then return {'OK'} end
+    record = string.gsub(record, '\1NUMBER\1', note_number, 1)
+  elseif kind == 'CREDIT' then
     local key = state_prefix .. invoice
     local inv = redis.call('HMGET', key, 'total', 'credited')
     if not inv[1] then return {'NOINVOICE'} end
@@ -122,8 +129,8 @@ else
     end
     rest = rest - settle(invoice, rest)
     record = string.gsub(record, '\1NUMBER\1', note_number, 1)
-    note_key = note_prefix .. note_number
     redis.call('HINCRBY', key, 'credited', amount)
+    if redis.call('HGET', key, 'open') == '0' then redis.call('SADD', KEYS[6], invoice) end
   end
   for _, number in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
     if rest <= 0 then break end
@@ -156,7 +163,6 @@ elseif kept > 0 then
 end
 
 record = string.gsub(record, '\1ALLOCATIONS\1', '{' .. table.concat(allocations, ',') .. '}', 1)
-if note_key then redis.call('SET', note_key, record) end
 redis.call('SET', KEYS[1], digest .. '|' .. record)
 redis.call('HSET', KEYS[2], 'credit', string.format('%d', credit), 'balance', string.format('%d', balance))
 redis.call('HINCRBY', KEYS[2], 'moves', 1)
@@ -165,9 +171,8 @@ if kind == 'CREDIT' then
   redis.call('HINCRBY', KEYS[2], 'credited_since', amount)
   -- listed on the next invoice: "number amount invoice;..."
   local listed = redis.call('HGET', KEYS[2], 'credit_notes_since') or ''
-  local number = string.sub(note_key, #note_prefix + 1)
   redis.call('HSET', KEYS[2], 'credit_notes_since',
-    listed .. number .. ' ' .. string.format('%d', amount) .. ' ' .. invoice .. ';')
+    listed .. note_number .. ' ' .. string.format('%d', amount) .. ' ' .. invoice .. ';')
 end
 if kind == 'REFUND' then redis.call('HINCRBY', KEYS[2], 'paid_since', -amount) end
 local first = redis.call('LINDEX', KEYS[3], 0)

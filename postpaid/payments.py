@@ -38,7 +38,6 @@ from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.security.identity import caller_name
 from charging.store import storage_errors
 from postpaid import keys as bill_keys
-from postpaid.accounts import invoice_account
 from postpaid.config import BillingConfig
 from postpaid.disputes import Disputes
 from postpaid.dunning_record import lock_account
@@ -46,6 +45,7 @@ from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import ADJUSTMENT, Charge
 from postpaid.receivables import Adjustment, Applied, CreditNote, Movement, Payment, Receivables, Refund
 from postpaid.scripts import PAY, PayArgs
+from postpaid.settled import SettledInvoices, is_settled
 
 log = logging.getLogger("postpaid.payments")
 # The most one payment, refund or credit note moves, and the most credit an account
@@ -56,6 +56,9 @@ CHANNELS = ("BANK_TRANSFER", "CARD", "DIRECT_DEBIT", "CASH", "APP", "RETAIL")
 # Where pay.lua puts a credit note's number and the allocations: control characters,
 # which JSON text never contains, so no reference or reason can forge them.
 NUMBER, ALLOCATIONS = "\x01NUMBER\x01", "\x01ALLOCATIONS\x01"
+# How long an adjustment's Redis record outlives a crash between its queueing and its
+# committed outcome (CHARGING_IDEMPOTENCY_TTL_S's default; the server passes the setting).
+IDEMPOTENCY_TTL_S = 30 * 86_400
 
 
 def _digest(*parts: object) -> str:
@@ -76,8 +79,16 @@ def _key_part(value: str, field: str) -> str:
 
 
 class Payments:
-    def __init__(self, client: aioredis.Redis, config: BillingConfig, clock: Clock, book: InvoiceBook) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        config: BillingConfig,
+        clock: Clock,
+        book: InvoiceBook,
+        idempotency_ttl_s: int = IDEMPOTENCY_TTL_S,
+    ) -> None:
         self.client = client
+        self.idempotency_ttl_s = idempotency_ttl_s
         self.book = book
         self.config = config
         self.clock = clock
@@ -86,6 +97,8 @@ class Payments:
         issuer = config.issuer
         self.ledger = Receivables(book.pool, issuer.id, config.currency, issuer.credit_note_prefix)
         self.disputes = Disputes(self)
+        # Settled invoices' states leave Redis; PostgreSQL answers for them (settled.py).
+        self.settled = SettledInvoices(client, book.pool, clock)
 
     async def _changed(self, ba: str) -> None:
         """Re-evaluate the account now. The change itself is applied already: a failure
@@ -113,6 +126,7 @@ class Payments:
                     bill_keys.billing_open(ba),
                     bill_keys.dunning_index(ba),
                     bill_keys.credit_outbox(ba),
+                    bill_keys.settled(ba),
                 ),
                 args,
             )
@@ -142,7 +156,7 @@ class Payments:
             check=check,
         )
 
-    def _note_args(self, n: CreditNote, check: bool = False) -> PayArgs:
+    def _note_args(self, n: CreditNote, check: bool = False, settled: bool = False) -> PayArgs:
         doc = json.dumps(
             {
                 "kind": "CREDIT_NOTE",
@@ -164,8 +178,8 @@ class Payments:
             invoice=n.invoice,
             release=n.release,
             note_number=n.number,
-            note_prefix=bill_keys.credit_note_prefix(n.billing_account),
             check=check,
+            settled=settled,
         )
 
     async def pay(self, ba: str, amount: int, channel: str, reference: str) -> dict[str, Any]:
@@ -202,10 +216,14 @@ class Payments:
         recorded as refused, void, and its error raised, now and on every retry."""
         if isinstance(movement, Adjustment):
             async with self.ledger.applying(movement.application_id) as conn:
-                doc = await self._queue_adjustment(movement)  # never refused
                 if await self.ledger.applied(conn, movement.application_id) is None:
+                    await self._queue_adjustment(movement)  # never refused; once by its record
                     await self.ledger.mark(conn, Applied(movement.application_id, "APPLIED"))
-            return doc
+            # Its Redis record kept it once until the outcome was committed; PostgreSQL's
+            # billing_applied does from now on (a crash before this: the record expires).
+            with storage_errors():
+                await self.client.delete(bill_keys.adjustment(movement.billing_account, movement.adjustment_id))
+            return _adjustment_doc(movement)
         ba = movement.billing_account
         if isinstance(movement, Payment):
             key, args = bill_keys.payment(ba, movement.channel, movement.reference), self._payment_args(movement)
@@ -216,6 +234,10 @@ class Payments:
         refused: Exception | None = None
         async with self.ledger.applying(movement.application_id) as conn:
             await lock_account(conn, ba)  # no dunning decision is made or applied meanwhile
+            if isinstance(movement, CreditNote) and await is_settled(conn, movement.invoice):
+                # Committed against a settled invoice: PostgreSQL bounded it (settled.py);
+                # the switch waits for what is pending, so it was settled when committed.
+                args = self._note_args(movement, settled=True)
             before = await self.ledger.applied(conn, movement.application_id)
             if before is not None and before.outcome == "REFUSED":
                 _refused(before.detail, [before.detail, "0"])
@@ -244,7 +266,17 @@ class Payments:
         if isinstance(movement, Payment) and reply[0] == "DONE":
             metrics.PAYMENTS.labels(movement.channel).inc()
             metrics.PAYMENT_MINOR.labels(movement.channel).inc(movement.amount)
+        await self.sweep(ba)
         return record
+
+    async def sweep(self, ba: str) -> None:
+        """The states of the invoices settled on the account's shard leave Redis now that
+        the movement's outcome is committed (``settled.py``); a failure here is logged and
+        the ``billing_applications`` job's pass does it."""
+        try:
+            await self.settled.sweep((bill_keys.shard_of(ba),))
+        except Exception:
+            log.exception("dropping settled invoices' states failed; the next pass does it")
 
     async def _refusal(self, key: str, ba: str, args: PayArgs) -> str:
         with storage_errors():
@@ -256,6 +288,7 @@ class Payments:
                     bill_keys.billing_open(ba),
                     bill_keys.dunning_index(ba),
                     bill_keys.credit_outbox(ba),
+                    bill_keys.settled(ba),
                 ),
                 dataclasses.replace(args, check=True),
             )
@@ -344,13 +377,22 @@ class Payments:
         if not reason.strip():
             raise InvalidRequest("reason", "is required")
         _key_part(key, "key")
-        ba = await invoice_account(self.client, number)
+        ba = await self.settled.account_of(number)
         if ba is None:
             raise NotFound("no such invoice")
         note = await self.ledger.credit_note(ba, key)
         if note is None:
             draft = CreditNote("", ba, number, amount, release, reason, key, self.clock.now_ms() // 1000)
-            reply = await self._decide(bill_keys.payment(ba, "CN", key), ba, self._note_args(draft, check=True))
+            # Redis decides while the invoice has its state there; once it is settled
+            # PostgreSQL does, in the transaction that commits the credit note (settled.py).
+            settled = await self.settled.settled(number)
+            try:
+                check = self._note_args(draft, check=True, settled=settled)
+                reply = await self._decide(bill_keys.payment(ba, "CN", key), ba, check)
+            except NotFound:
+                if not await self.settled.settled(number):
+                    raise
+                reply = ["OK"]  # settled (its state dropped) since: bounded at the commit
             if reply[0] == "REPLAY":  # numbered by Redis before PostgreSQL kept credit notes
                 return _record(reply)
             before = int(await self.client.get(bill_keys.credit_note_seq(self.config.issuer.id)) or 0)
@@ -431,20 +473,19 @@ class Payments:
             raise Conflict("this adjustment id was used for another adjustment")
         return await self.apply(adjustment)
 
-    async def _queue_adjustment(self, a: Adjustment) -> dict[str, Any]:
-        """The adjustment's charge on the account's next invoice, once per id."""
-        doc = {"id": a.adjustment_id, "ba": a.billing_account, "amount": a.amount, "reason": a.reason}
-        doc |= {"actor": a.actor, "at": a.made_s}
+    async def _queue_adjustment(self, a: Adjustment) -> None:
+        """The adjustment's charge on the account's next invoice, once per id (its record,
+        expiring, until the outcome is committed)."""
+        doc = _adjustment_doc(a)
         charge = Charge(ADJUSTMENT, f"Adjustment: {a.reason}", a.amount)
         async with self.client.pipeline(transaction=True) as pipe:
             # One transaction: the record, the pending charge and the audit entry, once.
-            await pipe.watch(bill_keys.adjustment(a.billing_account, a.adjustment_id))
-            existing = await pipe.get(bill_keys.adjustment(a.billing_account, a.adjustment_id))
-            if existing is not None:
-                old: dict[str, Any] = json.loads(existing)
-                return old
+            record_key = bill_keys.adjustment(a.billing_account, a.adjustment_id)
+            await pipe.watch(record_key)
+            if await pipe.get(record_key) is not None:
+                return  # queued before a crash kept its outcome from PostgreSQL
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(bill_keys.adjustment(a.billing_account, a.adjustment_id), json.dumps(doc))
+            pipe.set(record_key, json.dumps(doc), ex=self.idempotency_ttl_s)
             pipe.rpush(bill_keys.billing_pending(a.billing_account), json.dumps(charge.__dict__))
             # An account whose lines have all ended is billed again for it.
             pipe.zadd(bill_keys.due_index(a.billing_account), {a.billing_account: a.made_s}, nx=True)
@@ -454,7 +495,18 @@ class Payments:
             )
             pipe.xadd(bill_keys.audit(a.billing_account), fields)
             await pipe.execute()
-        return doc
+
+
+def _adjustment_doc(a: Adjustment) -> dict[str, Any]:
+    """An adjustment as it is answered (and as its Redis record kept it)."""
+    return {
+        "id": a.adjustment_id,
+        "ba": a.billing_account,
+        "amount": a.amount,
+        "reason": a.reason,
+        "actor": a.actor,
+        "at": a.made_s,
+    }
 
 
 def _refused(kind: str, reply: list[Any]) -> None:

@@ -34,6 +34,7 @@ from psycopg.rows import TupleRow
 from charging import audit_trail
 from charging.audit_trail import AuditEntry
 from charging.database import Pool
+from postpaid.settled import bound
 
 Kind = Literal["PAYMENT", "CREDIT_NOTE", "REFUND", "ADJUSTMENT"]
 MOVEMENTS: tuple[Kind, ...] = ("PAYMENT", "CREDIT_NOTE", "REFUND", "ADJUSTMENT")
@@ -236,7 +237,10 @@ class Receivables:
         self, conn: AsyncConnection[TupleRow], note: CreditNote, audit: AuditEntry, numbered_before: int = 0
     ) -> str:
         """Number the credit note and insert it, its pending application and its audit
-        entry in the caller's transaction; answers its number."""
+        entry in the caller's transaction; answers its number. Against a settled invoice
+        PostgreSQL bounds it here (``settled.py``: under the invoice's lock, InvalidRequest
+        when it is too much)."""
+        await bound(conn, note.invoice, note.amount)
         await conn.execute(
             "INSERT INTO invoice_numbers (issuer, series, last_number) VALUES (%s, %s, %s) "
             "ON CONFLICT (issuer, series) DO NOTHING",

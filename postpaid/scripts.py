@@ -27,6 +27,8 @@ PURGE = LuaScript("purge.lua", package="postpaid")
 DISPUTE = LuaScript("dispute.lua", package="postpaid")
 PREPAID_CLOSE = LuaScript("prepaid_close.lua", package="postpaid")
 CREDIT_OPEN = LuaScript("credit_open.lua", package="postpaid")
+SETTLED = LuaScript("settled.lua", package="postpaid")
+DELIVERED = LuaScript("delivered.lua", package="postpaid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +124,15 @@ class PayArgs:
     record: str
     # The most credit the account may hold (minor units): more is refused (LIMIT).
     max_credit: int
-    # For a credit note only: the invoice, the disputed amount it settles, its number
-    # (from its gapless series in PostgreSQL) and the credit note key prefix.
+    # For a credit note only: the invoice, the disputed amount it settles and its number
+    # (from its gapless series in PostgreSQL).
     invoice: str = ""
     release: int = 0
     note_number: str = ""
-    note_prefix: str = ""
     # Decide only (before the movement is committed in PostgreSQL): {'OK'} or the refusal.
     check: bool = False
+    # A credit note on a settled invoice (its state left Redis; PostgreSQL bounded it).
+    settled: bool = False
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -143,8 +146,8 @@ class PayArgs:
             self.invoice,
             self.release,
             self.note_number,
-            self.note_prefix,
             "1" if self.check else "",
+            "1" if self.settled else "",
         )
 
 
@@ -221,3 +224,28 @@ class CreditOpenArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (self.at_s,)
+
+
+@dataclass(frozen=True, slots=True)
+class SettledArgs:
+    """settled.lua: is an invoice settled as Redis sees it; drop its state."""
+
+    op: Literal["CHECK", "DROP"]
+    number: str
+    # DROP: the invoice's members of the account's dunning steps ("<invoice>|<step>").
+    members: tuple[str, ...] = ()
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.op, self.number, *self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredArgs:
+    """delivered.lua: an invoice's delivery outcome, on a state Redis still holds."""
+
+    delivery: str
+    delivery_detail: str
+    delivered_on: str
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.delivery, self.delivery_detail, self.delivered_on)

@@ -15,6 +15,8 @@
 -- KEYS[9] the invoice's state TAG:is:NUMBER
 -- KEYS[10] credit outbox    TAG:credits (the credit's movements, relayed to PostgreSQL's
 --                           credit_movements by postpaid/credit_movements.py)
+-- KEYS[11] settled invoices TAG:settled (invoices this leaves with nothing open: their
+--                           state goes once PostgreSQL answers for them, settled.py)
 -- (TAG: the hash tag of the account's shard, postpaid/keys.py: every key is in its slot)
 --
 -- ARGV SettleArgs (postpaid/scripts.py), in this order:
@@ -115,6 +117,7 @@ else
     if o - t == 0 then
       redis.call('HSET', key, 'status', 'PAID')
       redis.call('LREM', KEYS[3], 1, older)
+      redis.call('SADD', KEYS[11], older)
     end
   end
 end
@@ -130,7 +133,7 @@ end
 redis.call('HSET', KEYS[9], 'ba', ba_id, 'total', total,
   'open', string.format('%d', open), 'disputed', '0', 'due', due_s, 'issued', issued_s,
   'status', open > 0 and 'OPEN' or 'PAID', 'delivery', 'PENDING')
-if open > 0 then redis.call('RPUSH', KEYS[3], number) end
+if open > 0 then redis.call('RPUSH', KEYS[3], number) else redis.call('SADD', KEYS[11], number) end
 local first = redis.call('LINDEX', KEYS[3], 0)
 if first then
   redis.call('ZADD', KEYS[4], redis.call('HGET', state_prefix .. first, 'due'), ba_id)

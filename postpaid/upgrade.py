@@ -4,8 +4,11 @@ order for the server's start and ``charging migrate``: issued invoices and bill 
 payments, credit notes and refunds (``receivables_legacy.py``); then what is left under
 the one ``{bill}`` tag into the billing shards (``shards.py``); and the credit accounts
 held before its movements were rows, as one opening movement each
-(``credit_movements.py``). Each step is resumable, safe with several movers at once, and
-a no-op once done. Run within ``charging/upgrade.py``'s sequence, under its lease."""
+(``credit_movements.py``); then the states of invoices paid before revision 0016 become
+candidates to leave Redis, which the ``billing_applications`` job's sweep drops once
+PostgreSQL answers for them, and the credit notes' Redis copies go (``settled.py``).
+Each step is resumable, safe with several movers at once, and a no-op once done. Run
+within ``charging/upgrade.py``'s sequence, under its lease."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import logging
 import redis.asyncio as aioredis
 
 from charging.database import Pool
-from postpaid import collections_legacy, credit_movements, legacy, receivables_legacy, shards
+from postpaid import collections_legacy, credit_movements, legacy, receivables_legacy, settled, shards
 from postpaid.config import BillingConfig
 from provisioning.sealing import Sealer
 
@@ -39,3 +42,6 @@ async def move_stored_records(
     await shards.move_once(client)
     # The credit accounts held before its movements were rows (``credit_movements.py``).
     await credit_movements.open_once(client, now_s)
+    seeded = await settled.seed_once(client)
+    if seeded:
+        log.info("paid invoices' states to leave redis", extra={"invoices": seeded})

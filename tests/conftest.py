@@ -126,6 +126,7 @@ CLUSTER_MODULES = frozenset(
         "test_receivables",
         "test_billing_shards",
         "test_credit_movements",
+        "test_settled_invoices",
     }
 )
 

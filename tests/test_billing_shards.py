@@ -270,15 +270,16 @@ async def test_pay_and_settle_refuse_a_prefix_outside_the_accounts_slot(redis_ur
             bill_keys.billing_open(ba),
             bill_keys.dunning_index(ba),
             bill_keys.credit_outbox(ba),
+            bill_keys.settled(ba),
         ]
         pay = PayArgs("PAY", "d", 400, 1, other + ":is:", '{"allocations": \x01ALLOCATIONS\x01}', 10**9)
         with pytest.raises(ResponseError, match="state_prefix: not in the slot"):
             await PAY(client, pay_keys, pay)
-        note = dataclasses.replace(
-            pay, kind="CREDIT", state_prefix=bill_keys.state_prefix(ba), invoice=number, note_number="CN-1"
-        )
-        with pytest.raises(ResponseError, match="note_prefix: not in the slot"):
-            await PAY(client, pay_keys, dataclasses.replace(note, note_prefix=other + ":cn:"))
+        # A credit note builds no key of its own (its Redis copy is no more): its invoice's
+        # state is under the same prefix, refused alike.
+        note = dataclasses.replace(pay, kind="CREDIT", invoice=number, note_number="CN-1")
+        with pytest.raises(ResponseError, match="state_prefix: not in the slot"):
+            await PAY(client, pay_keys, note)
         settle_keys = [
             bill_keys.billing_account(ba),
             bill_keys.billing_pending(ba),
@@ -289,12 +290,14 @@ async def test_pay_and_settle_refuse_a_prefix_outside_the_accounts_slot(redis_ur
             bill_keys.billing_lines(ba),
             bill_keys.recheck(ba),
             bill_keys.invoice_state(ba, "INV-00000010"),
+            bill_keys.credit_outbox(ba),
+            bill_keys.settled(ba),
         ]
         settle = SettleArgs("INV-00000010", 0, -500, 1, 1, "2026-01", "2026-02", 2, "", 0, 0, 0, 0, 0, other + ":is:")
         with pytest.raises(ResponseError, match="state_prefix: not in the slot"):
             await SETTLE(client, settle_keys, settle)
         # Nothing changed: no record, the other shard's state and the account as they were.
-        assert not await client.exists(record, bill_keys.billing_payments(ba), settle_keys[-1])
+        assert not await client.exists(record, bill_keys.billing_payments(ba), settle_keys[8])
         assert await client.hget(other + ":is:" + number, "open") == "1000"
         assert await client.hgetall(bill_keys.billing_account(ba)) == {"credit": "0", "issued": "0"}
         # The account's own prefix is taken: the payment goes to its own invoice's state.

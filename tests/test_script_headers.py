@@ -48,6 +48,8 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("postpaid", "dispute.lua"): (scripts.DisputeArgs,),
     ("postpaid", "prepaid_close.lua"): (scripts.PrepaidCloseArgs,),
     ("postpaid", "credit_open.lua"): (scripts.CreditOpenArgs,),
+    ("postpaid", "settled.lua"): (scripts.SettledArgs,),
+    ("postpaid", "delivered.lua"): (scripts.DeliveredArgs,),
 }
 RECORD_MODULES: tuple[ModuleType, ...] = (script_args, scripts)
 RECORDS: list[type] = sorted({r for records in SCRIPTS.values() for r in records}, key=lambda r: r.__name__)
