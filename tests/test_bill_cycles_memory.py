@@ -176,8 +176,8 @@ async def test_an_account_dunned_every_month_keeps_one_decisions_dunning_steps(
         await b.collection.evaluate(ba)
         assert (await b.account(ba))["state"] == "BARRED_OUTGOING"
         assert f"{number}|barring" in await b.client.smembers(steps)
-        for open_number in await b.client.lrange(bill_keys.billing_open(ba), 0, -1):
-            amount = int((await b.invoice_state(str(open_number)))["open"])
+        for open_number in [str(x) for x in await b.client.lrange(bill_keys.billing_open(ba), 0, -1)]:
+            amount = int((await b.invoice_state(open_number))["open"])
             await b.payments.pay(ba, amount, "BANK_TRANSFER", f"ref-{month}-{open_number}")
         assert (await b.account(ba))["state"] == "ACTIVE"  # restored by the payment
         held_after.append({str(m) for m in await b.client.smembers(steps)})
