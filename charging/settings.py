@@ -258,6 +258,8 @@ class Settings:
             raise InvalidRequest("CHARGING_SUPERVISION_FACTOR", "must be at least 1")
         if self.answer_ttl_s < 60:
             raise InvalidRequest("CHARGING_ANSWER_TTL_S", "must be at least 60")
+        if self.idempotency_ttl_s < 1:  # an expiry every script sets (SET EX refuses 0)
+            raise InvalidRequest("CHARGING_IDEMPOTENCY_TTL_S", "must be at least 1")
         for name, ceiling in (
             ("CHARGING_MAX_USED_TIME_S", self.max_used_time_s),
             ("CHARGING_MAX_USED_OCTETS", self.max_used_octets),

@@ -2,6 +2,8 @@
 in one order for the server's start and ``charging migrate`` (billing's part is
 ``postpaid/upgrade.py``, run before this): catalog and coverage versions
 (``history_store.py``), orders and lines' history (``provisioning/orders_legacy.py``),
+the owner type and unit of lines whose rows came before revision 0015
+(``provisioning/line_owners.py``, after the orders' move: its ``found`` rows need it),
 interactions and tickets (``provisioning/care_legacy.py``), customers and their units
 (``provisioning/customer_legacy.py``). Each step is resumable and a no-op once done; the
 CRM's keys are under their ``{crm}`` tag before (``provisioning/untagged.py``).
@@ -33,7 +35,7 @@ from charging.settings import Settings
 from postpaid import config as billing_config
 from postpaid import upgrade as billing_upgrade
 from postpaid.config import BillingConfig
-from provisioning import care_legacy, customer_legacy, orders_legacy
+from provisioning import care_legacy, customer_legacy, line_owners, orders_legacy
 from provisioning.sealing import Sealer, load_sealer
 from provisioning.untagged import adopt_untagged
 
@@ -88,6 +90,9 @@ async def move_stored_records(client: aioredis.Redis, pool: Pool, sealer: Sealer
     orders = await orders_legacy.move_once(client, pool, now_ms)
     if orders is not None and (orders.orders or orders.lines):
         log.info("orders and lines moved from redis", extra={"orders": orders.orders, "lines": orders.lines})
+    owners = await line_owners.fill_once(client, pool)
+    if owners is not None and (owners.lines or owners.unknown):
+        log.info("lines' owners recorded", extra={"lines": owners.lines, "unknown": owners.unknown})
     care = await care_legacy.move_once(client, pool, sealer)
     if care is not None and (care.interactions or care.tickets):
         log.info("care records moved from redis", extra={"interactions": care.interactions, "tickets": care.tickets})

@@ -20,6 +20,11 @@
 --
 -- A charge makes sure the account is billed again (an account whose lines all ended).
 -- A triple whose member is already in KEYS[1] was applied before and is skipped whole.
+-- KEYS[1] then holds this decision's members only: they guard its own re-application
+-- (a crash between this script and the commit of its outcome); a decision is made and
+-- applied under the account's lock only once every earlier one's outcome is committed
+-- (postpaid/collection.py), so earlier members can no longer matter, and the set stays
+-- one decision's size however many episodes the account goes through.
 -- The state changes the account's state epoch (its lines' order ids) when it differs.
 -- Reply: number of triples applied now.
 
@@ -31,7 +36,9 @@ end
 local now_s = ARGV[3 + 3 * #steps]
 
 local applied = 0
+local members = {}
 for _, step in ipairs(steps) do
+  members[step.member] = true
   if redis.call('SADD', KEYS[1], step.member) == 1 then
     applied = applied + 1
     if step.charge ~= '' then
@@ -40,6 +47,9 @@ for _, step in ipairs(steps) do
     end
     if step.note ~= '' then redis.call('RPUSH', KEYS[4], step.note) end
   end
+end
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not members[member] then redis.call('SREM', KEYS[1], member) end
 end
 if state ~= '' then
   local was = redis.call('HGET', KEYS[3], 'state')

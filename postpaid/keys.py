@@ -198,7 +198,9 @@ def billing_payments(ba: str) -> str:
 
 
 def billing_dunning_done(ba: str) -> str:
-    """set: "<invoice>|<step>" dunning steps taken and "fee|<invoice>|<step>" fees charged."""
+    """set: the members ("<invoice>|<step>", "state|<state>|<epoch>", "restore|<epoch>") of
+    the last dunning decision applied, which guard its re-application (dunning.lua);
+    PostgreSQL's dunning_steps is the record of the steps taken."""
     return billing_account(ba) + ":dun"
 
 

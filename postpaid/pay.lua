@@ -33,6 +33,9 @@
 --                       PostgreSQL bounded the credit note when it committed it
 --                       (postpaid/settled.py), so the invoice's state is neither read
 --                       nor written here
+--   record_ttl_s        the record's expiry (s): the caller deletes it once the outcome is
+--                       committed in PostgreSQL (which answers a retry from then on); a
+--                       process that dies between the two leaves it to expire
 -- The invoice state keys are not in KEYS: they are made here from the prefix and the
 -- numbers of the open invoices, which the caller cannot know (the open list is read
 -- here). A prefix whose hash tag is not KEYS[2]'s is refused (an error, nothing changed:
@@ -61,6 +64,7 @@ local release = tonumber(ARGV[9])
 local note_number = ARGV[10]
 local check = ARGV[11] == '1'
 local settled = ARGV[12] == '1'
+local record_ttl_s = ARGV[13]
 
 local refused = outside_slot(KEYS[2], state_prefix, 'state_prefix')
 if refused then return refused end
@@ -163,7 +167,7 @@ elseif kept > 0 then
 end
 
 record = string.gsub(record, '\1ALLOCATIONS\1', '{' .. table.concat(allocations, ',') .. '}', 1)
-redis.call('SET', KEYS[1], digest .. '|' .. record)
+redis.call('SET', KEYS[1], digest .. '|' .. record, 'EX', record_ttl_s)
 redis.call('HSET', KEYS[2], 'credit', string.format('%d', credit), 'balance', string.format('%d', balance))
 redis.call('HINCRBY', KEYS[2], 'moves', 1)
 if kind == 'PAY' then redis.call('HINCRBY', KEYS[2], 'paid_since', amount) end

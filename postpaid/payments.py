@@ -154,6 +154,7 @@ class Payments:
             doc,
             MAX_MINOR,
             check=check,
+            record_ttl_s=self.idempotency_ttl_s,
         )
 
     def _note_args(self, n: CreditNote, check: bool = False, settled: bool = False) -> PayArgs:
@@ -179,6 +180,7 @@ class Payments:
             release=n.release,
             note_number=n.number,
             check=check,
+            record_ttl_s=self.idempotency_ttl_s,
             settled=settled,
         )
 
@@ -258,7 +260,8 @@ class Payments:
         if refused is not None:
             raise refused
         # pay.lua's record answered a retry until the outcome was committed; PostgreSQL's
-        # billing_applied answers from now on, so Redis keeps no record per movement.
+        # billing_applied answers from now on, so Redis keeps no record per movement (a
+        # stop before this delete: the record expires, pay.lua set its record_ttl_s).
         with storage_errors():
             await self.client.delete(key)
         if reply[0] == "DONE" and self.on_credit is not None:
@@ -342,6 +345,7 @@ class Payments:
             doc,
             MAX_MINOR,
             check=check,
+            record_ttl_s=self.idempotency_ttl_s,
         )
 
     async def refund(self, ba: str, amount: int, reference: str, reason: str, actor: str = "") -> dict[str, Any]:

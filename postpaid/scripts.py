@@ -11,7 +11,7 @@ record here, in order, and the script reads them into locals of the same names;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from charging.ledger import LuaScript
@@ -133,6 +133,10 @@ class PayArgs:
     check: bool = False
     # A credit note on a settled invoice (its state left Redis; PostgreSQL bounded it).
     settled: bool = False
+    # How long (s) the record lives: the caller deletes it once the outcome is committed
+    # in PostgreSQL, which answers a retry from then on; this bounds it when the process
+    # dies between the two (CHARGING_IDEMPOTENCY_TTL_S, far longer than any retry).
+    record_ttl_s: int = field(kw_only=True)
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (
@@ -148,6 +152,7 @@ class PayArgs:
             self.note_number,
             "1" if self.check else "",
             "1" if self.settled else "",
+            self.record_ttl_s,
         )
 
 

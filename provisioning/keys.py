@@ -31,6 +31,7 @@ single server (``adopt_untagged``).
     crm:orders:cdr                  list: record outbox of order decisions' audit entries
     crm:orders:rows                 list: record outbox of orders' and lines' rows (``order_records.py``)
     crm:orders:moved                set once the orders and lines Redis kept before are rows (``orders_legacy.py``)
+    crm:owners:filled               set once lines' rows of before 0015 name their owner (``line_owners.py``)
     crm:quarantine:<msisdn>         when a terminated number may be given out again (s)
     crm:identity:<print>            the customer registered with an identity document
     crm:name:<print>                set: customers with a word in their name (``names.py``)
@@ -69,6 +70,8 @@ ORDER_RECORDS = "{crm}:orders:cdr"  # order decisions' audit entries until the r
 SUBMITTED = "{crm}:orders:submitted"
 ORDER_ROWS = "{crm}:orders:rows"  # orders' and lines' rows until the relay moved them (order_records.py)
 ORDERS_MOVED = "{crm}:orders:moved"  # set once Redis's orders and lines are rows (orders_legacy.py)
+# set once every line's latest row names its owner type and unit (line_owners.py)
+LINE_OWNERS_FILLED = "{crm}:owners:filled"
 BLACKLIST = "{crm}:blacklist"
 DECISIONS = "{crm}:decisions"  # written no more: each decision is its order's step row
 ACTIVE_LINES = "{crm}:stats:active"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 
 import redis.asyncio as aioredis
 
@@ -18,6 +19,7 @@ from postpaid import keys as bill_keys
 from postpaid.billing import Billing
 from tests.conftest import LineBook, Stubs, enrol, set_time
 from tests.test_bill_run import call
+from tests.test_payments import DAY
 
 # Two billing accounts, three lines: C1 pays for two, C2 for one.
 LINES = (("1", "491700000901"), ("1", "491700000902"), ("2", "491700000903"))
@@ -149,6 +151,40 @@ async def test_paid_invoices_leave_redis(
 ) -> None:
     b, book = postpaid_billing
     assert_flat(*await twelve_cycles(stubs, b, book, clock, app))
+
+
+async def test_an_account_dunned_every_month_keeps_one_decisions_dunning_steps(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    """C3 pays each month's invoice only once barred for it (a late fee, then restored):
+    its set of dunning steps applied (the guard of a decision's re-application) holds the
+    last decision's members, not one more per episode."""
+    b, book = postpaid_billing
+    ba, msisdn = "C3", "491700000904"
+    await enrol(stubs, b, "3", msisdn)
+    book.lines[msisdn] = {"state": "active", "order_id": "new"}
+    steps = bill_keys.billing_dunning_done(ba)
+    held_after: list[set[str]] = []
+    for month in range(1, 5):
+        assert await call(stubs, msisdn, f"d{month}", 60) == 2001
+        clock.advance(seconds=31 * DAY)
+        await b.runs.run()
+        number = (await b.invoices_of(ba))[-1]
+        await b.deliver_queued()
+        due = (await b.invoice(number)).due
+        set_time(clock, f"{due + timedelta(days=21)}T12:00:00+00:00")
+        await b.collection.evaluate(ba)
+        assert (await b.account(ba))["state"] == "BARRED_OUTGOING"
+        assert f"{number}|barring" in await b.client.smembers(steps)
+        for open_number in [str(x) for x in await b.client.lrange(bill_keys.billing_open(ba), 0, -1)]:
+            amount = int((await b.invoice_state(open_number))["open"])
+            await b.payments.pay(ba, amount, "BANK_TRANSFER", f"ref-{month}-{open_number}")
+        assert (await b.account(ba))["state"] == "ACTIVE"  # restored by the payment
+        held_after.append({str(m) for m in await b.client.smembers(steps)})
+    assert len(await b.invoices_of(ba)) >= 4
+    # Each episode ends with its restoration's member only: the earlier ones went.
+    assert [len(members) for members in held_after] == [1] * len(held_after)
+    assert all(next(iter(members)).startswith("restore|") for members in held_after)
 
 
 def assert_flat(first: dict[str, Held], last: dict[str, Held]) -> None:

@@ -272,7 +272,9 @@ async def test_pay_and_settle_refuse_a_prefix_outside_the_accounts_slot(redis_ur
             bill_keys.credit_outbox(ba),
             bill_keys.settled(ba),
         ]
-        pay = PayArgs("PAY", "d", 400, 1, other + ":is:", '{"allocations": \x01ALLOCATIONS\x01}', 10**9)
+        pay = PayArgs(
+            "PAY", "d", 400, 1, other + ":is:", '{"allocations": \x01ALLOCATIONS\x01}', 10**9, record_ttl_s=60
+        )
         with pytest.raises(ResponseError, match="state_prefix: not in the slot"):
             await PAY(client, pay_keys, pay)
         # A credit note builds no key of its own (its Redis copy is no more): its invoice's

@@ -16,16 +16,18 @@ import psycopg
 import pytest
 import redis
 
+from charging import upgrade
 from charging.cdr_relay import CdrRelay, drain
 from charging.cdr_store import CdrStore
 from charging.server import App
 from charging.v1 import crm_pb2, crm_pb2_grpc
-from provisioning import keys, orders_legacy
+from provisioning import keys, line_owners, orders_legacy
 from provisioning.lifecycle import LineState
 from provisioning.lines import Line
-from provisioning.order_records import OrderRecord
+from provisioning.order_records import OrderRecord, line_change
 from provisioning.order_store import OrderStore
 from provisioning.orders import Order, Step
+from tests.conftest import SEALER
 from tests.test_acquisition import application, line_order
 from tests.test_cli import cli
 
@@ -215,3 +217,49 @@ async def test_orders_and_lines_redis_kept_before_are_moved_once(
     assert not r.exists(keys.DECISIONS)
     # Redis keeps what it acts on (the line, the running order), not what the rows answer
     assert not r.exists(keys.order("old-1")) and r.exists(keys.line(line.msisdn), keys.order("running")) == 2
+
+
+async def test_lines_whose_rows_came_before_0015_are_given_their_owner_once(app: App, r: redis.Redis) -> None:
+    assert app.redis is not None and app.database is not None
+    store = OrderStore(app.database)
+    # Rows as the 0013-era move and changes before revision 0015 wrote them: no owner.
+    named = Line(
+        "491709990001",
+        "77",
+        "12",
+        "fixed-postpaid",
+        LineState.ACTIVE,
+        "o-1",
+        customer_type="FIXED_POSTPAID",
+        unit_id="5",
+    )
+    gone = replace(named, msisdn="491709990002", order_id="o-2")
+    later = replace(named, msisdn="491709990003", order_id="o-3")
+    for line in (named, gone, later):
+        await store.write([replace(line_change(line, "found", 1_700_000_000_000), customer_type="", unit_id="")])
+    await store.write([line_change(replace(later, changes=1), "acknowledged", 1_700_000_100_000)])  # since 0015
+    for line in (named, later):
+        r.hset(keys.line(line.msisdn), mapping=line.to_redis())  # type: ignore[arg-type]
+    r.delete(keys.LINE_OWNERS_FILLED)
+    before = await store.all_lines_of("77")
+    assert [(x.msisdn, x.customer_type, x.unit_id) for x in before if x.msisdn == named.msisdn] == [
+        (named.msisdn, "MOBILE_PREPAID", "")  # what a reader took it for
+    ]
+    # The start-time moves fill them (once: a marker), from the lines' Redis hashes.
+    await upgrade.move_stored_records(app.redis, app.database, SEALER, app.clock.now_ms())
+    assert r.exists(keys.LINE_OWNERS_FILLED)
+    owners = {x.msisdn: (x.customer_type, x.unit_id, x.state) for x in await store.all_lines_of("77")}
+    assert owners == {
+        named.msisdn: ("FIXED_POSTPAID", "5", LineState.ACTIVE),
+        gone.msisdn: ("MOBILE_PREPAID", "", LineState.ACTIVE),  # nothing knows it: as before
+        later.msisdn: ("FIXED_POSTPAID", "5", LineState.ACTIVE),  # its own latest row said so
+    }
+    query = "SELECT cause, customer_type, unit_id FROM line_changes WHERE msisdn = %s ORDER BY at, seq"
+    assert await rows(app, query, named.msisdn) == [("found", "", ""), ("found", "FIXED_POSTPAID", "5")]
+    assert len(await rows(app, query, later.msisdn)) == 2
+    # Run again (a mover stopped before its marker): nothing written twice.
+    r.delete(keys.LINE_OWNERS_FILLED)
+    again = await line_owners.fill_once(app.redis, app.database)
+    assert again is not None and (again.lines, again.unknown) == (0, 1)
+    assert len(await rows(app, query, named.msisdn)) == 2
+    assert await line_owners.fill_once(app.redis, app.database) is None

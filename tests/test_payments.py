@@ -74,6 +74,39 @@ async def test_payments_allocate_oldest_first_keep_credit_and_are_idempotent(
     assert int((await b.invoice_state(third))["open"]) == (await b.invoice(third)).total - 77
 
 
+class Stopped(Exception):
+    """The process dies here."""
+
+
+async def test_a_payment_record_left_by_a_stop_before_its_delete_expires_and_postgresql_answers(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b, book = postpaid_billing
+    inv = await invoiced(stubs, b, book, clock, "14", "491700000308")
+    record = bill_keys.payment("C14", "CARD", "stop-1")
+    real = b.payments.client.delete
+
+    async def stop_at_the_record(*names: str) -> int:
+        if record in names:
+            raise Stopped
+        return int(await real(*names))
+
+    # The outcome is committed in PostgreSQL, then the process dies before its delete.
+    monkeypatch.setattr(b.payments.client, "delete", stop_at_the_record)
+    with pytest.raises(Stopped):
+        await b.payments.pay("C14", inv.total, "CARD", "stop-1")
+    monkeypatch.undo()
+    assert await b.payments.ledger.pending() == []
+    # The record pay.lua wrote expires on its own (the idempotency period, not for ever).
+    assert 0 < await b.client.ttl(record) <= b.payments.idempotency_ttl_s
+    account = await b.account("C14")
+    await b.client.delete(record)  # what its expiry does
+    again = await b.payments.pay("C14", inv.total, "CARD", "stop-1")  # answered from PostgreSQL
+    assert again["replayed"] and again["allocations"] == {inv.number: inv.total}
+    assert await b.account("C14") == account  # no money moved again
+    assert not await b.client.exists(record)
+
+
 async def test_overpayments_stop_at_the_credit_an_account_may_hold(
     stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
 ) -> None:

@@ -60,6 +60,7 @@ def test_database_settings_from_env_hide_the_password(url: str) -> None:
     [
         ({"CHARGING_ANSWER_TTL_S": "soon"}, "CHARGING_ANSWER_TTL_S"),
         ({"CHARGING_ANSWER_TTL_S": "5"}, "CHARGING_ANSWER_TTL_S"),
+        ({"CHARGING_IDEMPOTENCY_TTL_S": "0"}, "CHARGING_IDEMPOTENCY_TTL_S"),
         ({"CHARGING_REDIS_APPENDFSYNC": "sometimes"}, "CHARGING_REDIS_APPENDFSYNC"),
         ({"CHARGING_GRPC_ADDRESS": "50051"}, "CHARGING_GRPC_ADDRESS"),
         ({"CHARGING_DATABASE_POOL_SIZE": "0"}, "CHARGING_DATABASE_POOL_SIZE"),
