@@ -21,7 +21,10 @@ candidate:
 
 A crash between 2 and 3 leaves both: the candidate stays in the set and the next sweep
 (the ``billing_applications`` job's pass) inserts nothing again and deletes the state.
-Readers ask PostgreSQL first, so a state left over is never read.
+Readers ask PostgreSQL first, so a state left over is never read. Inline (after a
+movement's outcome, after a delivery pass) only the invoices just touched are swept
+(``sweep_invoices``); the shards' backlog (the upgrade's seed among it) is the job's
+``sweep``, bounded per pass.
 """
 
 from __future__ import annotations
