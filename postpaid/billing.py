@@ -55,7 +55,7 @@ from postpaid.dunning_record import DunningRecord
 from postpaid.invoice_book import InvoiceBook
 from postpaid.invoices import Invoice
 from postpaid.payments import IDEMPOTENCY_TTL_S, Payments
-from postpaid.scripts import DELIVERED, PREPAID_CLOSE, DeliveredArgs, PrepaidCloseArgs
+from postpaid.scripts import DELIVERED, PREPAID_CLOSE, REDELIVER, DeliveredArgs, PrepaidCloseArgs, RedeliverArgs
 from provisioning.customers import Customer
 from provisioning.lines import Line
 from provisioning.sealing import Sealer, load_sealer
@@ -220,24 +220,18 @@ class Billing:
         and is recorded FAILED after ``DELIVERY_ATTEMPTS``; one that cannot succeed is
         recorded FAILED at once."""
         handled = 0
-        left: set[int] = set()  # shards an invoice left the queue of
+        left: dict[int, set[str]] = {}  # the invoices that left the queue, by shard
         for shard, queue in enumerate(bill_keys.DELIVERY_QUEUES):
             for raw in await self.client.lrange(queue, 0, limit - 1):
-                number = str(raw)
-                # One process at a time delivers an invoice (several may run the billing jobs).
-                lease = bill_keys.delivery_lease(shard, number)
-                if not await self.client.set(lease, "1", nx=True, px=DELIVERY_LEASE_MS):
-                    continue
-                try:
-                    if await self._deliver_queued(shard, number):
-                        handled += 1
-                        left.add(shard)
-                finally:
-                    await self.client.delete(lease)
+                if await self._deliver_listed(shard, str(raw)):
+                    handled += 1
+                    left.setdefault(shard, set()).add(str(raw))
         if left:
-            # Delivered (or given up) and paid: those invoices' states may go (settled.py).
+            # Delivered (or given up) and paid: those invoices' states may go (settled.py);
+            # only these: the shards' backlog is the billing_applications job's.
             try:
-                await self.payments.settled.sweep(sorted(left))
+                for shard, numbers in sorted(left.items()):
+                    await self.payments.settled.sweep_invoices(shard, numbers)
             except Exception:
                 log.exception("dropping settled invoices' states failed; the next pass does it")
         if handled and not self.deliveries:
@@ -256,6 +250,22 @@ class Billing:
         if self._retried > before and not handled:
             raise DeliveryStalled(f"no queued invoice could be delivered ({self._retried - before} to retry)")
 
+    async def _deliver_listed(self, shard: int, number: str) -> int:
+        """Deliver an invoice this pass listed on its shard's queue, under its lease; 1
+        when it left the queue."""
+        # One process at a time delivers an invoice (several may run the billing jobs).
+        lease = bill_keys.delivery_lease(shard, number)
+        if not await self.client.set(lease, "1", nx=True, px=DELIVERY_LEASE_MS):
+            return 0
+        try:
+            # Still queued? Another pass may have delivered it (and the sweep dropped its
+            # state) since this one listed the queue: it is not delivered twice.
+            if await self.client.lpos(bill_keys.DELIVERY_QUEUES[shard], number) is None:
+                return 0
+            return await self._deliver_queued(shard, number)
+        finally:
+            await self.client.delete(lease)
+
     async def _deliver_queued(self, shard: int, number: str) -> int:
         """Deliver one queued invoice; 1 when it left the queue."""
         try:
@@ -265,15 +275,16 @@ class Billing:
             outcome = "RETRYING"
         if outcome == "RETRYING":
             self._retried += 1
-            state, queue = bill_keys.invoice_state_in(shard, number), bill_keys.DELIVERY_QUEUES[shard]
-            attempts = await self.client.hincrby(state, "delivery_attempts", 1)
-            if attempts < DELIVERY_ATTEMPTS:
-                async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.lrem(queue, 1, number)
-                    pipe.rpush(queue, number)
-                    await pipe.execute()
-                return 0
-            await self.client.hset(state, "delivery", "FAILED")
+            # Only on a state Redis still holds (redeliver.lua): a pass that raced another
+            # makes no partial state and queues no settled invoice again.
+            retry_keys = (
+                bill_keys.invoice_state_in(shard, number),
+                bill_keys.DELIVERY_QUEUES[shard],
+                bill_keys.SETTLED_SETS[shard],
+            )
+            with storage_errors():
+                reply = await REDELIVER(self.client, retry_keys, RedeliverArgs(number, DELIVERY_ATTEMPTS))
+            return 0 if str(reply) == "AGAIN" else 1
         async with self.client.pipeline(transaction=True) as pipe:
             # Off the queue, and a candidate to leave Redis if it is paid (settled.py).
             pipe.lrem(bill_keys.DELIVERY_QUEUES[shard], 1, number)

@@ -299,6 +299,33 @@ def billing_account_of(key: str) -> str | None:
     return m.group(1) if m else None
 
 
+# SCAN patterns of the invoice states and of the credit notes' copies of before revision
+# 0016 (any shard). A glob's ``*`` also matches other keys of the shard whose
+# client-chosen part holds ``}:is:`` or ``}:cn:`` (a payment record
+# ``{bill.3}:pay:CARD:x}:is:y``): a key is one of these only when it is its shard's tag,
+# then ``:is:`` (or ``:cn:``), then a number. A number is the issuer's prefix (free text
+# up to 200 characters, ``postpaid/config.py``), '-' and its digits (``format_number``,
+# the legacy numbers likewise): the prefix may hold ':' or '}', so what tells the keys
+# apart is the anchored tag with the shard's digits, the number's '-digits' end and the
+# key's type (a hash for a state, a string for a copy).
+INVOICE_STATE_PATTERN = "{bill.*}:is:*"
+INVOICE_STATE_KEY = re.compile(r"\{bill\.(\d{1,2})\}:is:(.*-\d+)")
+CREDIT_NOTE_COPY_PATTERN = "{bill.*}:cn:*"
+CREDIT_NOTE_COPY_KEY = re.compile(r"\{bill\.(\d{1,2})\}:cn:(.*-\d+)")
+
+
+def invoice_state_of(key: str) -> tuple[int, str] | None:
+    """The shard and number of the invoice state ``key`` names, or None for any other key."""
+    m = INVOICE_STATE_KEY.fullmatch(key)
+    return (int(m.group(1)), m.group(2)) if m and int(m.group(1)) < SHARDS else None
+
+
+def is_credit_note_copy(key: str) -> bool:
+    """Whether ``key`` names a credit note's copy of before revision 0016."""
+    m = CREDIT_NOTE_COPY_KEY.fullmatch(key)
+    return m is not None and int(m.group(1)) < SHARDS
+
+
 # The names of before the move to PostgreSQL (issue 11, revisions 0005 and 0008), read
 # only by the legacy moves (postpaid/legacy.py, collections_legacy.py,
 # receivables_legacy.py): those layouts were only ever under the one {bill} tag.

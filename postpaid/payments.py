@@ -269,15 +269,17 @@ class Payments:
         if isinstance(movement, Payment) and reply[0] == "DONE":
             metrics.PAYMENTS.labels(movement.channel).inc()
             metrics.PAYMENT_MINOR.labels(movement.channel).inc(movement.amount)
-        await self.sweep(ba)
+        touched = set(record.get("allocations", {}))  # a credit note's invoice too
+        await self.sweep(ba, touched | ({movement.invoice} if isinstance(movement, CreditNote) else set()))
         return record
 
-    async def sweep(self, ba: str) -> None:
-        """The states of the invoices settled on the account's shard leave Redis now that
-        the movement's outcome is committed (``settled.py``); a failure here is logged and
-        the ``billing_applications`` job's pass does it."""
+    async def sweep(self, ba: str, numbers: set[str]) -> None:
+        """The states of the invoices this movement settled leave Redis now that its
+        outcome is committed (``settled.py``): only those it touched (its allocation's, a
+        credit note's invoice); the shard's other candidates are the ``billing_applications``
+        job's. A failure here is logged and the job's pass does it."""
         try:
-            await self.settled.sweep((bill_keys.shard_of(ba),))
+            await self.settled.sweep_invoices(bill_keys.shard_of(ba), numbers)
         except Exception:
             log.exception("dropping settled invoices' states failed; the next pass does it")
 

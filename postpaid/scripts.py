@@ -29,6 +29,7 @@ PREPAID_CLOSE = LuaScript("prepaid_close.lua", package="postpaid")
 CREDIT_OPEN = LuaScript("credit_open.lua", package="postpaid")
 SETTLED = LuaScript("settled.lua", package="postpaid")
 DELIVERED = LuaScript("delivered.lua", package="postpaid")
+REDELIVER = LuaScript("redeliver.lua", package="postpaid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,3 +255,14 @@ class DeliveredArgs:
 
     def to_argv(self) -> tuple[Arg, ...]:
         return (self.delivery, self.delivery_detail, self.delivered_on)
+
+
+@dataclass(frozen=True, slots=True)
+class RedeliverArgs:
+    """redeliver.lua: a delivery to try again later, on a state Redis still holds."""
+
+    number: str
+    max_attempts: int
+
+    def to_argv(self) -> tuple[Arg, ...]:
+        return (self.number, self.max_attempts)

@@ -21,7 +21,10 @@ candidate:
 
 A crash between 2 and 3 leaves both: the candidate stays in the set and the next sweep
 (the ``billing_applications`` job's pass) inserts nothing again and deletes the state.
-Readers ask PostgreSQL first, so a state left over is never read.
+Readers ask PostgreSQL first, so a state left over is never read. Inline (after a
+movement's outcome, after a delivery pass) only the invoices just touched are swept
+(``sweep_invoices``); the shards' backlog (the upgrade's seed among it) is the job's
+``sweep``, bounded per pass.
 """
 
 from __future__ import annotations
@@ -82,6 +85,22 @@ async def bound(conn: AsyncConnection[TupleRow], number: str, amount: int) -> No
         raise InvalidRequest("amount_minor", f"at most what the invoice can still be credited ({max(creditable, 0)})")
 
 
+async def latest_delivery(conn: AsyncConnection[TupleRow], number: str) -> tuple[str, str, str]:
+    """The invoice's delivery as its latest attempt on each channel left it (a failed
+    resend then one that reached the customer reads DELIVERED): the outcome (DELIVERED
+    when every channel's latest attempt reached it, else FAILED), the channels reached
+    and the failures, in delivered.lua's forms."""
+    cur = await conn.execute(
+        "SELECT DISTINCT ON (channel) channel, delivered, reason FROM invoice_deliveries "
+        "WHERE invoice_id = %s ORDER BY channel, attempt_id DESC",
+        (number,),
+    )
+    latest = [(str(c), bool(ok), str(reason)) for c, ok, reason in await cur.fetchall()]
+    failures = [f"{channel}: {reason}" for channel, ok, reason in latest if not ok]
+    reached = ",".join(channel for channel, ok, _ in latest if ok)
+    return ("FAILED" if failures else "DELIVERED"), reached, "; ".join(failures)
+
+
 class SettledInvoices:
     def __init__(self, client: aioredis.Redis, pool: Pool, clock: Clock) -> None:
         self.client = client
@@ -92,25 +111,28 @@ class SettledInvoices:
 
     async def settled_state(self, number: str) -> dict[str, str] | None:
         """A settled invoice's state as PostgreSQL answers it (None: not settled): nothing
-        open or disputed, its status and delivery as they were settled (a later delivery
-        attempt, ResendInvoice, counts), what its applied credit notes credited."""
+        open or disputed, its status and delivery as they were settled, what its applied
+        credit notes credited. A delivery attempted since (ResendInvoice) counts: then each
+        channel's latest attempt decides (``delivery``)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT s.billing_account, i.total_minor, s.status, s.delivery, s.delivered_on, s.delivery_detail, "
                 "i.issued_at, coalesce((SELECT sum(c.amount_minor) FROM credit_notes c JOIN billing_applied a "
                 "ON a.application_id = 'CREDIT_NOTE:' || c.credit_note_id AND a.outcome = 'APPLIED' "
                 "WHERE c.invoice_id = s.invoice_id), 0), "
-                "(SELECT bool_and(d.delivered) FROM invoice_deliveries d WHERE d.invoice_id = s.invoice_id "
-                "AND d.attempted_at > s.settled_at) "
+                # Attempts are kept at whole seconds (invoice_book.record_deliveries) and the
+                # switch at ms: one in the switch's second may be after it, so it counts.
+                "EXISTS (SELECT 1 FROM invoice_deliveries d WHERE d.invoice_id = s.invoice_id "
+                "AND d.attempted_at >= date_trunc('second', s.settled_at)) "
                 "FROM settled_invoices s JOIN invoices i USING (invoice_id) WHERE s.invoice_id = %s",
                 (number,),
             )
             row = await cur.fetchone()
-        if row is None:
-            return None
-        ba, total, status, delivery, delivered_on, detail, issued, credited, later = row
-        if later is not None:  # delivered again since (ResendInvoice)
-            delivery = "DELIVERED" if later else "FAILED"
+            if row is None:
+                return None
+            ba, total, status, delivery, delivered_on, detail, issued, credited, later = row
+            if later:  # delivered again since (ResendInvoice)
+                delivery, delivered_on, detail = await latest_delivery(conn, number)
         state = {"ba": ba, "total": str(total), "open": "0", "disputed": "0", "status": status}
         state |= {"delivery": delivery, "delivered_on": delivered_on, "delivery_detail": detail}
         return state | {"credited": str(credited), "issued": str(int(issued.timestamp())), "settled": "1"}
@@ -146,13 +168,23 @@ class SettledInvoices:
     # -- sweeping
 
     async def sweep(self, shards: Iterable[int] = range(bill_keys.SHARDS), limit: int = SWEEP_BATCH) -> int:
-        """Drop the states of the shards' settled candidates; answers how many went."""
+        """Drop the states of the shards' settled candidates, at most ``limit`` a shard
+        (the ``billing_applications`` job's pass); answers how many went."""
         dropped = 0
         for shard in shards:
             with storage_errors():
                 found = await self.client.srandmember(bill_keys.SETTLED_SETS[shard], limit)
             for raw in found or []:
                 dropped += await self._sweep_one(shard, str(raw))
+        return dropped
+
+    async def sweep_invoices(self, shard: int, numbers: Iterable[str]) -> int:
+        """Drop the states of these invoices of the shard if they are settled: those a
+        movement or the delivery pass has just touched. Inline callers sweep only these,
+        so a payment never pays for the shard's backlog (``sweep``, the job's, bounded)."""
+        dropped = 0
+        for number in sorted(set(numbers)):
+            dropped += await self._sweep_one(shard, number)
         return dropped
 
     async def _sweep_one(self, shard: int, number: str) -> int:
@@ -222,13 +254,14 @@ async def seed_once(client: aioredis.Redis) -> int | None:
     if await client.exists(SEEDED):
         return None
     seeded = 0
-    async for raw in client.scan_iter(match="{bill.*}:is:*", count=1000):
-        key = str(raw)
-        if await client.hget(key, "open") == "0":
-            tag, _, number = key.partition(":is:")
-            await client.sadd(bill_keys.settled_shard(int(tag.removeprefix("{bill.").removesuffix("}"))), number)
+    async for raw in client.scan_iter(match=bill_keys.INVOICE_STATE_PATTERN, count=1000, _type="hash"):
+        found = bill_keys.invoice_state_of(str(raw))
+        if found is not None and await client.hget(str(raw), "open") == "0":
+            shard, number = found
+            await client.sadd(bill_keys.settled_shard(shard), number)
             seeded += 1
-    async for raw in client.scan_iter(match="{bill.*}:cn:*", count=1000):
-        await client.delete(str(raw))
+    async for raw in client.scan_iter(match=bill_keys.CREDIT_NOTE_COPY_PATTERN, count=1000, _type="string"):
+        if bill_keys.is_credit_note_copy(str(raw)):
+            await client.delete(str(raw))
     await client.set(SEEDED, "1")
     return seeded

@@ -50,6 +50,7 @@ SCRIPTS: dict[tuple[str, str], tuple[type, ...]] = {
     ("postpaid", "credit_open.lua"): (scripts.CreditOpenArgs,),
     ("postpaid", "settled.lua"): (scripts.SettledArgs,),
     ("postpaid", "delivered.lua"): (scripts.DeliveredArgs,),
+    ("postpaid", "redeliver.lua"): (scripts.RedeliverArgs,),
 }
 RECORD_MODULES: tuple[ModuleType, ...] = (script_args, scripts)
 RECORDS: list[type] = sorted({r for records in SCRIPTS.values() for r in records}, key=lambda r: r.__name__)

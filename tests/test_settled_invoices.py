@@ -8,7 +8,9 @@ the gRPC services."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,9 +23,11 @@ from charging.v1 import billing_pb2, billing_pb2_grpc
 from postpaid import keys as bill_keys
 from postpaid import settled
 from postpaid.billing import Billing
+from postpaid.delivery import DirectoryDelivery
 from postpaid.invoices import Invoice
 from postpaid.receivables import CreditNote
-from tests.conftest import LineBook, Stubs
+from tests.conftest import LineBook, Stubs, enrol
+from tests.test_bill_run import call
 from tests.test_payments import DAY, invoiced
 
 
@@ -219,3 +223,113 @@ async def test_a_dispute_checked_before_its_invoice_settled_is_refused_as_nothin
     monkeypatch.undo()
     assert (await b.payments.dispute("late"))["status"] == "REFUSED"
     assert (await b.invoice_state(inv.number))["disputed"] == "0"
+
+
+async def test_the_upgrade_seeds_only_invoice_states_whatever_a_client_put_in_a_key(
+    postpaid_billing: tuple[Billing, LineBook],
+) -> None:
+    b, _book = postpaid_billing
+    client = b.client
+    # Keys whose client-chosen part holds "}:is:" or "}:cn:" (a payment reference, a
+    # dispute id): SCAN's glob matches them, yet they are no state and no copy.
+    hostile = {
+        "{bill.3}:pay:CARD:x}:is:INV-00000001": "digest|{}",
+        "{bill.3}:pay:CN:k}:cn:CN-00000001": "digest|{}",
+    }
+    for key, value in hostile.items():
+        await client.set(key, value)
+    await client.hset("{bill.3}:disp:d}:is:INV-00000002", mapping={"open": "0", "status": "OPEN"})
+    state, copy = "{bill.3}:is:INV-00000042", "{bill.3}:cn:CN-00000007"
+    await client.hset(state, mapping={"ba": "C3", "open": "0", "status": "PAID"})
+    await client.set(copy, "{}")
+    await client.delete(settled.SEEDED, bill_keys.settled_shard(3))
+    assert await settled.seed_once(client) == 1
+    assert await client.smembers(bill_keys.settled_shard(3)) == {"INV-00000042"}
+    assert not await client.exists(copy)
+    assert [await client.get(key) for key in hostile] == list(hostile.values())
+    assert await client.hget("{bill.3}:disp:d}:is:INV-00000002", "status") == "OPEN"
+
+
+async def test_a_payment_drops_only_its_own_invoices_and_the_job_drains_the_backlog(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App
+) -> None:
+    b, book = postpaid_billing
+    accounts = ("67", "78", "92")  # one shard
+    assert len({bill_keys.shard_of("C" + n) for n in accounts}) == 1
+    for n in accounts:
+        await enrol(stubs, b, n, f"4917000006{n}")
+        book.lines[f"4917000006{n}"] = {"state": "active", "order_id": "new"}
+        assert await call(stubs, f"4917000006{n}", "s1", 300) == 2001
+    clock.advance(seconds=31 * DAY)
+    assert (await b.runs.run()).issued == 3
+    mine, *backlog = [await b.invoice((await b.invoices_of("C" + n))[0]) for n in accounts]
+    shard = bill_keys.shard_of(mine.billing_account)
+    # Paid and delivered before revision 0016: their states stayed; the upgrade seeds them.
+    for inv in backlog:
+        await b.payments.pay(inv.billing_account, inv.total, "BANK_TRANSFER", f"p-{inv.number}")
+    await b.client.delete(bill_keys.DELIVERY_QUEUES[shard], bill_keys.SETTLED_SETS[shard], settled.SEEDED)
+    assert await settled.seed_once(b.client) == 2
+    # A payment settles its own invoice: its state goes, the backlog's stays for the job.
+    await b.payments.pay(mine.billing_account, mine.total, "APP", "p-mine")
+    assert await settled_rows(app, mine.number) == 1
+    assert [await settled_rows(app, inv.number) for inv in backlog] == [0, 0]
+    assert await b.client.smembers(bill_keys.SETTLED_SETS[shard]) == {inv.number for inv in backlog}
+    await b.apply_pending()  # the billing_applications job's pass
+    assert [await settled_rows(app, inv.number) for inv in backlog] == [1, 1]
+    assert not await b.client.smembers(bill_keys.SETTLED_SETS[shard])
+    assert not any([await b.client.exists(bill_keys.invoice_state(i.billing_account, i.number)) for i in backlog])
+
+
+async def test_a_settled_invoices_delivery_is_its_latest_attempt_even_in_the_switchs_second(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App, tmp_path: Path
+) -> None:
+    b, book = postpaid_billing
+    inv = await paid(stubs, b, book, clock, "68")
+    clock.advance(ms=500)  # the switch half-way through a second
+    await b.deliver_queued()  # no channel: PENDING, settled
+    assert await settled_rows(app, inv.number) == 1
+    folder = tmp_path / "out"
+    folder.write_text("")  # a file where the directory goes: the channel fails, may pass
+    b.deliveries = (("directory", DirectoryDelivery(folder)),)
+    assert await b.resend(inv.number) == "RETRYING"  # in the switch's second (kept at whole seconds)
+    state = await b.invoice_state(inv.number)
+    assert (state["delivery"], state["delivered_on"]) == ("FAILED", "")
+    assert state["delivery_detail"].startswith("directory: cannot write invoice files")
+    clock.advance(seconds=1)
+    assert await b.resend(inv.number) == "RETRYING"  # failed again, later
+    folder.unlink()
+    clock.advance(seconds=1)
+    assert await b.resend(inv.number) == "DELIVERED"  # the latest attempt decides
+    state = await b.invoice_state(inv.number)
+    assert (state["delivery"], state["delivered_on"], state["delivery_detail"]) == ("DELIVERED", "directory", "")
+
+
+async def test_a_pass_that_listed_an_invoice_another_pass_delivered_and_dropped_leaves_it_alone(
+    stubs: Stubs, postpaid_billing: tuple[Billing, LineBook], clock: ManualClock, app: App, tmp_path: Path
+) -> None:
+    b, book = postpaid_billing
+    inv = await paid(stubs, b, book, clock, "69")
+    shard, state = bill_keys.shard_of(inv.billing_account), bill_keys.invoice_state(inv.billing_account, inv.number)
+    queue = bill_keys.DELIVERY_QUEUES[shard]
+    folder = tmp_path / "out"
+    b.deliveries = (("directory", DirectoryDelivery(folder)),)
+    listed = [str(n) for n in await b.client.lrange(queue, 0, -1)]  # pass A lists the queue
+    assert listed == [inv.number]
+    await b.deliver_queued()  # pass B delivers it; the sweep drops its state
+    assert not await b.client.exists(state) and await settled_rows(app, inv.number) == 1
+    shutil.rmtree(folder)
+    folder.write_text("")  # A's delivery would fail, to be tried again
+    # Pass A goes on with what it listed: not queued any more, so not delivered again.
+    assert await b._deliver_listed(shard, inv.number) == 0
+    assert (await attempts(app, inv.number), await b.client.exists(state), await b.client.llen(queue)) == (1, 0, 0)
+    # Had it passed that check, its retry keeps to a state Redis holds: nothing made again.
+    assert await b._deliver_queued(shard, inv.number) == 1
+    assert (await attempts(app, inv.number), await b.client.exists(state), await b.client.llen(queue)) == (2, 0, 0)
+
+
+async def attempts(app: App, number: str) -> int:
+    assert app.database is not None
+    async with app.database.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM invoice_deliveries WHERE invoice_id = %s", (number,))
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
