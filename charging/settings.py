@@ -73,12 +73,12 @@ class Settings:
     # Admission: calls worked on at once in this process (more: RESOURCE_EXHAUSTED; as
     # many may wait in grpc's queue), the calls one connection may have open at once (its
     # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client's burst beyond it waits in the client,
-    # not in our queue), and the bounds of idle and dead connections (admission.py). 128
-    # from `make bench` on the project's VM: a full queue waits about 128 / 3,200 per s = 40
-    # ms, within twice the p99 at 70% load, at full goodput; 512 waited 150-230 ms. README
-    # "Measured figures".
-    max_in_flight: int = 128
-    max_streams_per_connection: int = 100
+    # not in our queue), and the bounds of idle and dead connections (admission.py). 64
+    # from `make bench` on the project's VM: the p99 of admitted calls at twice the capacity
+    # stays within twice its value at 70% load (1.2-1.5x) at full goodput; 96 and 128 gave
+    # 2.5-3.1x, 512 up to 15x. README "Measured figures".
+    max_in_flight: int = 64
+    max_streams_per_connection: int = 48
     grpc_keepalive_s: float = 60.0
     grpc_keepalive_timeout_s: float = 20.0
     grpc_max_idle_s: float = 3600.0

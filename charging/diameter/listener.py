@@ -79,7 +79,7 @@ class DiameterDoor:
         catalogs: CatalogBook,
         clock: Clock,
         *,
-        max_in_flight: int = 128,
+        max_in_flight: int = 64,
         admission: Admission | None = None,
         signals_from: signals.SignalHub | None = None,
         tls: ServerTls | None = None,
