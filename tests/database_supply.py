@@ -10,6 +10,8 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
@@ -28,6 +30,7 @@ class DatabaseSupply:
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
         # The thread's work in the order asked: a name to drop, "" to copy one more, None to stop.
         self._work: queue.Queue[str | None] = queue.Queue()
+        self._busy = threading.Lock()  # held by the thread while it copies or drops
         self._thread = threading.Thread(target=self._run, name="database-supply", daemon=True)
         for _ in range(ahead):
             self._work.put("")
@@ -45,6 +48,13 @@ class DatabaseSupply:
         """Drop ``name`` (WITH (FORCE): a connection the test left open does not keep it)."""
         self._work.put(name)
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing copied or dropped in the block (once what is under way is done): for a
+        test that reads the server's files, which a copy or a drop changes under it."""
+        with self._busy:
+            yield
+
     def close(self) -> None:
         """Drop what was copied and not taken; return once the thread is done."""
         self._work.put(None)
@@ -61,17 +71,18 @@ class DatabaseSupply:
     def _run(self) -> None:
         conn: psycopg.Connection[TupleRow] | None = None
         while (name := self._work.get()) is not None:
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self._admin_url, autocommit=True)
-                if name:
-                    conn.execute(_statement(DROP, name))
-                else:
-                    copy = f"test_{uuid.uuid4().hex[:16]}"
-                    conn.execute(_statement(COPY, copy, self._template))
-                    self._ready.put(copy)
-            except BaseException as exc:  # the next test to take a database fails with it
-                self._ready.put(RuntimeError(f"dropping {name} failed: {exc}") if name else exc)
+            with self._busy:
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self._admin_url, autocommit=True)
+                    if name:
+                        conn.execute(_statement(DROP, name))
+                    else:
+                        copy = f"test_{uuid.uuid4().hex[:16]}"
+                        conn.execute(_statement(COPY, copy, self._template))
+                        self._ready.put(copy)
+                except BaseException as exc:  # the next test to take a database fails with it
+                    self._ready.put(RuntimeError(f"dropping {name} failed: {exc}") if name else exc)
         if conn is not None:
             conn.close()
 
