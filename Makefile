@@ -132,6 +132,8 @@ lint: setup
 
 # The suite in TEST_WORKERS processes (pytest-xdist), each with its own redis-server,
 # Redis Cluster and PostgreSQL; a module's tests stay together, in order, on one worker.
+# Every worker collects the suite: test ids must not change between processes (no random
+# values in parametrize ids).
 TEST_WORKERS ?= 2
 test: setup redis-server postgresql browser prometheus lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
