@@ -130,8 +130,13 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The suite in TEST_WORKERS processes (pytest-xdist), each with its own redis-server,
+# Redis Cluster and PostgreSQL; a module's tests stay together, in order, on one worker.
+# Every worker collects the suite: test ids must not change between processes (no random
+# values in parametrize ids).
+TEST_WORKERS ?= 2
 test: setup redis-server postgresql browser prometheus lint
-	$(BIN)/pytest --durations=30
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 bench: setup redis-server postgresql h2load
 	$(BIN)/python -m loadtest.bench

@@ -254,6 +254,7 @@ def test_a_sealed_value_opens_only_as_what_it_was_sealed_as() -> None:
         ("bad!id:" + K1.partition(":")[2], "needs an id"),
         (f"{K1},{K1}", "given twice"),
     ],
+    ids=["short", "bad-id", "twice"],  # not the key: the same names in every pytest-xdist worker
 )
 def test_a_bad_key_ring_is_refused_without_showing_the_key(text: str, problem: str) -> None:
     from charging.errors import StartupError
