@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +47,33 @@ def freeze_startup_heap() -> Frozen:
 
 class PauseMeter:
     """Times each collection of the cyclic collector (two clock reads per collection, from
-    ``gc.callbacks``) into ``charging_gc_pause_seconds{generation}``."""
+    ``gc.callbacks``) for ``charging_gc_pause_seconds{generation}``.
 
-    def __init__(self) -> None:
+    The callback only appends to a bounded deque (atomic, no lock): a collection can start
+    anywhere, also inside prometheus_client while it holds its own lock (workers' shared
+    metrics files), and observing there would wait for that lock for ever. The pauses reach
+    the histogram from ``flush``, which the loop-lag watcher calls every 100 ms."""
+
+    def __init__(self, kept: int = 10_000) -> None:
         self._started = 0.0
+        self._pending: deque[tuple[int, float]] = deque(maxlen=kept)
         self._children = {g: metrics.GC_PAUSE.labels(str(g)) for g in range(3)}
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+            self._pending.append((info["generation"], time.perf_counter() - self._started))
+
+    def flush(self) -> None:
+        """Observe the pauses recorded since the last flush (outside any collection)."""
+        pending = self._pending
+        while True:
+            try:
+                generation, seconds = pending.popleft()
+            except IndexError:
+                return
+            self._children[generation].observe(seconds)
 
     def install(self) -> None:
         if self not in gc.callbacks:
@@ -65,15 +82,21 @@ class PauseMeter:
     def remove(self) -> None:
         if self in gc.callbacks:
             gc.callbacks.remove(self)
+        self.flush()
 
 
-async def watch_loop_lag(interval_s: float = LAG_INTERVAL_S) -> None:
+PAUSES = PauseMeter()  # the process's one meter: installed by ``serve``, flushed by the watcher
+
+
+async def watch_loop_lag(interval_s: float = LAG_INTERVAL_S, pauses: PauseMeter = PAUSES) -> None:
     """For ever: sleep ``interval_s`` and record how much later than asked the loop woke
-    (``charging_event_loop_lag_seconds``). Uses the monotonic clock of the process, not the
-    charging clock: it measures the machine, not business time."""
+    (``charging_event_loop_lag_seconds``), and the collector's pauses since the last turn.
+    Uses the monotonic clock of the process, not the charging clock: it measures the
+    machine, not business time."""
     loop = asyncio.get_running_loop()
     lag = metrics.LOOP_LAG
     while True:
         asked = loop.time() + interval_s
         await asyncio.sleep(interval_s)
         lag.observe(max(0.0, loop.time() - asked))
+        pauses.flush()

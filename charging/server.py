@@ -773,7 +773,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signalled)
     failure: StartupError | None = None
-    pauses = heap.PauseMeter()
+    pauses = heap.PAUSES
     pauses.install()
     try:
         await app.start()

@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import REGISTRY
 
-from charging import heap
+from charging import heap, metrics
 
 
 def count(name: str, labels: dict[str, str] | None = None) -> float:
@@ -49,6 +49,7 @@ def test_every_collection_s_pause_is_recorded_by_generation() -> None:
         before = {g: count("charging_gc_pause_seconds", {"generation": str(g)}) for g in range(3)}
         gc.collect(0)
         gc.collect(2)
+        meter.flush()
         after = {g: count("charging_gc_pause_seconds", {"generation": str(g)}) for g in range(3)}
     finally:
         meter.remove()
@@ -70,3 +71,21 @@ async def test_a_stalled_event_loop_shows_as_lag() -> None:
     finally:
         watcher.cancel()
     assert total("charging_event_loop_lag_seconds") - before_s >= 0.03  # held 50 ms, due after 10
+
+
+def test_a_collection_while_the_metric_s_lock_is_held_does_not_wait_for_it() -> None:
+    """A collection can start anywhere, also inside prometheus_client while it holds a
+    lock (a worker's shared metrics files take a process-wide one): the callback must not
+    take it. It used to observe the histogram from the callback, and a worker hung at start
+    for ever (tests/test_workers.py, 1 run in 9 under load)."""
+    meter = heap.PauseMeter()
+    meter.install()
+    held = metrics.GC_PAUSE.labels("2")._sum._lock  # the lock an observation takes
+    try:
+        before = count("charging_gc_pause_seconds", {"generation": "2"})
+        with held:  # not reentrant: taking it again in this thread would never return
+            gc.collect(2)
+        meter.flush()
+        assert count("charging_gc_pause_seconds", {"generation": "2"}) == before + 1
+    finally:
+        meter.remove()
