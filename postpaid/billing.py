@@ -226,14 +226,10 @@ class Billing:
                 if await self._deliver_listed(shard, str(raw)):
                     handled += 1
                     left.setdefault(shard, set()).add(str(raw))
-        if left:
-            # Delivered (or given up) and paid: those invoices' states may go (settled.py);
-            # only these: the shards' backlog is the billing_applications job's.
-            try:
-                for shard, numbers in sorted(left.items()):
-                    await self.payments.settled.sweep_invoices(shard, numbers)
-            except Exception:
-                log.exception("dropping settled invoices' states failed; the next pass does it")
+        # Delivered (or given up) and paid: those invoices' states may go (settled.py);
+        # only these: the shards' backlog is the billing_applications job's.
+        for shard, numbers in sorted(left.items()):
+            await self.payments.settled.sweep_invoices(shard, numbers)
         if handled and not self.deliveries:
             log.warning(
                 "invoices issued with no delivery channel configured: they stay PENDING",

@@ -36,6 +36,7 @@ from charging.audit_trail import AuditEntry
 from charging.clock import Clock
 from charging.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from charging.security.identity import caller_name
+from charging.settings import Settings
 from charging.store import storage_errors
 from postpaid import keys as bill_keys
 from postpaid.config import BillingConfig
@@ -56,9 +57,10 @@ CHANNELS = ("BANK_TRANSFER", "CARD", "DIRECT_DEBIT", "CASH", "APP", "RETAIL")
 # Where pay.lua puts a credit note's number and the allocations: control characters,
 # which JSON text never contains, so no reference or reason can forge them.
 NUMBER, ALLOCATIONS = "\x01NUMBER\x01", "\x01ALLOCATIONS\x01"
-# How long an adjustment's Redis record outlives a crash between its queueing and its
-# committed outcome (CHARGING_IDEMPOTENCY_TTL_S's default; the server passes the setting).
-IDEMPOTENCY_TTL_S = 30 * 86_400
+# How long a movement's Redis record outlives a crash between its queueing and its
+# committed outcome: CHARGING_IDEMPOTENCY_TTL_S (its default here; the server passes the
+# setting).
+IDEMPOTENCY_TTL_S = Settings.idempotency_ttl_s
 
 
 def _digest(*parts: object) -> str:
@@ -269,19 +271,13 @@ class Payments:
         if isinstance(movement, Payment) and reply[0] == "DONE":
             metrics.PAYMENTS.labels(movement.channel).inc()
             metrics.PAYMENT_MINOR.labels(movement.channel).inc(movement.amount)
-        touched = set(record.get("allocations", {}))  # a credit note's invoice too
-        await self.sweep(ba, touched | ({movement.invoice} if isinstance(movement, CreditNote) else set()))
+        # The states of the invoices this movement settled leave Redis now that its outcome
+        # is committed: only those it touched (its allocation's, a credit note's invoice).
+        touched = set(record.get("allocations", {}))
+        if isinstance(movement, CreditNote):
+            touched.add(movement.invoice)
+        await self.settled.sweep_invoices(bill_keys.shard_of(ba), touched)
         return record
-
-    async def sweep(self, ba: str, numbers: set[str]) -> None:
-        """The states of the invoices this movement settled leave Redis now that its
-        outcome is committed (``settled.py``): only those it touched (its allocation's, a
-        credit note's invoice); the shard's other candidates are the ``billing_applications``
-        job's. A failure here is logged and the job's pass does it."""
-        try:
-            await self.settled.sweep_invoices(bill_keys.shard_of(ba), numbers)
-        except Exception:
-            log.exception("dropping settled invoices' states failed; the next pass does it")
 
     async def _refusal(self, key: str, ba: str, args: PayArgs) -> str:
         with storage_errors():
