@@ -105,3 +105,11 @@ def storage_errors() -> _StorageErrors:
     """Turn "Redis cannot answer now" (``unavailable``) into ``StorageUnavailable``;
     script bugs and other Redis replies stay internal errors."""
     return _STORAGE_ERRORS
+
+
+def as_text(value: object) -> str:
+    """A Redis reply as text, whichever way the client decodes: bytes decoded, None (no
+    such field) as '' (the start-time moves read with either kind of client)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)

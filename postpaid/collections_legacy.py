@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from psycopg.types.json import Jsonb
 
 from charging.database import Pool
+from charging.store import as_text
 from postpaid import keys as bill_keys
 
 # Audit actions of the stream that belong to what moves here (adjustments and prepaid
@@ -39,10 +40,6 @@ class MovedCollections:
     audit: int = 0
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _at(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
@@ -50,14 +47,14 @@ def _at(seconds: int) -> datetime:
 async def move(client: aioredis.Redis, pool: Pool, now_s: int) -> MovedCollections:
     moved = MovedCollections()
     async for key in client.scan_iter(match=bill_keys.legacy_dispute("*"), count=1000):
-        moved.disputes += await _dispute(client, pool, _text(key))
+        moved.disputes += await _dispute(client, pool, as_text(key))
     ba_prefix = bill_keys.legacy_account("")
     async for key in client.scan_iter(match=bill_keys.legacy_account("*") + ":dun", count=1000):
-        name = _text(key)
+        name = as_text(key)
         ba = name[len(ba_prefix) : -len(":dun")]
         moved.steps += await _steps(client, pool, ba, now_s)
     async for key in client.scan_iter(match=bill_keys.legacy_account("*"), count=1000):
-        name = _text(key)
+        name = as_text(key)
         if await client.type(name) in ("hash", b"hash"):
             moved.promises += await _promise(client, pool, name[len(ba_prefix) :], now_s)
     moved.audit = await _audit(client, pool)
@@ -76,12 +73,12 @@ async def move_once(client: aioredis.Redis, pool: Pool, now_s: int) -> MovedColl
 
 
 async def _dispute(client: aioredis.Redis, pool: Pool, key: str) -> int:
-    h = {_text(k): _text(v) for k, v in (await client.hgetall(key)).items()}
+    h = {as_text(k): as_text(v) for k, v in (await client.hgetall(key)).items()}
     if "doc" not in h or not h.get("status"):
         return 0
     doc: dict[str, Any] = json.loads(h["doc"])
     dispute_id, ba = str(doc["id"]), str(doc["ba"])
-    customer = _text(await client.hget(bill_keys.legacy_account(ba), "customer") or "")
+    customer = as_text(await client.hget(bill_keys.legacy_account(ba), "customer") or "")
     opened = _at(int(doc.get("opened", 0)))
     common = (ba, str(doc["invoice"]), str(doc.get("line", "")), int(doc["amount"]))
     events = [(dispute_id, "OPENED", *common, str(doc["reason"]), "redis", opened, "", customer)]
@@ -113,7 +110,7 @@ async def _dispute(client: aioredis.Redis, pool: Pool, key: str) -> int:
 
 
 async def _steps(client: aioredis.Redis, pool: Pool, ba: str, now_s: int) -> int:
-    members = [_text(m) for m in await client.smembers(bill_keys.legacy_account(ba) + ":dun")]
+    members = [as_text(m) for m in await client.smembers(bill_keys.legacy_account(ba) + ":dun")]
     rows = []
     for member in members:
         invoice, _, step = member.partition("|")
@@ -133,7 +130,7 @@ async def _promise(client: aioredis.Redis, pool: Pool, ba: str, now_s: int) -> i
     until = await client.hget(bill_keys.legacy_account(ba), "promised_until")
     if not until:
         return 0
-    day = _text(until)
+    day = as_text(until)
     async with pool.connection() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO promises_to_pay (promise_id, billing_account, until_date, actor, made_at) "
@@ -148,11 +145,11 @@ async def _promise(client: aioredis.Redis, pool: Pool, ba: str, now_s: int) -> i
 async def _audit(client: aioredis.Redis, pool: Pool) -> int:
     rows = []
     for entry_id, raw in await client.xrange(bill_keys.LEGACY_AUDIT) or []:
-        fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
+        fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
         action = fields.get("action", "")
         if action not in AUDITED:
             continue
-        stream_id = _text(entry_id)
+        stream_id = as_text(entry_id)
         at = _at(int(fields.get("at") or int(stream_id.split("-")[0]) // 1000))
         subject = fields.get("ba", "")
         details = {k: v for k, v in fields.items() if k not in ("action", "actor", "ba", "reason", "at")}

@@ -23,12 +23,12 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from charging.database import Pool
 from charging.errors import StartupError
+from charging.store import as_text
 from postpaid import keys as bill_keys
 from postpaid.invoice_book import CHARGE_COLUMNS, TAX_COLUMNS, sealed_document
 from postpaid.invoices import Invoice
@@ -49,7 +49,7 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sea
     moved = Moved()
     batch: list[str] = []
     async for key in client.scan_iter(match=bill_keys.invoice("*"), count=1000):
-        batch.append(_text(key))
+        batch.append(as_text(key))
         if len(batch) >= BATCH:
             moved.invoices += await _move_batch(client, pool, issuer, batch, sealer)
             batch = []
@@ -73,10 +73,6 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, sea
     return moved
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys: list[str], sealer: Sealer) -> int:
     prefix = bill_keys.invoice("")
     numbers = [k[len(prefix) :] for k in doc_keys]
@@ -89,7 +85,7 @@ async def _move_batch(client: aioredis.Redis, pool: Pool, issuer: str, doc_keys:
     for number, doc, at in zip(numbers, docs, issued_at, strict=True):
         if doc is None:
             continue
-        inv = Invoice.from_json(_text(doc))
+        inv = Invoice.from_json(as_text(doc))
         text = sealed_document(inv, inv.number, sealer)
         series, _, digits = number.rpartition("-")
         issued = (
@@ -143,7 +139,7 @@ async def _move_runs(client: aioredis.Redis, pool: Pool) -> int:
     written as many times as Redis lists it less the rows it has already (under a lock
     held to the commit): a move repeated after a crash between the commit and the delete,
     or run by two processes at once, writes each report once."""
-    reports = [json.loads(_text(x)) for x in await client.lrange(bill_keys.BILL_RUNS, 0, -1)]
+    reports = [json.loads(as_text(x)) for x in await client.lrange(bill_keys.BILL_RUNS, 0, -1)]
     if not reports:
         return 0
     listed = Counter(

@@ -24,11 +24,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from charging.database import Pool
+from charging.store import as_text
 from postpaid import keys as bill_keys
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _at(seconds: int) -> datetime:
@@ -44,16 +41,16 @@ async def move(client: aioredis.Redis, pool: Pool, issuer: str, series: str, cur
     moved = 0
     # Under the one {bill} tag or moved into the billing shards already (shards.py).
     async for key in client.scan_iter(match=bill_keys.BILLING_ACCOUNT_PATTERN + ":pay", count=1000):
-        name = _text(key)
+        name = as_text(key)
         ba = bill_keys.billing_account_of(name[: -len(":pay")])
         if ba is None or not name.endswith(":pay"):
             continue
-        record_keys = [_text(k) for k in await client.lrange(name, 0, -1)]
+        record_keys = [as_text(k) for k in await client.lrange(name, 0, -1)]
         docs = await client.mget(record_keys) if record_keys else []
         async with pool.connection() as conn, conn.transaction():
             for record_key, stored in zip(record_keys, docs, strict=True):
                 if stored is not None:
-                    doc = json.loads(_text(stored).split("|", 1)[1])
+                    doc = json.loads(as_text(stored).split("|", 1)[1])
                     moved += await _movement(conn, ba, record_key, doc, issuer, currency, now_s)
     seq = await client.get(bill_keys.credit_note_seq(issuer))
     if seq is not None:

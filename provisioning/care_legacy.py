@@ -22,6 +22,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from charging.database import Pool
+from charging.store import as_text
 from provisioning import keys
 from provisioning.customer_care import Interaction, Ticket, instant
 from provisioning.sealing import Sealer
@@ -33,30 +34,26 @@ class Moved:
     tickets: int = 0
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def move(client: aioredis.Redis, pool: Pool, sealer: Sealer) -> Moved:
     moved = Moved()
     async for key in client.scan_iter(match=keys.interactions("*"), count=1000):
-        name = _text(key)
+        name = as_text(key)
         customer_id = name.removeprefix(keys.interactions(""))
-        items = [Interaction.from_redis(_text(x), sealer) for x in await client.lrange(name, 0, -1)]
+        items = [Interaction.from_redis(as_text(x), sealer) for x in await client.lrange(name, 0, -1)]
         async with pool.connection() as conn:
             for i in items:
                 await _interaction(conn, sealer, customer_id, i)
         await client.delete(name)
         moved.interactions += len(items)
     async for key in client.scan_iter(match=keys.tickets("*"), count=1000):
-        name = _text(key)
-        ids = [_text(x) for x in await client.lrange(name, 0, -1)]
+        name = as_text(key)
+        ids = [as_text(x) for x in await client.lrange(name, 0, -1)]
         for ticket_id in ids:
             text = await client.get(keys.ticket(ticket_id))
             if text is None:
                 continue  # moved by an earlier run
             async with pool.connection() as conn:
-                await _ticket(conn, sealer, Ticket.from_redis(_text(text), sealer))
+                await _ticket(conn, sealer, Ticket.from_redis(as_text(text), sealer))
             await client.delete(keys.ticket(ticket_id))
             moved.tickets += 1
         await client.delete(name)

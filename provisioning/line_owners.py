@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from charging.database import Pool
+from charging.store import as_text
 from provisioning import keys
 
 BATCH = 500
@@ -60,20 +61,14 @@ class Owner:
     unit_id: str
 
 
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def _owners(client: aioredis.Redis, msisdns: list[str]) -> list[Owner | None]:
     pipe = client.pipeline(transaction=False)
     for msisdn in msisdns:
         pipe.hmget(keys.line(msisdn), ["customer_id", "customer_type", "unit_id"])
     out: list[Owner | None] = []
     for customer, kind, unit in await pipe.execute():
-        named = _text(kind) or _text(unit)
-        out.append(Owner(_text(customer), _text(kind) or "MOBILE_PREPAID", _text(unit)) if named else None)
+        named = as_text(kind) or as_text(unit)
+        out.append(Owner(as_text(customer), as_text(kind) or "MOBILE_PREPAID", as_text(unit)) if named else None)
     return out
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import redis.asyncio as aioredis
 
 from charging.database import Pool
+from charging.store import as_text
 from provisioning import keys
 from provisioning.lifecycle import NETWORK_COMMAND
 from provisioning.lines import Line
@@ -37,10 +38,6 @@ COMMANDS = {command: kind.value for kind, command in NETWORK_COMMAND.items()}
 class Moved:
     orders: int = 0
     lines: int = 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def kind_of(order: Order) -> str:
@@ -78,10 +75,10 @@ async def move(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved:
 
     prefix = keys.order("")
     async for key in client.scan_iter(match=prefix + "*", count=1000, _type="string"):
-        text = await client.get(_text(key))
+        text = await client.get(as_text(key))
         if text is None:
             continue
-        order = Order.from_redis(_text(text))
+        order = Order.from_redis(as_text(text))
         if order.status == "SUBMITTED":
             continue  # still running: its run decides it, with its rows
         batch.append(OrderRecord(replace(order, kind=order.kind or kind_of(order)), decided_at_ms(order)))
@@ -92,8 +89,8 @@ async def move(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved:
             await flush()
     prefix = keys.line("")
     async for key in client.scan_iter(match=prefix + "*", count=1000, _type="hash"):
-        name = _text(key)
-        fields = {_text(k): _text(v) for k, v in (await client.hgetall(name)).items()}
+        name = as_text(key)
+        fields = {as_text(k): as_text(v) for k, v in (await client.hgetall(name)).items()}
         if not fields:
             continue
         batch.append(line_change(Line.from_redis(name.removeprefix(prefix), fields), "found", now_ms))
@@ -103,7 +100,7 @@ async def move(client: aioredis.Redis, pool: Pool, now_ms: int) -> Moved:
     await flush()
     # a customer's orders are listed from the rows now
     async for key in client.scan_iter(match=keys.customer_orders("*"), count=1000, _type="list"):
-        await client.delete(_text(key))
+        await client.delete(as_text(key))
     return moved
 
 
