@@ -38,7 +38,7 @@ from charging.security.identity import caller_name
 from charging.settings import Settings
 from charging.store import storage_errors
 from postpaid import keys as bill_keys
-from postpaid import periods, upgrade
+from postpaid import periods
 from postpaid.accounts import BillingAccounts, billing_account_id
 from postpaid.bill_run import BillRun, Stale
 from postpaid.collection import Collection, Lines
@@ -111,13 +111,6 @@ class Billing:
         # Set by the server: told the account when a script left an audit entry in its
         # record outbox (a prepaid closure), so the relay moves it soon.
         self.on_records: Callable[[str], None] | None = None
-
-    async def move_redis_invoices(self) -> None:
-        """What Redis kept of billing before PostgreSQL did: moved once (``upgrade.py``; a
-        server's start runs it in ``charging/upgrade.py``'s sequence, under its lease)."""
-        await upgrade.move_stored_records(
-            self.client, self.book.pool, self.config, self.book.sealer, self.clock.now_ms() // 1000
-        )
 
     def attach_lines(self, lines: Lines) -> None:
         """Collection orders lines through the line lifecycle (acquisition)."""

@@ -33,7 +33,7 @@ lease), and a move stopped half way is finished by the next start:
   pushed unless its new queue holds it already (it died after the push), so a crash
   between the push and the pop loses nothing and does not queue it twice.
 
-Run at start (``Billing.move_redis_invoices``) and by ``charging migrate``; a marker
+Run at start and by ``charging migrate`` (``charging/upgrade.py``'s sequence); a marker
 saves the scan on later starts. All processes of a billing installation run the same
 version: a process of before the shards still writing ``{bill}`` keys during the move
 would have its writes left behind.

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from charging import upgrade
 from charging.clock import ManualClock
 from charging.leases import holder_of
 from charging.server import App
@@ -126,7 +127,7 @@ async def test_the_keys_under_the_one_bill_tag_are_moved_into_the_shards_once(ap
 
         # As a server of the shards starts on it (the marker of its own, empty, start gone).
         await client.delete(shards.MOVED)
-        await app.billing.move_redis_invoices()
+        await upgrade.move_all_of(app.settings, client, app.database, app.clock)
         assert await shards.move_once(client) == 0  # once: the marker
         assert await shards.move(client) == 0  # and nothing is left to move
         assert await client.hget(bill_keys.billing_account("L1"), "customer") == "1"
