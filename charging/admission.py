@@ -24,18 +24,20 @@ grpc also cancels a handler when its deadline passes, but only at the handler's 
 ``await`` and only once the event loop gets to the cancellation; on a busy loop that is
 after the script has been sent. Hence the explicit checks.
 
-* **Streams.** A ChargeStream is admitted like a call (``guard_stream``); its messages
-  are then answered concurrently by ``each``, at most ``limit`` of them at once per
-  stream, each counted in flight while it is worked on, so that unary calls see the load.
-  Beyond the bound the stream is not read: HTTP/2 flow control holds the sender back
-  (backpressure) and nothing is refused.
+* **Streams.** A ChargeStream or ChargeBatches call is admitted like a call
+  (``guard_stream``); the requests its messages carry (one each, or a batch) are then
+  answered concurrently by ``grouped`` (``each`` for one per message), at most ``limit``
+  of them at once per stream, each counted in flight while it is worked on, so that
+  unary calls see the load. Beyond the bound the stream is not read, even in the middle
+  of a batch: HTTP/2 flow control holds the sender back (backpressure) and nothing is
+  refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import grpc
@@ -49,6 +51,7 @@ from charging.settings import Settings
 MIN_BUDGET_S = 0.001
 
 Req = TypeVar("Req")
+Msg = TypeVar("Msg")
 Resp = TypeVar("Resp")
 Behaviour = Callable[[Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 StreamBehaviour = Callable[[AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Resp]]
@@ -129,57 +132,86 @@ class Admission:
         return guarded
 
     async def each(self, requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]]) -> AsyncIterator[Resp]:
-        """The answers to the messages of ``requests``, each as soon as it is ready.
+        """The answers to the messages of ``requests``, each as soon as it is ready
+        (ChargeStream): ``grouped`` with one request per message."""
+        async for replies in self.grouped(requests, _alone, answer):
+            for reply in replies:
+                yield reply
 
-        ``answer`` must answer every message (errors included) and never raise. A slot
-        is taken before a message is started (while none is free, the stream is not read
-        further) and given back once its reply has been handed on, not when it is
-        computed: a client that does not read its replies stops being read too, so
-        neither side's queue grows beyond ``limit``. The iterator ends after the last
-        reply, once ``requests`` has ended."""
+    async def grouped(
+        self,
+        messages: AsyncIterator[Msg],
+        requests_of: Callable[[Msg], Iterable[Req]],
+        answer: Callable[[Req], Awaitable[Resp]],
+    ) -> AsyncIterator[list[Resp]]:
+        """The answers to the requests that ``messages`` carry (``requests_of`` each),
+        in lists of those ready at the same moment (ChargeBatches; ChargeStream through
+        ``each``).
+
+        ``answer`` must answer every request (errors included) and never raise. A slot
+        is taken before a request is started (while none is free, the stream is not read
+        further, even in the middle of a message) and given back once its reply has been
+        handed on, not when it is computed: a client that does not read its replies stops
+        being read too, so neither side's queue grows beyond ``limit``. The iterator ends
+        after the last reply, once ``messages`` has ended."""
         slots = asyncio.Semaphore(self.limit)
-        replies: asyncio.Queue[Resp | _Finished] = asyncio.Queue()
+        ready: list[Resp] = []
+        woken = asyncio.Event()
+        finished: list[_Finished] = []
         working: set[asyncio.Task[None]] = set()
 
-        async def work(message: Req) -> None:
+        async def work(request: Req) -> None:
             self.in_flight += 1
             try:
-                replies.put_nowait(await answer(message))
+                ready.append(await answer(request))
             except Exception as exc:  # a bug: end the stream with it rather than lose a reply
-                replies.put_nowait(_Finished(exc))
+                finished.append(_Finished(exc))
             finally:
                 self.in_flight -= 1
+                woken.set()
 
         async def read() -> None:
             failure: BaseException | None = None
             try:
-                async for message in requests:
-                    await slots.acquire()
-                    task = asyncio.create_task(work(message))
-                    working.add(task)
-                    task.add_done_callback(working.discard)
+                async for message in messages:
+                    for request in requests_of(message):
+                        await slots.acquire()
+                        task = asyncio.create_task(work(request))
+                        working.add(task)
+                        task.add_done_callback(working.discard)
                 if working:
                     await asyncio.wait(set(working))
             except Exception as exc:  # the client went away mid-stream, or a bug in answer
                 failure = exc
-            replies.put_nowait(_Finished(failure))
+            # After every request's reply is in ``ready``: the end is seen only then.
+            finished.append(_Finished(failure))
+            woken.set()
 
         reader = asyncio.create_task(read())
         try:
             while True:
-                item = await replies.get()
-                if isinstance(item, _Finished):
-                    if item.failure is not None:
-                        raise item.failure
+                await woken.wait()
+                woken.clear()
+                if ready:
+                    replies = ready[:]
+                    ready.clear()
+                    yield replies
+                    for _ in replies:
+                        slots.release()
+                if finished and not ready:
+                    if finished[0].failure is not None:
+                        raise finished[0].failure
                     return
-                yield item
-                slots.release()
         finally:
             reader.cancel()
             for task in list(working):
                 # As for a unary call cancelled by its caller: a request already sent to
                 # Redis completes there, and its answer is kept for the retransmission.
                 task.cancel()
+
+
+def _alone(message: Req) -> tuple[Req]:
+    return (message,)
 
 
 class _Finished:

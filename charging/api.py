@@ -11,10 +11,12 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import Message
+from prometheus_client import Counter, Histogram
 
 from charging import metrics
 from charging.admission import Admission
@@ -225,6 +227,28 @@ READY = (("charging-watch", "ready"),)
 SESSION_ACTIONS = {"reauth": charging_pb2.SESSION_ACTION_REAUTHORIZE, "abort": charging_pb2.SESSION_ACTION_ABORT}
 
 
+@dataclass(frozen=True)
+class StreamMeters:
+    """A streaming method's per-message counters (by how the message ended) and latency."""
+
+    method: str
+    counts: dict[str, Counter]
+    latency: Histogram
+
+    @staticmethod
+    def of(method: str) -> StreamMeters:
+        counts = {o: metrics.REQUESTS.labels(method, o) for o in STREAM_OUTCOMES}
+        return StreamMeters(method, counts, metrics.LATENCY.labels(method))
+
+
+def messages_of(
+    batch: charging_pb2.ChargeBatch | Undecodable,
+) -> Sequence[charging_pb2.ChargeMessage | Undecodable]:
+    """The requests of one ChargeBatches message; a batch that cannot be decoded is one
+    request, answered with an error."""
+    return (batch,) if isinstance(batch, Undecodable) else batch.messages
+
+
 class ChargingServicer(charging_pb2_grpc.ChargingServicer):
     def __init__(
         self,
@@ -237,8 +261,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         self.events = events
         self.admission = admission
         self.watch = watch
-        self._stream_counts = {o: metrics.REQUESTS.labels("ChargeStream", o) for o in STREAM_OUTCOMES}
-        self._stream_latency = metrics.LATENCY.labels("ChargeStream")
+        self._streamed = {method: StreamMeters.of(method) for method in ("ChargeStream", "ChargeBatches")}
 
     @rpc("ChargeSession")
     async def ChargeSession(
@@ -263,61 +286,80 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+        meters = self._streamed["ChargeStream"]
+
         async def reply(message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
-            return await self._reply(message, gateway)
+            return await self._reply(message, meters, gateway)
 
         async for answer in self.admission.each(request_iterator, reply):
             yield answer
 
+    async def ChargeBatches(
+        self,
+        request_iterator: AsyncIterator[charging_pb2.ChargeBatch | Undecodable],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[charging_pb2.ChargeReplies]:
+        try:
+            gateway = gateway_of(context.invocation_metadata()) if self.watch is not None else ""
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        meters = self._streamed["ChargeBatches"]
+
+        async def reply(message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
+            return await self._reply(message, meters, gateway)
+
+        async for replies in self.admission.grouped(request_iterator, messages_of, reply):
+            yield charging_pb2.ChargeReplies(replies=replies)
+
     async def _reply(
-        self, message: charging_pb2.ChargeMessage | Undecodable, gateway: str = ""
+        self, message: charging_pb2.ChargeMessage | Undecodable, meters: StreamMeters, gateway: str = ""
     ) -> charging_pb2.ChargeReply:
         """One streamed message answered as its unary RPC would answer it; where that RPC
         would fail with a status, the reply carries the status for this message alone.
         Counted and timed per message, as ``rpc`` does per call."""
         started = time.perf_counter()
         try:
-            return await self._answer(message, gateway)
+            return await self._answer(message, meters, gateway)
         finally:
-            self._stream_latency.observe(time.perf_counter() - started)
+            meters.latency.observe(time.perf_counter() - started)
 
     async def _answer(
-        self, message: charging_pb2.ChargeMessage | Undecodable, gateway: str = ""
+        self, message: charging_pb2.ChargeMessage | Undecodable, meters: StreamMeters, gateway: str = ""
     ) -> charging_pb2.ChargeReply:
         if isinstance(message, Undecodable):
             # Its correlation id cannot be read: the reply says so with id 0.
-            return self._failed(0, InvalidRequest("request", f"not a valid {message.type_name} message"))
+            return self._failed(0, InvalidRequest("request", f"not a valid {message.type_name} message"), meters)
         cid = message.correlation_id
         try:
             with storage_errors():
                 kind = message.WhichOneof("request")
                 if kind == "session":
                     reply = charging_pb2.ChargeReply(
-                        correlation_id=cid, session=await self._session(message.session, "ChargeStream", gateway)
+                        correlation_id=cid, session=await self._session(message.session, meters.method, gateway)
                     )
                 elif kind == "event":
                     reply = charging_pb2.ChargeReply(
-                        correlation_id=cid, event=await self._event(message.event, "ChargeStream")
+                        correlation_id=cid, event=await self._event(message.event, meters.method)
                     )
                 else:
                     raise InvalidRequest("request", "a session or an event is required")
         except ChargingError as exc:
-            return self._failed(cid, exc)
+            return self._failed(cid, exc, meters)
         except Exception:
-            log.exception("unexpected error", extra={"method": "ChargeStream"})
-            self._stream_counts["INTERNAL"].inc()
+            log.exception("unexpected error", extra={"method": meters.method})
+            meters.counts["INTERNAL"].inc()
             return charging_pb2.ChargeReply(
                 correlation_id=cid,
                 error=charging_pb2.ChargeError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error"),
             )
-        self._stream_counts["OK"].inc()
+        meters.counts["OK"].inc()
         return reply
 
-    def _failed(self, cid: int, exc: ChargingError) -> charging_pb2.ChargeReply:
+    def _failed(self, cid: int, exc: ChargingError, meters: StreamMeters) -> charging_pb2.ChargeReply:
         status = status_of(exc)
         if isinstance(exc, StorageUnavailable):
             metrics.REDIS_ERRORS.labels("api").inc()
-        self._stream_counts[status.name if status.name in STREAM_OUTCOMES else "INTERNAL"].inc()
+        meters.counts[status.name if status.name in STREAM_OUTCOMES else "INTERNAL"].inc()
         return charging_pb2.ChargeReply(
             correlation_id=cid, error=charging_pb2.ChargeError(code=status.value[0], message=details_of(exc))
         )

@@ -30,7 +30,7 @@ import uvloop
 
 SERVICE = "charging.v1.Charging"
 METHODS = ("ChargeEvent", "ChargeSession")
-STREAM_METHODS = ("ChargeStream",)
+STREAM_METHODS = ("ChargeStream", "ChargeBatches")
 
 
 async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -71,8 +71,9 @@ from loadtest.bench import (
 SESSION_PATH = "/charging.v1.Charging/ChargeSession"
 EVENT_PATH = "/charging.v1.Charging/ChargeEvent"
 STREAM_PATH = "/charging.v1.Charging/ChargeStream"
+BATCHES_PATH = "/charging.v1.Charging/ChargeBatches"
 STEPS = 5  # INITIAL, 3 UPDATE, TERMINATE
-KINDS = ("unary", "stream", "echo unary", "echo stream")
+KINDS = ("unary", "stream", "batch", "echo unary", "echo stream", "echo batch")
 # Unary ChargeEvent CHECK_BALANCE (an SMS), STEPS per "session" on its subscriber, and
 # the same bytes to the echo; not run unless named in STREAM_BENCH_KINDS.
 EVENT_KINDS = ("event", "echo event")
@@ -180,6 +181,60 @@ async def stream_load(target: str, bodies: list[list[bytes]], concurrency: int, 
     return {"steps": answered, "errors": errors, "elapsed_s": elapsed}
 
 
+def batch_of(messages: list[bytes]) -> bytes:
+    """A ChargeBatch of serialized ChargeMessages, without parsing them (field 1 each)."""
+    out = bytearray()
+    for message in messages:
+        out.append(0x0A)
+        length = len(message)
+        while length > 0x7F:
+            out.append(length & 0x7F | 0x80)
+            length >>= 7
+        out.append(length)
+        out += message
+    return bytes(out)
+
+
+async def batch_load(target: str, bodies: list[list[bytes]], concurrency: int, echo: bool) -> dict[str, float]:
+    """One ChargeBatches stream, as a gateway under load uses it: the first steps of
+    ``concurrency`` sessions in one batch, then, for each reply message, the next steps of
+    the sessions it answered, in one batch. The echo sends each batch back as it came."""
+    parse: Callable[[bytes], Any] = (
+        charging_pb2.ChargeBatch.FromString if echo else charging_pb2.ChargeReplies.FromString
+    )
+    errors = messages = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        call = channel.stream_stream(BATCHES_PATH, response_deserializer=parse)(timeout=600)
+        started = time.perf_counter()
+        opened = min(concurrency, len(bodies))
+        await call.write(batch_of([bodies[s][0] for s in range(opened)]))
+        answered = 0
+        while answered < len(bodies) * STEPS:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                raise BenchError("the stream ended early")
+            messages += 1
+            following = []
+            for reply in message.messages if echo else message.replies:
+                answered += 1
+                session, step = divmod(reply.correlation_id, STEPS)
+                if not echo and not (reply.WhichOneof("answer") == "session" and ok(reply.session)):
+                    errors += 1
+                if step + 1 < STEPS:
+                    following.append(bodies[session][step + 1])
+                elif opened < len(bodies):
+                    following.append(bodies[opened][0])
+                    opened += 1
+            if following:
+                await call.write(batch_of(following))
+        await call.done_writing()
+        elapsed = time.perf_counter() - started
+        if await call.read() is not grpc.aio.EOF or await call.code() != grpc.StatusCode.OK:
+            raise BenchError("the stream did not end cleanly")
+    return {"steps": answered, "errors": errors, "elapsed_s": elapsed, "per_message": answered / max(messages, 1)}
+
+
 def settle(pid: int, limit_s: float = 20.0) -> None:
     """Wait (at most ``limit_s``) until the process is idle: under 5% of a core for 0.25 s."""
     deadline = time.monotonic() + limit_s
@@ -199,7 +254,7 @@ def prepared(kind: str, run: str, sessions: int, subscribers: int) -> list[list[
             out.append([req.SerializeToString() for req in check_balances(run, s, subscribers)])
             continue
         steps = session_steps(run, s, subscribers)
-        if "stream" in kind:
+        if "stream" in kind or "batch" in kind:
             out.append(
                 [
                     charging_pb2.ChargeMessage(correlation_id=s * STEPS + n, session=req).SerializeToString()
@@ -217,7 +272,9 @@ def client(args: argparse.Namespace) -> dict[str, float]:
     bodies = prepared(args.kind, args.run, args.sessions, args.subscribers)
     echo = args.kind.startswith("echo")
     cpu = time.process_time()
-    if "stream" in args.kind:
+    if "batch" in args.kind:
+        result = uvloop.run(batch_load(args.client, bodies, args.concurrency, echo))
+    elif "stream" in args.kind:
         result = uvloop.run(stream_load(args.client, bodies, args.concurrency, echo))
     else:
         result = uvloop.run(unary_load(args.client, bodies, args.concurrency, echo, "event" in args.kind))
@@ -301,6 +358,7 @@ def bench(args: argparse.Namespace) -> int:
     if args.variant or args.variant_repo:
         kinds += tuple(f"B {k}" for k in args.kinds if not k.startswith("echo"))
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
+    per_message: dict[str, list[float]] = {k: [] for k in kinds}  # requests per stream message (batch)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-stream-bench-")))
         echo_port = free_port()
@@ -327,6 +385,8 @@ def bench(args: argparse.Namespace) -> int:
                     settle(proc.pid)
                     cpu = process_cpu_s(proc.pid) - before
                     results[kind].append((cpu / r["steps"] * 1e6, r["steps"] / r["elapsed_s"], r["client_cpu_s"]))
+                    if "per_message" in r:
+                        per_message[kind].append(r["per_message"])
         except BaseException:
             print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
             raise
@@ -349,18 +409,26 @@ def bench(args: argparse.Namespace) -> int:
         medians[kind] = cpu_us
         rps = statistics.median(v[1] for v in results[kind])
         rounds = " ".join(f"{v[0]:.0f}" for v in results[kind])
-        print(f"{kind:13}: server CPU per request {cpu_us:.0f} us (rounds: {rounds}), client-bound steps/s {rps:.0f}")
-    if set(KINDS) <= medians.keys():
+        batched = f", {statistics.median(per_message[kind]):.1f} replies per message" if per_message[kind] else ""
+        print(
+            f"{kind:13}: server CPU per request {cpu_us:.0f} us (rounds: {rounds}), client-bound steps/s {rps:.0f}"
+            + batched
+        )
+    if {"stream", "unary", "echo unary"} <= medians.keys():
         print(
             f"stream vs unary: {medians['stream'] / medians['unary']:.2f}x; "
             f"stream vs echo unary: {medians['stream'] / medians['echo unary']:.2f}x (goal: stream <= 100 us)"
         )
+    if {"batch", "stream"} <= medians.keys():
+        print(f"batch vs stream: {medians['batch'] / medians['stream']:.2f}x (goal: a streamed step <= 100 us)")
     if {"event", "echo event"} <= medians.keys():
         print(f"CHECK_BALANCE vs echo: {medians['event'] / medians['echo event']:.2f}x (goal: <= 1.5x)")
     for kind in (k for k in kinds if k.startswith("B ")):
         base, echo_kind = kind.removeprefix("B "), "echo " + kind.removeprefix("B ")
         vs_echo = f", {medians[kind] / medians[echo_kind]:.2f}x the {echo_kind}" if echo_kind in medians else ""
         print(f"{kind}: {medians[kind] / medians[base]:.2f}x {base}{vs_echo}")
+    if "batch" in medians:
+        print(f"batch_cpu_us_per_step={medians['batch']:.0f}")
     if "stream" in medians:
         print(f"stream_cpu_us_per_step={medians['stream']:.0f}")
     return 0

@@ -1,5 +1,6 @@
-"""ChargeStream: many sessions and events over one bidirectional stream, each answered by
-correlation id exactly as its unary RPC answers it (a real server, a real client)."""
+"""ChargeStream and ChargeBatches: many sessions and events over one bidirectional stream,
+one request per message or several, each answered by correlation id exactly as its unary
+RPC answers it (a real server, a real client)."""
 
 from __future__ import annotations
 
@@ -16,34 +17,49 @@ from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request, s
 SUBSCRIBERS = 4
 
 
-class Stream:
-    """One ChargeStream call: write messages, collect replies by correlation id."""
+def message_of(
+    request: charging_pb2.SessionRequest | charging_pb2.EventRequest | None, correlation_id: int
+) -> charging_pb2.ChargeMessage:
+    message = charging_pb2.ChargeMessage(correlation_id=correlation_id)
+    if isinstance(request, charging_pb2.SessionRequest):
+        message.session.CopyFrom(request)
+    elif isinstance(request, charging_pb2.EventRequest):
+        message.event.CopyFrom(request)
+    return message
 
-    def __init__(self, stubs: Stubs) -> None:
-        self.call = stubs.charging.ChargeStream()
+
+class Stream:
+    """One ChargeStream call (``batched``: one ChargeBatches call, each exchange's requests
+    in one message): write requests, collect replies by correlation id."""
+
+    def __init__(self, stubs: Stubs, batched: bool = False) -> None:
+        self.batched = batched
+        self.call = stubs.charging.ChargeBatches() if batched else stubs.charging.ChargeStream()
         self.next_id = 1
+        self.reply_messages = 0  # stream messages that carried the replies
 
     async def exchange(
         self, requests: list[charging_pb2.SessionRequest | charging_pb2.EventRequest | None]
     ) -> list[charging_pb2.ChargeReply]:
         """Send every request (None: a message with neither), then read as many replies;
         the replies in the order of the requests."""
-        ids = []
-        for request in requests:
-            message = charging_pb2.ChargeMessage(correlation_id=self.next_id)
-            if isinstance(request, charging_pb2.SessionRequest):
-                message.session.CopyFrom(request)
-            elif isinstance(request, charging_pb2.EventRequest):
-                message.event.CopyFrom(request)
-            ids.append(self.next_id)
-            self.next_id += 1
-            await self.call.write(message)
+        ids = list(range(self.next_id, self.next_id + len(requests)))
+        self.next_id += len(requests)
+        messages = [message_of(request, i) for request, i in zip(requests, ids, strict=True)]
+        if self.batched:
+            await self.call.write(charging_pb2.ChargeBatch(messages=messages))
+        else:
+            for message in messages:
+                await self.call.write(message)
         replies: dict[int, charging_pb2.ChargeReply] = {}
-        for _ in requests:
-            reply = await self.call.read()
-            assert isinstance(reply, charging_pb2.ChargeReply)
-            assert reply.correlation_id not in replies
-            replies[reply.correlation_id] = reply
+        while len(replies) < len(requests):
+            read = await self.call.read()
+            self.reply_messages += 1
+            got = list(read.replies) if self.batched else [read]
+            for reply in got:
+                assert isinstance(reply, charging_pb2.ChargeReply)
+                assert reply.correlation_id not in replies
+                replies[reply.correlation_id] = reply
         assert sorted(replies) == ids
         return [replies[i] for i in ids]
 
@@ -52,6 +68,9 @@ class Stream:
         await self.call.done_writing()
         assert await self.call.read() == grpc.aio.EOF
         assert await self.call.code() == grpc.StatusCode.OK
+
+
+SHAPES = pytest.mark.parametrize("batched", [False, True], ids=["ChargeStream", "ChargeBatches"])
 
 
 def msisdn(i: int, twin: bool) -> str:
@@ -99,11 +118,12 @@ def comparable(
     return out
 
 
-async def test_interleaved_sessions_and_events_answer_as_the_unary_calls_do(stubs: Stubs) -> None:
+@SHAPES
+async def test_interleaved_sessions_and_events_answer_as_the_unary_calls_do(stubs: Stubs, batched: bool) -> None:
     for i in range(SUBSCRIBERS):
         await stubs.subscriber(msisdn=msisdn(i, False), balance=2_000_000)
         await stubs.subscriber(msisdn=msisdn(i, True), balance=2_000_000)
-    stream = Stream(stubs)
+    stream = Stream(stubs, batched)
     for streamed_step, unary_step in zip(rounds(twin=False), rounds(twin=True), strict=True):
         replies = await stream.exchange(list(streamed_step))
         for reply, request in zip(replies, unary_step, strict=True):
@@ -126,12 +146,13 @@ async def test_interleaved_sessions_and_events_answer_as_the_unary_calls_do(stub
         assert streamed.reserved_micros == twin.reserved_micros == 0
 
 
-async def test_a_bad_message_gets_an_error_for_its_id_and_the_stream_goes_on(stubs: Stubs) -> None:
+@SHAPES
+async def test_a_bad_message_gets_an_error_for_its_id_and_the_stream_goes_on(stubs: Stubs, batched: bool) -> None:
     await stubs.subscriber(balance=1_000_000)
     bad_action = sms_request("sms-x")
     bad_action.action = 99  # type: ignore[assignment]
     bad_value = session_request("s2", INITIAL, 0, [{"rating_group": 10, "requested": {}}], called_party="12ab")
-    stream = Stream(stubs)
+    stream = Stream(stubs, batched)
     replies = await stream.exchange(
         [
             session_request("s1", INITIAL, 0, [{"rating_group": 10, "requested": {}}]),
@@ -160,9 +181,10 @@ async def test_a_bad_message_gets_an_error_for_its_id_and_the_stream_goes_on(stu
     assert (b.balance_micros, b.reserved_micros) == (1_000_000 - 100_000 - 50_000, 0)
 
 
-async def test_a_retransmission_in_the_stream_is_charged_once(stubs: Stubs) -> None:
+@SHAPES
+async def test_a_retransmission_in_the_stream_is_charged_once(stubs: Stubs, batched: bool) -> None:
     await stubs.subscriber(balance=1_000_000)
-    stream = Stream(stubs)
+    stream = Stream(stubs, batched)
     await stream.exchange([session_request("s1", INITIAL, 0, [{"rating_group": 10, "requested": {}}])])
     update = session_request("s1", UPDATE, 1, [{"rating_group": 10, "requested": {}, "used": {"time_s": 120}}])
     first, copy = await stream.exchange([update, update])
@@ -223,4 +245,72 @@ async def test_each_answers_in_any_order_at_most_limit_at_once(limit: int) -> No
         release[n].set()
     rest = [reply async for reply in replies]
     assert sorted([limit - 1, *rest]) == list(range(6))
+    assert admission.in_flight == 0
+
+
+async def test_replies_ready_together_go_back_in_one_message(stubs: Stubs) -> None:
+    """A batch of 20 CHECK_BALANCE events is one Redis write, its replies one read: the
+    server answers them in fewer than 20 messages (each reply still on its own id)."""
+    await stubs.subscriber(balance=1_000_000)
+    check = sms_request("sms-check")
+    check.action = charging_pb2.REQUESTED_ACTION_CHECK_BALANCE
+    stream = Stream(stubs, batched=True)
+    replies = await stream.exchange([check] * 20)
+    assert all(r.event.check_balance_result == charging_pb2.CHECK_BALANCE_RESULT_ENOUGH_CREDIT for r in replies)
+    assert stream.reply_messages < 20
+    await stream.close()
+
+
+async def test_the_batches_stream_ends_after_the_last_answer(stubs: Stubs) -> None:
+    await stubs.subscriber(balance=1_000_000)
+
+    async def batches() -> AsyncIterator[charging_pb2.ChargeBatch]:
+        for b in range(4):
+            yield charging_pb2.ChargeBatch(
+                messages=[message_of(sms_request(f"sms-{b}-{n}"), b * 5 + n) for n in range(5)]
+            )
+        yield charging_pb2.ChargeBatch()  # an empty batch: nothing to answer
+
+    call = stubs.charging.ChargeBatches(batches())
+    replies = [reply async for message in call for reply in message.replies]
+    assert sorted(r.correlation_id for r in replies) == list(range(20))
+    assert all(r.event.result_code == 2001 for r in replies)
+    assert await call.code() == grpc.StatusCode.OK
+    b = await stubs.balance()
+    assert b.balance_micros == 1_000_000 - 20 * 50_000
+
+
+async def test_a_batch_larger_than_the_bound_is_read_as_slots_free() -> None:
+    """Two slots, one message of five requests: two are started, the rest of the message
+    waits for replies to be handed on; every reply comes out, none is lost."""
+    admission = Admission(2)
+    release = {n: asyncio.Event() for n in range(5)}
+    started: list[int] = []
+
+    async def messages() -> AsyncIterator[list[int]]:
+        yield [0, 1, 2, 3, 4]
+
+    async def answer(n: int) -> int:
+        started.append(n)
+        await release[n].wait()
+        return n
+
+    replies = admission.grouped(messages(), list, answer)
+    first = asyncio.ensure_future(replies.__anext__())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == [0, 1] and admission.in_flight == 2
+    release[1].set()
+    assert await first == [1]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == [0, 1]  # handed on, but the slot comes back when the next is asked for
+    second = asyncio.ensure_future(replies.__anext__())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == [0, 1, 2]
+    for event in release.values():
+        event.set()
+    rest = [*await second, *[n async for group in replies for n in group]]
+    assert sorted([1, *rest]) == list(range(5))
     assert admission.in_flight == 0

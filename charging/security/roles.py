@@ -38,6 +38,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
             "WatchSessions": (NETWORK,),
             # Gateways multiplexing sessions and events (both network requests) on one stream.
             "ChargeStream": (NETWORK,),
+            "ChargeBatches": (NETWORK,),
         },
     ),
     **_service(
