@@ -185,6 +185,20 @@ class Pinning:
         )
 
 
+def batch_of(messages: list[bytes]) -> bytes:
+    """A ChargeBatch of serialized ChargeMessages, without parsing them (field 1 each)."""
+    out = bytearray()
+    for message in messages:
+        out.append(0x0A)
+        length = len(message)
+        while length > 0x7F:
+            out.append(length & 0x7F | 0x80)
+            length >>= 7
+        out.append(length)
+        out += message
+    return bytes(out)
+
+
 @contextlib.contextmanager
 def child(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """Run a child process for the duration of the block; always terminate it (then kill) on exit."""

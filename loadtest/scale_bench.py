@@ -15,7 +15,9 @@ serve --workers 1`` and ``--workers 2``, and for each kind of request:
 * ``echo``: the session steps' bytes to ``loadtest.echo_server`` (the gRPC cost alone);
 * ``session``: full sessions (INITIAL, 3 UPDATEs, TERMINATE), one ChargeSession per step;
 * ``event``: an SMS, ChargeEvent DIRECT_DEBITING; ``topup``: TopUp.Recharge;
-* ``stream``: the same sessions over ChargeStream (one stream per connection).
+* ``stream``: the same sessions over ChargeStream (one stream per connection);
+* ``batch``: the same sessions over ChargeBatches (one stream per connection, the steps
+  waiting while the previous write was under way sent as one batch).
 
 ``--processes`` client processes (requests serialized before the clock) run closed loop
 for ``--duration`` s: requests/s is that maximum; in the first setting also open loop at
@@ -69,7 +71,7 @@ from loadtest.bench import (
     wait_health,
     wait_redis,
 )
-from loadtest.scale_load import KINDS, STEPS, Router, client_main, populate
+from loadtest.scale_load import KINDS, SESSION_KINDS, STEPS, Router, client_main, populate
 from postpaid import config as billing_config
 
 SETTINGS = ("single-1", "single-2", "cluster-1", "cluster-2")
@@ -297,7 +299,7 @@ def phase(
     less what the server and Redis use idle (their background jobs, crons), at the rate
     they used it while the clients built their requests, over the busy window."""
     duration = args.duration
-    per_process_rate = rate / args.processes / (STEPS if kind in ("echo", "session", "stream") else 1)
+    per_process_rate = rate / args.processes / (STEPS if kind in SESSION_KINDS else 1)
     # Units built before the clock: enough for the duration at a generous rate.
     units = int(per_process_rate * duration) + 1 if rate else int(args.max_units * duration / args.processes)
     spec = {
@@ -564,7 +566,7 @@ def report(
         f"load: {args.processes} client processes x {args.connections} connections, {args.concurrency} units in "
         f"flight each (closed loop, {args.duration:g}s: the maximum), then, in the first setting, open loop at "
         "70% of it (p50/p99); "
-        "session/stream/echo units are whole sessions (5 steps), figures are per request (step)"
+        "session/stream/batch/echo units are whole sessions (5 steps), figures are per request (step)"
     )
     print(
         "setting    kind     load  procs requests/s  p50_ms  p99_ms  server_us  redis_us  replica_us  "
@@ -602,7 +604,7 @@ def report(
 def sizing(top: dict[tuple[str, str], Cost]) -> None:
     """Cores and primaries for 50,000 session steps/s at 70% utilisation, from the
     costs of the largest setting measured (the most processes and primaries)."""
-    for kind in ("session", "stream"):
+    for kind in ("session", "stream", "batch"):
         measured = [c for (s, k), c in top.items() if k == kind]
         if not measured:
             continue

@@ -38,19 +38,22 @@ from charging.buckets import buckets_of, pack
 from charging.catalog_doc import catalog_from_doc
 from charging.catalogs import read_catalog_file
 from charging.v1 import charging_pb2, common_pb2, topup_pb2
+from loadtest.bench import batch_of
 from postpaid import periods
 
 MSISDN_BASE = 491_600_000_000
 STEPS = 5  # INITIAL, 3 UPDATE, TERMINATE
 CREDIT_LIMIT = 10**12  # micros: no line runs dry during a run
-KINDS = ("echo", "session", "event", "topup", "stream")
+KINDS = ("echo", "session", "event", "topup", "stream", "batch")
 PATHS = {
     "echo": "/charging.v1.Charging/ChargeSession",
     "session": "/charging.v1.Charging/ChargeSession",
     "event": "/charging.v1.Charging/ChargeEvent",
     "topup": "/charging.v1.TopUp/Recharge",
     "stream": "/charging.v1.Charging/ChargeStream",
+    "batch": "/charging.v1.Charging/ChargeBatches",
 }
+SESSION_KINDS = ("echo", "session", "stream", "batch")  # a unit is a whole session (STEPS requests)
 
 
 def msisdn(index: int) -> str:
@@ -167,7 +170,7 @@ def unit_bodies(kind: str, run: str, unit: int, index: int) -> list[bytes]:
     """The serialized requests of one unit (a session's steps, or one request)."""
     if kind in ("echo", "session"):
         return [r.SerializeToString() for r in session_steps(run, unit, index)]
-    if kind == "stream":
+    if kind in ("stream", "batch"):
         return [
             charging_pb2.ChargeMessage(correlation_id=unit * STEPS + n, session=r).SerializeToString()
             for n, r in enumerate(session_steps(run, unit, index))
@@ -205,7 +208,7 @@ def answer_ok(kind: str, raw: bytes) -> bool:
     if kind == "session":
         a = charging_pb2.SessionAnswer.FromString(raw)
         return a.result_code == 2001 and all(g.result_code == 2001 for g in a.rating_groups)
-    if kind == "stream":
+    if kind in ("stream", "batch"):
         r = charging_pb2.ChargeReply.FromString(raw)
         return r.WhichOneof("answer") == "session" and r.session.result_code == 2001
     if kind == "event":
@@ -245,6 +248,45 @@ class StreamMux:
         await self.reader
 
 
+class BatchMux:
+    """One ChargeBatches stream, used as a gateway under load uses it: the requests that
+    arrived while the previous write was under way go as one batch; each reply resolves
+    the request with its correlation id (as serialized ChargeReply bytes)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = channel.stream_stream(PATHS["batch"])(timeout=600)
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.queued: list[bytes] = []
+        self.writing = False
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            raw = await self.call.read()
+            if raw is grpc.aio.EOF:
+                return
+            for reply in charging_pb2.ChargeReplies.FromString(raw).replies:
+                self.waiting.pop(reply.correlation_id).set_result(reply.SerializeToString())
+
+    async def send(self, body: bytes, correlation: int) -> bytes:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[correlation] = future
+        self.queued.append(body)
+        if not self.writing:
+            self.writing = True
+            try:
+                while self.queued:
+                    batch, self.queued = batch_of(self.queued), []
+                    await self.call.write(batch)
+            finally:
+                self.writing = False
+        return await future
+
+    async def close(self) -> None:
+        await self.call.done_writing()
+        await self.reader
+
+
 @dataclass
 class Tally:
     requests: int = 0
@@ -263,9 +305,9 @@ async def drive(spec: dict[str, Any], units: list[list[bytes]], ready: Callable[
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 10)
     senders: list[Callable[[bytes, int], Awaitable[bytes]]]
-    muxes: list[StreamMux] = []
-    if kind == "stream":
-        muxes = [StreamMux(ch) for ch in channels]
+    muxes: list[StreamMux | BatchMux] = []
+    if kind in ("stream", "batch"):
+        muxes = [StreamMux(ch) if kind == "stream" else BatchMux(ch) for ch in channels]
         senders = [m.send for m in muxes]
     else:
         calls = [ch.unary_unary(PATHS[kind]) for ch in channels]

@@ -55,6 +55,7 @@ from charging.embedded_redis import redis_command
 from charging.v1 import charging_pb2, common_pb2
 from loadtest.bench import (
     BenchError,
+    batch_of,
     child,
     child_env,
     create_subscribers,
@@ -179,20 +180,6 @@ async def stream_load(target: str, bodies: list[list[bytes]], concurrency: int, 
         if await call.read() is not grpc.aio.EOF or await call.code() != grpc.StatusCode.OK:
             raise BenchError("the stream did not end cleanly")
     return {"steps": answered, "errors": errors, "elapsed_s": elapsed}
-
-
-def batch_of(messages: list[bytes]) -> bytes:
-    """A ChargeBatch of serialized ChargeMessages, without parsing them (field 1 each)."""
-    out = bytearray()
-    for message in messages:
-        out.append(0x0A)
-        length = len(message)
-        while length > 0x7F:
-            out.append(length & 0x7F | 0x80)
-            length >>= 7
-        out.append(length)
-        out += message
-    return bytes(out)
 
 
 async def batch_load(target: str, bodies: list[list[bytes]], concurrency: int, echo: bool) -> dict[str, float]:
