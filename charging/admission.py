@@ -36,8 +36,9 @@ after the script has been sent. Hence the explicit checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import grpc
@@ -131,19 +132,22 @@ class Admission:
 
         return guarded
 
-    async def each(self, requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]]) -> AsyncIterator[Resp]:
+    async def each(
+        self, requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]]
+    ) -> AsyncGenerator[Resp, None]:
         """The answers to the messages of ``requests``, each as soon as it is ready
         (ChargeStream): ``grouped`` with one request per message."""
-        async for replies in self.grouped(requests, _alone, answer):
-            for reply in replies:
-                yield reply
+        async with contextlib.aclosing(self.grouped(requests, _alone, answer)) as groups:
+            async for replies in groups:
+                for reply in replies:
+                    yield reply
 
     async def grouped(
         self,
         messages: AsyncIterator[Msg],
         requests_of: Callable[[Msg], Iterable[Req]],
         answer: Callable[[Req], Awaitable[Resp]],
-    ) -> AsyncIterator[list[Resp]]:
+    ) -> AsyncGenerator[list[Resp], None]:
         """The answers to the requests that ``messages`` carry (``requests_of`` each),
         in lists of those ready at the same moment (ChargeBatches; ChargeStream through
         ``each``).
@@ -152,8 +156,9 @@ class Admission:
         is taken before a request is started (while none is free, the stream is not read
         further, even in the middle of a message) and given back once its reply has been
         handed on, not when it is computed: a client that does not read its replies stops
-        being read too, so neither side's queue grows beyond ``limit``. The iterator ends
-        after the last reply, once ``messages`` has ended."""
+        being read too, so neither side's queue grows beyond ``limit`` requests (and one
+        decoded message: grpc's largest receive message, 4 MiB by default, bounds a batch).
+        The iterator ends after the last reply, once ``messages`` has ended."""
         slots = asyncio.Semaphore(self.limit)
         ready: list[Resp] = []
         woken = asyncio.Event()
@@ -164,7 +169,10 @@ class Admission:
             self.in_flight += 1
             try:
                 ready.append(await answer(request))
-            except Exception as exc:  # a bug: end the stream with it rather than lose a reply
+            except BaseException as exc:  # a bug: end the stream with it rather than lose a reply
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise  # the stream is being closed (below)
                 finished.append(_Finished(exc))
             finally:
                 self.in_flight -= 1
@@ -183,7 +191,8 @@ class Admission:
                     await asyncio.wait(set(working))
             except Exception as exc:  # the client went away mid-stream, or a bug in answer
                 failure = exc
-            # After every request's reply is in ``ready``: the end is seen only then.
+            # At the end of the requests, after every reply is in ``ready``: the end is
+            # seen only then. On a failure, at once (the stream ends with it).
             finished.append(_Finished(failure))
             woken.set()
 

@@ -7,6 +7,7 @@ a bad value is answered the Diameter way: result code 5004 or 5005 and ``failed_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -18,7 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from prometheus_client import Counter, Histogram
 
-from charging import metrics
+from charging import metrics, stream_wire
 from charging.admission import Admission
 from charging.buckets import Bucket
 from charging.catalog import Usage
@@ -241,15 +242,16 @@ class StreamMeters:
         return StreamMeters(method, counts, metrics.LATENCY.labels(method))
 
 
-def messages_of(
-    batch: charging_pb2.ChargeBatch | Undecodable,
-) -> Sequence[charging_pb2.ChargeMessage | Undecodable]:
-    """The requests of one ChargeBatches message; a batch that cannot be decoded is one
-    request, answered with an error."""
-    return (batch,) if isinstance(batch, Undecodable) else batch.messages
+def messages_of(batch: list[stream_wire.Request] | Undecodable) -> Sequence[stream_wire.Request]:
+    """The requests of one ChargeBatches message (``stream_wire.charge_batch``); a batch
+    whose framing cannot be decoded is one request, answered with an error."""
+    return (batch,) if isinstance(batch, Undecodable) else batch
 
 
 class ChargingServicer(charging_pb2_grpc.ChargingServicer):
+    # The streams' bodies, decoded one request at a time (``status.add_servicer``).
+    request_decoders = {"ChargeStream": stream_wire.charge_message, "ChargeBatches": stream_wire.charge_batch}
+
     def __init__(
         self,
         sessions: SessionCharging,
@@ -291,12 +293,13 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         async def reply(message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
             return await self._reply(message, meters, gateway)
 
-        async for answer in self.admission.each(request_iterator, reply):
-            yield answer
+        async with contextlib.aclosing(self.admission.each(request_iterator, reply)) as answers:
+            async for answer in answers:
+                yield answer
 
-    async def ChargeBatches(
+    async def ChargeBatches(  # type: ignore[override]  # requests decoded by stream_wire.charge_batch
         self,
-        request_iterator: AsyncIterator[charging_pb2.ChargeBatch | Undecodable],
+        request_iterator: AsyncIterator[list[stream_wire.Request] | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[charging_pb2.ChargeReplies]:
         try:
@@ -308,8 +311,9 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         async def reply(message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
             return await self._reply(message, meters, gateway)
 
-        async for replies in self.admission.grouped(request_iterator, messages_of, reply):
-            yield charging_pb2.ChargeReplies(replies=replies)
+        async with contextlib.aclosing(self.admission.grouped(request_iterator, messages_of, reply)) as batches:
+            async for replies in batches:
+                yield charging_pb2.ChargeReplies(replies=replies)
 
     async def _reply(
         self, message: charging_pb2.ChargeMessage | Undecodable, meters: StreamMeters, gateway: str = ""
@@ -327,8 +331,9 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         self, message: charging_pb2.ChargeMessage | Undecodable, meters: StreamMeters, gateway: str = ""
     ) -> charging_pb2.ChargeReply:
         if isinstance(message, Undecodable):
-            # Its correlation id cannot be read: the reply says so with id 0.
-            return self._failed(0, InvalidRequest("request", f"not a valid {message.type_name} message"), meters)
+            # Under its correlation id if that could be read (stream_wire), else 0.
+            error = InvalidRequest("request", f"not a valid {message.type_name} message")
+            return self._failed(message.correlation_id, error, meters)
         cid = message.correlation_id
         try:
             with storage_errors():

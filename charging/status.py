@@ -67,12 +67,14 @@ def details_of(exc: Exception) -> str:
 
 
 class Undecodable:
-    """A request body that is not a valid message of the method's request type."""
+    """A request body that is not a valid message of the method's request type (with the
+    correlation id it carried, on the charging streams, when that could still be read)."""
 
-    __slots__ = ("type_name",)
+    __slots__ = ("correlation_id", "type_name")
 
-    def __init__(self, type_name: str) -> None:
+    def __init__(self, type_name: str, correlation_id: int = 0) -> None:
         self.type_name = type_name
+        self.correlation_id = correlation_id
 
 
 def lenient(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
@@ -92,8 +94,9 @@ def lenient(message: type[Message]) -> Callable[[bytes], Message | Undecodable]:
 # through the generic handlers' lookup in Python. grpc.aio waits for the next call of every
 # registered method at once, with ``asyncio.wait`` over one task per method on each call
 # (O(methods) per call: 58 methods made it about 6% of the event loop's time under load),
-# so only the charging service, the hot path, is registered; every other service is
-# found by the generic lookup, a dictionary per service.
+# so of our services only the charging service, the hot path, is registered; the others
+# are found by the generic lookup, a dictionary per service. (Health and reflection
+# register their own few methods: about ten tasks in all.)
 REGISTERED_SERVICES = frozenset({"charging.v1.Charging"})
 
 
@@ -105,14 +108,16 @@ def add_servicer(
     body INVALID_ARGUMENT. With ``admission``, every unary method is behind its in-flight
     bound and deadline check."""
     handlers = {}
+    # A servicer may decode some methods' requests itself (never raising either).
+    decoders: dict[str, Callable[[bytes], object]] = getattr(servicer, "request_decoders", {})
     for method in service.methods:
         if method.client_streaming and method.server_streaming:
-            # Bidirectional (ChargeStream): the servicer answers each message itself,
-            # errors included, through ``Admission.each``.
+            # Bidirectional (ChargeStream, ChargeBatches): the servicer answers each
+            # request itself, errors included, through ``Admission.grouped``.
             stream_behaviour = getattr(servicer, method.name)
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
                 stream_behaviour if admission is None else admission.guard_stream(method.name, stream_behaviour),
-                request_deserializer=lenient(GetMessageClass(method.input_type)),
+                request_deserializer=decoders.get(method.name) or lenient(GetMessageClass(method.input_type)),
                 response_serializer=GetMessageClass(method.output_type).SerializeToString,
             )
             continue

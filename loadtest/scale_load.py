@@ -219,6 +219,15 @@ def answer_ok(kind: str, raw: bytes) -> bool:
 # --------------------------------------------------------------------------- the client
 
 
+def stream_ended(waiting: dict[int, asyncio.Future[bytes]], why: str) -> None:
+    """Every request still waiting on a stream that is gone fails as UNAVAILABLE."""
+    error = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=why)
+    for future in waiting.values():
+        if not future.done():
+            future.set_exception(error)
+    waiting.clear()
+
+
 class StreamMux:
     """One ChargeStream; each write waits for the reply with its correlation id."""
 
@@ -229,12 +238,17 @@ class StreamMux:
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
-        while True:
-            raw = await self.call.read()
-            if raw is grpc.aio.EOF:
-                return
-            reply = charging_pb2.ChargeReply.FromString(raw)
-            self.waiting.pop(reply.correlation_id).set_result(raw)
+        try:
+            while True:
+                raw = await self.call.read()
+                if raw is grpc.aio.EOF:
+                    return
+                reply = charging_pb2.ChargeReply.FromString(raw)
+                future = self.waiting.pop(reply.correlation_id, None)
+                if future is not None:
+                    future.set_result(raw)
+        finally:
+            stream_ended(self.waiting, "the stream ended before the reply")
 
     async def send(self, body: bytes, correlation: int) -> bytes:
         future = asyncio.get_running_loop().create_future()
@@ -249,40 +263,54 @@ class StreamMux:
 
 
 class BatchMux:
-    """One ChargeBatches stream, used as a gateway under load uses it: the requests that
-    arrived while the previous write was under way go as one batch; each reply resolves
-    the request with its correlation id (as serialized ChargeReply bytes)."""
+    """One ChargeBatches stream, used as a gateway under load uses it: one writer sends
+    the requests that arrived while its previous write was under way as one batch; each
+    reply resolves the request with its correlation id (as serialized ChargeReply bytes)."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.call = channel.stream_stream(PATHS["batch"])(timeout=600)
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
         self.queued: list[bytes] = []
-        self.writing = False
+        self.wanted = asyncio.Event()
         self.reader = asyncio.ensure_future(self._read())
+        self.writer = asyncio.ensure_future(self._write())
 
-    async def _read(self) -> None:
-        while True:
-            raw = await self.call.read()
-            if raw is grpc.aio.EOF:
-                return
-            for reply in charging_pb2.ChargeReplies.FromString(raw).replies:
-                self.waiting.pop(reply.correlation_id).set_result(reply.SerializeToString())
-
-    async def send(self, body: bytes, correlation: int) -> bytes:
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[correlation] = future
-        self.queued.append(body)
-        if not self.writing:
-            self.writing = True
-            try:
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.wanted.wait()
+                self.wanted.clear()
                 while self.queued:
                     batch, self.queued = batch_of(self.queued), []
                     await self.call.write(batch)
-            finally:
-                self.writing = False
+        finally:
+            stream_ended(self.waiting, "the stream could not be written")
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                raw = await self.call.read()
+                if raw is grpc.aio.EOF:
+                    return
+                for reply in charging_pb2.ChargeReplies.FromString(raw).replies:
+                    future = self.waiting.pop(reply.correlation_id, None)
+                    if future is not None:
+                        future.set_result(reply.SerializeToString())
+        finally:
+            stream_ended(self.waiting, "the stream ended before the reply")
+
+    async def send(self, body: bytes, correlation: int) -> bytes:
+        future = asyncio.get_running_loop().create_future()
+        if self.writer.done() or self.reader.done():
+            stream_ended({correlation: future}, "the stream is gone")
+        else:
+            self.waiting[correlation] = future
+            self.queued.append(body)
+            self.wanted.set()
         return await future
 
     async def close(self) -> None:
+        self.writer.cancel()
         await self.call.done_writing()
         await self.reader
 

@@ -314,3 +314,44 @@ async def test_a_batch_larger_than_the_bound_is_read_as_slots_free() -> None:
     rest = [*await second, *[n async for group in replies for n in group]]
     assert sorted([1, *rest]) == list(range(5))
     assert admission.in_flight == 0
+
+
+def framed(entries: list[bytes]) -> bytes:
+    """A ChargeBatch of these raw entries (field 1, length-delimited, each under 128 bytes)."""
+    return b"".join(bytes([1 << 3 | 2, len(entry)]) + entry for entry in entries)
+
+
+@SHAPES
+async def test_a_message_that_does_not_decode_is_answered_under_its_id(stubs: Stubs, batched: bool) -> None:
+    """A message whose body does not decode is answered INVALID_ARGUMENT under its own
+    correlation id when the id can be read (else 0), and costs no other message: in a
+    batch, the good requests beside it are charged and answered."""
+    await stubs.subscriber(balance=1_000_000)
+    good = message_of(sms_request("sms-good"), 5).SerializeToString()
+    not_utf8 = bytes([0x08, 6, 0x12, 4, 0x0A, 2, 0xC3, 0x28])  # id 6; a session_id that is not UTF-8
+    cut_short = bytes([0x08])  # even the id is cut short
+    entries = [good, not_utf8, cut_short]
+    path = "/charging.v1.Charging/" + ("ChargeBatches" if batched else "ChargeStream")
+    call = stubs.channel.stream_stream(path)(iter([framed(entries)] if batched else entries), timeout=20)
+    if batched:
+        replies = [r async for raw in call for r in charging_pb2.ChargeReplies.FromString(raw).replies]
+    else:
+        replies = [charging_pb2.ChargeReply.FromString(raw) async for raw in call]
+    assert await call.code() == grpc.StatusCode.OK
+    by_id = {r.correlation_id: r for r in replies}
+    assert sorted(by_id) == [0, 5, 6]
+    assert by_id[5].event.result_code == 2001
+    for bad in (by_id[6], by_id[0]):
+        assert bad.WhichOneof("answer") == "error"
+        assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "ChargeMessage" in bad.error.message
+    b = await stubs.balance()
+    assert b.balance_micros == 1_000_000 - 50_000
+
+
+async def test_a_batch_whose_framing_is_broken_is_one_error_with_id_0(stubs: Stubs) -> None:
+    call = stubs.channel.stream_stream("/charging.v1.Charging/ChargeBatches")(iter([b"\x0a\x09ab"]), timeout=20)
+    [raw] = [raw async for raw in call]
+    [reply] = charging_pb2.ChargeReplies.FromString(raw).replies
+    assert (reply.correlation_id, reply.error.code) == (0, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert "ChargeBatch" in reply.error.message
