@@ -355,3 +355,24 @@ async def test_a_batch_whose_framing_is_broken_is_one_error_with_id_0(stubs: Stu
     [reply] = charging_pb2.ChargeReplies.FromString(raw).replies
     assert (reply.correlation_id, reply.error.code) == (0, grpc.StatusCode.INVALID_ARGUMENT.value[0])
     assert "ChargeBatch" in reply.error.message
+
+
+async def test_an_answer_that_raises_ends_the_stream_rather_than_hanging_it() -> None:
+    """A CancelledError out of an answer (from something it awaited, not the stream being
+    closed) ends the stream with it; it neither loses its slot nor leaves the stream
+    waiting for a reply that will never come."""
+    admission = Admission(1)
+
+    async def messages() -> AsyncIterator[list[int]]:
+        yield [1]
+        yield [2]
+
+    async def answer(n: int) -> int:
+        if n == 1:
+            raise asyncio.CancelledError
+        return n
+
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):  # a hang fails as TimeoutError
+            [n async for group in admission.grouped(messages(), list, answer) for n in group]
+    assert admission.in_flight == 0
