@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -283,16 +283,7 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         request_iterator: AsyncIterator[charging_pb2.ChargeMessage | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[charging_pb2.ChargeReply]:
-        try:
-            gateway = gateway_of(context.invocation_metadata()) if self.watch is not None else ""
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-        meters = self._streamed["ChargeStream"]
-
-        async def reply(message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
-            return await self._reply(message, meters, gateway)
-
+        reply = await self._replying(context, "ChargeStream")
         async with contextlib.aclosing(self.admission.each(request_iterator, reply)) as answers:
             async for answer in answers:
                 yield answer
@@ -302,18 +293,26 @@ class ChargingServicer(charging_pb2_grpc.ChargingServicer):
         request_iterator: AsyncIterator[list[stream_wire.Request] | Undecodable],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[charging_pb2.ChargeReplies]:
+        reply = await self._replying(context, "ChargeBatches")
+        async with contextlib.aclosing(self.admission.grouped(request_iterator, messages_of, reply)) as batches:
+            async for replies in batches:
+                yield charging_pb2.ChargeReplies(replies=replies)
+
+    async def _replying(
+        self, context: grpc.aio.ServicerContext, method: str
+    ) -> Callable[[stream_wire.Request], Awaitable[charging_pb2.ChargeReply]]:
+        """How the requests of one stream call are answered: for the gateway its metadata
+        names (a malformed name ends the call INVALID_ARGUMENT), counted under ``method``."""
         try:
             gateway = gateway_of(context.invocation_metadata()) if self.watch is not None else ""
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        meters = self._streamed["ChargeBatches"]
+        meters = self._streamed[method]
 
-        async def reply(message: charging_pb2.ChargeMessage | Undecodable) -> charging_pb2.ChargeReply:
+        async def reply(message: stream_wire.Request) -> charging_pb2.ChargeReply:
             return await self._reply(message, meters, gateway)
 
-        async with contextlib.aclosing(self.admission.grouped(request_iterator, messages_of, reply)) as batches:
-            async for replies in batches:
-                yield charging_pb2.ChargeReplies(replies=replies)
+        return reply
 
     async def _reply(
         self, message: charging_pb2.ChargeMessage | Undecodable, meters: StreamMeters, gateway: str = ""

@@ -228,14 +228,24 @@ def stream_ended(waiting: dict[int, asyncio.Future[bytes]], why: str) -> None:
     waiting.clear()
 
 
-class StreamMux:
-    """One ChargeStream; each write waits for the reply with its correlation id."""
+class _Mux:
+    """One charging stream (``kind``): requests wait by correlation id for their replies,
+    which one reader hands out; when the stream ends, whatever still waits fails."""
+
+    kind = ""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.call = channel.stream_stream(PATHS["stream"])(timeout=600)
+        self.call = channel.stream_stream(PATHS[self.kind])(timeout=600)
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
-        self.lock = asyncio.Lock()
         self.reader = asyncio.ensure_future(self._read())
+
+    def replies(self, raw: bytes) -> list[tuple[int, bytes]]:
+        """(correlation id, the serialized ChargeReply) of each reply in one message."""
+        raise NotImplementedError
+
+    async def send(self, body: bytes, correlation: int) -> bytes:
+        """Send one request; its reply."""
+        raise NotImplementedError
 
     async def _read(self) -> None:
         try:
@@ -243,12 +253,29 @@ class StreamMux:
                 raw = await self.call.read()
                 if raw is grpc.aio.EOF:
                     return
-                reply = charging_pb2.ChargeReply.FromString(raw)
-                future = self.waiting.pop(reply.correlation_id, None)
-                if future is not None:
-                    future.set_result(raw)
+                for correlation, reply in self.replies(raw):
+                    future = self.waiting.pop(correlation, None)
+                    if future is not None:
+                        future.set_result(reply)
         finally:
             stream_ended(self.waiting, "the stream ended before the reply")
+
+    async def close(self) -> None:
+        await self.call.done_writing()
+        await self.reader
+
+
+class StreamMux(_Mux):
+    """One ChargeStream; each write waits for the reply with its correlation id."""
+
+    kind = "stream"
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.lock = asyncio.Lock()
+
+    def replies(self, raw: bytes) -> list[tuple[int, bytes]]:
+        return [(charging_pb2.ChargeReply.FromString(raw).correlation_id, raw)]
 
     async def send(self, body: bytes, correlation: int) -> bytes:
         future = asyncio.get_running_loop().create_future()
@@ -257,23 +284,21 @@ class StreamMux:
             await self.call.write(body)
         return await future
 
-    async def close(self) -> None:
-        await self.call.done_writing()
-        await self.reader
 
-
-class BatchMux:
+class BatchMux(_Mux):
     """One ChargeBatches stream, used as a gateway under load uses it: one writer sends
-    the requests that arrived while its previous write was under way as one batch; each
-    reply resolves the request with its correlation id (as serialized ChargeReply bytes)."""
+    the requests that arrived while its previous write was under way as one batch."""
+
+    kind = "batch"
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.call = channel.stream_stream(PATHS["batch"])(timeout=600)
-        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        super().__init__(channel)
         self.queued: list[bytes] = []
         self.wanted = asyncio.Event()
-        self.reader = asyncio.ensure_future(self._read())
         self.writer = asyncio.ensure_future(self._write())
+
+    def replies(self, raw: bytes) -> list[tuple[int, bytes]]:
+        return [(r.correlation_id, r.SerializeToString()) for r in charging_pb2.ChargeReplies.FromString(raw).replies]
 
     async def _write(self) -> None:
         try:
@@ -285,19 +310,6 @@ class BatchMux:
                     await self.call.write(batch)
         finally:
             stream_ended(self.waiting, "the stream could not be written")
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                raw = await self.call.read()
-                if raw is grpc.aio.EOF:
-                    return
-                for reply in charging_pb2.ChargeReplies.FromString(raw).replies:
-                    future = self.waiting.pop(reply.correlation_id, None)
-                    if future is not None:
-                        future.set_result(reply.SerializeToString())
-        finally:
-            stream_ended(self.waiting, "the stream ended before the reply")
 
     async def send(self, body: bytes, correlation: int) -> bytes:
         future = asyncio.get_running_loop().create_future()
@@ -311,8 +323,7 @@ class BatchMux:
 
     async def close(self) -> None:
         self.writer.cancel()
-        await self.call.done_writing()
-        await self.reader
+        await super().close()
 
 
 @dataclass
@@ -333,7 +344,7 @@ async def drive(spec: dict[str, Any], units: list[list[bytes]], ready: Callable[
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 10)
     senders: list[Callable[[bytes, int], Awaitable[bytes]]]
-    muxes: list[StreamMux | BatchMux] = []
+    muxes: list[_Mux] = []
     if kind in ("stream", "batch"):
         muxes = [StreamMux(ch) if kind == "stream" else BatchMux(ch) for ch in channels]
         senders = [m.send for m in muxes]

@@ -149,36 +149,52 @@ async def unary_load(
     return {"steps": len(bodies) * STEPS, "errors": len(errors), "elapsed_s": elapsed}
 
 
+class Following:
+    """What a gateway sends once a step is answered: the session's next step, else the
+    first step of the next session not yet started (``concurrency`` sessions at a time)."""
+
+    def __init__(self, bodies: list[list[bytes]], concurrency: int) -> None:
+        self.bodies = bodies
+        self.opened = min(concurrency, len(bodies))
+
+    def first(self) -> list[bytes]:
+        return [self.bodies[s][0] for s in range(self.opened)]
+
+    def after(self, correlation_id: int) -> bytes | None:
+        session, step = divmod(correlation_id, STEPS)
+        if step + 1 < STEPS:
+            return self.bodies[session][step + 1]
+        if self.opened < len(self.bodies):
+            self.opened += 1
+            return self.bodies[self.opened - 1][0]
+        return None
+
+
+def answered_ok(reply: charging_pb2.ChargeReply) -> bool:
+    return reply.WhichOneof("answer") == "session" and ok(reply.session)
+
+
 async def stream_load(target: str, bodies: list[list[bytes]], concurrency: int, echo: bool) -> dict[str, float]:
     """One stream; a session's next step is written once the reply to its last arrived
     (a gateway sends the CCR-U after the CCA-I)."""
     parse = charging_pb2.ChargeMessage.FromString if echo else charging_pb2.ChargeReply.FromString
-    errors = 0
+    errors = answered = 0
+    following = Following(bodies, concurrency)
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         call = channel.stream_stream(STREAM_PATH, response_deserializer=parse)(timeout=600)
         started = time.perf_counter()
-        opened = min(concurrency, len(bodies))
-        for s in range(opened):
-            await call.write(bodies[s][0])
-        answered = 0
+        for first in following.first():
+            await call.write(first)
         while answered < len(bodies) * STEPS:
             reply = await call.read()
             if reply is grpc.aio.EOF:
                 raise BenchError("the stream ended early")
             answered += 1
-            session, step = divmod(reply.correlation_id, STEPS)
-            if not echo and not (reply.WhichOneof("answer") == "session" and ok(reply.session)):
-                errors += 1
-            if step + 1 < STEPS:
-                await call.write(bodies[session][step + 1])
-            elif opened < len(bodies):
-                await call.write(bodies[opened][0])
-                opened += 1
-        await call.done_writing()
-        elapsed = time.perf_counter() - started
-        if await call.read() is not grpc.aio.EOF or await call.code() != grpc.StatusCode.OK:
-            raise BenchError("the stream did not end cleanly")
+            errors += not echo and not answered_ok(reply)
+            if (body := following.after(reply.correlation_id)) is not None:
+                await call.write(body)
+        elapsed = await finish(call, started)
     return {"steps": answered, "errors": errors, "elapsed_s": elapsed}
 
 
@@ -189,37 +205,37 @@ async def batch_load(target: str, bodies: list[list[bytes]], concurrency: int, e
     parse: Callable[[bytes], Any] = (
         charging_pb2.ChargeBatch.FromString if echo else charging_pb2.ChargeReplies.FromString
     )
-    errors = messages = 0
+    errors = answered = messages = 0
+    following = Following(bodies, concurrency)
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
         call = channel.stream_stream(BATCHES_PATH, response_deserializer=parse)(timeout=600)
         started = time.perf_counter()
-        opened = min(concurrency, len(bodies))
-        await call.write(batch_of([bodies[s][0] for s in range(opened)]))
-        answered = 0
+        await call.write(batch_of(following.first()))
         while answered < len(bodies) * STEPS:
             message = await call.read()
             if message is grpc.aio.EOF:
                 raise BenchError("the stream ended early")
             messages += 1
-            following = []
+            nexts = []
             for reply in message.messages if echo else message.replies:
                 answered += 1
-                session, step = divmod(reply.correlation_id, STEPS)
-                if not echo and not (reply.WhichOneof("answer") == "session" and ok(reply.session)):
-                    errors += 1
-                if step + 1 < STEPS:
-                    following.append(bodies[session][step + 1])
-                elif opened < len(bodies):
-                    following.append(bodies[opened][0])
-                    opened += 1
-            if following:
-                await call.write(batch_of(following))
-        await call.done_writing()
-        elapsed = time.perf_counter() - started
-        if await call.read() is not grpc.aio.EOF or await call.code() != grpc.StatusCode.OK:
-            raise BenchError("the stream did not end cleanly")
+                errors += not echo and not answered_ok(reply)
+                if (body := following.after(reply.correlation_id)) is not None:
+                    nexts.append(body)
+            if nexts:
+                await call.write(batch_of(nexts))
+        elapsed = await finish(call, started)
     return {"steps": answered, "errors": errors, "elapsed_s": elapsed, "per_message": answered / max(messages, 1)}
+
+
+async def finish(call: Any, started: float) -> float:
+    """Half-close; the time since ``started``, once the server has ended the call cleanly."""
+    await call.done_writing()
+    elapsed = time.perf_counter() - started
+    if await call.read() is not grpc.aio.EOF or await call.code() != grpc.StatusCode.OK:
+        raise BenchError("the stream did not end cleanly")
+    return elapsed
 
 
 def settle(pid: int, limit_s: float = 20.0) -> None:
