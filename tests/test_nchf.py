@@ -491,3 +491,18 @@ async def test_stop_refuses_new_connections_and_drains_requests_in_flight(
     assert answer.status_code == 201, answer.text
     await stopping
     assert await balance(stubs) == (1_000_000, 10 * 1024 * KB)  # the default quota, 10 MiB, held
+
+
+async def test_one_connection_carries_more_than_a_thousand_requests(http: httpx.AsyncClient) -> None:
+    """An SMF keeps one HTTP/2 connection for all its sessions: the 1,001st request on it
+    is answered like the first (hypercorn's default cut the connection there, and the
+    request with it)."""
+    in_flight = asyncio.Semaphore(50)
+
+    async def one(n: int) -> int:
+        async with in_flight:
+            answer = await http.get(f"/nchf-convergedcharging/v3/chargingdata/no-such-{n}")
+            return answer.status_code
+
+    codes = await asyncio.gather(*(one(n) for n in range(1_050)))
+    assert set(codes) <= {404, 405}

@@ -86,6 +86,10 @@ class NchfListener:
         self._config = Config()
         self._config.errorlog = logging.getLogger("charging.nchf.http")
         self._config.keep_alive_timeout = 60.0
+        # hypercorn closes a connection on its 1,001st request by default (0.17+), cutting
+        # that request off: an SMF keeps one HTTP/2 connection for all its sessions, so
+        # never (idle connections still go after keep_alive_timeout).
+        self._config.keep_alive_max_requests = 2**62
         self._config.graceful_timeout = settings.grace_period_s
 
     async def start(
