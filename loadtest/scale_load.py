@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -53,6 +54,7 @@ PATHS = {
     "stream": "/charging.v1.Charging/ChargeStream",
     "batch": "/charging.v1.Charging/ChargeBatches",
 }
+REFUSED = (grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED)  # the server's bounds (README "Admission")
 SESSION_KINDS = ("echo", "session", "stream", "batch")  # a unit is a whole session (STEPS requests)
 
 
@@ -330,6 +332,9 @@ class BatchMux(_Mux):
 class Tally:
     requests: int = 0
     errors: int = 0
+    # Refused by the server's bounds (CANCELLED: reset by grpc's queue bound;
+    # RESOURCE_EXHAUSTED: the in-flight bound): counted, not failures of the run.
+    refused: int = 0
     first_error: str = ""
 
     def fail(self, what: str) -> None:
@@ -360,7 +365,10 @@ async def drive(spec: dict[str, Any], units: list[list[bytes]], ready: Callable[
             try:
                 raw = await send(body, unit * STEPS + step)
             except grpc.aio.AioRpcError as exc:
-                tally.fail(f"{exc.code().name}: {exc.details()}")
+                if exc.code() in REFUSED:
+                    tally.refused += 1
+                else:
+                    tally.fail(f"{exc.code().name}: {exc.details()}")
                 return
             if timed:
                 latencies.append(round((time.perf_counter() - started) * 1000, 3))
@@ -399,7 +407,7 @@ async def drive(spec: dict[str, Any], units: list[list[bytes]], ready: Callable[
     for ch in channels:
         await ch.close()
     return {
-        "requests": tally.requests, "errors": tally.errors, "first_error": tally.first_error,
+        "requests": tally.requests, "errors": tally.errors, "first_error": tally.first_error, "refused": tally.refused,
         "elapsed_s": elapsed, "client_cpu_s": client_cpu, "latencies_ms": latencies,
     }  # fmt: skip
 
@@ -421,5 +429,11 @@ def client(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def client_main(raw_spec: str) -> int:
-    print(json.dumps(client(json.loads(raw_spec))), flush=True)
+    result = memoryview((json.dumps(client(json.loads(raw_spec))) + "\n").encode())
+    # Written with os.write until all of it is out: after uvloop.run, print() of more than
+    # a pipe's 64 KiB was cut at 65,536 bytes without an error (a partial write the text
+    # layer dropped; reproduced alone), which the parent then read as broken JSON.
+    sys.stdout.flush()
+    while result:
+        result = result[os.write(sys.stdout.fileno(), result) :]
     return 0
