@@ -8,10 +8,18 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.driver_info import DriverInfo
+from redis.utils import get_lib_version
 
 from charging.cluster_link import ClusterLink, ClusterUrl
 from charging.errors import StorageUnavailable
 from charging.redis_link import RedisLink, RedisTls
+
+# What each connection tells Redis it is (CLIENT SETINFO), worked out once: left to
+# redis-py, every new pooled connection looks its own version up in the installed
+# packages' metadata (importlib.metadata), which stopped the event loop for up to 55 ms
+# under load when a burst needed one more connection.
+DRIVER = DriverInfo(name="redis-py", lib_version=get_lib_version())  # type: ignore[no-untyped-call]
 
 
 def connect(
@@ -39,6 +47,7 @@ def connect(
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
+        driver_info=DRIVER,
     )
     return aioredis.Redis.from_pool(pool)
 
@@ -54,6 +63,7 @@ def _cluster_client(url: ClusterUrl, max_connections: int, timeout_s: float, tls
         max_connections=max_connections,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
+        driver_info=DRIVER,
         **options,
     )
 
