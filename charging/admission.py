@@ -286,8 +286,8 @@ def server_options(s: Settings) -> list[tuple[str, int]]:
         # call itself (the client sees CANCELLED), at little cost. Left at grpc's default
         # (1,000 to 3,000), this queue is where an overloaded server keeps its backlog:
         # every call then waits through all of it (README "Admission").
-        ("grpc.server.max_pending_requests", s.max_in_flight),
-        ("grpc.server.max_pending_requests_hard_limit", s.max_in_flight),
+        ("grpc.server.max_pending_requests", s.max_waiting_calls or s.max_in_flight),
+        ("grpc.server.max_pending_requests_hard_limit", s.max_waiting_calls or s.max_in_flight),
         # gRPC sets SO_REUSEPORT unless told not to: a second server then binds a port in
         # use beside the first and clients alternate between two databases. The workers
         # of one supervisor share their port on purpose, under its address lock

@@ -78,6 +78,9 @@ class Settings:
     # stays within twice its value at 70% load (1.2-1.5x) at full goodput; 96 and 128 gave
     # 2.5-3.1x, 512 up to 15x. README "Measured figures".
     max_in_flight: int = 64
+    # Calls that arrived but that the event loop has not taken up yet, in grpc's own queue;
+    # beyond them grpc resets a call (CANCELLED). 0: as many as max_in_flight.
+    max_waiting_calls: int = 0
     max_streams_per_connection: int = 48
     grpc_keepalive_s: float = 60.0
     grpc_keepalive_timeout_s: float = 20.0
@@ -318,6 +321,8 @@ class Settings:
             raise InvalidRequest("CHARGING_WORKERS", "must be 0 (one per core) or more")
         if self.max_in_flight < 1:
             raise InvalidRequest("CHARGING_MAX_IN_FLIGHT", "must be at least 1")
+        if self.max_waiting_calls < 0:
+            raise InvalidRequest("CHARGING_MAX_WAITING_CALLS", "must be 0 (as CHARGING_MAX_IN_FLIGHT) or more")
         if self.max_streams_per_connection < 1:
             raise InvalidRequest("CHARGING_MAX_STREAMS_PER_CONNECTION", "must be at least 1")
         if self.nchf_notify_timeout_s <= 0:

@@ -18,6 +18,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
+from charging.admission import server_options
 from charging.clock import ManualClock
 from charging.errors import InvalidRequest
 from charging.server import App
@@ -138,6 +139,7 @@ async def test_an_idle_connection_is_closed_by_the_server(settings: Settings, cl
     [
         ("CHARGING_MAX_IN_FLIGHT", "0"),
         ("CHARGING_MAX_STREAMS_PER_CONNECTION", "0"),
+        ("CHARGING_MAX_WAITING_CALLS", "-1"),
         ("CHARGING_GRPC_MAX_IDLE_S", "0"),
         ("CHARGING_GRPC_KEEPALIVE_S", "-1"),
     ],
@@ -146,6 +148,15 @@ def test_admission_settings_must_be_positive(name: str, value: str) -> None:
     with pytest.raises(InvalidRequest) as bad:
         Settings.from_env({name: value})
     assert bad.value.field == name
+
+
+@pytest.mark.parametrize(("waiting", "queue"), [("", 32), ("0", 32), ("200", 200)])
+def test_grpc_s_queue_is_as_long_as_the_in_flight_bound_unless_set(waiting: str, queue: int) -> None:
+    env = {"CHARGING_MAX_IN_FLIGHT": "32"} | ({"CHARGING_MAX_WAITING_CALLS": waiting} if waiting else {})
+    options = dict(server_options(Settings.from_env(env)))
+    assert (
+        options["grpc.server.max_pending_requests"] == options["grpc.server.max_pending_requests_hard_limit"] == queue
+    )
 
 
 async def test_one_connection_s_burst_waits_in_its_transport_not_in_our_queue(
