@@ -42,7 +42,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -240,6 +240,32 @@ def wait_redis(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
             time.sleep(0.05)
     finally:
         client.close()
+
+
+def server_stores(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    name: str,
+    wrap: Callable[[list[str]], list[str]] = list,
+) -> dict[str, str]:
+    """A bench server's stores, gone with ``stack``: a redis-server (append-only, every
+    second) answering on its Unix socket, as with the embedded Redis that `make run`
+    starts, and a directory for the server's own embedded PostgreSQL that the postgres
+    user can reach. Returns the server's environment for them. ``wrap``: the
+    redis-server command line as it is to run (pinned to CPUs, say)."""
+    redis_port = free_port()
+    redis_dir = workdir / "redis"
+    redis_dir.mkdir(parents=True)
+    log = workdir / "redis-server.out"
+    argv = redis_command(shutil.which("redis-server") or "redis-server", redis_dir, "everysec", port=redis_port)
+    wait_redis(stack.enter_context(child(wrap(argv), log)), redis_port, log)
+    postgres_dir = private_dir(f"charging-{name}-pg-")
+    stack.callback(shutil.rmtree, postgres_dir, True)
+    return {
+        "CHARGING_REDIS_URL": f"unix://{redis_dir / 'redis.sock'}",
+        "CHARGING_REDIS_DIR": str(redis_dir),
+        "CHARGING_DATABASE_DIR": str(postgres_dir),
+    }
 
 
 def wait_health(proc: subprocess.Popen[bytes], target: str, log: Path) -> None:
@@ -776,32 +802,17 @@ def bench(args: argparse.Namespace) -> int:
         body_file = workdir / "check-balance.grpc"
         body_file.write_bytes(grpc_frame(body))
 
-        redis_port, grpc_port, metrics_port, echo_port = free_port(), free_port(), free_port(), free_port()
-        redis_dir = workdir / "redis"
-        redis_dir.mkdir()
-        redis_bin = shutil.which("redis-server") or "redis-server"
-        redis_log = workdir / "redis-server.out"
+        grpc_port, metrics_port, echo_port = free_port(), free_port(), free_port()
         pinning = Pinning.choose(args.pin)
         pinning.apply_to_self()
-        redis_proc = stack.enter_context(
-            child(pinning.server_argv(redis_command(redis_bin, redis_dir, "everysec", port=redis_port)), redis_log)
-        )
-        wait_redis(redis_proc, redis_port, redis_log)
-
-        postgres_dir = private_dir("charging-bench-pg-")
-        stack.callback(shutil.rmtree, postgres_dir, True)
         env = child_env()
+        env.update(server_stores(stack, workdir, "bench", pinning.server_argv))
         env.update(
-            # The Unix socket, as with the embedded Redis that `make run` starts.
-            CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
             CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
             # Metrics on a free loopback port, only to read the server's own result counts after
             # the load (h2load cannot see gRPC statuses). Counters are updated either way.
             CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
             CHARGING_NCHF_ADDRESS="",
-            CHARGING_REDIS_DIR=str(redis_dir),
-            # Its own embedded PostgreSQL, in a directory the postgres user can reach.
-            CHARGING_DATABASE_DIR=str(postgres_dir),
         )
         server_log = workdir / "charging-server.log"
         server = stack.enter_context(

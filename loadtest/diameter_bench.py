@@ -34,8 +34,6 @@ from diameter.message import constants as c
 from diameter.message.commands import CapabilitiesExchangeRequest, CreditControlRequest
 from diameter.message.commands.credit_control import RequestedServiceUnit, UsedServiceUnit
 
-from charging.embedded_postgres import private_dir
-from charging.embedded_redis import redis_command
 from charging.v1 import charging_pb2, charging_pb2_grpc, common_pb2
 from loadtest.bench import (
     BenchError,
@@ -48,9 +46,9 @@ from loadtest.bench import (
     msisdn,
     percentile,
     process_cpu_s,
+    server_stores,
     tail,
     wait_health,
-    wait_redis,
 )
 
 
@@ -272,27 +270,13 @@ def bench(args: argparse.Namespace) -> int:
         raise BenchError("redis-server is not installed (make redis-server)")
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-diameter-bench-")))
-        redis_port, grpc_port, diameter_port = free_port(), free_port(), free_port()
-        redis_dir = workdir / "redis"
-        redis_dir.mkdir()
-        redis_log = workdir / "redis-server.out"
-        redis_proc = stack.enter_context(
-            child(
-                redis_command(shutil.which("redis-server") or "redis-server", redis_dir, "everysec", port=redis_port),
-                redis_log,
-            )
-        )
-        wait_redis(redis_proc, redis_port, redis_log)
-        postgres_dir = private_dir("charging-diameter-bench-pg-")
-        stack.callback(shutil.rmtree, postgres_dir, True)
+        grpc_port, diameter_port = free_port(), free_port()
         env = child_env()
+        env.update(server_stores(stack, workdir, "diameter-bench"))
         env.update(
-            CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
             CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
             CHARGING_METRICS_ADDRESS="",
             CHARGING_DIAMETER_ADDRESS=f"127.0.0.1:{diameter_port}",
-            CHARGING_REDIS_DIR=str(redis_dir),
-            CHARGING_DATABASE_DIR=str(postgres_dir),
             CHARGING_LOG_LEVEL="WARNING",
         )
         server_log = workdir / "charging-server.log"

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,6 @@ from typing import Any
 
 import httpx
 
-from charging.embedded_postgres import private_dir
-from charging.embedded_redis import redis_command
 from loadtest.bench import (
     BenchError,
     child,
@@ -45,9 +42,9 @@ from loadtest.bench import (
     machine,
     msisdn,
     process_cpu_s,
+    server_stores,
     tail,
     wait_health,
-    wait_redis,
 )
 
 ROOT = "/nchf-convergedcharging/v3/chargingdata"
@@ -113,25 +110,14 @@ def run_load(base: str, duration_s: float, concurrency: int, run: int) -> dict[s
 def bench(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-nchf-bench-")))
-        redis_port, grpc_port, nchf_port = free_port(), free_port(), free_port()
-        redis_dir = workdir / "redis"
-        redis_dir.mkdir()
-        redis_log = workdir / "redis.out"
-        redis_proc = stack.enter_context(
-            child(redis_command("redis-server", redis_dir, "everysec", port=redis_port), redis_log)
-        )
-        wait_redis(redis_proc, redis_port, redis_log)
-        postgres_dir = private_dir("charging-nchf-bench-pg-")
-        stack.callback(shutil.rmtree, postgres_dir, True)
+        grpc_port, nchf_port = free_port(), free_port()
         env = child_env()
+        env.update(server_stores(stack, workdir, "nchf-bench"))
         env.update(
-            CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
             CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
             CHARGING_NCHF_ADDRESS=f"127.0.0.1:{nchf_port}",
             CHARGING_METRICS_ADDRESS="",
             CHARGING_BILLING_INTERVAL_S="0",
-            CHARGING_REDIS_DIR=str(redis_dir),
-            CHARGING_DATABASE_DIR=str(postgres_dir),
         )
         log = workdir / "server.log"
         server = stack.enter_context(child([sys.executable, "-m", "charging.cli", "serve"], log, env))

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,8 +49,6 @@ from typing import Any
 
 import grpc
 
-from charging.embedded_postgres import private_dir
-from charging.embedded_redis import redis_command
 from charging.v1 import charging_pb2, common_pb2
 from loadtest.bench import (
     BenchError,
@@ -64,9 +61,9 @@ from loadtest.bench import (
     machine,
     msisdn,
     process_cpu_s,
+    server_stores,
     tail,
     wait_health,
-    wait_redis,
 )
 
 SESSION_PATH = "/charging.v1.Charging/ChargeSession"
@@ -306,23 +303,13 @@ def start_charging(
     """A charging server with its own redis-server and PostgreSQL, its subscribers created
     and warm: (process, address, log). ``repo``: run the server of that checkout (with its
     own .venv) instead of this one's."""
-    redis_port, grpc_port = free_port(), free_port()
-    redis_dir = workdir / "redis"
-    redis_dir.mkdir(parents=True)
-    redis_log = workdir / "redis.out"
-    redis_bin = shutil.which("redis-server") or "redis-server"
-    redis_proc = stack.enter_context(child(redis_command(redis_bin, redis_dir, "everysec", port=redis_port), redis_log))
-    wait_redis(redis_proc, redis_port, redis_log)
-    postgres_dir = private_dir("charging-stream-bench-pg-")
-    stack.callback(shutil.rmtree, postgres_dir, True)
+    grpc_port = free_port()
     env = child_env()
+    env.update(server_stores(stack, workdir, "stream-bench"))
     env.update(
-        CHARGING_REDIS_URL=f"unix://{redis_dir / 'redis.sock'}",
         CHARGING_GRPC_ADDRESS=f"127.0.0.1:{grpc_port}",
         CHARGING_METRICS_ADDRESS="",
         CHARGING_NCHF_ADDRESS="",
-        CHARGING_REDIS_DIR=str(redis_dir),
-        CHARGING_DATABASE_DIR=str(postgres_dir),
         # One process: its CPU time is the server's.
         CHARGING_WORKERS="1",
     )
