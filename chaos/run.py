@@ -35,6 +35,12 @@ NETWORK_FAULTS = ("net_delay", "net_stall", "net_reset")
 CLOCK_FAULTS = ("clock_forward", "clock_back")
 # On a local Redis Cluster (Config.cluster): kill -9 of a primary, its replica takes over.
 CLUSTER_FAULTS = ("kill_primary",)
+# After the load: each pass (resolving unknown outcomes, repeating what was acknowledged,
+# the last bill run) gets this long, the repeat pass REPEAT_S more per request; a request
+# still unanswered then is a violation, never skipped.
+PASS_S = 120.0
+REPEAT_S = 0.002
+REPEATS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,33 @@ async def until_answered(stubs: Stubs, op: Operation, deadline: float) -> None:
             return
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+async def repeat_acknowledged(stubs: Stubs, history: History, budget_s: float = PASS_S) -> list[Operation]:
+    """Send every acknowledged request once more (each must answer as it did, changing
+    nothing: ``checks.answered_once``, ``checks.nothing_lost``), ``REPEATS_IN_FLIGHT`` at a
+    time, within ``budget_s`` plus ``REPEAT_S`` per request; the repeats that got no answer."""
+    seen: set[str] = set()
+    repeats: list[tuple[Operation, Operation]] = []
+    for op in history.operations:
+        if op.outcome == "ok" and op.identity not in seen and op.kind != "status":
+            seen.add(op.identity)
+            repeats.append((op, Operation(op.seq, op.client, op.kind, op.account, op.identity, op.request, op.at_s)))
+    deadline = time.monotonic() + budget_s + REPEAT_S * len(repeats)
+    gate = asyncio.Semaphore(REPEATS_IN_FLIGHT)
+
+    async def one(repeat: Operation) -> None:
+        async with gate:
+            await until_answered(stubs, repeat, deadline)
+
+    await asyncio.gather(*(one(repeat) for _op, repeat in repeats))
+    unanswered: list[Operation] = []
+    for op, repeat in repeats:
+        if repeat.answer is not None:
+            op.replays.append(repeat.answer)
+        else:
+            unanswered.append(repeat)
+    return unanswered
 
 
 async def settle(stubs: Stubs, subscribers: list[Subscriber], timeout_s: float) -> dict[str, checks.AccountState]:
@@ -317,8 +350,10 @@ async def _run(
             history.faults.append(Fault(time.monotonic() - t0, "clock_restored", clock.restore()))
         await asyncio.to_thread(system.wait_serving)
 
-        # Resolve every unknown outcome by sending the same request again.
-        deadline = time.monotonic() + 120
+        # Resolve every unknown outcome by sending the same request again. Each pass after
+        # the load has a time budget of its own: one shared budget let a long run's repeat
+        # pass use it all and skip the passes after it without a word.
+        deadline = time.monotonic() + PASS_S
         for op in history.operations:
             if op.outcome == "unknown":
                 op.resolved = True
@@ -341,18 +376,10 @@ async def _run(
             finally:
                 client.close()
         before = await settle(stubs, subscribers, timeout_s=30)
-        # Repeat every acknowledged request once: each must answer as it did, changing nothing.
-        seen: set[str] = set()
-        for op in list(history.operations):
-            if op.outcome == "ok" and op.identity not in seen and op.kind != "status":
-                seen.add(op.identity)
-                repeat = Operation(op.seq, op.client, op.kind, op.account, op.identity, op.request, op.at_s)
-                await until_answered(stubs, repeat, deadline)
-                if repeat.answer is not None:
-                    op.replays.append(repeat.answer)
+        unrepeated = await repeat_acknowledged(stubs, history)
         after = await settle(stubs, subscribers, timeout_s=30)
         # Postpaid: unknown payments answered, then the last bill run invoices all usage.
-        await billing.finish(deadline)
+        await billing.finish(time.monotonic() + PASS_S)
         postpaid_after = await settle(stubs, [line.subscriber for line in lines], timeout_s=30)
 
         # The system of record: every record relayed, then read.
@@ -420,6 +447,15 @@ async def _run(
         checks.Violation("resolved", op.account, f"{op.identity} never got an answer: {op.error}", (op.seq,))
         for op in history.operations
         if op.outcome == "unknown"
+    ]
+    report.violations += [
+        checks.Violation(
+            "answered_once",
+            op.account,
+            f"{op.identity} not answered when repeated: {op.error or 'no time left'}",
+            (op.seq,),
+        )
+        for op in unrepeated
     ]
     if system.redis is not None and config.machine_death:
         await machine_death_phase(config, system, system.redis, history, subscribers, initial, doc, report)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import grpc
 import pytest
 
 from chaos import checks
 from chaos.history import Answer, History, Kind, Operation
-from chaos.run import CLOCK_FAULTS, CLUSTER_FAULTS, FAULTS, NETWORK_FAULTS, Config, run
+from chaos.run import CLOCK_FAULTS, CLUSTER_FAULTS, FAULTS, NETWORK_FAULTS, Config, repeat_acknowledged, run
+from chaos.workload import Stubs
 from tests.conftest import PostgresServer
 
 PRICES = {"sms-100": 2_000_000}
@@ -92,6 +94,21 @@ def test_reservations_and_buckets() -> None:
     assert checks.released(state(5, buckets=(checks.Bucket("b", 10, 1),)))
     assert checks.buckets_in_bounds(state(5, buckets=(checks.Bucket("b", 10, 10),))) == []
     assert checks.buckets_in_bounds(state(5, buckets=(checks.Bucket("b", 10, 11),)))
+
+
+async def test_a_repeat_that_gets_no_answer_is_reported_not_skipped() -> None:
+    """The repeat pass's budget running out (a long run) must show as unanswered repeats:
+    it once skipped the rest of the pass, and the last bill run after it, without a word."""
+    topup = {"msisdn": "4917000000001", "amount_micros": 5, "key": "k1"}
+    acked = op(0, "topup", "t1", Answer(2001, balance_micros=5), topup)
+    again = op(1, "topup", "t1", Answer(2001, balance_micros=5), topup)  # the same request: repeated once
+    status = op(2, "status", "s1", Answer(2001), {"msisdn": "4917000000001", "status": "active"})
+    unknown = op(3, "topup", "t2", None, {**topup, "key": "k2"})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:  # nothing listens
+        unanswered = await repeat_acknowledged(Stubs(channel), history(acked, again, status, unknown), budget_s=0.3)
+    assert [(o.seq, o.identity) for o in unanswered] == [(0, "t1")]
+    assert unanswered[0].error.startswith("UNAVAILABLE")
+    assert acked.replays == []
 
 
 def free_port() -> int:
