@@ -21,6 +21,13 @@ round, medians shown:
 Every charging answer must be 2001 (the bench fails otherwise). The last line is
 ``stream_cpu_us_per_step=``.
 
+Closed loop each kind runs at its own maximum, the echo at over twice a charging kind's,
+and a server's CPU per request grows as its rate falls (fewer calls share each wake-up
+of the event loop and of grpc's poller thread). So ``unary`` and ``event`` also run
+paced, each with its echo at the same rate, 70% of the charging kind's closed-loop
+maximum (``STREAM_BENCH_PACED=0`` skips it): the ratio at equal rates is what the
+charging work adds to the same transport.
+
 A/B in one run (figures move by tens of percent between runs on a shared machine):
 ``STREAM_BENCH_VARIANT=NAME=VALUE,...`` and/or ``STREAM_BENCH_VARIANT_REPO=<checkout>``
 start a second charging server B (its own Redis and PostgreSQL) with that environment or
@@ -36,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -75,6 +83,8 @@ KINDS = ("unary", "stream", "batch", "echo unary", "echo stream", "echo batch")
 # Unary ChargeEvent CHECK_BALANCE (an SMS), STEPS per "session" on its subscriber, and
 # the same bytes to the echo; not run unless named in STREAM_BENCH_KINDS.
 EVENT_KINDS = ("event", "echo event")
+# The paced comparison's rate, a share of the charging kind's closed-loop maximum.
+PACED_SHARE = 0.7
 
 
 def session_steps(run: str, session: int, subscribers: int) -> list[charging_pb2.SessionRequest]:
@@ -118,8 +128,10 @@ def ok(answer: charging_pb2.SessionAnswer) -> bool:
 
 
 async def unary_load(
-    target: str, bodies: list[list[bytes]], concurrency: int, echo: bool, event: bool = False
+    target: str, bodies: list[list[bytes]], concurrency: int, echo: bool, event: bool = False, rate: float = 0.0
 ) -> dict[str, float]:
+    """``concurrency`` calls in flight; with ``rate``, request n is sent no earlier than
+    n / rate seconds after the start (open loop while the calls in flight suffice)."""
     parse: Callable[[bytes], Any] = (
         charging_pb2.SessionRequest.FromString if echo else charging_pb2.SessionAnswer.FromString
     )
@@ -133,9 +145,13 @@ async def unary_load(
         call = channel.unary_unary(EVENT_PATH if event else SESSION_PATH, response_deserializer=parse)
         await asyncio.wait_for(channel.channel_ready(), 10)
 
+        sent = itertools.count()
+
         async def worker() -> None:
             for s in next_session:
                 for body in bodies[s]:
+                    if rate and (wait := started + next(sent) / rate - time.perf_counter()) > 0:
+                        await asyncio.sleep(wait)
                     answer = await call(body, timeout=30)
                     if not echo and not check(answer):
                         errors.append(f"answered {answer.result_code}")
@@ -277,16 +293,18 @@ def client(args: argparse.Namespace) -> dict[str, float]:
     elif "stream" in args.kind:
         result = uvloop.run(stream_load(args.client, bodies, args.concurrency, echo))
     else:
-        result = uvloop.run(unary_load(args.client, bodies, args.concurrency, echo, "event" in args.kind))
+        result = uvloop.run(unary_load(args.client, bodies, args.concurrency, echo, "event" in args.kind, args.rate))
     result["client_cpu_s"] = time.process_time() - cpu
     return result
 
 
-def run_client(kind: str, target: str, run: str, args: argparse.Namespace, sessions: int = 0) -> dict[str, float]:
+def run_client(
+    kind: str, target: str, run: str, args: argparse.Namespace, sessions: int = 0, rate: float = 0.0
+) -> dict[str, float]:
     argv = [
         sys.executable, "-m", "loadtest.stream_bench", "--client", target, "--kind", kind, "--run", run,
         "--sessions", str(sessions or args.sessions), "--subscribers", str(args.subscribers),
-        "--concurrency", str(args.concurrency),
+        "--concurrency", str(args.concurrency), "--rate", str(rate),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=child_env(), check=False)
     if done.returncode != 0:
@@ -349,6 +367,8 @@ def bench(args: argparse.Namespace) -> int:
         kinds += tuple(f"B {k}" for k in args.kinds if not k.startswith("echo"))
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     per_message: dict[str, list[float]] = {k: [] for k in kinds}  # requests per stream message (batch)
+    paced: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}  # at PACED_SHARE of the maximum
+    paced_rate: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-stream-bench-")))
         echo_port = free_port()
@@ -361,22 +381,38 @@ def bench(args: argparse.Namespace) -> int:
             b_env = variant_env(args.variant)
             b_server, b_target, _ = start_charging(stack, workdir / "b", args, b_env, args.variant_repo)
             targets["B"] = (b_server, b_target)
+
+        def one(kind: str, run: str, rate: float = 0.0) -> tuple[tuple[float, float, float], dict[str, float]]:
+            """(server CPU us per step, steps/s, client CPU s) of one run, and the client's result."""
+            side = "echo" if kind.startswith("echo") else "B" if kind.startswith("B ") else "charging"
+            proc, target = targets[side]
+            # Each run pays for its own background work (the usage-record relay emptying
+            # the outboxes it filled), not for the run before it.
+            settle(proc.pid)
+            before = process_cpu_s(proc.pid)
+            r = run_client(kind.removeprefix("B "), target, run, args, rate=rate)
+            settle(proc.pid)
+            cpu = process_cpu_s(proc.pid) - before
+            return (cpu / r["steps"] * 1e6, r["steps"] / r["elapsed_s"], r["client_cpu_s"]), r
+
         try:
             for round_no in range(max(args.rounds, 1)):
                 order = kinds if round_no % 2 == 0 else tuple(reversed(kinds))
                 for kind in order:
-                    side = "echo" if kind.startswith("echo") else "B" if kind.startswith("B ") else "charging"
-                    proc, target = targets[side]
-                    # Each run pays for its own background work (the usage-record relay
-                    # emptying the outboxes it filled), not for the run before it.
-                    settle(proc.pid)
-                    before = process_cpu_s(proc.pid)
-                    r = run_client(kind.removeprefix("B "), target, f"{round_no}{kind[0]}{len(kind)}", args)
-                    settle(proc.pid)
-                    cpu = process_cpu_s(proc.pid) - before
-                    results[kind].append((cpu / r["steps"] * 1e6, r["steps"] / r["elapsed_s"], r["client_cpu_s"]))
+                    figures, r = one(kind, f"{round_no}{kind[0]}{len(kind)}")
+                    results[kind].append(figures)
                     if "per_message" in r:
                         per_message[kind].append(r["per_message"])
+            # The echo's CPU per call grows as its rate falls (fewer calls share each wake-up
+            # of the loop and of grpc's poller), and closed loop it runs at twice the rate
+            # of a charging kind: the same rate for both shows what the charging work adds.
+            for base in (k for k in ("unary", "event") if args.paced and {k, f"echo {k}"} <= set(kinds)):
+                rate = PACED_SHARE * statistics.median(v[1] for v in results[base])
+                paced_rate[base] = rate
+                for round_no in range(max(args.rounds, 1)):
+                    pair = (base, f"echo {base}") if round_no % 2 == 0 else (f"echo {base}", base)
+                    for kind in pair:
+                        paced[kind].append(one(kind, f"p{round_no}{kind[0]}{len(kind)}", rate)[0])
         except BaseException:
             print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
             raise
@@ -409,10 +445,24 @@ def bench(args: argparse.Namespace) -> int:
             f"stream vs unary: {medians['stream'] / medians['unary']:.2f}x; "
             f"stream vs echo unary: {medians['stream'] / medians['echo unary']:.2f}x (goal: stream <= 100 us)"
         )
+    if {"unary", "echo unary"} <= medians.keys():
+        print(f"unary session step vs echo: {medians['unary'] / medians['echo unary']:.2f}x (goal: <= 2x)")
     if {"batch", "stream"} <= medians.keys():
         print(f"batch vs stream: {medians['batch'] / medians['stream']:.2f}x (goal: a streamed step <= 100 us)")
     if {"event", "echo event"} <= medians.keys():
         print(f"CHECK_BALANCE vs echo: {medians['event'] / medians['echo event']:.2f}x (goal: <= 1.5x)")
+    for base, rate in paced_rate.items():
+        echo_kind = f"echo {base}"
+        cpu = {k: statistics.median(v[0] for v in paced[k]) for k in (base, echo_kind)}
+        for k in (base, echo_kind):
+            rounds = " ".join(f"{v[0]:.0f}" for v in paced[k])
+            rps = statistics.median(v[1] for v in paced[k])
+            print(
+                f"{k:13}: server CPU per request {cpu[k]:.0f} us (rounds: {rounds}) paced at {rate:.0f}/s "
+                f"({PACED_SHARE:.0%} of the {base} maximum), {rps:.0f}/s reached"
+            )
+        what = "CHECK_BALANCE" if base == "event" else "unary session step"
+        print(f"{what} vs echo at the same rate: {cpu[base] / cpu[echo_kind]:.2f}x")
     for kind in (k for k in kinds if k.startswith("B ")):
         base, echo_kind = kind.removeprefix("B "), "echo " + kind.removeprefix("B ")
         vs_echo = f", {medians[kind] / medians[echo_kind]:.2f}x the {echo_kind}" if echo_kind in medians else ""
@@ -441,7 +491,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("STREAM_BENCH_VARIANT_REPO", ""),
         help="server B runs the code of this checkout (its .venv set up), e.g. main against a branch",
     )
+    p.add_argument(
+        "--paced",
+        type=int,
+        default=int(env_number("STREAM_BENCH_PACED", 1)),
+        help=f"1: also run unary and event with their echo at {PACED_SHARE:.0%} of the kind's maximum, "
+        "the same rate for both (STREAM_BENCH_PACED)",
+    )
     p.add_argument("--client", metavar="TARGET", help="internal: only run one load client, print JSON")
+    p.add_argument("--rate", type=float, default=0.0, help="internal: requests/s of a unary client (0: closed loop)")
     p.add_argument("--kind", choices=KINDS + EVENT_KINDS, default="unary", help="internal: the client's kind")
     p.add_argument("--run", default="0", help="internal: makes the run's session ids unique")
     p.add_argument(
