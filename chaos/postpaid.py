@@ -26,6 +26,7 @@ import json
 import random
 import time
 from calendar import monthrange
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Literal
@@ -225,8 +226,19 @@ async def open_minor(stub: billing_pb2_grpc.BillingStub, ba: str) -> int | None:
 class Postpaid:
     """The postpaid part of the load: usage clients per line, a biller, a payer."""
 
-    def __init__(self, seed: int, channel: grpc.aio.Channel, history: History, lines: list[Line], t0: float) -> None:
+    def __init__(
+        self,
+        seed: int,
+        channel: grpc.aio.Channel,
+        history: History,
+        lines: list[Line],
+        t0: float,
+        now_s: Callable[[], float] = time.time,
+    ) -> None:
         self.seed = seed
+        # The server's wall clock (the chaos clock's when it jumps): bill runs are dated
+        # from the server's today, which refuses an ``as_of`` before it.
+        self.now_s = now_s
         self.rnd = random.Random(f"{seed}/postpaid")
         self.stubs = Stubs(channel)
         self.billing = billing_pb2_grpc.BillingStub(channel)
@@ -236,6 +248,11 @@ class Postpaid:
         self.ledger = Ledger()
         self.usage = [Client(200 + n, seed, self.stubs, history, [line.subscriber], t0) for n, line in enumerate(lines)]
         self.billed = asyncio.Event()
+
+    def bill_date(self, months: int) -> str:
+        """``as_of`` ``months`` after the server's today."""
+        zone = ZoneInfo(billing_config.default().time_zone)
+        return as_of(months, datetime.fromtimestamp(self.now_s(), zone).date())
 
     def _op(self, kind: BillingKind, ba: str, identity: str, amount: int = 0) -> BillingOp:
         seq = len(self.ledger.operations)
@@ -265,7 +282,7 @@ class Postpaid:
         for months in (1, 2):
             start = time.monotonic()
             await asyncio.sleep(self.rnd.uniform(0.1, 0.4) * span)
-            day = as_of(months)
+            day = self.bill_date(months)
             ops = [self._op("bill_run", "", day) for _ in range(2 if self.rnd.random() < 0.3 else 1)]
             await asyncio.gather(*(bill(self.billing, op, timeout_s=CALL_TIMEOUT_S * 2) for op in ops))
             # No answer: run it again (as an operator's scheduler would) while the load lasts.
@@ -308,14 +325,15 @@ class Postpaid:
 
     async def finish(self, deadline: float) -> None:
         """After the faults: every unknown payment sent again until answered, then the last
-        bill run (three months ahead) until it answers: everything used is invoiced."""
+        bill run (three months after the server's today) until it answers: everything used is
+        invoiced."""
         if not self.lines:
             return
         for op in self.ledger.operations:
             if op.kind == "pay" and op.outcome == "unknown":
                 op.resolved = True
                 await _until_answered(lambda o: pay(self.billing, o), op, deadline)
-        last = self._op("bill_run", "", as_of(3))
+        last = self._op("bill_run", "", self.bill_date(3))
         last.resolved = True
         await _until_answered(lambda o: bill(self.billing, o), last, deadline)
 

@@ -340,7 +340,7 @@ async def _run(
         t0 = time.monotonic()
         until = t0 + config.duration_s
         clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
-        billing = postpaid.Postpaid(config.seed, channel, history, lines, t0)
+        billing = postpaid.Postpaid(config.seed, channel, history, lines, t0, clock.now_s if clock else time.time)
         await asyncio.gather(
             inject(system, proxy, history, config, rnd, until, t0, clock),
             *(c.run(until, config.max_ops_per_client) for c in clients),

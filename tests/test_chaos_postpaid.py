@@ -4,12 +4,15 @@ given a consistent book (no violation) and books with one thing wrong (a violati
 from __future__ import annotations
 
 import dataclasses
-from datetime import date
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
+import grpc
 import pytest
 
 from chaos import postpaid_checks as pc
-from chaos.postpaid import BillingOp, Paid, as_of
+from chaos.history import History
+from chaos.postpaid import BillingOp, Paid, Postpaid, as_of
 from charging.money import to_minor
 
 LINE = "491709900000"
@@ -237,3 +240,13 @@ def test_bill_runs_as_of_whole_months_ahead() -> None:
     assert as_of(1, date(2026, 11, 30)) == "2026-12-30"
     assert as_of(3, date(2026, 11, 30)) == "2027-02-28"  # the last of a shorter month
     assert as_of(2, date(2026, 12, 1)) == "2027-02-01"
+
+
+async def test_bill_runs_are_dated_from_the_server_s_clock() -> None:
+    """Clock faults move the server's wall clock months ahead (31-day jumps), and the server
+    refuses an ``as_of`` before its today: the last bill run, dated from this machine's
+    clock, was once refused and left the usage since the last invoice on no invoice."""
+    ahead = datetime(2027, 4, 4, 12, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:  # never called
+        biller = Postpaid(1, channel, History([]), [], 0.0, now_s=lambda: ahead)
+        assert biller.bill_date(3) == "2027-07-04"
