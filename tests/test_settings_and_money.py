@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,19 @@ def test_database_settings_from_env_hide_the_password(url: str) -> None:
         6,
     )
     assert "hunter2" not in repr(s) and "***" in repr(s)
+
+
+# Set by the supervisor for its workers, not by an operator.
+INTERNAL_SETTINGS = {"CHARGING_WORKER_OF", "CHARGING_READY_FD"}
+
+
+def test_every_setting_is_in_a_readme_table_by_its_full_name() -> None:
+    """An operator greps the README for the variable a log or an error names."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    tables = "\n".join(line for line in readme.splitlines() if line.startswith("| `CHARGING_"))
+    names = {"CHARGING_" + f.name.upper() for f in dataclasses.fields(Settings)} - INTERNAL_SETTINGS
+    missing = sorted(n for n in names if f"`{n}`" not in tables)
+    assert missing == []
 
 
 @pytest.mark.parametrize(
