@@ -286,9 +286,11 @@ class Postpaid:
             ops = [self._op("bill_run", "", day) for _ in range(2 if self.rnd.random() < 0.3 else 1)]
             await asyncio.gather(*(bill(self.billing, op, timeout_s=CALL_TIMEOUT_S * 2) for op in ops))
             # No answer: run it again (as an operator's scheduler would) while the load lasts.
+            # Dated again: the server's clock may have jumped past the first date meanwhile.
             while all(op.outcome == "unknown" for op in ops) and time.monotonic() < until:
                 await asyncio.sleep(self.rnd.uniform(0.2, 0.5))
-                ops = [await bill(self.billing, self._op("bill_run", "", day), timeout_s=CALL_TIMEOUT_S * 2)]
+                again = self._op("bill_run", "", self.bill_date(months))
+                ops = [await bill(self.billing, again, timeout_s=CALL_TIMEOUT_S * 2)]
             self.billed.set()
             await asyncio.sleep(max(0.0, start + span / 2 - time.monotonic()))
 
@@ -342,8 +344,10 @@ class Postpaid:
         return [op for op in self.ledger.operations if op.outcome == "unknown" and (op.kind == "pay" or op.resolved)]
 
     def failed_runs(self) -> list[BillingOp]:
-        """Bill runs that answered that an account failed."""
-        return [op for op in self.ledger.operations if op.kind == "bill_run" and op.error and op.outcome == "ok"]
+        """Bill runs that answered that an account failed, and the last bill run refused
+        (it must invoice everything used; one while the load lasts may be refused)."""
+        runs = [op for op in self.ledger.operations if op.kind == "bill_run"]
+        return [op for op in runs if (op.error and op.outcome == "ok") or (op.resolved and op.outcome == "refused")]
 
 
 async def _until_answered(send: object, op: BillingOp, deadline: float) -> None:

@@ -178,13 +178,15 @@ async def repeat_acknowledged(stubs: Stubs, history: History, budget_s: float = 
             seen.add(op.identity)
             repeats.append((op, Operation(op.seq, op.client, op.kind, op.account, op.identity, op.request, op.at_s)))
     deadline = time.monotonic() + budget_s + REPEAT_S * len(repeats)
-    gate = asyncio.Semaphore(REPEATS_IN_FLIGHT)
+    queue = iter(repeats)
 
-    async def one(repeat: Operation) -> None:
-        async with gate:
+    async def worker() -> None:
+        for _op, repeat in queue:  # one shared iterator: a task per worker, not per repeat
             await until_answered(stubs, repeat, deadline)
 
-    await asyncio.gather(*(one(repeat) for _op, repeat in repeats))
+    async with asyncio.TaskGroup() as workers:
+        for _ in range(REPEATS_IN_FLIGHT):
+            workers.create_task(worker())
     unanswered: list[Operation] = []
     for op, repeat in repeats:
         if repeat.answer is not None:
@@ -340,7 +342,8 @@ async def _run(
         t0 = time.monotonic()
         until = t0 + config.duration_s
         clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
-        billing = postpaid.Postpaid(config.seed, channel, history, lines, t0, clock.now_s if clock else time.time)
+        server_now_s = time.time if clock is None else clock.now_s
+        billing = postpaid.Postpaid(config.seed, channel, history, lines, t0, server_now_s)
         await asyncio.gather(
             inject(system, proxy, history, config, rnd, until, t0, clock),
             *(c.run(until, config.max_ops_per_client) for c in clients),
@@ -361,6 +364,7 @@ async def _run(
 
         # Every line active again (a line order whose outcome was unknown may have barred
         # one after its "active" was answered).
+        unrestored: list[Operation] = []
         for sub in subscribers:
             if sub.crm:
                 continue  # through the CRM, below
@@ -368,6 +372,8 @@ async def _run(
                 -1, -1, "status", sub.account, f"restore-{sub.account}", {"msisdn": sub.msisdn, "status": "active"}, 0.0
             )
             await until_answered(stubs, restore, deadline)
+            if restore.outcome != "ok":
+                unrestored.append(restore)
         lines_found: list[checks.Violation] = []
         if crm_lines:
             client = system.redis_client()
@@ -452,10 +458,15 @@ async def _run(
         checks.Violation(
             "answered_once",
             op.account,
-            f"{op.identity} not answered when repeated: {op.error or 'no time left'}",
+            f"{op.identity} {'refused' if op.outcome == 'refused' else 'not answered'} when repeated: "
+            f"{op.error or 'no time left'}",
             (op.seq,),
         )
         for op in unrepeated
+    ]
+    report.violations += [
+        checks.Violation("resolved", op.account, f"line not active again: {op.error or 'no time left'}")
+        for op in unrestored
     ]
     if system.redis is not None and config.machine_death:
         await machine_death_phase(config, system, system.redis, history, subscribers, initial, doc, report)

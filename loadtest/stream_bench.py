@@ -21,7 +21,7 @@ round, medians shown:
 Every charging answer must be 2001 (the bench fails otherwise). The last line is
 ``stream_cpu_us_per_step=``.
 
-Closed loop each kind runs at its own maximum, the echo at over twice a charging kind's,
+Closed loop each kind runs at its own maximum, the echo at about twice a charging kind's,
 and a server's CPU per request grows as its rate falls (fewer calls share each wake-up
 of the event loop and of grpc's poller thread). So ``unary`` and ``event`` also run
 paced, each with its echo at the same rate, 70% of the charging kind's closed-loop
@@ -399,7 +399,9 @@ def bench(args: argparse.Namespace) -> int:
             for round_no in range(max(args.rounds, 1)):
                 order = kinds if round_no % 2 == 0 else tuple(reversed(kinds))
                 for kind in order:
-                    figures, r = one(kind, f"{round_no}{kind[0]}{len(kind)}")
+                    # The kind's place in the list: a run id per kind (session ids are made
+                    # of it), where "B unary" and "B batch" once shared one.
+                    figures, r = one(kind, f"{round_no}k{kinds.index(kind)}")
                     results[kind].append(figures)
                     if "per_message" in r:
                         per_message[kind].append(r["per_message"])
@@ -412,7 +414,7 @@ def bench(args: argparse.Namespace) -> int:
                 for round_no in range(max(args.rounds, 1)):
                     pair = (base, f"echo {base}") if round_no % 2 == 0 else (f"echo {base}", base)
                     for kind in pair:
-                        paced[kind].append(one(kind, f"p{round_no}{kind[0]}{len(kind)}", rate)[0])
+                        paced[kind].append(one(kind, f"p{round_no}k{kinds.index(kind)}", rate)[0])
         except BaseException:
             print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
             raise

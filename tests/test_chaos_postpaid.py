@@ -14,6 +14,7 @@ from chaos import postpaid_checks as pc
 from chaos.history import History
 from chaos.postpaid import BillingOp, Paid, Postpaid, as_of
 from charging.money import to_minor
+from postpaid import config as billing_config
 
 LINE = "491709900000"
 # A session (s1) split by the close of the first period: two records in it, one after.
@@ -117,6 +118,13 @@ def test_invoice_usage_is_the_usage_records_it_covers() -> None:
     # a usage charge line that is not its itemised money rounded once
     [charged] = usage([dataclasses.replace(FIRST, usage_charges=(("NATIONAL_CALLS", 7), ("SMS", 7))), SECOND])
     assert "charges" in charged
+    # usage worth less than half a minor unit is charged 0, shown or not
+    tiny = invoice(3, date(2026, 11, 28), date(2026, 12, 27), (pc.UsageRow(LINE, 1_500, "sms", "SMS", 1, 4_000),))
+    record = (dataclasses.replace(SMS, cost_micros=4_000),)
+    assert tiny.usage_charges == (("SMS", 0),) and usage([tiny], record) == []
+    assert usage([dataclasses.replace(tiny, usage_charges=())], record) == []
+    [rounded_up] = usage([dataclasses.replace(tiny, usage_charges=(("SMS", 1),))], record)
+    assert "charges" in rounded_up
     # records of other lines (prepaid) are not the invoices' business
     other = pc.UsageRecord("9:e:x", "491709999999", "x", "sms", 5, 1, 1)
     assert usage([FIRST, SECOND], (*RECORDS, other)) == []
@@ -246,7 +254,23 @@ async def test_bill_runs_are_dated_from_the_server_s_clock() -> None:
     """Clock faults move the server's wall clock months ahead (31-day jumps), and the server
     refuses an ``as_of`` before its today: the last bill run, dated from this machine's
     clock, was once refused and left the usage since the last invoice on no invoice."""
-    ahead = datetime(2027, 4, 4, 12, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    assert billing_config.default().time_zone == "Europe/Berlin"  # the zone bill dates are in
+    # Half past midnight in the billing time zone: still 31 March in UTC.
+    ahead = datetime(2027, 4, 1, 0, 30, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
     async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:  # never called
         biller = Postpaid(1, channel, History([]), [], 0.0, now_s=lambda: ahead)
-        assert biller.bill_date(3) == "2027-07-04"
+        assert biller.bill_date(3) == "2027-07-01"
+
+
+async def test_the_last_bill_run_refused_is_a_failed_run() -> None:
+    """It must invoice everything used: its refusal is reported as such (a run while the
+    load lasts may be refused, e.g. dated before a clock jump)."""
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:  # never called
+        biller = Postpaid(1, channel, History([]), [], 0.0)
+    during = BillingOp(0, "bill_run", "", "2027-01-01", 0, 1.0, outcome="refused", error="INVALID_ARGUMENT: as_of")
+    last = BillingOp(1, "bill_run", "", "2027-03-01", 0, 9.0, outcome="refused", error="INVALID_ARGUMENT: as_of")
+    last.resolved = True
+    answered = BillingOp(2, "bill_run", "", "2027-03-01", 0, 9.5, outcome="ok", resolved=True)
+    for op in (during, last, answered):
+        biller.ledger.add(op)
+    assert biller.failed_runs() == [last]
