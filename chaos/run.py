@@ -353,9 +353,8 @@ async def _run(
             history.faults.append(Fault(time.monotonic() - t0, "clock_restored", clock.restore()))
         await asyncio.to_thread(system.wait_serving)
 
-        # Resolve every unknown outcome by sending the same request again. Each pass after
-        # the load has a time budget of its own: one shared budget let a long run's repeat
-        # pass use it all and skip the passes after it without a word.
+        # Resolve every unknown outcome by sending the same request again (a budget of
+        # its own, as each pass after the load: PASS_S).
         deadline = time.monotonic() + PASS_S
         for op in history.operations:
             if op.outcome == "unknown":

@@ -405,9 +405,7 @@ def bench(args: argparse.Namespace) -> int:
                     results[kind].append(figures)
                     if "per_message" in r:
                         per_message[kind].append(r["per_message"])
-            # The echo's CPU per call grows as its rate falls (fewer calls share each wake-up
-            # of the loop and of grpc's poller), and closed loop it runs at twice the rate
-            # of a charging kind: the same rate for both shows what the charging work adds.
+            # Paced: each charging kind and its echo at one rate (why: the module docstring).
             for base in (k for k in ("unary", "event") if args.paced and {k, f"echo {k}"} <= set(kinds)):
                 rate = PACED_SHARE * statistics.median(v[1] for v in results[base])
                 paced_rate[base] = rate
