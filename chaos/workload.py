@@ -184,6 +184,9 @@ class Client:
         self.debits: list[tuple[Operation, int]] = []  # acknowledged debits, units left to refund
         self.sent: list[Operation] = []  # top-ups and purchases that may be sent again
         self.last: Operation | None = None
+        # A client's first line order goes through the CRM when there are CRM lines, so
+        # that even a short run on a slow machine has one (later ones: any line).
+        self.ordered_through_crm = not any(s.crm for s in subscribers)
 
     def _op(self, kind: Kind, sub: Subscriber, identity: str, request: dict[str, Any]) -> Operation:
         self.issued += 1
@@ -214,6 +217,10 @@ class Client:
             sub = self.rnd.choice(self.subscribers)
             step = self.issued
             if self.rnd.random() < 0.02:
+                if not self.ordered_through_crm:
+                    crm = [s for s in self.subscribers if s.crm]
+                    sub = crm[self.number % len(crm)]
+                self.ordered_through_crm = True
                 await self.line_order(sub, step)
                 continue
             if sub.sessions:
