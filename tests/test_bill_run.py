@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from charging import keys
@@ -17,7 +18,7 @@ from postpaid.accounts import BillingAccounts
 from postpaid.bill_run import BillRun, _close_commands
 from postpaid.invoice_book import InvoiceBook
 from postpaid.usage import aggregates, reconciles, records
-from tests.conftest import INITIAL, LIMIT, SEALER, TERMINATE, Stubs, session_request
+from tests.conftest import INITIAL, LIMIT, SEALER, TERMINATE, Stubs, notifications, session_request
 
 JAN_10 = 1_768_046_400  # 2026-01-10 12:00 UTC, a Saturday
 
@@ -91,7 +92,7 @@ async def test_postpaid_usage_is_recorded_with_each_debit_and_spends_headroom(
 
 
 async def test_over_the_limit_gets_4012_and_crossings_are_notified_once(
-    stubs: Stubs, billing: tuple[BillingAccounts, BillRun], client: aioredis.Redis
+    stubs: Stubs, billing: tuple[BillingAccounts, BillRun], app: App, r: redis.Redis
 ) -> None:
     accounts, _run = billing
     # 0.30 EUR limit: about 5 minutes of off-peak national calls
@@ -100,9 +101,8 @@ async def test_over_the_limit_gets_4012_and_crossings_are_notified_once(
     assert 2001 in codes and codes[-1] == 4012
     sub = await stubs.balance("491700000102")
     assert sub.balance_micros >= 0
-    outbox = [str(x) for x in await client.lrange(keys.outbox(acct), 0, -1)]
-    stream: list[tuple[str, dict[str, str]]] = await client.xrange(keys.NOTIFICATIONS)  # type: ignore[assignment]
-    kinds = [x.split(" ")[0] for x in outbox] + [f["kind"] for _id, f in stream]
+    kinds = [f["kind"] for f in await notifications(app, r)]  # every one relayed, none twice
+    assert not r.exists(keys.outbox(acct))
     assert kinds.count("credit_80") == 1 and kinds.count("credit_100") == 1
 
 

@@ -177,7 +177,8 @@ async def test_the_relay_moves_and_trims_records_on_the_cluster(cluster: LocalCl
             for n, msisdn in enumerate(numbers):
                 await stubs.topup.Recharge(recharge(1_000_000, f"t{n}", msisdn=msisdn))
         assert app.cdr_relay is not None
-        assert await drain(app.cdr_relay) >= len(numbers)
+        await drain(app.cdr_relay)
+        assert app.cdr_relay.relayed >= len(numbers)  # by this drain or the server's relay job
     finally:
         await app.stop()
     client = redis.RedisCluster(host="127.0.0.1", port=cluster.primaries()[0].port, decode_responses=True)

@@ -46,7 +46,14 @@ async def test_an_overpayment_its_use_and_its_refund_are_rows_that_sum_to_the_cr
     assert app.cdr_relay is not None and app.billing is not None
     # The server tells its relay of the outboxes its billing writes to; so does this one.
     assert app.billing.payments.on_credit == app.billing.runs.on_credit == app.cdr_relay.wake_outbox
-    b.payments.on_credit = b.runs.on_credit = app.cdr_relay.wake_outbox
+    relay = app.cdr_relay
+    told: list[str] = []
+
+    def wake_outbox(outbox: str) -> None:
+        told.append(outbox)
+        relay.wake_outbox(outbox)
+
+    b.payments.on_credit = b.runs.on_credit = wake_outbox
     first = await invoiced(stubs, b, book, clock, "41", "491700000411")
     ba = "C41"
     # Overpaid: the invoice is paid, 5,000 stays as credit.
@@ -59,7 +66,9 @@ async def test_an_overpayment_its_use_and_its_refund_are_rows_that_sum_to_the_cr
     assert await credit_of(app.database, ba) == 5_000
     # The next bill run settles the new invoice from the credit: an "applied" row.
     clock.advance(seconds=31 * DAY)
+    del told[:]
     await b.runs.run()
+    assert told == [bill_keys.credit_outbox(ba)]  # the bill run told the relay
     second = (await b.invoices_of(ba))[-1]
     total = (await b.invoice(second)).total
     used = min(total, 5_000)
@@ -71,9 +80,9 @@ async def test_an_overpayment_its_use_and_its_refund_are_rows_that_sum_to_the_cr
     await b.payments.refund(ba, 400, "rf-1", "customer asked")
     credit = await _redis_credit(b, ba)
     assert credit == 5_000 - used + 900 - 400
-    # The relay was told of the outbox by the bill run and the payments (and finds it by
+    # The relay was told of the outbox by the bill run and each payment (and finds it by
     # name when it scans: a kept outbox of every shard).
-    assert bill_keys.credit_outbox(ba) in app.cdr_relay.ready()
+    assert told == [bill_keys.credit_outbox(ba)] * 3
     await drain(app.cdr_relay)  # what the server's own relay job, woken too, has not moved yet
     assert [(m, k, i, a) for m, k, _s, i, a in await _rows(app, ba)] == [
         ("pay:BANK_TRANSFER:over-1", "overpaid", None, 5_000),

@@ -30,7 +30,7 @@ from charging.v1 import admin_pb2, crm_pb2, crm_pb2_grpc
 from provisioning import keys as provisioning_keys
 from provisioning.coverage import STORE as COVERAGE
 from provisioning.orders import ORDER_LEASE_MS
-from tests.conftest import Stubs
+from tests.conftest import Stubs, quiet
 from tests.test_acquisition import application
 
 DOCUMENTS = (keys.CATALOG_RECORDS, records_key(COVERAGE), provisioning_keys.ORDER_RECORDS)
@@ -46,18 +46,6 @@ def audit_rows(database_url: str, subject: str) -> list[tuple[Any, ...]]:
 def relay(app: App, **kw: Any) -> CdrRelay:
     assert app.redis is not None and app.database is not None
     return CdrRelay(app.redis, CdrStore(app.database), app.clock, documents=DOCUMENTS, **kw)
-
-
-def quiet(app: App) -> None:
-    """Loads stop waking the app's own relay, and its scan stops finding the documents'
-    outboxes: the test's relays are alone on them (the app's relay, woken by an account's
-    record, found the order outbox the test had broken on purpose, backed off, and emptied
-    it on its retry before the test looked: seen in CI under load)."""
-    assert app.catalogs is not None and app.acquisition is not None and app.cdr_relay is not None
-    app.catalogs.on_records = None
-    app.acquisition.coverage.on_records = None
-    app.acquisition.orders.on_records = None
-    app.cdr_relay.documents = ()
 
 
 def catalog(version: str) -> str:

@@ -32,9 +32,9 @@ from charging.history_store import SOURCES, DocumentSource, HistoryStore, move_s
 from charging.server import App
 from charging.v1 import admin_pb2
 from provisioning.coverage import STORE as COVERAGE
-from tests.conftest import Stubs, sms_request
+from tests.conftest import Stubs, quiet, sms_request
 from tests.test_cdrs import call
-from tests.test_document_audit import DOCUMENTS, quiet
+from tests.test_document_audit import DOCUMENTS
 
 CATALOG = SOURCES[0]
 

@@ -21,6 +21,7 @@ from provisioning import keys
 from provisioning.order_records import LineChange, OrderRecord, entry
 from provisioning.order_store import OrderStore
 from provisioning.orders import ORDER_LEASE_MS, Order, Step
+from tests.conftest import quiet
 from tests.test_acquisition import application
 from tests.test_order_records import MSISDN, relay, rows
 
@@ -58,7 +59,7 @@ async def test_with_a_hold_a_decision_reaches_postgresql_only_through_the_relay_
 ) -> None:
     assert app.acquisition is not None and app.database is not None
     app.acquisition.keep_records(OrderStore(app.database), hold_ms=HOLD_MS)  # appendfsync everysec
-    app.acquisition.orders.on_records = None  # the test's relay alone on the outboxes
+    quiet(app)  # the test's relay alone on the outboxes
     order = await crm.SubmitApplication(application("h-1"))
     # Redis may still lose the decision: PostgreSQL must not have it yet
     assert await rows(app, "SELECT * FROM order_states") == [] and r.llen(keys.ORDER_ROWS) == 2
@@ -79,7 +80,7 @@ async def test_a_row_postgresql_refuses_is_set_aside_and_holds_nothing_back(
 ) -> None:
     assert app.acquisition is not None
     orders = app.acquisition.orders
-    orders.on_records = None  # the test's relay alone on the outboxes
+    quiet(app)  # the test's relay alone on the outboxes
 
     async def database_down(entries: Sequence[str]) -> int:
         raise psycopg.OperationalError("the database is not there")

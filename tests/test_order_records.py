@@ -27,7 +27,7 @@ from provisioning.lines import Line
 from provisioning.order_records import OrderRecord, line_change
 from provisioning.order_store import OrderStore
 from provisioning.orders import Order, Step
-from tests.conftest import SEALER
+from tests.conftest import SEALER, quiet
 from tests.test_acquisition import application, line_order
 from tests.test_cli import cli
 
@@ -121,7 +121,7 @@ async def test_rows_the_run_could_not_write_reach_the_tables_through_the_outbox_
 ) -> None:
     assert app.acquisition is not None
     orders = app.acquisition.orders
-    orders.on_records = None  # the test's relays alone on the outboxes
+    quiet(app)  # the test's relays alone on the outboxes
 
     async def database_down(entries: Sequence[str]) -> int:
         raise psycopg.OperationalError("the database is not there")

@@ -22,7 +22,7 @@ from charging.rating import UnitKind
 from charging.server import App
 from charging.settings import Settings
 from charging.v1 import admin_pb2, topup_pb2
-from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request
+from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, notifications, session_request
 from tests.test_sessions import ledger_is_consistent
 
 CONTENT = 50  # money-unit rate of the default plan: 1 micro per micro
@@ -49,7 +49,7 @@ async def test_reports_above_the_ceiling_are_refused(stubs: Stubs) -> None:
 
 
 async def test_overrun_stops_at_the_floor_and_the_rest_is_unbilled(
-    stubs: Stubs, r: redis.Redis, redis_url: str
+    stubs: Stubs, r: redis.Redis, redis_url: str, app: App
 ) -> None:
     sub = await stubs.subscriber(balance=0)
     before = unbilled_metric("money")
@@ -70,10 +70,9 @@ async def test_overrun_stops_at_the_floor_and_the_rest_is_unbilled(
     assert (b.balance_micros, b.reserved_micros) == (-FLOOR, 0)
     unbilled = 15 * 10**9 - FLOOR
     assert r.hget(keys.account(sub.account_id), f"unbilled_{int(UnitKind.MONEY)}") == str(unbilled)
-    outbox = r.lrange(keys.outbox(sub.account_id), 0, -1)
-    stream: list[tuple[str, dict[str, str]]] = r.xrange(keys.NOTIFICATIONS)  # type: ignore[assignment]
-    notes = [str(x).split(" ") for x in outbox] + [[f["kind"], "-", f["unit"], f["amount"]] for _id, f in stream]
-    amounts = [int(n[3]) for n in notes if n[0] == "unbilled_overrun"]
+    notes = await notifications(app, r)  # every one relayed: none in the outbox, none twice
+    assert not r.exists(keys.outbox(sub.account_id))
+    amounts = [int(f["amount"]) for f in notes if f["kind"] == "unbilled_overrun"]
     assert sorted(amounts) == sorted([10 * 10**9 - FLOOR] + [10**9] * 5)
     assert unbilled_metric("money") - before == unbilled
     # the balance stays exact: every micro of a top-up counts
