@@ -236,6 +236,9 @@ def settings(redis_url: str, database_url: str) -> Settings:
         # test cluster's nodes fsync every second (a hold of 2.5 s); the hold has its own
         # tests (test_cdr_hold.py) and the chaos suite's machine death checks it.
         cdr_hold_ms=0,
+        # The network simulator and bureau answer in milliseconds, but a loaded machine can
+        # take longer than the default 2 s, and a retry is due on the tests' clock only.
+        network_timeout_s=10.0,
     )
 
 

@@ -59,6 +59,7 @@ async def server(directory: Path, clock: ManualClock, database_url: str, data_ke
         redis_appendfsync="always",
         database_url=database_url,
         data_key=data_key,
+        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
     )
     app = App(settings, clock=clock, run_background=False)
     await app.start()

@@ -170,7 +170,9 @@ async def test_a_refused_notification_is_counted_once_and_404_forgets_the_resour
 async def test_an_unanswered_notification_times_out_once_and_is_not_retried(
     settings: Settings, clock: ManualClock, smf: Smf
 ) -> None:
-    app = await start_chf(settings, clock, nchf_notify_timeout_s=0.2)
+    # Long enough to open a connection to the SMF on a loaded machine: the SMF must have
+    # the request before the timeout, or it is not the unanswered case.
+    app = await start_chf(settings, clock, nchf_notify_timeout_s=1.0)
     try:
         assert app.nchf is not None
         async with (
@@ -185,7 +187,8 @@ async def test_an_unanswered_notification_times_out_once_and_is_not_retried(
             await notifier(app).signalled("credit", account)
             await notifier(app).settled()  # returns once the POST has timed out
             assert notified("REAUTHORIZATION", "unanswered") == unanswered + 1
-            assert (await smf.received.get()).body["notificationType"] == "REAUTHORIZATION"
+            got = await asyncio.wait_for(smf.received.get(), 10)
+            assert got.body["notificationType"] == "REAUTHORIZATION"
             await notifier(app).signalled("credit", account)  # sent once: nothing more
             await notifier(app).settled()
             assert smf.received.empty()

@@ -119,6 +119,7 @@ async def test_a_billed_postpaid_customer_is_on_no_disk_in_clear(
         smtp_port=mailbox[1],
         smtp_sender="billing@operator.example",
         shutdown_delay_s=0.0,
+        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
     )
     app = App(settings, clock=clock, run_background=False)
     await app.start()

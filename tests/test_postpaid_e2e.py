@@ -62,6 +62,7 @@ async def world(
         smtp_sender="billing@operator.example",
         invoice_dir=str(tmp_path / "invoices"),
         shutdown_delay_s=0.0,
+        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
     )
     app = App(settings, clock=clock, run_background=False)
     await app.start()

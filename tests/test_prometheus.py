@@ -68,6 +68,7 @@ async def server(
         shutdown_delay_s=0.0,
         job_retry_s=0.05,
         job_retry_max_s=0.2,
+        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
     )
     app = App(settings, clock=clock, run_background=True)
     await app.start()

@@ -53,9 +53,13 @@ async def test_metrics_endpoint_counts_requests_without_personal_data(settings: 
             session_request("m1", INITIAL, 0, [{"rating_group": 10, "requested": {}}], msisdn="491712345678")
         )
         await stubs.charging.ChargeSession(session_request("m2", INITIAL, 0, [], msisdn="491799999999"))
-        await asyncio.sleep(0.3)  # let the census run
         url = f"http://127.0.0.1:{app.metrics_port}/metrics"
-        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        async with asyncio.timeout(10):  # until the census (every 0.05 s) has counted them
+            while True:
+                text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+                if "charging_active_sessions 1.0" in text:
+                    break
+                await asyncio.sleep(0.05)
         await channel.close()
     finally:
         await app.stop()

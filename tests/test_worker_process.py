@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -50,8 +51,12 @@ def start_worker(redis_url: str, network: NetworkSimulator, database_url: str) -
     return subprocess.Popen([sys.executable, "-m", "charging.cli", "worker"], env=env, stderr=subprocess.PIPE)
 
 
+WAIT_S = 60.0  # a worker process to start (imports take seconds on a loaded machine) and act
+
+
 async def wait_state(crm: crm_pb2_grpc.CrmStub, msisdn: str, state: str) -> None:
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
         if (await crm.GetLine(crm_pb2.LineRef(msisdn=msisdn))).state == state:
             return
         await asyncio.sleep(0.05)
@@ -62,12 +67,12 @@ async def settled_order(crm: crm_pb2_grpc.CrmStub, order_id: str) -> crm_pb2.Ord
     """The order once the worker has finished acting on the acknowledgement: it marks the
     line active first and the order completed after, so a reader can see the one before
     the other."""
-    for _ in range(200):
+    deadline = time.monotonic() + WAIT_S
+    while True:
         order = await crm.GetOrder(crm_pb2.OrderRef(crm_order_id=order_id))
-        if order.status != crm_pb2.ORDER_STATUS_IN_PROGRESS:
+        if order.status != crm_pb2.ORDER_STATUS_IN_PROGRESS or time.monotonic() >= deadline:
             return order
         await asyncio.sleep(0.05)
-    return order
 
 
 def numbered(n: int) -> crm_pb2.Application:
