@@ -157,9 +157,14 @@ def charge_group(
     held_ids = frozenset(i for i, _ in state.reservation.buckets)
     pot = after_releasing(pot, state.reservation.buckets)
     used, money_units, cost = state.used, state.money_units, 0
-    for units, rate in parts:
+    for n, (units, rate) in enumerate(parts):
         if units <= 0:
             continue
+        if n > 0 and rate != parts[0][1]:
+            # At the tariff change the money counter moves onto the new rate's increments:
+            # what buckets gave stays given, the rest is where the new rate has the usage.
+            old = billable_units(parts[0][1], used)
+            money_units = max(money_units + billable_units(rate, used) - old, 0)
         need = billable_units(rate, used + units) - billable_units(rate, used)
         taken = take(_order(pot, where, at_s, held_ids), need)
         pot = after_taking(pot, taken)

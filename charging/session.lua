@@ -223,9 +223,16 @@ for _, g in ipairs(groups) do
     local refund_parts = {}
     local paid_by = {}
     local stopped = false
-    for _, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
+    for n, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
       if part[1] > 0 then
         local rp = parse_rate(part[2])
+        if n == 2 and part[2] ~= g.rate_before and not stopped then
+          -- At the tariff change the money counter moves onto the new rate's increments:
+          -- what buckets gave stays given, the rest is where the new rate has the usage.
+          -- (Left on the old rate's, a new first increment would count as paid twice.)
+          k = k + billable(rp, cum) - billable(parse_rate(g.rate_before), cum)
+          if k < 0 then k = 0 end
+        end
         local need = billable(rp, cum + part[1]) - billable(rp, cum)
         local money_units, billed, taken = need, 0, ''
         local cum0, k0 = cum, k

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from charging import keys
@@ -153,6 +153,10 @@ minute_rates = st.builds(
 )
 
 
+PER_SECOND = Rate(7, UnitKind.TIME, increment=1, price_micros=5, default_quota=60, validity_time_s=60)
+FIRST_MINUTE = replace(PER_SECOND, price_micros=1, first_increment=60, first_price=0)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     before_rate=minute_rates,
@@ -163,6 +167,10 @@ minute_rates = st.builds(
     used_before=st.integers(0, 5_000),
     used_after=st.integers(0, 5_000),
 )
+# Found by this test (2026-12-01): the change within the new rate's first increment. The
+# money counter stayed on the old rate's increments (1 s), so the new rate's first minute
+# counted as paid and the 61st second was free.
+@example(before_rate=PER_SECOND, after_rate=FIRST_MINUTE, cum=0, used_before=1, used_after=60)
 def test_usage_split_at_a_tariff_change_is_priced_each_side_at_its_rate(
     r: redis.Redis, before_rate: Rate, after_rate: Rate, cum: int, used_before: int, used_after: int
 ) -> None:
