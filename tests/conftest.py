@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import hypothesis
 import psycopg
 import pytest
 import redis
@@ -63,6 +64,11 @@ from provisioning.orders import Order
 from provisioning.sealing import Sealer, new_key_entry
 from provisioning.simulator import NetworkSimulator
 from tests.database_supply import DatabaseSupply
+
+# No deadline per example: the property tests check results, not speed, and a loaded CI
+# machine must not turn a slow example into a failure (Hypothesis' default is 200 ms).
+hypothesis.settings.register_profile("suite", deadline=None)
+hypothesis.settings.load_profile("suite")
 
 MSISDN = "491700000001"  # the subscriber most tests create first
 LIMIT = 50_000_000  # 50.00 EUR: the credit limit of postpaid test lines
