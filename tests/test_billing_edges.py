@@ -215,7 +215,7 @@ async def test_an_invoice_waits_in_the_queue_while_the_mail_server_is_down(
 ) -> None:
     assert app.redis is not None and app.catalogs is not None
     port = free_port()
-    smtp = SmtpDelivery(SmtpSettings(host="127.0.0.1", port=port, sender="billing@operator.example", timeout_s=2))
+    smtp = SmtpDelivery(SmtpSettings(host="127.0.0.1", port=port, sender="billing@operator.example", timeout_s=10))
     folder = DirectoryDelivery(tmp_path)
     assert app.database is not None
     b = Billing(

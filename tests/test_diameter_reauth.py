@@ -152,7 +152,7 @@ async def test_a_peer_that_does_not_answer_a_rar_is_counted_and_not_asked_again(
         before = sent("RAR", "unanswered")
         await app.diameter.signalled("credit", account)
         await app.diameter.settled()  # returns once the RAR has timed out
-        rar = pgw.incoming.get_nowait()
+        rar = await asyncio.wait_for(pgw.incoming.get(), 10)
         assert rar.header.command_code == c.CMD_RE_AUTH
         assert sent("RAR", "unanswered") == before + 1
         await app.diameter.signalled("credit", account)  # sent once: nothing more
