@@ -160,11 +160,11 @@ def charge_group(
     for n, (units, rate) in enumerate(parts):
         if units <= 0:
             continue
-        if n > 0 and rate != parts[0][1]:
-            # At the tariff change the money counter moves onto the new rate's increments:
-            # what buckets gave stays given, the rest is where the new rate has the usage.
-            old = billable_units(parts[0][1], used)
-            money_units = max(money_units + billable_units(rate, used) - old, 0)
+        if n > 0 and rate.packed != parts[0][1].packed and money_units == billable_units(parts[0][1], used):
+            # At the tariff change, when money has paid all of the usage so far (no bucket
+            # gave any), the money counter moves onto the new rate's increments, as
+            # rating.incremental_cost prices it; after buckets gave units it stays.
+            money_units = billable_units(rate, used)
         need = billable_units(rate, used + units) - billable_units(rate, used)
         taken = take(_order(pot, where, at_s, held_ids), need)
         pot = after_taking(pot, taken)

@@ -226,12 +226,13 @@ for _, g in ipairs(groups) do
     for n, part in ipairs({{used_a, g.rate_before}, {used_b, g.rate_after}}) do
       if part[1] > 0 then
         local rp = parse_rate(part[2])
-        if n == 2 and part[2] ~= g.rate_before and not stopped then
-          -- At the tariff change the money counter moves onto the new rate's increments:
-          -- what buckets gave stays given, the rest is where the new rate has the usage.
-          -- (Left on the old rate's, a new first increment would count as paid twice.)
-          k = k + billable(rp, cum) - billable(parse_rate(g.rate_before), cum)
-          if k < 0 then k = 0 end
+        if n == 2 and part[2] ~= g.rate_before and not stopped
+            and k == billable(parse_rate(g.rate_before), cum) then
+          -- At the tariff change, when money has paid all of the usage so far (no bucket
+          -- gave any), the money counter moves onto the new rate's increments: priced
+          -- as rating.py prices it. (Left on the old rate's, the new rate's first
+          -- increment counted as paid.) After buckets gave units the counter stays.
+          k = billable(rp, cum)
         end
         local need = billable(rp, cum + part[1]) - billable(rp, cum)
         local money_units, billed, taken = need, 0, ''

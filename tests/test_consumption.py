@@ -137,3 +137,23 @@ def test_a_report_and_grant_balance_units_and_money(
     assert out.state.reservation.money <= max(free - out.cost, 0)
     if out.granted == 0:
         assert out.state.reservation.money == 0 and held == 0
+
+
+def test_at_a_tariff_change_money_continues_where_it_paid() -> None:
+    """Two parts around a tariff change. Paid all with money so far, the new rate prices
+    the session's usage as rating.py does (a change 1 s into a per-second rate, to a rate
+    whose first minute is free: the 61st second costs); once a bucket gave units, money
+    goes on where it stood (the new rate's connect fee is not asked for again)."""
+    per_second = Rate(7, UnitKind.TIME, increment=1, price_micros=5, default_quota=60, validity_time_s=60)
+    first_minute = replace(per_second, price_micros=1, first_increment=60, first_price=0)
+    out = charge_group({}, VOICE, NOW, GroupState(0, 0), [(1, per_second), (60, first_minute)], first_minute, 0, 10**9)
+    assert out.cost == 5 + 1 == incremental_cost(per_second, 0, 1) + incremental_cost(first_minute, 1, 60)
+    per_minute = Rate(7, UnitKind.TIME, 60, 100, 60, 60, connect_fee=50)
+    per_second_fee = Rate(7, UnitKind.TIME, 1, 2, 60, 60, connect_fee=50)
+    bucket = Bucket("b", UnitKind.TIME, 30, 0, 0, NOW + 86_400, 1, 30)
+    parts = [(10, per_minute), (50, per_second_fee)]
+    with_bucket = charge_group({"b": bucket}, VOICE, NOW, GroupState(0, 0), parts, per_second_fee, 0, 10**9)
+    # the first minute: 30 s from the bucket, 30 s of money (50 + 100); then 50 s at 2
+    assert with_bucket.cost == 50 + 100 + 50 * 2
+    without = charge_group({}, VOICE, NOW, GroupState(0, 0), parts, per_second_fee, 0, 10**9)
+    assert with_bucket.cost <= without.cost
