@@ -71,6 +71,10 @@ hypothesis.settings.register_profile("suite", deadline=None)
 hypothesis.settings.load_profile("suite")
 
 MSISDN = "491700000001"  # the subscriber most tests create first
+# The test servers' network and bureau timeout: the simulator and bureau answer in
+# milliseconds, but a loaded machine can take longer than the default 2 s, and a retry is
+# due on the tests' clock only (which does not move by itself).
+NETWORK_TIMEOUT_S = 10.0
 LIMIT = 50_000_000  # 50.00 EUR: the credit limit of postpaid test lines
 DATA_KEY = new_key_entry("test")  # the test servers' key ring (no key file in the work tree)
 SEALER = Sealer.from_text(DATA_KEY, "tests")  # for records written outside a server
@@ -242,9 +246,7 @@ def settings(redis_url: str, database_url: str) -> Settings:
         # test cluster's nodes fsync every second (a hold of 2.5 s); the hold has its own
         # tests (test_cdr_hold.py) and the chaos suite's machine death checks it.
         cdr_hold_ms=0,
-        # The network simulator and bureau answer in milliseconds, but a loaded machine can
-        # take longer than the default 2 s, and a retry is due on the tests' clock only.
-        network_timeout_s=10.0,
+        network_timeout_s=NETWORK_TIMEOUT_S,
     )
 
 

@@ -28,6 +28,7 @@ from postpaid import keys as bill_keys
 from provisioning import keys
 from provisioning.rotation import rewrite_aof
 from provisioning.sealing import DEV_KEY_FILE, Sealer, Unreadable, new_key_entry
+from tests.conftest import NETWORK_TIMEOUT_S
 from tests.test_acquisition import application
 
 # What the application of tests.test_acquisition holds about Anna: none of it may be on disk.
@@ -59,7 +60,7 @@ async def server(directory: Path, clock: ManualClock, database_url: str, data_ke
         redis_appendfsync="always",
         database_url=database_url,
         data_key=data_key,
-        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
+        network_timeout_s=NETWORK_TIMEOUT_S,
     )
     app = App(settings, clock=clock, run_background=False)
     await app.start()

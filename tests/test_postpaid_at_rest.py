@@ -29,7 +29,7 @@ from charging.v1 import billing_pb2, billing_pb2_grpc, crm_pb2, crm_pb2_grpc
 from postpaid import keys as bill_keys
 from postpaid.invoices import Invoice
 from provisioning.rotation import rewrite_aof
-from tests.conftest import DATA_KEY, PostgresServer, Stubs, free_port
+from tests.conftest import DATA_KEY, NETWORK_TIMEOUT_S, PostgresServer, Stubs, free_port
 from tests.test_acquisition import application
 from tests.test_data_at_rest import found, on_disk
 from tests.test_delivery import Mailbox
@@ -119,7 +119,7 @@ async def test_a_billed_postpaid_customer_is_on_no_disk_in_clear(
         smtp_port=mailbox[1],
         smtp_sender="billing@operator.example",
         shutdown_delay_s=0.0,
-        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
+        network_timeout_s=NETWORK_TIMEOUT_S,
     )
     app = App(settings, clock=clock, run_background=False)
     await app.start()

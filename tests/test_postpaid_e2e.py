@@ -27,7 +27,7 @@ from charging.v1 import (
     crm_pb2_grpc,
 )
 from postpaid.invoices import Invoice
-from tests.conftest import INITIAL, TERMINATE, Stubs, free_port, session_request
+from tests.conftest import INITIAL, NETWORK_TIMEOUT_S, TERMINATE, Stubs, free_port, session_request
 from tests.test_acquisition import application
 from tests.test_delivery import Mailbox
 
@@ -62,7 +62,7 @@ async def world(
         smtp_sender="billing@operator.example",
         invoice_dir=str(tmp_path / "invoices"),
         shutdown_delay_s=0.0,
-        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
+        network_timeout_s=NETWORK_TIMEOUT_S,
     )
     app = App(settings, clock=clock, run_background=False)
     await app.start()

@@ -24,7 +24,7 @@ from charging.server import App
 from charging.settings import Settings
 from charging.v1 import billing_pb2, billing_pb2_grpc, charging_pb2, common_pb2, crm_pb2, crm_pb2_grpc, topup_pb2
 from postpaid.invoices import Invoice
-from tests.conftest import DATA_KEY, INITIAL, TERMINATE, UPDATE, Stubs, session_request, sms_request
+from tests.conftest import DATA_KEY, INITIAL, NETWORK_TIMEOUT_S, TERMINATE, UPDATE, Stubs, session_request, sms_request
 from tests.prometheus_server import DEADLINE_S, Prometheus, running
 from tests.test_acquisition import application
 from tests.test_dashboard import dashboard_queries
@@ -68,7 +68,7 @@ async def server(
         shutdown_delay_s=0.0,
         job_retry_s=0.05,
         job_retry_max_s=0.2,
-        network_timeout_s=10.0,  # a loaded machine (conftest.settings)
+        network_timeout_s=NETWORK_TIMEOUT_S,
     )
     app = App(settings, clock=clock, run_background=True)
     await app.start()
