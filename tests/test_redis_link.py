@@ -41,14 +41,16 @@ async def test_noscript_surfaces_as_redis_py_noscript_error(redis_url: str) -> N
 
 
 async def test_a_stalled_redis_times_out_and_the_link_recovers(redis_url: str) -> None:
-    link = RedisLink(redis_url, timeout_s=0.3)
+    # The link gives up after 1 to 1.5 s (its watchdog looks every half timeout); Redis
+    # stays paused well past that, and the reconnection has a whole timeout to answer.
+    link = RedisLink(redis_url, timeout_s=1.0)
     other = redis.Redis.from_url(redis_url)
     try:
         assert await link.execute("PING") == "PONG"
-        other.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        other.execute_command("CLIENT", "PAUSE", "3000", "ALL")
         with pytest.raises(redis_errors.TimeoutError):
             await link.execute("PING")
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(other.ping)  # answered once the pause is over
         assert await link.execute("PING") == "PONG"  # reconnected; no stale reply crossed over
         assert await link.execute("ECHO", "fresh") == "fresh"
     finally:
