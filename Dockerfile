@@ -18,6 +18,17 @@
 # (e.g. 0.0.0.0:50052, TLS without client certificates) and publish that port.
 # Running it unsecured (CHARGING_INSECURE=true, no certificates) also needs the
 # CHARGING_CLIENT_TLS_* variables set empty, or the health check cannot read its files.
+# The compiled gRPC door (door/, README "The compiled gRPC door"), built against Debian
+# 12's gRPC C++ library (python:3.11-slim is Debian 12): the image serves gRPC through it,
+# the workers behind it on Unix sockets (CHARGING_GRPC_DOOR below; empty it to have the
+# workers serve gRPC themselves).
+FROM python:3.11-slim AS door
+RUN apt-get update && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY door/grpc_door.cc /src/door/grpc_door.cc
+RUN g++ -O2 -std=c++17 -Wall -Wextra -Werror -o /charging-grpc-door /src/door/grpc_door.cc \
+      $(pkg-config --cflags --libs grpc++)
+
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -33,9 +44,10 @@ RUN pip install --no-cache-dir "grpcio-tools>=1.66,<2" \
 
 FROM python:3.11-slim
 # DejaVu: invoice PDFs print names in Latin, Greek and Cyrillic scripts.
-RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core \
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core libgrpc++1.51 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /app charging
+COPY --from=door /charging-grpc-door /usr/local/bin/charging-grpc-door
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER 10001
@@ -49,6 +61,7 @@ ENV CHARGING_GRPC_ADDRESS=0.0.0.0:50051 \
     CHARGING_CLIENT_TLS_CA=/certs/ca.pem \
     CHARGING_CLIENT_TLS_CERT=/certs/monitor.pem \
     CHARGING_CLIENT_TLS_KEY=/certs/monitor.key \
+    CHARGING_GRPC_DOOR=/usr/local/bin/charging-grpc-door \
     PYTHONUNBUFFERED=1
 EXPOSE 50051 50052 9464
 # Over mutual TLS with the CHARGING_CLIENT_TLS_* files above; "localhost" is a name of

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROTOS := $(wildcard protos/charging/v1/*.proto)
 GEN    := charging/v1/__init__.py
 
-.PHONY: all setup run cluster test lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark erlang-diameter faketime
+.PHONY: all setup run cluster test door lint bench chaos loadtest redis-server postgresql h2load prometheus proto clean browser console-htmx tshark erlang-diameter faketime
 
 all: setup
 
@@ -87,6 +87,19 @@ faketime:
 
 test: faketime
 
+# The compiled gRPC door (door/, README "The compiled gRPC door"): gRPC's C++ library and
+# a compiler from Debian's packages, one file, no generated code.
+DOOR := var/build/charging-grpc-door
+door: $(DOOR)
+
+$(DOOR): door/grpc_door.cc
+	@{ command -v g++ >/dev/null 2>&1 && pkg-config --exists grpc++ 2>/dev/null; } \
+		|| $(MAKE) --no-print-directory apt PKG="g++ pkg-config libgrpc++-dev"
+	mkdir -p $(dir $@)
+	g++ -O2 -std=c++17 -Wall -Wextra -Werror -o $@ $< $$(pkg-config --cflags --libs grpc++)
+
+test: door
+
 # Prometheus and promtool for the monitoring tests (ops/prometheus). The tests start their
 # own prometheus on a free port with a temporary configuration: the package's service is
 # not used (and may stay stopped).
@@ -138,7 +151,7 @@ TEST_WORKERS ?= 2
 test: setup redis-server postgresql browser prometheus lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
-bench: setup redis-server postgresql h2load
+bench: setup redis-server postgresql h2load door
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.diameter_bench
 	$(BIN)/python -m loadtest.tls_bench

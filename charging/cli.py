@@ -227,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.validate()
     logs.configure(settings.log_level)
     workers = worker_count(settings)
-    if workers > 1 and not settings.worker_of:
+    if (workers > 1 or settings.grpc_door) and not settings.worker_of:  # the door needs a supervisor
         uvloop.run(supervise(settings, workers, os.environ))
     else:
         uvloop.run(serve(settings))

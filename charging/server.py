@@ -266,7 +266,8 @@ class App:
         hold = self.cdr_relay.hold_ms if self.cdr_relay is not None else 0
         self.acquisition.keep_records(OrderStore(self.database), hold)
 
-        guard = Guard(self._policy, TokenStore(self.redis), local=self.mode is not Mode.SECURED)
+        local = self.mode is not Mode.SECURED
+        guard = Guard(self._policy, TokenStore(self.redis), local=local, door=bool(s.behind_door))
         self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))
         self.admission = admission = Admission(s.max_in_flight)
         assert self.database is not None
@@ -296,14 +297,14 @@ class App:
                 (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), self._server
             )
         try:
-            if self._tls is None:
+            if self._tls is None or s.behind_door:  # behind the door: its Unix socket
                 self.grpc_port = self._server.add_insecure_port(s.grpc_address)
             else:
                 creds = self._tls.credentials(require_client_cert=bool(s.tls_client_ca))
                 self.grpc_port = self._server.add_secure_port(s.grpc_address, creds)
         except RuntimeError:
             raise StartupError(f"cannot listen on gRPC address {s.grpc_address}") from None
-        if s.grpc_token_address and self._tls is not None:
+        if s.grpc_token_address and self._tls is not None and not s.behind_door:
             try:
                 self.token_port = self._server.add_secure_port(s.grpc_token_address, self._tls.credentials(False))
             except RuntimeError:
@@ -364,7 +365,12 @@ class App:
         """Before anything else: the security mode, the policy and the TLS files, or
         ``StartupError`` naming what is missing or wrong."""
         s = self.settings
-        self.mode = decide([s.grpc_address, s.grpc_token_address], bool(s.tls_cert), bool(s.policy_file), s.insecure)
+        if s.behind_door:  # the supervisor decided it for the door's addresses
+            self.mode = Mode(s.behind_door)
+        else:
+            self.mode = decide(
+                [s.grpc_address, s.grpc_token_address], bool(s.tls_cert), bool(s.policy_file), s.insecure
+            )
         if s.policy_file:
             self._policy = PolicyFile(s.policy_file)
         if self.mode is Mode.SECURED:

@@ -8,6 +8,7 @@ it names) and never appear in the object's repr or in logs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,13 @@ class Settings:
     # gRPC port) and the pipe on which the worker says it is serving.
     worker_of: int = 0
     ready_fd: int = -1
+    # The compiled gRPC door (door/, README "The compiled gRPC door"): the path of the
+    # charging-grpc-door program (`make door` builds it). Set, the door serves the gRPC
+    # addresses and the workers serve it on Unix sockets; empty, the workers serve gRPC.
+    grpc_door: str = ""
+    # Set by the supervisor for its workers behind the door, never by hand: the security
+    # mode the door serves (secured, local or insecure).
+    behind_door: str = ""
     # Diameter Gy/Ro (README "Diameter Gy/Ro"; charging/diameter/config.py). Empty address:
     # no Diameter (`make run` listens on 127.0.0.1:3868). Peers: host@realm or *@realm,
     # comma-separated; empty admits peers on loopback only.
@@ -315,6 +323,11 @@ class Settings:
         ):
             if url and not url.startswith(("http://", "https://")):
                 raise InvalidRequest(name, "must be an http:// or https:// URL")
+        if self.grpc_door and not (os.path.isfile(self.grpc_door) and os.access(self.grpc_door, os.X_OK)):
+            what = f"not an executable file: {self.grpc_door} (`make door` builds it)"
+            raise InvalidRequest("CHARGING_GRPC_DOOR", what)
+        if self.behind_door not in ("", "secured", "local", "insecure"):
+            raise InvalidRequest("CHARGING_BEHIND_DOOR", "is set by the supervisor: secured, local or insecure")
         if self.lease_s <= 0:
             raise InvalidRequest("CHARGING_LEASE_S", "must be more than 0")
         if self.workers < 0:

@@ -33,6 +33,14 @@ figures"); a host's other cores need other processes. The supervisor:
   waits the shutdown delay, drains its calls), waits for every worker, then stops the
   children. A second signal is passed on too (the workers skip the shutdown delay).
 
+With the compiled gRPC door (``CHARGING_GRPC_DOOR``, ``door/``, README "The compiled gRPC
+door") the supervisor decides the security mode of the gRPC addresses as a server would,
+starts each worker on a Unix socket of its own in a directory only this user can open,
+then the door on the gRPC addresses (it binds the address the supervisor holds, with
+``SO_REUSEPORT`` like a worker) in front of them, and restarts the door like a worker
+when it dies. On SIGTERM the workers go NOT_SERVING first (health is passed through the
+door), the door stops after the shutdown delay, draining its calls, then the workers.
+
 Background jobs run in every worker under leases (``leases.py``), so each job runs in one
 process among all workers and hosts.
 """
@@ -61,6 +69,7 @@ from charging.children import dying_with_parent
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis
 from charging.errors import StartupError
+from charging.security.mode import Mode, decide
 from charging.settings import Settings
 from provisioning.simulator import NetworkSimulator
 
@@ -100,6 +109,22 @@ class Worker:
     restarts: int = 0
 
 
+def door_argv(settings: Settings, mode: Mode, address: str, sockets: list[Path], ready_fd: int) -> list[str]:
+    """The door's command line: the gRPC addresses (and TLS files when secured) in front
+    of the workers' sockets."""
+    s = settings
+    argv = [s.grpc_door, "--listen", address, "--ready-fd", str(ready_fd), "--grace-s", str(int(s.grace_period_s))]
+    for socket_path in sockets:
+        argv += ["--upstream", f"unix:{socket_path}"]
+    if mode is Mode.SECURED:
+        argv += ["--cert", s.tls_cert, "--key", s.tls_key]
+        if s.tls_client_ca:
+            argv += ["--client-ca", s.tls_client_ca]
+        if s.grpc_token_address:
+            argv += ["--token-listen", s.grpc_token_address]
+    return argv
+
+
 @dataclass
 class Supervisor:
     settings: Settings
@@ -116,14 +141,29 @@ class Supervisor:
     _postgres: EmbeddedPostgres | None = None
     _simulator: NetworkSimulator | None = None
     _children: list[asyncio.Task[None]] = field(default_factory=list)
+    _mode: Mode | None = None  # with the door: the mode it serves
+    _sockets: Path | None = None  # with the door: the workers' socket directory
+    _door: Worker | None = None
+
+    def socket_of(self, slot: int) -> Path:
+        assert self._sockets is not None
+        return self._sockets / f"worker-{slot}.sock"
 
     async def start(self, environ: Mapping[str, str]) -> None:
         """Take the address, start the shared children and every worker; ``StartupError``
         (everything started stopped again) when one of them cannot start."""
         s = self.settings
+        if s.grpc_door:  # before anything starts: a mode that may not start stops here
+            self._mode = decide(
+                [s.grpc_address, s.grpc_token_address], bool(s.tls_cert), bool(s.policy_file), s.insecure
+            )
         self.address = AddressLock(s.grpc_address)
         env = {**environ, "CHARGING_GRPC_ADDRESS": self.address.address, "CHARGING_WORKER_OF": str(os.getpid())}
         env |= {"CHARGING_WORKERS": "1", "CHARGING_METRICS_ADDRESS": "", "CHARGING_CATALOG_FILE": ""}
+        if self._mode is not None:
+            self._sockets = Path(tempfile.mkdtemp(prefix="charging-door-"))  # mode 0700
+            env |= {"CHARGING_BEHIND_DOOR": self._mode.value, "CHARGING_GRPC_TOKEN_ADDRESS": ""}
+            env["CHARGING_GRPC_DOOR"] = ""
         if s.metrics_address:
             self._metrics_dir = fresh_directory(s.metrics_dir)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
@@ -164,14 +204,23 @@ class Supervisor:
         await self._spawn(self._workers[0])
         await asyncio.gather(*(self._spawn(w) for w in self._workers[1:]))
         self._tasks = [asyncio.ensure_future(self._watch(w)) for w in self._workers]
+        if self._mode is not None:
+            self._door = Worker(-1)
+            await self._spawn(self._door)
+            self._tasks.append(asyncio.ensure_future(self._watch(self._door)))
         log.info(
             "serving with workers",
             extra={"workers": self.workers, "grpc_address": self.address.address, "metrics_port": self.metrics_port},
         )
 
     async def _spawn(self, worker: Worker) -> None:
-        """Start the worker and wait until it serves; ``StartupError`` when it exits first."""
+        """Start the worker (or the door, slot -1) and wait until it serves; ``StartupError``
+        when it exits first."""
+        if worker is self._door:
+            return await self._spawn_door(worker)
         env = dict(self._env)
+        if self._sockets is not None:
+            env["CHARGING_GRPC_ADDRESS"] = f"unix:{self.socket_of(worker.slot)}"
         if worker.slot == 0 and worker.restarts == 0:
             # CHARGING_CATALOG_FILE is loaded once, by the first worker: a worker started
             # again later must not load it over a catalog loaded since.
@@ -194,6 +243,22 @@ class Supervisor:
             raise StartupError(f"worker {worker.slot} exited with status {code} before serving")
         log.info("worker serving", extra={"worker": worker.slot, "pid": worker.proc.pid})
 
+    async def _spawn_door(self, door: Worker) -> None:
+        assert self._mode is not None and self.address is not None
+        sockets = [self.socket_of(w.slot) for w in self._workers]
+        read_fd, write_fd = os.pipe()
+        argv = door_argv(self.settings, self._mode, self.address.address, sockets, write_fd)
+        try:
+            door.proc = await asyncio.create_subprocess_exec(*dying_with_parent(argv, "TERM"), pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            said = await asyncio.to_thread(ready.read)
+        if not said.startswith(b"serving"):
+            code = await door.proc.wait()
+            raise StartupError(f"the gRPC door exited with status {code} before serving")
+        log.info("gRPC door serving", extra={"pid": door.proc.pid, "workers": len(sockets)})
+
     async def _watch(self, worker: Worker) -> None:
         """Restart the worker whenever it dies while the supervisor is not stopping."""
         failures = 0
@@ -202,7 +267,8 @@ class Supervisor:
             assert worker.proc is not None
             started = loop.time()
             code = await worker.proc.wait()
-            self._forget(worker.proc.pid)
+            if worker is not self._door:
+                self._forget(worker.proc.pid)
             if self._stopping:
                 return
             failures = 1 if loop.time() - started >= STEADY_S else failures + 1
@@ -230,7 +296,12 @@ class Supervisor:
             mark_process_dead(pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
 
     def pids(self) -> list[int]:
+        """The live workers' pids (the door's is ``door_pid``)."""
         return [w.proc.pid for w in self._workers if w.proc is not None and w.proc.returncode is None]
+
+    def door_pid(self) -> int:
+        door = self._door
+        return door.proc.pid if door is not None and door.proc is not None and door.proc.returncode is None else 0
 
     def signal_workers(self, signum: int) -> None:
         """Pass a stop signal on to every worker (they drain, then exit)."""
@@ -241,8 +312,15 @@ class Supervisor:
                     worker.proc.send_signal(signum)
 
     async def stop(self) -> None:
-        """Stop the workers (draining), then the shared children; give the address up."""
+        """Stop the workers (draining; with the door, it drains first after the shutdown
+        delay), then the shared children; give the address up."""
         self.signal_workers(signal.SIGTERM)
+        door = self._door
+        if door is not None and door.proc is not None and door.proc.returncode is None:
+            await asyncio.sleep(self.settings.shutdown_delay_s)  # the workers say NOT_SERVING meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                door.proc.terminate()
+            await door.proc.wait()
         for worker in self._workers:
             if worker.proc is not None:
                 await worker.proc.wait()
@@ -265,6 +343,8 @@ class Supervisor:
         if self.address is not None:
             self.address.close()
             self.address = None
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
         log.info("stopped")
 
 

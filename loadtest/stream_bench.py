@@ -28,6 +28,12 @@ paced, each with its echo at the same rate, 70% of the charging kind's closed-lo
 maximum (``STREAM_BENCH_PACED=0`` skips it): the ratio at equal rates is what the
 charging work adds to the same transport.
 
+Through the compiled gRPC door (``door unary``, ``door event``; README "The compiled gRPC
+door"): a third server, ``charging serve`` with ``CHARGING_GRPC_DOOR`` (its supervisor,
+one worker and the door), answers the same unary calls; its CPU is that of all three
+processes (``make door`` builds the door first). They run paced too, against the echo
+at their own rate.
+
 A/B in one run (figures move by tens of percent between runs on a shared machine):
 ``STREAM_BENCH_VARIANT=NAME=VALUE,...`` and/or ``STREAM_BENCH_VARIANT_REPO=<checkout>``
 start a second charging server B (its own Redis and PostgreSQL) with that environment or
@@ -59,6 +65,7 @@ import grpc
 
 from charging.v1 import charging_pb2, common_pb2
 from loadtest.bench import (
+    REPO,
     BenchError,
     batch_of,
     child,
@@ -79,10 +86,11 @@ EVENT_PATH = "/charging.v1.Charging/ChargeEvent"
 STREAM_PATH = "/charging.v1.Charging/ChargeStream"
 BATCHES_PATH = "/charging.v1.Charging/ChargeBatches"
 STEPS = 5  # INITIAL, 3 UPDATE, TERMINATE
-KINDS = ("unary", "stream", "batch", "echo unary", "echo stream", "echo batch")
+KINDS = ("unary", "stream", "batch", "door unary", "echo unary", "echo stream", "echo batch")
 # Unary ChargeEvent CHECK_BALANCE (an SMS), STEPS per "session" on its subscriber, and
 # the same bytes to the echo; not run unless named in STREAM_BENCH_KINDS.
-EVENT_KINDS = ("event", "echo event")
+EVENT_KINDS = ("event", "door event", "echo event")
+DOOR = REPO / "var" / "build" / "charging-grpc-door"  # `make door`
 # The paced comparison's rate, a share of the charging kind's closed-loop maximum.
 PACED_SHARE = 0.7
 
@@ -361,13 +369,45 @@ def variant_env(text: str) -> dict[str, str]:
     return {name.strip(): value for name, value in pairs}
 
 
+def served_cpu_s(root: int) -> float:
+    """CPU seconds of a door server: its supervisor and, among its descendants, the worker
+    and the door (not the embedded PostgreSQL the supervisor also runs)."""
+    total = 0.0
+    for pid in (root, *descendants(root)):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if pid == root or b"charging.cli" in cmdline or b"charging-grpc-door" in cmdline:
+                total += process_cpu_s(pid)
+    return total
+
+
+def descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == pid]
+        found += kids
+        frontier += kids
+    return found
+
+
+def echo_of(kind: str) -> str:
+    return "echo " + kind.removeprefix("door ")
+
+
 def bench(args: argparse.Namespace) -> int:
     kinds = tuple(args.kinds)
     if args.variant or args.variant_repo:
-        kinds += tuple(f"B {k}" for k in args.kinds if not k.startswith("echo"))
+        kinds += tuple(f"B {k}" for k in args.kinds if not k.startswith(("echo", "door")))
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
     per_message: dict[str, list[float]] = {k: [] for k in kinds}  # requests per stream message (batch)
-    paced: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}  # at PACED_SHARE of the maximum
+    # (base kind, kind) -> runs at PACED_SHARE of the base kind's maximum
+    paced: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     paced_rate: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-stream-bench-")))
@@ -376,23 +416,35 @@ def bench(args: argparse.Namespace) -> int:
         echo_argv = [sys.executable, "-m", "loadtest.echo_server", "--address", f"127.0.0.1:{echo_port}"]
         echo = stack.enter_context(child(echo_argv, echo_log, child_env()))
         server, charging_target, server_log = start_charging(stack, workdir / "a", args, {})
-        targets = {"charging": (server, charging_target), "echo": (echo, f"127.0.0.1:{echo_port}")}
+        # side -> (pids to settle, CPU seconds so far, target)
+        targets: dict[str, tuple[list[int], Callable[[], float], str]] = {
+            "charging": ([server.pid], lambda: process_cpu_s(server.pid), charging_target),
+            "echo": ([echo.pid], lambda: process_cpu_s(echo.pid), f"127.0.0.1:{echo_port}"),
+        }
         if args.variant or args.variant_repo:
             b_env = variant_env(args.variant)
             b_server, b_target, _ = start_charging(stack, workdir / "b", args, b_env, args.variant_repo)
-            targets["B"] = (b_server, b_target)
+            targets["B"] = ([b_server.pid], lambda: process_cpu_s(b_server.pid), b_target)
+        if any(k.startswith("door") for k in kinds):
+            if not DOOR.exists():
+                raise BenchError(f"{DOOR} is missing: `make door` builds it")
+            d_server, d_target, _ = start_charging(stack, workdir / "d", args, {"CHARGING_GRPC_DOOR": str(DOOR)})
+            d_pids = [d_server.pid, *descendants(d_server.pid)]
+            targets["door"] = (d_pids, lambda: served_cpu_s(d_server.pid), d_target)
 
         def one(kind: str, run: str, rate: float = 0.0) -> tuple[tuple[float, float, float], dict[str, float]]:
             """(server CPU us per step, steps/s, client CPU s) of one run, and the client's result."""
-            side = "echo" if kind.startswith("echo") else "B" if kind.startswith("B ") else "charging"
-            proc, target = targets[side]
+            side = kind.split(" ")[0] if kind.startswith(("echo", "door", "B ")) else "charging"
+            pids, cpu_s, target = targets[side]
             # Each run pays for its own background work (the usage-record relay emptying
             # the outboxes it filled), not for the run before it.
-            settle(proc.pid)
-            before = process_cpu_s(proc.pid)
-            r = run_client(kind.removeprefix("B "), target, run, args, rate=rate)
-            settle(proc.pid)
-            cpu = process_cpu_s(proc.pid) - before
+            for pid in pids:
+                settle(pid)
+            before = cpu_s()
+            r = run_client(kind.removeprefix("B ").removeprefix("door "), target, run, args, rate=rate)
+            for pid in pids:
+                settle(pid)
+            cpu = cpu_s() - before
             return (cpu / r["steps"] * 1e6, r["steps"] / r["elapsed_s"], r["client_cpu_s"]), r
 
         try:
@@ -405,14 +457,16 @@ def bench(args: argparse.Namespace) -> int:
                     results[kind].append(figures)
                     if "per_message" in r:
                         per_message[kind].append(r["per_message"])
-            # Paced: each charging kind and its echo at one rate (why: the module docstring).
-            for base in (k for k in ("unary", "event") if args.paced and {k, f"echo {k}"} <= set(kinds)):
+            # Paced: each unary kind and its echo at one rate (why: the module docstring).
+            bases = ("unary", "event", "door unary", "door event")
+            for base in (k for k in bases if args.paced and {k, echo_of(k)} <= set(kinds)):
                 rate = PACED_SHARE * statistics.median(v[1] for v in results[base])
                 paced_rate[base] = rate
                 for round_no in range(max(args.rounds, 1)):
-                    pair = (base, f"echo {base}") if round_no % 2 == 0 else (f"echo {base}", base)
+                    pair = (base, echo_of(base)) if round_no % 2 == 0 else (echo_of(base), base)
                     for kind in pair:
-                        paced[kind].append(one(kind, f"p{round_no}k{kinds.index(kind)}", rate)[0])
+                        run = f"p{bases.index(base)}r{round_no}k{kinds.index(kind)}"
+                        paced.setdefault((base, kind), []).append(one(kind, run, rate)[0])
         except BaseException:
             print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
             raise
@@ -452,17 +506,23 @@ def bench(args: argparse.Namespace) -> int:
     if {"event", "echo event"} <= medians.keys():
         print(f"CHECK_BALANCE vs echo: {medians['event'] / medians['echo event']:.2f}x (goal: <= 1.5x)")
     for base, rate in paced_rate.items():
-        echo_kind = f"echo {base}"
-        cpu = {k: statistics.median(v[0] for v in paced[k]) for k in (base, echo_kind)}
+        echo_kind = echo_of(base)
+        cpu = {k: statistics.median(v[0] for v in paced[(base, k)]) for k in (base, echo_kind)}
         for k in (base, echo_kind):
-            rounds = " ".join(f"{v[0]:.0f}" for v in paced[k])
-            rps = statistics.median(v[1] for v in paced[k])
+            rounds = " ".join(f"{v[0]:.0f}" for v in paced[(base, k)])
+            rps = statistics.median(v[1] for v in paced[(base, k)])
             print(
                 f"{k:13}: server CPU per request {cpu[k]:.0f} us (rounds: {rounds}) paced at {rate:.0f}/s "
                 f"({PACED_SHARE:.0%} of the {base} maximum), {rps:.0f}/s reached"
             )
-        what = "CHECK_BALANCE" if base == "event" else "unary session step"
-        print(f"{what} vs echo at the same rate: {cpu[base] / cpu[echo_kind]:.2f}x")
+        what = ("CHECK_BALANCE" if base.endswith("event") else "unary session step") + (
+            " through the door" if base.startswith("door") else ""
+        )
+        goal = "1.5x" if base.endswith("event") else "2x"
+        print(f"{what} vs echo at the same rate: {cpu[base] / cpu[echo_kind]:.2f}x (goal: <= {goal})")
+    for kind in (k for k in kinds if k.startswith("door") and echo_of(k) in medians):
+        goal = "1.5x" if kind.endswith("event") else "2x"
+        print(f"{kind} vs {echo_of(kind)}: {medians[kind] / medians[echo_of(kind)]:.2f}x (goal: <= {goal})")
     for kind in (k for k in kinds if k.startswith("B ")):
         base, echo_kind = kind.removeprefix("B "), "echo " + kind.removeprefix("B ")
         vs_echo = f", {medians[kind] / medians[echo_kind]:.2f}x the {echo_kind}" if echo_kind in medians else ""

@@ -7,6 +7,11 @@ SAN URI or DNS name in the policy file) or else from a bearer token in the
 bundle sale must name one of the caller's channels. Then the identity is set for the
 servicer (``identity.caller()``) and the call goes on.
 
+Behind the compiled gRPC door (``door/``, ``door=True``: the worker listens on a Unix socket
+only the door reaches) the certificate was verified by the door, which forwards its SAN
+URIs and DNS names as ``charging-door-peer-uri`` and ``charging-door-peer-dns`` (and drops
+any caller metadata of that name); they stand for the auth context's.
+
 The certificate is in the call's auth context, which grpc.aio gives only to the handler,
 not to ``intercept_service``: so the check wraps the handler and runs when the call is
 served, before the servicer. A refusal is counted (``charging_auth_refusals_total`` by
@@ -33,6 +38,8 @@ from charging.v1 import topup_pb2
 log = logging.getLogger("charging.security")
 
 UNAUTHENTICATED, ROLE, CHANNEL, NO_POLICY = "unauthenticated", "role", "channel", "no_policy"
+# What the compiled gRPC door forwards of a verified client certificate (door/grpc_door.cc).
+DOOR_PEER_URI, DOOR_PEER_DNS = "charging-door-peer-uri", "charging-door-peer-dns"
 
 
 def _values(auth: dict[str, list[bytes]], name: str) -> list[str]:
@@ -40,12 +47,16 @@ def _values(auth: dict[str, list[bytes]], name: str) -> list[str]:
 
 
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """``local``: every caller is the development identity (no TLS, loopback)."""
+    """``local``: every caller is the development identity (no TLS, loopback). ``door``:
+    the certificate's names come from the door's metadata (module docstring)."""
 
-    def __init__(self, policy: PolicyFile | None, tokens: TokenStore | None, local: bool = False) -> None:
+    def __init__(
+        self, policy: PolicyFile | None, tokens: TokenStore | None, local: bool = False, door: bool = False
+    ) -> None:
         self.policy = policy
         self.tokens = tokens
         self.local = local
+        self.door = door
         # The checked handler of each method, built once: method -> (handler, checked).
         self._checked: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
 
@@ -109,12 +120,18 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """The certificate's identity, else the bearer token's, else None."""
         if self.local:
             return LOCAL
-        auth = context.auth_context()
+        metadata = context.invocation_metadata() or ()
+        if self.door:
+            uris = [v for k, v in metadata if k == DOOR_PEER_URI and isinstance(v, str)]
+            dns_names = [v for k, v in metadata if k == DOOR_PEER_DNS and isinstance(v, str)]
+        else:
+            auth = context.auth_context()
+            uris, dns_names = _values(auth, "peer_uri"), _values(auth, "peer_dns")
         policy = self.policy.current() if self.policy is not None else _NO_POLICY
-        found = policy.identify(_values(auth, "peer_uri"), _values(auth, "peer_dns"))
+        found = policy.identify(uris, dns_names)
         if found is not None or self.tokens is None:
             return found
-        for key, value in context.invocation_metadata() or ():
+        for key, value in metadata:
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
                 return await self.tokens.identify(value[len("Bearer ") :].strip())
         return None

@@ -1,0 +1,766 @@
+// charging-grpc-door: the compiled gRPC door in front of the charging server's workers.
+//
+// Why it exists (README "The compiled gRPC door"): under Python's grpc.aio a unary call
+// costs the server about as much again in wake-ups and thread hand-offs as the charging
+// work itself; gRPC's C++ core serves a unary call for a fraction of that. The door
+// answers the network's unary ChargeSession and ChargeEvent calls itself and carries
+// their requests to the workers as ChargeBatches streams (several requests per stream
+// message, each answered on its own), and passes every other call through unchanged.
+// It holds no charging state and makes no charging decision: the workers do, with the
+// same code, scripts and checks as for a direct call.
+//
+// Security. The door listens where the server would (plaintext only as the supervisor
+// decided: loopback development, or CHARGING_INSECURE), with the server's certificate
+// and, when a client CA is set, client certificates required and verified (files
+// watched, so renewed certificates apply without a restart). The workers listen on Unix
+// sockets in a directory only the server's user can open, and identify callers from what
+// the door forwards: the verified certificate's SAN URIs and DNS names
+// ("charging-door-peer-uri", "charging-door-peer-dns") and the caller's own
+// "authorization". A caller's metadata named "charging-door-*" is dropped, so nobody
+// can claim an identity through the door. Authorization stays with the workers' guard:
+// requests of different callers never share a stream (one stream per caller identity,
+// token and gateway), and a stream is replaced after --stream-max-age-s so a revoked
+// token stops working within that time.
+//
+// Wire format: the requests are carried as bytes. A ChargeMessage is built around the
+// caller's serialized request and a ChargeReply is taken apart (field numbers of
+// protos/charging/v1/charging.proto), so the door needs no generated code and never
+// re-encodes a request.
+
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using grpc::ByteBuffer;
+using grpc::Status;
+using grpc::StatusCode;
+using Clock = std::chrono::steady_clock;
+
+constexpr char kSession[] = "/charging.v1.Charging/ChargeSession";
+constexpr char kEvent[] = "/charging.v1.Charging/ChargeEvent";
+constexpr char kBatches[] = "/charging.v1.Charging/ChargeBatches";
+constexpr char kDoorPrefix[] = "charging-door-";
+// ChargeMessage: correlation_id = 1, session = 2, event = 3. ChargeReply: correlation_id
+// = 1, session = 2, event = 3, error = 4 (ChargeError: code = 1, message = 2).
+// ChargeBatch.messages = 1, ChargeReplies.replies = 1.
+constexpr int kSessionField = 2;
+constexpr int kEventField = 3;
+// A batch written to a worker stays well under the worker's 4 MiB receive limit.
+constexpr size_t kBatchBytes = 1 << 20;
+
+struct Options {
+  std::string listen, token_listen, cert, key, client_ca;
+  std::vector<std::string> upstreams;
+  int max_stream_age_s = 30;
+  int grace_s = 10;
+  int ready_fd = -1;
+};
+
+void log_line(const std::string& what) { std::fprintf(stderr, "charging-grpc-door: %s\n", what.c_str()); }
+
+// ---------------------------------------------------------------------------
+// Protocol buffers wire format, the little the door needs.
+
+void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+
+bool get_varint(std::string_view s, size_t& i, uint64_t& v) {
+  v = 0;
+  for (int shift = 0; shift < 64 && i < s.size(); shift += 7) {
+    auto b = static_cast<uint8_t>(s[i++]);
+    v |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if (!(b & 0x80)) return true;
+  }
+  return false;
+}
+
+struct Field {
+  uint64_t number = 0;
+  uint64_t wire = 0;
+  uint64_t value = 0;
+  std::string_view bytes;
+};
+
+// The next field of a message at i: 1, 0 at the end, -1 when malformed.
+int next_field(std::string_view s, size_t& i, Field& f) {
+  if (i >= s.size()) return 0;
+  uint64_t key = 0;
+  if (!get_varint(s, i, key)) return -1;
+  f.number = key >> 3;
+  f.wire = key & 7;
+  uint64_t n = 0;
+  switch (f.wire) {
+    case 0:
+      return get_varint(s, i, f.value) ? 1 : -1;
+    case 1:
+      n = 8;
+      break;
+    case 5:
+      n = 4;
+      break;
+    case 2:
+      if (!get_varint(s, i, n)) return -1;
+      break;
+    default:
+      return -1;
+  }
+  if (n > s.size() - i) return -1;
+  f.bytes = s.substr(i, n);
+  i += n;
+  return 1;
+}
+
+void put_message(std::string& out, int field, std::string_view bytes) {
+  put_varint(out, static_cast<uint64_t>(field) << 3 | 2);
+  put_varint(out, bytes.size());
+  out.append(bytes);
+}
+
+std::string flat(const ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+ByteBuffer buffer_of(std::string_view bytes) {
+  grpc::Slice slice(bytes.data(), bytes.size());
+  return ByteBuffer(&slice, 1);
+}
+
+// ---------------------------------------------------------------------------
+// What a call carries to the workers: the caller's metadata and verified identity.
+
+bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
+
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
+// The metadata a worker sees for this call. For a batched charging call only what the
+// workers read on ChargeSession and ChargeEvent (the caller's identity, its token, its
+// gateway name), which is also what decides the call's stream.
+Metadata forwarded(grpc::CallbackServerContext* ctx, bool charging_only) {
+  Metadata out;
+  for (const auto& [k, v] : ctx->client_metadata()) {
+    std::string_view key(k.data(), k.size());
+    if (starts_with(key, kDoorPrefix) || starts_with(key, ":") || starts_with(key, "grpc-") || key == "user-agent" ||
+        key == "te" || key == "content-type")
+      continue;
+    if (charging_only && key != "authorization" && key != "charging-gateway") continue;
+    out.emplace_back(std::string(key), std::string(v.data(), v.size()));
+  }
+  auto auth = ctx->auth_context();
+  if (auth && auth->IsPeerAuthenticated()) {
+    for (const auto& v : auth->FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME))
+      out.emplace_back("charging-door-peer-uri", std::string(v.data(), v.size()));
+    for (const auto& v : auth->FindPropertyValues(GRPC_PEER_DNS_PROPERTY_NAME))
+      out.emplace_back("charging-door-peer-dns", std::string(v.data(), v.size()));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string key_of(const Metadata& md) {
+  std::string key;
+  for (const auto& [k, v] : md) {
+    key.append(k).push_back('\0');
+    key.append(v).push_back('\0');
+  }
+  return key;
+}
+
+// ---------------------------------------------------------------------------
+// A unary charging call, answered from a batch stream.
+
+class ChargingCall final : public grpc::ServerGenericBidiReactor {
+ public:
+  ChargingCall(class Router* router, grpc::GenericCallbackServerContext* ctx, int field)
+      : router_(router), ctx_(ctx), field_(field) {
+    StartRead(&request_);
+  }
+  void OnReadDone(bool ok) override;
+  void OnCancel() override { Finish(Status(StatusCode::CANCELLED, "cancelled")); }
+  void OnDone() override { Unref(); }
+  // From a batch stream; the call takes no notice once finished (cancelled, deadline).
+  void Answer(std::string_view bytes) {
+    if (!finished_.exchange(true)) {
+      response_ = buffer_of(bytes);
+      StartWriteAndFinish(&response_, grpc::WriteOptions(), Status::OK);
+    }
+    Unref();
+  }
+  void Fail(const Status& status) {
+    Finish(status);
+    Unref();
+  }
+  void Finish(const Status& status) {
+    if (!finished_.exchange(true)) grpc::ServerGenericBidiReactor::Finish(status);
+  }
+
+ private:
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+  Router* router_;
+  grpc::GenericCallbackServerContext* ctx_;
+  int field_;
+  ByteBuffer request_, response_;
+  std::atomic<bool> finished_{false};
+  std::atomic<int> refs_{2};  // OnDone, and the stream's answer or failure
+};
+
+// One ChargeBatches stream to one worker for one caller. Requests queue while a write
+// is in flight and go together in the next message; replies are matched by correlation
+// id. When the stream ends, what it had not answered fails: UNAVAILABLE (a retry with
+// the same request number is answered once), or the worker's refusal as it came.
+class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer> {
+ public:
+  // The stream keeps itself until its OnDone; whoever holds it may still Submit (false).
+  static std::shared_ptr<BatchStream> Open(grpc::GenericStub* stub, const Metadata& md,
+                                           std::function<void(BatchStream*)> on_done) {
+    std::shared_ptr<BatchStream> s(new BatchStream(std::move(on_done)));
+    s->self_ = s;
+    for (const auto& [k, v] : md) s->ctx_.AddMetadata(k, v);
+    stub->PrepareBidiStreamingCall(&s->ctx_, kBatches, grpc::StubOptions(), s.get());
+    s->StartRead(&s->in_);
+    s->AddHold();  // released once the door has no more to write (Retire)
+    s->StartCall();
+    return s;
+  }
+  Clock::time_point born() const { return born_; }
+
+  // False when the stream has ended or is retiring: the caller takes another.
+  bool Submit(ChargingCall* call, int field, std::string_view request) {
+    std::string msg;
+    std::string batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (ended_ || retiring_) return false;
+      uint64_t id = ++next_id_;
+      pending_.emplace(id, call);
+      std::string one;
+      one.push_back(0x08);
+      put_varint(one, id);
+      put_message(one, field, request);
+      if (queued_.empty() || queued_.back().size() + one.size() > kBatchBytes) queued_.emplace_back();
+      put_message(queued_.back(), 1, one);
+      if (writing_) return true;
+      writing_ = true;
+      batch.swap(queued_.front());
+      queued_.pop_front();
+    }
+    Write(std::move(batch));
+    return true;
+  }
+
+  // No more requests on this stream: close its side once the queue is written; the
+  // worker ends the stream after its last answer.
+  void Retire() {
+    bool close = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (retiring_) return;
+      retiring_ = true;
+      close = !writing_;
+      if (close) writing_ = true;  // nothing more may be written
+    }
+    if (close) Close();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::string batch;
+    bool close = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (ok && !queued_.empty()) {
+        batch.swap(queued_.front());
+        queued_.pop_front();
+      } else if (retiring_ || !ok) {
+        close = true;
+      } else {
+        writing_ = false;
+      }
+    }
+    if (!batch.empty()) {
+      Write(std::move(batch));
+    } else if (close) {
+      Close();
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the worker ended the stream (or it broke): OnDone follows with why
+      Retire();
+      return;
+    }
+    std::string replies = flat(in_);
+    std::string_view all(replies);
+    size_t i = 0;
+    Field f;
+    while (next_field(all, i, f) == 1) {
+      if (f.number != 1 || f.wire != 2) continue;
+      Deliver(f.bytes);
+    }
+    StartRead(&in_);
+  }
+
+  void OnDone(const Status& status) override {
+    std::map<uint64_t, ChargingCall*> left;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ended_ = true;
+      left.swap(pending_);
+    }
+    Status why = status;
+    if (status.ok() || status.error_code() == StatusCode::CANCELLED || status.error_code() == StatusCode::INTERNAL ||
+        status.error_code() == StatusCode::UNKNOWN)
+      why = Status(StatusCode::UNAVAILABLE, "the charging worker's stream ended before answering: retry");
+    for (auto& [id, call] : left) call->Fail(why);
+    if (!status.ok() && status.error_code() != StatusCode::CANCELLED)
+      log_line("a worker stream ended: " + std::to_string(status.error_code()) + " " + status.error_message());
+    on_done_(this);
+    auto last = std::move(self_);  // may be the last owner: nothing of this is used after
+  }
+
+ private:
+  explicit BatchStream(std::function<void(BatchStream*)> on_done) : born_(Clock::now()), on_done_(std::move(on_done)) {}
+  void Write(std::string batch) {
+    out_ = buffer_of(batch);
+    StartWrite(&out_);
+  }
+  void Close() {
+    StartWritesDone();
+    RemoveHold();
+  }
+  void Deliver(std::string_view reply) {
+    size_t i = 0;
+    Field f;
+    uint64_t id = 0;
+    std::string_view answer;
+    bool error = false;
+    uint64_t code = static_cast<uint64_t>(StatusCode::INTERNAL);
+    std::string message;
+    int r;
+    while ((r = next_field(reply, i, f)) == 1) {
+      if (f.number == 1 && f.wire == 0) {
+        id = f.value;
+      } else if ((f.number == 2 || f.number == 3) && f.wire == 2) {
+        answer = f.bytes;
+      } else if (f.number == 4 && f.wire == 2) {
+        error = true;
+        size_t j = 0;
+        Field e;
+        while (next_field(f.bytes, j, e) == 1) {
+          if (e.number == 1 && e.wire == 0) code = e.value;
+          if (e.number == 2 && e.wire == 2) message.assign(e.bytes);
+        }
+      }
+    }
+    ChargingCall* call = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) return;
+      call = it->second;
+      pending_.erase(it);
+    }
+    if (r < 0) {
+      call->Fail(Status(StatusCode::INTERNAL, "the charging worker's reply did not decode"));
+    } else if (error) {
+      auto status = code > 0 && code <= 16 ? static_cast<StatusCode>(code) : StatusCode::UNKNOWN;
+      call->Fail(Status(status, message));
+    } else {
+      call->Answer(answer);
+    }
+  }
+
+  const Clock::time_point born_;
+  std::function<void(BatchStream*)> on_done_;
+  std::shared_ptr<BatchStream> self_;
+  grpc::ClientContext ctx_;
+  ByteBuffer in_, out_;
+  std::mutex mu_;
+  std::deque<std::string> queued_;
+  std::map<uint64_t, ChargingCall*> pending_;
+  uint64_t next_id_ = 0;
+  bool writing_ = false, retiring_ = false, ended_ = false;
+};
+
+// The workers, and each caller's streams to them (one per worker, used in turn).
+class Router {
+ public:
+  Router(const std::vector<std::string>& upstreams, int max_age_s) : max_age_(std::chrono::seconds(max_age_s)) {
+    for (const auto& target : upstreams) {
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(-1);
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // one connection per worker
+      stubs_.push_back(std::make_unique<grpc::GenericStub>(
+          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+    }
+  }
+
+  grpc::GenericStub* next_stub() { return stubs_[turn_.fetch_add(1) % stubs_.size()].get(); }
+
+  void Submit(ChargingCall* call, grpc::CallbackServerContext* ctx, int field, std::string_view request) {
+    Metadata md = forwarded(ctx, true);
+    std::string key = key_of(md);
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      std::shared_ptr<BatchStream> old;
+      std::shared_ptr<BatchStream> stream = Pick(key, md, old);
+      if (old) old->Retire();
+      if (stream->Submit(call, field, request)) return;
+    }
+    call->Fail(Status(StatusCode::UNAVAILABLE, "no stream to a charging worker: retry"));
+  }
+
+  // Streams older than the maximum age are replaced (when next used) and retired.
+  void RetireAged() {
+    std::vector<std::shared_ptr<BatchStream>> old;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto now = Clock::now();
+      for (auto& [key, streams] : callers_) {
+        for (auto& s : streams.list) {
+          if (s != nullptr && now - s->born() >= max_age_) {
+            old.push_back(std::move(s));
+            s = nullptr;
+          }
+        }
+      }
+      for (auto it = callers_.begin(); it != callers_.end();) {
+        bool empty = std::all_of(it->second.list.begin(), it->second.list.end(), [](const auto& s) { return !s; });
+        it = empty ? callers_.erase(it) : std::next(it);
+      }
+    }
+    for (auto& s : old) s->Retire();
+  }
+
+  void RetireAll() {
+    std::vector<std::shared_ptr<BatchStream>> all;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [key, streams] : callers_)
+        for (auto& s : streams.list)
+          if (s != nullptr) all.push_back(s);
+      callers_.clear();
+    }
+    for (auto& s : all) s->Retire();
+  }
+
+ private:
+  struct Streams {
+    std::vector<std::shared_ptr<BatchStream>> list;
+    size_t turn = 0;
+  };
+
+  // The caller's stream to the next worker in turn (opened when there is none, or the
+  // one there has aged: ``old``, for the caller to retire outside the lock).
+  std::shared_ptr<BatchStream> Pick(const std::string& key, const Metadata& md, std::shared_ptr<BatchStream>& old) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Streams& streams = callers_[key];
+    if (streams.list.empty()) streams.list.resize(stubs_.size());
+    size_t n = streams.turn++ % stubs_.size();
+    std::shared_ptr<BatchStream>& slot = streams.list[n];
+    if (slot != nullptr && Clock::now() - slot->born() >= max_age_) old = std::move(slot);
+    if (slot == nullptr) {
+      slot = BatchStream::Open(stubs_[n].get(), md, [this, key, n](BatchStream* s) { Forget(key, n, s); });
+    }
+    return slot;
+  }
+
+  void Forget(const std::string& key, size_t n, BatchStream* s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = callers_.find(key);
+    if (it != callers_.end() && it->second.list[n].get() == s) it->second.list[n] = nullptr;
+  }
+
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
+  std::atomic<size_t> turn_{0};
+  const Clock::duration max_age_;
+  std::mutex mu_;
+  std::map<std::string, Streams> callers_;
+};
+
+void ChargingCall::OnReadDone(bool ok) {
+  if (!ok) {
+    Finish(Status(StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
+    Unref();  // no stream will answer
+    return;
+  }
+  std::string request = flat(request_);
+  router_->Submit(this, ctx_, field_, request);
+}
+
+// ---------------------------------------------------------------------------
+// Every other call, passed through to a worker: messages both ways, metadata, deadline,
+// cancellation and the final status.
+
+class PassThrough final : public grpc::ServerGenericBidiReactor {
+ public:
+  PassThrough(grpc::GenericStub* stub, grpc::GenericCallbackServerContext* ctx) : ctx_(ctx), upstream_(this) {
+    for (const auto& [k, v] : forwarded(ctx, false)) up_ctx_.AddMetadata(k, v);
+    up_ctx_.set_deadline(ctx->deadline());
+    stub->PrepareBidiStreamingCall(&up_ctx_, ctx->method(), grpc::StubOptions(), &upstream_);
+    upstream_.StartRead(&down_msg_);
+    // Operations on the worker's side are started from the caller's reactions too: the
+    // hold keeps that call open until its last read has come back empty (upstream_open_).
+    upstream_.AddHold();
+    upstream_.StartCall();
+    StartRead(&up_msg_);
+  }
+
+  // From the caller.
+  void OnReadDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!upstream_open_) return;  // the worker has answered: its status ends the call
+    if (ok) {
+      upstream_.StartWrite(&up_msg_);
+    } else {
+      upstream_.StartWritesDone();
+    }
+  }
+  void OnWriteDone(bool ok) override {
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      finish = ended_;
+    }
+    if (finish) {
+      FinishWith();
+    } else if (ok) {
+      upstream_.StartRead(&down_msg_);  // its last read came with a message: still open
+    }
+  }
+  void OnCancel() override { up_ctx_.TryCancel(); }
+  void OnDone() override { Unref(); }
+
+ private:
+  class Upstream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer> {
+   public:
+    explicit Upstream(PassThrough* p) : p_(p) {}
+    // The worker's initial metadata goes to the caller before its first message.
+    void OnReadInitialMetadataDone(bool ok) override {
+      bool write = false;
+      if (ok) {
+        for (const auto& [k, v] : p_->up_ctx_.GetServerInitialMetadata())
+          p_->ctx_->AddInitialMetadata(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
+        p_->StartSendInitialMetadata();
+      }
+      {
+        std::lock_guard<std::mutex> lock(p_->mu_);
+        p_->metadata_done_ = true;
+        write = p_->held_;
+        p_->held_ = false;
+      }
+      if (write) p_->StartWrite(&p_->down_msg_);
+    }
+    void OnWriteDone(bool ok) override {
+      if (ok) p_->StartRead(&p_->up_msg_);
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) {  // the worker has ended the call: OnDone brings the status
+        {
+          std::lock_guard<std::mutex> lock(p_->mu_);
+          p_->upstream_open_ = false;
+        }
+        RemoveHold();
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(p_->mu_);
+        p_->writing_ = true;
+        if (!p_->metadata_done_) {
+          p_->held_ = true;
+          return;
+        }
+      }
+      p_->StartWrite(&p_->down_msg_);
+    }
+    void OnDone(const Status& status) override {
+      bool now = false;
+      {
+        std::lock_guard<std::mutex> lock(p_->mu_);
+        p_->status_ = status;
+        p_->ended_ = true;
+        now = !p_->writing_;
+      }
+      if (now) p_->FinishWith();
+      p_->Unref();
+    }
+
+   private:
+    PassThrough* p_;
+  };
+
+  void FinishWith() {
+    if (finished_.exchange(true)) return;
+    for (const auto& [k, v] : up_ctx_.GetServerTrailingMetadata())
+      ctx_->AddTrailingMetadata(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
+    Finish(status_);
+  }
+  void Unref() {
+    if (refs_.fetch_sub(1) == 1) delete this;
+  }
+
+  grpc::GenericCallbackServerContext* ctx_;
+  grpc::ClientContext up_ctx_;
+  Upstream upstream_;
+  ByteBuffer up_msg_, down_msg_;
+  std::mutex mu_;
+  bool writing_ = false, ended_ = false, metadata_done_ = false, held_ = false, upstream_open_ = true;
+  Status status_;
+  std::atomic<bool> finished_{false};
+  std::atomic<int> refs_{2};  // OnDone of both sides
+};
+
+class Door final : public grpc::CallbackGenericService {
+ public:
+  explicit Door(Router* router) : router_(router) {}
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    if (ctx->method() == kSession) return new ChargingCall(router_, ctx, kSessionField);
+    if (ctx->method() == kEvent) return new ChargingCall(router_, ctx, kEventField);
+    return new PassThrough(router_->next_stub(), ctx);
+  }
+
+ private:
+  Router* router_;
+};
+
+// ---------------------------------------------------------------------------
+
+std::shared_ptr<grpc::ServerCredentials> credentials(const Options& o, bool client_certs) {
+  if (o.cert.empty()) return grpc::InsecureServerCredentials();
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      o.key, o.cert, client_certs ? o.client_ca : std::string(), 1);
+  grpc::experimental::TlsServerCredentialsOptions tls(provider);
+  tls.watch_identity_key_cert_pairs();
+  if (client_certs) {
+    tls.watch_root_certs();
+    tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(tls);
+}
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr,
+               "charging-grpc-door: %s\n"
+               "usage: charging-grpc-door --listen HOST:PORT --upstream unix:PATH [--upstream ...]\n"
+               "       [--token-listen HOST:PORT] [--cert FILE --key FILE [--client-ca FILE]]\n"
+               "       [--stream-max-age-s 30] [--grace-s 10] [--ready-fd N]\n",
+               why.c_str());
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i + 1 >= argc) usage(a + " needs a value");
+    std::string v = argv[++i];
+    if (a == "--listen") o.listen = v;
+    else if (a == "--token-listen") o.token_listen = v;
+    else if (a == "--upstream") o.upstreams.push_back(v);
+    else if (a == "--cert") o.cert = v;
+    else if (a == "--key") o.key = v;
+    else if (a == "--client-ca") o.client_ca = v;
+    else if (a == "--stream-max-age-s") o.max_stream_age_s = std::atoi(v.c_str());
+    else if (a == "--grace-s") o.grace_s = std::atoi(v.c_str());
+    else if (a == "--ready-fd") o.ready_fd = std::atoi(v.c_str());
+    else usage("unknown option " + a);
+  }
+  if (o.listen.empty()) usage("--listen is required");
+  if (o.upstreams.empty()) usage("at least one --upstream is required");
+  if (o.cert.empty() != o.key.empty()) usage("--cert and --key go together");
+  if (!o.client_ca.empty() && o.cert.empty()) usage("--client-ca needs --cert and --key");
+  if (!o.token_listen.empty() && o.cert.empty()) usage("--token-listen needs --cert and --key");
+  if (o.max_stream_age_s <= 0 || o.grace_s < 0) usage("--stream-max-age-s must be positive, --grace-s not negative");
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o = parse(argc, argv);
+  // Signals are taken by sigwait below, never by grpc's threads.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  Router router(o.upstreams, o.max_stream_age_s);
+  Door door(&router);
+  grpc::ServerBuilder builder;
+  int port = 0, token_port = 0;
+  builder.AddListeningPort(o.listen, credentials(o, !o.client_ca.empty()), &port);
+  if (!o.token_listen.empty()) builder.AddListeningPort(o.token_listen, credentials(o, false), &token_port);
+  builder.RegisterCallbackGenericService(&door);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0 || (!o.token_listen.empty() && token_port == 0)) {
+    log_line("cannot listen on " + o.listen + (o.token_listen.empty() ? "" : " and " + o.token_listen));
+    return 1;
+  }
+  log_line("serving on port " + std::to_string(port) + (token_port ? " and " + std::to_string(token_port) : "") +
+           " for " + std::to_string(o.upstreams.size()) + " worker(s)");
+  if (o.ready_fd >= 0) {
+    std::string said = "serving " + std::to_string(port) + " " + std::to_string(token_port) + "\n";
+    if (write(o.ready_fd, said.data(), said.size()) < 0) log_line("could not say it is serving");
+    close(o.ready_fd);
+  }
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  std::thread ager([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) router.RetireAged();
+  });
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  log_line("stopping: draining calls for up to " + std::to_string(o.grace_s) + " s");
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(o.grace_s));
+  router.RetireAll();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stopping = true;
+  }
+  cv.notify_all();
+  ager.join();
+  log_line("stopped");
+  // The batch streams' last replies were delivered before Shutdown returned; the
+  // streams close with the process.
+  std::_Exit(0);
+}

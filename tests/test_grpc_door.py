@@ -1,0 +1,404 @@
+"""The compiled gRPC door (door/grpc_door.cc) in front of a real server: the charging
+calls it batches onto ChargeBatches streams are answered as the server answers them
+(answers, retransmissions, errors naming the field, refusals), every other call passes
+through (unary, server and bidirectional streams, initial metadata, health), a worker
+that goes away is UNAVAILABLE and comes back, and the security model holds through it:
+every method against every role's certificate, tokens on the token port, and metadata a
+caller makes up about its certificate dropped. Last, ``charging serve`` with the door as
+real processes: the supervisor starts it in front of its workers, restarts it when it
+dies, and stops everything on SIGTERM.
+
+The door is built by ``make door`` (``make test`` does); these tests fail, not skip,
+without it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from charging.api import READY
+from charging.clock import ManualClock
+from charging.security import certs
+from charging.security.mode import Mode
+from charging.security.roles import CHANNEL_METHODS, ROLES, roles_for
+from charging.security.tokens import TokenStore
+from charging.server import App
+from charging.settings import Settings
+from charging.supervisor import door_argv
+from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2, topup_pb2_grpc
+from tests import server_process
+from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request, sms_request
+from tests.test_security import SALE, code_of, connect, creds, health, secured_settings
+from tests.test_security_roles import METHODS
+from tests.test_workers import children, until
+
+DOOR = Path(__file__).resolve().parent.parent / "var" / "build" / "charging-grpc-door"
+
+
+@dataclasses.dataclass
+class Door:
+    proc: subprocess.Popen[str]
+    port: int
+    token_port: int
+
+
+@contextlib.contextmanager
+def door_in_front(settings: Settings, mode: Mode, sockets: list[Path]) -> Iterator[Door]:
+    """The door on free loopback ports in front of ``sockets``, as the supervisor starts it."""
+    assert DOOR.exists(), f"{DOOR} is missing: `make door` builds it"
+    read_fd, write_fd = os.pipe()
+    s = dataclasses.replace(settings, grpc_door=str(DOOR))
+    argv = door_argv(s, mode, "127.0.0.1:0", sockets, write_fd)
+    proc = subprocess.Popen(argv, pass_fds=(write_fd,), stderr=subprocess.PIPE, text=True)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as ready:
+        said = ready.read().split()
+    try:
+        assert said[:1] == ["serving"], proc.communicate(timeout=30)[1]
+        yield Door(proc, int(said[1]), int(said[2]))
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+        print(err)  # shown when the test fails
+        assert "pure virtual" not in err and "terminate called" not in err, err
+
+
+@contextlib.contextmanager
+def socket_directory() -> Iterator[Path]:
+    """A short directory for Unix sockets (their paths are limited to 107 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="door-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def behind_door(settings: Settings, clock: ManualClock, socket: Path, mode: Mode) -> App:
+    app = App(
+        dataclasses.replace(settings, grpc_address=f"unix:{socket}", grpc_token_address="", behind_door=mode.value),
+        clock=clock,
+        run_background=False,
+    )
+    await app.start()
+    return app
+
+
+@dataclasses.dataclass
+class Served:
+    app: App
+    door: Door
+    socket: Path
+
+
+@pytest.fixture
+async def served(settings: Settings, clock: ManualClock) -> AsyncIterator[Served]:
+    with socket_directory() as directory:
+        socket = directory / "w.sock"
+        served = Served(await behind_door(settings, clock, socket, Mode.LOCAL), None, socket)  # type: ignore[arg-type]
+        try:
+            with door_in_front(settings, Mode.LOCAL, [socket]) as served.door:
+                yield served
+        finally:
+            await served.app.stop()  # a test may have started it again
+
+
+@pytest.fixture
+async def through(served: Served) -> AsyncIterator[Stubs]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{served.door.port}")
+    yield Stubs.on(channel)
+    await channel.close()
+
+
+@pytest.fixture
+async def direct(served: Served) -> AsyncIterator[Stubs]:
+    """The worker's own socket, for comparison."""
+    channel = grpc.aio.insecure_channel(f"unix:{served.socket}")
+    yield Stubs.on(channel)
+    await channel.close()
+
+
+VOICE = 10  # 0.10 EUR per started minute on the default plan
+
+
+async def test_a_session_and_events_are_answered_as_the_server_answers_them(through: Stubs, direct: Stubs) -> None:
+    await through.subscriber(balance=2_500_000)
+    steps = [
+        session_request("s1", INITIAL, 0, [{"rating_group": VOICE, "requested": {"time_s": 300}}]),
+        session_request("s1", UPDATE, 1, [{"rating_group": VOICE, "used": {"time_s": 45}, "requested": {}}]),
+        session_request("s1", UPDATE, 2, [{"rating_group": VOICE, "used": {"time_s": 45}, "requested": {}}]),
+        session_request("s1", TERMINATE, 3, [{"rating_group": VOICE, "used": {"time_s": 45}}]),
+    ]
+    answers = [await through.charging.ChargeSession(step, timeout=10) for step in steps]
+    assert [a.result_code for a in answers] == [2001] * 4
+    assert answers[0].rating_groups[0].granted.time_s == 300
+    assert [a.rating_groups[0].cost_micros for a in answers[1:]] == [100_000] * 3
+    # A retransmission, through the door or not, gets the identical answer once.
+    assert await through.charging.ChargeSession(steps[2], timeout=10) == answers[2]
+    assert await direct.charging.ChargeSession(steps[2], timeout=10) == answers[2]
+    debit = await through.charging.ChargeEvent(sms_request("sms-1"), timeout=10)
+    assert (debit.result_code, debit.cost_micros, debit.balance_micros) == (2001, 50_000, 2_150_000)
+    refund = sms_request("refund-1")
+    refund.action, refund.refund_information = charging_pb2.REQUESTED_ACTION_REFUND_ACCOUNT, debit.refund_information
+    assert (await through.charging.ChargeEvent(refund, timeout=10)).balance_micros == 2_200_000
+    check = sms_request("check-1")
+    check.action = charging_pb2.REQUESTED_ACTION_CHECK_BALANCE
+    assert (await through.charging.ChargeEvent(check, timeout=10)).result_code == 2001
+    unknown = await through.charging.ChargeEvent(sms_request("sms-2", msisdn="491799999999"), timeout=10)
+    assert unknown.result_code == 5030
+    assert (await through.balance()).balance_micros == 2_200_000
+
+
+async def test_a_bad_request_is_refused_as_the_server_refuses_it(through: Stubs, direct: Stubs) -> None:
+    await through.subscriber()
+    bad = session_request("", INITIAL, 0, [{"rating_group": VOICE, "requested": {"time_s": 60}}])
+    refusals = []
+    for stubs in (through, direct):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stubs.charging.ChargeSession(bad, timeout=10)
+        refusals.append((refused.value.code(), refused.value.details()))
+    assert refusals[0] == refusals[1]
+    assert refusals[0][0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert "session_id" in refusals[0][1]
+    # Bytes that are no request: the field cannot be named, the call is still refused.
+    with pytest.raises(grpc.aio.AioRpcError) as garbage:
+        await through.channel.unary_unary("/charging.v1.Charging/ChargeEvent")(b"\xff\xff\xff", timeout=10)
+    assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_many_concurrent_sessions_are_each_charged_once(through: Stubs) -> None:
+    subscribers = [f"4917000010{n:02d}" for n in range(20)]
+    for msisdn in subscribers:
+        await through.subscriber(msisdn=msisdn, balance=1_000_000)
+
+    async def session(msisdn: str, n: int) -> list[int]:
+        sid = f"{msisdn};{n}"
+        codes = []
+        for number, (kind, used) in enumerate(((INITIAL, 0), (UPDATE, 30), (UPDATE, 30), (TERMINATE, 30))):
+            group: dict[str, object] = {"rating_group": VOICE}
+            if used:
+                group["used"] = {"time_s": used}
+            if kind != TERMINATE:
+                group["requested"] = {"time_s": 60}
+            step = session_request(sid, kind, number, [group], msisdn=msisdn)
+            answer = await through.charging.ChargeSession(step, timeout=30)
+            if used and number == 2:  # a retransmission on the way: answered once
+                assert await through.charging.ChargeSession(step, timeout=30) == answer
+            codes.append(answer.result_code)
+        return codes
+
+    results = await asyncio.gather(*(session(m, n) for m in subscribers for n in range(5)))
+    assert all(codes == [2001] * 4 for codes in results)
+    # Five sessions of 90 s each, priced per started minute: 2 minutes, 0.20 EUR each.
+    for msisdn in subscribers:
+        assert (await through.balance(msisdn)).balance_micros == 1_000_000 - 5 * 200_000
+
+
+async def test_streams_watches_and_health_pass_through(served: Served, through: Stubs) -> None:
+    await through.subscriber()
+    watch = through.charging.WatchSessions(charging_pb2.WatchRequest(), timeout=10)
+    assert tuple(await watch.initial_metadata()) == READY
+    watch.cancel()
+    call = through.charging.ChargeStream(timeout=10)
+    step = session_request("s3", INITIAL, 0, [{"rating_group": VOICE, "requested": {"time_s": 60}}])
+    await call.write(charging_pb2.ChargeMessage(correlation_id=7, session=step))
+    reply = await call.read()
+    assert (reply.correlation_id, reply.session.result_code) == (7, 2001)
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+    assert await health(through.channel) == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await through.admin.GetSubscriber(common_pb2.SubscriberId(msisdn="491799999999"), timeout=10)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_worker_that_goes_away_is_unavailable_until_it_is_back(
+    served: Served, through: Stubs, settings: Settings, clock: ManualClock
+) -> None:
+    await through.subscriber()
+    first = session_request("s4", INITIAL, 0, [{"rating_group": VOICE, "requested": {"time_s": 60}}])
+    assert (await through.charging.ChargeSession(first, timeout=10)).result_code == 2001
+    await served.app.stop()
+    step = session_request("s4", UPDATE, 1, [{"rating_group": VOICE, "used": {"time_s": 30}, "requested": {}}])
+    for call in (through.charging.ChargeSession(step, timeout=10), through.balance()):
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await call
+        assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
+    served.app = await behind_door(settings, clock, served.socket, Mode.LOCAL)
+    answer = None
+    for _ in range(100):  # the door reconnects within its channel's backoff
+        try:
+            answer = await through.charging.ChargeSession(step, timeout=10)
+            break
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.1)
+    assert answer is not None and answer.result_code == 2001
+    assert answer.rating_groups[0].cost_micros == 100_000
+    assert served.door.proc.poll() is None
+
+
+# Secured: the door holds the certificates; the worker trusts what it forwards.
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    directory = tmp_path / "certs"
+    certs.write_dev_set(directory)
+    return directory
+
+
+@pytest.fixture
+async def secured(settings: Settings, clock: ManualClock, pki: Path) -> AsyncIterator[tuple[App, Door]]:
+    s = secured_settings(settings, pki)
+    with socket_directory() as directory:
+        socket = directory / "w.sock"
+        app = await behind_door(s, clock, socket, Mode.SECURED)
+        try:
+            with door_in_front(s, Mode.SECURED, [socket]) as door:
+                yield app, door
+        finally:
+            await app.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_every_method_against_every_role_certificate_through_the_door(
+    secured: tuple[App, Door], pki: Path
+) -> None:
+    _, door = secured
+    wrong: list[str] = []
+    for role in ROLES:
+        async with connect(door.port, creds(pki, role)) as channel:
+            for method in METHODS:
+                code = await code_of(channel, method, SALE if method in CHANNEL_METHODS else b"")
+                allowed = role in roles_for(method) and (method not in CHANNEL_METHODS or role == "channel")
+                denied = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+                if denied == allowed or (denied and code != grpc.StatusCode.PERMISSION_DENIED):
+                    wrong.append(f"{role} {method}: {code.name}")
+    assert wrong == []
+
+
+async def test_without_a_certificate_there_is_no_connection(secured: tuple[App, Door], pki: Path) -> None:
+    _, door = secured
+    async with connect(door.port, creds(pki)) as anonymous:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health(anonymous)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_tokens_on_the_token_port_and_no_identity_made_up_in_metadata(
+    secured: tuple[App, Door], pki: Path
+) -> None:
+    app, door = secured
+    assert app.redis is not None
+    async with connect(door.port, creds(pki, "operator")) as operator:
+        await Stubs.on(operator).subscriber(balance=0)
+    recharge = topup_pb2.RechargeRequest(
+        subscriber=common_pb2.SubscriberId(msisdn="491700000001"),
+        amount_micros=2_000_000,
+        channel=topup_pb2.CHANNEL_RETAIL,
+        idempotency_key="shop-1",
+    )
+    # A caller without a token claims the operator's certificate names: dropped by the door.
+    claims = [("charging-door-peer-uri", certs.role_uri("operator")), ("charging-door-peer-dns", "localhost")]
+    async with connect(door.token_port, creds(pki)) as anonymous:
+        for method, body in (
+            ("/charging.v1.TopUp/Recharge", recharge.SerializeToString()),
+            ("/charging.v1.Charging/ChargeSession", b""),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await anonymous.unary_unary(method)(body, metadata=claims, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+    token = await TokenStore(app.redis).create("webshop", ("channel",), ("RETAIL",), 1_800_000_000)
+    async with connect(door.token_port, creds(pki, token=token)) as shop:
+        answer = await topup_pb2_grpc.TopUpStub(shop).Recharge(recharge, timeout=10)
+        assert answer.balance.balance_micros == 2_000_000
+        # The shop's token has no network role: a charging call is refused, as directly.
+        assert await code_of(shop, "/charging.v1.Charging/ChargeEvent") == grpc.StatusCode.PERMISSION_DENIED
+        await TokenStore(app.redis).revoke("webshop")
+        assert await code_of(shop, "/charging.v1.TopUp/Recharge", SALE) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_network_element_charges_through_the_door_with_its_certificate(
+    secured: tuple[App, Door], pki: Path
+) -> None:
+    _, door = secured
+    async with connect(door.port, creds(pki, "operator")) as operator:
+        await Stubs.on(operator).subscriber()
+    async with connect(door.port, creds(pki, "network")) as network:
+        step = session_request("s5", INITIAL, 0, [{"rating_group": VOICE, "requested": {"time_s": 60}}])
+        assert (await Stubs.on(network).charging.ChargeSession(step, timeout=10)).result_code == 2001
+    async with connect(door.port, creds(pki, "monitor")) as monitor:
+        assert await code_of(monitor, "/charging.v1.Charging/ChargeSession") == grpc.StatusCode.PERMISSION_DENIED
+
+
+# `charging serve` with the door, as real processes.
+
+
+def test_the_supervisor_runs_the_door_in_front_of_its_workers(tmp_path: Path, app_database_url: str) -> None:
+    proc, port = server_process.serve(
+        tmp_path / "redis", app_database_url, CHARGING_WORKERS="2", CHARGING_GRPC_DOOR=str(DOOR)
+    )
+    try:
+        server_process.wait_serving(proc, port)
+
+        def doors() -> list[int]:
+            return [pid for pid, cmd in children(proc.pid).items() if "charging-grpc-door" in cmd]
+
+        until(lambda: len(doors()) == 1)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            create = channel.unary_unary(
+                "/charging.v1.Admin/CreateSubscriber",
+                request_serializer=admin_pb2.CreateSubscriberRequest.SerializeToString,
+                response_deserializer=admin_pb2.Subscriber.FromString,
+            )
+            create(
+                admin_pb2.CreateSubscriberRequest(
+                    msisdn="491700000001", plan_id="default", initial_balance_micros=1_000_000
+                ),
+                timeout=30,
+            )
+        first = doors()[0]
+        os.kill(first, signal.SIGKILL)
+        until(lambda: len(doors()) == 1 and first not in doors())
+        server_process.wait_serving(proc, port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            charge = channel.unary_unary(
+                "/charging.v1.Charging/ChargeEvent",
+                request_serializer=charging_pb2.EventRequest.SerializeToString,
+                response_deserializer=charging_pb2.EventAnswer.FromString,
+            )
+            answer = None
+            for _ in range(100):
+                try:
+                    answer = charge(sms_request("sms-9"), timeout=30)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE  # a worker not reached yet
+            assert answer is not None and answer.result_code == 2001
+        processes = children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not [pid for pid in processes if Path(f"/proc/{pid}").exists() and "Z" not in stat_of(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
+
+
+def stat_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
