@@ -155,7 +155,7 @@ bench: setup redis-server postgresql h2load door
 	$(BIN)/python -m loadtest.bench
 	$(BIN)/python -m loadtest.diameter_bench
 	$(BIN)/python -m loadtest.tls_bench
-	$(BIN)/python -m loadtest.stream_bench
+	STREAM_BENCH_KINDS="$${STREAM_BENCH_KINDS-unary,stream,batch,event,door unary,door event,echo unary,echo stream,echo batch,echo event}" $(BIN)/python -m loadtest.stream_bench
 	$(BIN)/python -m loadtest.nchf_bench
 	$(BIN)/python -m loadtest.bill_bench
 	$(BIN)/python -m loadtest.cdr_bench

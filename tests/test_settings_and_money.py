@@ -57,7 +57,7 @@ def test_database_settings_from_env_hide_the_password(url: str) -> None:
 
 
 # Set by the supervisor for its workers, not by an operator.
-INTERNAL_SETTINGS = {"CHARGING_WORKER_OF", "CHARGING_READY_FD"}
+INTERNAL_SETTINGS = {"CHARGING_WORKER_OF", "CHARGING_READY_FD", "CHARGING_BEHIND_DOOR"}
 
 
 def test_every_setting_is_in_a_readme_table_by_its_full_name() -> None:
@@ -77,6 +77,8 @@ def test_every_setting_is_in_a_readme_table_by_its_full_name() -> None:
         ({"CHARGING_IDEMPOTENCY_TTL_S": "0"}, "CHARGING_IDEMPOTENCY_TTL_S"),
         ({"CHARGING_REDIS_APPENDFSYNC": "sometimes"}, "CHARGING_REDIS_APPENDFSYNC"),
         ({"CHARGING_GRPC_ADDRESS": "50051"}, "CHARGING_GRPC_ADDRESS"),
+        ({"CHARGING_GRPC_DOOR": "/nonexistent/charging-grpc-door"}, "CHARGING_GRPC_DOOR"),
+        ({"CHARGING_BEHIND_DOOR": "open"}, "CHARGING_BEHIND_DOOR"),
         ({"CHARGING_DATABASE_POOL_SIZE": "0"}, "CHARGING_DATABASE_POOL_SIZE"),
         ({"CHARGING_AUDIT_RETENTION_MONTHS": "-1"}, "CHARGING_AUDIT_RETENTION_MONTHS"),
     ],
