@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -65,6 +66,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from charging import migrations
 from charging.address_lock import AddressLock
+from charging.admission import server_options
 from charging.children import dying_with_parent
 from charging.embedded_postgres import EmbeddedPostgres
 from charging.embedded_redis import EmbeddedRedis
@@ -114,8 +116,14 @@ def door_argv(settings: Settings, mode: Mode, address: str, sockets: list[Path],
     of the workers' sockets."""
     s = settings
     argv = [s.grpc_door, "--listen", address, "--ready-fd", str(ready_fd), "--grace-s", str(int(s.grace_period_s))]
+    argv += ["--max-in-flight", str(s.max_in_flight)]  # per worker, as each worker's own bound
     for socket_path in sockets:
         argv += ["--upstream", f"unix:{socket_path}"]
+    # The connection bounds a worker's gRPC server has (keepalive, idle and age limits,
+    # streams per connection, the pending queue), on the door's listeners; it shares the
+    # supervisor's port (address lock) as a worker would.
+    for name, value in server_options(dataclasses.replace(s, worker_of=os.getpid())):
+        argv += ["--arg", f"{name}={value}"]
     if mode is Mode.SECURED:
         argv += ["--cert", s.tls_cert, "--key", s.tls_key]
         if s.tls_client_ca:

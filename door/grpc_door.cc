@@ -75,6 +75,8 @@ constexpr size_t kBatchBytes = 1 << 20;
 struct Options {
   std::string listen, token_listen, cert, key, client_ca;
   std::vector<std::string> upstreams;
+  std::vector<std::pair<std::string, int>> server_args;  // --arg NAME=INT: the workers' gRPC server options
+  int max_in_flight = 64;                                // requests at a worker at once
   int max_stream_age_s = 30;
   int grace_s = 10;
   int ready_fd = -1;
@@ -245,9 +247,9 @@ class ChargingCall final : public grpc::ServerGenericBidiReactor {
 class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer> {
  public:
   // The stream keeps itself until its OnDone; whoever holds it may still Submit (false).
-  static std::shared_ptr<BatchStream> Open(grpc::GenericStub* stub, const Metadata& md,
-                                           std::function<void(BatchStream*)> on_done) {
-    std::shared_ptr<BatchStream> s(new BatchStream(std::move(on_done)));
+  static std::shared_ptr<BatchStream> Open(grpc::GenericStub* stub, const Metadata& md, std::atomic<int>* in_flight,
+                                           int limit, std::function<void(BatchStream*)> on_done) {
+    std::shared_ptr<BatchStream> s(new BatchStream(in_flight, limit, std::move(on_done)));
     s->self_ = s;
     for (const auto& [k, v] : md) s->ctx_.AddMetadata(k, v);
     stub->PrepareBidiStreamingCall(&s->ctx_, kBatches, grpc::StubOptions(), s.get());
@@ -258,13 +260,18 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   }
   Clock::time_point born() const { return born_; }
 
-  // False when the stream has ended or is retiring: the caller takes another.
-  bool Submit(ChargingCall* call, int field, std::string_view request) {
-    std::string msg;
+  enum Taken { kTaken, kClosed, kBusy };
+  // kClosed when the stream has ended or is retiring (the caller takes another); kBusy
+  // when its worker has as many requests from the door as it takes at once.
+  Taken Submit(ChargingCall* call, int field, std::string_view request) {
     std::string batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (ended_ || retiring_) return false;
+      if (ended_ || retiring_) return kClosed;
+      if (in_flight_->fetch_add(1) >= limit_) {
+        in_flight_->fetch_sub(1);
+        return kBusy;
+      }
       uint64_t id = ++next_id_;
       pending_.emplace(id, call);
       std::string one;
@@ -273,13 +280,18 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       put_message(one, field, request);
       if (queued_.empty() || queued_.back().size() + one.size() > kBatchBytes) queued_.emplace_back();
       put_message(queued_.back(), 1, one);
-      if (writing_) return true;
+      if (writing_) return kTaken;
       writing_ = true;
       batch.swap(queued_.front());
       queued_.pop_front();
     }
     Write(std::move(batch));
-    return true;
+    return kTaken;
+  }
+
+  bool Usable() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !ended_ && !retiring_;
   }
 
   // No more requests on this stream: close its side once the queue is written; the
@@ -288,7 +300,7 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     bool close = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (retiring_) return;
+      if (retiring_ || ended_) return;
       retiring_ = true;
       close = !writing_;
       if (close) writing_ = true;  // nothing more may be written
@@ -340,6 +352,7 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       ended_ = true;
       left.swap(pending_);
     }
+    in_flight_->fetch_sub(static_cast<int>(left.size()));
     Status why = status;
     if (status.ok() || status.error_code() == StatusCode::CANCELLED || status.error_code() == StatusCode::INTERNAL ||
         status.error_code() == StatusCode::UNKNOWN)
@@ -352,7 +365,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   }
 
  private:
-  explicit BatchStream(std::function<void(BatchStream*)> on_done) : born_(Clock::now()), on_done_(std::move(on_done)) {}
+  BatchStream(std::atomic<int>* in_flight, int limit, std::function<void(BatchStream*)> on_done)
+      : born_(Clock::now()), in_flight_(in_flight), limit_(limit), on_done_(std::move(on_done)) {}
   void Write(std::string batch) {
     out_ = buffer_of(batch);
     StartWrite(&out_);
@@ -393,6 +407,7 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       call = it->second;
       pending_.erase(it);
     }
+    in_flight_->fetch_sub(1);
     if (r < 0) {
       call->Fail(Status(StatusCode::INTERNAL, "the charging worker's reply did not decode"));
     } else if (error) {
@@ -404,6 +419,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   }
 
   const Clock::time_point born_;
+  std::atomic<int>* const in_flight_;  // the worker's, shared by the door's streams to it
+  const int limit_;
   std::function<void(BatchStream*)> on_done_;
   std::shared_ptr<BatchStream> self_;
   grpc::ClientContext ctx_;
@@ -418,7 +435,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
 // The workers, and each caller's streams to them (one per worker, used in turn).
 class Router {
  public:
-  Router(const std::vector<std::string>& upstreams, int max_age_s) : max_age_(std::chrono::seconds(max_age_s)) {
+  Router(const std::vector<std::string>& upstreams, int max_age_s, int max_in_flight)
+      : max_age_(std::chrono::seconds(max_age_s)), max_in_flight_(max_in_flight), in_flight_(upstreams.size()) {
     for (const auto& target : upstreams) {
       grpc::ChannelArguments args;
       args.SetMaxReceiveMessageSize(-1);
@@ -437,7 +455,15 @@ class Router {
       std::shared_ptr<BatchStream> old;
       std::shared_ptr<BatchStream> stream = Pick(key, md, old);
       if (old) old->Retire();
-      if (stream->Submit(call, field, request)) return;
+      switch (stream->Submit(call, field, request)) {
+        case BatchStream::kTaken:
+          return;
+        case BatchStream::kBusy:  // as the worker answers a unary call beyond its bound
+          call->Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "server overloaded: retry later"));
+          return;
+        case BatchStream::kClosed:
+          break;
+      }
     }
     call->Fail(Status(StatusCode::UNAVAILABLE, "no stream to a charging worker: retry"));
   }
@@ -490,9 +516,12 @@ class Router {
     if (streams.list.empty()) streams.list.resize(stubs_.size());
     size_t n = streams.turn++ % stubs_.size();
     std::shared_ptr<BatchStream>& slot = streams.list[n];
-    if (slot != nullptr && Clock::now() - slot->born() >= max_age_) old = std::move(slot);
+    // An aged stream is retired (by the caller, outside this lock); one that ended or is
+    // retiring is replaced at once, not when its end has been seen.
+    if (slot != nullptr && (Clock::now() - slot->born() >= max_age_ || !slot->Usable())) old = std::move(slot);
     if (slot == nullptr) {
-      slot = BatchStream::Open(stubs_[n].get(), md, [this, key, n](BatchStream* s) { Forget(key, n, s); });
+      slot = BatchStream::Open(stubs_[n].get(), md, &in_flight_[n], max_in_flight_,
+                               [this, key, n](BatchStream* s) { Forget(key, n, s); });
     }
     return slot;
   }
@@ -506,6 +535,8 @@ class Router {
   std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
   std::atomic<size_t> turn_{0};
   const Clock::duration max_age_;
+  const int max_in_flight_;
+  std::deque<std::atomic<int>> in_flight_;  // per worker: requests sent, not answered
   std::mutex mu_;
   std::map<std::string, Streams> callers_;
 };
@@ -514,6 +545,11 @@ void ChargingCall::OnReadDone(bool ok) {
   if (!ok) {
     Finish(Status(StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
     Unref();  // no stream will answer
+    return;
+  }
+  // As the worker's admission: a call that cannot be answered in time is not started.
+  if (ctx_->deadline() - std::chrono::system_clock::now() < std::chrono::milliseconds(1)) {
+    Fail(Status(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded before the call started"));
     return;
   }
   std::string request = flat(request_);
@@ -678,7 +714,8 @@ std::shared_ptr<grpc::ServerCredentials> credentials(const Options& o, bool clie
                "charging-grpc-door: %s\n"
                "usage: charging-grpc-door --listen HOST:PORT --upstream unix:PATH [--upstream ...]\n"
                "       [--token-listen HOST:PORT] [--cert FILE --key FILE [--client-ca FILE]]\n"
-               "       [--stream-max-age-s 30] [--grace-s 10] [--ready-fd N]\n",
+               "       [--stream-max-age-s 30] [--grace-s 10] [--ready-fd N] [--max-in-flight 64]\n"
+               "       [--arg GRPC_SERVER_OPTION=INTEGER ...]\n",
                why.c_str());
   std::exit(2);
 }
@@ -698,6 +735,12 @@ Options parse(int argc, char** argv) {
     else if (a == "--stream-max-age-s") o.max_stream_age_s = std::atoi(v.c_str());
     else if (a == "--grace-s") o.grace_s = std::atoi(v.c_str());
     else if (a == "--ready-fd") o.ready_fd = std::atoi(v.c_str());
+    else if (a == "--max-in-flight") o.max_in_flight = std::atoi(v.c_str());
+    else if (a == "--arg") {
+      auto eq = v.find('=');
+      if (eq == std::string::npos || eq == 0) usage("--arg is NAME=INTEGER, not " + v);
+      o.server_args.emplace_back(v.substr(0, eq), std::atoi(v.c_str() + eq + 1));
+    }
     else usage("unknown option " + a);
   }
   if (o.listen.empty()) usage("--listen is required");
@@ -706,6 +749,7 @@ Options parse(int argc, char** argv) {
   if (!o.client_ca.empty() && o.cert.empty()) usage("--client-ca needs --cert and --key");
   if (!o.token_listen.empty() && o.cert.empty()) usage("--token-listen needs --cert and --key");
   if (o.max_stream_age_s <= 0 || o.grace_s < 0) usage("--stream-max-age-s must be positive, --grace-s not negative");
+  if (o.max_in_flight <= 0) usage("--max-in-flight must be positive");
   return o;
 }
 
@@ -720,12 +764,13 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  Router router(o.upstreams, o.max_stream_age_s);
+  Router router(o.upstreams, o.max_stream_age_s, o.max_in_flight);
   Door door(&router);
   grpc::ServerBuilder builder;
   int port = 0, token_port = 0;
   builder.AddListeningPort(o.listen, credentials(o, !o.client_ca.empty()), &port);
   if (!o.token_listen.empty()) builder.AddListeningPort(o.token_listen, credentials(o, false), &token_port);
+  for (const auto& [name, value] : o.server_args) builder.AddChannelArgument(name, value);
   builder.RegisterCallbackGenericService(&door);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0 || (!o.token_listen.empty() && token_port == 0)) {

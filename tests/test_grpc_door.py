@@ -249,6 +249,38 @@ async def test_a_worker_that_goes_away_is_unavailable_until_it_is_back(
     assert served.door.proc.poll() is None
 
 
+async def test_beyond_a_workers_bound_a_call_is_refused_at_once_having_changed_nothing(
+    settings: Settings, clock: ManualClock
+) -> None:
+    """The door holds a worker to its own in-flight bound (CHARGING_MAX_IN_FLIGHT): one
+    more charging call is answered RESOURCE_EXHAUSTED at once, as the worker answers a
+    unary call beyond it, instead of queueing in the door."""
+    s = dataclasses.replace(settings, max_in_flight=2)
+    with socket_directory() as directory:
+        socket = directory / "w.sock"
+        app = await behind_door(s, clock, socket, Mode.LOCAL)
+        try:
+            with door_in_front(s, Mode.LOCAL, [socket]) as door:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{door.port}") as channel:
+                    stubs = Stubs.on(channel)
+                    await stubs.subscriber(balance=10_000_000)
+
+                    async def sms(n: int) -> int | grpc.StatusCode:
+                        try:
+                            return (await stubs.charging.ChargeEvent(sms_request(f"sms-{n}"), timeout=30)).result_code
+                        except grpc.aio.AioRpcError as exc:
+                            assert exc.details() == "server overloaded: retry later"
+                            return exc.code()
+
+                    outcomes = await asyncio.gather(*(sms(n) for n in range(120)))
+                    charged = outcomes.count(2001)
+                    assert charged + outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 120
+                    assert charged >= 2 and outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) > 0
+                    assert (await stubs.balance()).balance_micros == 10_000_000 - charged * 50_000
+        finally:
+            await app.stop()
+
+
 # Secured: the door holds the certificates; the worker trusts what it forwards.
 
 
