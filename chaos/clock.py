@@ -99,6 +99,10 @@ class FakeClock:
         """The server's wall clock now."""
         return int(time.time()) + self.offset_s
 
+    def time(self) -> float:
+        """The server's wall clock now, to the fraction of a second."""
+        return time.time() + self.offset_s
+
 
 def expired_units(client: redis.Redis | redis.RedisCluster, accounts: list[str]) -> dict[str, int]:
     """Units each account's buckets lost to expiry (the scripts' ``expired_<unit>`` totals)."""

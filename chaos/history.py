@@ -25,10 +25,11 @@ class Answer:
     """The parts of an answer the checkers compare (one shape for every kind)."""
 
     code: int  # RFC 8506 result code, or the purchase result for bundles, 2001 for top-ups
-    cost_micros: int = 0  # money debited (debit), given back (refund)
-    units: int = 0  # units debited or refunded
+    cost_micros: int = 0  # money debited (debit, a session step's usage), given back (refund)
+    units: int = 0  # units debited or refunded, or granted (a session step)
     balance_micros: int | None = None  # balance after, where the answer carries it
     refund_information: str = ""  # hex
+    tariff_change_time: int = 0  # a session grant's: when the tariff changes within it (0: it does not)
 
 
 @dataclass

@@ -246,7 +246,9 @@ class Postpaid:
         self.lines = lines
         self.t0 = t0
         self.ledger = Ledger()
-        self.usage = [Client(200 + n, seed, self.stubs, history, [line.subscriber], t0) for n, line in enumerate(lines)]
+        self.usage = [
+            Client(200 + n, seed, self.stubs, history, [line.subscriber], t0, now_s) for n, line in enumerate(lines)
+        ]
         self.billed = asyncio.Event()
 
     def bill_date(self, months: int) -> str:

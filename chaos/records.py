@@ -10,7 +10,10 @@ Two claims, checked against the final balances and the history:
 * **Every acknowledged money movement has its record, with its amount, and no record
   stands for a request that was never made**: a debit or refund its usage row
   (``<account>:e:<event id>``, the money its answer stated), a top-up and a bundle sale
-  their audit entries (``<account>:t:<key>``, ``<account>:b:<key>``).
+  their audit entries (``<account>:t:<key>``, ``<account>:b:<key>``), a session step that
+  reported usage its usage row (``<account>:s:<session>:<n>:<rating group>``, the money
+  its answer stated and the units it reported, before and after a tariff change
+  together; required of a step answered 2001, checked where present on 4010 and 4012).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
-from chaos import checks
-from chaos.history import History
+from chaos import checks, tariff
+from chaos.history import History, Operation
 from charging import keys
 
 
@@ -33,6 +36,7 @@ class Records:
     usage: dict[str, int]  # record id -> money_micros
     audit: set[str]  # audit entry ids
     bucket_units: dict[str, int]  # account -> units taken from its buckets, less units refunded to them
+    sessions: dict[str, tariff.SessionRecord]  # record id -> a session request's rated usage
 
 
 async def drained(client: redis.Redis | redis.RedisCluster, accounts: list[str], timeout_s: float = 60.0) -> bool:
@@ -61,7 +65,14 @@ def read(database_url: str) -> Records:
         for account, units, refund in conn.execute(query):
             n = sum(int(v) for v in dict(units).values())
             taken[str(account)] = taken.get(str(account), 0) + (-n if refund else n)
-    return Records(money, usage, audit, taken)
+        sessions = {
+            str(r): tariff.SessionRecord(str(plan), str(band), int(at.timestamp()), int(units), int(m), bool(b))
+            for r, plan, band, at, units, m, b in conn.execute(
+                "SELECT record_id, plan_id, band, occurred_at, units, money_micros, bucket_units <> '{}'::jsonb "
+                "FROM usage_records WHERE record_id LIKE '%:s:%' AND cause = ''"
+            )
+        }
+    return Records(money, usage, audit, taken, sessions)
 
 
 def buckets_conserved(
@@ -124,7 +135,10 @@ def every_movement_recorded(history: History, records: Records) -> list[checks.V
     found: list[checks.Violation] = []
     made: set[str] = set()
     for op in history.operations:
-        if op.kind in ("session", "status"):
+        if op.kind == "session":
+            found += _session_recorded(op, records, made)
+            continue
+        if op.kind == "status":
             continue
         key = op.record_id
         made.add(key)
@@ -146,6 +160,31 @@ def every_movement_recorded(history: History, records: Records) -> list[checks.V
             found.append(checks.Violation("records_match", op.account, f"{key}: no audit entry", (op.seq,)))
     for record_id in records.usage:
         account, _, rest = record_id.partition(":")
-        if rest.startswith(("e:", "b:")) and record_id not in made:
+        if rest.startswith(("e:", "b:", "s:")) and record_id not in made:
             found.append(checks.Violation("records_match", account, f"{record_id}: a record of no request"))
     return found
+
+
+def _session_recorded(op: Operation, records: Records, made: set[str]) -> list[checks.Violation]:
+    """A session step's usage row has the money its answer stated and the units it reported."""
+    key = tariff.record_id(op)
+    made.add(key)
+    units = int(op.request.get("used_s", 0)) + int(op.request.get("used_after_s", 0))
+    if op.outcome != "ok" or op.answer is None or op.answer.code not in tariff.CHARGED or not units:
+        return []
+    record = records.sessions.get(key)
+    if record is None:
+        if op.answer.code != 2001:
+            return []  # a 4010 or 4012 may come before any rating (a line barred, a limit)
+        return [checks.Violation("records_match", op.account, f"{key}: no usage record", (op.seq,))]
+    if (record.money_micros, record.units) != (op.answer.cost_micros, units):
+        return [
+            checks.Violation(
+                "records_match",
+                op.account,
+                f"{key}: usage record {record.money_micros} micros for {record.units} units != "
+                f"answer {op.answer.cost_micros} micros for {units} units reported",
+                (op.seq,),
+            )
+        ]
+    return []

@@ -14,12 +14,14 @@ from typing import Any
 
 import grpc
 
-from chaos import checks, line_orders, machine_death, postpaid, postpaid_book, postpaid_checks, records
+from chaos import checks, line_orders, machine_death, postpaid, postpaid_book, postpaid_checks, records, tariff
 from chaos.clock import FakeClock, expired_left, expired_units
 from chaos.history import Fault, History, Operation
 from chaos.proxy import Proxy
 from chaos.system import ExternalRedis, System
-from chaos.workload import BUNDLES, Client, Stubs, Subscriber, attempt, who
+from chaos.workload import BUNDLES, NATIONAL, Client, Stubs, Subscriber, attempt, who
+from charging.catalog import Usage
+from charging.catalog_doc import catalog_from_doc
 from charging.catalogs import read_catalog_file
 from charging.v1 import admin_pb2, admin_pb2_grpc, topup_pb2
 from tests.redis_cluster import local_cluster
@@ -28,6 +30,10 @@ INITIAL_MICROS = 20_000_000
 # Short validity times so that abandoned sessions are swept within seconds
 # (supervision = CHARGING_SUPERVISION_FACTOR x validity time).
 VALIDITY_S = 2
+# With the server's clock faked, the load starts this long before a tariff change
+# (chaos/tariff.py: the band changes every minute), so that even a short run crosses one
+# and its first grants announce it (validity times are VALIDITY_S).
+CHANGE_LEAD_S = VALIDITY_S
 FAULTS = ("kill_server", "pause_server", "kill_redis")
 # These need Redis behind the suite's proxy (an external redis-server on loopback TCP).
 NETWORK_FAULTS = ("net_delay", "net_stall", "net_reset")
@@ -76,6 +82,7 @@ class Report:
     recorded_but_lost: int | None = None  # of those, already relayed to PostgreSQL
     ledger: postpaid.Ledger = field(default_factory=postpaid.Ledger)  # bill runs and payments
     invoices: int = 0
+    crossing: tariff.Tally = field(default_factory=tariff.Tally)  # how much crossed a tariff change
 
     @property
     def ok(self) -> bool:
@@ -89,6 +96,7 @@ class Report:
             lines.append(f"  {kind:8} " + ", ".join(f"{label} {n}" for label, n in sorted(row.items())))
         if self.ledger.operations:
             lines.append(f"  invoices issued {self.invoices}")
+        lines.append(f"  {self.crossing.text()}")
         faults: dict[str, int] = {}
         for fault in self.history.faults:
             faults[fault.kind] = faults.get(fault.kind, 0) + 1
@@ -110,6 +118,8 @@ class Report:
 
 
 def chaos_catalog() -> dict[str, Any]:
+    """The bundled catalog with short validity times and a tariff change every minute on
+    the session accounts' plan (``chaos/tariff.py``)."""
     doc = copy.deepcopy(dict(read_catalog_file("")))
     doc["version"] = "chaos-1"
     for plan in doc["plans"]:
@@ -117,7 +127,7 @@ def chaos_catalog() -> dict[str, Any]:
             for rate in version["rates"]:
                 # Every rate: supervision is sized by the longest validity time of the plan.
                 rate["validity_time_s"] = VALIDITY_S
-    return doc
+    return tariff.with_tariff_changes(doc, VALIDITY_S)
 
 
 def bundle_prices(doc: dict[str, Any]) -> dict[str, int]:
@@ -316,6 +326,7 @@ async def _run(
 ) -> Report:
     rnd = random.Random(config.seed)
     doc = chaos_catalog()
+    catalog = catalog_from_doc(doc)
     async with grpc.aio.insecure_channel(system.address) as channel:
         admin = admin_pb2_grpc.AdminStub(channel)
         stubs = Stubs(channel)
@@ -339,11 +350,17 @@ async def _run(
 
         lines = await postpaid.open_lines(channel, config.seed, config.postpaid_lines)
 
+        if clock is not None:
+            # A tariff change a moment after the load starts (a jump forward of under a minute).
+            now = clock.now_s()
+            change = catalog.plans[tariff.PLAN].next_change(now + CHANGE_LEAD_S, 120)
+            if change is not None:
+                clock.jump(change - CHANGE_LEAD_S - now)
+        server_time = time.time if clock is None else clock.time
         t0 = time.monotonic()
         until = t0 + config.duration_s
-        clients = [Client(n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
-        server_now_s = time.time if clock is None else clock.now_s
-        billing = postpaid.Postpaid(config.seed, channel, history, lines, t0, server_now_s)
+        clients = [Client(n, config.seed, stubs, history, subscribers, t0, server_time) for n in range(config.clients)]
+        billing = postpaid.Postpaid(config.seed, channel, history, lines, t0, server_time)
         await asyncio.gather(
             inject(system, proxy, history, config, rnd, until, t0, clock),
             *(c.run(until, config.max_ops_per_client) for c in clients),
@@ -401,7 +418,7 @@ async def _run(
         postpaid_records = await asyncio.to_thread(postpaid_book.read, system.database_url, lines)
         receivable = await postpaid_book.receivables(billing.billing, lines)
 
-    report = Report(config, history, server_starts=system.starts, ledger=billing.ledger)
+    report = Report(config, history, server_starts=system.starts, ledger=billing.ledger, crossing=tariff.tally(history))
     if lines:
         report.invoices = len(postpaid_records.invoices)
         report.checks_run += ["invoice_numbers", "one_invoice_per_period", "usage_invoiced"]
@@ -431,11 +448,12 @@ async def _run(
         ]
 
     report.checks_run += ["conservation", "answered_once", "nothing_lost", "released", "buckets", "resolved"]
-    report.checks_run += ["records_explain_balances", "records_match", "bucket_units"]
+    report.checks_run += ["records_explain_balances", "records_match", "bucket_units", "tariff_priced"]
     if not relayed:
         report.violations.append(checks.Violation("records_match", "-", "the relay did not empty the record outboxes"))
     report.violations += records.explain_balances(history, initial, after, book)
     report.violations += records.every_movement_recorded(history, book)
+    report.violations += tariff.priced(history, catalog, book.sessions, Usage(NATIONAL))
     report.violations += records.buckets_conserved(history, after, book, bundle_units(doc), expired)
     if crm_lines:
         report.checks_run.append("line_orders")
@@ -468,7 +486,7 @@ async def _run(
         for op in unrestored
     ]
     if system.redis is not None and config.machine_death:
-        await machine_death_phase(config, system, system.redis, history, subscribers, initial, doc, report)
+        await machine_death_phase(config, system, system.redis, history, subscribers, initial, doc, report, clock)
     return report
 
 
@@ -481,11 +499,15 @@ async def machine_death_phase(
     initial: dict[str, int],
     doc: dict[str, Any],
     report: Report,
+    clock: FakeClock | None = None,
 ) -> None:
     async with grpc.aio.insecure_channel(system.address) as channel:
         stubs = Stubs(channel)
         t0 = time.monotonic()
-        burst = [Client(100 + n, config.seed, stubs, history, subscribers, t0) for n in range(config.clients)]
+        server_time = time.time if clock is None else clock.time
+        burst = [
+            Client(100 + n, config.seed, stubs, history, subscribers, t0, server_time) for n in range(config.clients)
+        ]
         await asyncio.gather(*(c.run(t0 + config.burst_s, config.max_ops_per_client) for c in burst))
         cut = await asyncio.to_thread(machine_death.die, system, external)
         history.faults.append(Fault(time.monotonic() - t0, "machine_death", f"AOF cut at {cut.cut_s}"))

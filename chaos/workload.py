@@ -6,8 +6,10 @@ Event accounts see top-ups (some keys sent again, some twice at once), SMS debit
 twice at once under one event id), refunds presenting a debit's refund information, and
 bundle purchases; session accounts see voice sessions (INITIAL, UPDATEs within and beyond
 the grant, TERMINATE; some steps sent twice, some sessions abandoned to supervision) and
-top-ups. A step whose outcome is unknown is sent again, as a network element would with
-the T flag, a few times; a session that still gets no answer is abandoned.
+top-ups. A grant that announces a tariff change makes the next report split its usage
+around it (``chaos/tariff.py``), sent once the change has passed. A step whose outcome is
+unknown is sent again, as a network element would with the T flag, a few times; a
+session that still gets no answer is abandoned.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from chaos import tariff
 from chaos.history import Answer, History, Kind, Operation
 from charging.v1 import (
     admin_pb2,
@@ -45,6 +49,8 @@ REFUSED = frozenset(
     }
 )
 CALL_TIMEOUT_S = 2.0
+# How long after a tariff change a report of units used after it is sent at the earliest.
+CHANGE_MARGIN_S = 0.05
 NATIONAL = "491711234567"
 BUNDLES = ("sms-100", "voice-100")
 
@@ -121,11 +127,13 @@ def session_message(request: dict[str, Any]) -> charging_pb2.SessionRequest:
         subscriber=who(request["msisdn"]),
         called_party=NATIONAL,
     )
-    group = req.rating_groups.add(rating_group=10)
+    group = req.rating_groups.add(rating_group=tariff.RATING_GROUP)
     if request["type"] != charging_pb2.REQUEST_TYPE_TERMINATE:
         group.requested.SetInParent()
     if request["type"] != charging_pb2.REQUEST_TYPE_INITIAL:
         group.used.time_s = request["used_s"]
+    if request.get("used_after_s"):
+        group.used_after_tariff_change.time_s = request["used_after_s"]
     return req
 
 
@@ -155,8 +163,13 @@ async def send(stubs: Stubs, kind: Kind, request: dict[str, Any], timeout_s: flo
             refund_information=e.refund_information.hex(),
         )
     s = await stubs.charging.ChargeSession(message, timeout=timeout_s)
-    granted = sum(g.granted.time_s for g in s.rating_groups)
-    return Answer(s.result_code, units=granted, refund_information=s.refund_information.hex())
+    return Answer(
+        s.result_code,
+        cost_micros=sum(g.cost_micros for g in s.rating_groups),
+        units=sum(g.granted.time_s for g in s.rating_groups),
+        refund_information=s.refund_information.hex(),
+        tariff_change_time=max((g.tariff_change_time for g in s.rating_groups), default=0),
+    )
 
 
 async def attempt(stubs: Stubs, op: Operation, timeout_s: float = CALL_TIMEOUT_S) -> Operation:
@@ -170,11 +183,30 @@ async def attempt(stubs: Stubs, op: Operation, timeout_s: float = CALL_TIMEOUT_S
     return op
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What a session step's answer gave: units, and the tariff change within them."""
+
+    units: int
+    change_s: int  # 0: none
+    server_s: float  # the server's clock when the answer came
+
+
 class Client:
     def __init__(
-        self, number: int, seed: int, stubs: Stubs, history: History, subscribers: list[Subscriber], t0: float
+        self,
+        number: int,
+        seed: int,
+        stubs: Stubs,
+        history: History,
+        subscribers: list[Subscriber],
+        t0: float,
+        server_time: Callable[[], float] = time.time,
     ) -> None:
         self.number = number
+        # The server's wall clock (the chaos clock's when it jumps), in fractional seconds:
+        # a gateway in time with the server tells from it when a tariff change has passed.
+        self.server_time = server_time
         self.rnd = random.Random(f"{seed}/{number}")
         self.stubs = stubs
         self.history = history
@@ -296,25 +328,40 @@ class Client:
 
     async def session(self, sub: Subscriber, step: int) -> None:
         session_id = f"c{self.number}-s{step}"
-        granted = await self._step(sub, session_id, charging_pb2.REQUEST_TYPE_INITIAL, 0, 0)
-        if granted is None:
+        grant = await self._step(sub, session_id, charging_pb2.REQUEST_TYPE_INITIAL, 0, 0, None)
+        if grant is None:
             return
         number = 1
         for _ in range(self.rnd.randint(0, 3)):
+            granted = grant.units
             used = self.rnd.choice([0, 1, 59, 61, granted, granted + self.rnd.randint(1, 30)])
-            granted = await self._step(sub, session_id, charging_pb2.REQUEST_TYPE_UPDATE, number, used)
+            grant = await self._step(sub, session_id, charging_pb2.REQUEST_TYPE_UPDATE, number, used, grant)
             number += 1
-            if granted is None:
+            if grant is None:
                 return
         if self.rnd.random() < 0.15:
             return  # abandoned: supervision releases what it holds
-        used = self.rnd.choice([0, 30, granted])
-        await self._step(sub, session_id, charging_pb2.REQUEST_TYPE_TERMINATE, number, used)
+        used = self.rnd.choice([0, 30, grant.units])
+        await self._step(sub, session_id, charging_pb2.REQUEST_TYPE_TERMINATE, number, used, grant)
 
-    async def _step(self, sub: Subscriber, session_id: str, kind: int, number: int, used: int) -> int | None:
+    async def _step(
+        self, sub: Subscriber, session_id: str, kind: int, number: int, used: int, grant: Grant | None
+    ) -> Grant | None:
         """One session step, sent again (up to three times) while its outcome is unknown;
-        the units granted, or None when the session cannot go on."""
-        request = {"session_id": session_id, "type": kind, "number": number, "used_s": used}
+        what it granted, or None when the session cannot go on. A report on a ``grant``
+        that announced a tariff change splits ``used`` around it and, with units after
+        it, is sent once the change has passed: by the gateway's clock, in time with the
+        server's when the grant came."""
+        request: dict[str, Any] = {"session_id": session_id, "type": kind, "number": number, "used_s": used}
+        if grant is not None:
+            # Drawn whether or not a change was announced: a seed's draws do not depend on
+            # the moment a step happened to be answered.
+            draw = self.rnd.random()
+            if grant.change_s:
+                before, after = tariff.split(used, draw)
+                if after:
+                    request.update(used_s=before, used_after_s=after)
+                    await asyncio.sleep(max(0.0, grant.change_s - grant.server_s) + CHANGE_MARGIN_S)
         identity = f"{session_id}:{number}"
         for attempt_number in range(3):
             op = self._op("session", sub, identity, dict(request))
@@ -323,7 +370,9 @@ class Client:
             else:
                 await attempt(self.stubs, op)
             if op.outcome == "ok" and op.answer is not None:
-                return op.answer.units if op.answer.code == 2001 else None
+                if op.answer.code != 2001:
+                    return None
+                return Grant(op.answer.units, op.answer.tariff_change_time, self.server_time())
             if op.outcome == "refused":
                 return None
         return None

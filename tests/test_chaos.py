@@ -13,10 +13,21 @@ from pathlib import Path
 import grpc
 import pytest
 
-from chaos import checks
+from chaos import checks, records, tariff
 from chaos.history import Answer, History, Kind, Operation
-from chaos.run import CLOCK_FAULTS, CLUSTER_FAULTS, FAULTS, NETWORK_FAULTS, Config, repeat_acknowledged, run
-from chaos.workload import Stubs
+from chaos.run import (
+    CLOCK_FAULTS,
+    CLUSTER_FAULTS,
+    FAULTS,
+    NETWORK_FAULTS,
+    Config,
+    chaos_catalog,
+    repeat_acknowledged,
+    run,
+)
+from chaos.workload import NATIONAL, Stubs
+from charging.catalog import Usage
+from charging.catalog_doc import catalog_from_doc
 from tests.conftest import PostgresServer
 
 PRICES = {"sms-100": 2_000_000}
@@ -96,6 +107,102 @@ def test_reservations_and_buckets() -> None:
     assert checks.buckets_in_bounds(state(5, buckets=(checks.Bucket("b", 10, 11),)))
 
 
+@pytest.mark.parametrize(
+    ("used", "draw", "split"),
+    [
+        (0, 0.9, (0, 0)),
+        (1, 0.0, (1, 0)),
+        (1, 0.5, (0, 1)),
+        (60, 0.0, (60, 0)),
+        (60, 0.5, (30, 30)),
+        (60, 0.999, (0, 60)),
+    ],
+)
+def test_a_report_splits_its_usage_around_the_change(used: int, draw: float, split: tuple[int, int]) -> None:
+    assert tariff.split(used, draw) == split
+
+
+CATALOG = catalog_from_doc(chaos_catalog())
+NOON = 1_796_126_400  # 2026-12-01T12:00:00Z, a change from off-peak to peak at 12:01
+
+
+def test_the_chaos_catalog_changes_tariff_every_minute() -> None:
+    usage = Usage(NATIONAL)
+    for plan_id in ("default", "mobile-prepaid", "mobile-postpaid"):
+        plan = CATALOG.plans[plan_id]
+        changes = [plan.next_change(NOON + 60 * n + 1, 60) for n in range(4)]
+        assert changes == [NOON + 60 * (n + 1) for n in range(4)], plan_id
+        before, after = (CATALOG.rate(plan, 10, usage, t) for t in (NOON + 59, NOON + 60))
+        assert before is not None and after is not None and before != after, plan_id
+
+
+def session_step(seq: int, number: int, answer: Answer, used: int = 0, after: int = 0) -> Operation:
+    request = {"session_id": "c0-s1", "number": number, "used_s": used, "used_after_s": after}
+    return op(seq, "session", f"c0-s1:{number}", answer, request)
+
+
+def record(step: Operation, money: int, band: str = "peak") -> dict[str, tariff.SessionRecord]:
+    units = int(step.request["used_s"]) + int(step.request["used_after_s"])
+    return {tariff.record_id(step): tariff.SessionRecord("default", band, NOON + 61, units, money, False)}
+
+
+# Off-peak 60/60 at 0.10 EUR, peak 30 s at 0.09 EUR then 0.0025 EUR a second: 20 s before
+# the change cost a started minute off-peak (100,000), 40 s after it take the session from
+# 20 s to 60 s at peak prices (30 s more past the first increment: 75,000).
+SPLIT_COST = 175_000
+
+
+@pytest.mark.parametrize(
+    ("code", "cost", "violated"),
+    [
+        (2001, SPLIT_COST, False),
+        (2001, 100_000, True),  # all of it at the rate before the change
+        (2001, 165_000, True),  # all of it at the rate after it
+        (2001, 90_000, True),  # the two rates swapped
+        (4012, 100_000, False),  # the money ran out: less may be billed
+        (4012, SPLIT_COST + 1, True),
+    ],
+)
+def test_a_split_report_costs_what_the_reference_says(code: int, cost: int, violated: bool) -> None:
+    initial = session_step(0, 0, Answer(2001, units=300, tariff_change_time=NOON + 60))
+    update = session_step(1, 1, Answer(code, cost_micros=cost), used=20, after=40)
+    found = tariff.priced(history(initial, update), CATALOG, record(update, cost), Usage(NATIONAL))
+    assert bool(found) is violated, found
+    assert all(f.check == "tariff_priced" for f in found)
+
+
+def test_a_report_after_no_change_costs_the_rate_of_its_band_on_the_session_so_far() -> None:
+    initial = session_step(0, 0, Answer(2001, units=300))
+    first = session_step(1, 1, Answer(2001, units=300, cost_micros=90_000), used=20)
+    second = session_step(2, 2, Answer(2001, cost_micros=25_000), used=20)  # 20 s to 40 s at peak
+    books = record(first, 90_000) | record(second, 25_000)
+    assert tariff.priced(history(initial, first, second), CATALOG, books, Usage(NATIONAL)) == []
+    # Rated off-peak, 20 s to 40 s would be within the minute already started: nothing more.
+    books = record(first, 90_000) | record(second, 25_000, band="offpeak")
+    [found] = tariff.priced(history(initial, first, second), CATALOG, books, Usage(NATIONAL))
+    assert found.operations == (2,)
+    counted = tariff.tally(history(initial, first, second))
+    assert (counted.announced, counted.split_sent, counted.split_charged) == (0, 0, 0)
+
+
+def test_a_session_step_has_its_usage_record_with_the_money_it_answered() -> None:
+    initial = session_step(0, 0, Answer(2001, units=300, tariff_change_time=NOON + 60))
+    update = session_step(1, 1, Answer(2001, cost_micros=SPLIT_COST), used=20, after=40)
+    steps = history(initial, update)
+    book = records.Records({}, {tariff.record_id(update): SPLIT_COST}, set(), {}, record(update, SPLIT_COST))
+    assert records.every_movement_recorded(steps, book) == []
+    short = records.Records({}, {tariff.record_id(update): SPLIT_COST}, set(), {}, record(update, SPLIT_COST - 1))
+    [found] = records.every_movement_recorded(steps, short)
+    assert found.check == "records_match" and "usage record" in found.detail
+    [found] = records.every_movement_recorded(steps, records.Records({}, {}, set(), {}, {}))
+    assert "no usage record" in found.detail
+    stray = {tariff.record_id(update): SPLIT_COST, "1:s:c9-s9:1:10": 5}
+    [found] = records.every_movement_recorded(steps, records.Records({}, stray, set(), {}, record(update, SPLIT_COST)))
+    assert found.detail == "1:s:c9-s9:1:10: a record of no request"
+    counted = tariff.tally(steps)
+    assert (counted.announced, counted.split_sent, counted.split_charged) == (1, 1, 1)
+
+
 async def test_a_repeat_that_gets_no_answer_is_reported_not_skipped() -> None:
     """The repeat pass's budget running out (a long run) must show as unanswered repeats:
     it once skipped the rest of the pass, and the last bill run after it, without a word."""
@@ -151,6 +258,8 @@ async def test_a_fixed_seed_run_with_faults_passes_every_check(postgres_server: 
     assert {o.kind for o in report.ledger.operations} >= {"bill_run"}
     assert {"buckets_expired", "line_orders"} <= set(report.checks_run)
     assert any(o.request.get("crm_order") for o in report.history.operations)  # orders through the CRM
+    # The load starts just before a tariff change: reports split around it, each priced.
+    assert "tariff_priced" in report.checks_run and report.crossing.split_charged >= 1, report.crossing
 
 
 @pytest.mark.timeout(180)  # a cluster of six nodes, eight seconds of load, the checks: bounded
