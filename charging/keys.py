@@ -15,7 +15,8 @@ Per account (PREFIX as above):
   PREFIX                 hash: balance, reserved, plan, status, msisdn, imsi, currency
   PREFIX:sx              zset: open session id -> supervision deadline (ms)
   PREFIX:s:SESSION       hash: per rating group u<rg> reserved units, m<rg> reserved money,
-                         c<rg> cumulative used units, n<rg> request number of the reservation;
+                         c<rg> cumulative used units, n<rg> request number of the reservation,
+                         t<rg> tariff change time its grant announced (0: none);
                          dl deadline, cv catalog version the session is rated with
   PREFIX:r:N:SESSION     string: answer to request number N of SESSION (retransmissions)
   PREFIX:e:EVENT         string: answer to a debit/refund event (idempotency); a debit's

@@ -37,13 +37,14 @@ from charging.script_args import (
 )
 from charging.store import storage_errors
 
-ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "PLAN", "CATALOG", "LIMIT", "POSTPAID"]
+ReplyKind = Literal["DONE", "REPLAY", "CONFLICT", "UNKNOWN", "PLAN", "CATALOG", "TARIFF", "LIMIT", "POSTPAID"]
 
 
 @dataclass(frozen=True)
 class Reply:
     """What a ledger script answered. ``body`` is the stored answer of DONE/REPLAY,
-    or the plan id for PLAN, or the catalog version for CATALOG."""
+    or the plan id for PLAN, or the catalog version for CATALOG, or the announced tariff
+    changes for TARIFF (``session.lua``)."""
 
     kind: ReplyKind
     body: str = ""

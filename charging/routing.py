@@ -5,7 +5,9 @@ The account behind an identity and the account's plan come from the in-process c
 ledger script checks what it was given and answers, having changed nothing, UNKNOWN
 (the identity is not on that account), PLAN (the account has another plan) or CATALOG
 (the session is rated with another catalog version); ``route`` then corrects its view
-and tries again.
+and tries again. A session script also answers TARIFF (a split report was rated around
+another tariff change than the session announced): the attempt has seen the announced
+changes in that reply (``sessions.py``) and ``route`` tries again.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ async def route(
             if pinned is None:
                 return unknown_plan
             catalog = pinned
+            continue
+        if result.kind == "TARIFF":
             continue
         if result.kind == "UNKNOWN":
             directory.forget(identity)

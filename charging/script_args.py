@@ -28,7 +28,7 @@ class ScriptArgs(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RatingGroupArgs:
-    """One rating group of a session request (16 values)."""
+    """One rating group of a session request (17 values)."""
 
     rating_group: int
     # A result code decided in Python (5031, 4011, 5004), or 0: rate it.
@@ -47,6 +47,9 @@ class RatingGroupArgs:
     zone: str
     band: str
     roaming: bool
+    # The tariff change that rate_before and rate_after are the rates around (s, 0: none
+    # found): session.lua refuses a split at another one than the session announced.
+    split_at_s: int = 0
 
     @classmethod
     def unrated(cls, rating_group: int, code: int, final: bool) -> RatingGroupArgs:
@@ -81,6 +84,7 @@ class RatingGroupArgs:
             self.zone,
             self.band,
             "R" if self.roaming else "",
+            self.split_at_s,
         )
 
 

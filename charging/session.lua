@@ -33,7 +33,7 @@
 --   visited_network     MCC+MNC of the serving network ('' unknown), for the usage records
 --   records             1: append a usage record per rating group with usage to KEYS[10]
 --   groups              the number n of rating groups, then n times RatingGroupArgs:
--- ARGV RatingGroupArgs, 16 values per rating group:
+-- ARGV RatingGroupArgs, 17 values per rating group:
 --   rating_group
 --   preset_code         a result code decided by the caller, 0: rate it
 --   want                units wanted (0: no new grant)
@@ -50,6 +50,8 @@
 --   zone
 --   band
 --   roaming             'R' or ''
+--   split_at_s          the tariff change rate_before and rate_after are the rates around
+--                       (s, 0: the caller found none)
 --
 -- A postpaid account (with 'bp') records each rating group's usage and cost in its bill
 -- period (ledger_lib.lua record_usage) and is watched against its credit limit.
@@ -78,6 +80,10 @@
 --   {'UNKNOWN'}               no such account, or the identity is not on it
 --   {'PLAN', plan_id}         the account's plan differs from plan_id: re-rate and retry
 --   {'CATALOG', version}      the session is rated with another catalog version: re-rate
+--   {'TARIFF', "<rating group>:<change s> ..."}
+--                             a split report's split_at_s is not the tariff change the session
+--                             announced with that rating group's grant: nothing changed; price
+--                             the split around the change named and retry
 -- body = "<command result code> <plan id>" then per rating group
 --        " <result code>,<granted units>,<cost micros>,<validity s>,<final unit 0|1>,<tariff change s>"
 
@@ -102,12 +108,12 @@ local records = ARGV[18] == '1'
 
 -- Rating group i (1-based) of the request, by the names of RatingGroupArgs.
 local function group(i)
-  local j = 16 * i + 4
+  local j = 17 * i + 3
   return {rating_group = ARGV[j], preset_code = tonumber(ARGV[j + 1]), want = tonumber(ARGV[j + 2]),
           final = ARGV[j + 3] == '1', validity_s = tonumber(ARGV[j + 4]), tariff_change_s = ARGV[j + 5],
           used_before = tonumber(ARGV[j + 6]), rate_before = ARGV[j + 7], used_after = tonumber(ARGV[j + 8]),
           rate_after = ARGV[j + 9], sizing_rate = ARGV[j + 10], unit = ARGV[j + 11], service = ARGV[j + 12],
-          zone = ARGV[j + 13], band = ARGV[j + 14], roaming = ARGV[j + 15]}
+          zone = ARGV[j + 13], band = ARGV[j + 14], roaming = ARGV[j + 15], split_at_s = ARGV[j + 16]}
 end
 local groups = {}
 for i = 1, tonumber(ARGV[19]) do groups[i] = group(i) end
@@ -186,6 +192,24 @@ if exists then
 else
   s['cv'] = catalog_version
 end
+
+-- A report split around a tariff change is priced at the change the session announced
+-- with the grant (t<rg>), not at the one the caller's clock finds now: that clock may
+-- have jumped since, or the report come late, past another change or past every one.
+-- When they differ nothing changes here and the caller prices the split again around the
+-- announced change. No announcement stored ('0' or none: a grant that announced none, or
+-- one made before t<rg> was kept) leaves the split as the caller made it. Only the newest
+-- request is held to it: an older one reported on an earlier grant.
+local announced = {}
+for _, g in ipairs(groups) do
+  local rg = g.rating_group
+  local t = s['t' .. rg]
+  if g.preset_code == 0 and g.used_after > 0 and t and t ~= '0' and t ~= g.split_at_s
+      and request_number > tonumber(s['n' .. rg] or '-1') then
+    announced[#announced + 1] = rg .. ':' .. t
+  end
+end
+if #announced > 0 then return {'TARIFF', table.concat(announced, ' ')} end
 
 local buckets = load_buckets(home, pool, acct[7])
 local refunds = {}
@@ -306,7 +330,10 @@ for _, g in ipairs(groups) do
         end
       end
     end
-    if newest then s['n' .. rg] = fmt(request_number) end
+    if newest then
+      s['n' .. rg] = fmt(request_number)
+      s['t' .. rg] = tct_out
+    end
     s['u' .. rg] = fmt(r_units)
     s['m' .. rg] = fmt(r_money)
     s['c' .. rg] = fmt(cum)

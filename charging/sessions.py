@@ -189,6 +189,27 @@ def previous_change(plan: Plan, at_s: int, lookback_s: int) -> int | None:
     return last
 
 
+def split_change(plan: Plan, now_s: int, validity_s: int, announced: int | None = None) -> int | None:
+    """The tariff change a report's usage is split at: the change the session announced
+    with its grant (``announced``, as session.lua named it), else the last change before
+    now within twice the validity time.
+
+    The second is a guess from the clock at report time, right unless the clock moved
+    across another change since the grant or the report came late: session.lua holds it
+    to the announcement it stored and refuses (TARIFF) a guess that differs, naming the
+    announced change (``announced_changes``). A grant that announced none keeps the guess.
+    """
+    if announced is not None:
+        return announced
+    return previous_change(plan, now_s, 2 * validity_s)
+
+
+def announced_changes(body: str) -> dict[int, int]:
+    """The tariff changes a TARIFF refusal of session.lua names, by rating group."""
+    pairs = (item.split(":") for item in body.split(" ") if item)
+    return {int(rg): int(at_s) for rg, at_s in pairs}
+
+
 def rating_args(
     catalog: Catalog,
     plan: Plan,
@@ -196,6 +217,7 @@ def rating_args(
     usage: Usage,
     now_s: int,
     limits: UsageLimits = UsageLimits(),
+    announced: Mapping[int, int] | None = None,
 ) -> tuple[tuple[RatingGroupArgs, ...], str, dict[int, Rate]]:
     """Script arguments for each rating group, the first malformed field if any, and the
     rate of each rating group now.
@@ -205,7 +227,9 @@ def rating_args(
     decided here, recorded by the script in the answer. A grant is at most the ceiling.
     When the tariff changes within the grant's validity, the grant is sized at the
     dearer of the two rates and the change time goes to the client; units it reports as
-    used after a change are priced at the rate after it.
+    used after a change are priced at the rate in force at it, the rest at the rate just
+    before it. The change is the one the session announced where ``announced`` names it
+    (rating group -> change s), else ``split_change``'s guess.
     """
     args: list[RatingGroupArgs] = []
     failed = ""
@@ -214,7 +238,8 @@ def rating_args(
         where = catalog.where(plan, g.rating_group, usage, now_s, g.service_identifier)
         rate = catalog.rate(plan, g.rating_group, usage, now_s, where)
         preset, want, used, used_after, change = 0, 0, 0, 0, 0
-        before = sizing = rate
+        before = after = sizing = rate
+        split = None
         if rate is None:
             preset = ResultCode.RATING_FAILED
         else:
@@ -236,14 +261,13 @@ def rating_args(
                 preset, want, used, used_after = ResultCode.INVALID_AVP_VALUE, 0, 0, 0
                 failed = failed or exc.field
             if used_after:
-                last = previous_change(plan, now_s, 2 * rate.validity_time_s)
-                if last is not None:
-                    before = catalog.rate(plan, g.rating_group, usage, last - 1, _moved(where, plan, last - 1)) or rate
+                split = split_change(plan, now_s, rate.validity_time_s, (announced or {}).get(g.rating_group))
+                if split is not None:
+                    before = _rate_at(catalog, plan, g.rating_group, usage, where, split - 1) or rate
+                    after = _rate_at(catalog, plan, g.rating_group, usage, where, split) or rate
             if want:
                 change = plan.next_change(now_s, rate.validity_time_s) or 0
-                later = (
-                    catalog.rate(plan, g.rating_group, usage, change, _moved(where, plan, change)) if change else None
-                )
+                later = _rate_at(catalog, plan, g.rating_group, usage, where, change) if change else None
                 if later is not None and session_cost(later, want) > session_cost(rate, want):
                     sizing = later
         if rate is not None and preset == ResultCode.CREDIT_CONTROL_NOT_APPLICABLE:
@@ -252,7 +276,7 @@ def rating_args(
         elif rate is None or preset:
             args.append(RatingGroupArgs.unrated(g.rating_group, int(preset), g.final))
         else:
-            assert before is not None and sizing is not None
+            assert before is not None and after is not None and sizing is not None
             service, zone, band, roaming = where
             args.append(
                 RatingGroupArgs(
@@ -265,22 +289,25 @@ def rating_args(
                     used_before=used,
                     rate_before=before.packed,
                     used_after=used_after,
-                    rate_after=rate.packed,
+                    rate_after=after.packed,
                     sizing_rate=sizing.packed,
                     unit=int(rate.unit),
                     service=service,
                     zone=zone,
                     band=band,
                     roaming=roaming,
+                    split_at_s=split or 0,
                 )
             )
     return tuple(args), failed, rates
 
 
-def _moved(where: tuple[str, str, str, bool], plan: Plan, at_s: int) -> tuple[str, str, str, bool]:
-    """The same usage at another instant: only the band can differ."""
+def _rate_at(
+    catalog: Catalog, plan: Plan, rating_group: int, usage: Usage, where: tuple[str, str, str, bool], at_s: int
+) -> Rate | None:
+    """The rate of the same usage at another instant: only the band can differ."""
     service, zone, _band, roaming = where
-    return service, zone, plan.band_at(at_s), roaming
+    return catalog.rate(plan, rating_group, usage, at_s, (service, zone, plan.band_at(at_s), roaming))
 
 
 def _count(units: Units, rate: Rate, index: int, name: str) -> int:
@@ -372,6 +399,8 @@ class SessionCharging:
         failed = ""
         rates: dict[int, Rate] = {}
         debits = False
+        # Tariff changes the session announced, by rating group, once a TARIFF refusal named them.
+        announced: dict[int, int] = {}
 
         async def attempt(target: Target) -> Reply:
             nonlocal failed, rates, debits
@@ -379,11 +408,15 @@ class SessionCharging:
             groups: tuple[RatingGroupArgs, ...] = ()
             if target.plan is not None:
                 groups, failed, rates = rating_args(
-                    target.catalog, target.plan, req.rating_groups, req.usage, now // 1000, self.limits
+                    target.catalog, target.plan, req.rating_groups, req.usage, now // 1000, self.limits, announced
                 )
             # The script writes a refund record for exactly these rating groups.
             debits = any(not g.preset_code and g.used_before + g.used_after > 0 for g in groups)
-            return await self._run(target, req, groups, now)
+            reply = await self._run(target, req, groups, now)
+            if reply.kind == "TARIFF":
+                # route tries again, with each split around the change its grant announced.
+                announced.update(announced_changes(reply.body))
+            return reply
 
         routed = await route(
             self.ctx.directory,

@@ -115,6 +115,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 CLUSTER_MODULES = frozenset(
     {
         "test_sessions",
+        "test_tariff_changes",
         "test_events",
         "test_topups",
         "test_buckets",

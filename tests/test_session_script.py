@@ -250,3 +250,25 @@ def test_usage_split_at_a_tariff_change_draws_on_buckets_as_the_consumption_refe
     assert stored == {i: b for i, b in expected.pot.items() if not b.dropped_at(1)}
     acct = r.hgetall(keys.account("w"))
     assert (int(acct["balance"]), int(acct["reserved"])) == (balance - expected.cost, expected.state.reservation.money)
+
+
+def test_a_split_around_another_change_than_announced_is_refused_and_changes_nothing(r: redis.Redis) -> None:
+    # The grant of request 0 announced a tariff change at 100 s (t7).
+    session = {"u7": 60, "m7": 5_000, "c7": 0, "k7": 0, "t7": 100}
+    split = RatingGroupArgs(
+        7, 0, 60, False, 60, 0, 30, FIRST_MINUTE.packed, 20, PER_SECOND.packed, PER_SECOND.packed, 1, "voice", "",
+        "", False, split_at_s=40,
+    )  # fmt: skip
+    assert update(r, "x", 10**6, 5_000, session, split) == ["TARIFF", "7:100"]
+    assert r.hgetall(keys.account("x"))["balance"] == str(10**6)
+    assert r.hgetall(keys.session("x", "s")) == {
+        k: str(v) for k, v in {**session, "n7": 0, "dl": 0, "cv": "c1"}.items()
+    }
+    assert not r.exists(keys.answer("x", "s", 1))
+    # Split around the announced change: charged, and the new grant's announcement (none) kept.
+    reply = update(r, "x", 10**6, 5_000, session, replace(split, split_at_s=100))
+    assert reply[0] == "DONE"
+    assert int(reply[1].split(" ")[2].split(",")[2]) == incremental_cost(FIRST_MINUTE, 0, 30) + incremental_cost(
+        PER_SECOND, 30, 20
+    )
+    assert r.hget(keys.session("x", "s"), "t7") == "0"
