@@ -77,6 +77,7 @@ struct Options {
   std::vector<std::string> upstreams;
   std::vector<std::pair<std::string, int>> server_args;  // --arg NAME=INT: the workers' gRPC server options
   int max_in_flight = 64;                                // requests at a worker at once
+  bool hold = true;                                      // --hold 0: write each request at once
   int max_stream_age_s = 30;
   int grace_s = 10;
   int ready_fd = -1;
@@ -248,8 +249,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
  public:
   // The stream keeps itself until its OnDone; whoever holds it may still Submit (false).
   static std::shared_ptr<BatchStream> Open(grpc::GenericStub* stub, const Metadata& md, std::atomic<int>* in_flight,
-                                           int limit, std::function<void(BatchStream*)> on_done) {
-    std::shared_ptr<BatchStream> s(new BatchStream(in_flight, limit, std::move(on_done)));
+                                           int limit, bool hold, std::function<void(BatchStream*)> on_done) {
+    std::shared_ptr<BatchStream> s(new BatchStream(in_flight, limit, hold, std::move(on_done)));
     s->self_ = s;
     for (const auto& [k, v] : md) s->ctx_.AddMetadata(k, v);
     stub->PrepareBidiStreamingCall(&s->ctx_, kBatches, grpc::StubOptions(), s.get());
@@ -278,12 +279,15 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       one.push_back(0x08);
       put_varint(one, id);
       put_message(one, field, request);
-      if (queued_.empty() || queued_.back().size() + one.size() > kBatchBytes) queued_.emplace_back();
+      if (queued_.empty() || queued_.back().size() + one.size() > kBatchBytes) {
+        queued_.emplace_back();
+        queued_items_.push_back(0);
+      }
       put_message(queued_.back(), 1, one);
-      if (writing_) return kTaken;
-      writing_ = true;
-      batch.swap(queued_.front());
-      queued_.pop_front();
+      ++queued_items_.back();
+      ++unsent_;
+      if (!Ready()) return kTaken;
+      batch = Take();
     }
     Write(std::move(batch));
     return kTaken;
@@ -298,13 +302,20 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   // worker ends the stream after its last answer.
   void Retire() {
     bool close = false;
+    std::string batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (retiring_ || ended_) return;
       retiring_ = true;
-      close = !writing_;
-      if (close) writing_ = true;  // nothing more may be written
+      if (writing_) return;  // OnWriteDone goes on
+      if (!queued_.empty()) {
+        batch = Take();  // what was held goes now, then the stream closes
+      } else {
+        close = true;
+        writing_ = true;  // nothing more may be written
+      }
     }
+    if (!batch.empty()) Write(std::move(batch));
     if (close) Close();
   }
 
@@ -313,13 +324,12 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     bool close = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (ok && !queued_.empty()) {
-        batch.swap(queued_.front());
-        queued_.pop_front();
-      } else if (retiring_ || !ok) {
+      writing_ = false;
+      if (!ok || (retiring_ && queued_.empty())) {
         close = true;
-      } else {
-        writing_ = false;
+        writing_ = true;  // nothing more may be written
+      } else if ((retiring_ && !queued_.empty()) || Ready()) {
+        batch = Take();
       }
     }
     if (!batch.empty()) {
@@ -342,6 +352,12 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       if (f.number != 1 || f.wire != 2) continue;
       Deliver(f.bytes);
     }
+    std::string batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (Ready()) batch = Take();  // requests held while the worker was answering
+    }
+    if (!batch.empty()) Write(std::move(batch));
     StartRead(&in_);
   }
 
@@ -365,8 +381,26 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   }
 
  private:
-  BatchStream(std::atomic<int>* in_flight, int limit, std::function<void(BatchStream*)> on_done)
-      : born_(Clock::now()), in_flight_(in_flight), limit_(limit), on_done_(std::move(on_done)) {}
+  BatchStream(std::atomic<int>* in_flight, int limit, bool hold, std::function<void(BatchStream*)> on_done)
+      : born_(Clock::now()), in_flight_(in_flight), limit_(limit), hold_(hold), on_done_(std::move(on_done)) {}
+
+  // Whether to write the next queued message now (under mu_): not while a write is in
+  // flight; with hold_, not while requests sent earlier are unanswered either, unless a
+  // full message is waiting (Nagle's rule: the worker's next reply sends what came
+  // meanwhile as one message, whose per-message cost its requests share).
+  bool Ready() const {
+    if (writing_ || queued_.empty() || retiring_ || ended_) return false;
+    return !hold_ || pending_.size() == unsent_ || queued_.size() > 1;
+  }
+  std::string Take() {  // under mu_
+    std::string batch;
+    batch.swap(queued_.front());
+    queued_.pop_front();
+    unsent_ -= queued_items_.front();
+    queued_items_.pop_front();
+    writing_ = true;
+    return batch;
+  }
   void Write(std::string batch) {
     out_ = buffer_of(batch);
     StartWrite(&out_);
@@ -421,12 +455,15 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   const Clock::time_point born_;
   std::atomic<int>* const in_flight_;  // the worker's, shared by the door's streams to it
   const int limit_;
+  const bool hold_;
   std::function<void(BatchStream*)> on_done_;
   std::shared_ptr<BatchStream> self_;
   grpc::ClientContext ctx_;
   ByteBuffer in_, out_;
   std::mutex mu_;
-  std::deque<std::string> queued_;
+  std::deque<std::string> queued_;  // messages not written yet
+  std::deque<size_t> queued_items_;  // requests in each of them
+  size_t unsent_ = 0;                // requests queued, not written (all of them in pending_)
   std::map<uint64_t, ChargingCall*> pending_;
   uint64_t next_id_ = 0;
   bool writing_ = false, retiring_ = false, ended_ = false;
@@ -435,8 +472,11 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
 // The workers, and each caller's streams to them (one per worker, used in turn).
 class Router {
  public:
-  Router(const std::vector<std::string>& upstreams, int max_age_s, int max_in_flight)
-      : max_age_(std::chrono::seconds(max_age_s)), max_in_flight_(max_in_flight), in_flight_(upstreams.size()) {
+  Router(const std::vector<std::string>& upstreams, int max_age_s, int max_in_flight, bool hold)
+      : max_age_(std::chrono::seconds(max_age_s)),
+        max_in_flight_(max_in_flight),
+        hold_(hold),
+        in_flight_(upstreams.size()) {
     for (const auto& target : upstreams) {
       grpc::ChannelArguments args;
       args.SetMaxReceiveMessageSize(-1);
@@ -520,7 +560,7 @@ class Router {
     // retiring is replaced at once, not when its end has been seen.
     if (slot != nullptr && (Clock::now() - slot->born() >= max_age_ || !slot->Usable())) old = std::move(slot);
     if (slot == nullptr) {
-      slot = BatchStream::Open(stubs_[n].get(), md, &in_flight_[n], max_in_flight_,
+      slot = BatchStream::Open(stubs_[n].get(), md, &in_flight_[n], max_in_flight_, hold_,
                                [this, key, n](BatchStream* s) { Forget(key, n, s); });
     }
     return slot;
@@ -536,6 +576,7 @@ class Router {
   std::atomic<size_t> turn_{0};
   const Clock::duration max_age_;
   const int max_in_flight_;
+  const bool hold_;
   std::deque<std::atomic<int>> in_flight_;  // per worker: requests sent, not answered
   std::mutex mu_;
   std::map<std::string, Streams> callers_;
@@ -715,7 +756,7 @@ std::shared_ptr<grpc::ServerCredentials> credentials(const Options& o, bool clie
                "usage: charging-grpc-door --listen HOST:PORT --upstream unix:PATH [--upstream ...]\n"
                "       [--token-listen HOST:PORT] [--cert FILE --key FILE [--client-ca FILE]]\n"
                "       [--stream-max-age-s 30] [--grace-s 10] [--ready-fd N] [--max-in-flight 64]\n"
-               "       [--arg GRPC_SERVER_OPTION=INTEGER ...]\n",
+               "       [--hold 1] [--arg GRPC_SERVER_OPTION=INTEGER ...]\n",
                why.c_str());
   std::exit(2);
 }
@@ -736,6 +777,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--grace-s") o.grace_s = std::atoi(v.c_str());
     else if (a == "--ready-fd") o.ready_fd = std::atoi(v.c_str());
     else if (a == "--max-in-flight") o.max_in_flight = std::atoi(v.c_str());
+    else if (a == "--hold") o.hold = v == "1";
     else if (a == "--arg") {
       auto eq = v.find('=');
       if (eq == std::string::npos || eq == 0) usage("--arg is NAME=INTEGER, not " + v);
@@ -764,7 +806,7 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  Router router(o.upstreams, o.max_stream_age_s, o.max_in_flight);
+  Router router(o.upstreams, o.max_stream_age_s, o.max_in_flight, o.hold);
   Door door(&router);
   grpc::ServerBuilder builder;
   int port = 0, token_port = 0;

@@ -148,6 +148,7 @@ async def unary_load(
         parse = charging_pb2.EventRequest.FromString if echo else charging_pb2.EventAnswer.FromString
         check = event_ok
     errors: list[str] = []
+    latencies: list[float] = []
     next_session = iter(range(len(bodies)))
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(EVENT_PATH if event else SESSION_PATH, response_deserializer=parse)
@@ -160,14 +161,23 @@ async def unary_load(
                 for body in bodies[s]:
                     if rate and (wait := started + next(sent) / rate - time.perf_counter()) > 0:
                         await asyncio.sleep(wait)
+                    sent_at = time.perf_counter()
                     answer = await call(body, timeout=30)
+                    latencies.append(time.perf_counter() - sent_at)
                     if not echo and not check(answer):
                         errors.append(f"answered {answer.result_code}")
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"steps": len(bodies) * STEPS, "errors": len(errors), "elapsed_s": elapsed}
+    cuts = statistics.quantiles(latencies, n=100)
+    return {
+        "steps": len(bodies) * STEPS,
+        "errors": len(errors),
+        "elapsed_s": elapsed,
+        "p50_ms": cuts[49] * 1e3,
+        "p99_ms": cuts[98] * 1e3,
+    }
 
 
 class Following:
@@ -408,6 +418,7 @@ def bench(args: argparse.Namespace) -> int:
     per_message: dict[str, list[float]] = {k: [] for k in kinds}  # requests per stream message (batch)
     # (base kind, kind) -> runs at PACED_SHARE of the base kind's maximum
     paced: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    paced_latency: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (p50, p99) ms as the client saw them
     paced_rate: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charging-stream-bench-")))
@@ -466,7 +477,9 @@ def bench(args: argparse.Namespace) -> int:
                     pair = (base, echo_of(base)) if round_no % 2 == 0 else (echo_of(base), base)
                     for kind in pair:
                         run = f"p{bases.index(base)}r{round_no}k{kinds.index(kind)}"
-                        paced.setdefault((base, kind), []).append(one(kind, run, rate)[0])
+                        figures, r = one(kind, run, rate)
+                        paced.setdefault((base, kind), []).append(figures)
+                        paced_latency.setdefault((base, kind), []).append((r["p50_ms"], r["p99_ms"]))
         except BaseException:
             print(f"--- last lines of the charging server log:\n{tail(server_log)}", file=sys.stderr)
             raise
@@ -511,9 +524,11 @@ def bench(args: argparse.Namespace) -> int:
         for k in (base, echo_kind):
             rounds = " ".join(f"{v[0]:.0f}" for v in paced[(base, k)])
             rps = statistics.median(v[1] for v in paced[(base, k)])
+            p50 = statistics.median(v[0] for v in paced_latency[(base, k)])
+            p99 = statistics.median(v[1] for v in paced_latency[(base, k)])
             print(
                 f"{k:13}: server CPU per request {cpu[k]:.0f} us (rounds: {rounds}) paced at {rate:.0f}/s "
-                f"({PACED_SHARE:.0%} of the {base} maximum), {rps:.0f}/s reached"
+                f"({PACED_SHARE:.0%} of the {base} maximum), {rps:.0f}/s reached, p50 {p50:.2f} ms p99 {p99:.2f} ms"
             )
         what = ("CHECK_BALANCE" if base.endswith("event") else "unary session step") + (
             " through the door" if base.startswith("door") else ""
