@@ -268,7 +268,18 @@ class App:
 
         local = self.mode is not Mode.SECURED
         guard = Guard(self._policy, TokenStore(self.redis), local=local, door=bool(s.behind_door))
-        self._server = grpc.aio.server(interceptors=[guard], options=server_options(s))
+        options = server_options(s)
+        if s.behind_door:
+            # One connection from the door carries every caller's calls: the bounds per
+            # connection are the door's listeners' (supervisor.door_argv), not this socket's.
+            per_connection = {
+                "grpc.max_concurrent_streams",
+                "grpc.max_connection_idle_ms",
+                "grpc.max_connection_age_ms",
+            }
+            options = [(k, v) for k, v in options if k not in per_connection]
+            options.append(("grpc.max_concurrent_streams", 2**31 - 1))
+        self._server = grpc.aio.server(interceptors=[guard], options=options)
         self.admission = admission = Admission(s.max_in_flight)
         assert self.database is not None
         trail = AuditTrail(self.database)

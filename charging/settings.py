@@ -328,6 +328,9 @@ class Settings:
             raise InvalidRequest("CHARGING_GRPC_DOOR", what)
         if self.behind_door not in ("", "secured", "local", "insecure"):
             raise InvalidRequest("CHARGING_BEHIND_DOOR", "is set by the supervisor: secured, local or insecure")
+        if self.behind_door and not self.grpc_address.startswith("unix:"):
+            # the worker trusts the door's metadata: only the door may reach it
+            raise InvalidRequest("CHARGING_BEHIND_DOOR", "is set by the supervisor, with a unix: gRPC address")
         if self.lease_s <= 0:
             raise InvalidRequest("CHARGING_LEASE_S", "must be more than 0")
         if self.workers < 0:

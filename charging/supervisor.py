@@ -328,7 +328,11 @@ class Supervisor:
             await asyncio.sleep(self.settings.shutdown_delay_s)  # the workers say NOT_SERVING meanwhile
             with contextlib.suppress(ProcessLookupError):
                 door.proc.terminate()
-            await door.proc.wait()
+            try:  # it drains for the grace period, then exits by itself (5 s later at most)
+                await asyncio.wait_for(door.proc.wait(), self.settings.grace_period_s + 10)
+            except TimeoutError:
+                door.proc.kill()
+                await door.proc.wait()
         for worker in self._workers:
             if worker.proc is not None:
                 await worker.proc.wait()

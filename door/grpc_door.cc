@@ -27,7 +27,10 @@
 // protos/charging/v1/charging.proto), so the door needs no generated code and never
 // re-encodes a request.
 
+#include <grpc/grpc.h>
 #include <grpc/grpc_security_constants.h>
+#include <grpc/slice.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -69,8 +72,15 @@ constexpr char kDoorPrefix[] = "charging-door-";
 // ChargeBatch.messages = 1, ChargeReplies.replies = 1.
 constexpr int kSessionField = 2;
 constexpr int kEventField = 3;
-// A batch written to a worker stays well under the worker's 4 MiB receive limit.
+// A batch written to a worker stays well under the worker's 4 MiB receive limit; one
+// request alone, with a ChargeMessage's and a ChargeBatch's framing, within it.
 constexpr size_t kBatchBytes = 1 << 20;
+constexpr size_t kLargestRequest = (4u << 20) - 64;
+// The longest a request waits for others to share its message (BatchStream::Ready).
+constexpr auto kHoldMax = std::chrono::milliseconds(1);
+// Callers (identity, token, gateway) with streams open at once: each costs a stream and a
+// task at every worker; beyond it, a new caller is refused until streams age out.
+constexpr size_t kMaxCallers = 1024;
 
 struct Options {
   std::string listen, token_listen, cert, key, client_ca;
@@ -168,6 +178,14 @@ bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(
 
 using Metadata = std::vector<std::pair<std::string, std::string>>;
 
+// Whether gRPC's client would send this header: its own checks (a caller's request may
+// carry what its server accepts but a client refuses, and the C++ client aborts on it).
+bool legal(std::string_view key, std::string_view value) {
+  grpc_slice k = grpc_slice_from_static_buffer(key.data(), key.size());
+  grpc_slice v = grpc_slice_from_static_buffer(value.data(), value.size());
+  return grpc_header_key_is_legal(k) && (grpc_is_binary_header(k) || grpc_header_nonbin_value_is_legal(v));
+}
+
 // The metadata a worker sees for this call. For a batched charging call only what the
 // workers read on ChargeSession and ChargeEvent (the caller's identity, its token, its
 // gateway name), which is also what decides the call's stream.
@@ -179,14 +197,18 @@ Metadata forwarded(grpc::CallbackServerContext* ctx, bool charging_only) {
         key == "te" || key == "content-type")
       continue;
     if (charging_only && key != "authorization" && key != "charging-gateway") continue;
-    out.emplace_back(std::string(key), std::string(v.data(), v.size()));
+    std::string_view value(v.data(), v.size());
+    if (!legal(key, value)) continue;  // dropped, as a header the worker could not have read
+    out.emplace_back(std::string(key), std::string(value));
   }
   auto auth = ctx->auth_context();
   if (auth && auth->IsPeerAuthenticated()) {
     for (const auto& v : auth->FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME))
-      out.emplace_back("charging-door-peer-uri", std::string(v.data(), v.size()));
+      if (legal("charging-door-peer-uri", std::string_view(v.data(), v.size())))
+        out.emplace_back("charging-door-peer-uri", std::string(v.data(), v.size()));
     for (const auto& v : auth->FindPropertyValues(GRPC_PEER_DNS_PROPERTY_NAME))
-      out.emplace_back("charging-door-peer-dns", std::string(v.data(), v.size()));
+      if (legal("charging-door-peer-dns", std::string_view(v.data(), v.size())))
+        out.emplace_back("charging-door-peer-dns", std::string(v.data(), v.size()));
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -286,7 +308,10 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       put_message(queued_.back(), 1, one);
       ++queued_items_.back();
       ++unsent_;
-      if (!Ready()) return kTaken;
+      if (!Ready()) {
+        Arm();
+        return kTaken;
+      }
       batch = Take();
     }
     Write(std::move(batch));
@@ -330,6 +355,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
         writing_ = true;  // nothing more may be written
       } else if ((retiring_ && !queued_.empty()) || Ready()) {
         batch = Take();
+      } else if (!queued_.empty()) {
+        Arm();
       }
     }
     if (!batch.empty()) {
@@ -348,13 +375,23 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     std::string_view all(replies);
     size_t i = 0;
     Field f;
-    while (next_field(all, i, f) == 1) {
-      if (f.number != 1 || f.wire != 2) continue;
-      Deliver(f.bytes);
+    int r;
+    bool good = true;
+    while (good && (r = next_field(all, i, f)) == 1) {
+      if (f.number == 1 && f.wire == 2) good = Deliver(f.bytes);
+    }
+    if (!good || r < 0) {
+      // A reply the door cannot match is a worker it cannot trust with the rest: end the
+      // stream (its unanswered calls fail UNAVAILABLE) rather than let them wait.
+      log_line("a worker's reply did not decode or named no request sent: stream ended");
+      ctx_.TryCancel();
+      Retire();
+      return;
     }
     std::string batch;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      replied_since_write_ = true;
       if (Ready()) batch = Take();  // requests held while the worker was answering
     }
     if (!batch.empty()) Write(std::move(batch));
@@ -374,8 +411,11 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
         status.error_code() == StatusCode::UNKNOWN)
       why = Status(StatusCode::UNAVAILABLE, "the charging worker's stream ended before answering: retry");
     for (auto& [id, call] : left) call->Fail(why);
-    if (!status.ok() && status.error_code() != StatusCode::CANCELLED)
-      log_line("a worker stream ended: " + std::to_string(status.error_code()) + " " + status.error_message());
+    // A refusal is the worker's to log and count (a caller can cause one per call).
+    auto code = status.error_code();
+    if (!status.ok() && code != StatusCode::CANCELLED && code != StatusCode::UNAUTHENTICATED &&
+        code != StatusCode::PERMISSION_DENIED)
+      log_line("a worker stream ended: " + std::to_string(code) + " " + status.error_message());
     on_done_(this);
     auto last = std::move(self_);  // may be the last owner: nothing of this is used after
   }
@@ -388,9 +428,32 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   // flight; with hold_, not while requests sent earlier are unanswered either, unless a
   // full message is waiting (Nagle's rule: the worker's next reply sends what came
   // meanwhile as one message, whose per-message cost its requests share).
+  // The hold is bounded: the worker answers a stream's requests concurrently, so a reply
+  // to any of them since the last write ends it, and so does kHoldMax (an alarm) when one
+  // slow request is all the worker has (it must not hold back the requests behind it).
   bool Ready() const {
     if (writing_ || queued_.empty() || retiring_ || ended_) return false;
-    return !hold_ || pending_.size() == unsent_ || queued_.size() > 1;
+    return !hold_ || replied_since_write_ || pending_.size() == unsent_ || queued_.size() > 1 || hold_over_;
+  }
+  // Under mu_, after queueing a request that is not Ready: the alarm that ends its hold.
+  void Arm() {
+    if (!hold_ || alarm_set_ || writing_) return;  // a write in flight: its OnWriteDone decides
+    alarm_set_ = true;
+    hold_over_ = false;
+    AddHold();  // the call stays open until the alarm has run
+    alarm_ = std::make_unique<grpc::Alarm>();
+    alarm_->Set(std::chrono::system_clock::now() + kHoldMax, [keep = self_](bool) { keep->HoldOver(); });
+  }
+  void HoldOver() {
+    std::string batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      alarm_set_ = false;
+      hold_over_ = true;
+      if (Ready()) batch = Take();
+    }
+    if (!batch.empty()) Write(std::move(batch));
+    RemoveHold();
   }
   std::string Take() {  // under mu_
     std::string batch;
@@ -399,6 +462,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     unsent_ -= queued_items_.front();
     queued_items_.pop_front();
     writing_ = true;
+    replied_since_write_ = false;
+    hold_over_ = false;
     return batch;
   }
   void Write(std::string batch) {
@@ -409,7 +474,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     StartWritesDone();
     RemoveHold();
   }
-  void Deliver(std::string_view reply) {
+  // False when the reply does not decode or names no request the stream sent.
+  bool Deliver(std::string_view reply) {
     size_t i = 0;
     Field f;
     uint64_t id = 0;
@@ -437,19 +503,18 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = pending_.find(id);
-      if (it == pending_.end()) return;
+      if (r < 0 || it == pending_.end() || id > next_id_ - unsent_) return false;  // not sent yet: not for it
       call = it->second;
       pending_.erase(it);
     }
     in_flight_->fetch_sub(1);
-    if (r < 0) {
-      call->Fail(Status(StatusCode::INTERNAL, "the charging worker's reply did not decode"));
-    } else if (error) {
+    if (error) {
       auto status = code > 0 && code <= 16 ? static_cast<StatusCode>(code) : StatusCode::UNKNOWN;
       call->Fail(Status(status, message));
     } else {
       call->Answer(answer);
     }
+    return true;
   }
 
   const Clock::time_point born_;
@@ -464,6 +529,10 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   std::deque<std::string> queued_;  // messages not written yet
   std::deque<size_t> queued_items_;  // requests in each of them
   size_t unsent_ = 0;                // requests queued, not written (all of them in pending_)
+  bool replied_since_write_ = true;  // a reply came after the last write began
+  bool hold_over_ = false;           // the alarm ended the hold
+  bool alarm_set_ = false;
+  std::unique_ptr<grpc::Alarm> alarm_;
   std::map<uint64_t, ChargingCall*> pending_;
   uint64_t next_id_ = 0;
   bool writing_ = false, retiring_ = false, ended_ = false;
@@ -495,6 +564,10 @@ class Router {
       std::shared_ptr<BatchStream> old;
       std::shared_ptr<BatchStream> stream = Pick(key, md, old);
       if (old) old->Retire();
+      if (!stream) {
+        call->Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "too many callers at once: retry later"));
+        return;
+      }
       switch (stream->Submit(call, field, request)) {
         case BatchStream::kTaken:
           return;
@@ -552,6 +625,7 @@ class Router {
   // one there has aged: ``old``, for the caller to retire outside the lock).
   std::shared_ptr<BatchStream> Pick(const std::string& key, const Metadata& md, std::shared_ptr<BatchStream>& old) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (callers_.size() >= kMaxCallers && callers_.find(key) == callers_.end()) return nullptr;
     Streams& streams = callers_[key];
     if (streams.list.empty()) streams.list.resize(stubs_.size());
     size_t n = streams.turn++ % stubs_.size();
@@ -588,12 +662,20 @@ void ChargingCall::OnReadDone(bool ok) {
     Unref();  // no stream will answer
     return;
   }
+  if (finished_.load()) {  // cancelled before its request was read: not sent
+    Unref();
+    return;
+  }
   // As the worker's admission: a call that cannot be answered in time is not started.
   if (ctx_->deadline() - std::chrono::system_clock::now() < std::chrono::milliseconds(1)) {
     Fail(Status(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded before the call started"));
     return;
   }
   std::string request = flat(request_);
+  if (request.size() > kLargestRequest) {  // with its framing it would pass the worker's limit
+    Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "request larger than the server takes"));
+    return;
+  }
   router_->Submit(this, ctx_, field_, request);
 }
 
@@ -634,8 +716,12 @@ class PassThrough final : public grpc::ServerGenericBidiReactor {
     }
     if (finish) {
       FinishWith();
-    } else if (ok) {
-      upstream_.StartRead(&down_msg_);  // its last read came with a message: still open
+    } else {
+      // The caller is gone (!ok): end the worker's call too. A read must be outstanding
+      // either way (its last read came with a message: still open), or the hold on the
+      // worker's call is never removed and neither side finishes.
+      if (!ok) up_ctx_.TryCancel();
+      upstream_.StartRead(&down_msg_);
     }
   }
   void OnCancel() override { up_ctx_.TryCancel(); }
@@ -838,6 +924,12 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&stop_signals, &sig);
   log_line("stopping: draining calls for up to " + std::to_string(o.grace_s) + " s");
+  // A call that does not end within the grace period does not keep the door up.
+  std::thread([grace = o.grace_s] {
+    std::this_thread::sleep_for(std::chrono::seconds(grace + 5));
+    log_line("calls still open after the grace period: exiting");
+    std::_Exit(1);
+  }).detach();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(o.grace_s));
   router.RetireAll();
   {

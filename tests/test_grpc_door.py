@@ -19,12 +19,16 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from grpc_health.v1 import health_pb2
 
@@ -70,9 +74,16 @@ def door_in_front(settings: Settings, mode: Mode, sockets: list[Path]) -> Iterat
         yield Door(proc, int(said[1]), int(said[2]))
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            err += "\n(the door did not stop within 30 s of SIGTERM)"
         print(err)  # shown when the test fails
         assert "pure virtual" not in err and "terminate called" not in err, err
+        # Every call finished within the grace period (a call left open makes it exit 1).
+        assert proc.returncode == 0, err
 
 
 @contextlib.contextmanager
@@ -279,6 +290,108 @@ async def test_beyond_a_workers_bound_a_call_is_refused_at_once_having_changed_n
                     assert (await stubs.balance()).balance_micros == 10_000_000 - charged * 50_000
         finally:
             await app.stop()
+
+
+def raw_call(port: int, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> list[object]:
+    """One gRPC call written by hand over HTTP/2 (h2, without its header checks): what a
+    caller may send that grpc's own clients refuse to. The events it got back."""
+    config = h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+    )
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    request = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", path.encode()),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        *headers,
+    ]
+    conn.send_headers(1, request)
+    conn.send_data(1, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
+    events: list[object] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        while not any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in events):
+            data = sock.recv(65536)
+            if not data:
+                break
+            events += conn.receive_data(data)
+            sock.sendall(conn.data_to_send())
+    return events
+
+
+async def test_headers_grpc_would_not_send_are_dropped_not_fatal(served: Served, through: Stubs) -> None:
+    """A caller's header that gRPC's own client refuses (upper case, bytes outside ASCII,
+    control characters) is dropped: the door stays up and the call is answered."""
+    await through.subscriber()
+    check = sms_request("check-2")
+    check.action = charging_pb2.REQUESTED_ACTION_CHECK_BALANCE
+    for header in (
+        (b"X-Upper", b"a"),
+        (b"x-value", b"caf\xe9"),
+        (b"x-control", b"a\x01b"),
+        (b"authorization", b"\x7f"),
+    ):
+        for path, body in (
+            ("/charging.v1.Charging/ChargeEvent", check.SerializeToString()),
+            ("/charging.v1.Admin/GetSubscriber", common_pb2.SubscriberId(msisdn="491700000001").SerializeToString()),
+        ):
+            events = await asyncio.to_thread(raw_call, served.door.port, path, [header], body)
+            trailers = [dict(e.headers) for e in events if isinstance(e, h2.events.TrailersReceived)]
+            assert trailers and trailers[-1][b"grpc-status"] == b"0", (header, path, events)
+    assert served.door.proc.poll() is None
+    assert (await through.charging.ChargeEvent(check, timeout=10)).result_code == 2001
+
+
+async def test_calls_given_up_by_their_callers_all_end(served: Served, through: Stubs) -> None:
+    """Watches cancelled and calls past their deadline, many at once: every call through
+    the door ends (the door's teardown asserts it drains within its grace period)."""
+    await through.subscriber()
+
+    async def watch_and_cancel(n: int) -> None:
+        watch = through.charging.WatchSessions(charging_pb2.WatchRequest(), timeout=10)
+        await asyncio.sleep((n % 7) * 0.001)
+        watch.cancel()
+
+    balance = topup_pb2.BalanceRequest(subscriber=common_pb2.SubscriberId(msisdn="491700000001"))
+    at_once = asyncio.Semaphore(16)
+
+    async def hurried(n: int) -> None:
+        deadline_s = 0.001 * (n % 20 + 1)  # many end while the worker's answer is on its way
+        async with at_once:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await topup_pb2_grpc.TopUpStub(through.channel).GetBalance(balance, timeout=deadline_s)
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                call = through.charging.ChargeEvent(sms_request(f"hurried-{n}"), timeout=deadline_s * 2)
+                if n % 3 == 0:
+                    await asyncio.sleep(0.001 * (n % 10))
+                    call.cancel()
+                await call
+
+    await asyncio.gather(*(watch_and_cancel(n) for n in range(150)), *(hurried(n) for n in range(600)))
+    assert await health(through.channel) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_many_callers_do_not_fill_the_one_connection_to_a_worker(through: Stubs) -> None:
+    """Each caller (here: gateway name) has its own stream to the worker, all on the
+    door's one connection: more of them than a caller's connection may have streams
+    (CHARGING_MAX_STREAMS_PER_CONNECTION, 48) still leave room for everyone."""
+    await through.subscriber()
+    check = sms_request("check-3")
+    check.action = charging_pb2.REQUESTED_ACTION_CHECK_BALANCE
+    for n in range(60):
+        answer = await through.charging.ChargeEvent(check, metadata=[("charging-gateway", f"gw{n}")], timeout=10)
+        assert answer.result_code == 2001
+    watches = [through.charging.WatchSessions(charging_pb2.WatchRequest(), timeout=30) for _ in range(10)]
+    for watch in watches:
+        assert tuple(await watch.initial_metadata()) == READY
+    assert (await through.charging.ChargeEvent(check, timeout=10)).result_code == 2001
+    assert (await through.balance()).balance_micros == 1_000_000
+    for watch in watches:
+        watch.cancel()
 
 
 # Secured: the door holds the certificates; the worker trusts what it forwards.
