@@ -281,7 +281,8 @@ class Supervisor:
                 return
             failures = 1 if loop.time() - started >= STEADY_S else failures + 1
             delay = restart_delay_s(failures)
-            log.error("worker died; restarting", extra={"worker": worker.slot, "code": code, "delay_s": delay})
+            what = "gRPC door died; restarting" if worker is self._door else "worker died; restarting"
+            log.error(what, extra={"worker": worker.slot, "code": code, "delay_s": delay})
             await asyncio.sleep(delay)
             while not self._stopping:
                 worker.restarts += 1
