@@ -63,6 +63,11 @@ class Table:
     columns: tuple[str, ...]
     types: tuple[str, ...]  # PostgreSQL types of the columns, for the binary COPY
     values: Callable[[Any], tuple[Any, ...]]
+    # The primary key: (an id, occurred_at). Rows go in in its order (the id's code points,
+    # as Python sorts text and as COLLATE "C" does), so that two relays writing the same
+    # records at once wait for each other instead of deadlocking on the key's index.
+    key: Callable[[Any], tuple[str, datetime]]
+    key_columns: tuple[str, str]
 
     def _cols(self) -> sql.Composable:
         return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
@@ -76,8 +81,10 @@ class Table:
         )
 
     def insert_staged(self) -> sql.Composed:
-        return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-            sql.Identifier(self.name), self._cols(), self._cols(), sql.Identifier(self.staging)
+        first, second = (sql.Identifier(c) for c in self.key_columns)
+        query = 'INSERT INTO {} ({}) SELECT {} FROM {} ORDER BY {} COLLATE "C", {} ON CONFLICT DO NOTHING'
+        return sql.SQL(query).format(
+            sql.Identifier(self.name), self._cols(), self._cols(), sql.Identifier(self.staging), first, second
         )
 
     @property
@@ -124,8 +131,17 @@ USAGE = Table(
     ("text", "timestamptz", "text", "text", "text", "text", "text", "text", "int4", "text", "int4", "text", "text",
      "text", "text", "text", "bool", "text", "int8", "int8", "int8", "jsonb", "text"),
     _usage_values,
+    attrgetter("record_id", "occurred_at"),
+    ("record_id", "occurred_at"),
 )  # fmt: skip
-AUDIT = Table("audit", AUDIT_COLUMNS, ("text", "timestamptz", "text", "text", "text", "text", "jsonb"), _audit_values)
+AUDIT = Table(
+    "audit",
+    AUDIT_COLUMNS,
+    ("text", "timestamptz", "text", "text", "text", "text", "jsonb"),
+    _audit_values,
+    attrgetter("entry_id", "occurred_at"),
+    ("entry_id", "occurred_at"),
+)
 
 
 def month_of(moment: datetime) -> date:
@@ -178,7 +194,8 @@ async def _copy_rows(cur: AsyncCursor[TupleRow], table: Table, into: str, rows: 
 
 
 async def _put(conn: AsyncConnection[TupleRow], table: Table, rows: Sequence[Any]) -> int:
-    """Rows into the table; answers how many were new."""
+    """Rows into the table, in the order of its key; answers how many were new."""
+    rows = sorted(rows, key=table.key)
     try:
         async with conn.transaction():  # a savepoint: a failed COPY leaves the batch's transaction usable
             await _copy(conn, table, table.name, rows)

@@ -151,6 +151,27 @@ async def test_every_rated_use_and_money_movement_reaches_the_database_once(
     assert not r.exists(keys.cdr_outbox(account))
 
 
+async def test_two_relays_writing_the_same_records_at_once_do_not_deadlock(
+    app: App, stubs: Stubs, r: redis.Redis, database_url: str
+) -> None:
+    """Two relays (two processes, or a pass and a drain) may write the same records at
+    once, here in opposite orders: each goes in in the order of the table's key, so one
+    waits for the other and then skips what is there, instead of PostgreSQL aborting one
+    of them as a deadlock (seen in CI: DeadlockDetected in usage_records' key index)."""
+    without_the_job(app)
+    account = (await stubs.subscriber(balance=START)).account_id
+    await stubs.charging.ChargeEvent(sms_request("sms-0"))
+    template, _ = rows(account, str(r.lindex(keys.cdr_outbox(account), 0)))
+    assert template is not None
+    batch = [dataclasses.replace(template, record_id=f"{template.record_id}-{n:05d}") for n in range(4000)]
+    store = CdrStore(app.database)  # type: ignore[arg-type]
+    for _ in range(3):
+        fresh = [dataclasses.replace(u, record_id=u.record_id + f"-{_}") for u in batch]
+        written = await asyncio.gather(store.write(fresh, ()), store.write(list(reversed(fresh)), ()))
+        assert sum(w.usage_inserted for w in written) == 4000
+    assert len(usage_rows(database_url, account)) == 3 * 4000
+
+
 async def test_a_relay_that_stops_after_the_commit_repeats_nothing(
     app: App, stubs: Stubs, r: redis.Redis, database_url: str
 ) -> None:
