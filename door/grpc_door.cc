@@ -353,6 +353,7 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       if (!ok || (retiring_ && queued_.empty())) {
         close = true;
         writing_ = true;  // nothing more may be written
+        retiring_ = true;  // the stream is broken: the next request takes another
       } else if ((retiring_ && !queued_.empty()) || Ready()) {
         batch = Take();
       } else if (!queued_.empty()) {
@@ -400,11 +401,14 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
 
   void OnDone(const Status& status) override {
     std::map<uint64_t, ChargingCall*> left;
+    std::unique_ptr<grpc::Alarm> alarm;  // its fired callback holds a reference to this stream
     {
       std::lock_guard<std::mutex> lock(mu_);
       ended_ = true;
       left.swap(pending_);
+      alarm.swap(alarm_);
     }
+    alarm.reset();
     in_flight_->fetch_sub(static_cast<int>(left.size()));
     Status why = status;
     if (status.ok() || status.error_code() == StatusCode::CANCELLED || status.error_code() == StatusCode::INTERNAL ||
@@ -449,7 +453,7 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     {
       std::lock_guard<std::mutex> lock(mu_);
       alarm_set_ = false;
-      hold_over_ = true;
+      hold_over_ = !queued_.empty();  // a reply may have sent them already
       if (Ready()) batch = Take();
     }
     if (!batch.empty()) Write(std::move(batch));
@@ -643,7 +647,11 @@ class Router {
   void Forget(const std::string& key, size_t n, BatchStream* s) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = callers_.find(key);
-    if (it != callers_.end() && it->second.list[n].get() == s) it->second.list[n] = nullptr;
+    if (it != callers_.end() && it->second.list[n].get() == s) {
+      it->second.list[n] = nullptr;
+      auto& list = it->second.list;
+      if (std::all_of(list.begin(), list.end(), [](const auto& x) { return !x; })) callers_.erase(it);
+    }
   }
 
   std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
