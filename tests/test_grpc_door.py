@@ -36,7 +36,6 @@ from charging.api import READY
 from charging.clock import ManualClock
 from charging.security import certs
 from charging.security.mode import Mode
-from charging.security.roles import CHANNEL_METHODS, ROLES, roles_for
 from charging.security.tokens import TokenStore
 from charging.server import App
 from charging.settings import Settings
@@ -44,8 +43,7 @@ from charging.supervisor import door_argv
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2, topup_pb2_grpc
 from tests import server_process
 from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request, sms_request
-from tests.test_security import SALE, code_of, connect, creds, health, secured_settings
-from tests.test_security_roles import METHODS
+from tests.test_security import SALE, against_the_role_table, code_of, connect, creds, health, secured_settings
 from tests.test_workers import children, until
 
 DOOR = Path(__file__).resolve().parent.parent / "var" / "build" / "charging-grpc-door"
@@ -422,16 +420,7 @@ async def test_every_method_against_every_role_certificate_through_the_door(
     secured: tuple[App, Door], pki: Path
 ) -> None:
     _, door = secured
-    wrong: list[str] = []
-    for role in ROLES:
-        async with connect(door.port, creds(pki, role)) as channel:
-            for method in METHODS:
-                code = await code_of(channel, method, SALE if method in CHANNEL_METHODS else b"")
-                allowed = role in roles_for(method) and (method not in CHANNEL_METHODS or role == "channel")
-                denied = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
-                if denied == allowed or (denied and code != grpc.StatusCode.PERMISSION_DENIED):
-                    wrong.append(f"{role} {method}: {code.name}")
-    assert wrong == []
+    assert await against_the_role_table(door.port, pki) == []
 
 
 async def test_without_a_certificate_there_is_no_connection(secured: tuple[App, Door], pki: Path) -> None:

@@ -102,17 +102,24 @@ async def test_every_method_against_every_role_certificate(secured: App, pki: Pa
     PERMISSION_DENIED exactly where the table says (and, on sales, where the caller's
     channels lack the request's), answered otherwise."""
     before = refusals("/charging.v1.Admin/LoadCatalog", "role")
+    assert await against_the_role_table(secured.grpc_port, pki) == []
+    assert refusals("/charging.v1.Admin/LoadCatalog", "role") - before == len(ROLES) - 1
+
+
+async def against_the_role_table(port: int, pki: Path) -> list[str]:
+    """Every method called with every role's certificate on ``port``: the calls whose
+    outcome is not what ``roles.py`` says (refused PERMISSION_DENIED exactly where the
+    table, or on sales the caller's channels, deny it)."""
     wrong: list[str] = []
     for role in ROLES:
-        async with connect(secured.grpc_port, creds(pki, role)) as channel:
+        async with connect(port, creds(pki, role)) as channel:
             for method in METHODS:
                 code = await code_of(channel, method, SALE if method in CHANNEL_METHODS else b"")
                 allowed = role in roles_for(method) and (method not in CHANNEL_METHODS or role == "channel")
                 denied = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
                 if denied == allowed or (denied and code != grpc.StatusCode.PERMISSION_DENIED):
                     wrong.append(f"{role} {method}: {code.name}")
-    assert wrong == []
-    assert refusals("/charging.v1.Admin/LoadCatalog", "role") - before == len(ROLES) - 1
+    return wrong
 
 
 async def test_no_certificate_or_a_foreign_one_fails_the_handshake(secured: App, pki: Path, tmp_path: Path) -> None:
