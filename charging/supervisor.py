@@ -56,7 +56,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,23 @@ def fresh_directory(path: str) -> Path:
     for stale in directory.glob("*.db"):
         stale.unlink()
     return directory
+
+
+async def start_until_ready(
+    command: Callable[[int], tuple[list[str], dict[str, str] | None]],
+) -> tuple[asyncio.subprocess.Process, bytes]:
+    """Start a child that says on a pipe when it serves (``command`` builds its command
+    line and environment around the pipe's descriptor; a worker's CHARGING_READY_FD, the
+    door's --ready-fd) and wait until it has said it, or exited: (the child, what it said,
+    empty when it exited first). The child gets SIGTERM when the supervisor dies."""
+    read_fd, write_fd = os.pipe()
+    argv, env = command(write_fd)
+    try:
+        proc = await asyncio.create_subprocess_exec(*dying_with_parent(argv, "TERM"), env=env, pass_fds=(write_fd,))
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        return proc, await asyncio.to_thread(ready.read)
 
 
 @dataclass
@@ -233,18 +250,12 @@ class Supervisor:
             # CHARGING_CATALOG_FILE is loaded once, by the first worker: a worker started
             # again later must not load it over a catalog loaded since.
             env["CHARGING_CATALOG_FILE"] = self.settings.catalog_file
-        read_fd, write_fd = os.pipe()
-        env["CHARGING_READY_FD"] = str(write_fd)
-        try:
-            worker.proc = await asyncio.create_subprocess_exec(
-                *dying_with_parent([sys.executable, "-m", "charging.cli", "serve"], "TERM"),
-                env=env,
-                pass_fds=(write_fd,),
-            )
-        finally:
-            os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as ready:
-            said = await asyncio.to_thread(ready.read)
+
+        def serve(ready_fd: int) -> tuple[list[str], dict[str, str]]:
+            env["CHARGING_READY_FD"] = str(ready_fd)
+            return [sys.executable, "-m", "charging.cli", "serve"], env
+
+        worker.proc, said = await start_until_ready(serve)
         if said.strip() != b"serving":
             code = await worker.proc.wait()
             self._forget(worker.proc.pid)
@@ -252,16 +263,12 @@ class Supervisor:
         log.info("worker serving", extra={"worker": worker.slot, "pid": worker.proc.pid})
 
     async def _spawn_door(self, door: Worker) -> None:
-        assert self._mode is not None and self.address is not None
+        mode, address = self._mode, self.address
+        assert mode is not None and address is not None
         sockets = [self.socket_of(w.slot) for w in self._workers]
-        read_fd, write_fd = os.pipe()
-        argv = door_argv(self.settings, self._mode, self.address.address, sockets, write_fd)
-        try:
-            door.proc = await asyncio.create_subprocess_exec(*dying_with_parent(argv, "TERM"), pass_fds=(write_fd,))
-        finally:
-            os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as ready:
-            said = await asyncio.to_thread(ready.read)
+        door.proc, said = await start_until_ready(
+            lambda ready_fd: (door_argv(self.settings, mode, address.address, sockets, ready_fd), None)
+        )
         if not said.startswith(b"serving"):
             code = await door.proc.wait()
             raise StartupError(f"the gRPC door exited with status {code} before serving")
