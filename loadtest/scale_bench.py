@@ -64,9 +64,11 @@ from loadtest.bench import (
     BenchError,
     child,
     child_env,
+    descendants,
     free_port,
     machine,
     percentile,
+    process_cpu_s,
     tail,
     wait_health,
     wait_redis,
@@ -75,7 +77,6 @@ from loadtest.scale_load import KINDS, SESSION_KINDS, STEPS, Router, client_main
 from postpaid import config as billing_config
 
 SETTINGS = ("single-1", "single-2", "cluster-1", "cluster-2")
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -104,22 +105,12 @@ class Cost:
 
 def tree_cpu_s(root: int) -> tuple[float, int]:
     """CPU seconds (user + system) of ``root`` and its live descendants, and their count."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    members = [root, *descendants(root)]
+    total = 0.0
+    for pid in members:
         with contextlib.suppress(OSError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            parents[int(entry.name)] = int(fields[1])
-            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK
-    members, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid and p not in members]
-        members.update(kids)
-        frontier.extend(kids)
-    return sum(cpu.get(p, 0.0) for p in members), len(members)
+            total += process_cpu_s(pid)
+    return total, len(members)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ from loadtest.bench import (
     child,
     child_env,
     create_subscribers,
+    descendants,
     env_number,
     free_port,
     machine,
@@ -389,21 +390,6 @@ def served_cpu_s(root: int) -> float:
             if pid == root or b"charging.cli" in cmdline or b"charging-grpc-door" in cmdline:
                 total += process_cpu_s(pid)
     return total
-
-
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid]
-        found += kids
-        frontier += kids
-    return found
 
 
 def echo_of(kind: str) -> str:
