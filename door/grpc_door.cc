@@ -19,8 +19,9 @@
 // "authorization". A caller's metadata named "charging-door-*" is dropped, so nobody
 // can claim an identity through the door. Authorization stays with the workers' guard:
 // requests of different callers never share a stream (one stream per caller identity,
-// token and gateway), and a stream is replaced after --stream-max-age-s so a revoked
-// token stops working within that time.
+// token and gateway); the worker judges a stream's caller again once a second while
+// requests flow (a revoked token ends the stream with the refusal, which the calls
+// waiting on it get), and a stream is replaced after --stream-max-age-s.
 //
 // Wire format: the requests are carried as bytes. A ChargeMessage is built around the
 // caller's serialized request and a ChargeReply is taken apart (field numbers of

@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2
 from charging.api import READY
 from charging.clock import ManualClock
 from charging.security import certs
+from charging.security.guard import RECHECK_S
 from charging.security.mode import Mode
 from charging.security.tokens import TokenStore
 from charging.server import App
@@ -457,6 +458,34 @@ async def test_tokens_on_the_token_port_and_no_identity_made_up_in_metadata(
         assert await code_of(shop, "/charging.v1.Charging/ChargeEvent") == grpc.StatusCode.PERMISSION_DENIED
         await TokenStore(app.redis).revoke("webshop")
         assert await code_of(shop, "/charging.v1.TopUp/Recharge", SALE) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_revoked_token_is_shut_out_of_the_door_s_open_stream_within_a_second(
+    secured: tuple[App, Door], pki: Path
+) -> None:
+    """The door keeps one ChargeBatches stream per caller open to the worker; the worker
+    judges that stream's caller again once a second, so a revoked token's next call is
+    UNAUTHENTICATED well before the door would replace the stream (30 s), and changes
+    nothing."""
+    app, door = secured
+    assert app.redis is not None
+    async with connect(door.port, creds(pki, "operator")) as operator:
+        await Stubs.on(operator).subscriber()
+        tokens = TokenStore(app.redis)
+        token = await tokens.create("pgw-9", ("network",), (), 1_800_000_000)
+        async with connect(door.token_port, creds(pki, token=token)) as pgw:
+            charging = Stubs.on(pgw).charging
+            first = await charging.ChargeEvent(sms_request("sms-1"), timeout=10)
+            assert first.result_code == 2001
+            await tokens.revoke("pgw-9")
+            await asyncio.sleep(RECHECK_S + 0.5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await charging.ChargeEvent(sms_request("sms-2"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # and on a new stream
+                await charging.ChargeEvent(sms_request("sms-3"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (await Stubs.on(operator).balance()).balance_micros == 1_000_000 - first.cost_micros
 
 
 async def test_a_network_element_charges_through_the_door_with_its_certificate(

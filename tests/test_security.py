@@ -22,16 +22,18 @@ from prometheus_client import REGISTRY
 
 from charging.clock import ManualClock
 from charging.security import certs
+from charging.security.guard import RECHECK_S
 from charging.security.roles import CHANNEL_METHODS, ROLES, roles_for
 from charging.security.tokens import TokenStore
 from charging.server import App
 from charging.settings import Settings
-from charging.v1 import billing_pb2, billing_pb2_grpc, common_pb2, topup_pb2, topup_pb2_grpc
+from charging.v1 import billing_pb2, billing_pb2_grpc, charging_pb2, common_pb2, topup_pb2, topup_pb2_grpc
 from postpaid import config as billing_config
 from postpaid import keys as bill_keys
 from postpaid.billing import Billing
-from tests.conftest import SEALER, LineBook, Stubs, enrol
+from tests.conftest import SEALER, LineBook, Stubs, enrol, sms_request
 from tests.streaming import status_of
+from tests.test_charge_stream import Stream, message_of
 from tests.test_security_roles import METHODS
 
 PRIVATE = {"grpc.use_local_subchannel_pool": 1}  # a new connection (handshake) per channel
@@ -327,3 +329,44 @@ async def test_a_caller_removed_from_the_policy_is_shut_out_without_a_restart(
         await asyncio.sleep(1.1)
         # The same connection: the policy is applied per call, not per handshake.
         assert await code_of(channel, "/charging.v1.Admin/GetCatalog") == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_an_open_stream_s_caller_revoked_or_taken_out_of_the_policy_is_shut_out(secured: App, pki: Path) -> None:
+    """A stream's caller is judged again once a second while messages flow: a token
+    revoked, or a certificate's role taken away, ends the open stream with the refusal,
+    and the request that found it out changed nothing."""
+    assert secured.redis is not None
+    async with connect(secured.grpc_port, creds(pki, "operator")) as operator:
+        await Stubs.on(operator).subscriber()
+        tokens = TokenStore(secured.redis)
+        token = await tokens.create("pgw-7", ("network",), (), 1_800_000_000)
+        async with connect(secured.token_port, creds(pki, token=token)) as pgw:
+            stream = Stream(Stubs.on(pgw))
+            (first,) = await stream.exchange([sms_request("sms-1")])
+            assert first.event.result_code == 2001
+            await tokens.revoke("pgw-7")
+            await asyncio.sleep(RECHECK_S + 0.5)
+            await stream.call.write(message_of(sms_request("sms-2"), 2))
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await stream.call.read()
+            assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (await Stubs.on(operator).balance()).balance_micros == 1_000_000 - first.event.cost_micros
+
+        before = refusals("/charging.v1.Charging/ChargeBatches", "role")
+        async with connect(secured.grpc_port, creds(pki, "network")) as network:
+            batches = Stream(Stubs.on(network), batched=True)
+            (second,) = await batches.exchange([sms_request("sms-3")])
+            assert second.event.result_code == 2001
+            policy = json.loads((pki / "policy.json").read_text())
+            for client in policy["clients"]:
+                if client["uri"] == certs.role_uri("network"):
+                    client["roles"] = ["monitor"]
+            (pki / "policy.json").write_text(json.dumps(policy))
+            await asyncio.sleep(RECHECK_S + 0.5)
+            await batches.call.write(charging_pb2.ChargeBatch(messages=[message_of(sms_request("sms-4"), 2)]))
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await batches.call.read()
+            assert ended.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert refusals("/charging.v1.Charging/ChargeBatches", "role") == before + 1
+        paid = first.event.cost_micros + second.event.cost_micros
+        assert (await Stubs.on(operator).balance()).balance_micros == 1_000_000 - paid

@@ -17,11 +17,24 @@ not to ``intercept_service``: so the check wraps the handler and runs when the c
 served, before the servicer. A refusal is counted (``charging_auth_refusals_total`` by
 method and reason) and logged with the method, the reason and the caller's name (a
 machine's certificate name or token name, never a subscriber's data).
+
+A stream outlives the moment it was allowed: a gateway's ChargeStream, the door's
+ChargeBatches for one caller, a WatchSessions may stay open for hours. So a stream's
+caller is judged again, as at its start, when a message flows and the last judgement is
+older than ``RECHECK_S`` (the policy file is read again as often): a revoked token, a
+certificate taken out of the policy or a role taken away ends the stream with the
+refusal's status. A request read after that is not served (it changes nothing: the
+caller retries it elsewhere or not at all); those read before are answered first. A
+signal about to be sent on a server stream is withheld the same way. A judgement that
+cannot be made because Redis does not answer ends the stream UNAVAILABLE, as it refuses
+a unary call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -40,6 +53,21 @@ log = logging.getLogger("charging.security")
 UNAUTHENTICATED, ROLE, CHANNEL, NO_POLICY = "unauthenticated", "role", "channel", "no_policy"
 # What the compiled gRPC door forwards of a verified client certificate (door/grpc_door.cc).
 DOOR_PEER_URI, DOOR_PEER_DNS = "charging-door-peer-uri", "charging-door-peer-dns"
+# How old a stream's last judgement of its caller may be when a message flows (seconds).
+RECHECK_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a caller may not make a call: ``reason`` is the metric's label."""
+
+    reason: str
+    caller: str
+    details: str
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAUTHENTICATED if self.reason == UNAUTHENTICATED else grpc.StatusCode.PERMISSION_DENIED
 
 
 def _values(auth: dict[str, list[bytes]], name: str) -> list[str]:
@@ -101,8 +129,10 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self.authorize(method, None, context)
-            async for answer in inner(requests, context):
+            standing = Standing(self, method, context)
+            async for answer in inner(standing.requests(requests), context):
                 yield answer
+            await standing.end_if_refused()  # the requests read before the refusal are answered
 
         return grpc.stream_stream_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
 
@@ -111,7 +141,10 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self.authorize(method, request, context)
+            standing = Standing(self, method, context)
             async for answer in inner(request, context):
+                if not await standing.still_allowed():
+                    await standing.end_if_refused()
                 yield answer
 
         return grpc.unary_stream_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
@@ -138,40 +171,86 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def authorize(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Identity:
         try:
-            identity = await self.identify(context)
+            verdict = await self.judge(method, request, context)
         except StorageUnavailable as exc:
-            metrics.REDIS_ERRORS.labels("auth").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await self.unavailable(context, exc)
             raise
-        if identity is None:
-            await self._refuse(
-                context, method, UNAUTHENTICATED, "-", "no identity: present a client certificate or a bearer token"
-            )
+        if isinstance(verdict, Refusal):
+            await self.refuse(context, method, verdict)
             raise AssertionError  # abort raised
+        set_caller(verdict)
+        return verdict
+
+    async def judge(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Identity | Refusal:
+        """The caller's identity if it may make this call, else why not."""
+        identity = await self.identify(context)
+        if identity is None:
+            return Refusal(UNAUTHENTICATED, "-", "no identity: present a client certificate or a bearer token")
         allowed = roles_for(method)
         if not allowed or not identity.roles & allowed:
-            reason = ROLE if allowed else NO_POLICY
-            await self._refuse(context, method, reason, identity.name, f"{identity.name} may not call {method}")
+            return Refusal(ROLE if allowed else NO_POLICY, identity.name, f"{identity.name} may not call {method}")
         if method in CHANNEL_METHODS and hasattr(request, "channel"):
             channel = topup_pb2.Channel.Name(request.channel) if request.channel in _CHANNEL_NUMBERS else ""
             if not identity.may_use_channel(channel.removeprefix("CHANNEL_")):
-                await self._refuse(
-                    context,
-                    method,
-                    CHANNEL,
-                    identity.name,
-                    f"{identity.name} may not act on channel {channel or request.channel}",
+                return Refusal(
+                    CHANNEL, identity.name, f"{identity.name} may not act on channel {channel or request.channel}"
                 )
-        set_caller(identity)
         return identity
 
-    async def _refuse(
-        self, context: grpc.aio.ServicerContext, method: str, reason: str, caller: str, details: str
-    ) -> None:
-        metrics.AUTH_REFUSALS.labels(method, reason).inc()
-        log.warning("call refused", extra={"method": method, "reason": reason, "caller": caller})
-        code = grpc.StatusCode.UNAUTHENTICATED if reason == UNAUTHENTICATED else grpc.StatusCode.PERMISSION_DENIED
-        await context.abort(code, details)
+    async def refuse(self, context: grpc.aio.ServicerContext, method: str, refusal: Refusal) -> None:
+        metrics.AUTH_REFUSALS.labels(method, refusal.reason).inc()
+        log.warning("call refused", extra={"method": method, "reason": refusal.reason, "caller": refusal.caller})
+        await context.abort(refusal.code, refusal.details)
+
+    @staticmethod
+    async def unavailable(context: grpc.aio.ServicerContext, exc: StorageUnavailable) -> None:
+        metrics.REDIS_ERRORS.labels("auth").inc()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
+class Standing:
+    """One stream's caller, judged again when a message flows and the last judgement is
+    older than ``RECHECK_S`` (module docstring). ``still_allowed`` may run in whichever
+    task reads the stream's requests; ``end_if_refused`` ends the call and runs in the
+    handler's own task."""
+
+    def __init__(self, guard: Guard, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.guard = guard
+        self.method = method
+        self.context = context
+        self.due = time.monotonic() + RECHECK_S
+        self.refusal: Refusal | None = None
+        self.failure: StorageUnavailable | None = None
+
+    async def still_allowed(self) -> bool:
+        if self.refusal is not None or self.failure is not None:
+            return False
+        now = time.monotonic()
+        if now < self.due:
+            return True
+        self.due = now + RECHECK_S
+        try:
+            verdict = await self.guard.judge(self.method, None, self.context)
+        except StorageUnavailable as exc:
+            self.failure = exc
+            return False
+        if isinstance(verdict, Refusal):
+            self.refusal = verdict
+            return False
+        return True
+
+    async def requests(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The stream's requests, until its caller is no longer allowed."""
+        async for request in requests:
+            if not await self.still_allowed():
+                return
+            yield request
+
+    async def end_if_refused(self) -> None:
+        if self.failure is not None:
+            await self.guard.unavailable(self.context, self.failure)
+        if self.refusal is not None:
+            await self.guard.refuse(self.context, self.method, self.refusal)
 
 
 _CHANNEL_NUMBERS = frozenset(topup_pb2.Channel.values())
