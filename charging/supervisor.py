@@ -38,8 +38,10 @@ door") the supervisor decides the security mode of the gRPC addresses as a serve
 starts each worker on a Unix socket of its own in a directory only this user can open,
 then the door on the gRPC addresses (it binds the address the supervisor holds, with
 ``SO_REUSEPORT`` like a worker) in front of them, and restarts the door like a worker
-when it dies. On SIGTERM the workers go NOT_SERVING first (health is passed through the
-door), the door stops after the shutdown delay, draining its calls, then the workers.
+when it dies. The door writes its own figures (``charging_door_*``) once a second to a
+file in the metrics directory, served with the workers' (``DoorMetrics``). On SIGTERM the
+workers go NOT_SERVING first (health is passed through the door), the door stops after
+the shutdown delay, draining its calls, then the workers.
 
 Background jobs run in every worker under leases (``leases.py``), so each job runs in one
 process among all workers and hosts.
@@ -62,7 +64,9 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.parser import text_string_to_metric_families
 
 from charging import migrations
 from charging.address_lock import AddressLock
@@ -80,6 +84,8 @@ log = logging.getLogger("charging.supervisor")
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 30.0
 STEADY_S = 60.0  # a worker that served this long starts its successor's backoff afresh
+# The door's figures, in the metrics directory (DoorMetrics).
+DOOR_METRICS = "door.prom"
 
 
 def worker_count(settings: Settings) -> int:
@@ -128,11 +134,15 @@ class Worker:
     restarts: int = 0
 
 
-def door_argv(settings: Settings, mode: Mode, address: str, sockets: list[Path], ready_fd: int) -> list[str]:
+def door_argv(
+    settings: Settings, mode: Mode, address: str, sockets: list[Path], ready_fd: int, metrics_file: Path | None = None
+) -> list[str]:
     """The door's command line: the gRPC addresses (and TLS files when secured) in front
-    of the workers' sockets."""
+    of the workers' sockets; its figures written to ``metrics_file`` when given."""
     s = settings
     argv = [s.grpc_door, "--listen", address, "--ready-fd", str(ready_fd), "--grace-s", str(int(s.grace_period_s))]
+    if metrics_file is not None:
+        argv += ["--metrics-file", str(metrics_file)]
     argv += ["--max-in-flight", str(s.max_in_flight)]  # per worker, as each worker's own bound
     for socket_path in sockets:
         argv += ["--upstream", f"unix:{socket_path}"]
@@ -148,6 +158,21 @@ def door_argv(settings: Settings, mode: Mode, address: str, sockets: list[Path],
         if s.grpc_token_address:
             argv += ["--token-listen", s.grpc_token_address]
     return argv
+
+
+@dataclass(frozen=True)
+class DoorMetrics:
+    """A Prometheus collector of the figures the door last wrote to ``path`` (its text
+    format, rewritten whole once a second; none before the door first writes them)."""
+
+    path: Path
+
+    def collect(self) -> list[Metric]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        return list(text_string_to_metric_families(text))
 
 
 @dataclass
@@ -194,6 +219,8 @@ class Supervisor:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+            if self._mode is not None:
+                registry.register(DoorMetrics(self._metrics_dir / DOOR_METRICS))
             host, _, port = s.metrics_address.rpartition(":")
             try:
                 self._metrics_httpd, _ = start_http_server(int(port), addr=host, registry=registry)
@@ -266,8 +293,9 @@ class Supervisor:
         mode, address = self._mode, self.address
         assert mode is not None and address is not None
         sockets = [self.socket_of(w.slot) for w in self._workers]
+        figures = self._metrics_dir / DOOR_METRICS if self._metrics_dir is not None else None
         door.proc, said = await start_until_ready(
-            lambda ready_fd: (door_argv(self.settings, mode, address.address, sockets, ready_fd), None)
+            lambda ready_fd: (door_argv(self.settings, mode, address.address, sockets, ready_fd, figures), None)
         )
         if not said.startswith(b"serving"):
             code = await door.proc.wait()

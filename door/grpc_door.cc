@@ -48,6 +48,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -92,9 +93,38 @@ struct Options {
   int max_stream_age_s = 30;
   int grace_s = 10;
   int ready_fd = -1;
+  std::string metrics_file;  // written once a second when given
 };
 
 void log_line(const std::string& what) { std::fprintf(stderr, "charging-grpc-door: %s\n", what.c_str()); }
+
+// ---------------------------------------------------------------------------
+// The door's own figures, counted as calls go and written once a second to
+// --metrics-file in Prometheus' text format (write_metrics); the supervisor's metrics
+// endpoint serves them with the workers' (charging/supervisor.py, DoorMetrics).
+
+// By method (ChargeSession, ChargeEvent: the workers' `method` label) and reason or status.
+enum Refusal { kBusy, kDeadline, kCallers, kTooLarge, kNoStream, kRefusals };
+const char* const kRefusalNames[kRefusals] = {"busy", "deadline", "callers", "too_large", "no_stream"};
+const char* const kMethodNames[2] = {"ChargeSession", "ChargeEvent"};
+constexpr int kStatuses = 17;
+const char* const kStatusNames[kStatuses] = {
+    "OK",        "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED",   "INTERNAL",       "UNAVAILABLE",      "DATA_LOSS",         "UNAUTHENTICATED"};
+
+struct Stats {
+  std::atomic<uint64_t> charging[2]{};                 // ChargeSession and ChargeEvent calls read
+  std::atomic<uint64_t> passed{0};                     // every other call, passed through
+  std::atomic<uint64_t> refused[2][kRefusals]{};       // answered by the door itself
+  std::atomic<uint64_t> stream_ends[2][kStatuses]{};  // answered by their stream's end, by status
+  std::atomic<uint64_t> streams{0};                    // ChargeBatches streams opened to workers
+  std::atomic<uint64_t> messages{0};                   // ChargeBatch messages written to workers
+  std::atomic<uint64_t> batched{0};                    // the requests in them
+};
+Stats stats;
+
+void count(std::atomic<uint64_t>& counter, uint64_t n = 1) { counter.fetch_add(n, std::memory_order_relaxed); }
 
 // ---------------------------------------------------------------------------
 // Protocol buffers wire format, the little the door needs.
@@ -259,6 +289,9 @@ class ChargingCall final : public grpc::ServerGenericBidiReactor {
   Router* router_;
   grpc::GenericCallbackServerContext* ctx_;
   int field_;
+
+ public:
+  int method() const { return field_ == kSessionField ? 0 : 1; }
   ByteBuffer request_, response_;
   std::atomic<bool> finished_{false};
   std::atomic<int> refs_{2};  // OnDone, and the stream's answer or failure
@@ -274,6 +307,7 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
   static std::shared_ptr<BatchStream> Open(grpc::GenericStub* stub, const Metadata& md, std::atomic<int>* in_flight,
                                            int limit, bool hold, std::function<void(BatchStream*)> on_done) {
     std::shared_ptr<BatchStream> s(new BatchStream(in_flight, limit, hold, std::move(on_done)));
+    count(stats.streams);
     s->self_ = s;
     for (const auto& [k, v] : md) s->ctx_.AddMetadata(k, v);
     stub->PrepareBidiStreamingCall(&s->ctx_, kBatches, grpc::StubOptions(), s.get());
@@ -415,7 +449,11 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     if (status.ok() || status.error_code() == StatusCode::CANCELLED || status.error_code() == StatusCode::INTERNAL ||
         status.error_code() == StatusCode::UNKNOWN)
       why = Status(StatusCode::UNAVAILABLE, "the charging worker's stream ended before answering: retry");
-    for (auto& [id, call] : left) call->Fail(why);
+    int answered = std::clamp(static_cast<int>(why.error_code()), 0, kStatuses - 1);
+    for (auto& [id, call] : left) {
+      count(stats.stream_ends[call->method()][answered]);
+      call->Fail(why);
+    }
     // A refusal is the worker's to log and count (a caller can cause one per call).
     auto code = status.error_code();
     if (!status.ok() && code != StatusCode::CANCELLED && code != StatusCode::UNAUTHENTICATED &&
@@ -465,6 +503,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
     batch.swap(queued_.front());
     queued_.pop_front();
     unsent_ -= queued_items_.front();
+    count(stats.messages);
+    count(stats.batched, queued_items_.front());
     queued_items_.pop_front();
     writing_ = true;
     replied_since_write_ = false;
@@ -570,6 +610,7 @@ class Router {
       std::shared_ptr<BatchStream> stream = Pick(key, md, old);
       if (old) old->Retire();
       if (!stream) {
+        count(stats.refused[call->method()][kCallers]);
         call->Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "too many callers at once: retry later"));
         return;
       }
@@ -577,12 +618,14 @@ class Router {
         case BatchStream::kTaken:
           return;
         case BatchStream::kBusy:  // as the worker answers a unary call beyond its bound
+          count(stats.refused[call->method()][kBusy]);
           call->Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "server overloaded: retry later"));
           return;
         case BatchStream::kClosed:
           break;
       }
     }
+    count(stats.refused[call->method()][kNoStream]);
     call->Fail(Status(StatusCode::UNAVAILABLE, "no stream to a charging worker: retry"));
   }
 
@@ -606,6 +649,17 @@ class Router {
       }
     }
     for (auto& s : old) s->Retire();
+  }
+
+  // Requests at each worker from the door, and callers with streams (for write_metrics).
+  std::vector<int> InFlight() {
+    std::vector<int> out;
+    for (const auto& n : in_flight_) out.push_back(n.load());
+    return out;
+  }
+  size_t Callers() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return callers_.size();
   }
 
   void RetireAll() {
@@ -675,13 +729,16 @@ void ChargingCall::OnReadDone(bool ok) {
     Unref();
     return;
   }
+  count(stats.charging[method()]);
   // As the worker's admission: a call that cannot be answered in time is not started.
   if (ctx_->deadline() - std::chrono::system_clock::now() < std::chrono::milliseconds(1)) {
+    count(stats.refused[method()][kDeadline]);
     Fail(Status(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded before the call started"));
     return;
   }
   std::string request = flat(request_);
   if (request.size() > kLargestRequest) {  // with its framing it would pass the worker's limit
+    count(stats.refused[method()][kTooLarge]);
     Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "request larger than the server takes"));
     return;
   }
@@ -695,6 +752,7 @@ void ChargingCall::OnReadDone(bool ok) {
 class PassThrough final : public grpc::ServerGenericBidiReactor {
  public:
   PassThrough(grpc::GenericStub* stub, grpc::GenericCallbackServerContext* ctx) : ctx_(ctx), upstream_(this) {
+    count(stats.passed);
     for (const auto& [k, v] : forwarded(ctx, false)) up_ctx_.AddMetadata(k, v);
     up_ctx_.set_deadline(ctx->deadline());
     stub->PrepareBidiStreamingCall(&up_ctx_, ctx->method(), grpc::StubOptions(), &upstream_);
@@ -845,13 +903,76 @@ std::shared_ptr<grpc::ServerCredentials> credentials(const Options& o, bool clie
   return grpc::experimental::TlsServerCredentials(tls);
 }
 
+// The figures of ``stats`` and the router's gauges in Prometheus' text format, written to
+// a temporary file renamed over ``path`` so a reader never sees half of them.
+void write_metrics(const std::string& path, Router& router) {
+  std::string out;
+  auto family = [&](const char* name, const char* type, const char* help) {
+    out.append("# HELP ").append(name).append(" ").append(help).append("\n");
+    out.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+  };
+  auto sample = [&](const std::string& name, const std::string& labels, uint64_t value) {
+    out.append(name);
+    if (!labels.empty()) out.append("{").append(labels).append("}");
+    out.append(" ").append(std::to_string(value)).append("\n");
+  };
+  family("charging_door_calls", "counter",
+         "Calls the door read, by handling: charging (ChargeSession, ChargeEvent: batched onto a worker stream; "
+         "by method) or passed (every other call, passed through).");
+  for (int m = 0; m < 2; ++m)
+    sample("charging_door_calls_total", std::string("handling=\"charging\",method=\"") + kMethodNames[m] + "\"",
+           stats.charging[m].load());
+  sample("charging_door_calls_total", "handling=\"passed\"", stats.passed.load());
+  family("charging_door_refusals", "counter",
+         "Charging calls the door answered itself, by method and reason: busy (the worker had --max-in-flight "
+         "from the door: RESOURCE_EXHAUSTED), deadline (under 1 ms left: DEADLINE_EXCEEDED), callers (1,024 "
+         "callers had streams: RESOURCE_EXHAUSTED), too_large (RESOURCE_EXHAUSTED), no_stream (UNAVAILABLE).");
+  for (int m = 0; m < 2; ++m)
+    for (int r = 0; r < kRefusals; ++r)
+      sample("charging_door_refusals_total",
+             std::string("method=\"") + kMethodNames[m] + "\",reason=\"" + kRefusalNames[r] + "\"",
+             stats.refused[m][r].load());
+  family("charging_door_stream_ends", "counter",
+         "Charging calls answered by the end of their worker stream instead of a reply, by method and the status "
+         "they got (UNAVAILABLE: the worker went away; a refusal: the caller is no longer allowed).");
+  for (int m = 0; m < 2; ++m)
+    for (int c = 0; c < kStatuses; ++c)
+      if (uint64_t n = stats.stream_ends[m][c].load(); n > 0)
+        sample("charging_door_stream_ends_total",
+               std::string("method=\"") + kMethodNames[m] + "\",result=\"" + kStatusNames[c] + "\"", n);
+  family("charging_door_streams_opened", "counter", "ChargeBatches streams opened to workers.");
+  sample("charging_door_streams_opened_total", "", stats.streams.load());
+  family("charging_door_batch_messages", "counter", "ChargeBatch messages written to workers.");
+  sample("charging_door_batch_messages_total", "", stats.messages.load());
+  family("charging_door_batched_requests", "counter",
+         "Charging requests in the ChargeBatch messages written to workers (per message: divide by "
+         "charging_door_batch_messages_total).");
+  sample("charging_door_batched_requests_total", "", stats.batched.load());
+  family("charging_door_in_flight", "gauge", "Charging requests sent to a worker and not answered yet, by worker.");
+  auto in_flight = router.InFlight();
+  for (size_t n = 0; n < in_flight.size(); ++n)
+    sample("charging_door_in_flight", "worker=\"" + std::to_string(n) + "\"", static_cast<uint64_t>(in_flight[n]));
+  family("charging_door_callers", "gauge", "Callers (identity, token, gateway name) with streams to workers.");
+  sample("charging_door_callers", "", router.Callers());
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream file(tmp, std::ios::trunc);
+    file << out;
+    if (!file.flush()) {
+      log_line("cannot write " + tmp);
+      return;
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) log_line("cannot rename " + tmp + " to " + path);
+}
+
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "charging-grpc-door: %s\n"
                "usage: charging-grpc-door --listen HOST:PORT --upstream unix:PATH [--upstream ...]\n"
                "       [--token-listen HOST:PORT] [--cert FILE --key FILE [--client-ca FILE]]\n"
                "       [--stream-max-age-s 30] [--grace-s 10] [--ready-fd N] [--max-in-flight 64]\n"
-               "       [--hold 1] [--arg GRPC_SERVER_OPTION=INTEGER ...]\n",
+               "       [--hold 1] [--metrics-file PATH] [--arg GRPC_SERVER_OPTION=INTEGER ...]\n",
                why.c_str());
   std::exit(2);
 }
@@ -873,6 +994,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--ready-fd") o.ready_fd = std::atoi(v.c_str());
     else if (a == "--max-in-flight") o.max_in_flight = std::atoi(v.c_str());
     else if (a == "--hold") o.hold = v == "1";
+    else if (a == "--metrics-file") o.metrics_file = v;
     else if (a == "--arg") {
       auto eq = v.find('=');
       if (eq == std::string::npos || eq == 0) usage("--arg is NAME=INTEGER, not " + v);
@@ -925,9 +1047,13 @@ int main(int argc, char** argv) {
   std::mutex mu;
   std::condition_variable cv;
   bool stopping = false;
+  if (!o.metrics_file.empty()) write_metrics(o.metrics_file, router);
   std::thread ager([&] {
     std::unique_lock<std::mutex> lock(mu);
-    while (!cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) router.RetireAged();
+    while (!cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) {
+      router.RetireAged();
+      if (!o.metrics_file.empty()) write_metrics(o.metrics_file, router);
+    }
   });
 
   int sig = 0;

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import h2.connection
 import h2.events
 import pytest
 from grpc_health.v1 import health_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from charging.api import READY
 from charging.clock import ManualClock
@@ -42,10 +44,10 @@ from charging.security.mode import Mode
 from charging.security.tokens import TokenStore
 from charging.server import App
 from charging.settings import Settings
-from charging.supervisor import door_argv
+from charging.supervisor import DoorMetrics, door_argv
 from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2, topup_pb2_grpc
 from tests import door_callers, server_process
-from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, session_request, sms_request
+from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, free_port, session_request, sms_request
 from tests.test_security import SALE, against_the_role_table, code_of, connect, creds, health, secured_settings
 from tests.test_workers import children, until
 
@@ -57,6 +59,19 @@ class Door:
     proc: subprocess.Popen[str]
     port: int
     token_port: int
+    figures: Path  # what it writes once a second (--metrics-file)
+
+    def figure(self, name: str, **labels: str) -> float:
+        """One of the door's figures as it last wrote them (0 before it counted any)."""
+        for family in DoorMetrics(self.figures).collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
+
+    def figure_reaches(self, value: float, name: str, **labels: str) -> None:
+        """Wait (bounded) until the door has written ``name`` at ``value`` or more."""
+        until(lambda: self.figure(name, **labels) >= value, steps=250)
 
 
 @contextlib.contextmanager
@@ -65,14 +80,15 @@ def door_in_front(settings: Settings, mode: Mode, sockets: list[Path]) -> Iterat
     assert DOOR.exists(), f"{DOOR} is missing: `make door` builds it"
     read_fd, write_fd = os.pipe()
     s = dataclasses.replace(settings, grpc_door=str(DOOR))
-    argv = door_argv(s, mode, "127.0.0.1:0", sockets, write_fd)
+    figures = sockets[0].parent / "door.prom"
+    argv = door_argv(s, mode, "127.0.0.1:0", sockets, write_fd, figures)
     proc = subprocess.Popen(argv, pass_fds=(write_fd,), stderr=subprocess.PIPE, text=True)
     os.close(write_fd)
     with os.fdopen(read_fd) as ready:
         said = ready.read().split()
     try:
         assert said[:1] == ["serving"], proc.communicate(timeout=30)[1]
-        yield Door(proc, int(said[1]), int(said[2]))
+        yield Door(proc, int(said[1]), int(said[2]), figures)
     finally:
         proc.terminate()
         try:
@@ -289,6 +305,14 @@ async def test_beyond_a_workers_bound_a_call_is_refused_at_once_having_changed_n
                     assert charged + outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 120
                     assert charged >= 2 and outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) > 0
                     assert (await stubs.balance()).balance_micros == 10_000_000 - charged * 50_000
+                refused = outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                # Counted by the door, which answered them itself (charging_door_*).
+                door.figure_reaches(120, "charging_door_calls_total", handling="charging", method="ChargeEvent")
+                assert door.figure("charging_door_refusals_total", method="ChargeEvent", reason="busy") == refused
+                assert door.figure("charging_door_refusals_total", method="ChargeEvent", reason="deadline") == 0
+                assert door.figure("charging_door_in_flight", worker="0") == 0
+                assert door.figure("charging_door_batched_requests_total") == charged
+                assert 1 <= door.figure("charging_door_batch_messages_total") <= charged
         finally:
             await app.stop()
 
@@ -486,6 +510,8 @@ async def test_a_revoked_token_is_shut_out_of_the_door_s_open_stream_within_a_se
                 await charging.ChargeEvent(sms_request("sms-3"), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert (await Stubs.on(operator).balance()).balance_micros == 1_000_000 - first.cost_micros
+    # Both answered by the end of their stream, which the door counts by status.
+    door.figure_reaches(2, "charging_door_stream_ends_total", method="ChargeEvent", result="UNAUTHENTICATED")
 
 
 async def test_a_network_element_charges_through_the_door_with_its_certificate(
@@ -505,8 +531,13 @@ async def test_a_network_element_charges_through_the_door_with_its_certificate(
 
 
 def test_the_supervisor_runs_the_door_in_front_of_its_workers(tmp_path: Path, app_database_url: str) -> None:
+    metrics_port = free_port()
     proc, port = server_process.serve(
-        tmp_path / "redis", app_database_url, CHARGING_WORKERS="2", CHARGING_GRPC_DOOR=str(DOOR)
+        tmp_path / "redis",
+        app_database_url,
+        CHARGING_WORKERS="2",
+        CHARGING_GRPC_DOOR=str(DOOR),
+        CHARGING_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
     )
     try:
         server_process.wait_serving(proc, port)
@@ -545,6 +576,17 @@ def test_the_supervisor_runs_the_door_in_front_of_its_workers(tmp_path: Path, ap
                 except grpc.RpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE  # a worker not reached yet
             assert answer is not None and answer.result_code == 2001
+
+        def scraped(name: str) -> float:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as response:
+                for family in text_string_to_metric_families(response.read().decode()):
+                    for sample in family.samples:
+                        if sample.name == name and sample.labels == {"handling": "charging", "method": "ChargeEvent"}:
+                            return float(sample.value)
+            return 0.0
+
+        # The restarted door's figures, on the supervisor's one metrics endpoint.
+        until(lambda: scraped("charging_door_calls_total") >= 1, steps=250)
         processes = children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
