@@ -105,8 +105,8 @@ def fresh_directory(path: str) -> Path:
         return Path(tempfile.mkdtemp(prefix="charging-metrics-"))
     directory = Path(path)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
+    for stale in [*directory.glob("*.db"), directory / DOOR_METRICS]:
+        stale.unlink(missing_ok=True)
     return directory
 
 
@@ -312,6 +312,8 @@ class Supervisor:
             code = await worker.proc.wait()
             if worker is not self._door:
                 self._forget(worker.proc.pid)
+            elif self._metrics_dir is not None:  # a dead door's figures are not served as live
+                (self._metrics_dir / DOOR_METRICS).unlink(missing_ok=True)
             if self._stopping:
                 return
             failures = 1 if loop.time() - started >= STEADY_S else failures + 1

@@ -103,7 +103,8 @@ void log_line(const std::string& what) { std::fprintf(stderr, "charging-grpc-doo
 // --metrics-file in Prometheus' text format (write_metrics); the supervisor's metrics
 // endpoint serves them with the workers' (charging/supervisor.py, DoorMetrics).
 
-// By method (ChargeSession, ChargeEvent: the workers' `method` label) and reason or status.
+// By request (ChargeSession, ChargeEvent) and reason or status; `method` is ChargeBatches,
+// the method the workers count the door's requests under.
 enum Refusal { kBusy, kDeadline, kCallers, kTooLarge, kNoStream, kRefusals };
 const char* const kRefusalNames[kRefusals] = {"busy", "deadline", "callers", "too_large", "no_stream"};
 const char* const kMethodNames[2] = {"ChargeSession", "ChargeEvent"};
@@ -274,13 +275,18 @@ class ChargingCall final : public grpc::ServerGenericBidiReactor {
     }
     Unref();
   }
-  void Fail(const Status& status) {
-    Finish(status);
+  // Whether this ended the call (not when its caller had cancelled it already).
+  bool Fail(const Status& status) {
+    bool ended = Finish(status);
     Unref();
+    return ended;
   }
-  void Finish(const Status& status) {
-    if (!finished_.exchange(true)) grpc::ServerGenericBidiReactor::Finish(status);
+  bool Finish(const Status& status) {
+    if (finished_.exchange(true)) return false;
+    grpc::ServerGenericBidiReactor::Finish(status);
+    return true;
   }
+  int method() const { return field_ == kSessionField ? 0 : 1; }
 
  private:
   void Unref() {
@@ -289,9 +295,6 @@ class ChargingCall final : public grpc::ServerGenericBidiReactor {
   Router* router_;
   grpc::GenericCallbackServerContext* ctx_;
   int field_;
-
- public:
-  int method() const { return field_ == kSessionField ? 0 : 1; }
   ByteBuffer request_, response_;
   std::atomic<bool> finished_{false};
   std::atomic<int> refs_{2};  // OnDone, and the stream's answer or failure
@@ -451,8 +454,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       why = Status(StatusCode::UNAVAILABLE, "the charging worker's stream ended before answering: retry");
     int answered = std::clamp(static_cast<int>(why.error_code()), 0, kStatuses - 1);
     for (auto& [id, call] : left) {
-      count(stats.stream_ends[call->method()][answered]);
-      call->Fail(why);
+      int method = call->method();
+      if (call->Fail(why)) count(stats.stream_ends[method][answered]);
     }
     // A refusal is the worker's to log and count (a caller can cause one per call).
     auto code = status.error_code();
@@ -916,35 +919,33 @@ void write_metrics(const std::string& path, Router& router) {
     if (!labels.empty()) out.append("{").append(labels).append("}");
     out.append(" ").append(std::to_string(value)).append("\n");
   };
-  family("charging_door_calls", "counter",
-         "Calls the door read, by handling: charging (ChargeSession, ChargeEvent: batched onto a worker stream; "
-         "by method) or passed (every other call, passed through).");
+  auto request = [](int m) { return std::string("method=\"ChargeBatches\",request=\"") + kMethodNames[m] + "\""; };
+  family("charging_door_calls_total", "counter",
+         "Calls the door read, by handling: charging (ChargeSession, ChargeEvent, by request: batched onto a "
+         "worker's ChargeBatches stream) or passed (every other call, passed through).");
   for (int m = 0; m < 2; ++m)
-    sample("charging_door_calls_total", std::string("handling=\"charging\",method=\"") + kMethodNames[m] + "\"",
-           stats.charging[m].load());
+    sample("charging_door_calls_total", "handling=\"charging\"," + request(m), stats.charging[m].load());
   sample("charging_door_calls_total", "handling=\"passed\"", stats.passed.load());
-  family("charging_door_refusals", "counter",
-         "Charging calls the door answered itself, by method and reason: busy (the worker had --max-in-flight "
+  family("charging_door_refusals_total", "counter",
+         "Charging calls the door answered itself, by request and reason: busy (the worker had --max-in-flight "
          "from the door: RESOURCE_EXHAUSTED), deadline (under 1 ms left: DEADLINE_EXCEEDED), callers (1,024 "
          "callers had streams: RESOURCE_EXHAUSTED), too_large (RESOURCE_EXHAUSTED), no_stream (UNAVAILABLE).");
   for (int m = 0; m < 2; ++m)
     for (int r = 0; r < kRefusals; ++r)
-      sample("charging_door_refusals_total",
-             std::string("method=\"") + kMethodNames[m] + "\",reason=\"" + kRefusalNames[r] + "\"",
+      sample("charging_door_refusals_total", request(m) + ",reason=\"" + kRefusalNames[r] + "\"",
              stats.refused[m][r].load());
-  family("charging_door_stream_ends", "counter",
-         "Charging calls answered by the end of their worker stream instead of a reply, by method and the status "
-         "they got (UNAVAILABLE: the worker went away; a refusal: the caller is no longer allowed).");
+  family("charging_door_stream_ends_total", "counter",
+         "Charging calls answered by the end of their worker stream instead of a reply, by request and the "
+         "status they got (UNAVAILABLE: the worker went away; a refusal: the caller is no longer allowed).");
   for (int m = 0; m < 2; ++m)
     for (int c = 0; c < kStatuses; ++c)
       if (uint64_t n = stats.stream_ends[m][c].load(); n > 0)
-        sample("charging_door_stream_ends_total",
-               std::string("method=\"") + kMethodNames[m] + "\",result=\"" + kStatusNames[c] + "\"", n);
-  family("charging_door_streams_opened", "counter", "ChargeBatches streams opened to workers.");
+        sample("charging_door_stream_ends_total", request(m) + ",result=\"" + kStatusNames[c] + "\"", n);
+  family("charging_door_streams_opened_total", "counter", "ChargeBatches streams opened to workers.");
   sample("charging_door_streams_opened_total", "", stats.streams.load());
-  family("charging_door_batch_messages", "counter", "ChargeBatch messages written to workers.");
+  family("charging_door_batch_messages_total", "counter", "ChargeBatch messages written to workers.");
   sample("charging_door_batch_messages_total", "", stats.messages.load());
-  family("charging_door_batched_requests", "counter",
+  family("charging_door_batched_requests_total", "counter",
          "Charging requests in the ChargeBatch messages written to workers (per message: divide by "
          "charging_door_batch_messages_total).");
   sample("charging_door_batched_requests_total", "", stats.batched.load());

@@ -32,6 +32,7 @@ a unary call.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -130,8 +131,9 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self.authorize(method, None, context)
             standing = Standing(self, method, context)
-            async for answer in inner(standing.requests(requests), context):
-                yield answer
+            async with contextlib.aclosing(inner(standing.requests(requests), context)) as answers:
+                async for answer in answers:
+                    yield answer
             await standing.end_if_refused()  # the requests read before the refusal are answered
 
         return grpc.stream_stream_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
@@ -142,10 +144,11 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self.authorize(method, request, context)
             standing = Standing(self, method, context)
-            async for answer in inner(request, context):
-                if not await standing.still_allowed():
-                    await standing.end_if_refused()
-                yield answer
+            async with contextlib.aclosing(inner(request, context)) as answers:
+                async for answer in answers:
+                    if not await standing.still_allowed():
+                        await standing.end_if_refused()
+                    yield answer
 
         return grpc.unary_stream_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
 
