@@ -608,7 +608,12 @@ class Router {
   void Submit(ChargingCall* call, grpc::CallbackServerContext* ctx, int field, std::string_view request) {
     Metadata md = forwarded(ctx, true);
     std::string key = key_of(md);
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    // A worker at its bound is passed over for the caller's next one in turn (the request
+    // was not sent: it goes elsewhere unchanged); only when every worker is at its bound
+    // is the call refused, as a worker refuses one beyond it. A stream that ended is
+    // replaced, up to three times.
+    size_t busy = 0, closed = 0;
+    while (closed < 3) {
       std::shared_ptr<BatchStream> old;
       std::shared_ptr<BatchStream> stream = Pick(key, md, old);
       if (old) old->Retire();
@@ -620,11 +625,13 @@ class Router {
       switch (stream->Submit(call, field, request)) {
         case BatchStream::kTaken:
           return;
-        case BatchStream::kBusy:  // as the worker answers a unary call beyond its bound
+        case BatchStream::kBusy:
+          if (++busy < stubs_.size()) continue;
           count(stats.refused[call->method()][kBusy]);
           call->Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "server overloaded: retry later"));
           return;
         case BatchStream::kClosed:
+          ++closed;
           break;
       }
     }
@@ -927,8 +934,8 @@ void write_metrics(const std::string& path, Router& router) {
     sample("charging_door_calls_total", "handling=\"charging\"," + request(m), stats.charging[m].load());
   sample("charging_door_calls_total", "handling=\"passed\"", stats.passed.load());
   family("charging_door_refusals_total", "counter",
-         "Charging calls the door answered itself, by request and reason: busy (the worker had --max-in-flight "
-         "from the door: RESOURCE_EXHAUSTED), deadline (under 1 ms left: DEADLINE_EXCEEDED), callers (1,024 "
+         "Charging calls the door answered itself, by request and reason: busy (every worker had "
+         "--max-in-flight from the door: RESOURCE_EXHAUSTED), deadline (under 1 ms left: DEADLINE_EXCEEDED), callers (1,024 "
          "callers had streams: RESOURCE_EXHAUSTED), too_large (RESOURCE_EXHAUSTED), no_stream (UNAVAILABLE).");
   for (int m = 0; m < 2; ++m)
     for (int r = 0; r < kRefusals; ++r)

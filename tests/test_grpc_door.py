@@ -611,6 +611,74 @@ def test_the_supervisor_runs_the_door_in_front_of_its_workers(tmp_path: Path, ap
         proc.communicate(timeout=60)
 
 
+@pytest.mark.timeout(120)
+def test_a_call_whose_worker_is_at_its_bound_is_answered_by_another(tmp_path: Path, app_database_url: str) -> None:
+    """Two workers, each taking 2 requests from the door at once; one is stopped
+    (SIGSTOP: alive, answering nothing). The 2 calls that reach it wait there; every later
+    call the caller's turn gives it goes, unsent, to the other worker: answered, none
+    refused RESOURCE_EXHAUSTED. Resumed, the stopped worker answers its own."""
+    proc, port = server_process.serve(
+        tmp_path / "redis",
+        app_database_url,
+        CHARGING_WORKERS="2",
+        CHARGING_GRPC_DOOR=str(DOOR),
+        CHARGING_MAX_IN_FLIGHT="2",
+    )
+    stopped = 0
+    try:
+        server_process.wait_serving(proc, port)
+        workers = [pid for pid, cmd in children(proc.pid).items() if "charging.cli" in cmd]
+        assert len(workers) == 2, children(proc.pid)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            create = channel.unary_unary(
+                "/charging.v1.Admin/CreateSubscriber",
+                request_serializer=admin_pb2.CreateSubscriberRequest.SerializeToString,
+                response_deserializer=admin_pb2.Subscriber.FromString,
+            )
+            create(
+                admin_pb2.CreateSubscriberRequest(
+                    msisdn="491700000001", plan_id="default", initial_balance_micros=10_000_000
+                ),
+                timeout=30,
+            )
+            charge = channel.unary_unary(
+                "/charging.v1.Charging/ChargeEvent",
+                request_serializer=charging_pb2.EventRequest.SerializeToString,
+                response_deserializer=charging_pb2.EventAnswer.FromString,
+            )
+            for n in range(4):  # the door's streams to both workers are open
+                assert charge(sms_request(f"warm-{n}"), timeout=30).result_code == 2001
+            stopped = workers[0]
+            os.kill(stopped, signal.SIGSTOP)
+            # One call at a time, so the running worker is never at its bound: the calls
+            # the turn gives the stopped one wait there until it holds 2, then go on.
+            waiting = []
+            for n in range(12):
+                call = charge.future(sms_request(f"sms-{n}"), timeout=60)
+                try:
+                    assert call.result(timeout=5).result_code == 2001
+                except grpc.FutureTimeoutError:
+                    waiting.append(call)
+            assert len(waiting) == 2
+            os.kill(stopped, signal.SIGCONT)
+            stopped = 0
+            assert [call.result().result_code for call in waiting] == [2001] * len(waiting)
+            balance = channel.unary_unary(
+                "/charging.v1.Admin/GetSubscriber",
+                request_serializer=common_pb2.SubscriberId.SerializeToString,
+                response_deserializer=admin_pb2.Subscriber.FromString,
+            )(common_pb2.SubscriberId(msisdn="491700000001"), timeout=30)
+            assert balance.balance_micros == 10_000_000 - 16 * 50_000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
+
+
 def stat_of(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
