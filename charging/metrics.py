@@ -92,6 +92,13 @@ ADMISSION_REJECTIONS = Counter(
     "in-flight limit) or deadline (DEADLINE_EXCEEDED, the caller's deadline passed before Redis was asked).",
     ["method", "reason"],
 )
+STALE_VIEW_RETRIES = Counter(
+    "charging_stale_view_retries_total",
+    "Charging scripts that refused the account, plan, catalog or tariff change they were given and were "
+    "tried again (routing.py), by the script's answer: UNKNOWN, PLAN, CATALOG (a cache lagged behind a change "
+    "made elsewhere) or TARIFF (a split report around another tariff change than the session announced).",
+    ["kind"],
+)
 
 # The process's pauses (heap.py): what makes a call wait before any code of ours runs.
 PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)

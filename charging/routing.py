@@ -7,7 +7,9 @@ ledger script checks what it was given and answers, having changed nothing, UNKN
 (the session is rated with another catalog version); ``route`` then corrects its view
 and tries again. A session script also answers TARIFF (a split report was rated around
 another tariff change than the session announced): the attempt has seen the announced
-changes in that reply (``sessions.py``) and ``route`` tries again.
+changes in that reply (``sessions.py``) and ``route`` tries again. Each try again is
+counted by what the script answered (``charging_stale_view_retries_total{kind}``): a
+steady rate of them means caches lag or gateways split reports on another grid.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from charging import metrics
 from charging.catalog import Catalog, Plan
 from charging.catalogs import CatalogBook
 from charging.errors import StorageUnavailable
@@ -61,6 +64,8 @@ async def route(
         result = await attempt(target)
         if not isinstance(result, Reply):
             return result
+        if result.kind in _RETRIED:
+            _RETRIED[result.kind].inc()
         if result.kind == "PLAN":
             directory.learn_plan(account, result.body)
             continue
@@ -79,6 +84,9 @@ async def route(
             continue
         return target, result
     raise StorageUnavailable("subscriber data kept changing during the request")
+
+
+_RETRIED = {kind: metrics.STALE_VIEW_RETRIES.labels(kind) for kind in ("PLAN", "CATALOG", "TARIFF", "UNKNOWN")}
 
 
 def _plan(catalog: Catalog, current: Catalog, plan_id: str) -> Plan | None:

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from charging import keys
 from charging.catalog import Usage
@@ -31,6 +32,10 @@ BALANCE = 50_000_000
 # Thursday: peak ends at 20:00.
 GRANTED_AT = "2026-11-26T19:58:00+01:00"
 CHANGE = int(datetime.fromisoformat("2026-11-26T20:00:00+01:00").timestamp())
+
+
+def tariff_retries() -> float:
+    return REGISTRY.get_sample_value("charging_stale_view_retries_total", {"kind": "TARIFF"}) or 0.0
 
 
 def voice(sid: str, kind: int, n: int, **units: object) -> charging_pb2.SessionRequest:
@@ -67,7 +72,10 @@ async def test_a_clock_jump_past_another_change_prices_the_split_at_the_announce
     # off-peak to peak): by it, the last change was peak starting, not peak ending.
     set_time(clock, "2026-11-27T08:01:00+01:00")
     report = voice("j", UPDATE, 1, requested={}, used={"time_s": 120}, used_after={"time_s": 60})
+    retries = tariff_retries()
     u = await stubs.charging.ChargeSession(report)
+    # The server's guess (08:00) was refused once (TARIFF) and the announced change used.
+    assert tariff_retries() == retries + 1
     expected = reference(CHANGE, 0, 120, 60)
     assert expected == (90_000 + 60 * 1_500) + 60 * 750  # 120 s at peak, then 60 s off-peak
     assert (u.result_code, u.rating_groups[0].cost_micros) == (2001, expected)
