@@ -45,7 +45,15 @@ from charging.security.tokens import TokenStore
 from charging.server import App
 from charging.settings import Settings
 from charging.supervisor import DoorMetrics, door_argv
-from charging.v1 import admin_pb2, charging_pb2, common_pb2, topup_pb2, topup_pb2_grpc
+from charging.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    charging_pb2,
+    charging_pb2_grpc,
+    common_pb2,
+    topup_pb2,
+    topup_pb2_grpc,
+)
 from tests import door_callers, server_process
 from tests.conftest import INITIAL, TERMINATE, UPDATE, Stubs, free_port, session_request, sms_request
 from tests.test_security import SALE, against_the_role_table, code_of, connect, creds, health, secured_settings
@@ -559,12 +567,7 @@ def test_the_supervisor_runs_the_door_in_front_of_its_workers(tmp_path: Path, ap
 
         until(lambda: len(doors()) == 1)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            create = channel.unary_unary(
-                "/charging.v1.Admin/CreateSubscriber",
-                request_serializer=admin_pb2.CreateSubscriberRequest.SerializeToString,
-                response_deserializer=admin_pb2.Subscriber.FromString,
-            )
-            create(
+            admin_pb2_grpc.AdminStub(channel).CreateSubscriber(
                 admin_pb2.CreateSubscriberRequest(
                     msisdn="491700000001", plan_id="default", initial_balance_micros=1_000_000
                 ),
@@ -575,11 +578,7 @@ def test_the_supervisor_runs_the_door_in_front_of_its_workers(tmp_path: Path, ap
         until(lambda: len(doors()) == 1 and first not in doors())
         server_process.wait_serving(proc, port)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            charge = channel.unary_unary(
-                "/charging.v1.Charging/ChargeEvent",
-                request_serializer=charging_pb2.EventRequest.SerializeToString,
-                response_deserializer=charging_pb2.EventAnswer.FromString,
-            )
+            charge = charging_pb2_grpc.ChargingStub(channel).ChargeEvent
             answer = None
             for _ in range(100):
                 try:
@@ -630,22 +629,13 @@ def test_a_call_whose_worker_is_at_its_bound_is_answered_by_another(tmp_path: Pa
         workers = [pid for pid, cmd in children(proc.pid).items() if "charging.cli" in cmd]
         assert len(workers) == 2, children(proc.pid)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            create = channel.unary_unary(
-                "/charging.v1.Admin/CreateSubscriber",
-                request_serializer=admin_pb2.CreateSubscriberRequest.SerializeToString,
-                response_deserializer=admin_pb2.Subscriber.FromString,
-            )
-            create(
+            admin_pb2_grpc.AdminStub(channel).CreateSubscriber(
                 admin_pb2.CreateSubscriberRequest(
                     msisdn="491700000001", plan_id="default", initial_balance_micros=10_000_000
                 ),
                 timeout=30,
             )
-            charge = channel.unary_unary(
-                "/charging.v1.Charging/ChargeEvent",
-                request_serializer=charging_pb2.EventRequest.SerializeToString,
-                response_deserializer=charging_pb2.EventAnswer.FromString,
-            )
+            charge = charging_pb2_grpc.ChargingStub(channel).ChargeEvent
             for n in range(4):  # the door's streams to both workers are open
                 assert charge(sms_request(f"warm-{n}"), timeout=30).result_code == 2001
             stopped = workers[0]
@@ -663,11 +653,9 @@ def test_a_call_whose_worker_is_at_its_bound_is_answered_by_another(tmp_path: Pa
             os.kill(stopped, signal.SIGCONT)
             stopped = 0
             assert [call.result().result_code for call in waiting] == [2001] * len(waiting)
-            balance = channel.unary_unary(
-                "/charging.v1.Admin/GetSubscriber",
-                request_serializer=common_pb2.SubscriberId.SerializeToString,
-                response_deserializer=admin_pb2.Subscriber.FromString,
-            )(common_pb2.SubscriberId(msisdn="491700000001"), timeout=30)
+            balance = admin_pb2_grpc.AdminStub(channel).GetSubscriber(
+                common_pb2.SubscriberId(msisdn="491700000001"), timeout=30
+            )
             assert balance.balance_micros == 10_000_000 - 16 * 50_000
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
