@@ -107,12 +107,12 @@ void log_line(const std::string& what) { std::fprintf(stderr, "charging-grpc-doo
 // the method the workers count the door's requests under.
 enum Refusal { kBusy, kDeadline, kCallers, kTooLarge, kNoStream, kRefusals };
 const char* const kRefusalNames[kRefusals] = {"busy", "deadline", "callers", "too_large", "no_stream"};
-const char* const kMethodNames[2] = {"ChargeSession", "ChargeEvent"};
+const char* const kRequestNames[2] = {"ChargeSession", "ChargeEvent"};
 constexpr int kStatuses = 17;
 const char* const kStatusNames[kStatuses] = {
-    "OK",        "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "OK",           "CANCELLED",     "UNKNOWN",   "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-    "OUT_OF_RANGE", "UNIMPLEMENTED",   "INTERNAL",       "UNAVAILABLE",      "DATA_LOSS",         "UNAUTHENTICATED"};
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",  "UNAVAILABLE",      "DATA_LOSS",         "UNAUTHENTICATED"};
 
 struct Stats {
   std::atomic<uint64_t> charging[2]{};                 // ChargeSession and ChargeEvent calls read
@@ -286,7 +286,7 @@ class ChargingCall final : public grpc::ServerGenericBidiReactor {
     grpc::ServerGenericBidiReactor::Finish(status);
     return true;
   }
-  int method() const { return field_ == kSessionField ? 0 : 1; }
+  int request() const { return field_ == kSessionField ? 0 : 1; }  // index of kRequestNames
 
  private:
   void Unref() {
@@ -299,6 +299,12 @@ class ChargingCall final : public grpc::ServerGenericBidiReactor {
   std::atomic<bool> finished_{false};
   std::atomic<int> refs_{2};  // OnDone, and the stream's answer or failure
 };
+
+// A charging call the door answers itself, counted by request and reason.
+void refuse(ChargingCall* call, Refusal reason, const Status& status) {
+  count(stats.refused[call->request()][reason]);
+  call->Fail(status);
+}
 
 // One ChargeBatches stream to one worker for one caller. Requests queue while a write
 // is in flight and go together in the next message; replies are matched by correlation
@@ -454,8 +460,8 @@ class BatchStream final : public grpc::ClientBidiReactor<ByteBuffer, ByteBuffer>
       why = Status(StatusCode::UNAVAILABLE, "the charging worker's stream ended before answering: retry");
     int answered = std::clamp(static_cast<int>(why.error_code()), 0, kStatuses - 1);
     for (auto& [id, call] : left) {
-      int method = call->method();
-      if (call->Fail(why)) count(stats.stream_ends[method][answered]);
+      int request = call->request();
+      if (call->Fail(why)) count(stats.stream_ends[request][answered]);
     }
     // A refusal is the worker's to log and count (a caller can cause one per call).
     auto code = status.error_code();
@@ -618,8 +624,7 @@ class Router {
       std::shared_ptr<BatchStream> stream = Pick(key, md, old);
       if (old) old->Retire();
       if (!stream) {
-        count(stats.refused[call->method()][kCallers]);
-        call->Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "too many callers at once: retry later"));
+        refuse(call, kCallers, Status(StatusCode::RESOURCE_EXHAUSTED, "too many callers at once: retry later"));
         return;
       }
       switch (stream->Submit(call, field, request)) {
@@ -627,16 +632,14 @@ class Router {
           return;
         case BatchStream::kBusy:
           if (++busy < stubs_.size()) continue;
-          count(stats.refused[call->method()][kBusy]);
-          call->Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "server overloaded: retry later"));
+          refuse(call, kBusy, Status(StatusCode::RESOURCE_EXHAUSTED, "server overloaded: retry later"));
           return;
         case BatchStream::kClosed:
           ++closed;
           break;
       }
     }
-    count(stats.refused[call->method()][kNoStream]);
-    call->Fail(Status(StatusCode::UNAVAILABLE, "no stream to a charging worker: retry"));
+    refuse(call, kNoStream, Status(StatusCode::UNAVAILABLE, "no stream to a charging worker: retry"));
   }
 
   // Streams older than the maximum age are replaced (when next used) and retired.
@@ -739,17 +742,15 @@ void ChargingCall::OnReadDone(bool ok) {
     Unref();
     return;
   }
-  count(stats.charging[method()]);
+  count(stats.charging[request()]);
   // As the worker's admission: a call that cannot be answered in time is not started.
   if (ctx_->deadline() - std::chrono::system_clock::now() < std::chrono::milliseconds(1)) {
-    count(stats.refused[method()][kDeadline]);
-    Fail(Status(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded before the call started"));
+    refuse(this, kDeadline, Status(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded before the call started"));
     return;
   }
   std::string request = flat(request_);
   if (request.size() > kLargestRequest) {  // with its framing it would pass the worker's limit
-    count(stats.refused[method()][kTooLarge]);
-    Fail(Status(StatusCode::RESOURCE_EXHAUSTED, "request larger than the server takes"));
+    refuse(this, kTooLarge, Status(StatusCode::RESOURCE_EXHAUSTED, "request larger than the server takes"));
     return;
   }
   router_->Submit(this, ctx_, field_, request);
@@ -926,7 +927,7 @@ void write_metrics(const std::string& path, Router& router) {
     if (!labels.empty()) out.append("{").append(labels).append("}");
     out.append(" ").append(std::to_string(value)).append("\n");
   };
-  auto request = [](int m) { return std::string("method=\"ChargeBatches\",request=\"") + kMethodNames[m] + "\""; };
+  auto request = [](int m) { return std::string("method=\"ChargeBatches\",request=\"") + kRequestNames[m] + "\""; };
   family("charging_door_calls_total", "counter",
          "Calls the door read, by handling: charging (ChargeSession, ChargeEvent, by request: batched onto a "
          "worker's ChargeBatches stream) or passed (every other call, passed through).");
